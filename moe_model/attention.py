@@ -1,0 +1,68 @@
+"""The sparse top-k attention operator (DESIGN.md section 3) and its reference implementations.
+
+For one head with queries Q [N, d], keys K [N, d], values V [N, d] and a budget k:
+
+    S   = Q K^T / sqrt(d)
+    t_i = k-th largest value of row S_i
+    P_i = softmax over {j : S_ij >= t_i}      (-inf elsewhere)
+    O   = P V
+
+``masked`` is the definition above and the reference every other implementation is checked against.
+``gather`` is the seed project's formulation (topk -> softmax over the k values -> gather V), kept for
+tests and as the naive baseline of the benchmarks: it materialises a [B, H, N, k, d] tensor. The two agree
+except on exact ties at the threshold, where ``masked`` keeps every tied key.
+When k >= N both are dense attention, and both take the dense path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Impl = Literal["masked", "gather"]
+IMPLS: tuple[str, ...] = ("masked", "gather")
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Plain softmax attention. q, k, v: (B, H, N, d) -> (B, H, N, d)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def kth_largest(scores: torch.Tensor, topk: int) -> torch.Tensor:
+    """Per-row threshold: the topk-th largest value along the last axis, keepdim. (..., N) -> (..., 1)."""
+    return scores.topk(topk, dim=-1, sorted=True).values[..., -1:]
+
+
+def sparse_topk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: int,
+    impl: Impl = "masked",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Sparse top-k attention. q, k, v: (B, H, N, d); returns (B, H, N, d).
+
+    ``scale`` defaults to 1/sqrt(d); pass 1.0 when it is already folded into q.
+    """
+    n = k.shape[-2]
+    if topk >= n:  # every key is kept: this *is* dense attention
+        return dense_attention(q, k, v, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N)
+    if impl == "masked":
+        thresh = kth_largest(scores, topk)  # (B, H, N, 1)
+        scores = scores.masked_fill(scores < thresh, float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v
+    if impl == "gather":
+        top_vals, top_idx = scores.topk(topk, dim=-1)  # (B, H, N, k)
+        probs = torch.softmax(top_vals, dim=-1)
+        b, h, nq, d = q.shape
+        v_exp = v.unsqueeze(2).expand(b, h, nq, n, d)  # (B, H, N, N, d) view
+        idx = top_idx.unsqueeze(-1).expand(b, h, nq, topk, d)
+        v_sel = torch.gather(v_exp, 3, idx)  # (B, H, N, k, d) materialised
+        return (probs.unsqueeze(-1) * v_sel).sum(dim=3)
+    raise ValueError(f"unknown sparse attention impl {impl!r}; expected one of {IMPLS}")

@@ -1,0 +1,97 @@
+"""CIFAR-10 ("python version" folder) loading, the fixed train/validation split, and the noise protocols.
+
+Split (fixed): the 50,000 training images in the official order; the first 45,000 are ``train``, the last
+5,000 (the second half of ``data_batch_5``) are ``val``. ``test`` is ``test_batch`` and is used only for
+final reporting, never to choose a checkpoint.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+Split = Literal["train", "val", "test"]
+Protocol = Literal["clip", "unclipped"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+PROTOCOLS: tuple[str, ...] = ("clip", "unclipped")
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+NUM_VAL = 5000
+DEFAULT_SIGMA = 0.2
+DEFAULT_EVAL_SEED = 1234
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+class DatasetError(ValueError):
+    """The data folder is missing or malformed."""
+
+
+def _where_to_get() -> str:
+    return (f"Download CIFAR-10 (python version) from {CIFAR_URL}, extract it and pass the "
+            f"'cifar-10-batches-py' folder with --data-dir.")
+
+
+def _read_batch(path: Path) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DatasetError(f"could not read CIFAR-10 batch {path}: {e}. Expected a pickled dict with "
+                           f"b'data' (N x 3072 uint8). {_where_to_get()}") from e
+    data = d.get(b"data") if isinstance(d, dict) else None
+    if data is None:
+        keys = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise DatasetError(f"{path} has no b'data' entry (found {keys}); expected a CIFAR-10 python-version "
+                           f"batch. {_where_to_get()}")
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DatasetError(f"{path}: b'data' is {data.dtype} {data.shape}; expected uint8 (N, 3072). "
+                           f"{_where_to_get()}")
+    return data.reshape(-1, 3, 32, 32)
+
+
+def load_cifar10(data_dir: str | Path, split: Split) -> np.ndarray:
+    """Images of one split as uint8 (N, 3, 32, 32)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError(f"CIFAR-10 folder {root} does not exist. Expected a 'cifar-10-batches-py' folder "
+                           f"holding {', '.join(TRAIN_FILES)} and {TEST_FILE}. {_where_to_get()}")
+    wanted = (TEST_FILE,) if split == "test" else TRAIN_FILES
+    missing = [f for f in wanted if not (root / f).is_file()]
+    if missing:
+        found = sorted(p.name for p in root.iterdir())[:20]
+        raise DatasetError(f"CIFAR-10 folder {root} lacks {missing} (found: {found or 'nothing'}). Expected "
+                           f"{', '.join(TRAIN_FILES)} and {TEST_FILE}. {_where_to_get()}")
+    images = np.concatenate([_read_batch(root / f) for f in wanted])
+    if split == "test":
+        return images
+    if len(images) <= NUM_VAL:
+        raise DatasetError(f"{root} holds only {len(images)} training images; need more than {NUM_VAL} "
+                           f"for the train/val split")
+    return images[:-NUM_VAL] if split == "train" else images[-NUM_VAL:]
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 in [0, 1]."""
+    t = torch.as_tensor(images)
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def add_noise(clean: torch.Tensor, sigma: float = DEFAULT_SIGMA, protocol: Protocol = "clip",
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian noise on [0, 1] pixels. ``clip`` (the seed's): clamp(x + sigma N(0,1), 0, 1); ``unclipped``: x + sigma N."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown noise protocol {protocol!r}; expected one of {PROTOCOLS}")
+    noisy = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+    return noisy.clamp_(0.0, 1.0) if protocol == "clip" else noisy
+
+
+def fixed_noisy(clean: torch.Tensor, sigma: float = DEFAULT_SIGMA, protocol: Protocol = "clip",
+                seed: int = DEFAULT_EVAL_SEED) -> torch.Tensor:
+    """Deterministic noisy copy of a whole split (same noise for every batch size and run)."""
+    return add_noise(clean, sigma, protocol, torch.Generator().manual_seed(seed))

@@ -1,0 +1,57 @@
+"""SmallViT: the adaptive sparse-attention MoE denoiser for 32x32 RGB tiles."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .attention import IMPLS, Impl
+from .config import ModelConfig, get_preset
+from .layers import Block
+
+
+class SmallViT(nn.Module):
+    """Conv patch embedding -> learned positions -> MoE blocks -> transposed-conv un-embedding -> clamp.
+
+    ``forward(x)`` returns the denoised images; ``forward(x, return_routing=True)`` also returns each
+    block's routing probabilities (B, N, E) with their autograd graph (for the load-balance loss).
+    The routing of the last forward pass is kept, detached, in ``last_routing`` for analysis.
+    """
+
+    def __init__(self, config: ModelConfig | str = "seed", impl: Impl = "masked") -> None:
+        super().__init__()
+        self.config = get_preset(config) if isinstance(config, str) else config
+        c = self.config
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.num_tokens, c.dim))
+        self.patch_embed = nn.Conv2d(c.in_chans, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.blocks = nn.ModuleList(
+            Block(c.dim, c.num_heads, c.expert_topk, c.router_hidden, c.ffn_hidden, impl) for _ in range(c.depth)
+        )
+        self.patch_unembed = nn.ConvTranspose2d(c.dim, c.in_chans, kernel_size=c.patch_size, stride=c.patch_size)
+        self.last_routing: list[torch.Tensor] = []
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def set_attention_impl(self, impl: Impl) -> "SmallViT":
+        if impl not in IMPLS:
+            raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
+        for blk in self.blocks:
+            for expert in blk.attn.experts:
+                expert.impl = impl
+        return self
+
+    def forward(self, x: torch.Tensor, return_routing: bool = False):
+        b, _, h, w = x.shape
+        p = self.config.patch_size
+        t = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, C)
+        routing = []
+        for blk in self.blocks:
+            t, probs = blk(t)
+            routing.append(probs)
+        self.last_routing = [r.detach() for r in routing]
+        t = t.transpose(1, 2).reshape(b, self.config.dim, h // p, w // p)  # (B, C, H/p, W/p)
+        y = self.patch_unembed(t)
+        out = torch.clamp(x - y if self.config.residual else y, 0.0, 1.0)
+        return (out, routing) if return_routing else out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

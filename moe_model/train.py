@@ -1,0 +1,192 @@
+"""Training: the seed recipe by default, resumable, with the best checkpoint chosen on validation loss.
+
+Layout of ``out_dir``:
+    last.pt              full training state after the last finished epoch (for --resume), written atomically
+    best.safetensors     weights of the epoch with the lowest validation loss
+    best.json            config, training settings and command, validation metrics, history
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import atomic_torch_save, save_weights
+from .config import get_preset
+from .data import DEFAULT_EVAL_SEED, DEFAULT_SIGMA, fixed_noisy, add_noise, load_cifar10, to_float
+from .losses import total_loss
+from .metrics import psnr_per_image
+from .model import SmallViT, count_parameters
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    out_dir: str = "runs/default"
+    preset: str = "seed"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    aux_weight: float = 0.01
+    grad_clip: float = 1.0
+    sigma: float = DEFAULT_SIGMA
+    seed: int = 0
+    eval_seed: int = DEFAULT_EVAL_SEED
+    max_train: int | None = None  # use only the first N training images (smoke tests)
+    max_val: int | None = None
+    device: str = "auto"
+    threads: int | None = None
+
+    def validate(self) -> None:
+        bad = []
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                bad.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("lr", "sigma"):
+            if not getattr(self, name) > 0:
+                bad.append(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("weight_decay", "aux_weight", "grad_clip"):
+            if getattr(self, name) < 0:
+                bad.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if bad:
+            raise ValueError("invalid training settings: " + "; ".join(bad))
+        get_preset(self.preset)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but torch sees no CUDA GPU "
+                           f"(torch {torch.__version__}); use --device cpu")
+    return torch.device(device)
+
+
+def cosine_lambda(total_steps: int) -> Callable[[int], float]:
+    """Cosine decay from 1 to 0 over ``total_steps`` optimizer steps (stepped per iteration)."""
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+@torch.no_grad()
+def evaluate_loss(model: SmallViT, noisy: torch.Tensor, clean: torch.Tensor, batch_size: int,
+                  device: torch.device) -> dict[str, float]:
+    model.eval()
+    se, psnrs = 0.0, []
+    for i in range(0, len(clean), batch_size):
+        c = clean[i : i + batch_size].to(device)
+        out = model(noisy[i : i + batch_size].to(device))
+        se += torch.sum((out - c) ** 2).item()
+        psnrs.append(psnr_per_image(out, c).cpu())
+    model.train()
+    p = torch.cat(psnrs)
+    return {"loss": se / clean.numel(), "psnr": p.mean().item(), "psnr_std": p.std().item() if len(p) > 1 else 0.0}
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after_epoch: int | None = None,
+          command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) and return the final summary. ``stop_after_epoch`` simulates an interruption."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "last.pt"
+
+    train_u8 = torch.from_numpy(load_cifar10(cfg.data_dir, "train"))[: cfg.max_train]
+    val_clean = to_float(load_cifar10(cfg.data_dir, "val")[: cfg.max_val])
+    val_noisy = fixed_noisy(val_clean, cfg.sigma, "clip", cfg.eval_seed)
+
+    torch.manual_seed(cfg.seed)
+    model = SmallViT(get_preset(cfg.preset)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_u8) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps_per_epoch * cfg.epochs))
+    start_epoch, best_loss, history = 0, float("inf"), []
+
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume was given but {state_path} does not exist; run without --resume "
+                                    f"to start, or point --out-dir at the run to continue")
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        saved = st["train_config"]
+        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items()
+                   if k not in ("out_dir", "data_dir", "device", "threads") and saved.get(k) != v}
+        if changed:
+            raise ValueError(f"--resume with different settings than the run in {out}: "
+                             + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items()))
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["torch_rng"])
+        start_epoch, best_loss, history = st["epoch"], st["best_loss"], st["history"]
+        log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (best val loss so far {best_loss:.6f})")
+    else:
+        log(f"training preset '{cfg.preset}' ({count_parameters(model):,} parameters) on {len(train_u8):,} images, "
+            f"{cfg.epochs} epochs of {steps_per_epoch} steps, device {device}, {torch.get_num_threads()} threads")
+
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # data order + noise of this epoch
+        perm = torch.randperm(len(train_u8), generator=gen)
+        t0, seen, run_loss = time.perf_counter(), 0, 0.0
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        for step in range(steps_per_epoch):
+            clean = to_float(train_u8[perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]])
+            noisy = add_noise(clean, cfg.sigma, "clip", gen)
+            clean, noisy = clean.to(device), noisy.to(device)
+            output, routing = model(noisy, return_routing=True)
+            loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            seen += len(clean)
+            run_loss += (loss.item() - run_loss) * (0.05 if step else 1.0)
+            if bar is not None:
+                bar.set_postfix(loss=f"{run_loss:.5f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                bar.update()
+        if bar is not None:
+            bar.close()
+        val = evaluate_loss(model, val_noisy, val_clean, 256, device)
+        rec = {"epoch": epoch + 1, "train_loss": run_loss, "val_loss": val["loss"], "val_psnr": val["psnr"],
+               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        improved = val["loss"] < best_loss
+        if improved:
+            best_loss = val["loss"]
+            save_weights(model, out / "best.safetensors", {
+                "training": {"settings": dataclasses.asdict(cfg), "command": command or " ".join(sys.argv),
+                             "epoch": epoch + 1, "torch": torch.__version__},
+                "metrics": {"val_loss": val["loss"], "val_psnr": val["psnr"], "val_psnr_std": val["psnr_std"],
+                            "val_protocol": "clip", "sigma": cfg.sigma, "eval_seed": cfg.eval_seed},
+                "parameters": count_parameters(model),
+                "history": history,
+            })
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                           "epoch": epoch + 1, "best_loss": best_loss, "history": history,
+                           "train_config": dataclasses.asdict(cfg)}, state_path)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {run_loss:.5f}  val loss {val['loss']:.6f}  "
+            f"val PSNR {val['psnr']:.2f} dB  {rec['seconds']:.0f}s{'  (best)' if improved else ''}")
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            log(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
+            break
+    return {"out_dir": str(out), "best_val_loss": best_loss, "history": history, "model": model}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
