@@ -1,0 +1,66 @@
+"""``moe-denoise``: one command, one subcommand per job, each a thin layer over the library.
+
+Subcommands live in ``moe_denoise/commands/<name>.py``; each module defines ``register(subparsers)`` which adds
+its parser and sets ``func`` (args -> exit code). Heavy imports happen inside the handlers, so ``--help`` is fast
+and works without optional backends.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+from . import __version__
+
+COMMANDS = ("train", "evaluate", "visualize")
+
+
+class UserError(Exception):
+    """Raised by handlers for bad input; printed without a traceback, exit code 2."""
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-denoise",
+        description="Adaptive sparse-attention MoE denoiser: train, evaluate, export, run and benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"moe-denoise {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"moe_denoise.commands.{name}").register(sub)
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: shown as one clear message instead of a traceback."""
+    errors: list[type[BaseException]] = [UserError, ValueError, FileNotFoundError, ImportError, KeyboardInterrupt]
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except _expected_errors() as e:
+        if args.debug:
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return 130
+        print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""moe-denoise visualize: a denoising grid and routing maps as PNGs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import add_data_args, add_weights_args, load_model_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("visualize", help="PNG grid noisy | denoised | clean and PNG routing maps",
+                       description="Writes OUT_DIR/denoise_grid.png (noisy | denoised | clean with per-image PSNR) "
+                                   "and OUT_DIR/routing_maps.png (per block and expert, the routing probability "
+                                   "of each patch).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_weights_args(p)
+    add_data_args(p)
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("-n", "--num-images", type=int, default=8)
+    p.add_argument("--offset", type=int, default=0, help="index of the first image")
+    p.add_argument("--sigma", type=float, default=0.2)
+    p.add_argument("--eval-seed", type=int, default=1234)
+    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of each 32x32 image")
+    p.add_argument("-o", "--out-dir", type=Path, default=Path("."))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from moe_model.data import fixed_noisy, load_cifar10, to_float
+    from moe_model.visualize import denoise_grid, routing_maps
+
+    if args.num_images < 1 or args.scale < 1 or args.offset < 0:
+        raise ValueError(f"--num-images and --scale must be >= 1 and --offset >= 0 (got {args.num_images}, "
+                         f"{args.scale}, {args.offset})")
+    model = load_model_from_args(args)
+    images = load_cifar10(args.data_dir, args.split)
+    if args.offset >= len(images):
+        raise ValueError(f"--offset {args.offset} is past the end of the {args.split} split ({len(images)} images)")
+    clean = to_float(images[args.offset : args.offset + args.num_images])
+    noisy = fixed_noisy(clean, args.sigma, "clip", args.eval_seed)
+    with torch.no_grad():
+        den, routing = model(noisy, return_routing=True)
+    grid, maps = args.out_dir / "denoise_grid.png", args.out_dir / "routing_maps.png"
+    denoise_grid(noisy, den, clean, grid, scale=args.scale)
+    routing_maps(noisy, routing, maps, scale=args.scale)
+    print(f"wrote {grid} and {maps}")
+    return 0
