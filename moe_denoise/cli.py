@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 
-COMMANDS = ("train", "evaluate", "visualize")
+COMMANDS = ("train", "evaluate", "visualize", "export", "parity", "doctor")
 
 
 class UserError(Exception):
@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: shown as one clear message instead of a traceback."""
-    errors: list[type[BaseException]] = [UserError, ValueError, FileNotFoundError, ImportError, KeyboardInterrupt]
-    return tuple(errors)
+    from runtime.errors import RuntimeToolkitError
+
+    return (UserError, RuntimeToolkitError, ValueError, FileNotFoundError, ImportError, KeyboardInterrupt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)
             return 130
+        from runtime.errors import ParityError
+
         print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, ParityError) else 2
 
 
 if __name__ == "__main__":

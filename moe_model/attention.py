@@ -16,13 +16,27 @@ When k >= N both are dense attention, and both take the dense path.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-Impl = Literal["masked", "gather"]
+Impl = str
 IMPLS: tuple[str, ...] = ("masked", "gather")
+# Further implementations (e.g. the Triton kernel, registered by export.plugins.torch_op) plug in here:
+# fn(q, k, v, topk, scale) -> (B, H, N, d), called only for topk < N.
+_EXTRA_IMPLS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_impl(name: str, fn: Callable[..., torch.Tensor]) -> None:
+    """Make ``impl=name`` available to sparse_topk_attention and the model's set_attention_impl."""
+    if name in IMPLS:
+        raise ValueError(f"{name!r} is a built-in implementation and cannot be replaced")
+    _EXTRA_IMPLS[name] = fn
+
+
+def available_impls() -> tuple[str, ...]:
+    return IMPLS + tuple(sorted(_EXTRA_IMPLS))
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -52,6 +66,8 @@ def sparse_topk_attention(
     if topk >= n:  # every key is kept: this *is* dense attention
         return dense_attention(q, k, v, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if impl in _EXTRA_IMPLS:
+        return _EXTRA_IMPLS[impl](q, k, v, topk, scale)
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N)
     if impl == "masked":
         thresh = kth_largest(scores, topk)  # (B, H, N, 1)
@@ -65,4 +81,4 @@ def sparse_topk_attention(
         idx = top_idx.unsqueeze(-1).expand(b, h, nq, topk, d)
         v_sel = torch.gather(v_exp, 3, idx)  # (B, H, N, k, d) materialised
         return (probs.unsqueeze(-1) * v_sel).sum(dim=3)
-    raise ValueError(f"unknown sparse attention impl {impl!r}; expected one of {IMPLS}")
+    raise ValueError(f"unknown sparse attention impl {impl!r}; expected one of {available_impls()}")

@@ -1,14 +1,14 @@
 """Weights on disk: safetensors + a JSON sidecar (config, training settings, metrics), written atomically."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from moe_denoise.fileio import atomic_write as atomic_write_bytes
+from moe_denoise.fileio import atomic_write_json, sha256_file
 
 from .config import ModelConfig, get_preset
 from .model import SmallViT
@@ -16,26 +16,6 @@ from .model import SmallViT
 
 class CheckpointError(ValueError):
     """A weights file or its sidecar is missing, unreadable or does not match the model."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -50,14 +30,6 @@ def sidecar_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_weights(model: SmallViT, path: str | Path, meta: dict[str, Any] | None = None) -> None:
     """``path`` (.safetensors) + ``path.json`` with the model config and ``meta``."""
     from safetensors.torch import save
@@ -65,7 +37,7 @@ def save_weights(model: SmallViT, path: str | Path, meta: dict[str, Any] | None 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(tensors, metadata={"format": "pt"}))
-    sidecar = {"config": model.config.to_dict(), "sha256": file_sha256(path), **(meta or {})}
+    sidecar = {"config": model.config.to_dict(), "sha256": sha256_file(path), **(meta or {})}
     atomic_write_json(sidecar_path(path), sidecar)
 
 

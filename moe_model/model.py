@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .attention import IMPLS, Impl
+from .attention import Impl, available_impls
 from .config import ModelConfig, get_preset
 from .layers import Block
 
@@ -31,8 +31,8 @@ class SmallViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def set_attention_impl(self, impl: Impl) -> "SmallViT":
-        if impl not in IMPLS:
-            raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
+        if impl not in available_impls():
+            raise ValueError(f"unknown attention impl {impl!r}; expected one of {available_impls()}")
         for blk in self.blocks:
             for expert in blk.attn.experts:
                 expert.impl = impl

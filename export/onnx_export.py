@@ -1,0 +1,244 @@
+"""SmallViT -> ONNX, written node by node so the graph is exactly what we intend.
+
+Two flavours:
+  portable  standard operators only. Sparse experts use the masked-threshold attention of DESIGN.md section 3
+            (MatMul, TopK for the k-th value, Less + Where, Softmax, MatMul); experts with k >= N are plain
+            attention. No Expand/GatherElements.
+  plugin    the same, but each sparse expert's attention is one ``SparseTopKAttention`` node in the
+            ``moe_denoise`` domain: the TensorRT plugin.
+
+``optimize=True`` applies exact algebraic rewrites (each tested on its own):
+  * one GEMM for the three experts' Q/K/V projections and the router's hidden layer,
+  * merge_proj folded into the experts' output projections (exact because routing probabilities sum to 1):
+        merge(sum_e p_e (o_e W_e^T + b_e)) = sum_e p_e o_e (W_m W_e)^T + sum_e p_e (W_m b_e) + b_m,
+    computed as one GEMM over the probability-weighted concatenation [p_0 o_0 | p_1 o_1 | p_2 o_2],
+  * the 1/sqrt(d) scale folded into W_q and b_q,
+  * patch embedding and un-embedding as reshapes + one GEMM (conv bias folded into the position embedding).
+``optimize=False`` is a one-to-one translation of the PyTorch modules, for comparison.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .graph import GraphBuilder
+from .plugins.spec import MAX_TOKENS, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+INPUT_NAME = "noisy"
+OUTPUT_NAME = "denoised"
+DEFAULT_OPSET = 17
+FLAVORS = ("portable", "plugin")
+LN_EPS = 1e-5
+
+
+@dataclass
+class ExportOptions:
+    """Export settings as data (in the spirit of optimum's OnnxConfig)."""
+
+    flavor: str = "portable"
+    optimize: bool = True
+    opset: int = DEFAULT_OPSET
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    dynamic_batch: bool = True
+    notes: list[str] = field(default_factory=list)  # filled by the exporter: decisions worth reporting
+
+    def validate(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"unknown ONNX flavour {self.flavor!r}; expected one of {FLAVORS}")
+        if not 17 <= self.opset <= 21:
+            raise ValueError(f"opset {self.opset} is not supported; use 17..21 (LayerNormalization needs >= 17)")
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
+class _Writer:
+    """Translates one SmallViT into ONNX nodes."""
+
+    def __init__(self, model: Any, opts: ExportOptions) -> None:
+        self.m, self.o, self.c = model, opts, model.config
+        self.g = GraphBuilder(opts.opset, name=f"moe_denoiser_{self.c.name}")
+        self.sd = {k: _np(v) for k, v in model.state_dict().items()}
+        self.f32 = lambda name, a: self.g.const(name, np.asarray(a, dtype=np.float32))
+
+    # --- building blocks ------------------------------------------------------------------------------
+    def linear(self, x: str, w: np.ndarray, b: np.ndarray | None, name: str) -> str:
+        """x @ w.T + b, with w in PyTorch's (out, in) layout."""
+        y = self.g.op("MatMul", [x, self.f32(f"{name}.weight_t", w.T)], name=f"{name}_matmul")
+        return y if b is None else self.g.op("Add", [y, self.f32(f"{name}.bias", b)], name=f"{name}_add")
+
+    def layer_norm(self, x: str, prefix: str) -> str:
+        return self.g.op("LayerNormalization", [x, self.f32(f"{prefix}.weight", self.sd[f"{prefix}.weight"]),
+                                                self.f32(f"{prefix}.bias", self.sd[f"{prefix}.bias"])],
+                         name=prefix, axis=-1, epsilon=LN_EPS)
+
+    def gelu(self, x: str, name: str) -> str:
+        """Exact (erf) GELU from opset-17 operators; onnxruntime fuses this pattern into one Gelu kernel."""
+        g = self.g
+        e = g.op("Erf", [g.op("Div", [x, self.f32(f"{name}.sqrt2", math.sqrt(2.0))], name=f"{name}_div")],
+                 name=f"{name}_erf")
+        e1 = g.op("Add", [e, self.f32(f"{name}.one", 1.0)], name=f"{name}_add")
+        return g.op("Mul", [g.op("Mul", [x, e1], name=f"{name}_mul"), self.f32(f"{name}.half", 0.5)],
+                    name=f"{name}_mul")
+
+    def heads(self, x: str, name: str, transpose_k: bool = False) -> str:
+        """(B, N, C) -> (B, H, N, d), or (B, H, d, N) for keys fed to a plain MatMul."""
+        c = self.c
+        r = self.g.op("Reshape", [x, self.g.ints(f"{name}.shape", [0, 0, c.num_heads, c.head_dim])], name=f"{name}_rs")
+        return self.g.op("Transpose", [r], name=f"{name}_t", perm=[0, 2, 3, 1] if transpose_k else [0, 2, 1, 3])
+
+    def merge_heads(self, o: str, name: str) -> str:
+        t = self.g.op("Transpose", [o], name=f"{name}_t", perm=[0, 2, 1, 3])  # (B, N, H, d)
+        return self.g.op("Reshape", [t, self.g.ints(f"{name}.shape", [0, 0, self.c.dim])], name=f"{name}_rs")
+
+    def attention(self, q: str, k: str, v: str, topk: int, scale: float, name: str) -> str:
+        """q, k, v (B, N, C) projections -> attention output (B, N, C)."""
+        g, n = self.g, self.c.num_tokens
+        sparse = topk < n
+        if sparse and self.o.flavor == "plugin":
+            if n > MAX_TOKENS:
+                self.o.notes.append(f"{name}: N = {n} > {MAX_TOKENS}, the plugin's limit: standard operators used")
+            else:
+                o = g.op(PLUGIN_NAME, [self.heads(q, f"{name}.q"), self.heads(k, f"{name}.k"), self.heads(v, f"{name}.v")],
+                         name=f"{name}_plugin", domain=PLUGIN_NAMESPACE, topk=topk, scale=float(scale),
+                         plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION, aot=1)
+                return self.merge_heads(o, f"{name}.o")
+        s = g.op("MatMul", [self.heads(q, f"{name}.q"), self.heads(k, f"{name}.k", transpose_k=True)],
+                 name=f"{name}_scores")  # (B, H, N, N)
+        if scale != 1.0:
+            s = g.op("Mul", [s, self.f32(f"{name}.scale", scale)], name=f"{name}_scale")
+        if sparse:
+            top = g.op("TopK", [s, g.ints(f"{name}.k", [topk])], name=f"{name}_topk", outputs=2, axis=-1,
+                       largest=1, sorted=1)[0]  # (B, H, N, k), descending
+            thresh = g.op("ReduceMin", [top], name=f"{name}_kth", axes=[-1], keepdims=1)  # (B, H, N, 1)
+            drop = g.op("Less", [s, thresh], name=f"{name}_below")
+            s = g.op("Where", [drop, self.f32(f"{name}.neg_inf", -np.inf), s], name=f"{name}_mask")
+        p = g.op("Softmax", [s], name=f"{name}_softmax", axis=-1)
+        o = g.op("MatMul", [p, self.heads(v, f"{name}.v")], name=f"{name}_pv")  # (B, H, N, d)
+        return self.merge_heads(o, f"{name}.o")
+
+    # --- the model ------------------------------------------------------------------------------------
+    def embed(self, x: str) -> str:
+        c, g, sd, p = self.c, self.g, self.sd, self.c.patch_size
+        side = c.image_size // p
+        if not self.o.optimize:
+            y = g.op("Conv", [x, self.f32("patch_embed.weight", sd["patch_embed.weight"]),
+                              self.f32("patch_embed.bias", sd["patch_embed.bias"])],
+                     name="patch_embed", kernel_shape=[p, p], strides=[p, p])  # (B, C, h, w)
+            y = g.op("Reshape", [y, g.ints("embed.shape", [0, c.dim, -1])], name="embed_rs")
+            y = g.op("Transpose", [y], name="embed_t", perm=[0, 2, 1])  # (B, N, C)
+            return g.op("Add", [y, self.f32("pos_embed", sd["pos_embed"])], name="pos_add")
+        # patches as rows: (B, 3, h, p, w, p) -> (B, h, w, 3, p, p) -> (B, N, 3 p p), one GEMM, bias in pos_embed
+        y = g.op("Reshape", [x, g.ints("patchify.shape", [-1, c.in_chans, side, p, side, p])], name="patchify_rs")
+        y = g.op("Transpose", [y], name="patchify_t", perm=[0, 2, 4, 1, 3, 5])
+        y = g.op("Reshape", [y, g.ints("patches.shape", [-1, c.num_tokens, c.in_chans * p * p])], name="patches_rs")
+        w = sd["patch_embed.weight"].reshape(c.dim, -1)  # (C, 3 p p), same (c, kh, kw) order
+        y = g.op("MatMul", [y, self.f32("patch_embed.weight_t", w.T)], name="patch_embed_matmul")
+        return g.op("Add", [y, self.f32("pos_embed_plus_bias", sd["pos_embed"] + sd["patch_embed.bias"])],
+                    name="pos_add")
+
+    def unembed(self, t: str) -> str:
+        c, g, sd, p = self.c, self.g, self.sd, self.c.patch_size
+        side = c.image_size // p
+        w, b = sd["patch_unembed.weight"], sd["patch_unembed.bias"]  # (C, 3, p, p), (3,)
+        if not self.o.optimize:
+            y = g.op("Transpose", [t], name="unembed_t", perm=[0, 2, 1])
+            y = g.op("Reshape", [y, g.ints("unembed.shape", [0, c.dim, side, side])], name="unembed_rs")
+            return g.op("ConvTranspose", [y, self.f32("patch_unembed.weight", w), self.f32("patch_unembed.bias", b)],
+                        name="patch_unembed", kernel_shape=[p, p], strides=[p, p])
+        y = g.op("MatMul", [t, self.f32("patch_unembed.weight_flat", w.reshape(c.dim, -1))], name="unembed_matmul")
+        y = g.op("Add", [y, self.f32("patch_unembed.bias_flat", np.repeat(b, p * p))], name="unembed_add")
+        y = g.op("Reshape", [y, g.ints("unpatch.shape", [-1, side, side, c.in_chans, p, p])], name="unpatch_rs")
+        y = g.op("Transpose", [y], name="unpatch_t", perm=[0, 3, 1, 4, 2, 5])  # (B, 3, h, p, w, p)
+        return g.op("Reshape", [y, g.ints("image.shape", [-1, c.in_chans, c.image_size, c.image_size])],
+                    name="image_rs")
+
+    def moe(self, h: str, i: int) -> str:
+        c, g, sd = self.c, self.g, self.sd
+        pre = f"blocks.{i}.attn"
+        ex = [f"{pre}.experts.{e}" for e in range(c.num_experts)]
+        scale = 1.0 / math.sqrt(c.head_dim)
+        r0, r2 = f"{pre}.router.routing_net.0", f"{pre}.router.routing_net.2"
+        if not self.o.optimize:
+            hid = g.op("Relu", [self.linear(h, sd[f"{r0}.weight"], sd[f"{r0}.bias"], r0)], name=f"{r0}_relu")
+            probs = g.op("Softmax", [self.linear(hid, sd[f"{r2}.weight"], sd[f"{r2}.bias"], r2)],
+                         name=f"{pre}.router_softmax", axis=-1)  # (B, N, E)
+            mixed = None
+            for e, name in enumerate(ex):
+                q, k, v = (self.linear(h, sd[f"{name}.W_{t}.weight"], sd[f"{name}.W_{t}.bias"], f"{name}.W_{t}")
+                           for t in "qkv")
+                o = self.attention(q, k, v, c.expert_topk[e], scale, f"{name}.attn")
+                y = self.linear(o, sd[f"{name}.W_out.weight"], sd[f"{name}.W_out.bias"], f"{name}.W_out")
+                pe = g.op("Slice", [probs, g.ints(f"{name}.p_start", [e]), g.ints(f"{name}.p_end", [e + 1]),
+                                    g.ints(f"{name}.p_axis", [-1])], name=f"{name}_p")
+                y = g.op("Mul", [pe, y], name=f"{name}_weighted")
+                mixed = y if mixed is None else g.op("Add", [mixed, y], name=f"{pre}_mix")
+            return self.linear(mixed, sd[f"{pre}.merge_proj.weight"], sd[f"{pre}.merge_proj.bias"], f"{pre}.merge_proj")
+
+        # one GEMM: [q_0 k_0 v_0 | q_1 k_1 v_1 | ... | router hidden], scale folded into q
+        ws, bs = [], []
+        for name in ex:
+            ws += [sd[f"{name}.W_q.weight"] * scale, sd[f"{name}.W_k.weight"], sd[f"{name}.W_v.weight"]]
+            bs += [sd[f"{name}.W_q.bias"] * scale, sd[f"{name}.W_k.bias"], sd[f"{name}.W_v.bias"]]
+        ws.append(sd[f"{r0}.weight"])
+        bs.append(sd[f"{r0}.bias"])
+        proj = self.linear(h, np.concatenate(ws), np.concatenate(bs), f"{pre}.qkv_router")
+        sizes = [c.dim] * (3 * c.num_experts) + [c.router_hidden]
+        parts = g.op("Split", [proj, g.ints(f"{pre}.split", sizes)], name=f"{pre}_split", outputs=len(sizes), axis=-1)
+        hid = g.op("Relu", [parts[-1]], name=f"{r0}_relu")
+        probs = g.op("Softmax", [self.linear(hid, sd[f"{r2}.weight"], sd[f"{r2}.bias"], r2)],
+                     name=f"{pre}.router_softmax", axis=-1)  # (B, N, E)
+        outs = [self.attention(*parts[3 * e : 3 * e + 3], c.expert_topk[e], 1.0, f"{name}.attn")
+                for e, name in enumerate(ex)]  # each (B, N, C)
+        cat = g.op("Concat", outs, name=f"{pre}_concat", axis=-1)  # (B, N, E C)
+        cat = g.op("Reshape", [cat, g.ints(f"{pre}.split_experts", [0, 0, c.num_experts, c.dim])], name=f"{pre}_rs")
+        pw = g.op("Unsqueeze", [probs, g.ints(f"{pre}.unsq_axis", [-1])], name=f"{pre}_p")  # (B, N, E, 1)
+        cat = g.op("Mul", [cat, pw], name=f"{pre}_weighted")
+        cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", [0, 0, c.num_experts * c.dim])], name=f"{pre}_rs2")
+        wm, bm = sd[f"{pre}.merge_proj.weight"], sd[f"{pre}.merge_proj.bias"]
+        w_fold = np.concatenate([wm @ sd[f"{name}.W_out.weight"] for name in ex], axis=1)  # (C, E C)
+        b_fold = np.stack([wm @ sd[f"{name}.W_out.bias"] for name in ex])  # (E, C)
+        y = self.linear(cat, w_fold, None, f"{pre}.out_merged")
+        bias = g.op("MatMul", [probs, self.f32(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
+        y = g.op("Add", [y, bias], name=f"{pre}_add_bias")
+        return g.op("Add", [y, self.f32(f"{pre}.merge_proj.bias", bm)], name=f"{pre}_add_merge_bias")
+
+    def build(self) -> Any:
+        from onnx import TensorProto, helper
+
+        c, g, sd, o = self.c, self.g, self.sd, self.o
+        x = o.input_name
+        t = self.embed(x)
+        for i in range(c.depth):
+            pre = f"blocks.{i}"
+            t = g.op("Add", [t, self.moe(self.layer_norm(t, f"{pre}.norm1"), i)], name=f"{pre}_res1")
+            f = self.linear(self.layer_norm(t, f"{pre}.norm2"), sd[f"{pre}.ffn.0.weight"], sd[f"{pre}.ffn.0.bias"],
+                            f"{pre}.ffn.0")
+            f = self.linear(self.gelu(f, f"{pre}.ffn.gelu"), sd[f"{pre}.ffn.2.weight"], sd[f"{pre}.ffn.2.bias"],
+                            f"{pre}.ffn.2")
+            t = g.op("Add", [t, f], name=f"{pre}_res2")
+        y = self.unembed(t)
+        if c.residual:
+            y = g.op("Sub", [x, y], name="residual")
+        y = g.op("Clip", [y, self.f32("clip.min", 0.0), self.f32("clip.max", 1.0)], name="clamp")
+        self.g.nodes[-1].output[0] = o.output_name
+        batch = "batch" if o.dynamic_batch else 1
+        shape = [batch, c.in_chans, c.image_size, c.image_size]
+        return g.model([helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)],
+                       [helper.make_tensor_value_info(o.output_name, TensorProto.FLOAT, shape)],
+                       doc=f"moe-denoise SmallViT '{c.name}', flavour {o.flavor}, optimize={o.optimize}")
+
+
+def build_onnx(model: Any, opts: ExportOptions | None = None) -> Any:
+    """Return the onnx.ModelProto of ``model`` (a SmallViT) under ``opts``."""
+    opts = opts or ExportOptions()
+    opts.validate()
+    n = model.config.num_tokens
+    if opts.flavor == "plugin" and not any(k < n for k in model.config.expert_topk):
+        opts.notes.append(f"no expert is sparse at N = {n} tokens (k >= N for all): the plugin graph has no plugin node")
+    return _Writer(model, opts).build()

@@ -1,0 +1,131 @@
+"""Weights -> checked ONNX artifact + manifest, behind a parity gate.
+
+Order of work: load weights, write the graph, onnx.checker (full check, with shape inference), run it in ONNX
+Runtime on a fixed batch against the PyTorch model, and only if parity holds move the file into place and write
+its manifest. A failing export leaves nothing behind (and an existing artifact at the same path untouched).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from runtime.errors import ParityError
+from runtime.manifest import base_manifest, manifest_path, sha256_file, write_artifact
+from runtime.parity import ParityReport, compare, parity_inputs
+from runtime.tolerances import get_tolerance
+
+from .onnx_export import ExportOptions, build_onnx
+from .plugins.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+EXPORTER = "moe-denoise onnx writer 1"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest_path: Path
+    parity: ParityReport
+    manifest: dict[str, Any]
+
+
+def rewrites(opts: ExportOptions) -> list[str]:
+    if not opts.optimize:
+        return []
+    return ["fused QKV + router-hidden GEMM", "merge_proj folded into expert output projections",
+            "1/sqrt(d) folded into W_q", "patch embed/unembed as GEMM, conv bias folded into pos_embed"]
+
+
+def reference_outputs(model: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | None = None) -> ParityReport:
+    from runtime.ort_runner import OrtRunner
+
+    with OrtRunner(onnx_path, check_manifest=False, threads=threads) as runner:
+        out = runner(inputs)
+    return compare(reference_outputs(model, inputs), out, get_tolerance("ort", "fp32"), "ort", "fp32")
+
+
+def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = None, weights_path: str | Path | None = None,
+                parity_images: int = 32, extra_inputs: np.ndarray | None = None, threads: int | None = None,
+                log: Callable[[str], None] = print) -> ExportResult:
+    """Export ``model`` (a SmallViT) to ``out_path`` and its manifest; raises ParityError without writing on failure."""
+    import onnx
+
+    opts = opts or ExportOptions()
+    out_path = Path(out_path)
+    t0 = time.perf_counter()
+    log(f"[1/4] writing the {opts.flavor} graph ({'optimised' if opts.optimize else 'not optimised'}, "
+        f"opset {opts.opset})")
+    proto = build_onnx(model, opts)
+    for note in opts.notes:
+        log(f"      note: {note}")
+    log("[2/4] onnx.checker (full check with shape inference)")
+    onnx.checker.check_model(proto, full_check=True)
+    data = proto.SerializeToString()
+
+    inputs = parity_inputs(parity_images)
+    if extra_inputs is not None:
+        inputs = np.concatenate([inputs, extra_inputs.astype(np.float32)])
+    log(f"[3/4] parity gate: ONNX Runtime vs PyTorch on {len(inputs)} images")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        report = run_parity(Path(tmp), model, inputs, threads)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    if not report.passed:
+        raise ParityError(f"refusing to write {out_path}: the exported graph does not match PyTorch\n"
+                          f"{report.summary()}", report)
+
+    log(f"[4/4] writing {out_path} and {manifest_path(out_path).name}")
+    manifest = build_manifest(model, out_path, data, proto, opts, report, weights_path)
+    mpath = write_artifact(out_path, data, manifest)
+    psnr = "inf" if report.psnr == float("inf") else f"{report.psnr:.1f}"
+    log(f"done in {time.perf_counter() - t0:.1f}s: parity max abs {report.max_abs:.2e}, "
+        f"p99 {report.p99_abs:.2e}, PSNR vs PyTorch {psnr} dB")
+    return ExportResult(out_path, mpath, report, manifest)
+
+
+def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: ExportOptions, report: ParityReport,
+                   weights_path: str | Path | None) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from moe_model.model import count_parameters
+
+    plugin_nodes = [n.name for n in proto.graph.node if n.op_type == PLUGIN_NAME and n.domain == PLUGIN_NAMESPACE]
+    io = {"inputs": [{"name": opts.input_name, "shape": ["batch", 3, 32, 32], "dtype": "float32"}],
+          "outputs": [{"name": opts.output_name, "shape": ["batch", 3, 32, 32], "dtype": "float32"}]}
+    m = base_manifest("onnx", out_path, data)
+    m.update({
+        "model": {"config": model.config.to_dict(), "parameters": count_parameters(model),
+                  "weights_file": str(weights_path) if weights_path else None,
+                  "weights_sha256": sha256_file(weights_path) if weights_path else None},
+        "onnx": {"flavor": opts.flavor, "optimized": opts.optimize, "opset": opts.opset, "ir_version": proto.ir_version,
+                 "rewrites": rewrites(opts), "notes": list(opts.notes), "nodes": len(proto.graph.node),
+                 "op_types": sorted({n.op_type for n in proto.graph.node})},
+        "plugin": ({"id": PLUGIN_ID, "name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
+                    "nodes": plugin_nodes} if plugin_nodes else None),
+        "precision": "fp32",
+        "io": io,
+        "tolerance": report.tolerance.to_dict(),
+        "parity": report.to_dict(),
+        "versions": {"exporter": EXPORTER, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]},
+    })
+    return m

@@ -1,0 +1,90 @@
+"""moe-denoise doctor: what is installed, which backends work here, and why not the others."""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="versions, GPU, and which backends are usable here",
+                       description="Reports Python, torch, onnx, onnxruntime (and its providers), tensorrt, triton, "
+                                   "CUDA and the GPU, then which backends can run here and why not the others.")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def gather() -> dict[str, Any]:
+    from runtime._optional import available
+
+    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                            "packages": {}, "backends": {}}
+    for mod in ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime_extensions", "triton", "tensorrt", "skimage",
+                "safetensors", "PIL"):
+        ok, ver = available(mod)
+        info["packages"][mod] = ver if ok else None
+        if not ok:
+            info.setdefault("missing", {})[mod] = ver
+    gpu: dict[str, Any] = {"cuda_available": False}
+    if info["packages"]["torch"]:
+        import torch
+
+        gpu["torch_cuda_build"] = torch.version.cuda
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            gpu.update(cuda_available=True, name=p.name, compute_capability=f"{p.major}.{p.minor}",
+                       memory_gib=round(p.total_memory / 2**30, 1), count=torch.cuda.device_count())
+    info["gpu"] = gpu
+    providers = []
+    if info["packages"]["onnxruntime"]:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    info["onnxruntime_providers"] = providers
+    miss = info.get("missing", {})
+
+    def backend(name: str, ok: bool, why: str) -> None:
+        info["backends"][name] = {"usable": ok, "reason": why}
+
+    backend("torch (CPU)", bool(info["packages"]["torch"]), "ok" if info["packages"]["torch"] else miss.get("torch", ""))
+    backend("torch (CUDA)", gpu["cuda_available"], "ok" if gpu["cuda_available"] else "torch sees no CUDA GPU")
+    tri = bool(info["packages"]["triton"]) and gpu["cuda_available"]
+    backend("torch + Triton kernel", tri, "ok" if tri else ("triton not installed: pip install 'moe-denoise[gpu]'"
+                                                            if not info["packages"]["triton"] else "needs a CUDA GPU "
+                                                            "(the kernel runs on CPU only under TRITON_INTERPRET=1, "
+                                                            "for tests)"))
+    backend("ONNX Runtime CPU", "CPUExecutionProvider" in providers,
+            "ok" if providers else "onnxruntime not installed: pip install 'moe-denoise[onnx]'")
+    for prov, label in (("CUDAExecutionProvider", "ONNX Runtime CUDA"), ("TensorrtExecutionProvider",
+                                                                         "ONNX Runtime TensorRT EP")):
+        backend(label, prov in providers, "ok" if prov in providers else
+                f"{prov} not in this onnxruntime's providers {providers}: install onnxruntime-gpu on a GPU machine")
+    trt_ok = bool(info["packages"]["tensorrt"]) and gpu["cuda_available"]
+    backend("TensorRT engines", trt_ok, "ok" if trt_ok else ("tensorrt not installed (pip install 'moe-denoise[trt]' "
+                                                             "on a Linux machine with an NVIDIA GPU)"
+                                                             if not info["packages"]["tensorrt"] else "no CUDA GPU"))
+    plug = bool(info["packages"]["onnxruntime_extensions"]) and bool(providers)
+    backend("plugin graph in ONNX Runtime (reference op)", plug, "ok" if plug else
+            "needs onnxruntime and onnxruntime-extensions: pip install 'moe-denoise[onnx]'")
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = gather()
+    if args.json:
+        from moe_denoise.cli import print_json
+
+        print_json(info)
+        return 0
+    print(f"python       {info['python']} on {info['platform']}")
+    for mod, ver in info["packages"].items():
+        print(f"{mod:<24} {ver or 'not installed'}")
+    g = info["gpu"]
+    print(f"GPU          {g.get('name', 'none')}" + (f" (compute {g['compute_capability']}, {g['memory_gib']} GiB)"
+                                                     if g["cuda_available"] else ""))
+    print(f"torch CUDA build: {g.get('torch_cuda_build')}; onnxruntime providers: {info['onnxruntime_providers']}")
+    print("\nbackends:")
+    for name, b in info["backends"].items():
+        print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}")
+    return 0

@@ -1,0 +1,55 @@
+"""moe-denoise export: weights -> checked ONNX + manifest, behind a parity gate."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import add_weights_args, resolve_weights
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export weights to ONNX (portable or TensorRT-plugin flavour)",
+                       description="Writes an ONNX model and OUT.manifest.json. Before the file is kept, it is run in "
+                                   "ONNX Runtime against the PyTorch model on a fixed batch; out of tolerance, nothing "
+                                   "is written and the parity report is printed (exit code 1).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_weights_args(p)
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="output .onnx path (default: artifacts/moe_denoiser.<flavor>[.noopt].onnx)")
+    p.add_argument("--flavor", choices=["portable", "plugin"], default="portable",
+                   help="portable: standard ONNX operators only; plugin: sparse attention as TensorRT plugin nodes")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip the exact algebraic rewrites (fused GEMMs, folded merge_proj and scale) for comparison")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--parity-images", type=int, default=32, help="size of the fixed parity batch")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity run")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=run)
+
+
+def default_output(flavor: str, optimize: bool) -> Path:
+    return Path("artifacts") / f"moe_denoiser.{flavor}{'' if optimize else '.noopt'}.onnx"
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_model.checkpoint import load_model
+
+    if args.parity_images < 1:
+        raise ValueError(f"--parity-images must be >= 1 (got {args.parity_images})")
+    weights = resolve_weights(args.weights)
+    model = load_model(weights, preset=args.preset)
+    out = args.output or default_output(args.flavor, not args.no_optimize)
+    opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, opset=args.opset)
+    log = (lambda s: None) if args.json else print
+    result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
+                         threads=args.threads, log=log)
+    if args.json:
+        from moe_denoise.cli import print_json
+
+        print_json({"onnx": str(result.path), "manifest": str(result.manifest_path), **result.manifest})
+    else:
+        print(result.parity.summary())
+        print(f"wrote {result.path} and {result.manifest_path}")
+    return 0

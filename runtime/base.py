@@ -1,0 +1,115 @@
+"""The runner protocol: ``infer(feeds) -> outputs`` validates, chunks, then calls ``_infer_impl``.
+
+Runners are context managers (``activate`` / ``deactivate``); ``runner(x)`` is a shortcut that takes and
+returns one float array, so a runner plugs straight into ``runtime.tiling.denoise_array``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+INPUT_NAME = "noisy"
+OUTPUT_NAME = "denoised"
+TILE_SHAPE = (3, 32, 32)
+
+
+def validate_batch(x: Any, dtypes: tuple[np.dtype, ...] = (np.dtype(np.float32),), name: str = INPUT_NAME,
+                   tile_shape: tuple[int, int, int] = TILE_SHAPE, check_range: bool = True) -> np.ndarray:
+    """Check one input batch: ndarray [B, C, H, W] of an accepted dtype, finite, values in [0, 1]."""
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"input '{name}' must be a numpy array, got {type(x).__name__}; convert it with "
+                         f"np.asarray(x, dtype=np.float32)")
+    accepted = " or ".join(str(d) for d in dtypes)
+    if x.dtype not in dtypes:
+        raise InputError(f"input '{name}' has dtype {x.dtype}; this runner expects {accepted}. Convert with "
+                         f"x.astype(np.{dtypes[0]}) (uint8 images: x.astype(np.float32) / 255)")
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(tile_shape) or x.shape[0] < 1:
+        raise InputError(f"input '{name}' has shape {list(x.shape)}; expected [B, {', '.join(map(str, tile_shape))}] "
+                         f"with B >= 1 (RGB tiles, channels first). For whole photos use runtime.denoise_array or "
+                         f"'moe-denoise denoise', which tile them")
+    if check_range:
+        if not np.isfinite(x).all():
+            bad = int(np.size(x) - np.isfinite(x).sum())
+            raise InputError(f"input '{name}' has {bad} NaN/Inf values; expected finite pixels in [0, 1]")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"input '{name}' has values in [{lo:.4g}, {hi:.4g}]; expected [0, 1]. Scale 8-bit "
+                             f"images by 1/255 and 16-bit by 1/65535, and clip")
+    return x
+
+
+class BaseRunner:
+    """Base of every backend. Subclasses set ``backend``/``precision`` and implement ``_infer_impl``."""
+
+    backend: str = "base"
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+
+    def __init__(self, name: str | None = None, precision: str = "fp32", max_batch: int | None = None,
+                 input_dtypes: tuple[Any, ...] = (np.float32,)) -> None:
+        self.name = name or self.backend
+        self.precision = precision
+        self.max_batch = max_batch
+        self.input_dtypes = tuple(np.dtype(d) for d in input_dtypes)
+        self.is_active = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    def activate(self) -> "BaseRunner":
+        if not self.is_active:
+            self._activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "BaseRunner":
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    # --- inference -------------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
+        """Run a batch. ``feeds``: {input_name: array} or the array itself. Batches beyond ``max_batch`` are chunked."""
+        if not self.is_active:
+            raise RuntimeError(f"runner '{self.name}' is not active: use 'with runner:' or call runner.activate()")
+        if isinstance(feeds, Mapping):
+            unknown = sorted(set(feeds) - {self.input_name})
+            if unknown or self.input_name not in feeds:
+                raise InputError(f"runner '{self.name}' takes one input named '{self.input_name}'; got "
+                                 f"{sorted(feeds)}")
+            x = feeds[self.input_name]
+        else:
+            x = feeds
+        if check:
+            validate_batch(x, self.input_dtypes, self.input_name)
+        step = self.max_batch or len(x)
+        if len(x) <= step:
+            out = self._infer_impl(np.ascontiguousarray(x))
+        else:
+            out = np.concatenate([self._infer_impl(np.ascontiguousarray(x[i : i + step]))
+                                  for i in range(0, len(x), step)])
+        return {self.output_name: out}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.infer(x)[self.output_name]
+
+    # --- for subclasses --------------------------------------------------------------------------------
+    def _activate_impl(self) -> None:
+        pass
+
+    def _deactivate_impl(self) -> None:
+        pass
+
+    def _infer_impl(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": self.backend, "precision": self.precision, "max_batch": self.max_batch}

@@ -1,0 +1,116 @@
+"""The ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers chosen explicitly."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._optional import require
+from .base import BaseRunner
+from .errors import ArtifactError, InputError, MissingBackendError
+from .manifest import check_artifact_file, read_manifest
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OrtRunner(BaseRunner):
+    """Runs an exported ONNX model. The requested provider must be the one that runs: no silent CPU fallback."""
+
+    backend = "ort"
+
+    def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None,
+                 opt_level: str = "all", check_manifest: bool = True, device_id: int = 0,
+                 io_binding: bool | None = None, name: str | None = None, max_batch: int | None = None) -> None:
+        if provider not in PROVIDERS:
+            raise InputError(f"unknown ONNX Runtime provider {provider!r}; expected one of {sorted(PROVIDERS)}")
+        if opt_level not in OPT_LEVELS:
+            raise InputError(f"unknown graph optimisation level {opt_level!r}; expected one of {OPT_LEVELS}")
+        if threads is not None and threads < 0:
+            raise InputError(f"threads must be >= 0 (0 = onnxruntime's default), got {threads}")
+        super().__init__(name=name or f"ort-{provider}", max_batch=max_batch)
+        self.model_path = Path(model)
+        self.provider, self.threads, self.opt_level = provider, threads, opt_level
+        self.check_manifest, self.device_id = check_manifest, device_id
+        self.io_binding = (provider != "cpu") if io_binding is None else io_binding
+        self.manifest: dict[str, Any] | None = None
+        self.session = None
+
+    def _activate_impl(self) -> None:
+        ort = require("onnxruntime", "the ONNX Runtime backend")
+        if not self.model_path.is_file():
+            raise ArtifactError(f"ONNX model {self.model_path} does not exist; create it with 'moe-denoise export'")
+        if self.check_manifest:
+            self.manifest = read_manifest(self.model_path)
+            check_artifact_file(self.model_path, self.manifest)
+        wanted = PROVIDERS[self.provider]
+        have = ort.get_available_providers()
+        if wanted not in have:
+            hint = ("install onnxruntime-gpu (pip uninstall onnxruntime && pip install onnxruntime-gpu) on a machine "
+                    "with an NVIDIA GPU and CUDA" if self.provider != "cpu" else "reinstall onnxruntime")
+            raise MissingBackendError(f"ONNX Runtime provider {wanted} was asked for but this onnxruntime "
+                                      f"{ort.__version__} offers only {have}; {hint}")
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.opt_level]
+        onnx = require("onnx", "loading ONNX models")
+        try:
+            proto = onnx.load(str(self.model_path))
+        except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
+            raise ArtifactError(f"{self.model_path} is not a readable ONNX model ({e}); re-export it") from e
+        from .ort_plugin import has_plugin_nodes, register_reference_op, relabel_for_ort
+
+        if has_plugin_nodes(proto):
+            so.register_custom_ops_library(register_reference_op())
+            proto = relabel_for_ort(proto)
+        opts = [{"device_id": self.device_id}] if self.provider != "cpu" else [{}]
+        self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=[wanted], provider_options=opts)
+        running = self.session.get_providers()
+        if running[0] != wanted:
+            raise MissingBackendError(f"asked for {wanted} but ONNX Runtime is running {running}; refusing to fall "
+                                      f"back silently. Check the CUDA / TensorRT libraries onnxruntime needs")
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        self.input_dtypes = (np.dtype(np.float16),) if inp.type == "tensor(float16)" else (np.dtype(np.float32),)
+        if isinstance(inp.shape[0], int) and self.max_batch is None:
+            self.max_batch = inp.shape[0]
+        self._ort = ort
+
+    def _deactivate_impl(self) -> None:
+        self.session = None
+
+    def _infer_impl(self, x: np.ndarray) -> np.ndarray:
+        if not self.io_binding:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, x)
+        binding.bind_output(self.output_name, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def bind_device_input(self, x: np.ndarray) -> Any:
+        """For compute-only timing on GPU: put ``x`` on the device once, return a binding to run repeatedly."""
+        value = self._ort.OrtValue.ortvalue_from_numpy(x, "cuda" if self.provider != "cpu" else "cpu", self.device_id)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, value)
+        binding.bind_output(self.output_name, "cuda" if self.provider != "cpu" else "cpu", self.device_id)
+        return binding
+
+    def run_binding(self, binding: Any) -> None:
+        self.session.run_with_iobinding(binding)
+
+    def describe(self) -> dict[str, Any]:
+        d = {**super().describe(), "model": str(self.model_path), "provider": self.provider, "threads": self.threads,
+             "opt_level": self.opt_level}
+        if self.session is not None:
+            d["providers_running"] = self.session.get_providers()
+        return d

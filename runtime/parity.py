@@ -1,0 +1,104 @@
+"""Parity of a backend's outputs against the PyTorch reference outputs."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .tolerances import Tolerance
+
+
+@dataclass
+class ParityReport:
+    backend: str
+    precision: str
+    num_images: int
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    psnr: float            # dB, backend output vs reference output (inf when identical)
+    bad_fraction: float    # fraction of pixels with |diff| > tolerance.atol
+    tolerance: Tolerance
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["psnr"] = None if math.isinf(self.psnr) else self.psnr
+        return d
+
+    def summary(self) -> str:
+        psnr = "inf" if math.isinf(self.psnr) else f"{self.psnr:.1f}"
+        t = self.tolerance
+        lines = [
+            f"parity {self.backend}/{self.precision} vs PyTorch on {self.num_images} images: "
+            f"{'PASS' if self.passed else 'FAIL'}",
+            f"  max abs  {self.max_abs:.3e}   (limit {t.max_abs:.0e})",
+            f"  mean abs {self.mean_abs:.3e}",
+            f"  p99 abs  {self.p99_abs:.3e}",
+            f"  PSNR     {psnr} dB (limit >= {t.min_psnr:.0f} dB)",
+            f"  pixels beyond {t.atol:.0e}: {self.bad_fraction:.2e} (limit {t.max_bad_fraction:.0e})",
+        ]
+        lines += [f"  failed: {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, backend: str = "?",
+            precision: str = "fp32") -> ParityReport:
+    """Compare two output batches (same shape) and judge them against ``tolerance``."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)
+    if ref.shape != out.shape:
+        raise InputError(f"parity: output shape {out.shape} differs from the reference shape {ref.shape}")
+    diff = np.abs(out - ref)
+    finite = bool(np.isfinite(out).all())
+    if not finite:
+        diff = np.where(np.isfinite(diff), diff, np.inf)
+    mse = float(np.mean(diff**2)) if finite else float("inf")
+    psnr = float("inf") if mse == 0 else (10 * math.log10(1.0 / mse) if finite else float("-inf"))
+    report = ParityReport(
+        backend=backend, precision=precision, num_images=int(ref.shape[0]) if ref.ndim else 1,
+        max_abs=float(diff.max()) if diff.size else 0.0, mean_abs=float(diff.mean()) if diff.size else 0.0,
+        p99_abs=float(np.percentile(diff, 99)) if diff.size else 0.0, psnr=psnr,
+        bad_fraction=float(np.mean(diff > tolerance.atol)) if diff.size else 0.0,
+        tolerance=tolerance, passed=True,
+    )
+    if not finite:
+        report.failures.append("output has NaN or Inf values")
+    if report.max_abs > tolerance.max_abs:
+        report.failures.append(f"max abs {report.max_abs:.3e} > {tolerance.max_abs:.0e}")
+    if report.bad_fraction > tolerance.max_bad_fraction:
+        report.failures.append(f"{report.bad_fraction:.2e} of pixels beyond {tolerance.atol:.0e} "
+                               f"(allowed {tolerance.max_bad_fraction:.0e})")
+    if report.psnr < tolerance.min_psnr:
+        report.failures.append(f"PSNR {report.psnr:.1f} dB < {tolerance.min_psnr:.0f} dB")
+    report.passed = not report.failures
+    return report
+
+
+def parity_inputs(num: int = 32, seed: int = 0, sigma: float = 0.2) -> np.ndarray:
+    """A fixed, self-contained parity batch (no dataset needed): half smooth 'natural-like' images with
+    clipped Gaussian noise, a quarter uniform random images, and edge cases (flat, black/white, stripes)."""
+    if num < 1:
+        raise InputError(f"parity needs at least 1 input image (got {num})")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 32), indexing="ij")
+    images = []
+    for i in range(num):
+        kind = i % 8
+        if kind < 4:  # smooth random field + edges, noisy like the task's inputs
+            f = sum(rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * (rng.uniform(0.5, 3) * xx * rng.choice([-1, 1])
+                    + rng.uniform(0.5, 3) * yy + rng.uniform(0, 1)))[None] for _ in range(3))
+            img = np.clip(0.5 + f + rng.uniform(-0.2, 0.2, (3, 1, 1)), 0, 1)
+            img = np.where((xx > rng.uniform(0.2, 0.8))[None], img, img * 0.5)
+            img = np.clip(img + sigma * rng.standard_normal(img.shape), 0, 1)
+        elif kind < 6:
+            img = rng.uniform(0, 1, (3, 32, 32))
+        elif kind == 6:
+            img = np.full((3, 32, 32), rng.choice([0.0, 1.0, rng.uniform()]))
+        else:
+            img = np.broadcast_to(((xx * rng.integers(2, 16)) % 1 > 0.5).astype(float), (3, 32, 32))
+        images.append(img)
+    return np.stack(images).astype(np.float32)

@@ -1,0 +1,61 @@
+"""The PyTorch backend: the eager model (masked or gather attention), optionally torch.compile'd, CPU or CUDA."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._optional import require
+from .base import BaseRunner
+from .errors import InputError, MissingBackendError
+
+
+class TorchRunner(BaseRunner):
+    backend = "torch"
+
+    def __init__(self, weights: str | Path | None = None, preset: str | None = None, model: Any = None,
+                 device: str = "cpu", impl: str = "masked", compile: bool = False, threads: int | None = None,
+                 name: str | None = None, max_batch: int | None = None) -> None:
+        super().__init__(name=name or f"torch-{impl}{'-compile' if compile else ''}", max_batch=max_batch)
+        if model is None and weights is None:
+            raise InputError("TorchRunner needs weights= (a .safetensors/.pt path) or model= (a SmallViT)")
+        self.weights, self.preset, self.model = weights, preset, model
+        self.device, self.impl, self.compile, self.threads = device, impl, compile, threads
+        self._fn = None
+
+    def _activate_impl(self) -> None:
+        torch = require("torch", "the PyTorch backend")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise MissingBackendError(f"device {self.device!r} was asked for but torch {torch.__version__} sees no "
+                                      f"CUDA GPU; use device='cpu'")
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.model is None:
+            from moe_model.checkpoint import load_model
+
+            self.model = load_model(self.weights, preset=self.preset)
+        model = self.model.eval().to(self.device)
+        from moe_model.attention import available_impls
+
+        if self.impl not in available_impls():
+            hint = (" (the Triton kernel registers itself when export.plugins.torch_op is imported; the "
+                    "moe-denoise CLI does that for --backend torch-triton)" if self.impl == "triton" else "")
+            raise MissingBackendError(f"attention impl {self.impl!r} is not available; available: "
+                                      f"{', '.join(available_impls())}{hint}")
+        model.set_attention_impl(self.impl)
+        self._fn = torch.compile(model) if self.compile else model
+        self._torch = torch
+
+    def _deactivate_impl(self) -> None:
+        self._fn = None
+
+    def _infer_impl(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self._fn(torch.from_numpy(x).to(self.device))
+            return out.float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": self.device, "impl": self.impl, "compile": self.compile,
+                "threads": self.threads}
