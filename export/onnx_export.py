@@ -32,6 +32,13 @@ OUTPUT_NAME = "denoised"
 DEFAULT_OPSET = 17
 FLAVORS = ("portable", "plugin")
 LN_EPS = 1e-5
+# The exact rewrites, each switchable on its own (tests check each one alone against the plain graph).
+REWRITES = {
+    "fuse_qkv": "one GEMM for the experts' Q/K/V projections and the router's hidden layer",
+    "fold_merge": "merge_proj folded into the experts' output projections (one GEMM over [p_e o_e])",
+    "fold_scale": "1/sqrt(d) folded into W_q and b_q",
+    "gemm_patches": "patch embedding / un-embedding as reshapes + GEMM, conv bias folded into pos_embed",
+}
 
 
 @dataclass
@@ -40,6 +47,7 @@ class ExportOptions:
 
     flavor: str = "portable"
     optimize: bool = True
+    rewrites: tuple[str, ...] | None = None  # None: all of REWRITES when optimize, none otherwise
     opset: int = DEFAULT_OPSET
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
@@ -51,6 +59,15 @@ class ExportOptions:
             raise ValueError(f"unknown ONNX flavour {self.flavor!r}; expected one of {FLAVORS}")
         if not 17 <= self.opset <= 21:
             raise ValueError(f"opset {self.opset} is not supported; use 17..21 (LayerNormalization needs >= 17)")
+        unknown = sorted(set(self.rewrites or ()) - set(REWRITES))
+        if unknown:
+            raise ValueError(f"unknown rewrites {unknown}; known: {sorted(REWRITES)}")
+
+    @property
+    def active_rewrites(self) -> tuple[str, ...]:
+        if self.rewrites is not None:
+            return tuple(r for r in REWRITES if r in self.rewrites)
+        return tuple(REWRITES) if self.optimize else ()
 
 
 def _np(t: Any) -> np.ndarray:
@@ -62,6 +79,7 @@ class _Writer:
 
     def __init__(self, model: Any, opts: ExportOptions) -> None:
         self.m, self.o, self.c = model, opts, model.config
+        self.rw = set(opts.active_rewrites)
         self.g = GraphBuilder(opts.opset, name=f"moe_denoiser_{self.c.name}")
         self.sd = {k: _np(v) for k, v in model.state_dict().items()}
         self.f32 = lambda name, a: self.g.const(name, np.asarray(a, dtype=np.float32))
@@ -126,7 +144,7 @@ class _Writer:
     def embed(self, x: str) -> str:
         c, g, sd, p = self.c, self.g, self.sd, self.c.patch_size
         side = c.image_size // p
-        if not self.o.optimize:
+        if "gemm_patches" not in self.rw:
             y = g.op("Conv", [x, self.f32("patch_embed.weight", sd["patch_embed.weight"]),
                               self.f32("patch_embed.bias", sd["patch_embed.bias"])],
                      name="patch_embed", kernel_shape=[p, p], strides=[p, p])  # (B, C, h, w)
@@ -146,7 +164,7 @@ class _Writer:
         c, g, sd, p = self.c, self.g, self.sd, self.c.patch_size
         side = c.image_size // p
         w, b = sd["patch_unembed.weight"], sd["patch_unembed.bias"]  # (C, 3, p, p), (3,)
-        if not self.o.optimize:
+        if "gemm_patches" not in self.rw:
             y = g.op("Transpose", [t], name="unembed_t", perm=[0, 2, 1])
             y = g.op("Reshape", [y, g.ints("unembed.shape", [0, c.dim, side, side])], name="unembed_rs")
             return g.op("ConvTranspose", [y, self.f32("patch_unembed.weight", w), self.f32("patch_unembed.bias", b)],
@@ -159,48 +177,51 @@ class _Writer:
                     name="image_rs")
 
     def moe(self, h: str, i: int) -> str:
-        c, g, sd = self.c, self.g, self.sd
+        c, g, sd, rw = self.c, self.g, self.sd, self.rw
         pre = f"blocks.{i}.attn"
         ex = [f"{pre}.experts.{e}" for e in range(c.num_experts)]
         scale = 1.0 / math.sqrt(c.head_dim)
+        q_scale, attn_scale = (scale, 1.0) if "fold_scale" in rw else (1.0, scale)
         r0, r2 = f"{pre}.router.routing_net.0", f"{pre}.router.routing_net.2"
-        if not self.o.optimize:
-            hid = g.op("Relu", [self.linear(h, sd[f"{r0}.weight"], sd[f"{r0}.bias"], r0)], name=f"{r0}_relu")
-            probs = g.op("Softmax", [self.linear(hid, sd[f"{r2}.weight"], sd[f"{r2}.bias"], r2)],
-                         name=f"{pre}.router_softmax", axis=-1)  # (B, N, E)
-            mixed = None
-            for e, name in enumerate(ex):
-                q, k, v = (self.linear(h, sd[f"{name}.W_{t}.weight"], sd[f"{name}.W_{t}.bias"], f"{name}.W_{t}")
-                           for t in "qkv")
-                o = self.attention(q, k, v, c.expert_topk[e], scale, f"{name}.attn")
-                y = self.linear(o, sd[f"{name}.W_out.weight"], sd[f"{name}.W_out.bias"], f"{name}.W_out")
-                pe = g.op("Slice", [probs, g.ints(f"{name}.p_start", [e]), g.ints(f"{name}.p_end", [e + 1]),
-                                    g.ints(f"{name}.p_axis", [-1])], name=f"{name}_p")
-                y = g.op("Mul", [pe, y], name=f"{name}_weighted")
-                mixed = y if mixed is None else g.op("Add", [mixed, y], name=f"{pre}_mix")
-            return self.linear(mixed, sd[f"{pre}.merge_proj.weight"], sd[f"{pre}.merge_proj.bias"], f"{pre}.merge_proj")
 
-        # one GEMM: [q_0 k_0 v_0 | q_1 k_1 v_1 | ... | router hidden], scale folded into q
-        ws, bs = [], []
-        for name in ex:
-            ws += [sd[f"{name}.W_q.weight"] * scale, sd[f"{name}.W_k.weight"], sd[f"{name}.W_v.weight"]]
-            bs += [sd[f"{name}.W_q.bias"] * scale, sd[f"{name}.W_k.bias"], sd[f"{name}.W_v.bias"]]
-        ws.append(sd[f"{r0}.weight"])
-        bs.append(sd[f"{r0}.bias"])
-        proj = self.linear(h, np.concatenate(ws), np.concatenate(bs), f"{pre}.qkv_router")
-        sizes = [c.dim] * (3 * c.num_experts) + [c.router_hidden]
-        parts = g.op("Split", [proj, g.ints(f"{pre}.split", sizes)], name=f"{pre}_split", outputs=len(sizes), axis=-1)
-        hid = g.op("Relu", [parts[-1]], name=f"{r0}_relu")
+        def wb(name: str, t: str) -> tuple[np.ndarray, np.ndarray]:
+            s_ = q_scale if t == "q" else 1.0
+            return sd[f"{name}.W_{t}.weight"] * s_, sd[f"{name}.W_{t}.bias"] * s_
+
+        if "fuse_qkv" in rw:  # one GEMM: [q_0 k_0 v_0 | q_1 k_1 v_1 | ... | router hidden]
+            pairs = [wb(name, t) for name in ex for t in "qkv"] + [(sd[f"{r0}.weight"], sd[f"{r0}.bias"])]
+            proj = self.linear(h, np.concatenate([w for w, _ in pairs]), np.concatenate([b for _, b in pairs]),
+                               f"{pre}.qkv_router")
+            sizes = [c.dim] * (3 * c.num_experts) + [c.router_hidden]
+            parts = g.op("Split", [proj, g.ints(f"{pre}.split", sizes)], name=f"{pre}_split", outputs=len(sizes),
+                         axis=-1)
+            qkv, hid = [parts[3 * e : 3 * e + 3] for e in range(c.num_experts)], parts[-1]
+        else:
+            qkv = [[self.linear(h, *wb(name, t), f"{name}.W_{t}") for t in "qkv"] for name in ex]
+            hid = self.linear(h, sd[f"{r0}.weight"], sd[f"{r0}.bias"], r0)
+        hid = g.op("Relu", [hid], name=f"{r0}_relu")
         probs = g.op("Softmax", [self.linear(hid, sd[f"{r2}.weight"], sd[f"{r2}.bias"], r2)],
                      name=f"{pre}.router_softmax", axis=-1)  # (B, N, E)
-        outs = [self.attention(*parts[3 * e : 3 * e + 3], c.expert_topk[e], 1.0, f"{name}.attn")
+        outs = [self.attention(*qkv[e], c.expert_topk[e], attn_scale, f"{name}.attn")
                 for e, name in enumerate(ex)]  # each (B, N, C)
+        wm, bm = sd[f"{pre}.merge_proj.weight"], sd[f"{pre}.merge_proj.bias"]
+
+        if "fold_merge" not in rw:
+            mixed = None
+            for e, name in enumerate(ex):
+                y = self.linear(outs[e], sd[f"{name}.W_out.weight"], sd[f"{name}.W_out.bias"], f"{name}.W_out")
+                pe = g.op("Slice", [probs, g.ints(f"{name}.p_start", [e]), g.ints(f"{name}.p_end", [e + 1]),
+                                    g.ints(f"{name}.p_axis", [-1])], name=f"{name}_p")  # (B, N, 1)
+                y = g.op("Mul", [pe, y], name=f"{name}_weighted")
+                mixed = y if mixed is None else g.op("Add", [mixed, y], name=f"{pre}_mix")
+            return self.linear(mixed, wm, bm, f"{pre}.merge_proj")
+
+        # merge_proj folded: one GEMM over the probability-weighted concatenation [p_0 o_0 | p_1 o_1 | ...]
         cat = g.op("Concat", outs, name=f"{pre}_concat", axis=-1)  # (B, N, E C)
         cat = g.op("Reshape", [cat, g.ints(f"{pre}.split_experts", [0, 0, c.num_experts, c.dim])], name=f"{pre}_rs")
         pw = g.op("Unsqueeze", [probs, g.ints(f"{pre}.unsq_axis", [-1])], name=f"{pre}_p")  # (B, N, E, 1)
         cat = g.op("Mul", [cat, pw], name=f"{pre}_weighted")
         cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", [0, 0, c.num_experts * c.dim])], name=f"{pre}_rs2")
-        wm, bm = sd[f"{pre}.merge_proj.weight"], sd[f"{pre}.merge_proj.bias"]
         w_fold = np.concatenate([wm @ sd[f"{name}.W_out.weight"] for name in ex], axis=1)  # (C, E C)
         b_fold = np.stack([wm @ sd[f"{name}.W_out.bias"] for name in ex])  # (E, C)
         y = self.linear(cat, w_fold, None, f"{pre}.out_merged")
@@ -231,7 +252,7 @@ class _Writer:
         shape = [batch, c.in_chans, c.image_size, c.image_size]
         return g.model([helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)],
                        [helper.make_tensor_value_info(o.output_name, TensorProto.FLOAT, shape)],
-                       doc=f"moe-denoise SmallViT '{c.name}', flavour {o.flavor}, optimize={o.optimize}")
+                       doc=f"moe-denoise SmallViT '{c.name}', flavour {o.flavor}, rewrites {list(o.active_rewrites)}")
 
 
 def build_onnx(model: Any, opts: ExportOptions | None = None) -> Any:

@@ -35,13 +35,6 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def rewrites(opts: ExportOptions) -> list[str]:
-    if not opts.optimize:
-        return []
-    return ["fused QKV + router-hidden GEMM", "merge_proj folded into expert output projections",
-            "1/sqrt(d) folded into W_q", "patch embed/unembed as GEMM, conv bias folded into pos_embed"]
-
-
 def reference_outputs(model: Any, x: np.ndarray) -> np.ndarray:
     import torch
 
@@ -117,7 +110,7 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
                   "weights_file": str(weights_path) if weights_path else None,
                   "weights_sha256": sha256_file(weights_path) if weights_path else None},
         "onnx": {"flavor": opts.flavor, "optimized": opts.optimize, "opset": opts.opset, "ir_version": proto.ir_version,
-                 "rewrites": rewrites(opts), "notes": list(opts.notes), "nodes": len(proto.graph.node),
+                 "rewrites": list(opts.active_rewrites), "notes": list(opts.notes), "nodes": len(proto.graph.node),
                  "op_types": sorted({n.op_type for n in proto.graph.node})},
         "plugin": ({"id": PLUGIN_ID, "name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
                     "nodes": plugin_nodes} if plugin_nodes else None),

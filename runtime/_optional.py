@@ -20,6 +20,8 @@ PACKAGES: dict[str, tuple[str, str | None]] = {
     "skimage": ("scikit-image", "eval"),
     "matplotlib": ("matplotlib", "plot"),
     "cupy": ("cupy-cuda12x", None),
+    "png": ("pypng", "images"),
+    "tifffile": ("tifffile", "images"),
 }
 
 
@@ -38,7 +40,7 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        what = purpose or f"this operation"
+        what = purpose or "this operation"
         raise MissingBackendError(f"{what} needs the Python package '{PACKAGES.get(module, (module,))[0]}', which "
                                   f"could not be imported here ({e}). Install it with: {install_hint(module)}") from e
 

@@ -1,0 +1,74 @@
+"""Shared fixtures. Data from ../shared is optional: tests that need it skip with a reason when it is absent."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CIFAR_DIR = SHARED / "data" / "cifar-10-batches-py"
+SEED_CKPT = SHARED / "reference" / "seed_checkpoint.pt"
+SEED_OUTPUTS = SHARED / "reference" / "seed_outputs.npz"
+SHIPPED = REPO / "weights" / "moe_denoiser.safetensors"
+
+
+def need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (it lives in ../shared, which only CI and the team's checkouts have)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def seed_ckpt() -> Path:
+    return need(SEED_CKPT, "the seed checkpoint")
+
+
+@pytest.fixture(scope="session")
+def seed_outputs() -> Path:
+    return need(SEED_OUTPUTS, "the seed reference outputs")
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    return need(CIFAR_DIR, "CIFAR-10")
+
+
+def write_fake_cifar(root: Path, per_batch: int = 1010, test: int = 40, seed: int = 0) -> Path:
+    """A CIFAR-10 'python version' folder with smooth random images (5 x per_batch training, ``test`` test)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+
+    def images(n: int) -> np.ndarray:
+        fx, fy, ph = rng.uniform(0.05, 0.3, (3, n, 3, 1, 1))
+        img = 127.5 + 100 * np.sin(fx * xx + fy * yy + 6 * ph)
+        return img.clip(0, 255).astype(np.uint8).reshape(n, 3072)
+
+    for i in range(1, 6):
+        with open(root / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": images(per_batch), b"labels": [0] * per_batch}, f)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": images(test), b"labels": [0] * test}, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_cifar(tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py")
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seed-architecture model with random weights, saved like a training run (safetensors + JSON)."""
+    import torch
+
+    from moe_model import SmallViT
+    from moe_model.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
+    save_weights(SmallViT("seed"), path, {"note": "random weights for tests"})
+    return path

@@ -1,0 +1,80 @@
+"""SmallViT: shapes, gradients, parameter count, routing, load-balance loss, presets."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moe_model import ModelConfig, SmallViT, count_parameters, get_preset
+from moe_model.layers import AdaptiveAttentionMoE, Block, SparseAttentionExpert, TokenRouter
+from moe_model.losses import load_balance_loss, total_loss
+
+
+def test_seed_preset_architecture():
+    m = SmallViT("seed")
+    assert count_parameters(m) == 599_689
+    c = m.config
+    assert (c.patch_size, c.dim, c.depth, c.num_heads, c.expert_topk, c.num_tokens) == (4, 128, 2, 4, (32, 64, 128), 64)
+    assert count_parameters(SmallViT("residual")) == 599_689  # same budget, residual learning
+
+
+def test_layer_shapes():
+    x = torch.randn(2, 64, 128)
+    assert TokenRouter(128, 64, 3)(x).shape == (2, 64, 3)
+    assert SparseAttentionExpert(128, 4, 32)(x).shape == (2, 64, 128)
+    out, probs = AdaptiveAttentionMoE(128, 4, (32, 64, 128), 64)(x)
+    assert out.shape == (2, 64, 128) and probs.shape == (2, 64, 3)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 64))
+    y, p = Block(128, 4, (32, 64, 128), 64, 256)(x)
+    assert y.shape == x.shape and p.shape == (2, 64, 3)
+
+
+@pytest.mark.parametrize("preset", ["seed", "residual"])
+def test_forward_range_routing_and_gradients(preset):
+    torch.manual_seed(0)
+    m = SmallViT(preset)
+    x = torch.rand(3, 3, 32, 32)
+    out, routing = m(x, return_routing=True)
+    assert out.shape == x.shape and float(out.detach().min()) >= 0.0 and float(out.detach().max()) <= 1.0
+    assert len(routing) == 2 and all(r.shape == (3, 64, 3) for r in routing)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(m.last_routing, routing))  # kept for analysis
+    loss, mse, aux = total_loss(out, x, routing)
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without finite gradients: {missing}"
+    assert m.blocks[0].attn.router.routing_net[0].weight.grad.abs().sum() > 0  # the aux loss reaches the router
+
+
+def test_load_balance_loss_known_values():
+    uniform = torch.full((2, 5, 3), 1 / 3)
+    assert float(load_balance_loss(uniform)) == pytest.approx(0.0, abs=1e-7)
+    # q = (0.5, 0.25, 0.25) everywhere: KL(u||q)/E = (1/3) sum_e (1/3) log((1/3)/q_e) / 3
+    q = torch.tensor([0.5, 0.25, 0.25])
+    probs = q.expand(4, 7, 3)
+    expected = sum((1 / 3) * math.log((1 / 3) / qe) for qe in q.tolist()) / 3
+    assert float(load_balance_loss(probs)) == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(load_balance_loss(probs), F.kl_div(q.log(), torch.full((3,), 1 / 3),
+                                                                  reduction="batchmean"))
+
+
+def test_config_round_trip_and_errors():
+    c = get_preset("residual")
+    assert ModelConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        get_preset("nope")
+    with pytest.raises(ValueError, match="not divisible"):
+        ModelConfig(dim=130)
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({"dimension": 3})
+
+
+def test_masked_and_gather_models_agree():
+    torch.manual_seed(1)
+    m = SmallViT("seed").eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        a = m(x)
+        b = m.set_attention_impl("gather")(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown attention impl"):
+        m.set_attention_impl("fast")
