@@ -10,8 +10,9 @@ Two flavours:
 ``optimize=True`` applies exact algebraic rewrites (each tested on its own):
   * one GEMM for the three experts' Q/K/V projections and the router's hidden layer,
   * merge_proj folded into the experts' output projections (exact because routing probabilities sum to 1):
-        merge(sum_e p_e (o_e W_e^T + b_e)) = sum_e p_e o_e (W_m W_e)^T + sum_e p_e (W_m b_e) + b_m,
-    computed as one GEMM over the probability-weighted concatenation [p_0 o_0 | p_1 o_1 | p_2 o_2],
+        merge(sum_e p_e (o_e W_e^T + b_e)) = sum_e p_e o_e (W_m W_e)^T + sum_e p_e (W_m b_e + b_m),
+    computed as one GEMM over the probability-weighted concatenation [p_0 o_0 | p_1 o_1 | p_2 o_2] plus
+    p @ B with B[e] = W_m b_e + b_m,
   * the 1/sqrt(d) scale folded into W_q and b_q,
   * patch embedding and un-embedding as reshapes + one GEMM (conv bias folded into the position embedding).
 ``optimize=False`` is a one-to-one translation of the PyTorch modules, for comparison.
@@ -223,11 +224,11 @@ class _Writer:
         cat = g.op("Mul", [cat, pw], name=f"{pre}_weighted")
         cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", [0, 0, c.num_experts * c.dim])], name=f"{pre}_rs2")
         w_fold = np.concatenate([wm @ sd[f"{name}.W_out.weight"] for name in ex], axis=1)  # (C, E C)
-        b_fold = np.stack([wm @ sd[f"{name}.W_out.bias"] for name in ex])  # (E, C)
+        # b_m moves into every expert's bias: sum_e p_e (W_m b_e + b_m) = sum_e p_e W_m b_e + b_m as sum_e p_e = 1
+        b_fold = np.stack([wm @ sd[f"{name}.W_out.bias"] + bm for name in ex])  # (E, C)
         y = self.linear(cat, w_fold, None, f"{pre}.out_merged")
         bias = g.op("MatMul", [probs, self.f32(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
-        y = g.op("Add", [y, bias], name=f"{pre}_add_bias")
-        return g.op("Add", [y, self.f32(f"{pre}.merge_proj.bias", bm)], name=f"{pre}_add_merge_bias")
+        return g.op("Add", [y, bias], name=f"{pre}_add_bias")
 
     def build(self) -> Any:
         from onnx import TensorProto, helper

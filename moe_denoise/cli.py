@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 
-COMMANDS = ("train", "evaluate", "visualize", "export", "parity", "doctor")
+COMMANDS = ("train", "evaluate", "visualize", "export", "parity", "denoise", "doctor")
 
 
 class UserError(Exception):
@@ -47,7 +47,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the exact command, recorded by jobs that write artifacts
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

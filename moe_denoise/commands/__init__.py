@@ -36,3 +36,43 @@ def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):
     from moe_model.checkpoint import load_model
 
     return load_model(resolve_weights(args.weights), preset=args.preset, impl=impl)
+
+
+BACKENDS = ("torch", "ort", "trt")
+
+
+def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default_impl: str = "masked") -> None:
+    p.add_argument("--backend", choices=BACKENDS, required=required, default=None if required else "torch",
+                   help="torch: the PyTorch model; ort: an ONNX model in ONNX Runtime; trt: a TensorRT engine")
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="ONNX model (ort) or engine (trt); default for ort: artifacts/moe_denoiser.portable.onnx")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu)")
+    p.add_argument("--impl", default=default_impl,
+                   help="torch backend: attention implementation (masked, gather, triton)")
+    p.add_argument("--device", default="cpu", help="torch backend device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch / ONNX Runtime)")
+
+
+def make_runner(args: argparse.Namespace, weights: Path | None):
+    """The runner chosen by --backend and its options."""
+    if args.backend == "ort":
+        from runtime.ort_runner import OrtRunner
+
+        from .export import default_output
+
+        return OrtRunner(args.artifact or default_output("portable", True), provider=args.provider,
+                         threads=args.threads)
+    if args.backend == "torch":
+        from runtime.torch_runner import TorchRunner
+
+        if args.impl == "triton":
+            import export.plugins.torch_op  # noqa: F401 - registers the Triton implementation
+
+        return TorchRunner(resolve_weights(weights), preset=args.preset, device=args.device, impl=args.impl,
+                           threads=args.threads)
+    from runtime.trt_runner import TensorRTRunner
+
+    if args.artifact is None:
+        raise ValueError("--backend trt needs --artifact ENGINE (build one with 'moe-denoise build')")
+    return TensorRTRunner(args.artifact)

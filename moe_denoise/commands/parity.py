@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_weights_args, resolve_weights
+from . import add_backend_args, add_weights_args, make_runner, resolve_weights
 
-BACKENDS = ("ort", "torch", "trt")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,43 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Tolerances come from runtime/tolerances.py, keyed by (backend, precision). "
                                    "Exit code 1 when out of tolerance.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backend", choices=BACKENDS, required=True)
-    p.add_argument("--artifact", type=Path, default=None,
-                   help="ONNX model (ort) or engine (trt); default: artifacts/moe_denoiser.portable.onnx for ort")
+    add_backend_args(p, required=True, default_impl="gather")
     add_weights_args(p)
     p.add_argument("-n", "--num-images", type=int, default=64)
     p.add_argument("--data-dir", type=Path, default=None,
                    help="optionally add noisy CIFAR-10 test images from this folder to the synthetic batch")
-    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="ONNX Runtime provider")
-    p.add_argument("--impl", default="gather", help="torch backend: attention implementation to check "
-                                                    "(gather, masked, triton)")
-    p.add_argument("--device", default="cpu", help="torch backend device")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
-
-
-def build_runner(args: argparse.Namespace, weights: Path):
-    """The runner under test, from the parsed arguments."""
-    if args.backend == "ort":
-        from runtime.ort_runner import OrtRunner
-
-        from .export import default_output
-
-        return OrtRunner(args.artifact or default_output("portable", True), provider=args.provider,
-                         threads=args.threads)
-    if args.backend == "torch":
-        from runtime.torch_runner import TorchRunner
-
-        if args.impl == "triton":
-            import export.plugins.torch_op  # noqa: F401 - registers the Triton implementation
-
-        return TorchRunner(weights, preset=args.preset, device=args.device, impl=args.impl, threads=args.threads)
-    from runtime.trt_runner import TensorRTRunner
-
-    if args.artifact is None:
-        raise ValueError("--backend trt needs --artifact ENGINE (build one with 'moe-denoise build')")
-    return TensorRTRunner(args.artifact)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         from moe_model.data import fixed_noisy, load_cifar10, to_float
 
         x = np.concatenate([x, fixed_noisy(to_float(load_cifar10(args.data_dir, "test")[: args.num_images])).numpy()])
-    runner = build_runner(args, weights)
+    runner = make_runner(args, weights)
     with runner:
         manifest = getattr(runner, "manifest", None)
         if manifest and manifest.get("model", {}).get("weights_sha256"):

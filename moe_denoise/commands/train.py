@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 from . import add_data_args
 
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                       aux_weight=args.aux_weight, grad_clip=args.grad_clip, sigma=args.sigma, seed=args.seed,
                       eval_seed=args.eval_seed, max_train=args.max_train, max_val=args.max_val,
                       device=args.device, threads=args.threads)
-    command = "moe-denoise " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command)
     print(f"best validation loss {result['best_val_loss']:.6f}; weights: {args.out_dir}/best.safetensors")
     return 0

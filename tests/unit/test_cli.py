@@ -1,0 +1,93 @@
+"""The moe-denoise command: help on every subcommand, and each job end to end on tiny inputs."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moe_denoise.cli import COMMANDS, build_parser, main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS + ("add-noise",))
+def test_help_on_each_subcommand(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: moe-denoise " + command in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+    assert "train" in build_parser().format_help()
+
+
+def test_missing_data_dir_is_a_clear_error(capsys, random_weights, tmp_path):
+    code, _, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", tmp_path / "nowhere")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_missing_weights_is_a_clear_error(capsys, tmp_path):
+    code, _, err = run(capsys, "evaluate", "--weights", tmp_path / "none.safetensors", "--data-dir", tmp_path)
+    assert code == 2 and "weights file" in err and "does not exist" in err
+
+
+def test_train_evaluate_visualize(capsys, fake_cifar, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "train", "--data-dir", fake_cifar, "--out-dir", out_dir, "--epochs", 1,
+                       "--max-train", 16, "--max-val", 8, "--batch-size", 8, "--no-progress")
+    assert code == 0 and "best validation loss" in out
+    side = json.loads((out_dir / "best.json").read_text())
+    assert side["training"]["command"] == (f"moe-denoise train --data-dir {fake_cifar} --out-dir {out_dir} --epochs 1 "
+                                           "--max-train 16 --max-val 8 --batch-size 8 --no-progress")
+    weights = out_dir / "best.safetensors"
+    code, out, _ = run(capsys, "evaluate", "--weights", weights, "--data-dir", fake_cifar, "--limit", 4, "--json")
+    r = json.loads(out)
+    assert code == 0 and r["num_images"] == 4 and set(r["protocols"]) == {"clip", "unclipped"}
+    assert r["protocols"]["clip"]["model"]["ssim"]["mean"] > 0
+    code, out, _ = run(capsys, "evaluate", "--weights", weights, "--data-dir", fake_cifar, "--limit", 4, "--no-ssim")
+    assert code == 0 and "noisy input" in out and "PSNR" in out
+    code, out, _ = run(capsys, "visualize", "--weights", weights, "--data-dir", fake_cifar, "-n", 2, "-o", tmp_path)
+    assert code == 0
+    for name in ("denoise_grid.png", "routing_maps.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.width > 100 and im.height > 100
+
+
+def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    code, out, _ = run(capsys, "export", "--weights", random_weights, "-o", onnx_path, "--parity-images", 4)
+    assert code == 0 and "PASS" in out and onnx_path.is_file()
+    code, out, _ = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "--weights", random_weights,
+                       "-n", 8, "--json")
+    r = json.loads(out)
+    assert code == 0 and r["passed"] and r["num_images"] == 8 and r["runner"]["backend"] == "ort"
+    code, out, _ = run(capsys, "parity", "--backend", "torch", "--weights", random_weights, "-n", 4)
+    assert code == 0 and "PASS" in out
+    # the artifact belongs to other weights: refused, naming both
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(random_weights.read_bytes()[:-4] + b"\0\0\0\0")
+    (tmp_path / "other.json").write_text(random_weights.with_suffix(".json").read_text())
+    code, _, err = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "--weights", other)
+    assert code == 2 and "weights mismatch" in err
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).uniform(size=(45, 77, 3)) * 255).astype(np.uint8)).save(photo)
+    for backend, extra in (("torch", ["--weights", random_weights]), ("ort", ["--artifact", onnx_path])):
+        out_png = tmp_path / f"out_{backend}.png"
+        code, out, _ = run(capsys, "denoise", photo, "-o", out_png, "--backend", backend, *extra, "--no-progress")
+        assert code == 0, out
+        with Image.open(out_png) as im:
+            assert im.size == (77, 45) and im.mode == "RGB"
+    code, _, err = run(capsys, "denoise", photo, "-o", photo, "--weights", random_weights)
+    assert code == 2 and "refusing" in err
+    code, out, _ = run(capsys, "doctor", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["backends"]["ONNX Runtime CPU"]["usable"]
+    assert "TensorRT engines" in info["backends"]
