@@ -50,6 +50,7 @@ class ExportOptions:
     optimize: bool = True
     rewrites: tuple[str, ...] | None = None  # None: all of REWRITES when optimize, none otherwise
     opset: int = DEFAULT_OPSET
+    precision: str = "fp32"  # fp16: fp16 weights and activations, fp32 I/O, LayerNorm and softmax in fp32
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     dynamic_batch: bool = True
@@ -60,6 +61,8 @@ class ExportOptions:
             raise ValueError(f"unknown ONNX flavour {self.flavor!r}; expected one of {FLAVORS}")
         if not 17 <= self.opset <= 21:
             raise ValueError(f"opset {self.opset} is not supported; use 17..21 (LayerNormalization needs >= 17)")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"unknown precision {self.precision!r}; expected fp32 or fp16")
         unknown = sorted(set(self.rewrites or ()) - set(REWRITES))
         if unknown:
             raise ValueError(f"unknown rewrites {unknown}; known: {sorted(REWRITES)}")
@@ -83,26 +86,40 @@ class _Writer:
         self.rw = set(opts.active_rewrites)
         self.g = GraphBuilder(opts.opset, name=f"moe_denoiser_{self.c.name}")
         self.sd = {k: _np(v) for k, v in model.state_dict().items()}
+        self.fp16 = opts.precision == "fp16"
         self.f32 = lambda name, a: self.g.const(name, np.asarray(a, dtype=np.float32))
+        # weights and constants that meet activations live in the compute precision
+        self.w = lambda name, a: self.g.const(name, np.asarray(a, dtype=np.float16 if self.fp16 else np.float32))
+
+    def cast(self, x: str, to32: bool, name: str) -> str:
+        """Switch between the compute precision and fp32 (a no-op in an fp32 graph)."""
+        if not self.fp16:
+            return x
+        from onnx import TensorProto
+
+        return self.g.op("Cast", [x], name=f"{name}_{'to32' if to32 else 'to16'}",
+                         to=TensorProto.FLOAT if to32 else TensorProto.FLOAT16)
 
     # --- building blocks ------------------------------------------------------------------------------
     def linear(self, x: str, w: np.ndarray, b: np.ndarray | None, name: str) -> str:
         """x @ w.T + b, with w in PyTorch's (out, in) layout."""
-        y = self.g.op("MatMul", [x, self.f32(f"{name}.weight_t", w.T)], name=f"{name}_matmul")
-        return y if b is None else self.g.op("Add", [y, self.f32(f"{name}.bias", b)], name=f"{name}_add")
+        y = self.g.op("MatMul", [x, self.w(f"{name}.weight_t", w.T)], name=f"{name}_matmul")
+        return y if b is None else self.g.op("Add", [y, self.w(f"{name}.bias", b)], name=f"{name}_add")
 
     def layer_norm(self, x: str, prefix: str) -> str:
-        return self.g.op("LayerNormalization", [x, self.f32(f"{prefix}.weight", self.sd[f"{prefix}.weight"]),
-                                                self.f32(f"{prefix}.bias", self.sd[f"{prefix}.bias"])],
-                         name=prefix, axis=-1, epsilon=LN_EPS)
+        y = self.g.op("LayerNormalization", [self.cast(x, True, prefix),
+                                             self.f32(f"{prefix}.weight", self.sd[f"{prefix}.weight"]),
+                                             self.f32(f"{prefix}.bias", self.sd[f"{prefix}.bias"])],
+                      name=prefix, axis=-1, epsilon=LN_EPS)  # always fp32: statistics need the range
+        return self.cast(y, False, prefix)
 
     def gelu(self, x: str, name: str) -> str:
         """Exact (erf) GELU from opset-17 operators; onnxruntime fuses this pattern into one Gelu kernel."""
         g = self.g
-        e = g.op("Erf", [g.op("Div", [x, self.f32(f"{name}.sqrt2", math.sqrt(2.0))], name=f"{name}_div")],
+        e = g.op("Erf", [g.op("Div", [x, self.w(f"{name}.sqrt2", math.sqrt(2.0))], name=f"{name}_div")],
                  name=f"{name}_erf")
-        e1 = g.op("Add", [e, self.f32(f"{name}.one", 1.0)], name=f"{name}_add")
-        return g.op("Mul", [g.op("Mul", [x, e1], name=f"{name}_mul"), self.f32(f"{name}.half", 0.5)],
+        e1 = g.op("Add", [e, self.w(f"{name}.one", 1.0)], name=f"{name}_add")
+        return g.op("Mul", [g.op("Mul", [x, e1], name=f"{name}_mul"), self.w(f"{name}.half", 0.5)],
                     name=f"{name}_mul")
 
     def heads(self, x: str, name: str, transpose_k: bool = False) -> str:
@@ -129,6 +146,7 @@ class _Writer:
                 return self.merge_heads(o, f"{name}.o")
         s = g.op("MatMul", [self.heads(q, f"{name}.q"), self.heads(k, f"{name}.k", transpose_k=True)],
                  name=f"{name}_scores")  # (B, H, N, N)
+        s = self.cast(s, True, f"{name}.scores")  # threshold and softmax in fp32
         if scale != 1.0:
             s = g.op("Mul", [s, self.f32(f"{name}.scale", scale)], name=f"{name}_scale")
         if sparse:
@@ -137,7 +155,7 @@ class _Writer:
             thresh = g.op("ReduceMin", [top], name=f"{name}_kth", axes=[-1], keepdims=1)  # (B, H, N, 1)
             drop = g.op("Less", [s, thresh], name=f"{name}_below")
             s = g.op("Where", [drop, self.f32(f"{name}.neg_inf", -np.inf), s], name=f"{name}_mask")
-        p = g.op("Softmax", [s], name=f"{name}_softmax", axis=-1)
+        p = self.cast(g.op("Softmax", [s], name=f"{name}_softmax", axis=-1), False, f"{name}.probs")
         o = g.op("MatMul", [p, self.heads(v, f"{name}.v")], name=f"{name}_pv")  # (B, H, N, d)
         return self.merge_heads(o, f"{name}.o")
 
@@ -146,19 +164,19 @@ class _Writer:
         c, g, sd, p = self.c, self.g, self.sd, self.c.patch_size
         side = c.image_size // p
         if "gemm_patches" not in self.rw:
-            y = g.op("Conv", [x, self.f32("patch_embed.weight", sd["patch_embed.weight"]),
-                              self.f32("patch_embed.bias", sd["patch_embed.bias"])],
+            y = g.op("Conv", [x, self.w("patch_embed.weight", sd["patch_embed.weight"]),
+                              self.w("patch_embed.bias", sd["patch_embed.bias"])],
                      name="patch_embed", kernel_shape=[p, p], strides=[p, p])  # (B, C, h, w)
             y = g.op("Reshape", [y, g.ints("embed.shape", [0, c.dim, -1])], name="embed_rs")
             y = g.op("Transpose", [y], name="embed_t", perm=[0, 2, 1])  # (B, N, C)
-            return g.op("Add", [y, self.f32("pos_embed", sd["pos_embed"])], name="pos_add")
+            return g.op("Add", [y, self.w("pos_embed", sd["pos_embed"])], name="pos_add")
         # patches as rows: (B, 3, h, p, w, p) -> (B, h, w, 3, p, p) -> (B, N, 3 p p), one GEMM, bias in pos_embed
         y = g.op("Reshape", [x, g.ints("patchify.shape", [-1, c.in_chans, side, p, side, p])], name="patchify_rs")
         y = g.op("Transpose", [y], name="patchify_t", perm=[0, 2, 4, 1, 3, 5])
         y = g.op("Reshape", [y, g.ints("patches.shape", [-1, c.num_tokens, c.in_chans * p * p])], name="patches_rs")
         w = sd["patch_embed.weight"].reshape(c.dim, -1)  # (C, 3 p p), same (c, kh, kw) order
-        y = g.op("MatMul", [y, self.f32("patch_embed.weight_t", w.T)], name="patch_embed_matmul")
-        return g.op("Add", [y, self.f32("pos_embed_plus_bias", sd["pos_embed"] + sd["patch_embed.bias"])],
+        y = g.op("MatMul", [y, self.w("patch_embed.weight_t", w.T)], name="patch_embed_matmul")
+        return g.op("Add", [y, self.w("pos_embed_plus_bias", sd["pos_embed"] + sd["patch_embed.bias"])],
                     name="pos_add")
 
     def unembed(self, t: str) -> str:
@@ -168,10 +186,10 @@ class _Writer:
         if "gemm_patches" not in self.rw:
             y = g.op("Transpose", [t], name="unembed_t", perm=[0, 2, 1])
             y = g.op("Reshape", [y, g.ints("unembed.shape", [0, c.dim, side, side])], name="unembed_rs")
-            return g.op("ConvTranspose", [y, self.f32("patch_unembed.weight", w), self.f32("patch_unembed.bias", b)],
+            return g.op("ConvTranspose", [y, self.w("patch_unembed.weight", w), self.w("patch_unembed.bias", b)],
                         name="patch_unembed", kernel_shape=[p, p], strides=[p, p])
-        y = g.op("MatMul", [t, self.f32("patch_unembed.weight_flat", w.reshape(c.dim, -1))], name="unembed_matmul")
-        y = g.op("Add", [y, self.f32("patch_unembed.bias_flat", np.repeat(b, p * p))], name="unembed_add")
+        y = g.op("MatMul", [t, self.w("patch_unembed.weight_flat", w.reshape(c.dim, -1))], name="unembed_matmul")
+        y = g.op("Add", [y, self.w("patch_unembed.bias_flat", np.repeat(b, p * p))], name="unembed_add")
         y = g.op("Reshape", [y, g.ints("unpatch.shape", [-1, side, side, c.in_chans, p, p])], name="unpatch_rs")
         y = g.op("Transpose", [y], name="unpatch_t", perm=[0, 3, 1, 4, 2, 5])  # (B, 3, h, p, w, p)
         return g.op("Reshape", [y, g.ints("image.shape", [-1, c.in_chans, c.image_size, c.image_size])],
@@ -201,8 +219,9 @@ class _Writer:
             qkv = [[self.linear(h, *wb(name, t), f"{name}.W_{t}") for t in "qkv"] for name in ex]
             hid = self.linear(h, sd[f"{r0}.weight"], sd[f"{r0}.bias"], r0)
         hid = g.op("Relu", [hid], name=f"{r0}_relu")
-        probs = g.op("Softmax", [self.linear(hid, sd[f"{r2}.weight"], sd[f"{r2}.bias"], r2)],
-                     name=f"{pre}.router_softmax", axis=-1)  # (B, N, E)
+        logits = self.cast(self.linear(hid, sd[f"{r2}.weight"], sd[f"{r2}.bias"], r2), True, f"{pre}.router")
+        probs = self.cast(g.op("Softmax", [logits], name=f"{pre}.router_softmax", axis=-1), False,
+                          f"{pre}.router_p")  # (B, N, E)
         outs = [self.attention(*qkv[e], c.expert_topk[e], attn_scale, f"{name}.attn")
                 for e, name in enumerate(ex)]  # each (B, N, C)
         wm, bm = sd[f"{pre}.merge_proj.weight"], sd[f"{pre}.merge_proj.bias"]
@@ -227,7 +246,7 @@ class _Writer:
         # b_m moves into every expert's bias: sum_e p_e (W_m b_e + b_m) = sum_e p_e W_m b_e + b_m as sum_e p_e = 1
         b_fold = np.stack([wm @ sd[f"{name}.W_out.bias"] + bm for name in ex])  # (E, C)
         y = self.linear(cat, w_fold, None, f"{pre}.out_merged")
-        bias = g.op("MatMul", [probs, self.f32(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
+        bias = g.op("MatMul", [probs, self.w(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
         return g.op("Add", [y, bias], name=f"{pre}_add_bias")
 
     def build(self) -> Any:
@@ -235,7 +254,7 @@ class _Writer:
 
         c, g, sd, o = self.c, self.g, self.sd, self.o
         x = o.input_name
-        t = self.embed(x)
+        t = self.embed(self.cast(x, False, "input"))
         for i in range(c.depth):
             pre = f"blocks.{i}"
             t = g.op("Add", [t, self.moe(self.layer_norm(t, f"{pre}.norm1"), i)], name=f"{pre}_res1")
@@ -244,7 +263,7 @@ class _Writer:
             f = self.linear(self.gelu(f, f"{pre}.ffn.gelu"), sd[f"{pre}.ffn.2.weight"], sd[f"{pre}.ffn.2.bias"],
                             f"{pre}.ffn.2")
             t = g.op("Add", [t, f], name=f"{pre}_res2")
-        y = self.unembed(t)
+        y = self.cast(self.unembed(t), True, "output")
         if c.residual:
             y = g.op("Sub", [x, y], name="residual")
         y = g.op("Clip", [y, self.f32("clip.min", 0.0), self.f32("clip.max", 1.0)], name="clamp")

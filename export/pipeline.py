@@ -42,12 +42,13 @@ def reference_outputs(model: Any, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | None = None) -> ParityReport:
+def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | None = None,
+               precision: str = "fp32") -> ParityReport:
     from runtime.ort_runner import OrtRunner
 
     with OrtRunner(onnx_path, check_manifest=False, threads=threads) as runner:
         out = runner(inputs)
-    return compare(reference_outputs(model, inputs), out, get_tolerance("ort", "fp32"), "ort", "fp32")
+    return compare(reference_outputs(model, inputs), out, get_tolerance("ort", precision), "ort", precision)
 
 
 def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = None, weights_path: str | Path | None = None,
@@ -60,7 +61,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     out_path = Path(out_path)
     t0 = time.perf_counter()
     log(f"[1/4] writing the {opts.flavor} graph ({'optimised' if opts.optimize else 'not optimised'}, "
-        f"opset {opts.opset})")
+        f"{opts.precision}, opset {opts.opset})")
     proto = build_onnx(model, opts)
     for note in opts.notes:
         log(f"      note: {note}")
@@ -77,7 +78,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        report = run_parity(Path(tmp), model, inputs, threads)
+        report = run_parity(Path(tmp), model, inputs, threads, opts.precision)
     finally:
         Path(tmp).unlink(missing_ok=True)
     if not report.passed:
@@ -114,7 +115,7 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
                  "op_types": sorted({n.op_type for n in proto.graph.node})},
         "plugin": ({"id": PLUGIN_ID, "name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
                     "nodes": plugin_nodes} if plugin_nodes else None),
-        "precision": "fp32",
+        "precision": opts.precision,
         "io": io,
         "tolerance": report.tolerance.to_dict(),
         "parity": report.to_dict(),

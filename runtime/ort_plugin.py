@@ -48,17 +48,43 @@ def has_plugin_nodes(model: Any) -> bool:
 
 
 def relabel_for_ort(model: Any) -> Any:
-    """A copy of ``model`` whose plugin nodes live in onnxruntime-extensions' domain."""
+    """A copy of ``model`` whose plugin nodes live in onnxruntime-extensions' domain.
+
+    The Python op is declared for fp32 tensors; a plugin node of an fp16 graph is wrapped in Casts
+    (fp16 -> fp32 -> op -> fp16) in this in-memory copy only.
+    """
     from onnxruntime_extensions import default_opset_domain
 
     onnx = require("onnx")
     m = onnx.ModelProto()
     m.CopyFrom(model)
     contrib = default_opset_domain()
+    types = _value_types(m)
+    nodes = []
     for node in m.graph.node:
         if node.op_type == PLUGIN_OP and node.domain == PLUGIN_DOMAIN:
             node.domain = contrib
+            if types.get(node.input[0]) == onnx.TensorProto.FLOAT16:
+                f32 = onnx.TensorProto.FLOAT
+                casts = [onnx.helper.make_node("Cast", [i], [f"{i}__as_fp32"], to=f32) for i in node.input]
+                nodes += casts
+                out = node.output[0]
+                node.input[:] = [c.output[0] for c in casts]
+                node.output[0] = f"{out}__fp32"
+                nodes += [node, onnx.helper.make_node("Cast", [node.output[0]], [out], to=onnx.TensorProto.FLOAT16)]
+                continue
+        nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
     kept = [o for o in m.opset_import if o.domain not in (PLUGIN_DOMAIN, contrib)]
     del m.opset_import[:]
     m.opset_import.extend(kept + [onnx.helper.make_opsetid(contrib, 1)])
     return m
+
+
+def _value_types(model: Any) -> dict[str, int]:
+    """Element type of every tensor whose type shape inference can tell (plugin outputs stay unknown)."""
+    onnx = require("onnx")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: v.type.tensor_type.elem_type for v in infos}

@@ -44,6 +44,7 @@ class OrtRunner(BaseRunner):
         if self.check_manifest:
             self.manifest = read_manifest(self.model_path)
             check_artifact_file(self.model_path, self.manifest)
+            self.precision = self.manifest.get("precision", self.precision)
         wanted = PROVIDERS[self.provider]
         have = ort.get_available_providers()
         if wanted not in have:

@@ -143,3 +143,25 @@ def test_residual_preset_exports(inputs):
     torch.manual_seed(0)
     model = SmallViT("residual").eval()
     assert_exact(ort_out(build_onnx(model, ExportOptions()), inputs), torch_out(model, inputs))
+
+
+@pytest.mark.parametrize("flavor", ["portable", "plugin"])
+def test_fp16_graph_keeps_io_fp32_and_norms_softmax_in_fp32(model, inputs, random_weights, tmp_path, flavor):
+    from onnx import TensorProto
+
+    result = export_onnx(model, tmp_path / "h.onnx", ExportOptions(precision="fp16", flavor=flavor),
+                         weights_path=random_weights, parity_images=8, log=lambda s: None)
+    proto = onnx.load(str(result.path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    for node in proto.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert types[node.input[0]] == TensorProto.FLOAT, node.name
+    big = [i for i in proto.graph.initializer if len(i.dims) == 2 and min(i.dims) >= 64]
+    assert big and all(i.data_type == TensorProto.FLOAT16 for i in big)  # GEMM weights are fp16
+    assert result.manifest["precision"] == "fp16" and result.manifest["tolerance"]["min_psnr"] == 40.0
+    with OrtRunner(result.path) as r:
+        report = compare(torch_out(model, inputs), r(inputs), get_tolerance("ort", "fp16"))
+    assert report.passed and report.psnr > 60, report.summary()
