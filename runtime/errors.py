@@ -14,12 +14,20 @@ class MissingBackendError(RuntimeToolkitError, ImportError):
     """A backend was asked for but its package (or hardware) is not available here."""
 
 
+class NoGPUError(MissingBackendError):
+    """A GPU backend was asked for on a machine where no CUDA GPU is visible."""
+
+
 class ArtifactMismatchError(RuntimeToolkitError, ValueError):
     """An artifact's manifest does not match this environment (versions, GPU, plugin, model)."""
 
 
 class ArtifactError(RuntimeToolkitError, ValueError):
     """An artifact file is missing, truncated or corrupt."""
+
+
+class PluginMissingError(ArtifactError):
+    """An engine needs a TensorRT plugin that is not registered in this process."""
 
 
 class ParityError(RuntimeToolkitError):

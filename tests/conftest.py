@@ -72,3 +72,22 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "random.safetensors"
     save_weights(SmallViT("seed"), path, {"note": "random weights for tests"})
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip without a CUDA GPU and `trt` tests without TensorRT, each with the reason."""
+    import importlib.util
+
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (the tensorrt package is not importable here; "
+                                                    "pip install 'moe-denoise[trt]' on a GPU machine)"))

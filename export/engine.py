@@ -1,0 +1,240 @@
+"""ONNX -> TensorRT engine, with an optimisation profile for the batch axis, a persistent timing cache, an
+engine cache, a manifest, atomic writes, a progress line per stage, and a parity check that must pass before
+the engine is kept.
+
+TensorRT 10 (>= 10.9) and 11 differ in how fp16 is asked for:
+  * 10.x: networks are weakly typed by default; fp16 is a builder flag (``BuilderFlag.FP16``) on the fp32 graph.
+  * 11.x: networks are always strongly typed; fp16 comes from the graph's own types, so an fp16 build parses
+    the fp16 ONNX graph (fp32 I/O, LayerNorm and softmax in fp32) that ``moe-denoise export --precision fp16``
+    writes. ``plan_build`` picks the path from the installed version.
+This layer is thin on purpose: the graph, the plugin's kernel and its AOT artifact are proven without TensorRT
+(see the README's verification table); what is here runs only where TensorRT is installed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from runtime._optional import require
+from runtime.errors import InputError, NoGPUError, ParityError
+from runtime.manifest import base_manifest, read_manifest, write_artifact
+from runtime.parity import ParityReport
+
+MIN_TRT = (10, 9)
+DEFAULT_CACHE = Path(os.environ.get("MOE_DENOISE_CACHE", Path.home() / ".cache" / "moe-denoise"))
+
+
+@dataclass
+class BuildOptions:
+    precision: str = "fp32"
+    min_batch: int = 1
+    opt_batch: int = 64
+    max_batch: int = 1024
+    workspace_mib: int = 2048
+    cache_dir: Path = DEFAULT_CACHE
+    use_engine_cache: bool = True
+    parity_images: int = 64
+
+    def validate(self) -> None:
+        if self.precision not in ("fp32", "fp16"):
+            raise InputError(f"precision {self.precision!r} is not supported; use fp32 or fp16")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise InputError(f"the batch profile must satisfy 1 <= min <= opt <= max; got min {self.min_batch}, "
+                             f"opt {self.opt_batch}, max {self.max_batch}")
+        if self.max_batch > 65536:
+            raise InputError(f"max batch {self.max_batch} is beyond what this toolkit builds (65536); tile work "
+                             f"into smaller batches (the runner chunks larger ones)")
+        if self.workspace_mib < 64:
+            raise InputError(f"workspace of {self.workspace_mib} MiB is too small; use at least 64")
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"min": self.min_batch, "opt": self.opt_batch, "max": self.max_batch}
+
+
+def parse_version(v: str) -> tuple[int, int]:
+    parts = v.split(".")
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What the installed TensorRT needs: which ONNX precision to parse and which flags to set."""
+
+    trt_version: tuple[int, int]
+    strongly_typed: bool
+    onnx_precision: str
+    fp16_flag: bool
+
+
+def plan_build(trt_version: str, precision: str) -> BuildPlan:
+    v = parse_version(trt_version)
+    if v < MIN_TRT:
+        raise InputError(f"TensorRT {trt_version} is too old: this toolkit needs >= {MIN_TRT[0]}.{MIN_TRT[1]} "
+                         f"(Python plugins with AOT kernels); upgrade tensorrt")
+    if v[0] >= 11:  # always strongly typed: precision is in the graph
+        return BuildPlan(v, True, precision, False)
+    return BuildPlan(v, False, "fp32", precision == "fp16")
+
+
+def cache_key(onnx_sha: str, plugin_hash: str | None, trt_version: str, compute_capability: str,
+              opts: BuildOptions) -> str:
+    key = {"onnx": onnx_sha, "plugin": plugin_hash, "tensorrt": trt_version, "cc": compute_capability,
+           "precision": opts.precision, "profile": opts.profile}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def plugin_hash() -> str:
+    """Hash of everything that decides the plugin's behaviour: its identity, the kernel and the AOT recipe."""
+    from .plugins import aot, spec, triton_kernel
+
+    h = hashlib.sha256()
+    for mod in (spec, triton_kernel, aot):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class EngineResult:
+    path: Path
+    manifest: dict[str, Any]
+    parity: ParityReport
+    cached: bool
+
+
+def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions | None = None,
+                 weights: str | Path | None = None, log: Callable[[str], None] = print) -> EngineResult:
+    """Build (or fetch from the engine cache) an engine for ``onnx_path``; keep it only if parity passes."""
+    opts = opts or BuildOptions()
+    opts.validate()
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    onnx_manifest = read_manifest(onnx_path)
+    trt = require("tensorrt", "building TensorRT engines")
+    torch = require("torch")
+    if not torch.cuda.is_available():
+        raise NoGPUError("building a TensorRT engine needs an NVIDIA GPU, and torch sees none")
+    from runtime.trt_runner import cuda_device_info
+
+    gpu = cuda_device_info(torch)
+    plan = plan_build(trt.__version__, opts.precision)
+    graph_precision = onnx_manifest.get("precision", "fp32")
+    if graph_precision != plan.onnx_precision:
+        raise InputError(f"TensorRT {trt.__version__} builds {opts.precision} engines from a {plan.onnx_precision} "
+                         f"ONNX graph, but {onnx_path} is {graph_precision}. Export one with 'moe-denoise export "
+                         f"--precision {plan.onnx_precision}'")
+    uses_plugin = bool(onnx_manifest.get("plugin"))
+    p_hash = plugin_hash() if uses_plugin else None
+    key = cache_key(onnx_manifest["artifact"]["sha256"], p_hash, trt.__version__, gpu["compute_capability"], opts)
+    cached = opts.cache_dir / "engines" / f"{key}.engine"
+    t0 = time.perf_counter()
+
+    hit = opts.use_engine_cache and cached.is_file()
+    if hit:
+        log(f"[1/3] engine cache hit {cached.name} (same ONNX, plugin, TensorRT, GPU, precision, profile)")
+        data = cached.read_bytes()
+    else:
+        if uses_plugin:
+            from .plugins.trt_plugin import register_plugin
+
+            register_plugin()
+        data = _build(trt, onnx_path, opts, plan, log)
+        if opts.use_engine_cache:
+            from moe_denoise.fileio import atomic_write
+
+            atomic_write(cached, data)
+    manifest = base_manifest("trt-engine", out_path, data)
+    manifest.update({
+        "onnx": {"file": str(onnx_path), "sha256": onnx_manifest["artifact"]["sha256"],
+                 "flavor": onnx_manifest["onnx"]["flavor"], "precision": graph_precision},
+        "model": onnx_manifest.get("model"),
+        "plugin": onnx_manifest.get("plugin") and {**onnx_manifest["plugin"], "hash": p_hash, "aot": True},
+        "precision": opts.precision,
+        "profile": opts.profile,
+        "tensorrt": {"version": trt.__version__, "strongly_typed": plan.strongly_typed, "fp16_flag": plan.fp16_flag,
+                     "gpu": gpu["name"], "compute_capability": gpu["compute_capability"]},
+        "cache_key": key,
+        "io": onnx_manifest.get("io"),
+    })
+    log("[3/3] parity against PyTorch")
+    report = _parity(data, manifest, out_path, weights or (onnx_manifest.get("model") or {}).get("weights_file"),
+                     opts)
+    if not report.passed:
+        raise ParityError(f"refusing to keep the engine for {onnx_path}: it does not match PyTorch\n"
+                          f"{report.summary()}", report)
+    manifest["tolerance"] = report.tolerance.to_dict()
+    manifest["parity"] = report.to_dict()
+    write_artifact(out_path, data, manifest)
+    log(f"wrote {out_path} ({len(data) / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s")
+    return EngineResult(out_path, manifest, report, hit)
+
+
+def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, log: Callable[[str], None]) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    builder = trt.Builder(logger)
+    flags = 0
+    if plan.strongly_typed and plan.trt_version[0] < 11:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    log(f"[1/3] parsing {onnx_path}")
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n".join(f"  {parser.get_error(i)}" for i in range(parser.num_errors))
+        raise InputError(f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
+    if plan.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    name = network.get_input(0).name
+    profile.set_shape(name, (opts.min_batch, 3, 32, 32), (opts.opt_batch, 3, 32, 32), (opts.max_batch, 3, 32, 32))
+    config.add_optimization_profile(profile)
+    timing_path = opts.cache_dir / f"timing-{trt.__version__}.cache"
+    cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"[2/3] building ({opts.precision}, batch profile {opts.profile}, timing cache {timing_path})")
+    data = builder.build_serialized_network(network, config)
+    if data is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}; rerun with --verbose for its log")
+    from moe_denoise.fileio import atomic_write
+
+    atomic_write(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(data))
+
+
+def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str | Path | None,
+            opts: BuildOptions) -> ParityReport:
+    """Write the engine to a temp file, run it and the PyTorch model on the parity batch, compare."""
+    import tempfile
+
+    from moe_model.checkpoint import load_model
+    from runtime.parity import compare, parity_inputs
+    from runtime.tolerances import get_tolerance
+    from runtime.trt_runner import TensorRTRunner
+
+    if not weights:
+        raise InputError("the engine's parity check needs the weights the ONNX model came from; pass --weights")
+    x = parity_inputs(opts.parity_images)
+    with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as tmp:
+        tmp_engine = Path(tmp) / out_path.name
+        write_artifact(tmp_engine, data, manifest)
+        with TensorRTRunner(tmp_engine) as runner:
+            out = runner(x)
+    import torch
+
+    model = load_model(weights)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    return compare(ref, out, get_tolerance("trt", opts.precision), "trt", opts.precision)
+
+
+def describe_options(opts: BuildOptions) -> dict[str, Any]:
+    d = asdict(opts)
+    d["cache_dir"] = str(opts.cache_dir)
+    return d
+

@@ -1,0 +1,52 @@
+"""moe-denoise build: ONNX (either flavour) -> TensorRT engine, kept only if it passes parity."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX model (needs TensorRT + GPU)",
+                       description="Parses the ONNX model (portable or plugin flavour), builds an engine with an "
+                                   "optimisation profile on the batch axis, reuses a persistent timing cache and an "
+                                   "engine cache (keyed by ONNX hash, plugin hash, TensorRT version, GPU compute "
+                                   "capability, precision and profile), checks parity against PyTorch and writes the "
+                                   "engine and ENGINE.manifest.json atomically. TensorRT 10 (>= 10.9) takes fp16 as a "
+                                   "builder flag on the fp32 graph; TensorRT 11 is strongly typed and needs the fp16 "
+                                   "graph from 'moe-denoise export --precision fp16'.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--onnx", type=Path, default=Path("artifacts/moe_denoiser.plugin.onnx"),
+                   help="the exported ONNX model (with its manifest)")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="engine path (default: next to the ONNX model, .<precision>.engine)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--opt-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--workspace-mib", type=int, default=2048)
+    p.add_argument("--cache-dir", type=Path, default=None, help="timing + engine cache (default: "
+                                                                "$MOE_DENOISE_CACHE or ~/.cache/moe-denoise)")
+    p.add_argument("--no-engine-cache", action="store_true", help="always build, never reuse a cached engine")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights for the parity check (default: the file named in the ONNX manifest)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.engine import BuildOptions, build_engine
+
+    opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                        max_batch=args.max_batch, workspace_mib=args.workspace_mib,
+                        use_engine_cache=not args.no_engine_cache)
+    if args.cache_dir is not None:
+        opts.cache_dir = args.cache_dir
+    out = args.output or args.onnx.with_suffix(f".{args.precision}.engine")
+    result = build_engine(args.onnx, out, opts, weights=args.weights, log=(lambda s: None) if args.json else print)
+    if args.json:
+        from moe_denoise.cli import print_json
+
+        print_json({"engine": str(result.path), "cached": result.cached, **result.manifest})
+    else:
+        print(result.parity.summary())
+    return 0

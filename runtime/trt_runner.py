@@ -1,0 +1,157 @@
+"""The TensorRT backend: runs a serialized engine built by ``moe-denoise build``.
+
+Device buffers and the stream are torch CUDA tensors (torch is already a dependency); execution is
+asynchronous (``execute_async_v3``) with one synchronisation per call; a CUDA graph can be captured for a fixed
+batch size. Before anything is deserialized the engine file is checked against its manifest (size, hash) and
+the manifest against this machine (TensorRT version, GPU compute capability), and each failure has its own
+error: no TensorRT (MissingBackendError), no GPU (NoGPUError), corrupt/truncated file (ArtifactError), engine
+for another TensorRT/GPU (ArtifactMismatchError), plugin not registered (PluginMissingError).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._optional import require
+from .base import BaseRunner
+from .errors import ArtifactError, InputError, NoGPUError, PluginMissingError
+from .manifest import check_artifact_file, check_equal, read_manifest
+
+
+def cuda_device_info(torch: Any, device: int = 0) -> dict[str, Any]:
+    p = torch.cuda.get_device_properties(device)
+    return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1)}
+
+
+class TensorRTRunner(BaseRunner):
+    backend = "trt"
+
+    def __init__(self, engine: str | Path, device: int = 0, cuda_graph: bool = False, check_manifest: bool = True,
+                 name: str | None = None, max_batch: int | None = None) -> None:
+        super().__init__(name=name or "trt", max_batch=max_batch)
+        self.engine_path = Path(engine)
+        self.device, self.cuda_graph, self.check_manifest = device, cuda_graph, check_manifest
+        self.manifest: dict[str, Any] | None = None
+        self.engine = self.context = self.stream = None
+        self._graphs: dict[int, Any] = {}
+
+    # -- activation -------------------------------------------------------------------------------------
+    def _activate_impl(self) -> None:
+        if not self.engine_path.is_file():
+            raise ArtifactError(f"TensorRT engine {self.engine_path} does not exist; build one with "
+                                f"'moe-denoise build --onnx MODEL.onnx'")
+        if self.check_manifest:
+            self.manifest = read_manifest(self.engine_path)
+            check_artifact_file(self.engine_path, self.manifest)  # truncated / replaced files stop here
+            self.precision = self.manifest.get("precision", self.precision)
+        trt = require("tensorrt", "the TensorRT backend")
+        torch = require("torch", "the TensorRT backend (device buffers)")
+        if not torch.cuda.is_available():
+            raise NoGPUError(f"the TensorRT backend needs an NVIDIA GPU, but torch {torch.__version__} sees none "
+                             f"(CUDA build: {torch.version.cuda}); run on a GPU machine or use --backend ort")
+        gpu = cuda_device_info(torch, self.device)
+        if self.manifest:
+            built = self.manifest.get("tensorrt", {})
+            check_equal("TensorRT version", built.get("version"), trt.__version__,
+                        "Engines are tied to the TensorRT version that built them: rebuild with 'moe-denoise build'")
+            check_equal("GPU compute capability", built.get("compute_capability"), gpu["compute_capability"],
+                        f"The engine was built on {built.get('gpu')}; this is {gpu['name']}: rebuild it here")
+        self._trt, self._torch, self.gpu = trt, torch, gpu
+        torch.cuda.set_device(self.device)
+        logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(logger, "")
+        data = self.engine_path.read_bytes()
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(data)
+        if self.engine is None:
+            plugin = (self.manifest or {}).get("plugin")
+            if plugin and not self._plugin_registered(trt, plugin):
+                raise PluginMissingError(f"{self.engine_path} uses the plugin {plugin['id']} (version "
+                                         f"{plugin['version']}), which is not registered in this process and is "
+                                         f"not embedded as an AOT kernel; rebuild the engine (the build embeds the "
+                                         f"AOT kernel) or import export.plugins.trt_plugin before loading")
+            raise ArtifactError(f"TensorRT could not deserialize {self.engine_path} ({len(data)} bytes): the file is "
+                                f"corrupt, truncated, or not a TensorRT {trt.__version__} engine; rebuild it")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ArtifactError(f"{self.engine_path} has inputs {inputs} and outputs {outputs}; expected one of each")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.profile_batch = (int(lo[0]), int(hi[0]))
+        self.max_batch = min(self.max_batch or hi[0], int(hi[0]))  # larger batches are chunked
+        self.stream = torch.cuda.Stream(self.device)
+
+    @staticmethod
+    def _plugin_registered(trt: Any, plugin: dict[str, Any]) -> bool:
+        registry = trt.get_plugin_registry()
+        finder = getattr(registry, "get_creator", None) or getattr(registry, "get_plugin_creator", None)
+        try:
+            return finder(plugin["name"], plugin["version"], plugin["namespace"]) is not None
+        except Exception:  # noqa: BLE001 - an API difference means we cannot tell; report as missing
+            return False
+
+    def _deactivate_impl(self) -> None:
+        self._graphs.clear()
+        self.context = self.engine = self.stream = None
+
+    # -- inference --------------------------------------------------------------------------------------
+    def _buffers(self, batch: int) -> tuple[Any, Any]:
+        torch = self._torch
+        shape = (batch, 3, 32, 32)
+        x = torch.empty(shape, dtype=torch.float32, device=f"cuda:{self.device}")
+        y = torch.empty(shape, dtype=torch.float32, device=f"cuda:{self.device}")
+        return x, y
+
+    def _enqueue(self, x: Any, y: Any) -> None:
+        ctx = self.context
+        ctx.set_input_shape(self.input_name, tuple(x.shape))
+        ctx.set_tensor_address(self.input_name, x.data_ptr())
+        ctx.set_tensor_address(self.output_name, y.data_ptr())
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to enqueue {self.engine_path} for batch {x.shape[0]}")
+
+    def _infer_impl(self, x: np.ndarray) -> np.ndarray:
+        batch = len(x)
+        lo, hi = self.profile_batch
+        if batch < lo:
+            raise InputError(f"batch {batch} is below the engine's profile minimum {lo}; rebuild with --min-batch")
+        torch = self._torch
+        with torch.cuda.stream(self.stream):
+            if self.cuda_graph:
+                xb, yb, graph = self._graph_for(batch)
+                xb.copy_(torch.from_numpy(x), non_blocking=False)
+                graph.replay()
+            else:
+                xb, yb = self._buffers(batch)
+                xb.copy_(torch.from_numpy(x))
+                self._enqueue(xb, yb)
+            out = yb.cpu()
+        self.stream.synchronize()
+        return out.numpy()
+
+    def device_call(self, x: Any, y: Any) -> None:
+        """Compute-only path for benchmarks: x, y are CUDA tensors already on the device; no host copies."""
+        self._enqueue(x, y)
+
+    def _graph_for(self, batch: int) -> tuple[Any, Any, Any]:
+        """Capture (once per batch size) a CUDA graph of one enqueue on static buffers."""
+        if batch not in self._graphs:
+            torch = self._torch
+            xb, yb = self._buffers(batch)
+            self._enqueue(xb, yb)  # TensorRT needs one regular enqueue before capture
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                self._enqueue(xb, yb)
+            self._graphs[batch] = (xb, yb, graph)
+        return self._graphs[batch]
+
+    def describe(self) -> dict[str, Any]:
+        d = {**super().describe(), "engine": str(self.engine_path), "cuda_graph": self.cuda_graph}
+        if self.engine is not None:
+            d.update(tensorrt=self._trt.__version__, gpu=self.gpu, profile_batch=self.profile_batch)
+        return d
