@@ -459,6 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["timing"] = "not run: no GPU (cpu dry run)"
         report["aot"] = _step(report, "aot build", lambda: aot_cpu(args.target, SHAPES))
         report["aot_launch"] = "not run: no GPU (cpu dry run)"
+        report["trt"] = "not run: no GPU (cpu dry run)"
     else:
         import torch
 
