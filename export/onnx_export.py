@@ -39,6 +39,7 @@ REWRITES = {
     "fold_merge": "merge_proj folded into the experts' output projections (one GEMM over [p_e o_e])",
     "fold_scale": "1/sqrt(d) folded into W_q and b_q",
     "gemm_patches": "patch embedding / un-embedding as reshapes + GEMM, conv bias folded into pos_embed",
+    "rows2d": "tokens kept as a 2-D (B*N, C) matrix so every projection is one Gemm with its bias fused",
 }
 
 
@@ -84,6 +85,7 @@ class _Writer:
     def __init__(self, model: Any, opts: ExportOptions) -> None:
         self.m, self.o, self.c = model, opts, model.config
         self.rw = set(opts.active_rewrites)
+        self.rows = "rows2d" in self.rw  # tokens as (B*N, C) rows instead of (B, N, C)
         self.g = GraphBuilder(opts.opset, name=f"moe_denoiser_{self.c.name}")
         self.sd = {k: _np(v) for k, v in model.state_dict().items()}
         self.fp16 = opts.precision == "fp16"
@@ -102,7 +104,10 @@ class _Writer:
 
     # --- building blocks ------------------------------------------------------------------------------
     def linear(self, x: str, w: np.ndarray, b: np.ndarray | None, name: str) -> str:
-        """x @ w.T + b, with w in PyTorch's (out, in) layout."""
+        """x @ w.T + b, with w in PyTorch's (out, in) layout. With rows2d, x is (B*N, C) and this is one Gemm."""
+        if self.rows:
+            inputs = [x, self.w(f"{name}.weight", w)] + ([self.w(f"{name}.bias", b)] if b is not None else [])
+            return self.g.op("Gemm", inputs, name=f"{name}_gemm", transB=1)
         y = self.g.op("MatMul", [x, self.w(f"{name}.weight_t", w.T)], name=f"{name}_matmul")
         return y if b is None else self.g.op("Add", [y, self.w(f"{name}.bias", b)], name=f"{name}_add")
 
@@ -123,14 +128,16 @@ class _Writer:
                     name=f"{name}_mul")
 
     def heads(self, x: str, name: str, transpose_k: bool = False) -> str:
-        """(B, N, C) -> (B, H, N, d), or (B, H, d, N) for keys fed to a plain MatMul."""
+        """(B, N, C) or (B*N, C) -> (B, H, N, d), or (B, H, d, N) for keys fed to a plain MatMul."""
         c = self.c
-        r = self.g.op("Reshape", [x, self.g.ints(f"{name}.shape", [0, 0, c.num_heads, c.head_dim])], name=f"{name}_rs")
+        shape = [-1, c.num_tokens, c.num_heads, c.head_dim] if self.rows else [0, 0, c.num_heads, c.head_dim]
+        r = self.g.op("Reshape", [x, self.g.ints(f"{name}.shape", shape)], name=f"{name}_rs")
         return self.g.op("Transpose", [r], name=f"{name}_t", perm=[0, 2, 3, 1] if transpose_k else [0, 2, 1, 3])
 
     def merge_heads(self, o: str, name: str) -> str:
         t = self.g.op("Transpose", [o], name=f"{name}_t", perm=[0, 2, 1, 3])  # (B, N, H, d)
-        return self.g.op("Reshape", [t, self.g.ints(f"{name}.shape", [0, 0, self.c.dim])], name=f"{name}_rs")
+        shape = [-1, self.c.dim] if self.rows else [0, 0, self.c.dim]
+        return self.g.op("Reshape", [t, self.g.ints(f"{name}.shape", shape)], name=f"{name}_rs")
 
     def attention(self, q: str, k: str, v: str, topk: int, scale: float, name: str) -> str:
         """q, k, v (B, N, C) projections -> attention output (B, N, C)."""
@@ -151,7 +158,7 @@ class _Writer:
             s = g.op("Mul", [s, self.f32(f"{name}.scale", scale)], name=f"{name}_scale")
         if sparse:
             top = g.op("TopK", [s, g.ints(f"{name}.k", [topk])], name=f"{name}_topk", outputs=2, axis=-1,
-                       largest=1, sorted=1)[0]  # (B, H, N, k), descending
+                       largest=1, sorted=0)[0]  # (B, H, N, k), any order: only the minimum is used
             thresh = g.op("ReduceMin", [top], name=f"{name}_kth", axes=[-1], keepdims=1)  # (B, H, N, 1)
             drop = g.op("Less", [s, thresh], name=f"{name}_below")
             s = g.op("Where", [drop, self.f32(f"{name}.neg_inf", -np.inf), s], name=f"{name}_mask")
@@ -161,6 +168,12 @@ class _Writer:
 
     # --- the model ------------------------------------------------------------------------------------
     def embed(self, x: str) -> str:
+        t = self._embed(x)  # (B, N, C)
+        if self.rows:
+            t = self.g.op("Reshape", [t, self.g.ints("rows.shape", [-1, self.c.dim])], name="rows_rs")  # (B*N, C)
+        return t
+
+    def _embed(self, x: str) -> str:
         c, g, sd, p = self.c, self.g, self.sd, self.c.patch_size
         side = c.image_size // p
         if "gemm_patches" not in self.rw:
@@ -184,12 +197,13 @@ class _Writer:
         side = c.image_size // p
         w, b = sd["patch_unembed.weight"], sd["patch_unembed.bias"]  # (C, 3, p, p), (3,)
         if "gemm_patches" not in self.rw:
+            if self.rows:
+                t = g.op("Reshape", [t, g.ints("tokens.shape", [-1, c.num_tokens, c.dim])], name="tokens_rs")
             y = g.op("Transpose", [t], name="unembed_t", perm=[0, 2, 1])
             y = g.op("Reshape", [y, g.ints("unembed.shape", [0, c.dim, side, side])], name="unembed_rs")
             return g.op("ConvTranspose", [y, self.w("patch_unembed.weight", w), self.w("patch_unembed.bias", b)],
                         name="patch_unembed", kernel_shape=[p, p], strides=[p, p])
-        y = g.op("MatMul", [t, self.w("patch_unembed.weight_flat", w.reshape(c.dim, -1))], name="unembed_matmul")
-        y = g.op("Add", [y, self.w("patch_unembed.bias_flat", np.repeat(b, p * p))], name="unembed_add")
+        y = self.linear(t, w.reshape(c.dim, -1).T, np.repeat(b, p * p), "patch_unembed")  # (.., 3 p p)
         y = g.op("Reshape", [y, g.ints("unpatch.shape", [-1, side, side, c.in_chans, p, p])], name="unpatch_rs")
         y = g.op("Transpose", [y], name="unpatch_t", perm=[0, 3, 1, 4, 2, 5])  # (B, 3, h, p, w, p)
         return g.op("Reshape", [y, g.ints("image.shape", [-1, c.in_chans, c.image_size, c.image_size])],
@@ -237,14 +251,18 @@ class _Writer:
             return self.linear(mixed, wm, bm, f"{pre}.merge_proj")
 
         # merge_proj folded: one GEMM over the probability-weighted concatenation [p_0 o_0 | p_1 o_1 | ...]
-        cat = g.op("Concat", outs, name=f"{pre}_concat", axis=-1)  # (B, N, E C)
-        cat = g.op("Reshape", [cat, g.ints(f"{pre}.split_experts", [0, 0, c.num_experts, c.dim])], name=f"{pre}_rs")
-        pw = g.op("Unsqueeze", [probs, g.ints(f"{pre}.unsq_axis", [-1])], name=f"{pre}_p")  # (B, N, E, 1)
+        lead = [-1] if self.rows else [0, 0]
+        cat = g.op("Concat", outs, name=f"{pre}_concat", axis=-1)  # (.., E C)
+        cat = g.op("Reshape", [cat, g.ints(f"{pre}.split_experts", lead + [c.num_experts, c.dim])], name=f"{pre}_rs")
+        pw = g.op("Unsqueeze", [probs, g.ints(f"{pre}.unsq_axis", [-1])], name=f"{pre}_p")  # (.., E, 1)
         cat = g.op("Mul", [cat, pw], name=f"{pre}_weighted")
-        cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", [0, 0, c.num_experts * c.dim])], name=f"{pre}_rs2")
+        cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", lead + [c.num_experts * c.dim])], name=f"{pre}_rs2")
         w_fold = np.concatenate([wm @ sd[f"{name}.W_out.weight"] for name in ex], axis=1)  # (C, E C)
         # b_m moves into every expert's bias: sum_e p_e (W_m b_e + b_m) = sum_e p_e W_m b_e + b_m as sum_e p_e = 1
         b_fold = np.stack([wm @ sd[f"{name}.W_out.bias"] + bm for name in ex])  # (E, C)
+        if self.rows:  # the bias mix rides in the same GEMM: [p_0 o_0 | ... | p] @ [W_fold | B_fold]^T
+            cat = g.op("Concat", [cat, probs], name=f"{pre}_concat_p", axis=-1)  # (B*N, E C + E)
+            return self.linear(cat, np.concatenate([w_fold, b_fold.T], axis=1), None, f"{pre}.out_merged")
         y = self.linear(cat, w_fold, None, f"{pre}.out_merged")
         bias = g.op("MatMul", [probs, self.w(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
         return g.op("Add", [y, bias], name=f"{pre}_add_bias")
