@@ -143,6 +143,8 @@ class _Writer:
         """q, k, v (B, N, C) projections -> attention output (B, N, C)."""
         g, n = self.g, self.c.num_tokens
         sparse = topk < n
+        if not sparse and self.o.flavor == "plugin":
+            self.o.notes.append(f"{name}: k = {topk} >= N = {n}, so this expert is dense attention: standard operators")
         if sparse and self.o.flavor == "plugin":
             if n > MAX_TOKENS:
                 self.o.notes.append(f"{name}: N = {n} > {MAX_TOKENS}, the plugin's limit: standard operators used")

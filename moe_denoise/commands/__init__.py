@@ -52,6 +52,9 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
                    help="torch backend: attention implementation (masked, gather, triton)")
     p.add_argument("--device", default="cpu", help="torch backend device (cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch / ONNX Runtime)")
+    p.add_argument("--opt-level", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="ONNX Runtime graph optimisation level")
+    p.add_argument("--cuda-graph", action="store_true", help="trt backend: capture a CUDA graph per batch size")
 
 
 def make_runner(args: argparse.Namespace, weights: Path | None):
@@ -62,7 +65,7 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
         from .export import default_output
 
         return OrtRunner(args.artifact or default_output("portable", True), provider=args.provider,
-                         threads=args.threads)
+                         threads=args.threads, opt_level=args.opt_level)
     if args.backend == "torch":
         from runtime.torch_runner import TorchRunner
 
@@ -75,4 +78,4 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
 
     if args.artifact is None:
         raise ValueError("--backend trt needs --artifact ENGINE (build one with 'moe-denoise build')")
-    return TensorRTRunner(args.artifact)
+    return TensorRTRunner(args.artifact, cuda_graph=args.cuda_graph)
