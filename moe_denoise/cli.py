@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 
-COMMANDS = ("train", "evaluate", "visualize", "export", "build", "parity", "denoise", "doctor")
+COMMANDS = ("train", "evaluate", "visualize", "export", "build", "parity", "denoise", "doctor", "bench")
 
 
 class UserError(Exception):

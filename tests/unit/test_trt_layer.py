@@ -1,10 +1,8 @@
 """The thin TensorRT layer, without TensorRT: version planning, profiles, cache keys, and the runner's
 distinct errors (the TensorRT calls themselves are faked here and exercised for real in tests/gpu)."""
-import json
 import sys
 import types
 
-import numpy as np
 import pytest
 
 from export.engine import BuildOptions, cache_key, plan_build, plugin_hash

@@ -1,0 +1,192 @@
+"""The catalogue of benchmark backends: names -> BackendSpecs over the runtime's runners.
+
+Only runtime/ runners are used here (no export/): the ONNX graphs and engines arrive as paths, and whether the
+Triton kernel registered is told by the caller (the CLI imports export.plugins.torch_op, not this module).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.base import BaseRunner
+
+from .harness import BackendSpec
+
+CPU_BACKENDS = ("torch-gather", "torch-masked", "torch-compile", "ort-cpu", "ort-cpu-noopt")
+GPU_BACKENDS = ("torch-gather-cuda", "torch-masked-cuda", "torch-compile-cuda", "torch-triton", "ort-cuda",
+                "ort-trt-ep", "trt-plugin-fp32", "trt-plugin-fp16", "trt-std-fp32", "trt-std-fp16")
+ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+# --quick: no torch.compile (its first call compiles for tens of seconds on 2 cores, more than the whole budget).
+QUICK_BACKENDS = ("torch-gather", "torch-masked", "ort-cpu", "ort-cpu-noopt")
+GPU_DEFAULT_BACKENDS = GPU_BACKENDS
+CPU_BASELINE = "torch-gather"
+GPU_BASELINE = "torch-gather-cuda"
+
+# backend -> the ONNX graph it runs: (flavour, optimised)
+ONNX_GRAPHS: dict[str, tuple[str, bool]] = {
+    "ort-cpu": ("portable", True), "ort-cpu-noopt": ("portable", False),
+    "ort-cuda": ("portable", True), "ort-trt-ep": ("portable", True),
+}
+ORT_PROVIDER = {"ort-cpu": "cpu", "ort-cpu-noopt": "cpu", "ort-cuda": "cuda", "ort-trt-ep": "tensorrt"}
+TORCH_IMPL = {"torch-gather": ("gather", False, "cpu"), "torch-masked": ("masked", False, "cpu"),
+              "torch-compile": ("masked", True, "cpu"), "torch-gather-cuda": ("gather", False, "cuda"),
+              "torch-masked-cuda": ("masked", False, "cuda"), "torch-compile-cuda": ("masked", True, "cuda"),
+              "torch-triton": ("triton", False, "cuda")}
+TORCH_TOLERANCE = {"gather": "torch-gather", "masked": "torch", "triton": "torch-triton"}
+
+
+@dataclass
+class BackendInputs:
+    """What the catalogue needs to build runners: weights, thread count, and the artifacts made beforehand.
+
+    ``onnx``: {(flavour, optimised): path} of exported graphs. ``engines``: {backend name: engine path}.
+    ``triton_unavailable``: None when the Triton kernel is registered, else why not.
+    """
+
+    weights: Path
+    preset: str | None = None
+    threads: int | None = None
+    onnx: dict[tuple[str, bool], Path] = field(default_factory=dict)
+    onnx_unavailable: dict[tuple[str, bool], str] = field(default_factory=dict)
+    engines: dict[str, Path] = field(default_factory=dict)
+    triton_unavailable: str | None = "the Triton kernel was not registered (import export.plugins.torch_op first)"
+
+
+def parse_backends(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """'a,b' -> ('a', 'b'), checked against the catalogue; None or '' -> default; 'all' -> every backend."""
+    if not text:
+        return default
+    if text.strip() == "all":
+        return ALL_BACKENDS
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown or not names:
+        raise ValueError(f"unknown backend(s) {unknown or text!r}; choose from: {', '.join(ALL_BACKENDS)} (or 'all')")
+    return tuple(dict.fromkeys(names))
+
+
+def graphs_needed(names: tuple[str, ...]) -> set[tuple[str, bool]]:
+    """The ONNX graphs the chosen backends run (so only those are exported)."""
+    return {ONNX_GRAPHS[n] for n in names if n in ONNX_GRAPHS}
+
+
+def build_specs(names: tuple[str, ...], inputs: BackendInputs, baseline: str | None) -> list[BackendSpec]:
+    """BackendSpecs for ``names`` in that order; ``baseline`` names the one every ratio is quoted against."""
+    specs = []
+    for name in names:
+        if name in TORCH_IMPL:
+            spec = _torch_spec(name, inputs)
+        elif name in ORT_PROVIDER:
+            spec = _ort_spec(name, inputs)
+        else:
+            spec = _trt_spec(name, inputs)
+        spec.baseline = name == baseline
+        specs.append(spec)
+    return specs
+
+
+def _torch_spec(name: str, inputs: BackendInputs) -> BackendSpec:
+    impl, compile_, device = TORCH_IMPL[name]
+
+    def make() -> BaseRunner:
+        from runtime.torch_runner import TorchRunner
+
+        # Each runner loads its own model: set_attention_impl changes the model it is called on.
+        return TorchRunner(inputs.weights, preset=inputs.preset, device=device, impl=impl, compile=compile_,
+                           threads=inputs.threads if device == "cpu" else None, name=name)
+
+    key = "torch-compile" if compile_ else TORCH_TOLERANCE[impl]
+    unavailable = inputs.triton_unavailable if impl == "triton" else None
+    notes = ["the seed's naive formulation (topk -> softmax -> gather V): the baseline"] if impl == "gather" else []
+    if compile_:
+        notes.append("torch.compile (inductor); the first inference includes compilation")
+    return BackendSpec(name=name, make_runner=make, device=device, tolerance=(key, "fp32"), unavailable=unavailable,
+                       compute_call=torch_compute_call if device != "cpu" else None, preload=("torch",), notes=notes)
+
+
+def _ort_spec(name: str, inputs: BackendInputs) -> BackendSpec:
+    graph = ONNX_GRAPHS[name]
+    provider = ORT_PROVIDER[name]
+    path = inputs.onnx.get(graph)
+    unavailable = None
+    if path is None:
+        unavailable = inputs.onnx_unavailable.get(graph, f"no {graph[0]} ONNX graph "
+                                                         f"({'optimised' if graph[1] else '--no-optimize'}) was given")
+
+    def make() -> BaseRunner:
+        from runtime.ort_runner import OrtRunner
+
+        return OrtRunner(path, provider=provider, threads=inputs.threads if provider == "cpu" else None, name=name)
+
+    notes = [f"ONNX Runtime {provider} provider, {graph[0]} graph, {'optimised' if graph[1] else 'not optimised'}"]
+    return BackendSpec(name=name, make_runner=make, device="cpu" if provider == "cpu" else "cuda",
+                       tolerance=("ort", "fp32"), unavailable=unavailable,
+                       compute_call=binding_compute_call if provider != "cpu" else None,
+                       preload=("onnxruntime", "onnx"), notes=notes)
+
+
+def _trt_spec(name: str, inputs: BackendInputs) -> BackendSpec:
+    precision = name.rsplit("-", 1)[-1]
+    path = inputs.engines.get(name)
+    unavailable = None if path is not None else (
+        f"no engine given: build one with 'moe-denoise build' and pass --engine {name}=PATH")
+
+    def make() -> BaseRunner:
+        from runtime.trt_runner import TensorRTRunner
+
+        return TensorRTRunner(path, name=name)
+
+    graph = "plugin" if "-plugin-" in name else "standard-operator"
+    return BackendSpec(name=name, make_runner=make, device="cuda", precision=precision,
+                       tolerance=("trt", precision), unavailable=unavailable, compute_call=trt_compute_call,
+                       preload=("tensorrt",), notes=[f"TensorRT engine, {graph} graph, {precision}"])
+
+
+# --- device-resident calls for the compute-only mode -----------------------------------------------------------
+def torch_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:
+    """The runner's model on an input already on its device; the output stays there.
+
+    Uses the runner's callable (compiled or eager) so compute-only times the same code as end-to-end.
+    """
+    import torch
+
+    fn = getattr(runner, "_fn", None) or getattr(runner, "model", None)
+    if fn is None:
+        return None
+    xd = torch.from_numpy(x).to(getattr(runner, "device", "cuda"))
+
+    def call() -> None:
+        with torch.inference_mode():
+            fn(xd)
+
+    return call
+
+
+def binding_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:
+    """For runners with the I/O-binding protocol (OrtRunner; a TensorRT runner offering the same methods):
+    bind a device copy of ``x`` once, then each call runs on device buffers."""
+    bind, run = getattr(runner, "bind_device_input", None), getattr(runner, "run_binding", None)
+    if bind is None or run is None:
+        return None
+    binding = bind(x)
+    return lambda: run(binding)
+
+
+def trt_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:
+    """TensorRTRunner.device_call on CUDA tensors allocated once (input copied, output buffer empty); None when
+    the batch is outside the engine's optimisation profile (end-to-end chunks such batches, compute-only cannot)."""
+    device_call = getattr(runner, "device_call", None)
+    if device_call is None:
+        return binding_compute_call(runner, x)
+    lo, hi = getattr(runner, "profile_batch", None) or (1, len(x))
+    if not lo <= len(x) <= hi:
+        return None
+    import torch
+
+    xd = torch.from_numpy(np.ascontiguousarray(x)).to(f"cuda:{getattr(runner, 'device', 0)}")
+    yd = torch.empty_like(xd)
+    return lambda: device_call(xd, yd)

@@ -1,0 +1,614 @@
+"""The benchmark harness: parity first, then interleaved, warmed-up, steady-state timing of every backend.
+
+Order of work (``run_benchmark``):
+
+1. Fingerprint the machine; compute the PyTorch reference outputs (masked attention, fp32, CPU) on the fixed
+   parity batch.
+2. For each backend: build and activate its runner (timed: *cold start*, i.e. session creation / engine load /
+   model load), run a first batch-1 inference (timed: *first inference*, which includes one-off work such as
+   allocations or compilation), then check its outputs against the reference with the parity tolerance of
+   (backend, precision). A backend that cannot be built or activated is *unavailable* (with the reason); one
+   that fails parity is *failed-parity* and is never timed, so it can never be reported as a winner.
+3. Measure the machine's GEMM peak on each device in use (the compute limit, measured in the same run).
+4. For each batch size: warm-up calls for every (backend, mode) cell, then rounds; in each round every cell gets
+   one turn (a few timed calls), and the order rotates from round to round. Interleaving makes drift on a
+   noisy machine (thermal, a background job) hit every backend alike instead of whichever ran last.
+5. Summarise: p50/p90/p99/mean latency, throughput, ratios against the baseline from the same run, achieved
+   GFLOP/s and its fraction of the measured peak, peak memory per cell, the best backend per batch size.
+
+Everything that touches hardware (timer, memory probe, GEMM peak, clock) is injected, so the same code is
+tested on CPU with fakes and runs the CUDA-event method on a GPU. The harness takes runners built elsewhere
+(``benchmarks.backends`` or a test); it never exports models itself.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.base import BaseRunner
+from runtime.errors import InputError
+from runtime.parity import compare, parity_inputs
+from runtime.tolerances import get_tolerance
+
+from .env import CpuContention, fingerprint, load_average
+from .memory import current_rss_mb, make_probe, process_threads
+from .stats import (
+    achieved_gflops,
+    compute_limit_images_per_s,
+    latency_stats,
+    ratios,
+    throughput,
+)
+from .timers import make_timer
+
+SCHEMA_NAME = "moe-denoise/bench"
+SCHEMA_VERSION = 1
+MODES = ("e2e", "compute")
+STATUSES = ("ok", "unavailable", "failed-parity", "error")
+
+# A backend's device-resident call: given its active runner and a host batch, prepare the device copy (untimed)
+# and return a function that runs the model on it without host copies; None when the runner cannot.
+ComputeCall = Callable[[BaseRunner, np.ndarray], "Callable[[], Any] | None"]
+
+
+@dataclass
+class BackendSpec:
+    """One backend to benchmark: how to build its runner, and what to judge it by.
+
+    ``unavailable`` set: the backend is listed with that reason and not built (e.g. no engine was given).
+    ``tolerance``: the (backend, precision) key of runtime.tolerances. ``preload``: modules imported before
+    the cold start is timed, so the cold start is session creation / engine load, not a library import.
+    """
+
+    name: str
+    make_runner: Callable[[], BaseRunner] | None
+    device: str = "cpu"
+    precision: str = "fp32"
+    tolerance: tuple[str, str] = ("torch", "fp32")
+    baseline: bool = False
+    unavailable: str | None = None
+    compute_call: ComputeCall | None = None
+    preload: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchSettings:
+    """How much to measure. Defaults are the full CPU run; ``quick()`` and ``gpu()`` are the other presets."""
+
+    batches: tuple[int, ...] = (1, 8, 64, 256)
+    warmup: int = 3              # untimed calls per (backend, mode) at each batch size before timing
+    repeats: int = 20            # at most this many interleaved rounds per batch size
+    min_repeats: int = 3         # at least this many rounds, even past the batch budget
+    slot_target_s: float = 0.25  # each turn of a backend in a round times about this long (at least one call)
+    max_inner: int = 20          # at most this many timed calls per turn
+    batch_budget_s: float = 90.0  # no new round at a batch size once its timing took this long
+    deadline_s: float | None = None  # from the start of the run: no new round or batch size starts past it
+    parity_images: int = 16
+    threads: int | None = None
+    modes: tuple[str, ...] = ("e2e",)
+    gemm_repeats: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Reject settings that would produce meaningless numbers, saying what to pass instead."""
+        problems = []
+        if not self.batches or any(int(b) < 1 for b in self.batches):
+            problems.append(f"batches must be positive integers, got {list(self.batches)}")
+        if self.warmup < 1:
+            problems.append(f"warmup must be >= 1 (the first call at a new batch size does one-off work such as "
+                            f"allocation or compilation), got {self.warmup}")
+        if self.repeats < 1 or self.min_repeats < 1:
+            problems.append(f"repeats and min_repeats must be >= 1, got {self.repeats} and {self.min_repeats}")
+        if self.max_inner < 1 or self.slot_target_s <= 0 or self.batch_budget_s <= 0:
+            problems.append("max_inner must be >= 1 and slot_target_s, batch_budget_s > 0")
+        if self.parity_images < 1:
+            problems.append(f"parity_images must be >= 1, got {self.parity_images}")
+        unknown = sorted(set(self.modes) - set(MODES))
+        if unknown or not self.modes:
+            problems.append(f"modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
+        if problems:
+            raise ValueError("invalid benchmark settings: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["batches"], d["modes"] = list(self.batches), list(self.modes)
+        return d
+
+
+@dataclass
+class _Backend:
+    """A backend during the run: its spec, its JSON record, and its runner while it is eligible for timing."""
+
+    spec: BackendSpec
+    record: dict[str, Any]
+    runner: BaseRunner | None = None
+
+
+@dataclass
+class _Cell:
+    """One (backend, mode) at one batch size: its call and the samples gathered so far."""
+
+    backend: _Backend
+    mode: str
+    fn: Callable[[], Any]
+    samples: list[float] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    inner: int = 1
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend.spec.name}/{self.mode}"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as a one-line reason for the report (type and first line of the message)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+# --- 1-2: reference, cold start, parity ----------------------------------------------------------------------
+def _as_input(runner: BaseRunner, x: np.ndarray) -> np.ndarray:
+    """The parity batch in a dtype the runner accepts (fp16-input engines get fp16)."""
+    dtypes = getattr(runner, "input_dtypes", (np.dtype(np.float32),))
+    return x if x.dtype in dtypes else x.astype(dtypes[0])
+
+
+def prepare_backend(spec: BackendSpec, x: np.ndarray, reference_out: np.ndarray,
+                    log: Callable[[str], None] = _stderr) -> _Backend:
+    """Build, activate (cold start), first inference, parity. Returns the backend with a runner only if it passed."""
+    record: dict[str, Any] = {
+        "name": spec.name, "device": spec.device, "precision": spec.precision, "baseline": spec.baseline,
+        "tolerance_key": list(spec.tolerance), "status": "unavailable", "reason": spec.unavailable,
+        "notes": list(spec.notes), "describe": None, "parity": None, "cold_start": None, "memory": None,
+        "modes": [], "timer": None,
+    }
+    backend = _Backend(spec, record)
+    if spec.make_runner is None and spec.unavailable is None:
+        record["reason"] = "no runner factory was given for this backend"
+    if record["reason"] is not None:
+        log(f"  {spec.name:<22} unavailable: {record['reason']}")
+        return backend
+    rss0 = current_rss_mb()
+    runner = _activate(spec, record)
+    if runner is None:
+        log(f"  {spec.name:<22} unavailable: {record['reason']}")
+        return backend
+    outputs = _first_inferences(runner, x, record)
+    if outputs is not None:
+        rss1 = current_rss_mb()
+        record["memory"] = {"rss_after_load_mb": None if rss1 is None else round(rss1, 1),
+                            "load_rss_delta_mb": None if rss0 is None or rss1 is None else round(rss1 - rss0, 1)}
+        _judge_parity(spec, record, reference_out, *outputs)
+    if record["status"] != "ok":
+        log(f"  {spec.name:<22} {record['status']}, not timed: {record['reason']}")
+        runner.deactivate()
+        return backend
+    backend.runner = runner
+    cs, parity = record["cold_start"], record["parity"]
+    log(f"  {spec.name:<22} ok: load {cs['activate_ms']:.0f} ms, first inference {cs['first_infer_ms']:.1f} ms, "
+        f"parity max abs {parity['max_abs']:.1e}")
+    return backend
+
+
+def _activate(spec: BackendSpec, record: dict[str, Any]) -> BaseRunner | None:
+    """Build and activate the runner, timing the activation (the cold start); None with a reason if impossible."""
+    for module in spec.preload:  # so the cold start is session creation / engine load, not a library import
+        try:
+            __import__(module)
+        except ImportError:
+            continue  # activation then fails with the runtime's MissingBackendError and its install hint
+    try:
+        runner = spec.make_runner()
+        t0 = time.perf_counter()
+        runner.activate()
+        activate_s = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - any failure to build/activate means "unavailable here", with reason
+        record["reason"] = _reason(e)
+        return None
+    record["cold_start"] = {"activate_ms": activate_s * 1e3, "first_infer_ms": None, "second_infer_ms": None,
+                            "first_batch": 1}
+    return runner
+
+
+def _first_inferences(runner: BaseRunner, x: np.ndarray,
+                      record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first (cold) and second batch-1 calls, timed, then the parity batch. Returns (parity out, first out)."""
+    try:
+        x1 = _as_input(runner, x[:1])
+        t0 = time.perf_counter()
+        y1 = runner(x1)
+        first_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        runner(x1)
+        second_s = time.perf_counter() - t0
+        y = runner(_as_input(runner, x))
+    except Exception as e:  # noqa: BLE001 - reported as this backend's error; the run goes on
+        record.update(status="error", reason=f"inference failed: {_reason(e)}", cold_start=None)
+        return None
+    record["cold_start"].update(first_infer_ms=first_s * 1e3, second_infer_ms=second_s * 1e3)
+    record["describe"] = _describe(runner)
+    return np.asarray(y, np.float32), np.asarray(y1, np.float32)
+
+
+def _judge_parity(spec: BackendSpec, record: dict[str, Any], reference_out: np.ndarray, y: np.ndarray,
+                  y1: np.ndarray) -> None:
+    """Compare the parity batch and the first call's output with the reference; sets status ok or failed-parity."""
+    try:
+        report = compare(np.concatenate([reference_out, reference_out[:1]]), np.concatenate([y, y1]),
+                         get_tolerance(*spec.tolerance), spec.name, spec.precision)
+    except (InputError, KeyError, ValueError) as e:  # wrong output shape, unknown tolerance key
+        record.update(status="failed-parity", reason=f"outputs could not be compared: {_reason(e)}")
+        return
+    record["parity"] = report.to_dict()
+    if report.passed:
+        record.update(status="ok", reason=None)
+    else:
+        record.update(status="failed-parity", reason="; ".join(report.failures))
+
+
+def _describe(runner: BaseRunner) -> dict[str, Any]:
+    try:
+        return {k: (v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v))
+                for k, v in runner.describe().items()}
+    except Exception as e:  # noqa: BLE001 - describe() is informational only
+        return {"describe_error": _reason(e)}
+
+
+# --- 4: interleaved timing -----------------------------------------------------------------------------------
+def batch_input(batch: int, seed: int = 0) -> np.ndarray:
+    """A deterministic batch of valid images (uniform in [0, 1)), float32 [B, 3, 32, 32]."""
+    return np.random.default_rng(seed + batch).random((batch, 3, 32, 32), dtype=np.float32)
+
+
+def _make_cells(backends: list[_Backend], batch: int, modes: tuple[str, ...], seed: int) -> list[_Cell]:
+    """The (backend, mode) cells to time at ``batch``; a backend without a device-resident call has no compute cell."""
+    x = batch_input(batch, seed)
+    cells = []
+    for b in backends:
+        xb = _as_input(b.runner, x)
+        for mode in modes:
+            if mode == "e2e":
+                cells.append(_Cell(b, mode, _e2e_call(b.runner, xb)))
+            elif _has_mode(b.spec, mode):
+                try:
+                    fn = b.spec.compute_call(b.runner, xb)
+                except Exception as e:  # noqa: BLE001 - e.g. out of device memory for the input copy
+                    fn = None
+                    b.record["notes"].append(f"compute-only mode at batch {batch} unavailable: {_reason(e)}")
+                if fn is not None:
+                    cells.append(_Cell(b, mode, fn))
+    return cells
+
+
+def _has_mode(spec: BackendSpec, mode: str) -> bool:
+    """e2e: every backend. compute (device-resident I/O): GPU backends whose runner offers a device call; on CPU
+    the host arrays are the device arrays, so it would repeat e2e."""
+    return mode == "e2e" or (spec.compute_call is not None and not spec.device.startswith("cpu"))
+
+
+def _e2e_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any]:
+    """Host array in, host array out: what a user of the runner sees (input validation already done by parity)."""
+    return lambda: runner.infer(x, check=False)
+
+
+def round_order(cells: list[Any], round_index: int) -> list[Any]:
+    """Round-robin order of one round: rotated by the round index so no cell always follows the same one."""
+    if not cells:
+        return []
+    k = round_index % len(cells)
+    return cells[k:] + cells[:k]
+
+
+class _Clock:
+    """Deadline bookkeeping over an injectable monotonic clock."""
+
+    def __init__(self, deadline_s: float | None, now: Callable[[], float], start: float | None = None) -> None:
+        self.now = now
+        self.start = now() if start is None else start
+        self.deadline = None if deadline_s is None else self.start + deadline_s
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and self.now() > self.deadline
+
+
+def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, Any], probes: dict[str, Any],
+               clock: _Clock, log: Callable[[str], None] = _stderr) -> list[list[str]]:
+    """Warm up, then interleaved rounds over ``cells``; fills their samples. Returns the order of each round."""
+    for _ in range(settings.warmup):
+        for cell in cells:
+            _run_guarded(cell, lambda c=cell: c.fn())
+    for cell in cells:  # calls per turn from one timed warm call: each turn lasts about slot_target_s
+        if cell.error is None:
+            est = _run_guarded(cell, lambda c=cell: timers[c.backend.spec.device].time(c.fn))
+            if est is not None:
+                cell.inner = int(min(settings.max_inner, max(1, math.ceil(settings.slot_target_s / max(est, 1e-9)))))
+    schedule: list[list[str]] = []
+    t_batch = clock.now()
+    for r in range(settings.repeats):
+        live = [c for c in cells if c.error is None]
+        if not live:
+            break
+        order = round_order(live, r)
+        schedule.append([c.key for c in order])
+        for cell in order:
+            _timed_turn(cell, timers[cell.backend.spec.device], probes[cell.backend.spec.device])
+        done = r + 1
+        if done >= settings.min_repeats and clock.now() - t_batch > settings.batch_budget_s:
+            log(f"    batch budget {settings.batch_budget_s:.0f}s used after {done} rounds")
+            break
+        if clock.past_deadline():
+            log(f"    run deadline reached after {done} rounds at this batch size")
+            break
+    return schedule
+
+
+def _run_guarded(cell: _Cell, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` for ``cell``; an exception marks the cell as failed (it is timed no further) instead of ending the run."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: reported for this cell
+        cell.error = _reason(e)
+        cell.backend.record["notes"].append(f"{cell.key}: {cell.error}")
+        return None
+
+
+def _timed_turn(cell: _Cell, timer: Any, probe: Any) -> None:
+    """One turn of a cell in a round: ``inner`` timed calls, with the memory peak of the turn."""
+    probe.reset()
+    for _ in range(cell.inner):
+        t = _run_guarded(cell, lambda: timer.time(cell.fn))
+        if t is None:
+            return
+        cell.samples.append(float(t))
+    for k, v in probe.read().items():  # the worst turn: numbers keep their maximum, labels their last value
+        old = cell.memory.get(k)
+        numeric = isinstance(v, (int, float)) and isinstance(old, (int, float))
+        cell.memory[k] = max(old, v) if numeric else (v if v is not None or old is None else old)
+
+
+# --- 5: summary ----------------------------------------------------------------------------------------------
+def summarise_cell(cell: _Cell, batch: int, flops_per_image: float | None, peaks: dict[str, float]) -> dict[str, Any]:
+    """One results row: latency statistics, throughput, compute-limit position, memory."""
+    spec = cell.backend.spec
+    row: dict[str, Any] = {"backend": spec.name, "mode": cell.mode, "batch": batch, "device": spec.device,
+                           "status": "ok", "reason": None, "n_samples": len(cell.samples), "calls_per_turn": cell.inner,
+                           "latency_ms": None, "throughput_ips": None, "ratio_vs_baseline": None,
+                           "gflops": None, "fraction_of_peak": None, "memory": cell.memory or None}
+    if cell.error is not None or not cell.samples:
+        row.update(status="error", reason=cell.error or "no timed samples")
+        return row
+    stats = latency_stats(cell.samples)
+    row["latency_ms"] = stats.to_dict()
+    row["throughput_ips"] = throughput(batch, stats.mean)
+    if flops_per_image:
+        row["gflops"] = achieved_gflops(flops_per_image, row["throughput_ips"])
+        peak = peaks.get(spec.device.split(":")[0])
+        row["fraction_of_peak"] = row["gflops"] / peak if peak else None
+    return row
+
+
+def add_ratios(rows: list[dict[str, Any]], baseline: str | None) -> None:
+    """Fill ratio_vs_baseline of every ok row from the baseline's row at the same batch and mode."""
+    if baseline is None:
+        return
+    base = {(r["batch"], r["mode"]): r for r in rows if r["backend"] == baseline and r["status"] == "ok"}
+    for r in rows:
+        b = base.get((r["batch"], r["mode"]))
+        if r["status"] == "ok" and b is not None:
+            r["ratio_vs_baseline"] = ratios(r["throughput_ips"], r["latency_ms"]["p50"], b["throughput_ips"],
+                                            b["latency_ms"]["p50"]).to_dict()
+
+
+def best_per_batch(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{mode: {batch: best row summary}} by throughput, among rows that passed parity and were timed."""
+    best: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        cur = best.setdefault(r["mode"], {}).get(str(r["batch"]))
+        if cur is None or r["throughput_ips"] > cur["throughput_ips"]:
+            best[r["mode"]][str(r["batch"])] = {
+                "backend": r["backend"], "throughput_ips": r["throughput_ips"], "p50_ms": r["latency_ms"]["p50"],
+                "throughput_ratio": (r["ratio_vs_baseline"] or {}).get("throughput"),
+                "latency_ratio": (r["ratio_vs_baseline"] or {}).get("latency_p50")}
+    return best
+
+
+def cpu_targets(best: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str, Any]],
+                flops_per_image: float | None, peaks: dict[str, float]) -> dict[str, Any]:
+    """The issue's CPU targets, judged on this run: best at batch 64 >= 10x the baseline's throughput, best at
+    batch 1 <= 1/8 of its p50 latency, and the compute limit (images/s at the measured GEMM peak)."""
+    e2e = best.get("e2e", {})
+    cpu_best = {b: v for b, v in e2e.items()
+                if any(r["backend"] == v["backend"] and r["device"] == "cpu" for r in rows)}
+    out: dict[str, Any] = {}
+    b64, b1 = cpu_best.get("64"), cpu_best.get("1")
+    if b64 and b64["throughput_ratio"] is not None:
+        out["batch64_throughput_ratio"] = {"target": 10.0, "value": b64["throughput_ratio"], "backend": b64["backend"],
+                                           "met": b64["throughput_ratio"] >= 10.0}
+    if b1 and b1["latency_ratio"] is not None:
+        out["batch1_latency_ratio"] = {"target": 0.125, "value": b1["latency_ratio"], "backend": b1["backend"],
+                                       "met": b1["latency_ratio"] <= 0.125}
+    if flops_per_image and peaks.get("cpu"):
+        limit = compute_limit_images_per_s(flops_per_image, peaks["cpu"])
+        out["compute_limit_ips"] = limit
+        if b64:
+            out["batch64_fraction_of_limit"] = b64["throughput_ips"] / limit
+    return out
+
+
+# --- the whole run -------------------------------------------------------------------------------------------
+def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: BenchSettings | None = None, *,
+                  flops: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+                  timer_factory: Callable[[str], Any] = make_timer, probe_factory: Callable[[str], Any] = make_probe,
+                  peak_fn: Callable[..., dict[str, Any]] | None = None, now: Callable[[], float] = time.monotonic,
+                  log: Callable[[str], None] = _stderr, environment: dict[str, Any] | None = None,
+                  model_info: dict[str, Any] | None = None, started_at: float | None = None) -> dict[str, Any]:
+    """Benchmark ``specs`` against ``reference`` (an inactive runner: the PyTorch masked fp32 CPU model).
+
+    ``flops``: a benchmarks.flops FlopCount.to_dict() (per image) for the compute-limit columns; ``model_info``
+    (config, weights) and ``meta`` (command, mode) are copied into the document. ``started_at``: a ``now()``
+    reading the deadline counts from (the command's start, so exports count too; default: this call).
+    ``peak_fn(device=..., threads=..., repeats=...)``: measures the GEMM peak (default: flops.measure_gemm_gflops);
+    a failure is recorded, not fatal. Returns the results document (see benchmarks.report for its schema).
+    """
+    settings = settings or BenchSettings()
+    settings.validate()
+    clock = _Clock(settings.deadline_s, now, started_at)
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"backend names must be unique; repeated: {dupes}")
+    if settings.threads:
+        _set_torch_threads(settings.threads)
+    env = environment if environment is not None else fingerprint(settings.threads)
+    contention = CpuContention()
+    log(f"reference: {reference.name}; parity on {settings.parity_images} images")
+    x = parity_inputs(settings.parity_images, seed=settings.seed)
+    with reference:
+        ref_out = np.asarray(reference(x), np.float32)
+    backends: list[_Backend] = []
+    try:
+        for spec in specs:
+            backends.append(prepare_backend(spec, x, ref_out, log))
+        live = [b for b in backends if b.runner is not None]
+        peaks, peak_records = _measure_peaks({b.spec.device.split(":")[0] for b in live} | {"cpu"}, settings,
+                                             peak_fn, log)
+        flops_per_image = float(flops["total"]) if flops else None
+        rows, schedule = _time_all(live, settings, timer_factory, probe_factory, clock, flops_per_image, peaks, log)
+        for b in live:
+            b.record["modes"] = sorted({r["mode"] for r in rows if r["backend"] == b.spec.name})
+    finally:
+        for b in backends:
+            if b.runner is not None:
+                b.runner.deactivate()
+    baseline = next((s.name for s in specs if s.baseline), None)
+    baseline_ok = any(b.spec.baseline and b.record["status"] == "ok" for b in backends)
+    add_ratios(rows, baseline if baseline_ok else None)
+    best = best_per_batch(rows)
+    notes = []
+    if baseline is None:
+        notes.append("no baseline backend in this run: ratios are not computed")
+    elif not baseline_ok:
+        notes.append(f"the baseline {baseline} was not timed ({_status_of(backends, baseline)}): ratios are not "
+                     f"computed")
+    env["load_average_end"] = load_average()
+    env["process_threads"] = process_threads()
+    env["contention"] = contention.result()
+    busy = busy_machine_note(env)
+    if busy:
+        notes.append(busy)
+        log(busy)
+    return {
+        "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": None, "mode": "custom",
+        **(meta or {}),
+        "settings": settings.to_dict(),
+        "environment": env,
+        "model": {"flops_per_image": flops, **(model_info or {})},
+        "reference": {"name": reference.name, "backend": "torch-masked", "device": "cpu", "precision": "fp32",
+                      "parity_images": settings.parity_images},
+        "baseline": baseline,
+        "compute_peak": peak_records,
+        "backends": [b.record for b in backends],
+        "results": rows,
+        "schedule": schedule,
+        "best": best,
+        "targets": cpu_targets(best, rows, flops_per_image, peaks),
+        "notes": notes,
+    }
+
+
+def busy_machine_note(env: dict[str, Any]) -> str | None:
+    """A warning when other processes used >= 20% of the machine's CPU time during the run."""
+    c = env.get("contention") or {}
+    others = c.get("other_processes_cpu_fraction")
+    if others is None or others < 0.2:
+        return None
+    return (f"the machine was busy: other processes used {100 * others:.0f}% of its CPU time during this run "
+            f"({c.get('logical_cpus')} logical CPUs). They competed with the benchmark, so the numbers are noisy; multi-threaded backends suffer most "
+            f"(each parallel region waits for its slowest, descheduled thread). Interleaving spreads the noise "
+            f"over all backends, but rerun on an idle machine before quoting them")
+
+
+def _status_of(backends: list[_Backend], name: str) -> str:
+    rec = next(b.record for b in backends if b.spec.name == name)
+    return rec["status"] + (f": {rec['reason']}" if rec["reason"] else "")
+
+
+def _set_torch_threads(threads: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+def _measure_peaks(devices: set[str], settings: BenchSettings, peak_fn: Callable[..., dict[str, Any]] | None,
+                   log: Callable[[str], None]) -> tuple[dict[str, float], dict[str, Any]]:
+    """GEMM peak per device type, measured now; a failure is recorded with its reason."""
+    if peak_fn is None:
+        from .flops import measure_device_peak as peak_fn
+    peaks: dict[str, float] = {}
+    records: dict[str, Any] = {}
+    for device in sorted(devices):
+        try:
+            rec = peak_fn(device=device, threads=settings.threads, repeats=settings.gemm_repeats)
+        except Exception as e:  # noqa: BLE001 - the peak is context, not a reason to lose the run
+            records[device] = {"error": _reason(e)}
+            log(f"GEMM peak on {device}: not measured ({_reason(e)})")
+            continue
+        records[device] = rec
+        peaks[device] = float(rec["gflops"])
+        log(f"GEMM peak on {device}: {rec['gflops']:.1f} GFLOP/s (median {rec.get('gflops_median', 0):.1f}) "
+            f"for {'x'.join(map(str, rec.get('shape', [])))}")
+    return peaks, records
+
+
+def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Callable[[str], Any],
+              probe_factory: Callable[[str], Any], clock: _Clock, flops_per_image: float | None,
+              peaks: dict[str, float], log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every batch size in turn; past the deadline, the remaining batch sizes are recorded as skipped."""
+    devices = {b.spec.device for b in live}
+    timers = {d: timer_factory(d) for d in devices}
+    probes = {d: probe_factory(d) for d in devices}
+    for b in live:
+        b.record["timer"] = getattr(timers[b.spec.device], "name", type(timers[b.spec.device]).__name__)
+    rows: list[dict[str, Any]] = []
+    schedule: dict[str, Any] = {}
+    for batch in settings.batches:
+        if clock.past_deadline():
+            log(f"batch {batch}: skipped (run deadline of {settings.deadline_s:.0f}s reached)")
+            rows += [{"backend": b.spec.name, "mode": m, "batch": batch, "device": b.spec.device,
+                      "status": "skipped", "reason": f"run deadline of {settings.deadline_s:.0f}s reached",
+                      "n_samples": 0, "calls_per_turn": 0, "latency_ms": None, "throughput_ips": None,
+                      "ratio_vs_baseline": None, "gflops": None, "fraction_of_peak": None, "memory": None}
+                     for b in live for m in settings.modes if _has_mode(b.spec, m)]
+            continue
+        cells = _make_cells(live, batch, settings.modes, settings.seed)
+        if not cells:
+            continue
+        log(f"batch {batch}: {len(cells)} cells, up to {settings.repeats} interleaved rounds")
+        schedule[str(batch)] = time_batch(cells, settings, timers, probes, clock, log)
+        for cell in cells:
+            row = summarise_cell(cell, batch, flops_per_image, peaks)
+            rows.append(row)
+            if row["status"] == "ok":
+                log(f"    {cell.key:<28} p50 {row['latency_ms']['p50']:9.3f} ms  {row['throughput_ips']:9.1f} img/s "
+                    f"(n={row['n_samples']})")
+            else:
+                log(f"    {cell.key:<28} {row['status']}: {row['reason']}")
+    return rows, schedule

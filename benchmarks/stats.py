@@ -1,0 +1,99 @@
+"""Statistics of timed runs: latency percentiles, throughput and ratios against the baseline.
+
+Pure functions over lists of seconds (no numpy needed), so they are easy to test on synthetic timings and
+the same code summarises CPU wall-clock samples and CUDA-event samples.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between order statistics (numpy's default).
+
+    Raises ValueError on an empty sample or q outside [0, 100]: a percentile of nothing is a bug upstream.
+    """
+    if not samples:
+        raise ValueError("percentile of an empty sample: no timed runs were recorded for this cell")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    xs = sorted(float(s) for s in samples)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of one cell's per-call latencies, in milliseconds."""
+
+    n: int
+    mean: float
+    std: float
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def latency_stats(samples_s: Sequence[float]) -> LatencyStats:
+    """Summarise per-call latencies given in seconds; the result is in milliseconds."""
+    if not samples_s:
+        raise ValueError("latency_stats needs at least one timed sample")
+    if any(not math.isfinite(s) or s < 0 for s in samples_s):
+        raise ValueError(f"latency samples must be finite and >= 0 seconds; got {list(samples_s)[:5]}...")
+    ms = [s * 1e3 for s in samples_s]
+    mean = sum(ms) / len(ms)
+    var = sum((m - mean) ** 2 for m in ms) / (len(ms) - 1) if len(ms) > 1 else 0.0
+    return LatencyStats(n=len(ms), mean=mean, std=math.sqrt(var), min=min(ms), p50=percentile(ms, 50),
+                        p90=percentile(ms, 90), p99=percentile(ms, 99), max=max(ms))
+
+
+def throughput(batch: int, mean_latency_ms: float) -> float:
+    """Images per second of steady-state runs: batch / mean latency (= total images / total time)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if mean_latency_ms <= 0:
+        raise ValueError(f"mean latency must be > 0 ms to define a throughput, got {mean_latency_ms}")
+    return batch / (mean_latency_ms / 1e3)
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """A backend against the baseline in the same run and batch size.
+
+    ``throughput`` > 1 means more images/s than the baseline; ``latency_p50`` < 1 means a lower median latency
+    (it is backend p50 / baseline p50, so "1/8 of the baseline's latency" is latency_p50 <= 0.125).
+    """
+
+    throughput: float
+    latency_p50: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def ratios(backend_tput: float, backend_p50_ms: float, base_tput: float, base_p50_ms: float) -> Ratios:
+    """Throughput and p50-latency ratios of a backend against the baseline."""
+    if base_tput <= 0 or base_p50_ms <= 0:
+        raise ValueError(f"baseline throughput ({base_tput}) and p50 ({base_p50_ms} ms) must be > 0")
+    return Ratios(throughput=backend_tput / base_tput, latency_p50=backend_p50_ms / base_p50_ms)
+
+
+def achieved_gflops(flops_per_image: float, images_per_s: float) -> float:
+    """Useful model GFLOP/s delivered at a given throughput."""
+    return flops_per_image * images_per_s / 1e9
+
+
+def compute_limit_images_per_s(flops_per_image: float, peak_gflops: float) -> float:
+    """Images/s a backend would reach if it ran all model FLOPs at the measured GEMM peak."""
+    if flops_per_image <= 0:
+        raise ValueError(f"flops_per_image must be > 0, got {flops_per_image}")
+    return peak_gflops * 1e9 / flops_per_image

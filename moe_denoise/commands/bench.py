@@ -1,0 +1,314 @@
+"""moe-denoise bench: PyTorch vs ONNX Runtime vs TensorRT, parity-checked, interleaved, with warm-up.
+
+Three presets: the full CPU run (default), ``--quick`` (under two minutes on a 2-core CPU: batches 1, 8, 64, no
+torch.compile, fewer rounds) and ``--gpu`` (one command of under 8 minutes on a GPU machine: CUDA events,
+compute-only and end-to-end, batches up to 4096). Explicit options override the preset's values.
+
+This module is the only part of the benchmark that touches export/: it exports the ONNX graphs the chosen
+backends need into a cache folder keyed by the weights' hash, and registers the Triton kernel for torch-triton.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import add_weights_args, resolve_weights
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
+             "max_inner": 20, "batch_budget_s": 90.0, "deadline_s": None, "parity_images": 16, "gemm_repeats": 10,
+             "modes": ("e2e",), "out_dir": "benchmarks/results"},
+    "quick": {"batches": (1, 8, 64), "warmup": 2, "repeats": 5, "min_repeats": 2, "slot_target_s": 0.1,
+              "max_inner": 10, "batch_budget_s": 12.0, "deadline_s": 75.0, "parity_images": 8, "gemm_repeats": 5,
+              "modes": ("e2e",), "out_dir": "artifacts/bench/results-quick"},
+    "gpu": {"batches": (1, 8, 64, 256, 1024, 4096), "warmup": 5, "repeats": 15, "min_repeats": 3,
+            "slot_target_s": 0.05, "max_inner": 50, "batch_budget_s": 40.0, "deadline_s": 360.0, "parity_images": 16,
+            "gemm_repeats": 20, "modes": ("compute", "e2e"), "out_dir": "benchmarks/results/gpu"},
+}
+DEFAULT_CACHE = Path("artifacts/bench")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from benchmarks.backends import ALL_BACKENDS, QUICK_BACKENDS
+
+    p = sub.add_parser(
+        "bench", help="benchmark the backends (parity-checked, interleaved, warmed up)",
+        description="Checks every backend against the PyTorch reference, then times them interleaved (round robin, "
+                    "rotating) after warm-up, over a batch sweep; writes results.json, results.md and results.png. "
+                    f"Backends: {', '.join(ALL_BACKENDS)}. Unavailable ones are listed with the reason. --quick: "
+                    f"{', '.join(QUICK_BACKENDS)} at batches 1,8,64 (torch.compile left out: it compiles for longer "
+                    "than the quick budget). --gpu: the GPU backends with CUDA events, compute-only and end-to-end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_weights_args(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a quick look: under two minutes on a 2-core CPU")
+    mode.add_argument("--gpu", action="store_true", help="the GPU run: CUDA events, compute-only + end-to-end, "
+                                                          "batches up to 4096, a deadline of ~5.5 min of timing")
+    p.add_argument("--backends", default=None, help="comma-separated backend names, or 'all' (default: per preset)")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: per preset)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and ONNX Runtime (default: the usable cores)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per batch size (at most)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls per backend and batch size")
+    p.add_argument("--parity-images", type=int, default=None, help="images in the parity check before timing")
+    p.add_argument("--batch-budget", type=float, default=None,
+                   help="seconds of timing per batch size after which no new round starts")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds from the command's start after which no new round or batch size starts "
+                        "(quick: 75, gpu: 360; the last round and the report follow)")
+    p.add_argument("--engine", action="append", default=[], metavar="NAME=PATH",
+                   help="a TensorRT engine for a trt-* backend, e.g. trt-plugin-fp16=engines/x.engine (repeatable)")
+    p.add_argument("--build-engines", action=argparse.BooleanOptionalAction, default=None,
+                   help="build the trt-* engines not given with --engine (needs TensorRT and a GPU; default: on "
+                        "with --gpu). Engines are cached, so a second run skips the builds")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                   help="where the ONNX graphs (and engines) are exported to")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="results folder (default: benchmarks/results; --quick: artifacts/bench/results-quick; "
+                        "--gpu: benchmarks/results/gpu)")
+    p.add_argument("--no-plot", action="store_true", help="skip results.png")
+    p.add_argument("--json", action="store_true", help="print the results document as JSON instead of the table")
+    p.set_defaults(func=run)
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers like 1,8,64; got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{what} must be positive integers like 1,8,64; got {text!r}")
+    return values
+
+
+def _engines(items: list[str]) -> dict[str, Path]:
+    from benchmarks.backends import GPU_BACKENDS
+
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.startswith("trt-") or name not in GPU_BACKENDS:
+            trt = [b for b in GPU_BACKENDS if b.startswith("trt-")]
+            raise ValueError(f"--engine expects NAME=PATH with NAME one of {trt}; got {item!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--engine {name}: {path} does not exist; build it with 'moe-denoise build'")
+        out[name] = Path(path)
+    return out
+
+
+def settings_from_args(args: argparse.Namespace, preset: str) -> Any:
+    """BenchSettings from the preset, overridden by explicit options."""
+    from benchmarks.harness import BenchSettings
+
+    p = dict(PRESETS[preset])
+    p.pop("out_dir")
+    if args.batches:
+        p["batches"] = _int_list(args.batches, "--batches")
+    for opt, key in (("repeats", "repeats"), ("warmup", "warmup"), ("parity_images", "parity_images"),
+                     ("batch_budget", "batch_budget_s"), ("deadline", "deadline_s")):
+        if getattr(args, opt) is not None:
+            p[key] = getattr(args, opt)
+    if args.repeats is not None:
+        p["min_repeats"] = min(p["min_repeats"], args.repeats)
+    p["threads"] = args.threads if args.threads is not None else _usable_cores()
+    if p["threads"] < 1:
+        raise ValueError(f"--threads must be >= 1, got {p['threads']}")
+    settings = BenchSettings(**p)
+    settings.validate()
+    return settings
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def export_graphs(graphs: set[tuple[str, bool]], weights: Path, preset: str | None, cache: Path, threads: int | None,
+                  log: Any) -> tuple[dict[tuple[str, bool], Path], dict[tuple[str, bool], str]]:
+    """Export each needed graph into ``cache/<weights hash>/`` unless a matching one is there already.
+
+    Returns ({graph: path}, {graph: why it is unavailable}): an export that fails makes its backends unavailable
+    with the reason instead of ending the run.
+    """
+    paths: dict[tuple[str, bool], Path] = {}
+    failed: dict[tuple[str, bool], str] = {}
+    for flavor, optimize in sorted(graphs):
+        try:
+            paths[(flavor, optimize)] = export_graph(flavor, optimize, "fp32", weights, preset, cache, threads, log)
+        except Exception as e:  # noqa: BLE001 - reported as the reason its backends are unavailable
+            failed[(flavor, optimize)] = f"exporting the {flavor} graph failed: {type(e).__name__}: {e}"
+            log(failed[(flavor, optimize)])
+    return paths, failed
+
+
+def export_graph(flavor: str, optimize: bool, precision: str, weights: Path, preset: str | None, cache: Path,
+                 threads: int | None, log: Any) -> Path:
+    """One ONNX graph in ``cache/<weights hash>/``: reused when its manifest matches, else exported (parity-gated)."""
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_denoise.fileio import sha256_file
+    from moe_model.checkpoint import load_model
+
+    suffix = ("" if optimize else ".noopt") + ("" if precision == "fp32" else f".{precision}")
+    out = cache / sha256_file(weights)[:16] / f"moe_denoiser.{flavor}{suffix}.onnx"
+    if _cached_graph_ok(out):
+        log(f"ONNX graph (cached): {out}")
+        return out
+    log(f"exporting {out} ...")
+    export_onnx(load_model(weights, preset=preset), out, ExportOptions(flavor=flavor, optimize=optimize,
+                                                                       precision=precision),
+                weights_path=weights, threads=threads, log=lambda s: None)
+    return out
+
+
+def build_engines(names: tuple[str, ...], given: dict[str, Path], weights: Path, preset: str | None, cache: Path,
+                  batches: tuple[int, ...], log: Any) -> tuple[dict[str, Path], dict[str, str]]:
+    """Build the engines of the trt-* backends in ``names`` that were not given, through export.engine.
+
+    Returns ({backend: engine}, {backend: why not}). Without TensorRT or a GPU every one gets that reason, so the
+    GPU command still runs everything else. The profile covers the batch sweep (bigger batches are chunked).
+    """
+    wanted = [n for n in names if n.startswith("trt-") and n not in given]
+    if not wanted:
+        return {}, {}
+    try:
+        from export.engine import BuildOptions, build_engine, plan_build
+        from runtime._optional import require
+
+        trt = require("tensorrt", "building TensorRT engines")
+    except Exception as e:  # noqa: BLE001 - no TensorRT here: the reason goes into the report
+        return {}, {n: f"cannot build an engine here: {type(e).__name__}: {e}" for n in wanted}
+    built: dict[str, Path] = {}
+    failed: dict[str, str] = {}
+    for name in wanted:
+        flavor = "plugin" if "-plugin-" in name else "portable"
+        precision = name.rsplit("-", 1)[-1]
+        try:
+            plan = plan_build(trt.__version__, precision)
+            onnx = export_graph(flavor, True, plan.onnx_precision, weights, preset, cache, None, log)
+            out = onnx.with_name(f"{onnx.stem}.{precision}.engine")
+            opts = BuildOptions(precision=precision, min_batch=1, opt_batch=min(64, max(batches)),
+                                max_batch=min(max(batches), 65536))
+            log(f"building {out} (TensorRT {trt.__version__}) ...")
+            built[name] = build_engine(onnx, out, opts, weights=weights, log=lambda s: None).path
+        except Exception as e:  # noqa: BLE001 - this engine's backend becomes unavailable with the reason
+            failed[name] = f"engine build failed: {type(e).__name__}: {e}"
+            log(f"{name}: {failed[name]}")
+    return built, failed
+
+
+def _cached_graph_ok(path: Path) -> bool:
+    """A cached graph is reused only if its manifest exists and its hash matches the file."""
+    from runtime.manifest import check_artifact_file, read_manifest
+
+    if not path.is_file():
+        return False
+    try:
+        check_artifact_file(path, read_manifest(path))
+    except Exception:  # noqa: BLE001 - any mismatch or damage: export it again
+        return False
+    return True
+
+
+def _triton_status(names: tuple[str, ...]) -> str | None:
+    """None if the Triton kernel is registered for torch-triton, else why not."""
+    if "torch-triton" not in names:
+        return None
+    try:
+        import export.plugins.torch_op  # noqa: F401 - registers impl="triton"
+    except Exception as e:  # noqa: BLE001 - e.g. no triton, no CUDA
+        return f"the Triton kernel could not be registered: {type(e).__name__}: {e}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    from benchmarks.backends import (
+        CPU_BACKENDS,
+        CPU_BASELINE,
+        GPU_BASELINE,
+        GPU_DEFAULT_BACKENDS,
+        QUICK_BACKENDS,
+        BackendInputs,
+        build_specs,
+        graphs_needed,
+        parse_backends,
+    )
+    from benchmarks.flops import model_flops
+    from benchmarks.harness import run_benchmark
+    from moe_denoise.fileio import sha256_file
+    from moe_model.checkpoint import load_model
+    from runtime.torch_runner import TorchRunner
+
+    preset = "quick" if args.quick else "gpu" if args.gpu else "full"
+    settings = settings_from_args(args, preset)
+    default = {"quick": QUICK_BACKENDS, "gpu": GPU_DEFAULT_BACKENDS, "full": CPU_BACKENDS}[preset]
+    names = parse_backends(args.backends, default)
+    engines = _engines(args.engine)
+    weights = resolve_weights(args.weights)
+    log = _log
+    model = load_model(weights, preset=args.preset)  # fails early, with the checkpoint's message, on bad weights
+    onnx, onnx_failed = export_graphs(graphs_needed(names), weights, args.preset, args.cache_dir, settings.threads,
+                                      log)
+    engine_failed: dict[str, str] = {}
+    if args.build_engines if args.build_engines is not None else preset == "gpu":
+        built, engine_failed = build_engines(names, engines, weights, args.preset, args.cache_dir, settings.batches,
+                                             log)
+        engines = {**engines, **built}
+    inputs = BackendInputs(weights=weights, preset=args.preset, threads=settings.threads, onnx=onnx,
+                           onnx_unavailable=onnx_failed, engines=engines, triton_unavailable=_triton_status(names))
+    baseline = GPU_BASELINE if GPU_BASELINE in names else CPU_BASELINE if CPU_BASELINE in names else None
+    specs = build_specs(names, inputs, baseline)
+    for spec in specs:
+        if spec.name in engine_failed:
+            spec.unavailable = engine_failed[spec.name]
+    reference = TorchRunner(weights, preset=args.preset, impl="masked", device="cpu", threads=settings.threads,
+                            name="torch-masked (reference)")
+    doc = run_benchmark(
+        specs, reference, settings, flops=model_flops(model.config).to_dict(),
+        meta={"command": "moe-denoise " + " ".join(getattr(args, "argv", sys.argv[1:])), "mode": preset},
+        model_info={"config": model.config.to_dict(), "weights": str(weights), "weights_sha256": sha256_file(weights)},
+        log=log, started_at=started)
+    if preset == "quick":
+        left_out = [n for n in CPU_BACKENDS if n not in names]
+        doc["notes"].append(f"--quick mode: batches {list(settings.batches)}, at most {settings.repeats} rounds, "
+                            f"backends left out: {', '.join(left_out) or 'none'}")
+    out_dir = args.out_dir or Path(PRESETS[preset]["out_dir"])
+    written = write_results(doc, out_dir, plot=not args.no_plot, log=log)
+    if args.json:
+        from moe_denoise.cli import print_json
+
+        print_json(doc)
+    else:
+        from benchmarks.report import markdown_report
+
+        print(markdown_report(doc))
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: Any = print) -> list[Path]:
+    """Validate the document, then write results.json, results.md and (with matplotlib) results.png atomically."""
+    from benchmarks.report import markdown_report, render_plot, validate_results
+    from moe_denoise.fileio import atomic_write, atomic_write_json
+
+    validate_results(doc)
+    written = [out_dir / "results.json", out_dir / "results.md"]
+    atomic_write_json(written[0], doc)
+    atomic_write(written[1], markdown_report(doc).encode())
+    if plot:
+        try:
+            png = render_plot(doc)
+        except ImportError as e:
+            log(f"plot skipped: matplotlib is not installed ({e}); pip install 'moe-denoise[plot]'")
+        else:
+            written.append(out_dir / "results.png")
+            atomic_write(written[-1], png)
+    return written
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

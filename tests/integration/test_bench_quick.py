@@ -1,0 +1,84 @@
+"""moe-denoise bench --quick through the CLI on a tiny sweep: exports, parity, timing, the three result files."""
+import json
+import time
+
+import pytest
+
+from benchmarks.backends import QUICK_BACKENDS
+from benchmarks.report import validate_results
+from moe_denoise.cli import main
+
+pytest.importorskip("onnxruntime", reason="the quick benchmark's ONNX Runtime backends need the 'onnx' extra")
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """The bench sets torch's global thread count; give the rest of the test session its setting back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_torch_threads):
+    out_dir = tmp_path / "results"
+    t0 = time.perf_counter()
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--batches", "1,2", "--repeats", "2",
+                 "--warmup", "1", "--parity-images", "4", "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
+                 "--out-dir", str(out_dir), "--json"])
+    elapsed = time.perf_counter() - t0
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert elapsed < 60, f"the tiny quick sweep took {elapsed:.0f}s"
+
+    printed = json.loads(out)
+    on_disk = json.loads((out_dir / "results.json").read_text())
+    validate_results(on_disk)
+    assert printed["results"] == on_disk["results"]
+    assert on_disk["mode"] == "quick" and on_disk["baseline"] == "torch-gather"
+    assert on_disk["command"].startswith("moe-denoise bench --quick")
+    assert [b["name"] for b in on_disk["backends"]] == list(QUICK_BACKENDS)
+    for b in on_disk["backends"]:
+        assert b["status"] == "ok", (b["name"], b["reason"])
+        assert b["parity"]["passed"] and b["cold_start"]["activate_ms"] > 0
+    cells = {(r["backend"], r["batch"]) for r in on_disk["results"] if r["status"] == "ok"}
+    assert cells == {(n, b) for n in QUICK_BACKENDS for b in (1, 2)}
+    base = [r for r in on_disk["results"] if r["backend"] == "torch-gather"]
+    assert all(r["ratio_vs_baseline"] == {"throughput": 1.0, "latency_p50": 1.0} for r in base)
+    assert on_disk["compute_peak"]["cpu"]["gflops"] > 0
+    assert abs(on_disk["model"]["flops_per_image"]["total"] / 1e6 - 86.7) < 0.3
+    assert on_disk["environment"]["threads"]["requested"] == 1
+    assert any("--quick mode" in n and "torch-compile" in n for n in on_disk["notes"])
+
+    md = (out_dir / "results.md").read_text()
+    assert "| backend | batch 1 | batch 2 |" in md and "torch-gather (baseline)" in md
+    png = out_dir / "results.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not png.exists() and "plot skipped" in err
+    else:
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+    # a second run reuses the exported graphs instead of exporting again
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--batches", "1", "--repeats", "1",
+                 "--warmup", "1", "--parity-images", "2", "--threads", "1", "--backends", "torch-gather,ort-cpu",
+                 "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "again"), "--no-plot"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "ONNX graph (cached)" in err and "exporting" not in err
+    assert "| backend | batch 1 |" in out and not (tmp_path / "again" / "results.png").exists()
+
+
+def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-gather,tf-lite",
+                 "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown backend" in err and "choose from" in err and "Traceback" not in err
+    code = main(["bench", "--weights", str(random_weights), "--batches", "1,x", "--out-dir", str(tmp_path)])
+    assert code == 2 and "--batches must be comma-separated integers" in capsys.readouterr().err
+    code = main(["bench", "--weights", str(random_weights), "--engine", "trt-plugin-fp16=/nonexistent.engine",
+                 "--out-dir", str(tmp_path)])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
