@@ -32,14 +32,19 @@ def validate_batch(x: Any, dtypes: tuple[np.dtype, ...] = (np.dtype(np.float32),
                          f"with B >= 1 (RGB tiles, channels first). For whole photos use runtime.denoise_array or "
                          f"'moe-denoise denoise', which tile them")
     if check_range:
-        if not np.isfinite(x).all():
-            bad = int(np.size(x) - np.isfinite(x).sum())
-            raise InputError(f"input '{name}' has {bad} NaN/Inf values; expected finite pixels in [0, 1]")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:
-            raise InputError(f"input '{name}' has values in [{lo:.4g}, {hi:.4g}]; expected [0, 1]. Scale 8-bit "
-                             f"images by 1/255 and 16-bit by 1/65535, and clip")
+        check_unit_range(x, f"input '{name}'")
     return x
+
+
+def check_unit_range(x: np.ndarray, what: str) -> None:
+    """Pixels must be finite and in [0, 1]; the error says how many are not, or the range found."""
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.isfinite(x).sum())
+        raise InputError(f"{what} has {bad} NaN/Inf values; expected finite pixels in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(f"{what} has values in [{lo:.4g}, {hi:.4g}]; expected [0, 1]. Scale 8-bit images by 1/255 "
+                         f"and 16-bit by 1/65535, or np.clip(x, 0, 1)")
 
 
 class BaseRunner:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import check_unit_range
 from .errors import InputError
 
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -134,13 +135,7 @@ def validate_image(image: object) -> np.ndarray:
     if image.dtype != np.float32:
         raise InputError(f"image must be float32 with values in [0, 1]; got dtype {image.dtype}. "
                          f"Convert with image.astype(np.float32) / 255 for 8-bit data")
-    if not np.isfinite(image).all():
-        bad = int((~np.isfinite(image)).sum())
-        raise InputError(f"image has {bad} NaN/inf values; expected finite values in [0, 1]")
-    lo, hi = float(image.min()), float(image.max())
-    if lo < 0.0 or hi > 1.0:
-        raise InputError(f"image values must be in [0, 1]; got min {lo:.6g}, max {hi:.6g}. "
-                         f"Rescale (e.g. divide 8-bit data by 255) or np.clip(image, 0, 1)")
+    check_unit_range(image, "image")
     return image
 
 
