@@ -32,11 +32,11 @@ ONNX_GRAPHS: dict[str, tuple[str, bool]] = {
     "ort-cuda": ("portable", True), "ort-trt-ep": ("portable", True),
 }
 ORT_PROVIDER = {"ort-cpu": "cpu", "ort-cpu-noopt": "cpu", "ort-cuda": "cuda", "ort-trt-ep": "tensorrt"}
-TORCH_IMPL = {"torch-gather": ("gather", False, "cpu"), "torch-masked": ("masked", False, "cpu"),
-              "torch-compile": ("masked", True, "cpu"), "torch-gather-cuda": ("gather", False, "cuda"),
+TORCH_IMPL = {"torch-gather": ("seed", False, "cpu"), "torch-masked": ("masked", False, "cpu"),
+              "torch-compile": ("masked", True, "cpu"), "torch-gather-cuda": ("seed", False, "cuda"),
               "torch-masked-cuda": ("masked", False, "cuda"), "torch-compile-cuda": ("masked", True, "cuda"),
               "torch-triton": ("triton", False, "cuda")}
-TORCH_TOLERANCE = {"gather": "torch-gather", "masked": "torch", "triton": "torch-triton"}
+TORCH_TOLERANCE = {"seed": "torch-gather", "gather": "torch-gather", "masked": "torch", "triton": "torch-triton"}
 
 
 @dataclass
@@ -101,7 +101,8 @@ def _torch_spec(name: str, inputs: BackendInputs) -> BackendSpec:
 
     key = "torch-compile" if compile_ else TORCH_TOLERANCE[impl]
     unavailable = inputs.triton_unavailable if impl == "triton" else None
-    notes = ["the seed's naive formulation (topk -> softmax -> gather V): the baseline"] if impl == "gather" else []
+    notes = (["the baseline: the seed's code path, topk -> softmax -> gather V for every expert (k clipped to N, "
+              "so the k >= N experts sort and gather all keys too)"] if impl == "seed" else [])
     if compile_:
         notes.append("torch.compile (inductor); the first inference includes compilation")
     return BackendSpec(name=name, make_runner=make, device=device, tolerance=(key, "fp32"), unavailable=unavailable,

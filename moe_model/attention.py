@@ -9,9 +9,11 @@ For one head with queries Q [N, d], keys K [N, d], values V [N, d] and a budget 
 
 ``masked`` is the definition above and the reference every other implementation is checked against.
 ``gather`` is the seed project's formulation (topk -> softmax over the k values -> gather V), kept for
-tests and as the naive baseline of the benchmarks: it materialises a [B, H, N, k, d] tensor. The two agree
-except on exact ties at the threshold, where ``masked`` keeps every tied key.
-When k >= N both are dense attention, and both take the dense path.
+tests: it materialises a [B, H, N, k, d] tensor. The two agree except on exact ties at the threshold, where
+``masked`` keeps every tied key. When k >= N both are dense attention, and both take the dense path.
+``seed`` is the seed's code path exactly as it ran: the gather formulation for *every* expert, with k clipped to
+N (so the k = 64 and k = 128 experts at N = 64 sort and gather all keys instead of taking the dense path). It is
+the naive baseline of the benchmarks; mathematically it equals dense attention when k >= N.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 Impl = str
-IMPLS: tuple[str, ...] = ("masked", "gather")
+IMPLS: tuple[str, ...] = ("masked", "gather", "seed")
 # Further implementations (e.g. the Triton kernel, registered by export.plugins.torch_op) plug in here:
 # fn(q, k, v, topk, scale) -> (B, H, N, d), called only for topk < N.
 _EXTRA_IMPLS: dict[str, Callable[..., torch.Tensor]] = {}
@@ -63,7 +65,9 @@ def sparse_topk_attention(
     ``scale`` defaults to 1/sqrt(d); pass 1.0 when it is already folded into q.
     """
     n = k.shape[-2]
-    if topk >= n:  # every key is kept: this *is* dense attention
+    if impl == "seed":  # the seed's code path: top-k + gather for every expert, k clipped to N
+        impl, topk = "gather", min(topk, n)
+    elif topk >= n:  # every key is kept: this *is* dense attention
         return dense_attention(q, k, v, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if impl in _EXTRA_IMPLS:

@@ -82,3 +82,17 @@ def test_unknown_impl_and_registry():
     assert calls == [(3, 1 / math.sqrt(8))] and float(out.abs().sum()) == 0.0
     sparse_topk_attention(q, k, v, 8, impl="test-impl")  # k >= N: dense path, the plug-in is not called
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("topk", [5, 20, 64])
+def test_seed_code_path_gathers_even_when_k_reaches_n(topk, monkeypatch):
+    """impl='seed' is the seed's exact path: top-k + gather for every expert (k clipped to N), never the dense
+    shortcut; mathematically it still equals the operator."""
+    q, k, v = rand_qkv(n=20)
+    called = []
+    monkeypatch.setattr("moe_model.attention.dense_attention", lambda *a, **kw: called.append(1))
+    out = sparse_topk_attention(q, k, v, topk, impl="seed")
+    assert not called
+    ref = sparse_topk_attention(q, k, v, topk, impl="gather") if topk < 20 else \
+        torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v
+    torch.testing.assert_close(out, ref)

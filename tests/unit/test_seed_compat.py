@@ -10,7 +10,7 @@ def test_seed_checkpoint_reproduces_reference(seed_ckpt, seed_outputs):
     model = SmallViT("seed").eval()
     model.load_state_dict(sd, strict=True)
     ref = np.load(seed_outputs)
-    for impl in ("masked", "gather"):
+    for impl in ("masked", "gather", "seed"):
         model.set_attention_impl(impl)
         with torch.no_grad():
             out, routing = model(torch.from_numpy(ref["input"]), return_routing=True)
