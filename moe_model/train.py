@@ -43,6 +43,7 @@ class TrainConfig:
     max_val: int | None = None
     device: str = "auto"
     threads: int | None = None
+    init_from: str | None = None  # start from these weights (fine-tuning / a second cosine cycle)
 
     def validate(self) -> None:
         bad = []
@@ -106,6 +107,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
     torch.manual_seed(cfg.seed)
     model = SmallViT(get_preset(cfg.preset)).to(device)
+    if cfg.init_from and not resume:
+        from .checkpoint import load_model
+
+        init = load_model(cfg.init_from, preset=cfg.preset)
+        model.load_state_dict(init.state_dict())
+        log(f"initialised from {cfg.init_from}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_u8) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps_per_epoch * cfg.epochs))

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-val", type=int, default=None, help="use only the first N validation images")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--init-from", default=None,
+                   help="start from these weights instead of a random init (fine-tuning, or a second cosine cycle)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     p.set_defaults(func=run)
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       aux_weight=args.aux_weight, grad_clip=args.grad_clip, sigma=args.sigma, seed=args.seed,
                       eval_seed=args.eval_seed, max_train=args.max_train, max_val=args.max_val,
-                      device=args.device, threads=args.threads)
+                      device=args.device, threads=args.threads, init_from=args.init_from)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command)
     print(f"best validation loss {result['best_val_loss']:.6f}; weights: {args.out_dir}/best.safetensors")

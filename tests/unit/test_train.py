@@ -74,3 +74,16 @@ def test_invalid_settings():
         TrainConfig(data_dir="x", epochs=0).validate()
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig(data_dir="x", preset="big").validate()
+
+
+def test_init_from_starts_at_the_given_weights(fake_cifar, tmp_path, random_weights):
+    from moe_model.checkpoint import load_state_dict
+
+    start = load_state_dict(random_weights)
+    result = train(small_config(fake_cifar, tmp_path / "ft", epochs=1, lr=1e-12, init_from=str(random_weights)),
+                   progress=False, log=lambda s: None)
+    end = result["model"].state_dict()
+    assert all(torch.allclose(end[k], start[k], atol=1e-6) for k in start)
+    fresh = train(small_config(fake_cifar, tmp_path / "fresh", epochs=1, lr=1e-12), progress=False,
+                  log=lambda s: None)["model"].state_dict()
+    assert not all(torch.allclose(fresh[k], start[k], atol=1e-6) for k in start)
