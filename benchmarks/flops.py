@@ -59,6 +59,9 @@ def model_flops(config: Any, convention: str = "useful") -> FlopCount:
         "ffn": c.depth * n * 2 * dim * c.ffn_hidden,
         "patch_unembed": n * dim * patch_in,
     }
+    r = getattr(c, "refine_channels", 0)
+    if r:  # three 3x3 convs at full resolution: [x, y] -> r -> r -> 3
+        mac["refine"] = c.image_size**2 * 9 * (2 * c.in_chans * r + r * r + r * c.in_chans)
     return FlopCount(parts={k: 2 * v for k, v in mac.items()}, convention=convention)
 
 

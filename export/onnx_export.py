@@ -269,12 +269,25 @@ class _Writer:
         bias = g.op("MatMul", [probs, self.w(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
         return g.op("Add", [y, bias], name=f"{pre}_add_bias")
 
+    def refine(self, x: str, y: str) -> str:
+        """y + conv3(relu(conv2(relu(conv1([x, y]))))): the full-resolution refinement head."""
+        g, sd = self.g, self.sd
+        h = g.op("Concat", [x, y], name="refine_in", axis=1)
+        for i in (0, 2, 4):
+            h = g.op("Conv", [h, self.w(f"refine.{i}.weight", sd[f"refine.{i}.weight"]),
+                              self.w(f"refine.{i}.bias", sd[f"refine.{i}.bias"])],
+                     name=f"refine.{i}", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            if i < 4:
+                h = g.op("Relu", [h], name=f"refine.{i}_relu")
+        return g.op("Add", [y, h], name="refine_add")
+
     def build(self) -> Any:
         from onnx import TensorProto, helper
 
         c, g, sd, o = self.c, self.g, self.sd, self.o
         x = o.input_name
-        t = self.embed(self.cast(x, False, "input"))
+        xin = self.cast(x, False, "input")
+        t = self.embed(xin)
         for i in range(c.depth):
             pre = f"blocks.{i}"
             t = g.op("Add", [t, self.moe(self.layer_norm(t, f"{pre}.norm1"), i)], name=f"{pre}_res1")
@@ -283,7 +296,10 @@ class _Writer:
             f = self.linear(self.gelu(f, f"{pre}.ffn.gelu"), sd[f"{pre}.ffn.2.weight"], sd[f"{pre}.ffn.2.bias"],
                             f"{pre}.ffn.2")
             t = g.op("Add", [t, f], name=f"{pre}_res2")
-        y = self.cast(self.unembed(t), True, "output")
+        y = self.unembed(t)  # (B, 3, H, W)
+        if c.refine_channels:
+            y = self.refine(xin, y)
+        y = self.cast(y, True, "output")
         if c.residual:
             y = g.op("Sub", [x, y], name="residual")
         y = g.op("Clip", [y, self.f32("clip.min", 0.0), self.f32("clip.max", 1.0)], name="clamp")

@@ -108,11 +108,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     torch.manual_seed(cfg.seed)
     model = SmallViT(get_preset(cfg.preset)).to(device)
     if cfg.init_from and not resume:
-        from .checkpoint import load_model
-
-        init = load_model(cfg.init_from, preset=cfg.preset)
-        model.load_state_dict(init.state_dict())
-        log(f"initialised from {cfg.init_from}")
+        warm_start(model, cfg.init_from, log)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_u8) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps_per_epoch * cfg.epochs))
@@ -189,6 +185,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             log(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
             break
     return {"out_dir": str(out), "best_val_loss": best_loss, "history": history, "model": model}
+
+
+def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
+    """Copy every parameter of ``path`` into ``model``; parameters the file lacks keep their fresh init (e.g. a
+    refinement head whose last layer starts at zero, so the warm-started model computes what the file did)."""
+    from .checkpoint import CheckpointError, load_state_dict
+
+    sd = load_state_dict(path)
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"--init-from {path}: {len(bad)} tensors do not fit preset '{model.config.name}' "
+                              f"(e.g. {bad[:3]}); use weights of the same architecture")
+    missing = sorted(set(own) - set(sd))
+    model.load_state_dict(sd, strict=False)
+    log(f"initialised from {path}" + (f"; newly initialised: {', '.join(missing)}" if missing else ""))
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -165,3 +165,11 @@ def test_fp16_graph_keeps_io_fp32_and_norms_softmax_in_fp32(model, inputs, rando
     with OrtRunner(result.path) as r:
         report = compare(torch_out(model, inputs), r(inputs), get_tolerance("ort", "fp16"))
     assert report.passed and report.psnr > 60, report.summary()
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_refine_preset_exports(inputs, optimize):
+    torch.manual_seed(0)
+    model = SmallViT("residual_refine").eval()
+    torch.nn.init.normal_(model.refine[-1].weight, std=0.05)  # a non-trivial head
+    assert_exact(ort_out(build_onnx(model, ExportOptions(optimize=optimize)), inputs), torch_out(model, inputs))

@@ -78,3 +78,35 @@ def test_masked_and_gather_models_agree():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unknown attention impl"):
         m.set_attention_impl("fast")
+
+
+def test_refine_preset_budget_and_identity_start():
+    from moe_model.train import warm_start
+
+    torch.manual_seed(0)
+    m = SmallViT("residual_refine").eval()
+    assert count_parameters(m) <= 650_000
+    base = SmallViT("residual").eval()
+    x = torch.rand(2, 3, 32, 32)
+    import tempfile, os
+    from moe_model.checkpoint import save_weights
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "base.safetensors")
+        save_weights(base, path)
+        warm_start(m, path, lambda s: None)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), base(x))  # the head's last layer starts at zero
+        torch.nn.init.normal_(m.refine[-1].weight, std=0.1)
+        assert not torch.allclose(m(x), base(x))
+    with pytest.raises(Exception, match="do not fit"):
+        warm_start(base, path_of_refine(m), lambda s: None)
+
+
+def path_of_refine(model):
+    import tempfile, os
+    from moe_model.checkpoint import save_weights
+
+    path = os.path.join(tempfile.mkdtemp(), "refine.safetensors")
+    save_weights(model, path)
+    return path
