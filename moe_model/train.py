@@ -44,6 +44,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     init_from: str | None = None  # start from these weights (fine-tuning / a second cosine cycle)
+    loss: str = "mse"  # "mse" (the seed's) or "psnr" (mean per-image log-MSE; see losses.reconstruction_loss)
 
     def validate(self) -> None:
         bad = []
@@ -56,6 +57,8 @@ class TrainConfig:
         for name in ("weight_decay", "aux_weight", "grad_clip"):
             if getattr(self, name) < 0:
                 bad.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.loss not in ("mse", "psnr"):
+            bad.append(f"loss must be 'mse' or 'psnr' (got {self.loss!r})")
         if bad:
             raise ValueError("invalid training settings: " + "; ".join(bad))
         get_preset(self.preset)
@@ -87,7 +90,12 @@ def evaluate_loss(model: SmallViT, noisy: torch.Tensor, clean: torch.Tensor, bat
         psnrs.append(psnr_per_image(out, c).cpu())
     model.train()
     p = torch.cat(psnrs)
-    return {"loss": se / clean.numel(), "psnr": p.mean().item(), "psnr_std": p.std().item() if len(p) > 1 else 0.0}
+    return {"mse": se / clean.numel(), "psnr": p.mean().item(), "psnr_std": p.std().item() if len(p) > 1 else 0.0}
+
+
+def selection_loss(val: dict[str, float], kind: str) -> float:
+    """The validation number the best checkpoint minimises: pixel MSE, or minus the mean PSNR for loss='psnr'."""
+    return val["mse"] if kind == "mse" else -val["psnr"]
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after_epoch: int | None = None,
@@ -120,8 +128,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                                     f"to start, or point --out-dir at the run to continue")
         st = torch.load(state_path, map_location=device, weights_only=False)
         saved = st["train_config"]
-        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items()
-                   if k not in ("out_dir", "data_dir", "device", "threads") and saved.get(k) != v}
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings added since the save
+        changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()
+                   if k not in ("out_dir", "data_dir", "device", "threads") and saved.get(k, defaults[k]) != v}
         if changed:
             raise ValueError(f"--resume with different settings than the run in {out}: "
                              + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items()))
@@ -146,7 +155,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             noisy = add_noise(clean, cfg.sigma, "clip", gen)
             clean, noisy = clean.to(device), noisy.to(device)
             output, routing = model(noisy, return_routing=True)
-            loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight)
+            loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight, cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -161,7 +170,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         if bar is not None:
             bar.close()
         val = evaluate_loss(model, val_noisy, val_clean, 256, device)
-        rec = {"epoch": epoch + 1, "train_loss": run_loss, "val_loss": val["loss"], "val_psnr": val["psnr"],
+        val["loss"] = selection_loss(val, cfg.loss)
+        rec = {"epoch": epoch + 1, "train_loss": run_loss, "val_loss": val["loss"], "val_mse": val["mse"],
+               "val_psnr": val["psnr"],
                "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
         history.append(rec)
         improved = val["loss"] < best_loss
@@ -170,7 +181,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             save_weights(model, out / "best.safetensors", {
                 "training": {"settings": dataclasses.asdict(cfg), "command": command or " ".join(sys.argv),
                              "epoch": epoch + 1, "torch": torch.__version__},
-                "metrics": {"val_loss": val["loss"], "val_psnr": val["psnr"], "val_psnr_std": val["psnr_std"],
+                "metrics": {"val_loss": val["loss"], "val_mse": val["mse"], "val_psnr": val["psnr"],
+                            "val_psnr_std": val["psnr_std"], "val_loss_is": "mse" if cfg.loss == "mse" else "-psnr",
                             "val_protocol": "clip", "sigma": cfg.sigma, "eval_seed": cfg.eval_seed},
                 "parameters": count_parameters(model),
                 "history": history,
@@ -179,7 +191,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                            "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
                            "epoch": epoch + 1, "best_loss": best_loss, "history": history,
                            "train_config": dataclasses.asdict(cfg)}, state_path)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {run_loss:.5f}  val loss {val['loss']:.6f}  "
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {run_loss:.5f}  val MSE {val['mse']:.6f}  "
             f"val PSNR {val['psnr']:.2f} dB  {rec['seconds']:.0f}s{'  (best)' if improved else ''}")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             log(f"stopping after epoch {epoch + 1} as asked; continue with --resume")

@@ -110,3 +110,24 @@ def path_of_refine(model):
     path = os.path.join(tempfile.mkdtemp(), "refine.safetensors")
     save_weights(model, path)
     return path
+
+
+def test_psnr_loss_has_the_gradient_of_mean_log_mse():
+    from moe_model.losses import reconstruction_loss
+
+    torch.manual_seed(0)
+    clean = torch.rand(5, 3, 8, 8)
+    out1 = (clean + torch.randn_like(clean) * torch.tensor([0.01, 0.05, 0.1, 0.2, 0.3])[:, None, None, None])
+    out1.requires_grad_(True)
+    reconstruction_loss(out1, clean, "psnr").backward()
+    out2 = out1.detach().clone().requires_grad_(True)
+    ((out2 - clean) ** 2).flatten(1).mean(1).log().mean().backward()
+    g1, g2 = out1.grad.flatten(), out2.grad.flatten()
+    cos = torch.dot(g1, g2) / (g1.norm() * g2.norm())
+    assert cos > 0.9999  # same direction, MSE-like scale
+    out3 = out1.detach().clone().requires_grad_(True)
+    reconstruction_loss(out3, clean, "mse").backward()
+    g3 = out3.grad.flatten()
+    assert torch.dot(g3, g2) / (g3.norm() * g2.norm()) < 0.9  # plain MSE weights the noisiest image most
+    with pytest.raises(ValueError, match="unknown loss"):
+        reconstruction_loss(out1, clean, "l1")
