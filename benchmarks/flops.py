@@ -57,11 +57,11 @@ def model_flops(config: Any, convention: str = "useful") -> FlopCount:
         "expert_out": c.depth * c.num_experts * n * dim * dim,
         "merge_proj": c.depth * n * dim * dim,
         "ffn": c.depth * n * 2 * dim * c.ffn_hidden,
-        "patch_unembed": n * dim * patch_in,
+        "patch_unembed": n * dim * patch_in * getattr(c, "out_chans", c.in_chans) // c.in_chans,
     }
-    r = getattr(c, "refine_channels", 0)
-    if r:  # three 3x3 convs at full resolution: [x, y] -> r -> r -> 3
-        mac["refine"] = c.image_size**2 * 9 * (2 * c.in_chans * r + r * r + r * c.in_chans)
+    r, f = getattr(c, "refine_channels", 0), getattr(c, "refine_features", 0)
+    if r:  # three 3x3 convs at full resolution: [x, y, features] -> r -> r -> 3
+        mac["refine"] = c.image_size**2 * 9 * ((2 * c.in_chans + f) * r + r * r + r * c.in_chans)
     return FlopCount(parts={k: 2 * v for k, v in mac.items()}, convention=convention)
 
 

@@ -202,13 +202,13 @@ class _Writer:
             if self.rows:
                 t = g.op("Reshape", [t, g.ints("tokens.shape", [-1, c.num_tokens, c.dim])], name="tokens_rs")
             y = g.op("Transpose", [t], name="unembed_t", perm=[0, 2, 1])
-            y = g.op("Reshape", [y, g.ints("unembed.shape", [0, c.dim, side, side])], name="unembed_rs")
+            y = g.op("Reshape", [y, g.ints("unembed.shape", [0, c.dim, side, side])], name="unembed_rs")  # -> (B, 3+F, H, W)
             return g.op("ConvTranspose", [y, self.w("patch_unembed.weight", w), self.w("patch_unembed.bias", b)],
                         name="patch_unembed", kernel_shape=[p, p], strides=[p, p])
         y = self.linear(t, w.reshape(c.dim, -1).T, np.repeat(b, p * p), "patch_unembed")  # (.., 3 p p)
-        y = g.op("Reshape", [y, g.ints("unpatch.shape", [-1, side, side, c.in_chans, p, p])], name="unpatch_rs")
+        y = g.op("Reshape", [y, g.ints("unpatch.shape", [-1, side, side, c.out_chans, p, p])], name="unpatch_rs")
         y = g.op("Transpose", [y], name="unpatch_t", perm=[0, 3, 1, 4, 2, 5])  # (B, 3, h, p, w, p)
-        return g.op("Reshape", [y, g.ints("image.shape", [-1, c.in_chans, c.image_size, c.image_size])],
+        return g.op("Reshape", [y, g.ints("image.shape", [-1, c.out_chans, c.image_size, c.image_size])],
                     name="image_rs")
 
     def moe(self, h: str, i: int) -> str:
@@ -270,9 +270,14 @@ class _Writer:
         return g.op("Add", [y, bias], name=f"{pre}_add_bias")
 
     def refine(self, x: str, y: str) -> str:
-        """y + conv3(relu(conv2(relu(conv1([x, y]))))): the full-resolution refinement head."""
-        g, sd = self.g, self.sd
-        h = g.op("Concat", [x, y], name="refine_in", axis=1)
+        """y + conv3(relu(conv2(relu(conv1([x, y, features]))))): the full-resolution refinement head.
+
+        ``y`` is the un-embedding's output (B, 3 + F, H, W); its first 3 channels are the prediction."""
+        g, sd, c = self.g, self.sd, self.c
+        h = g.op("Concat", [x, y], name="refine_in", axis=1)  # [x, prediction, features]
+        if c.refine_features:
+            y = g.op("Slice", [y, g.ints("pred.start", [0]), g.ints("pred.end", [c.in_chans]), g.ints("pred.axis", [1])],
+                     name="prediction")
         for i in (0, 2, 4):
             h = g.op("Conv", [h, self.w(f"refine.{i}.weight", sd[f"refine.{i}.weight"]),
                               self.w(f"refine.{i}.bias", sd[f"refine.{i}.bias"])],

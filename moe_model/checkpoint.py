@@ -41,6 +41,18 @@ def save_weights(model: SmallViT, path: str | Path, meta: dict[str, Any] | None 
     atomic_write_json(sidecar_path(path), sidecar)
 
 
+def origin(path: str | Path) -> dict[str, Any]:
+    """Where weights came from: their hash, and (from their JSON) the training that made them and its own origin,
+    so a warm-started run's JSON carries the whole chain of commands that reproduces it."""
+    side = read_sidecar(path) or {}
+    out: dict[str, Any] = {"path": str(path), "sha256": sha256_file(path)}
+    if "training" in side:
+        out["training"] = {k: side["training"][k] for k in ("command", "settings", "epoch") if k in side["training"]}
+    if "init_from" in side.get("training", {}):
+        out["init_from"] = side["training"]["init_from"]
+    return out
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():

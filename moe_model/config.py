@@ -25,6 +25,8 @@ class ModelConfig:
     # refine_channels > 0: a small full-resolution conv head (3 layers of 3x3 convs on [input, network output])
     # refines the ViT's per-patch prediction across patch borders; its last layer starts at zero.
     refine_channels: int = 0
+    # refine_features > 0: the un-embedding also emits this many feature maps that only the refinement head reads
+    refine_features: int = 0
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -33,8 +35,11 @@ class ModelConfig:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.num_heads:
             problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        if self.refine_channels < 0:
-            problems.append(f"refine_channels must be >= 0, got {self.refine_channels}")
+        if self.refine_channels < 0 or self.refine_features < 0:
+            problems.append(f"refine_channels and refine_features must be >= 0, got {self.refine_channels}, "
+                            f"{self.refine_features}")
+        if self.refine_features and not self.refine_channels:
+            problems.append("refine_features needs a refinement head (refine_channels > 0)")
         if not self.expert_topk or any(int(k) < 1 for k in self.expert_topk):
             problems.append(f"expert_topk must be a non-empty list of positive ints, got {self.expert_topk}")
         if problems:
@@ -48,6 +53,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def out_chans(self) -> int:
+        """Channels the un-embedding produces: the image (or noise) plus the refinement features."""
+        return self.in_chans + self.refine_features
 
     @property
     def num_experts(self) -> int:
@@ -77,6 +87,9 @@ PRESETS: dict[str, ModelConfig] = {
     "residual": ModelConfig(name="residual", residual=True),
     # Residual learning plus a 24-channel conv refinement head (+7.2k parameters, +14.6 MFLOP per image).
     "residual_refine": ModelConfig(name="residual_refine", residual=True, refine_channels=24),
+    # ... and the un-embedding hands the head 8 transformer feature maps at full resolution (+18.1k parameters).
+    "residual_refine_feat": ModelConfig(name="residual_refine_feat", residual=True, refine_channels=24,
+                                        refine_features=8),
 }
 
 

@@ -26,10 +26,10 @@ class SmallViT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(c.dim, c.num_heads, c.expert_topk, c.router_hidden, c.ffn_hidden, impl) for _ in range(c.depth)
         )
-        self.patch_unembed = nn.ConvTranspose2d(c.dim, c.in_chans, kernel_size=c.patch_size, stride=c.patch_size)
+        self.patch_unembed = nn.ConvTranspose2d(c.dim, c.out_chans, kernel_size=c.patch_size, stride=c.patch_size)
         if c.refine_channels:
             r = c.refine_channels
-            self.refine = nn.Sequential(nn.Conv2d(2 * c.in_chans, r, 3, padding=1), nn.ReLU(),
+            self.refine = nn.Sequential(nn.Conv2d(2 * c.in_chans + c.refine_features, r, 3, padding=1), nn.ReLU(),
                                         nn.Conv2d(r, r, 3, padding=1), nn.ReLU(),
                                         nn.Conv2d(r, c.in_chans, 3, padding=1))
             nn.init.zeros_(self.refine[-1].weight)  # starts as the identity on the ViT's output
@@ -55,9 +55,10 @@ class SmallViT(nn.Module):
             routing.append(probs)
         self.last_routing = [r.detach() for r in routing]
         t = t.transpose(1, 2).reshape(b, self.config.dim, h // p, w // p)  # (B, C, H/p, W/p)
-        y = self.patch_unembed(t)  # (B, 3, H, W): the noise estimate (residual) or the image
+        y = self.patch_unembed(t)  # (B, 3 + F, H, W): the noise estimate (residual) or the image, + features
         if self.config.refine_channels:
-            y = y + self.refine(torch.cat([x, y], dim=1))
+            y, feats = y[:, : x.shape[1]], y[:, x.shape[1] :]
+            y = y + self.refine(torch.cat([x, y, feats], dim=1))
         out = torch.clamp(x - y if self.config.residual else y, 0.0, 1.0)
         return (out, routing) if return_routing else out
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import atomic_torch_save, save_weights
+from .checkpoint import atomic_torch_save, origin, save_weights
 from .config import get_preset
 from .data import DEFAULT_EVAL_SEED, DEFAULT_SIGMA, fixed_noisy, add_noise, load_cifar10, to_float
 from .losses import total_loss
@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             best_loss = val["loss"]
             save_weights(model, out / "best.safetensors", {
                 "training": {"settings": dataclasses.asdict(cfg), "command": command or " ".join(sys.argv),
-                             "epoch": epoch + 1, "torch": torch.__version__},
+                             "epoch": epoch + 1, "torch": torch.__version__,
+                             **({"init_from": origin(cfg.init_from)} if cfg.init_from else {})},
                 "metrics": {"val_loss": val["loss"], "val_mse": val["mse"], "val_psnr": val["psnr"],
                             "val_psnr_std": val["psnr_std"], "val_loss_is": "mse" if cfg.loss == "mse" else "-psnr",
                             "val_protocol": "clip", "sigma": cfg.sigma, "eval_seed": cfg.eval_seed},
@@ -200,19 +201,43 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
 
 def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
-    """Copy every parameter of ``path`` into ``model``; parameters the file lacks keep their fresh init (e.g. a
-    refinement head whose last layer starts at zero, so the warm-started model computes what the file did)."""
+    """Start ``model`` from the weights in ``path``, also when ``model`` is a grown version of their architecture.
+
+    A tensor of the same shape is copied. A tensor the model has larger (more output channels of the
+    un-embedding, more input channels of the head's first conv) gets the old values in its leading slice and
+    keeps its fresh initialisation elsewhere. Tensors the file lacks keep their fresh initialisation (e.g. a new
+    refinement head, whose last layer starts at zero so the model first computes what the file did).
+    """
     from .checkpoint import CheckpointError, load_state_dict
 
     sd = load_state_dict(path)
     own = model.state_dict()
-    bad = [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]
+    bad = [k for k, v in sd.items() if k not in own or own[k].ndim != v.ndim
+           or any(a < b for a, b in zip(own[k].shape, v.shape))]
     if bad:
         raise CheckpointError(f"--init-from {path}: {len(bad)} tensors do not fit preset '{model.config.name}' "
-                              f"(e.g. {bad[:3]}); use weights of the same architecture")
+                              f"(e.g. {bad[:3]}); use weights of the same (or a smaller) architecture")
+    grown = []
+    with torch.no_grad():
+        for k, v in sd.items():
+            if own[k].shape == v.shape:
+                own[k].copy_(v)
+            else:
+                if _grows_inputs(model, k, v.shape):  # new inputs start silent: the function is unchanged
+                    own[k].zero_()
+                own[k][tuple(slice(0, n) for n in v.shape)].copy_(v)
+                grown.append(k)
     missing = sorted(set(own) - set(sd))
-    model.load_state_dict(sd, strict=False)
-    log(f"initialised from {path}" + (f"; newly initialised: {', '.join(missing)}" if missing else ""))
+    log(f"initialised from {path}" + (f"; grown: {', '.join(grown)}" if grown else "")
+        + (f"; newly initialised: {', '.join(missing)}" if missing else ""))
+
+
+def _grows_inputs(model: torch.nn.Module, name: str, old_shape: torch.Size) -> bool:
+    """True for the weight of a Linear / Conv (not transposed) whose input dimension (dim 1) grew."""
+    module = model.get_submodule(name.rsplit(".", 1)[0])
+    transposed = isinstance(module, torch.nn.ConvTranspose2d)
+    return (name.endswith("weight") and not transposed and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+            and model.state_dict()[name].shape[1] > old_shape[1])
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -167,9 +167,10 @@ def test_fp16_graph_keeps_io_fp32_and_norms_softmax_in_fp32(model, inputs, rando
     assert report.passed and report.psnr > 60, report.summary()
 
 
+@pytest.mark.parametrize("preset", ["residual_refine", "residual_refine_feat"])
 @pytest.mark.parametrize("optimize", [False, True])
-def test_refine_preset_exports(inputs, optimize):
+def test_refine_preset_exports(inputs, optimize, preset):
     torch.manual_seed(0)
-    model = SmallViT("residual_refine").eval()
+    model = SmallViT(preset).eval()
     torch.nn.init.normal_(model.refine[-1].weight, std=0.05)  # a non-trivial head
     assert_exact(ort_out(build_onnx(model, ExportOptions(optimize=optimize)), inputs), torch_out(model, inputs))

@@ -131,3 +131,24 @@ def test_psnr_loss_has_the_gradient_of_mean_log_mse():
     assert torch.dot(g3, g2) / (g3.norm() * g2.norm()) < 0.9  # plain MSE weights the noisiest image most
     with pytest.raises(ValueError, match="unknown loss"):
         reconstruction_loss(out1, clean, "l1")
+
+
+def test_growing_to_refine_features_keeps_the_function(tmp_path):
+    from moe_model.checkpoint import save_weights
+    from moe_model.train import warm_start
+
+    torch.manual_seed(0)
+    small = SmallViT("residual_refine").eval()
+    torch.nn.init.normal_(small.refine[-1].weight, std=0.05)  # a trained-looking head
+    path = tmp_path / "small.safetensors"
+    save_weights(small, path)
+    big = SmallViT("residual_refine_feat").eval()
+    assert count_parameters(big) <= 650_000
+    log = []
+    warm_start(big, str(path), log.append)
+    assert "grown: patch_unembed.bias, patch_unembed.weight, refine.0.weight" in log[0]
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(big(x), small(x))
+        assert big.refine[0].weight[:, 6:].abs().sum() == 0  # new inputs start silent ...
+        assert big.patch_unembed.weight[:, 3:].abs().sum() > 0  # ... fed by freshly initialised features

@@ -84,6 +84,8 @@ def test_init_from_starts_at_the_given_weights(fake_cifar, tmp_path, random_weig
                    progress=False, log=lambda s: None)
     end = result["model"].state_dict()
     assert all(torch.allclose(end[k], start[k], atol=1e-6) for k in start)
+    side = json.loads((tmp_path / "ft" / "best.json").read_text())
+    assert side["training"]["init_from"]["sha256"] and side["training"]["init_from"]["path"] == str(random_weights)
     fresh = train(small_config(fake_cifar, tmp_path / "fresh", epochs=1, lr=1e-12), progress=False,
                   log=lambda s: None)["model"].state_dict()
     assert not all(torch.allclose(fresh[k], start[k], atol=1e-6) for k in start)
