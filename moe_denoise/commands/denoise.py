@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                            "8 = about 2x fewer tiles")
     p.add_argument("--batch-size", type=int, default=256, help="tiles per inference call")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="a clean version of the photo: report the PSNR of the input and of the output against it")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -39,11 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from runtime.photo import denoise_file
 
+    if args.reference is not None:
+        from runtime.images import read_image
+
+        read_image(args.reference)  # fail before minutes of denoising, not after
     runner = make_runner(args, args.weights)
     with runner:
         report = denoise_file(args.input, args.output, runner, overwrite=args.overwrite, overlap=args.overlap,
                               batch_size=args.batch_size, progress=not (args.no_progress or args.json))
     report["backend"] = runner.describe()
+    if args.reference is not None:
+        report["psnr_vs_reference"] = reference_psnr(args.reference, args.input, args.output)
     if args.json:
         from moe_denoise.cli import print_json
 
@@ -54,7 +62,29 @@ def run(args: argparse.Namespace) -> int:
               f"{runner.name} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}")
         for note in report["notes"]:
             print(f"  note: {note}")
+        if "psnr_vs_reference" in report:
+            r = report["psnr_vs_reference"]
+            print(f"PSNR against {args.reference}: input {r['input']:.2f} dB, output {r['output']:.2f} dB")
     return 0
+
+
+def reference_psnr(reference: Path, noisy: Path, denoised: Path) -> dict[str, float]:
+    """PSNR (data range 1) of the input and the output against a clean reference of the same size."""
+    import numpy as np
+
+    from runtime.errors import InputError
+    from runtime.images import read_image
+
+    ref = read_image(reference)[0]
+    out = {}
+    for name, path in (("input", noisy), ("output", denoised)):
+        img = read_image(path)[0]
+        if img.shape != ref.shape:
+            raise InputError(f"--reference {reference} is {ref.shape[1]}x{ref.shape[0]}x{ref.shape[2]} but {path} is "
+                             f"{img.shape[1]}x{img.shape[0]}x{img.shape[2]}; pass the clean version of the same photo")
+        mse = float(np.mean((img.astype(np.float64) - ref) ** 2))
+        out[name] = float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    return out
 
 
 def run_add_noise(args: argparse.Namespace) -> int:

@@ -85,6 +85,13 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
         assert code == 0, out
         with Image.open(out_png) as im:
             assert im.size == (77, 45) and im.mode == "RGB"
+    code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "ref.png", "--weights", random_weights,
+                       "--reference", photo, "--no-progress", "--json")
+    r = json.loads(out)["psnr_vs_reference"]
+    assert code == 0 and r["input"] == float("inf") and r["output"] < 60  # the input is its own reference
+    code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "ref2.png", "--weights", random_weights,
+                       "--reference", out_png.parent / "nope.png")
+    assert code == 2 and not (tmp_path / "ref2.png").exists()
     code, _, err = run(capsys, "denoise", photo, "-o", photo, "--weights", random_weights)
     assert code == 2 and "refusing" in err
     code, out, _ = run(capsys, "doctor", "--json")
