@@ -1,0 +1,111 @@
+"""A/B of the export rewrites in ONNX Runtime CPU: the plain graph, the fully rewritten one, and one rewrite left
+out (or alone) at a time, timed interleaved in one process at one batch size.
+
+The full harness (``moe-denoise bench``) compares only the two graphs users get (optimised and
+``--no-optimize``); this asks which rewrite pays where. Example::
+
+    python -m benchmarks.rewrites_ab --batch 64 --rounds 24
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from export.onnx_export import REWRITES, ExportOptions, build_onnx
+from moe_model.checkpoint import load_model
+
+
+def variants(names: list[str], sets: list[str]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {"none (--no-optimize)": (), "all (default)": tuple(REWRITES)}
+    for s in sets:
+        rw = tuple(r for r in s.split(",") if r)
+        unknown = sorted(set(rw) - set(REWRITES))
+        if unknown:
+            raise SystemExit(f"--set {s!r}: unknown rewrites {unknown}; known: {sorted(REWRITES)}")
+        out[s] = rw
+    for r in names:
+        out[f"only {r}"] = (r,)
+        out[f"all but {r}"] = tuple(x for x in REWRITES if x != r)
+    return out
+
+
+def print_profile(name: str, onnx_model, x: np.ndarray, threads: int, calls: int = 20) -> None:
+    """Run ``calls`` times under ONNX Runtime's profiler and print the kernel time per operator type
+    (averaged over all calls; the first, with its one-off allocations, is one of ``calls``)."""
+    import json
+    import os
+    import tempfile
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.enable_profiling, so.profile_file_prefix = True, os.path.join(tmp, "profile")
+        sess = ort.InferenceSession(onnx_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        for _ in range(calls):
+            sess.run(None, {"noisy": x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    by_op: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(by_op.values())
+    print(f"{name}: batch {x.shape[0]}, kernel time per call {total / calls / 1e3:.2f} ms")
+    for op, us in by_op.most_common(12):
+        print(f"  {op:20s} {us / calls / 1e3:8.3f} ms  {100 * us / total:5.1f}%")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", default="weights/moe_denoiser.safetensors")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=24, help="interleaved rounds (rotating order)")
+    p.add_argument("--inner", type=int, default=None, help="calls per turn (default: about 0.2 s worth)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rewrites", default=",".join(REWRITES), help="rewrites to try alone and left out ('' for none)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: ONNX Runtime's profiler, time per operator type, default graph and plain")
+    p.add_argument("--set", action="append", default=[], metavar="R1,R2", help="also this set of rewrites (repeatable)")
+    a = p.parse_args(argv)
+    import onnxruntime as ort
+
+    model = load_model(a.weights).eval()
+    x = np.random.default_rng(0).random((a.batch, 3, 32, 32), dtype=np.float32)
+    if a.profile:
+        for name, rw in variants([], []).items():
+            print_profile(name, build_onnx(model, ExportOptions(rewrites=rw)), x, a.threads)
+        return
+    sessions = {}
+    for name, rw in variants([r for r in a.rewrites.split(",") if r], a.set).items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
+        onnx_bytes = build_onnx(model, ExportOptions(rewrites=rw)).SerializeToString()
+        sessions[name] = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    for s in sessions.values():  # warm-up
+        s.run(None, {"noisy": x})
+    t0 = time.perf_counter()
+    next(iter(sessions.values())).run(None, {"noisy": x})
+    inner = a.inner or max(1, int(0.2 / max(time.perf_counter() - t0, 1e-6)))
+    names = list(sessions)
+    ms: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(a.rounds):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                sessions[n].run(None, {"noisy": x})
+            ms[n].append((time.perf_counter() - t0) / inner * 1e3)
+    print(f"batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds of {inner} calls; ms per call")
+    print(f"{'graph':32s} {'p50':>8s} {'min':>8s} {'p90':>8s}")
+    for n in names:
+        v = np.asarray(ms[n])
+        print(f"{n:32s} {np.median(v):8.3f} {v.min():8.3f} {np.percentile(v, 90):8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""benchmarks.rewrites_ab: the variants it times, its input check, and one tiny interleaved run."""
+from pathlib import Path
+
+import pytest
+
+from benchmarks import rewrites_ab
+from export.onnx_export import REWRITES
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "moe_denoiser.safetensors"
+
+
+def test_variants_cover_plain_full_alone_and_left_out():
+    v = rewrites_ab.variants(["fuse_qkv"], ["fold_scale,rows2d"])
+    assert v["none (--no-optimize)"] == ()
+    assert v["all (default)"] == tuple(REWRITES)
+    assert v["only fuse_qkv"] == ("fuse_qkv",)
+    assert "fuse_qkv" not in v["all but fuse_qkv"] and len(v["all but fuse_qkv"]) == len(REWRITES) - 1
+    assert v["fold_scale,rows2d"] == ("fold_scale", "rows2d")
+
+
+def test_unknown_rewrite_in_a_set_is_refused_with_the_known_ones():
+    with pytest.raises(SystemExit, match=r"unknown rewrites \['bogus'\]; known: .*fuse_qkv"):
+        rewrites_ab.variants([], ["fold_scale,bogus"])
+
+
+def test_tiny_run_times_every_variant(capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is the optional 'onnx' extra")
+    rewrites_ab.main(["--weights", str(WEIGHTS), "--batch", "1", "--rounds", "2", "--inner", "1",
+                      "--rewrites", "fold_scale"])
+    out = capsys.readouterr().out
+    for name in ("none (--no-optimize)", "all (default)", "only fold_scale", "all but fold_scale"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(name))
+        assert float(line.split()[-3]) > 0  # p50 in ms
