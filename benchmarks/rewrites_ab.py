@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, rw in variants([r for r in a.rewrites.split(",") if r], a.set).items():
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
+        so.add_session_config_entry("session.force_spinning_stop", "1")  # as OrtRunner: idle sessions must not spin
         onnx_bytes = build_onnx(model, ExportOptions(rewrites=rw)).SerializeToString()
         sessions[name] = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
     for s in sessions.values():  # warm-up

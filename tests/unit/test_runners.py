@@ -129,6 +129,8 @@ def test_ort_runner_refuses_bad_artifacts(tmp_path, random_weights):
         OrtRunner(path).activate()
     with OrtRunner(path, check_manifest=False, threads=1, opt_level="basic") as r:
         assert r(GOOD).shape == GOOD.shape
+        # an idle session's threads stop spinning when a run returns (they would steal other work's cores)
+        assert r.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
     assert m["artifact"]["bytes"] == len(data)
 
 
