@@ -31,6 +31,19 @@ def variants(names: list[str], sets: list[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def session(onnx_model, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session on an in-memory graph, threaded as OrtRunner does (threads stop spinning when a
+    run returns, so the idle sessions of an A/B do not steal the timed one's cores)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    if profile_prefix:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    return ort.InferenceSession(onnx_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def print_profile(name: str, onnx_model, x: np.ndarray, threads: int, calls: int = 20) -> None:
     """Run ``calls`` times under ONNX Runtime's profiler and print the kernel time per operator type
     (averaged over all calls; the first, with its one-off allocations, is one of ``calls``)."""
@@ -39,13 +52,8 @@ def print_profile(name: str, onnx_model, x: np.ndarray, threads: int, calls: int
     import tempfile
     from collections import Counter
 
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.enable_profiling, so.profile_file_prefix = True, os.path.join(tmp, "profile")
-        sess = ort.InferenceSession(onnx_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = session(onnx_model, threads, os.path.join(tmp, "profile"))
         for _ in range(calls):
             sess.run(None, {"noisy": x})
         with open(sess.end_profiling()) as f:
@@ -73,21 +81,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="instead of timing: ONNX Runtime's profiler, time per operator type, default graph and plain")
     p.add_argument("--set", action="append", default=[], metavar="R1,R2", help="also this set of rewrites (repeatable)")
     a = p.parse_args(argv)
-    import onnxruntime as ort
-
     model = load_model(a.weights).eval()
     x = np.random.default_rng(0).random((a.batch, 3, 32, 32), dtype=np.float32)
     if a.profile:
         for name, rw in variants([], []).items():
             print_profile(name, build_onnx(model, ExportOptions(rewrites=rw)), x, a.threads)
         return
-    sessions = {}
-    for name, rw in variants([r for r in a.rewrites.split(",") if r], a.set).items():
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
-        so.add_session_config_entry("session.force_spinning_stop", "1")  # as OrtRunner: idle sessions must not spin
-        onnx_bytes = build_onnx(model, ExportOptions(rewrites=rw)).SerializeToString()
-        sessions[name] = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    sessions = {name: session(build_onnx(model, ExportOptions(rewrites=rw)), a.threads)
+                for name, rw in variants([r for r in a.rewrites.split(",") if r], a.set).items()}
     for s in sessions.values():  # warm-up
         s.run(None, {"noisy": x})
     t0 = time.perf_counter()

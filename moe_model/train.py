@@ -20,7 +20,7 @@ import torch
 from .checkpoint import atomic_torch_save, origin, save_weights
 from .config import get_preset
 from .data import DEFAULT_EVAL_SEED, DEFAULT_SIGMA, fixed_noisy, add_noise, load_cifar10, to_float
-from .losses import total_loss
+from .losses import LOSSES, total_loss
 from .metrics import psnr_per_image
 from .model import SmallViT, count_parameters
 
@@ -57,8 +57,8 @@ class TrainConfig:
         for name in ("weight_decay", "aux_weight", "grad_clip"):
             if getattr(self, name) < 0:
                 bad.append(f"{name} must be >= 0 (got {getattr(self, name)})")
-        if self.loss not in ("mse", "psnr"):
-            bad.append(f"loss must be 'mse' or 'psnr' (got {self.loss!r})")
+        if self.loss not in LOSSES:
+            bad.append(f"loss must be one of {LOSSES} (got {self.loss!r})")
         if bad:
             raise ValueError("invalid training settings: " + "; ".join(bad))
         get_preset(self.preset)

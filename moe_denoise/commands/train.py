@@ -9,6 +9,7 @@ from . import add_data_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     from moe_model.config import PRESETS
+    from moe_model.losses import LOSSES
 
     p = sub.add_parser("train", help="train the denoiser on CIFAR-10 (resumable)",
                        description="Train on CIFAR-10 with Gaussian noise. Defaults reproduce the seed recipe: "
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--aux-weight", type=float, default=0.01, help="weight of the load-balance loss")
-    p.add_argument("--loss", choices=["mse", "psnr"], default="mse",
+    p.add_argument("--loss", choices=LOSSES, default="mse",
                    help="mse: the seed's pixel MSE; psnr: mean per-image log-MSE (optimises the mean PSNR the "
                         "evaluation reports); the best checkpoint minimises the matching validation number")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")

@@ -80,7 +80,8 @@ def test_masked_and_gather_models_agree():
         m.set_attention_impl("fast")
 
 
-def test_refine_preset_budget_and_identity_start():
+def test_refine_preset_budget_and_identity_start(tmp_path):
+    from moe_model.checkpoint import save_weights
     from moe_model.train import warm_start
 
     torch.manual_seed(0)
@@ -88,28 +89,15 @@ def test_refine_preset_budget_and_identity_start():
     assert count_parameters(m) <= 650_000
     base = SmallViT("residual").eval()
     x = torch.rand(2, 3, 32, 32)
-    import tempfile, os
-    from moe_model.checkpoint import save_weights
-
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "base.safetensors")
-        save_weights(base, path)
-        warm_start(m, path, lambda s: None)
+    save_weights(base, tmp_path / "base.safetensors")
+    warm_start(m, str(tmp_path / "base.safetensors"), lambda s: None)
     with torch.no_grad():
         torch.testing.assert_close(m(x), base(x))  # the head's last layer starts at zero
         torch.nn.init.normal_(m.refine[-1].weight, std=0.1)
         assert not torch.allclose(m(x), base(x))
+    save_weights(m, tmp_path / "refine.safetensors")
     with pytest.raises(Exception, match="do not fit"):
-        warm_start(base, path_of_refine(m), lambda s: None)
-
-
-def path_of_refine(model):
-    import tempfile, os
-    from moe_model.checkpoint import save_weights
-
-    path = os.path.join(tempfile.mkdtemp(), "refine.safetensors")
-    save_weights(model, path)
-    return path
+        warm_start(base, str(tmp_path / "refine.safetensors"), lambda s: None)
 
 
 def test_psnr_loss_has_the_gradient_of_mean_log_mse():
