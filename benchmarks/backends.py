@@ -151,20 +151,15 @@ def _trt_spec(name: str, inputs: BackendInputs) -> BackendSpec:
 def torch_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:
     """The runner's model on an input already on its device; the output stays there.
 
-    Uses the runner's callable (compiled or eager) so compute-only times the same code as end-to-end.
+    Uses the runner's own forward (compiled or eager, TF32 off) so compute-only times the same code as end-to-end.
     """
     import torch
 
-    fn = getattr(runner, "_fn", None) or getattr(runner, "model", None)
-    if fn is None:
+    forward = getattr(runner, "forward_on_device", None)
+    if forward is None or getattr(runner, "_fn", None) is None:
         return None
     xd = torch.from_numpy(x).to(getattr(runner, "device", "cuda"))
-
-    def call() -> None:
-        with torch.inference_mode():
-            fn(xd)
-
-    return call
+    return lambda: forward(xd)
 
 
 def binding_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:

@@ -190,6 +190,10 @@ def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, log: 
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if opts.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TensorRT enables TF32 by default: fp32 engines would then miss the fp32 tolerance, as PyTorch's TF32
+        # convolutions did on the H200 (benchmarks/results/gpu)
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     name = network.get_input(0).name
     profile.set_shape(name, (opts.min_batch, 3, 32, 32), (opts.opt_batch, 3, 32, 32), (opts.max_batch, 3, 32, 32))

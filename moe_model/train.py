@@ -126,7 +126,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume was given but {state_path} does not exist; run without --resume "
                                     f"to start, or point --out-dir at the run to continue")
-        st = torch.load(state_path, map_location=device, weights_only=False)
+        # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
         saved = st["train_config"]
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings added since the save
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()

@@ -152,10 +152,12 @@ if triton is not None:
         """Order-preserving uint32 image of fp32 scores: a >= b  <=>  key(a) >= key(b) (no NaN).
 
         Negative floats: flip all bits; non-negative: set the sign bit; -0.0 maps like +0.0 (they are
-        equal as floats). Padded keys (n_ok False) map to 0, below every finite score.
+        equal as floats). Padded keys (n_ok False) map to 0, below every finite score. Bits are flipped with
+        ``^ 0xFFFFFFFF`` rather than ``~``: Triton 3.6's interpreter builds ``~x`` on uint32 from ``np.full(1, -1)``,
+        which NumPy >= 2.5 rejects (seen on the GPU machine); the compiled code is the same either way.
         """
         bits = s.to(tl.uint32, bitcast=True)
-        key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
+        key = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000)  # not ~: see the docstring
         key = tl.where(s == 0.0, 0x80000000, key)
         return tl.where(n_ok[None, :], key, 0)
 
@@ -189,7 +191,7 @@ if triton is not None:
             ans = tl.where(cnt >= TOPK, cand, ans)
             bit = bit >> 1
         keep = key >= ans[:, None]  # (BM, BN); padded keys (0) are below ans since TOPK < N
-        s = tl.where(keep, tl.where((key >> 31) == 1, key & 0x7FFFFFFF, ~key).to(tl.float32, bitcast=True),
+        s = tl.where(keep, tl.where((key >> 31) == 1, key & 0x7FFFFFFF, key ^ 0xFFFFFFFF).to(tl.float32, bitcast=True),
                      float("-inf"))  # kept scores back from their keys (s itself is not kept live)
         row_max = tl.max(s, axis=1)  # (BM,) the row max is always kept
         inv_sum = 1.0 / tl.sum(tl.exp(s - row_max[:, None]), axis=1)  # (BM,)

@@ -144,3 +144,26 @@ def test_torch_runner(random_weights):
         assert out.shape == (3, 3, 32, 32) and out.dtype == np.float32
     with pytest.raises(MissingBackendError, match="'no-such-impl' is not available; available: masked, gather"):
         TorchRunner(random_weights, impl="no-such-impl").activate()
+
+
+def test_torch_runner_runs_in_true_fp32_and_restores_the_callers_tf32_settings(random_weights):
+    """cuDNN convolutions default to TF32 in PyTorch; the runner turns it off for its calls only."""
+    import torch
+
+    from benchmarks.backends import torch_compute_call
+    from runtime.torch_runner import TorchRunner
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    seen = []
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with TorchRunner(random_weights) as r:
+            model = r._fn
+            r._fn = lambda x: (seen.append((cudnn.allow_tf32, matmul.allow_tf32)), model(x))[1]
+            r(np.full((2, 3, 32, 32), 0.5, np.float32))
+            torch_compute_call(r, np.full((2, 3, 32, 32), 0.5, np.float32))()
+        assert seen == [(False, False), (False, False)]  # end-to-end, then compute-only
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
