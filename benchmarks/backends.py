@@ -124,10 +124,12 @@ def _ort_spec(name: str, inputs: BackendInputs) -> BackendSpec:
         return OrtRunner(path, provider=provider, threads=inputs.threads if provider == "cpu" else None, name=name)
 
     notes = [f"ONNX Runtime {provider} provider, {graph[0]} graph, {'optimised' if graph[1] else 'not optimised'}"]
+    if provider == "cpu":
+        notes.append("a fresh session each round: a session's speed depends on where its memory arena lands")
     return BackendSpec(name=name, make_runner=make, device="cpu" if provider == "cpu" else "cuda",
                        tolerance=("ort", "fp32"), unavailable=unavailable,
                        compute_call=binding_compute_call if provider != "cpu" else None,
-                       preload=("onnxruntime", "onnx"), notes=notes)
+                       preload=("onnxruntime", "onnx"), notes=notes, fresh_each_round=provider == "cpu")
 
 
 def _trt_spec(name: str, inputs: BackendInputs) -> BackendSpec:

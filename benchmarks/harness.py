@@ -64,6 +64,9 @@ class BackendSpec:
     ``unavailable`` set: the backend is listed with that reason and not built (e.g. no engine was given).
     ``tolerance``: the (backend, precision) key of runtime.tolerances. ``preload``: modules imported before
     the cold start is timed, so the cold start is session creation / engine load, not a library import.
+    ``fresh_each_round``: the runner is re-created (deactivated, activated, two untimed calls) before its turn in
+    every round after the first, so the samples span many sessions: an ONNX Runtime CPU session's speed depends
+    on where its memory arena lands, and stays that way for its life (see benchmarks/rewrites_ab.py).
     """
 
     name: str
@@ -76,6 +79,7 @@ class BackendSpec:
     compute_call: ComputeCall | None = None
     preload: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    fresh_each_round: bool = False
 
 
 @dataclass
@@ -342,7 +346,13 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
             break
         order = round_order(live, r)
         schedule.append([c.key for c in order])
+        renewed: set[int] = set()
         for cell in order:
+            if r and cell.backend.spec.fresh_each_round and id(cell.backend) not in renewed:
+                renewed.add(id(cell.backend))
+                _run_guarded(cell, lambda c=cell: _renew(c))
+                if cell.error is not None:
+                    continue
             _timed_turn(cell, timers[cell.backend.spec.device], probes[cell.backend.spec.device])
         done = r + 1
         if done >= settings.min_repeats and clock.now() - t_batch > settings.batch_budget_s:
@@ -352,6 +362,15 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
             log(f"    run deadline reached after {done} rounds at this batch size")
             break
     return schedule
+
+
+def _renew(cell: _Cell) -> None:
+    """A fresh runner (new session) for ``cell``'s backend, warmed by two untimed calls."""
+    runner = cell.backend.runner
+    runner.deactivate()
+    runner.activate()
+    for _ in range(2):
+        cell.fn()
 
 
 def _run_guarded(cell: _Cell, fn: Callable[[], Any]) -> Any:

@@ -1,10 +1,17 @@
-"""A/B of the export rewrites in ONNX Runtime CPU: the plain graph, the fully rewritten one, and one rewrite left
-out (or alone) at a time, timed interleaved in one process at one batch size.
+"""A/B of the export rewrites in ONNX Runtime CPU: the plain graph, the default (optimised) one, every rewrite
+alone, the default with each of its rewrites left out, and any sets asked for, timed interleaved in one process at
+one batch size.
 
 The full harness (``moe-denoise bench``) compares only the two graphs users get (optimised and
 ``--no-optimize``); this asks which rewrite pays where. Example::
 
     python -m benchmarks.rewrites_ab --batch 64 --rounds 24
+
+Each round times every graph on a **fresh session** (two untimed calls first). A session's speed depends on
+where its memory arena happens to land: on the 2-core development machine one session of a graph ran 15-25%
+slower than another session of it for its whole life, and which session was unlucky changed from process to
+process. Timing one long-lived session per graph compared arena luck, not graphs; fresh sessions average it out
+(``--keep-sessions`` restores the old behaviour, to see the effect).
 """
 from __future__ import annotations
 
@@ -13,12 +20,12 @@ import time
 
 import numpy as np
 
-from export.onnx_export import REWRITES, ExportOptions, build_onnx
+from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
 from moe_model.checkpoint import load_model
 
 
 def variants(names: list[str], sets: list[str]) -> dict[str, tuple[str, ...]]:
-    out: dict[str, tuple[str, ...]] = {"none (--no-optimize)": (), "all (default)": tuple(REWRITES)}
+    out: dict[str, tuple[str, ...]] = {"none (--no-optimize)": (), "default": DEFAULT_REWRITES}
     for s in sets:
         rw = tuple(r for r in s.split(",") if r)
         unknown = sorted(set(rw) - set(REWRITES))
@@ -27,13 +34,14 @@ def variants(names: list[str], sets: list[str]) -> dict[str, tuple[str, ...]]:
         out[s] = rw
     for r in names:
         out[f"only {r}"] = (r,)
-        out[f"all but {r}"] = tuple(x for x in REWRITES if x != r)
+        if r in DEFAULT_REWRITES:
+            out[f"default but {r}"] = tuple(x for x in DEFAULT_REWRITES if x != r)
     return out
 
 
 def session(onnx_model, threads: int, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session on an in-memory graph, threaded as OrtRunner does (threads stop spinning when a
-    run returns, so the idle sessions of an A/B do not steal the timed one's cores)."""
+    """An ONNX Runtime CPU session on an in-memory graph (a ModelProto or its bytes), threaded as OrtRunner does
+    (threads stop spinning when a run returns, so the idle sessions of an A/B do not steal the timed one's cores)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -41,7 +49,8 @@ def session(onnx_model, threads: int, profile_prefix: str | None = None):
     so.add_session_config_entry("session.force_spinning_stop", "1")
     if profile_prefix:
         so.enable_profiling, so.profile_file_prefix = True, profile_prefix
-    return ort.InferenceSession(onnx_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    data = onnx_model if isinstance(onnx_model, bytes) else onnx_model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def print_profile(name: str, onnx_model, x: np.ndarray, threads: int, calls: int = 20) -> None:
@@ -76,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=24, help="interleaved rounds (rotating order)")
     p.add_argument("--inner", type=int, default=None, help="calls per turn (default: about 0.2 s worth)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rewrites", default=",".join(REWRITES), help="rewrites to try alone and left out ('' for none)")
+    p.add_argument("--rewrites", default=",".join(REWRITES),
+                   help="rewrites to try alone and (those in the default) left out ('' for none)")
+    p.add_argument("--keep-sessions", action="store_true",
+                   help="one session per graph for the whole run instead of a fresh one each round")
     p.add_argument("--profile", action="store_true",
                    help="instead of timing: ONNX Runtime's profiler, time per operator type, default graph and plain")
     p.add_argument("--set", action="append", default=[], metavar="R1,R2", help="also this set of rewrites (repeatable)")
@@ -87,22 +99,34 @@ def main(argv: list[str] | None = None) -> None:
         for name, rw in variants([], []).items():
             print_profile(name, build_onnx(model, ExportOptions(rewrites=rw)), x, a.threads)
         return
-    sessions = {name: session(build_onnx(model, ExportOptions(rewrites=rw)), a.threads)
-                for name, rw in variants([r for r in a.rewrites.split(",") if r], a.set).items()}
-    for s in sessions.values():  # warm-up
-        s.run(None, {"noisy": x})
+    graphs = {name: build_onnx(model, ExportOptions(rewrites=rw)).SerializeToString()
+              for name, rw in variants([r for r in a.rewrites.split(",") if r], a.set).items()}
+    names = list(graphs)
+    live: dict[str, object] = {}
+
+    def fresh(name: str):
+        if a.keep_sessions and name in live:
+            return live[name]
+        live.pop(name, None)  # the old session goes before the new one is made
+        s = live[name] = session(graphs[name], a.threads)
+        for _ in range(2):  # first-run allocations and memory planning, untimed
+            s.run(None, {"noisy": x})
+        return s
+
     t0 = time.perf_counter()
-    next(iter(sessions.values())).run(None, {"noisy": x})
+    fresh(names[0]).run(None, {"noisy": x})
     inner = a.inner or max(1, int(0.2 / max(time.perf_counter() - t0, 1e-6)))
-    names = list(sessions)
     ms: dict[str, list[float]] = {n: [] for n in names}
     for r in range(a.rounds):
         for n in names[r % len(names):] + names[: r % len(names)]:
+            s = fresh(n)
             t0 = time.perf_counter()
             for _ in range(inner):
-                sessions[n].run(None, {"noisy": x})
+                s.run(None, {"noisy": x})
             ms[n].append((time.perf_counter() - t0) / inner * 1e3)
-    print(f"batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds of {inner} calls; ms per call")
+    how = "one session per graph" if a.keep_sessions else "a fresh session per graph and round"
+    print(f"batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds of {inner} calls, {how}; "
+          "ms per call")
     print(f"{'graph':32s} {'p50':>8s} {'min':>8s} {'p90':>8s}")
     for n in names:
         v = np.asarray(ms[n])

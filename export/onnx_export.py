@@ -42,6 +42,14 @@ REWRITES = {
     "rows2d": "tokens kept as a 2-D (B*N, C) matrix so every projection is one Gemm with its bias fused",
 }
 
+# What `optimize` turns on: the rewrites that remove work without adding data movement (merge_proj's GEMM; the
+# scale's pass over every score tensor). Measured in ONNX Runtime on the 2-core CPU with fresh sessions
+# (`python -m benchmarks.rewrites_ab`): fuse_qkv (the strided Split after the one GEMM) and rows2d (ORT's Gemm
+# kernel) made the graph slower at every batch size, gemm_patches (6-D transposes of image-sized tensors) helped
+# at batch 8-64 and cost up to 10% at 256. They stay available (ExportOptions.rewrites, `export --rewrites`):
+# exact, and one Q/K/V GEMM is what a GPU wants.
+DEFAULT_REWRITES = ("fold_merge", "fold_scale")
+
 
 @dataclass
 class ExportOptions:
@@ -72,7 +80,7 @@ class ExportOptions:
     def active_rewrites(self) -> tuple[str, ...]:
         if self.rewrites is not None:
             return tuple(r for r in REWRITES if r in self.rewrites)
-        return tuple(REWRITES) if self.optimize else ()
+        return DEFAULT_REWRITES if self.optimize else ()
 
 
 def _np(t: Any) -> np.ndarray:

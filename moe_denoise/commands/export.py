@@ -18,8 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output .onnx path (default: artifacts/moe_denoiser.<flavor>[.noopt].onnx)")
     p.add_argument("--flavor", choices=["portable", "plugin"], default="portable",
                    help="portable: standard ONNX operators only; plugin: sparse attention as TensorRT plugin nodes")
-    p.add_argument("--no-optimize", action="store_true",
-                   help="skip the exact algebraic rewrites (fused GEMMs, folded merge_proj and scale) for comparison")
+    opt = p.add_mutually_exclusive_group()
+    opt.add_argument("--no-optimize", action="store_true",
+                     help="skip the exact algebraic rewrites (folded merge_proj and scale, GEMM patches) for comparison")
+    opt.add_argument("--rewrites", default=None, metavar="R1,R2",
+                     help="exactly these rewrites instead of the default set ('all' for every one; e.g. add fuse_qkv "
+                          "and rows2d for one Q/K/V GEMM on a GPU). Known: " + ", ".join(_rewrite_names()))
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: fp16 weights/activations with fp32 I/O, LayerNorm and softmax in fp32 (for strongly "
                         "typed TensorRT 11 engines); judged by PSNR against the fp32 model")
@@ -30,8 +34,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_output(flavor: str, optimize: bool, precision: str = "fp32") -> Path:
-    suffix = ("" if optimize else ".noopt") + ("" if precision == "fp32" else f".{precision}")
+def _rewrite_names() -> list[str]:
+    from export.onnx_export import REWRITES
+
+    return list(REWRITES)
+
+
+def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
+    """--rewrites: None (the default set), 'all', or a comma-separated list of known rewrite names."""
+    if text is None:
+        return None
+    from export.onnx_export import REWRITES
+
+    names = tuple(REWRITES) if text.strip() == "all" else tuple(r.strip() for r in text.split(",") if r.strip())
+    unknown = [r for r in names if r not in REWRITES]
+    if unknown:
+        raise ValueError(f"--rewrites: unknown {unknown}; known: {', '.join(REWRITES)} (or 'all')")
+    return names
+
+
+def default_output(flavor: str, optimize: bool, precision: str = "fp32", rewrites: tuple[str, ...] | None = None) -> Path:
+    """artifacts/moe_denoiser.<flavor>[.noopt | .<rewrite>+<rewrite>][.fp16].onnx"""
+    chosen = "" if rewrites is None else "." + ("+".join(rewrites) or "noopt")
+    suffix = ("" if optimize else ".noopt") + chosen + ("" if precision == "fp32" else f".{precision}")
     return Path("artifacts") / f"moe_denoiser.{flavor}{suffix}.onnx"
 
 
@@ -44,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--parity-images must be >= 1 (got {args.parity_images})")
     weights = resolve_weights(args.weights)
     model = load_model(weights, preset=args.preset)
-    out = args.output or default_output(args.flavor, not args.no_optimize, args.precision)
-    opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, opset=args.opset, precision=args.precision)
+    rewrites = parse_rewrites(args.rewrites)
+    out = args.output or default_output(args.flavor, not args.no_optimize, args.precision, rewrites)
+    opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, rewrites=rewrites, opset=args.opset,
+                         precision=args.precision)
     log = (lambda s: None) if args.json else print
     result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
                          threads=args.threads, log=log)

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import REWRITES, ExportOptions, build_onnx
+from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
 from export.pipeline import export_onnx
 from moe_model import SmallViT
 from moe_model.checkpoint import load_model
@@ -97,7 +97,7 @@ def test_export_writes_artifact_and_manifest(model, random_weights, tmp_path):
     m = json.loads(manifest_path(out).read_text())
     assert m == read_manifest(out) == result.manifest
     assert m["kind"] == "onnx" and m["onnx"]["flavor"] == "portable" and m["onnx"]["opset"] == 17
-    assert m["onnx"]["rewrites"] == list(REWRITES)
+    assert m["onnx"]["rewrites"] == list(DEFAULT_REWRITES)
     assert m["model"]["config"]["name"] == "seed" and m["model"]["parameters"] == 599_689
     assert len(m["model"]["weights_sha256"]) == 64 and len(m["artifact"]["sha256"]) == 64
     assert m["io"]["inputs"][0]["name"] == "noisy" and m["io"]["outputs"][0]["shape"] == ["batch", 3, 32, 32]

@@ -172,6 +172,30 @@ def test_timing_interleaves_backends_round_robin_with_rotation():
     assert all(r["n_samples"] == 4 for r in doc["results"])
 
 
+def test_fresh_each_round_renews_the_runner_before_its_turn_and_times_only_warm_calls():
+    calls = []
+    specs = [spec("a", calls, baseline=True), spec("b", calls)]
+    specs[1].fresh_each_round = True
+    activations = []
+    runner_b = None
+
+    def make():
+        nonlocal runner_b
+        runner_b = FakeRunner("b", calls)
+        original = runner_b._activate_impl
+        runner_b._activate_impl = lambda: (activations.append(len(calls)), original())[1]
+        return runner_b
+
+    specs[1].make_runner = make
+    doc, timer = run(specs, calls, {"a": 1.0, "b": 1.0}, settings(batches=(2,), repeats=3, warmup=1))
+    # one activation to start, then one per round after the first: 3 rounds -> 2 renewals
+    assert len(activations) == 3
+    # each renewal is followed by two untimed calls of b before b's timed call
+    assert sum(1 for t in timer.timed if t == "b") == 1 + 3  # the estimate and one per round
+    assert calls.count("b") >= 1 + 3 + 2 * 2
+    assert by_name(doc)["b"]["status"] == "ok" and all(r["n_samples"] == 3 for r in doc["results"])
+
+
 def test_round_order_rotates():
     assert round_order([1, 2, 3], 0) == [1, 2, 3]
     assert round_order([1, 2, 3], 1) == [2, 3, 1]

@@ -70,6 +70,12 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     assert code == 0 and r["passed"] and r["num_images"] == 8 and r["runner"]["backend"] == "ort"
     code, out, _ = run(capsys, "parity", "--backend", "torch", "--weights", random_weights, "-n", 4)
     assert code == 0 and "PASS" in out
+    chosen = tmp_path / "fused.onnx"
+    code, out, _ = run(capsys, "export", "--weights", random_weights, "-o", chosen, "--parity-images", 2,
+                       "--rewrites", "fuse_qkv,rows2d", "--json")
+    assert code == 0 and json.loads(out)["onnx"]["rewrites"] == ["fuse_qkv", "rows2d"]
+    code, _, err = run(capsys, "export", "--weights", random_weights, "-o", tmp_path / "x.onnx", "--rewrites", "fuse")
+    assert code == 2 and "unknown ['fuse']" in err and not (tmp_path / "x.onnx").exists()
     # the artifact belongs to other weights: refused, naming both
     other = tmp_path / "other.safetensors"
     other.write_bytes(random_weights.read_bytes()[:-4] + b"\0\0\0\0")
@@ -98,3 +104,12 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     info = json.loads(out)
     assert code == 0 and info["backends"]["ONNX Runtime CPU"]["usable"]
     assert "TensorRT engines" in info["backends"]
+
+
+def test_export_default_names_say_which_rewrites():
+    from moe_denoise.commands.export import default_output, parse_rewrites
+
+    assert parse_rewrites(None) is None and parse_rewrites("all")[0] == "fuse_qkv"
+    assert str(default_output("portable", True)) == "artifacts/moe_denoiser.portable.onnx"
+    assert str(default_output("portable", False)) == "artifacts/moe_denoiser.portable.noopt.onnx"
+    assert str(default_output("plugin", True, "fp16", ("fuse_qkv", "rows2d"))).endswith("plugin.fuse_qkv+rows2d.fp16.onnx")
