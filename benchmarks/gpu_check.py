@@ -28,7 +28,6 @@ import argparse
 import ctypes
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import shutil
@@ -56,6 +55,8 @@ def _err_stats(out: Any, ref: Any, dtype: str) -> dict[str, Any]:
     """max / mean / p99 abs error, fraction beyond atol, PSNR between outputs, and the verdict."""
     import torch
 
+    from runtime.parity import psnr_from_mse
+
     err = (out.float() - ref.float()).abs().flatten()
     tol = TOL[dtype]
     mse = float((err ** 2).mean())
@@ -63,7 +64,7 @@ def _err_stats(out: Any, ref: Any, dtype: str) -> dict[str, Any]:
     stats = {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
              "p99_abs": float(torch.quantile(err[:1_000_000].double(), 0.99)),
              "bad_fraction": float((err > tol["atol"]).double().mean()),
-             "psnr_db": (None if mse == 0 else 10 * math.log10(peak ** 2 / mse)), "tolerance": tol}  # None: equal
+             "psnr_db": (None if mse == 0 else psnr_from_mse(mse, peak)), "tolerance": tol}  # None: equal
     stats["ok"] = stats["bad_fraction"] <= tol["max_bad_fraction"] and stats["max_abs"] <= tol["max_abs"]
     return stats
 

@@ -45,6 +45,11 @@ class ParityReport:
         return "\n".join(lines)
 
 
+def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
+    """PSNR in dB of a mean squared error on a signal of range ``peak``; inf for identical signals."""
+    return float("inf") if mse == 0 else 10.0 * math.log10(peak**2 / mse)
+
+
 def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, backend: str = "?",
             precision: str = "fp32") -> ParityReport:
     """Compare two output batches (same shape) and judge them against ``tolerance``."""
@@ -57,7 +62,7 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, bac
     if not finite:
         diff = np.where(np.isfinite(diff), diff, np.inf)
     mse = float(np.mean(diff**2)) if finite else float("inf")
-    psnr = float("inf") if mse == 0 else (10 * math.log10(1.0 / mse) if finite else float("-inf"))
+    psnr = psnr_from_mse(mse) if finite else float("-inf")
     report = ParityReport(
         backend=backend, precision=precision, num_images=int(ref.shape[0]) if ref.ndim else 1,
         max_abs=float(diff.max()) if diff.size else 0.0, mean_abs=float(diff.mean()) if diff.size else 0.0,

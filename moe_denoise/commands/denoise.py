@@ -74,6 +74,7 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path) -> dict[str, fl
 
     from runtime.errors import InputError
     from runtime.images import read_image
+    from runtime.parity import psnr_from_mse
 
     ref = read_image(reference)[0]
     out = {}
@@ -83,7 +84,7 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path) -> dict[str, fl
             raise InputError(f"--reference {reference} is {ref.shape[1]}x{ref.shape[0]}x{ref.shape[2]} but {path} is "
                              f"{img.shape[1]}x{img.shape[0]}x{img.shape[2]}; pass the clean version of the same photo")
         mse = float(np.mean((img.astype(np.float64) - ref) ** 2))
-        out[name] = float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+        out[name] = psnr_from_mse(mse)
     return out
 
 

@@ -167,3 +167,11 @@ def test_torch_runner_runs_in_true_fp32_and_restores_the_callers_tf32_settings(r
         assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def test_psnr_from_mse_is_the_one_formula():
+    from runtime.parity import psnr_from_mse
+
+    assert psnr_from_mse(0.0) == float("inf")
+    assert psnr_from_mse(1e-4) == pytest.approx(40.0)
+    assert psnr_from_mse(4.0, peak=2.0) == pytest.approx(0.0)
