@@ -170,12 +170,12 @@ def markdown_report(doc: dict[str, Any]) -> str:
                  f"(rotating order); parity on {s['parity_images']} images before any timing; created "
                  f"{doc['created_utc']}")
     flops = doc["model"]["flops_per_image"]
-    peak = (doc.get("compute_peak") or {}).get("cpu", {})
     if flops:
+        peaks = [(dev, p) for dev, p in (doc.get("compute_peak") or {}).items() if "gflops" in p]
         lines.append(f"- model: {flops['total'] / 1e6:.2f} MFLOP per image ({flops['convention']} count)"
-                     + (f"; measured fp32 GEMM peak {peak['gflops']:.1f} GFLOP/s on CPU "
-                        f"({'x'.join(map(str, peak['shape']))}) -> compute limit "
-                        f"{peak['gflops'] * 1e9 / flops['total']:.0f} images/s" if "gflops" in peak else ""))
+                     + "".join(f"; measured fp32 GEMM peak {p['gflops']:.1f} GFLOP/s on {dev.upper()} "
+                               f"({'x'.join(map(str, p['shape']))}) -> compute limit "
+                               f"{p['gflops'] * 1e9 / flops['total']:.0f} images/s" for dev, p in peaks))
     baseline = doc.get("baseline")
     for mode in doc["settings"]["modes"]:
         rows = [r for r in doc["results"] if r["mode"] == mode]
