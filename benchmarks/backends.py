@@ -125,7 +125,7 @@ def _ort_spec(name: str, inputs: BackendInputs) -> BackendSpec:
 
     notes = [f"ONNX Runtime {provider} provider, {graph[0]} graph, {'optimised' if graph[1] else 'not optimised'}"]
     if provider == "cpu":
-        notes.append("a fresh session each round: a session's speed depends on where its memory arena lands")
+        notes.append("a fresh session each round: a session keeps its speed for life, and it varies from session to session")
     return BackendSpec(name=name, make_runner=make, device="cpu" if provider == "cpu" else "cuda",
                        tolerance=("ort", "fp32"), unavailable=unavailable,
                        compute_call=binding_compute_call if provider != "cpu" else None,

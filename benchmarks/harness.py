@@ -65,8 +65,8 @@ class BackendSpec:
     ``tolerance``: the (backend, precision) key of runtime.tolerances. ``preload``: modules imported before
     the cold start is timed, so the cold start is session creation / engine load, not a library import.
     ``fresh_each_round``: the runner is re-created (deactivated, activated, two untimed calls) before its turn in
-    every round after the first, so the samples span many sessions: an ONNX Runtime CPU session's speed depends
-    on where its memory arena lands, and stays that way for its life (see benchmarks/rewrites_ab.py).
+    every round after the first, so the samples span many sessions: an ONNX Runtime CPU session keeps its speed
+    for life and that speed varies from session to session, by up to 20% (see benchmarks/rewrites_ab.py).
     """
 
     name: str

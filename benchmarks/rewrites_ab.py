@@ -7,11 +7,12 @@ The full harness (``moe-denoise bench``) compares only the two graphs users get 
 
     python -m benchmarks.rewrites_ab --batch 64 --rounds 24
 
-Each round times every graph on a **fresh session** (two untimed calls first). A session's speed depends on
-where its memory arena happens to land: on the 2-core development machine one session of a graph ran 15-25%
-slower than another session of it for its whole life, and which session was unlucky changed from process to
-process. Timing one long-lived session per graph compared arena luck, not graphs; fresh sessions average it out
-(``--keep-sessions`` restores the old behaviour, to see the effect).
+Each round times every graph on a **fresh session** (two untimed calls first). A session keeps its speed for
+life and that speed varies from session to session: on the 2-core development machine a rewritten graph's
+session came out 5% faster than the plain one's in some processes and 12-20% slower in others, each steady for
+its whole life; with the memory arena off the ranking was the same in every process (so, apparently, where the
+arena lands). Timing one long-lived session per graph compared that luck, not graphs; fresh sessions average it
+out (``--keep-sessions`` restores the old behaviour, to see the effect).
 """
 from __future__ import annotations
 
