@@ -8,6 +8,8 @@ from . import add_weights_args, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from export.onnx_export import REWRITES
+
     p = sub.add_parser("export", help="export weights to ONNX (portable or TensorRT-plugin flavour)",
                        description="Writes an ONNX model and OUT.manifest.json. Before the file is kept, it is run in "
                                    "ONNX Runtime against the PyTorch model on a fixed batch; out of tolerance, nothing "
@@ -20,10 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="portable: standard ONNX operators only; plugin: sparse attention as TensorRT plugin nodes")
     opt = p.add_mutually_exclusive_group()
     opt.add_argument("--no-optimize", action="store_true",
-                     help="skip the exact algebraic rewrites (folded merge_proj and scale, GEMM patches) for comparison")
+                     help="skip the exact algebraic rewrites (folded merge_proj and scale) for comparison")
     opt.add_argument("--rewrites", default=None, metavar="R1,R2",
                      help="exactly these rewrites instead of the default set ('all' for every one; e.g. add fuse_qkv "
-                          "and rows2d for one Q/K/V GEMM on a GPU). Known: " + ", ".join(_rewrite_names()))
+                          "and rows2d for one Q/K/V GEMM on a GPU). Known: " + ", ".join(REWRITES))
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: fp16 weights/activations with fp32 I/O, LayerNorm and softmax in fp32 (for strongly "
                         "typed TensorRT 11 engines); judged by PSNR against the fp32 model")
@@ -32,12 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity run")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=run)
-
-
-def _rewrite_names() -> list[str]:
-    from export.onnx_export import REWRITES
-
-    return list(REWRITES)
 
 
 def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
