@@ -205,8 +205,9 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     """Start ``model`` from the weights in ``path``, also when ``model`` is a grown version of their architecture.
 
     A tensor of the same shape is copied. A tensor the model has larger (more output channels of the
-    un-embedding, more input channels of the head's first conv) gets the old values in its leading slice and
-    keeps its fresh initialisation elsewhere. Tensors the file lacks keep their fresh initialisation (e.g. a new
+    un-embedding, more channels in the head) gets the old values in its leading slice and keeps its fresh
+    initialisation elsewhere, except that the old outputs' weights on new inputs are zero (new outputs are read
+    only by new inputs of the next layer, which are zero there), so the grown model computes what the file did. Tensors the file lacks keep their fresh initialisation (e.g. a new
     refinement head, whose last layer starts at zero so the model first computes what the file did).
     """
     from .checkpoint import CheckpointError, load_state_dict
@@ -224,9 +225,9 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
             if own[k].shape == v.shape:
                 own[k].copy_(v)
             else:
-                if _grows_inputs(model, k, v.shape):  # new inputs start silent: the function is unchanged
-                    own[k].zero_()
                 own[k][tuple(slice(0, n) for n in v.shape)].copy_(v)
+                if _grows_inputs(model, k, v.shape):  # the old outputs do not read the new inputs: same function
+                    own[k][: v.shape[0], v.shape[1] :].zero_()  # (new outputs keep their fresh weights)
                 grown.append(k)
     missing = sorted(set(own) - set(sd))
     log(f"initialised from {path}" + (f"; grown: {', '.join(grown)}" if grown else "")

@@ -140,3 +140,31 @@ def test_growing_to_refine_features_keeps_the_function(tmp_path):
         torch.testing.assert_close(big(x), small(x))
         assert big.refine[0].weight[:, 6:].abs().sum() == 0  # new inputs start silent ...
         assert big.patch_unembed.weight[:, 3:].abs().sum() > 0  # ... fed by freshly initialised features
+
+
+def test_widening_the_head_keeps_the_function_and_the_new_channels_live(tmp_path):
+    """Growing a hidden layer in both dimensions: old outputs ignore the new inputs (same function), new outputs
+    keep fresh weights (so they get gradients at once instead of waiting on a zero layer behind them)."""
+    from moe_model.checkpoint import save_weights
+    from moe_model.train import warm_start
+
+    torch.manual_seed(0)
+    small = SmallViT("residual_refine_feat").eval()
+    torch.nn.init.normal_(small.refine[-1].weight, std=0.05)
+    path = tmp_path / "small.safetensors"
+    save_weights(small, path)
+    big = SmallViT("residual_refine_wide").eval()
+    assert count_parameters(big) <= 650_000
+    log = []
+    warm_start(big, str(path), log.append)
+    assert "refine.2.weight" in log[0] and "refine.4.weight" in log[0]
+    x = torch.rand(3, 3, 32, 32)
+    old = small.config.refine_channels
+    with torch.no_grad():
+        torch.testing.assert_close(big(x), small(x))
+        assert big.refine[2].weight[:old, old:].abs().sum() == 0  # old channels do not read new ones
+        assert big.refine[2].weight[old:].abs().sum() > 0  # new channels are live
+        assert big.refine[4].weight[:, old:].abs().sum() == 0  # and silent at the output until trained
+    big.train()
+    big(x).sum().backward()
+    assert big.refine[4].weight.grad[:, old:].abs().sum() > 0  # the silent weights learn from the first step
