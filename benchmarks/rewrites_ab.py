@@ -13,6 +13,11 @@ session came out 5% faster than the plain one's in some processes and 12-20% slo
 its whole life; with the memory arena off the ranking was the same in every process (so, apparently, where the
 arena lands). Timing one long-lived session per graph compared that luck, not graphs; fresh sessions average it
 out (``--keep-sessions`` restores the old behaviour, to see the effect).
+
+Every graph is also compared with the plain one **round by round** (its time over the plain graph's in the same
+round): the median ratio, a 95% bootstrap interval of it, and in how many rounds it was faster. "faster" is printed
+only when the whole interval lies below 1; a difference smaller than the session-to-session spread needs many
+rounds to show (``--rounds``). ``--json PATH`` keeps every round's timing.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import time
 
 import numpy as np
 
+from benchmarks.stats import paired_comparison
 from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
 from moe_model.checkpoint import load_model
 
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true",
                    help="instead of timing: ONNX Runtime's profiler, time per operator type, default graph and plain")
     p.add_argument("--set", action="append", default=[], metavar="R1,R2", help="also this set of rewrites (repeatable)")
+    p.add_argument("--json", metavar="PATH", help="also write every round's timings and the comparisons here")
     a = p.parse_args(argv)
     model = load_model(a.weights).eval()
     x = np.random.default_rng(0).random((a.batch, 3, 32, 32), dtype=np.float32)
@@ -100,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, rw in variants([], []).items():
             print_profile(name, build_onnx(model, ExportOptions(rewrites=rw)), x, a.threads)
         return
-    graphs = {name: build_onnx(model, ExportOptions(rewrites=rw)).SerializeToString()
-              for name, rw in variants([r for r in a.rewrites.split(",") if r], a.set).items()}
+    chosen = variants([r for r in a.rewrites.split(",") if r], a.set)
+    graphs = {name: build_onnx(model, ExportOptions(rewrites=rw)).SerializeToString() for name, rw in chosen.items()}
     names = list(graphs)
     live: dict[str, object] = {}
 
@@ -129,10 +136,27 @@ def main(argv: list[str] | None = None) -> None:
     how = "one session per graph" if a.keep_sessions else "a fresh session per graph and round"
     print(f"batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds of {inner} calls, {how}; "
           "ms per call")
-    print(f"{'graph':32s} {'p50':>8s} {'min':>8s} {'p90':>8s}")
+    base = names[0]
+    print(f"{'graph':32s} {'p50':>8s} {'min':>8s} {'p90':>8s}   time / plain's, same round: median [95% CI], "
+          "rounds faster")
+    rows = []
     for n in names:
         v = np.asarray(ms[n])
-        print(f"{n:32s} {np.median(v):8.3f} {v.min():8.3f} {np.percentile(v, 90):8.3f}")
+        row = {"graph": n, "rewrites": list(chosen[n]), "p50_ms": float(np.median(v)), "min_ms": float(v.min()),
+               "p90_ms": float(np.percentile(v, 90)), "round_ms": [float(t) for t in v]}
+        line = f"{n:32s} {row['p50_ms']:8.3f} {row['min_ms']:8.3f} {row['p90_ms']:8.3f}"
+        if n != base:
+            c = paired_comparison(ms[n], ms[base])
+            row["vs_plain"] = c.to_dict()
+            line += f"   {c.ratio:.3f} [{c.low:.3f}, {c.high:.3f}], {c.wins}/{c.n}: {c.verdict}"
+        rows.append(row)
+        print(line)
+    if a.json:
+        from moe_denoise.fileio import atomic_write_json
+
+        atomic_write_json(a.json, {"batch": a.batch, "threads": a.threads, "rounds": a.rounds,
+                                   "calls_per_turn": inner, "sessions": how, "graphs": rows})
+        print(f"wrote {a.json}")
 
 
 if __name__ == "__main__":

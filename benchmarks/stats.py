@@ -6,8 +6,10 @@ the same code summarises CPU wall-clock samples and CUDA-event samples.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -97,3 +99,52 @@ def compute_limit_images_per_s(flops_per_image: float, peak_gflops: float) -> fl
     if flops_per_image <= 0:
         raise ValueError(f"flops_per_image must be > 0, got {flops_per_image}")
     return peak_gflops * 1e9 / flops_per_image
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A variant against a base timed in the same rounds: per round, variant time / base time.
+
+    ``ratio`` is the median of the per-round ratios (< 1: the variant is faster), ``low``/``high`` a percentile
+    bootstrap confidence interval of that median, ``wins`` the rounds in which the variant was faster.
+    """
+
+    n: int
+    ratio: float
+    low: float
+    high: float
+    wins: int
+    confidence: float
+
+    @property
+    def verdict(self) -> str:
+        if self.high < 1.0:
+            return "faster"
+        if self.low > 1.0:
+            return "slower"
+        return "no difference shown"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def paired_comparison(variant: Sequence[float], base: Sequence[float], confidence: float = 0.95,
+                      resamples: int = 2000, seed: int = 0) -> PairedComparison:
+    """Compare per-round timings of a variant with the base's from the same rounds (same length, same order).
+
+    Pairing removes what the rounds share (machine load drifting over the run); the bootstrap resamples rounds,
+    so the interval also covers session-to-session luck when every round makes fresh sessions.
+    """
+    if len(variant) != len(base) or not variant:
+        raise ValueError(f"paired timings need the same non-zero number of rounds; got {len(variant)} and {len(base)}")
+    if any(not (math.isfinite(v) and v > 0) for v in (*variant, *base)):
+        raise ValueError("paired timings must be finite and > 0")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rs = [v / b for v, b in zip(variant, base)]
+    rng = random.Random(seed)
+    medians = sorted(percentile([rng.choice(rs) for _ in rs], 50) for _ in range(resamples))
+    tail = (1.0 - confidence) / 2 * 100
+    return PairedComparison(n=len(rs), ratio=percentile(rs, 50), low=percentile(medians, tail),
+                            high=percentile(medians, 100 - tail), wins=sum(r < 1.0 for r in rs),
+                            confidence=confidence)

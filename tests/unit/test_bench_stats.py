@@ -144,3 +144,35 @@ def test_gemm_measurement_with_an_injected_timer():
     assert GEMM_SHAPE == (4096, 128, 1152)
     with pytest.raises(ValueError, match="repeats"):
         measure_gemm_gflops((4, 4, 4), repeats=0, timer=timer)
+
+
+def test_paired_comparison_sees_a_consistent_small_gain_through_large_shared_noise():
+    from benchmarks.stats import paired_comparison
+
+    # rounds drift by +-30% (machine load), the variant is always 2% faster than the base of its round
+    base = [10.0 * (1.0 + 0.3 * ((i * 7) % 11 - 5) / 5) for i in range(30)]
+    c = paired_comparison([0.98 * b for b in base], base)
+    assert c.n == 30 and c.wins == 30
+    assert abs(c.ratio - 0.98) < 1e-12 and c.high < 1.0 and c.verdict == "faster"
+    assert c.to_dict()["verdict"] == "faster"
+
+
+def test_paired_comparison_does_not_call_a_coin_flip_a_win():
+    from benchmarks.stats import paired_comparison
+
+    base = [10.0] * 20
+    variant = [9.0 if i % 2 else 11.0 for i in range(20)]  # faster in half the rounds, slower in the other half
+    c = paired_comparison(variant, base)
+    assert c.low < 1.0 < c.high and c.verdict == "no difference shown" and c.wins == 10
+    slower = paired_comparison([12.0] * 5 + [11.0] * 5, [10.0] * 10)
+    assert slower.verdict == "slower" and slower.wins == 0
+
+
+@pytest.mark.parametrize("variant, base, match", [([], [], "non-zero"), ([1.0], [1.0, 2.0], "same"),
+                                                  ([1.0, float("nan")], [1.0, 1.0], "finite"),
+                                                  ([1.0, 0.0], [1.0, 1.0], "> 0")])
+def test_paired_comparison_refuses_bad_timings(variant, base, match):
+    from benchmarks.stats import paired_comparison
+
+    with pytest.raises(ValueError, match=match):
+        paired_comparison(variant, base)

@@ -1,4 +1,5 @@
 """benchmarks.rewrites_ab: the variants it times, its input check, and one tiny interleaved run."""
+import json
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,17 @@ def test_unknown_rewrite_in_a_set_is_refused_with_the_known_ones():
         rewrites_ab.variants([], ["fold_scale,bogus"])
 
 
-def test_tiny_run_times_every_variant(capsys):
+def test_tiny_run_times_every_variant(capsys, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is the optional 'onnx' extra")
     rewrites_ab.main(["--weights", str(WEIGHTS), "--batch", "1", "--rounds", "2", "--inner", "1",
-                      "--rewrites", "fold_scale"])
+                      "--rewrites", "fold_scale", "--json", str(tmp_path / "ab.json")])
     out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "ab.json").read_text())
+    assert [g["graph"] for g in saved["graphs"]][:2] == ["none (--no-optimize)", "default"]
+    assert all(len(g["round_ms"]) == 2 for g in saved["graphs"])
+    assert "vs_plain" not in saved["graphs"][0] and saved["graphs"][1]["vs_plain"]["n"] == 2
     assert "a fresh session per graph and round" in out
     for name in ("none (--no-optimize)", "default", "only fold_scale", "default but fold_scale"):
         line = next(ln for ln in out.splitlines() if ln.startswith(name))
-        assert float(line.split()[-3]) > 0  # p50 in ms
+        assert float(line[32:].split()[0]) > 0  # p50 in ms
+        assert ("[" in line) == (name != "none (--no-optimize)")  # each graph against the plain one
