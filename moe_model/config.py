@@ -90,7 +90,8 @@ PRESETS: dict[str, ModelConfig] = {
     # ... and the un-embedding hands the head 8 transformer feature maps at full resolution (+18.1k parameters).
     "residual_refine_feat": ModelConfig(name="residual_refine_feat", residual=True, refine_channels=24,
                                         refine_features=8),
-    # ... with a 40-channel head (+11.7k parameters, 636.7k in all; +18 MFLOP per image): grown from the above
+    # ... with a 40-channel head (+11.7k parameters, 636.7k in all; the head's 18.1 -> 42.0 MFLOP per image, 22%
+    # more for the whole network): grown from the above
     # by warm start (new channels start silent, so training starts from the smaller model's function).
     "residual_refine_wide": ModelConfig(name="residual_refine_wide", residual=True, refine_channels=40,
                                         refine_features=8),
