@@ -121,20 +121,26 @@ def test_psnr_loss_has_the_gradient_of_mean_log_mse():
         reconstruction_loss(out1, clean, "l1")
 
 
-def test_growing_to_refine_features_keeps_the_function(tmp_path):
+def _grow(small_preset: str, big_preset: str, tmp_path) -> tuple[SmallViT, SmallViT, str]:
+    """A small model with a trained-looking head, saved, and a bigger one warm-started from it (+ the log line)."""
     from moe_model.checkpoint import save_weights
     from moe_model.train import warm_start
 
     torch.manual_seed(0)
-    small = SmallViT("residual_refine").eval()
-    torch.nn.init.normal_(small.refine[-1].weight, std=0.05)  # a trained-looking head
+    small = SmallViT(small_preset).eval()
+    torch.nn.init.normal_(small.refine[-1].weight, std=0.05)
     path = tmp_path / "small.safetensors"
     save_weights(small, path)
-    big = SmallViT("residual_refine_feat").eval()
+    big = SmallViT(big_preset).eval()
     assert count_parameters(big) <= 650_000
     log = []
     warm_start(big, str(path), log.append)
-    assert "grown: patch_unembed.bias, patch_unembed.weight, refine.0.weight" in log[0]
+    return small, big, log[0]
+
+
+def test_growing_to_refine_features_keeps_the_function(tmp_path):
+    small, big, log = _grow("residual_refine", "residual_refine_feat", tmp_path)
+    assert "grown: patch_unembed.bias, patch_unembed.weight, refine.0.weight" in log
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(big(x), small(x))
@@ -145,19 +151,8 @@ def test_growing_to_refine_features_keeps_the_function(tmp_path):
 def test_widening_the_head_keeps_the_function_and_the_new_channels_live(tmp_path):
     """Growing a hidden layer in both dimensions: old outputs ignore the new inputs (same function), new outputs
     keep fresh weights (so they get gradients at once instead of waiting on a zero layer behind them)."""
-    from moe_model.checkpoint import save_weights
-    from moe_model.train import warm_start
-
-    torch.manual_seed(0)
-    small = SmallViT("residual_refine_feat").eval()
-    torch.nn.init.normal_(small.refine[-1].weight, std=0.05)
-    path = tmp_path / "small.safetensors"
-    save_weights(small, path)
-    big = SmallViT("residual_refine_wide").eval()
-    assert count_parameters(big) <= 650_000
-    log = []
-    warm_start(big, str(path), log.append)
-    assert "refine.2.weight" in log[0] and "refine.4.weight" in log[0]
+    small, big, log = _grow("residual_refine_feat", "residual_refine_wide", tmp_path)
+    assert "refine.2.weight" in log and "refine.4.weight" in log
     x = torch.rand(3, 3, 32, 32)
     old = small.config.refine_channels
     with torch.no_grad():
