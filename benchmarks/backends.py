@@ -31,6 +31,8 @@ ONNX_GRAPHS: dict[str, tuple[str, bool]] = {
     "ort-cpu": ("portable", True), "ort-cpu-noopt": ("portable", False),
     "ort-cuda": ("portable", True), "ort-trt-ep": ("portable", True),
 }
+# Pairs compared round by round in the report: the optimised graph against the plain one.
+VERSUS = {"ort-cpu": "ort-cpu-noopt"}
 ORT_PROVIDER = {"ort-cpu": "cpu", "ort-cpu-noopt": "cpu", "ort-cuda": "cuda", "ort-trt-ep": "tensorrt"}
 TORCH_IMPL = {"torch-gather": ("seed", False, "cpu"), "torch-masked": ("masked", False, "cpu"),
               "torch-compile": ("masked", True, "cpu"), "torch-gather-cuda": ("seed", False, "cuda"),
@@ -129,7 +131,8 @@ def _ort_spec(name: str, inputs: BackendInputs) -> BackendSpec:
     return BackendSpec(name=name, make_runner=make, device="cpu" if provider == "cpu" else "cuda",
                        tolerance=("ort", "fp32"), unavailable=unavailable,
                        compute_call=binding_compute_call if provider != "cpu" else None,
-                       preload=("onnxruntime", "onnx"), notes=notes, fresh_each_round=provider == "cpu")
+                       preload=("onnxruntime", "onnx"), notes=notes, fresh_each_round=provider == "cpu",
+                       versus=VERSUS.get(name))
 
 
 def _trt_spec(name: str, inputs: BackendInputs) -> BackendSpec:

@@ -42,6 +42,7 @@ from .stats import (
     achieved_gflops,
     compute_limit_images_per_s,
     latency_stats,
+    paired_comparison,
     ratios,
     throughput,
 )
@@ -67,6 +68,8 @@ class BackendSpec:
     ``fresh_each_round``: the runner is re-created (deactivated, activated, two untimed calls) before its turn in
     every round after the first, so the samples span many sessions: an ONNX Runtime CPU session keeps its speed
     for life and that speed varies from session to session, by up to 20% (see benchmarks/rewrites_ab.py).
+    ``versus``: another backend of the run this one is compared with round by round (its turn's time over the other's
+    in the same round; stats.paired_comparison), for differences smaller than the spread between rounds.
     """
 
     name: str
@@ -80,6 +83,7 @@ class BackendSpec:
     preload: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     fresh_each_round: bool = False
+    versus: str | None = None
 
 
 @dataclass
@@ -143,6 +147,7 @@ class _Cell:
     mode: str
     fn: Callable[[], Any]
     samples: list[float] = field(default_factory=list)
+    turns: list[float] = field(default_factory=list)  # mean seconds per call of each complete turn, round by round
     memory: dict[str, Any] = field(default_factory=dict)
     inner: int = 1
     error: str | None = None
@@ -386,11 +391,14 @@ def _run_guarded(cell: _Cell, fn: Callable[[], Any]) -> Any:
 def _timed_turn(cell: _Cell, timer: Any, probe: Any) -> None:
     """One turn of a cell in a round: ``inner`` timed calls, with the memory peak of the turn."""
     probe.reset()
+    turn = []
     for _ in range(cell.inner):
         t = _run_guarded(cell, lambda: timer.time(cell.fn))
         if t is None:
             return
+        turn.append(float(t))
         cell.samples.append(float(t))
+    cell.turns.append(sum(turn) / len(turn))
     for k, v in probe.read().items():  # the worst turn: numbers keep their maximum, labels their last value
         old = cell.memory.get(k)
         numeric = isinstance(v, (int, float)) and isinstance(old, (int, float))
@@ -506,7 +514,8 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         peaks, peak_records = _measure_peaks({b.spec.device.split(":")[0] for b in live} | {"cpu"}, settings,
                                              peak_fn, log)
         flops_per_image = float(flops["total"]) if flops else None
-        rows, schedule = _time_all(live, settings, timer_factory, probe_factory, clock, flops_per_image, peaks, log)
+        rows, schedule, paired = _time_all(live, settings, timer_factory, probe_factory, clock, flops_per_image,
+                                           peaks, log)
         for b in live:
             b.record["modes"] = sorted({r["mode"] for r in rows if r["backend"] == b.spec.name})
     finally:
@@ -544,6 +553,7 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         "compute_peak": peak_records,
         "backends": [b.record for b in backends],
         "results": rows,
+        "paired": paired,
         "schedule": schedule,
         "best": best,
         "targets": cpu_targets(best, rows, flops_per_image, peaks),
@@ -599,14 +609,18 @@ def _measure_peaks(devices: set[str], settings: BenchSettings, peak_fn: Callable
 
 def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Callable[[str], Any],
               probe_factory: Callable[[str], Any], clock: _Clock, flops_per_image: float | None,
-              peaks: dict[str, float], log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every batch size in turn; past the deadline, the remaining batch sizes are recorded as skipped."""
+              peaks: dict[str, float], log: Callable[[str], None]
+              ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Every batch size in turn; past the deadline, the remaining batch sizes are recorded as skipped.
+
+    Returns the result rows, the schedule, and the round-by-round comparisons (``BackendSpec.versus``)."""
     devices = {b.spec.device for b in live}
     timers = {d: timer_factory(d) for d in devices}
     probes = {d: probe_factory(d) for d in devices}
     for b in live:
         b.record["timer"] = getattr(timers[b.spec.device], "name", type(timers[b.spec.device]).__name__)
     rows: list[dict[str, Any]] = []
+    paired: list[dict[str, Any]] = []
     schedule: dict[str, Any] = {}
     for batch in settings.batches:
         if clock.past_deadline():
@@ -630,4 +644,29 @@ def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Call
                     f"(n={row['n_samples']})")
             else:
                 log(f"    {cell.key:<28} {row['status']}: {row['reason']}")
-    return rows, schedule
+        for comparison in paired_rows(cells, batch):
+            paired.append(comparison)
+            log(f"    {comparison['backend']} vs {comparison['versus']} ({comparison['mode']}), round by round: time "
+                f"x{comparison['ratio']:.3f} [{comparison['low']:.3f}, {comparison['high']:.3f}], faster in "
+                f"{comparison['wins']}/{comparison['n']} rounds: {comparison['verdict']}")
+    return rows, schedule, paired
+
+
+def paired_rows(cells: list[_Cell], batch: int) -> list[dict[str, Any]]:
+    """Each cell whose backend names a ``versus`` against that backend's cell of the same mode, round by round.
+
+    Turns are matched by round: both cells take one turn per round from the first, so the first n of each pair
+    (n = the shorter, if one stopped on an error) were timed in the same rounds. Needs at least 2 rounds."""
+    out = []
+    for cell in cells:
+        other_name = cell.backend.spec.versus
+        other = next((c for c in cells if c.backend.spec.name == other_name and c.mode == cell.mode), None)
+        if other is None:
+            continue
+        n = min(len(cell.turns), len(other.turns))
+        if n < 2:
+            continue
+        c = paired_comparison(cell.turns[:n], other.turns[:n])
+        out.append({"backend": cell.backend.spec.name, "versus": other_name, "mode": cell.mode, "batch": batch,
+                    **c.to_dict()})
+    return out

@@ -18,6 +18,10 @@ Schema ``moe-denoise/bench`` version 1 (``SCHEMA`` below is the machine-checked 
   max}|null), throughput_ips (images/s|null), ratio_vs_baseline ({throughput, latency_p50}|null), gflops,
   fraction_of_peak, memory ({peak_rss_mb, peak_rss_delta_mb, rss_window, [gpu_torch_peak_mb, gpu_used_mb,
   gpu_used_delta_mb]}|null).
+- ``paired`` (optional; absent in documents written before it existed): one per (backend, mode, batch) whose backend
+  is compared round by round with another (``BackendSpec.versus``): backend, versus, mode, batch, n (rounds), ratio
+  (median over rounds of the backend's time / the other's in the same round), low, high (bootstrap interval of
+  that median), confidence, wins (rounds the backend was faster), verdict (faster | slower | no difference shown).
 """
 from __future__ import annotations
 
@@ -62,6 +66,8 @@ SCHEMA = {
     "baseline": Opt(str), "compute_peak": dict, "backends": [BACKEND], "results": [ROW], "schedule": dict,
     "best": dict, "targets": dict, "notes": [str],
 }
+PAIRED = {"backend": str, "versus": str, "mode": str, "batch": int, "n": int, "ratio": NUM, "low": NUM, "high": NUM,
+          "confidence": NUM, "wins": int, "verdict": str}
 BACKEND_STATUSES = ("ok", "unavailable", "failed-parity", "error")
 ROW_STATUSES = ("ok", "error", "skipped")
 
@@ -102,6 +108,8 @@ def validate_results(doc: Any) -> None:
     """Raise ValueError listing every way ``doc`` departs from schema version 1 (types, keys, enumerations)."""
     problems: list[str] = []
     _check(doc, SCHEMA, "results", problems)
+    if isinstance(doc, dict) and "paired" in doc:
+        _check(doc["paired"], [PAIRED], "results.paired", problems)
     if isinstance(doc, dict):
         if doc.get("schema") != SCHEMA_NAME or doc.get("schema_version") != SCHEMA_VERSION:
             problems.append(f"schema is {doc.get('schema')!r} v{doc.get('schema_version')}, expected "
@@ -191,6 +199,13 @@ def markdown_report(doc: dict[str, Any]) -> str:
             by_batch = {r["batch"]: r for r in rows if r["backend"] == name}
             label = f"{name} (baseline)" if name == baseline else name
             lines.append(f"| {label} | " + " | ".join(_cell_text(by_batch.get(b)) for b in batches) + " |")
+    if doc.get("paired"):
+        lines += ["", "## Round by round", "",
+                  "Time of a backend over its counterpart's in the same round (median over rounds, 95% bootstrap "
+                  "interval); \"faster\" only when the whole interval is below 1.", ""]
+        lines += [f"- {c['backend']} vs {c['versus']}, batch {c['batch']} ({c['mode']}): x{c['ratio']:.3f} "
+                  f"[{c['low']:.3f}, {c['high']:.3f}], faster in {c['wins']}/{c['n']} rounds: **{c['verdict']}**"
+                  for c in doc["paired"]]
     header = ("| backend | status | parity (max abs, PSNR dB) | load ms | first inference ms | RSS after load MiB "
               "| peak RSS delta MiB | GFLOP/s (% of peak) |")
     lines += ["", "## Backends", "", header, "|---|---|---|---|---|---|---|---|"]

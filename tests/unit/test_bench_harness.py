@@ -449,3 +449,41 @@ def test_engine_builds_without_tensorrt_give_reasons(tmp_path):
     assert all("cannot build an engine here" in r and "tensorrt" in r for r in failed.values())
     assert build_engines(("trt-std-fp16",), {"trt-std-fp16": tmp_path / "x.engine"}, tmp_path / "w", None,
                          tmp_path, (1,), log=lambda s: None) == ({}, {})
+
+
+def test_versus_compares_two_backends_round_by_round_and_reports_it():
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("opt", calls), spec("plain", calls)]
+    specs[1].versus = "plain"
+    # opt is 10% faster than plain in every round: a consistent gain, found and shown
+    doc, _ = run(specs, calls, {"base": 5.0, "opt": 0.9, "plain": 1.0}, settings(batches=(2,), repeats=6))
+    validate_results(doc)
+    (c,) = doc["paired"]
+    assert (c["backend"], c["versus"], c["batch"], c["mode"], c["n"], c["wins"]) == ("opt", "plain", 2, "e2e", 6, 6)
+    assert c["ratio"] == pytest.approx(0.9) and c["high"] < 1.0 and c["verdict"] == "faster"
+    md = markdown_report(doc)
+    assert "## Round by round" in md and "- opt vs plain, batch 2 (e2e): x0.900" in md and "**faster**" in md
+    broken = copy.deepcopy(doc)
+    broken["paired"][0]["n"] = "6"
+    with pytest.raises(ValueError, match="paired.*n: expected int"):
+        validate_results(broken)
+
+
+def test_versus_needs_two_rounds_and_a_counterpart():
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("opt", calls)]
+    specs[1].versus = "missing"
+    doc, _ = run(specs, calls, {"base": 5.0, "opt": 1.0}, settings(batches=(2,), repeats=3))
+    assert doc["paired"] == [] and "Round by round" not in markdown_report(doc)
+    specs = [spec("base", calls, baseline=True), spec("opt", calls)]
+    specs[1].versus = "base"
+    doc, _ = run(specs, calls, {"base": 5.0, "opt": 1.0}, settings(batches=(2,), repeats=1))
+    assert doc["paired"] == []  # one round is no comparison
+
+
+def test_the_optimised_ort_graph_is_compared_with_the_plain_one(tmp_path):
+    from benchmarks.backends import CPU_BACKENDS, BackendInputs, build_specs
+
+    specs = {s.name: s for s in build_specs(CPU_BACKENDS, BackendInputs(weights=tmp_path / "w"), "torch-gather")}
+    assert specs["ort-cpu"].versus == "ort-cpu-noopt"
+    assert [n for n, s in specs.items() if s.versus] == ["ort-cpu"]
