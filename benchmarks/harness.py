@@ -43,6 +43,7 @@ from .stats import (
     compute_limit_images_per_s,
     latency_stats,
     paired_comparison,
+    paired_text,
     ratios,
     throughput,
 )
@@ -647,8 +648,7 @@ def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Call
         for comparison in paired_rows(cells, batch):
             paired.append(comparison)
             log(f"    {comparison['backend']} vs {comparison['versus']} ({comparison['mode']}), round by round: time "
-                f"x{comparison['ratio']:.3f} [{comparison['low']:.3f}, {comparison['high']:.3f}], faster in "
-                f"{comparison['wins']}/{comparison['n']} rounds: {comparison['verdict']}")
+                f"{paired_text(comparison)}")
     return rows, schedule, paired
 
 

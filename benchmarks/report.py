@@ -30,6 +30,7 @@ import math
 from typing import Any
 
 from .harness import SCHEMA_NAME, SCHEMA_VERSION
+from .stats import paired_text
 
 NoneType = type(None)
 NUM = (int, float)
@@ -203,8 +204,7 @@ def markdown_report(doc: dict[str, Any]) -> str:
         lines += ["", "## Round by round", "",
                   "Time of a backend over its counterpart's in the same round (median over rounds, 95% bootstrap "
                   "interval); \"faster\" only when the whole interval is below 1.", ""]
-        lines += [f"- {c['backend']} vs {c['versus']}, batch {c['batch']} ({c['mode']}): x{c['ratio']:.3f} "
-                  f"[{c['low']:.3f}, {c['high']:.3f}], faster in {c['wins']}/{c['n']} rounds: **{c['verdict']}**"
+        lines += [f"- {c['backend']} vs {c['versus']}, batch {c['batch']} ({c['mode']}): {paired_text(c)}"
                   for c in doc["paired"]]
     header = ("| backend | status | parity (max abs, PSNR dB) | load ms | first inference ms | RSS after load MiB "
               "| peak RSS delta MiB | GFLOP/s (% of peak) |")

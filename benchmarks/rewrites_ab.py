@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from benchmarks.stats import paired_comparison
+from benchmarks.stats import paired_comparison, paired_text
 from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
 from moe_model.checkpoint import load_model
 
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds of {inner} calls, {how}; "
           "ms per call")
     base = names[0]
-    print(f"{'graph':32s} {'p50':>8s} {'min':>8s} {'p90':>8s}   time / plain's, same round: median [95% CI], "
-          "rounds faster")
+    print(f"{'graph':32s} {'p50':>8s} {'min':>8s} {'p90':>8s}   time / plain's, same round: median [95% CI]")
     rows = []
     for n in names:
         v = np.asarray(ms[n])
@@ -146,9 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                "p90_ms": float(np.percentile(v, 90)), "round_ms": [float(t) for t in v]}
         line = f"{n:32s} {row['p50_ms']:8.3f} {row['min_ms']:8.3f} {row['p90_ms']:8.3f}"
         if n != base:
-            c = paired_comparison(ms[n], ms[base])
-            row["vs_plain"] = c.to_dict()
-            line += f"   {c.ratio:.3f} [{c.low:.3f}, {c.high:.3f}], {c.wins}/{c.n}: {c.verdict}"
+            row["vs_plain"] = paired_comparison(ms[n], ms[base]).to_dict()
+            line += f"   {paired_text(row['vs_plain'])}"
         rows.append(row)
         print(line)
     if a.json:

@@ -148,3 +148,9 @@ def paired_comparison(variant: Sequence[float], base: Sequence[float], confidenc
     return PairedComparison(n=len(rs), ratio=percentile(rs, 50), low=percentile(medians, tail),
                             high=percentile(medians, 100 - tail), wins=sum(r < 1.0 for r in rs),
                             confidence=confidence)
+
+
+def paired_text(c: dict[str, Any]) -> str:
+    """One line for a PairedComparison's dict: 'x0.962 [0.951, 0.971], faster in 44/50 rounds: faster'."""
+    return (f"x{c['ratio']:.3f} [{c['low']:.3f}, {c['high']:.3f}], faster in {c['wins']}/{c['n']} rounds: "
+            f"{c['verdict']}")
