@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from benchmarks.harness import round_order
 from benchmarks.stats import paired_comparison, paired_text
 from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
 from moe_model.checkpoint import load_model
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     inner = a.inner or max(1, int(0.2 / max(time.perf_counter() - t0, 1e-6)))
     ms: dict[str, list[float]] = {n: [] for n in names}
     for r in range(a.rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in round_order(names, r):
             s = fresh(n)
             t0 = time.perf_counter()
             for _ in range(inner):
