@@ -11,9 +11,13 @@ Two flavours:
   * one GEMM for the three experts' Q/K/V projections and the router's hidden layer,
   * merge_proj folded into the experts' output projections (exact because routing probabilities sum to 1):
         merge(sum_e p_e (o_e W_e^T + b_e)) = sum_e p_e o_e (W_m W_e)^T + sum_e p_e (W_m b_e + b_m),
-    computed as one GEMM over the probability-weighted concatenation [p_0 o_0 | p_1 o_1 | p_2 o_2] plus
-    p @ B with B[e] = W_m b_e + b_m,
+    computed as one GEMM per expert on its probability-weighted output, summed, plus p @ B with
+    B[e] = W_m b_e + b_m (with rows2d: one Gemm over [p_0 o_0 | p_1 o_1 | p_2 o_2 | p]),
   * the 1/sqrt(d) scale folded into W_q and b_q,
+  * the key and value biases removed from the attention (exact because of what softmax is):
+        the key bias adds q . b_k to every score of a query's row, a per-row constant that changes neither the
+        softmax nor which keys are the row's top k; softmax rows sum to 1, so P (V + 1 b_v^T) = P V + 1 b_v^T and
+        the value bias moves through the output projection into its bias: b_out + W_out b_v,
   * patch embedding and un-embedding as reshapes + one GEMM (conv bias folded into the position embedding).
 ``optimize=False`` is a one-to-one translation of the PyTorch modules, for comparison.
 """
@@ -38,17 +42,18 @@ REWRITES = {
     "fuse_qkv": "one GEMM for the experts' Q/K/V projections and the router's hidden layer",
     "fold_merge": "merge_proj folded into the experts' output projections (one GEMM over [p_e o_e])",
     "fold_scale": "1/sqrt(d) folded into W_q and b_q",
+    "fold_kv_bias": "key bias dropped (a per-query constant on every score), value bias moved into the output bias",
     "gemm_patches": "patch embedding / un-embedding as reshapes + GEMM, conv bias folded into pos_embed",
     "rows2d": "tokens kept as a 2-D (B*N, C) matrix so every projection is one Gemm with its bias fused",
 }
 
 # What `optimize` turns on: the rewrites that remove work without adding data movement (merge_proj's GEMM; the
-# scale's pass over every score tensor). Measured in ONNX Runtime on the 2-core CPU with fresh sessions
-# (`python -m benchmarks.rewrites_ab`): fuse_qkv (the strided Split after the one GEMM) and rows2d (ORT's Gemm
-# kernel) made the graph slower at every batch size, gemm_patches (6-D transposes of image-sized tensors) helped
-# at batch 8-64 and cost up to 10% at 256. They stay available (ExportOptions.rewrites, `export --rewrites`):
-# exact, and one Q/K/V GEMM is what a GPU wants.
-DEFAULT_REWRITES = ("fold_merge", "fold_scale")
+# scale's pass over every score tensor; two bias additions per expert). Measured in ONNX Runtime on the 2-core CPU
+# with fresh sessions (`python -m benchmarks.rewrites_ab`): fuse_qkv (the strided Split after the one GEMM) and
+# rows2d (ORT's Gemm kernel) made the graph slower at every batch size, gemm_patches (6-D transposes of
+# image-sized tensors) helped at batch 8-64 and cost up to 10% at 256. They stay available
+# (ExportOptions.rewrites, `export --rewrites`): exact, and one Q/K/V GEMM is what a GPU wants.
+DEFAULT_REWRITES = ("fold_merge", "fold_scale", "fold_kv_bias")
 
 
 @dataclass
@@ -227,14 +232,21 @@ class _Writer:
         q_scale, attn_scale = (scale, 1.0) if "fold_scale" in rw else (1.0, scale)
         r0, r2 = f"{pre}.router.routing_net.0", f"{pre}.router.routing_net.2"
 
-        def wb(name: str, t: str) -> tuple[np.ndarray, np.ndarray]:
+        fold_kv = "fold_kv_bias" in rw
+
+        def wb(name: str, t: str) -> tuple[np.ndarray, np.ndarray | None]:
             s_ = q_scale if t == "q" else 1.0
-            return sd[f"{name}.W_{t}.weight"] * s_, sd[f"{name}.W_{t}.bias"] * s_
+            b = sd[f"{name}.W_{t}.bias"] * s_
+            return sd[f"{name}.W_{t}.weight"] * s_, (None if fold_kv and t in "kv" else b)
+
+        def out_bias(name: str) -> np.ndarray:  # the expert's output bias, with its value bias moved in if folded
+            b = sd[f"{name}.W_out.bias"]
+            return b + sd[f"{name}.W_out.weight"] @ sd[f"{name}.W_v.bias"] if fold_kv else b
 
         if "fuse_qkv" in rw:  # one GEMM: [q_0 k_0 v_0 | q_1 k_1 v_1 | ... | router hidden]
             pairs = [wb(name, t) for name in ex for t in "qkv"] + [(sd[f"{r0}.weight"], sd[f"{r0}.bias"])]
-            proj = self.linear(h, np.concatenate([w for w, _ in pairs]), np.concatenate([b for _, b in pairs]),
-                               f"{pre}.qkv_router")
+            biases = [np.zeros(w.shape[0]) if b is None else b for w, b in pairs]
+            proj = self.linear(h, np.concatenate([w for w, _ in pairs]), np.concatenate(biases), f"{pre}.qkv_router")
             sizes = [c.dim] * (3 * c.num_experts) + [c.router_hidden]
             parts = g.op("Split", [proj, g.ints(f"{pre}.split", sizes)], name=f"{pre}_split", outputs=len(sizes),
                          axis=-1)
@@ -250,32 +262,38 @@ class _Writer:
                 for e, name in enumerate(ex)]  # each (B, N, C)
         wm, bm = sd[f"{pre}.merge_proj.weight"], sd[f"{pre}.merge_proj.bias"]
 
+        def p_of(e: int, name: str) -> str:  # expert e's routing probability, (B, N, 1)
+            return g.op("Slice", [probs, g.ints(f"{name}.p_start", [e]), g.ints(f"{name}.p_end", [e + 1]),
+                                  g.ints(f"{name}.p_axis", [-1])], name=f"{name}_p")
+
         if "fold_merge" not in rw:
             mixed = None
             for e, name in enumerate(ex):
-                y = self.linear(outs[e], sd[f"{name}.W_out.weight"], sd[f"{name}.W_out.bias"], f"{name}.W_out")
-                pe = g.op("Slice", [probs, g.ints(f"{name}.p_start", [e]), g.ints(f"{name}.p_end", [e + 1]),
-                                    g.ints(f"{name}.p_axis", [-1])], name=f"{name}_p")  # (B, N, 1)
-                y = g.op("Mul", [pe, y], name=f"{name}_weighted")
+                y = self.linear(outs[e], sd[f"{name}.W_out.weight"], out_bias(name), f"{name}.W_out")
+                y = g.op("Mul", [p_of(e, name), y], name=f"{name}_weighted")
                 mixed = y if mixed is None else g.op("Add", [mixed, y], name=f"{pre}_mix")
             return self.linear(mixed, wm, bm, f"{pre}.merge_proj")
 
-        # merge_proj folded: one GEMM over the probability-weighted concatenation [p_0 o_0 | p_1 o_1 | ...]
-        lead = [-1] if self.rows else [0, 0]
-        cat = g.op("Concat", outs, name=f"{pre}_concat", axis=-1)  # (.., E C)
-        cat = g.op("Reshape", [cat, g.ints(f"{pre}.split_experts", lead + [c.num_experts, c.dim])], name=f"{pre}_rs")
-        pw = g.op("Unsqueeze", [probs, g.ints(f"{pre}.unsq_axis", [-1])], name=f"{pre}_p")  # (.., E, 1)
-        cat = g.op("Mul", [cat, pw], name=f"{pre}_weighted")
-        cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", lead + [c.num_experts * c.dim])], name=f"{pre}_rs2")
+        # merge_proj folded: sum_e (p_e o_e) (W_m W_e)^T + p @ B_fold
         w_fold = np.concatenate([wm @ sd[f"{name}.W_out.weight"] for name in ex], axis=1)  # (C, E C)
         # b_m moves into every expert's bias: sum_e p_e (W_m b_e + b_m) = sum_e p_e W_m b_e + b_m as sum_e p_e = 1
-        b_fold = np.stack([wm @ sd[f"{name}.W_out.bias"] + bm for name in ex])  # (E, C)
-        if self.rows:  # the bias mix rides in the same GEMM: [p_0 o_0 | ... | p] @ [W_fold | B_fold]^T
-            cat = g.op("Concat", [cat, probs], name=f"{pre}_concat_p", axis=-1)  # (B*N, E C + E)
-            return self.linear(cat, np.concatenate([w_fold, b_fold.T], axis=1), None, f"{pre}.out_merged")
-        y = self.linear(cat, w_fold, None, f"{pre}.out_merged")
-        bias = g.op("MatMul", [probs, self.w(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
-        return g.op("Add", [y, bias], name=f"{pre}_add_bias")
+        b_fold = np.stack([wm @ out_bias(name) + bm for name in ex])  # (E, C)
+        if not self.rows:  # one GEMM per expert, summed: no (B, N, E C) concatenation to copy into
+            y = None
+            for e, name in enumerate(ex):
+                ye = self.linear(g.op("Mul", [outs[e], p_of(e, name)], name=f"{name}_weighted"),
+                                 w_fold[:, e * c.dim:(e + 1) * c.dim], None, f"{name}.out_folded")
+                y = ye if y is None else g.op("Add", [y, ye], name=f"{pre}_sum")
+            bias = g.op("MatMul", [probs, self.w(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
+            return g.op("Add", [y, bias], name=f"{pre}_add_bias")
+        # rows2d: one Gemm over [p_0 o_0 | p_1 o_1 | ... | p] @ [W_fold | B_fold]^T, the bias mix riding along
+        cat = g.op("Concat", outs, name=f"{pre}_concat", axis=-1)  # (B*N, E C)
+        cat = g.op("Reshape", [cat, g.ints(f"{pre}.split_experts", [-1, c.num_experts, c.dim])], name=f"{pre}_rs")
+        pw = g.op("Unsqueeze", [probs, g.ints(f"{pre}.unsq_axis", [-1])], name=f"{pre}_p")  # (B*N, E, 1)
+        cat = g.op("Mul", [cat, pw], name=f"{pre}_weighted")
+        cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", [-1, c.num_experts * c.dim])], name=f"{pre}_rs2")
+        cat = g.op("Concat", [cat, probs], name=f"{pre}_concat_p", axis=-1)  # (B*N, E C + E)
+        return self.linear(cat, np.concatenate([w_fold, b_fold.T], axis=1), None, f"{pre}.out_merged")
 
     def refine(self, x: str, y: str) -> str:
         """y + conv3(relu(conv2(relu(conv1([x, y, features]))))): the full-resolution refinement head.

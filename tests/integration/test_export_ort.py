@@ -87,6 +87,25 @@ def test_merge_fold_algebra_needs_probabilities_summing_to_one():
         assert np.allclose(direct, folded, atol=1e-10) == should_match
 
 
+def test_kv_bias_fold_algebra():
+    """Top-k masked attention with keys K + b_k and values V + b_v equals the same attention on K, V plus b_v:
+    the key bias shifts each query's scores by a constant (q . b_k), which keeps the top-k set and the softmax;
+    softmax rows sum to 1, so the value bias comes out whole. A query bias has no such property."""
+    rng = np.random.default_rng(1)
+    n, d, k = 16, 8, 5
+    q, key, v = rng.normal(size=(3, n, d))
+    bq, bk, bv = rng.normal(size=(3, d))
+
+    def attn(q, key, v):
+        s = q @ key.T
+        s = np.where(s < np.sort(s, axis=-1)[:, -k:][:, :1], -np.inf, s)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return (p / p.sum(-1, keepdims=True)) @ v
+
+    assert np.allclose(attn(q, key + bk, v + bv), attn(q, key, v) + bv, atol=1e-12)
+    assert not np.allclose(attn(q + bq, key, v), attn(q, key, v), atol=1e-3)
+
+
 def test_optimised_graph_is_smaller(model):
     assert len(build_onnx(model, ExportOptions()).graph.node) < len(build_onnx(model, ExportOptions(optimize=False)).graph.node)
 
