@@ -48,13 +48,13 @@ def variants(names: list[str], sets: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def session(onnx_model, threads: int, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session on an in-memory graph (a ModelProto or its bytes), threaded as OrtRunner does
+    """An ONNX Runtime CPU session on an in-memory graph (a ModelProto or its bytes), with OrtRunner's options
     (threads stop spinning when a run returns, so the idle sessions of an A/B do not steal the timed one's cores)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.force_spinning_stop", "1")
+    from runtime.ort_runner import session_options
+
+    so = session_options(ort, threads)
     if profile_prefix:
         so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     data = onnx_model if isinstance(onnx_model, bytes) else onnx_model.SerializeToString()

@@ -15,6 +15,25 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
+def session_options(ort: Any, threads: int | None = None, opt_level: str = "all") -> Any:
+    """The SessionOptions every ONNX Runtime session here uses (OrtRunner and the rewrites A/B alike)."""
+    so = ort.SessionOptions()
+    # Worker threads keep spinning inside a run (low latency) but stop when it returns: an idle session must not
+    # burn the cores other work needs. Measured on 2 cores with several sessions alive (the benchmark's case):
+    # batch-64 p50 ~100 ms with the default after-run spinning vs ~80 ms with this, batch 1 unchanged.
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    return so
+
+
 class OrtRunner(BaseRunner):
     """Runs an exported ONNX model. The requested provider must be the one that runs: no silent CPU fallback."""
 
@@ -52,20 +71,7 @@ class OrtRunner(BaseRunner):
                     "with an NVIDIA GPU and CUDA" if self.provider != "cpu" else "reinstall onnxruntime")
             raise MissingBackendError(f"ONNX Runtime provider {wanted} was asked for but this onnxruntime "
                                       f"{ort.__version__} offers only {have}; {hint}")
-        so = ort.SessionOptions()
-        # Worker threads keep spinning inside a run (low latency) but stop when it returns: an idle session must not
-        # burn the cores other work needs. Measured on 2 cores with several sessions alive (the benchmark's case):
-        # batch-64 p50 ~100 ms with the default after-run spinning vs ~80 ms with this, batch 1 unchanged.
-        so.add_session_config_entry("session.force_spinning_stop", "1")
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.opt_level]
+        so = session_options(ort, self.threads, self.opt_level)
         onnx = require("onnx", "loading ONNX models")
         try:
             proto = onnx.load(str(self.model_path))
