@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="portable: standard ONNX operators only; plugin: sparse attention as TensorRT plugin nodes")
     opt = p.add_mutually_exclusive_group()
     opt.add_argument("--no-optimize", action="store_true",
-                     help="skip the exact algebraic rewrites (folded merge_proj and scale) for comparison")
+                     help="skip the exact algebraic rewrites (the default set: merge_proj, the scale and the key / "
+                          "value biases folded) for comparison")
     opt.add_argument("--rewrites", default=None, metavar="R1,R2",
                      help="exactly these rewrites instead of the default set ('all' for every one; e.g. add fuse_qkv "
                           "and rows2d for one Q/K/V GEMM on a GPU). Known: " + ", ".join(REWRITES))
