@@ -40,7 +40,7 @@ LN_EPS = 1e-5
 # The exact rewrites, each switchable on its own (tests check each one alone against the plain graph).
 REWRITES = {
     "fuse_qkv": "one GEMM for the experts' Q/K/V projections and the router's hidden layer",
-    "fold_merge": "merge_proj folded into the experts' output projections (one GEMM over [p_e o_e])",
+    "fold_merge": "merge_proj folded into the experts' output projections (one GEMM per expert on p_e o_e, summed)",
     "fold_scale": "1/sqrt(d) folded into W_q and b_q",
     "fold_kv_bias": "key bias dropped (a per-query constant on every score), value bias moved into the output bias",
     "gemm_patches": "patch embedding / un-embedding as reshapes + GEMM, conv bias folded into pos_embed",
