@@ -266,24 +266,25 @@ class _Writer:
             return g.op("Slice", [probs, g.ints(f"{name}.p_start", [e]), g.ints(f"{name}.p_end", [e + 1]),
                                   g.ints(f"{name}.p_axis", [-1])], name=f"{name}_p")
 
+        def total(terms: list[str], name: str) -> str:  # t_0 + t_1 + ... as a chain of Adds
+            y = terms[0]
+            for t in terms[1:]:
+                y = g.op("Add", [y, t], name=name)
+            return y
+
         if "fold_merge" not in rw:
-            mixed = None
-            for e, name in enumerate(ex):
-                y = self.linear(outs[e], sd[f"{name}.W_out.weight"], out_bias(name), f"{name}.W_out")
-                y = g.op("Mul", [p_of(e, name), y], name=f"{name}_weighted")
-                mixed = y if mixed is None else g.op("Add", [mixed, y], name=f"{pre}_mix")
+            mixed = total([g.op("Mul", [p_of(e, name), self.linear(outs[e], sd[f"{name}.W_out.weight"],
+                                                                   out_bias(name), f"{name}.W_out")],
+                                name=f"{name}_weighted") for e, name in enumerate(ex)], f"{pre}_mix")
             return self.linear(mixed, wm, bm, f"{pre}.merge_proj")
 
         # merge_proj folded: sum_e (p_e o_e) (W_m W_e)^T + p @ B_fold
-        w_fold = np.concatenate([wm @ sd[f"{name}.W_out.weight"] for name in ex], axis=1)  # (C, E C)
+        w_fold = [wm @ sd[f"{name}.W_out.weight"] for name in ex]  # E x (C, C)
         # b_m moves into every expert's bias: sum_e p_e (W_m b_e + b_m) = sum_e p_e W_m b_e + b_m as sum_e p_e = 1
         b_fold = np.stack([wm @ out_bias(name) + bm for name in ex])  # (E, C)
         if not self.rows:  # one GEMM per expert, summed: no (B, N, E C) concatenation to copy into
-            y = None
-            for e, name in enumerate(ex):
-                ye = self.linear(g.op("Mul", [outs[e], p_of(e, name)], name=f"{name}_weighted"),
-                                 w_fold[:, e * c.dim:(e + 1) * c.dim], None, f"{name}.out_folded")
-                y = ye if y is None else g.op("Add", [y, ye], name=f"{pre}_sum")
+            y = total([self.linear(g.op("Mul", [outs[e], p_of(e, name)], name=f"{name}_weighted"), w_fold[e], None,
+                                   f"{name}.out_folded") for e, name in enumerate(ex)], f"{pre}_sum")
             bias = g.op("MatMul", [probs, self.w(f"{pre}.out_bias_per_expert", b_fold)], name=f"{pre}_bias_mix")
             return g.op("Add", [y, bias], name=f"{pre}_add_bias")
         # rows2d: one Gemm over [p_0 o_0 | p_1 o_1 | ... | p] @ [W_fold | B_fold]^T, the bias mix riding along
@@ -293,7 +294,7 @@ class _Writer:
         cat = g.op("Mul", [cat, pw], name=f"{pre}_weighted")
         cat = g.op("Reshape", [cat, g.ints(f"{pre}.join_experts", [-1, c.num_experts * c.dim])], name=f"{pre}_rs2")
         cat = g.op("Concat", [cat, probs], name=f"{pre}_concat_p", axis=-1)  # (B*N, E C + E)
-        return self.linear(cat, np.concatenate([w_fold, b_fold.T], axis=1), None, f"{pre}.out_merged")
+        return self.linear(cat, np.concatenate(w_fold + [b_fold.T], axis=1), None, f"{pre}.out_merged")
 
     def refine(self, x: str, y: str) -> str:
         """y + conv3(relu(conv2(relu(conv1([x, y, features]))))): the full-resolution refinement head.
