@@ -7,6 +7,7 @@ final reporting, never to choose a checkpoint.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -89,6 +90,52 @@ def add_noise(clean: torch.Tensor, sigma: float = DEFAULT_SIGMA, protocol: Proto
         raise ValueError(f"unknown noise protocol {protocol!r}; expected one of {PROTOCOLS}")
     noisy = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
     return noisy.clamp_(0.0, 1.0) if protocol == "clip" else noisy
+
+
+@dataclass(frozen=True)
+class BlindNoise:
+    """The noise of blind training: every image gets its own level, drawn uniformly over [0, sigma_max] (a share
+    exactly 0: clean input must come out unchanged), clipped to [0, 1] or not, and a share of the images are
+    turned gray (luminance in all three channels) with the same noise in every channel, as a gray photo is fed."""
+
+    sigma_max: float = 75 / 255
+    zero_share: float = 0.05
+    unclipped_share: float = 0.5
+    gray_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        bad = [f"{k} must be in [0, 1] (got {v})" for k, v in
+               (("zero_share", self.zero_share), ("unclipped_share", self.unclipped_share),
+                ("gray_share", self.gray_share)) if not 0.0 <= v <= 1.0]
+        if not 0.0 < self.sigma_max < float("inf"):
+            bad.append(f"sigma_max must be > 0 (got {self.sigma_max})")
+        if bad:
+            raise ValueError("invalid blind noise: " + "; ".join(bad))
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what Pillow's convert("L") uses
+
+
+def to_gray(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, H, W) with the luminance in every channel."""
+    w = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (images * w).sum(dim=1, keepdim=True).expand_as(images).contiguous()
+
+
+def blind_noisy(clean: torch.Tensor, spec: BlindNoise,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy, target, sigma) for a batch of clean (N, 3, H, W) images under ``spec``; ``target`` is ``clean`` with
+    the gray share turned gray, ``sigma`` (N,) the level each image got."""
+    n = len(clean)
+    draw = torch.rand(4, n, generator=generator)  # gray?, sigma, zero?, unclipped? (one draw each, fixed order)
+    gray = (draw[0] < spec.gray_share).view(n, 1, 1, 1)
+    sigma = torch.where(draw[2] < spec.zero_share, 0.0, draw[1] * spec.sigma_max)
+    target = torch.where(gray, to_gray(clean), clean)
+    noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+    noise = torch.where(gray, noise[:, :1].expand_as(noise), noise)
+    noisy = target + sigma.view(n, 1, 1, 1).to(clean.dtype) * noise
+    clipped = (draw[3] >= spec.unclipped_share).view(n, 1, 1, 1)
+    return torch.where(clipped, noisy.clamp(0.0, 1.0), noisy), target, sigma
 
 
 def fixed_noisy(clean: torch.Tensor, sigma: float = DEFAULT_SIGMA, protocol: Protocol = "clip",

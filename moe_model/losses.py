@@ -22,24 +22,28 @@ def load_balance_loss(probs: torch.Tensor) -> torch.Tensor:
 LOSSES = ("mse", "psnr")
 
 
-def reconstruction_loss(output: torch.Tensor, clean: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+def reconstruction_loss(output: torch.Tensor, clean: torch.Tensor, kind: str = "mse",
+                        mse_floor: float = 1e-10) -> torch.Tensor:
     """``mse``: the seed's pixel MSE. ``psnr``: per-image MSE weighted by 1 / (that image's MSE), weights
     normalised to mean 1 and not differentiated: its gradient is the gradient of mean_i log(MSE_i), i.e. of the
     mean per-image PSNR the evaluation reports, at the scale of the MSE loss (so ``aux_weight`` keeps its meaning).
+    ``mse_floor`` caps the weight: an image already better than -10 log10(mse_floor) dB counts as if it were at
+    that level (in blind training, clean inputs would otherwise take the whole batch's gradient).
     """
     if kind == "mse":
         return F.mse_loss(output, clean)
     if kind == "psnr":
         per_image = ((output - clean) ** 2).flatten(1).mean(dim=1)  # (B,)
-        w = 1.0 / per_image.detach().clamp_min(1e-10)
+        w = 1.0 / per_image.detach().clamp_min(mse_floor)
         return (per_image * (w / w.mean())).mean()
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
 def total_loss(output: torch.Tensor, clean: torch.Tensor, routing: Sequence[torch.Tensor],
-               aux_weight: float = 0.01, kind: str = "mse") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               aux_weight: float = 0.01, kind: str = "mse",
+               mse_floor: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """reconstruction + aux_weight x sum over blocks of the load-balance loss. Returns (total, reconstruction, aux)."""
-    mse = reconstruction_loss(output, clean, kind)
+    mse = reconstruction_loss(output, clean, kind, mse_floor)
     aux = torch.stack([load_balance_loss(p) for p in routing]).sum() if routing else output.new_zeros(())
     return mse + aux_weight * aux, mse, aux
 

@@ -19,7 +19,8 @@ import torch
 
 from .checkpoint import atomic_torch_save, origin, save_weights
 from .config import get_preset
-from .data import DEFAULT_EVAL_SEED, DEFAULT_SIGMA, fixed_noisy, add_noise, load_cifar10, to_float
+from .data import (DEFAULT_EVAL_SEED, DEFAULT_SIGMA, BlindNoise, add_noise, blind_noisy, fixed_noisy, load_cifar10,
+                   to_float)
 from .losses import LOSSES, total_loss
 from .metrics import psnr_per_image
 from .model import SmallViT, count_parameters
@@ -45,6 +46,17 @@ class TrainConfig:
     threads: int | None = None
     init_from: str | None = None  # start from these weights (fine-tuning / a second cosine cycle)
     loss: str = "mse"  # "mse" (the seed's) or "psnr" (mean per-image log-MSE; see losses.reconstruction_loss)
+    mse_floor: float = 1e-10  # psnr loss: images better than -10 log10(mse_floor) dB weigh as if at that level
+    # blind=True: every image its own noise level over [0, sigma_max] (data.BlindNoise), clipped or not, a share
+    # gray; validation uses the same mixture with fixed draws. blind=False: the seed's sigma, clipped.
+    blind: bool = False
+    sigma_max: float = 75 / 255
+    zero_share: float = 0.05
+    unclipped_share: float = 0.5
+    gray_share: float = 0.25
+
+    def noise(self) -> BlindNoise:
+        return BlindNoise(self.sigma_max, self.zero_share, self.unclipped_share, self.gray_share)
 
     def validate(self) -> None:
         bad = []
@@ -57,6 +69,13 @@ class TrainConfig:
         for name in ("weight_decay", "aux_weight", "grad_clip"):
             if getattr(self, name) < 0:
                 bad.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 < self.mse_floor < 1:
+            bad.append(f"mse_floor must be in (0, 1) (got {self.mse_floor})")
+        if self.blind:
+            try:
+                self.noise()
+            except ValueError as e:
+                bad.append(str(e))
         if self.loss not in LOSSES:
             bad.append(f"loss must be one of {LOSSES} (got {self.loss!r})")
         if bad:
@@ -111,7 +130,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
     train_u8 = torch.from_numpy(load_cifar10(cfg.data_dir, "train"))[: cfg.max_train]
     val_clean = to_float(load_cifar10(cfg.data_dir, "val")[: cfg.max_val])
-    val_noisy = fixed_noisy(val_clean, cfg.sigma, "clip", cfg.eval_seed)
+    if cfg.blind:
+        val_noisy, val_clean, _ = blind_noisy(val_clean, cfg.noise(), torch.Generator().manual_seed(cfg.eval_seed))
+    else:
+        val_noisy = fixed_noisy(val_clean, cfg.sigma, "clip", cfg.eval_seed)
 
     torch.manual_seed(cfg.seed)
     model = SmallViT(get_preset(cfg.preset)).to(device)
@@ -153,10 +175,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
         for step in range(steps_per_epoch):
             clean = to_float(train_u8[perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]])
-            noisy = add_noise(clean, cfg.sigma, "clip", gen)
+            if cfg.blind:
+                noisy, clean, _ = blind_noisy(clean, cfg.noise(), gen)
+            else:
+                noisy = add_noise(clean, cfg.sigma, "clip", gen)
             clean, noisy = clean.to(device), noisy.to(device)
             output, routing = model(noisy, return_routing=True)
-            loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight, cfg.loss)
+            loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight, cfg.loss, cfg.mse_floor)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -185,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                              **({"init_from": origin(cfg.init_from)} if cfg.init_from else {})},
                 "metrics": {"val_loss": val["loss"], "val_mse": val["mse"], "val_psnr": val["psnr"],
                             "val_psnr_std": val["psnr_std"], "val_loss_is": "mse" if cfg.loss == "mse" else "-psnr",
-                            "val_protocol": "clip", "sigma": cfg.sigma, "eval_seed": cfg.eval_seed},
+                            "val_protocol": "blind" if cfg.blind else "clip", "sigma": cfg.sigma, "eval_seed": cfg.eval_seed},
                 "parameters": count_parameters(model),
                 "history": history,
             })

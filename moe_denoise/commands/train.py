@@ -29,6 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=LOSSES, default="mse",
                    help="mse: the seed's pixel MSE; psnr: mean per-image log-MSE (optimises the mean PSNR the "
                         "evaluation reports); the best checkpoint minimises the matching validation number")
+    p.add_argument("--mse-floor", type=float, default=1e-10,
+                   help="psnr loss: an image better than -10 log10(MSE_FLOOR) dB weighs as if it were at that level")
+    p.add_argument("--blind", action="store_true",
+                   help="blind training: each image its own noise level, uniform over [0, --sigma-max] (a share "
+                        "exactly 0), clipped or not, a share gray with the same noise in every channel; "
+                        "validation on the same mixture with fixed draws (--sigma is then unused)")
+    p.add_argument("--sigma-max", type=float, default=75 / 255, help="--blind: highest noise level")
+    p.add_argument("--zero-share", type=float, default=0.05, help="--blind: share of clean (noise-free) inputs")
+    p.add_argument("--unclipped-share", type=float, default=0.5,
+                   help="--blind: share of images whose noisy values are not clipped to [0, 1]")
+    p.add_argument("--gray-share", type=float, default=0.25,
+                   help="--blind: share of images turned gray, with channel-identical noise")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     p.add_argument("--sigma", type=float, default=0.2, help="noise std on [0,1] pixels")
     p.add_argument("--seed", type=int, default=0)
@@ -52,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                       aux_weight=args.aux_weight, grad_clip=args.grad_clip, sigma=args.sigma, seed=args.seed,
                       eval_seed=args.eval_seed, max_train=args.max_train, max_val=args.max_val,
                       device=args.device, threads=args.threads, init_from=args.init_from,
-                      loss=args.loss)
+                      loss=args.loss, mse_floor=args.mse_floor, blind=args.blind, sigma_max=args.sigma_max,
+                      zero_share=args.zero_share, unclipped_share=args.unclipped_share, gray_share=args.gray_share)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command)
     print(f"best validation loss {result['best_val_loss']:.6f}; weights: {args.out_dir}/best.safetensors")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from moe_model.data import DatasetError, add_noise, fixed_noisy, load_cifar10, to_float
+from moe_model.data import (BlindNoise, DatasetError, add_noise, blind_noisy, fixed_noisy, load_cifar10, to_float,
+                            to_gray)
 
 
 def test_loader_on_synthetic_pickles(fake_cifar):
@@ -49,3 +50,34 @@ def test_noise_protocols():
     assert not torch.equal(fixed_noisy(clean, seed=3), fixed_noisy(clean, seed=4))
     with pytest.raises(ValueError, match="unknown noise protocol"):
         add_noise(clean, 0.2, "poisson")
+
+
+def test_blind_noise_mixture():
+    clean = torch.rand(4000, 3, 8, 8)
+    spec = BlindNoise(sigma_max=0.3, zero_share=0.1, unclipped_share=0.5, gray_share=0.25)
+    noisy, target, sigma = blind_noisy(clean, spec, torch.Generator().manual_seed(0))
+    gray = (target[:, 0] == target[:, 1]).flatten(1).all(dim=1) & (target[:, 1] == target[:, 2]).flatten(1).all(1)
+    assert 0.2 < gray.float().mean() < 0.3
+    torch.testing.assert_close(target[gray], to_gray(clean[gray]))
+    torch.testing.assert_close(target[~gray], clean[~gray])
+    # gray images carry the same noise in every channel; colour images independent noise
+    assert torch.equal(noisy[gray][:, 0], noisy[gray][:, 1])
+    assert not torch.equal(noisy[~gray & (sigma > 0)][:, 0], noisy[~gray & (sigma > 0)][:, 1])
+    assert 0.07 < (sigma == 0).float().mean() < 0.13 and torch.equal(noisy[sigma == 0], target[sigma == 0])
+    assert float(sigma.max()) <= 0.3 and 0.12 < float(sigma[sigma > 0].mean()) < 0.18
+    outside = ((noisy < 0) | (noisy > 1)).flatten(1).any(dim=1)
+    assert 0.3 < outside.float().mean() < 0.5  # about half the images are unclipped, most of those leave [0, 1]
+    # the noise of an image that left [0, 1] (so was not clipped) matches its level
+    ratio = (noisy - target)[outside].flatten(1).std(dim=1) / sigma[outside]
+    assert 0.9 < float(ratio.median()) < 1.1
+
+
+def test_blind_noise_is_reproducible_and_validated():
+    clean = torch.rand(8, 3, 4, 4)
+    a = blind_noisy(clean, BlindNoise(), torch.Generator().manual_seed(3))
+    b = blind_noisy(clean, BlindNoise(), torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="gray_share must be in"):
+        BlindNoise(gray_share=1.5)
+    with pytest.raises(ValueError, match="sigma_max must be > 0"):
+        BlindNoise(sigma_max=0)

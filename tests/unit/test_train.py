@@ -48,6 +48,16 @@ def test_train_writes_checkpoints(fake_cifar, tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+def test_blind_training_validates_on_the_mixture(fake_cifar, tmp_path):
+    result = train(small_config(fake_cifar, tmp_path / "run", blind=True, loss="psnr", mse_floor=1e-5, epochs=1),
+                   progress=False, log=lambda s: None)
+    side = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert side["metrics"]["val_protocol"] == "blind" and side["training"]["settings"]["blind"] is True
+    assert side["metrics"]["val_psnr"] == pytest.approx(-result["best_val_loss"])
+    with pytest.raises(ValueError, match="unclipped_share must be in"):
+        train(small_config(fake_cifar, tmp_path / "bad", blind=True, unclipped_share=2.0), progress=False)
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(fake_cifar, tmp_path):
     # on the CPU, where the kernels are deterministic, so "equal" can mean bit-identical
     full = train(small_config(fake_cifar, tmp_path / "a", epochs=3, device="cpu"), progress=False,
