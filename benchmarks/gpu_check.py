@@ -43,9 +43,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu_check.json"
-# Same numbers as runtime/tolerances.py (FP32 / FP16), repeated so this script stands alone.
-TOL = {"fp32": {"atol": 1e-4, "max_bad_fraction": 1e-3, "max_abs": 2e-2},
-       "fp16": {"atol": 1e-2, "max_bad_fraction": 1e-2, "max_abs": 1e-1}}
+DEFAULT_RECORD = REPO / "build" / "trt_launch_record.json"
 HEAD_DIM, NUM_HEADS = 32, 4  # the seed model: dim 128, 4 heads
 SHAPES: list[tuple[int, int]] = [(n, k) for n in (64, 256) for k in (32, 64, 128) if k < n]
 
@@ -56,9 +54,10 @@ def _err_stats(out: Any, ref: Any, dtype: str) -> dict[str, Any]:
     import torch
 
     from runtime.parity import psnr_from_mse
+    from runtime.tolerances import get_tolerance
 
     err = (out.float() - ref.float()).abs().flatten()
-    tol = TOL[dtype]
+    tol = get_tolerance("torch-triton", dtype).to_dict()
     mse = float((err ** 2).mean())
     peak = float(ref.float().abs().max())
     stats = {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
@@ -327,6 +326,59 @@ def aot_gpu(shapes: list[tuple[int, int]], batch: int) -> dict[str, Any]:
     return {"target": target, "cuda_driver_version": drv_version, "launchers": launchers, "rows": rows}
 
 
+def launch_record(path: Path, batches: tuple[int, ...] = (1, 8, 64)) -> dict[str, Any]:
+    """Launch each kernel of a TensorRT launch record exactly as the record says TensorRT would.
+
+    The record (``python -m tools.trt_layer.drive``) holds what TensorRT's own plugin layer computed from our
+    plugin: the PTX, the grid / block / shared memory and the extra int32 arguments for given batch sizes. Here
+    they are used as they are: arguments in TensorRT's order (input pointers, extras, output pointers), launched
+    through the CUDA driver, and the output compared with the reference and the JIT kernel.
+    """
+    import torch
+
+    from export.plugins.triton_kernel import sparse_topk_attention_triton
+    from moe_model.attention import sparse_topk_attention
+
+    rec = json.loads(path.read_text())
+    major, minor = torch.cuda.get_device_capability()
+    if rec["target"] != f"cuda:{major}{minor}":
+        raise RuntimeError(f"the launch record was made for {rec['target']}, this GPU is cuda:{major}{minor}; "
+                           f"make one for it: python -m tools.trt_layer.drive --version "
+                           f"{rec['tensorrt_plugin_layer']} --target cuda:{major}{minor} -o {path}")
+    drv = _Driver()
+    drv.ensure_context(torch.cuda.current_device())
+    rows, seen = [], set()
+    for node in rec["nodes"]:
+        if node["ptx_sha256"] in seen:
+            continue
+        seen.add(node["ptx_sha256"])
+        fields = {name: values[0] for name, _, values in node["fields"]}
+        topk, scale = int(fields["topk"]), float(fields["scale"])
+        dtype = torch.float16 if node["input_types"][0] == "HALF" else torch.float32
+        dtype_name = "fp16" if dtype == torch.float16 else "fp32"
+        ptx = rec["kernels"][node["ptx_sha256"]]
+        for batch in batches:
+            launch = node["launch"][str(batch)]
+            shape = [batch if d == "batch" else d for d in node["input_shapes"][0]]
+            g = torch.Generator().manual_seed(11 + batch)
+            q, k, v = (torch.randn(shape, generator=g).to("cuda", dtype) for _ in range(3))
+            o = torch.full_like(q, float("nan"))
+            args = ([("u64", t.data_ptr()) for t in (q, k, v)]
+                    + [("i32", e["value"]) for e in launch["extras"]] + [("u64", o.data_ptr())])
+            torch.cuda.synchronize()
+            attrs = drv.launch(ptx, node["kernel_name"], tuple(launch["grid"]), tuple(launch["block"]),
+                               launch["shared_mem"], args)
+            ref = sparse_topk_attention(q.float(), k.float(), v.float(), topk, scale=scale)
+            jit = sparse_topk_attention_triton(q, k, v, topk, scale=scale)
+            stats = _err_stats(o, ref, dtype_name)
+            stats["max_abs_vs_jit"] = float((o.float() - jit.float()).abs().max())
+            rows.append({"node": node["node"], "precision": node["precision"], "batch": batch, "topk": topk,
+                         "grid": launch["grid"], "block": launch["block"], "shared_mem": launch["shared_mem"],
+                         "extras": launch["extras"], **attrs, **stats})
+    return {"record": str(path), "tensorrt_plugin_layer": rec["tensorrt_plugin_layer"], "target": rec["target"],
+            "rows": rows}
+
+
 def aot_cpu(target: str, shapes: list[tuple[int, int]]) -> list[dict[str, Any]]:
     """Artifacts for a named target, no GPU: build, record the contract, assemble with ptxas if present."""
     from export.plugins.aot import build_aot_artifact, ptxas_check
@@ -435,11 +487,17 @@ def _summary(report: dict[str, Any]) -> str:
                 lines.append(f"{base} [{r['hidden_params']}] {name}: {detail} {'OK' if lr.get('ok') else 'FAIL'}")
         else:
             lines.append(f"{base} params {len(r['params'])} ({r['ptxas']}) {'OK' if r['ok'] else 'FAIL'}")
+    tl = report.get("trt_launch")
+    for r in tl["rows"] if isinstance(tl, dict) else []:
+        lines.append(f"  launch as TensorRT {tl['tensorrt_plugin_layer']} says: {r['precision']} batch {r['batch']:<3} "
+                     f"grid {tuple(r['grid'])} block {tuple(r['block'])} shared {r['shared_mem']} extras "
+                     f"{[e['value'] for e in r['extras']]}: max {r['max_abs']:.2e} vs jit {r['max_abs_vs_jit']:.1e} "
+                     f"{'OK' if r['ok'] else 'FAIL'}")
     for r in report["trt"] if isinstance(report.get("trt"), list) else []:
         lines.append(f"  tensorrt {r['flavor']:<8} {r['precision']} build {r['build_s']}s parity "
                      f"{'PASS' if r['ok'] else 'FAIL'} (max {r['parity']['max_abs']:.1e}) batch 64: "
                      f"{r['batch64_ms']:.3f} ms = {r['images_per_s']:.0f} img/s")
-    for key in ("timing", "aot_launch", "trt"):
+    for key in ("timing", "aot_launch", "trt_launch", "trt"):
         if isinstance(report.get(key), str):
             lines.append(f"  {key}: {report[key]}")
     for e in report["errors"]:
@@ -460,6 +518,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["timing"] = "not run: no GPU (cpu dry run)"
         report["aot"] = _step(report, "aot build", lambda: aot_cpu(args.target, SHAPES))
         report["aot_launch"] = "not run: no GPU (cpu dry run)"
+        report["trt_launch"] = "not run: no GPU (cpu dry run)"
         report["trt"] = "not run: no GPU (cpu dry run)"
     else:
         import torch
@@ -476,6 +535,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cuda", SHAPES, batch=2, heads=NUM_HEADS, head_dim=HEAD_DIM, extra_n=200))
         report["timing"] = _step(report, "timing", lambda: timing(SHAPES, args.batch, args.warmup, args.iters))
         report["aot"] = _step(report, "aot build + driver launch", lambda: aot_gpu(SHAPES, batch=8))
+        if args.launch_record.is_file():
+            report["trt_launch"] = _step(report, "launch as TensorRT's plugin layer says",
+                                         lambda: launch_record(args.launch_record))
+        else:
+            report["trt_launch"] = (f"not run: no launch record at {args.launch_record} (make it where the bindings "
+                                    f"wheel installs: python -m tools.trt_layer.drive --version 11.4.0.106 "
+                                    f"--target cuda:90 -o build/trt_launch_record.json)")
         if report["env"]["tensorrt"]:
             import tempfile
 
@@ -486,8 +552,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     aot = report.get("aot")
     aot_rows = aot.get("rows", []) if isinstance(aot, dict) else (aot or [])
     trt_rows = report["trt"] if isinstance(report.get("trt"), list) else []
+    launch_rows = report["trt_launch"]["rows"] if isinstance(report.get("trt_launch"), dict) else []
     report["ok"] = (not report["errors"] and all(r["ok"] for r in report.get("correctness") or [])
-                    and bool(aot_rows) and all(r["ok"] for r in aot_rows) and all(r["ok"] for r in trt_rows))
+                    and bool(aot_rows) and all(r["ok"] for r in aot_rows) and all(r["ok"] for r in trt_rows)
+                    and all(r["ok"] for r in launch_rows))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
@@ -499,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                         "gpu_check_cpu_dry_run.json next to it)")
     p.add_argument("--cpu-dry-run", action="store_true", help="no GPU: interpreter correctness + AOT build only")
     p.add_argument("--target", default="cuda:90", help="AOT target for the dry run (the GPU run uses the GPU's)")
+    p.add_argument("--launch-record", type=Path, default=DEFAULT_RECORD,
+                   help="launch parameters computed by TensorRT's own plugin layer (tools/trt_layer/drive.py)")
     p.add_argument("--batch", type=int, default=64, help="images per timed call (x 4 heads)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)

@@ -4,8 +4,13 @@
 #
 #   benchmarks/gpu_session.sh [OUT_DIR]        # default: $OUT if set, else benchmarks/results/gpu
 #
+# Before it, on a machine with the package index (the GPU machine has none), let TensorRT's own plugin layer
+# compute the launch parameters our plugin asks for, and carry the record with the run (carry: ["build"]):
+#   python -m tools.trt_layer.drive --version 11.4.0.106 --target cuda:90 -o build/trt_launch_record.json
+#
 # 1. python -m benchmarks.gpu_check           kernel correctness on the GPU, kernel timings, the AOT artifact
-#                                              launched through the CUDA driver (and CuPy), TensorRT if importable
+#                                              launched through the CUDA driver (and CuPy), the kernels launched
+#                                              as TensorRT's plugin layer says (the record), TensorRT if importable
 # 2. pytest                                    the whole suite, so the GPU-marked tests run instead of skipping
 # 3. moe-denoise bench --gpu                  the GPU backends, parity-checked, CUDA events, batch sweep
 #

@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from runtime._optional import require
+from runtime.base import TILE_SHAPE
 from runtime.errors import InputError, NoGPUError, ParityError
 from runtime.manifest import base_manifest, read_manifest, write_artifact
 from runtime.parity import ParityReport
@@ -142,7 +144,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
             from .plugins.trt_plugin import register_plugin
 
             register_plugin()
-        data = _build(trt, onnx_path, opts, plan, log)
+        data = _build(trt, onnx_path, opts, plan, gpu, log)
         if opts.use_engine_cache:
             from moe_denoise.fileio import atomic_write
 
@@ -173,41 +175,71 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     return EngineResult(out_path, manifest, report, hit)
 
 
-def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, log: Callable[[str], None]) -> bytes:
-    logger = trt.Logger(trt.Logger.WARNING)
-    trt.init_libnvinfer_plugins(logger, "")
-    builder = trt.Builder(logger)
-    flags = 0
-    if plan.strongly_typed and plan.trt_version[0] < 11:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    log(f"[1/3] parsing {onnx_path}")
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "\n".join(f"  {parser.get_error(i)}" for i in range(parser.num_errors))
-        raise InputError(f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
-    if plan.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if opts.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        # TensorRT enables TF32 by default: fp32 engines would then miss the fp32 tolerance, as PyTorch's TF32
-        # convolutions did on the H200 (benchmarks/results/gpu)
-        config.clear_flag(trt.BuilderFlag.TF32)
-    profile = builder.create_optimization_profile()
-    name = network.get_input(0).name
-    profile.set_shape(name, (opts.min_batch, 3, 32, 32), (opts.opt_batch, 3, 32, 32), (opts.max_batch, 3, 32, 32))
-    config.add_optimization_profile(profile)
-    timing_path = opts.cache_dir / f"timing-{trt.__version__}.cache"
-    cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    log(f"[2/3] building ({opts.precision}, batch profile {opts.profile}, timing cache {timing_path})")
-    data = builder.build_serialized_network(network, config)
-    if data is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}; rerun with --verbose for its log")
+def timing_cache_path(cache_dir: Path, trt_version: str, gpu: dict[str, Any]) -> Path:
+    """The timing cache of one TensorRT version on one GPU model: tactic timings do not carry across either."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", str(gpu.get("name", "gpu"))).strip("-").lower() or "gpu"
+    cc = str(gpu.get("compute_capability", "unknown")).replace(".", "")
+    return cache_dir / "timing" / f"trt{trt_version}-sm{cc}-{slug}.cache"
+
+
+def use_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> None:
+    """Give ``config`` the cache in ``path`` (empty if absent); a cache TensorRT refuses is replaced, not used."""
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    log(f"      timing cache {path} does not match this TensorRT or GPU: starting an empty one (it is replaced "
+        f"after the build)")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise RuntimeError("TensorRT refused an empty timing cache; this TensorRT build cannot cache tactic timings")
+
+
+def save_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> bool:
+    """Write the config's timing cache to ``path`` atomically; False (and a note) when the build kept none."""
     from moe_denoise.fileio import atomic_write
 
-    atomic_write(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    cache = config.get_timing_cache()
+    if cache is None:
+        log(f"      no timing cache to save to {path} (the builder kept none)")
+        return False
+    atomic_write(path, bytes(memoryview(cache.serialize())))
+    return True
+
+
+def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: dict[str, Any],
+           log: Callable[[str], None]) -> bytes:
+    """Parse and build with Polygraphy's loaders (NVIDIA's, tested against every TensorRT release): the network
+    from the ONNX file, the builder config with the batch profile, TF32 off for fp32, the fp16 flag on TensorRT 10.
+    The timing cache stays ours: Polygraphy ignores whether TensorRT accepted a cache, and keys its file by path
+    only, while ours is keyed by TensorRT version and GPU, and a refused cache is replaced."""
+    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
+                                        Profile)
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    timing = timing_cache_path(opts.cache_dir, trt.__version__, gpu)
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        log(f"[1/3] parsing {onnx_path}")
+        try:
+            builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
+        except PolygraphyException as e:
+            raise InputError(f"TensorRT's ONNX parser rejected {onnx_path}: {e}") from e
+        def batch(b: int) -> tuple[int, ...]:
+            return (b, *TILE_SHAPE)
+
+        profile = Profile().add(network.get_input(0).name, batch(opts.min_batch), batch(opts.opt_batch),
+                                batch(opts.max_batch))
+        config = PostprocessConfig(
+            CreateConfig(tf32=False, fp16=plan.fp16_flag, profiles=[profile],
+                         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: opts.workspace_mib << 20}),
+            lambda _builder, _network, cfg: use_timing_cache(cfg, timing, log))(builder, network)
+        log(f"[2/3] building ({opts.precision}, batch profile {opts.profile}, timing cache {timing})")
+        try:
+            data = EngineBytesFromNetwork((builder, network, parser), config)()
+        except PolygraphyException as e:
+            raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}: {e}") from e
+    save_timing_cache(config, timing, log)
     return bytes(memoryview(data))
 
 

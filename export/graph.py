@@ -16,6 +16,7 @@ class GraphBuilder:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.domains: dict[str, int] = {}
+        self.value_infos: list[Any] = []
         self._names: set[str] = set()
 
     def _unique(self, base: str) -> str:
@@ -51,10 +52,18 @@ class GraphBuilder:
             self.domains.setdefault(domain, 1)
         return out_names[0] if outputs == 1 else out_names
 
+    def info(self, name: str, elem_type: int, shape: Sequence[int | str]) -> None:
+        """Declare a value's type and shape (for outputs of custom-domain nodes, which shape inference cannot see
+        through)."""
+        from onnx import helper
+
+        self.value_infos.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+
     def model(self, inputs: list[Any], outputs: list[Any], doc: str = "", producer_version: str = "") -> Any:
         from onnx import helper
 
-        graph = helper.make_graph(self.nodes, self.name, inputs, outputs, self.initializers, doc_string=doc)
+        graph = helper.make_graph(self.nodes, self.name, inputs, outputs, self.initializers, doc_string=doc,
+                                  value_info=self.value_infos)
         opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, v) for d, v in self.domains.items()]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="moe-denoise",
                                   producer_version=producer_version)

@@ -165,6 +165,11 @@ class _Writer:
                 o = g.op(PLUGIN_NAME, [self.heads(q, f"{name}.q"), self.heads(k, f"{name}.k"), self.heads(v, f"{name}.v")],
                          name=f"{name}_plugin", domain=PLUGIN_NAMESPACE, topk=topk, scale=float(scale),
                          plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION, aot=1)
+                from onnx import TensorProto
+
+                c = self.c  # the plugin's output is shaped like q: declared, since inference cannot see through it
+                g.info(o, TensorProto.FLOAT16 if self.fp16 else TensorProto.FLOAT,
+                       ["batch" if self.o.dynamic_batch else 1, c.num_heads, n, c.head_dim])
                 return self.merge_heads(o, f"{name}.o")
         s = g.op("MatMul", [self.heads(q, f"{name}.q"), self.heads(k, f"{name}.k", transpose_k=True)],
                  name=f"{name}_scores")  # (B, H, N, N)

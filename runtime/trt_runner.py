@@ -69,8 +69,10 @@ class TensorRTRunner(BaseRunner):
             if plugin and not self._plugin_registered(trt, plugin):
                 raise PluginMissingError(f"{self.engine_path} uses the plugin {plugin['id']} (version "
                                          f"{plugin['version']}), which is not registered in this process and is "
-                                         f"not embedded as an AOT kernel; rebuild the engine (the build embeds the "
-                                         f"AOT kernel) or import export.plugins.trt_plugin before loading")
+                                         f"not embedded as an AOT kernel; rebuild the engine with 'moe-denoise build' "
+                                         f"(the build embeds the AOT kernel), or call "
+                                         f"export.plugins.trt_plugin.register_plugin() in this process before "
+                                         f"loading it (importing that module registers nothing)")
             raise ArtifactError(f"TensorRT could not deserialize {self.engine_path} ({len(data)} bytes): the file is "
                                 f"corrupt, truncated, or not a TensorRT {trt.__version__} engine; rebuild it")
         self.context = self.engine.create_execution_context()
@@ -87,12 +89,8 @@ class TensorRTRunner(BaseRunner):
 
     @staticmethod
     def _plugin_registered(trt: Any, plugin: dict[str, Any]) -> bool:
-        registry = trt.get_plugin_registry()
-        finder = getattr(registry, "get_creator", None) or getattr(registry, "get_plugin_creator", None)
-        try:
-            return finder(plugin["name"], plugin["version"], plugin["namespace"]) is not None
-        except Exception:  # noqa: BLE001 - an API difference means we cannot tell; report as missing
-            return False
+        creator = trt.get_plugin_registry().get_creator(plugin["name"], plugin["version"], plugin["namespace"])
+        return creator is not None
 
     def _deactivate_impl(self) -> None:
         self._graphs.clear()
@@ -106,12 +104,12 @@ class TensorRTRunner(BaseRunner):
         y = torch.empty(shape, dtype=torch.float32, device=f"cuda:{self.device}")
         return x, y
 
-    def _enqueue(self, x: Any, y: Any) -> None:
+    def _enqueue(self, x: Any, y: Any, stream: Any) -> None:
         ctx = self.context
         ctx.set_input_shape(self.input_name, tuple(x.shape))
         ctx.set_tensor_address(self.input_name, x.data_ptr())
         ctx.set_tensor_address(self.output_name, y.data_ptr())
-        if not ctx.execute_async_v3(self.stream.cuda_stream):
+        if not ctx.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to enqueue {self.engine_path} for batch {x.shape[0]}")
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:
@@ -128,25 +126,32 @@ class TensorRTRunner(BaseRunner):
             else:
                 xb, yb = self._buffers(batch)
                 xb.copy_(torch.from_numpy(x))
-                self._enqueue(xb, yb)
+                self._enqueue(xb, yb, self.stream)
             out = yb.cpu()
         self.stream.synchronize()
         return out.numpy()
 
     def device_call(self, x: Any, y: Any) -> None:
-        """Compute-only path for benchmarks: x, y are CUDA tensors already on the device; no host copies."""
-        self._enqueue(x, y)
+        """Compute-only path for benchmarks: x, y are CUDA tensors already on the device; no host copies.
+
+        The engine is enqueued on the caller's current CUDA stream, like a torch operation: it starts after the
+        work that produced ``x`` there, and CUDA events recorded on that stream around the call time the engine
+        itself (on a stream of its own, events would time only the enqueue, and ``x`` could be read unfinished).
+        """
+        import torch
+
+        self._enqueue(x, y, torch.cuda.current_stream(x.device))
 
     def _graph_for(self, batch: int) -> tuple[Any, Any, Any]:
         """Capture (once per batch size) a CUDA graph of one enqueue on static buffers."""
         if batch not in self._graphs:
             torch = self._torch
             xb, yb = self._buffers(batch)
-            self._enqueue(xb, yb)  # TensorRT needs one regular enqueue before capture
+            self._enqueue(xb, yb, self.stream)  # TensorRT needs one regular enqueue before capture
             self.stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self.stream):
-                self._enqueue(xb, yb)
+                self._enqueue(xb, yb, self.stream)
             self._graphs[batch] = (xb, yb, graph)
         return self._graphs[batch]
 

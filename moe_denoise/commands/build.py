@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=Path, default=Path("artifacts/moe_denoiser.plugin.onnx"),
                    help="the exported ONNX model (with its manifest)")
     p.add_argument("-o", "--output", type=Path, default=None,
-                   help="engine path (default: next to the ONNX model, .<precision>.engine)")
+                   help="engine path (default: next to the ONNX model, named <model>.<precision>.engine)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     p.add_argument("--min-batch", type=int, default=1)
     p.add_argument("--opt-batch", type=int, default=64)
@@ -33,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def default_engine_path(onnx: Path, precision: str) -> Path:
+    """artifacts/m.plugin.onnx or artifacts/m.plugin.fp16.onnx -> artifacts/m.plugin.<precision>.engine"""
+    stem = onnx.name.removesuffix(".onnx")
+    for p in (".fp16", ".fp32"):
+        stem = stem.removesuffix(p)
+    return onnx.with_name(f"{stem}.{precision}.engine")
+
+
 def run(args: argparse.Namespace) -> int:
     from export.engine import BuildOptions, build_engine
 
@@ -41,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                         use_engine_cache=not args.no_engine_cache)
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir
-    out = args.output or args.onnx.with_suffix(f".{args.precision}.engine")
+    out = args.output or default_engine_path(args.onnx, args.precision)
     result = build_engine(args.onnx, out, opts, weights=args.weights, log=(lambda s: None) if args.json else print)
     if args.json:
         from moe_denoise.cli import print_json

@@ -168,7 +168,8 @@ def test_engine_for_other_tensorrt_or_gpu(tmp_path, monkeypatch, fake_gpu):
 
 def test_missing_plugin_vs_corrupt_engine(tmp_path, monkeypatch, fake_gpu):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(registered=False))
-    with pytest.raises(PluginMissingError, match="moe_denoise::SparseTopKAttention"):
+    with pytest.raises(PluginMissingError, match=r"moe_denoise::SparseTopKAttention.*call "
+                                                 r"export.plugins.trt_plugin.register_plugin\(\)"):
         TensorRTRunner(engine_file(tmp_path)).activate()
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(registered=True))
     with pytest.raises(ArtifactError, match="could not deserialize") as e:
@@ -183,3 +184,82 @@ def test_parity_cli_trt_needs_an_engine(capsys, random_weights):
 
     assert main(["parity", "--backend", "trt", "--weights", str(random_weights)]) == 2
     assert "--artifact ENGINE" in capsys.readouterr().err
+
+
+# --- the timing cache (TensorRT's config is stood in for: what matters is what we do with its answers) -----------
+class Cache:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def serialize(self) -> bytes:
+        return self.data
+
+
+class Config:
+    """IBuilderConfig's timing-cache calls: set_timing_cache answers False for data it does not accept."""
+
+    def __init__(self, accept=lambda data: True, keeps_cache=True) -> None:
+        self.accept, self.keeps_cache, self.cache = accept, keeps_cache, None
+
+    def create_timing_cache(self, data: bytes) -> Cache:
+        return Cache(bytes(data))
+
+    def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False
+        if not self.accept(cache.data):
+            return False
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return Cache(self.cache.data + b"+new tactics") if self.keeps_cache and self.cache else None
+
+
+def test_timing_cache_is_keyed_by_tensorrt_and_gpu(tmp_path):
+    from export.engine import timing_cache_path
+
+    h200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}
+    a = timing_cache_path(tmp_path, "10.9.0.34", h200)
+    assert a != timing_cache_path(tmp_path, "11.4.0.106", h200)
+    assert a != timing_cache_path(tmp_path, "10.9.0.34", {"name": "NVIDIA L4", "compute_capability": "8.9"})
+    assert a != timing_cache_path(tmp_path, "10.9.0.34", {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    assert a.parent == tmp_path / "timing" and "h200" in a.name and "sm90" in a.name
+
+
+def test_a_refused_timing_cache_is_replaced_not_used(tmp_path):
+    from export.engine import save_timing_cache, use_timing_cache
+
+    path = tmp_path / "t.cache"
+    path.write_bytes(b"from another GPU")
+    notes = []
+    cfg = Config(accept=lambda data: data != b"from another GPU")
+    use_timing_cache(cfg, path, notes.append)
+    assert cfg.cache.data == b"" and "does not match this TensorRT or GPU" in notes[0]
+    assert save_timing_cache(cfg, path, notes.append)
+    assert path.read_bytes() == b"+new tactics"
+    cfg = Config()  # an accepted cache is used as it is
+    use_timing_cache(cfg, path, notes.append)
+    assert cfg.cache.data == b"+new tactics"
+
+
+def test_no_timing_cache_after_the_build_writes_nothing(tmp_path):
+    from export.engine import save_timing_cache, use_timing_cache
+
+    path = tmp_path / "t.cache"
+    notes = []
+    cfg = Config(keeps_cache=False)
+    use_timing_cache(cfg, path, notes.append)
+    assert save_timing_cache(cfg, path, notes.append) is False
+    assert not path.exists() and "no timing cache to save" in notes[-1]
+
+
+def test_polygraphy_api_used_by_the_build_exists():
+    pytest.importorskip("polygraphy", reason="the engine build uses Polygraphy: pip install 'moe-denoise[trt]'")
+    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath,  # noqa: F401
+                                        PostprocessConfig, Profile)
+    from polygraphy.exception import PolygraphyException  # noqa: F401
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        profile = Profile().add("input", (1, 3, 32, 32), (64, 3, 32, 32), (1024, 3, 32, 32))
+        CreateConfig(tf32=False, fp16=True, profiles=[profile], memory_pool_limits={})
