@@ -1,7 +1,7 @@
 """The catalogue of benchmark backends: names -> BackendSpecs over the runtime's runners.
 
 Only runtime/ runners are used here (no export/): the ONNX graphs and engines arrive as paths, and whether the
-Triton kernel registered is told by the caller (the CLI imports export.plugins.torch_op, not this module).
+Triton kernel registered is told by the caller (the CLI imports topk_attention.torch_op, not this module).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 from runtime.base import BaseRunner
 
 from .harness import BackendSpec
+from moe_base.errors import InputError
 
 CPU_BACKENDS = ("torch-gather", "torch-masked", "torch-compile", "ort-cpu", "ort-cpu-noopt")
 GPU_BACKENDS = ("torch-gather-cuda", "torch-masked-cuda", "torch-compile-cuda", "torch-triton", "ort-cuda",
@@ -55,7 +56,7 @@ class BackendInputs:
     onnx: dict[tuple[str, bool], Path] = field(default_factory=dict)
     onnx_unavailable: dict[tuple[str, bool], str] = field(default_factory=dict)
     engines: dict[str, Path] = field(default_factory=dict)
-    triton_unavailable: str | None = "the Triton kernel was not registered (import export.plugins.torch_op first)"
+    triton_unavailable: str | None = "the Triton kernel was not registered (import topk_attention.torch_op first)"
 
 
 def parse_backends(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -67,7 +68,7 @@ def parse_backends(text: str | None, default: tuple[str, ...]) -> tuple[str, ...
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in ALL_BACKENDS]
     if unknown or not names:
-        raise ValueError(f"unknown backend(s) {unknown or text!r}; choose from: {', '.join(ALL_BACKENDS)} (or 'all')")
+        raise InputError(f"unknown backend(s) {unknown or text!r}; choose from: {', '.join(ALL_BACKENDS)} (or 'all')")
     return tuple(dict.fromkeys(names))
 
 

@@ -32,11 +32,15 @@ from typing import Any
 import numpy as np
 
 from runtime.base import BaseRunner
-from runtime.errors import InputError
+from moe_base.errors import InputError
 from runtime.parity import compare, parity_inputs
-from runtime.tolerances import get_tolerance
+from moe_base.tolerances import get_tolerance
 
-from .env import CpuContention, fingerprint, load_average
+from moe_base.contract import TILE_SHAPE
+from moe_base.optional import available
+from moe_base.machine import fingerprint, load_average
+
+from .env import CpuContention
 from .memory import current_rss_mb, make_probe, process_threads
 from .stats import (
     achieved_gflops,
@@ -64,11 +68,11 @@ class BackendSpec:
     """One backend to benchmark: how to build its runner, and what to judge it by.
 
     ``unavailable`` set: the backend is listed with that reason and not built (e.g. no engine was given).
-    ``tolerance``: the (backend, precision) key of runtime.tolerances. ``preload``: modules imported before
+    ``tolerance``: the (backend, precision) key of moe_base.tolerances. ``preload``: modules imported before
     the cold start is timed, so the cold start is session creation / engine load, not a library import.
     ``fresh_each_round``: the runner is re-created (deactivated, activated, two untimed calls) before its turn in
     every round after the first, so the samples span many sessions: an ONNX Runtime CPU session keeps its speed
-    for life and that speed varies from session to session, by up to 20% (see benchmarks/rewrites_ab.py).
+    for life and that speed varies from session to session, by up to 20% (see tools/rewrites_ab.py).
     ``versus``: another backend of the run this one is compared with round by round (its turn's time over the other's
     in the same round; stats.paired_comparison), for differences smaller than the spread between rounds.
     """
@@ -123,7 +127,7 @@ class BenchSettings:
         if unknown or not self.modes:
             problems.append(f"modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
         if problems:
-            raise ValueError("invalid benchmark settings: " + "; ".join(problems))
+            raise InputError("invalid benchmark settings: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -215,10 +219,7 @@ def prepare_backend(spec: BackendSpec, x: np.ndarray, reference_out: np.ndarray,
 def _activate(spec: BackendSpec, record: dict[str, Any]) -> BaseRunner | None:
     """Build and activate the runner, timing the activation (the cold start); None with a reason if impossible."""
     for module in spec.preload:  # so the cold start is session creation / engine load, not a library import
-        try:
-            __import__(module)
-        except ImportError:
-            continue  # activation then fails with the runtime's MissingBackendError and its install hint
+        available(module)  # a missing one makes activation fail with MissingBackendError and its install hint
     try:
         runner = spec.make_runner()
         t0 = time.perf_counter()
@@ -279,7 +280,7 @@ def _describe(runner: BaseRunner) -> dict[str, Any]:
 # --- 4: interleaved timing -----------------------------------------------------------------------------------
 def batch_input(batch: int, seed: int = 0) -> np.ndarray:
     """A deterministic batch of valid images (uniform in [0, 1)), float32 [B, 3, 32, 32]."""
-    return np.random.default_rng(seed + batch).random((batch, 3, 32, 32), dtype=np.float32)
+    return np.random.default_rng(seed + batch).random((batch, *TILE_SHAPE), dtype=np.float32)
 
 
 def _make_cells(backends: list[_Backend], batch: int, modes: tuple[str, ...], seed: int) -> list[_Cell]:
@@ -498,7 +499,7 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"backend names must be unique; repeated: {dupes}")
+        raise InputError(f"backend names must be unique; repeated: {dupes}")
     if settings.threads:
         _set_torch_threads(settings.threads)
     env = environment if environment is not None else fingerprint(settings.threads)
@@ -580,10 +581,8 @@ def _status_of(backends: list[_Backend], name: str) -> str:
 
 
 def _set_torch_threads(threads: int) -> None:
-    try:
-        import torch
-    except ImportError:
-        return
+    import torch
+
     torch.set_num_threads(threads)
 
 

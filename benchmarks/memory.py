@@ -118,13 +118,10 @@ class CudaMemoryProbe:
 def make_probe(device: str) -> MemoryProbe:
     """The probe for a backend on ``device``: host RSS on CPU, host RSS + GPU memory on CUDA."""
     if device.startswith("cuda"):
-        try:
-            import torch
+        import torch
 
-            if torch.cuda.is_available():
-                return CudaMemoryProbe(device)
-        except ImportError:
-            pass
+        if torch.cuda.is_available():
+            return CudaMemoryProbe(device)
     return RssProbe()
 
 

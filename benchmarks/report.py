@@ -29,8 +29,11 @@ import io
 import math
 from typing import Any
 
+from moe_base.optional import require
+
 from .harness import SCHEMA_NAME, SCHEMA_VERSION
 from .stats import paired_text
+from moe_base.errors import InputError
 
 NoneType = type(None)
 NUM = (int, float)
@@ -132,7 +135,7 @@ def validate_results(doc: Any) -> None:
             if r.get("status") == "ok" and r.get("latency_ms") is None:
                 problems.append(f"results.results[{i}]: status ok without latency_ms")
     if problems:
-        raise ValueError(f"benchmark results do not match schema {SCHEMA_NAME} v{SCHEMA_VERSION}:\n  "
+        raise InputError(f"benchmark results do not match schema {SCHEMA_NAME} v{SCHEMA_VERSION}:\n  "
                          + "\n  ".join(problems))
 
 
@@ -262,9 +265,9 @@ def _targets_lines(t: dict[str, Any]) -> list[str]:
 def render_plot(doc: dict[str, Any]) -> bytes:
     """PNG bytes: p50 latency and throughput vs batch size per backend (and mode), log axes.
 
-    Raises ImportError when matplotlib is missing (the caller skips the plot with a message).
+    Raises MissingBackendError when matplotlib is missing (the caller skips the plot with a message).
     """
-    import matplotlib
+    matplotlib = require("matplotlib", "the benchmark plot")
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

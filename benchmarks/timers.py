@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from moe_base.errors import NoGPUError
+
 
 class Timer(Protocol):
     """Times one call of ``fn`` and returns seconds. ``name`` is recorded in the results."""
@@ -44,7 +46,7 @@ class CudaEventTimer:
         if torch_module is None:
             import torch as torch_module
         if not torch_module.cuda.is_available():
-            raise RuntimeError("CudaEventTimer needs a CUDA GPU visible to torch; use PerfCounterTimer on CPU")
+            raise NoGPUError("CudaEventTimer needs a CUDA GPU visible to torch; use PerfCounterTimer on CPU")
         self._torch = torch_module
         self._start = torch_module.cuda.Event(enable_timing=True)
         self._end = torch_module.cuda.Event(enable_timing=True)
@@ -69,6 +71,6 @@ def make_timer(device: str) -> Timer:
     if device.startswith("cuda"):
         try:
             return CudaEventTimer()
-        except (ImportError, RuntimeError):
+        except NoGPUError:
             return PerfCounterTimer()
     return PerfCounterTimer()

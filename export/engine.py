@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime._optional import require
-from runtime.base import TILE_SHAPE
-from runtime.errors import InputError, NoGPUError, ParityError
-from runtime.manifest import base_manifest, read_manifest, write_artifact
+from moe_base.optional import require
+from moe_base.contract import TILE_SHAPE
+from moe_base.errors import BuildError, InputError, NoGPUError, ParityError
+from moe_base.manifest import base_manifest, read_manifest, write_artifact
 from runtime.parity import ParityReport
 
 MIN_TRT = (10, 9)
@@ -93,7 +93,7 @@ def cache_key(onnx_sha: str, plugin_hash: str | None, trt_version: str, compute_
 
 def plugin_hash() -> str:
     """Hash of everything that decides the plugin's behaviour: its identity, the kernel and the AOT recipe."""
-    from .plugins import aot, spec, triton_kernel
+    from topk_attention import aot, spec, triton_kernel
 
     h = hashlib.sha256()
     for mod in (spec, triton_kernel, aot):
@@ -120,9 +120,9 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     torch = require("torch")
     if not torch.cuda.is_available():
         raise NoGPUError("building a TensorRT engine needs an NVIDIA GPU, and torch sees none")
-    from runtime.trt_runner import cuda_device_info
+    from moe_base.machine import cuda_device
 
-    gpu = cuda_device_info(torch)
+    gpu = cuda_device(0)
     plan = plan_build(trt.__version__, opts.precision)
     graph_precision = onnx_manifest.get("precision", "fp32")
     if graph_precision != plan.onnx_precision:
@@ -141,12 +141,12 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
         data = cached.read_bytes()
     else:
         if uses_plugin:
-            from .plugins.trt_plugin import register_plugin
+            from topk_attention.trt_plugin import register_plugin
 
             register_plugin()
         data = _build(trt, onnx_path, opts, plan, gpu, log)
         if opts.use_engine_cache:
-            from moe_denoise.fileio import atomic_write
+            from moe_base.fileio import atomic_write
 
             atomic_write(cached, data)
     manifest = base_manifest("trt-engine", out_path, data)
@@ -192,12 +192,12 @@ def use_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> Non
         f"after the build)")
     cache = config.create_timing_cache(b"")
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise RuntimeError("TensorRT refused an empty timing cache; this TensorRT build cannot cache tactic timings")
+        raise BuildError("TensorRT refused an empty timing cache; this TensorRT build cannot cache tactic timings")
 
 
 def save_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> bool:
     """Write the config's timing cache to ``path`` atomically; False (and a note) when the build kept none."""
-    from moe_denoise.fileio import atomic_write
+    from moe_base.fileio import atomic_write
 
     cache = config.get_timing_cache()
     if cache is None:
@@ -238,7 +238,7 @@ def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: 
         try:
             data = EngineBytesFromNetwork((builder, network, parser), config)()
         except PolygraphyException as e:
-            raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}: {e}") from e
+            raise BuildError(f"TensorRT failed to build an engine from {onnx_path}: {e}") from e
     save_timing_cache(config, timing, log)
     return bytes(memoryview(data))
 
@@ -250,7 +250,7 @@ def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str 
 
     from moe_model.checkpoint import load_model
     from runtime.parity import compare, parity_inputs
-    from runtime.tolerances import get_tolerance
+    from moe_base.tolerances import get_tolerance
     from runtime.trt_runner import TensorRTRunner
 
     if not weights:

@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .graph import GraphBuilder
-from .plugins.spec import MAX_TOKENS, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from moe_base.contract import INPUT_NAME, OUTPUT_NAME
 
-INPUT_NAME = "noisy"
-OUTPUT_NAME = "denoised"
+from .graph import GraphBuilder
+from topk_attention.spec import MAX_TOKENS, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from moe_base.errors import InputError
+
 DEFAULT_OPSET = 17
 FLAVORS = ("portable", "plugin")
 LN_EPS = 1e-5
@@ -49,7 +50,7 @@ REWRITES = {
 
 # What `optimize` turns on: the rewrites that remove work without adding data movement (merge_proj's GEMM; the
 # scale's pass over every score tensor; two bias additions per expert). Measured in ONNX Runtime on the 2-core CPU
-# with fresh sessions (`python -m benchmarks.rewrites_ab`): fuse_qkv (the strided Split after the one GEMM) and
+# with fresh sessions (`python -m tools.rewrites_ab`): fuse_qkv (the strided Split after the one GEMM) and
 # rows2d (ORT's Gemm kernel) made the graph slower at every batch size, gemm_patches (6-D transposes of
 # image-sized tensors) helped at batch 8-64 and cost up to 10% at 256. They stay available
 # (ExportOptions.rewrites, `export --rewrites`): exact, and one Q/K/V GEMM is what a GPU wants.
@@ -72,14 +73,14 @@ class ExportOptions:
 
     def validate(self) -> None:
         if self.flavor not in FLAVORS:
-            raise ValueError(f"unknown ONNX flavour {self.flavor!r}; expected one of {FLAVORS}")
+            raise InputError(f"unknown ONNX flavour {self.flavor!r}; expected one of {FLAVORS}")
         if not 17 <= self.opset <= 21:
-            raise ValueError(f"opset {self.opset} is not supported; use 17..21 (LayerNormalization needs >= 17)")
+            raise InputError(f"opset {self.opset} is not supported; use 17..21 (LayerNormalization needs >= 17)")
         if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"unknown precision {self.precision!r}; expected fp32 or fp16")
+            raise InputError(f"unknown precision {self.precision!r}; expected fp32 or fp16")
         unknown = sorted(set(self.rewrites or ()) - set(REWRITES))
         if unknown:
-            raise ValueError(f"unknown rewrites {unknown}; known: {sorted(REWRITES)}")
+            raise InputError(f"unknown rewrites {unknown}; known: {sorted(REWRITES)}")
 
     @property
     def active_rewrites(self) -> tuple[str, ...]:

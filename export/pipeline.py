@@ -7,7 +7,6 @@ its manifest. A failing export leaves nothing behind (and an existing artifact a
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,13 +15,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.errors import ParityError
-from runtime.manifest import base_manifest, manifest_path, sha256_file, write_artifact
+from moe_base.errors import ParityError
+from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
 from runtime.parity import ParityReport, compare, parity_inputs
-from runtime.tolerances import get_tolerance
+from moe_base.tolerances import get_tolerance
 
 from .onnx_export import ExportOptions, build_onnx
-from .plugins.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from topk_attention.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 EXPORTER = "moe-denoise onnx writer 1"
 
@@ -96,15 +95,14 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
 
 def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: ExportOptions, report: ParityReport,
                    weights_path: str | Path | None) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import torch
-
+    from moe_base.contract import tile_shape
+    from moe_base.machine import library_versions
     from moe_model.model import count_parameters
 
     plugin_nodes = [n.name for n in proto.graph.node if n.op_type == PLUGIN_NAME and n.domain == PLUGIN_NAMESPACE]
-    io = {"inputs": [{"name": opts.input_name, "shape": ["batch", 3, 32, 32], "dtype": "float32"}],
-          "outputs": [{"name": opts.output_name, "shape": ["batch", 3, 32, 32], "dtype": "float32"}]}
+    shape = ["batch", *tile_shape(model.config)]
+    io = {"inputs": [{"name": opts.input_name, "shape": shape, "dtype": "float32"}],
+          "outputs": [{"name": opts.output_name, "shape": shape, "dtype": "float32"}]}
     m = base_manifest("onnx", out_path, data)
     m.update({
         "model": {"config": model.config.to_dict(), "parameters": count_parameters(model),
@@ -119,7 +117,6 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
         "io": io,
         "tolerance": report.tolerance.to_dict(),
         "parity": report.to_dict(),
-        "versions": {"exporter": EXPORTER, "torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]},
+        "versions": {"exporter": EXPORTER, **library_versions(("torch", "onnx", "onnxruntime"))},
     })
     return m

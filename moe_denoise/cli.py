@@ -17,10 +17,6 @@ from . import __version__
 COMMANDS = ("train", "evaluate", "visualize", "export", "build", "parity", "denoise", "doctor", "bench")
 
 
-class UserError(Exception):
-    """Raised by handlers for bad input; printed without a traceback, exit code 2."""
-
-
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -38,13 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: shown as one clear message instead of a traceback."""
-    from runtime.errors import RuntimeToolkitError
-
-    return (UserError, RuntimeToolkitError, ValueError, FileNotFoundError, ImportError, KeyboardInterrupt)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -53,16 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from moe_base.errors import ParityError, ToolkitError
+
     try:
         return int(args.func(args) or 0)
-    except _expected_errors() as e:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        if isinstance(e, KeyboardInterrupt):
-            print("interrupted", file=sys.stderr)
-            return 130
-        from runtime.errors import ParityError
-
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ToolkitError as e:  # the user's to fix: one message; anything else is a bug and keeps its traceback
+        if args.debug:
+            raise
         print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, ParityError) else 2
 

@@ -22,10 +22,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from moe_base.errors import InputError
 
 Impl = str
 IMPLS: tuple[str, ...] = ("masked", "gather", "seed")
-# Further implementations (e.g. the Triton kernel, registered by export.plugins.torch_op) plug in here:
+# Further implementations (e.g. the Triton kernel, registered by topk_attention.torch_op) plug in here:
 # fn(q, k, v, topk, scale) -> (B, H, N, d), called only for topk < N.
 _EXTRA_IMPLS: dict[str, Callable[..., torch.Tensor]] = {}
 
@@ -33,7 +34,7 @@ _EXTRA_IMPLS: dict[str, Callable[..., torch.Tensor]] = {}
 def register_impl(name: str, fn: Callable[..., torch.Tensor]) -> None:
     """Make ``impl=name`` available to sparse_topk_attention and the model's set_attention_impl."""
     if name in IMPLS:
-        raise ValueError(f"{name!r} is a built-in implementation and cannot be replaced")
+        raise InputError(f"{name!r} is a built-in implementation and cannot be replaced")
     _EXTRA_IMPLS[name] = fn
 
 
@@ -85,4 +86,4 @@ def sparse_topk_attention(
         idx = top_idx.unsqueeze(-1).expand(b, h, nq, topk, d)
         v_sel = torch.gather(v_exp, 3, idx)  # (B, H, N, k, d) materialised
         return (probs.unsqueeze(-1) * v_sel).sum(dim=3)
-    raise ValueError(f"unknown sparse attention impl {impl!r}; expected one of {available_impls()}")
+    raise InputError(f"unknown sparse attention impl {impl!r}; expected one of {available_impls()}")

@@ -7,15 +7,11 @@ from typing import Any
 
 import torch
 
-from moe_denoise.fileio import atomic_write as atomic_write_bytes
-from moe_denoise.fileio import atomic_write_json, sha256_file
+from moe_base.config import ModelConfig, get_preset
+from moe_base.errors import CheckpointError
+from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
 
-from .config import ModelConfig, get_preset
 from .model import SmallViT
-
-
-class CheckpointError(ValueError):
-    """A weights file or its sidecar is missing, unreadable or does not match the model."""
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -23,7 +19,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def sidecar_path(weights: str | Path) -> Path:
@@ -36,7 +32,7 @@ def save_weights(model: SmallViT, path: str | Path, meta: dict[str, Any] | None 
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata={"format": "pt"}))
+    atomic_write(path, save(tensors, metadata={"format": "pt"}))
     sidecar = {"config": model.config.to_dict(), "sha256": sha256_file(path), **(meta or {})}
     atomic_write_json(sidecar_path(path), sidecar)
 

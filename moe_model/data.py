@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from moe_base.errors import DatasetError, InputError
+
 Split = Literal["train", "val", "test"]
 Protocol = Literal["clip", "unclipped"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -24,10 +26,6 @@ NUM_VAL = 5000
 DEFAULT_SIGMA = 0.2
 DEFAULT_EVAL_SEED = 1234
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-
-
-class DatasetError(ValueError):
-    """The data folder is missing or malformed."""
 
 
 def _where_to_get() -> str:
@@ -57,7 +55,7 @@ def _read_batch(path: Path) -> np.ndarray:
 def load_cifar10(data_dir: str | Path, split: Split) -> np.ndarray:
     """Images of one split as uint8 (N, 3, 32, 32)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"CIFAR-10 folder {root} does not exist. Expected a 'cifar-10-batches-py' folder "
@@ -87,7 +85,7 @@ def add_noise(clean: torch.Tensor, sigma: float = DEFAULT_SIGMA, protocol: Proto
               generator: torch.Generator | None = None) -> torch.Tensor:
     """Gaussian noise on [0, 1] pixels. ``clip`` (the seed's): clamp(x + sigma N(0,1), 0, 1); ``unclipped``: x + sigma N."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown noise protocol {protocol!r}; expected one of {PROTOCOLS}")
+        raise InputError(f"unknown noise protocol {protocol!r}; expected one of {PROTOCOLS}")
     noisy = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
     return noisy.clamp_(0.0, 1.0) if protocol == "clip" else noisy
 
@@ -110,7 +108,7 @@ class BlindNoise:
         if not 0.0 < self.sigma_max < float("inf"):
             bad.append(f"sigma_max must be > 0 (got {self.sigma_max})")
         if bad:
-            raise ValueError("invalid blind noise: " + "; ".join(bad))
+            raise InputError("invalid blind noise: " + "; ".join(bad))
 
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what Pillow's convert("L") uses

@@ -1,11 +1,11 @@
 """Training losses: reconstruction MSE and the router's load-balancing auxiliary loss."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from moe_base.errors import InputError
 
 
 def load_balance_loss(probs: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def reconstruction_loss(output: torch.Tensor, clean: torch.Tensor, kind: str = "
         per_image = ((output - clean) ** 2).flatten(1).mean(dim=1)  # (B,)
         w = 1.0 / per_image.detach().clamp_min(mse_floor)
         return (per_image * (w / w.mean())).mean()
-    raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+    raise InputError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
 def total_loss(output: torch.Tensor, clean: torch.Tensor, routing: Sequence[torch.Tensor],
@@ -46,7 +46,3 @@ def total_loss(output: torch.Tensor, clean: torch.Tensor, routing: Sequence[torc
     mse = reconstruction_loss(output, clean, kind, mse_floor)
     aux = torch.stack([load_balance_loss(p) for p in routing]).sum() if routing else output.new_zeros(())
     return mse + aux_weight * aux, mse, aux
-
-
-def psnr_from_mse(mse: float) -> float:
-    return float("inf") if mse <= 0 else 10.0 * math.log10(1.0 / mse)

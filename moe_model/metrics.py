@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from moe_base.optional import require
+
 
 def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """(B, C, H, W) -> (B,) PSNR in dB."""
@@ -14,11 +16,7 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float =
 def ssim_per_image(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
                    data_range: float = 1.0) -> np.ndarray:
     """(B, C, H, W) -> (B,) SSIM via skimage.metrics.structural_similarity (Gaussian-free 7x7 default window)."""
-    try:
-        from skimage.metrics import structural_similarity
-    except ImportError as e:
-        raise ImportError("SSIM needs scikit-image, which is not installed: pip install 'moe-denoise[eval]' "
-                          "(or pip install scikit-image)") from e
+    structural_similarity = require("skimage.metrics", "SSIM").structural_similarity
     p, t = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
     return np.array([structural_similarity(t[i], p[i], channel_axis=0, data_range=data_range)
                      for i in range(len(p))])

@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 
 from .attention import Impl, available_impls
-from .config import ModelConfig, get_preset
+from moe_base.config import ModelConfig, get_preset
 from .layers import Block
+from moe_base.errors import InputError
 
 
 class SmallViT(nn.Module):
@@ -39,7 +40,7 @@ class SmallViT(nn.Module):
 
     def set_attention_impl(self, impl: Impl) -> "SmallViT":
         if impl not in available_impls():
-            raise ValueError(f"unknown attention impl {impl!r}; expected one of {available_impls()}")
+            raise InputError(f"unknown attention impl {impl!r}; expected one of {available_impls()}")
         for blk in self.blocks:
             for expert in blk.attn.experts:
                 expert.impl = impl

@@ -17,8 +17,10 @@ from typing import Any, Callable
 
 import torch
 
+from moe_base.errors import CheckpointError, NoGPUError, InputError
+
 from .checkpoint import atomic_torch_save, origin, save_weights
-from .config import get_preset
+from moe_base.config import get_preset
 from .data import (DEFAULT_EVAL_SEED, DEFAULT_SIGMA, BlindNoise, add_noise, blind_noisy, fixed_noisy, load_cifar10,
                    to_float)
 from .losses import LOSSES, total_loss
@@ -79,7 +81,7 @@ class TrainConfig:
         if self.loss not in LOSSES:
             bad.append(f"loss must be one of {LOSSES} (got {self.loss!r})")
         if bad:
-            raise ValueError("invalid training settings: " + "; ".join(bad))
+            raise InputError("invalid training settings: " + "; ".join(bad))
         get_preset(self.preset)
 
 
@@ -87,7 +89,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} was asked for but torch sees no CUDA GPU "
+        raise NoGPUError(f"--device {device} was asked for but torch sees no CUDA GPU "
                            f"(torch {torch.__version__}); use --device cpu")
     return torch.device(device)
 
@@ -146,7 +148,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
     if resume:
         if not state_path.is_file():
-            raise FileNotFoundError(f"--resume was given but {state_path} does not exist; run without --resume "
+            raise CheckpointError(f"--resume was given but {state_path} does not exist; run without --resume "
                                     f"to start, or point --out-dir at the run to continue")
         # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -155,7 +157,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()
                    if k not in ("out_dir", "data_dir", "device", "threads") and saved.get(k, defaults[k]) != v}
         if changed:
-            raise ValueError(f"--resume with different settings than the run in {out}: "
+            raise InputError(f"--resume with different settings than the run in {out}: "
                              + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items()))
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
@@ -235,7 +237,7 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     only by new inputs of the next layer, which are zero there), so the grown model computes what the file did. Tensors the file lacks keep their fresh initialisation (e.g. a new
     refinement head, whose last layer starts at zero so the model first computes what the file did).
     """
-    from .checkpoint import CheckpointError, load_state_dict
+    from .checkpoint import load_state_dict
 
     sd = load_state_dict(path)
     own = model.state_dict()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .checkpoint import atomic_write_bytes
+from moe_base.fileio import atomic_write
 from .metrics import psnr_per_image
 
 # A perceptually ordered dark-blue -> teal -> yellow ramp (anchors picked by hand) for probabilities in [0, 1].
@@ -32,7 +32,7 @@ def _to_pil(img: torch.Tensor, scale: int) -> Image.Image:
 def _save_png(img: Image.Image, path: str | Path) -> None:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def denoise_grid(noisy: torch.Tensor, denoised: torch.Tensor, clean: torch.Tensor, path: str | Path,

@@ -4,13 +4,13 @@ Importing this package needs only numpy: each backend is imported when it is ask
 raises MissingBackendError naming what to install.
 """
 from .base import BaseRunner, validate_batch
-from .errors import (ArtifactError, ArtifactMismatchError, InputError, MissingBackendError, ParityError,
-                     RuntimeToolkitError)
+from moe_base.errors import (ArtifactError, ArtifactMismatchError, InputError, MissingBackendError, ParityError,
+                     ToolkitError)
 from .parity import ParityReport, compare, parity_inputs
-from .tolerances import TOLERANCES, Tolerance, get_tolerance
+from moe_base.tolerances import TOLERANCES, Tolerance, get_tolerance
 
 __all__ = ["BaseRunner", "validate_batch", "ArtifactError", "ArtifactMismatchError", "InputError",
-           "MissingBackendError", "ParityError", "RuntimeToolkitError", "ParityReport", "compare", "parity_inputs",
+           "MissingBackendError", "ParityError", "ToolkitError", "ParityReport", "compare", "parity_inputs",
            "TOLERANCES", "Tolerance", "get_tolerance", "TorchRunner", "OrtRunner"]
 
 

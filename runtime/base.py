@@ -10,11 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from moe_base.contract import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
+from moe_base.errors import InputError
 
-INPUT_NAME = "noisy"
-OUTPUT_NAME = "denoised"
-TILE_SHAPE = (3, 32, 32)
 
 
 def validate_batch(x: Any, dtypes: tuple[np.dtype, ...] = (np.dtype(np.float32),), name: str = INPUT_NAME,

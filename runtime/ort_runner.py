@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ._optional import require
+from moe_base.optional import require
 from .base import BaseRunner
-from .errors import ArtifactError, InputError, MissingBackendError
-from .manifest import check_artifact_file, read_manifest
+from moe_base.errors import ArtifactError, InputError, MissingBackendError
+from moe_base.manifest import check_artifact_file, read_manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -77,7 +77,7 @@ class OrtRunner(BaseRunner):
             proto = onnx.load(str(self.model_path))
         except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
             raise ArtifactError(f"{self.model_path} is not a readable ONNX model ({e}); re-export it") from e
-        from .ort_plugin import has_plugin_nodes, register_reference_op, relabel_for_ort
+        from topk_attention.ort_op import has_plugin_nodes, register_reference_op, relabel_for_ort
 
         if has_plugin_nodes(proto):
             so.register_custom_ops_library(register_reference_op())

@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import InputError
-from .tolerances import Tolerance
+from moe_base.contract import TILE_SHAPE
+from moe_base.errors import InputError
+from moe_base.metrics import psnr_from_mse
+from moe_base.tolerances import Tolerance
 
 
 @dataclass
@@ -43,11 +45,6 @@ class ParityReport:
         ]
         lines += [f"  failed: {f}" for f in self.failures]
         return "\n".join(lines)
-
-
-def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
-    """PSNR in dB of a mean squared error on a signal of range ``peak``; inf for identical signals."""
-    return float("inf") if mse == 0 else 10.0 * math.log10(peak**2 / mse)
 
 
 def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, backend: str = "?",
@@ -89,21 +86,22 @@ def parity_inputs(num: int = 32, seed: int = 0, sigma: float = 0.2) -> np.ndarra
     if num < 1:
         raise InputError(f"parity needs at least 1 input image (got {num})")
     rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 32), indexing="ij")
+    c, h, w = TILE_SHAPE
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     images = []
     for i in range(num):
         kind = i % 8
         if kind < 4:  # smooth random field + edges, noisy like the task's inputs
             f = sum(rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * (rng.uniform(0.5, 3) * xx * rng.choice([-1, 1])
                     + rng.uniform(0.5, 3) * yy + rng.uniform(0, 1)))[None] for _ in range(3))
-            img = np.clip(0.5 + f + rng.uniform(-0.2, 0.2, (3, 1, 1)), 0, 1)
+            img = np.clip(0.5 + f + rng.uniform(-0.2, 0.2, (c, 1, 1)), 0, 1)
             img = np.where((xx > rng.uniform(0.2, 0.8))[None], img, img * 0.5)
             img = np.clip(img + sigma * rng.standard_normal(img.shape), 0, 1)
         elif kind < 6:
-            img = rng.uniform(0, 1, (3, 32, 32))
+            img = rng.uniform(0, 1, TILE_SHAPE)
         elif kind == 6:
-            img = np.full((3, 32, 32), rng.choice([0.0, 1.0, rng.uniform()]))
+            img = np.full(TILE_SHAPE, rng.choice([0.0, 1.0, rng.uniform()]))
         else:
-            img = np.broadcast_to(((xx * rng.integers(2, 16)) % 1 > 0.5).astype(float), (3, 32, 32))
+            img = np.broadcast_to(((xx * rng.integers(2, 16)) % 1 > 0.5).astype(float), TILE_SHAPE)
         images.append(img)
     return np.stack(images).astype(np.float32)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import check_unit_range
-from .errors import InputError
+from moe_base.errors import InputError
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""
@@ -143,10 +143,10 @@ def _run_batch(fn: TileFn, batch: np.ndarray) -> np.ndarray:
     """Call the denoiser and check that it kept the batch's shape and gave finite numbers."""
     out = np.asarray(fn(batch), dtype=np.float32)
     if out.shape != batch.shape:
-        raise ValueError(f"the tile denoiser returned shape {out.shape} for a batch of shape {batch.shape}; "
+        raise InputError(f"the tile denoiser returned shape {out.shape} for a batch of shape {batch.shape}; "
                          f"it must return an array of the same shape")
     if not np.isfinite(out).all():
-        raise ValueError("the tile denoiser returned NaN/inf values; check the model and its weights")
+        raise InputError("the tile denoiser returned NaN/inf values; check the model and its weights")
     return out
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ._optional import require
+from moe_base.optional import require
 from .base import BaseRunner
-from .errors import InputError, MissingBackendError
+from moe_base.errors import InputError, MissingBackendError
 
 
 class TorchRunner(BaseRunner):
@@ -41,7 +41,7 @@ class TorchRunner(BaseRunner):
         from moe_model.attention import available_impls
 
         if self.impl not in available_impls():
-            hint = (" (the Triton kernel registers itself when export.plugins.torch_op is imported; the "
+            hint = (" (the Triton kernel registers itself when topk_attention.torch_op is imported; the "
                     "moe-denoise CLI does that for --backend torch-triton)" if self.impl == "triton" else "")
             raise MissingBackendError(f"attention impl {self.impl!r} is not available; available: "
                                       f"{', '.join(available_impls())}{hint}")

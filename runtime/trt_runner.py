@@ -14,15 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ._optional import require
+from moe_base.optional import require
 from .base import BaseRunner
-from .errors import ArtifactError, InputError, NoGPUError, PluginMissingError
-from .manifest import check_artifact_file, check_equal, read_manifest
-
-
-def cuda_device_info(torch: Any, device: int = 0) -> dict[str, Any]:
-    p = torch.cuda.get_device_properties(device)
-    return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1)}
+from moe_base.contract import TILE_SHAPE
+from moe_base.machine import cuda_device
+from moe_base.errors import ArtifactError, InputError, NoGPUError, PluginMissingError
+from moe_base.manifest import check_artifact_file, check_equal, read_manifest
 
 
 class TensorRTRunner(BaseRunner):
@@ -51,7 +48,7 @@ class TensorRTRunner(BaseRunner):
         if not torch.cuda.is_available():
             raise NoGPUError(f"the TensorRT backend needs an NVIDIA GPU, but torch {torch.__version__} sees none "
                              f"(CUDA build: {torch.version.cuda}); run on a GPU machine or use --backend ort")
-        gpu = cuda_device_info(torch, self.device)
+        gpu = cuda_device(self.device)
         if self.manifest:
             built = self.manifest.get("tensorrt", {})
             check_equal("TensorRT version", built.get("version"), trt.__version__,
@@ -71,7 +68,7 @@ class TensorRTRunner(BaseRunner):
                                          f"{plugin['version']}), which is not registered in this process and is "
                                          f"not embedded as an AOT kernel; rebuild the engine with 'moe-denoise build' "
                                          f"(the build embeds the AOT kernel), or call "
-                                         f"export.plugins.trt_plugin.register_plugin() in this process before "
+                                         f"topk_attention.trt_plugin.register_plugin() in this process before "
                                          f"loading it (importing that module registers nothing)")
             raise ArtifactError(f"TensorRT could not deserialize {self.engine_path} ({len(data)} bytes): the file is "
                                 f"corrupt, truncated, or not a TensorRT {trt.__version__} engine; rebuild it")
@@ -99,7 +96,7 @@ class TensorRTRunner(BaseRunner):
     # -- inference --------------------------------------------------------------------------------------
     def _buffers(self, batch: int) -> tuple[Any, Any]:
         torch = self._torch
-        shape = (batch, 3, 32, 32)
+        shape = (batch, *TILE_SHAPE)
         x = torch.empty(shape, dtype=torch.float32, device=f"cuda:{self.device}")
         y = torch.empty(shape, dtype=torch.float32, device=f"cuda:{self.device}")
         return x, y

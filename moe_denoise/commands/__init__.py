@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from moe_base.errors import InputError
 
 DEFAULT_DATA_DIR = "../shared/data/cifar-10-batches-py"
 
@@ -27,7 +28,7 @@ def resolve_weights(path: Path | None) -> Path:
     from weights import DEFAULT_WEIGHTS
 
     if not DEFAULT_WEIGHTS.is_file():
-        raise FileNotFoundError(f"the shipped weights {DEFAULT_WEIGHTS} are missing from this install; "
+        raise InputError(f"the shipped weights {DEFAULT_WEIGHTS} are missing from this install; "
                                 f"pass --weights PATH or reinstall the package")
     return DEFAULT_WEIGHTS
 
@@ -70,12 +71,12 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
         from runtime.torch_runner import TorchRunner
 
         if args.impl == "triton":
-            import export.plugins.torch_op  # noqa: F401 - registers the Triton implementation
+            import topk_attention.torch_op  # noqa: F401 - registers the Triton implementation
 
         return TorchRunner(resolve_weights(weights), preset=args.preset, device=args.device, impl=args.impl,
                            threads=args.threads)
     from runtime.trt_runner import TensorRTRunner
 
     if args.artifact is None:
-        raise ValueError("--backend trt needs --artifact ENGINE (build one with 'moe-denoise build')")
+        raise InputError("--backend trt needs --artifact ENGINE (build one with 'moe-denoise build')")
     return TensorRTRunner(args.artifact, cuda_graph=args.cuda_graph)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import add_weights_args, resolve_weights
+from moe_base.errors import InputError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
@@ -79,9 +80,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers like 1,8,64; got {text!r}") from None
+        raise InputError(f"{what} must be comma-separated integers like 1,8,64; got {text!r}") from None
     if not values or any(v < 1 for v in values):
-        raise ValueError(f"{what} must be positive integers like 1,8,64; got {text!r}")
+        raise InputError(f"{what} must be positive integers like 1,8,64; got {text!r}")
     return values
 
 
@@ -93,9 +94,9 @@ def _engines(items: list[str]) -> dict[str, Path]:
         name, sep, path = item.partition("=")
         if not sep or not name.startswith("trt-") or name not in GPU_BACKENDS:
             trt = [b for b in GPU_BACKENDS if b.startswith("trt-")]
-            raise ValueError(f"--engine expects NAME=PATH with NAME one of {trt}; got {item!r}")
+            raise InputError(f"--engine expects NAME=PATH with NAME one of {trt}; got {item!r}")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--engine {name}: {path} does not exist; build it with 'moe-denoise build'")
+            raise InputError(f"--engine {name}: {path} does not exist; build it with 'moe-denoise build'")
         out[name] = Path(path)
     return out
 
@@ -116,7 +117,7 @@ def settings_from_args(args: argparse.Namespace, preset: str) -> Any:
         p["min_repeats"] = min(p["min_repeats"], args.repeats)
     p["threads"] = args.threads if args.threads is not None else _usable_cores()
     if p["threads"] < 1:
-        raise ValueError(f"--threads must be >= 1, got {p['threads']}")
+        raise InputError(f"--threads must be >= 1, got {p['threads']}")
     settings = BenchSettings(**p)
     settings.validate()
     return settings
@@ -149,7 +150,7 @@ def export_graph(flavor: str, optimize: bool, precision: str, weights: Path, pre
     """One ONNX graph in ``cache/<weights hash>/``: reused when its manifest matches, else exported (parity-gated)."""
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
-    from moe_denoise.fileio import sha256_file
+    from moe_base.fileio import sha256_file
     from moe_model.checkpoint import load_model
 
     suffix = ("" if optimize else ".noopt") + ("" if precision == "fp32" else f".{precision}")
@@ -176,7 +177,7 @@ def build_engines(names: tuple[str, ...], given: dict[str, Path], weights: Path,
         return {}, {}
     try:
         from export.engine import BuildOptions, build_engine, plan_build
-        from runtime._optional import require
+        from moe_base.optional import require
 
         trt = require("tensorrt", "building TensorRT engines")
     except Exception as e:  # noqa: BLE001 - no TensorRT here: the reason goes into the report
@@ -202,7 +203,7 @@ def build_engines(names: tuple[str, ...], given: dict[str, Path], weights: Path,
 
 def _cached_graph_ok(path: Path) -> bool:
     """A cached graph is reused only if its manifest exists and its hash matches the file."""
-    from runtime.manifest import check_artifact_file, read_manifest
+    from moe_base.manifest import check_artifact_file, read_manifest
 
     if not path.is_file():
         return False
@@ -218,7 +219,7 @@ def _triton_status(names: tuple[str, ...]) -> str | None:
     if "torch-triton" not in names:
         return None
     try:
-        import export.plugins.torch_op  # noqa: F401 - registers impl="triton"
+        import topk_attention.torch_op  # noqa: F401 - registers impl="triton"
     except Exception as e:  # noqa: BLE001 - e.g. no triton, no CUDA
         return f"the Triton kernel could not be registered: {type(e).__name__}: {e}"
     return None
@@ -239,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from benchmarks.flops import model_flops
     from benchmarks.harness import run_benchmark
-    from moe_denoise.fileio import sha256_file
+    from moe_base.fileio import sha256_file
     from moe_model.checkpoint import load_model
     from runtime.torch_runner import TorchRunner
 
@@ -293,7 +294,8 @@ def run(args: argparse.Namespace) -> int:
 def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: Any = print) -> list[Path]:
     """Validate the document, then write results.json, results.md and (with matplotlib) results.png atomically."""
     from benchmarks.report import markdown_report, render_plot, validate_results
-    from moe_denoise.fileio import atomic_write, atomic_write_json
+    from moe_base.errors import MissingBackendError
+    from moe_base.fileio import atomic_write, atomic_write_json
 
     validate_results(doc)
     written = [out_dir / "results.json", out_dir / "results.md"]
@@ -302,8 +304,8 @@ def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: An
     if plot:
         try:
             png = render_plot(doc)
-        except ImportError as e:
-            log(f"plot skipped: matplotlib is not installed ({e}); pip install 'moe-denoise[plot]'")
+        except MissingBackendError as e:
+            log(f"plot skipped: {e}")
         else:
             written.append(out_dir / "results.png")
             atomic_write(written[-1], png)

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a clean version of the photo: report the PSNR of the input and of the output against it")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="send the photo to a running 'moe-denoise serve' (HOST:PORT or http://HOST:PORT, "
+                        "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply")
+    p.add_argument("--timeout", type=float, default=3600.0, help="with --server: seconds to wait for the answer")
     p.set_defaults(func=run)
 
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
@@ -45,11 +49,16 @@ def run(args: argparse.Namespace) -> int:
         from runtime.images import read_image
 
         read_image(args.reference)  # fail before minutes of denoising, not after
-    runner = make_runner(args, args.weights)
-    with runner:
-        report = denoise_file(args.input, args.output, runner, overwrite=args.overwrite, overlap=args.overlap,
-                              batch_size=args.batch_size, progress=not (args.no_progress or args.json))
-    report["backend"] = runner.describe()
+    if args.server is not None:
+        report = run_remote(args)
+        name = f"the server at {args.server}"
+    else:
+        runner = make_runner(args, args.weights)
+        with runner:
+            report = denoise_file(args.input, args.output, runner, overwrite=args.overwrite, overlap=args.overlap,
+                                  batch_size=args.batch_size, progress=not (args.no_progress or args.json))
+        report["backend"] = runner.describe()
+        name = runner.name
     if args.reference is not None:
         report["psnr_vs_reference"] = reference_psnr(args.reference, args.input, args.output)
     if args.json:
@@ -59,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         w, h = report["size"]
         print(f"denoised {report['input']} ({w}x{h}, {report['mode']}, {report['bit_depth']}-bit) with "
-              f"{runner.name} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}")
+              f"{name} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}")
         for note in report["notes"]:
             print(f"  note: {note}")
         if "psnr_vs_reference" in report:
@@ -68,13 +77,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_remote(args: argparse.Namespace) -> dict:
+    """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally."""
+    from runtime import InputError
+    from serving.client import denoise_file_remote
+
+    if args.overlap != 16:
+        raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
+                         f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
+    return denoise_file_remote(args.input, args.output, args.server, overwrite=args.overwrite,
+                               timeout_s=args.timeout)
+
+
 def reference_psnr(reference: Path, noisy: Path, denoised: Path) -> dict[str, float]:
     """PSNR (data range 1) of the input and the output against a clean reference of the same size."""
     import numpy as np
 
-    from runtime.errors import InputError
+    from moe_base.errors import InputError
     from runtime.images import read_image
-    from runtime.parity import psnr_from_mse
+    from moe_base.metrics import psnr_from_mse
 
     ref = read_image(reference)[0]
     out = {}

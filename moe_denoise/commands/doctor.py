@@ -16,13 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def gather() -> dict[str, Any]:
-    from runtime._optional import available
+    from moe_base.machine import gpu_info, library_status
 
     info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
                             "packages": {}, "backends": {}}
-    for mod in ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime_extensions", "triton", "tensorrt", "skimage",
-                "safetensors", "PIL"):
-        ok, ver = available(mod)
+    for mod, (ok, ver) in library_status().items():
         info["packages"][mod] = ver if ok else None
         if not ok:
             info.setdefault("missing", {})[mod] = ver
@@ -31,10 +29,9 @@ def gather() -> dict[str, Any]:
         import torch
 
         gpu["torch_cuda_build"] = torch.version.cuda
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            gpu.update(cuda_available=True, name=p.name, compute_capability=f"{p.major}.{p.minor}",
-                       memory_gib=round(p.total_memory / 2**30, 1), count=torch.cuda.device_count())
+        found = gpu_info()
+        if found:
+            gpu.update(cuda_available=True, **found)
     info["gpu"] = gpu
     providers = []
     if info["packages"]["onnxruntime"]:

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from . import add_weights_args, resolve_weights
+from moe_base.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +47,7 @@ def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
     names = tuple(REWRITES) if text.strip() == "all" else tuple(r.strip() for r in text.split(",") if r.strip())
     unknown = [r for r in names if r not in REWRITES]
     if unknown:
-        raise ValueError(f"--rewrites: unknown {unknown}; known: {', '.join(REWRITES)} (or 'all')")
+        raise InputError(f"--rewrites: unknown {unknown}; known: {', '.join(REWRITES)} (or 'all')")
     return names
 
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from moe_model.checkpoint import load_model
 
     if args.parity_images < 1:
-        raise ValueError(f"--parity-images must be >= 1 (got {args.parity_images})")
+        raise InputError(f"--parity-images must be >= 1 (got {args.parity_images})")
     weights = resolve_weights(args.weights)
     model = load_model(weights, preset=args.preset)
     rewrites = parse_rewrites(args.rewrites)

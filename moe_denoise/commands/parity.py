@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from . import add_backend_args, add_weights_args, make_runner, resolve_weights
+from moe_base.errors import InputError
 
 
 
@@ -13,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Runs N fixed inputs through the backend and through the PyTorch model (CPU, "
                                    "masked attention) and reports max / mean / p99 absolute error, the PSNR of the "
                                    "backend's output against PyTorch's and the fraction of pixels beyond tolerance. "
-                                   "Tolerances come from runtime/tolerances.py, keyed by (backend, precision). "
+                                   "Tolerances come from moe_base/tolerances.py, keyed by (backend, precision). "
                                    "Exit code 1 when out of tolerance.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_backend_args(p, required=True, default_impl="gather")
@@ -28,14 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from moe_denoise.fileio import sha256_file
-    from runtime.manifest import check_equal
+    from moe_base.fileio import sha256_file
+    from moe_base.manifest import check_equal
     from runtime.parity import compare, parity_inputs
-    from runtime.tolerances import get_tolerance
+    from moe_base.tolerances import get_tolerance
     from runtime.torch_runner import TorchRunner
 
     if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1 (got {args.num_images})")
+        raise InputError(f"--num-images must be >= 1 (got {args.num_images})")
     weights = resolve_weights(args.weights)
     x = parity_inputs(args.num_images)
     if args.data_dir is not None:

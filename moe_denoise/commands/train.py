@@ -8,7 +8,7 @@ from . import add_data_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from moe_model.config import PRESETS
+    from moe_base.config import PRESETS
     from moe_model.losses import LOSSES
 
     p = sub.add_parser("train", help="train the denoiser on CIFAR-10 (resumable)",

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from . import add_data_args, add_weights_args, load_model_from_args
+from moe_base.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from moe_model.visualize import denoise_grid, routing_maps
 
     if args.num_images < 1 or args.scale < 1 or args.offset < 0:
-        raise ValueError(f"--num-images and --scale must be >= 1 and --offset >= 0 (got {args.num_images}, "
+        raise InputError(f"--num-images and --scale must be >= 1 and --offset >= 0 (got {args.num_images}, "
                          f"{args.scale}, {args.offset})")
     model = load_model_from_args(args)
     images = load_cifar10(args.data_dir, args.split)
     if args.offset >= len(images):
-        raise ValueError(f"--offset {args.offset} is past the end of the {args.split} split ({len(images)} images)")
+        raise InputError(f"--offset {args.offset} is past the end of the {args.split} split ({len(images)} images)")
     clean = to_float(images[args.offset : args.offset + args.num_images])
     noisy = fixed_noisy(clean, args.sigma, "clip", args.eval_seed)
     with torch.no_grad():

@@ -8,7 +8,7 @@ by (op type, ``plugin_version``, ``plugin_namespace``) and ``loadFields`` turns 
 creator's field list, in that order, into fields, INT -> kINT32, FLOAT -> kFLOAT32; ``importerUtils.cpp``
 ``createPlugin`` asks for kSTRICT_AOT when the node has ``aot=1``):
 
-  1. register the plugin (``export.plugins.trt_plugin.register_plugin``);
+  1. register the plugin (``topk_attention.trt_plugin.register_plugin``);
   2. for each plugin node of our plugin graph (fp32 and fp16): look up the creator, build the fields, create the
      plugin in the build phase with the node's AOT request;
   3. output types for the graph's input types, output shapes for a symbolic batch;
@@ -16,7 +16,7 @@ creator's field list, in that order, into fields, INT -> kINT32, FLOAT -> kFLOAT
   5. the launch parameters and the extra kernel arguments (``get_launch_params``) and the kernel
      (``get_kernel``), evaluated for concrete batch sizes.
 
-The JSON record it prints is what ``benchmarks/gpu_check.py --launch-record`` launches on a GPU.
+The JSON record it prints is what ``tools/gpu_check.py --launch-record`` launches on a GPU.
 
     python -m tools.trt_layer.drive --version 11.4.0.106 --target cuda:90 -o build/trt_launch_record.json
 """
@@ -35,12 +35,12 @@ BATCHES = (1, 8, 64, 4096)
 
 
 def _plugin_module(path: str | None) -> Any:
-    """Our plugin module, or a copy of it at ``path`` (the tests' mutants), imported inside export.plugins."""
+    """Our plugin module, or a copy of it at ``path`` (the tests' mutants), imported inside topk_attention."""
     if path is None:
-        import export.plugins.trt_plugin as mod
+        import topk_attention.trt_plugin as mod
 
         return mod
-    spec = importlib.util.spec_from_file_location("export.plugins._trt_plugin_variant", path)
+    spec = importlib.util.spec_from_file_location("topk_attention._trt_plugin_variant", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -52,7 +52,7 @@ def plugin_nodes(precision: str) -> tuple[list[Any], dict[str, Any]]:
     import onnx
 
     from export.onnx_export import ExportOptions, build_onnx
-    from export.plugins.spec import PLUGIN_NAMESPACE
+    from topk_attention.spec import PLUGIN_NAMESPACE
     from moe_model.checkpoint import load_model
     from weights import DEFAULT_WEIGHTS
 
@@ -100,7 +100,7 @@ def drive(target: str, plugin_path: str | None = None) -> dict[str, Any]:
     import tensorrt as trt
     import tensorrt.plugin  # noqa: F401 - the real layer under test
 
-    from export.plugins.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
     record: dict[str, Any] = {"tensorrt_plugin_layer": trt.__version__, "numpy": np.__version__, "target": target,
                               "plugin": {"name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION}}
@@ -190,11 +190,34 @@ def drive(target: str, plugin_path: str | None = None) -> dict[str, Any]:
     return record
 
 
-def run_in_layer(version: str, args: list[str], timeout: int = 900) -> dict[str, Any]:
-    """Run this driver in a subprocess over the real plugin layer of ``version``; returns its JSON report."""
+def create_only(plugin_path: str | None = None) -> dict[str, Any]:
+    """Steps 1-2 and the output types only, with the fields the parser makes of our graph's attributes
+    (``topk`` INT -> int32, ``scale`` FLOAT -> float32): needs nothing but NumPy, so it can run under another
+    NumPy than the test environment's (the attribute conversion of TensorRT 10.9-11.1 depends on it)."""
+    import numpy as np
+    import tensorrt as trt
+    import tensorrt.plugin  # noqa: F401 - the real layer under test
+
+    from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+    mod = _plugin_module(plugin_path)
+    mod.register_plugin("cuda:90")
+    creator = trt.get_plugin_registry().get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+    values = {"topk": (np.array([32], dtype=np.int32), trt.PluginFieldType.INT32),
+              "scale": (np.array([1.0], dtype=np.float32), trt.PluginFieldType.FLOAT32)}
+    fields = [trt.PluginField(f.name, *values[f.name]) for f in creator.field_names]
+    plugin = creator.create_plugin(PLUGIN_NAME, PLUGIN_NAMESPACE, trt.PluginFieldCollection(fields),
+                                   trt.TensorRTPhase.BUILD, trt.QuickPluginCreationRequest.STRICT_AOT)
+    types = plugin.get_output_data_types([trt.float32] * 3, [4, 4, 4])
+    return {"tensorrt_plugin_layer": trt.__version__, "numpy": np.__version__, "output_types": [t.name for t in types]}
+
+
+def run_in_layer(version: str, args: list[str], timeout: int = 900, python: str | None = None) -> dict[str, Any]:
+    """Run this driver in a subprocess over the real plugin layer of ``version`` (with another interpreter if
+    given); returns its JSON report."""
     from .fetch import environment
 
-    res = subprocess.run([sys.executable, "-m", "tools.trt_layer.drive", *args], cwd=REPO,
+    res = subprocess.run([python or sys.executable, "-m", "tools.trt_layer.drive", *args], cwd=REPO,
                          env=environment(version, REPO), capture_output=True, text=True, timeout=timeout, check=False)
     lines = res.stdout.strip().splitlines()
     try:
@@ -210,18 +233,22 @@ def run_in_layer(version: str, args: list[str], timeout: int = 900) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="cuda:90", help="GPU the AOT kernel is built for")
-    p.add_argument("--plugin-module", default=None, help="a copy of export/plugins/trt_plugin.py to drive instead")
+    p.add_argument("--plugin-module", default=None, help="a copy of topk_attention/trt_plugin.py to drive instead")
     p.add_argument("--version", default=None,
                    help="run in a subprocess over this TensorRT version's real plugin layer (fetched if needed); "
                         "without it, this process must already have the stand-in and the layer on its path")
+    p.add_argument("--create-only", action="store_true",
+                   help="registration, creation and output types only (needs nothing but NumPy)")
     p.add_argument("-o", "--output", type=Path, default=None, help="also write the record here (JSON)")
     args = p.parse_args(argv)
     if args.version:
-        inner = ["--target", args.target] + (["--plugin-module", args.plugin_module] if args.plugin_module else [])
+        inner = (["--target", args.target] + (["--plugin-module", args.plugin_module] if args.plugin_module else [])
+                 + (["--create-only"] if args.create_only else []))
         report = run_in_layer(args.version, inner)
     else:
         try:
-            report = {"ok": True, **drive(args.target, args.plugin_module)}
+            report = {"ok": True, **(create_only(args.plugin_module) if args.create_only
+                                     else drive(args.target, args.plugin_module))}
         except Exception as e:  # noqa: BLE001 - the report carries the failure; the tests read it
             report = {"ok": False, "error_type": type(e).__name__, "error": str(e),
                       "traceback": traceback.format_exc(limit=8)}

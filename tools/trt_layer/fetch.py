@@ -75,6 +75,33 @@ def layer_dir(version: str) -> Path:
     return final / "tensorrt_bindings"
 
 
+def numpy_python(minimum: str = "2.4") -> str:
+    """An interpreter with NumPy >= ``minimum`` and nothing else: this one if its NumPy is new enough, else a small
+    virtual environment made once in the cache (the test environment may pin an older NumPy: PyTriton does)."""
+    import numpy
+
+    if tuple(int(x) for x in numpy.__version__.split(".")[:2]) >= tuple(int(x) for x in minimum.split(".")):
+        return sys.executable
+    venv = cache_root() / f"numpy-{minimum}"
+    python = venv / "bin" / "python"
+    if (venv / "COMPLETE").is_file():
+        return str(python)
+    shutil.rmtree(venv, ignore_errors=True)
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"numpy>={minimum}"]]
+    for cmd in steps:
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise FetchError(f"could not make an environment with NumPy >= {minimum}: {e}") from e
+        if res.returncode != 0:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+            raise FetchError(f"could not make an environment with NumPy >= {minimum} ({' '.join(cmd[:4])}): "
+                             f"{' | '.join(tail)}")
+    (venv / "COMPLETE").write_text(minimum + "\n")
+    return str(python)
+
+
 def environment(version: str, repo: Path) -> dict[str, str]:
     """Environment in which ``import tensorrt`` is the stand-in core and ``tensorrt.plugin`` the real layer."""
     layer = layer_dir(version)

@@ -1,0 +1,13 @@
+"""The lowest layer: what every package of the toolkit shares. NumPy and the standard library only.
+
+errors      one root (ToolkitError) and a type per kind of problem
+optional    optional heavy imports: ``require("tensorrt")`` or a MissingBackendError naming what to install
+fileio      atomic file writes and hashing
+manifest    the manifest every artifact carries, and the checks against it
+tolerances  the one tolerance table, keyed by (backend, precision)
+config      the model's architecture (ModelConfig) and its named presets
+contract    the model's I/O contract: tensor names and tile shape
+machine     the description of this machine and its libraries
+metrics     PSNR from a mean squared error
+trt_api     every TensorRT name the project touches
+"""

@@ -1,0 +1,59 @@
+"""The toolkit's errors: one root, a type per kind of problem. Each message says what was given, what was
+expected and what to do.
+
+The command line shows a ``ToolkitError`` as one message (exit code 2, 1 for a failed parity check); any other
+exception is a bug and keeps its traceback. Errors about input also derive from ``ValueError`` and a missing
+backend from ``ImportError``, so callers that catch those keep working.
+"""
+
+
+class ToolkitError(Exception):
+    """Root of every error the toolkit raises on purpose."""
+
+
+class InputError(ToolkitError, ValueError):
+    """An input (array, image, file, setting, option) is not what the function or command accepts."""
+
+
+class DatasetError(InputError):
+    """The data folder is missing or malformed."""
+
+
+class CheckpointError(InputError):
+    """A weights file, a training state or a weights sidecar is missing, unreadable or does not fit the model."""
+
+
+class MissingBackendError(ToolkitError, ImportError):
+    """A backend was asked for but its package (or hardware) is not available here."""
+
+
+class NoGPUError(MissingBackendError):
+    """A GPU backend was asked for on a machine where no CUDA GPU is visible."""
+
+
+class ArtifactError(ToolkitError, ValueError):
+    """An artifact file (ONNX model, engine, AOT kernel) is missing, truncated or corrupt."""
+
+
+class ArtifactMismatchError(ArtifactError):
+    """An artifact's manifest does not match this environment (versions, GPU, plugin, model)."""
+
+
+class PluginMissingError(ArtifactError):
+    """An engine needs a TensorRT plugin that is not registered in this process."""
+
+
+class AOTError(ToolkitError):
+    """The sparse-attention kernel cannot be turned into a launchable ahead-of-time artifact as asked."""
+
+
+class BuildError(ToolkitError):
+    """TensorRT could not build an engine from a graph it parsed."""
+
+
+class ParityError(ToolkitError):
+    """A backend's outputs differ from the PyTorch reference by more than the tolerance."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report

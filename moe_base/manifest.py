@@ -1,0 +1,87 @@
+"""Self-describing artifacts: every ONNX file / engine has ``<file>.manifest.json`` next to it.
+
+The manifest records what produced the artifact (model config and weights hash, opset, library versions,
+precision, plugin, tolerance, parity result) so a runner can refuse an artifact that does not match its
+environment, naming both sides.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from .fileio import atomic_write, atomic_write_json, sha256_file
+
+from .errors import ArtifactError, ArtifactMismatchError
+
+SCHEMA = "moe-denoise/manifest/1"
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".manifest.json")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def base_manifest(kind: str, artifact: str | Path, data: bytes) -> dict[str, Any]:
+    return {"schema": SCHEMA, "kind": kind, "created": now_iso(),
+            "artifact": {"file": Path(artifact).name, "sha256": sha256_bytes(data), "bytes": len(data)},
+            "host": {"python": platform.python_version(), "platform": platform.platform()}}
+
+
+def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> Path:
+    """Write the artifact, then its manifest, both atomically. Returns the manifest path."""
+    atomic_write(path, data)
+    mpath = manifest_path(path)
+    atomic_write_json(mpath, manifest)
+    return mpath
+
+
+def read_manifest(artifact: str | Path, required: bool = True) -> dict[str, Any] | None:
+    mpath = manifest_path(artifact)
+    if not mpath.is_file():
+        if required:
+            raise ArtifactError(f"{artifact} has no manifest ({mpath} is missing). Artifacts written by "
+                                f"'moe-denoise export' / 'moe-denoise build' always have one; re-export, or pass "
+                                f"--no-manifest-check to run it anyway")
+        return None
+    try:
+        m = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"manifest {mpath} is unreadable: {e}; re-export the artifact") from e
+    if m.get("schema") != SCHEMA:
+        raise ArtifactError(f"manifest {mpath} has schema {m.get('schema')!r}; this version reads {SCHEMA!r}")
+    return m
+
+
+def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:
+    """The file on disk is the one the manifest describes (size and sha256)."""
+    path = Path(artifact)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    want = manifest["artifact"]
+    size = path.stat().st_size
+    if size != want["bytes"]:
+        raise ArtifactError(f"{path} is {size} bytes but its manifest says {want['bytes']}: the file is truncated "
+                            f"or was replaced; re-export it")
+    got = sha256_file(path)
+    if got != want["sha256"]:
+        raise ArtifactMismatchError(f"{path} does not match its manifest: sha256 on disk {got[:16]}..., manifest "
+                                    f"{want['sha256'][:16]}...; re-export it (or fix the manifest if you edited the "
+                                    f"file on purpose)")
+
+
+def check_equal(what: str, artifact_value: Any, env_value: Any, hint: str) -> None:
+    if artifact_value != env_value:
+        raise ArtifactMismatchError(f"{what} mismatch: the artifact was built for {artifact_value!r}, this "
+                                    f"environment has {env_value!r}. {hint}")

@@ -1,0 +1,63 @@
+"""Optional heavy dependencies, imported only when a backend is asked for.
+
+``require("tensorrt")`` returns the module or raises MissingBackendError naming the pip package / extra.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingBackendError
+
+# module -> (pip package, extra of this project that installs it)
+PACKAGES: dict[str, tuple[str, str | None]] = {
+    "torch": ("torch", None),
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "onnxruntime_extensions": ("onnxruntime-extensions", "onnx"),
+    "triton": ("triton", "gpu"),
+    "tensorrt": ("tensorrt", "trt"),
+    "skimage": ("scikit-image", "eval"),
+    "matplotlib": ("matplotlib", "plot"),
+    "cupy": ("cupy-cuda12x", None),
+    "polygraphy": ("polygraphy", "trt"),
+    "png": ("pypng", "images"),
+    "tifffile": ("tifffile", "images"),
+}
+
+
+def install_hint(module: str) -> str:
+    package, extra = PACKAGES.get(module, (module, None))
+    if module == "tensorrt":
+        return ("pip install 'moe-denoise[trt]' (TensorRT wheels exist for Linux x86_64/aarch64 with an NVIDIA "
+                "driver; on Jetson use the JetPack TensorRT)")
+    if extra:
+        return f"pip install 'moe-denoise[{extra}]' (or pip install {package})"
+    return f"pip install {package}"
+
+
+def require(module: str, purpose: str | None = None) -> ModuleType:
+    """Import ``module`` or raise MissingBackendError saying what needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        what = purpose or "this operation"
+        raise MissingBackendError(f"{what} needs the Python package '{PACKAGES.get(module, (module,))[0]}', which "
+                                  f"could not be imported here ({e}). Install it with: {install_hint(module)}") from e
+
+
+def optional_import(module: str) -> tuple[ModuleType | None, str | None]:
+    """(module, None) if importable, else (None, why not and how to install it): for code that must define
+    things at import time whether or not the package is there (e.g. a Triton kernel's decorator)."""
+    try:
+        return importlib.import_module(module), None
+    except Exception as e:  # noqa: BLE001 - any import failure means unavailable; the reason is reported
+        return None, f"{module} is not importable ({type(e).__name__}: {e}); install it with {install_hint(module)}"
+
+
+def available(module: str) -> tuple[bool, str]:
+    """(True, version) if importable, else (False, reason)."""
+    mod, why = optional_import(module)
+    if mod is None:
+        return False, why or ""
+    return True, str(getattr(mod, "__version__", "unknown version"))

@@ -1,0 +1,490 @@
+"""The benchmark harness with fake runners, timers and probes: parity before timing, unavailable backends,
+interleaving, the results schema, the Markdown report, the GPU method by injection."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.backends import parse_backends
+from benchmarks.harness import BackendSpec, BenchSettings, round_order, run_benchmark
+from benchmarks.report import markdown_report, render_plot, validate_results
+from benchmarks.timers import CudaEventTimer, PerfCounterTimer, make_timer
+from moe_base.errors import MissingBackendError, NoGPUError
+from runtime.base import BaseRunner
+
+
+class FakeRunner(BaseRunner):
+    """A 'model' that halves its input (plus ``offset``: a wrong backend), logging each call's name."""
+
+    backend = "fake"
+
+    def __init__(self, name, calls, offset=0.0, fail_at_batch=None, fail_activate=None, crop=False):
+        super().__init__(name=name)
+        self.calls, self.offset, self.fail_at_batch, self.fail_activate = calls, offset, fail_at_batch, fail_activate
+        self.crop = crop
+        self.deactivated = False
+
+    def _activate_impl(self):
+        if self.fail_activate:
+            raise self.fail_activate
+
+    def _deactivate_impl(self):
+        self.deactivated = True
+
+    def _infer_impl(self, x):
+        if self.fail_at_batch is not None and len(x) == self.fail_at_batch:
+            raise RuntimeError(f"out of memory at batch {len(x)}")
+        self.calls.append(self.name)
+        y = (x * 0.5 + self.offset).astype(np.float32)
+        return y[..., :16] if self.crop else y
+
+
+class FakeTimer:
+    """Runs the call, then reports a synthetic latency: per-backend milliseconds per image, from the call log."""
+
+    name = "fake"
+
+    def __init__(self, calls, ms_per_image):
+        self.calls, self.ms_per_image = calls, ms_per_image
+        self.timed: list[str] = []
+        self.batch = 1
+
+    def time(self, fn):
+        before = len(self.calls)
+        out = fn()
+        name = self.calls[-1] if len(self.calls) > before else "?"
+        self.timed.append(name)
+        if isinstance(out, dict):  # e2e: {"denoised": array}
+            self.batch = len(next(iter(out.values())))
+        return self.ms_per_image[name] * self.batch / 1e3
+
+
+class FakeProbe:
+    def reset(self):
+        pass
+
+    def read(self):
+        return {"peak_rss_mb": 100.0, "peak_rss_delta_mb": 1.5, "rss_window": "cell"}
+
+
+FAKE_ENV = {"platform": "test", "cpu": {"model": "fake cpu", "usable_cores": 2}, "threads": {"requested": 2},
+            "libraries": {"python": "3"}, "gpu": None, "load_average_start": [0.1, 0.1, 0.1]}
+FLOPS = {"total": 100_000_000, "convention": "useful", "parts": {"all": 100_000_000}}
+
+
+def fake_peak(device, threads=None, repeats=1):
+    return {"gflops": 50.0, "gflops_median": 45.0, "shape": [4, 4, 4], "device": device}
+
+
+def settings(**kw):
+    base = {"batches": (1, 4), "warmup": 1, "repeats": 3, "min_repeats": 1, "slot_target_s": 1e-9, "max_inner": 1,
+            "batch_budget_s": 60.0, "parity_images": 4, "threads": None}
+    base.update(kw)
+    return BenchSettings(**base)
+
+
+def run(specs, calls, ms, sets=None, **kw):
+    timer = FakeTimer(calls, ms)
+    kw.setdefault("timer_factory", lambda device: timer)
+    doc = run_benchmark(specs, FakeRunner("reference", calls), sets or settings(), flops=FLOPS,
+                        meta={"command": "test", "mode": "custom"}, probe_factory=lambda d: FakeProbe(),
+                        peak_fn=fake_peak, environment=copy.deepcopy(FAKE_ENV), log=lambda s: None, **kw)
+    return doc, timer
+
+
+def spec(name, calls, baseline=False, **runner_kw):
+    runners = {}
+
+    def make():
+        runners["r"] = FakeRunner(name, calls, **runner_kw)
+        return runners["r"]
+
+    s = BackendSpec(name=name, make_runner=make, baseline=baseline, tolerance=("torch", "fp32"))
+    s.built = runners  # lets a test look at the runner afterwards
+    return s
+
+
+def by_name(doc):
+    return {b["name"]: b for b in doc["backends"]}
+
+
+def test_a_backend_with_wrong_outputs_fails_parity_and_is_never_timed():
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("wrong", calls, offset=0.05), spec("fast", calls)]
+    doc, timer = run(specs, calls, {"base": 10.0, "wrong": 0.001, "fast": 1.0})
+    wrong = by_name(doc)["wrong"]
+    assert wrong["status"] == "failed-parity" and "max abs" in wrong["reason"]
+    assert wrong["parity"]["passed"] is False and wrong["modes"] == []
+    assert "wrong" not in timer.timed  # never timed, although it would have been the "fastest"
+    assert calls.count("wrong") == 3  # first inference, second inference, parity batch: nothing more
+    assert specs[1].built["r"].deactivated
+    assert not [r for r in doc["results"] if r["backend"] == "wrong"]
+    assert {v["backend"] for m in doc["best"].values() for v in m.values()} == {"fast"}
+    validate_results(doc)
+    md = markdown_report(doc)
+    assert "**wrong**: failed-parity" in md and "FAIL" in md
+
+
+def test_outputs_of_the_wrong_shape_fail_parity_without_ending_the_run():
+    calls = []
+    doc, timer = run([spec("base", calls, baseline=True), spec("cropped", calls, crop=True)], calls, {"base": 1.0})
+    cropped = by_name(doc)["cropped"]
+    assert cropped["status"] == "failed-parity" and "could not be compared" in cropped["reason"]
+    assert "cropped" not in timer.timed and by_name(doc)["base"]["status"] == "ok"
+    validate_results(doc)
+
+
+def test_unavailable_backends_are_listed_with_their_reasons():
+    calls = []
+
+    def no_trt():
+        raise MissingBackendError("the TensorRT backend needs the Python package 'tensorrt'")
+
+    specs = [spec("base", calls, baseline=True),
+             BackendSpec("trt-plugin-fp16", None, unavailable="no engine given: pass --engine"),
+             BackendSpec("ort-cuda", no_trt),
+             spec("bad-activate", calls, fail_activate=MissingBackendError("no CUDA GPU here"))]
+    doc, timer = run(specs, calls, {"base": 10.0})
+    b = by_name(doc)
+    assert b["trt-plugin-fp16"] == {**b["trt-plugin-fp16"], "status": "unavailable",
+                                    "reason": "no engine given: pass --engine"}
+    assert b["ort-cuda"]["status"] == "unavailable" and "tensorrt" in b["ort-cuda"]["reason"]
+    assert b["ort-cuda"]["reason"].startswith("MissingBackendError")
+    assert b["bad-activate"]["status"] == "unavailable" and "no CUDA GPU" in b["bad-activate"]["reason"]
+    assert set(timer.timed) == {"base"}
+    validate_results(doc)
+    md = markdown_report(doc)
+    assert "**ort-cuda**: unavailable: MissingBackendError" in md and "no engine given" in md
+
+
+def test_timing_interleaves_backends_round_robin_with_rotation():
+    calls = []
+    names = ["a", "b", "c"]
+    specs = [spec(n, calls, baseline=n == "a") for n in names]
+    doc, timer = run(specs, calls, {n: 1.0 for n in names}, settings(batches=(2,), repeats=4, warmup=1))
+    # timed calls: 3 estimates (one per cell, in order), then 4 rounds of one call per cell, rotating
+    expected = names + ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert timer.timed == expected
+    assert doc["schedule"]["2"] == [[f"{n}/e2e" for n in round_order(names, r)] for r in range(4)]
+    for rnd in doc["schedule"]["2"]:
+        assert sorted(rnd) == ["a/e2e", "b/e2e", "c/e2e"]
+    assert all(r["n_samples"] == 4 for r in doc["results"])
+
+
+def test_fresh_each_round_renews_the_runner_before_its_turn_and_times_only_warm_calls():
+    calls = []
+    specs = [spec("a", calls, baseline=True), spec("b", calls)]
+    specs[1].fresh_each_round = True
+    activations = []
+    runner_b = None
+
+    def make():
+        nonlocal runner_b
+        runner_b = FakeRunner("b", calls)
+        original = runner_b._activate_impl
+        runner_b._activate_impl = lambda: (activations.append(len(calls)), original())[1]
+        return runner_b
+
+    specs[1].make_runner = make
+    doc, timer = run(specs, calls, {"a": 1.0, "b": 1.0}, settings(batches=(2,), repeats=3, warmup=1))
+    # one activation to start, then one per round after the first: 3 rounds -> 2 renewals
+    assert len(activations) == 3
+    # each renewal is followed by two untimed calls of b before b's timed call
+    assert sum(1 for t in timer.timed if t == "b") == 1 + 3  # the estimate and one per round
+    assert calls.count("b") >= 1 + 3 + 2 * 2
+    assert by_name(doc)["b"]["status"] == "ok" and all(r["n_samples"] == 3 for r in doc["results"])
+
+
+def test_round_order_rotates():
+    assert round_order([1, 2, 3], 0) == [1, 2, 3]
+    assert round_order([1, 2, 3], 1) == [2, 3, 1]
+    assert round_order([1, 2, 3], 5) == [3, 1, 2]
+    assert round_order([], 3) == []
+
+
+def test_ratios_compute_limit_and_targets_from_the_same_run():
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("fast", calls)]
+    doc, _ = run(specs, calls, {"base": 10.0, "fast": 0.5}, settings(batches=(1, 64)))
+    rows = {(r["backend"], r["batch"]): r for r in doc["results"]}
+    fast64 = rows[("fast", 64)]
+    assert fast64["latency_ms"]["p50"] == pytest.approx(32.0)
+    assert fast64["throughput_ips"] == pytest.approx(2000.0)
+    assert fast64["ratio_vs_baseline"]["throughput"] == pytest.approx(20.0)
+    assert fast64["ratio_vs_baseline"]["latency_p50"] == pytest.approx(0.05)
+    assert rows[("base", 64)]["ratio_vs_baseline"] == {"throughput": 1.0, "latency_p50": 1.0}
+    assert fast64["gflops"] == pytest.approx(200.0) and fast64["fraction_of_peak"] == pytest.approx(4.0)
+    assert doc["best"]["e2e"]["64"]["backend"] == "fast"
+    t = doc["targets"]
+    assert t["batch64_throughput_ratio"]["met"] and t["batch1_latency_ratio"]["value"] == pytest.approx(0.05)
+    assert t["compute_limit_ips"] == pytest.approx(500.0)
+
+
+def test_no_ratios_when_the_baseline_failed():
+    calls = []
+    specs = [spec("base", calls, baseline=True, offset=1.0), spec("fast", calls)]
+    doc, _ = run(specs, calls, {"base": 10.0, "fast": 0.5})
+    assert all(r["ratio_vs_baseline"] is None for r in doc["results"])
+    assert any("baseline base was not timed" in n for n in doc["notes"])
+    validate_results(doc)
+
+
+def test_an_error_during_timing_marks_that_cell_only():
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("flaky", calls, fail_at_batch=3)]  # parity batch is 4
+    doc, _ = run(specs, calls, {"base": 1.0, "flaky": 1.0}, settings(batches=(1, 3, 2)))
+    rows = {(r["backend"], r["batch"]): r for r in doc["results"]}
+    assert rows[("flaky", 3)]["status"] == "error" and "out of memory" in rows[("flaky", 3)]["reason"]
+    assert rows[("base", 3)]["status"] == "ok"
+    assert any("out of memory" in n for n in by_name(doc)["flaky"]["notes"])
+    assert rows[("flaky", 1)]["status"] == "ok" and rows[("flaky", 2)]["status"] == "ok"
+    validate_results(doc)
+
+
+def test_deadline_skips_the_remaining_batch_sizes():
+    calls = []
+    clock = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s later
+    doc, _ = run([spec("base", calls, baseline=True)], calls, {"base": 1.0},
+                 settings(batches=(1, 2, 4), deadline_s=25.0), now=lambda: next(clock))
+    status = {r["batch"]: r["status"] for r in doc["results"]}
+    assert status[1] == "ok" and status[4] == "skipped"
+    assert "deadline" in next(r["reason"] for r in doc["results"] if r["batch"] == 4)
+    validate_results(doc)
+
+
+def test_gpu_method_compute_and_e2e_modes_by_injection():
+    """A backend on a (fake) CUDA device with a device-resident call gets both modes; a CPU backend only e2e."""
+    calls = []
+    devices = []
+    gpu = spec("gpu-backend", calls)
+    gpu.device = "cuda"
+    gpu.compute_call = lambda runner, x: (lambda: runner._infer_impl(x))
+    cpu = spec("cpu-backend", calls, baseline=True)
+    cpu.compute_call = lambda runner, x: (lambda: runner._infer_impl(x))  # ignored on CPU
+    timer = FakeTimer(calls, {"gpu-backend": 0.1, "cpu-backend": 1.0})
+
+    def timer_factory(device):
+        devices.append(device)
+        return timer
+
+    doc, _ = run([cpu, gpu], calls, {}, settings(modes=("compute", "e2e")), timer_factory=timer_factory)
+    modes = {(r["backend"], r["mode"]) for r in doc["results"]}
+    assert modes == {("gpu-backend", "compute"), ("gpu-backend", "e2e"), ("cpu-backend", "e2e")}
+    assert set(devices) == {"cpu", "cuda"}
+    assert by_name(doc)["gpu-backend"]["modes"] == ["compute", "e2e"]
+    assert set(doc["compute_peak"]) == {"cpu", "cuda"}
+    validate_results(doc)
+    md = markdown_report(doc)
+    assert "compute only (device-resident I/O)" in md and "end to end" in md
+
+
+def test_results_document_matches_the_schema_and_is_plain_json():
+    calls = []
+    doc, _ = run([spec("base", calls, baseline=True), spec("other", calls)], calls, {"base": 2.0, "other": 1.0})
+    validate_results(doc)
+    again = json.loads(json.dumps(doc, allow_nan=False))
+    validate_results(again)
+    assert again["schema"] == "moe-denoise/bench" and again["schema_version"] == 1
+    row = again["results"][0]
+    assert set(row) >= {"backend", "mode", "batch", "status", "latency_ms", "throughput_ips", "ratio_vs_baseline",
+                        "gflops", "fraction_of_peak", "memory", "n_samples"}
+    assert set(row["latency_ms"]) == {"n", "mean", "std", "min", "p50", "p90", "p99", "max"}
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.pop("environment"), "results.environment: missing"),
+    (lambda d: d.__setitem__("schema_version", "1"), "schema_version: expected int"),
+    (lambda d: d["results"][0].__setitem__("batch", 1.5), "batch: expected int"),
+    (lambda d: d["results"][0]["latency_ms"].__setitem__("p50", float("nan")), "not a finite number"),
+    (lambda d: d["backends"][0].__setitem__("status", "fast"), "not in"),
+    (lambda d: d["backends"][1].__setitem__("status", "failed-parity"), "did not pass parity"),
+    (lambda d: d["backends"][1].__setitem__("reason", None) or d["backends"][1].__setitem__("status", "error"),
+     "needs a reason"),
+    (lambda d: d["results"][0].__setitem__("latency_ms", None), "status ok without latency_ms"),
+    (lambda d: d["backends"][0].__setitem__("baseline", 1), "baseline: expected bool"),
+])
+def test_schema_validation_rejects_broken_documents(mutate, message):
+    calls = []
+    doc, _ = run([spec("base", calls, baseline=True), spec("other", calls)], calls, {"base": 2.0, "other": 1.0})
+    mutate(doc)
+    with pytest.raises(ValueError, match="do not match schema") as e:
+        validate_results(doc)
+    assert message in str(e.value)
+
+
+def test_markdown_table_renders_backends_by_batch_sizes():
+    calls = []
+    doc, _ = run([spec("base", calls, baseline=True), spec("fast", calls)], calls, {"base": 10.0, "fast": 1.0})
+    md = markdown_report(doc)
+    assert "| backend | batch 1 | batch 4 |" in md
+    assert "| base (baseline) | 10.0 ms · 100/s · 1.00x | 40.0 ms · 100/s · 1.00x |" in md
+    assert "| fast | 1.00 ms · 1000/s · 10.00x | 4.00 ms · 1000/s · 10.00x |" in md
+    assert "| base | ok | pass (0.0e+00, inf) |" in md
+    assert "1.00 MFLOP" not in md and "100.00 MFLOP per image" in md
+
+
+def test_plot_is_a_png():
+    pytest.importorskip("matplotlib", reason="matplotlib is the optional 'plot' extra; the CLI skips the plot without it")
+    calls = []
+    doc, _ = run([spec("base", calls, baseline=True), spec("fast", calls)], calls, {"base": 10.0, "fast": 1.0})
+    png = render_plot(doc)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_settings_are_validated_with_clear_messages():
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        settings(warmup=0).validate()
+    with pytest.raises(ValueError, match="batches must be positive"):
+        settings(batches=(0,)).validate()
+    with pytest.raises(ValueError, match="modes must be"):
+        settings(modes=("fast",)).validate()
+    calls = []
+    with pytest.raises(ValueError, match="unique"):
+        run([spec("a", calls), spec("a", calls)], calls, {})
+
+
+def test_backend_names_are_checked():
+    assert parse_backends("torch-gather,ort-cpu", ()) == ("torch-gather", "ort-cpu")
+    assert parse_backends(None, ("x",)) == ("x",)
+    assert "trt-plugin-fp16" in parse_backends("all", ())
+    with pytest.raises(ValueError, match="unknown backend.*choose from"):
+        parse_backends("torch-gather,tensorflow", ())
+
+
+class FakeEvent:
+    def __init__(self, log, name):
+        self.log, self.name, self.t = log, name, None
+
+    def record(self):
+        self.log.append(f"record {self.name}")
+
+    def synchronize(self):
+        self.log.append(f"sync {self.name}")
+
+    def elapsed_time(self, end):
+        return 2.5  # ms
+
+
+class FakeCuda:
+    def __init__(self, log):
+        self.log, self._n = log, 0
+
+    def is_available(self):
+        return True
+
+    def Event(self, enable_timing):
+        self._n += 1
+        return FakeEvent(self.log, "start" if self._n == 1 else "end")
+
+    def synchronize(self):
+        self.log.append("device sync")
+
+
+class FakeTorch:
+    def __init__(self, log):
+        self.cuda = FakeCuda(log)
+
+
+def test_cuda_event_timer_synchronises_around_the_call():
+    log = []
+    timer = CudaEventTimer(FakeTorch(log))
+    seconds = timer.time(lambda: log.append("work"))
+    assert seconds == pytest.approx(2.5e-3)
+    assert log == ["device sync", "record start", "work", "device sync", "record end", "sync end"]
+
+
+def test_timer_choice_without_a_gpu():
+    import torch
+
+    assert isinstance(make_timer("cpu"), PerfCounterTimer)
+    if not torch.cuda.is_available():
+        assert isinstance(make_timer("cuda"), PerfCounterTimer)  # host timer: the runners' calls are synchronous
+        with pytest.raises(NoGPUError, match="CUDA GPU"):
+            CudaEventTimer()
+    assert PerfCounterTimer().time(lambda: sum(range(1000))) >= 0.0
+
+
+def test_rss_probe_sees_an_allocation_in_its_window():
+    from benchmarks.memory import RssProbe, current_rss_mb
+
+    if current_rss_mb() is None:
+        pytest.skip("no /proc/self/status on this platform: the probe reports the lifetime peak instead")
+    probe = RssProbe()
+    probe.reset()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    block += 1
+    got = probe.read()
+    del block
+    assert got["peak_rss_mb"] > 64
+    if got["rss_window"] == "cell":
+        assert got["peak_rss_delta_mb"] >= 60
+
+
+def test_gpu_preset_is_one_bounded_command(tmp_path):
+    """--gpu: CUDA-event method in both modes, a sweep into the thousands, and a deadline that keeps the whole
+    command under 8 minutes (deadline + one batch budget + margin for setup and the report)."""
+    from moe_denoise.cli import build_parser
+    from moe_denoise.commands.bench import settings_from_args
+
+    args = build_parser().parse_args(["bench", "--gpu"])
+    s = settings_from_args(args, "gpu")
+    assert set(s.modes) == {"compute", "e2e"} and max(s.batches) >= 4096 and 1 in s.batches
+    assert s.deadline_s is not None and s.deadline_s + s.batch_budget_s + 60 <= 8 * 60
+    quick = settings_from_args(build_parser().parse_args(["bench", "--quick", "--batches", "1,2"]), "quick")
+    assert quick.batches == (1, 2) and quick.deadline_s is not None and quick.deadline_s < 120
+    with pytest.raises(ValueError, match="--batches must be"):
+        settings_from_args(build_parser().parse_args(["bench", "--batches", "0"]), "full")
+
+
+def test_engine_builds_without_tensorrt_give_reasons(tmp_path):
+    from moe_base.optional import available
+    from moe_denoise.commands.bench import build_engines
+
+    if available("tensorrt")[0]:
+        pytest.skip("tensorrt is importable here: engine builds are exercised by the GPU command instead")
+    built, failed = build_engines(("torch-masked", "trt-plugin-fp16", "trt-std-fp32"), {}, tmp_path / "w",
+                                  None, tmp_path, (1, 8), log=lambda s: None)
+    assert built == {} and set(failed) == {"trt-plugin-fp16", "trt-std-fp32"}
+    assert all("cannot build an engine here" in r and "tensorrt" in r for r in failed.values())
+    assert build_engines(("trt-std-fp16",), {"trt-std-fp16": tmp_path / "x.engine"}, tmp_path / "w", None,
+                         tmp_path, (1,), log=lambda s: None) == ({}, {})
+
+
+def test_versus_compares_two_backends_round_by_round_and_reports_it():
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("opt", calls), spec("plain", calls)]
+    specs[1].versus = "plain"
+    # opt is 10% faster than plain in every round: a consistent gain, found and shown
+    doc, _ = run(specs, calls, {"base": 5.0, "opt": 0.9, "plain": 1.0}, settings(batches=(2,), repeats=6))
+    validate_results(doc)
+    (c,) = doc["paired"]
+    assert (c["backend"], c["versus"], c["batch"], c["mode"], c["n"], c["wins"]) == ("opt", "plain", 2, "e2e", 6, 6)
+    assert c["ratio"] == pytest.approx(0.9) and c["high"] < 1.0 and c["verdict"] == "faster"
+    md = markdown_report(doc)
+    assert "## Round by round" in md
+    assert "- opt vs plain, batch 2 (e2e): x0.900 [0.900, 0.900], faster in 6/6 rounds: faster" in md
+    broken = copy.deepcopy(doc)
+    broken["paired"][0]["n"] = "6"
+    with pytest.raises(ValueError, match="paired.*n: expected int"):
+        validate_results(broken)
+
+
+def test_versus_needs_two_rounds_and_a_counterpart():
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("opt", calls)]
+    specs[1].versus = "missing"
+    doc, _ = run(specs, calls, {"base": 5.0, "opt": 1.0}, settings(batches=(2,), repeats=3))
+    assert doc["paired"] == [] and "Round by round" not in markdown_report(doc)
+    specs = [spec("base", calls, baseline=True), spec("opt", calls)]
+    specs[1].versus = "base"
+    doc, _ = run(specs, calls, {"base": 5.0, "opt": 1.0}, settings(batches=(2,), repeats=1))
+    assert doc["paired"] == []  # one round is no comparison
+
+
+def test_the_optimised_ort_graph_is_compared_with_the_plain_one(tmp_path):
+    from benchmarks.backends import CPU_BACKENDS, BackendInputs, build_specs
+
+    specs = {s.name: s for s in build_specs(CPU_BACKENDS, BackendInputs(weights=tmp_path / "w"), "torch-gather")}
+    assert specs["ort-cpu"].versus == "ort-cpu-noopt"
+    assert [n for n, s in specs.items() if s.versus] == ["ort-cpu"]

@@ -1,0 +1,120 @@
+"""Whole-photo quality across noise levels (benchmarks.quality) and the PSNR-against-sigma plot.
+
+The photos are crops of scikit-image's samples (64x48) so that a test takes seconds; the code path is the one the
+full photos take (runtime.tiling.denoise_array, gray and colour)."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage", reason="scikit-image is not installed (pip install 'moe-denoise[eval]'); the photo "
+                                      "evaluation loads its sample photos")
+
+from benchmarks import quality  # noqa: E402
+from moe_model.baselines import bm3d_available, psnr  # noqa: E402
+from moe_model.checkpoint import load_model  # noqa: E402
+from moe_model.evaluate import BM3D, NOISY  # noqa: E402
+
+CROP = (slice(200, 248), slice(200, 264))
+
+
+def identity(batch):
+    return batch
+
+
+@pytest.fixture
+def small_photos(monkeypatch):
+    full = quality.load_photo
+    monkeypatch.setattr(quality, "load_photo", lambda name: full(name)[CROP])
+
+
+def test_load_photo_kinds_and_errors():
+    cam, ast = quality.load_photo("camera"), quality.load_photo("astronaut")
+    assert cam.shape == (512, 512) and ast.shape == (512, 512, 3)
+    assert cam.dtype == np.float32 and 0 <= cam.min() and cam.max() <= 1
+    with pytest.raises(ValueError, match="unknown photo 'nope'"):
+        quality.load_photo("nope")
+    with pytest.raises(ValueError, match="8-bit gray"):
+        quality.load_photo("binary_blobs")  # a sample, but not a photo
+
+
+def test_noise_draw_is_fixed_per_photo_and_seed():
+    a = quality.noise_draw("camera", (8, 8), 0)
+    np.testing.assert_array_equal(a, quality.noise_draw("camera", (8, 8), 0))
+    assert not np.array_equal(a, quality.noise_draw("moon", (8, 8), 0))
+    assert not np.array_equal(a, quality.noise_draw("camera", (8, 8), 1))
+
+
+def test_photo_report_every_level_and_method(small_photos, random_weights):
+    models = {"identity": identity, "random": load_model(random_weights)}
+    r = quality.evaluate_photos(models, ("chelsea", "camera"), (0, 25), bm3d_names=())
+    assert r["methods"] == [NOISY, quality.BLUR, "identity", "random"]
+    assert r["photos"]["camera"]["kind"] == "gray" and r["photos"]["chelsea"]["kind"] == "colour"
+    assert r["photos"]["camera"]["size"] == [64, 48]
+    for name in ("chelsea", "camera"):
+        rows = r["photos"][name]["rows"]
+        assert set(rows) == {"0", "25"}
+        assert rows["0"][NOISY]["psnr"] == np.inf and rows["0"]["identity"]["psnr"] > 60  # clean in, clean out
+        assert rows["25"]["identity"]["psnr"] == pytest.approx(rows["25"][NOISY]["psnr"], abs=0.01)
+        assert rows["25"][quality.BLUR]["psnr"] > rows["25"][NOISY]["psnr"]
+        assert np.isfinite(rows["25"]["random"]["psnr"]) and 0 < rows["25"]["random"]["ssim"] <= 1
+    noisy_25 = r["photos"]["chelsea"]["rows"]["25"][NOISY]["psnr"]
+    assert noisy_25 == pytest.approx(20 * np.log10(255 / 25), abs=0.5)  # clipping nudges it up a little
+    t = r["target_level"]  # camera at sigma 0.2, scored for the target against the best blur
+    assert t["photo"] == "camera" and t["sigma"] == 0.2
+    assert t["rows"][quality.BLUR]["psnr"] > t["rows"][NOISY]["psnr"] + 3
+    targets = {(x["weights"], x["target"].split(" ")[0]): x for x in quality.check_photo_targets(r)}
+    assert not targets[("identity", "camera")]["met"]  # the identity does not beat a blur
+    assert targets[("identity", "clean")]["met"] and targets[("identity", "clean")]["where"] == "chelsea sigma 0"
+    assert not targets[("random", "clean")]["met"]
+    text = quality.format_photo_table(r, quality.check_photo_targets(r))
+    for s in ("chelsea (colour, 64x48) PSNR", "camera (gray, 64x48) SSIM", "camera at sigma 0.2", "targets",
+              "blur width"):
+        assert s in text, s
+
+
+def test_gray_noise_is_one_draw_and_the_gray_path_is_taken(small_photos):
+    seen = []
+
+    def spy(batch):
+        seen.append(batch)
+        return batch
+
+    r = quality.evaluate_photos({"spy": spy}, ("camera",), (25,), bm3d_names=())
+    batch = np.concatenate(seen)
+    np.testing.assert_array_equal(batch[:, 0], batch[:, 1])  # gray: three equal channels, noise included
+    np.testing.assert_array_equal(batch[:, 0], batch[:, 2])
+    assert r["photos"]["camera"]["rows"]["25"]["spy"]["psnr"] < 25
+
+
+@pytest.mark.skipif(not bm3d_available(), reason="the 'bm3d' package is not installed (pip install "
+                                                 "'moe-denoise[eval]')")
+def test_bm3d_on_the_named_photos_only(small_photos):
+    r = quality.evaluate_photos({"identity": identity}, ("camera", "chelsea"), (25,), bm3d_names=("camera",))
+    cam, chel = r["photos"]["camera"], r["photos"]["chelsea"]
+    assert cam["bm3d"] and not chel["bm3d"] and BM3D not in chel["rows"]["25"]
+    assert cam["rows"]["25"][BM3D]["psnr"] > cam["rows"]["25"][NOISY]["psnr"] + 3
+    assert BM3D in r["target_level"]["rows"] and r["seconds"][BM3D] > 0
+
+
+def test_photo_arguments_are_checked():
+    with pytest.raises(ValueError, match="not among the photos"):
+        quality.evaluate_photos({"identity": identity}, ("camera",), (25,), bm3d_names=("moon",))
+    with pytest.raises(ValueError, match="reference rows"):
+        quality.evaluate_photos({NOISY: identity}, ("camera",), (25,), bm3d_names=())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                    reason="matplotlib is not installed (pip install 'moe-denoise[plot]'); no plot to draw")
+def test_plot_draws_cifar_and_photo_panels(small_photos, fake_cifar, random_weights):
+    from moe_model.data import load_cifar10, to_float
+    from moe_model.evaluate import evaluate_across_sigmas
+
+    photos = quality.evaluate_photos({"identity": identity}, ("camera",), (0, 25), bm3d_names=())
+    cifar = evaluate_across_sigmas({"random": load_model(random_weights)},
+                                   to_float(load_cifar10(fake_cifar, "test")[:2]), (0, 25), with_ssim=False)
+    png = quality.render_plot(cifar, photos)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert quality.render_plot(None, photos)[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="nothing to plot"):
+        quality.render_plot(None, None)

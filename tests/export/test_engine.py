@@ -1,0 +1,152 @@
+"""The TensorRT build layer without TensorRT: version planning, profiles, cache keys, the timing cache."""
+import sys
+
+import pytest
+
+from export.engine import BuildOptions, cache_key, plan_build, plugin_hash
+from moe_base.errors import (InputError, MissingBackendError)
+
+
+
+def test_plan_by_tensorrt_version():
+    with pytest.raises(InputError, match=r"TensorRT 10.8.0 is too old.*>= 10.9"):
+        plan_build("10.8.0", "fp32")
+    p10 = plan_build("10.9.0.34", "fp16")
+    assert (p10.strongly_typed, p10.onnx_precision, p10.fp16_flag) == (False, "fp32", True)
+    assert plan_build("10.13.2", "fp32").fp16_flag is False
+    p11 = plan_build("11.1.0", "fp16")
+    assert (p11.strongly_typed, p11.onnx_precision, p11.fp16_flag) == (True, "fp16", False)
+    assert plan_build("11.0", "fp32").onnx_precision == "fp32"
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(min_batch=0), "1 <= min <= opt <= max"),
+    (dict(min_batch=8, opt_batch=4), "min 8, opt 4"),
+    (dict(opt_batch=2048, max_batch=1024), "opt 2048, max 1024"),
+    (dict(max_batch=100_000, opt_batch=64), "beyond"),
+    (dict(precision="int8"), "int8"),
+    (dict(workspace_mib=1), "too small"),
+])
+def test_profile_validation(kw, match):
+    with pytest.raises(InputError, match=match):
+        BuildOptions(**kw).validate()
+    BuildOptions().validate()
+
+
+def test_cache_key_depends_on_every_input(tmp_path):
+    base = dict(onnx_sha="a" * 64, plugin_hash="p", trt_version="10.9.0", compute_capability="9.0")
+    opts = BuildOptions(cache_dir=tmp_path)
+    k = cache_key(**base, opts=opts)
+    assert k == cache_key(**base, opts=BuildOptions(cache_dir=tmp_path / "elsewhere"))  # location is not identity
+    variants = [dict(base, onnx_sha="b" * 64), dict(base, plugin_hash=None), dict(base, trt_version="10.10.0"),
+                dict(base, compute_capability="8.9")]
+    keys = {cache_key(**v, opts=opts) for v in variants}
+    keys |= {cache_key(**base, opts=BuildOptions(precision="fp16")), cache_key(**base, opts=BuildOptions(max_batch=512))}
+    assert k not in keys and len(keys) == 6
+    assert len(plugin_hash()) == 32 and plugin_hash() == plugin_hash()
+
+
+def test_build_without_tensorrt_names_the_package(tmp_path, random_weights):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime_extensions", reason="the plugin graph's parity check at export needs "
+                                                          "onnxruntime-extensions: pip install 'moe-denoise[onnx]'")
+    if "tensorrt" in sys.modules or _importable("tensorrt"):
+        pytest.skip("tensorrt is installed here")
+    from export.engine import build_engine
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_model.checkpoint import load_model
+
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(load_model(random_weights), onnx_path, ExportOptions(flavor="plugin"), weights_path=random_weights,
+                parity_images=2, log=lambda s: None)
+    with pytest.raises(MissingBackendError, match=r"building TensorRT engines needs the Python package 'tensorrt'"):
+        build_engine(onnx_path, tmp_path / "m.engine", log=lambda s: None)
+    assert not (tmp_path / "m.engine").exists()
+
+
+def _importable(mod):
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+# --- the timing cache (TensorRT's config is stood in for: what matters is what we do with its answers) -----------
+class Cache:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def serialize(self) -> bytes:
+        return self.data
+
+
+class Config:
+    """IBuilderConfig's timing-cache calls: set_timing_cache answers False for data it does not accept."""
+
+    def __init__(self, accept=lambda data: True, keeps_cache=True) -> None:
+        self.accept, self.keeps_cache, self.cache = accept, keeps_cache, None
+
+    def create_timing_cache(self, data: bytes) -> Cache:
+        return Cache(bytes(data))
+
+    def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False
+        if not self.accept(cache.data):
+            return False
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return Cache(self.cache.data + b"+new tactics") if self.keeps_cache and self.cache else None
+
+
+def test_timing_cache_is_keyed_by_tensorrt_and_gpu(tmp_path):
+    from export.engine import timing_cache_path
+
+    h200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}
+    a = timing_cache_path(tmp_path, "10.9.0.34", h200)
+    assert a != timing_cache_path(tmp_path, "11.4.0.106", h200)
+    assert a != timing_cache_path(tmp_path, "10.9.0.34", {"name": "NVIDIA L4", "compute_capability": "8.9"})
+    assert a != timing_cache_path(tmp_path, "10.9.0.34", {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    assert a.parent == tmp_path / "timing" and "h200" in a.name and "sm90" in a.name
+
+
+def test_a_refused_timing_cache_is_replaced_not_used(tmp_path):
+    from export.engine import save_timing_cache, use_timing_cache
+
+    path = tmp_path / "t.cache"
+    path.write_bytes(b"from another GPU")
+    notes = []
+    cfg = Config(accept=lambda data: data != b"from another GPU")
+    use_timing_cache(cfg, path, notes.append)
+    assert cfg.cache.data == b"" and "does not match this TensorRT or GPU" in notes[0]
+    assert save_timing_cache(cfg, path, notes.append)
+    assert path.read_bytes() == b"+new tactics"
+    cfg = Config()  # an accepted cache is used as it is
+    use_timing_cache(cfg, path, notes.append)
+    assert cfg.cache.data == b"+new tactics"
+
+
+def test_no_timing_cache_after_the_build_writes_nothing(tmp_path):
+    from export.engine import save_timing_cache, use_timing_cache
+
+    path = tmp_path / "t.cache"
+    notes = []
+    cfg = Config(keeps_cache=False)
+    use_timing_cache(cfg, path, notes.append)
+    assert save_timing_cache(cfg, path, notes.append) is False
+    assert not path.exists() and "no timing cache to save" in notes[-1]
+
+
+def test_polygraphy_api_used_by_the_build_exists():
+    pytest.importorskip("polygraphy", reason="the engine build uses Polygraphy: pip install 'moe-denoise[trt]'")
+    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath,  # noqa: F401
+                                        PostprocessConfig, Profile)
+    from polygraphy.exception import PolygraphyException  # noqa: F401
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        profile = Profile().add("input", (1, 3, 32, 32), (64, 3, 32, 32), (1024, 3, 32, 32))
+        CreateConfig(tf32=False, fp16=True, profiles=[profile], memory_pool_limits={})

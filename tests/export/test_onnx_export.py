@@ -1,0 +1,199 @@
+"""Export -> ONNX Runtime round trips, each rewrite on its own, manifest, parity gate."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
+from export.pipeline import export_onnx
+from moe_model import SmallViT
+from moe_model.checkpoint import load_model
+from moe_base.errors import ParityError
+from moe_base.manifest import manifest_path, read_manifest
+from runtime.ort_runner import OrtRunner
+from runtime.parity import compare, parity_inputs
+from moe_base.tolerances import get_tolerance
+
+
+@pytest.fixture(scope="module")
+def model(random_weights):
+    return load_model(random_weights)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return parity_inputs(16, seed=5)
+
+
+def torch_out(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def ort_out(proto, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"noisy": x})[0]
+
+
+def assert_exact(out, ref):
+    report = compare(ref, out, get_tolerance("ort", "fp32"))
+    assert report.passed, report.summary()
+    assert report.p99_abs < 2e-6 and report.mean_abs < 1e-6, report.summary()
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_portable_round_trip(model, inputs, optimize):
+    proto = build_onnx(model, ExportOptions(optimize=optimize))
+    onnx.checker.check_model(proto, full_check=True)
+    ops = {n.op_type for n in proto.graph.node}
+    assert not ops & {"Expand", "GatherElements", "Gather", "ScatterElements"}, ops
+    assert "TopK" in ops and all(n.domain in ("", None) for n in proto.graph.node)
+    topk_nodes = [n for n in proto.graph.node if n.op_type == "TopK"]
+    assert len(topk_nodes) == 2  # one sparse expert (k = 32 < N = 64) per block; k = 64, 128 are dense
+    assert_exact(ort_out(proto, inputs), torch_out(model, inputs))
+
+
+def test_dynamic_batch(model):
+    proto = build_onnx(model, ExportOptions())
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for b in (1, 3):
+        assert ort_out(proto, parity_inputs(b)).shape == (b, 3, 32, 32)
+
+
+@pytest.mark.parametrize("rewrite", sorted(REWRITES))
+def test_each_rewrite_alone_is_exact(model, inputs, rewrite):
+    plain = build_onnx(model, ExportOptions(rewrites=()))
+    rewritten = build_onnx(model, ExportOptions(rewrites=(rewrite,)))
+    assert len(rewritten.graph.node) != len(plain.graph.node)  # the rewrite really changed the graph
+    assert_exact(ort_out(rewritten, inputs), ort_out(plain, inputs))
+    assert_exact(ort_out(rewritten, inputs), torch_out(model, inputs))
+
+
+def test_merge_fold_algebra_needs_probabilities_summing_to_one():
+    """merge(sum_e p_e (o_e W_e^T + b_e)) == sum_e p_e o_e (W_m W_e)^T + p @ (W_m b_e + b_m) iff sum_e p_e = 1."""
+    rng = np.random.default_rng(0)
+    e, c, n = 3, 8, 5
+    o = rng.normal(size=(e, n, c))
+    w, b = rng.normal(size=(e, c, c)), rng.normal(size=(e, c))
+    wm, bm = rng.normal(size=(c, c)), rng.normal(size=c)
+    for p, should_match in ((rng.dirichlet(np.ones(e), size=n), True), (rng.uniform(size=(n, e)), False)):
+        direct = sum(p[:, i : i + 1] * (o[i] @ w[i].T + b[i]) for i in range(e)) @ wm.T + bm
+        cat = np.concatenate([p[:, i : i + 1] * o[i] for i in range(e)], axis=1)
+        folded = cat @ np.concatenate([wm @ w[i] for i in range(e)], axis=1).T + p @ np.stack([wm @ b[i] + bm
+                                                                                                for i in range(e)])
+        assert np.allclose(direct, folded, atol=1e-10) == should_match
+
+
+def test_kv_bias_fold_algebra():
+    """Top-k masked attention with keys K + b_k and values V + b_v equals the same attention on K, V plus b_v:
+    the key bias shifts each query's scores by a constant (q . b_k), which keeps the top-k set and the softmax;
+    softmax rows sum to 1, so the value bias comes out whole. A query bias has no such property."""
+    rng = np.random.default_rng(1)
+    n, d, k = 16, 8, 5
+    q, key, v = rng.normal(size=(3, n, d))
+    bq, bk, bv = rng.normal(size=(3, d))
+
+    def attn(q, key, v):
+        s = q @ key.T
+        s = np.where(s < np.sort(s, axis=-1)[:, -k:][:, :1], -np.inf, s)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return (p / p.sum(-1, keepdims=True)) @ v
+
+    assert np.allclose(attn(q, key + bk, v + bv), attn(q, key, v) + bv, atol=1e-12)
+    assert not np.allclose(attn(q + bq, key, v), attn(q, key, v), atol=1e-3)
+
+
+def test_optimised_graph_is_smaller(model):
+    assert len(build_onnx(model, ExportOptions()).graph.node) < len(build_onnx(model, ExportOptions(optimize=False)).graph.node)
+
+
+def test_export_writes_artifact_and_manifest(model, random_weights, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = export_onnx(model, out, ExportOptions(), weights_path=random_weights, parity_images=8, log=lambda s: None)
+    m = json.loads(manifest_path(out).read_text())
+    assert m == read_manifest(out) == result.manifest
+    assert m["kind"] == "onnx" and m["onnx"]["flavor"] == "portable" and m["onnx"]["opset"] == 17
+    assert m["onnx"]["rewrites"] == list(DEFAULT_REWRITES)
+    assert m["model"]["config"]["name"] == "seed" and m["model"]["parameters"] == 599_689
+    assert len(m["model"]["weights_sha256"]) == 64 and len(m["artifact"]["sha256"]) == 64
+    assert m["io"]["inputs"][0]["name"] == "noisy" and m["io"]["outputs"][0]["shape"] == ["batch", 3, 32, 32]
+    assert m["parity"]["passed"] and m["parity"]["num_images"] == 8 and m["tolerance"]["atol"] == 1e-4
+    assert {"torch", "onnx", "onnxruntime", "exporter"} <= set(m["versions"])
+    assert m["plugin"] is None
+    with OrtRunner(out) as r:
+        np.testing.assert_allclose(r(parity_inputs(4)), torch_out(model, parity_inputs(4)), atol=1e-4)
+
+
+def test_parity_gate_refuses_a_corrupted_weight(model, tmp_path, monkeypatch):
+    import export.pipeline as pipeline
+
+    real = pipeline.build_onnx
+
+    def corrupted(m, opts):
+        proto = real(m, opts)
+        init = next(i for i in proto.graph.initializer if "ffn.2.weight" in i.name)
+        arr = onnx.numpy_helper.to_array(init).copy()
+        arr[0, 0] += 0.5  # one wrong weight, as an exporter bug would produce
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        return proto
+
+    monkeypatch.setattr(pipeline, "build_onnx", corrupted)
+    out = tmp_path / "bad.onnx"
+    out.write_bytes(b"previous artifact")  # an older artifact at the same path must survive
+    with pytest.raises(ParityError, match="refusing to write") as info:
+        export_onnx(model, out, ExportOptions(), parity_images=8, log=lambda s: None)
+    assert not info.value.report.passed and "max abs" in str(info.value)
+    assert out.read_bytes() == b"previous artifact" and not manifest_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]  # no temp files left
+
+
+def test_seed_checkpoint_exports_and_matches_reference(seed_ckpt, seed_outputs, tmp_path):
+    model = load_model(seed_ckpt, preset="seed")
+    ref = np.load(seed_outputs)
+    proto = build_onnx(model, ExportOptions())
+    err = np.abs(ort_out(proto, ref["input"]) - ref["output"])
+    assert err.max() <= 1e-4 and np.median(err) <= 1e-6
+
+
+def test_residual_preset_exports(inputs):
+    torch.manual_seed(0)
+    model = SmallViT("residual").eval()
+    assert_exact(ort_out(build_onnx(model, ExportOptions()), inputs), torch_out(model, inputs))
+
+
+@pytest.mark.parametrize("flavor", ["portable", "plugin"])
+def test_fp16_graph_keeps_io_fp32_and_norms_softmax_in_fp32(model, inputs, random_weights, tmp_path, flavor):
+    from onnx import TensorProto
+
+    if flavor == "plugin":  # the plugin node runs in ONNX Runtime through onnxruntime-extensions ([onnx] extra)
+        pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed: "
+                                                              "pip install 'moe-denoise[onnx]'")
+
+    result = export_onnx(model, tmp_path / "h.onnx", ExportOptions(precision="fp16", flavor=flavor),
+                         weights_path=random_weights, parity_images=8, log=lambda s: None)
+    proto = onnx.load(str(result.path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    for node in proto.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert types[node.input[0]] == TensorProto.FLOAT, node.name
+    big = [i for i in proto.graph.initializer if len(i.dims) == 2 and min(i.dims) >= 64]
+    assert big and all(i.data_type == TensorProto.FLOAT16 for i in big)  # GEMM weights are fp16
+    assert result.manifest["precision"] == "fp16" and result.manifest["tolerance"]["min_psnr"] == 40.0
+    with OrtRunner(result.path) as r:
+        report = compare(torch_out(model, inputs), r(inputs), get_tolerance("ort", "fp16"))
+    assert report.passed and report.psnr > 60, report.summary()
+
+
+@pytest.mark.parametrize("preset", ["residual_refine", "residual_refine_feat"])
+@pytest.mark.parametrize("optimize", [False, True])
+def test_refine_preset_exports(inputs, optimize, preset):
+    torch.manual_seed(0)
+    model = SmallViT(preset).eval()
+    torch.nn.init.normal_(model.refine[-1].weight, std=0.05)  # a non-trivial head
+    assert_exact(ort_out(build_onnx(model, ExportOptions(optimize=optimize)), inputs), torch_out(model, inputs))

@@ -1,0 +1,86 @@
+"""moe-denoise evaluate: the across-sigma report (default), several weights, photos, plot, and the one-sigma table."""
+import importlib.util
+import json
+
+import pytest
+
+from moe_denoise.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_across_sigma_report_for_two_weights(capsys, fake_cifar, random_weights, tmp_path):
+    saved = tmp_path / "out" / "report.json"
+    code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--label", "a", "--weights", random_weights,
+                       "--label", "b", "--data-dir", fake_cifar, "--limit", 4, "--sigmas", 0, 25, "--bm3d-images",
+                       0, "--no-ssim", "--threads", 1, "--save-json", saved, "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r == json.loads(saved.read_text())
+    assert [w["label"] for w in r["weights"]] == ["a", "b"] and r["weights"][0]["preset"] == "seed"
+    c = r["cifar"]
+    assert c["num_images"] == 4 and c["sigmas"] == [0, 25] and c["bm3d"] is None and r["photos"] is None
+    assert c["rows"]["clip"]["25"]["a"] == c["rows"]["clip"]["25"]["b"]  # the same weights score the same
+    assert c["rows"]["unclipped"]["0"]["noisy input"]["psnr"]["mean"] is None  # infinite: the clean image itself
+    assert {t["weights"] for t in r["targets"]} == {"a", "b"}
+
+
+def test_table_is_the_default_output(capsys, fake_cifar, random_weights):
+    code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 3,
+                       "--sigmas", 0, 50, "--protocol", "clip", "--bm3d-images", 0, "--no-ssim")
+    assert code == 0
+    assert "[clip] PSNR (dB), all 3 images" in out and "sigma 50" in out and "random" in out
+    assert "[unclipped]" not in out and "targets (issue 15" in out
+
+
+def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_weights):
+    code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 4,
+                       "--sigma", 0.2, "--json")
+    r = json.loads(out)
+    assert code == 0 and r["num_images"] == 4 and r["sigma"] == 0.2 and set(r["protocols"]) == {"clip", "unclipped"}
+    assert r["protocols"]["clip"]["model"]["ssim"]["mean"] > 0 and r["weights"] == str(random_weights)
+    code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 4,
+                       "--sigma", 0.2, "--no-ssim")
+    assert code == 0 and "sigma 0.2" in out and "noisy input" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "seed", "--preset", "seed"], "--preset was given 2 times for 1 --weights"),
+    (["--label", "x", "--weights", "W", "--label", "x"], "share the label(s) ['x']"),
+    (["--sigma", "0.2", "--plot", "p.png"], "cannot be combined with --plot"),
+    (["--photos", "camera"], "--suite photos or --suite all"),
+    (["--sigmas", "-5"], "0-255 scale"),
+    (["--bm3d-images", "-1"], "--bm3d-images must be >= 0"),
+])
+def test_bad_arguments_are_clear_errors(capsys, fake_cifar, random_weights, argv, message):
+    argv = [random_weights if a == "W" else a for a in argv]
+    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, *argv)
+    assert code == 2 and message in err and "Traceback" not in err and out == ""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None or importlib.util.find_spec("matplotlib") is None,
+                    reason="needs scikit-image (photos) and matplotlib (plot): pip install 'moe-denoise[eval,plot]'")
+def test_photos_suite_with_plot(capsys, monkeypatch, fake_cifar, random_weights, tmp_path):
+    from benchmarks import quality
+
+    full = quality.load_photo
+    monkeypatch.setattr(quality, "load_photo", lambda name: full(name)[:40, :56])  # small crops: seconds, not minutes
+    plot = tmp_path / "psnr.png"
+    code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
+                       "--suite", "all", "--photos", "camera", "astronaut", "--bm3d-photos", "none", "--bm3d-images",
+                       0, "--sigmas", 0, 15, "--no-ssim", "--plot", plot)
+    assert code == 0 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert "camera (gray, 56x40) PSNR" in out and "astronaut (colour, 56x40)" in out and "camera at sigma 0.2" in out
+    assert "== CIFAR-10 test split" in out and f"plot written to {plot}" in out
+
+
+def test_missing_bm3d_fails_before_any_work(capsys, monkeypatch, fake_cifar, random_weights):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # import bm3d now raises ImportError
+    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--bm3d-images", 2)
+    assert code == 2 and "moe-denoise[eval]" in err and "--bm3d-images 0" in err and out == ""

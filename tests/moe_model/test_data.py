@@ -1,0 +1,84 @@
+"""CIFAR-10 loading, the split, noise protocols."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from moe_base.errors import DatasetError
+from moe_model.data import (BlindNoise, add_noise, blind_noisy, fixed_noisy, load_cifar10, to_float,
+                            to_gray)
+
+
+def test_loader_on_synthetic_pickles(fake_cifar):
+    train, val, test = (load_cifar10(fake_cifar, s) for s in ("train", "val", "test"))
+    assert train.shape == (50, 3, 32, 32) and val.shape == (5000, 3, 32, 32) and test.shape == (40, 3, 32, 32)
+    assert train.dtype == np.uint8
+    # the split is the official order: val is the tail of the training batches
+    with open(fake_cifar / "data_batch_5", "rb") as f:
+        last = pickle.load(f, encoding="bytes")[b"data"].reshape(-1, 3, 32, 32)
+    np.testing.assert_array_equal(val[-len(last):], last)
+    x = to_float(test)
+    assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_missing_and_malformed_folders(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist.*cifar-10-python.tar.gz"):
+        load_cifar10(tmp_path / "nope", "test")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "readme.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"lacks \['test_batch'\].*found: \['readme.txt'\]"):
+        load_cifar10(tmp_path / "d", "test")
+    (tmp_path / "d" / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match="could not read"):
+        load_cifar10(tmp_path / "d", "test")
+    with open(tmp_path / "d" / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8)}, f)
+    with pytest.raises(DatasetError, match=r"expected uint8 \(N, 3072\)"):
+        load_cifar10(tmp_path / "d", "test")
+    with pytest.raises(ValueError, match="unknown split"):
+        load_cifar10(tmp_path / "d", "holdout")
+
+
+def test_noise_protocols():
+    clean = torch.full((4, 3, 32, 32), 0.5)
+    g = torch.Generator().manual_seed(0)
+    clipped = add_noise(clean, 0.2, "clip", g)
+    assert 0 <= float(clipped.min()) and float(clipped.max()) <= 1
+    raw = add_noise(torch.zeros(64, 3, 32, 32), 0.2, "unclipped", torch.Generator().manual_seed(0))
+    assert float(raw.min()) < 0 and abs(float(raw.std()) - 0.2) < 0.01
+    torch.testing.assert_close(fixed_noisy(clean, seed=3), fixed_noisy(clean, seed=3))
+    assert not torch.equal(fixed_noisy(clean, seed=3), fixed_noisy(clean, seed=4))
+    with pytest.raises(ValueError, match="unknown noise protocol"):
+        add_noise(clean, 0.2, "poisson")
+
+
+def test_blind_noise_mixture():
+    clean = torch.rand(4000, 3, 8, 8)
+    spec = BlindNoise(sigma_max=0.3, zero_share=0.1, unclipped_share=0.5, gray_share=0.25)
+    noisy, target, sigma = blind_noisy(clean, spec, torch.Generator().manual_seed(0))
+    gray = (target[:, 0] == target[:, 1]).flatten(1).all(dim=1) & (target[:, 1] == target[:, 2]).flatten(1).all(1)
+    assert 0.2 < gray.float().mean() < 0.3
+    torch.testing.assert_close(target[gray], to_gray(clean[gray]))
+    torch.testing.assert_close(target[~gray], clean[~gray])
+    # gray images carry the same noise in every channel; colour images independent noise
+    assert torch.equal(noisy[gray][:, 0], noisy[gray][:, 1])
+    assert not torch.equal(noisy[~gray & (sigma > 0)][:, 0], noisy[~gray & (sigma > 0)][:, 1])
+    assert 0.07 < (sigma == 0).float().mean() < 0.13 and torch.equal(noisy[sigma == 0], target[sigma == 0])
+    assert float(sigma.max()) <= 0.3 and 0.12 < float(sigma[sigma > 0].mean()) < 0.18
+    outside = ((noisy < 0) | (noisy > 1)).flatten(1).any(dim=1)
+    assert 0.3 < outside.float().mean() < 0.5  # about half the images are unclipped, most of those leave [0, 1]
+    # the noise of an image that left [0, 1] (so was not clipped) matches its level
+    ratio = (noisy - target)[outside].flatten(1).std(dim=1) / sigma[outside]
+    assert 0.9 < float(ratio.median()) < 1.1
+
+
+def test_blind_noise_is_reproducible_and_validated():
+    clean = torch.rand(8, 3, 4, 4)
+    a = blind_noisy(clean, BlindNoise(), torch.Generator().manual_seed(3))
+    b = blind_noisy(clean, BlindNoise(), torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="gray_share must be in"):
+        BlindNoise(gray_share=1.5)
+    with pytest.raises(ValueError, match="sigma_max must be > 0"):
+        BlindNoise(sigma_max=0)

@@ -1,0 +1,118 @@
+"""Training: loss decreases, files written, resume is exact."""
+import json
+
+import pytest
+import torch
+
+from moe_base.errors import CheckpointError
+from moe_model import SmallViT
+from moe_model.checkpoint import load_model
+from moe_model.losses import total_loss
+from moe_model.train import TrainConfig, train
+
+
+def test_two_steps_decrease_the_loss():
+    torch.manual_seed(0)
+    model = SmallViT("seed")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    clean = torch.rand(8, 3, 32, 32)
+    noisy = (clean + 0.2 * torch.randn_like(clean)).clamp(0, 1)
+    losses = []
+    for _ in range(3):
+        out, routing = model(noisy, return_routing=True)
+        loss, _, _ = total_loss(out, clean, routing)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # two optimizer steps later, the loss on the same batch is clearly lower than at the start
+    assert losses[2] < 0.98 * losses[0], losses
+
+
+def small_config(data_dir, out_dir, **kw):
+    base = dict(data_dir=str(data_dir), out_dir=str(out_dir), epochs=2, batch_size=16, max_train=32, max_val=16,
+                seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_checkpoints(fake_cifar, tmp_path):
+    result = train(small_config(fake_cifar, tmp_path / "run"), progress=False, log=lambda s: None,
+                   command="moe-denoise train (test)")
+    assert len(result["history"]) == 2
+    side = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert side["config"]["name"] == "seed" and side["training"]["command"] == "moe-denoise train (test)"
+    assert side["metrics"]["val_loss"] == pytest.approx(result["best_val_loss"])
+    model = load_model(tmp_path / "run" / "best.safetensors")
+    assert model.config.name == "seed"
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_blind_training_validates_on_the_mixture(fake_cifar, tmp_path):
+    result = train(small_config(fake_cifar, tmp_path / "run", blind=True, loss="psnr", mse_floor=1e-5, epochs=1),
+                   progress=False, log=lambda s: None)
+    side = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert side["metrics"]["val_protocol"] == "blind" and side["training"]["settings"]["blind"] is True
+    assert side["metrics"]["val_psnr"] == pytest.approx(-result["best_val_loss"])
+    with pytest.raises(ValueError, match="unclipped_share must be in"):
+        train(small_config(fake_cifar, tmp_path / "bad", blind=True, unclipped_share=2.0), progress=False)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(fake_cifar, tmp_path):
+    # on the CPU, where the kernels are deterministic, so "equal" can mean bit-identical
+    full = train(small_config(fake_cifar, tmp_path / "a", epochs=3, device="cpu"), progress=False,
+                 log=lambda s: None)
+    cfg = small_config(fake_cifar, tmp_path / "b", epochs=3, device="cpu")
+    part = train(cfg, progress=False, stop_after_epoch=1, log=lambda s: None)
+    assert len(part["history"]) == 1
+    resumed = train(cfg, resume=True, progress=False, log=lambda s: None)
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed parameters differ from the uninterrupted run"
+    assert [h["val_loss"] for h in full["history"]] == [h["val_loss"] for h in resumed["history"]]
+
+
+def test_resume_refuses_changed_settings_and_missing_state(fake_cifar, tmp_path):
+    cfg = small_config(fake_cifar, tmp_path / "c", epochs=2)
+    with pytest.raises(CheckpointError, match="--resume was given but"):
+        train(cfg, resume=True, progress=False, log=lambda s: None)
+    train(cfg, progress=False, stop_after_epoch=1, log=lambda s: None)
+    with pytest.raises(ValueError, match="lr: saved 0.001, given 0.01"):
+        train(small_config(fake_cifar, tmp_path / "c", epochs=2, lr=0.01), resume=True, progress=False,
+              log=lambda s: None)
+
+
+def test_invalid_settings():
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        TrainConfig(data_dir="x", epochs=0).validate()
+    with pytest.raises(ValueError, match="unknown preset"):
+        TrainConfig(data_dir="x", preset="big").validate()
+
+
+def test_init_from_starts_at_the_given_weights(fake_cifar, tmp_path, random_weights):
+    from moe_model.checkpoint import load_state_dict
+
+    start = load_state_dict(random_weights)
+    result = train(small_config(fake_cifar, tmp_path / "ft", epochs=1, lr=1e-12, init_from=str(random_weights)),
+                   progress=False, log=lambda s: None)
+    end = result["model"].state_dict()
+    assert all(torch.allclose(end[k].cpu(), start[k], atol=1e-6) for k in start)
+    side = json.loads((tmp_path / "ft" / "best.json").read_text())
+    assert side["training"]["init_from"]["sha256"] and side["training"]["init_from"]["path"] == str(random_weights)
+    fresh = train(small_config(fake_cifar, tmp_path / "fresh", epochs=1, lr=1e-12), progress=False,
+                  log=lambda s: None)["model"].state_dict()
+    assert not all(torch.allclose(fresh[k].cpu(), start[k], atol=1e-6) for k in start)
+
+
+@pytest.mark.gpu
+def test_resume_on_cuda_continues_the_run(fake_cifar, tmp_path):
+    """On a GPU the run resumes (the saved RNG state is a CPU tensor) and lands close to the uninterrupted one."""
+    full = train(small_config(fake_cifar, tmp_path / "a", epochs=2, device="cuda"), progress=False,
+                 log=lambda s: None)
+    cfg = small_config(fake_cifar, tmp_path / "b", epochs=2, device="cuda")
+    train(cfg, progress=False, stop_after_epoch=1, log=lambda s: None)
+    resumed = train(cfg, resume=True, progress=False, log=lambda s: None)
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert next(iter(b.values())).is_cuda
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "resumed parameters drift from the full run"
+    assert len(resumed["history"]) == 2

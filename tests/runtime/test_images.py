@@ -1,0 +1,322 @@
+"""Image I/O: round trips keep size, mode and bit depth; conversions are noted; errors are clear; writes are atomic."""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from runtime import images
+from moe_base.errors import InputError
+from runtime.images import read_image, write_image
+from runtime.photo import add_noise_to_file, denoise_file
+
+
+def identity(tiles: np.ndarray) -> np.ndarray:
+    return tiles
+
+
+def rng_u8(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def rng_u16(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 65536, shape, dtype=np.uint16)
+
+
+def png16_bytes(data: np.ndarray) -> bytes:
+    """A minimal 16-bit PNG (colour type from the channel count), encoded here independently of pypng."""
+    h, w, c = data.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    raw = b"".join(b"\x00" + data[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def as_int(array: np.ndarray, bits: int) -> np.ndarray:
+    return np.rint(array * (65535 if bits == 16 else 255)).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def test_import_needs_only_numpy() -> None:
+    code = ("import sys, runtime.tiling, runtime.images, runtime.photo; "
+            "bad = [m for m in ('torch', 'PIL', 'tqdm', 'png', 'tifffile') if m in sys.modules]; "
+            "sys.exit(f'imported at import time: {bad}' if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------------------------------ round trips
+
+
+def test_rgb8_png_round_trip_through_denoise_file(tmp_path: Path) -> None:
+    pixels = rng_u8((45, 77, 3))
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    report = denoise_file(tmp_path / "in.png", tmp_path / "out.png", identity, progress=False)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.mode == "RGB" and out.size == (77, 45)
+        np.testing.assert_array_equal(np.asarray(out), pixels)
+    assert report["size"] == [77, 45] and report["bit_depth"] == 8 and report["tiles"] > 1
+
+
+def test_gray16_png_keeps_every_value(tmp_path: Path) -> None:
+    pixels = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # every 16-bit value once
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    array, info = read_image(tmp_path / "in.png")
+    assert (info.mode, info.bit_depth, info.layout, array.shape) == ("I;16", 16, "L", (256, 256, 1))
+    denoise_file(tmp_path / "in.png", tmp_path / "out.png", identity, progress=False)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(out), pixels)
+
+
+@pytest.mark.parametrize("channels", [3, 4, 2])
+def test_colour16_png_round_trip(tmp_path: Path, channels: int) -> None:
+    png = pytest.importorskip("png", reason="pypng is not installed: 16-bit colour PNG support is optional")
+    pixels = rng_u16((20, 33, channels), seed=channels)
+    (tmp_path / "in.png").write_bytes(png16_bytes(pixels))
+    array, info = read_image(tmp_path / "in.png")
+    assert info.bit_depth == 16 and info.channels == channels
+    np.testing.assert_array_equal(as_int(array, 16), pixels)
+    denoise_file(tmp_path / "in.png", tmp_path / "out.png", identity, progress=False)
+    head = (tmp_path / "out.png").read_bytes()[:26]
+    assert head[24] == 16 and head[25] == {2: 4, 3: 2, 4: 6}[channels]  # IHDR: 16 bits, same colour type
+    w, h, rows, _ = png.Reader(filename=str(tmp_path / "out.png")).read()
+    np.testing.assert_array_equal(np.vstack([np.asarray(r) for r in rows]).reshape(h, w, channels), pixels)
+
+
+def test_colour16_png_without_pypng_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "in.png").write_bytes(png16_bytes(rng_u16((4, 5, 3))))
+    monkeypatch.setitem(sys.modules, "png", None)  # makes `import png` fail
+    with pytest.raises(ImportError, match="pip install pypng"):
+        read_image(tmp_path / "in.png")
+
+
+def test_gray_jpeg_stays_gray(tmp_path: Path) -> None:
+    pixels = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))
+    Image.fromarray(pixels).save(tmp_path / "in.jpg", quality=95)
+    denoise_file(tmp_path / "in.jpg", tmp_path / "out.jpg", identity, progress=False)
+    with Image.open(tmp_path / "in.jpg") as src, Image.open(tmp_path / "out.jpg") as out:
+        assert out.mode == "L" and out.size == (40, 30)
+        assert np.abs(np.asarray(out, dtype=float) - np.asarray(src, dtype=float)).mean() < 1.0
+
+
+def test_rgb_jpeg_keeps_icc_profile_and_quality(tmp_path: Path) -> None:
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    xx, yy = np.meshgrid(np.linspace(0, 255, 64), np.linspace(40, 200, 48))
+    smooth = np.stack([xx, yy, np.full((48, 64), 90.0)], axis=-1)
+    Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "in.jpg", quality=95, icc_profile=icc)
+    denoise_file(tmp_path / "in.jpg", tmp_path / "out.jpg", identity, progress=False)
+    with Image.open(tmp_path / "in.jpg") as src, Image.open(tmp_path / "out.jpg") as out:
+        assert out.mode == "RGB" and out.info.get("icc_profile") == icc
+        assert np.abs(np.asarray(out, dtype=float) - np.asarray(src, dtype=float)).mean() < 1.0
+
+
+@pytest.mark.parametrize("mode, channels", [("RGBA", 4), ("LA", 2)])
+def test_alpha_is_kept_exactly(tmp_path: Path, mode: str, channels: int) -> None:
+    pixels = rng_u8((30, 41, channels), seed=2)
+    Image.fromarray(pixels, mode=mode).save(tmp_path / "in.png")
+    denoise_file(tmp_path / "in.png", tmp_path / "out.png", lambda t: np.full_like(t, 0.5), progress=False)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.mode == mode
+        result = np.asarray(out)
+    np.testing.assert_array_equal(result[:, :, -1], pixels[:, :, -1])
+    assert np.all(np.abs(result[:, :, :-1].astype(int) - 128) <= 1)
+
+
+def test_tiff16_gray_round_trip(tmp_path: Path) -> None:
+    pixels = rng_u16((37, 50), seed=3)
+    Image.fromarray(pixels).save(tmp_path / "in.tif")
+    denoise_file(tmp_path / "in.tif", tmp_path / "out.tif", identity, progress=False)
+    with Image.open(tmp_path / "out.tif") as out:
+        assert out.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(out), pixels)
+
+
+def test_tiff16_rgb_round_trip(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile", reason="tifffile is not installed: 16-bit colour TIFF is optional")
+    pixels = rng_u16((21, 34, 3), seed=4)
+    tifffile.imwrite(tmp_path / "in.tif", pixels, photometric="rgb", compression="zlib")
+    array, info = read_image(tmp_path / "in.tif")
+    assert info.bit_depth == 16 and info.layout == "RGB"
+    denoise_file(tmp_path / "in.tif", tmp_path / "out.tif", identity, progress=False)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), pixels)
+
+
+def test_tiff8_rgb_round_trip(tmp_path: Path) -> None:
+    pixels = rng_u8((21, 34, 3), seed=5)
+    Image.fromarray(pixels).save(tmp_path / "in.tif", compression="tiff_lzw")
+    denoise_file(tmp_path / "in.tif", tmp_path / "out.tif", identity, progress=False)
+    with Image.open(tmp_path / "out.tif") as out:
+        assert out.mode == "RGB" and out.info.get("compression") == "tiff_lzw"
+        np.testing.assert_array_equal(np.asarray(out), pixels)
+
+
+def test_bilevel_image_stays_bilevel(tmp_path: Path) -> None:
+    pixels = rng_u8((16, 24), seed=6) > 127
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    denoise_file(tmp_path / "in.png", tmp_path / "out.png", identity, progress=False)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.mode == "1"
+        np.testing.assert_array_equal(np.asarray(out), pixels)
+
+
+# ------------------------------------------------------------------------------ conversions, orientation
+
+
+@pytest.mark.parametrize("transparent, layout", [(False, "RGB"), (True, "RGBA")])
+def test_palette_images_become_rgb_and_say_so(tmp_path: Path, transparent: bool, layout: str) -> None:
+    im = Image.fromarray(rng_u8((10, 12, 3), seed=7)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    im.save(tmp_path / "in.png", **({"transparency": 0} if transparent else {}))
+    array, info = read_image(tmp_path / "in.png")
+    assert info.mode == "P" and info.layout == layout and "palette" in " ".join(info.notes)
+    np.testing.assert_array_equal(as_int(array, 8), np.asarray(Image.open(tmp_path / "in.png").convert(layout)))
+
+
+def test_cmyk_jpeg_is_read_as_rgb(tmp_path: Path) -> None:
+    Image.fromarray(rng_u8((8, 9, 3))).convert("CMYK").save(tmp_path / "in.jpg")
+    array, info = read_image(tmp_path / "in.jpg")
+    assert info.mode == "CMYK" and info.layout == "RGB" and array.shape == (8, 9, 3) and info.notes
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_like_pillow(tmp_path: Path, orientation: int) -> None:
+    from PIL import ImageOps
+
+    im = Image.fromarray(rng_u8((5, 7, 3), seed=orientation))
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "TestCam"  # Make: an ordinary tag that must survive
+    im.save(tmp_path / "in.png", exif=exif)
+    array, info = read_image(tmp_path / "in.png")
+    with Image.open(tmp_path / "in.png") as src:
+        np.testing.assert_array_equal(as_int(array, 8), np.asarray(ImageOps.exif_transpose(src)))
+    assert info.orientation == orientation
+    write_image(tmp_path / "out.png", array, info)
+    with Image.open(tmp_path / "out.png") as out:
+        assert 0x0112 not in out.getexif() and out.getexif().get(0x010F) == "TestCam"
+        np.testing.assert_array_equal(np.asarray(out), as_int(array, 8))  # written upright
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+TRUNCATED_PNG = png16_bytes(rng_u16((32, 32, 1)))[:1000]  # cut inside the pixel data
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all" * 10, TRUNCATED_PNG], ids=["empty", "text", "cut"])
+def test_corrupt_files_are_an_input_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(InputError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_missing_file_and_directory_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such image file"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(InputError, match="not a file"):
+        read_image(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_32_bit_images_are_refused(tmp_path: Path, mode: str) -> None:
+    Image.new(mode, (4, 4)).save(tmp_path / "in.tif")
+    with pytest.raises(InputError, match=f"mode '{mode}'"):
+        read_image(tmp_path / "in.tif")
+
+
+def test_formats_that_would_lose_data_are_refused(tmp_path: Path) -> None:
+    Image.fromarray(rng_u16((4, 5))).save(tmp_path / "g16.png")
+    Image.fromarray(rng_u8((4, 5, 4)), mode="RGBA").save(tmp_path / "rgba.png")
+    g16, info16 = read_image(tmp_path / "g16.png")
+    rgba, info_a = read_image(tmp_path / "rgba.png")
+    with pytest.raises(InputError, match="16 bits"):
+        write_image(tmp_path / "out.jpg", g16, info16)
+    with pytest.raises(InputError, match="alpha"):
+        write_image(tmp_path / "out.jpg", rgba, info_a)
+    with pytest.raises(InputError, match="extension"):
+        write_image(tmp_path / "out.unknown", rgba, info_a)
+    with pytest.raises(InputError, match="HxWx4"):
+        write_image(tmp_path / "out.png", rgba[:, :, :3], info_a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g16.png", "rgba.png"]
+
+
+def test_refuses_to_overwrite_the_input_or_an_existing_file(tmp_path: Path) -> None:
+    Image.fromarray(rng_u8((6, 7, 3))).save(tmp_path / "in.png")
+    (tmp_path / "taken.png").write_bytes(b"keep me")
+    before = (tmp_path / "in.png").read_bytes()
+    with pytest.raises(InputError, match="is the input image"):
+        denoise_file(tmp_path / "in.png", tmp_path / "in.png", identity, progress=False)
+    array, info = read_image(tmp_path / "in.png")
+    with pytest.raises(InputError, match="already exists"):
+        write_image(tmp_path / "taken.png", array, info)
+    assert (tmp_path / "in.png").read_bytes() == before and (tmp_path / "taken.png").read_bytes() == b"keep me"
+    write_image(tmp_path / "taken.png", array, info, overwrite=True)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "taken.png")), as_int(array, 8))
+
+
+def _failing_writer(f, *args, **kwargs) -> None:  # noqa: ANN001 - stands in for the Pillow writer
+    f.write(b"\x89PNG half a file")
+    raise OSError("disk full (simulated)")
+
+
+def test_a_failing_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(rng_u8((6, 7, 3))).save(tmp_path / "in.png")
+    (tmp_path / "existing.png").write_bytes(b"old contents")
+    array, info = read_image(tmp_path / "in.png")
+    monkeypatch.setattr(images, "_write_pillow", _failing_writer)
+    with pytest.raises(OSError, match="simulated"):
+        write_image(tmp_path / "new.png", array, info)
+    with pytest.raises(OSError, match="simulated"):
+        write_image(tmp_path / "existing.png", array, info, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.png", "in.png"]  # no temp, no new.png
+    assert (tmp_path / "existing.png").read_bytes() == b"old contents"
+
+
+def test_output_permissions_follow_the_umask(tmp_path: Path) -> None:
+    Image.fromarray(rng_u8((6, 7, 3))).save(tmp_path / "in.png")
+    array, info = read_image(tmp_path / "in.png")
+    write_image(tmp_path / "out.png", array, info)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ------------------------------------------------------------------------------------------- demo noise
+
+
+def test_add_noise_is_reproducible_and_keeps_the_bit_depth(tmp_path: Path) -> None:
+    flat = np.full((64, 64), 32768, dtype=np.uint16)
+    Image.fromarray(flat).save(tmp_path / "in.png")
+    add_noise_to_file(tmp_path / "in.png", tmp_path / "a.png", sigma=0.1, seed=3)
+    add_noise_to_file(tmp_path / "in.png", tmp_path / "b.png", sigma=0.1, seed=3)
+    add_noise_to_file(tmp_path / "in.png", tmp_path / "c.png", sigma=0.1, seed=4)
+    a, b, c = (np.asarray(Image.open(tmp_path / n)).astype(float) / 65535 for n in ("a.png", "b.png", "c.png"))
+    assert Image.open(tmp_path / "a.png").mode == "I;16"
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert abs((a - 32768 / 65535).std() - 0.1) < 0.01
+    with pytest.raises(InputError, match="sigma"):
+        add_noise_to_file(tmp_path / "in.png", tmp_path / "d.png", sigma=-1.0)
+
+
+def test_denoise_file_checks_the_output_before_denoising(tmp_path: Path) -> None:
+    Image.fromarray(rng_u16((8, 9))).save(tmp_path / "in.png")
+    calls: list[int] = []
+
+    def counting(tiles: np.ndarray) -> np.ndarray:
+        calls.append(len(tiles))
+        return tiles
+
+    with pytest.raises(InputError, match="16 bits"):
+        denoise_file(tmp_path / "in.png", tmp_path / "out.jpg", counting, progress=False)
+    assert calls == [] and not (tmp_path / "out.jpg").exists()

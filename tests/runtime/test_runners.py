@@ -1,0 +1,177 @@
+"""Runner protocol: input validation, chunking, lifecycle, missing backends, manifest checks."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime import BaseRunner, InputError, MissingBackendError, validate_batch
+from moe_base.optional import require
+from moe_base.errors import ArtifactError, ArtifactMismatchError
+from moe_base.manifest import manifest_path
+
+
+class Doubler(BaseRunner):
+    backend = "test"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def _infer_impl(self, x):
+        self.calls.append(len(x))
+        return x * 0.5
+
+
+GOOD = np.full((2, 3, 32, 32), 0.5, np.float32)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([[0.5]], "must be a numpy array, got list"),
+    (GOOD.astype(np.float64), "dtype float64; this runner expects float32"),
+    (np.zeros((3, 32, 32), np.float32), r"shape \[3, 32, 32\]; expected \[B, 3, 32, 32\]"),
+    (np.zeros((2, 32, 32, 3), np.float32), r"shape \[2, 32, 32, 3\]"),
+    (np.zeros((0, 3, 32, 32), np.float32), "B >= 1"),
+    (np.full((1, 3, 32, 32), np.nan, np.float32), "3072 NaN/Inf values"),
+    (np.full((1, 3, 32, 32), 255, np.float32), r"values in \[255, 255\]; expected \[0, 1\]"),
+    (np.full((1, 3, 32, 32), -0.1, np.float32), "expected"),
+])
+def test_validation_errors(bad, match):
+    with pytest.raises(InputError, match=match):
+        validate_batch(bad)
+
+
+def test_infer_feeds_names_chunking_and_lifecycle():
+    r = Doubler(max_batch=3)
+    with pytest.raises(RuntimeError, match="not active"):
+        r.infer(GOOD)
+    with r:
+        x = np.full((7, 3, 32, 32), 0.5, np.float32)
+        out = r.infer({"noisy": x})["denoised"]
+        assert out.shape == x.shape and float(out.max()) == 0.25
+        assert r.calls == [3, 3, 1]
+        with pytest.raises(InputError, match=r"one input named 'noisy'; got \['image'\]"):
+            r.infer({"image": x})
+        np.testing.assert_array_equal(r(GOOD), GOOD * 0.5)
+    assert not r.is_active
+
+
+def test_fp16_accepted_only_when_declared():
+    with Doubler(input_dtypes=(np.float16,)) as r:
+        assert r(GOOD.astype(np.float16)).dtype == np.float16
+        with pytest.raises(InputError, match="expects float16"):
+            r(GOOD)
+
+
+def test_require_names_the_package_and_extra():
+    if _has("tensorrt"):
+        pytest.skip("tensorrt is installed here, so it cannot be reported missing")
+    with pytest.raises(MissingBackendError, match=r"building engines needs the Python package 'tensorrt'.*moe-denoise\[trt\]"):
+        require("tensorrt", "building engines")
+
+
+def _has(mod):
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+def test_import_runtime_and_export_without_optional_backends():
+    """`import runtime` / `import export` work with tensorrt, onnxruntime, triton and torch blocked."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorrt', 'onnxruntime', 'triton', 'torch', 'cupy', 'onnx'):\n"
+        "            raise ImportError('blocked for the test: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import runtime, export, runtime.tiling, runtime.images, runtime.photo, moe_base.manifest\n"
+        "from runtime import TorchRunner, OrtRunner\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime', 'tensorrt', 'triton')))\n"
+        "try:\n"
+        "    OrtRunner('x.onnx').activate()\n"
+        "except runtime.MissingBackendError as e:\n"
+        "    print('MISSING', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "[]"
+    assert "MISSING" in out and "onnxruntime" in out and "moe-denoise[onnx]" in out
+
+
+def test_ort_runner_refuses_bad_artifacts(tmp_path, random_weights):
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_model.checkpoint import load_model
+    from runtime.ort_runner import OrtRunner
+
+    with pytest.raises(ArtifactError, match="does not exist"):
+        OrtRunner(tmp_path / "none.onnx").activate()
+    path = tmp_path / "m.onnx"
+    export_onnx(load_model(random_weights), path, ExportOptions(), parity_images=4, log=lambda s: None)
+    with pytest.raises(InputError, match="unknown ONNX Runtime provider"):
+        OrtRunner(path, provider="rocm")
+    with pytest.raises(MissingBackendError, match="CUDAExecutionProvider was asked for"):
+        OrtRunner(path, provider="cuda").activate()
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])  # truncated
+    with pytest.raises(ArtifactError, match="truncated"):
+        OrtRunner(path).activate()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, one bit flipped
+    with pytest.raises(ArtifactMismatchError, match="does not match its manifest"):
+        OrtRunner(path).activate()
+    path.write_bytes(data)
+    m = json.loads(manifest_path(path).read_text())
+    manifest_path(path).unlink()
+    with pytest.raises(ArtifactError, match="has no manifest"):
+        OrtRunner(path).activate()
+    with OrtRunner(path, check_manifest=False, threads=1, opt_level="basic") as r:
+        assert r(GOOD).shape == GOOD.shape
+        # an idle session's threads stop spinning when a run returns (they would steal other work's cores)
+        assert r.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    assert m["artifact"]["bytes"] == len(data)
+
+
+def test_torch_runner(random_weights):
+    from runtime.torch_runner import TorchRunner
+
+    with pytest.raises(InputError, match="needs weights"):
+        TorchRunner()
+    with TorchRunner(random_weights, impl="gather", max_batch=2) as r:
+        out = r(np.full((3, 3, 32, 32), 0.5, np.float32))
+        assert out.shape == (3, 3, 32, 32) and out.dtype == np.float32
+    with pytest.raises(MissingBackendError, match="'no-such-impl' is not available; available: masked, gather"):
+        TorchRunner(random_weights, impl="no-such-impl").activate()
+
+
+def test_torch_runner_runs_in_true_fp32_and_restores_the_callers_tf32_settings(random_weights):
+    """cuDNN convolutions default to TF32 in PyTorch; the runner turns it off for its calls only."""
+    import torch
+
+    from benchmarks.backends import torch_compute_call
+    from runtime.torch_runner import TorchRunner
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    seen = []
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with TorchRunner(random_weights) as r:
+            model = r._fn
+            r._fn = lambda x: (seen.append((cudnn.allow_tf32, matmul.allow_tf32)), model(x))[1]
+            r(np.full((2, 3, 32, 32), 0.5, np.float32))
+            torch_compute_call(r, np.full((2, 3, 32, 32), 0.5, np.float32))()
+        assert seen == [(False, False), (False, False)]  # end-to-end, then compute-only
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def test_psnr_from_mse_is_the_one_formula():
+    from moe_base.metrics import psnr_from_mse
+
+    assert psnr_from_mse(0.0) == float("inf")
+    assert psnr_from_mse(1e-4) == pytest.approx(40.0)
+    assert psnr_from_mse(4.0, peak=2.0) == pytest.approx(0.0)

@@ -1,0 +1,189 @@
+"""Tiling: exactness for any image size, batching, blending without seams, channel handling, validation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from moe_base.errors import InputError
+from runtime.tiling import _reflect_indices, denoise_array, plan_tiles, window_1d
+
+
+def identity(tiles: np.ndarray) -> np.ndarray:
+    return tiles.copy()
+
+
+def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape", [
+    (45, 77, 3), (33, 100, 3), (5, 7, 3), (1, 1, 3), (1, 40, 3), (40, 1, 3), (20, 32, 3), (32, 32, 3),
+    (64, 96, 3), (257, 301, 3),
+])
+def test_identity_gives_back_the_input(shape: tuple[int, ...]) -> None:
+    image = random_image(shape)
+    out = denoise_array(image, identity)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert np.abs(out - image).max() <= 1e-6
+
+
+@pytest.mark.parametrize("overlap", [0, 4, 8, 16, 24, 31])
+def test_identity_is_exact_for_every_overlap(overlap: int) -> None:
+    image = random_image((45, 77, 3), seed=overlap)
+    assert np.abs(denoise_array(image, identity, overlap=overlap) - image).max() <= 1e-6
+
+
+def test_pointwise_function_commutes_with_tiling() -> None:
+    """A per-pixel fn gives fn(image) exactly: overlapping tiles agree and the weights are normalised."""
+    image = random_image((50, 70, 3), seed=1)
+    out = denoise_array(image, lambda t: t ** 2 * 0.5 + 0.25)
+    assert np.abs(out - (image ** 2 * 0.5 + 0.25)).max() <= 1e-6
+
+
+def test_constant_denoiser_gives_a_constant_image() -> None:
+    out = denoise_array(random_image((45, 77, 3)), lambda t: np.full_like(t, 0.5))
+    assert np.abs(out - 0.5).max() <= 1e-6
+
+
+def test_tiles_are_batched() -> None:
+    calls: list[tuple[tuple[int, ...], np.dtype, bool]] = []
+
+    def counting(tiles: np.ndarray) -> np.ndarray:
+        calls.append((tiles.shape, tiles.dtype, tiles.flags["C_CONTIGUOUS"]))
+        return tiles
+
+    plan = plan_tiles(100, 150)
+    denoise_array(random_image((100, 150, 3)), counting, batch_size=16)
+    assert len(calls) == math.ceil(plan.count / 16) > 1
+    assert [c[0][0] for c in calls[:-1]] == [16] * (len(calls) - 1)
+    assert sum(c[0][0] for c in calls) == plan.count
+    assert all(c[0][1:] == (3, 32, 32) and c[1] == np.float32 and c[2] for c in calls)
+
+
+def test_tiles_see_the_image_content_at_the_right_place() -> None:
+    """Each batch entry is a real 32x32 window of the reflect-padded image (not zeros, not transposed)."""
+    image = random_image((40, 60, 3), seed=3)
+    seen: list[np.ndarray] = []
+    denoise_array(image, lambda t: (seen.append(t.copy()), t)[1])
+    plan = plan_tiles(40, 60)
+    first = np.concatenate(seen)[0]  # tile at (0, 0) of the padded image
+    iy = _reflect_indices(40, plan.pad_top, plan.padded_height - 40 - plan.pad_top)[:32]
+    ix = _reflect_indices(60, plan.pad_left, plan.padded_width - 60 - plan.pad_left)[:32]
+    np.testing.assert_array_equal(first, image[iy][:, ix].transpose(2, 0, 1))
+
+
+def test_reflect_indices_match_numpy_and_handle_tiny_axes() -> None:
+    for length, before, after in [(5, 3, 4), (3, 7, 7), (2, 5, 6), (10, 16, 16)]:
+        ref = np.pad(np.arange(length), (before, after), mode="reflect")
+        np.testing.assert_array_equal(_reflect_indices(length, before, after), ref)
+    np.testing.assert_array_equal(_reflect_indices(1, 16, 15), np.zeros(32, dtype=int))
+
+
+def test_window_is_a_partition_of_unity_and_never_zero() -> None:
+    for overlap in (4, 8, 16):
+        w = window_1d(32, overlap)
+        stride = 32 - overlap
+        assert w.min() > 0
+        total = np.zeros(stride * 6 + 32)
+        for k in range(7):
+            total[k * stride:k * stride + 32] += w
+        interior = total[32:-32]
+        np.testing.assert_allclose(interior, 1.0, atol=1e-12)
+
+
+def test_window_has_no_kinks() -> None:
+    """sin^2 ramps start and end with zero slope, so blended biases bend smoothly (a linear ramp would kink)."""
+    w = window_1d(32, 16)
+    assert w[0] < 0.01 and w[0] == w[-1]
+    assert np.abs(np.diff(w, 2)).max() < 0.03  # a linear ramp has a slope jump of 1/16 = 0.0625
+
+
+def _biased(seed: int):
+    """Identity plus a random constant per tile (a denoiser whose tiles disagree slightly); returns fn, biases."""
+    rng = np.random.default_rng(seed)
+    biases: list[float] = []
+
+    def fn(tiles: np.ndarray) -> np.ndarray:
+        c = rng.uniform(-0.05, 0.05, size=len(tiles)).astype(np.float32)
+        biases.extend(c.tolist())
+        return tiles + c[:, None, None, None]
+
+    return fn, biases
+
+
+def test_no_seams_where_tiles_disagree() -> None:
+    """With per-tile biases, a hard stitch jumps at tile borders; the blend changes by only ~pi/(2*16) of it.
+
+    The bias field b = output - input is a convex mix of the tile biases. Between two tiles it moves
+    along a sin^2 ramp of 16 pixels, so its largest step between neighbouring pixels is at most
+    (max bias - min bias) * pi / 32 ~ 0.1 of that range, while a hard stitch steps by the full
+    difference of two neighbouring tiles' biases.
+    """
+    yy, xx = np.mgrid[0:150, 0:200].astype(np.float32)
+    smooth = 0.5 + 0.3 * np.sin(xx / 37.0) * np.cos(yy / 29.0)
+    image = np.repeat(smooth[:, :, None], 3, axis=2).astype(np.float32)
+
+    fn_hard, b_hard = _biased(0)
+    hard = denoise_array(image, fn_hard, overlap=0) - image
+    fn_soft, b_soft = _biased(0)
+    soft = denoise_array(image, fn_soft, overlap=16) - image
+
+    def max_step(field: np.ndarray) -> float:
+        return float(max(np.abs(np.diff(field, axis=0)).max(), np.abs(np.diff(field, axis=1)).max()))
+
+    spread = max(b_soft) - min(b_soft)
+    assert min(b_soft) - 1e-6 <= soft.min() and soft.max() <= max(b_soft) + 1e-6  # a convex mix
+    assert max_step(soft) <= spread * math.pi / 32 + 1e-6
+    assert max_step(hard) > 0.02  # the hard stitch does show seams ...
+    assert max_step(soft) < 0.25 * max_step(hard)  # ... and the blend removes most of them
+
+
+def test_gray_is_denoised_as_rgb_and_averaged() -> None:
+    image = random_image((30, 40, 1), seed=4)
+    scale = np.array([0.5, 1.0, 0.0], dtype=np.float32)[None, :, None, None]
+    out = denoise_array(image, lambda t: t * scale)
+    assert out.shape == (30, 40, 1)
+    assert np.abs(out - image * 0.5).max() <= 1e-6
+
+
+def test_two_dimensional_gray_keeps_its_shape() -> None:
+    image = random_image((30, 40), seed=5)
+    out = denoise_array(image, identity)
+    assert out.shape == (30, 40) and np.abs(out - image).max() <= 1e-6
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_alpha_passes_through_unchanged(channels: int) -> None:
+    image = random_image((30, 40, channels), seed=6)
+    out = denoise_array(image, lambda t: np.full_like(t, 0.25))
+    np.testing.assert_array_equal(out[:, :, -1], image[:, :, -1])
+    assert np.abs(out[:, :, :-1] - 0.25).max() <= 1e-6
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4, 4, 3), dtype=np.uint8), "float32"),
+    (np.zeros((4, 4, 3), dtype=np.float64), "float32"),
+    (np.zeros((4, 4, 5), dtype=np.float32), "C = 1"),
+    (np.zeros((2, 4, 4, 3), dtype=np.float32), "C = 1"),
+    (np.zeros((0, 4, 3), dtype=np.float32), "no pixels"),
+    (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
+    (np.full((4, 4, 3), 1.5, dtype=np.float32), "[0, 1]"),
+    ([[0.0]], "numpy array"),
+])
+def test_bad_images_are_refused_clearly(bad: object, message: str) -> None:
+    with pytest.raises(InputError, match=message if message[0] != "[" else r"\[0, 1\]"):
+        denoise_array(bad, identity)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [dict(overlap=32), dict(overlap=-1), dict(tile=0), dict(batch_size=0),
+                                    dict(overlap=1.5)])
+def test_bad_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(InputError):
+        denoise_array(random_image((8, 8, 3)), identity, **kwargs)
+
+
+def test_a_denoiser_returning_the_wrong_shape_is_reported() -> None:
+    with pytest.raises(ValueError, match="returned shape"):
+        denoise_array(random_image((8, 8, 3)), lambda t: t[:, :1])

@@ -1,0 +1,120 @@
+"""The TensorRT runner without TensorRT: its distinct errors, checked before anything is deserialized."""
+import sys
+import types
+
+import pytest
+
+from moe_base.errors import (ArtifactError, ArtifactMismatchError, MissingBackendError, NoGPUError,
+                            PluginMissingError)
+from moe_base.manifest import base_manifest, write_artifact
+from runtime.trt_runner import TensorRTRunner
+
+
+
+# --- the runner's errors -----------------------------------------------------------------------------------
+def engine_file(tmp_path, data=b"\x01engine-bytes" * 10, **manifest):
+    path = tmp_path / "m.engine"
+    m = base_manifest("trt-engine", path, data)
+    m.update({"precision": "fp32", "tensorrt": {"version": "10.9.0", "compute_capability": "9.0", "gpu": "H200"},
+              "plugin": {"id": "moe_denoise::SparseTopKAttention", "name": "SparseTopKAttention",
+                         "namespace": "moe_denoise", "version": "1"}})
+    m.update(manifest)
+    write_artifact(path, data, m)
+    return path
+
+
+class FakeTRT(types.ModuleType):
+    """Just enough of the tensorrt module for the runner's checks; deserialization always fails."""
+
+    __version__ = "10.9.0"
+
+    def __init__(self, registered=False):
+        super().__init__("tensorrt")
+        self.registered = registered
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level):
+                pass
+
+        outer = self
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                return None
+
+        class Registry:
+            def get_creator(self, name, version, namespace):
+                return object() if outer.registered else None
+
+        self.Logger, self.Runtime = Logger, Runtime
+        self.get_plugin_registry = lambda: Registry()
+        self.init_libnvinfer_plugins = lambda logger, ns: True
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    import torch
+
+    props = types.SimpleNamespace(name="Fake H200", major=9, minor=0, total_memory=141 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: props)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
+
+
+def test_missing_and_truncated_engine_files(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist.*moe-denoise build"):
+        TensorRTRunner(tmp_path / "none.engine").activate()
+    path = engine_file(tmp_path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ArtifactError, match="truncated"):
+        TensorRTRunner(path).activate()
+
+
+def test_no_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when it is not installed
+    with pytest.raises(MissingBackendError, match="the TensorRT backend needs the Python package 'tensorrt'"):
+        TensorRTRunner(engine_file(tmp_path)).activate()
+
+
+def test_no_gpu(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(NoGPUError, match="needs an NVIDIA GPU"):
+        TensorRTRunner(engine_file(tmp_path)).activate()
+
+
+def test_engine_for_other_tensorrt_or_gpu(tmp_path, monkeypatch, fake_gpu):
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT())
+    path = engine_file(tmp_path, tensorrt={"version": "10.12.0", "compute_capability": "9.0", "gpu": "H200"})
+    with pytest.raises(ArtifactMismatchError, match="TensorRT version mismatch.*'10.12.0'.*'10.9.0'"):
+        TensorRTRunner(path).activate()
+    path = engine_file(tmp_path, tensorrt={"version": "10.9.0", "compute_capability": "8.7", "gpu": "Orin"})
+    with pytest.raises(ArtifactMismatchError, match="compute capability mismatch.*'8.7'.*'9.0'.*built on Orin"):
+        TensorRTRunner(path).activate()
+
+
+def test_missing_plugin_vs_corrupt_engine(tmp_path, monkeypatch, fake_gpu):
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(registered=False))
+    with pytest.raises(PluginMissingError, match=r"moe_denoise::SparseTopKAttention.*call "
+                                                 r"topk_attention.trt_plugin.register_plugin\(\)"):
+        TensorRTRunner(engine_file(tmp_path)).activate()
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(registered=True))
+    with pytest.raises(ArtifactError, match="could not deserialize") as e:
+        TensorRTRunner(engine_file(tmp_path)).activate()
+    assert not isinstance(e.value, PluginMissingError)
+    with pytest.raises(ArtifactError, match="could not deserialize"):
+        TensorRTRunner(engine_file(tmp_path, plugin=None)).activate()
+
+
+def test_parity_cli_trt_needs_an_engine(capsys, random_weights):
+    from moe_denoise.cli import main
+
+    assert main(["parity", "--backend", "trt", "--weights", str(random_weights)]) == 2
+    assert "--artifact ENGINE" in capsys.readouterr().err

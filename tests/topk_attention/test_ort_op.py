@@ -1,0 +1,73 @@
+"""The plugin-flavoured graph: custom nodes wired as the TensorRT plugin expects, run in ONNX Runtime with the
+node served by the reference operator, and checked against PyTorch."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import ExportOptions, build_onnx
+from export.pipeline import export_onnx
+from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from moe_model import ModelConfig, SmallViT
+from moe_model.checkpoint import load_model
+from runtime.ort_runner import OrtRunner
+from runtime.parity import compare, parity_inputs
+from moe_base.tolerances import get_tolerance
+
+pytest.importorskip("onnxruntime_extensions", reason="the plugin graph runs in ORT through onnxruntime-extensions")
+
+
+def plugin_nodes(proto):
+    return [n for n in proto.graph.node if n.op_type == PLUGIN_NAME]
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_plugin_graph_structure(random_weights, optimize):
+    model = load_model(random_weights)
+    proto = build_onnx(model, ExportOptions(flavor="plugin", optimize=optimize))
+    onnx.checker.check_model(proto, full_check=True)
+    nodes = plugin_nodes(proto)
+    assert len(nodes) == 2  # the k = 32 expert of each block; k = 64 and 128 are dense at N = 64
+    for n in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert n.domain == PLUGIN_NAMESPACE
+        assert attrs["plugin_namespace"] == PLUGIN_NAMESPACE.encode() and attrs["plugin_version"] == PLUGIN_VERSION.encode()
+        assert attrs["topk"] == 32 and attrs["aot"] == 1
+        assert attrs["scale"] == pytest.approx(1.0 if optimize else 1 / np.sqrt(32))
+    assert "TopK" not in {n.op_type for n in proto.graph.node}  # no standard-op sparse path left
+    assert any(o.domain == PLUGIN_NAMESPACE for o in proto.opset_import)
+
+
+def test_plugin_graph_parity_in_onnxruntime(random_weights, tmp_path):
+    model = load_model(random_weights)
+    path = tmp_path / "plugin.onnx"
+    result = export_onnx(model, path, ExportOptions(flavor="plugin"), weights_path=random_weights, parity_images=8,
+                         log=lambda s: None)
+    assert result.manifest["plugin"]["id"] == f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
+    assert len(result.manifest["plugin"]["nodes"]) == 2
+    x = parity_inputs(12, seed=9)
+    with OrtRunner(path) as runner:
+        out = runner(x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    report = compare(ref, out, get_tolerance("ort", "fp32"))
+    assert report.passed and report.mean_abs < 1e-6, report.summary()
+
+
+def test_patch_size_2_makes_every_expert_sparse():
+    torch.manual_seed(0)
+    model = SmallViT(ModelConfig(patch_size=2, name="p2")).eval()  # N = 256: k = 32, 64, 128 all < N
+    proto = build_onnx(model, ExportOptions(flavor="plugin"))
+    assert len(plugin_nodes(proto)) == 6
+    import onnxruntime as ort
+
+    from topk_attention.ort_op import register_reference_op, relabel_for_ort
+
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(register_reference_op())
+    session = ort.InferenceSession(relabel_for_ort(proto).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = parity_inputs(2)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    report = compare(ref, session.run(None, {"noisy": x})[0], get_tolerance("ort", "fp32"))
+    assert report.passed, report.summary()

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One more training cycle on a lent GPU, sized to the time it has. The CPU here gives ~3 minutes an epoch; a
+# GPU does an epoch in seconds, so a few minutes of device time buy what a whole session of CPU cannot.
+#
+#   tools/gpu_train.sh [OUT_DIR]          # default: $OUT if set, else runs/gpu
+#
+# The CIFAR-10 training files (147 MiB) are more than one device call carries (64 MiB), and a warm machine keeps
+# ignored files between calls, so they travel in three calls made one right after the other (the machine stays
+# warm 30 s). Here, once:
+#     mkdir -p .gpu_data && cp -r ../shared/data/cifar-10-batches-py .gpu_data/     # .gpu_data/ is git-ignored
+# then three `run` calls, carry paths relative to the repository root:
+#     carry [.gpu_data/cifar-10-batches-py/data_batch_1, .gpu_data/cifar-10-batches-py/data_batch_2]  command: true
+#     carry [.gpu_data/cifar-10-batches-py/data_batch_3, .gpu_data/cifar-10-batches-py/data_batch_4]  command: true
+#     carry [.gpu_data/cifar-10-batches-py/data_batch_5, .gpu_data/cifar-10-batches-py/test_batch,
+#            .gpu_data/cifar-10-batches-py/batches.meta]                     command: tools/gpu_train.sh
+# If the machine went back between calls the loader says which files are missing; start again from the first.
+#
+# What it does: a probe epoch on 4,000 images times the GPU, the cycle gets as many epochs as fit in TRAIN_S
+# (cosine schedule over them, best checkpoint by validation), then `moe-denoise evaluate` scores the best
+# weights on the test split. Written to OUT_DIR: best.safetensors, best.json, last.pt (to resume or go on
+# here), train.log, evaluate.json. Settings (environment): PRESET (residual_refine_wide), INIT (the shipped
+# weights), LR (3e-4), LOSS (psnr), SEED (5), TRAIN_S (360), MAX_EPOCHS (200), DATA (.gpu_data/cifar-10-batches-py),
+# DEVICE (cuda), MAX_TRAIN (unset: all; set it for a dry run on the CPU).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-runs/gpu}}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+data=${DATA:-.gpu_data/cifar-10-batches-py}
+preset=${PRESET:-residual_refine_wide}
+init=${INIT:-weights/moe_denoiser.safetensors}
+device=${DEVICE:-cuda}
+budget=${TRAIN_S:-360}
+limit=()
+[ -n "${MAX_TRAIN:-}" ] && limit=(--max-train "$MAX_TRAIN" --max-val "$MAX_TRAIN")
+log="$out/train.log"
+train() {  # train OUT_DIR EPOCHS [extra args]
+    local dir=$1 epochs=$2
+    shift 2
+    "$py" -m moe_denoise train --data-dir "$data" --preset "$preset" --init-from "$init" --device "$device" \
+        --lr "${LR:-3e-4}" --loss "${LOSS:-psnr}" --seed "${SEED:-5}" --epochs "$epochs" --out-dir "$dir" \
+        --no-progress "$@"
+}
+
+{ date -u; "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and
+torch.cuda.get_device_name())"; } 2>&1 | tee "$log"
+
+probe=$(mktemp -d)
+t0=$(date +%s.%N)
+train "$probe" 1 --max-train "${PROBE_IMAGES:-4000}" --max-val 1000 2>&1 | tee -a "$log" || exit 1
+t1=$(date +%s.%N)
+epochs=$("$py" - "$t0" "$t1" "$budget" "${MAX_EPOCHS:-200}" "${MAX_TRAIN:-45000}" "${PROBE_IMAGES:-4000}" <<'EOF'
+import sys
+t0, t1, budget, cap, images, probe = map(float, sys.argv[1:])
+per_epoch = (t1 - t0) * images / probe  # the probe's start-up cost is counted as epoch time: errs on the short side
+print(max(1, min(int(cap), int(budget / per_epoch))))
+EOF
+)
+rm -rf "$probe"
+echo "== probe: $("$py" -c "print(round($t1 - $t0, 1))") s for ${PROBE_IMAGES:-4000} images; training $epochs epochs in ~${budget} s" | tee -a "$log"
+train "$out/run" "$epochs" "${limit[@]}" 2>&1 | tee -a "$log" || exit 1
+cp "$out/run/best.safetensors" "$out/run/best.json" "$out/run/last.pt" "$out/" && rm -rf "$out/run"
+"$py" -m moe_denoise evaluate --weights "$out/best.safetensors" --data-dir "$data" --json \
+    > "$out/evaluate.json" 2>>"$log"
+rc=$?
+"$py" -c "import json, sys; r = json.load(open(sys.argv[1]))['protocols']['clip']['model']['psnr']; print(
+f\"test, seed protocol: {r['mean']:.3f} +- {r['std']:.3f} dB\")" "$out/evaluate.json" 2>&1 | tee -a "$log"
+exit $rc

@@ -1,0 +1,90 @@
+"""Running the plugin-flavoured ONNX graph in ONNX Runtime, without TensorRT.
+
+The ``SparseTopKAttention`` nodes are served by a Python custom op (onnxruntime-extensions) that calls the
+reference operator (moe_model.attention). onnxruntime-extensions serves Python ops only in its own domain
+(``ai.onnx.contrib``), so the graph is re-labelled in memory (op type, inputs, outputs and attributes stay as
+exported); the file on disk is untouched. This proves the wiring (node placement, tensor layouts, attributes)
+that TensorRT's parser will see; it is not fast.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from moe_base.optional import require
+
+from .spec import PLUGIN_NAME, PLUGIN_NAMESPACE
+
+_REGISTERED = False
+
+
+def register_reference_op() -> str:
+    """Register the Python implementation once; returns the path of the extensions library for SessionOptions."""
+    global _REGISTERED
+    ext = require("onnxruntime_extensions", "running the plugin-flavoured graph in ONNX Runtime")
+    if not _REGISTERED:
+        from onnxruntime_extensions import PyCustomOpDef, onnx_op
+
+        @onnx_op(op_type=PLUGIN_NAME, inputs=[PyCustomOpDef.dt_float] * 3, outputs=[PyCustomOpDef.dt_float],
+                 attrs={"topk": PyCustomOpDef.dt_int64, "scale": PyCustomOpDef.dt_float,
+                        "plugin_namespace": PyCustomOpDef.dt_string, "plugin_version": PyCustomOpDef.dt_string,
+                        "aot": PyCustomOpDef.dt_int64})
+        def _sparse_topk_attention(q, k, v, topk=0, scale=1.0, plugin_namespace="", plugin_version="", aot=0):
+            import numpy as np
+            import torch
+
+            from moe_model.attention import sparse_topk_attention
+
+            with torch.no_grad():
+                o = sparse_topk_attention(torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(
+                    np.ascontiguousarray(k)), torch.from_numpy(np.ascontiguousarray(v)), int(topk), scale=float(scale))
+            return o.numpy()
+
+        _REGISTERED = True
+    return ext.get_library_path()
+
+
+def has_plugin_nodes(model: Any) -> bool:
+    return any(n.op_type == PLUGIN_NAME and n.domain == PLUGIN_NAMESPACE for n in model.graph.node)
+
+
+def relabel_for_ort(model: Any) -> Any:
+    """A copy of ``model`` whose plugin nodes live in onnxruntime-extensions' domain.
+
+    The Python op is declared for fp32 tensors; a plugin node of an fp16 graph is wrapped in Casts
+    (fp16 -> fp32 -> op -> fp16) in this in-memory copy only.
+    """
+    from onnxruntime_extensions import default_opset_domain
+
+    onnx = require("onnx")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    contrib = default_opset_domain()
+    types = _value_types(m)
+    nodes = []
+    for node in m.graph.node:
+        if node.op_type == PLUGIN_NAME and node.domain == PLUGIN_NAMESPACE:
+            node.domain = contrib
+            if types.get(node.input[0]) == onnx.TensorProto.FLOAT16:
+                f32 = onnx.TensorProto.FLOAT
+                casts = [onnx.helper.make_node("Cast", [i], [f"{i}__as_fp32"], to=f32) for i in node.input]
+                nodes += casts
+                out = node.output[0]
+                node.input[:] = [c.output[0] for c in casts]
+                node.output[0] = f"{out}__fp32"
+                nodes += [node, onnx.helper.make_node("Cast", [node.output[0]], [out], to=onnx.TensorProto.FLOAT16)]
+                continue
+        nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    kept = [o for o in m.opset_import if o.domain not in (PLUGIN_NAMESPACE, contrib)]
+    del m.opset_import[:]
+    m.opset_import.extend(kept + [onnx.helper.make_opsetid(contrib, 1)])
+    return m
+
+
+def _value_types(model: Any) -> dict[str, int]:
+    """Element type of every tensor whose type shape inference can tell (plugin outputs stay unknown)."""
+    onnx = require("onnx")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: v.type.tensor_type.elem_type for v in infos}

@@ -1,0 +1,67 @@
+"""``torch.ops.moe_denoise.sparse_topk_attention``: the sparse top-k attention as a PyTorch custom op.
+
+On CUDA tensors it runs the Triton kernel (``topk_attention.triton_kernel``) when the kernel supports
+the case (fp32/fp16, N <= 1024, topk < N) and the reference otherwise; on every other device it runs the
+reference ``moe_model.attention.sparse_topk_attention`` (masked). A fake (meta) implementation lets
+``torch.compile`` / ``torch.export`` trace through it. Importing this module also registers the op as
+the attention implementation ``"triton"`` of ``moe_model.attention`` (``model.set_attention_impl("triton")``),
+which makes "PyTorch with the Triton kernel" a backend the benchmarks can time against plain PyTorch.
+
+Importing this module needs neither Triton nor a GPU: Triton is imported inside the CUDA implementation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from moe_model.attention import register_impl
+from moe_model.attention import sparse_topk_attention as reference_sparse_topk_attention
+from moe_base.errors import InputError
+
+OP_NAME = "moe_denoise::sparse_topk_attention"
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, scale: float | None) -> torch.Tensor:
+    return reference_sparse_topk_attention(q, k, v, topk, impl="masked", scale=scale)
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=())
+def sparse_topk_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
+                             scale: float | None = None) -> torch.Tensor:
+    """Sparse top-k attention. q, k, v: (B, H, N, d) -> (B, H, N, d). Default (non-CUDA): the reference."""
+    return _reference(q, k, v, topk, scale).contiguous()
+
+
+@sparse_topk_attention_op.register_kernel("cuda")
+def _cuda_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
+               scale: float | None = None) -> torch.Tensor:
+    from .triton_kernel import (  # triton imported here, lazily
+        kernel_supports,
+        sparse_topk_attention_triton,
+    )
+
+    ok, _reason = kernel_supports(q.shape[-2], topk, q.dtype)
+    if not ok or q.ndim != 4:  # dense (topk >= N), N > 1024, other dtypes, no triton: the reference
+        return _reference(q, k, v, topk, scale).contiguous()
+    return sparse_topk_attention_triton(q, k, v, topk, scale=scale)
+
+
+@sparse_topk_attention_op.register_fake
+def _fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, scale: float | None = None) -> torch.Tensor:
+    if q.shape != k.shape or q.shape != v.shape:
+        raise InputError(f"q, k, v must have one shape (B, H, N, d); got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def sparse_topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
+                          scale: float | None = None) -> torch.Tensor:
+    """Call the custom op (same signature as the reference, without ``impl``)."""
+    if scale is not None and not math.isfinite(scale):
+        raise InputError(f"scale must be finite, got {scale}")
+    return torch.ops.moe_denoise.sparse_topk_attention(q, k, v, int(topk), scale)
+
+
+IMPL_NAME = "triton"
+register_impl(IMPL_NAME, sparse_topk_attention)  # fn(q, k, v, topk, scale), called for topk < N only
