@@ -14,7 +14,8 @@ from typing import Any
 
 from . import __version__
 
-COMMANDS = ("train", "evaluate", "visualize", "export", "build", "parity", "denoise", "doctor", "bench")
+COMMANDS = ("train", "evaluate", "visualize", "export", "build", "parity", "denoise", "doctor", "bench", "serve",
+            "triton_repo")
 
 
 def print_json(obj: Any) -> None:

@@ -184,6 +184,13 @@ def measure_server(url: str, model: str, tiles: np.ndarray, refs: np.ndarray, co
 
 
 # --------------------------------------------------------------------------------------------- bad requests
+def _error_text(e: Exception) -> str:
+    from serving.client import server_message
+
+    message = e.message() if hasattr(e, "message") else str(e)
+    return server_message(message)[:300]
+
+
 def bad_requests(info: dict[str, Any], tiles: np.ndarray, refs: np.ndarray, max_pixels: int,
                  atol: float) -> dict[str, Any]:
     """Each bad request while a good stream runs; every bad one must get an error, the good ones their answers."""
@@ -222,9 +229,7 @@ def bad_requests(info: dict[str, Any], tiles: np.ndarray, refs: np.ndarray, max_
             c.infer(TILE_MODEL, [inp])
             return False, "accepted"
         except Exception as e:  # noqa: BLE001 - the error is what we want to see
-            from serving.client import server_message
-
-            return True, server_message(getattr(e, "message", lambda: str(e))())[:300]
+            return True, _error_text(e)
         finally:
             c.close()
 
@@ -236,9 +241,7 @@ def bad_requests(info: dict[str, Any], tiles: np.ndarray, refs: np.ndarray, max_
             c.infer(IMAGE_MODEL, [inp])
             return False, "accepted"
         except Exception as e:  # noqa: BLE001 - the error is what we want to see
-            from serving.client import server_message
-
-            return True, server_message(getattr(e, "message", lambda: str(e))())[:300]
+            return True, _error_text(e)
         finally:
             c.close()
 

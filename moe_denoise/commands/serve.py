@@ -1,0 +1,112 @@
+"""moe-denoise serve: the denoiser on a real Triton Inference Server (PyTriton), until Ctrl-C or SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+from . import add_backend_args, add_weights_args, make_runner
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve the denoiser with NVIDIA Triton Inference Server (PyTriton)",
+        description="Starts a Triton Inference Server (the one PyTriton ships; pip install 'moe-denoise[serve]') with "
+                    "two models: 'moe_denoiser' (float32 tiles [B, 3, 32, 32] in [0, 1], dynamically batched) and "
+                    "'moe_denoiser_image' (a whole photo, uint8 or uint16 [H, W, C], tiled and blended in the "
+                    "server). HTTP/REST and gRPC (KServe v2 protocol), health and Prometheus metrics endpoints. "
+                    "Ctrl-C or SIGTERM stops it cleanly (requests in flight finish). Send photos with "
+                    "'moe-denoise denoise PHOTO -o OUT --server localhost:8000'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_backend_args(p)
+    add_weights_args(p)
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface; the server has no authentication)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (0: a free port)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free port)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: a free port)")
+    p.add_argument("--instances", type=int, default=1,
+                   help="model instances of moe_denoiser, each with its own runner (on a CPU: one, with --threads)")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch of tiles Triton forms (and accepts)")
+    p.add_argument("--queue-delay-us", type=int, default=2000,
+                   help="how long the dynamic batcher may hold a request waiting for others (microseconds)")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own, as sent")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="largest photo moe_denoiser_image accepts, in pixels (default 4096*4096)")
+    p.add_argument("--image-batch", type=int, default=256, help="tiles per runner call when denoising a photo")
+    p.add_argument("--overlap", type=int, default=16, help="tile overlap for photos (as 'denoise --overlap')")
+    p.add_argument("--log-file", default=None, help="write Triton's log here (default: a temporary file)")
+    p.add_argument("--verbose", action="store_true", help="print Triton's log")
+    p.add_argument("--ready-file", default=None,
+                   help="write the server's URLs as JSON to this file once it is ready (for scripts)")
+    p.add_argument("--json", action="store_true", help="print the URLs as JSON when ready")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from serving.config import DEFAULT_MAX_IMAGE_PIXELS, ServeConfig
+
+    return ServeConfig(
+        address=args.address, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        instances=args.instances, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
+        dynamic_batching=not args.no_dynamic_batching,
+        max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS, image_batch=args.image_batch,
+        overlap=args.overlap, log_verbose=1 if args.verbose else 0, log_file=args.log_file,
+    ).validate()
+
+
+def write_ready_file(path: str, info: dict) -> None:
+    """The URLs as JSON, written atomically (a script polling for the file never reads half of it)."""
+    import json
+    import os
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from serving.server import DenoiseServer
+
+    config = config_from_args(args)
+    make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    server = DenoiseServer(lambda: make_runner(args, args.weights), config, log=log)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log(f"{signal.Signals(signum).name} received: stopping (requests in flight finish first)")
+        server.request_stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        t0 = time.perf_counter()
+        server.start()
+        info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
+                "backend": args.backend, "config": server.running_config.to_dict(),
+                "startup_seconds": round(time.perf_counter() - t0, 2),
+                "log": str(server.log_path) if server.log_path else None}
+        if args.ready_file:
+            write_ready_file(args.ready_file, info)
+        if args.json:
+            print(json.dumps(info, indent=2), flush=True)
+        else:
+            log(f"ready in {info['startup_seconds']}s with the {args.backend} backend; Ctrl-C or SIGTERM stops it. "
+                f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
+        asked = server.wait()
+        if not asked:
+            tail = server.log_tail()
+            log("the Triton server stopped on its own" + (f"; its log ends with:\n{tail}" if tail else ""))
+            return 1
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        log("stopped")
+    return 0

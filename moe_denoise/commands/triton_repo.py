@@ -1,0 +1,58 @@
+"""moe-denoise triton-repo: a standard Triton model repository (ONNX Runtime and TensorRT backends)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "triton-repo", help="write a Triton model repository (onnxruntime / tensorrt backends)",
+        description="Writes a standard Triton Inference Server model repository for a full Triton deployment "
+                    "(NVIDIA's container, KServe): the portable ONNX model on the onnxruntime backend and, when "
+                    "--engine is given, a TensorRT engine on the tensorrt backend, each with its config.pbtxt "
+                    "(dynamic batching, instance group, inputs and outputs), checked against Triton's own config "
+                    "schema. OUT/README.md says how to serve it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-o", "--output", type=Path, default=Path("triton_repo"), help="repository folder to write")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="portable ONNX model (default: artifacts/moe_denoiser.portable.onnx when it exists)")
+    p.add_argument("--engine", type=Path, default=None, help="TensorRT engine from 'moe-denoise build' (optional)")
+    p.add_argument("--no-onnx", action="store_true", help="only the engine")
+    p.add_argument("--max-batch", type=int, default=64, help="max_batch_size of the models")
+    p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher's max queue delay")
+    p.add_argument("--instances", type=int, default=1, help="instances of the ONNX model")
+    p.add_argument("--onnx-kind", choices=["KIND_CPU", "KIND_GPU"], default="KIND_CPU",
+                   help="where Triton runs the ONNX model")
+    p.add_argument("--trt-instances", type=int, default=1, help="instances of the TensorRT model (per GPU)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder, replacing our models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime import InputError
+    from serving.repo import RepoSettings, write_repository
+
+    from .export import default_output
+
+    onnx = None
+    if not args.no_onnx:
+        onnx = args.onnx or default_output("portable", True)
+        if args.onnx is None and not Path(onnx).is_file():
+            raise InputError(f"no --onnx given and the default {onnx} does not exist; export it with "
+                             f"'moe-denoise export' or pass --onnx PATH (or --no-onnx with --engine)")
+    settings = RepoSettings(max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
+                            onnx_kind=args.onnx_kind, trt_instances=args.trt_instances)
+    report = write_repository(args.output, onnx, args.engine, settings, overwrite=args.overwrite)
+    if args.json:
+        from moe_denoise.cli import print_json
+
+        print_json(report)
+    else:
+        for m in report["models"]:
+            print(f"{m['name']:18s} {m['backend']:12s} {m['file']}")
+        if report["tensorrt_version"]:
+            print(f"the TensorRT model needs a Triton server with TensorRT {report['tensorrt_version']}")
+        print(f"wrote {report['repository']} (configs checked with Triton's model_config schema); see its README.md")
+    return 0

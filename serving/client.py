@@ -1,0 +1,270 @@
+"""Talk to a running denoising server: tiles, whole photos, files, readiness and Prometheus metrics.
+
+``--server`` URLs: ``HOST:PORT`` or ``http://HOST:PORT`` (Triton's HTTP port, 8000 by default) or
+``grpc://HOST:PORT`` (its gRPC port, 8001). tritonclient is imported when a client is made.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+from runtime import InputError, MissingBackendError
+from runtime.base import INPUT_NAME, OUTPUT_NAME
+
+from .backend_env import EXTRA_HINT
+from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL
+from .models import BATCHED_WITH_INVALID, unit_to_image
+
+_TRITON_DTYPES = {"float32": "FP32", "uint8": "UINT8", "uint16": "UINT16"}
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """('http' | 'grpc', 'host:port') from a --server URL."""
+    if not isinstance(url, str) or not url.strip():
+        raise InputError(f"the server URL must be HOST:PORT, http://HOST:PORT or grpc://HOST:PORT; got {url!r}")
+    m = re.fullmatch(r"(?:(http|grpc)://)?([^/\s]+?)(?::(\d+))?/?", url.strip())
+    if not m:
+        raise InputError(f"cannot read the server URL {url!r}; expected HOST:PORT, http://HOST:PORT or "
+                         f"grpc://HOST:PORT (e.g. localhost:8000)")
+    protocol = m.group(1) or "http"
+    port = m.group(3) or ("8000" if protocol == "http" else "8001")
+    return protocol, f"{m.group(2)}:{port}"
+
+
+def _import_client(protocol: str) -> Any:
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except ImportError as e:
+        raise MissingBackendError(f"talking to a Triton server needs tritonclient[{protocol}], which could not be "
+                                  f"imported here ({e}). Install it with: {EXTRA_HINT}") from e
+    return module
+
+
+class DenoiseClient:
+    """A synchronous client of one server. ``timeout_s`` bounds each request (photos take a while on a CPU)."""
+
+    def __init__(self, url: str, timeout_s: float = 3600.0, concurrency: int = 1) -> None:
+        self.url = url
+        self.protocol, self.address = parse_url(url)
+        self.timeout_s = timeout_s
+        self.retries = 0
+        self._module = _import_client(self.protocol)
+        if self.protocol == "http":
+            self._client = self._module.InferenceServerClient(self.address, connection_timeout=10.0,
+                                                              network_timeout=timeout_s, concurrency=concurrency)
+        else:
+            self._client = self._module.InferenceServerClient(self.address)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> DenoiseClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- health ---------------------------------------------------------------------------------------------
+    def ready(self, model: str | None = None) -> bool:
+        """True when the server (and ``model``, if given) answers ready; False if it cannot be reached."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if model is None:
+                return bool(self._client.is_server_ready())
+            return bool(self._client.is_model_ready(model))
+        except (InferenceServerException, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float = 30.0, model: str | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready(model):
+            if time.monotonic() > deadline:
+                raise InputError(f"no ready Triton server at {self.url} after {timeout_s:.0f}s; start one with "
+                                 f"'moe-denoise serve' (HTTP port 8000 by default) or check the --server URL")
+            time.sleep(0.2)
+
+    def max_batch(self, model: str) -> int:
+        """The model's max_batch_size from its config on the server."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            config = self._client.get_model_config(model)
+        except InferenceServerException as e:
+            raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
+        if self.protocol == "http":
+            return int(config.get("max_batch_size", 0))
+        return int(config.config.max_batch_size)
+
+    # --- inference ------------------------------------------------------------------------------------------
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+        from tritonclient.utils import InferenceServerException
+
+        m = self._module
+        feeds = []
+        for name, array in inputs.items():
+            dtype = _TRITON_DTYPES.get(array.dtype.name)
+            if dtype is None:
+                raise InputError(f"input '{name}' has dtype {array.dtype}; the server takes float32 tiles or "
+                                 f"uint8/uint16 images")
+            feed = m.InferInput(name, list(array.shape), dtype)
+            if self.protocol == "http":
+                feed.set_data_from_numpy(array, binary_data=True)
+            else:
+                feed.set_data_from_numpy(array)
+            feeds.append(feed)
+        outputs = [m.InferRequestedOutput(output, binary_data=True) if self.protocol == "http"
+                   else m.InferRequestedOutput(output)]
+        try:
+            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            result = self._client.infer(model, feeds, outputs=outputs, **kwargs)
+        except InferenceServerException as e:
+            raise InputError(f"the server at {self.url} refused the request to '{model}': "
+                             f"{server_message(e.message())}") from e
+        except OSError as e:
+            raise InputError(f"cannot reach a Triton server at {self.url} ({e}); start one with 'moe-denoise "
+                             f"serve' or check the --server URL") from e
+        out = result.as_numpy(output)
+        if out is None:
+            raise InputError(f"the server at {self.url} answered without the output '{output}'; is it a "
+                             f"moe-denoise server ('moe-denoise serve')?")
+        return out
+
+    def denoise_tiles(self, tiles: np.ndarray, model: str = TILE_MODEL) -> np.ndarray:
+        """float32 [B, 3, 32, 32] in [0, 1] -> the denoised tiles (the server checks the values).
+
+        A valid request that Triton batched with someone else's invalid one gets that request's error (PyTriton
+        reports errors per batch); it is sent once more, and ``retries`` counts how often that happened.
+        """
+        feeds = {INPUT_NAME: np.ascontiguousarray(tiles)}
+        try:
+            return self._infer(model, feeds, OUTPUT_NAME)
+        except InputError as e:
+            if BATCHED_WITH_INVALID not in str(e):
+                raise
+            from runtime.base import validate_batch
+
+            validate_batch(feeds[INPUT_NAME])  # ours invalid too: raises our own error instead of retrying
+            self.retries += 1
+            return self._infer(model, feeds, OUTPUT_NAME)
+
+    def denoise_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 / uint16 [H, W, C] -> the denoised photo, same dtype and shape, tiled and blended by the server."""
+        if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
+            raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
+                             f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        name = pixels.dtype.name
+        return self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name])
+
+
+def server_message(text: str | None) -> str:
+    """The reason in a Triton error: our InputError's message when the model raised one, not PyTriton's traceback."""
+    text = text or "no reason given"
+    found = re.findall(r"InputError: (.*?)(?:\n\s*\n|\n\s*At:|$)", text, flags=re.S)
+    return found[-1].strip() if found else text.strip()
+
+
+def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,
+                        overwrite: bool = False, timeout_s: float = 3600.0) -> dict[str, Any]:
+    """``moe-denoise denoise --server``: read a photo, have the server denoise it, write it like a local run.
+
+    The photo is read and the result written by ``runtime.images`` exactly as ``runtime.photo.denoise_file`` does
+    (same size, mode, bit depth, metadata; atomic; never over an existing file unless ``overwrite``); only the
+    tiling and the runner calls happen in the server.
+    """
+    from runtime.images import check_output_path, check_writable, read_image, write_image
+    from runtime.tiling import plan_tiles
+
+    check_output_path(out_path, in_path, overwrite)
+    start = time.perf_counter()
+    image, info = read_image(in_path)
+    check_writable(out_path, info)
+    dtype = np.uint16 if info.bit_depth == 16 else np.uint8
+    pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)
+    with DenoiseClient(url, timeout_s=timeout_s) as client:
+        client.wait_ready(timeout_s=10.0)
+        if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
+            result = client.denoise_pixels(pixels)
+            where = "server"
+        else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
+            result = _tile_here(client, image, dtype, url)
+            where = "client"
+    if result.shape != pixels.shape or result.dtype != pixels.dtype:
+        raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
+                         f"{list(pixels.shape)} photo; is it a moe-denoise server?")
+    top = 65535.0 if info.bit_depth == 16 else 255.0
+    written = write_image(out_path, result.astype(np.float64) / top, info, overwrite=overwrite)
+    return {
+        "input": info.path, "output": str(written), "size": [info.width, info.height], "mode": info.mode,
+        "layout": info.layout, "bit_depth": info.bit_depth, "format": info.format,
+        "tiles": plan_tiles(info.height, info.width).count, "seconds": round(time.perf_counter() - start, 3),
+        "notes": list(info.notes), "server": url, "tiled_by": where,
+    }
+
+
+def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str) -> np.ndarray:
+    from runtime.tiling import denoise_array
+
+    from .repo import TRT_MODEL
+
+    model = next((m for m in (TILE_MODEL, TRT_MODEL) if client.ready(m)), None)
+    if model is None:
+        raise InputError(f"the server at {url} serves none of {IMAGE_MODEL}, {TILE_MODEL}, {TRT_MODEL}; start "
+                         f"'moe-denoise serve' or load a repository from 'moe-denoise triton-repo'")
+    batch = max(1, client.max_batch(model))
+    out = denoise_array(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch)
+    return unit_to_image(out, dtype)
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+_METRIC_LINE = re.compile(r'^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+
+
+def parse_metrics(text: str) -> dict[str, dict[str, float]]:
+    """Prometheus text -> {metric name: {model name: value}}: model version 1, summed over other labels."""
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        m = _METRIC_LINE.match(line.strip())
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        if "model" in labels and labels.get("version", "1") == "1":
+            per_model = out.setdefault(m.group(1), {})  # summed over other labels (e.g. a failure's reason)
+            per_model[labels["model"]] = per_model.get(labels["model"], 0.0) + float(m.group(3))
+    return out
+
+
+def read_metrics(metrics_url: str, timeout_s: float = 5.0) -> dict[str, dict[str, float]]:
+    """Triton's Prometheus metrics from ``metrics_url`` (see :func:`parse_metrics`)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:  # noqa: S310 - a local URL we built
+            text = response.read().decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError) as e:
+        raise InputError(f"cannot read metrics from {metrics_url} ({e}); is the server running with metrics on?") from e
+    return parse_metrics(text)
+
+
+def batching_counts(metrics_url: str, model: str = TILE_MODEL) -> dict[str, float]:
+    """Requests, inferences (tiles) and executions (runner calls) of ``model`` so far, from the metrics endpoint.
+
+    More inferences than executions means Triton ran batches of more than one tile; more requests than
+    executions means it merged requests (dynamic batching).
+    """
+    m = read_metrics(metrics_url)
+    return {
+        "requests": m.get("nv_inference_request_success", {}).get(model, 0.0),
+        "failures": m.get("nv_inference_request_failure", {}).get(model, 0.0),
+        "inferences": m.get("nv_inference_count", {}).get(model, 0.0),
+        "executions": m.get("nv_inference_exec_count", {}).get(model, 0.0),
+    }

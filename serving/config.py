@@ -1,0 +1,96 @@
+"""Settings of the denoising server: ports, model instances, batching and the image size limit.
+
+Only the standard library and numpy are imported here, so ``import serving`` works without PyTriton.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runtime import InputError
+
+TILE_MODEL = "moe_denoiser"
+IMAGE_MODEL = "moe_denoiser_image"
+
+# The image model's tensors: one optional input per pixel type, and the output of the same type.
+IMAGE_INPUTS = {"uint8": "image_u8", "uint16": "image_u16"}
+IMAGE_OUTPUTS = {"uint8": "denoised_u8", "uint16": "denoised_u16"}
+
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP; about 65,000 tiles at the default overlap
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` now (the kernel's choice; Triton cannot take port 0 itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServeConfig:
+    """How ``moe-denoise serve`` runs Triton. Ports of 0 are replaced by free ports when the server starts.
+
+    ``max_batch``: the largest batch (in tiles) Triton's dynamic batcher forms for ``moe_denoiser``, and the
+    largest batch a client may send in one request. ``queue_delay_us``: how long the batcher may hold a request
+    to wait for others (0: batch only what is already queued). ``dynamic_batching=False`` runs every request on
+    its own, as sent. ``image_batch``: tiles per runner call when the image model denoises a photo.
+    """
+
+    address: str = LOOPBACK
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    instances: int = 1
+    max_batch: int = 64
+    queue_delay_us: int = 2000
+    dynamic_batching: bool = True
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    image_batch: int = 256
+    overlap: int = 16
+    image_instances: int = 1
+    log_verbose: int = 0
+    log_file: str | None = None  # Triton's log; None: a temporary file (printed to stdout with log_verbose)
+
+    def validate(self) -> ServeConfig:
+        def positive(name: str, value: int, lo: int = 1, hi: int | None = None) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+                bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise InputError(f"{name} must be an integer {bound}; got {value!r}")
+
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            positive(name, getattr(self, name), 0, 65535)
+        ports = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if p]
+        if len(set(ports)) != len(ports):
+            raise InputError(f"the HTTP, gRPC and metrics ports must differ; got {self.http_port}, {self.grpc_port}, "
+                             f"{self.metrics_port}. Pass distinct --http-port/--grpc-port/--metrics-port, or 0 for "
+                             f"free ones")
+        positive("instances", self.instances, 1, 64)
+        positive("image_instances", self.image_instances, 1, 64)
+        positive("max_batch", self.max_batch, 1, 65536)
+        positive("queue_delay_us", self.queue_delay_us, 0, 10_000_000)
+        positive("max_image_pixels", self.max_image_pixels, 1)
+        positive("image_batch", self.image_batch, 1, 65536)
+        positive("overlap", self.overlap, 0, 31)
+        if not isinstance(self.address, str) or not self.address:
+            raise InputError(f"address must be a host address such as 127.0.0.1 or 0.0.0.0; got {self.address!r}")
+        return self
+
+    def with_free_ports(self) -> ServeConfig:
+        """A copy whose ports of 0 are replaced by ports that are free on ``address`` now."""
+        host = LOOPBACK if self.address in ("0.0.0.0", "") else self.address
+        chosen: set[int] = set()
+
+        def pick(p: int) -> int:
+            while not p or p in chosen:
+                p = free_port(host)
+            chosen.add(p)
+            return p
+
+        d = asdict(self)
+        d.update(http_port=pick(self.http_port), grpc_port=pick(self.grpc_port), metrics_port=pick(self.metrics_port))
+        return ServeConfig(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,124 @@
+"""What the two served models compute, as plain functions of numpy arrays (no Triton import here).
+
+``TileModel``: a batch of requests, each float32 tiles [b, 3, 32, 32] in [0, 1], is checked request by
+request, run through the runner as one batch, and split back into one response per request.
+
+``ImageModel``: one request holds a whole photo, uint8 or uint16 [H, W, C] (C = 1 gray, 2 gray+alpha, 3 RGB,
+4 RGBA), of any size up to a pixel limit. It is converted to [0, 1] exactly as ``runtime.images.read_image``
+converts a file, tiled and blended by ``runtime.tiling.denoise_array`` (its tiles batched into runner calls),
+and quantised back exactly as ``runtime.images.write_image`` quantises. So a photo denoised through the server
+is the photo ``moe-denoise denoise`` writes with the same runner and settings.
+
+Triton checks the name, dtype, shape and byte size of every input before a request is queued, so a wrong
+shape, a wrong dtype or a truncated body never reaches these functions; they check the values (NaN, range)
+and the image limits.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from runtime import InputError
+from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
+from runtime.tiling import denoise_array
+
+from .config import IMAGE_INPUTS, IMAGE_OUTPUTS
+
+_TOP = {"uint8": 255, "uint16": 65535}
+BATCHED_WITH_INVALID = "valid request(s) batched with the invalid one(s) fail too"  # clients may retry on this
+
+
+def _bad_request_message(problems: list[tuple[int, str]], total: int) -> str:
+    listed = "; ".join(f"request {i + 1} of {total}: {msg}" for i, msg in problems)
+    if total == 1:
+        return listed
+    good = total - len(problems)
+    return (f"{listed}. Triton ran these {total} requests as one batch and reports one error for a batch, so "
+            f"the {good} {BATCHED_WITH_INVALID}: send them again")
+
+
+class TileModel:
+    """Requests of float32 tiles -> one runner call -> one response per request."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        arrays: list[np.ndarray] = []
+        problems: list[tuple[int, str]] = []
+        for i, request in enumerate(requests):
+            x = request.get(INPUT_NAME) if hasattr(request, "get") else request[INPUT_NAME]
+            try:
+                arrays.append(validate_batch(x, name=INPUT_NAME, tile_shape=TILE_SHAPE))
+            except InputError as e:
+                problems.append((i, str(e)))
+        if problems:
+            raise InputError(_bad_request_message(problems, len(requests)))
+        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        out = self.runner.infer({INPUT_NAME: batch}, check=False)[OUTPUT_NAME]
+        ends = np.cumsum([len(a) for a in arrays])[:-1]
+        return [{OUTPUT_NAME: part} for part in np.split(out, ends)]
+
+
+def image_to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 HxWxC -> float32 in [0, 1], the conversion ``read_image`` applies to a file."""
+    return pixels.astype(np.float32) / np.float32(_TOP[pixels.dtype.name])
+
+
+def unit_to_image(x: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """float [0, 1] -> uint8 / uint16, rounded and clipped as ``write_image`` quantises before writing."""
+    name = np.dtype(dtype).name
+    return np.rint(np.clip(x.astype(np.float64), 0.0, 1.0) * _TOP[name]).astype(name)
+
+
+class ImageModel:
+    """One whole photo per request, tiled and blended with the runner; same dtype out as in."""
+
+    def __init__(self, runner: Any, max_pixels: int, overlap: int = 16, batch_size: int = 256) -> None:
+        self.runner = runner
+        self.max_pixels = max_pixels
+        self.overlap = overlap
+        self.batch_size = batch_size
+
+    def _tiles(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.infer({INPUT_NAME: batch}, check=False)[OUTPUT_NAME]
+
+    def check(self, request: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The request's pixels, or InputError saying what is wrong with them."""
+        given = [name for name in IMAGE_INPUTS.values() if name in request]
+        if len(given) != 1:
+            raise InputError(f"send exactly one of the inputs {sorted(IMAGE_INPUTS.values())} (uint8 or uint16 "
+                             f"pixels, [H, W, C]); got {sorted(request) or 'none'}")
+        pixels = request[given[0]]
+        expected = next(k for k, v in IMAGE_INPUTS.items() if v == given[0])
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.dtype(expected):
+            raise InputError(f"input '{given[0]}' must hold {expected} pixels; got "
+                             f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
+        if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4) or min(pixels.shape[:2]) < 1:
+            raise InputError(f"input '{given[0]}' has shape {list(pixels.shape)}; expected [H, W, C] with H, W >= 1 "
+                             f"and C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)")
+        h, w = pixels.shape[:2]
+        if h * w > self.max_pixels:
+            raise InputError(f"the image is {w}x{h} = {h * w:,} pixels; this server takes at most "
+                             f"{self.max_pixels:,} pixels per image (moe-denoise serve --max-image-pixels). Send a "
+                             f"smaller image, crop it into parts, or restart the server with a higher limit")
+        return pixels
+
+    def denoise(self, pixels: np.ndarray) -> np.ndarray:
+        image = image_to_unit(pixels)
+        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size)
+        return unit_to_image(out, pixels.dtype)
+
+    def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        checked: list[np.ndarray] = []
+        problems: list[tuple[int, str]] = []
+        for i, request in enumerate(requests):
+            try:
+                checked.append(self.check(request))
+            except InputError as e:
+                problems.append((i, str(e)))
+        if problems:
+            raise InputError(_bad_request_message(problems, len(requests)))
+        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p)} for p in checked]

@@ -1,0 +1,221 @@
+"""A standard Triton model repository for a full Triton deployment (NVIDIA's container, KServe and the like).
+
+Layout written by :func:`write_repository`::
+
+    OUT/
+      README.md                         how to serve it, what each model needs
+      moe_denoiser/                     the portable ONNX on Triton's onnxruntime backend
+        config.pbtxt
+        1/model.onnx
+        model.onnx.manifest.json        the toolkit's manifest (model hash, opset, parity), for the record
+      moe_denoiser_trt/                 only when an engine is given: the engine on Triton's tensorrt backend
+        config.pbtxt
+        1/model.plan
+        model.plan.manifest.json
+
+Both models take the tensors of ``moe-denoise serve``'s ``moe_denoiser`` (``noisy`` float32 [B, 3, 32, 32] in
+[0, 1] -> ``denoised``), so ``serving.client.DenoiseClient`` and ``moe-denoise denoise --server`` talk to either
+(photos are then tiled by the client). The whole-photo model of ``moe-denoise serve`` runs our Python code and is
+not part of a standard repository. Every ``config.pbtxt`` is checked by parsing it with Triton's own protobuf
+schema (``tritonclient``'s ``model_config_pb2``) when tritonclient is installed (the tests always do).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime import InputError, MissingBackendError
+from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
+
+from .config import TILE_MODEL
+
+TRT_MODEL = f"{TILE_MODEL}_trt"
+
+
+@dataclass(frozen=True)
+class RepoSettings:
+    max_batch: int = 64
+    queue_delay_us: int = 2000
+    instances: int = 1
+    onnx_kind: str = "KIND_CPU"  # KIND_GPU runs ONNX Runtime's CUDA provider in Triton's GPU container
+    trt_instances: int = 1
+
+    def validate(self) -> RepoSettings:
+        for name in ("max_batch", "instances", "trt_instances"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be an integer >= 1; got {value!r}")
+        if not isinstance(self.queue_delay_us, int) or self.queue_delay_us < 0:
+            raise InputError(f"queue_delay_us must be an integer >= 0; got {self.queue_delay_us!r}")
+        if self.onnx_kind not in ("KIND_CPU", "KIND_GPU"):
+            raise InputError(f"onnx_kind must be KIND_CPU or KIND_GPU; got {self.onnx_kind!r}")
+        return self
+
+
+def model_config_text(name: str, backend: str, max_batch: int, queue_delay_us: int, instances: int, kind: str,
+                      comment: str = "") -> str:
+    """config.pbtxt of a tile model: I/O of the toolkit's contract, dynamic batching, one instance group."""
+    dims = ", ".join(str(d) for d in TILE_SHAPE)
+    head = "".join(f"# {line}\n" for line in comment.splitlines())
+    return (
+        f"{head}"
+        f'name: "{name}"\n'
+        f'backend: "{backend}"\n'
+        f"max_batch_size: {max_batch}\n"
+        f"input [\n"
+        f'  {{ name: "{INPUT_NAME}", data_type: TYPE_FP32, dims: [ {dims} ] }}\n'
+        f"]\n"
+        f"output [\n"
+        f'  {{ name: "{OUTPUT_NAME}", data_type: TYPE_FP32, dims: [ {dims} ] }}\n'
+        f"]\n"
+        f"dynamic_batching {{\n"
+        f"  max_queue_delay_microseconds: {queue_delay_us}\n"
+        f"}}\n"
+        f"instance_group [\n"
+        f"  {{ count: {instances}, kind: {kind} }}\n"
+        f"]\n"
+    )
+
+
+def parse_model_config(text: str) -> Any:
+    """Parse config.pbtxt text with Triton's ModelConfig protobuf schema; InputError on any error."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:
+        raise MissingBackendError(f"checking a Triton model config needs tritonclient[grpc] ({e}); install it with "
+                                  f"pip install 'moe-denoise[serve]'") from e
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
+        raise InputError(f"the model config does not parse with Triton's schema: {e}\n{text}") from e
+    return config
+
+
+def _manifest(path: Path, kind: str) -> dict[str, Any]:
+    m = Path(f"{path}.manifest.json")
+    if not path.is_file():
+        raise InputError(f"the {kind} '{path}' does not exist; " + (
+            "export one with 'moe-denoise export'" if kind == "ONNX model" else "build one with 'moe-denoise build'"))
+    if not m.is_file():
+        raise InputError(f"the {kind} '{path}' has no manifest '{m.name}' next to it; the toolkit writes one with "
+                         f"every artifact ('moe-denoise export' / 'moe-denoise build'): use such an artifact")
+    return json.loads(m.read_text())
+
+
+def _check_io(manifest: dict[str, Any], path: Path) -> None:
+    io = manifest.get("io") or {}
+    names = ([i.get("name") for i in io.get("inputs", [])], [o.get("name") for o in io.get("outputs", [])])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise InputError(f"'{path}' has inputs {names[0]} and outputs {names[1]}; expected ['{INPUT_NAME}'] and "
+                         f"['{OUTPUT_NAME}'] (the toolkit's contract). Re-export it with this toolkit")
+
+
+def check_onnx(path: Path) -> dict[str, Any]:
+    manifest = _manifest(path, "ONNX model")
+    flavor = (manifest.get("onnx") or {}).get("flavor")
+    if flavor != "portable":
+        raise InputError(f"'{path}' is the '{flavor}' ONNX flavour; Triton's onnxruntime backend needs the portable "
+                         f"one (standard operators only): 'moe-denoise export --flavor portable'")
+    _check_io(manifest, path)
+    return manifest
+
+
+def check_engine(path: Path, max_batch: int) -> dict[str, Any]:
+    manifest = _manifest(path, "TensorRT engine")
+    _check_io(manifest, path)
+    plugin = manifest.get("plugin")
+    if plugin and not plugin.get("aot"):
+        raise InputError(f"'{path}' uses the TensorRT plugin '{plugin.get('name', plugin)}' without an AOT "
+                         f"implementation inside the engine; Triton would need the plugin library. Build the engine "
+                         f"from the plugin ONNX with this toolkit's 'moe-denoise build' (AOT plugin)")
+    top = int((manifest.get("profile") or {}).get("max", 0))
+    if top and max_batch > top:
+        raise InputError(f"--max-batch {max_batch} exceeds the engine's batch profile (max {top}); pass --max-batch "
+                         f"{top} or build an engine with a larger profile ('moe-denoise build --max-batch')")
+    return manifest
+
+
+def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = None,
+                     settings: RepoSettings | None = None, overwrite: bool = False,
+                     validate: bool = True) -> dict[str, Any]:
+    """Write the repository; return a report (models, files, the TensorRT version an engine needs)."""
+    s = (settings or RepoSettings()).validate()
+    out_dir = Path(out_dir)
+    if onnx is None and engine is None:
+        raise InputError("give an ONNX model (--onnx) and/or a TensorRT engine (--engine) to put in the repository")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"'{out_dir}' exists and is not empty; choose a new folder or pass --overwrite to replace "
+                         f"the models in it")
+    plans: list[tuple[str, Path, str, str, dict[str, Any], str]] = []
+    if onnx is not None:
+        onnx = Path(onnx)
+        m = check_onnx(onnx)
+        text = model_config_text(
+            TILE_MODEL, "onnxruntime", s.max_batch, s.queue_delay_us, s.instances, s.onnx_kind,
+            comment=f"moe-denoise portable ONNX ({m.get('precision', 'fp32')}, opset "
+                    f"{(m.get('onnx') or {}).get('opset')}), weights sha256 "
+                    f"{(m.get('model') or {}).get('weights_sha256', '?')[:16]}")
+        plans.append((TILE_MODEL, onnx, "model.onnx", text, m, "onnxruntime"))
+    trt_version = None
+    if engine is not None:
+        engine = Path(engine)
+        m = check_engine(engine, s.max_batch)
+        trt = m.get("tensorrt") or {}
+        trt_version = trt.get("version")
+        text = model_config_text(
+            TRT_MODEL, "tensorrt", s.max_batch, s.queue_delay_us, s.trt_instances, "KIND_GPU",
+            comment=f"moe-denoise TensorRT engine ({m.get('precision')}), built with TensorRT {trt_version} for "
+                    f"{trt.get('gpu')} (compute capability {trt.get('compute_capability')});\nthe Triton server "
+                    f"must run TensorRT {trt_version} on a GPU of that compute capability.")
+        plans.append((TRT_MODEL, engine, "model.plan", text, m, "tensorrt"))
+    if validate:
+        for _, _, _, text, _, _ in plans:
+            parse_model_config(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"repository": str(out_dir.resolve()), "models": [], "tensorrt_version": trt_version}
+    for name, src, filename, text, manifest, backend in plans:
+        model_dir = out_dir / name
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        (model_dir / "1").mkdir(parents=True)
+        shutil.copyfile(src, model_dir / "1" / filename)
+        (model_dir / "config.pbtxt").write_text(text)
+        (model_dir / f"{filename}.manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        report["models"].append({"name": name, "backend": backend, "file": str(model_dir / "1" / filename),
+                                 "config": str(model_dir / "config.pbtxt"), "source": str(src)})
+    (out_dir / "README.md").write_text(repository_readme(report, s))
+    return report
+
+
+def repository_readme(report: dict[str, Any], s: RepoSettings) -> str:
+    names = [m["name"] for m in report["models"]]
+    lines = [
+        "# moe-denoise Triton model repository",
+        "",
+        "Written by `moe-denoise triton-repo`. Models: " + ", ".join(f"`{n}`" for n in names) + ". Each takes "
+        f"`{INPUT_NAME}` float32 [B, 3, 32, 32] in [0, 1] (B <= {s.max_batch}) and returns `{OUTPUT_NAME}` of the "
+        f"same shape, with dynamic batching (queue delay {s.queue_delay_us} us).",
+        "",
+        "Serve it with NVIDIA's Triton container (replace `<xx.yy>` with a release whose TensorRT matches the engine, "
+        "if there is one):",
+        "",
+        "```bash",
+        "docker run --rm --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
+        "    -v \"$PWD\":/models nvcr.io/nvidia/tritonserver:<xx.yy>-py3 tritonserver --model-repository=/models",
+        "moe-denoise denoise photo.png -o photo.denoised.png --server localhost:8000   # tiles sent by the client",
+        "```",
+        "",
+    ]
+    if report.get("tensorrt_version"):
+        lines += [f"`{TRT_MODEL}` is a TensorRT engine built with TensorRT {report['tensorrt_version']}: the container "
+                  f"must ship exactly that TensorRT version and run on a GPU of the compute capability in its "
+                  f"config.pbtxt comment (engines are not portable across either). Its sparse-attention plugin is "
+                  f"compiled into the engine (AOT), so no plugin library is loaded.", ""]
+    lines += ["These configs were parsed with Triton's ModelConfig protobuf schema when written; the repository "
+              "itself was not served by a full Triton server on the machine that wrote it unless its owner did so.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""A real Triton Inference Server (started from Python with PyTriton) serving the denoiser.
+
+Two models are bound, each instance with its own runner (runners are not shared between threads):
+
+* ``moe_denoiser``: float32 tiles ``noisy`` [B, 3, 32, 32] in [0, 1] -> ``denoised``, same shape; Triton's
+  dynamic batcher merges concurrent requests into batches of up to ``max_batch`` tiles, waiting at most
+  ``queue_delay_us`` for more (or runs each request as sent with ``dynamic_batching=False``).
+* ``moe_denoiser_image``: a whole photo, ``image_u8`` (uint8) or ``image_u16`` (uint16) [H, W, C] ->
+  ``denoised_u8`` / ``denoised_u16``; tiled, batched and blended in the server.
+
+Usage::
+
+    from serving import DenoiseServer, ServeConfig
+    with DenoiseServer(lambda: OrtRunner("model.onnx"), ServeConfig(http_port=0, grpc_port=0, metrics_port=0)) as s:
+        print(s.urls["http"])   # send requests with tritonclient or serving.client.DenoiseClient
+
+PyTriton and tritonclient are imported when the server starts: ``import serving`` needs neither.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import InputError, MissingBackendError
+from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
+
+from . import backend_env
+from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL, ServeConfig
+from .models import ImageModel, TileModel
+
+RunnerFactory = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class TileModelSpec:
+    """One tile model to bind: its name and batching settings."""
+
+    name: str
+    dynamic_batching: bool
+    queue_delay_us: int
+    max_batch: int
+
+
+class DenoiseServer:
+    """Start, serve and stop a Triton server for the denoiser. A context manager; ``start``/``stop`` also work."""
+
+    def __init__(self, runner_factory: RunnerFactory, config: ServeConfig | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.runner_factory = runner_factory
+        self.config = (config or ServeConfig()).validate()
+        self.log = log or (lambda message: None)
+        self.tile_models = [TileModelSpec(TILE_MODEL, self.config.dynamic_batching, self.config.queue_delay_us,
+                                          self.config.max_batch)]
+        self.serve_image_model = True
+        self._triton: Any = None
+        self._runners: list[Any] = []
+        self._stopped = threading.Event()
+        self.running_config: ServeConfig | None = None
+        self.backend_env: backend_env.BackendEnv | None = None
+        self.log_path: Path | None = None
+        self._log_dir: str | None = None
+
+    # --- configuration before start -------------------------------------------------------------------------
+    def add_tile_model(self, name: str, dynamic_batching: bool, queue_delay_us: int | None = None,
+                       max_batch: int | None = None) -> None:
+        """Bind one more tile model (e.g. the load test's model without dynamic batching, next to the default)."""
+        if self._triton is not None:
+            raise RuntimeError("add models before the server starts")
+        if any(spec.name == name for spec in self.tile_models) or name == IMAGE_MODEL:
+            raise InputError(f"a model named '{name}' is already bound; choose another name")
+        self.tile_models.append(TileModelSpec(
+            name, dynamic_batching, self.config.queue_delay_us if queue_delay_us is None else queue_delay_us,
+            self.config.max_batch if max_batch is None else max_batch))
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+    @property
+    def urls(self) -> dict[str, str]:
+        cfg = self.running_config or self.config
+        host = "127.0.0.1" if cfg.address in ("0.0.0.0", "") else cfg.address
+        return {"http": f"{host}:{cfg.http_port}", "grpc": f"{host}:{cfg.grpc_port}",
+                "metrics": f"http://{host}:{cfg.metrics_port}/metrics"}
+
+    def _new_runner(self) -> Any:
+        runner = self.runner_factory()
+        runner.activate()
+        self._runners.append(runner)
+        return runner
+
+    def start(self) -> DenoiseServer:
+        """Start tritonserver, load the models and wait until they are ready (a few seconds)."""
+        if self._triton is not None:
+            return self
+        backend_env.check_pytriton()
+        self.backend_env = backend_env.prepare()
+        if not self.config.log_verbose:
+            logging.getLogger("pytriton").setLevel(logging.ERROR)  # a rejected request is logged in one line below
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+
+        cfg = self.config.with_free_ports()
+        self.running_config = cfg
+        if cfg.log_file:
+            self.log_path = Path(cfg.log_file)
+        elif not cfg.log_verbose:
+            self._log_dir = tempfile.mkdtemp(prefix="moe-denoise-triton-")
+            self.log_path = Path(self._log_dir) / "tritonserver.log"
+        triton_config = TritonConfig(
+            http_address=cfg.address, http_port=cfg.http_port, grpc_address=cfg.address, grpc_port=cfg.grpc_port,
+            metrics_address=cfg.address, metrics_port=cfg.metrics_port, allow_metrics=True, allow_gpu_metrics=False,
+            log_verbose=cfg.log_verbose, exit_timeout_secs=10, log_file=self.log_path)
+        try:
+            self._triton = Triton(config=triton_config)
+            for spec in self.tile_models:
+                functions = [self._as_function(TileModel(self._new_runner())) for _ in range(cfg.instances)]
+                batcher = (DynamicBatcher(max_queue_delay_microseconds=spec.queue_delay_us)
+                           if spec.dynamic_batching else None)
+                self._triton.bind(
+                    model_name=spec.name, infer_func=functions,
+                    inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=TILE_SHAPE)],
+                    outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=TILE_SHAPE)],
+                    config=ModelConfig(batching=True, max_batch_size=spec.max_batch, batcher=batcher), strict=True)
+            if self.serve_image_model:
+                functions = [self._as_function(ImageModel(self._new_runner(), cfg.max_image_pixels, cfg.overlap,
+                                                            cfg.image_batch)) for _ in range(cfg.image_instances)]
+                self._triton.bind(
+                    model_name=IMAGE_MODEL, infer_func=functions,
+                    inputs=[Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1), optional=True)
+                            for dt, name in IMAGE_INPUTS.items()],
+                    outputs=[Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1))
+                             for dt, name in IMAGE_OUTPUTS.items()],
+                    config=ModelConfig(batching=False), strict=False)
+            self._triton.run()
+        except Exception as e:  # noqa: BLE001 - any failure to start is reported with what to do, then re-raised
+            error = self._start_error(e)
+            self.stop()
+            raise error from e
+        self._stopped.clear()
+        self.log(f"serving {', '.join(s.name for s in self.tile_models)}"
+                 f"{', ' + IMAGE_MODEL if self.serve_image_model else ''} on HTTP {self.urls['http']}, "
+                 f"gRPC {self.urls['grpc']}, metrics {self.urls['metrics']}")
+        return self
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of Triton's log (empty when it logs to stdout)."""
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _start_error(self, e: Exception) -> Exception:
+        if isinstance(e, (InputError, MissingBackendError)):
+            return e
+        text = f"{type(e).__name__}: {e}"
+        if "_recursion_count" not in text and "_recursion_count" in self.log_tail(200):
+            text += " (Triton's log: AttributeError: '_thread.RLock' object has no attribute '_recursion_count')"
+        hint = self.backend_env.hint if self.backend_env else None
+        if "_recursion_count" in text or "libpython" in text or hint:
+            extra = hint or ("Triton's Python backend stub loaded a libpython that does not match this interpreter; "
+                             "put the folder of this Python's libpython first on LD_LIBRARY_PATH")
+            return MissingBackendError(f"the Triton server started but could not load the models ({text[:600]}). "
+                                       f"{extra}")
+        return MissingBackendError(f"the Triton server could not start or load the models ({text[:600]}). Check "
+                                   f"that the ports {self.urls['http']}, {self.urls['grpc']} and "
+                                   f"{self.urls['metrics']} are free; run with --verbose for Triton's log")
+
+    def _as_function(self, model: Callable[[list[Any]], list[dict[str, np.ndarray]]]) -> Callable[[list[Any]], Any]:
+        """PyTriton calls this with the list of requests of one execution (a batch when batching)."""
+        def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+            try:
+                return model(requests)
+            except InputError as e:  # the client gets the message; the server says it refused one
+                self.log(f"refused: {e}")
+                raise
+
+        return infer
+
+    def is_alive(self) -> bool:
+        return self._triton is not None and bool(self._triton.is_alive())
+
+    def request_stop(self) -> None:
+        """Make :meth:`wait` return (safe in a signal handler); then call :meth:`stop`."""
+        self._stopped.set()
+
+    def wait(self, poll_s: float = 0.5) -> bool:
+        """Block until :meth:`request_stop` or :meth:`stop` is called, or the server dies; True if asked to stop."""
+        while not self._stopped.wait(poll_s):
+            if not self.is_alive():
+                return False
+        return True
+
+    def stop(self) -> None:
+        """Stop tritonserver (it finishes requests in flight), unload the models and release the runners."""
+        self._stopped.set()
+        triton, self._triton = self._triton, None
+        if triton is not None:
+            with contextlib.suppress(Exception):  # noqa: BLE001 - shutting down: report nothing, leave nothing
+                triton.stop()
+        while self._runners:
+            runner = self._runners.pop()
+            with contextlib.suppress(Exception):  # noqa: BLE001 - same
+                runner.deactivate()
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
+
+    def __enter__(self) -> DenoiseServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,307 @@
+"""A real Triton server (PyTriton's tritonserver) on 127.0.0.1 with free ports: starts, serves both models,
+batches concurrent requests, refuses bad requests while serving good ones, and shuts down cleanly.
+
+Skipped with the reason where PyTriton cannot run (not installed, not Linux, no Python backend stub for this
+Python). Every wait is bounded; the whole module takes about a minute on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import InputError, MissingBackendError
+
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "weights" / "moe_denoiser.safetensors"
+DEMO = REPO / "docs" / "images" / "chelsea_noisy.png"
+MAX_PIXELS = 96 * 96
+
+pytestmark = pytest.mark.slow
+
+
+def _skip_without_pytriton() -> None:
+    from serving.backend_env import check_pytriton
+
+    try:
+        check_pytriton()
+    except MissingBackendError as e:
+        pytest.skip(f"PyTriton cannot run here: {e}")
+
+
+def torch_runner():
+    from runtime.torch_runner import TorchRunner
+
+    return TorchRunner(WEIGHTS, threads=1)
+
+
+@pytest.fixture(scope="module")
+def server():
+    _skip_without_pytriton()
+    from serving import DenoiseServer, ServeConfig
+
+    config = ServeConfig(http_port=0, grpc_port=0, metrics_port=0, max_batch=16, queue_delay_us=20_000,
+                         max_image_pixels=MAX_PIXELS, image_batch=64)
+    s = DenoiseServer(torch_runner, config)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def direct():
+    with torch_runner() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def tiles() -> np.ndarray:
+    return np.random.default_rng(0).random((24, 3, 32, 32), dtype=np.float32)
+
+
+def _client(url: str):
+    from serving.client import DenoiseClient
+
+    return DenoiseClient(url, timeout_s=60)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_serves_tiles_as_the_direct_runner_computes_them(server, direct, tiles, protocol):
+    url = server.urls["http"] if protocol == "http" else "grpc://" + server.urls["grpc"]
+    with _client(url) as c:
+        assert c.ready("moe_denoiser") and c.ready("moe_denoiser_image")
+        out = c.denoise_tiles(tiles[:5])
+    assert out.shape == (5, 3, 32, 32) and out.dtype == np.float32
+    assert float(np.abs(out - direct(tiles[:5])).max()) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint16, 3), (np.uint8, 1), (np.uint8, 4)])
+def test_serves_whole_photos_as_local_tiling_computes_them(server, direct, dtype, channels):
+    from runtime.tiling import denoise_array
+    from serving.models import image_to_unit, unit_to_image
+
+    top = np.iinfo(dtype).max
+    pixels = np.random.default_rng(channels).integers(0, top + 1, (45, 70, channels)).astype(dtype)
+    with _client(server.urls["http"]) as c:
+        out = c.denoise_pixels(pixels)
+    local = unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64), dtype)
+    assert out.dtype == dtype and out.shape == pixels.shape
+    assert int(np.abs(out.astype(np.int64) - local).max()) == 0
+    if channels == 4:
+        np.testing.assert_array_equal(out[:, :, 3], pixels[:, :, 3])  # alpha passes through
+
+
+def test_batches_concurrent_requests(server, tiles):
+    from serving.client import batching_counts
+
+    before = batching_counts(server.urls["metrics"])
+    barrier = threading.Barrier(16)
+    answers: list[np.ndarray | Exception] = []
+
+    def one(i: int) -> None:
+        with _client(server.urls["http"]) as c:
+            barrier.wait(timeout=30)
+            try:
+                answers.append(c.denoise_tiles(tiles[i:i + 1]))
+            except InputError as e:
+                answers.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    after = batching_counts(server.urls["metrics"])
+    assert len(answers) == 16 and all(isinstance(a, np.ndarray) for a in answers)
+    inferences = after["inferences"] - before["inferences"]
+    executions = after["executions"] - before["executions"]
+    assert inferences == 16  # one tile per request
+    assert executions < inferences, f"Triton ran {executions} executions for {inferences} one-tile requests"
+
+
+def _raw_post(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    host, port = url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def test_refuses_bad_requests_and_keeps_serving(server, direct, tiles):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    raw = httpclient.InferenceServerClient(server.urls["http"], network_timeout=60)
+
+    def send(model: str, name: str, array: np.ndarray, dtype: str) -> str:
+        feed = httpclient.InferInput(name, list(array.shape), dtype)
+        feed.set_data_from_numpy(array)
+        with pytest.raises(InferenceServerException) as e:
+            raw.infer(model, [feed])
+        return e.value.message()
+
+    assert "unexpected shape" in send("moe_denoiser", "noisy", tiles[:1, :, :16, :16].copy(), "FP32")
+    assert "FP64" in send("moe_denoiser", "noisy", tiles[:1].astype(np.float64), "FP64")
+    nan = tiles[:2].copy()
+    nan[1, 2, 3, 4] = np.nan
+    assert "NaN" in send("moe_denoiser", "noisy", nan, "FP32")
+    assert "[0, 1]" in send("moe_denoiser", "noisy", tiles[:1] + 2, "FP32")
+    too_big = np.zeros((97, 97, 3), np.uint8)
+    assert f"at most {MAX_PIXELS:,} pixels" in send("moe_denoiser_image", "image_u8", too_big, "UINT8")
+    header = json.dumps({"inputs": [{"name": "noisy", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 12288}}]}).encode()
+    status, text = _raw_post(server.urls["http"], "/v2/models/moe_denoiser/infer", header + b"\0" * 1000,
+                             {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400 and "unexpected size" in text
+    raw.close()
+    with _client(server.urls["http"]) as c:  # still serving
+        assert float(np.abs(c.denoise_tiles(tiles[:2]) - direct(tiles[:2])).max()) <= 1e-5
+        with pytest.raises(InputError, match="NaN"):  # our client shows the reason, not PyTriton's traceback
+            c.denoise_tiles(nan)
+
+
+def test_denoise_command_tiles_on_the_client_for_a_server_without_the_image_model(tmp_path, direct):
+    """A standard repository has no photo model: `denoise --server` then tiles here and sends batches of tiles."""
+    _skip_without_pytriton()
+    from moe_denoise.cli import main
+    from runtime.images import read_image
+    from serving import DenoiseServer, ServeConfig
+
+    photo = tmp_path / "small.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 52, 3)).astype(np.uint8)).save(photo)
+    s = DenoiseServer(torch_runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0, max_batch=8))
+    s.serve_image_model = False
+    with s:
+        assert main(["denoise", str(photo), "-o", str(tmp_path / "remote.png"), "--server", s.urls["http"],
+                     "--json"]) == 0
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "local.png"), "--backend", "torch", "--threads", "1",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    remote, local = read_image(tmp_path / "remote.png")[0], read_image(tmp_path / "local.png")[0]
+    assert float(np.abs(remote - local).max()) == 0.0
+
+
+# --- the command line: `moe-denoise serve` in its own process, as a user runs it -------------------------------
+def _session_processes(sid: int) -> list[int]:
+    """Processes still in the session the server was started in (tritonserver, stubs)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid:  # field 6 of stat: session id
+            pids.append(int(entry.name))
+    return pids
+
+
+def _wait_session_empty(sid: int, timeout_s: float = 30.0) -> list[str]:
+    """Command lines of the session's processes still alive after ``timeout_s`` (children may take a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = _session_processes(sid)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    out = []
+    for pid in left:
+        try:
+            out.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+        except OSError:
+            continue
+    return out
+
+
+def _start_cli(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
+    ready = tmp_path / "ready.json"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moe_denoise.cli", "serve", "--backend", "torch", "--threads", "1", "--http-port", "0",
+         "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready), *extra],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(timeout=30)
+            pytest.fail(f"moe-denoise serve did not start:\n{(tmp_path / 'serve.log').read_text()}")
+        time.sleep(0.2)
+    return proc, json.loads(ready.read_text())
+
+
+def _stop(proc: subprocess.Popen, sig: int, group: bool) -> int:
+    if group:
+        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group gets SIGINT
+    else:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        pytest.fail("moe-denoise serve did not stop within 90 s")
+
+
+def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path):
+    """The done-when path: `moe-denoise serve`, then `moe-denoise denoise PHOTO --server URL -o OUT` equals the
+    local `denoise` with the same backend; the output is never overwritten without --overwrite; SIGTERM stops it."""
+    _skip_without_pytriton()
+    from moe_denoise.cli import main
+    from runtime.images import read_image
+
+    proc, info = _start_cli(tmp_path)
+    try:
+        url = info["urls"]["http"]
+        remote = tmp_path / "remote.png"
+        assert main(["denoise", str(DEMO), "-o", str(remote), "--server", url, "--no-progress"]) == 0
+        assert main(["denoise", str(DEMO), "-o", str(remote), "--server", url]) == 2  # exists, no --overwrite
+        assert main(["denoise", str(DEMO), "-o", str(remote), "--server", "grpc://" + info["urls"]["grpc"],
+                     "--overwrite"]) == 0
+    finally:
+        rc = _stop(proc, signal.SIGTERM, group=False)
+    assert rc == 0, (tmp_path / "serve.log").read_text()
+    assert _wait_session_empty(proc.pid) == []
+    assert "stopped" in (tmp_path / "serve.log").read_text()
+    local = tmp_path / "local.png"
+    assert main(["denoise", str(DEMO), "-o", str(local), "--backend", "torch", "--threads", "1", "--no-progress"]) == 0
+    a, b = read_image(remote)[0], read_image(local)[0]
+    assert a.shape == b.shape and float(np.abs(a - b).max()) == 0.0
+
+
+def test_serve_command_stops_on_ctrl_c(tmp_path):
+    _skip_without_pytriton()
+    proc, info = _start_cli(tmp_path, "--no-dynamic-batching")
+    assert info["config"]["dynamic_batching"] is False
+    rc = _stop(proc, signal.SIGINT, group=True)
+    assert rc == 0, (tmp_path / "serve.log").read_text()
+    assert _wait_session_empty(proc.pid) == []
+
+
+def test_denoise_server_unreachable_says_what_to_do(tmp_path):
+    pytest.importorskip("tritonclient.http", reason="tritonclient (the 'serve' extra) is not installed")
+    from moe_denoise.cli import main
+    from serving.config import free_port
+
+    port = free_port()
+    with pytest.raises(InputError, match="moe-denoise serve"):
+        main(["--debug", "denoise", str(DEMO), "-o", str(tmp_path / "x.png"), "--server", f"127.0.0.1:{port}",
+              "--timeout", "5"])
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,203 @@
+"""serving without a server: settings, the two models' functions, the libpython fix, URLs, metrics, error text."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import InputError
+from runtime.tiling import denoise_array
+from serving import backend_env
+from serving.client import parse_metrics, parse_url, server_message
+from serving.config import IMAGE_INPUTS, IMAGE_OUTPUTS, ServeConfig
+from serving.models import BATCHED_WITH_INVALID, ImageModel, TileModel, image_to_unit, unit_to_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ScaleRunner:
+    """A stand-in runner: halves the pixels, records the batch sizes it saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def infer(self, feeds, check=True):
+        x = feeds["noisy"]
+        self.batches.append(len(x))
+        return {"denoised": x * np.float32(0.5)}
+
+
+class IdentityRunner(ScaleRunner):
+    def infer(self, feeds, check=True):
+        self.batches.append(len(feeds["noisy"]))
+        return {"denoised": feeds["noisy"].copy()}
+
+
+def test_import_serving_needs_no_triton_packages():
+    code = ("import sys; sys.modules['pytriton'] = None; sys.modules['tritonclient'] = None; import serving, "
+            "serving.config, serving.models, serving.client, serving.server, serving.repo, serving.backend_env; "
+            "print(serving.TILE_MODEL)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "moe_denoiser"
+
+
+def test_missing_pytriton_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytriton", None)
+    monkeypatch.setitem(sys.modules, "pytriton.triton", None)
+    with pytest.raises(ImportError, match=r"moe-denoise\[serve\]"):
+        backend_env.check_pytriton()
+
+
+def test_config_validation_and_free_ports():
+    with pytest.raises(InputError, match="ports must differ"):
+        ServeConfig(http_port=9000, grpc_port=9000).validate()
+    with pytest.raises(InputError, match="max_batch"):
+        ServeConfig(max_batch=0).validate()
+    with pytest.raises(InputError, match="overlap"):
+        ServeConfig(overlap=32).validate()
+    cfg = ServeConfig(http_port=0, grpc_port=0, metrics_port=0).validate().with_free_ports()
+    ports = {cfg.http_port, cfg.grpc_port, cfg.metrics_port}
+    assert len(ports) == 3 and all(1024 <= p <= 65535 for p in ports)
+
+
+def test_tile_model_batches_requests_and_splits_answers():
+    runner = ScaleRunner()
+    model = TileModel(runner)
+    rng = np.random.default_rng(0)
+    requests = [{"noisy": rng.random((b, 3, 32, 32), dtype=np.float32)} for b in (1, 3, 2)]
+    answers = model(requests)
+    assert runner.batches == [6]  # one runner call for the whole batch of requests
+    assert [a["denoised"].shape[0] for a in answers] == [1, 3, 2]
+    for request, answer in zip(requests, answers):
+        np.testing.assert_array_equal(answer["denoised"], request["noisy"] * np.float32(0.5))
+
+
+def test_tile_model_names_the_bad_request_and_the_batch_consequence():
+    model = TileModel(ScaleRunner())
+    good = np.full((1, 3, 32, 32), 0.5, np.float32)
+    nan = good.copy()
+    nan[0, 1, 2, 3] = np.nan
+    with pytest.raises(InputError) as e:
+        model([{"noisy": good}, {"noisy": nan}, {"noisy": good * 3}])
+    text = str(e.value)
+    assert "request 2 of 3" in text and "NaN" in text
+    assert "request 3 of 3" in text and "[0, 1]" in text
+    assert BATCHED_WITH_INVALID in text
+    with pytest.raises(InputError) as alone:
+        model([{"noisy": nan}])
+    assert BATCHED_WITH_INVALID not in str(alone.value)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_image_model_round_trip_is_exact_with_an_identity_runner(dtype, channels):
+    rng = np.random.default_rng(channels)
+    top = np.iinfo(dtype).max
+    pixels = rng.integers(0, top + 1, (37, 45, channels)).astype(dtype)
+    model = ImageModel(IdentityRunner(), max_pixels=10_000, batch_size=7)
+    (answer,) = model([{IMAGE_INPUTS[np.dtype(dtype).name]: pixels}])
+    out = answer[IMAGE_OUTPUTS[np.dtype(dtype).name]]
+    assert out.dtype == dtype and out.shape == pixels.shape
+    np.testing.assert_array_equal(out, pixels)
+    assert max(model.runner.batches) <= 7
+
+
+def test_image_model_matches_local_tiling_and_quantisation():
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    model = ImageModel(ScaleRunner(), max_pixels=10_000)
+    (answer,) = model([{"image_u8": pixels}])
+    local = denoise_array(pixels.astype(np.float32) / np.float32(255), lambda b: b * np.float32(0.5))
+    expected = np.rint(np.clip(local.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(answer["denoised_u8"], expected)
+
+
+def test_image_model_refuses_bad_images():
+    model = ImageModel(IdentityRunner(), max_pixels=100)
+    with pytest.raises(InputError, match=r"at most 100 pixels.*--max-image-pixels"):
+        model([{"image_u8": np.zeros((11, 10, 3), np.uint8)}])
+    with pytest.raises(InputError, match="exactly one of the inputs"):
+        model([{"image_u8": np.zeros((2, 2, 3), np.uint8), "image_u16": np.zeros((2, 2, 3), np.uint16)}])
+    with pytest.raises(InputError, match="exactly one of the inputs"):
+        model([{}])
+    with pytest.raises(InputError, match=r"C = 1 \(gray\)"):
+        model([{"image_u8": np.zeros((4, 4, 5), np.uint8)}])
+    with pytest.raises(InputError, match="must hold uint16"):
+        model([{"image_u16": np.zeros((4, 4, 3), np.uint8)}])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_unit_conversions_are_exact_inverses(dtype):
+    top = np.iinfo(dtype).max
+    ints = np.arange(top + 1, dtype=dtype) if dtype == "uint8" else np.arange(0, top + 1, 7, dtype=dtype)
+    np.testing.assert_array_equal(unit_to_image(image_to_unit(ints), dtype), ints)
+
+
+def test_prepare_puts_this_pythons_libdir_first():
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME")
+    env = {"LD_LIBRARY_PATH": f"/opt/other:{libdir}"}
+    found = backend_env.prepare(env)
+    if soname and (Path(libdir) / soname).is_file():
+        assert env["LD_LIBRARY_PATH"].split(":") == [libdir, "/opt/other"]
+        assert found.libdir == libdir and found.hint is None
+    else:  # a Python without a shared libpython: nothing to put first, and a hint unless it is the system's own
+        assert env["LD_LIBRARY_PATH"] == f"/opt/other:{libdir}"
+        assert found.libdir is None
+
+
+def test_prepare_gives_a_hint_for_a_static_python_outside_the_system(monkeypatch, tmp_path):
+    real = sysconfig.get_config_var
+    monkeypatch.setattr(backend_env.sysconfig, "get_config_var",
+                        lambda name: str(tmp_path) if name == "LIBDIR" else real(name))
+    monkeypatch.setattr(backend_env.sys, "base_prefix", str(tmp_path))
+    env: dict[str, str] = {}
+    found = backend_env.prepare(env)
+    assert "LD_LIBRARY_PATH" not in env
+    assert found.hint is not None and "--enable-shared" in found.hint and "LD_LIBRARY_PATH" in found.hint
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("localhost:8000", ("http", "localhost:8000")),
+    ("http://127.0.0.1:9000/", ("http", "127.0.0.1:9000")),
+    ("grpc://localhost:8001", ("grpc", "localhost:8001")),
+    ("localhost", ("http", "localhost:8000")),
+    ("grpc://host", ("grpc", "host:8001")),
+])
+def test_parse_url(url, expected):
+    assert parse_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["", "ftp://x:1", "http://a b:1"])
+def test_parse_url_refuses(url):
+    with pytest.raises(InputError, match="HOST:PORT"):
+        parse_url(url)
+
+
+def test_server_message_keeps_our_reason_not_the_traceback():
+    text = ("Failed to process the request(s) for model 'moe_denoiser_0_0', message: TritonModelException: Model "
+            "execute error: Traceback (most recent call last):\n  File \"x.py\", line 1\nmoe_base.errors.InputError: "
+            "request 1 of 1: input 'noisy' has 1 NaN/Inf values; expected finite pixels in [0, 1]\n\n\nAt:\n  x")
+    assert server_message(text) == "request 1 of 1: input 'noisy' has 1 NaN/Inf values; expected finite pixels in [0, 1]"
+    assert server_message("unexpected shape") == "unexpected shape"
+
+
+def test_parse_metrics_sums_over_reasons_per_model():
+    text = "\n".join([
+        "# HELP nv_inference_count Number of inferences",
+        'nv_inference_count{model="moe_denoiser",version="1"} 40',
+        'nv_inference_exec_count{model="moe_denoiser",version="1"} 7',
+        'nv_inference_request_failure{model="moe_denoiser",reason="BACKEND",version="1"} 2',
+        'nv_inference_request_failure{model="moe_denoiser",reason="REJECTED",version="1"} 1',
+        'nv_inference_count{model="moe_denoiser_image",version="1"} 3',
+        'nv_cpu_utilization 0.5',
+    ])
+    m = parse_metrics(text)
+    assert m["nv_inference_count"] == {"moe_denoiser": 40.0, "moe_denoiser_image": 3.0}
+    assert m["nv_inference_exec_count"] == {"moe_denoiser": 7.0}
+    assert m["nv_inference_request_failure"] == {"moe_denoiser": 3.0}
+    assert "nv_cpu_utilization" not in m

@@ -1,0 +1,105 @@
+"""moe-denoise triton-repo: every generated config.pbtxt parses with Triton's own ModelConfig schema."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runtime import InputError
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                       reason="tritonclient[grpc] (the 'serve' extra) is not installed")
+from serving.repo import TRT_MODEL, RepoSettings, parse_model_config, write_repository  # noqa: E402
+
+IO = {"inputs": [{"name": "noisy", "dtype": "float32", "shape": ["batch", 3, 32, 32]}],
+      "outputs": [{"name": "denoised", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]}
+
+
+def fake_artifact(path: Path, manifest: dict) -> Path:
+    """An artifact file with a manifest like the toolkit's (the bytes are copied, never parsed, by the writer)."""
+    path.write_bytes(b"not really a model, only copied")
+    Path(f"{path}.manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture
+def onnx(tmp_path: Path) -> Path:
+    return fake_artifact(tmp_path / "m.portable.onnx", {
+        "kind": "onnx", "io": IO, "precision": "fp32", "onnx": {"flavor": "portable", "opset": 17},
+        "model": {"weights_sha256": "ab" * 32}})
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Path:
+    return fake_artifact(tmp_path / "m.engine", {
+        "kind": "trt-engine", "io": IO, "precision": "fp16", "profile": {"min": 1, "opt": 32, "max": 128},
+        "plugin": {"name": "moe_denoise::SparseTopKAttention", "aot": True},
+        "tensorrt": {"version": "10.9.0.34", "gpu": "NVIDIA H100", "compute_capability": "9.0"}})
+
+
+def load(path: Path):
+    return parse_model_config(path.read_text())
+
+
+def test_repository_layout_and_configs_parse_with_tritons_schema(tmp_path, onnx, engine):
+    out = tmp_path / "repo"
+    report = write_repository(out, onnx, engine, RepoSettings(max_batch=32, queue_delay_us=500, instances=2))
+    assert (out / "moe_denoiser" / "1" / "model.onnx").read_bytes() == onnx.read_bytes()
+    assert (out / TRT_MODEL / "1" / "model.plan").read_bytes() == engine.read_bytes()
+    assert report["tensorrt_version"] == "10.9.0.34"
+
+    ort = load(out / "moe_denoiser" / "config.pbtxt")
+    assert isinstance(ort, model_config_pb2.ModelConfig)
+    assert (ort.name, ort.backend, ort.max_batch_size) == ("moe_denoiser", "onnxruntime", 32)
+    assert [(i.name, i.data_type, list(i.dims)) for i in ort.input] == [
+        ("noisy", model_config_pb2.TYPE_FP32, [3, 32, 32])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in ort.output] == [
+        ("denoised", model_config_pb2.TYPE_FP32, [3, 32, 32])]
+    assert ort.HasField("dynamic_batching") and ort.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.count, g.kind) for g in ort.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+
+    trt = load(out / TRT_MODEL / "config.pbtxt")
+    assert (trt.name, trt.backend, trt.max_batch_size) == (TRT_MODEL, "tensorrt", 32)
+    assert [(g.count, g.kind) for g in trt.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
+    assert "10.9.0.34" in (out / TRT_MODEL / "config.pbtxt").read_text()
+    readme = (out / "README.md").read_text()
+    assert "TensorRT 10.9.0.34" in readme and "tritonserver --model-repository" in readme
+    assert json.loads((out / TRT_MODEL / "model.plan.manifest.json").read_text())["profile"]["max"] == 128
+
+
+def test_the_command_writes_the_onnx_model_only_by_default(tmp_path, onnx):
+    from moe_denoise.cli import main
+
+    out = tmp_path / "repo"
+    assert main(["triton-repo", "--onnx", str(onnx), "-o", str(out), "--onnx-kind", "KIND_GPU"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser"]
+    config = load(out / "moe_denoiser" / "config.pbtxt")
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    assert main(["triton-repo", "--onnx", str(onnx), "-o", str(out)]) == 2  # not empty, no --overwrite
+    assert main(["triton-repo", "--onnx", str(onnx), "-o", str(out), "--overwrite"]) == 0
+
+
+def test_refusals(tmp_path, onnx, engine):
+    plugin = fake_artifact(tmp_path / "p.onnx", {"io": IO, "onnx": {"flavor": "plugin"}})
+    with pytest.raises(InputError, match="portable"):
+        write_repository(tmp_path / "a", plugin)
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes(b"x")
+    with pytest.raises(InputError, match="no manifest"):
+        write_repository(tmp_path / "b", bare)
+    with pytest.raises(InputError, match="batch profile"):
+        write_repository(tmp_path / "c", onnx, engine, RepoSettings(max_batch=256))
+    renamed = fake_artifact(tmp_path / "r.onnx", {"io": {"inputs": [{"name": "x"}], "outputs": [{"name": "y"}]},
+                                                 "onnx": {"flavor": "portable"}})
+    with pytest.raises(InputError, match="contract"):
+        write_repository(tmp_path / "d", renamed)
+    with pytest.raises(InputError, match="--onnx"):
+        write_repository(tmp_path / "e", None, None)
+
+
+def test_a_broken_config_is_refused_by_the_schema():
+    with pytest.raises(InputError, match="does not parse"):
+        parse_model_config('name: "x"\nmax_batch_size: "many"\n')
+    with pytest.raises(InputError, match="does not parse"):
+        parse_model_config('name: "x"\nno_such_field: 1\n')
