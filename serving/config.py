@@ -44,7 +44,7 @@ class ServeConfig:
     metrics_port: int = 8002
     instances: int = 1
     max_batch: int = 64
-    queue_delay_us: int = 2000
+    queue_delay_us: int = 500
     dynamic_batching: bool = True
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     image_batch: int = 256

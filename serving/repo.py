@@ -38,7 +38,7 @@ TRT_MODEL = f"{TILE_MODEL}_trt"
 @dataclass(frozen=True)
 class RepoSettings:
     max_batch: int = 64
-    queue_delay_us: int = 2000
+    queue_delay_us: int = 500
     instances: int = 1
     onnx_kind: str = "KIND_CPU"  # KIND_GPU runs ONNX Runtime's CUDA provider in Triton's GPU container
     trt_instances: int = 1

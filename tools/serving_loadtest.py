@@ -380,6 +380,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         a.set_xscale("log", base=2)
         a.set_xticks(conc, [str(c) for c in conc])
         a.grid(alpha=0.3)
+    a1.set_ylim(bottom=0)
     a1.set_xlabel("concurrency (server) / batch (direct runner)")
     a1.set_ylabel("tiles / s")
     a1.set_title(f"throughput, {result['settings']['backend']} backend")
@@ -417,14 +418,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-requests", type=int, default=20000, help="cap on requests per measurement")
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--queue-delay-us", type=int, default=2000)
+    p.add_argument("--queue-delay-us", type=int, default=500)
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     p.add_argument("--tiles", type=int, default=512, help="distinct tiles sent (cycled)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |server - direct| per pixel")
     p.add_argument("--headline", type=int, default=16)
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving")
+    p.add_argument("--render", action="store_true", help="only re-render results.md and results.png from results.json")
     args = p.parse_args(argv)
+    if args.render:
+        write_report(args.out, json.loads((args.out / "results.json").read_text()))
+        return 0
     conc = [int(c) for c in args.concurrency.split(",")]
     command = "python tools/serving_loadtest.py " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send the photo to a running 'moe-denoise serve' (HOST:PORT or http://HOST:PORT, "
                         "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply")
     p.add_argument("--timeout", type=float, default=3600.0, help="with --server: seconds to wait for the answer")
+    p.add_argument("--check-local", action="store_true",
+                   help="with --server: also denoise here with --backend (and its options) and print the largest "
+                        "difference between the two results, in pixel levels (0 when the server runs the same backend)")
     p.set_defaults(func=run)
 
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
@@ -71,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
               f"{name} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}")
         for note in report["notes"]:
             print(f"  note: {note}")
+        if "check_local" in report:
+            c = report["check_local"]
+            print(f"max abs difference from a local run with {c['backend']}: {c['max_abs_difference_levels']} of "
+                  f"{c['levels']} levels ({c['pixels_different']} values differ)")
         if "psnr_vs_reference" in report:
             r = report["psnr_vs_reference"]
             print(f"PSNR against {args.reference}: input {r['input']:.2f} dB, output {r['output']:.2f} dB")
@@ -85,8 +92,31 @@ def run_remote(args: argparse.Namespace) -> dict:
     if args.overlap != 16:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
-    return denoise_file_remote(args.input, args.output, args.server, overwrite=args.overwrite,
-                               timeout_s=args.timeout)
+    report = denoise_file_remote(args.input, args.output, args.server, overwrite=args.overwrite,
+                                 timeout_s=args.timeout)
+    if args.check_local:
+        report["check_local"] = check_local(args, report)
+    return report
+
+
+def check_local(args: argparse.Namespace, report: dict) -> dict:
+    """Denoise the input here too and compare with what the server's result became on disk, in pixel levels."""
+    import numpy as np
+
+    from runtime.images import read_image
+    from runtime.tiling import denoise_array
+    from serving.models import unit_to_image
+
+    image, info = read_image(args.input)
+    dtype = np.uint16 if info.bit_depth == 16 else np.uint8
+    runner = make_runner(args, args.weights)
+    with runner:
+        local = unit_to_image(denoise_array(image, runner, overlap=args.overlap, batch_size=args.batch_size), dtype)
+    served = unit_to_image(read_image(args.output)[0], dtype)
+    diff = int(np.abs(served.astype(np.int64) - local).max())
+    result = {"backend": runner.name, "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),
+              "pixels_different": int((served != local).sum())}
+    return result
 
 
 def reference_psnr(reference: Path, noisy: Path, denoised: Path) -> dict[str, float]:

@@ -16,11 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-o", "--output", type=Path, default=Path("triton_repo"), help="repository folder to write")
     p.add_argument("--onnx", type=Path, default=None,
-                   help="portable ONNX model (default: artifacts/moe_denoiser.portable.onnx when it exists)")
+                   help="portable ONNX model (default: the one 'moe-denoise export' writes, as for --backend ort)")
     p.add_argument("--engine", type=Path, default=None, help="TensorRT engine from 'moe-denoise build' (optional)")
     p.add_argument("--no-onnx", action="store_true", help="only the engine")
     p.add_argument("--max-batch", type=int, default=64, help="max_batch_size of the models")
-    p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher's max queue delay")
+    p.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batcher's max queue delay")
     p.add_argument("--instances", type=int, default=1, help="instances of the ONNX model")
     p.add_argument("--onnx-kind", choices=["KIND_CPU", "KIND_GPU"], default="KIND_CPU",
                    help="where Triton runs the ONNX model")
@@ -30,15 +30,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def default_onnx() -> Path:
+    """Where 'moe-denoise export' writes the portable ONNX by default (the same place '--backend ort' reads)."""
+    try:
+        from moe_base.paths import onnx_path
+    except ImportError:  # before the artifacts moved to the cache folder
+        from moe_base.paths import onnx_path
+
+        return onnx_path("portable")
+    return onnx_path("portable")
+
+
 def run(args: argparse.Namespace) -> int:
     from runtime import InputError
     from serving.repo import RepoSettings, write_repository
 
-    from .export import default_output
-
     onnx = None
     if not args.no_onnx:
-        onnx = args.onnx or default_output("portable", True)
+        onnx = args.onnx or default_onnx()
         if args.onnx is None and not Path(onnx).is_file():
             raise InputError(f"no --onnx given and the default {onnx} does not exist; export it with "
                              f"'moe-denoise export' or pass --onnx PATH (or --no-onnx with --engine)")

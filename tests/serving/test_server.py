@@ -260,7 +260,7 @@ def _stop(proc: subprocess.Popen, sig: int, group: bool) -> int:
         pytest.fail("moe-denoise serve did not stop within 90 s")
 
 
-def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path):
+def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys):
     """The done-when path: `moe-denoise serve`, then `moe-denoise denoise PHOTO --server URL -o OUT` equals the
     local `denoise` with the same backend; the output is never overwritten without --overwrite; SIGTERM stops it."""
     _skip_without_pytriton()
@@ -274,7 +274,8 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path):
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", url, "--no-progress"]) == 0
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", url]) == 2  # exists, no --overwrite
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", "grpc://" + info["urls"]["grpc"],
-                     "--overwrite"]) == 0
+                     "--overwrite", "--check-local", "--backend", "torch", "--threads", "1"]) == 0
+        assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in capsys.readouterr().out
     finally:
         rc = _stop(proc, signal.SIGTERM, group=False)
     assert rc == 0, (tmp_path / "serve.log").read_text()
