@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where Triton runs the ONNX model")
     p.add_argument("--trt-instances", type=int, default=1, help="instances of the TensorRT model (per GPU)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder, replacing our models")
+    p.add_argument("--no-server-check", action="store_true",
+                   help="skip having PyTriton's tritonserver read the configs (done when PyTriton is installed)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                              f"'moe-denoise export' or pass --onnx PATH (or --no-onnx with --engine)")
     settings = RepoSettings(max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
                             onnx_kind=args.onnx_kind, trt_instances=args.trt_instances)
-    report = write_repository(args.output, onnx, args.engine, settings, overwrite=args.overwrite)
+    report = write_repository(args.output, onnx, args.engine, settings, overwrite=args.overwrite,
+                              server_check=False if args.no_server_check else None)
     if args.json:
         from moe_denoise.cli import print_json
 
@@ -63,5 +66,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{m['name']:18s} {m['backend']:12s} {m['file']}")
         if report["tensorrt_version"]:
             print(f"the TensorRT model needs a Triton server with TensorRT {report['tensorrt_version']}")
-        print(f"wrote {report['repository']} (configs checked with Triton's model_config schema); see its README.md")
+        for check in report["checks"]:
+            print(f"configs {check}")
+        print(f"wrote {report['repository']}; its README.md says how to serve it")
     return 0

@@ -10,7 +10,14 @@ from runtime import InputError
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] (the 'serve' extra) is not installed")
-from serving.repo import TRT_MODEL, RepoSettings, parse_model_config, write_repository  # noqa: E402
+from serving.repo import (  # noqa: E402
+    TRT_MODEL,
+    RepoSettings,
+    check_with_tritonserver,
+    parse_model_config,
+    pytriton_available,
+    write_repository,
+)
 
 IO = {"inputs": [{"name": "noisy", "dtype": "float32", "shape": ["batch", 3, 32, 32]}],
       "outputs": [{"name": "denoised", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]}
@@ -103,3 +110,15 @@ def test_a_broken_config_is_refused_by_the_schema():
         parse_model_config('name: "x"\nmax_batch_size: "many"\n')
     with pytest.raises(InputError, match="does not parse"):
         parse_model_config('name: "x"\nno_such_field: 1\n')
+
+
+@pytest.mark.skipif(not pytriton_available(), reason="PyTriton (the 'serve' extra) is not installed: no tritonserver")
+def test_tritonserver_itself_accepts_the_configs_and_rejects_a_broken_one(tmp_path, onnx, engine):
+    out = tmp_path / "repo"
+    report = write_repository(out, onnx, engine, server_check=True)
+    assert {k: v["verdict"] for k, v in report["tritonserver_check"].items()} == {
+        "moe_denoiser": "accepted", TRT_MODEL: "accepted"}
+    config = out / "moe_denoiser" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_size: -1"))
+    verdict = check_with_tritonserver(out, ["moe_denoiser"])["moe_denoiser"]
+    assert verdict["verdict"] == "rejected" and "max_batch_size" in verdict["detail"]
