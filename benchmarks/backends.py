@@ -5,27 +5,23 @@ Triton kernel registered is told by the caller (the CLI imports topk_attention.t
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
+from moe_base.errors import InputError
 from runtime.base import BaseRunner
 
 from .harness import BackendSpec
-from moe_base.errors import InputError
 
-CPU_BACKENDS = ("torch-gather", "torch-masked", "torch-compile", "ort-cpu", "ort-cpu-noopt")
-GPU_BACKENDS = ("torch-gather-cuda", "torch-masked-cuda", "torch-compile-cuda", "torch-triton", "ort-cuda",
-                "ort-trt-ep", "trt-plugin-fp32", "trt-plugin-fp16", "trt-std-fp32", "trt-std-fp16")
+CPU_BACKENDS = ("torch-seed", "torch-masked", "torch-compile", "ort-cpu", "ort-cpu-noopt")
+GPU_BACKENDS = ("torch-seed-cuda", "torch-masked-cuda", "torch-compile-cuda", "torch-triton", "ort-cuda",
+                "ort-trt-ep", "trt-plugin-fp32", "trt-plugin-fp16", "trt-portable-fp32", "trt-portable-fp16")
 ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
 # --quick: no torch.compile (its first call compiles for tens of seconds on 2 cores, more than the whole budget).
-QUICK_BACKENDS = ("torch-gather", "torch-masked", "ort-cpu", "ort-cpu-noopt")
+QUICK_BACKENDS = ("torch-seed", "torch-masked", "ort-cpu", "ort-cpu-noopt")
 GPU_DEFAULT_BACKENDS = GPU_BACKENDS
-CPU_BASELINE = "torch-gather"
-GPU_BASELINE = "torch-gather-cuda"
+CPU_BASELINE = "torch-seed"
+GPU_BASELINE = "torch-seed-cuda"
 
 # backend -> the ONNX graph it runs: (flavour, optimised)
 ONNX_GRAPHS: dict[str, tuple[str, bool]] = {
@@ -35,11 +31,11 @@ ONNX_GRAPHS: dict[str, tuple[str, bool]] = {
 # Pairs compared round by round in the report: the optimised graph against the plain one.
 VERSUS = {"ort-cpu": "ort-cpu-noopt"}
 ORT_PROVIDER = {"ort-cpu": "cpu", "ort-cpu-noopt": "cpu", "ort-cuda": "cuda", "ort-trt-ep": "tensorrt"}
-TORCH_IMPL = {"torch-gather": ("seed", False, "cpu"), "torch-masked": ("masked", False, "cpu"),
-              "torch-compile": ("masked", True, "cpu"), "torch-gather-cuda": ("seed", False, "cuda"),
+TORCH_IMPL = {"torch-seed": ("seed", False, "cpu"), "torch-masked": ("masked", False, "cpu"),
+              "torch-compile": ("masked", True, "cpu"), "torch-seed-cuda": ("seed", False, "cuda"),
               "torch-masked-cuda": ("masked", False, "cuda"), "torch-compile-cuda": ("masked", True, "cuda"),
               "torch-triton": ("triton", False, "cuda")}
-TORCH_TOLERANCE = {"seed": "torch-gather", "gather": "torch-gather", "masked": "torch", "triton": "torch-triton"}
+TORCH_TOLERANCE = {"seed": "torch-seed", "gather": "torch-seed", "masked": "torch", "triton": "torch-triton"}
 
 
 @dataclass
@@ -109,7 +105,7 @@ def _torch_spec(name: str, inputs: BackendInputs) -> BackendSpec:
     if compile_:
         notes.append("torch.compile (inductor); the first inference includes compilation")
     return BackendSpec(name=name, make_runner=make, device=device, tolerance=(key, "fp32"), unavailable=unavailable,
-                       compute_call=torch_compute_call if device != "cpu" else None, preload=("torch",), notes=notes)
+                       preload=("torch",), notes=notes)
 
 
 def _ort_spec(name: str, inputs: BackendInputs) -> BackendSpec:
@@ -131,7 +127,6 @@ def _ort_spec(name: str, inputs: BackendInputs) -> BackendSpec:
         notes.append("a fresh session each round: a session keeps its speed for life, and it varies from session to session")
     return BackendSpec(name=name, make_runner=make, device="cpu" if provider == "cpu" else "cuda",
                        tolerance=("ort", "fp32"), unavailable=unavailable,
-                       compute_call=binding_compute_call if provider != "cpu" else None,
                        preload=("onnxruntime", "onnx"), notes=notes, fresh_each_round=provider == "cpu",
                        versus=VERSUS.get(name))
 
@@ -147,48 +142,7 @@ def _trt_spec(name: str, inputs: BackendInputs) -> BackendSpec:
 
         return TensorRTRunner(path, name=name)
 
-    graph = "plugin" if "-plugin-" in name else "standard-operator"
+    graph = "plugin" if "-plugin-" in name else "portable"
     return BackendSpec(name=name, make_runner=make, device="cuda", precision=precision,
-                       tolerance=("trt", precision), unavailable=unavailable, compute_call=trt_compute_call,
+                       tolerance=("trt", precision), unavailable=unavailable,
                        preload=("tensorrt",), notes=[f"TensorRT engine, {graph} graph, {precision}"])
-
-
-# --- device-resident calls for the compute-only mode -----------------------------------------------------------
-def torch_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:
-    """The runner's model on an input already on its device; the output stays there.
-
-    Uses the runner's own forward (compiled or eager, TF32 off) so compute-only times the same code as end-to-end.
-    """
-    import torch
-
-    forward = getattr(runner, "forward_on_device", None)
-    if forward is None or getattr(runner, "_fn", None) is None:
-        return None
-    xd = torch.from_numpy(x).to(getattr(runner, "device", "cuda"))
-    return lambda: forward(xd)
-
-
-def binding_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:
-    """For runners with the I/O-binding protocol (OrtRunner; a TensorRT runner offering the same methods):
-    bind a device copy of ``x`` once, then each call runs on device buffers."""
-    bind, run = getattr(runner, "bind_device_input", None), getattr(runner, "run_binding", None)
-    if bind is None or run is None:
-        return None
-    binding = bind(x)
-    return lambda: run(binding)
-
-
-def trt_compute_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any] | None:
-    """TensorRTRunner.device_call on CUDA tensors allocated once (input copied, output buffer empty); None when
-    the batch is outside the engine's optimisation profile (end-to-end chunks such batches, compute-only cannot)."""
-    device_call = getattr(runner, "device_call", None)
-    if device_call is None:
-        return binding_compute_call(runner, x)
-    lo, hi = getattr(runner, "profile_batch", None) or (1, len(x))
-    if not lo <= len(x) <= hi:
-        return None
-    import torch
-
-    xd = torch.from_numpy(np.ascontiguousarray(x)).to(f"cuda:{getattr(runner, 'device', 0)}")
-    yd = torch.empty_like(xd)
-    return lambda: device_call(xd, yd)

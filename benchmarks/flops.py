@@ -7,7 +7,7 @@ Counting convention (``useful`` FLOPs): 2 FLOPs per multiply-accumulate of every
 attention matmul; attention scores Q K^T over all N keys (needed to find the top-k), the attention-weighted sum
 over min(k, N) keys (a top-k expert only needs its k kept values). Element-wise work (LayerNorm, softmax, GELU,
 biases, the router's mixing) is not counted: under 1% of the total here. For the seed architecture this gives
-86.56 MFLOP per image (the issue's 86.7). ``dense`` counts the attention-weighted sum over all N keys too, which
+86.56 MFLOP per image. ``dense`` counts the attention-weighted sum over all N keys too, which
 is what the masked formulation and a FLOP profiler see (87.61 MFLOP for the seed).
 """
 from __future__ import annotations

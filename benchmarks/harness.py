@@ -31,14 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime.base import BaseRunner
-from moe_base.errors import InputError
-from runtime.parity import compare, parity_inputs
-from moe_base.tolerances import get_tolerance
-
 from moe_base.contract import TILE_SHAPE
-from moe_base.optional import available
+from moe_base.errors import InputError
 from moe_base.machine import fingerprint, load_average
+from moe_base.optional import available
+from moe_base.tolerances import get_tolerance
+from runtime.base import BaseRunner
+from runtime.parity import compare, parity_inputs
 
 from .env import CpuContention
 from .memory import current_rss_mb, make_probe, process_threads
@@ -56,11 +55,9 @@ from .timers import make_timer
 SCHEMA_NAME = "moe-denoise/bench"
 SCHEMA_VERSION = 1
 MODES = ("e2e", "compute")
-STATUSES = ("ok", "unavailable", "failed-parity", "error")
 
 # A backend's device-resident call: given its active runner and a host batch, prepare the device copy (untimed)
 # and return a function that runs the model on it without host copies; None when the runner cannot.
-ComputeCall = Callable[[BaseRunner, np.ndarray], "Callable[[], Any] | None"]
 
 
 @dataclass
@@ -84,7 +81,6 @@ class BackendSpec:
     tolerance: tuple[str, str] = ("torch", "fp32")
     baseline: bool = False
     unavailable: str | None = None
-    compute_call: ComputeCall | None = None
     preload: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     fresh_each_round: bool = False
@@ -294,7 +290,7 @@ def _make_cells(backends: list[_Backend], batch: int, modes: tuple[str, ...], se
                 cells.append(_Cell(b, mode, _e2e_call(b.runner, xb)))
             elif _has_mode(b.spec, mode):
                 try:
-                    fn = b.spec.compute_call(b.runner, xb)
+                    fn = b.runner.device_callable(xb)
                 except Exception as e:  # noqa: BLE001 - e.g. out of device memory for the input copy
                     fn = None
                     b.record["notes"].append(f"compute-only mode at batch {batch} unavailable: {_reason(e)}")
@@ -304,9 +300,9 @@ def _make_cells(backends: list[_Backend], batch: int, modes: tuple[str, ...], se
 
 
 def _has_mode(spec: BackendSpec, mode: str) -> bool:
-    """e2e: every backend. compute (device-resident I/O): GPU backends whose runner offers a device call; on CPU
-    the host arrays are the device arrays, so it would repeat e2e."""
-    return mode == "e2e" or (spec.compute_call is not None and not spec.device.startswith("cpu"))
+    """e2e: every backend. compute (device-resident I/O): GPU backends (whose runner gives a device call, see
+    ``BaseRunner.device_callable``); on CPU the host arrays are the device arrays, so it would repeat e2e."""
+    return mode == "e2e" or not spec.device.startswith("cpu")
 
 
 def _e2e_call(runner: BaseRunner, x: np.ndarray) -> Callable[[], Any]:
@@ -457,7 +453,7 @@ def best_per_batch(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
 
 def cpu_targets(best: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str, Any]],
                 flops_per_image: float | None, peaks: dict[str, float]) -> dict[str, Any]:
-    """The issue's CPU targets, judged on this run: best at batch 64 >= 10x the baseline's throughput, best at
+    """The project's CPU targets, judged on this run: best at batch 64 >= 10x the baseline's throughput, best at
     batch 1 <= 1/8 of its p50 latency, and the compute limit (images/s at the measured GEMM peak)."""
     e2e = best.get("e2e", {})
     cpu_best = {b: v for b, v in e2e.items()
@@ -570,8 +566,9 @@ def busy_machine_note(env: dict[str, Any]) -> str | None:
     if others is None or others < 0.2:
         return None
     return (f"the machine was busy: other processes used {100 * others:.0f}% of its CPU time during this run "
-            f"({c.get('logical_cpus')} logical CPUs). They competed with the benchmark, so the numbers are noisy; multi-threaded backends suffer most "
-            f"(each parallel region waits for its slowest, descheduled thread). Interleaving spreads the noise "
+            f"({c.get('logical_cpus')} logical CPUs). They competed with the benchmark, so the numbers are noisy; "
+            f"multi-threaded backends suffer most (each parallel region waits for its slowest, descheduled thread). "
+            f"Interleaving spreads the noise "
             f"over all backends, but rerun on an idle machine before quoting them")
 
 

@@ -29,13 +29,12 @@ import io
 import math
 from typing import Any
 
+from moe_base.errors import InputError
 from moe_base.optional import require
 
 from .harness import SCHEMA_NAME, SCHEMA_VERSION
 from .stats import paired_text
-from moe_base.errors import InputError
 
-NoneType = type(None)
 NUM = (int, float)
 
 

@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from moe_base.optional import require
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import BuildError, InputError, NoGPUError, ParityError
 from moe_base.manifest import base_manifest, read_manifest, write_artifact
+from moe_base.optional import require
+from moe_base.paths import cache_dir
 from runtime.parity import ParityReport
+from topk_attention.spec import behaviour_hash
 
 MIN_TRT = (10, 9)
-DEFAULT_CACHE = Path(os.environ.get("MOE_DENOISE_CACHE", Path.home() / ".cache" / "moe-denoise"))
 
 
 @dataclass
@@ -38,7 +39,7 @@ class BuildOptions:
     opt_batch: int = 64
     max_batch: int = 1024
     workspace_mib: int = 2048
-    cache_dir: Path = DEFAULT_CACHE
+    cache_dir: Path = field(default_factory=cache_dir)
     use_engine_cache: bool = True
     parity_images: int = 64
 
@@ -91,16 +92,6 @@ def cache_key(onnx_sha: str, plugin_hash: str | None, trt_version: str, compute_
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def plugin_hash() -> str:
-    """Hash of everything that decides the plugin's behaviour: its identity, the kernel and the AOT recipe."""
-    from topk_attention import aot, spec, triton_kernel
-
-    h = hashlib.sha256()
-    for mod in (spec, triton_kernel, aot):
-        h.update(Path(mod.__file__).read_bytes())
-    return h.hexdigest()[:32]
-
-
 @dataclass
 class EngineResult:
     path: Path
@@ -115,7 +106,11 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     opts = opts or BuildOptions()
     opts.validate()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
+    if not onnx_path.is_file():
+        raise InputError(f"ONNX model {onnx_path} does not exist; export one with 'moe-denoise export --flavor plugin' "
+                         f"(or --flavor portable), or pass --onnx PATH")
     onnx_manifest = read_manifest(onnx_path)
+    ref_weights = parity_weights(onnx_path, onnx_manifest, weights)  # checked before minutes of building
     trt = require("tensorrt", "building TensorRT engines")
     torch = require("torch")
     if not torch.cuda.is_available():
@@ -130,7 +125,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
                          f"ONNX graph, but {onnx_path} is {graph_precision}. Export one with 'moe-denoise export "
                          f"--precision {plan.onnx_precision}'")
     uses_plugin = bool(onnx_manifest.get("plugin"))
-    p_hash = plugin_hash() if uses_plugin else None
+    p_hash = behaviour_hash() if uses_plugin else None
     key = cache_key(onnx_manifest["artifact"]["sha256"], p_hash, trt.__version__, gpu["compute_capability"], opts)
     cached = opts.cache_dir / "engines" / f"{key}.engine"
     t0 = time.perf_counter()
@@ -163,8 +158,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
         "io": onnx_manifest.get("io"),
     })
     log("[3/3] parity against PyTorch")
-    report = _parity(data, manifest, out_path, weights or (onnx_manifest.get("model") or {}).get("weights_file"),
-                     opts)
+    report = _parity(data, manifest, out_path, ref_weights, opts)
     if not report.passed:
         raise ParityError(f"refusing to keep the engine for {onnx_path}: it does not match PyTorch\n"
                           f"{report.summary()}", report)
@@ -213,8 +207,13 @@ def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: 
     from the ONNX file, the builder config with the batch profile, TF32 off for fp32, the fp16 flag on TensorRT 10.
     The timing cache stays ours: Polygraphy ignores whether TensorRT accepted a cache, and keys its file by path
     only, while ours is keyed by TensorRT version and GPU, and a refused cache is replaced."""
-    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
-                                        Profile)
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        Profile,
+    )
     from polygraphy.exception import PolygraphyException
     from polygraphy.logger import G_LOGGER
 
@@ -243,18 +242,35 @@ def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: 
     return bytes(memoryview(data))
 
 
+def parity_weights(onnx_path: Path, onnx_manifest: dict[str, Any], weights: str | Path | None) -> Path:
+    """The weights the engine is checked against: ``weights``, or the shipped ones; either must be the weights the
+    ONNX model was exported from (same sha256 as its manifest records), wherever they are on disk."""
+    from moe_base.errors import ArtifactMismatchError
+    from moe_base.fileio import sha256_file
+    from weights import DEFAULT_WEIGHTS
+
+    path = Path(weights) if weights else DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise InputError(f"weights {path} for the engine's parity check do not exist; pass --weights with the "
+                         f"weights {onnx_path} was exported from")
+    expected = (onnx_manifest.get("model") or {}).get("weights_sha256")
+    if expected and sha256_file(path) != expected:
+        raise ArtifactMismatchError(f"{onnx_path} was exported from weights with sha256 {expected[:16]}..., but "
+                                    f"{path} has {sha256_file(path)[:16]}...; pass --weights with the weights it was "
+                                    f"exported from")
+    return path
+
+
 def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str | Path | None,
             opts: BuildOptions) -> ParityReport:
     """Write the engine to a temp file, run it and the PyTorch model on the parity batch, compare."""
     import tempfile
 
+    from moe_base.tolerances import get_tolerance
     from moe_model.checkpoint import load_model
     from runtime.parity import compare, parity_inputs
-    from moe_base.tolerances import get_tolerance
     from runtime.trt_runner import TensorRTRunner
 
-    if not weights:
-        raise InputError("the engine's parity check needs the weights the ONNX model came from; pass --weights")
     x = parity_inputs(opts.parity_images)
     with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as tmp:
         tmp_engine = Path(tmp) / out_path.name
@@ -267,10 +283,3 @@ def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str 
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
     return compare(ref, out, get_tolerance("trt", opts.precision), "trt", opts.precision)
-
-
-def describe_options(opts: BuildOptions) -> dict[str, Any]:
-    d = asdict(opts)
-    d["cache_dir"] = str(opts.cache_dir)
-    return d
-

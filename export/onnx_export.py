@@ -24,16 +24,16 @@ Two flavours:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from moe_base.contract import INPUT_NAME, OUTPUT_NAME
+from moe_base.errors import InputError
+from topk_attention.spec import MAX_TOKENS, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 from .graph import GraphBuilder
-from topk_attention.spec import MAX_TOKENS, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
-from moe_base.errors import InputError
 
 DEFAULT_OPSET = 17
 FLAVORS = ("portable", "plugin")
@@ -49,11 +49,9 @@ REWRITES = {
 }
 
 # What `optimize` turns on: the rewrites that remove work without adding data movement (merge_proj's GEMM; the
-# scale's pass over every score tensor; two bias additions per expert). Measured in ONNX Runtime on the 2-core CPU
-# with fresh sessions (`python -m tools.rewrites_ab`): fuse_qkv (the strided Split after the one GEMM) and
-# rows2d (ORT's Gemm kernel) made the graph slower at every batch size, gemm_patches (6-D transposes of
-# image-sized tensors) helped at batch 8-64 and cost up to 10% at 256. They stay available
-# (ExportOptions.rewrites, `export --rewrites`): exact, and one Q/K/V GEMM is what a GPU wants.
+# scale's pass over every score tensor; two bias additions per expert). The others add copies (fuse_qkv's strided
+# Split, gemm_patches' 6-D transposes) that ONNX Runtime's CPU kernels pay for (docs/benchmarks.md has the A/B);
+# they stay available (ExportOptions.rewrites, `export --rewrites`): exact, and one Q/K/V GEMM is what a GPU wants.
 DEFAULT_REWRITES = ("fold_merge", "fold_scale", "fold_kv_bias")
 
 
@@ -69,7 +67,6 @@ class ExportOptions:
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     dynamic_batch: bool = True
-    notes: list[str] = field(default_factory=list)  # filled by the exporter: decisions worth reporting
 
     def validate(self) -> None:
         if self.flavor not in FLAVORS:
@@ -98,6 +95,7 @@ class _Writer:
 
     def __init__(self, model: Any, opts: ExportOptions) -> None:
         self.m, self.o, self.c = model, opts, model.config
+        self.notes: list[str] = []  # decisions worth reporting (an expert left dense, the plugin's limit)
         self.rw = set(opts.active_rewrites)
         self.rows = "rows2d" in self.rw  # tokens as (B*N, C) rows instead of (B, N, C)
         self.g = GraphBuilder(opts.opset, name=f"moe_denoiser_{self.c.name}")
@@ -158,10 +156,10 @@ class _Writer:
         g, n = self.g, self.c.num_tokens
         sparse = topk < n
         if not sparse and self.o.flavor == "plugin":
-            self.o.notes.append(f"{name}: k = {topk} >= N = {n}, so this expert is dense attention: standard operators")
+            self.notes.append(f"{name}: k = {topk} >= N = {n}, so this expert is dense attention: standard operators")
         if sparse and self.o.flavor == "plugin":
             if n > MAX_TOKENS:
-                self.o.notes.append(f"{name}: N = {n} > {MAX_TOKENS}, the plugin's limit: standard operators used")
+                self.notes.append(f"{name}: N = {n} > {MAX_TOKENS}, the plugin's limit: standard operators used")
             else:
                 o = g.op(PLUGIN_NAME, [self.heads(q, f"{name}.q"), self.heads(k, f"{name}.k"), self.heads(v, f"{name}.v")],
                          name=f"{name}_plugin", domain=PLUGIN_NAMESPACE, topk=topk, scale=float(scale),
@@ -349,11 +347,29 @@ class _Writer:
                        doc=f"moe-denoise SmallViT '{c.name}', flavour {o.flavor}, rewrites {list(o.active_rewrites)}")
 
 
-def build_onnx(model: Any, opts: ExportOptions | None = None) -> Any:
-    """Return the onnx.ModelProto of ``model`` (a SmallViT) under ``opts``."""
+@dataclass
+class OnnxGraph:
+    """An exported graph and the exporter's notes about it (decisions worth reporting, kept in the manifest)."""
+
+    proto: Any
+    notes: list[str]
+
+
+def export_graph(model: Any, opts: ExportOptions | None = None) -> OnnxGraph:
+    """The ONNX graph of ``model`` (a SmallViT) under ``opts``, with the exporter's notes.
+
+    Raises InputError for options the exporter does not support."""
     opts = opts or ExportOptions()
     opts.validate()
+    writer = _Writer(model, opts)
     n = model.config.num_tokens
     if opts.flavor == "plugin" and not any(k < n for k in model.config.expert_topk):
-        opts.notes.append(f"no expert is sparse at N = {n} tokens (k >= N for all): the plugin graph has no plugin node")
-    return _Writer(model, opts).build()
+        writer.notes.append(f"no expert is sparse at N = {n} tokens (k >= N for all): the plugin graph has no "
+                            f"plugin node")
+    proto = writer.build()
+    return OnnxGraph(proto, writer.notes)
+
+
+def build_onnx(model: Any, opts: ExportOptions | None = None) -> Any:
+    """The onnx.ModelProto of ``model`` (a SmallViT) under ``opts`` (``export_graph`` also returns the notes)."""
+    return export_graph(model, opts).proto

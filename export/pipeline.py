@@ -9,19 +9,20 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from moe_base.errors import ParityError
 from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
-from runtime.parity import ParityReport, compare, parity_inputs
 from moe_base.tolerances import get_tolerance
-
-from .onnx_export import ExportOptions, build_onnx
+from runtime.parity import ParityReport, compare, parity_inputs
 from topk_attention.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+from .onnx_export import ExportOptions, export_graph
 
 EXPORTER = "moe-denoise onnx writer 1"
 
@@ -61,8 +62,9 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     t0 = time.perf_counter()
     log(f"[1/4] writing the {opts.flavor} graph ({'optimised' if opts.optimize else 'not optimised'}, "
         f"{opts.precision}, opset {opts.opset})")
-    proto = build_onnx(model, opts)
-    for note in opts.notes:
+    graph = export_graph(model, opts)
+    proto = graph.proto
+    for note in graph.notes:
         log(f"      note: {note}")
     log("[2/4] onnx.checker (full check with shape inference)")
     onnx.checker.check_model(proto, full_check=True)
@@ -85,7 +87,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
                           f"{report.summary()}", report)
 
     log(f"[4/4] writing {out_path} and {manifest_path(out_path).name}")
-    manifest = build_manifest(model, out_path, data, proto, opts, report, weights_path)
+    manifest = build_manifest(model, out_path, data, proto, opts, report, weights_path, graph.notes)
     mpath = write_artifact(out_path, data, manifest)
     psnr = "inf" if report.psnr == float("inf") else f"{report.psnr:.1f}"
     log(f"done in {time.perf_counter() - t0:.1f}s: parity max abs {report.max_abs:.2e}, "
@@ -94,7 +96,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
 
 
 def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: ExportOptions, report: ParityReport,
-                   weights_path: str | Path | None) -> dict[str, Any]:
+                   weights_path: str | Path | None, notes: list[str]) -> dict[str, Any]:
     from moe_base.contract import tile_shape
     from moe_base.machine import library_versions
     from moe_model.model import count_parameters
@@ -109,7 +111,7 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
                   "weights_file": str(weights_path) if weights_path else None,
                   "weights_sha256": sha256_file(weights_path) if weights_path else None},
         "onnx": {"flavor": opts.flavor, "optimized": opts.optimize, "opset": opts.opset, "ir_version": proto.ir_version,
-                 "rewrites": list(opts.active_rewrites), "notes": list(opts.notes), "nodes": len(proto.graph.node),
+                 "rewrites": list(opts.active_rewrites), "notes": list(notes), "nodes": len(proto.graph.node),
                  "op_types": sorted({n.op_type for n in proto.graph.node})},
         "plugin": ({"id": PLUGIN_ID, "name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
                     "nodes": plugin_nodes} if plugin_nodes else None),

@@ -5,6 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
+
 from .errors import InputError
 
 
@@ -70,7 +71,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

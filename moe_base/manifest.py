@@ -13,9 +13,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write, atomic_write_json, sha256_file
-
 from .errors import ArtifactError, ArtifactMismatchError
+from .fileio import atomic_write, atomic_write_json, sha256_file
 
 SCHEMA = "moe-denoise/manifest/1"
 

@@ -18,10 +18,11 @@ the naive baseline of the benchmarks; mathematically it equals dense attention w
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from moe_base.errors import InputError
 
 Impl = str

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
 from moe_base.errors import InputError
 
 

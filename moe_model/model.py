@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .attention import Impl, available_impls
 from moe_base.config import ModelConfig, get_preset
-from .layers import Block
 from moe_base.errors import InputError
+
+from .attention import Impl, available_impls
+from .layers import Block
 
 
 class SmallViT(nn.Module):
@@ -38,7 +39,7 @@ class SmallViT(nn.Module):
         self.last_routing: list[torch.Tensor] = []
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def set_attention_impl(self, impl: Impl) -> "SmallViT":
+    def set_attention_impl(self, impl: Impl) -> SmallViT:
         if impl not in available_impls():
             raise InputError(f"unknown attention impl {impl!r}; expected one of {available_impls()}")
         for blk in self.blocks:

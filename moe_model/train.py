@@ -11,18 +11,27 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from moe_base.errors import CheckpointError, NoGPUError, InputError
+from moe_base.config import get_preset
+from moe_base.errors import CheckpointError, InputError, NoGPUError
 
 from .checkpoint import atomic_torch_save, origin, save_weights
-from moe_base.config import get_preset
-from .data import (DEFAULT_EVAL_SEED, DEFAULT_SIGMA, BlindNoise, add_noise, blind_noisy, fixed_noisy, load_cifar10,
-                   to_float)
+from .data import (
+    DEFAULT_EVAL_SEED,
+    DEFAULT_SIGMA,
+    BlindNoise,
+    add_noise,
+    blind_noisy,
+    fixed_noisy,
+    load_cifar10,
+    to_float,
+)
 from .losses import LOSSES, total_loss
 from .metrics import psnr_per_image
 from .model import SmallViT, count_parameters
@@ -234,8 +243,9 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     A tensor of the same shape is copied. A tensor the model has larger (more output channels of the
     un-embedding, more channels in the head) gets the old values in its leading slice and keeps its fresh
     initialisation elsewhere, except that the old outputs' weights on new inputs are zero (new outputs are read
-    only by new inputs of the next layer, which are zero there), so the grown model computes what the file did. Tensors the file lacks keep their fresh initialisation (e.g. a new
-    refinement head, whose last layer starts at zero so the model first computes what the file did).
+    only by new inputs of the next layer, which are zero there), so the grown model computes what the file did.
+    Tensors the file lacks keep their fresh initialisation (e.g. a new refinement head, whose last layer starts at
+    zero so the model first computes what the file did).
     """
     from .checkpoint import load_state_dict
 

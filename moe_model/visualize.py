@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from moe_base.fileio import atomic_write
+
 from .metrics import psnr_per_image
 
 # A perceptually ordered dark-blue -> teal -> yellow ramp (anchors picked by hand) for probabilities in [0, 1].

@@ -3,11 +3,18 @@
 Importing this package needs only numpy: each backend is imported when it is asked for, and a missing one
 raises MissingBackendError naming what to install.
 """
-from .base import BaseRunner, validate_batch
-from moe_base.errors import (ArtifactError, ArtifactMismatchError, InputError, MissingBackendError, ParityError,
-                     ToolkitError)
-from .parity import ParityReport, compare, parity_inputs
+from moe_base.errors import (
+    ArtifactError,
+    ArtifactMismatchError,
+    InputError,
+    MissingBackendError,
+    ParityError,
+    ToolkitError,
+)
 from moe_base.tolerances import TOLERANCES, Tolerance, get_tolerance
+
+from .base import BaseRunner, validate_batch
+from .parity import ParityReport, compare, parity_inputs
 
 __all__ = ["BaseRunner", "validate_batch", "ArtifactError", "ArtifactMismatchError", "InputError",
            "MissingBackendError", "ParityError", "ToolkitError", "ParityReport", "compare", "parity_inputs",

@@ -5,14 +5,13 @@ returns one float array, so a runner plugs straight into ``runtime.tiling.denois
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from moe_base.contract import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 from moe_base.errors import InputError
-
 
 
 def validate_batch(x: Any, dtypes: tuple[np.dtype, ...] = (np.dtype(np.float32),), name: str = INPUT_NAME,
@@ -61,7 +60,7 @@ class BaseRunner:
         self.is_active = False
 
     # --- lifecycle -------------------------------------------------------------------------------------
-    def activate(self) -> "BaseRunner":
+    def activate(self) -> BaseRunner:
         if not self.is_active:
             self._activate_impl()
             self.is_active = True
@@ -72,7 +71,7 @@ class BaseRunner:
             self._deactivate_impl()
             self.is_active = False
 
-    def __enter__(self) -> "BaseRunner":
+    def __enter__(self) -> BaseRunner:
         return self.activate()
 
     def __exit__(self, *exc: object) -> None:
@@ -113,6 +112,12 @@ class BaseRunner:
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
+        """A call that runs the model once on a device-resident copy of ``x`` and leaves the output on the device
+        (compute only: no host copies), for timing GPU backends. None when the runner has no such path; on a CPU
+        the host arrays are the device arrays and ``runner(x)`` is already compute only."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "precision": self.precision, "max_batch": self.max_batch}

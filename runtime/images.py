@@ -37,8 +37,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from moe_base.optional import require
 from moe_base.errors import InputError, MissingBackendError
+from moe_base.optional import require
 
 JPEG_QUALITY = 95
 LAYOUTS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}

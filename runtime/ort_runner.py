@@ -1,15 +1,17 @@
 """The ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers chosen explicitly."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moe_base.optional import require
-from .base import BaseRunner
 from moe_base.errors import ArtifactError, InputError, MissingBackendError
 from moe_base.manifest import check_artifact_file, read_manifest
+from moe_base.optional import require
+
+from .base import BaseRunner
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -19,8 +21,7 @@ def session_options(ort: Any, threads: int | None = None, opt_level: str = "all"
     """The SessionOptions every ONNX Runtime session here uses (OrtRunner and the rewrites A/B alike)."""
     so = ort.SessionOptions()
     # Worker threads keep spinning inside a run (low latency) but stop when it returns: an idle session must not
-    # burn the cores other work needs. Measured on 2 cores with several sessions alive (the benchmark's case):
-    # batch-64 p50 ~100 ms with the default after-run spinning vs ~80 ms with this, batch 1 unchanged.
+    # burn the cores other work needs (with several sessions alive, as in the benchmark, it slowed the timed one).
     so.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         so.intra_op_num_threads = threads
@@ -108,16 +109,15 @@ class OrtRunner(BaseRunner):
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
-    def bind_device_input(self, x: np.ndarray) -> Any:
-        """For compute-only timing on GPU: put ``x`` on the device once, return a binding to run repeatedly."""
-        value = self._ort.OrtValue.ortvalue_from_numpy(x, "cuda" if self.provider != "cpu" else "cpu", self.device_id)
+    def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
+        """On a GPU provider: ``x`` bound on the device once (I/O binding), the output bound there too."""
+        if self.provider == "cpu" or self.session is None:
+            return None
+        value = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), "cuda", self.device_id)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self.input_name, value)
-        binding.bind_output(self.output_name, "cuda" if self.provider != "cpu" else "cpu", self.device_id)
-        return binding
-
-    def run_binding(self, binding: Any) -> None:
-        self.session.run_with_iobinding(binding)
+        binding.bind_output(self.output_name, "cuda", self.device_id)
+        return lambda: self.session.run_with_iobinding(binding)
 
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "model": str(self.model_path), "provider": self.provider, "threads": self.threads,

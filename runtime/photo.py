@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.errors import InputError
+
 from .images import ImageInfo, check_output_path, check_writable, read_image, write_image
 from .tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE, TileFn, denoise_array, plan_tiles
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import check_unit_range
 from moe_base.errors import InputError
+
+from .base import check_unit_range
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""

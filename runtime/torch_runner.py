@@ -1,16 +1,17 @@
 """The PyTorch backend: the eager model (masked or gather attention), optionally torch.compile'd, CPU or CUDA."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moe_base.optional import require
-from .base import BaseRunner
 from moe_base.errors import InputError, MissingBackendError
+from moe_base.optional import require
+
+from .base import BaseRunner
 
 
 class TorchRunner(BaseRunner):
@@ -59,12 +60,19 @@ class TorchRunner(BaseRunner):
     def forward_on_device(self, x: Any) -> Any:
         """The model (compiled or eager) on a tensor already on the runner's device; the output stays there.
 
-        Runs in true fp32: PyTorch lets cuDNN convolutions use TF32 by default, which on an H200 moved outputs by
-        up to 4e-4 (25% of pixels past the fp32 tolerance once compiled); off during the call, then restored.
+        Runs in true fp32: PyTorch lets cuDNN convolutions use TF32 by default, which moves outputs past the fp32
+        tolerance (docs/verification.md); TF32 is off during the call, and the caller's setting restored.
         """
         torch = self._torch
         with torch.inference_mode(), _no_tf32(torch):
             return self._fn(x)
+
+    def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
+        """On CUDA: the model (compiled or eager, TF32 off) on a device copy of ``x`` made once."""
+        if not str(self.device).startswith("cuda") or self._fn is None:
+            return None
+        xd = self._torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        return lambda: self.forward_on_device(xd)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device, "impl": self.impl, "compile": self.compile,

@@ -9,17 +9,19 @@ for another TensorRT/GPU (ArtifactMismatchError), plugin not registered (PluginM
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moe_base.optional import require
-from .base import BaseRunner
 from moe_base.contract import TILE_SHAPE
-from moe_base.machine import cuda_device
 from moe_base.errors import ArtifactError, InputError, NoGPUError, PluginMissingError
+from moe_base.machine import cuda_device
 from moe_base.manifest import check_artifact_file, check_equal, read_manifest
+from moe_base.optional import require
+
+from .base import BaseRunner
 
 
 class TensorRTRunner(BaseRunner):
@@ -138,6 +140,17 @@ class TensorRTRunner(BaseRunner):
         import torch
 
         self._enqueue(x, y, torch.cuda.current_stream(x.device))
+
+    def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
+        """``device_call`` on CUDA copies of ``x`` made once (output buffer allocated once); None when the batch is
+        outside the engine's optimisation profile (``runner(x)`` chunks such batches, a device call cannot)."""
+        lo, hi = self.profile_batch
+        if not lo <= len(x) <= hi:
+            return None
+        torch = self._torch
+        xd = torch.from_numpy(np.ascontiguousarray(x)).to(f"cuda:{self.device}")
+        yd = torch.empty_like(xd)
+        return lambda: self.device_call(xd, yd)
 
     def _graph_for(self, batch: int) -> tuple[Any, Any, Any]:
         """Capture (once per batch size) a CUDA graph of one enqueue on static buffers."""

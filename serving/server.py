@@ -99,6 +99,7 @@ class DenoiseServer:
         """Start tritonserver, load the models and wait until they are ready (a few seconds)."""
         if self._triton is not None:
             return self
+        self._stopped.clear()  # a request_stop() arriving while starting is kept: wait() then returns at once
         backend_env.check_pytriton()
         self.backend_env = backend_env.prepare()
         if not self.config.log_verbose:
@@ -117,22 +118,29 @@ class DenoiseServer:
             http_address=cfg.address, http_port=cfg.http_port, grpc_address=cfg.address, grpc_port=cfg.grpc_port,
             metrics_address=cfg.address, metrics_port=cfg.metrics_port, allow_metrics=True, allow_gpu_metrics=False,
             log_verbose=cfg.log_verbose, exit_timeout_secs=10, log_file=self.log_path)
+        # Runners first: a bad artifact or weights file fails here with its own message, before Triton starts.
+        try:
+            tile_functions = {spec.name: [self._as_function(TileModel(self._new_runner()))
+                                          for _ in range(cfg.instances)] for spec in self.tile_models}
+            image_functions = [self._as_function(ImageModel(self._new_runner(), cfg.max_image_pixels, cfg.overlap,
+                                                            cfg.image_batch))
+                               for _ in range(cfg.image_instances if self.serve_image_model else 0)]
+        except BaseException:
+            self.stop()
+            raise
         try:
             self._triton = Triton(config=triton_config)
             for spec in self.tile_models:
-                functions = [self._as_function(TileModel(self._new_runner())) for _ in range(cfg.instances)]
                 batcher = (DynamicBatcher(max_queue_delay_microseconds=spec.queue_delay_us)
                            if spec.dynamic_batching else None)
                 self._triton.bind(
-                    model_name=spec.name, infer_func=functions,
+                    model_name=spec.name, infer_func=tile_functions[spec.name],
                     inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=TILE_SHAPE)],
                     outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=TILE_SHAPE)],
                     config=ModelConfig(batching=True, max_batch_size=spec.max_batch, batcher=batcher), strict=True)
-            if self.serve_image_model:
-                functions = [self._as_function(ImageModel(self._new_runner(), cfg.max_image_pixels, cfg.overlap,
-                                                            cfg.image_batch)) for _ in range(cfg.image_instances)]
+            if image_functions:
                 self._triton.bind(
-                    model_name=IMAGE_MODEL, infer_func=functions,
+                    model_name=IMAGE_MODEL, infer_func=image_functions,
                     inputs=[Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1), optional=True)
                             for dt, name in IMAGE_INPUTS.items()],
                     outputs=[Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1))
@@ -143,7 +151,6 @@ class DenoiseServer:
             error = self._start_error(e)
             self.stop()
             raise error from e
-        self._stopped.clear()
         self.log(f"serving {', '.join(s.name for s in self.tile_models)}"
                  f"{', ' + IMAGE_MODEL if self.serve_image_model else ''} on HTTP {self.urls['http']}, "
                  f"gRPC {self.urls['grpc']}, metrics {self.urls['metrics']}")

@@ -121,8 +121,8 @@ def correctness(device: str, shapes: list[tuple[int, int]], batch: int, heads: i
     """Kernel vs the masked reference (fp32 reference on the same, possibly fp16-rounded, inputs)."""
     import torch
 
-    from topk_attention.triton_kernel import sparse_topk_attention_triton
     from moe_model.attention import sparse_topk_attention
+    from topk_attention.triton_kernel import sparse_topk_attention_triton
 
     rows = []
     cases = list(shapes) + ([(extra_n, extra_n // 4)] if extra_n else [])
@@ -169,8 +169,8 @@ def _time_cuda(fn: Callable[[], Any], warmup: int, iters: int, repeats: int = 3)
 def timing(shapes: list[tuple[int, int]], batch: int, warmup: int, iters: int) -> list[dict[str, Any]]:
     import torch
 
-    from topk_attention.triton_kernel import sparse_topk_attention_triton
     from moe_model.attention import dense_attention, sparse_topk_attention
+    from topk_attention.triton_kernel import sparse_topk_attention_triton
 
     rows = []
     for dtype_name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
@@ -208,9 +208,9 @@ def _launch_cupy(art: Any, args: list[tuple[str, int]], batch: int) -> dict[str,
 def aot_gpu(shapes: list[tuple[int, int]], batch: int) -> dict[str, Any]:
     import torch
 
+    from moe_model.attention import sparse_topk_attention
     from topk_attention.aot import build_aot_artifact, check_driver
     from topk_attention.triton_kernel import sparse_topk_attention_triton
-    from moe_model.attention import sparse_topk_attention
 
     major, minor = torch.cuda.get_device_capability()
     target = f"cuda:{major * 10 + minor}"
@@ -269,8 +269,8 @@ def launch_record(path: Path, batches: tuple[int, ...] = (1, 8, 64)) -> dict[str
     """
     import torch
 
-    from topk_attention.triton_kernel import sparse_topk_attention_triton
     from moe_model.attention import sparse_topk_attention
+    from topk_attention.triton_kernel import sparse_topk_attention_triton
 
     rec = json.loads(path.read_text())
     major, minor = torch.cuda.get_device_capability()
@@ -386,7 +386,7 @@ def trt_engines(workdir: Path) -> list[dict[str, Any]]:
             with TensorRTRunner(res.path) as r:
                 x = torch.rand(64, *TILE_SHAPE, device="cuda")
                 y = torch.empty_like(x)
-                ms = _time_cuda(lambda: r.device_call(x, y), warmup=10, iters=50)
+                ms = _time_cuda(partial(r.device_call, x, y), warmup=10, iters=50)
             rows.append({"flavor": flavor, "precision": precision, "build_s": round(build_s, 1),
                          "parity": res.parity.to_dict(), "batch64_ms": ms, "images_per_s": 64 / ms * 1e3,
                          "ok": res.parity.passed})

@@ -143,11 +143,6 @@ class AOTArtifact:
     def tensor_shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, self.num_heads, self.n, self.head_dim)  # (B, H, N, d) contiguous
 
-    def launch_params(self, batch: int) -> dict[str, Any]:
-        """Concrete grid / block / shared memory / argument layout for one batch size."""
-        return {"grid": self.grid(batch), "block": self.block, "shared_mem": self.shared_mem,
-                "args": [p.name for p in self.params], "extras": self.extra_arg_values(batch)}
-
     # -- serialisation --------------------------------------------------------------------------------
     def compute_hash(self) -> str:
         d = self._as_dict()
@@ -349,10 +344,10 @@ def build_aot_artifact(
         options["ptx_version"] = pv
 
     ptr = "*" + dtype_name
-    signature = {name: ptr for name in KERNEL_INPUTS} | {name: "i32" for name in KERNEL_EXTRAS} \
-        | {name: ptr for name in KERNEL_OUTPUTS}
+    signature = dict.fromkeys(KERNEL_INPUTS, ptr) | dict.fromkeys(KERNEL_EXTRAS, "i32") \
+        | dict.fromkeys(KERNEL_OUTPUTS, ptr)
     constexprs = cfg.constexprs(topk, scale)
-    signature |= {name: "constexpr" for name in constexprs}
+    signature |= dict.fromkeys(constexprs, "constexpr")
     arg_names = list(sparse_topk_attn_fwd.arg_names)
     pointer_idx = [arg_names.index(p) for p in KERNEL_INPUTS + KERNEL_OUTPUTS]
     attrs = {(i,): [["tt.divisibility", 16]] for i in pointer_idx} if pointer_alignment == 16 else {}

@@ -4,7 +4,13 @@ They live with the model (``moe_model.attention``: training, evaluation and the 
 model package sits below this one); every other implementation here is checked against ``sparse_topk_attention``
 with ``impl="masked"``.
 """
-from moe_model.attention import (IMPLS, available_impls, dense_attention, kth_largest, register_impl,
-                                 sparse_topk_attention)
+from moe_model.attention import (
+                                 IMPLS,
+                                 available_impls,
+                                 dense_attention,
+                                 kth_largest,
+                                 register_impl,
+                                 sparse_topk_attention,
+)
 
 __all__ = ["IMPLS", "available_impls", "dense_attention", "kth_largest", "register_impl", "sparse_topk_attention"]

@@ -15,9 +15,9 @@ import math
 
 import torch
 
+from moe_base.errors import InputError
 from moe_model.attention import register_impl
 from moe_model.attention import sparse_topk_attention as reference_sparse_topk_attention
-from moe_base.errors import InputError
 
 OP_NAME = "moe_denoise::sparse_topk_attention"
 

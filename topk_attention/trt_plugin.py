@@ -27,10 +27,10 @@ Nothing here runs without TensorRT; the kernel, the artifact and its launch cont
 """
 from typing import Any
 
+from moe_base.errors import InputError
 from moe_base.optional import require
 
 from .spec import PLUGIN_ID
-from moe_base.errors import InputError
 
 _REGISTERED: dict[str, Any] = {}
 

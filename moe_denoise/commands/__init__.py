@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
 from moe_base.errors import InputError
 
 DEFAULT_DATA_DIR = "../shared/data/cifar-10-batches-py"
@@ -46,7 +47,8 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
     p.add_argument("--backend", choices=BACKENDS, required=required, default=None if required else "torch",
                    help="torch: the PyTorch model; ort: an ONNX model in ONNX Runtime; trt: a TensorRT engine")
     p.add_argument("--artifact", type=Path, default=None,
-                   help="ONNX model (ort) or engine (trt); default for ort: artifacts/moe_denoiser.portable.onnx")
+                   help="ONNX model (ort) or engine (trt); default for ort: the portable model that "
+                        "'moe-denoise export' writes ($MOE_DENOISE_CACHE/artifacts/moe_denoiser.portable.onnx)")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu)")
     p.add_argument("--impl", default=default_impl,
@@ -61,11 +63,10 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
 def make_runner(args: argparse.Namespace, weights: Path | None):
     """The runner chosen by --backend and its options."""
     if args.backend == "ort":
+        from moe_base.paths import onnx_path
         from runtime.ort_runner import OrtRunner
 
-        from .export import default_output
-
-        return OrtRunner(args.artifact or default_output("portable", True), provider=args.provider,
+        return OrtRunner(args.artifact or onnx_path("portable"), provider=args.provider,
                          threads=args.threads, opt_level=args.opt_level)
     if args.backend == "torch":
         from runtime.torch_runner import TorchRunner

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import add_weights_args, resolve_weights
 from moe_base.errors import InputError
+
+from . import add_weights_args, resolve_weights
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,

@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "builder flag on the fp32 graph; TensorRT 11 is strongly typed and needs the fp16 "
                                    "graph from 'moe-denoise export --precision fp16'.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--onnx", type=Path, default=Path("artifacts/moe_denoiser.plugin.onnx"),
-                   help="the exported ONNX model (with its manifest)")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="the exported ONNX model (with its manifest); default: the plugin graph that 'moe-denoise "
+                        "export --flavor plugin' writes, at this precision")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="engine path (default: next to the ONNX model, named <model>.<precision>.engine)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
@@ -28,29 +29,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                 "$MOE_DENOISE_CACHE or ~/.cache/moe-denoise)")
     p.add_argument("--no-engine-cache", action="store_true", help="always build, never reuse a cached engine")
     p.add_argument("--weights", type=Path, default=None,
-                   help="weights for the parity check (default: the file named in the ONNX manifest)")
+                   help="weights for the parity check: those the ONNX model was exported from (checked by hash "
+                        "against its manifest); default: the shipped weights")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
-def default_engine_path(onnx: Path, precision: str) -> Path:
-    """artifacts/m.plugin.onnx or artifacts/m.plugin.fp16.onnx -> artifacts/m.plugin.<precision>.engine"""
-    stem = onnx.name.removesuffix(".onnx")
-    for p in (".fp16", ".fp32"):
-        stem = stem.removesuffix(p)
-    return onnx.with_name(f"{stem}.{precision}.engine")
-
-
 def run(args: argparse.Namespace) -> int:
     from export.engine import BuildOptions, build_engine
+    from moe_base.paths import engine_path, onnx_path
 
+    onnx = args.onnx
+    if onnx is None:  # the graph this precision is built from on TensorRT 11, else the fp32 one (TensorRT 10)
+        candidates = [onnx_path("plugin", precision=args.precision), onnx_path("plugin")]
+        onnx = next((c for c in candidates if c.exists()), candidates[0])
     opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
                         max_batch=args.max_batch, workspace_mib=args.workspace_mib,
                         use_engine_cache=not args.no_engine_cache)
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir
-    out = args.output or default_engine_path(args.onnx, args.precision)
-    result = build_engine(args.onnx, out, opts, weights=args.weights, log=(lambda s: None) if args.json else print)
+    out = args.output or engine_path(onnx, args.precision)
+    result = build_engine(onnx, out, opts, weights=args.weights, log=(lambda s: None) if args.json else print)
     if args.json:
         from moe_denoise.cli import print_json
 

@@ -124,8 +124,8 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path) -> dict[str, fl
     import numpy as np
 
     from moe_base.errors import InputError
-    from runtime.images import read_image
     from moe_base.metrics import psnr_from_mse
+    from runtime.images import read_image
 
     ref = read_image(reference)[0]
     out = {}

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_weights_args, resolve_weights
 from moe_base.errors import InputError
+
+from . import add_weights_args, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_weights_args(p)
     p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output .onnx path (default: artifacts/moe_denoiser.<flavor>[.noopt].onnx)")
+                   help="output .onnx path (default: $MOE_DENOISE_CACHE/artifacts/moe_denoiser.<flavor>[.noopt]"
+                        "[.fp16].onnx; the cache is ~/.cache/moe-denoise unless set)")
     p.add_argument("--flavor", choices=["portable", "plugin"], default="portable",
                    help="portable: standard ONNX operators only; plugin: sparse attention as TensorRT plugin nodes")
     opt = p.add_mutually_exclusive_group()
@@ -51,16 +53,10 @@ def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def default_output(flavor: str, optimize: bool, precision: str = "fp32", rewrites: tuple[str, ...] | None = None) -> Path:
-    """artifacts/moe_denoiser.<flavor>[.noopt | .<rewrite>+<rewrite>][.fp16].onnx"""
-    chosen = "" if rewrites is None else "." + ("+".join(rewrites) or "noopt")
-    suffix = ("" if optimize else ".noopt") + chosen + ("" if precision == "fp32" else f".{precision}")
-    return Path("artifacts") / f"moe_denoiser.{flavor}{suffix}.onnx"
-
-
 def run(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
+    from moe_base.paths import onnx_path
     from moe_model.checkpoint import load_model
 
     if args.parity_images < 1:
@@ -68,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights)
     model = load_model(weights, preset=args.preset)
     rewrites = parse_rewrites(args.rewrites)
-    out = args.output or default_output(args.flavor, not args.no_optimize, args.precision, rewrites)
+    out = args.output or onnx_path(args.flavor, not args.no_optimize, args.precision, rewrites)
     opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, rewrites=rewrites, opset=args.opset,
                          precision=args.precision)
     log = (lambda s: None) if args.json else print

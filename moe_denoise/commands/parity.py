@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_backend_args, add_weights_args, make_runner, resolve_weights
 from moe_base.errors import InputError
 
+from . import add_backend_args, add_weights_args, make_runner, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     from moe_base.fileio import sha256_file
     from moe_base.manifest import check_equal
-    from runtime.parity import compare, parity_inputs
     from moe_base.tolerances import get_tolerance
+    from runtime.parity import compare, parity_inputs
     from runtime.torch_runner import TorchRunner
 
     if args.num_images < 1:

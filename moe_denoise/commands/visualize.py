@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_data_args, add_weights_args, load_model_from_args
 from moe_base.errors import InputError
+
+from . import add_data_args, add_weights_args, load_model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -36,7 +36,7 @@ def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_t
     on_disk = json.loads((out_dir / "results.json").read_text())
     validate_results(on_disk)
     assert printed["results"] == on_disk["results"]
-    assert on_disk["mode"] == "quick" and on_disk["baseline"] == "torch-gather"
+    assert on_disk["mode"] == "quick" and on_disk["baseline"] == "torch-seed"
     assert on_disk["command"].startswith("moe-denoise bench --quick")
     assert [b["name"] for b in on_disk["backends"]] == list(QUICK_BACKENDS)
     for b in on_disk["backends"]:
@@ -44,7 +44,7 @@ def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_t
         assert b["parity"]["passed"] and b["cold_start"]["activate_ms"] > 0
     cells = {(r["backend"], r["batch"]) for r in on_disk["results"] if r["status"] == "ok"}
     assert cells == {(n, b) for n in QUICK_BACKENDS for b in (1, 2)}
-    base = [r for r in on_disk["results"] if r["backend"] == "torch-gather"]
+    base = [r for r in on_disk["results"] if r["backend"] == "torch-seed"]
     assert all(r["ratio_vs_baseline"] == {"throughput": 1.0, "latency_p50": 1.0} for r in base)
     assert on_disk["compute_peak"]["cpu"]["gflops"] > 0
     assert abs(on_disk["model"]["flops_per_image"]["total"] / 1e6 - 86.7) < 0.3
@@ -52,7 +52,7 @@ def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_t
     assert any("--quick mode" in n and "torch-compile" in n for n in on_disk["notes"])
 
     md = (out_dir / "results.md").read_text()
-    assert "| backend | batch 1 | batch 2 |" in md and "torch-gather (baseline)" in md
+    assert "| backend | batch 1 | batch 2 |" in md and "torch-seed (baseline)" in md
     png = out_dir / "results.png"
     try:
         import matplotlib  # noqa: F401
@@ -63,7 +63,7 @@ def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_t
 
     # a second run reuses the exported graphs instead of exporting again
     code = main(["bench", "--quick", "--weights", str(random_weights), "--batches", "1", "--repeats", "1",
-                 "--warmup", "1", "--parity-images", "2", "--threads", "1", "--backends", "torch-gather,ort-cpu",
+                 "--warmup", "1", "--parity-images", "2", "--threads", "1", "--backends", "torch-seed,ort-cpu",
                  "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "again"), "--no-plot"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -72,7 +72,7 @@ def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_t
 
 
 def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
-    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-gather,tf-lite",
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-seed,tf-lite",
                  "--out-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "unknown backend" in err and "choose from" in err and "Traceback" not in err

@@ -39,6 +39,9 @@ class FakeRunner(BaseRunner):
         y = (x * 0.5 + self.offset).astype(np.float32)
         return y[..., :16] if self.crop else y
 
+    def device_callable(self, x):  # a device-resident call (used only for backends on a CUDA device)
+        return lambda: self._infer_impl(x)
+
 
 class FakeTimer:
     """Runs the call, then reports a synthetic latency: per-backend milliseconds per image, from the call log."""
@@ -162,7 +165,7 @@ def test_timing_interleaves_backends_round_robin_with_rotation():
     calls = []
     names = ["a", "b", "c"]
     specs = [spec(n, calls, baseline=n == "a") for n in names]
-    doc, timer = run(specs, calls, {n: 1.0 for n in names}, settings(batches=(2,), repeats=4, warmup=1))
+    doc, timer = run(specs, calls, dict.fromkeys(names, 1.0), settings(batches=(2,), repeats=4, warmup=1))
     # timed calls: 3 estimates (one per cell, in order), then 4 rounds of one call per cell, rotating
     expected = names + ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
     assert timer.timed == expected
@@ -259,9 +262,7 @@ def test_gpu_method_compute_and_e2e_modes_by_injection():
     devices = []
     gpu = spec("gpu-backend", calls)
     gpu.device = "cuda"
-    gpu.compute_call = lambda runner, x: (lambda: runner._infer_impl(x))
-    cpu = spec("cpu-backend", calls, baseline=True)
-    cpu.compute_call = lambda runner, x: (lambda: runner._infer_impl(x))  # ignored on CPU
+    cpu = spec("cpu-backend", calls, baseline=True)  # its runner's device call is ignored on a CPU
     timer = FakeTimer(calls, {"gpu-backend": 0.1, "cpu-backend": 1.0})
 
     def timer_factory(device):
@@ -345,11 +346,11 @@ def test_settings_are_validated_with_clear_messages():
 
 
 def test_backend_names_are_checked():
-    assert parse_backends("torch-gather,ort-cpu", ()) == ("torch-gather", "ort-cpu")
+    assert parse_backends("torch-seed,ort-cpu", ()) == ("torch-seed", "ort-cpu")
     assert parse_backends(None, ("x",)) == ("x",)
     assert "trt-plugin-fp16" in parse_backends("all", ())
     with pytest.raises(ValueError, match="unknown backend.*choose from"):
-        parse_backends("torch-gather,tensorflow", ())
+        parse_backends("torch-seed,tensorflow", ())
 
 
 class FakeEvent:
@@ -443,11 +444,11 @@ def test_engine_builds_without_tensorrt_give_reasons(tmp_path):
 
     if available("tensorrt")[0]:
         pytest.skip("tensorrt is importable here: engine builds are exercised by the GPU command instead")
-    built, failed = build_engines(("torch-masked", "trt-plugin-fp16", "trt-std-fp32"), {}, tmp_path / "w",
+    built, failed = build_engines(("torch-masked", "trt-plugin-fp16", "trt-portable-fp32"), {}, tmp_path / "w",
                                   None, tmp_path, (1, 8), log=lambda s: None)
-    assert built == {} and set(failed) == {"trt-plugin-fp16", "trt-std-fp32"}
+    assert built == {} and set(failed) == {"trt-plugin-fp16", "trt-portable-fp32"}
     assert all("cannot build an engine here" in r and "tensorrt" in r for r in failed.values())
-    assert build_engines(("trt-std-fp16",), {"trt-std-fp16": tmp_path / "x.engine"}, tmp_path / "w", None,
+    assert build_engines(("trt-portable-fp16",), {"trt-portable-fp16": tmp_path / "x.engine"}, tmp_path / "w", None,
                          tmp_path, (1,), log=lambda s: None) == ({}, {})
 
 
@@ -485,6 +486,6 @@ def test_versus_needs_two_rounds_and_a_counterpart():
 def test_the_optimised_ort_graph_is_compared_with_the_plain_one(tmp_path):
     from benchmarks.backends import CPU_BACKENDS, BackendInputs, build_specs
 
-    specs = {s.name: s for s in build_specs(CPU_BACKENDS, BackendInputs(weights=tmp_path / "w"), "torch-gather")}
+    specs = {s.name: s for s in build_specs(CPU_BACKENDS, BackendInputs(weights=tmp_path / "w"), "torch-seed")}
     assert specs["ort-cpu"].versus == "ort-cpu-noopt"
     assert [n for n, s in specs.items() if s.versus] == ["ort-cpu"]

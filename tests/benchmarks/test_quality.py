@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("skimage", reason="scikit-image is not installed (pip install 'moe-denoise[eval]'); the photo "
                                       "evaluation loads its sample photos")
 
-from benchmarks import quality  # noqa: E402
-from moe_model.baselines import bm3d_available, psnr  # noqa: E402
-from moe_model.checkpoint import load_model  # noqa: E402
-from moe_model.evaluate import BM3D, NOISY  # noqa: E402
+from benchmarks import quality
+from moe_model.baselines import bm3d_available
+from moe_model.checkpoint import load_model
+from moe_model.evaluate import BM3D, NOISY
 
 CROP = (slice(200, 248), slice(200, 264))
 

@@ -3,9 +3,8 @@ import sys
 
 import pytest
 
-from export.engine import BuildOptions, cache_key, plan_build, plugin_hash
-from moe_base.errors import (InputError, MissingBackendError)
-
+from export.engine import BuildOptions, cache_key, plan_build
+from moe_base.errors import InputError, MissingBackendError
 
 
 def test_plan_by_tensorrt_version():
@@ -43,7 +42,6 @@ def test_cache_key_depends_on_every_input(tmp_path):
     keys = {cache_key(**v, opts=opts) for v in variants}
     keys |= {cache_key(**base, opts=BuildOptions(precision="fp16")), cache_key(**base, opts=BuildOptions(max_batch=512))}
     assert k not in keys and len(keys) == 6
-    assert len(plugin_hash()) == 32 and plugin_hash() == plugin_hash()
 
 
 def test_build_without_tensorrt_names_the_package(tmp_path, random_weights):
@@ -61,7 +59,7 @@ def test_build_without_tensorrt_names_the_package(tmp_path, random_weights):
     export_onnx(load_model(random_weights), onnx_path, ExportOptions(flavor="plugin"), weights_path=random_weights,
                 parity_images=2, log=lambda s: None)
     with pytest.raises(MissingBackendError, match=r"building TensorRT engines needs the Python package 'tensorrt'"):
-        build_engine(onnx_path, tmp_path / "m.engine", log=lambda s: None)
+        build_engine(onnx_path, tmp_path / "m.engine", weights=random_weights, log=lambda s: None)
     assert not (tmp_path / "m.engine").exists()
 
 
@@ -142,11 +140,34 @@ def test_no_timing_cache_after_the_build_writes_nothing(tmp_path):
 
 def test_polygraphy_api_used_by_the_build_exists():
     pytest.importorskip("polygraphy", reason="the engine build uses Polygraphy: pip install 'moe-denoise[trt]'")
-    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath,  # noqa: F401
-                                        PostprocessConfig, Profile)
+    from polygraphy.backend.trt import (  # noqa: F401
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        Profile,
+    )
     from polygraphy.exception import PolygraphyException  # noqa: F401
     from polygraphy.logger import G_LOGGER
 
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         profile = Profile().add("input", (1, 3, 32, 32), (64, 3, 32, 32), (1024, 3, 32, 32))
         CreateConfig(tf32=False, fp16=True, profiles=[profile], memory_pool_limits={})
+
+
+def test_plugin_hash_follows_code_not_words(tmp_path, monkeypatch):
+    import shutil
+
+    import topk_attention.spec as spec
+
+    assert len(spec.behaviour_hash()) == 32 and spec.behaviour_hash() == spec.behaviour_hash()
+    copy = tmp_path / "topk_attention"
+    shutil.copytree(spec.__file__.rsplit("/", 1)[0], copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(spec, "__file__", str(copy / "spec.py"))
+    base = spec.behaviour_hash()
+    kernel = copy / "triton_kernel.py"
+    text = kernel.read_text()
+    kernel.write_text(text.replace('"""Triton kernel', '"""The Triton kernel', 1) + "\n# a comment\n")
+    assert spec.behaviour_hash() == base  # docstrings and comments are words
+    kernel.write_text(text.replace("MAX_N = 1024", "MAX_N = 512", 1))
+    assert spec.behaviour_hash() != base  # code is behaviour

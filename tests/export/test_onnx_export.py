@@ -8,13 +8,13 @@ import torch
 
 from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
 from export.pipeline import export_onnx
-from moe_model import SmallViT
-from moe_model.checkpoint import load_model
 from moe_base.errors import ParityError
 from moe_base.manifest import manifest_path, read_manifest
+from moe_base.tolerances import get_tolerance
+from moe_model import SmallViT
+from moe_model.checkpoint import load_model
 from runtime.ort_runner import OrtRunner
 from runtime.parity import compare, parity_inputs
-from moe_base.tolerances import get_tolerance
 
 
 @pytest.fixture(scope="module")
@@ -130,17 +130,17 @@ def test_export_writes_artifact_and_manifest(model, random_weights, tmp_path):
 def test_parity_gate_refuses_a_corrupted_weight(model, tmp_path, monkeypatch):
     import export.pipeline as pipeline
 
-    real = pipeline.build_onnx
+    real = pipeline.export_graph
 
     def corrupted(m, opts):
-        proto = real(m, opts)
-        init = next(i for i in proto.graph.initializer if "ffn.2.weight" in i.name)
+        graph = real(m, opts)
+        init = next(i for i in graph.proto.graph.initializer if "ffn.2.weight" in i.name)
         arr = onnx.numpy_helper.to_array(init).copy()
         arr[0, 0] += 0.5  # one wrong weight, as an exporter bug would produce
         init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
-        return proto
+        return graph
 
-    monkeypatch.setattr(pipeline, "build_onnx", corrupted)
+    monkeypatch.setattr(pipeline, "export_graph", corrupted)
     out = tmp_path / "bad.onnx"
     out.write_bytes(b"previous artifact")  # an older artifact at the same path must survive
     with pytest.raises(ParityError, match="refusing to write") as info:

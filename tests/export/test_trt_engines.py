@@ -33,8 +33,8 @@ def test_build_run_and_parity(exported, tmp_path, random_weights, flavor, precis
     import tensorrt as trt
 
     from export.engine import BuildOptions, build_engine, plan_build
-    from runtime.parity import compare, parity_inputs
     from moe_base.tolerances import get_tolerance
+    from runtime.parity import compare, parity_inputs
     from runtime.trt_runner import TensorRTRunner
 
     plan = plan_build(trt.__version__, precision)
@@ -50,8 +50,9 @@ def test_build_run_and_parity(exported, tmp_path, random_weights, flavor, precis
         out = r(x)
     with TensorRTRunner(result.path, cuda_graph=True) as r:
         out_graph = r(x[:8])
-    from moe_model.checkpoint import load_model
     import torch
+
+    from moe_model.checkpoint import load_model
 
     with torch.inference_mode():
         ref = load_model(random_weights)(torch.from_numpy(x)).numpy()

@@ -14,7 +14,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("command", COMMANDS + ("add-noise",))
+@pytest.mark.parametrize("command", tuple(c.replace("_", "-") for c in COMMANDS) + ("add-noise",))
 def test_help_on_each_subcommand(capsys, command):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -107,9 +107,10 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
 
 
 def test_export_default_names_say_which_rewrites():
-    from moe_denoise.commands.export import default_output, parse_rewrites
+    from moe_base.paths import artifacts_dir, onnx_path
+    from moe_denoise.commands.export import parse_rewrites
 
     assert parse_rewrites(None) is None and parse_rewrites("all")[0] == "fuse_qkv"
-    assert str(default_output("portable", True)) == "artifacts/moe_denoiser.portable.onnx"
-    assert str(default_output("portable", False)) == "artifacts/moe_denoiser.portable.noopt.onnx"
-    assert str(default_output("plugin", True, "fp16", ("fuse_qkv", "rows2d"))).endswith("plugin.fuse_qkv+rows2d.fp16.onnx")
+    assert onnx_path("portable", True) == artifacts_dir() / "moe_denoiser.portable.onnx"
+    assert onnx_path("portable", False) == artifacts_dir() / "moe_denoiser.portable.noopt.onnx"
+    assert onnx_path("plugin", True, "fp16", ("fuse_qkv", "rows2d")).name == "moe_denoiser.plugin.fuse_qkv+rows2d.fp16.onnx"

@@ -4,8 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from moe_model.baselines import (DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_available, bm3d_denoise,
-                                 gaussian_blur, psnr)
+from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_available, bm3d_denoise, gaussian_blur, psnr
 
 needs_bm3d = pytest.mark.skipif(not bm3d_available(), reason="the 'bm3d' package is not installed "
                                                              "(pip install 'moe-denoise[eval]')")

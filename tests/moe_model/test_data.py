@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from moe_base.errors import DatasetError
-from moe_model.data import (BlindNoise, add_noise, blind_noisy, fixed_noisy, load_cifar10, to_float,
-                            to_gray)
+from moe_model.data import BlindNoise, add_noise, blind_noisy, fixed_noisy, load_cifar10, to_float, to_gray
 
 
 def test_loader_on_synthetic_pickles(fake_cifar):

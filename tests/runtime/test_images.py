@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from runtime import images
 from moe_base.errors import InputError
+from runtime import images
 from runtime.images import read_image, write_image
 from runtime.photo import add_noise_to_file, denoise_file
 

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import BaseRunner, InputError, MissingBackendError, validate_batch
-from moe_base.optional import require
 from moe_base.errors import ArtifactError, ArtifactMismatchError
 from moe_base.manifest import manifest_path
+from moe_base.optional import require
+from runtime import BaseRunner, InputError, MissingBackendError, validate_batch
 
 
 class Doubler(BaseRunner):
@@ -150,7 +150,6 @@ def test_torch_runner_runs_in_true_fp32_and_restores_the_callers_tf32_settings(r
     """cuDNN convolutions default to TF32 in PyTorch; the runner turns it off for its calls only."""
     import torch
 
-    from benchmarks.backends import torch_compute_call
     from runtime.torch_runner import TorchRunner
 
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
@@ -159,11 +158,10 @@ def test_torch_runner_runs_in_true_fp32_and_restores_the_callers_tf32_settings(r
     try:
         cudnn.allow_tf32 = matmul.allow_tf32 = True
         with TorchRunner(random_weights) as r:
-            model = r._fn
-            r._fn = lambda x: (seen.append((cudnn.allow_tf32, matmul.allow_tf32)), model(x))[1]
+            r.model.register_forward_pre_hook(lambda *_: seen.append((cudnn.allow_tf32, matmul.allow_tf32)))
             r(np.full((2, 3, 32, 32), 0.5, np.float32))
-            torch_compute_call(r, np.full((2, 3, 32, 32), 0.5, np.float32))()
-        assert seen == [(False, False), (False, False)]  # end-to-end, then compute-only
+            r.forward_on_device(torch.full((2, 3, 32, 32), 0.5))
+        assert seen == [(False, False), (False, False)]  # end-to-end, then the device-resident call
         assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = saved

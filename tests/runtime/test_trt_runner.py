@@ -4,11 +4,9 @@ import types
 
 import pytest
 
-from moe_base.errors import (ArtifactError, ArtifactMismatchError, MissingBackendError, NoGPUError,
-                            PluginMissingError)
+from moe_base.errors import ArtifactError, ArtifactMismatchError, MissingBackendError, NoGPUError, PluginMissingError
 from moe_base.manifest import base_manifest, write_artifact
 from runtime.trt_runner import TensorRTRunner
-
 
 
 # --- the runner's errors -----------------------------------------------------------------------------------

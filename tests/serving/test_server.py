@@ -306,3 +306,21 @@ def test_denoise_server_unreachable_says_what_to_do(tmp_path):
         main(["--debug", "denoise", str(DEMO), "-o", str(tmp_path / "x.png"), "--server", f"127.0.0.1:{port}",
               "--timeout", "5"])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_runner_that_cannot_start_fails_before_triton_with_its_own_message():
+    _skip_without_pytriton()
+    from serving import DenoiseServer, ServeConfig
+
+    made = []
+
+    def factory():
+        if made:
+            raise InputError("the ONNX model 'missing.onnx' does not exist; export one with 'moe-denoise export'")
+        made.append(torch_runner())
+        return made[0]
+
+    s = DenoiseServer(factory, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    with pytest.raises(InputError, match="missing.onnx"):
+        s.start()
+    assert not s.is_alive() and not made[0].is_active  # the runner made before the failure was released

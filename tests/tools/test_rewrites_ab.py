@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tools import rewrites_ab
 from export.onnx_export import DEFAULT_REWRITES
+from tools import rewrites_ab
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "moe_denoiser.safetensors"
 

@@ -66,7 +66,7 @@ def test_launch_contract(art):
     assert art.block == (art.num_warps * 32, 1, 1)
     assert art.grid(3) == (12, -(-64 // art.block_m), 1)
     assert art.extra_arg_values(3) == [12]
-    assert art.launch_params(2)["args"] == ["q_ptr", "k_ptr", "v_ptr", "n_bh", "o_ptr"]
+    assert [p.name for p in art.params] == ["q_ptr", "k_ptr", "v_ptr", "n_bh", "o_ptr"]
     assert 0 < art.shared_mem <= 48 * 1024 and not art.needs_shared_opt_in
     assert art.topk == 32 and art.scale == pytest.approx(32 ** -0.5) and art.dtype == "fp32"
 

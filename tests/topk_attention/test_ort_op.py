@@ -7,12 +7,12 @@ import torch
 
 from export.onnx_export import ExportOptions, build_onnx
 from export.pipeline import export_onnx
-from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from moe_base.tolerances import get_tolerance
 from moe_model import ModelConfig, SmallViT
 from moe_model.checkpoint import load_model
 from runtime.ort_runner import OrtRunner
 from runtime.parity import compare, parity_inputs
-from moe_base.tolerances import get_tolerance
+from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 pytest.importorskip("onnxruntime_extensions", reason="the plugin graph runs in ORT through onnxruntime-extensions")
 

@@ -154,8 +154,8 @@ def test_launcher_rejects_cpu_tensors_without_interpreter(monkeypatch):
 
 # -- the torch custom op ---------------------------------------------------------------------------------
 def test_custom_op_cpu_is_the_reference_and_registers_triton_impl():
-    from topk_attention import torch_op
     from moe_model.attention import available_impls, sparse_topk_attention
+    from topk_attention import torch_op
 
     assert "triton" in available_impls()
     q, k, v = (torch.randn(1, 2, 24, 8) for _ in range(3))
@@ -188,8 +188,8 @@ def test_kernel_on_gpu_matches_reference(dtype, n, topk):
         pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("TRITON_INTERPRET is set; the GPU test needs the compiled kernel")
-    from topk_attention.triton_kernel import sparse_topk_attention_triton
     from moe_model.attention import sparse_topk_attention
+    from topk_attention.triton_kernel import sparse_topk_attention_triton
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, n, 32, device="cuda", dtype=dtype) for _ in range(3))

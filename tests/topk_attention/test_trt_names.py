@@ -8,10 +8,7 @@ import inspect
 import re
 import subprocess
 import sys
-from functools import lru_cache
-from pathlib import Path
-
-import pytest
+from functools import cache
 
 from moe_base.trt_api import TENSORRT_NAMES, TENSORRT_PLUGIN_NAMES
 from tools.trt_layer.drive import REPO
@@ -25,10 +22,10 @@ PLUGIN_LAYER_ATTRS = {"KernelLaunchParams", "grid_x", "grid_y", "block_x", "shar
                       "constant_value", "shape_expr", "like", "dtype"}
 NOT_TENSORRT = {"cuda", "numpy", "update", "clear", "major", "minor", "float32", "int32", "__init__", "copy_",
                 "name", "shape", "items", "get", "keys", "values", "append", "data", "encode", "read_bytes",
-                "strip", "environ", "split", "size", "empty"}
+                "strip", "environ", "split", "size", "empty", "to"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def so_strings(version: str) -> frozenset[str]:
     """The real tensorrt.so's printable strings (down to two characters: enum members such as "MIN" are short),
     plus the identifiers of the package's __init__.py, where a few names are defined in Python (nptype, volume)."""

@@ -17,8 +17,8 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="the plugin graph is written with onnx: pip install 'moe-denoise[onnx]'")
 
 from export.onnx_export import ExportOptions, build_onnx  # noqa: E402
-from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: E402
 from moe_model import SmallViT  # noqa: E402
+from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: E402
 
 CONTROL = {"plugin_version": onnx.AttributeProto.STRING, "plugin_namespace": onnx.AttributeProto.STRING,
            "aot": onnx.AttributeProto.INT}

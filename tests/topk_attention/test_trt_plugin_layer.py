@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from tools.trt_layer.drive import BATCHES, REPO, run_in_layer
+from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 TARGET = "cuda:90"
 

@@ -52,8 +52,8 @@ def plugin_nodes(precision: str) -> tuple[list[Any], dict[str, Any]]:
     import onnx
 
     from export.onnx_export import ExportOptions, build_onnx
-    from topk_attention.spec import PLUGIN_NAMESPACE
     from moe_model.checkpoint import load_model
+    from topk_attention.spec import PLUGIN_NAMESPACE
     from weights import DEFAULT_WEIGHTS
 
     proto = build_onnx(load_model(DEFAULT_WEIGHTS), ExportOptions(flavor="plugin", precision=precision))

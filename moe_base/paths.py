@@ -1,0 +1,33 @@
+"""Where the toolkit keeps what it makes, the same from any folder: one cache folder, and the default names of
+exported artifacts in it.
+
+``MOE_DENOISE_CACHE`` sets the cache folder (default ``~/.cache/moe-denoise``): ``artifacts/`` holds exported ONNX
+models and engines by default, ``engines/`` and ``timing/`` the TensorRT build caches, ``bench/`` the
+benchmark's artifacts. Every command that takes an artifact also takes an explicit path.
+"""
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOE_DENOISE_CACHE", Path.home() / ".cache" / "moe-denoise"))
+
+
+def artifacts_dir() -> Path:
+    return cache_dir() / "artifacts"
+
+
+def onnx_path(flavor: str = "portable", optimize: bool = True, precision: str = "fp32",
+              rewrites: tuple[str, ...] | None = None) -> Path:
+    """The default path of an exported model: ``<artifacts>/moe_denoiser.<flavor>[.noopt | .<r1>+<r2>][.fp16].onnx``."""
+    chosen = "" if rewrites is None else "." + ("+".join(rewrites) or "noopt")
+    suffix = ("" if optimize else ".noopt") + chosen + ("" if precision == "fp32" else f".{precision}")
+    return artifacts_dir() / f"moe_denoiser.{flavor}{suffix}.onnx"
+
+
+def engine_path(onnx: Path, precision: str) -> Path:
+    """The default engine next to its ONNX model: m.plugin.onnx or m.plugin.fp16.onnx -> m.plugin.<precision>.engine"""
+    stem = onnx.name.removesuffix(".onnx")
+    for p in (".fp16", ".fp32"):
+        stem = stem.removesuffix(p)
+    return onnx.with_name(f"{stem}.{precision}.engine")
