@@ -6,7 +6,6 @@ its manifest. A failing export leaves nothing behind (and an existing artifact a
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -74,14 +73,10 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     if extra_inputs is not None:
         inputs = np.concatenate([inputs, extra_inputs.astype(np.float32)])
     log(f"[3/4] parity gate: ONNX Runtime vs PyTorch on {len(inputs)} images")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        report = run_parity(Path(tmp), model, inputs, threads, opts.precision)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the graph under test: nothing is left beside the output
+        candidate = Path(tmp) / out_path.name
+        candidate.write_bytes(data)
+        report = run_parity(candidate, model, inputs, threads, opts.precision)
     if not report.passed:
         raise ParityError(f"refusing to write {out_path}: the exported graph does not match PyTorch\n"
                           f"{report.summary()}", report)

@@ -11,8 +11,11 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from .errors import InputError
 
 
 def _umask() -> int:
@@ -21,20 +24,44 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
+def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], overwrite: bool = True) -> None:
+    """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` atomically.
+
+    With ``overwrite=False`` an existing file is never replaced, even one that appears while writing (InputError).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        _move_into_place(Path(tmp), path, overwrite)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # fails if the target appeared meanwhile: no silent replacement
+    except FileExistsError as e:
+        raise InputError(f"the output '{target}' appeared while it was being written; refusing to replace it. "
+                         f"Choose another output path or pass overwrite=True") from e
+    except OSError:  # file systems without hard links: re-check, then rename
+        if target.exists():
+            raise InputError(f"the output '{target}' already exists; refusing to replace it") from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -1,27 +1,24 @@
 """Runners (PyTorch, ONNX Runtime, TensorRT) behind one interface, parity checks, tiling and image I/O.
 
-Importing this package needs only numpy: each backend is imported when it is asked for, and a missing one
-raises MissingBackendError naming what to install.
+Importing this package needs only NumPy: each backend is imported when it is asked for, and a missing one
+raises MissingBackendError naming what to install. The errors runners raise are re-exported here.
 """
-from moe_base.errors import (
-    ArtifactError,
-    ArtifactMismatchError,
-    InputError,
-    MissingBackendError,
-    ParityError,
-    ToolkitError,
-)
-from moe_base.tolerances import TOLERANCES, Tolerance, get_tolerance
+from moe_base.errors import (ArtifactError, ArtifactMismatchError, InputError, MissingBackendError, NoGPUError,
+                             ParityError, PluginMissingError, ToolkitError)
 
 from .base import BaseRunner, validate_batch
+from .images import read_image, write_image
 from .parity import ParityReport, compare, parity_inputs
+from .photo import denoise_file
+from .tiling import denoise_array
 
-__all__ = ["BaseRunner", "validate_batch", "ArtifactError", "ArtifactMismatchError", "InputError",
-           "MissingBackendError", "ParityError", "ToolkitError", "ParityReport", "compare", "parity_inputs",
-           "TOLERANCES", "Tolerance", "get_tolerance", "TorchRunner", "OrtRunner"]
+__all__ = ["BaseRunner", "validate_batch", "TorchRunner", "OrtRunner", "TensorRTRunner", "ParityReport", "compare",
+           "parity_inputs", "denoise_array", "denoise_file", "read_image", "write_image", "ToolkitError",
+           "InputError", "MissingBackendError", "NoGPUError", "ArtifactError", "ArtifactMismatchError",
+           "PluginMissingError", "ParityError"]
 
 
-def __getattr__(name: str):  # lazy: the runner modules are cheap, but keep `import runtime` minimal
+def __getattr__(name: str):  # the runner modules are imported when a runner is asked for
     if name == "TorchRunner":
         from .torch_runner import TorchRunner
 

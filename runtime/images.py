@@ -25,10 +25,8 @@ Decisions (each one is what a person denoising a photo would expect):
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +36,7 @@ from typing import IO, Any
 import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError
+from moe_base.fileio import atomic_write
 from moe_base.optional import require
 
 JPEG_QUALITY = 95
@@ -304,7 +303,7 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     fmt = check_writable(target, info)
     data = _to_integers(array, info)
     writer = _choose_writer(fmt, data, info)
-    _atomic_write(target, writer, overwrite)
+    atomic_write(target, writer, overwrite)
     return target
 
 
@@ -406,40 +405,3 @@ def _write_tiff16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
         resolution=info.dpi, resolutionunit="INCH" if info.dpi else None, metadata=None,
     )
     f.write(buf.getvalue())
-
-
-def _atomic_write(target: Path, write: Callable[[IO[bytes]], None], overwrite: bool) -> None:
-    """Write through a temporary file in the target's folder, then move it into place in one step.
-
-    Readers see the old file or the complete new one, never a partial one; on any failure the
-    temporary file is removed and an existing target is left untouched.
-    """
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like a normal file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _move_into_place(tmp, target, overwrite)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, target)
-        return
-    try:
-        os.link(tmp, target)  # fails if the target appeared meanwhile: no silent replacement
-    except FileExistsError as e:
-        raise InputError(f"the output '{target}' appeared while it was being written; refusing to replace it. "
-                         f"Choose another output path or pass overwrite=True") from e
-    except OSError:  # file systems without hard links: re-check, then rename
-        if target.exists():
-            raise InputError(f"the output '{target}' already exists; refusing to replace it") from None
-        os.replace(tmp, target)
-        return
-    os.unlink(tmp)

@@ -96,7 +96,7 @@ def window_1d(tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP) -> np.nd
     return w
 
 
-def _reflect_indices(length: int, before: int, after: int) -> np.ndarray:
+def reflect_indices(length: int, before: int, after: int) -> np.ndarray:
     """Source indices of a reflect padding (``d c b | a b c d | c b a``) of any width.
 
     Computed directly instead of with ``np.pad(mode="reflect")`` so that pads wider than the axis
@@ -220,8 +220,8 @@ def denoise_array(
     gray = c in (1, 2)
     color = img[:, :, :1] if gray else img[:, :, :3]
     plan = plan_tiles(h, w, tile, overlap)
-    iy = _reflect_indices(h, plan.pad_top, plan.padded_height - h - plan.pad_top)
-    ix = _reflect_indices(w, plan.pad_left, plan.padded_width - w - plan.pad_left)
+    iy = reflect_indices(h, plan.pad_top, plan.padded_height - h - plan.pad_top)
+    ix = reflect_indices(w, plan.pad_left, plan.padded_width - w - plan.pad_left)
     padded = np.ascontiguousarray(color[iy][:, ix].transpose(2, 0, 1))  # (C', Hp, Wp)
     if gray:
         padded = np.repeat(padded, 3, axis=0)

@@ -180,11 +180,10 @@ class AOTArtifact:
         return art
 
     def save(self, path: str | Path) -> Path:
+        from moe_base.fileio import atomic_write
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)  # atomic
+        atomic_write(path, self.to_json().encode())
         return path
 
     @classmethod

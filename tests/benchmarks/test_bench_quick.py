@@ -1,6 +1,5 @@
 """moe-denoise bench --quick through the CLI on a tiny sweep: exports, parity, timing, the three result files."""
 import json
-import time
 
 import pytest
 
@@ -23,14 +22,11 @@ def restore_torch_threads():
 
 def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_torch_threads):
     out_dir = tmp_path / "results"
-    t0 = time.perf_counter()
     code = main(["bench", "--quick", "--weights", str(random_weights), "--batches", "1,2", "--repeats", "2",
                  "--warmup", "1", "--parity-images", "4", "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
                  "--out-dir", str(out_dir), "--json"])
-    elapsed = time.perf_counter() - t0
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert elapsed < 60, f"the tiny quick sweep took {elapsed:.0f}s"
 
     printed = json.loads(out)
     on_disk = json.loads((out_dir / "results.json").read_text())

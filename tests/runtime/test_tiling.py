@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moe_base.errors import InputError
-from runtime.tiling import _reflect_indices, denoise_array, plan_tiles, window_1d
+from runtime.tiling import reflect_indices, denoise_array, plan_tiles, window_1d
 
 
 def identity(tiles: np.ndarray) -> np.ndarray:
@@ -69,16 +69,16 @@ def test_tiles_see_the_image_content_at_the_right_place() -> None:
     denoise_array(image, lambda t: (seen.append(t.copy()), t)[1])
     plan = plan_tiles(40, 60)
     first = np.concatenate(seen)[0]  # tile at (0, 0) of the padded image
-    iy = _reflect_indices(40, plan.pad_top, plan.padded_height - 40 - plan.pad_top)[:32]
-    ix = _reflect_indices(60, plan.pad_left, plan.padded_width - 60 - plan.pad_left)[:32]
+    iy = reflect_indices(40, plan.pad_top, plan.padded_height - 40 - plan.pad_top)[:32]
+    ix = reflect_indices(60, plan.pad_left, plan.padded_width - 60 - plan.pad_left)[:32]
     np.testing.assert_array_equal(first, image[iy][:, ix].transpose(2, 0, 1))
 
 
 def test_reflect_indices_match_numpy_and_handle_tiny_axes() -> None:
     for length, before, after in [(5, 3, 4), (3, 7, 7), (2, 5, 6), (10, 16, 16)]:
         ref = np.pad(np.arange(length), (before, after), mode="reflect")
-        np.testing.assert_array_equal(_reflect_indices(length, before, after), ref)
-    np.testing.assert_array_equal(_reflect_indices(1, 16, 15), np.zeros(32, dtype=int))
+        np.testing.assert_array_equal(reflect_indices(length, before, after), ref)
+    np.testing.assert_array_equal(reflect_indices(1, 16, 15), np.zeros(32, dtype=int))
 
 
 def test_window_is_a_partition_of_unity_and_never_zero() -> None:
