@@ -3,8 +3,16 @@
 Importing this package needs only NumPy: each backend is imported when it is asked for, and a missing one
 raises MissingBackendError naming what to install. The errors runners raise are re-exported here.
 """
-from moe_base.errors import (ArtifactError, ArtifactMismatchError, InputError, MissingBackendError, NoGPUError,
-                             ParityError, PluginMissingError, ToolkitError)
+from moe_base.errors import (
+    ArtifactError,
+    ArtifactMismatchError,
+    InputError,
+    MissingBackendError,
+    NoGPUError,
+    ParityError,
+    PluginMissingError,
+    ToolkitError,
+)
 
 from .base import BaseRunner, validate_batch
 from .images import read_image, write_image

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moe_base.errors import InputError
-from runtime.tiling import reflect_indices, denoise_array, plan_tiles, window_1d
+from runtime.tiling import denoise_array, plan_tiles, reflect_indices, window_1d
 
 
 def identity(tiles: np.ndarray) -> np.ndarray:
