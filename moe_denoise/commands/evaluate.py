@@ -1,48 +1,272 @@
-"""moe-denoise evaluate: PSNR / SSIM per image on a CIFAR-10 split, both noise protocols."""
+"""moe-denoise evaluate: PSNR / SSIM across noise levels (CIFAR-10 and whole photos), or at one sigma (--sigma)."""
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
-from . import add_data_args, add_weights_args, load_model_from_args
+from moe_base.errors import InputError
+
+from . import add_data_args, resolve_weights
+
+SUITES = ("cifar", "photos", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="PSNR / SSIM of a model on a CIFAR-10 split",
-                       description="Per-image PSNR and SSIM (data_range 1, scikit-image SSIM), mean +- std over "
-                                   "the split, under the seed protocol (clip: clamp(x + sigma N, 0, 1)) and the "
-                                   "unclipped protocol (x + sigma N), with the noisy input as a reference row. "
-                                   "The noise is fixed by --eval-seed.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_weights_args(p)
+    from moe_model.evaluate import DEFAULT_SIGMAS_255
+
+    p = sub.add_parser(
+        "evaluate", help="PSNR / SSIM across noise levels (CIFAR-10, photos), against BM3D and other weights",
+        description="Default: the across-noise-level report. Every --weights (several allowed, with --label and "
+                    "--preset per weights) is scored on the CIFAR-10 split at every --sigmas level (0-255 scale; 0 = "
+                    "the clean image itself) under the clipped (clamp(x + sigma N, 0, 1)) and unclipped (x + sigma N) "
+                    "protocols, with the noisy input and BM3D (on --bm3d-images evenly spaced images, told the true "
+                    "sigma) as reference rows, the seed protocol (sigma 0.2, clipped) and issue 15's targets. "
+                    "--suite photos/all does the same on whole photos (scikit-image samples, tiled, clipped noise) "
+                    "with the best Gaussian blur as a further baseline. --sigma S gives the one-level table of "
+                    "earlier versions (the seed's report: --sigma 0.2). Per-image PSNR and SSIM (data_range 1, "
+                    "scikit-image), mean over images; the noise is fixed by --eval-seed / --photo-seed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", type=Path, action="append", default=None,
+                   help="weights (.safetensors with its .json, or a PyTorch .pt state dict); repeat to compare "
+                        "several; default: the shipped weights")
+    p.add_argument("--preset", action="append", default=None,
+                   help="architecture preset for weights without a JSON sidecar (e.g. 'seed'); once for one "
+                        "--weights, else once per --weights in order ('auto' = read the sidecar)")
+    p.add_argument("--label", action="append", default=None,
+                   help="name of each --weights in the report, once per --weights in order; default: the file name")
     add_data_args(p)
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("--sigma", type=float, default=0.2)
+    p.add_argument("--sigma", type=float, default=None,
+                   help="one noise level (std on [0, 1] pixels): the single-sigma table of earlier versions "
+                        "(--sigma 0.2 is the seed's report) instead of the across-sigma report")
+    p.add_argument("--sigmas", type=float, nargs="+", default=list(DEFAULT_SIGMAS_255),
+                   help="noise levels of the across-sigma report, on the 0-255 scale (std sigma/255 on [0, 1])")
     p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"])
     p.add_argument("--eval-seed", type=int, default=1234)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--no-ssim", action="store_true", help="skip SSIM (no scikit-image needed)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-ssim", action="store_true", help="skip SSIM")
+    p.add_argument("--suite", default="cifar", choices=SUITES,
+                   help="across-sigma report on CIFAR-10, on whole photos, or both")
+    p.add_argument("--bm3d-images", type=int, default=16,
+                   help="CIFAR-10 images BM3D runs on (evenly spaced over the split; about 2 s per image and level "
+                        "on one CPU core); 0 = no BM3D")
+    p.add_argument("--photos", nargs="+", default=None,
+                   help="scikit-image sample photos (skimage.data names); default: astronaut chelsea coffee "
+                        "(colour) camera moon (gray)")
+    p.add_argument("--bm3d-photos", nargs="+", default=None,
+                   help="photos BM3D runs on (about 15-40 s per photo and level); 'none' = no BM3D; default: "
+                        "camera chelsea")
+    p.add_argument("--photo-seed", type=int, default=0, help="seed of the photos' noise")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG of PSNR against sigma here (needs "
+                                                           "matplotlib: the 'plot' extra)")
+    p.add_argument("--save-json", type=Path, default=None, help="also write the JSON report to this file")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from moe_model.data import load_cifar10, to_float
-    from moe_model.evaluate import evaluate_model, format_table
+# --- arguments -----------------------------------------------------------------------------------------------------
+def _per_weights(values: list[str] | None, n: int, option: str) -> list[str | None]:
+    if not values:
+        return [None] * n
+    if len(values) == n:
+        return list(values)
+    if len(values) == 1 and n == 1:
+        return list(values)
+    raise InputError(f"{option} was given {len(values)} times for {n} --weights; give it once per --weights, "
+                     f"in the same order (use 'auto' for a preset read from the sidecar)")
 
+
+def weights_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """(label, path, preset) of every model asked for, checked before anything is loaded."""
+    paths = args.weights or [None]
+    presets = _per_weights(args.preset, len(paths), "--preset")
+    labels = _per_weights(args.label, len(paths), "--label")
+    specs = []
+    for path, preset, label in zip(paths, presets, labels):
+        resolved = resolve_weights(path)
+        default_label = "shipped" if path is None else resolved.stem
+        specs.append({"label": label or default_label, "path": str(resolved),
+                      "preset": None if preset in (None, "auto") else preset})
+    names = [s["label"] for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"two --weights would share the label(s) {dupes}; name each with --label")
+    return specs
+
+
+def _check_args(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1 (got {args.limit})")
-    model = load_model_from_args(args)
-    clean = to_float(load_cifar10(args.data_dir, args.split)[: args.limit])
-    protocols = ("clip", "unclipped") if args.protocol == "both" else (args.protocol,)
-    result = evaluate_model(model, clean, sigma=args.sigma, protocols=protocols, eval_seed=args.eval_seed,
-                            batch_size=args.batch_size, with_ssim=not args.no_ssim, progress=not args.json)
-    result.update(split=args.split, weights=str(args.weights or "shipped"), preset=model.config.name)
+        raise InputError(f"--limit must be >= 1 (got {args.limit})")
+    if args.bm3d_images < 0:
+        raise InputError(f"--bm3d-images must be >= 0 (got {args.bm3d_images}); 0 leaves BM3D out")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1 (got {args.threads})")
+    bad = [s for s in args.sigmas if not (math.isfinite(s) and s >= 0)]
+    if bad:
+        raise InputError(f"--sigmas takes noise levels >= 0 on the 0-255 scale (got {bad}); e.g. --sigmas 0 15 25")
+    if args.suite == "cifar" and (args.photos or args.bm3d_photos):
+        raise InputError("--photos and --bm3d-photos choose the photos of --suite photos or --suite all; add one of "
+                         "those (the default suite is cifar)")
+    if args.sigma is not None:
+        if not (math.isfinite(args.sigma) and args.sigma >= 0):
+            raise InputError(f"--sigma must be a noise std >= 0 on [0, 1] pixels (got {args.sigma}); e.g. 0.2")
+        other = [o for o, given in (("--plot", args.plot), ("--suite photos/all", args.suite != "cifar"),
+                                    ("--photos", args.photos), ("--bm3d-photos", args.bm3d_photos)) if given]
+        if other:
+            raise InputError(f"--sigma gives the single-level table and cannot be combined with {', '.join(other)}; "
+                             f"leave --sigma out for the across-sigma report")
+
+
+def _bm3d_photos(args: argparse.Namespace, photos: list[str]) -> list[str]:
+    from benchmarks.quality import DEFAULT_BM3D_PHOTOS
+
+    if args.bm3d_photos is None:
+        return [n for n in DEFAULT_BM3D_PHOTOS if n in photos]
+    if [n.lower() for n in args.bm3d_photos] == ["none"]:
+        return []
+    return list(args.bm3d_photos)
+
+
+def _json_safe(obj: Any) -> Any:
+    """inf / nan (a clean input's PSNR) become null: strict JSON has no infinities."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _emit(args: argparse.Namespace, report: Any, text: str) -> None:
+    import json
+
+    safe = _json_safe(report)
+    if args.save_json is not None:
+        args.save_json.parent.mkdir(parents=True, exist_ok=True)
+        args.save_json.write_text(json.dumps(safe, indent=2, sort_keys=True, default=str) + "\n")
     if args.json:
         from moe_denoise.cli import print_json
 
-        print_json(result)
+        print_json(safe)
     else:
-        print(f"weights: {result['weights']} (preset '{result['preset']}'), split: {args.split}")
-        print(format_table(result))
+        print(text)
+        if args.save_json is not None:
+            print(f"JSON report written to {args.save_json}")
+
+
+# --- run -----------------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from moe_model.checkpoint import load_model
+
+    _check_args(args)
+    specs = weights_specs(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    models = {}
+    for s in specs:
+        model = load_model(s["path"], preset=s["preset"])
+        s["preset"] = model.config.name
+        s["parameters"] = sum(p.numel() for p in model.parameters())
+        models[s["label"]] = model
+    if args.sigma is not None:
+        return _run_single_sigma(args, specs, models)
+    return _run_across_sigmas(args, specs, models)
+
+
+def _load_split(args: argparse.Namespace):
+    from moe_model.data import load_cifar10, to_float
+
+    return to_float(load_cifar10(args.data_dir, args.split)[: args.limit])
+
+
+def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], models: dict[str, Any]) -> int:
+    """The table of earlier versions, one per weights; the JSON of one weights is unchanged, of several a list."""
+    from moe_model.evaluate import evaluate_model, format_table
+
+    clean = _load_split(args)
+    protocols = ("clip", "unclipped") if args.protocol == "both" else (args.protocol,)
+    results, texts = [], []
+    for s in specs:
+        result = evaluate_model(models[s["label"]], clean, sigma=args.sigma, protocols=protocols,
+                                eval_seed=args.eval_seed, batch_size=args.batch_size, with_ssim=not args.no_ssim,
+                                progress=not args.json)
+        weights = "shipped" if args.weights is None else s["path"]
+        result.update(split=args.split, weights=weights, preset=s["preset"], label=s["label"])
+        results.append(result)
+        texts.append(f"weights: {weights} (preset '{s['preset']}'), split: {args.split}\n" + format_table(result))
+    _emit(args, results[0] if len(results) == 1 else results, "\n\n".join(texts))
     return 0
+
+
+def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], models: dict[str, Any]) -> int:
+    from moe_model.evaluate import check_targets, evaluate_across_sigmas, format_sigma_table, subset_indices
+
+    progress = not args.json and sys.stderr.isatty()
+    protocols = ("clip", "unclipped") if args.protocol == "both" else (args.protocol,)
+    photos = list(args.photos) if args.photos else None
+    bm3d_wanted = args.suite != "photos" and args.bm3d_images > 0
+    if args.suite != "cifar":
+        from benchmarks.quality import PHOTOS
+
+        photos = photos or list(PHOTOS)
+        bm3d_wanted = bm3d_wanted or bool(_bm3d_photos(args, photos))
+    if bm3d_wanted:
+        from moe_model.baselines import require_bm3d
+
+        require_bm3d()  # fail now, not after minutes of work
+    start = time.perf_counter()
+    report: dict[str, Any] = {"weights": specs, "split": args.split, "cifar": None, "photos": None, "targets": [],
+                              "command": "moe-denoise " + " ".join(getattr(args, "argv", []) or []),
+                              "threads": torch_threads()}
+    texts = ["weights: " + "; ".join(f"{s['label']} = {s['path']} (preset '{s['preset']}', {s['parameters']:,} "
+                                     f"parameters)" for s in specs)]
+    if args.suite in ("cifar", "all"):
+        t0 = time.perf_counter()
+        clean = _load_split(args)
+        idx = subset_indices(len(clean), args.bm3d_images) if args.bm3d_images > 0 else None
+        cifar = evaluate_across_sigmas(models, clean, args.sigmas, protocols, args.eval_seed, args.batch_size,
+                                       with_ssim=not args.no_ssim, bm3d_indices=idx, progress=progress)
+        cifar.update(split=args.split, wall_seconds=round(time.perf_counter() - t0, 1))
+        targets = check_targets(cifar)
+        report["cifar"] = cifar
+        report["targets"] += targets
+        texts += ["", f"== CIFAR-10 {args.split} split ({cifar['wall_seconds']:.0f} s)",
+                  format_sigma_table(cifar, targets)]
+    if args.suite in ("photos", "all"):
+        from benchmarks.quality import check_photo_targets, evaluate_photos, format_photo_table
+
+        t0 = time.perf_counter()
+        result = evaluate_photos(models, photos, args.sigmas, _bm3d_photos(args, photos), seed=args.photo_seed,
+                                 with_ssim=not args.no_ssim, progress=progress)
+        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        targets = check_photo_targets(result)
+        report["photos"] = result
+        report["targets"] += targets
+        texts += ["", f"== photos ({result['wall_seconds']:.0f} s)", format_photo_table(result, targets)]
+    if args.plot is not None:
+        from benchmarks.quality import render_plot
+
+        png = render_plot(report["cifar"], report["photos"])
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        args.plot.write_bytes(png)
+        report["plot"] = str(args.plot)
+        texts += ["", f"plot written to {args.plot}"]
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    texts.append(f"total {report['wall_seconds']:.0f} s")
+    _emit(args, report, "\n".join(texts))
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

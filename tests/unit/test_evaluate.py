@@ -1,12 +1,26 @@
-"""Evaluation on a tiny fixture: an identity 'denoiser' scores exactly the noisy input."""
+"""Evaluation on a tiny fixture: an identity 'denoiser' scores exactly the noisy input; the across-sigma report,
+its targets and the BM3D rows (skipped with the reason when the bm3d package is missing)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from moe_model.baselines import bm3d_available
+from moe_model.checkpoint import load_model
 from moe_model.data import load_cifar10, to_float
-from moe_model.evaluate import evaluate_model, format_table
+from moe_model.evaluate import (
+    BM3D,
+    NOISY,
+    check_targets,
+    evaluate_across_sigmas,
+    evaluate_model,
+    format_sigma_table,
+    format_table,
+    psnr_values,
+    sigma_key,
+    subset_indices,
+)
 from moe_model.metrics import psnr_per_image, ssim_per_image
 
 
@@ -42,3 +56,95 @@ def test_identity_model_scores_like_the_noisy_input(fake_cifar):
     assert r["protocols"]["unclipped"]["model"]["psnr"]["mean"] == pytest.approx(-10 * math.log10(0.04), abs=0.5)
     table = format_table(r)
     assert "noisy input" in table and "unclipped" in table
+
+
+# --- across noise levels ---------------------------------------------------------------------------------------------
+SIGMAS = (0, 5, 15, 25, 50, 75)
+
+
+def test_subset_indices_spread_over_the_split():
+    assert subset_indices(1000, 4) == [0, 250, 500, 750]
+    assert subset_indices(3, 8) == [0, 1, 2]  # never more than the split holds
+    with pytest.raises(ValueError, match="at least one"):
+        subset_indices(10, 0)
+
+
+def test_psnr_values_infinite_only_for_identical_images():
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    b[1] += 0.1
+    p = psnr_values(b, a)
+    assert p[0] == np.inf and p[1] == pytest.approx(20.0, abs=1e-6)
+
+
+def test_noisy_input_psnr_matches_the_analytic_value(fake_cifar):
+    """Unclipped noise of std s gives PSNR -10 log10(s^2) (3072 pixels per image: about 0.1 dB spread per image);
+    clipping can only bring the noisy image closer to the clean one."""
+    clean = to_float(load_cifar10(fake_cifar, "test")[:16])
+    r = evaluate_across_sigmas({}, clean, SIGMAS, with_ssim=False, seed_protocol=False)
+    for s in SIGMAS[1:]:
+        unclipped = r["rows"]["unclipped"][sigma_key(s)][NOISY]["psnr"]["mean"]
+        assert unclipped == pytest.approx(20 * math.log10(255 / s), abs=0.1), s
+        assert r["rows"]["clip"][sigma_key(s)][NOISY]["psnr"]["mean"] >= unclipped - 0.02
+    assert r["rows"]["clip"]["0"][NOISY]["psnr"]["mean"] == np.inf  # sigma 0: the clean image itself
+
+
+def test_across_sigma_report_has_every_sigma_protocol_and_model(fake_cifar, random_weights):
+    clean = to_float(load_cifar10(fake_cifar, "test")[:6])
+    models = {"identity": Identity(), "random": load_model(random_weights)}
+    r = evaluate_across_sigmas(models, clean, SIGMAS)
+    assert r["methods"] == [NOISY, "identity", "random"] and r["num_images"] == 6
+    for protocol in ("clip", "unclipped"):
+        assert list(r["rows"][protocol]) == [sigma_key(s) for s in SIGMAS]
+        for s in SIGMAS:
+            rows = r["rows"][protocol][sigma_key(s)]
+            assert set(rows) == {NOISY, "identity", "random"}
+            assert rows["identity"] == rows[NOISY]  # the identity scores exactly its input
+            assert 0 < rows["random"]["ssim"]["mean"] < 1 and np.isfinite(rows["random"]["psnr"]["mean"])
+    assert r["rows"]["clip"]["0"] == r["rows"]["unclipped"]["0"]  # sigma 0 is the same image in both protocols
+    assert r["seed_protocol"]["rows"]["identity"]["psnr"]["mean"] == pytest.approx(14.8, abs=1.0)
+    table = format_sigma_table(r, check_targets(r))
+    for text in ("[clip] PSNR", "[unclipped] SSIM", "identity", "random", "seed protocol", "targets", "clean",
+                 *(f"sigma {s}" for s in SIGMAS)):
+        assert text in table, text
+
+
+def test_targets_read_off_the_report(fake_cifar, random_weights):
+    clean = to_float(load_cifar10(fake_cifar, "test")[:4])
+    r = evaluate_across_sigmas({"identity": Identity(), "random": load_model(random_weights)}, clean, (0, 25),
+                               protocols=("clip",), with_ssim=False)
+    t = {(x["weights"], x["target"].split(" ")[0]): x for x in check_targets(r)}
+    assert t[("identity", "clean")]["met"]  # the identity leaves the clean image alone: infinite PSNR
+    assert t[("identity", "output")]["met"] and t[("identity", "output")]["margin"] == 0.0  # never worse than input
+    assert not t[("random", "clean")]["met"] and t[("random", "clean")]["margin"] < -10  # random weights wreck it
+    assert not t[("identity", "seed")]["met"]  # 14.8 dB is far below 25.1
+    assert all(x["margin"] == x["measured"] - x["threshold"] for x in t.values() if np.isfinite(x["margin"]))
+
+
+def test_labels_must_not_take_the_reference_rows_names(fake_cifar):
+    clean = to_float(load_cifar10(fake_cifar, "test")[:2])
+    with pytest.raises(ValueError, match="reference rows"):
+        evaluate_across_sigmas({NOISY: Identity()}, clean, (0,))
+    with pytest.raises(ValueError, match="0-255 scale"):
+        evaluate_across_sigmas({"m": Identity()}, clean, (-5,))
+    with pytest.raises(ValueError, match="BM3D image indices"):
+        evaluate_across_sigmas({"m": Identity()}, clean, (0,), bm3d_indices=[5])
+
+
+@pytest.mark.skipif(not bm3d_available(), reason="the 'bm3d' package is not installed (pip install "
+                                                 "'moe-denoise[eval]'); BM3D rows cannot be measured")
+def test_bm3d_rows_on_the_subset_improve_on_the_noisy_input(fake_cifar):
+    clean = to_float(load_cifar10(fake_cifar, "test")[:5])
+    r = evaluate_across_sigmas({"identity": Identity()}, clean, (25,), protocols=("clip",), bm3d_indices=[0, 3],
+                               seed_protocol=False)
+    b = r["bm3d"]
+    assert b["indices"] == [0, 3] and b["num_images"] == 2 and b["methods"] == [NOISY, BM3D, "identity"]
+    rows = b["rows"]["clip"]["25"]
+    assert rows[BM3D]["psnr"]["mean"] > rows[NOISY]["psnr"]["mean"] + 3  # about 20 dB in, > 23 dB out
+    assert rows[BM3D]["ssim"]["mean"] > rows[NOISY]["ssim"]["mean"]
+    diff = b["model_minus_bm3d_psnr"]["clip"]["25"]["identity"]
+    assert diff["n"] == 2 and diff["wins"] == 0
+    assert diff["mean"] == pytest.approx(rows["identity"]["psnr"]["mean"] - rows[BM3D]["psnr"]["mean"], abs=1e-9)
+    assert r["seconds"][BM3D] > 0
+    target = next(x for x in check_targets(r) if x["target"].startswith("beats BM3D"))
+    assert not target["met"] and target["where"] == "clip sigma 25"

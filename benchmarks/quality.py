@@ -1,0 +1,318 @@
+"""Denoising quality on whole photos across noise levels, and the PSNR-against-sigma plot of a whole evaluation.
+
+Photos are scikit-image's sample photos (``skimage.data``; public domain), denoised the way a user's photo is:
+tiled by :func:`runtime.tiling.denoise_array` (gray photos go through its gray path), the output clipped to [0, 1]
+as writing the photo would. The noise is clipped (``clamp(x + sigma N, 0, 1)``, the only kind a photo file can
+hold; ``denoise_array`` refuses pixels outside [0, 1]); a gray photo gets one noise draw, the same in the three
+channels the tiler feeds the model. One standard-normal draw per photo (from ``seed`` and the photo's name) is
+scaled to every level, so the levels differ by their scale only. Reference rows: the noisy input, the best Gaussian
+blur (the width of a small grid giving the best PSNR: an oracle) and BM3D (told the true sigma; slow, so only on
+the photos named). Sizes are kept as the photos come (512x512, 451x300, 600x400).
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from moe_base.errors import InputError, MissingBackendError
+from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_denoise, psnr
+from moe_model.evaluate import BM3D, DEFAULT_SIGMAS_255, NOISY, sigma_key
+from runtime.tiling import TileFn, denoise_array
+
+PHOTOS: dict[str, str] = {"astronaut": "colour", "chelsea": "colour", "coffee": "colour", "camera": "gray",
+                          "moon": "gray"}
+"""The default photos and their kind."""
+DEFAULT_BM3D_PHOTOS: tuple[str, ...] = ("camera", "chelsea")
+BLUR = "best Gaussian blur"
+TARGET_PHOTO, TARGET_SIGMA, BLUR_MARGIN_DB = "camera", 0.2, 4.0  # issue 15: camera at 0.2 beats the blur by >= 4 dB
+CLEAN_PHOTO_DB = 40.0
+PLOT_TOP_DB = 50.0  # the plot's ceiling: BM3D told sigma 0 returns its input (> 100 dB), which would flatten the rest
+
+
+def load_photo(name: str) -> np.ndarray:
+    """``skimage.data.<name>()`` as float32 in [0, 1]: HxW for a gray photo, HxWx3 for a colour one."""
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise MissingBackendError("the photo evaluation needs scikit-image, which is not installed: "
+                          "pip install 'moe-denoise[eval]'") from e
+    loader = getattr(skimage.data, name, None)
+    if not callable(loader) or name.startswith("_"):
+        raise InputError(f"unknown photo {name!r}: expected the name of a scikit-image sample photo "
+                         f"(skimage.data), e.g. {', '.join(PHOTOS)}")
+    image = np.asarray(loader())
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise InputError(f"skimage.data.{name}() is {image.dtype} {image.shape}; expected an 8-bit gray (HxW) or "
+                         f"RGB (HxWx3) photo such as {', '.join(PHOTOS)}")
+    return image.astype(np.float32) / 255.0
+
+
+def noise_draw(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """The standard-normal draw of one photo (fixed by ``seed`` and the photo's name), float32 of ``shape``."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def model_tile_fn(model: Any) -> TileFn:
+    """A torch model as the tile function :func:`runtime.tiling.denoise_array` calls."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch).to(device)).cpu().numpy()
+
+    return fn
+
+
+def photo_ssim(pred: np.ndarray, clean: np.ndarray) -> float:
+    from moe_model.metrics import ssim_per_image
+
+    if clean.ndim == 2:
+        return float(ssim_per_image(pred[None, None], clean[None, None])[0])
+    return float(ssim_per_image(pred.transpose(2, 0, 1)[None], clean.transpose(2, 0, 1)[None])[0])
+
+
+def _score(pred: np.ndarray, clean: np.ndarray, with_ssim: bool, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"psnr": psnr(pred, clean)}
+    if with_ssim:
+        row["ssim"] = photo_ssim(pred, clean)
+    row.update(extra)
+    return row
+
+
+def _level(name: str, clean: np.ndarray, noisy: np.ndarray, sigma: float, fns: Mapping[str, TileFn],
+           run_bm3d: bool, blur_grid: Sequence[float], with_ssim: bool,
+           seconds: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Every method's row for one photo at one noise level."""
+    rows = {NOISY: _score(noisy, clean, with_ssim)}
+    blur = best_gaussian_blur(noisy, clean, blur_grid)
+    rows[BLUR] = _score(np.clip(blur["image"], 0, 1), clean, with_ssim, blur_sigma=blur["blur_sigma"],
+                        at_grid_edge=blur["at_grid_edge"])
+    if run_bm3d:
+        t0 = time.perf_counter()
+        out = bm3d_denoise(noisy, sigma)
+        seconds[BM3D] = seconds.get(BM3D, 0.0) + time.perf_counter() - t0
+        rows[BM3D] = _score(np.clip(out, 0, 1), clean, with_ssim)
+    for label, fn in fns.items():
+        t0 = time.perf_counter()
+        out = denoise_array(noisy, fn)
+        seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
+        rows[label] = _score(np.clip(out, 0, 1), clean, with_ssim)
+    return rows
+
+
+def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOTOS),
+                    sigmas255: Sequence[float] = DEFAULT_SIGMAS_255, bm3d_names: Sequence[str] = DEFAULT_BM3D_PHOTOS,
+                    blur_grid: Sequence[float] = DEFAULT_BLUR_GRID, seed: int = 0, with_ssim: bool = True,
+                    progress: bool = False) -> dict[str, Any]:
+    """Score ``models`` (label -> torch model, or label -> tile function) on whole photos at every noise level of
+    ``sigmas255`` (0-255 scale; 0 = the clean photo), with the noisy input, the best Gaussian blur and BM3D (on
+    ``bm3d_names`` only) as reference rows. When ``camera`` is among ``names`` its sigma-0.2 level (issue 15's
+    target against the best blur) is scored too, as ``result["target_level"]``."""
+    labels = list(models)
+    clash = [x for x in labels if x in (NOISY, BM3D, BLUR)]
+    if clash:
+        raise InputError(f"model labels {clash} name reference rows; choose other labels")
+    unknown_bm3d = [n for n in bm3d_names if n not in names]
+    if unknown_bm3d:
+        raise InputError(f"BM3D photos {unknown_bm3d} are not among the photos evaluated ({list(names)}); "
+                         f"name photos from that list")
+    bad = [s for s in sigmas255 if not 0 <= float(s) < float("inf")]
+    if bad or not sigmas255:
+        raise InputError(f"noise levels must be finite numbers >= 0 on the 0-255 scale (got {list(sigmas255)})")
+    fns = {k: (m if callable(m) and not hasattr(m, "parameters") else model_tile_fn(m)) for k, m in models.items()}
+    seconds: dict[str, float] = {}
+    photos: dict[str, Any] = {}
+    target = None
+    jobs = [(n, float(s)) for n in names for s in sigmas255]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="photos", unit="level", leave=False)
+    for name in names:
+        clean = load_photo(name)
+        draw = noise_draw(name, clean.shape, seed)
+        entry: dict[str, Any] = {"kind": "gray" if clean.ndim == 2 else "colour",
+                                 "size": [int(clean.shape[1]), int(clean.shape[0])], "bm3d": name in bm3d_names,
+                                 "rows": {}}
+        for s255 in (float(s) for s in sigmas255):
+            noisy = np.clip(clean + np.float32(s255 / 255.0) * draw, 0.0, 1.0)
+            entry["rows"][sigma_key(s255)] = _level(name, clean, noisy, s255 / 255.0, fns, name in bm3d_names,
+                                                    blur_grid, with_ssim, seconds)
+            if bar is not None:
+                bar.update(1)
+        if name == TARGET_PHOTO:
+            noisy = np.clip(clean + np.float32(TARGET_SIGMA) * draw, 0.0, 1.0)
+            target = {"photo": name, "sigma": TARGET_SIGMA, "protocol": "clip",
+                      "rows": _level(name, clean, noisy, TARGET_SIGMA, fns, name in bm3d_names, blur_grid,
+                                     with_ssim, seconds)}
+        photos[name] = entry
+    if bar is not None:
+        bar.close()
+    methods = [NOISY, BLUR, *([BM3D] if bm3d_names else []), *labels]
+    return {"mode": "photos", "protocol": "clip", "seed": seed, "sigmas": [float(s) for s in sigmas255],
+            "sigma_scale": "0-255: noise std sigma/255 on [0, 1] pixels", "methods": methods,
+            "blur_grid": [float(w) for w in blur_grid], "with_ssim": with_ssim, "photos": photos,
+            "target_level": target, "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+
+
+def check_photo_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15's photo targets for every model: camera at sigma 0.2 beats the best blur by >= 4 dB; clean colour
+    photos come out >= 40 dB against themselves (the worst photo)."""
+    from moe_model.evaluate import _target
+
+    labels = [m for m in result["methods"] if m not in (NOISY, BLUR, BM3D)]
+    out = []
+    t = result.get("target_level")
+    clean_colour = [(name, p["rows"][sigma_key(0)]) for name, p in result["photos"].items()
+                    if p["kind"] == "colour" and sigma_key(0) in p["rows"]]
+    for label in labels:
+        if t:
+            rows = t["rows"]
+            out.append(_target(label, f"{t['photo']} at sigma {t['sigma']}: PSNR - best Gaussian blur "
+                                      f"(width {rows[BLUR]['blur_sigma']:g} px, {rows[BLUR]['psnr']:.2f} dB) "
+                                      f">= {BLUR_MARGIN_DB:g} dB",
+                               rows[label]["psnr"] - rows[BLUR]["psnr"], BLUR_MARGIN_DB,
+                               f"{t['photo']} clip sigma {t['sigma']}"))
+        if clean_colour:
+            worst, name = min((rows[label]["psnr"], name) for name, rows in clean_colour)
+            out.append(_target(label, f"clean colour photos >= {CLEAN_PHOTO_DB:g} dB (worst photo)", worst,
+                               CLEAN_PHOTO_DB, f"{name} sigma 0"))
+    return out
+
+
+def format_photo_table(result: dict[str, Any], targets: Sequence[dict[str, Any]] = ()) -> str:
+    from moe_model.evaluate import format_targets
+
+    keys = [sigma_key(s) for s in result["sigmas"]]
+    width = max(20, *(len(m) + 2 for m in result["methods"]))
+    metrics = [("psnr", "PSNR (dB)", 2)] + ([("ssim", "SSIM", 3)] if result.get("with_ssim") else [])
+    out = [(f"photos (scikit-image samples), clipped noise clamp(x + sigma N, 0, 1), seed {result['seed']}; sigma on "
+            f"the 0-255 scale; tiled by runtime.tiling.denoise_array, outputs clipped to [0, 1]; best Gaussian blur = "
+            f"the best of widths {', '.join(f'{w:g}' for w in result['blur_grid'])} px (oracle)")]
+    for name, p in result["photos"].items():
+        w, h = p["size"]
+        for metric, title, digits in metrics:
+            out += ["", f"{name} ({p['kind']}, {w}x{h}) {title}",
+                    f"{'method':<{width}}" + "".join(f"{'sigma ' + k:>10}" for k in keys)]
+            for m in result["methods"]:
+                if m == BM3D and not p["bm3d"]:
+                    continue
+                cells = []
+                for k in keys:
+                    v = p["rows"][k][m][metric]
+                    cells.append("clean" if v == float("inf") else f"{v:.{digits}f}")
+                out.append(f"{m:<{width}}" + "".join(f"{c:>10}" for c in cells))
+        if metrics and BLUR in p["rows"][keys[0]]:
+            widths = [f"{p['rows'][k][BLUR]['blur_sigma']:g}" + ("*" if p["rows"][k][BLUR]["at_grid_edge"] else "")
+                      for k in keys]
+            out.append(f"{'(blur width, px)':<{width}}" + "".join(f"{c:>10}" for c in widths))
+    t = result.get("target_level")
+    if t:
+        out += ["", f"{t['photo']} at sigma {t['sigma']} (clip):"]
+        for m, row in t["rows"].items():
+            extra = f" (blur width {row['blur_sigma']:g} px)" if "blur_sigma" in row else ""
+            ssim = f" / SSIM {row['ssim']:.3f}" if "ssim" in row else ""
+            out.append(f"  {m:<22} PSNR {row['psnr']:.2f} dB{ssim}{extra}")
+    if result.get("seconds"):
+        out += ["", "time (s, all photos and levels): "
+                + ", ".join(f"{m} {s:.1f}" for m, s in result["seconds"].items())]
+    if any(p["rows"][k][BLUR]["at_grid_edge"] for p in result["photos"].values() for k in keys if float(k) > 0):
+        out.append("* best blur width at the edge of the grid: at sigma > 0 the best blur may lie outside it (at "
+                   "sigma 0 the narrowest blur is the best, as expected)")
+    if targets:
+        out += ["", format_targets(targets)]
+    return "\n".join(out)
+
+
+# --- plot ----------------------------------------------------------------------------------------------------------
+def _curve(rows_by_sigma: Mapping[str, Mapping[str, Any]], sigmas: Sequence[float], method: str,
+           nested: bool) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for s in sigmas:
+        row = rows_by_sigma[sigma_key(s)].get(method)
+        if row is None:
+            continue
+        v = row["psnr"]["mean"] if nested else row["psnr"]
+        if v is not None and np.isfinite(v):  # None: an infinite PSNR read back from the JSON report
+            xs.append(float(s))
+            ys.append(float(v))
+    return xs, ys
+
+
+def render_plot(cifar: dict[str, Any] | None = None, photos: dict[str, Any] | None = None) -> bytes:
+    """PNG bytes: PSNR against sigma, one panel per CIFAR-10 protocol (all images, then the BM3D subset) and per
+    photo, one line per method (the same colour in every panel). The noisy input's infinite PSNR at sigma 0 is left
+    out. Raises MissingBackendError (an ImportError) naming the ``plot`` extra when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingBackendError("the plot needs matplotlib, which is not installed: "
+                                  "pip install 'moe-denoise[plot]'") from e
+    matplotlib.use("Agg", force=False)
+    import io
+
+    import matplotlib.pyplot as plt
+
+    panels: list[tuple[str, Mapping[str, Any], Sequence[float], Sequence[str], bool]] = []
+    if cifar is not None:
+        for p in cifar["protocols"]:
+            panels.append((f"CIFAR-10 test, {cifar['num_images']} images, {p}", cifar["rows"][p], cifar["sigmas"],
+                           cifar["methods"], True))
+        b = cifar.get("bm3d")
+        if b:
+            for p in cifar["protocols"]:
+                panels.append((f"CIFAR-10 BM3D subset, {b['num_images']} images, {p}", b["rows"][p],
+                               cifar["sigmas"], b["methods"], True))
+    if photos is not None:
+        for name, ph in photos["photos"].items():
+            methods = [m for m in photos["methods"] if m != BM3D or ph["bm3d"]]
+            panels.append((f"{name} ({ph['kind']}, {ph['size'][0]}x{ph['size'][1]}), clip", ph["rows"],
+                           photos["sigmas"], methods, False))
+    if not panels:
+        raise InputError("nothing to plot: give a CIFAR-10 result, a photo result or both")
+    all_methods = list(dict.fromkeys(m for *_, methods, _ in panels for m in methods))
+    reference = {NOISY: "0.55", BM3D: "black", BLUR: "tab:brown"}  # baselines in neutral colours, models in C0..
+    models = [m for m in all_methods if m not in reference]
+    palette = [c for c in (f"C{i}" for i in range(10)) if c != "C5"]  # C5 is brown, the blur's
+    colours = {**reference, **{m: palette[i % len(palette)] for i, m in enumerate(models)}}
+    styles = {NOISY: ":", BLUR: "-.", BM3D: "--"}
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    clipped_any = False
+    for ax, (title, rows, sigmas, methods, nested) in zip(axes.flat, panels):
+        for m in methods:
+            xs, ys = _curve(rows, sigmas, m, nested)
+            shown = [min(y, PLOT_TOP_DB) for y in ys]
+            ax.plot(xs, shown, styles.get(m, "-"), marker="o", ms=3, color=colours[m], label=m)
+            over = [(x, PLOT_TOP_DB) for x, y in zip(xs, ys) if y > PLOT_TOP_DB]
+            if over:
+                clipped_any = True
+                ax.plot(*zip(*over), "^", ms=7, color=colours[m])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("sigma (0-255 scale)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_xticks([float(s) for s in sigmas])
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], ls=styles.get(m, "-"), marker="o", ms=3, color=colours[m]) for m in all_methods]
+    names = list(all_methods)
+    if clipped_any:
+        handles.append(plt.Line2D([], [], ls="", marker="^", ms=7, color="grey"))
+        names.append(f"above {PLOT_TOP_DB:g} dB (drawn at {PLOT_TOP_DB:g})")
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 7), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 if nrows == 1 else 0.04, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
