@@ -1,0 +1,58 @@
+"""The README / docs command check: the real README and docs pass, and planted mistakes are caught."""
+import pytest
+
+from tools import check_readme
+
+DOCS = check_readme.default_files()
+# docs/tensorrt.md still names the old artifacts/ folder and two test paths from before the restructuring;
+# its owner is to fix it, after which this mark goes (the check then passes: XPASS).
+KNOWN_STALE = {"tensorrt.md": "docs/tensorrt.md: artifacts/... inputs and tests/trt_layer/, tests/gpu/ paths"}
+
+
+@pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.xfail(reason=KNOWN_STALE[d.name], strict=False))
+                                 if d.name in KNOWN_STALE else d for d in DOCS], ids=lambda d: d.name)
+def test_every_command_parses_and_every_path_exists(doc):
+    assert [str(p) for p in check_readme.check([doc])] == []
+
+
+def test_the_readme_has_two_quickstart_commands_that_parse():
+    commands = check_readme.quickstart_commands(check_readme.REPO / "README.md")
+    assert len(commands) == 2
+    assert "pytest" in commands[1] and "moe-denoise denoise" in commands[0]
+
+
+def _plant(tmp_path, block: str, prose: str = ""):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "real.md").write_text("# a file that exists\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{prose}\n\n```bash\n{block}\n```\n")
+    return [str(p) for p in check_readme.check([readme], repo=tmp_path)]
+
+
+def test_a_planted_bad_option_is_caught_on_a_continued_line(tmp_path):
+    problems = _plant(tmp_path, "moe-denoise denoise docs/real.md -o out.png \\\n    --no-such-option 3\n"
+                                "moe-denoise export --flavor portable   # fine")
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("README.md:6: moe-denoise denoise") and "--no-such-option" in problems[0]
+
+
+def test_a_bad_choice_in_a_chain_and_an_unknown_command_are_caught(tmp_path):
+    problems = _plant(tmp_path, "pip install -e . && moe-denoise export --flavor tiny\nmoe-denoise frobnicate")
+    assert len(problems) == 2, problems
+    assert "invalid choice: 'tiny'" in problems[0] and "frobnicate" in problems[1]
+
+
+def test_missing_repository_paths_and_stale_artifacts_are_caught(tmp_path):
+    problems = _plant(tmp_path,
+                      "moe-denoise denoise docs/nope.png -o docs/written.png\n"
+                      "moe-denoise build --onnx artifacts/m.onnx\n"
+                      "moe-denoise export -o artifacts/mine.onnx && moe-denoise build --onnx artifacts/mine.onnx\n"
+                      "python -m docs.missing_tool",
+                      prose="See [the file](docs/real.md), [a missing one](docs/gone.md) and `docs/also_gone.md`.")
+    assert any("link docs/gone.md" in p for p in problems), problems
+    assert any("`docs/also_gone.md`" in p for p in problems), problems
+    assert any("docs/nope.png: no such file" in p for p in problems), problems
+    assert any("artifacts/m.onnx: no earlier command" in p for p in problems), problems
+    assert any("python -m docs.missing_tool" in p for p in problems), problems
+    assert not any("docs/written.png" in p or "artifacts/mine.onnx" in p or "docs/real.md" in p for p in problems)
+    assert len(problems) == 5, problems
