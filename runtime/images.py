@@ -22,13 +22,23 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 with
   4:4:4 chroma; the ICC profile and DPI are kept.
+* **Large images**: :func:`read_pixels` refuses, from the header and before decoding, an image over
+  ``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`) or one whose decoding needs more memory than the process
+  can get (:func:`available_memory`: ``ulimit -v``, cgroup limit, available RAM). It keeps the file's
+  integers (uint8 / uint16: 1-2 bytes per channel, not float32's 4), copied from Pillow's decoded image
+  strip by strip; :func:`to_unit` / :func:`to_pixels` convert any band of rows, and
+  :func:`write_pixels` writes the integers back (pypng row by row for 16-bit colour PNG). Pillow itself
+  always decodes and encodes whole images, so the peak is Pillow's image plus the array (8-bit RGB:
+  4 + 3 bytes per pixel).
 """
 from __future__ import annotations
 
 import io
 import os
+import threading
 import zlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -106,11 +116,212 @@ def _pil():  # -> module PIL.Image
     return Image
 
 
+# --------------------------------------------------------------------------------------------- limits
+
+DEFAULT_MAX_PIXELS = 200_000_000
+"""Largest image read by default (width x height): above every single-shot camera sensor (about 150 megapixels).
+
+Checked on the header, before anything is decoded, so a small file that declares a huge canvas (a
+"decompression bomb") is refused at once. Pillow's own, lower bomb limit (about 179 megapixels, a warning
+from 89) is set aside while :func:`read_pixels` reads, since this one replaces it. ``None``: no limit.
+"""
+# Bytes per pixel of Pillow's decoded image ("core") for each mode (1 for 8-bit single-band modes, 2 for
+# 16-bit gray, 4 for everything else: Pillow stores RGB as RGBX and LA as L..A).
+_PILLOW_CORE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_STRIP_BYTES = 4 << 20  # Pillow's decoded image is copied into the array in strips of about this size
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, before its pixels are decoded (size as stored, before the EXIF orientation)."""
+
+    path: str
+    format: str
+    mode: str
+    layout: str  # channels the array will have: 'L', 'LA', 'RGB' or 'RGBA'
+    bit_depth: int  # 1, 8 or 16
+    width: int
+    height: int
+    decoder: str = "pillow"  # 'pillow', or 'pypng' / 'tifffile' for 16-bit colour (Pillow truncates it)
+    core_bytes_per_pixel: int = 0  # Pillow's decoded image (0 when pypng / tifffile decode the file)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return LAYOUTS[self.layout]
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def compact_bytes(self) -> int:
+        """The decoded image as uint8 / uint16 (what :func:`read_pixels` returns)."""
+        return self.pixels * self.channels * (2 if self.bit_depth == 16 else 1)
+
+    @property
+    def decode_bytes(self) -> int:
+        """Peak memory of :func:`read_pixels`: Pillow's decoded image and the array it is copied into, or the
+        array and its upright copy (EXIF orientation), whichever is larger."""
+        return max(self.pixels * self.core_bytes_per_pixel + self.compact_bytes, 2 * self.compact_bytes)
+
+    def describe(self) -> str:
+        return (f"'{self.path}' is {self.width}x{self.height} ({self.pixels / 1e6:.1f} megapixels, {self.layout} "
+                f"{self.bit_depth}-bit)")
+
+
+def check_size(header: ImageHeader, max_pixels: int | None) -> None:
+    """Refuse an image with more pixels than ``max_pixels`` (None: no limit), naming both and what to do."""
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise InputError(f"{header.describe()}, more than the limit of {max_pixels:,} pixels "
+                         f"({max_pixels / 1e6:.0f} megapixels); refusing to decode it. If the file is a real photo "
+                         f"you trust, raise the limit (--max-pixels {header.pixels}, or max_pixels=...), or split "
+                         f"it into smaller images")
+
+
+def _proc_fields(path: str, names: tuple[str, ...]) -> dict[str, int]:
+    """'Name: 123 kB' lines of a /proc file, in bytes (empty where /proc is absent)."""
+    found: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in names and rest.split():
+                    found[name] = int(rest.split()[0]) * (1024 if rest.strip().endswith("kB") else 1)
+    except OSError:
+        pass
+    return found
+
+
+def _cgroup_room() -> tuple[int, str] | None:
+    """Bytes left under this process's cgroup memory limit (v2 or v1), counting inactive page cache as free."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # v2
+            base, limit_f, usage_f, cache_key = Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"
+        elif "memory" in controllers.split(","):
+            base, limit_f, usage_f, cache_key = (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes",
+                                                 "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        folder = base / rel.lstrip("/")
+        while True:  # the tightest limit on the way up
+            try:
+                limit_text = (folder / limit_f).read_text().strip()
+                usage = int((folder / usage_f).read_text())
+                stat = dict(ln.split() for ln in (folder / "memory.stat").read_text().splitlines() if " " in ln)
+            except (OSError, ValueError):
+                limit_text = "max"
+            if limit_text.isdigit() and int(limit_text) < 1 << 60:
+                room = int(limit_text) - usage + int(stat.get(cache_key, 0))
+                if best is None or room < best[0]:
+                    best = (room, f"the memory limit of its control group {folder} ({int(limit_text) >> 20} MiB)")
+            if folder == base or folder.parent == folder:
+                break
+            folder = folder.parent
+    return best
+
+
+def available_memory() -> tuple[int | None, str]:
+    """(bytes this process can still get, what bounds it); (None, '') where nothing is known.
+
+    The smallest of: the address-space limit (``ulimit -v``) less what the process maps already, the data
+    limit (``ulimit -d``) less its data, its cgroup's memory limit less the cgroup's use, and the machine's
+    available memory (MemAvailable + free swap).
+    """
+    found: list[tuple[int, str]] = []
+    status = _proc_fields("/proc/self/status", ("VmSize", "VmData"))
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        resource = None  # type: ignore[assignment]
+    if resource is not None:
+        for limit, key, what in ((resource.RLIMIT_AS, "VmSize", "address-space limit (ulimit -v)"),
+                                 (resource.RLIMIT_DATA, "VmData", "data-size limit (ulimit -d)")):
+            soft = resource.getrlimit(limit)[0]
+            if soft != resource.RLIM_INFINITY and key in status:
+                found.append((soft - status[key], f"the {what} of {soft >> 20} MiB less the {status[key] >> 20} MiB "
+                                                  f"the process already maps"))
+    room = _cgroup_room()
+    if room is not None:
+        found.append(room)
+    mem = _proc_fields("/proc/meminfo", ("MemAvailable", "SwapFree"))
+    if "MemAvailable" in mem:
+        found.append((mem["MemAvailable"] + mem.get("SwapFree", 0), "the memory available on this machine"))
+    if not found:
+        return None, ""
+    return min(found)
+
+
+def check_memory(needed: int, what: str, header: ImageHeader) -> None:
+    """Refuse up front (InputError) when ``needed`` bytes are more than :func:`available_memory` gives."""
+    room, bound = available_memory()
+    if room is not None and needed > room:
+        raise InputError(f"{header.describe()}: {what} needs about {needed / 2**30:.2f} GiB, but this process can "
+                         f"get only {max(room, 0) / 2**30:.2f} GiB more ({bound}). Free memory or raise the limit, "
+                         f"or split the image into smaller ones")
+
+
+@contextmanager
+def _own_pixel_limit(Image: Any):  # -> Iterator[None]
+    """Set Pillow's decompression-bomb check aside (our check_size replaces it), under a lock, then restore it."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 # --------------------------------------------------------------------------------------------- reading
 
 
-def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
-    """Read an image file into an upright float32 HxWxC array in [0, 1] and its :class:`ImageInfo`."""
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image file into an upright float32 HxWxC array in [0, 1] and its :class:`ImageInfo`.
+
+    The whole image is held as float32 (4 bytes per channel); :func:`read_pixels` keeps the file's
+    integers (1 or 2 bytes per channel) for large photos. Files over ``max_pixels`` or that would not
+    fit in the memory this process can get are refused before decoding.
+    """
+    def fits(header: ImageHeader) -> None:
+        float_bytes = header.pixels * header.channels * 4
+        check_memory(max(header.decode_bytes, header.compact_bytes + float_bytes), "reading it as float32", header)
+
+    data, info = read_pixels(path, max_pixels=max_pixels, before_decode=fits)
+    return to_unit(data, info), info
+
+
+def unit_scale(info: ImageInfo | ImageHeader) -> np.float32:
+    """The file's white level (255, or 65535 for 16-bit) that :func:`to_unit` divides by."""
+    return np.float32(65535 if info.bit_depth == 16 else 255)
+
+
+def to_unit(pixels: np.ndarray, info: ImageInfo | ImageHeader) -> np.ndarray:
+    """uint8 / uint16 pixels of a file (all rows or a band) -> float32 in [0, 1], as :func:`read_image` gives them."""
+    return pixels.astype(np.float32) / unit_scale(info)
+
+
+def read_pixels(
+    path: str | os.PathLike[str],
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    before_decode: Callable[[ImageHeader], None] | None = None,
+) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image file into an upright HxWxC array of its own integers (uint8, or uint16 for 16-bit) and its info.
+
+    Before decoding, the header is checked: more pixels than ``max_pixels`` (None: no limit), or more memory
+    than this process can get for decoding (:attr:`ImageHeader.decode_bytes`), is refused with InputError;
+    then ``before_decode(header)`` is called (e.g. to check the memory of the whole job, or the output path).
+    Peak memory: Pillow's decoded image (1 to 4 bytes per pixel) plus the array, copied over in strips
+    (8-bit RGB: 4 + 3 = 7 bytes per pixel), or twice the array when an EXIF orientation must be applied.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"no such image file: '{p}'. Check the path")
@@ -118,71 +329,110 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
         raise InputError(f"'{p}' is not a file (a directory?); expected an image file such as photo.png")
     Image = _pil()
     try:
-        with Image.open(p) as im:
-            return _read_opened(p, im)
+        with _own_pixel_limit(Image), Image.open(p) as im:
+            header = _read_header(p, im)
+            check_size(header, max_pixels)
+            check_memory(header.decode_bytes, "decoding it", header)
+            if before_decode is not None:
+                before_decode(header)
+            return _decode(p, im, header)
     except (InputError, MissingBackendError):
         raise
-    except Image.DecompressionBombError as e:
-        raise InputError(f"'{p}' is larger than Pillow's safety limit ({e}). If you trust the file, raise "
-                         f"PIL.Image.MAX_IMAGE_PIXELS before reading it") from e
+    except Image.DecompressionBombError as e:  # a frame larger than the canvas (GIF, ICO, ...)
+        raise InputError(f"'{p}' holds an image larger than Pillow's safety limit ({e}); refusing to decode it") from e
+    except MemoryError as e:
+        raise InputError(f"ran out of memory decoding '{p}'; free memory or raise the limit, or split the image "
+                         f"into smaller ones") from e
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError) as e:
         raise InputError(f"cannot read '{p}' as an image ({type(e).__name__}: {e}); expected a valid PNG, JPEG, "
                          f"TIFF or other file Pillow can decode. Is it truncated or corrupt?") from e
 
 
-def _read_opened(p: Path, im: Any) -> tuple[np.ndarray, ImageInfo]:
-    """Decode an opened Pillow image; 16-bit colour goes through pypng / tifffile."""
+def _read_header(p: Path, im: Any) -> ImageHeader:
+    """The layout, bit depth and size the file will decode to; refused modes raise here, before decoding."""
     fmt, mode = im.format or "?", im.mode
     notes: list[str] = []
     if getattr(im, "n_frames", 1) > 1:
         notes.append(f"the file has {im.n_frames} frames; only the first is read")
     deep = _deep_colour_kind(p, im)
-    if deep is not None:
-        data = _read_png16(p) if deep == "PNG" else _read_tiff16(p)
-        layout, bits = {2: "LA", 3: "RGB", 4: "RGBA"}[data.shape[2]], 16
+    core = 0
+    if deep == "PNG":
+        with open(p, "rb") as f:
+            colour_type = f.read(26)[25]
+        layout, bits = {4: "LA", 2: "RGB", 6: "RGBA"}[colour_type], 16
+    elif deep == "TIFF":
+        samples = int(im.tag_v2.get(277, 1))
+        if samples not in (2, 3, 4):
+            raise InputError(f"'{p}' has {samples} samples per pixel; expected 16-bit gray+alpha, RGB or RGBA (2 to 4)")
+        layout, bits = {2: "LA", 3: "RGB", 4: "RGBA"}[samples], 16
+    elif mode in ("P", "PA"):
+        layout, bits, core = ("RGBA" if mode == "PA" or "transparency" in im.info else "RGB"), 8, 4 if mode == "PA" else 1
+        notes.append(f"palette '{mode}' image converted to '{layout}'; the output is {layout}")
+    elif mode in _REFUSED:
+        raise InputError(f"'{p}' has Pillow mode '{mode}': {_REFUSED[mode]}. Expected 8 or 16 bits per channel "
+                         f"(gray, gray+alpha, RGB, RGBA, palette or CMYK). Convert it first, e.g. to a 16-bit PNG")
+    elif mode not in _PILLOW_MODES:
+        raise InputError(f"'{p}' has Pillow mode '{mode}', which is not supported. Expected gray, gray+alpha, RGB, "
+                         f"RGBA, palette or CMYK with 8 or 16 bits per channel; convert it to PNG first")
     else:
-        data, layout, bits = _read_pillow(p, im, notes)
-    exif = im.getexif()
+        layout, bits, note = _PILLOW_MODES[mode]
+        core = _PILLOW_CORE_BYTES.get(mode, 4)
+        if note:
+            notes.append(note)
+    decoder = {"PNG": "pypng", "TIFF": "tifffile", None: "pillow"}[deep]
+    return ImageHeader(path=str(p.resolve()), format=fmt, mode=mode, layout=layout, bit_depth=bits,
+                       width=im.width, height=im.height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes))
+
+
+def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInfo]:
+    """Decode an opened Pillow image into integers; 16-bit colour goes through pypng / tifffile."""
+    if header.decoder == "pypng":
+        data = _read_png16(p, header)
+    elif header.decoder == "tifffile":
+        data = _read_tiff16(p)
+    else:
+        data = _read_pillow(im, header)
+    notes = list(header.notes)
+    exif = im.getexif()  # after the pixels: a PNG may keep its EXIF after them
     orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
     if orientation not in range(1, 9):
         notes.append(f"invalid EXIF orientation {orientation} ignored")
         orientation = 1
+    fmt = header.format
+    keep_icc = header.mode not in ("CMYK",)
+    icc = im.info.get("icc_profile") if keep_icc else None
+    dpi = _dpi(im.info.get("dpi"))
+    compression = im.info.get("compression") if fmt == "TIFF" else None
+    exif_bytes = _exif_without_orientation(exif) if fmt in _EXIF_FORMATS else None
+    im.close()  # release Pillow's decoded image before the upright copy
     data = apply_orientation(data, orientation)
-    array = data.astype(np.float32) / np.float32(65535 if bits == 16 else 255)
-    keep_icc = mode not in ("CMYK",)
     info = ImageInfo(
-        path=str(p.resolve()), format=fmt, mode=mode, bit_depth=bits, layout=layout,
-        width=data.shape[1], height=data.shape[0], orientation=orientation,
-        icc_profile=im.info.get("icc_profile") if keep_icc else None,
-        exif=_exif_without_orientation(exif) if fmt in _EXIF_FORMATS else None,
-        dpi=_dpi(im.info.get("dpi")), compression=im.info.get("compression") if fmt == "TIFF" else None,
-        notes=tuple(notes),
+        path=header.path, format=fmt, mode=header.mode, bit_depth=header.bit_depth, layout=header.layout,
+        width=data.shape[1], height=data.shape[0], orientation=orientation, icc_profile=icc, exif=exif_bytes,
+        dpi=dpi, compression=compression, notes=tuple(notes),
     )
-    return array, info
+    return data, info
 
 
-def _read_pillow(p: Path, im: Any, notes: list[str]) -> tuple[np.ndarray, str, int]:
-    """(integer HxWxC array, layout, bits per channel) for the modes Pillow decodes faithfully."""
-    mode = im.mode
-    if mode in ("P", "PA"):
-        has_alpha = mode == "PA" or "transparency" in im.info
-        target = "RGBA" if has_alpha else "RGB"
-        notes.append(f"palette '{mode}' image converted to '{target}'; the output is {target}")
-        return _as_hwc(np.asarray(im.convert(target))), target, 8
-    if mode in _REFUSED:
-        raise InputError(f"'{p}' has Pillow mode '{mode}': {_REFUSED[mode]}. Expected 8 or 16 bits per channel "
-                         f"(gray, gray+alpha, RGB, RGBA, palette or CMYK). Convert it first, e.g. to a 16-bit PNG")
-    if mode not in _PILLOW_MODES:
-        raise InputError(f"'{p}' has Pillow mode '{mode}', which is not supported. Expected gray, gray+alpha, RGB, "
-                         f"RGBA, palette or CMYK with 8 or 16 bits per channel; convert it to PNG first")
-    layout, bits, note = _PILLOW_MODES[mode]
-    if note:
-        notes.append(note)
-    if bits == 16:
-        return _as_hwc(np.asarray(im).astype(np.uint16)), layout, 16
-    if mode != layout:
-        im = im.convert(layout)
-    return _as_hwc(np.asarray(im)), layout, bits
+def _read_pillow(im: Any, header: ImageHeader) -> np.ndarray:
+    """The integer HxWxC array of a mode Pillow decodes faithfully, converted and copied over strip by strip.
+
+    Each strip is converted on its own (palette, CMYK, premultiplied alpha, 1-bit: per-pixel conversions,
+    so the result is the same as converting the whole image), which keeps the peak at Pillow's decoded
+    image plus the array instead of two or three full copies.
+    """
+    w, h, c = header.width, header.height, header.channels
+    dtype = np.uint16 if header.bit_depth == 16 else np.uint8
+    convert = header.bit_depth != 16 and im.mode != header.layout
+    data = np.empty((h, w, c), dtype=dtype)
+    step = max(1, _STRIP_BYTES // (4 * w))
+    im.load()
+    for y in range(0, h, step):
+        strip = im.crop((0, y, w, min(h, y + step)))
+        if convert:
+            strip = strip.convert(header.layout)
+        data[y:y + step] = _as_hwc(np.asarray(strip))
+    return data
 
 
 def _as_hwc(a: np.ndarray) -> np.ndarray:
@@ -205,14 +455,25 @@ def _deep_colour_kind(p: Path, im: Any) -> str | None:
     return None
 
 
-def _read_png16(p: Path) -> np.ndarray:
+def _read_png16(p: Path, header: ImageHeader) -> np.ndarray:
+    """pypng decodes row by row: the rows go straight into the array (no list of rows, no second copy)."""
     png = require("png", f"reading the 16-bit colour PNG '{p}'")
     try:
         width, height, rows, meta = png.Reader(filename=str(p)).read()
-        data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+        planes = meta["planes"]
+        if (width, height, planes) != (header.width, header.height, header.channels):
+            raise InputError(f"'{p}' decodes to {width}x{height}x{planes}, not the {header.width}x{header.height}x"
+                             f"{header.channels} its header declares; is it corrupt?")
+        data = np.empty((height, width, planes), dtype=np.uint16)
+        flat = data.reshape(height, width * planes)
+        count = 0
+        for count, row in enumerate(rows, start=1):
+            flat[count - 1] = row
+        if count != height:
+            raise InputError(f"'{p}' holds {count} rows of pixels, not {height}; is it truncated?")
     except (png.Error, zlib.error) as e:
         raise InputError(f"cannot decode the 16-bit PNG '{p}' ({e}); is it truncated or corrupt?") from e
-    return data.reshape(height, width, meta["planes"])
+    return data
 
 
 def _read_tiff16(p: Path) -> np.ndarray:
@@ -276,8 +537,12 @@ def output_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
-def _to_integers(array: np.ndarray, info: ImageInfo) -> np.ndarray:
-    """Validate the float result and quantise it to the file's bit depth (values clipped to [0, 1])."""
+def to_pixels(array: np.ndarray, info: ImageInfo) -> np.ndarray:
+    """Validate a float result (all rows or a band) and quantise it to the file's integers (clipped to [0, 1]).
+
+    Done in row strips, so the float64 temporaries stay small whatever the image size; the values are the
+    same as quantising the whole array at once (every step is per pixel).
+    """
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"the image to write must be a float numpy array in [0, 1]; got "
                          f"{type(array).__name__} {getattr(array, 'dtype', '')}")
@@ -285,11 +550,15 @@ def _to_integers(array: np.ndarray, info: ImageInfo) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != info.channels:
         raise InputError(f"the image to write has shape {array.shape}; expected HxWx{info.channels} "
                          f"(layout '{info.layout}' of the image it was read as)")
-    if not np.isfinite(a).all():
-        raise InputError("the image to write has NaN/inf values; expected finite values in [0, 1]")
     top = 65535 if info.bit_depth == 16 else 255
-    dtype = np.uint16 if info.bit_depth == 16 else np.uint8
-    return np.rint(np.clip(a.astype(np.float64), 0.0, 1.0) * top).astype(dtype)
+    out = np.empty(a.shape, dtype=np.uint16 if info.bit_depth == 16 else np.uint8)
+    step = max(1, _STRIP_BYTES // max(1, a.shape[1] * a.shape[2] * 8))
+    for y in range(0, a.shape[0], step):
+        part = a[y:y + step]
+        if not np.isfinite(part).all():
+            raise InputError("the image to write has NaN/inf values; expected finite values in [0, 1]")
+        out[y:y + step] = np.rint(np.clip(part.astype(np.float64), 0.0, 1.0) * top)
+    return out
 
 
 def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo, overwrite: bool = False) -> Path:
@@ -300,10 +569,27 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     """
     target = Path(path)
     check_output_path(target, info.path, overwrite)
+    check_writable(target, info)
+    return write_pixels(target, to_pixels(array, info), info, overwrite=overwrite)
+
+
+def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageInfo, overwrite: bool = False) -> Path:
+    """Write the file's own integers (uint8, or uint16 for 16-bit; HxWxC as :func:`read_pixels` gives them).
+
+    Same rules as :func:`write_image`. Memory beyond ``pixels``: Pillow's image of them (up to 4 bytes per
+    pixel; none for 8-bit gray), or nothing more for 16-bit colour (pypng writes row by row, tifffile from
+    the array).
+    """
+    target = Path(path)
+    check_output_path(target, info.path, overwrite)
     fmt = check_writable(target, info)
-    data = _to_integers(array, info)
-    writer = _choose_writer(fmt, data, info)
-    atomic_write(target, writer, overwrite)
+    dtype = np.uint16 if info.bit_depth == 16 else np.uint8
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != dtype or pixels.ndim != 3 \
+            or pixels.shape[2] != info.channels:
+        raise InputError(f"the pixels to write must be {np.dtype(dtype).name} HxWx{info.channels} (layout "
+                         f"'{info.layout}', {info.bit_depth}-bit); got {getattr(pixels, 'dtype', type(pixels).__name__)} "
+                         f"{getattr(pixels, 'shape', '')}")
+    atomic_write(target, _choose_writer(fmt, pixels, info), overwrite)
     return target
 
 
@@ -319,7 +605,7 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
                          f"pass overwrite=True (--overwrite)")
 
 
-def check_writable(path: str | os.PathLike[str], info: ImageInfo) -> str:
+def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) -> str:
     """The output format for ``path``, after checking it can hold ``info``'s mode and bit depth without loss.
 
     Called by :func:`write_image`, and before denoising so that a bad output path fails in seconds,
@@ -371,8 +657,29 @@ def _save_options(fmt: str, info: ImageInfo) -> dict[str, Any]:
     return opts
 
 
+class _AfterHeader:
+    """A binary file that inserts ``extra`` bytes after the first ``at`` bytes written (PNG: after IHDR)."""
+
+    def __init__(self, f: IO[bytes], extra: bytes, at: int) -> None:
+        self.f, self.extra, self.at, self.count = f, extra, at, 0
+
+    def write(self, b: bytes) -> int:
+        b = bytes(b)
+        if self.extra and self.count + len(b) >= self.at:
+            k = self.at - self.count
+            self.f.write(b[:k] + self.extra + b[k:])
+            self.extra = b""
+        else:
+            self.f.write(b)
+        self.count += len(b)
+        return len(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def _write_png16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
-    """16-bit gray+alpha / RGB / RGBA PNG via pypng, with the ICC profile and EXIF spliced in."""
+    """16-bit gray+alpha / RGB / RGBA PNG via pypng, row by row, with the ICC profile and EXIF spliced in."""
     png = require("png", "writing a 16-bit colour PNG")
     h, w, c = data.shape
     kwargs: dict[str, Any] = {}
@@ -380,16 +687,20 @@ def _write_png16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
         kwargs = dict(x_pixels_per_unit=round(info.dpi[0] / 0.0254), y_pixels_per_unit=round(info.dpi[1] / 0.0254),
                       unit_is_meter=True)
     writer = png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, **kwargs)
-    buf = io.BytesIO()
-    writer.write(buf, data.reshape(h, w * c))
-    chunks = list(png.Reader(bytes=buf.getvalue()).chunks())
-    extra = []
+    extra = io.BytesIO()
     if info.icc_profile:
-        extra.append((b"iCCP", b"icc\x00\x00" + zlib.compress(info.icc_profile)))
+        png.write_chunk(extra, b"iCCP", b"icc\x00\x00" + zlib.compress(info.icc_profile))
     if info.exif:
-        exif = info.exif[6:] if info.exif.startswith(b"Exif\x00\x00") else info.exif
-        extra.append((b"eXIf", exif))
-    png.write_chunks(f, chunks[:1] + extra + chunks[1:])  # right after IHDR, before IDAT
+        png.write_chunk(extra, b"eXIf", info.exif[6:] if info.exif.startswith(b"Exif\x00\x00") else info.exif)
+    # right after the signature (8 bytes) and IHDR (25 bytes), before IDAT
+    writer.write(_AfterHeader(f, extra.getvalue(), 8 + 25), data.reshape(h, w * c))
+
+
+class _Seekable:
+    """The open output file without its ``name`` (a descriptor number, which tifffile takes for a path)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.write, self.seek, self.tell, self.flush, self.fileno = f.write, f.seek, f.tell, f.flush, f.fileno
 
 
 def _write_tiff16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
@@ -397,11 +708,9 @@ def _write_tiff16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
     tifffile = require("tifffile", "writing a 16-bit colour TIFF")
     c = data.shape[2]
     compressed = info.compression not in (None, "raw")
-    buf = io.BytesIO()  # tifffile wants a named file or a buffer, not a bare descriptor
     tifffile.imwrite(
-        buf, data, photometric="minisblack" if c == 2 else "rgb",
+        _Seekable(f), data, photometric="minisblack" if c == 2 else "rgb",
         extrasamples=("unassalpha",) if c in (2, 4) else None,
         compression="zlib" if compressed else None, iccprofile=info.icc_profile,
         resolution=info.dpi, resolutionunit="INCH" if info.dpi else None, metadata=None,
     )
-    f.write(buf.getvalue())

@@ -10,8 +10,55 @@ import numpy as np
 
 from moe_base.errors import InputError
 
-from .images import ImageInfo, check_output_path, check_writable, read_image, write_image
-from .tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE, TileFn, denoise_array, plan_tiles
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    ImageHeader,
+    ImageInfo,
+    check_memory,
+    check_output_path,
+    check_writable,
+    read_pixels,
+    to_pixels,
+    to_unit,
+    write_pixels,
+)
+from .tiling import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    TileFn,
+    band_rows_for,
+    band_working_bytes,
+    denoise_bands,
+    plan_tiles,
+)
+
+DENOISER_BYTES_PER_TILE = 5 << 19
+"""Memory a denoiser may add while it runs, per tile of a batch (2.5 MiB; 640 MiB at the default 256 tiles).
+
+Measured on the first calls at batch 256: ONNX Runtime's CPU arena grows by about 530 MB, PyTorch by 340 MB.
+"""
+
+
+def denoise_peak_bytes(header: ImageHeader, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                       batch_size: int = DEFAULT_BATCH_SIZE, band_rows: int | None = None) -> int:
+    """The most memory :func:`denoise_file` needs for an image with this header, on top of what the process holds.
+
+    The largest of: decoding (:attr:`ImageHeader.decode_bytes`); denoising (the input and the output
+    integers, 2 x :attr:`ImageHeader.compact_bytes`, and one band's working arrays); writing (the output
+    integers and the writer's copy of them: Pillow holds up to 4 bytes per pixel). Plus what the denoiser
+    itself may still grow by (:data:`DENOISER_BYTES_PER_TILE` x ``batch_size``). For 8-bit RGB this is
+    about 7 bytes per pixel plus a constant: 1.0 GB for 144 megapixels, then the denoiser's 640 MiB.
+    """
+    compact = header.compact_bytes
+    wide = max(header.width, header.height)  # the upright image may be turned by its EXIF orientation
+    work = band_working_bytes(wide, tile, overlap, batch_size, band_rows)
+    if header.bit_depth == 16 and header.layout != "L":
+        encode = compact  # pypng writes row by row; tifffile from the array (and its compressor's strips)
+    else:
+        encode = header.pixels * (0 if header.layout == "L" and header.bit_depth == 8 else
+                                  2 if header.bit_depth == 16 else 4)
+    return max(header.decode_bytes, 2 * compact + work, compact + encode) + DENOISER_BYTES_PER_TILE * batch_size
 
 
 def denoise_file(
@@ -23,20 +70,51 @@ def denoise_file(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    band_rows: int | None = None,
 ) -> dict[str, Any]:
     """Denoise an image file of any size with a tile denoiser and write it in the same size, mode and bit depth.
 
     Returns a report: input/output paths, size, mode, bit depth, format, tile count, seconds, and any
     conversion made on reading (``notes``). See :mod:`runtime.images` for the formats and decisions.
+
+    Memory is bounded: the image stays in the file's own integers (uint8 / uint16) and is denoised in
+    horizontal bands of ``band_rows`` rows (default: about 32 MiB of working arrays each, see
+    :func:`runtime.tiling.band_rows_for`), each band converted to float32 and quantised back on its own;
+    the result is bit-identical to denoising the whole image at once. Before anything is decoded, an
+    image over ``max_pixels`` (None: no limit), one that would need more memory than the process can get
+    (:func:`denoise_peak_bytes`), or an output path that cannot hold it is refused with InputError.
     """
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
-    image, info = read_image(in_path)
-    check_writable(out_path, info)  # fail now, not after minutes of denoising
+
+    def before_decode(header: ImageHeader) -> None:
+        check_writable(out_path, header)  # fail now, not after minutes of denoising
+        check_memory(denoise_peak_bytes(header, tile, overlap, batch_size, band_rows), "denoising it", header)
+
+    pixels, info = read_pixels(in_path, max_pixels=max_pixels, before_decode=before_decode)
+    check_writable(out_path, info)
     plan = plan_tiles(info.height, info.width, tile, overlap)
-    result = denoise_array(image, fn, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
-    written = write_image(out_path, result, info, overwrite=overwrite)
+    try:
+        result = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows, progress)
+        del pixels  # the input's integers are not needed while writing
+        written = write_pixels(out_path, result, info, overwrite=overwrite)
+    except MemoryError as e:
+        raise InputError(f"ran out of memory denoising '{info.path}' ({info.width}x{info.height}); free memory or "
+                         f"raise the limit, or split the image into smaller ones") from e
     return _report(info, written, plan.count, time.perf_counter() - start)
+
+
+def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,
+                    band_rows: int | None, progress: bool) -> np.ndarray:
+    """The denoised image as the file's integers, band by band (float32 only one band at a time)."""
+    result = np.empty_like(pixels)
+    h, w, c = pixels.shape
+    bands = denoise_bands(lambda a, b: to_unit(pixels[a:b], info), h, w, c, fn, tile=tile, overlap=overlap,
+                          batch_size=batch_size, band_rows=band_rows, progress=progress)
+    for y, band in bands:
+        result[y:y + len(band)] = to_pixels(band, info)
+    return result
 
 
 def _report(info: ImageInfo, written: Path, tiles: int, seconds: float) -> dict[str, Any]:
@@ -60,22 +138,36 @@ def add_noise_to_file(
     sigma: float,
     seed: int = 0,
     overwrite: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Write a copy of a photo with Gaussian noise of std ``sigma`` (on [0, 1] pixels) added, for demos.
 
     The noise is drawn with numpy's default generator from ``seed`` (the same seed gives the same
     file), added to the colour channels only (alpha is kept), clipped to [0, 1], and written in the
-    input's size, mode and bit depth.
+    input's size, mode and bit depth. Done in bands of rows (the noise drawn band after band is the
+    same stream as drawn at once), so memory is about twice the file's integers.
     """
     if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma >= 0):
         raise InputError(f"sigma must be a finite number >= 0 (noise std on [0, 1] pixels, e.g. 0.1); got {sigma!r}")
     check_output_path(out_path, in_path, overwrite)
-    image, info = read_image(in_path)
+
+    def before_decode(header: ImageHeader) -> None:
+        check_writable(out_path, header)
+        check_memory(max(header.decode_bytes, 2 * header.compact_bytes + band_working_bytes(header.width)),
+                     "adding noise to it", header)
+
+    pixels, info = read_pixels(in_path, max_pixels=max_pixels, before_decode=before_decode)
     rng = np.random.default_rng(seed)
     colour = 1 if info.layout in ("L", "LA") else 3
-    noisy = image.copy()
-    noise = rng.normal(0.0, sigma, size=image.shape[:2] + (colour,)).astype(np.float32)
-    noisy[:, :, :colour] = np.clip(image[:, :, :colour] + noise, 0.0, 1.0)
-    written = write_image(out_path, noisy, info, overwrite=overwrite)
+    out = np.empty_like(pixels)
+    step = band_rows_for(info.width)
+    for y in range(0, info.height, step):
+        image = to_unit(pixels[y:y + step], info)
+        noisy = image.copy()
+        noise = rng.normal(0.0, sigma, size=image.shape[:2] + (colour,)).astype(np.float32)
+        noisy[:, :, :colour] = np.clip(image[:, :, :colour] + noise, 0.0, 1.0)
+        out[y:y + step] = to_pixels(noisy, info)
+    del pixels
+    written = write_pixels(out_path, out, info, overwrite=overwrite)
     return {"input": info.path, "output": str(written), "size": [info.width, info.height], "mode": info.mode,
             "bit_depth": info.bit_depth, "sigma": float(sigma), "seed": seed}

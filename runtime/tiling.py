@@ -17,12 +17,19 @@ only corrects the image borders; with ``overlap = tile / 2`` (the default) the w
 window. Sampling at pixel centres keeps every weight > 0 (the smallest is ``sin^2(pi / (4 overlap))``,
 about 0.0024 for 16), so no floor is needed to avoid dividing by zero.
 
+**Bands** bound the memory whatever the image size: the tiles are taken in row-major order, so once
+the next tile starts at row ``y`` every row above ``y`` is final. :func:`denoise_bands` keeps only the
+padded input rows and the float64 sums the current batch needs, hands out finished rows in bands, and
+reads its input through a row source (e.g. 8-bit rows converted on demand). The batches, the order of
+the sums and the float32 rounding are those of the whole image at once, so the result is bit-identical
+for every band size.
+
 Only numpy is imported here; tqdm is imported when a progress bar is asked for.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +45,8 @@ DEFAULT_TILE = 32
 DEFAULT_OVERLAP = 16
 DEFAULT_BATCH_SIZE = 256
 PROGRESS_MIN_TILES = 1024  # below this a bar would only flash by
+DEFAULT_BAND_BYTES = 32 << 20  # working memory of one band (see band_rows_for)
+BAND_BYTES_PER_PIXEL = 96  # per padded pixel of a band: float64 sums, float32 rows in and out, the division
 
 
 @dataclass(frozen=True)
@@ -151,34 +160,149 @@ def _run_batch(fn: TileFn, batch: np.ndarray) -> np.ndarray:
     return out
 
 
-def _blend_tiles(rgb: np.ndarray, plan: TilePlan, fn: TileFn, batch_size: int, progress: bool) -> np.ndarray:
-    """Denoise the padded (3, Hp, Wp) image tile by tile; return the normalised blend, cropped to the image."""
-    t = plan.tile
-    windows = np.lib.stride_tricks.sliding_window_view(rgb, (t, t), axis=(1, 2))  # (3, Hp-t+1, Wp-t+1, t, t)
+RowSource = Callable[[int, int], np.ndarray]
+"""Rows ``[a, b)`` of an image as float32 ``(b - a, W, C)`` in [0, 1] (e.g. converted from 8-bit rows on demand)."""
+
+
+def band_rows_for(width: int, tile: int = DEFAULT_TILE, band_bytes: int = DEFAULT_BAND_BYTES) -> int:
+    """Image rows per band so that one band's working arrays take about ``band_bytes`` (at least one tile)."""
+    padded = width + 2 * tile
+    return max(tile, band_bytes // (BAND_BYTES_PER_PIXEL * padded))
+
+
+def band_working_bytes(width: int, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                       batch_size: int = DEFAULT_BATCH_SIZE, band_rows: int | None = None) -> int:
+    """An upper bound of the memory :func:`denoise_bands` itself holds at once for an image ``width`` wide.
+
+    The accumulator and the padded input rows span at most one band plus the rows one batch of tiles
+    covers plus a tile; the batch and the denoiser's answer are ``batch_size`` tiles each. The image
+    (or its compact source) and the caller's output are not counted.
+    """
+    _check_settings(tile, overlap, batch_size)
+    rows = band_rows or band_rows_for(width, tile)
+    stride = tile - overlap
+    per_row = max(1, math.ceil((width + 2 * overlap - tile) / stride) + 1)
+    span = (math.ceil(batch_size / per_row) + 1) * stride + 2 * tile
+    padded = width + 2 * tile
+    acc_rows, input_rows = 2 * rows + span, rows + span
+    return (acc_rows * 24 + input_rows * 12 + rows * (BAND_BYTES_PER_PIXEL - 36)) * padded \
+        + 3 * batch_size * 3 * tile * tile * 4
+
+
+def denoise_bands(
+    rows: RowSource,
+    height: int,
+    width: int,
+    channels: int,
+    fn: TileFn,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    band_rows: int | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Denoise an image given row by row; yield ``(first_row, band)`` pairs, top to bottom, as bands are done.
+
+    ``rows(a, b)`` returns image rows ``[a, b)`` as float32 ``(b - a, width, channels)`` in [0, 1]; each band
+    is float32 ``(n, width, channels)`` with ``n <= band_rows`` (default: :func:`band_rows_for`). Memory is
+    bounded by :func:`band_working_bytes` whatever the height. The result is bit-identical to denoising
+    the whole image at once, for every band size: ``fn`` gets exactly the same batches (the tiles of the
+    whole image in row-major order, cut every ``batch_size`` tiles), every pixel sums the same tile
+    outputs in the same order in float64, and is normalised and rounded to float32 the same way.
+    """
+    _check_settings(tile, overlap, batch_size)
+    if band_rows is None:
+        band_rows = band_rows_for(width, tile)
+    if isinstance(band_rows, bool) or not isinstance(band_rows, (int, np.integer)) or band_rows < 1:
+        raise InputError(f"band_rows must be an integer >= 1; got {band_rows!r}")
+    if channels not in (1, 2, 3, 4):
+        raise InputError(f"channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA); got {channels!r}")
+    plan = plan_tiles(height, width, tile, overlap)
+    return _band_stream(rows, plan, channels, fn, batch_size, int(band_rows), progress)
+
+
+def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, batch_size: int, band_rows: int,
+                 progress: bool) -> Iterator[tuple[int, np.ndarray]]:
+    t, h, w = plan.tile, plan.height, plan.width
+    gray = channels in (1, 2)
+    ys, xs = np.asarray(plan.ys, dtype=np.intp), np.asarray(plan.xs, dtype=np.intp)
+    nx, total = len(xs), plan.count
+    iy = reflect_indices(h, plan.pad_top, plan.padded_height - h - plan.pad_top)
+    ix = reflect_indices(w, plan.pad_left, plan.padded_width - w - plan.pad_left)
     w1 = window_1d(t, plan.overlap)
     w2 = np.outer(w1, w1)  # (t, t)
-    acc = np.zeros(rgb.shape, dtype=np.float64)  # float64: exact to float32 rounding even at 1024 tiles/pixel
-    coords = [(y, x) for y in plan.ys for x in plan.xs]
-    bar = _progress_bar(len(coords), progress)
-    for start in range(0, len(coords), batch_size):
-        chunk = coords[start:start + batch_size]
-        ys = np.fromiter((c[0] for c in chunk), dtype=np.intp, count=len(chunk))
-        xs = np.fromiter((c[1] for c in chunk), dtype=np.intp, count=len(chunk))
-        batch = np.ascontiguousarray(windows[:, ys, xs].transpose(1, 0, 2, 3))  # (B, 3, t, t)
-        out = _run_batch(fn, batch)
-        for (y, x), tile_out in zip(chunk, out):
-            acc[:, y:y + t, x:x + t] += tile_out * w2
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
     # The summed window is separable: sum_t wy(y - y_t) * wx(x - x_t) = (sum wy) * (sum wx).
     wy = _summed_window(w1, plan.ys, plan.padded_height)
     wx = _summed_window(w1, plan.xs, plan.padded_width)
-    rows = slice(plan.pad_top, plan.pad_top + plan.height)
-    cols = slice(plan.pad_left, plan.pad_left + plan.width)
-    norm = np.outer(wy[rows], wx[cols])
-    return (acc[:, rows, cols] / norm).astype(np.float32)
+    cols = slice(plan.pad_left, plan.pad_left + w)
+
+    def source(a: int, b: int) -> np.ndarray:
+        got = rows(a, b)
+        if not isinstance(got, np.ndarray) or got.dtype != np.float32 or got.shape != (b - a, w, channels):
+            raise InputError(f"the row source returned {getattr(got, 'dtype', type(got).__name__)} "
+                             f"{getattr(got, 'shape', '')} for rows [{a}, {b}); expected float32 {(b - a, w, channels)}")
+        return got
+
+    def padded_rows(a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of the reflect-padded colour image, (3, b - a, Wp) float32 (gray repeated 3 times)."""
+        src_rows = iy[a:b]
+        lo, hi = int(src_rows.min()), int(src_rows.max()) + 1
+        band = source(lo, hi)
+        colour = band[:, :, :1] if gray else band[:, :, :3]
+        padded = np.ascontiguousarray(colour[src_rows - lo][:, ix].transpose(2, 0, 1))
+        return np.repeat(padded, 3, axis=0) if gray else padded
+
+    def finish(a: int, n: int) -> np.ndarray:
+        """Padded rows [a, a + n) of the accumulator, normalised: image rows [a - pad_top, ...) as (n, W, C)."""
+        norm = np.outer(wy[a:a + n], wx[cols])
+        out = (acc[:, a - a0:a - a0 + n, cols] / norm).astype(np.float32)  # (3, n, W)
+        result = np.empty((n, w, channels), dtype=np.float32)
+        if gray:
+            result[:, :, 0] = out.mean(axis=0)
+        else:
+            result[:, :, :3] = out.transpose(1, 2, 0)
+        if channels in (2, 4):
+            y = a - plan.pad_top
+            result[:, :, -1] = source(y, y + n)[:, :, -1]
+        return result
+
+    inp = np.zeros((3, 0, plan.padded_width), dtype=np.float32)
+    in0 = in1 = 0  # padded rows held in `inp`
+    acc = np.zeros((3, 0, plan.padded_width), dtype=np.float64)  # float64: exact to float32 rounding
+    a0 = 0  # padded row of acc[:, 0]
+    done, end = plan.pad_top, plan.pad_top + h  # next padded row to hand out; end of the image rows
+    bar = _progress_bar(total, progress)
+    try:
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            index = np.arange(start, stop)
+            by, bx = ys[index // nx], xs[index % nx]
+            r0, r1 = int(by[0]), int(by[-1]) + t  # padded rows this batch reads and writes
+            if r0 < in0 or r1 > in1:
+                in0, in1 = r0, min(plan.padded_height, max(r1, r0 + band_rows + t))
+                inp = padded_rows(in0, in1)
+            windows = np.lib.stride_tricks.sliding_window_view(inp, (t, t), axis=(1, 2))
+            batch = np.ascontiguousarray(windows[:, by - in0, bx].transpose(1, 0, 2, 3))  # (B, 3, t, t)
+            out = _run_batch(fn, batch)
+            if r1 > a0 + acc.shape[1]:  # grow the accumulator window, dropping the rows handed out
+                keep = min(done, r0)
+                grown = np.zeros((3, max(r1 - keep, 2 * band_rows + t), plan.padded_width), dtype=np.float64)
+                held = acc[:, keep - a0:]
+                grown[:, :held.shape[1]] = held
+                acc, a0 = grown, keep
+            for y, x, tile_out in zip(by.tolist(), bx.tolist(), out):
+                acc[:, y - a0:y - a0 + t, x:x + t] += tile_out * w2
+            if bar is not None:
+                bar.update(stop - start)
+            # Tiles come in row-major order, so no later tile touches a row above the next tile's top row.
+            final = min(end, int(ys[stop // nx]) if stop < total else end)
+            while final - done >= band_rows or (final == end and done < end):
+                n = min(band_rows, final - done)
+                yield done - plan.pad_top, finish(done, n)
+                done += n
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _summed_window(w1: np.ndarray, starts: tuple[int, ...], length: int) -> np.ndarray:
@@ -203,6 +327,7 @@ def denoise_array(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    band_rows: int | None = None,
 ) -> np.ndarray:
     """Denoise an image of any size with a tile denoiser; return an array of the same shape and dtype.
 
@@ -213,24 +338,15 @@ def denoise_array(
     is seen by 4 tiles (4x the work of plain stitching) and each tile's edges, where the denoiser sees
     the least context, get almost no weight. A tqdm bar is shown when ``progress`` is true and there
     are at least PROGRESS_MIN_TILES tiles. The output is not clipped (a denoiser may overshoot [0, 1]).
+
+    The work goes in horizontal bands of ``band_rows`` rows (:func:`denoise_bands`), so beyond the
+    image and the result only :func:`band_working_bytes` are used; the result does not depend on it.
     """
     _check_settings(tile, overlap, batch_size)
     img = validate_image(image)
     h, w, c = img.shape
-    gray = c in (1, 2)
-    color = img[:, :, :1] if gray else img[:, :, :3]
-    plan = plan_tiles(h, w, tile, overlap)
-    iy = reflect_indices(h, plan.pad_top, plan.padded_height - h - plan.pad_top)
-    ix = reflect_indices(w, plan.pad_left, plan.padded_width - w - plan.pad_left)
-    padded = np.ascontiguousarray(color[iy][:, ix].transpose(2, 0, 1))  # (C', Hp, Wp)
-    if gray:
-        padded = np.repeat(padded, 3, axis=0)
-    out = _blend_tiles(padded, plan, fn, batch_size, progress)  # (3, H, W)
     result = np.empty_like(img)
-    if gray:
-        result[:, :, 0] = out.mean(axis=0)
-    else:
-        result[:, :, :3] = out.transpose(1, 2, 0)
-    if c in (2, 4):
-        result[:, :, -1] = img[:, :, -1]
+    for y, band in denoise_bands(lambda a, b: img[a:b], h, w, c, fn, tile, overlap, batch_size, band_rows, progress):
+        result[y:y + len(band)] = band
     return result.reshape(image.shape)
+
