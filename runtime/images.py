@@ -22,6 +22,9 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 with
   4:4:4 chroma; the ICC profile and DPI are kept.
+* **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
+  would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
+  is written.
 * **Large images**: :func:`read_pixels` refuses, from the header and before decoding, an image over
   ``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`) or one whose decoding needs more memory than the process
   can get (:func:`available_memory`: ``ulimit -v``, cgroup limit, available RAM). It keeps the file's
@@ -615,6 +618,10 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
     if fmt == "JPEG" and (info.bit_depth == 16 or info.layout in ("LA", "RGBA")):
         what = "16 bits per channel" if info.bit_depth == 16 else f"an alpha channel ('{info.layout}')"
         raise InputError(f"JPEG cannot store {what}; write the result as .png or .tif to keep it")
+    if fmt == "GIF" and info.layout != "L":
+        raise InputError(f"GIF holds at most 256 colours and on/off transparency: the denoised '{info.layout}' "
+                         f"result would be requantised to a 256-colour palette, undoing much of the denoising. Write "
+                         f"it as .png (lossless, every colour and the alpha kept) and convert that if you need a GIF")
     if info.bit_depth == 16 and fmt not in ("PNG", "TIFF"):
         raise InputError(f"16-bit images can be written as PNG or TIFF only; got an output in {fmt}. Use .png or .tif")
     if info.bit_depth == 16 and info.layout != "L":

@@ -320,3 +320,40 @@ def test_denoise_file_checks_the_output_before_denoising(tmp_path: Path) -> None
     with pytest.raises(InputError, match="16 bits"):
         denoise_file(tmp_path / "in.png", tmp_path / "out.jpg", counting, progress=False)
     assert calls == [] and not (tmp_path / "out.jpg").exists()
+
+
+# ------------------------------------------------------------------------------------------- GIF output
+
+
+def test_reliability_gif_output_of_a_colour_image_is_refused(tmp_path: Path) -> None:
+    """A colour or alpha photo (RGB, RGBA, a palette GIF read as RGB) written as .gif => refused before denoising
+    (GIF's 256-colour palette would requantise the result; .png suggested); nothing written"""
+    Image.fromarray(rng_u8((20, 30, 3))).save(tmp_path / "in.png")
+    Image.fromarray(rng_u8((20, 30, 3))).quantize(200).save(tmp_path / "pal.gif")  # read as RGB (noted)
+    calls: list[int] = []
+
+    def counting(tiles: np.ndarray) -> np.ndarray:
+        calls.append(len(tiles))
+        return tiles
+
+    for src in ("in.png", "pal.gif"):
+        with pytest.raises(InputError) as e:
+            denoise_file(tmp_path / src, tmp_path / "out.gif", counting, progress=False)
+        assert "GIF" in str(e.value) and "256" in str(e.value) and ".png" in str(e.value)
+    array, info = read_image(tmp_path / "pal.gif")
+    assert info.layout == "RGB" and "the output is RGB" in info.notes[0]
+    with pytest.raises(InputError, match="GIF"):
+        write_image(tmp_path / "out.gif", array, info)
+    Image.fromarray(rng_u8((20, 30, 4)), mode="RGBA").save(tmp_path / "rgba.png")
+    with pytest.raises(InputError, match="GIF"):
+        denoise_file(tmp_path / "rgba.png", tmp_path / "out.gif", counting, progress=False)
+    assert calls == [] and not (tmp_path / "out.gif").exists()
+
+
+def test_gif_output_of_a_gray_image_is_lossless(tmp_path: Path) -> None:
+    """8-bit gray fits a GIF palette exactly: written, and read back unchanged."""
+    gray = rng_u8((20, 30))
+    Image.fromarray(gray).save(tmp_path / "in.png")
+    denoise_file(tmp_path / "in.png", tmp_path / "out.gif", identity, progress=False)
+    with Image.open(tmp_path / "out.gif") as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("L")), gray)
