@@ -6,6 +6,19 @@ from pathlib import Path
 
 from . import add_backend_args, add_weights_args, make_runner
 
+DEFAULT_MAX_PIXELS = 200_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported here: `--help` stays light)
+
+
+def pixel_count(text: str) -> int:
+    """argparse type: a number of pixels >= 1, written as 200000000, 2e8 or 200_000_000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels such as 200000000 or 2e8, got {text!r}") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text!r}")
+    return int(value)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("denoise", help="denoise a photo of any size (tiled)",
@@ -24,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     p.add_argument("--reference", type=Path, default=None,
                    help="a clean version of the photo: report the PSNR of the input and of the output against it")
+    p.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse photos with more pixels than this (width x height, e.g. 2e8), before decoding them; "
+                        "photos that would not fit in the memory the process can get are refused too")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--server", default=None, metavar="URL",
@@ -49,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from runtime.photo import denoise_file
 
     if args.reference is not None:
-        from runtime.images import read_image
+        from runtime.images import read_pixels
 
-        read_image(args.reference)  # fail before minutes of denoising, not after
+        read_pixels(args.reference, max_pixels=args.max_pixels)  # fail before minutes of denoising, not after
     if args.server is not None:
         report = run_remote(args)
         name = f"the server at {args.server}"
@@ -59,11 +75,12 @@ def run(args: argparse.Namespace) -> int:
         runner = make_runner(args, args.weights)
         with runner:
             report = denoise_file(args.input, args.output, runner, overwrite=args.overwrite, overlap=args.overlap,
-                                  batch_size=args.batch_size, progress=not (args.no_progress or args.json))
+                                  batch_size=args.batch_size, progress=not (args.no_progress or args.json),
+                                  max_pixels=args.max_pixels)
         report["backend"] = runner.describe()
         name = runner.name
     if args.reference is not None:
-        report["psnr_vs_reference"] = reference_psnr(args.reference, args.input, args.output)
+        report["psnr_vs_reference"] = reference_psnr(args.reference, args.input, args.output, args.max_pixels)
     if args.json:
         from moe_denoise.cli import print_json
 
@@ -80,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{c['levels']} levels ({c['pixels_different']} values differ)")
         if "psnr_vs_reference" in report:
             r = report["psnr_vs_reference"]
-            print(f"PSNR against {args.reference}: input {r['input']:.2f} dB, output {r['output']:.2f} dB")
+            print(f"PSNR against {args.reference} ({r['compared']}): input {r['input']:.2f} dB, "
+                  f"output {r['output']:.2f} dB")
     return 0
 
 
@@ -119,23 +137,37 @@ def check_local(args: argparse.Namespace, report: dict) -> dict:
     return result
 
 
-def reference_psnr(reference: Path, noisy: Path, denoised: Path) -> dict[str, float]:
-    """PSNR (data range 1) of the input and the output against a clean reference of the same size."""
+def reference_psnr(reference: Path, noisy: Path, denoised: Path,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, float | str]:
+    """PSNR (data range 1) of the input and the output against a clean reference of the same size.
+
+    Only the colour channels are compared (gray, or R, G, B): alpha is copied through untouched by the
+    denoiser, so counting it would only dilute the error. ``compared`` says which channels were. The
+    images are kept as their files' integers and compared band by band (float64 sums of squares).
+    """
     import numpy as np
 
     from moe_base.errors import InputError
     from moe_base.metrics import psnr_from_mse
-    from runtime.images import read_image
+    from runtime.images import read_pixels, to_unit
 
-    ref = read_image(reference)[0]
-    out = {}
+    ref, ref_info = read_pixels(reference, max_pixels=max_pixels)
+    colour = 1 if ref_info.layout in ("L", "LA") else 3
+    compared = ("gray" if colour == 1 else "R, G, B") + (" channels; alpha not compared" if ref.shape[2] in (2, 4)
+                                                         else " channels")
+    out: dict[str, float | str] = {}
     for name, path in (("input", noisy), ("output", denoised)):
-        img = read_image(path)[0]
-        if img.shape != ref.shape:
-            raise InputError(f"--reference {reference} is {ref.shape[1]}x{ref.shape[0]}x{ref.shape[2]} but {path} is "
-                             f"{img.shape[1]}x{img.shape[0]}x{img.shape[2]}; pass the clean version of the same photo")
-        mse = float(np.mean((img.astype(np.float64) - ref) ** 2))
-        out[name] = psnr_from_mse(mse)
+        img, info = read_pixels(path, max_pixels=max_pixels)
+        if img.shape[:2] != ref.shape[:2] or (1 if info.layout in ("L", "LA") else 3) != colour:
+            raise InputError(f"--reference {reference} is {ref.shape[1]}x{ref.shape[0]} {ref_info.layout} but {path} "
+                             f"is {img.shape[1]}x{img.shape[0]} {info.layout}; pass the clean version of the same "
+                             f"photo (same size and colour channels; alpha is not compared)")
+        total, step = 0.0, max(1, (4 << 20) // (ref.shape[1] * colour))
+        for y in range(0, ref.shape[0], step):
+            a = to_unit(img[y:y + step, :, :colour], info).astype(np.float64)
+            total += float(np.sum((a - to_unit(ref[y:y + step, :, :colour], ref_info)) ** 2))
+        out[name] = psnr_from_mse(total / (ref.shape[0] * ref.shape[1] * colour))
+    out["compared"] = compared
     return out
 
 
