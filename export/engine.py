@@ -156,6 +156,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
                      "gpu": gpu["name"], "compute_capability": gpu["compute_capability"]},
         "cache_key": key,
         "io": onnx_manifest.get("io"),
+        "self_check": onnx_manifest.get("self_check"),
     })
     log("[3/3] parity against PyTorch")
     report = _parity(data, manifest, out_path, ref_weights, opts)

@@ -18,7 +18,7 @@ import numpy as np
 from moe_base.errors import ParityError
 from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
 from moe_base.tolerances import get_tolerance
-from runtime.parity import ParityReport, compare, parity_inputs
+from runtime.parity import SELF_CHECK_IMAGES, ParityReport, compare, parity_inputs, self_check_record
 from topk_attention.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 from .onnx_export import ExportOptions, export_graph
@@ -114,6 +114,7 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
         "io": io,
         "tolerance": report.tolerance.to_dict(),
         "parity": report.to_dict(),
+        "self_check": self_check_record(reference_outputs(model, parity_inputs(SELF_CHECK_IMAGES))),
         "versions": {"exporter": EXPORTER, **library_versions(("torch", "onnx", "onnxruntime"))},
     })
     return m

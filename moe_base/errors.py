@@ -47,6 +47,10 @@ class AOTError(ToolkitError):
     """The sparse-attention kernel cannot be turned into a launchable ahead-of-time artifact as asked."""
 
 
+class TrainingError(ToolkitError):
+    """Training cannot go on (e.g. the loss became NaN or infinite); what was written so far is kept."""
+
+
 class BuildError(ToolkitError):
     """TensorRT could not build an engine from a graph it parsed."""
 

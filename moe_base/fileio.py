@@ -7,6 +7,7 @@ file or the new one, never half of one, and an interrupted write leaves the old 
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -31,7 +32,8 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -45,6 +47,29 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files that writes of ``path`` left behind when their process was killed (their
+    names carry the writer's process id; a temporary of a live process is left alone). Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
@@ -74,3 +99,26 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_output_file(path: str | Path, overwrite: bool = False, option: str = "--overwrite") -> Path:
+    """Before any work: ``path`` can be written, and is replaced only when ``overwrite`` says so.
+
+    Refuses (InputError) a folder, an existing file without ``overwrite``, and a folder that cannot be written to
+    (a probe file is created and removed there)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"the output '{path}' is a folder; give a file path")
+    if path.exists() and not overwrite:
+        raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another path or pass "
+                         f"{option}")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"cannot write to the folder '{folder}' ({e.strerror or e}); choose a folder you can "
+                         f"write to") from e
+    return path

@@ -51,15 +51,20 @@ def read_manifest(artifact: str | Path, required: bool = True) -> dict[str, Any]
     if not mpath.is_file():
         if required:
             raise ArtifactError(f"{artifact} has no manifest ({mpath} is missing). Artifacts written by "
-                                f"'moe-denoise export' / 'moe-denoise build' always have one; re-export, or pass "
-                                f"--no-manifest-check to run it anyway")
+                                f"'moe-denoise export' / 'moe-denoise build' always have one; re-export it")
         return None
     try:
         m = json.loads(mpath.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"manifest {mpath} is unreadable: {e}; re-export the artifact") from e
+    if not isinstance(m, dict):
+        raise ArtifactError(f"manifest {mpath} holds a JSON {type(m).__name__}, not an object; re-export the artifact")
     if m.get("schema") != SCHEMA:
         raise ArtifactError(f"manifest {mpath} has schema {m.get('schema')!r}; this version reads {SCHEMA!r}")
+    art = m.get("artifact")
+    if not (isinstance(art, dict) and isinstance(art.get("sha256"), str) and isinstance(art.get("bytes"), int)):
+        raise ArtifactError(f"manifest {mpath} lacks a valid 'artifact' entry (sha256 and bytes of the file it "
+                            f"describes); re-export the artifact")
     return m
 
 

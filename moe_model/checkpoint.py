@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from moe_base.config import ModelConfig, get_preset
+from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import CheckpointError
 from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
 
@@ -79,14 +79,50 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
         raise CheckpointError(f"sidecar {side} is not valid JSON: {e}") from e
 
 
-def load_model(path: str | Path, preset: str | None = None, impl: str = "masked") -> SmallViT:
-    """Rebuild a model from weights. The config comes from ``preset`` if given, else the JSON sidecar, else 'seed'."""
+def verify_weights(path: str | Path, side: dict[str, Any] | None) -> None:
+    """The weights file must have the sha256 its sidecar records (when it records one): damaged or replaced
+    tensors would otherwise denoise into garbage without a word."""
+    expected = (side or {}).get("sha256")
+    if not expected:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(f"weights {path} do not match the sha256 recorded in {sidecar_path(path).name} "
+                              f"({actual[:16]}... instead of {expected[:16]}...): the file is damaged or was replaced. "
+                              f"Use the original file (reinstall, or retrain), or pass --skip-weights-check to use "
+                              f"it anyway, knowingly")
+
+
+def fitting_presets(sd: dict[str, torch.Tensor]) -> list[str]:
+    """Presets whose parameter names and shapes are exactly those of ``sd``."""
+    fits = []
+    for name, config in PRESETS.items():
+        own = SmallViT(config).state_dict()
+        if set(own) == set(sd) and all(tuple(own[k].shape) == tuple(sd[k].shape) for k in own):
+            fits.append(name)
+    return fits
+
+
+def load_model(path: str | Path, preset: str | None = None, impl: str = "masked", verify: bool = True) -> SmallViT:
+    """Rebuild a model from weights. The architecture comes from ``preset`` if given, else the JSON sidecar.
+
+    The sha256 the sidecar records is checked unless ``verify`` is False. Raises CheckpointError for a missing,
+    unreadable, damaged or misfitting file, naming the presets the tensors fit when the architecture is unknown."""
     sd = load_state_dict(path)
+    side = read_sidecar(path)
+    if verify:
+        verify_weights(path, side)
     if preset is not None:
         config = get_preset(preset)
+    elif side and "config" in side:
+        config = ModelConfig.from_dict(side["config"])
     else:
-        side = read_sidecar(path)
-        config = ModelConfig.from_dict(side["config"]) if side and "config" in side else get_preset("seed")
+        fits = fitting_presets(sd)
+        hint = (f"its tensors fit the preset(s) {', '.join(fits)}: pass --preset NAME (e.g. --preset seed for the "
+                f"seed checkpoint)" if fits else "its tensors fit none of the presets "
+                f"({', '.join(sorted(PRESETS))}): it is not a checkpoint of this model")
+        raise CheckpointError(f"weights {path} come without {sidecar_path(path).name}, which names their "
+                              f"architecture; {hint}")
     model = SmallViT(config, impl=impl)
     try:
         model.load_state_dict(sd, strict=True)

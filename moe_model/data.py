@@ -33,11 +33,25 @@ def _where_to_get() -> str:
             f"'cifar-10-batches-py' folder with --data-dir.")
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR-10 batch holds: dicts, lists, bytes, numbers and NumPy arrays. Anything else (a
+    class, a function: how a pickle runs code) is refused before it is looked up."""
+
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds "
+                                         f"(a pickle that names code can run it: refused)")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+            d = _BatchUnpickler(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DatasetError(f"could not read CIFAR-10 batch {path}: {e}. Expected a pickled dict with "
                            f"b'data' (N x 3072 uint8). {_where_to_get()}") from e
     data = d.get(b"data") if isinstance(d, dict) else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from moe_base.config import get_preset
-from moe_base.errors import CheckpointError, InputError, NoGPUError
+from moe_base.errors import CheckpointError, InputError, NoGPUError, TrainingError
 
 from .checkpoint import atomic_torch_save, origin, save_weights
 from .data import (
@@ -75,11 +77,14 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 bad.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("lr", "sigma"):
-            if not getattr(self, name) > 0:
-                bad.append(f"{name} must be > 0 (got {getattr(self, name)})")
+            if not 0 < getattr(self, name) < math.inf:
+                bad.append(f"{name} must be a finite number > 0 (got {getattr(self, name)})")
         for name in ("weight_decay", "aux_weight", "grad_clip"):
-            if getattr(self, name) < 0:
-                bad.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+            if not 0 <= getattr(self, name) < math.inf:
+                bad.append(f"{name} must be a finite number >= 0 (got {getattr(self, name)})")
+        for name in ("max_train", "max_val", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                bad.append(f"{name} must be >= 1 when given (got {getattr(self, name)}; leave it out for all)")
         if not 0 < self.mse_floor < 1:
             bad.append(f"mse_floor must be in (0, 1) (got {self.mse_floor})")
         if self.blind:
@@ -95,8 +100,11 @@ class TrainConfig:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA if torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise InputError(f"--device {device!r} is not a device this toolkit trains on; use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise NoGPUError(f"--device {device} was asked for but torch sees no CUDA GPU "
                            f"(torch {torch.__version__}); use --device cpu")
@@ -129,15 +137,28 @@ def selection_loss(val: dict[str, float], kind: str) -> float:
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after_epoch: int | None = None,
-          command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume) and return the final summary. ``stop_after_epoch`` simulates an interruption."""
+          command: str | None = None, log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or resume) and return the final summary. ``stop_after_epoch`` simulates an interruption.
+
+    A folder that already holds a run is continued with ``resume`` or replaced with ``overwrite``, never replaced
+    silently. Raises InputError for bad settings or folders, CheckpointError for an unreadable training state,
+    DatasetError for bad data and TrainingError when the loss stops being finite."""
     cfg.validate()
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out-dir and --overwrite replaces it: give one of them")
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / "last.pt"
+    existing = [p.name for p in (state_path, out / "best.safetensors", out / "best.json") if p.exists()]
+    if existing and not resume and not overwrite:
+        raise InputError(f"{out} already holds a training run ({', '.join(existing)}); continue it with --resume, "
+                         f"replace it with --overwrite, or choose another --out-dir")
+    check_writable_folder(out)
+    if overwrite:  # asked for: the old run's files go, so none of them can be mistaken for the new run's
+        for name in existing:
+            (out / name).unlink()
 
     train_u8 = torch.from_numpy(load_cifar10(cfg.data_dir, "train"))[: cfg.max_train]
     val_clean = to_float(load_cifar10(cfg.data_dir, "val")[: cfg.max_val])
@@ -159,8 +180,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         if not state_path.is_file():
             raise CheckpointError(f"--resume was given but {state_path} does not exist; run without --resume "
                                     f"to start, or point --out-dir at the run to continue")
-        # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        st = load_training_state(state_path)
         saved = st["train_config"]
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings added since the save
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()
@@ -193,6 +213,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             clean, noisy = clean.to(device), noisy.to(device)
             output, routing = model(noisy, return_routing=True)
             loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight, cfg.loss, cfg.mse_floor)
+            if not math.isfinite(loss.item()):
+                kept = (f"the best weights so far are in {out / 'best.safetensors'}" if history
+                        else "no weights were written")
+                raise TrainingError(f"training stopped: the loss became {loss.item()} at epoch {epoch + 1}, step "
+                                    f"{step + 1} (learning rate {sched.get_last_lr()[0]:.3g}); {kept}. Lower --lr, "
+                                    f"or keep --grad-clip on")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -235,6 +261,38 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             log(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
             break
     return {"out_dir": str(out), "best_val_loss": best_loss, "history": history, "model": model}
+
+
+STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "epoch", "best_loss", "history", "train_config")
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """A training state saved by ``train``: tensors, numbers, lists and dicts only (``weights_only``: a pickle that
+    names code is refused, never run). Raises CheckpointError for anything else."""
+    try:
+        # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, random or hostile files all raise something different
+        raise CheckpointError(f"cannot read the training state {path}: {type(e).__name__}: {str(e)[:300]}. It is "
+                              f"not a state written by 'moe-denoise train' (or it is damaged); start the run again "
+                              f"without --resume (with --overwrite), or choose another --out-dir") from e
+    missing = [k for k in STATE_KEYS if not isinstance(st, dict) or k not in st]
+    if missing:
+        found = f"it lacks {', '.join(missing)}" if isinstance(st, dict) else f"it holds a {type(st).__name__}"
+        raise CheckpointError(f"{path} is not a training state written by 'moe-denoise train': {found}; start the "
+                              f"run again without --resume (with --overwrite)")
+    return st
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure a file can be written there, before any work is done."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".moe-denoise-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"cannot write to {folder} ({e.strerror or e}); choose a folder you can write to") from e
 
 
 def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:

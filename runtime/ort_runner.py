@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from moe_base.contract import tile_shape
 from moe_base.errors import ArtifactError, InputError, MissingBackendError
 from moe_base.manifest import check_artifact_file, read_manifest
 from moe_base.optional import require
 
 from .base import BaseRunner
+from .parity import self_check
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -56,6 +58,7 @@ class OrtRunner(BaseRunner):
         self.io_binding = (provider != "cpu") if io_binding is None else io_binding
         self.manifest: dict[str, Any] | None = None
         self.session = None
+        self.fixed_batch: int | None = None
 
     def _activate_impl(self) -> None:
         ort = require("onnxruntime", "the ONNX Runtime backend")
@@ -78,29 +81,80 @@ class OrtRunner(BaseRunner):
             proto = onnx.load(str(self.model_path))
         except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
             raise ArtifactError(f"{self.model_path} is not a readable ONNX model ({e}); re-export it") from e
+        self._check_io(proto)
         from topk_attention.ort_op import has_plugin_nodes, register_reference_op, relabel_for_ort
 
         if has_plugin_nodes(proto):
             so.register_custom_ops_library(register_reference_op())
             proto = relabel_for_ort(proto)
         opts = [{"device_id": self.device_id}] if self.provider != "cpu" else [{}]
-        self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=[wanted], provider_options=opts)
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=[wanted],
+                                                provider_options=opts)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's own errors: an inconsistent or unsupported graph
+            raise ArtifactError(f"ONNX Runtime cannot load {self.model_path}: {str(e)[:500]}; re-export it with "
+                                f"'moe-denoise export'") from e
         running = self.session.get_providers()
         if running[0] != wanted:
             raise MissingBackendError(f"asked for {wanted} but ONNX Runtime is running {running}; refusing to fall "
                                       f"back silently. Check the CUDA / TensorRT libraries onnxruntime needs")
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.output_name = self.session.get_outputs()[0].name
-        self.input_dtypes = (np.dtype(np.float16),) if inp.type == "tensor(float16)" else (np.dtype(np.float32),)
-        if isinstance(inp.shape[0], int) and self.max_batch is None:
-            self.max_batch = inp.shape[0]
         self._ort = ort
+        if self.manifest:
+            tol = self.manifest.get("tolerance") or {}
+            self_check(self._infer_padded, self.manifest.get("self_check"), 5 * float(tol.get("atol", 1e-4)),
+                       str(self.model_path))
+
+    def _check_io(self, proto: Any) -> None:
+        """One input and one output, float32 [batch, C, H, W] each, as the model's I/O contract and the manifest
+        say; a fixed batch size is kept (batches are then chunked and the last chunk padded)."""
+        inits = {i.name for i in proto.graph.initializer}
+        inputs = [v for v in proto.graph.input if v.name not in inits]
+        outputs = list(proto.graph.output)
+
+        def describe(v: Any) -> tuple[str, int, list[Any]]:
+            t = v.type.tensor_type
+            return (v.name, t.elem_type, [d.dim_param or d.dim_value for d in t.shape.dim])
+
+        model_config = ((self.manifest or {}).get("model") or {}).get("config")
+        tile = list(tile_shape(model_config))
+        expected = f"one input and one output, float32 [batch, {', '.join(map(str, tile))}]"
+        if len(inputs) != 1 or len(outputs) != 1:
+            found = {"inputs": [describe(v) for v in inputs], "outputs": [describe(v) for v in outputs]}
+            raise ArtifactError(f"{self.model_path} has {found}; expected {expected}. It is not a model exported by "
+                                f"'moe-denoise export'")
+        io = (self.manifest or {}).get("io") or {}
+        for kind, v in (("inputs", inputs[0]), ("outputs", outputs[0])):
+            name, elem, dims = describe(v)
+            named = (io.get(kind) or [{}])[0].get("name")
+            if elem != 1 or len(dims) != 4 or dims[1:] != tile or (named and named != name):  # 1: TensorProto.FLOAT
+                raise ArtifactError(f"{self.model_path} has {kind[:-1]} {name!r} of element type {elem} and shape "
+                                    f"{dims}; expected {expected}" + (f", named {named!r} as its manifest says"
+                                                                      if named else "") + "; re-export it")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        batch = describe(inputs[0])[2][0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        if self.fixed_batch is not None:
+            self.max_batch = min(self.max_batch or self.fixed_batch, self.fixed_batch)
+
+    def _infer_padded(self, x: np.ndarray) -> np.ndarray:
+        """``x`` in chunks the graph accepts (its fixed batch, the last chunk padded), outputs trimmed."""
+        step = self.fixed_batch or len(x)
+        outs = []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            n = len(chunk)
+            if n < step:
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self._run(np.ascontiguousarray(chunk, dtype=np.float32))[:n])
+        return np.concatenate(outs)
 
     def _deactivate_impl(self) -> None:
         self.session = None
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:
+        return self._infer_padded(x) if self.fixed_batch else self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         if not self.io_binding:
             return self.session.run([self.output_name], {self.input_name: x})[0]
         binding = self.session.io_binding()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +106,36 @@ def parity_inputs(num: int = 32, seed: int = 0, sigma: float = 0.2) -> np.ndarra
             img = np.broadcast_to(((xx * rng.integers(2, 16)) % 1 > 0.5).astype(float), TILE_SHAPE)
         images.append(img)
     return np.stack(images).astype(np.float32)
+
+
+SELF_CHECK_IMAGES = 2
+SELF_CHECK_POSITIONS = 64
+
+
+def self_check_record(outputs: np.ndarray) -> dict[str, Any]:
+    """What an artifact's manifest keeps of the reference outputs for ``parity_inputs(SELF_CHECK_IMAGES)``: the
+    values at fixed positions, enough to tell this model from another graph with the same inputs and outputs."""
+    flat = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    pos = np.random.default_rng(0).choice(flat.shape[1], SELF_CHECK_POSITIONS, replace=False)
+    return {"images": len(outputs), "positions": [int(p) for p in pos],
+            "values": np.round(flat[:, pos], 6).tolist()}
+
+
+def self_check(run: Any, record: dict[str, Any] | None, atol: float, what: str) -> None:
+    """Run ``run`` (batch -> outputs) on the self-check images and compare with the manifest's ``record``.
+
+    Raises ArtifactMismatchError when the outputs are not the model's (mean difference beyond ``atol``): an
+    artifact whose file and manifest agree but whose graph computes something else. No record: nothing to check.
+    """
+    if not record:
+        return
+    from moe_base.errors import ArtifactMismatchError
+
+    out = np.asarray(run(parity_inputs(int(record["images"]))), dtype=np.float64).reshape(int(record["images"]), -1)
+    got = out[:, np.asarray(record["positions"], dtype=int)]
+    diff = float(np.mean(np.abs(got - np.asarray(record["values"]))))
+    if not diff <= atol:
+        raise ArtifactMismatchError(f"{what} does not compute the model its manifest describes: on the manifest's "
+                                    f"check images its outputs differ from the recorded ones by {diff:.3g} on "
+                                    f"average (allowed {atol:.3g}). Re-export the artifact from the weights you "
+                                    f"mean to run")

@@ -19,12 +19,13 @@ class TorchRunner(BaseRunner):
 
     def __init__(self, weights: str | Path | None = None, preset: str | None = None, model: Any = None,
                  device: str = "cpu", impl: str = "masked", compile: bool = False, threads: int | None = None,
-                 name: str | None = None, max_batch: int | None = None) -> None:
+                 name: str | None = None, max_batch: int | None = None, verify_weights: bool = True) -> None:
         super().__init__(name=name or f"torch-{impl}{'-compile' if compile else ''}", max_batch=max_batch)
         if model is None and weights is None:
             raise InputError("TorchRunner needs weights= (a .safetensors/.pt path) or model= (a SmallViT)")
         self.weights, self.preset, self.model = weights, preset, model
         self.device, self.impl, self.compile, self.threads = device, impl, compile, threads
+        self.verify_weights = verify_weights
         self._fn = None
 
     def _activate_impl(self) -> None:
@@ -37,7 +38,7 @@ class TorchRunner(BaseRunner):
         if self.model is None:
             from moe_model.checkpoint import load_model
 
-            self.model = load_model(self.weights, preset=self.preset)
+            self.model = load_model(self.weights, preset=self.preset, verify=self.verify_weights)
         model = self.model.eval().to(self.device)
         from moe_model.attention import available_impls
 

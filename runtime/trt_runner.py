@@ -22,6 +22,7 @@ from moe_base.manifest import check_artifact_file, check_equal, read_manifest
 from moe_base.optional import require
 
 from .base import BaseRunner
+from .parity import self_check
 
 
 class TensorRTRunner(BaseRunner):
@@ -85,6 +86,10 @@ class TensorRTRunner(BaseRunner):
         self.profile_batch = (int(lo[0]), int(hi[0]))
         self.max_batch = min(self.max_batch or hi[0], int(hi[0]))  # larger batches are chunked
         self.stream = torch.cuda.Stream(self.device)
+        if self.manifest:  # the engine computes the model its manifest names (not merely a file that matches it)
+            tol = self.manifest.get("tolerance") or {}
+            self_check(self._infer_impl, self.manifest.get("self_check"), 5 * float(tol.get("atol", 1e-4)),
+                       str(self.engine_path))
 
     @staticmethod
     def _plugin_registered(trt: Any, plugin: dict[str, Any]) -> bool:

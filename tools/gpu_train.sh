@@ -61,7 +61,7 @@ rm -rf "$probe"
 echo "== probe: $("$py" -c "print(round($t1 - $t0, 1))") s for ${PROBE_IMAGES:-4000} images; training $epochs epochs in ~${budget} s" | tee -a "$log"
 train "$out/run" "$epochs" "${limit[@]}" 2>&1 | tee -a "$log" || exit 1
 cp "$out/run/best.safetensors" "$out/run/best.json" "$out/run/last.pt" "$out/" && rm -rf "$out/run"
-"$py" -m moe_denoise evaluate --weights "$out/best.safetensors" --data-dir "$data" --json \
+"$py" -m moe_denoise evaluate --weights "$out/best.safetensors" --data-dir "$data" --sigma 0.2 --json \
     > "$out/evaluate.json" 2>>"$log"
 rc=$?
 "$py" -c "import json, sys; r = json.load(open(sys.argv[1]))['protocols']['clip']['model']['psnr']; print(

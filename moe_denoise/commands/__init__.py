@@ -2,11 +2,30 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from moe_base.errors import InputError
 
 DEFAULT_DATA_DIR = "../shared/data/cifar-10-batches-py"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts, sizes, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: cpu, cuda or cuda:N (the torch backend's devices)."""
+    if text == "cpu" or re.fullmatch(r"cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
 def add_weights_args(p: argparse.ArgumentParser) -> None:
@@ -16,6 +35,9 @@ def add_weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None,
                    help="architecture preset for weights without a JSON sidecar (e.g. 'seed' for the seed "
                         "checkpoint); default: read from the sidecar")
+    p.add_argument("--skip-weights-check", action="store_true",
+                   help="use weights whose sha256 differs from the one their JSON sidecar records (damaged or "
+                        "edited files are refused without it)")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -37,7 +59,8 @@ def resolve_weights(path: Path | None) -> Path:
 def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):
     from moe_model.checkpoint import load_model
 
-    return load_model(resolve_weights(args.weights), preset=args.preset, impl=impl)
+    return load_model(resolve_weights(args.weights), preset=args.preset, impl=impl,
+                      verify=not getattr(args, "skip_weights_check", False))
 
 
 BACKENDS = ("torch", "ort", "trt")
@@ -53,8 +76,8 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
                    help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu)")
     p.add_argument("--impl", default=default_impl,
                    help="torch backend: attention implementation (masked, gather, triton)")
-    p.add_argument("--device", default="cpu", help="torch backend device (cpu, cuda)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch / ONNX Runtime)")
+    p.add_argument("--device", type=device_name, default="cpu", help="torch backend device (cpu, cuda, cuda:N)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch / ONNX Runtime)")
     p.add_argument("--opt-level", default="all", choices=["disable", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimisation level")
     p.add_argument("--cuda-graph", action="store_true", help="trt backend: capture a CUDA graph per batch size")
@@ -75,7 +98,7 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
             import topk_attention.torch_op  # noqa: F401 - registers the Triton implementation
 
         return TorchRunner(resolve_weights(weights), preset=args.preset, device=args.device, impl=args.impl,
-                           threads=args.threads)
+                           threads=args.threads, verify_weights=not getattr(args, "skip_weights_check", False))
     from runtime.trt_runner import TensorRTRunner
 
     if args.artifact is None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import add_weights_args, resolve_weights
+from . import add_weights_args, positive_int, resolve_weights
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
@@ -52,11 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "batches up to 4096, a deadline of ~5.5 min of timing")
     p.add_argument("--backends", default=None, help="comma-separated backend names, or 'all' (default: per preset)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: per preset)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch and ONNX Runtime (default: the usable cores)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per batch size (at most)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="interleaved rounds per batch size (at most)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls per backend and batch size")
-    p.add_argument("--parity-images", type=int, default=None, help="images in the parity check before timing")
+    p.add_argument("--parity-images", type=positive_int, default=None, help="images in the parity check before timing")
     p.add_argument("--batch-budget", type=float, default=None,
                    help="seconds of timing per batch size after which no new round starts")
     p.add_argument("--deadline", type=float, default=None,

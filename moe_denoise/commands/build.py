@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX model (needs TensorRT + GPU)",
@@ -20,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "export --flavor plugin' writes, at this precision")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="engine path (default: next to the ONNX model, named <model>.<precision>.engine)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o (never done without it)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=64)
-    p.add_argument("--max-batch", type=int, default=1024)
-    p.add_argument("--workspace-mib", type=int, default=2048)
+    p.add_argument("--min-batch", type=positive_int, default=1)
+    p.add_argument("--opt-batch", type=positive_int, default=64)
+    p.add_argument("--max-batch", type=positive_int, default=1024)
+    p.add_argument("--workspace-mib", type=positive_int, default=2048)
     p.add_argument("--cache-dir", type=Path, default=None, help="timing + engine cache (default: "
                                                                 "$MOE_DENOISE_CACHE or ~/.cache/moe-denoise)")
     p.add_argument("--no-engine-cache", action="store_true", help="always build, never reuse a cached engine")
@@ -37,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from export.engine import BuildOptions, build_engine
+    from moe_base.fileio import check_output_file
     from moe_base.paths import engine_path, onnx_path
 
     onnx = args.onnx
@@ -49,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir
     out = args.output or engine_path(onnx, args.precision)
+    check_output_file(out, args.overwrite or args.output is None)  # before TensorRT is even looked for
     result = build_engine(onnx, out, opts, weights=args.weights, log=(lambda s: None) if args.json else print)
     if args.json:
         from moe_denoise.cli import print_json

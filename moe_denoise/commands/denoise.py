@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_backend_args, add_weights_args, make_runner
+from . import add_backend_args, add_weights_args, make_runner, positive_int
 
 DEFAULT_MAX_PIXELS = 200_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported here: `--help` stays light)
 
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_args(p)
     p.add_argument("--overlap", type=int, default=16, help="tile overlap in pixels (0..31); 16 = best quality, "
                                                            "8 = about 2x fewer tiles")
-    p.add_argument("--batch-size", type=int, default=256, help="tiles per inference call")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="tiles per inference call")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     p.add_argument("--reference", type=Path, default=None,
                    help="a clean version of the photo: report the PSNR of the input and of the output against it")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import add_weights_args, resolve_weights
+from . import add_weights_args, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output .onnx path (default: $MOE_DENOISE_CACHE/artifacts/moe_denoiser.<flavor>[.noopt]"
                         "[.fp16].onnx; the cache is ~/.cache/moe-denoise unless set)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o (never done without it)")
     p.add_argument("--flavor", choices=["portable", "plugin"], default="portable",
                    help="portable: standard ONNX operators only; plugin: sparse attention as TensorRT plugin nodes")
     opt = p.add_mutually_exclusive_group()
@@ -34,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fp16: fp16 weights/activations with fp32 I/O, LayerNorm and softmax in fp32 (for strongly "
                         "typed TensorRT 11 engines); judged by PSNR against the fp32 model")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--parity-images", type=int, default=32, help="size of the fixed parity batch")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity run")
+    p.add_argument("--parity-images", type=positive_int, default=32, help="size of the fixed parity batch")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads for the parity run")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=run)
 
@@ -56,15 +57,15 @@ def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
 def run(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
+    from moe_base.fileio import check_output_file
     from moe_base.paths import onnx_path
     from moe_model.checkpoint import load_model
 
-    if args.parity_images < 1:
-        raise InputError(f"--parity-images must be >= 1 (got {args.parity_images})")
-    weights = resolve_weights(args.weights)
-    model = load_model(weights, preset=args.preset)
     rewrites = parse_rewrites(args.rewrites)
     out = args.output or onnx_path(args.flavor, not args.no_optimize, args.precision, rewrites)
+    check_output_file(out, args.overwrite or args.output is None)  # the default path is the export's own
+    weights = resolve_weights(args.weights)
+    model = load_model(weights, preset=args.preset, verify=not args.skip_weights_check)
     opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, rewrites=rewrites, opset=args.opset,
                          precision=args.precision)
     log = (lambda s: None) if args.json else print

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from moe_base.errors import InputError
-
-from . import add_backend_args, add_weights_args, make_runner, resolve_weights
+from . import add_backend_args, add_weights_args, make_runner, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_backend_args(p, required=True, default_impl="gather")
     add_weights_args(p)
-    p.add_argument("-n", "--num-images", type=int, default=64)
+    p.add_argument("-n", "--num-images", type=positive_int, default=64)
     p.add_argument("--data-dir", type=Path, default=None,
                    help="optionally add noisy CIFAR-10 test images from this folder to the synthetic batch")
     p.add_argument("--json", action="store_true")
@@ -35,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from runtime.parity import compare, parity_inputs
     from runtime.torch_runner import TorchRunner
 
-    if args.num_images < 1:
-        raise InputError(f"--num-images must be >= 1 (got {args.num_images})")
     weights = resolve_weights(args.weights)
     x = parity_inputs(args.num_images)
     if args.data_dir is not None:
@@ -52,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                         f"--weights with the same file, or re-export")
         out = runner(x)
         precision = runner.precision
-    with TorchRunner(weights, preset=args.preset, impl="masked", threads=args.threads) as ref_runner:
+    with TorchRunner(weights, preset=args.preset, impl="masked", threads=args.threads,
+                     verify_weights=not args.skip_weights_check) as ref_runner:
         ref = ref_runner(x)
     report = compare(ref, out, get_tolerance(args.backend, precision), args.backend, precision)
     if args.json:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
-from . import add_data_args
+from . import add_data_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--out-dir", default="runs/default", help="where checkpoints go")
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="architecture preset")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--aux-weight", type=float, default=0.01, help="weight of the load-balance loss")
@@ -45,13 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=0.2, help="noise std on [0,1] pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed validation noise")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--max-val", type=int, default=None, help="use only the first N validation images")
+    p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--max-val", type=positive_int, default=None, help="use only the first N validation images")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--init-from", default=None,
                    help="start from these weights instead of a random init (fine-tuning, or a second cosine cycle)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out-dir (without it, an existing run is never replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     p.set_defaults(func=run)
 
@@ -67,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
                       loss=args.loss, mse_floor=args.mse_floor, blind=args.blind, sigma_max=args.sigma_max,
                       zero_share=args.zero_share, unclipped_share=args.unclipped_share, gray_share=args.gray_share)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command)
-    print(f"best validation loss {result['best_val_loss']:.6f}; weights: {args.out_dir}/best.safetensors")
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command, overwrite=args.overwrite)
+    best = Path(args.out_dir) / "best.safetensors"
+    if best.is_file():
+        print(f"best validation loss {result['best_val_loss']:.6f}; weights: {best}")
+    else:
+        print(f"no epoch finished with a finite validation loss, so no weights were written to {best}")
+        return 1
     return 0

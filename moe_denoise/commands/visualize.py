@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import add_data_args, add_weights_args, load_model_from_args
+from . import add_data_args, add_weights_args, load_model_from_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,11 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_args(p)
     add_data_args(p)
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("-n", "--num-images", type=int, default=8)
+    p.add_argument("-n", "--num-images", type=positive_int, default=8)
     p.add_argument("--offset", type=int, default=0, help="index of the first image")
     p.add_argument("--sigma", type=float, default=0.2)
     p.add_argument("--eval-seed", type=int, default=1234)
-    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of each 32x32 image")
+    p.add_argument("--scale", type=positive_int, default=4, help="pixel upscaling of each 32x32 image")
     p.add_argument("-o", "--out-dir", type=Path, default=Path("."))
     p.set_defaults(func=run)
 
@@ -30,12 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from moe_base.fileio import check_output_file
     from moe_model.data import fixed_noisy, load_cifar10, to_float
     from moe_model.visualize import denoise_grid, routing_maps
 
-    if args.num_images < 1 or args.scale < 1 or args.offset < 0:
-        raise InputError(f"--num-images and --scale must be >= 1 and --offset >= 0 (got {args.num_images}, "
-                         f"{args.scale}, {args.offset})")
+    if args.offset < 0:
+        raise InputError(f"--offset must be >= 0 (got {args.offset})")
+    grid, maps = args.out_dir / "denoise_grid.png", args.out_dir / "routing_maps.png"
+    for path in (grid, maps):
+        check_output_file(path, overwrite=True)  # pictures are replaced; a folder that cannot be written is not
     model = load_model_from_args(args)
     images = load_cifar10(args.data_dir, args.split)
     if args.offset >= len(images):
@@ -44,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     noisy = fixed_noisy(clean, args.sigma, "clip", args.eval_seed)
     with torch.no_grad():
         den, routing = model(noisy, return_routing=True)
-    grid, maps = args.out_dir / "denoise_grid.png", args.out_dir / "routing_maps.png"
     denoise_grid(noisy, den, clean, grid, scale=args.scale)
     routing_maps(noisy, routing, maps, scale=args.scale)
     print(f"wrote {grid} and {maps}")

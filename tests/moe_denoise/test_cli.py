@@ -47,11 +47,13 @@ def test_train_evaluate_visualize(capsys, fake_cifar, tmp_path):
     assert side["training"]["command"] == (f"moe-denoise train --data-dir {fake_cifar} --out-dir {out_dir} --epochs 1 "
                                            "--max-train 16 --max-val 8 --batch-size 8 --no-progress")
     weights = out_dir / "best.safetensors"
-    code, out, _ = run(capsys, "evaluate", "--weights", weights, "--data-dir", fake_cifar, "--limit", 4, "--json")
+    code, out, _ = run(capsys, "evaluate", "--weights", weights, "--data-dir", fake_cifar, "--limit", 4, "--sigma", 0.2,
+                       "--json")
     r = json.loads(out)
     assert code == 0 and r["num_images"] == 4 and set(r["protocols"]) == {"clip", "unclipped"}
     assert r["protocols"]["clip"]["model"]["ssim"]["mean"] > 0
-    code, out, _ = run(capsys, "evaluate", "--weights", weights, "--data-dir", fake_cifar, "--limit", 4, "--no-ssim")
+    code, out, _ = run(capsys, "evaluate", "--weights", weights, "--data-dir", fake_cifar, "--limit", 4, "--sigma", 0.2,
+                       "--no-ssim")
     assert code == 0 and "noisy input" in out and "PSNR" in out
     code, out, _ = run(capsys, "visualize", "--weights", weights, "--data-dir", fake_cifar, "-n", 2, "-o", tmp_path)
     assert code == 0

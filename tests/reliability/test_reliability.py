@@ -1,0 +1,324 @@
+"""The reliability suite: hostile and careless input, through the command line as a user meets it.
+
+Every test is one case; its docstring reads "<case> => <expected outcome>", and docs/reliability.md is generated
+from these docstrings (tools/reliability_table.py; a test keeps the file in step). Each asserts the exact outcome:
+exit code 2 and a message naming the file and what to do, no file created or changed, no code run from a file.
+"""
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from moe_denoise.cli import main
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class Payload:
+    """Unpickling this creates ``marker``: how a pickle runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def cifar_copy(fake_cifar, tmp_path):
+    return shutil.copytree(fake_cifar, tmp_path / "cifar")
+
+
+TINY = ["--max-train", "16", "--max-val", "8", "--batch-size", "8", "--epochs", "1", "--no-progress"]
+
+
+@pytest.fixture
+def run_dir(cifar_copy, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data-dir", cifar_copy, "--out-dir", out, *TINY)
+    assert code == 0, err
+    return out
+
+
+# --- code execution -------------------------------------------------------------------------------------------
+def test_reliability_planted_training_state(capsys, cifar_copy, run_dir, tmp_path):
+    """A last.pt with a code-running pickle in a run folder, then train --resume => refused (exit 2, the file and
+    what to do named); the code never runs"""
+    marker = tmp_path / "pwned"
+    torch.save({"model": Payload(marker)}, run_dir / "last.pt")
+    code, _, err = cli(capsys, "train", "--data-dir", cifar_copy, "--out-dir", run_dir, "--resume", *TINY)
+    assert code == 2 and "last.pt" in err and "without --resume" in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "parity", "visualize"])
+def test_reliability_planted_cifar_batch(capsys, cifar_copy, tmp_path, command):
+    """A CIFAR-10 batch replaced by a code-running pickle, read by train / parity / visualize => refused (exit 2,
+    the batch file named); the code never runs"""
+    marker = tmp_path / "pwned"
+    for name in ("data_batch_5", "test_batch"):
+        (cifar_copy / name).write_bytes(pickle.dumps({b"data": Payload(marker)}))
+    args = {"train": ["train", "--out-dir", tmp_path / "run", *TINY],
+            "parity": ["parity", "--backend", "torch", "-n", "2"],
+            "visualize": ["visualize", "-n", "2", "-o", tmp_path / "pics"]}[command]
+    code, _, err = cli(capsys, *args, "--data-dir", cifar_copy)
+    assert code == 2 and ("data_batch_5" in err or "test_batch" in err) and "never holds" in err
+    assert not marker.exists()
+
+
+# --- data loss ------------------------------------------------------------------------------------------------
+def test_reliability_train_into_an_existing_run(capsys, cifar_copy, run_dir):
+    """train without --resume into a folder that holds a run => refused (exit 2, --resume / --overwrite offered);
+    the run's files are unchanged"""
+    before = snapshot(run_dir)
+    code, _, err = cli(capsys, "train", "--data-dir", cifar_copy, "--out-dir", run_dir, *TINY)
+    assert code == 2 and "already holds a training run" in err and "--resume" in err and "--overwrite" in err
+    assert snapshot(run_dir) == before
+
+
+def test_reliability_export_over_an_existing_file(capsys, random_weights, tmp_path):
+    """export -o onto an existing (unrelated) file => refused (exit 2, --overwrite offered); the file is unchanged"""
+    pytest.importorskip("onnx", reason="export needs the onnx extra")
+    target = tmp_path / "notes.txt"
+    target.write_text("my notes")
+    code, _, err = cli(capsys, "export", "--weights", random_weights, "-o", target)
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+    assert target.read_text() == "my notes"
+
+
+def test_reliability_build_over_an_existing_file(capsys, tmp_path):
+    """build -o onto an existing file => refused before anything else (exit 2); the file is unchanged"""
+    target = tmp_path / "notes.txt"
+    target.write_text("my notes")
+    code, _, err = cli(capsys, "build", "--onnx", tmp_path / "m.onnx", "-o", target)
+    assert code == 2 and "already exists" in err and target.read_text() == "my notes"
+
+
+def test_reliability_killed_write_leaves_no_temporary(tmp_path):
+    """A write killed half-way leaves a hidden temporary beside its target => the next write of that target
+    removes it (a live writer's temporary is left alone)"""
+    from moe_base.fileio import atomic_write
+
+    target = tmp_path / "photo.png"
+    dead = tmp_path / ".photo.png.4194303.x1.tmp"  # beyond the largest pid: no such process
+    dead.write_bytes(b"half a photo")
+    live = tmp_path / f".photo.png.{os.getpid()}.x2.tmp"
+    live.write_bytes(b"being written")
+    atomic_write(target, b"the photo")
+    assert target.read_bytes() == b"the photo" and not dead.exists() and live.exists()
+
+
+# --- garbage out with exit 0 ----------------------------------------------------------------------------------
+def test_reliability_damaged_weights(capsys, random_weights, tmp_path):
+    """Weights with bytes flipped inside the tensor data => refused (exit 2, sha256 mismatch and
+    --skip-weights-check named); with --skip-weights-check they run, knowingly"""
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(random_weights.read_bytes())
+    for i in range(len(data) - 2000, len(data)):
+        data[i] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    shutil.copy(random_weights.with_suffix(".json"), bad.with_suffix(".json"))
+    code, _, err = cli(capsys, "parity", "--backend", "torch", "--weights", bad, "-n", "2")
+    assert code == 2 and "sha256" in err and "--skip-weights-check" in err and "bad.safetensors" in err
+    code, _, _ = cli(capsys, "parity", "--backend", "torch", "--weights", bad, "-n", "2", "--skip-weights-check")
+    assert code == 0
+
+
+@pytest.fixture
+def exported(random_weights, tmp_path_factory):
+    pytest.importorskip("onnx", reason="export needs the onnx extra")
+    from export.pipeline import export_onnx
+    from moe_model.checkpoint import load_model
+
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    export_onnx(load_model(random_weights), path, parity_images=2, weights_path=random_weights, log=lambda s: None)
+    return path
+
+
+def graph_with_manifest(exported, tmp_path, proto):
+    """``proto`` saved with a copy of ``exported``'s manifest, its artifact entry made to match the new file."""
+    from moe_base.manifest import manifest_path, sha256_bytes
+
+    data = proto.SerializeToString()
+    path = tmp_path / "foreign.onnx"
+    path.write_bytes(data)
+    m = json.loads(manifest_path(exported).read_text())
+    m["artifact"].update(sha256=sha256_bytes(data), bytes=len(data), file=path.name)
+    manifest_path(path).write_text(json.dumps(m))
+    return path
+
+
+def test_reliability_foreign_graph_with_a_matching_manifest(capsys, exported, tmp_path):
+    """An Identity graph with the model's names and shapes, given a manifest that matches its bytes => refused at
+    load (exit 2: it does not compute the model its manifest describes); nothing is written"""
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3, 32, 32]) for n in ("noisy", "denoised")]
+    proto = helper.make_model(helper.make_graph([helper.make_node("Identity", ["noisy"], ["denoised"])], "g",
+                                               [io[0]], [io[1]]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    path = graph_with_manifest(exported, tmp_path, proto)
+    code, _, err = cli(capsys, "parity", "--backend", "ort", "--artifact", path, "-n", "2")
+    assert code == 2 and "does not compute the model its manifest describes" in err
+
+
+@pytest.mark.parametrize("change", ["shape", "dtype", "rank", "name"])
+def test_reliability_graph_inputs_outside_the_contract(capsys, exported, tmp_path, change):
+    """A graph whose input has another shape, dtype, rank or name than the model's I/O contract and manifest
+    => refused at load with what was found and what was expected (exit 2), not an ONNX Runtime traceback"""
+    import onnx
+
+    proto = onnx.load(str(exported))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if change == "shape":
+        dims[2].dim_value = 16
+    elif change == "dtype":
+        proto.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    elif change == "rank":
+        del dims[3]
+    else:
+        for node in proto.graph.node:
+            node.input[:] = ["x" if i == "noisy" else i for i in node.input]
+        proto.graph.input[0].name = "x"
+    path = graph_with_manifest(exported, tmp_path, proto)
+    code, _, err = cli(capsys, "parity", "--backend", "ort", "--artifact", path, "-n", "2")
+    assert code == 2 and "expected one input and one output, float32 [batch, 3, 32, 32]" in err
+
+
+def test_reliability_fixed_batch_graph_is_chunked(exported, tmp_path):
+    """A graph exported with a fixed batch of 7 => batches of any size run (chunked, the last chunk padded) and
+    give the dynamic graph's outputs"""
+    import onnx
+
+    from runtime import OrtRunner, parity_inputs
+
+    proto = onnx.load(str(exported))
+    for v in (proto.graph.input[0], proto.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_value = 7
+    path = graph_with_manifest(exported, tmp_path, proto)
+    x = parity_inputs(10)
+    with OrtRunner(path) as fixed, OrtRunner(exported) as dynamic:
+        np.testing.assert_allclose(fixed(x), dynamic(x), atol=1e-6)
+        assert fixed.max_batch == 7
+
+
+@pytest.mark.parametrize("manifest", ["[1, 2]", '{"schema": "moe-denoise/manifest/1"}'])
+def test_reliability_manifest_without_an_artifact_entry(capsys, exported, manifest):
+    """A manifest that is not a mapping, or lacks its artifact entry => refused (exit 2, re-export named), not a
+    KeyError"""
+    from moe_base.manifest import manifest_path
+
+    manifest_path(exported).write_text(manifest)
+    code, _, err = cli(capsys, "parity", "--backend", "ort", "--artifact", exported, "-n", "2")
+    assert code == 2 and "re-export" in err
+
+
+# --- a message where a traceback was ---------------------------------------------------------------------------
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", os.urandom(512), b"not a dict"])
+def test_reliability_corrupt_training_state(capsys, cifar_copy, run_dir, content):
+    """A last.pt that is empty, truncated, random or not a training state, then train --resume => refused
+    (exit 2, the file and what to do named)"""
+    if content == b"not a dict":
+        torch.save([1, 2, 3], run_dir / "last.pt")
+    else:
+        (run_dir / "last.pt").write_bytes(content)
+    code, _, err = cli(capsys, "train", "--data-dir", cifar_copy, "--out-dir", run_dir, "--resume", *TINY)
+    assert code == 2 and "last.pt" in err and "--resume" in err
+
+
+@pytest.mark.parametrize("command", ["export", "train", "visualize"])
+@pytest.mark.parametrize("how", ["read-only", "under-a-file"])
+def test_reliability_output_folder_that_cannot_be_written(capsys, random_weights, cifar_copy, tmp_path, command, how):
+    """An output folder that cannot be written (read-only, or a path through a file) => refused before any work
+    (exit 2, the folder named)"""
+    if how == "read-only" and os.geteuid() == 0:
+        pytest.skip("root can write to read-only folders, so the refusal cannot be shown as root")
+    base = tmp_path / "out"
+    if how == "read-only":
+        base.mkdir()
+        base.chmod(0o555)
+    else:
+        base.write_text("a file, not a folder")
+    args = {"export": ["export", "--weights", random_weights, "-o", base / "m.onnx"],
+            "train": ["train", "--data-dir", cifar_copy, "--out-dir", base / "run", *TINY],
+            "visualize": ["visualize", "--weights", random_weights, "--data-dir", cifar_copy, "-o", base / "pics"]}
+    try:
+        code, _, err = cli(capsys, *args[command])
+    finally:
+        if how == "read-only":
+            base.chmod(0o755)
+    assert code == 2 and "cannot write" in err, err
+    assert (list(base.iterdir()) == []) if how == "read-only" else base.read_text() == "a file, not a folder"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--max-train", "0"], "must be >= 1"),
+    (["train", "--max-train", "-5"], "must be >= 1"),
+    (["train", "--max-val", "0"], "must be >= 1"),
+    (["train", "--threads", "-1"], "must be >= 1"),
+    (["train", "--device", "bogus"], "not a device"),
+    (["train", "--lr", "inf"], "finite number > 0"),
+    (["train", "--lr", "-1"], "finite number > 0"),
+    (["parity", "--backend", "torch", "--threads", "-1"], "must be >= 1"),
+    (["parity", "--backend", "torch", "--device", "bogus"], "expected cpu, cuda or cuda:N"),
+])
+def test_reliability_bad_settings(capsys, cifar_copy, tmp_path, argv, message):
+    """A setting out of its range (counts below 1, negative threads, an unknown device, an infinite learning rate)
+    => refused with the allowed range (exit 2), before any work"""
+    extra = ["--data-dir", cifar_copy, "--out-dir", tmp_path / "run"] if argv[0] == "train" else []
+    try:
+        code, _, err = cli(capsys, *argv, *extra)
+    except SystemExit as e:  # argparse's own refusal
+        code, err = e.code, capsys.readouterr().err
+    assert code == 2 and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_reliability_diverging_training_stops(cifar_copy, tmp_path):
+    """Training whose loss becomes NaN or infinite => stops with a TrainingError naming the epoch, the learning
+    rate and what was kept; no best-weights path is claimed that was never written"""
+    from moe_base.errors import TrainingError
+    from moe_model.train import TrainConfig, train
+
+    cfg = TrainConfig(data_dir=str(cifar_copy), out_dir=str(tmp_path / "run"), epochs=1, batch_size=8, max_train=16,
+                      max_val=8, lr=1e30, grad_clip=0.0)
+    with pytest.raises(TrainingError, match=r"the loss became (nan|inf).*no weights were written.*Lower --lr"):
+        train(cfg, progress=False, log=lambda s: None)
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_reliability_weights_without_their_sidecar(capsys, random_weights, tmp_path):
+    """Weights without their JSON sidecar and without --preset => refused (exit 2) naming the presets whose
+    tensors fit, instead of a size-mismatch dump"""
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(random_weights, bare)
+    code, _, err = cli(capsys, "parity", "--backend", "torch", "--weights", bare, "-n", "2")
+    assert code == 2 and "--preset" in err and "seed" in err and "size mismatch" not in err
+
+
+def test_reliability_missing_onnx_for_build(capsys, tmp_path):
+    """build --onnx of a file that does not exist => 'does not exist' (exit 2), not 'has no manifest'"""
+    code, _, err = cli(capsys, "build", "--onnx", tmp_path / "missing.onnx")
+    assert code == 2 and "does not exist" in err and "manifest" not in err
+
+
+def test_reliability_no_manifest_message_names_real_options(capsys, exported):
+    """An artifact without its manifest => the message says to re-export and names no option that does not exist"""
+    from moe_base.manifest import manifest_path
+
+    manifest_path(exported).unlink()
+    code, _, err = cli(capsys, "parity", "--backend", "ort", "--artifact", exported, "-n", "2")
+    assert code == 2 and "has no manifest" in err and "--no-manifest-check" not in err
