@@ -34,6 +34,7 @@ MIN_TRT = (10, 9)
 
 @dataclass
 class BuildOptions:
+    """How an engine is built: precision, the batch profile (min / opt / max), workspace, caches, parity batch."""
     precision: str = "fp32"
     min_batch: int = 1
     opt_batch: int = 64
@@ -76,6 +77,9 @@ class BuildPlan:
 
 
 def plan_build(trt_version: str, precision: str) -> BuildPlan:
+    """What the installed TensorRT needs for ``precision``: the ONNX graph's precision and the builder flags.
+
+    InputError for a TensorRT older than 10.9."""
     v = parse_version(trt_version)
     if v < MIN_TRT:
         raise InputError(f"TensorRT {trt_version} is too old: this toolkit needs >= {MIN_TRT[0]}.{MIN_TRT[1]} "
@@ -87,6 +91,8 @@ def plan_build(trt_version: str, precision: str) -> BuildPlan:
 
 def cache_key(onnx_sha: str, plugin_hash: str | None, trt_version: str, compute_capability: str,
               opts: BuildOptions) -> str:
+    """The engine cache key: everything that decides the engine (graph, plugin code, TensorRT, GPU, precision,
+    profile), not where files live."""
     key = {"onnx": onnx_sha, "plugin": plugin_hash, "tensorrt": trt_version, "cc": compute_capability,
            "precision": opts.precision, "profile": opts.profile}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
@@ -94,6 +100,7 @@ def cache_key(onnx_sha: str, plugin_hash: str | None, trt_version: str, compute_
 
 @dataclass
 class EngineResult:
+    """A built (or cached) engine: its path, manifest, parity report, and whether it came from the cache."""
     path: Path
     manifest: dict[str, Any]
     parity: ParityReport

@@ -8,6 +8,7 @@ import numpy as np
 
 
 class GraphBuilder:
+    """Writes an ONNX graph by hand: unique names, initializers, nodes, declared value infos, the model proto."""
     def __init__(self, opset: int, name: str = "graph") -> None:
         import onnx  # noqa: F401 - fail early with the real ImportError if onnx is missing
 

@@ -28,6 +28,7 @@ EXPORTER = "moe-denoise onnx writer 1"
 
 @dataclass
 class ExportResult:
+    """An exported model: its path, its manifest's path, the parity report and the manifest."""
     path: Path
     manifest_path: Path
     parity: ParityReport
@@ -43,6 +44,7 @@ def reference_outputs(model: Any, x: np.ndarray) -> np.ndarray:
 
 def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | None = None,
                precision: str = "fp32") -> ParityReport:
+    """Run ``onnx_path`` in ONNX Runtime (CPU) on ``inputs`` and compare with ``model``'s outputs."""
     from runtime.ort_runner import OrtRunner
 
     with OrtRunner(onnx_path, check_manifest=False, threads=threads) as runner:
@@ -92,6 +94,8 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
 
 def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: ExportOptions, report: ParityReport,
                    weights_path: str | Path | None, notes: list[str]) -> dict[str, Any]:
+    """The manifest of an exported model: model config and weights hash, graph facts and notes, plugin nodes,
+    I/O, tolerance and parity, the self-check record, library versions."""
     from moe_base.contract import tile_shape
     from moe_base.machine import library_versions
     from moe_model.model import count_parameters

@@ -101,6 +101,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_preset(name: str) -> ModelConfig:
+    """The named architecture preset; InputError listing the presets for an unknown name."""
     try:
         return PRESETS[name]
     except KeyError:

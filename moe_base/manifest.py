@@ -33,6 +33,7 @@ def now_iso() -> str:
 
 
 def base_manifest(kind: str, artifact: str | Path, data: bytes) -> dict[str, Any]:
+    """The fields every manifest has: schema, kind, creation time, the artifact's name, sha256 and size, the host."""
     return {"schema": SCHEMA, "kind": kind, "created": now_iso(),
             "artifact": {"file": Path(artifact).name, "sha256": sha256_bytes(data), "bytes": len(data)},
             "host": {"python": platform.python_version(), "platform": platform.platform()}}
@@ -47,6 +48,9 @@ def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> P
 
 
 def read_manifest(artifact: str | Path, required: bool = True) -> dict[str, Any] | None:
+    """The manifest next to ``artifact``, validated (a mapping of this schema with a valid artifact entry).
+
+    Raises ArtifactError when it is missing (unless ``required`` is False: then None), unreadable or malformed."""
     mpath = manifest_path(artifact)
     if not mpath.is_file():
         if required:
@@ -86,6 +90,8 @@ def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:
 
 
 def check_equal(what: str, artifact_value: Any, env_value: Any, hint: str) -> None:
+    """Raise ArtifactMismatchError naming both sides (and ``hint``) when the artifact's value differs from this
+    environment's."""
     if artifact_value != env_value:
         raise ArtifactMismatchError(f"{what} mismatch: the artifact was built for {artifact_value!r}, this "
                                     f"environment has {env_value!r}. {hint}")

@@ -27,6 +27,7 @@ PACKAGES: dict[str, tuple[str, str | None]] = {
 
 
 def install_hint(module: str) -> str:
+    """The pip command that installs ``module`` (through this project's extra when it has one)."""
     package, extra = PACKAGES.get(module, (module, None))
     if module == "tensorrt":
         return ("pip install 'moe-denoise[trt]' (TensorRT wheels exist for Linux x86_64/aarch64 with an NVIDIA "

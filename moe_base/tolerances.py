@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Tolerance:
+    """How far a backend's outputs may be from PyTorch's: per pixel, in share of pixels, at worst, and in PSNR."""
     atol: float               # per-pixel absolute tolerance
     max_bad_fraction: float   # fraction of pixels allowed beyond atol
     max_abs: float            # hard bound on the worst pixel
@@ -38,6 +39,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 
 
 def get_tolerance(backend: str, precision: str = "fp32") -> Tolerance:
+    """The tolerance of ``backend`` at ``precision``; KeyError listing the known pairs otherwise."""
     try:
         return TOLERANCES[(backend, precision)]
     except KeyError:

@@ -40,6 +40,7 @@ def register_impl(name: str, fn: Callable[..., torch.Tensor]) -> None:
 
 
 def available_impls() -> tuple[str, ...]:
+    """The attention implementations a model can use: the built-in ones and those registered (e.g. "triton")."""
     return IMPLS + tuple(sorted(_EXTRA_IMPLS))
 
 

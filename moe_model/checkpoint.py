@@ -50,6 +50,9 @@ def origin(path: str | Path) -> dict[str, Any]:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a PyTorch state dict (a training state's ``model`` entry is taken).
+
+    Raises CheckpointError for a missing or unreadable file (``.pt`` files are read with ``weights_only``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist; pass a .safetensors file written by "
@@ -70,6 +73,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The JSON sidecar of ``path`` (config, sha256, training record), None when there is none; CheckpointError
+    when it is not valid JSON."""
     side = sidecar_path(path)
     if not side.is_file():
         return None

@@ -15,6 +15,8 @@ from moe_base.tolerances import Tolerance
 
 @dataclass
 class ParityReport:
+    """The comparison of a backend's outputs with PyTorch's: max / mean / p99 error, PSNR, share beyond tolerance,
+    and the verdict against the tolerance."""
     backend: str
     precision: str
     num_images: int

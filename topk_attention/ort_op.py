@@ -44,6 +44,7 @@ def register_reference_op() -> str:
 
 
 def has_plugin_nodes(model: Any) -> bool:
+    """True when ``model`` (an onnx.ModelProto) holds sparse-attention plugin nodes."""
     return any(n.op_type == PLUGIN_NAME and n.domain == PLUGIN_NAMESPACE for n in model.graph.node)
 
 
