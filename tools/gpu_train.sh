@@ -20,7 +20,9 @@
 # weights on the test split. Written to OUT_DIR: best.safetensors, best.json, last.pt (to resume or go on
 # here), train.log, evaluate.json. Settings (environment): PRESET (residual_refine_wide), INIT (the shipped
 # weights), LR (3e-4), LOSS (psnr), SEED (5), TRAIN_S (360), MAX_EPOCHS (200), DATA (.gpu_data/cifar-10-batches-py),
-# DEVICE (cuda), MAX_TRAIN (unset: all; set it for a dry run on the CPU).
+# DEVICE (cuda), MAX_TRAIN (unset: all; set it for a dry run on the CPU), BLIND (1: the blind recipe, every image
+# its own noise level over [0, 75/255], clipped or not, a gray share (train --blind --mse-floor 1e-5 --zero-share
+# 0.1); 0: the sigma-0.2 specialist's recipe).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -34,13 +36,15 @@ device=${DEVICE:-cuda}
 budget=${TRAIN_S:-360}
 limit=()
 [ -n "${MAX_TRAIN:-}" ] && limit=(--max-train "$MAX_TRAIN" --max-val "$MAX_TRAIN")
+recipe=()
+[ "${BLIND:-1}" = "1" ] && recipe=(--blind --mse-floor 1e-5 --zero-share 0.1)
 log="$out/train.log"
 train() {  # train OUT_DIR EPOCHS [extra args]
     local dir=$1 epochs=$2
     shift 2
     "$py" -m moe_denoise train --data-dir "$data" --preset "$preset" --init-from "$init" --device "$device" \
         --lr "${LR:-3e-4}" --loss "${LOSS:-psnr}" --seed "${SEED:-5}" --epochs "$epochs" --out-dir "$dir" \
-        --no-progress "$@"
+        --no-progress "${recipe[@]}" "$@"
 }
 
 { date -u; "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and
