@@ -1,17 +1,53 @@
-"""The PyTorch backend: the eager model (masked or gather attention), optionally torch.compile'd, CPU or CUDA."""
+"""The PyTorch backend: the eager model (masked or gather attention), optionally torch.compile'd, CPU or CUDA.
+
+Two options for low-latency GPU inference (issue 17), each usable with every ``impl`` and with ``compile``:
+
+- ``precision="fp16"`` / ``"bf16"``: the forward runs under ``torch.autocast`` in that dtype (``half_mode=
+  "autocast"``, the default: matmuls, convolutions and attention in half precision; LayerNorm, softmax and the
+  residual ``x - f(x)`` in fp32, so the input image is never rounded), or on a half-precision copy of the model
+  (``half_mode="cast"``: everything in half, the output rounded to it). Inputs and outputs stay fp32 at the
+  interface either way. The Triton kernel (``impl="triton"``) runs fp32 and fp16; in bf16 its op falls back to
+  the reference masked attention. On a CPU both precisions work too (slowly), which is how they are tested here.
+- ``cuda_graph=True``: the forward captured as a CUDA graph once per batch bucket, replayed per call
+  (``runtime.cuda_graphs``: padding to the bucket, trimming, chunking beyond the largest, and each graph checked
+  against the uncaptured model before its first use; a failing graph raises ParityError, or with
+  ``graph_fallback=True`` that bucket runs uncaptured and ``describe()`` says so).
+"""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import copy
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moe_base.errors import InputError, MissingBackendError
+from moe_base.contract import TILE_SHAPE
+from moe_base.errors import InputError, MissingBackendError, NoGPUError
 from moe_base.optional import require
+from moe_base.tolerances import get_tolerance
 
 from .base import BaseRunner
+from .cuda_graphs import (
+    BucketedGraphs,
+    capture_cuda_graph,
+    check_buckets,
+    check_input,
+    default_buckets,
+    eager_capture,
+    parity_check,
+)
+
+PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+HALF_MODES = ("autocast", "cast")
+# attention impl -> key of moe_base.tolerances (torch.compile'd models use "torch-compile")
+TOLERANCE_KEYS = {"seed": "torch-seed", "gather": "torch-seed", "masked": "torch", "triton": "torch-triton"}
+
+
+def tolerance_key(impl: str, compile: bool = False) -> str:
+    """The (backend) half of the tolerance-table key for a PyTorch model with this impl and compile setting."""
+    return "torch-compile" if compile else TOLERANCE_KEYS.get(impl, "torch")
 
 
 class TorchRunner(BaseRunner):
@@ -19,20 +55,44 @@ class TorchRunner(BaseRunner):
 
     def __init__(self, weights: str | Path | None = None, preset: str | None = None, model: Any = None,
                  device: str = "cpu", impl: str = "masked", compile: bool = False, threads: int | None = None,
-                 name: str | None = None, max_batch: int | None = None, verify_weights: bool = True) -> None:
-        super().__init__(name=name or f"torch-{impl}{'-compile' if compile else ''}", max_batch=max_batch)
+                 name: str | None = None, max_batch: int | None = None, verify_weights: bool = True,
+                 precision: str = "fp32", half_mode: str = "autocast", cuda_graph: bool = False,
+                 graph_buckets: Iterable[int] | None = None, graph_fallback: bool = False,
+                 graph_capture: Callable[[Callable[[Any], Any], Any], Any] | None = None) -> None:
+        """``graph_buckets``: the batch sizes to capture (default: powers of two up to ``max_batch`` or 4096).
+        ``graph_capture(fn, static_input) -> Captured``: how a bucket's graph is made (default
+        ``runtime.cuda_graphs.capture_cuda_graph``, which needs CUDA); ``runtime.cuda_graphs.eager_capture`` runs
+        the same bucket layer uncaptured, on any device (how it is tested on a CPU)."""
+        if precision not in PRECISIONS:
+            raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if half_mode not in HALF_MODES:
+            raise InputError(f"half_mode {half_mode!r} is not one of {', '.join(HALF_MODES)}")
+        if cuda_graph and graph_capture is None and not str(device).startswith("cuda"):
+            raise InputError(f"cuda_graph=True records GPU work and needs device='cuda'; got device={device!r}. "
+                             f"Leave cuda_graph off on a CPU")
         if model is None and weights is None:
             raise InputError("TorchRunner needs weights= (a .safetensors/.pt path) or model= (a SmallViT)")
+        default_name = (f"torch-{impl}{'-compile' if compile else ''}{'' if precision == 'fp32' else '-' + precision}"
+                        f"{'-graph' if cuda_graph else ''}")
+        super().__init__(name=name or default_name, precision=precision, max_batch=max_batch)
         self.weights, self.preset, self.model = weights, preset, model
         self.device, self.impl, self.compile, self.threads = device, impl, compile, threads
         self.verify_weights = verify_weights
+        self.half_mode = half_mode
+        self.cuda_graph, self.graph_fallback, self.graph_capture = cuda_graph, graph_fallback, graph_capture
+        self.graph_buckets = (check_buckets(graph_buckets, max_batch=max_batch) if graph_buckets is not None
+                              else default_buckets(max_batch))
+        self.graphs: BucketedGraphs | None = None
         self._fn = None
 
     def _activate_impl(self) -> None:
         torch = require("torch", "the PyTorch backend")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise MissingBackendError(f"device {self.device!r} was asked for but torch {torch.__version__} sees no "
-                                      f"CUDA GPU; use device='cpu'")
+            asked = [o for o, on in (("cuda_graph=True", self.cuda_graph),
+                                     (f"precision={self.precision!r}", self.precision != "fp32")) if on]
+            raise NoGPUError(f"device {self.device!r}{' with ' + ', '.join(asked) if asked else ''} was asked for but "
+                             f"torch {torch.__version__} sees no CUDA GPU; use device='cpu'"
+                             f"{' without cuda_graph' if self.cuda_graph else ''}")
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.model is None:
@@ -40,44 +100,143 @@ class TorchRunner(BaseRunner):
 
             self.model = load_model(self.weights, preset=self.preset, verify=self.verify_weights)
         model = self.model.eval().to(self.device)
-        from moe_model.attention import available_impls
-
-        if self.impl not in available_impls():
-            hint = (" (the Triton kernel registers itself when topk_attention.torch_op is imported; the "
-                    "moe-denoise CLI does that for --backend torch-triton)" if self.impl == "triton" else "")
-            raise MissingBackendError(f"attention impl {self.impl!r} is not available; available: "
-                                      f"{', '.join(available_impls())}{hint}")
+        _register_impl(self.impl)
         model.set_attention_impl(self.impl)
-        self._fn = torch.compile(model) if self.compile else model
         self._torch = torch
+        fn = model
+        dtype = getattr(torch, PRECISIONS[self.precision]) if PRECISIONS[self.precision] else None
+        if dtype is not None:
+            if self.half_mode == "cast":  # a copy: the caller's model stays fp32
+                fn = _cast_forward(copy.deepcopy(model).to(dtype), dtype)
+            else:
+                fn = _autocast_forward(model, dtype, torch.device(self.device).type)
+        if self.compile:
+            _allow_recompiles(torch)
+        self._fn = torch.compile(fn) if self.compile else fn
+        if self.cuda_graph:
+            self.graphs = self._bucketed_graphs()
+
+    def _bucketed_graphs(self) -> BucketedGraphs:
+        torch = self._torch
+        capture = self.graph_capture or capture_cuda_graph
+        fn = self._fn
+
+        def make(bucket: int) -> Any:
+            return capture(fn, torch.zeros((bucket, *TILE_SHAPE), dtype=torch.float32, device=self.device))
+
+        check = parity_check(fn, lambda b: torch.from_numpy(check_input(b)).to(self.device),
+                             get_tolerance(tolerance_key(self.impl, self.compile), self.precision), self.name)
+        fallback = ((lambda b: eager_capture(fn, torch.zeros((b, *TILE_SHAPE), device=self.device)))
+                    if self.graph_fallback else None)
+        return BucketedGraphs(make, self.graph_buckets, check=check, fallback=fallback)
 
     def _deactivate_impl(self) -> None:
         self._fn = None
+        self.graphs = None
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
+        if self.graphs is not None:  # host rows straight into the static input, static output rows straight back
+            out = torch.empty(x.shape, dtype=torch.float32)
+            self.forward_on_device(torch.from_numpy(x), out=out)
+            return out.numpy()
         return self.forward_on_device(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
-    def forward_on_device(self, x: Any) -> Any:
-        """The model (compiled or eager) on a tensor already on the runner's device; the output stays there.
+    def forward_on_device(self, x: Any, out: Any = None) -> Any:
+        """The model (compiled or eager, graphed or not) on a tensor on the runner's device; the output stays there.
+
+        With ``cuda_graph`` the rows go through the bucket's graph (``x`` may then be on any device, and ``out``,
+        when given, receives the rows wherever it is). Output dtype: float32 at every precision.
 
         Runs in true fp32: PyTorch lets cuDNN convolutions use TF32 by default, which moves outputs past the fp32
         tolerance (docs/verification.md); TF32 is off during the call, and the caller's setting restored.
         """
         torch = self._torch
         with torch.inference_mode(), _no_tf32(torch):
-            return self._fn(x)
+            if self.graphs is not None:
+                return self.graphs.run(x, out=out)
+            y = self._fn(x)
+            if out is not None:
+                out.copy_(y)
+                return out
+            return y
+
+    def prepare_graphs(self, batches: Iterable[int] | None = None) -> list[int]:
+        """Capture and check now the graphs that ``batches`` will use (default: every bucket); returns the buckets."""
+        if self.graphs is None:
+            raise InputError(f"runner '{self.name}' has no CUDA graphs: create it with cuda_graph=True and activate it")
+        torch = self._torch
+        with torch.inference_mode(), _no_tf32(torch):
+            return self.graphs.prepare(batches)
 
     def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
-        """On CUDA: the model (compiled or eager, TF32 off) on a device copy of ``x`` made once."""
+        """On CUDA: the model (compiled or eager, TF32 off) on a device copy of ``x`` made once. With CUDA graphs:
+        the copy into the bucket's static input, the replay and the copy of the rows out (into a buffer made once),
+        which is what a caller holding device tensors pays; the graphs are captured here, untimed."""
         if not str(self.device).startswith("cuda") or self._fn is None:
             return None
         xd = self._torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-        return lambda: self.forward_on_device(xd)
+        if self.graphs is None:
+            return lambda: self.forward_on_device(xd)
+        self.prepare_graphs([len(x)])
+        yd = self._torch.empty_like(xd)
+        return lambda: self.forward_on_device(xd, out=yd)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "device": self.device, "impl": self.impl, "compile": self.compile,
-                "threads": self.threads, "tf32": False}
+        d = {**super().describe(), "device": self.device, "impl": self.impl, "compile": self.compile,
+             "threads": self.threads, "tf32": False, "cuda_graph": self.cuda_graph}
+        if self.precision != "fp32":
+            d["half_mode"] = self.half_mode
+        if self.graphs is not None:
+            d.update(self.graphs.describe())
+        elif self.cuda_graph:
+            d["graph_buckets"] = list(self.graph_buckets)
+        return d
+
+
+def _register_impl(impl: str) -> None:
+    """Make ``impl`` available: "triton" registers itself when topk_attention.torch_op is imported (done here)."""
+    from moe_model.attention import available_impls
+
+    if impl == "triton" and impl not in available_impls():
+        try:
+            import topk_attention.torch_op  # noqa: F401 - registers impl="triton"
+        except Exception as e:  # noqa: BLE001 - e.g. a torch without custom-op support: said in the error below
+            raise MissingBackendError(f"attention impl 'triton' could not be registered: {type(e).__name__}: {e}") from e
+    if impl not in available_impls():
+        raise MissingBackendError(f"attention impl {impl!r} is not available; available: {', '.join(available_impls())}")
+
+
+def _allow_recompiles(torch: Any, at_least: int = 64) -> None:
+    """Room for every compiled runner of one process: Dynamo compiles a code object again for each new model, dtype
+    or (once) batch shape, and past its recompile limit (8 by default) it would run the rest eagerly, unannounced,
+    so a 'torch-compile' backend would be timed uncompiled. Raised only, never lowered."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.6
+        if hasattr(cfg, name) and getattr(cfg, name) < at_least:
+            setattr(cfg, name, at_least)
+
+
+def _autocast_forward(model: Any, dtype: Any, device_type: str) -> Callable[[Any], Any]:
+    """fp32 in, the model under torch.autocast(dtype), fp32 out. A plain function, so torch.compile traces through
+    the autocast region (Dynamo supports the context manager) and a CUDA graph records the casts with the rest."""
+    import torch
+
+    def forward(x: Any) -> Any:
+        with torch.autocast(device_type, dtype=dtype):
+            y = model(x)
+        return y.float()
+
+    return forward
+
+
+def _cast_forward(model: Any, dtype: Any) -> Callable[[Any], Any]:
+    """fp32 in, cast to ``dtype``, a ``dtype`` copy of the model, fp32 out."""
+
+    def forward(x: Any) -> Any:
+        return model(x.to(dtype)).float()
+
+    return forward
 
 
 @contextmanager

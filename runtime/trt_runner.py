@@ -1,11 +1,15 @@
 """The TensorRT backend: runs a serialized engine built by ``moe-denoise build``.
 
 Device buffers and the stream are torch CUDA tensors (torch is already a dependency); execution is
-asynchronous (``execute_async_v3``) with one synchronisation per call; a CUDA graph can be captured for a fixed
-batch size. Before anything is deserialized the engine file is checked against its manifest (size, hash) and
-the manifest against this machine (TensorRT version, GPU compute capability), and each failure has its own
-error: no TensorRT (MissingBackendError), no GPU (NoGPUError), corrupt/truncated file (ArtifactError), engine
-for another TensorRT/GPU (ArtifactMismatchError), plugin not registered (PluginMissingError).
+asynchronous (``execute_async_v3``) with one synchronisation per call. With ``cuda_graph=True`` one enqueue is
+captured as a CUDA graph per batch bucket and replayed, through the same bucket layer as the PyTorch runner
+(``runtime.cuda_graphs``: a batch padded up to its bucket and trimmed after, each graph checked against a plain
+enqueue before its first use; buckets default to the powers of two inside the engine's profile).
+
+Before anything is deserialized the engine file is checked against its manifest (size, hash) and the manifest
+against this machine (TensorRT version, GPU compute capability), and each failure has its own error: no
+TensorRT (MissingBackendError), no GPU (NoGPUError), corrupt/truncated file (ArtifactError), engine for another
+TensorRT/GPU (ArtifactMismatchError), plugin not registered (PluginMissingError).
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ from moe_base.errors import ArtifactError, InputError, NoGPUError, PluginMissing
 from moe_base.machine import cuda_device
 from moe_base.manifest import check_artifact_file, check_equal, read_manifest
 from moe_base.optional import require
+from moe_base.tolerances import get_tolerance
 
 from .base import BaseRunner
+from .cuda_graphs import BucketedGraphs, capture_cuda_graph, check_buckets, check_input, default_buckets, parity_check
 from .parity import self_check
 
 
@@ -29,13 +35,15 @@ class TensorRTRunner(BaseRunner):
     backend = "trt"
 
     def __init__(self, engine: str | Path, device: int = 0, cuda_graph: bool = False, check_manifest: bool = True,
-                 name: str | None = None, max_batch: int | None = None) -> None:
+                 name: str | None = None, max_batch: int | None = None,
+                 graph_buckets: list[int] | tuple[int, ...] | None = None) -> None:
         super().__init__(name=name or "trt", max_batch=max_batch)
         self.engine_path = Path(engine)
         self.device, self.cuda_graph, self.check_manifest = device, cuda_graph, check_manifest
+        self.graph_buckets = None if graph_buckets is None else check_buckets(graph_buckets)
         self.manifest: dict[str, Any] | None = None
         self.engine = self.context = self.stream = None
-        self._graphs: dict[int, Any] = {}
+        self.graphs: BucketedGraphs | None = None
 
     # -- activation -------------------------------------------------------------------------------------
     def _activate_impl(self) -> None:
@@ -86,6 +94,8 @@ class TensorRTRunner(BaseRunner):
         self.profile_batch = (int(lo[0]), int(hi[0]))
         self.max_batch = min(self.max_batch or hi[0], int(hi[0]))  # larger batches are chunked
         self.stream = torch.cuda.Stream(self.device)
+        if self.cuda_graph:
+            self.graphs = self._bucketed_graphs()
         if self.manifest:  # the engine computes the model its manifest names (not merely a file that matches it)
             tol = self.manifest.get("tolerance") or {}
             self_check(self._infer_impl, self.manifest.get("self_check"), 5 * float(tol.get("atol", 1e-4)),
@@ -97,7 +107,7 @@ class TensorRTRunner(BaseRunner):
         return creator is not None
 
     def _deactivate_impl(self) -> None:
-        self._graphs.clear()
+        self.graphs = None
         self.context = self.engine = self.stream = None
 
     # -- inference --------------------------------------------------------------------------------------
@@ -123,15 +133,13 @@ class TensorRTRunner(BaseRunner):
             raise InputError(f"batch {batch} is below the engine's profile minimum {lo}; rebuild with --min-batch")
         torch = self._torch
         with torch.cuda.stream(self.stream):
-            if self.cuda_graph:
-                xb, yb, graph = self._graph_for(batch)
-                xb.copy_(torch.from_numpy(x), non_blocking=False)
-                graph.replay()
+            if self.graphs is not None:  # host rows into the bucket's static input, its output rows back
+                out = self.graphs.run(torch.from_numpy(x), out=torch.empty(x.shape, dtype=torch.float32))
             else:
                 xb, yb = self._buffers(batch)
                 xb.copy_(torch.from_numpy(x))
                 self._enqueue(xb, yb, self.stream)
-            out = yb.cpu()
+                out = yb.cpu()
         self.stream.synchronize()
         return out.numpy()
 
@@ -157,21 +165,36 @@ class TensorRTRunner(BaseRunner):
         yd = torch.empty_like(xd)
         return lambda: self.device_call(xd, yd)
 
-    def _graph_for(self, batch: int) -> tuple[Any, Any, Any]:
-        """Capture (once per batch size) a CUDA graph of one enqueue on static buffers."""
-        if batch not in self._graphs:
-            torch = self._torch
-            xb, yb = self._buffers(batch)
-            self._enqueue(xb, yb, self.stream)  # TensorRT needs one regular enqueue before capture
-            self.stream.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
-                self._enqueue(xb, yb, self.stream)
-            self._graphs[batch] = (xb, yb, graph)
-        return self._graphs[batch]
+    def _bucketed_graphs(self) -> BucketedGraphs:
+        """The bucket layer over this engine: one captured enqueue per bucket, on the runner's stream, each checked
+        against a plain enqueue of the same batch before its first use (ParityError if it differs)."""
+        torch = self._torch
+        lo, _ = self.profile_batch
+        buckets = (check_buckets(self.graph_buckets, min_batch=lo, max_batch=self.max_batch, option="graph_buckets")
+                   if self.graph_buckets is not None else default_buckets(self.max_batch, min_batch=lo))
+
+        def capture(bucket: int) -> Any:
+            xb, yb = self._buffers(bucket)
+
+            def enqueue(x: Any) -> Any:  # TensorRT needs one regular enqueue before capture: the warm-up is one
+                self._enqueue(x, yb, torch.cuda.current_stream(x.device))
+                return yb
+
+            return capture_cuda_graph(enqueue, xb, stream=self.stream, warmup=1)
+
+        def plain(x: Any) -> Any:
+            y = torch.empty_like(x)
+            self._enqueue(x, y, torch.cuda.current_stream(x.device))
+            return y
+
+        check = parity_check(plain, lambda b: torch.from_numpy(check_input(b)).to(f"cuda:{self.device}"),
+                             get_tolerance("trt", self.precision), self.name)
+        return BucketedGraphs(capture, buckets, check=check)
 
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "engine": str(self.engine_path), "cuda_graph": self.cuda_graph}
         if self.engine is not None:
             d.update(tensorrt=self._trt.__version__, gpu=self.gpu, profile_batch=self.profile_batch)
+        if self.graphs is not None:
+            d.update(self.graphs.describe())
         return d
