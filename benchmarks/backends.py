@@ -14,12 +14,34 @@ from runtime.base import BaseRunner
 from .harness import BackendSpec
 
 CPU_BACKENDS = ("torch-seed", "torch-masked", "torch-compile", "ort-cpu", "ort-cpu-noopt")
-GPU_BACKENDS = ("torch-seed-cuda", "torch-masked-cuda", "torch-compile-cuda", "torch-triton", "ort-cuda",
-                "ort-trt-ep", "trt-plugin-fp32", "trt-plugin-fp16", "trt-portable-fp32", "trt-portable-fp16")
+# PyTorch on CUDA: (impl, compile, device) of each base backend; each also comes with a CUDA graph per batch
+# bucket ("-graph") and in fp16 / bf16 ("-fp16", "-bf16"; under torch.autocast, fp32 in and out), named
+# <base>[-fp16|-bf16][-graph]. The Triton kernel has no bf16 (its op would run the reference), so no torch-triton-bf16.
+_TORCH_CUDA_BASES: dict[str, tuple[str, bool, str]] = {
+    "torch-masked-cuda": ("masked", False, "cuda"), "torch-compile-cuda": ("masked", True, "cuda"),
+    "torch-triton": ("triton", False, "cuda")}
+_HALF = {"torch-masked-cuda": ("fp16", "bf16"), "torch-compile-cuda": ("fp16", "bf16"), "torch-triton": ("fp16",)}
+# variant -> (its base backend, precision, cuda_graph); every other PyTorch backend is fp32 without graphs
+TORCH_VARIANTS: dict[str, tuple[str, str, bool]] = {
+    f"{base}{'' if p == 'fp32' else '-' + p}{'-graph' if graph else ''}": (base, p, graph)
+    for base in _TORCH_CUDA_BASES for p in ("fp32", *_HALF[base]) for graph in (False, True) if p != "fp32" or graph}
+GRAPH_BACKENDS = tuple(n for n, (_, _, graph) in TORCH_VARIANTS.items() if graph)
+HALF_BACKENDS = tuple(n for n, (_, p, _) in TORCH_VARIANTS.items() if p != "fp32")
+GPU_BACKENDS = ("torch-seed-cuda", "torch-masked-cuda", "torch-compile-cuda", "torch-triton", *TORCH_VARIANTS,
+                "ort-cuda", "ort-trt-ep", "trt-plugin-fp32", "trt-plugin-fp16", "trt-portable-fp32", "trt-portable-fp16")
 ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
 # --quick: no torch.compile (its first call compiles for tens of seconds on 2 cores, more than the whole budget).
 QUICK_BACKENDS = ("torch-seed", "torch-masked", "ort-cpu", "ort-cpu-noopt")
-GPU_DEFAULT_BACKENDS = GPU_BACKENDS
+# What tools/gpu_session.sh times within its budget (each torch.compile variant compiles for 10-30 s first): the
+# baseline, the eager and compiled models with and without graphs, and the half-precision graphs that aim at
+# issue 17's targets (batch 1 <= 0.3 ms with graphs; batch 4096 >= 300,000 images/s in fp16 or bf16).
+SESSION_BACKENDS = ("torch-seed-cuda", "torch-masked-cuda", "torch-masked-cuda-graph", "torch-masked-cuda-fp16-graph",
+                    "torch-masked-cuda-bf16-graph", "torch-triton", "torch-triton-graph", "torch-triton-fp16-graph",
+                    "torch-compile-cuda", "torch-compile-cuda-graph", "torch-compile-cuda-fp16-graph",
+                    "torch-compile-cuda-bf16-graph")
+# bench --gpu without --backends: the session's PyTorch set, then ONNX Runtime and TensorRT (built when present)
+GPU_DEFAULT_BACKENDS = SESSION_BACKENDS + ("ort-cuda", "ort-trt-ep", "trt-plugin-fp32", "trt-plugin-fp16",
+                                           "trt-portable-fp32", "trt-portable-fp16")
 CPU_BASELINE = "torch-seed"
 GPU_BASELINE = "torch-seed-cuda"
 
@@ -33,9 +55,7 @@ VERSUS = {"ort-cpu": "ort-cpu-noopt"}
 ORT_PROVIDER = {"ort-cpu": "cpu", "ort-cpu-noopt": "cpu", "ort-cuda": "cuda", "ort-trt-ep": "tensorrt"}
 TORCH_IMPL = {"torch-seed": ("seed", False, "cpu"), "torch-masked": ("masked", False, "cpu"),
               "torch-compile": ("masked", True, "cpu"), "torch-seed-cuda": ("seed", False, "cuda"),
-              "torch-masked-cuda": ("masked", False, "cuda"), "torch-compile-cuda": ("masked", True, "cuda"),
-              "torch-triton": ("triton", False, "cuda")}
-TORCH_TOLERANCE = {"seed": "torch-seed", "gather": "torch-seed", "masked": "torch", "triton": "torch-triton"}
+              **_TORCH_CUDA_BASES, **{n: _TORCH_CUDA_BASES[base] for n, (base, _, _) in TORCH_VARIANTS.items()}}
 
 
 @dataclass
@@ -89,22 +109,34 @@ def build_specs(names: tuple[str, ...], inputs: BackendInputs, baseline: str | N
 
 
 def _torch_spec(name: str, inputs: BackendInputs) -> BackendSpec:
+    from runtime.torch_runner import tolerance_key  # numpy-only at import; torch is imported on activation
+
     impl, compile_, device = TORCH_IMPL[name]
+    _, precision, graph = TORCH_VARIANTS.get(name, (name, "fp32", False))
 
     def make() -> BaseRunner:
         from runtime.torch_runner import TorchRunner
 
         # Each runner loads its own model: set_attention_impl changes the model it is called on.
         return TorchRunner(inputs.weights, preset=inputs.preset, device=device, impl=impl, compile=compile_,
-                           threads=inputs.threads if device == "cpu" else None, name=name)
+                           threads=inputs.threads if device == "cpu" else None, name=name, precision=precision,
+                           cuda_graph=graph)
 
-    key = "torch-compile" if compile_ else TORCH_TOLERANCE[impl]
     unavailable = inputs.triton_unavailable if impl == "triton" else None
     notes = (["the baseline: the seed's code path, topk -> softmax -> gather V for every expert (k clipped to N, "
               "so the k >= N experts sort and gather all keys too)"] if impl == "seed" else [])
     if compile_:
         notes.append("torch.compile (inductor); the first inference includes compilation")
-    return BackendSpec(name=name, make_runner=make, device=device, tolerance=(key, "fp32"), unavailable=unavailable,
+    if precision != "fp32":
+        notes.append(f"{precision} under torch.autocast (matmuls, convolutions, attention in {precision}; LayerNorm, "
+                     f"softmax and the residual in fp32), fp32 in and out")
+    if graph:
+        notes.append("a CUDA graph per batch bucket (powers of two up to 4096, batches padded up and trimmed, larger "
+                     "ones chunked), each checked against the uncaptured model before first use; captured on first "
+                     "use (untimed: at the parity batch or during warm-up); compute mode includes the copies into "
+                     "the static input and out of the static output")
+    return BackendSpec(name=name, make_runner=make, device=device, precision=precision,
+                       tolerance=(tolerance_key(impl, compile_), precision), unavailable=unavailable,
                        preload=("torch",), notes=notes)
 
 
