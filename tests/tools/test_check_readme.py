@@ -3,19 +3,13 @@ import pytest
 
 from tools import check_readme
 
-DOCS = check_readme.default_files()
-# docs/tensorrt.md still names the old artifacts/ folder and two test paths from before the restructuring;
-# its owner is to fix it, after which this mark goes (the check then passes: XPASS).
-KNOWN_STALE = {"tensorrt.md": "docs/tensorrt.md: artifacts/... inputs and tests/trt_layer/, tests/gpu/ paths"}
 
-
-@pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.xfail(reason=KNOWN_STALE[d.name], strict=False))
-                                 if d.name in KNOWN_STALE else d for d in DOCS], ids=lambda d: d.name)
+@pytest.mark.parametrize("doc", check_readme.default_files(), ids=lambda d: d.name)
 def test_every_command_parses_and_every_path_exists(doc):
     assert [str(p) for p in check_readme.check([doc])] == []
 
 
-def test_the_readme_has_two_quickstart_commands_that_parse():
+def test_the_readme_quick_start_is_two_commands():
     commands = check_readme.quickstart_commands(check_readme.REPO / "README.md")
     assert len(commands) == 2
     assert "pytest" in commands[1] and "moe-denoise denoise" in commands[0]
