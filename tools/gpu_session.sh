@@ -2,53 +2,134 @@
 # Every GPU check of the project in one command, for a GPU machine lent for a few minutes (no install needed:
 # it runs from the repository root with PYTHONPATH, on whatever torch / triton / onnxruntime the machine has).
 #
-#   tools/gpu_session.sh [OUT_DIR]        # default: $OUT if set, else benchmarks/results/gpu
+#   tools/gpu_session.sh [--dry-run] [OUT_DIR]   # OUT_DIR default: $OUT if set, else benchmarks/results/gpu
+#
+# On a lent GPU, through the device tool: command "tools/gpu_session.sh", timeout_s 540 (the script stops itself
+# within about 8 minutes), carry ["build"] when build/trt_launch_record.json exists (see below; build/ is ignored
+# by git, so it travels only when carried). The device tool sets $OUT, so everything lands there and comes back;
+# copy it into benchmarks/results/gpu/ and commit it. No rerun fits a 15-minute device budget: check the dry
+# run first (below).
 #
 # Before it, on a machine with the package index (the GPU machine has none), let TensorRT's own plugin layer
 # compute the launch parameters our plugin asks for, and carry the record with the run (carry: ["build"]):
 #   python -m tools.trt_layer.drive --version 11.4.0.106 --target cuda:90 -o build/trt_launch_record.json
 #
-# 1. python -m tools.gpu_check           kernel correctness on the GPU, kernel timings, the AOT artifact
-#                                              launched through the CUDA driver (and CuPy), the kernels launched
-#                                              as TensorRT's plugin layer says (the record), TensorRT if importable
-# 2. pytest                                    the whole suite, so the GPU-marked tests run instead of skipping
-# 3. moe-denoise bench --gpu                  the GPU backends, parity-checked, CUDA events, batch sweep
+# 1. gpu_check  python -m tools.gpu_check     kernel correctness on the GPU, kernel timings, the AOT artifact launched
+#                                             through the CUDA driver (and CuPy), the kernels launched as TensorRT's
+#                                             plugin layer says (the record), TensorRT if importable
+# 2. pytest     pytest -m "gpu or trt"        the GPU-marked tests: CUDA-graph capture and replay, fp16/bf16 parity,
+#                                             the kernel, the TensorRT stream and graph tests (TensorRT if present)
+# 3. bench      moe-denoise bench --gpu       benchmarks.backends.SESSION_BACKENDS (eager, torch.compile and Triton,
+#                                             with and without CUDA graphs, fp16/bf16 graphs), parity-checked, CUDA
+#                                             events, compute-only and end-to-end; batches 1 and 4096 first (the
+#                                             targets), then 64, 1024, 8, 256 while the deadline allows
+# 4. profile    python -m tools.gpu_profile   torch.profiler of eager and graph-replayed calls at batch 1 and 4096:
+#                                             launches vs memory traffic vs the top-k kernel, and issue 17's targets
+#                                             judged from step 3's results with what bounds a missed one
 #
 # Each step has its own time limit and the next one runs whatever the last one did, so one failure costs one
-# step, not the session. Written to OUT_DIR (7 files, each step's log beside its results): gpu_check.json,
-# gpu_check.log, pytest.log, results.json, results.md, results.png, bench.log. About 8 minutes in all.
-# Time limits (seconds) can be shortened with GPU_CHECK_S, PYTEST_S, BENCH_S and BENCH_DEADLINE_S.
+# step, not the session. Written to OUT_DIR, each step's log beside its results: gpu_check.json, gpu_check.log,
+# pytest.log, results.json, results.md, results.png, bench.log, profile.json, profile.md, profile.log, and
+# session.json (every step: exit code, seconds, limit, files). Time limits in seconds: GPU_CHECK_S (90),
+# PYTEST_S (110), BENCH_S (210, its timing deadline BENCH_DEADLINE_S 170), PROFILE_S (55): at most 7.8 minutes.
+# GPU_SESSION_STEPS=bench,profile runs only those steps; BENCH_BACKENDS and BENCH_BATCHES override the bench's.
+#
+# --dry-run (or GPU_SESSION_DRY_RUN=1): the same steps on a CPU machine, small, to check the script before a GPU
+# session (a test runs it): gpu_check --cpu-dry-run, the GPU-marked tests (they skip, each with its reason),
+# bench --gpu at batches 1,2 with one round (the CUDA backends are listed unavailable with the reason; torch-masked
+# is timed on the CPU), gpu_profile --cpu-dry-run. OUT_DIR defaults to ${TMPDIR:-/tmp}/gpu_session_dry_run there,
+# never to benchmarks/results/gpu. PYTEST_TARGETS (default: tests) narrows the test step.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-out=${1:-${OUT:-benchmarks/results/gpu}}
+dry=${GPU_SESSION_DRY_RUN:-0}
+if [ "${1:-}" = "--dry-run" ]; then
+    dry=1
+    shift
+fi
+if [ "$dry" = 1 ]; then
+    out=${1:-${TMPDIR:-/tmp}/gpu_session_dry_run}
+else
+    out=${1:-${OUT:-benchmarks/results/gpu}}
+fi
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
+steps=${GPU_SESSION_STEPS:-gpu_check,pytest,bench,profile}
 status=0
-rm -f "$out/pytest.log" "$out/bench.log"
+started=$(date +%s)
+record="$out/.session_steps.tsv"
+rm -f "$out/pytest.log" "$out/bench.log" "$out/profile.log" "$record"
 
 step() {  # step NAME LOG SECONDS COMMAND...
     local name=$1 log=$2 limit=$3
     shift 3
+    if [[ ",$steps," != *",$name,"* ]]; then
+        echo "== $name: skipped (not in GPU_SESSION_STEPS=$steps)"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$name" "skipped" 0 "$limit" "$log" >> "$record"
+        return
+    fi
     echo "== $name (limit ${limit}s) $(date -u +%H:%M:%S)"
+    local t0=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$log"
     local rc=$?
     echo "== $name: exit $rc $(date -u +%H:%M:%S)"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$limit" "$log" >> "$record"
     [ "$rc" -eq 0 ] || status=1
 }
 
 {
     date -u
+    echo "gpu_session: $([ "$dry" = 1 ] && echo 'DRY RUN on the CPU' || echo 'GPU run') -> $out; steps: $steps"
     nvidia-smi -L 2>&1 || echo "nvidia-smi: not found"
     "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 } 2>&1 | tee "$out/gpu_check.log"
 
-step "gpu_check" "$out/gpu_check.log" "${GPU_CHECK_S:-240}" "$py" -m tools.gpu_check \
-    --out "$out/gpu_check.json"
-step "pytest" "$out/pytest.log" "${PYTEST_S:-150}" "$py" -m pytest -q -p no:cacheprovider tests
-step "bench --gpu" "$out/bench.log" "${BENCH_S:-330}" "$py" -m moe_denoise bench --gpu \
-    --deadline "${BENCH_DEADLINE_S:-220}" --batch-budget 25 --out-dir "$out" --cache-dir "${TMPDIR:-/tmp}/moe-bench-cache"
-echo "gpu_session: $([ $status -eq 0 ] && echo 'every step passed' || echo 'a step failed: see its log') ($out)"
+session_backends=$("$py" -c "from benchmarks.backends import SESSION_BACKENDS; print(','.join(SESSION_BACKENDS))")
+if [ "$dry" = 1 ]; then
+    step "gpu_check" "$out/gpu_check.log" "${GPU_CHECK_S:-240}" "$py" -m tools.gpu_check --cpu-dry-run \
+        --out "$out/gpu_check.json"
+    step "pytest" "$out/pytest.log" "${PYTEST_S:-300}" "$py" -m pytest -q -p no:cacheprovider -rs -m "gpu or trt" \
+        ${PYTEST_TARGETS:-tests}
+    step "bench" "$out/bench.log" "${BENCH_S:-120}" "$py" -m moe_denoise bench --gpu \
+        --backends "${BENCH_BACKENDS:-torch-masked,$session_backends}" --batches "${BENCH_BATCHES:-1,2}" \
+        --repeats 1 --warmup 1 --parity-images 2 --deadline 60 --batch-budget 5 --threads 2 --no-build-engines \
+        --out-dir "$out" --cache-dir "$out/bench-cache"
+    step "profile" "$out/profile.log" "${PROFILE_S:-120}" "$py" -m tools.gpu_profile --cpu-dry-run \
+        --batches "${PROFILE_BATCHES:-1,4}" --out-dir "$out"
+else
+    step "gpu_check" "$out/gpu_check.log" "${GPU_CHECK_S:-90}" "$py" -m tools.gpu_check --out "$out/gpu_check.json"
+    step "pytest" "$out/pytest.log" "${PYTEST_S:-110}" "$py" -m pytest -q -p no:cacheprovider -rs -m "gpu or trt" \
+        ${PYTEST_TARGETS:-tests}
+    step "bench" "$out/bench.log" "${BENCH_S:-210}" "$py" -m moe_denoise bench --gpu \
+        --backends "${BENCH_BACKENDS:-$session_backends}" --batches "${BENCH_BATCHES:-1,4096,64,1024,8,256}" \
+        --repeats 6 --batch-budget 10 --deadline "${BENCH_DEADLINE_S:-170}" --out-dir "$out" \
+        --cache-dir "${TMPDIR:-/tmp}/moe-bench-cache"
+    step "profile" "$out/profile.log" "${PROFILE_S:-55}" "$py" -m tools.gpu_profile --deadline 35 --out-dir "$out"
+fi
+
+"$py" - "$out" "$record" "$dry" "$(( $(date +%s) - started ))" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out, record, dry, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+files = {"gpu_check": ["gpu_check.json", "gpu_check.log"], "pytest": ["pytest.log"],
+         "bench": ["results.json", "results.md", "results.png", "bench.log"],
+         "profile": ["profile.json", "profile.md", "profile.log"]}
+steps = []
+for line in record.read_text().splitlines():
+    name, rc, secs, limit, log = line.split("\t")
+    steps.append({"name": name, "exit_code": None if rc == "skipped" else int(rc), "skipped": rc == "skipped",
+                  "seconds": int(secs), "limit_s": int(limit), "log": Path(log).name,
+                  "files": [f for f in files.get(name, []) if (out / f).is_file()]})
+doc = {"mode": "cpu-dry-run" if dry else "gpu", "out_dir": str(out), "seconds": seconds, "steps": steps,
+       "ok": all(s["skipped"] or s["exit_code"] == 0 for s in steps)}
+(out / "session.json").write_text(json.dumps(doc, indent=2) + "\n")
+record.unlink()
+for s in steps:
+    state = "skipped" if s["skipped"] else f"exit {s['exit_code']} in {s['seconds']} s (limit {s['limit_s']} s)"
+    print(f"gpu_session: {s['name']}: {state}; files: {', '.join(s['files']) or '-'}")
+EOF
+echo "gpu_session: $([ $status -eq 0 ] && echo 'every step passed' || echo 'a step failed: see its log') ($out, $(( $(date +%s) - started )) s)"
 exit $status

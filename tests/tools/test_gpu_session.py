@@ -1,0 +1,104 @@
+"""tools/gpu_session.sh: its CPU dry run (every step, the files each reports) and its budget; tools/gpu_profile.py's
+reading of kernel names and its verdicts."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.backends import SESSION_BACKENDS
+from tools.gpu_profile import bound, category
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tools" / "gpu_session.sh"
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="the session script needs bash and coreutils' timeout")
+
+
+def run_session(tmp_path, *args, **env):
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), **env}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=240)
+
+
+def test_dry_run_runs_the_steps_on_the_cpu_and_reports_their_files(tmp_path):
+    """Tiny settings (the kernel dry run of gpu_check is left out: it has its own --cpu-dry-run and takes ~30 s)."""
+    out = tmp_path / "session"
+    res = run_session(tmp_path, "--dry-run", str(out), GPU_SESSION_STEPS="pytest,bench,profile",
+                      PYTEST_TARGETS="tests/runtime/test_cuda_graphs_gpu.py", PROFILE_BATCHES="1")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert "DRY RUN on the CPU" in res.stdout and "every step passed" in res.stdout
+    session = json.loads((out / "session.json").read_text())
+    assert session["mode"] == "cpu-dry-run" and session["ok"]
+    steps = {s["name"]: s for s in session["steps"]}
+    assert list(steps) == ["gpu_check", "pytest", "bench", "profile"]
+    assert steps["gpu_check"]["skipped"] and steps["gpu_check"]["exit_code"] is None
+    assert steps["pytest"]["files"] == ["pytest.log"] and steps["pytest"]["exit_code"] == 0
+    assert steps["bench"]["files"][:2] == ["results.json", "results.md"] and "bench.log" in steps["bench"]["files"]
+    assert steps["profile"]["files"] == ["profile.json", "profile.md", "profile.log"]
+    assert "needs a CUDA GPU" in (out / "pytest.log").read_text()  # the GPU tests skip with their reason
+    results = json.loads((out / "results.json").read_text())
+    status = {b["name"]: b for b in results["backends"]}
+    assert status["torch-masked"]["status"] == "ok"  # timed on the CPU
+    for name in SESSION_BACKENDS:  # the GPU session's backends: listed, with the reason they cannot run here
+        assert status[name]["status"] == "unavailable" and "NoGPUError" in status[name]["reason"]
+    profile = json.loads((out / "profile.json").read_text())
+    assert profile["mode"] == "cpu-dry-run" and {r["batch"] for r in profile["rows"]} == {1}
+    assert len(profile["rows"]) == 2 and all(r["bound"] and r["kernels_per_call"] > 0 for r in profile["rows"])
+    assert profile["targets"]["source"] == str(out / "results.json")  # judged from the bench's file (no GPU rows)
+    assert "## Targets (issue 17)" in (out / "profile.md").read_text()
+
+
+def test_dry_run_defaults_to_a_temporary_folder(tmp_path):
+    before = {p.name for p in (REPO / "benchmarks" / "results" / "gpu").iterdir()}
+    res = run_session(tmp_path, "--dry-run", GPU_SESSION_STEPS="none")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    session = json.loads((tmp_path / "gpu_session_dry_run" / "session.json").read_text())
+    assert [s["skipped"] for s in session["steps"]] == [True] * 4
+    assert {p.name for p in (REPO / "benchmarks" / "results" / "gpu").iterdir()} == before
+
+
+def test_the_gpu_run_fits_in_eight_minutes():
+    """The GPU branch's step limits (defaults) add up to under 8 minutes, with room for the header."""
+    text = SCRIPT.read_text()
+    gpu_branch = text[text.index("else\n    step \"gpu_check\""):]
+    limits = {k: int(v) for k, v in re.findall(r"\$\{(GPU_CHECK_S|PYTEST_S|BENCH_S|PROFILE_S):-(\d+)\}", gpu_branch)}
+    assert set(limits) == {"GPU_CHECK_S", "PYTEST_S", "BENCH_S", "PROFILE_S"}
+    assert sum(limits.values()) <= 8 * 60 - 10
+    deadline = int(re.search(r"BENCH_DEADLINE_S:-(\d+)", gpu_branch).group(1))
+    assert deadline + 30 <= limits["BENCH_S"]  # the last round and the report fit after the deadline
+    assert "4096" in re.search(r"BENCH_BATCHES:-([\d,]+)", gpu_branch).group(1).split(",")[:2]  # a target, early
+
+
+@pytest.mark.parametrize("name,cat", [
+    ("void at::native::sbtopk::gatherTopK<float, unsigned int, 2, false>(at::cuda::detail::TensorInfo)", "top-k"),
+    ("void at::native::mbtopk::radixFindKthValues<float, unsigned int, unsigned int, 2>(...)", "top-k"),
+    ("sparse_topk_attn_fwd", "top-k"),
+    ("sm90_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize128x128x32_warpgroupsize1x1x1_execute_segment_k_off_kernel__5x_cublas",
+     "gemm"),
+    ("nvjet_tst_64x8_64x16_4x1_v_bz_TNT", "gemm"),
+    ("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x64x64", "convolution"),
+    ("fmha_cutlassF_f32_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)", "attention"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>", "attention"),
+    ("triton_poi_fused_add_native_layer_norm_0", "memory-bound"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "memory-bound"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float>", "memory-bound"),
+    ("Memcpy DtoD (Device -> Device)", "memory-bound"),
+    ("aten::topk", "top-k"), ("aten::addmm", "gemm"), ("aten::mkldnn_convolution", "convolution"),
+])
+def test_kernel_names_fall_into_their_categories(name, cat):
+    assert category(name) == cat
+
+
+def test_verdicts():
+    assert bound(300.0, 100.0, 150, {"memory-bound": 0.6})[0] == "launches"  # idle 2/3 of the call
+    assert bound(300.0, 290.0, 150, {"memory-bound": 0.6})[0] == "launches"  # 150 kernels of ~2 us each
+    name, why = bound(10_000.0, 9_500.0, 200, {"top-k": 0.45, "memory-bound": 0.35, "gemm": 0.2})
+    assert name == "top-k kernel" and "45%" in why
+    assert bound(10_000.0, 9_500.0, 200, {"memory-bound": 0.5, "gemm": 0.3})[0] == "memory traffic"
+    assert bound(10_000.0, 9_500.0, 200, {"convolution": 0.5, "gemm": 0.3})[0].startswith("arithmetic")
