@@ -42,7 +42,8 @@ def add_weights_args(p: argparse.ArgumentParser) -> None:
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR),
-                   help=f"the CIFAR-10 'cifar-10-batches-py' folder (default: {DEFAULT_DATA_DIR})")
+                   help="the CIFAR-10 'cifar-10-batches-py' folder (default: ../shared/data/cifar-10-batches-py, "
+                        "relative to the current folder)")
 
 
 def resolve_weights(path: Path | None) -> Path:
@@ -70,12 +71,14 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
     p.add_argument("--backend", choices=BACKENDS, required=required, default=None if required else "torch",
                    help="torch: the PyTorch model; ort: an ONNX model in ONNX Runtime; trt: a TensorRT engine")
     p.add_argument("--artifact", type=Path, default=None,
-                   help="ONNX model (ort) or engine (trt); default for ort: the portable model that "
-                        "'moe-denoise export' writes ($MOE_DENOISE_CACHE/artifacts/moe_denoiser.portable.onnx)")
+                   help="ONNX model (ort) or engine (trt); defaults: for ort the portable model 'moe-denoise "
+                        "export' writes ($MOE_DENOISE_CACHE/artifacts/moe_denoiser.portable.onnx), for trt the fp32 "
+                        "plugin engine 'moe-denoise build' writes (.../moe_denoiser.plugin.fp32.engine)")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu)")
     p.add_argument("--impl", default=default_impl,
-                   help="torch backend: attention implementation (masked, gather, triton)")
+                   help="torch backend: attention implementation (masked: the definition; gather: the seed's top-k "
+                        "formulation; seed: the seed's code path; triton: the Triton kernel, CUDA)")
     p.add_argument("--device", type=device_name, default="cpu", help="torch backend device (cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch / ONNX Runtime)")
     p.add_argument("--opt-level", default="all", choices=["disable", "basic", "extended", "all"],
@@ -99,8 +102,8 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
 
         return TorchRunner(resolve_weights(weights), preset=args.preset, device=args.device, impl=args.impl,
                            threads=args.threads, verify_weights=not getattr(args, "skip_weights_check", False))
+    from moe_base.paths import engine_path, onnx_path
     from runtime.trt_runner import TensorRTRunner
 
-    if args.artifact is None:
-        raise InputError("--backend trt needs --artifact ENGINE (build one with 'moe-denoise build')")
-    return TensorRTRunner(args.artifact, cuda_graph=args.cuda_graph)
+    # default: the engine 'moe-denoise build' writes for the fp32 plugin graph
+    return TensorRTRunner(args.artifact or engine_path(onnx_path("plugin"), "fp32"), cuda_graph=args.cuda_graph)

@@ -23,15 +23,14 @@ from . import add_weights_args, positive_int, resolve_weights
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
              "max_inner": 20, "batch_budget_s": 90.0, "deadline_s": None, "parity_images": 16, "gemm_repeats": 10,
-             "modes": ("e2e",), "out_dir": "benchmarks/results"},
+             "modes": ("e2e",), "out_dir": "results"},
     "quick": {"batches": (1, 8, 64), "warmup": 2, "repeats": 5, "min_repeats": 2, "slot_target_s": 0.1,
               "max_inner": 10, "batch_budget_s": 12.0, "deadline_s": 75.0, "parity_images": 8, "gemm_repeats": 5,
-              "modes": ("e2e",), "out_dir": "artifacts/bench/results-quick"},
+              "modes": ("e2e",), "out_dir": "results-quick"},
     "gpu": {"batches": (1, 8, 64, 256, 1024, 4096), "warmup": 5, "repeats": 15, "min_repeats": 3,
             "slot_target_s": 0.05, "max_inner": 50, "batch_budget_s": 40.0, "deadline_s": 360.0, "parity_images": 16,
-            "gemm_repeats": 20, "modes": ("compute", "e2e"), "out_dir": "benchmarks/results/gpu"},
+            "gemm_repeats": 20, "modes": ("compute", "e2e"), "out_dir": "results-gpu"},
 }
-DEFAULT_CACHE = Path("artifacts/bench")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,11 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--build-engines", action=argparse.BooleanOptionalAction, default=None,
                    help="build the trt-* engines not given with --engine (needs TensorRT and a GPU; default: on "
                         "with --gpu). Engines are cached, so a second run skips the builds")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                   help="where the ONNX graphs (and engines) are exported to")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where the ONNX graphs (and engines) are exported to (default: $MOE_DENOISE_CACHE/bench, "
+                        "the cache being ~/.cache/moe-denoise unless set)")
     p.add_argument("--out-dir", type=Path, default=None,
-                   help="results folder (default: benchmarks/results; --quick: artifacts/bench/results-quick; "
-                        "--gpu: benchmarks/results/gpu)")
+                   help="results folder (default: $MOE_DENOISE_CACHE/bench/results, results-quick with --quick, "
+                        "results-gpu with --gpu; the repository's committed results are in benchmarks/results)")
     p.add_argument("--no-plot", action="store_true", help="skip results.png")
     p.add_argument("--json", action="store_true", help="print the results document as JSON instead of the table")
     p.set_defaults(func=run)
@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.flops import model_flops
     from benchmarks.harness import run_benchmark
     from moe_base.fileio import sha256_file
+    from moe_base.paths import cache_dir
     from moe_model.checkpoint import load_model
     from runtime.torch_runner import TorchRunner
 
@@ -253,11 +254,11 @@ def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights)
     log = _log
     model = load_model(weights, preset=args.preset)  # fails early, with the checkpoint's message, on bad weights
-    onnx, onnx_failed = export_graphs(graphs_needed(names), weights, args.preset, args.cache_dir, settings.threads,
-                                      log)
+    work = args.cache_dir or cache_dir() / "bench"
+    onnx, onnx_failed = export_graphs(graphs_needed(names), weights, args.preset, work, settings.threads, log)
     engine_failed: dict[str, str] = {}
     if args.build_engines if args.build_engines is not None else preset == "gpu":
-        built, engine_failed = build_engines(names, engines, weights, args.preset, args.cache_dir, settings.batches,
+        built, engine_failed = build_engines(names, engines, weights, args.preset, work, settings.batches,
                                              log)
         engines = {**engines, **built}
     inputs = BackendInputs(weights=weights, preset=args.preset, threads=settings.threads, onnx=onnx,
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         left_out = [n for n in CPU_BACKENDS if n not in names]
         doc["notes"].append(f"--quick mode: batches {list(settings.batches)}, at most {settings.repeats} rounds, "
                             f"backends left out: {', '.join(left_out) or 'none'}")
-    out_dir = args.out_dir or Path(PRESETS[preset]["out_dir"])
+    out_dir = args.out_dir or cache_dir() / "bench" / PRESETS[preset]["out_dir"]
     written = write_results(doc, out_dir, plot=not args.no_plot, log=log)
     if args.json:
         from moe_denoise.cli import print_json

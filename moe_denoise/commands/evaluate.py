@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "--preset per weights) is scored on the CIFAR-10 split at every --sigmas level (0-255 scale; 0 = "
                     "the clean image itself) under the clipped (clamp(x + sigma N, 0, 1)) and unclipped (x + sigma N) "
                     "protocols, with the noisy input and BM3D (on --bm3d-images evenly spaced images, told the true "
-                    "sigma) as reference rows, the seed protocol (sigma 0.2, clipped) and issue 15's targets. "
+                    "sigma) as reference rows, the seed protocol (sigma 0.2, clipped) and the project's quality targets. "
                     "--suite photos/all does the same on whole photos (scikit-image samples, tiled, clipped noise) "
                     "with the best Gaussian blur as a further baseline. --sigma S gives the one-level table of "
                     "earlier versions (the seed's report: --sigma 0.2). Per-image PSNR and SSIM (data_range 1, "

@@ -111,8 +111,10 @@ def test_missing_plugin_vs_corrupt_engine(tmp_path, monkeypatch, fake_gpu):
         TensorRTRunner(engine_file(tmp_path, plugin=None)).activate()
 
 
-def test_parity_cli_trt_needs_an_engine(capsys, random_weights):
+def test_parity_cli_trt_without_an_engine_says_how_to_build_one(capsys, random_weights, tmp_path, monkeypatch):
     from moe_denoise.cli import main
 
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path))
     assert main(["parity", "--backend", "trt", "--weights", str(random_weights)]) == 2
-    assert "--artifact ENGINE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "moe_denoiser.plugin.fp32.engine does not exist" in err and "moe-denoise build" in err
