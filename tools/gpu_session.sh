@@ -30,9 +30,11 @@
 # Each step has its own time limit and the next one runs whatever the last one did, so one failure costs one
 # step, not the session. Written to OUT_DIR, each step's log beside its results: gpu_check.json, gpu_check.log,
 # pytest.log, results.json, results.md, results.png, bench.log, profile.json, profile.md, profile.log, and
-# session.json (every step: exit code, seconds, limit, files). Time limits in seconds: GPU_CHECK_S (90),
-# PYTEST_S (110), BENCH_S (210, its timing deadline BENCH_DEADLINE_S 170), PROFILE_S (55): at most 7.8 minutes.
-# GPU_SESSION_STEPS=bench,profile runs only those steps; BENCH_BACKENDS and BENCH_BATCHES override the bench's.
+# session.json (every step: exit code, seconds, limit, files). Time limits in seconds: GPU_CHECK_S (85),
+# PYTEST_S (95), BENCH_S (230, its timing deadline BENCH_DEADLINE_S 190 from its start, compilations included),
+# PROFILE_S (55): at most 7.8 minutes. Where TensorRT is installed, gpu_check builds four engines: give it
+# GPU_CHECK_S=240 (and the session 11 minutes). GPU_SESSION_STEPS=bench,profile runs only those steps;
+# BENCH_BACKENDS and BENCH_BATCHES override the bench's.
 #
 # --dry-run (or GPU_SESSION_DRY_RUN=1): the same steps on a CPU machine, small, to check the script before a GPU
 # session (a test runs it): gpu_check --cpu-dry-run, the GPU-marked tests (they skip, each with its reason),
@@ -99,12 +101,12 @@ if [ "$dry" = 1 ]; then
     step "profile" "$out/profile.log" "${PROFILE_S:-120}" "$py" -m tools.gpu_profile --cpu-dry-run \
         --batches "${PROFILE_BATCHES:-1,4}" --out-dir "$out"
 else
-    step "gpu_check" "$out/gpu_check.log" "${GPU_CHECK_S:-90}" "$py" -m tools.gpu_check --out "$out/gpu_check.json"
-    step "pytest" "$out/pytest.log" "${PYTEST_S:-110}" "$py" -m pytest -q -p no:cacheprovider -rs -m "gpu or trt" \
+    step "gpu_check" "$out/gpu_check.log" "${GPU_CHECK_S:-85}" "$py" -m tools.gpu_check --out "$out/gpu_check.json"
+    step "pytest" "$out/pytest.log" "${PYTEST_S:-95}" "$py" -m pytest -q -p no:cacheprovider -rs -m "gpu or trt" \
         ${PYTEST_TARGETS:-tests}
-    step "bench" "$out/bench.log" "${BENCH_S:-210}" "$py" -m moe_denoise bench --gpu \
+    step "bench" "$out/bench.log" "${BENCH_S:-230}" "$py" -m moe_denoise bench --gpu \
         --backends "${BENCH_BACKENDS:-$session_backends}" --batches "${BENCH_BATCHES:-1,4096,64,1024,8,256}" \
-        --repeats 6 --batch-budget 10 --deadline "${BENCH_DEADLINE_S:-170}" --out-dir "$out" \
+        --repeats 6 --batch-budget 10 --deadline "${BENCH_DEADLINE_S:-190}" --out-dir "$out" \
         --cache-dir "${TMPDIR:-/tmp}/moe-bench-cache"
     step "profile" "$out/profile.log" "${PROFILE_S:-55}" "$py" -m tools.gpu_profile --deadline 35 --out-dir "$out"
 fi
