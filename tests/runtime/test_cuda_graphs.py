@@ -194,9 +194,9 @@ def test_half_precision_is_fp32_at_the_interface_and_within_its_tolerance(precis
 
     x = parity_inputs(8)
     model = load_model(DEFAULT_WEIGHTS)
-    with TorchRunner(model=model, threads=2) as r:
+    with TorchRunner(model=model) as r:
         ref = r(x)
-    with TorchRunner(model=model, precision=precision, half_mode=half_mode, threads=2) as r:
+    with TorchRunner(model=model, precision=precision, half_mode=half_mode) as r:
         out = r(x)
         assert r.describe()["half_mode"] == half_mode and r.precision == precision
     assert out.dtype == np.float32 and out.shape == x.shape
