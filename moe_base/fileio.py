@@ -31,9 +31,13 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     With ``overwrite=False`` an existing file is never replaced, even one that appears while writing (InputError).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e} in the folder '{path.parent}'; choose a folder "
+                         f"you can write to") from e
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -44,6 +48,9 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         _move_into_place(Path(tmp), path, overwrite)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"writing {path} failed ({e.strerror or e}); nothing was changed there") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
