@@ -83,7 +83,12 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch / ONNX Runtime)")
     p.add_argument("--opt-level", default="all", choices=["disable", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimisation level")
-    p.add_argument("--cuda-graph", action="store_true", help="trt backend: capture a CUDA graph per batch size")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="torch (on CUDA) and trt backends: capture a CUDA graph per batch bucket, checked against the "
+                        "uncaptured call before use, and replay it")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="torch backend on CUDA: compute precision (inputs and outputs stay fp32); fp16/bf16 are "
+                        "judged by PSNR against fp32")
 
 
 def make_runner(args: argparse.Namespace, weights: Path | None):
@@ -101,7 +106,8 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
             import topk_attention.torch_op  # noqa: F401 - registers the Triton implementation
 
         return TorchRunner(resolve_weights(weights), preset=args.preset, device=args.device, impl=args.impl,
-                           threads=args.threads, verify_weights=not getattr(args, "skip_weights_check", False))
+                           threads=args.threads, verify_weights=not getattr(args, "skip_weights_check", False),
+                           precision=args.precision, cuda_graph=args.cuda_graph)
     from moe_base.paths import engine_path, onnx_path
     from runtime.trt_runner import TensorRTRunner
 

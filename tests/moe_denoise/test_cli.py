@@ -116,3 +116,11 @@ def test_export_default_names_say_which_rewrites():
     assert onnx_path("portable", True) == artifacts_dir() / "moe_denoiser.portable.onnx"
     assert onnx_path("portable", False) == artifacts_dir() / "moe_denoiser.portable.noopt.onnx"
     assert onnx_path("plugin", True, "fp16", ("fuse_qkv", "rows2d")).name == "moe_denoiser.plugin.fuse_qkv+rows2d.fp16.onnx"
+
+
+def test_torch_backend_precision_and_graph_options(capsys, random_weights):
+    code, out, _ = run(capsys, "parity", "--backend", "torch", "--precision", "bf16", "--weights", random_weights,
+                       "-n", 2)
+    assert code == 0 and "PSNR" in out and "'precision': 'bf16'" in out
+    code, _, err = run(capsys, "parity", "--backend", "torch", "--cuda-graph", "--weights", random_weights, "-n", 2)
+    assert code == 2 and "needs device='cuda'" in err
