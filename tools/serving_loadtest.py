@@ -221,29 +221,24 @@ def bad_requests(info: dict[str, Any], tiles: np.ndarray, refs: np.ndarray, max_
                 k += 1
             good["retried_after_batched_with_invalid"] = c.retries
 
-    def tile_request(array: np.ndarray, dtype: str) -> tuple[bool, str]:
-        c = httpclient.InferenceServerClient(info["urls"]["http"])
-        inp = httpclient.InferInput(INPUT_NAME, list(array.shape), dtype)
+    def refused(model: str, name: str, array: np.ndarray, dtype: str, timeout: float | None = None) -> tuple[bool, str]:
+        """(True, the server's reason) when the server refuses the request, (False, "accepted") otherwise."""
+        c = httpclient.InferenceServerClient(info["urls"]["http"], **({"network_timeout": timeout} if timeout else {}))
+        inp = httpclient.InferInput(name, list(array.shape), dtype)
         inp.set_data_from_numpy(array)
         try:
-            c.infer(TILE_MODEL, [inp])
+            c.infer(model, [inp])
             return False, "accepted"
         except Exception as e:  # noqa: BLE001 - the error is what we want to see
             return True, _error_text(e)
         finally:
             c.close()
 
+    def tile_request(array: np.ndarray, dtype: str) -> tuple[bool, str]:
+        return refused(TILE_MODEL, INPUT_NAME, array, dtype)
+
     def image_request(pixels: np.ndarray) -> tuple[bool, str]:
-        c = httpclient.InferenceServerClient(info["urls"]["http"], network_timeout=120)
-        inp = httpclient.InferInput(IMAGE_INPUTS[pixels.dtype.name], list(pixels.shape), "UINT8")
-        inp.set_data_from_numpy(pixels)
-        try:
-            c.infer(IMAGE_MODEL, [inp])
-            return False, "accepted"
-        except Exception as e:  # noqa: BLE001 - the error is what we want to see
-            return True, _error_text(e)
-        finally:
-            c.close()
+        return refused(IMAGE_MODEL, IMAGE_INPUTS[pixels.dtype.name], pixels, "UINT8", timeout=120)
 
     def truncated_body() -> tuple[bool, str]:
         header = json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 3, 32, 32], "datatype": "FP32",
