@@ -30,8 +30,9 @@ def device_name(text: str) -> str:
 
 def add_weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None,
-                   help="weights (.safetensors with its .json, or a PyTorch state dict .pt); default: the shipped "
-                        "weights in weights/moe_denoiser.safetensors")
+                   help="weights: a .safetensors file with its .json, a PyTorch state dict (.pt), or the name of "
+                        "shipped weights: blind (the default, every noise level) or sigma20 (the specialist for "
+                        "sigma 0.2)")
     p.add_argument("--preset", default=None,
                    help="architecture preset for weights without a JSON sidecar (e.g. 'seed' for the seed "
                         "checkpoint); default: read from the sidecar")
@@ -47,15 +48,19 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_weights(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    from weights import DEFAULT_WEIGHTS
+    """--weights: a file, the name of shipped weights ("blind", "sigma20"), or None for the default (blind)."""
+    from weights import DEFAULT_WEIGHTS, SHIPPED
 
-    if not DEFAULT_WEIGHTS.is_file():
-        raise InputError(f"the shipped weights {DEFAULT_WEIGHTS} are missing from this install; "
-                                f"pass --weights PATH or reinstall the package")
-    return DEFAULT_WEIGHTS
-
+    if path is not None and Path(path).exists():
+        return Path(path)
+    chosen = DEFAULT_WEIGHTS if path is None else SHIPPED.get(str(path))
+    if chosen is None:
+        raise InputError(f"--weights {path}: no such file, and not the name of shipped weights "
+                         f"({', '.join(SHIPPED)}); pass a .safetensors or .pt file, or one of those names")
+    if not chosen.is_file():
+        raise InputError(f"the shipped weights {chosen} are missing from this install; pass --weights PATH or "
+                         f"reinstall the package")
+    return chosen
 
 def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):
     from moe_model.checkpoint import load_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import positive_int
+from . import positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-engine-cache", action="store_true", help="always build, never reuse a cached engine")
     p.add_argument("--weights", type=Path, default=None,
                    help="weights for the parity check: those the ONNX model was exported from (checked by hash "
-                        "against its manifest); default: the shipped weights")
+                        "against its manifest): a file or a shipped name (blind, sigma20); default: blind")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         opts.cache_dir = args.cache_dir
     out = args.output or engine_path(onnx, args.precision)
     check_output_file(out, args.overwrite or args.output is None)  # before TensorRT is even looked for
-    result = build_engine(onnx, out, opts, weights=args.weights, log=(lambda s: None) if args.json else print)
+    result = build_engine(onnx, out, opts, weights=resolve_weights(args.weights), log=(lambda s: None) if args.json else print)
     if args.json:
         from moe_denoise.cli import print_json
 

@@ -35,7 +35,7 @@ def test_missing_data_dir_is_a_clear_error(capsys, random_weights, tmp_path):
 
 def test_missing_weights_is_a_clear_error(capsys, tmp_path):
     code, _, err = run(capsys, "evaluate", "--weights", tmp_path / "none.safetensors", "--data-dir", tmp_path)
-    assert code == 2 and "weights file" in err and "does not exist" in err
+    assert code == 2 and "none.safetensors: no such file" in err and "sigma20" in err
 
 
 def test_train_evaluate_visualize(capsys, fake_cifar, tmp_path):
