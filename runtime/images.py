@@ -49,7 +49,7 @@ from typing import IO, Any
 import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError
-from moe_base.fileio import atomic_write
+from moe_base.fileio import atomic_write, check_output_file
 from moe_base.optional import require
 
 JPEG_QUALITY = 95
@@ -341,6 +341,8 @@ def read_pixels(
             return _decode(p, im, header)
     except (InputError, MissingBackendError):
         raise
+    except _HeaderRead as stop:  # read_header: the header is all that was asked for
+        return stop.header  # type: ignore[return-value]
     except Image.DecompressionBombError as e:  # a frame larger than the canvas (GIF, ICO, ...)
         raise InputError(f"'{p}' holds an image larger than Pillow's safety limit ({e}); refusing to decode it") from e
     except MemoryError as e:
@@ -349,6 +351,22 @@ def read_pixels(
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError) as e:
         raise InputError(f"cannot read '{p}' as an image ({type(e).__name__}: {e}); expected a valid PNG, JPEG, "
                          f"TIFF or other file Pillow can decode. Is it truncated or corrupt?") from e
+
+
+def read_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """What an image file's header says (layout, bit depth, size as stored), without decoding its pixels.
+
+    Raises InputError for a missing, unreadable or unsupported file."""
+    return read_pixels(path, max_pixels=None, before_decode=_stop_at_header)  # type: ignore[return-value]
+
+
+class _HeaderRead(Exception):
+    def __init__(self, header: ImageHeader) -> None:
+        self.header = header
+
+
+def _stop_at_header(header: ImageHeader) -> None:
+    raise _HeaderRead(header)
 
 
 def _read_header(p: Path, im: Any) -> ImageHeader:
@@ -597,15 +615,19 @@ def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageIn
 
 
 def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[str] | None, overwrite: bool) -> None:
-    """Refuse a missing output folder, or an existing output (the input ``source`` too) unless ``overwrite``."""
+    """Before any work: refuse a missing or unwritable output folder, an output that is a folder, and an existing
+    output (the input ``source`` too) unless ``overwrite``."""
     target = Path(path)
     if not target.parent.is_dir():
         raise InputError(f"the output folder '{target.parent}' does not exist; create it first")
+    if target.is_dir():
+        raise InputError(f"the output '{target}' is a folder; give a file path such as {target / 'denoised.png'}")
     if target.exists() and not overwrite:
         same = source is not None and Path(source).exists() and os.path.samefile(target, source)
         what = "is the input image" if same else "already exists"
         raise InputError(f"the output '{target}' {what}; refusing to replace it. Choose another output path or "
                          f"pass overwrite=True (--overwrite)")
+    check_output_file(target, overwrite=True)  # the folder takes a file: found out now, not after the work
 
 
 def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) -> str:

@@ -64,10 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from runtime.photo import denoise_file
 
-    if args.reference is not None:
-        from runtime.images import read_pixels
+    if args.reference is not None:  # fail before minutes of denoising, not after
+        from moe_base.errors import InputError
+        from runtime.images import read_header, read_pixels
 
-        read_pixels(args.reference, max_pixels=args.max_pixels)  # fail before minutes of denoising, not after
+        read_pixels(args.reference, max_pixels=args.max_pixels)
+        ref, photo = read_header(args.reference), read_header(args.input)
+        colour = (ref.layout in ("L", "LA"), photo.layout in ("L", "LA"))
+        if (ref.width, ref.height) != (photo.width, photo.height) or colour[0] != colour[1]:
+            raise InputError(f"--reference {args.reference} is {ref.width}x{ref.height} {ref.layout} but "
+                             f"{args.input} is {photo.width}x{photo.height} {photo.layout}; pass the clean version "
+                             f"of the same photo (same size and colour channels; alpha is not compared)")
     if args.server is not None:
         report = run_remote(args)
         name = f"the server at {args.server}"

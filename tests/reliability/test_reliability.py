@@ -322,3 +322,41 @@ def test_reliability_no_manifest_message_names_real_options(capsys, exported):
     manifest_path(exported).unlink()
     code, _, err = cli(capsys, "parity", "--backend", "ort", "--artifact", exported, "-n", "2")
     assert code == 2 and "has no manifest" in err and "--no-manifest-check" not in err
+
+
+@pytest.fixture
+def photo(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["denoise", "add-noise"])
+def test_reliability_photo_output_that_cannot_be_written(capsys, photo, tmp_path, command):
+    """denoise / add-noise to an output in a folder that cannot be written (a path through a file) => refused
+    before any work (exit 2, the folder named); nothing is written"""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = cli(capsys, command, photo, "-o", blocker / "out.png", "--overwrite")
+    assert code == 2 and "a-file" in err and blocker.read_text() == "not a folder"
+
+
+def test_reliability_photo_output_that_is_a_folder(capsys, photo, tmp_path):
+    """denoise -o a folder, with --overwrite => refused (exit 2: give a file path); the folder is untouched"""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code, _, err = cli(capsys, "denoise", photo, "-o", folder, "--overwrite")
+    assert code == 2 and "is a folder" in err and list(folder.iterdir()) == []
+
+
+def test_reliability_reference_of_another_size(capsys, photo, tmp_path):
+    """denoise --reference with a photo of another size => refused before the output is written (exit 2)"""
+    from PIL import Image
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(ref)
+    out = tmp_path / "out.png"
+    code, _, err = cli(capsys, "denoise", photo, "-o", out, "--reference", ref)
+    assert code == 2 and "ref.png" in err and not out.exists()
