@@ -20,7 +20,7 @@ import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError
 from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_denoise, psnr
-from moe_model.evaluate import BM3D, DEFAULT_SIGMAS_255, NOISY, sigma_key
+from moe_model.evaluate import BM3D, DEFAULT_SIGMAS_255, NOISY, format_grid, format_targets, sigma_key, target_record
 from runtime.tiling import TileFn, denoise_array
 
 PHOTOS: dict[str, str] = {"astronaut": "colour", "chelsea": "colour", "coffee": "colour", "camera": "gray",
@@ -167,8 +167,6 @@ def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOT
 def check_photo_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 15's photo targets for every model: camera at sigma 0.2 beats the best blur by >= 4 dB; clean colour
     photos come out >= 40 dB against themselves (the worst photo)."""
-    from moe_model.evaluate import _target
-
     labels = [m for m in result["methods"] if m not in (NOISY, BLUR, BM3D)]
     out = []
     t = result.get("target_level")
@@ -177,21 +175,19 @@ def check_photo_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     for label in labels:
         if t:
             rows = t["rows"]
-            out.append(_target(label, f"{t['photo']} at sigma {t['sigma']}: PSNR - best Gaussian blur "
-                                      f"(width {rows[BLUR]['blur_sigma']:g} px, {rows[BLUR]['psnr']:.2f} dB) "
-                                      f">= {BLUR_MARGIN_DB:g} dB",
-                               rows[label]["psnr"] - rows[BLUR]["psnr"], BLUR_MARGIN_DB,
-                               f"{t['photo']} clip sigma {t['sigma']}"))
+            out.append(target_record(label, f"{t['photo']} at sigma {t['sigma']}: PSNR - best Gaussian blur "
+                                            f"(width {rows[BLUR]['blur_sigma']:g} px, {rows[BLUR]['psnr']:.2f} dB) "
+                                            f">= {BLUR_MARGIN_DB:g} dB",
+                                     rows[label]["psnr"] - rows[BLUR]["psnr"], BLUR_MARGIN_DB,
+                                     f"{t['photo']} clip sigma {t['sigma']}"))
         if clean_colour:
             worst, name = min((rows[label]["psnr"], name) for name, rows in clean_colour)
-            out.append(_target(label, f"clean colour photos >= {CLEAN_PHOTO_DB:g} dB (worst photo)", worst,
-                               CLEAN_PHOTO_DB, f"{name} sigma 0"))
+            out.append(target_record(label, f"clean colour photos >= {CLEAN_PHOTO_DB:g} dB (worst photo)", worst,
+                                     CLEAN_PHOTO_DB, f"{name} sigma 0"))
     return out
 
 
 def format_photo_table(result: dict[str, Any], targets: Sequence[dict[str, Any]] = ()) -> str:
-    from moe_model.evaluate import format_targets
-
     keys = [sigma_key(s) for s in result["sigmas"]]
     width = max(20, *(len(m) + 2 for m in result["methods"]))
     metrics = [("psnr", "PSNR (dB)", 2)] + ([("ssim", "SSIM", 3)] if result.get("with_ssim") else [])
@@ -200,17 +196,10 @@ def format_photo_table(result: dict[str, Any], targets: Sequence[dict[str, Any]]
             f"the best of widths {', '.join(f'{w:g}' for w in result['blur_grid'])} px (oracle)")]
     for name, p in result["photos"].items():
         w, h = p["size"]
+        methods = [m for m in result["methods"] if p["bm3d"] or m != BM3D]
         for metric, title, digits in metrics:
-            out += ["", f"{name} ({p['kind']}, {w}x{h}) {title}",
-                    f"{'method':<{width}}" + "".join(f"{'sigma ' + k:>10}" for k in keys)]
-            for m in result["methods"]:
-                if m == BM3D and not p["bm3d"]:
-                    continue
-                cells = []
-                for k in keys:
-                    v = p["rows"][k][m][metric]
-                    cells.append("clean" if v == float("inf") else f"{v:.{digits}f}")
-                out.append(f"{m:<{width}}" + "".join(f"{c:>10}" for c in cells))
+            out += [""] + format_grid(f"{name} ({p['kind']}, {w}x{h}) {title}", p["rows"], result["sigmas"],
+                                      methods, metric, digits, min_width=20)
         if metrics and BLUR in p["rows"][keys[0]]:
             widths = [f"{p['rows'][k][BLUR]['blur_sigma']:g}" + ("*" if p["rows"][k][BLUR]["at_grid_edge"] else "")
                       for k in keys]

@@ -219,17 +219,19 @@ def evaluate_across_sigmas(models: Mapping[str, torch.nn.Module], clean: torch.T
     return result
 
 
-def _cell(stats: dict[str, float] | None, digits: int) -> str:
-    if stats is None:
+def _cell(value: dict[str, float] | float | None, digits: int) -> str:
+    if value is None:
         return "-"
-    v = stats["mean"]
+    v = value["mean"] if isinstance(value, dict) else value
     return "clean" if v == float("inf") else f"{v:.{digits}f}"
 
 
-def _grid(title: str, rows: dict[str, dict[str, dict[str, Any]]], sigmas: Sequence[float], methods: Sequence[str],
-          metric: str, digits: int) -> list[str]:
+def format_grid(title: str, rows: Mapping[str, Mapping[str, Mapping[str, Any]]], sigmas: Sequence[float],
+                methods: Sequence[str], metric: str, digits: int, min_width: int = 16) -> list[str]:
+    """One table of a report: a row per method, a column per noise level; a cell is ``rows[sigma][method][metric]``,
+    a value or its statistics (the mean is shown), infinity as "clean", "-" where missing."""
     keys = [sigma_key(s) for s in sigmas]
-    width = max(16, *(len(m) + 2 for m in methods))
+    width = max(min_width, *(len(m) + 2 for m in methods))
     lines = [title, f"{'method':<{width}}" + "".join(f"{'sigma ' + k:>10}" for k in keys)]
     for m in methods:
         cells = [_cell(rows[k].get(m, {}).get(metric), digits) for k in keys]
@@ -246,7 +248,7 @@ def format_sigma_table(result: dict[str, Any], targets: Sequence[dict[str, Any]]
             f"sigma/255 on [0, 1] pixels); clip = clamp(x + noise, 0, 1), unclipped = x + noise; mean over images")]
     for p in result["protocols"]:
         for metric, name, digits in metrics:
-            out += [""] + _grid(f"[{p}] {name}, all {result['num_images']} images", result["rows"][p], sig,
+            out += [""] + format_grid(f"[{p}] {name}, all {result['num_images']} images", result["rows"][p], sig,
                                 result["methods"], metric, digits)
     b = result.get("bm3d")
     if b:
@@ -255,7 +257,7 @@ def format_sigma_table(result: dict[str, Any], targets: Sequence[dict[str, Any]]
                      f"'{b['profile']}' told the true sigma; every method on the same images")]
         for p in result["protocols"]:
             for metric, name, digits in metrics:
-                out += [""] + _grid(f"[{p}] {name}, BM3D subset", b["rows"][p], sig, b["methods"], metric, digits)
+                out += [""] + format_grid(f"[{p}] {name}, BM3D subset", b["rows"][p], sig, b["methods"], metric, digits)
             keys = [sigma_key(s) for s in sig]
             width = max(16, *(len(m) + 2 for m in result["methods"]))
             out += ["", f"[{p}] model - BM3D, PSNR (dB), mean +- standard error over the subset's images",
@@ -283,7 +285,7 @@ BEAT_BM3D_SIGMAS: tuple[float, ...] = (15, 25, 50)
 SEED_PROTOCOL_TARGETS = {"blind default": 25.1, "sigma-0.2 specialist": 25.4}
 
 
-def _target(label: str, target: str, measured: float, threshold: float, where: str = "") -> dict[str, Any]:
+def target_record(label: str, target: str, measured: float, threshold: float, where: str = "") -> dict[str, Any]:
     margin = measured - threshold
     return {"weights": label, "target": target, "measured": measured, "threshold": threshold, "margin": margin,
             "met": bool(margin >= 0), "where": where}
@@ -300,23 +302,24 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 for p, by in rows.items() for k, r in by.items() if float(k) > 0]
         if gaps:
             gap, where = min(gaps)
-            out.append(_target(label, "output PSNR >= input PSNR at every sigma > 0 (worst case)", gap, 0.0, where))
+            out.append(target_record(label, "output PSNR >= input PSNR at every sigma > 0 (worst case)", gap, 0.0,
+                                     where))
         zero = [r[label]["psnr"]["mean"] for by in rows.values() for k, r in by.items() if float(k) == 0]
         if zero:
-            out.append(_target(label, f"clean input (sigma 0) >= {CLEAN_TARGET_DB:g} dB", zero[0], CLEAN_TARGET_DB,
-                               "sigma 0"))
+            out.append(target_record(label, f"clean input (sigma 0) >= {CLEAN_TARGET_DB:g} dB", zero[0],
+                                     CLEAN_TARGET_DB, "sigma 0"))
         b = result.get("bm3d")
         if b:
             diffs = [(d[label]["mean"], f"{p} sigma {k}") for p, by in b["model_minus_bm3d_psnr"].items()
                      for k, d in by.items() if float(k) in BEAT_BM3D_SIGMAS]
             if diffs:
                 gap, where = min(diffs)
-                out.append(_target(label, "beats BM3D at sigma 15, 25, 50 (subset, worst case)", gap, 0.0, where))
+                out.append(target_record(label, "beats BM3D at sigma 15, 25, 50 (subset, worst case)", gap, 0.0, where))
         sp = result.get("seed_protocol")
         if sp:
             for who, threshold in SEED_PROTOCOL_TARGETS.items():
-                out.append(_target(label, f"seed protocol >= {threshold} dB (as the {who})",
-                                   sp["rows"][label]["psnr"]["mean"], threshold, "clip sigma 0.2"))
+                out.append(target_record(label, f"seed protocol >= {threshold} dB (as the {who})",
+                                         sp["rows"][label]["psnr"]["mean"], threshold, "clip sigma 0.2"))
     return out
 
 
