@@ -145,12 +145,11 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _emit(args: argparse.Namespace, report: Any, text: str) -> None:
-    import json
+    from moe_base.fileio import atomic_write_json
 
     safe = _json_safe(report)
     if args.save_json is not None:
-        args.save_json.parent.mkdir(parents=True, exist_ok=True)
-        args.save_json.write_text(json.dumps(safe, indent=2, sort_keys=True, default=str) + "\n")
+        atomic_write_json(args.save_json, safe)
     if args.json:
         from moe_denoise.cli import print_json
 
@@ -254,10 +253,10 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
         texts += ["", f"== photos ({result['wall_seconds']:.0f} s)", format_photo_table(result, targets)]
     if args.plot is not None:
         from benchmarks.quality import render_plot
+        from moe_base.fileio import atomic_write
 
         png = render_plot(report["cifar"], report["photos"])
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        args.plot.write_bytes(png)
+        atomic_write(args.plot, png)
         report["plot"] = str(args.plot)
         texts += ["", f"plot written to {args.plot}"]
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
