@@ -10,7 +10,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import add_data_args, resolve_weights
+from . import add_data_args, positive_int, resolve_weights
 
 SUITES = ("cifar", "photos", "all")
 
@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise levels of the across-sigma report, on the 0-255 scale (std sigma/255 on [0, 1])")
     p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"])
     p.add_argument("--eval-seed", type=int, default=1234)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM")
     p.add_argument("--suite", default="cifar", choices=SUITES,
                    help="across-sigma report on CIFAR-10, on whole photos, or both")
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of PSNR against sigma here (needs "
                                                            "matplotlib: the 'plot' extra)")
     p.add_argument("--save-json", type=Path, default=None, help="also write the JSON report to this file")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.set_defaults(func=run)
 
@@ -101,12 +101,8 @@ def weights_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be >= 1 (got {args.limit})")
     if args.bm3d_images < 0:
         raise InputError(f"--bm3d-images must be >= 0 (got {args.bm3d_images}); 0 leaves BM3D out")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1 (got {args.threads})")
     bad = [s for s in args.sigmas if not (math.isfinite(s) and s >= 0)]
     if bad:
         raise InputError(f"--sigmas takes noise levels >= 0 on the 0-255 scale (got {bad}); e.g. --sigmas 0 15 25")
