@@ -4,15 +4,21 @@ Atomic writes:
 
 A temp file in the destination folder is written, fsynced and renamed over the target, so readers see the old
 file or the new one, never half of one, and an interrupted write leaves the old file intact.
+
+Folders (a Triton model repository) are written the same way: everything goes into a staging folder beside the
+target (:func:`staging_folder`), and only a complete, checked result is renamed into place
+(:func:`publish_folder`); a failure or an interruption before that leaves the target as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,17 +62,70 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
         raise
 
 
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Remove the temporary files that writes of ``path`` left behind when their process was killed (their
-    names carry the writer's process id; a temporary of a live process is left alone). Returns what was removed."""
+def remove_stale_temporaries(path: str | Path, suffix: str = ".tmp") -> list[Path]:
+    """Remove the temporary files (or staging folders, ``suffix=".staging"``) that writes of ``path`` left behind
+    when their process was killed (their names carry the writer's process id; a temporary of a live process is
+    left alone). Returns what was removed."""
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+@contextlib.contextmanager
+def staging_folder(target: str | Path) -> Iterator[Path]:
+    """A new, empty folder beside ``target`` (same file system, so :func:`publish_folder` only renames), removed
+    on leaving whatever happened; staging folders of killed processes are removed first."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target, ".staging")
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".staging",
+                                        dir=target.parent))
+    except OSError as e:
+        raise InputError(f"cannot write {target}: {e.strerror or e} in the folder '{target.parent}'; choose a "
+                         f"folder you can write to") from e
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the usual permissions
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_folder(staging: Path, target: Path, entries: Sequence[str]) -> None:
+    """Move ``entries`` (names of files and folders in ``staging``) into the folder ``target``.
+
+    A missing or empty ``target`` becomes ``staging`` in one rename. Otherwise each entry replaces its namesake
+    by renames (the old one is moved into ``staging`` first and removed with it); what else ``target`` holds is
+    kept."""
+    target = Path(target)
+    try:
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()  # fails if something appeared meanwhile; then the entries are moved one by one
+    except OSError:
+        pass
+    moved: list[str] = []
+    try:
+        if not target.exists():
+            os.rename(staging, target)
+            return
+        for name in entries:
+            new, old = staging / name, target / name
+            if old.is_dir() and not old.is_symlink():
+                os.rename(old, staging / f".replaced.{name}")
+            os.replace(new, old)
+            moved.append(name)
+    except OSError as e:
+        done = f"already replaced: {', '.join(moved)}; " if moved else "nothing there was changed; "
+        raise InputError(f"moving the new files into '{target}' failed ({e.strerror or e}); {done}check that folder "
+                         f"and run again") from e
 
 
 def _alive(pid: int) -> bool:

@@ -19,6 +19,10 @@ Both models take the tensors of ``moe-denoise serve``'s ``moe_denoiser`` (``nois
 not part of a standard repository. Every ``config.pbtxt`` is parsed with Triton's own protobuf schema
 (``tritonclient``'s ``model_config_pb2``, from the ``serve`` extra), then read by the ``tritonserver`` PyTriton
 ships, which applies Triton's own config checks (:func:`check_with_tritonserver`).
+
+The repository is written into a staging folder beside ``OUT`` and checked there; only then are its models and
+README renamed into ``OUT`` (``--overwrite`` replaces those, and keeps any other model ``OUT`` holds), so a
+refused config, a failed copy or an interruption leaves ``OUT`` as it was.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moe_base.fileio import publish_folder, staging_folder
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 
@@ -200,12 +205,15 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
 
     ``validate``: parse every config with Triton's protobuf schema first. ``server_check``: then have PyTriton's
     ``tritonserver`` read the repository (:func:`check_with_tritonserver`); None: when PyTriton is installed.
-    A config that either refuses is an InputError and the report says which check ran.
+    A config that either refuses is an InputError and the report says which check ran. Nothing reaches
+    ``out_dir`` until every file is written and checked (see the module's docstring).
     """
     s = (settings or RepoSettings()).validate()
     out_dir = Path(out_dir)
     if onnx is None and engine is None:
         raise InputError("give an ONNX model (--onnx) and/or a TensorRT engine (--engine) to put in the repository")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"'{out_dir}' is a file; a Triton model repository is a folder: give a new folder's path")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(f"'{out_dir}' exists and is not empty; choose a new folder or pass --overwrite to replace "
                          f"the models in it")
@@ -234,30 +242,34 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
     if validate:
         for _, _, _, text, _, _ in plans:
             parse_model_config(text)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"repository": str(out_dir.resolve()), "models": [], "tensorrt_version": trt_version}
-    for name, src, filename, text, manifest, backend in plans:
-        model_dir = out_dir / name
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        (model_dir / "1").mkdir(parents=True)
-        shutil.copyfile(src, model_dir / "1" / filename)
-        (model_dir / "config.pbtxt").write_text(text)
-        (model_dir / f"{filename}.manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        report["models"].append({"name": name, "backend": backend, "file": str(model_dir / "1" / filename),
-                                 "config": str(model_dir / "config.pbtxt"), "source": str(src)})
-    report["checks"] = ["parsed with Triton's model_config protobuf schema"] if validate else []
-    if server_check is None:
-        server_check = pytriton_available()
-    if server_check:
-        verdicts = check_with_tritonserver(out_dir, [m["name"] for m in report["models"]])
-        report["tritonserver_check"] = verdicts
-        bad = {k: v for k, v in verdicts.items() if v["verdict"] != "accepted"}
-        if bad:
-            raise InputError(f"tritonserver did not accept the generated config(s) in {out_dir}: {bad}")
-        report["checks"].append("read by tritonserver (PyTriton's build): every config accepted, models not loaded "
-                                "(that build has no onnxruntime / tensorrt backend)")
-    (out_dir / "README.md").write_text(repository_readme(report, s))
+    with staging_folder(out_dir) as staging:  # written and checked there; moved into place only when complete
+        for name, src, filename, text, manifest, backend in plans:
+            try:
+                (staging / name / "1").mkdir(parents=True)
+                shutil.copyfile(src, staging / name / "1" / filename)
+                (staging / name / "config.pbtxt").write_text(text)
+                (staging / name / f"{filename}.manifest.json").write_text(
+                    json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            except OSError as e:
+                raise InputError(f"writing the model '{name}' failed ({e.strerror or e}), so nothing was written to "
+                                 f"{out_dir}; free some space or choose another folder") from e
+            report["models"].append({"name": name, "backend": backend, "file": str(out_dir / name / "1" / filename),
+                                     "config": str(out_dir / name / "config.pbtxt"), "source": str(src)})
+        report["checks"] = ["parsed with Triton's model_config protobuf schema"] if validate else []
+        if server_check is None:
+            server_check = pytriton_available()
+        if server_check:
+            verdicts = check_with_tritonserver(staging, [m["name"] for m in report["models"]])
+            report["tritonserver_check"] = verdicts
+            bad = {k: v for k, v in verdicts.items() if v["verdict"] != "accepted"}
+            if bad:
+                raise InputError(f"tritonserver did not accept the generated config(s), so nothing was written to "
+                                 f"{out_dir}: {bad}")
+            report["checks"].append("read by tritonserver (PyTriton's build): every config accepted, models not "
+                                    "loaded (that build has no onnxruntime / tensorrt backend)")
+        (staging / "README.md").write_text(repository_readme(report, s))
+        publish_folder(staging, out_dir, [*(m["name"] for m in report["models"]), "README.md"])
     return report
 
 

@@ -34,12 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def default_onnx() -> Path:
     """Where 'moe-denoise export' writes the portable ONNX by default (the same place '--backend ort' reads)."""
-    try:
-        from moe_base.paths import onnx_path
-    except ImportError:  # before the artifacts moved to the cache folder
-        from moe_base.paths import onnx_path
+    from moe_base.paths import onnx_path
 
-        return onnx_path("portable")
     return onnx_path("portable")
 
 

@@ -360,3 +360,72 @@ def test_reliability_reference_of_another_size(capsys, photo, tmp_path):
     out = tmp_path / "out.png"
     code, _, err = cli(capsys, "denoise", photo, "-o", out, "--reference", ref)
     assert code == 2 and "ref.png" in err and not out.exists()
+
+
+# --- Triton model repository ----------------------------------------------------------------------------------
+@pytest.fixture
+def triton_repo(capsys, exported, tmp_path):
+    pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                        reason="triton-repo needs tritonclient[grpc] (the 'serve' extra)")
+    out = tmp_path / "repo"
+    code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", out, "--no-server-check")
+    assert code == 0, err
+    (out / "my_other_model" / "1").mkdir(parents=True)
+    (out / "my_other_model" / "config.pbtxt").write_text('name: "my_other_model"\n')
+    return out
+
+
+def staging_left(folder):
+    return [p.name for p in folder.parent.iterdir() if p.name.endswith(".staging")]
+
+
+def test_reliability_triton_repo_refused_by_tritonserver(capsys, exported, triton_repo, monkeypatch):
+    """triton-repo --overwrite of a repository whose new configs tritonserver rejects => refused (exit 2, Triton's
+    reason shown); the repository is unchanged, no staging folder is left"""
+    import serving.repo
+
+    monkeypatch.setattr(serving.repo, "pytriton_available", lambda: True)
+    monkeypatch.setattr(serving.repo, "check_with_tritonserver", lambda repo, models, timeout_s=60.0: {
+        m: {"verdict": "rejected", "detail": "planted: max_batch_size must be >= 0"} for m in models})
+    before = snapshot(triton_repo)
+    code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", triton_repo, "--overwrite", "--max-batch", "8")
+    assert code == 2 and "planted" in err and "nothing was written" in err
+    assert snapshot(triton_repo) == before and staging_left(triton_repo) == []
+
+
+def test_reliability_triton_repo_interrupted_copy(capsys, exported, triton_repo, monkeypatch):
+    """triton-repo --overwrite interrupted while copying the model (the disk fills up) => exit 2 with the reason;
+    the repository is unchanged, no staging folder is left"""
+    def full_disk(src, dst, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    before = snapshot(triton_repo)
+    code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", triton_repo, "--overwrite", "--max-batch", "8")
+    monkeypatch.undo()
+    assert code == 2 and "No space left" in err and "nothing was written" in err
+    assert snapshot(triton_repo) == before and staging_left(triton_repo) == []
+
+
+def test_reliability_triton_repo_overwrite_keeps_other_models(capsys, exported, triton_repo, tmp_path):
+    """triton-repo --overwrite into a repository that also holds a model of the user's => our model and README are
+    replaced, the user's model is kept; a staging folder a killed run left beside it is removed"""
+    dead = tmp_path / ".repo.4194303.x1.staging"  # beyond the largest pid: its writer is gone
+    (dead / "moe_denoiser").mkdir(parents=True)
+    code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", triton_repo, "--overwrite", "--max-batch", "8",
+                       "--no-server-check")
+    assert code == 0, err
+    assert "max_batch_size: 8" in (triton_repo / "moe_denoiser" / "config.pbtxt").read_text()
+    assert (triton_repo / "my_other_model" / "config.pbtxt").read_text() == 'name: "my_other_model"\n'
+    assert sorted(p.name for p in triton_repo.iterdir()) == ["README.md", "moe_denoiser", "my_other_model"]
+    assert staging_left(triton_repo) == []
+
+
+def test_reliability_triton_repo_output_is_a_file(capsys, exported, tmp_path):
+    """triton-repo -o an existing file => refused (exit 2: a repository is a folder); the file is untouched"""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                        reason="triton-repo needs tritonclient[grpc] (the 'serve' extra)")
+    target = tmp_path / "notes.txt"
+    target.write_text("my notes")
+    code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", target, "--overwrite")
+    assert code == 2 and "is a file" in err and target.read_text() == "my notes"
