@@ -7,7 +7,9 @@ hold; ``denoise_array`` refuses pixels outside [0, 1]); a gray photo gets one no
 channels the tiler feeds the model. One standard-normal draw per photo (from ``seed`` and the photo's name) is
 scaled to every level, so the levels differ by their scale only. Reference rows: the noisy input, the best Gaussian
 blur (the width of a small grid giving the best PSNR: an oracle) and BM3D (told the true sigma; slow, so only on
-the photos named). Sizes are kept as the photos come (512x512, 451x300, 600x400).
+the photos named). Sizes are kept as the photos come (512x512, 451x300, 600x400). With ``guard``, every model
+is scored twice: as it is, and with the clean-input guard (``runtime.guard``) that ``moe-denoise denoise`` applies
+by default.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 from moe_base.errors import InputError, MissingBackendError
 from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_denoise, psnr
 from moe_model.evaluate import BM3D, DEFAULT_SIGMAS_255, NOISY, format_grid, format_targets, sigma_key, target_record
-from runtime.tiling import TileFn, denoise_array
+from runtime.tiling import TileFn, denoise_array, guard_for_array
 
 PHOTOS: dict[str, str] = {"astronaut": "colour", "chelsea": "colour", "coffee": "colour", "camera": "gray",
                           "moon": "gray"}
@@ -87,10 +89,15 @@ def _score(pred: np.ndarray, clean: np.ndarray, with_ssim: bool, **extra: Any) -
     return row
 
 
+def guarded_label(label: str) -> str:
+    """The row of ``label``'s weights with the clean-input guard (runtime.guard), as ``moe-denoise denoise`` runs."""
+    return f"{label} + guard"
+
+
 def _level(name: str, clean: np.ndarray, noisy: np.ndarray, sigma: float, fns: Mapping[str, TileFn],
            run_bm3d: bool, blur_grid: Sequence[float], with_ssim: bool,
-           seconds: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Every method's row for one photo at one noise level."""
+           seconds: dict[str, float], guard: bool = False) -> dict[str, dict[str, Any]]:
+    """Every method's row for one photo at one noise level (with ``guard``, each model's guarded row too)."""
     rows = {NOISY: _score(noisy, clean, with_ssim)}
     blur = best_gaussian_blur(noisy, clean, blur_grid)
     rows[BLUR] = _score(np.clip(blur["image"], 0, 1), clean, with_ssim, blur_sigma=blur["blur_sigma"],
@@ -102,20 +109,30 @@ def _level(name: str, clean: np.ndarray, noisy: np.ndarray, sigma: float, fns: M
         rows[BM3D] = _score(np.clip(out, 0, 1), clean, with_ssim)
     for label, fn in fns.items():
         t0 = time.perf_counter()
-        out = denoise_array(noisy, fn)
+        out = denoise_array(noisy, fn, guard=False)
         seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
         rows[label] = _score(np.clip(out, 0, 1), clean, with_ssim)
+        if guard:  # the guard's decision, then its blend of this same output (what denoise_array(guard=...) does)
+            t0 = time.perf_counter()
+            decision = guard_for_array(noisy, fn)
+            a = decision.input_weight
+            blended = (a * noisy.astype(np.float64) + (1.0 - a) * out).astype(np.float32)
+            seconds[guarded_label(label)] = seconds[label] + time.perf_counter() - t0
+            rows[guarded_label(label)] = _score(np.clip(blended, 0, 1), clean, with_ssim, input_weight=a,
+                                                guard_sigma=decision.sigma)
     return rows
 
 
 def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOTOS),
                     sigmas255: Sequence[float] = DEFAULT_SIGMAS_255, bm3d_names: Sequence[str] = DEFAULT_BM3D_PHOTOS,
                     blur_grid: Sequence[float] = DEFAULT_BLUR_GRID, seed: int = 0, with_ssim: bool = True,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, guard: bool = False) -> dict[str, Any]:
     """Score ``models`` (label -> torch model, or label -> tile function) on whole photos at every noise level of
     ``sigmas255`` (0-255 scale; 0 = the clean photo), with the noisy input, the best Gaussian blur and BM3D (on
     ``bm3d_names`` only) as reference rows. When ``camera`` is among ``names`` its sigma-0.2 level (issue 15's
-    target against the best blur) is scored too, as ``result["target_level"]``."""
+    target against the best blur) is scored too, as ``result["target_level"]``. ``guard``: every model is also
+    scored with the clean-input guard (:mod:`runtime.guard`, as ``moe-denoise denoise`` runs by default), in a
+    row labelled by :func:`guarded_label`."""
     labels = list(models)
     clash = [x for x in labels if x in (NOISY, BM3D, BLUR)]
     if clash:
@@ -146,18 +163,19 @@ def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOT
         for s255 in (float(s) for s in sigmas255):
             noisy = np.clip(clean + np.float32(s255 / 255.0) * draw, 0.0, 1.0)
             entry["rows"][sigma_key(s255)] = _level(name, clean, noisy, s255 / 255.0, fns, name in bm3d_names,
-                                                    blur_grid, with_ssim, seconds)
+                                                    blur_grid, with_ssim, seconds, guard)
             if bar is not None:
                 bar.update(1)
         if name == TARGET_PHOTO:
             noisy = np.clip(clean + np.float32(TARGET_SIGMA) * draw, 0.0, 1.0)
             target = {"photo": name, "sigma": TARGET_SIGMA, "protocol": "clip",
                       "rows": _level(name, clean, noisy, TARGET_SIGMA, fns, name in bm3d_names, blur_grid,
-                                     with_ssim, seconds)}
+                                     with_ssim, seconds, guard)}
         photos[name] = entry
     if bar is not None:
         bar.close()
-    methods = [NOISY, BLUR, *([BM3D] if bm3d_names else []), *labels]
+    methods = [NOISY, BLUR, *([BM3D] if bm3d_names else []),
+               *(x for label in labels for x in ((label, guarded_label(label)) if guard else (label,)))]
     return {"mode": "photos", "protocol": "clip", "seed": seed, "sigmas": [float(s) for s in sigmas255],
             "sigma_scale": "0-255: noise std sigma/255 on [0, 1] pixels", "methods": methods,
             "blur_grid": [float(w) for w in blur_grid], "with_ssim": with_ssim, "photos": photos,

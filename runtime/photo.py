@@ -10,6 +10,7 @@ import numpy as np
 
 from moe_base.errors import InputError
 
+from .guard import GuardResult
 from .images import (
     DEFAULT_MAX_PIXELS,
     ImageHeader,
@@ -30,6 +31,7 @@ from .tiling import (
     band_rows_for,
     band_working_bytes,
     denoise_bands,
+    guard_rows,
     plan_tiles,
 )
 
@@ -72,6 +74,8 @@ def denoise_file(
     progress: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     band_rows: int | None = None,
+    guard: bool = True,
+    sigma: float | None = None,
 ) -> dict[str, Any]:
     """Denoise an image file of any size with a tile denoiser and write it in the same size, mode and bit depth.
 
@@ -84,6 +88,10 @@ def denoise_file(
     the result is bit-identical to denoising the whole image at once. Before anything is decoded, an
     image over ``max_pixels`` (None: no limit), one that would need more memory than the process can get
     (:func:`denoise_peak_bytes`), or an output path that cannot hold it is refused with InputError.
+
+    ``guard`` / ``sigma``: the clean-input guard (:mod:`runtime.guard`, on by default), which blends the input
+    back in when the photo's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; the report's
+    ``guard`` entry says what it decided.
     """
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
@@ -96,25 +104,35 @@ def denoise_file(
     check_writable(out_path, info)
     plan = plan_tiles(info.height, info.width, tile, overlap)
     try:
-        result = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows, progress)
+        result, decision = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows, progress, guard,
+                                           sigma)
         del pixels  # the input's integers are not needed while writing
         written = write_pixels(out_path, result, info, overwrite=overwrite)
     except MemoryError as e:
         raise InputError(f"ran out of memory denoising '{info.path}' ({info.width}x{info.height}); free memory or "
                          f"raise the limit, or split the image into smaller ones") from e
-    return _report(info, written, plan.count, time.perf_counter() - start)
+    report = _report(info, written, plan.count, time.perf_counter() - start)
+    report["guard"] = decision.as_dict() if decision is not None else None
+    return report
 
 
 def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,
-                    band_rows: int | None, progress: bool) -> np.ndarray:
-    """The denoised image as the file's integers, band by band (float32 only one band at a time)."""
+                    band_rows: int | None, progress: bool, guard: bool,
+                    sigma: float | None) -> tuple[np.ndarray, GuardResult | None]:
+    """The denoised image as the file's integers, band by band (float32 only one band at a time), and the
+    guard's decision (None: no guard)."""
     result = np.empty_like(pixels)
     h, w, c = pixels.shape
-    bands = denoise_bands(lambda a, b: to_unit(pixels[a:b], info), h, w, c, fn, tile=tile, overlap=overlap,
-                          batch_size=batch_size, band_rows=band_rows, progress=progress)
+
+    def rows(a: int, b: int) -> np.ndarray:
+        return to_unit(pixels[a:b], info)
+
+    decision = guard_rows(rows, h, w, fn, tile, overlap, batch_size, sigma) if guard else None
+    bands = denoise_bands(rows, h, w, c, fn, tile=tile, overlap=overlap, batch_size=batch_size, band_rows=band_rows,
+                          progress=progress, input_weight=decision.input_weight if decision is not None else 0.0)
     for y, band in bands:
         result[y:y + len(band)] = to_pixels(band, info)
-    return result
+    return result, decision
 
 
 def _report(info: ImageInfo, written: Path, tiles: int, seconds: float) -> dict[str, Any]:

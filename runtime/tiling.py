@@ -37,6 +37,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import check_unit_range
+from .guard import GuardResult, guard_weight
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""
@@ -200,6 +201,7 @@ def denoise_bands(
     batch_size: int = DEFAULT_BATCH_SIZE,
     band_rows: int | None = None,
     progress: bool = False,
+    input_weight: float = 0.0,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Denoise an image given row by row; yield ``(first_row, band)`` pairs, top to bottom, as bands are done.
 
@@ -209,8 +211,13 @@ def denoise_bands(
     the whole image at once, for every band size: ``fn`` gets exactly the same batches (the tiles of the
     whole image in row-major order, cut every ``batch_size`` tiles), every pixel sums the same tile
     outputs in the same order in float64, and is normalised and rounded to float32 the same way.
+
+    ``input_weight`` ``a`` (the clean-input guard's, :mod:`runtime.guard`): every band is
+    ``a * input + (1 - a) * denoised`` (colour channels; alpha is copied as always).
     """
     _check_settings(tile, overlap, batch_size)
+    if not 0.0 <= input_weight <= 1.0:
+        raise InputError(f"input_weight must be in [0, 1]; got {input_weight!r}")
     if band_rows is None:
         band_rows = band_rows_for(width, tile)
     if isinstance(band_rows, bool) or not isinstance(band_rows, (int, np.integer)) or band_rows < 1:
@@ -218,11 +225,11 @@ def denoise_bands(
     if channels not in (1, 2, 3, 4):
         raise InputError(f"channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA); got {channels!r}")
     plan = plan_tiles(height, width, tile, overlap)
-    return _band_stream(rows, plan, channels, fn, batch_size, int(band_rows), progress)
+    return _band_stream(rows, plan, channels, fn, batch_size, int(band_rows), progress, float(input_weight))
 
 
 def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, batch_size: int, band_rows: int,
-                 progress: bool) -> Iterator[tuple[int, np.ndarray]]:
+                 progress: bool, input_weight: float) -> Iterator[tuple[int, np.ndarray]]:
     t, h, w = plan.tile, plan.height, plan.width
     gray = channels in (1, 2)
     ys, xs = np.asarray(plan.ys, dtype=np.intp), np.asarray(plan.xs, dtype=np.intp)
@@ -261,9 +268,15 @@ def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, bat
             result[:, :, 0] = out.mean(axis=0)
         else:
             result[:, :, :3] = out.transpose(1, 2, 0)
-        if channels in (2, 4):
-            y = a - plan.pad_top
-            result[:, :, -1] = source(y, y + n)[:, :, -1]
+        y = a - plan.pad_top
+        if input_weight or channels in (2, 4):
+            given = source(y, y + n)
+            if input_weight:
+                part = slice(0, 1) if gray else slice(0, 3)
+                result[:, :, part] = (input_weight * given[:, :, part].astype(np.float64)
+                                      + (1.0 - input_weight) * result[:, :, part]).astype(np.float32)
+            if channels in (2, 4):
+                result[:, :, -1] = given[:, :, -1]
         return result
 
     inp = np.zeros((3, 0, plan.padded_width), dtype=np.float32)
@@ -328,6 +341,8 @@ def denoise_array(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
     band_rows: int | None = None,
+    guard: bool | GuardResult = True,
+    sigma: float | None = None,
 ) -> np.ndarray:
     """Denoise an image of any size with a tile denoiser; return an array of the same shape and dtype.
 
@@ -341,12 +356,36 @@ def denoise_array(
 
     The work goes in horizontal bands of ``band_rows`` rows (:func:`denoise_bands`), so beyond the
     image and the result only :func:`band_working_bytes` are used; the result does not depend on it.
+
+    ``guard`` (default on): the clean-input guard of :mod:`runtime.guard` blends the input back in when the
+    image's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; False: the denoiser's output as it
+    is; a :class:`GuardResult` from :func:`guard_for_array`: that decision.
     """
     _check_settings(tile, overlap, batch_size)
     img = validate_image(image)
     h, w, c = img.shape
+    if guard is True:
+        guard = guard_for_array(img, fn, tile, overlap, batch_size, sigma)
+    weight = guard.input_weight if isinstance(guard, GuardResult) else 0.0
     result = np.empty_like(img)
-    for y, band in denoise_bands(lambda a, b: img[a:b], h, w, c, fn, tile, overlap, batch_size, band_rows, progress):
+    for y, band in denoise_bands(lambda a, b: img[a:b], h, w, c, fn, tile, overlap, batch_size, band_rows, progress,
+                                 weight):
         result[y:y + len(band)] = band
     return result.reshape(image.shape)
+
+
+def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                    batch_size: int = DEFAULT_BATCH_SIZE, sigma: float | None = None) -> GuardResult:
+    """The clean-input guard's decision (:func:`runtime.guard.guard_weight`) for an image :func:`denoise_array`
+    takes, with the same tiling."""
+    img = validate_image(image)
+    return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap, batch_size, sigma)
+
+
+def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,
+               overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
+               sigma: float | None = None) -> GuardResult:
+    """:func:`runtime.guard.guard_weight` for an image read through a row source, tiled as :func:`denoise_bands`."""
+    return guard_weight(rows, height, width,
+                        lambda crop: denoise_array(crop, fn, tile, overlap, batch_size, guard=False), sigma)
 

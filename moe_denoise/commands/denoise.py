@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse photos with more pixels than this (width x height, e.g. 2e8), before decoding them; "
                         "photos that would not fit in the memory the process can get are refused too")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="the photo's noise std on [0, 1] pixels if you know it (e.g. 0.02): the clean-input guard "
+                        "uses it instead of its own estimate")
+    p.add_argument("--no-guard", action="store_true",
+                   help="turn off the clean-input guard, which blends the input back in when the photo is clean or "
+                        "only lightly noisy (estimated noise <= 20/255); see docs/evaluation.md")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--server", default=None, metavar="URL",
@@ -75,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--reference {args.reference} is {ref.width}x{ref.height} {ref.layout} but "
                              f"{args.input} is {photo.width}x{photo.height} {photo.layout}; pass the clean version "
                              f"of the same photo (same size and colour channels; alpha is not compared)")
+    if args.sigma is not None and not (0 <= args.sigma < float("inf")):
+        from moe_base.errors import InputError
+
+        raise InputError(f"--sigma is the noise std on [0, 1] pixels, >= 0 (got {args.sigma}); e.g. 0.02 for light "
+                         f"noise, or leave it out to have it estimated")
     if args.server is not None:
         report = run_remote(args)
         name = f"the server at {args.server}"
@@ -83,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         with runner:
             report = denoise_file(args.input, args.output, runner, overwrite=args.overwrite, overlap=args.overlap,
                                   batch_size=args.batch_size, progress=not (args.no_progress or args.json),
-                                  max_pixels=args.max_pixels)
+                                  max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma)
         report["backend"] = runner.describe()
         name = runner.name
     if args.reference is not None:
@@ -98,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
               f"{name} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}")
         for note in report["notes"]:
             print(f"  note: {note}")
+        if report.get("guard"):
+            print(f"  {describe_guard(report['guard'])}")
         if "check_local" in report:
             c = report["check_local"]
             print(f"max abs difference from a local run with {c['backend']}: {c['max_abs_difference_levels']} of "
@@ -109,6 +122,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_guard(guard: dict) -> str:
+    """One line on what the clean-input guard (runtime.guard) decided."""
+    if guard["sigma"] is None:
+        return "clean-input guard: no noise estimate possible (saturated image); the denoiser's output as it is"
+    how = "given" if guard["sigma_given"] else "estimated"
+    level = f"noise {guard['sigma'] * 255:.1f}/255 ({how})"
+    if not guard["applied"]:
+        return f"clean-input guard: {level}, above 20/255: the denoiser's output as it is"
+    return f"clean-input guard: {level}: output = {guard['input_weight']:.2f} x input + " \
+           f"{1 - guard['input_weight']:.2f} x denoised"
+
+
 def run_remote(args: argparse.Namespace) -> dict:
     """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally."""
     from runtime import InputError
@@ -117,6 +142,9 @@ def run_remote(args: argparse.Namespace) -> dict:
     if args.overlap != 16:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
+    if args.sigma is not None or args.no_guard:
+        raise InputError("--sigma and --no-guard cannot be sent with --server: the server applies the clean-input "
+                         "guard with its own estimate. Denoise here (drop --server) to set them")
     report = denoise_file_remote(args.input, args.output, args.server, overwrite=args.overwrite,
                                  timeout_s=args.timeout)
     if args.check_local:

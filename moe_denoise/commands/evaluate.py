@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="photos BM3D runs on (about 15-40 s per photo and level); 'none' = no BM3D; default: "
                         "camera chelsea")
     p.add_argument("--photo-seed", type=int, default=0, help="seed of the photos' noise")
+    p.add_argument("--no-guard", action="store_true",
+                   help="photos: score each weights only as they are, without the extra '<label> + guard' row (the "
+                        "clean-input guard that 'moe-denoise denoise' applies by default)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of PSNR against sigma here (needs "
                                                            "matplotlib: the 'plot' extra)")
     p.add_argument("--save-json", type=Path, default=None, help="also write the JSON report to this file")
@@ -106,9 +109,9 @@ def _check_args(args: argparse.Namespace) -> None:
     bad = [s for s in args.sigmas if not (math.isfinite(s) and s >= 0)]
     if bad:
         raise InputError(f"--sigmas takes noise levels >= 0 on the 0-255 scale (got {bad}); e.g. --sigmas 0 15 25")
-    if args.suite == "cifar" and (args.photos or args.bm3d_photos):
-        raise InputError("--photos and --bm3d-photos choose the photos of --suite photos or --suite all; add one of "
-                         "those (the default suite is cifar)")
+    if args.suite == "cifar" and (args.photos or args.bm3d_photos or args.no_guard):
+        raise InputError("--photos, --bm3d-photos and --no-guard are about the photos of --suite photos or --suite "
+                         "all; add one of those (the default suite is cifar)")
     if args.sigma is not None:
         if not (math.isfinite(args.sigma) and args.sigma >= 0):
             raise InputError(f"--sigma must be a noise std >= 0 on [0, 1] pixels (got {args.sigma}); e.g. 0.2")
@@ -241,7 +244,7 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
 
         t0 = time.perf_counter()
         result = evaluate_photos(models, photos, args.sigmas, _bm3d_photos(args, photos), seed=args.photo_seed,
-                                 with_ssim=not args.no_ssim, progress=progress)
+                                 with_ssim=not args.no_ssim, progress=progress, guard=not args.no_guard)
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
         targets = check_photo_targets(result)
         report["photos"] = result

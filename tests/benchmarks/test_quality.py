@@ -73,6 +73,23 @@ def test_photo_report_every_level_and_method(small_photos, random_weights):
         assert s in text, s
 
 
+def test_guarded_rows_score_what_the_denoise_command_gives(small_photos, random_weights):
+    """With guard=True every model gets a '+ guard' row: the clean-input guard's blend of the same output, so a
+    clean photo comes back (almost) as it was even from random weights, and heavy noise is left to the model."""
+    model = load_model(random_weights)
+    r = quality.evaluate_photos({"random": model}, ("chelsea",), (0, 75), bm3d_names=(), guard=True)
+    assert r["methods"] == [NOISY, quality.BLUR, "random", quality.guarded_label("random")]
+    rows = r["photos"]["chelsea"]["rows"]
+    clean_raw, clean_guarded = rows["0"]["random"], rows["0"]["random + guard"]
+    assert clean_guarded["input_weight"] > 0.9 and clean_guarded["psnr"] > clean_raw["psnr"] + 10
+    assert rows["75"]["random + guard"]["input_weight"] == 0.0
+    assert rows["75"]["random + guard"]["psnr"] == rows["75"]["random"]["psnr"]
+    photo = quality.load_photo("chelsea")
+    from runtime.tiling import denoise_array  # the blend the row scores is denoise_array's own
+    out = np.clip(denoise_array(photo, quality.model_tile_fn(model)), 0, 1)
+    assert quality.psnr(out, photo) == pytest.approx(clean_guarded["psnr"], abs=1e-3)
+
+
 def test_gray_noise_is_one_draw_and_the_gray_path_is_taken(small_photos):
     seen = []
 

@@ -1,0 +1,163 @@
+"""The clean-input guard (runtime.guard): its noise estimate, its SURE weight against the oracle weight, its gate,
+and how the tiler, the photo files and the command line apply it."""
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from moe_denoise.cli import main
+from runtime.guard import (
+    GUARD_MAX_SIGMA,
+    estimate_sigma,
+    guard_weight,
+    sample_windows,
+    sure_input_weight,
+)
+from runtime.tiling import denoise_array, denoise_bands, guard_for_array
+
+
+def texture(h=128, w=160, seed=0, detail=3.0) -> np.ndarray:
+    """A random texture in [0.2, 0.8] (no noise of its own), finer for a smaller ``detail``."""
+    field = gaussian_filter(np.random.default_rng(seed).standard_normal((h, w)), detail)
+    return (0.5 + 0.3 * field / np.abs(field).max()).astype(np.float32)
+
+
+def blur_fn(width):
+    """A linear tile denoiser: Gaussian blur of every channel (its divergence is known to SURE's estimate)."""
+    def fn(batch):
+        return gaussian_filter(batch, (0, 0, width, width), mode="nearest").astype(np.float32)
+    return fn
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.03, 0.06])
+def test_estimate_sigma_on_known_noise(sigma):
+    flat = np.full((256, 256), 0.5, np.float32)
+    noisy = flat + sigma * np.random.default_rng(1).standard_normal(flat.shape).astype(np.float32)
+    assert estimate_sigma(noisy) == pytest.approx(sigma, rel=0.06)
+    assert estimate_sigma(np.repeat(noisy[:, :, None], 3, axis=2)) == pytest.approx(sigma, rel=0.06)
+
+
+def test_estimate_sigma_clean_and_saturated():
+    assert estimate_sigma(texture()) < 0.002  # a smooth clean image: (almost) no noise found
+    assert estimate_sigma(np.ones((16, 16), np.float32)) is None  # every block touches 1: no basis
+    with pytest.raises(ValueError, match="at least 2x2"):
+        estimate_sigma(np.zeros((1, 9), np.float32))
+
+
+@pytest.mark.parametrize("detail, sigma, width", [(1.0, 0.005, 2.0), (1.0, 0.02, 1.0), (1.0, 0.03, 1.0),
+                                                  (1.5, 0.03, 1.0)])
+def test_sure_weight_matches_the_oracle_weight(detail, sigma, width):
+    """For a linear denoiser (a blur) that takes away fine texture, the SURE weight, which never sees the clean
+    image, is the weight that minimises the true error computed with the clean image (oracle weights 0.98, 0.54,
+    0.32, 0.15 here; leaving the divergence out would give 0.98, 0.45, 0.18, 0)."""
+    clean = texture(256, 256, seed=2, detail=detail)
+    x = clean + sigma * np.random.default_rng(3).standard_normal(clean.shape)
+    f = lambda im: gaussian_filter(im, width, mode="nearest")  # noqa: E731
+    fx = f(x)
+    probe = np.random.default_rng(4).choice([-1.0, 1.0], size=x.shape)
+    eps = 0.1 * sigma
+    a = sure_input_weight(x, fx, f(x + eps * probe), probe, eps, sigma)
+    grid = np.linspace(0, 1, 201)
+    errors = [np.mean((g * x + (1 - g) * fx - clean) ** 2) for g in grid]
+    oracle = grid[int(np.argmin(errors))]
+    assert abs(a - oracle) < 0.03, (a, oracle)
+    assert np.mean((a * x + (1 - a) * fx - clean) ** 2) <= 1.02 * min(errors)
+
+
+def test_sure_weight_edge_cases():
+    x = np.random.default_rng(0).random((8, 8))
+    assert sure_input_weight(x, x, x, np.ones_like(x), 0.01, 0.02) == 0.0  # the denoiser returned its input
+    flat = np.full((64, 64), 0.5)
+    noise = 0.05 * np.random.default_rng(1).standard_normal(flat.shape)
+    # a perfect denoiser of a flat image: all of the change is noise, no input is to be added back
+    assert sure_input_weight(flat + noise, flat, flat, np.ones_like(flat), 0.005, 0.05) == pytest.approx(0.0, abs=0.05)
+
+
+def test_the_gate_and_the_given_sigma():
+    image = texture()
+    calls = []
+
+    def spy(im):
+        calls.append(im.shape)
+        return im
+
+    above = guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=GUARD_MAX_SIGMA * 1.5)
+    assert (above.applied, above.input_weight, above.sigma_given, calls) == (False, 0.0, True, [])
+    zero = guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=0.0)
+    assert (zero.applied, zero.input_weight, calls) == (True, 1.0, [])
+    with pytest.raises(ValueError, match="sigma"):
+        guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=-0.1)
+    saturated = np.ones((64, 64, 1), np.float32)
+    none = guard_weight(lambda a, b: saturated[a:b], 64, 64, spy)
+    assert (none.sigma, none.applied, none.input_weight) == (None, False, 0.0)
+
+
+def test_sample_windows_bounded_and_inside():
+    assert sample_windows(300, 400) == [(0, 0, 300, 400)]
+    wins = sample_windows(3000, 5000)
+    assert sum(h * w for _, _, h, w in wins) <= 1 << 18 and len(wins) == 4
+    assert all(0 <= y and y + h <= 3000 and 0 <= x and x + w <= 5000 for y, x, h, w in wins)
+    assert (0, 0) in [(y, x) for y, x, _, _ in wins] and (3000 - 256, 5000 - 256) in [(y, x) for y, x, _, _ in wins]
+    strip = sample_windows(100, 9000)  # a panorama strip: windows as tall as the image, spread along it
+    assert all(y == 0 and h == 100 and w == 256 and x + w <= 9000 for y, x, h, w in strip)
+    assert 2 <= len(strip) and sum(h * w for _, _, h, w in strip) <= 1 << 18 and strip[-1][1] == 9000 - 256
+
+
+def test_guard_leaves_a_clean_photo_and_keeps_the_denoiser_on_a_noisy_one():
+    clean = np.repeat(texture(96, 128)[:, :, None], 3, axis=2)
+    blur = blur_fn(1.2)
+    raw = denoise_array(clean, blur, guard=False)
+    guarded = denoise_array(clean, blur)
+    assert np.abs(guarded - clean).max() < 0.25 * np.abs(raw - clean).max()  # clean in: (almost) clean out
+    noisy = np.clip(clean + 0.15 * np.random.default_rng(5).standard_normal(clean.shape), 0, 1).astype(np.float32)
+    decision = guard_for_array(noisy, blur)
+    assert not decision.applied and decision.input_weight == 0.0
+    np.testing.assert_array_equal(denoise_array(noisy, blur), denoise_array(noisy, blur, guard=False))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_the_blend_is_the_same_for_every_band_size_and_alpha_is_copied(channels):
+    rng = np.random.default_rng(6)
+    image = rng.random((70, 90, channels)).astype(np.float32)
+    blur = blur_fn(1.0)
+    a = 0.3
+    whole = denoise_array(image, blur, guard=False)
+    expected = whole.copy()
+    colour = slice(0, 1) if channels in (1, 2) else slice(0, 3)
+    expected[:, :, colour] = (a * image[:, :, colour].astype(np.float64) + (1 - a) * whole[:, :, colour]).astype(
+        np.float32)
+    for band_rows in (7, 33, 200):
+        out = np.empty_like(image)
+        for y, band in denoise_bands(lambda p, q: image[p:q], 70, 90, channels, blur, band_rows=band_rows,
+                                     input_weight=a):
+            out[y:y + len(band)] = band
+        np.testing.assert_array_equal(out, expected)
+    if channels in (2, 4):
+        np.testing.assert_array_equal(expected[:, :, -1], image[:, :, -1])
+    with pytest.raises(ValueError, match="input_weight"):
+        next(denoise_bands(lambda p, q: image[p:q], 70, 90, channels, blur, input_weight=1.5))
+
+
+def test_denoise_command_reports_the_guard_and_takes_sigma(tmp_path, capsys, random_weights):
+    from PIL import Image
+
+    photo = tmp_path / "clean.png"
+    Image.fromarray((texture(64, 80) * 255).round().astype(np.uint8)).save(photo)
+    out = tmp_path / "out.png"
+    assert main(["denoise", str(photo), "-o", str(out), "--weights", str(random_weights), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["guard"]["applied"] and not report["guard"]["sigma_given"]
+    assert main(["denoise", str(photo), "-o", str(out), "--weights", str(random_weights), "--overwrite",
+                 "--sigma", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "noise 0.0/255 (given): output = 1.00 x input" in text
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo)))  # told: noise-free
+    assert main(["denoise", str(photo), "-o", str(out), "--weights", str(random_weights), "--overwrite",
+                 "--no-guard", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["guard"] is None
+    assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--sigma", "-0.1"]) == 2
+    assert "--sigma is the noise std" in capsys.readouterr().err
+    assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--sigma", "0.02", "--server",
+                 "localhost:1"]) == 2
+    assert "cannot be sent with --server" in capsys.readouterr().err
