@@ -110,14 +110,16 @@ def _level(name: str, clean: np.ndarray, noisy: np.ndarray, sigma: float, fns: M
     for label, fn in fns.items():
         t0 = time.perf_counter()
         out = denoise_array(noisy, fn, guard=False)
-        seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        seconds[label] = seconds.get(label, 0.0) + took
         rows[label] = _score(np.clip(out, 0, 1), clean, with_ssim)
         if guard:  # the guard's decision, then its blend of this same output (what denoise_array(guard=...) does)
             t0 = time.perf_counter()
             decision = guard_for_array(noisy, fn)
             a = decision.input_weight
             blended = (a * noisy.astype(np.float64) + (1.0 - a) * out).astype(np.float32)
-            seconds[guarded_label(label)] = seconds[label] + time.perf_counter() - t0
+            name = guarded_label(label)  # its time: the denoising it shares plus the guard's own
+            seconds[name] = seconds.get(name, 0.0) + took + time.perf_counter() - t0
             rows[guarded_label(label)] = _score(np.clip(blended, 0, 1), clean, with_ssim, input_weight=a,
                                                 guard_sigma=decision.sigma)
     return rows
