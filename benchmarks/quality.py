@@ -290,10 +290,12 @@ def render_plot(cifar: dict[str, Any] | None = None, photos: dict[str, Any] | No
         raise InputError("nothing to plot: give a CIFAR-10 result, a photo result or both")
     all_methods = list(dict.fromkeys(m for *_, methods, _ in panels for m in methods))
     reference = {NOISY: "0.55", BM3D: "black", BLUR: "tab:brown"}  # baselines in neutral colours, models in C0..
-    models = [m for m in all_methods if m not in reference]
+    guarded = {m: base for m in all_methods for base in all_methods if m == guarded_label(base)}
+    models = [m for m in all_methods if m not in reference and m not in guarded]
     palette = [c for c in (f"C{i}" for i in range(10)) if c != "C5"]  # C5 is brown, the blur's
     colours = {**reference, **{m: palette[i % len(palette)] for i, m in enumerate(models)}}
-    styles = {NOISY: ":", BLUR: "-.", BM3D: "--"}
+    colours.update({m: colours[base] for m, base in guarded.items()})  # a guarded row: its weights' colour, dashed
+    styles = {NOISY: ":", BLUR: "-.", BM3D: "--", **dict.fromkeys(guarded, (0, (4, 2)))}
     ncols = min(4, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
@@ -302,7 +304,8 @@ def render_plot(cifar: dict[str, Any] | None = None, photos: dict[str, Any] | No
         for m in methods:
             xs, ys = _curve(rows, sigmas, m, nested)
             shown = [min(y, PLOT_TOP_DB) for y in ys]
-            ax.plot(xs, shown, styles.get(m, "-"), marker="o", ms=3, color=colours[m], label=m)
+            ax.plot(xs, shown, linestyle=styles.get(m, "-"), marker="s" if m in guarded else "o", ms=3,
+                    color=colours[m], label=m)
             over = [(x, PLOT_TOP_DB) for x, y in zip(xs, ys) if y > PLOT_TOP_DB]
             if over:
                 clipped_any = True
