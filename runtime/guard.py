@@ -15,8 +15,9 @@ of 0 or 1 are not perturbed, which leaves their share out of ``div f``: the weig
 cautious side (closer to the denoiser's own output).
 
 ``sigma`` is estimated by Donoho's MAD rule on the finest diagonal Haar coefficients, median(|HH|) / 0.6745,
-leaving out 2x2 blocks that touch 0 or 1. Texture makes it overestimate (again the cautious side); clipping
-makes it underestimate at heavy noise, where the gate keeps the guard out (the best weight there is 0 anyway).
+leaving out 2x2 blocks that touch 0 or 1 (clipped) and blocks of four equal values (flat areas, such as a drawn
+background, which would otherwise read as noise-free). Texture makes it overestimate (again the cautious side);
+clipping makes it underestimate at heavy noise, where the gate keeps the guard out (the best weight there is 0).
 
 Both are computed on up to :data:`SAMPLE_PIXELS` of the photo (evenly spaced windows), so the guard costs at
 most two extra denoisings of that many pixels, and only for photos under the gate; the weight is one number
@@ -36,8 +37,8 @@ from moe_base.errors import InputError
 GUARD_MAX_SIGMA = 20 / 255
 """Above this estimated noise level the guard does nothing (measured best weights were 0 from 15/255 up)."""
 SAMPLE_PIXELS = 1 << 18
-"""Pixels the guard looks at (at most): 4 windows of 256 x 256, or the whole of a smaller photo."""
-WINDOW = 256
+"""Pixels the guard looks at (at most): 16 windows of 128 x 128 spread over the photo, or all of a smaller one."""
+WINDOW = 128
 PROBE_SEED = 20261129
 MAD_TO_SIGMA = 0.6745  # median(|N(0, 1)|)
 
@@ -55,21 +56,27 @@ class GuardResult:
         return asdict(self)
 
 
-def estimate_sigma(image: np.ndarray) -> float | None:
-    """Noise standard deviation (on [0, 1] pixels) of an HxW or HxWxC float image, by the MAD of its finest
-    diagonal Haar coefficients; 2x2 blocks with a value at 0 or 1 are left out. None when no block is left (a
-    saturated image): no estimate."""
+def diagonal_details(image: np.ndarray) -> np.ndarray:
+    """|HH|: the finest diagonal Haar coefficients of an HxW or HxWxC float image, flat, leaving out the 2x2 blocks
+    with a value at 0 or 1 (clipped) and the blocks whose four values are equal (flat, drawn areas)."""
     x = np.asarray(image, dtype=np.float32)
     if x.ndim == 2:
         x = x[:, :, None]
     if x.ndim != 3 or x.shape[0] < 2 or x.shape[1] < 2:
-        raise InputError(f"estimate_sigma needs an image of at least 2x2 pixels (HxW or HxWxC); got shape "
+        raise InputError(f"the noise estimate needs an image of at least 2x2 pixels (HxW or HxWxC); got shape "
                          f"{np.shape(image)}")
     h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
     blocks = np.stack([x[0:h:2, 0:w:2], x[0:h:2, 1:w:2], x[1:h:2, 0:w:2], x[1:h:2, 1:w:2]])
     hh = (blocks[0] - blocks[1] - blocks[2] + blocks[3]) / 2
-    inside = ((blocks > 0) & (blocks < 1)).all(axis=0)
-    values = np.abs(hh[inside])
+    keep = ((blocks > 0) & (blocks < 1)).all(axis=0) & (blocks.min(axis=0) < blocks.max(axis=0))
+    return np.abs(hh[keep])
+
+
+def estimate_sigma(image: np.ndarray | list[np.ndarray]) -> float | None:
+    """Noise standard deviation (on [0, 1] pixels) of an image, or of several (e.g. windows of one photo) pooled:
+    median(|HH|) / 0.6745 over :func:`diagonal_details`. None when no block is left (a flat or saturated image)."""
+    parts = [diagonal_details(im) for im in (image if isinstance(image, list) else [image])]
+    values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return float(np.median(values) / MAD_TO_SIGMA) if values.size else None
 
 
@@ -123,11 +130,10 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     sampled = sum(c.shape[0] * c.shape[1] for c in crops)
     given = sigma is not None
     if sigma is None:
-        found = [estimate_sigma(c) for c in crops if min(c.shape[:2]) >= 2]
-        estimates = [e for e in found if e is not None]
-        if not estimates:  # a saturated or 1-pixel-wide image: no basis for a blend
+        usable = [c for c in crops if min(c.shape[:2]) >= 2]
+        sigma = estimate_sigma(usable) if usable else None
+        if sigma is None:  # flat, saturated or 1 pixel wide: no basis for a blend
             return GuardResult(0.0, None, False, False, sampled)
-        sigma = float(np.median(estimates))
     if sigma > max_sigma:
         return GuardResult(0.0, sigma, given, False, sampled)
     if sigma == 0.0:  # told (or measured) noise-free: the input is the best answer

@@ -96,12 +96,27 @@ def test_the_gate_and_the_given_sigma():
 def test_sample_windows_bounded_and_inside():
     assert sample_windows(300, 400) == [(0, 0, 300, 400)]
     wins = sample_windows(3000, 5000)
-    assert sum(h * w for _, _, h, w in wins) <= 1 << 18 and len(wins) == 4
+    assert sum(h * w for _, _, h, w in wins) <= 1 << 18 and len(wins) == 16
     assert all(0 <= y and y + h <= 3000 and 0 <= x and x + w <= 5000 for y, x, h, w in wins)
-    assert (0, 0) in [(y, x) for y, x, _, _ in wins] and (3000 - 256, 5000 - 256) in [(y, x) for y, x, _, _ in wins]
+    corners = {(y, x) for y, x, _, _ in wins}
+    assert {(0, 0), (0, 5000 - 128), (3000 - 128, 0), (3000 - 128, 5000 - 128)} <= corners
+    assert any(1000 <= y <= 2000 and 1500 <= x <= 3500 for y, x in corners)  # the middle is looked at too
     strip = sample_windows(100, 9000)  # a panorama strip: windows as tall as the image, spread along it
-    assert all(y == 0 and h == 100 and w == 256 and x + w <= 9000 for y, x, h, w in strip)
-    assert 2 <= len(strip) and sum(h * w for _, _, h, w in strip) <= 1 << 18 and strip[-1][1] == 9000 - 256
+    assert all(y == 0 and h == 100 and w == 128 and x + w <= 9000 for y, x, h, w in strip)
+    assert 2 <= len(strip) and sum(h * w for _, _, h, w in strip) <= 1 << 18 and strip[-1][1] == 9000 - 128
+
+
+def test_flat_areas_do_not_read_as_a_clean_photo():
+    """A noisy photo on a flat drawn background (three quarters of the image): the flat blocks are left out of
+    the estimate, which then measures the photo's noise, so the guard does not hand back the noisy input."""
+    canvas = np.full((1024, 1024), 0.5, np.float32)
+    photo = texture(512, 512, seed=7) + 0.1 * np.random.default_rng(8).standard_normal((512, 512))
+    canvas[256:768, 256:768] = np.clip(photo, 0, 1)
+    canvas = np.round(canvas * 255) / 255  # as an 8-bit file holds it
+    assert estimate_sigma(canvas) == pytest.approx(0.1, rel=0.1)
+    decision = guard_for_array(canvas.astype(np.float32), blur_fn(1.0))
+    assert decision.sigma == pytest.approx(0.1, rel=0.1) and not decision.applied and decision.input_weight == 0.0
+    assert estimate_sigma(np.full((64, 64), 0.5, np.float32)) is None  # all flat: no estimate, no blend
 
 
 def test_guard_leaves_a_clean_photo_and_keeps_the_denoiser_on_a_noisy_one():
