@@ -70,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from runtime.photo import denoise_file
 
+    if args.sigma is not None and not (0 <= args.sigma < float("inf")):
+        from moe_base.errors import InputError
+
+        raise InputError(f"--sigma is the noise std on [0, 1] pixels, >= 0 (got {args.sigma}); e.g. 0.02 for light "
+                         f"noise, or leave it out to have it estimated")
     if args.reference is not None:  # fail before minutes of denoising, not after
         from moe_base.errors import InputError
         from runtime.images import read_header, read_pixels
@@ -81,11 +86,6 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--reference {args.reference} is {ref.width}x{ref.height} {ref.layout} but "
                              f"{args.input} is {photo.width}x{photo.height} {photo.layout}; pass the clean version "
                              f"of the same photo (same size and colour channels; alpha is not compared)")
-    if args.sigma is not None and not (0 <= args.sigma < float("inf")):
-        from moe_base.errors import InputError
-
-        raise InputError(f"--sigma is the noise std on [0, 1] pixels, >= 0 (got {args.sigma}); e.g. 0.02 for light "
-                         f"noise, or leave it out to have it estimated")
     if args.server is not None:
         report = run_remote(args)
         name = f"the server at {args.server}"

@@ -429,3 +429,12 @@ def test_reliability_triton_repo_output_is_a_file(capsys, exported, tmp_path):
     target.write_text("my notes")
     code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", target, "--overwrite")
     assert code == 2 and "is a file" in err and target.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("sigma", ["nan", "-0.1", "inf"])
+def test_reliability_denoise_with_an_impossible_noise_level(capsys, photo, tmp_path, sigma):
+    """denoise --sigma that is not a noise level (NaN, negative, infinite) => refused before any work (exit 2, the
+    allowed range and an example given); no output written"""
+    out = tmp_path / "out.png"
+    code, _, err = cli(capsys, "denoise", photo, "-o", out, "--sigma", sigma)
+    assert code == 2 and "--sigma is the noise std on [0, 1] pixels, >= 0" in err and not out.exists()
