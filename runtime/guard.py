@@ -42,6 +42,7 @@ WINDOW = 128
 PROBE_SEED = 20261129
 MAD_TO_SIGMA = 0.6745  # median(|N(0, 1)|)
 
+
 @dataclass(frozen=True)
 class GuardResult:
     """What the guard decided for one photo (``input_weight`` is the ``a`` above)."""
@@ -115,9 +116,9 @@ def sure_input_weight(x: np.ndarray, fx: np.ndarray, fx_probe: np.ndarray, probe
     return float(min(1.0, max(0.0, weight)))
 
 
-def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int, denoise: Callable[[np.ndarray], np.ndarray],
-                 sigma: float | None = None, max_sigma: float = GUARD_MAX_SIGMA,
-                 max_pixels: int = SAMPLE_PIXELS) -> GuardResult:
+def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int,
+                 denoise: Callable[[np.ndarray], np.ndarray], sigma: float | None = None,
+                 max_sigma: float = GUARD_MAX_SIGMA, max_pixels: int = SAMPLE_PIXELS) -> GuardResult:
     """The guard's decision for a photo read through ``rows(a, b)`` (float32 rows ``(b - a, width, C)``).
 
     ``denoise`` maps an image of the colour part's shape (HxW gray or HxWx3) to its denoised version, unclipped

@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
 def describe_guard(guard: dict) -> str:
     """One line on what the clean-input guard (runtime.guard) decided."""
     if guard["sigma"] is None:
-        return "clean-input guard: no noise estimate possible (a flat or saturated image); the denoiser's output as it is"
+        return ("clean-input guard: no noise estimate possible (a flat or saturated image); the denoiser's output "
+                "as it is")
     how = "given" if guard["sigma_given"] else "estimated"
     level = f"noise {guard['sigma'] * 255:.1f}/255 ({how})"
     if not guard["applied"]:
