@@ -23,6 +23,7 @@ import numpy as np
 from moe_base.errors import InputError, MissingBackendError
 from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_denoise, psnr
 from moe_model.evaluate import BM3D, DEFAULT_SIGMAS_255, NOISY, format_grid, format_targets, sigma_key, target_record
+from runtime.guard import blend
 from runtime.tiling import TileFn, denoise_array, guard_for_array
 
 PHOTOS: dict[str, str] = {"astronaut": "colour", "chelsea": "colour", "coffee": "colour", "camera": "gray",
@@ -116,12 +117,11 @@ def _level(name: str, clean: np.ndarray, noisy: np.ndarray, sigma: float, fns: M
         if guard:  # the guard's decision, then its blend of this same output (what denoise_array(guard=...) does)
             t0 = time.perf_counter()
             decision = guard_for_array(noisy, fn)
-            a = decision.input_weight
-            blended = (a * noisy.astype(np.float64) + (1.0 - a) * out).astype(np.float32)
+            blended = blend(noisy, out, decision.input_weight)
             name = guarded_label(label)  # its time: the denoising it shares plus the guard's own
             seconds[name] = seconds.get(name, 0.0) + took + time.perf_counter() - t0
-            rows[guarded_label(label)] = _score(np.clip(blended, 0, 1), clean, with_ssim, input_weight=a,
-                                                guard_sigma=decision.sigma)
+            rows[name] = _score(np.clip(blended, 0, 1), clean, with_ssim, input_weight=decision.input_weight,
+                                guard_sigma=decision.sigma)
     return rows
 
 

@@ -103,6 +103,11 @@ def colour_part(rows: np.ndarray) -> np.ndarray:
     return rows[:, :, 0] if rows.shape[2] in (1, 2) else rows[:, :, :3]
 
 
+def blend(given: np.ndarray, denoised: np.ndarray, input_weight: float) -> np.ndarray:
+    """The guard's output: ``input_weight * given + (1 - input_weight) * denoised``, in float64, rounded to float32."""
+    return (input_weight * given.astype(np.float64) + (1.0 - input_weight) * denoised).astype(np.float32)
+
+
 def sure_input_weight(x: np.ndarray, fx: np.ndarray, fx_probe: np.ndarray, probe: np.ndarray, eps: float,
                       sigma: float) -> float:
     """The SURE-optimal input weight for one image: ``x`` the input, ``fx`` its denoised version, ``fx_probe``

@@ -37,7 +37,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import check_unit_range
-from .guard import GuardResult, guard_weight
+from .guard import GuardResult, blend, guard_weight
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""
@@ -273,8 +273,7 @@ def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, bat
             given = source(y, y + n)
             if input_weight:
                 part = slice(0, 1) if gray else slice(0, 3)
-                result[:, :, part] = (input_weight * given[:, :, part].astype(np.float64)
-                                      + (1.0 - input_weight) * result[:, :, part]).astype(np.float32)
+                result[:, :, part] = blend(given[:, :, part], result[:, :, part], input_weight)
             if channels in (2, 4):
                 result[:, :, -1] = given[:, :, -1]
         return result
@@ -364,12 +363,14 @@ def denoise_array(
     _check_settings(tile, overlap, batch_size)
     img = validate_image(image)
     h, w, c = img.shape
-    if guard is True:
-        guard = guard_for_array(img, fn, tile, overlap, batch_size, sigma)
+    def rows(a: int, b: int) -> np.ndarray:
+        return img[a:b]
+
+    if guard is True:  # the image is checked already: guard_rows, not guard_for_array, which would check it again
+        guard = guard_rows(rows, h, w, fn, tile, overlap, batch_size, sigma)
     weight = guard.input_weight if isinstance(guard, GuardResult) else 0.0
     result = np.empty_like(img)
-    for y, band in denoise_bands(lambda a, b: img[a:b], h, w, c, fn, tile, overlap, batch_size, band_rows, progress,
-                                 weight):
+    for y, band in denoise_bands(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight):
         result[y:y + len(band)] = band
     return result.reshape(image.shape)
 
