@@ -103,6 +103,14 @@ def colour_part(rows: np.ndarray) -> np.ndarray:
     return rows[:, :, 0] if rows.shape[2] in (1, 2) else rows[:, :, :3]
 
 
+def check_sigma(sigma: float | None, name: str = "sigma") -> None:
+    """InputError unless ``sigma`` (named ``name`` in the message, e.g. a command's ``--sigma``) is None or a
+    noise level the guard can use: finite and >= 0, on [0, 1] pixels."""
+    if sigma is not None and not (0.0 <= sigma < float("inf")):
+        raise InputError(f"{name} is the noise std on [0, 1] pixels, >= 0 (got {sigma}); e.g. 0.02 for light noise, "
+                         f"or leave it out to have it estimated")
+
+
 def blend(given: np.ndarray, denoised: np.ndarray, input_weight: float) -> np.ndarray:
     """The guard's output: ``input_weight * given + (1 - input_weight) * denoised``, in float64, rounded to float32."""
     return (input_weight * given.astype(np.float64) + (1.0 - input_weight) * denoised).astype(np.float32)
@@ -129,8 +137,7 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     ``denoise`` maps an image of the colour part's shape (HxW gray or HxWx3) to its denoised version, unclipped
     (e.g. ``runtime.tiling.denoise_array`` without the guard). ``sigma``: the noise level if known (skips the
     estimate; a user's ``--sigma``)."""
-    if sigma is not None and not (0.0 <= sigma < float("inf")):
-        raise InputError(f"sigma must be a noise standard deviation on [0, 1] pixels, >= 0; got {sigma}")
+    check_sigma(sigma)
     windows = sample_windows(height, width, max_pixels=max_pixels)
     crops = [colour_part(rows(y, y + h))[:, x:x + w] for y, x, h, w in windows]
     sampled = sum(c.shape[0] * c.shape[1] for c in crops)

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=None,
                    help="the photo's noise std on [0, 1] pixels if you know it (e.g. 0.02): the clean-input guard "
                         "uses it instead of its own estimate")
-    p.add_argument("--no-guard", action="store_true",
+    p.add_argument("--no-guard", action="store_true",  # 20/255: runtime.guard.GUARD_MAX_SIGMA (not imported here)
                    help="turn off the clean-input guard, which blends the input back in when the photo is clean or "
                         "only lightly noisy (estimated noise <= 20/255); see docs/evaluation.md")
     p.add_argument("--no-progress", action="store_true")
@@ -68,13 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runtime.guard import check_sigma
     from runtime.photo import denoise_file
 
-    if args.sigma is not None and not (0 <= args.sigma < float("inf")):
-        from moe_base.errors import InputError
-
-        raise InputError(f"--sigma is the noise std on [0, 1] pixels, >= 0 (got {args.sigma}); e.g. 0.02 for light "
-                         f"noise, or leave it out to have it estimated")
+    check_sigma(args.sigma, "--sigma")  # before any work, the reference included
     if args.reference is not None:  # fail before minutes of denoising, not after
         from moe_base.errors import InputError
         from runtime.images import read_header, read_pixels
@@ -124,13 +121,15 @@ def run(args: argparse.Namespace) -> int:
 
 def describe_guard(guard: dict) -> str:
     """One line on what the clean-input guard (runtime.guard) decided."""
+    from runtime.guard import GUARD_MAX_SIGMA
+
     if guard["sigma"] is None:
         return ("clean-input guard: no noise estimate possible (a flat or saturated image); the denoiser's output "
                 "as it is")
     how = "given" if guard["sigma_given"] else "estimated"
     level = f"noise {guard['sigma'] * 255:.1f}/255 ({how})"
     if not guard["applied"]:
-        return f"clean-input guard: {level}, above 20/255: the denoiser's output as it is"
+        return f"clean-input guard: {level}, above {GUARD_MAX_SIGMA * 255:g}/255: the denoiser's output as it is"
     return f"clean-input guard: {level}: output = {guard['input_weight']:.2f} x input + " \
            f"{1 - guard['input_weight']:.2f} x denoised"
 
