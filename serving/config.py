@@ -35,7 +35,8 @@ class ServeConfig:
     ``max_batch``: the largest batch (in tiles) Triton's dynamic batcher forms for ``moe_denoiser``, and the
     largest batch a client may send in one request. ``queue_delay_us``: how long the batcher may hold a request
     to wait for others (0: batch only what is already queued). ``dynamic_batching=False`` runs every request on
-    its own, as sent. ``image_batch``: tiles per runner call when the image model denoises a photo.
+    its own, as sent. ``image_batch``: tiles per runner call when the image model denoises a photo. ``guard``:
+    the image model applies the clean-input guard (``runtime.guard``, as ``moe-denoise denoise`` does by default).
     """
 
     address: str = LOOPBACK
@@ -49,6 +50,7 @@ class ServeConfig:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     image_batch: int = 256
     overlap: int = 16
+    guard: bool = True
     image_instances: int = 1
     log_verbose: int = 0
     log_file: str | None = None  # Triton's log; None: a temporary file (printed to stdout with log_verbose)

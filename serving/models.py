@@ -74,13 +74,16 @@ def unit_to_image(x: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
 
 
 class ImageModel:
-    """One whole photo per request, tiled and blended with the runner; same dtype out as in."""
+    """One whole photo per request, tiled and blended with the runner; same dtype out as in. ``guard``: apply the
+    clean-input guard (``runtime.guard``) with its own noise estimate, as ``moe-denoise denoise`` does."""
 
-    def __init__(self, runner: Any, max_pixels: int, overlap: int = 16, batch_size: int = 256) -> None:
+    def __init__(self, runner: Any, max_pixels: int, overlap: int = 16, batch_size: int = 256,
+                 guard: bool = True) -> None:
         self.runner = runner
         self.max_pixels = max_pixels
         self.overlap = overlap
         self.batch_size = batch_size
+        self.guard = guard
 
     def _tiles(self, batch: np.ndarray) -> np.ndarray:
         return self.runner.infer({INPUT_NAME: batch}, check=False)[OUTPUT_NAME]
@@ -108,7 +111,7 @@ class ImageModel:
 
     def denoise(self, pixels: np.ndarray) -> np.ndarray:
         image = image_to_unit(pixels)
-        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size)
+        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=self.guard)
         return unit_to_image(out, pixels.dtype)
 
     def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

@@ -123,7 +123,7 @@ class DenoiseServer:
             tile_functions = {spec.name: [self._as_function(TileModel(self._new_runner()))
                                           for _ in range(cfg.instances)] for spec in self.tile_models}
             image_functions = [self._as_function(ImageModel(self._new_runner(), cfg.max_image_pixels, cfg.overlap,
-                                                            cfg.image_batch))
+                                                            cfg.image_batch, cfg.guard))
                                for _ in range(cfg.image_instances if self.serve_image_model else 0)]
         except BaseException:
             self.stop()

@@ -144,7 +144,8 @@ def run_remote(args: argparse.Namespace) -> dict:
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
     if args.sigma is not None or args.no_guard:
         raise InputError("--sigma and --no-guard cannot be sent with --server: the server applies the clean-input "
-                         "guard with its own estimate. Denoise here (drop --server) to set them")
+                         "guard with its own estimate (unless started with 'moe-denoise serve --no-guard'). Denoise "
+                         "here (drop --server) to set them")
     report = denoise_file_remote(args.input, args.output, args.server, overwrite=args.overwrite,
                                  timeout_s=args.timeout)
     if args.check_local:

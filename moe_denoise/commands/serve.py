@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest photo moe_denoiser_image accepts, in pixels (default 4096*4096)")
     p.add_argument("--image-batch", type=int, default=256, help="tiles per runner call when denoising a photo")
     p.add_argument("--overlap", type=int, default=16, help="tile overlap for photos (as 'denoise --overlap')")
+    p.add_argument("--no-guard", action="store_true",
+                   help="photos: turn off the clean-input guard, which blends the input back in when a photo is clean "
+                        "or lightly noisy (as 'denoise --no-guard')")
     p.add_argument("--log-file", default=None, help="write Triton's log here (default: a temporary file)")
     p.add_argument("--verbose", action="store_true", help="print Triton's log")
     p.add_argument("--ready-file", default=None,
@@ -52,7 +55,7 @@ def config_from_args(args: argparse.Namespace):
         instances=args.instances, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
         dynamic_batching=not args.no_dynamic_batching,
         max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS, image_batch=args.image_batch,
-        overlap=args.overlap, log_verbose=1 if args.verbose else 0, log_file=args.log_file,
+        overlap=args.overlap, guard=not args.no_guard, log_verbose=1 if args.verbose else 0, log_file=args.log_file,
     ).validate()
 
 

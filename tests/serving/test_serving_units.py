@@ -116,6 +116,28 @@ def test_image_model_matches_local_tiling_and_quantisation():
     np.testing.assert_array_equal(answer["denoised_u8"], expected)
 
 
+@pytest.mark.parametrize("guard", [True, False])
+def test_image_model_guard_matches_local_denoise_and_can_be_turned_off(guard):
+    """A lightly noisy photo: the guard blends the input back in (as 'denoise' does); serve --no-guard turns it off."""
+    rng = np.random.default_rng(2)
+    clean = np.linspace(0.2, 0.8, 48 * 56, dtype=np.float32).reshape(48, 56, 1)
+    pixels = np.rint(np.clip(clean + 3 / 255 * rng.standard_normal(clean.shape), 0, 1) * 255).astype(np.uint8)
+    (answer,) = ImageModel(ScaleRunner(), max_pixels=10_000, guard=guard)([{"image_u8": pixels}])
+    unit = pixels.astype(np.float32) / np.float32(255)
+    local = denoise_array(unit, lambda b: b * np.float32(0.5), guard=guard)
+    np.testing.assert_array_equal(answer["denoised_u8"], np.rint(np.clip(local.astype(np.float64), 0, 1) * 255))
+    unguarded = denoise_array(unit, lambda b: b * np.float32(0.5), guard=False)
+    assert np.array_equal(local, unguarded) != guard  # the guard changed this photo, and only when on
+
+
+def test_serve_no_guard_reaches_the_config():
+    from moe_denoise.cli import build_parser
+    from moe_denoise.commands.serve import config_from_args
+
+    assert config_from_args(build_parser().parse_args(["serve"])).guard is True
+    assert config_from_args(build_parser().parse_args(["serve", "--no-guard"])).guard is False
+
+
 def test_image_model_refuses_bad_images():
     model = ImageModel(IdentityRunner(), max_pixels=100)
     with pytest.raises(InputError, match=r"at most 100 pixels.*--max-image-pixels"):
