@@ -9,6 +9,11 @@ from scipy.ndimage import gaussian_filter
 from moe_denoise.cli import main
 from runtime.guard import (
     GUARD_MAX_SIGMA,
+    MAD_TO_SIGMA,
+    NOISE_BLOCK,
+    NOISE_QUANTILE,
+    chi2_mean_quantile,
+    diagonal_details,
     estimate_sigma,
     guard_weight,
     sample_windows,
@@ -36,6 +41,47 @@ def test_estimate_sigma_on_known_noise(sigma):
     noisy = flat + sigma * np.random.default_rng(1).standard_normal(flat.shape).astype(np.float32)
     assert estimate_sigma(noisy) == pytest.approx(sigma, rel=0.06)
     assert estimate_sigma(np.repeat(noisy[:, :, None], 3, axis=2)) == pytest.approx(sigma, rel=0.06)
+
+
+def test_the_quiet_block_quantile_is_calibrated_on_pure_noise():
+    dof = NOISE_BLOCK * NOISE_BLOCK
+    draws = (np.random.default_rng(3).standard_normal((200_000, dof)) ** 2).mean(axis=1)
+    assert chi2_mean_quantile(dof) == pytest.approx(np.quantile(draws, NOISE_QUANTILE), rel=0.01)
+    rng = np.random.default_rng(4)
+    colour = 0.5 + 0.02 * rng.standard_normal((256, 256, 3))  # independent noise per channel
+    assert estimate_sigma(colour) == pytest.approx(0.02, rel=0.04)
+    gray_as_rgb = np.repeat(colour[:, :, :1], 3, axis=2)  # one noise draw in three channels: the same estimate
+    assert estimate_sigma(gray_as_rgb) == pytest.approx(estimate_sigma(colour[:, :, 0]), rel=1e-3)
+
+
+def test_texture_does_not_read_as_noise():
+    """Half the photo finely textured (as grass or hair), half smooth: the median of |HH| takes the texture for
+    noise, the quiet blocks do not."""
+    rng = np.random.default_rng(6)
+    clean = texture(256, 256, seed=2, detail=3.0)
+    clean[:, :128] = 0.5 + 0.25 * np.tanh(3 * gaussian_filter(rng.standard_normal((256, 128)), 0.7))
+    noisy = clean + 0.02 * rng.standard_normal(clean.shape)
+    mad_rule = float(np.median(diagonal_details(noisy)) / MAD_TO_SIGMA)
+    assert mad_rule > 0.025  # the rule used before this estimate: 25% too high or worse
+    assert estimate_sigma(noisy) == pytest.approx(0.02, rel=0.06)
+
+
+def test_a_drawn_gradient_does_not_read_as_a_clean_photo():
+    """A noisy photo on a drawn left-to-right gradient (8-bit, three quarters of the image): the gradient's
+    diagonal details are 0, so the median rule reads the whole as noise-free and the guard would hand back the
+    noisy photo; blocks mostly at 0 are left out of the estimate."""
+    canvas = np.tile(np.linspace(0.1, 0.9, 256, dtype=np.float32), (1024, 4))
+    photo = texture(512, 512, seed=3) + 0.04 * np.random.default_rng(10).standard_normal((512, 512))
+    canvas[256:768, 256:768] = np.clip(photo, 0, 1)
+    canvas = np.round(canvas * 255) / 255
+    assert float(np.median(diagonal_details(canvas)) / MAD_TO_SIGMA) < 0.01
+    assert estimate_sigma(canvas) == pytest.approx(0.04, rel=0.1)
+
+
+def test_a_small_image_falls_back_to_the_median_rule():
+    noisy = 0.5 + 0.05 * np.random.default_rng(9).standard_normal((40, 40))  # 20x20 coefficients: one block
+    assert estimate_sigma(noisy) == pytest.approx(0.05, rel=0.15)
+    assert estimate_sigma(noisy) == pytest.approx(float(np.median(diagonal_details(noisy)) / MAD_TO_SIGMA))
 
 
 def test_estimate_sigma_clean_and_saturated():
