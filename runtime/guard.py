@@ -2,31 +2,42 @@
 
 A denoiser trained for every noise level still changes a clean photo a little (the blind weights take the
 clean gray ``camera`` photo to 35.6 dB against itself) and at light noise may take away more detail than
-noise. The guard estimates the photo's noise level ``sigma`` and, when it is low (at most
-:data:`GUARD_MAX_SIGMA`), returns the weight ``a`` of the input in ``a * input + (1 - a) * denoised`` that
-minimises Stein's unbiased risk estimate (SURE) of that blend's mean squared error; no clean image is needed::
+noise. The guard estimates the photo's noise, which may vary with brightness as a camera's does (std
+``sigma_i`` at pixel ``i``), and, when its root-mean-square ``sigma`` is low (at most :data:`GUARD_MAX_SIGMA`),
+returns the weight ``a`` of the input in ``a * input + (1 - a) * denoised`` that minimises Stein's unbiased risk
+estimate (SURE) of that blend's squared error; no clean image is needed::
 
-    SURE(a) = (1 - a)^2 |f(x) - x|^2 - n sigma^2 + 2 sigma^2 (a n + (1 - a) div f(x))
-    a*      = clip(1 - sigma^2 (n - div f(x)) / |f(x) - x|^2, 0, 1)
+    SURE(a) = (1 - a)^2 |f(x) - x|^2 - sum_i sigma_i^2 + 2 sum_i sigma_i^2 (a + (1 - a) df_i/dx_i)
+    a*      = clip(1 - sum_i sigma_i^2 (1 - df_i/dx_i) / |f(x) - x|^2, 0, 1)
 
-``div f`` (how much the output follows the input) is estimated by Monte Carlo: one more denoising of
-``x + eps b`` with a fixed Rademacher ``b``, ``div f ~ b . (f(x + eps b) - f(x)) / eps``. Pixels within ``eps``
-of 0 or 1 are not perturbed, which leaves their share out of ``div f``: the weight then comes out lower, the
+(with one ``sigma`` for all pixels: ``1 - sigma^2 (n - div f) / |f(x) - x|^2``). ``df_i/dx_i`` (how much the
+output follows the input) is estimated by Monte Carlo: one more denoising of ``x + eps b`` with a fixed
+Rademacher ``b``, ``df_i/dx_i ~ b_i (f(x + eps b) - f(x))_i / eps``, summed with the weights ``sigma_i^2``. Pixels
+within ``eps`` of 0 or 1 are not perturbed, which leaves their share out: the weight then comes out lower, the
 cautious side (closer to the denoiser's own output).
 
-``sigma`` is estimated from the finest diagonal Haar coefficients ``HH`` (a clean photo has little energy
-there; white noise of std ``sigma`` gives coefficients of std ``sigma``). Texture adds to ``HH`` too, so the
-coefficients are taken in blocks of 16x16 pixels (64 per channel), each block's mean ``HH^2`` measured, and the
-estimate read from the quietest blocks: the 10% quantile of those means, divided by the same quantile of
-``chi2(64) / 64`` (what pure noise gives; Wilson and Hilferty's approximation, within 1% of the exact value).
-Left out: blocks with a pixel at 0 or 1 (clipped), and blocks with more than half their coefficients at 0 (flat or
-drawn areas, such as a plain background or a smooth gradient, where ``HH`` is 0; they would make a noisy photo
-on them read as clean: the median rule used before read a noisy photo on a drawn gradient as noise-free). With
-fewer than :data:`MIN_NOISE_BLOCKS` blocks left (an image under about 64x64 pixels, or mostly flat) it falls back
-to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped, non-flat 2x2 blocks. On scikit-image's photos
-with noise of 2 to 10/255 the estimate comes within 0.7/255 of the truth (the MAD rule: up to 2/255 high, camera
-at 5/255 read as 6.4/255); clipping makes it low at heavy noise, where the gate keeps the guard out (the best
-weight there is 0).
+The noise is read from the finest diagonal Haar coefficients ``HH`` (a clean photo has little energy there;
+white noise of std ``sigma`` gives coefficients of std ``sigma``). Texture adds to ``HH`` too, so the coefficients
+are taken in blocks of 16x16 pixels (64 per channel), each block's mean ``HH^2`` measured, and the level read from
+the quietest blocks: the 10% quantile of those means, divided by the same quantile of ``chi2(64) / 64`` (what pure
+noise gives; Wilson and Hilferty's approximation, within 1% of the exact value). Left out: blocks with a pixel at
+0 or 1 (clipped), and blocks with more than half their coefficients at 0 (flat or drawn areas, such as a plain
+background or a smooth gradient, where ``HH`` is 0; they would make a noisy photo on them read as clean).
+
+Noise that varies with brightness: the usable blocks are sorted by brightness into up to
+:data:`MAX_NOISE_LEVELS` groups, each group's variance read as above, and the variance taken as the highest line
+(in brightness) under all the groups' readings (:func:`lower_line`): texture only lifts a group's reading, so a
+group of textured blocks does not lift the line, and a shot-plus-read noise (variance linear in brightness) is
+followed. A pixel's ``sigma_i`` is that line at its denoised value. On pure noise the line reads about 1% low.
+With fewer than :data:`MIN_NOISE_BLOCKS` blocks left (an image under about 64x64 pixels, or mostly flat) it falls
+back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped, non-flat 2x2 blocks, one level for all.
+
+Measured (docs/evaluation.md): on scikit-image's photos with white noise of 2 to 10/255 the estimate comes within
+0.6/255 of the truth (the MAD rule used before: up to 2/255 high, camera at 5/255 read as 6.4/255); with a
+camera-like noise (variance linear in brightness) it follows the noise, where one level from the quietest blocks
+read the darkest parts' noise and the guard, handing back much of the noisy input, lost up to 4.8 dB against the
+model alone. Clipping makes it read low at heavy noise, where the gate keeps the guard out (the best weight there
+is 0).
 
 Both are computed on up to :data:`SAMPLE_PIXELS` of the photo (evenly spaced windows), so the guard costs at
 most two extra denoisings of that many pixels, and only for photos under the gate; the weight is one number
@@ -55,6 +66,7 @@ NOISE_BLOCK = 8
 NOISE_QUANTILE, NOISE_QUANTILE_Z = 0.1, -1.2815515655446004  # the quantile, and the standard normal's at it
 MIN_NOISE_BLOCKS = 16
 """Fewer usable blocks than this: the MAD rule over every coefficient instead."""
+MAX_NOISE_LEVELS, BLOCKS_PER_LEVEL = 8, 64  # brightness groups of the noise profile, and their least size
 ZERO_DETAIL, MAX_ZERO_SHARE = 1e-6, 0.5  # |HH| under 1e-6 counts as 0 (a 16-bit step is 7.6e-6 in HH)
 
 
@@ -63,10 +75,12 @@ class GuardResult:
     """What the guard decided for one photo (``input_weight`` is the ``a`` above)."""
 
     input_weight: float
-    sigma: float | None  # on [0, 1] pixels: the estimate, or what the caller gave; None: no estimate possible
+    sigma: float | None  # on [0, 1] pixels: the estimate (its root-mean-square over the pixels), or what the caller
+    # gave; None: no estimate possible
     sigma_given: bool
     applied: bool  # False: sigma above the gate (no extra denoising was done)
     sampled_pixels: int
+    sigma_range: tuple[float, float] | None = None  # the estimate's lowest and highest std over brightness
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,19 +107,22 @@ def diagonal_details(image: np.ndarray) -> np.ndarray:
     return np.abs(hh[unclipped & ~flat])
 
 
-def block_energies(image: np.ndarray, block: int = NOISE_BLOCK) -> np.ndarray:
-    """Mean ``HH^2`` of every ``block`` x ``block`` group of coefficients, per channel (float64, flat), of the
-    groups that are unclipped and have at most half their coefficients at 0 (see the module's text)."""
+def block_stats(image: np.ndarray, block: int = NOISE_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``HH^2`` and mean pixel value of every ``block`` x ``block`` group of coefficients (2 ``block`` pixels a
+    side), per channel (float64, flat), of the groups that are unclipped and have at most half their coefficients
+    at 0 (see the module's text)."""
     hh, unclipped, _ = haar_diagonal(image)
     rows, cols, channels = hh.shape[0] // block, hh.shape[1] // block, hh.shape[2]
 
-    def grouped(a: np.ndarray) -> np.ndarray:
-        a = a[:rows * block, :cols * block].reshape(rows, block, cols, block, channels)
-        return a.transpose(0, 2, 4, 1, 3).reshape(rows, cols, channels, block * block)
+    def grouped(a: np.ndarray, size: int = block) -> np.ndarray:
+        a = a[:rows * size, :cols * size].reshape(rows, size, cols, size, channels)
+        return a.transpose(0, 2, 4, 1, 3).reshape(rows, cols, channels, size * size)
 
     values = grouped(hh.astype(np.float64))
     usable = grouped(unclipped).all(axis=-1) & ((np.abs(values) < ZERO_DETAIL).mean(axis=-1) <= MAX_ZERO_SHARE)
-    return (values ** 2).mean(axis=-1)[usable]
+    pixels = np.asarray(image, dtype=np.float64)
+    brightness = grouped(pixels if pixels.ndim == 3 else pixels[:, :, None], 2 * block).mean(axis=-1)
+    return (values ** 2).mean(axis=-1)[usable], brightness[usable]
 
 
 def chi2_mean_quantile(dof: int, z: float = NOISE_QUANTILE_Z) -> float:
@@ -113,18 +130,71 @@ def chi2_mean_quantile(dof: int, z: float = NOISE_QUANTILE_Z) -> float:
     return (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
 
 
+@dataclass(frozen=True)
+class NoiseProfile:
+    """The noise std (on [0, 1] pixels) as a function of brightness: ``sigmas[k]`` at ``levels[k]`` (increasing),
+    linear in between and constant beyond. One level: the same noise everywhere."""
+
+    levels: tuple[float, ...]
+    sigmas: tuple[float, ...]
+
+    @classmethod
+    def constant(cls, sigma: float) -> NoiseProfile:
+        return cls((0.5,), (float(sigma),))
+
+    def at(self, values: np.ndarray) -> np.ndarray:
+        """The std at every value of ``values`` (float64, same shape)."""
+        return np.interp(np.asarray(values, dtype=np.float64), self.levels, self.sigmas)
+
+    def rms(self, images: list[np.ndarray]) -> float:
+        """The root-mean-square std over the pixels of ``images``."""
+        return float(math.sqrt(np.mean(np.concatenate([self.at(im).ravel() ** 2 for im in images]))))
+
+
+def estimate_noise_profile(images: list[np.ndarray]) -> NoiseProfile | None:
+    """The noise of one photo (its windows ``images``, pooled) as a function of brightness: the usable blocks sorted
+    by brightness into up to :data:`MAX_NOISE_LEVELS` groups of at least :data:`BLOCKS_PER_LEVEL`, each group's level
+    from its quietest blocks (see the module's text). Fewer than :data:`MIN_NOISE_BLOCKS` usable blocks: the MAD
+    rule's single level. None when no coefficient is usable (a flat or saturated image)."""
+    stats = [block_stats(im) for im in images]
+    energies = np.concatenate([e for e, _ in stats]) if stats else np.zeros(0)
+    if energies.size < MIN_NOISE_BLOCKS:
+        parts = [diagonal_details(im) for im in images]
+        values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return NoiseProfile.constant(float(np.median(values) / MAD_TO_SIGMA)) if values.size else None
+    brightness = np.concatenate([b for _, b in stats])
+    order = np.argsort(brightness, kind="stable")
+    groups = np.array_split(order, max(1, min(MAX_NOISE_LEVELS, energies.size // BLOCKS_PER_LEVEL)))
+    scale = chi2_mean_quantile(NOISE_BLOCK * NOISE_BLOCK)
+    levels = np.array([np.median(brightness[g]) for g in groups])
+    variances = np.array([np.quantile(energies[g], NOISE_QUANTILE) / scale for g in groups])
+    fitted = lower_line(levels, variances)
+    return NoiseProfile(tuple(float(v) for v in levels), tuple(float(math.sqrt(v)) for v in fitted))
+
+
+def lower_line(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The line under every point ``(x[k], y[k])`` that lies highest (the largest sum at the ``x``), at the ``x``,
+    clipped at 0. Texture only adds to a group's noise reading, so the highest line under all of them follows the
+    noise's variance where it grows or falls linearly with brightness (a camera's shot and read noise); a group
+    made only of textured blocks does not lift it."""
+    best, best_sum = np.full_like(y, y.min()), float(y.min()) * len(y)  # the flat line under all
+    tolerance = 1e-12 * max(1.0, float(y.max()))
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            if x[j] - x[i] <= 1e-9:
+                continue
+            line = y[i] + (y[j] - y[i]) / (x[j] - x[i]) * (x - x[i])
+            if (line <= y + tolerance).all() and line.sum() > best_sum:
+                best, best_sum = line, float(line.sum())
+    return np.maximum(best, 0.0)
+
+
 def estimate_sigma(image: np.ndarray | list[np.ndarray]) -> float | None:
     """Noise standard deviation (on [0, 1] pixels) of an image, or of several (e.g. windows of one photo) pooled:
-    from the quietest 16x16 blocks (see the module's text), or by the MAD rule when fewer than
-    :data:`MIN_NOISE_BLOCKS` blocks are usable. None when no coefficient is usable (a flat or saturated image)."""
+    the root-mean-square over their pixels of :func:`estimate_noise_profile`. None when no estimate is possible."""
     images = image if isinstance(image, list) else [image]
-    energies = np.concatenate([block_energies(im) for im in images]) if images else np.zeros(0)
-    if energies.size >= MIN_NOISE_BLOCKS:
-        level = np.quantile(energies, NOISE_QUANTILE) / chi2_mean_quantile(NOISE_BLOCK * NOISE_BLOCK)
-        return float(math.sqrt(level))
-    parts = [diagonal_details(im) for im in images]
-    values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    return float(np.median(values) / MAD_TO_SIGMA) if values.size else None
+    profile = estimate_noise_profile(images)
+    return None if profile is None else profile.rms(images)
 
 
 def sample_windows(height: int, width: int, window: int = WINDOW,
@@ -163,15 +233,18 @@ def blend(given: np.ndarray, denoised: np.ndarray, input_weight: float) -> np.nd
 
 
 def sure_input_weight(x: np.ndarray, fx: np.ndarray, fx_probe: np.ndarray, probe: np.ndarray, eps: float,
-                      sigma: float) -> float:
+                      sigma: float | np.ndarray) -> float:
     """The SURE-optimal input weight for one image: ``x`` the input, ``fx`` its denoised version, ``fx_probe``
-    the denoised ``x + eps * probe``; float64 sums. 0 when the denoiser returned its input (nothing to blend)."""
+    the denoised ``x + eps * probe``; ``sigma`` the noise std, one for all pixels or one per pixel (noise that
+    varies with brightness: each pixel's share of the risk and of the divergence is weighted by its variance);
+    float64 sums. 0 when the denoiser returned its input (nothing to blend)."""
     diff = fx.astype(np.float64) - x
     residual = float(np.sum(diff * diff))
     if residual <= 0.0:
         return 0.0
-    divergence = float(np.sum(probe * (fx_probe.astype(np.float64) - fx))) / eps
-    weight = 1.0 - sigma * sigma * (x.size - divergence) / residual
+    variance = np.broadcast_to(np.square(np.asarray(sigma, dtype=np.float64)), x.shape)
+    weighted_divergence = float(np.sum(variance * probe * (fx_probe.astype(np.float64) - fx))) / eps
+    weight = 1.0 - (float(np.sum(variance)) - weighted_divergence) / residual
     return float(min(1.0, max(0.0, weight)))
 
 
@@ -181,33 +254,41 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     """The guard's decision for a photo read through ``rows(a, b)`` (float32 rows ``(b - a, width, C)``).
 
     ``denoise`` maps an image of the colour part's shape (HxW gray or HxWx3) to its denoised version, unclipped
-    (e.g. ``runtime.tiling.denoise_array`` without the guard). ``sigma``: the noise level if known (skips the
-    estimate; a user's ``--sigma``)."""
+    (e.g. ``runtime.tiling.denoise_array`` without the guard). ``sigma``: the noise level if known, the same for
+    every pixel (skips the estimate; a user's ``--sigma``). Estimated, the noise may vary with brightness
+    (:func:`estimate_noise_profile`); the gate compares its root-mean-square over the sampled pixels."""
     check_sigma(sigma)
     windows = sample_windows(height, width, max_pixels=max_pixels)
-    crops = [colour_part(rows(y, y + h))[:, x:x + w] for y, x, h, w in windows]
+    crops = [np.ascontiguousarray(colour_part(rows(y, y + h))[:, x:x + w], dtype=np.float32)
+             for y, x, h, w in windows]
     sampled = sum(c.shape[0] * c.shape[1] for c in crops)
     given = sigma is not None
     if sigma is None:
         usable = [c for c in crops if min(c.shape[:2]) >= 2]
-        sigma = estimate_sigma(usable) if usable else None
-        if sigma is None:  # flat, saturated or 1 pixel wide: no basis for a blend
+        profile = estimate_noise_profile(usable) if usable else None
+        if profile is None:  # flat, saturated or 1 pixel wide: no basis for a blend
             return GuardResult(0.0, None, False, False, sampled)
+        sigma = profile.rms(crops)
+    else:
+        profile = NoiseProfile.constant(sigma)
+    spread = (min(profile.sigmas), max(profile.sigmas))
     if sigma > max_sigma:
-        return GuardResult(0.0, sigma, given, False, sampled)
+        return GuardResult(0.0, sigma, given, False, sampled, spread)
     if sigma == 0.0:  # told (or measured) noise-free: the input is the best answer
-        return GuardResult(1.0, sigma, given, True, sampled)
+        return GuardResult(1.0, sigma, given, True, sampled, spread)
     eps = 0.1 * max(sigma, 1 / 255)
     rng = np.random.default_rng(PROBE_SEED)
-    x_all, f_all, fp_all, b_all = [], [], [], []
+    x_all, f_all, fp_all, b_all, s_all = [], [], [], [], []
     for crop in crops:
-        crop = np.ascontiguousarray(crop, dtype=np.float32)
         probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=crop.shape)
         probe[(crop <= eps) | (crop >= 1 - eps)] = 0.0  # keep x + eps b inside [0, 1]
+        denoised = np.asarray(denoise(crop), dtype=np.float32)
         x_all.append(crop.ravel())
-        f_all.append(np.asarray(denoise(crop), dtype=np.float32).ravel())
+        f_all.append(denoised.ravel())
         fp_all.append(np.asarray(denoise(np.clip(crop + eps * probe, 0.0, 1.0)), dtype=np.float32).ravel())
         b_all.append(probe.ravel())
+        s_all.append(profile.at(denoised).ravel())  # each pixel's noise, by its (denoised) brightness
     weight = sure_input_weight(np.concatenate(x_all).astype(np.float64), np.concatenate(f_all),
-                               np.concatenate(fp_all), np.concatenate(b_all).astype(np.float64), eps, sigma)
-    return GuardResult(weight, sigma, given, True, sampled)
+                               np.concatenate(fp_all), np.concatenate(b_all).astype(np.float64), eps,
+                               np.concatenate(s_all))
+    return GuardResult(weight, sigma, given, True, sampled, spread)

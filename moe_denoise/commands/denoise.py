@@ -127,6 +127,9 @@ def describe_guard(guard: dict) -> str:
         return ("clean-input guard: no noise estimate possible (a flat or saturated image); the denoiser's output "
                 "as it is")
     how = "given" if guard["sigma_given"] else "estimated"
+    low, high = guard.get("sigma_range") or (guard["sigma"], guard["sigma"])
+    if high - low >= 0.5 / 255:  # noise that varies with brightness: say how much
+        how += f"; {low * 255:.1f} to {high * 255:.1f}/255 over the brightness range"
     level = f"noise {guard['sigma'] * 255:.1f}/255 ({how})"
     if not guard["applied"]:
         return f"clean-input guard: {level}, above {GUARD_MAX_SIGMA * 255:g}/255: the denoiser's output as it is"
