@@ -35,7 +35,7 @@ back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped, non-flat 2
 Measured (docs/evaluation.md): on scikit-image's photos with white noise of 2 to 10/255 the estimate comes within
 0.6/255 of the truth (the MAD rule used before: up to 2/255 high, camera at 5/255 read as 6.4/255); with a
 camera-like noise (variance linear in brightness) it follows the noise, where one level from the quietest blocks
-read the darkest parts' noise and the guard, handing back much of the noisy input, lost up to 4.8 dB against the
+read the darkest parts' noise and the guard, handing back much of the noisy input, lost up to 4.5 dB against the
 model alone. Clipping makes it read low at heavy noise, where the gate keeps the guard out (the best weight there
 is 0).
 

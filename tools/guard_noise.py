@@ -1,0 +1,70 @@
+"""How the clean-input guard reads and handles two kinds of noise on scikit-image's photos.
+
+White noise (one std for every pixel, the evaluation's draw) and camera-like noise (variance linear in
+brightness, ``a x + (0.5/255)^2``, ``a`` set so that mid-gray gets the named std), both clipped to [0, 1]. For each
+photo and level: the noise's true root-mean-square std, the guard's estimate and its range over brightness, the
+input weight, and the PSNR of the noisy input, the model alone, the guard as ``moe-denoise denoise`` applies it,
+and the guard told the true root-mean-square (one level for all pixels). Run from the repository root::
+
+    python -m tools.guard_noise [--photos camera coffee astronaut] [--levels 3 6 10 15] [--weights blind]
+
+About 10 minutes on the 2-core CPU with the defaults; prints a table (docs/evaluation.md quotes it).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def noisy_versions(clean: np.ndarray, name: str, level255: float) -> dict[str, tuple[np.ndarray, float]]:
+    """``{"white": (noisy, rms std), "camera": (noisy, rms std)}`` for one photo at one level (on the 0-255 scale)."""
+    from benchmarks.quality import noise_draw
+
+    draw = noise_draw(name, clean.shape, 0)
+    white = np.clip(clean + level255 / 255 * draw, 0, 1).astype(np.float32)
+    std = np.sqrt((level255 / 255) ** 2 / 0.5 * clean + (0.5 / 255) ** 2)
+    camera = np.clip(clean + std * draw, 0, 1).astype(np.float32)
+    return {"white": (white, level255 / 255), "camera": (camera, float(np.sqrt(np.mean(std ** 2))))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--photos", nargs="+", default=["camera", "coffee", "astronaut"])
+    p.add_argument("--levels", nargs="+", type=float, default=[3, 6, 10, 15], help="std at mid-gray, 0-255 scale")
+    p.add_argument("--weights", default="blind", help="weights by name or path (default: the blind weights)")
+    args = p.parse_args(argv)
+
+    from benchmarks.quality import load_photo, model_tile_fn
+    from moe_denoise.commands import resolve_weights
+    from moe_model.baselines import psnr
+    from moe_model.checkpoint import load_model
+    from runtime.guard import blend
+    from runtime.tiling import denoise_array, guard_for_array
+
+    fn = model_tile_fn(load_model(resolve_weights(Path(args.weights))))
+    t0 = time.perf_counter()
+    print(f"{'photo':<10} {'noise':<7} {'level':>5} {'rms':>6} {'estimate':>9} {'range':>11} {'weight':>6} | "
+          f"{'input':>6} {'model':>6} {'guard':>6} {'told rms':>8}  (std on the 0-255 scale, PSNR in dB)")
+    for name in args.photos:
+        clean = load_photo(name)
+        for level in args.levels:
+            for kind, (noisy, rms) in noisy_versions(clean, name, level).items():
+                out = denoise_array(noisy, fn, guard=False)
+                guard = guard_for_array(noisy, fn)
+                told = guard_for_array(noisy, fn, sigma=rms)
+                scores = [psnr(noisy, clean), psnr(np.clip(out, 0, 1), clean)] + [
+                    psnr(np.clip(blend(noisy, out, d.input_weight), 0, 1), clean) for d in (guard, told)]
+                low, high = guard.sigma_range or (float("nan"), float("nan"))
+                estimate = float("nan") if guard.sigma is None else guard.sigma * 255
+                print(f"{name:<10} {kind:<7} {level:>5g} {rms * 255:>6.2f} {estimate:>9.2f} "
+                      f"{low * 255:>5.1f}-{high * 255:<5.1f} {guard.input_weight:>6.2f} | "
+                      + " ".join(f"{v:>6.2f}" for v in scores[:3]) + f" {scores[3]:>8.2f}", flush=True)
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
