@@ -32,12 +32,12 @@ followed. A pixel's ``sigma_i`` is that line at its denoised value. On pure nois
 With fewer than :data:`MIN_NOISE_BLOCKS` blocks left (an image under about 64x64 pixels, or mostly flat) it falls
 back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped, non-flat 2x2 blocks, one level for all.
 
-Measured (docs/evaluation.md): on scikit-image's photos with white noise of 2 to 10/255 the estimate comes within
-0.6/255 of the truth (the MAD rule used before: up to 2/255 high, camera at 5/255 read as 6.4/255); with a
-camera-like noise (variance linear in brightness) it follows the noise, where one level from the quietest blocks
-read the darkest parts' noise and the guard, handing back much of the noisy input, lost up to 4.5 dB against the
-model alone. Clipping makes it read low at heavy noise, where the gate keeps the guard out (the best weight there
-is 0).
+Measured (``python -m tools.guard_noise``, docs/evaluation.md): with white noise of 3 to 15/255 on scikit-image's
+photos the estimate reads within 0.7/255 of the truth, with a camera-like noise (variance linear in brightness)
+within 0.6/255 of its root-mean-square, and the guard's PSNR comes within 0.25 dB of the guard told the true
+level. One level read from the quietest blocks of the whole photo (used before) read the darkest parts' noise and
+the guard, handing back much of the noisy input, lost up to 4.5 dB against the model alone. Clipping makes the
+estimate low at heavy noise, where the gate keeps the guard out (the best weight there is 0).
 
 Both are computed on up to :data:`SAMPLE_PIXELS` of the photo (evenly spaced windows), so the guard costs at
 most two extra denoisings of that many pixels, and only for photos under the gate; the weight is one number
