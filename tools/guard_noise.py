@@ -1,12 +1,13 @@
 """How the clean-input guard reads and handles two kinds of noise on scikit-image's photos.
 
 White noise (one std for every pixel, the evaluation's draw) and camera-like noise (variance linear in
-brightness, ``a x + (0.5/255)^2``, ``a`` set so that mid-gray gets the named std), both clipped to [0, 1]. For each
+brightness, ``a x + (0.5/255)^2``, ``a`` set so that mid-gray gets the named std), both clipped to [0, 1]; with
+``--jpeg Q ...``, also the white-noise photo saved as 8-bit JPEG at each quality ``Q`` and read back. For each
 photo and level: the noise's true root-mean-square std, the guard's estimate and its range over brightness, the
 input weight, and the PSNR of the noisy input, the model alone, the guard as ``moe-denoise denoise`` applies it,
 and the guard told the true root-mean-square (one level for all pixels). Run from the repository root::
 
-    python -m tools.guard_noise [--photos camera coffee astronaut] [--levels 3 6 10 15] [--weights blind]
+    python -m tools.guard_noise [--photos camera coffee astronaut] [--levels 3 6 10 15] [--jpeg 85 70] [--weights blind]
 
 About 10 minutes on the 2-core CPU with the defaults; prints a table (docs/evaluation.md quotes it).
 """
@@ -19,21 +20,35 @@ from pathlib import Path
 import numpy as np
 
 
-def noisy_versions(clean: np.ndarray, name: str, level255: float) -> dict[str, tuple[np.ndarray, float]]:
-    """``{"white": (noisy, rms std), "camera": (noisy, rms std)}`` for one photo at one level (on the 0-255 scale)."""
+def noisy_versions(clean: np.ndarray, name: str, level255: float,
+                   jpeg: tuple[int, ...] = ()) -> dict[str, tuple[np.ndarray, float]]:
+    """``{"white": (noisy, rms std), "camera": (noisy, rms std), "jpegQ": ...}`` for one photo at one level (on the
+    0-255 scale); ``jpegQ``: the white-noise photo, 8-bit, through JPEG at quality Q (its rms: the white noise's)."""
     from benchmarks.quality import noise_draw
 
     draw = noise_draw(name, clean.shape, 0)
     white = np.clip(clean + level255 / 255 * draw, 0, 1).astype(np.float32)
     std = np.sqrt((level255 / 255) ** 2 / 0.5 * clean + (0.5 / 255) ** 2)
     camera = np.clip(clean + std * draw, 0, 1).astype(np.float32)
-    return {"white": (white, level255 / 255), "camera": (camera, float(np.sqrt(np.mean(std ** 2))))}
+    versions = {"white": (white, level255 / 255), "camera": (camera, float(np.sqrt(np.mean(std ** 2))))}
+    for quality in jpeg:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(np.rint(white * 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), dtype=np.float32) / 255
+        versions[f"jpeg{quality}"] = (decoded, level255 / 255)
+    return versions
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", nargs="+", default=["camera", "coffee", "astronaut"])
     p.add_argument("--levels", nargs="+", type=float, default=[3, 6, 10, 15], help="std at mid-gray, 0-255 scale")
+    p.add_argument("--jpeg", nargs="*", type=int, default=[], help="also the white-noise photo through JPEG at these "
+                   "qualities (1-95)")
     p.add_argument("--weights", default="blind", help="weights by name or path (default: the blind weights)")
     args = p.parse_args(argv)
 
@@ -51,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.photos:
         clean = load_photo(name)
         for level in args.levels:
-            for kind, (noisy, rms) in noisy_versions(clean, name, level).items():
+            for kind, (noisy, rms) in noisy_versions(clean, name, level, tuple(args.jpeg)).items():
                 out = denoise_array(noisy, fn, guard=False)
                 guard = guard_for_array(noisy, fn)
                 told = guard_for_array(noisy, fn, sigma=rms)

@@ -15,3 +15,14 @@ def test_white_and_camera_like_noise():
     dark, bright = clean < 0.3, clean > 0.7  # the camera-like noise grows with brightness; the white one does not
     assert np.std((camera - clean)[bright]) > 1.5 * np.std((camera - clean)[dark])
     assert np.std((white - clean)[bright]) < 1.2 * np.std((white - clean)[dark])
+
+
+def test_jpeg_versions_are_the_white_noise_photo_compressed():
+    clean = np.linspace(0.1, 0.9, 64 * 80, dtype=np.float32).reshape(64, 80)
+    versions = noisy_versions(clean, "camera", 10, jpeg=(90, 50))
+    white = versions["white"][0]
+    for quality in (90, 50):
+        decoded, rms = versions[f"jpeg{quality}"]
+        assert decoded.shape == clean.shape and rms == 10 / 255
+        assert 0 < np.abs(decoded - white).mean() < 10 / 255  # the same photo, with JPEG's losses
+    assert np.abs(versions["jpeg50"][0] - white).mean() > np.abs(versions["jpeg90"][0] - white).mean()
