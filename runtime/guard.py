@@ -67,6 +67,8 @@ NOISE_QUANTILE, NOISE_QUANTILE_Z = 0.1, -1.2815515655446004  # the quantile, and
 MIN_NOISE_BLOCKS = 16
 """Fewer usable blocks than this: the MAD rule over every coefficient instead."""
 MAX_NOISE_LEVELS, BLOCKS_PER_LEVEL = 8, 64  # brightness groups of the noise profile, and their least size
+LOSSY_FORMATS = ("JPEG", "MPO")
+"""Pillow's names of the file formats whose noise the guard reads at two scales (see the module's text)."""
 ZERO_DETAIL, MAX_ZERO_SHARE = 1e-6, 0.5  # |HH| under 1e-6 counts as 0 (a 16-bit step is 7.6e-6 in HH)
 
 
@@ -81,6 +83,7 @@ class GuardResult:
     applied: bool  # False: sigma above the gate (no extra denoising was done)
     sampled_pixels: int
     sigma_range: tuple[float, float] | None = None  # the estimate's lowest and highest std over brightness
+    two_scales: bool = False  # the noise was read at the finest two scales (a JPEG input)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,11 +154,36 @@ class NoiseProfile:
         return float(math.sqrt(np.mean(np.concatenate([self.at(im).ravel() ** 2 for im in images]))))
 
 
-def estimate_noise_profile(images: list[np.ndarray]) -> NoiseProfile | None:
-    """The noise of one photo (its windows ``images``, pooled) as a function of brightness: the usable blocks sorted
-    by brightness into up to :data:`MAX_NOISE_LEVELS` groups of at least :data:`BLOCKS_PER_LEVEL`, each group's level
-    from its quietest blocks (see the module's text). Fewer than :data:`MIN_NOISE_BLOCKS` usable blocks: the MAD
-    rule's single level. None when no coefficient is usable (a flat or saturated image)."""
+def estimate_noise_profile(images: list[np.ndarray], two_scales: bool = False) -> NoiseProfile | None:
+    """The noise of one photo (its windows ``images``, pooled) as a function of brightness, read at the finest
+    scale (:func:`scale_profile`). ``two_scales`` (a JPEG input): also at the next scale (the images' 2x2 means), the
+    higher of the two taken at every brightness; white noise reads the same at both, noise whose finest detail was
+    taken away (JPEG) reads low at the finest and shows at the next, and so does texture, which is why it is not
+    the default. None when no coefficient is usable (a flat or saturated image)."""
+    fine = scale_profile(images)
+    if not two_scales or fine is None:
+        return fine
+    coarse = scale_profile([half(im) for im in images if min(im.shape[:2]) >= 4])
+    if coarse is None:
+        return fine
+    levels = np.union1d(fine.levels, coarse.levels)
+    sigmas = np.maximum(fine.at(levels), 2.0 * coarse.at(levels))  # a 2x2 mean halves white noise's std
+    return NoiseProfile(tuple(float(v) for v in levels), tuple(float(v) for v in sigmas))
+
+
+def half(image: np.ndarray) -> np.ndarray:
+    """The means of the 2x2 blocks of an HxW or HxWxC image (an odd last row or column left out)."""
+    x = np.asarray(image, dtype=np.float32)
+    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    return (x[0:h:2, 0:w:2] + x[0:h:2, 1:w:2] + x[1:h:2, 0:w:2] + x[1:h:2, 1:w:2]) / 4
+
+
+def scale_profile(images: list[np.ndarray]) -> NoiseProfile | None:
+    """The noise as a function of brightness from the finest diagonal details of ``images``: the usable blocks
+    sorted by brightness into up to :data:`MAX_NOISE_LEVELS` groups of at least :data:`BLOCKS_PER_LEVEL`, each
+    group's level from its quietest blocks, the variance the :func:`lower_line` under the groups (see the module's
+    text). Fewer than :data:`MIN_NOISE_BLOCKS` usable blocks: the MAD rule's single level. None when no coefficient
+    is usable (a flat or saturated image)."""
     stats = [block_stats(im) for im in images]
     energies = np.concatenate([e for e, _ in stats]) if stats else np.zeros(0)
     if energies.size < MIN_NOISE_BLOCKS:
@@ -250,13 +278,15 @@ def sure_input_weight(x: np.ndarray, fx: np.ndarray, fx_probe: np.ndarray, probe
 
 def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int,
                  denoise: Callable[[np.ndarray], np.ndarray], sigma: float | None = None,
-                 max_sigma: float = GUARD_MAX_SIGMA, max_pixels: int = SAMPLE_PIXELS) -> GuardResult:
+                 max_sigma: float = GUARD_MAX_SIGMA, max_pixels: int = SAMPLE_PIXELS,
+                 two_scales: bool = False) -> GuardResult:
     """The guard's decision for a photo read through ``rows(a, b)`` (float32 rows ``(b - a, width, C)``).
 
     ``denoise`` maps an image of the colour part's shape (HxW gray or HxWx3) to its denoised version, unclipped
     (e.g. ``runtime.tiling.denoise_array`` without the guard). ``sigma``: the noise level if known, the same for
     every pixel (skips the estimate; a user's ``--sigma``). Estimated, the noise may vary with brightness
-    (:func:`estimate_noise_profile`); the gate compares its root-mean-square over the sampled pixels."""
+    (:func:`estimate_noise_profile`, read at two scales with ``two_scales``: for a JPEG input); the gate compares
+    its root-mean-square over the sampled pixels."""
     check_sigma(sigma)
     windows = sample_windows(height, width, max_pixels=max_pixels)
     crops = [np.ascontiguousarray(colour_part(rows(y, y + h))[:, x:x + w], dtype=np.float32)
@@ -265,17 +295,17 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     given = sigma is not None
     if sigma is None:
         usable = [c for c in crops if min(c.shape[:2]) >= 2]
-        profile = estimate_noise_profile(usable) if usable else None
+        profile = estimate_noise_profile(usable, two_scales) if usable else None
         if profile is None:  # flat, saturated or 1 pixel wide: no basis for a blend
-            return GuardResult(0.0, None, False, False, sampled)
+            return GuardResult(0.0, None, False, False, sampled, None, two_scales)
         sigma = profile.rms(crops)
     else:
         profile = NoiseProfile.constant(sigma)
     spread = (min(profile.sigmas), max(profile.sigmas))
     if sigma > max_sigma:
-        return GuardResult(0.0, sigma, given, False, sampled, spread)
+        return GuardResult(0.0, sigma, given, False, sampled, spread, two_scales and not given)
     if sigma == 0.0:  # told (or measured) noise-free: the input is the best answer
-        return GuardResult(1.0, sigma, given, True, sampled, spread)
+        return GuardResult(1.0, sigma, given, True, sampled, spread, two_scales and not given)
     eps = 0.1 * max(sigma, 1 / 255)
     rng = np.random.default_rng(PROBE_SEED)
     x_all, f_all, fp_all, b_all, s_all = [], [], [], [], []
@@ -291,4 +321,4 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     weight = sure_input_weight(np.concatenate(x_all).astype(np.float64), np.concatenate(f_all),
                                np.concatenate(fp_all), np.concatenate(b_all).astype(np.float64), eps,
                                np.concatenate(s_all))
-    return GuardResult(weight, sigma, given, True, sampled, spread)
+    return GuardResult(weight, sigma, given, True, sampled, spread, two_scales and not given)

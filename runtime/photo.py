@@ -10,7 +10,7 @@ import numpy as np
 
 from moe_base.errors import InputError
 
-from .guard import GuardResult
+from .guard import LOSSY_FORMATS, GuardResult
 from .images import (
     DEFAULT_MAX_PIXELS,
     ImageHeader,
@@ -91,7 +91,7 @@ def denoise_file(
 
     ``guard`` / ``sigma``: the clean-input guard (:mod:`runtime.guard`, on by default), which blends the input
     back in when the photo's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; the report's
-    ``guard`` entry says what it decided.
+    ``guard`` entry says what it decided. A JPEG file's noise is read at two scales (``two_scales``).
     """
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
@@ -127,7 +127,8 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
     def rows(a: int, b: int) -> np.ndarray:
         return to_unit(pixels[a:b], info)
 
-    decision = guard_rows(rows, h, w, fn, tile, overlap, batch_size, sigma) if guard else None
+    two_scales = info.format in LOSSY_FORMATS  # JPEG took the finest detail, where the noise is read
+    decision = guard_rows(rows, h, w, fn, tile, overlap, batch_size, sigma, two_scales) if guard else None
     bands = denoise_bands(rows, h, w, c, fn, tile=tile, overlap=overlap, batch_size=batch_size, band_rows=band_rows,
                           progress=progress, input_weight=decision.input_weight if decision is not None else 0.0)
     for y, band in bands:

@@ -342,6 +342,7 @@ def denoise_array(
     band_rows: int | None = None,
     guard: bool | GuardResult = True,
     sigma: float | None = None,
+    two_scales: bool = False,
 ) -> np.ndarray:
     """Denoise an image of any size with a tile denoiser; return an array of the same shape and dtype.
 
@@ -358,7 +359,8 @@ def denoise_array(
 
     ``guard`` (default on): the clean-input guard of :mod:`runtime.guard` blends the input back in when the
     image's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; False: the denoiser's output as it
-    is; a :class:`GuardResult` from :func:`guard_for_array`: that decision.
+    is; a :class:`GuardResult` from :func:`guard_for_array`: that decision. ``two_scales``: the guard reads the
+    noise at two scales, for an image that was stored as JPEG (:data:`runtime.guard.LOSSY_FORMATS`).
     """
     _check_settings(tile, overlap, batch_size)
     img = validate_image(image)
@@ -367,7 +369,7 @@ def denoise_array(
         return img[a:b]
 
     if guard is True:  # the image is checked already: guard_rows, not guard_for_array, which would check it again
-        guard = guard_rows(rows, h, w, fn, tile, overlap, batch_size, sigma)
+        guard = guard_rows(rows, h, w, fn, tile, overlap, batch_size, sigma, two_scales)
     weight = guard.input_weight if isinstance(guard, GuardResult) else 0.0
     result = np.empty_like(img)
     for y, band in denoise_bands(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight):
@@ -376,17 +378,20 @@ def denoise_array(
 
 
 def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                    batch_size: int = DEFAULT_BATCH_SIZE, sigma: float | None = None) -> GuardResult:
+                    batch_size: int = DEFAULT_BATCH_SIZE, sigma: float | None = None,
+                    two_scales: bool = False) -> GuardResult:
     """The clean-input guard's decision (:func:`runtime.guard.guard_weight`) for an image :func:`denoise_array`
     takes, with the same tiling."""
     img = validate_image(image)
-    return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap, batch_size, sigma)
+    return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap, batch_size, sigma,
+                      two_scales)
 
 
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,
                overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
-               sigma: float | None = None) -> GuardResult:
+               sigma: float | None = None, two_scales: bool = False) -> GuardResult:
     """:func:`runtime.guard.guard_weight` for an image read through a row source, tiled as :func:`denoise_bands`."""
     return guard_weight(rows, height, width,
-                        lambda crop: denoise_array(crop, fn, tile, overlap, batch_size, guard=False), sigma)
+                        lambda crop: denoise_array(crop, fn, tile, overlap, batch_size, guard=False), sigma,
+                        two_scales=two_scales)
 

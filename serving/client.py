@@ -18,7 +18,7 @@ from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME
 
 from .backend_env import EXTRA_HINT
-from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL
+from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL, TWO_SCALES_PARAMETER
 from .models import BATCHED_WITH_INVALID, unit_to_image
 
 _TRITON_DTYPES = {"float32": "FP32", "uint8": "UINT8", "uint16": "UINT16"}
@@ -106,7 +106,8 @@ class DenoiseClient:
         return int(config.config.max_batch_size)
 
     # --- inference ------------------------------------------------------------------------------------------
-    def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str,
+               parameters: dict[str, bool] | None = None) -> np.ndarray:
         from tritonclient.utils import InferenceServerException
 
         m = self._module
@@ -125,7 +126,9 @@ class DenoiseClient:
         outputs = [m.InferRequestedOutput(output, binary_data=True) if self.protocol == "http"
                    else m.InferRequestedOutput(output)]
         try:
-            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            kwargs: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            if parameters:
+                kwargs["parameters"] = parameters
             result = self._client.infer(model, feeds, outputs=outputs, **kwargs)
         except InferenceServerException as e:
             raise InputError(f"the server at {self.url} refused the request to '{model}': "
@@ -157,15 +160,17 @@ class DenoiseClient:
             self.retries += 1
             return self._infer(model, feeds, OUTPUT_NAME)
 
-    def denoise_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 / uint16 [H, W, C] -> the denoised photo, same dtype and shape, tiled and blended by the server."""
+    def denoise_pixels(self, pixels: np.ndarray, two_scales: bool = False) -> np.ndarray:
+        """uint8 / uint16 [H, W, C] -> the denoised photo, same dtype and shape, tiled and blended by the server.
+        ``two_scales``: the clean-input guard reads the noise at two scales (the photo was stored as JPEG)."""
         if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
             raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         name = pixels.dtype.name
-        return self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name])
+        return self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
+                           {TWO_SCALES_PARAMETER: True} if two_scales else None)
 
 
 def server_message(text: str | None) -> str:
@@ -183,6 +188,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     (same size, mode, bit depth, metadata; atomic; never over an existing file unless ``overwrite``); only the
     tiling and the runner calls happen in the server.
     """
+    from runtime.guard import LOSSY_FORMATS
     from runtime.images import check_output_path, check_writable, read_image, write_image
     from runtime.tiling import plan_tiles
 
@@ -192,13 +198,14 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     check_writable(out_path, info)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)
+    two_scales = info.format in LOSSY_FORMATS  # as runtime.photo.denoise_file decides for the guard
     with DenoiseClient(url, timeout_s=timeout_s) as client:
         client.wait_ready(timeout_s=10.0)
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
-            result = client.denoise_pixels(pixels)
+            result = client.denoise_pixels(pixels, two_scales)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
-            result = _tile_here(client, image, dtype, url)
+            result = _tile_here(client, image, dtype, url, two_scales)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
@@ -213,7 +220,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     }
 
 
-def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str) -> np.ndarray:
+def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, two_scales: bool = False) -> np.ndarray:
     from runtime.tiling import denoise_array
 
     from .repo import TRT_MODEL
@@ -223,7 +230,8 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str) -
         raise InputError(f"the server at {url} serves none of {IMAGE_MODEL}, {TILE_MODEL}, {TRT_MODEL}; start "
                          f"'moe-denoise serve' or load a repository from 'moe-denoise triton-repo'")
     batch = max(1, client.max_batch(model))
-    out = denoise_array(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch)
+    out = denoise_array(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch,
+                        two_scales=two_scales)
     return unit_to_image(out, dtype)
 
 

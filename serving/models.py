@@ -24,7 +24,7 @@ from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
 from runtime.tiling import denoise_array
 
-from .config import IMAGE_INPUTS, IMAGE_OUTPUTS
+from .config import IMAGE_INPUTS, IMAGE_OUTPUTS, TWO_SCALES_PARAMETER
 
 _TOP = {"uint8": 255, "uint16": 65535}
 BATCHED_WITH_INVALID = "valid request(s) batched with the invalid one(s) fail too"  # clients may retry on this
@@ -73,6 +73,13 @@ def unit_to_image(x: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
     return np.rint(np.clip(x.astype(np.float64), 0.0, 1.0) * _TOP[name]).astype(name)
 
 
+def two_scales_asked(request: Any) -> bool:
+    """Whether a photo request asks the guard to read the noise at two scales (request parameter ``two_scales``,
+    sent by ``moe-denoise denoise --server`` for a JPEG file, as the local command decides from the file)."""
+    parameters = getattr(request, "parameters", None) or {}
+    return bool(parameters.get(TWO_SCALES_PARAMETER, False))
+
+
 class ImageModel:
     """One whole photo per request, tiled and blended with the runner; same dtype out as in. ``guard``: apply the
     clean-input guard (``runtime.guard``) with its own noise estimate, as ``moe-denoise denoise`` does."""
@@ -109,9 +116,10 @@ class ImageModel:
                              f"smaller image, crop it into parts, or restart the server with a higher limit")
         return pixels
 
-    def denoise(self, pixels: np.ndarray) -> np.ndarray:
+    def denoise(self, pixels: np.ndarray, two_scales: bool = False) -> np.ndarray:
         image = image_to_unit(pixels)
-        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=self.guard)
+        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=self.guard,
+                            two_scales=two_scales)
         return unit_to_image(out, pixels.dtype)
 
     def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -124,4 +132,4 @@ class ImageModel:
                 problems.append((i, str(e)))
         if problems:
             raise InputError(_bad_request_message(problems, len(requests)))
-        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p)} for p in checked]
+        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p, two_scales_asked(r))} for p, r in zip(checked, requests)]

@@ -4,7 +4,8 @@ White noise (one std for every pixel, the evaluation's draw) and camera-like noi
 brightness, ``a x + (0.5/255)^2``, ``a`` set so that mid-gray gets the named std), both clipped to [0, 1]; with
 ``--jpeg Q ...``, also the white-noise photo saved as 8-bit JPEG at each quality ``Q`` and read back. For each
 photo and level: the noise's true root-mean-square std, the guard's estimate and its range over brightness, the
-input weight, and the PSNR of the noisy input, the model alone, the guard as ``moe-denoise denoise`` applies it,
+input weight, and the PSNR of the noisy input, the model alone, the guard as ``moe-denoise denoise`` applies it
+(for the JPEG versions: reading the noise at two scales, as it does for a JPEG file),
 and the guard told the true root-mean-square (one level for all pixels). Run from the repository root::
 
     python -m tools.guard_noise [--photos camera coffee astronaut] [--levels 3 6 10 15] [--jpeg 85 70] [--weights blind]
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for level in args.levels:
             for kind, (noisy, rms) in noisy_versions(clean, name, level, tuple(args.jpeg)).items():
                 out = denoise_array(noisy, fn, guard=False)
-                guard = guard_for_array(noisy, fn)
+                guard = guard_for_array(noisy, fn, two_scales=kind.startswith("jpeg"))  # as for a JPEG file
                 told = guard_for_array(noisy, fn, sigma=rms)
                 scores = [psnr(noisy, clean), psnr(np.clip(out, 0, 1), clean)] + [
                     psnr(np.clip(blend(noisy, out, d.input_weight), 0, 1), clean) for d in (guard, told)]

@@ -131,6 +131,8 @@ def describe_guard(guard: dict) -> str:
     low, high = guard.get("sigma_range") or (guard["sigma"], guard["sigma"])
     if high - low >= 0.5 / 255:  # noise that varies with brightness: say how much
         how += f"; {low * 255:.1f} to {high * 255:.1f}/255 over the brightness range"
+    if guard.get("two_scales"):
+        how += "; read at two scales, as the input is JPEG"
     level = f"noise {guard['sigma'] * 255:.1f}/255 ({how})"
     if not guard["applied"]:
         return f"clean-input guard: {level}, above {GUARD_MAX_SIGMA * 255:g}/255: the denoiser's output as it is"

@@ -324,3 +324,27 @@ def test_a_runner_that_cannot_start_fails_before_triton_with_its_own_message():
     with pytest.raises(InputError, match="missing.onnx"):
         s.start()
     assert not s.is_alive() and not made[0].is_active  # the runner made before the failure was released
+
+
+def test_jpeg_photos_ask_for_two_scales_and_match_local(server, direct):
+    """A noisy photo stored as JPEG: `denoise --server` asks the guard to read the noise at two scales (a request
+    parameter), as the local command decides from the file; the answer is the local result, and differs from the
+    one-scale answer (the parameter reached the server)."""
+    import io
+
+    from PIL import Image
+
+    from runtime.tiling import denoise_array
+    from serving.models import image_to_unit, unit_to_image
+
+    rng = np.random.default_rng(12)
+    smooth = np.clip(0.5 + 0.2 * np.sin(np.arange(96) / 9.0)[:, None] * np.cos(np.arange(96) / 7.0), 0, 1)
+    noisy = np.clip(smooth + 10 / 255 * rng.standard_normal((96, 96)), 0, 1)
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(noisy * 255).astype(np.uint8)).save(buffer, "JPEG", quality=70)
+    pixels = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))[:, :, None]
+    with _client(server.urls["http"]) as c:
+        two, one = c.denoise_pixels(pixels, two_scales=True), c.denoise_pixels(pixels)
+    local = unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64, two_scales=True), np.uint8)
+    assert int(np.abs(two.astype(np.int64) - local).max()) == 0
+    assert int(np.abs(two.astype(np.int64) - one).max()) > 0
