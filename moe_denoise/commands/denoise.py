@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "uses it instead of its own estimate")
     p.add_argument("--no-guard", action="store_true",  # 20/255: runtime.guard.GUARD_MAX_SIGMA (not imported here)
                    help="turn off the clean-input guard, which blends the input back in when the photo is clean or "
-                        "only lightly noisy (estimated noise <= 20/255); turn it off for a noisy photo saved as JPEG, whose "
-                        "noise it reads low (docs/evaluation.md)")
+                        "only lightly noisy (estimated noise <= 20/255; a JPEG file's noise is read at two scales, as JPEG "
+                        "removes the finest detail); see docs/evaluation.md")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--server", default=None, metavar="URL",
