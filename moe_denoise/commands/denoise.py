@@ -163,6 +163,7 @@ def check_local(args: argparse.Namespace, report: dict) -> dict:
     """Denoise the input here too and compare with what the server's result became on disk, in pixel levels."""
     import numpy as np
 
+    from runtime.guard import LOSSY_FORMATS
     from runtime.images import read_image
     from runtime.tiling import denoise_array
     from serving.models import unit_to_image
@@ -171,7 +172,8 @@ def check_local(args: argparse.Namespace, report: dict) -> dict:
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     runner = make_runner(args, args.weights)
     with runner:
-        local = unit_to_image(denoise_array(image, runner, overlap=args.overlap, batch_size=args.batch_size), dtype)
+        local = unit_to_image(denoise_array(image, runner, overlap=args.overlap, batch_size=args.batch_size,
+                                            two_scales=info.format in LOSSY_FORMATS), dtype)
     served = unit_to_image(read_image(args.output)[0], dtype)
     diff = int(np.abs(served.astype(np.int64) - local).max())
     result = {"backend": runner.name, "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),

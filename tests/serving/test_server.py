@@ -276,6 +276,15 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", "grpc://" + info["urls"]["grpc"],
                      "--overwrite", "--check-local", "--backend", "torch", "--threads", "1"]) == 0
         assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in capsys.readouterr().out
+        jpeg = tmp_path / "noisy.jpg"  # a noisy JPEG: the guard reads the noise at two scales, on both sides
+        from PIL import Image
+
+        smooth = 0.5 + 0.2 * np.sin(np.arange(96) / 9.0)[:, None] * np.cos(np.arange(96) / 7.0)
+        noisy = np.clip(smooth + 10 / 255 * np.random.default_rng(12).standard_normal((96, 96)), 0, 1)
+        Image.fromarray(np.rint(noisy * 255).astype(np.uint8)).save(jpeg, quality=70)
+        assert main(["denoise", str(jpeg), "-o", str(tmp_path / "noisy.png"), "--server", "grpc://" +
+                     info["urls"]["grpc"], "--check-local", "--backend", "torch", "--threads", "1"]) == 0
+        assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in capsys.readouterr().out
     finally:
         rc = _stop(proc, signal.SIGTERM, group=False)
     assert rc == 0, (tmp_path / "serve.log").read_text()
