@@ -46,8 +46,9 @@ the guard, handing back much of the noisy input, lost up to 4.5 dB against the m
 estimate low at heavy noise, where the gate keeps the guard out (the best weight there is 0).
 
 Both are computed on up to :data:`SAMPLE_PIXELS` of the photo (evenly spaced windows), so the guard costs at
-most two extra denoisings of that many pixels, and only for photos under the gate; the weight is one number
-for the whole photo, so the banded result stays the same for every band size. Only numpy is imported here.
+most two extra denoisings of that many pixels, and only for photos under the gate (one for a photo sampled whole
+when the caller hands its own denoising in as ``whole``, as ``runtime.tiling`` does); the weight is one number for
+the whole photo, so the banded result stays the same for every band size. Only numpy is imported here.
 """
 from __future__ import annotations
 
@@ -285,14 +286,16 @@ def sure_input_weight(x: np.ndarray, fx: np.ndarray, fx_probe: np.ndarray, probe
 def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int,
                  denoise: Callable[[np.ndarray], np.ndarray], sigma: float | None = None,
                  max_sigma: float = GUARD_MAX_SIGMA, max_pixels: int = SAMPLE_PIXELS,
-                 two_scales: bool = False) -> GuardResult:
+                 two_scales: bool = False, whole: Callable[[], np.ndarray] | None = None) -> GuardResult:
     """The guard's decision for a photo read through ``rows(a, b)`` (float32 rows ``(b - a, width, C)``).
 
     ``denoise`` maps an image of the colour part's shape (HxW gray or HxWx3) to its denoised version, unclipped
     (e.g. ``runtime.tiling.denoise_array`` without the guard). ``sigma``: the noise level if known, the same for
     every pixel (skips the estimate; a user's ``--sigma``). Estimated, the noise may vary with brightness
     (:func:`estimate_noise_profile`, read at two scales with ``two_scales``: for a JPEG input); the gate compares
-    its root-mean-square over the sampled pixels."""
+    its root-mean-square over the sampled pixels. ``whole``: the whole photo's colour part denoised, asked for
+    (once) instead of ``denoise`` when the sample is the whole photo, so that a caller who needs that denoising
+    anyway does it once."""
     check_sigma(sigma)
     windows = sample_windows(height, width, max_pixels=max_pixels)
     crops = [np.ascontiguousarray(colour_part(rows(y, y + h))[:, x:x + w], dtype=np.float32)
@@ -318,7 +321,8 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     for crop in crops:
         probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=crop.shape)
         probe[(crop <= eps) | (crop >= 1 - eps)] = 0.0  # keep x + eps b inside [0, 1]
-        denoised = np.asarray(denoise(crop), dtype=np.float32)
+        everything = whole is not None and len(crops) == 1 and crop.shape[:2] == (height, width)
+        denoised = np.asarray(whole() if everything else denoise(crop), dtype=np.float32)
         x_all.append(crop.ravel())
         f_all.append(denoised.ravel())
         fp_all.append(np.asarray(denoise(np.clip(crop + eps * probe, 0.0, 1.0)), dtype=np.float32).ravel())

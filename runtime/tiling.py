@@ -37,7 +37,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import check_unit_range
-from .guard import GuardResult, blend, guard_weight
+from .guard import SAMPLE_PIXELS, GuardResult, blend, colour_part, guard_weight
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""
@@ -368,13 +368,43 @@ def denoise_array(
     def rows(a: int, b: int) -> np.ndarray:
         return img[a:b]
 
+    def bands(weight: float) -> np.ndarray:
+        result = np.empty_like(img)
+        for y, band in denoise_bands(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight):
+            result[y:y + len(band)] = band
+        return result
+
     if guard is True:  # the image is checked already: guard_rows, not guard_for_array, which would check it again
-        guard = guard_rows(rows, h, w, fn, tile, overlap, batch_size, sigma, two_scales)
-    weight = guard.input_weight if isinstance(guard, GuardResult) else 0.0
-    result = np.empty_like(img)
-    for y, band in denoise_bands(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight):
-        result[y:y + len(band)] = band
-    return result.reshape(image.shape)
+        guard, raw = guard_reusing(rows, h, w, bands, fn, tile, overlap, batch_size, sigma, two_scales)
+        if raw is not None:
+            return blend_whole(img, raw, guard.input_weight).reshape(image.shape)
+    return bands(guard.input_weight if isinstance(guard, GuardResult) else 0.0).reshape(image.shape)
+
+
+def guard_reusing(rows: RowSource, height: int, width: int, bands: Callable[[float], np.ndarray], fn: TileFn,
+                  tile: int, overlap: int, batch_size: int, sigma: float | None,
+                  two_scales: bool) -> tuple[GuardResult, np.ndarray | None]:
+    """The guard's decision, and the image denoised without the guard (``bands(0.0)``) when the decision needed it:
+    for an image the guard samples whole (at most :data:`runtime.guard.SAMPLE_PIXELS`) and under the gate, that
+    denoising is the guard's own f(x), done once for both (blend it with :func:`blend_whole`); otherwise None."""
+    raw: list[np.ndarray] = []
+
+    def whole() -> np.ndarray:
+        raw.append(bands(0.0))
+        return colour_part(raw[0])
+
+    decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma, two_scales,
+                          whole if height * width <= SAMPLE_PIXELS else None)
+    return decision, (raw[0] if raw else None)
+
+
+def blend_whole(image: np.ndarray, denoised: np.ndarray, input_weight: float) -> np.ndarray:
+    """What :func:`denoise_bands` gives with ``input_weight`` from its output with weight 0 (``denoised``, alpha
+    copied already): the colour channels blended with ``image``'s (HxWxC, float32), in place."""
+    part = slice(0, 1) if image.shape[2] in (1, 2) else slice(0, 3)
+    if input_weight:
+        denoised[:, :, part] = blend(image[:, :, part], denoised[:, :, part], input_weight)
+    return denoised
 
 
 def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
@@ -389,9 +419,11 @@ def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, ove
 
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,
                overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
-               sigma: float | None = None, two_scales: bool = False) -> GuardResult:
-    """:func:`runtime.guard.guard_weight` for an image read through a row source, tiled as :func:`denoise_bands`."""
+               sigma: float | None = None, two_scales: bool = False,
+               whole: Callable[[], np.ndarray] | None = None) -> GuardResult:
+    """:func:`runtime.guard.guard_weight` for an image read through a row source, tiled as :func:`denoise_bands`
+    (``whole``: see there)."""
     return guard_weight(rows, height, width,
                         lambda crop: denoise_array(crop, fn, tile, overlap, batch_size, guard=False), sigma,
-                        two_scales=two_scales)
+                        two_scales=two_scales, whole=whole)
 

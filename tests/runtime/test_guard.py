@@ -319,3 +319,41 @@ def test_a_jpeg_file_is_guarded_at_two_scales(tmp_path, capsys, random_weights):
     assert main(["denoise", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.png"), "--weights",
                  str(random_weights), "--no-progress"]) == 0
     assert "read at two scales, as the input is JPEG" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_a_small_photo_is_denoised_once_for_the_guard_and_the_result(channels, tmp_path):
+    """A photo the guard samples whole: its own f(x) is the result's denoising, so the tiles go through the model
+    twice (f(x) and the probe), not three times, and the result is the one the separate decision gives."""
+    from PIL import Image
+
+    from runtime.images import read_image
+    from runtime.photo import denoise_file
+    from runtime.tiling import plan_tiles
+
+    rng = np.random.default_rng(channels)
+    image = np.repeat(texture(80, 96, seed=channels)[:, :, None], channels, axis=2)
+    image[:, :, : 3 if channels >= 3 else 1] += 0.01 * rng.standard_normal((80, 96, 3 if channels >= 3 else 1))
+    image = np.clip(image, 0, 1).astype(np.float32)
+    calls = []
+    blur = blur_fn(1.0)
+
+    def counted(batch):
+        calls.append(len(batch))
+        return blur(batch)
+
+    decision = guard_for_array(image, blur)
+    assert decision.applied and 0 < decision.input_weight < 1
+    once = denoise_array(image, counted)
+    np.testing.assert_array_equal(once, denoise_array(image, blur, guard=decision))
+    assert sum(calls) == 2 * plan_tiles(80, 96).count
+    pixels = np.rint(image * 255).astype(np.uint8)  # the file path does the same
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode).save(tmp_path / "in.png")
+    calls.clear()
+    report = denoise_file(tmp_path / "in.png", tmp_path / "out.png", counted, progress=False)
+    assert report["guard"]["applied"] and sum(calls) == 2 * plan_tiles(80, 96).count
+    unit = read_image(tmp_path / "in.png")[0]
+    expected = np.rint(np.clip(denoise_array(unit, blur), 0, 1) * 255)
+    np.testing.assert_array_equal(np.rint(read_image(tmp_path / "out.png")[0] * 255), expected.reshape(
+        read_image(tmp_path / "out.png")[0].shape))
