@@ -116,7 +116,7 @@ def _level(name: str, clean: np.ndarray, noisy: np.ndarray, sigma: float, fns: M
         rows[label] = _score(np.clip(out, 0, 1), clean, with_ssim)
         if guard:  # the guard's decision, then its blend of this same output (what denoise_array(guard=...) does)
             t0 = time.perf_counter()
-            decision = guard_for_array(noisy, fn)
+            decision = guard_for_array(noisy, fn, denoised=out)  # f(x): this output, when the guard samples it all
             blended = blend(noisy, out, decision.input_weight)
             name = guarded_label(label)  # its time: the denoising it shares plus the guard's own
             seconds[name] = seconds.get(name, 0.0) + took + time.perf_counter() - t0

@@ -310,18 +310,22 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
         sigma = profile.rms(crops)
     else:
         profile = NoiseProfile.constant(sigma)
-    spread = (min(profile.sigmas), max(profile.sigmas))
+
+    def decided(weight: float, applied: bool) -> GuardResult:
+        return GuardResult(weight, sigma, given, applied, sampled, (min(profile.sigmas), max(profile.sigmas)),
+                           two_scales and not given)
+
     if sigma > max_sigma:
-        return GuardResult(0.0, sigma, given, False, sampled, spread, two_scales and not given)
+        return decided(0.0, False)
     if sigma == 0.0:  # told (or measured) noise-free: the input is the best answer
-        return GuardResult(1.0, sigma, given, True, sampled, spread, two_scales and not given)
+        return decided(1.0, True)
     eps = 0.1 * max(sigma, 1 / 255)
     rng = np.random.default_rng(PROBE_SEED)
     x_all, f_all, fp_all, b_all, s_all = [], [], [], [], []
     for crop in crops:
         probe = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=crop.shape)
         probe[(crop <= eps) | (crop >= 1 - eps)] = 0.0  # keep x + eps b inside [0, 1]
-        everything = whole is not None and len(crops) == 1 and crop.shape[:2] == (height, width)
+        everything = whole is not None and len(crops) == 1 and crop.shape[:2] == (height, width)  # sampled whole
         denoised = np.asarray(whole() if everything else denoise(crop), dtype=np.float32)
         x_all.append(crop.ravel())
         f_all.append(denoised.ravel())
@@ -331,4 +335,4 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     weight = sure_input_weight(np.concatenate(x_all).astype(np.float64), np.concatenate(f_all),
                                np.concatenate(fp_all), np.concatenate(b_all).astype(np.float64), eps,
                                np.concatenate(s_all))
-    return GuardResult(weight, sigma, given, True, sampled, spread, two_scales and not given)
+    return decided(weight, True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +128,17 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
     def rows(a: int, b: int) -> np.ndarray:
         return to_unit(pixels[a:b], info)
 
-    def bands(weight: float) -> Iterator[tuple[int, np.ndarray]]:
-        return denoise_bands(rows, h, w, c, fn, tile=tile, overlap=overlap, batch_size=batch_size,
-                             band_rows=band_rows, progress=progress, input_weight=weight)
-
-    def whole_unguarded(weight: float) -> np.ndarray:  # a small photo (the guard samples it whole), as float32
-        out = np.empty((h, w, c), dtype=np.float32)
-        for y, band in bands(weight):
-            out[y:y + len(band)] = band
-        return out
-
     decision = None
     if guard:
         two_scales = info.format in LOSSY_FORMATS  # JPEG took the finest detail, where the noise is read
-        decision, raw = guard_reusing(rows, h, w, whole_unguarded, fn, tile, overlap, batch_size, sigma, two_scales)
+        decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
+                                      two_scales)
         if raw is not None:  # the guard's own denoising of the whole photo is the result's too
             result[:] = to_pixels(blend_whole(rows(0, h), raw, decision.input_weight), info)
             return result, decision
-    for y, band in bands(decision.input_weight if decision is not None else 0.0):
+    bands = denoise_bands(rows, h, w, c, fn, tile=tile, overlap=overlap, batch_size=batch_size, band_rows=band_rows,
+                          progress=progress, input_weight=decision.input_weight if decision is not None else 0.0)
+    for y, band in bands:
         result[y:y + len(band)] = to_pixels(band, info)
     return result, decision
 

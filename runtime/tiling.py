@@ -37,7 +37,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import check_unit_range
-from .guard import SAMPLE_PIXELS, GuardResult, blend, colour_part, guard_weight
+from .guard import GuardResult, blend, colour_part, guard_weight
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""
@@ -272,7 +272,7 @@ def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, bat
         if input_weight or channels in (2, 4):
             given = source(y, y + n)
             if input_weight:
-                part = slice(0, 1) if gray else slice(0, 3)
+                part = _colour_channels(channels)
                 result[:, :, part] = blend(given[:, :, part], result[:, :, part], input_weight)
             if channels in (2, 4):
                 result[:, :, -1] = given[:, :, -1]
@@ -368,53 +368,65 @@ def denoise_array(
     def rows(a: int, b: int) -> np.ndarray:
         return img[a:b]
 
-    def bands(weight: float) -> np.ndarray:
-        result = np.empty_like(img)
-        for y, band in denoise_bands(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight):
-            result[y:y + len(band)] = band
-        return result
-
     if guard is True:  # the image is checked already: guard_rows, not guard_for_array, which would check it again
-        guard, raw = guard_reusing(rows, h, w, bands, fn, tile, overlap, batch_size, sigma, two_scales)
+        guard, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
+                                   two_scales)
         if raw is not None:
             return blend_whole(img, raw, guard.input_weight).reshape(image.shape)
-    return bands(guard.input_weight if isinstance(guard, GuardResult) else 0.0).reshape(image.shape)
+    weight = guard.input_weight if isinstance(guard, GuardResult) else 0.0
+    return denoise_whole(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight).reshape(image.shape)
 
 
-def guard_reusing(rows: RowSource, height: int, width: int, bands: Callable[[float], np.ndarray], fn: TileFn,
-                  tile: int, overlap: int, batch_size: int, sigma: float | None,
+def denoise_whole(rows: RowSource, height: int, width: int, channels: int, fn: TileFn, tile: int, overlap: int,
+                  batch_size: int, band_rows: int | None, progress: bool, input_weight: float = 0.0) -> np.ndarray:
+    """:func:`denoise_bands` gathered into one float32 (height, width, channels) array."""
+    result = np.empty((height, width, channels), dtype=np.float32)
+    for y, band in denoise_bands(rows, height, width, channels, fn, tile, overlap, batch_size, band_rows, progress,
+                                 input_weight):
+        result[y:y + len(band)] = band
+    return result
+
+
+def guard_reusing(rows: RowSource, height: int, width: int, channels: int, fn: TileFn, tile: int, overlap: int,
+                  batch_size: int, band_rows: int | None, progress: bool, sigma: float | None,
                   two_scales: bool) -> tuple[GuardResult, np.ndarray | None]:
-    """The guard's decision, and the image denoised without the guard (``bands(0.0)``) when the decision needed it:
-    for an image the guard samples whole (at most :data:`runtime.guard.SAMPLE_PIXELS`) and under the gate, that
-    denoising is the guard's own f(x), done once for both (blend it with :func:`blend_whole`); otherwise None."""
+    """The guard's decision, and the image denoised without the guard (:func:`denoise_whole`) when the decision
+    needed it: for an image the guard samples whole and under the gate, that denoising is the guard's own f(x),
+    done once for both (blend it with :func:`blend_whole`); otherwise None."""
     raw: list[np.ndarray] = []
 
     def whole() -> np.ndarray:
-        raw.append(bands(0.0))
+        raw.append(denoise_whole(rows, height, width, channels, fn, tile, overlap, batch_size, band_rows, progress))
         return colour_part(raw[0])
 
-    decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma, two_scales,
-                          whole if height * width <= SAMPLE_PIXELS else None)
+    decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma, two_scales, whole)
     return decision, (raw[0] if raw else None)
 
 
 def blend_whole(image: np.ndarray, denoised: np.ndarray, input_weight: float) -> np.ndarray:
     """What :func:`denoise_bands` gives with ``input_weight`` from its output with weight 0 (``denoised``, alpha
     copied already): the colour channels blended with ``image``'s (HxWxC, float32), in place."""
-    part = slice(0, 1) if image.shape[2] in (1, 2) else slice(0, 3)
     if input_weight:
+        part = _colour_channels(image.shape[2])
         denoised[:, :, part] = blend(image[:, :, part], denoised[:, :, part], input_weight)
     return denoised
 
 
+def _colour_channels(channels: int) -> slice:
+    """The channels the denoiser changes: the gray one (of gray, gray+alpha) or R, G, B (of RGB, RGBA)."""
+    return slice(0, 1) if channels in (1, 2) else slice(0, 3)
+
+
 def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                     batch_size: int = DEFAULT_BATCH_SIZE, sigma: float | None = None,
-                    two_scales: bool = False) -> GuardResult:
+                    two_scales: bool = False, denoised: np.ndarray | None = None) -> GuardResult:
     """The clean-input guard's decision (:func:`runtime.guard.guard_weight`) for an image :func:`denoise_array`
-    takes, with the same tiling."""
+    takes, with the same tiling. ``denoised``: the image's ``denoise_array(..., guard=False)`` if the caller has
+    it (used as the guard's f(x) when the guard samples the whole image, instead of denoising it again)."""
     img = validate_image(image)
+    whole = None if denoised is None else (lambda: colour_part(validate_image(denoised)))
     return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap, batch_size, sigma,
-                      two_scales)
+                      two_scales, whole)
 
 
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,
