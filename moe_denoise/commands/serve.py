@@ -6,6 +6,8 @@ import signal
 import sys
 import time
 
+from moe_base.fileio import atomic_write_json, check_output_file
+
 from . import add_backend_args, add_weights_args, make_runner
 
 
@@ -59,23 +61,14 @@ def config_from_args(args: argparse.Namespace):
     ).validate()
 
 
-def write_ready_file(path: str, info: dict) -> None:
-    """The URLs as JSON, written atomically (a script polling for the file never reads half of it)."""
-    import json
-    import os
-
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
     from serving.server import DenoiseServer
 
     config = config_from_args(args)
+    if args.ready_file:  # an unwritable --ready-file fails here, before Triton starts
+        check_output_file(args.ready_file, overwrite=True, option="")
     make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
 
     def log(message: str) -> None:
@@ -96,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 "startup_seconds": round(time.perf_counter() - t0, 2),
                 "log": str(server.log_path) if server.log_path else None}
         if args.ready_file:
-            write_ready_file(args.ready_file, info)
+            atomic_write_json(args.ready_file, info)  # a poller never reads half of it
         if args.json:
             print(json.dumps(info, indent=2), flush=True)
         else:

@@ -102,7 +102,8 @@ def test_serves_whole_photos_as_local_tiling_computes_them(server, direct, dtype
         np.testing.assert_array_equal(out[:, :, 3], pixels[:, :, 3])  # alpha passes through
 
 
-def test_batches_concurrent_requests(server, tiles):
+def _burst(server, tiles) -> tuple[int, int]:
+    """16 one-tile requests released together; Triton's (inferences, executions) for them."""
     from serving.client import batching_counts
 
     before = batching_counts(server.urls["metrics"])
@@ -124,10 +125,20 @@ def test_batches_concurrent_requests(server, tiles):
         t.join(timeout=120)
     after = batching_counts(server.urls["metrics"])
     assert len(answers) == 16 and all(isinstance(a, np.ndarray) for a in answers)
-    inferences = after["inferences"] - before["inferences"]
-    executions = after["executions"] - before["executions"]
-    assert inferences == 16  # one tile per request
-    assert executions < inferences, f"Triton ran {executions} executions for {inferences} one-tile requests"
+    return after["inferences"] - before["inferences"], after["executions"] - before["executions"]
+
+
+def test_batches_concurrent_requests(server, tiles):
+    # On a loaded 2-core machine 16 threads can miss one 20 ms batching window by chance, so up to three bursts
+    # are sent; a server that never batches fails all three.
+    seen = []
+    for _ in range(3):
+        inferences, executions = _burst(server, tiles)
+        assert inferences == 16  # one tile per request
+        seen.append(executions)
+        if executions < inferences:
+            break
+    assert min(seen) < 16, f"Triton ran {seen} executions for 16 one-tile requests in each of {len(seen)} bursts"
 
 
 def _raw_post(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:

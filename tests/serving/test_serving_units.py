@@ -138,6 +138,17 @@ def test_serve_no_guard_reaches_the_config():
     assert config_from_args(build_parser().parse_args(["serve", "--no-guard"])).guard is False
 
 
+def test_serve_refuses_an_unwritable_ready_file_before_starting(tmp_path):
+    """--ready-file in a folder that cannot be made: a one-line error and exit 2, no server started."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = subprocess.run([sys.executable, "-m", "moe_denoise.cli", "serve", "--backend", "torch",
+                        "--ready-file", str(blocker / "ready.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot write to the folder '{blocker}'" in r.stderr and "Traceback" not in r.stderr
+    assert "Triton" not in r.stderr and not (blocker / "ready.json").exists()
+
+
 def test_image_model_refuses_bad_images():
     model = ImageModel(IdentityRunner(), max_pixels=100)
     with pytest.raises(InputError, match=r"at most 100 pixels.*--max-image-pixels"):
