@@ -33,8 +33,8 @@ With fewer than :data:`MIN_NOISE_BLOCKS` blocks left (an image under about 64x64
 back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped, non-flat 2x2 blocks, one level for all.
 
 JPEG takes away the finest detail, and with it much of the noise the estimate reads there, while the noise at
-coarser scales stays: a noisy JPEG reads low. For a photo stored as JPEG (:data:`LOSSY_FORMATS`; the caller knows
-the file, ``two_scales``) the noise is also read on the 2x2 means (the next scale; white noise reads the same
+coarser scales stays: a noisy JPEG reads low. For a photo stored as JPEG (:data:`LOSSY_FORMATS`), or whose pixels
+were JPEG-compressed before (:mod:`runtime.jpeg_traces`; the caller decides, ``two_scales``) the noise is also read on the 2x2 means (the next scale; white noise reads the same
 there) and the higher reading taken at every brightness. Not for lossless input: texture reads higher at the next
 scale too, and the guard would give back less of a clean photo.
 
@@ -91,6 +91,7 @@ class GuardResult:
     sampled_pixels: int
     sigma_range: tuple[float, float] | None = None  # the estimate's lowest and highest std over brightness
     two_scales: bool = False  # the noise was read at the finest two scales (a JPEG input)
+    two_scales_reason: str | None = None  # why, where the caller said (runtime.jpeg_traces.two_scales_reason)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from moe_base.errors import InputError
 
-from .guard import LOSSY_FORMATS, GuardResult
+from .guard import GuardResult
 from .images import (
     DEFAULT_MAX_PIXELS,
     ImageHeader,
@@ -23,6 +24,7 @@ from .images import (
     to_unit,
     write_pixels,
 )
+from .jpeg_traces import two_scales_reason
 from .tiling import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
@@ -92,7 +94,8 @@ def denoise_file(
 
     ``guard`` / ``sigma``: the clean-input guard (:mod:`runtime.guard`, on by default), which blends the input
     back in when the photo's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; the report's
-    ``guard`` entry says what it decided. A JPEG file's noise is read at two scales (``two_scales``).
+    ``guard`` entry says what it decided. A JPEG's noise is read at two scales: a JPEG file's, or one whose pixels
+    were JPEG-compressed before (:func:`runtime.jpeg_traces.two_scales_reason`).
     """
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
@@ -130,9 +133,10 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
 
     decision = None
     if guard:
-        two_scales = info.format in LOSSY_FORMATS  # JPEG took the finest detail, where the noise is read
+        why = two_scales_reason(info.format, pixels, 65535.0 if info.bit_depth == 16 else 255.0)
         decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
-                                      two_scales)
+                                      why is not None)  # JPEG took the finest detail, where the noise is read
+        decision = replace(decision, two_scales_reason=why if decision.two_scales else None)
         if raw is not None:  # the guard's own denoising of the whole photo is the result's too
             result[:] = to_pixels(blend_whole(rows(0, h), raw, decision.input_weight), info)
             return result, decision

@@ -188,8 +188,8 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     (same size, mode, bit depth, metadata; atomic; never over an existing file unless ``overwrite``); only the
     tiling and the runner calls happen in the server.
     """
-    from runtime.guard import LOSSY_FORMATS
     from runtime.images import check_output_path, check_writable, read_image, write_image
+    from runtime.jpeg_traces import two_scales_reason
     from runtime.tiling import plan_tiles
 
     check_output_path(out_path, in_path, overwrite)
@@ -198,7 +198,8 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     check_writable(out_path, info)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)
-    two_scales = info.format in LOSSY_FORMATS  # as runtime.photo.denoise_file decides for the guard
+    # the guard's reading, as runtime.photo.denoise_file decides it
+    two_scales = two_scales_reason(info.format, pixels, float(np.iinfo(dtype).max)) is not None
     with DenoiseClient(url, timeout_s=timeout_s) as client:
         client.wait_ready(timeout_s=10.0)
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends

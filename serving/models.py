@@ -22,6 +22,7 @@ import numpy as np
 
 from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
+from runtime.jpeg_traces import jpeg_quantised
 from runtime.tiling import denoise_array
 
 from .config import IMAGE_INPUTS, IMAGE_OUTPUTS, TWO_SCALES_PARAMETER
@@ -117,7 +118,11 @@ class ImageModel:
         return pixels
 
     def denoise(self, pixels: np.ndarray, two_scales: bool = False) -> np.ndarray:
+        """``two_scales``: the request said the photo is a JPEG file; a photo whose pixels were JPEG-compressed is
+        read at two scales without it, as 'moe-denoise denoise' reads a file (runtime.jpeg_traces)."""
         image = image_to_unit(pixels)
+        if self.guard and not two_scales:
+            two_scales = jpeg_quantised(pixels, float(_TOP[pixels.dtype.name]))
         out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=self.guard,
                             two_scales=two_scales)
         return unit_to_image(out, pixels.dtype)

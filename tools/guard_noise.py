@@ -5,10 +5,13 @@ brightness, ``a x + (0.5/255)^2``, ``a`` set so that mid-gray gets the named std
 ``--jpeg Q ...``, also the white-noise photo saved as 8-bit JPEG at each quality ``Q`` and read back. For each
 photo and level: the noise's true root-mean-square std, the guard's estimate and its range over brightness, the
 input weight, and the PSNR of the noisy input, the model alone, the guard as ``moe-denoise denoise`` applies it
-(for the JPEG versions: reading the noise at two scales, as it does for a JPEG file),
-and the guard told the true root-mean-square (one level for all pixels). Run from the repository root::
+(``scales``: it reads the noise at two scales for a JPEG file and for pixels that were JPEG-compressed,
+:func:`runtime.jpeg_traces.two_scales_reason`; with ``--as-png`` the JPEG versions are taken as PNG files holding
+the same pixels), the guard with the other reading (``other``), and the guard told the true root-mean-square (one
+level for all pixels). Run from the repository root::
 
-    python -m tools.guard_noise [--photos camera coffee astronaut] [--levels 3 6 10 15] [--jpeg 85 70] [--weights blind]
+    python -m tools.guard_noise [--photos camera coffee astronaut] [--levels 3 6 10 15] [--jpeg 85 70] [--as-png]
+                                [--weights blind]
 
 About 10 minutes on the 2-core CPU with the defaults; prints a table (docs/evaluation.md quotes it).
 """
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", nargs="+", type=float, default=[3, 6, 10, 15], help="std at mid-gray, 0-255 scale")
     p.add_argument("--jpeg", nargs="*", type=int, default=[], help="also the white-noise photo through JPEG at these "
                    "qualities (1-95)")
+    p.add_argument("--as-png", action="store_true", help="take the JPEG versions as PNG files holding the same pixels "
+                   "(the two-scale reading then rests on finding JPEG in the pixels)")
     p.add_argument("--weights", default="blind", help="weights by name or path (default: the blind weights)")
     args = p.parse_args(argv)
 
@@ -58,26 +63,30 @@ def main(argv: list[str] | None = None) -> int:
     from moe_model.baselines import psnr
     from moe_model.checkpoint import load_model
     from runtime.guard import blend
+    from runtime.jpeg_traces import two_scales_reason
     from runtime.tiling import denoise_array, guard_for_array
 
     fn = model_tile_fn(load_model(resolve_weights(Path(args.weights))))
     t0 = time.perf_counter()
-    print(f"{'photo':<10} {'noise':<7} {'level':>5} {'rms':>6} {'estimate':>9} {'range':>11} {'weight':>6} | "
-          f"{'input':>6} {'model':>6} {'guard':>6} {'told rms':>8}  (std on the 0-255 scale, PSNR in dB)")
+    print(f"{'photo':<10} {'noise':<7} {'level':>5} {'rms':>6} {'scales':>6} {'estimate':>9} {'range':>11} "
+          f"{'weight':>6} | {'input':>6} {'model':>6} {'guard':>6} {'other':>6} {'told rms':>8}  (std on the 0-255 "
+          f"scale, PSNR in dB)")
     for name in args.photos:
         clean = load_photo(name)
         for level in args.levels:
             for kind, (noisy, rms) in noisy_versions(clean, name, level, tuple(args.jpeg)).items():
                 out = denoise_array(noisy, fn, guard=False)
-                guard = guard_for_array(noisy, fn, two_scales=kind.startswith("jpeg"))  # as for a JPEG file
-                told = guard_for_array(noisy, fn, sigma=rms)
+                file_format = "JPEG" if kind.startswith("jpeg") and not args.as_png else "PNG"
+                two = two_scales_reason(file_format, noisy, 1.0) is not None  # as 'denoise' decides for the file
+                guard, other = (guard_for_array(noisy, fn, two_scales=t, denoised=out) for t in (two, not two))
+                told = guard_for_array(noisy, fn, sigma=rms, denoised=out)
                 scores = [psnr(noisy, clean), psnr(np.clip(out, 0, 1), clean)] + [
-                    psnr(np.clip(blend(noisy, out, d.input_weight), 0, 1), clean) for d in (guard, told)]
+                    psnr(np.clip(blend(noisy, out, d.input_weight), 0, 1), clean) for d in (guard, other, told)]
                 low, high = guard.sigma_range or (float("nan"), float("nan"))
                 estimate = float("nan") if guard.sigma is None else guard.sigma * 255
-                print(f"{name:<10} {kind:<7} {level:>5g} {rms * 255:>6.2f} {estimate:>9.2f} "
+                print(f"{name:<10} {kind:<7} {level:>5g} {rms * 255:>6.2f} {1 + two:>6} {estimate:>9.2f} "
                       f"{low * 255:>5.1f}-{high * 255:<5.1f} {guard.input_weight:>6.2f} | "
-                      + " ".join(f"{v:>6.2f}" for v in scores[:3]) + f" {scores[3]:>8.2f}", flush=True)
+                      + " ".join(f"{v:>6.2f}" for v in scores[:4]) + f" {scores[4]:>8.2f}", flush=True)
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 

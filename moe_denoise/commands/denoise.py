@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "uses it instead of its own estimate")
     p.add_argument("--no-guard", action="store_true",  # 20/255: runtime.guard.GUARD_MAX_SIGMA (not imported here)
                    help="turn off the clean-input guard, which blends the input back in when the photo is clean or "
-                        "only lightly noisy (estimated noise <= 20/255; a JPEG file's noise is read at two scales, as JPEG "
-                        "removes the finest detail); see docs/evaluation.md")
+                        "only lightly noisy (estimated noise <= 20/255; a JPEG's noise is read at two scales, as JPEG "
+                        "removes the finest detail: a JPEG file's, or a PNG/TIFF whose pixels were JPEG once); see "
+                        "docs/evaluation.md")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--server", default=None, metavar="URL",
@@ -132,7 +133,7 @@ def describe_guard(guard: dict) -> str:
     if high - low >= 0.5 / 255:  # noise that varies with brightness: say how much
         how += f"; {low * 255:.1f} to {high * 255:.1f}/255 over the brightness range"
     if guard.get("two_scales"):
-        how += "; read at two scales, as the input is JPEG"
+        how += f"; read at two scales, as {guard.get('two_scales_reason') or 'the input is JPEG'}"
     level = f"noise {guard['sigma'] * 255:.1f}/255 ({how})"
     if not guard["applied"]:
         return f"clean-input guard: {level}, above {GUARD_MAX_SIGMA * 255:g}/255: the denoiser's output as it is"
@@ -163,8 +164,8 @@ def check_local(args: argparse.Namespace, report: dict) -> dict:
     """Denoise the input here too and compare with what the server's result became on disk, in pixel levels."""
     import numpy as np
 
-    from runtime.guard import LOSSY_FORMATS
     from runtime.images import read_image
+    from runtime.jpeg_traces import two_scales_reason
     from runtime.tiling import denoise_array
     from serving.models import unit_to_image
 
@@ -173,7 +174,8 @@ def check_local(args: argparse.Namespace, report: dict) -> dict:
     runner = make_runner(args, args.weights)
     with runner:
         local = unit_to_image(denoise_array(image, runner, overlap=args.overlap, batch_size=args.batch_size,
-                                            two_scales=info.format in LOSSY_FORMATS), dtype)
+                                            two_scales=two_scales_reason(info.format, image, 1.0) is not None),
+                              dtype)
     served = unit_to_image(read_image(args.output)[0], dtype)
     diff = int(np.abs(served.astype(np.int64) - local).max())
     result = {"backend": runner.name, "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),

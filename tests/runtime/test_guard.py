@@ -306,19 +306,27 @@ def test_two_scales_read_the_noise_jpeg_took_the_finest_detail_of():
         estimate_noise_profile([white]).rms([white]), rel=0.1)
 
 
-def test_a_jpeg_file_is_guarded_at_two_scales(tmp_path, capsys, random_weights):
+def test_a_jpeg_file_or_a_jpeg_saved_as_png_is_guarded_at_two_scales(tmp_path, capsys, random_weights):
+    """A JPEG file, and the same JPEG's pixels saved as PNG (cropped by 3 and 5 pixels), are read at two scales,
+    each with its reason; the lossless original is read at one."""
     from PIL import Image
 
-    pixels = np.rint(np.clip(texture(96, 96, seed=15) + 0.02 * np.random.default_rng(16).standard_normal((96, 96)),
-                             0, 1) * 255).astype(np.uint8)
-    for name in ("photo.jpg", "photo.png"):
-        Image.fromarray(pixels).save(tmp_path / name)
+    pixels = np.rint(np.clip(texture(128, 128, seed=15) + 0.02 * np.random.default_rng(16).standard_normal(
+        (128, 128)), 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=80)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    Image.open(tmp_path / "photo.jpg").crop((5, 3, 128, 128)).save(tmp_path / "was-jpeg.png")
+    expected = {"photo.jpg": "the file is JPEG", "was-jpeg.png": "its pixels were JPEG-compressed before",
+                "photo.png": None}
+    for name, reason in expected.items():
         assert main(["denoise", str(tmp_path / name), "-o", str(tmp_path / f"out-{name}.png"), "--weights",
                      str(random_weights), "--no-progress", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["guard"]["two_scales"] == name.endswith(".jpg")
-    assert main(["denoise", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.png"), "--weights",
+        guard = json.loads(capsys.readouterr().out)["guard"]
+        assert guard["two_scales"] == (reason is not None), name
+        assert (guard["two_scales_reason"] or "").startswith(reason or ""), name
+    assert main(["denoise", str(tmp_path / "was-jpeg.png"), "-o", str(tmp_path / "out.png"), "--weights",
                  str(random_weights), "--no-progress"]) == 0
-    assert "read at two scales, as the input is JPEG" in capsys.readouterr().out
+    assert "read at two scales, as its pixels were JPEG-compressed before" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])

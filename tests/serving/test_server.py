@@ -346,10 +346,11 @@ def test_a_runner_that_cannot_start_fails_before_triton_with_its_own_message():
     assert not s.is_alive() and not made[0].is_active  # the runner made before the failure was released
 
 
-def test_jpeg_photos_ask_for_two_scales_and_match_local(server, direct):
-    """A noisy photo stored as JPEG: `denoise --server` asks the guard to read the noise at two scales (a request
-    parameter), as the local command decides from the file; the answer is the local result, and differs from the
-    one-scale answer (the parameter reached the server)."""
+def test_jpeg_photos_are_read_at_two_scales_and_match_local(server, direct):
+    """The guard's two-scale reading in the server: asked for by the request parameter (`denoise --server` sends
+    it for a JPEG file; it changes the answer on a photo that is not JPEG, so it reached the server), and taken
+    without it for pixels that were JPEG-compressed, as 'moe-denoise denoise' reads a file. Each answer is the
+    local result."""
     import io
 
     from PIL import Image
@@ -362,9 +363,17 @@ def test_jpeg_photos_ask_for_two_scales_and_match_local(server, direct):
     noisy = np.clip(smooth + 10 / 255 * rng.standard_normal((96, 96)), 0, 1)
     buffer = io.BytesIO()
     Image.fromarray(np.rint(noisy * 255).astype(np.uint8)).save(buffer, "JPEG", quality=70)
-    pixels = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))[:, :, None]
+    was_jpeg = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))[:, :, None]
+    camera = pytest.importorskip("skimage.data", reason="scikit-image (the test extra) holds the photo").camera()
+    lossless = np.ascontiguousarray(camera[300:396, 100:196, None])  # clean: the guard's weight depends on the reading
+
+    def local(pixels: np.ndarray, two_scales: bool) -> np.ndarray:
+        return unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64, two_scales=two_scales),
+                             np.uint8)
+
     with _client(server.urls["http"]) as c:
-        two, one = c.denoise_pixels(pixels, two_scales=True), c.denoise_pixels(pixels)
-    local = unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64, two_scales=True), np.uint8)
-    assert int(np.abs(two.astype(np.int64) - local).max()) == 0
-    assert int(np.abs(two.astype(np.int64) - one).max()) > 0
+        asked, not_asked = c.denoise_pixels(lossless, two_scales=True), c.denoise_pixels(lossless)
+        found = c.denoise_pixels(was_jpeg)
+    assert np.array_equal(asked, local(lossless, True)) and np.array_equal(not_asked, local(lossless, False))
+    assert not np.array_equal(asked, not_asked)  # the parameter reached the guard
+    assert np.array_equal(found, local(was_jpeg, True)) and not np.array_equal(found, local(was_jpeg, False))
