@@ -121,5 +121,5 @@ def two_scales_reason(file_format: str | None, pixels: np.ndarray, top: float) -
     if file_format in LOSSY_FORMATS:
         return "the file is JPEG"
     if jpeg_quantised(pixels, top):
-        return "its pixels were JPEG-compressed before (8x8 blocks quantised)"
+        return "its pixels were JPEG-compressed before"  # JPEG's 8x8 blocks, quantised
     return None
