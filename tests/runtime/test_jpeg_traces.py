@@ -58,11 +58,27 @@ def test_what_breaks_the_grid_or_is_too_small_is_not_jpeg():
     assert jpeg_quantised(pixels[:128, :128])
 
 
-def test_drawn_pictures_are_not_jpeg():
-    """A checkerboard and a silhouette (two levels) gather at a few positions, never at the six needed."""
-    for pixels in (data.checkerboard(), (data.horse() * 255).astype(np.uint8)):
-        assert not jpeg_quantised(pixels)
-        assert sum(r >= 0.5 for r in grid_resultants(luma(pixels, 255))) < 6
+def test_drawn_and_converted_pictures_are_not_jpeg():
+    """A checkerboard and a silhouette (two levels) gather at a few positions, never at the six needed; a gradient
+    (every block alike) at one; palette, posterised, dithered, upscaled and drawn-text pictures at none."""
+    from PIL import ImageDraw
+
+    astronaut = Image.fromarray(photo("astronaut"))
+    text = Image.new("RGB", (400, 240), "white")
+    for i in range(20):
+        ImageDraw.Draw(text).text((10 + i % 2 * 200, 10 + i // 2 * 22), f"a screenshot, line {i}", fill=(i * 9, 20, 90))
+    pictures = {
+        "checkerboard": data.checkerboard(), "silhouette": (data.horse() * 255).astype(np.uint8),
+        "gradient": np.tile(np.linspace(0, 255, 320), (200, 1)).round().astype(np.uint8),
+        "palette": np.asarray(astronaut.quantize(16).convert("RGB")),
+        "posterised": np.asarray(astronaut.point(lambda v: v // 32 * 32)),
+        "dithered": np.asarray(astronaut.convert("1").convert("L")),
+        "upscaled": np.asarray(astronaut.resize((1024, 1024), Image.NEAREST)),
+        "text": np.asarray(text),
+    }
+    for name, pixels in pictures.items():
+        assert not jpeg_quantised(pixels), name
+        assert sum(r >= 0.5 for r in grid_resultants(luma(pixels, 255))) < 6, name
 
 
 def test_sixteen_bit_alpha_and_float_pixels():
