@@ -34,9 +34,10 @@ back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped, non-flat 2
 
 JPEG takes away the finest detail, and with it much of the noise the estimate reads there, while the noise at
 coarser scales stays: a noisy JPEG reads low. For a photo stored as JPEG (:data:`LOSSY_FORMATS`), or whose pixels
-were JPEG-compressed before (:mod:`runtime.jpeg_traces`; the caller decides, ``two_scales``) the noise is also read on the 2x2 means (the next scale; white noise reads the same
-there) and the higher reading taken at every brightness. Not for lossless input: texture reads higher at the next
-scale too, and the guard would give back less of a clean photo.
+were JPEG-compressed before (:mod:`runtime.jpeg_traces`; the caller decides, ``two_scales``), the noise is also
+read on the 2x2 means (the next scale; white noise reads the same there) and the higher reading taken at every
+brightness. Not for lossless input: texture reads higher at the next scale too, and the guard would give back less
+of a clean photo.
 
 Measured (``python -m tools.guard_noise``, docs/evaluation.md): with white noise of 3 to 15/255 on scikit-image's
 photos the estimate reads within 0.7/255 of the truth, with a camera-like noise (variance linear in brightness)
