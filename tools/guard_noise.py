@@ -2,7 +2,10 @@
 
 White noise (one std for every pixel, the evaluation's draw) and camera-like noise (variance linear in
 brightness, ``a x + (0.5/255)^2``, ``a`` set so that mid-gray gets the named std), both clipped to [0, 1]; with
-``--jpeg Q ...``, also the white-noise photo saved as 8-bit JPEG at each quality ``Q`` and read back. For each
+``--jpeg Q ...``, also the white-noise photo saved as 8-bit JPEG at each quality ``Q`` and read back; with
+``--bayer`` (colour photos), a camera's raw noise: white noise of the named std on one colour per pixel (an RGGB
+Bayer mosaic), then bilinear demosaicing, which spreads it over neighbours and channels (correlated noise, rms
+below the named std), scored against the clean photo mosaicked and demosaicked the same way. For each
 photo and level: the noise's true root-mean-square std, the guard's estimate and its range over brightness, the
 input weight, and the PSNR of the noisy input, the model alone, the guard as ``moe-denoise denoise`` applies it
 (``scales``: it reads the noise at two scales for a JPEG file and for pixels that were JPEG-compressed,
@@ -11,7 +14,7 @@ the same pixels), the guard with the other reading (``other``), and the guard to
 level for all pixels). Run from the repository root::
 
     python -m tools.guard_noise [--photos camera coffee astronaut] [--levels 3 6 10 15] [--jpeg 85 70] [--as-png]
-                                [--weights blind]
+                                [--bayer] [--weights blind]
 
 About 10 minutes on the 2-core CPU with the defaults; prints a table (docs/evaluation.md quotes it).
 """
@@ -47,6 +50,27 @@ def noisy_versions(clean: np.ndarray, name: str, level255: float,
     return versions
 
 
+def demosaicked(image: np.ndarray) -> np.ndarray:
+    """An RGB image sampled through an RGGB Bayer mosaic (one colour a pixel) and bilinearly demosaicked."""
+    from scipy.ndimage import convolve
+
+    mask = np.zeros(image.shape, dtype=np.float64)
+    mask[0::2, 0::2, 0] = mask[0::2, 1::2, 1] = mask[1::2, 0::2, 1] = mask[1::2, 1::2, 2] = 1
+    green = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]]) / 4
+    red_blue = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 4
+    return np.stack([convolve(image[..., c] * mask[..., c], k, mode="mirror")
+                     for c, k in ((0, red_blue), (1, green), (2, red_blue))], axis=-1)
+
+
+def bayer_version(clean: np.ndarray, name: str, level255: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """(noisy, its rms noise, its clean reference): white noise of std ``level255``/255 before demosaicing."""
+    from benchmarks.quality import noise_draw
+
+    reference = np.clip(demosaicked(clean.astype(np.float64)), 0, 1)
+    noisy = np.clip(demosaicked(clean + level255 / 255 * noise_draw(name, clean.shape, 0)), 0, 1)
+    return noisy.astype(np.float32), float(np.sqrt(np.mean((noisy - reference) ** 2))), reference.astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", nargs="+", default=["camera", "coffee", "astronaut"])
@@ -55,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                    "qualities (1-95)")
     p.add_argument("--as-png", action="store_true", help="take the JPEG versions as PNG files holding the same pixels "
                    "(the two-scale reading then rests on finding JPEG in the pixels)")
+    p.add_argument("--bayer", action="store_true", help="also raw-like noise through a Bayer mosaic and demosaicing "
+                   "(colour photos)")
     p.add_argument("--weights", default="blind", help="weights by name or path (default: the blind weights)")
     args = p.parse_args(argv)
 
@@ -74,14 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.photos:
         clean = load_photo(name)
         for level in args.levels:
-            for kind, (noisy, rms) in noisy_versions(clean, name, level, tuple(args.jpeg)).items():
+            rows = [(kind, noisy, rms, clean) for kind, (noisy, rms) in
+                    noisy_versions(clean, name, level, tuple(args.jpeg)).items()]
+            if args.bayer and clean.ndim == 3:
+                rows.append(("bayer", *bayer_version(clean, name, level)))
+            for kind, noisy, rms, reference in rows:
                 out = denoise_array(noisy, fn, guard=False)
                 file_format = "JPEG" if kind.startswith("jpeg") and not args.as_png else "PNG"
                 two = two_scales_reason(file_format, noisy, 1.0) is not None  # as 'denoise' decides for the file
                 guard, other = (guard_for_array(noisy, fn, two_scales=t, denoised=out) for t in (two, not two))
                 told = guard_for_array(noisy, fn, sigma=rms, denoised=out)
-                scores = [psnr(noisy, clean), psnr(np.clip(out, 0, 1), clean)] + [
-                    psnr(np.clip(blend(noisy, out, d.input_weight), 0, 1), clean) for d in (guard, other, told)]
+                scores = [psnr(noisy, reference), psnr(np.clip(out, 0, 1), reference)] + [
+                    psnr(np.clip(blend(noisy, out, d.input_weight), 0, 1), reference) for d in (guard, other, told)]
                 low, high = guard.sigma_range or (float("nan"), float("nan"))
                 estimate = float("nan") if guard.sigma is None else guard.sigma * 255
                 print(f"{name:<10} {kind:<7} {level:>5g} {rms * 255:>6.2f} {1 + two:>6} {estimate:>9.2f} "

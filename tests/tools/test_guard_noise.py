@@ -26,3 +26,18 @@ def test_jpeg_versions_are_the_white_noise_photo_compressed():
         assert decoded.shape == clean.shape and rms == 10 / 255
         assert 0 < np.abs(decoded - white).mean() < 10 / 255  # the same photo, with JPEG's losses
     assert np.abs(versions["jpeg50"][0] - white).mean() > np.abs(versions["jpeg90"][0] - white).mean()
+
+
+def test_bayer_version_is_demosaicked_raw_noise():
+    from tools.guard_noise import bayer_version, demosaicked
+
+    flat = np.full((32, 40, 3), 0.5)
+    np.testing.assert_allclose(demosaicked(flat)[1:-1, 1:-1], 0.5)  # bilinear demosaicing keeps a flat colour
+    rng = np.random.default_rng(3)
+    clean = np.clip(0.5 + 0.1 * rng.standard_normal((64, 80, 3)), 0, 1)
+    noisy, rms, reference = bayer_version(clean, "coffee", 10)
+    np.testing.assert_allclose(reference, np.clip(demosaicked(clean), 0, 1), atol=1e-6)
+    noise = (noisy - reference).astype(np.float64)
+    assert 0.4 * 10 / 255 < rms < 0.9 * 10 / 255  # spread over neighbours: below the raw std
+    g = noise[:, :, 1]
+    assert np.corrcoef(g[:, :-1].ravel(), g[:, 1:].ravel())[0, 1] > 0.2  # neighbours share it: correlated noise
