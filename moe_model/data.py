@@ -108,17 +108,21 @@ def add_noise(clean: torch.Tensor, sigma: float = DEFAULT_SIGMA, protocol: Proto
 class BlindNoise:
     """The noise of blind training: every image gets its own level, drawn uniformly over [0, sigma_max] (a share
     exactly 0: clean input must come out unchanged), clipped to [0, 1] or not, and a share of the images are
-    turned gray (luminance in all three channels) with the same noise in every channel, as a gray photo is fed."""
+    turned gray (luminance in all three channels) with the same noise in every channel, as a gray photo is fed.
+    ``bayer_share``: a share of the colour images get a camera's raw noise instead (:func:`demosaicked_noise`: the
+    level's white noise on one colour a pixel, spread by bilinear demosaicing); 0 keeps the draws of the recipe
+    before it existed, image for image."""
 
     sigma_max: float = 75 / 255
     zero_share: float = 0.05
     unclipped_share: float = 0.5
     gray_share: float = 0.25
+    bayer_share: float = 0.0
 
     def __post_init__(self) -> None:
         bad = [f"{k} must be in [0, 1] (got {v})" for k, v in
                (("zero_share", self.zero_share), ("unclipped_share", self.unclipped_share),
-                ("gray_share", self.gray_share)) if not 0.0 <= v <= 1.0]
+                ("gray_share", self.gray_share), ("bayer_share", self.bayer_share)) if not 0.0 <= v <= 1.0]
         if not 0.0 < self.sigma_max < float("inf"):
             bad.append(f"sigma_max must be > 0 (got {self.sigma_max})")
         if bad:
@@ -134,6 +138,24 @@ def to_gray(images: torch.Tensor) -> torch.Tensor:
     return (images * w).sum(dim=1, keepdim=True).expand_as(images).contiguous()
 
 
+_GREEN = ((0.0, 0.25, 0.0), (0.25, 1.0, 0.25), (0.0, 0.25, 0.0))  # bilinear demosaicing of a Bayer mosaic
+_RED_BLUE = ((0.25, 0.5, 0.25), (0.5, 1.0, 0.5), (0.25, 0.5, 0.25))
+
+
+def demosaicked_noise(noise: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) white noise -> what a camera's raw noise becomes: each pixel keeps one colour's value (an RGGB
+    mosaic shifted by ``phase`` (N,) in 0..3: rows by phase // 2, columns by phase % 2, as a tile may start
+    anywhere on the sensor), and bilinear demosaicing fills the other two from the neighbours (correlated
+    between neighbours and channels; rms about 0.77 of the white noise's)."""
+    n, _, h, w = noise.shape
+    rows = (torch.arange(h).view(1, h, 1) + (phase // 2).view(n, 1, 1)) % 2
+    cols = (torch.arange(w).view(1, 1, w) + (phase % 2).view(n, 1, 1)) % 2
+    mask = torch.stack([(rows == 0) & (cols == 0), rows != cols, (rows == 1) & (cols == 1)], dim=1).to(noise.dtype)
+    kernels = noise.new_tensor([_RED_BLUE, _GREEN, _RED_BLUE]).unsqueeze(1)
+    padded = torch.nn.functional.pad(noise * mask, (1, 1, 1, 1), mode="reflect")
+    return torch.nn.functional.conv2d(padded, kernels, groups=3)
+
+
 def blind_noisy(clean: torch.Tensor, spec: BlindNoise,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noisy, target, sigma) for a batch of clean (N, 3, H, W) images under ``spec``; ``target`` is ``clean`` with
@@ -145,6 +167,10 @@ def blind_noisy(clean: torch.Tensor, spec: BlindNoise,
     target = torch.where(gray, to_gray(clean), clean)
     noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
     noise = torch.where(gray, noise[:, :1].expand_as(noise), noise)
+    if spec.bayer_share > 0:  # drawn after the rest, so that the other draws stay those of bayer_share = 0
+        bayer = (torch.rand(n, generator=generator) < spec.bayer_share).view(n, 1, 1, 1) & ~gray
+        phase = torch.randint(0, 4, (n,), generator=generator)
+        noise = torch.where(bayer, demosaicked_noise(noise, phase), noise)
     noisy = target + sigma.view(n, 1, 1, 1).to(clean.dtype) * noise
     clipped = (draw[3] >= spec.unclipped_share).view(n, 1, 1, 1)
     return torch.where(clipped, noisy.clamp(0.0, 1.0), noisy), target, sigma

@@ -69,9 +69,10 @@ class TrainConfig:
     zero_share: float = 0.05
     unclipped_share: float = 0.5
     gray_share: float = 0.25
+    bayer_share: float = 0.0
 
     def noise(self) -> BlindNoise:
-        return BlindNoise(self.sigma_max, self.zero_share, self.unclipped_share, self.gray_share)
+        return BlindNoise(self.sigma_max, self.zero_share, self.unclipped_share, self.gray_share, self.bayer_share)
 
     def validate(self) -> None:
         bad = []

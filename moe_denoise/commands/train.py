@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--blind: share of images whose noisy values are not clipped to [0, 1]")
     p.add_argument("--gray-share", type=float, default=0.25,
                    help="--blind: share of images turned gray, with channel-identical noise")
+    p.add_argument("--bayer-share", type=float, default=0.0,
+                   help="--blind: share of the colour images given a camera's raw noise (one colour a pixel, "
+                        "bilinearly demosaicked: correlated) instead of white noise")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     p.add_argument("--sigma", type=float, default=0.2, help="noise std on [0,1] pixels")
     p.add_argument("--seed", type=int, default=0)
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                       eval_seed=args.eval_seed, max_train=args.max_train, max_val=args.max_val,
                       device=args.device, threads=args.threads, init_from=args.init_from,
                       loss=args.loss, mse_floor=args.mse_floor, blind=args.blind, sigma_max=args.sigma_max,
-                      zero_share=args.zero_share, unclipped_share=args.unclipped_share, gray_share=args.gray_share)
+                      zero_share=args.zero_share, unclipped_share=args.unclipped_share, gray_share=args.gray_share,
+                      bayer_share=args.bayer_share)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command, overwrite=args.overwrite)
     best = Path(args.out_dir) / "best.safetensors"

@@ -81,3 +81,35 @@ def test_blind_noise_is_reproducible_and_validated():
         BlindNoise(gray_share=1.5)
     with pytest.raises(ValueError, match="sigma_max must be > 0"):
         BlindNoise(sigma_max=0)
+
+
+def test_bayer_share_gives_colour_images_demosaicked_noise_and_leaves_the_rest_alone():
+    from moe_model.data import demosaicked_noise
+
+    clean = torch.rand(2000, 3, 8, 8)
+    base = blind_noisy(clean, BlindNoise(), torch.Generator().manual_seed(5))
+    zero = blind_noisy(clean, BlindNoise(bayer_share=0.0), torch.Generator().manual_seed(5))
+    assert all(torch.equal(x, y) for x, y in zip(base, zero))  # the recipe before bayer_share, draw for draw
+    spec = BlindNoise(unclipped_share=1.0, zero_share=0.0, bayer_share=0.5)
+    noisy, target, sigma = blind_noisy(clean, spec, torch.Generator().manual_seed(5))
+    before = blind_noisy(clean, BlindNoise(unclipped_share=1.0, zero_share=0.0), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(target, before[1])
+    torch.testing.assert_close(sigma, before[2])
+    noise = (noisy - target) / sigma.view(-1, 1, 1, 1)
+    changed = (noisy != before[0]).flatten(1).any(dim=1)
+    gray = (target[:, 0] == target[:, 1]).flatten(1).all(dim=1)
+    assert not changed[gray].any()  # gray images keep their channel-identical white noise
+    assert 0.4 < changed[~gray].float().mean() < 0.6
+    # the changed ones carry correlated noise: horizontal neighbours in the green channel correlate
+    g = noise[changed][:, 1]
+    assert float(torch.corrcoef(torch.stack([g[:, :, :-1].flatten(), g[:, :, 1:].flatten()]))[0, 1]) > 0.2
+    g = noise[~changed & ~gray][:, 1]
+    assert abs(float(torch.corrcoef(torch.stack([g[:, :, :-1].flatten(), g[:, :, 1:].flatten()]))[0, 1])) < 0.05
+    # one colour a pixel survives demosaicing unchanged (its own site), for every phase
+    white = torch.randn(4, 3, 6, 6)
+    out = demosaicked_noise(white, torch.arange(4))
+    torch.testing.assert_close(out[0, 0, 0, 0], white[0, 0, 0, 0])  # phase 0: red at (0, 0)
+    torch.testing.assert_close(out[3, 0, 1, 1], white[3, 0, 1, 1])  # phase 3: red at (1, 1)
+    torch.testing.assert_close(out[1, 1, 0, 0], white[1, 1, 0, 0])  # phase 1: green at (0, 0)
+    with pytest.raises(ValueError, match="bayer_share must be in"):
+        BlindNoise(bayer_share=-0.1)
