@@ -133,7 +133,8 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
 
     decision = None
     if guard:
-        why = two_scales_reason(info.format, pixels, 65535.0 if info.bit_depth == 16 else 255.0)
+        why = None if sigma is not None else two_scales_reason(info.format, pixels,  # a given sigma is not read
+                                                               65535.0 if info.bit_depth == 16 else 255.0)
         decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
                                       why is not None)  # JPEG took the finest detail, where the noise is read
         decision = replace(decision, two_scales_reason=why if decision.two_scales else None)
