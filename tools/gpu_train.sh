@@ -22,7 +22,8 @@
 # weights), LR (3e-4), LOSS (psnr), SEED (5), TRAIN_S (360), MAX_EPOCHS (200), DATA (.gpu_data/cifar-10-batches-py),
 # DEVICE (cuda), MAX_TRAIN (unset: all; set it for a dry run on the CPU), BLIND (1: the blind recipe, every image
 # its own noise level over [0, 75/255], clipped or not, a gray share (train --blind --mse-floor 1e-5 --zero-share
-# 0.1); 0: the sigma-0.2 specialist's recipe).
+# 0.1); 0: the sigma-0.2 specialist's recipe), BAYER_SHARE (0; with BLIND=1: the share of colour images given
+# demosaicked raw noise, train --bayer-share; docs/training.md says why and what a CPU try of 0.3 gave).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -37,7 +38,7 @@ budget=${TRAIN_S:-360}
 limit=()
 [ -n "${MAX_TRAIN:-}" ] && limit=(--max-train "$MAX_TRAIN" --max-val "$MAX_TRAIN")
 recipe=()
-[ "${BLIND:-1}" = "1" ] && recipe=(--blind --mse-floor 1e-5 --zero-share 0.1)
+[ "${BLIND:-1}" = "1" ] && recipe=(--blind --mse-floor 1e-5 --zero-share 0.1 --bayer-share "${BAYER_SHARE:-0}")
 log="$out/train.log"
 train() {  # train OUT_DIR EPOCHS [extra args]
     local dir=$1 epochs=$2
