@@ -33,8 +33,8 @@ With fewer than :data:`MIN_NOISE_BLOCKS` blocks left (an image under about 64x64
 back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped, non-flat 2x2 blocks, one level for all.
 
 JPEG takes away the finest detail, and with it much of the noise the estimate reads there, while the noise at
-coarser scales stays: a noisy JPEG reads low. For a photo stored as JPEG (:data:`LOSSY_FORMATS`), or whose pixels
-were JPEG-compressed before (:mod:`runtime.jpeg_traces`; the caller decides, ``two_scales``), the noise is also
+coarser scales stays: a noisy JPEG reads low. For a photo stored as JPEG, or whose pixels were JPEG-compressed
+before (:func:`runtime.jpeg_traces.two_scales_reason`; the caller decides, ``two_scales``), the noise is also
 read on the 2x2 means (the next scale; white noise reads the same there) and the higher reading taken at every
 brightness. Not for lossless input: texture reads higher at the next scale too, and the guard would give back less
 of a clean photo.
@@ -75,8 +75,6 @@ NOISE_QUANTILE, NOISE_QUANTILE_Z = 0.1, -1.2815515655446004  # the quantile, and
 MIN_NOISE_BLOCKS = 16
 """Fewer usable blocks than this: the MAD rule over every coefficient instead."""
 MAX_NOISE_LEVELS, BLOCKS_PER_LEVEL = 8, 64  # brightness groups of the noise profile, and their least size
-LOSSY_FORMATS = ("JPEG", "MPO")
-"""Pillow's names of the file formats whose noise the guard reads at two scales (see the module's text)."""
 ZERO_DETAIL, MAX_ZERO_SHARE = 1e-6, 0.5  # |HH| under 1e-6 counts as 0 (a 16-bit step is 7.6e-6 in HH)
 
 
@@ -107,8 +105,7 @@ def haar_diagonal(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if x.ndim != 3 or x.shape[0] < 2 or x.shape[1] < 2:
         raise InputError(f"the noise estimate needs an image of at least 2x2 pixels (HxW or HxWxC); got shape "
                          f"{np.shape(image)}")
-    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
-    blocks = np.stack([x[0:h:2, 0:w:2], x[0:h:2, 1:w:2], x[1:h:2, 0:w:2], x[1:h:2, 1:w:2]])
+    blocks = np.stack(corners(x))
     hh = (blocks[0] - blocks[1] - blocks[2] + blocks[3]) / 2
     return hh, ((blocks > 0) & (blocks < 1)).all(axis=0), blocks.min(axis=0) == blocks.max(axis=0)
 
@@ -180,11 +177,17 @@ def estimate_noise_profile(images: list[np.ndarray], two_scales: bool = False) -
     return NoiseProfile(tuple(float(v) for v in levels), tuple(float(v) for v in sigmas))
 
 
+def corners(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The top-left, top-right, bottom-left and bottom-right pixels of every 2x2 block of an HxW or HxWxC array
+    (an odd last row or column left out), each (H/2)x(W/2)[xC]."""
+    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    return x[0:h:2, 0:w:2], x[0:h:2, 1:w:2], x[1:h:2, 0:w:2], x[1:h:2, 1:w:2]
+
+
 def half(image: np.ndarray) -> np.ndarray:
     """The means of the 2x2 blocks of an HxW or HxWxC image (an odd last row or column left out)."""
-    x = np.asarray(image, dtype=np.float32)
-    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
-    return (x[0:h:2, 0:w:2] + x[0:h:2, 1:w:2] + x[1:h:2, 0:w:2] + x[1:h:2, 1:w:2]) / 4
+    a, b, c, d = corners(np.asarray(image, dtype=np.float32))
+    return (a + b + c + d) / 4
 
 
 def scale_profile(images: list[np.ndarray]) -> NoiseProfile | None:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .guard import LOSSY_FORMATS
-
+LOSSY_FORMATS = ("JPEG", "MPO")
+"""Pillow's names of the file formats whose noise the guard reads at two scales (:func:`two_scales_reason`)."""
 POSITIONS = ((0, 1), (1, 0), (1, 1), (0, 2), (2, 0), (1, 2), (2, 1), (2, 2))
 MAX_STEP = 32
 MIN_RESULTANT = 0.5

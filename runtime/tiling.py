@@ -360,7 +360,7 @@ def denoise_array(
     ``guard`` (default on): the clean-input guard of :mod:`runtime.guard` blends the input back in when the
     image's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; False: the denoiser's output as it
     is; a :class:`GuardResult` from :func:`guard_for_array`: that decision. ``two_scales``: the guard reads the
-    noise at two scales, for an image that was stored as JPEG (:data:`runtime.guard.LOSSY_FORMATS`).
+    noise at two scales, for an image that was stored as JPEG (:func:`runtime.jpeg_traces.two_scales_reason`).
     """
     _check_settings(tile, overlap, batch_size)
     img = validate_image(image)
