@@ -109,7 +109,7 @@ class BlindNoise:
     """The noise of blind training: every image gets its own level, drawn uniformly over [0, sigma_max] (a share
     exactly 0: clean input must come out unchanged), clipped to [0, 1] or not, and a share of the images are
     turned gray (luminance in all three channels) with the same noise in every channel, as a gray photo is fed.
-    ``bayer_share``: a share of the colour images get a camera's raw noise instead (:func:`demosaicked_noise`: the
+    ``bayer_share``: a share of the colour images get a camera's raw noise instead (:func:`demosaicked` white noise: the
     level's white noise on one colour a pixel, spread by bilinear demosaicing); 0 keeps the draws of the recipe
     before it existed, image for image."""
 
@@ -142,17 +142,17 @@ _GREEN = ((0.0, 0.25, 0.0), (0.25, 1.0, 0.25), (0.0, 0.25, 0.0))  # bilinear dem
 _RED_BLUE = ((0.25, 0.5, 0.25), (0.5, 1.0, 0.5), (0.25, 0.5, 0.25))
 
 
-def demosaicked_noise(noise: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) white noise -> what a camera's raw noise becomes: each pixel keeps one colour's value (an RGGB
-    mosaic shifted by ``phase`` (N,) in 0..3: rows by phase // 2, columns by phase % 2, as a tile may start
-    anywhere on the sensor), and bilinear demosaicing fills the other two from the neighbours (correlated
-    between neighbours and channels; rms about 0.77 of the white noise's)."""
-    n, _, h, w = noise.shape
+def demosaicked(images: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) images through a camera's sensor: each pixel keeps one colour's value (an RGGB mosaic shifted
+    by ``phase`` (N,) in 0..3: rows by phase // 2, columns by phase % 2, as a tile may start anywhere on the
+    sensor), and bilinear demosaicing fills the other two from the neighbours. Linear, so white noise comes out as
+    a camera's raw noise does: correlated between neighbours and channels, rms about 0.77 of the white noise's."""
+    n, _, h, w = images.shape
     rows = (torch.arange(h).view(1, h, 1) + (phase // 2).view(n, 1, 1)) % 2
     cols = (torch.arange(w).view(1, 1, w) + (phase % 2).view(n, 1, 1)) % 2
-    mask = torch.stack([(rows == 0) & (cols == 0), rows != cols, (rows == 1) & (cols == 1)], dim=1).to(noise.dtype)
-    kernels = noise.new_tensor([_RED_BLUE, _GREEN, _RED_BLUE]).unsqueeze(1)
-    padded = torch.nn.functional.pad(noise * mask, (1, 1, 1, 1), mode="reflect")
+    mask = torch.stack([(rows == 0) & (cols == 0), rows != cols, (rows == 1) & (cols == 1)], dim=1).to(images.dtype)
+    kernels = images.new_tensor([_RED_BLUE, _GREEN, _RED_BLUE]).unsqueeze(1)
+    padded = torch.nn.functional.pad(images * mask, (1, 1, 1, 1), mode="reflect")
     return torch.nn.functional.conv2d(padded, kernels, groups=3)
 
 
@@ -170,7 +170,7 @@ def blind_noisy(clean: torch.Tensor, spec: BlindNoise,
     if spec.bayer_share > 0:  # drawn after the rest, so that the other draws stay those of bayer_share = 0
         bayer = (torch.rand(n, generator=generator) < spec.bayer_share).view(n, 1, 1, 1) & ~gray
         phase = torch.randint(0, 4, (n,), generator=generator)
-        noise = torch.where(bayer, demosaicked_noise(noise, phase), noise)
+        noise = torch.where(bayer, demosaicked(noise, phase), noise)
     noisy = target + sigma.view(n, 1, 1, 1).to(clean.dtype) * noise
     clipped = (draw[3] >= spec.unclipped_share).view(n, 1, 1, 1)
     return torch.where(clipped, noisy.clamp(0.0, 1.0), noisy), target, sigma

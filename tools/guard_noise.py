@@ -51,15 +51,14 @@ def noisy_versions(clean: np.ndarray, name: str, level255: float,
 
 
 def demosaicked(image: np.ndarray) -> np.ndarray:
-    """An RGB image sampled through an RGGB Bayer mosaic (one colour a pixel) and bilinearly demosaicked."""
-    from scipy.ndimage import convolve
+    """An HxWx3 image sampled through an RGGB Bayer mosaic and bilinearly demosaicked, as blind training's
+    ``--bayer-share`` draws it (:func:`moe_model.data.demosaicked`, mosaic phase 0)."""
+    import torch
 
-    mask = np.zeros(image.shape, dtype=np.float64)
-    mask[0::2, 0::2, 0] = mask[0::2, 1::2, 1] = mask[1::2, 0::2, 1] = mask[1::2, 1::2, 2] = 1
-    green = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]]) / 4
-    red_blue = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 4
-    return np.stack([convolve(image[..., c] * mask[..., c], k, mode="mirror")
-                     for c, k in ((0, red_blue), (1, green), (2, red_blue))], axis=-1)
+    from moe_model.data import demosaicked as through_sensor
+
+    batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64)).permute(2, 0, 1)[None]
+    return through_sensor(batch, torch.zeros(1, dtype=torch.long))[0].permute(1, 2, 0).numpy()
 
 
 def bayer_version(clean: np.ndarray, name: str, level255: float) -> tuple[np.ndarray, float, np.ndarray]:

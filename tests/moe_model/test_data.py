@@ -84,7 +84,7 @@ def test_blind_noise_is_reproducible_and_validated():
 
 
 def test_bayer_share_gives_colour_images_demosaicked_noise_and_leaves_the_rest_alone():
-    from moe_model.data import demosaicked_noise
+    from moe_model.data import demosaicked
 
     clean = torch.rand(2000, 3, 8, 8)
     base = blind_noisy(clean, BlindNoise(), torch.Generator().manual_seed(5))
@@ -107,7 +107,7 @@ def test_bayer_share_gives_colour_images_demosaicked_noise_and_leaves_the_rest_a
     assert abs(float(torch.corrcoef(torch.stack([g[:, :, :-1].flatten(), g[:, :, 1:].flatten()]))[0, 1])) < 0.05
     # one colour a pixel survives demosaicing unchanged (its own site), for every phase
     white = torch.randn(4, 3, 6, 6)
-    out = demosaicked_noise(white, torch.arange(4))
+    out = demosaicked(white, torch.arange(4))
     torch.testing.assert_close(out[0, 0, 0, 0], white[0, 0, 0, 0])  # phase 0: red at (0, 0)
     torch.testing.assert_close(out[3, 0, 1, 1], white[3, 0, 1, 1])  # phase 3: red at (1, 1)
     torch.testing.assert_close(out[1, 1, 0, 0], white[1, 1, 0, 0])  # phase 1: green at (0, 0)
