@@ -162,7 +162,8 @@ class DenoiseClient:
 
     def denoise_pixels(self, pixels: np.ndarray, two_scales: bool = False) -> np.ndarray:
         """uint8 / uint16 [H, W, C] -> the denoised photo, same dtype and shape, tiled and blended by the server.
-        ``two_scales``: the clean-input guard reads the noise at two scales (the photo was stored as JPEG)."""
+        ``two_scales``: the clean-input guard reads the noise at two scales (the photo was stored as JPEG; pixels
+        that were JPEG-compressed are found by the server without it)."""
         if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
             raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
@@ -189,7 +190,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     tiling and the runner calls happen in the server.
     """
     from runtime.images import check_output_path, check_writable, read_image, write_image
-    from runtime.jpeg_traces import two_scales_reason
+    from runtime.jpeg_traces import LOSSY_FORMATS, two_scales_reason
     from runtime.tiling import plan_tiles
 
     check_output_path(out_path, in_path, overwrite)
@@ -198,14 +199,15 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     check_writable(out_path, info)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)
-    # the guard's reading, as runtime.photo.denoise_file decides it
-    two_scales = two_scales_reason(info.format, pixels, float(np.iinfo(dtype).max)) is not None
     with DenoiseClient(url, timeout_s=timeout_s) as client:
         client.wait_ready(timeout_s=10.0)
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
-            result = client.denoise_pixels(pixels, two_scales)
+            # the guard reads as runtime.photo.denoise_file does: the file's format is known only here, the
+            # server finds JPEG in the pixels itself (serving.models.ImageModel.denoise)
+            result = client.denoise_pixels(pixels, info.format in LOSSY_FORMATS)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
+            two_scales = two_scales_reason(info.format, pixels, float(np.iinfo(dtype).max)) is not None
             result = _tile_here(client, image, dtype, url, two_scales)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
