@@ -109,8 +109,8 @@ class BlindNoise:
     """The noise of blind training: every image gets its own level, drawn uniformly over [0, sigma_max] (a share
     exactly 0: clean input must come out unchanged), clipped to [0, 1] or not, and a share of the images are
     turned gray (luminance in all three channels) with the same noise in every channel, as a gray photo is fed.
-    ``bayer_share``: a share of the colour images get a camera's raw noise instead (:func:`demosaicked` white noise: the
-    level's white noise on one colour a pixel, spread by bilinear demosaicing); 0 keeps the draws of the recipe
+    ``bayer_share``: a share of the colour images get a camera's raw noise instead (the level's white noise through
+    :func:`demosaicked`: on one colour a pixel, spread by bilinear demosaicing); 0 keeps the draws of the recipe
     before it existed, image for image."""
 
     sigma_max: float = 75 / 255

@@ -76,8 +76,8 @@ def unit_to_image(x: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
 
 def two_scales_asked(request: Any) -> bool:
     """Whether a photo request asks the guard to read the noise at two scales (request parameter ``two_scales``,
-    sent by ``moe-denoise denoise --server`` for a JPEG file or pixels that were JPEG, as the local command decides
-    from the file)."""
+    sent by ``moe-denoise denoise --server`` for a JPEG file, whose format only the client knows; pixels that were
+    JPEG-compressed are found here, in :meth:`ImageModel.denoise`)."""
     parameters = getattr(request, "parameters", None) or {}
     return bool(parameters.get(TWO_SCALES_PARAMETER, False))
 
