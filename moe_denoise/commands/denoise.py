@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from . import add_backend_args, add_weights_args, make_runner, positive_int
 
@@ -21,14 +22,23 @@ def pixel_count(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("denoise", help="denoise a photo of any size (tiled)",
+    p = sub.add_parser("denoise", help="denoise photos of any size (tiled)",
                        description="Reads IN (PNG 8/16-bit, JPEG, TIFF, grayscale, with alpha), denoises it in 32x32 "
                                    "tiles with overlap and a smooth blending window, and writes OUT with the same size, "
                                    "mode and bit depth. The output is written atomically and never over an existing "
-                                   "file (or the input) unless --overwrite is given.",
+                                   "file (or the input) unless --overwrite is given. Several photos, or folders of "
+                                   "photos, go into the folder -o under their own names, with the denoiser loaded "
+                                   "once; a photo that cannot be read is reported and the others go on.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("input", type=Path, help="the photo to denoise")
-    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
+    p.add_argument("input", type=Path, nargs="+",
+                   help="the photo to denoise; or several, or folders (their .png, .jpg/.jpeg, .tif/.tiff, .webp and "
+                        ".bmp files, not their subfolders)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="where to write the result: a file, or a folder (for several photos a folder, created if "
+                        "missing; each result keeps its input's file name)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave photos whose output exists alone (resumes a stopped run: outputs are written "
+                        "atomically, so one that exists is complete)")
     add_backend_args(p)
     add_weights_args(p)
     p.add_argument("--overlap", type=int, default=16, help="tile overlap in pixels (0..31); 16 = best quality, "
@@ -71,9 +81,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from runtime.guard import check_sigma
-    from runtime.photo import denoise_file
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
+    if len(args.input) > 1 or args.input[0].is_dir():
+        return run_batch(args)
+    args.input = args.input[0]
+    if args.output.is_dir():
+        args.output = args.output / args.input.name
+    if args.skip_existing and args.output.exists():
+        print(f"skipped {args.input}: {args.output} exists (--skip-existing)")
+        return 0
     if args.reference is not None:  # fail before minutes of denoising, not after
         from moe_base.errors import InputError
         from runtime.images import read_header, read_pixels
@@ -86,16 +103,10 @@ def run(args: argparse.Namespace) -> int:
                              f"{args.input} is {photo.width}x{photo.height} {photo.layout}; pass the clean version "
                              f"of the same photo (same size and colour channels; alpha is not compared)")
     if args.server is not None:
-        report = run_remote(args)
-        name = f"the server at {args.server}"
+        report = denoise_one(args, None, args.input, args.output)
     else:
-        runner = make_runner(args, args.weights)
-        with runner:
-            report = denoise_file(args.input, args.output, runner, overwrite=args.overwrite, overlap=args.overlap,
-                                  batch_size=args.batch_size, progress=not (args.no_progress or args.json),
-                                  max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma)
-        report["backend"] = runner.describe()
-        name = runner.name
+        with make_runner(args, args.weights) as runner:
+            report = denoise_one(args, runner, args.input, args.output)
     if args.reference is not None:
         report["psnr_vs_reference"] = reference_psnr(args.reference, args.input, args.output, args.max_pixels)
     if args.json:
@@ -103,21 +114,124 @@ def run(args: argparse.Namespace) -> int:
 
         print_json(report)
     else:
-        w, h = report["size"]
-        print(f"denoised {report['input']} ({w}x{h}, {report['mode']}, {report['bit_depth']}-bit) with "
-              f"{name} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}")
-        for note in report["notes"]:
-            print(f"  note: {note}")
-        if report.get("guard"):
-            print(f"  {describe_guard(report['guard'])}")
-        if "check_local" in report:
-            c = report["check_local"]
-            print(f"max abs difference from a local run with {c['backend']}: {c['max_abs_difference_levels']} of "
-                  f"{c['levels']} levels ({c['pixels_different']} values differ)")
-        if "psnr_vs_reference" in report:
-            r = report["psnr_vs_reference"]
-            print(f"PSNR against {args.reference} ({r['compared']}): input {r['input']:.2f} dB, "
-                  f"output {r['output']:.2f} dB")
+        print("\n".join(report_lines(report, args)))
+    return 0
+
+
+def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path) -> dict:
+    """One photo, here with ``runner`` or (``runner`` None) on the server of --server."""
+    from runtime.photo import denoise_file
+
+    if runner is None:
+        report = run_remote(args, src, dst)
+        report["denoised_by"] = f"the server at {args.server}"
+        return report
+    report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
+                          batch_size=args.batch_size, progress=not (args.no_progress or args.json),
+                          max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma)
+    report["backend"] = runner.describe()
+    report["denoised_by"] = runner.name
+    return report
+
+
+def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
+    """What a text run prints for one photo."""
+    w, h = report["size"]
+    lines = [f"denoised {report['input']} ({w}x{h}, {report['mode']}, {report['bit_depth']}-bit) with "
+             f"{report['denoised_by']} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}"]
+    lines += [f"  note: {note}" for note in report["notes"]]
+    if report.get("guard"):
+        lines.append(f"  {describe_guard(report['guard'])}")
+    if "check_local" in report:
+        c = report["check_local"]
+        lines.append(f"max abs difference from a local run with {c['backend']}: {c['max_abs_difference_levels']} of "
+                     f"{c['levels']} levels ({c['pixels_different']} values differ)")
+    if "psnr_vs_reference" in report:
+        r = report["psnr_vs_reference"]
+        lines.append(f"PSNR against {args.reference} ({r['compared']}): input {r['input']:.2f} dB, "
+                     f"output {r['output']:.2f} dB")
+    return lines
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Several photos (or folders of them) into the folder -o, the denoiser loaded once. A photo that fails with an
+    InputError is reported and the others go on, unless two in a row fail with the same message (then the problem
+    is not a photo's: a server gone, a full disk) and the run stops; exit 2 when any failed."""
+    import contextlib
+    import sys
+    import time
+
+    from moe_base.errors import InputError
+    from runtime.batch import plan_batch
+
+    if args.reference is not None:
+        raise InputError("--reference compares one photo with its clean version; denoise that photo on its own "
+                         "to use it (several photos were given)")
+    plan = plan_batch(args.input, args.output, overwrite=args.overwrite, skip_existing=args.skip_existing)
+    text = not args.json
+    total, start = len(plan.jobs), time.perf_counter()
+    reports: list[dict] = []
+    failed: list[dict] = []
+    previous_error: str | None = None
+    if plan.jobs and args.server is not None:  # a server that is not there fails once, before any photo
+        from serving.client import DenoiseClient
+
+        with DenoiseClient(args.server, timeout_s=args.timeout) as client:
+            client.wait_ready(timeout_s=10.0)
+    created = bool(plan.jobs) and not plan.out_dir.exists()
+    if plan.jobs:
+        plan.out_dir.mkdir(exist_ok=True)
+    runner = make_runner(args, args.weights) if plan.jobs and args.server is None else None
+    try:
+        with runner if runner is not None else contextlib.nullcontext():
+            for i, (src, dst) in enumerate(plan.jobs, 1):
+                try:
+                    report = denoise_one(args, runner, src, dst)
+                except InputError as e:
+                    failed.append({"input": str(src), "error": str(e)})
+                    if text:
+                        print(f"[{i}/{total}] failed: {src}: {e}", file=sys.stderr)
+                    if str(e) == previous_error:
+                        raise InputError(f"stopped after {i} of {total} photos: the last two failed with the same "
+                                         f"message, so the problem is not one photo's ({e}). {len(reports)} "
+                                         f"written to '{plan.out_dir}'; fix it and run the same command with "
+                                         f"--skip-existing to go on") from e
+                    previous_error = str(e)
+                    continue
+                previous_error = None
+                reports.append(report)
+                if text:
+                    lines = report_lines(report, args)
+                    print("\n".join([f"[{i}/{total}] {lines[0]}", *lines[1:]]))
+    except KeyboardInterrupt:
+        print(f"interrupted after {len(reports)} of {total} photos; every output written is complete. Run the same "
+              f"command with --skip-existing to go on", file=sys.stderr)
+        raise
+    finally:
+        if created and not any(plan.out_dir.iterdir()):  # the folder this run made holds nothing: not left behind
+            plan.out_dir.rmdir()
+    summary = {"output_dir": str(plan.out_dir), "denoised": len(reports), "failed": len(failed),
+               "skipped": len(plan.skipped), "ignored": len(plan.ignored),
+               "seconds": round(time.perf_counter() - start, 3)}
+    if args.json:
+        from moe_denoise.cli import print_json
+
+        print_json({"summary": summary, "photos": reports, "failed": failed,
+                    "skipped": [{"input": str(s), "output": str(d)} for s, d in plan.skipped],
+                    "ignored": [str(p) for p in plan.ignored]})
+    else:
+        extra = [f"{len(plan.skipped)} skipped (output exists)"] if plan.skipped else []
+        if plan.ignored:
+            n = len(plan.ignored)
+            extra.append(f"{n} file{'s' if n > 1 else ''} in the folders given {'are' if n > 1 else 'is'} not a "
+                         f"photo and left out ({', '.join(p.name for p in plan.ignored[:3])}{', ...' if n > 3 else ''})")
+        print(f"denoised {len(reports)} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
+              + "".join(f"; {x}" for x in extra))
+    if failed:
+        print(f"moe-denoise denoise: error: {len(failed)} of {total} photos could not be denoised (said above"
+              f"{'' if text else ' and in the JSON'}); nothing was written for them. Fix or remove them and run the "
+              f"same command with --skip-existing to denoise only those", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -141,7 +255,7 @@ def describe_guard(guard: dict) -> str:
            f"{1 - guard['input_weight']:.2f} x denoised"
 
 
-def run_remote(args: argparse.Namespace) -> dict:
+def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
     """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally."""
     from runtime import InputError
     from serving.client import denoise_file_remote
@@ -153,34 +267,35 @@ def run_remote(args: argparse.Namespace) -> dict:
         raise InputError("--sigma and --no-guard cannot be sent with --server: the server applies the clean-input "
                          "guard with its own estimate (unless started with 'moe-denoise serve --no-guard'). Denoise "
                          "here (drop --server) to set them")
-    report = denoise_file_remote(args.input, args.output, args.server, overwrite=args.overwrite,
-                                 timeout_s=args.timeout)
+    report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout)
     if args.check_local:
-        report["check_local"] = check_local(args, report)
+        report["check_local"] = check_local(args, src, dst)
     return report
 
 
-def check_local(args: argparse.Namespace, report: dict) -> dict:
-    """Denoise the input here too and compare with what the server's result became on disk, in pixel levels."""
+def check_local(args: argparse.Namespace, src: Path, dst: Path) -> dict:
+    """Denoise the input here too, written as a local run writes it (same format: a JPEG output is compared as
+    JPEG, not against pixels before encoding), and compare the two files' pixels, in levels."""
+    import tempfile
+
     import numpy as np
 
     from runtime.images import read_image
-    from runtime.jpeg_traces import two_scales_reason
-    from runtime.tiling import denoise_array
+    from runtime.photo import denoise_file
     from serving.models import unit_to_image
 
-    image, info = read_image(args.input)
+    with tempfile.TemporaryDirectory(prefix="moe-denoise-check-") as tmp:
+        here = Path(tmp) / f"local{dst.suffix}"
+        with make_runner(args, args.weights) as runner:
+            denoise_file(src, here, runner, overlap=args.overlap, batch_size=args.batch_size, progress=False,
+                         max_pixels=args.max_pixels)
+        local_image, info = read_image(here)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
-    runner = make_runner(args, args.weights)
-    with runner:
-        local = unit_to_image(denoise_array(image, runner, overlap=args.overlap, batch_size=args.batch_size,
-                                            two_scales=two_scales_reason(info.format, image, 1.0) is not None),
-                              dtype)
-    served = unit_to_image(read_image(args.output)[0], dtype)
+    local = unit_to_image(local_image, dtype)
+    served = unit_to_image(read_image(dst)[0], dtype)
     diff = int(np.abs(served.astype(np.int64) - local).max())
-    result = {"backend": runner.name, "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),
-              "pixels_different": int((served != local).sum())}
-    return result
+    return {"backend": runner.name, "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),
+            "pixels_different": int((served != local).sum())}
 
 
 def reference_psnr(reference: Path, noisy: Path, denoised: Path,

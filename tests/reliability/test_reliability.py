@@ -344,11 +344,19 @@ def test_reliability_photo_output_that_cannot_be_written(capsys, photo, tmp_path
 
 
 def test_reliability_photo_output_that_is_a_folder(capsys, photo, tmp_path):
-    """denoise -o a folder, with --overwrite => refused (exit 2: give a file path); the folder is untouched"""
+    """denoise -o an existing folder => the result goes into it under the photo's name (as cp does); a file of that
+    name there is refused without --overwrite (exit 2, untouched) and replaced with it"""
     folder = tmp_path / "results"
     folder.mkdir()
-    code, _, err = cli(capsys, "denoise", photo, "-o", folder, "--overwrite")
-    assert code == 2 and "is a folder" in err and list(folder.iterdir()) == []
+    code, _, err = cli(capsys, "denoise", photo, "-o", folder, "--no-progress")
+    assert code == 0, err
+    assert [p.name for p in folder.iterdir()] == [photo.name]
+    first = (folder / photo.name).read_bytes()
+    (folder / photo.name).write_bytes(b"mine")
+    code, _, err = cli(capsys, "denoise", photo, "-o", folder, "--no-progress")
+    assert code == 2 and "already exists" in err and (folder / photo.name).read_bytes() == b"mine"
+    code, _, err = cli(capsys, "denoise", photo, "-o", folder, "--overwrite", "--no-progress")
+    assert code == 0 and (folder / photo.name).read_bytes() == first
 
 
 def test_reliability_reference_of_another_size(capsys, photo, tmp_path):

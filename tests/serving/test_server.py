@@ -296,6 +296,14 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         assert main(["denoise", str(jpeg), "-o", str(tmp_path / "noisy.png"), "--server", "grpc://" +
                      info["urls"]["grpc"], "--check-local", "--backend", "torch", "--threads", "1"]) == 0
         assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in capsys.readouterr().out
+        # several photos into a folder; the JPEG stays JPEG, and --check-local compares it with a local run
+        # written as JPEG too (against the pixels before encoding it differed by JPEG's own rounding)
+        assert main(["denoise", str(DEMO), str(jpeg), "-o", str(tmp_path / "batch"), "--server", url,
+                     "--check-local", "--backend", "torch", "--threads", "1", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("max abs difference from a local run with torch-masked: 0 of 255 levels") == 2
+        assert "denoised 2 of 2 photos into" in out
+        assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == sorted([DEMO.name, "noisy.jpg"])
     finally:
         rc = _stop(proc, signal.SIGTERM, group=False)
     assert rc == 0, (tmp_path / "serve.log").read_text()

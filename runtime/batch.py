@@ -1,0 +1,110 @@
+"""Many photos in one run: which files to denoise and where each result goes, decided before any work.
+
+``moe-denoise denoise a.jpg b.png photos/ -o out/`` denoises every photo named or found in a named folder (not in
+its subfolders) into ``out/`` under the input's own file name, loading the denoiser once. Everything that can be
+known before the first photo is checked first, so a run is never refused half-way for a reason it could have given
+at the start: inputs that do not exist, a folder without photos, two inputs that would be written to the same file,
+outputs that exist already (refused, replaced with ``overwrite``, or left alone with ``skip_existing``, which is
+also how a stopped run is resumed: each result is written atomically, so an output that exists is complete).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from moe_base.errors import InputError
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+"""The files taken from a folder (any case). A file named on its own is taken whatever its name: the reader
+decides from its content."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What a run over many photos will do: ``jobs`` (input, output) in order; ``skipped`` the inputs left alone
+    because their output exists (``skip_existing``); ``ignored`` the files of named folders that are not photos."""
+    out_dir: Path
+    jobs: tuple[tuple[Path, Path], ...]
+    skipped: tuple[tuple[Path, Path], ...] = ()
+    ignored: tuple[Path, ...] = ()
+
+
+def _listed(paths: list[str], limit: int = 5) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def photos_in(folder: Path) -> tuple[list[Path], list[Path]]:
+    """A folder's photos (by :data:`PHOTO_SUFFIXES`, sorted by name; hidden files left out) and its other files."""
+    photos, others = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        (photos if p.suffix.lower() in PHOTO_SUFFIXES else others).append(p)
+    return photos, others
+
+
+def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], overwrite: bool = False,
+               skip_existing: bool = False) -> BatchPlan:
+    """Plan denoising ``inputs`` (files, or folders whose photos are taken) into the folder ``out_dir``.
+
+    Nothing is written or created; InputError (what was given, what is expected, what to do) when: an input does
+    not exist; a folder has no photos; two inputs share a file name (their outputs would collide); ``out_dir`` is
+    a file, or is missing and so is its parent; outputs exist and neither ``overwrite`` nor ``skip_existing`` is
+    given, or an output would be its own input without ``overwrite``. An input named twice (or named and found in
+    a folder) is denoised once."""
+    if overwrite and skip_existing:
+        raise InputError("--overwrite and --skip-existing contradict each other (replace existing outputs, or leave "
+                         "them alone); pass one of them")
+    if not inputs:
+        raise InputError("no photos given; name one or more photos or folders of photos")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the output '{out}' is a file, but several photos need a folder to go to; give a folder "
+                         f"(it is created if missing), e.g. -o denoised/")
+    if not out.exists() and not out.parent.is_dir():
+        raise InputError(f"the output folder '{out}' cannot be created: its parent '{out.parent}' does not exist; "
+                         f"create it first")
+    sources: list[Path] = []
+    ignored: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            photos, others = photos_in(given)
+            if not photos:
+                raise InputError(f"the folder '{given}' has no photos (files ending in {', '.join(PHOTO_SUFFIXES)}; "
+                                 f"subfolders are not searched); name the photos or another folder")
+            sources += photos
+            ignored += others
+        elif given.is_file():
+            sources.append(given)
+        else:
+            raise InputError(f"the input '{given}' does not exist; check the path (no photo was denoised)")
+    seen: dict[Path, Path] = {}
+    jobs: list[tuple[Path, Path]] = []
+    by_name: dict[str, list[Path]] = {}
+    for src in sources:
+        key = src.resolve()
+        if key in seen:
+            continue
+        seen[key] = src
+        by_name.setdefault(src.name, []).append(src)
+        jobs.append((src, out / src.name))
+    clashes = [f"{name} ({', '.join(map(str, paths))})" for name, paths in by_name.items() if len(paths) > 1]
+    if clashes:
+        raise InputError(f"photos with the same file name would be written to the same output in '{out}': "
+                         f"{_listed(clashes)}; denoise them in separate runs with different -o folders")
+    own = [src.name for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()]
+    if own and not overwrite:
+        raise InputError(f"the output folder '{out}' holds the photos themselves ({_listed(own)}): each result would "
+                         f"replace its input. Choose another -o folder, or pass --overwrite to replace the originals")
+    existing = [(src, dst) for src, dst in jobs if dst.exists()]
+    if existing and not (overwrite or skip_existing):
+        raise InputError(f"{len(existing)} of the {len(jobs)} outputs already exist in '{out}' "
+                         f"({_listed([dst.name for _, dst in existing])}); nothing was denoised. Pass --skip-existing "
+                         f"to denoise only the others (as when resuming a stopped run), --overwrite to replace them, "
+                         f"or choose another -o folder")
+    if skip_existing:
+        jobs = [job for job in jobs if job not in existing]
+    return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
+                     ignored=tuple(ignored))

@@ -1,0 +1,120 @@
+"""moe-denoise denoise with several photos or folders: each result as a single-photo run writes it, into -o; a
+photo that cannot be read is reported and the others go on (exit 2); --skip-existing resumes; --json reports all."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moe_base.errors import InputError
+from moe_denoise.cli import main
+from moe_denoise.commands import denoise as denoise_cmd
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(folder / "colour.png")
+    Image.fromarray(rng.integers(0, 256, (37, 20), dtype=np.uint8)).save(folder / "gray.jpg", quality=90)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    (folder / "notes.txt").write_text("not a photo")
+    return folder
+
+
+def test_a_folder_is_denoised_as_single_runs_would_and_a_broken_photo_does_not_stop_it(capsys, random_weights,
+                                                                                        photos, tmp_path):
+    out = tmp_path / "out"
+    code, text, err = run(capsys, "denoise", photos, "-o", out, "--weights", random_weights, "--no-progress")
+    assert code == 2  # one photo failed: said, the others written
+    assert "[1/3] failed: " in err and "broken.png" in err and "1 of 3 photos could not be denoised" in err
+    assert "--skip-existing" in err and "Traceback" not in err
+    assert "[2/3] denoised" in text and "[3/3] denoised" in text
+    assert "denoised 2 of 3 photos into" in text and "1 file in the folders given is not a photo" in text
+    assert sorted(p.name for p in out.iterdir()) == ["colour.png", "gray.jpg"]
+    for name in ("colour.png", "gray.jpg"):  # byte for byte what denoising the photo on its own writes
+        code, _, err = run(capsys, "denoise", photos / name, "-o", tmp_path / f"single_{name}", "--weights",
+                           random_weights, "--no-progress")
+        assert code == 0, err
+        assert (out / name).read_bytes() == (tmp_path / f"single_{name}").read_bytes()
+
+    (photos / "broken.png").unlink()  # fixed by the user; the run resumed
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(photos / "late.png")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, text, err = run(capsys, "denoise", photos, "-o", out, "--weights", random_weights, "--no-progress",
+                          "--skip-existing")
+    assert code == 0, err
+    assert "[1/1] denoised" in text and "late.png" in text and "2 skipped (output exists)" in text
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in before} == before
+
+
+def test_json_reports_every_photo_failure_and_skip(capsys, random_weights, photos, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gray.jpg").write_bytes(b"kept")
+    code, text, err = run(capsys, "denoise", photos / "colour.png", photos / "broken.png", photos / "gray.jpg",
+                          "-o", out, "--weights", random_weights, "--json", "--skip-existing")
+    assert code == 2 and "could not be denoised" in err
+    report = json.loads(text)
+    assert report["summary"] | {"seconds": 0} == {"output_dir": str(out), "denoised": 1, "failed": 1, "skipped": 1,
+                                                  "ignored": 0, "seconds": 0}
+    assert [Path(r["output"]).name for r in report["photos"]] == ["colour.png"]
+    assert report["failed"][0]["input"].endswith("broken.png") and "cannot read" in report["failed"][0]["error"]
+    assert report["skipped"] == [{"input": str(photos / "gray.jpg"), "output": str(out / "gray.jpg")}]
+    assert (out / "gray.jpg").read_bytes() == b"kept"
+
+
+def test_the_same_failure_twice_in_a_row_stops_the_run(capsys, monkeypatch, random_weights, photos, tmp_path):
+    """A failure that is not one photo's (a server gone) would repeat for every photo: two in a row stop the run,
+    and the output folder it made, empty, is removed."""
+    (photos / "broken.png").unlink()
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(photos / "third.png")
+    calls = []
+
+    def fails(args, runner, src, dst):
+        calls.append(src.name)
+        raise InputError("cannot reach a Triton server at localhost:1")
+
+    monkeypatch.setattr(denoise_cmd, "denoise_one", fails)
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights)
+    assert code == 2 and calls == ["colour.png", "gray.jpg"]
+    assert "stopped after 2 of 3 photos: the last two failed with the same message" in err
+    assert "cannot reach a Triton server" in err and "--skip-existing" in err
+    assert not (tmp_path / "out").exists()  # the folder the run made is not left behind empty
+
+
+def test_an_interrupted_run_keeps_what_it_wrote_and_says_how_to_go_on(capsys, monkeypatch, random_weights, photos,
+                                                                     tmp_path):
+    (photos / "broken.png").unlink()
+    real = denoise_cmd.denoise_one
+
+    def interrupted_on_the_second(args, runner, src, dst):
+        if src.name == "gray.jpg":
+            raise KeyboardInterrupt
+        return real(args, runner, src, dst)
+
+    monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on_the_second)
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
+                       "--no-progress")
+    assert code == 130 and "interrupted after 1 of 2 photos" in err and "--skip-existing" in err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["colour.png"]
+
+
+def test_reference_needs_a_single_photo(capsys, photos, tmp_path):
+    code, _, err = run(capsys, "denoise", photos / "colour.png", photos / "gray.jpg", "-o", tmp_path / "out",
+                       "--reference", photos / "colour.png")
+    assert code == 2 and "--reference compares one photo" in err and not (tmp_path / "out").exists()
+
+
+def test_skip_existing_with_one_photo(capsys, photos, tmp_path):
+    (tmp_path / "out.png").write_bytes(b"kept")
+    code, text, _ = run(capsys, "denoise", photos / "colour.png", "-o", tmp_path / "out.png", "--skip-existing")
+    assert code == 0 and "skipped" in text and (tmp_path / "out.png").read_bytes() == b"kept"

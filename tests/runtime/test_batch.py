@@ -1,0 +1,86 @@
+"""runtime.batch.plan_batch: which photos a run over many takes and where each goes, all decided before any work."""
+from pathlib import Path
+
+import pytest
+
+from moe_base.errors import InputError
+from runtime.batch import PHOTO_SUFFIXES, plan_batch
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_folders_give_their_photos_sorted_and_files_keep_their_order(tmp_path: Path) -> None:
+    d = tmp_path / "photos"
+    for name in ("b.JPG", "a.png", "c.tiff", "notes.txt", ".hidden.png", "sub/d.png"):
+        touch(d / name)
+    single = touch(tmp_path / "z.raw")  # named on its own: taken whatever its name (the reader decides)
+    plan = plan_batch([single, d], tmp_path / "out")
+    assert [(s.name, o) for s, o in plan.jobs] == [("z.raw", tmp_path / "out" / "z.raw"),
+                                                   ("a.png", tmp_path / "out" / "a.png"),
+                                                   ("b.JPG", tmp_path / "out" / "b.JPG"),
+                                                   ("c.tiff", tmp_path / "out" / "c.tiff")]
+    assert [p.name for p in plan.ignored] == ["notes.txt"] and plan.skipped == ()
+    assert not (tmp_path / "out").exists()  # planning creates nothing
+
+
+def test_a_photo_named_twice_is_denoised_once(tmp_path: Path) -> None:
+    a = touch(tmp_path / "in" / "a.png")
+    plan = plan_batch([a, tmp_path / "in", a], tmp_path / "out")
+    assert [s for s, _ in plan.jobs] == [a]
+
+
+def test_two_photos_with_one_name_are_refused(tmp_path: Path) -> None:
+    a, b = touch(tmp_path / "x" / "a.png"), touch(tmp_path / "y" / "a.png")
+    with pytest.raises(InputError, match=r"same file name.*a\.png .*x/a\.png.*y/a\.png"):
+        plan_batch([a, b], tmp_path / "out")
+
+
+def test_existing_outputs_are_refused_skipped_or_replaced(tmp_path: Path) -> None:
+    a, b = touch(tmp_path / "in" / "a.png"), touch(tmp_path / "in" / "b.png")
+    touch(tmp_path / "out" / "a.png")
+    with pytest.raises(InputError, match=r"1 of the 2 outputs already exist.*a\.png.*--skip-existing.*--overwrite"):
+        plan_batch([tmp_path / "in"], tmp_path / "out")
+    plan = plan_batch([tmp_path / "in"], tmp_path / "out", skip_existing=True)
+    assert [s for s, _ in plan.jobs] == [b] and [s for s, _ in plan.skipped] == [a]
+    plan = plan_batch([tmp_path / "in"], tmp_path / "out", overwrite=True)
+    assert [s for s, _ in plan.jobs] == [a, b] and plan.skipped == ()
+    with pytest.raises(InputError, match="contradict"):
+        plan_batch([tmp_path / "in"], tmp_path / "out", overwrite=True, skip_existing=True)
+
+
+def test_an_output_folder_holding_the_photos_needs_overwrite(tmp_path: Path) -> None:
+    a = touch(tmp_path / "in" / "a.png")
+    for skip in (False, True):  # --skip-existing would skip them all and say nothing useful
+        with pytest.raises(InputError, match=r"holds the photos themselves \(a\.png\).*--overwrite"):
+            plan_batch([a], tmp_path / "in", skip_existing=skip)
+    assert plan_batch([a], tmp_path / "in", overwrite=True).jobs == ((a, tmp_path / "in" / "a.png"),)
+
+
+@pytest.mark.parametrize("case", ["missing input", "folder without photos", "output is a file",
+                                  "output parent missing", "nothing given"])
+def test_what_cannot_be_planned_is_refused_with_what_to_do(tmp_path: Path, case: str) -> None:
+    photo = touch(tmp_path / "a.png")
+    inputs, out, expected = [photo], tmp_path / "out", ""
+    if case == "missing input":
+        inputs, expected = [photo, tmp_path / "nope.png"], r"'.*nope\.png' does not exist"
+    elif case == "folder without photos":
+        touch(tmp_path / "docs" / "readme.txt")
+        inputs, expected = [tmp_path / "docs"], r"'.*docs' has no photos \(files ending in \.png"
+    elif case == "output is a file":
+        out, expected = touch(tmp_path / "out.png"), r"'.*out\.png' is a file.*give a folder"
+    elif case == "output parent missing":
+        out, expected = tmp_path / "no" / "out", r"parent '.*no' does not exist; create it first"
+    else:
+        inputs, expected = [], "no photos given"
+    with pytest.raises(InputError, match=expected):
+        plan_batch(inputs, out)
+
+
+def test_the_folder_suffixes_are_ones_the_writer_can_write() -> None:
+    from runtime.images import output_format
+
+    assert {output_format(f"x{s}") for s in PHOTO_SUFFIXES} == {"PNG", "JPEG", "TIFF", "WEBP", "BMP"}
