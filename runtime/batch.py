@@ -20,6 +20,10 @@ PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 decides from its content."""
 
 
+CONTRADICTION = ("--overwrite and --skip-existing contradict each other (replace existing outputs, or leave them "
+                 "alone); pass one of them")
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """What a run over many photos will do: ``jobs`` (input, output) in order; ``skipped`` the inputs left alone
@@ -55,8 +59,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     given, or an output would be its own input without ``overwrite``. An input named twice (or named and found in
     a folder) is denoised once."""
     if overwrite and skip_existing:
-        raise InputError("--overwrite and --skip-existing contradict each other (replace existing outputs, or leave "
-                         "them alone); pass one of them")
+        raise InputError(CONTRADICTION)
     if not inputs:
         raise InputError("no photos given; name one or more photos or folders of photos")
     out = Path(out_dir)

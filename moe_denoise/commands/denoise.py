@@ -83,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     from runtime.guard import check_sigma
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
+    if args.overwrite and args.skip_existing:
+        from moe_base.errors import InputError
+        from runtime.batch import CONTRADICTION
+
+        raise InputError(CONTRADICTION)
     if len(args.input) > 1 or args.input[0].is_dir():
         return run_batch(args)
     args.input = args.input[0]

@@ -118,3 +118,9 @@ def test_skip_existing_with_one_photo(capsys, photos, tmp_path):
     (tmp_path / "out.png").write_bytes(b"kept")
     code, text, _ = run(capsys, "denoise", photos / "colour.png", "-o", tmp_path / "out.png", "--skip-existing")
     assert code == 0 and "skipped" in text and (tmp_path / "out.png").read_bytes() == b"kept"
+
+
+def test_overwrite_and_skip_existing_contradict(capsys, photos, tmp_path):
+    code, _, err = run(capsys, "denoise", photos / "colour.png", "-o", tmp_path / "out.png", "--skip-existing",
+                       "--overwrite")
+    assert code == 2 and "contradict" in err and not (tmp_path / "out.png").exists()
