@@ -27,7 +27,8 @@ CONTRADICTION = ("--overwrite and --skip-existing contradict each other (replace
 @dataclass(frozen=True)
 class BatchPlan:
     """What a run over many photos will do: ``jobs`` (input, output) in order; ``skipped`` the inputs left alone
-    because their output exists (``skip_existing``); ``ignored`` the files of named folders that are not photos."""
+    because their output exists (``skip_existing``); ``ignored`` what the folders named hold besides photos (other
+    files, subfolders)."""
     out_dir: Path
     jobs: tuple[tuple[Path, Path], ...]
     skipped: tuple[tuple[Path, Path], ...] = ()
@@ -40,12 +41,13 @@ def _listed(paths: list[str], limit: int = 5) -> str:
 
 
 def photos_in(folder: Path) -> tuple[list[Path], list[Path]]:
-    """A folder's photos (by :data:`PHOTO_SUFFIXES`, sorted by name; hidden files left out) and its other files."""
+    """A folder's photos (files by :data:`PHOTO_SUFFIXES`, sorted by name) and what else it holds (other files and
+    subfolders, which are not searched); hidden entries are left out of both."""
     photos, others = [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith("."):
             continue
-        (photos if p.suffix.lower() in PHOTO_SUFFIXES else others).append(p)
+        (photos if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES else others).append(p)
     return photos, others
 
 

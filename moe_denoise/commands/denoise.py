@@ -227,9 +227,9 @@ def run_batch(args: argparse.Namespace) -> int:
     else:
         extra = [f"{len(plan.skipped)} skipped (output exists)"] if plan.skipped else []
         if plan.ignored:
-            n = len(plan.ignored)
-            extra.append(f"{n} file{'s' if n > 1 else ''} in the folders given {'are' if n > 1 else 'is'} not a "
-                         f"photo and left out ({', '.join(p.name for p in plan.ignored[:3])}{', ...' if n > 3 else ''})")
+            names = [p.name + ("/" if p.is_dir() else "") for p in plan.ignored]
+            extra.append(f"left out of the folders given: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} "
+                         f"(not photos; subfolders are not searched)")
         print(f"denoised {len(reports)} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
               + "".join(f"; {x}" for x in extra))
     if failed:

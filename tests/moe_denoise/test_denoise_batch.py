@@ -27,6 +27,8 @@ def photos(tmp_path: Path) -> Path:
     Image.fromarray(rng.integers(0, 256, (37, 20), dtype=np.uint8)).save(folder / "gray.jpg", quality=90)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
     (folder / "notes.txt").write_text("not a photo")
+    (folder / "2023").mkdir()  # subfolders are not searched: said, not silently passed over
+    Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(folder / "2023" / "deep.png")
     return folder
 
 
@@ -38,7 +40,8 @@ def test_a_folder_is_denoised_as_single_runs_would_and_a_broken_photo_does_not_s
     assert "[1/3] failed: " in err and "broken.png" in err and "1 of 3 photos could not be denoised" in err
     assert "--skip-existing" in err and "Traceback" not in err
     assert "[2/3] denoised" in text and "[3/3] denoised" in text
-    assert "denoised 2 of 3 photos into" in text and "1 file in the folders given is not a photo" in text
+    assert "denoised 2 of 3 photos into" in text
+    assert "left out of the folders given: 2023/, notes.txt (not photos; subfolders are not searched)" in text
     assert sorted(p.name for p in out.iterdir()) == ["colour.png", "gray.jpg"]
     for name in ("colour.png", "gray.jpg"):  # byte for byte what denoising the photo on its own writes
         code, _, err = run(capsys, "denoise", photos / name, "-o", tmp_path / f"single_{name}", "--weights",

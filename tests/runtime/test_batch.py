@@ -23,7 +23,7 @@ def test_folders_give_their_photos_sorted_and_files_keep_their_order(tmp_path: P
                                                    ("a.png", tmp_path / "out" / "a.png"),
                                                    ("b.JPG", tmp_path / "out" / "b.JPG"),
                                                    ("c.tiff", tmp_path / "out" / "c.tiff")]
-    assert [p.name for p in plan.ignored] == ["notes.txt"] and plan.skipped == ()
+    assert [p.name for p in plan.ignored] == ["notes.txt", "sub"] and plan.skipped == ()
     assert not (tmp_path / "out").exists()  # planning creates nothing
 
 
