@@ -267,6 +267,21 @@ def check_sigma(sigma: float | None, name: str = "sigma") -> None:
                          f"or leave it out to have it estimated")
 
 
+def check_strength(strength: float, name: str = "strength") -> None:
+    """InputError unless ``strength`` (named ``name`` in the message) is a number in [0, 1]."""
+    if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
+        raise InputError(f"{name} is how much of the denoising to keep, from 0 (the input as it is) to 1 (all of it, "
+                         f"the default); got {strength!r}. E.g. 0.7 keeps some of the photo's grain")
+
+
+def with_strength(input_weight: float, strength: float) -> float:
+    """The input's weight in the output when only ``strength`` of the change from the input is kept: the output
+    ``w x + (1 - w) f(x)`` moved back towards ``x`` becomes ``x + strength ((1 - w) (f(x) - x))``."""
+    if strength == 1.0:  # exactly the weight decided (1 - (1 - w) can differ from w in the last bit)
+        return input_weight
+    return 1.0 - strength * (1.0 - input_weight)
+
+
 def blend(given: np.ndarray, denoised: np.ndarray, input_weight: float) -> np.ndarray:
     """The guard's output: ``input_weight * given + (1 - input_weight) * denoised``, in float64, rounded to float32."""
     return (input_weight * given.astype(np.float64) + (1.0 - input_weight) * denoised).astype(np.float32)

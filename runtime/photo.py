@@ -11,7 +11,7 @@ import numpy as np
 
 from moe_base.errors import InputError
 
-from .guard import GuardResult
+from .guard import GuardResult, check_strength, with_strength
 from .images import (
     DEFAULT_MAX_PIXELS,
     ImageHeader,
@@ -79,6 +79,7 @@ def denoise_file(
     band_rows: int | None = None,
     guard: bool = True,
     sigma: float | None = None,
+    strength: float = 1.0,
 ) -> dict[str, Any]:
     """Denoise an image file of any size with a tile denoiser and write it in the same size, mode and bit depth.
 
@@ -95,8 +96,11 @@ def denoise_file(
     ``guard`` / ``sigma``: the clean-input guard (:mod:`runtime.guard`, on by default), which blends the input
     back in when the photo's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; the report's
     ``guard`` entry says what it decided. A JPEG's noise is read at two scales: a JPEG file's, or one whose pixels
-    were JPEG-compressed before (:func:`runtime.jpeg_traces.two_scales_reason`).
+    were JPEG-compressed before (:func:`runtime.jpeg_traces.two_scales_reason`). ``strength`` (0 to 1, default 1):
+    how much of the change from the input to keep (:func:`runtime.guard.with_strength`); the report's
+    ``input_weight`` is the input's weight in the result, guard and strength together.
     """
+    check_strength(strength)
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
 
@@ -108,8 +112,8 @@ def denoise_file(
     check_writable(out_path, info)
     plan = plan_tiles(info.height, info.width, tile, overlap)
     try:
-        result, decision = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows, progress, guard,
-                                           sigma)
+        result, decision, weight = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows, progress,
+                                                   guard, sigma, strength)
         del pixels  # the input's integers are not needed while writing
         written = write_pixels(out_path, result, info, overwrite=overwrite)
     except MemoryError as e:
@@ -117,35 +121,37 @@ def denoise_file(
                          f"raise the limit, or split the image into smaller ones") from e
     report = _report(info, written, plan.count, time.perf_counter() - start)
     report["guard"] = decision.as_dict() if decision is not None else None
+    report["strength"], report["input_weight"] = float(strength), weight
     return report
 
 
 def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,
-                    band_rows: int | None, progress: bool, guard: bool,
-                    sigma: float | None) -> tuple[np.ndarray, GuardResult | None]:
-    """The denoised image as the file's integers, band by band (float32 only one band at a time), and the
-    guard's decision (None: no guard)."""
+                    band_rows: int | None, progress: bool, guard: bool, sigma: float | None,
+                    strength: float) -> tuple[np.ndarray, GuardResult | None, float]:
+    """The denoised image as the file's integers, band by band (float32 only one band at a time), the guard's
+    decision (None: no guard) and the input's weight in the result (guard and ``strength`` together)."""
     result = np.empty_like(pixels)
     h, w, c = pixels.shape
 
     def rows(a: int, b: int) -> np.ndarray:
         return to_unit(pixels[a:b], info)
 
-    decision = None
+    decision, raw = None, None
     if guard:
         why = None if sigma is not None else two_scales_reason(info.format, pixels,  # a given sigma is not read
                                                                65535.0 if info.bit_depth == 16 else 255.0)
         decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
                                       why is not None)  # JPEG took the finest detail, where the noise is read
         decision = replace(decision, two_scales_reason=why if decision.two_scales else None)
-        if raw is not None:  # the guard's own denoising of the whole photo is the result's too
-            result[:] = to_pixels(blend_whole(rows(0, h), raw, decision.input_weight), info)
-            return result, decision
+    weight = with_strength(decision.input_weight if decision is not None else 0.0, strength)
+    if raw is not None:  # the guard's own denoising of the whole photo is the result's too
+        result[:] = to_pixels(blend_whole(rows(0, h), raw, weight), info)
+        return result, decision, weight
     bands = denoise_bands(rows, h, w, c, fn, tile=tile, overlap=overlap, batch_size=batch_size, band_rows=band_rows,
-                          progress=progress, input_weight=decision.input_weight if decision is not None else 0.0)
+                          progress=progress, input_weight=weight)
     for y, band in bands:
         result[y:y + len(band)] = to_pixels(band, info)
-    return result, decision
+    return result, decision, weight
 
 
 def _report(info: ImageInfo, written: Path, tiles: int, seconds: float) -> dict[str, Any]:

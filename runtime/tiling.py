@@ -37,7 +37,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import check_unit_range
-from .guard import GuardResult, blend, colour_part, guard_weight
+from .guard import GuardResult, blend, check_strength, colour_part, guard_weight, with_strength
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""
@@ -343,6 +343,7 @@ def denoise_array(
     guard: bool | GuardResult = True,
     sigma: float | None = None,
     two_scales: bool = False,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Denoise an image of any size with a tile denoiser; return an array of the same shape and dtype.
 
@@ -361,8 +362,11 @@ def denoise_array(
     image's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; False: the denoiser's output as it
     is; a :class:`GuardResult` from :func:`guard_for_array`: that decision. ``two_scales``: the guard reads the
     noise at two scales, for an image that was stored as JPEG (:func:`runtime.jpeg_traces.two_scales_reason`).
+    ``strength`` (0 to 1, default 1): how much of the change from the input to keep (:func:`runtime.guard.
+    with_strength`); 0 gives the input back.
     """
     _check_settings(tile, overlap, batch_size)
+    check_strength(strength)
     img = validate_image(image)
     h, w, c = img.shape
     def rows(a: int, b: int) -> np.ndarray:
@@ -372,8 +376,8 @@ def denoise_array(
         guard, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
                                    two_scales)
         if raw is not None:
-            return blend_whole(img, raw, guard.input_weight).reshape(image.shape)
-    weight = guard.input_weight if isinstance(guard, GuardResult) else 0.0
+            return blend_whole(img, raw, with_strength(guard.input_weight, strength)).reshape(image.shape)
+    weight = with_strength(guard.input_weight if isinstance(guard, GuardResult) else 0.0, strength)
     return denoise_whole(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight).reshape(image.shape)
 
 

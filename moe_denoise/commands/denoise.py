@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "only lightly noisy (estimated noise <= 20/255; a JPEG's noise is read at two scales, as JPEG "
                         "removes the finest detail: a JPEG file's, or a PNG/TIFF whose pixels were JPEG once); see "
                         "docs/evaluation.md")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="how much of the denoising to keep, 0 to 1: 1 = all of it (after the clean-input guard), "
+                        "0.7 keeps some of the photo's grain, 0 gives the input back")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--server", default=None, metavar="URL",
@@ -80,9 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.guard import check_sigma
+    from runtime.guard import check_sigma, check_strength
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
+    check_strength(args.strength, "--strength")
+    if args.server is not None:
+        check_remote_options(args)
     if args.overwrite and args.skip_existing:
         from moe_base.errors import InputError
         from runtime.batch import CONTRADICTION
@@ -133,7 +139,8 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path) -> 
         return report
     report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
                           batch_size=args.batch_size, progress=not (args.no_progress or args.json),
-                          max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma)
+                          max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
+                          strength=args.strength)
     report["backend"] = runner.describe()
     report["denoised_by"] = runner.name
     return report
@@ -147,6 +154,9 @@ def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
     lines += [f"  note: {note}" for note in report["notes"]]
     if report.get("guard"):
         lines.append(f"  {describe_guard(report['guard'])}")
+    if report.get("strength", 1.0) != 1.0:
+        w = report["input_weight"]
+        lines.append(f"  strength {report['strength']:g}: output = {w:.2f} x input + {1 - w:.2f} x denoised")
     if "check_local" in report:
         c = report["check_local"]
         lines.append(f"max abs difference from a local run with {c['backend']}: {c['max_abs_difference_levels']} of "
@@ -260,18 +270,23 @@ def describe_guard(guard: dict) -> str:
            f"{1 - guard['input_weight']:.2f} x denoised"
 
 
-def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
-    """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally."""
+def check_remote_options(args: argparse.Namespace) -> None:
+    """--server: refuse, before any photo, the options a request cannot carry."""
     from runtime import InputError
-    from serving.client import denoise_file_remote
 
     if args.overlap != 16:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
-    if args.sigma is not None or args.no_guard:
-        raise InputError("--sigma and --no-guard cannot be sent with --server: the server applies the clean-input "
-                         "guard with its own estimate (unless started with 'moe-denoise serve --no-guard'). Denoise "
-                         "here (drop --server) to set them")
+    if args.sigma is not None or args.no_guard or args.strength != 1.0:
+        raise InputError("--sigma, --no-guard and --strength cannot be sent with --server: the server applies the "
+                         "clean-input guard with its own estimate (unless started with 'moe-denoise serve "
+                         "--no-guard') and keeps all of the denoising. Denoise here (drop --server) to set them")
+
+
+def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
+    """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally."""
+    from serving.client import denoise_file_remote
+
     report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout)
     if args.check_local:
         report["check_local"] = check_local(args, src, dst)

@@ -365,3 +365,46 @@ def test_a_small_photo_is_denoised_once_for_the_guard_and_the_result(channels, t
     expected = np.rint(np.clip(denoise_array(unit, blur), 0, 1) * 255)
     np.testing.assert_array_equal(np.rint(read_image(tmp_path / "out.png")[0] * 255), expected.reshape(
         read_image(tmp_path / "out.png")[0].shape))
+
+
+def test_strength_keeps_that_share_of_the_change_from_the_input():
+    """denoise_array(strength=s) = x + s (default output - x), with or without the guard; 0 gives x back, 1 the
+    default output to the bit; out-of-range strengths are refused."""
+    rng = np.random.default_rng(21)
+    image = np.clip(texture(70, 90)[:, :, None] + 0.02 * rng.standard_normal((70, 90, 3)), 0, 1).astype(np.float32)
+    blur = blur_fn(1.0)
+    for guard in (True, False):
+        full = denoise_array(image, blur, guard=guard)
+        np.testing.assert_array_equal(denoise_array(image, blur, guard=guard, strength=1.0), full)
+        np.testing.assert_array_equal(denoise_array(image, blur, guard=guard, strength=0.0), image)
+        half = denoise_array(image, blur, guard=guard, strength=0.5)
+        np.testing.assert_allclose(half, image + 0.5 * (full.astype(np.float64) - image), atol=2e-7)
+        assert 0 < np.abs(half - image).max() < np.abs(full - image).max()
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="strength is how much of the denoising to keep"):
+            denoise_array(image, blur, strength=bad)
+
+
+def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
+    """--strength: the report says the blend; 0 writes the input's pixels back; with --server it is refused before
+    any photo (the request cannot carry it); out of range is refused (exit 2)"""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(22)
+    noisy = np.clip(texture(48, 64) + 0.15 * rng.standard_normal((48, 64)), 0, 1)
+    Image.fromarray((noisy * 255).round().astype(np.uint8)).save(photo)
+    out = tmp_path / "out.png"
+    assert main(["denoise", str(photo), "-o", str(out), "--weights", str(random_weights), "--strength", "0.25",
+                 "--no-progress"]) == 0
+    assert "strength 0.25: output = 0.75 x input + 0.25 x denoised" in capsys.readouterr().out
+    assert main(["denoise", str(photo), "-o", str(out), "--weights", str(random_weights), "--strength", "0",
+                 "--overwrite", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["strength"] == 0.0 and report["input_weight"] == 1.0
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo)))
+    assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--strength", "2"]) == 2
+    assert "--strength is how much of the denoising to keep" in capsys.readouterr().err
+    assert main(["denoise", str(photo), str(photo), "-o", str(tmp_path / "many"), "--strength", "0.5", "--server",
+                 "localhost:1"]) == 2
+    assert "cannot be sent with --server" in capsys.readouterr().err and not (tmp_path / "many").exists()
