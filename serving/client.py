@@ -18,7 +18,7 @@ from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME
 
 from .backend_env import EXTRA_HINT
-from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL, TWO_SCALES_PARAMETER
+from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, STRENGTH_PARAMETER, TILE_MODEL, TWO_SCALES_PARAMETER
 from .models import BATCHED_WITH_INVALID, unit_to_image
 
 _TRITON_DTYPES = {"float32": "FP32", "uint8": "UINT8", "uint16": "UINT16"}
@@ -107,7 +107,7 @@ class DenoiseClient:
 
     # --- inference ------------------------------------------------------------------------------------------
     def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str,
-               parameters: dict[str, bool] | None = None) -> np.ndarray:
+               parameters: dict[str, bool | str] | None = None) -> np.ndarray:
         from tritonclient.utils import InferenceServerException
 
         m = self._module
@@ -160,18 +160,22 @@ class DenoiseClient:
             self.retries += 1
             return self._infer(model, feeds, OUTPUT_NAME)
 
-    def denoise_pixels(self, pixels: np.ndarray, two_scales: bool = False) -> np.ndarray:
+    def denoise_pixels(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0) -> np.ndarray:
         """uint8 / uint16 [H, W, C] -> the denoised photo, same dtype and shape, tiled and blended by the server.
         ``two_scales``: the clean-input guard reads the noise at two scales (the photo was stored as JPEG; pixels
-        that were JPEG-compressed are found by the server without it)."""
+        that were JPEG-compressed are found by the server without it). ``strength``: the share of the change from
+        the input kept (sent only when not 1)."""
         if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
             raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         name = pixels.dtype.name
+        parameters: dict[str, bool | str] = {TWO_SCALES_PARAMETER: True} if two_scales else {}
+        if strength != 1.0:
+            parameters[STRENGTH_PARAMETER] = repr(float(strength))  # a string: every protocol carries it exactly
         return self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
-                           {TWO_SCALES_PARAMETER: True} if two_scales else None)
+                           parameters or None)
 
 
 def server_message(text: str | None) -> str:
@@ -182,7 +186,7 @@ def server_message(text: str | None) -> str:
 
 
 def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,
-                        overwrite: bool = False, timeout_s: float = 3600.0) -> dict[str, Any]:
+                        overwrite: bool = False, timeout_s: float = 3600.0, strength: float = 1.0) -> dict[str, Any]:
     """``moe-denoise denoise --server``: read a photo, have the server denoise it, write it like a local run.
 
     The photo is read and the result written by ``runtime.images`` exactly as ``runtime.photo.denoise_file`` does
@@ -204,11 +208,11 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
             # the guard reads as runtime.photo.denoise_file does: the file's format is known only here, the
             # server finds JPEG in the pixels itself (serving.models.ImageModel.denoise)
-            result = client.denoise_pixels(pixels, info.format in LOSSY_FORMATS)
+            result = client.denoise_pixels(pixels, info.format in LOSSY_FORMATS, strength)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
             two_scales = two_scales_reason(info.format, pixels, float(np.iinfo(dtype).max)) is not None
-            result = _tile_here(client, image, dtype, url, two_scales)
+            result = _tile_here(client, image, dtype, url, two_scales, strength)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
@@ -223,7 +227,8 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     }
 
 
-def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, two_scales: bool = False) -> np.ndarray:
+def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, two_scales: bool = False,
+               strength: float = 1.0) -> np.ndarray:
     from runtime.tiling import denoise_array
 
     from .repo import TRT_MODEL
@@ -234,7 +239,7 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, t
                          f"'moe-denoise serve' or load a repository from 'moe-denoise triton-repo'")
     batch = max(1, client.max_batch(model))
     out = denoise_array(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch,
-                        two_scales=two_scales)
+                        two_scales=two_scales, strength=strength)
     return unit_to_image(out, dtype)
 
 

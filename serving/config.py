@@ -16,6 +16,7 @@ IMAGE_MODEL = "moe_denoiser_image"
 # The image model's tensors: one optional input per pixel type, and the output of the same type.
 IMAGE_INPUTS = {"uint8": "image_u8", "uint16": "image_u16"}
 TWO_SCALES_PARAMETER = "two_scales"  # photo request parameter: the guard reads the noise at two scales (JPEG)
+STRENGTH_PARAMETER = "strength"  # photo request parameter: the share of the change kept, "0" to "1" (a string)
 IMAGE_OUTPUTS = {"uint8": "denoised_u8", "uint16": "denoised_u16"}
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP; about 65,000 tiles at the default overlap

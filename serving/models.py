@@ -22,10 +22,11 @@ import numpy as np
 
 from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
+from runtime.guard import check_strength
 from runtime.jpeg_traces import jpeg_quantised
 from runtime.tiling import denoise_array
 
-from .config import IMAGE_INPUTS, IMAGE_OUTPUTS, TWO_SCALES_PARAMETER
+from .config import IMAGE_INPUTS, IMAGE_OUTPUTS, STRENGTH_PARAMETER, TWO_SCALES_PARAMETER
 
 _TOP = {"uint8": 255, "uint16": 65535}
 BATCHED_WITH_INVALID = "valid request(s) batched with the invalid one(s) fail too"  # clients may retry on this
@@ -82,6 +83,22 @@ def two_scales_asked(request: Any) -> bool:
     return bool(parameters.get(TWO_SCALES_PARAMETER, False))
 
 
+def strength_asked(request: Any) -> float:
+    """The share of the change from the input a photo request keeps (request parameter ``strength``, a number or a
+    string such as "0.7"; 1 when not given), or InputError saying what was sent and what is taken."""
+    parameters = getattr(request, "parameters", None) or {}
+    given = parameters.get(STRENGTH_PARAMETER, 1.0)
+    try:
+        strength = float(given)
+    except (TypeError, ValueError):
+        strength = float("nan")
+    try:
+        check_strength(strength, f"the request parameter '{STRENGTH_PARAMETER}'")
+    except InputError as e:
+        raise InputError(f"{e} (sent: {given!r})") from None
+    return strength
+
+
 class ImageModel:
     """One whole photo per request, tiled and blended with the runner; same dtype out as in. ``guard``: apply the
     clean-input guard (``runtime.guard``) with its own noise estimate, as ``moe-denoise denoise`` does."""
@@ -118,24 +135,26 @@ class ImageModel:
                              f"smaller image, crop it into parts, or restart the server with a higher limit")
         return pixels
 
-    def denoise(self, pixels: np.ndarray, two_scales: bool = False) -> np.ndarray:
+    def denoise(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0) -> np.ndarray:
         """``two_scales``: the request said the photo is a JPEG file; a photo whose pixels were JPEG-compressed is
-        read at two scales without it, as 'moe-denoise denoise' reads a file (runtime.jpeg_traces)."""
+        read at two scales without it, as 'moe-denoise denoise' reads a file (runtime.jpeg_traces). ``strength``:
+        the share of the change from the input kept (runtime.guard.with_strength)."""
         image = image_to_unit(pixels)
         if self.guard and not two_scales:
             two_scales = jpeg_quantised(pixels, float(_TOP[pixels.dtype.name]))
         out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=self.guard,
-                            two_scales=two_scales)
+                            two_scales=two_scales, strength=strength)
         return unit_to_image(out, pixels.dtype)
 
     def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        checked: list[np.ndarray] = []
+        checked: list[tuple[np.ndarray, float]] = []
         problems: list[tuple[int, str]] = []
         for i, request in enumerate(requests):
             try:
-                checked.append(self.check(request))
+                checked.append((self.check(request), strength_asked(request)))
             except InputError as e:
                 problems.append((i, str(e)))
         if problems:
             raise InputError(_bad_request_message(problems, len(requests)))
-        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p, two_scales_asked(r))} for p, r in zip(checked, requests)]
+        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p, two_scales_asked(r), strength)}
+                for (p, strength), r in zip(checked, requests)]

@@ -155,8 +155,10 @@ def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
     if report.get("guard"):
         lines.append(f"  {describe_guard(report['guard'])}")
     if report.get("strength", 1.0) != 1.0:
-        w = report["input_weight"]
-        lines.append(f"  strength {report['strength']:g}: output = {w:.2f} x input + {1 - w:.2f} x denoised")
+        w = report.get("input_weight")
+        lines.append(f"  strength {report['strength']:g}: " + (f"output = {w:.2f} x input + {1 - w:.2f} x denoised"
+                                                                if w is not None else
+                                                                f"{report['strength']:.0%} of the change kept"))
     if "check_local" in report:
         c = report["check_local"]
         lines.append(f"max abs difference from a local run with {c['backend']}: {c['max_abs_difference_levels']} of "
@@ -277,17 +279,19 @@ def check_remote_options(args: argparse.Namespace) -> None:
     if args.overlap != 16:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
-    if args.sigma is not None or args.no_guard or args.strength != 1.0:
-        raise InputError("--sigma, --no-guard and --strength cannot be sent with --server: the server applies the "
-                         "clean-input guard with its own estimate (unless started with 'moe-denoise serve "
-                         "--no-guard') and keeps all of the denoising. Denoise here (drop --server) to set them")
+    if args.sigma is not None or args.no_guard:
+        raise InputError("--sigma and --no-guard cannot be sent with --server: the server applies the clean-input "
+                         "guard with its own estimate (unless started with 'moe-denoise serve --no-guard'). Denoise "
+                         "here (drop --server) to set them")
 
 
 def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
     """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally."""
     from serving.client import denoise_file_remote
 
-    report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout)
+    report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
+                                 strength=args.strength)
+    report["strength"] = args.strength
     if args.check_local:
         report["check_local"] = check_local(args, src, dst)
     return report
@@ -308,7 +312,7 @@ def check_local(args: argparse.Namespace, src: Path, dst: Path) -> dict:
         here = Path(tmp) / f"local{dst.suffix}"
         with make_runner(args, args.weights) as runner:
             denoise_file(src, here, runner, overlap=args.overlap, batch_size=args.batch_size, progress=False,
-                         max_pixels=args.max_pixels)
+                         max_pixels=args.max_pixels, strength=args.strength)
         local_image, info = read_image(here)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     local = unit_to_image(local_image, dtype)

@@ -386,8 +386,8 @@ def test_strength_keeps_that_share_of_the_change_from_the_input():
 
 
 def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
-    """--strength: the report says the blend; 0 writes the input's pixels back; with --server it is refused before
-    any photo (the request cannot carry it); out of range is refused (exit 2)"""
+    """--strength: the report says the blend; 0 writes the input's pixels back; out of range is refused (exit 2);
+    --sigma with --server is refused before any photo of several (a request cannot carry it)"""
     from PIL import Image
 
     photo = tmp_path / "photo.png"
@@ -405,6 +405,6 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo)))
     assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--strength", "2"]) == 2
     assert "--strength is how much of the denoising to keep" in capsys.readouterr().err
-    assert main(["denoise", str(photo), str(photo), "-o", str(tmp_path / "many"), "--strength", "0.5", "--server",
+    assert main(["denoise", str(photo), str(photo), "-o", str(tmp_path / "many"), "--sigma", "0.1", "--server",
                  "localhost:1"]) == 2
     assert "cannot be sent with --server" in capsys.readouterr().err and not (tmp_path / "many").exists()

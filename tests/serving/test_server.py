@@ -304,6 +304,10 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         assert out.count("max abs difference from a local run with torch-masked: 0 of 255 levels") == 2
         assert "denoised 2 of 2 photos into" in out
         assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == sorted([DEMO.name, "noisy.jpg"])
+        assert main(["denoise", str(DEMO), "-o", str(tmp_path / "half.png"), "--server", url, "--strength", "0.5",
+                     "--check-local", "--backend", "torch", "--threads", "1", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert "strength 0.5: 50% of the change kept" in out and "0 of 255 levels" in out
     finally:
         rc = _stop(proc, signal.SIGTERM, group=False)
     assert rc == 0, (tmp_path / "serve.log").read_text()
@@ -385,3 +389,22 @@ def test_jpeg_photos_are_read_at_two_scales_and_match_local(server, direct):
     assert np.array_equal(asked, local(lossless, True)) and np.array_equal(not_asked, local(lossless, False))
     assert not np.array_equal(asked, not_asked)  # the parameter reached the guard
     assert np.array_equal(found, local(was_jpeg, True)) and not np.array_equal(found, local(was_jpeg, False))
+
+
+def test_strength_is_a_request_parameter_and_matches_local(server, direct):
+    """The photo model's `strength` parameter (sent by `denoise --server --strength`): the answer is the local
+    result with that strength; one out of range or not a number is refused with the reason, naming the parameter."""
+    from runtime.tiling import denoise_array
+    from serving.models import image_to_unit, unit_to_image
+
+    rng = np.random.default_rng(13)
+    pixels = np.clip(rng.normal(128, 30, (40, 56, 3)), 0, 255).astype(np.uint8)
+    with _client(server.urls["http"]) as c:
+        for strength in (0.0, 0.35, 1.0):
+            local = unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64, strength=strength),
+                                  np.uint8)
+            assert np.array_equal(c.denoise_pixels(pixels, strength=strength), local), strength
+        assert np.array_equal(c.denoise_pixels(pixels, strength=0.0), pixels)
+        for bad in (1.5, float("nan")):
+            with pytest.raises(InputError, match="request parameter 'strength' is how much of the denoising"):
+                c.denoise_pixels(pixels, strength=bad)
