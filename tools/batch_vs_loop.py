@@ -1,0 +1,89 @@
+"""Many photos: one `moe-denoise denoise FOLDER -o OUT` against one `moe-denoise denoise PHOTO -o OUT` per photo.
+
+    python -m tools.batch_vs_loop --runs 3 --work /tmp/batch_vs_loop
+
+Makes the photo set (scikit-image's sample photos with Gaussian noise of 5 to 25/255, as PNG), then runs the two
+ways in turn (loop, batch, loop, batch, ...: a drift of the machine's speed hits both), each as whole processes
+(start-up and model loading included), and prints each way's median wall time and their ratio, pair by pair.
+Checks first that both write the same bytes for every photo. Needs the `eval` extra (scikit-image).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "moon", "rocket", "coins", "page")
+LEVELS = (5, 10, 15, 25)
+
+
+def make_photos(folder: Path, names: tuple[str, ...] = PHOTOS, seed: int = 1) -> list[Path]:
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, name in enumerate(names):
+        clean = getattr(skimage.data, name)().astype(np.float64)
+        noisy = np.clip(clean + rng.normal(0, LEVELS[i % len(LEVELS)], clean.shape), 0, 255).astype(np.uint8)
+        paths.append(folder / f"{name}.png")
+        Image.fromarray(noisy).save(paths[-1])
+    return paths
+
+
+def timed(command: list[list[str]]) -> float:
+    t0 = time.perf_counter()
+    for argv in command:
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed pairs (after one untimed pair); 0: compare only")
+    parser.add_argument("--work", type=Path, default=Path("batch_vs_loop"), help="folder for the photos and outputs")
+    parser.add_argument("--photos", nargs="+", default=list(PHOTOS), help="scikit-image sample photos to use")
+    args = parser.parse_args(argv)
+    exe = str(Path(sys.executable).with_name("moe-denoise"))
+    photos = make_photos(args.work / "photos", tuple(args.photos))
+    loop_dir, batch_dir = args.work / "loop", args.work / "batch"
+    for d in (loop_dir, batch_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    common = ["--overwrite", "--no-progress"]
+    loop = [[exe, "denoise", str(p), "-o", str(loop_dir / p.name), *common] for p in photos]
+    batch = [[exe, "denoise", str(args.work / "photos"), "-o", str(batch_dir), *common]]
+    times: dict[str, list[float]] = {"loop": [], "batch": []}
+    for run in range(args.runs + 1):  # the first pair warms the disk cache and is not counted
+        pair = {"loop": timed(loop), "batch": timed(batch)}
+        if run:
+            for k, v in pair.items():
+                times[k].append(v)
+    same = all((loop_dir / p.name).read_bytes() == (batch_dir / p.name).read_bytes() for p in photos)
+    pixels = 0
+    from PIL import Image
+
+    for p in photos:
+        with Image.open(p) as im:
+            pixels += im.width * im.height
+    ratios = [b / a for a, b in zip(times["loop"], times["batch"])]
+    print(f"{len(photos)} photos, {pixels / 1e6:.2f} megapixels; outputs byte-identical: {same}")
+    if not ratios:
+        print("no timed runs (--runs 0): the outputs were only compared")
+        return 0 if same else 1
+    for k in ("loop", "batch"):
+        print(f"{k:5s}: median {statistics.median(times[k]):.1f} s (min {min(times[k]):.1f}, max {max(times[k]):.1f}, "
+              f"{args.runs} runs)")
+    print(f"batch / loop, pair by pair: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+          f"max {max(ratios):.2f})")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
