@@ -330,6 +330,9 @@ def read_pixels(
         raise InputError(f"no such image file: '{p}'. Check the path")
     if not p.is_file():
         raise InputError(f"'{p}' is not a file (a directory?); expected an image file such as photo.png")
+    if p.stat().st_size == 0:
+        raise InputError(f"'{p}' is empty (0 bytes): not an image, perhaps a copy or download that did not finish; "
+                         f"replace it with the photo")
     Image = _pil()
     try:
         with _own_pixel_limit(Image), Image.open(p) as im:

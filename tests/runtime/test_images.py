@@ -221,6 +221,12 @@ def test_corrupt_files_are_an_input_error(tmp_path: Path, content: bytes) -> Non
         read_image(tmp_path / "bad.png")
 
 
+def test_an_empty_file_is_named_as_empty(tmp_path: Path) -> None:
+    (tmp_path / "half.jpg").write_bytes(b"")
+    with pytest.raises(InputError, match=r"'.*half\.jpg' is empty \(0 bytes\).*did not finish"):
+        read_image(tmp_path / "half.jpg")
+
+
 def test_missing_file_and_directory_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such image file"):
         read_image(tmp_path / "missing.png")
