@@ -18,7 +18,16 @@ from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME
 
 from .backend_env import EXTRA_HINT
-from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, STRENGTH_PARAMETER, TILE_MODEL, TWO_SCALES_PARAMETER
+from .config import (
+    GUARD_PARAMETER,
+    IMAGE_INPUTS,
+    IMAGE_MODEL,
+    IMAGE_OUTPUTS,
+    SIGMA_PARAMETER,
+    STRENGTH_PARAMETER,
+    TILE_MODEL,
+    TWO_SCALES_PARAMETER,
+)
 from .models import BATCHED_WITH_INVALID, unit_to_image
 
 _TRITON_DTYPES = {"float32": "FP32", "uint8": "UINT8", "uint16": "UINT16"}
@@ -160,11 +169,13 @@ class DenoiseClient:
             self.retries += 1
             return self._infer(model, feeds, OUTPUT_NAME)
 
-    def denoise_pixels(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0) -> np.ndarray:
+    def denoise_pixels(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0,
+                       sigma: float | None = None, guard: bool = True) -> np.ndarray:
         """uint8 / uint16 [H, W, C] -> the denoised photo, same dtype and shape, tiled and blended by the server.
         ``two_scales``: the clean-input guard reads the noise at two scales (the photo was stored as JPEG; pixels
-        that were JPEG-compressed are found by the server without it). ``strength``: the share of the change from
-        the input kept (sent only when not 1)."""
+        that were JPEG-compressed are found by the server without it); ``sigma``: the noise level the guard takes
+        instead of its estimate; ``guard`` False: no guard for this photo; ``strength``: the share of the change
+        from the input kept (serving.models.PhotoOptions; each is sent only when not its default)."""
         if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
             raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
@@ -172,8 +183,11 @@ class DenoiseClient:
             pixels = pixels[:, :, None]
         name = pixels.dtype.name
         parameters: dict[str, bool | str] = {TWO_SCALES_PARAMETER: True} if two_scales else {}
-        if strength != 1.0:
-            parameters[STRENGTH_PARAMETER] = repr(float(strength))  # a string: every protocol carries it exactly
+        if not guard:
+            parameters[GUARD_PARAMETER] = False
+        for key, value, default in ((STRENGTH_PARAMETER, strength, 1.0), (SIGMA_PARAMETER, sigma, None)):
+            if value is not None and value != default:  # a string: every protocol carries it exactly
+                parameters[key] = repr(float(value))
         return self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
                            parameters or None)
 
@@ -186,7 +200,8 @@ def server_message(text: str | None) -> str:
 
 
 def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,
-                        overwrite: bool = False, timeout_s: float = 3600.0, strength: float = 1.0) -> dict[str, Any]:
+                        overwrite: bool = False, timeout_s: float = 3600.0, strength: float = 1.0,
+                        sigma: float | None = None, guard: bool = True) -> dict[str, Any]:
     """``moe-denoise denoise --server``: read a photo, have the server denoise it, write it like a local run.
 
     The photo is read and the result written by ``runtime.images`` exactly as ``runtime.photo.denoise_file`` does
@@ -208,11 +223,13 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
             # the guard reads as runtime.photo.denoise_file does: the file's format is known only here, the
             # server finds JPEG in the pixels itself (serving.models.ImageModel.denoise)
-            result = client.denoise_pixels(pixels, info.format in LOSSY_FORMATS, strength)
+            two_scales = guard and sigma is None and info.format in LOSSY_FORMATS  # a given sigma is not read
+            result = client.denoise_pixels(pixels, two_scales, strength, sigma, guard)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
-            two_scales = two_scales_reason(info.format, pixels, float(np.iinfo(dtype).max)) is not None
-            result = _tile_here(client, image, dtype, url, two_scales, strength)
+            two_scales = guard and sigma is None and two_scales_reason(info.format, pixels,
+                                                                       float(np.iinfo(dtype).max)) is not None
+            result = _tile_here(client, image, dtype, url, two_scales, strength, sigma, guard)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
@@ -228,7 +245,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
 
 
 def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, two_scales: bool = False,
-               strength: float = 1.0) -> np.ndarray:
+               strength: float = 1.0, sigma: float | None = None, guard: bool = True) -> np.ndarray:
     from runtime.tiling import denoise_array
 
     from .repo import TRT_MODEL
@@ -238,8 +255,8 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, t
         raise InputError(f"the server at {url} serves none of {IMAGE_MODEL}, {TILE_MODEL}, {TRT_MODEL}; start "
                          f"'moe-denoise serve' or load a repository from 'moe-denoise triton-repo'")
     batch = max(1, client.max_batch(model))
-    out = denoise_array(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch,
-                        two_scales=two_scales, strength=strength)
+    out = denoise_array(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch, guard=guard,
+                        sigma=sigma, two_scales=two_scales, strength=strength)
     return unit_to_image(out, dtype)
 
 

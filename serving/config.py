@@ -17,6 +17,8 @@ IMAGE_MODEL = "moe_denoiser_image"
 IMAGE_INPUTS = {"uint8": "image_u8", "uint16": "image_u16"}
 TWO_SCALES_PARAMETER = "two_scales"  # photo request parameter: the guard reads the noise at two scales (JPEG)
 STRENGTH_PARAMETER = "strength"  # photo request parameter: the share of the change kept, "0" to "1" (a string)
+SIGMA_PARAMETER = "sigma"  # photo request parameter: the noise std on [0, 1] pixels, for the guard (a string)
+GUARD_PARAMETER = "guard"  # photo request parameter: false turns the clean-input guard off for that photo
 IMAGE_OUTPUTS = {"uint8": "denoised_u8", "uint16": "denoised_u16"}
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP; about 65,000 tiles at the default overlap

@@ -15,18 +15,26 @@ and the image limits.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
-from runtime.guard import check_strength
+from runtime.guard import check_sigma, check_strength
 from runtime.jpeg_traces import jpeg_quantised
 from runtime.tiling import denoise_array
 
-from .config import IMAGE_INPUTS, IMAGE_OUTPUTS, STRENGTH_PARAMETER, TWO_SCALES_PARAMETER
+from .config import (
+    GUARD_PARAMETER,
+    IMAGE_INPUTS,
+    IMAGE_OUTPUTS,
+    SIGMA_PARAMETER,
+    STRENGTH_PARAMETER,
+    TWO_SCALES_PARAMETER,
+)
 
 _TOP = {"uint8": 255, "uint16": 65535}
 BATCHED_WITH_INVALID = "valid request(s) batched with the invalid one(s) fail too"  # clients may retry on this
@@ -75,28 +83,53 @@ def unit_to_image(x: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
     return np.rint(np.clip(x.astype(np.float64), 0.0, 1.0) * _TOP[name]).astype(name)
 
 
-def two_scales_asked(request: Any) -> bool:
-    """Whether a photo request asks the guard to read the noise at two scales (request parameter ``two_scales``,
+@dataclass(frozen=True)
+class PhotoOptions:
+    """What a photo request asks of the clean-input guard, from its parameters (all optional): ``two_scales`` (bool;
     sent by ``moe-denoise denoise --server`` for a JPEG file, whose format only the client knows; pixels that were
-    JPEG-compressed are found here, in :meth:`ImageModel.denoise`)."""
-    parameters = getattr(request, "parameters", None) or {}
-    return bool(parameters.get(TWO_SCALES_PARAMETER, False))
+    JPEG-compressed are found here without it), ``guard`` (bool; false turns the guard off for this photo),
+    ``sigma`` (the photo's noise std on [0, 1] pixels, instead of the estimate) and ``strength`` (the share of the
+    change from the input kept, 0 to 1). Numbers may come as numbers or as strings such as "0.7" (a string is exact
+    on both protocols)."""
+    two_scales: bool = False
+    guard: bool = True
+    sigma: float | None = None
+    strength: float = 1.0
 
 
-def strength_asked(request: Any) -> float:
-    """The share of the change from the input a photo request keeps (request parameter ``strength``, a number or a
-    string such as "0.7"; 1 when not given), or InputError saying what was sent and what is taken."""
-    parameters = getattr(request, "parameters", None) or {}
-    given = parameters.get(STRENGTH_PARAMETER, 1.0)
+def _parameter(parameters: Mapping[str, Any], name: str, default: float | None,
+               check: Callable[[Any, str], None]) -> float | None:
+    """A number parameter (a number, or a string holding one), checked by ``check`` (runtime.guard's checks)."""
+    given = parameters.get(name, default)
     try:
-        strength = float(given)
+        value = given if given is None else float(given)
     except (TypeError, ValueError):
-        strength = float("nan")
+        value = float("nan")  # refused by the check, with the parameter's meaning
     try:
-        check_strength(strength, f"the request parameter '{STRENGTH_PARAMETER}'")
+        check(value, f"the request parameter '{name}'")
     except InputError as e:
         raise InputError(f"{e} (sent: {given!r})") from None
-    return strength
+    return value
+
+
+def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A yes/no parameter: a bool, or the strings "true" / "false" (any case)."""
+    given = parameters.get(name, default)
+    if isinstance(given, bool):
+        return given
+    if isinstance(given, str) and given.strip().lower() in ("true", "false"):
+        return given.strip().lower() == "true"
+    raise InputError(f"the request parameter '{name}' must be true or false (a bool, or the string \"true\" or "
+                     f"\"false\"); got {given!r}")
+
+
+def photo_options(request: Any) -> PhotoOptions:
+    """A request's :class:`PhotoOptions`, or InputError naming the parameter, what was sent and what is taken."""
+    parameters = getattr(request, "parameters", None) or {}
+    return PhotoOptions(two_scales=_flag(parameters, TWO_SCALES_PARAMETER, False),
+                        guard=_flag(parameters, GUARD_PARAMETER, True),
+                        sigma=_parameter(parameters, SIGMA_PARAMETER, None, check_sigma),
+                        strength=float(_parameter(parameters, STRENGTH_PARAMETER, 1.0, check_strength)))
 
 
 class ImageModel:
@@ -135,26 +168,28 @@ class ImageModel:
                              f"smaller image, crop it into parts, or restart the server with a higher limit")
         return pixels
 
-    def denoise(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0) -> np.ndarray:
-        """``two_scales``: the request said the photo is a JPEG file; a photo whose pixels were JPEG-compressed is
-        read at two scales without it, as 'moe-denoise denoise' reads a file (runtime.jpeg_traces). ``strength``:
-        the share of the change from the input kept (runtime.guard.with_strength)."""
+    def denoise(self, pixels: np.ndarray, options: PhotoOptions = PhotoOptions()) -> np.ndarray:
+        """The photo as ``moe-denoise denoise`` with the same options denoises its file: the guard (unless this
+        server or the request turned it off) reads a JPEG's noise at two scales, asked (``options.two_scales``) or
+        found in the pixels (runtime.jpeg_traces), or takes ``options.sigma``; ``options.strength`` of the change
+        is kept (runtime.guard.with_strength)."""
         image = image_to_unit(pixels)
-        if self.guard and not two_scales:
+        guard = self.guard and options.guard
+        two_scales = options.two_scales
+        if guard and not two_scales and options.sigma is None:  # a given sigma is not read
             two_scales = jpeg_quantised(pixels, float(_TOP[pixels.dtype.name]))
-        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=self.guard,
-                            two_scales=two_scales, strength=strength)
+        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=guard,
+                            sigma=options.sigma, two_scales=two_scales, strength=options.strength)
         return unit_to_image(out, pixels.dtype)
 
     def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        checked: list[tuple[np.ndarray, float]] = []
+        checked: list[tuple[np.ndarray, PhotoOptions]] = []
         problems: list[tuple[int, str]] = []
         for i, request in enumerate(requests):
             try:
-                checked.append((self.check(request), strength_asked(request)))
+                checked.append((self.check(request), photo_options(request)))
             except InputError as e:
                 problems.append((i, str(e)))
         if problems:
             raise InputError(_bad_request_message(problems, len(requests)))
-        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p, two_scales_asked(r), strength)}
-                for (p, strength), r in zip(checked, requests)]
+        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p, options)} for p, options in checked]

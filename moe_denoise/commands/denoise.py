@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--server", default=None, metavar="URL",
                    help="send the photo to a running 'moe-denoise serve' (HOST:PORT or http://HOST:PORT, "
-                        "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply")
+                        "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply, "
+                        "--sigma, --no-guard and --strength are sent with each photo")
     p.add_argument("--timeout", type=float, default=3600.0, help="with --server: seconds to wait for the answer")
     p.add_argument("--check-local", action="store_true",
                    help="with --server: also denoise here with --backend (and its options) and print the largest "
@@ -279,10 +280,6 @@ def check_remote_options(args: argparse.Namespace) -> None:
     if args.overlap != 16:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
-    if args.sigma is not None or args.no_guard:
-        raise InputError("--sigma and --no-guard cannot be sent with --server: the server applies the clean-input "
-                         "guard with its own estimate (unless started with 'moe-denoise serve --no-guard'). Denoise "
-                         "here (drop --server) to set them")
 
 
 def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
@@ -290,7 +287,7 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
     from serving.client import denoise_file_remote
 
     report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
-                                 strength=args.strength)
+                                 strength=args.strength, sigma=args.sigma, guard=not args.no_guard)
     report["strength"] = args.strength
     if args.check_local:
         report["check_local"] = check_local(args, src, dst)
@@ -312,7 +309,8 @@ def check_local(args: argparse.Namespace, src: Path, dst: Path) -> dict:
         here = Path(tmp) / f"local{dst.suffix}"
         with make_runner(args, args.weights) as runner:
             denoise_file(src, here, runner, overlap=args.overlap, batch_size=args.batch_size, progress=False,
-                         max_pixels=args.max_pixels, strength=args.strength)
+                         max_pixels=args.max_pixels, strength=args.strength, sigma=args.sigma,
+                         guard=not args.no_guard)
         local_image, info = read_image(here)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     local = unit_to_image(local_image, dtype)

@@ -270,9 +270,9 @@ def test_denoise_command_reports_the_guard_and_takes_sigma(tmp_path, capsys, ran
     assert json.loads(capsys.readouterr().out)["guard"] is None
     assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--sigma", "-0.1"]) == 2
     assert "--sigma is the noise std" in capsys.readouterr().err
-    assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--sigma", "0.02", "--server",
-                 "localhost:1"]) == 2
-    assert "cannot be sent with --server" in capsys.readouterr().err
+    assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--sigma", "-0.02", "--server",
+                 "localhost:1"]) == 2  # with --server too: refused here, before any request
+    assert "--sigma is the noise std" in capsys.readouterr().err
 
 
 def test_the_report_line_says_when_the_noise_varies_with_brightness():
@@ -387,7 +387,7 @@ def test_strength_keeps_that_share_of_the_change_from_the_input():
 
 def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
     """--strength: the report says the blend; 0 writes the input's pixels back; out of range is refused (exit 2);
-    --sigma with --server is refused before any photo of several (a request cannot carry it)"""
+    --overlap with --server is refused before any photo of several (a request cannot carry it)"""
     from PIL import Image
 
     photo = tmp_path / "photo.png"
@@ -405,6 +405,6 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo)))
     assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--strength", "2"]) == 2
     assert "--strength is how much of the denoising to keep" in capsys.readouterr().err
-    assert main(["denoise", str(photo), str(photo), "-o", str(tmp_path / "many"), "--sigma", "0.1", "--server",
+    assert main(["denoise", str(photo), str(photo), "-o", str(tmp_path / "many"), "--overlap", "8", "--server",
                  "localhost:1"]) == 2
     assert "cannot be sent with --server" in capsys.readouterr().err and not (tmp_path / "many").exists()

@@ -391,9 +391,10 @@ def test_jpeg_photos_are_read_at_two_scales_and_match_local(server, direct):
     assert np.array_equal(found, local(was_jpeg, True)) and not np.array_equal(found, local(was_jpeg, False))
 
 
-def test_strength_is_a_request_parameter_and_matches_local(server, direct):
-    """The photo model's `strength` parameter (sent by `denoise --server --strength`): the answer is the local
-    result with that strength; one out of range or not a number is refused with the reason, naming the parameter."""
+def test_guard_options_are_request_parameters_and_match_local(server, direct):
+    """The photo model's `strength`, `sigma` and `guard` parameters (sent by `denoise --server --strength/--sigma/
+    --no-guard`) reach it over the protocol: each answer is the local result with those options; a strength out of
+    range is refused with the reason, naming the parameter."""
     from runtime.tiling import denoise_array
     from serving.models import image_to_unit, unit_to_image
 
@@ -405,6 +406,12 @@ def test_strength_is_a_request_parameter_and_matches_local(server, direct):
                                   np.uint8)
             assert np.array_equal(c.denoise_pixels(pixels, strength=strength), local), strength
         assert np.array_equal(c.denoise_pixels(pixels, strength=0.0), pixels)
+        assert np.array_equal(c.denoise_pixels(pixels, sigma=0.0), pixels)  # told it is clean: given back
+        unguarded = unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64, guard=False), np.uint8)
+        assert np.array_equal(c.denoise_pixels(pixels, guard=False, strength=0.35),
+                              unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64, guard=False,
+                                                          strength=0.35), np.uint8))
+        assert np.array_equal(c.denoise_pixels(pixels, guard=False), unguarded)
         for bad in (1.5, float("nan")):
             with pytest.raises(InputError, match="request parameter 'strength' is how much of the denoising"):
                 c.denoise_pixels(pixels, strength=bad)

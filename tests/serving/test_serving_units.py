@@ -130,6 +130,45 @@ def test_image_model_guard_matches_local_denoise_and_can_be_turned_off(guard):
     assert np.array_equal(local, unguarded) != guard  # the guard changed this photo, and only when on
 
 
+class Request(dict):
+    """A photo request as PyTriton hands it over: the inputs by name, and the request's parameters."""
+
+    def __init__(self, inputs, **parameters):
+        super().__init__(inputs)
+        self.parameters = parameters
+
+
+def test_image_model_takes_the_guard_options_a_request_carries():
+    """Request parameters sigma, guard and strength (as `denoise --server --sigma/--no-guard/--strength` send them,
+    numbers as strings): each answer is the local denoise_array with those options."""
+    rng = np.random.default_rng(3)
+    clean = np.linspace(0.2, 0.8, 48 * 56, dtype=np.float32).reshape(48, 56, 1)
+    pixels = np.rint(np.clip(clean + 3 / 255 * rng.standard_normal(clean.shape), 0, 1) * 255).astype(np.uint8)
+    unit = pixels.astype(np.float32) / np.float32(255)
+    model = ImageModel(ScaleRunner(), max_pixels=10_000)
+    for parameters, local in (({"sigma": "0"}, {"sigma": 0.0}), ({"guard": False}, {"guard": False}),
+                              ({"guard": "false", "strength": "0.5"}, {"guard": False, "strength": 0.5}),
+                              ({"sigma": "0.01", "strength": 0.25}, {"sigma": 0.01, "strength": 0.25})):
+        (answer,) = model([Request({"image_u8": pixels}, **parameters)])
+        expected = denoise_array(unit, lambda b: b * np.float32(0.5), **local)
+        np.testing.assert_array_equal(answer["denoised_u8"], np.rint(np.clip(expected.astype(np.float64), 0, 1) * 255),
+                                      err_msg=str(parameters))
+    (answer,) = model([Request({"image_u8": pixels}, sigma="0")])
+    np.testing.assert_array_equal(answer["denoised_u8"], pixels)  # told it is clean: given back
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"sigma": "-1"}, r"'sigma' is the noise std .*\(sent: '-1'\)"),
+    ({"strength": "lots"}, r"'strength' is how much of the denoising to keep.*\(sent: 'lots'\)"),
+    ({"strength": 2}, r"'strength' is how much .*got 2\.0"),
+    ({"guard": "maybe"}, r"'guard' must be true or false .*got 'maybe'"),
+])
+def test_image_model_refuses_bad_request_parameters(parameters, message):
+    pixels = np.zeros((8, 8, 1), np.uint8)
+    with pytest.raises(InputError, match=message):
+        ImageModel(ScaleRunner(), max_pixels=10_000)([Request({"image_u8": pixels}, **parameters)])
+
+
 def test_serve_no_guard_reaches_the_config():
     from moe_denoise.cli import build_parser
     from moe_denoise.commands.serve import config_from_args
