@@ -76,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
 
     server = DenoiseServer(lambda: make_runner(args, args.weights), config, log=log)
 
+    stopping: list[int] = []
+
     def on_signal(signum: int, _frame: object) -> None:
-        log(f"{signal.Signals(signum).name} received: stopping (requests in flight finish first)")
+        again = " again: already stopping" if stopping else ": stopping"
+        log(f"{signal.Signals(signum).name} received{again} (requests in flight finish first)")
+        stopping.append(signum)
         server.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
