@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, nargs="+",
                    help="the photo to denoise; or several, or folders (their .png, .jpg/.jpeg, .tif/.tiff, .webp and "
                         ".bmp files, not their subfolders)")
-    p.add_argument("-o", "--output", type=Path, required=True,
-                   help="where to write the result: a file, or a folder (for several photos a folder, created if "
-                        "missing; each result keeps its input's file name)")
+    p.add_argument("-o", "--output", required=True,
+                   help="where to write the result: a file, or a folder (an existing one, or a path ending in '/'; "
+                        "for several photos always a folder), created if missing; each result keeps its input's "
+                        "file name")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave photos whose output exists alone (resumes a stopped run: outputs are written "
                         "atomically, so one that exists is complete)")
@@ -95,9 +97,27 @@ def run(args: argparse.Namespace) -> int:
         from runtime.batch import CONTRADICTION
 
         raise InputError(CONTRADICTION)
+    folder_meant = args.output.endswith(("/", os.sep))  # '-o denoised/': a folder, even one not made yet
+    args.output = Path(args.output)
     if len(args.input) > 1 or args.input[0].is_dir():
         return run_batch(args)
     args.input = args.input[0]
+    if not (folder_meant and not args.output.exists()):
+        return run_single(args)
+    from runtime.batch import plan_batch
+
+    plan_batch([args.input], args.output, overwrite=args.overwrite)  # the same checks as for several photos
+    folder = args.output
+    folder.mkdir()
+    try:
+        return run_single(args)
+    finally:
+        if not any(folder.iterdir()):  # made for this photo, which was not written: not left behind
+            folder.rmdir()
+
+
+def run_single(args: argparse.Namespace) -> int:
+    """One photo (``args.input``) to ``args.output``, a file or a folder to write it into."""
     if args.output.is_dir():
         args.output = args.output / args.input.name
     if args.skip_existing and args.output.exists():

@@ -127,3 +127,17 @@ def test_overwrite_and_skip_existing_contradict(capsys, photos, tmp_path):
     code, _, err = run(capsys, "denoise", photos / "colour.png", "-o", tmp_path / "out.png", "--skip-existing",
                        "--overwrite")
     assert code == 2 and "contradict" in err and not (tmp_path / "out.png").exists()
+
+
+def test_one_photo_into_a_folder_named_with_a_slash(capsys, random_weights, photos, tmp_path):
+    """-o new/ (a trailing slash) for one photo: the folder is made and the photo written into it; when the photo
+    cannot be read, the folder made for it is not left behind; a missing parent is refused."""
+    code, _, err = run(capsys, "denoise", photos / "broken.png", "-o", f"{tmp_path / 'new'}/", "--weights",
+                       random_weights)
+    assert code == 2 and "cannot read" in err and not (tmp_path / "new").exists()
+    code, text, err = run(capsys, "denoise", photos / "colour.png", "-o", f"{tmp_path / 'new'}/", "--weights",
+                          random_weights, "--no-progress")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["colour.png"] and "new/colour.png" in text
+    code, _, err = run(capsys, "denoise", photos / "colour.png", "-o", f"{tmp_path / 'no' / 'new'}/")
+    assert code == 2 and "parent" in err and "does not exist" in err
