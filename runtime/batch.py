@@ -9,7 +9,9 @@ also how a stopped run is resumed: each result is written atomically, so an outp
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,3 +115,17 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         jobs = [job for job in jobs if job not in existing]
     return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
                      ignored=tuple(ignored))
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """The folder ``path``, made if missing (its parent must exist) for the work inside the ``with``; a folder made
+    here that the work left empty (every photo failed, or the run was stopped first) is removed again."""
+    folder = Path(path)
+    created = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    try:
+        yield folder
+    finally:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

@@ -104,16 +104,11 @@ def run(args: argparse.Namespace) -> int:
     args.input = args.input[0]
     if not (folder_meant and not args.output.exists()):
         return run_single(args)
-    from runtime.batch import plan_batch
+    from runtime.batch import output_folder, plan_batch
 
     plan_batch([args.input], args.output, overwrite=args.overwrite)  # the same checks as for several photos
-    folder = args.output
-    folder.mkdir()
-    try:
+    with output_folder(args.output):
         return run_single(args)
-    finally:
-        if not any(folder.iterdir()):  # made for this photo, which was not written: not left behind
-            folder.rmdir()
 
 
 def run_single(args: argparse.Namespace) -> int:
@@ -200,7 +195,7 @@ def run_batch(args: argparse.Namespace) -> int:
     import time
 
     from moe_base.errors import InputError
-    from runtime.batch import plan_batch
+    from runtime.batch import output_folder, plan_batch
 
     if args.reference is not None:
         raise InputError("--reference compares one photo with its clean version; denoise that photo on its own "
@@ -216,12 +211,10 @@ def run_batch(args: argparse.Namespace) -> int:
 
         with DenoiseClient(args.server, timeout_s=args.timeout) as client:
             client.wait_ready(timeout_s=10.0)
-    created = bool(plan.jobs) and not plan.out_dir.exists()
-    if plan.jobs:
-        plan.out_dir.mkdir(exist_ok=True)
-    runner = make_runner(args, args.weights) if plan.jobs and args.server is None else None
     try:
-        with runner if runner is not None else contextlib.nullcontext():
+        with output_folder(plan.out_dir) if plan.jobs else contextlib.nullcontext(), \
+                make_runner(args, args.weights) if plan.jobs and args.server is None else contextlib.nullcontext() \
+                as runner:
             for i, (src, dst) in enumerate(plan.jobs, 1):
                 try:
                     report = denoise_one(args, runner, src, dst)
@@ -245,9 +238,6 @@ def run_batch(args: argparse.Namespace) -> int:
         print(f"interrupted after {len(reports)} of {total} photos; every output written is complete. Run the same "
               f"command with --skip-existing to go on", file=sys.stderr)
         raise
-    finally:
-        if created and not any(plan.out_dir.iterdir()):  # the folder this run made holds nothing: not left behind
-            plan.out_dir.rmdir()
     summary = {"output_dir": str(plan.out_dir), "denoised": len(reports), "failed": len(failed),
                "skipped": len(plan.skipped), "ignored": len(plan.ignored),
                "seconds": round(time.perf_counter() - start, 3)}

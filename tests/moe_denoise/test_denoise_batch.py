@@ -141,3 +141,8 @@ def test_one_photo_into_a_folder_named_with_a_slash(capsys, random_weights, phot
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["colour.png"] and "new/colour.png" in text
     code, _, err = run(capsys, "denoise", photos / "colour.png", "-o", f"{tmp_path / 'no' / 'new'}/")
     assert code == 2 and "parent" in err and "does not exist" in err
+
+
+def test_weights_that_cannot_load_leave_no_output_folder(capsys, photos, tmp_path):
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", tmp_path / "missing.pt")
+    assert code == 2 and "missing.pt" in err and not (tmp_path / "out").exists()
