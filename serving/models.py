@@ -7,7 +7,8 @@ request, run through the runner as one batch, and split back into one response p
 4 RGBA), of any size up to a pixel limit. It is converted to [0, 1] exactly as ``runtime.images.read_image``
 converts a file, tiled and blended by ``runtime.tiling.denoise_array`` (its tiles batched into runner calls),
 and quantised back exactly as ``runtime.images.write_image`` quantises. So a photo denoised through the server
-is the photo ``moe-denoise denoise`` writes with the same runner and settings.
+is the photo ``moe-denoise denoise`` writes with the same runner and settings; the settings a request may carry
+(the guard's ``sigma`` and ``guard``, ``strength``, ``two_scales``) are :class:`PhotoOptions`.
 
 Triton checks the name, dtype, shape and byte size of every input before a request is queued, so a wrong
 shape, a wrong dtype or a truncated body never reaches these functions; they check the values (NaN, range)
