@@ -32,8 +32,10 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def test_a_folder_is_denoised_as_single_runs_would_and_a_broken_photo_does_not_stop_it(capsys, random_weights,
-                                                                                        photos, tmp_path):
+def test_reliability_batch_with_a_broken_photo(capsys, random_weights, photos, tmp_path):
+    """denoise of a folder holding a photo that cannot be read => that photo reported, the others written
+    byte-identical to single-photo runs (exit 2, the count and --skip-existing named); after a fix, --skip-existing
+    denoises only the rest and leaves the outputs alone"""
     out = tmp_path / "out"
     code, text, err = run(capsys, "denoise", photos, "-o", out, "--weights", random_weights, "--no-progress")
     assert code == 2  # one photo failed: said, the others written
@@ -75,9 +77,10 @@ def test_json_reports_every_photo_failure_and_skip(capsys, random_weights, photo
     assert (out / "gray.jpg").read_bytes() == b"kept"
 
 
-def test_the_same_failure_twice_in_a_row_stops_the_run(capsys, monkeypatch, random_weights, photos, tmp_path):
-    """A failure that is not one photo's (a server gone) would repeat for every photo: two in a row stop the run,
-    and the output folder it made, empty, is removed."""
+def test_reliability_batch_failing_alike_twice(capsys, monkeypatch, random_weights, photos, tmp_path):
+    """denoise of several photos where two in a row fail with the same message (not one photo's fault: a server
+    gone) => the run stops there (exit 2, the message and --skip-existing named); the output folder it made, empty,
+    is removed"""
     (photos / "broken.png").unlink()
     Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(photos / "third.png")
     calls = []
@@ -94,8 +97,9 @@ def test_the_same_failure_twice_in_a_row_stops_the_run(capsys, monkeypatch, rand
     assert not (tmp_path / "out").exists()  # the folder the run made is not left behind empty
 
 
-def test_an_interrupted_run_keeps_what_it_wrote_and_says_how_to_go_on(capsys, monkeypatch, random_weights, photos,
-                                                                     tmp_path):
+def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, photos, tmp_path):
+    """denoise of several photos interrupted (Ctrl-C) => exit 130; the outputs written are complete and kept, and
+    --skip-existing is named to go on"""
     (photos / "broken.png").unlink()
     real = denoise_cmd.denoise_one
 
@@ -143,6 +147,8 @@ def test_one_photo_into_a_folder_named_with_a_slash(capsys, random_weights, phot
     assert code == 2 and "parent" in err and "does not exist" in err
 
 
-def test_weights_that_cannot_load_leave_no_output_folder(capsys, photos, tmp_path):
+def test_reliability_batch_with_weights_that_cannot_load(capsys, photos, tmp_path):
+    """denoise of a folder with --weights that cannot be loaded => refused (exit 2, the file named); the output
+    folder is not left behind"""
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", tmp_path / "missing.pt")
     assert code == 2 and "missing.pt" in err and not (tmp_path / "out").exists()

@@ -33,13 +33,18 @@ def test_a_photo_named_twice_is_denoised_once(tmp_path: Path) -> None:
     assert [s for s, _ in plan.jobs] == [a]
 
 
-def test_two_photos_with_one_name_are_refused(tmp_path: Path) -> None:
+def test_reliability_batch_name_clash(tmp_path: Path) -> None:
+    """two photos with one file name, from two folders, into one output folder => refused before any work (both
+    paths named, separate runs suggested)"""
     a, b = touch(tmp_path / "x" / "a.png"), touch(tmp_path / "y" / "a.png")
     with pytest.raises(InputError, match=r"same file name.*a\.png .*x/a\.png.*y/a\.png"):
         plan_batch([a, b], tmp_path / "out")
 
 
-def test_existing_outputs_are_refused_skipped_or_replaced(tmp_path: Path) -> None:
+def test_reliability_batch_existing_outputs(tmp_path: Path) -> None:
+    """several photos into a folder where some outputs exist => refused before any work (count and names;
+    --skip-existing and --overwrite offered), left alone with --skip-existing, replaced with --overwrite; both at
+    once refused"""
     a, b = touch(tmp_path / "in" / "a.png"), touch(tmp_path / "in" / "b.png")
     touch(tmp_path / "out" / "a.png")
     with pytest.raises(InputError, match=r"1 of the 2 outputs already exist.*a\.png.*--skip-existing.*--overwrite"):
@@ -52,7 +57,9 @@ def test_existing_outputs_are_refused_skipped_or_replaced(tmp_path: Path) -> Non
         plan_batch([tmp_path / "in"], tmp_path / "out", overwrite=True, skip_existing=True)
 
 
-def test_an_output_folder_holding_the_photos_needs_overwrite(tmp_path: Path) -> None:
+def test_reliability_batch_into_the_photos_own_folder(tmp_path: Path) -> None:
+    """photos into the folder that holds them, without --overwrite (with --skip-existing too) => refused: each
+    result would replace its input (another folder or --overwrite offered)"""
     a = touch(tmp_path / "in" / "a.png")
     for skip in (False, True):  # --skip-existing would skip them all and say nothing useful
         with pytest.raises(InputError, match=r"holds the photos themselves \(a\.png\).*--overwrite"):
