@@ -20,8 +20,8 @@ Decisions (each one is what a person denoising a photo would expect):
   denoiser trained on [0, 1] pixels, and 'LAB'/'HSV' need colour management; they raise InputError.
 * **Multi-frame files** (animated PNG/GIF, multi-page TIFF): the first frame is read (noted).
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
-  an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 with
-  4:4:4 chroma; the ICC profile and DPI are kept.
+  an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
+  caller's ``quality``; WebP too) with 4:4:4 chroma; the ICC profile and DPI are kept.
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
   is written.
@@ -585,19 +585,31 @@ def to_pixels(array: np.ndarray, info: ImageInfo) -> np.ndarray:
     return out
 
 
-def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo, overwrite: bool = False) -> Path:
+def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo, overwrite: bool = False,
+                quality: int = JPEG_QUALITY) -> Path:
     """Write a float HxWxC array in [0, 1] in the mode and bit depth of ``info``; return the path written.
 
     The format follows the extension. The write is atomic, and an existing file (the input included) is
     only replaced when ``overwrite`` is true. Values outside [0, 1] are clipped (denoisers overshoot).
+    ``quality`` (1 to 100): a JPEG or WebP output's (:func:`check_quality`); other formats are lossless.
     """
     target = Path(path)
+    check_quality(quality)
     check_output_path(target, info.path, overwrite)
     check_writable(target, info)
-    return write_pixels(target, to_pixels(array, info), info, overwrite=overwrite)
+    return write_pixels(target, to_pixels(array, info), info, overwrite=overwrite, quality=quality)
 
 
-def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageInfo, overwrite: bool = False) -> Path:
+def check_quality(quality: int, name: str = "quality") -> None:
+    """InputError unless ``quality`` (named ``name`` in the message) is a whole number from 1 to 100."""
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise InputError(f"{name} is a JPEG / WebP output's quality, a whole number from 1 to 100 (default "
+                         f"{JPEG_QUALITY}); got {quality!r}. Lower gives smaller files and undoes more of the "
+                         f"denoising")
+
+
+def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageInfo, overwrite: bool = False,
+                 quality: int = JPEG_QUALITY) -> Path:
     """Write the file's own integers (uint8, or uint16 for 16-bit; HxWxC as :func:`read_pixels` gives them).
 
     Same rules as :func:`write_image`. Memory beyond ``pixels``: Pillow's image of them (up to 4 bytes per
@@ -613,7 +625,8 @@ def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageIn
         raise InputError(f"the pixels to write must be {np.dtype(dtype).name} HxWx{info.channels} (layout "
                          f"'{info.layout}', {info.bit_depth}-bit); got {getattr(pixels, 'dtype', type(pixels).__name__)} "
                          f"{getattr(pixels, 'shape', '')}")
-    atomic_write(target, _choose_writer(fmt, pixels, info), overwrite)
+    check_quality(quality)
+    atomic_write(target, _choose_writer(fmt, pixels, info, quality), overwrite)
     return target
 
 
@@ -654,14 +667,14 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
     return fmt
 
 
-def _choose_writer(fmt: str, data: np.ndarray, info: ImageInfo) -> Callable[[IO[bytes]], None]:
+def _choose_writer(fmt: str, data: np.ndarray, info: ImageInfo, quality: int) -> Callable[[IO[bytes]], None]:
     """A function that writes ``data`` to an open binary file in ``fmt`` (already checked by check_writable)."""
     if info.bit_depth == 16 and info.layout != "L":
         return (lambda f: _write_png16(f, data, info)) if fmt == "PNG" else (lambda f: _write_tiff16(f, data, info))
-    return lambda f: _write_pillow(f, fmt, data, info)
+    return lambda f: _write_pillow(f, fmt, data, info, quality)
 
 
-def _write_pillow(f: IO[bytes], fmt: str, data: np.ndarray, info: ImageInfo) -> None:
+def _write_pillow(f: IO[bytes], fmt: str, data: np.ndarray, info: ImageInfo, quality: int) -> None:
     Image = _pil()
     if info.bit_depth == 16:
         im = Image.fromarray(data[:, :, 0], mode=None)  # uint16 HxW -> 'I;16'
@@ -669,10 +682,10 @@ def _write_pillow(f: IO[bytes], fmt: str, data: np.ndarray, info: ImageInfo) -> 
         im = Image.fromarray(data[:, :, 0] if info.layout == "L" else data)
         if info.bit_depth == 1:
             im = im.convert("1", dither=Image.Dither.NONE)  # threshold at 128
-    im.save(f, format=fmt, **_save_options(fmt, info))
+    im.save(f, format=fmt, **_save_options(fmt, info, quality))
 
 
-def _save_options(fmt: str, info: ImageInfo) -> dict[str, Any]:
+def _save_options(fmt: str, info: ImageInfo, quality: int = JPEG_QUALITY) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if info.icc_profile:
         opts["icc_profile"] = info.icc_profile
@@ -681,9 +694,9 @@ def _save_options(fmt: str, info: ImageInfo) -> dict[str, Any]:
     if info.exif and fmt in _EXIF_FORMATS:
         opts["exif"] = info.exif
     if fmt == "JPEG":
-        opts.update(quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: keep the denoised chroma detail
+        opts.update(quality=int(quality), subsampling=0)  # 4:4:4: keep the denoised chroma detail
     if fmt == "WEBP":
-        opts["quality"] = JPEG_QUALITY  # Pillow's default (80) would visibly undo the denoising
+        opts["quality"] = int(quality)  # Pillow's default (80) would visibly undo the denoising
     if fmt == "TIFF" and info.compression in _TIFF_LOSSLESS:
         opts["compression"] = info.compression
     return opts

@@ -14,10 +14,12 @@ from moe_base.errors import InputError
 from .guard import GuardResult, check_strength, with_strength
 from .images import (
     DEFAULT_MAX_PIXELS,
+    JPEG_QUALITY,
     ImageHeader,
     ImageInfo,
     check_memory,
     check_output_path,
+    check_quality,
     check_writable,
     read_pixels,
     to_pixels,
@@ -80,6 +82,7 @@ def denoise_file(
     guard: bool = True,
     sigma: float | None = None,
     strength: float = 1.0,
+    quality: int = JPEG_QUALITY,
 ) -> dict[str, Any]:
     """Denoise an image file of any size with a tile denoiser and write it in the same size, mode and bit depth.
 
@@ -98,9 +101,11 @@ def denoise_file(
     ``guard`` entry says what it decided. A JPEG's noise is read at two scales: a JPEG file's, or one whose pixels
     were JPEG-compressed before (:func:`runtime.jpeg_traces.two_scales_reason`). ``strength`` (0 to 1, default 1):
     how much of the change from the input to keep (:func:`runtime.guard.with_strength`); the report's
-    ``input_weight`` is the input's weight in the result, guard and strength together.
+    ``input_weight`` is the input's weight in the result, guard and strength together. ``quality``: a JPEG or WebP
+    output's (1 to 100, default 95; :func:`runtime.images.check_quality`).
     """
     check_strength(strength)
+    check_quality(quality)
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
 
@@ -115,7 +120,7 @@ def denoise_file(
         result, decision, weight = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows, progress,
                                                    guard, sigma, strength)
         del pixels  # the input's integers are not needed while writing
-        written = write_pixels(out_path, result, info, overwrite=overwrite)
+        written = write_pixels(out_path, result, info, overwrite=overwrite, quality=quality)
     except MemoryError as e:
         raise InputError(f"ran out of memory denoising '{info.path}' ({info.width}x{info.height}); free memory or "
                          f"raise the limit, or split the image into smaller ones") from e

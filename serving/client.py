@@ -16,6 +16,7 @@ import numpy as np
 
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME
+from runtime.images import JPEG_QUALITY
 
 from .backend_env import EXTRA_HINT
 from .config import (
@@ -201,7 +202,8 @@ def server_message(text: str | None) -> str:
 
 def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,
                         overwrite: bool = False, timeout_s: float = 3600.0, strength: float = 1.0,
-                        sigma: float | None = None, guard: bool = True) -> dict[str, Any]:
+                        sigma: float | None = None, guard: bool = True,
+                        quality: int = JPEG_QUALITY) -> dict[str, Any]:
     """``moe-denoise denoise --server``: read a photo, have the server denoise it, write it like a local run.
 
     The photo is read and the result written by ``runtime.images`` exactly as ``runtime.photo.denoise_file`` does
@@ -235,7 +237,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
                          f"{list(pixels.shape)} photo; is it a moe-denoise server?")
     top = 65535.0 if info.bit_depth == 16 else 255.0
-    written = write_image(out_path, result.astype(np.float64) / top, info, overwrite=overwrite)
+    written = write_image(out_path, result.astype(np.float64) / top, info, overwrite=overwrite, quality=quality)
     return {
         "input": info.path, "output": str(written), "size": [info.width, info.height], "mode": info.mode,
         "layout": info.layout, "bit_depth": info.bit_depth, "format": info.format,

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=1.0,
                    help="how much of the denoising to keep, 0 to 1: 1 = all of it (after the clean-input guard), "
                         "0.7 keeps some of the photo's grain, 0 gives the input back")
+    p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",  # runtime.images.JPEG_QUALITY
+                   help="quality of JPEG and WebP outputs, 1 to 100 (written with 4:4:4 chroma); lower gives smaller "
+                        "files and undoes more of the denoising; other formats are lossless")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--server", default=None, metavar="URL",
@@ -87,9 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from runtime.guard import check_sigma, check_strength
+    from runtime.images import check_quality
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
     check_strength(args.strength, "--strength")
+    check_quality(args.jpeg_quality, "--jpeg-quality")
     if args.server is not None:
         check_remote_options(args)
     if args.overwrite and args.skip_existing:
@@ -156,7 +161,7 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path) -> 
     report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
                           batch_size=args.batch_size, progress=not (args.no_progress or args.json),
                           max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
-                          strength=args.strength)
+                          strength=args.strength, quality=args.jpeg_quality)
     report["backend"] = runner.describe()
     report["denoised_by"] = runner.name
     return report
@@ -297,7 +302,8 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
     from serving.client import denoise_file_remote
 
     report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
-                                 strength=args.strength, sigma=args.sigma, guard=not args.no_guard)
+                                 strength=args.strength, sigma=args.sigma, guard=not args.no_guard,
+                                 quality=args.jpeg_quality)
     report["strength"] = args.strength
     if args.check_local:
         report["check_local"] = check_local(args, src, dst)
@@ -320,7 +326,7 @@ def check_local(args: argparse.Namespace, src: Path, dst: Path) -> dict:
         with make_runner(args, args.weights) as runner:
             denoise_file(src, here, runner, overlap=args.overlap, batch_size=args.batch_size, progress=False,
                          max_pixels=args.max_pixels, strength=args.strength, sigma=args.sigma,
-                         guard=not args.no_guard)
+                         guard=not args.no_guard, quality=args.jpeg_quality)
         local_image, info = read_image(here)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     local = unit_to_image(local_image, dtype)

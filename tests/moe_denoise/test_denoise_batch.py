@@ -152,3 +152,17 @@ def test_reliability_batch_with_weights_that_cannot_load(capsys, photos, tmp_pat
     folder is not left behind"""
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", tmp_path / "missing.pt")
     assert code == 2 and "missing.pt" in err and not (tmp_path / "out").exists()
+
+
+def test_jpeg_quality_reaches_every_jpeg_output(capsys, random_weights, photos, tmp_path):
+    """--jpeg-quality Q: the JPEG outputs of a run are written at Q (smaller at 40 than at the default 95), PNG
+    outputs stay lossless and unchanged; out of range is refused before any work."""
+    (photos / "broken.png").unlink()
+    for q, out in (("95", tmp_path / "q95"), ("40", tmp_path / "q40")):
+        code, _, err = run(capsys, "denoise", photos, "-o", out, "--weights", random_weights, "--jpeg-quality", q,
+                           "--no-progress")
+        assert code == 0, err
+    assert (tmp_path / "q40" / "gray.jpg").stat().st_size < (tmp_path / "q95" / "gray.jpg").stat().st_size
+    assert (tmp_path / "q40" / "colour.png").read_bytes() == (tmp_path / "q95" / "colour.png").read_bytes()
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "q0", "--jpeg-quality", "0")
+    assert code == 2 and "--jpeg-quality is a JPEG / WebP output's quality" in err and not (tmp_path / "q0").exists()

@@ -106,3 +106,11 @@ def test_the_commands_default_pixel_limit_is_the_runtimes() -> None:
     from runtime import images
 
     assert denoise.DEFAULT_MAX_PIXELS == images.DEFAULT_MAX_PIXELS
+
+
+def test_the_commands_default_jpeg_quality_is_the_runtimes() -> None:
+    from moe_denoise.cli import build_parser
+    from runtime import images
+
+    args = build_parser().parse_args(["denoise", "in.png", "-o", "out.png"])
+    assert args.jpeg_quality == images.JPEG_QUALITY

@@ -363,3 +363,25 @@ def test_gif_output_of_a_gray_image_is_lossless(tmp_path: Path) -> None:
     denoise_file(tmp_path / "in.png", tmp_path / "out.gif", identity, progress=False)
     with Image.open(tmp_path / "out.gif") as im:
         np.testing.assert_array_equal(np.asarray(im.convert("L")), gray)
+
+
+def test_jpeg_quality_is_the_callers_and_checked(tmp_path: Path) -> None:
+    """write_image(quality=Q) for JPEG and WebP outputs: lower Q, smaller file and further from the pixels; the default
+    is 95 to the byte; a quality that is not a whole number in 1..100 is refused before anything is written."""
+    rng = np.random.default_rng(5)
+    smooth = np.clip(128 + 60 * np.sin(np.arange(64) / 6)[:, None, None] + rng.normal(0, 4, (64, 80, 3)), 0, 255)
+    Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "in.png")
+    array, info = read_image(tmp_path / "in.png")
+    for ext in (".jpg", ".webp"):
+        sizes, errors = {}, {}
+        for q in (40, 95):
+            out = write_image(tmp_path / f"q{q}{ext}", array, info, quality=q)
+            sizes[q] = out.stat().st_size
+            errors[q] = float(np.abs(read_image(out)[0] - array).mean())
+        assert sizes[40] < sizes[95] and errors[40] > errors[95], (ext, sizes, errors)
+        default = write_image(tmp_path / f"default{ext}", array, info)
+        assert default.read_bytes() == (tmp_path / f"q95{ext}").read_bytes()
+    for bad in (0, 101, 9.5, True):
+        with pytest.raises(InputError, match="quality, a whole number from 1 to 100"):
+            write_image(tmp_path / "bad.jpg", array, info, quality=bad)
+    assert not (tmp_path / "bad.jpg").exists()
