@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from moe_base.errors import InputError
 
@@ -129,3 +130,42 @@ def output_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+@dataclass
+class BatchRun:
+    """The jobs of a :class:`BatchPlan` run in order by ``denoise_one(input, output) -> report``, as far as they go.
+
+    A photo whose denoising raises InputError is recorded in ``failed`` and the others go on, unless two in a row
+    fail with the same message: that is not one photo's problem (a server gone, a full disk), and :meth:`run`
+    raises InputError saying so. ``reports`` and ``failed`` hold what was done when :meth:`run` returns or
+    raises (KeyboardInterrupt included: every output written is complete, so a run can go on with
+    ``skip_existing``). ``on_report(index, report)`` and ``on_failure(index, input, error)`` (1-based index) are
+    called as each photo ends."""
+    plan: BatchPlan
+    denoise_one: Callable[[Path, Path], dict[str, Any]]
+    on_report: Callable[[int, dict[str, Any]], None] | None = None
+    on_failure: Callable[[int, Path, InputError], None] | None = None
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def run(self) -> None:
+        total, previous = len(self.plan.jobs), None
+        for i, (src, dst) in enumerate(self.plan.jobs, 1):
+            try:
+                report = self.denoise_one(src, dst)
+            except InputError as e:
+                self.failed.append({"input": str(src), "error": str(e)})
+                if self.on_failure is not None:
+                    self.on_failure(i, src, e)
+                if str(e) == previous:
+                    raise InputError(f"stopped after {i} of {total} photos: the last two failed with the same message, "
+                                     f"so the problem is not one photo's ({e}). {len(self.reports)} written to "
+                                     f"'{self.plan.out_dir}'; fix it and run the same command with --skip-existing "
+                                     f"to go on") from e
+                previous = str(e)
+                continue
+            previous = None
+            self.reports.append(report)
+            if self.on_report is not None:
+                self.on_report(i, report)

@@ -192,15 +192,14 @@ def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    """Several photos (or folders of them) into the folder -o, the denoiser loaded once. A photo that fails with an
-    InputError is reported and the others go on, unless two in a row fail with the same message (then the problem
-    is not a photo's: a server gone, a full disk) and the run stops; exit 2 when any failed."""
+    """Several photos (or folders of them) into the folder -o, the denoiser loaded once (runtime.batch: a photo
+    that cannot be denoised is reported and the others go on; exit 2 when any failed)."""
     import contextlib
     import sys
     import time
 
     from moe_base.errors import InputError
-    from runtime.batch import output_folder, plan_batch
+    from runtime.batch import BatchRun, output_folder, plan_batch
 
     if args.reference is not None:
         raise InputError("--reference compares one photo with its clean version; denoise that photo on its own "
@@ -208,48 +207,38 @@ def run_batch(args: argparse.Namespace) -> int:
     plan = plan_batch(args.input, args.output, overwrite=args.overwrite, skip_existing=args.skip_existing)
     text = not args.json
     total, start = len(plan.jobs), time.perf_counter()
-    reports: list[dict] = []
-    failed: list[dict] = []
-    previous_error: str | None = None
     if plan.jobs and args.server is not None:  # a server that is not there fails once, before any photo
         from serving.client import DenoiseClient
 
         with DenoiseClient(args.server, timeout_s=args.timeout) as client:
             client.wait_ready(timeout_s=10.0)
+
+    def said(i: int, report: dict) -> None:
+        lines = report_lines(report, args)
+        print("\n".join([f"[{i}/{total}] {lines[0]}", *lines[1:]]))
+
+    def failed(i: int, src: Path, error: InputError) -> None:
+        print(f"[{i}/{total}] failed: {src}: {error}", file=sys.stderr)
+
+    batch = BatchRun(plan, lambda src, dst: denoise_one(args, runner, src, dst),  # runner: bound by the with below
+                     said if text else None, failed if text else None)
     try:
         with output_folder(plan.out_dir) if plan.jobs else contextlib.nullcontext(), \
                 make_runner(args, args.weights) if plan.jobs and args.server is None else contextlib.nullcontext() \
                 as runner:
-            for i, (src, dst) in enumerate(plan.jobs, 1):
-                try:
-                    report = denoise_one(args, runner, src, dst)
-                except InputError as e:
-                    failed.append({"input": str(src), "error": str(e)})
-                    if text:
-                        print(f"[{i}/{total}] failed: {src}: {e}", file=sys.stderr)
-                    if str(e) == previous_error:
-                        raise InputError(f"stopped after {i} of {total} photos: the last two failed with the same "
-                                         f"message, so the problem is not one photo's ({e}). {len(reports)} "
-                                         f"written to '{plan.out_dir}'; fix it and run the same command with "
-                                         f"--skip-existing to go on") from e
-                    previous_error = str(e)
-                    continue
-                previous_error = None
-                reports.append(report)
-                if text:
-                    lines = report_lines(report, args)
-                    print("\n".join([f"[{i}/{total}] {lines[0]}", *lines[1:]]))
+            batch.run()
     except KeyboardInterrupt:
-        print(f"interrupted after {len(reports)} of {total} photos; every output written is complete. Run the same "
-              f"command with --skip-existing to go on", file=sys.stderr)
+        print(f"interrupted after {len(batch.reports)} of {total} photos; every output written is complete. Run the "
+              f"same command with --skip-existing to go on", file=sys.stderr)
         raise
-    summary = {"output_dir": str(plan.out_dir), "denoised": len(reports), "failed": len(failed),
+    reports = batch.reports
+    summary = {"output_dir": str(plan.out_dir), "denoised": len(reports), "failed": len(batch.failed),
                "skipped": len(plan.skipped), "ignored": len(plan.ignored),
                "seconds": round(time.perf_counter() - start, 3)}
     if args.json:
         from moe_denoise.cli import print_json
 
-        print_json({"summary": summary, "photos": reports, "failed": failed,
+        print_json({"summary": summary, "photos": reports, "failed": batch.failed,
                     "skipped": [{"input": str(s), "output": str(d)} for s, d in plan.skipped],
                     "ignored": [str(p) for p in plan.ignored]})
     else:
@@ -260,8 +249,8 @@ def run_batch(args: argparse.Namespace) -> int:
                          f"(not photos; subfolders are not searched)")
         print(f"denoised {len(reports)} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
               + "".join(f"; {x}" for x in extra))
-    if failed:
-        print(f"moe-denoise denoise: error: {len(failed)} of {total} photos could not be denoised (said above"
+    if batch.failed:
+        print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised (said above"
               f"{'' if text else ' and in the JSON'}); nothing was written for them. Fix or remove them and run the "
               f"same command with --skip-existing to denoise only those", file=sys.stderr)
         return 2

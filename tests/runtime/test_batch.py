@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from moe_base.errors import InputError
-from runtime.batch import PHOTO_SUFFIXES, plan_batch
+from runtime.batch import PHOTO_SUFFIXES, BatchRun, output_folder, plan_batch
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -91,3 +91,37 @@ def test_the_folder_suffixes_are_ones_the_writer_can_write() -> None:
     from runtime.images import output_format
 
     assert {output_format(f"x{s}") for s in PHOTO_SUFFIXES} == {"PNG", "JPEG", "TIFF", "WEBP", "BMP"}
+
+
+def test_a_run_goes_past_a_photo_that_fails_and_stops_on_the_same_failure_twice(tmp_path: Path) -> None:
+    photos = [touch(tmp_path / "in" / f"{n}.png") for n in "abcde"]
+    plan = plan_batch([tmp_path / "in"], tmp_path / "out")
+    outcome = {"a": "ok", "b": "bad b", "c": "ok", "d": "gone", "e": "gone"}
+    seen = []
+
+    def one(src: Path, dst: Path) -> dict:
+        if outcome[src.stem] != "ok":
+            raise InputError(outcome[src.stem])
+        return {"input": str(src), "output": str(dst)}
+
+    run = BatchRun(plan, one, on_report=lambda i, r: seen.append(("done", i)),
+                   on_failure=lambda i, src, e: seen.append(("failed", i, str(e))))
+    with pytest.raises(InputError, match=r"stopped after 5 of 5 photos: the last two failed with the same message.*"
+                                         r"\(gone\)\. 2 written"):
+        run.run()
+    assert seen == [("done", 1), ("failed", 2, "bad b"), ("done", 3), ("failed", 4, "gone"), ("failed", 5, "gone")]
+    assert [r["input"] for r in run.reports] == [str(photos[0]), str(photos[2])]
+    assert [f["error"] for f in run.failed] == ["bad b", "gone", "gone"]
+
+
+def test_an_output_folder_made_for_a_run_that_wrote_nothing_is_removed(tmp_path: Path) -> None:
+    with output_folder(tmp_path / "empty"):
+        pass
+    assert not (tmp_path / "empty").exists()
+    with output_folder(tmp_path / "kept") as folder:
+        touch(folder / "a.png")
+    assert (tmp_path / "kept" / "a.png").exists()
+    (tmp_path / "theirs").mkdir()  # a folder that was there before is never removed
+    with pytest.raises(RuntimeError), output_folder(tmp_path / "theirs"):
+        raise RuntimeError("the run failed")
+    assert (tmp_path / "theirs").is_dir()
