@@ -151,11 +151,12 @@ def run_single(args: argparse.Namespace) -> int:
 
 
 def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path) -> dict:
-    """One photo, here with ``runner`` or (``runner`` None) on the server of --server."""
+    """One photo, here with ``runner``, or on the server of --server (then ``runner``, if any, is what
+    --check-local denoises with here; None: it makes its own)."""
     from runtime.photo import denoise_file
 
-    if runner is None:
-        report = run_remote(args, src, dst)
+    if args.server is not None:
+        report = run_remote(args, src, dst, runner)
         report["denoised_by"] = f"the server at {args.server}"
         return report
     report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
@@ -224,8 +225,8 @@ def run_batch(args: argparse.Namespace) -> int:
                      said if text else None, failed if text else None)
     try:
         with output_folder(plan.out_dir) if plan.jobs else contextlib.nullcontext(), \
-                make_runner(args, args.weights) if plan.jobs and args.server is None else contextlib.nullcontext() \
-                as runner:
+                make_runner(args, args.weights) if plan.jobs and (args.server is None or args.check_local) \
+                else contextlib.nullcontext() as runner:  # with --server: the runner --check-local uses
             batch.run()
     except KeyboardInterrupt:
         print(f"interrupted after {len(batch.reports)} of {total} photos; every output written is complete. Run the "
@@ -286,8 +287,9 @@ def check_remote_options(args: argparse.Namespace) -> None:
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
 
 
-def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
-    """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally."""
+def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None) -> dict:
+    """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally
+    (``local``: the runner --check-local uses, or None to make one)."""
     from serving.client import denoise_file_remote
 
     report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
@@ -295,13 +297,15 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path) -> dict:
                                  quality=args.jpeg_quality)
     report["strength"] = args.strength
     if args.check_local:
-        report["check_local"] = check_local(args, src, dst)
+        report["check_local"] = check_local(args, src, dst, local)
     return report
 
 
-def check_local(args: argparse.Namespace, src: Path, dst: Path) -> dict:
-    """Denoise the input here too, written as a local run writes it (same format: a JPEG output is compared as
-    JPEG, not against pixels before encoding), and compare the two files' pixels, in levels."""
+def check_local(args: argparse.Namespace, src: Path, dst: Path, runner: Any = None) -> dict:
+    """Denoise the input here too (with ``runner``, or one made from the options), written as a local run writes
+    it (same format: a JPEG output is compared as JPEG, not against pixels before encoding), and compare the two
+    files' pixels, in levels."""
+    import contextlib
     import tempfile
 
     import numpy as np
@@ -312,7 +316,7 @@ def check_local(args: argparse.Namespace, src: Path, dst: Path) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="moe-denoise-check-") as tmp:
         here = Path(tmp) / f"local{dst.suffix}"
-        with make_runner(args, args.weights) as runner:
+        with make_runner(args, args.weights) if runner is None else contextlib.nullcontext(runner) as runner:
             denoise_file(src, here, runner, overlap=args.overlap, batch_size=args.batch_size, progress=False,
                          max_pixels=args.max_pixels, strength=args.strength, sigma=args.sigma,
                          guard=not args.no_guard, quality=args.jpeg_quality)
