@@ -220,17 +220,17 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     check_writable(out_path, info)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)
+    reads_noise = guard and sigma is None  # the guard's estimate is wanted: how to read it matters
     with DenoiseClient(url, timeout_s=timeout_s) as client:
         client.wait_ready(timeout_s=10.0)
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
             # the guard reads as runtime.photo.denoise_file does: the file's format is known only here, the
             # server finds JPEG in the pixels itself (serving.models.ImageModel.denoise)
-            two_scales = guard and sigma is None and info.format in LOSSY_FORMATS  # a given sigma is not read
-            result = client.denoise_pixels(pixels, two_scales, strength, sigma, guard)
+            result = client.denoise_pixels(pixels, reads_noise and info.format in LOSSY_FORMATS, strength, sigma,
+                                           guard)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
-            two_scales = guard and sigma is None and two_scales_reason(info.format, pixels,
-                                                                       float(np.iinfo(dtype).max)) is not None
+            two_scales = reads_noise and two_scales_reason(info.format, pixels, float(np.iinfo(dtype).max)) is not None
             result = _tile_here(client, image, dtype, url, two_scales, strength, sigma, guard)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:

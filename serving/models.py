@@ -25,7 +25,7 @@ import numpy as np
 from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
 from runtime.guard import check_sigma, check_strength
-from runtime.jpeg_traces import jpeg_quantised
+from runtime.jpeg_traces import two_scales_reason
 from runtime.tiling import denoise_array
 
 from .config import (
@@ -176,9 +176,8 @@ class ImageModel:
         is kept (runtime.guard.with_strength)."""
         image = image_to_unit(pixels)
         guard = self.guard and options.guard
-        two_scales = options.two_scales
-        if guard and not two_scales and options.sigma is None:  # a given sigma is not read
-            two_scales = jpeg_quantised(pixels, float(_TOP[pixels.dtype.name]))
+        two_scales = guard and options.sigma is None and two_scales_reason(  # a given sigma is not read
+            "JPEG" if options.two_scales else None, pixels, float(_TOP[pixels.dtype.name])) is not None
         out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=guard,
                             sigma=options.sigma, two_scales=two_scales, strength=options.strength)
         return unit_to_image(out, pixels.dtype)
