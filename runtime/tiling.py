@@ -365,6 +365,25 @@ def denoise_array(
     ``strength`` (0 to 1, default 1): how much of the change from the input to keep (:func:`runtime.guard.
     with_strength`); 0 gives the input back.
     """
+    return denoise_array_guarded(image, fn, tile, overlap, batch_size, progress, band_rows, guard, sigma, two_scales,
+                                 strength)[0]
+
+
+def denoise_array_guarded(
+    image: np.ndarray,
+    fn: TileFn,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+    band_rows: int | None = None,
+    guard: bool | GuardResult = True,
+    sigma: float | None = None,
+    two_scales: bool = False,
+    strength: float = 1.0,
+) -> tuple[np.ndarray, GuardResult | None]:
+    """:func:`denoise_array`'s result and the guard's decision (None when ``guard`` is False), for callers that
+    report it (the server's photo model sends it back with the photo)."""
     _check_settings(tile, overlap, batch_size)
     check_strength(strength)
     img = validate_image(image)
@@ -372,13 +391,16 @@ def denoise_array(
     def rows(a: int, b: int) -> np.ndarray:
         return img[a:b]
 
+    decision = guard if isinstance(guard, GuardResult) else None
     if guard is True:  # the image is checked already: guard_rows, not guard_for_array, which would check it again
-        guard, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
-                                   two_scales)
+        decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
+                                      two_scales)
         if raw is not None:
-            return blend_whole(img, raw, with_strength(guard.input_weight, strength)).reshape(image.shape)
-    weight = with_strength(guard.input_weight if isinstance(guard, GuardResult) else 0.0, strength)
-    return denoise_whole(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight).reshape(image.shape)
+            weight = with_strength(decision.input_weight, strength)
+            return blend_whole(img, raw, weight).reshape(image.shape), decision
+    weight = with_strength(decision.input_weight if decision is not None else 0.0, strength)
+    out = denoise_whole(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight)
+    return out.reshape(image.shape), decision
 
 
 def denoise_whole(rows: RowSource, height: int, width: int, channels: int, fn: TileFn, tile: int, overlap: int,

@@ -5,11 +5,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from runtime.images import JPEG_QUALITY
 
 from .backend_env import EXTRA_HINT
 from .config import (
+    GUARD_OUTPUT,
     GUARD_PARAMETER,
     IMAGE_INPUTS,
     IMAGE_MODEL,
@@ -29,7 +32,7 @@ from .config import (
     TILE_MODEL,
     TWO_SCALES_PARAMETER,
 )
-from .models import BATCHED_WITH_INVALID, unit_to_image
+from .models import BATCHED_WITH_INVALID, guard_from_tensor, unit_to_image
 
 _TRITON_DTYPES = {"float32": "FP32", "uint8": "UINT8", "uint16": "UINT16"}
 
@@ -67,6 +70,8 @@ class DenoiseClient:
         self.protocol, self.address = parse_url(url)
         self.timeout_s = timeout_s
         self.retries = 0
+        self.last_extra: dict[str, np.ndarray | None] = {}
+        self._outputs: dict[str, list[str]] = {}
         self._module = _import_client(self.protocol)
         if self.protocol == "http":
             self._client = self._module.InferenceServerClient(self.address, connection_timeout=10.0,
@@ -116,8 +121,22 @@ class DenoiseClient:
         return int(config.config.max_batch_size)
 
     # --- inference ------------------------------------------------------------------------------------------
+    def outputs(self, model: str) -> list[str]:
+        """The names of ``model``'s outputs on the server (asked once per client and model)."""
+        from tritonclient.utils import InferenceServerException
+
+        if model not in self._outputs:
+            try:
+                meta = self._client.get_model_metadata(model)
+            except InferenceServerException as e:
+                raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
+            listed = meta.get("outputs", []) if self.protocol == "http" else meta.outputs
+            self._outputs[model] = [o["name"] if isinstance(o, dict) else o.name for o in listed]
+        return self._outputs[model]
+
     def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str,
-               parameters: dict[str, bool | str] | None = None) -> np.ndarray:
+               parameters: dict[str, bool | str] | None = None, extra: tuple[str, ...] = ()) -> np.ndarray:
+        """``output`` of one request; ``extra``: more outputs to ask for, kept in ``self.last_extra``."""
         from tritonclient.utils import InferenceServerException
 
         m = self._module
@@ -133,8 +152,8 @@ class DenoiseClient:
             else:
                 feed.set_data_from_numpy(array)
             feeds.append(feed)
-        outputs = [m.InferRequestedOutput(output, binary_data=True) if self.protocol == "http"
-                   else m.InferRequestedOutput(output)]
+        outputs = [m.InferRequestedOutput(name, binary_data=True) if self.protocol == "http"
+                   else m.InferRequestedOutput(name) for name in (output, *extra)]
         try:
             kwargs: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
             if parameters:
@@ -150,6 +169,7 @@ class DenoiseClient:
         if out is None:
             raise InputError(f"the server at {self.url} answered without the output '{output}'; is it a "
                              f"moe-denoise server ('moe-denoise serve')?")
+        self.last_extra = {name: result.as_numpy(name) for name in extra}
         return out
 
     def denoise_tiles(self, tiles: np.ndarray, model: str = TILE_MODEL) -> np.ndarray:
@@ -177,6 +197,13 @@ class DenoiseClient:
         that were JPEG-compressed are found by the server without it); ``sigma``: the noise level the guard takes
         instead of its estimate; ``guard`` False: no guard for this photo; ``strength``: the share of the change
         from the input kept (serving.models.PhotoOptions; each is sent only when not its default)."""
+        return self.denoise_photo(pixels, two_scales, strength, sigma, guard)[0]
+
+    def denoise_photo(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0,
+                      sigma: float | None = None,
+                      guard: bool = True) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """:meth:`denoise_pixels`, and the guard's decision the server sent with the photo
+        (``runtime.guard.GuardResult.as_dict()``; None: no guard, or a server that does not send it)."""
         if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
             raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
@@ -189,8 +216,10 @@ class DenoiseClient:
         for key, value, default in ((STRENGTH_PARAMETER, strength, 1.0), (SIGMA_PARAMETER, sigma, None)):
             if value is not None and value != default:  # a string: every protocol carries it exactly
                 parameters[key] = repr(float(value))
-        return self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
-                           parameters or None)
+        extra = (GUARD_OUTPUT,) if GUARD_OUTPUT in self.outputs(IMAGE_MODEL) else ()
+        out = self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
+                          parameters or None, extra)
+        return out, guard_from_tensor(self.last_extra.get(GUARD_OUTPUT))
 
 
 def server_message(text: str | None) -> str:
@@ -202,16 +231,19 @@ def server_message(text: str | None) -> str:
 
 def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,
                         overwrite: bool = False, timeout_s: float = 3600.0, strength: float = 1.0,
-                        sigma: float | None = None, guard: bool = True,
-                        quality: int = JPEG_QUALITY) -> dict[str, Any]:
+                        sigma: float | None = None, guard: bool = True, quality: int = JPEG_QUALITY,
+                        client: DenoiseClient | None = None) -> dict[str, Any]:
     """``moe-denoise denoise --server``: read a photo, have the server denoise it, write it like a local run.
 
     The photo is read and the result written by ``runtime.images`` exactly as ``runtime.photo.denoise_file`` does
     (same size, mode, bit depth, metadata; atomic; never over an existing file unless ``overwrite``); only the
-    tiling and the runner calls happen in the server.
+    tiling and the runner calls happen in the server. The report is a local run's, the guard's decision included
+    (made by the server, or here when the client tiles). ``client``: an open client of ``url`` to use (one for a
+    run of several photos); None: one is opened for this photo.
     """
+    from runtime.guard import with_strength
     from runtime.images import check_output_path, check_writable, read_image, write_image
-    from runtime.jpeg_traces import LOSSY_FORMATS, two_scales_reason
+    from runtime.jpeg_traces import LOSSY_FORMATS
     from runtime.tiling import plan_tiles
 
     check_output_path(out_path, in_path, overwrite)
@@ -221,34 +253,40 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)
     reads_noise = guard and sigma is None  # the guard's estimate is wanted: how to read it matters
-    with DenoiseClient(url, timeout_s=timeout_s) as client:
+    with DenoiseClient(url, timeout_s=timeout_s) if client is None else contextlib.nullcontext(client) as client:
         client.wait_ready(timeout_s=10.0)
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
             # the guard reads as runtime.photo.denoise_file does: the file's format is known only here, the
             # server finds JPEG in the pixels itself (serving.models.ImageModel.denoise)
-            result = client.denoise_pixels(pixels, reads_noise and info.format in LOSSY_FORMATS, strength, sigma,
-                                           guard)
+            result, decision = client.denoise_photo(pixels, reads_noise and info.format in LOSSY_FORMATS, strength,
+                                                    sigma, guard)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
-            two_scales = reads_noise and two_scales_reason(info.format, pixels, float(np.iinfo(dtype).max)) is not None
-            result = _tile_here(client, image, dtype, url, two_scales, strength, sigma, guard)
+            result, decision = _tile_here(client, image, pixels, info.format, url, strength, sigma, guard)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
                          f"{list(pixels.shape)} photo; is it a moe-denoise server?")
     top = 65535.0 if info.bit_depth == 16 else 255.0
     written = write_image(out_path, result.astype(np.float64) / top, info, overwrite=overwrite, quality=quality)
+    known = decision is not None or not guard  # a server that does not send the decision: the weight is unknown
+    weight = with_strength(decision["input_weight"] if decision is not None else 0.0, strength) if known else None
     return {
         "input": info.path, "output": str(written), "size": [info.width, info.height], "mode": info.mode,
         "layout": info.layout, "bit_depth": info.bit_depth, "format": info.format,
         "tiles": plan_tiles(info.height, info.width).count, "seconds": round(time.perf_counter() - start, 3),
-        "notes": list(info.notes), "server": url, "tiled_by": where,
+        "notes": list(info.notes), "guard": decision, "strength": float(strength), "input_weight": weight,
+        "server": url, "tiled_by": where,
     }
 
 
-def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, two_scales: bool = False,
-               strength: float = 1.0, sigma: float | None = None, guard: bool = True) -> np.ndarray:
-    from runtime.tiling import denoise_array
+def _tile_here(client: DenoiseClient, image: np.ndarray, pixels: np.ndarray, file_format: str | None, url: str,
+               strength: float = 1.0, sigma: float | None = None,
+               guard: bool = True) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The photo (``image`` on [0, 1], ``pixels`` its file's integers) tiled here, its tiles denoised by the server's
+    tile model; and the guard's decision (made here)."""
+    from runtime.jpeg_traces import two_scales_reason
+    from runtime.tiling import denoise_array_guarded
 
     from .repo import TRT_MODEL
 
@@ -257,9 +295,14 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, dtype: Any, url: str, t
         raise InputError(f"the server at {url} serves none of {IMAGE_MODEL}, {TILE_MODEL}, {TRT_MODEL}; start "
                          f"'moe-denoise serve' or load a repository from 'moe-denoise triton-repo'")
     batch = max(1, client.max_batch(model))
-    out = denoise_array(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch, guard=guard,
-                        sigma=sigma, two_scales=two_scales, strength=strength)
-    return unit_to_image(out, dtype)
+    why = None
+    if guard and sigma is None:  # a given sigma is not read
+        why = two_scales_reason(file_format, pixels, float(np.iinfo(pixels.dtype).max))
+    out, decision = denoise_array_guarded(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch,
+                                          guard=guard, sigma=sigma, two_scales=why is not None, strength=strength)
+    if decision is not None and decision.two_scales:
+        decision = replace(decision, two_scales_reason=why)
+    return unit_to_image(out, pixels.dtype), None if decision is None else decision.as_dict()
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------

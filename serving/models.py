@@ -8,7 +8,9 @@ request, run through the runner as one batch, and split back into one response p
 converts a file, tiled and blended by ``runtime.tiling.denoise_array`` (its tiles batched into runner calls),
 and quantised back exactly as ``runtime.images.write_image`` quantises. So a photo denoised through the server
 is the photo ``moe-denoise denoise`` writes with the same runner and settings; the settings a request may carry
-(the guard's ``sigma`` and ``guard``, ``strength``, ``two_scales``) are :class:`PhotoOptions`.
+(the guard's ``sigma`` and ``guard``, ``strength``, ``two_scales``) are :class:`PhotoOptions`. The response holds
+the guard's decision next to the photo (``guard``: ``runtime.guard.GuardResult.as_dict()`` as JSON, ``null`` with
+no guard), so a remote run reports it as a local one does.
 
 Triton checks the name, dtype, shape and byte size of every input before a request is queued, so a wrong
 shape, a wrong dtype or a truncated body never reaches these functions; they check the values (NaN, range)
@@ -16,19 +18,21 @@ and the image limits.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
-from runtime.guard import check_sigma, check_strength
+from runtime.guard import GuardResult, check_sigma, check_strength
 from runtime.jpeg_traces import two_scales_reason
-from runtime.tiling import denoise_array
+from runtime.tiling import denoise_array_guarded
 
 from .config import (
+    GUARD_OUTPUT,
     GUARD_PARAMETER,
     IMAGE_INPUTS,
     IMAGE_OUTPUTS,
@@ -169,18 +173,23 @@ class ImageModel:
                              f"smaller image, crop it into parts, or restart the server with a higher limit")
         return pixels
 
-    def denoise(self, pixels: np.ndarray, options: PhotoOptions = PhotoOptions()) -> np.ndarray:
-        """The photo as ``moe-denoise denoise`` with the same options denoises its file: the guard (unless this
-        server or the request turned it off) reads a JPEG's noise at two scales, asked (``options.two_scales``) or
-        found in the pixels (runtime.jpeg_traces), or takes ``options.sigma``; ``options.strength`` of the change
-        is kept (runtime.guard.with_strength)."""
+    def denoise(self, pixels: np.ndarray,
+                options: PhotoOptions = PhotoOptions()) -> tuple[np.ndarray, GuardResult | None]:
+        """The photo as ``moe-denoise denoise`` with the same options denoises its file, and the guard's decision
+        (None: no guard): the guard (unless this server or the request turned it off) reads a JPEG's noise at two
+        scales, asked (``options.two_scales``) or found in the pixels (runtime.jpeg_traces), or takes
+        ``options.sigma``; ``options.strength`` of the change is kept (runtime.guard.with_strength)."""
         image = image_to_unit(pixels)
         guard = self.guard and options.guard
-        two_scales = guard and options.sigma is None and two_scales_reason(  # a given sigma is not read
-            "JPEG" if options.two_scales else None, pixels, float(_TOP[pixels.dtype.name])) is not None
-        out = denoise_array(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size, guard=guard,
-                            sigma=options.sigma, two_scales=two_scales, strength=options.strength)
-        return unit_to_image(out, pixels.dtype)
+        reason = None
+        if guard and options.sigma is None:  # a given sigma is not read
+            reason = two_scales_reason("JPEG" if options.two_scales else None, pixels, float(_TOP[pixels.dtype.name]))
+        out, decision = denoise_array_guarded(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size,
+                                              guard=guard, sigma=options.sigma, two_scales=reason is not None,
+                                              strength=options.strength)
+        if decision is not None and decision.two_scales:
+            decision = replace(decision, two_scales_reason=reason)
+        return unit_to_image(out, pixels.dtype), decision
 
     def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         checked: list[tuple[np.ndarray, PhotoOptions]] = []
@@ -192,4 +201,24 @@ class ImageModel:
                 problems.append((i, str(e)))
         if problems:
             raise InputError(_bad_request_message(problems, len(requests)))
-        return [{IMAGE_OUTPUTS[p.dtype.name]: self.denoise(p, options)} for p, options in checked]
+        answers = []
+        for pixels, options in checked:
+            out, decision = self.denoise(pixels, options)
+            answers.append({IMAGE_OUTPUTS[pixels.dtype.name]: out, GUARD_OUTPUT: guard_tensor(decision)})
+        return answers
+
+
+def guard_tensor(decision: GuardResult | None) -> np.ndarray:
+    """The guard's decision as the response's ``guard`` output: one JSON string (bytes), ``null`` for no guard."""
+    return np.array([json.dumps(None if decision is None else decision.as_dict()).encode()], dtype=np.object_)
+
+
+def guard_from_tensor(value: np.ndarray | None) -> dict[str, Any] | None:
+    """The decision :func:`guard_tensor` sent, as ``GuardResult.as_dict()`` gives it (None: no guard, or none sent)."""
+    if value is None or np.size(value) != 1:
+        return None
+    item = np.asarray(value).reshape(-1)[0]
+    decision = json.loads(item.decode() if isinstance(item, bytes) else str(item))
+    if isinstance(decision, dict) and isinstance(decision.get("sigma_range"), list):
+        decision["sigma_range"] = tuple(decision["sigma_range"])  # as as_dict() gives it
+    return decision if isinstance(decision, dict) else None

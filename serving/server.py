@@ -6,7 +6,8 @@ Two models are bound, each instance with its own runner (runners are not shared 
   dynamic batcher merges concurrent requests into batches of up to ``max_batch`` tiles, waiting at most
   ``queue_delay_us`` for more (or runs each request as sent with ``dynamic_batching=False``).
 * ``moe_denoiser_image``: a whole photo, ``image_u8`` (uint8) or ``image_u16`` (uint16) [H, W, C] ->
-  ``denoised_u8`` / ``denoised_u16``; tiled, batched and blended in the server.
+  ``denoised_u8`` / ``denoised_u16``, and ``guard`` (the clean-input guard's decision, one JSON string); tiled,
+  batched and blended in the server.
 
 Usage::
 
@@ -34,7 +35,7 @@ from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 
 from . import backend_env
-from .config import IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL, ServeConfig
+from .config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL, ServeConfig
 from .models import ImageModel, TileModel
 
 RunnerFactory = Callable[[], Any]
@@ -143,8 +144,9 @@ class DenoiseServer:
                     model_name=IMAGE_MODEL, infer_func=image_functions,
                     inputs=[Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1), optional=True)
                             for dt, name in IMAGE_INPUTS.items()],
-                    outputs=[Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1))
-                             for dt, name in IMAGE_OUTPUTS.items()],
+                    outputs=[*(Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1))
+                               for dt, name in IMAGE_OUTPUTS.items()),
+                             Tensor(name=GUARD_OUTPUT, dtype=bytes, shape=(1,))],
                     config=ModelConfig(batching=False), strict=False)
             self._triton.run()
         except Exception as e:  # noqa: BLE001 - any failure to start is reported with what to do, then re-raised

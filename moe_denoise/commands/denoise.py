@@ -150,13 +150,14 @@ def run_single(args: argparse.Namespace) -> int:
     return 0
 
 
-def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path) -> dict:
+def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, client: Any = None) -> dict:
     """One photo, here with ``runner``, or on the server of --server (then ``runner``, if any, is what
-    --check-local denoises with here; None: it makes its own)."""
+    --check-local denoises with here; None: it makes its own; ``client``: the run's open client of the server,
+    or None to open one for this photo)."""
     from runtime.photo import denoise_file
 
     if args.server is not None:
-        report = run_remote(args, src, dst, runner)
+        report = run_remote(args, src, dst, runner, client)
         report["denoised_by"] = f"the server at {args.server}"
         return report
     report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
@@ -208,11 +209,16 @@ def run_batch(args: argparse.Namespace) -> int:
     plan = plan_batch(args.input, args.output, overwrite=args.overwrite, skip_existing=args.skip_existing)
     text = not args.json
     total, start = len(plan.jobs), time.perf_counter()
-    if plan.jobs and args.server is not None:  # a server that is not there fails once, before any photo
-        from serving.client import DenoiseClient
+    client = None
+    if plan.jobs and args.server is not None:  # one client for the run; a server that is not there fails once,
+        from serving.client import DenoiseClient  # before any photo
 
-        with DenoiseClient(args.server, timeout_s=args.timeout) as client:
+        client = DenoiseClient(args.server, timeout_s=args.timeout)
+        try:
             client.wait_ready(timeout_s=10.0)
+        except BaseException:
+            client.close()
+            raise
 
     def said(i: int, report: dict) -> None:
         lines = report_lines(report, args)
@@ -221,10 +227,11 @@ def run_batch(args: argparse.Namespace) -> int:
     def failed(i: int, src: Path, error: InputError) -> None:
         print(f"[{i}/{total}] failed: {src}: {error}", file=sys.stderr)
 
-    batch = BatchRun(plan, lambda src, dst: denoise_one(args, runner, src, dst),  # runner: bound by the with below
+    batch = BatchRun(plan, lambda src, dst: denoise_one(args, runner, src, dst, client),  # runner: bound below
                      said if text else None, failed if text else None)
     try:
-        with output_folder(plan.out_dir) if plan.jobs else contextlib.nullcontext(), \
+        with contextlib.closing(client) if client is not None else contextlib.nullcontext(), \
+                output_folder(plan.out_dir) if plan.jobs else contextlib.nullcontext(), \
                 make_runner(args, args.weights) if plan.jobs and (args.server is None or args.check_local) \
                 else contextlib.nullcontext() as runner:  # with --server: the runner --check-local uses
             batch.run()
@@ -287,15 +294,14 @@ def check_remote_options(args: argparse.Namespace) -> None:
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
 
 
-def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None) -> dict:
+def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None, client: Any = None) -> dict:
     """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally
-    (``local``: the runner --check-local uses, or None to make one)."""
+    (``local``: the runner --check-local uses, or None to make one; ``client``: see :func:`denoise_one`)."""
     from serving.client import denoise_file_remote
 
     report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
                                  strength=args.strength, sigma=args.sigma, guard=not args.no_guard,
-                                 quality=args.jpeg_quality)
-    report["strength"] = args.strength
+                                 quality=args.jpeg_quality, client=client)
     if args.check_local:
         report["check_local"] = check_local(args, src, dst, local)
     return report

@@ -85,7 +85,7 @@ def test_reliability_batch_failing_alike_twice(capsys, monkeypatch, random_weigh
     Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(photos / "third.png")
     calls = []
 
-    def fails(args, runner, src, dst):
+    def fails(args, runner, src, dst, client=None):
         calls.append(src.name)
         raise InputError("cannot reach a Triton server at localhost:1")
 
@@ -103,10 +103,10 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
     (photos / "broken.png").unlink()
     real = denoise_cmd.denoise_one
 
-    def interrupted_on_the_second(args, runner, src, dst):
+    def interrupted_on_the_second(args, runner, src, dst, client=None):
         if src.name == "gray.jpg":
             raise KeyboardInterrupt
-        return real(args, runner, src, dst)
+        return real(args, runner, src, dst, client)
 
     monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on_the_second)
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
@@ -166,3 +166,37 @@ def test_jpeg_quality_reaches_every_jpeg_output(capsys, random_weights, photos, 
     assert (tmp_path / "q40" / "colour.png").read_bytes() == (tmp_path / "q95" / "colour.png").read_bytes()
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "q0", "--jpeg-quality", "0")
     assert code == 2 and "--jpeg-quality is a JPEG / WebP output's quality" in err and not (tmp_path / "q0").exists()
+
+
+def test_batch_through_a_server_uses_one_client(capsys, monkeypatch, photos, tmp_path):
+    """denoise --server of several photos opens one client for the run (a connection and readiness checks once,
+    not per photo), sends every photo through it, closes it at the end; the broken photo is still reported."""
+    import serving.client as client_module
+
+    made: list[object] = []
+
+    class Client:  # stands in for the transport: the server answers each photo with its pixels inverted
+        def __init__(self, url, timeout_s=3600.0):
+            self.photos, self.closed = 0, False
+            made.append(self)
+
+        def wait_ready(self, timeout_s=30.0):
+            pass
+
+        def ready(self, model=None):
+            return True
+
+        def denoise_photo(self, pixels, two_scales=False, strength=1.0, sigma=None, guard=True):
+            self.photos += 1
+            return ~pixels, None
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(client_module, "DenoiseClient", Client)
+    code, text, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--server", "localhost:1")
+    assert code == 2 and "broken.png" in err  # the broken photo fails before any request
+    assert len(made) == 1 and made[0].photos == 2 and made[0].closed
+    assert "denoised 2 of 3 photos into" in text
+    written = np.asarray(Image.open(tmp_path / "out" / "colour.png"))
+    assert np.array_equal(written, ~np.asarray(Image.open(photos / "colour.png")))

@@ -271,6 +271,11 @@ def _stop(proc: subprocess.Popen, sig: int, group: bool) -> int:
         pytest.fail("moe-denoise serve did not stop within 90 s")
 
 
+def _guard_lines(printed: str) -> str:
+    """The clean-input guard's and the strength's lines of a `denoise` run's text output."""
+    return "\n".join(line for line in printed.splitlines() if line.startswith(("  clean-input guard", "  strength")))
+
+
 def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys):
     """The done-when path: `moe-denoise serve`, then `moe-denoise denoise PHOTO --server URL -o OUT` equals the
     local `denoise` with the same backend; the output is never overwritten without --overwrite; SIGTERM stops it."""
@@ -295,7 +300,13 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         Image.fromarray(np.rint(noisy * 255).astype(np.uint8)).save(jpeg, quality=70)
         assert main(["denoise", str(jpeg), "-o", str(tmp_path / "noisy.png"), "--server", "grpc://" +
                      info["urls"]["grpc"], "--check-local", "--backend", "torch", "--threads", "1"]) == 0
-        assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in capsys.readouterr().out
+        served = capsys.readouterr().out
+        assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in served
+        # the server sends its guard decision back: the remote run prints the local run's guard line
+        assert main(["denoise", str(jpeg), "-o", str(tmp_path / "noisy_here.png"), "--backend", "torch",
+                     "--threads", "1"]) == 0
+        assert "read at two scales" in _guard_lines(served) and _guard_lines(served) == _guard_lines(
+            capsys.readouterr().out)
         # several photos into a folder; the JPEG stays JPEG, and --check-local compares it with a local run
         # written as JPEG too (against the pixels before encoding it differed by JPEG's own rounding)
         assert main(["denoise", str(DEMO), str(jpeg), "-o", str(tmp_path / "batch"), "--server", url,
@@ -307,7 +318,11 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         assert main(["denoise", str(DEMO), "-o", str(tmp_path / "half.png"), "--server", url, "--strength", "0.5",
                      "--check-local", "--backend", "torch", "--threads", "1", "--no-progress"]) == 0
         out = capsys.readouterr().out
-        assert "strength 0.5: 50% of the change kept" in out and "0 of 255 levels" in out
+        assert "0 of 255 levels" in out
+        assert main(["denoise", str(DEMO), "-o", str(tmp_path / "half_here.png"), "--strength", "0.5", "--backend",
+                     "torch", "--threads", "1", "--no-progress"]) == 0
+        here = capsys.readouterr().out
+        assert "strength 0.5: output = 0.50 x input" in _guard_lines(out) and _guard_lines(out) == _guard_lines(here)
     finally:
         rc = _stop(proc, signal.SIGTERM, group=False)
     assert rc == 0, (tmp_path / "serve.log").read_text()
@@ -389,6 +404,24 @@ def test_jpeg_photos_are_read_at_two_scales_and_match_local(server, direct):
     assert np.array_equal(asked, local(lossless, True)) and np.array_equal(not_asked, local(lossless, False))
     assert not np.array_equal(asked, not_asked)  # the parameter reached the guard
     assert np.array_equal(found, local(was_jpeg, True)) and not np.array_equal(found, local(was_jpeg, False))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_photo_answer_carries_the_guard_decision(server, direct, protocol):
+    """The photo model answers with its guard decision next to the photo, over both protocols: the decision a local
+    run makes (exactly, through JSON), given sigma or estimated; none with the guard off."""
+    from runtime.tiling import denoise_array_guarded
+    from serving.models import image_to_unit, unit_to_image
+
+    url = server.urls["http"] if protocol == "http" else "grpc://" + server.urls["grpc"]
+    pixels = np.clip(np.random.default_rng(14).normal(128, 4, (40, 56, 3)), 0, 255).astype(np.uint8)
+    with _client(url) as c:
+        for options in ({}, {"sigma": 0.004, "strength": 0.5}, {"guard": False}):
+            out, decision = c.denoise_photo(pixels, **options)
+            local, local_decision = denoise_array_guarded(image_to_unit(pixels), direct, batch_size=64, **options)
+            assert np.array_equal(out, unit_to_image(local, np.uint8)), options
+            assert decision == (None if local_decision is None else local_decision.as_dict()), options
+        assert c.denoise_photo(pixels)[1]["applied"]  # a quiet photo: the guard blended the input back in
 
 
 def test_guard_options_are_request_parameters_and_match_local(server, direct):

@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 
 from runtime import InputError
-from runtime.tiling import denoise_array
+from runtime.tiling import denoise_array, denoise_array_guarded
 from serving import backend_env
 from serving.client import parse_metrics, parse_url, server_message
-from serving.config import IMAGE_INPUTS, IMAGE_OUTPUTS, ServeConfig
-from serving.models import BATCHED_WITH_INVALID, ImageModel, TileModel, image_to_unit, unit_to_image
+from serving.config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_OUTPUTS, ServeConfig
+from serving.models import (
+    BATCHED_WITH_INVALID,
+    ImageModel,
+    TileModel,
+    guard_from_tensor,
+    image_to_unit,
+    unit_to_image,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,6 +143,36 @@ class Request(dict):
     def __init__(self, inputs, **parameters):
         super().__init__(inputs)
         self.parameters = parameters
+
+
+@pytest.mark.parametrize("parameters", [{}, {"sigma": "0.01"}, {"two_scales": True}, {"guard": False}])
+def test_image_model_sends_the_guard_decision_back(parameters):
+    """The photo response holds the guard's decision as a local run makes it (`denoise --server` prints it as a local
+    run does): the same GuardResult, exactly, through JSON; null when the request turned the guard off."""
+    rng = np.random.default_rng(3)
+    clean = np.linspace(0.2, 0.8, 48 * 56, dtype=np.float32).reshape(48, 56, 1)
+    pixels = np.rint(np.clip(clean + 3 / 255 * rng.standard_normal(clean.shape), 0, 1) * 255).astype(np.uint8)
+    (answer,) = ImageModel(ScaleRunner(), max_pixels=10_000)([Request({"image_u8": pixels}, **parameters)])
+    sent = guard_from_tensor(answer[GUARD_OUTPUT])
+    local = {"guard": parameters.get("guard", True), "sigma": float(parameters["sigma"]) if "sigma" in parameters
+             else None, "two_scales": bool(parameters.get("two_scales"))}
+    out, decision = denoise_array_guarded(image_to_unit(pixels), lambda b: b * np.float32(0.5), **local)
+    np.testing.assert_array_equal(answer["denoised_u8"], unit_to_image(out, np.uint8))
+    if not local["guard"]:
+        assert decision is None and sent is None
+        return
+    expected = decision.as_dict()
+    if decision.two_scales:  # the server says why it read two scales, as a local run of a JPEG file does
+        assert sent["two_scales_reason"]
+        expected["two_scales_reason"] = sent["two_scales_reason"]
+    assert sent == expected and sent["applied"] and sent["sigma_given"] == ("sigma" in parameters)
+
+
+def test_guard_from_tensor_reads_what_was_sent_and_nothing_else():
+    assert guard_from_tensor(None) is None  # a server that does not send it
+    assert guard_from_tensor(np.array([b"null"], dtype=np.object_)) is None
+    assert guard_from_tensor(np.array([b'{"input_weight": 0.25, "sigma_range": [0.1, 0.2]}'], dtype=np.object_)) == \
+        {"input_weight": 0.25, "sigma_range": (0.1, 0.2)}
 
 
 def test_image_model_takes_the_guard_options_a_request_carries():
@@ -273,3 +310,48 @@ def test_parse_metrics_sums_over_reasons_per_model():
     assert m["nv_inference_exec_count"] == {"moe_denoiser": 7.0}
     assert m["nv_inference_request_failure"] == {"moe_denoiser": 3.0}
     assert "nv_cpu_utilization" not in m
+
+
+@pytest.mark.parametrize("sends_guard", [True, False])
+def test_client_asks_for_the_guard_only_where_the_model_has_it(sends_guard):
+    """A server from before the `guard` output (or another photo model) is still served: the client reads the
+    model's outputs once, asks for `guard` only where it exists, and then reports no decision."""
+    pytest.importorskip("tritonclient.http", reason="the client's transport (the serve extra)")
+    from serving.client import DenoiseClient
+    from serving.models import guard_tensor
+
+    pixels = np.full((4, 5, 3), 7, np.uint8)
+    asked: list[list[str]] = []
+
+    class Result:
+        def __init__(self, names):
+            self.names = names
+
+        def as_numpy(self, name):
+            if name not in self.names:
+                return None
+            return ~pixels if name == "denoised_u8" else guard_tensor(None)
+
+    class Transport:  # tritonclient.http's InferenceServerClient, as far as the photo path uses it
+        metadata_calls = 0
+
+        def get_model_metadata(self, model):
+            Transport.metadata_calls += 1
+            return {"outputs": [{"name": "denoised_u8"}, {"name": "denoised_u16"}]
+                    + ([{"name": GUARD_OUTPUT}] if sends_guard else [])}
+
+        def infer(self, model, inputs, outputs, **kwargs):
+            names = [o.name() for o in outputs]
+            asked.append(names)
+            return Result(names)
+
+    client = DenoiseClient.__new__(DenoiseClient)
+    client.url, client.protocol, client.timeout_s = "localhost:8000", "http", 10.0
+    client.retries, client.last_extra, client._outputs = 0, {}, {}
+    client._module = __import__("tritonclient.http", fromlist=["InferInput"])
+    client._client = Transport()
+    for _ in range(2):
+        out, decision = client.denoise_photo(pixels)
+        assert np.array_equal(out, ~pixels) and decision is None
+    assert asked == [["denoised_u8", GUARD_OUTPUT] if sends_guard else ["denoised_u8"]] * 2
+    assert Transport.metadata_calls == 1
