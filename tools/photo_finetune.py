@@ -1,0 +1,131 @@
+"""Fine-tune weights on crops of whole photos (scikit-image's samples), to measure what photo training data does.
+
+A diagnostic for issue 15's last target (camera at sigma 0.2 >= the best Gaussian blur + 4 dB), not a recipe for
+shipped weights: the shipped ones are trained on CIFAR-10 only (docs/training.md). Two questions it answers:
+
+* ``--photos camera`` with the target's own image: an oracle (the network sees the clean test photo), so an upper
+  bound on what this architecture reaches on camera with ideal data. Never shipped, never a result.
+* ``--photos`` other photos than the one evaluated: does photo-like data move the score on a photo not seen?
+
+Crops are ``TILE`` x ``TILE`` (the tiles the photo pipeline feeds), at a random place, flipped and turned; a
+gray photo is fed as runtime.tiling feeds it (three equal channels, the same noise in each). Noise: clipped
+Gaussian, ``--sigma`` fixed, or uniform over [0, ``--sigma-max``]. The loss is the training's (MSE + the router's
+load-balance term). The result is written with its JSON (the settings, the starting weights' origin), like
+``moe-denoise train`` writes; evaluate it with ``moe-denoise evaluate --suite photos --weights OUT``.
+
+    python -m tools.photo_finetune --photos camera --sigma 0.2 --minutes 20 --out runs/oracle/camera.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moe_base.errors import InputError
+
+TILE = 32
+
+
+def load_photos(names: list[str], as_gray: bool = False) -> list[np.ndarray]:
+    """scikit-image sample photos by name, as float32 HxWx3 in [0, 1] (gray ones as three equal channels;
+    ``as_gray``: colour ones too, as their BT.601 luminance)."""
+    import skimage.data
+
+    photos = []
+    for name in names:
+        loader = getattr(skimage.data, name, None)
+        if loader is None or not callable(loader):
+            raise InputError(f"scikit-image has no sample photo {name!r}; try camera, astronaut, coffee, chelsea, "
+                             f"rocket, moon, coins, page, text, brick, grass, gravel")
+        x = np.asarray(loader())
+        x = x.astype(np.float32) / (65535.0 if x.dtype == np.uint16 else 255.0)
+        if x.ndim == 3 and as_gray:
+            x = x[:, :, :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        if x.ndim == 2:
+            x = np.repeat(x[:, :, None], 3, axis=2)
+        photos.append(np.ascontiguousarray(x[:, :, :3]))
+    return photos
+
+
+def crops(photos: list[np.ndarray], gray: list[bool], n: int,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random TILE x TILE crops (N, 3, TILE, TILE), flipped and turned at random, and which are gray (N,)."""
+    out = np.empty((n, 3, TILE, TILE), np.float32)
+    is_gray = np.empty(n, bool)
+    for i in range(n):
+        k = int(rng.integers(len(photos)))
+        p = photos[k]
+        y, x = int(rng.integers(p.shape[0] - TILE + 1)), int(rng.integers(p.shape[1] - TILE + 1))
+        c = np.rot90(p[y:y + TILE, x:x + TILE], int(rng.integers(4)))
+        out[i] = (c[:, ::-1] if rng.integers(2) else c).transpose(2, 0, 1)
+        is_gray[i] = gray[k]
+    return torch.from_numpy(out), torch.from_numpy(is_gray)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--photos", nargs="+", required=True, help="scikit-image sample photos to train on")
+    p.add_argument("--as-gray", action="store_true", help="train on the colour photos' luminance (gray crops)")
+    p.add_argument("--init", default="weights/moe_denoiser.safetensors", help="the weights to start from")
+    p.add_argument("--out", type=Path, required=True, help="where to write the weights (.safetensors, + .json)")
+    p.add_argument("--sigma", type=float, default=None, help="one noise level for every crop (on [0, 1] pixels)")
+    p.add_argument("--sigma-max", type=float, default=75 / 255, help="without --sigma: levels uniform in [0, this]")
+    p.add_argument("--minutes", type=float, default=20.0, help="train for this long (whole steps)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps if sooner")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    from moe_model.checkpoint import load_model, origin, save_weights
+    from moe_model.losses import total_loss
+
+    if args.out.suffix != ".safetensors":
+        raise InputError(f"--out must end in .safetensors (its JSON goes beside it); got {args.out}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    photos = load_photos(args.photos, args.as_gray)
+    gray = [bool(np.array_equal(ph[:, :, 0], ph[:, :, 1]) and np.array_equal(ph[:, :, 1], ph[:, :, 2]))
+            for ph in photos]
+    model = load_model(args.init)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    start, steps, recent = time.monotonic(), 0, []
+    while time.monotonic() - start < args.minutes * 60 and (args.max_steps is None or steps < args.max_steps):
+        clean, is_gray = crops(photos, gray, args.batch, rng)
+        n = len(clean)
+        sigma = (torch.full((n,), args.sigma) if args.sigma is not None else torch.rand(n) * args.sigma_max)
+        noise = torch.randn(clean.shape)
+        noise = torch.where(is_gray.view(n, 1, 1, 1), noise[:, :1].expand_as(noise), noise)
+        noisy = (clean + sigma.view(n, 1, 1, 1) * noise).clamp(0.0, 1.0)
+        output, routing = model(noisy, return_routing=True)
+        loss, mse, _ = total_loss(output, clean, routing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        steps += 1
+        recent = (recent + [float(mse.detach())])[-200:]
+        if steps % 200 == 0:
+            psnr = -10 * np.log10(np.mean(recent))
+            print(f"step {steps}: {time.monotonic() - start:.0f}s, training PSNR (last 200 steps) {psnr:.2f} dB",
+                  flush=True)
+    model.eval()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    save_weights(model, args.out, {"experiment": {"tool": "tools.photo_finetune", "command": " ".join(sys.argv),
+                                                  "settings": settings, "steps": steps,
+                                                  "note": "a diagnostic, not shipped weights"},
+                                   "training": {"init_from": origin(args.init)}})
+    print(f"wrote {args.out} after {steps} steps ({time.monotonic() - start:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
