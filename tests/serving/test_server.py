@@ -185,8 +185,9 @@ def test_refuses_bad_requests_and_keeps_serving(server, direct, tiles):
             c.denoise_tiles(nan)
 
 
-def test_denoise_command_tiles_on_the_client_for_a_server_without_the_image_model(tmp_path, direct):
-    """A standard repository has no photo model: `denoise --server` then tiles here and sends batches of tiles."""
+def test_denoise_command_tiles_on_the_client_for_a_server_without_the_image_model(tmp_path, direct, capsys):
+    """A standard repository has no photo model: `denoise --server` then tiles here and sends batches of tiles; the
+    photo and the guard's decision (made here) are the local run's."""
     _skip_without_pytriton()
     from moe_denoise.cli import main
     from runtime.images import read_image
@@ -199,12 +200,18 @@ def test_denoise_command_tiles_on_the_client_for_a_server_without_the_image_mode
     s = DenoiseServer(torch_runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0, max_batch=8))
     s.serve_image_model = False
     with s:
+        capsys.readouterr()  # the server's own log lines
         assert main(["denoise", str(photo), "-o", str(tmp_path / "remote.png"), "--server", s.urls["http"],
                      "--json"]) == 0
+        served = json.loads(capsys.readouterr().out)
+    capsys.readouterr()  # what stopping the server printed
     assert main(["denoise", str(photo), "-o", str(tmp_path / "local.png"), "--backend", "torch", "--threads", "1",
-                 "--batch-size", "8", "--no-progress"]) == 0
+                 "--batch-size", "8", "--no-progress", "--json"]) == 0
+    here = json.loads(capsys.readouterr().out)
     remote, local = read_image(tmp_path / "remote.png")[0], read_image(tmp_path / "local.png")[0]
     assert float(np.abs(remote - local).max()) == 0.0
+    assert served["tiled_by"] == "client" and served["guard"] == here["guard"] is not None
+    assert served["input_weight"] == here["input_weight"]
 
 
 # --- the command line: `moe-denoise serve` in its own process, as a user runs it -------------------------------
