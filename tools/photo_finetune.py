@@ -1,17 +1,19 @@
-"""Fine-tune weights on crops of whole photos (scikit-image's samples), to measure what photo training data does.
+"""Fine-tune weights on crops of whole photos (packages' sample photos), to measure what photo training data does.
 
-A diagnostic for issue 15's last target (camera at sigma 0.2 >= the best Gaussian blur + 4 dB), not a recipe for
-shipped weights: the shipped ones are trained on CIFAR-10 only (docs/training.md). Two questions it answers:
+A diagnostic for issue 15's last target (camera at sigma 0.2 >= the best Gaussian blur + 4 dB); the shipped
+weights are trained on CIFAR-10 only (docs/training.md). Three questions it answers:
 
 * ``--photos camera`` with the target's own image: an oracle (the network sees the clean test photo), so an upper
   bound on what this architecture reaches on camera with ideal data. Never shipped, never a result.
-* ``--photos`` other photos than the one evaluated: does photo-like data move the score on a photo not seen?
+* ``--photos`` other photos than the one evaluated: does photo data move the score on a photo not seen?
+* ``--blind --cifar-share S --photos`` none of which the evaluation uses (``HELD_OUT_SET``): the blind recipe on
+  photo crops mixed with CIFAR-10 images, a candidate for the default weights.
 
 Crops are ``TILE`` x ``TILE`` (the tiles the photo pipeline feeds), at a random place, flipped and turned; a
 gray photo is fed as runtime.tiling feeds it (three equal channels, the same noise in each). Noise: clipped
-Gaussian, ``--sigma`` fixed, or uniform over [0, ``--sigma-max``]. The loss is the training's (MSE + the router's
-load-balance term). The result is written with its JSON (the settings, the starting weights' origin), like
-``moe-denoise train`` writes; evaluate it with ``moe-denoise evaluate --suite photos --weights OUT``.
+Gaussian at ``--sigma`` (loss: MSE + the router's load-balance term, as training), or ``--blind``. The result is
+written with its JSON (the settings, the starting weights' origin), as ``moe-denoise train`` writes; evaluate it
+with ``moe-denoise evaluate --weights OUT``.
 
     python -m tools.photo_finetune --photos camera --sigma 0.2 --minutes 20 --out runs/oracle/camera.safetensors
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +33,48 @@ from moe_base.errors import InputError
 TILE = 32
 
 
-def load_photos(names: list[str], as_gray: bool = False) -> list[np.ndarray]:
-    """scikit-image sample photos by name, as float32 HxWx3 in [0, 1] (gray ones as three equal channels;
-    ``as_gray``: colour ones too, as their BT.601 luminance)."""
-    import skimage.data
+# Photos that ship with installed packages and are none of the evaluation's (benchmarks.quality.PHOTOS: astronaut,
+# chelsea (= cat), coffee, camera, moon): a training set for photos that leaves every evaluated photo out.
+HELD_OUT_SET = ("rocket", "stereo_motorcycle", "clock", "coins", "hubble_deep_field", "immunohistochemistry",
+                "retina", "brick", "grass", "gravel", "page", "text", "pywt:aero", "pywt:ascent",
+                "matplotlib:grace_hopper")
 
+
+def _photo(name: str) -> list[np.ndarray]:
+    """One named photo (or the views of a stereo pair) as arrays: ``NAME`` from skimage.data, ``pywt:NAME`` from
+    pywt.data, ``matplotlib:NAME`` from matplotlib's sample data (NAME.jpg)."""
+    source, _, short = name.rpartition(":")
+    if source == "pywt":
+        import pywt.data
+
+        loader = getattr(pywt.data, short, None)
+    elif source == "matplotlib":
+        import matplotlib.cbook
+        from PIL import Image
+
+        def loader() -> np.ndarray:
+            with Image.open(matplotlib.cbook.get_sample_data(f"{short}.jpg")) as im:
+                return np.asarray(im.convert("RGB"))
+    else:
+        import skimage.data
+
+        loader = getattr(skimage.data, short, None)
+    if loader is None or not callable(loader):
+        raise InputError(f"no sample photo {name!r}; give scikit-image names (camera, rocket, coins, ...), "
+                         f"pywt:aero, pywt:ascent or matplotlib:grace_hopper")
+    x = loader()
+    if short == "stereo_motorcycle":
+        return [np.asarray(x[0]), np.asarray(x[1])]  # the two views (the third array is a disparity map)
+    return [np.asarray(x)]
+
+
+def load_photos(names: list[str], as_gray: bool = False) -> list[np.ndarray]:
+    """Sample photos by name (:func:`_photo`), as float32 HxWx3 in [0, 1] (gray ones as three equal channels;
+    ``as_gray``: colour ones too, as their BT.601 luminance)."""
+    names = [n for name in names for n in (HELD_OUT_SET if name == "held-out" else (name,))]
     photos = []
-    for name in names:
-        loader = getattr(skimage.data, name, None)
-        if loader is None or not callable(loader):
-            raise InputError(f"scikit-image has no sample photo {name!r}; try camera, astronaut, coffee, chelsea, "
-                             f"rocket, moon, coins, page, text, brick, grass, gravel")
-        x = np.asarray(loader())
-        x = x.astype(np.float32) / (65535.0 if x.dtype == np.uint16 else 255.0)
+    for x in (view for name in names for view in _photo(name)):
+        x = x.astype(np.float32) / (65535.0 if x.dtype == np.uint16 else 255.0 if x.dtype == np.uint8 else 1.0)
         if x.ndim == 3 and as_gray:
             x = x[:, :, :3] @ np.array([0.299, 0.587, 0.114], np.float32)
         if x.ndim == 2:
@@ -68,13 +100,21 @@ def crops(photos: list[np.ndarray], gray: list[bool], n: int,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--photos", nargs="+", required=True, help="scikit-image sample photos to train on")
+    p.add_argument("--photos", nargs="+", required=True,
+                   help="sample photos to train on (see _photo); 'held-out': HELD_OUT_SET, none of the evaluated ones")
     p.add_argument("--as-gray", action="store_true", help="train on the colour photos' luminance (gray crops)")
     p.add_argument("--init", default="weights/moe_denoiser.safetensors", help="the weights to start from")
     p.add_argument("--out", type=Path, required=True, help="where to write the weights (.safetensors, + .json)")
     p.add_argument("--sigma", type=float, default=None, help="one noise level for every crop (on [0, 1] pixels)")
     p.add_argument("--sigma-max", type=float, default=75 / 255, help="without --sigma: levels uniform in [0, this]")
     p.add_argument("--minutes", type=float, default=20.0, help="train for this long (whole steps)")
+    p.add_argument("--blind", action="store_true",
+                   help="the blind recipe's noise (moe_model.data.BlindNoise: levels uniform in [0, --sigma-max], a "
+                        "tenth clean, half unclipped, a quarter of the colour crops gray) and its loss (per-image "
+                        "log-MSE, capped at 50 dB), instead of --sigma")
+    p.add_argument("--cifar-share", type=float, default=0.0,
+                   help="this share of every batch are CIFAR-10 training images (the first 45,000), as in training")
+    p.add_argument("--data-dir", default="../shared/data/cifar-10-batches-py", help="CIFAR-10 for --cifar-share")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps if sooner")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch", type=int, default=64)
@@ -83,10 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from moe_model.checkpoint import load_model, origin, save_weights
+    from moe_model.data import BlindNoise, blind_noisy, load_cifar10, to_float
     from moe_model.losses import total_loss
 
     if args.out.suffix != ".safetensors":
         raise InputError(f"--out must end in .safetensors (its JSON goes beside it); got {args.out}")
+    if (args.sigma is None) == (not args.blind):
+        raise InputError("give one of --sigma (one noise level) and --blind (the blind recipe's noise)")
+    if not 0.0 <= args.cifar_share < 1.0:
+        raise InputError(f"--cifar-share must be in [0, 1); got {args.cifar_share}")
+    cifar = load_cifar10(args.data_dir, "train") if args.cifar_share > 0 else None
+    n_cifar = int(round(args.batch * args.cifar_share))
+    spec = BlindNoise(sigma_max=args.sigma_max, zero_share=0.1)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -98,14 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     start, steps, recent = time.monotonic(), 0, []
     while time.monotonic() - start < args.minutes * 60 and (args.max_steps is None or steps < args.max_steps):
-        clean, is_gray = crops(photos, gray, args.batch, rng)
+        clean, is_gray = crops(photos, gray, args.batch - n_cifar, rng)
+        if cifar is not None:
+            clean = torch.cat([clean, to_float(cifar[rng.integers(len(cifar), size=n_cifar)])])
+            is_gray = torch.cat([is_gray, torch.zeros(n_cifar, dtype=torch.bool)])
         n = len(clean)
-        sigma = (torch.full((n,), args.sigma) if args.sigma is not None else torch.rand(n) * args.sigma_max)
-        noise = torch.randn(clean.shape)
-        noise = torch.where(is_gray.view(n, 1, 1, 1), noise[:, :1].expand_as(noise), noise)
-        noisy = (clean + sigma.view(n, 1, 1, 1) * noise).clamp(0.0, 1.0)
+        if args.blind:  # gray photos get the gray share's noise (one draw in all channels), as the tiler feeds them
+            noisy, target = torch.empty_like(clean), torch.empty_like(clean)
+            for mask, share in ((is_gray, 1.0), (~is_gray, spec.gray_share)):
+                if mask.any():
+                    noisy[mask], target[mask], _ = blind_noisy(clean[mask], replace(spec, gray_share=share))
+            clean = target
+        else:
+            noise = torch.randn(clean.shape)
+            noise = torch.where(is_gray.view(n, 1, 1, 1), noise[:, :1].expand_as(noise), noise)
+            noisy = (clean + args.sigma * noise).clamp(0.0, 1.0)
         output, routing = model(noisy, return_routing=True)
-        loss, mse, _ = total_loss(output, clean, routing)
+        loss, mse, _ = total_loss(output, clean, routing, kind="psnr" if args.blind else "mse", mse_floor=1e-5)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -31,10 +31,42 @@ def test_a_few_steps_write_changed_weights_and_their_settings(tmp_path, random_w
     from moe_model.checkpoint import load_state_dict
 
     out = tmp_path / "ft.safetensors"
-    assert main(["--photos", "camera", "--init", str(random_weights), "--out", str(out), "--max-steps", "2",
+    assert main(["--photos", "camera", "--sigma", "0.2", "--init", str(random_weights), "--out", str(out), "--max-steps", "2",
                  "--batch", "4", "--threads", "1", "--lr", "1e-3"]) == 0
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["experiment"]["steps"] == 2 and side["experiment"]["settings"]["photos"] == ["camera"]
     assert side["training"]["init_from"]["path"] == str(random_weights)
     before, after = load_state_dict(random_weights), load_state_dict(out)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_held_out_set_leaves_every_evaluated_photo_out():
+    """The photos a candidate for the default weights may train on share no pixels with the evaluation's photos."""
+    from benchmarks.quality import PHOTOS, load_photo
+    from tools.photo_finetune import HELD_OUT_SET
+
+    held_out = load_photos(["held-out"])
+    assert len(held_out) == len(HELD_OUT_SET) + 1  # the stereo pair gives two views
+    for name in PHOTOS:
+        evaluated = load_photo(name)
+        evaluated = evaluated if evaluated.ndim == 3 else np.repeat(evaluated[:, :, None], 3, axis=2)
+        assert not any(p.shape == evaluated.shape and np.allclose(p, evaluated, atol=2 / 255) for p in held_out), name
+
+
+def test_blind_steps_mix_cifar_images_in(tmp_path, random_weights, cifar_dir):
+    out = tmp_path / "blind.safetensors"
+    assert main(["--photos", "coins", "pywt:aero", "--blind", "--cifar-share", "0.5", "--data-dir", str(cifar_dir),
+                 "--init", str(random_weights), "--out", str(out), "--max-steps", "2", "--batch", "4",
+                 "--threads", "1"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["experiment"]["settings"]["cifar_share"] == 0.5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--photos", "coins"], "give one of --sigma"),
+    (["--photos", "coins", "--sigma", "0.1", "--blind"], "give one of --sigma"),
+    (["--photos", "coins", "--blind", "--cifar-share", "1"], "--cifar-share must be in"),
+    (["--photos", "pywt:nothing", "--sigma", "0.1"], "no sample photo 'pywt:nothing'"),
+])
+def test_contradictory_or_unknown_settings_are_refused(tmp_path, argv, message):
+    with pytest.raises(InputError, match=message):
+        main([*argv, "--out", str(tmp_path / "x.safetensors")])
