@@ -70,7 +70,6 @@ class DenoiseClient:
         self.protocol, self.address = parse_url(url)
         self.timeout_s = timeout_s
         self.retries = 0
-        self.last_extra: dict[str, np.ndarray | None] = {}
         self._outputs: dict[str, list[str]] = {}
         self._module = _import_client(self.protocol)
         if self.protocol == "http":
@@ -135,8 +134,10 @@ class DenoiseClient:
         return self._outputs[model]
 
     def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str,
-               parameters: dict[str, bool | str] | None = None, extra: tuple[str, ...] = ()) -> np.ndarray:
-        """``output`` of one request; ``extra``: more outputs to ask for, kept in ``self.last_extra``."""
+               parameters: dict[str, bool | str] | None = None,
+               extra: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:
+        """``output`` of one request (it must be in the answer), and the ``extra`` outputs asked for too (None where
+        the answer lacks one)."""
         from tritonclient.utils import InferenceServerException
 
         m = self._module
@@ -169,8 +170,7 @@ class DenoiseClient:
         if out is None:
             raise InputError(f"the server at {self.url} answered without the output '{output}'; is it a "
                              f"moe-denoise server ('moe-denoise serve')?")
-        self.last_extra = {name: result.as_numpy(name) for name in extra}
-        return out
+        return out, {name: result.as_numpy(name) for name in extra}
 
     def denoise_tiles(self, tiles: np.ndarray, model: str = TILE_MODEL) -> np.ndarray:
         """float32 [B, 3, 32, 32] in [0, 1] -> the denoised tiles (the server checks the values).
@@ -180,7 +180,7 @@ class DenoiseClient:
         """
         feeds = {INPUT_NAME: np.ascontiguousarray(tiles)}
         try:
-            return self._infer(model, feeds, OUTPUT_NAME)
+            return self._infer(model, feeds, OUTPUT_NAME)[0]
         except InputError as e:
             if BATCHED_WITH_INVALID not in str(e):
                 raise
@@ -188,7 +188,7 @@ class DenoiseClient:
 
             validate_batch(feeds[INPUT_NAME])  # ours invalid too: raises our own error instead of retrying
             self.retries += 1
-            return self._infer(model, feeds, OUTPUT_NAME)
+            return self._infer(model, feeds, OUTPUT_NAME)[0]
 
     def denoise_pixels(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0,
                        sigma: float | None = None, guard: bool = True) -> np.ndarray:
@@ -217,9 +217,9 @@ class DenoiseClient:
             if value is not None and value != default:  # a string: every protocol carries it exactly
                 parameters[key] = repr(float(value))
         extra = (GUARD_OUTPUT,) if GUARD_OUTPUT in self.outputs(IMAGE_MODEL) else ()
-        out = self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
-                          parameters or None, extra)
-        return out, guard_from_tensor(self.last_extra.get(GUARD_OUTPUT))
+        out, more = self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
+                                parameters or None, extra)
+        return out, guard_from_tensor(more.get(GUARD_OUTPUT))
 
 
 def server_message(text: str | None) -> str:
