@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +123,8 @@ def denoise_file(
     except MemoryError as e:
         raise InputError(f"ran out of memory denoising '{info.path}' ({info.width}x{info.height}); free memory or "
                          f"raise the limit, or split the image into smaller ones") from e
-    report = _report(info, written, plan.count, time.perf_counter() - start)
-    report["guard"] = decision.as_dict() if decision is not None else None
-    report["strength"], report["input_weight"] = float(strength), weight
-    return report
+    return photo_report(info, written, plan.count, time.perf_counter() - start,
+                        decision.as_dict() if decision is not None else None, strength, weight)
 
 
 def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,
@@ -146,8 +143,7 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
         why = None if sigma is not None else two_scales_reason(info.format, pixels,  # a given sigma is not read
                                                                65535.0 if info.bit_depth == 16 else 255.0)
         decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
-                                      why is not None)  # JPEG took the finest detail, where the noise is read
-        decision = replace(decision, two_scales_reason=why if decision.two_scales else None)
+                                      why)  # JPEG took the finest detail, where the noise is read
     weight = with_strength(decision.input_weight if decision is not None else 0.0, strength)
     if raw is not None:  # the guard's own denoising of the whole photo is the result's too
         result[:] = to_pixels(blend_whole(rows(0, h), raw, weight), info)
@@ -159,7 +155,11 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
     return result, decision, weight
 
 
-def _report(info: ImageInfo, written: Path, tiles: int, seconds: float) -> dict[str, Any]:
+def photo_report(info: ImageInfo, written: Path, tiles: int, seconds: float, guard: dict[str, Any] | None,
+                 strength: float, input_weight: float | None) -> dict[str, Any]:
+    """What :func:`denoise_file` reports for one photo (``moe-denoise denoise --server`` reports the same):
+    ``guard``: the guard's decision (``GuardResult.as_dict()``; None: no guard), ``input_weight``: the input's weight
+    in the result (None: not known)."""
     return {
         "input": info.path,
         "output": str(written),
@@ -171,6 +171,9 @@ def _report(info: ImageInfo, written: Path, tiles: int, seconds: float) -> dict[
         "tiles": tiles,
         "seconds": round(seconds, 3),
         "notes": list(info.notes),
+        "guard": guard,
+        "strength": float(strength),
+        "input_weight": input_weight,
     }
 
 

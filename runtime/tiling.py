@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -379,11 +379,12 @@ def denoise_array_guarded(
     band_rows: int | None = None,
     guard: bool | GuardResult = True,
     sigma: float | None = None,
-    two_scales: bool = False,
+    two_scales: bool | str | None = False,
     strength: float = 1.0,
 ) -> tuple[np.ndarray, GuardResult | None]:
     """:func:`denoise_array`'s result and the guard's decision (None when ``guard`` is False), for callers that
-    report it (the server's photo model sends it back with the photo)."""
+    report it (the server's photo model sends it back with the photo). ``two_scales`` may be the reason to read
+    the noise at two scales, recorded in the decision (:func:`guard_reusing`)."""
     _check_settings(tile, overlap, batch_size)
     check_strength(strength)
     img = validate_image(image)
@@ -415,17 +416,21 @@ def denoise_whole(rows: RowSource, height: int, width: int, channels: int, fn: T
 
 def guard_reusing(rows: RowSource, height: int, width: int, channels: int, fn: TileFn, tile: int, overlap: int,
                   batch_size: int, band_rows: int | None, progress: bool, sigma: float | None,
-                  two_scales: bool) -> tuple[GuardResult, np.ndarray | None]:
+                  two_scales: bool | str | None) -> tuple[GuardResult, np.ndarray | None]:
     """The guard's decision, and the image denoised without the guard (:func:`denoise_whole`) when the decision
     needed it: for an image the guard samples whole and under the gate, that denoising is the guard's own f(x),
-    done once for both (blend it with :func:`blend_whole`); otherwise None."""
+    done once for both (blend it with :func:`blend_whole`); otherwise None. ``two_scales``: read the noise at two
+    scales (True), or why to (:func:`runtime.jpeg_traces.two_scales_reason`'s text, recorded in the decision as
+    ``two_scales_reason`` when the guard read it so); False or None: one scale."""
     raw: list[np.ndarray] = []
 
     def whole() -> np.ndarray:
         raw.append(denoise_whole(rows, height, width, channels, fn, tile, overlap, batch_size, band_rows, progress))
         return colour_part(raw[0])
 
-    decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma, two_scales, whole)
+    decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma, bool(two_scales), whole)
+    if isinstance(two_scales, str) and decision.two_scales:
+        decision = replace(decision, two_scales_reason=two_scales)
     return decision, (raw[0] if raw else None)
 
 

@@ -11,7 +11,6 @@ import re
 import time
 import urllib.error
 import urllib.request
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -244,6 +243,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     from runtime.guard import with_strength
     from runtime.images import check_output_path, check_writable, read_image, write_image
     from runtime.jpeg_traces import LOSSY_FORMATS
+    from runtime.photo import photo_report
     from runtime.tiling import plan_tiles
 
     check_output_path(out_path, in_path, overwrite)
@@ -271,13 +271,10 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     written = write_image(out_path, result.astype(np.float64) / top, info, overwrite=overwrite, quality=quality)
     known = decision is not None or not guard  # a server that does not send the decision: the weight is unknown
     weight = with_strength(decision["input_weight"] if decision is not None else 0.0, strength) if known else None
-    return {
-        "input": info.path, "output": str(written), "size": [info.width, info.height], "mode": info.mode,
-        "layout": info.layout, "bit_depth": info.bit_depth, "format": info.format,
-        "tiles": plan_tiles(info.height, info.width).count, "seconds": round(time.perf_counter() - start, 3),
-        "notes": list(info.notes), "guard": decision, "strength": float(strength), "input_weight": weight,
-        "server": url, "tiled_by": where,
-    }
+    report = photo_report(info, written, plan_tiles(info.height, info.width).count, time.perf_counter() - start,
+                          decision, strength, weight)
+    report.update(server=url, tiled_by=where)
+    return report
 
 
 def _tile_here(client: DenoiseClient, image: np.ndarray, pixels: np.ndarray, file_format: str | None, url: str,
@@ -299,9 +296,7 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, pixels: np.ndarray, fil
     if guard and sigma is None:  # a given sigma is not read
         why = two_scales_reason(file_format, pixels, float(np.iinfo(pixels.dtype).max))
     out, decision = denoise_array_guarded(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch,
-                                          guard=guard, sigma=sigma, two_scales=why is not None, strength=strength)
-    if decision is not None and decision.two_scales:
-        decision = replace(decision, two_scales_reason=why)
+                                          guard=guard, sigma=sigma, two_scales=why, strength=strength)
     return unit_to_image(out, pixels.dtype), None if decision is None else decision.as_dict()
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -185,10 +185,8 @@ class ImageModel:
         if guard and options.sigma is None:  # a given sigma is not read
             reason = two_scales_reason("JPEG" if options.two_scales else None, pixels, float(_TOP[pixels.dtype.name]))
         out, decision = denoise_array_guarded(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size,
-                                              guard=guard, sigma=options.sigma, two_scales=reason is not None,
+                                              guard=guard, sigma=options.sigma, two_scales=reason,
                                               strength=options.strength)
-        if decision is not None and decision.two_scales:
-            decision = replace(decision, two_scales_reason=reason)
         return unit_to_image(out, pixels.dtype), decision
 
     def __call__(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
