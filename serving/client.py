@@ -241,11 +241,12 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     run of several photos); None: one is opened for this photo.
     """
     from runtime.guard import with_strength
-    from runtime.images import check_output_path, check_writable, read_image, write_image
+    from runtime.images import check_output_path, check_quality, check_writable, read_image, write_pixels
     from runtime.jpeg_traces import LOSSY_FORMATS
     from runtime.photo import photo_report
     from runtime.tiling import plan_tiles
 
+    check_quality(quality)
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
     image, info = read_image(in_path)
@@ -267,8 +268,8 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
                          f"{list(pixels.shape)} photo; is it a moe-denoise server?")
-    top = 65535.0 if info.bit_depth == 16 else 255.0
-    written = write_image(out_path, result.astype(np.float64) / top, info, overwrite=overwrite, quality=quality)
+    # the served integers are the file's (as unit_to_image quantises, the way write_image would): written as they are
+    written = write_pixels(out_path, result, info, overwrite=overwrite, quality=quality)
     known = decision is not None or not guard  # a server that does not send the decision: the weight is unknown
     weight = with_strength(decision["input_weight"] if decision is not None else 0.0, strength) if known else None
     report = photo_report(info, written, plan_tiles(info.height, info.width).count, time.perf_counter() - start,

@@ -350,6 +350,41 @@ def test_serve_command_stops_on_ctrl_c(tmp_path):
     assert _wait_session_empty(proc.pid) == []
 
 
+@pytest.mark.parametrize("mode", ["I;16", "1", "RGBA"])
+def test_remote_files_keep_mode_and_bit_depth_and_equal_local(server, direct, tmp_path, mode):
+    """`denoise --server` writes the served integers as they are: a 16-bit gray, a 1-bit and an RGBA file come out
+    in their own mode, equal to a local run's file."""
+    from PIL import Image
+
+    from runtime.photo import denoise_file
+    from serving.client import denoise_file_remote
+
+    rng = np.random.default_rng(7)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (40, 52)).astype(np.uint16))
+    elif mode == "1":
+        img = Image.fromarray(rng.integers(0, 2, (40, 52)).astype(bool))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (40, 52, 4)).astype(np.uint8), "RGBA")
+    photo = tmp_path / "in.png"
+    img.save(photo)
+    report = denoise_file_remote(photo, tmp_path / "remote.png", server.urls["http"])
+    denoise_file(photo, tmp_path / "local.png", direct, batch_size=64, progress=False)
+    remote, local = Image.open(tmp_path / "remote.png"), Image.open(tmp_path / "local.png")
+    assert remote.mode == local.mode == img.mode and report["tiled_by"] == "server"
+    np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))
+
+
+def test_remote_bad_quality_is_refused_before_the_server_is_asked(tmp_path):
+    pytest.importorskip("tritonclient.http", reason="tritonclient (the 'serve' extra) is not installed")
+    from serving.client import denoise_file_remote
+    from serving.config import free_port
+
+    with pytest.raises(InputError, match="quality is a JPEG"):
+        denoise_file_remote(DEMO, tmp_path / "x.jpg", f"127.0.0.1:{free_port()}", quality=0)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_denoise_server_unreachable_says_what_to_do(tmp_path):
     pytest.importorskip("tritonclient.http", reason="tritonclient (the 'serve' extra) is not installed")
     from moe_denoise.cli import main
