@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from moe_base.config import ModelConfig, get_preset
 from moe_base.errors import InputError
@@ -47,10 +48,23 @@ class SmallViT(nn.Module):
                 expert.impl = impl
         return self
 
+    def positions(self, rows: int, cols: int) -> torch.Tensor:
+        """The learned positions (1, rows * cols, C) of a rows x cols grid of patches: the table itself at the size
+        it was trained for (``image_size / patch_size`` a side), else the table resized bilinearly. The resized
+        view adds no parameters, but the network never saw it: fine-tune before trusting it (tools.photo_finetune
+        ``--view``); the shipped pipeline feeds the trained size only."""
+        side = self.config.image_size // self.config.patch_size
+        if (rows, cols) == (side, side):
+            return self.pos_embed
+        grid = self.pos_embed.transpose(1, 2).reshape(1, self.config.dim, side, side)
+        grid = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, return_routing: bool = False):
         b, _, h, w = x.shape
         p = self.config.patch_size
-        t = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, C)
+        t = self.patch_embed(x)  # (B, C, H/p, W/p)
+        t = t.flatten(2).transpose(1, 2) + self.positions(t.shape[2], t.shape[3])  # (B, N, C)
         routing = []
         for blk in self.blocks:
             t, probs = blk(t)

@@ -83,16 +83,17 @@ def load_photos(names: list[str], as_gray: bool = False) -> list[np.ndarray]:
     return photos
 
 
-def crops(photos: list[np.ndarray], gray: list[bool], n: int,
-          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random TILE x TILE crops (N, 3, TILE, TILE), flipped and turned at random, and which are gray (N,)."""
-    out = np.empty((n, 3, TILE, TILE), np.float32)
+def crops(photos: list[np.ndarray], gray: list[bool], n: int, rng: np.random.Generator,
+          size: int = TILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random ``size`` x ``size`` crops (N, 3, size, size), flipped and turned at random, and which are gray
+    (N,)."""
+    out = np.empty((n, 3, size, size), np.float32)
     is_gray = np.empty(n, bool)
     for i in range(n):
         k = int(rng.integers(len(photos)))
         p = photos[k]
-        y, x = int(rng.integers(p.shape[0] - TILE + 1)), int(rng.integers(p.shape[1] - TILE + 1))
-        c = np.rot90(p[y:y + TILE, x:x + TILE], int(rng.integers(4)))
+        y, x = int(rng.integers(p.shape[0] - size + 1)), int(rng.integers(p.shape[1] - size + 1))
+        c = np.rot90(p[y:y + size, x:x + size], int(rng.integers(4)))
         out[i] = (c[:, ::-1] if rng.integers(2) else c).transpose(2, 0, 1)
         is_gray[i] = gray[k]
     return torch.from_numpy(out), torch.from_numpy(is_gray)
@@ -116,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="this share of every batch are CIFAR-10 training images (the first 45,000), as in training")
     p.add_argument("--data-dir", default="../shared/data/cifar-10-batches-py", help="CIFAR-10 for --cifar-share")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps if sooner")
+    p.add_argument("--view", type=int, default=TILE,
+                   help="crop side in pixels, a multiple of 4 (the patch): above 32 the network sees a larger view "
+                        "than it was trained for, its positions resized (SmallViT.positions); only --score-camera "
+                        "scores such weights (the pipeline tiles 32 x 32)")
+    p.add_argument("--score-camera", action="store_true",
+                   help="at the end, camera at sigma 0.2 (clipped; the noise of 'moe-denoise evaluate --suite "
+                        "photos') tiled at --view with half-view overlap, and the best Gaussian blur's score")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -132,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("give one of --sigma (one noise level) and --blind (the blind recipe's noise)")
     if not 0.0 <= args.cifar_share < 1.0:
         raise InputError(f"--cifar-share must be in [0, 1); got {args.cifar_share}")
+    if args.view < TILE or args.view % 4:
+        raise InputError(f"--view must be a multiple of 4 (the patch size), at least {TILE}; got {args.view}")
+    if args.view != TILE and args.cifar_share > 0:
+        raise InputError(f"--cifar-share needs --view {TILE}: CIFAR-10's images are {TILE} x {TILE}")
     cifar = load_cifar10(args.data_dir, "train") if args.cifar_share > 0 else None
     n_cifar = int(round(args.batch * args.cifar_share))
     spec = BlindNoise(sigma_max=args.sigma_max, zero_share=0.1)
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     start, steps, recent = time.monotonic(), 0, []
     while time.monotonic() - start < args.minutes * 60 and (args.max_steps is None or steps < args.max_steps):
-        clean, is_gray = crops(photos, gray, args.batch - n_cifar, rng)
+        clean, is_gray = crops(photos, gray, args.batch - n_cifar, rng, args.view)
         if cifar is not None:
             clean = torch.cat([clean, to_float(cifar[rng.integers(len(cifar), size=n_cifar)])])
             is_gray = torch.cat([is_gray, torch.zeros(n_cifar, dtype=torch.bool)])
@@ -181,7 +193,25 @@ def main(argv: list[str] | None = None) -> int:
                                                   "note": "a diagnostic, not shipped weights"},
                                    "training": {"init_from": origin(args.init)}})
     print(f"wrote {args.out} after {steps} steps ({time.monotonic() - start:.0f}s)")
+    if args.score_camera:
+        print(score_camera(model, args.view))
     return 0
+
+
+def score_camera(model: torch.nn.Module, view: int) -> str:
+    """Camera at sigma 0.2, clipped, with the noise ``moe-denoise evaluate --suite photos`` draws (seed 0), tiled at
+    ``view`` (overlap half a view): the model's PSNR and the best Gaussian blur's, as one line."""
+    from benchmarks.quality import TARGET_PHOTO, TARGET_SIGMA, load_photo, model_tile_fn, noise_draw
+    from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, psnr
+    from runtime.tiling import denoise_array
+
+    clean = load_photo(TARGET_PHOTO)
+    noisy = np.clip(clean + np.float32(TARGET_SIGMA) * noise_draw(TARGET_PHOTO, clean.shape, 0), 0.0, 1.0)
+    out = denoise_array(noisy, model_tile_fn(model), tile=view, overlap=view // 2, guard=False)
+    blur = psnr(np.clip(best_gaussian_blur(noisy, clean, DEFAULT_BLUR_GRID)["image"], 0, 1), clean)
+    got = psnr(np.clip(out, 0, 1), clean)
+    return (f"{TARGET_PHOTO} at sigma {TARGET_SIGMA} (clipped), tiled at {view} x {view}: PSNR {got:.2f} dB; best "
+            f"Gaussian blur {blur:.2f} dB; difference {got - blur:+.2f} dB")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,22 @@ def test_forward_range_routing_and_gradients(preset):
     assert m.blocks[0].attn.router.routing_net[0].weight.grad.abs().sum() > 0  # the aux loss reaches the router
 
 
+def test_positions_are_the_table_at_the_trained_size_and_resized_beyond_it():
+    """A larger view (tools.photo_finetune --view) resizes the learned positions; the trained size uses the table."""
+    torch.manual_seed(0)
+    m = SmallViT("residual_refine_wide").eval()
+    assert m.positions(8, 8) is m.pos_embed
+    wide = m.positions(16, 12)
+    assert wide.shape == (1, 16 * 12, 128)
+    with torch.no_grad():  # resizing keeps a constant table constant
+        m.pos_embed.fill_(0.5)
+        assert torch.allclose(m.positions(16, 16), torch.full((1, 256, 128), 0.5))
+        x = torch.rand(2, 3, 64, 48)
+        out, routing = m(x, return_routing=True)
+    assert out.shape == x.shape and all(r.shape == (2, 16 * 12, 3) for r in routing)
+    assert count_parameters(m) == count_parameters(SmallViT("residual_refine_wide"))  # no new parameters
+
+
 def test_load_balance_loss_known_values():
     uniform = torch.full((2, 5, 3), 1 / 3)
     assert float(load_balance_loss(uniform)) == pytest.approx(0.0, abs=1e-7)

@@ -22,6 +22,16 @@ def test_crops_are_tiles_of_the_photos_with_gray_marked():
         assert bool(torch.equal(tile[0], tile[1])) == bool(g)
 
 
+def test_a_larger_view_trains_on_larger_crops_and_scores_camera_tiled_at_it(tmp_path, random_weights, capsys):
+    batch, _ = crops(load_photos(["coins"]), [True], 2, np.random.default_rng(0), size=64)
+    assert batch.shape == (2, 3, 64, 64)
+    out = tmp_path / "view.safetensors"
+    assert main(["--photos", "coins", "--sigma", "0.2", "--view", "64", "--init", str(random_weights), "--out",
+                 str(out), "--max-steps", "1", "--batch", "2", "--threads", "1", "--score-camera"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("camera at sigma 0.2 (clipped), tiled at 64 x 64: PSNR ") and "best Gaussian blur 24.20 dB" in line
+
+
 def test_unknown_photo_is_named():
     with pytest.raises(InputError, match="no sample photo 'cameraa'"):
         load_photos(["cameraa"])
@@ -66,6 +76,9 @@ def test_blind_steps_mix_cifar_images_in(tmp_path, random_weights, cifar_dir):
     (["--photos", "coins", "--sigma", "0.1", "--blind"], "give one of --sigma"),
     (["--photos", "coins", "--blind", "--cifar-share", "1"], "--cifar-share must be in"),
     (["--photos", "pywt:nothing", "--sigma", "0.1"], "no sample photo 'pywt:nothing'"),
+    (["--photos", "coins", "--sigma", "0.1", "--view", "30"], "--view must be a multiple of 4"),
+    (["--photos", "coins", "--sigma", "0.1", "--view", "16"], "at least 32"),
+    (["--photos", "coins", "--blind", "--view", "64", "--cifar-share", "0.5"], "--cifar-share needs --view 32"),
 ])
 def test_contradictory_or_unknown_settings_are_refused(tmp_path, argv, message):
     with pytest.raises(InputError, match=message):
