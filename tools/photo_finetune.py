@@ -1,15 +1,17 @@
 """Fine-tune weights on crops of whole photos (packages' sample photos), to measure what photo training data does.
 
 A diagnostic for issue 15's last target (camera at sigma 0.2 >= the best Gaussian blur + 4 dB); the shipped
-weights are trained on CIFAR-10 only (docs/training.md). Three questions it answers:
+weights are trained on CIFAR-10 only (docs/training.md). The questions it answers:
 
 * ``--photos camera`` with the target's own image: an oracle (the network sees the clean test photo), so an upper
   bound on what this architecture reaches on camera with ideal data. Never shipped, never a result.
 * ``--photos`` other photos than the one evaluated: does photo data move the score on a photo not seen?
 * ``--blind --cifar-share S --photos`` none of which the evaluation uses (``HELD_OUT_SET``): the blind recipe on
   photo crops mixed with CIFAR-10 images, a candidate for the default weights.
+* ``--view 64`` with either of the first two: does a larger view than the 32 x 32 tile (the same parameters, the
+  learned positions resized) lift the score? ``--score-camera`` scores camera tiled at that view.
 
-Crops are ``TILE`` x ``TILE`` (the tiles the photo pipeline feeds), at a random place, flipped and turned; a
+Crops are ``TILE`` x ``TILE`` (the tiles the photo pipeline feeds; ``--view`` others), at a random place, flipped and turned; a
 gray photo is fed as runtime.tiling feeds it (three equal channels, the same noise in each). Noise: clipped
 Gaussian at ``--sigma`` (loss: MSE + the router's load-balance term, as training), or ``--blind``. The result is
 written with its JSON (the settings, the starting weights' origin), as ``moe-denoise train`` writes; evaluate it
