@@ -11,11 +11,11 @@ weights are trained on CIFAR-10 only (docs/training.md). The questions it answer
 * ``--view 64`` with either of the first two: does a larger view than the 32 x 32 tile (the same parameters, the
   learned positions resized) lift the score? ``--score-camera`` scores camera tiled at that view.
 
-Crops are ``TILE`` x ``TILE`` (the tiles the photo pipeline feeds; ``--view`` others), at a random place, flipped and turned; a
-gray photo is fed as runtime.tiling feeds it (three equal channels, the same noise in each). Noise: clipped
-Gaussian at ``--sigma`` (loss: MSE + the router's load-balance term, as training), or ``--blind``. The result is
-written with its JSON (the settings, the starting weights' origin), as ``moe-denoise train`` writes; evaluate it
-with ``moe-denoise evaluate --weights OUT``.
+Crops are ``TILE`` x ``TILE`` (the tiles the photo pipeline feeds; ``--view`` others), at a random place, flipped
+and turned; a gray photo is fed as runtime.tiling feeds it (three equal channels, the same noise in each). Noise:
+clipped Gaussian at ``--sigma`` (loss: MSE + the router's load-balance term, as training), or ``--blind``. The
+result is written with its JSON (the settings, the starting weights' origin), as ``moe-denoise train`` writes;
+evaluate it with ``moe-denoise evaluate --weights OUT``.
 
     python -m tools.photo_finetune --photos camera --sigma 0.2 --minutes 20 --out runs/oracle/camera.safetensors
 """
