@@ -259,12 +259,20 @@ def colour_part(rows: np.ndarray) -> np.ndarray:
     return rows[:, :, 0] if rows.shape[2] in (1, 2) else rows[:, :, :3]
 
 
-def check_sigma(sigma: float | None, name: str = "sigma") -> None:
+def check_sigma(sigma: float | None, name: str = "sigma", *, estimated: bool = True) -> None:
     """InputError unless ``sigma`` (named ``name`` in the message, e.g. a command's ``--sigma``) is None or a
-    noise level the guard can use: finite and >= 0, on [0, 1] pixels."""
-    if sigma is not None and not (0.0 <= sigma < float("inf")):
-        raise InputError(f"{name} is the noise std on [0, 1] pixels, >= 0 (got {sigma}); e.g. 0.02 for light noise, "
-                         f"or leave it out to have it estimated")
+    noise level: finite, >= 0 and at most 1, on [0, 1] pixels (over 1 is a level meant on the 0-255 scale; the
+    message gives the fraction). ``estimated``: None is allowed (the level is then estimated) and the message
+    says so; without it None is refused."""
+    if sigma is None and estimated:
+        return
+    tail = ", or leave it out to have it estimated" if estimated else ""
+    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0.0 <= sigma < float("inf")):
+        raise InputError(f"{name} is the noise std on [0, 1] pixels, >= 0 (got {sigma!r}); e.g. 0.02 for light "
+                         f"noise{tail}")
+    if sigma > 1:
+        raise InputError(f"{name} is the noise std on [0, 1] pixels, at most 1 (got {sigma:g}): a level on the 0-255 "
+                         f"scale is {sigma:g}/255 = {sigma / 255:.4g}; give that{tail}")
 
 
 def check_strength(strength: float, name: str = "strength") -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from moe_base.errors import InputError
 
-from .guard import GuardResult, check_strength, with_strength
+from .guard import GuardResult, check_sigma, check_strength, with_strength
 from .images import (
     DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
@@ -192,8 +192,7 @@ def add_noise_to_file(
     input's size, mode and bit depth. Done in bands of rows (the noise drawn band after band is the
     same stream as drawn at once), so memory is about twice the file's integers.
     """
-    if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma >= 0):
-        raise InputError(f"sigma must be a finite number >= 0 (noise std on [0, 1] pixels, e.g. 0.1); got {sigma!r}")
+    check_sigma(sigma, estimated=False)
     check_output_path(out_path, in_path, overwrite)
 
     def before_decode(header: ImageHeader) -> None:

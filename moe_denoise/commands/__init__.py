@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -18,6 +19,26 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def noise_std(text: str) -> float:
+    """argparse type: a noise std on [0, 1] pixels, written as a number (0.1) or as levels of 255 (25/255).
+
+    Over 1 is refused with the fraction to write instead: a level meant on the 0-255 scale (``--sigma 25``) would
+    otherwise be taken as 25 times the whole range of the pixels.
+    """
+    num, slash, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected the noise std on [0, 1] pixels, >= 0, as a number (e.g. 0.1) "
+                                         f"or as levels of 255 (e.g. 25/255); got {text!r}")
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text} is over 1 (the noise std on [0, 1] pixels is at most 1); a "
+                                         f"level on the 0-255 scale is written {text}/255 (= {value / 255:.4g})")
     return value
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import add_backend_args, add_weights_args, make_runner, positive_int
+from . import add_backend_args, add_weights_args, make_runner, noise_std, positive_int
 
 DEFAULT_MAX_PIXELS = 200_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported here: `--help` stays light)
 
@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse photos with more pixels than this (width x height, e.g. 2e8), before decoding them; "
                         "photos that would not fit in the memory the process can get are refused too")
-    p.add_argument("--sigma", type=float, default=None,
-                   help="the photo's noise std on [0, 1] pixels if you know it (e.g. 0.02): the clean-input guard "
+    p.add_argument("--sigma", type=noise_std, default=None,
+                   help="the photo's noise std on [0, 1] pixels if you know it (e.g. 0.02, or 5/255): the clean-input guard "
                         "uses it instead of its own estimate")
     p.add_argument("--no-guard", action="store_true",  # 20/255: runtime.guard.GUARD_MAX_SIGMA (not imported here)
                    help="turn off the clean-input guard, which blends the input back in when the photo is clean or "
@@ -80,11 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("input", type=Path)
-    q.add_argument("-o", "--output", type=Path, required=True)
-    q.add_argument("--sigma", type=float, default=0.1, help="noise std on [0, 1] pixels")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("input", type=Path, help="the photo (any format and mode 'denoise' reads)")
+    q.add_argument("-o", "--output", type=Path, required=True,
+                   help="where to write the noisy copy (same size, mode and bit depth as the input)")
+    q.add_argument("--sigma", type=noise_std, default=0.1,
+                   help="noise std on [0, 1] pixels, or levels of 255 (25/255 = 0.098)")
+    q.add_argument("--seed", type=int, default=0, help="the same seed gives the same noise")
+    q.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     q.set_defaults(func=run_add_noise)
 
 
@@ -373,5 +375,5 @@ def run_add_noise(args: argparse.Namespace) -> int:
     from runtime.photo import add_noise_to_file
 
     r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {r['output']} (sigma {r['sigma']}, seed {r['seed']})")
+    print(f"wrote {r['output']} (sigma {r['sigma']:.4g} = {r['sigma'] * 255:.4g}/255, seed {r['seed']})")
     return 0

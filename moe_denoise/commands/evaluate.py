@@ -10,7 +10,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import add_data_args, positive_int, resolve_weights
+from . import add_data_args, noise_std, positive_int, resolve_weights
 
 SUITES = ("cifar", "photos", "all")
 
@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="name of each --weights in the report, once per --weights in order; default: the file name")
     add_data_args(p)
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("--sigma", type=float, default=None,
-                   help="one noise level (std on [0, 1] pixels): the single-sigma table of earlier versions "
-                        "(--sigma 0.2 is the seed's report) instead of the across-sigma report")
+    p.add_argument("--sigma", type=noise_std, default=None,
+                   help="one noise level (std on [0, 1] pixels, or levels of 255 such as 51/255): the single-sigma table "
+                        "of earlier versions (--sigma 0.2 is the seed's report) instead of the across-sigma report")
     p.add_argument("--sigmas", type=float, nargs="+", default=list(DEFAULT_SIGMAS_255),
                    help="noise levels of the across-sigma report, on the 0-255 scale (std sigma/255 on [0, 1])")
     p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"])
@@ -113,8 +113,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--photos, --bm3d-photos and --no-guard are about the photos of --suite photos or --suite "
                          "all; add one of those (the default suite is cifar)")
     if args.sigma is not None:
-        if not (math.isfinite(args.sigma) and args.sigma >= 0):
-            raise InputError(f"--sigma must be a noise std >= 0 on [0, 1] pixels (got {args.sigma}); e.g. 0.2")
         other = [o for o, given in (("--plot", args.plot), ("--suite photos/all", args.suite != "cifar"),
                                     ("--photos", args.photos), ("--bm3d-photos", args.bm3d_photos)) if given]
         if other:

@@ -5,7 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from . import add_data_args, positive_int
+from . import add_data_args, noise_std, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="blind training: each image its own noise level, uniform over [0, --sigma-max] (a share "
                         "exactly 0), clipped or not, a share gray with the same noise in every channel; "
                         "validation on the same mixture with fixed draws (--sigma is then unused)")
-    p.add_argument("--sigma-max", type=float, default=75 / 255, help="--blind: highest noise level")
+    p.add_argument("--sigma-max", type=noise_std, default=75 / 255,
+                   help="--blind: highest noise level (std on [0, 1] pixels, or levels of 255: 75/255)")
     p.add_argument("--zero-share", type=float, default=0.05, help="--blind: share of clean (noise-free) inputs")
     p.add_argument("--unclipped-share", type=float, default=0.5,
                    help="--blind: share of images whose noisy values are not clipped to [0, 1]")
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--blind: share of the colour images given a camera's raw noise (one colour a pixel, "
                         "bilinearly demosaicked: correlated) instead of white noise")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
-    p.add_argument("--sigma", type=float, default=0.2, help="noise std on [0,1] pixels")
+    p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed validation noise")
     p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training images")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import add_data_args, add_weights_args, load_model_from_args, positive_int
+from . import add_data_args, add_weights_args, load_model_from_args, noise_std, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("-n", "--num-images", type=positive_int, default=8)
     p.add_argument("--offset", type=int, default=0, help="index of the first image")
-    p.add_argument("--sigma", type=float, default=0.2)
+    p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--scale", type=positive_int, default=4, help="pixel upscaling of each 32x32 image")
     p.add_argument("-o", "--out-dir", type=Path, default=Path("."))

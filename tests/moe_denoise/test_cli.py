@@ -124,3 +124,36 @@ def test_torch_backend_precision_and_graph_options(capsys, random_weights):
     assert code == 0 and "PSNR" in out and "'precision': 'bf16'" in out
     code, _, err = run(capsys, "parity", "--backend", "torch", "--cuda-graph", "--weights", random_weights, "-n", 2)
     assert code == 2 and "needs device='cuda'" in err
+
+
+@pytest.mark.parametrize("text, value", [("0.1", 0.1), ("0", 0.0), ("25/255", 25 / 255), ("1", 1.0), (" 5 / 255 ", 5 / 255)])
+def test_noise_levels_are_read_as_numbers_or_levels_of_255(text, value):
+    from moe_denoise.commands import noise_std
+
+    assert noise_std(text) == value
+
+
+@pytest.mark.parametrize("text, message", [
+    ("25", "25 is over 1 (the noise std on [0, 1] pixels is at most 1); a level on the 0-255 scale is written "
+           "25/255 (= 0.09804)"),
+    ("nan", "got 'nan'"), ("-0.1", "got '-0.1'"), ("inf", "got 'inf'"), ("1/0", "got '1/0'"), ("a/255", "got 'a/255'"),
+    ("", "got ''"),
+])
+def test_noise_levels_out_of_range_are_refused_with_what_to_write(text, message):
+    import argparse
+
+    from moe_denoise.commands import noise_std
+
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        noise_std(text)
+    assert message in str(e.value) and "noise std on [0, 1] pixels" in str(e.value)
+
+
+def test_add_noise_takes_levels_of_255(capsys, tmp_path):
+    """--sigma 25/255 is the same noise as --sigma 0.0980392156862745 (25 / 255 in full)"""
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src)
+    code, out, _ = run(capsys, "add-noise", src, "-o", tmp_path / "a.png", "--sigma", "25/255")
+    assert code == 0 and "(sigma 0.09804 = 25/255, seed 0)" in out
+    assert run(capsys, "add-noise", src, "-o", tmp_path / "b.png", "--sigma", repr(25 / 255))[0] == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

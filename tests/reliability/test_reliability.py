@@ -439,10 +439,19 @@ def test_reliability_triton_repo_output_is_a_file(capsys, exported, tmp_path):
     assert code == 2 and "is a file" in err and target.read_text() == "my notes"
 
 
-@pytest.mark.parametrize("sigma", ["nan", "-0.1", "inf"])
-def test_reliability_denoise_with_an_impossible_noise_level(capsys, photo, tmp_path, sigma):
-    """denoise --sigma that is not a noise level (NaN, negative, infinite) => refused before any work (exit 2, the
-    allowed range and an example given); no output written"""
+@pytest.mark.parametrize("sigma, message", [
+    ("nan", "expected the noise std on [0, 1] pixels, >= 0"), ("-0.1", "expected the noise std on [0, 1] pixels"),
+    ("inf", "expected the noise std on [0, 1] pixels"), ("1/0", "e.g. 25/255); got '1/0'"),
+    ("25", "25 is over 1 (the noise std on [0, 1] pixels is at most 1); a level on the 0-255 scale is written "
+           "25/255 (= 0.09804)"),
+])
+@pytest.mark.parametrize("command", ["denoise", "add-noise"])
+def test_reliability_an_impossible_noise_level(capsys, photo, tmp_path, sigma, message, command):
+    """denoise / add-noise --sigma that is not a noise level (NaN, negative, infinite, a division by zero) or is one
+    meant on the 0-255 scale (25) => refused before any work (exit 2, the allowed range and an example given; for
+    25 the fraction to write); no output written"""
     out = tmp_path / "out.png"
-    code, _, err = cli(capsys, "denoise", photo, "-o", out, "--sigma", sigma)
-    assert code == 2 and "--sigma is the noise std on [0, 1] pixels, >= 0" in err and not out.exists()
+    with pytest.raises(SystemExit) as refused:
+        cli(capsys, command, photo, "-o", out, "--sigma", sigma)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "argument --sigma: " in err and message in err and not out.exists()

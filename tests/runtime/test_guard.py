@@ -185,6 +185,8 @@ def test_the_gate_and_the_given_sigma():
     assert (zero.applied, zero.input_weight, calls) == (True, 1.0, [])
     with pytest.raises(ValueError, match="sigma"):
         guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=-0.1)
+    with pytest.raises(ValueError, match=r"at most 1 \(got 25\): a level on the 0-255 scale is 25/255 = 0\.09804"):
+        guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=25.0)
     saturated = np.ones((64, 64, 1), np.float32)
     none = guard_weight(lambda a, b: saturated[a:b], 64, 64, spy)
     assert (none.sigma, none.applied, none.input_weight) == (None, False, 0.0)
@@ -268,11 +270,10 @@ def test_denoise_command_reports_the_guard_and_takes_sigma(tmp_path, capsys, ran
     assert main(["denoise", str(photo), "-o", str(out), "--weights", str(random_weights), "--overwrite",
                  "--no-guard", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["guard"] is None
-    assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--sigma", "-0.1"]) == 2
-    assert "--sigma is the noise std" in capsys.readouterr().err
-    assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--sigma", "-0.02", "--server",
-                 "localhost:1"]) == 2  # with --server too: refused here, before any request
-    assert "--sigma is the noise std" in capsys.readouterr().err
+    for argv in (["--sigma", "-0.1"], ["--sigma", "-0.02", "--server", "localhost:1"]):  # with --server too:
+        with pytest.raises(SystemExit) as refused:  # refused here, by the option's parser, before any request
+            main(["denoise", str(photo), "-o", str(out), "--overwrite", *argv])
+        assert refused.value.code == 2 and "argument --sigma: expected the noise std" in capsys.readouterr().err
 
 
 def test_the_report_line_says_when_the_noise_varies_with_brightness():

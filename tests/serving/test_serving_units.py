@@ -196,6 +196,7 @@ def test_image_model_takes_the_guard_options_a_request_carries():
 
 @pytest.mark.parametrize("parameters, message", [
     ({"sigma": "-1"}, r"'sigma' is the noise std .*\(sent: '-1'\)"),
+    ({"sigma": 25}, r"'sigma' is the noise std on \[0, 1\] pixels, at most 1 .* 25/255 = 0\.09804.*\(sent: 25\)"),
     ({"strength": "lots"}, r"'strength' is how much of the denoising to keep.*\(sent: 'lots'\)"),
     ({"strength": 2}, r"'strength' is how much .*got 2\.0"),
     ({"guard": "maybe"}, r"'guard' must be true or false .*got 'maybe'"),
