@@ -109,6 +109,12 @@ def _check_args(args: argparse.Namespace) -> None:
     bad = [s for s in args.sigmas if not (math.isfinite(s) and s >= 0)]
     if bad:
         raise InputError(f"--sigmas takes noise levels >= 0 on the 0-255 scale (got {bad}); e.g. --sigmas 0 15 25")
+    tiny = [s for s in args.sigmas if 0 < s < 1]
+    if tiny:  # [0, 1]-pixel levels given where 0-255 ones are meant: minutes of BM3D on noise under one 8-bit step
+        given, meant = " ".join(f"{s:g}" for s in tiny), " ".join(f"{s * 255:g}" for s in tiny)
+        raise InputError(f"--sigmas takes noise levels on the 0-255 scale, and {given} "
+                         f"{'is' if len(tiny) == 1 else 'are'} under one level of 255; for noise std {given} on "
+                         f"[0, 1] pixels write --sigmas {meant}")
     if args.suite == "cifar" and (args.photos or args.bm3d_photos or args.no_guard):
         raise InputError("--photos, --bm3d-photos and --no-guard are about the photos of --suite photos or --suite "
                          "all; add one of those (the default suite is cifar)")

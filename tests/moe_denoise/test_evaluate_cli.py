@@ -54,6 +54,8 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     (["--sigma", "0.2", "--plot", "p.png"], "cannot be combined with --plot"),
     (["--photos", "camera"], "--suite photos or --suite all"),
     (["--sigmas", "-5"], "0-255 scale"),
+    (["--sigmas", "0", "0.1", "0.2"], "0.1 0.2 are under one level of 255; for noise std 0.1 0.2 on [0, 1] pixels write "
+                                      "--sigmas 25.5 51"),
     (["--bm3d-images", "-1"], "--bm3d-images must be >= 0"),
 ])
 def test_bad_arguments_are_clear_errors(capsys, fake_cifar, random_weights, argv, message):
