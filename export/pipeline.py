@@ -59,6 +59,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     import onnx
 
     opts = opts or ExportOptions()
+    opts.validate()  # before the first step is announced
     out_path = Path(out_path)
     t0 = time.perf_counter()
     log(f"[1/4] writing the {opts.flavor} graph ({'optimised' if opts.optimize else 'not optimised'}, "

@@ -64,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
     rewrites = parse_rewrites(args.rewrites)
     out = args.output or onnx_path(args.flavor, not args.no_optimize, args.precision, rewrites)
     check_output_file(out, args.overwrite or args.output is None)  # the default path is the export's own
-    weights = resolve_weights(args.weights)
-    model = load_model(weights, preset=args.preset, verify=not args.skip_weights_check)
     opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, rewrites=rewrites, opset=args.opset,
                          precision=args.precision)
+    opts.validate()  # a bad --opset before the weights are read
+    weights = resolve_weights(args.weights)
+    model = load_model(weights, preset=args.preset, verify=not args.skip_weights_check)
     log = (lambda s: None) if args.json else print
     result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
                          threads=args.threads, log=log)

@@ -157,3 +157,11 @@ def test_add_noise_takes_levels_of_255(capsys, tmp_path):
     assert code == 0 and "(sigma 0.09804 = 25/255, seed 0)" in out
     assert run(capsys, "add-noise", src, "-o", tmp_path / "b.png", "--sigma", repr(25 / 255))[0] == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_export_refuses_an_unsupported_opset_before_any_work(capsys, tmp_path):
+    """--opset 5: refused before the weights are read (a missing weights file is not what is reported) and before
+    the first step is announced; nothing written"""
+    code, out, err = run(capsys, "export", "--weights", tmp_path / "absent.safetensors", "-o", tmp_path / "m.onnx",
+                         "--opset", 5)
+    assert code == 2 and "opset 5 is not supported; use 17..21" in err and out == "" and list(tmp_path.iterdir()) == []
