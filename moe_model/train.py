@@ -190,14 +190,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()
                    if k not in ("out_dir", "data_dir", "device", "threads") and saved.get(k, defaults[k]) != v}
         if changed:
+            longer = (" (the learning-rate schedule spans the run's epochs, so a run continues with its own; to train "
+                      f"longer, start a new run with --init-from {out / 'best.safetensors'})") if "epochs" in changed else ""
             raise InputError(f"--resume with different settings than the run in {out}: "
-                             + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items()))
+                             + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items())
+                             + f"{longer}. Leave out what should stay as it was: --resume --out-dir {out} alone "
+                               "continues the run with its own settings")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["torch_rng"])
         start_epoch, best_loss, history = st["epoch"], st["best_loss"], st["history"]
-        log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (best val loss so far {best_loss:.6f})")
+        if start_epoch >= cfg.epochs:
+            log(f"the run in {out} has finished all {cfg.epochs} epochs; nothing to continue (best val loss "
+                f"{best_loss:.6f})")
+        else:
+            log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (best val loss so far {best_loss:.6f})")
     else:
         log(f"training preset '{cfg.preset}' ({count_parameters(model):,} parameters) on {len(train_u8):,} images, "
             f"{cfg.epochs} epochs of {steps_per_epoch} steps, device {device}, {torch.get_num_threads()} threads")
@@ -268,6 +276,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 
 
 STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "epoch", "best_loss", "history", "train_config")
+
+
+def saved_settings(out_dir: str | Path) -> dict[str, Any]:
+    """The settings the run in ``out_dir`` was started with (from its last.pt; a setting added since has its
+    default), for continuing it with only some settings given; {} when there is no last.pt (``train`` then says
+    that --resume has nothing to continue)."""
+    state_path = Path(out_dir) / "last.pt"
+    if not state_path.is_file():
+        return {}
+    saved = load_training_state(state_path)["train_config"]
+    return {f.name: saved.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)
+            if f.name in saved or f.default is not dataclasses.MISSING}
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

@@ -9,16 +9,22 @@ from . import add_data_args, noise_std, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from moe_base.config import PRESETS
-    from moe_model.losses import LOSSES
-
     p = sub.add_parser("train", help="train the denoiser on CIFAR-10 (resumable)",
                        description="Train on CIFAR-10 with Gaussian noise. Defaults reproduce the seed recipe: "
                                    "AdamW lr 1e-3, weight decay 1e-4, cosine schedule (per step), batch 64, MSE + "
                                    "0.01 x load-balance loss, gradient clipping 1.0, 30 epochs. Writes OUT_DIR/"
                                    "last.pt every epoch (for --resume) and OUT_DIR/best.safetensors + best.json "
-                                   "(lowest validation loss).",
+                                   "(lowest validation loss). --resume --out-dir OUT_DIR continues a run with the "
+                                   "settings it was started with; settings given with it must be the same.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_options(p)
+    p.set_defaults(func=run)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    from moe_base.config import PRESETS
+    from moe_model.losses import LOSSES
+
     add_data_args(p)
     p.add_argument("--out-dir", default="runs/default", help="where checkpoints go")
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="architecture preset")
@@ -60,20 +66,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out-dir (without it, an existing run is never replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
-    p.set_defaults(func=run)
+
+
+_UNSET = object()
+
+
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The destinations of the train options written on the command line (``args.argv``), whatever their value:
+    the options are parsed again onto a namespace that already holds every destination, and argparse fills in a
+    default only where a destination is missing."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_options(probe)
+    seen = argparse.Namespace(**dict.fromkeys(vars(args), _UNSET))
+    probe.parse_known_args(args.argv[args.argv.index("train") + 1 :], namespace=seen)
+    return {dest for dest, value in vars(seen).items() if value is not _UNSET}
 
 
 def run(args: argparse.Namespace) -> int:
-    from moe_model.train import TrainConfig, train
+    import dataclasses
 
-    cfg = TrainConfig(data_dir=str(args.data_dir), out_dir=args.out_dir, preset=args.preset, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      aux_weight=args.aux_weight, grad_clip=args.grad_clip, sigma=args.sigma, seed=args.seed,
-                      eval_seed=args.eval_seed, max_train=args.max_train, max_val=args.max_val,
-                      device=args.device, threads=args.threads, init_from=args.init_from,
-                      loss=args.loss, mse_floor=args.mse_floor, blind=args.blind, sigma_max=args.sigma_max,
-                      zero_share=args.zero_share, unclipped_share=args.unclipped_share, gray_share=args.gray_share,
-                      bayer_share=args.bayer_share)
+    from moe_model.train import TrainConfig, saved_settings, train
+
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    settings["data_dir"] = str(settings["data_dir"])
+    if args.resume:  # what is not written on the command line continues as the run was started
+        given = given_options(args) | {"out_dir", "device", "threads"}
+        settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in given})
+    cfg = TrainConfig(**settings)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command, overwrite=args.overwrite)
     best = Path(args.out_dir) / "best.safetensors"

@@ -6,7 +6,7 @@ import torch
 
 from moe_base.errors import CheckpointError
 from moe_model.checkpoint import load_model
-from moe_model.train import TrainConfig, train
+from moe_model.train import TrainConfig, load_training_state, train
 
 
 def small_config(data_dir, out_dir, **kw):
@@ -104,3 +104,29 @@ def test_resume_on_cuda_continues_the_run(fake_cifar, tmp_path):
     assert next(iter(b.values())).is_cuda
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "resumed parameters drift from the full run"
     assert len(resumed["history"]) == 2
+
+
+def test_resume_on_the_command_line_needs_only_the_folder(fake_cifar, tmp_path, capsys):
+    """`train --resume --out-dir D` continues a run started with other settings than the defaults (preset, lr,
+    sizes) as it was started: the result equals the uninterrupted run's. Given settings are still compared, a
+    default written out included, and a longer run is refused with the way to train longer."""
+    from moe_denoise.cli import main
+
+    settings = dict(preset="residual", epochs=2, batch_size=16, max_train=32, max_val=16, seed=3, lr=2e-3,
+                    device="cpu")
+    train(TrainConfig(data_dir=str(fake_cifar), out_dir=str(tmp_path / "a"), **settings), progress=False,
+          log=lambda s: None)
+    cfg = TrainConfig(data_dir=str(fake_cifar), out_dir=str(tmp_path / "b"), **settings)
+    train(cfg, progress=False, stop_after_epoch=1, log=lambda s: None)
+    assert main(["train", "--out-dir", str(tmp_path / "b"), "--resume", "--no-progress", "--device", "cpu"]) == 0
+    assert "resuming " in capsys.readouterr().out
+    a, b = (load_training_state(tmp_path / run / "last.pt") for run in ("a", "b"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "the resumed run differs"
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    for argv, message in ((["--preset", "seed"], "preset: saved 'residual', given 'seed'"),
+                          (["--epochs", "3"], "epochs: saved 2, given 3 (the learning-rate schedule spans")):
+        assert main(["train", "--out-dir", str(tmp_path / "b"), "--resume", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and f"--resume --out-dir {tmp_path / 'b'} alone continues the run" in err
+    assert main(["train", "--out-dir", str(tmp_path / "b"), "--resume", "--no-progress"]) == 0
+    assert "has finished all 2 epochs; nothing to continue" in capsys.readouterr().out
