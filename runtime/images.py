@@ -24,7 +24,8 @@ Decisions (each one is what a person denoising a photo would expect):
   caller's ``quality``; WebP too) with 4:4:4 chroma; the ICC profile and DPI are kept.
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
-  is written.
+  is written. **BMP output** is refused for images with alpha (readers take the fourth byte as padding).
+  **WebP** has no gray mode: a gray image is written as RGB(A), the gray in each channel (the report notes it).
 * **Large images**: :func:`read_pixels` refuses, from the header and before decoding, an image over
   ``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`) or one whose decoding needs more memory than the process
   can get (:func:`available_memory`: ``ulimit -v``, cgroup limit, available RAM). It keeps the file's
@@ -557,7 +558,7 @@ def output_format(path: str | os.PathLike[str]) -> str:
     fmt = Image.registered_extensions().get(ext)
     if fmt is None or fmt not in Image.SAVE:
         raise InputError(f"cannot tell which image format to write for '{path}' (extension '{ext}'); "
-                         f"use .png, .jpg/.jpeg or .tif/.tiff")
+                         f"use .png, .jpg/.jpeg, .tif/.tiff, .webp or .bmp")
     return fmt
 
 
@@ -660,11 +661,24 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
         raise InputError(f"GIF holds at most 256 colours and on/off transparency: the denoised '{info.layout}' "
                          f"result would be requantised to a 256-colour palette, undoing much of the denoising. Write "
                          f"it as .png (lossless, every colour and the alpha kept) and convert that if you need a GIF")
+    if fmt == "BMP" and info.layout in ("LA", "RGBA"):
+        raise InputError(f"BMP keeps no alpha channel (readers take a 32-bit BMP's fourth byte as padding): the alpha "
+                         f"of this '{info.layout}' image would be lost. Write it as .png, .tif or .webp to keep it")
     if info.bit_depth == 16 and fmt not in ("PNG", "TIFF"):
         raise InputError(f"16-bit images can be written as PNG or TIFF only; got an output in {fmt}. Use .png or .tif")
     if info.bit_depth == 16 and info.layout != "L":
         require("png" if fmt == "PNG" else "tifffile", f"writing a 16-bit colour {fmt}")
     return fmt
+
+
+def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
+    """What writing ``info``'s image as ``fmt`` changes that :func:`check_writable` lets through (said in the
+    report, not refused): WebP has no gray mode, so a gray image comes back as RGB(A), the gray in each channel."""
+    if fmt == "WEBP" and info.layout in ("L", "LA"):
+        return [f"WebP has no gray mode: the result is written as {'RGBA' if info.layout == 'LA' else 'RGB'}, the "
+                f"gray in each colour channel (within a level: WebP stores colour as YUV); write .png or .tif to keep "
+                f"it '{info.mode}'"]
+    return []
 
 
 def _choose_writer(fmt: str, data: np.ndarray, info: ImageInfo, quality: int) -> Callable[[IO[bytes]], None]:

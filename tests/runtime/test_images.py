@@ -365,6 +365,49 @@ def test_gif_output_of_a_gray_image_is_lossless(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(im.convert("L")), gray)
 
 
+# --------------------------------------------------------------------------------------- BMP and WebP output
+
+
+def test_reliability_bmp_output_of_an_image_with_alpha_is_refused(tmp_path: Path) -> None:
+    """A photo with alpha (RGBA, gray + alpha) written as .bmp => refused before denoising (BMP readers drop the
+    alpha; .png, .tif or .webp suggested); nothing written"""
+    Image.fromarray(rng_u8((20, 30, 4)), mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rng_u8((20, 30, 2)), mode="LA").save(tmp_path / "la.png")
+    calls: list[int] = []
+
+    def counting(tiles: np.ndarray) -> np.ndarray:
+        calls.append(len(tiles))
+        return tiles
+
+    for src, layout in (("rgba.png", "RGBA"), ("la.png", "LA")):
+        with pytest.raises(InputError, match=f"BMP keeps no alpha channel.*this '{layout}' image.*\\.png, \\.tif"):
+            denoise_file(tmp_path / src, tmp_path / "out.bmp", counting, progress=False)
+    assert calls == [] and not (tmp_path / "out.bmp").exists()
+    gray = rng_u8((20, 30))  # without alpha BMP keeps the image as it is
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    report = denoise_file(tmp_path / "gray.png", tmp_path / "gray.bmp", identity, progress=False, guard=False)
+    with Image.open(tmp_path / "gray.bmp") as im:
+        assert im.mode == "L" and report["notes"] == []
+        np.testing.assert_array_equal(np.asarray(im), gray)
+
+
+@pytest.mark.parametrize("layout, written", [("L", "RGB"), ("LA", "RGBA")])
+def test_webp_output_of_a_gray_image_is_noted(tmp_path: Path, layout: str, written: str) -> None:
+    """WebP has no gray mode: a gray photo comes back as RGB(A), the gray in each channel to within a level (WebP
+    stores YUV), and the report says so (with .png / .tif as the way to keep it gray); a colour photo gets no note."""
+    pixels = rng_u8((24, 24, 2))[:, :, : len(layout)].squeeze()
+    Image.fromarray(pixels, mode=layout).save(tmp_path / "in.png")
+    report = denoise_file(tmp_path / "in.png", tmp_path / "out.webp", identity, progress=False, guard=False)
+    assert report["notes"] == [f"WebP has no gray mode: the result is written as {written}, the gray in each colour "
+                               f"channel (within a level: WebP stores colour as YUV); write .png or .tif to keep it "
+                               f"'{layout}'"]
+    with Image.open(tmp_path / "out.webp") as im:
+        out = np.asarray(im).astype(int)
+    assert im.mode == written and np.abs(out[:, :, :3] - out[:, :, 1:2]).max() <= 1
+    Image.fromarray(rng_u8((24, 24, 3))).save(tmp_path / "rgb.png")
+    assert denoise_file(tmp_path / "rgb.png", tmp_path / "rgb.webp", identity, progress=False)["notes"] == []
+
+
 def test_jpeg_quality_is_the_callers_and_checked(tmp_path: Path) -> None:
     """write_image(quality=Q) for JPEG and WebP outputs: lower Q, smaller file and further from the pixels; the default
     is 95 to the byte; a quality that is not a whole number in 1..100 is refused before anything is written."""
