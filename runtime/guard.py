@@ -54,6 +54,7 @@ the whole photo, so the banded result stays the same for every band size. Only n
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -267,7 +268,7 @@ def check_sigma(sigma: float | None, name: str = "sigma", *, estimated: bool = T
     if sigma is None and estimated:
         return
     tail = ", or leave it out to have it estimated" if estimated else ""
-    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0.0 <= sigma < float("inf")):
+    if not (isinstance(sigma, numbers.Real) and not isinstance(sigma, bool) and 0.0 <= sigma < float("inf")):
         raise InputError(f"{name} is the noise std on [0, 1] pixels, >= 0 (got {sigma!r}); e.g. 0.02 for light "
                          f"noise{tail}")
     if sigma > 1:

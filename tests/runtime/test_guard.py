@@ -187,6 +187,8 @@ def test_the_gate_and_the_given_sigma():
         guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=-0.1)
     with pytest.raises(ValueError, match=r"at most 1 \(got 25\): a level on the 0-255 scale is 25/255 = 0\.09804"):
         guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=25.0)
+    told = guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=np.float32(0.0))  # numpy's too
+    assert (told.applied, told.input_weight, calls) == (True, 1.0, [])
     saturated = np.ones((64, 64, 1), np.float32)
     none = guard_weight(lambda a, b: saturated[a:b], 64, 64, spy)
     assert (none.sigma, none.applied, none.input_weight) == (None, False, 0.0)
