@@ -115,8 +115,11 @@ class BenchSettings:
                             f"allocation or compilation), got {self.warmup}")
         if self.repeats < 1 or self.min_repeats < 1:
             problems.append(f"repeats and min_repeats must be >= 1, got {self.repeats} and {self.min_repeats}")
-        if self.max_inner < 1 or self.slot_target_s <= 0 or self.batch_budget_s <= 0:
-            problems.append("max_inner must be >= 1 and slot_target_s, batch_budget_s > 0")
+        if self.max_inner < 1 or not 0 < self.slot_target_s < math.inf or not 0 < self.batch_budget_s < math.inf:
+            problems.append(f"max_inner must be >= 1 and slot_target_s, batch_budget_s finite seconds > 0, got "
+                            f"{self.max_inner}, {self.slot_target_s} and {self.batch_budget_s}")
+        if self.deadline_s is not None and not 0 < self.deadline_s < math.inf:
+            problems.append(f"deadline_s must be finite seconds > 0 (or None: no deadline), got {self.deadline_s}")
         if self.parity_images < 1:
             problems.append(f"parity_images must be >= 1, got {self.parity_images}")
         unknown = sorted(set(self.modes) - set(MODES))

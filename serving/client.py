@@ -65,6 +65,8 @@ class DenoiseClient:
     """A synchronous client of one server. ``timeout_s`` bounds each request (photos take a while on a CPU)."""
 
     def __init__(self, url: str, timeout_s: float = 3600.0, concurrency: int = 1) -> None:
+        if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
+            raise InputError(f"timeout_s is the seconds to wait for an answer, a number > 0; got {timeout_s!r}")
         self.url = url
         self.protocol, self.address = parse_url(url)
         self.timeout_s = timeout_s

@@ -42,6 +42,17 @@ def noise_std(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type: a duration in seconds, finite and > 0 (timeouts, deadlines, budgets)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0 (e.g. 60), got {text!r}")
+    return value
+
+
 def device_name(text: str) -> str:
     """argparse type: cpu, cuda or cuda:N (the torch backend's devices)."""
     if text == "cpu" or re.fullmatch(r"cuda(:\d+)?", text):

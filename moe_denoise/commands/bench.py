@@ -18,7 +18,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import add_weights_args, positive_int, resolve_weights
+from . import add_weights_args, positive_int, resolve_weights, seconds
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
@@ -56,9 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=positive_int, default=None, help="interleaved rounds per batch size (at most)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls per backend and batch size")
     p.add_argument("--parity-images", type=positive_int, default=None, help="images in the parity check before timing")
-    p.add_argument("--batch-budget", type=float, default=None,
+    p.add_argument("--batch-budget", type=seconds, default=None,
                    help="seconds of timing per batch size after which no new round starts")
-    p.add_argument("--deadline", type=float, default=None,
+    p.add_argument("--deadline", type=seconds, default=None,
                    help="seconds from the command's start after which no new round or batch size starts "
                         "(quick: 75, gpu: 360; the last round and the report follow)")
     p.add_argument("--engine", action="append", default=[], metavar="NAME=PATH",

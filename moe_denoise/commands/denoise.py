@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import add_backend_args, add_weights_args, make_runner, noise_std, positive_int
+from . import add_backend_args, add_weights_args, make_runner, noise_std, positive_int, seconds
 
 DEFAULT_MAX_PIXELS = 200_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported here: `--help` stays light)
 
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send the photo to a running 'moe-denoise serve' (HOST:PORT or http://HOST:PORT, "
                         "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply, "
                         "--sigma, --no-guard and --strength are sent with each photo")
-    p.add_argument("--timeout", type=float, default=3600.0, help="with --server: seconds to wait for the answer")
+    p.add_argument("--timeout", type=seconds, default=3600.0, help="with --server: seconds to wait for the answer")
     p.add_argument("--check-local", action="store_true",
                    help="with --server: also denoise here with --backend (and its options) and print the largest "
                         "difference between the two results, in pixel levels (0 when the server runs the same backend)")

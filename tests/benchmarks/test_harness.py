@@ -340,6 +340,11 @@ def test_settings_are_validated_with_clear_messages():
         settings(batches=(0,)).validate()
     with pytest.raises(ValueError, match="modes must be"):
         settings(modes=("fast",)).validate()
+    for bad in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"deadline_s must be finite seconds > 0 .*got {bad}"):
+            settings(deadline_s=bad).validate()
+        with pytest.raises(ValueError, match=f"batch_budget_s finite seconds > 0, got .* and {bad}"):
+            settings(batch_budget_s=bad).validate()
     calls = []
     with pytest.raises(ValueError, match="unique"):
         run([spec("a", calls), spec("a", calls)], calls, {})

@@ -165,3 +165,13 @@ def test_export_refuses_an_unsupported_opset_before_any_work(capsys, tmp_path):
     code, out, err = run(capsys, "export", "--weights", tmp_path / "absent.safetensors", "-o", tmp_path / "m.onnx",
                          "--opset", 5)
     assert code == 2 and "opset 5 is not supported; use 17..21" in err and out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["denoise", "in.png", "-o", "out.png", "--server", "localhost:1", "--timeout", "-5"],
+                                  ["bench", "--quick", "--deadline", "0"], ["bench", "--batch-budget", "nan"]])
+def test_durations_must_be_seconds_above_zero(capsys, argv):
+    """--timeout, --deadline, --batch-budget: refused by the option's parser (a negative --deadline ran the whole
+    benchmark; a negative --timeout waited for the server first)"""
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2 and "expected a number of seconds > 0 (e.g. 60)" in capsys.readouterr().err

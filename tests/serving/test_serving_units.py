@@ -288,6 +288,14 @@ def test_parse_url_refuses(url):
         parse_url(url)
 
 
+@pytest.mark.parametrize("timeout", [0, -5.0, float("nan"), float("inf"), "60"])
+def test_client_refuses_a_timeout_that_is_not_seconds(timeout):
+    from serving.client import DenoiseClient
+
+    with pytest.raises(InputError, match=r"timeout_s is the seconds to wait for an answer, a number > 0; got"):
+        DenoiseClient("localhost:8000", timeout_s=timeout)
+
+
 def test_server_message_keeps_our_reason_not_the_traceback():
     text = ("Failed to process the request(s) for model 'moe_denoiser_0_0', message: TritonModelException: Model "
             "execute error: Traceback (most recent call last):\n  File \"x.py\", line 1\nmoe_base.errors.InputError: "
