@@ -4,6 +4,7 @@ Only the standard library and numpy are imported here, so ``import serving`` wor
 """
 from __future__ import annotations
 
+import errno
 import socket
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,6 +32,27 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def check_listenable(host: str, port: int, option: str) -> None:
+    """InputError unless a TCP server could listen on ``host``:``port`` now: an address that does not resolve or
+    is not this machine's, or a port in use, shows in Triton only as a start-up timeout a minute later."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise InputError(f"--address {host!r} is not a name or address this machine can resolve ({e}); give one of "
+                         f"its addresses: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a port in TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InputError(f"port {port} on {host} is in use (another server, or a 'moe-denoise serve' still "
+                                 f"running?); stop that, or pass {option} with another port (0: a free one)") from None
+            low = ", and ports under 1024 need root" if port < 1024 else ""
+            raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); give an address of this machine, such "
+                             f"as 127.0.0.1 or 0.0.0.0{low}") from None
 
 
 @dataclass
@@ -98,6 +120,13 @@ class ServeConfig:
         d = asdict(self)
         d.update(http_port=pick(self.http_port), grpc_port=pick(self.grpc_port), metrics_port=pick(self.metrics_port))
         return ServeConfig(**d)
+
+    def check_listenable(self) -> None:
+        """Before Triton starts: every port (0: chosen when it starts) can be listened on at ``address``."""
+        for port, option in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"),
+                             (self.metrics_port, "--metrics-port")):
+            if port:
+                check_listenable(self.address, port, option)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

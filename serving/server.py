@@ -108,6 +108,7 @@ class DenoiseServer:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
 
+        self.config.check_listenable()  # a port in use or a foreign address: said now, not as a timeout later
         cfg = self.config.with_free_ports()
         self.running_config = cfg
         if cfg.log_file:

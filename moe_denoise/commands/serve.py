@@ -85,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
         server.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = False
     try:
         t0 = time.perf_counter()
         server.start()
+        started = True
         info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
                 "backend": args.backend, "config": server.running_config.to_dict(),
                 "startup_seconds": round(time.perf_counter() - t0, 2),
@@ -108,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        log("stopped")
+        if started:  # a start that failed is said by its error alone
+            log("stopped")
     return 0

@@ -364,3 +364,47 @@ def test_client_asks_for_the_guard_only_where_the_model_has_it(sends_guard):
         assert np.array_equal(out, ~pixels) and decision is None
     assert asked == [["denoised_u8", GUARD_OUTPUT] if sends_guard else ["denoised_u8"]] * 2
     assert Transport.metadata_calls == 1
+
+
+def test_ports_in_use_and_foreign_addresses_are_said_before_triton_starts():
+    """check_listenable: a port another socket listens on, an address that does not resolve and one that is not
+    this machine's are each one message naming the option to change (Triton itself only times out a minute later);
+    a free port and port 0 pass."""
+    import socket
+
+    from serving.config import check_listenable
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InputError, match=f"port {port} on 127.0.0.1 is in use .* pass --grpc-port with another"):
+            ServeConfig(http_port=0, grpc_port=port, metrics_port=0).check_listenable()
+    check_listenable("127.0.0.1", port, "--http-port")  # free again
+    ServeConfig(http_port=0, grpc_port=0, metrics_port=0).check_listenable()
+    with pytest.raises(InputError, match="--address 'nonsense.invalid' is not a name or address this machine can"):
+        check_listenable("nonsense.invalid", 8000, "--http-port")
+    with pytest.raises(InputError, match=r"cannot listen on 192\.0\.2\.1:8000 .* such as 127\.0\.0\.1 or 0\.0\.0\.0"):
+        check_listenable("192.0.2.1", 8000, "--http-port")  # TEST-NET-1: never an address of this machine
+
+
+def test_serve_on_a_port_in_use_fails_at_once_without_starting_triton():
+    """moe-denoise serve with its HTTP port taken: exit 2 with the port and --http-port named, in seconds, and no
+    'stopped' line for a server that never started"""
+    import socket
+
+    from serving.backend_env import check_pytriton
+
+    try:
+        check_pytriton()
+    except Exception as e:  # noqa: BLE001 - any reason PyTriton cannot run here
+        pytest.skip(f"PyTriton cannot run here: {e}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "moe_denoise.cli", "serve", "--backend", "torch", "--http-port",
+                            str(port), "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True,
+                           timeout=120)
+    assert r.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in r.stderr and "--http-port" in r.stderr
+    assert "stopped" not in r.stdout and "Traceback" not in r.stderr
