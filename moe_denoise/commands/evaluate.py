@@ -79,10 +79,9 @@ def _per_weights(values: list[str] | None, n: int, option: str) -> list[str | No
         return [None] * n
     if len(values) == n:
         return list(values)
-    if len(values) == 1 and n == 1:
-        return list(values)
+    auto = " (use 'auto' for a preset read from the sidecar)" if option == "--preset" else ""
     raise InputError(f"{option} was given {len(values)} times for {n} --weights; give it once per --weights, "
-                     f"in the same order (use 'auto' for a preset read from the sidecar)")
+                     f"in the same order{auto}")
 
 
 def weights_specs(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -49,7 +49,10 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--preset", "seed", "--preset", "seed"], "--preset was given 2 times for 1 --weights"),
+    (["--preset", "seed", "--preset", "seed"], "--preset was given 2 times for 1 --weights; give it once per "
+                                               "--weights, in the same order (use 'auto' for a preset read from"),
+    (["--label", "a", "--label", "b"], "--label was given 2 times for 1 --weights; give it once per --weights, in "
+                                       "the same order\n"),
     (["--label", "x", "--weights", "W", "--label", "x"], "share the label(s) ['x']"),
     (["--sigma", "0.2", "--plot", "p.png"], "cannot be combined with --plot"),
     (["--photos", "camera"], "--suite photos or --suite all"),
