@@ -139,13 +139,21 @@ def validate_image(image: object) -> np.ndarray:
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        if image.ndim == 3 and image.shape[0] in (1, 2, 3, 4) and min(image.shape[1:]) > 4:
+            hint = f": channels first? image.transpose(1, 2, 0) gives {image.shape[1:] + image.shape[:1]}"
+        elif image.ndim == 4 and image.shape[0] == 1:
+            hint = f": one image of a batch? image[0] gives {image.shape[1:]}"
+        else:
+            hint = ""
         raise InputError(f"image must be HxW or HxWxC with C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA); "
-                         f"got shape {image.shape}")
+                         f"got shape {image.shape}{hint}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image has no pixels (shape {image.shape}); expected height and width >= 1")
     if image.dtype != np.float32:
-        raise InputError(f"image must be float32 with values in [0, 1]; got dtype {image.dtype}. "
-                         f"Convert with image.astype(np.float32) / 255 for 8-bit data")
+        how = ("image.astype(np.float32)" if np.issubdtype(image.dtype, np.floating) else
+               f"image.astype(np.float32) / {np.iinfo(image.dtype).max}" if image.dtype in (np.uint8, np.uint16)
+               else "image.astype(np.float32), scaled to [0, 1]")
+        raise InputError(f"image must be float32 with values in [0, 1]; got dtype {image.dtype}. Convert with {how}")
     check_unit_range(image, "image")
     return image
 

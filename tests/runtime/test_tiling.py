@@ -163,10 +163,15 @@ def test_alpha_passes_through_unchanged(channels: int) -> None:
 
 
 @pytest.mark.parametrize("bad, message", [
-    (np.zeros((4, 4, 3), dtype=np.uint8), "float32"),
-    (np.zeros((4, 4, 3), dtype=np.float64), "float32"),
-    (np.zeros((4, 4, 5), dtype=np.float32), "C = 1"),
-    (np.zeros((2, 4, 4, 3), dtype=np.float32), "C = 1"),
+    (np.zeros((4, 4, 3), dtype=np.uint8), r"got dtype uint8\. Convert with image\.astype\(np\.float32\) / 255$"),
+    (np.zeros((4, 4), dtype=np.uint16), r"uint16\. Convert with image\.astype\(np\.float32\) / 65535$"),
+    (np.zeros((4, 4, 3), dtype=np.float64), r"got dtype float64\. Convert with image\.astype\(np\.float32\)$"),
+    (np.zeros((4, 4, 3), dtype=np.int32), r"int32\. Convert with image\.astype\(np\.float32\), scaled to"),
+    (np.zeros((4, 4, 5), dtype=np.float32), r"C = 1.*got shape \(4, 4, 5\)$"),
+    (np.zeros((3, 40, 50), dtype=np.float32), r"\(3, 40, 50\): channels first\? image\.transpose\(1, 2, 0\) gives "
+                                              r"\(40, 50, 3\)"),
+    (np.zeros((1, 4, 4, 3), dtype=np.float32), r"one image of a batch\? image\[0\] gives \(4, 4, 3\)"),
+    (np.zeros((2, 4, 4, 3), dtype=np.float32), r"C = 1.*got shape \(2, 4, 4, 3\)$"),
     (np.zeros((0, 4, 3), dtype=np.float32), "no pixels"),
     (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
     (np.full((4, 4, 3), 1.5, dtype=np.float32), "[0, 1]"),
