@@ -49,6 +49,10 @@ def origin(path: str | Path) -> dict[str, Any]:
     return out
 
 
+ARTIFACT_SUFFIXES = {".onnx": ("an ONNX model", "ort"), ".engine": ("a TensorRT engine", "trt"),
+                     ".plan": ("a TensorRT engine", "trt")}  # not weights: said, not handed to torch.load
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a PyTorch state dict (a training state's ``model`` entry is taken).
 
@@ -57,6 +61,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist; pass a .safetensors file written by "
                               f"'moe-denoise train' or a PyTorch state dict (.pt)")
+    if path.suffix.lower() in ARTIFACT_SUFFIXES:
+        kind, backend = ARTIFACT_SUFFIXES[path.suffix.lower()]
+        raise CheckpointError(f"{path} is {kind}, not weights: the torch backend takes weights (.safetensors or "
+                              f".pt); run it with --backend {backend} --artifact {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -64,12 +72,25 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise CheckpointError(f"could not read weights {path}: {e}") from e
+        raise CheckpointError(f"could not read weights {path}: {torch_load_reason(e)}. Pass a .safetensors file "
+                              f"written by 'moe-denoise train' or a state dict of tensors saved with torch.save") from e
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # a training-state checkpoint
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} holds a {type(sd).__name__}, expected a state dict")
     return sd
+
+
+def torch_load_reason(e: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a line. torch's own text for a pickle that names
+    other objects advises weights_only=False, i.e. running the file's code: that advice is not passed on."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return f"{type(e).__name__}: {text[:300]}"
+    if "can still be loaded" in text:
+        return "it holds objects other than tensors, and loading those could run code (refused)"
+    detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
+    return f"it is not a file torch.save wrote ({detail[:200] or 'unreadable'})"
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:

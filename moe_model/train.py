@@ -23,7 +23,7 @@ import torch
 from moe_base.config import get_preset
 from moe_base.errors import CheckpointError, InputError, NoGPUError, TrainingError
 
-from .checkpoint import atomic_torch_save, origin, save_weights
+from .checkpoint import atomic_torch_save, origin, save_weights, torch_load_reason
 from .data import (
     DEFAULT_EVAL_SEED,
     DEFAULT_SIGMA,
@@ -297,7 +297,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
         # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, random or hostile files all raise something different
-        raise CheckpointError(f"cannot read the training state {path}: {type(e).__name__}: {str(e)[:300]}. It is "
+        raise CheckpointError(f"cannot read the training state {path}: {torch_load_reason(e)}. It is "
                               f"not a state written by 'moe-denoise train' (or it is damaged); start the run again "
                               f"without --resume (with --overwrite), or choose another --out-dir") from e
     missing = [k for k in STATE_KEYS if not isinstance(st, dict) or k not in st]

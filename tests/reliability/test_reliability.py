@@ -59,8 +59,8 @@ def test_reliability_planted_training_state(capsys, cifar_copy, run_dir, tmp_pat
     marker = tmp_path / "pwned"
     torch.save({"model": Payload(marker)}, run_dir / "last.pt")
     code, _, err = cli(capsys, "train", "--data-dir", cifar_copy, "--out-dir", run_dir, "--resume", *TINY)
-    assert code == 2 and "last.pt" in err and "without --resume" in err
-    assert not marker.exists()
+    assert code == 2 and "last.pt" in err and "without --resume" in err and "could run code (refused)" in err
+    assert "weights_only=False" not in err and not marker.exists()  # torch's advice to run it is not passed on
 
 
 @pytest.mark.parametrize("command", ["train", "parity", "visualize"])

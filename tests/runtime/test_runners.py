@@ -173,3 +173,37 @@ def test_psnr_from_mse_is_the_one_formula():
     assert psnr_from_mse(0.0) == float("inf")
     assert psnr_from_mse(1e-4) == pytest.approx(40.0)
     assert psnr_from_mse(4.0, peak=2.0) == pytest.approx(0.0)
+
+
+def test_a_weights_file_and_a_model_file_given_to_the_wrong_backend_are_named(tmp_path, random_weights):
+    """Weights to OrtRunner: 'a weights file', with the export command and --backend torch (not 'has no
+    manifest, re-export it'); an ONNX model or an engine to TorchRunner: 'not weights', with the backend that runs
+    it (not torch.load's unpickling error)."""
+    from moe_base.errors import CheckpointError
+    from runtime import OrtRunner, TorchRunner
+
+    with pytest.raises(ArtifactError, match=r"is a weights file, not an ONNX model or a TensorRT engine: export it "
+                                            r"with 'moe-denoise export --weights .*', or run it with --backend torch"):
+        OrtRunner(random_weights).activate()
+    for name, backend in (("m.onnx", "ort"), ("m.engine", "trt")):
+        (tmp_path / name).write_bytes(b"\x08\x07not really")
+        with pytest.raises(CheckpointError, match=f"is an? .* not weights: .* run it with --backend {backend} "):
+            TorchRunner(tmp_path / name).activate()
+
+
+def test_unreadable_weights_are_explained_without_torchs_advice(tmp_path):
+    """A .pt that pickles other objects is refused as such, and torch's advice (weights_only=False: run the file's
+    code) is not passed on; a file that is no pickle at all is said to be one torch.save did not write."""
+    import torch
+
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_state_dict
+
+    torch.save({"w": np.zeros(3)}, tmp_path / "objects.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_state_dict(tmp_path / "objects.pt")
+    assert "holds objects other than tensors, and loading those could run code (refused)" in str(e.value)
+    assert "weights_only" not in str(e.value)
+    (tmp_path / "text.pt").write_text("# not weights\n")
+    with pytest.raises(CheckpointError, match=r"text\.pt: it is not a file torch\.save wrote \(.+\)\. Pass a "):
+        load_state_dict(tmp_path / "text.pt")
