@@ -10,6 +10,8 @@ weights are trained on CIFAR-10 only (docs/training.md). The questions it answer
   photo crops mixed with CIFAR-10 images, a candidate for the default weights.
 * ``--view 64`` with either of the first two: does a larger view than the 32 x 32 tile (the same parameters, the
   learned positions resized) lift the score? ``--score-camera`` scores camera tiled at that view.
+* ``--grow ffn_hidden=768 refine_channels=96`` with the oracle: does a wider network (over the 650k budget) lift
+  the ceiling? The grown network starts as the same function as ``--init`` (``moe_model.train.warm_start``).
 
 Crops are ``TILE`` x ``TILE`` (the tiles the photo pipeline feeds; ``--view`` others), at a random place, flipped
 and turned; a gray photo is fed as runtime.tiling feeds it (three equal channels, the same noise in each). Noise:
@@ -126,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-camera", action="store_true",
                    help="at the end, camera at sigma 0.2 (clipped; the noise of 'moe-denoise evaluate --suite "
                         "photos') tiled at --view with half-view overlap, and the best Gaussian blur's score")
+    p.add_argument("--grow", nargs="+", default=[], metavar="FIELD=N",
+                   help="widen --init's architecture first: ffn_hidden, refine_channels, refine_features or "
+                        "router_hidden set to N (not smaller than now); the new units start so that the network "
+                        "computes what --init did")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = load_photos(args.photos, args.as_gray)
     gray = [bool(np.array_equal(ph[:, :, 0], ph[:, :, 1]) and np.array_equal(ph[:, :, 1], ph[:, :, 2]))
             for ph in photos]
-    model = load_model(args.init)
+    model = grown(load_model(args.init), args.grow, args.init)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     start, steps, recent = time.monotonic(), 0, []
@@ -198,6 +204,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.score_camera:
         print(score_camera(model, args.view))
     return 0
+
+
+GROWABLE = ("ffn_hidden", "refine_channels", "refine_features", "router_hidden")
+
+
+def grown(model: torch.nn.Module, grow: list[str], init: str) -> torch.nn.Module:
+    """``model`` (loaded from ``init``) widened by ``grow`` (FIELD=N items, GROWABLE fields only, none narrower than
+    now), warm-started from ``init`` so that it computes what ``init`` did; ``model`` itself when ``grow`` is empty."""
+    if not grow:
+        return model
+    from moe_model.model import SmallViT, count_parameters
+    from moe_model.train import warm_start
+
+    sizes = {}
+    for item in grow:
+        field, _, value = item.partition("=")
+        if field not in GROWABLE or not value.isdigit() or int(value) < getattr(model.config, field):
+            raise InputError(f"--grow {item}: expected FIELD=N with FIELD one of {', '.join(GROWABLE)} and N at "
+                             f"least its value now ({', '.join(f'{f}={getattr(model.config, f)}' for f in GROWABLE)})")
+        sizes[field] = int(value)
+    config = replace(model.config, name=f"{model.config.name}+grown", **sizes)
+    wide = SmallViT(config)
+    warm_start(wide, init, print)
+    print(f"grown {', '.join(f'{f} {getattr(model.config, f)} -> {n}' for f, n in sizes.items())}: "
+          f"{count_parameters(model):,} -> {count_parameters(wide):,} parameters")
+    return wide
 
 
 def score_camera(model: torch.nn.Module, view: int) -> str:

@@ -83,3 +83,23 @@ def test_blind_steps_mix_cifar_images_in(tmp_path, random_weights, cifar_dir):
 def test_contradictory_or_unknown_settings_are_refused(tmp_path, argv, message):
     with pytest.raises(InputError, match=message):
         main([*argv, "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_grown_network_starts_as_the_function_it_grew_from(random_weights, capsys):
+    """--grow: wider feed-forward layers and a new (or wider) refinement head, more parameters, the same outputs;
+    a field that cannot grow, a smaller size or no number is refused with the sizes now."""
+    from moe_model.checkpoint import load_model
+    from moe_model.model import count_parameters
+    from tools.photo_finetune import grown
+
+    small = load_model(random_weights).eval()
+    wide = grown(load_model(random_weights), ["ffn_hidden=512", "refine_channels=16"], str(random_weights)).eval()
+    assert (wide.config.ffn_hidden, wide.config.refine_channels) == (512, 16)
+    assert count_parameters(wide) > count_parameters(small)
+    batch = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(batch), small(batch), atol=1e-6, rtol=0)
+    assert "parameters" in capsys.readouterr().out
+    for bad in ("dim=256", "ffn_hidden=100", "ffn_hidden=lots"):
+        with pytest.raises(InputError, match=f"--grow {bad}: expected FIELD=N .* \\(ffn_hidden=256, "):
+            grown(load_model(random_weights), [bad], str(random_weights))
