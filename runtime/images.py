@@ -638,7 +638,8 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
     if not target.parent.is_dir():
         raise InputError(f"the output folder '{target.parent}' does not exist; create it first")
     if target.is_dir():
-        raise InputError(f"the output '{target}' is a folder; give a file path such as {target / 'denoised.png'}")
+        example = target / (Path(source).name if source is not None else "denoised.png")
+        raise InputError(f"the output '{target}' is a folder; give a file path such as {example}")
     if target.exists() and not overwrite:
         same = source is not None and Path(source).exists() and os.path.samefile(target, source)
         what = "is the input image" if same else "already exists"

@@ -82,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("input", type=Path, help="the photo (any format and mode 'denoise' reads)")
     q.add_argument("-o", "--output", type=Path, required=True,
-                   help="where to write the noisy copy (same size, mode and bit depth as the input)")
+                   help="where to write the noisy copy (same size, mode and bit depth as the input); an existing "
+                        "folder: the copy goes in under the input's name")
     q.add_argument("--sigma", type=noise_std, default=0.1,
                    help="noise std on [0, 1] pixels, or levels of 255 (25/255 = 0.098)")
     q.add_argument("--seed", type=int, default=0, help="the same seed gives the same noise")
@@ -374,6 +375,8 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path,
 def run_add_noise(args: argparse.Namespace) -> int:
     from runtime.photo import add_noise_to_file
 
+    if args.output.is_dir():  # a folder: the copy goes in under the input's name, as with denoise
+        args.output = args.output / args.input.name
     r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {r['output']} (sigma {r['sigma']:.4g} = {r['sigma'] * 255:.4g}/255, seed {r['seed']})")
     return 0

@@ -175,3 +175,15 @@ def test_durations_must_be_seconds_above_zero(capsys, argv):
     with pytest.raises(SystemExit) as refused:
         main(argv)
     assert refused.value.code == 2 and "expected a number of seconds > 0 (e.g. 60)" in capsys.readouterr().err
+
+
+def test_add_noise_into_a_folder_keeps_the_photos_name(capsys, tmp_path):
+    """-o an existing folder: the noisy copy goes in under the input's name (as denoise does), once; the second time
+    it exists and is refused without --overwrite"""
+    src = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30), dtype=np.uint8)).save(src)
+    (tmp_path / "noisy").mkdir()
+    code, out, _ = run(capsys, "add-noise", src, "-o", tmp_path / "noisy", "--sigma", "5/255")
+    assert code == 0 and (tmp_path / "noisy" / "photo.png").is_file() and "noisy/photo.png" in out
+    code, _, err = run(capsys, "add-noise", src, "-o", tmp_path / "noisy")
+    assert code == 2 and "already exists" in err
