@@ -60,6 +60,11 @@ def noise_draw(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32)
 
 
+def noisy_photo(clean: np.ndarray, sigma: float, draw: np.ndarray) -> np.ndarray:
+    """The photos' protocol: ``clean`` plus ``sigma`` (on [0, 1] pixels) times its :func:`noise_draw`, clipped."""
+    return np.clip(clean + np.float32(sigma) * draw, 0.0, 1.0)
+
+
 def model_tile_fn(model: Any) -> TileFn:
     """A torch model as the tile function :func:`runtime.tiling.denoise_array` calls."""
     import torch
@@ -163,13 +168,13 @@ def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOT
                                  "size": [int(clean.shape[1]), int(clean.shape[0])], "bm3d": name in bm3d_names,
                                  "rows": {}}
         for s255 in (float(s) for s in sigmas255):
-            noisy = np.clip(clean + np.float32(s255 / 255.0) * draw, 0.0, 1.0)
+            noisy = noisy_photo(clean, s255 / 255.0, draw)
             entry["rows"][sigma_key(s255)] = _level(name, clean, noisy, s255 / 255.0, fns, name in bm3d_names,
                                                     blur_grid, with_ssim, seconds, guard)
             if bar is not None:
                 bar.update(1)
         if name == TARGET_PHOTO:
-            noisy = np.clip(clean + np.float32(TARGET_SIGMA) * draw, 0.0, 1.0)
+            noisy = noisy_photo(clean, TARGET_SIGMA, draw)
             target = {"photo": name, "sigma": TARGET_SIGMA, "protocol": "clip",
                       "rows": _level(name, clean, noisy, TARGET_SIGMA, fns, name in bm3d_names, blur_grid,
                                      with_ssim, seconds, guard)}

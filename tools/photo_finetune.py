@@ -235,12 +235,12 @@ def grown(model: torch.nn.Module, grow: list[str], init: str) -> torch.nn.Module
 def score_camera(model: torch.nn.Module, view: int) -> str:
     """Camera at sigma 0.2, clipped, with the noise ``moe-denoise evaluate --suite photos`` draws (seed 0), tiled at
     ``view`` (overlap half a view): the model's PSNR and the best Gaussian blur's, as one line."""
-    from benchmarks.quality import TARGET_PHOTO, TARGET_SIGMA, load_photo, model_tile_fn, noise_draw
+    from benchmarks.quality import TARGET_PHOTO, TARGET_SIGMA, load_photo, model_tile_fn, noise_draw, noisy_photo
     from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, psnr
     from runtime.tiling import denoise_array
 
     clean = load_photo(TARGET_PHOTO)
-    noisy = np.clip(clean + np.float32(TARGET_SIGMA) * noise_draw(TARGET_PHOTO, clean.shape, 0), 0.0, 1.0)
+    noisy = noisy_photo(clean, TARGET_SIGMA, noise_draw(TARGET_PHOTO, clean.shape, 0))
     out = denoise_array(noisy, model_tile_fn(model), tile=view, overlap=view // 2, guard=False)
     blur = psnr(np.clip(best_gaussian_blur(noisy, clean, DEFAULT_BLUR_GRID)["image"], 0, 1), clean)
     got = psnr(np.clip(out, 0, 1), clean)
