@@ -562,6 +562,9 @@ def output_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
+OVERSHOOT_LIMIT = 1.5  # to_pixels clips [1 - limit, limit] to [0, 1]; values beyond are another scale, refused
+
+
 def to_pixels(array: np.ndarray, info: ImageInfo) -> np.ndarray:
     """Validate a float result (all rows or a band) and quantise it to the file's integers (clipped to [0, 1]).
 
@@ -582,6 +585,11 @@ def to_pixels(array: np.ndarray, info: ImageInfo) -> np.ndarray:
         part = a[y:y + step]
         if not np.isfinite(part).all():
             raise InputError("the image to write has NaN/inf values; expected finite values in [0, 1]")
+        low, high = float(part.min(initial=0.0)), float(part.max(initial=0.0))
+        if high > OVERSHOOT_LIMIT or low < -(OVERSHOOT_LIMIT - 1):  # not a denoiser's overshoot: another scale
+            hint = f" (8-bit values? divide by 255{'; 16-bit: by 65535' if high > 255 else ''})" if high > 2 else ""
+            raise InputError(f"the image to write has values from {low:.4g} to {high:.4g}; expected [0, 1], a little "
+                             f"over at most (that is clipped){hint}")
         out[y:y + step] = np.rint(np.clip(part.astype(np.float64), 0.0, 1.0) * top)
     return out
 
@@ -591,7 +599,8 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     """Write a float HxWxC array in [0, 1] in the mode and bit depth of ``info``; return the path written.
 
     The format follows the extension. The write is atomic, and an existing file (the input included) is
-    only replaced when ``overwrite`` is true. Values outside [0, 1] are clipped (denoisers overshoot).
+    only replaced when ``overwrite`` is true. Values a little outside [0, 1] are clipped (denoisers overshoot);
+    beyond ``OVERSHOOT_LIMIT`` (e.g. 0-255 values) they are refused.
     ``quality`` (1 to 100): a JPEG or WebP output's (:func:`check_quality`); other formats are lossless.
     """
     target = Path(path)

@@ -428,3 +428,20 @@ def test_jpeg_quality_is_the_callers_and_checked(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="quality, a whole number from 1 to 100"):
             write_image(tmp_path / "bad.jpg", array, info, quality=bad)
     assert not (tmp_path / "bad.jpg").exists()
+
+
+def test_values_on_another_scale_are_refused_and_a_small_overshoot_is_clipped(tmp_path: Path) -> None:
+    """write_image of 0-255 (or 0-65535) floats: refused with the division to make, nothing written (they were
+    clipped to a white picture); a denoiser's overshoot a little past [0, 1] is clipped as before."""
+    Image.fromarray(rng_u8((20, 30, 3))).save(tmp_path / "in.png")
+    image, info = read_image(tmp_path / "in.png")
+    for scale, hint in ((255.0, "8-bit values? divide by 255)"), (65535.0, "divide by 255; 16-bit: by 65535)")):
+        with pytest.raises(InputError, match=r"has values from 0 to [0-9.e+]+; expected \[0, 1\].*" + hint[:12]):
+            write_image(tmp_path / "out.png", image * np.float32(scale), info)
+        assert not (tmp_path / "out.png").exists()
+    with pytest.raises(InputError, match="from -2 to"):
+        write_image(tmp_path / "out.png", image - np.float32(2.0), info)
+    over = image.copy()
+    over[0, 0] = (1.2, -0.2, 0.5)
+    write_image(tmp_path / "out.png", over, info)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png"))[0, 0], (255, 0, 128))
