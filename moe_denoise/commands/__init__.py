@@ -140,6 +140,10 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
         from runtime.torch_runner import TorchRunner
 
         if args.impl == "triton":
+            if not args.device.startswith("cuda"):  # the op would run the reference there, named 'torch-triton'
+                raise InputError(f"--impl triton runs the Triton kernel on CUDA only; on --device {args.device} its "
+                                 f"op runs the reference attention, so nothing of the kernel would be run or "
+                                 f"checked. Use --impl masked here (the same numbers), or --device cuda on a GPU")
             import topk_attention.torch_op  # noqa: F401 - registers the Triton implementation
 
         return TorchRunner(resolve_weights(weights), preset=args.preset, device=args.device, impl=args.impl,

@@ -187,3 +187,16 @@ def test_add_noise_into_a_folder_keeps_the_photos_name(capsys, tmp_path):
     assert code == 0 and (tmp_path / "noisy" / "photo.png").is_file() and "noisy/photo.png" in out
     code, _, err = run(capsys, "add-noise", src, "-o", tmp_path / "noisy")
     assert code == 2 and "already exists" in err
+
+
+@pytest.mark.parametrize("command", ["denoise", "parity"])
+def test_triton_impl_off_cuda_is_refused_not_run_as_the_reference(capsys, tmp_path, command):
+    """--impl triton on the CPU: refused with what to use (it ran the reference attention there, reported as
+    'torch-triton', and parity passed it against itself); nothing written"""
+    argv = (["denoise", tmp_path / "in.png", "-o", tmp_path / "out.png"] if command == "denoise" else
+            ["parity", "--backend", "torch"])
+    if command == "denoise":
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
+    code, _, err = run(capsys, *argv, "--impl", "triton", "--device", "cpu")
+    assert code == 2 and "--impl triton runs the Triton kernel on CUDA only" in err and "--impl masked" in err
+    assert not (tmp_path / "out.png").exists()
