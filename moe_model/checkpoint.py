@@ -153,5 +153,13 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"weights {path} do not fit the '{config.name}' architecture: {e}") from e
+        own = (side or {}).get("config", {}).get("name") if preset is not None else None
+        fits = [] if own else fitting_presets(sd)
+        hint = (f"their {sidecar_path(path).name} names '{own}': leave --preset out to use it" if own else
+                f"their tensors fit the preset(s) {', '.join(fits)}" if fits else
+                "their tensors fit none of the presets")
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else type(e).__name__
+        raise CheckpointError(f"weights {path} do not fit the '{config.name}' architecture ({detail[:200]}); "
+                              f"{hint}") from e
     return model.eval()

@@ -207,3 +207,22 @@ def test_unreadable_weights_are_explained_without_torchs_advice(tmp_path):
     (tmp_path / "text.pt").write_text("# not weights\n")
     with pytest.raises(CheckpointError, match=r"text\.pt: it is not a file torch\.save wrote \(.+\)\. Pass a "):
         load_state_dict(tmp_path / "text.pt")
+
+
+def test_weights_that_do_not_fit_the_preset_name_their_own(random_weights, tmp_path):
+    """--preset that the tensors do not fit: the sidecar's architecture is named (leave --preset out), and torch's
+    list of every mismatched tensor is cut to its first line; without a sidecar the presets they fit are named."""
+    import shutil
+
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_model
+
+    with pytest.raises(CheckpointError) as e:
+        load_model(random_weights, preset="residual_refine_wide")
+    text = str(e.value)
+    assert "do not fit the 'residual_refine_wide' architecture (" in text and "size mismatch for" not in text
+    assert "random.json names 'seed': leave --preset out to use it" in text
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(random_weights, bare)  # no sidecar
+    with pytest.raises(CheckpointError, match=r"do not fit the 'residual_refine_wide' .*fit the preset\(s\) .*seed"):
+        load_model(bare, preset="residual_refine_wide")
