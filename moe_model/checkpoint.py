@@ -10,6 +10,7 @@ import torch
 from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import CheckpointError
 from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
+from moe_base.manifest import read_manifest
 
 from .model import SmallViT
 
@@ -63,8 +64,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                               f"'moe-denoise train' or a PyTorch state dict (.pt)")
     if path.suffix.lower() in ARTIFACT_SUFFIXES:
         kind, backend = ARTIFACT_SUFFIXES[path.suffix.lower()]
-        raise CheckpointError(f"{path} is {kind}, not weights: the torch backend takes weights (.safetensors or "
-                              f".pt); run it with --backend {backend} --artifact {path}")
+        try:
+            source = ((read_manifest(path, required=False) or {}).get("model") or {}).get("weights_file")
+        except Exception:  # noqa: BLE001 - a damaged manifest only loses the hint
+            source = None
+        made = f"; it was made from {source}: pass that with --weights" if source else ""
+        raise CheckpointError(f"{path} is {kind}, not weights (.safetensors or .pt){made}. To run the model itself: "
+                              f"--backend {backend} --artifact {path} (denoise, parity, serve)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -187,8 +187,15 @@ def test_a_weights_file_and_a_model_file_given_to_the_wrong_backend_are_named(tm
         OrtRunner(random_weights).activate()
     for name, backend in (("m.onnx", "ort"), ("m.engine", "trt")):
         (tmp_path / name).write_bytes(b"\x08\x07not really")
-        with pytest.raises(CheckpointError, match=f"is an? .* not weights: .* run it with --backend {backend} "):
+        with pytest.raises(CheckpointError, match=f"is an? .*, not weights \\(.safetensors or .pt\\)\\. To run the "
+                                                  f"model itself: --backend {backend} --artifact "):
             TorchRunner(tmp_path / name).activate()
+    from moe_base.manifest import SCHEMA, write_artifact
+
+    write_artifact(tmp_path / "made.onnx", b"model", {"schema": SCHEMA, "artifact": {"sha256": "0" * 64, "bytes": 5},
+                                                      "model": {"weights_file": "weights/blind.safetensors"}})
+    with pytest.raises(CheckpointError, match="it was made from weights/blind.safetensors: pass that with --weights"):
+        TorchRunner(tmp_path / "made.onnx").activate()
 
 
 def test_unreadable_weights_are_explained_without_torchs_advice(tmp_path):
