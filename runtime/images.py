@@ -585,7 +585,7 @@ def to_pixels(array: np.ndarray, info: ImageInfo) -> np.ndarray:
         part = a[y:y + step]
         if not np.isfinite(part).all():
             raise InputError("the image to write has NaN/inf values; expected finite values in [0, 1]")
-        low, high = float(part.min(initial=0.0)), float(part.max(initial=0.0))
+        low, high = (float(part.min()), float(part.max())) if part.size else (0.0, 0.0)
         if high > OVERSHOOT_LIMIT or low < -(OVERSHOOT_LIMIT - 1):  # not a denoiser's overshoot: another scale
             hint = f" (8-bit values? divide by 255{'; 16-bit: by 65535' if high > 255 else ''})" if high > 2 else ""
             raise InputError(f"the image to write has values from {low:.4g} to {high:.4g}; expected [0, 1], a little "

@@ -436,7 +436,7 @@ def test_values_on_another_scale_are_refused_and_a_small_overshoot_is_clipped(tm
     Image.fromarray(rng_u8((20, 30, 3))).save(tmp_path / "in.png")
     image, info = read_image(tmp_path / "in.png")
     for scale, hint in ((255.0, "8-bit values? divide by 255)"), (65535.0, "divide by 255; 16-bit: by 65535)")):
-        with pytest.raises(InputError, match=r"has values from 0 to [0-9.e+]+; expected \[0, 1\].*" + hint[:12]):
+        with pytest.raises(InputError, match=r"has values from [0-9.e+]+ to [0-9.e+]+; expected \[0, 1\].*" + hint[:12]):
             write_image(tmp_path / "out.png", image * np.float32(scale), info)
         assert not (tmp_path / "out.png").exists()
     with pytest.raises(InputError, match="from -2 to"):
