@@ -53,11 +53,11 @@ def read_manifest(artifact: str | Path, required: bool = True) -> dict[str, Any]
     Raises ArtifactError when it is missing (unless ``required`` is False: then None), unreadable or malformed."""
     mpath = manifest_path(artifact)
     if not mpath.is_file():
-        if required and Path(artifact).suffix.lower() in (".safetensors", ".pt", ".pth"):
-            raise ArtifactError(f"{artifact} is a weights file, not an ONNX model or a TensorRT engine: export it "
-                                f"with 'moe-denoise export --weights {artifact}', or run it with --backend torch "
-                                f"(--weights {artifact})")
         if required:
+            if Path(artifact).suffix.lower() in (".safetensors", ".pt", ".pth"):
+                raise ArtifactError(f"{artifact} is a weights file, not an ONNX model or a TensorRT engine: export "
+                                    f"it with 'moe-denoise export --weights {artifact}', or run it with --backend "
+                                    f"torch (--weights {artifact})")
             raise ArtifactError(f"{artifact} has no manifest ({mpath} is missing). Artifacts written by "
                                 f"'moe-denoise export' / 'moe-denoise build' always have one; re-export it")
         return None

@@ -164,8 +164,8 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
         hint = (f"their {sidecar_path(path).name} names '{own}': leave --preset out to use it" if own else
                 f"their tensors fit the preset(s) {', '.join(fits)}" if fits else
                 "their tensors fit none of the presets")
-        first = str(e).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0] if first else type(e).__name__
+        lines = str(e).strip().splitlines()  # torch's: a heading, then one line per mismatched tensor
+        detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else type(e).__name__
         raise CheckpointError(f"weights {path} do not fit the '{config.name}' architecture ({detail[:200]}); "
                               f"{hint}") from e
     return model.eval()

@@ -185,10 +185,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             raise CheckpointError(f"--resume was given but {state_path} does not exist; run without --resume "
                                     f"to start, or point --out-dir at the run to continue")
         st = load_training_state(state_path)
-        saved = st["train_config"]
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings added since the save
-        changed = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(cfg).items()
-                   if k not in ("out_dir", "data_dir", "device", "threads") and saved.get(k, defaults[k]) != v}
+        saved = _with_defaults(st["train_config"])
+        changed = {k: (saved[k], v) for k, v in dataclasses.asdict(cfg).items()
+                   if k not in ("out_dir", "data_dir", "device", "threads") and saved[k] != v}
         if changed:
             longer = (" (the learning-rate schedule spans the run's epochs, so a run continues with its own; to train "
                       f"longer, start a new run with --init-from {out / 'best.safetensors'})") if "epochs" in changed else ""
@@ -283,9 +282,11 @@ def saved_settings(out_dir: str | Path) -> dict[str, Any]:
     default), for continuing it with only some settings given; {} when there is no last.pt (``train`` then says
     that --resume has nothing to continue)."""
     state_path = Path(out_dir) / "last.pt"
-    if not state_path.is_file():
-        return {}
-    saved = load_training_state(state_path)["train_config"]
+    return _with_defaults(load_training_state(state_path)["train_config"]) if state_path.is_file() else {}
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``train_config`` with the settings added since the save at their defaults."""
     return {f.name: saved.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)
             if f.name in saved or f.default is not dataclasses.MISSING}
 
