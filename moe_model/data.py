@@ -77,8 +77,9 @@ def load_cifar10(data_dir: str | Path, split: Split) -> np.ndarray:
     wanted = (TEST_FILE,) if split == "test" else TRAIN_FILES
     missing = [f for f in wanted if not (root / f).is_file()]
     if missing:
-        found = sorted(p.name for p in root.iterdir())[:20]
-        raise DatasetError(f"CIFAR-10 folder {root} lacks {missing} (found: {found or 'nothing'}). Expected "
+        names = sorted(p.name for p in root.iterdir())
+        found = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") or "nothing"
+        raise DatasetError(f"CIFAR-10 folder {root} lacks {', '.join(missing)} (found: {found}). Expected "
                            f"{', '.join(TRAIN_FILES)} and {TEST_FILE}. {_where_to_get()}")
     images = np.concatenate([_read_batch(root / f) for f in wanted])
     if split == "test":

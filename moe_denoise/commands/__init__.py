@@ -9,6 +9,19 @@ from pathlib import Path
 from moe_base.errors import InputError
 
 DEFAULT_DATA_DIR = "../shared/data/cifar-10-batches-py"
+SPLIT_HELP = ("CIFAR-10 images: test (the test batch), val (the last 5,000 of the training batches, which 'train' "
+              "holds out) or train (the rest)")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every subcommand's help formatter: an option's default follows its help, unless the help already says it
+    (``default: ...``) or there is none worth showing (``None``: the help says what happens; a flag's ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:

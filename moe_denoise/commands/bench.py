@@ -18,7 +18,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import add_weights_args, positive_int, resolve_weights, seconds
+from . import HelpFormatter, add_weights_args, positive_int, resolve_weights, seconds
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
@@ -33,6 +33,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _per_preset(key: str, fmt: str = "{}") -> str:
+    """An option's defaults in each preset, for its help: '(default: 20; --quick 5, --gpu 15)'."""
+    def show(v: Any) -> str:
+        return "none" if v is None else ",".join(map(str, v)) if isinstance(v, tuple) else fmt.format(v)
+    return (f"(default: {show(PRESETS['full'][key])}; --quick {show(PRESETS['quick'][key])}, "
+            f"--gpu {show(PRESETS['gpu'][key])})")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from benchmarks.backends import ALL_BACKENDS, QUICK_BACKENDS
 
@@ -43,24 +51,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                     f"Backends: {', '.join(ALL_BACKENDS)}. Unavailable ones are listed with the reason. --quick: "
                     f"{', '.join(QUICK_BACKENDS)} at batches 1,8,64 (torch.compile left out: it compiles for longer "
                     "than the quick budget). --gpu: the GPU backends with CUDA events, compute-only and end-to-end.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_weights_args(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a quick look: under two minutes on a 2-core CPU")
     mode.add_argument("--gpu", action="store_true", help="the GPU run: CUDA events, compute-only + end-to-end, "
                                                           "batches up to 4096, a deadline of ~5.5 min of timing")
     p.add_argument("--backends", default=None, help="comma-separated backend names, or 'all' (default: per preset)")
-    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: per preset)")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes " + _per_preset("batches"))
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch and ONNX Runtime (default: the usable cores)")
-    p.add_argument("--repeats", type=positive_int, default=None, help="interleaved rounds per batch size (at most)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls per backend and batch size")
-    p.add_argument("--parity-images", type=positive_int, default=None, help="images in the parity check before timing")
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="interleaved rounds per batch size, at most " + _per_preset("repeats"))
+    p.add_argument("--warmup", type=positive_int, default=None,
+                   help="untimed warm-up calls per backend and batch size " + _per_preset("warmup"))
+    p.add_argument("--parity-images", type=positive_int, default=None,
+                   help="images in the parity check before timing " + _per_preset("parity_images"))
     p.add_argument("--batch-budget", type=seconds, default=None,
-                   help="seconds of timing per batch size after which no new round starts")
+                   help="seconds of timing per batch size after which no new round starts "
+                        + _per_preset("batch_budget_s", "{:g}"))
     p.add_argument("--deadline", type=seconds, default=None,
-                   help="seconds from the command's start after which no new round or batch size starts "
-                        "(quick: 75, gpu: 360; the last round and the report follow)")
+                   help="seconds from the command's start after which no new round or batch size starts (the last "
+                        "round and the report follow) " + _per_preset("deadline_s", "{:g}"))
     p.add_argument("--engine", action="append", default=[], metavar="NAME=PATH",
                    help="a TensorRT engine for a trt-* backend, e.g. trt-plugin-fp16=engines/x.engine (repeatable)")
     p.add_argument("--build-engines", action=argparse.BooleanOptionalAction, default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import positive_int, resolve_weights
+from . import HelpFormatter, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,25 +16,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "engine and ENGINE.manifest.json atomically. TensorRT 10 (>= 10.9) takes fp16 as a "
                                    "builder flag on the fp32 graph; TensorRT 11 is strongly typed and needs the fp16 "
                                    "graph from 'moe-denoise export --precision fp16'.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--onnx", type=Path, default=None,
                    help="the exported ONNX model (with its manifest); default: the plugin graph that 'moe-denoise "
                         "export --flavor plugin' writes, at this precision")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="engine path (default: next to the ONNX model, named <model>.<precision>.engine)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o (never done without it)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    p.add_argument("--min-batch", type=positive_int, default=1)
-    p.add_argument("--opt-batch", type=positive_int, default=64)
-    p.add_argument("--max-batch", type=positive_int, default=1024)
-    p.add_argument("--workspace-mib", type=positive_int, default=2048)
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="engine precision (fp16 is judged by PSNR against PyTorch)")
+    p.add_argument("--min-batch", type=positive_int, default=1, help="smallest batch the engine accepts")
+    p.add_argument("--opt-batch", type=positive_int, default=64, help="batch TensorRT tunes its kernels for")
+    p.add_argument("--max-batch", type=positive_int, default=1024, help="largest batch the engine accepts")
+    p.add_argument("--workspace-mib", type=positive_int, default=2048,
+                   help="scratch GPU memory the builder may use, MiB (>= 64)")
     p.add_argument("--cache-dir", type=Path, default=None, help="timing + engine cache (default: "
                                                                 "$MOE_DENOISE_CACHE or ~/.cache/moe-denoise)")
     p.add_argument("--no-engine-cache", action="store_true", help="always build, never reuse a cached engine")
     p.add_argument("--weights", type=Path, default=None,
                    help="weights for the parity check: those the ONNX model was exported from (checked by hash "
                         "against its manifest): a file or a shipped name (blind, sigma20); default: blind")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the engine's manifest as JSON instead of the parity report")
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import add_backend_args, add_weights_args, make_runner, noise_std, positive_int, seconds
+from . import HelpFormatter, add_backend_args, add_weights_args, make_runner, noise_std, positive_int, seconds
 
 DEFAULT_MAX_PIXELS = 200_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported here: `--help` stays light)
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "file (or the input) unless --overwrite is given. Several photos, or folders of "
                                    "photos, go into the folder -o under their own names, with the denoiser loaded "
                                    "once; a photo that cannot be read is reported and the others go on.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("input", type=Path, nargs="+",
                    help="the photo to denoise; or several, or folders (their .png, .jpg/.jpeg, .tif/.tiff, .webp and "
                         ".bmp files, not their subfolders)")
@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",  # runtime.images.JPEG_QUALITY
                    help="quality of JPEG and WebP outputs, 1 to 100 (written with 4:4:4 chroma); lower gives smaller "
                         "files and undoes more of the denoising; other formats are lossless")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
     p.add_argument("--server", default=None, metavar="URL",
                    help="send the photo to a running 'moe-denoise serve' (HOST:PORT or http://HOST:PORT, "
                         "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply, "
@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     q.add_argument("input", type=Path, help="the photo (any format and mode 'denoise' reads)")
     q.add_argument("-o", "--output", type=Path, required=True,
                    help="where to write the noisy copy (same size, mode and bit depth as the input); an existing "

@@ -6,12 +6,15 @@ import platform
 import sys
 from typing import Any
 
+from . import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="versions, GPU, and which backends are usable here",
                        description="Reports Python, torch, onnx, onnxruntime (and its providers), tensorrt, triton, "
-                                   "CUDA and the GPU, then which backends can run here and why not the others.")
-    p.add_argument("--json", action="store_true")
+                                   "CUDA and the GPU, then which backends can run here and why not the others.",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=run)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import add_data_args, noise_std, positive_int, resolve_weights
+from . import SPLIT_HELP, HelpFormatter, add_data_args, noise_std, positive_int, resolve_weights
 
 SUITES = ("cifar", "photos", "all")
 
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with the best Gaussian blur as a further baseline. --sigma S gives the one-level table of "
                     "earlier versions (the seed's report: --sigma 0.2). Per-image PSNR and SSIM (data_range 1, "
                     "scikit-image), mean over images; the noise is fixed by --eval-seed / --photo-seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--weights", type=Path, action="append", default=None,
                    help="weights (.safetensors with its .json, or a PyTorch .pt state dict); repeat to compare "
                         "several; default: the shipped weights")
@@ -39,16 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", action="append", default=None,
                    help="name of each --weights in the report, once per --weights in order; default: the file name")
     add_data_args(p)
-    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help=SPLIT_HELP)
     p.add_argument("--sigma", type=noise_std, default=None,
                    help="one noise level (std on [0, 1] pixels, or levels of 255 such as 51/255): the single-sigma table "
                         "of earlier versions (--sigma 0.2 is the seed's report) instead of the across-sigma report")
     p.add_argument("--sigmas", type=float, nargs="+", default=list(DEFAULT_SIGMAS_255),
                    help="noise levels of the across-sigma report, on the 0-255 scale (std sigma/255 on [0, 1])")
-    p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"])
-    p.add_argument("--eval-seed", type=int, default=1234)
+    p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"],
+                   help="noise clipped to [0, 1] (clamp(x + sigma N, 0, 1), as photos are saved), not clipped, or both")
+    p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed noise on the CIFAR-10 images")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per inference call")
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM")
     p.add_argument("--suite", default="cifar", choices=SUITES,
                    help="across-sigma report on CIFAR-10, on whole photos, or both")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import add_weights_args, positive_int, resolve_weights
+from . import HelpFormatter, add_weights_args, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Writes an ONNX model and OUT.manifest.json. Before the file is kept, it is run in "
                                    "ONNX Runtime against the PyTorch model on a fixed batch; out of tolerance, nothing "
                                    "is written and the parity report is printed (exit code 1).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     add_weights_args(p)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="output .onnx path (default: $MOE_DENOISE_CACHE/artifacts/moe_denoiser.<flavor>[.noopt]"
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: fp16 weights/activations with fp32 I/O, LayerNorm and softmax in fp32 (for strongly "
                         "typed TensorRT 11 engines); judged by PSNR against the fp32 model")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph, 17 to 21")
     p.add_argument("--parity-images", type=positive_int, default=32, help="size of the fixed parity batch")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads for the parity run")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_backend_args, add_weights_args, make_runner, positive_int, resolve_weights
+from . import HelpFormatter, add_backend_args, add_weights_args, make_runner, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,13 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "backend's output against PyTorch's and the fraction of pixels beyond tolerance. "
                                    "Tolerances come from moe_base/tolerances.py, keyed by (backend, precision). "
                                    "Exit code 1 when out of tolerance.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     add_backend_args(p, required=True, default_impl="gather")
     add_weights_args(p)
-    p.add_argument("-n", "--num-images", type=positive_int, default=64)
+    p.add_argument("-n", "--num-images", type=positive_int, default=64,
+                   help="synthetic 32x32 inputs (fixed); --data-dir adds as many CIFAR-10 test images")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="optionally add noisy CIFAR-10 test images from this folder to the synthetic batch")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
 

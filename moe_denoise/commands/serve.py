@@ -8,7 +8,7 @@ import time
 
 from moe_base.fileio import atomic_write_json, check_output_file
 
-from . import add_backend_args, add_weights_args, make_runner
+from . import HelpFormatter, add_backend_args, add_weights_args, make_runner
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "server). HTTP/REST and gRPC (KServe v2 protocol), health and Prometheus metrics endpoints. "
                     "Ctrl-C or SIGTERM stops it cleanly (requests in flight finish). Send photos with "
                     "'moe-denoise denoise PHOTO -o OUT --server localhost:8000'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_backend_args(p)
     add_weights_args(p)
     p.add_argument("--address", default="127.0.0.1",

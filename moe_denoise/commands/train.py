@@ -5,7 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from . import add_data_args, noise_std, positive_int
+from . import HelpFormatter, add_data_args, noise_std, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "last.pt every epoch (for --resume) and OUT_DIR/best.safetensors + best.json "
                                    "(lowest validation loss). --resume --out-dir OUT_DIR continues a run with the "
                                    "settings it was started with; settings given with it must be the same.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     _add_options(p)
     p.set_defaults(func=run)
 
@@ -28,10 +28,10 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--out-dir", default="runs/default", help="where checkpoints go")
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="architecture preset")
-    p.add_argument("--epochs", type=positive_int, default=30)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=positive_int, default=30, help="passes over the training images")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per optimiser step")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (cosine schedule to 0)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--aux-weight", type=float, default=0.01, help="weight of the load-balance loss")
     p.add_argument("--loss", choices=LOSSES, default="mse",
                    help="mse: the seed's pixel MSE; psnr: mean per-image log-MSE (optimises the mean PSNR the "
@@ -54,7 +54,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                         "bilinearly demosaicked: correlated) instead of white noise")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the order of the images and their noise")
     p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed validation noise")
     p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training images")
     p.add_argument("--max-val", type=positive_int, default=None, help="use only the first N validation images")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import HelpFormatter, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,22 +15,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "--engine is given, a TensorRT engine on the tensorrt backend, each with its config.pbtxt "
                     "(dynamic batching, instance group, inputs and outputs), checked against Triton's own config "
                     "schema. OUT/README.md says how to serve it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("-o", "--output", type=Path, default=Path("triton_repo"), help="repository folder to write")
     p.add_argument("--onnx", type=Path, default=None,
                    help="portable ONNX model (default: the one 'moe-denoise export' writes, as for --backend ort)")
     p.add_argument("--engine", type=Path, default=None, help="TensorRT engine from 'moe-denoise build' (optional)")
     p.add_argument("--no-onnx", action="store_true", help="only the engine")
-    p.add_argument("--max-batch", type=int, default=64, help="max_batch_size of the models")
+    p.add_argument("--max-batch", type=positive_int, default=64, help="max_batch_size of the models")
     p.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batcher's max queue delay")
-    p.add_argument("--instances", type=int, default=1, help="instances of the ONNX model")
+    p.add_argument("--instances", type=positive_int, default=1, help="instances of the ONNX model")
     p.add_argument("--onnx-kind", choices=["KIND_CPU", "KIND_GPU"], default="KIND_CPU",
                    help="where Triton runs the ONNX model")
-    p.add_argument("--trt-instances", type=int, default=1, help="instances of the TensorRT model (per GPU)")
+    p.add_argument("--trt-instances", type=positive_int, default=1, help="instances of the TensorRT model (per GPU)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder, replacing our models")
     p.add_argument("--no-server-check", action="store_true",
                    help="skip having PyTriton's tritonserver read the configs (done when PyTriton is installed)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import add_data_args, add_weights_args, load_model_from_args, noise_std, positive_int
+from . import SPLIT_HELP, HelpFormatter, add_data_args, add_weights_args, load_model_from_args, noise_std, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,16 +14,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Writes OUT_DIR/denoise_grid.png (noisy | denoised | clean with per-image PSNR) "
                                    "and OUT_DIR/routing_maps.png (per block and expert, the routing probability "
                                    "of each patch).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     add_weights_args(p)
     add_data_args(p)
-    p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("-n", "--num-images", type=positive_int, default=8)
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help=SPLIT_HELP)
+    p.add_argument("-n", "--num-images", type=positive_int, default=8, help="images in the grid (one row each)")
     p.add_argument("--offset", type=int, default=0, help="index of the first image")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
-    p.add_argument("--eval-seed", type=int, default=1234)
+    p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed noise")
     p.add_argument("--scale", type=positive_int, default=4, help="pixel upscaling of each 32x32 image")
-    p.add_argument("-o", "--out-dir", type=Path, default=Path("."))
+    p.add_argument("-o", "--out-dir", type=Path, default=Path("."), help="folder for the two PNGs (replaced if there)")
     p.set_defaults(func=run)
 
 

@@ -22,6 +22,38 @@ def test_help_on_each_subcommand(capsys, command):
     assert "usage: moe-denoise " + command in capsys.readouterr().out
 
 
+def _subparsers():
+    import argparse
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+@pytest.mark.parametrize("command", tuple(c.replace("_", "-") for c in COMMANDS) + ("add-noise",))
+def test_every_option_says_what_it_does_and_its_default_once(command):
+    """--help explains every option; a default is shown once, and never as 'None' or 'False' (the help says what
+    happens without the option)."""
+    parser = _subparsers()[command]
+    unexplained = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert not unexplained, f"{command}: options without help: {unexplained}"
+    text = parser.format_help()
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for action in parser._actions:
+        shown = parser._get_formatter()._expand_help(action) if action.help else ""
+        assert shown.lower().count("default:") <= 1, (command, action.option_strings, shown)
+
+
+def test_help_shows_defaults_from_the_code():
+    """Defaults are shown from the code, so they cannot drift: a preset's batch sizes, a train setting."""
+    from moe_denoise.commands.bench import PRESETS
+
+    sub = _subparsers()
+    bench = " ".join(sub["bench"].format_help().split())
+    assert f"--quick {PRESETS['quick']['repeats']}, --gpu {PRESETS['gpu']['repeats']}" in bench
+    assert "(default: 1,8,64,256; --quick 1,8,64," in bench
+    assert "(default: 30)" in sub["train"].format_help()
+
+
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out

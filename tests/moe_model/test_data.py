@@ -26,7 +26,11 @@ def test_missing_and_malformed_folders(tmp_path):
         load_cifar10(tmp_path / "nope", "test")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "readme.txt").write_text("x")
-    with pytest.raises(DatasetError, match=r"lacks \['test_batch'\].*found: \['readme.txt'\]"):
+    with pytest.raises(DatasetError, match=r"lacks test_batch \(found: readme.txt\)"):
+        load_cifar10(tmp_path / "d", "test")
+    for i in range(9):  # a crowded folder: the first names and how many more
+        (tmp_path / "d" / f"z{i}.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"found: readme.txt, z0.txt, .*, z6.txt and 2 more\)"):
         load_cifar10(tmp_path / "d", "test")
     (tmp_path / "d" / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match="could not read"):
