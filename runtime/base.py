@@ -14,12 +14,24 @@ from moe_base.contract import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 from moe_base.errors import InputError
 
 
+def conversion_hint(obj: Any, layout: str) -> str:
+    """How to make a numpy array of what a caller passed instead (``layout``: the axes expected), for 'convert it
+    with ...'."""
+    kind = type(obj)
+    if kind.__module__.startswith("torch") and hasattr(obj, "detach"):  # no torch import for the check
+        return f"x.detach().cpu().numpy() (a torch tensor; float32, {layout})"
+    if kind.__module__.startswith("PIL.") and hasattr(obj, "getbands"):
+        return ("np.asarray(img, dtype=np.float32) / 255 (an 8-bit PIL image), or read the file with "
+                "runtime.read_image(path), which reads every bit depth")
+    return f"np.asarray(x, dtype=np.float32) ({layout})"
+
+
 def validate_batch(x: Any, dtypes: tuple[np.dtype, ...] = (np.dtype(np.float32),), name: str = INPUT_NAME,
                    tile_shape: tuple[int, int, int] = TILE_SHAPE, check_range: bool = True) -> np.ndarray:
     """Check one input batch: ndarray [B, C, H, W] of an accepted dtype, finite, values in [0, 1]."""
     if not isinstance(x, np.ndarray):
         raise InputError(f"input '{name}' must be a numpy array, got {type(x).__name__}; convert it with "
-                         f"np.asarray(x, dtype=np.float32)")
+                         f"{conversion_hint(x, 'B x 3 x 32 x 32')}")
     accepted = " or ".join(str(d) for d in dtypes)
     if x.dtype not in dtypes:
         raise InputError(f"input '{name}' has dtype {x.dtype}; this runner expects {accepted}. Convert with "

@@ -36,7 +36,7 @@ import numpy as np
 
 from moe_base.errors import InputError
 
-from .base import check_unit_range
+from .base import check_unit_range, conversion_hint
 from .guard import GuardResult, blend, check_strength, colour_part, guard_weight, with_strength
 
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -135,7 +135,8 @@ def _check_settings(tile: int, overlap: int, batch_size: int) -> None:
 def validate_image(image: object) -> np.ndarray:
     """Check an image array (HxW or HxWxC, C in 1..4, float32, finite, in [0, 1]); return it as HxWxC."""
     if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be a numpy array; got {type(image).__name__}. Use np.asarray(...)")
+        raise InputError(f"image must be a numpy array; got {type(image).__name__}. Convert it with "
+                         f"{conversion_hint(image, 'height x width x channels')}")
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):

@@ -28,7 +28,7 @@ GOOD = np.full((2, 3, 32, 32), 0.5, np.float32)
 
 
 @pytest.mark.parametrize("bad,match", [
-    ([[0.5]], "must be a numpy array, got list"),
+    ([[0.5]], r"must be a numpy array, got list; convert it with np.asarray\(x, dtype=np.float32\) \(B x 3 x 32 x 32\)"),
     (GOOD.astype(np.float64), "dtype float64; this runner expects float32"),
     (np.zeros((3, 32, 32), np.float32), r"shape \[3, 32, 32\]; expected \[B, 3, 32, 32\]"),
     (np.zeros((2, 32, 32, 3), np.float32), r"shape \[2, 32, 32, 3\]"),
@@ -196,6 +196,17 @@ def test_a_weights_file_and_a_model_file_given_to_the_wrong_backend_are_named(tm
                                                       "model": {"weights_file": "weights/blind.safetensors"}})
     with pytest.raises(CheckpointError, match="it was made from weights/blind.safetensors: pass that with --weights"):
         TorchRunner(tmp_path / "made.onnx").activate()
+
+
+def test_a_shipped_name_given_to_the_library_names_its_file(tmp_path, monkeypatch):
+    """'sigma20' is a name the commands' --weights takes; TorchRunner takes files, and says which one it names."""
+    from moe_base.errors import CheckpointError
+    from runtime import TorchRunner
+
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    with pytest.raises(CheckpointError, match=r"'sigma20' names shipped weights, .* in Python pass the file, "
+                                              r"weights\.SHIPPED\['sigma20'\]"):
+        TorchRunner("sigma20").activate()
 
 
 def test_unreadable_weights_are_explained_without_torchs_advice(tmp_path):

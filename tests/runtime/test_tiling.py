@@ -175,7 +175,7 @@ def test_alpha_passes_through_unchanged(channels: int) -> None:
     (np.zeros((0, 4, 3), dtype=np.float32), "no pixels"),
     (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
     (np.full((4, 4, 3), 1.5, dtype=np.float32), "[0, 1]"),
-    ([[0.0]], "numpy array"),
+    ([[0.0]], r"got list\. Convert it with np\.asarray\(x, dtype=np\.float32\) \(height x width x channels\)$"),
 ])
 def test_bad_images_are_refused_clearly(bad: object, message: str) -> None:
     with pytest.raises(InputError, match=message if message[0] != "[" else r"\[0, 1\]"):
@@ -192,3 +192,14 @@ def test_bad_settings_are_refused(kwargs: dict) -> None:
 def test_a_denoiser_returning_the_wrong_shape_is_reported() -> None:
     with pytest.raises(ValueError, match="returned shape"):
         denoise_array(random_image((8, 8, 3)), lambda t: t[:, :1])
+
+
+def test_a_torch_tensor_or_pil_image_gets_its_own_conversion() -> None:
+    """The two objects a Python user most often has instead of a numpy array, each with its conversion."""
+    import torch
+    from PIL import Image
+
+    with pytest.raises(InputError, match=r"got Tensor\. Convert it with x\.detach\(\)\.cpu\(\)\.numpy\(\) \(a torch"):
+        denoise_array(torch.zeros(4, 4, 3, requires_grad=True), identity)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"Convert it with np\.asarray\(img, dtype=np\.float32\) / 255 .*read_image"):
+        denoise_array(Image.new("RGB", (4, 4)), identity)  # type: ignore[arg-type]
