@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError
+from moe_base.progress import Progress
 from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_denoise, psnr
 from moe_model.evaluate import BM3D, DEFAULT_SIGMAS_255, NOISY, format_grid, format_targets, sigma_key, target_record
 from runtime.guard import blend
@@ -133,13 +134,13 @@ def _level(name: str, clean: np.ndarray, noisy: np.ndarray, sigma: float, fns: M
 def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOTOS),
                     sigmas255: Sequence[float] = DEFAULT_SIGMAS_255, bm3d_names: Sequence[str] = DEFAULT_BM3D_PHOTOS,
                     blur_grid: Sequence[float] = DEFAULT_BLUR_GRID, seed: int = 0, with_ssim: bool = True,
-                    progress: bool = False, guard: bool = False) -> dict[str, Any]:
+                    progress: bool | str = False, guard: bool = False) -> dict[str, Any]:
     """Score ``models`` (label -> torch model, or label -> tile function) on whole photos at every noise level of
     ``sigmas255`` (0-255 scale; 0 = the clean photo), with the noisy input, the best Gaussian blur and BM3D (on
     ``bm3d_names`` only) as reference rows. When ``camera`` is among ``names`` its sigma-0.2 level (issue 15's
     target against the best blur) is scored too, as ``result["target_level"]``. ``guard``: every model is also
     scored with the clean-input guard (:mod:`runtime.guard`, as ``moe-denoise denoise`` runs by default), in a
-    row labelled by :func:`guarded_label`."""
+    row labelled by :func:`guarded_label`. ``progress``: True or 'bar', 'lines' (a line per level, for logs), False."""
     labels = list(models)
     clash = [x for x in labels if x in (NOISY, BM3D, BLUR)]
     if clash:
@@ -155,12 +156,7 @@ def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOT
     seconds: dict[str, float] = {}
     photos: dict[str, Any] = {}
     target = None
-    jobs = [(n, float(s)) for n in names for s in sigmas255]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="photos", unit="level", leave=False)
+    steps = Progress(len(names) * len(sigmas255) + (TARGET_PHOTO in names), "photos", "level", progress)
     for name in names:
         clean = load_photo(name)
         draw = noise_draw(name, clean.shape, seed)
@@ -171,16 +167,15 @@ def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOT
             noisy = noisy_photo(clean, s255 / 255.0, draw)
             entry["rows"][sigma_key(s255)] = _level(name, clean, noisy, s255 / 255.0, fns, name in bm3d_names,
                                                     blur_grid, with_ssim, seconds, guard)
-            if bar is not None:
-                bar.update(1)
+            steps.step(f"{name} sigma {sigma_key(s255)}")
         if name == TARGET_PHOTO:
             noisy = noisy_photo(clean, TARGET_SIGMA, draw)
             target = {"photo": name, "sigma": TARGET_SIGMA, "protocol": "clip",
                       "rows": _level(name, clean, noisy, TARGET_SIGMA, fns, name in bm3d_names, blur_grid,
                                      with_ssim, seconds, guard)}
+            steps.step(f"{name} sigma {sigma_key(TARGET_SIGMA * 255)} (the target level, {TARGET_SIGMA:g} on [0, 1])")
         photos[name] = entry
-    if bar is not None:
-        bar.close()
+    steps.close()
     methods = [NOISY, BLUR, *([BM3D] if bm3d_names else []),
                *(x for label in labels for x in ((label, guarded_label(label)) if guard else (label,)))]
     return {"mode": "photos", "protocol": "clip", "seed": seed, "sigmas": [float(s) for s in sigmas255],

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from moe_base.errors import InputError
+from moe_base.progress import Progress
 
 from .data import DEFAULT_EVAL_SEED, DEFAULT_SIGMA, PROTOCOLS, fixed_noisy
 from .metrics import psnr_per_image, ssim_per_image
@@ -133,7 +134,7 @@ def evaluate_across_sigmas(models: Mapping[str, torch.nn.Module], clean: torch.T
                            sigmas255: Sequence[float] = DEFAULT_SIGMAS_255, protocols: Sequence[str] = PROTOCOLS,
                            eval_seed: int = DEFAULT_EVAL_SEED, batch_size: int = 256, with_ssim: bool = True,
                            bm3d_indices: Sequence[int] | None = None, seed_protocol: bool = True,
-                           progress: bool = False) -> dict[str, Any]:
+                           progress: bool | str = False) -> dict[str, Any]:
     """Score every model of ``models`` (label -> model) on clean images (N, 3, H, W) in [0, 1] at every noise level
     of ``sigmas255`` (0-255 scale; 0 is the clean image itself) under every protocol, with the noisy input as a row.
 
@@ -142,7 +143,8 @@ def evaluate_across_sigmas(models: Mapping[str, torch.nn.Module], clean: torch.T
     give the clean image, scored once and reported under each. With ``bm3d_indices``, BM3D (told the true sigma) runs
     on those images only and every row is repeated on them (``result["bm3d"]``), with the paired difference model -
     BM3D. With ``seed_protocol``, every model is also scored on ``clamp(x + 0.2 N, 0, 1)`` (the numbers of
-    ``evaluate_model`` at sigma 0.2). ``result["seconds"]`` is the time spent denoising, per method.
+    ``evaluate_model`` at sigma 0.2). ``result["seconds"]`` is the time spent denoising, per method. ``progress``:
+    True or 'bar' (bars), 'lines' (a line per noise level, for logs), False.
     """
     labels = list(models)
     if NOISY in labels or BM3D in labels:
@@ -160,14 +162,13 @@ def evaluate_across_sigmas(models: Mapping[str, torch.nn.Module], clean: torch.T
     per: dict[str, dict[str, dict[str, dict[str, np.ndarray]]]] = {}  # protocol -> sigma -> method -> metric
     clean_once: dict[str, dict[str, np.ndarray]] | None = None  # sigma 0 is the same in every protocol
     conditions = [(p, float(s)) for p in protocols for s in sigmas255]
-    if progress:
-        from tqdm import tqdm
-
-        conditions = tqdm(conditions, desc="noise levels", unit="level", leave=False)
+    levels = Progress(len(conditions), "CIFAR-10 noise levels", "level", progress)
+    bars = levels.mode == "bar"
     for protocol, s255 in conditions:
         key = sigma_key(s255)
         if s255 == 0.0 and clean_once is not None:
             per.setdefault(protocol, {})[key] = clean_once
+            levels.step(f"{protocol} sigma {key}")
             continue
         noisy = fixed_noisy(clean, s255 / 255.0, protocol, eval_seed)
         scores = {NOISY: _scores(noisy, clean, with_ssim)}
@@ -180,13 +181,15 @@ def evaluate_across_sigmas(models: Mapping[str, torch.nn.Module], clean: torch.T
             from .baselines import bm3d_batch
 
             t0 = time.perf_counter()
-            den = torch.from_numpy(bm3d_batch(noisy[idx].numpy(), s255 / 255.0, progress=progress,
+            den = torch.from_numpy(bm3d_batch(noisy[idx].numpy(), s255 / 255.0, progress=bars,
                                               desc=f"BM3D {protocol} sigma {key}"))
             seconds[BM3D] += time.perf_counter() - t0
             scores[BM3D] = _scores(den, clean[idx], with_ssim)
         per.setdefault(protocol, {})[key] = scores
         if s255 == 0.0:
             clean_once = scores
+        levels.step(f"{protocol} sigma {key}")
+    levels.close()
 
     result: dict[str, Any] = {
         "mode": "across-sigma", "num_images": len(clean), "eval_seed": eval_seed,

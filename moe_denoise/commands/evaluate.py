@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from moe_base.errors import InputError
+from moe_base.progress import progress_mode
 
 from . import SPLIT_HELP, HelpFormatter, add_data_args, noise_std, positive_int, resolve_weights
 
@@ -200,7 +200,7 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
     for s in specs:
         result = evaluate_model(models[s["label"]], clean, sigma=args.sigma, protocols=protocols,
                                 eval_seed=args.eval_seed, batch_size=args.batch_size, with_ssim=not args.no_ssim,
-                                progress=not args.json)
+                                progress=progress_mode(not args.json) == "bar")
         weights = "shipped" if args.weights is None else s["path"]
         result.update(split=args.split, weights=weights, preset=s["preset"], label=s["label"])
         results.append(result)
@@ -212,7 +212,7 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
 def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], models: dict[str, Any]) -> int:
     from moe_model.evaluate import check_targets, evaluate_across_sigmas, format_sigma_table, subset_indices
 
-    progress = not args.json and sys.stderr.isatty()
+    progress = progress_mode(not args.json)  # bars on a terminal, a line per noise level in a log
     protocols = ("clip", "unclipped") if args.protocol == "both" else (args.protocol,)
     photos = list(args.photos) if args.photos else None
     bm3d_wanted = args.suite != "photos" and args.bm3d_images > 0

@@ -75,10 +75,17 @@ def test_photos_suite_with_plot(capsys, monkeypatch, fake_cifar, random_weights,
     full = quality.load_photo
     monkeypatch.setattr(quality, "load_photo", lambda name: full(name)[:40, :56])  # small crops: seconds, not minutes
     plot = tmp_path / "psnr.png"
-    code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
-                       "--suite", "all", "--photos", "camera", "astronaut", "--bm3d-photos", "none", "--bm3d-images",
-                       0, "--sigmas", 0, 15, "--no-ssim", "--plot", plot)
+    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
+                         "--suite", "all", "--photos", "camera", "astronaut", "--bm3d-photos", "none", "--bm3d-images",
+                         0, "--sigmas", 0, 15, "--no-ssim", "--plot", plot)
     assert code == 0 and plot.read_bytes()[:4] == b"\x89PNG"
+    # stderr is no terminal here, as in a log: a line per noise level, no bar
+    lines = err.splitlines()
+    assert lines[0].startswith("CIFAR-10 noise levels: clip sigma 0 (1 of 4, ") and "\r" not in err
+    assert [x.split(" (")[0] for x in lines if x.startswith("photos:")] == [
+        "photos: camera sigma 0", "photos: camera sigma 15", "photos: camera sigma 51",
+        "photos: astronaut sigma 0", "photos: astronaut sigma 15"]
+    assert lines[-1].endswith("(5 of 5, " + lines[-1].rsplit(", ", 1)[1])
     assert "camera (gray, 56x40) PSNR" in out and "astronaut (colour, 56x40)" in out and "camera at sigma 0.2" in out
     assert "== CIFAR-10 test split" in out and f"plot written to {plot}" in out
 

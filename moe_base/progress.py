@@ -1,0 +1,63 @@
+"""Progress of long work in steps of seconds to minutes (noise levels, photos): a bar on a terminal, a line per
+step in a log (``nohup ... > log``), where a bar's carriage returns would be noise and silence looks like a hang."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Literal, TextIO
+
+Mode = Literal["bar", "lines"]
+
+
+def progress_mode(enabled: bool = True, stream: TextIO | None = None) -> Mode | None:
+    """'bar' when ``stream`` (stderr) is a terminal, 'lines' when it is a file or pipe, None when not ``enabled``."""
+    if not enabled:
+        return None
+    stream = stream or sys.stderr
+    return "bar" if stream.isatty() else "lines"
+
+
+def as_mode(progress: bool | str | None) -> Mode | None:
+    """A ``progress`` argument as a mode: True (the library's older bool) = 'bar', False / None = none."""
+    if progress is True:
+        return "bar"
+    if not progress:
+        return None
+    if progress not in ("bar", "lines"):
+        raise ValueError(f"progress must be True, False, 'bar' or 'lines'; got {progress!r}")
+    return progress  # type: ignore[return-value]
+
+
+class Progress:
+    """``total`` steps of work named ``desc``; ``step(what)`` after each. In 'lines' mode each step prints
+    '<desc>: <what> (i of total, s s)' to stderr at once (flushed), so a log shows where a long run is."""
+
+    def __init__(self, total: int, desc: str, unit: str, mode: bool | str | None, stream: TextIO | None = None):
+        self.total, self.desc, self.mode = total, desc, as_mode(mode)
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.start = time.perf_counter()
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=self.stream)
+
+    def step(self, what: str = "") -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.mode == "lines":
+            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total}, "
+                  f"{time.perf_counter() - self.start:.0f} s)", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,41 @@
+"""Progress of long work: a bar on a terminal, a line per step in a log, nothing when turned off."""
+import io
+
+import pytest
+
+from moe_base.progress import Progress, as_mode, progress_mode
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_mode_follows_the_stream():
+    assert progress_mode(stream=Terminal()) == "bar"
+    assert progress_mode(stream=io.StringIO()) == "lines"
+    assert progress_mode(False, stream=Terminal()) is None
+    assert [as_mode(x) for x in (True, False, None, "lines")] == ["bar", None, None, "lines"]
+    with pytest.raises(ValueError, match="'bar' or 'lines'; got 'dots'"):
+        as_mode("dots")
+
+
+def test_lines_name_each_step_and_count_them():
+    log = io.StringIO()
+    with Progress(2, "photos", "level", "lines", stream=log) as p:
+        p.step("camera sigma 25")
+        p.step()
+    first, second = log.getvalue().splitlines()
+    assert first.startswith("photos: camera sigma 25 (1 of 2, ") and first.endswith(" s)")
+    assert second.startswith("photos: (2 of 2, ")
+
+
+def test_a_bar_draws_on_its_stream_and_nothing_is_printed_when_off():
+    term = Terminal()
+    with Progress(3, "levels", "level", "bar", stream=term) as p:
+        p.step("x")
+    assert "levels" in term.getvalue() and "x (" not in term.getvalue()
+    quiet = io.StringIO()
+    with Progress(3, "levels", "level", None, stream=quiet) as p:
+        p.step("x")
+    assert quiet.getvalue() == "" and p.done == 1
