@@ -22,6 +22,7 @@ import torch
 
 from moe_base.config import get_preset
 from moe_base.errors import CheckpointError, InputError, NoGPUError, TrainingError
+from moe_base.progress import Progress
 
 from .checkpoint import atomic_torch_save, origin, save_weights, torch_load_reason
 from .data import (
@@ -140,9 +141,10 @@ def selection_loss(val: dict[str, float], kind: str) -> float:
     return val["mse"] if kind == "mse" else -val["psnr"]
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after_epoch: int | None = None,
+def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, stop_after_epoch: int | None = None,
           command: str | None = None, log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
-    """Train (or resume) and return the final summary. ``stop_after_epoch`` simulates an interruption.
+    """Train (or resume) and return the final summary. ``stop_after_epoch`` simulates an interruption. ``progress``
+    within an epoch: True or 'bar', 'lines' (a line a minute, for logs), False (the epoch lines only).
 
     A folder that already holds a run is continued with ``resume`` or replaced with ``overwrite``, never replaced
     silently. Raises InputError for bad settings or folders, CheckpointError for an unreadable training state,
@@ -214,7 +216,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # data order + noise of this epoch
         perm = torch.randperm(len(train_u8), generator=gen)
         t0, seen, run_loss = time.perf_counter(), 0, 0.0
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", "step", progress, every_s=PROGRESS_LINE_S)
         for step in range(steps_per_epoch):
             clean = to_float(train_u8[perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]])
             if cfg.blind:
@@ -238,11 +240,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             sched.step()
             seen += len(clean)
             run_loss += (loss.item() - run_loss) * (0.05 if step else 1.0)
-            if bar is not None:
-                bar.set_postfix(loss=f"{run_loss:.5f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-                bar.update()
-        if bar is not None:
-            bar.close()
+            bar.step(f"loss {run_loss:.5f}, {seen / (time.perf_counter() - t0):.0f} img/s")
+        bar.close()
         val = evaluate_loss(model, val_noisy, val_clean, 256, device)
         val["loss"] = selection_loss(val, cfg.loss)
         rec = {"epoch": epoch + 1, "train_loss": run_loss, "val_loss": val["loss"], "val_mse": val["mse"],
@@ -274,6 +273,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     return {"out_dir": str(out), "best_val_loss": best_loss, "history": history, "model": model}
 
 
+PROGRESS_LINE_S = 60.0  # in a log, a line within an epoch at most this often
 STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "epoch", "best_loss", "history", "train_config")
 
 
@@ -360,11 +360,3 @@ def _grows_inputs(model: torch.nn.Module, name: str, old_shape: torch.Size) -> b
     transposed = isinstance(module, torch.nn.ConvTranspose2d)
     return (name.endswith("weight") and not transposed and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
             and model.state_dict()[name].shape[1] > old_shape[1])
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

@@ -65,7 +65,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out-dir (without it, an existing run is never replaced)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="per-epoch lines only: no bar on a terminal, no line a minute in a log")
 
 
 _UNSET = object()
@@ -85,6 +86,7 @@ def given_options(args: argparse.Namespace) -> set[str]:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from moe_base.progress import progress_mode
     from moe_model.train import TrainConfig, saved_settings, train
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in given})
     cfg = TrainConfig(**settings)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress, command=command, overwrite=args.overwrite)
+    result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,
+                   overwrite=args.overwrite)
     best = Path(args.out_dir) / "best.safetensors"
     if best.is_file():
         print(f"best validation loss {result['best_val_loss']:.6f}; weights: {best}")

@@ -232,3 +232,37 @@ def test_triton_impl_off_cuda_is_refused_not_run_as_the_reference(capsys, tmp_pa
     code, _, err = run(capsys, *argv, "--impl", "triton", "--device", "cpu")
     assert code == 2 and "--impl triton runs the Triton kernel on CUDA only" in err and "--impl masked" in err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_output_reaches_a_log_line_by_line(tmp_path):
+    """stdout to a file or pipe (nohup ... > log) is block-buffered by Python: a training run's epoch lines would
+    show up only at the end. The command writes each line when it is printed: here the child waits, after its
+    first line, until the parent has read it (and says so with a file)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    seen = tmp_path / "seen"
+    child = ("import pathlib, time\n"
+             "import moe_denoise.commands.doctor as doctor\n"
+             "def run(args):\n"
+             "    print('first line')\n"
+             f"    flag = pathlib.Path({str(seen)!r})\n"
+             "    deadline = time.monotonic() + 60\n"
+             "    while not flag.exists() and time.monotonic() < deadline:\n"
+             "        time.sleep(0.05)\n"
+             "    return 0\n"
+             "doctor.run = run\n"
+             "from moe_denoise.cli import main\n"
+             "raise SystemExit(main(['doctor']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as on a user's machine
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, env=env)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    while_running = list(got)
+    seen.touch()
+    proc.wait(timeout=90)
+    assert while_running == ["first line\n"], "the first line did not reach the pipe while the command ran"

@@ -37,6 +37,23 @@ def test_train_writes_checkpoints(fake_cifar, tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+def test_in_a_log_an_epoch_shows_its_progress_in_lines(fake_cifar, tmp_path, capsys, monkeypatch):
+    """progress='lines' (stderr not a terminal): lines with the step, loss and speed, at most one per
+    PROGRESS_LINE_S seconds (0 here: every step), no bar's carriage returns; False: none at all."""
+    import moe_model.train as training
+
+    monkeypatch.setattr(training, "PROGRESS_LINE_S", 0.0)
+    train(small_config(fake_cifar, tmp_path / "run", epochs=1), progress="lines", log=lambda s: None)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2 and "\r" not in err  # 32 images in batches of 16
+    assert lines[0].startswith("epoch 1/1: loss ") and " img/s (1 of 2, " in lines[0]
+    monkeypatch.setattr(training, "PROGRESS_LINE_S", 3600.0)  # a short run in a log: the epoch lines only
+    train(small_config(fake_cifar, tmp_path / "run2", epochs=1), progress="lines", log=lambda s: None)
+    train(small_config(fake_cifar, tmp_path / "run3", epochs=1), progress=False, log=lambda s: None)
+    assert capsys.readouterr().err == ""
+
+
 def test_blind_training_validates_on_the_mixture(fake_cifar, tmp_path):
     result = train(small_config(fake_cifar, tmp_path / "run", blind=True, loss="psnr", mse_floor=1e-5, epochs=1),
                    progress=False, log=lambda s: None)
