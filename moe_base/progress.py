@@ -30,31 +30,32 @@ def as_mode(progress: bool | str | None) -> Mode | None:
 
 class Progress:
     """``total`` steps of work named ``desc``; ``step(what)`` after each (``what``: the bar's postfix). In 'lines'
-    mode a step prints '<desc>: <what> (i of total, s s)' to stderr at once (flushed), so a log shows where a long
+    mode a step prints '<desc>: <what> (i of N <unit>s, s s)' to stderr at once (flushed), so a log shows where a long
     run is; with ``every_s``, at most one line per ``every_s`` seconds (for many short steps)."""
 
     def __init__(self, total: int, desc: str, unit: str, mode: bool | str | None, stream: TextIO | None = None,
                  every_s: float = 0.0):
-        self.total, self.desc, self.mode, self.every_s = total, desc, as_mode(mode), every_s
+        self.total, self.desc, self.unit, self.mode, self.every_s = total, desc, unit, as_mode(mode), every_s
         self.stream = stream or sys.stderr
         self.done = 0
         self.start = self.printed = time.perf_counter()
         self.bar = None
         if self.mode == "bar":
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a notebook's widget in Jupyter
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=self.stream)
 
-    def step(self, what: str = "") -> None:
-        self.done += 1
+    def step(self, what: str = "", n: int = 1) -> None:
+        """``n`` more units of work done (``what``: the step's name or figures)."""
+        self.done += n
         if self.bar is not None:
             if what:
                 self.bar.set_postfix_str(what, refresh=False)
-            self.bar.update(1)
+            self.bar.update(n)
         elif self.mode == "lines" and (now := time.perf_counter()) - self.printed >= self.every_s:
             self.printed = now
-            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total}, {now - self.start:.0f} s)",
-                  file=self.stream, flush=True)
+            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total} {self.unit}s, "
+                  f"{now - self.start:.0f} s)", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

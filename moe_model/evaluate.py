@@ -162,7 +162,7 @@ def evaluate_across_sigmas(models: Mapping[str, torch.nn.Module], clean: torch.T
     per: dict[str, dict[str, dict[str, dict[str, np.ndarray]]]] = {}  # protocol -> sigma -> method -> metric
     clean_once: dict[str, dict[str, np.ndarray]] | None = None  # sigma 0 is the same in every protocol
     conditions = [(p, float(s)) for p in protocols for s in sigmas255]
-    levels = Progress(len(conditions), "CIFAR-10 noise levels", "level", progress)
+    levels = Progress(len(conditions), "CIFAR-10", "level", progress)
     bars = levels.mode == "bar"
     for protocol, s255 in conditions:
         key = sigma_key(s255)

@@ -77,7 +77,7 @@ def denoise_file(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = True,
+    progress: bool | str = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     band_rows: int | None = None,
     guard: bool = True,
@@ -130,7 +130,7 @@ def denoise_file(
 
 
 def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,
-                    band_rows: int | None, progress: bool, guard: bool, sigma: float | None,
+                    band_rows: int | None, progress: bool | str, guard: bool, sigma: float | None,
                     strength: float) -> tuple[np.ndarray, GuardResult | None, float]:
     """The denoised image as the file's integers, band by band (float32 only one band at a time), the guard's
     decision (None: no guard) and the input's weight in the result (guard and ``strength`` together)."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from moe_base.errors import InputError
+from moe_base.progress import Progress
 
 from .base import check_unit_range, conversion_hint
 from .guard import GuardResult, blend, check_strength, colour_part, guard_weight, with_strength
@@ -46,6 +47,7 @@ DEFAULT_TILE = 32
 DEFAULT_OVERLAP = 16
 DEFAULT_BATCH_SIZE = 256
 PROGRESS_MIN_TILES = 1024  # below this a bar would only flash by
+PROGRESS_LINE_S = 30.0  # progress='lines': at most one line this often
 DEFAULT_BAND_BYTES = 32 << 20  # working memory of one band (see band_rows_for)
 BAND_BYTES_PER_PIXEL = 96  # per padded pixel of a band: float64 sums, float32 rows in and out, the division
 
@@ -209,7 +211,7 @@ def denoise_bands(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
     band_rows: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     input_weight: float = 0.0,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Denoise an image given row by row; yield ``(first_row, band)`` pairs, top to bottom, as bands are done.
@@ -238,7 +240,7 @@ def denoise_bands(
 
 
 def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, batch_size: int, band_rows: int,
-                 progress: bool, input_weight: float) -> Iterator[tuple[int, np.ndarray]]:
+                 progress: bool | str, input_weight: float) -> Iterator[tuple[int, np.ndarray]]:
     t, h, w = plan.tile, plan.height, plan.width
     gray = channels in (1, 2)
     ys, xs = np.asarray(plan.ys, dtype=np.intp), np.asarray(plan.xs, dtype=np.intp)
@@ -314,7 +316,7 @@ def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, bat
             for y, x, tile_out in zip(by.tolist(), bx.tolist(), out):
                 acc[:, y - a0:y - a0 + t, x:x + t] += tile_out * w2
             if bar is not None:
-                bar.update(stop - start)
+                bar.step(n=stop - start)
             # Tiles come in row-major order, so no later tile touches a row above the next tile's top row.
             final = min(end, int(ys[stop // nx]) if stop < total else end)
             while final - done >= band_rows or (final == end and done < end):
@@ -333,12 +335,11 @@ def _summed_window(w1: np.ndarray, starts: tuple[int, ...], length: int) -> np.n
     return total
 
 
-def _progress_bar(total: int, progress: bool):  # -> tqdm | None
+def _progress_bar(total: int, progress: bool | str) -> Progress | None:
+    """A bar (True / 'bar') or a line every PROGRESS_LINE_S seconds ('lines', for logs) over ``total`` tiles."""
     if not progress or total < PROGRESS_MIN_TILES:
         return None
-    from tqdm.auto import tqdm  # base dependency; imported lazily to keep `import runtime` numpy-only
-
-    return tqdm(total=total, unit="tile", desc="denoising")
+    return Progress(total, "denoising", "tile", progress, every_s=PROGRESS_LINE_S)  # tqdm: imported for a bar
 
 
 def denoise_array(
@@ -347,7 +348,7 @@ def denoise_array(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = False,
+    progress: bool | str = False,
     band_rows: int | None = None,
     guard: bool | GuardResult = True,
     sigma: float | None = None,
@@ -361,8 +362,9 @@ def denoise_array(
     denoised but copied through unchanged. ``fn`` gets float32 (B, 3, tile, tile) batches with
     B <= ``batch_size``. ``overlap`` (default half a tile) trades speed for smoothness: at 16 every pixel
     is seen by 4 tiles (4x the work of plain stitching) and each tile's edges, where the denoiser sees
-    the least context, get almost no weight. A tqdm bar is shown when ``progress`` is true and there
-    are at least PROGRESS_MIN_TILES tiles. The output is not clipped (a denoiser may overshoot [0, 1]).
+    the least context, get almost no weight. With at least PROGRESS_MIN_TILES tiles, ``progress``
+    True or 'bar' shows a tqdm bar, 'lines' a line every PROGRESS_LINE_S seconds (for logs). The output
+    is not clipped (a denoiser may overshoot [0, 1]).
 
     The work goes in horizontal bands of ``band_rows`` rows (:func:`denoise_bands`), so beyond the
     image and the result only :func:`band_working_bytes` are used; the result does not depend on it.
@@ -384,7 +386,7 @@ def denoise_array_guarded(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = False,
+    progress: bool | str = False,
     band_rows: int | None = None,
     guard: bool | GuardResult = True,
     sigma: float | None = None,
@@ -414,7 +416,8 @@ def denoise_array_guarded(
 
 
 def denoise_whole(rows: RowSource, height: int, width: int, channels: int, fn: TileFn, tile: int, overlap: int,
-                  batch_size: int, band_rows: int | None, progress: bool, input_weight: float = 0.0) -> np.ndarray:
+                  batch_size: int, band_rows: int | None, progress: bool | str,
+                  input_weight: float = 0.0) -> np.ndarray:
     """:func:`denoise_bands` gathered into one float32 (height, width, channels) array."""
     result = np.empty((height, width, channels), dtype=np.float32)
     for y, band in denoise_bands(rows, height, width, channels, fn, tile, overlap, batch_size, band_rows, progress,
@@ -424,7 +427,7 @@ def denoise_whole(rows: RowSource, height: int, width: int, channels: int, fn: T
 
 
 def guard_reusing(rows: RowSource, height: int, width: int, channels: int, fn: TileFn, tile: int, overlap: int,
-                  batch_size: int, band_rows: int | None, progress: bool, sigma: float | None,
+                  batch_size: int, band_rows: int | None, progress: bool | str, sigma: float | None,
                   two_scales: bool | str | None) -> tuple[GuardResult, np.ndarray | None]:
     """The guard's decision, and the image denoised without the guard (:func:`denoise_whole`) when the decision
     needed it: for an image the guard samples whole and under the gate, that denoising is the guard's own f(x),

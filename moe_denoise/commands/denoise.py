@@ -157,6 +157,7 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
     """One photo, here with ``runner``, or on the server of --server (then ``runner``, if any, is what
     --check-local denoises with here; None: it makes its own; ``client``: the run's open client of the server,
     or None to open one for this photo)."""
+    from moe_base.progress import progress_mode
     from runtime.photo import denoise_file
 
     if args.server is not None:
@@ -164,7 +165,7 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
         report["denoised_by"] = f"the server at {args.server}"
         return report
     report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
-                          batch_size=args.batch_size, progress=not (args.no_progress or args.json),
+                          batch_size=args.batch_size, progress=progress_mode(not (args.no_progress or args.json)),
                           max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
                           strength=args.strength, quality=args.jpeg_quality)
     report["backend"] = runner.describe()

@@ -26,8 +26,8 @@ def test_lines_name_each_step_and_count_them():
         p.step("camera sigma 25")
         p.step()
     first, second = log.getvalue().splitlines()
-    assert first.startswith("photos: camera sigma 25 (1 of 2, ") and first.endswith(" s)")
-    assert second.startswith("photos: (2 of 2, ")
+    assert first.startswith("photos: camera sigma 25 (1 of 2 levels, ") and first.endswith(" s)")
+    assert second.startswith("photos: (2 of 2 levels, ")
 
 
 def test_a_bar_draws_on_its_stream_and_nothing_is_printed_when_off():

@@ -81,11 +81,11 @@ def test_photos_suite_with_plot(capsys, monkeypatch, fake_cifar, random_weights,
     assert code == 0 and plot.read_bytes()[:4] == b"\x89PNG"
     # stderr is no terminal here, as in a log: a line per noise level, no bar
     lines = err.splitlines()
-    assert lines[0].startswith("CIFAR-10 noise levels: clip sigma 0 (1 of 4, ") and "\r" not in err
+    assert lines[0].startswith("CIFAR-10: clip sigma 0 (1 of 4 levels, ") and "\r" not in err
     assert [x.split(" (")[0] for x in lines if x.startswith("photos:")] == [
         "photos: camera sigma 0", "photos: camera sigma 15", "photos: camera sigma 51",
         "photos: astronaut sigma 0", "photos: astronaut sigma 15"]
-    assert lines[-1].endswith("(5 of 5, " + lines[-1].rsplit(", ", 1)[1])
+    assert lines[-1].endswith("(5 of 5 levels, " + lines[-1].rsplit(", ", 1)[1])
     assert "camera (gray, 56x40) PSNR" in out and "astronaut (colour, 56x40)" in out and "camera at sigma 0.2" in out
     assert "== CIFAR-10 test split" in out and f"plot written to {plot}" in out
 

@@ -47,7 +47,7 @@ def test_in_a_log_an_epoch_shows_its_progress_in_lines(fake_cifar, tmp_path, cap
     err = capsys.readouterr().err
     lines = err.splitlines()
     assert len(lines) == 2 and "\r" not in err  # 32 images in batches of 16
-    assert lines[0].startswith("epoch 1/1: loss ") and " img/s (1 of 2, " in lines[0]
+    assert lines[0].startswith("epoch 1/1: loss ") and " img/s (1 of 2 steps, " in lines[0]
     monkeypatch.setattr(training, "PROGRESS_LINE_S", 3600.0)  # a short run in a log: the epoch lines only
     train(small_config(fake_cifar, tmp_path / "run2", epochs=1), progress="lines", log=lambda s: None)
     train(small_config(fake_cifar, tmp_path / "run3", epochs=1), progress=False, log=lambda s: None)

@@ -203,3 +203,20 @@ def test_a_torch_tensor_or_pil_image_gets_its_own_conversion() -> None:
         denoise_array(torch.zeros(4, 4, 3, requires_grad=True), identity)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"Convert it with np\.asarray\(img, dtype=np\.float32\) / 255 .*read_image"):
         denoise_array(Image.new("RGB", (4, 4)), identity)  # type: ignore[arg-type]
+
+
+def test_progress_in_a_log_is_lines_of_tiles(capsys, monkeypatch) -> None:
+    """progress='lines' (a log): 'denoising: (k of N tiles, s s)', at most one per PROGRESS_LINE_S seconds (0 here:
+    one per batch), no carriage returns; the same result as without progress."""
+    import runtime.tiling as tiling
+
+    monkeypatch.setattr(tiling, "PROGRESS_MIN_TILES", 1)
+    monkeypatch.setattr(tiling, "PROGRESS_LINE_S", 0.0)
+    image = random_image((40, 40, 3))
+    out = denoise_array(image, identity, batch_size=4, progress="lines")
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    total = int(lines[0].split(" of ")[1].split()[0])
+    assert lines[0].startswith("denoising: (4 of ") and f"({total} of {total} tiles, " in lines[-1]
+    assert len(lines) == -(-total // 4) and "\r" not in err
+    np.testing.assert_array_equal(out, denoise_array(image, identity, batch_size=4))
