@@ -60,12 +60,6 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises CheckpointError for a missing or unreadable file (``.pt`` files are read with ``weights_only``)."""
     path = Path(path)
     if not path.is_file():
-        from weights import SHIPPED  # the names the commands' --weights takes
-
-        if str(path) in SHIPPED:
-            raise CheckpointError(f"no weights file '{path}': '{path}' names shipped weights, which the "
-                                  f"commands' --weights takes by name; in Python pass the file, "
-                                  f"weights.SHIPPED[{str(path)!r}] (from weights import SHIPPED)")
         raise CheckpointError(f"weights file {path} does not exist; pass a .safetensors file written by "
                               f"'moe-denoise train' or a PyTorch state dict (.pt)")
     if path.suffix.lower() in ARTIFACT_SUFFIXES:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import TILE_SHAPE
-from moe_base.errors import InputError, MissingBackendError, NoGPUError
+from moe_base.errors import CheckpointError, InputError, MissingBackendError, NoGPUError
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 
@@ -97,7 +97,13 @@ class TorchRunner(BaseRunner):
             torch.set_num_threads(self.threads)
         if self.model is None:
             from moe_model.checkpoint import load_model
+            from weights import SHIPPED  # the names the commands' --weights takes
 
+            name = str(self.weights)
+            if name in SHIPPED and not Path(name).exists():
+                raise CheckpointError(f"no weights file '{name}': '{name}' names shipped weights, which the "
+                                      f"commands' --weights takes by name; in Python pass the file, "
+                                      f"weights.SHIPPED[{name!r}] (from weights import SHIPPED)")
             self.model = load_model(self.weights, preset=self.preset, verify=self.verify_weights)
         model = self.model.eval().to(self.device)
         _register_impl(self.impl)
