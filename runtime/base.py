@@ -125,6 +125,11 @@ class BaseRunner:
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model runs on a GPU (which wants larger batches than a CPU: runtime.tiling.batch_size_for)."""
+        return False
+
     def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
         """A call that runs the model once on a device-resident copy of ``x`` and leaves the output on the device
         (compute only: no host copies), for timing GPU backends. None when the runner has no such path; on a CPU

@@ -173,6 +173,10 @@ class OrtRunner(BaseRunner):
         binding.bind_output(self.output_name, "cuda", self.device_id)
         return lambda: self.session.run_with_iobinding(binding)
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider != "cpu"
+
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "model": str(self.model_path), "provider": self.provider, "threads": self.threads,
              "opt_level": self.opt_level}

@@ -35,6 +35,7 @@ from .tiling import (
     TileFn,
     band_rows_for,
     band_working_bytes,
+    batch_size_for,
     blend_whole,
     denoise_bands,
     guard_reusing,
@@ -42,7 +43,8 @@ from .tiling import (
 )
 
 DENOISER_BYTES_PER_TILE = 5 << 19
-"""Memory a denoiser may add while it runs, per tile of a batch (2.5 MiB; 640 MiB at the default 256 tiles).
+"""Memory a denoiser may add while it runs, per tile of a batch (2.5 MiB: 160 MiB at 64 tiles a call, a CPU
+runner's default, 640 MiB at 256, a GPU's).
 
 Measured on the first calls at batch 256: ONNX Runtime's CPU arena grows by about 530 MB, PyTorch by 340 MB.
 """
@@ -76,7 +78,7 @@ def denoise_file(
     overwrite: bool = False,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool | str = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     band_rows: int | None = None,
@@ -108,6 +110,7 @@ def denoise_file(
     check_strength(strength)
     check_quality(quality)
     check_output_path(out_path, in_path, overwrite)
+    batch_size = batch_size_for(fn, batch_size)  # 64 tiles a call for a runner on a CPU, else 256
     start = time.perf_counter()
 
     def before_decode(header: ImageHeader) -> None:
@@ -125,8 +128,9 @@ def denoise_file(
     except MemoryError as e:
         raise InputError(f"ran out of memory denoising '{info.path}' ({info.width}x{info.height}); free memory or "
                          f"raise the limit, or split the image into smaller ones") from e
-    return photo_report(info, written, plan.count, time.perf_counter() - start,
-                        decision.as_dict() if decision is not None else None, strength, weight)
+    report = photo_report(info, written, plan.count, time.perf_counter() - start,
+                          decision.as_dict() if decision is not None else None, strength, weight)
+    return {**report, "batch_size": batch_size}
 
 
 def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,

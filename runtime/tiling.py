@@ -45,7 +45,8 @@ TileFn = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_TILE = 32
 DEFAULT_OVERLAP = 16
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = 256  # tiles per call on a GPU, and for a denoiser that does not say where it runs
+CPU_BATCH_SIZE = 64  # on a CPU: faster and leaner than 256 for every CPU backend (docs/benchmarks.md)
 PROGRESS_MIN_TILES = 1024  # below this a bar would only flash by
 PROGRESS_LINE_S = 30.0  # progress='lines': at most one line this often
 DEFAULT_BAND_BYTES = 32 << 20  # working memory of one band (see band_rows_for)
@@ -342,12 +343,20 @@ def _progress_bar(total: int, progress: bool | str) -> Progress | None:
     return Progress(total, "denoising", "tile", progress, every_s=PROGRESS_LINE_S)  # tqdm: imported for a bar
 
 
+def batch_size_for(fn: TileFn, batch_size: int | None = None) -> int:
+    """``batch_size``, or when None the tiles per call that suit ``fn``: CPU_BATCH_SIZE for a runner on a CPU
+    (its ``on_gpu`` is False), else DEFAULT_BATCH_SIZE. The result never depends on it, only speed and memory."""
+    if batch_size is not None:
+        return batch_size
+    return CPU_BATCH_SIZE if getattr(fn, "on_gpu", None) is False else DEFAULT_BATCH_SIZE
+
+
 def denoise_array(
     image: np.ndarray,
     fn: TileFn,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool | str = False,
     band_rows: int | None = None,
     guard: bool | GuardResult = True,
@@ -360,11 +369,12 @@ def denoise_array(
     ``image``: float32 HxW or HxWxC in [0, 1]; C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA. Gray is given
     to ``fn`` as three equal channels and the mean of the three outputs is returned; alpha is not
     denoised but copied through unchanged. ``fn`` gets float32 (B, 3, tile, tile) batches with
-    B <= ``batch_size``. ``overlap`` (default half a tile) trades speed for smoothness: at 16 every pixel
-    is seen by 4 tiles (4x the work of plain stitching) and each tile's edges, where the denoiser sees
-    the least context, get almost no weight. With at least PROGRESS_MIN_TILES tiles, ``progress``
-    True or 'bar' shows a tqdm bar, 'lines' a line every PROGRESS_LINE_S seconds (for logs). The output
-    is not clipped (a denoiser may overshoot [0, 1]).
+    B <= ``batch_size`` (default: :func:`batch_size_for`, 64 for a runner on a CPU, else 256). ``overlap``
+    (default half a tile) trades speed for smoothness: at 16 every pixel is seen by 4 tiles (4x the work
+    of plain stitching) and each tile's edges, where the denoiser sees the least context, get almost no
+    weight. With at least PROGRESS_MIN_TILES tiles, ``progress`` True or 'bar' shows a tqdm bar, 'lines'
+    a line every PROGRESS_LINE_S seconds (for logs). The output is not clipped (a denoiser may overshoot
+    [0, 1]).
 
     The work goes in horizontal bands of ``band_rows`` rows (:func:`denoise_bands`), so beyond the
     image and the result only :func:`band_working_bytes` are used; the result does not depend on it.
@@ -385,7 +395,7 @@ def denoise_array_guarded(
     fn: TileFn,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool | str = False,
     band_rows: int | None = None,
     guard: bool | GuardResult = True,
@@ -396,6 +406,7 @@ def denoise_array_guarded(
     """:func:`denoise_array`'s result and the guard's decision (None when ``guard`` is False), for callers that
     report it (the server's photo model sends it back with the photo). ``two_scales`` may be the reason to read
     the noise at two scales, recorded in the decision (:func:`guard_reusing`)."""
+    batch_size = batch_size_for(fn, batch_size)
     _check_settings(tile, overlap, batch_size)
     check_strength(strength)
     img = validate_image(image)
@@ -461,15 +472,15 @@ def _colour_channels(channels: int) -> slice:
 
 
 def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                    batch_size: int = DEFAULT_BATCH_SIZE, sigma: float | None = None,
+                    batch_size: int | None = None, sigma: float | None = None,
                     two_scales: bool = False, denoised: np.ndarray | None = None) -> GuardResult:
     """The clean-input guard's decision (:func:`runtime.guard.guard_weight`) for an image :func:`denoise_array`
     takes, with the same tiling. ``denoised``: the image's ``denoise_array(..., guard=False)`` if the caller has
     it (used as the guard's f(x) when the guard samples the whole image, instead of denoising it again)."""
     img = validate_image(image)
     whole = None if denoised is None else (lambda: colour_part(validate_image(denoised)))
-    return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap, batch_size, sigma,
-                      two_scales, whole)
+    return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap,
+                      batch_size_for(fn, batch_size), sigma, two_scales, whole)
 
 
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,

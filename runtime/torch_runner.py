@@ -175,6 +175,10 @@ class TorchRunner(BaseRunner):
         with torch.inference_mode(), _no_tf32(torch):
             return self.graphs.prepare(batches)
 
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
     def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
         """On CUDA: the model (compiled or eager, TF32 off) on a device copy of ``x`` made once. With CUDA graphs:
         the copy into the bucket's static input, the replay and the copy of the rows out (into a buffer made once),

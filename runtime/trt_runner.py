@@ -191,6 +191,10 @@ class TensorRTRunner(BaseRunner):
                              get_tolerance("trt", self.precision), self.name)
         return BucketedGraphs(capture, buckets, check=check)
 
+    @property
+    def on_gpu(self) -> bool:
+        return True
+
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "engine": str(self.engine_path), "cuda_graph": self.cuda_graph}
         if self.engine is not None:

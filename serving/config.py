@@ -62,7 +62,8 @@ class ServeConfig:
     ``max_batch``: the largest batch (in tiles) Triton's dynamic batcher forms for ``moe_denoiser``, and the
     largest batch a client may send in one request. ``queue_delay_us``: how long the batcher may hold a request
     to wait for others (0: batch only what is already queued). ``dynamic_batching=False`` runs every request on
-    its own, as sent. ``image_batch``: tiles per runner call when the image model denoises a photo. ``guard``:
+    its own, as sent. ``image_batch``: tiles per runner call when the image model denoises a photo (None: as
+    ``moe-denoise denoise``, 64 for a runner on a CPU, 256 on a GPU). ``guard``:
     the image model applies the clean-input guard (``runtime.guard``, as ``moe-denoise denoise`` does by default).
     """
 
@@ -75,7 +76,7 @@ class ServeConfig:
     queue_delay_us: int = 500
     dynamic_batching: bool = True
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    image_batch: int = 256
+    image_batch: int | None = None
     overlap: int = 16
     guard: bool = True
     image_instances: int = 1
@@ -100,7 +101,8 @@ class ServeConfig:
         positive("max_batch", self.max_batch, 1, 65536)
         positive("queue_delay_us", self.queue_delay_us, 0, 10_000_000)
         positive("max_image_pixels", self.max_image_pixels, 1)
-        positive("image_batch", self.image_batch, 1, 65536)
+        if self.image_batch is not None:
+            positive("image_batch", self.image_batch, 1, 65536)
         positive("overlap", self.overlap, 0, 31)
         if not isinstance(self.address, str) or not self.address:
             raise InputError(f"address must be a host address such as 127.0.0.1 or 0.0.0.0; got {self.address!r}")

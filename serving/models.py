@@ -29,7 +29,7 @@ from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
 from runtime.guard import GuardResult, check_sigma, check_strength
 from runtime.jpeg_traces import two_scales_reason
-from runtime.tiling import denoise_array_guarded
+from runtime.tiling import batch_size_for, denoise_array_guarded
 
 from .config import (
     GUARD_OUTPUT,
@@ -141,12 +141,12 @@ class ImageModel:
     """One whole photo per request, tiled and blended with the runner; same dtype out as in. ``guard``: apply the
     clean-input guard (``runtime.guard``) with its own noise estimate, as ``moe-denoise denoise`` does."""
 
-    def __init__(self, runner: Any, max_pixels: int, overlap: int = 16, batch_size: int = 256,
+    def __init__(self, runner: Any, max_pixels: int, overlap: int = 16, batch_size: int | None = None,
                  guard: bool = True) -> None:
         self.runner = runner
         self.max_pixels = max_pixels
         self.overlap = overlap
-        self.batch_size = batch_size
+        self.batch_size = batch_size_for(runner, batch_size)  # None: 64 tiles a call on a CPU, 256 on a GPU
         self.guard = guard
 
     def _tiles(self, batch: np.ndarray) -> np.ndarray:

@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_args(p)
     p.add_argument("--overlap", type=int, default=16, help="tile overlap in pixels (0..31); 16 = best quality, "
                                                            "8 = about 2x fewer tiles")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="tiles per inference call")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="tiles per inference call (default: 64 for a backend on the CPU, 256 on a GPU; the result "
+                        "does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     p.add_argument("--reference", type=Path, default=None,
                    help="a clean version of the photo: report the PSNR of the input and of the output against it")

@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own, as sent")
     p.add_argument("--max-image-pixels", type=int, default=None,
                    help="largest photo moe_denoiser_image accepts, in pixels (default 4096*4096)")
-    p.add_argument("--image-batch", type=int, default=256, help="tiles per runner call when denoising a photo")
+    p.add_argument("--image-batch", type=int, default=None,
+                   help="tiles per runner call when denoising a photo (default: as 'denoise --batch-size', 64 for a "
+                        "backend on the CPU, 256 on a GPU)")
     p.add_argument("--overlap", type=int, default=16, help="tile overlap for photos (as 'denoise --overlap')")
     p.add_argument("--no-guard", action="store_true",
                    help="photos: turn off the clean-input guard, which blends the input back in when a photo is clean "

@@ -129,6 +129,10 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
                        "--reference", photo, "--no-progress", "--json")
     r = json.loads(out)["psnr_vs_reference"]
     assert code == 0 and r["input"] == float("inf") and r["output"] < 60  # the input is its own reference
+    assert json.loads(out)["batch_size"] == 64  # a CPU backend's default, reported
+    code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "b8.png", "--weights", random_weights,
+                       "--batch-size", 8, "--no-progress", "--json")
+    assert code == 0 and json.loads(out)["batch_size"] == 8
     code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "ref2.png", "--weights", random_weights,
                        "--reference", out_png.parent / "nope.png")
     assert code == 2 and not (tmp_path / "ref2.png").exists()

@@ -220,3 +220,35 @@ def test_progress_in_a_log_is_lines_of_tiles(capsys, monkeypatch) -> None:
     assert lines[0].startswith("denoising: (4 of ") and f"({total} of {total} tiles, " in lines[-1]
     assert len(lines) == -(-total // 4) and "\r" not in err
     np.testing.assert_array_equal(out, denoise_array(image, identity, batch_size=4))
+
+
+def test_the_batch_size_suits_where_the_denoiser_runs() -> None:
+    """None: 64 tiles a call for a runner on a CPU (measured faster and leaner there), 256 on a GPU or for a plain
+    function; a given size always wins; the result is the same either way."""
+    from runtime.tiling import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE, batch_size_for
+
+    class Spy:
+        def __init__(self, on_gpu):
+            self.on_gpu, self.sizes = on_gpu, []
+
+        def __call__(self, batch):
+            self.sizes.append(len(batch))
+            return batch
+
+    cpu, gpu = Spy(False), Spy(True)
+    assert (CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE) == (64, 256)
+    assert [batch_size_for(cpu), batch_size_for(gpu), batch_size_for(identity), batch_size_for(cpu, 8)] == \
+        [64, 256, 256, 8]
+    image = random_image((200, 200, 3))  # 196 tiles: 64 + 64 + 64 + 4 on a CPU, one call on a GPU
+    out_cpu = denoise_array(image, cpu, guard=False)
+    out_gpu = denoise_array(image, gpu, guard=False)
+    assert cpu.sizes == [64, 64, 64, 4] and gpu.sizes == [196]
+    np.testing.assert_array_equal(out_cpu, out_gpu)
+
+
+def test_runners_say_whether_they_run_on_a_gpu() -> None:
+    from runtime import OrtRunner, TensorRTRunner, TorchRunner
+
+    assert not TorchRunner("w.safetensors").on_gpu and TorchRunner("w.safetensors", device="cuda:1").on_gpu
+    assert not OrtRunner("m.onnx").on_gpu and OrtRunner("m.onnx", provider="cuda").on_gpu
+    assert TensorRTRunner("m.engine").on_gpu
