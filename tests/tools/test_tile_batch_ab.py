@@ -1,0 +1,23 @@
+"""tools.tile_batch_ab: two batch sizes write the same bytes, and the report has each size's time and memory (the
+timing itself is a benchmark, run by hand: docs/benchmarks.md)."""
+import pytest
+
+from tools import tile_batch_ab
+
+
+def test_two_batch_sizes_write_the_same_photo_and_are_reported(tmp_path, capsys):
+    pytest.importorskip("skimage.data", reason="the photo is made from scikit-image's astronaut (eval extra)")
+    assert tile_batch_ab.main(["--runs", "1", "--sizes", "8", "64", "--backends", "torch", "--width", "96",
+                               "--height", "64", "--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "photo: 96x64 RGB" in out and "torch: outputs byte-identical: True" in out
+    assert "batch    8: wall median" in out and "batch   64: wall median" in out and "MiB" in out
+    assert "A / B wall, pair by pair: median" in out
+
+
+def test_a_failing_command_is_reported_with_its_error(tmp_path, monkeypatch):
+    pytest.importorskip("skimage.data", reason="the photo is made from scikit-image's astronaut (eval extra)")
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path / "empty"))  # no exported model for --backend ort
+    with pytest.raises(SystemExit, match=r"failed \(exit 2\):\n.*moe-denoise export"):
+        tile_batch_ab.main(["--runs", "0", "--sizes", "8", "64", "--backends", "ort", "--width", "40", "--height",
+                            "40", "--work", str(tmp_path)])
