@@ -68,8 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",  # runtime.images.JPEG_QUALITY
                    help="quality of JPEG and WebP outputs, 1 to 100 (written with 4:4:4 chroma); lower gives smaller "
                         "files and undoes more of the denoising; other formats are lossless")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (a bar on a terminal; in a log, a line every 30 s of a large photo)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (no progress)")
     p.add_argument("--server", default=None, metavar="URL",
                    help="send the photo to a running 'moe-denoise serve' (HOST:PORT or http://HOST:PORT, "
                         "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply, "
