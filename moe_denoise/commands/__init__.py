@@ -55,6 +55,17 @@ def noise_std(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535 (0: a free one, chosen when the server starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535 (0: a free port), got {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     """argparse type: a duration in seconds, finite and > 0 (timeouts, deadlines, budgets)."""
     try:

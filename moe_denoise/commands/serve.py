@@ -8,7 +8,7 @@ import time
 
 from moe_base.fileio import atomic_write_json, check_output_file
 
-from . import HelpFormatter, add_backend_args, add_weights_args, make_runner
+from . import HelpFormatter, add_backend_args, add_weights_args, make_runner, port_number, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,18 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_args(p)
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: every interface; the server has no authentication)")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (0: a free port)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free port)")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: a free port)")
-    p.add_argument("--instances", type=int, default=1,
+    p.add_argument("--http-port", type=port_number, default=8000, help="HTTP/REST port (0: a free port)")
+    p.add_argument("--grpc-port", type=port_number, default=8001, help="gRPC port (0: a free port)")
+    p.add_argument("--metrics-port", type=port_number, default=8002, help="Prometheus metrics port (0: a free port)")
+    p.add_argument("--instances", type=positive_int, default=1,
                    help="model instances of moe_denoiser, each with its own runner (on a CPU: one, with --threads)")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch of tiles Triton forms (and accepts)")
+    p.add_argument("--max-batch", type=positive_int, default=64, help="largest batch of tiles Triton forms (and accepts)")
     p.add_argument("--queue-delay-us", type=int, default=500,
                    help="how long the dynamic batcher may hold a request waiting for others (microseconds)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own, as sent")
-    p.add_argument("--max-image-pixels", type=int, default=None,
+    p.add_argument("--max-image-pixels", type=positive_int, default=None,
                    help="largest photo moe_denoiser_image accepts, in pixels (default 4096*4096)")
-    p.add_argument("--image-batch", type=int, default=None,
+    p.add_argument("--image-batch", type=positive_int, default=None,
                    help="tiles per runner call when denoising a photo (default: as 'denoise --batch-size', 64 for a "
                         "backend on the CPU, 256 on a GPU)")
     p.add_argument("--overlap", type=int, default=16, help="tile overlap for photos (as 'denoise --overlap')")

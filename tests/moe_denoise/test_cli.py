@@ -270,3 +270,17 @@ def test_output_reaches_a_log_line_by_line(tmp_path):
     seen.touch()
     proc.wait(timeout=90)
     assert while_running == ["first line\n"], "the first line did not reach the pipe while the command ran"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--http-port", "70000"], "argument --http-port: expected a port number from 0 to 65535 (0: a free port), "
+                               "got '70000'"),
+    (["--metrics-port", "x"], "argument --metrics-port: expected a port number"),
+    (["--instances", "0"], "argument --instances: must be >= 1, got 0"),
+    (["--image-batch", "-4"], "argument --image-batch: must be >= 1, got -4"),
+])
+def test_serve_options_are_checked_when_parsed_with_their_names(capsys, argv, message):
+    """Before any runner is made or port touched, with the option's name (not the config field's)."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
