@@ -9,8 +9,6 @@ from pathlib import Path
 from moe_base.errors import InputError
 
 DEFAULT_DATA_DIR = "../shared/data/cifar-10-batches-py"
-SPLIT_HELP = ("CIFAR-10 images: test (the test batch), val (the last 5,000 of the training batches, which 'train' "
-              "holds out) or train (the rest)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -101,6 +99,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR),
                    help="the CIFAR-10 'cifar-10-batches-py' folder (default: ../shared/data/cifar-10-batches-py, "
                         "relative to the current folder)")
+
+
+def add_split_arg(p: argparse.ArgumentParser) -> None:
+    """--split: which CIFAR-10 images (moe_model.data.SPLITS; not imported here, so `--help` stays light)."""
+    p.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="CIFAR-10 images: test (the test batch), val (the last 5,000 of the training batches, which "
+                        "'train' holds out) or train (the rest)")
 
 
 def resolve_weights(path: Path | None) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 from moe_base.errors import InputError
 from moe_base.progress import progress_mode
 
-from . import SPLIT_HELP, HelpFormatter, add_data_args, noise_std, positive_int, resolve_weights
+from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_int, resolve_weights
 
 SUITES = ("cifar", "photos", "all")
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", action="append", default=None,
                    help="name of each --weights in the report, once per --weights in order; default: the file name")
     add_data_args(p)
-    p.add_argument("--split", default="test", choices=["test", "val", "train"], help=SPLIT_HELP)
+    add_split_arg(p)
     p.add_argument("--sigma", type=noise_std, default=None,
                    help="one noise level (std on [0, 1] pixels, or levels of 255 such as 51/255): the single-sigma table "
                         "of earlier versions (--sigma 0.2 is the seed's report) instead of the across-sigma report")

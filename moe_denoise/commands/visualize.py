@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import SPLIT_HELP, HelpFormatter, add_data_args, add_weights_args, load_model_from_args, noise_std, positive_int
+from . import HelpFormatter, add_data_args, add_split_arg, add_weights_args, load_model_from_args, noise_std, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=HelpFormatter)
     add_weights_args(p)
     add_data_args(p)
-    p.add_argument("--split", default="test", choices=["test", "val", "train"], help=SPLIT_HELP)
+    add_split_arg(p)
     p.add_argument("-n", "--num-images", type=positive_int, default=8, help="images in the grid (one row each)")
     p.add_argument("--offset", type=int, default=0, help="index of the first image")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")

@@ -284,3 +284,12 @@ def test_serve_options_are_checked_when_parsed_with_their_names(capsys, argv, me
     with pytest.raises(SystemExit) as e:
         main(["serve", *argv])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_split_choices_are_the_data_modules():
+    """--split is written out in the command layer (no torch import for --help): it must stay moe_model.data's."""
+    from moe_model.data import SPLITS
+
+    for command in ("evaluate", "visualize"):
+        split = next(a for a in _subparsers()[command]._actions if "--split" in a.option_strings)
+        assert sorted(split.choices) == sorted(SPLITS)
