@@ -45,6 +45,24 @@ HALF_MODES = ("autocast", "cast")
 TOLERANCE_KEYS = {"seed": "torch-seed", "gather": "torch-seed", "masked": "torch", "triton": "torch-triton"}
 
 
+def resolve_weights(weights: str | Path | None, option: str = "weights") -> Path:
+    """The weights file to load: a path that exists as given, the name of shipped weights ("blind", "sigma20":
+    ``weights.SHIPPED``, the names the commands' ``--weights`` takes), or None for the default (blind).
+    ``option`` names the argument in the messages ("--weights" on the command line)."""
+    from weights import DEFAULT_WEIGHTS, SHIPPED
+
+    if weights is not None and Path(weights).exists():
+        return Path(weights)
+    chosen = DEFAULT_WEIGHTS if weights is None else SHIPPED.get(str(weights))
+    if chosen is None:
+        raise CheckpointError(f"{option} {weights}: no such file, and not the name of shipped weights "
+                              f"({', '.join(SHIPPED)}); pass a .safetensors or .pt file, or one of those names")
+    if not chosen.is_file():
+        raise CheckpointError(f"the shipped weights {chosen} are missing from this install; pass a weights file "
+                              f"({option} PATH) or reinstall the package")
+    return chosen
+
+
 def tolerance_key(impl: str, compile: bool = False) -> str:
     """The (backend) half of the tolerance-table key for a PyTorch model with this impl and compile setting."""
     return "torch-compile" if compile else TOLERANCE_KEYS.get(impl, "torch")
@@ -71,7 +89,8 @@ class TorchRunner(BaseRunner):
             raise InputError(f"cuda_graph=True records GPU work and needs device='cuda'; got device={device!r}. "
                              f"Leave cuda_graph off on a CPU")
         if model is None and weights is None:
-            raise InputError("TorchRunner needs weights= (a .safetensors/.pt path) or model= (a SmallViT)")
+            raise InputError("TorchRunner needs weights= (a .safetensors/.pt path, or a shipped name: 'blind', "
+                             "'sigma20') or model= (a SmallViT)")
         default_name = (f"torch-{impl}{'-compile' if compile else ''}{'' if precision == 'fp32' else '-' + precision}"
                         f"{'-graph' if cuda_graph else ''}")
         super().__init__(name=name or default_name, precision=precision, max_batch=max_batch)
@@ -97,14 +116,7 @@ class TorchRunner(BaseRunner):
             torch.set_num_threads(self.threads)
         if self.model is None:
             from moe_model.checkpoint import load_model
-            from weights import SHIPPED  # the names the commands' --weights takes
-
-            name = str(self.weights)
-            if name in SHIPPED and not Path(name).exists():
-                raise CheckpointError(f"no weights file '{name}': '{name}' names shipped weights, which the "
-                                      f"commands' --weights takes by name; in Python pass the file, "
-                                      f"weights.SHIPPED[{name!r}] (from weights import SHIPPED)")
-            self.model = load_model(self.weights, preset=self.preset, verify=self.verify_weights)
+            self.model = load_model(resolve_weights(self.weights), preset=self.preset, verify=self.verify_weights)
         model = self.model.eval().to(self.device)
         _register_impl(self.impl)
         model.set_attention_impl(self.impl)

@@ -110,18 +110,9 @@ def add_split_arg(p: argparse.ArgumentParser) -> None:
 
 def resolve_weights(path: Path | None) -> Path:
     """--weights: a file, the name of shipped weights ("blind", "sigma20"), or None for the default (blind)."""
-    from weights import DEFAULT_WEIGHTS, SHIPPED
+    from runtime.torch_runner import resolve_weights as resolve
 
-    if path is not None and Path(path).exists():
-        return Path(path)
-    chosen = DEFAULT_WEIGHTS if path is None else SHIPPED.get(str(path))
-    if chosen is None:
-        raise InputError(f"--weights {path}: no such file, and not the name of shipped weights "
-                         f"({', '.join(SHIPPED)}); pass a .safetensors or .pt file, or one of those names")
-    if not chosen.is_file():
-        raise InputError(f"the shipped weights {chosen} are missing from this install; pass --weights PATH or "
-                         f"reinstall the package")
-    return chosen
+    return resolve(path, option="--weights")
 
 def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):
     from moe_model.checkpoint import load_model

@@ -198,15 +198,25 @@ def test_a_weights_file_and_a_model_file_given_to_the_wrong_backend_are_named(tm
         TorchRunner(tmp_path / "made.onnx").activate()
 
 
-def test_a_shipped_name_given_to_the_library_names_its_file(tmp_path, monkeypatch):
-    """'sigma20' is a name the commands' --weights takes; TorchRunner takes files, and says which one it names."""
+def test_the_library_takes_shipped_weights_by_name_as_the_commands_do(tmp_path, monkeypatch):
+    """'sigma20' is a name the commands' --weights takes; TorchRunner takes it too (one resolve_weights for both),
+    and a name that is neither a file nor shipped is told the names there are."""
+    import torch
+
     from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_model
     from runtime import TorchRunner
+    from weights import SHIPPED
 
     monkeypatch.chdir(tmp_path)  # no file of that name here
-    with pytest.raises(CheckpointError, match=r"'sigma20' names shipped weights, .* in Python pass the file, "
-                                              r"weights\.SHIPPED\['sigma20'\]"):
-        TorchRunner("sigma20").activate()
+    runner = TorchRunner("sigma20")
+    runner.activate()
+    expected = load_model(SHIPPED["sigma20"]).state_dict()
+    got = runner.model.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    with pytest.raises(CheckpointError, match=r"weights sigma25: no such file, and not the name of shipped weights "
+                                              r"\(blind, sigma20\)"):
+        TorchRunner("sigma25").activate()
 
 
 def test_unreadable_weights_are_explained_without_torchs_advice(tmp_path):

@@ -50,3 +50,21 @@ def test_missing_repository_paths_and_stale_artifacts_are_caught(tmp_path):
     assert any("python -m docs.missing_tool" in p for p in problems), problems
     assert not any("docs/written.png" in p or "artifacts/mine.onnx" in p or "docs/real.md" in p for p in problems)
     assert len(problems) == 5, problems
+
+
+def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, run as a reader would from a clone (its relative paths), in a scratch folder."""
+    import re
+    import shutil
+
+    from PIL import Image
+
+    blocks = re.findall(r"```python\n(.*?)```", (check_readme.REPO / "README.md").read_text(), re.S)
+    assert len(blocks) == 1, "the README has one Python example; run each one here"
+    images = tmp_path / "docs" / "images"
+    images.mkdir(parents=True)
+    shutil.copy(check_readme.REPO / "docs" / "images" / "chelsea_noisy.png", images)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md (python block)", "exec"), {})
+    with Image.open(tmp_path / "chelsea_api.png") as out, Image.open(images / "chelsea_noisy.png") as noisy:
+        assert (out.size, out.mode) == (noisy.size, noisy.mode)
