@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import re
 import time
@@ -65,8 +66,12 @@ class DenoiseClient:
     """A synchronous client of one server. ``timeout_s`` bounds each request (photos take a while on a CPU)."""
 
     def __init__(self, url: str, timeout_s: float = 3600.0, concurrency: int = 1) -> None:
-        if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
+        if not (isinstance(timeout_s, numbers.Real) and not isinstance(timeout_s, bool)
+                and 0 < timeout_s < float("inf")):
             raise InputError(f"timeout_s is the seconds to wait for an answer, a number > 0; got {timeout_s!r}")
+        if not (isinstance(concurrency, numbers.Integral) and not isinstance(concurrency, bool) and concurrency >= 1):
+            raise InputError(f"concurrency is the number of HTTP connections to keep open, an integer >= 1; got "
+                             f"{concurrency!r}")
         self.url = url
         self.protocol, self.address = parse_url(url)
         self.timeout_s = timeout_s

@@ -288,12 +288,21 @@ def test_parse_url_refuses(url):
         parse_url(url)
 
 
-@pytest.mark.parametrize("timeout", [0, -5.0, float("nan"), float("inf"), "60"])
+@pytest.mark.parametrize("timeout", [0, -5.0, float("nan"), float("inf"), "60", True])
 def test_client_refuses_a_timeout_that_is_not_seconds(timeout):
     from serving.client import DenoiseClient
 
     with pytest.raises(InputError, match=r"timeout_s is the seconds to wait for an answer, a number > 0; got"):
         DenoiseClient("localhost:8000", timeout_s=timeout)
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 2.5, "4", True])
+def test_client_refuses_a_concurrency_that_is_not_a_count(concurrency):
+    from serving.client import DenoiseClient
+
+    with pytest.raises(InputError, match=r"concurrency is the number of HTTP connections to keep open, an integer "
+                                         r">= 1; got"):
+        DenoiseClient("localhost:8000", concurrency=concurrency)
 
 
 def test_server_message_keeps_our_reason_not_the_traceback():
