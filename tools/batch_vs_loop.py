@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from .ab_timing import interleaved, pairwise, run_timed, spread
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "moon", "rocket", "coins", "page")
 LEVELS = (5, 10, 15, 25)
@@ -37,13 +36,6 @@ def make_photos(folder: Path, names: tuple[str, ...] = PHOTOS, seed: int = 1) ->
     return paths
 
 
-def timed(command: list[list[str]]) -> float:
-    t0 = time.perf_counter()
-    for argv in command:
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="timed pairs (after one untimed pair); 0: compare only")
@@ -59,12 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--overwrite", "--no-progress"]
     loop = [[exe, "denoise", str(p), "-o", str(loop_dir / p.name), *common] for p in photos]
     batch = [[exe, "denoise", str(args.work / "photos"), "-o", str(batch_dir), *common]]
-    times: dict[str, list[float]] = {"loop": [], "batch": []}
-    for run in range(args.runs + 1):  # the first pair warms the disk cache and is not counted
-        pair = {"loop": timed(loop), "batch": timed(batch)}
-        if run:
-            for k, v in pair.items():
-                times[k].append(v)
+    samples = interleaved({"loop": lambda: run_timed(loop), "batch": lambda: run_timed(batch)}, args.runs)
+    times = {k: [wall for wall, _ in v] for k, v in samples.items()}
     same = all((loop_dir / p.name).read_bytes() == (batch_dir / p.name).read_bytes() for p in photos)
     pixels = 0
     from PIL import Image
@@ -72,16 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     for p in photos:
         with Image.open(p) as im:
             pixels += im.width * im.height
-    ratios = [b / a for a, b in zip(times["loop"], times["batch"])]
     print(f"{len(photos)} photos, {pixels / 1e6:.2f} megapixels; outputs byte-identical: {same}")
-    if not ratios:
+    if not args.runs:
         print("no timed runs (--runs 0): the outputs were only compared")
         return 0 if same else 1
     for k in ("loop", "batch"):
-        print(f"{k:5s}: median {statistics.median(times[k]):.1f} s (min {min(times[k]):.1f}, max {max(times[k]):.1f}, "
-              f"{args.runs} runs)")
-    print(f"batch / loop, pair by pair: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
-          f"max {max(ratios):.2f})")
+        print(f"{k:5s}: {spread(times[k])} s, {args.runs} runs")
+    print(f"batch / loop, pair by pair: {pairwise(times['batch'], times['loop'])}")
     return 0 if same else 1
 
 

@@ -12,13 +12,11 @@ portable model that `moe-denoise export` writes. Needs the `eval` extra (scikit-
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+from .ab_timing import interleaved, pairwise, run_timed, spread
 
 
 def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
@@ -33,20 +31,6 @@ def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
     return path
 
 
-def timed(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (MiB) of one whole process."""
-    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full pipe would stall the child
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # the child's own accounting, reaped here
-        wall = time.perf_counter() - t0
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
-        if code:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(argv)} failed (exit {code}):\n{err.read().decode(errors='replace')}")
-    return wall, usage.ru_maxrss / 1024  # Linux: kilobytes
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed pairs per backend (after one untimed pair)")
@@ -56,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=1500)
     parser.add_argument("--work", type=Path, default=Path("tile_batch_ab"), help="folder for the photo and outputs")
     args = parser.parse_args(argv)
+    if args.sizes[0] == args.sizes[1]:
+        parser.error(f"--sizes: two different batch sizes to compare, got {args.sizes[0]} twice")
     exe = str(Path(sys.executable).with_name("moe-denoise"))
     photo = make_photo(args.work / "photo.png", args.width, args.height)
     a, b = args.sizes
@@ -66,25 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         outs = {s: args.work / f"{backend}_{s}.png" for s in (a, b)}
         cmd = {s: [exe, "denoise", str(photo), "-o", str(outs[s]), "--overwrite", "--no-progress", "--backend",
                    backend, "--batch-size", str(s)] for s in (a, b)}
-        wall: dict[int, list[float]] = {a: [], b: []}
-        peak: dict[int, list[float]] = {a: [], b: []}
-        for run in range(args.runs + 1):  # the first pair warms the disk cache and is not counted
-            for s in (a, b):
-                w, p = timed(cmd[s])
-                if run:
-                    wall[s].append(w)
-                    peak[s].append(p)
+        samples = interleaved({s: (lambda argv=cmd[s]: run_timed([argv])) for s in (a, b)}, args.runs)
+        wall = {s: [w for w, _ in samples[s]] for s in (a, b)}
+        peak = {s: [p for _, p in samples[s]] for s in (a, b)}
         same = outs[a].read_bytes() == outs[b].read_bytes()
         same_everywhere &= same
         print(f"\n{backend}: outputs byte-identical: {same}")
         for s in (a, b):
             if wall[s]:
-                print(f"  batch {s:4d}: wall median {statistics.median(wall[s]):.1f} s (min {min(wall[s]):.1f}, max "
-                      f"{max(wall[s]):.1f}); peak memory median {statistics.median(peak[s]):.0f} MiB")
-        ratios = [x / y for x, y in zip(wall[a], wall[b])]
-        if ratios:
-            print(f"  A / B wall, pair by pair: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
-                  f"max {max(ratios):.2f})")
+                print(f"  batch {s:4d}: wall {spread(wall[s])} s; peak memory median "
+                      f"{statistics.median(peak[s]):.0f} MiB")
+        if wall[a]:
+            print(f"  A / B wall, pair by pair: {pairwise(wall[a], wall[b])}")
     return 0 if same_everywhere else 1
 
 

@@ -1,0 +1,34 @@
+"""tools.ab_timing: the ways take turns, the warm-up round is dropped, and the summaries say what was measured."""
+import sys
+
+import pytest
+
+from tools import ab_timing
+
+
+def test_ways_take_turns_and_the_first_round_is_not_kept():
+    calls = []
+    ways = {name: (lambda name=name: calls.append(name) or f"{name}{len(calls)}") for name in ("a", "b")}
+    results = ab_timing.interleaved(ways, runs=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert results == {"a": ["a3", "a5"], "b": ["b4", "b6"]}
+
+
+def test_spread_and_pairwise_ratios():
+    assert ab_timing.spread([3.0, 1.0, 2.0]) == "median 2.0 (min 1.0, max 3.0)"
+    assert ab_timing.pairwise([2.0, 3.0, 8.0], [4.0, 3.0, 4.0]) == "median 1.00 (min 0.50, max 2.00)"
+
+
+def test_run_timed_adds_walls_and_keeps_the_largest_peak():
+    grow = [sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"]
+    idle = [sys.executable, "-c", "pass"]
+    wall_one, peak_one = ab_timing.run_timed([idle])
+    wall_two, peak_two = ab_timing.run_timed([idle, grow])
+    assert wall_two > 0 and wall_one > 0
+    assert peak_two >= 200 > peak_one  # MiB: the 200 MiB child's peak; the small one's is not floored by ours
+    assert peak_one < 100, "a small child's peak is its own, not the (large) test process's"
+
+
+def test_a_failing_command_stops_with_its_error():
+    with pytest.raises(SystemExit, match=r"failed \(exit 3\):\n.*boom"):
+        ab_timing.run_timed([[sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"]])
