@@ -135,6 +135,18 @@ def fitting_presets(sd: dict[str, torch.Tensor]) -> list[str]:
     return fits
 
 
+def presets_hint(sd: dict[str, torch.Tensor]) -> str:
+    """What to pass for weights whose architecture is not known: the presets their tensors fit, or that none does."""
+    fits = fitting_presets(sd)
+    if not fits:
+        return f"their tensors fit none of the presets ({', '.join(sorted(PRESETS))}): they are not weights of this model"
+    if len(fits) == 1:
+        return f"their tensors fit the preset {fits[0]}: pass --preset {fits[0]}"
+    return (f"their tensors fit the presets {', '.join(fits)}: pass {' or '.join(f'--preset {n}' for n in fits)}, "
+            f"the one they were trained as (the same tensors, computed differently)"
+            f"{'; the seed checkpoint is --preset seed' if 'seed' in fits else ''}")
+
+
 def load_model(path: str | Path, preset: str | None = None, impl: str = "masked", verify: bool = True) -> SmallViT:
     """Rebuild a model from weights. The architecture comes from ``preset`` if given, else the JSON sidecar.
 
@@ -149,21 +161,15 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
     elif side and "config" in side:
         config = ModelConfig.from_dict(side["config"])
     else:
-        fits = fitting_presets(sd)
-        hint = (f"its tensors fit the preset(s) {', '.join(fits)}: pass --preset NAME (e.g. --preset seed for the "
-                f"seed checkpoint)" if fits else "its tensors fit none of the presets "
-                f"({', '.join(sorted(PRESETS))}): it is not a checkpoint of this model")
         raise CheckpointError(f"weights {path} come without {sidecar_path(path).name}, which names their "
-                              f"architecture; {hint}")
+                              f"architecture; {presets_hint(sd)}")
     model = SmallViT(config, impl=impl)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         own = (side or {}).get("config", {}).get("name") if preset is not None else None
-        fits = [] if own else fitting_presets(sd)
         hint = (f"their {sidecar_path(path).name} names '{own}': leave --preset out to use it" if own else
-                f"their tensors fit the preset(s) {', '.join(fits)}" if fits else
-                "their tensors fit none of the presets")
+                presets_hint(sd))
         lines = str(e).strip().splitlines()  # torch's: a heading, then one line per mismatched tensor
         detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else type(e).__name__
         raise CheckpointError(f"weights {path} do not fit the '{config.name}' architecture ({detail[:200]}); "

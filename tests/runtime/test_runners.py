@@ -252,5 +252,7 @@ def test_weights_that_do_not_fit_the_preset_name_their_own(random_weights, tmp_p
     assert "random.json names 'seed': leave --preset out to use it" in text
     bare = tmp_path / "bare.safetensors"
     shutil.copy(random_weights, bare)  # no sidecar
-    with pytest.raises(CheckpointError, match=r"do not fit the 'residual_refine_wide' .*fit the preset\(s\) .*seed"):
+    with pytest.raises(CheckpointError, match=r"do not fit the 'residual_refine_wide' .*; their tensors fit the "
+                                              r"presets seed, residual: pass --preset seed or --preset residual, the "
+                                              r"one they were trained as .*; the seed checkpoint is --preset seed$"):
         load_model(bare, preset="residual_refine_wide")
