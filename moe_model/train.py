@@ -166,6 +166,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
         for name in existing:
             (out / name).unlink()
 
+    st = _state_to_resume(cfg, state_path) if resume else None  # before the data: a wrong folder fails at once
+
     train_u8 = torch.from_numpy(load_cifar10(cfg.data_dir, "train"))[: cfg.max_train]
     val_clean = to_float(load_cifar10(cfg.data_dir, "val")[: cfg.max_val])
     if cfg.blind:
@@ -183,20 +185,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
     start_epoch, best_loss, history = 0, float("inf"), []
 
     if resume:
-        if not state_path.is_file():
-            raise CheckpointError(f"--resume was given but {state_path} does not exist; run without --resume "
-                                    f"to start, or point --out-dir at the run to continue")
-        st = load_training_state(state_path)
-        saved = _with_defaults(st["train_config"])
-        changed = {k: (saved[k], v) for k, v in dataclasses.asdict(cfg).items()
-                   if k not in ("out_dir", "data_dir", "device", "threads") and saved[k] != v}
-        if changed:
-            longer = (" (the learning-rate schedule spans the run's epochs, so a run continues with its own; to train "
-                      f"longer, start a new run with --init-from {out / 'best.safetensors'})") if "epochs" in changed else ""
-            raise InputError(f"--resume with different settings than the run in {out}: "
-                             + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items())
-                             + f"{longer}. Leave out what should stay as it was: --resume --out-dir {out} alone "
-                               "continues the run with its own settings")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -275,6 +263,26 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
 
 PROGRESS_LINE_S = 60.0  # in a log, a line within an epoch at most this often
 STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "epoch", "best_loss", "history", "train_config")
+
+
+def _state_to_resume(cfg: TrainConfig, state_path: Path) -> dict[str, Any]:
+    """The training state in ``state_path``, after checking that ``cfg`` continues its run unchanged."""
+    if not state_path.is_file():
+        raise CheckpointError(f"--resume was given but {state_path} does not exist; run without --resume "
+                              f"to start, or point --out-dir at the run to continue")
+    st = load_training_state(state_path)
+    saved = _with_defaults(st["train_config"])
+    changed = {k: (saved[k], v) for k, v in dataclasses.asdict(cfg).items()
+               if k not in ("out_dir", "data_dir", "device", "threads") and saved[k] != v}
+    if changed:
+        out = state_path.parent
+        longer = (" (the learning-rate schedule spans the run's epochs, so a run continues with its own; to train "
+                  f"longer, start a new run with --init-from {out / 'best.safetensors'})") if "epochs" in changed else ""
+        raise InputError(f"--resume with different settings than the run in {out}: "
+                         + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items())
+                         + f"{longer}. Leave out what should stay as it was: --resume --out-dir {out} alone "
+                           "continues the run with its own settings")
+    return st
 
 
 def saved_settings(out_dir: str | Path) -> dict[str, Any]:

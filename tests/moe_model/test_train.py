@@ -87,6 +87,20 @@ def test_resume_refuses_changed_settings_and_missing_state(fake_cifar, tmp_path)
               log=lambda s: None)
 
 
+def test_resume_checks_the_state_before_reading_the_data(tmp_path, monkeypatch):
+    """A --resume that cannot continue (no last.pt, or other settings) says so before the data is read (seconds
+    for CIFAR-10's 50,000 images), not after."""
+    import moe_model.train as train_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the training state was checked")
+
+    monkeypatch.setattr(train_module, "load_cifar10", no_data)
+    with pytest.raises(CheckpointError, match="--resume was given but"):
+        train(TrainConfig(data_dir=str(tmp_path / "none"), out_dir=str(tmp_path / "run")), resume=True,
+              progress=False, log=lambda s: None)
+
+
 def test_invalid_settings():
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         TrainConfig(data_dir="x", epochs=0).validate()
