@@ -33,6 +33,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def tile_overlap(text: str) -> int:
+    """argparse type: the overlap of neighbouring 32x32 tiles, 0 to 31 pixels."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels from 0 to 31, got {text!r}") from None
+    if not 0 <= value < 32:
+        raise argparse.ArgumentTypeError(f"expected a tile overlap from 0 to 31 pixels (tiles are 32x32; 16 is the "
+                                         f"default, 8 faster, 0 plain stitching), got {value}")
+    return value
+
+
 def noise_std(text: str) -> float:
     """argparse type: a noise std on [0, 1] pixels, written as a number (0.1) or as levels of 255 (25/255).
 

@@ -8,7 +8,15 @@ import time
 
 from moe_base.fileio import atomic_write_json, check_output_file
 
-from . import HelpFormatter, add_backend_args, add_weights_args, make_runner, port_number, positive_int
+from . import (
+    HelpFormatter,
+    add_backend_args,
+    add_weights_args,
+    make_runner,
+    port_number,
+    positive_int,
+    tile_overlap,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-batch", type=positive_int, default=None,
                    help="tiles per runner call when denoising a photo (default: as 'denoise --batch-size', 64 for a "
                         "backend on the CPU, 256 on a GPU)")
-    p.add_argument("--overlap", type=int, default=16, help="tile overlap for photos (as 'denoise --overlap')")
+    p.add_argument("--overlap", type=tile_overlap, default=16, help="tile overlap for photos (as 'denoise --overlap')")
     p.add_argument("--no-guard", action="store_true",
                    help="photos: turn off the clean-input guard, which blends the input back in when a photo is clean "
                         "or lightly noisy (as 'denoise --no-guard')")

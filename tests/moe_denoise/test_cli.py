@@ -286,6 +286,20 @@ def test_serve_options_are_checked_when_parsed_with_their_names(capsys, argv, me
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["serve"], ["denoise", "in.png", "-o", "out.png"]])
+@pytest.mark.parametrize("value, message", [
+    ("32", "argument --overlap: expected a tile overlap from 0 to 31 pixels (tiles are 32x32; 16 is the default, "
+           "8 faster, 0 plain stitching), got 32"),
+    ("-1", "argument --overlap: expected a tile overlap from 0 to 31 pixels"),
+    ("1.5", "argument --overlap: expected a whole number of pixels from 0 to 31, got '1.5'"),
+])
+def test_the_tile_overlap_is_checked_when_parsed(capsys, command, value, message):
+    """denoise and serve say the same, naming the option, before any file is read or runner made."""
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--overlap", value])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_split_choices_are_the_data_modules():
     """--split is written out in the command layer (no torch import for --help): it must stay moe_model.data's."""
     from moe_model.data import SPLITS
