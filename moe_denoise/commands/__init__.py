@@ -120,6 +120,13 @@ def add_split_arg(p: argparse.ArgumentParser) -> None:
                         "'train' holds out) or train (the rest)")
 
 
+def check_output_suffix(path: Path | None, suffixes: tuple[str, ...], what: str) -> None:
+    """-o names a file of the kind the command writes (checked before any work; None: the command's own path)."""
+    if path is not None and path.suffix.lower() not in suffixes:
+        raise InputError(f"-o {path}: this writes {what}; give a name ending in {' or '.join(suffixes)} (e.g. "
+                         f"{path.with_suffix(suffixes[0]) if path.name else 'model' + suffixes[0]})")
+
+
 def resolve_weights(path: Path | None) -> Path:
     """--weights: a file, the name of shipped weights ("blind", "sigma20"), or None for the default (blind)."""
     from runtime.torch_runner import resolve_weights as resolve

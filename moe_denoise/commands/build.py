@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, positive_int, resolve_weights
+from . import HelpFormatter, check_output_suffix, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
                         use_engine_cache=not args.no_engine_cache)
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir
+    check_output_suffix(args.output, (".engine", ".plan", ".trt"), "a TensorRT engine")
     out = args.output or engine_path(onnx, args.precision)
     check_output_file(out, args.overwrite or args.output is None)  # before TensorRT is even looked for
     result = build_engine(onnx, out, opts, weights=resolve_weights(args.weights), log=(lambda s: None) if args.json else print)

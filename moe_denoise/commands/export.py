@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import HelpFormatter, add_weights_args, positive_int, resolve_weights
+from . import HelpFormatter, add_weights_args, check_output_suffix, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from moe_model.checkpoint import load_model
 
     rewrites = parse_rewrites(args.rewrites)
+    check_output_suffix(args.output, (".onnx",), "an ONNX model")
     out = args.output or onnx_path(args.flavor, not args.no_optimize, args.precision, rewrites)
     check_output_file(out, args.overwrite or args.output is None)  # the default path is the export's own
     opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, rewrites=rewrites, opset=args.opset,

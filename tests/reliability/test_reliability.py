@@ -91,16 +91,30 @@ def test_reliability_train_into_an_existing_run(capsys, cifar_copy, run_dir):
 def test_reliability_export_over_an_existing_file(capsys, random_weights, tmp_path):
     """export -o onto an existing (unrelated) file => refused (exit 2, --overwrite offered); the file is unchanged"""
     pytest.importorskip("onnx", reason="export needs the onnx extra")
-    target = tmp_path / "notes.txt"
+    target = tmp_path / "notes.onnx"
     target.write_text("my notes")
     code, _, err = cli(capsys, "export", "--weights", random_weights, "-o", target)
     assert code == 2 and "already exists" in err and "--overwrite" in err
     assert target.read_text() == "my notes"
 
 
+@pytest.mark.parametrize("command, name, expected", [
+    ("export", "notes.txt", "this writes an ONNX model; give a name ending in .onnx (e.g. "),
+    ("build", "model.onnx", "this writes a TensorRT engine; give a name ending in .engine or .plan or .trt (e.g. "),
+])
+def test_reliability_output_named_for_another_kind_of_file(capsys, tmp_path, command, name, expected):
+    """export / build -o with a name for another kind of file (even with --overwrite) => refused before any work
+    (exit 2), with the name to use; a file already there is unchanged"""
+    target = tmp_path / name
+    target.write_text("my file")
+    code, _, err = cli(capsys, command, "-o", target, "--overwrite")
+    assert code == 2 and expected in err
+    assert target.read_text() == "my file"
+
+
 def test_reliability_build_over_an_existing_file(capsys, tmp_path):
     """build -o onto an existing file => refused before anything else (exit 2); the file is unchanged"""
-    target = tmp_path / "notes.txt"
+    target = tmp_path / "notes.engine"
     target.write_text("my notes")
     code, _, err = cli(capsys, "build", "--onnx", tmp_path / "m.onnx", "-o", target)
     assert code == 2 and "already exists" in err and target.read_text() == "my notes"
