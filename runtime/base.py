@@ -5,7 +5,8 @@ returns one float array, so a runner plugs straight into ``runtime.tiling.denois
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -138,3 +139,16 @@ class BaseRunner:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "precision": self.precision, "max_batch": self.max_batch}
+
+
+@contextmanager
+def activated(fn: Any) -> Iterator[Any]:
+    """For the entry points that take a tile denoiser (``denoise_array``, ``denoise_file``, ``guard_for_array``): a
+    runner given inactive is activated for the call and released after it, so ``denoise_array(image,
+    TorchRunner("blind"))`` works; a runner already active (``with runner:`` around many calls loads it once) and
+    any other callable pass through untouched."""
+    if isinstance(fn, BaseRunner) and not fn.is_active:
+        with fn:
+            yield fn
+    else:
+        yield fn

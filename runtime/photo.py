@@ -10,6 +10,7 @@ import numpy as np
 
 from moe_base.errors import InputError
 
+from .base import activated
 from .guard import GuardResult, check_sigma, check_strength, with_strength
 from .images import (
     DEFAULT_MAX_PIXELS,
@@ -121,8 +122,9 @@ def denoise_file(
     check_writable(out_path, info)
     plan = plan_tiles(info.height, info.width, tile, overlap)
     try:
-        result, decision, weight = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows, progress,
-                                                   guard, sigma, strength)
+        with activated(fn):
+            result, decision, weight = _denoise_pixels(pixels, info, fn, tile, overlap, batch_size, band_rows,
+                                                       progress, guard, sigma, strength)
         del pixels  # the input's integers are not needed while writing
         written = write_pixels(out_path, result, info, overwrite=overwrite, quality=quality)
     except MemoryError as e:

@@ -37,7 +37,7 @@ import numpy as np
 from moe_base.errors import InputError
 from moe_base.progress import Progress
 
-from .base import check_unit_range, conversion_hint
+from .base import activated, check_unit_range, conversion_hint
 from .guard import GuardResult, blend, check_strength, colour_part, guard_weight, with_strength
 
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -368,13 +368,13 @@ def denoise_array(
 
     ``image``: float32 HxW or HxWxC in [0, 1]; C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA. Gray is given
     to ``fn`` as three equal channels and the mean of the three outputs is returned; alpha is not
-    denoised but copied through unchanged. ``fn`` gets float32 (B, 3, tile, tile) batches with
-    B <= ``batch_size`` (default: :func:`batch_size_for`, 64 for a runner on a CPU, else 256). ``overlap``
-    (default half a tile) trades speed for smoothness: at 16 every pixel is seen by 4 tiles (4x the work
-    of plain stitching) and each tile's edges, where the denoiser sees the least context, get almost no
-    weight. With at least PROGRESS_MIN_TILES tiles, ``progress`` True or 'bar' shows a tqdm bar, 'lines'
-    a line every PROGRESS_LINE_S seconds (for logs). The output is not clipped (a denoiser may overshoot
-    [0, 1]).
+    denoised but copied through unchanged. ``fn`` (a runner, or any function of a batch) gets float32
+    (B, 3, tile, tile) batches with B <= ``batch_size`` (default: :func:`batch_size_for`, 64 for a runner
+    on a CPU, else 256). ``overlap`` (default half a tile) trades speed for smoothness: at 16 every pixel
+    is seen by 4 tiles (4x the work of plain stitching) and each tile's edges, where the denoiser sees the
+    least context, get almost no weight; 8 takes 0.44x the time for 0.03 dB less (docs/benchmarks.md).
+    With at least PROGRESS_MIN_TILES tiles, ``progress`` True or 'bar' shows a tqdm bar, 'lines' a line every
+    PROGRESS_LINE_S seconds (for logs). The output is not clipped (a denoiser may overshoot [0, 1]).
 
     The work goes in horizontal bands of ``band_rows`` rows (:func:`denoise_bands`), so beyond the
     image and the result only :func:`band_working_bytes` are used; the result does not depend on it.
@@ -385,6 +385,9 @@ def denoise_array(
     noise at two scales, for an image that was stored as JPEG (:func:`runtime.jpeg_traces.two_scales_reason`).
     ``strength`` (0 to 1, default 1): how much of the change from the input to keep (:func:`runtime.guard.
     with_strength`); 0 gives the input back.
+
+    A runner given inactive is activated for this call and released after it (:func:`runtime.base.activated`);
+    for many images, activate it once (``with runner:``) so that its model is loaded once.
     """
     return denoise_array_guarded(image, fn, tile, overlap, batch_size, progress, band_rows, guard, sigma, two_scales,
                                  strength)[0]
@@ -415,14 +418,15 @@ def denoise_array_guarded(
         return img[a:b]
 
     decision = guard if isinstance(guard, GuardResult) else None
-    if guard is True:  # the image is checked already: guard_rows, not guard_for_array, which would check it again
-        decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
-                                      two_scales)
-        if raw is not None:
-            weight = with_strength(decision.input_weight, strength)
-            return blend_whole(img, raw, weight).reshape(image.shape), decision
-    weight = with_strength(decision.input_weight if decision is not None else 0.0, strength)
-    out = denoise_whole(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight)
+    with activated(fn):
+        if guard is True:  # the image is checked already: guard_rows, not guard_for_array, which would check it again
+            decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
+                                          two_scales)
+            if raw is not None:
+                weight = with_strength(decision.input_weight, strength)
+                return blend_whole(img, raw, weight).reshape(image.shape), decision
+        weight = with_strength(decision.input_weight if decision is not None else 0.0, strength)
+        out = denoise_whole(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, weight)
     return out.reshape(image.shape), decision
 
 
@@ -479,8 +483,9 @@ def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, ove
     it (used as the guard's f(x) when the guard samples the whole image, instead of denoising it again)."""
     img = validate_image(image)
     whole = None if denoised is None else (lambda: colour_part(validate_image(denoised)))
-    return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap,
-                      batch_size_for(fn, batch_size), sigma, two_scales, whole)
+    with activated(fn):
+        return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap,
+                          batch_size_for(fn, batch_size), sigma, two_scales, whole)
 
 
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,

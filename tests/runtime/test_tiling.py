@@ -252,3 +252,46 @@ def test_runners_say_whether_they_run_on_a_gpu() -> None:
     assert not TorchRunner("w.safetensors").on_gpu and TorchRunner("w.safetensors", device="cuda:1").on_gpu
     assert not OrtRunner("m.onnx").on_gpu and OrtRunner("m.onnx", provider="cuda").on_gpu
     assert TensorRTRunner("m.engine").on_gpu
+
+
+def _halving_runner():
+    """A runner that halves its input and counts how often it is activated and released."""
+    from runtime.base import BaseRunner
+
+    class Halving(BaseRunner):
+        backend = "halving"
+        activations = releases = 0
+
+        def _activate_impl(self) -> None:
+            self.activations += 1
+
+        def _deactivate_impl(self) -> None:
+            self.releases += 1
+
+        def _infer_impl(self, x: np.ndarray) -> np.ndarray:
+            return x * 0.5
+
+    return Halving()
+
+
+def test_a_runner_given_inactive_is_activated_for_the_call_and_released(tmp_path) -> None:
+    """denoise_array(image, TorchRunner("blind")) works without a with-block: the entry points activate an inactive
+    runner for the call and release it after; a runner already active stays active, activated once."""
+    from PIL import Image
+
+    from runtime import denoise_file
+    from runtime.tiling import guard_for_array
+
+    image = np.full((40, 50, 3), 0.8, np.float32)
+    runner = _halving_runner()
+    np.testing.assert_allclose(denoise_array(image, runner, guard=False), 0.4, atol=1e-6)
+    guard_for_array(image, runner, sigma=0.1)
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(tmp_path / "in.png")
+    denoise_file(tmp_path / "in.png", tmp_path / "out.png", runner, guard=False, progress=False)
+    assert (runner.activations, runner.releases, runner.is_active) == (3, 3, False)
+    assert np.asarray(Image.open(tmp_path / "out.png")).max() == 100
+
+    with _halving_runner() as active:
+        denoise_array(image, active, guard=False)
+        denoise_array(image, active)
+        assert (active.activations, active.releases, active.is_active) == (1, 0, True)
