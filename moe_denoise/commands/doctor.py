@@ -59,7 +59,9 @@ def gather() -> dict[str, Any]:
     for prov, label in (("CUDAExecutionProvider", "ONNX Runtime CUDA"), ("TensorrtExecutionProvider",
                                                                          "ONNX Runtime TensorRT EP")):
         backend(label, prov in providers, "ok" if prov in providers else
-                f"{prov} not in this onnxruntime's providers {providers}: install onnxruntime-gpu on a GPU machine")
+                f"{prov} not in this onnxruntime's providers {providers}: install onnxruntime-gpu on a GPU machine"
+                if info["packages"]["onnxruntime"] else "onnxruntime not installed: on a GPU machine, pip install "
+                "onnxruntime-gpu")
     trt_ok = bool(info["packages"]["tensorrt"]) and gpu["cuda_available"]
     backend("TensorRT engines", trt_ok, "ok" if trt_ok else ("tensorrt not installed (pip install 'moe-denoise[trt]' "
                                                              "on a Linux machine with an NVIDIA GPU)"
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     g = info["gpu"]
     print(f"GPU          {g.get('name', 'none')}" + (f" (compute {g['compute_capability']}, {g['memory_gib']} GiB)"
                                                      if g["cuda_available"] else ""))
-    print(f"torch CUDA build: {g.get('torch_cuda_build')}; onnxruntime providers: {info['onnxruntime_providers']}")
+    providers = info["onnxruntime_providers"] if info["packages"]["onnxruntime"] else "(onnxruntime not installed)"
+    print(f"torch CUDA build: {g.get('torch_cuda_build')}; onnxruntime providers: {providers}")
     print("\nbackends:")
     for name, b in info["backends"].items():
         print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}")

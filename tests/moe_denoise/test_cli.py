@@ -307,3 +307,19 @@ def test_split_choices_are_the_data_modules():
     for command in ("evaluate", "visualize"):
         split = next(a for a in _subparsers()[command]._actions if "--split" in a.option_strings)
         assert sorted(split.choices) == sorted(SPLITS)
+
+
+def test_doctor_without_onnxruntime_says_it_is_not_installed(capsys, monkeypatch):
+    """Every ONNX Runtime line names the missing package, not an empty provider list."""
+    import moe_base.machine as machine
+
+    real = machine.library_status
+
+    def without_ort():
+        return {**real(), "onnxruntime": (False, "onnxruntime not installed: pip install 'moe-denoise[onnx]'")}
+
+    monkeypatch.setattr(machine, "library_status", without_ort)
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "onnxruntime providers: (onnxruntime not installed)" in out
+    assert "ONNX Runtime CUDA" in out and "providers []" not in out
+    assert out.count("onnxruntime not installed") >= 4  # the header, CPU, CUDA and TensorRT EP lines
