@@ -6,11 +6,13 @@ from typing import Any
 
 import numpy as np
 
+from moe_base.optional import require
+
 
 class GraphBuilder:
     """Writes an ONNX graph by hand: unique names, initializers, nodes, declared value infos, the model proto."""
     def __init__(self, opset: int, name: str = "graph") -> None:
-        import onnx  # noqa: F401 - fail early with the real ImportError if onnx is missing
+        require("onnx", "writing an ONNX graph")  # fail early, naming the extra to install
 
         self.opset = opset
         self.name = name

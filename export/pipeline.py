@@ -17,6 +17,7 @@ import numpy as np
 
 from moe_base.errors import ParityError
 from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
+from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 from runtime.parity import SELF_CHECK_IMAGES, ParityReport, compare, parity_inputs, self_check_record
 from topk_attention.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
@@ -55,8 +56,10 @@ def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | N
 def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = None, weights_path: str | Path | None = None,
                 parity_images: int = 32, extra_inputs: np.ndarray | None = None, threads: int | None = None,
                 log: Callable[[str], None] = print) -> ExportResult:
-    """Export ``model`` (a SmallViT) to ``out_path`` and its manifest; raises ParityError without writing on failure."""
-    import onnx
+    """Export ``model`` (a SmallViT) to ``out_path`` and its manifest; raises ParityError without writing on failure,
+    MissingBackendError before any work without onnx or onnxruntime (the parity check runs the graph in it)."""
+    onnx = require("onnx", "exporting to ONNX")
+    require("onnxruntime", "the parity check that every export passes before it is kept")
 
     opts = opts or ExportOptions()
     opts.validate()  # before the first step is announced

@@ -28,8 +28,9 @@ PACKAGES: dict[str, tuple[str, str | None]] = {
 
 def install_hint(module: str) -> str:
     """The pip command that installs ``module`` (through this project's extra when it has one)."""
-    package, extra = PACKAGES.get(module, (module, None))
-    if module == "tensorrt":
+    top = module.split(".")[0]  # "skimage.metrics" is installed as scikit-image
+    package, extra = PACKAGES.get(top, (top, None))
+    if top == "tensorrt":
         return ("pip install 'moe-denoise[trt]' (TensorRT wheels exist for Linux x86_64/aarch64 with an NVIDIA "
                 "driver; on Jetson use the JetPack TensorRT)")
     if extra:
@@ -42,8 +43,8 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        what = purpose or "this operation"
-        raise MissingBackendError(f"{what} needs the Python package '{PACKAGES.get(module, (module,))[0]}', which "
+        what, top = purpose or "this operation", module.split(".")[0]
+        raise MissingBackendError(f"{what} needs the Python package '{PACKAGES.get(top, (top,))[0]}', which "
                                   f"could not be imported here ({e}). Install it with: {install_hint(module)}") from e
 
 
