@@ -180,6 +180,9 @@ class OrtRunner(BaseRunner):
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "model": str(self.model_path), "provider": self.provider, "threads": self.threads,
              "opt_level": self.opt_level}
+        made_from = ((self.manifest or {}).get("model") or {}).get("weights_file")
+        if made_from:
+            d["weights"] = made_from  # as its manifest records them
         if self.session is not None:
             d["providers_running"] = self.session.get_providers()
         return d

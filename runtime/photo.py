@@ -132,7 +132,7 @@ def denoise_file(
                          f"raise the limit, or split the image into smaller ones") from e
     report = photo_report(info, written, plan.count, time.perf_counter() - start,
                           decision.as_dict() if decision is not None else None, strength, weight)
-    return {**report, "batch_size": batch_size}
+    return {**report, "overlap": overlap, "batch_size": batch_size}
 
 
 def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,

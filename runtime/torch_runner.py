@@ -103,6 +103,7 @@ class TorchRunner(BaseRunner):
                               else default_buckets(max_batch))
         self.graphs: BucketedGraphs | None = None
         self._fn = None
+        self.weights_file: Path | None = None  # the file loaded, once active (None: a model was given)
 
     def _activate_impl(self) -> None:
         torch = require("torch", "the PyTorch backend")
@@ -116,7 +117,8 @@ class TorchRunner(BaseRunner):
             torch.set_num_threads(self.threads)
         if self.model is None:
             from moe_model.checkpoint import load_model
-            self.model = load_model(resolve_weights(self.weights), preset=self.preset, verify=self.verify_weights)
+            self.weights_file = resolve_weights(self.weights)
+            self.model = load_model(self.weights_file, preset=self.preset, verify=self.verify_weights)
         model = self.model.eval().to(self.device)
         _register_impl(self.impl)
         model.set_attention_impl(self.impl)
@@ -206,7 +208,8 @@ class TorchRunner(BaseRunner):
 
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "device": self.device, "impl": self.impl, "compile": self.compile,
-             "threads": self.threads, "tf32": False, "cuda_graph": self.cuda_graph}
+             "threads": self.threads, "tf32": False, "cuda_graph": self.cuda_graph,
+             "weights": str(self.weights_file or self.weights) if self.weights is not None else "(a model given)"}
         if self.precision != "fp32":
             d["half_mode"] = self.half_mode
         if self.graphs is not None:

@@ -133,6 +133,7 @@ def resolve_weights(path: Path | None) -> Path:
 
     return resolve(path, option="--weights")
 
+
 def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):
     from moe_model.checkpoint import load_model
 

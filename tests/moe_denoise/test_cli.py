@@ -131,8 +131,13 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     assert code == 0 and r["input"] == float("inf") and r["output"] < 60  # the input is its own reference
     assert json.loads(out)["batch_size"] == 64  # a CPU backend's default, reported
     code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "b8.png", "--weights", random_weights,
-                       "--batch-size", 8, "--no-progress", "--json")
-    assert code == 0 and json.loads(out)["batch_size"] == 8
+                       "--batch-size", 8, "--overlap", 8, "--no-progress", "--json")
+    report = json.loads(out)
+    assert code == 0 and (report["batch_size"], report["overlap"]) == (8, 8)
+    assert report["backend"]["weights"] == str(random_weights)  # which weights made the photo
+    code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "ort.png", "--backend", "ort", "--artifact",
+                       onnx_path, "--no-progress", "--json")
+    assert code == 0 and json.loads(out)["backend"]["weights"] == str(random_weights)  # from the model's manifest
     code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "ref2.png", "--weights", random_weights,
                        "--reference", out_png.parent / "nope.png")
     assert code == 2 and not (tmp_path / "ref2.png").exists()
