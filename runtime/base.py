@@ -141,6 +141,13 @@ class BaseRunner:
         return {"name": self.name, "backend": self.backend, "precision": self.precision, "max_batch": self.max_batch}
 
 
+def made_from(manifest: Mapping[str, Any] | None) -> dict[str, str]:
+    """{"weights": file} as an artifact's manifest records the weights it was made from ({} when it does not), for
+    the runners' ``describe()``."""
+    weights = ((manifest or {}).get("model") or {}).get("weights_file")
+    return {"weights": str(weights)} if weights else {}
+
+
 @contextmanager
 def activated(fn: Any) -> Iterator[Any]:
     """For the entry points that take a tile denoiser (``denoise_array``, ``denoise_file``, ``guard_for_array``): a

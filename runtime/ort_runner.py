@@ -12,7 +12,7 @@ from moe_base.errors import ArtifactError, InputError, MissingBackendError
 from moe_base.manifest import check_artifact_file, read_manifest
 from moe_base.optional import require
 
-from .base import BaseRunner
+from .base import BaseRunner, made_from
 from .parity import self_check
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -179,10 +179,7 @@ class OrtRunner(BaseRunner):
 
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "model": str(self.model_path), "provider": self.provider, "threads": self.threads,
-             "opt_level": self.opt_level}
-        made_from = ((self.manifest or {}).get("model") or {}).get("weights_file")
-        if made_from:
-            d["weights"] = made_from  # as its manifest records them
+             "opt_level": self.opt_level, **made_from(self.manifest)}
         if self.session is not None:
             d["providers_running"] = self.session.get_providers()
         return d

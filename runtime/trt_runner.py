@@ -26,7 +26,7 @@ from moe_base.manifest import check_artifact_file, check_equal, read_manifest
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 
-from .base import BaseRunner
+from .base import BaseRunner, made_from
 from .cuda_graphs import BucketedGraphs, capture_cuda_graph, check_buckets, check_input, default_buckets, parity_check
 from .parity import self_check
 
@@ -196,7 +196,8 @@ class TensorRTRunner(BaseRunner):
         return True
 
     def describe(self) -> dict[str, Any]:
-        d = {**super().describe(), "engine": str(self.engine_path), "cuda_graph": self.cuda_graph}
+        d = {**super().describe(), "engine": str(self.engine_path), "cuda_graph": self.cuda_graph,
+             **made_from(self.manifest)}
         if self.engine is not None:
             d.update(tensorrt=self._trt.__version__, gpu=self.gpu, profile_batch=self.profile_batch)
         if self.graphs is not None:
