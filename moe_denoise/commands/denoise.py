@@ -181,8 +181,17 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
                           max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
                           strength=args.strength, quality=args.jpeg_quality)
     report["backend"] = runner.describe()
-    report["denoised_by"] = runner.name
+    weights = report["backend"].get("weights")
+    report["denoised_by"] = runner.name + (f" (weights {weights_label(weights)})" if weights else "")
     return report
+
+
+def weights_label(path: str) -> str:
+    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path."""
+    from weights import SHIPPED
+
+    resolved = Path(path).resolve()
+    return next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
 
 
 def report_lines(report: dict, args: argparse.Namespace) -> list[str]:

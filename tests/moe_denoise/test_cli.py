@@ -135,6 +135,8 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     report = json.loads(out)
     assert code == 0 and (report["batch_size"], report["overlap"]) == (8, 8)
     assert report["backend"]["weights"] == str(random_weights)  # which weights made the photo
+    code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "named.png", "--weights", "blind", "--no-progress")
+    assert code == 0 and "with torch-masked (weights blind) in" in out
     code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "ort.png", "--backend", "ort", "--artifact",
                        onnx_path, "--no-progress", "--json")
     assert code == 0 and json.loads(out)["backend"]["weights"] == str(random_weights)  # from the model's manifest
