@@ -1,5 +1,6 @@
-"""The README's quality numbers are the evaluation's own (benchmarks/results/quality/evaluation.json, written by
-`moe-denoise evaluate`), not typed in: each table cell and each number of the sentences under it is checked."""
+"""The numbers the README and docs/evaluation.md publish are those of the runs that made them, not typed in: quality
+against benchmarks/results/quality/evaluation.json (written by `moe-denoise evaluate`), speed against the benchmark
+results, the README's photo commands by running them. Each table cell and each number of the sentences is read."""
 import json
 import re
 from pathlib import Path
@@ -142,3 +143,42 @@ def test_the_photo_commands_print_what_the_readme_says(tmp_path):
                 assert done.returncode == 0, f"{command}\n{done.stderr}"
                 output = done.stdout
     assert checked == 2, "the section's two PSNR comments were not both found"
+
+
+EVALUATION_MD = (REPO / "docs" / "evaluation.md").read_text()
+PHOTO_ROW = re.compile(r"(?P<photo>\w+)(?: \((?:colour|gray)\)|, (?P<what>with the guard|BM3D|best blur))$")
+PHOTO_METHOD = {None: "blind", "with the guard": "blind + guard", "BM3D": "BM3D", "best blur": "best Gaussian blur"}
+CIFAR_METHOD = {"noisy input": "noisy input", "seed checkpoint": "seed checkpoint",
+                "sigma-0.2 specialist": "sigma-0.2 specialist", "blind": "blind"}
+
+
+def _level_tables(text: str) -> list[tuple[str, list[str]]]:
+    """(label, six cells) of every table row with a cell per noise level (sigma 0 to 75), bold removed."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and not cells[1].startswith(("sigma", "---")):
+            rows.append((cells[0], cells[1:]))
+    return rows
+
+
+def test_the_evaluation_pages_tables_are_the_evaluations():
+    """docs/evaluation.md's CIFAR-10 table (clipped / unclipped) and photo table, cell by cell."""
+    cifar, photos = RECORD["cifar"]["rows"], RECORD["photos"]["photos"]
+    checked = 0
+    for label, cells in _level_tables(EVALUATION_MD):
+        for level, shown in zip(LEVELS, cells):
+            if label in CIFAR_METHOD:
+                values = [cifar[p][level][CIFAR_METHOD[label]]["psnr"]["mean"] for p in ("clip", "unclipped")]
+            else:
+                match = PHOTO_ROW.match(label)
+                assert match, f"docs/evaluation.md: a table row this test cannot read: {label!r}"
+                cell = photos[match["photo"]]["rows"][level].get(PHOTO_METHOD[match["what"]])
+                values = [None if cell is None else cell["psnr"]]
+            if values[0] is None or (shown == "-" and values[0] > 100):  # clean input; BM3D told sigma 0
+                assert shown in ("clean", "-"), (label, level, shown)
+                continue
+            parts = shown.split(" / ")
+            assert all(_rounds_to(s, v) for s, v in zip(parts, values)), f"{label} at sigma {level}: {shown}"
+            checked += 1
+    assert checked > 80, f"only {checked} cells were read: has the page's table layout changed?"
