@@ -182,3 +182,34 @@ def test_the_evaluation_pages_tables_are_the_evaluations():
             assert all(_rounds_to(s, v) for s, v in zip(parts, values)), f"{label} at sigma {level}: {shown}"
             checked += 1
     assert checked > 80, f"only {checked} cells were read: has the page's table layout changed?"
+
+
+def _bench_tables(text: str) -> list[tuple[list[int], str, list[str]]]:
+    """(batches of the header, backend, cells) of every 'p50 · throughput · ratio' table row of a page."""
+    rows, batches = [], []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == "backend" and all(c.startswith("batch ") for c in cells[1:]):
+            batches = [int(c.split()[1]) for c in cells[1:]]
+        elif len(cells) > 1 and all(" · " in c for c in cells[1:]):
+            rows.append((batches, cells[0].split(" (")[0], cells[1:]))
+    return rows
+
+
+def test_the_benchmark_pages_tables_are_the_benchmarks():
+    """docs/benchmarks.md's CPU (end to end) and H200 (compute only) tables, cell by cell, against the runs' JSON."""
+    checked = 0
+    for batches, backend, cells in _bench_tables((REPO / "docs" / "benchmarks.md").read_text()):
+        results, mode = ("gpu/results.json", "compute") if "cuda" in backend or "triton" in backend else \
+            ("results.json", "e2e")
+        record = json.loads((REPO / "benchmarks" / "results" / results).read_text())
+        measured = {c["batch"]: c for c in record["results"]
+                    if c["backend"] == MEASURED_AS.get(backend, backend) and c["mode"] == mode and c["status"] == "ok"}
+        for batch, cell in zip(batches, cells):
+            latency, throughput, ratio = cell.split(" · ")
+            m = measured[batch]
+            assert _rounds_to(latency, m["latency_ms"]["p50"]), (backend, batch, latency)
+            assert _rounds_to(throughput, m["throughput_ips"]), (backend, batch, throughput)
+            assert _rounds_to(ratio, m["ratio_vs_baseline"]["throughput"]), (backend, batch, ratio)
+            checked += 1
+    assert checked == 36, f"{checked} cells read: has the page's table layout changed?"
