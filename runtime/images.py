@@ -326,9 +326,7 @@ def read_pixels(
     Peak memory: Pillow's decoded image (1 to 4 bytes per pixel) plus the array, copied over in strips
     (8-bit RGB: 4 + 3 = 7 bytes per pixel), or twice the array when an EXIF orientation must be applied.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such image file: '{p}'. Check the path")
+    p = check_input_exists(path)
     if not p.is_file():
         raise InputError(f"'{p}' is not a file (a directory?); expected an image file such as photo.png")
     if p.stat().st_size == 0:
@@ -638,6 +636,14 @@ def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageIn
     check_quality(quality)
     atomic_write(target, _choose_writer(fmt, pixels, info, quality), overwrite)
     return target
+
+
+def check_input_exists(path: str | os.PathLike[str]) -> Path:
+    """The input image's path, or InputError when there is no file there."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such image file: '{p}'. Check the path")
+    return p
 
 
 def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[str] | None, overwrite: bool) -> None:

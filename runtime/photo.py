@@ -17,6 +17,7 @@ from .images import (
     JPEG_QUALITY,
     ImageHeader,
     ImageInfo,
+    check_input_exists,
     check_memory,
     check_output_path,
     check_quality,
@@ -110,6 +111,7 @@ def denoise_file(
     """
     check_strength(strength)
     check_quality(quality)
+    check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)
     batch_size = batch_size_for(fn, batch_size)  # 64 tiles a call for a runner on a CPU, else 256
     start = time.perf_counter()
@@ -201,6 +203,7 @@ def add_noise_to_file(
     same stream as drawn at once), so memory is about twice the file's integers.
     """
     check_sigma(sigma, estimated=False)
+    check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)
 
     def before_decode(header: ImageHeader) -> None:

@@ -248,12 +248,13 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     run of several photos); None: one is opened for this photo.
     """
     from runtime.guard import with_strength
-    from runtime.images import check_output_path, check_quality, check_writable, read_image, write_pixels
+    from runtime.images import check_input_exists, check_output_path, check_quality, check_writable, read_image, write_pixels
     from runtime.jpeg_traces import LOSSY_FORMATS
     from runtime.photo import photo_report
     from runtime.tiling import plan_tiles
 
     check_quality(quality)
+    check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
     image, info = read_image(in_path)

@@ -445,3 +445,16 @@ def test_values_on_another_scale_are_refused_and_a_small_overshoot_is_clipped(tm
     over[0, 0] = (1.2, -0.2, 0.5)
     write_image(tmp_path / "out.png", over, info)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png"))[0, 0], (255, 0, 128))
+
+
+def test_a_missing_input_is_named_before_an_existing_output(tmp_path: Path) -> None:
+    """denoise_file / add_noise_to_file with a mistyped input and an output that exists: the missing input is what
+    to fix first (it was refused as 'the output already exists')."""
+    from runtime.photo import add_noise_to_file, denoise_file
+
+    (tmp_path / "out.png").write_bytes(b"an earlier result")
+    with pytest.raises(InputError, match="no such image file: '.*missing.png'"):
+        denoise_file(tmp_path / "missing.png", tmp_path / "out.png", lambda batch: batch)
+    with pytest.raises(InputError, match="no such image file: '.*missing.png'"):
+        add_noise_to_file(tmp_path / "missing.png", tmp_path / "out.png", 0.1)
+    assert (tmp_path / "out.png").read_bytes() == b"an earlier result"
