@@ -13,11 +13,11 @@ from moe_base.progress import progress_mode
 from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_int, resolve_weights
 
 SUITES = ("cifar", "photos", "all")
+# moe_model.evaluate.DEFAULT_SIGMAS_255, written out: importing it imports torch (seconds, for --help)
+DEFAULT_SIGMAS_255 = (0, 5, 15, 25, 50, 75)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from moe_model.evaluate import DEFAULT_SIGMAS_255
-
     p = sub.add_parser(
         "evaluate", help="PSNR / SSIM across noise levels (CIFAR-10, photos), against BM3D and other weights",
         description="Default: the across-noise-level report. Every --weights (several allowed, with --label and "

@@ -307,6 +307,36 @@ def test_the_tile_overlap_is_checked_when_parsed(capsys, command, value, message
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_help_and_version_import_no_torch():
+    """--version and every command's --help answer in a fraction of a second: torch (about a second to import) is
+    imported by the commands that run a model, not by the parsers (train's --loss choices imported it for all)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from moe_denoise.cli import COMMANDS, main\n"
+            "names = [c.replace('_', '-') for c in COMMANDS] + ['add-noise']\n"
+            "for argv in [['--version'], ['--help']] + [[c, '--help'] for c in names]:\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "print('torch' in sys.modules, len(names))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"False {len(_subparsers())}"
+
+
+def test_choices_written_out_for_a_light_help_are_the_models():
+    """train --loss and evaluate --sigmas are written out in the command layer (no torch import for --help): they
+    must stay those of moe_model."""
+    from moe_denoise.commands import evaluate, train
+    from moe_model.evaluate import DEFAULT_SIGMAS_255
+    from moe_model.losses import LOSSES
+
+    assert train.LOSSES == LOSSES and evaluate.DEFAULT_SIGMAS_255 == DEFAULT_SIGMAS_255
+
+
 def test_split_choices_are_the_data_modules():
     """--split is written out in the command layer (no torch import for --help): it must stay moe_model.data's."""
     from moe_model.data import SPLITS
