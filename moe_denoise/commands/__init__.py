@@ -5,6 +5,7 @@ import argparse
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 from moe_base.errors import InputError
 
@@ -132,6 +133,20 @@ def resolve_weights(path: Path | None) -> Path:
     from runtime.torch_runner import resolve_weights as resolve
 
     return resolve(path, option="--weights")
+
+
+def weights_label(path: str) -> str:
+    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path."""
+    from weights import SHIPPED
+
+    resolved = Path(path).resolve()
+    return next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
+
+
+def runner_label(runner: Any) -> str:
+    """'torch-masked (weights sigma20)': the runner's name and, where it knows them, its weights."""
+    weights = runner.describe().get("weights")
+    return runner.name + (f" (weights {weights_label(weights)})" if weights else "")
 
 
 def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):

@@ -13,6 +13,7 @@ from . import (
     make_runner,
     noise_std,
     positive_int,
+    runner_label,
     seconds,
     tile_overlap,
 )
@@ -181,17 +182,8 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
                           max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
                           strength=args.strength, quality=args.jpeg_quality)
     report["backend"] = runner.describe()
-    weights = report["backend"].get("weights")
-    report["denoised_by"] = runner.name + (f" (weights {weights_label(weights)})" if weights else "")
+    report["denoised_by"] = runner_label(runner)
     return report
-
-
-def weights_label(path: str) -> str:
-    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path."""
-    from weights import SHIPPED
-
-    resolved = Path(path).resolve()
-    return next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
 
 
 def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
@@ -356,7 +348,7 @@ def check_local(args: argparse.Namespace, src: Path, dst: Path, runner: Any = No
     local = unit_to_image(local_image, dtype)
     served = unit_to_image(read_image(dst)[0], dtype)
     diff = int(np.abs(served.astype(np.int64) - local).max())
-    return {"backend": runner.name, "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),
+    return {"backend": runner_label(runner), "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),
             "pixels_different": int((served != local).sum())}
 
 

@@ -15,6 +15,7 @@ from . import (
     make_runner,
     port_number,
     positive_int,
+    runner_label,
     tile_overlap,
 )
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.ready_file:  # an unwritable --ready-file fails here, before Triton starts
         check_output_file(args.ready_file, overwrite=True, option="")
-    make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
+    probe = make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
 
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         server.start()
         started = True
         info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
-                "backend": args.backend, "config": server.running_config.to_dict(),
+                "backend": args.backend, "runner": runner_label(probe), "config": server.running_config.to_dict(),
                 "startup_seconds": round(time.perf_counter() - t0, 2),
                 "log": str(server.log_path) if server.log_path else None}
         if args.ready_file:
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, indent=2), flush=True)
         else:
-            log(f"ready in {info['startup_seconds']}s with the {args.backend} backend; Ctrl-C or SIGTERM stops it. "
+            log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
                 f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
         asked = server.wait()
         if not asked:

@@ -292,13 +292,15 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
 
     proc, info = _start_cli(tmp_path)
     try:
+        assert info["runner"] == "torch-masked (weights blind)"  # what serves, said in the ready line too
+        assert "with torch-masked (weights blind);" in (tmp_path / "serve.log").read_text()
         url = info["urls"]["http"]
         remote = tmp_path / "remote.png"
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", url, "--no-progress"]) == 0
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", url]) == 2  # exists, no --overwrite
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", "grpc://" + info["urls"]["grpc"],
                      "--overwrite", "--check-local", "--backend", "torch", "--threads", "1"]) == 0
-        assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in capsys.readouterr().out
+        assert "max abs difference from a local run with torch-masked (weights blind): 0 of 255 levels" in capsys.readouterr().out
         jpeg = tmp_path / "noisy.jpg"  # a noisy JPEG: the guard reads the noise at two scales, on both sides
         from PIL import Image
 
@@ -308,7 +310,7 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         assert main(["denoise", str(jpeg), "-o", str(tmp_path / "noisy.png"), "--server", "grpc://" +
                      info["urls"]["grpc"], "--check-local", "--backend", "torch", "--threads", "1"]) == 0
         served = capsys.readouterr().out
-        assert "max abs difference from a local run with torch-masked: 0 of 255 levels" in served
+        assert "max abs difference from a local run with torch-masked (weights blind): 0 of 255 levels" in served
         # the server sends its guard decision back: the remote run prints the local run's guard line
         assert main(["denoise", str(jpeg), "-o", str(tmp_path / "noisy_here.png"), "--backend", "torch",
                      "--threads", "1"]) == 0
@@ -319,7 +321,7 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         assert main(["denoise", str(DEMO), str(jpeg), "-o", str(tmp_path / "batch"), "--server", url,
                      "--check-local", "--backend", "torch", "--threads", "1", "--no-progress"]) == 0
         out = capsys.readouterr().out
-        assert out.count("max abs difference from a local run with torch-masked: 0 of 255 levels") == 2
+        assert out.count("max abs difference from a local run with torch-masked (weights blind): 0 of 255 levels") == 2
         assert "denoised 2 of 2 photos into" in out
         assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == sorted([DEMO.name, "noisy.jpg"])
         assert main(["denoise", str(DEMO), "-o", str(tmp_path / "half.png"), "--server", url, "--strength", "0.5",
