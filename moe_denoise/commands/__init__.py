@@ -95,11 +95,11 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
-def add_weights_args(p: argparse.ArgumentParser) -> None:
+def add_weights_args(p: argparse.ArgumentParser, default: str = "blind") -> None:
     p.add_argument("--weights", type=Path, default=None,
                    help="weights: a .safetensors file with its .json, a PyTorch state dict (.pt), or the name of "
-                        "shipped weights: blind (the default, every noise level) or sigma20 (the specialist for "
-                        "sigma 0.2)")
+                        f"shipped weights: blind (every noise level) or sigma20 (the specialist for sigma 0.2); "
+                        f"default: {default}")
     p.add_argument("--preset", default=None,
                    help="architecture preset for weights without a JSON sidecar (e.g. 'seed' for the seed "
                         "checkpoint); default: read from the sidecar")

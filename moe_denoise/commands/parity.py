@@ -4,7 +4,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, add_backend_args, add_weights_args, make_runner, positive_int, resolve_weights
+from . import (
+    HelpFormatter,
+    add_backend_args,
+    add_weights_args,
+    make_runner,
+    positive_int,
+    resolve_weights,
+    runner_label,
+    weights_label,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Exit code 1 when out of tolerance.",
                        formatter_class=HelpFormatter)
     add_backend_args(p, required=True, default_impl="gather")
-    add_weights_args(p)
+    add_weights_args(p, default="the weights an ONNX model's or engine's manifest names, else blind")
     p.add_argument("-n", "--num-images", type=positive_int, default=64,
                    help="synthetic 32x32 inputs (fixed); --data-dir adds as many CIFAR-10 test images")
     p.add_argument("--data-dir", type=Path, default=None,
@@ -42,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
         x = np.concatenate([x, fixed_noisy(to_float(load_cifar10(args.data_dir, "test")[: args.num_images])).numpy()])
     runner = make_runner(args, weights)
     with runner:
-        manifest = getattr(runner, "manifest", None)
-        if manifest and manifest.get("model", {}).get("weights_sha256"):
-            check_equal("weights", manifest["model"]["weights_sha256"][:16], sha256_file(weights)[:16],
-                        f"The artifact was exported from {manifest['model'].get('weights_file')}, not {weights}; pass "
-                        f"--weights with the same file, or re-export")
+        made = (getattr(runner, "manifest", None) or {}).get("model") or {}
+        if made.get("weights_sha256"):
+            source = Path(made.get("weights_file") or "")
+            if args.weights is None and source.is_file() and sha256_file(source) == made["weights_sha256"]:
+                weights = source  # no --weights: the reference is the model the artifact was made from
+            check_equal("weights", made["weights_sha256"][:16], sha256_file(weights)[:16],
+                        f"The artifact was exported from {made.get('weights_file')}, not {weights}; pass "
+                        f"--weights {weights_label(str(source))} (the same weights), or re-export")
         out = runner(x)
         precision = runner.precision
     with TorchRunner(weights, preset=args.preset, impl="masked", threads=args.threads,
@@ -58,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
         print_json({"runner": runner.describe(), **report.to_dict()})
     else:
-        print(f"runner: {runner.describe()}")
+        print(f"{runner_label(runner)} against PyTorch with the weights {weights_label(str(weights))}")
+        settings = {k: v for k, v in runner.describe().items() if k not in ("name", "weights") and v not in (None, False)}
+        print("  " + ", ".join(f"{k} {v}" for k, v in settings.items()))
         print(report.summary())
     return 0 if report.passed else 1

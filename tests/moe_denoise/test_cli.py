@@ -115,7 +115,10 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     other.write_bytes(random_weights.read_bytes()[:-4] + b"\0\0\0\0")
     (tmp_path / "other.json").write_text(random_weights.with_suffix(".json").read_text())
     code, _, err = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "--weights", other)
-    assert code == 2 and "weights mismatch" in err
+    assert code == 2 and "weights mismatch" in err and f"pass --weights {random_weights} (the same weights)" in err
+    # without --weights the reference is the model the artifact was made from (not the default blind weights)
+    code, out, _ = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "-n", 4)
+    assert code == 0 and f"against PyTorch with the weights {random_weights}" in out and "PASS" in out
 
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).uniform(size=(45, 77, 3)) * 255).astype(np.uint8)).save(photo)
@@ -164,7 +167,7 @@ def test_export_default_names_say_which_rewrites():
 def test_torch_backend_precision_and_graph_options(capsys, random_weights):
     code, out, _ = run(capsys, "parity", "--backend", "torch", "--precision", "bf16", "--weights", random_weights,
                        "-n", 2)
-    assert code == 0 and "PSNR" in out and "'precision': 'bf16'" in out
+    assert code == 0 and "PSNR" in out and "torch-gather-bf16 (weights " in out and "precision bf16" in out
     code, _, err = run(capsys, "parity", "--backend", "torch", "--cuda-graph", "--weights", random_weights, "-n", 2)
     assert code == 2 and "needs device='cuda'" in err
 
