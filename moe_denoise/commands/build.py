@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-engine-cache", action="store_true", help="always build, never reuse a cached engine")
     p.add_argument("--weights", type=Path, default=None,
                    help="weights for the parity check: those the ONNX model was exported from (checked by hash "
-                        "against its manifest): a file or a shipped name (blind, sigma20); default: blind")
+                        "against its manifest): a file or a shipped name (blind, sigma20); default: the weights the manifest "
+                        "names, else blind")
     p.add_argument("--json", action="store_true", help="print the engine's manifest as JSON instead of the parity report")
     p.set_defaults(func=run)
 
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_suffix(args.output, (".engine", ".plan", ".trt"), "a TensorRT engine")
     out = args.output or engine_path(onnx, args.precision)
     check_output_file(out, args.overwrite or args.output is None)  # before TensorRT is even looked for
-    result = build_engine(onnx, out, opts, weights=resolve_weights(args.weights), log=(lambda s: None) if args.json else print)
+    weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
+    result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print)
     if args.json:
         from moe_denoise.cli import print_json
 

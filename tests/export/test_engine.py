@@ -171,3 +171,26 @@ def test_plugin_hash_follows_code_not_words(tmp_path, monkeypatch):
     assert spec.behaviour_hash() == base  # docstrings and comments are words
     kernel.write_text(text.replace("MAX_N = 1024", "MAX_N = 512", 1))
     assert spec.behaviour_hash() != base  # code is behaviour
+
+
+def test_the_engines_parity_weights_default_to_those_the_onnx_model_names(tmp_path, random_weights):
+    """build without --weights checks the engine against the weights its ONNX model was exported from (while that
+    file is there unchanged), not the shipped default; given weights must be those, by hash."""
+    import shutil
+
+    from export.engine import parity_weights
+    from moe_base.errors import ArtifactMismatchError
+    from moe_base.fileio import sha256_file
+    from weights import DEFAULT_WEIGHTS
+
+    manifest = {"model": {"weights_file": str(random_weights), "weights_sha256": sha256_file(random_weights)}}
+    onnx = tmp_path / "m.onnx"
+    assert parity_weights(onnx, manifest, None) == random_weights
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(random_weights, copy)
+    assert parity_weights(onnx, manifest, copy) == copy  # the same weights elsewhere on disk
+    with pytest.raises(ArtifactMismatchError, match=rf"exported from weights with sha256 .*\({random_weights}\)"):
+        parity_weights(onnx, manifest, DEFAULT_WEIGHTS)
+    moved = {"model": {**manifest["model"], "weights_file": str(tmp_path / "gone.safetensors")}}
+    with pytest.raises(ArtifactMismatchError):  # the file it names is gone: the shipped default, which differs
+        parity_weights(onnx, moved, None)
