@@ -183,14 +183,39 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
                         "judged by PSNR against fp32")
 
 
+def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
+    """--weights given with --backend ort / trt: the artifact must have been made from them (its manifest's hash),
+    else they would be ignored in silence. A missing or damaged manifest is left to the runner to refuse."""
+    from moe_base.errors import ToolkitError
+    from moe_base.fileio import sha256_file
+    from moe_base.manifest import read_manifest
+
+    if getattr(args, "weights", None) is None:
+        return
+    try:
+        made = (read_manifest(artifact, required=False) or {}).get("model") or {}
+    except ToolkitError:
+        return
+    given = resolve_weights(args.weights)
+    if made.get("weights_sha256") and sha256_file(given) != made["weights_sha256"]:
+        source = made.get("weights_file")
+        remedy = ("export them (moe-denoise export --weights {w} -o NAME.onnx) and pass --artifact NAME.onnx"
+                  if args.backend == "ort" else "export them with --flavor plugin and build an engine of that "
+                  "(moe-denoise build --onnx NAME.onnx), then pass --artifact NAME.engine").format(w=args.weights)
+        raise InputError(f"--weights {args.weights} was given, but --backend {args.backend} runs {artifact}, which was "
+                         f"made from other weights ({weights_label(source) if source else 'another file'}); to run "
+                         f"{args.weights}, {remedy}; or leave --weights out")
+
+
 def make_runner(args: argparse.Namespace, weights: Path | None):
     """The runner chosen by --backend and its options."""
     if args.backend == "ort":
         from moe_base.paths import onnx_path
         from runtime.ort_runner import OrtRunner
 
-        return OrtRunner(args.artifact or onnx_path("portable"), provider=args.provider,
-                         threads=args.threads, opt_level=args.opt_level)
+        artifact = args.artifact or onnx_path("portable")
+        check_artifact_weights(args, artifact)
+        return OrtRunner(artifact, provider=args.provider, threads=args.threads, opt_level=args.opt_level)
     if args.backend == "torch":
         from runtime.torch_runner import TorchRunner
 
@@ -208,4 +233,6 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
     from runtime.trt_runner import TensorRTRunner
 
     # default: the engine 'moe-denoise build' writes for the fp32 plugin graph
-    return TensorRTRunner(args.artifact or engine_path(onnx_path("plugin"), "fp32"), cuda_graph=args.cuda_graph)
+    artifact = args.artifact or engine_path(onnx_path("plugin"), "fp32")
+    check_artifact_weights(args, artifact)
+    return TensorRTRunner(artifact, cuda_graph=args.cuda_graph)

@@ -115,13 +115,18 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     other.write_bytes(random_weights.read_bytes()[:-4] + b"\0\0\0\0")
     (tmp_path / "other.json").write_text(random_weights.with_suffix(".json").read_text())
     code, _, err = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "--weights", other)
-    assert code == 2 and "weights mismatch" in err and f"pass --weights {random_weights} (the same weights)" in err
+    assert code == 2 and f"--weights {other} was given, but --backend ort runs {onnx_path}, which was made from " \
+                         f"other weights ({random_weights})" in err and "or leave --weights out" in err
     # without --weights the reference is the model the artifact was made from (not the default blind weights)
     code, out, _ = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "-n", 4)
     assert code == 0 and f"against PyTorch with the weights {random_weights}" in out and "PASS" in out
 
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).uniform(size=(45, 77, 3)) * 255).astype(np.uint8)).save(photo)
+    # the same for denoise: --weights that the ONNX model was not made from are refused, not ignored in silence
+    code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "ignored.png", "--backend", "ort", "--artifact",
+                       onnx_path, "--weights", other)
+    assert code == 2 and "was made from other weights" in err and not (tmp_path / "ignored.png").exists()
     for backend, extra in (("torch", ["--weights", random_weights]), ("ort", ["--artifact", onnx_path])):
         out_png = tmp_path / f"out_{backend}.png"
         code, out, _ = run(capsys, "denoise", photo, "-o", out_png, "--backend", backend, *extra, "--no-progress")
