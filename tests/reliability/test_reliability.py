@@ -329,6 +329,19 @@ def test_reliability_missing_onnx_for_build(capsys, tmp_path):
     assert code == 2 and "does not exist" in err and "manifest" not in err
 
 
+def test_reliability_weights_the_artifact_was_not_made_from(capsys, exported, tmp_path):
+    """denoise --backend ort --weights W, where the ONNX model was exported from other weights => refused before any
+    work (exit 2: the weights the model was made from named, and how to export W); they were ignored in silence"""
+    from PIL import Image
+
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (120, 90, 60)).save(photo)
+    code, _, err = cli(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort", "--artifact",
+                       exported, "--weights", "sigma20")
+    assert code == 2 and "--weights sigma20 was given" in err and "moe-denoise export --weights sigma20" in err
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_reliability_no_manifest_message_names_real_options(capsys, exported):
     """An artifact without its manifest => the message says to re-export and names no option that does not exist"""
     from moe_base.manifest import manifest_path
