@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, ParityError) else 2
+    except BrokenPipeError:  # the reader went away (moe-denoise ... | head): quietly, as other commands do
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's flush at exit would raise again
+        return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed
 
 
 if __name__ == "__main__":

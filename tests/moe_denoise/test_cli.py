@@ -315,6 +315,19 @@ def test_the_tile_overlap_is_checked_when_parsed(capsys, command, value, message
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_closed_pipe_ends_the_command_quietly():
+    """moe-denoise ... | head: when the reader goes away the command stops with 141 (what a shell shows for SIGPIPE)
+    and no traceback (it printed Python's BrokenPipeError traceback)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "moe_denoise.cli", "doctor"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()
+
+
 def test_help_and_version_import_no_torch():
     """--version and every command's --help answer in a fraction of a second: torch (about a second to import) is
     imported by the commands that run a model, not by the parsers (train's --loss choices imported it for all)."""
