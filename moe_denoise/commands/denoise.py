@@ -309,6 +309,11 @@ def check_remote_options(args: argparse.Namespace) -> None:
     if args.overlap != 16:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
+    if args.weights is not None and not args.check_local:
+        raise InputError(f"--weights {args.weights} cannot be sent with --server: the server denoises with the weights "
+                         f"it was started with (its 'ready' line names them). Start it with 'moe-denoise serve "
+                         f"--weights {args.weights}' and drop --weights here (with --check-local they are the local "
+                         f"run's)")
 
 
 def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None, client: Any = None) -> dict:

@@ -411,3 +411,7 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
     assert main(["denoise", str(photo), str(photo), "-o", str(tmp_path / "many"), "--overlap", "8", "--server",
                  "localhost:1"]) == 2
     assert "cannot be sent with --server" in capsys.readouterr().err and not (tmp_path / "many").exists()
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "w.png"), "--weights", "sigma20", "--server",
+                 "localhost:1"]) == 2  # the server's own weights would be used: refused, not ignored
+    err = capsys.readouterr().err
+    assert "--weights sigma20 cannot be sent with --server" in err and "moe-denoise serve --weights sigma20" in err
