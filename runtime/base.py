@@ -142,10 +142,11 @@ class BaseRunner:
 
 
 def made_from(manifest: Mapping[str, Any] | None) -> dict[str, str]:
-    """{"weights": file} as an artifact's manifest records the weights it was made from ({} when it does not), for
-    the runners' ``describe()``."""
-    weights = ((manifest or {}).get("model") or {}).get("weights_file")
-    return {"weights": str(weights)} if weights else {}
+    """{"weights": file, "weights_sha256": hash} as an artifact's manifest records the weights it was made from ({}
+    when it does not), for the runners' ``describe()``: the file may have changed since; the hash says what it held."""
+    model = (manifest or {}).get("model") or {}
+    return ({"weights": str(model["weights_file"]), "weights_sha256": str(model.get("weights_sha256") or "")}
+            if model.get("weights_file") else {})
 
 
 @contextmanager

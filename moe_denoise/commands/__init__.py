@@ -135,18 +135,24 @@ def resolve_weights(path: Path | None) -> Path:
     return resolve(path, option="--weights")
 
 
-def weights_label(path: str) -> str:
-    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path."""
+def weights_label(path: str, sha256: str | None = None) -> str:
+    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path; when ``sha256`` (what
+    an artifact's manifest recorded) no longer matches the file, says that the file has changed since."""
+    from moe_base.fileio import sha256_file
     from weights import SHIPPED
 
     resolved = Path(path).resolve()
-    return next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
+    label = next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
+    if sha256 and not (resolved.is_file() and sha256_file(resolved) == sha256):
+        return f"{label} as it was when exported (sha256 {sha256[:12]}...; the file has changed or gone since)"
+    return label
 
 
 def runner_label(runner: Any) -> str:
     """'torch-masked (weights sigma20)': the runner's name and, where it knows them, its weights."""
-    weights = runner.describe().get("weights")
-    return runner.name + (f" (weights {weights_label(weights)})" if weights else "")
+    described = runner.describe()
+    weights = described.get("weights")
+    return runner.name + (f" (weights {weights_label(weights, described.get('weights_sha256'))})" if weights else "")
 
 
 def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):

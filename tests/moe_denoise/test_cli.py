@@ -381,3 +381,22 @@ def test_doctor_without_onnxruntime_says_it_is_not_installed(capsys, monkeypatch
     assert code == 0 and "onnxruntime providers: (onnxruntime not installed)" in out
     assert "ONNX Runtime CUDA" in out and "providers []" not in out
     assert out.count("onnxruntime not installed") >= 4  # the header, CPU, CUDA and TensorRT EP lines
+
+
+def test_an_artifact_whose_weights_file_changed_since_is_not_labelled_with_it(capsys, random_weights, tmp_path):
+    """The label of an ONNX model's weights comes from its manifest's path and hash: once the file at that path holds
+    other weights (retrained, upgraded), the line says so instead of naming the file as if it made the model."""
+    import shutil
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(random_weights, weights)
+    shutil.copy(random_weights.with_suffix(".json"), tmp_path / "w.json")
+    onnx_path = tmp_path / "m.onnx"
+    assert run(capsys, "export", "--weights", weights, "-o", onnx_path, "--parity-images", 2)[0] == 0
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(photo)
+    code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "a.png", "--backend", "ort", "--artifact", onnx_path)
+    assert code == 0 and f"with ort-cpu (weights {weights}) in" in out
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # the file now holds other weights
+    code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "b.png", "--backend", "ort", "--artifact", onnx_path)
+    assert code == 0 and f"(weights {weights} as it was when exported (sha256 " in out and "changed or gone" in out
