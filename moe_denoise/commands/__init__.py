@@ -213,6 +213,15 @@ def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
                          f"{args.weights}, {remedy}; or leave --weights out")
 
 
+def check_artifact_options(args: argparse.Namespace) -> None:
+    """denoise / serve with --backend ort or trt: --preset (the architecture of weights run in PyTorch) would be
+    ignored, since an ONNX model or engine carries its own; refused, as --weights it was not made from are."""
+    if args.backend != "torch" and getattr(args, "preset", None) is not None:
+        raise InputError(f"--preset {args.preset} applies to weights run with --backend torch; --backend "
+                         f"{args.backend} runs an ONNX model or engine, which carries its own architecture: leave "
+                         f"--preset out")
+
+
 def make_runner(args: argparse.Namespace, weights: Path | None):
     """The runner chosen by --backend and its options."""
     if args.backend == "ort":

@@ -330,8 +330,9 @@ def test_reliability_missing_onnx_for_build(capsys, tmp_path):
 
 
 def test_reliability_weights_the_artifact_was_not_made_from(capsys, exported, tmp_path):
-    """denoise --backend ort --weights W, where the ONNX model was exported from other weights => refused before any
-    work (exit 2: the weights the model was made from named, and how to export W); they were ignored in silence"""
+    """denoise --backend ort --weights W, where the ONNX model was exported from other weights, or with --preset =>
+    refused before any work (exit 2: the weights the model was made from named, and how to export W; --preset to be
+    left out); both were ignored in silence"""
     from PIL import Image
 
     photo = tmp_path / "in.png"
@@ -339,6 +340,10 @@ def test_reliability_weights_the_artifact_was_not_made_from(capsys, exported, tm
     code, _, err = cli(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort", "--artifact",
                        exported, "--weights", "sigma20")
     assert code == 2 and "--weights sigma20 was given" in err and "moe-denoise export --weights sigma20" in err
+    assert not (tmp_path / "out.png").exists()
+    code, _, err = cli(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort", "--artifact",
+                       exported, "--preset", "seed")  # the ONNX model carries its architecture: --preset ignored
+    assert code == 2 and "--preset seed applies to weights run with --backend torch" in err
     assert not (tmp_path / "out.png").exists()
 
 
