@@ -214,12 +214,23 @@ def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
 
 
 def check_artifact_options(args: argparse.Namespace) -> None:
-    """denoise / serve with --backend ort or trt: --preset (the architecture of weights run in PyTorch) would be
-    ignored, since an ONNX model or engine carries its own; refused, as --weights it was not made from are."""
-    if args.backend != "torch" and getattr(args, "preset", None) is not None:
-        raise InputError(f"--preset {args.preset} applies to weights run with --backend torch; --backend "
-                         f"{args.backend} runs an ONNX model or engine, which carries its own architecture: leave "
-                         f"--preset out")
+    """denoise / serve with --backend ort or trt: the options of the PyTorch backend would be ignored in silence;
+    refused instead, naming what sets the same thing for an ONNX model or engine."""
+    if args.backend == "torch":
+        return
+    ignored = {
+        "--preset": (getattr(args, "preset", None) is not None,
+                     "an ONNX model or engine carries its own architecture"),
+        "--precision": (args.precision != "fp32", "an ONNX model or engine keeps the precision it was made with "
+                        "('moe-denoise export --precision fp16', 'moe-denoise build --precision fp16')"),
+        "--device": (args.device != "cpu", "ONNX Runtime runs where --provider says; an engine runs on the GPU"),
+        "--cuda-graph": (args.cuda_graph and args.backend == "ort", "ONNX Runtime is not captured here; --backend "
+                         "torch (on CUDA) and trt take it"),
+    }
+    for option, (given, why) in ignored.items():
+        if given:
+            raise InputError(f"{option} applies to --backend torch, not to --backend {args.backend}: {why}. Leave "
+                             f"{option} out")
 
 
 def make_runner(args: argparse.Namespace, weights: Path | None):

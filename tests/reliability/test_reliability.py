@@ -330,9 +330,10 @@ def test_reliability_missing_onnx_for_build(capsys, tmp_path):
 
 
 def test_reliability_weights_the_artifact_was_not_made_from(capsys, exported, tmp_path):
-    """denoise --backend ort --weights W, where the ONNX model was exported from other weights, or with --preset =>
-    refused before any work (exit 2: the weights the model was made from named, and how to export W; --preset to be
-    left out); both were ignored in silence"""
+    """denoise --backend ort --weights W, where the ONNX model was exported from other weights, or with an option of
+    the torch backend (--preset, --precision, --device, --cuda-graph) => refused before any work (exit 2: the
+    weights the model was made from named and how to export W; what sets the option for an ONNX model); all were
+    ignored in silence"""
     from PIL import Image
 
     photo = tmp_path / "in.png"
@@ -343,7 +344,7 @@ def test_reliability_weights_the_artifact_was_not_made_from(capsys, exported, tm
     assert not (tmp_path / "out.png").exists()
     code, _, err = cli(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort", "--artifact",
                        exported, "--preset", "seed")  # the ONNX model carries its architecture: --preset ignored
-    assert code == 2 and "--preset seed applies to weights run with --backend torch" in err
+    assert code == 2 and "--preset applies to --backend torch, not to --backend ort" in err
     assert not (tmp_path / "out.png").exists()
 
 
