@@ -213,10 +213,17 @@ def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
                          f"{args.weights}, {remedy}; or leave --weights out")
 
 
-def check_artifact_options(args: argparse.Namespace) -> None:
-    """denoise / serve with --backend ort or trt: the options of the PyTorch backend would be ignored in silence;
-    refused instead, naming what sets the same thing for an ONNX model or engine."""
+def check_backend_options(args: argparse.Namespace) -> None:
+    """denoise / serve: an option another backend reads would be ignored in silence; refused instead, naming what to
+    do (--artifact without --backend ort would run the PyTorch default; --precision with ort the fp32 model)."""
     if args.backend == "torch":
+        others = {"--artifact": (args.artifact is not None, "ort or trt"), "--provider": (args.provider != "cpu", "ort"),
+                  "--opt-level": (args.opt_level != "all", "ort")}
+        for option, (given, backends) in others.items():
+            if given:
+                raise InputError(f"{option} applies to --backend {backends}, but the backend is torch (the default), "
+                                 f"which runs --weights in PyTorch: add --backend {backends.split()[0]}, or leave "
+                                 f"{option} out")
         return
     ignored = {
         "--preset": (getattr(args, "preset", None) is not None,

@@ -10,7 +10,7 @@ from . import (
     HelpFormatter,
     add_backend_args,
     add_weights_args,
-    check_artifact_options,
+    check_backend_options,
     make_runner,
     noise_std,
     positive_int,
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.images import check_quality
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
-    check_artifact_options(args)
+    check_backend_options(args)
     check_strength(args.strength, "--strength")
     check_quality(args.jpeg_quality, "--jpeg-quality")
     if args.server is not None:

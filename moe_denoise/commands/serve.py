@@ -12,7 +12,7 @@ from . import (
     HelpFormatter,
     add_backend_args,
     add_weights_args,
-    check_artifact_options,
+    check_backend_options,
     make_runner,
     port_number,
     positive_int,
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.server import DenoiseServer
 
     config = config_from_args(args)
-    check_artifact_options(args)
+    check_backend_options(args)
     if args.ready_file:  # an unwritable --ready-file fails here, before Triton starts
         check_output_file(args.ready_file, overwrite=True, option="")
     probe = make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
