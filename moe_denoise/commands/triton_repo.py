@@ -45,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from runtime import InputError
     from serving.repo import RepoSettings, write_repository
 
+    if args.no_onnx and args.onnx is not None:
+        raise InputError(f"--onnx {args.onnx} and --no-onnx contradict each other: leave out --no-onnx to put the ONNX "
+                         f"model in the repository, or --onnx to leave it out")
+    if args.engine is None and args.trt_instances != 1:
+        raise InputError(f"--trt-instances {args.trt_instances} is for the TensorRT model, and no --engine was given: "
+                         f"add --engine PATH, or use --instances for the ONNX model")
     onnx = None
     if not args.no_onnx:
         onnx = args.onnx or default_onnx()

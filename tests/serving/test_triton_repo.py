@@ -122,3 +122,16 @@ def test_tritonserver_itself_accepts_the_configs_and_rejects_a_broken_one(tmp_pa
     config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_size: -1"))
     verdict = check_with_tritonserver(out, ["moe_denoiser"])["moe_denoiser"]
     assert verdict["verdict"] == "rejected" and "max_batch_size" in verdict["detail"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no-onnx", "--onnx", "m.onnx"], "--onnx m.onnx and --no-onnx contradict each other"),
+    (["--trt-instances", "3"], "--trt-instances 3 is for the TensorRT model, and no --engine was given"),
+])
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, argv, message):
+    """The command said 'give an ONNX model (--onnx)' when one was given with --no-onnx, and wrote a repository
+    without a word about --trt-instances when there was no engine for it."""
+    from moe_denoise.cli import main
+
+    assert main(["triton-repo", "-o", str(tmp_path / "repo"), *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "repo").exists()
