@@ -15,6 +15,7 @@ from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_i
 SUITES = ("cifar", "photos", "all")
 # moe_model.evaluate.DEFAULT_SIGMAS_255, written out: importing it imports torch (seconds, for --help)
 DEFAULT_SIGMAS_255 = (0, 5, 15, 25, 50, 75)
+BM3D_IMAGES = 16
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM")
     p.add_argument("--suite", default="cifar", choices=SUITES,
                    help="across-sigma report on CIFAR-10, on whole photos, or both")
-    p.add_argument("--bm3d-images", type=int, default=16,
+    p.add_argument("--bm3d-images", type=int, default=BM3D_IMAGES,
                    help="CIFAR-10 images BM3D runs on (evenly spaced over the split; about 2 s per image and level "
                         "on one CPU core); 0 = no BM3D")
     p.add_argument("--photos", nargs="+", default=None,
@@ -120,7 +121,9 @@ def _check_args(args: argparse.Namespace) -> None:
                          "all; add one of those (the default suite is cifar)")
     if args.sigma is not None:
         other = [o for o, given in (("--plot", args.plot), ("--suite photos/all", args.suite != "cifar"),
-                                    ("--photos", args.photos), ("--bm3d-photos", args.bm3d_photos)) if given]
+                                    ("--photos", args.photos), ("--bm3d-photos", args.bm3d_photos),
+                                    ("--sigmas", list(args.sigmas) != list(DEFAULT_SIGMAS_255)),
+                                    ("--bm3d-images", args.bm3d_images != BM3D_IMAGES)) if given]
         if other:
             raise InputError(f"--sigma gives the single-level table and cannot be combined with {', '.join(other)}; "
                              f"leave --sigma out for the across-sigma report")

@@ -55,6 +55,8 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
                                        "the same order\n"),
     (["--label", "x", "--weights", "W", "--label", "x"], "share the label(s) ['x']"),
     (["--sigma", "0.2", "--plot", "p.png"], "cannot be combined with --plot"),
+    (["--sigma", "0.2", "--sigmas", "5", "15"], "cannot be combined with --sigmas;"),  # it was ignored in silence
+    (["--sigma", "0.2", "--bm3d-images", "4"], "cannot be combined with --bm3d-images;"),
     (["--photos", "camera"], "--suite photos or --suite all"),
     (["--sigmas", "-5"], "0-255 scale"),
     (["--sigmas", "0", "0.1", "0.2"], "0.1 0.2 are under one level of 255; for noise std 0.1 0.2 on [0, 1] pixels write "
