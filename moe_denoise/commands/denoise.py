@@ -110,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     from runtime.images import check_quality
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
+    if args.no_guard and args.sigma is not None:
+        from moe_base.errors import InputError
+
+        raise InputError(f"--sigma {args.sigma:g} is read by the clean-input guard alone (the denoiser is blind: it "
+                         f"takes no noise level), and --no-guard turns the guard off: leave one of them out")
     check_backend_options(args)
     check_strength(args.strength, "--strength")
     check_quality(args.jpeg_quality, "--jpeg-quality")

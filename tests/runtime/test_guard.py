@@ -415,3 +415,5 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
                  "localhost:1"]) == 2  # the server's own weights would be used: refused, not ignored
     err = capsys.readouterr().err
     assert "--weights sigma20 cannot be sent with --server" in err and "moe-denoise serve --weights sigma20" in err
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "s.png"), "--no-guard", "--sigma", "0.05"]) == 2
+    assert "--sigma 0.05 is read by the clean-input guard alone" in capsys.readouterr().err  # it was ignored
