@@ -19,6 +19,7 @@ from . import (
     tile_overlap,
 )
 
+SERVER_TIMEOUT_S = 3600.0
 DEFAULT_MAX_PIXELS = 200_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported here: `--help` stays light)
 
 
@@ -86,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send the photo to a running 'moe-denoise serve' (HOST:PORT or http://HOST:PORT, "
                         "grpc://HOST:PORT) instead of denoising here; the server's backend and overlap apply, "
                         "--sigma, --no-guard and --strength are sent with each photo")
-    p.add_argument("--timeout", type=seconds, default=3600.0, help="with --server: seconds to wait for the answer")
+    p.add_argument("--timeout", type=seconds, default=SERVER_TIMEOUT_S, help="with --server: seconds to wait for the "
+                   "answer")
     p.add_argument("--check-local", action="store_true",
                    help="with --server: also denoise here with --backend (and its options) and print the largest "
                         "difference between the two results, in pixel levels (0 when the server runs the same backend)")
@@ -120,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
     check_quality(args.jpeg_quality, "--jpeg-quality")
     if args.server is not None:
         check_remote_options(args)
+    else:
+        for option, given in (("--check-local", args.check_local), ("--timeout", args.timeout != SERVER_TIMEOUT_S)):
+            if given:
+                from moe_base.errors import InputError
+
+                raise InputError(f"{option} applies to a photo sent to a server (--server URL), and none was given: "
+                                 f"add --server, or leave {option} out")
     if args.overwrite and args.skip_existing:
         from moe_base.errors import InputError
         from runtime.batch import CONTRADICTION

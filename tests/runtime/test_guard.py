@@ -417,3 +417,6 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
     assert "--weights sigma20 cannot be sent with --server" in err and "moe-denoise serve --weights sigma20" in err
     assert main(["denoise", str(photo), "-o", str(tmp_path / "s.png"), "--no-guard", "--sigma", "0.05"]) == 2
     assert "--sigma 0.05 is read by the clean-input guard alone" in capsys.readouterr().err  # it was ignored
+    for option in (["--check-local"], ["--timeout", "5"]):  # only --server reads them: they were ignored
+        assert main(["denoise", str(photo), "-o", str(tmp_path / "c.png"), *option]) == 2
+        assert f"{option[0]} applies to a photo sent to a server" in capsys.readouterr().err
