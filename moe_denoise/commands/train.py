@@ -85,6 +85,22 @@ def given_options(args: argparse.Namespace) -> set[str]:
     return {dest for dest, value in vars(seen).items() if value is not _UNSET}
 
 
+BLIND_ONLY = ("sigma_max", "zero_share", "unclipped_share", "gray_share", "bayer_share")
+
+
+def check_noise_options(given: set[str], blind: bool) -> None:
+    """The noise options of the other kind of run would be ignored in silence: refused, naming the one to use."""
+    from moe_base.errors import InputError
+
+    if blind and "sigma" in given:
+        raise InputError("--sigma is the one noise level of a run without --blind; a --blind run draws each image's "
+                         "level over [0, --sigma-max]: give --sigma-max, or leave out --blind")
+    wrong = [f"--{name.replace('_', '-')}" for name in BLIND_ONLY if name in given]
+    if not blind and wrong:
+        raise InputError(f"{', '.join(wrong)} shape the noise mixture of a --blind run, and this run is not blind "
+                         f"(one level, --sigma): add --blind, or leave {'it' if len(wrong) == 1 else 'them'} out")
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -96,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:  # what is not written on the command line continues as the run was started
         given = given_options(args) | {"out_dir", "device", "threads"}
         settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in given})
+    check_noise_options(given_options(args), settings["blind"])
     cfg = TrainConfig(**settings)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,

@@ -400,3 +400,14 @@ def test_an_artifact_whose_weights_file_changed_since_is_not_labelled_with_it(ca
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # the file now holds other weights
     code, out, _ = run(capsys, "denoise", photo, "-o", tmp_path / "b.png", "--backend", "ort", "--artifact", onnx_path)
     assert code == 0 and f"(weights {weights} as it was when exported (sha256 " in out and "changed or gone" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sigma-max", "0.2", "--gray-share", "0.1"], "--sigma-max, --gray-share shape the noise mixture of a --blind "
+                                                     "run, and this run is not blind"),
+    (["--blind", "--sigma", "0.1"], "--sigma is the one noise level of a run without --blind"),
+])
+def test_train_refuses_the_noise_options_of_the_other_kind_of_run(capsys, tmp_path, argv, message):
+    """Each was ignored in silence: a run without --blind trains at --sigma whatever --sigma-max says."""
+    code, _, err = run(capsys, "train", "--data-dir", tmp_path / "none", "--out-dir", tmp_path / "run", *argv)
+    assert code == 2 and message in err and not (tmp_path / "run").exists()
