@@ -109,10 +109,16 @@ def run(args: argparse.Namespace) -> int:
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     settings["data_dir"] = str(settings["data_dir"])
+    given = given_options(args)
     if args.resume:  # what is not written on the command line continues as the run was started
-        given = given_options(args) | {"out_dir", "device", "threads"}
-        settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in given})
-    check_noise_options(given_options(args), settings["blind"])
+        kept = given | {"out_dir", "device", "threads"}
+        settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in kept})
+    check_noise_options(given, settings["blind"])
+    if "mse_floor" in given and settings["loss"] != "psnr":
+        from moe_base.errors import InputError
+
+        raise InputError("--mse-floor weighs images in the psnr loss, and the loss is mse: add --loss psnr, or leave "
+                         "--mse-floor out")
     cfg = TrainConfig(**settings)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,

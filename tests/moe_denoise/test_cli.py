@@ -406,6 +406,7 @@ def test_an_artifact_whose_weights_file_changed_since_is_not_labelled_with_it(ca
     (["--sigma-max", "0.2", "--gray-share", "0.1"], "--sigma-max, --gray-share shape the noise mixture of a --blind "
                                                      "run, and this run is not blind"),
     (["--blind", "--sigma", "0.1"], "--sigma is the one noise level of a run without --blind"),
+    (["--mse-floor", "1e-5"], "--mse-floor weighs images in the psnr loss, and the loss is mse"),
 ])
 def test_train_refuses_the_noise_options_of_the_other_kind_of_run(capsys, tmp_path, argv, message):
     """Each was ignored in silence: a run without --blind trains at --sigma whatever --sigma-max says."""
