@@ -174,6 +174,7 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
                         "plugin engine 'moe-denoise build' writes (.../moe_denoiser.plugin.fp32.engine)")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu)")
+    p.set_defaults(impl_default=default_impl)  # for check_backend_options: was --impl given?
     p.add_argument("--impl", default=default_impl,
                    help="torch backend: attention implementation (masked: the definition; gather: the seed's top-k "
                         "formulation; seed: the seed's code path; triton: the Triton kernel, CUDA)")
@@ -233,6 +234,8 @@ def check_backend_options(args: argparse.Namespace) -> None:
         "--device": (args.device != "cpu", "ONNX Runtime runs where --provider says; an engine runs on the GPU"),
         "--cuda-graph": (args.cuda_graph and args.backend == "ort", "ONNX Runtime is not captured here; --backend "
                          "torch (on CUDA) and trt take it"),
+        "--impl": (args.impl != getattr(args, "impl_default", args.impl), "an ONNX model or engine computes the "
+                   "attention as it was exported ('moe-denoise export --flavor plugin' for the TensorRT plugin)"),
     }
     for option, (given, why) in ignored.items():
         if given:

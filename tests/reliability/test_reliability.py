@@ -331,7 +331,7 @@ def test_reliability_missing_onnx_for_build(capsys, tmp_path):
 
 def test_reliability_weights_the_artifact_was_not_made_from(capsys, exported, tmp_path):
     """denoise --backend ort --weights W, where the ONNX model was exported from other weights, or with an option of
-    the torch backend (--preset, --precision, --device, --cuda-graph), or --artifact without --backend ort => refused
+    the torch backend (--preset, --precision, --device, --cuda-graph, --impl), or --artifact without --backend ort => refused
     before any work (exit 2: the weights the model was made from named and how to export W; what sets the option for
     an ONNX model; --backend ort); all were ignored in silence (--artifact alone ran the PyTorch default)"""
     from PIL import Image
@@ -346,6 +346,9 @@ def test_reliability_weights_the_artifact_was_not_made_from(capsys, exported, tm
                        exported, "--preset", "seed")  # the ONNX model carries its architecture: --preset ignored
     assert code == 2 and "--preset applies to --backend torch, not to --backend ort" in err
     assert not (tmp_path / "out.png").exists()
+    code, _, err = cli(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort", "--artifact",
+                       exported, "--impl", "gather")
+    assert code == 2 and "--impl applies to --backend torch, not to --backend ort" in err
     code, _, err = cli(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--artifact", exported)  # no --backend
     assert code == 2 and "--artifact applies to --backend ort or trt, but the backend is torch" in err
     assert not (tmp_path / "out.png").exists()
