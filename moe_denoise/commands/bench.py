@@ -263,6 +263,11 @@ def run(args: argparse.Namespace) -> int:
     default = {"quick": QUICK_BACKENDS, "gpu": GPU_DEFAULT_BACKENDS, "full": CPU_BACKENDS}[preset]
     names = parse_backends(args.backends, default)
     engines = _engines(args.engine)
+    unused = sorted(set(engines) - set(names))
+    if unused:
+        raise InputError(f"--engine {', '.join(unused)}: {'that backend is' if len(unused) == 1 else 'those backends are'}"
+                         f" not among the backends this run times ({', '.join(names)}); add "
+                         f"{'it' if len(unused) == 1 else 'them'} to --backends, or leave the --engine out")
     weights = resolve_weights(args.weights)
     log = _log
     model = load_model(weights, preset=args.preset)  # fails early, with the checkpoint's message, on bad weights

@@ -77,4 +77,9 @@ def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
     code = main(["bench", "--weights", str(random_weights), "--engine", "trt-plugin-fp16=/nonexistent.engine",
                  "--out-dir", str(tmp_path)])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"an engine")
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--engine", f"trt-plugin-fp16={engine}",
+                 "--out-dir", str(tmp_path)])  # --quick times no trt-* backend: the engine would be ignored
+    assert code == 2 and "not among the backends this run times" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
