@@ -131,10 +131,14 @@ def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
 def photo_options(request: Any) -> PhotoOptions:
     """A request's :class:`PhotoOptions`, or InputError naming the parameter, what was sent and what is taken."""
     parameters = getattr(request, "parameters", None) or {}
-    return PhotoOptions(two_scales=_flag(parameters, TWO_SCALES_PARAMETER, False),
-                        guard=_flag(parameters, GUARD_PARAMETER, True),
-                        sigma=_parameter(parameters, SIGMA_PARAMETER, None, check_sigma),
-                        strength=float(_parameter(parameters, STRENGTH_PARAMETER, 1.0, check_strength)))
+    options = PhotoOptions(two_scales=_flag(parameters, TWO_SCALES_PARAMETER, False),
+                           guard=_flag(parameters, GUARD_PARAMETER, True),
+                           sigma=_parameter(parameters, SIGMA_PARAMETER, None, check_sigma),
+                           strength=float(_parameter(parameters, STRENGTH_PARAMETER, 1.0, check_strength)))
+    if options.sigma is not None and not options.guard:
+        raise InputError(f"the request parameter '{SIGMA_PARAMETER}' is read by the clean-input guard alone (the "
+                         f"denoiser is blind), and '{GUARD_PARAMETER}' false turns the guard off: send one of them")
+    return options
 
 
 class ImageModel:
@@ -173,6 +177,15 @@ class ImageModel:
                              f"smaller image, crop it into parts, or restart the server with a higher limit")
         return pixels
 
+    def options(self, request: Any) -> PhotoOptions:
+        """The request's :class:`PhotoOptions`, or InputError: also for a ``sigma`` this server would not read."""
+        options = photo_options(request)
+        if options.sigma is not None and not self.guard:
+            raise InputError(f"the request parameter '{SIGMA_PARAMETER}' is read by the clean-input guard alone, and "
+                             f"this server runs without it (moe-denoise serve --no-guard): leave '{SIGMA_PARAMETER}' "
+                             f"out, or use a server started without --no-guard")
+        return options
+
     def denoise(self, pixels: np.ndarray,
                 options: PhotoOptions = PhotoOptions()) -> tuple[np.ndarray, GuardResult | None]:
         """The photo as ``moe-denoise denoise`` with the same options denoises its file, and the guard's decision
@@ -194,7 +207,7 @@ class ImageModel:
         problems: list[tuple[int, str]] = []
         for i, request in enumerate(requests):
             try:
-                checked.append((self.check(request), photo_options(request)))
+                checked.append((self.check(request), self.options(request)))
             except InputError as e:
                 problems.append((i, str(e)))
         if problems:

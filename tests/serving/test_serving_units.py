@@ -200,11 +200,22 @@ def test_image_model_takes_the_guard_options_a_request_carries():
     ({"strength": "lots"}, r"'strength' is how much of the denoising to keep.*\(sent: 'lots'\)"),
     ({"strength": 2}, r"'strength' is how much .*got 2\.0"),
     ({"guard": "maybe"}, r"'guard' must be true or false .*got 'maybe'"),
+    ({"guard": "false", "sigma": "0.02"}, r"'sigma' is read by the clean-input guard alone .* 'guard' false turns"),
 ])
 def test_image_model_refuses_bad_request_parameters(parameters, message):
     pixels = np.zeros((8, 8, 1), np.uint8)
     with pytest.raises(InputError, match=message):
         ImageModel(ScaleRunner(), max_pixels=10_000)([Request({"image_u8": pixels}, **parameters)])
+
+
+def test_a_server_without_the_guard_refuses_a_sigma_it_would_not_read():
+    pixels = np.zeros((8, 8, 1), np.uint8)
+    model = ImageModel(ScaleRunner(), max_pixels=10_000, guard=False)
+    with pytest.raises(InputError, match=r"'sigma' is read by the clean-input guard alone, and this server runs "
+                                         r"without it \(moe-denoise serve --no-guard\)"):
+        model([Request({"image_u8": pixels}, sigma="0.02")])
+    (answer,) = model([Request({"image_u8": pixels})])  # without sigma: denoised as before
+    assert answer["denoised_u8"].shape == pixels.shape
 
 
 def test_serve_no_guard_reaches_the_config():
