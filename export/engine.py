@@ -251,26 +251,11 @@ def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: 
 
 
 def parity_weights(onnx_path: Path, onnx_manifest: dict[str, Any], weights: str | Path | None) -> Path:
-    """The weights the engine is checked against: ``weights``; or, when None, those the ONNX model's manifest names
-    (if that file is still there unchanged), else the shipped ones. They must be the weights the ONNX model was
-    exported from (same sha256 as its manifest records), wherever they are on disk."""
-    from moe_base.errors import ArtifactMismatchError
-    from moe_base.fileio import sha256_file
-    from weights import DEFAULT_WEIGHTS
+    """The weights the engine is checked against: those the ONNX model was exported from (by the hash its manifest
+    records), given or found (:func:`runtime.torch_runner.artifact_weights`)."""
+    from runtime.torch_runner import artifact_weights
 
-    made = onnx_manifest.get("model") or {}
-    expected, source = made.get("weights_sha256"), Path(made.get("weights_file") or "")
-    if weights is None and expected and source.is_file() and sha256_file(source) == expected:
-        return source
-    path = Path(weights) if weights else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise InputError(f"weights {path} for the engine's parity check do not exist; pass --weights with the "
-                         f"weights {onnx_path} was exported from")
-    if expected and sha256_file(path) != expected:
-        raise ArtifactMismatchError(f"{onnx_path} was exported from weights with sha256 {expected[:16]}... "
-                                    f"({made.get('weights_file')}), but {path} has {sha256_file(path)[:16]}...; pass "
-                                    f"--weights with the weights it was exported from")
-    return path
+    return artifact_weights(onnx_path, onnx_manifest, weights, "--weights")
 
 
 def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str | Path | None,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import TILE_SHAPE
-from moe_base.errors import CheckpointError, InputError, MissingBackendError, NoGPUError
+from moe_base.errors import ArtifactMismatchError, CheckpointError, InputError, MissingBackendError, NoGPUError
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 
@@ -61,6 +61,26 @@ def resolve_weights(weights: str | Path | None, option: str = "weights") -> Path
         raise CheckpointError(f"the shipped weights {chosen} are missing from this install; pass a weights file "
                               f"({option} PATH) or reinstall the package")
     return chosen
+
+
+def artifact_weights(artifact: str | Path, manifest: dict[str, Any] | None, weights: str | Path | None = None,
+                     option: str = "weights") -> Path:
+    """The weights an ONNX model or engine is checked against: ``weights`` (a file or a shipped name), which must be
+    those its manifest records (the same sha256, wherever they are on disk); or, when None, the file the manifest
+    names while it still holds them, else the default (blind). ArtifactMismatchError names both when they differ."""
+    from moe_base.fileio import sha256_file
+
+    made = (manifest or {}).get("model") or {}
+    expected, source = made.get("weights_sha256"), Path(made.get("weights_file") or "")
+    if weights is None and expected and source.is_file() and sha256_file(source) == expected:
+        return source
+    path = resolve_weights(weights, option)
+    found = sha256_file(path) if expected else None
+    if expected and found != expected:
+        raise ArtifactMismatchError(f"{artifact} was exported from weights with sha256 {expected[:16]}... "
+                                    f"({made.get('weights_file')}), but {path} has {found[:16]}...; pass {option} "
+                                    f"with the weights it was exported from")
+    return path
 
 
 def tolerance_key(impl: str, compile: bool = False) -> str:

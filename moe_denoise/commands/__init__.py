@@ -193,25 +193,26 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
 def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
     """--weights given with --backend ort / trt: the artifact must have been made from them (its manifest's hash),
     else they would be ignored in silence. A missing or damaged manifest is left to the runner to refuse."""
-    from moe_base.errors import ToolkitError
-    from moe_base.fileio import sha256_file
+    from moe_base.errors import ArtifactMismatchError, ToolkitError
     from moe_base.manifest import read_manifest
+    from runtime.torch_runner import artifact_weights
 
     if getattr(args, "weights", None) is None:
         return
     try:
-        made = (read_manifest(artifact, required=False) or {}).get("model") or {}
+        manifest = read_manifest(artifact, required=False)
     except ToolkitError:
         return
-    given = resolve_weights(args.weights)
-    if made.get("weights_sha256") and sha256_file(given) != made["weights_sha256"]:
-        source = made.get("weights_file")
+    try:
+        artifact_weights(artifact, manifest, args.weights, "--weights")
+    except ArtifactMismatchError as e:
+        source = ((manifest or {}).get("model") or {}).get("weights_file")
         remedy = ("export them (moe-denoise export --weights {w} -o NAME.onnx) and pass --artifact NAME.onnx"
                   if args.backend == "ort" else "export them with --flavor plugin and build an engine of that "
                   "(moe-denoise build --onnx NAME.onnx), then pass --artifact NAME.engine").format(w=args.weights)
         raise InputError(f"--weights {args.weights} was given, but --backend {args.backend} runs {artifact}, which was "
                          f"made from other weights ({weights_label(source) if source else 'another file'}); to run "
-                         f"{args.weights}, {remedy}; or leave --weights out")
+                         f"{args.weights}, {remedy}; or leave --weights out") from e
 
 
 def check_backend_options(args: argparse.Namespace) -> None:

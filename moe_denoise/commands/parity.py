@@ -37,11 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from moe_base.fileio import sha256_file
-    from moe_base.manifest import check_equal
     from moe_base.tolerances import get_tolerance
     from runtime.parity import compare, parity_inputs
-    from runtime.torch_runner import TorchRunner
+    from runtime.torch_runner import TorchRunner, artifact_weights
 
     weights = resolve_weights(args.weights)
     x = parity_inputs(args.num_images)
@@ -51,14 +49,11 @@ def run(args: argparse.Namespace) -> int:
         x = np.concatenate([x, fixed_noisy(to_float(load_cifar10(args.data_dir, "test")[: args.num_images])).numpy()])
     runner = make_runner(args, weights)
     with runner:
-        made = (getattr(runner, "manifest", None) or {}).get("model") or {}
-        if made.get("weights_sha256"):
-            source = Path(made.get("weights_file") or "")
-            if args.weights is None and source.is_file() and sha256_file(source) == made["weights_sha256"]:
-                weights = source  # no --weights: the reference is the model the artifact was made from
-            check_equal("weights", made["weights_sha256"][:16], sha256_file(weights)[:16],
-                        f"The artifact was exported from {made.get('weights_file')}, not {weights}; pass "
-                        f"--weights {weights_label(str(source))} (the same weights), or re-export")
+        manifest = getattr(runner, "manifest", None)
+        if manifest:  # no --weights: the reference is the model the artifact was made from
+            described = runner.describe()
+            weights = artifact_weights(described.get("model") or described.get("engine"), manifest, args.weights,
+                                       "--weights")
         out = runner(x)
         precision = runner.precision
     with TorchRunner(weights, preset=args.preset, impl="masked", threads=args.threads,
@@ -71,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         print_json({"runner": runner.describe(), **report.to_dict()})
     else:
         print(f"{runner_label(runner)} against PyTorch with the weights {weights_label(str(weights))}")
-        settings = {k: v for k, v in runner.describe().items() if k not in ("name", "weights") and v not in (None, False)}
+        settings = {k: v for k, v in runner.describe().items() if k not in ("name", "weights", "weights_sha256")
+                    and v not in (None, False)}
         print("  " + ", ".join(f"{k} {v}" for k, v in settings.items()))
         print(report.summary())
     return 0 if report.passed else 1
