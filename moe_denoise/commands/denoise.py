@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from moe_base.errors import InputError
+
 from . import (
     HelpFormatter,
     add_backend_args,
@@ -113,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
     if args.no_guard and args.sigma is not None:
-        from moe_base.errors import InputError
-
         raise InputError(f"--sigma {args.sigma:g} is read by the clean-input guard alone (the denoiser is blind: it "
                          f"takes no noise level), and --no-guard turns the guard off: leave one of them out")
     check_backend_options(args)
@@ -125,12 +125,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         for option, given in (("--check-local", args.check_local), ("--timeout", args.timeout != SERVER_TIMEOUT_S)):
             if given:
-                from moe_base.errors import InputError
-
                 raise InputError(f"{option} applies to a photo sent to a server (--server URL), and none was given: "
                                  f"add --server, or leave {option} out")
     if args.overwrite and args.skip_existing:
-        from moe_base.errors import InputError
         from runtime.batch import CONTRADICTION
 
         raise InputError(CONTRADICTION)
@@ -156,7 +153,6 @@ def run_single(args: argparse.Namespace) -> int:
         print(f"skipped {args.input}: {args.output} exists (--skip-existing)")
         return 0
     if args.reference is not None:  # fail before minutes of denoising, not after
-        from moe_base.errors import InputError
         from runtime.images import read_header, read_pixels
 
         read_pixels(args.reference, max_pixels=args.max_pixels)
@@ -233,7 +229,6 @@ def run_batch(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from moe_base.errors import InputError
     from runtime.batch import BatchRun, output_folder, plan_batch
 
     if args.reference is not None:
@@ -320,8 +315,6 @@ def describe_guard(guard: dict) -> str:
 
 def check_remote_options(args: argparse.Namespace) -> None:
     """--server: refuse, before any photo, the options a request cannot carry."""
-    from runtime import InputError
-
     if args.overlap != 16:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
                          f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
@@ -383,7 +376,6 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path,
     """
     import numpy as np
 
-    from moe_base.errors import InputError
     from moe_base.metrics import psnr_from_mse
     from runtime.images import read_pixels, to_unit
 
