@@ -276,6 +276,22 @@ def check_sigma(sigma: float | None, name: str = "sigma", *, estimated: bool = T
                          f"scale is {sigma:g}/255 = {sigma / 255:.4g}; give that{tail}")
 
 
+def check_guard_sigma(sigma: float | None, guard: bool | GuardResult, given: str | None = None,
+                      guard_off: str = "guard=False") -> None:
+    """InputError for a noise level nobody would read: ``sigma`` is read by the guard alone (the denoiser is
+    blind: it takes no noise level), so with the guard off (``guard`` False; ``guard_off`` says how it was turned
+    off, e.g. ``--no-guard``) or a decision made already (a :class:`GuardResult`) it would be ignored. ``given``
+    names the level in the message (default ``sigma=...``), e.g. a command's ``--sigma 0.05``."""
+    if sigma is None or guard is True:
+        return
+    given = given or f"sigma={sigma!r}"
+    if isinstance(guard, GuardResult):
+        raise InputError(f"{given} is read by the clean-input guard when it decides, and guard= is a decision made "
+                         f"already (used as it is): give the sigma to guard_for_array, or pass guard=True")
+    raise InputError(f"{given} is read by the clean-input guard alone (the denoiser is blind: it takes no noise "
+                     f"level), and {guard_off} turns the guard off: leave one of them out")
+
+
 def check_strength(strength: float, name: str = "strength") -> None:
     """InputError unless ``strength`` (named ``name`` in the message) is a number in [0, 1]."""
     if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):

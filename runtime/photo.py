@@ -11,7 +11,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import activated
-from .guard import GuardResult, check_sigma, check_strength, with_strength
+from .guard import GuardResult, check_guard_sigma, check_sigma, check_strength, with_strength
 from .images import (
     DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
@@ -110,6 +110,8 @@ def denoise_file(
     output's (1 to 100, default 95; :func:`runtime.images.check_quality`).
     """
     check_strength(strength)
+    check_sigma(sigma)
+    check_guard_sigma(sigma, guard)
     check_quality(quality)
     check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)

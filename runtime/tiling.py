@@ -38,7 +38,7 @@ from moe_base.errors import InputError
 from moe_base.progress import Progress
 
 from .base import activated, check_unit_range, conversion_hint
-from .guard import GuardResult, blend, check_strength, colour_part, guard_weight, with_strength
+from .guard import GuardResult, blend, check_guard_sigma, check_sigma, check_strength, colour_part, guard_weight, with_strength
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 """A denoiser on tiles: float32 (B, 3, T, T) in [0, 1] -> float32 (B, 3, T, T)."""
@@ -381,7 +381,8 @@ def denoise_array(
 
     ``guard`` (default on): the clean-input guard of :mod:`runtime.guard` blends the input back in when the
     image's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; False: the denoiser's output as it
-    is; a :class:`GuardResult` from :func:`guard_for_array`: that decision. ``two_scales``: the guard reads the
+    is; a :class:`GuardResult` from :func:`guard_for_array`: that decision (a ``sigma`` with either, which only
+    the guard deciding reads, is refused: :func:`runtime.guard.check_guard_sigma`). ``two_scales``: the guard reads the
     noise at two scales, for an image that was stored as JPEG (:func:`runtime.jpeg_traces.two_scales_reason`).
     ``strength`` (0 to 1, default 1): how much of the change from the input to keep (:func:`runtime.guard.
     with_strength`); 0 gives the input back.
@@ -412,6 +413,8 @@ def denoise_array_guarded(
     batch_size = batch_size_for(fn, batch_size)
     _check_settings(tile, overlap, batch_size)
     check_strength(strength)
+    check_sigma(sigma)
+    check_guard_sigma(sigma, guard)
     img = validate_image(image)
     h, w, c = img.shape
     def rows(a: int, b: int) -> np.ndarray:

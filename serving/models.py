@@ -27,7 +27,7 @@ import numpy as np
 
 from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
-from runtime.guard import GuardResult, check_sigma, check_strength
+from runtime.guard import GuardResult, check_guard_sigma, check_sigma, check_strength
 from runtime.jpeg_traces import two_scales_reason
 from runtime.tiling import batch_size_for, denoise_array_guarded
 
@@ -135,9 +135,8 @@ def photo_options(request: Any) -> PhotoOptions:
                            guard=_flag(parameters, GUARD_PARAMETER, True),
                            sigma=_parameter(parameters, SIGMA_PARAMETER, None, check_sigma),
                            strength=float(_parameter(parameters, STRENGTH_PARAMETER, 1.0, check_strength)))
-    if options.sigma is not None and not options.guard:
-        raise InputError(f"the request parameter '{SIGMA_PARAMETER}' is read by the clean-input guard alone (the "
-                         f"denoiser is blind), and '{GUARD_PARAMETER}' false turns the guard off: send one of them")
+    check_guard_sigma(options.sigma, options.guard, f"the request parameter '{SIGMA_PARAMETER}'",
+                      f"'{GUARD_PARAMETER}' false")
     return options
 
 

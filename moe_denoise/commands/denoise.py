@@ -110,13 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.guard import check_sigma, check_strength
+    from runtime.guard import check_guard_sigma, check_sigma, check_strength
     from runtime.images import check_quality
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
-    if args.no_guard and args.sigma is not None:
-        raise InputError(f"--sigma {args.sigma:g} is read by the clean-input guard alone (the denoiser is blind: it "
-                         f"takes no noise level), and --no-guard turns the guard off: leave one of them out")
+    check_guard_sigma(args.sigma, not args.no_guard, f"--sigma {args.sigma:g}" if args.sigma is not None else None,
+                      "--no-guard")
     check_backend_options(args)
     check_strength(args.strength, "--strength")
     check_quality(args.jpeg_quality, "--jpeg-quality")

@@ -420,3 +420,28 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
     for option in (["--check-local"], ["--timeout", "5"]):  # only --server reads them: they were ignored
         assert main(["denoise", str(photo), "-o", str(tmp_path / "c.png"), *option]) == 2
         assert f"{option[0]} applies to a photo sent to a server" in capsys.readouterr().err
+
+
+def test_a_sigma_nobody_reads_is_refused_by_the_library_too(tmp_path):
+    """``sigma`` is read by the guard alone: with the guard off, or a decision made already, the library ignored it
+    (the command line and the server refused it; one check, runtime.guard.check_guard_sigma, now serves all)."""
+    from PIL import Image
+
+    from moe_base.errors import InputError
+    from runtime.photo import denoise_file
+
+    image = texture(32, 40)
+    blur = blur_fn(1.0)
+    with pytest.raises(InputError, match=r"sigma=0\.05 is read by the clean-input guard alone .* guard=False turns"):
+        denoise_array(image, blur, guard=False, sigma=0.05)
+    decision = guard_for_array(image, blur)
+    with pytest.raises(InputError, match=r"guard= is a decision made already .* give the sigma to guard_for_array"):
+        denoise_array(image, blur, guard=decision, sigma=0.05)
+    with pytest.raises(InputError, match=r"sigma is the noise std on \[0, 1\] pixels, at most 1"):
+        denoise_array(image, blur, guard=False, sigma=25)  # a bad level is named as bad first
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    with pytest.raises(InputError, match=r"sigma=0\.05 is read by the clean-input guard alone"):
+        denoise_file(tmp_path / "in.png", tmp_path / "out.png", blur, guard=False, sigma=0.05, progress=False)
+    assert not (tmp_path / "out.png").exists()
+    expected = decision.input_weight * image + (1 - decision.input_weight) * denoise_array(image, blur, guard=False)
+    np.testing.assert_allclose(denoise_array(image, blur, guard=decision), expected, atol=1e-6)  # no sigma: as before
