@@ -167,6 +167,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def holds(path: str | Path, sha256: str) -> bool:
+    """Whether ``path`` is a file whose contents have this sha256 (e.g. the weights a manifest recorded, still there
+    and unchanged)."""
+    return Path(path).is_file() and sha256_file(path) == sha256
+
+
 def check_output_file(path: str | Path, overwrite: bool = False, option: str = "--overwrite") -> Path:
     """Before any work: ``path`` can be written, and is replaced only when ``overwrite`` says so.
 

@@ -68,11 +68,11 @@ def artifact_weights(artifact: str | Path, manifest: dict[str, Any] | None, weig
     """The weights an ONNX model or engine is checked against: ``weights`` (a file or a shipped name), which must be
     those its manifest records (the same sha256, wherever they are on disk); or, when None, the file the manifest
     names while it still holds them, else the default (blind). ArtifactMismatchError names both when they differ."""
-    from moe_base.fileio import sha256_file
+    from moe_base.fileio import holds, sha256_file
 
     made = (manifest or {}).get("model") or {}
     expected, source = made.get("weights_sha256"), Path(made.get("weights_file") or "")
-    if weights is None and expected and source.is_file() and sha256_file(source) == expected:
+    if weights is None and expected and holds(source, expected):
         return source
     path = resolve_weights(weights, option)
     found = sha256_file(path) if expected else None

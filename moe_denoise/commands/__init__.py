@@ -138,12 +138,12 @@ def resolve_weights(path: Path | None) -> Path:
 def weights_label(path: str, sha256: str | None = None) -> str:
     """Shipped weights by their name ("blind", "sigma20"), any other weights by their path; when ``sha256`` (what
     an artifact's manifest recorded) no longer matches the file, says that the file has changed since."""
-    from moe_base.fileio import sha256_file
+    from moe_base.fileio import holds
     from weights import SHIPPED
 
     resolved = Path(path).resolve()
     label = next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
-    if sha256 and not (resolved.is_file() and sha256_file(resolved) == sha256):
+    if sha256 and not holds(resolved, sha256):
         return f"{label} as it was when exported (sha256 {sha256[:12]}...; the file has changed or gone since)"
     return label
 
