@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,26 @@ def made_from(manifest: Mapping[str, Any] | None) -> dict[str, str]:
     model = (manifest or {}).get("model") or {}
     return ({"weights": str(model["weights_file"]), "weights_sha256": str(model.get("weights_sha256") or "")}
             if model.get("weights_file") else {})
+
+
+def weights_label(path: str, sha256: str | None = None) -> str:
+    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path; when ``sha256`` (what
+    an artifact's manifest recorded) no longer matches the file, says that the file has changed since."""
+    from moe_base.fileio import holds
+    from weights import SHIPPED
+
+    resolved = Path(path).resolve()
+    label = next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
+    if sha256 and not holds(resolved, sha256):
+        return f"{label} as it was when exported (sha256 {sha256[:12]}...; the file has changed or gone since)"
+    return label
+
+
+def runner_label(runner: Any) -> str:
+    """'torch-masked (weights sigma20)': the runner's name and, where it knows them, its weights."""
+    described = runner.describe()
+    weights = described.get("weights")
+    return runner.name + (f" (weights {weights_label(weights, described.get('weights_sha256'))})" if weights else "")
 
 
 @contextmanager

@@ -27,12 +27,13 @@ from .config import (
     IMAGE_INPUTS,
     IMAGE_MODEL,
     IMAGE_OUTPUTS,
+    SETTINGS_OUTPUT,
     SIGMA_PARAMETER,
     STRENGTH_PARAMETER,
     TILE_MODEL,
     TWO_SCALES_PARAMETER,
 )
-from .models import BATCHED_WITH_INVALID, guard_from_tensor, unit_to_image
+from .models import BATCHED_WITH_INVALID, guard_from_tensor, json_from_tensor, unit_to_image
 
 _TRITON_DTYPES = {"float32": "FP32", "uint8": "UINT8", "uint16": "UINT16"}
 
@@ -210,6 +211,13 @@ class DenoiseClient:
                       guard: bool = True) -> tuple[np.ndarray, dict[str, Any] | None]:
         """:meth:`denoise_pixels`, and the guard's decision the server sent with the photo
         (``runtime.guard.GuardResult.as_dict()``; None: no guard, or a server that does not send it)."""
+        return self.photo_answer(pixels, two_scales, strength, sigma, guard)[:2]
+
+    def photo_answer(self, pixels: np.ndarray, two_scales: bool = False, strength: float = 1.0,
+                     sigma: float | None = None,
+                     guard: bool = True) -> tuple[np.ndarray, dict[str, Any] | None, dict[str, Any] | None]:
+        """:meth:`denoise_photo`, and how the server denoised the photo (``serving.models.ImageModel.settings``:
+        runner and weights, overlap, batch size, tiles; None from a server that does not send it)."""
         if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
             raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
@@ -222,10 +230,12 @@ class DenoiseClient:
         for key, value, default in ((STRENGTH_PARAMETER, strength, 1.0), (SIGMA_PARAMETER, sigma, None)):
             if value is not None and value != default:  # a string: every protocol carries it exactly
                 parameters[key] = repr(float(value))
-        extra = (GUARD_OUTPUT,) if GUARD_OUTPUT in self.outputs(IMAGE_MODEL) else ()
+        offered = self.outputs(IMAGE_MODEL)
+        extra = tuple(output for output in (GUARD_OUTPUT, SETTINGS_OUTPUT) if output in offered)
         out, more = self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
                                 parameters or None, extra)
-        return out, guard_from_tensor(more.get(GUARD_OUTPUT))
+        settings = json_from_tensor(more.get(SETTINGS_OUTPUT))
+        return out, guard_from_tensor(more.get(GUARD_OUTPUT)), settings if isinstance(settings, dict) else None
 
 
 def server_message(text: str | None) -> str:
@@ -244,14 +254,14 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     The photo is read and the result written by ``runtime.images`` exactly as ``runtime.photo.denoise_file`` does
     (same size, mode, bit depth, metadata; atomic; never over an existing file unless ``overwrite``); only the
     tiling and the runner calls happen in the server. The report is a local run's, the guard's decision included
-    (made by the server, or here when the client tiles). ``client``: an open client of ``url`` to use (one for a
-    run of several photos); None: one is opened for this photo.
+    (made by the server, or here when the client tiles), and ``denoised_by``, ``backend``, ``overlap``,
+    ``batch_size`` and ``tiles`` as the server sent them (None where an older server sent none). ``client``: an
+    open client of ``url`` to use (one for a run of several photos); None: one is opened for this photo.
     """
     from runtime.guard import with_strength
     from runtime.images import check_input_exists, check_output_path, check_quality, check_writable, read_image, write_pixels
     from runtime.jpeg_traces import LOSSY_FORMATS
     from runtime.photo import photo_report
-    from runtime.tiling import plan_tiles
 
     check_quality(quality)
     check_input_exists(in_path)  # the first thing to fix, before what the output would replace
@@ -267,11 +277,11 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
             # the guard reads as runtime.photo.denoise_file does: the file's format is known only here, the
             # server finds JPEG in the pixels itself (serving.models.ImageModel.denoise)
-            result, decision = client.denoise_photo(pixels, reads_noise and info.format in LOSSY_FORMATS, strength,
-                                                    sigma, guard)
+            result, decision, settings = client.photo_answer(pixels, reads_noise and info.format in LOSSY_FORMATS,
+                                                             strength, sigma, guard)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
-            result, decision = _tile_here(client, image, pixels, info.format, url, strength, sigma, guard)
+            result, decision, settings = _tile_here(client, image, pixels, info.format, url, strength, sigma, guard)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "
@@ -280,19 +290,23 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     written = write_pixels(out_path, result, info, overwrite=overwrite, quality=quality)
     known = decision is not None or not guard  # a server that does not send the decision: the weight is unknown
     weight = with_strength(decision["input_weight"] if decision is not None else 0.0, strength) if known else None
-    report = photo_report(info, written, plan_tiles(info.height, info.width).count, time.perf_counter() - start,
-                          decision, strength, weight)
-    report.update(server=url, tiled_by=where)
+    settings = settings or {"denoised_by": None, "backend": None, "overlap": None, "batch_size": None, "tiles": None}
+    report = photo_report(info, written, settings["tiles"], time.perf_counter() - start, decision, strength, weight)
+    by = settings["denoised_by"]
+    report.update(server=url, tiled_by=where, overlap=settings["overlap"], batch_size=settings["batch_size"],
+                  backend=settings["backend"],
+                  denoised_by=f"{by} on the server at {url}" if by else f"the server at {url}")
     return report
 
 
 def _tile_here(client: DenoiseClient, image: np.ndarray, pixels: np.ndarray, file_format: str | None, url: str,
                strength: float = 1.0, sigma: float | None = None,
-               guard: bool = True) -> tuple[np.ndarray, dict[str, Any] | None]:
+               guard: bool = True) -> tuple[np.ndarray, dict[str, Any] | None, dict[str, Any]]:
     """The photo (``image`` on [0, 1], ``pixels`` its file's integers) tiled here, its tiles denoised by the server's
-    tile model; and the guard's decision (made here)."""
+    tile model; the guard's decision (made here), and the settings of the tiling done here (as
+    ``serving.models.ImageModel.settings`` names them; the tile model's runner is the server's, not known here)."""
     from runtime.jpeg_traces import two_scales_reason
-    from runtime.tiling import denoise_array_guarded
+    from runtime.tiling import DEFAULT_OVERLAP, denoise_array_guarded, plan_tiles
 
     from .repo import TRT_MODEL
 
@@ -306,7 +320,9 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, pixels: np.ndarray, fil
         why = two_scales_reason(file_format, pixels, float(np.iinfo(pixels.dtype).max))
     out, decision = denoise_array_guarded(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch,
                                           guard=guard, sigma=sigma, two_scales=why, strength=strength)
-    return unit_to_image(out, pixels.dtype), None if decision is None else decision.as_dict()
+    settings = {"denoised_by": f"the tile model {model}", "backend": None, "overlap": DEFAULT_OVERLAP,
+                "batch_size": batch, "tiles": plan_tiles(image.shape[0], image.shape[1]).count}
+    return unit_to_image(out, pixels.dtype), None if decision is None else decision.as_dict(), settings
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------

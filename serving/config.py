@@ -22,6 +22,7 @@ SIGMA_PARAMETER = "sigma"  # photo request parameter: the noise std on [0, 1] pi
 GUARD_PARAMETER = "guard"  # photo request parameter: false turns the clean-input guard off for that photo
 IMAGE_OUTPUTS = {"uint8": "denoised_u8", "uint16": "denoised_u16"}
 GUARD_OUTPUT = "guard"  # photo response: the clean-input guard's decision, one JSON string ("null": no guard)
+SETTINGS_OUTPUT = "settings"  # photo response: how the server denoised it (runner, overlap, ...), one JSON string
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP; about 65,000 tiles at the default overlap
 LOOPBACK = "127.0.0.1"

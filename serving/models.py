@@ -10,7 +10,8 @@ and quantised back exactly as ``runtime.images.write_image`` quantises. So a pho
 is the photo ``moe-denoise denoise`` writes with the same runner and settings; the settings a request may carry
 (the guard's ``sigma`` and ``guard``, ``strength``, ``two_scales``) are :class:`PhotoOptions`. The response holds
 the guard's decision next to the photo (``guard``: ``runtime.guard.GuardResult.as_dict()`` as JSON, ``null`` with
-no guard), so a remote run reports it as a local one does.
+no guard) and how the server denoised it (``settings``: :meth:`ImageModel.settings` as JSON: runner and weights,
+overlap, batch size, tiles), so a remote run reports what a local one does.
 
 Triton checks the name, dtype, shape and byte size of every input before a request is queued, so a wrong
 shape, a wrong dtype or a truncated body never reaches these functions; they check the values (NaN, range)
@@ -26,16 +27,17 @@ from typing import Any
 import numpy as np
 
 from runtime import InputError
-from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, validate_batch
+from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, runner_label, validate_batch
 from runtime.guard import GuardResult, check_guard_sigma, check_sigma, check_strength
 from runtime.jpeg_traces import two_scales_reason
-from runtime.tiling import batch_size_for, denoise_array_guarded
+from runtime.tiling import batch_size_for, denoise_array_guarded, plan_tiles
 
 from .config import (
     GUARD_OUTPUT,
     GUARD_PARAMETER,
     IMAGE_INPUTS,
     IMAGE_OUTPUTS,
+    SETTINGS_OUTPUT,
     SIGMA_PARAMETER,
     STRENGTH_PARAMETER,
     TWO_SCALES_PARAMETER,
@@ -151,6 +153,17 @@ class ImageModel:
         self.overlap = overlap
         self.batch_size = batch_size_for(runner, batch_size)  # None: 64 tiles a call on a CPU, 256 on a GPU
         self.guard = guard
+        described = runner.describe() if hasattr(runner, "describe") else None
+        self.denoised_by = runner_label(runner) if described is not None else getattr(runner, "name", None)
+        self.backend = described
+
+    def settings(self, pixels: np.ndarray) -> dict[str, Any]:
+        """How this server denoises ``pixels``, as a local run's report says it: ``denoised_by`` (the runner and
+        its weights, e.g. "torch-masked (weights blind)"; None for a plain function), ``backend`` (the runner's
+        ``describe()``), ``overlap``, ``batch_size`` (tiles a runner call) and ``tiles`` (the photo's count)."""
+        return {"denoised_by": self.denoised_by, "backend": self.backend, "overlap": self.overlap,
+                "batch_size": self.batch_size, "tiles": plan_tiles(pixels.shape[0], pixels.shape[1],
+                                                                   overlap=self.overlap).count}
 
     def _tiles(self, batch: np.ndarray) -> np.ndarray:
         return self.runner.infer({INPUT_NAME: batch}, check=False)[OUTPUT_NAME]
@@ -214,21 +227,32 @@ class ImageModel:
         answers = []
         for pixels, options in checked:
             out, decision = self.denoise(pixels, options)
-            answers.append({IMAGE_OUTPUTS[pixels.dtype.name]: out, GUARD_OUTPUT: guard_tensor(decision)})
+            answers.append({IMAGE_OUTPUTS[pixels.dtype.name]: out, GUARD_OUTPUT: guard_tensor(decision),
+                            SETTINGS_OUTPUT: json_tensor(self.settings(pixels))})
         return answers
+
+
+def json_tensor(value: Any) -> np.ndarray:
+    """``value`` as a response output: one JSON string (bytes)."""
+    return np.array([json.dumps(value).encode()], dtype=np.object_)
+
+
+def json_from_tensor(value: np.ndarray | None) -> Any:
+    """What :func:`json_tensor` sent (None: nothing sent)."""
+    if value is None or np.size(value) != 1:
+        return None
+    item = np.asarray(value).reshape(-1)[0]
+    return json.loads(item.decode() if isinstance(item, bytes) else str(item))
 
 
 def guard_tensor(decision: GuardResult | None) -> np.ndarray:
     """The guard's decision as the response's ``guard`` output: one JSON string (bytes), ``null`` for no guard."""
-    return np.array([json.dumps(None if decision is None else decision.as_dict()).encode()], dtype=np.object_)
+    return json_tensor(None if decision is None else decision.as_dict())
 
 
 def guard_from_tensor(value: np.ndarray | None) -> dict[str, Any] | None:
     """The decision :func:`guard_tensor` sent, as ``GuardResult.as_dict()`` gives it (None: no guard, or none sent)."""
-    if value is None or np.size(value) != 1:
-        return None
-    item = np.asarray(value).reshape(-1)[0]
-    decision = json.loads(item.decode() if isinstance(item, bytes) else str(item))
+    decision = json_from_tensor(value)
     if isinstance(decision, dict) and isinstance(decision.get("sigma_range"), list):
         decision["sigma_range"] = tuple(decision["sigma_range"])  # as as_dict() gives it
     return decision if isinstance(decision, dict) else None

@@ -35,7 +35,7 @@ from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 
 from . import backend_env
-from .config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, TILE_MODEL, ServeConfig
+from .config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, SETTINGS_OUTPUT, TILE_MODEL, ServeConfig
 from .models import ImageModel, TileModel
 
 RunnerFactory = Callable[[], Any]
@@ -147,7 +147,8 @@ class DenoiseServer:
                             for dt, name in IMAGE_INPUTS.items()],
                     outputs=[*(Tensor(name=name, dtype=np.dtype(dt).type, shape=(-1, -1, -1))
                                for dt, name in IMAGE_OUTPUTS.items()),
-                             Tensor(name=GUARD_OUTPUT, dtype=bytes, shape=(1,))],
+                             Tensor(name=GUARD_OUTPUT, dtype=bytes, shape=(1,)),
+                             Tensor(name=SETTINGS_OUTPUT, dtype=bytes, shape=(1,))],
                     config=ModelConfig(batching=False), strict=False)
             self._triton.run()
         except Exception as e:  # noqa: BLE001 - any failure to start is reported with what to do, then re-raised

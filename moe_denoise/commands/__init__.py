@@ -5,7 +5,6 @@ import argparse
 import math
 import re
 from pathlib import Path
-from typing import Any
 
 from moe_base.errors import InputError
 
@@ -135,26 +134,6 @@ def resolve_weights(path: Path | None) -> Path:
     return resolve(path, option="--weights")
 
 
-def weights_label(path: str, sha256: str | None = None) -> str:
-    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path; when ``sha256`` (what
-    an artifact's manifest recorded) no longer matches the file, says that the file has changed since."""
-    from moe_base.fileio import holds
-    from weights import SHIPPED
-
-    resolved = Path(path).resolve()
-    label = next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
-    if sha256 and not holds(resolved, sha256):
-        return f"{label} as it was when exported (sha256 {sha256[:12]}...; the file has changed or gone since)"
-    return label
-
-
-def runner_label(runner: Any) -> str:
-    """'torch-masked (weights sigma20)': the runner's name and, where it knows them, its weights."""
-    described = runner.describe()
-    weights = described.get("weights")
-    return runner.name + (f" (weights {weights_label(weights, described.get('weights_sha256'))})" if weights else "")
-
-
 def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):
     from moe_model.checkpoint import load_model
 
@@ -195,6 +174,7 @@ def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
     else they would be ignored in silence. A missing or damaged manifest is left to the runner to refuse."""
     from moe_base.errors import ArtifactMismatchError, ToolkitError
     from moe_base.manifest import read_manifest
+    from runtime.base import weights_label
     from runtime.torch_runner import artifact_weights
 
     if getattr(args, "weights", None) is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_base.errors import InputError
+from runtime.base import runner_label
 
 from . import (
     HelpFormatter,
@@ -16,7 +17,6 @@ from . import (
     make_runner,
     noise_std,
     positive_int,
-    runner_label,
     seconds,
     tile_overlap,
 )
@@ -185,9 +185,7 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
     from runtime.photo import denoise_file
 
     if args.server is not None:
-        report = run_remote(args, src, dst, runner, client)
-        report["denoised_by"] = f"the server at {args.server}"
-        return report
+        return run_remote(args, src, dst, runner, client)  # its denoised_by names the server's runner
     report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
                           batch_size=args.batch_size, progress=progress_mode(not (args.no_progress or args.json)),
                           max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
@@ -200,8 +198,9 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
 def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
     """What a text run prints for one photo."""
     w, h = report["size"]
+    tiles = f" ({report['tiles']} tiles)" if report["tiles"] is not None else ""  # None: a server that did not say
     lines = [f"denoised {report['input']} ({w}x{h}, {report['mode']}, {report['bit_depth']}-bit) with "
-             f"{report['denoised_by']} in {report['seconds']:.1f}s ({report['tiles']} tiles) -> {report['output']}"]
+             f"{report['denoised_by']} in {report['seconds']:.1f}s{tiles} -> {report['output']}"]
     lines += [f"  note: {note}" for note in report["notes"]]
     if report.get("guard"):
         lines.append(f"  {describe_guard(report['guard'])}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runtime.base import runner_label, weights_label
+
 from . import (
     HelpFormatter,
     add_backend_args,
@@ -11,8 +13,6 @@ from . import (
     make_runner,
     positive_int,
     resolve_weights,
-    runner_label,
-    weights_label,
 )
 
 

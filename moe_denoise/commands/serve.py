@@ -7,6 +7,7 @@ import sys
 import time
 
 from moe_base.fileio import atomic_write_json, check_output_file
+from runtime.base import runner_label
 
 from . import (
     HelpFormatter,
@@ -16,7 +17,6 @@ from . import (
     make_runner,
     port_number,
     positive_int,
-    runner_label,
     tile_overlap,
 )
 

@@ -186,9 +186,9 @@ def test_batch_through_a_server_uses_one_client(capsys, monkeypatch, photos, tmp
         def ready(self, model=None):
             return True
 
-        def denoise_photo(self, pixels, two_scales=False, strength=1.0, sigma=None, guard=True):
+        def photo_answer(self, pixels, two_scales=False, strength=1.0, sigma=None, guard=True):
             self.photos += 1
-            return ~pixels, None
+            return ~pixels, None, None  # no guard decision, no settings: as a server before either was sent
 
         def close(self):
             self.closed = True
@@ -198,5 +198,6 @@ def test_batch_through_a_server_uses_one_client(capsys, monkeypatch, photos, tmp
     assert code == 2 and "broken.png" in err  # the broken photo fails before any request
     assert len(made) == 1 and made[0].photos == 2 and made[0].closed
     assert "denoised 2 of 3 photos into" in text
+    assert "with the server at localhost:1 in " in text and "tiles)" not in text  # its tile count was not sent
     written = np.asarray(Image.open(tmp_path / "out" / "colour.png"))
     assert np.array_equal(written, ~np.asarray(Image.open(photos / "colour.png")))

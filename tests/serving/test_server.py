@@ -212,6 +212,8 @@ def test_denoise_command_tiles_on_the_client_for_a_server_without_the_image_mode
     assert float(np.abs(remote - local).max()) == 0.0
     assert served["tiled_by"] == "client" and served["guard"] == here["guard"] is not None
     assert served["input_weight"] == here["input_weight"]
+    assert (served["tiles"], served["overlap"], served["batch_size"]) == (here["tiles"], here["overlap"], 8)
+    assert served["denoised_by"] == f"the tile model moe_denoiser on the server at {s.urls['http']}"
 
 
 # --- the command line: `moe-denoise serve` in its own process, as a user runs it -------------------------------
@@ -375,6 +377,11 @@ def test_remote_files_keep_mode_and_bit_depth_and_equal_local(server, direct, tm
     remote, local = Image.open(tmp_path / "remote.png"), Image.open(tmp_path / "local.png")
     assert remote.mode == local.mode == img.mode and report["tiled_by"] == "server"
     np.testing.assert_array_equal(np.asarray(remote), np.asarray(local))
+    here = denoise_file(photo, tmp_path / "again.png", direct, batch_size=64, progress=False)
+    assert [report[k] for k in ("tiles", "overlap", "batch_size")] == [here[k] for k in ("tiles", "overlap",
+                                                                                          "batch_size")]
+    assert report["backend"] == direct.describe()  # the server's runner, sent with the photo
+    assert report["denoised_by"] == f"torch-masked (weights blind) on the server at {server.urls['http']}"
 
 
 def test_remote_bad_quality_is_refused_before_the_server_is_asked(tmp_path):

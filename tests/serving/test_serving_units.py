@@ -428,3 +428,26 @@ def test_serve_on_a_port_in_use_fails_at_once_without_starting_triton():
                            timeout=120)
     assert r.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in r.stderr and "--http-port" in r.stderr
     assert "stopped" not in r.stdout and "Traceback" not in r.stderr
+
+
+def test_photo_answer_says_how_the_server_denoised_it():
+    """The photo model sends its settings with each photo (``settings``: runner and weights, overlap, tiles a call,
+    the photo's tile count), so `denoise --server` reports what a local run does, not the client's defaults."""
+    import json
+
+    from runtime.tiling import plan_tiles
+    from serving.config import SETTINGS_OUTPUT
+
+    class Named(ScaleRunner):
+        name = "scale"
+
+        def describe(self):
+            return {"backend": "scale", "weights": None}
+
+    pixels = np.zeros((70, 90, 3), np.uint8)
+    for runner, label in ((ScaleRunner(), None), (Named(), "scale")):
+        (answer,) = ImageModel(runner, max_pixels=10_000, overlap=8, batch_size=16)([Request({"image_u8": pixels})])
+        settings = json.loads(answer[SETTINGS_OUTPUT][0].decode())
+        assert settings == {"denoised_by": label, "backend": None if label is None else runner.describe(),
+                            "overlap": 8, "batch_size": 16, "tiles": plan_tiles(70, 90, overlap=8).count}
+        assert settings["tiles"] != plan_tiles(70, 90).count  # not the default overlap's count
