@@ -268,10 +268,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--engine {', '.join(unused)}: {'that backend is' if len(unused) == 1 else 'those backends are'}"
                          f" not among the backends this run times ({', '.join(names)}); add "
                          f"{'it' if len(unused) == 1 else 'them'} to --backends, or leave the --engine out")
+    out_dir = args.out_dir or cache_dir() / "bench" / PRESETS[preset]["out_dir"]
+    work = args.cache_dir or cache_dir() / "bench"
+    check_folder(out_dir, "--out-dir", "the results (results.json, results.md, results.png)")  # before any work
+    check_folder(work, "--cache-dir", "the ONNX graphs and engines")
     weights = resolve_weights(args.weights)
     log = _log
     model = load_model(weights, preset=args.preset)  # fails early, with the checkpoint's message, on bad weights
-    work = args.cache_dir or cache_dir() / "bench"
     onnx, onnx_failed = export_graphs(graphs_needed(names), weights, args.preset, work, settings.threads, log)
     engine_failed: dict[str, str] = {}
     if args.build_engines if args.build_engines is not None else preset == "gpu":
@@ -296,7 +299,6 @@ def run(args: argparse.Namespace) -> int:
         left_out = [n for n in CPU_BACKENDS if n not in names]
         doc["notes"].append(f"--quick mode: batches {list(settings.batches)}, at most {settings.repeats} rounds, "
                             f"backends left out: {', '.join(left_out) or 'none'}")
-    out_dir = args.out_dir or cache_dir() / "bench" / PRESETS[preset]["out_dir"]
     written = write_results(doc, out_dir, plot=not args.no_plot, log=log)
     if args.json:
         from moe_denoise.cli import print_json
@@ -307,7 +309,24 @@ def run(args: argparse.Namespace) -> int:
 
         print(markdown_report(doc))
         print("wrote " + ", ".join(str(p) for p in written))
+    if not any(r["status"] == "ok" for r in doc["results"]):  # a script must not read an empty table as success
+        reasons = "; ".join(f"{b['name']}: {b['reason']}" for b in doc["backends"] if b.get("reason"))
+        log(f"error: no backend was timed ({reasons or 'see the table'})")
+        return 1
     return 0
+
+
+def check_folder(folder: Path, option: str, holds: str) -> None:
+    """InputError unless ``folder`` is a folder (made if missing) that can be written to: found before any work, not
+    after minutes of timing."""
+    from moe_base.fileio import check_output_file
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} '{folder}' is a file; {holds} go into a folder: give a folder path")
+    try:
+        check_output_file(folder / "results.json", overwrite=True)  # makes the folder, probes a file in it
+    except InputError as e:
+        raise InputError(f"{option}: {e}") from None
 
 
 def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: Any = print) -> list[Path]:

@@ -70,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of PSNR against sigma here (needs "
                                                            "matplotlib: the 'plot' extra)")
     p.add_argument("--save-json", type=Path, default=None, help="also write the JSON report to this file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --plot / --save-json files (never done without it)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.set_defaults(func=run)
@@ -104,7 +106,25 @@ def weights_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return specs
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--plot and --save-json, before any work: files that can be written, replaced only with --overwrite (a run
+    of minutes lost at the end to an unwritable path, or a file replaced in silence, was what happened)."""
+    from moe_base.fileio import check_output_file
+
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise InputError(f"--plot writes a PNG image; give a path ending in .png (got '{args.plot}')")
+    if args.plot is not None and args.save_json is not None and args.plot.resolve() == args.save_json.resolve():
+        raise InputError(f"--plot and --save-json both name '{args.plot}'; give two paths")
+    for option, path in (("--plot", args.plot), ("--save-json", args.save_json)):
+        if path is not None:
+            try:
+                check_output_file(path, args.overwrite)
+            except InputError as e:
+                raise InputError(f"{option}: {e}") from None
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    _check_outputs(args)
     if args.bm3d_images < 0:
         raise InputError(f"--bm3d-images must be >= 0 (got {args.bm3d_images}); 0 leaves BM3D out")
     bad = [s for s in args.sigmas if not (math.isfinite(s) and s >= 0)]

@@ -83,3 +83,27 @@ def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
                  "--out-dir", str(tmp_path)])  # --quick times no trt-* backend: the engine would be ignored
     assert code == 2 and "not among the backends this run times" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
+
+
+def test_bench_checks_its_folders_before_any_work_and_fails_when_nothing_was_timed(capsys, random_weights, tmp_path,
+                                                                                    monkeypatch):
+    """An --out-dir or --cache-dir that is a file was found only after every backend had been timed (the table lost);
+    a run that timed nothing wrote an empty table and exited 0, which a script reads as success."""
+    import benchmarks.harness
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed before the folders were checked")
+
+    note = tmp_path / "notes.txt"
+    note.write_text("mine")
+    monkeypatch.setattr(benchmarks.harness, "run_benchmark", no_timing)
+    for option in ("--out-dir", "--cache-dir"):
+        code = main(["bench", "--quick", "--weights", str(random_weights), option, str(note)])
+        assert code == 2 and f"{option} '{note}' is a file" in capsys.readouterr().err
+    assert note.read_text() == "mine"
+    monkeypatch.undo()
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "trt-plugin-fp32",
+                 "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "r"), "--no-plot"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "error: no backend was timed (trt-plugin-fp32: no engine given" in err
+    assert "trt-plugin-fp32" in out and (tmp_path / "r" / "results.json").is_file()  # the reasons are still written

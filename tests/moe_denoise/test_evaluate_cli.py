@@ -98,3 +98,28 @@ def test_missing_bm3d_fails_before_any_work(capsys, monkeypatch, fake_cifar, ran
     monkeypatch.setitem(sys.modules, "bm3d", None)  # import bm3d now raises ImportError
     code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--bm3d-images", 2)
     assert code == 2 and "moe-denoise[eval]" in err and "--bm3d-images 0" in err and out == ""
+
+
+def test_outputs_are_checked_before_any_work_and_never_replaced_without_overwrite(capsys, monkeypatch, fake_cifar,
+                                                                                  random_weights, tmp_path):
+    """--plot and --save-json were written after the whole run: an unwritable path lost the run, and an existing
+    file (a text file given by mistake) was replaced in silence, a PNG written under any name."""
+    import moe_model.checkpoint
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the outputs were checked")
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    monkeypatch.setattr(moe_model.checkpoint, "load_model", no_work)
+    for argv, message in ((["--save-json", mine], f"--save-json: the output '{mine}' already exists"),
+                          (["--plot", mine], "--plot writes a PNG image; give a path ending in .png"),
+                          (["--plot", tmp_path / "p.png", "--save-json", tmp_path / "p.png"], "both name"),
+                          (["--plot", tmp_path], "--plot writes a PNG image")):
+        code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, *argv)
+        assert code == 2 and message in err and out == "", err
+    assert mine.read_text() == "mine"
+    monkeypatch.undo()
+    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
+                         "--sigmas", 25, "--bm3d-images", 0, "--no-ssim", "--save-json", mine, "--overwrite")
+    assert code == 0 and json.loads(mine.read_text())["cifar"]["num_images"] == 2
