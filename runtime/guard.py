@@ -271,6 +271,9 @@ def check_sigma(sigma: float | None, name: str = "sigma", *, estimated: bool = T
     if not (isinstance(sigma, numbers.Real) and not isinstance(sigma, bool) and 0.0 <= sigma < float("inf")):
         raise InputError(f"{name} is the noise std on [0, 1] pixels, >= 0 (got {sigma!r}); e.g. 0.02 for light "
                          f"noise{tail}")
+    if sigma > 255:
+        raise InputError(f"{name} is the noise std on [0, 1] pixels, at most 1 (got {sigma:g}; over 255 it is no "
+                         f"level on the 0-255 scale either){tail}")
     if sigma > 1:
         raise InputError(f"{name} is the noise std on [0, 1] pixels, at most 1 (got {sigma:g}): a level on the 0-255 "
                          f"scale is {sigma:g}/255 = {sigma / 255:.4g}; give that{tail}")

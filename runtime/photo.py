@@ -1,6 +1,7 @@
 """Whole-photo helpers: denoise an image file with a tile denoiser, or make a noisy demo photo."""
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from pathlib import Path
@@ -205,6 +206,9 @@ def add_noise_to_file(
     same stream as drawn at once), so memory is about twice the file's integers.
     """
     check_sigma(sigma, estimated=False)
+    sigma = abs(sigma)  # -0.0 passes as 0; numpy's normal() refuses its sign
+    if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0):
+        raise InputError(f"seed is a whole number >= 0 (the same seed gives the same noise); got {seed!r}")
     check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)
 

@@ -33,6 +33,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_number(text: str) -> int:
+    """argparse type: a random seed, a whole number >= 0 (numpy's generators take no negative seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed, a whole number >= 0 (e.g. 0), got {text!r}")
+    return value
+
+
 def tile_overlap(text: str) -> int:
     """argparse type: the overlap of neighbouring 32x32 tiles, 0 to 31 pixels."""
     try:
@@ -60,9 +71,10 @@ def noise_std(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected the noise std on [0, 1] pixels, >= 0, as a number (e.g. 0.1) "
                                          f"or as levels of 255 (e.g. 25/255); got {text!r}")
     if value > 1:
-        raise argparse.ArgumentTypeError(f"{text} is over 1 (the noise std on [0, 1] pixels is at most 1); a "
-                                         f"level on the 0-255 scale is written {text}/255 (= {value / 255:.4g})")
-    return value
+        meant = (f"; a level on the 0-255 scale is written {text}/255 (= {value / 255:.4g})" if value <= 255 else
+                 ", and over 255 it is no level on the 0-255 scale either")
+        raise argparse.ArgumentTypeError(f"{text} is over 1 (the noise std on [0, 1] pixels is at most 1){meant}")
+    return abs(value)  # -0 is 0 (numpy refuses a negative zero scale)
 
 
 def port_number(text: str) -> int:

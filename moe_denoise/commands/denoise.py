@@ -18,6 +18,7 @@ from . import (
     noise_std,
     positive_int,
     seconds,
+    seed_number,
     tile_overlap,
 )
 
@@ -104,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "folder: the copy goes in under the input's name")
     q.add_argument("--sigma", type=noise_std, default=0.1,
                    help="noise std on [0, 1] pixels, or levels of 255 (25/255 = 0.098)")
-    q.add_argument("--seed", type=int, default=0, help="the same seed gives the same noise")
+    q.add_argument("--seed", type=seed_number, default=0, help="the same seed gives the same noise")
     q.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     q.set_defaults(func=run_add_noise)
 

@@ -10,7 +10,7 @@ from typing import Any
 from moe_base.errors import InputError
 from moe_base.progress import progress_mode
 
-from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_int, resolve_weights
+from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_int, resolve_weights, seed_number
 
 SUITES = ("cifar", "photos", "all")
 # moe_model.evaluate.DEFAULT_SIGMAS_255, written out: importing it imports torch (seconds, for --help)
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bm3d-photos", nargs="+", default=None,
                    help="photos BM3D runs on (about 15-40 s per photo and level); 'none' = no BM3D; default: "
                         "camera chelsea")
-    p.add_argument("--photo-seed", type=int, default=0, help="seed of the photos' noise")
+    p.add_argument("--photo-seed", type=seed_number, default=0, help="seed of the photos' noise")
     p.add_argument("--no-guard", action="store_true",
                    help="photos: score each weights only as they are, without the extra '<label> + guard' row (the "
                         "clean-input guard that 'moe-denoise denoise' applies by default)")

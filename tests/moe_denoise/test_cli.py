@@ -177,16 +177,21 @@ def test_torch_backend_precision_and_graph_options(capsys, random_weights):
     assert code == 2 and "needs device='cuda'" in err
 
 
-@pytest.mark.parametrize("text, value", [("0.1", 0.1), ("0", 0.0), ("25/255", 25 / 255), ("1", 1.0), (" 5 / 255 ", 5 / 255)])
+@pytest.mark.parametrize("text, value", [("0.1", 0.1), ("0", 0.0), ("25/255", 25 / 255), ("1", 1.0), (" 5 / 255 ", 5 / 255),
+                                         ("-0", 0.0), ("-0.0/255", 0.0)])
 def test_noise_levels_are_read_as_numbers_or_levels_of_255(text, value):
+    import math
+
     from moe_denoise.commands import noise_std
 
-    assert noise_std(text) == value
+    assert noise_std(text) == value and not math.copysign(1.0, noise_std(text)) < 0  # -0 is 0: numpy refused its sign
 
 
 @pytest.mark.parametrize("text, message", [
     ("25", "25 is over 1 (the noise std on [0, 1] pixels is at most 1); a level on the 0-255 scale is written "
            "25/255 (= 0.09804)"),
+    ("1e300", "1e300 is over 1 (the noise std on [0, 1] pixels is at most 1), and over 255 it is no level on the 0-255 "
+              "scale either"),  # it suggested --sigma 1e300/255 (= 3.922e+297)
     ("nan", "got 'nan'"), ("-0.1", "got '-0.1'"), ("inf", "got 'inf'"), ("1/0", "got '1/0'"), ("a/255", "got 'a/255'"),
     ("", "got ''"),
 ])
@@ -412,3 +417,24 @@ def test_train_refuses_the_noise_options_of_the_other_kind_of_run(capsys, tmp_pa
     """Each was ignored in silence: a run without --blind trains at --sigma whatever --sigma-max says."""
     code, _, err = run(capsys, "train", "--data-dir", tmp_path / "none", "--out-dir", tmp_path / "run", *argv)
     assert code == 2 and message in err and not (tmp_path / "run").exists()
+
+
+def test_add_noise_takes_negative_zero_and_refuses_a_negative_seed(capsys, tmp_path):
+    """--sigma -0 ended in numpy's 'scale < 0' traceback and --seed -1 in 'expected non-negative integer' (exit 1);
+    now -0 is 0, and a negative seed is refused at parse time, as is one given to the library."""
+    from PIL import Image
+
+    from moe_base.errors import InputError
+    from runtime.photo import add_noise_to_file
+
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (8, 8), (100, 120, 140)).save(photo)
+    assert main(["add-noise", str(photo), "-o", str(tmp_path / "z.png"), "--sigma=-0"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "z.png")), np.asarray(Image.open(photo)))
+    with pytest.raises(SystemExit) as refused:
+        main(["add-noise", str(photo), "-o", str(tmp_path / "s.png"), "--seed", "-1"])
+    assert refused.value.code == 2 and "expected a seed, a whole number >= 0" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"seed is a whole number >= 0 .* got -1"):
+        add_noise_to_file(photo, tmp_path / "s.png", 0.1, seed=-1)
+    assert not (tmp_path / "s.png").exists()
+    add_noise_to_file(photo, tmp_path / "n.png", -0.0)  # the library too
