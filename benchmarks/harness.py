@@ -37,7 +37,7 @@ from moe_base.machine import fingerprint, load_average
 from moe_base.optional import available
 from moe_base.tolerances import get_tolerance
 from runtime.base import BaseRunner
-from runtime.parity import compare, parity_inputs
+from runtime.parity import compare, in_chunks, parity_inputs
 
 from .env import CpuContention
 from .memory import current_rss_mb, make_probe, process_threads
@@ -243,7 +243,7 @@ def _first_inferences(runner: BaseRunner, x: np.ndarray,
         t0 = time.perf_counter()
         runner(x1)
         second_s = time.perf_counter() - t0
-        y = runner(_as_input(runner, x))
+        y = in_chunks(runner, _as_input(runner, x))
     except Exception as e:  # noqa: BLE001 - reported as this backend's error; the run goes on
         record.update(status="error", reason=f"inference failed: {_reason(e)}", cold_start=None)
         return None
@@ -506,7 +506,7 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
     log(f"reference: {reference.name}; parity on {settings.parity_images} images")
     x = parity_inputs(settings.parity_images, seed=settings.seed)
     with reference:
-        ref_out = np.asarray(reference(x), np.float32)
+        ref_out = np.asarray(in_chunks(reference, x), np.float32)
     backends: list[_Backend] = []
     try:
         for spec in specs:

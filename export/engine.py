@@ -265,7 +265,7 @@ def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str 
 
     from moe_base.tolerances import get_tolerance
     from moe_model.checkpoint import load_model
-    from runtime.parity import compare, parity_inputs
+    from runtime.parity import compare, in_chunks, parity_inputs
     from runtime.trt_runner import TensorRTRunner
 
     x = parity_inputs(opts.parity_images)
@@ -273,10 +273,8 @@ def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str 
         tmp_engine = Path(tmp) / out_path.name
         write_artifact(tmp_engine, data, manifest)
         with TensorRTRunner(tmp_engine) as runner:
-            out = runner(x)
-    import torch
+            out = in_chunks(runner, x)
+    from export.pipeline import reference_outputs
 
-    model = load_model(weights)
-    with torch.inference_mode():
-        ref = model(torch.from_numpy(x)).numpy()
+    ref = reference_outputs(load_model(weights), x)
     return compare(ref, out, get_tolerance("trt", opts.precision), "trt", opts.precision)

@@ -19,7 +19,7 @@ from moe_base.errors import ParityError
 from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
-from runtime.parity import SELF_CHECK_IMAGES, ParityReport, compare, parity_inputs, self_check_record
+from runtime.parity import SELF_CHECK_IMAGES, ParityReport, compare, in_chunks, parity_inputs, self_check_record
 from topk_attention.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 from .onnx_export import ExportOptions, export_graph
@@ -40,7 +40,7 @@ def reference_outputs(model: Any, x: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        return model(torch.from_numpy(x)).numpy()
+        return in_chunks(lambda batch: model(torch.from_numpy(batch)).numpy(), x)
 
 
 def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | None = None,
@@ -49,7 +49,7 @@ def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | N
     from runtime.ort_runner import OrtRunner
 
     with OrtRunner(onnx_path, check_manifest=False, threads=threads) as runner:
-        out = runner(inputs)
+        out = in_chunks(runner, inputs)
     return compare(reference_outputs(model, inputs), out, get_tolerance("ort", precision), "ort", precision)
 
 

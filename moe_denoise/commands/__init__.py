@@ -33,6 +33,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parity_count(text: str) -> int:
+    """argparse type: the images of a parity check, 1 to runtime.parity.MAX_PARITY_IMAGES."""
+    from runtime.parity import MAX_PARITY_IMAGES
+
+    value = positive_int(text)
+    if value > MAX_PARITY_IMAGES:
+        raise argparse.ArgumentTypeError(f"a parity check takes at most {MAX_PARITY_IMAGES:,} images (got {value:,}); "
+                                         f"more adds time and memory, not confidence")
+    return value
+
+
 def seed_number(text: str) -> int:
     """argparse type: a random seed, a whole number >= 0 (numpy's generators take no negative seed)."""
     try:
@@ -207,20 +218,21 @@ def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
                          f"{args.weights}, {remedy}; or leave --weights out") from e
 
 
-def check_backend_options(args: argparse.Namespace) -> None:
-    """denoise / serve: an option another backend reads would be ignored in silence; refused instead, naming what to
-    do (--artifact without --backend ort would run the PyTorch default; --precision with ort the fp32 model)."""
+def check_backend_options(args: argparse.Namespace, reads_preset: bool = False) -> None:
+    """denoise / serve / parity: an option another backend reads would be ignored in silence; refused instead, naming
+    what to do (--artifact without --backend ort would run the PyTorch default; --precision with ort the fp32 model).
+    ``reads_preset``: the command reads --preset whatever the backend (parity's PyTorch reference)."""
     if args.backend == "torch":
         others = {"--artifact": (args.artifact is not None, "ort or trt"), "--provider": (args.provider != "cpu", "ort"),
                   "--opt-level": (args.opt_level != "all", "ort")}
         for option, (given, backends) in others.items():
             if given:
-                raise InputError(f"{option} applies to --backend {backends}, but the backend is torch (the default), "
+                raise InputError(f"{option} applies to --backend {backends}, but the backend is torch, "
                                  f"which runs --weights in PyTorch: add --backend {backends.split()[0]}, or leave "
                                  f"{option} out")
         return
     ignored = {
-        "--preset": (getattr(args, "preset", None) is not None,
+        "--preset": (getattr(args, "preset", None) is not None and not reads_preset,
                      "an ONNX model or engine carries its own architecture"),
         "--precision": (args.precision != "fp32", "an ONNX model or engine keeps the precision it was made with "
                         "('moe-denoise export --precision fp16', 'moe-denoise build --precision fp16')"),

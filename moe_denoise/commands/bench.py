@@ -18,7 +18,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import HelpFormatter, add_weights_args, positive_int, resolve_weights, seconds
+from . import HelpFormatter, add_weights_args, parity_count, positive_int, resolve_weights, seconds
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interleaved rounds per batch size, at most " + _per_preset("repeats"))
     p.add_argument("--warmup", type=positive_int, default=None,
                    help="untimed warm-up calls per backend and batch size " + _per_preset("warmup"))
-    p.add_argument("--parity-images", type=positive_int, default=None,
+    p.add_argument("--parity-images", type=parity_count, default=None,
                    help="images in the parity check before timing " + _per_preset("parity_images"))
     p.add_argument("--batch-budget", type=seconds, default=None,
                    help="seconds of timing per batch size after which no new round starts "

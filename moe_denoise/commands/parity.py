@@ -10,8 +10,9 @@ from . import (
     HelpFormatter,
     add_backend_args,
     add_weights_args,
+    check_backend_options,
     make_runner,
-    positive_int,
+    parity_count,
     resolve_weights,
 )
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=HelpFormatter)
     add_backend_args(p, required=True, default_impl="gather")
     add_weights_args(p, default="the weights an ONNX model's or engine's manifest names, else blind")
-    p.add_argument("-n", "--num-images", type=positive_int, default=64,
+    p.add_argument("-n", "--num-images", type=parity_count, default=64,
                    help="synthetic 32x32 inputs (fixed); --data-dir adds as many CIFAR-10 test images")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="optionally add noisy CIFAR-10 test images from this folder to the synthetic batch")
@@ -38,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from moe_base.tolerances import get_tolerance
-    from runtime.parity import compare, parity_inputs
+    from runtime.parity import compare, in_chunks, parity_inputs
     from runtime.torch_runner import TorchRunner, artifact_weights
 
+    check_backend_options(args, reads_preset=True)  # before any work: an option the backend ignores is refused
     weights = resolve_weights(args.weights)
     x = parity_inputs(args.num_images)
     if args.data_dir is not None:
@@ -54,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
             described = runner.describe()
             weights = artifact_weights(described.get("model") or described.get("engine"), manifest, args.weights,
                                        "--weights")
-        out = runner(x)
+        out = in_chunks(runner, x)
         precision = runner.precision
     with TorchRunner(weights, preset=args.preset, impl="masked", threads=args.threads,
                      verify_weights=not args.skip_weights_check) as ref_runner:
-        ref = ref_runner(x)
+        ref = in_chunks(ref_runner, x)
     report = compare(ref, out, get_tolerance(args.backend, precision), args.backend, precision)
     if args.json:
         from moe_denoise.cli import print_json

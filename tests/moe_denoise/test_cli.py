@@ -438,3 +438,36 @@ def test_add_noise_takes_negative_zero_and_refuses_a_negative_seed(capsys, tmp_p
         add_noise_to_file(photo, tmp_path / "s.png", 0.1, seed=-1)
     assert not (tmp_path / "s.png").exists()
     add_noise_to_file(photo, tmp_path / "n.png", -0.0)  # the library too
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "ort", "--precision", "fp16"], "--precision applies to --backend torch, not to --backend ort"),
+    (["--backend", "ort", "--device", "cuda"], "--device applies to --backend torch"),
+    (["--backend", "ort", "--cuda-graph"], "--cuda-graph applies to --backend torch"),
+    (["--backend", "ort", "--impl", "seed"], "--impl applies to --backend torch"),
+    (["--backend", "torch", "--artifact", "m.onnx"], "--artifact applies to --backend ort or trt, but the backend is "
+                                                     "torch"),
+])
+def test_parity_refuses_options_its_backend_ignores(capsys, argv, message):
+    """parity ran these and reported PASS (--backend torch --artifact never loaded the model); denoise refused them."""
+    code = main(["parity", *argv])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_parity_counts_are_capped_and_checked_in_chunks(capsys):
+    """-n / --parity-images had no upper bound: 100,000 images ran as one batch and the kernel killed the process
+    (export, at 23.8 GB). Now 10,000 at most, refused at parse time, and checks run 256 images a call."""
+    from moe_base.errors import InputError
+    from runtime.parity import MAX_PARITY_IMAGES, PARITY_CHUNK, in_chunks, parity_inputs
+
+    for argv in (["parity", "--backend", "ort", "-n", "10001"], ["export", "--parity-images", "100000"],
+                 ["bench", "--parity-images", "10001"]):
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        assert refused.value.code == 2 and f"at most {MAX_PARITY_IMAGES:,} images" in capsys.readouterr().err
+    with pytest.raises(InputError, match="1 to 10,000 input images"):
+        parity_inputs(MAX_PARITY_IMAGES + 1)
+    x = parity_inputs(PARITY_CHUNK * 2 + 3)
+    calls = []
+    out = in_chunks(lambda batch: calls.append(len(batch)) or batch * 2, x)
+    assert calls == [PARITY_CHUNK, PARITY_CHUNK, 3] and np.array_equal(out, x * 2)
