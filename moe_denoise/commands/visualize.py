@@ -27,7 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+MAX_PICTURE_PIXELS = 100_000_000  # the routing maps, the larger picture: about 300 MB in memory as RGB
+
+
+def picture_pixels(rows: int, columns: int, scale: int) -> int:
+    """The pixels of ``rows`` x ``columns`` upscaled 32x32 cells (the pictures' labels and padding left out)."""
+    return rows * columns * (32 * scale) ** 2
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
     import torch
 
     from moe_base.fileio import check_output_file
@@ -40,14 +51,27 @@ def run(args: argparse.Namespace) -> int:
     for path in (grid, maps):
         check_output_file(path, overwrite=True)  # pictures are replaced; a folder that cannot be written is not
     model = load_model_from_args(args)
+    columns = 1 + model.config.depth * len(model.config.expert_topk)  # the routing maps: the image, block x expert
+    if picture_pixels(args.num_images, columns, args.scale) > MAX_PICTURE_PIXELS:
+        raise InputError(f"-n {args.num_images} at --scale {args.scale} makes routing maps of about "
+                         f"{picture_pixels(args.num_images, columns, args.scale) / 1e6:,.0f} million pixels; at most "
+                         f"{MAX_PICTURE_PIXELS / 1e6:.0f} million: lower --scale or -n")
     images = load_cifar10(args.data_dir, args.split)
     if args.offset >= len(images):
         raise InputError(f"--offset {args.offset} is past the end of the {args.split} split ({len(images)} images)")
+    if args.offset + args.num_images > len(images):  # it drew fewer rows than asked, without a word
+        raise InputError(f"-n {args.num_images} from --offset {args.offset} runs past the end of the {args.split} "
+                         f"split ({len(images)} images): at most -n {len(images) - args.offset} from there")
     clean = to_float(images[args.offset : args.offset + args.num_images])
     noisy = fixed_noisy(clean, args.sigma, "clip", args.eval_seed)
     with torch.no_grad():
         den, routing = model(noisy, return_routing=True)
-    denoise_grid(noisy, den, clean, grid, scale=args.scale)
-    routing_maps(noisy, routing, maps, scale=args.scale)
+    # both pictures are drawn first and then put in place together: an interrupted run leaves the old pair, not a
+    # new grid beside old maps
+    with tempfile.TemporaryDirectory(dir=args.out_dir, prefix=".visualize-") as tmp:
+        denoise_grid(noisy, den, clean, Path(tmp) / grid.name, scale=args.scale)
+        routing_maps(noisy, routing, Path(tmp) / maps.name, scale=args.scale)
+        os.replace(Path(tmp) / grid.name, grid)
+        os.replace(Path(tmp) / maps.name, maps)
     print(f"wrote {grid} and {maps}")
     return 0

@@ -471,3 +471,27 @@ def test_parity_counts_are_capped_and_checked_in_chunks(capsys):
     calls = []
     out = in_chunks(lambda batch: calls.append(len(batch)) or batch * 2, x)
     assert calls == [PARITY_CHUNK, PARITY_CHUNK, 3] and np.array_equal(out, x * 2)
+
+
+def test_visualize_refuses_what_it_cannot_draw_and_replaces_its_pictures_together(capsys, monkeypatch, fake_cifar,
+                                                                                   random_weights, tmp_path):
+    """visualize drew fewer rows than -n asked past the split's end without a word, was killed by the kernel at
+    --scale 100000, and an interrupted run left a new grid beside the old routing maps."""
+    import moe_model.visualize
+
+    base = ["visualize", "--weights", str(random_weights), "--data-dir", str(fake_cifar), "-o", str(tmp_path)]
+    assert main([*base, "-n", "4", "--offset", "38"]) == 2  # the fake test split has 40 images
+    assert "-n 4 from --offset 38 runs past the end of the test split (40 images): at most -n 2" in \
+        capsys.readouterr().err
+    assert main([*base, "-n", "2", "--scale", "100000"]) == 2
+    assert "lower --scale or -n" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main([*base, "-n", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["denoise_grid.png", "routing_maps.png"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(moe_model.visualize, "routing_maps", interrupted)
+    assert main([*base, "-n", "3", "--offset", "5"]) == 130
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old pair, nothing half-done beside
