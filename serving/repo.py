@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_base.fileio import publish_folder, staging_folder
+from moe_base.manifest import check_artifact_file, read_manifest
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 
@@ -59,9 +60,26 @@ class RepoSettings:
                 raise InputError(f"{name} must be an integer >= 1; got {value!r}")
         if not isinstance(self.queue_delay_us, int) or self.queue_delay_us < 0:
             raise InputError(f"queue_delay_us must be an integer >= 0; got {self.queue_delay_us!r}")
+        if self.queue_delay_us > MAX_QUEUE_DELAY_US:
+            raise InputError(f"queue delay {self.queue_delay_us:,} us is over {MAX_QUEUE_DELAY_US // 1_000_000} s "
+                             f"(the most a request would wait for others to batch with); a few hundred to a few "
+                             f"thousand microseconds is usual (default 500)")
         if self.onnx_kind not in ("KIND_CPU", "KIND_GPU"):
             raise InputError(f"onnx_kind must be KIND_CPU or KIND_GPU; got {self.onnx_kind!r}")
         return self
+
+
+MAX_QUEUE_DELAY_US = 10_000_000  # 10 s
+
+
+def schema_available() -> bool:
+    """Whether Triton's ModelConfig protobuf schema (tritonclient[grpc]) can be imported here."""
+    try:
+        from google.protobuf import text_format  # noqa: F401
+        from tritonclient.grpc import model_config_pb2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def model_config_text(name: str, backend: str, max_batch: int, queue_delay_us: int, instances: int, kind: str,
@@ -154,7 +172,9 @@ def _manifest(path: Path, kind: str) -> dict[str, Any]:
     if not m.is_file():
         raise InputError(f"the {kind} '{path}' has no manifest '{m.name}' next to it; the toolkit writes one with "
                          f"every artifact ('moe-denoise export' / 'moe-denoise build'): use such an artifact")
-    return json.loads(m.read_text())
+    manifest = read_manifest(path)  # a malformed manifest is said here, not as a KeyError
+    check_artifact_file(path, manifest)  # the file the manifest describes (size, sha256), as the runners check it:
+    return manifest  # a replaced or truncated model was packaged, to fail only when Triton loaded it
 
 
 def _check_io(manifest: dict[str, Any], path: Path) -> None:
@@ -200,11 +220,13 @@ def pytriton_available() -> bool:
 
 def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = None,
                      settings: RepoSettings | None = None, overwrite: bool = False,
-                     validate: bool = True, server_check: bool | None = None) -> dict[str, Any]:
+                     validate: bool | None = None, server_check: bool | None = None) -> dict[str, Any]:
     """Write the repository; return a report (models, files, the TensorRT version an engine needs).
 
-    ``validate``: parse every config with Triton's protobuf schema first. ``server_check``: then have PyTriton's
-    ``tritonserver`` read the repository (:func:`check_with_tritonserver`); None: when PyTriton is installed.
+    ``validate``: parse every config with Triton's protobuf schema first; None: when tritonclient[grpc] is installed
+    (the report's ``checks`` says when it was not: writing the text needs no Triton package). ``server_check``:
+    then have PyTriton's ``tritonserver`` read the repository (:func:`check_with_tritonserver`); None: when
+    PyTriton is installed.
     A config that either refuses is an InputError and the report says which check ran. Nothing reaches
     ``out_dir`` until every file is written and checked (see the module's docstring).
     """
@@ -239,6 +261,8 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
                     f"{trt.get('gpu')} (compute capability {trt.get('compute_capability')});\nthe Triton server "
                     f"must run TensorRT {trt_version} on a GPU of that compute capability.")
         plans.append((TRT_MODEL, engine, "model.plan", text, m, "tensorrt"))
+    if validate is None:
+        validate = schema_available()
     if validate:
         for _, _, _, text, _, _ in plans:
             parse_model_config(text)
@@ -256,7 +280,9 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
                                  f"{out_dir}; free some space or choose another folder") from e
             report["models"].append({"name": name, "backend": backend, "file": str(out_dir / name / "1" / filename),
                                      "config": str(out_dir / name / "config.pbtxt"), "source": str(src)})
-        report["checks"] = ["parsed with Triton's model_config protobuf schema"] if validate else []
+        report["checks"] = (["parsed with Triton's model_config protobuf schema"] if validate else
+                            ["not checked against Triton's schema: tritonclient[grpc] is not installed (pip install "
+                             "'moe-denoise[serve]' to have it checked)"])
         if server_check is None:
             server_check = pytriton_available()
         if server_check:

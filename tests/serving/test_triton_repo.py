@@ -24,9 +24,16 @@ IO = {"inputs": [{"name": "noisy", "dtype": "float32", "shape": ["batch", 3, 32,
 
 
 def fake_artifact(path: Path, manifest: dict) -> Path:
-    """An artifact file with a manifest like the toolkit's (the bytes are copied, never parsed, by the writer)."""
-    path.write_bytes(b"not really a model, only copied")
-    Path(f"{path}.manifest.json").write_text(json.dumps(manifest))
+    """An artifact file with a manifest like the toolkit's (the bytes are copied, never parsed, by the writer; their
+    size and hash are checked against the manifest, as the runners check them)."""
+    import hashlib
+
+    from moe_base.manifest import SCHEMA
+
+    data = b"not really a model, only copied"
+    path.write_bytes(data)
+    artifact = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    Path(f"{path}.manifest.json").write_text(json.dumps({"schema": SCHEMA, "artifact": artifact, **manifest}))
     return path
 
 
@@ -105,6 +112,23 @@ def test_refusals(tmp_path, onnx, engine):
         write_repository(tmp_path / "e", None, None)
 
 
+def test_a_model_that_is_not_the_one_its_manifest_describes_is_refused(tmp_path, onnx, engine):
+    """triton-repo packaged a text file (beside a copied manifest), a model with a byte appended and an fp16 graph
+    under an fp32 manifest, to fail only when Triton loaded them; parity and the runners refused them."""
+    from moe_base.errors import ArtifactError
+
+    onnx.write_bytes(onnx.read_bytes() + b"!")
+    with pytest.raises(ArtifactError, match="is 32 bytes but its manifest says 31"):
+        write_repository(tmp_path / "a", onnx)
+    engine.write_bytes(b"X" + engine.read_bytes()[1:])
+    with pytest.raises(ArtifactError, match="does not match its manifest: sha256"):
+        write_repository(tmp_path / "b", None, engine)
+    Path(f"{engine}.manifest.json").write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="holds a JSON list, not an object"):
+        write_repository(tmp_path / "c", None, engine)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
 def test_a_broken_config_is_refused_by_the_schema():
     with pytest.raises(InputError, match="does not parse"):
         parse_model_config('name: "x"\nmax_batch_size: "many"\n')
@@ -135,3 +159,23 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, argv, messa
 
     assert main(["triton-repo", "-o", str(tmp_path / "repo"), *argv]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "repo").exists()
+
+
+def test_without_tritonclient_the_repository_is_written_and_says_it_was_not_checked(tmp_path, onnx, monkeypatch):
+    """triton-repo refused to write text files without tritonclient[grpc] (the 'serve' extra, which pins NumPy < 2),
+    even with --no-server-check; now the schema check runs when it can, and the report says when it did not."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc.model_config_pb2", None)
+    report = write_repository(tmp_path / "r", onnx, server_check=False)
+    assert report["checks"] == ["not checked against Triton's schema: tritonclient[grpc] is not installed (pip install "
+                                "'moe-denoise[serve]' to have it checked)"]
+    assert (tmp_path / "r" / "moe_denoiser" / "config.pbtxt").is_file()
+    monkeypatch.undo()
+    assert load(tmp_path / "r" / "moe_denoiser" / "config.pbtxt").max_batch_size == 64  # what it wrote does parse
+
+
+def test_a_queue_delay_of_years_is_refused():
+    with pytest.raises(InputError, match=r"queue delay 99,999,999,999,999 us is over 10 s"):
+        RepoSettings(queue_delay_us=99_999_999_999_999).validate()
