@@ -536,10 +536,10 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
     env["load_average_end"] = load_average()
     env["process_threads"] = process_threads()
     env["contention"] = contention.result()
-    busy = busy_machine_note(env)
-    if busy:
-        notes.append(busy)
-        log(busy)
+    for note in [busy_machine_note(env), unsteady_note(rows)]:
+        if note:
+            notes.append(note)
+            log(note)
     return {
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -560,6 +560,24 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         "targets": cpu_targets(best, rows, flops_per_image, peaks),
         "notes": notes,
     }
+
+
+UNSTEADY_MEAN_OVER_MEDIAN = 1.5
+
+
+def unsteady_note(rows: list[dict[str, Any]]) -> str | None:
+    """A warning naming the timed cells whose mean call time (which throughput is made from: batch / mean, so that
+    stalls count) is over 1.5x their median: a few slow calls decide their throughput and its ratios."""
+    unsteady = [r for r in rows if r["status"] == "ok" and r["latency_ms"]
+                and r["latency_ms"]["mean"] > UNSTEADY_MEAN_OVER_MEDIAN * r["latency_ms"]["p50"]]
+    if not unsteady:
+        return None
+    cells = "; ".join(f"{r['backend']} batch {r['batch']} ({r['mode']}): mean {r['latency_ms']['mean']:.2f} ms, "
+                      f"median {r['latency_ms']['p50']:.2f} ms" for r in unsteady[:6])
+    more = f" and {len(unsteady) - 6} more" if len(unsteady) > 6 else ""
+    return (f"unsteady timings: throughput is the batch over the mean call time, and in {len(unsteady)} cell(s) the "
+            f"mean is over {UNSTEADY_MEAN_OVER_MEDIAN}x the median, so a few slow calls decide it and its ratios "
+            f"({cells}{more}); rerun with more --repeats on a quieter machine before reading them")
 
 
 def busy_machine_note(env: dict[str, Any]) -> str | None:

@@ -494,3 +494,20 @@ def test_the_optimised_ort_graph_is_compared_with_the_plain_one(tmp_path):
     specs = {s.name: s for s in build_specs(CPU_BACKENDS, BackendInputs(weights=tmp_path / "w"), "torch-seed")}
     assert specs["ort-cpu"].versus == "ort-cpu-noopt"
     assert [n for n, s in specs.items() if s.versus] == ["ort-cpu"]
+
+
+def test_cells_whose_throughput_a_few_slow_calls_decide_are_named():
+    """Throughput is batch / mean call time (stalls count), p50 the median: one stall of 510 ms among calls of 9 ms
+    made a baseline's throughput a quarter of what its median says, and every ratio against it 4x too large, without
+    a word. The run's notes now name such cells."""
+    from benchmarks.harness import unsteady_note
+
+    def row(backend, p50, mean, status="ok"):
+        return {"backend": backend, "batch": 1, "mode": "e2e", "status": status,
+                "latency_ms": {"p50": p50, "mean": mean} if status == "ok" else None}
+
+    steady = [row("torch-seed", 9.2, 9.6), row("ort-cpu", 1.0, 1.4), row("trt", None, None, "unavailable")]
+    assert unsteady_note(steady) is None
+    note = unsteady_note([*steady, row("torch-masked", 9.27, 38.8)])
+    assert "in 1 cell(s)" in note and "torch-masked batch 1 (e2e): mean 38.80 ms, median 9.27 ms" in note
+    assert "more --repeats" in note and "torch-seed" not in note
