@@ -91,6 +91,9 @@ def torch_load_reason(e: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in a line. torch's own text for a pickle that names
     other objects advises weights_only=False, i.e. running the file's code: that advice is not passed on."""
     text = str(e)
+    if isinstance(e, (KeyError, EOFError)) or (type(e).__name__ == "UnpicklingError"
+                                               and "Weights only load failed" not in text):  # bytes that are no pickle
+        return f"it is not a file torch.save wrote ({type(e).__name__}: {text[:100] or 'empty'})"
     if "Weights only load failed" not in text:
         return f"{type(e).__name__}: {text[:300]}"
     if "can still be loaded" in text:
@@ -158,6 +161,12 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
         verify_weights(path, side)
     if preset is not None:
         config = get_preset(preset)
+        own = (side or {}).get("config")
+        if own and ModelConfig.from_dict(own).to_dict() != config.to_dict():  # tensors that fit are not enough
+            raise CheckpointError(f"weights {path} were made for the '{own.get('name')}' architecture (their "
+                                  f"{sidecar_path(path).name} says so), and --preset {preset} is another one: its "
+                                  f"network would take their tensors and compute something else. Leave --preset "
+                                  f"out to use theirs")
     elif side and "config" in side:
         config = ModelConfig.from_dict(side["config"])
     else:
@@ -166,10 +175,8 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
     model = SmallViT(config, impl=impl)
     try:
         model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        own = (side or {}).get("config", {}).get("name") if preset is not None else None
-        hint = (f"their {sidecar_path(path).name} names '{own}': leave --preset out to use it" if own else
-                presets_hint(sd))
+    except RuntimeError as e:  # a sidecar's own architecture was checked above: no sidecar, or a damaged one
+        hint = presets_hint(sd)
         lines = str(e).strip().splitlines()  # torch's: a heading, then one line per mismatched tensor
         detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else type(e).__name__
         raise CheckpointError(f"weights {path} do not fit the '{config.name}' architecture ({detail[:200]}); "

@@ -16,6 +16,8 @@ Two options for low-latency GPU inference (issue 17), each usable with every ``i
 from __future__ import annotations
 
 import copy
+import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +85,18 @@ def artifact_weights(artifact: str | Path, manifest: dict[str, Any] | None, weig
     return path
 
 
+def check_runner_args(weights: Any, device: Any, threads: Any) -> None:
+    """TorchRunner's arguments that failed only when it was activated, in torch's words (a TypeError for weights=123,
+    every device type torch knows for device='gpu', 'set_num_threads expects a positive integer')."""
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise InputError(f"weights= is a path to a .safetensors/.pt file or a shipped name ('blind', 'sigma20'); got "
+                         f"{type(weights).__name__} {weights!r}")
+    if not (isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", device)):
+        raise InputError(f"device= is 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads= is a whole number >= 1 (CPU threads), or None for torch's choice; got {threads!r}")
+
+
 def tolerance_key(impl: str, compile: bool = False) -> str:
     """The (backend) half of the tolerance-table key for a PyTorch model with this impl and compile setting."""
     return "torch-compile" if compile else TOLERANCE_KEYS.get(impl, "torch")
@@ -101,6 +115,7 @@ class TorchRunner(BaseRunner):
         ``graph_capture(fn, static_input) -> Captured``: how a bucket's graph is made (default
         ``runtime.cuda_graphs.capture_cuda_graph``, which needs CUDA); ``runtime.cuda_graphs.eager_capture`` runs
         the same bucket layer uncaptured, on any device (how it is tested on a CPU)."""
+        check_runner_args(weights, device, threads)
         if precision not in PRECISIONS:
             raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if half_mode not in HALF_MODES:
