@@ -72,7 +72,8 @@ def load_cifar10(data_dir: str | Path, split: Split) -> np.ndarray:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     root = Path(data_dir)
     if not root.is_dir():
-        raise DatasetError(f"CIFAR-10 folder {root} ({root.resolve()}) does not exist. Expected a 'cifar-10-batches-py' folder "
+        where = f" ({root.resolve()})" if str(root.resolve()) != str(root) else ""
+        raise DatasetError(f"CIFAR-10 folder {root}{where} does not exist. Expected a 'cifar-10-batches-py' folder "
                            f"holding {', '.join(TRAIN_FILES)} and {TEST_FILE}. {_where_to_get()}")
     wanted = (TEST_FILE,) if split == "test" else TRAIN_FILES
     missing = [f for f in wanted if not (root / f).is_file()]

@@ -674,8 +674,9 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
         what = "16 bits per channel" if info.bit_depth == 16 else f"an alpha channel ('{info.layout}')"
         raise InputError(f"JPEG cannot store {what}; write the result as .png or .tif to keep it")
     if fmt == "GIF" and info.layout != "L":
-        raise InputError(f"GIF holds at most 256 colours and on/off transparency: the denoised '{info.layout}' "
-                         f"result would be requantised to a 256-colour palette, undoing much of the denoising. Write "
+        raise InputError(f"GIF holds at most 256 colours and on/off transparency: the '{info.layout}' result "
+                         f"would be requantised to a 256-colour palette, losing colours (and, denoised, much of the "
+                         f"denoising). Write "
                          f"it as .png (lossless, every colour and the alpha kept) and convert that if you need a GIF")
     if fmt == "BMP" and info.layout in ("LA", "RGBA"):
         raise InputError(f"BMP keeps no alpha channel (readers take a 32-bit BMP's fourth byte as padding): the alpha "

@@ -40,6 +40,7 @@ from .tiling import (
     band_working_bytes,
     batch_size_for,
     blend_whole,
+    check_tile_fn,
     denoise_bands,
     guard_reusing,
     plan_tiles,
@@ -110,6 +111,7 @@ def denoise_file(
     ``input_weight`` is the input's weight in the result, guard and strength together. ``quality``: a JPEG or WebP
     output's (1 to 100, default 95; :func:`runtime.images.check_quality`).
     """
+    check_tile_fn(fn, tile)
     check_strength(strength)
     check_sigma(sigma)
     check_guard_sigma(sigma, guard)

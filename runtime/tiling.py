@@ -29,15 +29,17 @@ Only numpy is imported here; tqdm is imported when a progress bar is asked for.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from moe_base.contract import TILE_SHAPE
 from moe_base.errors import InputError
 from moe_base.progress import Progress
 
-from .base import activated, check_unit_range, conversion_hint
+from .base import BaseRunner, activated, check_unit_range, conversion_hint
 from .guard import GuardResult, blend, check_guard_sigma, check_sigma, check_strength, colour_part, guard_weight, with_strength
 
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -133,6 +135,19 @@ def _check_settings(tile: int, overlap: int, batch_size: int) -> None:
     if not 0 <= overlap < tile:
         raise InputError(f"overlap must be in [0, tile) = [0, {tile}); got {overlap}. "
                          f"Use {tile // 2} (half a tile) for seamless blending, 0 for plain stitching")
+
+
+def check_tile_fn(fn: object, tile: int) -> None:
+    """InputError unless ``fn`` is a tile denoiser that takes ``tile``-sized tiles: a weights name or path given
+    where the runner belongs, anything not callable, or a runner (its model takes 32x32 tiles) with another tile."""
+    if isinstance(fn, (str, os.PathLike)):
+        raise InputError(f"the tile denoiser is a runner or a function of a batch, not a weights name or path; got "
+                         f"{fn!r}: pass TorchRunner({str(fn)!r})")
+    if not callable(fn):
+        raise InputError(f"the tile denoiser is a runner or a function of a batch; got {type(fn).__name__}")
+    if isinstance(fn, BaseRunner) and tile != TILE_SHAPE[1]:
+        raise InputError(f"tile={tile}: a runner's model takes {TILE_SHAPE[1]}x{TILE_SHAPE[2]} tiles; leave tile out "
+                         f"(other sizes are for a plain function of a batch)")
 
 
 def validate_image(image: object) -> np.ndarray:
@@ -410,6 +425,9 @@ def denoise_array_guarded(
     """:func:`denoise_array`'s result and the guard's decision (None when ``guard`` is False), for callers that
     report it (the server's photo model sends it back with the photo). ``two_scales`` may be the reason to read
     the noise at two scales, recorded in the decision (:func:`guard_reusing`)."""
+    check_tile_fn(fn, tile)
+    if not isinstance(guard, (bool, GuardResult)):  # "no" is truthy: the guard stayed on
+        raise InputError(f"guard= is True, False or a decision from guard_for_array; got {guard!r}")
     batch_size = batch_size_for(fn, batch_size)
     _check_settings(tile, overlap, batch_size)
     check_strength(strength)
@@ -484,6 +502,7 @@ def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, ove
     """The clean-input guard's decision (:func:`runtime.guard.guard_weight`) for an image :func:`denoise_array`
     takes, with the same tiling. ``denoised``: the image's ``denoise_array(..., guard=False)`` if the caller has
     it (used as the guard's f(x) when the guard samples the whole image, instead of denoising it again)."""
+    check_tile_fn(fn, tile)
     img = validate_image(image)
     whole = None if denoised is None else (lambda: colour_part(validate_image(denoised)))
     with activated(fn):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """argparse type: CPU threads, 1 to 4x this machine's CPUs (more only wait their turn; thousands were refused by
+    the OpenMP runtime or exhausted memory, and the message blamed the weights)."""
+    value = positive_int(text)
+    most = 4 * (os.cpu_count() or 1)
+    if value > most:
+        raise argparse.ArgumentTypeError(f"this machine has {os.cpu_count()} CPUs; at most {most} threads (got "
+                                         f"{value}); more only wait their turn")
     return value
 
 
@@ -181,7 +193,7 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
                    help="torch backend: attention implementation (masked: the definition; gather: the seed's top-k "
                         "formulation; seed: the seed's code path; triton: the Triton kernel, CUDA)")
     p.add_argument("--device", type=device_name, default="cpu", help="torch backend device (cpu, cuda, cuda:N)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch / ONNX Runtime)")
+    p.add_argument("--threads", type=thread_count, default=None, help="CPU threads (torch / ONNX Runtime)")
     p.add_argument("--opt-level", default="all", choices=["disable", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimisation level")
     p.add_argument("--cuda-graph", action="store_true",

@@ -18,7 +18,7 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-from . import HelpFormatter, add_weights_args, parity_count, positive_int, resolve_weights, seconds
+from . import HelpFormatter, add_weights_args, parity_count, positive_int, resolve_weights, seconds, thread_count
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "batches up to 4096, a deadline of ~5.5 min of timing")
     p.add_argument("--backends", default=None, help="comma-separated backend names, or 'all' (default: per preset)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes " + _per_preset("batches"))
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads for torch and ONNX Runtime (default: the usable cores)")
     p.add_argument("--repeats", type=positive_int, default=None,
                    help="interleaved rounds per batch size, at most " + _per_preset("repeats"))

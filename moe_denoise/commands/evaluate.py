@@ -10,7 +10,7 @@ from typing import Any
 from moe_base.errors import InputError
 from moe_base.progress import progress_mode
 
-from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_int, resolve_weights, seed_number
+from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_int, resolve_weights, seed_number, thread_count
 
 SUITES = ("cifar", "photos", "all")
 # moe_model.evaluate.DEFAULT_SIGMAS_255, written out: importing it imports torch (seconds, for --help)
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-json", type=Path, default=None, help="also write the JSON report to this file")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing --plot / --save-json files (never done without it)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.set_defaults(func=run)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, positive_int, resolve_weights
+from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, resolve_weights, thread_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "typed TensorRT 11 engines); judged by PSNR against the fp32 model")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph, 17 to 21")
     p.add_argument("--parity-images", type=parity_count, default=32, help="size of the fixed parity batch")
-    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads for the parity run")
+    p.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime threads for the parity run")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=run)
 

@@ -5,7 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from . import HelpFormatter, add_data_args, noise_std, positive_int
+from . import HelpFormatter, add_data_args, noise_std, positive_int, thread_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training images")
     p.add_argument("--max-val", type=positive_int, default=None, help="use only the first N validation images")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     p.add_argument("--init-from", default=None,
                    help="start from these weights instead of a random init (fine-tuning, or a second cosine cycle)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")

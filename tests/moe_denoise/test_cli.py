@@ -495,3 +495,24 @@ def test_visualize_refuses_what_it_cannot_draw_and_replaces_its_pictures_togethe
     monkeypatch.setattr(moe_model.visualize, "routing_maps", interrupted)
     assert main([*base, "-n", "3", "--offset", "5"]) == 130
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old pair, nothing half-done beside
+
+
+def test_thread_counts_past_the_machine_and_text_given_as_weights_are_told_plainly(capsys, tmp_path):
+    """--threads 100000 was refused by the OpenMP runtime or exhausted memory (the message blamed the weights); a
+    text file given as weights said 'KeyError: 101'."""
+    import os
+
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_state_dict
+
+    for command in (["parity", "--backend", "ort"], ["evaluate"], ["bench"], ["export"], ["train"]):
+        with pytest.raises(SystemExit) as refused:
+            main([*command, "--threads", str(4 * os.cpu_count() + 1)])
+        assert refused.value.code == 2 and f"this machine has {os.cpu_count()} CPUs" in capsys.readouterr().err
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    with pytest.raises(CheckpointError, match=r"notes\.txt: it is not a file torch\.save wrote \(KeyError"):
+        load_state_dict(notes)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt: it is not a file torch\.save wrote \(EOFError: empty\)"):
+        load_state_dict(tmp_path / "empty.pt")

@@ -295,3 +295,28 @@ def test_a_runner_given_inactive_is_activated_for_the_call_and_released(tmp_path
         denoise_array(image, active, guard=False)
         denoise_array(image, active)
         assert (active.activations, active.releases, active.is_active) == (1, 0, True)
+
+
+def test_what_is_not_a_tile_denoiser_is_named_before_any_work(tmp_path):
+    """denoise_array(img, "blind") said "'str' object is not callable"; tile=64 with a runner said to use
+    denoise_array (the function called); guard="no" kept the guard on."""
+    from moe_base.errors import InputError
+    from runtime.photo import denoise_file
+    from runtime.tiling import denoise_array, guard_for_array
+    from runtime.torch_runner import TorchRunner
+
+    image = np.full((40, 40, 3), 0.5, np.float32)
+    with pytest.raises(InputError, match=r"not a weights name or path; got 'blind': pass TorchRunner\('blind'\)"):
+        denoise_array(image, "blind")
+    with pytest.raises(InputError, match="a runner or a function of a batch; got int"):
+        guard_for_array(image, 3)
+    runner = TorchRunner("blind")
+    with pytest.raises(InputError, match=r"tile=64: a runner's model takes 32x32 tiles; leave tile out"):
+        denoise_array(image, runner, tile=64, overlap=8)
+    assert not runner.is_active  # refused before the model was loaded
+    with pytest.raises(InputError, match=r"guard= is True, False or a decision from guard_for_array; got 'no'"):
+        denoise_array(image, lambda batch: batch, guard="no")
+    with pytest.raises(InputError, match="not a weights name or path"):
+        denoise_file(tmp_path / "in.png", tmp_path / "out.png", tmp_path / "w.safetensors")
+    out = denoise_array(image, lambda batch: batch * 0.5, tile=64, overlap=8, guard=False)  # a function: any tile
+    np.testing.assert_allclose(out, image * 0.5, atol=1e-6)
