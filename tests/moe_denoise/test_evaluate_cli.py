@@ -35,6 +35,8 @@ def test_table_is_the_default_output(capsys, fake_cifar, random_weights):
     assert code == 0
     assert "[clip] PSNR (dB), all 3 images" in out and "sigma 50" in out and "random" in out
     assert "[unclipped]" not in out and "targets (issue 15" in out
+    assert "note: the CIFAR-10 targets are set on the whole test split; these were measured on its first 3 images " \
+           "(--limit): indicative only" in out
 
 
 def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_weights):
@@ -58,6 +60,9 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     (["--sigma", "0.2", "--sigmas", "5", "15"], "cannot be combined with --sigmas;"),  # it was ignored in silence
     (["--sigma", "0.2", "--bm3d-images", "4"], "cannot be combined with --bm3d-images;"),
     (["--photos", "camera"], "--suite photos or --suite all"),
+    (["--photo-seed", "5"], "--photo-seed and --no-guard are about the photos"),  # it was ignored in silence
+    (["--suite", "photos", "--limit", "4"], "--limit takes the first N CIFAR-10 images"),
+    (["--sigmas", "25", "15", "25"], "--sigmas names 25 more than once"),
     (["--sigmas", "-5"], "0-255 scale"),
     (["--sigmas", "0", "0.1", "0.2"], "0.1 0.2 are under one level of 255; for noise std 0.1 0.2 on [0, 1] pixels write "
                                       "--sigmas 25.5 51"),
