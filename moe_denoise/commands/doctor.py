@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import HelpFormatter
@@ -69,7 +71,42 @@ def gather() -> dict[str, Any]:
     plug = bool(info["packages"]["onnxruntime_extensions"]) and bool(providers)
     backend("plugin graph in ONNX Runtime (reference op)", plug, "ok" if plug else
             "needs onnxruntime and onnxruntime-extensions: pip install 'moe-denoise[onnx]'")
+    serving = [m for m in ("pytriton", "tritonclient") if importlib.util.find_spec(m) is None]
+    backend("serving (Triton via PyTriton)", not serving, "ok" if not serving else
+            f"{' and '.join(serving)} not installed: pip install 'moe-denoise[serve]' (Linux; it pins NumPy < 2)")
+    info["cache"] = cache_status()
     return info
+
+
+def cache_status() -> dict[str, Any]:
+    """The cache folder ($MOE_DENOISE_CACHE), whether it can be written, and the models 'moe-denoise export' and
+    'build' left there by default (with the weights each was made from): what --backend ort / trt would run."""
+    import tempfile
+
+    from moe_base.manifest import read_manifest
+    from moe_base.paths import cache_dir, engine_path, onnx_path
+    from runtime.base import weights_label
+
+    root = cache_dir()
+    probe = root if root.is_dir() else next((p for p in root.parents if p.exists()), Path("/"))
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".doctor-"):
+            writable = True
+    except OSError:
+        writable = False
+    models = {}
+    portable, plugin = onnx_path("portable"), onnx_path("plugin")
+    for kind, path in (("ort", portable), ("trt", engine_path(plugin, "fp32"))):
+        made = None
+        if path.is_file():
+            try:
+                model = (read_manifest(path, required=False) or {}).get("model") or {}
+            except Exception:  # noqa: BLE001 - a damaged manifest is the runner's to report; here: unknown weights
+                model = {}
+            made = (weights_label(model["weights_file"], model.get("weights_sha256")) if model.get("weights_file")
+                    else "weights unknown")
+        models[kind] = {"path": str(path), "exists": path.is_file(), "weights": made}
+    return {"path": str(root), "writable": writable, "default_models": models}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,4 +127,10 @@ def run(args: argparse.Namespace) -> int:
     print("\nbackends:")
     for name, b in info["backends"].items():
         print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}")
+    c = info["cache"]
+    print(f"\ncache        {c['path']} ({'writable' if c['writable'] else 'NOT writable: set MOE_DENOISE_CACHE'})")
+    for kind, m in c["default_models"].items():
+        what = (f"{m['path']} (weights {m['weights']})" if m["exists"] else
+                f"none yet ({'moe-denoise export' if kind == 'ort' else 'moe-denoise export --flavor plugin, then build'})")
+        print(f"  --backend {kind}: {what}")
     return 0

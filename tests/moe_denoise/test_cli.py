@@ -516,3 +516,26 @@ def test_thread_counts_past_the_machine_and_text_given_as_weights_are_told_plain
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"empty\.pt: it is not a file torch\.save wrote \(EOFError: empty\)"):
         load_state_dict(tmp_path / "empty.pt")
+
+
+def test_doctor_says_where_the_cache_is_and_which_weights_its_models_were_made_from(capsys, monkeypatch,
+                                                                                  random_weights, tmp_path):
+    """doctor said nothing of the serving extras, the cache folder or the models --backend ort / trt would run."""
+    from moe_base.paths import onnx_path
+
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path / "cache"))
+    assert run(capsys, "export", "--weights", random_weights, "-o", onnx_path("portable"),
+               "--parity-images", 2)[0] == 0
+    code, out, _ = run(capsys, "doctor", "--json")
+    cache = json.loads(out)["cache"]
+    assert code == 0 and cache["path"] == str(tmp_path / "cache") and cache["writable"]
+    assert cache["default_models"]["ort"] == {"path": str(onnx_path("portable")), "exists": True,
+                                              "weights": str(random_weights)}
+    assert not cache["default_models"]["trt"]["exists"] and "serving (Triton via PyTriton)" in json.loads(out)["backends"]
+    code, out, _ = run(capsys, "doctor")
+    assert f"--backend ort: {onnx_path('portable')} (weights {random_weights})" in out
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(blocked / "cache"))
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "(NOT writable: set MOE_DENOISE_CACHE)" in out and "--backend ort: none yet" in out
