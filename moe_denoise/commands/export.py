@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from moe_base.errors import InputError
+from runtime.base import weights_label
 
 from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, resolve_weights, thread_count
 
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights)
     model = load_model(weights, preset=args.preset, verify=not args.skip_weights_check)
     log = (lambda s: None) if args.json else print
+    earlier = replaced_default(out) if args.output is None else None
     result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
                          threads=args.threads, log=log)
     if args.json:
@@ -80,4 +83,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(result.parity.summary())
         print(f"wrote {result.path} and {result.manifest_path}")
+    now = (result.manifest.get("model") or {}).get("weights_sha256")
+    if earlier is not None and earlier[1] != now:  # the default path is shared: say whose model it held
+        print(f"note: this replaced the default export made from the weights {earlier[0]}; --backend ort now runs "
+              f"{weights_label(str(weights))}", file=sys.stderr)
     return 0
+
+
+def replaced_default(path: Path) -> tuple[str, str | None] | None:
+    """(label, sha256) of the weights the model at the default ``path`` was made from, before it is replaced; None
+    when there is none (or its manifest cannot say)."""
+    from moe_base.manifest import read_manifest
+
+    try:
+        model = ((read_manifest(path, required=False) or {}).get("model") or {}) if path.is_file() else {}
+    except Exception:  # noqa: BLE001 - a damaged manifest: the model is replaced all the same, without the note
+        return None
+    source = model.get("weights_file")
+    return (weights_label(source, model.get("weights_sha256")), model.get("weights_sha256")) if source else None

@@ -539,3 +539,30 @@ def test_doctor_says_where_the_cache_is_and_which_weights_its_models_were_made_f
     monkeypatch.setenv("MOE_DENOISE_CACHE", str(blocked / "cache"))
     code, out, _ = run(capsys, "doctor")
     assert code == 0 and "(NOT writable: set MOE_DENOISE_CACHE)" in out and "--backend ort: none yet" in out
+
+
+def test_an_export_to_the_default_path_says_whose_model_it_replaced(capsys, monkeypatch, random_weights, tmp_path):
+    """`export --weights sigma20` then `export` replaced the sigma20 model at the default path (what --backend ort
+    runs) without a word; the default path is the export's own, so it is replaced, and now said."""
+    import shutil
+
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path / "cache"))
+    other = tmp_path / "other.safetensors"
+    shutil.copy(random_weights, other)
+    shutil.copy(random_weights.with_suffix(".json"), other.with_suffix(".json"))
+    assert run(capsys, "export", "--weights", random_weights, "--parity-images", 2)[0] == 0
+    code, _, err = run(capsys, "export", "--weights", random_weights, "--parity-images", 2)
+    assert code == 0 and "replaced" not in err  # the same weights: nothing to say
+    other.write_bytes(other.read_bytes())  # same tensors, another file: same hash, nothing to say either
+    code, _, err = run(capsys, "export", "--weights", other, "--parity-images", 2)
+    assert code == 0 and "replaced" not in err
+    import torch
+
+    from moe_model import SmallViT
+    from moe_model.checkpoint import save_weights
+
+    torch.manual_seed(1)
+    save_weights(SmallViT("seed"), other, {"note": "other random weights"})
+    code, _, err = run(capsys, "export", "--weights", other, "--parity-images", 2)
+    assert code == 0 and f"note: this replaced the default export made from the weights {other} as it was when " \
+                         f"exported" in err and f"--backend ort now runs {other}" in err
