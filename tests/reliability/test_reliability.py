@@ -253,11 +253,12 @@ def test_reliability_corrupt_training_state(capsys, cifar_copy, run_dir, content
     assert code == 2 and "last.pt" in err and "--resume" in err
 
 
-@pytest.mark.parametrize("command", ["export", "train", "visualize"])
+@pytest.mark.parametrize("command", ["export", "train", "visualize", "evaluate", "bench"])
 @pytest.mark.parametrize("how", ["read-only", "under-a-file"])
 def test_reliability_output_folder_that_cannot_be_written(capsys, random_weights, cifar_copy, tmp_path, command, how):
-    """An output folder that cannot be written (read-only, or a path through a file) => refused before any work
-    (exit 2, the folder named)"""
+    """An output folder that cannot be written (read-only, or a path through a file; export, train, visualize,
+    evaluate --save-json, bench --out-dir) => refused before any work (exit 2, the folder named; evaluate and bench
+    found it only after the whole run)"""
     if how == "read-only" and os.geteuid() == 0:
         pytest.skip("root can write to read-only folders, so the refusal cannot be shown as root")
     base = tmp_path / "out"
@@ -268,7 +269,10 @@ def test_reliability_output_folder_that_cannot_be_written(capsys, random_weights
         base.write_text("a file, not a folder")
     args = {"export": ["export", "--weights", random_weights, "-o", base / "m.onnx"],
             "train": ["train", "--data-dir", cifar_copy, "--out-dir", base / "run", *TINY],
-            "visualize": ["visualize", "--weights", random_weights, "--data-dir", cifar_copy, "-o", base / "pics"]}
+            "visualize": ["visualize", "--weights", random_weights, "--data-dir", cifar_copy, "-o", base / "pics"],
+            "evaluate": ["evaluate", "--weights", random_weights, "--data-dir", cifar_copy, "--sigmas", "25",
+                         "--bm3d-images", "0", "--save-json", base / "report.json"],  # found after the run, once
+            "bench": ["bench", "--quick", "--weights", random_weights, "--out-dir", base / "results"]}  # after timing
     try:
         code, _, err = cli(capsys, *args[command])
     finally:
