@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import numbers
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +44,7 @@ def parse_url(url: str) -> tuple[str, str]:
     """('http' | 'grpc', 'host:port') from a --server URL."""
     if not isinstance(url, str) or not url.strip():
         raise InputError(f"the server URL must be HOST:PORT, http://HOST:PORT or grpc://HOST:PORT; got {url!r}")
-    m = re.fullmatch(r"(?:(http|grpc)://)?([^/\s]+?)(?::(\d+))?/?", url.strip())
+    m = re.fullmatch(r"(?:(http|grpc)://)?(\[[^\]\s]+\]|[^/\s:\[\]]+)(?::(\d+))?/?", url.strip())
     if not m:
         raise InputError(f"cannot read the server URL {url!r}; expected HOST:PORT, http://HOST:PORT or "
                          f"grpc://HOST:PORT (e.g. localhost:8000)")
@@ -79,6 +81,8 @@ class DenoiseClient:
         self.retries = 0
         self._outputs: dict[str, list[str]] = {}
         self._module = _import_client(self.protocol)
+        self._thread = threading.get_ident()  # an HTTP client's connections (gevent's) belong to this thread
+        self._closed = False
         if self.protocol == "http":
             self._client = self._module.InferenceServerClient(self.address, connection_timeout=10.0,
                                                               network_timeout=timeout_s, concurrency=concurrency)
@@ -86,7 +90,32 @@ class DenoiseClient:
             self._client = self._module.InferenceServerClient(self.address)
 
     def close(self) -> None:
-        self._client.close()
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    def _check_usable(self) -> None:
+        """InputError for a client closed already (it raised gevent's LoopExit or 'connection pool closed'), or an
+        HTTP client used from a thread other than the one that made it (gevent's connections hang there)."""
+        if self._closed:
+            raise InputError(f"this DenoiseClient of {self.url} was closed; make a new one (or use it inside its "
+                             f"'with' block)")
+        if self.protocol == "http" and threading.get_ident() != self._thread:
+            raise InputError("an HTTP DenoiseClient works in the thread that made it (its connections are gevent's, "
+                             "and hang when shared between threads): make one client per thread, or use a gRPC "
+                             "client (grpc://HOST:8001), which threads may share")
+
+    def _broken(self, e: Exception) -> InputError:
+        """The transport's failure as an InputError saying what to check: a port that speaks no HTTP (the gRPC one,
+        8001, given as HTTP), or a server that stopped or crashed while answering."""
+        if isinstance(e, http.client.HTTPException) and "Expected HTTP" in str(e):
+            return InputError(f"the server at {self.url} did not answer in HTTP: is that its gRPC port? Give the HTTP "
+                              f"port (8000 by default), or grpc://HOST:PORT for gRPC")
+        if isinstance(e, http.client.HTTPException):
+            return InputError(f"the server at {self.url} closed the connection before answering ({type(e).__name__}): "
+                              f"it was stopped or crashed; start it again ('moe-denoise serve') and resend")
+        return InputError(f"cannot reach a Triton server at {self.url} ({e}); start one with 'moe-denoise serve' or "
+                          f"check the --server URL")
 
     def __enter__(self) -> DenoiseClient:
         return self
@@ -99,10 +128,15 @@ class DenoiseClient:
         """True when the server (and ``model``, if given) answers ready; False if it cannot be reached."""
         from tritonclient.utils import InferenceServerException
 
+        self._check_usable()
         try:
             if model is None:
                 return bool(self._client.is_server_ready())
             return bool(self._client.is_model_ready(model))
+        except http.client.HTTPException as e:
+            if "Expected HTTP" in str(e):  # an answer, but not HTTP: the wrong port, not a server still starting
+                raise self._broken(e) from e
+            return False
         except (InferenceServerException, OSError):
             return False
 
@@ -118,10 +152,13 @@ class DenoiseClient:
         """The model's max_batch_size from its config on the server."""
         from tritonclient.utils import InferenceServerException
 
+        self._check_usable()
         try:
             config = self._client.get_model_config(model)
         except InferenceServerException as e:
             raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
+        except (OSError, http.client.HTTPException) as e:
+            raise self._broken(e) from e
         if self.protocol == "http":
             return int(config.get("max_batch_size", 0))
         return int(config.config.max_batch_size)
@@ -132,10 +169,13 @@ class DenoiseClient:
         from tritonclient.utils import InferenceServerException
 
         if model not in self._outputs:
+            self._check_usable()
             try:
                 meta = self._client.get_model_metadata(model)
             except InferenceServerException as e:
                 raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
+            except (OSError, http.client.HTTPException) as e:
+                raise self._broken(e) from e
             listed = meta.get("outputs", []) if self.protocol == "http" else meta.outputs
             self._outputs[model] = [o["name"] if isinstance(o, dict) else o.name for o in listed]
         return self._outputs[model]
@@ -147,6 +187,7 @@ class DenoiseClient:
         the answer lacks one)."""
         from tritonclient.utils import InferenceServerException
 
+        self._check_usable()
         m = self._module
         feeds = []
         for name, array in inputs.items():
@@ -170,9 +211,8 @@ class DenoiseClient:
         except InferenceServerException as e:
             raise InputError(f"the server at {self.url} refused the request to '{model}': "
                              f"{server_message(e.message())}") from e
-        except OSError as e:
-            raise InputError(f"cannot reach a Triton server at {self.url} ({e}); start one with 'moe-denoise "
-                             f"serve' or check the --server URL") from e
+        except (OSError, http.client.HTTPException) as e:
+            raise self._broken(e) from e
         out = result.as_numpy(output)
         if out is None:
             raise InputError(f"the server at {self.url} answered without the output '{output}'; is it a "

@@ -40,6 +40,11 @@ from .models import ImageModel, TileModel
 
 RunnerFactory = Callable[[], Any]
 
+DRAIN_S = 25
+"""On Ctrl-C or SIGTERM, how long requests in flight get to finish (tritonserver's exit timeout; it was 10 s, and
+a large photo on a CPU takes longer). PyTriton waits 30 s for tritonserver to exit before it kills it, so the drain
+stays under that."""
+
 
 @dataclass(frozen=True)
 class TileModelSpec:
@@ -119,7 +124,7 @@ class DenoiseServer:
         triton_config = TritonConfig(
             http_address=cfg.address, http_port=cfg.http_port, grpc_address=cfg.address, grpc_port=cfg.grpc_port,
             metrics_address=cfg.address, metrics_port=cfg.metrics_port, allow_metrics=True, allow_gpu_metrics=False,
-            log_verbose=cfg.log_verbose, exit_timeout_secs=10, log_file=self.log_path)
+            log_verbose=cfg.log_verbose, exit_timeout_secs=DRAIN_S, log_file=self.log_path)
         # Runners first: a bad artifact or weights file fails here with its own message, before Triton starts.
         try:
             tile_functions = {spec.name: [self._as_function(TileModel(self._new_runner()))
@@ -185,6 +190,9 @@ class DenoiseServer:
     def _as_function(self, model: Callable[[list[Any]], list[dict[str, np.ndarray]]]) -> Callable[[list[Any]], Any]:
         """PyTriton calls this with the list of requests of one execution (a batch when batching)."""
         def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+            if self._stopped.is_set():  # Triton still takes requests while it drains: new work is turned away
+                raise InputError("the server is stopping (Ctrl-C or SIGTERM) and takes no new work; its requests in "
+                                 "flight are finishing. Send this one to a running server")
             try:
                 return model(requests)
             except InputError as e:  # the client gets the message; the server says it refused one

@@ -5,7 +5,9 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
+from moe_base.errors import InputError
 from moe_base.fileio import atomic_write_json, check_output_file
 from runtime.base import runner_label
 
@@ -55,8 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or lightly noisy (as 'denoise --no-guard')")
     p.add_argument("--log-file", default=None, help="write Triton's log here (default: a temporary file)")
     p.add_argument("--verbose", action="store_true", help="print Triton's log")
-    p.add_argument("--ready-file", default=None,
-                   help="write the server's URLs as JSON to this file once it is ready (for scripts)")
+    p.add_argument("--ready-file", type=Path, default=None,
+                   help="write the server's URLs as JSON to this file once it is ready, and remove it when the server "
+                        "stops (for scripts)")
     p.add_argument("--json", action="store_true", help="print the URLs as JSON when ready")
     p.set_defaults(func=run)
 
@@ -73,6 +76,23 @@ def config_from_args(args: argparse.Namespace):
     ).validate()
 
 
+def clear_ready_file(path: Path) -> None:
+    """Remove a ready file a server wrote (one left by a server that is gone held its old URLs, which a script waiting
+    for the file would read); refuse any other file there (--ready-file replaced a photo with JSON)."""
+    import json
+
+    if not path.is_file():
+        return
+    try:
+        ours = {"urls", "runner", "config"} <= set(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise InputError(f"--ready-file {path} exists and is not a ready file of 'moe-denoise serve'; choose a new "
+                         f"path (it is written when the server is ready and removed when it stops)")
+    path.unlink(missing_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -81,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_backend_options(args)
     if args.ready_file:  # an unwritable --ready-file fails here, before Triton starts
+        clear_ready_file(args.ready_file)
         check_output_file(args.ready_file, overwrite=True, option="")
     probe = make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
 
@@ -121,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
     finally:
         server.stop()
+        if started and args.ready_file:
+            clear_ready_file(args.ready_file)  # a poller must not find the URLs of a server that is gone
         for s, handler in previous.items():
             signal.signal(s, handler)
         if started:  # a start that failed is said by its error alone

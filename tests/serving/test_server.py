@@ -352,6 +352,7 @@ def test_serve_command_stops_on_ctrl_c(tmp_path):
     rc = _stop(proc, signal.SIGINT, group=True)
     assert rc == 0, (tmp_path / "serve.log").read_text()
     assert _wait_session_empty(proc.pid) == []
+    assert not (tmp_path / "ready.json").exists()  # it held the URLs of a server that is gone
 
 
 @pytest.mark.parametrize("mode", ["I;16", "1", "RGBA"])

@@ -288,12 +288,13 @@ def test_prepare_gives_a_hint_for_a_static_python_outside_the_system(monkeypatch
     ("grpc://localhost:8001", ("grpc", "localhost:8001")),
     ("localhost", ("http", "localhost:8000")),
     ("grpc://host", ("grpc", "host:8001")),
+    ("[::1]:8000", ("http", "[::1]:8000")),
 ])
 def test_parse_url(url, expected):
     assert parse_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["", "ftp://x:1", "http://a b:1"])
+@pytest.mark.parametrize("url", ["", "ftp://x:1", "http://a b:1", "127.0.0.1:39649:99"])
 def test_parse_url_refuses(url):
     with pytest.raises(InputError, match="HOST:PORT"):
         parse_url(url)
@@ -451,3 +452,86 @@ def test_photo_answer_says_how_the_server_denoised_it():
         assert settings == {"denoised_by": label, "backend": None if label is None else runner.describe(),
                             "overlap": 8, "batch_size": 16, "tiles": plan_tiles(70, 90, overlap=8).count}
         assert settings["tiles"] != plan_tiles(70, 90).count  # not the default overlap's count
+
+
+def _one_shot_server(answer: bytes):
+    """A TCP server on a free port that reads a request and answers ``answer`` (then closes), in a thread."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve():
+        for _ in range(4):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                if answer:
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_broken_transports_and_misuse_are_said_not_thrown():
+    """The gRPC port given as HTTP, a server that closes the connection mid-request (stopped with Ctrl-C), a closed
+    client and an HTTP client used from another thread each ended in a geventhttpclient/gevent traceback or hung."""
+    import threading
+
+    pytest.importorskip("tritonclient.http", reason="the client needs tritonclient[http] (the 'serve' extra)")
+    from serving.client import DenoiseClient
+
+    tiles = np.zeros((1, 3, 32, 32), np.float32)
+    listener, url = _one_shot_server(b"\x00\x00\x18\x04\x00\x00\x00\x00\x00")  # an HTTP/2 (gRPC) frame
+    with listener, DenoiseClient(url, timeout_s=5) as c:
+        with pytest.raises(InputError, match=r"did not answer in HTTP: is that its gRPC port\? Give the HTTP port"):
+            c.ready()
+    listener, url = _one_shot_server(b"")  # reads the request, closes without an answer
+    with listener, DenoiseClient(url, timeout_s=5) as c:
+        with pytest.raises(InputError, match=r"closed the connection before answering .*it was stopped or crashed"):
+            c.denoise_tiles(tiles)
+        errors = []
+        worker = threading.Thread(target=lambda: errors.append(pytest.raises(InputError, c.ready)))
+        worker.start()
+        worker.join(10)
+        assert "works in the thread that made it" in str(errors[0].value)
+    with pytest.raises(InputError, match="was closed; make a new one"):
+        c.denoise_tiles(tiles)
+
+
+def test_a_stopping_server_turns_new_work_away():
+    """While Triton drains its requests in flight (Ctrl-C), it still takes new ones: they were served, then dropped
+    when it exited. The model functions now refuse them with a reason once a stop was asked for."""
+    from serving import DenoiseServer, ServeConfig
+
+    server = DenoiseServer(ScaleRunner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    model = ImageModel(ScaleRunner(), max_pixels=10_000)
+    infer = server._as_function(model)
+    request = Request({"image_u8": np.zeros((8, 8, 1), np.uint8)})
+    assert infer([request])[0]["denoised_u8"].shape == (8, 8, 1)
+    server.request_stop()
+    with pytest.raises(InputError, match="the server is stopping .* takes no new work"):
+        infer([request])
+
+
+def test_a_ready_file_left_by_a_server_is_cleared_and_any_other_file_is_refused(tmp_path):
+    """--ready-file replaced a photo with JSON, and a stale one kept a dead server's URLs for a waiting script."""
+    import json
+
+    from moe_denoise.commands.serve import clear_ready_file
+
+    stale = tmp_path / "ready.json"
+    stale.write_text(json.dumps({"urls": {"http": "127.0.0.1:41869"}, "runner": "torch-masked", "config": {}}))
+    clear_ready_file(stale)
+    assert not stale.exists()
+    clear_ready_file(stale)  # none there: nothing to do
+    photo = tmp_path / "coffee.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n not json")
+    with pytest.raises(InputError, match=r"--ready-file .*coffee\.png exists and is not a ready file"):
+        clear_ready_file(photo)
+    assert photo.read_bytes().startswith(b"\x89PNG")
