@@ -7,13 +7,15 @@ Layout of ``out_dir``:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         bad = []
+        if not str(self.out_dir).strip():  # an unset $OUT: the run's files went into the current folder
+            bad.append("out_dir is empty; give the folder for the run's files (e.g. --out-dir runs/try)")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 bad.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -161,11 +165,44 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
     if existing and not resume and not overwrite:
         raise InputError(f"{out} already holds a training run ({', '.join(existing)}); continue it with --resume, "
                          f"replace it with --overwrite, or choose another --out-dir")
+    made = not out.exists()
     check_writable_folder(out)
-    if overwrite:  # asked for: the old run's files go, so none of them can be mistaken for the new run's
-        for name in existing:
-            (out / name).unlink()
+    try:
+        with replacing(out, existing if overwrite else [], state_path):
+            return _train(cfg, resume, progress, stop_after_epoch, command, log, device, out, state_path)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):  # refused or stopped before anything was saved
+            out.rmdir()
+        raise
 
+
+REPLACED = ".replaced"  # --overwrite: the old run's files wait here until the new run has saved its first epoch
+
+
+@contextlib.contextmanager
+def replacing(out: Path, names: list[str], state_path: Path) -> Iterator[None]:
+    """--overwrite: ``names`` (the old run's files) move aside into ``out/.replaced``, so none of them can be mistaken
+    for the new run's; they are deleted once the new run has saved its training state (its first epoch), and put
+    back when it stops before that (a Ctrl-C a moment after a mistaken --overwrite deleted the old run)."""
+    if not names:
+        yield
+        return
+    aside = out / REPLACED
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for name in names:
+        os.replace(out / name, aside / name)
+    try:
+        yield
+    finally:
+        if not state_path.exists():  # nothing of the new run to continue from: the old run stays as it was
+            for name in names:
+                os.replace(aside / name, out / name)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoch: int | None, command: str | None,
+           log: Callable[[str], None], device: Any, out: Path, state_path: Path) -> dict[str, Any]:
     st = _state_to_resume(cfg, state_path) if resume else None  # before the data: a wrong folder fails at once
 
     train_u8 = torch.from_numpy(load_cifar10(cfg.data_dir, "train"))[: cfg.max_train]

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import HelpFormatter, add_data_args, noise_std, positive_int, thread_count
@@ -101,6 +105,34 @@ def check_noise_options(given: set[str], blind: bool) -> None:
                          f"(one level, --sigma): add --blind, or leave {'it' if len(wrong) == 1 else 'them'} out")
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler) stops training as Ctrl-C does: the files are left whole and the command says
+    how to continue (it ended the process in silence)."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_hint(out: Path) -> str:
+    """What an interrupted run left: the epoch --resume continues from, or that no epoch had finished."""
+    from moe_model.train import load_training_state
+
+    if not (out / "last.pt").is_file():
+        return f"no epoch had finished, so {out} holds no new run to continue"
+    try:
+        done = load_training_state(out / "last.pt").get("epoch")
+    except Exception:  # noqa: BLE001 - the hint only; --resume itself says what is wrong with the file
+        done = None
+    after = f" after epoch {done}" if done else ""
+    return f"the run{after} is kept; continue it with: moe-denoise train --resume --out-dir {out}"
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -108,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from moe_model.train import TrainConfig, saved_settings, train
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    settings["data_dir"] = str(settings["data_dir"])
+    settings["data_dir"] = str(Path(settings["data_dir"]).absolute())  # --resume from another folder finds it
     given = given_options(args)
     if args.resume:  # what is not written on the command line continues as the run was started
         kept = given | {"out_dir", "device", "threads"}
@@ -121,8 +153,13 @@ def run(args: argparse.Namespace) -> int:
                          "--mse-floor out")
     cfg = TrainConfig(**settings)
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
-    result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,
-                   overwrite=args.overwrite)
+    try:
+        with sigterm_as_interrupt():
+            result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,
+                           overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(interrupted_hint(Path(args.out_dir)), file=sys.stderr)
+        raise
     best = Path(args.out_dir) / "best.safetensors"
     if best.is_file():
         print(f"best validation loss {result['best_val_loss']:.6f}; weights: {best}")

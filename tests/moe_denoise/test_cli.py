@@ -566,3 +566,41 @@ def test_an_export_to_the_default_path_says_whose_model_it_replaced(capsys, monk
     code, _, err = run(capsys, "export", "--weights", other, "--parity-images", 2)
     assert code == 0 and f"note: this replaced the default export made from the weights {other} as it was when " \
                          f"exported" in err and f"--backend ort now runs {other}" in err
+
+
+def test_train_leaves_no_empty_folder_says_how_to_resume_and_resumes_from_anywhere(capsys, monkeypatch, fake_cifar,
+                                                                                   tmp_path):
+    """A refused or interrupted run left an empty --out-dir; --out-dir '' trained into the current folder; after
+    Ctrl-C only 'interrupted' was said; a run started with a relative --data-dir could not be resumed from another
+    folder."""
+    import shutil
+
+    import moe_model.train as train_module
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(fake_cifar, work / "cifar")
+    monkeypatch.chdir(work)
+    tiny = ["--max-train", "32", "--max-val", "16", "--batch-size", "16", "--no-progress"]
+    assert main(["train", "--data-dir", "cifar", "--out-dir", "", *tiny]) == 2
+    assert "out_dir is empty" in capsys.readouterr().err and sorted(p.name for p in work.iterdir()) == ["cifar"]
+    assert main(["train", "--data-dir", "cifar", "--out-dir", "r", "--init-from", "nope.pt", *tiny]) == 2
+    assert not (work / "r").exists()  # refused: no empty folder left
+    real = train_module.evaluate_loss
+    calls = []
+
+    def second_epoch_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_loss", second_epoch_interrupted)
+    assert main(["train", "--data-dir", "cifar", "--out-dir", "r", "--epochs", "2", *tiny]) == 130
+    assert "the run after epoch 1 is kept; continue it with: moe-denoise train --resume --out-dir r" in \
+        capsys.readouterr().err
+    monkeypatch.undo()
+    (work / "sub").mkdir()
+    monkeypatch.chdir(work / "sub")
+    assert main(["train", "--resume", "--out-dir", "../r", "--no-progress"]) == 0  # its --data-dir was relative
+    assert "resuming ../r at epoch 2/2" in capsys.readouterr().out

@@ -161,3 +161,27 @@ def test_resume_on_the_command_line_needs_only_the_folder(fake_cifar, tmp_path, 
         assert message in err and f"--resume --out-dir {tmp_path / 'b'} alone continues the run" in err
     assert main(["train", "--out-dir", str(tmp_path / "b"), "--resume", "--no-progress"]) == 0
     assert "has finished all 2 epochs; nothing to continue" in capsys.readouterr().out
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(fake_cifar, tmp_path, monkeypatch):
+    """--overwrite deleted the old run before the new one had saved anything: a Ctrl-C a moment after a mistaken
+    --overwrite lost both. Now the old files wait aside and come back when the new run saved no epoch; once it has,
+    they are gone (none of them can be mistaken for the new run's)."""
+    import moe_model.train as train_module
+
+    run = tmp_path / "run"
+    train(small_config(fake_cifar, run, epochs=1), progress=False, log=lambda s: None)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert sorted(before) == ["best.json", "best.safetensors", "last.pt"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate_loss", interrupted)  # Ctrl-C at the end of the first epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(fake_cifar, run, epochs=1, seed=9), progress=False, log=lambda s: None, overwrite=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # the old run, as it was; nothing aside
+    monkeypatch.undo()
+    train(small_config(fake_cifar, run, epochs=1, seed=9), progress=False, log=lambda s: None, overwrite=True)
+    after = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert sorted(after) == sorted(before) and after["last.pt"] != before["last.pt"]  # the new run; .replaced gone
