@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME
-from runtime.images import JPEG_QUALITY
+from runtime.images import DEFAULT_MAX_PIXELS, JPEG_QUALITY
 
 from .backend_env import EXTRA_HINT
 from .config import (
@@ -288,7 +288,8 @@ def server_message(text: str | None) -> str:
 def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,
                         overwrite: bool = False, timeout_s: float = 3600.0, strength: float = 1.0,
                         sigma: float | None = None, guard: bool = True, quality: int = JPEG_QUALITY,
-                        client: DenoiseClient | None = None) -> dict[str, Any]:
+                        client: DenoiseClient | None = None,
+                        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """``moe-denoise denoise --server``: read a photo, have the server denoise it, write it like a local run.
 
     The photo is read and the result written by ``runtime.images`` exactly as ``runtime.photo.denoise_file`` does
@@ -297,6 +298,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     (made by the server, or here when the client tiles), and ``denoised_by``, ``backend``, ``overlap``,
     ``batch_size`` and ``tiles`` as the server sent them (None where an older server sent none). ``client``: an
     open client of ``url`` to use (one for a run of several photos); None: one is opened for this photo.
+    ``max_pixels``: a photo over it is refused before it is decoded or sent (as locally).
     """
     from runtime.guard import with_strength
     from runtime.images import check_input_exists, check_output_path, check_quality, check_writable, read_image, write_pixels
@@ -307,7 +309,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
-    image, info = read_image(in_path)
+    image, info = read_image(in_path, max_pixels=max_pixels)
     check_writable(out_path, info)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
     pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)

@@ -322,6 +322,22 @@ def check_remote_options(args: argparse.Namespace) -> None:
                          f"it was started with (its 'ready' line names them). Start it with 'moe-denoise serve "
                          f"--weights {args.weights}' and drop --weights here (with --check-local they are the local "
                          f"run's)")
+    if args.check_local:
+        return
+    if args.batch_size is not None:
+        raise InputError(f"--batch-size {args.batch_size} cannot be sent with --server: the server batches tiles as it "
+                         f"was started ('moe-denoise serve --image-batch {args.batch_size}'); drop --batch-size here "
+                         f"(with --check-local it is the local run's)")
+    local = [option for option, given in (
+        ("--backend", args.backend != "torch"), ("--artifact", args.artifact is not None),
+        ("--provider", args.provider != "cpu"), ("--opt-level", args.opt_level != "all"),
+        ("--impl", args.impl != args.impl_default), ("--device", args.device != "cpu"),
+        ("--threads", args.threads is not None), ("--precision", args.precision != "fp32"),
+        ("--cuda-graph", args.cuda_graph), ("--preset", args.preset is not None)) if given]
+    if local:
+        raise InputError(f"{', '.join(local)} choose{'s' if len(local) == 1 else ''} how a photo is denoised here, "
+                         f"and with --server the server denoises it with its own runner: drop "
+                         f"{'it' if len(local) == 1 else 'them'}, or add --check-local to denoise here too and compare")
 
 
 def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None, client: Any = None) -> dict:
@@ -331,7 +347,7 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None
 
     report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
                                  strength=args.strength, sigma=args.sigma, guard=not args.no_guard,
-                                 quality=args.jpeg_quality, client=client)
+                                 quality=args.jpeg_quality, client=client, max_pixels=args.max_pixels)
     if args.check_local:
         report["check_local"] = check_local(args, src, dst, local)
     return report

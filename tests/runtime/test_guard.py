@@ -415,6 +415,17 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
                  "localhost:1"]) == 2  # the server's own weights would be used: refused, not ignored
     err = capsys.readouterr().err
     assert "--weights sigma20 cannot be sent with --server" in err and "moe-denoise serve --weights sigma20" in err
+    # the server batches and denoises with its own settings: these were ignored in silence (the report said 64)
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "b.png"), "--batch-size", "7", "--server",
+                 "localhost:1"]) == 2
+    assert "--batch-size 7 cannot be sent with --server" in capsys.readouterr().err
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "t.png"), "--backend", "ort", "--threads", "1",
+                 "--server", "localhost:1"]) == 2
+    assert "--backend, --threads choose how a photo is denoised here" in capsys.readouterr().err
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "m.png"), "--max-pixels", "100", "--server",
+                 "localhost:1"]) == 2  # the limit holds before a photo is read and sent (it was sent anyway)
+    err = capsys.readouterr().err
+    assert "--max-pixels" in err and "cannot reach" not in err
     assert main(["denoise", str(photo), "-o", str(tmp_path / "s.png"), "--no-guard", "--sigma", "0.05"]) == 2
     assert "--sigma 0.05 is read by the clean-input guard alone" in capsys.readouterr().err  # it was ignored
     for option in (["--check-local"], ["--timeout", "5"]):  # only --server reads them: they were ignored

@@ -378,6 +378,7 @@ def test_client_asks_for_the_guard_only_where_the_model_has_it(sends_guard):
     client = DenoiseClient.__new__(DenoiseClient)
     client.url, client.protocol, client.timeout_s = "localhost:8000", "http", 10.0
     client.retries, client._outputs = 0, {}
+    client._closed, client._thread = False, __import__("threading").get_ident()
     client._module = __import__("tritonclient.http", fromlist=["InferInput"])
     client._client = Transport()
     for _ in range(2):
