@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_backend_args(p)
     add_weights_args(p)
     p.add_argument("--overlap", type=tile_overlap, default=16, help="tile overlap in pixels (0..31); 8 takes 0.44x the time "
-                   "of 16 for 0.03 dB less on average, 0 (plain stitching) 0.24x for 0.2 dB less (docs/benchmarks.md)")
+                   "of 16 for 0.03 dB less on average, 0 (plain stitching) 0.24x for 0.2 dB less, 24 4.15x for 0.03 dB "
+                   "more (docs/benchmarks.md); the tiles grow as (32 / (32 - overlap))^2: 31 makes 256x those of 16")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per inference call (default: 64 for a backend on the CPU, 256 on a GPU; the result "
                         "does not depend on it)")
