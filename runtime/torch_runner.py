@@ -126,6 +126,8 @@ class TorchRunner(BaseRunner):
         if model is None and weights is None:
             raise InputError("TorchRunner needs weights= (a .safetensors/.pt path, or a shipped name: 'blind', "
                              "'sigma20') or model= (a SmallViT)")
+        if model is None:
+            resolve_weights(weights)  # a name or path that is neither fails now, not when first used
         default_name = (f"torch-{impl}{'-compile' if compile else ''}{'' if precision == 'fp32' else '-' + precision}"
                         f"{'-graph' if cuda_graph else ''}")
         super().__init__(name=name or default_name, precision=precision, max_batch=max_batch)

@@ -263,6 +263,12 @@ class DenoiseClient:
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
+        if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4) or min(pixels.shape[:2]) < 1:
+            raise InputError(f"a photo is [H, W, C] with H, W >= 1 and C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 "
+                             f"(RGBA); got shape {list(pixels.shape)}")  # the server's answer was a traceback
+        for flag, value in (("two_scales", two_scales), ("guard", guard)):
+            if not isinstance(value, bool):  # 'no' is truthy: the guard stayed on
+                raise InputError(f"{flag}= is True or False; got {value!r}")
         name = pixels.dtype.name
         parameters: dict[str, bool | str] = {TWO_SCALES_PARAMETER: True} if two_scales else {}
         if not guard:

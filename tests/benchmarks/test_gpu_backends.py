@@ -40,7 +40,7 @@ def test_names_follow_base_precision_graph():
 
 
 def test_specs_carry_precision_tolerance_and_graph_option():
-    inputs = BackendInputs(weights="w.safetensors", triton_unavailable=None)
+    inputs = BackendInputs(weights="blind", triton_unavailable=None)
     specs = {s.name: s for s in build_specs(tuple(TORCH_VARIANTS), inputs, baseline=None)}
     assert specs["torch-compile-cuda-bf16-graph"].tolerance == ("torch-compile", "bf16")
     assert specs["torch-triton-fp16-graph"].tolerance == ("torch-triton", "fp16")

@@ -216,7 +216,7 @@ def test_the_library_takes_shipped_weights_by_name_as_the_commands_do(tmp_path, 
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     with pytest.raises(CheckpointError, match=r"weights sigma25: no such file, and not the name of shipped weights "
                                               r"\(blind, sigma20\)"):
-        TorchRunner("sigma25").activate()
+        TorchRunner("sigma25")  # refused when made (it was when first used)
 
 
 def test_unreadable_weights_are_explained_without_torchs_advice(tmp_path):
@@ -269,12 +269,13 @@ def test_weights_that_do_not_fit_the_preset_name_their_own(random_weights, tmp_p
     ({"weights": "blind", "device": "gpu"}, r"device= is 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
     ({"weights": "blind", "threads": -1}, r"threads= is a whole number >= 1 .*got -1"),
     ({"weights": "blind", "threads": 2.0}, r"threads= is a whole number >= 1 .*got 2\.0"),
+    ({"weights": "nope"}, r"weights nope: no such file, and not the name of shipped weights \(blind, sigma20\)"),
 ])
 def test_torch_runner_arguments_are_checked_when_made(kwargs, message):
     """They failed only on activation, in torch's words (a TypeError, every device type torch knows, 'set_num_threads
     expects a positive integer')."""
-    from moe_base.errors import InputError
+    from moe_base.errors import ToolkitError
     from runtime.torch_runner import TorchRunner
 
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(ToolkitError, match=message):
         TorchRunner(**kwargs)

@@ -249,7 +249,7 @@ def test_the_batch_size_suits_where_the_denoiser_runs() -> None:
 def test_runners_say_whether_they_run_on_a_gpu() -> None:
     from runtime import OrtRunner, TensorRTRunner, TorchRunner
 
-    assert not TorchRunner("w.safetensors").on_gpu and TorchRunner("w.safetensors", device="cuda:1").on_gpu
+    assert not TorchRunner("blind").on_gpu and TorchRunner("blind", device="cuda:1").on_gpu
     assert not OrtRunner("m.onnx").on_gpu and OrtRunner("m.onnx", provider="cuda").on_gpu
     assert TensorRTRunner("m.engine").on_gpu
 

@@ -536,3 +536,18 @@ def test_a_ready_file_left_by_a_server_is_cleared_and_any_other_file_is_refused(
     with pytest.raises(InputError, match=r"--ready-file .*coffee\.png exists and is not a ready file"):
         clear_ready_file(photo)
     assert photo.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("pixels, kwargs, message", [
+    (np.zeros((0, 0, 3), np.uint8), {}, r"H, W >= 1 .*got shape \[0, 0, 3\]"),
+    (np.zeros((5, 0), np.uint8), {}, r"got shape \[5, 0, 1\]"),
+    (np.zeros((4, 4, 3), np.uint8), {"guard": "no"}, r"guard= is True or False; got 'no'"),
+    (np.zeros((4, 4, 3), np.uint8), {"two_scales": 1}, r"two_scales= is True or False; got 1"),
+])
+def test_a_photo_request_is_checked_before_it_is_sent(pixels, kwargs, message):
+    """A 0x0 photo came back as the server's traceback; guard='no' was sent as the guard on."""
+    pytest.importorskip("tritonclient.http", reason="the client needs tritonclient[http] (the 'serve' extra)")
+    from serving.client import DenoiseClient
+
+    with DenoiseClient("127.0.0.1:1") as c, pytest.raises(InputError, match=message):  # nothing listens there
+        c.photo_answer(pixels, **kwargs)
