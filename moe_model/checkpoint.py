@@ -60,8 +60,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises CheckpointError for a missing or unreadable file (``.pt`` files are read with ``weights_only``)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist; pass a .safetensors file written by "
-                              f"'moe-denoise train' or a PyTorch state dict (.pt)")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"  # a run folder: its best.safetensors
+        inside = f" (e.g. {path / 'best.safetensors'})" if (path / "best.safetensors").is_file() else ""
+        raise CheckpointError(f"weights file {path} {what}; pass a .safetensors file written by 'moe-denoise "
+                              f"train'{inside} or a PyTorch state dict (.pt)")
     if path.suffix.lower() in ARTIFACT_SUFFIXES:
         kind, backend = ARTIFACT_SUFFIXES[path.suffix.lower()]
         try:

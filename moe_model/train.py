@@ -234,7 +234,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
             log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (best val loss so far {best_loss:.6f})")
     else:
         log(f"training preset '{cfg.preset}' ({count_parameters(model):,} parameters) on {len(train_u8):,} images, "
-            f"{cfg.epochs} epochs of {steps_per_epoch} steps, device {device}, {torch.get_num_threads()} threads")
+            f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {steps_per_epoch} steps, device {device}, "
+            f"{torch.get_num_threads()} threads")
 
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
@@ -362,6 +363,8 @@ def check_writable_folder(folder: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--out-dir {folder} is a file; the run's files go into a folder: give a folder path") from e
         raise InputError(f"cannot write to {folder} ({e.strerror or e}); choose a folder you can write to") from e
 
 

@@ -603,6 +603,11 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     """
     target = Path(path)
     check_quality(quality)
+    size = getattr(array, "shape", ())[:2]
+    if len(size) == 2 and tuple(size) != (info.height, info.width):  # it wrote a 50x40 array with 451x300's info
+        raise InputError(f"the image to write is {size[1]}x{size[0]}, and info describes a {info.width}x{info.height} "
+                         f"image: write with the info of the image it was made from (or dataclasses.replace(info, "
+                         f"width=..., height=...) for a resized one)")
     check_output_path(target, info.path, overwrite)
     check_writable(target, info)
     return write_pixels(target, to_pixels(array, info), info, overwrite=overwrite, quality=quality)

@@ -182,7 +182,8 @@ def photo_report(info: ImageInfo, written: Path, tiles: int, seconds: float, gua
         "mode": info.mode,
         "layout": info.layout,
         "bit_depth": info.bit_depth,
-        "format": info.format,
+        "format": info.format,  # the input's
+        "output_format": output_format(written),
         "tiles": tiles,
         "seconds": round(seconds, 3),
         "notes": list(info.notes) + output_notes(output_format(written), info),

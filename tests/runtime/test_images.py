@@ -67,6 +67,8 @@ def test_rgb8_png_round_trip_through_denoise_file(tmp_path: Path) -> None:
         assert out.mode == "RGB" and out.size == (77, 45)
         np.testing.assert_array_equal(np.asarray(out), pixels)
     assert report["size"] == [77, 45] and report["bit_depth"] == 8 and report["tiles"] > 1
+    jpeg = denoise_file(tmp_path / "in.png", tmp_path / "out.jpg", identity, progress=False)
+    assert (jpeg["format"], jpeg["output_format"]) == ("PNG", "JPEG")  # it said PNG (the input's) alone
 
 
 def test_gray16_png_keeps_every_value(tmp_path: Path) -> None:
@@ -458,3 +460,17 @@ def test_a_missing_input_is_named_before_an_existing_output(tmp_path: Path) -> N
     with pytest.raises(InputError, match="no such image file: '.*missing.png'"):
         add_noise_to_file(tmp_path / "missing.png", tmp_path / "out.png", 0.1)
     assert (tmp_path / "out.png").read_bytes() == b"an earlier result"
+
+
+def test_write_image_refuses_an_array_of_another_size_than_its_info(tmp_path):
+    """It wrote a 50x40 array with the info of a 451x300 photo, in silence."""
+    from PIL import Image
+
+    from moe_base.errors import InputError
+    from runtime.images import read_image, write_image
+
+    Image.new("RGB", (451, 300)).save(tmp_path / "in.png")
+    _, info = read_image(tmp_path / "in.png")
+    with pytest.raises(InputError, match=r"the image to write is 50x40, and info describes a 451x300 image"):
+        write_image(tmp_path / "out.png", np.zeros((40, 50, 3), np.float32), info)
+    assert not (tmp_path / "out.png").exists()
