@@ -77,31 +77,33 @@ class TrainConfig:
     def noise(self) -> BlindNoise:
         return BlindNoise(self.sigma_max, self.zero_share, self.unclipped_share, self.gray_share, self.bayer_share)
 
-    def validate(self) -> None:
+    def validate(self, named: Callable[[str], str] = str) -> None:
+        """InputError naming every setting out of its range; ``named`` says a setting's name as the caller's users
+        know it (the command line passes '--lr' for 'lr')."""
         bad = []
         if not str(self.out_dir).strip():  # an unset $OUT: the run's files went into the current folder
-            bad.append("out_dir is empty; give the folder for the run's files (e.g. --out-dir runs/try)")
+            bad.append(f"{named('out_dir')} is empty; give the folder for the run's files (e.g. --out-dir runs/try)")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                bad.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+                bad.append(f"{named(name)} must be >= 1 (got {getattr(self, name)})")
         for name in ("lr", "sigma"):
             if not 0 < getattr(self, name) < math.inf:
-                bad.append(f"{name} must be a finite number > 0 (got {getattr(self, name)})")
+                bad.append(f"{named(name)} must be a finite number > 0 (got {getattr(self, name)})")
         for name in ("weight_decay", "aux_weight", "grad_clip"):
             if not 0 <= getattr(self, name) < math.inf:
-                bad.append(f"{name} must be a finite number >= 0 (got {getattr(self, name)})")
+                bad.append(f"{named(name)} must be a finite number >= 0 (got {getattr(self, name)})")
         for name in ("max_train", "max_val", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                bad.append(f"{name} must be >= 1 when given (got {getattr(self, name)}; leave it out for all)")
+                bad.append(f"{named(name)} must be >= 1 when given (got {getattr(self, name)}; leave it out for all)")
         if not 0 < self.mse_floor < 1:
-            bad.append(f"mse_floor must be in (0, 1) (got {self.mse_floor})")
+            bad.append(f"{named('mse_floor')} must be in (0, 1) (got {self.mse_floor})")
         if self.blind:
             try:
                 self.noise()
             except ValueError as e:
                 bad.append(str(e))
         if self.loss not in LOSSES:
-            bad.append(f"loss must be one of {LOSSES} (got {self.loss!r})")
+            bad.append(f"{named('loss')} must be one of {LOSSES} (got {self.loss!r})")
         if bad:
             raise InputError("invalid training settings: " + "; ".join(bad))
         get_preset(self.preset)

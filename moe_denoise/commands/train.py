@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--mse-floor weighs images in the psnr loss, and the loss is mse: add --loss psnr, or leave "
                          "--mse-floor out")
     cfg = TrainConfig(**settings)
+    cfg.validate(lambda name: "--" + name.replace("_", "-"))  # named as the options the user typed
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     try:
         with sigterm_as_interrupt():

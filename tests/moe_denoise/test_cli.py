@@ -583,7 +583,7 @@ def test_train_leaves_no_empty_folder_says_how_to_resume_and_resumes_from_anywhe
     monkeypatch.chdir(work)
     tiny = ["--max-train", "32", "--max-val", "16", "--batch-size", "16", "--no-progress"]
     assert main(["train", "--data-dir", "cifar", "--out-dir", "", *tiny]) == 2
-    assert "out_dir is empty" in capsys.readouterr().err and sorted(p.name for p in work.iterdir()) == ["cifar"]
+    assert "--out-dir is empty" in capsys.readouterr().err and sorted(p.name for p in work.iterdir()) == ["cifar"]
     assert main(["train", "--data-dir", "cifar", "--out-dir", "r", "--init-from", "nope.pt", *tiny]) == 2
     assert not (work / "r").exists()  # refused: no empty folder left
     real = train_module.evaluate_loss

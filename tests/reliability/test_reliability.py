@@ -288,7 +288,7 @@ def test_reliability_output_folder_that_cannot_be_written(capsys, random_weights
     (["train", "--max-val", "0"], "must be >= 1"),
     (["train", "--threads", "-1"], "must be >= 1"),
     (["train", "--device", "bogus"], "not a device"),
-    (["train", "--lr", "inf"], "finite number > 0"),
+    (["train", "--lr", "inf"], "--lr must be a finite number > 0"),  # named as typed (it said lr)
     (["train", "--lr", "-1"], "finite number > 0"),
     (["parity", "--backend", "torch", "--threads", "-1"], "must be >= 1"),
     (["parity", "--backend", "torch", "--device", "bogus"], "expected cpu, cuda or cuda:N"),
