@@ -129,9 +129,11 @@ class DenoiseServer:
         try:
             tile_functions = {spec.name: [self._as_function(TileModel(self._new_runner()))
                                           for _ in range(cfg.instances)] for spec in self.tile_models}
-            image_functions = [self._as_function(ImageModel(self._new_runner(), cfg.max_image_pixels, cfg.overlap,
-                                                            cfg.image_batch, cfg.guard))
-                               for _ in range(cfg.image_instances if self.serve_image_model else 0)]
+            image_models = [ImageModel(self._new_runner(), cfg.max_image_pixels, cfg.overlap, cfg.image_batch,
+                                       cfg.guard) for _ in range(cfg.image_instances if self.serve_image_model else 0)]
+            image_functions = [self._as_function(m) for m in image_models]
+            if image_models and cfg.image_batch is None:  # the size chosen for the runner, said as it is used
+                cfg.image_batch = image_models[0].batch_size
         except BaseException:
             self.stop()
             raise

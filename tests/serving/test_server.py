@@ -349,6 +349,7 @@ def test_serve_command_stops_on_ctrl_c(tmp_path):
     _skip_without_pytriton()
     proc, info = _start_cli(tmp_path, "--no-dynamic-batching")
     assert info["config"]["dynamic_batching"] is False
+    assert info["config"]["image_batch"] == 64  # the size used on a CPU (it said null)
     rc = _stop(proc, signal.SIGINT, group=True)
     assert rc == 0, (tmp_path / "serve.log").read_text()
     assert _wait_session_empty(proc.pid) == []
