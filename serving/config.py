@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from runtime import InputError
@@ -26,6 +27,19 @@ SETTINGS_OUTPUT = "settings"  # photo response: how the server denoised it (runn
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP; about 65,000 tiles at the default overlap
 LOOPBACK = "127.0.0.1"
+
+
+def check_log_file(path: Path) -> None:
+    """InputError for a log file that Triton's lines would be appended to but that holds no text (``--log-file
+    photo.png`` appended the log into the photo), or that is a folder."""
+    if path.is_dir():
+        raise InputError(f"--log-file {path} is a folder; give a file path for Triton's log")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if b"\0" in head or head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff":
+            raise InputError(f"--log-file {path} exists and is not a text log (Triton appends to it); choose a new "
+                             f"path or a log file")
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -107,6 +121,8 @@ class ServeConfig:
         positive("overlap", self.overlap, 0, 31)
         if not isinstance(self.address, str) or not self.address:
             raise InputError(f"address must be a host address such as 127.0.0.1 or 0.0.0.0; got {self.address!r}")
+        if self.log_file:
+            check_log_file(Path(self.log_file))
         return self
 
     def with_free_ports(self) -> ServeConfig:

@@ -261,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
     preset = "quick" if args.quick else "gpu" if args.gpu else "full"
     settings = settings_from_args(args, preset)
     default = {"quick": QUICK_BACKENDS, "gpu": GPU_DEFAULT_BACKENDS, "full": CPU_BACKENDS}[preset]
+    if args.backends is not None and not args.backends.strip(", "):  # an unset $BACKENDS ran the whole default set
+        raise InputError(f"--backends {args.backends!r} names no backend; give comma-separated names or 'all', or leave "
+                         f"--backends out for the preset's ({', '.join(default)})")
     names = parse_backends(args.backends, default)
     engines = _engines(args.engine)
     unused = sorted(set(engines) - set(names))

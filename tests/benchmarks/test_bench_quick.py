@@ -72,6 +72,8 @@ def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
                  "--out-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "unknown backend" in err and "choose from" in err and "Traceback" not in err
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "", "--out-dir", str(tmp_path)])
+    assert code == 2 and "--backends '' names no backend" in capsys.readouterr().err  # it ran the default set
     code = main(["bench", "--weights", str(random_weights), "--batches", "1,x", "--out-dir", str(tmp_path)])
     assert code == 2 and "--batches must be comma-separated integers" in capsys.readouterr().err
     code = main(["bench", "--weights", str(random_weights), "--engine", "trt-plugin-fp16=/nonexistent.engine",

@@ -551,3 +551,20 @@ def test_a_photo_request_is_checked_before_it_is_sent(pixels, kwargs, message):
 
     with DenoiseClient("127.0.0.1:1") as c, pytest.raises(InputError, match=message):  # nothing listens there
         c.photo_answer(pixels, **kwargs)
+
+
+def test_a_log_file_that_is_not_a_text_log_is_refused(tmp_path):
+    """serve --log-file victim.png appended Triton's log into the photo."""
+    from PIL import Image
+
+    photo = tmp_path / "victim.png"
+    Image.new("RGB", (4, 4)).save(photo)
+    before = photo.read_bytes()
+    with pytest.raises(InputError, match=r"--log-file .*victim\.png exists and is not a text log"):
+        ServeConfig(log_file=str(photo)).validate()
+    with pytest.raises(InputError, match="is a folder"):
+        ServeConfig(log_file=str(tmp_path)).validate()
+    assert photo.read_bytes() == before
+    log = tmp_path / "triton.log"
+    log.write_text("I1130 earlier lines\n")
+    ServeConfig(log_file=str(log)).validate()  # a log goes on
