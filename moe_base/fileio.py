@@ -146,7 +146,7 @@ def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
         os.link(tmp, target)  # fails if the target appeared meanwhile: no silent replacement
     except FileExistsError as e:
         raise InputError(f"the output '{target}' appeared while it was being written; refusing to replace it. "
-                         f"Choose another output path or pass overwrite=True") from e
+                         f"Choose another output path or pass --overwrite (overwrite=True in Python)") from e
     except OSError:  # file systems without hard links: re-check, then rename
         if target.exists():
             raise InputError(f"the output '{target}' already exists; refusing to replace it") from None

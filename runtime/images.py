@@ -664,7 +664,7 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
         same = source is not None and Path(source).exists() and os.path.samefile(target, source)
         what = "is the input image" if same else "already exists"
         raise InputError(f"the output '{target}' {what}; refusing to replace it. Choose another output path or "
-                         f"pass overwrite=True (--overwrite)")
+                         f"pass --overwrite (overwrite=True in Python)")
     check_output_file(target, overwrite=True)  # the folder takes a file: found out now, not after the work
 
 

@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a quick look: under two minutes on a 2-core CPU")
     mode.add_argument("--gpu", action="store_true", help="the GPU run: CUDA events, compute-only + end-to-end, "
-                                                          "batches up to 4096, a deadline of ~5.5 min of timing")
+                                                          "batches up to 4096, a deadline of "
+                                                          f"{PRESETS['gpu']['deadline_s']:.0f} s of timing")
     p.add_argument("--backends", default=None, help="comma-separated backend names, or 'all' (default: per preset)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes " + _per_preset("batches"))
     p.add_argument("--threads", type=thread_count, default=None,

@@ -258,7 +258,7 @@ def test_reliability_corrupt_training_state(capsys, cifar_copy, run_dir, content
 def test_reliability_output_folder_that_cannot_be_written(capsys, random_weights, cifar_copy, tmp_path, command, how):
     """An output folder that cannot be written (read-only, or a path through a file; export, train, visualize,
     evaluate --save-json, bench --out-dir) => refused before any work (exit 2, the folder named; evaluate and bench
-    found it only after the whole run)"""
+    used to find it only after the whole run)"""
     if how == "read-only" and os.geteuid() == 0:
         pytest.skip("root can write to read-only folders, so the refusal cannot be shown as root")
     base = tmp_path / "out"
