@@ -56,15 +56,21 @@ def parity_count(text: str) -> int:
     return value
 
 
-def seed_number(text: str) -> int:
-    """argparse type: a random seed, a whole number >= 0 (numpy's generators take no negative seed)."""
+def whole_number(text: str, lo: int, hi: int | None, expected: str) -> int:
+    """``text`` as an integer in [lo, hi] (hi None: no upper bound), or ArgumentTypeError "expected ``expected``,
+    got ``text``" (the words a type gives for its range)."""
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed, a whole number >= 0 (e.g. 0), got {text!r}")
+        value = None
+    if value is None or value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def seed_number(text: str) -> int:
+    """argparse type: a random seed, a whole number >= 0 (numpy's generators take no negative seed)."""
+    return whole_number(text, 0, None, "a seed, a whole number >= 0 (e.g. 0)")
 
 
 def tile_overlap(text: str) -> int:
@@ -102,13 +108,7 @@ def noise_std(text: str) -> float:
 
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 0 to 65535 (0: a free one, chosen when the server starts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535 (0: a free port), got {text!r}")
-    return value
+    return whole_number(text, 0, 65535, "a port number from 0 to 65535 (0: a free port)")
 
 
 def seconds(text: str) -> float:
