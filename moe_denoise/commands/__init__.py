@@ -230,32 +230,41 @@ def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
                          f"{args.weights}, {remedy}; or leave --weights out") from e
 
 
+def runner_options_given(args: argparse.Namespace) -> list[str]:
+    """The options of add_backend_args (and --preset) given at other than their defaults: those that choose how a
+    photo is denoised here (one list for the checks of what a backend, or --server, would ignore)."""
+    given = {"--backend": args.backend != "torch", "--artifact": args.artifact is not None,
+             "--provider": args.provider != "cpu", "--opt-level": args.opt_level != "all",
+             "--impl": args.impl != getattr(args, "impl_default", args.impl), "--device": args.device != "cpu",
+             "--threads": args.threads is not None, "--precision": args.precision != "fp32",
+             "--cuda-graph": args.cuda_graph, "--preset": getattr(args, "preset", None) is not None}
+    return [option for option, yes in given.items() if yes]
+
+
 def check_backend_options(args: argparse.Namespace, reads_preset: bool = False) -> None:
     """denoise / serve / parity: an option another backend reads would be ignored in silence; refused instead, naming
     what to do (--artifact without --backend ort would run the PyTorch default; --precision with ort the fp32 model).
     ``reads_preset``: the command reads --preset whatever the backend (parity's PyTorch reference)."""
+    given = runner_options_given(args)
     if args.backend == "torch":
-        others = {"--artifact": (args.artifact is not None, "ort or trt"), "--provider": (args.provider != "cpu", "ort"),
-                  "--opt-level": (args.opt_level != "all", "ort")}
-        for option, (given, backends) in others.items():
-            if given:
+        for option, backends in (("--artifact", "ort or trt"), ("--provider", "ort"), ("--opt-level", "ort")):
+            if option in given:
                 raise InputError(f"{option} applies to --backend {backends}, but the backend is torch, "
                                  f"which runs --weights in PyTorch: add --backend {backends.split()[0]}, or leave "
                                  f"{option} out")
         return
     ignored = {
-        "--preset": (getattr(args, "preset", None) is not None and not reads_preset,
-                     "an ONNX model or engine carries its own architecture"),
-        "--precision": (args.precision != "fp32", "an ONNX model or engine keeps the precision it was made with "
-                        "('moe-denoise export --precision fp16', 'moe-denoise build --precision fp16')"),
-        "--device": (args.device != "cpu", "ONNX Runtime runs where --provider says; an engine runs on the GPU"),
-        "--cuda-graph": (args.cuda_graph and args.backend == "ort", "ONNX Runtime is not captured here; --backend "
-                         "torch (on CUDA) and trt take it"),
-        "--impl": (args.impl != getattr(args, "impl_default", args.impl), "an ONNX model or engine computes the "
-                   "attention as it was exported ('moe-denoise export --flavor plugin' for the TensorRT plugin)"),
+        "--preset": (not reads_preset, "an ONNX model or engine carries its own architecture"),
+        "--precision": (True, "an ONNX model or engine keeps the precision it was made with ('moe-denoise export "
+                        "--precision fp16', 'moe-denoise build --precision fp16')"),
+        "--device": (True, "ONNX Runtime runs where --provider says; an engine runs on the GPU"),
+        "--cuda-graph": (args.backend == "ort", "ONNX Runtime is not captured here; --backend torch (on CUDA) and "
+                         "trt take it"),
+        "--impl": (True, "an ONNX model or engine computes the attention as it was exported ('moe-denoise export "
+                   "--flavor plugin' for the TensorRT plugin)"),
     }
-    for option, (given, why) in ignored.items():
-        if given:
+    for option, (ignores, why) in ignored.items():
+        if ignores and option in given:
             raise InputError(f"{option} applies to --backend torch, not to --backend {args.backend}: {why}. Leave "
                              f"{option} out")
 

@@ -17,6 +17,7 @@ from . import (
     make_runner,
     noise_std,
     positive_int,
+    runner_options_given,
     seconds,
     seed_number,
     tile_overlap,
@@ -329,12 +330,7 @@ def check_remote_options(args: argparse.Namespace) -> None:
         raise InputError(f"--batch-size {args.batch_size} cannot be sent with --server: the server batches tiles as it "
                          f"was started ('moe-denoise serve --image-batch {args.batch_size}'); drop --batch-size here "
                          f"(with --check-local it is the local run's)")
-    local = [option for option, given in (
-        ("--backend", args.backend != "torch"), ("--artifact", args.artifact is not None),
-        ("--provider", args.provider != "cpu"), ("--opt-level", args.opt_level != "all"),
-        ("--impl", args.impl != args.impl_default), ("--device", args.device != "cpu"),
-        ("--threads", args.threads is not None), ("--precision", args.precision != "fp32"),
-        ("--cuda-graph", args.cuda_graph), ("--preset", args.preset is not None)) if given]
+    local = runner_options_given(args)
     if local:
         raise InputError(f"{', '.join(local)} choose{'s' if len(local) == 1 else ''} how a photo is denoised here, "
                          f"and with --server the server denoises it with its own runner: drop "
