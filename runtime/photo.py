@@ -12,7 +12,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import activated
-from .guard import GuardResult, check_guard_sigma, check_sigma, check_strength, with_strength
+from .guard import GuardResult, check_sigma, with_strength
 from .images import (
     DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
@@ -40,7 +40,7 @@ from .tiling import (
     band_working_bytes,
     batch_size_for,
     blend_whole,
-    check_tile_fn,
+    check_denoise_args,
     denoise_bands,
     guard_reusing,
     plan_tiles,
@@ -111,10 +111,7 @@ def denoise_file(
     ``input_weight`` is the input's weight in the result, guard and strength together. ``quality``: a JPEG or WebP
     output's (1 to 100, default 95; :func:`runtime.images.check_quality`).
     """
-    check_tile_fn(fn, tile)
-    check_strength(strength)
-    check_sigma(sigma)
-    check_guard_sigma(sigma, guard)
+    check_denoise_args(fn, tile, guard, sigma, strength)
     check_quality(quality)
     check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)
@@ -175,6 +172,7 @@ def photo_report(info: ImageInfo, written: Path, tiles: int, seconds: float, gua
     """What :func:`denoise_file` reports for one photo (``moe-denoise denoise --server`` reports the same):
     ``guard``: the guard's decision (``GuardResult.as_dict()``; None: no guard), ``input_weight``: the input's weight
     in the result (None: not known)."""
+    fmt = output_format(written)
     return {
         "input": info.path,
         "output": str(written),
@@ -183,10 +181,10 @@ def photo_report(info: ImageInfo, written: Path, tiles: int, seconds: float, gua
         "layout": info.layout,
         "bit_depth": info.bit_depth,
         "format": info.format,  # the input's
-        "output_format": output_format(written),
+        "output_format": fmt,
         "tiles": tiles,
         "seconds": round(seconds, 3),
-        "notes": list(info.notes) + output_notes(output_format(written), info),
+        "notes": list(info.notes) + output_notes(fmt, info),
         "guard": guard,
         "strength": float(strength),
         "input_weight": input_weight,

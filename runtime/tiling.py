@@ -150,6 +150,18 @@ def check_tile_fn(fn: object, tile: int) -> None:
                          f"(other sizes are for a plain function of a batch)")
 
 
+def check_denoise_args(fn: object, tile: int, guard: object, sigma: float | None, strength: float) -> None:
+    """The checks every whole-image entry point (:func:`denoise_array`, ``runtime.photo.denoise_file``) makes of
+    its arguments before any work: the tile denoiser, ``guard`` (True, False or a decision: "no" is truthy and
+    kept the guard on), ``strength``, ``sigma`` and a sigma nobody would read."""
+    check_tile_fn(fn, tile)
+    if not isinstance(guard, (bool, GuardResult)):
+        raise InputError(f"guard= is True, False or a decision from guard_for_array; got {guard!r}")
+    check_strength(strength)
+    check_sigma(sigma)
+    check_guard_sigma(sigma, guard)
+
+
 def validate_image(image: object) -> np.ndarray:
     """Check an image array (HxW or HxWxC, C in 1..4, float32, finite, in [0, 1]); return it as HxWxC."""
     if not isinstance(image, np.ndarray):
@@ -425,14 +437,9 @@ def denoise_array_guarded(
     """:func:`denoise_array`'s result and the guard's decision (None when ``guard`` is False), for callers that
     report it (the server's photo model sends it back with the photo). ``two_scales`` may be the reason to read
     the noise at two scales, recorded in the decision (:func:`guard_reusing`)."""
-    check_tile_fn(fn, tile)
-    if not isinstance(guard, (bool, GuardResult)):  # "no" is truthy: the guard stayed on
-        raise InputError(f"guard= is True, False or a decision from guard_for_array; got {guard!r}")
+    check_denoise_args(fn, tile, guard, sigma, strength)
     batch_size = batch_size_for(fn, batch_size)
     _check_settings(tile, overlap, batch_size)
-    check_strength(strength)
-    check_sigma(sigma)
-    check_guard_sigma(sigma, guard)
     img = validate_image(image)
     h, w, c = img.shape
     def rows(a: int, b: int) -> np.ndarray:
