@@ -145,9 +145,24 @@ class BaseRunner:
 def made_from(manifest: Mapping[str, Any] | None) -> dict[str, str]:
     """{"weights": file, "weights_sha256": hash} as an artifact's manifest records the weights it was made from ({}
     when it does not), for the runners' ``describe()``: the file may have changed since; the hash says what it held."""
-    model = (manifest or {}).get("model") or {}
-    return ({"weights": str(model["weights_file"]), "weights_sha256": str(model.get("weights_sha256") or "")}
-            if model.get("weights_file") else {})
+    model = (manifest or {}).get("model")
+    if not isinstance(model, Mapping) or not model.get("weights_file"):  # none recorded (or a damaged entry)
+        return {}
+    return {"weights": str(model["weights_file"]), "weights_sha256": str(model.get("weights_sha256") or "")}
+
+
+def artifact_made_from(artifact: str | Path) -> dict[str, str]:
+    """:func:`made_from` of the manifest next to ``artifact``; {} when there is no file, no manifest, or one that
+    cannot be read (the runner that loads it says what is wrong; here the weights are only unknown)."""
+    from moe_base.errors import ToolkitError
+    from moe_base.manifest import read_manifest
+
+    if not Path(artifact).is_file():
+        return {}
+    try:
+        return made_from(read_manifest(artifact, required=False))
+    except ToolkitError:
+        return {}
 
 
 def weights_label(path: str, sha256: str | None = None) -> str:

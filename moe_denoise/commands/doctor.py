@@ -83,9 +83,8 @@ def cache_status() -> dict[str, Any]:
     'build' left there by default (with the weights each was made from): what --backend ort / trt would run."""
     import tempfile
 
-    from moe_base.manifest import read_manifest
     from moe_base.paths import cache_dir, engine_path, onnx_path
-    from runtime.base import weights_label
+    from runtime.base import artifact_made_from, weights_label
 
     root = cache_dir()
     probe = root if root.is_dir() else next((p for p in root.parents if p.exists()), Path("/"))
@@ -97,15 +96,9 @@ def cache_status() -> dict[str, Any]:
     models = {}
     portable, plugin = onnx_path("portable"), onnx_path("plugin")
     for kind, path in (("ort", portable), ("trt", engine_path(plugin, "fp32"))):
-        made = None
-        if path.is_file():
-            try:
-                model = (read_manifest(path, required=False) or {}).get("model") or {}
-            except Exception:  # noqa: BLE001 - a damaged manifest is the runner's to report; here: unknown weights
-                model = {}
-            made = (weights_label(model["weights_file"], model.get("weights_sha256")) if model.get("weights_file")
-                    else "weights unknown")
-        models[kind] = {"path": str(path), "exists": path.is_file(), "weights": made}
+        made = artifact_made_from(path)
+        weights = weights_label(made["weights"], made["weights_sha256"]) if made else "weights unknown"
+        models[kind] = {"path": str(path), "exists": path.is_file(), "weights": weights if path.is_file() else None}
     return {"path": str(root), "writable": writable, "default_models": models}
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from moe_base.errors import InputError
-from runtime.base import weights_label
+from runtime.base import artifact_made_from, weights_label
 
 from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, resolve_weights, thread_count
 
@@ -93,11 +93,6 @@ def run(args: argparse.Namespace) -> int:
 def replaced_default(path: Path) -> tuple[str, str | None] | None:
     """(label, sha256) of the weights the model at the default ``path`` was made from, before it is replaced; None
     when there is none (or its manifest cannot say)."""
-    from moe_base.manifest import read_manifest
-
-    try:
-        model = ((read_manifest(path, required=False) or {}).get("model") or {}) if path.is_file() else {}
-    except Exception:  # noqa: BLE001 - a damaged manifest: the model is replaced all the same, without the note
-        return None
-    source = model.get("weights_file")
-    return (weights_label(source, model.get("weights_sha256")), model.get("weights_sha256")) if source else None
+    made = artifact_made_from(path)
+    sha256 = made.get("weights_sha256") or None
+    return (weights_label(made["weights"], sha256), sha256) if made else None
