@@ -126,8 +126,6 @@ class TorchRunner(BaseRunner):
         if model is None and weights is None:
             raise InputError("TorchRunner needs weights= (a .safetensors/.pt path, or a shipped name: 'blind', "
                              "'sigma20') or model= (a SmallViT)")
-        if model is None:
-            resolve_weights(weights)  # a name or path that is neither fails now, not when first used
         default_name = (f"torch-{impl}{'-compile' if compile else ''}{'' if precision == 'fp32' else '-' + precision}"
                         f"{'-graph' if cuda_graph else ''}")
         super().__init__(name=name or default_name, precision=precision, max_batch=max_batch)
@@ -140,7 +138,9 @@ class TorchRunner(BaseRunner):
                               else default_buckets(max_batch))
         self.graphs: BucketedGraphs | None = None
         self._fn = None
-        self.weights_file: Path | None = None  # the file loaded, once active (None: a model was given)
+        # the file to load, resolved now: a name or path that is neither fails here, not when first used (None: a
+        # model was given)
+        self.weights_file: Path | None = resolve_weights(weights) if model is None else None
 
     def _activate_impl(self) -> None:
         torch = require("torch", "the PyTorch backend")
@@ -154,7 +154,6 @@ class TorchRunner(BaseRunner):
             torch.set_num_threads(self.threads)
         if self.model is None:
             from moe_model.checkpoint import load_model
-            self.weights_file = resolve_weights(self.weights)
             self.model = load_model(self.weights_file, preset=self.preset, verify=self.verify_weights)
         model = self.model.eval().to(self.device)
         _register_impl(self.impl)
