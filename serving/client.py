@@ -338,11 +338,12 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     written = write_pixels(out_path, result, info, overwrite=overwrite, quality=quality)
     known = decision is not None or not guard  # a server that does not send the decision: the weight is unknown
     weight = with_strength(decision["input_weight"] if decision is not None else 0.0, strength) if known else None
-    settings = settings or {"denoised_by": None, "backend": None, "overlap": None, "batch_size": None, "tiles": None}
-    report = photo_report(info, written, settings["tiles"], time.perf_counter() - start, decision, strength, weight)
-    by = settings["denoised_by"]
-    report.update(server=url, tiled_by=where, overlap=settings["overlap"], batch_size=settings["batch_size"],
-                  backend=settings["backend"],
+    settings = settings or {}  # an older server sends none: each is then None
+    report = photo_report(info, written, settings.get("tiles"), time.perf_counter() - start, decision, strength,
+                          weight)
+    by = settings.get("denoised_by")
+    report.update(server=url, tiled_by=where, overlap=settings.get("overlap"), batch_size=settings.get("batch_size"),
+                  backend=settings.get("backend"),
                   denoised_by=f"{by} on the server at {url}" if by else f"the server at {url}")
     return report
 
