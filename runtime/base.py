@@ -165,24 +165,28 @@ def artifact_made_from(artifact: str | Path) -> dict[str, str]:
         return {}
 
 
-def weights_label(path: str, sha256: str | None = None) -> str:
-    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path; when ``sha256`` (what
-    an artifact's manifest recorded) no longer matches the file, says that the file has changed since."""
+def weights_label(path: str, sha256: str | None = None, by_name: bool = False) -> str:
+    """Shipped weights by their name ("blind", "sigma20"), any other weights by their path (``by_name``: by their
+    file's name alone); when ``sha256`` (what an artifact's manifest recorded) no longer matches the file, says
+    that the file has changed since."""
     from moe_base.fileio import holds
     from weights import SHIPPED
 
     resolved = Path(path).resolve()
-    label = next((name for name, file in SHIPPED.items() if file.resolve() == resolved), path)
+    label = next((name for name, file in SHIPPED.items() if file.resolve() == resolved),
+                 Path(path).name if by_name else path)
     if sha256 and not holds(resolved, sha256):
         return f"{label} as it was when exported (sha256 {sha256[:12]}...; the file has changed or gone since)"
     return label
 
 
-def runner_label(runner: Any) -> str:
-    """'torch-masked (weights sigma20)': the runner's name and, where it knows them, its weights."""
+def runner_label(runner: Any, by_name: bool = False) -> str:
+    """'torch-masked (weights sigma20)': the runner's name and, where it knows them, its weights (``by_name``:
+    weights of the user's by their file's name, not their path)."""
     described = runner.describe()
     weights = described.get("weights")
-    return runner.name + (f" (weights {weights_label(weights, described.get('weights_sha256'))})" if weights else "")
+    label = weights_label(weights, described.get("weights_sha256"), by_name) if weights else None
+    return runner.name + (f" (weights {label})" if label else "")
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,13 +155,15 @@ class ImageModel:
         self.batch_size = batch_size_for(runner, batch_size)  # None: 64 tiles a call on a CPU, 256 on a GPU
         self.guard = guard
         described = runner.describe() if hasattr(runner, "describe") else None
-        self.denoised_by = runner_label(runner) if described is not None else getattr(runner, "name", None)
-        self.backend = described
+        self.denoised_by = (runner_label(runner, by_name=True) if described is not None
+                            else getattr(runner, "name", None))
+        self.backend = None if described is None else without_folders(described)
 
     def settings(self, pixels: np.ndarray) -> dict[str, Any]:
         """How this server denoises ``pixels``, as a local run's report says it: ``denoised_by`` (the runner and
         its weights, e.g. "torch-masked (weights blind)"; None for a plain function), ``backend`` (the runner's
-        ``describe()``), ``overlap``, ``batch_size`` (tiles a runner call) and ``tiles`` (the photo's count)."""
+        ``describe()``, its files by name: :func:`without_folders`), ``overlap``, ``batch_size`` (tiles a runner
+        call) and ``tiles`` (the photo's count)."""
         return {"denoised_by": self.denoised_by, "backend": self.backend, "overlap": self.overlap,
                 "batch_size": self.batch_size, "tiles": plan_tiles(pixels.shape[0], pixels.shape[1],
                                                                    overlap=self.overlap).count}
@@ -230,6 +233,17 @@ class ImageModel:
             answers.append({IMAGE_OUTPUTS[pixels.dtype.name]: out, GUARD_OUTPUT: guard_tensor(decision),
                             SETTINGS_OUTPUT: json_tensor(self.settings(pixels))})
         return answers
+
+
+PATH_ENTRIES = ("weights", "model", "engine")  # the runners' describe() entries that hold a file's path
+
+
+def without_folders(described: Mapping[str, Any]) -> dict[str, Any]:
+    """A runner's ``describe()`` with its files (weights, ONNX model, engine) named without their folders: what a
+    server tells its clients says which file it runs (the sha256 beside it says what it held), not where the
+    server keeps its files."""
+    return {k: Path(v).name if k in PATH_ENTRIES and isinstance(v, str) and v and not v.startswith("(") else v
+            for k, v in described.items()}
 
 
 def json_tensor(value: Any) -> np.ndarray:
