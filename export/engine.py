@@ -27,6 +27,7 @@ from moe_base.manifest import base_manifest, read_manifest, write_artifact
 from moe_base.optional import require
 from moe_base.paths import cache_dir
 from runtime.parity import ParityReport
+from runtime.torch_runner import artifact_weights
 from topk_attention.spec import behaviour_hash
 
 MIN_TRT = (10, 9)
@@ -117,7 +118,9 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
         raise InputError(f"ONNX model {onnx_path} does not exist; export one with 'moe-denoise export --flavor plugin' "
                          f"(or --flavor portable), or pass --onnx PATH")
     onnx_manifest = read_manifest(onnx_path)
-    ref_weights = parity_weights(onnx_path, onnx_manifest, weights)  # checked before minutes of building
+    # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes
+    # of building
+    ref_weights = artifact_weights(onnx_path, onnx_manifest, weights, "--weights")
     trt = require("tensorrt", "building TensorRT engines")
     torch = require("torch")
     if not torch.cuda.is_available():
@@ -248,14 +251,6 @@ def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: 
             raise BuildError(f"TensorRT failed to build an engine from {onnx_path}: {e}") from e
     save_timing_cache(config, timing, log)
     return bytes(memoryview(data))
-
-
-def parity_weights(onnx_path: Path, onnx_manifest: dict[str, Any], weights: str | Path | None) -> Path:
-    """The weights the engine is checked against: those the ONNX model was exported from (by the hash its manifest
-    records), given or found (:func:`runtime.torch_runner.artifact_weights`)."""
-    from runtime.torch_runner import artifact_weights
-
-    return artifact_weights(onnx_path, onnx_manifest, weights, "--weights")
 
 
 def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str | Path | None,

@@ -178,19 +178,19 @@ def test_the_engines_parity_weights_default_to_those_the_onnx_model_names(tmp_pa
     file is there unchanged), not the shipped default; given weights must be those, by hash."""
     import shutil
 
-    from export.engine import parity_weights
     from moe_base.errors import ArtifactMismatchError
     from moe_base.fileio import sha256_file
+    from runtime.torch_runner import artifact_weights
     from weights import DEFAULT_WEIGHTS
 
     manifest = {"model": {"weights_file": str(random_weights), "weights_sha256": sha256_file(random_weights)}}
     onnx = tmp_path / "m.onnx"
-    assert parity_weights(onnx, manifest, None) == random_weights
+    assert artifact_weights(onnx, manifest, None, "--weights") == random_weights
     copy = tmp_path / "copy.safetensors"
     shutil.copy(random_weights, copy)
-    assert parity_weights(onnx, manifest, copy) == copy  # the same weights elsewhere on disk
+    assert artifact_weights(onnx, manifest, copy, "--weights") == copy  # the same weights elsewhere on disk
     with pytest.raises(ArtifactMismatchError, match=rf"exported from weights with sha256 .*\({random_weights}\)"):
-        parity_weights(onnx, manifest, DEFAULT_WEIGHTS)
+        artifact_weights(onnx, manifest, DEFAULT_WEIGHTS, "--weights")
     moved = {"model": {**manifest["model"], "weights_file": str(tmp_path / "gone.safetensors")}}
     with pytest.raises(ArtifactMismatchError):  # the file it names is gone: the shipped default, which differs
-        parity_weights(onnx, moved, None)
+        artifact_weights(onnx, moved, None, "--weights")
