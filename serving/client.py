@@ -148,17 +148,22 @@ class DenoiseClient:
                                  f"'moe-denoise serve' (HTTP port 8000 by default) or check the --server URL")
             time.sleep(0.2)
 
-    def max_batch(self, model: str) -> int:
-        """The model's max_batch_size from its config on the server."""
+    def _about(self, model: str, ask: str) -> Any:
+        """The server's answer to ``self._client.<ask>(model)`` (its config or metadata); InputError when it has no
+        such model, a transport failure said as :meth:`_broken` says it."""
         from tritonclient.utils import InferenceServerException
 
         self._check_usable()
         try:
-            config = self._client.get_model_config(model)
+            return getattr(self._client, ask)(model)
         except InferenceServerException as e:
             raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
         except (OSError, http.client.HTTPException) as e:
             raise self._broken(e) from e
+
+    def max_batch(self, model: str) -> int:
+        """The model's max_batch_size from its config on the server."""
+        config = self._about(model, "get_model_config")
         if self.protocol == "http":
             return int(config.get("max_batch_size", 0))
         return int(config.config.max_batch_size)
@@ -166,16 +171,8 @@ class DenoiseClient:
     # --- inference ------------------------------------------------------------------------------------------
     def outputs(self, model: str) -> list[str]:
         """The names of ``model``'s outputs on the server (asked once per client and model)."""
-        from tritonclient.utils import InferenceServerException
-
         if model not in self._outputs:
-            self._check_usable()
-            try:
-                meta = self._client.get_model_metadata(model)
-            except InferenceServerException as e:
-                raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
-            except (OSError, http.client.HTTPException) as e:
-                raise self._broken(e) from e
+            meta = self._about(model, "get_model_metadata")
             listed = meta.get("outputs", []) if self.protocol == "http" else meta.outputs
             self._outputs[model] = [o["name"] if isinstance(o, dict) else o.name for o in listed]
         return self._outputs[model]
