@@ -178,7 +178,10 @@ class _Writer:
         if sparse:
             top = g.op("TopK", [s, g.ints(f"{name}.k", [topk])], name=f"{name}_topk", outputs=2, axis=-1,
                        largest=1, sorted=0)[0]  # (B, H, N, k), any order: only the minimum is used
-            thresh = g.op("ReduceMin", [top], name=f"{name}_kth", axes=[-1], keepdims=1)  # (B, H, N, 1)
+            if g.opset >= 18:  # ReduceMin-18 takes its axes as an input, no longer as an attribute
+                thresh = g.op("ReduceMin", [top, g.ints(f"{name}.kth_axes", [-1])], name=f"{name}_kth", keepdims=1)
+            else:
+                thresh = g.op("ReduceMin", [top], name=f"{name}_kth", axes=[-1], keepdims=1)  # (B, H, N, 1)
             drop = g.op("Less", [s, thresh], name=f"{name}_below")
             s = g.op("Where", [drop, self.f32(f"{name}.neg_inf", -np.inf), s], name=f"{name}_mask")
         p = self.cast(g.op("Softmax", [s], name=f"{name}_softmax", axis=-1), False, f"{name}.probs")
