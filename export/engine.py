@@ -23,11 +23,11 @@ from typing import Any
 
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import BuildError, InputError, NoGPUError, ParityError
-from moe_base.manifest import base_manifest, read_manifest, write_artifact
+from moe_base.manifest import base_manifest, check_artifact_file, read_manifest, write_artifact
 from moe_base.optional import require
 from moe_base.paths import cache_dir
 from runtime.parity import ParityReport
-from runtime.torch_runner import artifact_weights
+from runtime.torch_runner import artifact_architecture, artifact_weights
 from topk_attention.spec import behaviour_hash
 
 MIN_TRT = (10, 9)
@@ -117,7 +117,8 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     if not onnx_path.is_file():
         raise InputError(f"ONNX model {onnx_path} does not exist; export one with 'moe-denoise export --flavor plugin' "
                          f"(or --flavor portable), or pass --onnx PATH")
-    onnx_manifest = read_manifest(onnx_path)
+    onnx_manifest = read_manifest(onnx_path, kind="onnx")
+    check_artifact_file(onnx_path, onnx_manifest)  # a replaced graph under an old manifest would hit its cache
     # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes
     # of building
     ref_weights = artifact_weights(onnx_path, onnx_manifest, weights, "--weights")
@@ -131,9 +132,14 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     plan = plan_build(trt.__version__, opts.precision)
     graph_precision = onnx_manifest.get("precision", "fp32")
     if graph_precision != plan.onnx_precision:
+        flavor = (onnx_manifest.get("onnx") or {}).get("flavor", "plugin")
         raise InputError(f"TensorRT {trt.__version__} builds {opts.precision} engines from a {plan.onnx_precision} "
                          f"ONNX graph, but {onnx_path} is {graph_precision}. Export one with 'moe-denoise export "
-                         f"--precision {plan.onnx_precision}'")
+                         f"--flavor {flavor} --precision {plan.onnx_precision}'")
+    from moe_model.checkpoint import load_model
+
+    # the parity reference, loaded before minutes of building (weights without a sidecar: the manifest's architecture)
+    reference = load_model(ref_weights, architecture=artifact_architecture(onnx_manifest))
     uses_plugin = bool(onnx_manifest.get("plugin"))
     p_hash = behaviour_hash() if uses_plugin else None
     key = cache_key(onnx_manifest["artifact"]["sha256"], p_hash, trt.__version__, gpu["compute_capability"], opts)
@@ -150,10 +156,6 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
 
             register_plugin()
         data = _build(trt, onnx_path, opts, plan, gpu, log)
-        if opts.use_engine_cache:
-            from moe_base.fileio import atomic_write
-
-            atomic_write(cached, data)
     manifest = base_manifest("trt-engine", out_path, data)
     manifest.update({
         "onnx": {"file": str(onnx_path), "sha256": onnx_manifest["artifact"]["sha256"],
@@ -169,10 +171,17 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
         "self_check": onnx_manifest.get("self_check"),
     })
     log("[3/3] parity against PyTorch")
-    report = _parity(data, manifest, out_path, ref_weights, opts)
+    report = _parity(data, manifest, out_path, reference, opts)
     if not report.passed:
-        raise ParityError(f"refusing to keep the engine for {onnx_path}: it does not match PyTorch\n"
-                          f"{report.summary()}", report)
+        if hit:  # a cached engine that fails is not offered again
+            cached.unlink(missing_ok=True)
+        raise ParityError(f"refusing to keep the engine for {onnx_path}: it does not match PyTorch"
+                          f"{' (the cached engine is removed from the cache)' if hit else ''}\n{report.summary()}",
+                          report)
+    if opts.use_engine_cache and not hit:  # only an engine that passed parity is cached
+        from moe_base.fileio import atomic_write
+
+        atomic_write(cached, data)
     manifest["tolerance"] = report.tolerance.to_dict()
     manifest["parity"] = report.to_dict()
     write_artifact(out_path, data, manifest)
@@ -253,13 +262,12 @@ def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: 
     return bytes(memoryview(data))
 
 
-def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str | Path | None,
+def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, reference: Any,
             opts: BuildOptions) -> ParityReport:
-    """Write the engine to a temp file, run it and the PyTorch model on the parity batch, compare."""
+    """Write the engine to a temp file, run it and ``reference`` (the PyTorch model) on the parity batch, compare."""
     import tempfile
 
     from moe_base.tolerances import get_tolerance
-    from moe_model.checkpoint import load_model
     from runtime.parity import compare, in_chunks, parity_inputs
     from runtime.trt_runner import TensorRTRunner
 
@@ -271,5 +279,5 @@ def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, weights: str 
             out = in_chunks(runner, x)
     from export.pipeline import reference_outputs
 
-    ref = reference_outputs(load_model(weights), x)
+    ref = reference_outputs(reference, x)
     return compare(ref, out, get_tolerance("trt", opts.precision), "trt", opts.precision)

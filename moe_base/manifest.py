@@ -47,10 +47,18 @@ def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> P
     return mpath
 
 
-def read_manifest(artifact: str | Path, required: bool = True) -> dict[str, Any] | None:
-    """The manifest next to ``artifact``, validated (a mapping of this schema with a valid artifact entry).
+KINDS = {"onnx": "an ONNX model", "trt-engine": "a TensorRT engine"}  # what base_manifest's ``kind`` says
+_OTHER_KIND_HINTS = {("onnx", "trt-engine"): "run it with --backend trt",
+                     ("trt-engine", "onnx"): "build an engine from it with 'moe-denoise build --onnx {artifact}', or "
+                                             "run it as it is with --backend ort"}
 
-    Raises ArtifactError when it is missing (unless ``required`` is False: then None), unreadable or malformed."""
+
+def read_manifest(artifact: str | Path, required: bool = True, kind: str | None = None) -> dict[str, Any] | None:
+    """The manifest next to ``artifact``, validated (a mapping of this schema with a valid artifact entry; with
+    ``kind`` ("onnx", "trt-engine"), of that kind: an engine given for an ONNX model is told so).
+
+    Raises ArtifactError when it is missing (unless ``required`` is False: then None), unreadable, malformed or
+    of another kind."""
     mpath = manifest_path(artifact)
     if not mpath.is_file():
         if required:
@@ -73,6 +81,10 @@ def read_manifest(artifact: str | Path, required: bool = True) -> dict[str, Any]
     if not (isinstance(art, dict) and isinstance(art.get("sha256"), str) and isinstance(art.get("bytes"), int)):
         raise ArtifactError(f"manifest {mpath} lacks a valid 'artifact' entry (sha256 and bytes of the file it "
                             f"describes); re-export the artifact")
+    if kind is not None and m.get("kind") != kind:
+        found = KINDS.get(m.get("kind"), f"an artifact of kind {m.get('kind')!r}")
+        hint = _OTHER_KIND_HINTS.get((kind, m.get("kind")), "re-export it").format(artifact=artifact)
+        raise ArtifactError(f"{artifact} is {found} (its manifest says so), not {KINDS.get(kind, kind)}: {hint}")
     return m
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,11 @@ def presets_hint(sd: dict[str, torch.Tensor]) -> str:
             f"{'; the seed checkpoint is --preset seed' if 'seed' in fits else ''}")
 
 
-def load_model(path: str | Path, preset: str | None = None, impl: str = "masked", verify: bool = True) -> SmallViT:
-    """Rebuild a model from weights. The architecture comes from ``preset`` if given, else the JSON sidecar.
+def load_model(path: str | Path, preset: str | None = None, impl: str = "masked", verify: bool = True,
+               architecture: Mapping[str, Any] | None = None) -> SmallViT:
+    """Rebuild a model from weights. The architecture comes from ``preset`` if given, else the JSON sidecar, else
+    ``architecture`` (a ModelConfig dict recorded elsewhere: the ``model.config`` of the manifest of an ONNX model or engine
+    exported from these weights, whose hash it checked).
 
     The sha256 the sidecar records is checked unless ``verify`` is False. Raises CheckpointError for a missing,
     unreadable, damaged or misfitting file, naming the presets the tensors fit when the architecture is unknown."""
@@ -171,6 +175,8 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
                                   f"out to use theirs")
     elif side and "config" in side:
         config = ModelConfig.from_dict(side["config"])
+    elif architecture is not None:
+        config = ModelConfig.from_dict(dict(architecture))
     else:
         raise CheckpointError(f"weights {path} come without {sidecar_path(path).name}, which names their "
                               f"architecture; {presets_hint(sd)}")

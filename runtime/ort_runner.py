@@ -65,7 +65,7 @@ class OrtRunner(BaseRunner):
         if not self.model_path.is_file():
             raise ArtifactError(f"ONNX model {self.model_path} does not exist; create it with 'moe-denoise export'")
         if self.check_manifest:
-            self.manifest = read_manifest(self.model_path)
+            self.manifest = read_manifest(self.model_path, kind="onnx")
             check_artifact_file(self.model_path, self.manifest)
             self.precision = self.manifest.get("precision", self.precision)
         wanted = PROVIDERS[self.provider]

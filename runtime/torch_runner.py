@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,14 @@ def artifact_weights(artifact: str | Path, manifest: dict[str, Any] | None, weig
     return path
 
 
+def artifact_architecture(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The architecture (ModelConfig dict) an ONNX model's or engine's manifest records for the weights it was made
+    from (None when it records none): what rebuilds the reference from weights that come without a sidecar."""
+    model = manifest.get("model") if isinstance(manifest, Mapping) else None
+    config = model.get("config") if isinstance(model, Mapping) else None
+    return dict(config) if isinstance(config, Mapping) else None
+
+
 def check_runner_args(weights: Any, device: Any, threads: Any) -> None:
     """TorchRunner's arguments that failed only when it was activated, in torch's words (a TypeError for weights=123,
     every device type torch knows for device='gpu', 'set_num_threads expects a positive integer')."""
@@ -110,11 +118,14 @@ class TorchRunner(BaseRunner):
                  name: str | None = None, max_batch: int | None = None, verify_weights: bool = True,
                  precision: str = "fp32", half_mode: str = "autocast", cuda_graph: bool = False,
                  graph_buckets: Iterable[int] | None = None, graph_fallback: bool = False,
-                 graph_capture: Callable[[Callable[[Any], Any], Any], Any] | None = None) -> None:
-        """``graph_buckets``: the batch sizes to capture (default: powers of two up to ``max_batch`` or 4096).
-        ``graph_capture(fn, static_input) -> Captured``: how a bucket's graph is made (default
-        ``runtime.cuda_graphs.capture_cuda_graph``, which needs CUDA); ``runtime.cuda_graphs.eager_capture`` runs
-        the same bucket layer uncaptured, on any device (how it is tested on a CPU)."""
+                 graph_capture: Callable[[Callable[[Any], Any], Any], Any] | None = None,
+                 architecture: Mapping[str, Any] | None = None) -> None:
+        """``architecture``: the model's config as a dict, for weights whose sidecar does not name it (and no
+        ``preset``): :func:`artifact_architecture` of an artifact made from them. ``graph_buckets``: the batch sizes
+        to capture (default: powers of two up to ``max_batch`` or 4096). ``graph_capture(fn, static_input) ->
+        Captured``: how a bucket's graph is made (default ``runtime.cuda_graphs.capture_cuda_graph``, which needs
+        CUDA); ``runtime.cuda_graphs.eager_capture`` runs the same bucket layer uncaptured, on any device (how it is
+        tested on a CPU)."""
         check_runner_args(weights, device, threads)
         if precision not in PRECISIONS:
             raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -129,7 +140,7 @@ class TorchRunner(BaseRunner):
         default_name = (f"torch-{impl}{'-compile' if compile else ''}{'' if precision == 'fp32' else '-' + precision}"
                         f"{'-graph' if cuda_graph else ''}")
         super().__init__(name=name or default_name, precision=precision, max_batch=max_batch)
-        self.weights, self.preset, self.model = weights, preset, model
+        self.weights, self.preset, self.model, self.architecture = weights, preset, model, architecture
         self.device, self.impl, self.compile, self.threads = device, impl, compile, threads
         self.verify_weights = verify_weights
         self.half_mode = half_mode
@@ -154,7 +165,8 @@ class TorchRunner(BaseRunner):
             torch.set_num_threads(self.threads)
         if self.model is None:
             from moe_model.checkpoint import load_model
-            self.model = load_model(self.weights_file, preset=self.preset, verify=self.verify_weights)
+            self.model = load_model(self.weights_file, preset=self.preset, verify=self.verify_weights,
+                                    architecture=self.architecture)
         model = self.model.eval().to(self.device)
         _register_impl(self.impl)
         model.set_attention_impl(self.impl)

@@ -51,7 +51,7 @@ class TensorRTRunner(BaseRunner):
             raise ArtifactError(f"TensorRT engine {self.engine_path} does not exist; build one with "
                                 f"'moe-denoise build --onnx MODEL.onnx'")
         if self.check_manifest:
-            self.manifest = read_manifest(self.engine_path)
+            self.manifest = read_manifest(self.engine_path, kind="trt-engine")
             check_artifact_file(self.engine_path, self.manifest)  # truncated / replaced files stop here
             self.precision = self.manifest.get("precision", self.precision)
         trt = require("tensorrt", "the TensorRT backend")

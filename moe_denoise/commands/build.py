@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weights for the parity check: those the ONNX model was exported from (checked by hash "
                         "against its manifest): a file or a shipped name (blind, sigma20); default: the weights the manifest "
                         "names, else blind")
-    p.add_argument("--json", action="store_true", help="print the engine's manifest as JSON instead of the parity report")
+    p.add_argument("--json", action="store_true",
+                   help="print the engine's manifest as JSON instead of the parity report, with the engine's path "
+                        "('output') and whether it came from the engine cache ('cached')")
     p.set_defaults(func=run)
 
 
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from moe_denoise.cli import print_json
 
-        print_json({"engine": str(result.path), "cached": result.cached, **result.manifest})
+        print_json({**result.manifest, "output": str(result.path), "cached": result.cached})
     else:
         print(result.parity.summary())
     return 0

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph, 17 to 21")
     p.add_argument("--parity-images", type=parity_count, default=32, help="size of the fixed parity batch")
     p.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime threads for the parity run")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the manifest as JSON, with the model's path ('output') and the manifest's ('manifest')")
     p.set_defaults(func=run)
 
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from moe_denoise.cli import print_json
 
-        print_json({"onnx": str(result.path), "manifest": str(result.manifest_path), **result.manifest})
+        print_json({**result.manifest, "output": str(result.path), "manifest": str(result.manifest_path)})
     else:
         print(result.parity.summary())
         print(f"wrote {result.path} and {result.manifest_path}")

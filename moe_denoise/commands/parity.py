@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from moe_base.tolerances import get_tolerance
     from runtime.parity import compare, in_chunks, parity_inputs
-    from runtime.torch_runner import TorchRunner, artifact_weights
+    from runtime.torch_runner import TorchRunner, artifact_architecture, artifact_weights
 
     check_backend_options(args, reads_preset=True)  # before any work: an option the backend ignores is refused
     weights = resolve_weights(args.weights)
@@ -52,14 +52,15 @@ def run(args: argparse.Namespace) -> int:
     runner = make_runner(args, weights)
     with runner:
         manifest = getattr(runner, "manifest", None)
-        if manifest:  # no --weights: the reference is the model the artifact was made from
+        if manifest:  # the reference is the model the artifact was made from (its weights checked by their hash)
             described = runner.describe()
             weights = artifact_weights(described.get("model") or described.get("engine"), manifest, args.weights,
                                        "--weights")
         out = in_chunks(runner, x)
         precision = runner.precision
     with TorchRunner(weights, preset=args.preset, impl="masked", threads=args.threads,
-                     verify_weights=not args.skip_weights_check) as ref_runner:
+                     verify_weights=not args.skip_weights_check,
+                     architecture=artifact_architecture(manifest)) as ref_runner:  # weights without a sidecar
         ref = in_chunks(ref_runner, x)
     report = compare(ref, out, get_tolerance(args.backend, precision), args.backend, precision)
     if args.json:

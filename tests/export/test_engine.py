@@ -1,10 +1,11 @@
 """The TensorRT build layer without TensorRT: version planning, profiles, cache keys, the timing cache."""
 import sys
 
+import numpy as np
 import pytest
 
 from export.engine import BuildOptions, cache_key, plan_build
-from moe_base.errors import InputError, MissingBackendError
+from moe_base.errors import InputError, MissingBackendError, ParityError
 
 
 def test_plan_by_tensorrt_version():
@@ -194,3 +195,127 @@ def test_the_engines_parity_weights_default_to_those_the_onnx_model_names(tmp_pa
     moved = {"model": {**manifest["model"], "weights_file": str(tmp_path / "gone.safetensors")}}
     with pytest.raises(ArtifactMismatchError):  # the file it names is gone: the shipped default, which differs
         artifact_weights(onnx, moved, None, "--weights")
+
+
+# --- build_engine's own logic around TensorRT (TensorRT, the GPU, the build and the engine run are stood in for) -----
+@pytest.fixture()
+def fake_trt(monkeypatch, tmp_path):
+    """A machine with 'TensorRT 11.4' and a GPU: the build returns fixed bytes (counted) and the engine's parity is
+    what the test says. Everything else (manifests, weights, cache, messages) is build_engine's own."""
+    import types
+
+    import torch
+
+    import moe_base.machine
+    from export import engine
+    from moe_base.tolerances import get_tolerance
+    from runtime.parity import compare
+
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "11.4.0.106"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(moe_base.machine, "cuda_device",
+                        lambda i=0: {"name": "Stand-in GPU", "compute_capability": "9.0"})
+    state = types.SimpleNamespace(builds=0, passes=True, references=[])
+
+    def build(*args, **kwargs):
+        state.builds += 1
+        return b"engine bytes %d" % state.builds
+
+    def parity(data, manifest, out_path, reference, opts):
+        state.references.append(reference)
+        x = np.zeros((2, 3, 32, 32), np.float32)
+        return compare(x, x + (0 if state.passes else 0.5), get_tolerance("trt", opts.precision), "trt", opts.precision)
+
+    monkeypatch.setattr(engine, "_build", build)
+    monkeypatch.setattr(engine, "_parity", parity)
+    return state
+
+
+@pytest.fixture(scope="module")
+def portable_onnx(tmp_path_factory, random_weights):
+    pytest.importorskip("onnxruntime")
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_model.checkpoint import load_model
+
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    export_onnx(load_model(random_weights), path, ExportOptions(), weights_path=random_weights, parity_images=2,
+                log=lambda s: None)
+    return path
+
+
+def test_only_an_engine_that_passes_parity_is_cached(fake_trt, portable_onnx, random_weights, tmp_path):
+    """An engine that fails parity is not kept in the engine cache (it was, and every rerun was served it as a
+    cache hit, failing again); a cached engine that fails parity later is removed from the cache."""
+    from export.engine import BuildOptions, build_engine
+
+    opts = BuildOptions(cache_dir=tmp_path / "cache")
+    engines = opts.cache_dir / "engines"
+    fake_trt.passes = False
+    for attempt in (1, 2):
+        with pytest.raises(ParityError, match="does not match PyTorch"):
+            build_engine(portable_onnx, tmp_path / "m.engine", opts, weights=random_weights, log=lambda s: None)
+        assert fake_trt.builds == attempt  # built again: the failing engine was not cached
+        assert not list(engines.glob("*.engine"))
+    assert not (tmp_path / "m.engine").exists()
+    fake_trt.passes = True
+    first = build_engine(portable_onnx, tmp_path / "m.engine", opts, weights=random_weights, log=lambda s: None)
+    again = build_engine(portable_onnx, tmp_path / "m2.engine", opts, weights=random_weights, log=lambda s: None)
+    assert (first.cached, again.cached, fake_trt.builds) == (False, True, 3) and len(list(engines.glob("*.engine"))) == 1
+    fake_trt.passes = False  # the cached engine now fails (a driver changed under it, say): it leaves the cache
+    with pytest.raises(ParityError, match="the cached engine is removed from the cache"):
+        build_engine(portable_onnx, tmp_path / "m3.engine", opts, weights=random_weights, log=lambda s: None)
+    assert not list(engines.glob("*.engine")) and not (tmp_path / "m3.engine").exists()
+
+
+def test_build_checks_the_onnx_file_against_its_manifest(fake_trt, portable_onnx, random_weights, tmp_path):
+    """A graph replaced under its old manifest was built as the old one (its cache key is the manifest's hash):
+    refused before any build, as the runners refuse it; an engine given as --onnx is told what it is."""
+    import shutil
+
+    from export.engine import BuildOptions, build_engine
+    from moe_base.errors import ArtifactError
+    from moe_base.manifest import manifest_path
+
+    onnx = tmp_path / "m.onnx"
+    shutil.copy(portable_onnx, onnx)
+    shutil.copy(manifest_path(portable_onnx), manifest_path(onnx))
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    with pytest.raises(ArtifactError, match="manifest says"):
+        build_engine(onnx, tmp_path / "m.engine", BuildOptions(cache_dir=tmp_path / "c"), weights=random_weights,
+                     log=lambda s: None)
+    built = build_engine(portable_onnx, tmp_path / "e.engine", BuildOptions(cache_dir=tmp_path / "c"),
+                         weights=random_weights, log=lambda s: None)
+    with pytest.raises(ArtifactError, match=r"is a TensorRT engine \(its manifest says so\), not an ONNX model"):
+        build_engine(built.path, tmp_path / "x.engine", BuildOptions(cache_dir=tmp_path / "c"), log=lambda s: None)
+    assert fake_trt.builds == 1
+
+
+def test_build_of_a_model_from_weights_without_a_sidecar(fake_trt, tmp_path, seed_ckpt):
+    """The seed checkpoint has no JSON sidecar: its ONNX model's manifest records the architecture, which rebuilds
+    the parity reference (before, build failed after the build, asking for a --preset it does not have)."""
+    pytest.importorskip("onnxruntime")
+    from export.engine import BuildOptions, build_engine
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_model.checkpoint import load_model
+
+    onnx = tmp_path / "seed.onnx"
+    export_onnx(load_model(seed_ckpt, preset="seed"), onnx, ExportOptions(), weights_path=seed_ckpt, parity_images=2,
+                log=lambda s: None)
+    build_engine(onnx, tmp_path / "seed.engine", BuildOptions(cache_dir=tmp_path / "c"), log=lambda s: None)
+    (reference,) = fake_trt.references
+    assert reference.config.name == "seed" and fake_trt.builds == 1
+
+
+def test_an_fp16_build_on_tensorrt_11_names_the_export_it_needs(fake_trt, portable_onnx, random_weights, tmp_path):
+    """TensorRT 11 builds fp16 from the fp16 graph: the hint names the export with the given graph's flavour (it
+    said 'export --precision fp16', which writes the portable graph, and build then took the plugin one again)."""
+    from export.engine import BuildOptions, build_engine
+
+    with pytest.raises(InputError, match=r"'moe-denoise export --flavor portable --precision fp16'"):
+        build_engine(portable_onnx, tmp_path / "m.engine", BuildOptions(precision="fp16", cache_dir=tmp_path / "c"),
+                     weights=random_weights, log=lambda s: None)
+    assert fake_trt.builds == 0

@@ -107,7 +107,8 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     chosen = tmp_path / "fused.onnx"
     code, out, _ = run(capsys, "export", "--weights", random_weights, "-o", chosen, "--parity-images", 2,
                        "--rewrites", "fuse_qkv,rows2d", "--json")
-    assert code == 0 and json.loads(out)["onnx"]["rewrites"] == ["fuse_qkv", "rows2d"]
+    printed = json.loads(out)  # the manifest, with the model's path (its "onnx" section used to replace the path)
+    assert code == 0 and printed["onnx"]["rewrites"] == ["fuse_qkv", "rows2d"] and printed["output"] == str(chosen)
     code, _, err = run(capsys, "export", "--weights", random_weights, "-o", tmp_path / "x.onnx", "--rewrites", "fuse")
     assert code == 2 and "unknown ['fuse']" in err and not (tmp_path / "x.onnx").exists()
     # the artifact belongs to other weights: refused, naming both
@@ -604,3 +605,31 @@ def test_train_leaves_no_empty_folder_says_how_to_resume_and_resumes_from_anywhe
     monkeypatch.chdir(work / "sub")
     assert main(["train", "--resume", "--out-dir", "../r", "--no-progress"]) == 0  # its --data-dir was relative
     assert "resuming ../r at epoch 2/2" in capsys.readouterr().out
+
+
+def test_parity_of_a_model_exported_from_weights_without_a_sidecar(capsys, seed_ckpt, tmp_path):
+    """The seed checkpoint has no JSON sidecar (export takes --preset seed): parity rebuilds the reference from the
+    architecture the ONNX model's manifest records; it asked for a --preset the user had already given export."""
+    onnx_path = tmp_path / "seed.onnx"
+    code, _, err = run(capsys, "export", "--weights", seed_ckpt, "--preset", "seed", "-o", onnx_path,
+                       "--parity-images", 2)
+    assert code == 0, err
+    code, out, err = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "-n", 4)
+    assert code == 0 and "PASS" in out, err
+
+
+def test_an_artifact_of_another_kind_is_told_what_it_is(capsys, random_weights, tmp_path):
+    """An engine's manifest on a file given to --backend ort said 'not a readable ONNX model ... re-export it':
+    now what it is and which backend runs it."""
+    from moe_base.manifest import base_manifest, write_artifact
+
+    engine = tmp_path / "m.engine"
+    write_artifact(engine, b"engine bytes", base_manifest("trt-engine", engine, b"engine bytes"))
+    code, _, err = run(capsys, "parity", "--backend", "ort", "--artifact", engine, "-n", 2)
+    assert code == 2 and "is a TensorRT engine (its manifest says so), not an ONNX model: run it with --backend trt" \
+        in err
+    onnx = tmp_path / "m.onnx"
+    write_artifact(onnx, b"graph bytes", base_manifest("onnx", onnx, b"graph bytes"))
+    code, _, err = run(capsys, "parity", "--backend", "trt", "--artifact", onnx, "-n", 2)
+    assert code == 2 and f"is an ONNX model (its manifest says so), not a TensorRT engine: build an engine from it " \
+                         f"with 'moe-denoise build --onnx {onnx}'" in err
