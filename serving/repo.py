@@ -172,7 +172,8 @@ def _manifest(path: Path, kind: str) -> dict[str, Any]:
     if not m.is_file():
         raise InputError(f"the {kind} '{path}' has no manifest '{m.name}' next to it; the toolkit writes one with "
                          f"every artifact ('moe-denoise export' / 'moe-denoise build'): use such an artifact")
-    manifest = read_manifest(path)  # a malformed manifest is said here, not as a KeyError
+    # a malformed manifest is said here, not as a KeyError; an engine given as the ONNX model (or back) is told so
+    manifest = read_manifest(path, kind="onnx" if kind == "ONNX model" else "trt-engine")
     check_artifact_file(path, manifest)  # the file the manifest describes (size, sha256), as the runners check it:
     return manifest  # a replaced or truncated model was packaged, to fail only when Triton loaded it
 

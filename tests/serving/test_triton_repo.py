@@ -95,7 +95,7 @@ def test_the_command_writes_the_onnx_model_only_by_default(tmp_path, onnx):
 
 
 def test_refusals(tmp_path, onnx, engine):
-    plugin = fake_artifact(tmp_path / "p.onnx", {"io": IO, "onnx": {"flavor": "plugin"}})
+    plugin = fake_artifact(tmp_path / "p.onnx", {"kind": "onnx", "io": IO, "onnx": {"flavor": "plugin"}})
     with pytest.raises(InputError, match="portable"):
         write_repository(tmp_path / "a", plugin)
     bare = tmp_path / "bare.onnx"
@@ -104,12 +104,18 @@ def test_refusals(tmp_path, onnx, engine):
         write_repository(tmp_path / "b", bare)
     with pytest.raises(InputError, match="batch profile"):
         write_repository(tmp_path / "c", onnx, engine, RepoSettings(max_batch=256))
-    renamed = fake_artifact(tmp_path / "r.onnx", {"io": {"inputs": [{"name": "x"}], "outputs": [{"name": "y"}]},
+    renamed = fake_artifact(tmp_path / "r.onnx", {"kind": "onnx", "io": {"inputs": [{"name": "x"}], "outputs": [{"name": "y"}]},
                                                  "onnx": {"flavor": "portable"}})
     with pytest.raises(InputError, match="contract"):
         write_repository(tmp_path / "d", renamed)
     with pytest.raises(InputError, match="--onnx"):
         write_repository(tmp_path / "e", None, None)
+    from moe_base.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=r"is a TensorRT engine \(its manifest says so\), not an ONNX model"):
+        write_repository(tmp_path / "f", engine)  # the two given the wrong way round
+    with pytest.raises(ArtifactError, match=r"is an ONNX model \(its manifest says so\), not a TensorRT engine"):
+        write_repository(tmp_path / "g", None, onnx)
 
 
 def test_a_model_that_is_not_the_one_its_manifest_describes_is_refused(tmp_path, onnx, engine):
