@@ -18,6 +18,7 @@ the naive baseline of the benchmarks; mathematically it equals dense attention w
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -44,8 +45,24 @@ def available_impls() -> tuple[str, ...]:
     return IMPLS + tuple(sorted(_EXTRA_IMPLS))
 
 
+def check_topk(topk: int) -> None:
+    """InputError naming topk for what the implementations would meet as an IndexError (0), a RuntimeError
+    (negative), a silent truncation (3.5) or zeros (the gather path with 0)."""
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+        raise InputError(f"topk (the keys each query keeps) must be a whole number >= 1; got {topk!r}")
+
+
+def check_attention_args(q: torch.Tensor, scale: float | None = None) -> None:
+    """InputError for a head size of 0 (a ZeroDivisionError in 1/sqrt(d)) or a scale that is not finite."""
+    if q.ndim < 2 or q.shape[-1] < 1:
+        raise InputError(f"q, k, v are (B, H, N, d) with a head size d >= 1; got q of shape {tuple(q.shape)}")
+    if scale is not None and not math.isfinite(scale):
+        raise InputError(f"scale must be a finite number (None: 1/sqrt(d)); got {scale!r}")
+
+
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Plain softmax attention. q, k, v: (B, H, N, d) -> (B, H, N, d)."""
+    check_attention_args(q, scale=scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
@@ -65,8 +82,10 @@ def sparse_topk_attention(
 ) -> torch.Tensor:
     """Sparse top-k attention. q, k, v: (B, H, N, d); returns (B, H, N, d).
 
-    ``scale`` defaults to 1/sqrt(d); pass 1.0 when it is already folded into q.
+    ``scale`` defaults to 1/sqrt(d); pass 1.0 when it is already folded into q. ``topk``: a whole number >= 1.
     """
+    check_topk(topk)
+    check_attention_args(q, scale)
     n = k.shape[-2]
     if impl == "seed":  # the seed's code path: top-k + gather for every expert, k clipped to N
         impl, topk = "gather", min(topk, n)

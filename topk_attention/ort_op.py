@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from moe_base.errors import ArtifactError
 from moe_base.optional import require
 
 from .spec import PLUGIN_NAME, PLUGIN_NAMESPACE
@@ -64,6 +65,7 @@ def relabel_for_ort(model: Any) -> Any:
     nodes = []
     for node in m.graph.node:
         if node.op_type == PLUGIN_NAME and node.domain == PLUGIN_NAMESPACE:
+            check_plugin_node(node)
             node.domain = contrib
             if types.get(node.input[0]) == onnx.TensorProto.FLOAT16:
                 f32 = onnx.TensorProto.FLOAT
@@ -81,6 +83,27 @@ def relabel_for_ort(model: Any) -> Any:
     del m.opset_import[:]
     m.opset_import.extend(kept + [onnx.helper.make_opsetid(contrib, 1)])
     return m
+
+
+def check_plugin_node(node: Any) -> None:
+    """ArtifactError for a plugin node whose attributes the op cannot run with: an error inside the Python op ends
+    the whole process (onnxruntime-extensions aborts on it), and a missing attribute is an ONNX Runtime error that
+    names no node. Graphs from 'moe-denoise export' always pass; this is for graphs made or edited by hand."""
+    import math
+
+    onnx = require("onnx")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    topk, scale = attrs.get("topk"), attrs.get("scale")
+    problems = []
+    if len(node.input) != 3 or len(node.output) != 1:
+        problems.append(f"{len(node.input)} inputs and {len(node.output)} outputs (expected q, k, v and one output)")
+    if not isinstance(topk, int) or topk < 1:
+        problems.append(f"topk {topk!r} (expected an INT attribute >= 1)")
+    if not isinstance(scale, float) or not math.isfinite(scale):
+        problems.append(f"scale {scale!r} (expected a finite FLOAT attribute)")
+    if problems:
+        raise ArtifactError(f"the {PLUGIN_NAME} node '{node.name}' has {'; '.join(problems)}. 'moe-denoise export "
+                            f"--flavor plugin' writes these nodes; a graph made or edited by hand must match them")
 
 
 def _value_types(model: Any) -> dict[str, int]:

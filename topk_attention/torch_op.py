@@ -8,15 +8,14 @@ the attention implementation ``"triton"`` of ``moe_model.attention`` (``model.se
 which makes "PyTorch with the Triton kernel" a backend the benchmarks can time against plain PyTorch.
 
 Importing this module needs neither Triton nor a GPU: Triton is imported inside the CUDA implementation.
+The op is for inference: it has no autograd formula (training runs the reference, which is differentiable).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from moe_base.errors import InputError
-from moe_model.attention import register_impl
+from moe_model.attention import check_attention_args, check_topk, register_impl
 from moe_model.attention import sparse_topk_attention as reference_sparse_topk_attention
 
 OP_NAME = "moe_denoise::sparse_topk_attention"
@@ -26,10 +25,22 @@ def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, sca
     return reference_sparse_topk_attention(q, k, v, topk, impl="masked", scale=scale)
 
 
+def check_op_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, scale: float | None) -> None:
+    """What the op takes, checked alike when it runs and when it is traced (torch.compile): one shape (B, H, N, d)
+    for q, k and v (the Triton kernel's and the plugin's contract; the eager op took k, v of another N, which the
+    traced op refused), a whole topk >= 1 and a finite scale."""
+    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise InputError(f"q, k, v must have one shape (B, H, N, d); got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    check_topk(topk)
+    check_attention_args(q, scale)
+
+
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def sparse_topk_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
                              scale: float | None = None) -> torch.Tensor:
     """Sparse top-k attention. q, k, v: (B, H, N, d) -> (B, H, N, d). Default (non-CUDA): the reference."""
+    check_op_args(q, k, v, topk, scale)
     return _reference(q, k, v, topk, scale).contiguous()
 
 
@@ -41,6 +52,7 @@ def _cuda_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
         sparse_topk_attention_triton,
     )
 
+    check_op_args(q, k, v, topk, scale)
     ok, _reason = kernel_supports(q.shape[-2], topk, q.dtype)
     if not ok or q.ndim != 4:  # dense (topk >= N), N > 1024, other dtypes, no triton: the reference
         return _reference(q, k, v, topk, scale).contiguous()
@@ -49,17 +61,14 @@ def _cuda_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
 
 @sparse_topk_attention_op.register_fake
 def _fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, scale: float | None = None) -> torch.Tensor:
-    if q.shape != k.shape or q.shape != v.shape:
-        raise InputError(f"q, k, v must have one shape (B, H, N, d); got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
+    check_op_args(q, k, v, topk, scale)
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def sparse_topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
                           scale: float | None = None) -> torch.Tensor:
     """Call the custom op (same signature as the reference, without ``impl``)."""
-    if scale is not None and not math.isfinite(scale):
-        raise InputError(f"scale must be finite, got {scale}")
+    check_op_args(q, k, v, topk, scale)  # before torch's schema turns a float topk into a TypeError
     return torch.ops.moe_denoise.sparse_topk_attention(q, k, v, int(topk), scale)
 
 

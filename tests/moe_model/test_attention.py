@@ -96,3 +96,30 @@ def test_seed_code_path_gathers_even_when_k_reaches_n(topk, monkeypatch):
     ref = sparse_topk_attention(q, k, v, topk, impl="gather") if topk < 20 else \
         torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("impl", ["masked", "gather", "seed"])
+@pytest.mark.parametrize("topk, found", [(0, "got 0"), (-1, "got -1"), (3.5, "got 3.5"), (True, "got True"),
+                                         (None, "got None")])
+def test_a_topk_that_is_not_a_count_of_keys_is_refused_by_name(impl, topk, found):
+    """topk 0 was an IndexError from amin (masked) or all zeros (gather, seed), -1 torch's 'selected index k out of
+    range', 3.5 a float topk passed on: each is now an InputError naming topk."""
+    from moe_base.errors import InputError
+
+    q, k, v = rand_qkv()
+    with pytest.raises(InputError, match=rf"topk \(the keys each query keeps\) must be a whole number >= 1; {found}"):
+        sparse_topk_attention(q, k, v, topk, impl=impl)
+
+
+def test_a_head_size_of_zero_or_an_infinite_scale_is_refused():
+    from moe_base.errors import InputError
+
+    q = torch.zeros(1, 2, 8, 0)
+    with pytest.raises(InputError, match=r"head size d >= 1; got q of shape \(1, 2, 8, 0\)"):  # ZeroDivisionError
+        sparse_topk_attention(q, q, q, 4)
+    with pytest.raises(InputError, match="head size"):
+        dense_attention(q, q, q)
+    q, k, v = rand_qkv()
+    with pytest.raises(InputError, match="scale must be a finite number"):
+        sparse_topk_attention(q, k, v, 4, scale=float("nan"))
+    assert sparse_topk_attention(q, k, v, 4, scale=0.5).shape == q.shape  # a finite scale still runs

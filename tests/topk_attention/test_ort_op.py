@@ -71,3 +71,22 @@ def test_patch_size_2_makes_every_expert_sparse():
         ref = model(torch.from_numpy(x)).numpy()
     report = compare(ref, session.run(None, {"noisy": x})[0], get_tolerance("ort", "fp32"))
     assert report.passed, report.summary()
+
+
+@pytest.mark.parametrize("attrs, found", [({"topk": 0, "scale": 1.0}, "topk 0"), ({"topk": 4}, "scale None"),
+                                          ({"topk": 4, "scale": float("inf")}, "scale inf")])
+def test_a_hand_made_plugin_node_the_op_cannot_run_is_refused_before_the_session(attrs, found):
+    """An error inside the Python op aborted the whole process (onnxruntime-extensions: 'terminate called after
+    throwing pybind11::error_already_set'), and a missing scale was ORT's 'Unable to find attribute': refused when
+    the graph is prepared for ONNX Runtime, naming the node."""
+    from moe_base.errors import ArtifactError
+    from topk_attention.ort_op import relabel_for_ort
+
+    node = onnx.helper.make_node(PLUGIN_NAME, ["q", "k", "v"], ["o"], name="hand_made", domain=PLUGIN_NAMESPACE,
+                                 plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION, aot=1, **attrs)
+    io = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 2, 8, 4]) for n in "qkvo"]
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", io[:3], io[3:]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                  onnx.helper.make_opsetid(PLUGIN_NAMESPACE, 1)])
+    with pytest.raises(ArtifactError, match=rf"the {PLUGIN_NAME} node 'hand_made' has {found}"):
+        relabel_for_ort(model)

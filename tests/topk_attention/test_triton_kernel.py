@@ -164,6 +164,24 @@ def test_custom_op_cpu_is_the_reference_and_registers_triton_impl():
     torch.testing.assert_close(torch_op.sparse_topk_attention(q, k, v, 30), sparse_topk_attention(q, k, v, 30))
 
 
+def test_the_custom_op_checks_its_arguments_alike_eager_and_traced():
+    """k, v of another N ran eagerly and failed when traced (the fake checked shapes, the kernel did not); topk 3.5
+    was truncated to 3 and True taken as 1. Both ways now refuse them, naming what was given."""
+    from moe_base.errors import InputError
+    from topk_attention import torch_op
+
+    q, kv = torch.randn(1, 2, 8, 4), torch.randn(1, 2, 6, 4)
+    for call in (lambda: torch_op.sparse_topk_attention(q, kv, kv, 3),
+                 lambda: torch.ops.moe_denoise.sparse_topk_attention(q, kv, kv, 3, None),
+                 lambda: torch.compile(torch_op.sparse_topk_attention, backend="eager")(q, kv, kv, 3)):
+        with pytest.raises(Exception, match=r"q, k, v must have one shape \(B, H, N, d\); got \(1, 2, 8, 4\), "
+                                            r"\(1, 2, 6, 4\)"):
+            call()
+    for topk in (3.5, True, 0):
+        with pytest.raises(InputError, match=rf"topk .* must be a whole number >= 1; got {topk}"):
+            torch_op.sparse_topk_attention(q, q, q, topk)
+
+
 def test_custom_op_passes_opcheck():
     from topk_attention import torch_op  # noqa: F401 - registers the op
 
