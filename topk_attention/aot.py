@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -58,6 +59,7 @@ from .triton_kernel import (
 
 SCHEMA_VERSION = 1
 DEFAULT_PTX_VERSION = 84  # PTX ISA 8.4 = CUDA 12.4: every driver >= 550.54.14 can JIT it
+MIN_CAPABILITY = 50  # sm_50 compiles; sm_35, cuda:20 and cuda:0 (a device index given) abort LLVM, and the process
 STATIC_SHARED_LIMIT = 48 * 1024  # above this a kernel's dynamic shared memory needs an opt-in attribute
 
 # PTX ISA version (major*10 + minor) -> CUDA toolkit release that introduced it, and the minimum Linux
@@ -135,6 +137,8 @@ class AOTArtifact:
 
     def extra_arg_values(self, batch: int) -> list[int]:
         """The integer extras in launch order for a batch (each fits in int32)."""
+        if batch < 1:
+            raise InputError(f"batch must be >= 1, got {batch}")
         n_bh = batch * self.num_heads
         if n_bh >= 2 ** 31:
             raise InputError(f"batch * num_heads = {n_bh} does not fit the int32 extra n_bh")
@@ -233,8 +237,11 @@ def strip_unused_params(ptx: str, names: list[str]) -> str:
 
 # -- versions ----------------------------------------------------------------------------------------------
 def _parse_ptx_version(v: int | str) -> int:
-    """84, "8.4" or "84" -> 84."""
-    if isinstance(v, int):
+    """84, "8.4" or "84" -> 84 (PTX ISA 6.0 to 9.9: 8 alone is not read as ISA 0.8)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not 60 <= v <= 99:
+            raise InputError(f"ptx_version {v} is not a PTX ISA this kernel can use: give it as 84 or '8.4' "
+                             f"(ISA 6.0 to 9.9)")
         return v
     m = re.fullmatch(r"(\d+)\.(\d)", str(v).strip()) or re.fullmatch(r"(\d)(\d)", str(v).strip())
     if not m:
@@ -274,10 +281,15 @@ def _cuda_to_ptx_hint(cuda: tuple[int, int]) -> str:
 
 def _parse_target(target: str) -> tuple[int, int]:
     """"cuda:90", "cuda:90:32" or "sm_90" -> (capability, warp size)."""
-    m = re.fullmatch(r"cuda:(\d+)(?::(\d+))?", target) or re.fullmatch(r"sm_(\d+)a?()", target)
+    m = re.fullmatch(r"cuda:(\d+)(?::(\d+))?", str(target)) or re.fullmatch(r"sm_(\d+)a?()", str(target))
     if not m:
         raise InputError(f"target must look like 'cuda:90' (or 'cuda:90:32', 'sm_90'), got {target!r}")
-    return int(m.group(1)), int(m.group(2) or 32)
+    capability = int(m.group(1))
+    if capability < MIN_CAPABILITY:  # 'cuda:0' (a device index) made LLVM abort the whole process
+        raise InputError(f"target {target!r} names compute capability {capability}: a target is the GPU's architecture "
+                         f"(e.g. 'cuda:90' or 'sm_90' for an H100/H200, 'cuda:80' for an A100), not a device index; "
+                         f"the kernel compiles for sm_{MIN_CAPABILITY} and newer")
+    return capability, int(m.group(2) or 32)
 
 
 def _dtype_name(dtype: torch.dtype | str) -> tuple[str, torch.dtype]:
@@ -320,6 +332,12 @@ def build_aot_artifact(
     from .triton_kernel import sparse_topk_attn_fwd
 
     dtype_name, torch_dtype = _dtype_name(dtype)
+    for name, value in (("n", n), ("head_dim", head_dim), ("topk", topk), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int):  # topk 32.5 was baked into the artifact
+            raise InputError(f"{name} must be a whole number (int); got {value!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise InputError(f"scale must be a finite number (None: 1/sqrt(head_dim)); got {scale!r}")
     ok, reason = kernel_supports(n, topk, torch_dtype)
     if not ok:
         raise InputError(f"cannot build the AOT kernel for N={n}, topk={topk}, dtype={dtype_name}: {reason}")
@@ -419,12 +437,15 @@ def build_aot_artifact(
 def ptxas_check(artifact: AOTArtifact, ptxas: str | None = None) -> str:
     """Assemble the artifact's PTX with a CUDA toolkit ``ptxas`` (an independent check of the PTX text).
 
-    Returns ptxas's verbose log (registers, spills, shared memory). Raises FileNotFoundError when no
-    ptxas is found and AOTError when it rejects the PTX.
+    Returns ptxas's verbose log (registers, spills, shared memory). Raises InputError when no ptxas is found
+    (or ``ptxas`` is not a program) and AOTError when it rejects the PTX.
     """
     exe = ptxas or shutil.which("ptxas")
     if exe is None:
         raise InputError("ptxas not found on PATH (install the CUDA toolkit, or pass ptxas=...)")
+    if shutil.which(str(exe)) is None:
+        raise InputError(f"ptxas={exe!r} is not a program that can be run; pass the path of the CUDA toolkit's "
+                         f"ptxas (e.g. /usr/local/cuda/bin/ptxas)")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.ptx"
         src.write_text(artifact.ptx)

@@ -12,7 +12,8 @@ Registered as ``moe_denoise::SparseTopKAttention`` (version "1"), matching the O
     trtexec);
   * a JIT implementation (the same kernel through torch), used only if a graph asks for ``aot=0``.
 
-Rules TensorRT's plugin layer imposes, each checked against that layer's own code (tests/trt_layer):
+Rules TensorRT's plugin layer imposes, each checked against that layer's own code (tools/trt_layer,
+tests/topk_attention/test_trt_*.py):
 
   * annotations must be real objects: ``tensorrt.plugin`` reads them with ``inspect.signature`` and compares
     classes, so this module must not use ``from __future__ import annotations`` (strings would be refused);
@@ -23,7 +24,7 @@ Rules TensorRT's plugin layer imposes, each checked against that layer's own cod
     are on every version, and indexed here.
 
 Nothing here runs without TensorRT; the kernel, the artifact and its launch contract are proven without it
-(tests/unit/test_triton_kernel.py, tests/unit/test_aot.py, tools/gpu_check.py).
+(tests/topk_attention/test_triton_kernel.py, tests/topk_attention/test_aot.py, tools/gpu_check.py).
 """
 from typing import Any
 

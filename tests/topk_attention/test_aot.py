@@ -114,10 +114,30 @@ def test_fp16_model_shape():
     ({"n": 64, "head_dim": 32, "topk": 64, "dtype": "fp32"}, ValueError, "dense"),
     ({"n": 64, "head_dim": 32, "topk": 32, "dtype": "bf16"}, ValueError, "fp32 or fp16"),
     ({"n": 64, "head_dim": 32, "topk": 32, "dtype": "fp32", "target": "gfx942"}, ValueError, "cuda:90"),
+    # below: each of these was taken (a topk of 32.5 baked into the artifact, a NaN scale into the PTX), failed
+    # deep inside (n=64.0: 'float' object has no attribute 'bit_length') or aborted the process (cuda:0, in LLVM)
+    ({"n": 64, "head_dim": 32, "topk": 32, "dtype": "fp32", "target": "cuda:0"}, ValueError,
+     "names compute capability 0: a target is the GPU's architecture"),
+    ({"n": 64, "head_dim": 32, "topk": 32.5, "dtype": "fp32"}, ValueError, "topk must be a whole number"),
+    ({"n": 64, "head_dim": 32, "topk": True, "dtype": "fp32"}, ValueError, "topk must be a whole number"),
+    ({"n": 64.0, "head_dim": 32, "topk": 32, "dtype": "fp32"}, ValueError, "n must be a whole number"),
+    ({"n": 64, "head_dim": 32, "topk": 32, "dtype": "fp32", "scale": float("nan")}, ValueError, "finite"),
+    ({"n": 64, "head_dim": 32, "topk": 32, "dtype": "fp32", "ptx_version": 8}, ValueError, "ISA 6.0 to 9.9"),
 ])
 def test_rejects_unsupported(kwargs, err, needle):
     with pytest.raises(err, match=needle):
         build_aot_artifact(**kwargs)
+
+
+def test_launch_helpers_refuse_an_empty_batch(art):
+    for helper in (art.grid, art.extra_arg_values):  # extra_arg_values(0) gave [0] where grid(0) refused
+        with pytest.raises(ValueError, match="batch must be >= 1, got 0"):
+            helper(0)
+
+
+def test_ptxas_that_is_not_a_program_is_said(art, tmp_path):
+    with pytest.raises(ValueError, match="is not a program that can be run"):  # was a raw FileNotFoundError
+        ptxas_check(art, ptxas=str(tmp_path / "no-ptxas"))
 
 
 def test_ptx_assembles_with_cuda_ptxas(art):

@@ -6,7 +6,7 @@ is ``import tensorrt`` for that real plugin package: it provides only the enums,
 plugin layer touches, and appends the unpacked wheel's folder (``MOE_TRT_PLUGIN_LAYER``) to this package's
 ``__path__``, so ``import tensorrt.plugin`` runs NVIDIA's code, unchanged. Every public name here (module
 attributes, enum members, class attributes) must exist in the real ``tensorrt.so`` of each supported version;
-tests/trt_layer checks that against the strings of those files.
+tests/topk_attention/test_trt_names.py checks that against the strings of those files.
 
 What the compiled core does that matters here is modelled faithfully: a PluginField keeps raw bytes of its
 declared type (reading ``.data`` gives a NumPy array of that type, as the C++ field's pointer and length do),
