@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ArtifactMismatchError
+from .errors import ArtifactError, ArtifactMismatchError, InputError
 from .fileio import atomic_write, atomic_write_json, sha256_file
 
 SCHEMA = "moe-denoise/manifest/1"
@@ -39,11 +39,33 @@ def base_manifest(kind: str, artifact: str | Path, data: bytes) -> dict[str, Any
             "host": {"python": platform.python_version(), "platform": platform.platform()}}
 
 
-def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> Path:
-    """Write the artifact, then its manifest, both atomically. Returns the manifest path."""
-    atomic_write(path, data)
+def check_artifact_output(path: str | Path, overwrite: bool, option: str = "--overwrite") -> Path:
+    """Before any work: the artifact ``path`` can be written (and replaced only with ``overwrite``:
+    :func:`moe_base.fileio.check_output_file`), and so can its manifest beside it, which goes with it."""
+    from .fileio import check_output_file
+
     mpath = manifest_path(path)
-    atomic_write_json(mpath, manifest)
+    if mpath.is_dir():
+        raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; move it away or choose another "
+                         f"output path")
+    return check_output_file(path, overwrite, option)
+
+
+def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> Path:
+    """Write the artifact, then its manifest, both atomically. Returns the manifest path. When the manifest cannot
+    be written, an artifact that was not there before is removed again (no artifact is left without one)."""
+    path = Path(path)
+    mpath = manifest_path(path)
+    if mpath.is_dir():
+        raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; nothing was written")
+    existed = path.exists()
+    atomic_write(path, data)
+    try:
+        atomic_write_json(mpath, manifest)
+    except BaseException:
+        if not existed:
+            path.unlink(missing_ok=True)
+        raise
     return mpath
 
 

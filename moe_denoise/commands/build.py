@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from export.engine import BuildOptions, build_engine
-    from moe_base.fileio import check_output_file
+    from moe_base.manifest import check_artifact_output
     from moe_base.paths import engine_path, onnx_path
 
     onnx = args.onnx
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         opts.cache_dir = args.cache_dir
     check_output_suffix(args.output, (".engine", ".plan", ".trt"), "a TensorRT engine")
     out = args.output or engine_path(onnx, args.precision)
-    check_output_file(out, args.overwrite or args.output is None)  # before TensorRT is even looked for
+    check_artifact_output(out, args.overwrite or args.output is None)  # before TensorRT is even looked for
     weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
     result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print)
     if args.json:

@@ -60,14 +60,14 @@ def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
 def run(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
-    from moe_base.fileio import check_output_file
+    from moe_base.manifest import check_artifact_output
     from moe_base.paths import onnx_path
     from moe_model.checkpoint import load_model
 
     rewrites = parse_rewrites(args.rewrites)
     check_output_suffix(args.output, (".onnx",), "an ONNX model")
     out = args.output or onnx_path(args.flavor, not args.no_optimize, args.precision, rewrites)
-    check_output_file(out, args.overwrite or args.output is None)  # the default path is the export's own
+    check_artifact_output(out, args.overwrite or args.output is None)  # the default path is the export's own
     opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, rewrites=rewrites, opset=args.opset,
                          precision=args.precision)
     opts.validate()  # a bad --opset before the weights are read

@@ -98,6 +98,33 @@ def test_reliability_export_over_an_existing_file(capsys, random_weights, tmp_pa
     assert target.read_text() == "my notes"
 
 
+def test_reliability_artifact_whose_manifest_cannot_be_written(capsys, random_weights, tmp_path):
+    """export / build -o where a folder stands at the manifest's path (OUT.manifest.json), or a manifest write that
+    fails (the disk fills up) => refused before any work (exit 2, the folder named); a new artifact whose manifest
+    could not be written is removed again (the model was left without one)"""
+    pytest.importorskip("onnx", reason="export needs the onnx extra")
+    from moe_base.manifest import manifest_path, write_artifact
+
+    for command in ("export", "build"):
+        target = tmp_path / ("m.onnx" if command == "export" else "m.engine")
+        manifest_path(target).mkdir()
+        code, _, err = cli(capsys, command, "--weights", random_weights, "-o", target)
+        assert code == 2 and f"'{manifest_path(target)}' is a folder, where the manifest of" in err, err
+        assert not target.exists()
+    import moe_base.manifest
+    from moe_base.errors import InputError
+
+    def disk_full(path, value):
+        raise InputError(f"writing {path} failed (No space left on device); nothing was changed there")
+
+    target = tmp_path / "x.onnx"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(moe_base.manifest, "atomic_write_json", disk_full)
+        with pytest.raises(InputError, match="No space left"):
+            write_artifact(target, b"graph", {"kind": "onnx"})
+    assert not target.exists() and not manifest_path(target).exists()
+
+
 @pytest.mark.parametrize("command, name, expected", [
     ("export", "notes.txt", "this writes an ONNX model; give a name ending in .onnx (e.g. "),
     ("build", "model.onnx", "this writes a TensorRT engine; give a name ending in .engine or .plan or .trt (e.g. "),
