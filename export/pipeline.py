@@ -105,7 +105,8 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
     from moe_model.model import count_parameters
 
     plugin_nodes = [n.name for n in proto.graph.node if n.op_type == PLUGIN_NAME and n.domain == PLUGIN_NAMESPACE]
-    shape = ["batch", *tile_shape(model.config)]
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]  # "batch", or the fixed size of a static graph
+    shape = [batch.dim_param or batch.dim_value, *tile_shape(model.config)]
     io = {"inputs": [{"name": opts.input_name, "shape": shape, "dtype": "float32"}],
           "outputs": [{"name": opts.output_name, "shape": shape, "dtype": "float32"}]}
     m = base_manifest("onnx", out_path, data)

@@ -193,6 +193,10 @@ def check_onnx(path: Path) -> dict[str, Any]:
         raise InputError(f"'{path}' is the '{flavor}' ONNX flavour; Triton's onnxruntime backend needs the portable "
                          f"one (standard operators only): 'moe-denoise export --flavor portable'")
     _check_io(manifest, path)
+    batch = (((manifest.get("io") or {}).get("inputs") or [{}])[0].get("shape") or [None])[0]
+    if isinstance(batch, int):  # Triton batches requests along a dynamic first axis (max_batch_size > 0)
+        raise InputError(f"'{path}' was exported with a fixed batch of {batch} (its manifest's input shape); Triton's "
+                         f"dynamic batching needs a dynamic batch axis: export it with the default dynamic batch")
     return manifest
 
 

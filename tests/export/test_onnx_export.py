@@ -70,6 +70,25 @@ def test_every_offered_opset_exports_a_valid_graph(model, inputs, opset, flavor)
         onnx.checker.check_model(proto)
 
 
+def test_a_fixed_batch_export_says_so_in_its_manifest(model, random_weights, tmp_path):
+    """ExportOptions(dynamic_batch=False) wrote a [1, 3, 32, 32] graph whose manifest said ["batch", 3, 32, 32];
+    triton-repo then packaged it for dynamic batching. The manifest now has the graph's own first axis, and
+    triton-repo refuses a fixed batch."""
+    from moe_base.errors import InputError
+    from serving.repo import check_onnx
+
+    fixed, dynamic = tmp_path / "fixed.onnx", tmp_path / "dynamic.onnx"
+    for path, dyn in ((fixed, False), (dynamic, True)):
+        export_onnx(model, path, ExportOptions(dynamic_batch=dyn), weights_path=random_weights, parity_images=2,
+                    log=lambda s: None)
+    io = read_manifest(fixed)["io"]
+    assert io["inputs"][0]["shape"] == io["outputs"][0]["shape"] == [1, 3, 32, 32]
+    assert read_manifest(dynamic)["io"]["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    with pytest.raises(InputError, match="exported with a fixed batch of 1"):
+        check_onnx(fixed)
+    assert check_onnx(dynamic)
+
+
 def test_dynamic_batch(model):
     proto = build_onnx(model, ExportOptions())
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
