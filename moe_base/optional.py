@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import MissingBackendError
@@ -44,8 +45,19 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as e:
         what, top = purpose or "this operation", module.split(".")[0]
-        raise MissingBackendError(f"{what} needs the Python package '{PACKAGES.get(top, (top,))[0]}', which "
+        package = PACKAGES.get(top, (top,))[0]
+        if _broken(module, e):
+            raise MissingBackendError(f"{what} needs the Python package '{package}', which is installed but cannot be "
+                                      f"imported here ({type(e).__name__}: {e}): its install is broken or incomplete "
+                                      f"(a system library it needs is missing?). Reinstall it with: "
+                                      f"{install_hint(module)}") from e
+        raise MissingBackendError(f"{what} needs the Python package '{package}', which "
                                   f"could not be imported here ({e}). Install it with: {install_hint(module)}") from e
+
+
+def _broken(module: str, e: BaseException) -> bool:
+    """The module is there, and importing it failed for another reason than its own absence."""
+    return installed(module) and not (isinstance(e, ModuleNotFoundError) and e.name == module)
 
 
 def optional_import(module: str) -> tuple[ModuleType | None, str | None]:
@@ -54,7 +66,19 @@ def optional_import(module: str) -> tuple[ModuleType | None, str | None]:
     try:
         return importlib.import_module(module), None
     except Exception as e:  # noqa: BLE001 - any import failure means unavailable; the reason is reported
+        if _broken(module, e):
+            return None, (f"{module} is installed but cannot be imported ({type(e).__name__}: {e}); its install is "
+                          f"broken or incomplete (a system library it needs is missing?): reinstall it with "
+                          f"{install_hint(module)}")
         return None, f"{module} is not importable ({type(e).__name__}: {e}); install it with {install_hint(module)}"
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` is there to import (found on the path), whether or not importing it works."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, or a module without a spec
+        return False
 
 
 def available(module: str) -> tuple[bool, str]:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moe_base.optional import installed
+
 from . import HelpFormatter
 
 
@@ -65,9 +67,10 @@ def gather() -> dict[str, Any]:
                 if info["packages"]["onnxruntime"] else "onnxruntime not installed: on a GPU machine, pip install "
                 "onnxruntime-gpu")
     trt_ok = bool(info["packages"]["tensorrt"]) and gpu["cuda_available"]
-    backend("TensorRT engines", trt_ok, "ok" if trt_ok else ("tensorrt not installed (pip install 'moe-denoise[trt]' "
-                                                             "on a Linux machine with an NVIDIA GPU)"
-                                                             if not info["packages"]["tensorrt"] else "no CUDA GPU"))
+    backend("TensorRT engines", trt_ok, "ok" if trt_ok else
+            "no CUDA GPU" if info["packages"]["tensorrt"] else
+            miss.get("tensorrt", "") if installed("tensorrt") else  # installed, and its import fails: why
+            "tensorrt not installed (pip install 'moe-denoise[trt]' on a Linux machine with an NVIDIA GPU)")
     plug = bool(info["packages"]["onnxruntime_extensions"]) and bool(providers)
     backend("plugin graph in ONNX Runtime (reference op)", plug, "ok" if plug else
             "needs onnxruntime and onnxruntime-extensions: pip install 'moe-denoise[onnx]'")
@@ -102,6 +105,17 @@ def cache_status() -> dict[str, Any]:
     return {"path": str(root), "writable": writable, "default_models": models}
 
 
+def broken_import(module: str) -> str:
+    """'installed, but importing it fails: ImportError: libnvonnxparser.so.11: ...' for an installed module."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - what failed is the report
+        return f"installed, but importing it fails: {type(e).__name__}: {e}"
+    return "installed"
+
+
 def run(args: argparse.Namespace) -> int:
     info = gather()
     if args.json:
@@ -111,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"python       {info['python']} on {info['platform']}")
     for mod, ver in info["packages"].items():
-        print(f"{mod:<24} {ver or 'not installed'}")
+        print(f"{mod:<24} {ver or (broken_import(mod) if installed(mod) else 'not installed')}")
     g = info["gpu"]
     print(f"GPU          {g.get('name', 'none')}" + (f" (compute {g['compute_capability']}, {g['memory_gib']} GiB)"
                                                      if g["cuda_available"] else ""))

@@ -32,3 +32,26 @@ def test_export_without_onnx_or_onnxruntime_says_what_to_install_before_any_work
     with pytest.raises(MissingBackendError, match=rf"needs the Python package '{missing}'.*moe-denoise\[onnx\]"):
         export_onnx(SmallViT(get_preset("seed")), tmp_path / "m.onnx", log=lambda s: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_installed_package_that_fails_to_import_is_not_called_missing(monkeypatch, tmp_path, capsys):
+    """TensorRT's wheel without its system libraries raised ImportError on import, and doctor said 'not installed',
+    build 'Install it with pip install'; now: installed, importing it fails, and why."""
+    from moe_base.optional import installed, optional_import
+    from moe_denoise.cli import main
+
+    broken = tmp_path / "tensorrt"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('libnvonnxparser.so.11: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    assert installed("tensorrt") and not installed("no_such_module_here")
+    assert "tensorrt is installed but cannot be imported (ImportError: libnvonnxparser" in optional_import("tensorrt")[1]
+    assert "no_such_module_here is not importable" in optional_import("no_such_module_here")[1]
+    with pytest.raises(MissingBackendError, match=r"which is installed but cannot be imported here \(ImportError: "
+                                                  r"libnvonnxparser.so.11.*Reinstall it with"):
+        require("tensorrt", "building TensorRT engines")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "tensorrt                 installed, but importing it fails: ImportError: libnvonnxparser.so.11" in out
+    assert "tensorrt is installed but cannot be imported" in out  # the TensorRT engines line says why
