@@ -20,7 +20,9 @@ On a GPU it checks, in order (each step records its own error and the run goes o
 Results go to ``benchmarks/results/gpu_check.json`` (``--out``) and a summary is printed. The exit status
 is 0 when every check passed. ``--cpu-dry-run`` runs what a CPU can: kernel correctness under
 ``TRITON_INTERPRET=1`` on tiny shapes (in a subprocess, since the interpreter must be chosen before the
-kernel module is imported) and AOT artifact generation for ``--target`` (default cuda:90), no launch.
+kernel module is imported) and AOT artifact generation for ``--target`` (default cuda:90), no launch; its
+report goes to the temporary folder unless ``--out`` says where (the committed
+``benchmarks/results/gpu_check_cpu_dry_run.json`` is renewed only on purpose).
 """
 from __future__ import annotations
 
@@ -497,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON report path (default {DEFAULT_OUT.relative_to(REPO)}; the dry run defaults to "
-                        "gpu_check_cpu_dry_run.json next to it)")
+                        "gpu_check_cpu_dry_run.json in the temporary folder, so that it leaves the committed record "
+                        "alone: pass --out benchmarks/results/gpu_check_cpu_dry_run.json to renew that)")
     p.add_argument("--cpu-dry-run", action="store_true", help="no GPU: interpreter correctness + AOT build only")
     p.add_argument("--target", default="cuda:90", help="AOT target for the dry run (the GPU run uses the GPU's)")
     p.add_argument("--launch-record", type=Path, default=DEFAULT_RECORD,
@@ -511,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         _interp_correctness_child()
         return 0
     report = run(args)
-    out = args.out or (DEFAULT_OUT.with_name("gpu_check_cpu_dry_run.json") if args.cpu_dry_run else DEFAULT_OUT)
+    out = args.out or (Path(tempfile.gettempdir()) / "gpu_check_cpu_dry_run.json" if args.cpu_dry_run else DEFAULT_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2, default=str))
