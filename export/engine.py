@@ -115,8 +115,10 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     opts.validate()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
+        fp16 = (" (for an fp16 engine TensorRT 11 needs the fp16 graph: 'moe-denoise export --flavor plugin "
+                "--precision fp16'; TensorRT 10 builds it from the fp32 one)") if opts.precision == "fp16" else ""
         raise InputError(f"ONNX model {onnx_path} does not exist; export one with 'moe-denoise export --flavor plugin' "
-                         f"(or --flavor portable), or pass --onnx PATH")
+                         f"(or --flavor portable){fp16}, or pass --onnx PATH")
     onnx_manifest = read_manifest(onnx_path, kind="onnx")
     check_artifact_file(onnx_path, onnx_manifest)  # a replaced graph under an old manifest would hit its cache
     # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes

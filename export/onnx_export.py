@@ -61,7 +61,7 @@ class ExportOptions:
 
     flavor: str = "portable"
     optimize: bool = True
-    rewrites: tuple[str, ...] | None = None  # None: all of REWRITES when optimize, none otherwise
+    rewrites: tuple[str, ...] | None = None  # None: DEFAULT_REWRITES when optimize, none otherwise
     opset: int = DEFAULT_OPSET
     precision: str = "fp32"  # fp16: fp16 weights and activations, fp32 I/O, LayerNorm and softmax in fp32
     input_name: str = INPUT_NAME

@@ -57,11 +57,14 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
                 parity_images: int = 32, extra_inputs: np.ndarray | None = None, threads: int | None = None,
                 log: Callable[[str], None] = print) -> ExportResult:
     """Export ``model`` (a SmallViT) to ``out_path`` and its manifest; raises ParityError without writing on failure,
-    MissingBackendError before any work without onnx or onnxruntime (the parity check runs the graph in it)."""
+    MissingBackendError before any work without onnx or onnxruntime (the parity check runs the graph in it), or
+    for the plugin flavour without onnxruntime-extensions."""
     onnx = require("onnx", "exporting to ONNX")
     require("onnxruntime", "the parity check that every export passes before it is kept")
-
     opts = opts or ExportOptions()
+    if opts.flavor == "plugin":  # its plugin nodes run in ONNX Runtime through a Python op of the extensions
+        require("onnxruntime_extensions", "the parity check of a plugin-flavour export (its plugin nodes run as a "
+                                          "Python op in ONNX Runtime)")
     opts.validate()  # before the first step is announced
     out_path = Path(out_path)
     t0 = time.perf_counter()

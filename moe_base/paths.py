@@ -27,7 +27,7 @@ def onnx_path(flavor: str = "portable", optimize: bool = True, precision: str = 
 
 def engine_path(onnx: Path, precision: str) -> Path:
     """The default engine next to its ONNX model: m.plugin.onnx or m.plugin.fp16.onnx -> m.plugin.<precision>.engine"""
-    stem = onnx.name.removesuffix(".onnx")
+    stem = onnx.name[:-len(".onnx")] if onnx.name.lower().endswith(".onnx") else onnx.name  # m.ONNX too
     for p in (".fp16", ".fp32"):
-        stem = stem.removesuffix(p)
+        stem = stem[:-len(p)] if stem.lower().endswith(p) else stem
     return onnx.with_name(f"{stem}.{precision}.engine")

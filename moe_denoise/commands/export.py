@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
-    """--rewrites: None (the default set), 'all', or a comma-separated list of known rewrite names."""
+    """--rewrites: None (the default set), 'all', or a comma-separated list of known rewrite names, returned once
+    each in their canonical order (the order they are applied in), so that one graph has one default file name."""
     if text is None:
         return None
     from export.onnx_export import REWRITES
@@ -54,7 +55,7 @@ def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
     unknown = [r for r in names if r not in REWRITES]
     if unknown:
         raise InputError(f"--rewrites: unknown {unknown}; known: {', '.join(REWRITES)} (or 'all')")
-    return names
+    return tuple(r for r in REWRITES if r in names)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -319,3 +319,13 @@ def test_an_fp16_build_on_tensorrt_11_names_the_export_it_needs(fake_trt, portab
         build_engine(portable_onnx, tmp_path / "m.engine", BuildOptions(precision="fp16", cache_dir=tmp_path / "c"),
                      weights=random_weights, log=lambda s: None)
     assert fake_trt.builds == 0
+
+
+def test_a_missing_graph_for_an_fp16_build_names_both_exports(tmp_path):
+    """build --precision fp16 with nothing exported suggested 'export --flavor plugin' alone, which TensorRT 11
+    cannot build fp16 from."""
+    from export.engine import build_engine
+
+    with pytest.raises(InputError, match=r"does not exist; export one with 'moe-denoise export --flavor plugin' .*"
+                                         r"'moe-denoise export --flavor plugin --precision fp16'"):
+        build_engine(tmp_path / "m.plugin.fp16.onnx", tmp_path / "m.engine", BuildOptions(precision="fp16"))

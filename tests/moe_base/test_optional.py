@@ -34,6 +34,21 @@ def test_export_without_onnx_or_onnxruntime_says_what_to_install_before_any_work
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_plugin_export_without_the_extensions_says_so_before_any_work(monkeypatch, tmp_path):
+    """It failed at step 3 of 4, after writing and checking the graph."""
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_base.config import get_preset
+    from moe_model import SmallViT
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)
+    steps = []
+    with pytest.raises(MissingBackendError, match=r"plugin-flavour export .* needs the Python package "
+                                                  r"'onnxruntime-extensions'"):
+        export_onnx(SmallViT(get_preset("seed")), tmp_path / "m.onnx", ExportOptions(flavor="plugin"), log=steps.append)
+    assert steps == [] and list(tmp_path.iterdir()) == []
+
+
 def test_an_installed_package_that_fails_to_import_is_not_called_missing(monkeypatch, tmp_path, capsys):
     """TensorRT's wheel without its system libraries raised ImportError on import, and doctor said 'not installed',
     build 'Install it with pip install'; now: installed, importing it fails, and why."""

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from moe_base.errors import InputError
 from moe_denoise.cli import COMMANDS, build_parser, main
 
 
@@ -165,6 +166,18 @@ def test_export_default_names_say_which_rewrites():
     from moe_denoise.commands.export import parse_rewrites
 
     assert parse_rewrites(None) is None and parse_rewrites("all")[0] == "fuse_qkv"
+    # one graph, one name: a rewrite named twice, or in another order, gave moe_denoiser.portable.fuse_qkv+fuse_qkv...
+    assert parse_rewrites("rows2d,fuse_qkv,fuse_qkv") == parse_rewrites("fuse_qkv,rows2d") == ("fuse_qkv", "rows2d")
+    from pathlib import Path
+
+    from moe_base.paths import engine_path
+    from moe_denoise.commands import check_output_suffix
+
+    # an upper-case suffix was kept in the engine's name (x.ONNX.fp32.engine)
+    assert [engine_path(Path(n), "fp16").name for n in ("x.ONNX", "m.plugin.FP16.onnx", "m.plugin.onnx")] == \
+        ["x.fp16.engine", "m.plugin.fp16.engine", "m.plugin.fp16.engine"]
+    with pytest.raises(InputError, match=r"\(e\.g\. out/model\.onnx\)"):  # was: out/.onnx.onnx
+        check_output_suffix(Path("out/.onnx"), (".onnx",), "an ONNX model")
     assert onnx_path("portable", True) == artifacts_dir() / "moe_denoiser.portable.onnx"
     assert onnx_path("portable", False) == artifacts_dir() / "moe_denoiser.portable.noopt.onnx"
     assert onnx_path("plugin", True, "fp16", ("fuse_qkv", "rows2d")).name == "moe_denoiser.plugin.fuse_qkv+rows2d.fp16.onnx"
