@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         "without it, this process must already have the stand-in and the layer on its path")
     p.add_argument("--create-only", action="store_true",
                    help="registration, creation and output types only (needs nothing but NumPy)")
-    p.add_argument("-o", "--output", type=Path, default=None, help="also write the record here (JSON)")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="write the record here (JSON) and print a one-line summary instead of the record")
     args = p.parse_args(argv)
     if args.version:
         inner = (["--target", args.target] + (["--plugin-module", args.plugin_module] if args.plugin_module else [])
@@ -253,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
             report = {"ok": False, "error_type": type(e).__name__, "error": str(e),
                       "traceback": traceback.format_exc(limit=8)}
     if args.output and report.get("ok"):
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=1, sort_keys=True))
-    print(json.dumps(report, sort_keys=True))
+        from moe_base.fileio import atomic_write
+
+        atomic_write(args.output, json.dumps(report, indent=1, sort_keys=True).encode())
+        print(f"ok: wrote the launch record to {args.output}")
+    else:  # the record itself (run_in_layer reads it from here), or the failure
+        print(json.dumps(report, sort_keys=True))
     return 0 if report.get("ok") else 1
 
 
