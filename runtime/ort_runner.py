@@ -37,6 +37,10 @@ def session_options(ort: Any, threads: int | None = None, opt_level: str = "all"
     return so
 
 
+PLUGIN_REFERENCE_NOTE = ("the plugin graph's sparse attention runs as the Python reference op here (about 5x "
+                         "slower: it checks the graph TensorRT will see; for speed use the portable graph)")
+
+
 class OrtRunner(BaseRunner):
     """Runs an exported ONNX model. The requested provider must be the one that runs: no silent CPU fallback."""
 
@@ -59,6 +63,7 @@ class OrtRunner(BaseRunner):
         self.manifest: dict[str, Any] | None = None
         self.session = None
         self.fixed_batch: int | None = None
+        self.plugin_reference = False  # a plugin graph, whose sparse attention runs as the Python reference op
 
     def _activate_impl(self) -> None:
         ort = require("onnxruntime", "the ONNX Runtime backend")
@@ -84,7 +89,8 @@ class OrtRunner(BaseRunner):
         self._check_io(proto)
         from topk_attention.ort_op import has_plugin_nodes, register_reference_op, relabel_for_ort
 
-        if has_plugin_nodes(proto):
+        self.plugin_reference = has_plugin_nodes(proto)
+        if self.plugin_reference:
             so.register_custom_ops_library(register_reference_op())
             proto = relabel_for_ort(proto)
         opts = [{"device_id": self.device_id}] if self.provider != "cpu" else [{}]
@@ -182,4 +188,6 @@ class OrtRunner(BaseRunner):
              "opt_level": self.opt_level, **made_from(self.manifest)}
         if self.session is not None:
             d["providers_running"] = self.session.get_providers()
+        if self.plugin_reference:
+            d["plugin_nodes"] = PLUGIN_REFERENCE_NOTE
         return d

@@ -195,6 +195,8 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
                           strength=args.strength, quality=args.jpeg_quality)
     report["backend"] = runner.describe()
     report["denoised_by"] = runner_label(runner)
+    if "plugin_nodes" in report["backend"]:  # the plugin graph in ONNX Runtime: slow on purpose, said once a photo
+        report["notes"].append(report["backend"]["plugin_nodes"])
     return report
 
 

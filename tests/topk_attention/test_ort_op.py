@@ -38,7 +38,7 @@ def test_plugin_graph_structure(random_weights, optimize):
     assert any(o.domain == PLUGIN_NAMESPACE for o in proto.opset_import)
 
 
-def test_plugin_graph_parity_in_onnxruntime(random_weights, tmp_path):
+def test_plugin_graph_parity_in_onnxruntime(random_weights, tmp_path, capsys):
     model = load_model(random_weights)
     path = tmp_path / "plugin.onnx"
     result = export_onnx(model, path, ExportOptions(flavor="plugin"), weights_path=random_weights, parity_images=8,
@@ -52,6 +52,21 @@ def test_plugin_graph_parity_in_onnxruntime(random_weights, tmp_path):
         ref = model(torch.from_numpy(x)).numpy()
     report = compare(ref, out, get_tolerance("ort", "fp32"))
     assert report.passed and report.mean_abs < 1e-6, report.summary()
+    # the runner says its plugin nodes run as the slow Python reference (its label alone said 'ort-cpu'), and
+    # denoise passes that on as a note
+    from PIL import Image
+
+    from moe_denoise.cli import main
+    from runtime.ort_runner import PLUGIN_REFERENCE_NOTE
+
+    assert runner.describe()["plugin_nodes"] == PLUGIN_REFERENCE_NOTE
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "out.png"), "--backend", "ort", "--artifact", str(path),
+                 "--no-progress", "--json"]) == 0
+    import json
+
+    assert PLUGIN_REFERENCE_NOTE in json.loads(capsys.readouterr().out)["notes"]
 
 
 def test_patch_size_2_makes_every_expert_sparse():
