@@ -36,6 +36,7 @@ class BatchPlan:
     jobs: tuple[tuple[Path, Path], ...]
     skipped: tuple[tuple[Path, Path], ...] = ()
     ignored: tuple[Path, ...] = ()
+    skip_existing: bool = False  # outputs that appear during the run (another run's) are left alone too
 
 
 def _listed(paths: list[str], limit: int = 5) -> str:
@@ -115,7 +116,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     if skip_existing:
         jobs = [job for job in jobs if job not in existing]
     return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
-                     ignored=tuple(ignored))
+                     ignored=tuple(ignored), skip_existing=skip_existing)
 
 
 @contextlib.contextmanager
@@ -140,21 +141,31 @@ class BatchRun:
     fail with the same message: that is not one photo's problem (a server gone, a full disk), and :meth:`run`
     raises InputError saying so. ``reports`` and ``failed`` hold what was done when :meth:`run` returns or
     raises (KeyboardInterrupt included: every output written is complete, so a run can go on with
-    ``skip_existing``). ``on_report(index, report)`` and ``on_failure(index, input, error)`` (1-based index) are
-    called as each photo ends."""
+    ``skip_existing``). With the plan's ``skip_existing``, an output that another run wrote meanwhile (two runs
+    sharing a folder) is left alone, before its photo or when its write finds it there, and counted in
+    ``skipped``. ``on_report(index, report)``, ``on_failure(index, input, error)`` and ``on_skip(index, input)``
+    (1-based index) are called as each photo ends."""
     plan: BatchPlan
     denoise_one: Callable[[Path, Path], dict[str, Any]]
     on_report: Callable[[int, dict[str, Any]], None] | None = None
     on_failure: Callable[[int, Path, InputError], None] | None = None
+    on_skip: Callable[[int, Path], None] | None = None
     reports: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, Path]] = field(default_factory=list)
 
     def run(self) -> None:
         total, previous = len(self.plan.jobs), None
         for i, (src, dst) in enumerate(self.plan.jobs, 1):
+            if self.plan.skip_existing and dst.exists():  # written since the plan was made, by another run
+                self._skip(i, src, dst)
+                continue
             try:
                 report = self.denoise_one(src, dst)
             except InputError as e:
+                if self.plan.skip_existing and dst.exists():  # another run wrote it while this one worked on it
+                    self._skip(i, src, dst)
+                    continue
                 self.failed.append({"input": str(src), "error": str(e)})
                 if self.on_failure is not None:
                     self.on_failure(i, src, e)
@@ -169,3 +180,8 @@ class BatchRun:
             self.reports.append(report)
             if self.on_report is not None:
                 self.on_report(i, report)
+
+    def _skip(self, i: int, src: Path, dst: Path) -> None:
+        self.skipped.append((src, dst))
+        if self.on_skip is not None:
+            self.on_skip(i, src)

@@ -258,8 +258,11 @@ def run_batch(args: argparse.Namespace) -> int:
     def failed(i: int, src: Path, error: InputError) -> None:
         print(f"[{i}/{total}] failed: {src}: {error}", file=sys.stderr)
 
+    def skipped(i: int, src: Path) -> None:
+        print(f"[{i}/{total}] skipped: {src}: its output was written meanwhile (by another run?)")
+
     batch = BatchRun(plan, lambda src, dst: denoise_one(args, runner, src, dst, client),  # runner: bound below
-                     said if text else None, failed if text else None)
+                     said if text else None, failed if text else None, skipped if text else None)
     try:
         with contextlib.closing(client) if client is not None else contextlib.nullcontext(), \
                 output_folder(plan.out_dir) if plan.jobs else contextlib.nullcontext(), \
@@ -271,17 +274,18 @@ def run_batch(args: argparse.Namespace) -> int:
               f"same command with --skip-existing to go on", file=sys.stderr)
         raise
     reports = batch.reports
+    skipped_all = [*plan.skipped, *batch.skipped]  # outputs there at the start, and those another run wrote since
     summary = {"output_dir": str(plan.out_dir), "denoised": len(reports), "failed": len(batch.failed),
-               "skipped": len(plan.skipped), "ignored": len(plan.ignored),
+               "skipped": len(skipped_all), "ignored": len(plan.ignored),
                "seconds": round(time.perf_counter() - start, 3)}
     if args.json:
         from moe_denoise.cli import print_json
 
         print_json({"summary": summary, "photos": reports, "failed": batch.failed,
-                    "skipped": [{"input": str(s), "output": str(d)} for s, d in plan.skipped],
+                    "skipped": [{"input": str(s), "output": str(d)} for s, d in skipped_all],
                     "ignored": [str(p) for p in plan.ignored]})
     else:
-        extra = [f"{len(plan.skipped)} skipped (output exists)"] if plan.skipped else []
+        extra = [f"{len(skipped_all)} skipped (output exists)"] if skipped_all else []
         if plan.ignored:
             names = [p.name + ("/" if p.is_dir() else "") for p in plan.ignored]
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} "
@@ -290,8 +294,8 @@ def run_batch(args: argparse.Namespace) -> int:
               + "".join(f"; {x}" for x in extra))
     if batch.failed:
         print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised (said above"
-              f"{'' if text else ' and in the JSON'}); nothing was written for them. Fix or remove them and run the "
-              f"same command with --skip-existing to denoise only those", file=sys.stderr)
+              f"{'' if text else ' and in the JSON'}); nothing was written for them. Fix what is said there (or remove "
+              f"those photos) and run the same command with --skip-existing to denoise only those", file=sys.stderr)
         return 2
     return 0
 

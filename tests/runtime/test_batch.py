@@ -125,3 +125,33 @@ def test_an_output_folder_made_for_a_run_that_wrote_nothing_is_removed(tmp_path:
     with pytest.raises(RuntimeError), output_folder(tmp_path / "theirs"):
         raise RuntimeError("the run failed")
     assert (tmp_path / "theirs").is_dir()
+
+
+def test_with_skip_existing_outputs_another_run_writes_meanwhile_are_left_alone(tmp_path: Path) -> None:
+    """Two `denoise --skip-existing` runs on one folder: the second denoised every photo again and then failed each
+    ('appeared while it was being written'), exit 2. Now an output written since the plan was made is skipped, before
+    its photo or when its write finds it there; without --skip-existing that is still a failure."""
+    for n in "abc":
+        touch(tmp_path / "in" / f"{n}.png")
+    out = tmp_path / "out"
+
+    def other_run_writes(src: Path, dst: Path) -> dict:
+        if src.stem == "a":  # meanwhile the other run finishes b
+            touch(out / "b.png", b"theirs")
+            return {"input": str(src)}
+        touch(dst, b"theirs")  # c: the other run's write lands first
+        raise InputError(f"the output '{dst}' appeared while it was being written; refusing to replace it")
+
+    out.mkdir()
+    seen = []
+    run = BatchRun(plan_batch([tmp_path / "in"], out, skip_existing=True), other_run_writes,
+                   on_skip=lambda i, src: seen.append((i, src.stem)))
+    run.run()
+    assert [r["input"] for r in run.reports] == [str(tmp_path / "in" / "a.png")] and run.failed == []
+    assert seen == [(2, "b"), (3, "c")] and [d.name for _, d in run.skipped] == ["b.png", "c.png"]
+    assert (out / "b.png").read_bytes() == (out / "c.png").read_bytes() == b"theirs"
+    out = tmp_path / "out2"  # the same race without --skip-existing: b and c fail, as the user asked for them
+    out.mkdir()
+    plain = BatchRun(plan_batch([tmp_path / "in"], out), other_run_writes)
+    plain.run()
+    assert [Path(f["input"]).stem for f in plain.failed] == ["b", "c"] and plain.skipped == []
