@@ -5,6 +5,7 @@ The command line shows a ``ToolkitError`` as one message (exit code 2, 1 for a f
 exception is a bug and keeps its traceback. Errors about input also derive from ``ValueError`` and a missing
 backend from ``ImportError``, so callers that catch those keep working.
 """
+from __future__ import annotations
 
 
 class ToolkitError(Exception):
@@ -61,3 +62,17 @@ class ParityError(ToolkitError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (``signum`` 2) or SIGTERM (15) stopped a command: the command line exits 128 + ``signum``. The message
+    is what the command left and how to go on; empty until a command says it (:meth:`said`)."""
+
+    def __init__(self, message: str = "", signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @classmethod
+    def said(cls, interrupt: BaseException, message: str) -> Interrupted:
+        """``interrupt`` (a KeyboardInterrupt, or an Interrupted of either signal) with the command's own message."""
+        return cls(message, getattr(interrupt, "signum", 2))

@@ -7,9 +7,13 @@ and works without optional backends.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from . import __version__
@@ -35,6 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler, a container stopping) stops a command as Ctrl-C does: files are left whole
+    (writes are atomic), the command says what it left and how to go on, and the exit code is 143. It ended them in
+    silence, leaving temporaries and empty output folders behind. 'serve' sets its own handlers inside this one."""
+    from moe_base.errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted("", signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:  # a line is in a log (nohup ... > log) when printed, not when 8 KB have gathered
@@ -49,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     from moe_base.errors import ParityError, ToolkitError
 
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the command has said what it left, or this says it
         if args.debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(str(e) or ("stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"), file=sys.stderr)
+        return 128 + int(signum)
     except ToolkitError as e:  # the user's to fix: one message; anything else is a bug and keeps its traceback
         if args.debug:
             raise

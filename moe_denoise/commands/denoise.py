@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from moe_base.errors import InputError
+from moe_base.errors import InputError, Interrupted
 from runtime.base import runner_label
 
 from . import (
@@ -269,10 +269,12 @@ def run_batch(args: argparse.Namespace) -> int:
                 make_runner(args, args.weights) if plan.jobs and (args.server is None or args.check_local) \
                 else contextlib.nullcontext() as runner:  # with --server: the runner --check-local uses
             batch.run()
-    except KeyboardInterrupt:
-        print(f"interrupted after {len(batch.reports)} of {total} photos; every output written is complete. Run the "
-              f"same command with --skip-existing to go on", file=sys.stderr)
-        raise
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
+        done = len(batch.reports)
+        raise Interrupted.said(e, f"interrupted after {done} of {total} photos; every output written is complete. "
+                                  f"Run the same command with --skip-existing to go on" if done else
+                               f"interrupted before the first of {total} photos was written; nothing was written"
+                               ) from None
     reports = batch.reports
     skipped_all = [*plan.skipped, *batch.skipped]  # outputs there at the start, and those another run wrote since
     summary = {"output_dir": str(plan.out_dir), "denoised": len(reports), "failed": len(batch.failed),

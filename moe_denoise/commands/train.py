@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shlex
-import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
+
+from moe_base.errors import Interrupted
 
 from . import HelpFormatter, add_data_args, noise_std, positive_int, thread_count
 
@@ -105,20 +103,6 @@ def check_noise_options(given: set[str], blind: bool) -> None:
                          f"(one level, --sigma): add --blind, or leave {'it' if len(wrong) == 1 else 'them'} out")
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a job scheduler) stops training as Ctrl-C does: the files are left whole and the command says
-    how to continue (it ended the process in silence)."""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def interrupted_hint(out: Path) -> str:
     """What an interrupted run left: the epoch --resume continues from, or that no epoch had finished."""
     from moe_model.train import load_training_state
@@ -126,9 +110,12 @@ def interrupted_hint(out: Path) -> str:
     if not (out / "last.pt").is_file():
         return f"no epoch had finished, so {out} holds no new run to continue"
     try:
-        done = load_training_state(out / "last.pt").get("epoch")
+        state = load_training_state(out / "last.pt")
+        done, epochs = state.get("epoch"), (state.get("train_config") or {}).get("epochs")
     except Exception:  # noqa: BLE001 - the hint only; --resume itself says what is wrong with the file
-        done = None
+        done = epochs = None
+    if done and epochs and done >= epochs:  # an --overwrite stopped before its first epoch: the old run is back
+        return f"the finished run in {out} ({done} epochs) is kept as it was"
     after = f" after epoch {done}" if done else ""
     return f"the run{after} is kept; continue it with: moe-denoise train --resume --out-dir {out}"
 
@@ -154,13 +141,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**settings)
     cfg.validate(lambda name: "--" + name.replace("_", "-"))  # named as the options the user typed
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
-    try:
-        with sigterm_as_interrupt():
-            result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,
-                           overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        print(interrupted_hint(Path(args.out_dir)), file=sys.stderr)
-        raise
+    try:  # SIGTERM comes here as Ctrl-C does (moe_denoise.cli.sigterm_as_interrupt)
+        result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,
+                       overwrite=args.overwrite)
+    except KeyboardInterrupt as e:
+        raise Interrupted.said(e, interrupted_hint(Path(args.out_dir))) from None
     best = Path(args.out_dir) / "best.safetensors"
     if best.is_file():
         print(f"best validation loss {result['best_val_loss']:.6f}; weights: {best}")

@@ -646,3 +646,18 @@ def test_an_artifact_of_another_kind_is_told_what_it_is(capsys, random_weights, 
     code, _, err = run(capsys, "parity", "--backend", "trt", "--artifact", onnx, "-n", 2)
     assert code == 2 and f"is an ONNX model (its manifest says so), not a TensorRT engine: build an engine from it " \
                          f"with 'moe-denoise build --onnx {onnx}'" in err
+
+
+def test_an_interrupted_overwrite_of_a_finished_run_says_that_run_is_kept(monkeypatch, tmp_path):
+    """train --overwrite over a finished 4-epoch run, stopped in its first epoch, said 'continue it with --resume',
+    which then had nothing to continue."""
+    import moe_model.train
+    from moe_denoise.commands.train import interrupted_hint
+
+    (tmp_path / "last.pt").write_bytes(b"state")
+    state = {"epoch": 4, "train_config": {"epochs": 4}}
+    monkeypatch.setattr(moe_model.train, "load_training_state", lambda path: state)
+    assert interrupted_hint(tmp_path) == f"the finished run in {tmp_path} (4 epochs) is kept as it was"
+    state["epoch"] = 2
+    assert interrupted_hint(tmp_path) == (f"the run after epoch 2 is kept; continue it with: moe-denoise train "
+                                          f"--resume --out-dir {tmp_path}")

@@ -97,22 +97,38 @@ def test_reliability_batch_failing_alike_twice(capsys, monkeypatch, random_weigh
     assert not (tmp_path / "out").exists()  # the folder the run made is not left behind empty
 
 
-def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, photos, tmp_path):
-    """denoise of several photos interrupted (Ctrl-C) => exit 130; the outputs written are complete and kept, and
-    --skip-existing is named to go on"""
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, photos, tmp_path, how):
+    """denoise of several photos interrupted (Ctrl-C, or SIGTERM, which ended it in silence with an empty output
+    folder left) => exit 130 (143 for SIGTERM); the outputs written are complete and kept, and --skip-existing is
+    named to go on (said once; stopped before the first photo, that nothing was written and no folder is left)"""
+    import os
+    import signal
+
     (photos / "broken.png").unlink()
     real = denoise_cmd.denoise_one
 
-    def interrupted_on_the_second(args, runner, src, dst, client=None):
-        if src.name == "gray.jpg":
-            raise KeyboardInterrupt
-        return real(args, runner, src, dst, client)
+    def interrupted_on(name):
+        def denoise_one(args, runner, src, dst, client=None):
+            if src.name == name:
+                if how == "sigterm":
+                    os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, in the main thread
+                raise KeyboardInterrupt
+            return real(args, runner, src, dst, client)
+        return denoise_one
 
-    monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on_the_second)
+    monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on("gray.jpg"))
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
                        "--no-progress")
-    assert code == 130 and "interrupted after 1 of 2 photos" in err and "--skip-existing" in err
+    assert code == (143 if how == "sigterm" else 130)
+    assert err.strip() == ("interrupted after 1 of 2 photos; every output written is complete. Run the same command "
+                           "with --skip-existing to go on")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["colour.png"]
+    monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on("colour.png"))
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out2", "--weights", random_weights,
+                       "--no-progress")
+    assert code == (143 if how == "sigterm" else 130) and not (tmp_path / "out2").exists()
+    assert err.strip() == "interrupted before the first of 2 photos was written; nothing was written"
 
 
 def test_reference_needs_a_single_photo(capsys, photos, tmp_path):
