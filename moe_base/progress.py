@@ -10,10 +10,11 @@ Mode = Literal["bar", "lines"]
 
 
 def progress_mode(enabled: bool = True, stream: TextIO | None = None) -> Mode | None:
-    """'bar' when ``stream`` (stderr) is a terminal, 'lines' when it is a file or pipe, None when not ``enabled``."""
-    if not enabled:
-        return None
+    """'bar' when ``stream`` (stderr) is a terminal, 'lines' when it is a file or pipe, None when not ``enabled`` or
+    when there is no stream (stderr closed: ``2>&-``, where every command failed in silence on ``None.isatty``)."""
     stream = stream or sys.stderr
+    if not enabled or stream is None:
+        return None
     return "bar" if stream.isatty() else "lines"
 
 
@@ -37,6 +38,8 @@ class Progress:
                  every_s: float = 0.0):
         self.total, self.desc, self.unit, self.mode, self.every_s = total, desc, unit, as_mode(mode), every_s
         self.stream = stream or sys.stderr
+        if self.stream is None:  # stderr closed: nowhere to show progress
+            self.mode = None
         self.done = 0
         self.start = self.printed = time.perf_counter()
         self.bar = None

@@ -39,3 +39,15 @@ def test_a_bar_draws_on_its_stream_and_nothing_is_printed_when_off():
     with Progress(3, "levels", "level", None, stream=quiet) as p:
         p.step("x")
     assert quiet.getvalue() == "" and p.done == 1
+
+
+def test_with_stderr_closed_there_is_no_progress_and_no_failure(monkeypatch):
+    """`moe-denoise denoise ... 2>&-` (sys.stderr is None) exited 1 with no message and no output: None.isatty."""
+    import sys
+
+    monkeypatch.setattr(sys, "stderr", None)
+    assert progress_mode() is None
+    for mode in ("bar", "lines"):
+        with Progress(3, "work", "step", mode) as p:
+            p.step("one")
+            assert p.mode is None and p.bar is None
