@@ -39,16 +39,24 @@ def base_manifest(kind: str, artifact: str | Path, data: bytes) -> dict[str, Any
             "host": {"python": platform.python_version(), "platform": platform.platform()}}
 
 
-def check_artifact_output(path: str | Path, overwrite: bool, option: str = "--overwrite") -> Path:
+def check_artifact_output(path: str | Path, overwrite: bool, option: str = "--overwrite",
+                          in_cache: bool = False) -> Path:
     """Before any work: the artifact ``path`` can be written (and replaced only with ``overwrite``:
-    :func:`moe_base.fileio.check_output_file`), and so can its manifest beside it, which goes with it."""
+    :func:`moe_base.fileio.check_output_file`), and so can its manifest beside it, which goes with it.
+    ``in_cache``: the path is the command's default, in the cache folder, which the message then names."""
     from .fileio import check_output_file
 
     mpath = manifest_path(path)
     if mpath.is_dir():
         raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; move it away or choose another "
                          f"output path")
-    return check_output_file(path, overwrite, option)
+    try:
+        return check_output_file(path, overwrite, option)
+    except InputError as e:
+        if not in_cache:
+            raise
+        raise InputError(f"{e} (the default output is in the cache folder: set MOE_DENOISE_CACHE to a folder you "
+                         f"can write to, or pass -o)") from None
 
 
 def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> Path:

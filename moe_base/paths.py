@@ -1,7 +1,8 @@
 """Where the toolkit keeps what it makes, the same from any folder: one cache folder, and the default names of
 exported artifacts in it.
 
-``MOE_DENOISE_CACHE`` sets the cache folder (default ``~/.cache/moe-denoise``): ``artifacts/`` holds exported ONNX
+``MOE_DENOISE_CACHE`` sets the cache folder (default ``~/.cache/moe-denoise``; give an absolute path, since a
+relative one is taken from each command's current folder): ``artifacts/`` holds exported ONNX
 models and engines by default, ``engines/`` and ``timing/`` the TensorRT build caches, ``bench/`` the
 benchmark's artifacts. Every command that takes an artifact also takes an explicit path.
 """
@@ -10,7 +11,22 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MOE_DENOISE_CACHE", Path.home() / ".cache" / "moe-denoise"))
+    """``MOE_DENOISE_CACHE`` with ``~`` expanded (a quoted '~/x' made a folder named '~' here), as an absolute path
+    (a relative value is taken from the current folder: :func:`cache_dir_note`); empty or unset: the default."""
+    value = os.environ.get("MOE_DENOISE_CACHE", "").strip()
+    if not value:  # MOE_DENOISE_CACHE= wrote artifacts/ into the current folder
+        return Path.home() / ".cache" / "moe-denoise"
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def cache_dir_note() -> str | None:
+    """A warning when ``MOE_DENOISE_CACHE`` is relative: each folder a command runs from then has its own cache (an
+    export made in one folder is not found from another)."""
+    value = os.environ.get("MOE_DENOISE_CACHE", "").strip()
+    if value and not os.path.isabs(os.path.expanduser(value)):
+        return (f"MOE_DENOISE_CACHE={value} is a relative path, taken from the current folder ({cache_dir()}): "
+                f"commands run from other folders use other caches. Set an absolute path to have one cache")
+    return None
 
 
 def artifacts_dir() -> Path:

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         opts.cache_dir = args.cache_dir
     check_output_suffix(args.output, (".engine", ".plan", ".trt"), "a TensorRT engine")
     out = args.output or engine_path(onnx, args.precision)
-    check_artifact_output(out, args.overwrite or args.output is None)  # before TensorRT is even looked for
+    # before TensorRT is even looked for; without -o and --onnx the engine goes to the cache folder
+    check_artifact_output(out, args.overwrite or args.output is None, in_cache=args.output is None and args.onnx is None)
     weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
     result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print)
     if args.json:

@@ -86,7 +86,7 @@ def cache_status() -> dict[str, Any]:
     'build' left there by default (with the weights each was made from): what --backend ort / trt would run."""
     import tempfile
 
-    from moe_base.paths import cache_dir, engine_path, onnx_path
+    from moe_base.paths import cache_dir, cache_dir_note, engine_path, onnx_path
     from runtime.base import artifact_made_from, weights_label
 
     root = cache_dir()
@@ -102,7 +102,7 @@ def cache_status() -> dict[str, Any]:
         made = artifact_made_from(path)
         weights = weights_label(made["weights"], made["weights_sha256"]) if made else "weights unknown"
         models[kind] = {"path": str(path), "exists": path.is_file(), "weights": weights if path.is_file() else None}
-    return {"path": str(root), "writable": writable, "default_models": models}
+    return {"path": str(root), "writable": writable, "default_models": models, "note": cache_dir_note()}
 
 
 def broken_import(module: str) -> str:
@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}")
     c = info["cache"]
     print(f"\ncache        {c['path']} ({'writable' if c['writable'] else 'NOT writable: set MOE_DENOISE_CACHE'})")
+    if c.get("note"):
+        print(f"  note: {c['note']}")
     for kind, m in c["default_models"].items():
         what = (f"{m['path']} (weights {m['weights']})" if m["exists"] else
                 f"none yet ({'moe-denoise export' if kind == 'ort' else 'moe-denoise export --flavor plugin, then build'})")

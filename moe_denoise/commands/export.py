@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     rewrites = parse_rewrites(args.rewrites)
     check_output_suffix(args.output, (".onnx",), "an ONNX model")
     out = args.output or onnx_path(args.flavor, not args.no_optimize, args.precision, rewrites)
-    check_artifact_output(out, args.overwrite or args.output is None)  # the default path is the export's own
+    # the default path (in the cache folder) is the export's own to replace
+    check_artifact_output(out, args.overwrite or args.output is None, in_cache=args.output is None)
     opts = ExportOptions(flavor=args.flavor, optimize=not args.no_optimize, rewrites=rewrites, opset=args.opset,
                          precision=args.precision)
     opts.validate()  # a bad --opset before the weights are read

@@ -553,6 +553,28 @@ def test_doctor_says_where_the_cache_is_and_which_weights_its_models_were_made_f
     monkeypatch.setenv("MOE_DENOISE_CACHE", str(blocked / "cache"))
     code, out, _ = run(capsys, "doctor")
     assert code == 0 and "(NOT writable: set MOE_DENOISE_CACHE)" in out and "--backend ort: none yet" in out
+    code, _, err = run(capsys, "export", "--weights", random_weights)  # it said 'choose a folder' of a path not chosen
+    assert code == 2 and "the default output is in the cache folder: set MOE_DENOISE_CACHE to a folder you can " \
+                         "write to, or pass -o" in err
+
+
+def test_the_cache_variable_is_read_as_a_user_means_it(monkeypatch, tmp_path, capsys):
+    """MOE_DENOISE_CACHE='~/mc' (quoted) made a folder named '~' in the current folder; an empty value wrote the cache
+    into the current folder; a relative one was a different cache from every folder, said nowhere."""
+    from pathlib import Path
+
+    from moe_base.paths import cache_dir, cache_dir_note
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MOE_DENOISE_CACHE", "~/mc")
+    assert cache_dir() == Path.home() / "mc" and cache_dir_note() is None
+    monkeypatch.setenv("MOE_DENOISE_CACHE", " ")
+    assert cache_dir() == Path.home() / ".cache" / "moe-denoise"
+    monkeypatch.setenv("MOE_DENOISE_CACHE", "relcache")
+    assert cache_dir() == tmp_path / "relcache" and cache_dir().is_absolute()
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and f"note: MOE_DENOISE_CACHE=relcache is a relative path, taken from the current folder " \
+                         f"({tmp_path / 'relcache'})" in out
 
 
 def test_an_export_to_the_default_path_says_whose_model_it_replaced(capsys, monkeypatch, random_weights, tmp_path):
