@@ -128,6 +128,45 @@ def publish_folder(staging: Path, target: Path, entries: Sequence[str]) -> None:
                          f"and run again") from e
 
 
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], what: str, option: str) -> Iterator[Path]:
+    """Only one process at a time writes ``folder`` (which must exist): ``folder/.lock`` holds the writer's process
+    id, made whole in one step (a hard link of a written temporary), so a second writer is refused (InputError
+    naming the process, ``what`` it is and ``option`` to choose another folder) and a lock whose process has died
+    is taken over. Removed when the ``with`` ends."""
+    folder = Path(folder)
+    lock = folder / LOCK_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".lock.{os.getpid()}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)  # fails when the lock exists: the check and the taking are one step
+                break
+            except FileExistsError:
+                try:
+                    holder = int(lock.read_text().split()[0])
+                except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read: try again
+                    holder = None
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    raise InputError(f"another {what} (process {holder}) is writing {folder} now; wait for it to end "
+                                     f"(or stop it), or choose another {option}") from None
+                lock.unlink(missing_ok=True)  # its process has died (killed): the lock is taken over
+        else:
+            raise InputError(f"could not take the lock {lock} (it keeps coming back); is another {what} writing "
+                             f"{folder}? Choose another {option}")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

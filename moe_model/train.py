@@ -24,6 +24,7 @@ import torch
 
 from moe_base.config import get_preset
 from moe_base.errors import CheckpointError, InputError, NoGPUError, TrainingError
+from moe_base.fileio import folder_lock
 from moe_base.progress import Progress
 
 from .checkpoint import atomic_torch_save, origin, save_weights, torch_load_reason
@@ -163,19 +164,29 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     state_path = out / "last.pt"
-    existing = [p.name for p in (state_path, out / "best.safetensors", out / "best.json") if p.exists()]
-    if existing and not resume and not overwrite:
-        raise InputError(f"{out} already holds a training run ({', '.join(existing)}); continue it with --resume, "
-                         f"replace it with --overwrite, or choose another --out-dir")
+    existing_run(out, resume, overwrite)  # before the folder is made
     made = not out.exists()
     check_writable_folder(out)
     try:
-        with replacing(out, existing if overwrite else [], state_path):
-            return _train(cfg, resume, progress, stop_after_epoch, command, log, device, out, state_path)
+        # one run at a time in a folder: two at once both reported their own best weights, and the folder held the
+        # other's (a run started a moment later found nothing there yet to refuse)
+        with folder_lock(out, "training run", "--out-dir"):
+            existing = existing_run(out, resume, overwrite)  # again: a run that held the lock may have written one
+            with replacing(out, existing if overwrite else [], state_path):
+                return _train(cfg, resume, progress, stop_after_epoch, command, log, device, out, state_path)
     except BaseException:
         if made and out.is_dir() and not any(out.iterdir()):  # refused or stopped before anything was saved
             out.rmdir()
         raise
+
+
+def existing_run(out: Path, resume: bool, overwrite: bool) -> list[str]:
+    """The files of a run ``out`` holds; InputError when there are some and neither ``resume`` nor ``overwrite``."""
+    existing = [name for name in ("last.pt", "best.safetensors", "best.json") if (out / name).exists()]
+    if existing and not resume and not overwrite:
+        raise InputError(f"{out} already holds a training run ({', '.join(existing)}); continue it with --resume, "
+                         f"replace it with --overwrite, or choose another --out-dir")
+    return existing
 
 
 REPLACED = ".replaced"  # --overwrite: the old run's files wait here until the new run has saved its first epoch

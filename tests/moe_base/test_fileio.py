@@ -1,6 +1,8 @@
 """moe_base.fileio's small helpers that have no reliability test of their own."""
 import hashlib
 
+import pytest
+
 from moe_base.fileio import holds, sha256_file
 
 
@@ -13,3 +15,29 @@ def test_holds_is_true_only_for_a_file_with_that_content(tmp_path):
     assert not holds(path, digest)
     assert not holds(tmp_path / "gone.bin", digest)  # gone
     assert not holds(tmp_path, digest)  # a folder, not a file
+
+
+def test_a_folder_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tmp_path):
+    """Two `train` runs into one --out-dir both ran and reported their own weights, and the folder held the other's:
+    folder_lock lets one process write a folder; a lock whose process has died is taken over."""
+    import os
+    import subprocess
+    import sys
+
+    from moe_base.errors import InputError
+    from moe_base.fileio import LOCK_NAME, folder_lock
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(f"{other.pid}\n")
+        with pytest.raises(InputError, match=rf"another training run \(process {other.pid}\) is writing {tmp_path} "
+                                             rf"now; wait for it to end \(or stop it\), or choose another --out-dir"):
+            with folder_lock(tmp_path, "training run", "--out-dir"):
+                pass
+        assert (tmp_path / LOCK_NAME).read_text() == f"{other.pid}\n"  # theirs, left alone
+    finally:
+        other.kill()
+        other.wait()
+    with folder_lock(tmp_path, "training run", "--out-dir") as lock:  # its process is gone: taken over
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the lock and its temporary are gone

@@ -88,6 +88,29 @@ def test_reliability_train_into_an_existing_run(capsys, cifar_copy, run_dir):
     assert snapshot(run_dir) == before
 
 
+def test_reliability_two_trainings_in_one_folder_at_once(capsys, cifar_copy, run_dir, tmp_path):
+    """A second train (or train --resume) into a --out-dir that another live run is writing => refused (exit 2, the
+    other process named); both ran before, each reporting its own best weights while the folder held the other's"""
+    import subprocess
+    import sys
+
+    from moe_base.fileio import LOCK_NAME
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for folder, extra in ((fresh, ()), (run_dir, ("--resume",))):
+            (folder / LOCK_NAME).write_text(f"{other.pid}\n")  # what the other run's lock holds
+            before = snapshot(folder)
+            code, _, err = cli(capsys, "train", "--data-dir", cifar_copy, "--out-dir", folder, *TINY, *extra)
+            assert code == 2 and f"another training run (process {other.pid}) is writing {folder} now" in err, err
+            assert snapshot(folder) == before
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_reliability_export_over_an_existing_file(capsys, random_weights, tmp_path):
     """export -o onto an existing (unrelated) file => refused (exit 2, --overwrite offered); the file is unchanged"""
     pytest.importorskip("onnx", reason="export needs the onnx extra")
