@@ -194,8 +194,8 @@ def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+def atomic_write_json(path: str | Path, obj: Any, overwrite: bool = True) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), overwrite)
 
 
 def sha256_file(path: str | Path) -> str:

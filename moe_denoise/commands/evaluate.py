@@ -181,7 +181,7 @@ def _emit(args: argparse.Namespace, report: Any, text: str) -> None:
 
     safe = _json_safe(report)
     if args.save_json is not None:
-        atomic_write_json(args.save_json, safe)
+        atomic_write_json(args.save_json, safe, overwrite=args.overwrite)  # one that appeared meanwhile is kept
     if args.json:
         from moe_denoise.cli import print_json
 
@@ -292,7 +292,7 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
         from moe_base.fileio import atomic_write
 
         png = render_plot(report["cifar"], report["photos"])
-        atomic_write(args.plot, png)
+        atomic_write(args.plot, png, overwrite=args.overwrite)
         report["plot"] = str(args.plot)
         texts += ["", f"plot written to {args.plot}"]
     report["wall_seconds"] = round(time.perf_counter() - start, 1)

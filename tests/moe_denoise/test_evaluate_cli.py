@@ -128,3 +128,22 @@ def test_outputs_are_checked_before_any_work_and_never_replaced_without_overwrit
     code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
                          "--sigmas", 25, "--bm3d-images", 0, "--no-ssim", "--save-json", mine, "--overwrite")
     assert code == 0 and json.loads(mine.read_text())["cifar"]["num_images"] == 2
+
+
+def test_a_report_file_that_appears_during_the_run_is_not_replaced(capsys, monkeypatch, fake_cifar, random_weights,
+                                                                    tmp_path):
+    """--save-json was checked before the run, then written with replacement: a file made meanwhile (a second
+    evaluation with the same --save-json) was replaced in silence."""
+    import moe_denoise.commands.evaluate as evaluate_cmd
+
+    report = tmp_path / "r.json"
+    real = evaluate_cmd._emit
+
+    def someone_writes_first(args, *rest):
+        report.write_text('{"mine": 1}')
+        return real(args, *rest)
+
+    monkeypatch.setattr(evaluate_cmd, "_emit", someone_writes_first)
+    code, _, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
+                       "--sigmas", 25, "--bm3d-images", 0, "--no-ssim", "--save-json", report)
+    assert code == 2 and "appeared while it was being written" in err and report.read_text() == '{"mine": 1}'
