@@ -99,13 +99,21 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def publish_folder(staging: Path, target: Path, entries: Sequence[str]) -> None:
+def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrite: bool = True) -> None:
     """Move ``entries`` (names of files and folders in ``staging``) into the folder ``target``.
 
     A missing or empty ``target`` becomes ``staging`` in one rename. Otherwise each entry replaces its namesake
     by renames (the old one is moved into ``staging`` first and removed with it); what else ``target`` holds is
-    kept."""
+    kept. Without ``overwrite`` only the one rename is made: a ``target`` that something filled meanwhile (another
+    run writing the same folder) is refused (InputError), not replaced."""
     target = Path(target)
+    if not overwrite:
+        try:
+            os.rename(staging, target)  # replaces a missing or empty folder in one step; fails on a filled one
+        except OSError as e:
+            raise InputError(f"'{target}' was filled while this was being written (another run writing it?); "
+                             f"refusing to replace what is there: choose a new folder, or pass --overwrite") from e
+        return
     try:
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()  # fails if something appeared meanwhile; then the entries are moved one by one

@@ -149,7 +149,8 @@ def check_with_tritonserver(repo: Path, models: list[str], timeout_s: float = 60
            "--allow-http=false", "--allow-grpc=false", "--allow-metrics=false", "--exit-on-error=true",
            *[f"--load-model={m}" for m in models]]
     try:
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace",
+                             timeout=timeout_s)  # a folder name that is not UTF-8 appears in its log
     except subprocess.TimeoutExpired as e:
         raise InputError(f"tritonserver did not finish reading {repo} within {timeout_s:.0f}s") from e
     log = run.stdout + run.stderr
@@ -300,7 +301,7 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
             report["checks"].append("read by tritonserver (PyTriton's build): every config accepted, models not "
                                     "loaded (that build has no onnxruntime / tensorrt backend)")
         (staging / "README.md").write_text(repository_readme(report, s))
-        publish_folder(staging, out_dir, [*(m["name"] for m in report["models"]), "README.md"])
+        publish_folder(staging, out_dir, [*(m["name"] for m in report["models"]), "README.md"], overwrite)
     return report
 
 

@@ -144,7 +144,10 @@ def test_a_broken_config_is_refused_by_the_schema():
 
 @pytest.mark.skipif(not pytriton_available(), reason="PyTriton (the 'serve' extra) is not installed: no tritonserver")
 def test_tritonserver_itself_accepts_the_configs_and_rejects_a_broken_one(tmp_path, onnx, engine):
-    out = tmp_path / "repo"
+    import os
+
+    # a folder name that is not UTF-8 (tritonserver prints it): its log was decoded strictly, a UnicodeDecodeError
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/repo\xff"))
     report = write_repository(out, onnx, engine, server_check=True)
     assert {k: v["verdict"] for k, v in report["tritonserver_check"].items()} == {
         "moe_denoiser": "accepted", TRT_MODEL: "accepted"}
@@ -185,3 +188,24 @@ def test_without_tritonclient_the_repository_is_written_and_says_it_was_not_chec
 def test_a_queue_delay_of_years_is_refused():
     with pytest.raises(InputError, match=r"queue delay 99,999,999,999,999 us is over 10 s"):
         RepoSettings(queue_delay_us=99_999_999_999_999).validate()
+
+
+def test_a_folder_another_run_fills_meanwhile_is_not_replaced_without_overwrite(tmp_path, onnx, monkeypatch):
+    """Two triton-repo runs into one new folder at once: both said 'wrote', and the later one's models had replaced
+    the earlier one's (or it failed with 'Directory not empty'). Without --overwrite the folder is taken in one
+    rename or refused."""
+    import serving.repo
+
+    out = tmp_path / "repo"
+    real = serving.repo.repository_readme
+
+    def the_other_run_finishes_first(report, settings):
+        out.mkdir()
+        (out / "theirs.txt").write_text("theirs")
+        return real(report, settings)
+
+    monkeypatch.setattr(serving.repo, "repository_readme", the_other_run_finishes_first)
+    with pytest.raises(InputError, match="was filled while this was being written .* pass --overwrite"):
+        write_repository(out, onnx, server_check=False)
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]  # the other run's folder, untouched
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
