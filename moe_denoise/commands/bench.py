@@ -334,23 +334,31 @@ def check_folder(folder: Path, option: str, holds: str) -> None:
 
 
 def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: Any = print) -> list[Path]:
-    """Validate the document, then write results.json, results.md and (with matplotlib) results.png atomically."""
+    """Validate the document, then write results.json, results.md and (with matplotlib) results.png atomically, the
+    plot drawn first so that the three are written one after the other; a results.png of an earlier run that this
+    one does not replace is removed (it was left beside the new numbers)."""
     from benchmarks.report import markdown_report, render_plot, validate_results
     from moe_base.errors import MissingBackendError
     from moe_base.fileio import atomic_write, atomic_write_json
 
     validate_results(doc)
-    written = [out_dir / "results.json", out_dir / "results.md"]
-    atomic_write_json(written[0], doc)
-    atomic_write(written[1], markdown_report(doc).encode())
+    png = None
     if plot:
         try:
             png = render_plot(doc)
         except MissingBackendError as e:
             log(f"plot skipped: {e}")
-        else:
-            written.append(out_dir / "results.png")
-            atomic_write(written[-1], png)
+    report = markdown_report(doc).encode()
+    written = [out_dir / "results.json", out_dir / "results.md"]
+    atomic_write_json(written[0], doc)
+    atomic_write(written[1], report)
+    old_plot = out_dir / "results.png"
+    if png is not None:
+        written.append(old_plot)
+        atomic_write(old_plot, png)
+    elif old_plot.is_file():
+        old_plot.unlink()
+        log(f"removed {old_plot}: it plotted an earlier run, and this one drew no plot")
     return written
 
 

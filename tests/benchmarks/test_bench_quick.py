@@ -65,6 +65,12 @@ def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_t
     assert code == 0, err
     assert "ONNX graph (cached)" in err and "exporting" not in err
     assert "| backend | batch 1 |" in out and not (tmp_path / "again" / "results.png").exists()
+    # again into the first run's folder, without a plot: the first run's results.png is not left beside new numbers
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--batches", "1", "--repeats", "1",
+                 "--warmup", "1", "--parity-images", "2", "--threads", "1", "--backends", "torch-seed,ort-cpu",
+                 "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out_dir), "--no-plot"])
+    out, err = capsys.readouterr()
+    assert code == 0 and not png.exists(), err
 
 
 def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
