@@ -136,6 +136,34 @@ def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrit
                          f"and run again") from e
 
 
+def first_missing(folder: str | os.PathLike[str]) -> Path | None:
+    """The topmost of ``folder`` and its parents that does not exist (what making ``folder`` creates first), or None
+    when ``folder`` exists: for :func:`remove_if_empty` after a refused or stopped command."""
+    folder = Path(folder).absolute()
+    missing = None
+    for f in (folder, *folder.parents):
+        if f.exists():
+            break
+        missing = f
+    return missing
+
+
+def remove_if_empty(folder: str | os.PathLike[str], top: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``top`` (from :func:`first_missing`: the folders a command made) as
+    long as they are empty; a folder that holds anything stops it."""
+    if top is None:
+        return
+    f = Path(folder).absolute()
+    while True:
+        try:
+            f.rmdir()  # only an empty folder
+        except OSError:
+            return
+        if f == top or top not in f.parents:
+            return
+        f = f.parent
+
+
 LOCK_NAME = ".lock"
 
 
@@ -224,7 +252,7 @@ def check_output_file(path: str | Path, overwrite: bool = False, option: str = "
     """Before any work: ``path`` can be written, and is replaced only when ``overwrite`` says so.
 
     Refuses (InputError) a folder, an existing file without ``overwrite``, and a folder that cannot be written to
-    (a probe file is created and removed there)."""
+    (a probe file is created and removed there, or in the nearest folder that exists: none is made)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"the output '{path}' is a folder; give a file path")
@@ -232,12 +260,17 @@ def check_output_file(path: str | Path, overwrite: bool = False, option: str = "
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another path or pass "
                          f"{option}")
     folder = path.parent
+    # no folder is made here (a refused command left empty ones behind): the nearest one that exists must be a
+    # folder that takes new files; the missing ones are made when the file is written
+    there = next((f for f in (folder, *folder.parents) if f.exists() or f.is_symlink()), Path("."))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        if not there.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(there))
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=there)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise InputError(f"cannot write to the folder '{folder}' ({e.strerror or e}); choose a folder you can "
+        where = "" if there == folder else f", since '{there}' cannot take it"
+        raise InputError(f"cannot write to the folder '{folder}' ({e.strerror or e}{where}); choose a folder you can "
                          f"write to") from e
     return path

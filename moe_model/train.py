@@ -24,7 +24,7 @@ import torch
 
 from moe_base.config import get_preset
 from moe_base.errors import CheckpointError, InputError, NoGPUError, TrainingError
-from moe_base.fileio import folder_lock
+from moe_base.fileio import first_missing, folder_lock, remove_if_empty
 from moe_base.progress import Progress
 
 from .checkpoint import atomic_torch_save, origin, save_weights, torch_load_reason
@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
     out = Path(cfg.out_dir)
     state_path = out / "last.pt"
     existing_run(out, resume, overwrite)  # before the folder is made
-    made = not out.exists()
+    made = first_missing(out)  # the folders making --out-dir creates: removed again if nothing is saved in them
     check_writable_folder(out)
     try:
         # one run at a time in a folder: two at once both reported their own best weights, and the folder held the
@@ -175,8 +175,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
             with replacing(out, existing if overwrite else [], state_path):
                 return _train(cfg, resume, progress, stop_after_epoch, command, log, device, out, state_path)
     except BaseException:
-        if made and out.is_dir() and not any(out.iterdir()):  # refused or stopped before anything was saved
-            out.rmdir()
+        remove_if_empty(out, made)  # refused or stopped before anything was saved: no empty folders left
         raise
 
 

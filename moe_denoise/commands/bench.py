@@ -321,14 +321,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_folder(folder: Path, option: str, holds: str) -> None:
-    """InputError unless ``folder`` is a folder (made if missing) that can be written to: found before any work, not
-    after minutes of timing."""
+    """InputError unless ``folder`` is a folder (made when written to) that can be written to: found before any
+    work, not after minutes of timing."""
     from moe_base.fileio import check_output_file
 
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{option} '{folder}' is a file; {holds} go into a folder: give a folder path")
     try:
-        check_output_file(folder / "results.json", overwrite=True)  # makes the folder, probes a file in it
+        check_output_file(folder / "results.json", overwrite=True)  # probes a file there (or where it would be made)
     except InputError as e:
         raise InputError(f"{option}: {e}") from None
 

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         den, routing = model(noisy, return_routing=True)
     # both pictures are drawn first and then put in place together: an interrupted run leaves the old pair, not a
     # new grid beside old maps
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # checked above, made now that there is something to put there
     with tempfile.TemporaryDirectory(dir=args.out_dir, prefix=".visualize-") as tmp:
         denoise_grid(noisy, den, clean, Path(tmp) / grid.name, scale=args.scale)
         routing_maps(noisy, routing, Path(tmp) / maps.name, scale=args.scale)

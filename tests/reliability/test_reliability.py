@@ -111,6 +111,23 @@ def test_reliability_two_trainings_in_one_folder_at_once(capsys, cifar_copy, run
         other.wait()
 
 
+def test_reliability_refused_commands_leave_no_folders(capsys, monkeypatch, tmp_path):
+    """export -o q/r/m.onnx, evaluate --save-json x/y/r.json, bench --out-dir b/c, visualize --out-dir v/w and
+    train --out-dir t/u/v refused for another reason (weights or data that are not there) => nothing is left: the
+    folders they name were made before the refusal, and stayed empty"""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for argv in (["export", "--weights", "nonexist", "-o", "q/r/m.onnx"],
+                 ["evaluate", "--data-dir", "nonexist", "--save-json", "x/y/r.json"],
+                 ["bench", "--weights", "nonexist", "--out-dir", "b/c"],
+                 ["visualize", "--data-dir", "nonexist", "--out-dir", "v/w"],
+                 ["train", "--data-dir", "nonexist", "--out-dir", "t/u/v"]):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2 and "nonexist" in err, (argv, err)
+        assert list(work.iterdir()) == [], argv
+
+
 def test_reliability_export_over_an_existing_file(capsys, random_weights, tmp_path):
     """export -o onto an existing (unrelated) file => refused (exit 2, --overwrite offered); the file is unchanged"""
     pytest.importorskip("onnx", reason="export needs the onnx extra")
