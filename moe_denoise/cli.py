@@ -88,11 +88,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, ParityError) else 2
     except BrokenPipeError:  # the reader went away (moe-denoise ... | head): quietly, as other commands do
-        import os
-
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's flush at exit would raise again
+        _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed
+    except OSError as e:
+        if not _stdout_fails(e):  # not the output's fault: a bug, with its traceback
+            raise
+        _stdout_to_devnull()
+        print(f"moe-denoise {args.command}: error: cannot write to standard output ({e.strerror or e}); stopped "
+              f"there (files written before it are complete)", file=sys.stderr)
+        return 1
+
+
+def _stdout_fails(error: OSError) -> bool:
+    """Whether ``error`` (no file named in it) came from standard output, which cannot be written (a full disk
+    under '> file', /dev/full): a write to it fails again (a newline, for the errors of a full disk)."""
+    import errno
+    import os
+
+    if error.filename is not None:
+        return False
+    try:
+        os.write(sys.stdout.fileno(), b"")
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _stdout_to_devnull() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's flush at exit would raise again
 
 
 if __name__ == "__main__":

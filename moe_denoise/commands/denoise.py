@@ -269,6 +269,10 @@ def run_batch(args: argparse.Namespace) -> int:
                 make_runner(args, args.weights) if plan.jobs and (args.server is None or args.check_local) \
                 else contextlib.nullcontext() as runner:  # with --server: the runner --check-local uses
             batch.run()
+    except BrokenPipeError:  # '| head' closed the output: the run stops, said where the user still looks
+        print(f"stopped after {len(batch.reports)} of {total} photos: the output pipe was closed. Run the same "
+              f"command with --skip-existing to go on", file=sys.stderr)
+        raise
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
         done = len(batch.reports)
         raise Interrupted.said(e, f"interrupted after {done} of {total} photos; every output written is complete. "

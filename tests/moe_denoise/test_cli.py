@@ -347,6 +347,21 @@ def test_a_closed_pipe_ends_the_command_quietly():
     assert proc.returncode == 141 and b"Traceback" not in err, err.decode()
 
 
+def test_an_output_that_cannot_be_written_is_said_without_a_traceback():
+    """moe-denoise ... > /dev/full (or a file on a full disk) ended in an OSError traceback after the work was done."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("this system has no /dev/full to stand for a full disk")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "moe_denoise.cli", "doctor"], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "moe-denoise doctor: error: cannot write to standard output (No space left on device)" in r.stderr
+
+
 def test_help_and_version_import_no_torch():
     """--version and every command's --help answer in a fraction of a second: torch (about a second to import) is
     imported by the commands that run a model, not by the parsers (train's --loss choices imported it for all)."""

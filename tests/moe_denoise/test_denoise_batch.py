@@ -131,6 +131,28 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
     assert err.strip() == "interrupted before the first of 2 photos was written; nothing was written"
 
 
+def test_a_batch_whose_output_pipe_closes_says_where_it_stopped(capsys, monkeypatch, random_weights, photos,
+                                                                tmp_path):
+    """moe-denoise denoise photos/ -o out | head -1: the run stopped at the second photo, exit 141, in silence; it now
+    says on stderr where it stopped and how to go on."""
+    import moe_denoise.cli
+
+    (photos / "broken.png").unlink()
+    real = denoise_cmd.denoise_one
+
+    def pipe_closed_on_the_second(args, runner, src, dst, client=None):
+        if src.name == "gray.jpg":
+            raise BrokenPipeError(32, "Broken pipe")
+        return real(args, runner, src, dst, client)
+
+    monkeypatch.setattr(denoise_cmd, "denoise_one", pipe_closed_on_the_second)
+    monkeypatch.setattr(moe_denoise.cli, "_stdout_to_devnull", lambda: None)  # capsys holds stdout here
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
+                       "--no-progress")
+    assert code == 141 and err.strip() == ("stopped after 1 of 2 photos: the output pipe was closed. Run the same "
+                                           "command with --skip-existing to go on")
+
+
 def test_reference_needs_a_single_photo(capsys, photos, tmp_path):
     code, _, err = run(capsys, "denoise", photos / "colour.png", photos / "gray.jpg", "-o", tmp_path / "out",
                        "--reference", photos / "colour.png")
