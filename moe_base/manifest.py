@@ -135,6 +135,22 @@ def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:
                                     f"file on purpose)")
 
 
+def read_checked(artifact: str | Path, kind: str | None = None, settle_s: float = 0.5) -> dict[str, Any]:
+    """:func:`read_manifest` and :func:`check_artifact_file` together, for loading an artifact: a file and a manifest
+    that do not match are read once more after ``settle_s`` seconds, since an export writing the same path puts the
+    model and then its manifest in place (two atomic writes, a moment apart); a real mismatch is raised."""
+    import time
+
+    manifest = read_manifest(artifact, kind=kind)
+    try:
+        check_artifact_file(artifact, manifest)
+    except ArtifactError:
+        time.sleep(settle_s)
+        manifest = read_manifest(artifact, kind=kind)
+        check_artifact_file(artifact, manifest)
+    return manifest
+
+
 def check_equal(what: str, artifact_value: Any, env_value: Any, hint: str) -> None:
     """Raise ArtifactMismatchError naming both sides (and ``hint``) when the artifact's value differs from this
     environment's."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from moe_base.contract import tile_shape
 from moe_base.errors import ArtifactError, InputError, MissingBackendError
-from moe_base.manifest import check_artifact_file, read_manifest
+from moe_base.manifest import read_checked
 from moe_base.optional import require
 
 from .base import BaseRunner, made_from
@@ -70,8 +70,7 @@ class OrtRunner(BaseRunner):
         if not self.model_path.is_file():
             raise ArtifactError(f"ONNX model {self.model_path} does not exist; create it with 'moe-denoise export'")
         if self.check_manifest:
-            self.manifest = read_manifest(self.model_path, kind="onnx")
-            check_artifact_file(self.model_path, self.manifest)
+            self.manifest = read_checked(self.model_path, kind="onnx")
             self.precision = self.manifest.get("precision", self.precision)
         wanted = PROVIDERS[self.provider]
         have = ort.get_available_providers()

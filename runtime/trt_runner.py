@@ -22,7 +22,7 @@ import numpy as np
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import ArtifactError, InputError, NoGPUError, PluginMissingError
 from moe_base.machine import cuda_device
-from moe_base.manifest import check_artifact_file, check_equal, read_manifest
+from moe_base.manifest import check_equal, read_checked
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 
@@ -51,8 +51,7 @@ class TensorRTRunner(BaseRunner):
             raise ArtifactError(f"TensorRT engine {self.engine_path} does not exist; build one with "
                                 f"'moe-denoise build --onnx MODEL.onnx'")
         if self.check_manifest:
-            self.manifest = read_manifest(self.engine_path, kind="trt-engine")
-            check_artifact_file(self.engine_path, self.manifest)  # truncated / replaced files stop here
+            self.manifest = read_checked(self.engine_path, kind="trt-engine")  # truncated / replaced files stop here
             self.precision = self.manifest.get("precision", self.precision)
         trt = require("tensorrt", "the TensorRT backend")
         torch = require("torch", "the TensorRT backend (device buffers)")

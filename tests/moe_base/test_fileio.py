@@ -41,3 +41,26 @@ def test_a_folder_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tmp_pa
     with folder_lock(tmp_path, "training run", "--out-dir") as lock:  # its process is gone: taken over
         assert lock.read_text() == f"{os.getpid()}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the lock and its temporary are gone
+
+
+def test_an_artifact_read_while_its_export_puts_the_manifest_in_place_is_read_again(tmp_path):
+    """An export writes the model, then its manifest: a runner loading between the two was refused ('does not match
+    its manifest ... re-export it'). A mismatch is read once more after a moment; a lasting one is still refused."""
+    import threading
+
+    from moe_base.errors import ArtifactMismatchError
+    from moe_base.manifest import base_manifest, manifest_path, read_checked, write_artifact
+
+    model = tmp_path / "m.onnx"
+    write_artifact(model, b"old graph", base_manifest("onnx", model, b"old graph"))
+    model.write_bytes(b"new graph")  # the new model is in place, its manifest not yet
+    later = threading.Timer(0.1, lambda: write_artifact(model, b"new graph", base_manifest("onnx", model, b"new graph")))
+    later.start()
+    try:
+        assert read_checked(model, kind="onnx", settle_s=0.5)["artifact"]["bytes"] == len(b"new graph")
+    finally:
+        later.join()
+    manifest_path(model).write_text(manifest_path(model).read_text().replace(
+        base_manifest("onnx", model, b"new graph")["artifact"]["sha256"], "0" * 64))
+    with pytest.raises(ArtifactMismatchError, match="does not match its manifest"):
+        read_checked(model, settle_s=0.01)
