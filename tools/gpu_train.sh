@@ -4,15 +4,18 @@
 #
 #   tools/gpu_train.sh [OUT_DIR]          # default: $OUT if set, else runs/gpu
 #
-# The CIFAR-10 training files (147 MiB) are more than one device call carries (64 MiB), and a warm machine keeps
-# ignored files between calls, so they travel in three calls made one right after the other (the machine stays
-# warm 30 s). Here, once:
+# The CIFAR-10 training files (5 x 29.3 MiB, and the 2.9 MiB test batch) are more than one device call carries
+# (64 MiB, the ~8 MiB working tree included), and a warm machine keeps ignored files between calls, so they
+# travel in five calls made one right after the other (the machine stays warm 30 s: make each call as soon as the
+# last one answers). Here, once:
 #     mkdir -p .gpu_data && cp -r ../shared/data/cifar-10-batches-py .gpu_data/     # .gpu_data/ is git-ignored
-# then three `run` calls, carry paths relative to the repository root:
-#     carry [.gpu_data/cifar-10-batches-py/data_batch_1, .gpu_data/cifar-10-batches-py/data_batch_2]  command: true
-#     carry [.gpu_data/cifar-10-batches-py/data_batch_3, .gpu_data/cifar-10-batches-py/data_batch_4]  command: true
-#     carry [.gpu_data/cifar-10-batches-py/data_batch_5, .gpu_data/cifar-10-batches-py/test_batch,
-#            .gpu_data/cifar-10-batches-py/batches.meta]                     command: tools/gpu_train.sh
+# then five `run` calls, carry paths relative to the repository root (B = .gpu_data/cifar-10-batches-py):
+#     carry [B/data_batch_1]  command: true        (one data batch a call: two, 58.6 MiB, and the tree are over 64)
+#     carry [B/data_batch_2]  command: true
+#     carry [B/data_batch_3]  command: true
+#     carry [B/data_batch_4]  command: true
+#     carry [B/data_batch_5, B/test_batch, B/batches.meta]  command: tools/gpu_train.sh   timeout_s: 540
+# (the last call trains for TRAIN_S = 360 s after a probe epoch, then evaluates: about 7 minutes in all).
 # If the machine went back between calls the loader says which files are missing; start again from the first.
 #
 # What it does: a probe epoch on 4,000 images times the GPU, the cycle gets as many epochs as fit in TRAIN_S
@@ -20,10 +23,14 @@
 # weights on the test split. Written to OUT_DIR: best.safetensors, best.json, last.pt (to resume or go on
 # here), train.log, evaluate.json. Settings (environment): PRESET (residual_refine_wide), INIT (the shipped
 # weights), LR (3e-4), LOSS (psnr), SEED (5), TRAIN_S (360), MAX_EPOCHS (200), DATA (.gpu_data/cifar-10-batches-py),
-# DEVICE (cuda), MAX_TRAIN (unset: all; set it for a dry run on the CPU), BLIND (1: the blind recipe, every image
+# DEVICE (cuda), MAX_TRAIN (unset: all), BLIND (1: the blind recipe, every image
 # its own noise level over [0, 75/255], clipped or not, a gray share (train --blind --mse-floor 1e-5 --zero-share
 # 0.1); 0: the sigma-0.2 specialist's recipe), BAYER_SHARE (0; with BLIND=1: the share of colour images given
 # demosaicked raw noise, train --bayer-share; docs/training.md says why and what a CPU try of 0.3 gave).
+#
+# Dry run on the CPU first (a minute; the GPU machine has the Python packages this script needs):
+#     DEVICE=cpu DATA=../shared/data/cifar-10-batches-py MAX_TRAIN=64 PROBE_IMAGES=64 TRAIN_S=20 \
+#         tools/gpu_train.sh "${TMPDIR:-/tmp}/gpu_train_dry_run"
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -55,10 +62,15 @@ probe=$(mktemp -d)
 t0=$(date +%s.%N)
 train "$probe" 1 --max-train "${PROBE_IMAGES:-4000}" --max-val 1000 2>&1 | tee -a "$log" || exit 1
 t1=$(date +%s.%N)
-epochs=$("$py" - "$t0" "$t1" "$budget" "${MAX_EPOCHS:-200}" "${MAX_TRAIN:-45000}" "${PROBE_IMAGES:-4000}" <<'EOF'
-import sys
-t0, t1, budget, cap, images, probe = map(float, sys.argv[1:])
-per_epoch = (t1 - t0) * images / probe  # the probe's start-up cost is counted as epoch time: errs on the short side
+epochs=$("$py" - "$t0" "$t1" "$budget" "${MAX_EPOCHS:-200}" "${MAX_TRAIN:-45000}" "${PROBE_IMAGES:-4000}" \
+    "$probe/best.json" <<'EOF'
+import json, sys
+t0, t1, budget, cap, images, probe = map(float, sys.argv[1:7])
+try:  # the probe epoch's own time (training and validation) as train recorded it, without the process start-up
+    seconds = json.load(open(sys.argv[7]))["history"][-1]["seconds"]
+except (OSError, ValueError, KeyError, IndexError):  # no record: the whole probe, start-up included (too few epochs)
+    seconds = t1 - t0
+per_epoch = max(seconds * images / probe, 1e-3)  # its first-epoch warm-up is counted: errs on the short side, a little
 print(max(1, min(int(cap), int(budget / per_epoch))))
 EOF
 )
