@@ -12,6 +12,7 @@ target (:func:`staging_folder`), and only a complete, checked result is renamed 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -108,11 +109,15 @@ def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrit
     run writing the same folder) is refused (InputError), not replaced."""
     target = Path(target)
     if not overwrite:
+        real = target.resolve() if target.is_symlink() else target  # a link to a folder: the folder it names
         try:
-            os.rename(staging, target)  # replaces a missing or empty folder in one step; fails on a filled one
+            os.rename(staging, real)  # replaces a missing or empty folder in one step; fails on a filled one
         except OSError as e:
-            raise InputError(f"'{target}' was filled while this was being written (another run writing it?); "
-                             f"refusing to replace what is there: choose a new folder, or pass --overwrite") from e
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise InputError(f"'{target}' was filled while this was being written (another run writing it?); "
+                                 f"refusing to replace what is there: choose a new folder, or pass --overwrite") from e
+            raise InputError(f"moving the new files into '{target}' failed ({e.strerror or e}); nothing there was "
+                             f"changed") from e
         return
     try:
         if target.is_dir() and not any(target.iterdir()):
@@ -169,38 +174,53 @@ LOCK_NAME = ".lock"
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike[str], what: str, option: str) -> Iterator[Path]:
-    """Only one process at a time writes ``folder`` (which must exist): ``folder/.lock`` holds the writer's process
-    id, made whole in one step (a hard link of a written temporary), so a second writer is refused (InputError
-    naming the process, ``what`` it is and ``option`` to choose another folder) and a lock whose process has died
-    is taken over. Removed when the ``with`` ends."""
+    """Only one process at a time writes ``folder`` (which must exist): an exclusive ``flock`` on ``folder/.lock``,
+    which the kernel releases when its process ends however it ends (no stale lock to take over), with the
+    holder's process id written in it for the message. A second writer, in this process or another, is refused
+    (InputError naming the process, ``what`` it is and ``option`` to choose another folder). Where the file system
+    cannot lock, the work goes on unlocked, as before. The file is removed when the ``with`` ends."""
     folder = Path(folder)
     lock = folder / LOCK_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".lock.{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        for _ in range(3):
-            try:
-                os.link(tmp, lock)  # fails when the lock exists: the check and the taking are one step
-                break
-            except FileExistsError:
-                try:
-                    holder = int(lock.read_text().split()[0])
-                except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read: try again
-                    holder = None
-                if holder is not None and holder != os.getpid() and _alive(holder):
-                    raise InputError(f"another {what} (process {holder}) is writing {folder} now; wait for it to end "
-                                     f"(or stop it), or choose another {option}") from None
-                lock.unlink(missing_ok=True)  # its process has died (killed): the lock is taken over
-        else:
-            raise InputError(f"could not take the lock {lock} (it keeps coming back); is another {what} writing "
-                             f"{folder}? Choose another {option}")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield lock
+        return
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise InputError(f"cannot take the lock {lock} ({e.strerror or e}); is another {what} writing {folder}? "
+                             f"Choose another {option}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").split()
+            os.close(fd)
+            who = f" (process {holder[0]})" if holder else ""
+            raise InputError(f"another {what}{who} is writing {folder} now; wait for it to end (or stop it), or "
+                             f"choose another {option}") from None
+        except OSError:  # this file system cannot lock (some network mounts): unlocked, as before
+            os.close(fd)
+            yield lock
+            return
+        try:  # the file may have been removed by its last holder between our open and our lock: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise InputError(f"could not take the lock {lock} (it keeps being replaced); is another {what} writing "
+                         f"{folder}? Choose another {option}")
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield lock
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # while still holding it: a waiting opener then finds another file
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

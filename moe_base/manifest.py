@@ -70,6 +70,12 @@ def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> P
     atomic_write(path, data)
     try:
         atomic_write_json(mpath, manifest)
+    except InputError as e:
+        if not existed:
+            path.unlink(missing_ok=True)
+            raise
+        raise InputError(f"{e}; but {path} was already replaced, and its old manifest does not describe it: the "
+                         f"runners will refuse it until it is written again (re-export it)") from e
     except BaseException:
         if not existed:
             path.unlink(missing_ok=True)

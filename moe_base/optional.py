@@ -57,7 +57,8 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
 
 def _broken(module: str, e: BaseException) -> bool:
     """The module is there, and importing it failed for another reason than its own absence."""
-    return installed(module) and not (isinstance(e, ModuleNotFoundError) and e.name == module)
+    top = module.split(".")[0]  # tensorrt.plugin: whether tensorrt is there (finding a submodule imports it)
+    return installed(top) and not (isinstance(e, ModuleNotFoundError) and e.name in (module, top))
 
 
 def optional_import(module: str) -> tuple[ModuleType | None, str | None]:

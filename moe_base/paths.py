@@ -13,17 +13,17 @@ from pathlib import Path
 def cache_dir() -> Path:
     """``MOE_DENOISE_CACHE`` with ``~`` expanded (a quoted '~/x' made a folder named '~' here), as an absolute path
     (a relative value is taken from the current folder: :func:`cache_dir_note`); empty or unset: the default."""
-    value = os.environ.get("MOE_DENOISE_CACHE", "").strip()
-    if not value:  # MOE_DENOISE_CACHE= wrote artifacts/ into the current folder
+    value = os.environ.get("MOE_DENOISE_CACHE", "")
+    if not value.strip():  # MOE_DENOISE_CACHE= wrote artifacts/ into the current folder
         return Path.home() / ".cache" / "moe-denoise"
-    return Path(os.path.abspath(os.path.expanduser(value)))
+    return Path.cwd() / Path(value).expanduser()  # joined, not normalised: 'link/..' means what the kernel says
 
 
 def cache_dir_note() -> str | None:
     """A warning when ``MOE_DENOISE_CACHE`` is relative: each folder a command runs from then has its own cache (an
     export made in one folder is not found from another)."""
-    value = os.environ.get("MOE_DENOISE_CACHE", "").strip()
-    if value and not os.path.isabs(os.path.expanduser(value)):
+    value = os.environ.get("MOE_DENOISE_CACHE", "")
+    if value.strip() and not os.path.isabs(os.path.expanduser(value)):
         return (f"MOE_DENOISE_CACHE={value} is a relative path, taken from the current folder ({cache_dir()}): "
                 f"commands run from other folders use other caches. Set an absolute path to have one cache")
     return None

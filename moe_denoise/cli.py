@@ -56,8 +56,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: a handler not set from Python (main() called by another program): the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from moe_base.errors import ParityError, ToolkitError
 
+    watched = sys.stdout = WatchedOutput(sys.stdout) if sys.stdout is not None else None
     try:
         with sigterm_as_interrupt():
             return int(args.func(args) or 0)
@@ -91,35 +92,47 @@ def main(argv: list[str] | None = None) -> int:
         _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed
     except OSError as e:
-        if not _stdout_fails(e):  # not the output's fault: a bug, with its traceback
+        if watched is None or watched.failed is not e:  # not the output's: a bug, with its traceback
             raise
         _stdout_to_devnull()
         print(f"moe-denoise {args.command}: error: cannot write to standard output ({e.strerror or e}); stopped "
               f"there (files written before it are complete)", file=sys.stderr)
         return 1
+    finally:
+        if watched is not None and sys.stdout is watched:
+            sys.stdout = watched.inner
 
 
-def _stdout_fails(error: OSError) -> bool:
-    """Whether ``error`` (no file named in it) came from standard output, which cannot be written (a full disk
-    under '> file', /dev/full): a write to it fails again (a newline, for the errors of a full disk)."""
-    import errno
-    import os
+class WatchedOutput:
+    """Standard output, remembering the error a write or flush of it raised (``failed``): a full disk under
+    '> file' or /dev/full is then said in one line, and an error of anything else keeps its traceback."""
 
-    if error.filename is not None:
-        return False
-    try:
-        os.write(sys.stdout.fileno(), b"")
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-    except (OSError, ValueError):
-        return True
-    return False
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failed = inner, None
+
+    def write(self, text: str) -> int:
+        try:
+            return self.inner.write(text)
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.inner.flush()
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...: the stream's own
+        return getattr(self.inner, name)
 
 
 def _stdout_to_devnull() -> None:
     import os
 
+    if sys.stdout is None:
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())  # the interpreter's flush at exit would raise again
 

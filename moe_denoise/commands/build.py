@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "names, else blind")
     p.add_argument("--json", action="store_true",
                    help="print the engine's manifest as JSON instead of the parity report, with the engine's path "
-                        "('output') and whether it came from the engine cache ('cached')")
+                        "('output', also 'engine') and whether it came from the engine cache ('cached')")
     p.set_defaults(func=run)
 
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from moe_denoise.cli import print_json
 
-        print_json({**result.manifest, "output": str(result.path), "cached": result.cached})
+        print_json({**result.manifest, "output": str(result.path), "engine": str(result.path), "cached": result.cached})
     else:
         print(result.parity.summary())
     return 0

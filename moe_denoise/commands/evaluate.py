@@ -176,20 +176,34 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _emit(args: argparse.Namespace, report: Any, text: str) -> None:
-    from moe_base.fileio import atomic_write_json
+def _emit(args: argparse.Namespace, report: Any, text: str, plot_png: bytes | None = None) -> None:
+    """Print the report, then write --plot and --save-json: a file that cannot be written (one that appeared during
+    the run, without --overwrite) then loses nothing, since the results are on the screen already."""
+    from moe_base.fileio import atomic_write, atomic_write_json
 
     safe = _json_safe(report)
-    if args.save_json is not None:
-        atomic_write_json(args.save_json, safe, overwrite=args.overwrite)  # one that appeared meanwhile is kept
     if args.json:
         from moe_denoise.cli import print_json
 
         print_json(safe)
     else:
         print(text)
-        if args.save_json is not None:
-            print(f"JSON report written to {args.save_json}")
+    problems = []
+    for what, path, write in (("plot", args.plot, None if plot_png is None else
+                               lambda p: atomic_write(p, plot_png, overwrite=args.overwrite)),
+                              ("JSON report", args.save_json,
+                               lambda p: atomic_write_json(p, safe, overwrite=args.overwrite))):
+        if path is None or write is None:
+            continue
+        try:
+            write(path)
+        except InputError as e:
+            problems.append(str(e))
+            continue
+        if not args.json:
+            print(f"{what} written to {path}")
+    if problems:
+        raise InputError(f"{'; '.join(problems)}. The results are printed above")
 
 
 # --- run -----------------------------------------------------------------------------------------------------------
@@ -289,15 +303,12 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
         texts += ["", f"== photos ({result['wall_seconds']:.0f} s)", format_photo_table(result, targets)]
     if args.plot is not None:
         from benchmarks.quality import render_plot
-        from moe_base.fileio import atomic_write
 
-        png = render_plot(report["cifar"], report["photos"])
-        atomic_write(args.plot, png, overwrite=args.overwrite)
+        png = render_plot(report["cifar"], report["photos"])  # written by _emit, after the report is printed
         report["plot"] = str(args.plot)
-        texts += ["", f"plot written to {args.plot}"]
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     texts.append(f"total {report['wall_seconds']:.0f} s")
-    _emit(args, report, "\n".join(texts))
+    _emit(args, report, "\n".join(texts), png if args.plot is not None else None)
     return 0
 
 

@@ -17,30 +17,66 @@ def test_holds_is_true_only_for_a_file_with_that_content(tmp_path):
     assert not holds(tmp_path, digest)  # a folder, not a file
 
 
-def test_a_folder_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tmp_path):
-    """Two `train` runs into one --out-dir both ran and reported their own weights, and the folder held the other's:
-    folder_lock lets one process write a folder; a lock whose process has died is taken over."""
-    import os
+HOLD_LOCK = """import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def hold_lock(path):
+    """Another process holding the lock of ``path`` as folder_lock takes it (flock), until killed."""
     import subprocess
     import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_folder_lock_refuses_a_second_writer_and_is_free_once_its_holder_dies(tmp_path):
+    """Two `train` runs into one --out-dir both ran and reported their own weights, and the folder held the other's:
+    folder_lock lets one writer at a time hold a folder (also within one process); the kernel frees the lock of a
+    process that died, however it died."""
+    import os
 
     from moe_base.errors import InputError
     from moe_base.fileio import LOCK_NAME, folder_lock
 
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = hold_lock(tmp_path / LOCK_NAME)
     try:
-        (tmp_path / LOCK_NAME).write_text(f"{other.pid}\n")
         with pytest.raises(InputError, match=rf"another training run \(process {other.pid}\) is writing {tmp_path} "
                                              rf"now; wait for it to end \(or stop it\), or choose another --out-dir"):
             with folder_lock(tmp_path, "training run", "--out-dir"):
                 pass
-        assert (tmp_path / LOCK_NAME).read_text() == f"{other.pid}\n"  # theirs, left alone
     finally:
-        other.kill()
+        other.kill()  # killed: no chance to remove or release anything itself
         other.wait()
-    with folder_lock(tmp_path, "training run", "--out-dir") as lock:  # its process is gone: taken over
+    assert (tmp_path / LOCK_NAME).exists()  # its file is still there, and free
+    with folder_lock(tmp_path, "training run", "--out-dir") as lock:
         assert lock.read_text() == f"{os.getpid()}\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the lock and its temporary are gone
+        with pytest.raises(InputError, match=rf"another training run \(process {os.getpid()}\)"):
+            with folder_lock(tmp_path, "training run", "--out-dir"):  # nested, in one process: refused too
+                pass
+        assert lock.exists()  # the refused attempt left the holder's lock alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # removed at the end
+
+
+def test_a_folder_lock_on_a_file_system_that_cannot_lock_goes_on_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from moe_base.fileio import folder_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_lock(tmp_path, "training run", "--out-dir"):
+        ran = True
+    assert ran
 
 
 def test_an_artifact_read_while_its_export_puts_the_manifest_in_place_is_read_again(tmp_path):
@@ -64,3 +100,31 @@ def test_an_artifact_read_while_its_export_puts_the_manifest_in_place_is_read_ag
         base_manifest("onnx", model, b"new graph")["artifact"]["sha256"], "0" * 64))
     with pytest.raises(ArtifactMismatchError, match="does not match its manifest"):
         read_checked(model, settle_s=0.01)
+
+
+def test_publishing_a_new_folder_through_a_link_and_a_failed_manifest_over_an_old_model(tmp_path, monkeypatch):
+    """publish_folder without overwrite refused a link to an empty folder as 'filled while this was being written';
+    write_artifact said 'nothing was changed' when a replaced model's new manifest could not be written."""
+    import moe_base.manifest
+    from moe_base.errors import InputError
+    from moe_base.fileio import publish_folder
+    from moe_base.manifest import base_manifest, write_artifact
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    staging = tmp_path / ".staging"
+    staging.mkdir()
+    (staging / "README.md").write_text("new")
+    publish_folder(staging, tmp_path / "link", ["README.md"], overwrite=False)
+    assert (tmp_path / "link" / "README.md").read_text() == "new" and (tmp_path / "link").is_symlink()
+
+    model = tmp_path / "m.onnx"
+    write_artifact(model, b"old", base_manifest("onnx", model, b"old"))
+
+    def disk_full(path, value, overwrite=True):
+        raise InputError(f"writing {path} failed (No space left on device); nothing was changed there")
+
+    monkeypatch.setattr(moe_base.manifest, "atomic_write_json", disk_full)
+    with pytest.raises(InputError, match=r"but .*m\.onnx was already replaced, and its old manifest does not describe "
+                                         r"it.*re-export it"):
+        write_artifact(model, b"new", base_manifest("onnx", model, b"new"))

@@ -66,6 +66,8 @@ def test_an_installed_package_that_fails_to_import_is_not_called_missing(monkeyp
     with pytest.raises(MissingBackendError, match=r"which is installed but cannot be imported here \(ImportError: "
                                                   r"libnvonnxparser.so.11.*Reinstall it with"):
         require("tensorrt", "building TensorRT engines")
+    with pytest.raises(MissingBackendError, match="which is installed but cannot be imported"):
+        require("tensorrt.plugin", "the plugin layer")  # a submodule of the broken package: the same words
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "tensorrt                 installed, but importing it fails: ImportError: libnvonnxparser.so.11" in out

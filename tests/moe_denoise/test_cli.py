@@ -1,5 +1,6 @@
 """The moe-denoise command: help on every subcommand, and each job end to end on tiny inputs."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -178,6 +179,9 @@ def test_export_default_names_say_which_rewrites():
         ["x.fp16.engine", "m.plugin.fp16.engine", "m.plugin.fp16.engine"]
     with pytest.raises(InputError, match=r"\(e\.g\. out/model\.onnx\)"):  # was: out/.onnx.onnx
         check_output_suffix(Path("out/.onnx"), (".onnx",), "an ONNX model")
+    for folder, example in ((".", "model.onnx"), ("/", "/model.onnx"), ("", "model.onnx")):  # not a ValueError
+        with pytest.raises(InputError, match=rf"\(e\.g\. {re.escape(example)}\)"):
+            check_output_suffix(Path(folder), (".onnx",), "an ONNX model")
     assert onnx_path("portable", True) == artifacts_dir() / "moe_denoiser.portable.onnx"
     assert onnx_path("portable", False) == artifacts_dir() / "moe_denoiser.portable.noopt.onnx"
     assert onnx_path("plugin", True, "fp16", ("fuse_qkv", "rows2d")).name == "moe_denoiser.plugin.fuse_qkv+rows2d.fp16.onnx"
@@ -587,6 +591,9 @@ def test_the_cache_variable_is_read_as_a_user_means_it(monkeypatch, tmp_path, ca
     assert cache_dir() == Path.home() / ".cache" / "moe-denoise"
     monkeypatch.setenv("MOE_DENOISE_CACHE", "relcache")
     assert cache_dir() == tmp_path / "relcache" and cache_dir().is_absolute()
+    monkeypatch.setenv("MOE_DENOISE_CACHE", "link/../x")  # not normalised as text: the kernel follows the link
+    assert str(cache_dir()) == f"{tmp_path}/link/../x"
+    monkeypatch.setenv("MOE_DENOISE_CACHE", "relcache")
     code, out, _ = run(capsys, "doctor")
     assert code == 0 and f"note: MOE_DENOISE_CACHE=relcache is a relative path, taken from the current folder " \
                          f"({tmp_path / 'relcache'})" in out

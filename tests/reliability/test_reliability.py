@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from moe_denoise.cli import main
+from tests.moe_base.test_fileio import HOLD_LOCK
 
 
 def cli(capsys, *argv):
@@ -98,17 +99,18 @@ def test_reliability_two_trainings_in_one_folder_at_once(capsys, cifar_copy, run
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        for folder, extra in ((fresh, ()), (run_dir, ("--resume",))):
-            (folder / LOCK_NAME).write_text(f"{other.pid}\n")  # what the other run's lock holds
+    for folder, extra in ((fresh, ()), (run_dir, ("--resume",))):
+        other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder / LOCK_NAME)], stdout=subprocess.PIPE,
+                                 text=True)  # another run holds the folder's lock, as train takes it
+        try:
+            assert other.stdout.readline().strip() == "held"
             before = snapshot(folder)
             code, _, err = cli(capsys, "train", "--data-dir", cifar_copy, "--out-dir", folder, *TINY, *extra)
             assert code == 2 and f"another training run (process {other.pid}) is writing {folder} now" in err, err
             assert snapshot(folder) == before
-    finally:
-        other.kill()
-        other.wait()
+        finally:
+            other.kill()
+            other.wait()
 
 
 def test_reliability_refused_commands_leave_no_folders(capsys, monkeypatch, tmp_path):
