@@ -441,17 +441,26 @@ def _summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every check; ``save(report)`` after each step, so that a run stopped by its time limit leaves what it did."""
     t0 = time.perf_counter()
     report: dict[str, Any] = {"mode": "cpu-dry-run" if args.cpu_dry_run else "gpu",
                               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                               "env": _versions(), "errors": [], "step_seconds": {}}
     report["tensorrt"] = (f"importable ({report['env']['tensorrt']})" if report["env"]["tensorrt"]
                           else "not importable")
+
+    def step(key: str, name: str, fn: Callable[[], Any]) -> None:
+        report[key] = _step(report, name, fn)
+        failed = any(e["step"] == name for e in report["errors"])
+        print(f"gpu_check: {name}: {'ERROR' if failed else 'done'} in {report['step_seconds'][name]} s", flush=True)
+        if save is not None:
+            save({**report, "partial": f"written after the step '{name}': the run had not finished"})
+
     if args.cpu_dry_run:
-        report["correctness"] = _step(report, "correctness (interpreter)", _interp_correctness)
+        step("correctness", "correctness (interpreter)", _interp_correctness)
         report["timing"] = "not run: no GPU (cpu dry run)"
-        report["aot"] = _step(report, "aot build", lambda: aot_cpu(args.target, SHAPES))
+        step("aot", "aot build", lambda: aot_cpu(args.target, SHAPES))
         report["aot_launch"] = "not run: no GPU (cpu dry run)"
         report["trt_launch"] = "not run: no GPU (cpu dry run)"
         report["trt"] = "not run: no GPU (cpu dry run)"
@@ -466,12 +475,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(0)
         report["env"].update(gpu=props.name, capability=list(torch.cuda.get_device_capability()),
                              torch_cuda=torch.version.cuda)
-        report["correctness"] = _step(report, "correctness", lambda: correctness(
+        step("correctness", "correctness", lambda: correctness(
             "cuda", SHAPES, batch=2, heads=NUM_HEADS, head_dim=HEAD_DIM, extra_n=200))
-        report["timing"] = _step(report, "timing", lambda: timing(SHAPES, args.batch, args.warmup, args.iters))
-        report["aot"] = _step(report, "aot build + driver launch", lambda: aot_gpu(SHAPES, batch=8))
+        step("timing", "timing", lambda: timing(SHAPES, args.batch, args.warmup, args.iters))
+        step("aot", "aot build + driver launch", lambda: aot_gpu(SHAPES, batch=8))
         if args.launch_record.is_file():
-            report["trt_launch"] = _step(report, "launch as TensorRT's plugin layer says",
+            step("trt_launch", "launch as TensorRT's plugin layer says",
                                          lambda: launch_record(args.launch_record))
         else:
             report["trt_launch"] = (f"not run: no launch record at {args.launch_record} (make it where the bindings "
@@ -481,7 +490,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                report["trt"] = _step(report, "tensorrt engines", lambda: trt_engines(Path(tmp)))
+                step("trt", "tensorrt engines", lambda: trt_engines(Path(tmp)))
         else:
             report["trt"] = "not run: tensorrt is not importable on this machine"
     aot = report.get("aot")
@@ -513,12 +522,16 @@ def main(argv: list[str] | None = None) -> int:
     if args._interp_child:
         _interp_correctness_child()
         return 0
-    report = run(args)
     out = args.out or (Path(tempfile.gettempdir()) / "gpu_check_cpu_dry_run.json" if args.cpu_dry_run else DEFAULT_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(out)
+
+    def save(report: dict[str, Any]) -> None:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+        tmp.replace(out)
+
+    report = run(args, save)
+    save(report)
     print(_summary(report))
     print(f"report: {out}")
     return 0 if report["ok"] else 1

@@ -228,7 +228,10 @@ def markdown(doc: dict[str, Any]) -> str:
         if "value" not in v:
             lines.append(f"- {label}: {v['note']}")
             continue
-        verdict = "met" if v["met"] else f"missed; bound: {v.get('bound', 'not profiled')} ({v.get('why', '')})"
+        measured_on = v.get("profiled_backend")
+        where = f"; bound measured on {measured_on}, not on {v['backend']}" if measured_on not in (None, v["backend"]) \
+            else ""
+        verdict = "met" if v["met"] else f"missed; bound: {v.get('bound', 'not profiled')} ({v.get('why', '')}{where})"
         lines.append(f"- {label}: {v['value']:.4g} by {v['backend']}: {verdict}")
     lines += ["", "## Largest kernels per call", ""]
     for r in doc["rows"]:

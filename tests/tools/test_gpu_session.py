@@ -41,7 +41,16 @@ def test_dry_run_runs_the_steps_on_the_cpu_and_reports_their_files(tmp_path):
     assert steps["pytest"]["files"] == ["pytest.log"] and steps["pytest"]["exit_code"] == 0
     assert steps["bench"]["files"][:2] == ["results.json", "results.md"] and "bench.log" in steps["bench"]["files"]
     assert steps["profile"]["files"] == ["profile.json", "profile.md", "profile.log"]
-    assert "needs a CUDA GPU" in (out / "pytest.log").read_text()  # the GPU tests skip with their reason
+    import tarfile
+
+    # the device tool returns at most 8 files: every file is in session.tgz, and six stay beside it
+    plain = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert plain == ["profile.json", "profile.md", "results.json", "results.md", "session.json", "session.tgz"]
+    with tarfile.open(out / "session.tgz") as tar:
+        packed = set(tar.getnames())
+        pytest_log = tar.extractfile("pytest.log").read().decode()
+    assert {"pytest.log", "bench.log", "profile.log", "results.png", "session.json"} <= packed
+    assert "needs a CUDA GPU" in pytest_log  # the GPU tests skip with their reason
     results = json.loads((out / "results.json").read_text())
     status = {b["name"]: b for b in results["backends"]}
     assert status["torch-masked"]["status"] == "ok"  # timed on the CPU
@@ -102,3 +111,36 @@ def test_verdicts():
     assert name == "top-k kernel" and "45%" in why
     assert bound(10_000.0, 9_500.0, 200, {"memory-bound": 0.5, "gemm": 0.3})[0] == "memory traffic"
     assert bound(10_000.0, 9_500.0, 200, {"convolution": 0.5, "gemm": 0.3})[0].startswith("arithmetic")
+
+
+def test_the_gpu_run_on_a_machine_without_a_gpu_fails_each_step_fast_and_says_why(tmp_path):
+    """The GPU branch's own command lines (the dry run uses others): each parses and its step fails at once, saying
+    why, here where torch sees no GPU; the test step fails too (its tests would all skip and read as passed)."""
+    import tarfile
+
+    out = tmp_path / "gpu"
+    res = run_session(tmp_path, str(out), BENCH_S="60", PROFILE_S="60", PYTEST_TARGETS="tests/runtime/test_cuda_graphs_gpu.py")
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
+    session = json.loads((out / "session.json").read_text())
+    assert session["mode"] == "gpu" and not session["ok"]
+    assert all(s["exit_code"] not in (0, None, 124, 137) for s in session["steps"]), session["steps"]  # none timed out
+    with tarfile.open(out / "session.tgz") as tar:
+        logs = {name: tar.extractfile(name).read().decode() for name in tar.getnames() if name.endswith(".log")}
+    assert "no CUDA GPU visible to torch" in logs["gpu_check.log"]
+    assert "torch sees no CUDA GPU: every GPU test would skip" in logs["pytest.log"]
+    assert "no backend was timed" in logs["bench.log"]
+
+
+def test_a_bound_measured_on_another_backend_says_so():
+    """profile.md credited the bound of the profiled backend (fp32, say) to the fastest one (fp16) without a word."""
+    from tools.gpu_profile import markdown
+
+    doc = {"mode": "gpu", "env": {}, "created_utc": "now", "rows": [], "targets": {
+        "source": "results.json",
+        "batch4096_images_per_s": {"value": 1.419e5, "backend": "torch-compile-cuda-fp16-graph", "met": False,
+                                   "bound": "arithmetic", "why": "GEMMs",
+                                   "profiled_backend": "torch-masked-cuda-graph"}}}
+    assert ("missed; bound: arithmetic (GEMMs; bound measured on torch-masked-cuda-graph, not on "
+            "torch-compile-cuda-fp16-graph)") in markdown(doc)
+    doc["targets"]["batch4096_images_per_s"]["profiled_backend"] = "torch-compile-cuda-fp16-graph"
+    assert "missed; bound: arithmetic (GEMMs)" in markdown(doc)
