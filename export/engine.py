@@ -23,7 +23,7 @@ from typing import Any
 
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import BuildError, InputError, NoGPUError, ParityError
-from moe_base.manifest import base_manifest, check_artifact_file, read_manifest, write_artifact
+from moe_base.manifest import base_manifest, read_checked, write_artifact
 from moe_base.optional import require
 from moe_base.paths import cache_dir
 from runtime.parity import ParityReport
@@ -119,8 +119,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
                 "--precision fp16'; TensorRT 10 builds it from the fp32 one)") if opts.precision == "fp16" else ""
         raise InputError(f"ONNX model {onnx_path} does not exist; export one with 'moe-denoise export --flavor plugin' "
                          f"(or --flavor portable){fp16}, or pass --onnx PATH")
-    onnx_manifest = read_manifest(onnx_path, kind="onnx")
-    check_artifact_file(onnx_path, onnx_manifest)  # a replaced graph under an old manifest would hit its cache
+    onnx_manifest = read_checked(onnx_path, kind="onnx")  # a replaced graph under an old manifest would hit its cache
     # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes
     # of building
     ref_weights = artifact_weights(onnx_path, onnx_manifest, weights, "--weights")

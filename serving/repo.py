@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_base.fileio import publish_folder, staging_folder
-from moe_base.manifest import check_artifact_file, read_manifest
+from moe_base.manifest import read_checked
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 
@@ -173,10 +173,10 @@ def _manifest(path: Path, kind: str) -> dict[str, Any]:
     if not m.is_file():
         raise InputError(f"the {kind} '{path}' has no manifest '{m.name}' next to it; the toolkit writes one with "
                          f"every artifact ('moe-denoise export' / 'moe-denoise build'): use such an artifact")
-    # a malformed manifest is said here, not as a KeyError; an engine given as the ONNX model (or back) is told so
-    manifest = read_manifest(path, kind="onnx" if kind == "ONNX model" else "trt-engine")
-    check_artifact_file(path, manifest)  # the file the manifest describes (size, sha256), as the runners check it:
-    return manifest  # a replaced or truncated model was packaged, to fail only when Triton loaded it
+    # a malformed manifest is said here, not as a KeyError; an engine given as the ONNX model (or back) is told so;
+    # the file is checked against its manifest (size, sha256) as the runners check it: a replaced or truncated model
+    # was packaged, to fail only when Triton loaded it
+    return read_checked(path, kind="onnx" if kind == "ONNX model" else "trt-engine")
 
 
 def _check_io(manifest: dict[str, Any], path: Path) -> None:
