@@ -46,10 +46,7 @@ def check_artifact_output(path: str | Path, overwrite: bool, option: str = "--ov
     ``in_cache``: the path is the command's default, in the cache folder, which the message then names."""
     from .fileio import check_output_file
 
-    mpath = manifest_path(path)
-    if mpath.is_dir():
-        raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; move it away or choose another "
-                         f"output path")
+    check_manifest_place(path)
     try:
         return check_output_file(path, overwrite, option)
     except InputError as e:
@@ -59,26 +56,30 @@ def check_artifact_output(path: str | Path, overwrite: bool, option: str = "--ov
                          f"can write to, or pass -o)") from None
 
 
+def check_manifest_place(path: str | Path) -> None:
+    """InputError when a folder stands where the manifest of the artifact ``path`` goes (``path``.manifest.json)."""
+    mpath = manifest_path(path)
+    if mpath.is_dir():
+        raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; move it away or choose another "
+                         f"output path (nothing was written)")
+
+
 def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> Path:
     """Write the artifact, then its manifest, both atomically. Returns the manifest path. When the manifest cannot
     be written, an artifact that was not there before is removed again (no artifact is left without one)."""
     path = Path(path)
-    mpath = manifest_path(path)
-    if mpath.is_dir():
-        raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; nothing was written")
+    check_manifest_place(path)
     existed = path.exists()
     atomic_write(path, data)
+    mpath = manifest_path(path)
     try:
         atomic_write_json(mpath, manifest)
-    except InputError as e:
+    except BaseException as e:
         if not existed:
             path.unlink(missing_ok=True)
-            raise
-        raise InputError(f"{e}; but {path} was already replaced, and its old manifest does not describe it: the "
-                         f"runners will refuse it until it is written again (re-export it)") from e
-    except BaseException:
-        if not existed:
-            path.unlink(missing_ok=True)
+        elif isinstance(e, InputError):  # the new artifact stays, beside the old manifest: said, not hidden
+            raise InputError(f"{e}; but {path} was already replaced, and its old manifest does not describe it: the "
+                             f"runners will refuse it until it is written again (re-export it)") from e
         raise
     return mpath
 
