@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 from moe_base.optional import installed
@@ -74,7 +72,7 @@ def gather() -> dict[str, Any]:
     plug = bool(info["packages"]["onnxruntime_extensions"]) and bool(providers)
     backend("plugin graph in ONNX Runtime (reference op)", plug, "ok" if plug else
             "needs onnxruntime and onnxruntime-extensions: pip install 'moe-denoise[onnx]'")
-    serving = [m for m in ("pytriton", "tritonclient") if importlib.util.find_spec(m) is None]
+    serving = [m for m in ("pytriton", "tritonclient") if not installed(m)]
     backend("serving (Triton via PyTriton)", not serving, "ok" if not serving else
             f"{' and '.join(serving)} not installed: pip install 'moe-denoise[serve]' (Linux; it pins NumPy < 2)")
     info["cache"] = cache_status()
@@ -84,17 +82,16 @@ def gather() -> dict[str, Any]:
 def cache_status() -> dict[str, Any]:
     """The cache folder ($MOE_DENOISE_CACHE), whether it can be written, and the models 'moe-denoise export' and
     'build' left there by default (with the weights each was made from): what --backend ort / trt would run."""
-    import tempfile
-
+    from moe_base.errors import InputError
+    from moe_base.fileio import check_output_file
     from moe_base.paths import cache_dir, cache_dir_note, engine_path, onnx_path
     from runtime.base import artifact_made_from, weights_label
 
     root = cache_dir()
-    probe = root if root.is_dir() else next((p for p in root.parents if p.exists()), Path("/"))
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".doctor-"):
-            writable = True
-    except OSError:
+    try:  # as the commands that write there check it: a file in it, or where it would be made
+        check_output_file(root / ".doctor-probe", overwrite=True)
+        writable = True
+    except InputError:
         writable = False
     models = {}
     portable, plugin = onnx_path("portable"), onnx_path("plugin")
