@@ -188,15 +188,16 @@ def _emit(args: argparse.Namespace, report: Any, text: str, plot_png: bytes | No
         print_json(safe)
     else:
         print(text)
+    writes = []  # (what, path, write it)
+    if args.plot is not None and plot_png is not None:
+        writes.append(("plot", args.plot, lambda: atomic_write(args.plot, plot_png, overwrite=args.overwrite)))
+    if args.save_json is not None:
+        writes.append(("JSON report", args.save_json,
+                       lambda: atomic_write_json(args.save_json, safe, overwrite=args.overwrite)))
     problems = []
-    for what, path, write in (("plot", args.plot, None if plot_png is None else
-                               lambda p: atomic_write(p, plot_png, overwrite=args.overwrite)),
-                              ("JSON report", args.save_json,
-                               lambda p: atomic_write_json(p, safe, overwrite=args.overwrite))):
-        if path is None or write is None:
-            continue
+    for what, path, write in writes:
         try:
-            write(path)
+            write()
         except InputError as e:
             problems.append(str(e))
             continue
