@@ -137,9 +137,7 @@ class AOTArtifact:
 
     def extra_arg_values(self, batch: int) -> list[int]:
         """The integer extras in launch order for a batch (each fits in int32)."""
-        if batch < 1:
-            raise InputError(f"batch must be >= 1, got {batch}")
-        n_bh = batch * self.num_heads
+        n_bh = self.grid(batch)[0]  # batch * num_heads, the batch checked as the grid checks it
         if n_bh >= 2 ** 31:
             raise InputError(f"batch * num_heads = {n_bh} does not fit the int32 extra n_bh")
         return [n_bh]

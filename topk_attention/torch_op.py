@@ -54,7 +54,7 @@ def _cuda_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
 
     check_op_args(q, k, v, topk, scale)
     ok, _reason = kernel_supports(q.shape[-2], topk, q.dtype)
-    if not ok or q.ndim != 4:  # dense (topk >= N), N > 1024, other dtypes, no triton: the reference
+    if not ok:  # dense (topk >= N), N > 1024, other dtypes, no triton: the reference (4-D: checked above)
         return _reference(q, k, v, topk, scale).contiguous()
     return sparse_topk_attention_triton(q, k, v, topk, scale=scale)
 
