@@ -52,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(path, overwrite=True)  # pictures are replaced; a folder that cannot be written is not
     model = load_model_from_args(args)
     columns = 1 + model.config.depth * len(model.config.expert_topk)  # the routing maps: the image, block x expert
-    if picture_pixels(args.num_images, columns, args.scale) > MAX_PICTURE_PIXELS:
+    pixels = picture_pixels(args.num_images, columns, args.scale)
+    if pixels > MAX_PICTURE_PIXELS:
         raise InputError(f"-n {args.num_images} at --scale {args.scale} makes routing maps of about "
-                         f"{picture_pixels(args.num_images, columns, args.scale) / 1e6:,.0f} million pixels; at most "
+                         f"{pixels / 1e6:,.0f} million pixels; at most "
                          f"{MAX_PICTURE_PIXELS / 1e6:.0f} million: lower --scale or -n")
     images = load_cifar10(args.data_dir, args.split)
     if args.offset >= len(images):
