@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import TILE_SHAPE
-from moe_base.errors import InputError
+from moe_base.errors import InputError, Interrupted
 from moe_base.machine import fingerprint, load_average
 from moe_base.optional import available
 from moe_base.tolerances import get_tolerance
@@ -58,6 +58,16 @@ MODES = ("e2e", "compute")
 
 # A backend's device-resident call: given its active runner and a host batch, prepare the device copy (untimed)
 # and return a function that runs the model on it without host copies; None when the runner cannot.
+
+
+class BenchmarkInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM stopped ``run_benchmark`` while it timed: ``doc`` is the results document of what was
+    measured before (the batch size in progress keeps its complete rounds; the later ones are recorded as skipped),
+    for the caller to write before it goes on as interrupted."""
+
+    def __init__(self, doc: dict[str, Any], signum: int = 2) -> None:
+        super().__init__("", signum)
+        self.doc = doc
 
 
 @dataclass
@@ -334,8 +344,12 @@ class _Clock:
 
 
 def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, Any], probes: dict[str, Any],
-               clock: _Clock, log: Callable[[str], None] = _stderr) -> list[list[str]]:
-    """Warm up, then interleaved rounds over ``cells``; fills their samples. Returns the order of each round."""
+               clock: _Clock, log: Callable[[str], None] = _stderr,
+               schedule: list[list[str]] | None = None) -> list[list[str]]:
+    """Warm up, then interleaved rounds over ``cells``; fills their samples. Returns the order of each round
+    (appended to ``schedule`` as they start, when given). Interrupted (Ctrl-C, SIGTERM), the round in progress is
+    taken back (its turns would favour the cells that had their turn) and the interrupt goes on up: the cells keep
+    the complete rounds, as at a deadline."""
     for _ in range(settings.warmup):
         for cell in cells:
             _run_guarded(cell, lambda c=cell: c.fn())
@@ -344,7 +358,7 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
             est = _run_guarded(cell, lambda c=cell: timers[c.backend.spec.device].time(c.fn))
             if est is not None:
                 cell.inner = int(min(settings.max_inner, max(1, math.ceil(settings.slot_target_s / max(est, 1e-9)))))
-    schedule: list[list[str]] = []
+    schedule = [] if schedule is None else schedule
     t_batch = clock.now()
     for r in range(settings.repeats):
         live = [c for c in cells if c.error is None]
@@ -352,14 +366,14 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
             break
         order = round_order(live, r)
         schedule.append([c.key for c in order])
-        renewed: set[int] = set()
-        for cell in order:
-            if r and cell.backend.spec.fresh_each_round and id(cell.backend) not in renewed:
-                renewed.add(id(cell.backend))
-                _run_guarded(cell, lambda c=cell: _renew(c))
-                if cell.error is not None:
-                    continue
-            _timed_turn(cell, timers[cell.backend.spec.device], probes[cell.backend.spec.device])
+        kept = [(len(c.samples), len(c.turns)) for c in cells]
+        try:
+            _one_round(order, r, timers, probes)
+        except KeyboardInterrupt:
+            for c, (n_samples, n_turns) in zip(cells, kept):
+                del c.samples[n_samples:], c.turns[n_turns:]
+            schedule.pop()
+            raise
         done = r + 1
         if done >= settings.min_repeats and clock.now() - t_batch > settings.batch_budget_s:
             log(f"    batch budget {settings.batch_budget_s:.0f}s used after {done} rounds")
@@ -368,6 +382,18 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
             log(f"    run deadline reached after {done} rounds at this batch size")
             break
     return schedule
+
+
+def _one_round(order: list[_Cell], r: int, timers: dict[str, Any], probes: dict[str, Any]) -> None:
+    """Round ``r``: a turn for each cell in ``order``; a fresh_each_round backend is renewed first (after round 0)."""
+    renewed: set[int] = set()
+    for cell in order:
+        if r and cell.backend.spec.fresh_each_round and id(cell.backend) not in renewed:
+            renewed.add(id(cell.backend))
+            _run_guarded(cell, lambda c=cell: _renew(c))
+            if cell.error is not None:
+                continue
+        _timed_turn(cell, timers[cell.backend.spec.device], probes[cell.backend.spec.device])
 
 
 def _renew(cell: _Cell) -> None:
@@ -490,7 +516,8 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
     (config, weights) and ``meta`` (command, mode) are copied into the document. ``started_at``: a ``now()``
     reading the deadline counts from (the command's start, so exports count too; default: this call).
     ``peak_fn(device=..., threads=..., repeats=...)``: measures the GEMM peak (default: flops.measure_gemm_gflops);
-    a failure is recorded, not fatal. Returns the results document (see benchmarks.report for its schema).
+    a failure is recorded, not fatal. Returns the results document (see benchmarks.report for its schema). Ctrl-C or
+    SIGTERM while timing raises :class:`BenchmarkInterrupted`, which carries the document of what was measured.
     """
     settings = settings or BenchSettings()
     settings.validate()
@@ -515,8 +542,8 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         peaks, peak_records = _measure_peaks({b.spec.device.split(":")[0] for b in live} | {"cpu"}, settings,
                                              peak_fn, log)
         flops_per_image = float(flops["total"]) if flops else None
-        rows, schedule, paired = _time_all(live, settings, timer_factory, probe_factory, clock, flops_per_image,
-                                           peaks, log)
+        rows, schedule, paired, interrupt = _time_all(live, settings, timer_factory, probe_factory, clock,
+                                                      flops_per_image, peaks, log)
         for b in live:
             b.record["modes"] = sorted({r["mode"] for r in rows if r["backend"] == b.spec.name})
     finally:
@@ -540,7 +567,12 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         if note:
             notes.append(note)
             log(note)
-    return {
+    if interrupt is not None:
+        timed = sorted({r["batch"] for r in rows if r["status"] == "ok"})
+        notes.append(f"{interrupt_reason(interrupt)} during the timing: a partial run (batch sizes timed: "
+                     f"{', '.join(map(str, timed)) or 'none'}; the batch size in progress keeps its complete rounds, "
+                     f"the later ones are skipped)")
+    doc = {
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": None, "mode": "custom",
@@ -560,6 +592,9 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         "targets": cpu_targets(best, rows, flops_per_image, peaks),
         "notes": notes,
     }
+    if interrupt is not None:
+        raise BenchmarkInterrupted(doc, getattr(interrupt, "signum", 2)) from interrupt
+    return doc
 
 
 UNSTEADY_MEAN_OVER_MEDIAN = 1.5
@@ -628,10 +663,12 @@ def _measure_peaks(devices: set[str], settings: BenchSettings, peak_fn: Callable
 def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Callable[[str], Any],
               probe_factory: Callable[[str], Any], clock: _Clock, flops_per_image: float | None,
               peaks: dict[str, float], log: Callable[[str], None]
-              ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+              ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]], KeyboardInterrupt | None]:
     """Every batch size in turn; past the deadline, the remaining batch sizes are recorded as skipped.
 
-    Returns the result rows, the schedule, and the round-by-round comparisons (``BackendSpec.versus``)."""
+    Returns the result rows, the schedule, the round-by-round comparisons (``BackendSpec.versus``) and the
+    interrupt that stopped the timing, if one did (Ctrl-C or SIGTERM): then the batch size in progress keeps its
+    complete rounds and the rest are recorded as skipped, so that what was measured can still be written."""
     devices = {b.spec.device for b in live}
     timers = {d: timer_factory(d) for d in devices}
     probes = {d: probe_factory(d) for d in devices}
@@ -640,22 +677,35 @@ def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Call
     rows: list[dict[str, Any]] = []
     paired: list[dict[str, Any]] = []
     schedule: dict[str, Any] = {}
+    interrupt: KeyboardInterrupt | None = None
     for batch in settings.batches:
+        if interrupt is not None:
+            rows += _skipped_rows(live, settings, batch, interrupt_reason(interrupt))
+            continue
         if clock.past_deadline():
             log(f"batch {batch}: skipped (run deadline of {settings.deadline_s:.0f}s reached)")
-            rows += [{"backend": b.spec.name, "mode": m, "batch": batch, "device": b.spec.device,
-                      "status": "skipped", "reason": f"run deadline of {settings.deadline_s:.0f}s reached",
-                      "n_samples": 0, "calls_per_turn": 0, "latency_ms": None, "throughput_ips": None,
-                      "ratio_vs_baseline": None, "gflops": None, "fraction_of_peak": None, "memory": None}
-                     for b in live for m in settings.modes if _has_mode(b.spec, m)]
+            rows += _skipped_rows(live, settings, batch, f"run deadline of {settings.deadline_s:.0f}s reached")
             continue
-        cells = _make_cells(live, batch, settings.modes, settings.seed)
-        if not cells:
-            continue
-        log(f"batch {batch}: {len(cells)} cells, up to {settings.repeats} interleaved rounds")
-        schedule[str(batch)] = time_batch(cells, settings, timers, probes, clock, log)
+        cells: list[_Cell] = []
+        rounds: list[list[str]] = []
+        try:
+            cells = _make_cells(live, batch, settings.modes, settings.seed)
+            if cells:
+                log(f"batch {batch}: {len(cells)} cells, up to {settings.repeats} interleaved rounds")
+                schedule[str(batch)] = rounds
+                time_batch(cells, settings, timers, probes, clock, log, schedule=rounds)
+        except KeyboardInterrupt as e:
+            interrupt = e
+            log(f"batch {batch}: {interrupt_reason(e)} after {len(rounds)} complete round(s); what was measured "
+                f"is kept")
+            if not any(c.samples for c in cells):
+                schedule.pop(str(batch), None)
+                rows += _skipped_rows(live, settings, batch, interrupt_reason(e))
+                continue
         for cell in cells:
             row = summarise_cell(cell, batch, flops_per_image, peaks)
+            if interrupt is not None and not cell.samples and cell.error is None:
+                row.update(status="skipped", reason=interrupt_reason(interrupt))
             rows.append(row)
             if row["status"] == "ok":
                 log(f"    {cell.key:<28} p50 {row['latency_ms']['p50']:9.3f} ms  {row['throughput_ips']:9.1f} img/s "
@@ -666,7 +716,20 @@ def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Call
             paired.append(comparison)
             log(f"    {comparison['backend']} vs {comparison['versus']} ({comparison['mode']}), round by round: time "
                 f"{paired_text(comparison)}")
-    return rows, schedule, paired
+    return rows, schedule, paired, interrupt
+
+
+def interrupt_reason(interrupt: BaseException) -> str:
+    """How a run was stopped, for a skipped row: Ctrl-C (or a KeyboardInterrupt) or SIGTERM."""
+    return "stopped by SIGTERM" if getattr(interrupt, "signum", 2) == 15 else "interrupted (Ctrl-C)"
+
+
+def _skipped_rows(live: list[_Backend], settings: BenchSettings, batch: int, reason: str) -> list[dict[str, Any]]:
+    """The rows of a batch size that was not timed (a deadline or an interrupt came first), with the reason."""
+    return [{"backend": b.spec.name, "mode": m, "batch": batch, "device": b.spec.device, "status": "skipped",
+             "reason": reason, "n_samples": 0, "calls_per_turn": 0, "latency_ms": None, "throughput_ips": None,
+             "ratio_vs_baseline": None, "gflops": None, "fraction_of_peak": None, "memory": None}
+            for b in live for m in settings.modes if _has_mode(b.spec, m)]
 
 
 def paired_rows(cells: list[_Cell], batch: int) -> list[dict[str, Any]]:

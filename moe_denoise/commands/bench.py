@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moe_base.errors import InputError
+from moe_base.errors import InputError, Interrupted
 
 from . import HelpFormatter, add_weights_args, parity_count, positive_int, resolve_weights, seconds, thread_count
 
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         parse_backends,
     )
     from benchmarks.flops import model_flops
-    from benchmarks.harness import run_benchmark
+    from benchmarks.harness import BenchmarkInterrupted, interrupt_reason, run_benchmark
     from moe_base.fileio import sha256_file
     from moe_base.paths import cache_dir
     from moe_model.checkpoint import load_model
@@ -294,11 +294,19 @@ def run(args: argparse.Namespace) -> int:
             spec.unavailable = engine_failed[spec.name]
     reference = TorchRunner(weights, preset=args.preset, impl="masked", device="cpu", threads=settings.threads,
                             name="torch-masked (reference)")
-    doc = run_benchmark(
-        specs, reference, settings, flops=model_flops(model.config).to_dict(),
-        meta={"command": "moe-denoise " + " ".join(getattr(args, "argv", sys.argv[1:])), "mode": preset},
-        model_info={"config": model.config.to_dict(), "weights": str(weights), "weights_sha256": sha256_file(weights)},
-        log=log, started_at=started)
+    interrupted = None
+    try:
+        doc = run_benchmark(
+            specs, reference, settings, flops=model_flops(model.config).to_dict(),
+            meta={"command": "moe-denoise " + " ".join(getattr(args, "argv", sys.argv[1:])), "mode": preset},
+            model_info={"config": model.config.to_dict(), "weights": str(weights),
+                        "weights_sha256": sha256_file(weights)},
+            log=log, started_at=started)
+    except BenchmarkInterrupted as e:  # a step limit or Ctrl-C: what was measured is written, not lost
+        doc, interrupted = e.doc, e
+        if not any(r["status"] == "ok" for r in doc["results"]):
+            raise Interrupted.said(e, f"{interrupt_reason(e)} before any batch size was timed; nothing written "
+                                      f"(results already in {out_dir} are as they were)") from None
     if preset == "quick":
         left_out = [n for n in CPU_BACKENDS if n not in names]
         doc["notes"].append(f"--quick mode: batches {list(settings.batches)}, at most {settings.repeats} rounds, "
@@ -313,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(markdown_report(doc))
         print("wrote " + ", ".join(str(p) for p in written))
+    if interrupted is not None:
+        raise Interrupted.said(interrupted, f"{interrupt_reason(interrupted)}: a partial run; what was timed before "
+                                            f"it is in {written[0]} (the rest is marked skipped); rerun the command "
+                                            f"to measure every batch size")
     if not any(r["status"] == "ok" for r in doc["results"]):  # a script must not read an empty table as success
         reasons = "; ".join(f"{b['name']}: {b['reason']}" for b in doc["backends"] if b.get("reason"))
         log(f"error: no backend was timed ({reasons or 'see the table'})")

@@ -115,3 +115,47 @@ def test_bench_checks_its_folders_before_any_work_and_fails_when_nothing_was_tim
     out, err = capsys.readouterr()
     assert code == 1 and "error: no backend was timed (trt-plugin-fp32: no engine given" in err
     assert "trt-plugin-fp32" in out and (tmp_path / "r" / "results.json").is_file()  # the reasons are still written
+
+
+def test_reliability_bench_interrupted(capsys, random_weights, tmp_path, monkeypatch, restore_torch_threads):
+    """bench stopped by SIGTERM (a GPU session's step limit) or Ctrl-C during the timing, which lost every number it
+    had measured (the results were written only at the end) => the batch sizes timed are written (the one in progress
+    with its complete rounds, the later ones marked skipped) and the command exits 143 (130) saying where; stopped
+    before any batch size was timed, nothing is written and an earlier run's results in --out-dir are left as they
+    were"""
+    import benchmarks.harness
+    from moe_base.errors import Interrupted
+
+    real = benchmarks.harness.time_batch
+    batches_started = []
+
+    def stopped_at(n, signum):
+        def time_batch(cells, *args, **kwargs):
+            batches_started.append(len(cells))
+            if len(batches_started) == n:
+                raise Interrupted("", signum)
+            return real(cells, *args, **kwargs)
+        return time_batch
+
+    out_dir = tmp_path / "results"
+    argv = ["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-seed", "--batches", "1,2",
+            "--repeats", "1", "--warmup", "1", "--parity-images", "2", "--threads", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out_dir), "--no-plot"]
+    monkeypatch.setattr(benchmarks.harness, "time_batch", stopped_at(2, 15))
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 143, err
+    doc = json.loads((out_dir / "results.json").read_text())
+    validate_results(doc)
+    status = {r["batch"]: (r["status"], r["reason"]) for r in doc["results"]}
+    assert status == {1: ("ok", None), 2: ("skipped", "stopped by SIGTERM")}
+    assert f"stopped by SIGTERM: a partial run; what was timed before it is in {out_dir / 'results.json'}" in err
+    assert "| backend | batch 1 | batch 2 |" in out and (out_dir / "results.md").is_file()
+
+    before = (out_dir / "results.json").read_bytes()
+    batches_started.clear()
+    monkeypatch.setattr(benchmarks.harness, "time_batch", stopped_at(1, 2))
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted (Ctrl-C) before any batch size was timed; nothing written" in err
+    assert (out_dir / "results.json").read_bytes() == before

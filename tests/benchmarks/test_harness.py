@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from benchmarks.backends import parse_backends
-from benchmarks.harness import BackendSpec, BenchSettings, round_order, run_benchmark
+from benchmarks.harness import BackendSpec, BenchmarkInterrupted, BenchSettings, round_order, run_benchmark
 from benchmarks.report import markdown_report, render_plot, validate_results
 from benchmarks.timers import CudaEventTimer, PerfCounterTimer, make_timer
-from moe_base.errors import MissingBackendError, NoGPUError
+from moe_base.errors import Interrupted, MissingBackendError, NoGPUError
 from runtime.base import BaseRunner
 
 
@@ -254,6 +254,56 @@ def test_deadline_skips_the_remaining_batch_sizes():
     assert status[1] == "ok" and status[4] == "skipped"
     assert "deadline" in next(r["reason"] for r in doc["results"] if r["batch"] == 4)
     validate_results(doc)
+
+
+class InterruptingTimer(FakeTimer):
+    """A FakeTimer that is stopped by SIGTERM in its ``at``-th timed call at batch 4 (the call itself ran)."""
+
+    def __init__(self, calls, ms_per_image, at):
+        super().__init__(calls, ms_per_image)
+        self.at, self.at_batch_4 = at, 0
+
+    def time(self, fn):
+        t = super().time(fn)
+        if self.batch == 4:
+            self.at_batch_4 += 1
+            if self.at_batch_4 == self.at:
+                raise Interrupted("", 15)
+        return t
+
+
+def test_an_interrupt_during_timing_keeps_what_was_measured():
+    """A bench stopped by SIGTERM (a GPU session's step limit) or Ctrl-C lost every number it had measured: the
+    results were written only at the end. The interrupt now carries the document: the batch sizes done, the one in
+    progress with its complete rounds only (a half round would favour the cells that had their turn), the rest
+    skipped with the reason; the runners are released as on any other exit."""
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("other", calls)]
+    # at batch 4, timed calls are: 2 estimates, round 1 (2 turns), round 2: 'other' goes first, then 'base' is stopped
+    timer = InterruptingTimer(calls, {"base": 1.0, "other": 2.0}, at=6)
+    with pytest.raises(BenchmarkInterrupted) as caught:
+        run(specs, calls, {}, settings(batches=(1, 4, 8)), timer_factory=lambda device: timer)
+    assert caught.value.signum == 15 and isinstance(caught.value, KeyboardInterrupt)
+    doc = caught.value.doc
+    validate_results(doc)
+    rows = {(r["backend"], r["batch"]): r for r in doc["results"]}
+    assert all(rows[(n, 1)]["status"] == "ok" and rows[(n, 1)]["n_samples"] == 3 for n in ("base", "other"))
+    assert all(rows[(n, 4)]["status"] == "ok" and rows[(n, 4)]["n_samples"] == 1 for n in ("base", "other"))
+    assert rows[("other", 4)]["ratio_vs_baseline"]["throughput"] == pytest.approx(0.5)
+    assert len(doc["schedule"]["4"]) == 1 and "8" not in doc["schedule"]
+    assert all(rows[(n, 8)]["status"] == "skipped" and rows[(n, 8)]["reason"] == "stopped by SIGTERM"
+               for n in ("base", "other"))
+    assert any("stopped by SIGTERM during the timing" in n and "batch sizes timed: 1, 4" in n for n in doc["notes"])
+    assert all(s.built["r"].deactivated for s in specs)
+
+    calls.clear()  # stopped in its first timed call at batch 4 (an estimate): nothing of batch 4 is kept
+    timer = InterruptingTimer(calls, {"base": 1.0, "other": 2.0}, at=1)
+    with pytest.raises(BenchmarkInterrupted) as caught:
+        run(specs, calls, {}, settings(batches=(1, 4)), timer_factory=lambda device: timer)
+    rows = {(r["backend"], r["batch"]): r for r in caught.value.doc["results"]}
+    assert rows[("base", 1)]["status"] == "ok" and rows[("base", 4)]["status"] == "skipped"
+    assert "4" not in caught.value.doc["schedule"]
+    validate_results(caught.value.doc)
 
 
 def test_gpu_method_compute_and_e2e_modes_by_injection():
