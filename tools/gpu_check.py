@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_base.contract import TILE_SHAPE
+from moe_base.fileio import atomic_write_json
 from topk_attention.launch import CudaDriver, plugin_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -504,12 +505,18 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None 
     return report
 
 
+def dry_run_default() -> Path:
+    """The dry run's report in the temporary folder, named for the user: a fixed name there was another user's
+    file on a shared machine (refused, or mixed with theirs)."""
+    return Path(tempfile.gettempdir()) / f"gpu_check_cpu_dry_run.{os.getuid() if hasattr(os, 'getuid') else 'user'}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON report path (default {DEFAULT_OUT.relative_to(REPO)}; the dry run defaults to "
-                        "gpu_check_cpu_dry_run.json in the temporary folder, so that it leaves the committed record "
-                        "alone: pass --out benchmarks/results/gpu_check_cpu_dry_run.json to renew that)")
+                        "gpu_check_cpu_dry_run.UID.json in the temporary folder, so that it leaves the committed "
+                        "record alone: pass --out benchmarks/results/gpu_check_cpu_dry_run.json to renew that)")
     p.add_argument("--cpu-dry-run", action="store_true", help="no GPU: interpreter correctness + AOT build only")
     p.add_argument("--target", default="cuda:90", help="AOT target for the dry run (the GPU run uses the GPU's)")
     p.add_argument("--launch-record", type=Path, default=DEFAULT_RECORD,
@@ -522,13 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     if args._interp_child:
         _interp_correctness_child()
         return 0
-    out = args.out or (Path(tempfile.gettempdir()) / "gpu_check_cpu_dry_run.json" if args.cpu_dry_run else DEFAULT_OUT)
+    out = args.out or (dry_run_default() if args.cpu_dry_run else DEFAULT_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save(report: dict[str, Any]) -> None:
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        tmp.replace(out)
+    def save(report: dict[str, Any]) -> None:  # a temporary of its own, renamed: two runs never mix their halves
+        atomic_write_json(out, report)
 
     report = run(args, save)
     save(report)
