@@ -30,8 +30,10 @@ import numpy as np
 from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, runner_label, validate_batch
 from runtime.guard import GuardResult, check_guard_sigma, check_sigma, check_strength
+from runtime.images import available_memory
 from runtime.jpeg_traces import two_scales_reason
-from runtime.tiling import batch_size_for, denoise_array_guarded, plan_tiles
+from runtime.photo import DENOISER_BYTES_PER_TILE
+from runtime.tiling import band_working_bytes, batch_size_for, denoise_array_guarded, plan_tiles
 
 from .config import (
     GUARD_OUTPUT,
@@ -143,6 +145,17 @@ def photo_options(request: Any) -> PhotoOptions:
     return options
 
 
+def image_peak_bytes(height: int, width: int, channels: int, overlap: int, batch_size: int) -> int:
+    """An upper bound of the memory :meth:`ImageModel.denoise` takes for one photo, beyond the request's pixels:
+    per value, the float32 image, the denoised whole and its blend (4 bytes each), two float64 arrays while it is
+    quantised (8 each) and the answer's integers (up to 2); one band's working arrays
+    (:func:`runtime.tiling.band_working_bytes`, which grow with the width), and what the runner may grow by
+    (:data:`runtime.photo.DENOISER_BYTES_PER_TILE` a tile of a call)."""
+    values = height * width * channels
+    return (values * (3 * 4 + 2 * 8 + 2) + band_working_bytes(width, overlap=overlap, batch_size=batch_size)
+            + DENOISER_BYTES_PER_TILE * batch_size)
+
+
 class ImageModel:
     """One whole photo per request, tiled and blended with the runner; same dtype out as in. ``guard``: apply the
     clean-input guard (``runtime.guard``) with its own noise estimate, as ``moe-denoise denoise`` does."""
@@ -185,11 +198,18 @@ class ImageModel:
         if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4) or min(pixels.shape[:2]) < 1:
             raise InputError(f"input '{given[0]}' has shape {list(pixels.shape)}; expected [H, W, C] with H, W >= 1 "
                              f"and C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)")
-        h, w = pixels.shape[:2]
+        h, w, c = pixels.shape
         if h * w > self.max_pixels:
             raise InputError(f"the image is {w}x{h} = {h * w:,} pixels; this server takes at most "
                              f"{self.max_pixels:,} pixels per image (moe-denoise serve --max-image-pixels). Send a "
                              f"smaller image, crop it into parts, or restart the server with a higher limit")
+        needed = image_peak_bytes(h, w, c, self.overlap, self.batch_size)
+        room, bound = available_memory()
+        if room is not None and needed > room:  # a 1 x 16,777,216 photo, within the pixel limit, took 9 GB and more
+            raise InputError(f"the image is {w}x{h} ({c} channel(s)): denoising it needs about {needed / 2**30:.2f} GiB "
+                             f"(the server works in bands of whole rows, so a very wide image costs the most), and this "
+                             f"server can get only {max(room, 0) / 2**30:.2f} GiB more ({bound}). Send a smaller or "
+                             f"narrower image, or crop it into parts")
         return pixels
 
     def options(self, request: Any) -> PhotoOptions:

@@ -19,6 +19,7 @@ from serving.models import (
     ImageModel,
     TileModel,
     guard_from_tensor,
+    image_peak_bytes,
     image_to_unit,
     unit_to_image,
 )
@@ -249,6 +250,39 @@ def test_image_model_refuses_bad_images():
         model([{"image_u8": np.zeros((4, 4, 5), np.uint8)}])
     with pytest.raises(InputError, match="must hold uint16"):
         model([{"image_u16": np.zeros((4, 4, 3), np.uint8)}])
+
+
+def test_image_model_refuses_a_photo_it_has_no_memory_for(monkeypatch):
+    """A gray 1 x 16,777,216 photo is within the default pixel limit, and took the server past 9 GB before anything
+    stopped it (bands span whole rows: memory grows with the width). It is refused up front, naming the need, the
+    room and what to send instead; a photo that fits is served as before."""
+    import serving.models
+
+    monkeypatch.setattr(serving.models, "available_memory", lambda: (2 << 30, "a test's bound"))
+    model = ImageModel(IdentityRunner(), max_pixels=1 << 24)
+    with pytest.raises(InputError, match=r"16777216x1 \(1 channel\(s\)\): denoising it needs about 11\d\.\d\d GiB.*"
+                                         r"only 2\.00 GiB more \(a test's bound\).*narrower image"):
+        model.check({"image_u8": np.zeros((1, 1 << 24, 1), np.uint8)})
+    assert image_peak_bytes(1, 1 << 24, 1, 16, 64) > 50 * image_peak_bytes(4096, 4096, 1, 16, 64)
+    pixels = np.zeros((256, 256, 3), np.uint8)
+    assert model.check({"image_u8": pixels}) is pixels
+
+
+@pytest.mark.parametrize("shape", [(1, 3000, 1), (3000, 1, 1), (150, 170, 3), (64, 64, 4), (600, 700, 3)])
+def test_image_peak_bytes_bounds_what_the_photo_model_takes(shape):
+    """The refusal above rests on the estimate: numpy's allocations while a photo is denoised (tracemalloc sees them)
+    stay under it, for wide, tall, colour and alpha photos."""
+    import tracemalloc
+
+    model = ImageModel(IdentityRunner(), max_pixels=1 << 24, batch_size=16)
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        model.denoise(pixels)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0 < peak <= image_peak_bytes(*shape, model.overlap, model.batch_size), (peak, shape)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
