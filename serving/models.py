@@ -158,11 +158,14 @@ def image_peak_bytes(height: int, width: int, channels: int, overlap: int, batch
 
 class ImageModel:
     """One whole photo per request, tiled and blended with the runner; same dtype out as in. ``guard``: apply the
-    clean-input guard (``runtime.guard``) with its own noise estimate, as ``moe-denoise denoise`` does."""
+    clean-input guard (``runtime.guard``) with its own noise estimate, as ``moe-denoise denoise`` does.
+    ``give_up``: asked before each runner call; a reason it returns ends the photo with that message (a server
+    that is stopping abandons a photo it cannot finish in time, instead of computing it for nobody)."""
 
     def __init__(self, runner: Any, max_pixels: int, overlap: int = 16, batch_size: int | None = None,
-                 guard: bool = True) -> None:
+                 guard: bool = True, give_up: Callable[[], str | None] | None = None) -> None:
         self.runner = runner
+        self.give_up = give_up  # asked before every runner call: a reason ends the photo (the server is stopping)
         self.max_pixels = max_pixels
         self.overlap = overlap
         self.batch_size = batch_size_for(runner, batch_size)  # None: 64 tiles a call on a CPU, 256 on a GPU
@@ -182,6 +185,9 @@ class ImageModel:
                                                                    overlap=self.overlap).count}
 
     def _tiles(self, batch: np.ndarray) -> np.ndarray:
+        reason = self.give_up() if self.give_up is not None else None
+        if reason:
+            raise InputError(reason)
         return self.runner.infer({INPUT_NAME: batch}, check=False)[OUTPUT_NAME]
 
     def check(self, request: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,10 @@ DRAIN_S = 25
 """On Ctrl-C or SIGTERM, how long requests in flight get to finish (tritonserver's exit timeout; it was 10 s, and
 a large photo on a CPU takes longer). PyTriton waits 30 s for tritonserver to exit before it kills it, so the drain
 stays under that."""
+ABANDON_AFTER_S = DRAIN_S - 5
+"""A photo still being denoised this long after the stop began is abandoned at its next runner call (its client is
+told to send it again): Triton gives up on it at DRAIN_S anyway, and the server, which waits for its models'
+threads, computed it to the end for nobody (a 2560x2560 photo on a CPU kept a stopped server alive for 63 s)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class DenoiseServer:
         self._triton: Any = None
         self._runners: list[Any] = []
         self._stopped = threading.Event()
+        self._abandon_at: float | None = None  # time.monotonic() from which photos in progress are abandoned
         self.running_config: ServeConfig | None = None
         self.backend_env: backend_env.BackendEnv | None = None
         self.log_path: Path | None = None
@@ -106,6 +113,7 @@ class DenoiseServer:
         if self._triton is not None:
             return self
         self._stopped.clear()  # a request_stop() arriving while starting is kept: wait() then returns at once
+        self._abandon_at = None
         backend_env.check_pytriton()
         self.backend_env = backend_env.prepare()
         if not self.config.log_verbose:
@@ -130,7 +138,8 @@ class DenoiseServer:
             tile_functions = {spec.name: [self._as_function(TileModel(self._new_runner()))
                                           for _ in range(cfg.instances)] for spec in self.tile_models}
             image_models = [ImageModel(self._new_runner(), cfg.max_image_pixels, cfg.overlap, cfg.image_batch,
-                                       cfg.guard) for _ in range(cfg.image_instances if self.serve_image_model else 0)]
+                                       cfg.guard, give_up=self._give_up)
+                            for _ in range(cfg.image_instances if self.serve_image_model else 0)]
             image_functions = [self._as_function(m) for m in image_models]
             if image_models and cfg.image_batch is None:  # the size chosen for the runner, said as it is used
                 cfg.image_batch = image_models[0].batch_size
@@ -206,9 +215,19 @@ class DenoiseServer:
     def is_alive(self) -> bool:
         return self._triton is not None and bool(self._triton.is_alive())
 
-    def request_stop(self) -> None:
-        """Make :meth:`wait` return (safe in a signal handler); then call :meth:`stop`."""
+    def request_stop(self, abandon_now: bool = False) -> None:
+        """Make :meth:`wait` return (safe in a signal handler); then call :meth:`stop`. Photos in progress get
+        ABANDON_AFTER_S to finish; ``abandon_now`` (a second Ctrl-C) ends them at their next runner call."""
         self._stopped.set()
+        now = time.monotonic()
+        self._abandon_at = now if abandon_now else min(self._abandon_at or math.inf, now + ABANDON_AFTER_S)
+
+    def _give_up(self) -> str | None:
+        """The reason a photo in progress is abandoned (the server is stopping and its time is up), or None."""
+        if self._abandon_at is None or time.monotonic() < self._abandon_at:
+            return None
+        return ("the server was stopped (Ctrl-C or SIGTERM) before this photo was finished, and it was abandoned "
+                "rather than kept past the stop's time limit; send it again to a running server")
 
     def wait(self, poll_s: float = 0.5) -> bool:
         """Block until :meth:`request_stop` or :meth:`stop` is called, or the server dies; True if asked to stop."""
@@ -218,8 +237,9 @@ class DenoiseServer:
         return True
 
     def stop(self) -> None:
-        """Stop tritonserver (it finishes requests in flight), unload the models and release the runners."""
-        self._stopped.set()
+        """Stop tritonserver (it finishes requests in flight, photos for up to ABANDON_AFTER_S), unload the models
+        and release the runners."""
+        self.request_stop()
         triton, self._triton = self._triton, None
         if triton is not None:
             with contextlib.suppress(Exception):  # noqa: BLE001 - shutting down: report nothing, leave nothing

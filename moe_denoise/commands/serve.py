@@ -96,7 +96,7 @@ def clear_ready_file(path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from serving.server import DenoiseServer
+    from serving.server import ABANDON_AFTER_S, DenoiseServer
 
     config = config_from_args(args)
     check_backend_options(args)
@@ -113,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        again = " again: already stopping" if stopping else ": stopping"
-        log(f"{signal.Signals(signum).name} received{again} (requests in flight finish first)")
+        if stopping:
+            log(f"{signal.Signals(signum).name} received again: photos in progress are abandoned now")
+        else:
+            log(f"{signal.Signals(signum).name} received: stopping (requests in flight finish first; a photo still "
+                f"in progress after {ABANDON_AFTER_S} s is abandoned, at once on a second Ctrl-C)")
+        server.request_stop(abandon_now=bool(stopping))
         stopping.append(signum)
-        server.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = False

@@ -346,12 +346,37 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
 
 
 def test_serve_command_stops_on_ctrl_c(tmp_path):
+    """Ctrl-C stops the server; with a large photo in progress, a second Ctrl-C abandons it at once (its client is
+    told to send it again). A server stopped with a photo in progress computed it to the end for nobody: a
+    2560x2560 photo kept it alive for 63 s, past Triton's own 25 s drain."""
     _skip_without_pytriton()
-    proc, info = _start_cli(tmp_path, "--no-dynamic-batching")
+    from serving.client import DenoiseClient
+
+    proc, info = _start_cli(tmp_path, "--no-dynamic-batching", "--max-image-pixels", str(1 << 21))
     assert info["config"]["dynamic_batching"] is False
     assert info["config"]["image_batch"] == 64  # the size used on a CPU (it said null)
+    photo = np.random.default_rng(3).integers(0, 256, (1024, 2048, 3), dtype=np.uint8)  # 20-30 s here
+    answers: list[BaseException | np.ndarray] = []
+
+    def send() -> None:
+        try:
+            with DenoiseClient("grpc://" + info["urls"]["grpc"], timeout_s=120) as client:
+                answers.append(client.denoise_pixels(photo))
+        except BaseException as e:  # noqa: BLE001 - the test reads it
+            answers.append(e)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    time.sleep(4)  # the photo is being denoised
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1)
+    t0 = time.monotonic()
     rc = _stop(proc, signal.SIGINT, group=True)
-    assert rc == 0, (tmp_path / "serve.log").read_text()
+    assert rc == 0 and time.monotonic() - t0 < 15, (time.monotonic() - t0, (tmp_path / "serve.log").read_text())
+    sender.join(timeout=30)
+    assert answers and isinstance(answers[0], InputError), answers
+    assert "abandoned" in str(answers[0]) or "closed the connection" in str(answers[0]), answers[0]
+    assert "received again: photos in progress are abandoned now" in (tmp_path / "serve.log").read_text()
     assert _wait_session_empty(proc.pid) == []
     assert not (tmp_path / "ready.json").exists()  # it held the URLs of a server that is gone
 

@@ -17,6 +17,7 @@ from serving.config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_OUTPUTS, ServeConfi
 from serving.models import (
     BATCHED_WITH_INVALID,
     ImageModel,
+    PhotoOptions,
     TileModel,
     guard_from_tensor,
     image_peak_bytes,
@@ -266,6 +267,29 @@ def test_image_model_refuses_a_photo_it_has_no_memory_for(monkeypatch):
     assert image_peak_bytes(1, 1 << 24, 1, 16, 64) > 50 * image_peak_bytes(4096, 4096, 1, 16, 64)
     pixels = np.zeros((256, 256, 3), np.uint8)
     assert model.check({"image_u8": pixels}) is pixels
+
+
+def test_a_stopping_server_abandons_a_photo_at_its_next_runner_call():
+    """The photo model asks before each runner call whether to go on: the server says no once its stop has run
+    ABANDON_AFTER_S (at once after a second Ctrl-C), and the photo ends with that message instead of being computed
+    for nobody while the stopped server waits for it."""
+    from serving import DenoiseServer, ServeConfig
+    from serving.server import ABANDON_AFTER_S, DRAIN_S
+
+    assert 0 < ABANDON_AFTER_S < DRAIN_S
+    server = DenoiseServer(IdentityRunner, ServeConfig())
+    assert server._give_up() is None
+    server.request_stop()
+    assert server._give_up() is None  # requests in flight get their time first
+    server.request_stop(abandon_now=True)
+    reason = server._give_up()
+    assert "abandoned" in reason and "send it again" in reason
+
+    asked = iter([None, None, "the server is stopping"])
+    model = ImageModel(IdentityRunner(), max_pixels=1 << 20, batch_size=8, give_up=lambda: next(asked))
+    with pytest.raises(InputError, match="the server is stopping"):
+        model.denoise(np.zeros((200, 200, 3), np.uint8), PhotoOptions(guard=False))
+    assert model.runner.batches == [8, 8]
 
 
 @pytest.mark.parametrize("shape", [(1, 3000, 1), (3000, 1, 1), (150, 170, 3), (64, 64, 4), (600, 700, 3)])
