@@ -284,7 +284,7 @@ class DenoiseClient:
 def server_message(text: str | None) -> str:
     """The reason in a Triton error: our InputError's message when the model raised one, not PyTriton's traceback."""
     text = text or "no reason given"
-    found = re.findall(r"InputError: (.*?)(?:\n\s*\n|\n\s*At:|$)", text, flags=re.S)
+    found = re.findall(r"(?:InputError|RequestRefused): (.*?)(?:\n\s*\n|\n\s*At:|$)", text, flags=re.S)
     return found[-1].strip() if found else text.strip()
 
 
@@ -403,7 +403,8 @@ def batching_counts(metrics_url: str, model: str = TILE_MODEL) -> dict[str, floa
     """Requests, inferences (tiles) and executions (runner calls) of ``model`` so far, from the metrics endpoint.
 
     More inferences than executions means Triton ran batches of more than one tile; more requests than
-    executions means it merged requests (dynamic batching).
+    executions means it merged requests (dynamic batching). ``failures`` (refused requests) count as executions
+    too: with failures, compare requests + failures with executions.
     """
     m = read_metrics(metrics_url)
     return {

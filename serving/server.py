@@ -52,6 +52,42 @@ told to send it again): Triton gives up on it at DRAIN_S anyway, and the server,
 threads, computed it to the end for nobody (a 2560x2560 photo on a CPU kept a stopped server alive for 63 s)."""
 
 
+class RequestRefused(InputError):
+    """A request refused (bad values, a photo too large, a server stopping), as its client reads it: the message.
+
+    PyTriton answers a failed request with the exception formatted with its traceback
+    (``traceback.format_exception(None, e, e.__traceback__)``), which showed every client this server's file paths
+    and PyTriton's internals around the one line meant for it. This exception's traceback reads as None from Python
+    (the interpreter keeps the real one, so the server's own logs still have it): the answer is
+    ``serving.server.RequestRefused: <message>``."""
+
+    @property  # type: ignore[override]
+    def __traceback__(self) -> None:
+        return None
+
+    @__traceback__.setter
+    def __traceback__(self, value: object) -> None:
+        pass
+
+
+def remove_model_copies(workspace: Path) -> list[Path]:
+    """Remove the copies of our models that tritonserver makes in the temporary folder (``folderXXXXXX``, one per
+    model, each naming this server's PyTriton ``workspace`` in its config.pbtxt). Triton removes them when it
+    stops; a tritonserver that crashed or was killed left them, two a crash. Returns what was removed."""
+    removed = []
+    for root in {Path(tempfile.gettempdir()), Path("/tmp")}:
+        for folder in root.glob("folder*"):
+            config = folder / "config.pbtxt"
+            try:
+                ours = f'"{workspace}"' in config.read_text(errors="replace")
+            except OSError:  # not a model copy, or another user's
+                continue
+            if ours:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
 @dataclass(frozen=True)
 class TileModelSpec:
     """One tile model to bind: its name and batching settings."""
@@ -81,6 +117,8 @@ class DenoiseServer:
         self.backend_env: backend_env.BackendEnv | None = None
         self.log_path: Path | None = None
         self._log_dir: str | None = None
+        self.died = False  # tritonserver ended on its own (crashed or was killed), found when stopping
+        self._serving = False  # started, and not stopped since
 
     # --- configuration before start -------------------------------------------------------------------------
     def add_tile_model(self, name: str, dynamic_batching: bool, queue_delay_us: int | None = None,
@@ -171,6 +209,7 @@ class DenoiseServer:
             error = self._start_error(e)
             self.stop()
             raise error from e
+        self._serving = True
         self.log(f"serving {', '.join(s.name for s in self.tile_models)}"
                  f"{', ' + IMAGE_MODEL if self.serve_image_model else ''} on HTTP {self.urls['http']}, "
                  f"gRPC {self.urls['grpc']}, metrics {self.urls['metrics']}")
@@ -208,12 +247,16 @@ class DenoiseServer:
                 return model(requests)
             except InputError as e:  # the client gets the message; the server says it refused one
                 self.log(f"refused: {e}")
-                raise
+                raise RequestRefused(str(e)) from None
 
         return infer
 
-    def is_alive(self) -> bool:
-        return self._triton is not None and bool(self._triton.is_alive())
+    def is_alive(self, triton: Any = None) -> bool:
+        triton = triton if triton is not None else self._triton
+        try:
+            return triton is not None and bool(triton.is_alive())
+        except Exception:  # noqa: BLE001 - a server that cannot say is not serving
+            return False
 
     def request_stop(self, abandon_now: bool = False) -> None:
         """Make :meth:`wait` return (safe in a signal handler); then call :meth:`stop`. Photos in progress get
@@ -242,13 +285,18 @@ class DenoiseServer:
         self.request_stop()
         triton, self._triton = self._triton, None
         if triton is not None:
+            workspace = getattr(getattr(triton, "_workspace", None), "path", None)
+            self.died = self.died or (self._serving and not self.is_alive(triton))
             with contextlib.suppress(Exception):  # noqa: BLE001 - shutting down: report nothing, leave nothing
                 triton.stop()
+            if workspace is not None:
+                remove_model_copies(Path(workspace))
         while self._runners:
             runner = self._runners.pop()
             with contextlib.suppress(Exception):  # noqa: BLE001 - same
                 runner.deactivate()
-        if self._log_dir is not None:
+        self._serving = False
+        if self._log_dir is not None and not self.died:  # a crash's log is kept (serve names it)
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
 

@@ -138,10 +138,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
                 f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
+        if config.address not in ("127.0.0.1", "localhost", "::1"):
+            log(f"listening on {config.address}, without authentication: one HTTP request can crash this "
+                f"tritonserver; read 'Exposing the server' in docs/serving.md before others can reach it")
         asked = server.wait()
         if not asked:
             tail = server.log_tail()
-            log("the Triton server stopped on its own" + (f"; its log ends with:\n{tail}" if tail else ""))
+            log("the Triton server stopped on its own: it crashed or was killed (its last words are above; one "
+                "request can crash it: see 'Exposing the server' in docs/serving.md). This command does not restart "
+                "it: run it under a supervisor that restarts on exit code 1 (systemd Restart=on-failure, docker "
+                "--restart on-failure)" + (f". Triton's log ({server.log_path}, kept) ends with:\n{tail}" if tail
+                                           else ""))
             return 1
     finally:
         server.stop()

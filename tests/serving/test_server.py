@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -379,6 +380,65 @@ def test_serve_command_stops_on_ctrl_c(tmp_path):
     assert "received again: photos in progress are abandoned now" in (tmp_path / "serve.log").read_text()
     assert _wait_session_empty(proc.pid) == []
     assert not (tmp_path / "ready.json").exists()  # it held the URLs of a server that is gone
+
+
+def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp_path):
+    """An HTTP request whose JSON body declares an enormous shape makes the tritonserver bundled with PyTriton 0.7
+    abort (std::bad_alloc) before any of our code runs. serve then exits 1 at once, saying so and what to run it
+    under; the model copies Triton made in the temporary folder are removed (two were left a crash) and its log is
+    kept. (Should a PyTriton release refuse the request instead, the server must keep serving.)"""
+    _skip_without_pytriton()
+    left_before = set(_orphan_model_copies())  # by servers killed before this test (not ours to judge)
+    proc, info = _start_cli(tmp_path)
+    host, port = info["urls"]["http"].rsplit(":", 1)
+    body = json.dumps({"inputs": [{"name": "image_u8", "shape": [100000, 100000, 3], "datatype": "UINT8",
+                                   "data": [1, 2, 3]}]})
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", "/v2/models/moe_denoiser_image/infer", body=body,
+                           headers={"Content-Type": "application/json"})
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        status = None  # the connection died with the server
+    finally:
+        connection.close()
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # it survived: the request must have been refused, and serving goes on
+        assert status is not None and 400 <= status < 500, status
+        from serving.client import DenoiseClient
+
+        with DenoiseClient(info["urls"]["http"]) as client:
+            assert client.denoise_pixels(np.zeros((40, 40, 3), np.uint8)).shape == (40, 40, 3)
+        assert _stop(proc, signal.SIGTERM, group=False) == 0
+        return
+    printed = (tmp_path / "serve.log").read_text()
+    assert rc == 1 and "the Triton server stopped on its own: it crashed or was killed" in printed, printed
+    assert "Restart=on-failure" in printed and "Exposing the server" in printed
+    kept = Path(printed.split("Triton's log (", 1)[1].split(",", 1)[0])
+    assert kept.is_file() and kept.stat().st_size > 0
+    shutil.rmtree(kept.parent)
+    assert set(_orphan_model_copies()) - left_before == set()
+    assert _wait_session_empty(proc.pid) == []
+
+
+def _orphan_model_copies() -> list[Path]:
+    """tritonserver's copies of our models in the temporary folder whose PyTriton workspace is gone: left by a
+    server that is no longer running (a live server's copies name a workspace that exists)."""
+    import re
+    import tempfile
+
+    out = []
+    for root in {Path(tempfile.gettempdir()), Path("/tmp")}:
+        for folder in root.glob("folder*"):
+            try:
+                config = (folder / "config.pbtxt").read_text(errors="replace")
+            except OSError:
+                continue
+            workspace = re.search(r'key: "workspace-path"\s*value\s*\{\s*string_value: "([^"]+)"', config)
+            if "moe_denoiser" in config and workspace and not Path(workspace.group(1)).exists():
+                out.append(folder)
+    return out
 
 
 @pytest.mark.parametrize("mode", ["I;16", "1", "RGBA"])

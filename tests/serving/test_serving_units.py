@@ -269,6 +269,26 @@ def test_image_model_refuses_a_photo_it_has_no_memory_for(monkeypatch):
     assert model.check({"image_u8": pixels}) is pixels
 
 
+def test_a_refusal_reaches_the_client_without_the_servers_traceback():
+    """PyTriton answers a failed request with the exception formatted with its traceback: plain clients (curl) read
+    the server's file paths and PyTriton's internals around the one line meant for them. The refusal they get now
+    formats as that line alone; the server's own log keeps the traceback."""
+    import traceback
+
+    from serving import DenoiseServer, ServeConfig
+    from serving.server import RequestRefused
+
+    infer = DenoiseServer(IdentityRunner, ServeConfig())._as_function(TileModel(IdentityRunner()))
+    with pytest.raises(RequestRefused) as caught:
+        infer([{"noisy": np.full((1, 3, 32, 32), 2.0, np.float32)}])
+    sent = "".join(traceback.format_exception(None, caught.value, caught.value.__traceback__))
+    assert sent.startswith("serving.server.RequestRefused: request 1 of 1: input 'noisy' has values in [2, 2]")
+    assert sent.count("\n") == 1 and "File " not in sent and ".py" not in sent
+    assert caught.tb is not None and isinstance(caught.value, InputError)
+    assert server_message(f"Model execute error: Traceback ...\n{sent}\n\nAt:\n  /tmp/x/model.py(5)") == sent.split(
+        ": ", 1)[1].strip()
+
+
 def test_a_stopping_server_abandons_a_photo_at_its_next_runner_call():
     """The photo model asks before each runner call whether to go on: the server says no once its stop has run
     ABANDON_AFTER_S (at once after a second Ctrl-C), and the photo ends with that message instead of being computed
