@@ -31,7 +31,9 @@ LOOPBACK = "127.0.0.1"
 
 def check_log_file(path: Path) -> None:
     """InputError for a log file that Triton's lines would be appended to but that holds no text (``--log-file
-    photo.png`` appended the log into the photo), or that is a folder."""
+    photo.png`` appended the log into the photo), that is a folder, or that cannot be appended to or made (Triton
+    then logged to the console instead, without a word: ``--log-file /proc/x.log``, a read-only file, a folder
+    that does not exist)."""
     if path.is_dir():
         raise InputError(f"--log-file {path} is a folder; give a file path for Triton's log")
     if path.is_file():
@@ -40,6 +42,15 @@ def check_log_file(path: Path) -> None:
         if b"\0" in head or head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff":
             raise InputError(f"--log-file {path} exists and is not a text log (Triton appends to it); choose a new "
                              f"path or a log file")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise InputError(f"--log-file {path} cannot be {'appended to' if existed else 'made'} ({e.strerror or e}); "
+                         f"give a file in a folder you can write to (Triton does not make folders)") from None
+    if not existed:
+        path.unlink(missing_ok=True)  # made when the server starts; a refused start leaves nothing
 
 
 def free_port(host: str = LOOPBACK) -> int:

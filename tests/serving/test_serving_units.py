@@ -649,3 +649,15 @@ def test_a_log_file_that_is_not_a_text_log_is_refused(tmp_path):
     log = tmp_path / "triton.log"
     log.write_text("I1130 earlier lines\n")
     ServeConfig(log_file=str(log)).validate()  # a log goes on
+    assert log.read_text() == "I1130 earlier lines\n"
+    ServeConfig(log_file=str(tmp_path / "new.log")).validate()
+    assert not (tmp_path / "new.log").exists()  # made when the server starts, not by a check
+
+
+@pytest.mark.parametrize("where", ["/proc/moe-denoise-triton.log", "{tmp}/no/such/folder/triton.log"])
+def test_a_log_file_that_cannot_be_written_is_refused(tmp_path, where):
+    """serve --log-file /proc/x.log (or in a folder that does not exist) started, and Triton wrote its whole log to
+    the console instead, without a word."""
+    with pytest.raises(InputError, match=r"--log-file .* cannot be made \(.*\); give a file in a folder you can write"):
+        ServeConfig(log_file=where.format(tmp=tmp_path)).validate()
+    assert not (tmp_path / "no").exists()
