@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sizes[0] == args.sizes[1]:
         parser.error(f"--sizes: two different batch sizes to compare, got {args.sizes[0]} twice")
+    if "ort" in args.backends:  # found after minutes of torch runs, it lost them
+        from moe_base.paths import onnx_path
+
+        if not onnx_path("portable").is_file():
+            parser.error(f"--backends ort runs the portable model, and {onnx_path('portable')} does not exist: run "
+                         f"'moe-denoise export' first, or leave ort out (--backends torch)")
     exe = str(Path(sys.executable).with_name("moe-denoise"))
     photo = make_photo(args.work / "photo.png", args.width, args.height)
     a, b = args.sizes
