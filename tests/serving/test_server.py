@@ -366,9 +366,12 @@ def test_serve_command_stops_on_ctrl_c(tmp_path):
         except BaseException as e:  # noqa: BLE001 - the test reads it
             answers.append(e)
 
+    cpu_before = _cpu_seconds(proc.pid)
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    time.sleep(4)  # the photo is being denoised
+    deadline = time.monotonic() + 60
+    while _cpu_seconds(proc.pid) - cpu_before < 2 and time.monotonic() < deadline:  # the photo is being denoised
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(1)
     t0 = time.monotonic()
@@ -420,6 +423,12 @@ def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp
     shutil.rmtree(kept.parent)
     assert set(_orphan_model_copies()) - left_before == set()
     assert _wait_session_empty(proc.pid) == []
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _orphan_model_copies() -> list[Path]:
