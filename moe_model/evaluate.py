@@ -16,7 +16,7 @@ from moe_base.errors import InputError
 from moe_base.progress import Progress
 
 from .data import DEFAULT_EVAL_SEED, DEFAULT_SIGMA, PROTOCOLS, fixed_noisy
-from .metrics import psnr_per_image, ssim_per_image
+from .metrics import ssim_per_image
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def evaluate_model(model: torch.nn.Module, clean: torch.Tensor, sigma: float = D
         den = denoise_batched(model, noisy, batch_size, progress, desc=f"evaluate ({protocol})")
         rows = {}
         for name, pred in (("noisy input", noisy), ("model", den)):
-            row = {"psnr": _stats(psnr_per_image(pred, clean).numpy())}
+            row = {"psnr": _summary(psnr_values(pred, clean))}  # --sigma 0: the input is "clean", not 200 dB
             if with_ssim:
                 row["ssim"] = _stats(ssim_per_image(pred.numpy(), clean.numpy()))
             rows[name] = row
@@ -103,11 +103,17 @@ def psnr_values(pred: torch.Tensor, clean: torch.Tensor) -> np.ndarray:
         return np.where(mse == 0.0, np.inf, -10.0 * np.log10(np.where(mse == 0.0, 1.0, mse)))
 
 
+PSNR_CAP_DB = 100.0
+"""A per-image PSNR counts as at most this in means, differences and targets: one image returned exactly (infinite
+PSNR) made a mean infinite and met the clean-input target alone, whatever the other images scored."""
+
+
 def _summary(values: np.ndarray) -> dict[str, float]:
-    """Mean, std (population), min, max; all ``inf`` when every value is (an input identical to its target)."""
+    """Mean, std (population), min, max, each value counted as at most PSNR_CAP_DB; all ``inf`` when every value is
+    (an input identical to its target: the noisy-input row at sigma 0)."""
     if np.isinf(values).all():
         return {"mean": float("inf"), "std": 0.0, "min": float("inf"), "max": float("inf")}
-    return _stats(values)
+    return _stats(np.minimum(values, PSNR_CAP_DB))
 
 
 def _scores(pred: torch.Tensor, clean: torch.Tensor, with_ssim: bool) -> dict[str, np.ndarray]:
@@ -125,7 +131,7 @@ def _rows(per_image: dict[str, dict[str, np.ndarray]], idx: Sequence[int] | None
 
 def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Mean of a - b over images and its standard error (the two measured on the same noisy images)."""
-    d = a - b
+    d = np.minimum(a, PSNR_CAP_DB) - np.minimum(b, PSNR_CAP_DB)
     se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
     return {"mean": float(np.mean(d)), "se": se, "wins": int((d > 0).sum()), "n": len(d)}
 

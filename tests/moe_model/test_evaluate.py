@@ -12,6 +12,7 @@ from moe_model.data import load_cifar10, to_float
 from moe_model.evaluate import (
     BM3D,
     NOISY,
+    PSNR_CAP_DB,
     check_targets,
     evaluate_across_sigmas,
     evaluate_model,
@@ -119,6 +120,34 @@ def test_targets_read_off_the_report(fake_cifar, random_weights):
     assert not t[("random", "clean")]["met"] and t[("random", "clean")]["margin"] < -10  # random weights wreck it
     assert not t[("identity", "seed")]["met"]  # 14.8 dB is far below 25.1
     assert all(x["margin"] == x["measured"] - x["threshold"] for x in t.values() if np.isfinite(x["margin"]))
+
+
+class FirstImageOnly(torch.nn.Module):
+    """Returns its first image as it came and mid-gray for the others: one perfect image, the rest wrecked."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        out = torch.full_like(x, 0.5)
+        out[0] = x[0]
+        return out
+
+
+def test_one_perfect_image_does_not_make_a_mean_infinite(fake_cifar):
+    """A model that returns one clean image exactly (infinite PSNR) and wrecks the others scored a mean of inf at
+    sigma 0, and the clean-input target (>= 40 dB) was met by that one image. Each image counts at most 100 dB."""
+    clean = to_float(load_cifar10(fake_cifar, "test")[:8])
+    r = evaluate_across_sigmas({"first": FirstImageOnly()}, clean, (0, 25), protocols=("clip",), with_ssim=False,
+                               seed_protocol=False)
+    psnr = r["rows"]["clip"]["0"]["first"]["psnr"]
+    others = psnr_values(torch.full_like(clean[1:], 0.5), clean[1:])
+    assert psnr["max"] == PSNR_CAP_DB and psnr["mean"] == pytest.approx((PSNR_CAP_DB + others.sum()) / 8)
+    assert np.isfinite(psnr["std"])
+    target = next(x for x in check_targets(r) if x["weights"] == "first" and x["target"].startswith("clean"))
+    assert not target["met"]
+    assert r["rows"]["clip"]["0"][NOISY]["psnr"]["mean"] == np.inf  # every image perfect: still "clean"
 
 
 def test_labels_must_not_take_the_reference_rows_names(fake_cifar):
