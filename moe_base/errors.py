@@ -7,6 +7,11 @@ backend from ``ImportError``, so callers that catch those keep working.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
 
 class ToolkitError(Exception):
     """Root of every error the toolkit raises on purpose."""
@@ -76,3 +81,26 @@ class Interrupted(KeyboardInterrupt):
     def said(cls, interrupt: BaseException, message: str) -> Interrupted:
         """``interrupt`` (a KeyboardInterrupt, or an Interrupted of either signal) with the command's own message."""
         return cls(message, getattr(interrupt, "signum", 2))
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then act as they would have: for files that are only right
+    together (weights and their JSON, a training state beside them), a stop between them left weights whose JSON
+    named another file's hash. Outside the main thread nothing is held (signals reach the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if got:
+            signal.raise_signal(got[0])

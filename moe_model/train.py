@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from moe_base.config import get_preset
-from moe_base.errors import CheckpointError, InputError, NoGPUError, TrainingError
+from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError, TrainingError, signals_held
 from moe_base.fileio import first_missing, folder_lock, remove_if_empty
 from moe_base.progress import Progress
 
-from .checkpoint import atomic_torch_save, origin, save_weights, torch_load_reason
+from .checkpoint import atomic_torch_save, origin, read_sidecar, save_weights, torch_load_reason
 from .data import (
     DEFAULT_EVAL_SEED,
     DEFAULT_SIGMA,
@@ -228,6 +228,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
     model = SmallViT(get_preset(cfg.preset)).to(device)
     if cfg.init_from and not resume:
         warm_start(model, cfg.init_from, log)
+    record = run_record(cfg, st, out, command or " ".join(sys.argv))  # what best.json says of the run's making
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_u8) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps_per_epoch * cfg.epochs))
@@ -255,30 +256,36 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
         perm = torch.randperm(len(train_u8), generator=gen)
         t0, seen, run_loss = time.perf_counter(), 0, 0.0
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", "step", progress, every_s=PROGRESS_LINE_S)
-        for step in range(steps_per_epoch):
-            clean = to_float(train_u8[perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]])
-            if cfg.blind:
-                noisy, clean, _ = blind_noisy(clean, cfg.noise(), gen)
-            else:
-                noisy = add_noise(clean, cfg.sigma, "clip", gen)
-            clean, noisy = clean.to(device), noisy.to(device)
-            output, routing = model(noisy, return_routing=True)
-            loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight, cfg.loss, cfg.mse_floor)
-            if not math.isfinite(loss.item()):
-                kept = (f"the best weights so far are in {out / 'best.safetensors'}" if history
-                        else "no weights were written")
-                raise TrainingError(f"training stopped: the loss became {loss.item()} at epoch {epoch + 1}, step "
-                                    f"{step + 1} (learning rate {sched.get_last_lr()[0]:.3g}); {kept}. Lower --lr, "
-                                    f"or keep --grad-clip on")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            seen += len(clean)
-            run_loss += (loss.item() - run_loss) * (0.05 if step else 1.0)
-            bar.step(f"loss {run_loss:.5f}, {seen / (time.perf_counter() - t0):.0f} img/s")
+        step = 0
+        try:
+            for step in range(steps_per_epoch):
+                clean = to_float(train_u8[perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]])
+                if cfg.blind:
+                    noisy, clean, _ = blind_noisy(clean, cfg.noise(), gen)
+                else:
+                    noisy = add_noise(clean, cfg.sigma, "clip", gen)
+                clean, noisy = clean.to(device), noisy.to(device)
+                output, routing = model(noisy, return_routing=True)
+                loss, mse, aux = total_loss(output, clean, routing, cfg.aux_weight, cfg.loss, cfg.mse_floor)
+                if not math.isfinite(loss.item()):
+                    kept = (f"the best weights so far are in {out / 'best.safetensors'}" if history
+                            else "no weights were written")
+                    raise TrainingError(f"training stopped: the loss became {loss.item()} at epoch {epoch + 1}, step "
+                                        f"{step + 1} (learning rate {sched.get_last_lr()[0]:.3g}); {kept}. Lower --lr, "
+                                        f"or keep --grad-clip on")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                seen += len(clean)
+                run_loss += (loss.item() - run_loss) * (0.05 if step else 1.0)
+                bar.step(f"loss {run_loss:.5f}, {seen / (time.perf_counter() - t0):.0f} img/s")
+        except KeyboardInterrupt as e:  # the partial epoch is lost: said, with what --resume does
+            bar.close()
+            raise Interrupted.said(e, f"epoch {epoch + 1}/{cfg.epochs} had done {step} of {steps_per_epoch} steps, "
+                                      f"which --resume does again") from None
         bar.close()
         val = evaluate_loss(model, val_noisy, val_clean, 256, device)
         val["loss"] = selection_loss(val, cfg.loss)
@@ -287,28 +294,54 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
                "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
         history.append(rec)
         improved = val["loss"] < best_loss
-        if improved:
-            best_loss = val["loss"]
-            save_weights(model, out / "best.safetensors", {
-                "training": {"settings": dataclasses.asdict(cfg), "command": command or " ".join(sys.argv),
-                             "epoch": epoch + 1, "torch": torch.__version__,
-                             **({"init_from": origin(cfg.init_from)} if cfg.init_from else {})},
-                "metrics": {"val_loss": val["loss"], "val_mse": val["mse"], "val_psnr": val["psnr"],
-                            "val_psnr_std": val["psnr_std"], "val_loss_is": "mse" if cfg.loss == "mse" else "-psnr",
-                            "val_protocol": "blind" if cfg.blind else "clip", "sigma": cfg.sigma, "eval_seed": cfg.eval_seed},
-                "parameters": count_parameters(model),
-                "history": history,
-            })
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                           "epoch": epoch + 1, "best_loss": best_loss, "history": history,
-                           "train_config": dataclasses.asdict(cfg)}, state_path)
+        with signals_held():  # the weights, their JSON and the state are written whole, or as they were
+            if improved:
+                best_loss = val["loss"]
+                save_weights(model, out / "best.safetensors", {
+                    "training": {"settings": dataclasses.asdict(cfg), **record, "epoch": epoch + 1,
+                                 "torch": torch.__version__},
+                    "metrics": {"val_loss": val["loss"], "val_mse": val["mse"], "val_psnr": val["psnr"],
+                                "val_psnr_std": val["psnr_std"], "val_loss_is": "mse" if cfg.loss == "mse" else "-psnr",
+                                "val_protocol": "blind" if cfg.blind else "clip", "sigma": cfg.sigma,
+                                "eval_seed": cfg.eval_seed},
+                    "parameters": count_parameters(model),
+                    "history": history,
+                })
+            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                               "epoch": epoch + 1, "best_loss": best_loss, "history": history,
+                               "train_config": dataclasses.asdict(cfg), "record": record}, state_path)
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {run_loss:.5f}  val MSE {val['mse']:.6f}  "
             f"val PSNR {val['psnr']:.2f} dB  {rec['seconds']:.0f}s{'  (best)' if improved else ''}")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             log(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
             break
     return {"out_dir": str(out), "best_val_loss": best_loss, "history": history, "model": model}
+
+
+def run_record(cfg: TrainConfig, st: dict[str, Any] | None, out: Path, command: str) -> dict[str, Any]:
+    """How the run was made, for best.json: its first ``command``, the commands that resumed it (``resumed_with``)
+    and the weights it started from (``init_from``: checkpoint.origin, hash and chain), taken once when the run
+    starts and kept in last.pt. Read again at every best epoch, the start file was hashed as it was then: moved, it
+    ended a resumed run after a whole epoch; replaced, the record named the other weights and their chain."""
+    if st is not None and "record" in st:
+        kept = dict(st["record"])
+        kept["resumed_with"] = [*kept.get("resumed_with", []), command]
+        return kept
+    first = command
+    if st is not None:  # a last.pt of an older version: its best.json holds the first command, when there is one
+        earlier = read_sidecar(out / "best.safetensors") or {}
+        first = (earlier.get("training") or {}).get("command") or command
+    made: dict[str, Any] = {"command": first}
+    if st is not None and first != command:
+        made["resumed_with"] = [command]
+    if cfg.init_from:
+        try:
+            made["init_from"] = origin(cfg.init_from)
+        except OSError as e:
+            raise CheckpointError(f"the run started from {cfg.init_from}, which cannot be read now ({e.strerror or e}); "
+                                  f"its record names that file's hash: put it back, or start a new run") from None
+    return made
 
 
 PROGRESS_LINE_S = 60.0  # in a log, a line within an epoch at most this often

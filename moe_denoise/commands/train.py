@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # SIGTERM comes here as Ctrl-C does (moe_denoise.cli.sigterm_as_interrupt)
         result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,
                        overwrite=args.overwrite)
-    except KeyboardInterrupt as e:
-        raise Interrupted.said(e, interrupted_hint(Path(args.out_dir))) from None
+    except KeyboardInterrupt as e:  # the epoch it stopped in (from train), then what is kept and how to go on
+        raise Interrupted.said(e, "; ".join(filter(None, (str(e), interrupted_hint(Path(args.out_dir)))))) from None
     best = Path(args.out_dir) / "best.safetensors"
     if best.is_file():
         print(f"best validation loss {result['best_val_loss']:.6f}; weights: {best}")

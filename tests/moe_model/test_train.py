@@ -163,6 +163,71 @@ def test_resume_on_the_command_line_needs_only_the_folder(fake_cifar, tmp_path, 
     assert "has finished all 2 epochs; nothing to continue" in capsys.readouterr().out
 
 
+def test_the_record_names_the_start_weights_as_they_were_and_the_first_command(fake_cifar, tmp_path, random_weights):
+    """The start weights were hashed again at every best epoch: moved after the run began, a resumed run ended after a
+    whole epoch in a FileNotFoundError (losing it); replaced, its record named the other weights. The record is made
+    once when the run starts and kept in last.pt; it keeps the first command and lists the ones that resumed it."""
+    import shutil
+
+    from moe_model.checkpoint import origin
+
+    start = tmp_path / "start.safetensors"
+    shutil.copy(random_weights, start)
+    shutil.copy(random_weights.with_suffix(".json"), start.with_suffix(".json"))
+    before = origin(start)
+    cfg = small_config(fake_cifar, tmp_path / "run", epochs=3, init_from=str(start))
+    train(cfg, progress=False, stop_after_epoch=1, command="moe-denoise train FIRST", log=lambda s: None)
+    start.write_bytes(b"other weights")  # replaced, then gone
+    train(cfg, resume=True, progress=False, stop_after_epoch=2, command="moe-denoise train --resume A",
+          log=lambda s: None)
+    start.unlink()
+    result = train(cfg, resume=True, progress=False, command="moe-denoise train --resume B", log=lambda s: None)
+    assert len(result["history"]) == 3
+    best = json.loads((tmp_path / "run" / "best.json").read_text())["training"]
+    state = load_training_state(tmp_path / "run" / "last.pt")
+    for record in (best, state["record"]):
+        assert record["init_from"] == before
+        assert record["command"] == "moe-denoise train FIRST"
+        assert record["resumed_with"] == ["moe-denoise train --resume A", "moe-denoise train --resume B"]
+
+
+def test_a_stop_within_an_epoch_says_what_resume_does_again(fake_cifar, tmp_path, monkeypatch):
+    """Stopped part-way through an epoch, a run said only that the epoch before was kept: the steps done in the
+    stopped epoch are lost, and --resume does them again."""
+    import moe_model.train as train_module
+    from moe_base.errors import Interrupted
+
+    real, calls = train_module.total_loss, []
+
+    def stopping_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4 + 3:  # epoch 1 has 4 steps (64 images, batch 16): stopped in the third of epoch 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "total_loss", stopping_loss)
+    with pytest.raises(Interrupted, match=r"^epoch 2/3 had done 2 of 4 steps, which --resume does again$"):
+        train(small_config(fake_cifar, tmp_path / "run", epochs=3, max_train=64), progress=False, log=lambda s: None)
+    assert load_training_state(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_signals_held_until_the_block_is_done():
+    """The weights, their JSON and the training state are written under signals_held: a Ctrl-C between them left
+    weights whose JSON named another file's hash (refused when loaded). The signal acts once the block is done."""
+    import os
+    import signal
+
+    from moe_base.errors import signals_held
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the rest of the block ran")
+    assert done == ["the rest of the block ran"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(fake_cifar, tmp_path, monkeypatch):
     """--overwrite deleted the old run before the new one had saved anything: a Ctrl-C a moment after a mistaken
     --overwrite lost both. Now the old files wait aside and come back when the new run saved no epoch; once it has,
