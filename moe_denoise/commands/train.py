@@ -67,6 +67,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None,
                    help="start from these weights instead of a random init (fine-tuning, or a second cosine cycle)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")
+    p.add_argument("--stop-after-epoch", type=positive_int, default=None, metavar="N",
+                   help="stop after epoch N, the schedule still that of --epochs (continue with --resume); for a "
+                        "stage that was stopped early, such as stage B1 in docs/training.md")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out-dir (without it, an existing run is never replaced)")
     p.add_argument("--no-progress", action="store_true",
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     command = "moe-denoise " + " ".join(shlex.quote(a) for a in args.argv)
     try:  # SIGTERM comes here as Ctrl-C does (moe_denoise.cli.sigterm_as_interrupt)
         result = train(cfg, resume=args.resume, progress=progress_mode(not args.no_progress), command=command,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
     except KeyboardInterrupt as e:  # the epoch it stopped in (from train), then what is kept and how to go on
         raise Interrupted.said(e, "; ".join(filter(None, (str(e), interrupted_hint(Path(args.out_dir)))))) from None
     best = Path(args.out_dir) / "best.safetensors"

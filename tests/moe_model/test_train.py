@@ -211,6 +211,25 @@ def test_a_stop_within_an_epoch_says_what_resume_does_again(fake_cifar, tmp_path
     assert load_training_state(tmp_path / "run" / "last.pt")["epoch"] == 1
 
 
+def test_stop_after_epoch_on_the_command_line(fake_cifar, tmp_path, capsys):
+    """Stage B1 of docs/training.md was stopped by hand after epoch 5 of 30 (its schedule is the 30 epochs'): to
+    reproduce it one had to watch it. --stop-after-epoch N stops there, and --resume goes on with the same schedule."""
+    from moe_denoise.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--data-dir", str(fake_cifar), "--out-dir", str(out), "--epochs", "3", "--batch-size", "16",
+            "--max-train", "32", "--max-val", "16", "--seed", "3", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--stop-after-epoch", "1"]) == 0
+    assert "stopping after epoch 1 as asked; continue with --resume" in capsys.readouterr().out
+    state = load_training_state(out / "last.pt")
+    assert state["epoch"] == 1 and state["train_config"]["epochs"] == 3
+    assert main(["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 0
+    assert load_training_state(out / "last.pt")["epoch"] == 3
+    whole = train(small_config(fake_cifar, tmp_path / "whole", epochs=3), progress=False, log=lambda s: None)
+    assert [h["val_loss"] for h in whole["history"]] == [h["val_loss"] for h in
+                                                         load_training_state(out / "last.pt")["history"]]
+
+
 def test_signals_held_until_the_block_is_done():
     """The weights, their JSON and the training state are written under signals_held: a Ctrl-C between them left
     weights whose JSON named another file's hash (refused when loaded). The signal acts once the block is done."""
