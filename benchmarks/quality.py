@@ -234,9 +234,11 @@ def format_photo_table(result: dict[str, Any], targets: Sequence[dict[str, Any]]
     if result.get("seconds"):
         out += ["", "time (s, all photos and levels): "
                 + ", ".join(f"{m} {s:.1f}" for m, s in result["seconds"].items())]
-    if any(p["rows"][k][BLUR]["at_grid_edge"] for p in result["photos"].values() for k in keys if float(k) > 0):
-        out.append("* best blur width at the edge of the grid: at sigma > 0 the best blur may lie outside it (at "
-                   "sigma 0 the narrowest blur is the best, as expected)")
+    edges = {float(k) > 0 for p in result["photos"].values() for k in keys if p["rows"][k][BLUR]["at_grid_edge"]}
+    if edges:  # every * is explained (at sigma 0 alone there was a * and no word on it)
+        out.append("* best blur width at the edge of the grid: " + ("at sigma > 0 the best blur may lie outside it (at "
+                   "sigma 0 the narrowest blur is the best, as expected)" if True in edges else
+                   "at sigma 0 the narrowest blur is the best, as it must be for a clean photo"))
     if targets:
         out += ["", format_targets(targets)]
     return "\n".join(out)

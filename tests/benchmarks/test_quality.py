@@ -71,6 +71,11 @@ def test_photo_report_every_level_and_method(small_photos, random_weights):
     for s in ("chelsea (colour, 64x48) PSNR", "camera (gray, 64x48) SSIM", "camera at sigma 0.2", "targets",
               "blur width"):
         assert s in text, s
+    # a * marks a best width at the grid's edge, and every * is explained (at sigma 0 alone it was not)
+    assert "0.3*" in text and r["photos"]["camera"]["rows"]["0"][quality.BLUR]["blur_sigma"] == 0.3
+    edge_above_0 = any(p["rows"]["25"][quality.BLUR]["at_grid_edge"] for p in r["photos"].values())
+    assert ("* best blur width at the edge of the grid: at sigma > 0" in text) == edge_above_0
+    assert edge_above_0 or "* best blur width at the edge of the grid: at sigma 0 the narrowest" in text
 
 
 def test_guarded_rows_score_what_the_denoise_command_gives(small_photos, random_weights):
