@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import signal
 import sys
 import threading
@@ -23,7 +24,19 @@ COMMANDS = ("train", "evaluate", "visualize", "export", "build", "parity", "deno
 
 
 def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    """``obj`` as strict JSON: an infinite or NaN number is written as null (``Infinity``, which denoise --reference
+    printed for an input identical to its reference, is refused by strict parsers such as JavaScript's)."""
+    print(json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def nonempty(text: str) -> str:
+    """argparse type: a path as written, refused when empty (an unset variable in a script: ``-o "$OUT"`` became
+    '.', the current folder, and with --overwrite a photo was replaced by its own output)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}; an unset variable?); give a file or folder path")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """argparse type: a path (:func:`nonempty`)."""
+    return Path(nonempty(text))
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (counts, sizes, threads)."""
     try:
@@ -130,7 +143,7 @@ def device_name(text: str) -> str:
 
 
 def add_weights_args(p: argparse.ArgumentParser, default: str = "blind") -> None:
-    p.add_argument("--weights", type=Path, default=None,
+    p.add_argument("--weights", type=path_arg, default=None,
                    help="weights: a .safetensors file with its .json, a PyTorch state dict (.pt), or the name of "
                         f"shipped weights: blind (every noise level) or sigma20 (the specialist for sigma 0.2); "
                         f"default: {default}")
@@ -143,7 +156,7 @@ def add_weights_args(p: argparse.ArgumentParser, default: str = "blind") -> None
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR),
+    p.add_argument("--data-dir", type=path_arg, default=Path(DEFAULT_DATA_DIR),
                    help="the CIFAR-10 'cifar-10-batches-py' folder (default: ../shared/data/cifar-10-batches-py, "
                         "relative to the current folder)")
 
@@ -185,7 +198,7 @@ BACKENDS = ("torch", "ort", "trt")
 def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default_impl: str = "masked") -> None:
     p.add_argument("--backend", choices=BACKENDS, required=required, default=None if required else "torch",
                    help="torch: the PyTorch model; ort: an ONNX model in ONNX Runtime; trt: a TensorRT engine")
-    p.add_argument("--artifact", type=Path, default=None,
+    p.add_argument("--artifact", type=path_arg, default=None,
                    help="ONNX model (ort) or engine (trt); defaults: for ort the portable model 'moe-denoise "
                         "export' writes ($MOE_DENOISE_CACHE/artifacts/moe_denoiser.portable.onnx), for trt the fp32 "
                         "plugin engine 'moe-denoise build' writes (.../moe_denoiser.plugin.fp32.engine)")

@@ -18,7 +18,7 @@ from typing import Any
 
 from moe_base.errors import InputError, Interrupted
 
-from . import HelpFormatter, add_weights_args, parity_count, positive_int, resolve_weights, seconds, thread_count
+from . import HelpFormatter, add_weights_args, parity_count, path_arg, positive_int, resolve_weights, seconds, thread_count
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 8, 64, 256), "warmup": 3, "repeats": 20, "min_repeats": 3, "slot_target_s": 0.25,
@@ -79,10 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--build-engines", action=argparse.BooleanOptionalAction, default=None,
                    help="build the trt-* engines not given with --engine (needs TensorRT and a GPU; default: on "
                         "with --gpu). Engines are cached, so a second run skips the builds")
-    p.add_argument("--cache-dir", type=Path, default=None,
+    p.add_argument("--cache-dir", type=path_arg, default=None,
                    help="where the ONNX graphs (and engines) are exported to (default: $MOE_DENOISE_CACHE/bench, "
                         "the cache being ~/.cache/moe-denoise unless set)")
-    p.add_argument("--out-dir", type=Path, default=None,
+    p.add_argument("--out-dir", type=path_arg, default=None,
                    help="results folder (default: $MOE_DENOISE_CACHE/bench/results, results-quick with --quick, "
                         "results-gpu with --gpu; the repository's committed results are in benchmarks/results)")
     p.add_argument("--no-plot", action="store_true", help="skip results.png")

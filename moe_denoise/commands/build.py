@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from . import HelpFormatter, check_output_suffix, positive_int, resolve_weights
+from . import HelpFormatter, check_output_suffix, path_arg, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "builder flag on the fp32 graph; TensorRT 11 is strongly typed and needs the fp16 "
                                    "graph from 'moe-denoise export --precision fp16'.",
                        formatter_class=HelpFormatter)
-    p.add_argument("--onnx", type=Path, default=None,
+    p.add_argument("--onnx", type=path_arg, default=None,
                    help="the exported ONNX model (with its manifest); default: the plugin graph that 'moe-denoise "
                         "export --flavor plugin' writes, at this precision")
-    p.add_argument("-o", "--output", type=Path, default=None,
+    p.add_argument("-o", "--output", type=path_arg, default=None,
                    help="engine path (default: next to the ONNX model, named <model>.<precision>.engine)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o (never done without it)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
@@ -30,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=positive_int, default=1024, help="largest batch the engine accepts")
     p.add_argument("--workspace-mib", type=positive_int, default=2048,
                    help="scratch GPU memory the builder may use, MiB (>= 64)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="timing + engine cache (default: "
+    p.add_argument("--cache-dir", type=path_arg, default=None, help="timing + engine cache (default: "
                                                                 "$MOE_DENOISE_CACHE or ~/.cache/moe-denoise)")
     p.add_argument("--no-engine-cache", action="store_true", help="always build, never reuse a cached engine")
-    p.add_argument("--weights", type=Path, default=None,
+    p.add_argument("--weights", type=path_arg, default=None,
                    help="weights for the parity check: those the ONNX model was exported from (checked by hash "
                         "against its manifest): a file or a shipped name (blind, sigma20); default: the weights the manifest "
                         "names, else blind")

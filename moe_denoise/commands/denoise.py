@@ -16,6 +16,8 @@ from . import (
     check_backend_options,
     make_runner,
     noise_std,
+    nonempty,
+    path_arg,
     positive_int,
     runner_options_given,
     seconds,
@@ -47,10 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "photos, go into the folder -o under their own names, with the denoiser loaded "
                                    "once; a photo that cannot be read is reported and the others go on.",
                        formatter_class=HelpFormatter)
-    p.add_argument("input", type=Path, nargs="+",
+    p.add_argument("input", type=path_arg, nargs="+",
                    help="the photo to denoise; or several, or folders (their .png, .jpg/.jpeg, .tif/.tiff, .webp and "
                         ".bmp files, not their subfolders)")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", required=True, type=nonempty,
                    help="where to write the result: a file, or a folder (an existing one, or a path ending in '/'; "
                         "for several photos always a folder), created if missing; each result keeps its input's "
                         "file name")
@@ -66,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tiles per inference call (default: 64 for a backend on the CPU, 256 on a GPU; the result "
                         "does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
-    p.add_argument("--reference", type=Path, default=None,
+    p.add_argument("--reference", type=path_arg, default=None,
                    help="a clean version of the photo: report the PSNR of the input and of the output against it")
     p.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse photos with more pixels than this (width x height, e.g. 2e8), before decoding them; "
@@ -101,8 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
                        formatter_class=HelpFormatter)
-    q.add_argument("input", type=Path, help="the photo (any format and mode 'denoise' reads)")
-    q.add_argument("-o", "--output", type=Path, required=True,
+    q.add_argument("input", type=path_arg, help="the photo (any format and mode 'denoise' reads)")
+    q.add_argument("-o", "--output", type=path_arg, required=True,
                    help="where to write the noisy copy (same size, mode and bit depth as the input); an existing "
                         "folder: the copy goes in under the input's name")
     q.add_argument("--sigma", type=noise_std, default=0.1,
@@ -152,11 +154,20 @@ def run_single(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         args.output = args.output / args.input.name
     if args.skip_existing and args.output.exists():
-        print(f"skipped {args.input}: {args.output} exists (--skip-existing)")
+        if args.json:  # --json promises JSON on stdout
+            from moe_denoise.cli import print_json
+
+            print_json({"input": str(args.input), "output": str(args.output), "skipped": "the output exists"})
+        else:
+            print(f"skipped {args.input}: {args.output} exists (--skip-existing)")
         return 0
     if args.reference is not None:  # fail before minutes of denoising, not after
         from runtime.images import read_header, read_pixels
 
+        for given, what in ((args.reference, "--reference"), (args.input, "the input")):
+            if args.output.resolve() == given.resolve():  # read after the write: the output against itself
+                raise InputError(f"{what} {given} is also the output (-o {args.output}): the PSNR would be read from "
+                                 f"the denoised file that replaced it; write the output to another path")
         read_pixels(args.reference, max_pixels=args.max_pixels)
         ref, photo = read_header(args.reference), read_header(args.input)
         colour = (ref.layout in ("L", "LA"), photo.layout in ("L", "LA"))

@@ -4,13 +4,22 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from moe_base.errors import InputError
 from moe_base.progress import progress_mode
 
-from . import HelpFormatter, add_data_args, add_split_arg, noise_std, positive_int, resolve_weights, seed_number, thread_count
+from . import (
+    HelpFormatter,
+    add_data_args,
+    add_split_arg,
+    noise_std,
+    path_arg,
+    positive_int,
+    resolve_weights,
+    seed_number,
+    thread_count,
+)
 
 SUITES = ("cifar", "photos", "all")
 # moe_model.evaluate.DEFAULT_SIGMAS_255, written out: importing it imports torch (seconds, for --help)
@@ -31,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "earlier versions (the seed's report: --sigma 0.2). Per-image PSNR and SSIM (data_range 1, "
                     "scikit-image), mean over images; the noise is fixed by --eval-seed / --photo-seed.",
         formatter_class=HelpFormatter)
-    p.add_argument("--weights", type=Path, action="append", default=None,
+    p.add_argument("--weights", type=path_arg, action="append", default=None,
                    help="weights (.safetensors with its .json, or a PyTorch .pt state dict); repeat to compare "
                         "several; default: the shipped weights")
     p.add_argument("--preset", action="append", default=None,
@@ -67,9 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-guard", action="store_true",
                    help="photos: score each weights only as they are, without the extra '<label> + guard' row (the "
                         "clean-input guard that 'moe-denoise denoise' applies by default)")
-    p.add_argument("--plot", type=Path, default=None, help="write a PNG of PSNR against sigma here (needs "
+    p.add_argument("--plot", type=path_arg, default=None, help="write a PNG of PSNR against sigma here (needs "
                                                            "matplotlib: the 'plot' extra)")
-    p.add_argument("--save-json", type=Path, default=None, help="also write the JSON report to this file")
+    p.add_argument("--save-json", type=path_arg, default=None, help="also write the JSON report to this file")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing --plot / --save-json files (never done without it)")
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (default: torch's choice)")

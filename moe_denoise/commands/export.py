@@ -8,7 +8,7 @@ from pathlib import Path
 from moe_base.errors import InputError
 from runtime.base import artifact_made_from, weights_label
 
-from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, resolve_weights, thread_count
+from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, path_arg, resolve_weights, thread_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "is written and the parity report is printed (exit code 1).",
                        formatter_class=HelpFormatter)
     add_weights_args(p)
-    p.add_argument("-o", "--output", type=Path, default=None,
+    p.add_argument("-o", "--output", type=path_arg, default=None,
                    help="output .onnx path (default: $MOE_DENOISE_CACHE/artifacts/moe_denoiser.<flavor>[.noopt]"
                         "[.fp16].onnx; the cache is ~/.cache/moe-denoise unless set)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o (never done without it)")

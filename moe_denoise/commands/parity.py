@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from runtime.base import runner_label, weights_label
 
@@ -13,6 +12,7 @@ from . import (
     check_backend_options,
     make_runner,
     parity_count,
+    path_arg,
     resolve_weights,
 )
 
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_args(p, default="the weights an ONNX model's or engine's manifest names, else blind")
     p.add_argument("-n", "--num-images", type=parity_count, default=64,
                    help="synthetic 32x32 inputs (fixed); --data-dir adds as many CIFAR-10 test images")
-    p.add_argument("--data-dir", type=Path, default=None,
+    p.add_argument("--data-dir", type=path_arg, default=None,
                    help="optionally add noisy CIFAR-10 test images from this folder to the synthetic batch")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)

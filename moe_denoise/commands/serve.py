@@ -17,6 +17,8 @@ from . import (
     add_weights_args,
     check_backend_options,
     make_runner,
+    nonempty,
+    path_arg,
     port_number,
     positive_int,
     tile_overlap,
@@ -55,9 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-guard", action="store_true",
                    help="photos: turn off the clean-input guard, which blends the input back in when a photo is clean "
                         "or lightly noisy (as 'denoise --no-guard')")
-    p.add_argument("--log-file", default=None, help="write Triton's log here (default: a temporary file)")
+    p.add_argument("--log-file", default=None, type=nonempty, help="write Triton's log here (default: a temporary file)")
     p.add_argument("--verbose", action="store_true", help="print Triton's log")
-    p.add_argument("--ready-file", type=Path, default=None,
+    p.add_argument("--ready-file", type=path_arg, default=None,
                    help="write the server's URLs as JSON to this file once it is ready, and remove it when the server "
                         "stops (for scripts)")
     p.add_argument("--json", action="store_true", help="print the URLs as JSON when ready")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from moe_base.errors import Interrupted
 
-from . import HelpFormatter, add_data_args, noise_std, positive_int, thread_count
+from . import HelpFormatter, add_data_args, noise_std, nonempty, positive_int, thread_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     from moe_base.config import PRESETS
 
     add_data_args(p)
-    p.add_argument("--out-dir", default="runs/default", help="where checkpoints go")
+    p.add_argument("--out-dir", default="runs/default", help="where checkpoints go")  # "" refused by validate
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="architecture preset")
     p.add_argument("--epochs", type=positive_int, default=30, help="passes over the training images")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per optimiser step")
@@ -64,7 +64,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-val", type=positive_int, default=None, help="use only the first N validation images")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
-    p.add_argument("--init-from", default=None,
+    p.add_argument("--init-from", default=None, type=nonempty,
                    help="start from these weights instead of a random init (fine-tuning, or a second cosine cycle)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")
     p.add_argument("--stop-after-epoch", type=positive_int, default=None, metavar="N",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, positive_int
+from . import HelpFormatter, path_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,10 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(dynamic batching, instance group, inputs and outputs), checked against Triton's own config "
                     "schema. OUT/README.md says how to serve it.",
         formatter_class=HelpFormatter)
-    p.add_argument("-o", "--output", type=Path, default=Path("triton_repo"), help="repository folder to write")
-    p.add_argument("--onnx", type=Path, default=None,
+    p.add_argument("-o", "--output", type=path_arg, default=Path("triton_repo"), help="repository folder to write")
+    p.add_argument("--onnx", type=path_arg, default=None,
                    help="portable ONNX model (default: the one 'moe-denoise export' writes, as for --backend ort)")
-    p.add_argument("--engine", type=Path, default=None, help="TensorRT engine from 'moe-denoise build' (optional)")
+    p.add_argument("--engine", type=path_arg, default=None, help="TensorRT engine from 'moe-denoise build' (optional)")
     p.add_argument("--no-onnx", action="store_true", help="only the engine")
     p.add_argument("--max-batch", type=positive_int, default=64, help="max_batch_size of the models")
     p.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batcher's max queue delay")

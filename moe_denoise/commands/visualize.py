@@ -6,7 +6,16 @@ from pathlib import Path
 
 from moe_base.errors import InputError
 
-from . import HelpFormatter, add_data_args, add_split_arg, add_weights_args, load_model_from_args, noise_std, positive_int
+from . import (
+    HelpFormatter,
+    add_data_args,
+    add_split_arg,
+    add_weights_args,
+    load_model_from_args,
+    noise_std,
+    path_arg,
+    positive_int,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
     p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed noise")
     p.add_argument("--scale", type=positive_int, default=4, help="pixel upscaling of each 32x32 image")
-    p.add_argument("-o", "--out-dir", type=Path, default=Path("."), help="folder for the two PNGs (replaced if there)")
+    p.add_argument("-o", "--out-dir", type=path_arg, default=Path("."), help="folder for the two PNGs (replaced if there)")
     p.set_defaults(func=run)
 
 

@@ -68,6 +68,48 @@ def test_reliability_reference_psnr_is_printed_with_the_channels(capsys, random_
                        random_weights, "--reference", tmp_path / "in.png", "--no-progress", "--json")
     assert code == 0 and json.loads(out)["psnr_vs_reference"]["compared"] == "R, G, B channels; alpha not compared"
 
+    def strict(text):  # what JavaScript's JSON.parse accepts: Infinity is not JSON
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
+
+    assert strict(out)["psnr_vs_reference"]["input"] is None  # identical to its reference: inf in the text
+    code, out, _ = run(capsys, "denoise", tmp_path / "in.png", "-o", tmp_path / "out2.png", "--weights",
+                       random_weights, "--skip-existing", "--json")
+    assert code == 0 and strict(out)["skipped"] == "the output exists"  # --json: no line of plain text
+
+
+def test_reliability_reference_or_input_that_is_the_output(capsys, random_weights, tmp_path: Path) -> None:
+    """denoise --reference R -o R --overwrite, or IN -o IN --overwrite --reference R, which printed the PSNR of the
+    output against itself (inf) or the output's as the input's => refused before any work (exit 2, the file named);
+    nothing is written"""
+    rng = np.random.default_rng(5)
+    for name in ("clean.png", "noisy.png"):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / name)
+    before = {n: (tmp_path / n).read_bytes() for n in ("clean.png", "noisy.png")}
+    for out, what in (("clean.png", "--reference"), ("noisy.png", "the input")):
+        code, _, err = run(capsys, "denoise", tmp_path / "noisy.png", "-o", tmp_path / out, "--overwrite",
+                           "--reference", tmp_path / "clean.png", "--weights", random_weights, "--no-progress")
+        assert code == 2 and f"{what} {tmp_path / out} is also the output" in err, err
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
+def test_reliability_empty_path_options(capsys, tmp_path: Path, monkeypatch) -> None:
+    """An empty path (-o "$OUT" with OUT unset) was the current folder: denoise a.png -o "" --overwrite replaced a.png
+    with its own output, visualize -o "" wrote into the current folder => refused by the parser (exit 2, the option
+    named); nothing is written"""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    for argv, option in ((["denoise", "a.png", "-o", "", "--overwrite"], "-o/--output"),
+                         (["add-noise", "a.png", "-o", " ", "--overwrite"], "-o/--output"),
+                         (["visualize", "-o", ""], "-o/--out-dir"),  # (train --out-dir "": refused by its checks)
+                         (["train", "--init-from", "", "--out-dir", "t"], "--init-from"),  # trained from scratch
+                         (["parity", "--data-dir", ""], "--data-dir"), (["denoise", "", "-o", "b.png"], "input")):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2, argv
+        assert f"argument {option}: an empty path" in capsys.readouterr().err, argv
+    assert (tmp_path / "a.png").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
 
 def bomb_png(path: Path, width: int, height: int) -> Path:
     def chunk(kind: bytes, body: bytes) -> bytes:
