@@ -109,12 +109,14 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     """The JSON sidecar of ``path`` (config, sha256, training record), None when there is none; CheckpointError
     when it is not valid JSON."""
     side = sidecar_path(path)
-    if not side.is_file():
-        return None
     try:
+        if not side.is_file():
+            return None
         return json.loads(side.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"sidecar {side} is not valid JSON: {e}") from e
+    except OSError as e:  # no read permission: a traceback before
+        raise CheckpointError(f"sidecar {side} cannot be read ({e.strerror or e}); make it readable") from None
 
 
 def verify_weights(path: str | Path, side: dict[str, Any] | None) -> None:

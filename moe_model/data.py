@@ -71,6 +71,14 @@ def load_cifar10(data_dir: str | Path, split: Split) -> np.ndarray:
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     root = Path(data_dir)
+    try:
+        return _load_split(root, split)
+    except OSError as e:  # a folder or batch without read permission: a traceback before
+        raise DatasetError(f"CIFAR-10 folder {root}: cannot read {e.filename or root} ({e.strerror or e}); give a "
+                           f"folder you can read") from None
+
+
+def _load_split(root: Path, split: Split) -> np.ndarray:
     if not root.is_dir():
         where = f" ({root.resolve()})" if str(root.resolve()) != str(root) else ""
         raise DatasetError(f"CIFAR-10 folder {root}{where} does not exist. Expected a 'cifar-10-batches-py' folder "

@@ -81,9 +81,12 @@ def whole_number(text: str, lo: int, hi: int | None, expected: str) -> int:
     return value
 
 
+SEED_MAX = 2**31 - 1  # torch and numpy take any seed up to here (beyond 2**63 torch failed with a traceback)
+
+
 def seed_number(text: str) -> int:
-    """argparse type: a random seed, a whole number >= 0 (numpy's generators take no negative seed)."""
-    return whole_number(text, 0, None, "a seed, a whole number >= 0 (e.g. 0)")
+    """argparse type: a random seed, a whole number from 0 to SEED_MAX (numpy's generators take no negative seed)."""
+    return whole_number(text, 0, SEED_MAX, f"a seed, a whole number from 0 to {SEED_MAX} (e.g. 0)")
 
 
 def tile_overlap(text: str) -> int:

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise levels of the across-sigma report, on the 0-255 scale (std sigma/255 on [0, 1])")
     p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"],
                    help="noise clipped to [0, 1] (clamp(x + sigma N, 0, 1), as photos are saved), not clipped, or both")
-    p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed noise on the CIFAR-10 images")
+    p.add_argument("--eval-seed", type=seed_number, default=1234, help="seed of the fixed noise on the CIFAR-10 images")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per inference call")
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM")

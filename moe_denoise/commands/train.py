@@ -7,7 +7,7 @@ from pathlib import Path
 
 from moe_base.errors import Interrupted
 
-from . import HelpFormatter, add_data_args, noise_std, nonempty, positive_int, thread_count
+from . import HelpFormatter, add_data_args, noise_std, nonempty, positive_int, seed_number, thread_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +58,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                         "bilinearly demosaicked: correlated) instead of white noise")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the order of the images and their noise")
-    p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed validation noise")
+    p.add_argument("--seed", type=seed_number, default=0,
+                   help="seed of the initial weights, the order of the images and their noise")
+    p.add_argument("--eval-seed", type=seed_number, default=1234, help="seed of the fixed validation noise")
     p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training images")
     p.add_argument("--max-val", type=positive_int, default=None, help="use only the first N validation images")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")

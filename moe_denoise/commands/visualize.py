@@ -15,6 +15,7 @@ from . import (
     noise_std,
     path_arg,
     positive_int,
+    seed_number,
 )
 
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num-images", type=positive_int, default=8, help="images in the grid (one row each)")
     p.add_argument("--offset", type=int, default=0, help="index of the first image")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
-    p.add_argument("--eval-seed", type=int, default=1234, help="seed of the fixed noise")
+    p.add_argument("--eval-seed", type=seed_number, default=1234, help="seed of the fixed noise")
     p.add_argument("--scale", type=positive_int, default=4, help="pixel upscaling of each 32x32 image")
     p.add_argument("-o", "--out-dir", type=path_arg, default=Path("."), help="folder for the two PNGs (replaced if there)")
     p.set_defaults(func=run)

@@ -466,7 +466,12 @@ def test_add_noise_takes_negative_zero_and_refuses_a_negative_seed(capsys, tmp_p
     assert np.array_equal(np.asarray(Image.open(tmp_path / "z.png")), np.asarray(Image.open(photo)))
     with pytest.raises(SystemExit) as refused:
         main(["add-noise", str(photo), "-o", str(tmp_path / "s.png"), "--seed", "-1"])
-    assert refused.value.code == 2 and "expected a seed, a whole number >= 0" in capsys.readouterr().err
+    assert refused.value.code == 2 and "expected a seed, a whole number from 0 to 2147483647" in capsys.readouterr().err
+    for argv in (["visualize", "--eval-seed", "99999999999999999999999"], ["evaluate", "--eval-seed", "-1"],
+                 ["train", "--seed", "3000000000"]):  # the first ended in torch's 'Overflow' traceback (exit 1)
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        assert refused.value.code == 2 and "expected a seed, a whole number from 0 to" in capsys.readouterr().err
     with pytest.raises(InputError, match=r"seed is a whole number >= 0 .* got -1"):
         add_noise_to_file(photo, tmp_path / "s.png", 0.1, seed=-1)
     assert not (tmp_path / "s.png").exists()

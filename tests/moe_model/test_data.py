@@ -43,6 +43,29 @@ def test_missing_and_malformed_folders(tmp_path):
         load_cifar10(tmp_path / "d", "holdout")
 
 
+def test_an_unreadable_folder_or_sidecar_is_said_not_a_traceback(fake_cifar, random_weights, monkeypatch):
+    """A CIFAR-10 folder or a weights sidecar without read permission ended in a PermissionError traceback (exit 1).
+    (Root reads everything, so the operating system's refusal is stood in for.)"""
+    import pathlib
+
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import read_sidecar
+
+    real = pathlib.Path.is_file
+    blocked = {str(fake_cifar / "test_batch"), str(random_weights.with_suffix(".json"))}
+
+    def is_file(self):
+        if str(self) in blocked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_file", is_file)
+    with pytest.raises(DatasetError, match=r"cannot read .*test_batch \(Permission denied\); give a folder you can"):
+        load_cifar10(fake_cifar, "test")
+    with pytest.raises(CheckpointError, match=r"sidecar .*\.json cannot be read \(Permission denied\)"):
+        read_sidecar(random_weights)
+
+
 def test_noise_protocols():
     clean = torch.full((4, 3, 32, 32), 0.5)
     g = torch.Generator().manual_seed(0)
