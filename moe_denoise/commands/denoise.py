@@ -111,6 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise std on [0, 1] pixels, or levels of 255 (25/255 = 0.098)")
     q.add_argument("--seed", type=seed_number, default=0, help="the same seed gives the same noise")
     q.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
+    q.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse photos with more pixels than this (width x height), before decoding them (its "
+                        "refusal named this option, which add-noise did not have)")
     q.set_defaults(func=run_add_noise)
 
 
@@ -439,6 +442,7 @@ def run_add_noise(args: argparse.Namespace) -> int:
 
     if args.output.is_dir():  # a folder: the copy goes in under the input's name, as with denoise
         args.output = args.output / args.input.name
-    r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite)
+    r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite,
+                          max_pixels=args.max_pixels)
     print(f"wrote {r['output']} (sigma {r['sigma']:.4g} = {r['sigma'] * 255:.4g}/255, seed {r['seed']})")
     return 0

@@ -474,6 +474,10 @@ def test_add_noise_takes_negative_zero_and_refuses_a_negative_seed(capsys, tmp_p
         assert refused.value.code == 2 and "expected a seed, a whole number from 0 to" in capsys.readouterr().err
     with pytest.raises(InputError, match=r"seed is a whole number >= 0 .* got -1"):
         add_noise_to_file(photo, tmp_path / "s.png", 0.1, seed=-1)
+    # a photo over the limit is refused naming --max-pixels, which add-noise now has
+    assert main(["add-noise", str(photo), "-o", str(tmp_path / "s.png"), "--max-pixels", "50"]) == 2
+    assert "raise the limit (--max-pixels 64" in capsys.readouterr().err
+    assert main(["add-noise", str(photo), "-o", str(tmp_path / "m.png"), "--max-pixels", "64"]) == 0
     assert not (tmp_path / "s.png").exists()
     add_noise_to_file(photo, tmp_path / "n.png", -0.0)  # the library too
 
