@@ -308,3 +308,13 @@ def test_peak_estimate_for_a_large_rgb_photo() -> None:
     reserve = photo.DENOISER_BYTES_PER_TILE * DEFAULT_BATCH_SIZE
     peak = denoise_peak_bytes(header) - reserve
     assert 7 * 144e6 <= peak <= 7.5 * 144e6
+
+
+def test_peak_estimate_counts_no_more_tiles_a_call_than_the_photo_has() -> None:
+    """--batch-size 100000000 on a 35-tile photo was refused as needing 243 TiB ('split the image'): a call holds at
+    most the photo's tiles, so any larger batch size needs what the tile count needs."""
+    header = images.ImageHeader(path="x.png", format="PNG", mode="RGB", layout="RGB", bit_depth=8, width=77,
+                                height=45, core_bytes_per_pixel=4)
+    tiles = plan_tiles(45, 77, DEFAULT_TILE, DEFAULT_OVERLAP).count
+    assert denoise_peak_bytes(header, batch_size=100_000_000) == denoise_peak_bytes(header, batch_size=tiles) < 2**30
+    assert denoise_peak_bytes(header, batch_size=1) < denoise_peak_bytes(header, batch_size=tiles)
