@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from moe_base.fileio import check_output_file
+    from moe_base.fileio import check_output_file, first_missing, remove_if_empty
     from moe_model.data import fixed_noisy, load_cifar10, to_float
     from moe_model.visualize import denoise_grid, routing_maps
 
@@ -79,11 +79,16 @@ def run(args: argparse.Namespace) -> int:
         den, routing = model(noisy, return_routing=True)
     # both pictures are drawn first and then put in place together: an interrupted run leaves the old pair, not a
     # new grid beside old maps
+    made = first_missing(args.out_dir)  # removed again when stopped while drawing (an empty folder was left)
     args.out_dir.mkdir(parents=True, exist_ok=True)  # checked above, made now that there is something to put there
-    with tempfile.TemporaryDirectory(dir=args.out_dir, prefix=".visualize-") as tmp:
-        denoise_grid(noisy, den, clean, Path(tmp) / grid.name, scale=args.scale)
-        routing_maps(noisy, routing, Path(tmp) / maps.name, scale=args.scale)
-        os.replace(Path(tmp) / grid.name, grid)
-        os.replace(Path(tmp) / maps.name, maps)
+    try:
+        with tempfile.TemporaryDirectory(dir=args.out_dir, prefix=".visualize-") as tmp:
+            denoise_grid(noisy, den, clean, Path(tmp) / grid.name, scale=args.scale)
+            routing_maps(noisy, routing, Path(tmp) / maps.name, scale=args.scale)
+            os.replace(Path(tmp) / grid.name, grid)
+            os.replace(Path(tmp) / maps.name, maps)
+    except BaseException:
+        remove_if_empty(args.out_dir, made)
+        raise
     print(f"wrote {grid} and {maps}")
     return 0
