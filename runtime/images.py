@@ -21,7 +21,8 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Multi-frame files** (animated PNG/GIF, multi-page TIFF): the first frame is read (noted).
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
-  caller's ``quality``; WebP too) with 4:4:4 chroma; the ICC profile and DPI are kept.
+  caller's ``quality``) with 4:4:4 chroma; WebP at the same quality, lossy, with the 4:2:0 chroma libwebp always
+  writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept.
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
   is written. **BMP output** is refused for images with alpha (readers take the fourth byte as padding).

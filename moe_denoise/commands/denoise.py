@@ -85,8 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how much of the denoising to keep, 0 to 1: 1 = all of it (after the clean-input guard), "
                         "0.7 keeps some of the photo's grain, 0 gives the input back")
     p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",  # runtime.images.JPEG_QUALITY
-                   help="quality of JPEG and WebP outputs, 1 to 100 (written with 4:4:4 chroma); lower gives smaller "
-                        "files and undoes more of the denoising; other formats are lossless")
+                   help="quality of JPEG and WebP outputs, 1 to 100 (JPEG with 4:4:4 chroma; WebP always with 4:2:0, "
+                        "half the colour resolution); lower gives smaller files and undoes more of the denoising; "
+                        "other formats are lossless")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress (a bar on a terminal; in a log, a line every 30 s of a large photo)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (no progress)")
