@@ -102,5 +102,5 @@ def signals_held() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        if got:
-            signal.raise_signal(got[0])
+    if got:  # only after a block that finished: an error in it (a full disk) is not hidden behind the stop
+        signal.raise_signal(signal.SIGTERM if signal.SIGTERM in got else got[0])

@@ -284,8 +284,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
                 bar.step(f"loss {run_loss:.5f}, {seen / (time.perf_counter() - t0):.0f} img/s")
         except KeyboardInterrupt as e:  # the partial epoch is lost: said, with what --resume does
             bar.close()
+            again = "which --resume does again" if resume or epoch > start_epoch else "lost with it"
             raise Interrupted.said(e, f"epoch {epoch + 1}/{cfg.epochs} had done {step} of {steps_per_epoch} steps, "
-                                      f"which --resume does again") from None
+                                      f"{again}") from None
         bar.close()
         val = evaluate_loss(model, val_noisy, val_clean, 256, device)
         val["loss"] = selection_loss(val, cfg.loss)

@@ -5,6 +5,7 @@ Only the standard library and numpy are imported here, so ``import serving`` wor
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,15 +43,16 @@ def check_log_file(path: Path) -> None:
         if b"\0" in head or head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff":
             raise InputError(f"--log-file {path} exists and is not a text log (Triton appends to it); choose a new "
                              f"path or a log file")
-    existed = path.exists()
+    existed = os.path.lexists(path)  # a link to a file not made yet is the user's: never made and removed here
     try:
-        with open(path, "ab"):
-            pass
+        if existed:  # O_NONBLOCK: a FIFO without a reader is refused, not waited on
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        else:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            path.unlink()  # made when the server starts; a refused start leaves nothing
     except OSError as e:
         raise InputError(f"--log-file {path} cannot be {'appended to' if existed else 'made'} ({e.strerror or e}); "
                          f"give a file in a folder you can write to (Triton does not make folders)") from None
-    if not existed:
-        path.unlink(missing_ok=True)  # made when the server starts; a refused start leaves nothing
 
 
 def free_port(host: str = LOOPBACK) -> int:

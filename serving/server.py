@@ -58,8 +58,8 @@ class RequestRefused(InputError):
     PyTriton answers a failed request with the exception formatted with its traceback
     (``traceback.format_exception(None, e, e.__traceback__)``), which showed every client this server's file paths
     and PyTriton's internals around the one line meant for it. This exception's traceback reads as None from Python
-    (the interpreter keeps the real one, so the server's own logs still have it): the answer is
-    ``serving.server.RequestRefused: <message>``."""
+    (the interpreter keeps the real one): the answer is ``serving.server.RequestRefused: <message>``. This rests on
+    PyTriton 0.7 formatting the error with ``e.__traceback__``; should that change, the traceback is back, no worse."""
 
     @property  # type: ignore[override]
     def __traceback__(self) -> None:
@@ -119,6 +119,7 @@ class DenoiseServer:
         self._log_dir: str | None = None
         self.died = False  # tritonserver ended on its own (crashed or was killed), found when stopping
         self._serving = False  # started, and not stopped since
+        self._asked_to_stop = False  # request_stop() was called (a signal, or stop())
 
     # --- configuration before start -------------------------------------------------------------------------
     def add_tile_model(self, name: str, dynamic_batching: bool, queue_delay_us: int | None = None,
@@ -152,6 +153,7 @@ class DenoiseServer:
             return self
         self._stopped.clear()  # a request_stop() arriving while starting is kept: wait() then returns at once
         self._abandon_at = None
+        self.died, self._asked_to_stop = False, False
         backend_env.check_pytriton()
         self.backend_env = backend_env.prepare()
         if not self.config.log_verbose:
@@ -262,6 +264,7 @@ class DenoiseServer:
         """Make :meth:`wait` return (safe in a signal handler); then call :meth:`stop`. Photos in progress get
         ABANDON_AFTER_S to finish; ``abandon_now`` (a second Ctrl-C) ends them at their next runner call."""
         self._stopped.set()
+        self._asked_to_stop = True
         now = time.monotonic()
         self._abandon_at = now if abandon_now else min(self._abandon_at or math.inf, now + ABANDON_AFTER_S)
 
@@ -282,11 +285,12 @@ class DenoiseServer:
     def stop(self) -> None:
         """Stop tritonserver (it finishes requests in flight, photos for up to ABANDON_AFTER_S), unload the models
         and release the runners."""
+        if self._serving and not self._asked_to_stop and not self.is_alive():  # ended on its own, unasked
+            self.died = True
         self.request_stop()
         triton, self._triton = self._triton, None
         if triton is not None:
             workspace = getattr(getattr(triton, "_workspace", None), "path", None)
-            self.died = self.died or (self._serving and not self.is_alive(triton))
             with contextlib.suppress(Exception):  # noqa: BLE001 - shutting down: report nothing, leave nothing
                 triton.stop()
             if workspace is not None:

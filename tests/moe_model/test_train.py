@@ -209,6 +209,10 @@ def test_a_stop_within_an_epoch_says_what_resume_does_again(fake_cifar, tmp_path
     with pytest.raises(Interrupted, match=r"^epoch 2/3 had done 2 of 4 steps, which --resume does again$"):
         train(small_config(fake_cifar, tmp_path / "run", epochs=3, max_train=64), progress=False, log=lambda s: None)
     assert load_training_state(tmp_path / "run" / "last.pt")["epoch"] == 1
+    calls.clear()  # in the first epoch nothing is kept: --resume would not do them again
+    with pytest.raises(Interrupted, match=r"^epoch 1/3 had done 2 of 4 steps, lost with it$"):
+        calls.extend([1] * 4)
+        train(small_config(fake_cifar, tmp_path / "new", epochs=3, max_train=64), progress=False, log=lambda s: None)
 
 
 def test_stop_after_epoch_on_the_command_line(fake_cifar, tmp_path, capsys):
@@ -245,6 +249,10 @@ def test_signals_held_until_the_block_is_done():
             done.append("the rest of the block ran")
     assert done == ["the rest of the block ran"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(OSError, match="disk full"):  # a failing block's error is not hidden behind the stop
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise OSError(28, "disk full")
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(fake_cifar, tmp_path, monkeypatch):

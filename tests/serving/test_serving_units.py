@@ -265,6 +265,8 @@ def test_image_model_refuses_a_photo_it_has_no_memory_for(monkeypatch):
                                          r"only 2\.00 GiB more \(a test's bound\).*narrower image"):
         model.check({"image_u8": np.zeros((1, 1 << 24, 1), np.uint8)})
     assert image_peak_bytes(1, 1 << 24, 1, 16, 64) > 50 * image_peak_bytes(4096, 4096, 1, 16, 64)
+    # serve --image-batch 65536 counted 65536 tiles a call for a 16-tile photo (163 GiB): at most its own tiles
+    assert image_peak_bytes(40, 40, 3, 16, 65536) == image_peak_bytes(40, 40, 3, 16, 16) < 2**28
     pixels = np.zeros((256, 256, 3), np.uint8)
     assert model.check({"image_u8": pixels}) is pixels
 
@@ -661,3 +663,19 @@ def test_a_log_file_that_cannot_be_written_is_refused(tmp_path, where):
     with pytest.raises(InputError, match=r"--log-file .* cannot be made \(.*\); give a file in a folder you can write"):
         ServeConfig(log_file=where.format(tmp=tmp_path)).validate()
     assert not (tmp_path / "no").exists()
+
+
+def test_the_log_file_check_leaves_a_link_and_a_fifo_alone(tmp_path):
+    """A --log-file that is a link to a file not made yet lost the link (the check made the target and removed the
+    link); a FIFO without a reader made serve wait for ever."""
+    import os
+
+    link = tmp_path / "log.link"
+    link.symlink_to(tmp_path / "not-yet.log")
+    with pytest.raises(InputError, match="cannot be appended to"):
+        ServeConfig(log_file=str(link)).validate()
+    assert link.is_symlink() and not (tmp_path / "not-yet.log").exists()
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="cannot be appended to"):
+        ServeConfig(log_file=str(fifo)).validate()
