@@ -26,16 +26,17 @@ COMMANDS = ("train", "evaluate", "visualize", "export", "build", "parity", "deno
 def print_json(obj: Any) -> None:
     """``obj`` as strict JSON: an infinite or NaN number is written as null (``Infinity``, which denoise --reference
     printed for an input identical to its reference, is refused by strict parsers such as JavaScript's)."""
-    print(json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False))
+    print(json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with inf / nan (a clean input's PSNR) as None and keys as strings: what strict JSON can hold."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

@@ -174,26 +174,14 @@ def _bm3d_photos(args: argparse.Namespace, photos: list[str]) -> list[str]:
     return list(args.bm3d_photos)
 
 
-def _json_safe(obj: Any) -> Any:
-    """inf / nan (a clean input's PSNR) become null: strict JSON has no infinities."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _emit(args: argparse.Namespace, report: Any, text: str, plot_png: bytes | None = None) -> None:
     """Print the report, then write --plot and --save-json: a file that cannot be written (one that appeared during
     the run, without --overwrite) then loses nothing, since the results are on the screen already."""
     from moe_base.fileio import atomic_write, atomic_write_json
+    from moe_denoise.cli import json_safe, print_json
 
-    safe = _json_safe(report)
+    safe = json_safe(report)
     if args.json:
-        from moe_denoise.cli import print_json
-
         print_json(safe)
     else:
         print(text)
