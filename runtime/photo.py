@@ -66,8 +66,7 @@ def denoise_peak_bytes(header: ImageHeader, tile: int = DEFAULT_TILE, overlap: i
     """
     compact = header.compact_bytes
     wide = max(header.width, header.height)  # the upright image may be turned by its EXIF orientation
-    # a call holds at most the photo's tiles (--batch-size 100000000 on a 35-tile photo "needed" 243 TiB)
-    batch_size = max(1, min(batch_size, plan_tiles(header.height, header.width, tile, overlap).count))
+    batch_size = plan_tiles(header.height, header.width, tile, overlap).call_size(batch_size)
     work = band_working_bytes(wide, tile, overlap, batch_size, band_rows)
     if header.bit_depth == 16 and header.layout != "L":
         encode = compact  # pypng writes row by row; tifffile from the array (and its compressor's strips)

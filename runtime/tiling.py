@@ -75,6 +75,11 @@ class TilePlan:
         """Number of tiles the denoiser sees."""
         return len(self.ys) * len(self.xs)
 
+    def call_size(self, batch_size: int) -> int:
+        """Tiles one denoiser call holds at most with ``batch_size`` asked: never more than the image has (a
+        batch of 100,000,000 for a 35-tile photo is 35 tiles a call, not 243 TiB of memory to plan for)."""
+        return max(1, min(batch_size, self.count))
+
 
 def _axis_plan(length: int, tile: int, overlap: int) -> tuple[int, int, tuple[int, ...]]:
     """(pad_before, padded_length, tile starts) along one axis.

@@ -152,7 +152,7 @@ def image_peak_bytes(height: int, width: int, channels: int, overlap: int, batch
     (:func:`runtime.tiling.band_working_bytes`, which grow with the width), and what the runner may grow by
     (:data:`runtime.photo.DENOISER_BYTES_PER_TILE` a tile of a call)."""
     values = height * width * channels
-    batch_size = max(1, min(batch_size, plan_tiles(height, width, overlap=overlap).count))  # a call: its tiles at most
+    batch_size = plan_tiles(height, width, overlap=overlap).call_size(batch_size)
     return (values * (3 * 4 + 2 * 8 + 2) + band_working_bytes(width, overlap=overlap, batch_size=batch_size)
             + DENOISER_BYTES_PER_TILE * batch_size)
 

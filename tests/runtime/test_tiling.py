@@ -320,3 +320,9 @@ def test_what_is_not_a_tile_denoiser_is_named_before_any_work(tmp_path):
         denoise_file(tmp_path / "in.png", tmp_path / "out.png", tmp_path / "w.safetensors")
     out = denoise_array(image, lambda batch: batch * 0.5, tile=64, overlap=8, guard=False)  # a function: any tile
     np.testing.assert_allclose(out, image * 0.5, atol=1e-6)
+
+
+def test_a_call_holds_at_most_the_tiles_the_image_has() -> None:
+    plan = plan_tiles(40, 60)
+    assert plan.count == 20
+    assert [plan.call_size(b) for b in (1, 19, 20, 21, 100_000_000)] == [1, 19, 20, 20, 20]
