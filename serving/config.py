@@ -5,6 +5,7 @@ Only the standard library and numpy are imported here, so ``import serving`` wor
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -60,6 +61,20 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) reaches this machine only: 127.0.0.0/8, ::1, or a name such as
+    localhost that resolves to those alone. A name that does not resolve counts as not loopback."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(found) and all(ipaddress.ip_address(str(a[4][0]).split("%")[0]).is_loopback for a in found)
 
 
 def check_listenable(host: str, port: int, option: str) -> None:

@@ -98,6 +98,7 @@ def clear_ready_file(path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from serving.config import is_loopback
     from serving.server import ABANDON_AFTER_S, DenoiseServer
 
     config = config_from_args(args)
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
                 f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
-        if config.address not in ("127.0.0.1", "localhost", "::1"):
+        if not is_loopback(config.address):
             log(f"listening on {config.address}, without authentication: one HTTP request can crash this "
                 f"tritonserver; read 'Exposing the server' in docs/serving.md before others can reach it")
         asked = server.wait()

@@ -13,7 +13,7 @@ from runtime import InputError
 from runtime.tiling import denoise_array, denoise_array_guarded
 from serving import backend_env
 from serving.client import parse_metrics, parse_url, server_message
-from serving.config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_OUTPUTS, ServeConfig
+from serving.config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_OUTPUTS, ServeConfig, is_loopback
 from serving.models import (
     BATCHED_WITH_INVALID,
     ImageModel,
@@ -679,3 +679,10 @@ def test_the_log_file_check_leaves_a_link_and_a_fifo_alone(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="cannot be appended to"):
         ServeConfig(log_file=str(fifo)).validate()
+
+
+@pytest.mark.parametrize("host, expected", [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True),
+                                            ("localhost", True), ("0.0.0.0", False), ("::", False),
+                                            ("10.1.2.3", False), ("no-such-host.invalid", False)])
+def test_only_addresses_of_this_machine_alone_count_as_loopback(host, expected):
+    assert is_loopback(host) is expected
