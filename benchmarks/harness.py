@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import TILE_SHAPE
-from moe_base.errors import InputError, Interrupted
+from moe_base.errors import InputError, Interrupted, signals_held
 from moe_base.machine import fingerprint, load_average
 from moe_base.optional import available
 from moe_base.tolerances import get_tolerance
@@ -366,12 +366,13 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
             break
         order = round_order(live, r)
         schedule.append([c.key for c in order])
-        kept = [(len(c.samples), len(c.turns)) for c in cells]
+        kept = [(len(c.samples), len(c.turns), dict(c.memory)) for c in cells]
         try:
             _one_round(order, r, timers, probes)
         except KeyboardInterrupt:
-            for c, (n_samples, n_turns) in zip(cells, kept):
+            for c, (n_samples, n_turns, memory) in zip(cells, kept):  # its times and its memory peaks alike
                 del c.samples[n_samples:], c.turns[n_turns:]
+                c.memory = memory
             schedule.pop()
             raise
         done = r + 1
@@ -698,25 +699,37 @@ def _time_all(live: list[_Backend], settings: BenchSettings, timer_factory: Call
             interrupt = e
             log(f"batch {batch}: {interrupt_reason(e)} after {len(rounds)} complete round(s); what was measured "
                 f"is kept")
-            if not any(c.samples for c in cells):
+            if not any(c.samples or c.error is not None for c in cells):  # a cell that failed says so, even then
                 schedule.pop(str(batch), None)
                 rows += _skipped_rows(live, settings, batch, interrupt_reason(e))
                 continue
-        for cell in cells:
-            row = summarise_cell(cell, batch, flops_per_image, peaks)
-            if interrupt is not None and not cell.samples and cell.error is None:
-                row.update(status="skipped", reason=interrupt_reason(interrupt))
-            rows.append(row)
-            if row["status"] == "ok":
-                log(f"    {cell.key:<28} p50 {row['latency_ms']['p50']:9.3f} ms  {row['throughput_ips']:9.1f} img/s "
-                    f"(n={row['n_samples']})")
-            else:
-                log(f"    {cell.key:<28} {row['status']}: {row['reason']}")
-        for comparison in paired_rows(cells, batch):
-            paired.append(comparison)
-            log(f"    {comparison['backend']} vs {comparison['versus']} ({comparison['mode']}), round by round: time "
-                f"{paired_text(comparison)}")
+        try:
+            with signals_held():  # a stop while the batch is summed up waits for its rows, then stops the timing
+                _summarise_batch(cells, batch, flops_per_image, peaks, interrupt, rows, paired, log)
+        except KeyboardInterrupt as e:
+            interrupt = interrupt or e
     return rows, schedule, paired, interrupt
+
+
+def _summarise_batch(cells: list[_Cell], batch: int, flops_per_image: float | None, peaks: dict[str, float],
+                     interrupt: KeyboardInterrupt | None, rows: list[dict[str, Any]], paired: list[dict[str, Any]],
+                     log: Callable[[str], None]) -> None:
+    """The rows of one batch size's cells (those an interrupt left without a sample are skipped) and its
+    round-by-round comparisons, appended to ``rows`` and ``paired`` and logged."""
+    for cell in cells:
+        row = summarise_cell(cell, batch, flops_per_image, peaks)
+        if interrupt is not None and not cell.samples and cell.error is None:
+            row.update(status="skipped", reason=interrupt_reason(interrupt))
+        rows.append(row)
+        if row["status"] == "ok":
+            log(f"    {cell.key:<28} p50 {row['latency_ms']['p50']:9.3f} ms  {row['throughput_ips']:9.1f} img/s "
+                f"(n={row['n_samples']})")
+        else:
+            log(f"    {cell.key:<28} {row['status']}: {row['reason']}")
+    for comparison in paired_rows(cells, batch):
+        paired.append(comparison)
+        log(f"    {comparison['backend']} vs {comparison['versus']} ({comparison['mode']}), round by round: time "
+            f"{paired_text(comparison)}")
 
 
 def interrupt_reason(interrupt: BaseException) -> str:

@@ -77,10 +77,11 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.signum = signum
 
-    @classmethod
-    def said(cls, interrupt: BaseException, message: str) -> Interrupted:
-        """``interrupt`` (a KeyboardInterrupt, or an Interrupted of either signal) with the command's own message."""
-        return cls(message, getattr(interrupt, "signum", 2))
+    @staticmethod
+    def said(interrupt: BaseException, message: str) -> Interrupted:
+        """``interrupt`` (a KeyboardInterrupt, or an Interrupted of either signal) as a plain Interrupted with the
+        command's own message (a subclass's extra state, such as a benchmark's document, stays behind)."""
+        return Interrupted(message, getattr(interrupt, "signum", 2))
 
 
 @contextlib.contextmanager

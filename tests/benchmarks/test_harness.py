@@ -2,6 +2,7 @@
 interleaving, the results schema, the Markdown report, the GPU method by injection."""
 import copy
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -91,8 +92,8 @@ def run(specs, calls, ms, sets=None, **kw):
     timer = FakeTimer(calls, ms)
     kw.setdefault("timer_factory", lambda device: timer)
     doc = run_benchmark(specs, FakeRunner("reference", calls), sets or settings(), flops=FLOPS,
-                        meta={"command": "test", "mode": "custom"}, probe_factory=lambda d: FakeProbe(),
-                        peak_fn=fake_peak, environment=copy.deepcopy(FAKE_ENV), log=lambda s: None, **kw)
+                        meta={"command": "test", "mode": "custom"}, **{"probe_factory": lambda d: FakeProbe(), **kw},
+                        peak_fn=fake_peak, environment=copy.deepcopy(FAKE_ENV), log=lambda s: None)
     return doc, timer
 
 
@@ -257,17 +258,17 @@ def test_deadline_skips_the_remaining_batch_sizes():
 
 
 class InterruptingTimer(FakeTimer):
-    """A FakeTimer that is stopped by SIGTERM in its ``at``-th timed call at batch 4 (the call itself ran)."""
+    """A FakeTimer that is stopped by SIGTERM in its ``at``-th timed call at batch ``batch`` (the call itself ran)."""
 
-    def __init__(self, calls, ms_per_image, at):
+    def __init__(self, calls, ms_per_image, at, batch=4):
         super().__init__(calls, ms_per_image)
-        self.at, self.at_batch_4 = at, 0
+        self.at, self.at_batch, self.stop_batch = at, 0, batch
 
     def time(self, fn):
         t = super().time(fn)
-        if self.batch == 4:
-            self.at_batch_4 += 1
-            if self.at_batch_4 == self.at:
+        if self.batch == self.stop_batch:
+            self.at_batch += 1
+            if self.at_batch == self.at:
                 raise Interrupted("", 15)
         return t
 
@@ -303,6 +304,70 @@ def test_an_interrupt_during_timing_keeps_what_was_measured():
     rows = {(r["backend"], r["batch"]): r for r in caught.value.doc["results"]}
     assert rows[("base", 1)]["status"] == "ok" and rows[("base", 4)]["status"] == "skipped"
     assert "4" not in caught.value.doc["schedule"]
+    validate_results(caught.value.doc)
+
+
+class GrowingProbe(FakeProbe):
+    """A memory probe whose every turn peaks 10 MB higher than the one before."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        return {"peak_rss_mb": 100.0 + 10 * self.reads}
+
+
+def test_an_interrupted_round_takes_back_its_memory_peaks_with_its_times():
+    """The round in progress at a stop was taken back from the times but not from the memory peaks: a cell kept the
+    peak of a turn whose time was dropped."""
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("other", calls)]
+    timer = InterruptingTimer(calls, {"base": 1.0, "other": 2.0}, at=6)  # round 2: 'other' has its turn, 'base' stops
+    probe = GrowingProbe()
+    with pytest.raises(BenchmarkInterrupted) as caught:
+        run(specs, calls, {}, settings(batches=(4,)), timer_factory=lambda device: timer,
+            probe_factory=lambda device: probe)
+    assert probe.reads == 3  # round 1: base 110, other 120; round 2: other 130, taken back
+    rows = {r["backend"]: r for r in caught.value.doc["results"]}
+    assert rows["base"]["memory"]["peak_rss_mb"] == 110.0 and rows["other"]["memory"]["peak_rss_mb"] == 120.0
+
+
+def test_a_cell_that_failed_before_a_stop_says_so_rather_than_skipped():
+    """Stopped before any cell of a batch size had a sample, every cell was recorded as skipped, including one whose
+    warm-up had already failed (out of memory): the run then hid the error."""
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("other", calls, fail_at_batch=8)]
+    timer = InterruptingTimer(calls, {"base": 1.0, "other": 2.0}, at=1, batch=8)  # base's first timed call at 8
+    with pytest.raises(BenchmarkInterrupted) as caught:
+        run(specs, calls, {}, settings(batches=(1, 8)), timer_factory=lambda device: timer)
+    rows = {(r["backend"], r["batch"]): r for r in caught.value.doc["results"]}
+    assert rows[("other", 8)]["status"] == "error" and "out of memory at batch 8" in rows[("other", 8)]["reason"]
+    assert rows[("base", 8)]["status"] == "skipped" and rows[("base", 8)]["reason"] == "stopped by SIGTERM"
+    assert rows[("base", 1)]["status"] == "ok"
+    validate_results(caught.value.doc)
+
+
+def test_a_stop_while_a_batch_size_is_summed_up_keeps_its_rows():
+    """Ctrl-C while a batch size's rows were being made and logged escaped as a bare KeyboardInterrupt: nothing was
+    written. Now the rows are made first, then the stop goes on as one during the timing."""
+    calls = []
+    specs = [spec("base", calls, baseline=True), spec("other", calls)]
+    said = []
+
+    def log(line):
+        said.append(line)
+        if "p50" in line and len([s for s in said if "p50" in s]) == 1:
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, in the first row's log line
+
+    with pytest.raises(BenchmarkInterrupted) as caught:
+        run_benchmark(specs, FakeRunner("reference", calls), settings(batches=(1, 4)), flops=FLOPS,
+                      meta={"command": "test", "mode": "custom"}, probe_factory=lambda d: FakeProbe(),
+                      timer_factory=lambda d: FakeTimer(calls, {"base": 1.0, "other": 2.0}), peak_fn=fake_peak,
+                      environment=copy.deepcopy(FAKE_ENV), log=log)
+    rows = {(r["backend"], r["batch"]): r["status"] for r in caught.value.doc["results"]}
+    assert rows == {("base", 1): "ok", ("other", 1): "ok", ("base", 4): "skipped", ("other", 4): "skipped"}
+    assert caught.value.signum == 2
     validate_results(caught.value.doc)
 
 
