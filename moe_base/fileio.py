@@ -268,6 +268,17 @@ def holds(path: str | Path, sha256: str) -> bool:
     return Path(path).is_file() and sha256_file(path) == sha256
 
 
+def refuse_dangling_link(path: Path, overwrite: bool, option: str = "--overwrite") -> None:
+    """InputError when ``path`` is a symbolic link to nothing and ``overwrite`` is off: it exists as a link, so it
+    cannot be made without replacing it (that refusal came after the work, and said the output 'appeared while it
+    was being written')."""
+    if overwrite or not path.is_symlink() or path.exists():
+        return
+    raise InputError(f"the output '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; "
+                     f"refusing to replace the link. Remove it, choose another path, or pass {option} (the link "
+                     f"itself is then replaced by the file, its target left alone)")
+
+
 def check_output_file(path: str | Path, overwrite: bool = False, option: str = "--overwrite") -> Path:
     """Before any work: ``path`` can be written, and is replaced only when ``overwrite`` says so.
 
@@ -279,6 +290,7 @@ def check_output_file(path: str | Path, overwrite: bool = False, option: str = "
     if path.exists() and not overwrite:
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another path or pass "
                          f"{option}")
+    refuse_dangling_link(path, overwrite, option)
     folder = path.parent
     # no folder is made here (a refused command left empty ones behind): the nearest one that exists must be a
     # folder that takes new files; the missing ones are made when the file is written

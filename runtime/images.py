@@ -51,7 +51,7 @@ from typing import IO, Any
 import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError
-from moe_base.fileio import atomic_write, check_output_file
+from moe_base.fileio import atomic_write, check_output_file, refuse_dangling_link
 from moe_base.optional import require
 
 JPEG_QUALITY = 95
@@ -666,6 +666,7 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
         what = "is the input image" if same else "already exists"
         raise InputError(f"the output '{target}' {what}; refusing to replace it. Choose another output path or "
                          f"pass --overwrite (overwrite=True in Python)")
+    refuse_dangling_link(target, overwrite, "--overwrite (overwrite=True in Python)")
     check_output_file(target, overwrite=True)  # the folder takes a file: found out now, not after the work
 
 

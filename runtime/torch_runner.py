@@ -156,11 +156,12 @@ class TorchRunner(BaseRunner):
     def _activate_impl(self) -> None:
         torch = require("torch", "the PyTorch backend")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            asked = [o for o, on in (("cuda_graph=True", self.cuda_graph),
-                                     (f"precision={self.precision!r}", self.precision != "fp32")) if on]
+            asked = [o for o, on in (("CUDA graphs", self.cuda_graph),
+                                     (f"{self.precision} precision", self.precision != "fp32")) if on]
             raise NoGPUError(f"device {self.device!r}{' with ' + ', '.join(asked) if asked else ''} was asked for but "
-                             f"torch {torch.__version__} sees no CUDA GPU; use device='cpu'"
-                             f"{' without cuda_graph' if self.cuda_graph else ''}")
+                             f"torch {torch.__version__} sees no CUDA GPU; use --device cpu"
+                             f"{' without CUDA graphs' if self.cuda_graph else ''} (device='cpu' in Python), or run "
+                             f"on a machine with an NVIDIA GPU and a CUDA build of torch")
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.model is None:

@@ -81,6 +81,26 @@ def whole_number(text: str, lo: int, hi: int | None, expected: str) -> int:
     return value
 
 
+def number(text: str) -> float:
+    """argparse type: a finite number, in any form float() reads (0.7, 1e-3); its range is the command's to check,
+    with the option's meaning in the message. A word was refused in argparse's terse 'invalid float value'."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number (e.g. 0.7 or 1e-3), got {text!r}")
+    return value
+
+
+def whole(text: str) -> int:
+    """argparse type: a whole number, any sign (its range is the command's to check, as for :func:`number`)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 SEED_MAX = 2**31 - 1  # torch and numpy take any seed up to here (beyond 2**63 torch failed with a traceback)
 
 

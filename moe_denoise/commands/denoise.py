@@ -17,12 +17,14 @@ from . import (
     make_runner,
     noise_std,
     nonempty,
+    number,
     path_arg,
     positive_int,
     runner_options_given,
     seconds,
     seed_number,
     tile_overlap,
+    whole,
 )
 
 SERVER_TIMEOUT_S = 3600.0
@@ -81,13 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "only lightly noisy (estimated noise <= 20/255; a JPEG's noise is read at two scales, as JPEG "
                         "removes the finest detail: a JPEG file's, or a PNG/TIFF whose pixels were JPEG once); see "
                         "docs/evaluation.md")
-    p.add_argument("--strength", type=float, default=1.0,
+    p.add_argument("--strength", type=number, default=1.0,
                    help="how much of the denoising to keep, 0 to 1: 1 = all of it (after the clean-input guard), "
                         "0.7 keeps some of the photo's grain, 0 gives the input back")
-    p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",  # runtime.images.JPEG_QUALITY
-                   help="quality of JPEG and WebP outputs, 1 to 100 (JPEG with 4:4:4 chroma; WebP always with 4:2:0, "
-                        "half the colour resolution); lower gives smaller files and undoes more of the denoising; "
-                        "other formats are lossless")
+    p.add_argument("--jpeg-quality", type=whole, default=None, metavar="Q",  # None: runtime.images.JPEG_QUALITY
+                   help="quality of JPEG and WebP outputs, 1 to 100, default 95 (JPEG with 4:4:4 chroma; WebP always "
+                        "with 4:2:0, half the colour resolution); lower gives smaller files and undoes more of the "
+                        "denoising; other formats are lossless, and refuse it")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress (a bar on a terminal; in a log, a line every 30 s of a large photo)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (no progress)")
@@ -120,13 +122,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from runtime.guard import check_guard_sigma, check_sigma, check_strength
-    from runtime.images import check_quality
+    from runtime.images import JPEG_QUALITY, check_quality
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
     check_guard_sigma(args.sigma, not args.no_guard, f"--sigma {args.sigma:g}" if args.sigma is not None else None,
                       "--no-guard")
     check_backend_options(args)
     check_strength(args.strength, "--strength")
+    args.quality_given = args.jpeg_quality is not None
+    args.jpeg_quality = JPEG_QUALITY if args.jpeg_quality is None else args.jpeg_quality
     check_quality(args.jpeg_quality, "--jpeg-quality")
     if args.server is not None:
         check_remote_options(args)
@@ -153,10 +157,26 @@ def run(args: argparse.Namespace) -> int:
         return run_single(args)
 
 
+def check_quality_used(args: argparse.Namespace, outputs: list[Path]) -> None:
+    """--jpeg-quality given, and no output is JPEG or WebP: refused (it was ignored in silence, and a PNG written at
+    full quality where a small file was asked for)."""
+    from runtime.images import output_format
+
+    if not getattr(args, "quality_given", False) or not outputs:
+        return
+    formats = {output_format(p) for p in outputs}
+    if formats.isdisjoint({"JPEG", "WEBP"}):
+        what = (f"{outputs[0]} is {formats.pop()}" if len(outputs) == 1 else
+                f"the {len(outputs)} outputs are {', '.join(sorted(formats))}")
+        raise InputError(f"--jpeg-quality sets the quality of JPEG and WebP outputs, and {what}, which is written "
+                         f"lossless: leave --jpeg-quality out, or write .jpg or .webp")
+
+
 def run_single(args: argparse.Namespace) -> int:
     """One photo (``args.input``) to ``args.output``, a file or a folder to write it into."""
     if args.output.is_dir():
         args.output = args.output / args.input.name
+    check_quality_used(args, [args.output])
     if args.skip_existing and args.output.exists():
         if args.json:  # --json promises JSON on stdout
             from moe_denoise.cli import print_json
@@ -253,6 +273,7 @@ def run_batch(args: argparse.Namespace) -> int:
         raise InputError("--reference compares one photo with its clean version; denoise that photo on its own "
                          "to use it (several photos were given)")
     plan = plan_batch(args.input, args.output, overwrite=args.overwrite, skip_existing=args.skip_existing)
+    check_quality_used(args, [dst for _, dst in plan.jobs])
     text = not args.json
     total, start = len(plan.jobs), time.perf_counter()
     client = None

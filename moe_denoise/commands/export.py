@@ -8,7 +8,7 @@ from pathlib import Path
 from moe_base.errors import InputError
 from runtime.base import artifact_made_from, weights_label
 
-from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, path_arg, resolve_weights, thread_count
+from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, path_arg, resolve_weights, thread_count, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: fp16 weights/activations with fp32 I/O, LayerNorm and softmax in fp32 (for strongly "
                         "typed TensorRT 11 engines); judged by PSNR against the fp32 model")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph, 17 to 21")
+    p.add_argument("--opset", type=whole, default=17, help="ONNX opset of the graph, 17 to 21")
     p.add_argument("--parity-images", type=parity_count, default=32, help="size of the fixed parity batch")
     p.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime threads for the parity run")
     p.add_argument("--json", action="store_true",

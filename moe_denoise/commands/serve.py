@@ -22,6 +22,7 @@ from . import (
     port_number,
     positive_int,
     tile_overlap,
+    whole,
 )
 
 
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=positive_int, default=1,
                    help="model instances of moe_denoiser, each with its own runner (on a CPU: one, with --threads)")
     p.add_argument("--max-batch", type=positive_int, default=64, help="largest batch of tiles Triton forms (and accepts)")
-    p.add_argument("--queue-delay-us", type=int, default=500,
+    p.add_argument("--queue-delay-us", type=whole, default=500,
                    help="how long the dynamic batcher may hold a request waiting for others (microseconds)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own, as sent")
     p.add_argument("--max-image-pixels", type=positive_int, default=None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from moe_base.errors import Interrupted
 
-from . import HelpFormatter, add_data_args, noise_std, nonempty, positive_int, seed_number, thread_count
+from . import HelpFormatter, add_data_args, noise_std, nonempty, number, positive_int, seed_number, thread_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,13 +34,13 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="architecture preset")
     p.add_argument("--epochs", type=positive_int, default=30, help="passes over the training images")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per optimiser step")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (cosine schedule to 0)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument("--aux-weight", type=float, default=0.01, help="weight of the load-balance loss")
+    p.add_argument("--lr", type=number, default=1e-3, help="AdamW peak learning rate (cosine schedule to 0)")
+    p.add_argument("--weight-decay", type=number, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--aux-weight", type=number, default=0.01, help="weight of the load-balance loss")
     p.add_argument("--loss", choices=LOSSES, default="mse",
                    help="mse: the seed's pixel MSE; psnr: mean per-image log-MSE (optimises the mean PSNR the "
                         "evaluation reports); the best checkpoint minimises the matching validation number")
-    p.add_argument("--mse-floor", type=float, default=1e-10,
+    p.add_argument("--mse-floor", type=number, default=1e-10,
                    help="psnr loss: an image better than -10 log10(MSE_FLOOR) dB weighs as if it were at that level")
     p.add_argument("--blind", action="store_true",
                    help="blind training: each image its own noise level, uniform over [0, --sigma-max] (a share "
@@ -48,15 +48,15 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                         "validation on the same mixture with fixed draws (--sigma is then unused)")
     p.add_argument("--sigma-max", type=noise_std, default=75 / 255,
                    help="--blind: highest noise level (std on [0, 1] pixels, or levels of 255: 75/255)")
-    p.add_argument("--zero-share", type=float, default=0.05, help="--blind: share of clean (noise-free) inputs")
-    p.add_argument("--unclipped-share", type=float, default=0.5,
+    p.add_argument("--zero-share", type=number, default=0.05, help="--blind: share of clean (noise-free) inputs")
+    p.add_argument("--unclipped-share", type=number, default=0.5,
                    help="--blind: share of images whose noisy values are not clipped to [0, 1]")
-    p.add_argument("--gray-share", type=float, default=0.25,
+    p.add_argument("--gray-share", type=number, default=0.25,
                    help="--blind: share of images turned gray, with channel-identical noise")
-    p.add_argument("--bayer-share", type=float, default=0.0,
+    p.add_argument("--bayer-share", type=number, default=0.0,
                    help="--blind: share of the colour images given a camera's raw noise (one colour a pixel, "
                         "bilinearly demosaicked: correlated) instead of white noise")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
+    p.add_argument("--grad-clip", type=number, default=1.0, help="max gradient norm (0 = off)")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
     p.add_argument("--seed", type=seed_number, default=0,
                    help="seed of the initial weights, the order of the images and their noise")

@@ -16,6 +16,7 @@ from . import (
     path_arg,
     positive_int,
     seed_number,
+    whole,
 )
 
 
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_split_arg(p)
     p.add_argument("-n", "--num-images", type=positive_int, default=8, help="images in the grid (one row each)")
-    p.add_argument("--offset", type=int, default=0, help="index of the first image")
+    p.add_argument("--offset", type=whole, default=0, help="index of the first image")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
     p.add_argument("--eval-seed", type=seed_number, default=1234, help="seed of the fixed noise")
     p.add_argument("--scale", type=positive_int, default=4, help="pixel upscaling of each 32x32 image")

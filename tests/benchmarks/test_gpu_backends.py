@@ -63,7 +63,7 @@ def test_without_a_gpu_the_new_backends_are_unavailable_with_the_reason(random_w
     spec = build_specs(("torch-compile-cuda-fp16-graph",), BackendInputs(weights=random_weights), None)[0]
     backend = prepare_backend(spec, x, x, log=lambda s: None)
     assert backend.runner is None and backend.record["status"] == "unavailable"
-    assert "NoGPUError" in backend.record["reason"] and "cuda_graph=True, precision='fp16'" in backend.record["reason"]
+    assert "NoGPUError" in backend.record["reason"] and "CUDA graphs, fp16 precision" in backend.record["reason"]
 
 
 def test_the_gpu_preset_sweeps_to_4096():

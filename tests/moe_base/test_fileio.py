@@ -128,3 +128,21 @@ def test_publishing_a_new_folder_through_a_link_and_a_failed_manifest_over_an_ol
     with pytest.raises(InputError, match=r"but .*m\.onnx was already replaced, and its old manifest does not describe "
                                          r"it.*re-export it"):
         write_artifact(model, b"new", base_manifest("onnx", model, b"new"))
+
+
+def test_an_output_that_is_a_link_to_nothing_is_refused_before_the_work(tmp_path):
+    """A dangling link as the output passed every check, then the finished file was refused: 'the output appeared
+    while it was being written'. It is refused up front now, and --overwrite replaces the link, not its target."""
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write, check_output_file
+    from runtime.images import check_output_path
+
+    link = tmp_path / "out.png"
+    link.symlink_to(tmp_path / "missing" / "target.png")
+    for check in (lambda: check_output_file(link), lambda: check_output_path(link, None, overwrite=False)):
+        with pytest.raises(InputError, match=r"is a symbolic link to '.*target.png', which does not exist"):
+            check()
+    check_output_path(link, None, overwrite=True)
+    atomic_write(link, b"denoised", overwrite=True)
+    assert not link.is_symlink() and link.read_bytes() == b"denoised"
+    assert not (tmp_path / "missing").exists()

@@ -716,3 +716,21 @@ def test_an_interrupted_overwrite_of_a_finished_run_says_that_run_is_kept(monkey
     state["epoch"] = 2
     assert interrupted_hint(tmp_path) == (f"the run after epoch 2 is kept; continue it with: moe-denoise train "
                                           f"--resume --out-dir {tmp_path}")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["denoise", "in.png", "-o", "out.png", "--strength", "abc"], "argument --strength: expected a number (e.g. 0.7 or "
+                                                                   "1e-3), got 'abc'"),
+    (["train", "--lr", "inf"], "argument --lr: expected a number (e.g. 0.7 or 1e-3), got 'inf'"),
+    (["train", "--gray-share", "nan"], "argument --gray-share: expected a number"),
+    (["denoise", "in.png", "-o", "out.png", "--jpeg-quality", "high"], "argument --jpeg-quality: expected a whole "
+                                                                        "number, got 'high'"),
+    (["export", "--opset", "17.5"], "argument --opset: expected a whole number, got '17.5'"),
+    (["evaluate", "--sigmas", "15", "abc"], "argument --sigmas: expected a number"),
+])
+def test_a_number_option_given_a_word_says_what_it_takes(capsys, argv, message):
+    """These options took argparse's own 'invalid float value: ...'; they now say what they expected, as the other
+    options do (and a non-finite number, which float() reads, is refused with it)."""
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2 and message in capsys.readouterr().err

@@ -64,6 +64,7 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     (["--suite", "photos", "--limit", "4"], "--limit takes the first N CIFAR-10 images"),
     (["--sigmas", "25", "15", "25"], "--sigmas names 25 more than once"),
     (["--sigmas", "-5"], "0-255 scale"),
+    (["--sigmas", "15", "300"], "from 0 to 255 on the 0-255 scale (got 300)"),  # it ran for minutes
     (["--sigmas", "0", "0.1", "0.2"], "0.1 0.2 are under one level of 255; for noise std 0.1 0.2 on [0, 1] pixels write "
                                       "--sigmas 25.5 51"),
     (["--bm3d-images", "-1"], "--bm3d-images must be >= 0"),

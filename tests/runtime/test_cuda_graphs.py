@@ -179,9 +179,9 @@ def test_options_are_checked_and_a_missing_gpu_is_named(random_weights):
         r.prepare_graphs()
     if torch.cuda.is_available():
         return  # the rest is about a machine without a GPU
-    for kw, named in ((dict(cuda_graph=True), "with cuda_graph=True"),
-                      (dict(precision="bf16", cuda_graph=True), "with cuda_graph=True, precision='bf16'"),
-                      (dict(precision="fp16"), "with precision='fp16'")):
+    for kw, named in ((dict(cuda_graph=True), "with CUDA graphs"),
+                      (dict(precision="bf16", cuda_graph=True), "with CUDA graphs, bf16 precision"),
+                      (dict(precision="fp16"), "with fp16 precision")):
         with pytest.raises(NoGPUError, match=f"device 'cuda' {named} was asked for but torch .* sees no CUDA GPU"):
             TorchRunner(random_weights, device="cuda", **kw).activate()
     assert issubclass(NoGPUError, MissingBackendError)  # callers catching a missing backend still do
