@@ -90,16 +90,17 @@ def cache_status() -> dict[str, Any]:
     root = cache_dir()
     try:  # as the commands that write there check it: a file in it, or where it would be made
         check_output_file(root / ".doctor-probe", overwrite=True)
-        writable = True
-    except InputError:
-        writable = False
+        writable, why = True, None
+    except InputError as e:
+        writable, why = False, str(e).removesuffix("; choose a folder you can write to")
     models = {}
     portable, plugin = onnx_path("portable"), onnx_path("plugin")
     for kind, path in (("ort", portable), ("trt", engine_path(plugin, "fp32"))):
         made = artifact_made_from(path)
-        weights = weights_label(made["weights"], made["weights_sha256"]) if made else "weights unknown"
+        weights = weights_label(made["weights"], made["weights_sha256"]) if made else "unknown"
         models[kind] = {"path": str(path), "exists": path.is_file(), "weights": weights if path.is_file() else None}
-    return {"path": str(root), "writable": writable, "default_models": models, "note": cache_dir_note()}
+    return {"path": str(root), "writable": writable, "not_writable_because": why, "default_models": models,
+            "note": cache_dir_note()}
 
 
 def broken_import(module: str) -> str:
@@ -132,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     for name, b in info["backends"].items():
         print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}")
     c = info["cache"]
-    print(f"\ncache        {c['path']} ({'writable' if c['writable'] else 'NOT writable: set MOE_DENOISE_CACHE'})")
+    print(f"\ncache        {c['path']} " + ("(writable)" if c["writable"] else
+                                              f"(NOT writable: {c['not_writable_because']}; set MOE_DENOISE_CACHE "
+                                              f"to a folder you can write to)"))
     if c.get("note"):
         print(f"  note: {c['note']}")
     for kind, m in c["default_models"].items():

@@ -1,6 +1,7 @@
 """The moe-denoise command: help on every subcommand, and each job end to end on tiny inputs."""
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -578,11 +579,16 @@ def test_doctor_says_where_the_cache_is_and_which_weights_its_models_were_made_f
     assert not cache["default_models"]["trt"]["exists"] and "serving (Triton via PyTriton)" in json.loads(out)["backends"]
     code, out, _ = run(capsys, "doctor")
     assert f"--backend ort: {onnx_path('portable')} (weights {random_weights})" in out
+    Path(f"{onnx_path('portable')}.manifest.json").unlink()  # what it was made from is no longer known
+    code, out, _ = run(capsys, "doctor")
+    assert f"--backend ort: {onnx_path('portable')} (weights unknown)" in out  # it said 'weights weights unknown'
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("MOE_DENOISE_CACHE", str(blocked / "cache"))
     code, out, _ = run(capsys, "doctor")
-    assert code == 0 and "(NOT writable: set MOE_DENOISE_CACHE)" in out and "--backend ort: none yet" in out
+    assert code == 0 and "--backend ort: none yet" in out
+    assert f"(NOT writable: cannot write to the folder '{blocked / 'cache'}' (Not a directory, since '{blocked}' " \
+           f"cannot take it); set MOE_DENOISE_CACHE to a folder you can write to)" in out  # it gave no reason
     code, _, err = run(capsys, "export", "--weights", random_weights)  # it said 'choose a folder' of a path not chosen
     assert code == 2 and "the default output is in the cache folder: set MOE_DENOISE_CACHE to a folder you can " \
                          "write to, or pass -o" in err
