@@ -107,9 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
                        formatter_class=HelpFormatter)
     q.add_argument("input", type=path_arg, help="the photo (any format and mode 'denoise' reads)")
-    q.add_argument("-o", "--output", type=path_arg, required=True,
-                   help="where to write the noisy copy (same size, mode and bit depth as the input); an existing "
-                        "folder: the copy goes in under the input's name")
+    q.add_argument("-o", "--output", type=nonempty, required=True,
+                   help="where to write the noisy copy (same size, mode and bit depth as the input); a folder (one "
+                        "that exists, or a new one written with a trailing /): the copy goes in under the input's name")
     q.add_argument("--sigma", type=noise_std, default=0.1,
                    help="noise std on [0, 1] pixels, or levels of 255 (25/255 = 0.098)")
     q.add_argument("--seed", type=seed_number, default=0, help="the same seed gives the same noise")
@@ -460,11 +460,20 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path,
 
 
 def run_add_noise(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from runtime.batch import output_folder
     from runtime.photo import add_noise_to_file
 
-    if args.output.is_dir():  # a folder: the copy goes in under the input's name, as with denoise
-        args.output = args.output / args.input.name
-    r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite,
-                          max_pixels=args.max_pixels)
+    folder_meant = args.output.endswith(("/", os.sep))  # '-o noisy/': a folder, made if missing (as with denoise)
+    args.output = Path(args.output)
+    if folder_meant and not args.output.parent.is_dir():
+        raise InputError(f"the output folder's parent '{args.output.parent}' does not exist; create it first")
+    made = output_folder(args.output) if folder_meant and not args.output.exists() else contextlib.nullcontext()
+    with made:
+        if args.output.is_dir():  # a folder: the copy goes in under the input's name, as with denoise
+            args.output = args.output / args.input.name
+        r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite,
+                              max_pixels=args.max_pixels)
     print(f"wrote {r['output']} (sigma {r['sigma']:.4g} = {r['sigma'] * 255:.4g}/255, seed {r['seed']})")
     return 0

@@ -740,3 +740,16 @@ def test_a_number_option_given_a_word_says_what_it_takes(capsys, argv, message):
     with pytest.raises(SystemExit) as refused:
         main(argv)
     assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
+    """'-o noisy/' said it could not tell the image format of 'noisy'; denoise makes such a folder, and so does
+    add-noise now (and leaves none behind when the photo is refused)."""
+    from PIL import Image
+
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (8, 8), (100, 120, 140)).save(photo)
+    assert main(["add-noise", str(photo), "-o", f"{tmp_path / 'noisy'}/"]) == 0
+    assert Image.open(tmp_path / "noisy" / "in.png").size == (8, 8)
+    assert main(["add-noise", str(tmp_path / "gone.png"), "-o", f"{tmp_path / 'other'}/"]) == 2
+    assert "no such image file" in capsys.readouterr().err and not (tmp_path / "other").exists()
