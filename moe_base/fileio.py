@@ -71,7 +71,7 @@ def remove_stale_temporaries(path: str | Path, suffix: str = ".tmp") -> list[Pat
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -223,7 +223,8 @@ def folder_lock(folder: str | os.PathLike[str], what: str, option: str) -> Itera
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs now (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

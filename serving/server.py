@@ -20,8 +20,11 @@ PyTriton and tritonclient are imported when the server starts: ``import serving`
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from moe_base.fileio import process_alive
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 
@@ -85,6 +89,30 @@ def remove_model_copies(workspace: Path) -> list[Path]:
             if ours:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
+    return removed
+
+
+WORKSPACE_PREFIX = "moe-"
+"""PyTriton workspaces of ``serve`` are named ``moe-<pid>-<n>`` (PyTriton's own are ``workspace_<random>``): a server
+killed with SIGKILL, or by the kernel when out of memory, never removes its 22 MB copy of Triton, and the process id
+in the name tells a later start which ones nobody uses any more. The name is no longer than PyTriton's: Triton's
+sockets are made in the workspace, and a Unix socket's path has at most 107 bytes."""
+
+
+def new_workspace(home: Path) -> Path:
+    """A path for a PyTriton workspace of this process in ``home``, not taken yet (PyTriton makes the folder)."""
+    return next(path for n in itertools.count() if not (path := home / f"{WORKSPACE_PREFIX}{os.getpid()}-{n}").exists())
+
+
+def remove_dead_workspaces(home: Path) -> list[Path]:
+    """Remove the workspaces in ``home`` of serve processes that no longer run; returns what was removed. A process
+    id used again by another process keeps its folder (never a live server's)."""
+    removed = []
+    for folder in sorted(home.glob(f"{WORKSPACE_PREFIX}*")):
+        found = re.fullmatch(rf"{re.escape(WORKSPACE_PREFIX)}(\d+)-\d+", folder.name)
+        if found and folder.is_dir() and not folder.is_symlink() and not process_alive(int(found[1])):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
     return removed
 
 
@@ -186,8 +214,13 @@ class DenoiseServer:
         except BaseException:
             self.stop()
             raise
+        from pytriton.constants import PYTRITON_HOME
+
+        left = remove_dead_workspaces(PYTRITON_HOME)
+        if left:
+            self.log(f"removed {len(left)} workspace(s) in {PYTRITON_HOME} that killed servers left behind")
         try:
-            self._triton = Triton(config=triton_config)
+            self._triton = Triton(config=triton_config, workspace=new_workspace(PYTRITON_HOME))
             for spec in self.tile_models:
                 batcher = (DynamicBatcher(max_queue_delay_microseconds=spec.queue_delay_us)
                            if spec.dynamic_batching else None)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -251,13 +252,14 @@ def _wait_session_empty(sid: int, timeout_s: float = 30.0) -> list[str]:
     return out
 
 
-def _start_cli(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
+def _start_cli(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, dict]:
     ready = tmp_path / "ready.json"
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moe_denoise.cli", "serve", "--backend", "torch", "--threads", "1", "--http-port", "0",
          "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready), *extra],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=None if env is None else {**os.environ, **env})
     deadline = time.monotonic() + 180
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -596,3 +598,27 @@ def test_guard_options_are_request_parameters_and_match_local(server, direct):
         for bad in (1.5, float("nan")):
             with pytest.raises(InputError, match="request parameter 'strength' is how much of the denoising"):
                 c.denoise_pixels(pixels, strength=bad)
+
+
+def test_a_killed_server_leaves_a_workspace_the_next_start_removes(tmp_path):
+    """SIGKILL (or the kernel's out-of-memory killer) gives serve no chance to remove PyTriton's workspace, a 22 MB
+    copy of Triton; each one stayed in ~/.cache/pytriton for ever. It is named after the server's process now, and
+    the next start removes those whose process is gone (tritonserver itself ends with its parent)."""
+    _skip_without_pytriton()
+    home = Path(tempfile.mkdtemp(prefix="pth"))  # short: Triton's Unix sockets are made in the workspace
+    try:
+        _killed_server_run(tmp_path, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _killed_server_run(tmp_path: Path, home: Path) -> None:
+    from serving.server import WORKSPACE_PREFIX, remove_dead_workspaces
+
+    proc, _ = _start_cli(tmp_path, env={"PYTRITON_HOME": str(home)})
+    ours = list(home.glob(f"{WORKSPACE_PREFIX}{proc.pid}-*"))
+    assert len(ours) == 1 and (ours[0] / "model-store").is_dir()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _wait_session_empty(proc.pid) == [] and ours[0].is_dir()
+    assert remove_dead_workspaces(home) == ours and not ours[0].exists()

@@ -1,6 +1,7 @@
 """serving without a server: settings, the two models' functions, the libpython fix, URLs, metrics, error text."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -686,3 +687,22 @@ def test_the_log_file_check_leaves_a_link_and_a_fifo_alone(tmp_path):
                                             ("10.1.2.3", False), ("no-such-host.invalid", False)])
 def test_only_addresses_of_this_machine_alone_count_as_loopback(host, expected):
     assert is_loopback(host) is expected
+
+
+def test_workspaces_of_servers_that_no_longer_run_are_removed(tmp_path):
+    """A serve killed with SIGKILL (or by the kernel, out of memory) left its 22 MB PyTriton workspace for ever; its
+    name now carries the process id, and the next start removes those of processes that are gone."""
+    from serving.server import WORKSPACE_PREFIX, new_workspace, remove_dead_workspaces
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{WORKSPACE_PREFIX}{gone.pid}-0"
+    mine = new_workspace(tmp_path)
+    assert mine.name == f"{WORKSPACE_PREFIX}{os.getpid()}-0" and not mine.exists()
+    pytriton_own, other = tmp_path / "workspace_abc", tmp_path / f"{WORKSPACE_PREFIX}notapid-1"
+    for folder in (dead, mine, pytriton_own, other):
+        (folder / "model-store").mkdir(parents=True)
+    assert new_workspace(tmp_path).name == f"{WORKSPACE_PREFIX}{os.getpid()}-1"  # a second server in the process
+    assert len(new_workspace(tmp_path).name) <= len("workspace_abcdefgh")  # Unix socket paths are short
+    assert remove_dead_workspaces(tmp_path) == [dead]
+    assert not dead.exists() and mine.exists() and pytriton_own.exists() and other.exists()
