@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ArtifactMismatchError, InputError
+from .errors import ArtifactError, ArtifactMismatchError, InputError, signals_held
 from .fileio import atomic_write, atomic_write_json, sha256_file
 
 SCHEMA = "moe-denoise/manifest/1"
@@ -70,8 +71,14 @@ def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> P
     path = Path(path)
     check_manifest_place(path)
     existed = path.exists()
-    atomic_write(path, data)
     mpath = manifest_path(path)
+    with signals_held():  # a Ctrl-C / SIGTERM between the two writes left a new model beside its old manifest
+        _write_pair(path, data, mpath, manifest, existed)
+    return mpath
+
+
+def _write_pair(path: Path, data: bytes, mpath: Path, manifest: dict[str, Any], existed: bool) -> None:
+    atomic_write(path, data)
     try:
         atomic_write_json(mpath, manifest)
     except BaseException as e:
@@ -81,7 +88,6 @@ def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> P
             raise InputError(f"{e}; but {path} was already replaced, and its old manifest does not describe it: the "
                              f"runners will refuse it until it is written again (re-export it)") from e
         raise
-    return mpath
 
 
 KINDS = {"onnx": "an ONNX model", "trt-engine": "a TensorRT engine"}  # what base_manifest's ``kind`` says
@@ -118,11 +124,38 @@ def read_manifest(artifact: str | Path, required: bool = True, kind: str | None 
     if not (isinstance(art, dict) and isinstance(art.get("sha256"), str) and isinstance(art.get("bytes"), int)):
         raise ArtifactError(f"manifest {mpath} lacks a valid 'artifact' entry (sha256 and bytes of the file it "
                             f"describes); re-export the artifact")
+    problem = _field_problem(m)
+    if problem:
+        raise ArtifactError(f"manifest {mpath} has {problem}; re-export the artifact (a manifest edited by hand must "
+                            f"keep the fields the toolkit writes)")
     if kind is not None and m.get("kind") != kind:
         found = KINDS.get(m.get("kind"), f"an artifact of kind {m.get('kind')!r}")
         hint = _OTHER_KIND_HINTS.get((kind, m.get("kind")), "re-export it").format(artifact=artifact)
         raise ArtifactError(f"{artifact} is {found} (its manifest says so), not {KINDS.get(kind, kind)}: {hint}")
     return m
+
+
+def _field_problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with the fields the runners read (precision, io, model config, tolerance), or None; without this
+    a hand-edited value reached the user as a Python traceback. The self-check record is checked where it is used
+    (:func:`runtime.parity.self_check`)."""
+    if "precision" in m and m["precision"] not in ("fp32", "fp16", "bf16"):
+        return f"precision {m['precision']!r} (expected fp32 or fp16)"
+    for key in ("io", "model", "tolerance", "self_check", "onnx", "plugin", "tensorrt", "profile"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            return f"a {type(m[key]).__name__} as its {key!r} entry (expected an object)"
+    config = (m.get("model") or {}).get("config")
+    if config is not None:
+        from .config import ModelConfig
+
+        try:
+            ModelConfig.from_dict(config)
+        except Exception as e:  # noqa: BLE001 - any value ModelConfig cannot take
+            return f"a model config that is not one ({type(e).__name__}: {e})"
+    for name, value in (m.get("tolerance") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            return f"tolerance {name} {value!r} (expected a number >= 0)"
+    return None
 
 
 def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:

@@ -101,7 +101,15 @@ def torch_load_reason(e: Exception) -> str:
         return f"{type(e).__name__}: {text[:300]}"
     if "can still be loaded" in text:
         return "it holds objects other than tensors, and loading those could run code (refused)"
-    detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1]
+    else:  # torch >= 2.6 words it as advice to load with weights_only=False, then the reason, a blank line apart
+        detail = text.split("trusted source.", 1)[-1] if "trusted source." in text else ""
+    detail = detail.split("Check the documentation", 1)[0].strip()
+    if "weights_only" in detail:  # never pass on the advice to run the file's code
+        detail = ""
+    if "GLOBAL" in detail:
+        return f"it holds objects other than tensors, and loading those could run code (refused: {detail[:200]})"
     return f"it is not a file torch.save wrote ({detail[:200] or 'unreadable'})"
 
 

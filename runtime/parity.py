@@ -124,6 +124,7 @@ def in_chunks(fn: Any, x: np.ndarray, chunk: int = PARITY_CHUNK) -> np.ndarray:
 
 SELF_CHECK_IMAGES = 2
 SELF_CHECK_POSITIONS = 64
+SELF_CHECK_IMAGES_MAX = 64  # a record asking for more is not one this toolkit wrote
 
 
 def self_check_record(outputs: np.ndarray) -> dict[str, Any]:
@@ -143,11 +144,19 @@ def self_check(run: Any, record: dict[str, Any] | None, atol: float, what: str) 
     """
     if not record:
         return
-    from moe_base.errors import ArtifactMismatchError
+    from moe_base.errors import ArtifactError, ArtifactMismatchError
 
-    out = np.asarray(run(parity_inputs(int(record["images"]))), dtype=np.float64).reshape(int(record["images"]), -1)
-    got = out[:, np.asarray(record["positions"], dtype=int)]
-    diff = float(np.mean(np.abs(got - np.asarray(record["values"]))))
+    try:  # a record edited by hand reached the user as a Python traceback
+        images, positions = int(record["images"]), np.asarray(record["positions"], dtype=int)
+        values = np.asarray(record["values"], dtype=np.float64)
+        if not (1 <= images <= SELF_CHECK_IMAGES_MAX and positions.ndim == 1 and values.shape == (images, len(positions))
+                and ((positions >= 0) & (positions < int(np.prod(TILE_SHAPE)))).all()):
+            raise ValueError("sizes")
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"the manifest of {what} has a self_check entry that is not the toolkit's (images, "
+                            f"positions within a tile, a value per image and position); re-export the artifact") from None
+    out = np.asarray(run(parity_inputs(images)), dtype=np.float64).reshape(images, -1)
+    diff = float(np.mean(np.abs(out[:, positions] - values)))
     if not diff <= atol:
         raise ArtifactMismatchError(f"{what} does not compute the model its manifest describes: on the manifest's "
                                     f"check images its outputs differ from the recorded ones by {diff:.3g} on "

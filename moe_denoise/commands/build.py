@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from . import HelpFormatter, check_output_suffix, path_arg, positive_int, resolve_weights
 
@@ -42,15 +43,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def default_onnx(precision: str) -> Path:
+    """The plugin graph 'build' takes without --onnx: the one the installed TensorRT parses for ``precision``
+    (TensorRT 11: the graph of that precision; TensorRT 10: the fp32 graph, fp16 being a builder flag). Without an
+    importable TensorRT (the build then stops saying so): the graph of that precision if exported, else fp32."""
+    from moe_base.optional import optional_import
+    from moe_base.paths import onnx_path
+
+    trt, _ = optional_import("tensorrt")
+    if trt is not None:
+        from export.engine import plan_build
+
+        try:
+            return onnx_path("plugin", precision=plan_build(trt.__version__, precision).onnx_precision)
+        except Exception:  # noqa: BLE001 - a TensorRT too old: build_engine says so
+            pass
+    candidates = [onnx_path("plugin", precision=precision), onnx_path("plugin")]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
 def run(args: argparse.Namespace) -> int:
     from export.engine import BuildOptions, build_engine
     from moe_base.manifest import check_artifact_output
-    from moe_base.paths import engine_path, onnx_path
+    from moe_base.paths import engine_path
 
     onnx = args.onnx
-    if onnx is None:  # the graph this precision is built from on TensorRT 11, else the fp32 one (TensorRT 10)
-        candidates = [onnx_path("plugin", precision=args.precision), onnx_path("plugin")]
-        onnx = next((c for c in candidates if c.exists()), candidates[0])
+    if onnx is None:  # the graph the installed TensorRT builds this precision from (TensorRT 10: always fp32)
+        onnx = default_onnx(args.precision)
     opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
                         max_batch=args.max_batch, workspace_mib=args.workspace_mib,
                         use_engine_cache=not args.no_engine_cache)

@@ -75,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
     opts.validate()  # a bad --opset before the weights are read
     weights = resolve_weights(args.weights)
     model = load_model(weights, preset=args.preset, verify=not args.skip_weights_check)
+    from moe_base.contract import TILE_SHAPE, tile_shape
+
+    if tile_shape(model.config) != TILE_SHAPE:  # the parity gate, runners, engines and Triton configs are 3x32x32
+        raise InputError(f"weights {weights} are for {'x'.join(map(str, tile_shape(model.config)))} tiles; export "
+                         f"(its parity gate, the ONNX / TensorRT runners and Triton) supports "
+                         f"{'x'.join(map(str, TILE_SHAPE))} tiles only. Use --backend torch for these weights")
     log = (lambda s: None) if args.json else print
     earlier = replaced_default(out) if args.output is None else None
     result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,

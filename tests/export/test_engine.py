@@ -329,3 +329,24 @@ def test_a_missing_graph_for_an_fp16_build_names_both_exports(tmp_path):
     with pytest.raises(InputError, match=r"does not exist; export one with 'moe-denoise export --flavor plugin' .*"
                                          r"'moe-denoise export --flavor plugin --precision fp16'"):
         build_engine(tmp_path / "m.plugin.fp16.onnx", tmp_path / "m.engine", BuildOptions(precision="fp16"))
+
+
+def test_build_takes_the_graph_the_installed_tensorrt_builds_from(tmp_path, monkeypatch):
+    """TensorRT 10 builds fp16 engines from the fp32 graph (fp16 is a builder flag): with both plugin graphs exported,
+    as the README's steps leave them, 'build --precision fp16' took the fp16 graph, refused it, and asked for the fp32
+    graph that was already there. TensorRT 11 builds from the graph of the precision."""
+    import sys
+    import types
+
+    from moe_base.paths import onnx_path
+    from moe_denoise.commands.build import default_onnx
+
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path))
+    for precision in ("fp32", "fp16"):
+        path = onnx_path("plugin", precision=precision)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"graph")
+    for version, graph in (("10.9.0.34", "fp32"), ("11.4.0.106", "fp16")):
+        monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+        assert default_onnx("fp16") == onnx_path("plugin", precision=graph)
+        assert default_onnx("fp32") == onnx_path("plugin", precision="fp32")

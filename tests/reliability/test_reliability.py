@@ -281,6 +281,97 @@ def test_reliability_graph_inputs_outside_the_contract(capsys, exported, tmp_pat
     assert code == 2 and "expected one input and one output, float32 [batch, 3, 32, 32]" in err
 
 
+def edited_copy(exported, tmp_path, edit):
+    """A copy of ``exported`` whose manifest has ``edit`` applied (its artifact entry still matches the file)."""
+    from moe_base.manifest import manifest_path
+
+    path = tmp_path / "edited.onnx"
+    shutil.copy(exported, path)
+    m = json.loads(manifest_path(exported).read_text())
+    edit(m)
+    manifest_path(path).write_text(json.dumps(m))
+    return path
+
+
+MANIFEST_EDITS = {
+    "precision int8": lambda m: m.update(precision="int8"),
+    "io a string": lambda m: m.update(io="x"),
+    "model config a list": lambda m: m["model"].update(config=[1, 2]),
+    "image_size a string": lambda m: m["model"]["config"].update(image_size="32"),
+    "atol a word": lambda m: m.update(tolerance={**m["tolerance"], "atol": "abc"}),
+    "self_check images a word": lambda m: m["self_check"].update(images="x"),
+    "self_check position outside a tile": lambda m: m["self_check"]["positions"].__setitem__(0, 10**6),
+}
+
+
+@pytest.mark.parametrize("edit", list(MANIFEST_EDITS))
+def test_reliability_manifest_fields_edited_by_hand(capsys, exported, tmp_path, edit):
+    """An artifact manifest whose precision, io, model config, tolerance or self-check was edited by hand (the file
+    it describes unchanged) => refused at load (exit 2, re-export named); each was a Python traceback (exit 1)"""
+    path = edited_copy(exported, tmp_path, MANIFEST_EDITS[edit])
+    code, _, err = cli(capsys, "parity", "--backend", "ort", "--artifact", path, "-n", "2")
+    assert code == 2 and "re-export" in err and "Traceback" not in err, err
+
+
+def test_reliability_stop_between_an_artifact_and_its_manifest(tmp_path, monkeypatch):
+    """SIGTERM arriving between the writes of a replaced artifact and of its manifest => both are written, then the
+    stop goes on: the new model stood beside its old manifest, refused until exported again"""
+    import signal
+
+    import moe_base.manifest as mm
+
+    target = tmp_path / "m.onnx"
+    mm.write_artifact(target, b"old", mm.base_manifest("onnx", target, b"old"))
+    real = mm.atomic_write_json
+
+    def write_json(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives between the two writes
+        return real(*args, **kwargs)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mm, "atomic_write_json", write_json)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mm.write_artifact(target, b"newer", mm.base_manifest("onnx", target, b"newer"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert mm.read_checked(target, kind="onnx", settle_s=0)["artifact"]["bytes"] == len(b"newer")
+
+
+def test_reliability_export_of_weights_for_other_tiles(capsys, tmp_path):
+    """export of weights made for 16x16 tiles => refused before any work (exit 2, the tile shape named and --backend
+    torch offered); it failed after the export with 're-export it', naming a temporary file already gone"""
+    pytest.importorskip("onnx", reason="export needs the onnx extra")
+    from moe_base.config import ModelConfig
+    from moe_model.checkpoint import save_weights
+    from moe_model.model import SmallViT
+
+    weights = tmp_path / "c16.safetensors"
+    save_weights(SmallViT(ModelConfig(image_size=16)), weights)
+    code, _, err = cli(capsys, "export", "--weights", weights, "-o", tmp_path / "c16.onnx")
+    assert code == 2 and "are for 3x16x16 tiles" in err and "--backend torch" in err
+    assert not (tmp_path / "c16.onnx").exists()
+
+
+def test_reliability_code_running_pickle_named_without_torchs_advice(tmp_path):
+    """A .pt whose pickle would run a program (os.system), loaded as weights => refused as code, the reason kept;
+    torch 2.13's text passed on its advice to load it with weights_only=False and cut the reason off"""
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_state_dict
+
+    class System:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"x": System()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as refused:
+        load_state_dict(tmp_path / "evil.pt")
+    assert "could run code (refused" in str(refused.value) and "weights_only" not in str(refused.value)
+
+
 def test_reliability_fixed_batch_graph_is_chunked(exported, tmp_path):
     """A graph exported with a fixed batch of 7 => batches of any size run (chunked, the last chunk padded) and
     give the dynamic graph's outputs"""
@@ -357,8 +448,8 @@ def test_reliability_output_folder_that_cannot_be_written(capsys, random_weights
     (["train", "--max-val", "0"], "must be >= 1"),
     (["train", "--threads", "-1"], "must be >= 1"),
     (["train", "--device", "bogus"], "not a device"),
-    (["train", "--lr", "inf"], "--lr must be a finite number > 0"),  # named as typed (it said lr)
-    (["train", "--lr", "-1"], "finite number > 0"),
+    (["train", "--lr", "inf"], "argument --lr: expected a number (e.g. 0.7 or 1e-3), got 'inf'"),
+    (["train", "--lr", "-1"], "--lr must be a finite number > 0"),  # named as typed (it said lr)
     (["parity", "--backend", "torch", "--threads", "-1"], "must be >= 1"),
     (["parity", "--backend", "torch", "--device", "bogus"], "expected cpu, cuda or cuda:N"),
 ])
