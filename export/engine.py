@@ -123,10 +123,15 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes
     # of building
     ref_weights = artifact_weights(onnx_path, onnx_manifest, weights, "--weights")
-    trt = require("tensorrt", "building TensorRT engines")
     torch = require("torch")
-    if not torch.cuda.is_available():
-        raise NoGPUError("building a TensorRT engine needs an NVIDIA GPU, and torch sees none")
+    if not torch.cuda.is_available():  # said first: installing TensorRT (gigabytes) would not have helped
+        from moe_base.optional import available
+
+        missing = "" if available("tensorrt")[0] else "; TensorRT is not installed here either"
+        raise NoGPUError(f"building a TensorRT engine needs an NVIDIA GPU, and torch {torch.__version__} sees none"
+                         f"{missing}. Build on a machine with an NVIDIA GPU, a CUDA build of torch and TensorRT (pip "
+                         f"install 'moe-denoise[trt]'); the engine then runs only on that GPU model")
+    trt = require("tensorrt", "building TensorRT engines")
     from moe_base.machine import cuda_device
 
     gpu = cuda_device(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
 from moe_base.optional import installed
@@ -98,9 +99,27 @@ def cache_status() -> dict[str, Any]:
     for kind, path in (("ort", portable), ("trt", engine_path(plugin, "fp32"))):
         made = artifact_made_from(path)
         weights = weights_label(made["weights"], made["weights_sha256"]) if made else "unknown"
-        models[kind] = {"path": str(path), "exists": path.is_file(), "weights": weights if path.is_file() else None}
+        models[kind] = {"path": str(path), "exists": path.is_file(), "weights": weights if path.is_file() else None,
+                        "problem": artifact_problem(path) if path.is_file() else None}
     return {"path": str(root), "writable": writable, "not_writable_because": why, "default_models": models,
             "note": cache_dir_note()}
+
+
+def artifact_problem(path: Path) -> str | None:
+    """Why the runner would refuse the artifact at ``path``, as far as its manifest and size tell (no hashing, no
+    loading), or None: a truncated model was listed as what --backend ort runs."""
+    from moe_base.errors import ToolkitError
+    from moe_base.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except ToolkitError as e:
+        return str(e)
+    size, expected = path.stat().st_size, manifest["artifact"]["bytes"]
+    if size != expected:
+        return (f"the file is {size:,} bytes but its manifest says {expected:,} (damaged, or replaced by hand); "
+                f"export it again")
+    return None
 
 
 def broken_import(module: str) -> str:
@@ -139,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     if c.get("note"):
         print(f"  note: {c['note']}")
     for kind, m in c["default_models"].items():
-        what = (f"{m['path']} (weights {m['weights']})" if m["exists"] else
+        what = (f"{m['path']} (weights {m['weights']})" + (f"; NOT usable: {m['problem']}" if m["problem"] else "")
+                if m["exists"] else
                 f"none yet ({'moe-denoise export' if kind == 'ort' else 'moe-denoise export --flavor plugin, then build'})")
         print(f"  --backend {kind}: {what}")
     return 0

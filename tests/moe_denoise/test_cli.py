@@ -575,13 +575,18 @@ def test_doctor_says_where_the_cache_is_and_which_weights_its_models_were_made_f
     cache = json.loads(out)["cache"]
     assert code == 0 and cache["path"] == str(tmp_path / "cache") and cache["writable"]
     assert cache["default_models"]["ort"] == {"path": str(onnx_path("portable")), "exists": True,
-                                              "weights": str(random_weights)}
+                                              "weights": str(random_weights), "problem": None}
     assert not cache["default_models"]["trt"]["exists"] and "serving (Triton via PyTriton)" in json.loads(out)["backends"]
     code, out, _ = run(capsys, "doctor")
     assert f"--backend ort: {onnx_path('portable')} (weights {random_weights})" in out
+    with open(onnx_path("portable"), "r+b") as f:  # cut short: listed as what --backend ort runs, which refused it
+        size = f.seek(0, 2)
+        f.truncate(1000)
+    code, out, _ = run(capsys, "doctor")
+    assert f"(weights {random_weights}); NOT usable: the file is 1,000 bytes but its manifest says {size:,}" in out
     Path(f"{onnx_path('portable')}.manifest.json").unlink()  # what it was made from is no longer known
     code, out, _ = run(capsys, "doctor")
-    assert f"--backend ort: {onnx_path('portable')} (weights unknown)" in out  # it said 'weights weights unknown'
+    assert f"--backend ort: {onnx_path('portable')} (weights unknown); NOT usable: " in out  # 'weights weights unknown'
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("MOE_DENOISE_CACHE", str(blocked / "cache"))
