@@ -209,6 +209,11 @@ def check_engine(path: Path, max_batch: int) -> dict[str, Any]:
         raise InputError(f"'{path}' uses the TensorRT plugin '{plugin.get('name', plugin)}' without an AOT "
                          f"implementation inside the engine; Triton would need the plugin library. Build the engine "
                          f"from the plugin ONNX with this toolkit's 'moe-denoise build' (AOT plugin)")
+    low = int((manifest.get("profile") or {}).get("min", 1))
+    if low > 1:  # Triton's dynamic batcher sends any batch from 1 up: the engine would refuse those under its minimum
+        raise InputError(f"'{path}' takes batches of {low} tiles or more (its profile's min), but Triton's dynamic "
+                         f"batcher sends batches from 1 tile up, which the engine would refuse while serving; build "
+                         f"an engine with 'moe-denoise build --min-batch 1'")
     top = int((manifest.get("profile") or {}).get("max", 0))
     if top and max_batch > top:
         raise InputError(f"--max-batch {max_batch} exceeds the engine's batch profile (max {top}); pass --max-batch "

@@ -116,6 +116,13 @@ def test_refusals(tmp_path, onnx, engine):
         write_repository(tmp_path / "f", engine)  # the two given the wrong way round
     with pytest.raises(ArtifactError, match=r"is an ONNX model \(its manifest says so\), not a TensorRT engine"):
         write_repository(tmp_path / "g", None, onnx)
+    described = {k: v for k, v in json.loads(Path(f"{engine}.manifest.json").read_text()).items()
+                 if k not in ("schema", "artifact")}
+    eight_up = fake_artifact(tmp_path / "e8.engine", {  # written with max_batch_size 64: batches of 1-7 then failed
+        **described, "profile": {"min": 8, "opt": 32, "max": 128}})
+    with pytest.raises(InputError, match=r"takes batches of 8 tiles or more .* 'moe-denoise build --min-batch 1'"):
+        write_repository(tmp_path / "h", onnx, eight_up)
+    assert not (tmp_path / "h").exists()
 
 
 def test_a_model_that_is_not_the_one_its_manifest_describes_is_refused(tmp_path, onnx, engine):
