@@ -1,7 +1,9 @@
 """Weights on disk: safetensors + a JSON sidecar (config, training settings, metrics), written atomically."""
 from __future__ import annotations
 
+import contextlib
 import json
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise CheckpointError(f"could not read weights {path}: {torch_load_reason(e)}. Pass a .safetensors file "
+        reason = torch_load_reason(e) if path.suffix != ".safetensors" else f"{type(e).__name__}: {e}"
+        with contextlib.suppress(OSError), path.open("rb") as f:
+            if path.suffix == ".safetensors" and f.read(2) == b"PK":  # a zip: what torch.save writes
+                reason = "it is a PyTorch file (torch.save), not safetensors: rename it to .pt"
+        raise CheckpointError(f"could not read weights {path}: {reason}. Pass a .safetensors file "
                               f"written by 'moe-denoise train' or a state dict of tensors saved with torch.save") from e
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # a training-state checkpoint
@@ -97,8 +103,10 @@ def torch_load_reason(e: Exception) -> str:
     if isinstance(e, (KeyError, EOFError)) or (type(e).__name__ == "UnpicklingError"
                                                and "Weights only load failed" not in text):  # bytes that are no pickle
         return f"it is not a file torch.save wrote ({type(e).__name__}: {text[:100] or 'empty'})"
+    if "failed finding central directory" in text or "failed reading zip archive" in text:
+        return "the file is cut short or damaged (not a whole zip archive, which torch.save writes)"
     if "Weights only load failed" not in text:
-        return f"{type(e).__name__}: {text[:300]}"
+        return f"{type(e).__name__}: {textwrap.shorten(text, 300, placeholder=' ...')}"
     if "can still be loaded" in text:
         return "it holds objects other than tensors, and loading those could run code (refused)"
     if "WeightsUnpickler error:" in text:

@@ -67,6 +67,9 @@ class OrtRunner(BaseRunner):
 
     def _activate_impl(self) -> None:
         ort = require("onnxruntime", "the ONNX Runtime backend")
+        if self.model_path.is_dir():
+            raise ArtifactError(f"ONNX model {self.model_path} is a folder; pass the .onnx file (e.g. "
+                                f"{self.model_path / 'moe_denoiser.portable.onnx'}, what 'moe-denoise export' writes)")
         if not self.model_path.is_file():
             raise ArtifactError(f"ONNX model {self.model_path} does not exist; create it with 'moe-denoise export'")
         if self.check_manifest:

@@ -47,6 +47,10 @@ class TensorRTRunner(BaseRunner):
 
     # -- activation -------------------------------------------------------------------------------------
     def _activate_impl(self) -> None:
+        if self.engine_path.is_dir():
+            raise ArtifactError(f"TensorRT engine {self.engine_path} is a folder; pass the .engine file (e.g. "
+                                f"{self.engine_path / 'moe_denoiser.plugin.fp32.engine'}, what 'moe-denoise build' "
+                                f"writes)")
         if not self.engine_path.is_file():
             raise ArtifactError(f"TensorRT engine {self.engine_path} does not exist; build one with "
                                 f"'moe-denoise build --onnx MODEL.onnx'")

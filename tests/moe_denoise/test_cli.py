@@ -758,3 +758,24 @@ def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
     assert Image.open(tmp_path / "noisy" / "in.png").size == (8, 8)
     assert main(["add-noise", str(tmp_path / "gone.png"), "-o", f"{tmp_path / 'other'}/"]) == 2
     assert "no such image file" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_misplaced_files_are_named_for_what_they_are(capsys, tmp_path, random_weights):
+    """A folder as --artifact ('does not exist'), a torch file named .safetensors ('header too large'), a .pt cut
+    short (torch's text cut mid-word) and -o named like a manifest ('x.onnx.manifest.onnx' suggested)."""
+    import torch
+    from safetensors.torch import load_file
+
+    (tmp_path / "models").mkdir()
+    code, _, err = run(capsys, "parity", "--backend", "ort", "--artifact", tmp_path / "models")
+    assert code == 2 and "is a folder; pass the .onnx file" in err
+    torch.save(load_file(str(random_weights)), tmp_path / "w.pt")
+    data = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "renamed.safetensors").write_bytes(data)
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    code, _, err = run(capsys, "parity", "--backend", "torch", "--weights", tmp_path / "renamed.safetensors")
+    assert code == 2 and "it is a PyTorch file (torch.save), not safetensors: rename it to .pt" in err
+    code, _, err = run(capsys, "parity", "--backend", "torch", "--weights", tmp_path / "cut.pt", "--preset", "seed")
+    assert code == 2 and "the file is cut short or damaged" in err
+    code, _, err = run(capsys, "export", "-o", tmp_path / "x.onnx.manifest.json")
+    assert code == 2 and f"(e.g. {tmp_path / 'x.onnx'})" in err
