@@ -5,6 +5,7 @@ returns one float array, so a runner plugs straight into ``runtime.tiling.denois
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,24 +73,49 @@ class BaseRunner:
         self.max_batch = max_batch
         self.input_dtypes = tuple(np.dtype(d) for d in input_dtypes)
         self.is_active = False
+        self._with_depth = 0  # open 'with runner:' blocks, over all threads
+        self._with_owns = False  # the outermost one activated the runner (and so releases it)
+        self._lifecycle = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:  # a lock does not pickle; an inactive runner did and still does
+        state = self.__dict__.copy()
+        state.pop("_lifecycle", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lifecycle = threading.RLock()
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def activate(self) -> BaseRunner:
-        if not self.is_active:
-            self._activate_impl()
-            self.is_active = True
+        with self._lifecycle:
+            if not self.is_active:
+                self._activate_impl()
+                self.is_active = True
         return self
 
     def deactivate(self) -> None:
-        if self.is_active:
-            self._deactivate_impl()
-            self.is_active = False
+        with self._lifecycle:
+            if self.is_active:
+                self._deactivate_impl()
+                self.is_active = False
 
     def __enter__(self) -> BaseRunner:
-        return self.activate()
+        """Nested and concurrent ``with runner:`` blocks share one activation: the block that activated the runner
+        is the one that releases it, when the last block open (in any thread) ends."""
+        with self._lifecycle:
+            if self._with_depth == 0:
+                self._with_owns = not self.is_active
+            self.activate()
+            self._with_depth += 1
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.deactivate()
+        with self._lifecycle:
+            self._with_depth -= 1
+            if self._with_depth == 0 and self._with_owns:
+                self._with_owns = False
+                self.deactivate()
 
     # --- inference -------------------------------------------------------------------------------------
     def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
@@ -195,7 +221,7 @@ def activated(fn: Any) -> Iterator[Any]:
     runner given inactive is activated for the call and released after it, so ``denoise_array(image,
     TorchRunner("blind"))`` works; a runner already active (``with runner:`` around many calls loads it once) and
     any other callable pass through untouched."""
-    if isinstance(fn, BaseRunner) and not fn.is_active:
+    if isinstance(fn, BaseRunner):  # 'with' blocks nest and overlap across threads (BaseRunner.__enter__)
         with fn:
             yield fn
     else:

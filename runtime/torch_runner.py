@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,7 +163,8 @@ class TorchRunner(BaseRunner):
                              f"torch {torch.__version__} sees no CUDA GPU; use --device cpu"
                              f"{' without CUDA graphs' if self.cuda_graph else ''} (device='cpu' in Python), or run "
                              f"on a machine with an NVIDIA GPU and a CUDA build of torch")
-        if self.threads:
+        if self.threads:  # process-wide in torch: put back on deactivate
+            self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
         if self.model is None:
             from moe_model.checkpoint import load_model
@@ -202,6 +204,10 @@ class TorchRunner(BaseRunner):
     def _deactivate_impl(self) -> None:
         self._fn = None
         self.graphs = None
+        saved = getattr(self, "_saved_threads", None)
+        if saved is not None:
+            self._torch.set_num_threads(saved)
+            self._saved_threads = None
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -313,13 +319,31 @@ def _cast_forward(model: Any, dtype: Any) -> Callable[[Any], Any]:
     return forward
 
 
+_TF32_LOCK = threading.Lock()
+_TF32_DEPTH = 0  # blocks inside _no_tf32 right now, over all threads
+_TF32_SAVED: tuple[bool, bool] | None = None
+
+
 @contextmanager
 def _no_tf32(torch: Any) -> Iterator[None]:
-    """TF32 off for cuDNN convolutions and CUDA matmuls inside the block, the caller's settings restored after."""
+    """TF32 off for cuDNN convolutions and CUDA matmuls inside the block, the caller's settings restored after.
+
+    The flags are process-wide, so overlapping blocks (runners used from several threads, as the server's tile and
+    image models are) share one save and restore: the first block in saves and turns TF32 off, the last one out
+    restores. Saving and restoring per block let a block restore TF32 *on* while another thread's forward still ran,
+    and left the caller's setting off for good when two blocks interleaved."""
+    global _TF32_DEPTH, _TF32_SAVED
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.allow_tf32, matmul.allow_tf32)
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    with _TF32_LOCK:
+        if _TF32_DEPTH == 0:
+            _TF32_SAVED = (cudnn.allow_tf32, matmul.allow_tf32)
+            cudnn.allow_tf32 = matmul.allow_tf32 = False
+        _TF32_DEPTH += 1
     try:
         yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        with _TF32_LOCK:
+            _TF32_DEPTH -= 1
+            if _TF32_DEPTH == 0 and _TF32_SAVED is not None:
+                cudnn.allow_tf32, matmul.allow_tf32 = _TF32_SAVED
+                _TF32_SAVED = None

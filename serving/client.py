@@ -258,6 +258,7 @@ class DenoiseClient:
         if not isinstance(pixels, np.ndarray) or pixels.dtype.name not in IMAGE_INPUTS:
             raise InputError(f"a photo is sent as a uint8 or uint16 array [H, W, C]; got "
                              f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
+        given_shape = pixels.shape  # HxW comes back HxW ("same dtype and shape")
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4) or min(pixels.shape[:2]) < 1:
@@ -278,7 +279,8 @@ class DenoiseClient:
         out, more = self._infer(IMAGE_MODEL, {IMAGE_INPUTS[name]: np.ascontiguousarray(pixels)}, IMAGE_OUTPUTS[name],
                                 parameters or None, extra)
         settings = json_from_tensor(more.get(SETTINGS_OUTPUT))
-        return out, guard_from_tensor(more.get(GUARD_OUTPUT)), settings if isinstance(settings, dict) else None
+        return (out.reshape(given_shape), guard_from_tensor(more.get(GUARD_OUTPUT)),
+                settings if isinstance(settings, dict) else None)
 
 
 def server_message(text: str | None) -> str:

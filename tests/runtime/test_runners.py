@@ -167,6 +167,95 @@ def test_torch_runner_runs_in_true_fp32_and_restores_the_callers_tf32_settings(r
         cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
+def test_overlapping_calls_in_two_threads_keep_tf32_off_and_give_the_callers_setting_back():
+    """Each call saved the TF32 flags and put back what it saved: two threads interleaving (the server's tile and
+    image models do) restored each other's values, so a forward ran with TF32 on and the caller's setting ended off."""
+    import threading
+
+    import torch
+
+    from runtime.torch_runner import _no_tf32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with _no_tf32(torch):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with _no_tf32(torch):
+            b_in.set()
+            a_out.wait(10)  # A has left its block; B's forward is still running
+            seen["b after a left"] = (cudnn.allow_tf32, matmul.allow_tf32)
+
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen["b after a left"] == (False, False)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def test_nested_and_overlapping_with_blocks_share_one_activation():
+    """An inner 'with runner:' (a helper's) released the runner for the outer block, and a call in one thread that
+    ended released the runner another thread was still using: 'runner is not active'."""
+    import threading
+
+    r = Doubler()
+    with r:
+        with r:
+            pass
+        np.testing.assert_array_equal(r(GOOD), GOOD * 0.5)  # still active after the inner block
+    assert not r.is_active
+    r.activate()  # activated by hand: a with block around it leaves it active
+    with r:
+        pass
+    assert r.is_active
+    r.deactivate()
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def long_call():
+        with r:
+            inside.set()
+            leave.wait(10)
+            r(GOOD)
+
+    t = threading.Thread(target=long_call)
+    t.start()
+    inside.wait(10)
+    with r:  # a short call in this thread ends while the other is inside its block
+        r(GOOD)
+    assert r.is_active
+    leave.set()
+    t.join(10)
+    assert not r.is_active and r.calls == [2, 2, 2]
+
+
+def test_a_torch_runners_threads_are_given_back_when_it_is_released(random_weights):
+    """TorchRunner(threads=1) set torch's process-wide thread count and left it so for the rest of the process."""
+    import torch
+
+    from runtime.torch_runner import TorchRunner
+
+    before = torch.get_num_threads()
+    with TorchRunner(random_weights, threads=1) as r:
+        assert torch.get_num_threads() == 1
+        r(GOOD)
+    assert torch.get_num_threads() == before
+
+
 def test_psnr_from_mse_is_the_one_formula():
     from moe_base.metrics import psnr_from_mse
 

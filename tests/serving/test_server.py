@@ -97,7 +97,10 @@ def test_serves_whole_photos_as_local_tiling_computes_them(server, direct, dtype
     pixels = np.random.default_rng(channels).integers(0, top + 1, (45, 70, channels)).astype(dtype)
     with _client(server.urls["http"]) as c:
         out = c.denoise_pixels(pixels)
+        flat = c.denoise_pixels(pixels[:, :, 0]) if channels == 1 else None  # gray H x W came back H x W x 1
     local = unit_to_image(denoise_array(image_to_unit(pixels), direct, batch_size=64), dtype)
+    if flat is not None:
+        assert flat.shape == pixels.shape[:2] and np.array_equal(flat, out[:, :, 0])
     assert out.dtype == dtype and out.shape == pixels.shape
     assert int(np.abs(out.astype(np.int64) - local).max()) == 0
     if channels == 4:
