@@ -73,8 +73,9 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         raise InputError(f"the output '{out}' is a file, but several photos need a folder to go to; give a folder "
                          f"(it is created if missing), e.g. -o denoised/")
     if not out.exists() and not out.parent.is_dir():
-        raise InputError(f"the output folder '{out}' cannot be created: its parent '{out.parent}' does not exist; "
-                         f"create it first")
+        why = ("is a file, not a folder; choose another place" if out.parent.exists() else
+               "does not exist; create it first")
+        raise InputError(f"the output folder '{out}' cannot be created: its parent '{out.parent}' {why}")
     sources: list[Path] = []
     ignored: list[Path] = []
     for given in map(Path, inputs):
@@ -125,7 +126,11 @@ def output_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     here that the work left empty (every photo failed, or the run was stopped first) is removed again."""
     folder = Path(path)
     created = not folder.exists()
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as e:  # a read-only or full file system, no permission: said, not a traceback
+        raise InputError(f"cannot create the output folder '{folder}' ({e.strerror or e}); choose a folder you can "
+                         f"write to") from e
     try:
         yield folder
     finally:

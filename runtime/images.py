@@ -15,7 +15,8 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Converted modes** (recorded in ``ImageInfo.notes``, written back in the converted mode): palette
   'P'/'PA' -> RGB or RGBA (RGBA when the palette has transparency; re-quantising a denoised image would
   undo the denoising), 'CMYK'/'YCbCr' -> RGB (Pillow's conversion, no colour management; the CMYK ICC
-  profile is dropped), 'RGBX'/'RGBa'/'La' -> RGB/RGBA/LA.
+  profile is dropped), 'RGBX'/'RGBa'/'La' -> RGB/RGBA/LA; an 8-bit RGB or gray PNG with a transparent colour key
+  (tRNS) -> RGBA or LA, the key as alpha.
 * **Refused modes**: 32-bit integer 'I' and float 'F' images have no defined white level for a
   denoiser trained on [0, 1] pixels, and 'LAB'/'HSV' need colour management; they raise InputError.
 * **Multi-frame files** (animated PNG/GIF, multi-page TIFF): the first frame is read (noted).
@@ -23,6 +24,9 @@ Decisions (each one is what a person denoising a photo would expect):
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
   caller's ``quality``) with 4:4:4 chroma; WebP at the same quality, lossy, with the 4:2:0 chroma libwebp always
   writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept.
+* **Output formats**: PNG, JPEG, TIFF, WebP, BMP and GIF only; the others Pillow can write would resize (ICO,
+  ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the work (BLP, PCX, QOI).
+  A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept.
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
   is written. **BMP output** is refused for images with alpha (readers take the fourth byte as padding).
@@ -80,6 +84,10 @@ _REFUSED = {
     "HSV": "HSV images are not photos in a standard colour space",
 }
 _EXIF_FORMATS = {"JPEG", "PNG", "WEBP"}  # formats whose EXIF is a separate blob we can carry over
+_EXIF_INPUTS = _EXIF_FORMATS | {"MPO"}  # a phone's multi-picture JPEG (.jpg) carries its EXIF as a JPEG does
+# output formats that keep the size, mode and bit depth and honour --jpeg-quality (others: ICO/ICNS resize, AVIF,
+# MPO and PDF compress at their own quality, BLP/EPS/PCX/QOI/SGI raise ValueError on some modes)
+_OUTPUT_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"}
 _TIFF_LOSSLESS = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits"}
 _ORIENTATION_TAG = 0x0112
 
@@ -151,6 +159,12 @@ class ImageHeader:
     decoder: str = "pillow"  # 'pillow', or 'pypng' / 'tifffile' for 16-bit colour (Pillow truncates it)
     core_bytes_per_pixel: int = 0  # Pillow's decoded image (0 when pypng / tifffile decode the file)
     notes: tuple[str, ...] = ()
+    orientation: int = 1  # the file's EXIF orientation: 5 to 8 swap width and height when read upright
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) of the image as read_pixels gives it (after the EXIF orientation)."""
+        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
 
     @property
     def channels(self) -> int:
@@ -398,6 +412,9 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
     elif mode not in _PILLOW_MODES:
         raise InputError(f"'{p}' has Pillow mode '{mode}', which is not supported. Expected gray, gray+alpha, RGB, "
                          f"RGBA, palette or CMYK with 8 or 16 bits per channel; convert it to PNG first")
+    elif mode in ("L", "RGB") and "transparency" in im.info:  # a tRNS colour key: keep it, as alpha
+        layout, bits, core = ("LA" if mode == "L" else "RGBA"), 8, 4
+        notes.append(f"'{mode}' image with a transparent colour key converted to '{layout}'; the output is {layout}")
     else:
         layout, bits, note = _PILLOW_MODES[mode]
         core = _PILLOW_CORE_BYTES.get(mode, 4)
@@ -405,7 +422,39 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
             notes.append(note)
     decoder = {"PNG": "pypng", "TIFF": "tifffile", None: "pillow"}[deep]
     return ImageHeader(path=str(p.resolve()), format=fmt, mode=mode, layout=layout, bit_depth=bits,
-                       width=im.width, height=im.height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes))
+                       width=im.width, height=im.height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes),
+                       orientation=_header_orientation(p, im))
+
+
+def _header_orientation(p: Path, im: Any) -> int:
+    """The EXIF orientation, without decoding the pixels (a PNG's eXIf chunk may follow its IDAT: the chunks are
+    walked, not decompressed)."""
+    try:
+        if im.format == "PNG" and "exif" not in im.info:
+            exif_bytes = None
+            with open(p, "rb") as f:
+                f.seek(8)
+                while True:
+                    head = f.read(8)
+                    if len(head) < 8:
+                        break
+                    length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                    if kind == b"eXIf":
+                        exif_bytes = f.read(length)
+                        break
+                    if kind == b"IEND":
+                        break
+                    f.seek(length + 4, 1)
+            if exif_bytes is None:
+                return 1
+            exif = _pil().Exif()
+            exif.load(exif_bytes)
+        else:
+            exif = im.getexif()
+        value = int(exif.get(_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a damaged EXIF block: the decoder says more when it reads the file
+        return 1
+    return value if value in range(1, 9) else 1
 
 
 def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInfo]:
@@ -427,7 +476,7 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     icc = im.info.get("icc_profile") if keep_icc else None
     dpi = _dpi(im.info.get("dpi"))
     compression = im.info.get("compression") if fmt == "TIFF" else None
-    exif_bytes = _exif_without_orientation(exif) if fmt in _EXIF_FORMATS else None
+    exif_bytes = _exif_without_orientation(exif) if fmt in _EXIF_INPUTS else None
     im.close()  # release Pillow's decoded image before the upright copy
     data = apply_orientation(data, orientation)
     info = ImageInfo(
@@ -555,9 +604,11 @@ def output_format(path: str | os.PathLike[str]) -> str:
     Image.init()
     ext = Path(path).suffix.lower()
     fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE:
-        raise InputError(f"cannot tell which image format to write for '{path}' (extension '{ext}'); "
-                         f"use .png, .jpg/.jpeg, .tif/.tiff, .webp or .bmp")
+    if fmt is None or fmt not in Image.SAVE or fmt not in _OUTPUT_FORMATS:
+        what = "cannot tell which image format to write" if fmt is None or fmt not in Image.SAVE else \
+            f"{fmt} is not an output format (it would not keep the size, mode or quality)"
+        raise InputError(f"{what} for '{path}' (extension '{ext}'); "
+                         f"use .png, .jpg/.jpeg, .tif/.tiff, .webp, .bmp or .gif")
     return fmt
 
 

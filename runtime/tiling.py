@@ -403,8 +403,9 @@ def denoise_array(
     denoised but copied through unchanged. ``fn`` (a runner, or any function of a batch) gets float32
     (B, 3, tile, tile) batches with B <= ``batch_size`` (default: :func:`batch_size_for`, 64 for a runner
     on a CPU, else 256). ``overlap`` (default 16, half the default tile: give it with another ``tile``)
-    trades speed for smoothness: at 16 every pixel is seen by 4 tiles (4x the work of plain stitching) and each tile's edges, where the denoiser sees the
-    least context, get almost no weight; 8 takes 0.44x the time for 0.03 dB less (docs/benchmarks.md).
+    trades speed for smoothness: at 16 every pixel is seen by 4 tiles (4x the work of plain stitching) and
+    each tile's edges, where the denoiser sees the least context, get almost no weight; 8 takes 0.44x the time
+    for 0.03 dB less (docs/benchmarks.md).
     With at least PROGRESS_MIN_TILES tiles, ``progress`` True or 'bar' shows a tqdm bar, 'lines' a line every
     PROGRESS_LINE_S seconds (for logs). The output is not clipped (a denoiser may overshoot [0, 1]).
 

@@ -195,10 +195,12 @@ def run_single(args: argparse.Namespace) -> int:
         read_pixels(args.reference, max_pixels=args.max_pixels)
         ref, photo = read_header(args.reference), read_header(args.input)
         colour = (ref.layout in ("L", "LA"), photo.layout in ("L", "LA"))
-        if (ref.width, ref.height) != (photo.width, photo.height) or colour[0] != colour[1]:
-            raise InputError(f"--reference {args.reference} is {ref.width}x{ref.height} {ref.layout} but "
-                             f"{args.input} is {photo.width}x{photo.height} {photo.layout}; pass the clean version "
-                             f"of the same photo (same size and colour channels; alpha is not compared)")
+        (rw, rh), (pw, ph) = ref.upright_size, photo.upright_size  # as read: after the EXIF orientation
+        if (rw, rh) != (pw, ph) or colour[0] != colour[1]:
+            raise InputError(f"--reference {args.reference} is {rw}x{rh} {ref.layout} but "
+                             f"{args.input} is {pw}x{ph} {photo.layout} (upright, after their EXIF orientation); "
+                             f"pass the clean version of the same photo (same size and colour channels; alpha is "
+                             f"not compared)")
     if args.server is not None:
         report = denoise_one(args, None, args.input, args.output)
     else:
@@ -239,7 +241,8 @@ def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
     """What a text run prints for one photo."""
     w, h = report["size"]
     tiles = f" ({report['tiles']} tiles)" if report["tiles"] is not None else ""  # None: a server that did not say
-    lines = [f"denoised {report['input']} ({w}x{h}, {report['mode']}, {report['bit_depth']}-bit) with "
+    layout = report.get("layout") or report["mode"]  # the channels written (Pillow's mode said RGBA for 16-bit LA)
+    lines = [f"denoised {report['input']} ({w}x{h}, {layout}, {report['bit_depth']}-bit) with "
              f"{report['denoised_by']} in {report['seconds']:.1f}s{tiles} -> {report['output']}"]
     lines += [f"  note: {note}" for note in report["notes"]]
     if report.get("guard"):

@@ -779,3 +779,25 @@ def test_misplaced_files_are_named_for_what_they_are(capsys, tmp_path, random_we
     assert code == 2 and "the file is cut short or damaged" in err
     code, _, err = run(capsys, "export", "-o", tmp_path / "x.onnx.manifest.json")
     assert code == 2 and f"(e.g. {tmp_path / 'x.onnx'})" in err
+
+
+def test_reference_of_a_photo_turned_by_its_exif(capsys, tmp_path):
+    """A photo stored 40 x 32 with EXIF orientation 6 (as phones write them) is read upright, 32 x 40: its upright
+    clean version was refused as the wrong size, and one stored as the file is passed the check, then was refused
+    after the output was written."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    upright = rng.integers(0, 256, (40, 32, 3)).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: stored turned the other way
+    Image.fromarray(np.rot90(upright, 1).copy()).save(tmp_path / "phone.png", exif=exif.tobytes())
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    Image.fromarray(np.rot90(upright, 1).copy()).save(tmp_path / "stored.png")
+    common = ["denoise", tmp_path / "phone.png", "--no-progress", "--json", "--reference"]
+    code, out, err = run(capsys, *common, tmp_path / "upright.png", "-o", tmp_path / "a.png")
+    assert code == 0, err
+    assert json.loads(out)["psnr_vs_reference"]["input"] is None  # identical pixels, compared the same way up
+    code, _, err = run(capsys, *common, tmp_path / "stored.png", "-o", tmp_path / "b.png")
+    assert code == 2 and "is 40x32 RGB but" in err and "is 32x40 RGB (upright, after their EXIF orientation)" in err
+    assert not (tmp_path / "b.png").exists()

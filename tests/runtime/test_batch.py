@@ -155,3 +155,18 @@ def test_with_skip_existing_outputs_another_run_writes_meanwhile_are_left_alone(
     plain = BatchRun(plan_batch([tmp_path / "in"], out), other_run_writes)
     plain.run()
     assert [Path(f["input"]).stem for f in plain.failed] == ["b", "c"] and plain.skipped == []
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, monkeypatch):
+    """A read-only file system (or no permission) ended in an OSError traceback."""
+    def refuse(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(InputError, match=r"cannot create the output folder '.*new' \(Read-only file system\)"):
+        with output_folder(tmp_path / "new"):
+            pass
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(InputError, match=r"its parent '.*afile' is a file, not a folder"):
+        plan_batch([tmp_path / "afile"], tmp_path / "afile" / "sub")

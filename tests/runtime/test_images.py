@@ -474,3 +474,43 @@ def test_write_image_refuses_an_array_of_another_size_than_its_info(tmp_path):
     with pytest.raises(InputError, match=r"the image to write is 50x40, and info describes a 451x300 image"):
         write_image(tmp_path / "out.png", np.zeros((40, 50, 3), np.float32), info)
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("name", ["x.ico", "x.icns", "x.avif", "x.blp", "x.pdf", "x.qoi", "x.pcx"])
+def test_outputs_in_formats_that_change_the_image_are_refused_before_the_work(tmp_path, name):
+    """Any extension Pillow could save was taken: .ico resized to 128x102, .icns to 1024x1024, .avif and .pdf
+    compressed at their own quality, and .blp / .pcx / .qoi crashed after the work on some modes."""
+    if Path(name).suffix not in Image.registered_extensions():
+        pytest.skip(f"this Pillow has no {Path(name).suffix} writer, so there is nothing to refuse")
+    src = tmp_path / "in.png"
+    Image.fromarray(rng_u8((20, 24, 3))).save(src)
+    with pytest.raises(InputError, match=r"is not an output format .* use .png, .jpg/.jpeg, .tif/.tiff, .webp, .bmp"):
+        denoise_file(src, tmp_path / name, identity, progress=False)
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("mode, key, layout", [("RGB", (1, 2, 3), "RGBA"), ("L", 7, "LA")])
+def test_a_transparent_colour_key_comes_back_as_alpha(tmp_path, mode, key, layout):
+    """A PNG whose tRNS chunk makes one colour transparent came back opaque: the hidden pixels showed."""
+    pixels = rng_u8((20, 24, 3) if mode == "RGB" else (20, 24), seed=1)
+    pixels[:4, :4] = key
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    Image.fromarray(pixels).save(src, transparency=key)
+    report = denoise_file(src, out, identity, progress=False)
+    got = np.asarray(Image.open(out))
+    assert Image.open(out).mode == layout and report["layout"] == layout
+    assert (got[:4, :4, -1] == 0).all() and (got[4:, 4:, -1] == 255).all()
+    assert any("transparent colour key" in n for n in report["notes"])
+
+
+def test_a_phones_multi_picture_jpeg_keeps_its_exif(tmp_path):
+    """Phones write .jpg files Pillow opens as MPO (several pictures); their EXIF (make, model, date, GPS) was
+    dropped without a word, where a plain JPEG's is kept."""
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    picture = Image.fromarray(rng_u8((20, 24, 3)))
+    src, out = tmp_path / "phone.jpg", tmp_path / "out.jpg"
+    picture.save(src, format="MPO", save_all=True, append_images=[picture], exif=exif.tobytes())
+    assert Image.open(src).format == "MPO"
+    denoise_file(src, out, identity, progress=False)
+    assert Image.open(out).getexif().get(0x010F) == "PhoneMaker"
