@@ -366,8 +366,20 @@ def read_pixels(
         raise InputError(f"ran out of memory decoding '{p}'; free memory or raise the limit, or split the image "
                          f"into smaller ones") from e
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError) as e:
+        if isinstance(e, Image.UnidentifiedImageError) and _starts_as_tiff(p):
+            raise InputError(f"'{p}' is a TIFF file whose layout Pillow cannot decode (such as float32 colour or "
+                             f"16-bit gray+alpha); convert it to a 16-bit PNG first (e.g. with ImageMagick: magick "
+                             f"in.tif out.png)") from e
         raise InputError(f"cannot read '{p}' as an image ({type(e).__name__}: {e}); expected a valid PNG, JPEG, "
                          f"TIFF or other file Pillow can decode. Is it truncated or corrupt?") from e
+
+
+def _starts_as_tiff(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+    except OSError:
+        return False
 
 
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:
@@ -386,9 +398,28 @@ def _stop_at_header(header: ImageHeader) -> None:
     raise _HeaderRead(header)
 
 
+def _netpbm_maxval(p: Path) -> int:
+    """The maxval of a binary PGM/PPM (P5/P6) header (255 when it cannot be read: Pillow then says what is wrong)."""
+    with open(p, "rb") as f:
+        head = f.read(512)
+    tokens: list[bytes] = []
+    for line in head.split(b"\n"):
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 4:
+            break
+    try:
+        return int(tokens[3]) if tokens[0] in (b"P5", b"P6") else 255
+    except (IndexError, ValueError):
+        return 255
+
+
 def _read_header(p: Path, im: Any) -> ImageHeader:
     """The layout, bit depth and size the file will decode to; refused modes raise here, before decoding."""
     fmt, mode = im.format or "?", im.mode
+    if fmt == "PPM" and _netpbm_maxval(p) > 255:  # Pillow cut a 16-bit PPM to 8 bits, and took a PGM for 32-bit
+        raise InputError(f"'{p}' is a 16-bit Netpbm file (maxval {_netpbm_maxval(p)}), which Pillow does not read "
+                         f"at its full depth; convert it to a 16-bit PNG or TIFF first (e.g. with ImageMagick: "
+                         f"magick in.ppm out.png)")
     notes: list[str] = []
     if getattr(im, "n_frames", 1) > 1:
         notes.append(f"the file has {im.n_frames} frames; only the first is read")
@@ -739,6 +770,9 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
     if fmt == "BMP" and info.layout in ("LA", "RGBA"):
         raise InputError(f"BMP keeps no alpha channel (readers take a 32-bit BMP's fourth byte as padding): the alpha "
                          f"of this '{info.layout}' image would be lost. Write it as .png, .tif or .webp to keep it")
+    if info.bit_depth == 16 and info.layout == "LA" and fmt == "TIFF":
+        raise InputError("a 16-bit gray+alpha TIFF cannot be read back by Pillow, so not by this tool either (it "
+                         "wrote them); write the result as .png, which keeps 16-bit gray+alpha")
     if info.bit_depth == 16 and fmt not in ("PNG", "TIFF"):
         raise InputError(f"16-bit images can be written as PNG or TIFF only; got an output in {fmt}. Use .png or .tif")
     if info.bit_depth == 16 and info.layout != "L":

@@ -1,6 +1,7 @@
 """Image I/O: round trips keep size, mode and bit depth; conversions are noted; errors are clear; writes are atomic."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import subprocess
@@ -514,3 +515,25 @@ def test_a_phones_multi_picture_jpeg_keeps_its_exif(tmp_path):
     assert Image.open(src).format == "MPO"
     denoise_file(src, out, identity, progress=False)
     assert Image.open(out).getexif().get(0x010F) == "PhoneMaker"
+
+
+def test_files_pillow_reads_at_the_wrong_depth_or_not_at_all_are_refused_for_what_they_are(tmp_path):
+    """A 16-bit PPM was cut to 8 bits in silence and a 16-bit PGM refused as '32-bit integer'; a float or 16-bit
+    gray+alpha TIFF was called 'truncated or corrupt'; and this tool wrote 16-bit gray+alpha TIFFs it could not
+    read back."""
+    tifffile = pytest.importorskip("tifffile", reason="writing the test TIFFs needs tifffile: pip install "
+                                                      "'moe-denoise[images]'")
+    rng = np.random.default_rng(0)
+    (tmp_path / "c16.ppm").write_bytes(b"P6\n# made here\n24 20\n65535\n"
+                                       + rng.integers(0, 65536, (20, 24, 3)).astype(">u2").tobytes())
+    (tmp_path / "g16.pgm").write_bytes(b"P5\n24 20\n1023\n" + rng.integers(0, 1024, (20, 24)).astype(">u2").tobytes())
+    for name, maxval in (("c16.ppm", 65535), ("g16.pgm", 1023)):
+        with pytest.raises(InputError, match=rf"is a 16-bit Netpbm file \(maxval {maxval}\)"):
+            read_image(tmp_path / name)
+    tifffile.imwrite(tmp_path / "f.tif", rng.random((20, 24, 3)).astype(np.float32), photometric="rgb")
+    with pytest.raises(InputError, match="is a TIFF file whose layout Pillow cannot decode"):
+        read_image(tmp_path / "f.tif")
+    Image.fromarray(rng_u16((20, 24))).save(tmp_path / "g.png")
+    _, info = images.read_pixels(tmp_path / "g.png")
+    with pytest.raises(InputError, match=r"a 16-bit gray\+alpha TIFF cannot be read back"):  # as a 16-bit LA photo
+        images.check_writable(tmp_path / "o.tif", dataclasses.replace(info, layout="LA"))
