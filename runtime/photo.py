@@ -233,4 +233,5 @@ def add_noise_to_file(
     del pixels
     written = write_pixels(out_path, out, info, overwrite=overwrite)
     return {"input": info.path, "output": str(written), "size": [info.width, info.height], "mode": info.mode,
-            "bit_depth": info.bit_depth, "sigma": float(sigma), "seed": seed}
+            "layout": info.layout, "bit_depth": info.bit_depth, "sigma": float(sigma), "seed": seed,
+            "notes": [*info.notes, *output_notes(output_format(written), info)]}

@@ -479,4 +479,6 @@ def run_add_noise(args: argparse.Namespace) -> int:
         r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite,
                               max_pixels=args.max_pixels)
     print(f"wrote {r['output']} (sigma {r['sigma']:.4g} = {r['sigma'] * 255:.4g}/255, seed {r['seed']})")
+    for note in r["notes"]:  # a palette made RGB, frames dropped: said as denoise says them
+        print(f"  note: {note}")
     return 0

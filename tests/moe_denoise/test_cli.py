@@ -756,6 +756,10 @@ def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
     Image.new("RGB", (8, 8), (100, 120, 140)).save(photo)
     assert main(["add-noise", str(photo), "-o", f"{tmp_path / 'noisy'}/"]) == 0
     assert Image.open(tmp_path / "noisy" / "in.png").size == (8, 8)
+    Image.new("P", (8, 8)).save(tmp_path / "palette.png")  # converted, and said so, as denoise says it
+    capsys.readouterr()
+    assert main(["add-noise", str(tmp_path / "palette.png"), "-o", str(tmp_path / "noisy")]) == 0
+    assert "note: palette 'P' image converted to 'RGB'" in capsys.readouterr().out
     assert main(["add-noise", str(tmp_path / "gone.png"), "-o", f"{tmp_path / 'other'}/"]) == 2
     assert "no such image file" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
