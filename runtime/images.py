@@ -398,6 +398,12 @@ def _stop_at_header(header: ImageHeader) -> None:
     raise _HeaderRead(header)
 
 
+def _gray_palette(im: Any) -> bool:
+    """Whether every colour of a palette image's palette is a gray (R = G = B): Pillow opens a gray GIF as one."""
+    palette = im.getpalette() or []
+    return bool(palette) and all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+
+
 def _netpbm_maxval(p: Path) -> int:
     """The maxval of a binary PGM/PPM (P5/P6) header (255 when it cannot be read: Pillow then says what is wrong)."""
     with open(p, "rb") as f:
@@ -434,6 +440,9 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         if samples not in (2, 3, 4):
             raise InputError(f"'{p}' has {samples} samples per pixel; expected 16-bit gray+alpha, RGB or RGBA (2 to 4)")
         layout, bits = {2: "LA", 3: "RGB", 4: "RGBA"}[samples], 16
+    elif mode == "P" and "transparency" not in im.info and _gray_palette(im):  # a gray GIF: gray, not colour
+        layout, bits, core = "L", 8, 1
+        notes.append("palette image of grays read as gray ('L'); the output is L")
     elif mode in ("P", "PA"):
         layout, bits, core = ("RGBA" if mode == "PA" or "transparency" in im.info else "RGB"), 8, 4 if mode == "PA" else 1
         notes.append(f"palette '{mode}' image converted to '{layout}'; the output is {layout}")

@@ -756,7 +756,7 @@ def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
     Image.new("RGB", (8, 8), (100, 120, 140)).save(photo)
     assert main(["add-noise", str(photo), "-o", f"{tmp_path / 'noisy'}/"]) == 0
     assert Image.open(tmp_path / "noisy" / "in.png").size == (8, 8)
-    Image.new("P", (8, 8)).save(tmp_path / "palette.png")  # converted, and said so, as denoise says it
+    Image.new("RGB", (8, 8), (200, 30, 40)).convert("P").save(tmp_path / "palette.png")  # said, as denoise says it
     capsys.readouterr()
     assert main(["add-noise", str(tmp_path / "palette.png"), "-o", str(tmp_path / "noisy")]) == 0
     assert "note: palette 'P' image converted to 'RGB'" in capsys.readouterr().out

@@ -537,3 +537,15 @@ def test_files_pillow_reads_at_the_wrong_depth_or_not_at_all_are_refused_for_wha
     _, info = images.read_pixels(tmp_path / "g.png")
     with pytest.raises(InputError, match=r"a 16-bit gray\+alpha TIFF cannot be read back"):  # as a 16-bit LA photo
         images.check_writable(tmp_path / "o.tif", dataclasses.replace(info, layout="LA"))
+
+
+def test_a_gray_gif_is_read_as_gray_and_can_be_written_as_gif(tmp_path):
+    """Pillow opens a gray GIF as a palette image: it was read as RGB, and its own format then refused for colour."""
+    gray = rng_u8((20, 24))
+    Image.fromarray(gray).save(tmp_path / "in.gif")
+    assert Image.open(tmp_path / "in.gif").mode == "P"
+    report = denoise_file(tmp_path / "in.gif", tmp_path / "out.gif", identity, progress=False)
+    assert report["layout"] == "L" and any("palette image of grays read as gray" in n for n in report["notes"])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.gif").convert("L")), gray)
+    Image.fromarray(rng_u8((20, 24, 3))).convert("P").save(tmp_path / "colour.gif")  # colours stay colour
+    assert images.read_header(tmp_path / "colour.gif").layout == "RGB"
