@@ -68,6 +68,9 @@ class BaseRunner:
 
     def __init__(self, name: str | None = None, precision: str = "fp32", max_batch: int | None = None,
                  input_dtypes: tuple[Any, ...] = (np.float32,)) -> None:
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise InputError(f"max_batch= is the most tiles a call takes, a whole number >= 1 (None: no limit); got "
+                             f"{max_batch!r}")
         self.name = name or self.backend
         self.precision = precision
         self.max_batch = max_batch

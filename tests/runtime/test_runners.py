@@ -9,7 +9,7 @@ import pytest
 from moe_base.errors import ArtifactError, ArtifactMismatchError
 from moe_base.manifest import manifest_path
 from moe_base.optional import require
-from runtime import BaseRunner, InputError, MissingBackendError, validate_batch
+from runtime import BaseRunner, InputError, MissingBackendError, OrtRunner, validate_batch
 
 
 class Doubler(BaseRunner):
@@ -368,3 +368,15 @@ def test_torch_runner_arguments_are_checked_when_made(kwargs, message):
 
     with pytest.raises(ToolkitError, match=message):
         TorchRunner(**kwargs)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Doubler(max_batch=2.5), r"max_batch= is the most tiles a call takes, a whole number >= 1 .* got 2\.5"),
+    (lambda: Doubler(max_batch=0), r"max_batch= .* got 0"),  # the torch runner said 'no batch bucket fits'
+    (lambda: OrtRunner("m.onnx", threads=2.5), r"threads= is a whole number >= 0 .* got 2\.5"),
+    (lambda: OrtRunner("m.onnx", threads="2"), r"threads= .* got '2'"),
+])
+def test_runner_counts_that_are_not_whole_numbers_are_refused_when_made(make, message):
+    """These reached the user as a bare TypeError from pybind or '<', or were taken (an ONNX runner with max_batch=0)."""
+    with pytest.raises(InputError, match=message):
+        make()
