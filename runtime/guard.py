@@ -234,6 +234,13 @@ def estimate_sigma(image: np.ndarray | list[np.ndarray]) -> float | None:
     """Noise standard deviation (on [0, 1] pixels) of an image, or of several (e.g. windows of one photo) pooled:
     the root-mean-square over their pixels of :func:`estimate_noise_profile`. None when no estimate is possible."""
     images = image if isinstance(image, list) else [image]
+    for im in images:  # 0-255 pixels read as saturated: None came back, as for a flat image (unclipped noise may
+        # take [0, 1] pixels a little past 1; past 4 they are levels of 255)
+        if not isinstance(im, np.ndarray) or im.dtype.kind != "f" or (im.size and float(np.nanmax(im)) > 4.0):
+            what = (f"{im.dtype} values up to {np.max(im) if im.size else 0}" if isinstance(im, np.ndarray)
+                    else type(im).__name__)
+            raise InputError(f"estimate_sigma takes float images on [0, 1] pixels; got {what}. Convert 8-bit pixels "
+                             f"with np.asarray(image, np.float32) / 255 (16-bit: / 65535)")
     profile = estimate_noise_profile(images)
     return None if profile is None else profile.rms(images)
 

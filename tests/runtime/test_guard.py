@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from moe_base.errors import InputError
 from moe_denoise.cli import main
 from runtime.guard import (
     GUARD_MAX_SIGMA,
@@ -456,3 +457,11 @@ def test_a_sigma_nobody_reads_is_refused_by_the_library_too(tmp_path):
     assert not (tmp_path / "out.png").exists()
     expected = decision.input_weight * image + (1 - decision.input_weight) * denoise_array(image, blur, guard=False)
     np.testing.assert_allclose(denoise_array(image, blur, guard=decision), expected, atol=1e-6)  # no sigma: as before
+
+
+@pytest.mark.parametrize("image", [np.full((16, 16), 128, np.uint8), np.full((16, 16, 3), 200.0, np.float32),
+                                   [np.zeros((8, 8), np.float32), np.full((8, 8), 65535, np.uint16)]])
+def test_pixels_on_another_scale_are_refused_rather_than_estimated_as_none(image):
+    """estimate_sigma of an 8-bit image gave None, as for a flat one: every value past 1 reads as saturated."""
+    with pytest.raises(InputError, match=r"estimate_sigma takes float images on \[0, 1\] pixels; got .* / 255"):
+        estimate_sigma(image)
