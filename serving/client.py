@@ -80,6 +80,7 @@ class DenoiseClient:
         self.timeout_s = timeout_s
         self.retries = 0
         self._outputs: dict[str, list[str]] = {}
+        self._max_batches: dict[str, int] = {}  # each model's max_batch_size, asked once
         self._module = _import_client(self.protocol)
         self._thread = threading.get_ident()  # an HTTP client's connections (gevent's) belong to this thread
         self._closed = False
@@ -222,6 +223,15 @@ class DenoiseClient:
         A valid request that Triton batched with someone else's invalid one gets that request's error (PyTriton
         reports errors per batch); it is sent once more, and ``retries`` counts how often that happened.
         """
+        if isinstance(tiles, np.ndarray) and tiles.ndim == 4 and len(tiles) == 0:
+            raise InputError("no tiles to denoise (a batch of 0); send at least one [3, 32, 32] tile")
+        if isinstance(tiles, np.ndarray) and tiles.ndim == 4:  # more than the server takes a call: sent in parts, as a
+            most = self._max_batches.get(model)  # local runner splits them (Triton's own words were its refusal)
+            if most is None:
+                most = self._max_batches[model] = self.max_batch(model)
+            if most > 0 and len(tiles) > most:
+                return np.concatenate([self.denoise_tiles(tiles[i:i + most], model)
+                                       for i in range(0, len(tiles), most)])
         feeds = {INPUT_NAME: np.ascontiguousarray(tiles)}
         try:
             return self._infer(model, feeds, OUTPUT_NAME)[0]

@@ -84,8 +84,12 @@ def test_serves_tiles_as_the_direct_runner_computes_them(server, direct, tiles, 
     with _client(url) as c:
         assert c.ready("moe_denoiser") and c.ready("moe_denoiser_image")
         out = c.denoise_tiles(tiles[:5])
+        many = c.denoise_tiles(tiles)  # 24 tiles, over the server's max_batch of 16: sent in parts (Triton refused it)
+        with pytest.raises(InputError, match="no tiles to denoise"):
+            c.denoise_tiles(tiles[:0])
     assert out.shape == (5, 3, 32, 32) and out.dtype == np.float32
     assert float(np.abs(out - direct(tiles[:5])).max()) <= 1e-5
+    assert many.shape == (24, 3, 32, 32) and float(np.abs(many - direct(tiles)).max()) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint16, 3), (np.uint8, 1), (np.uint8, 4)])
