@@ -24,9 +24,12 @@ Decisions (each one is what a person denoising a photo would expect):
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
   caller's ``quality``) with 4:4:4 chroma; WebP at the same quality, lossy, with the 4:2:0 chroma libwebp always
   writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept.
-* **Output formats**: PNG, JPEG, TIFF, WebP, BMP and GIF only; the others Pillow can write would resize (ICO,
-  ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the work (BLP, PCX, QOI).
-  A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept.
+* **Output formats**: PNG, JPEG, TIFF, WebP, BMP, GIF, 8-bit PPM/PGM (no alpha) and TGA only; the others Pillow
+  can write would resize (ICO, ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the
+  work (BLP, PCX, QOI). A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept. A palette image whose
+  colours are all grays (how Pillow opens a gray GIF) is read as gray. Refused on reading: 16-bit Netpbm (Pillow
+  reads it at 8 bits) and TIFF layouts Pillow cannot decode (float colour, 16-bit gray+alpha; so 16-bit gray+alpha
+  is not written as TIFF either).
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
   is written. **BMP output** is refused for images with alpha (readers take the fourth byte as padding).
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import zlib
 from collections.abc import Callable
@@ -87,7 +91,7 @@ _EXIF_FORMATS = {"JPEG", "PNG", "WEBP"}  # formats whose EXIF is a separate blob
 _EXIF_INPUTS = _EXIF_FORMATS | {"MPO"}  # a phone's multi-picture JPEG (.jpg) carries its EXIF as a JPEG does
 # output formats that keep the size, mode and bit depth and honour --jpeg-quality (others: ICO/ICNS resize, AVIF,
 # MPO and PDF compress at their own quality, BLP/EPS/PCX/QOI/SGI raise ValueError on some modes)
-_OUTPUT_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"}
+_OUTPUT_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF", "PPM", "TGA"}  # PPM/PGM, TGA: lossless too
 _TIFF_LOSSLESS = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits"}
 _ORIENTATION_TAG = 0x0112
 
@@ -366,12 +370,28 @@ def read_pixels(
         raise InputError(f"ran out of memory decoding '{p}'; free memory or raise the limit, or split the image "
                          f"into smaller ones") from e
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError) as e:
-        if isinstance(e, Image.UnidentifiedImageError) and _starts_as_tiff(p):
-            raise InputError(f"'{p}' is a TIFF file whose layout Pillow cannot decode (such as float32 colour or "
-                             f"16-bit gray+alpha); convert it to a 16-bit PNG first (e.g. with ImageMagick: magick "
-                             f"in.tif out.png)") from e
+        layout = _tiff_layout(p) if isinstance(e, Image.UnidentifiedImageError) else None
+        if layout:  # a whole TIFF of a layout Pillow has no decoder for; a broken one is said to be broken below
+            raise InputError(f"'{p}' is a TIFF file whose layout Pillow cannot decode ({layout} samples; such as "
+                             f"float32 colour or 16-bit gray+alpha); convert it to a 16-bit PNG first (e.g. with "
+                             f"ImageMagick: magick in.tif out.png)") from e
         raise InputError(f"cannot read '{p}' as an image ({type(e).__name__}: {e}); expected a valid PNG, JPEG, "
                          f"TIFF or other file Pillow can decode. Is it truncated or corrupt?") from e
+
+
+def _tiff_layout(p: Path) -> str | None:
+    """'3 x float32' for a TIFF whose first page tifffile can describe, None when it is no TIFF, is broken, or
+    tifffile is not installed."""
+    if not _starts_as_tiff(p):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(p) as tf:
+            page = tf.pages[0]
+            return f"{int(page.samplesperpixel)} x {page.dtype}"
+    except Exception:  # noqa: BLE001 - cut short or damaged: not a layout question
+        return None
 
 
 def _starts_as_tiff(p: Path) -> bool:
@@ -405,7 +425,8 @@ def _gray_palette(im: Any) -> bool:
 
 
 def _netpbm_maxval(p: Path) -> int:
-    """The maxval of a binary PGM/PPM (P5/P6) header (255 when it cannot be read: Pillow then says what is wrong)."""
+    """The maxval of a PGM/PPM header, binary (P5/P6) or plain (P2/P3); 255 when it cannot be read (Pillow then says
+    what is wrong)."""
     with open(p, "rb") as f:
         head = f.read(512)
     tokens: list[bytes] = []
@@ -414,7 +435,7 @@ def _netpbm_maxval(p: Path) -> int:
         if len(tokens) >= 4:
             break
     try:
-        return int(tokens[3]) if tokens[0] in (b"P5", b"P6") else 255
+        return int(tokens[3]) if tokens[0] in (b"P2", b"P3", b"P5", b"P6") else 255
     except (IndexError, ValueError):
         return 255
 
@@ -485,10 +506,18 @@ def _header_orientation(p: Path, im: Any) -> int:
                     if kind == b"IEND":
                         break
                     f.seek(length + 4, 1)
-            if exif_bytes is None:
-                return 1
+            # as Pillow's getexif() reads it after decoding: the eXIf chunk, else ImageMagick's 'Raw profile type
+            # exif' text chunk; then an XMP tiff:Orientation when the EXIF has none
+            raw = im.info.get("Raw profile type exif")
+            if exif_bytes is None and raw:
+                exif_bytes = bytes.fromhex("".join(raw.split("\n")[3:]))
             exif = _pil().Exif()
-            exif.load(exif_bytes)
+            if exif_bytes is not None:
+                exif.load(exif_bytes)
+            xmp = im.info.get("XML:com.adobe.xmp")
+            found = re.search(r'tiff:Orientation(="|>)([0-9])', xmp) if isinstance(xmp, str) else None
+            if _ORIENTATION_TAG not in exif and found:
+                return int(found[2]) if int(found[2]) in range(1, 9) else 1
         else:
             exif = im.getexif()
         value = int(exif.get(_ORIENTATION_TAG, 1) or 1)
@@ -644,11 +673,12 @@ def output_format(path: str | os.PathLike[str]) -> str:
     Image.init()
     ext = Path(path).suffix.lower()
     fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE or fmt not in _OUTPUT_FORMATS:
+    netpbm_kept = fmt != "PPM" or ext in (".ppm", ".pgm", ".pnm")  # .pbm (1-bit) would hold an 8-bit P6 or P5
+    if fmt is None or fmt not in Image.SAVE or fmt not in _OUTPUT_FORMATS or not netpbm_kept:
         what = "cannot tell which image format to write" if fmt is None or fmt not in Image.SAVE else \
             f"{fmt} is not an output format (it would not keep the size, mode or quality)"
         raise InputError(f"{what} for '{path}' (extension '{ext}'); "
-                         f"use .png, .jpg/.jpeg, .tif/.tiff, .webp, .bmp or .gif")
+                         f"use .png, .jpg/.jpeg, .tif/.tiff, .webp, .bmp, .gif, .ppm/.pgm or .tga")
     return fmt
 
 
@@ -776,6 +806,9 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
                          f"would be requantised to a 256-colour palette, losing colours (and, denoised, much of the "
                          f"denoising). Write "
                          f"it as .png (lossless, every colour and the alpha kept) and convert that if you need a GIF")
+    if fmt == "PPM" and info.layout in ("LA", "RGBA"):
+        raise InputError(f"PPM/PGM keeps no alpha channel: the alpha of this '{info.layout}' image would be lost. "
+                         f"Write it as .png, .tif or .tga to keep it")
     if fmt == "BMP" and info.layout in ("LA", "RGBA"):
         raise InputError(f"BMP keeps no alpha channel (readers take a 32-bit BMP's fourth byte as padding): the alpha "
                          f"of this '{info.layout}' image would be lost. Write it as .png, .tif or .webp to keep it")

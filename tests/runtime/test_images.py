@@ -549,3 +549,48 @@ def test_a_gray_gif_is_read_as_gray_and_can_be_written_as_gif(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.gif").convert("L")), gray)
     Image.fromarray(rng_u8((20, 24, 3))).convert("P").save(tmp_path / "colour.gif")  # colours stay colour
     assert images.read_header(tmp_path / "colour.gif").layout == "RGB"
+
+
+def test_the_header_turns_a_png_as_its_decoding_does(tmp_path):
+    """The size a photo has upright (what --reference is checked against) came from a PNG's eXIf chunk alone, while
+    its decoding also takes an XMP tiff:Orientation: such a pair was refused as different sizes."""
+    from PIL import PngImagePlugin
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    chunks = PngImagePlugin.PngInfo()
+    chunks.add_itxt("XML:com.adobe.xmp", xmp)
+    Image.fromarray(rng_u8((20, 30, 3))).save(tmp_path / "turned.png", pnginfo=chunks)
+    pixels, _ = images.read_pixels(tmp_path / "turned.png")
+    assert pixels.shape[:2] == (30, 20)  # decoded upright
+    assert images.read_header(tmp_path / "turned.png").upright_size == (20, 30)  # (width, height), the same
+
+
+def test_lossless_netpbm_and_tga_outputs_keep_every_pixel(tmp_path):
+    """The output formats were limited to six, which refused PPM/PGM and TGA: lossless, and written exactly."""
+    for layout, shape in (("RGB", (20, 24, 3)), ("L", (20, 24))):
+        pixels = rng_u8(shape)
+        Image.fromarray(pixels).save(tmp_path / f"in_{layout}.png")
+        for ext in (".ppm", ".pgm", ".tga"):
+            out = tmp_path / f"out_{layout}{ext}"
+            denoise_file(tmp_path / f"in_{layout}.png", out, identity, progress=False, guard=False)
+            np.testing.assert_array_equal(np.asarray(Image.open(out).convert(layout)), pixels)
+    with pytest.raises(InputError, match="PPM/PGM keeps no alpha channel"):
+        Image.fromarray(rng_u8((20, 24, 4))).save(tmp_path / "rgba.png")
+        denoise_file(tmp_path / "rgba.png", tmp_path / "rgba.ppm", identity, progress=False)
+    with pytest.raises(InputError, match="PPM is not an output format"):  # 1-bit by its name, 8-bit inside
+        denoise_file(tmp_path / "in_L.png", tmp_path / "out.pbm", identity, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's own, about the broken file
+def test_a_broken_tiff_is_called_broken_and_plain_16_bit_netpbm_is_refused(tmp_path):
+    """A TIFF cut short was blamed on its 'layout' (convert it, it said); a plain-text 16-bit PPM was still cut to
+    8 bits."""
+    pytest.importorskip("tifffile", reason="telling a layout from damage needs tifffile: pip install "
+                                           "'moe-denoise[images]'")
+    (tmp_path / "cut.tif").write_bytes(b"II*\0" + bytes(range(40)))
+    with pytest.raises(InputError, match="Is it truncated or corrupt"):
+        read_image(tmp_path / "cut.tif")
+    (tmp_path / "plain.ppm").write_bytes(b"P3\n2 1\n65535\n1 2 3 40000 50000 60000\n")
+    with pytest.raises(InputError, match=r"is a 16-bit Netpbm file \(maxval 65535\)"):
+        read_image(tmp_path / "plain.ppm")
