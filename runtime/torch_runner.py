@@ -163,9 +163,21 @@ class TorchRunner(BaseRunner):
                              f"torch {torch.__version__} sees no CUDA GPU; use --device cpu"
                              f"{' without CUDA graphs' if self.cuda_graph else ''} (device='cpu' in Python), or run "
                              f"on a machine with an NVIDIA GPU and a CUDA build of torch")
-        if self.threads:  # process-wide in torch: put back on deactivate
-            self._saved_threads = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
+        if self.threads:  # process-wide in torch: put back when the last runner that set it is released
+            _take_threads(torch, self.threads)
+            self._holds_threads = True
+        try:
+            self._load(torch)
+        except BaseException:  # an activation that failed is never deactivated: give the count back now
+            self._give_threads_back(torch)
+            raise
+
+    def _give_threads_back(self, torch: Any) -> None:
+        if getattr(self, "_holds_threads", False):
+            self._holds_threads = False
+            _give_threads(torch)
+
+    def _load(self, torch: Any) -> None:
         if self.model is None:
             from moe_model.checkpoint import load_model
             self.model = load_model(self.weights_file, preset=self.preset, verify=self.verify_weights,
@@ -204,10 +216,7 @@ class TorchRunner(BaseRunner):
     def _deactivate_impl(self) -> None:
         self._fn = None
         self.graphs = None
-        saved = getattr(self, "_saved_threads", None)
-        if saved is not None:
-            self._torch.set_num_threads(saved)
-            self._saved_threads = None
+        self._give_threads_back(self._torch)
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -317,6 +326,31 @@ def _cast_forward(model: Any, dtype: Any) -> Callable[[Any], Any]:
         return model(x.to(dtype)).float()
 
     return forward
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = 0  # active runners that set torch's (process-wide) thread count
+_THREADS_SAVED: int | None = None
+
+
+def _take_threads(torch: Any, threads: int) -> None:
+    """As _no_tf32: the first runner in saves the caller's count, the last one out restores it (runners released in
+    any order, from any thread, give back what the caller had, not what another runner set)."""
+    global _THREADS_USERS, _THREADS_SAVED
+    with _THREADS_LOCK:
+        if _THREADS_USERS == 0:
+            _THREADS_SAVED = torch.get_num_threads()
+        _THREADS_USERS += 1
+        torch.set_num_threads(threads)
+
+
+def _give_threads(torch: Any) -> None:
+    global _THREADS_USERS, _THREADS_SAVED
+    with _THREADS_LOCK:
+        _THREADS_USERS -= 1
+        if _THREADS_USERS == 0 and _THREADS_SAVED is not None:
+            torch.set_num_threads(_THREADS_SAVED)
+            _THREADS_SAVED = None
 
 
 _TF32_LOCK = threading.Lock()

@@ -243,16 +243,28 @@ def test_nested_and_overlapping_with_blocks_share_one_activation():
     assert not r.is_active and r.calls == [2, 2, 2]
 
 
-def test_a_torch_runners_threads_are_given_back_when_it_is_released(random_weights):
-    """TorchRunner(threads=1) set torch's process-wide thread count and left it so for the rest of the process."""
+def test_a_torch_runners_threads_are_given_back_when_it_is_released(random_weights, tmp_path):
+    """TorchRunner(threads=N) set torch's process-wide thread count and left it so for the rest of the process; two
+    runners released in the order they were made gave back the first one's count; a failed activation gave back
+    nothing."""
     import torch
 
+    from moe_base.errors import CheckpointError
     from runtime.torch_runner import TorchRunner
 
     before = torch.get_num_threads()
-    with TorchRunner(random_weights, threads=1) as r:
-        assert torch.get_num_threads() == 1
-        r(GOOD)
+    one, other = (1, 3) if before != 1 else (2, 3)  # each differs from the caller's count, on any machine
+    a, b = TorchRunner(random_weights, threads=one), TorchRunner(random_weights, threads=other)
+    a.activate()
+    assert torch.get_num_threads() == one
+    b.activate()
+    a.deactivate()
+    b.deactivate()
+    assert torch.get_num_threads() == before
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not weights")
+    with pytest.raises(CheckpointError), TorchRunner(broken, threads=one, preset="seed"):
+        pass
     assert torch.get_num_threads() == before
 
 
