@@ -106,7 +106,8 @@ def new_workspace(home: Path) -> Path:
 
 def remove_dead_workspaces(home: Path) -> list[Path]:
     """Remove the workspaces in ``home`` of serve processes that no longer run; returns what was removed. A process
-    id used again by another process keeps its folder (never a live server's)."""
+    id used again by another process keeps its folder (never a live server's). Process ids are this PID namespace's:
+    servers in other containers sharing ``home`` need a PYTRITON_HOME of their own (docs/serving.md)."""
     removed = []
     for folder in sorted(home.glob(f"{WORKSPACE_PREFIX}*")):
         found = re.fullmatch(rf"{re.escape(WORKSPACE_PREFIX)}(\d+)-\d+", folder.name)
