@@ -140,10 +140,19 @@ def _field_problem(m: dict[str, Any]) -> str | None:
     a hand-edited value reached the user as a Python traceback. The self-check record is checked where it is used
     (:func:`runtime.parity.self_check`)."""
     if "precision" in m and m["precision"] not in ("fp32", "fp16", "bf16"):
-        return f"precision {m['precision']!r} (expected fp32 or fp16)"
+        return f"precision {m['precision']!r} (expected fp32, fp16 or bf16)"
     for key in ("io", "model", "tolerance", "self_check", "onnx", "plugin", "tensorrt", "profile"):
         if m.get(key) is not None and not isinstance(m[key], dict):
             return f"a {type(m[key]).__name__} as its {key!r} entry (expected an object)"
+    for side in ("inputs", "outputs"):
+        entries = (m.get("io") or {}).get(side, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                    for e in entries):
+            return f"io {side} {entries!r} (expected a list of tensors, each with its name)"
+    for key in ("weights_sha256", "weights_file"):
+        value = (m.get("model") or {}).get(key)
+        if value is not None and not isinstance(value, str):
+            return f"model {key} {value!r} (expected text)"
     config = (m.get("model") or {}).get("config")
     if config is not None:
         from .config import ModelConfig

@@ -150,7 +150,7 @@ def self_check(run: Any, record: dict[str, Any] | None, atol: float, what: str) 
         images, positions = int(record["images"]), np.asarray(record["positions"], dtype=int)
         values = np.asarray(record["values"], dtype=np.float64)
         if not (1 <= images <= SELF_CHECK_IMAGES_MAX and positions.ndim == 1 and values.shape == (images, len(positions))
-                and ((positions >= 0) & (positions < int(np.prod(TILE_SHAPE)))).all()):
+                and ((positions >= 0) & (positions < int(np.prod(TILE_SHAPE)))).all() and np.isfinite(values).all()):
             raise ValueError("sizes")
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"the manifest of {what} has a self_check entry that is not the toolkit's (images, "

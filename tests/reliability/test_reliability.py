@@ -301,6 +301,9 @@ MANIFEST_EDITS = {
     "atol a word": lambda m: m.update(tolerance={**m["tolerance"], "atol": "abc"}),
     "self_check images a word": lambda m: m["self_check"].update(images="x"),
     "self_check position outside a tile": lambda m: m["self_check"]["positions"].__setitem__(0, 10**6),
+    "self_check value not a number": lambda m: m["self_check"]["values"][0].__setitem__(0, float("nan")),
+    "io inputs a string": lambda m: m["io"].update(inputs="x"),
+    "weights_sha256 a number": lambda m: m["model"].update(weights_sha256=5),
 }
 
 
