@@ -74,6 +74,7 @@ class BaseRunner:
         self.name = name or self.backend
         self.precision = precision
         self.max_batch = max_batch
+        self.min_batch = 1  # the fewest tiles a call takes (a TensorRT engine's profile minimum); fewer are padded
         self.input_dtypes = tuple(np.dtype(d) for d in input_dtypes)
         self.is_active = False
         self._with_depth = 0  # open 'with runner:' blocks, over all threads
@@ -137,11 +138,19 @@ class BaseRunner:
             validate_batch(x, self.input_dtypes, self.input_name)
         step = self.max_batch or len(x)
         if len(x) <= step:
-            out = self._infer_impl(np.ascontiguousarray(x))
+            out = self._infer_at_least_min(x)
         else:
-            out = np.concatenate([self._infer_impl(np.ascontiguousarray(x[i : i + step]))
-                                  for i in range(0, len(x), step)])
+            out = np.concatenate([self._infer_at_least_min(x[i : i + step]) for i in range(0, len(x), step)])
         return {self.output_name: out}
+
+    def _infer_at_least_min(self, x: np.ndarray) -> np.ndarray:
+        """One chunk; one smaller than ``min_batch`` (an engine built for batches of 8 or more) is padded with
+        copies of its last tile, whose outputs are dropped (each tile is denoised on its own)."""
+        n = len(x)
+        if n < self.min_batch:
+            padded = np.concatenate([x, np.repeat(x[-1:], self.min_batch - n, axis=0)])
+            return self._infer_impl(padded)[:n]
+        return self._infer_impl(np.ascontiguousarray(x))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.infer(x)[self.output_name]

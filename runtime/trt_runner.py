@@ -95,6 +95,7 @@ class TensorRTRunner(BaseRunner):
         self.input_name, self.output_name = inputs[0], outputs[0]
         lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.profile_batch = (int(lo[0]), int(hi[0]))
+        self.min_batch = int(lo[0])  # fewer tiles are padded up to it (BaseRunner.infer), as Triton sends any batch
         self.max_batch = min(self.max_batch or hi[0], int(hi[0]))  # larger batches are chunked
         self.stream = torch.cuda.Stream(self.device)
         if self.cuda_graph:

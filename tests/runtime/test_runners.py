@@ -392,3 +392,15 @@ def test_runner_counts_that_are_not_whole_numbers_are_refused_when_made(make, me
     """These reached the user as a bare TypeError from pybind or '<', or were taken (an ONNX runner with max_batch=0)."""
     with pytest.raises(InputError, match=message):
         make()
+
+
+def test_a_call_below_the_runners_minimum_batch_is_padded_and_cut_back():
+    """An engine built for batches of 8 or more refused the last chunk of a photo and any smaller request, which
+    serve and denoise send (Triton's batcher forms batches from 1 up)."""
+    r = Doubler(max_batch=16)
+    r.min_batch = 8  # as a TensorRT runner sets it from its engine's profile
+    x = np.random.default_rng(0).random((21, 3, 32, 32), dtype=np.float32)
+    with r:
+        out = r(x)
+    np.testing.assert_array_equal(out, x * 0.5)
+    assert r.calls == [16, 8]  # 16, then the last 5 padded to 8
