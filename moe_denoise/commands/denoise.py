@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         from runtime.batch import CONTRADICTION
 
         raise InputError(CONTRADICTION)
-    folder_meant = args.output.endswith(("/", os.sep))  # '-o denoised/': a folder, even one not made yet
+    folder_meant = folder_asked(args.output)  # '-o denoised/': a folder, even one not made yet
     args.output = Path(args.output)
     if len(args.input) > 1 or args.input[0].is_dir():
         return run_batch(args)
@@ -155,6 +155,16 @@ def run(args: argparse.Namespace) -> int:
     plan_batch([args.input], args.output, overwrite=args.overwrite)  # the same checks as for several photos
     with output_folder(args.output):
         return run_single(args)
+
+
+def folder_asked(output: str) -> bool:
+    """Whether ``-o`` ends with a slash (a folder, made if missing); InputError when a file stands there."""
+    if not output.endswith(("/", os.sep)):
+        return False
+    if Path(output).exists() and not Path(output).is_dir():
+        raise InputError(f"-o {output} names a folder, but '{output.rstrip('/' + os.sep)}' is a file; give a folder, "
+                         f"or the file name without the trailing /")
+    return True
 
 
 def check_quality_used(args: argparse.Namespace, outputs: list[Path]) -> None:
@@ -468,7 +478,7 @@ def run_add_noise(args: argparse.Namespace) -> int:
     from runtime.batch import output_folder
     from runtime.photo import add_noise_to_file
 
-    folder_meant = args.output.endswith(("/", os.sep))  # '-o noisy/': a folder, made if missing (as with denoise)
+    folder_meant = folder_asked(args.output)  # '-o noisy/': a folder, made if missing (as with denoise)
     args.output = Path(args.output)
     if folder_meant and not args.output.parent.is_dir():
         raise InputError(f"the output folder's parent '{args.output.parent}' does not exist; create it first")

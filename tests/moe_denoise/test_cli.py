@@ -760,6 +760,9 @@ def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
     capsys.readouterr()
     assert main(["add-noise", str(tmp_path / "palette.png"), "-o", str(tmp_path / "noisy")]) == 0
     assert "note: palette 'P' image converted to 'RGB'" in capsys.readouterr().out
+    for command in ("add-noise", "denoise"):  # a file where the slash asks for a folder: it was replaced, or
+        assert main([command, str(photo), "-o", f"{photo}/", "--overwrite"]) == 2  # 'cannot tell the format'
+        assert "names a folder, but" in capsys.readouterr().err and Image.open(photo).size == (8, 8)
     assert main(["add-noise", str(tmp_path / "gone.png"), "-o", f"{tmp_path / 'other'}/"]) == 2
     assert "no such image file" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
