@@ -10,6 +10,7 @@ also how a stopped run is resumed: each result is written atomically, so an outp
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -159,6 +160,16 @@ class BatchRun:
     failed: list[dict[str, str]] = field(default_factory=list)
     skipped: list[tuple[Path, Path]] = field(default_factory=list)
 
+    @staticmethod
+    def _kind(error: InputError) -> str:
+        """What two failures must share to be one problem: the message, or, for a write the file system refused
+        for a reason no other photo escapes (a full disk, a quota, a read-only mount), that reason: the messages
+        differ by the photo's path, so the run went on through every photo, denoising each to fail its write."""
+        cause = error.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return f"os-error-{cause.errno}"
+        return str(error)
+
     def run(self) -> None:
         total, previous = len(self.plan.jobs), None
         for i, (src, dst) in enumerate(self.plan.jobs, 1):
@@ -174,12 +185,13 @@ class BatchRun:
                 self.failed.append({"input": str(src), "error": str(e)})
                 if self.on_failure is not None:
                     self.on_failure(i, src, e)
-                if str(e) == previous:
-                    raise InputError(f"stopped after {i} of {total} photos: the last two failed with the same message, "
-                                     f"so the problem is not one photo's ({e}). {len(self.reports)} written to "
-                                     f"'{self.plan.out_dir}'; fix it and run the same command with --skip-existing "
-                                     f"to go on") from e
-                previous = str(e)
+                kind = self._kind(e)
+                if kind == previous:
+                    raise InputError(f"stopped after {i} of {total} photos: the last two failed with the same message "
+                                     f"(or the same refusal of the file system), so the problem is not one photo's "
+                                     f"({e}). {len(self.reports)} written to '{self.plan.out_dir}'; fix it and run the "
+                                     f"same command with --skip-existing to go on") from e
+                previous = kind
                 continue
             previous = None
             self.reports.append(report)

@@ -170,3 +170,25 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, monkeyp
     (tmp_path / "afile").write_text("not a folder")
     with pytest.raises(InputError, match=r"its parent '.*afile' is a file, not a folder"):
         plan_batch([tmp_path / "afile"], tmp_path / "afile" / "sub")
+
+
+def test_a_full_disk_stops_the_run_though_each_message_names_its_photo(tmp_path: Path) -> None:
+    """A write refused for want of space names its own file, so no two messages matched and the run denoised every
+    remaining photo only to fail its write; two corrupt photos in a row (different messages) still go on."""
+    import errno
+
+    [touch(tmp_path / "in" / f"{n}.png") for n in "abcd"]
+    plan = plan_batch([tmp_path / "in"], tmp_path / "out")
+
+    def one(src: Path, dst: Path) -> dict:
+        if src.stem in "ab":
+            raise InputError(f"cannot read '{src}' as an image")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise InputError(f"writing {dst} failed (No space left on device); nothing was changed there") from e
+
+    run = BatchRun(plan, one)
+    with pytest.raises(InputError, match=r"stopped after 4 of 4 photos: .*same refusal of the file system.*d.png"):
+        run.run()
+    assert len(run.failed) == 4  # a and b (each its own problem) went on; c and d, the same full disk, stopped it
