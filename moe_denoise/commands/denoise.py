@@ -318,27 +318,27 @@ def run_batch(args: argparse.Namespace) -> int:
                 make_runner(args, args.weights) if plan.jobs and (args.server is None or args.check_local) \
                 else contextlib.nullcontext() as runner:  # with --server: the runner --check-local uses
             batch.run()
+    except InputError as e:  # stopped: two photos failed alike (a server gone, a full disk)
+        if args.json and (batch.reports or batch.failed):  # --json promises JSON on stdout: what was done
+            print_batch_json(plan, batch, start, stopped=str(e))
+        raise
     except BrokenPipeError:  # '| head' closed the output: the run stops, said where the user still looks
         print(f"stopped after {len(batch.reports)} of {total} photos: the output pipe was closed. Run the same "
               f"command with --skip-existing to go on", file=sys.stderr)
         raise
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
         done = len(batch.reports)
+        if args.json:
+            print_batch_json(plan, batch, start, stopped=f"interrupted after {done} of {total} photos")
         raise Interrupted.said(e, f"interrupted after {done} of {total} photos; every output written is complete. "
                                   f"Run the same command with --skip-existing to go on" if done else
                                f"interrupted before the first of {total} photos was written; nothing was written"
                                ) from None
     reports = batch.reports
     skipped_all = [*plan.skipped, *batch.skipped]  # outputs there at the start, and those another run wrote since
-    summary = {"output_dir": str(plan.out_dir), "denoised": len(reports), "failed": len(batch.failed),
-               "skipped": len(skipped_all), "ignored": len(plan.ignored),
-               "seconds": round(time.perf_counter() - start, 3)}
+    summary = batch_summary(plan, batch, start)
     if args.json:
-        from moe_denoise.cli import print_json
-
-        print_json({"summary": summary, "photos": reports, "failed": batch.failed,
-                    "skipped": [{"input": str(s), "output": str(d)} for s, d in skipped_all],
-                    "ignored": [str(p) for p in plan.ignored]})
+        print_batch_json(plan, batch, start)
     else:
         extra = [f"{len(skipped_all)} skipped (output exists)"] if skipped_all else []
         if plan.ignored:
@@ -348,11 +348,33 @@ def run_batch(args: argparse.Namespace) -> int:
         print(f"denoised {len(reports)} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
               + "".join(f"; {x}" for x in extra))
     if batch.failed:
-        print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised (said above"
-              f"{'' if text else ' and in the JSON'}); nothing was written for them. Fix what is said there (or remove "
-              f"those photos) and run the same command with --skip-existing to denoise only those", file=sys.stderr)
+        print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised ("
+              f"{'said above' if text else 'listed in the JSON'}); nothing was written for them. Fix what is said "
+              f"there (or remove those photos) and run the same command with --skip-existing to denoise only those",
+              file=sys.stderr)
         return 2
     return 0
+
+
+def batch_summary(plan: Any, batch: Any, start: float) -> dict[str, Any]:
+    """The counts of a run over many photos (``runtime.batch``'s plan and run), and its seconds since ``start``."""
+    import time
+
+    return {"output_dir": str(plan.out_dir), "denoised": len(batch.reports), "failed": len(batch.failed),
+            "skipped": len(plan.skipped) + len(batch.skipped), "ignored": len(plan.ignored),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def print_batch_json(plan: Any, batch: Any, start: float, stopped: str | None = None) -> None:
+    """The JSON document of a run over many photos; ``stopped``: why it ended early (then in its summary)."""
+    from moe_denoise.cli import print_json
+
+    summary = batch_summary(plan, batch, start)
+    if stopped is not None:
+        summary["stopped"] = stopped
+    print_json({"summary": summary, "photos": batch.reports, "failed": batch.failed,
+                "skipped": [{"input": str(s), "output": str(d)} for s, d in [*plan.skipped, *batch.skipped]],
+                "ignored": [str(p) for p in plan.ignored]})
 
 
 def describe_guard(guard: dict) -> str:

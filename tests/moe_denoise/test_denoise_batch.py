@@ -95,6 +95,9 @@ def test_reliability_batch_failing_alike_twice(capsys, monkeypatch, random_weigh
     assert "stopped after 2 of 3 photos: the last two failed with the same message" in err
     assert "cannot reach a Triton server" in err and "--skip-existing" in err
     assert not (tmp_path / "out").exists()  # the folder the run made is not left behind empty
+    code, out, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights, "--json")
+    done = json.loads(out)  # --json promises JSON on stdout: it was empty
+    assert code == 2 and done["summary"]["failed"] == 2 and "stopped after 2 of 3" in done["summary"]["stopped"]
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
@@ -129,6 +132,11 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
                        "--no-progress")
     assert code == (143 if how == "sigterm" else 130) and not (tmp_path / "out2").exists()
     assert err.strip() == "interrupted before the first of 2 photos was written; nothing was written"
+    monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on("gray.jpg"))  # --json: stdout stayed empty
+    code, out, _ = run(capsys, "denoise", photos, "-o", tmp_path / "out3", "--weights", random_weights, "--json")
+    done = json.loads(out)
+    assert code == (143 if how == "sigterm" else 130) and done["summary"]["denoised"] == 1
+    assert done["summary"]["stopped"] == "interrupted after 1 of 2 photos" and len(done["photos"]) == 1
 
 
 def test_a_batch_whose_output_pipe_closes_says_where_it_stopped(capsys, monkeypatch, random_weights, photos,
