@@ -146,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
     folder_meant = folder_asked(args.output)  # '-o denoised/': a folder, even one not made yet
     args.output = Path(args.output)
     if len(args.input) > 1 or args.input[0].is_dir():
+        from runtime.batch import PHOTO_SUFFIXES
+
+        if not folder_meant and not args.output.exists() and args.output.suffix.lower() in PHOTO_SUFFIXES:
+            raise InputError(f"-o {args.output} is named like a photo, but several photos go into a folder (made if "
+                             f"missing); give a folder, e.g. -o {args.output.with_suffix('')}/")
         return run_batch(args)
     args.input = args.input[0]
     if not (folder_meant and not args.output.exists()):

@@ -247,3 +247,10 @@ def test_batch_through_a_server_uses_one_client(capsys, monkeypatch, photos, tmp
     assert "with the server at localhost:1 in " in text and "tiles)" not in text  # its tile count was not sent
     written = np.asarray(Image.open(tmp_path / "out" / "colour.png"))
     assert np.array_equal(written, ~np.asarray(Image.open(photos / "colour.png")))
+
+
+def test_several_photos_into_a_name_like_a_photos_are_refused(capsys, photos, tmp_path):
+    """-o new.png with several photos made a folder named new.png; a folder written new.png/ still is one."""
+    code, _, err = run(capsys, "denoise", photos / "colour.png", photos / "gray.jpg", "-o", tmp_path / "new.png")
+    assert code == 2 and "is named like a photo, but several photos go into a folder" in err
+    assert f"-o {tmp_path / 'new'}/" in err and not (tmp_path / "new.png").exists()
