@@ -89,6 +89,9 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
             ignored += others
         elif given.is_file():
             sources.append(given)
+        elif given.exists():  # a FIFO, a socket, a device: was said not to exist
+            raise InputError(f"the input '{given}' is not a regular file or a folder (a pipe or a device?); give photo "
+                             f"files or folders of them (no photo was denoised)")
         else:
             raise InputError(f"the input '{given}' does not exist; check the path (no photo was denoised)")
     seen: dict[Path, Path] = {}
@@ -109,6 +112,11 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     if own and not overwrite:
         raise InputError(f"the output folder '{out}' holds the photos themselves ({_listed(own)}): each result would "
                          f"replace its input. Choose another -o folder, or pass --overwrite to replace the originals")
+    unusable = [dst.name + ("/" if dst.is_dir() else " (empty)") for _, dst in jobs
+                if dst.is_dir() or (dst.is_file() and dst.stat().st_size == 0)]
+    if unusable:  # --skip-existing took them for results; --overwrite failed on a folder after the work
+        raise InputError(f"'{out}' holds, at the paths the results go to, what cannot be a result: "
+                         f"{_listed(unusable)}; remove those, or choose another -o folder (nothing was denoised)")
     existing = [(src, dst) for src, dst in jobs if dst.exists()]
     if existing and not (overwrite or skip_existing):
         raise InputError(f"{len(existing)} of the {len(jobs)} outputs already exist in '{out}' "

@@ -192,3 +192,23 @@ def test_a_full_disk_stops_the_run_though_each_message_names_its_photo(tmp_path:
     with pytest.raises(InputError, match=r"stopped after 4 of 4 photos: .*same refusal of the file system.*d.png"):
         run.run()
     assert len(run.failed) == 4  # a and b (each its own problem) went on; c and d, the same full disk, stopped it
+
+
+def test_a_pipe_given_as_a_photo_is_not_said_to_be_missing(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"'.*fifo.png' is not a regular file or a folder \(a pipe or a device\?\)"):
+        plan_batch([touch(tmp_path / "a.png"), fifo], tmp_path / "out")
+
+
+@pytest.mark.parametrize("flags", [{"skip_existing": True}, {"overwrite": True}])
+def test_a_folder_or_an_empty_file_where_a_result_goes_is_refused_first(tmp_path: Path, flags: dict) -> None:
+    """--skip-existing counted a folder or an empty file at an output's path as a result done; --overwrite failed
+    on the folder only after the photo was denoised."""
+    a, b = touch(tmp_path / "in" / "a.png"), touch(tmp_path / "in" / "b.png")
+    (tmp_path / "out" / "a.png").mkdir(parents=True)
+    (tmp_path / "out" / "b.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"what cannot be a result: a.png/, b.png \(empty\); remove those"):
+        plan_batch([a, b], tmp_path / "out", **flags)
