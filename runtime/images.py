@@ -59,7 +59,7 @@ from typing import IO, Any
 import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError
-from moe_base.fileio import atomic_write, check_output_file, refuse_dangling_link
+from moe_base.fileio import atomic_write, check_output_file
 from moe_base.optional import require
 
 JPEG_QUALITY = 95
@@ -443,8 +443,9 @@ def _netpbm_maxval(p: Path) -> int:
 def _read_header(p: Path, im: Any) -> ImageHeader:
     """The layout, bit depth and size the file will decode to; refused modes raise here, before decoding."""
     fmt, mode = im.format or "?", im.mode
-    if fmt == "PPM" and _netpbm_maxval(p) > 255:  # Pillow cut a 16-bit PPM to 8 bits, and took a PGM for 32-bit
-        raise InputError(f"'{p}' is a 16-bit Netpbm file (maxval {_netpbm_maxval(p)}), which Pillow does not read "
+    maxval = _netpbm_maxval(p) if fmt == "PPM" else 255
+    if maxval > 255:  # Pillow cut a 16-bit PPM to 8 bits, and took a PGM for 32-bit
+        raise InputError(f"'{p}' is a 16-bit Netpbm file (maxval {maxval}), which Pillow does not read "
                          f"at its full depth; convert it to a 16-bit PNG or TIFF first (e.g. with ImageMagick: "
                          f"magick in.ppm out.png)")
     notes: list[str] = []
@@ -787,8 +788,8 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
         what = "is the input image" if same else "already exists"
         raise InputError(f"the output '{target}' {what}; refusing to replace it. Choose another output path or "
                          f"pass --overwrite (overwrite=True in Python)")
-    refuse_dangling_link(target, overwrite, "--overwrite (overwrite=True in Python)")
-    check_output_file(target, overwrite=True)  # the folder takes a file: found out now, not after the work
+    # the folder takes a file, and a link to nothing is not replaced unasked: found out now, not after the work
+    check_output_file(target, overwrite=overwrite, option="--overwrite (overwrite=True in Python)")
 
 
 def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) -> str:

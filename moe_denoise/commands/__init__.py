@@ -69,14 +69,14 @@ def parity_count(text: str) -> int:
     return value
 
 
-def whole_number(text: str, lo: int, hi: int | None, expected: str) -> int:
-    """``text`` as an integer in [lo, hi] (hi None: no upper bound), or ArgumentTypeError "expected ``expected``,
-    got ``text``" (the words a type gives for its range)."""
+def whole_number(text: str, lo: int | None, hi: int | None, expected: str) -> int:
+    """``text`` as an integer in [lo, hi] (None: no bound on that side), or ArgumentTypeError "expected
+    ``expected``, got ``text``" (the words a type gives for its range)."""
     try:
         value = int(text)
     except ValueError:
         value = None
-    if value is None or value < lo or (hi is not None and value > hi):
+    if value is None or (lo is not None and value < lo) or (hi is not None and value > hi):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
@@ -95,10 +95,7 @@ def number(text: str) -> float:
 
 def whole(text: str) -> int:
     """argparse type: a whole number, any sign (its range is the command's to check, as for :func:`number`)."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    return whole_number(text, None, None, "a whole number")
 
 
 SEED_MAX = 2**31 - 1  # torch and numpy take any seed up to here (beyond 2**63 torch failed with a traceback)
