@@ -164,7 +164,7 @@ class TorchRunner(BaseRunner):
                              f"{' without CUDA graphs' if self.cuda_graph else ''} (device='cpu' in Python), or run "
                              f"on a machine with an NVIDIA GPU and a CUDA build of torch")
         if self.threads:  # process-wide in torch: put back when the last runner that set it is released
-            _take_threads(torch, self.threads)
+            _THREADS.take(torch, self.threads)
             self._holds_threads = True
         try:
             self._load(torch)
@@ -175,7 +175,7 @@ class TorchRunner(BaseRunner):
     def _give_threads_back(self, torch: Any) -> None:
         if getattr(self, "_holds_threads", False):
             self._holds_threads = False
-            _give_threads(torch)
+            _THREADS.give(torch)
 
     def _load(self, torch: Any) -> None:
         if self.model is None:
@@ -328,56 +328,47 @@ def _cast_forward(model: Any, dtype: Any) -> Callable[[Any], Any]:
     return forward
 
 
-_THREADS_LOCK = threading.Lock()
-_THREADS_USERS = 0  # active runners that set torch's (process-wide) thread count
-_THREADS_SAVED: int | None = None
+class _SharedSetting:
+    """A process-wide torch setting that runners in several threads hold at once: the first one in saves the caller's
+    value, the last one out restores it. Saving and restoring per holder let holders released in another order, or
+    overlapping in time, restore each other's values (a forward ran with TF32 on; the caller's setting ended off)."""
+
+    def __init__(self, get: Callable[[Any], Any], put: Callable[[Any, Any], None]) -> None:
+        self.get, self.put = get, put
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved: Any = None
+
+    def take(self, torch: Any, value: Any) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._saved = self.get(torch)
+            self._holders += 1
+            self.put(torch, value)
+
+    def give(self, torch: Any) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                self.put(torch, self._saved)
+                self._saved = None
 
 
-def _take_threads(torch: Any, threads: int) -> None:
-    """As _no_tf32: the first runner in saves the caller's count, the last one out restores it (runners released in
-    any order, from any thread, give back what the caller had, not what another runner set)."""
-    global _THREADS_USERS, _THREADS_SAVED
-    with _THREADS_LOCK:
-        if _THREADS_USERS == 0:
-            _THREADS_SAVED = torch.get_num_threads()
-        _THREADS_USERS += 1
-        torch.set_num_threads(threads)
+def _put_tf32(torch: Any, allowed: tuple[bool, bool]) -> None:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
-def _give_threads(torch: Any) -> None:
-    global _THREADS_USERS, _THREADS_SAVED
-    with _THREADS_LOCK:
-        _THREADS_USERS -= 1
-        if _THREADS_USERS == 0 and _THREADS_SAVED is not None:
-            torch.set_num_threads(_THREADS_SAVED)
-            _THREADS_SAVED = None
-
-
-_TF32_LOCK = threading.Lock()
-_TF32_DEPTH = 0  # blocks inside _no_tf32 right now, over all threads
-_TF32_SAVED: tuple[bool, bool] | None = None
+_THREADS = _SharedSetting(lambda torch: torch.get_num_threads(), lambda torch, n: torch.set_num_threads(n))
+_TF32 = _SharedSetting(lambda torch: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32),
+                       _put_tf32)
 
 
 @contextmanager
 def _no_tf32(torch: Any) -> Iterator[None]:
-    """TF32 off for cuDNN convolutions and CUDA matmuls inside the block, the caller's settings restored after.
-
-    The flags are process-wide, so overlapping blocks (runners used from several threads, as the server's tile and
-    image models are) share one save and restore: the first block in saves and turns TF32 off, the last one out
-    restores. Saving and restoring per block let a block restore TF32 *on* while another thread's forward still ran,
-    and left the caller's setting off for good when two blocks interleaved."""
-    global _TF32_DEPTH, _TF32_SAVED
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    with _TF32_LOCK:
-        if _TF32_DEPTH == 0:
-            _TF32_SAVED = (cudnn.allow_tf32, matmul.allow_tf32)
-            cudnn.allow_tf32 = matmul.allow_tf32 = False
-        _TF32_DEPTH += 1
+    """TF32 off for cuDNN convolutions and CUDA matmuls inside the block, the caller's settings restored after (once
+    for blocks that overlap in several threads, as the server's tile and image models do: :class:`_SharedSetting`)."""
+    _TF32.take(torch, (False, False))
     try:
         yield
     finally:
-        with _TF32_LOCK:
-            _TF32_DEPTH -= 1
-            if _TF32_DEPTH == 0 and _TF32_SAVED is not None:
-                cudnn.allow_tf32, matmul.allow_tf32 = _TF32_SAVED
-                _TF32_SAVED = None
+        _TF32.give(torch)
