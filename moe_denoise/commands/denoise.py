@@ -339,18 +339,16 @@ def run_batch(args: argparse.Namespace) -> int:
                                   f"Run the same command with --skip-existing to go on" if done else
                                f"interrupted before the first of {total} photos was written; nothing was written"
                                ) from None
-    reports = batch.reports
-    skipped_all = [*plan.skipped, *batch.skipped]  # outputs there at the start, and those another run wrote since
-    summary = batch_summary(plan, batch, start)
     if args.json:
         print_batch_json(plan, batch, start)
     else:
-        extra = [f"{len(skipped_all)} skipped (output exists)"] if skipped_all else []
+        summary = batch_summary(plan, batch, start)  # skipped: outputs there at the start, and those written since
+        extra = [f"{summary['skipped']} skipped (output exists)"] if summary["skipped"] else []
         if plan.ignored:
             names = [p.name + ("/" if p.is_dir() else "") for p in plan.ignored]
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} "
                          f"(not photos; subfolders are not searched)")
-        print(f"denoised {len(reports)} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
+        print(f"denoised {summary['denoised']} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
               + "".join(f"; {x}" for x in extra))
     if batch.failed:
         print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised ("
