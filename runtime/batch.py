@@ -6,6 +6,8 @@ known before the first photo is checked first, so a run is never refused half-wa
 at the start: inputs that do not exist, a folder without photos, two inputs that would be written to the same file,
 outputs that exist already (refused, replaced with ``overwrite``, or left alone with ``skip_existing``, which is
 also how a stopped run is resumed: each result is written atomically, so an output that exists is complete).
+A photo whose own format cannot hold its result (a colour or transparent GIF) is written as PNG, said in its
+report.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from typing import Any
 
 from moe_base.errors import InputError
 
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
-"""The files taken from a folder (any case). A file named on its own is taken whatever its name: the reader
-decides from its content."""
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".pnm", ".tga")
+"""The files taken from a folder (any case): the formats that are both read and written. A file named on its own is
+taken whatever its name: the reader decides from its content."""
 
 
 CONTRADICTION = ("--overwrite and --skip-existing contradict each other (replace existing outputs, or leave them "
@@ -32,12 +34,17 @@ CONTRADICTION = ("--overwrite and --skip-existing contradict each other (replace
 class BatchPlan:
     """What a run over many photos will do: ``jobs`` (input, output) in order; ``skipped`` the inputs left alone
     because their output exists (``skip_existing``); ``ignored`` what the folders named hold besides photos (other
-    files, subfolders)."""
+    files, subfolders); ``renamed`` the inputs whose result is written as PNG, with why (:func:`result_path`)."""
     out_dir: Path
     jobs: tuple[tuple[Path, Path], ...]
     skipped: tuple[tuple[Path, Path], ...] = ()
     ignored: tuple[Path, ...] = ()
     skip_existing: bool = False  # outputs that appear during the run (another run's) are left alone too
+    renamed: tuple[tuple[Path, str], ...] = ()
+
+    def note_for(self, src: Path) -> str | None:
+        """Why ``src``'s result does not keep its file name, or None."""
+        return dict(self.renamed).get(src)
 
 
 def _listed(paths: list[str], limit: int = 5) -> str:
@@ -54,6 +61,24 @@ def photos_in(folder: Path) -> tuple[list[Path], list[Path]]:
             continue
         (photos if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES else others).append(p)
     return photos, others
+
+
+def result_path(src: Path, folder: Path) -> tuple[Path, str | None]:
+    """Where the result of ``src`` goes in ``folder`` when the tool names it: under the input's own name, unless
+    that format cannot hold the result (a colour or transparent GIF: 256 colours, on/off alpha): then as ``.png``,
+    with a note saying why (None otherwise). Read from the header alone; a file whose header cannot be read keeps its
+    name (denoising it says what is wrong)."""
+    from runtime.images import format_problem, output_format, read_header
+
+    dst = folder / src.name
+    try:
+        problem = format_problem(output_format(dst), read_header(src))
+    except InputError:
+        return dst, None
+    if problem is None:
+        return dst, None
+    png = dst.with_suffix(".png")
+    return png, f"written as {png.name}, not {dst.suffix}: {problem[0]}"
 
 
 def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], overwrite: bool = False,
@@ -96,17 +121,22 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
             raise InputError(f"the input '{given}' does not exist; check the path (no photo was denoised)")
     seen: dict[Path, Path] = {}
     jobs: list[tuple[Path, Path]] = []
+    renamed: list[tuple[Path, str]] = []
     by_name: dict[str, list[Path]] = {}
     for src in sources:
         key = src.resolve()
         if key in seen:
             continue
         seen[key] = src
-        by_name.setdefault(src.name, []).append(src)
-        jobs.append((src, out / src.name))
+        dst, note = result_path(src, out)
+        if note is not None:
+            renamed.append((src, note))
+        by_name.setdefault(dst.name, []).append(src)
+        jobs.append((src, dst))
     clashes = [f"{name} ({', '.join(map(str, paths))})" for name, paths in by_name.items() if len(paths) > 1]
     if clashes:
-        raise InputError(f"photos with the same file name would be written to the same output in '{out}': "
+        why = "" if not renamed else " (a photo whose format cannot hold its result is written as .png)"
+        raise InputError(f"photos with the same file name would be written to the same output in '{out}'{why}: "
                          f"{_listed(clashes)}; denoise them in separate runs with different -o folders")
     own = [src.name for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()]
     if own and not overwrite:
@@ -126,7 +156,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     if skip_existing:
         jobs = [job for job in jobs if job not in existing]
     return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
-                     ignored=tuple(ignored), skip_existing=skip_existing)
+                     ignored=tuple(ignored), skip_existing=skip_existing, renamed=tuple(renamed))
 
 
 @contextlib.contextmanager

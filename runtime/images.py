@@ -32,7 +32,8 @@ Decisions (each one is what a person denoising a photo would expect):
   is not written as TIFF either).
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
-  is written. **BMP output** is refused for images with alpha (readers take the fourth byte as padding).
+  is written (where the tool names the output, a photo denoised into a folder, it is written as .png instead:
+  ``runtime.batch.result_path``). **BMP output** is refused for images with alpha (readers take the fourth byte as padding).
   **WebP** has no gray mode: a gray image is written as RGB(A), the gray in each channel (the report notes it).
 * **Large images**: :func:`read_pixels` refuses, from the header and before decoding, an image over
   ``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`) or one whose decoding needs more memory than the process
@@ -799,28 +800,36 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
     not after the work is done. Also checks that the optional writer a 16-bit colour image needs is here.
     """
     fmt = output_format(path)
-    if fmt == "JPEG" and (info.bit_depth == 16 or info.layout in ("LA", "RGBA")):
-        what = "16 bits per channel" if info.bit_depth == 16 else f"an alpha channel ('{info.layout}')"
-        raise InputError(f"JPEG cannot store {what}; write the result as .png or .tif to keep it")
-    if fmt == "GIF" and info.layout != "L":
-        raise InputError(f"GIF holds at most 256 colours and on/off transparency: the '{info.layout}' result "
-                         f"would be requantised to a 256-colour palette, losing colours (and, denoised, much of the "
-                         f"denoising). Write "
-                         f"it as .png (lossless, every colour and the alpha kept) and convert that if you need a GIF")
-    if fmt == "PPM" and info.layout in ("LA", "RGBA"):
-        raise InputError(f"PPM/PGM keeps no alpha channel: the alpha of this '{info.layout}' image would be lost. "
-                         f"Write it as .png, .tif or .tga to keep it")
-    if fmt == "BMP" and info.layout in ("LA", "RGBA"):
-        raise InputError(f"BMP keeps no alpha channel (readers take a 32-bit BMP's fourth byte as padding): the alpha "
-                         f"of this '{info.layout}' image would be lost. Write it as .png, .tif or .webp to keep it")
-    if info.bit_depth == 16 and info.layout == "LA" and fmt == "TIFF":
-        raise InputError("a 16-bit gray+alpha TIFF cannot be read back by Pillow, so not by this tool either (it "
-                         "wrote them); write the result as .png, which keeps 16-bit gray+alpha")
-    if info.bit_depth == 16 and fmt not in ("PNG", "TIFF"):
-        raise InputError(f"16-bit images can be written as PNG or TIFF only; got an output in {fmt}. Use .png or .tif")
+    problem = format_problem(fmt, info)
+    if problem is not None:
+        raise InputError("; ".join(problem))
     if info.bit_depth == 16 and info.layout != "L":
         require("png" if fmt == "PNG" else "tifffile", f"writing a 16-bit colour {fmt}")
     return fmt
+
+
+def format_problem(fmt: str, info: ImageInfo | ImageHeader) -> tuple[str, str] | None:
+    """What the output format ``fmt`` (Pillow's name) would lose of ``info``'s image, and what to write instead;
+    None when it holds the image whole (PNG holds every layout and bit depth that is read)."""
+    if fmt == "JPEG" and (info.bit_depth == 16 or info.layout in ("LA", "RGBA")):
+        what = "16 bits per channel" if info.bit_depth == 16 else f"an alpha channel ('{info.layout}')"
+        return f"JPEG cannot store {what}", "write the result as .png or .tif to keep it"
+    if fmt == "GIF" and info.layout != "L":
+        return (f"GIF holds at most 256 colours and on/off transparency: the '{info.layout}' result would be "
+                f"requantised to a 256-colour palette, losing colours (and, denoised, much of the denoising)",
+                "write it as .png (lossless, every colour and the alpha kept) and convert that if you need a GIF")
+    if fmt == "PPM" and info.layout in ("LA", "RGBA"):
+        return (f"PPM/PGM keeps no alpha channel: the alpha of this '{info.layout}' image would be lost",
+                "write it as .png, .tif or .tga to keep it")
+    if fmt == "BMP" and info.layout in ("LA", "RGBA"):
+        return (f"BMP keeps no alpha channel (readers take a 32-bit BMP's fourth byte as padding): the alpha of this "
+                f"'{info.layout}' image would be lost", "write it as .png, .tif or .webp to keep it")
+    if info.bit_depth == 16 and info.layout == "LA" and fmt == "TIFF":
+        return ("a 16-bit gray+alpha TIFF cannot be read back by Pillow, so not by this tool either (it wrote them)",
+                "write the result as .png, which keeps 16-bit gray+alpha")
+    if info.bit_depth == 16 and fmt not in ("PNG", "TIFF"):
+        return f"16-bit images can be written as PNG or TIFF only; got an output in {fmt}", "use .png or .tif"
+    return None
 
 
 def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:

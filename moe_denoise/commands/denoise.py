@@ -188,9 +188,13 @@ def check_quality_used(args: argparse.Namespace, outputs: list[Path]) -> None:
 
 
 def run_single(args: argparse.Namespace) -> int:
-    """One photo (``args.input``) to ``args.output``, a file or a folder to write it into."""
+    """One photo (``args.input``) to ``args.output``, a file or a folder to write it into (under the input's name,
+    or as .png when its format cannot hold the result: runtime.batch.result_path)."""
+    renamed = None
     if args.output.is_dir():
-        args.output = args.output / args.input.name
+        from runtime.batch import result_path
+
+        args.output, renamed = result_path(args.input, args.output)
     check_quality_used(args, [args.output])
     if args.skip_existing and args.output.exists():
         if args.json:  # --json promises JSON on stdout
@@ -221,6 +225,8 @@ def run_single(args: argparse.Namespace) -> int:
     else:
         with make_runner(args, args.weights) as runner:
             report = denoise_one(args, runner, args.input, args.output)
+    if renamed is not None:
+        report["notes"].append(renamed)
     if args.reference is not None:
         report["psnr_vs_reference"] = reference_psnr(args.reference, args.input, args.output, args.max_pixels)
     if args.json:
@@ -285,7 +291,7 @@ def run_batch(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from runtime.batch import BatchRun, output_folder, plan_batch
+    from runtime.batch import PHOTO_SUFFIXES, BatchRun, output_folder, plan_batch
 
     if args.reference is not None:
         raise InputError("--reference compares one photo with its clean version; denoise that photo on its own "
@@ -315,8 +321,13 @@ def run_batch(args: argparse.Namespace) -> int:
     def skipped(i: int, src: Path) -> None:
         print(f"[{i}/{total}] skipped: {src}: its output was written meanwhile (by another run?)")
 
-    batch = BatchRun(plan, lambda src, dst: denoise_one(args, runner, src, dst, client),  # runner: bound below
-                     said if text else None, failed if text else None, skipped if text else None)
+    def one(src: Path, dst: Path) -> dict:
+        report = denoise_one(args, runner, src, dst, client)  # runner: bound below
+        if plan.note_for(src) is not None:  # written as .png: its own format cannot hold the result
+            report["notes"].append(plan.note_for(src))
+        return report
+
+    batch = BatchRun(plan, one, said if text else None, failed if text else None, skipped if text else None)
     try:
         with contextlib.closing(client) if client is not None else contextlib.nullcontext(), \
                 output_folder(plan.out_dir) if plan.jobs else contextlib.nullcontext(), \
@@ -347,7 +358,8 @@ def run_batch(args: argparse.Namespace) -> int:
         if plan.ignored:
             names = [p.name + ("/" if p.is_dir() else "") for p in plan.ignored]
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} "
-                         f"(not photos; subfolders are not searched)")
+                         f"(taken from a folder: files ending in {', '.join(PHOTO_SUFFIXES)}; name another file to "
+                         f"denoise it; subfolders are not searched)")
         print(f"denoised {summary['denoised']} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
               + "".join(f"; {x}" for x in extra))
     if batch.failed:

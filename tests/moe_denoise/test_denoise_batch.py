@@ -43,7 +43,8 @@ def test_reliability_batch_with_a_broken_photo(capsys, random_weights, photos, t
     assert "--skip-existing" in err and "Traceback" not in err
     assert "[2/3] denoised" in text and "[3/3] denoised" in text
     assert "denoised 2 of 3 photos into" in text
-    assert "left out of the folders given: 2023/, notes.txt (not photos; subfolders are not searched)" in text
+    assert "left out of the folders given: 2023/, notes.txt (taken from a folder: files ending in .png" in text
+    assert "subfolders are not searched)" in text
     assert sorted(p.name for p in out.iterdir()) == ["colour.png", "gray.jpg"]
     for name in ("colour.png", "gray.jpg"):  # byte for byte what denoising the photo on its own writes
         code, _, err = run(capsys, "denoise", photos / name, "-o", tmp_path / f"single_{name}", "--weights",
@@ -254,3 +255,26 @@ def test_several_photos_into_a_name_like_a_photos_are_refused(capsys, photos, tm
     code, _, err = run(capsys, "denoise", photos / "colour.png", photos / "gray.jpg", "-o", tmp_path / "new.png")
     assert code == 2 and "is named like a photo, but several photos go into a folder" in err
     assert f"-o {tmp_path / 'new'}/" in err and not (tmp_path / "new.png").exists()
+
+
+def test_reliability_colour_gif_denoised_into_a_folder(capsys, random_weights, tmp_path):
+    """denoise of a folder (or a photo into -o folder/) holding a colour GIF, which was refused after the other photos
+    (its GIF result would lose colours; a GIF in a folder was left out as 'not photos') => denoised, its result
+    written as NAME.png, a note saying why"""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).convert("P").save(folder / "c.gif")
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / "a.png")
+    code, text, err = run(capsys, "denoise", folder, "-o", tmp_path / "out", "--weights", random_weights,
+                          "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    assert "-> " + str(tmp_path / "out" / "c.png") in text and "note: written as c.png, not .gif: GIF holds" in text
+    code, text, err = run(capsys, "denoise", folder / "c.gif", "-o", f"{tmp_path / 'alone'}/", "--weights",
+                          random_weights, "--no-progress", "--json")
+    assert code == 0, err
+    report = json.loads(text)
+    assert report["output"] == str(tmp_path / "alone" / "c.png") and any("written as c.png" in n for n in report["notes"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone" / "c.png")),
+                          np.asarray(Image.open(tmp_path / "out" / "c.png")))

@@ -90,7 +90,7 @@ def test_what_cannot_be_planned_is_refused_with_what_to_do(tmp_path: Path, case:
 def test_the_folder_suffixes_are_ones_the_writer_can_write() -> None:
     from runtime.images import output_format
 
-    assert {output_format(f"x{s}") for s in PHOTO_SUFFIXES} == {"PNG", "JPEG", "TIFF", "WEBP", "BMP"}
+    assert {output_format(f"x{s}") for s in PHOTO_SUFFIXES} == {"PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF", "PPM", "TGA"}
 
 
 def test_a_run_goes_past_a_photo_that_fails_and_stops_on_the_same_failure_twice(tmp_path: Path) -> None:
@@ -212,3 +212,32 @@ def test_a_folder_or_an_empty_file_where_a_result_goes_is_refused_first(tmp_path
     (tmp_path / "out" / "b.png").write_bytes(b"")
     with pytest.raises(InputError, match=r"what cannot be a result: a.png/, b.png \(empty\); remove those"):
         plan_batch([a, b], tmp_path / "out", **flags)
+
+
+def test_a_photo_whose_own_format_cannot_hold_its_result_is_planned_as_png(tmp_path: Path) -> None:
+    """A colour GIF (256 colours) kept its name, and its write was refused after the work (a photo found in a
+    folder could not be denoised in a run at all); it goes to .png, with the reason in the plan."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert("P").save(d / "colour.gif")
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(d / "gray.gif")  # a gray GIF stays a GIF
+    gray = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(gray).save(d / "clear.gif", transparency=int(gray[0, 0]))  # read as RGBA
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "plain.bmp")
+    touch(d / "broken.gif", b"GIF89a")  # unreadable: keeps its name, its denoising says what is wrong
+    out = tmp_path / "out"
+    plan = plan_batch([d], out)
+    assert {s.name: o.name for s, o in plan.jobs} == {"clear.gif": "clear.png", "broken.gif": "broken.gif",
+                                                      "colour.gif": "colour.png", "gray.gif": "gray.gif",
+                                                      "plain.bmp": "plain.bmp"}
+    notes = {s.name: note for s, note in plan.renamed}
+    assert sorted(notes) == ["clear.gif", "colour.gif"]
+    assert notes["colour.gif"].startswith("written as colour.png, not .gif: GIF holds at most 256 colours")
+    assert "the 'RGBA' result" in notes["clear.gif"] and plan.note_for(d / "plain.bmp") is None
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "colour.png")  # colour.gif's name now
+    with pytest.raises(InputError, match=r"written as \.png\): colour\.png \(.*colour\.gif.*colour\.png"):
+        plan_batch([d], out)
