@@ -89,7 +89,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     not exist; a folder has no photos; two inputs share a file name (their outputs would collide); ``out_dir`` is
     a file, or is missing and so is its parent; outputs exist and neither ``overwrite`` nor ``skip_existing`` is
     given, or an output would be its own input without ``overwrite``. An input named twice (or named and found in
-    a folder) is denoised once."""
+    a folder) is denoised once; a link to it under another name gives its own output."""
     if overwrite and skip_existing:
         raise InputError(CONTRADICTION)
     if not inputs:
@@ -119,12 +119,12 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
                              f"files or folders of them (no photo was denoised)")
         else:
             raise InputError(f"the input '{given}' does not exist; check the path (no photo was denoised)")
-    seen: dict[Path, Path] = {}
+    seen: dict[tuple[Path, str], Path] = {}
     jobs: list[tuple[Path, Path]] = []
     renamed: list[tuple[Path, str]] = []
     by_name: dict[str, list[Path]] = {}
     for src in sources:
-        key = src.resolve()
+        key = (src.resolve(), src.name)  # a link under another name is another output, as cp gives
         if key in seen:
             continue
         seen[key] = src

@@ -31,6 +31,9 @@ def test_a_photo_named_twice_is_denoised_once(tmp_path: Path) -> None:
     a = touch(tmp_path / "in" / "a.png")
     plan = plan_batch([a, tmp_path / "in", a], tmp_path / "out")
     assert [s for s, _ in plan.jobs] == [a]
+    (tmp_path / "in" / "b.png").symlink_to("a.png")  # another name for it: dropped in silence, its output missing
+    plan = plan_batch([a, tmp_path / "in"], tmp_path / "out")
+    assert [(s.name, o.name) for s, o in plan.jobs] == [("a.png", "a.png"), ("b.png", "b.png")]
 
 
 def test_reliability_batch_name_clash(tmp_path: Path) -> None:
