@@ -147,6 +147,11 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     if unusable:  # --skip-existing took them for results; --overwrite failed on a folder after the work
         raise InputError(f"'{out}' holds, at the paths the results go to, what cannot be a result: "
                          f"{_listed(unusable)}; remove those, or choose another -o folder (nothing was denoised)")
+    dangling = [dst.name for _, dst in jobs if dst.is_symlink() and not dst.exists()]
+    if dangling and not overwrite:  # each was refused at its turn, after the photos before it
+        raise InputError(f"'{out}' holds, at the paths the results go to, symbolic links to nothing: "
+                         f"{_listed(dangling)}; remove them, choose another -o folder, or pass --overwrite (each link is "
+                         f"then replaced by its result, its target left alone). Nothing was denoised")
     existing = [(src, dst) for src, dst in jobs if dst.exists()]
     if existing and not (overwrite or skip_existing):
         raise InputError(f"{len(existing)} of the {len(jobs)} outputs already exist in '{out}' "

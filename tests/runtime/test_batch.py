@@ -244,3 +244,14 @@ def test_a_photo_whose_own_format_cannot_hold_its_result_is_planned_as_png(tmp_p
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "colour.png")  # colour.gif's name now
     with pytest.raises(InputError, match=r"written as \.png\): colour\.png \(.*colour\.gif.*colour\.png"):
         plan_batch([d], out)
+
+
+def test_a_link_to_nothing_at_an_output_path_is_refused_before_any_photo(tmp_path: Path) -> None:
+    """It was refused at its photo's turn, after the photos before it were denoised."""
+    photos = [touch(tmp_path / "in" / f"{n}.png") for n in "ab"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b.png").symlink_to(tmp_path / "gone.png")
+    for skip in (False, True):
+        with pytest.raises(InputError, match=r"symbolic links to nothing: b\.png; .*--overwrite"):
+            plan_batch(photos, tmp_path / "out", skip_existing=skip)
+    assert [o.name for _, o in plan_batch(photos, tmp_path / "out", overwrite=True).jobs] == ["a.png", "b.png"]
