@@ -81,6 +81,14 @@ def result_path(src: Path, folder: Path) -> tuple[Path, str | None]:
     return png, f"written as {png.name}, not {dst.suffix}: {problem[0]}"
 
 
+def check_folder_can_be_made(folder: Path) -> None:
+    """InputError when the output folder ``folder`` is missing and cannot be made: its parent is missing or a file."""
+    if not folder.exists() and not folder.parent.is_dir():
+        why = ("is a file, not a folder; choose another place" if folder.parent.exists() else
+               "does not exist; create it first")
+        raise InputError(f"the output folder '{folder}' cannot be created: its parent '{folder.parent}' {why}")
+
+
 def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], overwrite: bool = False,
                skip_existing: bool = False) -> BatchPlan:
     """Plan denoising ``inputs`` (files, or folders whose photos are taken) into the folder ``out_dir``.
@@ -98,10 +106,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     if out.exists() and not out.is_dir():
         raise InputError(f"the output '{out}' is a file, but several photos need a folder to go to; give a folder "
                          f"(it is created if missing), e.g. -o denoised/")
-    if not out.exists() and not out.parent.is_dir():
-        why = ("is a file, not a folder; choose another place" if out.parent.exists() else
-               "does not exist; create it first")
-        raise InputError(f"the output folder '{out}' cannot be created: its parent '{out.parent}' {why}")
+    check_folder_can_be_made(out)
     sources: list[Path] = []
     ignored: list[Path] = []
     for given in map(Path, inputs):

@@ -512,20 +512,21 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path,
 def run_add_noise(args: argparse.Namespace) -> int:
     import contextlib
 
-    from runtime.batch import output_folder
+    from runtime.batch import check_folder_can_be_made, output_folder, result_path
     from runtime.photo import add_noise_to_file
 
     folder_meant = folder_asked(args.output)  # '-o noisy/': a folder, made if missing (as with denoise)
     args.output = Path(args.output)
-    if folder_meant and not args.output.parent.is_dir():
-        raise InputError(f"the output folder's parent '{args.output.parent}' does not exist; create it first")
+    if folder_meant:
+        check_folder_can_be_made(args.output)
     made = output_folder(args.output) if folder_meant and not args.output.exists() else contextlib.nullcontext()
+    renamed = None
     with made:
-        if args.output.is_dir():  # a folder: the copy goes in under the input's name, as with denoise
-            args.output = args.output / args.input.name
+        if args.output.is_dir():  # a folder: the copy goes in under the input's name (.png for a colour GIF), as
+            args.output, renamed = result_path(args.input, args.output)  # with denoise
         r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite,
                               max_pixels=args.max_pixels)
     print(f"wrote {r['output']} (sigma {r['sigma']:.4g} = {r['sigma'] * 255:.4g}/255, seed {r['seed']})")
-    for note in r["notes"]:  # a palette made RGB, frames dropped: said as denoise says them
+    for note in r["notes"] + ([renamed] if renamed else []):  # a palette made RGB, frames dropped: said as denoise
         print(f"  note: {note}")
     return 0

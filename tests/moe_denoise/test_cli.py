@@ -749,7 +749,8 @@ def test_a_number_option_given_a_word_says_what_it_takes(capsys, argv, message):
 
 def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
     """'-o noisy/' said it could not tell the image format of 'noisy'; denoise makes such a folder, and so does
-    add-noise now (and leaves none behind when the photo is refused)."""
+    add-noise now (and leaves none behind when the photo is refused). Into a folder a colour GIF's copy goes to .png
+    (as denoise writes it: a GIF's 256 colours would undo the noise)."""
     from PIL import Image
 
     photo = tmp_path / "in.png"
@@ -765,6 +766,12 @@ def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
         assert "names a folder, but" in capsys.readouterr().err and Image.open(photo).size == (8, 8)
     assert main(["add-noise", str(tmp_path / "gone.png"), "-o", f"{tmp_path / 'other'}/"]) == 2
     assert "no such image file" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    Image.new("RGB", (8, 8), (200, 30, 40)).convert("P").save(tmp_path / "colour.gif")  # its noisy copy was refused
+    assert main(["add-noise", str(tmp_path / "colour.gif"), "-o", str(tmp_path / "noisy")]) == 0  # (GIF: 256 colours)
+    assert "note: written as colour.png, not .gif" in capsys.readouterr().out
+    assert Image.open(tmp_path / "noisy" / "colour.png").mode == "RGB"
+    assert main(["add-noise", str(photo), "-o", f"{photo}/noisy/"]) == 2  # it said the parent 'does not exist'
+    assert f"its parent '{photo}' is a file, not a folder" in capsys.readouterr().err
 
 
 def test_misplaced_files_are_named_for_what_they_are(capsys, tmp_path, random_weights):
