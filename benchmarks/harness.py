@@ -120,6 +120,9 @@ class BenchSettings:
         problems = []
         if not self.batches or any(int(b) < 1 for b in self.batches):
             problems.append(f"batches must be positive integers, got {list(self.batches)}")
+        repeated = sorted({int(b) for b in self.batches if list(self.batches).count(b) > 1})
+        if repeated:  # timed twice, its rows were doubled and its ratios mixed rows of the two sweeps
+            problems.append(f"batches must each be given once; repeated: {repeated} (in {list(self.batches)})")
         if self.warmup < 1:
             problems.append(f"warmup must be >= 1 (the first call at a new batch size does one-off work such as "
                             f"allocation or compilation), got {self.warmup}")

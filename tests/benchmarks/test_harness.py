@@ -626,3 +626,17 @@ def test_cells_whose_throughput_a_few_slow_calls_decide_are_named():
     note = unsteady_note([*steady, row("torch-masked", 9.27, 38.8)])
     assert "in 1 cell(s)" in note and "torch-masked batch 1 (e2e): mean 38.80 ms, median 9.27 ms" in note
     assert "more --repeats" in note and "torch-seed" not in note
+
+
+def test_a_batch_size_given_twice_is_refused():
+    """--batches 1,1 timed batch 1 twice: two rows per backend at that batch in results.json, the first sweep's
+    schedule overwritten by the second's, the table showing the second, and 'best' and the ratios pairing a backend's
+    row of one sweep with the baseline's of the other => refused before any work, naming the repeated size"""
+    from moe_denoise.cli import build_parser
+    from moe_denoise.commands.bench import settings_from_args
+
+    with pytest.raises(ValueError, match=r"batches must each be given once; repeated: \[1\]"):
+        settings(batches=(1, 8, 1)).validate()
+    with pytest.raises(ValueError, match=r"repeated: \[64\]"):
+        settings_from_args(build_parser().parse_args(["bench", "--quick", "--batches", "64,8,64"]), "quick")
+    settings(batches=(8, 1, 64)).validate()  # any order, each once
