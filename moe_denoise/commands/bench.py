@@ -311,7 +311,11 @@ def run(args: argparse.Namespace) -> int:
         left_out = [n for n in CPU_BACKENDS if n not in names]
         doc["notes"].append(f"--quick mode: batches {list(settings.batches)}, at most {settings.repeats} rounds, "
                             f"backends left out: {', '.join(left_out) or 'none'}")
-    written = write_results(doc, out_dir, plot=not args.no_plot, log=log)
+    try:
+        written = write_results(doc, out_dir, plot=not args.no_plot, log=log)
+    except KeyboardInterrupt as e:  # held while the files were written: they are whole, say so
+        raise Interrupted.said(e, f"{interrupt_reason(e)} while the results were written; they were written whole, "
+                                  f"in {out_dir}") from None
     if args.json:
         from moe_denoise.cli import print_json
 
@@ -348,29 +352,33 @@ def check_folder(folder: Path, option: str, holds: str) -> None:
 def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: Any = print) -> list[Path]:
     """Validate the document, then write results.json, results.md and (with matplotlib) results.png atomically, the
     plot drawn first so that the three are written one after the other; a results.png of an earlier run that this
-    one does not replace is removed (it was left beside the new numbers)."""
+    one does not replace is removed (it was left beside the new numbers).
+
+    Ctrl-C and SIGTERM wait until the three are written: a stop while the plot was drawn lost the whole finished run,
+    and one between two writes left a new results.json beside an earlier run's results.md and results.png."""
     from benchmarks.report import markdown_report, render_plot, validate_results
-    from moe_base.errors import MissingBackendError
+    from moe_base.errors import MissingBackendError, signals_held
     from moe_base.fileio import atomic_write, atomic_write_json
 
     validate_results(doc)
-    png = None
-    if plot:
-        try:
-            png = render_plot(doc)
-        except MissingBackendError as e:
-            log(f"plot skipped: {e}")
-    report = markdown_report(doc).encode()
-    written = [out_dir / "results.json", out_dir / "results.md"]
-    atomic_write_json(written[0], doc)
-    atomic_write(written[1], report)
-    old_plot = out_dir / "results.png"
-    if png is not None:
-        written.append(old_plot)
-        atomic_write(old_plot, png)
-    elif old_plot.is_file():
-        old_plot.unlink()
-        log(f"removed {old_plot}: it plotted an earlier run, and this one drew no plot")
+    with signals_held():
+        png = None
+        if plot:
+            try:
+                png = render_plot(doc)
+            except MissingBackendError as e:
+                log(f"plot skipped: {e}")
+        report = markdown_report(doc).encode()
+        written = [out_dir / "results.json", out_dir / "results.md"]
+        atomic_write_json(written[0], doc)
+        atomic_write(written[1], report)
+        old_plot = out_dir / "results.png"
+        if png is not None:
+            written.append(old_plot)
+            atomic_write(old_plot, png)
+        elif old_plot.is_file():
+            old_plot.unlink()
+            log(f"removed {old_plot}: it plotted an earlier run, and this one drew no plot")
     return written
 
 

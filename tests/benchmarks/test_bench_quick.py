@@ -159,3 +159,50 @@ def test_reliability_bench_interrupted(capsys, random_weights, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert code == 130 and "interrupted (Ctrl-C) before any batch size was timed; nothing written" in err
     assert (out_dir / "results.json").read_bytes() == before
+
+
+def test_reliability_bench_stopped_while_writing(capsys, random_weights, tmp_path, monkeypatch, restore_torch_threads):
+    """bench stopped by SIGTERM after the timing, while its results were written: a stop while the plot was drawn lost
+    the whole finished run (nothing written), and one between two writes left the new results.json beside an earlier
+    run's results.md and results.png => the stop waits for the three files, which all come from this run, and the
+    command exits 143 saying they were written"""
+    import signal
+
+    import benchmarks.report
+    import moe_base.fileio
+
+    out_dir = tmp_path / "results"
+    argv = ["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-seed", "--batches", "1",
+            "--repeats", "1", "--warmup", "1", "--parity-images", "2", "--threads", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out_dir)]
+    out_dir.mkdir()
+    for name in ("results.json", "results.md", "results.png"):
+        (out_dir / name).write_text("an earlier run")
+
+    def stopped_while_drawn(doc):
+        signal.raise_signal(signal.SIGTERM)
+        return b"\x89PNG drawn"
+
+    monkeypatch.setattr(benchmarks.report, "render_plot", stopped_while_drawn)
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM while the results were written; they were written whole" in err
+    doc = json.loads((out_dir / "results.json").read_text())
+    assert [r["status"] for r in doc["results"]] == ["ok"]
+    assert "| torch-seed (baseline) |" in (out_dir / "results.md").read_text()
+    assert (out_dir / "results.png").read_bytes() == b"\x89PNG drawn"
+
+    real = moe_base.fileio.atomic_write
+
+    def stopped_between(path, data, *args, **kwargs):
+        if str(path).endswith("results.md"):
+            signal.raise_signal(signal.SIGTERM)
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(benchmarks.report, "render_plot", lambda doc: b"\x89PNG second")
+    monkeypatch.setattr(moe_base.fileio, "atomic_write", stopped_between)
+    assert main(argv + ["--repeats", "2"]) == 143
+    capsys.readouterr()
+    assert json.loads((out_dir / "results.json").read_text())["settings"]["repeats"] == 2
+    assert "up to 2 interleaved rounds" in (out_dir / "results.md").read_text()
+    assert (out_dir / "results.png").read_bytes() == b"\x89PNG second"
