@@ -205,7 +205,8 @@ def markdown_report(doc: dict[str, Any]) -> str:
     if doc.get("paired"):
         lines += ["", "## Round by round", "",
                   "Time of a backend over its counterpart's in the same round (median over rounds, 95% bootstrap "
-                  "interval); \"faster\" only when the whole interval is below 1.", ""]
+                  "interval); \"faster\" only when the whole interval is below 1 and a sign test on the rounds won "
+                  "agrees (at least 6 rounds).", ""]
         lines += [f"- {c['backend']} vs {c['versus']}, batch {c['batch']} ({c['mode']}): {paired_text(c)}"
                   for c in doc["paired"]]
     header = ("| backend | status | parity (max abs, PSNR dB) | load ms | first inference ms | RSS after load MiB "

@@ -168,6 +168,27 @@ def test_paired_comparison_does_not_call_a_coin_flip_a_win():
     assert slower.verdict == "slower" and slower.wins == 0
 
 
+def test_paired_comparison_gives_no_verdict_on_too_few_rounds():
+    """With n rounds the bootstrap interval of a median is the range of the ratios, so 2 of 2, 3 of 3 ... rounds on
+    the same side of 1 were called "faster" (or "slower") "at 95%": two equal backends are, one time in four at 2
+    rounds, one in eight at 3 (bench --quick has at most 5 rounds, and may stop at 2) => a verdict also needs an
+    exact sign test on the rounds won at the same confidence, so at least 6 rounds; the line says why there is none"""
+    from benchmarks.stats import paired_comparison, paired_text
+
+    for n in (2, 3, 4, 5):
+        c = paired_comparison([0.97 + 0.001 * i for i in range(n)], [1.0] * n)
+        assert c.high < 1.0 and c.wins == n and c.verdict == "no difference shown"
+        slower = paired_comparison([1.0] * n, [0.97 + 0.001 * i for i in range(n)])
+        assert slower.low > 1.0 and slower.verdict == "no difference shown"
+    assert "5 of 5 rounds can be chance: sign test p = 0.06" in paired_text(c.to_dict())
+    six = paired_comparison([0.97 + 0.001 * i for i in range(6)], [1.0] * 6)
+    assert six.verdict == "faster" and "chance" not in paired_text(six.to_dict())
+    from benchmarks.stats import sign_test_p
+
+    assert sign_test_p(6, 6) == pytest.approx(2 / 64) and sign_test_p(0, 6) == pytest.approx(2 / 64)
+    assert sign_test_p(10, 20) == 1.0 and sign_test_p(15, 20) == pytest.approx(2 * 21700 / 2**20)
+
+
 @pytest.mark.parametrize("variant, base, match", [([], [], "non-zero"), ([1.0], [1.0, 2.0], "same"),
                                                   ([1.0, float("nan")], [1.0, 1.0], "finite"),
                                                   ([1.0, 0.0], [1.0, 1.0], "> 0")])
