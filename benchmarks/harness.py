@@ -486,19 +486,24 @@ def best_per_batch(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
 
 def cpu_targets(best: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str, Any]],
                 flops_per_image: float | None, peaks: dict[str, float]) -> dict[str, Any]:
-    """The project's CPU targets, judged on this run: best at batch 64 >= 10x the baseline's throughput, best at
-    batch 1 <= 1/8 of its p50 latency, and the compute limit (images/s at the measured GEMM peak)."""
+    """The project's CPU targets, judged on this run: the best throughput at batch 64 >= 10x the baseline's, the
+    lowest p50 latency at batch 1 <= 1/8 of the baseline's (the backend with the best throughput at batch 1 was
+    taken, whose p50 need not be the lowest: a target could read 'NOT met' that a timed backend met), and the
+    compute limit (images/s at the measured GEMM peak)."""
     e2e = best.get("e2e", {})
     cpu_best = {b: v for b, v in e2e.items()
                 if any(r["backend"] == v["backend"] and r["device"] == "cpu" for r in rows)}
     out: dict[str, Any] = {}
-    b64, b1 = cpu_best.get("64"), cpu_best.get("1")
+    b64 = cpu_best.get("64")
     if b64 and b64["throughput_ratio"] is not None:
         out["batch64_throughput_ratio"] = {"target": 10.0, "value": b64["throughput_ratio"], "backend": b64["backend"],
                                            "met": b64["throughput_ratio"] >= 10.0}
-    if b1 and b1["latency_ratio"] is not None:
-        out["batch1_latency_ratio"] = {"target": 0.125, "value": b1["latency_ratio"], "backend": b1["backend"],
-                                       "met": b1["latency_ratio"] <= 0.125}
+    b1 = [(r["ratio_vs_baseline"]["latency_p50"], r["backend"]) for r in rows
+          if r["status"] == "ok" and r["batch"] == 1 and r["mode"] == "e2e" and r["device"] == "cpu"
+          and (r.get("ratio_vs_baseline") or {}).get("latency_p50") is not None]
+    if b1:
+        value, backend = min(b1)
+        out["batch1_latency_ratio"] = {"target": 0.125, "value": value, "backend": backend, "met": value <= 0.125}
     if flops_per_image and peaks.get("cpu"):
         limit = compute_limit_images_per_s(flops_per_image, peaks["cpu"])
         out["compute_limit_ips"] = limit

@@ -252,7 +252,7 @@ def _targets_lines(t: dict[str, Any]) -> list[str]:
                      f"{'met' if x['met'] else 'NOT met'}")
     if "batch1_latency_ratio" in t:
         x = t["batch1_latency_ratio"]
-        lines.append(f"- batch 1, best p50 latency <= 1/8 of the baseline's: {x['value']:.3f} = 1/{1 / x['value']:.1f} "
+        lines.append(f"- batch 1, lowest p50 latency <= 1/8 of the baseline's: {x['value']:.3f} = 1/{1 / x['value']:.1f} "
                      f"({x['backend']}) -> {'met' if x['met'] else 'NOT met'}")
     if "compute_limit_ips" in t:
         frac = t.get("batch64_fraction_of_limit")
