@@ -47,8 +47,10 @@ def available_impls() -> tuple[str, ...]:
 
 def check_topk(topk: int) -> None:
     """InputError naming topk for what the implementations would meet as an IndexError (0), a RuntimeError
-    (negative), a silent truncation (3.5) or zeros (the gather path with 0)."""
-    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+    (negative), a silent truncation (3.5) or zeros (the gather path with 0). A torch.SymInt (torch.compile traces
+    a topk that changed between calls as a symbol) is a whole number; its value is checked like an int's."""
+    whole = isinstance(topk, torch.SymInt) or (not isinstance(topk, bool) and isinstance(topk, numbers.Integral))
+    if not whole or topk < 1:
         raise InputError(f"topk (the keys each query keeps) must be a whole number >= 1; got {topk!r}")
 
 

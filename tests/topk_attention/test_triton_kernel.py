@@ -182,6 +182,19 @@ def test_the_custom_op_checks_its_arguments_alike_eager_and_traced():
             torch_op.sparse_topk_attention(q, q, q, topk)
 
 
+def test_the_compiled_op_runs_every_topk_it_is_given():
+    """torch.compile traces a topk that changed between calls as a symbol (automatic dynamic), and the op's fake
+    refused it ('topk ... must be a whole number >= 1; got s53'): a compiled op ran only the first topk it met."""
+    from topk_attention import torch_op
+
+    q, k, v = (torch.randn(1, 2, 24, 8) for _ in range(3))
+    compiled = torch.compile(torch_op.sparse_topk_attention, backend="eager")
+    for topk in (5, 7, 9, 30):  # 30 >= N: the dense path, decided when the op runs
+        torch.testing.assert_close(compiled(q, k, v, topk), torch_op.sparse_topk_attention(q, k, v, topk))
+    traced = torch.compile(torch_op.sparse_topk_attention, backend="eager", dynamic=True)
+    torch.testing.assert_close(traced(q, k, v, 3), torch_op.sparse_topk_attention(q, k, v, 3))
+
+
 def test_custom_op_passes_opcheck():
     from topk_attention import torch_op  # noqa: F401 - registers the op
 
