@@ -28,10 +28,14 @@ def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, sca
 def check_op_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, scale: float | None) -> None:
     """What the op takes, checked alike when it runs and when it is traced (torch.compile): one shape (B, H, N, d)
     for q, k and v (the Triton kernel's and the plugin's contract; the eager op took k, v of another N, which the
-    traced op refused), a whole topk >= 1 and a finite scale."""
+    traced op refused), one floating-point dtype (mixed or integer dtypes failed inside the reference on the CPU and
+    passed the fake), a whole topk >= 1 and a finite scale."""
     if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
         raise InputError(f"q, k, v must have one shape (B, H, N, d); got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise InputError(f"q, k, v must share one floating-point dtype; got {q.dtype}, {k.dtype}, {v.dtype} "
+                         f"(cast them, e.g. .float())")
     check_topk(topk)
     check_attention_args(q, scale)
 

@@ -202,6 +202,27 @@ def test_custom_op_passes_opcheck():
     torch.library.opcheck(torch.ops.moe_denoise.sparse_topk_attention.default, (q, q, q, 5, None))
 
 
+def test_the_custom_op_refuses_mixed_or_integer_dtypes_alike_eager_and_traced():
+    """q fp32 with k fp16 (or integer tensors) was torch's 'expected m1 and m2 to have the same dtype' from inside the
+    reference on the CPU, an InputError from the Triton launcher on CUDA, and passed the fake, which promised q's
+    dtype: refused by name, with what was given, everywhere."""
+    from moe_base.errors import InputError
+    from topk_attention import torch_op
+
+    q = torch.randn(1, 2, 8, 4)
+    for args in ((q, q.half(), q), (q, q, q.double()), (q.long(), q.long(), q.long())):
+        got = ", ".join(str(t.dtype) for t in args)
+        for call in (lambda a: torch_op.sparse_topk_attention(*a, 3),
+                     lambda a: torch.ops.moe_denoise.sparse_topk_attention(*a, 3, None),
+                     lambda a: torch.compile(torch_op.sparse_topk_attention, backend="eager")(*a, 3)):
+            with pytest.raises(Exception, match=rf"q, k, v must share one floating-point dtype; got {got}"):
+                call(args)
+    with pytest.raises(InputError, match="one floating-point dtype"):
+        torch_op.sparse_topk_attention(q, q.half(), q, 3)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):  # one float dtype still runs
+        assert torch_op.sparse_topk_attention(q.to(dtype), q.to(dtype), q.to(dtype), 3).dtype == dtype
+
+
 def test_torch_op_import_does_not_import_triton():
     code = ("import sys\nimport topk_attention.torch_op\n"
             "print('triton' in sys.modules)\n")
