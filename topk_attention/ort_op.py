@@ -3,8 +3,8 @@
 The ``SparseTopKAttention`` nodes are served by a Python custom op (onnxruntime-extensions) that calls the
 reference operator (moe_model.attention). onnxruntime-extensions serves Python ops only in its own domain
 (``ai.onnx.contrib``), so the graph is re-labelled in memory (op type, inputs, outputs and attributes stay as
-exported); the file on disk is untouched. This proves the wiring (node placement, tensor layouts, attributes)
-that TensorRT's parser will see; it is not fast.
+exported, plus ``scale_repr``: see ``relabel_for_ort``); the file on disk is untouched. This proves the wiring
+(node placement, tensor layouts, attributes) that TensorRT's parser will see; it is not fast.
 """
 from __future__ import annotations
 
@@ -28,16 +28,19 @@ def register_reference_op() -> str:
         @onnx_op(op_type=PLUGIN_NAME, inputs=[PyCustomOpDef.dt_float] * 3, outputs=[PyCustomOpDef.dt_float],
                  attrs={"topk": PyCustomOpDef.dt_int64, "scale": PyCustomOpDef.dt_float,
                         "plugin_namespace": PyCustomOpDef.dt_string, "plugin_version": PyCustomOpDef.dt_string,
-                        "aot": PyCustomOpDef.dt_int64})
-        def _sparse_topk_attention(q, k, v, topk=0, scale=1.0, plugin_namespace="", plugin_version="", aot=0):
+                        "aot": PyCustomOpDef.dt_int64, "scale_repr": PyCustomOpDef.dt_string})
+        def _sparse_topk_attention(q, k, v, topk=0, scale=1.0, plugin_namespace="", plugin_version="", aot=0,
+                                   scale_repr=""):
             import numpy as np
             import torch
 
             from moe_model.attention import sparse_topk_attention
 
+            # scale_repr: the node's scale exactly (the extensions hand a FLOAT attribute over with 6 digits)
+            scale = float(scale_repr) if scale_repr else float(scale)
             with torch.no_grad():
                 o = sparse_topk_attention(torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(
-                    np.ascontiguousarray(k)), torch.from_numpy(np.ascontiguousarray(v)), int(topk), scale=float(scale))
+                    np.ascontiguousarray(k)), torch.from_numpy(np.ascontiguousarray(v)), int(topk), scale=scale)
             return o.numpy()
 
         _REGISTERED = True
@@ -53,7 +56,9 @@ def relabel_for_ort(model: Any) -> Any:
     """A copy of ``model`` whose plugin nodes live in onnxruntime-extensions' domain.
 
     The Python op is declared for fp32 tensors; a plugin node of an fp16 graph is wrapped in Casts
-    (fp16 -> fp32 -> op -> fp16) in this in-memory copy only.
+    (fp16 -> fp32 -> op -> fp16) in this in-memory copy only. onnxruntime-extensions hands a FLOAT attribute to the
+    Python op as text with 6 significant digits (1/sqrt(32) arrived as 0.176777), so each node also gets its scale
+    exactly, as the STRING attribute ``scale_repr`` (``repr`` of the float32 value), which the op reads instead.
     """
     from onnxruntime_extensions import default_opset_domain
 
@@ -66,6 +71,8 @@ def relabel_for_ort(model: Any) -> Any:
     for node in m.graph.node:
         if node.op_type == PLUGIN_NAME and node.domain == PLUGIN_NAMESPACE:
             check_plugin_node(node)
+            scale = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "scale")
+            node.attribute.append(onnx.helper.make_attribute("scale_repr", repr(scale)))
             node.domain = contrib
             if types.get(node.input[0]) == onnx.TensorProto.FLOAT16:
                 f32 = onnx.TensorProto.FLOAT
