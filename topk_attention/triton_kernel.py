@@ -230,6 +230,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int) 
         raise InputError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
     if not isinstance(topk, int) or isinstance(topk, bool):
         raise InputError(f"topk must be an int, got {type(topk).__name__}")
+    if q.shape[-1] < 1:  # the default scale 1/sqrt(d) was a ZeroDivisionError
+        raise InputError(f"q, k, v are (B, H, N, d) with a head size d >= 1; got q of shape {tuple(q.shape)}")
     ok, reason = kernel_supports(q.shape[-2], topk, q.dtype)
     if not ok:
         raise InputError(f"the Triton kernel cannot run this case: {reason}. Use "

@@ -133,6 +133,7 @@ def test_kernel_supports_reasons():
     (lambda: (torch.randn(1, 1, 24, 8),) * 3 + (24,), "topk=24 >= N=24"),
     (lambda: (torch.randn(1, 1, 1100, 8),) * 3 + (5,), "N=1100 > 1024"),
     (lambda: (torch.randn(1, 1, 24, 8), torch.randn(1, 1, 24, 8), torch.randn(1, 1, 20, 8), 5), "same shape"),
+    (lambda: (torch.randn(1, 1, 24, 0),) * 3 + (5,), "head size d >= 1"),  # was a ZeroDivisionError
 ])
 def test_launcher_rejects_bad_inputs(make, needle):
     pytest.importorskip("triton", reason="triton is not installed")
