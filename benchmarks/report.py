@@ -178,7 +178,7 @@ def markdown_report(doc: dict[str, Any]) -> str:
         lines.append(f"- command: `{doc['command']}`")
     s = doc["settings"]
     lines.append(f"- method: {s['warmup']} warm-up calls, then up to {s['repeats']} interleaved rounds per batch size "
-                 f"(rotating order); parity on {s['parity_images']} images before any timing; created "
+                 f"({s.get('order', 'rotating order')}); parity on {s['parity_images']} images before any timing; created "
                  f"{doc['created_utc']}")
     flops = doc["model"]["flops_per_image"]
     if flops:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", default="weights/moe_denoiser.safetensors")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=24, help="interleaved rounds (rotating order)")
+    p.add_argument("--rounds", type=int, default=24, help="interleaved rounds (order rotated and reversed)")
     p.add_argument("--inner", type=int, default=None, help="calls per turn (default: about 0.2 s worth)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rewrites", default=",".join(REWRITES),
