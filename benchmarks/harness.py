@@ -457,6 +457,8 @@ def summarise_cell(cell: _Cell, batch: int, flops_per_image: float | None, peaks
         return row
     stats = latency_stats(cell.samples)
     row["latency_ms"] = stats.to_dict()
+    row["samples_ms"] = [t * 1e3 for t in cell.samples]  # every timed call, in order: the statistics can be redone
+    row["turns_ms"] = [t * 1e3 for t in cell.turns]  # the mean call of each round's turn: the paired comparisons
     row["throughput_ips"] = throughput(batch, stats.mean)
     if flops_per_image:
         row["gflops"] = achieved_gflops(flops_per_image, row["throughput_ips"])

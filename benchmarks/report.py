@@ -17,7 +17,8 @@ Schema ``moe-denoise/bench`` version 1 (``SCHEMA`` below is the machine-checked 
   status (ok | error | skipped), reason, n_samples, calls_per_turn, latency_ms ({n, mean, std, min, p50, p90, p99,
   max}|null), throughput_ips (images/s|null), ratio_vs_baseline ({throughput, latency_p50}|null), gflops,
   fraction_of_peak, memory ({peak_rss_mb, peak_rss_delta_mb, rss_window, [gpu_torch_peak_mb, gpu_used_mb,
-  gpu_used_delta_mb]}|null).
+  gpu_used_delta_mb]}|null); an ok row also has samples_ms (every timed call, ms, in order) and turns_ms (the mean
+  call of each round's turn, ms; what ``paired`` compares), absent in documents written before they were kept.
 - ``paired`` (optional; absent in documents written before it existed): one per (backend, mode, batch) whose backend
   is compared round by round with another (``BackendSpec.versus``): backend, versus, mode, batch, n (rounds), ratio
   (median over rounds of the backend's time / the other's in the same round), low, high (bootstrap interval of

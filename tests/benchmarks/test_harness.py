@@ -603,6 +603,10 @@ def test_engine_builds_without_tensorrt_give_reasons(tmp_path):
 
 
 def test_versus_compares_two_backends_round_by_round_and_reports_it():
+    """... and the rows keep every timed call and each round's turn, so that both can be redone from the file (the
+    docs said 'with every timing'; only the statistics were written)"""
+    from benchmarks.stats import latency_stats, paired_comparison
+
     calls = []
     specs = [spec("base", calls, baseline=True), spec("opt", calls), spec("plain", calls)]
     specs[1].versus = "plain"
@@ -615,6 +619,11 @@ def test_versus_compares_two_backends_round_by_round_and_reports_it():
     md = markdown_report(doc)
     assert "## Round by round" in md
     assert "- opt vs plain, batch 2 (e2e): x0.900 [0.900, 0.900], faster in 6/6 rounds: faster" in md
+    rows = {r["backend"]: r for r in doc["results"]}  # the written timings redo the statistics and the comparison
+    assert all(len(r["samples_ms"]) == r["n_samples"] and len(r["turns_ms"]) == 6 for r in rows.values())
+    assert latency_stats([t / 1e3 for t in rows["opt"]["samples_ms"]]).to_dict() == rows["opt"]["latency_ms"]
+    redone = paired_comparison([t / 1e3 for t in rows["opt"]["turns_ms"]], [t / 1e3 for t in rows["plain"]["turns_ms"]])
+    assert (redone.ratio, redone.low, redone.high, redone.wins) == pytest.approx((c["ratio"], c["low"], c["high"], 6))
     broken = copy.deepcopy(doc)
     broken["paired"][0]["n"] = "6"
     with pytest.raises(ValueError, match="paired.*n: expected int"):
