@@ -239,6 +239,19 @@ def _triton_status(names: tuple[str, ...]) -> str | None:
     return None
 
 
+def choose_baseline(names: list[str], gpu_baseline: str, cpu_baseline: str, gpu: bool | None = None) -> str | None:
+    """The backend the ratios are taken against: the GPU baseline when it is asked for and a GPU is here (``gpu``:
+    None to ask torch), else the CPU baseline if asked for. A GPU baseline that could not run took every ratio with
+    it, though the CPU baseline was timed beside it."""
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    if gpu_baseline in names and (gpu or cpu_baseline not in names):
+        return gpu_baseline
+    return cpu_baseline if cpu_baseline in names else None
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     from benchmarks.backends import (
@@ -287,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         engines = {**engines, **built}
     inputs = BackendInputs(weights=weights, preset=args.preset, threads=settings.threads, onnx=onnx,
                            onnx_unavailable=onnx_failed, engines=engines, triton_unavailable=_triton_status(names))
-    baseline = GPU_BASELINE if GPU_BASELINE in names else CPU_BASELINE if CPU_BASELINE in names else None
+    baseline = choose_baseline(names, GPU_BASELINE, CPU_BASELINE)
     specs = build_specs(names, inputs, baseline)
     for spec in specs:
         if spec.name in engine_failed:

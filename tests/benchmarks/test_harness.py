@@ -679,3 +679,16 @@ def test_a_batch_size_given_twice_is_refused():
     with pytest.raises(ValueError, match=r"repeated: \[64\]"):
         settings_from_args(build_parser().parse_args(["bench", "--quick", "--batches", "64,8,64"]), "quick")
     settings(batches=(8, 1, 64)).validate()  # any order, each once
+
+
+def test_the_baseline_is_the_cpu_one_when_the_gpu_one_cannot_run():
+    """--backends torch-seed,torch-masked,torch-seed-cuda on a machine without a GPU: the GPU baseline was taken,
+    could not run, and no ratio was computed, though torch-seed was timed"""
+    from moe_denoise.commands.bench import choose_baseline
+
+    both = ["torch-seed", "torch-masked", "torch-seed-cuda"]
+    assert choose_baseline(both, "torch-seed-cuda", "torch-seed", gpu=False) == "torch-seed"
+    assert choose_baseline(both, "torch-seed-cuda", "torch-seed", gpu=True) == "torch-seed-cuda"
+    assert choose_baseline(["torch-seed-cuda", "ort-cuda"], "torch-seed-cuda", "torch-seed", gpu=False) == \
+        "torch-seed-cuda"  # no other: its absence is said as before
+    assert choose_baseline(["ort-cpu"], "torch-seed-cuda", "torch-seed", gpu=True) is None
