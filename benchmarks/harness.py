@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import TILE_SHAPE
-from moe_base.errors import InputError, Interrupted, signals_held
+from moe_base.errors import InputError, Interrupted, NoGPUError, signals_held
 from moe_base.machine import fingerprint, load_average
 from moe_base.optional import available
 from moe_base.tolerances import get_tolerance
@@ -238,6 +238,10 @@ def _activate(spec: BackendSpec, record: dict[str, Any]) -> BaseRunner | None:
         t0 = time.perf_counter()
         runner.activate()
         activate_s = time.perf_counter() - t0
+    except NoGPUError as e:  # its advice (--device cpu, device='cpu') is for denoise and Python: bench has neither
+        record["reason"] = (f"NoGPUError: {str(e).split('; ')[0]}; time the CPU backends, or run on a machine with an "
+                            f"NVIDIA GPU (and a CUDA build of torch for the torch backends)")
+        return None
     except Exception as e:  # noqa: BLE001 - any failure to build/activate means "unavailable here", with reason
         record["reason"] = _reason(e)
         return None

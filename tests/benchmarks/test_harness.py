@@ -692,3 +692,18 @@ def test_the_baseline_is_the_cpu_one_when_the_gpu_one_cannot_run():
     assert choose_baseline(["torch-seed-cuda", "ort-cuda"], "torch-seed-cuda", "torch-seed", gpu=False) == \
         "torch-seed-cuda"  # no other: its absence is said as before
     assert choose_baseline(["ort-cpu"], "torch-seed-cuda", "torch-seed", gpu=True) is None
+
+
+def test_a_gpu_backend_without_a_gpu_is_told_in_bench_terms():
+    """The runner's advice ('use --device cpu', device='cpu' in Python) named options bench does not have"""
+    from benchmarks.harness import _activate
+    from moe_base.errors import NoGPUError
+
+    def no_gpu():
+        raise NoGPUError("device 'cuda' was asked for but torch 2.x sees no CUDA GPU; use --device cpu (device='cpu' in "
+                         "Python), or run on a machine with an NVIDIA GPU and a CUDA build of torch")
+
+    record: dict = {}
+    assert _activate(BackendSpec(name="torch-seed-cuda", make_runner=no_gpu, device="cuda"), record) is None
+    assert record["reason"].startswith("NoGPUError: device 'cuda' was asked for but torch 2.x sees no CUDA GPU; time "
+                                       "the CPU backends") and "--device" not in record["reason"]
