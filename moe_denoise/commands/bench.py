@@ -285,6 +285,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--engine {', '.join(unused)}: {'that backend is' if len(unused) == 1 else 'those backends are'}"
                          f" not among the backends this run times ({', '.join(names)}); add "
                          f"{'it' if len(unused) == 1 else 'them'} to --backends, or leave the --engine out")
+    if args.build_engines and not any(n.startswith("trt-") for n in names):  # it was ignored in silence
+        raise InputError(f"--build-engines builds the engines of the trt-* backends, and this run times none "
+                         f"({', '.join(names)}); add trt-* backends to --backends, or leave --build-engines out")
     out_dir = args.out_dir or cache_dir() / "bench" / PRESETS[preset]["out_dir"]
     work = args.cache_dir or cache_dir() / "bench"
     check_folder(out_dir, "--out-dir", "the results (results.json, results.md, results.png)")  # before any work

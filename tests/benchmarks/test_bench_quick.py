@@ -90,6 +90,9 @@ def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
     code = main(["bench", "--quick", "--weights", str(random_weights), "--engine", f"trt-plugin-fp16={engine}",
                  "--out-dir", str(tmp_path)])  # --quick times no trt-* backend: the engine would be ignored
     assert code == 2 and "not among the backends this run times" in capsys.readouterr().err
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--build-engines", "--out-dir", str(tmp_path)])
+    assert code == 2 and "--build-engines builds the engines of the trt-* backends, and this run times none" in \
+        capsys.readouterr().err  # it was ignored in silence
     assert not (tmp_path / "results.json").exists()
 
 
