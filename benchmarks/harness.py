@@ -383,7 +383,7 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
         schedule.append([c.key for c in order])
         kept = [(len(c.samples), len(c.turns), dict(c.memory)) for c in cells]
         try:
-            _one_round(order, r, timers, probes)
+            _one_round(order, r, timers, probes, settings.warmup)
         except KeyboardInterrupt:
             for c, (n_samples, n_turns, memory) in zip(cells, kept):  # its times and its memory peaks alike
                 del c.samples[n_samples:], c.turns[n_turns:]
@@ -400,24 +400,26 @@ def time_batch(cells: list[_Cell], settings: BenchSettings, timers: dict[str, An
     return schedule
 
 
-def _one_round(order: list[_Cell], r: int, timers: dict[str, Any], probes: dict[str, Any]) -> None:
-    """Round ``r``: a turn for each cell in ``order``; a fresh_each_round backend is renewed first (after round 0)."""
+def _one_round(order: list[_Cell], r: int, timers: dict[str, Any], probes: dict[str, Any], warmup: int) -> None:
+    """Round ``r``: a turn for each cell in ``order``; a fresh_each_round backend is renewed first (after round 0),
+    and warmed up as at the start (``warmup`` untimed calls)."""
     renewed: set[int] = set()
     for cell in order:
         if r and cell.backend.spec.fresh_each_round and id(cell.backend) not in renewed:
             renewed.add(id(cell.backend))
-            _run_guarded(cell, lambda c=cell: _renew(c))
+            _run_guarded(cell, lambda c=cell: _renew(c, warmup))
             if cell.error is not None:
                 continue
         _timed_turn(cell, timers[cell.backend.spec.device], probes[cell.backend.spec.device])
 
 
-def _renew(cell: _Cell) -> None:
-    """A fresh runner (new session) for ``cell``'s backend, warmed by two untimed calls."""
+def _renew(cell: _Cell, warmup: int) -> None:
+    """A fresh runner (new session) for ``cell``'s backend, warmed by ``warmup`` untimed calls (--warmup: it was two
+    whatever was asked)."""
     runner = cell.backend.runner
     runner.deactivate()
     runner.activate()
-    for _ in range(2):
+    for _ in range(warmup):
         cell.fn()
 
 
