@@ -13,6 +13,8 @@ by default.
 """
 from __future__ import annotations
 
+import inspect
+import textwrap
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -45,14 +47,32 @@ def load_photo(name: str) -> np.ndarray:
         raise MissingBackendError("the photo evaluation needs scikit-image, which is not installed: "
                           "pip install 'moe-denoise[eval]'") from e
     loader = getattr(skimage.data, name, None)
-    if not callable(loader) or name.startswith("_"):
+    if not callable(loader) or name.startswith("_") or name in NOT_SAMPLES or _needs_arguments(loader):
         raise InputError(f"unknown photo {name!r}: expected the name of a scikit-image sample photo "
                          f"(skimage.data), e.g. {', '.join(PHOTOS)}")
-    image = np.asarray(loader())
+    try:  # a sample skimage fetches on first use needs pooch and the network: a traceback, after the other photos
+        image = np.asarray(loader())
+    except Exception as e:  # noqa: BLE001 - re-raised as the user's to fix, with the reason
+        reason = textwrap.shorten(f"{type(e).__name__}: {e}", 300, placeholder=" ...")
+        raise InputError(f"skimage.data.{name}() could not be loaded ({reason}); the samples installed with "
+                         f"scikit-image need no download, e.g. {', '.join(PHOTOS)}") from e
     if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise InputError(f"skimage.data.{name}() is {image.dtype} {image.shape}; expected an 8-bit gray (HxW) or "
                          f"RGB (HxWx3) photo such as {', '.join(PHOTOS)}")
     return image.astype(np.float32) / 255.0
+
+
+NOT_SAMPLES = ("download_all",)  # callables of skimage.data that are no sample (this one downloads every sample)
+
+
+def _needs_arguments(fn: Any) -> bool:
+    """True for a callable that cannot be called without arguments (skimage.data.file_hash(fname), ...)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               for p in params)
 
 
 def noise_draw(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -152,13 +172,17 @@ def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOT
     bad = [s for s in sigmas255 if not 0 <= float(s) < float("inf")]
     if bad or not sigmas255:
         raise InputError(f"noise levels must be finite numbers >= 0 on the 0-255 scale (got {list(sigmas255)})")
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:  # each was scored again, counted twice in the times, and the progress said "4 of 3 levels"
+        raise InputError(f"photos {twice} are named more than once; name each photo once")
     fns = {k: (m if callable(m) and not hasattr(m, "parameters") else model_tile_fn(m)) for k, m in models.items()}
+    cleans = {name: load_photo(name) for name in names}  # every photo first: a bad name fails before any work
     seconds: dict[str, float] = {}
     photos: dict[str, Any] = {}
     target = None
     steps = Progress(len(names) * len(sigmas255) + (TARGET_PHOTO in names), "photos", "level", progress)
     for name in names:
-        clean = load_photo(name)
+        clean = cleans[name]
         draw = noise_draw(name, clean.shape, seed)
         entry: dict[str, Any] = {"kind": "gray" if clean.ndim == 2 else "colour",
                                  "size": [int(clean.shape[1]), int(clean.shape[0])], "bm3d": name in bm3d_names,

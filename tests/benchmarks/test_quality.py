@@ -38,6 +38,28 @@ def test_load_photo_kinds_and_errors():
         quality.load_photo("binary_blobs")  # a sample, but not a photo
 
 
+def test_a_photo_that_cannot_be_loaded_is_refused_before_any_work(monkeypatch):
+    """--photos camera eagle scored camera, then failed on eagle (a sample skimage downloads with pooch) with a
+    traceback; file_hash (no sample, needs an argument) and duplicates were no clearer."""
+    import skimage.data
+
+    def needs_download():
+        raise ModuleNotFoundError("The requested file ... requires the installation of an optional dependency, pooch")
+
+    monkeypatch.setattr(skimage.data, "eagle", needs_download)
+    scored = []
+    fn = lambda batch: scored.append(len(batch)) or batch  # noqa: E731
+    with pytest.raises(ValueError, match=r"skimage.data.eagle\(\) could not be loaded \(ModuleNotFoundError: .*pooch"):
+        quality.evaluate_photos({"identity": fn}, ("camera", "eagle"), (25,), bm3d_names=())
+    assert scored == []  # nothing was denoised before the refusal
+    for name in ("file_hash", "download_all"):
+        with pytest.raises(ValueError, match=f"unknown photo '{name}'"):
+            quality.load_photo(name)
+    with pytest.raises(ValueError, match=r"photos \['camera'\] are named more than once"):
+        quality.evaluate_photos({"identity": fn}, ("camera", "moon", "camera"), (25,), bm3d_names=())
+    assert scored == []
+
+
 def test_noise_draw_is_fixed_per_photo_and_seed():
     a = quality.noise_draw("camera", (8, 8), 0)
     np.testing.assert_array_equal(a, quality.noise_draw("camera", (8, 8), 0))
