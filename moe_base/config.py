@@ -72,14 +72,40 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """A config read from JSON (a sidecar, a manifest): InputError naming every field of the wrong kind. A
+        hand-edited or damaged value ("dim": "x", "patch_size": 0, "config": "abc") ended in a TypeError or
+        ZeroDivisionError traceback, or in "unknown ModelConfig fields ['a', 'b', 'c']"."""
+        if not isinstance(d, dict):
+            raise InputError(f"a model config is a JSON object of its fields, got {type(d).__name__} {d!r:.80}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise InputError(f"unknown ModelConfig fields {unknown}; known fields: {sorted(known)}")
+        bad = []
+        for name, value in d.items():
+            if name == "residual":
+                ok = isinstance(value, bool)
+            elif name == "name":
+                ok = isinstance(value, str)
+            elif name == "expert_topk":
+                ok = isinstance(value, (list, tuple)) and all(_whole(k, 1) for k in value)
+            else:  # sizes and counts: whole numbers, >= 1 except the optional refinement head's
+                ok = _whole(value, 0 if name.startswith("refine_") else 1)
+            if not ok:
+                bad.append(f"{name} {value!r}")
+        if bad:
+            raise InputError(f"invalid ModelConfig: {', '.join(bad)} (expected whole numbers >= 1 for sizes, >= 0 "
+                             f"for refine_channels / refine_features, a list of them for expert_topk, true/false for "
+                             f"residual, text for name)")
         return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _whole(value: Any, lo: int) -> bool:
+    """``value`` is a whole number >= ``lo`` (a JSON true/false is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lo
 
 
 PRESETS: dict[str, ModelConfig] = {

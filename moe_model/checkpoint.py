@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from moe_base.config import PRESETS, ModelConfig, get_preset
-from moe_base.errors import CheckpointError
+from moe_base.errors import CheckpointError, InputError
 from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
 from moe_base.manifest import read_manifest
 
@@ -128,11 +128,17 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     try:
         if not side.is_file():
             return None
-        return json.loads(side.read_text())
+        data = json.loads(side.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"sidecar {side} is not valid JSON: {e}") from e
     except OSError as e:  # no read permission: a traceback before
         raise CheckpointError(f"sidecar {side} cannot be read ({e.strerror or e}); make it readable") from None
+    # a list, text or number (hand-edited, or another file under that name) ended in an AttributeError traceback
+    if data is not None and not isinstance(data, dict):
+        raise CheckpointError(f"sidecar {side} holds a JSON {type(data).__name__}, not the object 'moe-denoise "
+                              f"train' writes (config, sha256, training); restore it, or move it away and pass "
+                              f"--preset")
+    return data
 
 
 def verify_weights(path: str | Path, side: dict[str, Any] | None) -> None:
@@ -141,6 +147,9 @@ def verify_weights(path: str | Path, side: dict[str, Any] | None) -> None:
     expected = (side or {}).get("sha256")
     if not expected:
         return
+    if not isinstance(expected, str):  # compared as text: a number ended in a TypeError traceback
+        raise CheckpointError(f"{sidecar_path(path).name} records sha256 {expected!r}, not a hash (hex text): it "
+                              f"was edited or damaged. Restore it, or pass --skip-weights-check to use {path} anyway")
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(f"weights {path} do not match the sha256 recorded in {sidecar_path(path).name} "
@@ -192,7 +201,11 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
                                   f"network would take their tensors and compute something else. Leave --preset "
                                   f"out to use theirs")
     elif side and "config" in side:
-        config = ModelConfig.from_dict(side["config"])
+        try:
+            config = ModelConfig.from_dict(side["config"])
+        except InputError as e:  # said with the file it is in
+            raise CheckpointError(f"the config in {sidecar_path(path)} is damaged or edited: {e}; restore it, or "
+                                  f"move it away and pass --preset") from None
     elif architecture is not None:
         config = ModelConfig.from_dict(dict(architecture))
     else:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from moe_base.config import get_preset
+from moe_base.config import ModelConfig, get_preset
 from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError, TrainingError, signals_held
 from moe_base.fileio import first_missing, folder_lock, remove_if_empty
 from moe_base.progress import Progress
@@ -433,6 +433,7 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     if bad:
         raise CheckpointError(f"--init-from {path}: {len(bad)} tensors do not fit preset '{model.config.name}' "
                               f"(e.g. {bad[:3]}); use weights of the same (or a smaller) architecture")
+    check_grows_from(model.config, path)  # tensors that fit are not enough (seed and residual share them)
     grown = []
     with torch.no_grad():
         for k, v in sd.items():
@@ -446,6 +447,34 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     missing = sorted(set(own) - set(sd))
     log(f"initialised from {path}" + (f"; grown: {', '.join(grown)}" if grown else "")
         + (f"; newly initialised: {', '.join(missing)}" if missing else ""))
+
+
+GROWABLE = ("ffn_hidden", "refine_channels", "refine_features", "router_hidden")
+"""Architecture fields a warm start may widen (the grown model starts as the function of the file); every other
+field must be the file's own."""
+
+
+def check_grows_from(config: ModelConfig, path: str) -> None:
+    """CheckpointError when the architecture ``path``'s JSON sidecar records is not ``config`` or a widening of it.
+
+    Tensor shapes alone do not tell: the 'seed' and 'residual' presets have the same tensors and compute different
+    functions (residual predicts the noise), so --init-from a residual run into the default preset (seed) started
+    from weights that computed something else, without a word. Weights without a sidecar are taken on their shapes."""
+    side = read_sidecar(path)
+    saved = side.get("config") if isinstance(side, dict) else None
+    if not isinstance(saved, dict):
+        return
+    theirs = ModelConfig.from_dict(saved)
+    differ = [f"{f.name} {getattr(theirs, f.name)!r} (preset '{config.name}': {getattr(config, f.name)!r})"
+              for f in dataclasses.fields(ModelConfig) if f.name != "name"
+              and (getattr(config, f.name) < getattr(theirs, f.name) if f.name in GROWABLE
+                   else getattr(config, f.name) != getattr(theirs, f.name))]
+    if differ:
+        raise CheckpointError(f"--init-from {path}: these weights were made for the '{theirs.name}' architecture "
+                              f"(their {Path(path).with_suffix('.json').name} says so), which preset "
+                              f"'{config.name}' neither is nor grows ({'; '.join(differ)}): the model would start "
+                              f"from their tensors computing something else. Pass --preset {theirs.name}, or a "
+                              f"preset that only widens {', '.join(GROWABLE)}")
 
 
 def _grows_inputs(model: torch.nn.Module, name: str, old_shape: torch.Size) -> bool:

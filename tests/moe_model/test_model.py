@@ -1,5 +1,6 @@
 """SmallViT: shapes, gradients, parameter count, routing, load-balance loss, presets."""
 import math
+import re
 
 import pytest
 import torch
@@ -84,6 +85,29 @@ def test_config_round_trip_and_errors():
         ModelConfig.from_dict({"dimension": 3})
 
 
+@pytest.mark.parametrize("sidecar, message", [
+    ([1], "holds a JSON list, not the object"),  # AttributeError: 'list' object has no attribute 'get'
+    ({"sha256": 5}, "records sha256 5, not a hash"),  # TypeError: 'int' object is not subscriptable
+    ({"config": "abc"}, "is a JSON object of its fields, got str"),  # "unknown ModelConfig fields ['a', 'b', 'c']"
+    ({"config": {"dim": "x"}}, "invalid ModelConfig: dim 'x'"),  # TypeError: not all arguments converted
+    ({"config": {"patch_size": 0}}, "invalid ModelConfig: patch_size 0"),  # ZeroDivisionError
+    ({"config": {"residual": "no"}}, "invalid ModelConfig: residual 'no'"),  # taken as true
+])
+def test_a_damaged_sidecar_is_refused_in_words(tmp_path, random_weights, sidecar, message):
+    """A sidecar that is valid JSON but not what 'train' writes ended in tracebacks of every kind."""
+    import json
+    import shutil
+
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_model
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(random_weights, weights)
+    (tmp_path / "w.json").write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_model(weights)
+
+
 def test_masked_and_gather_models_agree():
     torch.manual_seed(1)
     m = SmallViT("seed").eval()
@@ -114,6 +138,21 @@ def test_refine_preset_budget_and_identity_start(tmp_path):
     save_weights(m, tmp_path / "refine.safetensors")
     with pytest.raises(Exception, match="do not fit"):
         warm_start(base, str(tmp_path / "refine.safetensors"), lambda s: None)
+
+
+def test_warm_start_refuses_weights_of_another_architecture_with_the_same_tensors(tmp_path):
+    """'seed' and 'residual' share every tensor shape but not the function: --init-from a residual run into the
+    default preset (seed) was taken without a word, the model starting from weights that computed something else."""
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import save_weights
+    from moe_model.train import warm_start
+
+    torch.manual_seed(0)
+    save_weights(SmallViT("residual"), tmp_path / "residual.safetensors")
+    with pytest.raises(CheckpointError, match="made for the 'residual' architecture.*--preset residual"):
+        warm_start(SmallViT("seed"), str(tmp_path / "residual.safetensors"), lambda s: None)
+    warm_start(SmallViT("residual"), str(tmp_path / "residual.safetensors"), lambda s: None)  # its own: taken
+    warm_start(SmallViT("residual_refine"), str(tmp_path / "residual.safetensors"), lambda s: None)  # grown: taken
 
 
 def test_psnr_loss_has_the_gradient_of_mean_log_mse():
