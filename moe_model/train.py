@@ -216,6 +216,7 @@ def replacing(out: Path, names: list[str], state_path: Path) -> Iterator[None]:
 def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoch: int | None, command: str | None,
            log: Callable[[str], None], device: Any, out: Path, state_path: Path) -> dict[str, Any]:
     st = _state_to_resume(cfg, state_path) if resume else None  # before the data: a wrong folder fails at once
+    check_stop_after(stop_after_epoch, cfg.epochs, st["epoch"] if st else 0, out)
 
     train_u8 = torch.from_numpy(load_cifar10(cfg.data_dir, "train"))[: cfg.max_train]
     val_clean = to_float(load_cifar10(cfg.data_dir, "val")[: cfg.max_val])
@@ -318,6 +319,20 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
             log(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
             break
     return {"out_dir": str(out), "best_val_loss": best_loss, "history": history, "model": model}
+
+
+def check_stop_after(stop_after_epoch: int | None, epochs: int, done: int, out: Path) -> None:
+    """InputError for a --stop-after-epoch the run cannot stop at: past its last epoch (it was ignored in silence),
+    or an epoch a resumed run has done already (it ran one more epoch and said it stopped 'as asked')."""
+    if stop_after_epoch is None:
+        return
+    if stop_after_epoch > epochs:
+        raise InputError(f"--stop-after-epoch {stop_after_epoch} is past the run's last epoch ({epochs}); leave it out "
+                         f"(the run ends there), or give an epoch up to {epochs}")
+    if stop_after_epoch <= done < epochs:
+        raise InputError(f"the run in {out} has done {done} epoch{'s' if done != 1 else ''} already; "
+                         f"--stop-after-epoch {stop_after_epoch} is behind it: give an epoch after {done}, or leave it "
+                         f"out to go on to epoch {epochs}")
 
 
 def run_record(cfg: TrainConfig, st: dict[str, Any] | None, out: Path, command: str) -> dict[str, Any]:

@@ -223,10 +223,16 @@ def test_stop_after_epoch_on_the_command_line(fake_cifar, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--data-dir", str(fake_cifar), "--out-dir", str(out), "--epochs", "3", "--batch-size", "16",
             "--max-train", "32", "--max-val", "16", "--seed", "3", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--stop-after-epoch", "4"]) == 2  # past the last epoch: it was ignored in silence
+    assert "--stop-after-epoch 4 is past the run's last epoch (3)" in capsys.readouterr().err
     assert main([*argv, "--stop-after-epoch", "1"]) == 0
     assert "stopping after epoch 1 as asked; continue with --resume" in capsys.readouterr().out
     state = load_training_state(out / "last.pt")
     assert state["epoch"] == 1 and state["train_config"]["epochs"] == 3
+    resume = ["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]
+    assert main([*resume, "--stop-after-epoch", "1"]) == 2  # it ran epoch 2 and said it stopped 'as asked'
+    assert "has done 1 epoch already; --stop-after-epoch 1 is behind it" in capsys.readouterr().err
+    assert load_training_state(out / "last.pt")["epoch"] == 1
     assert main(["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 0
     assert load_training_state(out / "last.pt")["epoch"] == 3
     whole = train(small_config(fake_cifar, tmp_path / "whole", epochs=3), progress=False, log=lambda s: None)
