@@ -248,7 +248,7 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
         weights = "shipped" if args.weights is None else s["path"]
         result.update(split=args.split, weights=weights, preset=s["preset"], label=s["label"])
         results.append(result)
-        texts.append(f"weights: {weights} (preset '{s['preset']}'), split: {args.split}\n" + format_table(result))
+        texts.append(f"weights: {weights} (preset '{s['preset']}'), split: {args.split}\n" + format_table(result, s["label"]))
     _emit(args, results[0] if len(results) == 1 else results, "\n\n".join(texts))
     return 0
 

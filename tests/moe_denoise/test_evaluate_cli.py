@@ -46,8 +46,9 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     assert code == 0 and r["num_images"] == 4 and r["sigma"] == 0.2 and set(r["protocols"]) == {"clip", "unclipped"}
     assert r["protocols"]["clip"]["model"]["ssim"]["mean"] > 0 and r["weights"] == str(random_weights)
     code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 4,
-                       "--sigma", 0.2, "--no-ssim")
+                       "--sigma", 0.2, "--no-ssim", "--label", "mine")
     assert code == 0 and "sigma 0.2" in out and "noisy input" in out
+    assert "clip       mine" in out and " model " not in out  # --label was in the JSON only: every table said 'model'
 
 
 @pytest.mark.parametrize("argv, message", [
