@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from moe_base.errors import InputError
 from moe_base.progress import progress_mode
 
 from . import (
+    DEFAULT_DATA_DIR,
     HelpFormatter,
     add_data_args,
     add_split_arg,
@@ -27,6 +29,7 @@ SUITES = ("cifar", "photos", "all")
 # moe_model.evaluate.DEFAULT_SIGMAS_255, written out: importing it imports torch (seconds, for --help)
 DEFAULT_SIGMAS_255 = (0, 5, 15, 25, 50, 75)
 BM3D_IMAGES = 16
+EVAL_SEED, BATCH_SIZE = 1234, 256
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,9 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise levels of the across-sigma report, on the 0-255 scale (std sigma/255 on [0, 1])")
     p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"],
                    help="noise clipped to [0, 1] (clamp(x + sigma N, 0, 1), as photos are saved), not clipped, or both")
-    p.add_argument("--eval-seed", type=seed_number, default=1234, help="seed of the fixed noise on the CIFAR-10 images")
+    p.add_argument("--eval-seed", type=seed_number, default=EVAL_SEED, help="seed of the fixed noise on the CIFAR-10 images")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per inference call")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="images per inference call")
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM")
     p.add_argument("--suite", default="cifar", choices=SUITES,
                    help="across-sigma report on CIFAR-10, on whole photos, or both")
@@ -157,6 +160,15 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.suite == "photos" and args.limit is not None:
         raise InputError("--limit takes the first N CIFAR-10 images, and --suite photos scores no CIFAR-10 image: use "
                          "--photos NAME ... to score fewer photos, or --suite all")
+    if args.suite == "photos":  # each was ignored in silence
+        cifar_only = [o for o, given in (("--bm3d-images", args.bm3d_images != BM3D_IMAGES),
+                                         ("--split", args.split != "test"), ("--eval-seed", args.eval_seed != EVAL_SEED),
+                                         ("--batch-size", args.batch_size != BATCH_SIZE),
+                                         ("--data-dir", Path(args.data_dir) != Path(DEFAULT_DATA_DIR))) if given]
+        if cifar_only:
+            raise InputError(f"{', '.join(cifar_only)} {'is' if len(cifar_only) == 1 else 'are'} about the CIFAR-10 "
+                             f"images, and --suite photos scores none: leave {'it' if len(cifar_only) == 1 else 'them'} "
+                             f"out, or use --suite all (the photos' options: --photos, --bm3d-photos, --photo-seed)")
     if args.sigma is not None:
         other = [o for o, given in (("--plot", args.plot), ("--suite photos/all", args.suite != "cifar"),
                                     ("--photos", args.photos), ("--bm3d-photos", args.bm3d_photos),

@@ -63,6 +63,8 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     (["--photos", "camera"], "--suite photos or --suite all"),
     (["--photo-seed", "5"], "--photo-seed and --no-guard are about the photos"),  # it was ignored in silence
     (["--suite", "photos", "--limit", "4"], "--limit takes the first N CIFAR-10 images"),
+    (["--suite", "photos", "--bm3d-images", "4", "--split", "val", "--eval-seed", "1"],  # ignored in silence
+     "--bm3d-images, --split, --eval-seed, --data-dir are about the CIFAR-10 images, and --suite photos scores none"),
     (["--sigmas", "25", "15", "25"], "--sigmas names 25 more than once"),
     (["--sigmas", "-5"], "0-255 scale"),
     (["--sigmas", "15", "300"], "from 0 to 255 on the 0-255 scale (got 300)"),  # it ran for minutes
