@@ -24,6 +24,12 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).round().astype(np.uint8)
 
 
+def psnr_label(image: torch.Tensor, clean: torch.Tensor, psnr: torch.Tensor) -> str:
+    """'31.42 dB', or 'identical' for an image equal to the clean one (its PSNR is infinite: '200.00 dB' was shown,
+    the clamp that keeps log10 finite)."""
+    return "identical" if torch.equal(image, clean) else f"{float(psnr):.2f} dB"
+
+
 def _to_pil(img: torch.Tensor, scale: int) -> Image.Image:
     arr = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     pil = Image.fromarray(arr)
@@ -49,8 +55,8 @@ def denoise_grid(noisy: torch.Tensor, denoised: torch.Tensor, clean: torch.Tenso
     p_noisy, p_den = psnr_per_image(noisy, clean), psnr_per_image(denoised, clean)
     for i in range(n):
         y = header + i * (cell_h + label_h + pad)
-        for c, (img, label) in enumerate(((noisy[i], f"{p_noisy[i]:.2f} dB"), (denoised[i], f"{p_den[i]:.2f} dB"),
-                                          (clean[i], ""))):
+        for c, (img, label) in enumerate(((noisy[i], psnr_label(noisy[i], clean[i], p_noisy[i])),
+                                          (denoised[i], psnr_label(denoised[i], clean[i], p_den[i])), (clean[i], ""))):
             x = pad + c * (cell_w + pad)
             draw.text((x, y), label, fill="black")
             canvas.paste(_to_pil(img, scale), (x, y + label_h))

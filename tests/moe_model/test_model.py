@@ -218,3 +218,16 @@ def test_widening_the_head_keeps_the_function_and_the_new_channels_live(tmp_path
     big.train()
     big(x).sum().backward()
     assert big.refine[4].weight.grad[:, old:].abs().sum() > 0  # the silent weights learn from the first step
+
+
+def test_the_grid_labels_an_image_equal_to_the_clean_one_as_identical():
+    """visualize --sigma 0 labelled the noisy column '200.00 dB' (the clamp that keeps log10 finite)"""
+    from moe_model.metrics import psnr_per_image
+    from moe_model.visualize import psnr_label
+
+    clean = torch.rand(2, 3, 8, 8)
+    other = clean.clone()
+    other[1, 0, 0, 0] += 0.1
+    p = psnr_per_image(other, clean)
+    assert psnr_label(other[0], clean[0], p[0]) == "identical"
+    assert psnr_label(other[1], clean[1], p[1]) == f"{float(p[1]):.2f} dB" and float(p[1]) < 100
