@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 from pathlib import Path
 
@@ -150,9 +151,15 @@ def run(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
     except KeyboardInterrupt as e:  # the epoch it stopped in (from train), then what is kept and how to go on
         raise Interrupted.said(e, "; ".join(filter(None, (str(e), interrupted_hint(Path(args.out_dir)))))) from None
-    best = Path(args.out_dir) / "best.safetensors"
+    best, loss = Path(args.out_dir) / "best.safetensors", result["best_val_loss"]
+    what = " (minus the PSNR in dB: --loss psnr)" if cfg.loss == "psnr" else ""
     if best.is_file():
-        print(f"best validation loss {result['best_val_loss']:.6f}; weights: {best}")
+        print(f"best validation loss {loss:.6f}{what}; weights: {best}")
+    elif math.isfinite(loss):  # written at that epoch, and removed since: it is rewritten only when an epoch beats it
+        print(f"{best} is missing: it was written at the epoch with the best validation loss ({loss:.6f}{what}) and "
+              f"has been moved or deleted since; last.pt holds the last epoch's weights only. Restore it, or train "
+              f"again into another --out-dir")
+        return 1
     else:
         print(f"no epoch finished with a finite validation loss, so no weights were written to {best}")
         return 1

@@ -283,3 +283,20 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(fake_c
     train(small_config(fake_cifar, run, epochs=1, seed=9), progress=False, log=lambda s: None, overwrite=True)
     after = {p.name: p.read_bytes() for p in run.iterdir()}
     assert sorted(after) == sorted(before) and after["last.pt"] != before["last.pt"]  # the new run; .replaced gone
+
+
+def test_resuming_a_run_whose_best_weights_were_removed_says_so(fake_cifar, tmp_path, capsys):
+    """It said 'no epoch finished with a finite validation loss', which every epoch had: best.safetensors is
+    rewritten only when an epoch beats the best, so a removed one stays missing"""
+    from moe_denoise.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--data-dir", str(fake_cifar), "--out-dir", str(out), "--epochs", "1", "--batch-size", "16",
+            "--max-train", "32", "--max-val", "16", "--no-progress", "--device", "cpu", "--loss", "psnr"]
+    assert main(argv) == 0
+    assert "(minus the PSNR in dB: --loss psnr); weights:" in capsys.readouterr().out
+    (out / "best.safetensors").unlink()
+    assert main(["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 1
+    text = capsys.readouterr().out
+    assert "best.safetensors is missing: it was written at the epoch with the best validation loss" in text
+    assert "no epoch finished" not in text
