@@ -81,7 +81,8 @@ def load_cifar10(data_dir: str | Path, split: Split) -> np.ndarray:
 def _load_split(root: Path, split: Split) -> np.ndarray:
     if not root.is_dir():
         where = f" ({root.resolve()})" if str(root.resolve()) != str(root) else ""
-        raise DatasetError(f"CIFAR-10 folder {root}{where} does not exist. Expected a 'cifar-10-batches-py' folder "
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"CIFAR-10 folder {root}{where} {what}. Expected a 'cifar-10-batches-py' folder "
                            f"holding {', '.join(TRAIN_FILES)} and {TEST_FILE}. {_where_to_get()}")
     wanted = (TEST_FILE,) if split == "test" else TRAIN_FILES
     missing = [f for f in wanted if not (root / f).is_file()]

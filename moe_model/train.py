@@ -367,7 +367,8 @@ STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "epoch", "best_los
 def _state_to_resume(cfg: TrainConfig, state_path: Path) -> dict[str, Any]:
     """The training state in ``state_path``, after checking that ``cfg`` continues its run unchanged."""
     if not state_path.is_file():
-        raise CheckpointError(f"--resume was given but {state_path} does not exist; run without --resume "
+        what = "is not a file (a folder?)" if state_path.exists() else "does not exist"
+        raise CheckpointError(f"--resume was given but {state_path} {what}; run without --resume "
                               f"to start, or point --out-dir at the run to continue")
     st = load_training_state(state_path)
     saved = _with_defaults(st["train_config"])

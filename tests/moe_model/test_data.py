@@ -24,6 +24,9 @@ def test_loader_on_synthetic_pickles(fake_cifar):
 def test_missing_and_malformed_folders(tmp_path):
     with pytest.raises(DatasetError, match="does not exist.*cifar-10-python.tar.gz"):
         load_cifar10(tmp_path / "nope", "test")
+    (tmp_path / "x.png").write_bytes(b"x")  # a file: it was said not to exist
+    with pytest.raises(DatasetError, match=r"x\.png is a file, not a folder\. Expected"):
+        load_cifar10(tmp_path / "x.png", "test")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "readme.txt").write_text("x")
     with pytest.raises(DatasetError, match=r"lacks test_batch \(found: readme.txt\)"):

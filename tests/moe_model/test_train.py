@@ -300,3 +300,7 @@ def test_resuming_a_run_whose_best_weights_were_removed_says_so(fake_cifar, tmp_
     text = capsys.readouterr().out
     assert "best.safetensors is missing: it was written at the epoch with the best validation loss" in text
     assert "no epoch finished" not in text
+    (out / "last.pt").unlink()
+    (out / "last.pt").mkdir()  # it was said not to exist
+    assert main(["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 2
+    assert "last.pt is not a file (a folder?)" in capsys.readouterr().err
