@@ -67,7 +67,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     p.add_argument("--init-from", default=None, type=nonempty,
-                   help="start from these weights instead of a random init (fine-tuning, or a second cosine cycle)")
+                   help="start from these weights (a file, or the name of shipped weights: blind, sigma20) instead "
+                        "of a random init (fine-tuning, or a second cosine cycle)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")
     p.add_argument("--stop-after-epoch", type=positive_int, default=None, metavar="N",
                    help="stop after epoch N, the schedule still that of --epochs (continue with --resume); for a "
@@ -138,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
         kept = given | {"out_dir", "device", "threads"}
         settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in kept})
     check_noise_options(given, settings["blind"])
+    if "init_from" in given and not args.resume and not Path(settings["init_from"]).exists():  # "blind", "sigma20"
+        from runtime.torch_runner import resolve_weights
+
+        settings["init_from"] = str(resolve_weights(settings["init_from"], option="--init-from"))
     if "mse_floor" in given and settings["loss"] != "psnr":
         from moe_base.errors import InputError
 

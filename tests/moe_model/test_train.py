@@ -304,3 +304,19 @@ def test_resuming_a_run_whose_best_weights_were_removed_says_so(fake_cifar, tmp_
     (out / "last.pt").mkdir()  # it was said not to exist
     assert main(["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 2
     assert "last.pt is not a file (a folder?)" in capsys.readouterr().err
+
+
+def test_init_from_takes_the_names_of_shipped_weights(fake_cifar, tmp_path, capsys):
+    """--weights blind works in every command, and --init-from blind said 'no such file'"""
+    from moe_denoise.cli import main
+    from weights import SHIPPED
+
+    out = tmp_path / "run"
+    argv = ["train", "--data-dir", str(fake_cifar), "--out-dir", str(out), "--epochs", "1", "--batch-size", "16",
+            "--max-train", "16", "--max-val", "16", "--no-progress", "--device", "cpu", "--preset",
+            "residual_refine_wide", "--lr", "1e-12"]
+    assert main([*argv, "--init-from", "blind"]) == 0
+    side = json.loads((out / "best.json").read_text())
+    assert side["training"]["init_from"]["path"] == str(SHIPPED["blind"])
+    assert main([*argv, "--init-from", "nothing-here", "--overwrite"]) == 2
+    assert "--init-from nothing-here: no such file, and not the name of shipped weights" in capsys.readouterr().err
