@@ -232,9 +232,9 @@ def counting_denoiser():
 
 
 def test_reliability_too_many_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
-    """A 200-byte PNG declaring 12000x12000 pixels, over max_pixels (default 200 megapixels) =>
-    refused before decoding (InputError naming the file, its size, the limit and --max-pixels); the denoiser is
-    never called and no file is written"""
+    """A 200-byte PNG declaring 12000x12000 pixels (144 megapixels) with max_pixels 100 megapixels, or 20000x20000
+    under the default 200 => refused before decoding (InputError naming the file, its size, the limit and
+    --max-pixels); the denoiser is never called and no file is written"""
     bomb = png_header_only(tmp_path / "bomb.png", 12000, 12000)  # 144 megapixels in 200 bytes
     fn, calls = counting_denoiser()
     with pytest.raises(InputError) as e:
