@@ -105,14 +105,17 @@ def new_workspace(home: Path) -> Path:
 
 
 def remove_dead_workspaces(home: Path) -> list[Path]:
-    """Remove the workspaces in ``home`` of serve processes that no longer run; returns what was removed. A process
-    id used again by another process keeps its folder (never a live server's). Process ids are this PID namespace's:
-    servers in other containers sharing ``home`` need a PYTRITON_HOME of their own (docs/serving.md)."""
+    """Remove the workspaces in ``home`` of serve processes that no longer run, and tritonserver's copies of their
+    models in the temporary folder (:func:`remove_model_copies`: two a killed server, which stayed); returns the
+    workspaces removed. A process id used again by another process keeps its folder (never a live server's). Process
+    ids are this PID namespace's: servers in other containers sharing ``home`` need a PYTRITON_HOME of their own
+    (docs/serving.md)."""
     removed = []
     for folder in sorted(home.glob(f"{WORKSPACE_PREFIX}*")):
         found = re.fullmatch(rf"{re.escape(WORKSPACE_PREFIX)}(\d+)-\d+", folder.name)
         if found and folder.is_dir() and not folder.is_symlink() and not process_alive(int(found[1])):
             shutil.rmtree(folder, ignore_errors=True)
+            remove_model_copies(folder)
             removed.append(folder)
     return removed
 

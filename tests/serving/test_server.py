@@ -619,6 +619,13 @@ def test_a_killed_server_leaves_a_workspace_the_next_start_removes(tmp_path):
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _killed_server_run(tmp_path: Path, home: Path) -> None:
     from serving.server import WORKSPACE_PREFIX, remove_dead_workspaces
 
@@ -628,4 +635,7 @@ def _killed_server_run(tmp_path: Path, home: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert _wait_session_empty(proc.pid) == [] and ours[0].is_dir()
+    copies = [f for f in Path("/tmp").glob("folder*") if f'"{ours[0]}"' in _text(f / "config.pbtxt")]
+    assert len(copies) == 2  # tritonserver's copies of the two models, which name the workspace: they stayed
     assert remove_dead_workspaces(home) == ours and not ours[0].exists()
+    assert not any(f.exists() for f in copies)
