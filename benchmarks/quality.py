@@ -62,6 +62,15 @@ def load_photo(name: str) -> np.ndarray:
     return image.astype(np.float32) / 255.0
 
 
+def load_photos(names: Sequence[str]) -> dict[str, np.ndarray]:
+    """:func:`load_photo` of each of ``names``, all before any work; InputError for a name given twice (it was scored
+    again, counted twice in the times, and the progress said "4 of 3 levels") or a photo that cannot be loaded."""
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+        raise InputError(f"photos {twice} are named more than once; name each photo once")
+    return {name: load_photo(name) for name in names}
+
+
 NOT_SAMPLES = ("download_all",)  # callables of skimage.data that are no sample (this one downloads every sample)
 
 
@@ -172,11 +181,8 @@ def evaluate_photos(models: Mapping[str, Any], names: Sequence[str] = tuple(PHOT
     bad = [s for s in sigmas255 if not 0 <= float(s) < float("inf")]
     if bad or not sigmas255:
         raise InputError(f"noise levels must be finite numbers >= 0 on the 0-255 scale (got {list(sigmas255)})")
-    twice = sorted({n for n in names if list(names).count(n) > 1})
-    if twice:  # each was scored again, counted twice in the times, and the progress said "4 of 3 levels"
-        raise InputError(f"photos {twice} are named more than once; name each photo once")
     fns = {k: (m if callable(m) and not hasattr(m, "parameters") else model_tile_fn(m)) for k, m in models.items()}
-    cleans = {name: load_photo(name) for name in names}  # every photo first: a bad name fails before any work
+    cleans = load_photos(names)  # every photo first: a bad name fails before any work
     seconds: dict[str, float] = {}
     photos: dict[str, Any] = {}
     target = None

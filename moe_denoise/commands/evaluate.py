@@ -277,6 +277,10 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
 
         photos = photos or list(PHOTOS)
         bm3d_wanted = bm3d_wanted or bool(_bm3d_photos(args, photos))
+    if args.suite == "all":  # a photo that cannot be loaded fails now, not after the CIFAR-10 minutes
+        from benchmarks.quality import load_photos
+
+        load_photos(photos)
     if bm3d_wanted:
         from moe_model.baselines import require_bm3d
 

@@ -109,6 +109,22 @@ def test_missing_bm3d_fails_before_any_work(capsys, monkeypatch, fake_cifar, ran
     assert code == 2 and "moe-denoise[eval]" in err and "--bm3d-images 0" in err and out == ""
 
 
+def test_suite_all_refuses_a_photo_before_the_cifar_work(capsys, monkeypatch, fake_cifar, random_weights):
+    """--suite all scored every CIFAR-10 level (10 minutes in the documented run), then refused a photo name that
+    --suite photos refuses before any work (unknown, given twice, or a sample that needs a download)"""
+    import moe_model.evaluate
+
+    def cifar_work(*args, **kwargs):
+        raise AssertionError("the CIFAR-10 suite ran before the photos were checked")
+
+    monkeypatch.setattr(moe_model.evaluate, "evaluate_across_sigmas", cifar_work)
+    for photos, message in ((["camera", "nosuch"], "unknown photo 'nosuch'"),
+                            (["camera", "camera"], "photos ['camera'] are named more than once")):
+        code, out, err = run(capsys, "evaluate", "--suite", "all", "--weights", random_weights, "--data-dir",
+                             fake_cifar, "--bm3d-images", 0, "--photos", *photos)
+        assert code == 2 and message in err and out == ""
+
+
 def test_outputs_are_checked_before_any_work_and_never_replaced_without_overwrite(capsys, monkeypatch, fake_cifar,
                                                                                   random_weights, tmp_path):
     """--plot and --save-json were written after the whole run: an unwritable path lost the run, and an existing
