@@ -139,10 +139,14 @@ def run(args: argparse.Namespace) -> int:
         kept = given | {"out_dir", "device", "threads"}
         settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in kept})
     check_noise_options(given, settings["blind"])
-    if "init_from" in given and not args.resume and not Path(settings["init_from"]).exists():  # "blind", "sigma20"
+    if "init_from" in given and not Path(settings["init_from"]).exists():  # "blind", "sigma20"
         from runtime.torch_runner import resolve_weights
+        from weights import SHIPPED
 
-        settings["init_from"] = str(resolve_weights(settings["init_from"], option="--init-from"))
+        # resumed, the run recorded the file a name stood for: the name is resolved to compare with it (a path that
+        # is gone is left as given: a resumed run does not read it again)
+        if not args.resume or settings["init_from"] in SHIPPED:
+            settings["init_from"] = str(resolve_weights(settings["init_from"], option="--init-from"))
     if "mse_floor" in given and settings["loss"] != "psnr":
         from moe_base.errors import InputError
 

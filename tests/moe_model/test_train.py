@@ -320,3 +320,11 @@ def test_init_from_takes_the_names_of_shipped_weights(fake_cifar, tmp_path, caps
     assert side["training"]["init_from"]["path"] == str(SHIPPED["blind"])
     assert main([*argv, "--init-from", "nothing-here", "--overwrite"]) == 2
     assert "--init-from nothing-here: no such file, and not the name of shipped weights" in capsys.readouterr().err
+    capsys.readouterr()
+    resumed = ["train", "--data-dir", str(fake_cifar), "--out-dir", str(tmp_path / "two"), "--epochs", "2",
+               "--batch-size", "16", "--max-train", "16", "--max-val", "16", "--no-progress", "--device", "cpu",
+               "--preset", "residual_refine_wide", "--lr", "1e-12", "--init-from", "blind"]
+    assert main([*resumed, "--stop-after-epoch", "1"]) == 0
+    # the same command line with --resume: the name was compared with the file it stood for, and refused
+    assert main([*resumed, "--resume"]) == 0, capsys.readouterr().err
+    assert "epoch 2/2" in capsys.readouterr().out
