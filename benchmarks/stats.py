@@ -164,9 +164,11 @@ def paired_comparison(variant: Sequence[float], base: Sequence[float], confidenc
 
 def paired_text(c: dict[str, Any]) -> str:
     """One line for a PairedComparison's dict: 'x0.962 [0.951, 0.971], faster in 44/50 rounds: faster'; an interval
-    clear of 1 without a verdict says why ('... (5 of 5 rounds can be chance: sign test p = 0.06)')."""
+    clear of 1 without a verdict says why ('... (faster in 5 of 5 rounds can be chance: sign test p = 0.06)')."""
     text = (f"x{c['ratio']:.3f} [{c['low']:.3f}, {c['high']:.3f}], faster in {c['wins']}/{c['n']} rounds: "
             f"{c['verdict']}")
     if c["verdict"] == "no difference shown" and (c["high"] < 1.0 or c["low"] > 1.0):
-        text += f" ({c['wins']} of {c['n']} rounds can be chance: sign test p = {sign_test_p(c['wins'], c['n']):.2f})"
+        side, count = ("faster", c["wins"]) if c["high"] < 1.0 else ("slower", c["n"] - c["wins"])
+        text += (f" ({side} in {count} of {c['n']} rounds can be chance: sign test p = "
+                 f"{sign_test_p(c['wins'], c['n']):.2f})")
     return text

@@ -16,8 +16,8 @@ out (``--keep-sessions`` restores the old behaviour, to see the effect).
 
 Every graph is also compared with the plain one **round by round** (its time over the plain graph's in the same
 round): the median ratio, a 95% bootstrap interval of it, and in how many rounds it was faster. "faster" is printed
-only when the whole interval lies below 1; a difference smaller than the session-to-session spread needs many
-rounds to show (``--rounds``). ``--json PATH`` keeps every round's timing.
+only when the whole interval lies below 1 and an exact sign test on the rounds won agrees; a difference smaller
+than the session-to-session spread needs many rounds to show (``--rounds``). ``--json PATH`` keeps every round's timing.
 """
 from __future__ import annotations
 

@@ -180,7 +180,9 @@ def test_paired_comparison_gives_no_verdict_on_too_few_rounds():
         assert c.high < 1.0 and c.wins == n and c.verdict == "no difference shown"
         slower = paired_comparison([1.0] * n, [0.97 + 0.001 * i for i in range(n)])
         assert slower.low > 1.0 and slower.verdict == "no difference shown"
-    assert "5 of 5 rounds can be chance: sign test p = 0.06" in paired_text(c.to_dict())
+    assert "(faster in 5 of 5 rounds can be chance: sign test p = 0.06)" in paired_text(c.to_dict())
+    # the slower side counts the rounds lost ('0 of 5 rounds can be chance' was said of 5 slower rounds)
+    assert "(slower in 5 of 5 rounds can be chance: sign test p = 0.06)" in paired_text(slower.to_dict())
     six = paired_comparison([0.97 + 0.001 * i for i in range(6)], [1.0] * 6)
     assert six.verdict == "faster" and "chance" not in paired_text(six.to_dict())
     from benchmarks.stats import sign_test_p
