@@ -6,8 +6,8 @@ known before the first photo is checked first, so a run is never refused half-wa
 at the start: inputs that do not exist, a folder without photos, two inputs that would be written to the same file,
 outputs that exist already (refused, replaced with ``overwrite``, or left alone with ``skip_existing``, which is
 also how a stopped run is resumed: each result is written atomically, so an output that exists is complete).
-A photo whose own format cannot hold its result (a colour or transparent GIF) is written as PNG, said in its
-report.
+A photo whose own format cannot hold its result (a colour or transparent GIF) is written as PNG (``a.gif.png``),
+said in its report.
 """
 from __future__ import annotations
 
@@ -65,9 +65,10 @@ def photos_in(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def result_path(src: Path, folder: Path) -> tuple[Path, str | None]:
     """Where the result of ``src`` goes in ``folder`` when the tool names it: under the input's own name, unless
-    that format cannot hold the result (a colour or transparent GIF: 256 colours, on/off alpha): then as ``.png``,
-    with a note saying why (None otherwise). Read from the header alone; a file whose header cannot be read keeps its
-    name (denoising it says what is wrong)."""
+    that format cannot hold the result (a colour or transparent GIF: 256 colours, on/off alpha): then as
+    ``NAME.gif.png`` (a.png would be the output of an a.png beside it), with a note saying why (None otherwise).
+    Read from the header alone; a file whose header cannot be read keeps its name (denoising it says what is
+    wrong)."""
     from runtime.images import format_problem, output_format, read_header
 
     dst = folder / src.name
@@ -77,7 +78,7 @@ def result_path(src: Path, folder: Path) -> tuple[Path, str | None]:
         return dst, None
     if problem is None:
         return dst, None
-    png = dst.with_suffix(".png")
+    png = dst.with_name(dst.name + ".png")  # a.gif.png: never the a.png of a photo beside it
     return png, f"written as {png.name}, not {dst.suffix}: {problem[0]}"
 
 
@@ -140,7 +141,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         jobs.append((src, dst))
     clashes = [f"{name} ({', '.join(map(str, paths))})" for name, paths in by_name.items() if len(paths) > 1]
     if clashes:
-        why = "" if not renamed else " (a photo whose format cannot hold its result is written as .png)"
+        why = "" if not renamed else " (a photo whose format cannot hold its result gets .png added to its name)"
         raise InputError(f"photos with the same file name would be written to the same output in '{out}'{why}: "
                          f"{_listed(clashes)}; denoise them in separate runs with different -o folders")
     own = [src.name for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()]

@@ -31,9 +31,10 @@ Decisions (each one is what a person denoising a photo would expect):
   reads it at 8 bits) and TIFF layouts Pillow cannot decode (float colour, 16-bit gray+alpha; so 16-bit gray+alpha
   is not written as TIFF either).
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
-  would be requantised, undoing much of the denoising; write PNG). 8-bit gray fits a palette exactly and
-  is written (where the tool names the output, a photo denoised into a folder, it is written as .png instead:
-  ``runtime.batch.result_path``). **BMP output** is refused for images with alpha (readers take the fourth byte as padding).
+  would be requantised, undoing much of the denoising; write PNG; where the tool names the output, a photo
+  denoised into a folder, it is written as NAME.gif.png instead: ``runtime.batch.result_path``). 8-bit gray fits
+  a palette exactly and is written. **BMP output** is refused for images with alpha (readers take the fourth byte
+  as padding).
   **WebP** has no gray mode: a gray image is written as RGB(A), the gray in each channel (the report notes it).
 * **Large images**: :func:`read_pixels` refuses, from the header and before decoding, an image over
   ``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`) or one whose decoding needs more memory than the process

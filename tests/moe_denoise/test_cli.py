@@ -768,8 +768,8 @@ def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
     assert "no such image file" in capsys.readouterr().err and not (tmp_path / "other").exists()
     Image.new("RGB", (8, 8), (200, 30, 40)).convert("P").save(tmp_path / "colour.gif")  # its noisy copy was refused
     assert main(["add-noise", str(tmp_path / "colour.gif"), "-o", str(tmp_path / "noisy")]) == 0  # (GIF: 256 colours)
-    assert "note: written as colour.png, not .gif" in capsys.readouterr().out
-    assert Image.open(tmp_path / "noisy" / "colour.png").mode == "RGB"
+    assert "note: written as colour.gif.png, not .gif" in capsys.readouterr().out
+    assert Image.open(tmp_path / "noisy" / "colour.gif.png").mode == "RGB"
     assert main(["add-noise", str(photo), "-o", f"{photo}/noisy/"]) == 2  # it said the parent 'does not exist'
     assert f"its parent '{photo}' is a file, not a folder" in capsys.readouterr().err
 

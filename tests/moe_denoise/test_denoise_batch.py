@@ -269,12 +269,14 @@ def test_reliability_colour_gif_denoised_into_a_folder(capsys, random_weights, t
     code, text, err = run(capsys, "denoise", folder, "-o", tmp_path / "out", "--weights", random_weights,
                           "--no-progress")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
-    assert "-> " + str(tmp_path / "out" / "c.png") in text and "note: written as c.png, not .gif: GIF holds" in text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.gif.png"]
+    assert "-> " + str(tmp_path / "out" / "c.gif.png") in text
+    assert "note: written as c.gif.png, not .gif: GIF holds" in text
     code, text, err = run(capsys, "denoise", folder / "c.gif", "-o", f"{tmp_path / 'alone'}/", "--weights",
                           random_weights, "--no-progress", "--json")
     assert code == 0, err
     report = json.loads(text)
-    assert report["output"] == str(tmp_path / "alone" / "c.png") and any("written as c.png" in n for n in report["notes"])
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone" / "c.png")),
-                          np.asarray(Image.open(tmp_path / "out" / "c.png")))
+    assert report["output"] == str(tmp_path / "alone" / "c.gif.png")
+    assert any("written as c.gif.png" in n for n in report["notes"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone" / "c.gif.png")),
+                          np.asarray(Image.open(tmp_path / "out" / "c.gif.png")))

@@ -550,8 +550,8 @@ def test_reliability_photo_output_that_cannot_be_written(capsys, photo, tmp_path
 
 
 def test_reliability_photo_output_that_is_a_folder(capsys, photo, tmp_path):
-    """denoise -o an existing folder => the result goes into it under the photo's name (as cp does); a file of that
-    name there is refused without --overwrite (exit 2, untouched) and replaced with it"""
+    """denoise -o an existing folder => the result goes into it under the photo's name (as cp does; a colour GIF's as
+    NAME.gif.png); a file of that name there is refused without --overwrite (exit 2, untouched) and replaced with it"""
     folder = tmp_path / "results"
     folder.mkdir()
     code, _, err = cli(capsys, "denoise", photo, "-o", folder, "--no-progress")

@@ -219,7 +219,8 @@ def test_a_folder_or_an_empty_file_where_a_result_goes_is_refused_first(tmp_path
 
 def test_a_photo_whose_own_format_cannot_hold_its_result_is_planned_as_png(tmp_path: Path) -> None:
     """A colour GIF (256 colours) kept its name, and its write was refused after the work (a photo found in a
-    folder could not be denoised in a run at all); it goes to .png, with the reason in the plan."""
+    folder could not be denoised in a run at all); it goes to NAME.gif.png (not a.png: an a.png may stand beside
+    it), with the reason in the plan."""
     import numpy as np
     from PIL import Image
 
@@ -234,15 +235,17 @@ def test_a_photo_whose_own_format_cannot_hold_its_result_is_planned_as_png(tmp_p
     touch(d / "broken.gif", b"GIF89a")  # unreadable: keeps its name, its denoising says what is wrong
     out = tmp_path / "out"
     plan = plan_batch([d], out)
-    assert {s.name: o.name for s, o in plan.jobs} == {"clear.gif": "clear.png", "broken.gif": "broken.gif",
-                                                      "colour.gif": "colour.png", "gray.gif": "gray.gif",
+    assert {s.name: o.name for s, o in plan.jobs} == {"clear.gif": "clear.gif.png", "broken.gif": "broken.gif",
+                                                      "colour.gif": "colour.gif.png", "gray.gif": "gray.gif",
                                                       "plain.bmp": "plain.bmp"}
     notes = {s.name: note for s, note in plan.renamed}
     assert sorted(notes) == ["clear.gif", "colour.gif"]
-    assert notes["colour.gif"].startswith("written as colour.png, not .gif: GIF holds at most 256 colours")
+    assert notes["colour.gif"].startswith("written as colour.gif.png, not .gif: GIF holds at most 256 colours")
     assert "the 'RGBA' result" in notes["clear.gif"] and plan.note_for(d / "plain.bmp") is None
-    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "colour.png")  # colour.gif's name now
-    with pytest.raises(InputError, match=r"written as \.png\): colour\.png \(.*colour\.gif.*colour\.png"):
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "colour.png")  # beside colour.gif:
+    assert {s.name: o.name for s, o in plan_batch([d], out).jobs}["colour.png"] == "colour.png"  # both written
+    (d / "colour.png").rename(d / "colour.gif.png")  # the one name that can clash: said so
+    with pytest.raises(InputError, match=r"gets \.png added to its name\): colour\.gif\.png \(.*colour\.gif,"):
         plan_batch([d], out)
 
 
