@@ -62,14 +62,16 @@ def evaluate_model(model: torch.nn.Module, clean: torch.Tensor, sigma: float = D
 
 
 def format_table(result: dict[str, Any], label: str = "model") -> str:
+    names = [label if name == "model" else name for rows in result["protocols"].values() for name in rows]
+    width = max([14, *map(len, names)])  # a long --label (a file name) kept the columns apart
     lines = [f"{result['num_images']} images, sigma {result['sigma']}, eval seed {result['eval_seed']}",
-             f"{'protocol':<10} {'row':<14} {'PSNR (dB)':>16} {'SSIM':>16}"]
+             f"{'protocol':<10} {'row':<{width}} {'PSNR (dB)':>16} {'SSIM':>16}"]
     for protocol, rows in result["protocols"].items():
         for name, row in rows.items():
             p = row["psnr"]
             s = row.get("ssim")
             ssim = f"{s['mean']:.3f} +- {s['std']:.3f}" if s else "-"
-            lines.append(f"{protocol:<10} {label if name == 'model' else name:<14} "
+            lines.append(f"{protocol:<10} {label if name == 'model' else name:<{width}} "
                          f"{p['mean']:>7.2f} +- {p['std']:<5.2f} {ssim:>16}")
     return "\n".join(lines)
 

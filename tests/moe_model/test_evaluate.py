@@ -57,6 +57,9 @@ def test_identity_model_scores_like_the_noisy_input(fake_cifar):
     assert r["protocols"]["unclipped"]["model"]["psnr"]["mean"] == pytest.approx(-10 * math.log10(0.04), abs=0.5)
     table = format_table(r)
     assert "noisy input" in table and "unclipped" in table
+    lines = format_table(r, "seed_checkpoint_long").splitlines()  # a long label kept the columns apart
+    ends = {line.index(" +- ") + 9 for line in lines[2:]} | {lines[1].index("PSNR (dB)") + len("PSNR (dB)")}
+    assert len(ends) == 1 and any("seed_checkpoint_long" in line for line in lines)
 
 
 # --- across noise levels ---------------------------------------------------------------------------------------------
