@@ -180,6 +180,16 @@ def presets_hint(sd: dict[str, torch.Tensor]) -> str:
             f"{'; the seed checkpoint is --preset seed' if 'seed' in fits else ''}")
 
 
+def sidecar_config(path: str | Path, saved: Any) -> ModelConfig:
+    """The architecture a weights file's sidecar records (``saved``: its ``config``); CheckpointError naming the
+    sidecar when it is damaged or edited."""
+    try:
+        return ModelConfig.from_dict(saved)
+    except InputError as e:  # said with the file it is in
+        raise CheckpointError(f"the config in {sidecar_path(path)} is damaged or edited: {e}; restore it, or move it "
+                              f"away and pass --preset") from None
+
+
 def load_model(path: str | Path, preset: str | None = None, impl: str = "masked", verify: bool = True,
                architecture: Mapping[str, Any] | None = None) -> SmallViT:
     """Rebuild a model from weights. The architecture comes from ``preset`` if given, else the JSON sidecar, else
@@ -195,17 +205,13 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
     if preset is not None:
         config = get_preset(preset)
         own = (side or {}).get("config")
-        if own and ModelConfig.from_dict(own).to_dict() != config.to_dict():  # tensors that fit are not enough
+        if own and sidecar_config(path, own).to_dict() != config.to_dict():  # tensors that fit are not enough
             raise CheckpointError(f"weights {path} were made for the '{own.get('name')}' architecture (their "
                                   f"{sidecar_path(path).name} says so), and --preset {preset} is another one: its "
                                   f"network would take their tensors and compute something else. Leave --preset "
                                   f"out to use theirs")
     elif side and "config" in side:
-        try:
-            config = ModelConfig.from_dict(side["config"])
-        except InputError as e:  # said with the file it is in
-            raise CheckpointError(f"the config in {sidecar_path(path)} is damaged or edited: {e}; restore it, or "
-                                  f"move it away and pass --preset") from None
+        config = sidecar_config(path, side["config"])
     elif architecture is not None:
         config = ModelConfig.from_dict(dict(architecture))
     else:

@@ -27,7 +27,7 @@ from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError
 from moe_base.fileio import first_missing, folder_lock, remove_if_empty
 from moe_base.progress import Progress
 
-from .checkpoint import atomic_torch_save, origin, read_sidecar, save_weights, torch_load_reason
+from .checkpoint import atomic_torch_save, origin, read_sidecar, save_weights, sidecar_config, torch_load_reason
 from .data import (
     DEFAULT_EVAL_SEED,
     DEFAULT_SIGMA,
@@ -480,7 +480,7 @@ def check_grows_from(config: ModelConfig, path: str) -> None:
     saved = side.get("config") if isinstance(side, dict) else None
     if not isinstance(saved, dict):
         return
-    theirs = ModelConfig.from_dict(saved)
+    theirs = sidecar_config(path, saved)
     differ = [f"{f.name} {getattr(theirs, f.name)!r} (preset '{config.name}': {getattr(config, f.name)!r})"
               for f in dataclasses.fields(ModelConfig) if f.name != "name"
               and (getattr(config, f.name) < getattr(theirs, f.name) if f.name in GROWABLE

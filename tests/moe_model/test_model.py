@@ -106,6 +106,9 @@ def test_a_damaged_sidecar_is_refused_in_words(tmp_path, random_weights, sidecar
     (tmp_path / "w.json").write_text(json.dumps(sidecar))
     with pytest.raises(CheckpointError, match=re.escape(message)):
         load_model(weights)
+    if isinstance(sidecar, dict) and "config" in sidecar:  # with --preset too, the file named
+        with pytest.raises(CheckpointError, match=re.escape("the config in " + str(tmp_path / "w.json"))):
+            load_model(weights, preset="seed")
 
 
 def test_masked_and_gather_models_agree():
