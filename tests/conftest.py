@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,19 @@ CIFAR_DIR = SHARED / "data" / "cifar-10-batches-py"
 SEED_CKPT = SHARED / "reference" / "seed_checkpoint.pt"
 SEED_OUTPUTS = SHARED / "reference" / "seed_outputs.npz"
 SHIPPED = REPO / "weights" / "moe_denoiser.safetensors"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_reaches_python():
+    """A test run started in the background of a script (``pytest &``, ``nohup ... &``) inherits SIGINT ignored, and
+    Python then never turns Ctrl-C into KeyboardInterrupt: the tests that press Ctrl-C (signals_held, bench and
+    batch stops) failed there alone. The run gets Python's usual handler, as in a terminal; the commands it starts
+    get the default action (an exec resets a handler, not an ignored signal)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def need(path: Path, what: str) -> Path:
