@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import TILE_SHAPE
-from moe_base.errors import InputError, Interrupted, NoGPUError, signals_held
+from moe_base.errors import InputError, Interrupted, NoGPUError, repeated, signals_held
 from moe_base.machine import fingerprint, load_average
 from moe_base.optional import available
 from moe_base.tolerances import get_tolerance
@@ -120,9 +120,9 @@ class BenchSettings:
         problems = []
         if not self.batches or any(int(b) < 1 for b in self.batches):
             problems.append(f"batches must be positive integers, got {list(self.batches)}")
-        repeated = sorted({int(b) for b in self.batches if list(self.batches).count(b) > 1})
-        if repeated:  # timed twice, its rows were doubled and its ratios mixed rows of the two sweeps
-            problems.append(f"batches must each be given once; repeated: {repeated} (in {list(self.batches)})")
+        twice = [int(b) for b in repeated(self.batches)]
+        if twice:  # timed twice, its rows were doubled and its ratios mixed rows of the two sweeps
+            problems.append(f"batches must each be given once; repeated: {twice} (in {list(self.batches)})")
         if self.warmup < 1:
             problems.append(f"warmup must be >= 1 (the first call at a new batch size does one-off work such as "
                             f"allocation or compilation), got {self.warmup}")
@@ -550,7 +550,7 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
     settings.validate()
     clock = _Clock(settings.deadline_s, now, started_at)
     names = [s.name for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = repeated(names)
     if dupes:
         raise InputError(f"backend names must be unique; repeated: {dupes}")
     if settings.threads:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_base.errors import InputError, MissingBackendError
+from moe_base.errors import InputError, MissingBackendError, repeated
 from moe_base.progress import Progress
 from moe_model.baselines import DEFAULT_BLUR_GRID, best_gaussian_blur, bm3d_denoise, psnr
 from moe_model.evaluate import BM3D, DEFAULT_SIGMAS_255, NOISY, format_grid, format_targets, sigma_key, target_record
@@ -65,7 +65,7 @@ def load_photo(name: str) -> np.ndarray:
 def load_photos(names: Sequence[str]) -> dict[str, np.ndarray]:
     """:func:`load_photo` of each of ``names``, all before any work; InputError for a name given twice (it was scored
     again, counted twice in the times, and the progress said "4 of 3 levels") or a photo that cannot be loaded."""
-    twice = sorted({n for n in names if list(names).count(n) > 1})
+    twice = repeated(names)
     if twice:
         raise InputError(f"photos {twice} are named more than once; name each photo once")
     return {name: load_photo(name) for name in names}

@@ -122,9 +122,10 @@ class PairedComparison:
 
     @property
     def verdict(self) -> str:
-        if self.high < 1.0 and sign_test_p(self.wins, self.n) <= 1.0 - self.confidence:
+        signed = sign_test_p(self.wins, self.n) <= 1.0 - self.confidence
+        if self.high < 1.0 and signed:
             return "faster"
-        if self.low > 1.0 and sign_test_p(self.wins, self.n) <= 1.0 - self.confidence:
+        if self.low > 1.0 and signed:
             return "slower"
         return "no difference shown"
 

@@ -1,6 +1,6 @@
 """The lowest layer: what every package of the toolkit shares. NumPy and the standard library only.
 
-errors      one root (ToolkitError) and a type per kind of problem
+errors      one root (ToolkitError), a type per kind of problem, and what refusals share (repeated, signals_held)
 optional    optional heavy imports: ``require("tensorrt")`` or a MissingBackendError naming what to install
 fileio      atomic file writes and hashing
 manifest    the manifest every artifact carries, and the checks against it

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator
 
 
 class ToolkitError(Exception):
@@ -105,3 +106,8 @@ def signals_held() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
     if got:  # only after a block that finished: an error in it (a full disk) is not hidden behind the stop
         signal.raise_signal(signal.SIGTERM if signal.SIGTERM in got else got[0])
+
+
+def repeated(items: Iterable[Hashable]) -> list:
+    """The items given more than once, sorted: for a refusal that names them (a batch size, a label, a photo)."""
+    return sorted(item for item, n in Counter(items).items() if n > 1)

@@ -323,8 +323,9 @@ def run_batch(args: argparse.Namespace) -> int:
 
     def one(src: Path, dst: Path) -> dict:
         report = denoise_one(args, runner, src, dst, client)  # runner: bound below
-        if plan.note_for(src) is not None:  # written as .png: its own format cannot hold the result
-            report["notes"].append(plan.note_for(src))
+        note = plan.note_for(src)  # written as NAME.gif.png: its own format cannot hold the result
+        if note is not None:
+            report["notes"].append(note)
         return report
 
     batch = BatchRun(plan, one, said if text else None, failed if text else None, skipped if text else None)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moe_base.errors import InputError
+from moe_base.errors import InputError, repeated
 from moe_base.progress import progress_mode
 
 from . import (
@@ -114,7 +114,7 @@ def weights_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         specs.append({"label": label or default_label, "path": str(resolved),
                       "preset": None if preset in (None, "auto") else preset})
     names = [s["label"] for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = repeated(names)
     if dupes:
         raise InputError(f"two --weights would share the label(s) {dupes}; name each with --label")
     return specs
@@ -151,7 +151,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--sigmas takes noise levels on the 0-255 scale, and {given} "
                          f"{'is' if len(tiny) == 1 else 'are'} under one level of 255; for noise std {given} on "
                          f"[0, 1] pixels write --sigmas {meant}")
-    twice = sorted({s for s in args.sigmas if args.sigmas.count(s) > 1})
+    twice = repeated(args.sigmas)
     if twice:
         raise InputError(f"--sigmas names {' '.join(f'{s:g}' for s in twice)} more than once; give each level once")
     if args.suite == "cifar" and (args.photos or args.bm3d_photos or args.no_guard or args.photo_seed != 0):
