@@ -27,7 +27,15 @@ from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError
 from moe_base.fileio import first_missing, folder_lock, remove_if_empty
 from moe_base.progress import Progress
 
-from .checkpoint import atomic_torch_save, origin, read_sidecar, save_weights, sidecar_config, torch_load_reason
+from .checkpoint import (
+    atomic_torch_save,
+    origin,
+    read_sidecar,
+    save_weights,
+    sidecar_config,
+    sidecar_path,
+    torch_load_reason,
+)
 from .data import (
     DEFAULT_EVAL_SEED,
     DEFAULT_SIGMA,
@@ -476,8 +484,7 @@ def check_grows_from(config: ModelConfig, path: str) -> None:
     Tensor shapes alone do not tell: the 'seed' and 'residual' presets have the same tensors and compute different
     functions (residual predicts the noise), so --init-from a residual run into the default preset (seed) started
     from weights that computed something else, without a word. Weights without a sidecar are taken on their shapes."""
-    side = read_sidecar(path)
-    saved = side.get("config") if isinstance(side, dict) else None
+    saved = (read_sidecar(path) or {}).get("config")
     if not isinstance(saved, dict):
         return
     theirs = sidecar_config(path, saved)
@@ -487,7 +494,7 @@ def check_grows_from(config: ModelConfig, path: str) -> None:
                    else getattr(config, f.name) != getattr(theirs, f.name))]
     if differ:
         raise CheckpointError(f"--init-from {path}: these weights were made for the '{theirs.name}' architecture "
-                              f"(their {Path(path).with_suffix('.json').name} says so), which preset "
+                              f"(their {sidecar_path(path).name} says so), which preset "
                               f"'{config.name}' neither is nor grows ({'; '.join(differ)}): the model would start "
                               f"from their tensors computing something else. Pass --preset {theirs.name}, or a "
                               f"preset that only widens {', '.join(GROWABLE)}")
