@@ -36,6 +36,7 @@ import torch
 
 from moe_base.errors import InputError
 from moe_base.optional import optional_import
+from moe_model.attention import check_attention_args
 
 # the exporter asks kernel_supports() on machines without Triton, so the module imports without it
 triton, _TRITON_ERROR = optional_import("triton")
@@ -230,8 +231,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int) 
         raise InputError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
     if not isinstance(topk, int) or isinstance(topk, bool):
         raise InputError(f"topk must be an int, got {type(topk).__name__}")
-    if q.shape[-1] < 1:  # the default scale 1/sqrt(d) was a ZeroDivisionError
-        raise InputError(f"q, k, v are (B, H, N, d) with a head size d >= 1; got q of shape {tuple(q.shape)}")
+    check_attention_args(q)  # a head size of 0: the default scale 1/sqrt(d) was a ZeroDivisionError
     ok, reason = kernel_supports(q.shape[-2], topk, q.dtype)
     if not ok:
         raise InputError(f"the Triton kernel cannot run this case: {reason}. Use "
