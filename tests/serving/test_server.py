@@ -242,6 +242,20 @@ def _session_processes(sid: int) -> list[int]:
     return pids
 
 
+@pytest.fixture
+def python_envs_removed():
+    """A killed or crashed tritonserver leaves the empty /tmp/python_env_* folder its Python backend makes for each
+    model. A test that kills one removes those that appeared while it ran (rmdir: only when empty, so a live
+    server's environment is never touched), so that a test run leaves nothing in /tmp."""
+    before = set(Path("/tmp").glob("python_env_*"))
+    yield
+    for folder in set(Path("/tmp").glob("python_env_*")) - before:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def _wait_session_empty(sid: int, timeout_s: float = 30.0) -> list[str]:
     """Command lines of the session's processes still alive after ``timeout_s`` (children may take a moment)."""
     deadline = time.monotonic() + timeout_s
@@ -394,7 +408,7 @@ def test_serve_command_stops_on_ctrl_c(tmp_path):
     assert not (tmp_path / "ready.json").exists()  # it held the URLs of a server that is gone
 
 
-def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp_path):
+def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp_path, python_envs_removed):
     """An HTTP request whose JSON body declares an enormous shape makes the tritonserver bundled with PyTriton 0.7
     abort (std::bad_alloc) before any of our code runs. serve then exits 1 at once, saying so and what to run it
     under; the model copies Triton made in the temporary folder are removed (two were left a crash) and its log is
@@ -607,7 +621,7 @@ def test_guard_options_are_request_parameters_and_match_local(server, direct):
                 c.denoise_pixels(pixels, strength=bad)
 
 
-def test_a_killed_server_leaves_a_workspace_the_next_start_removes(tmp_path):
+def test_a_killed_server_leaves_a_workspace_the_next_start_removes(tmp_path, python_envs_removed):
     """SIGKILL (or the kernel's out-of-memory killer) gives serve no chance to remove PyTriton's workspace, a 22 MB
     copy of Triton; each one stayed in ~/.cache/pytriton for ever. It is named after the server's process now, and
     the next start removes those whose process is gone (tritonserver itself ends with its parent)."""
@@ -629,7 +643,8 @@ def _text(path: Path) -> str:
 def _killed_server_run(tmp_path: Path, home: Path) -> None:
     from serving.server import WORKSPACE_PREFIX, remove_dead_workspaces
 
-    proc, _ = _start_cli(tmp_path, env={"PYTRITON_HOME": str(home)})
+    # its own log file: a killed server keeps its log folder in /tmp otherwise (for the crash; kept on purpose)
+    proc, _ = _start_cli(tmp_path, "--log-file", str(tmp_path / "triton.log"), env={"PYTRITON_HOME": str(home)})
     ours = list(home.glob(f"{WORKSPACE_PREFIX}{proc.pid}-*"))
     assert len(ours) == 1 and (ours[0] / "model-store").is_dir()
     os.killpg(proc.pid, signal.SIGKILL)
