@@ -27,6 +27,7 @@ Importing this module needs only NumPy; torch is imported by the functions that 
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -193,6 +194,9 @@ class BucketedGraphs:
     ``capture(bucket) -> Captured`` makes a bucket's graph; ``check(captured) -> dict`` (optional) is run once
     before the graph is first used and raises ParityError when it fails; then ``fallback(bucket) -> Captured``
     (optional) gives the bucket's uncaptured stand-in, and without one the error propagates.
+
+    A bucket's static buffers serve one call at a time: calls from several threads (a runner shared by them, as
+    ``with runner:`` blocks in several threads allow) take turns, each from its copy-in to its copy-out.
     """
 
     capture: Callable[[int], Captured]
@@ -201,11 +205,16 @@ class BucketedGraphs:
     fallback: Callable[[int], Captured] | None = None
     graphs: dict[int, Captured] = field(default_factory=dict)
     fallbacks: dict[int, str] = field(default_factory=dict)
+    _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def get(self, bucket: int) -> Captured:
         """The bucket's (checked) graph, captured now if it has not been."""
         if bucket not in self.buckets:
             raise InputError(f"{bucket} is not one of the buckets {list(self.buckets)}")
+        with self._lock:  # two threads asking for a new bucket capture it once
+            return self._get(bucket)
+
+    def _get(self, bucket: int) -> Captured:
         if bucket not in self.graphs:
             c = self.capture(bucket)
             if self.check is not None:
@@ -233,18 +242,19 @@ class BucketedGraphs:
         ``out`` when given (any device, e.g. a host tensor), else in a new tensor on the graphs' device."""
         n = int(x.shape[0])
         for start, stop, bucket in plan(n, self.buckets):
-            c = self.get(bucket)
-            m = stop - start
-            c.static_input[:m].copy_(x[start:stop])
-            if m < bucket:
-                c.static_input[m:].zero_()
-            c.replay()
-            if out is None:
-                import torch
+            with self._lock:  # the static buffers: another thread's rows must not land in them before ours are out
+                c = self.get(bucket)
+                m = stop - start
+                c.static_input[:m].copy_(x[start:stop])
+                if m < bucket:
+                    c.static_input[m:].zero_()
+                c.replay()
+                if out is None:
+                    import torch
 
-                out = torch.empty((n, *c.static_output.shape[1:]), dtype=c.static_output.dtype,
-                                  device=c.static_output.device)
-            out[start:stop].copy_(c.static_output[:m])
+                    out = torch.empty((n, *c.static_output.shape[1:]), dtype=c.static_output.dtype,
+                                      device=c.static_output.device)
+                out[start:stop].copy_(c.static_output[:m])
         return out
 
     def describe(self) -> dict[str, Any]:

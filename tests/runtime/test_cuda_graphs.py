@@ -137,6 +137,43 @@ def test_runner_through_buckets_equals_the_plain_runner(random_weights, images):
         np.testing.assert_array_equal(out.numpy(), expected[5])
 
 
+def test_a_runner_with_graphs_shared_by_threads_gives_each_thread_its_own_rows(random_weights, images):
+    """The static buffers of a bucket are one per runner: a thread's rows copied in while another thread's replay ran
+    came back as the other thread's output (117 of 120 calls wrong in a probe). Calls now take turns."""
+    import threading
+    import time
+
+    def slow_capture(fn, static_input):  # a replay that takes a while, as a real one does: the race made certain
+        c = eager_capture(fn, static_input)
+        replay = c.replay
+
+        def slow() -> None:
+            time.sleep(0.005)
+            replay()
+
+        c.replay = slow
+        return c
+
+    batches = [images[i:i + 4] for i in range(0, 12, 4)]
+    with TorchRunner(random_weights) as plain:
+        expected = [plain(b) for b in batches]
+    wrong: list[int] = []
+    with TorchRunner(random_weights, cuda_graph=True, graph_capture=slow_capture, graph_buckets=[4]) as r:
+        r.prepare_graphs()
+
+        def work(i: int) -> None:
+            for _ in range(5):
+                if not np.array_equal(r(batches[i]), expected[i]):
+                    wrong.append(i)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert wrong == []
+
+
 def test_padding_rows_change_no_real_row_of_the_model(random_weights, images):
     """What makes padding safe: rows are independent (attention within an image, LayerNorm per token, convs)."""
     from moe_model.checkpoint import load_model
