@@ -87,7 +87,7 @@ def denoise_file(
     progress: bool | str = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     band_rows: int | None = None,
-    guard: bool = True,
+    guard: bool | GuardResult = True,
     sigma: float | None = None,
     strength: float = 1.0,
     quality: int = JPEG_QUALITY,
@@ -106,7 +106,9 @@ def denoise_file(
 
     ``guard`` / ``sigma``: the clean-input guard (:mod:`runtime.guard`, on by default), which blends the input
     back in when the photo's noise level (estimated, or ``sigma`` on [0, 1] pixels) is low; the report's
-    ``guard`` entry says what it decided. A JPEG's noise is read at two scales: a JPEG file's, or one whose pixels
+    ``guard`` entry says what it decided. A :class:`runtime.guard.GuardResult` (from
+    :func:`runtime.tiling.guard_for_array`) is a decision made already: it is applied as it is, as by
+    :func:`runtime.tiling.denoise_array`. A JPEG's noise is read at two scales: a JPEG file's, or one whose pixels
     were JPEG-compressed before (:func:`runtime.jpeg_traces.two_scales_reason`). ``strength`` (0 to 1, default 1):
     how much of the change from the input to keep (:func:`runtime.guard.with_strength`); the report's
     ``input_weight`` is the input's weight in the result, guard and strength together. ``quality``: a JPEG or WebP
@@ -141,7 +143,7 @@ def denoise_file(
 
 
 def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, overlap: int, batch_size: int,
-                    band_rows: int | None, progress: bool | str, guard: bool, sigma: float | None,
+                    band_rows: int | None, progress: bool | str, guard: bool | GuardResult, sigma: float | None,
                     strength: float) -> tuple[np.ndarray, GuardResult | None, float]:
     """The denoised image as the file's integers, band by band (float32 only one band at a time), the guard's
     decision (None: no guard) and the input's weight in the result (guard and ``strength`` together)."""
@@ -152,7 +154,9 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
         return to_unit(pixels[a:b], info)
 
     decision, raw = None, None
-    if guard:
+    if isinstance(guard, GuardResult):  # a decision made already (check_denoise_args lets one through)
+        decision = guard
+    elif guard:
         why = None if sigma is not None else two_scales_reason(info.format, pixels,  # a given sigma is not read
                                                                65535.0 if info.bit_depth == 16 else 255.0)
         decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,

@@ -465,3 +465,27 @@ def test_pixels_on_another_scale_are_refused_rather_than_estimated_as_none(image
     """estimate_sigma of an 8-bit image gave None, as for a flat one: every value past 1 reads as saturated."""
     with pytest.raises(InputError, match=r"estimate_sigma takes float images on \[0, 1\] pixels; got .* / 255"):
         estimate_sigma(image)
+
+
+def test_denoise_file_applies_a_decision_given_as_denoise_array_does(tmp_path):
+    """denoise_file's check lets a GuardResult through (its message names one: 'a decision from guard_for_array');
+    it was then taken as guard=True and a new decision made, the one given dropped without a word."""
+    import dataclasses
+
+    from PIL import Image
+
+    from runtime.images import read_image
+    from runtime.photo import denoise_file
+
+    rng = np.random.default_rng(7)
+    photo = np.clip(np.repeat(texture(64, 80)[:, :, None], 3, axis=2) + 0.15 * rng.standard_normal((64, 80, 3)), 0, 1)
+    Image.fromarray(np.rint(photo * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    image, _ = read_image(tmp_path / "in.png")
+    blur = blur_fn(1.2)
+    decision = guard_for_array(image, blur)
+    assert decision.input_weight == 0.0  # noisy: the guard's own decision keeps the denoiser
+    keep_input = dataclasses.replace(decision, input_weight=1.0)
+    np.testing.assert_array_equal(denoise_array(image, blur, guard=keep_input), image)
+    report = denoise_file(tmp_path / "in.png", tmp_path / "out.png", blur, guard=keep_input, progress=False)
+    assert report["input_weight"] == 1.0 and report["guard"] == keep_input.as_dict()
+    np.testing.assert_array_equal(read_image(tmp_path / "out.png")[0], image)
