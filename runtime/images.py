@@ -778,7 +778,9 @@ def check_input_exists(path: str | os.PathLike[str]) -> Path:
 
 def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[str] | None, overwrite: bool) -> None:
     """Before any work: refuse a missing or unwritable output folder, an output that is a folder, and an existing
-    output (the input ``source`` too) unless ``overwrite``."""
+    output (the input ``source`` too) unless ``overwrite`` (True or False: 'no', a truthy string, replaced files)."""
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise InputError(f"overwrite= is True (replace an existing output) or False; got {overwrite!r}")
     target = Path(path)
     if not target.parent.is_dir():
         raise InputError(f"the output folder '{target.parent}' does not exist; create it first")

@@ -274,6 +274,23 @@ def test_refuses_to_overwrite_the_input_or_an_existing_file(tmp_path: Path) -> N
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "taken.png")), as_int(array, 8))
 
 
+def test_overwrite_that_is_not_a_bool_replaces_nothing(tmp_path: Path) -> None:
+    """overwrite='no' (or 'false' read from a config file) is a truthy string: the existing file was replaced."""
+    Image.fromarray(rng_u8((6, 7, 3))).save(tmp_path / "in.png")
+    (tmp_path / "taken.png").write_bytes(b"keep me")
+    array, info = read_image(tmp_path / "in.png")
+    for value in ("no", "false", 1, None):
+        with pytest.raises(InputError, match=r"overwrite= is True .* or False; got"):
+            write_image(tmp_path / "taken.png", array, info, overwrite=value)
+        with pytest.raises(InputError, match=r"overwrite= is True .* or False; got"):
+            denoise_file(tmp_path / "in.png", tmp_path / "taken.png", identity, overwrite=value, progress=False)
+        with pytest.raises(InputError, match=r"overwrite= is True .* or False; got"):
+            add_noise_to_file(tmp_path / "in.png", tmp_path / "taken.png", 0.1, overwrite=value)
+    assert (tmp_path / "taken.png").read_bytes() == b"keep me"
+    write_image(tmp_path / "taken.png", array, info, overwrite=np.bool_(True))  # a numpy bool is a bool
+    assert (tmp_path / "taken.png").read_bytes() != b"keep me"
+
+
 def _failing_writer(f, *args, **kwargs) -> None:  # noqa: ANN001 - stands in for the Pillow writer
     f.write(b"\x89PNG half a file")
     raise OSError("disk full (simulated)")
