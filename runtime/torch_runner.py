@@ -121,12 +121,13 @@ class TorchRunner(BaseRunner):
                  graph_buckets: Iterable[int] | None = None, graph_fallback: bool = False,
                  graph_capture: Callable[[Callable[[Any], Any], Any], Any] | None = None,
                  architecture: Mapping[str, Any] | None = None) -> None:
-        """``architecture``: the model's config as a dict, for weights whose sidecar does not name it (and no
-        ``preset``): :func:`artifact_architecture` of an artifact made from them. ``graph_buckets``: the batch sizes
-        to capture (default: powers of two up to ``max_batch`` or 4096). ``graph_capture(fn, static_input) ->
-        Captured``: how a bucket's graph is made (default ``runtime.cuda_graphs.capture_cuda_graph``, which needs
-        CUDA); ``runtime.cuda_graphs.eager_capture`` runs the same bucket layer uncaptured, on any device (how it is
-        tested on a CPU)."""
+        """``model``: a SmallViT to run instead of weights; the runner runs a copy made when it is activated, so
+        the caller's model keeps its mode, device and attention impl. ``architecture``: the model's config as a
+        dict, for weights whose sidecar does not name it (and no ``preset``): :func:`artifact_architecture` of an
+        artifact made from them. ``graph_buckets``: the batch sizes to capture (default: powers of two up to
+        ``max_batch`` or 4096). ``graph_capture(fn, static_input) -> Captured``: how a bucket's graph is made
+        (default ``runtime.cuda_graphs.capture_cuda_graph``, which needs CUDA); ``runtime.cuda_graphs.eager_capture``
+        runs the same bucket layer uncaptured, on any device (how it is tested on a CPU)."""
         check_runner_args(weights, device, threads)
         if precision not in PRECISIONS:
             raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -138,10 +139,14 @@ class TorchRunner(BaseRunner):
         if model is None and weights is None:
             raise InputError("TorchRunner needs weights= (a .safetensors/.pt path, or a shipped name: 'blind', "
                              "'sigma20') or model= (a SmallViT)")
+        if model is not None and not callable(getattr(model, "set_attention_impl", None)):
+            raise InputError(f"model= is a SmallViT (e.g. moe_model.checkpoint.load_model(path)); got "
+                             f"{type(model).__name__}. Weights by file or name go to weights= ('blind', 'sigma20')")
         default_name = (f"torch-{impl}{'-compile' if compile else ''}{'' if precision == 'fp32' else '-' + precision}"
                         f"{'-graph' if cuda_graph else ''}")
         super().__init__(name=name or default_name, precision=precision, max_batch=max_batch)
         self.weights, self.preset, self.model, self.architecture = weights, preset, model, architecture
+        self._given_model = model  # the caller's: never put in eval mode, moved or given another attention impl
         self.device, self.impl, self.compile, self.threads = device, impl, compile, threads
         self.verify_weights = verify_weights
         self.half_mode = half_mode
@@ -178,7 +183,10 @@ class TorchRunner(BaseRunner):
             _THREADS.give(torch)
 
     def _load(self, torch: Any) -> None:
-        if self.model is None:
+        if self._given_model is not None:  # a copy (of the weights as they are now): a model the caller trains on,
+            # or shares between runners of different impls or devices, stays as it was
+            self.model = copy.deepcopy(self._given_model)
+        elif self.model is None:
             from moe_model.checkpoint import load_model
             self.model = load_model(self.weights_file, preset=self.preset, verify=self.verify_weights,
                                     architecture=self.architecture)

@@ -146,6 +146,24 @@ def test_torch_runner(random_weights):
         TorchRunner(random_weights, impl="no-such-impl").activate()
 
 
+def test_a_model_given_to_torch_runners_is_left_as_it_was(random_weights):
+    """The runner put the caller's model in eval mode and set its attention impl in place: a model being trained
+    stayed in eval mode, and of two runners sharing one model both ran the impl activated last while each
+    described its own (a 'masked' vs 'gather' comparison compared gather with itself)."""
+    from moe_model.checkpoint import load_model
+    from runtime.torch_runner import TorchRunner
+
+    model = load_model(random_weights).train()
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    impls = lambda m: {e.impl for blk in m.blocks for e in blk.attn.experts}  # noqa: E731
+    with TorchRunner(model=model, impl="masked") as masked, TorchRunner(model=model, impl="seed") as seed:
+        assert impls(masked.model) == {"masked"} and impls(seed.model) == {"seed"}
+        assert masked(x).shape == seed(x).shape == x.shape
+    assert model.training and impls(model) == {"masked"}
+    with pytest.raises(InputError, match=r"model= is a SmallViT .*got str\. Weights by file or name go to weights="):
+        TorchRunner(model="blind")
+
+
 def test_torch_runner_runs_in_true_fp32_and_restores_the_callers_tf32_settings(random_weights):
     """cuDNN convolutions default to TF32 in PyTorch; the runner turns it off for its calls only."""
     import torch
