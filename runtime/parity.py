@@ -31,11 +31,11 @@ class ParityReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["psnr"] = None if math.isinf(self.psnr) else self.psnr
+        d["psnr"] = None if self.psnr == math.inf else self.psnr  # None: identical; -inf (NaN/Inf outputs) is kept
         return d
 
     def summary(self) -> str:
-        psnr = "inf" if math.isinf(self.psnr) else f"{self.psnr:.1f}"
+        psnr = f"{self.psnr}" if math.isinf(self.psnr) else f"{self.psnr:.1f}"  # 'inf' identical, '-inf' broken
         t = self.tolerance
         lines = [
             f"parity {self.backend}/{self.precision} vs PyTorch on {self.num_images} images: "
