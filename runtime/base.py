@@ -68,12 +68,13 @@ class BaseRunner:
 
     def __init__(self, name: str | None = None, precision: str = "fp32", max_batch: int | None = None,
                  input_dtypes: tuple[Any, ...] = (np.float32,)) -> None:
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer))
+                                      or max_batch < 1):
             raise InputError(f"max_batch= is the most tiles a call takes, a whole number >= 1 (None: no limit); got "
                              f"{max_batch!r}")
         self.name = name or self.backend
         self.precision = precision
-        self.max_batch = max_batch
+        self.max_batch = None if max_batch is None else int(max_batch)
         self.min_batch = 1  # the fewest tiles a call takes (a TensorRT engine's profile minimum); fewer are padded
         self.input_dtypes = tuple(np.dtype(d) for d in input_dtypes)
         self.is_active = False

@@ -304,7 +304,7 @@ def check_guard_sigma(sigma: float | None, guard: bool | GuardResult, given: str
 
 def check_strength(strength: float, name: str = "strength") -> None:
     """InputError unless ``strength`` (named ``name`` in the message) is a number in [0, 1]."""
-    if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
+    if not (isinstance(strength, numbers.Real) and 0.0 <= strength <= 1.0):  # numbers.Real: numpy's float32 too
         raise InputError(f"{name} is how much of the denoising to keep, from 0 (the input as it is) to 1 (all of it, "
                          f"the default); got {strength!r}. E.g. 0.7 keeps some of the photo's grain")
 

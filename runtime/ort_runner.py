@@ -53,11 +53,12 @@ class OrtRunner(BaseRunner):
             raise InputError(f"unknown ONNX Runtime provider {provider!r}; expected one of {sorted(PROVIDERS)}")
         if opt_level not in OPT_LEVELS:
             raise InputError(f"unknown graph optimisation level {opt_level!r}; expected one of {OPT_LEVELS}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 0):
             raise InputError(f"threads= is a whole number >= 0 (0 or None: onnxruntime's default); got {threads!r}")
         super().__init__(name=name or f"ort-{provider}", max_batch=max_batch)
         self.model_path = Path(model)
-        self.provider, self.threads, self.opt_level = provider, threads, opt_level
+        self.provider, self.threads, self.opt_level = provider, None if threads is None else int(threads), opt_level
         self.check_manifest, self.device_id = check_manifest, device_id
         self.io_binding = (provider != "cpu") if io_binding is None else io_binding
         self.manifest: dict[str, Any] | None = None

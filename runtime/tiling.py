@@ -150,6 +150,10 @@ def check_tile_fn(fn: object, tile: int) -> None:
                          f"{fn!r}: pass TorchRunner({str(fn)!r})")
     if not callable(fn):
         raise InputError(f"the tile denoiser is a runner or a function of a batch; got {type(fn).__name__}")
+    if isinstance(fn, type) and issubclass(fn, BaseRunner):  # called with a batch, it took the batch for weights
+        example = {"TorchRunner": "'blind'", "OrtRunner": "'model.onnx'", "TensorRTRunner": "'model.engine'"}
+        raise InputError(f"the tile denoiser is a runner or a function of a batch; got the class {fn.__name__}: make "
+                         f"one, e.g. {fn.__name__}({example.get(fn.__name__, '...')})")
     if isinstance(fn, BaseRunner) and tile != TILE_SHAPE[1]:
         raise InputError(f"tile={tile}: a runner's model takes {TILE_SHAPE[1]}x{TILE_SHAPE[2]} tiles; leave tile out "
                          f"(other sizes are for a plain function of a batch)")
@@ -160,11 +164,11 @@ def check_denoise_args(fn: object, tile: int, guard: object, sigma: float | None
     its arguments before any work: the tile denoiser, ``guard`` (True, False or a decision: "no" is truthy and
     kept the guard on), ``strength``, ``sigma`` and a sigma nobody would read."""
     check_tile_fn(fn, tile)
-    if not isinstance(guard, (bool, GuardResult)):
+    if not isinstance(guard, (bool, np.bool_, GuardResult)):
         raise InputError(f"guard= is True, False or a decision from guard_for_array; got {guard!r}")
     check_strength(strength)
     check_sigma(sigma)
-    check_guard_sigma(sigma, guard)
+    check_guard_sigma(sigma, bool(guard) if isinstance(guard, np.bool_) else guard)  # a numpy bool: 'is True' there
 
 
 def validate_image(image: object) -> np.ndarray:
@@ -444,6 +448,7 @@ def denoise_array_guarded(
     report it (the server's photo model sends it back with the photo). ``two_scales`` may be the reason to read
     the noise at two scales, recorded in the decision (:func:`guard_reusing`)."""
     check_denoise_args(fn, tile, guard, sigma, strength)
+    guard = bool(guard) if isinstance(guard, np.bool_) else guard  # 'guard is True' below
     batch_size = batch_size_for(fn, batch_size)
     _check_settings(tile, overlap, batch_size)
     img = validate_image(image)

@@ -102,7 +102,7 @@ def check_runner_args(weights: Any, device: Any, threads: Any) -> None:
                          f"{type(weights).__name__} {weights!r}")
     if not (isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", device)):
         raise InputError(f"device= is 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise InputError(f"threads= is a whole number >= 1 (CPU threads), or None for torch's choice; got {threads!r}")
 
 
@@ -147,7 +147,8 @@ class TorchRunner(BaseRunner):
         super().__init__(name=name or default_name, precision=precision, max_batch=max_batch)
         self.weights, self.preset, self.model, self.architecture = weights, preset, model, architecture
         self._given_model = model  # the caller's: never put in eval mode, moved or given another attention impl
-        self.device, self.impl, self.compile, self.threads = device, impl, compile, threads
+        self.device, self.impl, self.compile = device, impl, compile
+        self.threads = None if threads is None else int(threads)
         self.verify_weights = verify_weights
         self.half_mode = half_mode
         self.cuda_graph, self.graph_fallback, self.graph_capture = cuda_graph, graph_fallback, graph_capture

@@ -322,6 +322,34 @@ def test_what_is_not_a_tile_denoiser_is_named_before_any_work(tmp_path):
     np.testing.assert_allclose(out, image * 0.5, atol=1e-6)
 
 
+def test_numpy_scalars_are_taken_where_python_numbers_are() -> None:
+    """np.float32(0.5) as strength, np.bool_ as guard and np.int64 counts were refused with messages that contradict
+    themselves ('from 0 to 1; got 0.5', 'True, False ...; got False', 'a whole number >= 1; got 8'), while np.float64
+    and np.int64 tile / batch_size / band_rows were taken."""
+    from runtime import OrtRunner
+
+    image = random_image((40, 50, 3))
+    halve = lambda batch: batch * 0.5  # noqa: E731
+    np.testing.assert_array_equal(denoise_array(image, halve, guard=np.bool_(False)),
+                                  denoise_array(image, halve, guard=False))
+    np.testing.assert_array_equal(denoise_array(image, halve, guard=np.bool_(True), sigma=0.01),
+                                  denoise_array(image, halve, guard=True, sigma=0.01))
+    np.testing.assert_array_equal(denoise_array(image, halve, strength=np.float32(0.5)),
+                                  denoise_array(image, halve, strength=0.5))
+    runner = _halving_runner().__class__(max_batch=np.int64(8))
+    assert runner.max_batch == 8 and type(runner.max_batch) is int
+    assert OrtRunner("m.onnx", threads=np.int64(2)).threads == 2
+
+
+def test_a_runner_class_given_instead_of_a_runner_is_named() -> None:
+    """denoise_array(image, TorchRunner) called the class with the batch as its weights: an InputError holding the
+    whole batch's repr, thousands of lines of zeros."""
+    from runtime import TorchRunner
+
+    with pytest.raises(InputError, match=r"got the class TorchRunner: make one, e\.g\. TorchRunner\('blind'\)$"):
+        denoise_array(np.zeros((4, 4), np.float32), TorchRunner)
+
+
 def test_a_call_holds_at_most_the_tiles_the_image_has() -> None:
     plan = plan_tiles(40, 60)
     assert plan.count == 20
