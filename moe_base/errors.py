@@ -62,6 +62,10 @@ class BuildError(ToolkitError):
     """TensorRT could not build an engine from a graph it parsed."""
 
 
+class NotActiveError(ToolkitError, RuntimeError):
+    """A runner was called before it was activated (``with runner:`` or ``runner.activate()``), or after its release."""
+
+
 class ParityError(ToolkitError):
     """A backend's outputs differ from the PyTorch reference by more than the tolerance."""
 

@@ -9,6 +9,7 @@ from moe_base.errors import (
     InputError,
     MissingBackendError,
     NoGPUError,
+    NotActiveError,
     ParityError,
     PluginMissingError,
     ToolkitError,
@@ -23,7 +24,7 @@ from .tiling import denoise_array
 __all__ = ["BaseRunner", "validate_batch", "TorchRunner", "OrtRunner", "TensorRTRunner", "ParityReport", "compare",
            "parity_inputs", "denoise_array", "denoise_file", "read_image", "write_image", "ToolkitError",
            "InputError", "MissingBackendError", "NoGPUError", "ArtifactError", "ArtifactMismatchError",
-           "PluginMissingError", "ParityError"]
+           "PluginMissingError", "ParityError", "NotActiveError"]
 
 
 def __getattr__(name: str):  # the runner modules are imported when a runner is asked for

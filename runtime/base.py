@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
-from moe_base.errors import InputError
+from moe_base.errors import InputError, NotActiveError
 
 
 def conversion_hint(obj: Any, layout: str) -> str:
@@ -126,7 +126,7 @@ class BaseRunner:
     def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
         """Run a batch. ``feeds``: {input_name: array} or the array itself. Batches beyond ``max_batch`` are chunked."""
         if not self.is_active:
-            raise RuntimeError(f"runner '{self.name}' is not active: use 'with runner:' or call runner.activate()")
+            raise NotActiveError(f"runner '{self.name}' is not active: use 'with runner:' or call runner.activate()")
         if isinstance(feeds, Mapping):
             unknown = sorted(set(feeds) - {self.input_name})
             if unknown or self.input_name not in feeds:

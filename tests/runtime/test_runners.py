@@ -57,6 +57,21 @@ def test_infer_feeds_names_chunking_and_lifecycle():
     assert not r.is_active
 
 
+def test_a_runner_used_outside_its_activation_raises_a_toolkit_error():
+    """It was a bare RuntimeError, which 'except runtime.ToolkitError' (the root of every error raised on purpose)
+    let through; it is still a RuntimeError for callers that catch that."""
+    import runtime
+
+    r = Doubler()
+    with pytest.raises(runtime.ToolkitError, match=r"runner 'test' is not active: use 'with runner:'"):
+        r(GOOD)
+    with r:
+        r(GOOD)
+    with pytest.raises(runtime.NotActiveError):  # after its release
+        r(GOOD)
+    assert issubclass(runtime.NotActiveError, RuntimeError)
+
+
 def test_fp16_accepted_only_when_declared():
     with Doubler(input_dtypes=(np.float16,)) as r:
         assert r(GOOD.astype(np.float16)).dtype == np.float16
