@@ -6,6 +6,8 @@ import sys
 import time
 from typing import Literal, TextIO
 
+from .errors import InputError
+
 Mode = Literal["bar", "lines"]
 
 
@@ -25,7 +27,7 @@ def as_mode(progress: bool | str | None) -> Mode | None:
     if not progress:
         return None
     if progress not in ("bar", "lines"):
-        raise ValueError(f"progress must be True, False, 'bar' or 'lines'; got {progress!r}")
+        raise InputError(f"progress must be True, False, 'bar' or 'lines'; got {progress!r}")
     return progress  # type: ignore[return-value]
 
 

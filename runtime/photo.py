@@ -114,7 +114,7 @@ def denoise_file(
     ``input_weight`` is the input's weight in the result, guard and strength together. ``quality``: a JPEG or WebP
     output's (1 to 100, default 95; :func:`runtime.images.check_quality`).
     """
-    check_denoise_args(fn, tile, guard, sigma, strength)
+    check_denoise_args(fn, tile, guard, sigma, strength, progress)
     check_quality(quality)
     check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)

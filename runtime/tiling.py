@@ -37,7 +37,7 @@ import numpy as np
 
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import InputError
-from moe_base.progress import Progress
+from moe_base.progress import Progress, as_mode
 
 from .base import BaseRunner, activated, check_unit_range, conversion_hint
 from .guard import GuardResult, blend, check_guard_sigma, check_sigma, check_strength, colour_part, guard_weight, with_strength
@@ -159,11 +159,14 @@ def check_tile_fn(fn: object, tile: int) -> None:
                          f"(other sizes are for a plain function of a batch)")
 
 
-def check_denoise_args(fn: object, tile: int, guard: object, sigma: float | None, strength: float) -> None:
+def check_denoise_args(fn: object, tile: int, guard: object, sigma: float | None, strength: float,
+                       progress: object = False) -> None:
     """The checks every whole-image entry point (:func:`denoise_array`, ``runtime.photo.denoise_file``) makes of
     its arguments before any work: the tile denoiser, ``guard`` (True, False or a decision: "no" is truthy and
-    kept the guard on), ``strength``, ``sigma`` and a sigma nobody would read."""
+    kept the guard on), ``strength``, ``sigma`` and a sigma nobody would read, ``progress`` (checked when a bar
+    was first made: only for images of PROGRESS_MIN_TILES tiles or more, a typo passed on every small test image)."""
     check_tile_fn(fn, tile)
+    as_mode(progress)
     if not isinstance(guard, (bool, np.bool_, GuardResult)):
         raise InputError(f"guard= is True, False or a decision from guard_for_array; got {guard!r}")
     check_strength(strength)
@@ -447,7 +450,7 @@ def denoise_array_guarded(
     """:func:`denoise_array`'s result and the guard's decision (None when ``guard`` is False), for callers that
     report it (the server's photo model sends it back with the photo). ``two_scales`` may be the reason to read
     the noise at two scales, recorded in the decision (:func:`guard_reusing`)."""
-    check_denoise_args(fn, tile, guard, sigma, strength)
+    check_denoise_args(fn, tile, guard, sigma, strength, progress)
     guard = bool(guard) if isinstance(guard, np.bool_) else guard  # 'guard is True' below
     batch_size = batch_size_for(fn, batch_size)
     _check_settings(tile, overlap, batch_size)

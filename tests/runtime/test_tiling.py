@@ -350,6 +350,24 @@ def test_a_runner_class_given_instead_of_a_runner_is_named() -> None:
         denoise_array(np.zeros((4, 4), np.float32), TorchRunner)
 
 
+def test_a_progress_typo_is_refused_on_small_images_too(tmp_path) -> None:
+    """progress='bars' was checked only when a bar was made, for images of PROGRESS_MIN_TILES tiles or more: a
+    script tried on small images failed on the first large photo, with a bare ValueError."""
+    from PIL import Image
+
+    from runtime.photo import denoise_file
+
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(tmp_path / "in.png")
+    for bad in ("bars", 1):
+        with pytest.raises(InputError, match=r"progress must be True, False, 'bar' or 'lines'; got"):
+            denoise_array(random_image((20, 20, 3)), identity, progress=bad)
+        with pytest.raises(InputError, match=r"progress must be True, False, 'bar' or 'lines'; got"):
+            denoise_file(tmp_path / "in.png", tmp_path / "out.png", identity, progress=bad)
+    assert not (tmp_path / "out.png").exists()
+    for good in (True, False, None, "bar", "lines"):
+        denoise_array(random_image((20, 20, 3)), identity, progress=good)
+
+
 def test_a_call_holds_at_most_the_tiles_the_image_has() -> None:
     plan = plan_tiles(40, 60)
     assert plan.count == 20
