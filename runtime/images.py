@@ -728,7 +728,11 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     """
     target = Path(path)
     check_quality(quality)
-    size = getattr(array, "shape", ())[:2]
+    shape = tuple(getattr(array, "shape", ()))
+    if len(shape) == 3 and shape[0] == info.channels and shape[2] != info.channels:  # read as the size before
+        raise InputError(f"the image to write has shape {shape}: channels first? array.transpose(1, 2, 0) gives "
+                         f"{shape[1:] + shape[:1]}, the HxWx{info.channels} expected (layout '{info.layout}')")
+    size = shape[:2] if len(shape) in (2, 3) else ()  # a batch (1, H, W, C): to_pixels names its shape
     if len(size) == 2 and tuple(size) != (info.height, info.width):  # it wrote a 50x40 array with 451x300's info
         raise InputError(f"the image to write is {size[1]}x{size[0]}, and info describes a {info.width}x{info.height} "
                          f"image: write with the info of the image it was made from (or dataclasses.replace(info, "

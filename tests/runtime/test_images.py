@@ -291,6 +291,18 @@ def test_overwrite_that_is_not_a_bool_replaces_nothing(tmp_path: Path) -> None:
     assert (tmp_path / "taken.png").read_bytes() != b"keep me"
 
 
+def test_a_channels_first_or_batched_array_is_named_as_such(tmp_path: Path) -> None:
+    """A (3, H, W) array was said to be 'H x 3' (its first two axes read as the size), a (1, H, W, 3) batch 'H x 1'."""
+    Image.fromarray(rng_u8((6, 7, 3))).save(tmp_path / "in.png")
+    array, info = read_image(tmp_path / "in.png")
+    with pytest.raises(InputError, match=r"shape \(3, 6, 7\): channels first\? array\.transpose\(1, 2, 0\) gives "
+                                         r"\(6, 7, 3\)"):
+        write_image(tmp_path / "out.png", array.transpose(2, 0, 1), info)
+    with pytest.raises(InputError, match=r"has shape \(1, 6, 7, 3\); expected HxWx3"):
+        write_image(tmp_path / "out.png", array[None], info)
+    assert not (tmp_path / "out.png").exists()
+
+
 def _failing_writer(f, *args, **kwargs) -> None:  # noqa: ANN001 - stands in for the Pillow writer
     f.write(b"\x89PNG half a file")
     raise OSError("disk full (simulated)")
