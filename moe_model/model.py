@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moe_base.config import ModelConfig, get_preset
+from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import InputError
 
 from .attention import Impl, available_impls
@@ -22,6 +22,12 @@ class SmallViT(nn.Module):
 
     def __init__(self, config: ModelConfig | str = "seed", impl: Impl = "masked") -> None:
         super().__init__()
+        if not isinstance(config, (str, ModelConfig)):
+            raise InputError(f"config is a preset name ({', '.join(PRESETS)}) or a ModelConfig; got "
+                             f"{type(config).__name__} {config!r}. Weights are loaded with "
+                             f"moe_model.checkpoint.load_model(path)")
+        if impl not in available_impls():  # it was taken, and failed at the first forward
+            raise InputError(f"unknown attention impl {impl!r}; expected one of {available_impls()}")
         self.config = get_preset(config) if isinstance(config, str) else config
         c = self.config
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_tokens, c.dim))

@@ -111,6 +111,16 @@ def test_a_damaged_sidecar_is_refused_in_words(tmp_path, random_weights, sidecar
             load_model(weights, preset="seed")
 
 
+def test_a_model_is_refused_when_made_with_an_unknown_impl_or_config():
+    """SmallViT(impl='nope') was made and failed at its first forward; SmallViT(123) ended in an AttributeError."""
+    from moe_base.errors import InputError
+
+    with pytest.raises(InputError, match=r"unknown attention impl 'nope'; expected one of \('masked', 'gather'"):
+        SmallViT("seed", impl="nope")
+    with pytest.raises(InputError, match=r"config is a preset name \(.*seed.*\) or a ModelConfig; got int 123"):
+        SmallViT(123)
+
+
 def test_masked_and_gather_models_agree():
     torch.manual_seed(1)
     m = SmallViT("seed").eval()
