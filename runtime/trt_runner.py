@@ -13,6 +13,7 @@ TensorRT/GPU (ArtifactMismatchError), plugin not registered (PluginMissingError)
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ class TensorRTRunner(BaseRunner):
         self.manifest: dict[str, Any] | None = None
         self.engine = self.context = self.stream = None
         self.graphs: BucketedGraphs | None = None
+        # One execution context holds the tensor addresses of one call at a time: calls from several threads
+        # (one runner shared by them) take turns, from setting the addresses to reading the output back.
+        self._lock = threading.Lock()
 
     # -- activation -------------------------------------------------------------------------------------
     def _activate_impl(self) -> None:
@@ -136,7 +140,7 @@ class TensorRTRunner(BaseRunner):
         if batch < lo:
             raise InputError(f"batch {batch} is below the engine's profile minimum {lo}; rebuild with --min-batch")
         torch = self._torch
-        with torch.cuda.stream(self.stream):
+        with self._lock, torch.cuda.stream(self.stream):
             if self.graphs is not None:  # host rows into the bucket's static input, its output rows back
                 out = self.graphs.run(torch.from_numpy(x), out=torch.empty(x.shape, dtype=torch.float32))
             else:
@@ -144,7 +148,7 @@ class TensorRTRunner(BaseRunner):
                 xb.copy_(torch.from_numpy(x))
                 self._enqueue(xb, yb, self.stream)
                 out = yb.cpu()
-        self.stream.synchronize()
+            self.stream.synchronize()
         return out.numpy()
 
     def device_call(self, x: Any, y: Any) -> None:

@@ -118,3 +118,64 @@ def test_parity_cli_trt_without_an_engine_says_how_to_build_one(capsys, random_w
     assert main(["parity", "--backend", "trt", "--weights", str(random_weights)]) == 2
     err = capsys.readouterr().err
     assert "moe_denoiser.plugin.fp32.engine does not exist" in err and "moe-denoise build" in err
+
+
+def test_calls_from_several_threads_each_get_their_own_output(monkeypatch):
+    """One execution context holds the tensor addresses of one call: a thread that set its addresses while another
+    thread's call was between setting its own and executing made that call run on the wrong tensors, and read back
+    an output never written (no error). Calls now take turns. The engine is replaced by a context that computes
+    output = input + 1 on the tensors at the addresses it was given, on the CPU."""
+    import contextlib
+    import threading
+    import time
+
+    import numpy as np
+    import torch
+
+    tensors: dict[int, torch.Tensor] = {}
+
+    class SlowContext:  # a context whose calls take a while, as a real one's do: the race made near certain
+        def __init__(self) -> None:
+            self.addresses: dict[str, int] = {}
+
+        def set_input_shape(self, name, shape):
+            pass
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+            time.sleep(0.002)
+
+        def execute_async_v3(self, stream_handle):
+            tensors[self.addresses["output"]].copy_(tensors[self.addresses["input"]] + 1)
+            return True
+
+    class Stream:
+        cuda_stream = 0
+
+        def synchronize(self):
+            pass
+
+    def cpu_buffers(batch):
+        x, y = torch.empty(batch, 3, 32, 32), torch.empty(batch, 3, 32, 32)
+        tensors[x.data_ptr()], tensors[y.data_ptr()] = x, y
+        return x, y
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    runner = TensorRTRunner("unused.engine", check_manifest=False)
+    runner.context, runner.stream, runner._torch, runner.profile_batch = SlowContext(), Stream(), torch, (1, 64)
+    runner.input_name, runner.output_name = "input", "output"
+    monkeypatch.setattr(runner, "_buffers", cpu_buffers)
+    wrong: list[int] = []
+
+    def work(i: int) -> None:
+        x = np.full((2, 3, 32, 32), float(i), np.float32)
+        for _ in range(5):
+            if not np.array_equal(runner._infer_impl(x), x + 1):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
