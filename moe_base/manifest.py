@@ -108,7 +108,7 @@ def read_manifest(artifact: str | Path, required: bool = True, kind: str | None 
             if Path(artifact).suffix.lower() in (".safetensors", ".pt", ".pth"):
                 raise ArtifactError(f"{artifact} is a weights file, not an ONNX model or a TensorRT engine: export "
                                     f"it with 'moe-denoise export --weights {artifact}', or run it with --backend "
-                                    f"torch (--weights {artifact})")
+                                    f"torch (--weights {artifact}; in Python runtime.TorchRunner('{artifact}'))")
             raise ArtifactError(f"{artifact} has no manifest ({mpath} is missing). Artifacts written by "
                                 f"'moe-denoise export' / 'moe-denoise build' always have one; re-export it")
         return None

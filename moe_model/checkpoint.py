@@ -53,8 +53,12 @@ def origin(path: str | Path) -> dict[str, Any]:
     return out
 
 
-ARTIFACT_SUFFIXES = {".onnx": ("an ONNX model", "ort"), ".engine": ("a TensorRT engine", "trt"),
-                     ".plan": ("a TensorRT engine", "trt")}  # not weights: said, not handed to torch.load
+ARTIFACT_SUFFIXES = {".onnx": ("an ONNX model", "ort", "OrtRunner"), ".engine": ("a TensorRT engine", "trt", "TensorRTRunner"),
+                     ".plan": ("a TensorRT engine", "trt", "TensorRTRunner")}  # not weights: said, not handed to torch.load
+
+
+# the option that skips the check, on the command line and in Python (a runner's, and load_model's)
+SKIP_CHECK = "--skip-weights-check (verify_weights=False for a runner, verify=False for load_model, in Python)"
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -68,14 +72,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file {path} {what}; pass a .safetensors file written by 'moe-denoise "
                               f"train'{inside} or a PyTorch state dict (.pt)")
     if path.suffix.lower() in ARTIFACT_SUFFIXES:
-        kind, backend = ARTIFACT_SUFFIXES[path.suffix.lower()]
+        kind, backend, runner = ARTIFACT_SUFFIXES[path.suffix.lower()]
         try:
             source = ((read_manifest(path, required=False) or {}).get("model") or {}).get("weights_file")
         except Exception:  # noqa: BLE001 - a damaged manifest only loses the hint
             source = None
         made = f"; it was made from {source}: pass that with --weights" if source else ""
         raise CheckpointError(f"{path} is {kind}, not weights (.safetensors or .pt){made}. To run the model itself: "
-                              f"--backend {backend} --artifact {path} (denoise, parity, serve)")
+                              f"--backend {backend} --artifact {path} (denoise, parity, serve; in Python "
+                              f"runtime.{runner}('{path}'))")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -137,7 +142,7 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     if data is not None and not isinstance(data, dict):
         raise CheckpointError(f"sidecar {side} holds a JSON {type(data).__name__}, not the object 'moe-denoise "
                               f"train' writes (config, sha256, training); restore it, or move it away and pass "
-                              f"--preset")
+                              f"--preset (preset= in Python)")
     return data
 
 
@@ -149,12 +154,12 @@ def verify_weights(path: str | Path, side: dict[str, Any] | None) -> None:
         return
     if not isinstance(expected, str):  # compared as text: a number ended in a TypeError traceback
         raise CheckpointError(f"{sidecar_path(path).name} records sha256 {expected!r}, not a hash (hex text): it "
-                              f"was edited or damaged. Restore it, or pass --skip-weights-check to use {path} anyway")
+                              f"was edited or damaged. Restore it, or pass {SKIP_CHECK} to use {path} anyway")
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(f"weights {path} do not match the sha256 recorded in {sidecar_path(path).name} "
                               f"({actual[:16]}... instead of {expected[:16]}...): the file is damaged or was replaced. "
-                              f"Use the original file (reinstall, or retrain), or pass --skip-weights-check to use "
+                              f"Use the original file (reinstall, or retrain), or pass {SKIP_CHECK} to use "
                               f"it anyway, knowingly")
 
 
@@ -174,9 +179,9 @@ def presets_hint(sd: dict[str, torch.Tensor]) -> str:
     if not fits:
         return f"their tensors fit none of the presets ({', '.join(sorted(PRESETS))}): they are not weights of this model"
     if len(fits) == 1:
-        return f"their tensors fit the preset {fits[0]}: pass --preset {fits[0]}"
-    return (f"their tensors fit the presets {', '.join(fits)}: pass {' or '.join(f'--preset {n}' for n in fits)}, "
-            f"the one they were trained as (the same tensors, computed differently)"
+        return f"their tensors fit the preset {fits[0]}: pass --preset {fits[0]} (preset='{fits[0]}' in Python)"
+    return (f"their tensors fit the presets {', '.join(fits)}: pass {' or '.join(f'--preset {n}' for n in fits)} "
+            f"(preset= in Python), the one they were trained as (the same tensors, computed differently)"
             f"{'; the seed checkpoint is --preset seed' if 'seed' in fits else ''}")
 
 
@@ -187,7 +192,7 @@ def sidecar_config(path: str | Path, saved: Any) -> ModelConfig:
         return ModelConfig.from_dict(saved)
     except InputError as e:  # said with the file it is in
         raise CheckpointError(f"the config in {sidecar_path(path)} is damaged or edited: {e}; restore it, or move it "
-                              f"away and pass --preset") from None
+                              f"away and pass --preset (preset= in Python)") from None
 
 
 def load_model(path: str | Path, preset: str | None = None, impl: str = "masked", verify: bool = True,
@@ -208,8 +213,8 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
         if own and sidecar_config(path, own).to_dict() != config.to_dict():  # tensors that fit are not enough
             raise CheckpointError(f"weights {path} were made for the '{own.get('name')}' architecture (their "
                                   f"{sidecar_path(path).name} says so), and --preset {preset} is another one: its "
-                                  f"network would take their tensors and compute something else. Leave --preset "
-                                  f"out to use theirs")
+                                  f"network would take their tensors and compute something else. Leave --preset out "
+                                  f"(preset=None in Python) to use theirs")
     elif side and "config" in side:
         config = sidecar_config(path, side["config"])
     elif architecture is not None:

@@ -87,7 +87,9 @@ def test_config_round_trip_and_errors():
 
 @pytest.mark.parametrize("sidecar, message", [
     ([1], "holds a JSON list, not the object"),  # AttributeError: 'list' object has no attribute 'get'
-    ({"sha256": 5}, "records sha256 5, not a hash"),  # TypeError: 'int' object is not subscriptable
+    ({"sha256": 5}, "records sha256 5, not a hash (hex text): it was edited or damaged. Restore it, or pass "
+                    "--skip-weights-check (verify_weights=False for a runner, verify=False for load_model, in Python)"),
+    # TypeError: 'int' object is not subscriptable
     ({"config": "abc"}, "is a JSON object of its fields, got str"),  # "unknown ModelConfig fields ['a', 'b', 'c']"
     ({"config": {"dim": "x"}}, "invalid ModelConfig: dim 'x'"),  # TypeError: not all arguments converted
     ({"config": {"patch_size": 0}}, "invalid ModelConfig: patch_size 0"),  # ZeroDivisionError

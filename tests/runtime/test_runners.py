@@ -317,12 +317,14 @@ def test_a_weights_file_and_a_model_file_given_to_the_wrong_backend_are_named(tm
     from runtime import OrtRunner, TorchRunner
 
     with pytest.raises(ArtifactError, match=r"is a weights file, not an ONNX model or a TensorRT engine: export it "
-                                            r"with 'moe-denoise export --weights .*', or run it with --backend torch"):
+                                            r"with 'moe-denoise export --weights .*', or run it with --backend torch "
+                                            r"\(--weights .*; in Python runtime\.TorchRunner\('.*'\)\)$"):
         OrtRunner(random_weights).activate()
-    for name, backend in (("m.onnx", "ort"), ("m.engine", "trt")):
+    for name, backend, runner in (("m.onnx", "ort", "OrtRunner"), ("m.engine", "trt", "TensorRTRunner")):
         (tmp_path / name).write_bytes(b"\x08\x07not really")
         with pytest.raises(CheckpointError, match=f"is an? .*, not weights \\(.safetensors or .pt\\)\\. To run the "
-                                                  f"model itself: --backend {backend} --artifact "):
+                                                  f"model itself: --backend {backend} --artifact .* \\(denoise, parity, serve; "
+                                                  f"in Python runtime\\.{runner}\\('.*{name}'\\)\\)$"):
             TorchRunner(tmp_path / name).activate()
     from moe_base.manifest import SCHEMA, write_artifact
 
@@ -383,7 +385,8 @@ def test_weights_that_do_not_fit_the_preset_name_their_own(random_weights, tmp_p
 
     for other in ("residual_refine_wide", "residual"):  # the tensors do not fit; they do
         with pytest.raises(CheckpointError, match=r"were made for the 'seed' architecture \(their random\.json says "
-                                                  rf"so\), and --preset {other} is another one: .* Leave --preset out"):
+                                                  rf"so\), and --preset {other} is another one: .* Leave --preset out "
+                                                  r"\(preset=None in Python\)"):
             load_model(random_weights, preset=other)
     assert load_model(random_weights, preset="seed").config.name == "seed"  # the sidecar's own: fine
     bare = tmp_path / "bare.safetensors"
@@ -393,8 +396,9 @@ def test_weights_that_do_not_fit_the_preset_name_their_own(random_weights, tmp_p
     assert "do not fit the 'residual_refine_wide' architecture (" in str(e.value)
     assert "size mismatch for" not in str(e.value)
     with pytest.raises(CheckpointError, match=r"do not fit the 'residual_refine_wide' .*; their tensors fit the "
-                                              r"presets seed, residual: pass --preset seed or --preset residual, the "
-                                              r"one they were trained as .*; the seed checkpoint is --preset seed$"):
+                                              r"presets seed, residual: pass --preset seed or --preset residual "
+                                              r"\(preset= in Python\), the one they were trained as .*; the seed "
+                                              r"checkpoint is --preset seed$"):
         load_model(bare, preset="residual_refine_wide")
 
 
