@@ -29,3 +29,72 @@ def test_the_shipped_weights_are_package_data():
     for path in SHIPPED.values():
         for f in (path, path.with_suffix(".json")):
             assert f.is_file() and any(fnmatch(f.name, p) for p in patterns), f"{f.name} would not be in the wheel"
+
+
+def _source_files() -> list[str]:
+    """The files of this checkout that a release is made from: tracked, or new and not ignored."""
+    import shutil
+    import subprocess
+
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        pytest.skip("needs a git checkout (to know its files); this is not one")
+    out = subprocess.run([git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         capture_output=True, check=True).stdout.decode()
+    return sorted(f for f in set(out.split("\0")) if f and (REPO / f).is_file())
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """(sdist names, wheel names, the build's stderr): both built by setuptools from a copy of the checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    import zipfile
+
+    pytest.importorskip("setuptools", minversion="77", reason="building the release needs setuptools >= 77")
+    src = tmp_path_factory.mktemp("release") / "src"
+    for f in _source_files():
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, src / f)
+    run = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-c",
+                          "from setuptools import build_meta as b; s = b.build_sdist('dist'); w = b.build_wheel('dist'); "
+                          "print('BUILT', s, w)"], cwd=src, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sdist_name, wheel_name = run.stdout.rsplit("BUILT ", 1)[1].split()  # setuptools logs to stdout too
+    with tarfile.open(src / "dist" / sdist_name) as t:
+        sdist = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    with zipfile.ZipFile(src / "dist" / wheel_name) as z:
+        wheel = set(z.namelist())
+    return sdist, wheel, run.stderr
+
+
+@pytest.mark.slow
+def test_the_sdist_holds_the_tests_and_what_they_read(release):
+    """A source release whose tests run: it held 2 of the test files (the top level's only) and none of the docs,
+    tools and committed results they read, so collecting test_published_numbers.py failed in it."""
+    sdist, _, _ = release
+    wanted = [f for f in _source_files()
+              if f.startswith(("tests/", "docs/", "tools/", "benchmarks/results/")) or f in ("README.md", "pyproject.toml")]
+    missing = [f for f in wanted if f not in sdist and "__pycache__" not in f]
+    assert not missing, f"{len(missing)} file(s) missing from the sdist (MANIFEST.in), e.g. {missing[:5]}"
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_packages_and_weights_only(release):
+    _, wheel, _ = release
+    from weights import SHIPPED
+
+    for path in SHIPPED.values():
+        assert f"weights/{path.name}" in wheel and f"weights/{path.with_suffix('.json').name}" in wheel
+    extra = sorted(n for n in wheel if n.startswith(("tests/", "docs/", "tools/", "benchmarks/results/")))
+    assert not extra, f"the wheel would install files that are not the toolkit's: {extra[:5]}"
+
+
+@pytest.mark.slow
+def test_the_build_uses_no_deprecated_setuptools_configuration(release):
+    """`license = { text = "MIT" }` (a TOML table) is deprecated: setuptools warned on every build that from
+    2027-02-18 such projects no longer build. An SPDX string (setuptools >= 77) is the current form."""
+    _, _, stderr = release
+    assert "SetuptoolsDeprecationWarning" not in stderr, stderr[-2000:]
