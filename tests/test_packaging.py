@@ -98,3 +98,36 @@ def test_the_build_uses_no_deprecated_setuptools_configuration(release):
     2027-02-18 such projects no longer build. An SPDX string (setuptools >= 77) is the current form."""
     _, _, stderr = release
     assert "SetuptoolsDeprecationWarning" not in stderr, stderr[-2000:]
+
+
+def _message_strings(path: Path) -> list[tuple[int, str]]:
+    """The string literals of a module that can reach a user (help texts, messages): every one but docstrings and
+    other bare string statements; an f-string as the text of its literal parts."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skip = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.JoinedStr):
+            found.append((n.lineno, "".join(v.value for v in n.values if isinstance(v, ast.Constant))))
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip | parts:
+            found.append((n.lineno, n.value))
+    return found
+
+
+def test_messages_that_name_a_source_file_say_where_it_is():
+    """The wheel holds the packages only: someone who installed it has no docs/, tools/ or benchmarks/results. A help
+    text or message naming one said 'read ... in docs/serving.md' (the warning for a server reachable by others
+    among them), a file that is nowhere on their machine; it now says it is in the moe-denoise source."""
+    import re
+
+    source_path = re.compile(r"(?<![\w/])(docs/\w+\.md|tools/\w+|benchmarks/results)")
+    bad = []
+    for top in {p.split(".")[0] for p in _setuptools_config()["packages"]}:
+        for f in sorted((REPO / top).rglob("*.py")):
+            for line, text in _message_strings(f):
+                if source_path.search(text) and "moe-denoise source" not in text:
+                    bad.append(f"{f.relative_to(REPO)}:{line}: {text[:100]!r}")
+    assert not bad, "messages naming a file of the source only, without saying so:\n" + "\n".join(bad)

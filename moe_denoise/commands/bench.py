@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the cache being ~/.cache/moe-denoise unless set)")
     p.add_argument("--out-dir", type=path_arg, default=None,
                    help="results folder (default: $MOE_DENOISE_CACHE/bench/results, results-quick with --quick, "
-                        "results-gpu with --gpu; the repository's committed results are in benchmarks/results)")
+                        "results-gpu with --gpu; those committed with the moe-denoise source are in its benchmarks/results)")
     p.add_argument("--no-plot", action="store_true", help="skip results.png")
     p.add_argument("--json", action="store_true", help="print the results document as JSON instead of the table")
     p.set_defaults(func=run)

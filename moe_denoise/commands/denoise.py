@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_args(p)
     p.add_argument("--overlap", type=tile_overlap, default=16, help="tile overlap in pixels (0..31); 8 takes 0.44x the time "
                    "of 16 for 0.03 dB less on average, 0 (plain stitching) 0.24x for 0.2 dB less, 24 4.15x for 0.03 dB "
-                   "more (docs/benchmarks.md); the tiles grow as (32 / (32 - overlap))^2: 31 makes 256x those of 16")
+                   "more (docs/benchmarks.md of the moe-denoise source); the tiles grow as (32 / (32 - overlap))^2: 31 makes "
+                   "256x those of 16")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per inference call (default: 64 for a backend on the CPU, 256 on a GPU; the result "
                         "does not depend on it)")
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="turn off the clean-input guard, which blends the input back in when the photo is clean or "
                         "only lightly noisy (estimated noise <= 20/255; a JPEG's noise is read at two scales, as JPEG "
                         "removes the finest detail: a JPEG file's, or a PNG/TIFF whose pixels were JPEG once); see "
-                        "docs/evaluation.md")
+                        "docs/evaluation.md of the moe-denoise source")
     p.add_argument("--strength", type=number, default=1.0,
                    help="how much of the denoising to keep, 0 to 1: 1 = all of it (after the clean-input guard), "
                         "0.7 keeps some of the photo's grain, 0 gives the input back")

@@ -143,16 +143,18 @@ def run(args: argparse.Namespace) -> int:
             log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
                 f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
         if not is_loopback(config.address):
-            log(f"listening on {config.address}, without authentication: one HTTP request can crash this "
-                f"tritonserver; read 'Exposing the server' in docs/serving.md before others can reach it")
+            log(f"listening on {config.address}, without authentication: one HTTP request (a JSON input declaring "
+                f"a huge shape) can crash this tritonserver. Before others can reach it, expose gRPC only or put a "
+                f"proxy that limits request bodies in front, and run this under a supervisor that restarts it "
+                f"(details: 'Exposing the server' in docs/serving.md of the moe-denoise source)")
         asked = server.wait()
         if not asked:
             tail = server.log_tail()
             log("the Triton server stopped on its own: it crashed or was killed (its last words are above; one "
-                "request can crash it: see 'Exposing the server' in docs/serving.md). This command does not restart "
-                "it: run it under a supervisor that restarts on exit code 1 (systemd Restart=on-failure, docker "
-                "--restart on-failure)" + (f". Triton's log ({server.log_path}, kept) ends with:\n{tail}" if tail
-                                           else ""))
+                "request can crash it: see 'Exposing the server' in docs/serving.md of the moe-denoise source). This "
+                "command does not restart it: run it under a supervisor that restarts on exit code 1 (systemd "
+                "Restart=on-failure, docker --restart on-failure)"
+                + (f". Triton's log ({server.log_path}, kept) ends with:\n{tail}" if tail else ""))
             return 1
     finally:
         server.stop()

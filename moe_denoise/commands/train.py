@@ -72,7 +72,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir where it stopped")
     p.add_argument("--stop-after-epoch", type=positive_int, default=None, metavar="N",
                    help="stop after epoch N, the schedule still that of --epochs (continue with --resume); for a "
-                        "stage that was stopped early, such as stage B1 in docs/training.md")
+                        "stage that was stopped early, such as stage B1 in docs/training.md of the moe-denoise source")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out-dir (without it, an existing run is never replaced)")
     p.add_argument("--no-progress", action="store_true",
