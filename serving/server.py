@@ -74,6 +74,48 @@ class RequestRefused(InputError):
         pass
 
 
+class StartAbandoned(Exception):
+    """tritonserver ended before it was ready, or a stop was asked for while it started (``reason`` says which)."""
+
+    def __init__(self, reason: str, asked: bool) -> None:
+        super().__init__(reason)
+        self.asked = asked
+
+
+STOPPED_AT_START = "stopped (Ctrl-C or SIGTERM) before the server was ready"
+START_TIMEOUT_S = 120
+"""How long tritonserver gets to answer 'ready' (PyTriton's own limit, DEFAULT_TRITON_STARTUP_TIMEOUT_S)."""
+
+
+def watched_triton(triton_class: type, server: DenoiseServer) -> type:
+    """PyTriton's ``Triton`` whose wait for readiness also watches the tritonserver process and the stop flag.
+
+    PyTriton polls the server's HTTP endpoint for up to 120 s; a tritonserver that died at start (a library it
+    cannot load, a bad option) left serve waiting those two minutes, deaf to Ctrl-C (PyTriton holds its lock the
+    whole time), and then blamed the ports. Here the wait ends within a poll of the process ending, or of a stop
+    being asked for, with StartAbandoned; PyTriton's own wait runs after, and finds the server ready at once."""
+
+    class WatchedTriton(triton_class):  # type: ignore[misc, valid-type]
+        def _wait_for_server(self) -> None:
+            from pytriton.client.utils import create_client_from_url
+
+            deadline = time.monotonic() + START_TIMEOUT_S
+            with contextlib.closing(create_client_from_url(self._url)) as client:
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(Exception):  # noqa: BLE001 - not up yet: refused, reset, 503
+                        if client.is_server_ready() and client.is_server_live():
+                            break
+                    process = getattr(self, "_triton_server", None)
+                    if process is not None and not process.is_alive():
+                        raise StartAbandoned("tritonserver exited during start-up, before it was ready", asked=False)
+                    if server._asked_to_stop:
+                        raise StartAbandoned(STOPPED_AT_START, asked=True)
+                    time.sleep(0.2)
+            super()._wait_for_server()
+
+    return WatchedTriton
+
+
 def remove_model_copies(workspace: Path) -> list[Path]:
     """Remove the copies of our models that tritonserver makes in the temporary folder (``folderXXXXXX``, one per
     model, each naming this server's PyTriton ``workspace`` in its config.pbtxt). Triton removes them when it
@@ -224,7 +266,7 @@ class DenoiseServer:
         if left:
             self.log(f"removed {len(left)} workspace(s) in {PYTRITON_HOME} that killed servers left behind")
         try:
-            self._triton = Triton(config=triton_config, workspace=new_workspace(PYTRITON_HOME))
+            self._triton = watched_triton(Triton, self)(config=triton_config, workspace=new_workspace(PYTRITON_HOME))
             for spec in self.tile_models:
                 batcher = (DynamicBatcher(max_queue_delay_microseconds=spec.queue_delay_us)
                            if spec.dynamic_batching else None)
@@ -244,6 +286,8 @@ class DenoiseServer:
                              Tensor(name=SETTINGS_OUTPUT, dtype=bytes, shape=(1,))],
                     config=ModelConfig(batching=False), strict=False)
             self._triton.run()
+            if self._asked_to_stop:  # while the models loaded, after tritonserver answered: not served either
+                raise StartAbandoned(STOPPED_AT_START, asked=True)
         except Exception as e:  # noqa: BLE001 - any failure to start is reported with what to do, then re-raised
             error = self._start_error(e)
             self.stop()
@@ -261,8 +305,13 @@ class DenoiseServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def _start_error(self, e: Exception) -> Exception:
-        if isinstance(e, (InputError, MissingBackendError)):
+        if isinstance(e, (InputError, MissingBackendError)) or getattr(e, "asked", False):
             return e
+        if isinstance(e, StartAbandoned):  # its own output went to the console (above) or to its log
+            tail = self.log_tail()
+            return MissingBackendError(f"the Triton server could not start: {e} ("
+                                       + (f"its log, {self.log_path}, ends with:\n{tail}\n)" if tail else
+                                          "what it printed is above; --verbose shows Triton's own log)"))
         text = f"{type(e).__name__}: {e}"
         if "_recursion_count" not in text and "_recursion_count" in self.log_tail(200):
             text += " (Triton's log: AttributeError: '_thread.RLock' object has no attribute '_recursion_count')"

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from serving.config import is_loopback
-    from serving.server import ABANDON_AFTER_S, DenoiseServer
+    from serving.server import ABANDON_AFTER_S, DenoiseServer, StartAbandoned
 
     config = config_from_args(args)
     check_backend_options(args)
@@ -129,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
     started = False
     try:
         t0 = time.perf_counter()
-        server.start()
+        try:
+            server.start()
+        except StartAbandoned as e:  # Ctrl-C or SIGTERM while Triton started (a server that died is an error)
+            log(f"{e}; nothing was served")
+            return 128 + int(stopping[0] if stopping else signal.SIGINT)
         started = True
         info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
                 "backend": args.backend, "runner": runner_label(probe), "config": server.running_config.to_dict(),

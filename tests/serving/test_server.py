@@ -448,6 +448,52 @@ def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp
     assert _wait_session_empty(proc.pid) == []
 
 
+def test_a_tritonserver_that_dies_at_start_is_said_at_once(monkeypatch, python_envs_removed):
+    """A tritonserver that cannot start (here: its libraries not found, as with PyTriton installed where it does not
+    look) left serve waiting PyTriton's 120 s, deaf to Ctrl-C, and then blamed the ports. The start now ends within
+    a poll of the process ending, saying so."""
+    _skip_without_pytriton()
+    import pytriton.triton
+
+    from serving import DenoiseServer, ServeConfig
+
+    monkeypatch.setattr(pytriton.triton, "get_libs_path", lambda: Path("/nonexistent/moe-denoise-test-libs"))
+    server = DenoiseServer(torch_runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    t0 = time.monotonic()
+    with pytest.raises(MissingBackendError, match=r"the Triton server could not start: tritonserver exited during "
+                                                  r"start-up, before it was ready") as e:
+        server.start()
+    assert time.monotonic() - t0 < 60, "the death was not noticed before PyTriton's own 120 s limit"
+    assert "ports" not in str(e.value)
+    assert server._triton is None and server._runners == []  # stopped: runners released
+
+
+def test_a_stop_asked_while_triton_starts_ends_the_start(python_envs_removed):
+    """Ctrl-C or SIGTERM while tritonserver started did nothing until it was ready (PyTriton's wait holds its lock);
+    the start now ends at the next poll with StartAbandoned (asked), which serve reports as a stop."""
+    _skip_without_pytriton()
+    from serving import DenoiseServer, ServeConfig
+    from serving.server import StartAbandoned
+
+    server = DenoiseServer(torch_runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+
+    def stop_once_triton_is_made() -> None:  # what the signal handler does, while tritonserver starts
+        deadline = time.monotonic() + 120
+        while server._triton is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        server.request_stop()
+
+    asker = threading.Thread(target=stop_once_triton_is_made)
+    asker.start()
+    try:
+        with pytest.raises(StartAbandoned, match="stopped \\(Ctrl-C or SIGTERM\\) before the server was ready") as e:
+            server.start()
+        assert e.value.asked and server._triton is None
+    finally:
+        asker.join()
+        server.stop()
+
+
 def _cpu_seconds(pid: int) -> float:
     """The CPU time (user + system) process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
