@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.contract import tile_shape
-from moe_base.errors import ArtifactError, InputError, MissingBackendError
+from moe_base.errors import ArtifactError, InputError, MissingBackendError, signals_held
 from moe_base.manifest import read_checked
 from moe_base.optional import require
 
@@ -164,6 +164,12 @@ class OrtRunner(BaseRunner):
         return self._infer_padded(x) if self.fixed_batch else self._run(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.plugin_reference:  # the plugin nodes run as a Python op, called from inside ONNX Runtime's C++:
+            with signals_held():  # Ctrl-C / SIGTERM raised in it aborted the process (SIGABRT, temporaries left)
+                return self._run_session(x)
+        return self._run_session(x)
+
+    def _run_session(self, x: np.ndarray) -> np.ndarray:
         if not self.io_binding:
             return self.session.run([self.output_name], {self.input_name: x})[0]
         binding = self.session.io_binding()

@@ -133,3 +133,44 @@ def test_the_plugin_node_runs_with_its_scale_exactly(scale):
     out = session.run(None, {"q": q, "k": k, "v": v})[0]
     ref = sparse_topk_attention(*(torch.from_numpy(x) for x in (q, k, v)), 5, scale=float(np.float32(scale)))
     np.testing.assert_array_equal(out, ref.numpy())
+
+
+CTRL_C_IN_THE_OP = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+import moe_model.attention as attention
+real, pressed = attention.sparse_topk_attention, []
+def pressing_ctrl_c(*args, **kwargs):  # Ctrl-C arrives while the plugin node's Python op runs inside ONNX Runtime
+    if not pressed:
+        pressed.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+attention.sparse_topk_attention = pressing_ctrl_c
+from runtime.ort_runner import OrtRunner
+from runtime.parity import parity_inputs
+try:
+    with OrtRunner(sys.argv[1]) as runner:
+        runner(parity_inputs(4))
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(130)
+print("not interrupted")
+"""
+
+
+def test_ctrl_c_inside_the_plugin_op_stops_the_run_cleanly(random_weights, tmp_path):
+    """A Ctrl-C or SIGTERM that reached Python while the plugin graph's Python op ran inside ONNX Runtime raised
+    through its C++ frames: 'terminate called after throwing pybind11::error_already_set', SIGABRT, no message, and
+    the export's temporary folder left behind (export --flavor plugin, parity / denoise --backend ort on a plugin
+    graph). The run now finishes the call it is in, then stops as Ctrl-C stops it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "plugin.onnx"
+    export_onnx(load_model(random_weights), path, ExportOptions(flavor="plugin"), weights_path=random_weights,
+                parity_images=2, log=lambda s: None)
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_OP, str(path)], capture_output=True, text=True,
+                          cwd=repo, timeout=300)
+    assert (done.returncode, done.stdout.strip()) == (130, "interrupted"), done.stderr[-2000:]
