@@ -44,6 +44,7 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
+        _reraise_stop(e)
         what, top = purpose or "this operation", module.split(".")[0]
         package = PACKAGES.get(top, (top,))[0]
         if _broken(module, e):
@@ -53,6 +54,15 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
                                       f"{install_hint(module)}") from e
         raise MissingBackendError(f"{what} needs the Python package '{package}', which "
                                   f"could not be imported here ({e}). Install it with: {install_hint(module)}") from e
+
+
+def _reraise_stop(e: BaseException) -> None:
+    """A Ctrl-C or SIGTERM that arrived while a compiled module was being initialised comes back from the import as
+    "ImportError: initialization failed" (pybind11 wraps it); it is the stop, raised as such, not a broken install
+    (which the message then told the user to reinstall)."""
+    stop = e.__cause__ if isinstance(e.__cause__, KeyboardInterrupt) else e.__context__
+    if isinstance(stop, KeyboardInterrupt):
+        raise stop
 
 
 def _broken(module: str, e: BaseException) -> bool:
@@ -67,6 +77,7 @@ def optional_import(module: str) -> tuple[ModuleType | None, str | None]:
     try:
         return importlib.import_module(module), None
     except Exception as e:  # noqa: BLE001 - any import failure means unavailable; the reason is reported
+        _reraise_stop(e)
         if _broken(module, e):
             return None, (f"{module} is installed but cannot be imported ({type(e).__name__}: {e}); its install is "
                           f"broken or incomplete (a system library it needs is missing?): reinstall it with "

@@ -72,3 +72,24 @@ def test_an_installed_package_that_fails_to_import_is_not_called_missing(monkeyp
     out = capsys.readouterr().out
     assert "tensorrt                 installed, but importing it fails: ImportError: libnvonnxparser.so.11" in out
     assert "tensorrt is installed but cannot be imported" in out  # the TensorRT engines line says why
+
+
+@pytest.mark.parametrize("look", ["require", "optional_import"])
+def test_ctrl_c_during_an_import_is_a_stop_not_a_broken_install(monkeypatch, look):
+    """Ctrl-C while onnxruntime's compiled module initialised came back as 'ImportError: initialization failed'
+    (pybind11 wraps the KeyboardInterrupt): export said onnxruntime's install was broken, to be reinstalled, and
+    exited 2 instead of 130."""
+    import importlib
+
+    from moe_base import optional
+    from moe_base.errors import Interrupted
+
+    def interrupted_import(name, package=None):
+        try:
+            raise Interrupted("", 15)  # SIGTERM, as the command line raises it (Ctrl-C: KeyboardInterrupt)
+        except KeyboardInterrupt as stop:
+            raise ImportError("initialization failed") from stop
+
+    monkeypatch.setattr(importlib, "import_module", interrupted_import)
+    with pytest.raises(Interrupted):
+        getattr(optional, look)("onnxruntime")
