@@ -258,7 +258,7 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
             TILE_MODEL, "onnxruntime", s.max_batch, s.queue_delay_us, s.instances, s.onnx_kind,
             comment=f"moe-denoise portable ONNX ({m.get('precision', 'fp32')}, opset "
                     f"{(m.get('onnx') or {}).get('opset')}), weights sha256 "
-                    f"{(m.get('model') or {}).get('weights_sha256', '?')[:16]}")
+                    f"{((m.get('model') or {}).get('weights_sha256') or '?')[:16]}")  # None: exported without weights_path
         plans.append((TILE_MODEL, onnx, "model.onnx", text, m, "onnxruntime"))
     trt_version = None
     if engine is not None:

@@ -216,3 +216,14 @@ def test_a_folder_another_run_fills_meanwhile_is_not_replaced_without_overwrite(
         write_repository(out, onnx, server_check=False)
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]  # the other run's folder, untouched
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_an_onnx_model_exported_without_a_weights_path_is_packaged(tmp_path):
+    """export_onnx(model, path) without weights_path records weights_sha256 null in the manifest; triton-repo
+    failed on it with "TypeError: 'NoneType' object is not subscriptable" (a traceback, not a message)."""
+    onnx = fake_artifact(tmp_path / "api.onnx", {
+        "kind": "onnx", "io": IO, "precision": "fp32", "onnx": {"flavor": "portable", "opset": 17},
+        "model": {"weights_file": None, "weights_sha256": None}})
+    out = tmp_path / "repo"
+    write_repository(out, onnx, server_check=False)
+    assert "weights sha256 ?" in (out / "moe_denoiser" / "config.pbtxt").read_text()
