@@ -109,8 +109,11 @@ class EngineResult:
 
 
 def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions | None = None,
-                 weights: str | Path | None = None, log: Callable[[str], None] = print) -> EngineResult:
-    """Build (or fetch from the engine cache) an engine for ``onnx_path``; keep it only if parity passes."""
+                 weights: str | Path | None = None, log: Callable[[str], None] = print,
+                 overwrite: bool = True) -> EngineResult:
+    """Build (or fetch from the engine cache) an engine for ``onnx_path``; keep it only if parity passes.
+    ``overwrite=False``: a file at ``out_path`` when the engine is written (one that appeared during the build) is
+    kept, and InputError raised."""
     opts = opts or BuildOptions()
     opts.validate()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
@@ -190,7 +193,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
         atomic_write(cached, data)
     manifest["tolerance"] = report.tolerance.to_dict()
     manifest["parity"] = report.to_dict()
-    write_artifact(out_path, data, manifest)
+    write_artifact(out_path, data, manifest, overwrite)
     log(f"wrote {out_path} ({len(data) / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s")
     return EngineResult(out_path, manifest, report, hit)
 

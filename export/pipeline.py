@@ -55,8 +55,10 @@ def run_parity(onnx_path: Path, model: Any, inputs: np.ndarray, threads: int | N
 
 def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = None, weights_path: str | Path | None = None,
                 parity_images: int = 32, extra_inputs: np.ndarray | None = None, threads: int | None = None,
-                log: Callable[[str], None] = print) -> ExportResult:
+                log: Callable[[str], None] = print, overwrite: bool = True) -> ExportResult:
     """Export ``model`` (a SmallViT) to ``out_path`` and its manifest; raises ParityError without writing on failure,
+    InputError when ``overwrite`` is False and a file is at ``out_path`` when the model is written (it may have
+    appeared while the graph was checked: it is kept),
     MissingBackendError before any work without onnx or onnxruntime (the parity check runs the graph in it), or
     for the plugin flavour without onnxruntime-extensions."""
     onnx = require("onnx", "exporting to ONNX")
@@ -92,7 +94,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
 
     log(f"[4/4] writing {out_path} and {manifest_path(out_path).name}")
     manifest = build_manifest(model, out_path, data, proto, opts, report, weights_path, graph.notes)
-    mpath = write_artifact(out_path, data, manifest)
+    mpath = write_artifact(out_path, data, manifest, overwrite)
     psnr = "inf" if report.psnr == float("inf") else f"{report.psnr:.1f}"
     log(f"done in {time.perf_counter() - t0:.1f}s: parity max abs {report.max_abs:.2e}, "
         f"p99 {report.p99_abs:.2e}, PSNR vs PyTorch {psnr} dB")

@@ -65,20 +65,23 @@ def check_manifest_place(path: str | Path) -> None:
                          f"output path (nothing was written)")
 
 
-def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any]) -> Path:
+def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any], overwrite: bool = True) -> Path:
     """Write the artifact, then its manifest, both atomically. Returns the manifest path. When the manifest cannot
-    be written, an artifact that was not there before is removed again (no artifact is left without one)."""
+    be written, an artifact that was not there before is removed again (no artifact is left without one).
+    ``overwrite=False``: an artifact already at ``path``, or one that appears there while this writes, is never
+    replaced (InputError; nothing is written)."""
     path = Path(path)
     check_manifest_place(path)
     existed = path.exists()
     mpath = manifest_path(path)
     with signals_held():  # a Ctrl-C / SIGTERM between the two writes left a new model beside its old manifest
-        _write_pair(path, data, mpath, manifest, existed)
+        _write_pair(path, data, mpath, manifest, existed, overwrite)
     return mpath
 
 
-def _write_pair(path: Path, data: bytes, mpath: Path, manifest: dict[str, Any], existed: bool) -> None:
-    atomic_write(path, data)
+def _write_pair(path: Path, data: bytes, mpath: Path, manifest: dict[str, Any], existed: bool,
+                overwrite: bool = True) -> None:
+    atomic_write(path, data, overwrite)
     try:
         atomic_write_json(mpath, manifest)
     except BaseException as e:

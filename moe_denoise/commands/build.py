@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     # before TensorRT is even looked for; without -o and --onnx the engine goes to the cache folder
     check_artifact_output(out, args.overwrite or args.output is None, in_cache=args.output is None and args.onnx is None)
     weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
-    result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print)
+    result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print,
+                          overwrite=args.overwrite or args.output is None)
     if args.json:
         from moe_denoise.cli import print_json
 

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda s: None) if args.json else print
     earlier = replaced_default(out) if args.output is None else None
     result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
-                         threads=args.threads, log=log)
+                         threads=args.threads, log=log, overwrite=args.overwrite or args.output is None)
     if args.json:
         from moe_denoise.cli import print_json
 

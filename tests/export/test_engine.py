@@ -355,3 +355,26 @@ def test_build_takes_the_graph_the_installed_tensorrt_builds_from(tmp_path, monk
         monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
         assert default_onnx("fp16") == onnx_path("plugin", precision=graph)
         assert default_onnx("fp32") == onnx_path("plugin", precision="fp32")
+
+
+def test_a_file_that_appears_at_o_during_the_build_is_not_replaced_without_overwrite(fake_trt, portable_onnx,
+                                                                                     random_weights, tmp_path,
+                                                                                     monkeypatch):
+    """As for export: build -o ENGINE without --overwrite checked ENGINE before the build only, and replaced a file
+    that appeared there meanwhile."""
+    from export import engine
+    from moe_denoise.cli import main
+
+    out = tmp_path / "m.engine"
+    real = engine._parity
+
+    def meanwhile(*args, **kwargs):
+        out.write_bytes(b"written meanwhile")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_parity", meanwhile)
+    argv = ["build", "--onnx", str(portable_onnx), "-o", str(out), "--weights", str(random_weights), "--cache-dir",
+            str(tmp_path / "c")]
+    assert main(argv) == 2
+    assert out.read_bytes() == b"written meanwhile"
+    assert main([*argv, "--overwrite"]) == 0 and out.read_bytes().startswith(b"engine bytes")

@@ -230,3 +230,25 @@ def test_refine_preset_exports(inputs, optimize, preset):
     model = SmallViT(preset).eval()
     torch.nn.init.normal_(model.refine[-1].weight, std=0.05)  # a non-trivial head
     assert_exact(ort_out(build_onnx(model, ExportOptions(optimize=optimize)), inputs), torch_out(model, inputs))
+
+
+def test_a_file_that_appears_at_o_during_the_export_is_not_replaced_without_overwrite(random_weights, tmp_path,
+                                                                                      monkeypatch):
+    """'--overwrite: replace an existing file at -o (never done without it)': the check ran before the export, and a
+    file another run (or the user) put at -o while the graph was checked was replaced in silence."""
+    import export.pipeline as pipeline
+    from moe_denoise.cli import main
+
+    out = tmp_path / "m.onnx"
+    real = pipeline.run_parity
+
+    def meanwhile(*args, **kwargs):
+        out.write_bytes(b"written meanwhile")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_parity", meanwhile)
+    assert main(["export", "--weights", str(random_weights), "-o", str(out), "--parity-images", "2"]) == 2
+    assert out.read_bytes() == b"written meanwhile" and not manifest_path(out).exists()
+    assert main(["export", "--weights", str(random_weights), "-o", str(out), "--parity-images", "2",
+                 "--overwrite"]) == 0
+    assert read_manifest(out)["model"]["weights_file"] == str(random_weights)
