@@ -147,8 +147,12 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
                          f"--flavor {flavor} --precision {plan.onnx_precision}'")
     from moe_model.checkpoint import load_model
 
-    # the parity reference, loaded before minutes of building (weights without a sidecar: the manifest's architecture)
-    reference = load_model(ref_weights, architecture=artifact_architecture(onnx_manifest))
+    # the parity reference, loaded before minutes of building (weights without a sidecar: the manifest's architecture).
+    # Their sha256 is the one the ONNX model's manifest records (artifact_weights checked it): their sidecar's is not
+    # checked again, since weights exported with --skip-weights-check would be refused here, and build has no such
+    # option; without a recorded hash the sidecar's check stands
+    recorded = bool((onnx_manifest.get("model") or {}).get("weights_sha256"))
+    reference = load_model(ref_weights, architecture=artifact_architecture(onnx_manifest), verify=not recorded)
     uses_plugin = bool(onnx_manifest.get("plugin"))
     p_hash = behaviour_hash() if uses_plugin else None
     key = cache_key(onnx_manifest["artifact"]["sha256"], p_hash, trt.__version__, gpu["compute_capability"], opts)

@@ -378,3 +378,35 @@ def test_a_file_that_appears_at_o_during_the_build_is_not_replaced_without_overw
     assert main(argv) == 2
     assert out.read_bytes() == b"written meanwhile"
     assert main([*argv, "--overwrite"]) == 0 and out.read_bytes().startswith(b"engine bytes")
+
+
+def test_an_onnx_model_exported_with_skip_weights_check_can_be_built(fake_trt, random_weights, tmp_path):
+    """'export --skip-weights-check' exports weights whose sidecar records another sha256 (edited on purpose). build
+    then loaded them for its parity reference with the sidecar check on, after TensorRT was found, and stopped
+    with 'pass --skip-weights-check', an option build does not have: such a model could not be built at all. The
+    ONNX model's manifest records the weights' own sha256, which build checks them against (artifact_weights)."""
+    import shutil
+
+    from export.engine import BuildOptions, build_engine
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_base.errors import ArtifactMismatchError
+    from moe_model.checkpoint import load_model, sidecar_path
+
+    edited = tmp_path / "edited.safetensors"
+    shutil.copy(random_weights, edited)
+    shutil.copy(sidecar_path(random_weights), sidecar_path(edited))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(edited)
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] * 1.01
+    save_file(tensors, edited)
+    onnx = tmp_path / "edited.onnx"
+    export_onnx(load_model(edited, verify=False), onnx, ExportOptions(), weights_path=edited, parity_images=2,
+                log=lambda s: None)
+    built = build_engine(onnx, tmp_path / "edited.engine", BuildOptions(cache_dir=tmp_path / "c"), log=lambda s: None)
+    assert built.path.is_file() and fake_trt.builds == 1
+    with pytest.raises(ArtifactMismatchError):  # other weights than those it was exported from: still refused
+        build_engine(onnx, tmp_path / "other.engine", BuildOptions(cache_dir=tmp_path / "c"), weights=random_weights,
+                     log=lambda s: None)
