@@ -410,3 +410,54 @@ def test_an_onnx_model_exported_with_skip_weights_check_can_be_built(fake_trt, r
     with pytest.raises(ArtifactMismatchError):  # other weights than those it was exported from: still refused
         build_engine(onnx, tmp_path / "other.engine", BuildOptions(cache_dir=tmp_path / "c"), weights=random_weights,
                      log=lambda s: None)
+
+
+def test_an_fp16_engine_is_judged_by_the_fp16_tolerance_during_the_build(monkeypatch, portable_onnx, random_weights,
+                                                                          tmp_path):
+    """The build's parity check loaded the new engine with its manifest, whose self-check then ran before the
+    parity batch, at the fp32 bound (no tolerance is in that manifest until parity passed: 5 x 1e-4): an fp16 engine
+    1e-3 from PyTorch (PSNR ~60 dB, well inside fp16's tolerance) was refused as 'does not compute the model its
+    manifest describes' (exit 2, no parity report), and a cached engine that failed that way stayed in the cache.
+    TensorRT, the GPU and the engine's run are stood in for; the runner's own manifest handling is the real one's."""
+    import types
+
+    import torch
+
+    import moe_base.machine
+    import runtime.trt_runner as trt_runner
+    from export import engine
+    from export.engine import BuildOptions, build_engine
+    from export.pipeline import reference_outputs
+    from moe_base.manifest import read_checked
+    from moe_model.checkpoint import load_model
+    from runtime.parity import self_check
+
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.9.0.34"  # fp16 from the fp32 graph, as a builder flag
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(moe_base.machine, "cuda_device", lambda i=0: {"name": "Stand-in", "compute_capability": "9.0"})
+    monkeypatch.setattr(engine, "_build", lambda *a, **k: b"fp16 engine")
+    model = load_model(random_weights)
+
+    class StandIn(trt_runner.TensorRTRunner):
+        def _activate_impl(self):  # TensorRTRunner._activate_impl's manifest steps; no TensorRT to deserialize with
+            if self.check_manifest:
+                self.manifest = read_checked(self.engine_path, kind="trt-engine")
+                tol = self.manifest.get("tolerance") or {}
+                self_check(self._infer_impl, self.manifest.get("self_check"), 5 * float(tol.get("atol", 1e-4)),
+                           str(self.engine_path))
+
+        def _infer_impl(self, x):  # an fp16 engine: 1e-3 from PyTorch
+            return np.clip(reference_outputs(model, x) + 1e-3, 0, 1).astype(np.float32)
+
+    monkeypatch.setattr(trt_runner, "TensorRTRunner", StandIn)
+    result = build_engine(portable_onnx, tmp_path / "m.fp16.engine", BuildOptions(precision="fp16", cache_dir=tmp_path),
+                          weights=random_weights, log=lambda s: None)
+    assert result.parity.passed and result.parity.precision == "fp16"
+    # the cached engine fails now (a driver changed under it, say): the parity report says so, and it leaves the cache
+    monkeypatch.setattr(StandIn, "_infer_impl", lambda self, x: np.clip(reference_outputs(model, x) + 0.2, 0, 1))
+    with pytest.raises(ParityError, match="the cached engine is removed from the cache"):
+        build_engine(portable_onnx, tmp_path / "again.engine", BuildOptions(precision="fp16", cache_dir=tmp_path),
+                     weights=random_weights, log=lambda s: None)
+    assert not list((tmp_path / "engines").glob("*.engine"))
