@@ -117,7 +117,9 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
     m = base_manifest("onnx", out_path, data)
     m.update({
         "model": {"config": model.config.to_dict(), "parameters": count_parameters(model),
-                  "weights_file": str(weights_path) if weights_path else None,
+                  # absolute: a path relative to the export's folder was not found from others (parity, build and
+                  # denoise, run elsewhere, then took the file for gone and the model for another's)
+                  "weights_file": str(Path(weights_path).absolute()) if weights_path else None,
                   "weights_sha256": sha256_file(weights_path) if weights_path else None},
         "onnx": {"flavor": opts.flavor, "optimized": opts.optimize, "opset": opts.opset, "ir_version": proto.ir_version,
                  "rewrites": list(opts.active_rewrites), "notes": list(notes), "nodes": len(proto.graph.node),

@@ -252,3 +252,23 @@ def test_a_file_that_appears_at_o_during_the_export_is_not_replaced_without_over
     assert main(["export", "--weights", str(random_weights), "-o", str(out), "--parity-images", "2",
                  "--overwrite"]) == 0
     assert read_manifest(out)["model"]["weights_file"] == str(random_weights)
+
+
+def test_weights_given_by_a_relative_path_are_found_from_any_folder(random_weights, tmp_path, monkeypatch):
+    """export --weights w.safetensors recorded 'w.safetensors' in the manifest: from any other folder, parity (and
+    build) took the file for gone, compared the model with the shipped default and refused it ('pass --weights with
+    the weights it was exported from'), and denoise said the weights had changed since."""
+    import shutil
+
+    from moe_denoise.cli import main
+    from moe_model.checkpoint import sidecar_path
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(random_weights, project / "w.safetensors")
+    shutil.copy(sidecar_path(random_weights), sidecar_path(project / "w.safetensors"))
+    out = tmp_path / "m.onnx"
+    monkeypatch.chdir(project)
+    assert main(["export", "--weights", "w.safetensors", "-o", str(out), "--parity-images", "2"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["parity", "--backend", "ort", "--artifact", str(out), "-n", "2"]) == 0
