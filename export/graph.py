@@ -70,5 +70,8 @@ class GraphBuilder:
         opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, v) for d, v in self.domains.items()]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="moe-denoise",
                                   producer_version=producer_version)
-        model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime >= 1.17 and TensorRT 10
+        # readable by onnxruntime >= 1.17 and TensorRT 10; yet never below what the opset needs (opset 21 came with IR
+        # 10: a 21 graph at IR 9 is one the ONNX spec does not have, which onnx.checker does not notice)
+        needed = helper.find_min_ir_version_for(opsets[:1], ignore_unknown=True)
+        model.ir_version = max(min(model.ir_version, 9), needed)
         return model

@@ -63,6 +63,8 @@ def test_every_offered_opset_exports_a_valid_graph(model, inputs, opset, flavor)
     axes as an attribute, which opset 18 dropped: 18 to 21 failed), and the portable one runs exactly."""
     proto = build_onnx(model, ExportOptions(opset=opset, flavor=flavor))
     assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+    # the IR version the opset came with, at least (opset 21 was written at IR 9; the checker does not notice)
+    assert proto.ir_version >= onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
     if flavor == "portable":
         onnx.checker.check_model(proto, full_check=True)
         assert_exact(ort_out(proto, inputs), torch_out(model, inputs))
