@@ -48,7 +48,11 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, model: str | Path, provider: str = "cpu", threads: int | None = None,
                  opt_level: str = "all", check_manifest: bool = True, device_id: int = 0,
-                 io_binding: bool | None = None, name: str | None = None, max_batch: int | None = None) -> None:
+                 io_binding: bool | None = None, name: str | None = None, max_batch: int | None = None,
+                 verify_outputs: bool = True) -> None:
+        """``verify_outputs``: run the manifest's self-check at activation (a model whose outputs are not those the
+        manifest recorded is refused, ArtifactMismatchError); a parity check, which compares every output, turns it
+        off to report such a model as failing, with its numbers."""
         if provider not in PROVIDERS:
             raise InputError(f"unknown ONNX Runtime provider {provider!r}; expected one of {sorted(PROVIDERS)}")
         if opt_level not in OPT_LEVELS:
@@ -59,7 +63,7 @@ class OrtRunner(BaseRunner):
         super().__init__(name=name or f"ort-{provider}", max_batch=max_batch)
         self.model_path = Path(model)
         self.provider, self.threads, self.opt_level = provider, None if threads is None else int(threads), opt_level
-        self.check_manifest, self.device_id = check_manifest, device_id
+        self.check_manifest, self.device_id, self.verify_outputs = check_manifest, device_id, verify_outputs
         self.io_binding = (provider != "cpu") if io_binding is None else io_binding
         self.manifest: dict[str, Any] | None = None
         self.session = None
@@ -111,7 +115,7 @@ class OrtRunner(BaseRunner):
         if self.manifest:
             tol = self.manifest.get("tolerance") or {}
             self_check(self._infer_padded, self.manifest.get("self_check"), 5 * float(tol.get("atol", 1e-4)),
-                       str(self.model_path))
+                       str(self.model_path), compare=self.verify_outputs)
 
     def _check_io(self, proto: Any) -> None:
         """One input and one output, float32 [batch, C, H, W] each, as the model's I/O contract and the manifest

@@ -37,10 +37,12 @@ class TensorRTRunner(BaseRunner):
 
     def __init__(self, engine: str | Path, device: int = 0, cuda_graph: bool = False, check_manifest: bool = True,
                  name: str | None = None, max_batch: int | None = None,
-                 graph_buckets: list[int] | tuple[int, ...] | None = None) -> None:
+                 graph_buckets: list[int] | tuple[int, ...] | None = None, verify_outputs: bool = True) -> None:
+        """``verify_outputs``: as for :class:`runtime.ort_runner.OrtRunner` (the manifest's self-check)."""
         super().__init__(name=name or "trt", max_batch=max_batch)
         self.engine_path = Path(engine)
         self.device, self.cuda_graph, self.check_manifest = device, cuda_graph, check_manifest
+        self.verify_outputs = verify_outputs
         self.graph_buckets = None if graph_buckets is None else check_buckets(graph_buckets)
         self.manifest: dict[str, Any] | None = None
         self.engine = self.context = self.stream = None
@@ -107,7 +109,7 @@ class TensorRTRunner(BaseRunner):
         if self.manifest:  # the engine computes the model its manifest names (not merely a file that matches it)
             tol = self.manifest.get("tolerance") or {}
             self_check(self._infer_impl, self.manifest.get("self_check"), 5 * float(tol.get("atol", 1e-4)),
-                       str(self.engine_path))
+                       str(self.engine_path), compare=self.verify_outputs)
 
     @staticmethod
     def _plugin_registered(trt: Any, plugin: dict[str, Any]) -> bool:

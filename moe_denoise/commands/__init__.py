@@ -307,15 +307,17 @@ def check_backend_options(args: argparse.Namespace, reads_preset: bool = False) 
                              f"{option} out")
 
 
-def make_runner(args: argparse.Namespace, weights: Path | None):
-    """The runner chosen by --backend and its options."""
+def make_runner(args: argparse.Namespace, weights: Path | None, verify_outputs: bool = True):
+    """The runner chosen by --backend and its options (``verify_outputs``: an ONNX model's or engine's self-check at
+    load, which 'parity' leaves to its own full comparison)."""
     if args.backend == "ort":
         from moe_base.paths import onnx_path
         from runtime.ort_runner import OrtRunner
 
         artifact = args.artifact or onnx_path("portable")
         check_artifact_weights(args, artifact)
-        return OrtRunner(artifact, provider=args.provider, threads=args.threads, opt_level=args.opt_level)
+        return OrtRunner(artifact, provider=args.provider, threads=args.threads, opt_level=args.opt_level,
+                         verify_outputs=verify_outputs)
     if args.backend == "torch":
         from runtime.torch_runner import TorchRunner
 
@@ -335,4 +337,4 @@ def make_runner(args: argparse.Namespace, weights: Path | None):
     # default: the engine 'moe-denoise build' writes for the fp32 plugin graph
     artifact = args.artifact or engine_path(onnx_path("plugin"), "fp32")
     check_artifact_weights(args, artifact)
-    return TensorRTRunner(artifact, cuda_graph=args.cuda_graph)
+    return TensorRTRunner(artifact, cuda_graph=args.cuda_graph, verify_outputs=verify_outputs)

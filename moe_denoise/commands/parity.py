@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         from moe_model.data import fixed_noisy, load_cifar10, to_float
 
         x = np.concatenate([x, fixed_noisy(to_float(load_cifar10(args.data_dir, "test")[: args.num_images])).numpy()])
-    runner = make_runner(args, weights)
+    # an artifact that computes another model is what this reports, with its numbers and exit code 1: the self-check
+    # at load refused it before (exit 2, no numbers) when it was far off, and only a near one got the report
+    runner = make_runner(args, weights, verify_outputs=False)
     with runner:
         manifest = getattr(runner, "manifest", None)
         if manifest:  # the reference is the model the artifact was made from (its weights checked by their hash)

@@ -815,3 +815,28 @@ def test_reference_of_a_photo_turned_by_its_exif(capsys, tmp_path):
     code, _, err = run(capsys, *common, tmp_path / "stored.png", "-o", tmp_path / "b.png")
     assert code == 2 and "is 40x32 RGB but" in err and "is 32x40 RGB (upright, after their EXIF orientation)" in err
     assert not (tmp_path / "b.png").exists()
+
+
+def test_parity_reports_a_model_that_computes_something_else_as_failing(capsys, random_weights, tmp_path):
+    """parity of an ONNX model whose graph was changed (its manifest re-hashed to match) answered by how far off it
+    was: a little, 'FAIL' with the numbers and exit code 1; a lot, the load-time self-check's error, exit code 2 and
+    no numbers. It is reported as failing, with its numbers, however far off it is."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    from moe_base.manifest import manifest_path
+
+    path = tmp_path / "m.onnx"
+    assert run(capsys, "export", "--weights", random_weights, "-o", path, "--parity-images", 2)[0] == 0
+    proto = onnx.load(str(path))
+    init = next(i for i in proto.graph.initializer if i.name == "clip.max")
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) - np.float32(0.5), init.name))
+    data = proto.SerializeToString()
+    path.write_bytes(data)
+    manifest = json.loads(manifest_path(path).read_text())
+    manifest["artifact"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    manifest_path(path).write_text(json.dumps(manifest))
+    code, out, err = run(capsys, "parity", "--backend", "ort", "--artifact", path, "-n", 8)
+    assert code == 1 and "FAIL" in out and "PSNR" in out, err

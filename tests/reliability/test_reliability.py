@@ -245,7 +245,8 @@ def graph_with_manifest(exported, tmp_path, proto):
 
 def test_reliability_foreign_graph_with_a_matching_manifest(capsys, exported, tmp_path):
     """An Identity graph with the model's names and shapes, given a manifest that matches its bytes => refused at
-    load (exit 2: it does not compute the model its manifest describes); nothing is written"""
+    load by denoise (exit 2: it does not compute the model its manifest describes); nothing is written. parity
+    reports it as failing, with its numbers (exit 1)"""
     import onnx
     from onnx import TensorProto, helper
 
@@ -254,8 +255,15 @@ def test_reliability_foreign_graph_with_a_matching_manifest(capsys, exported, tm
                                                [io[0]], [io[1]]), opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(proto)
     path = graph_with_manifest(exported, tmp_path, proto)
-    code, _, err = cli(capsys, "parity", "--backend", "ort", "--artifact", path, "-n", "2")
+    from PIL import Image
+
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (120, 90, 60)).save(photo)
+    code, _, err = cli(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort", "--artifact", path)
     assert code == 2 and "does not compute the model its manifest describes" in err
+    assert not (tmp_path / "out.png").exists()
+    code, out, _ = cli(capsys, "parity", "--backend", "ort", "--artifact", path, "-n", "2")
+    assert code == 1 and "FAIL" in out
 
 
 @pytest.mark.parametrize("change", ["shape", "dtype", "rank", "name"])
