@@ -63,11 +63,14 @@ class TensorRTRunner(BaseRunner):
         if self.check_manifest:
             self.manifest = read_checked(self.engine_path, kind="trt-engine")  # truncated / replaced files stop here
             self.precision = self.manifest.get("precision", self.precision)
-        trt = require("tensorrt", "the TensorRT backend")
         torch = require("torch", "the TensorRT backend (device buffers)")
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available():  # said first, as build says it: installing TensorRT would not help here
+            from moe_base.optional import available
+
+            missing = "" if available("tensorrt")[0] else "; TensorRT is not installed here either"
             raise NoGPUError(f"the TensorRT backend needs an NVIDIA GPU, but torch {torch.__version__} sees none "
-                             f"(CUDA build: {torch.version.cuda}); run on a GPU machine or use --backend ort")
+                             f"(CUDA build: {torch.version.cuda}){missing}; run on a GPU machine or use --backend ort")
+        trt = require("tensorrt", "the TensorRT backend")
         gpu = cuda_device(self.device)
         if self.manifest:
             built = self.manifest.get("tensorrt", {})

@@ -73,9 +73,20 @@ def test_missing_and_truncated_engine_files(tmp_path):
         TensorRTRunner(path).activate()
 
 
-def test_no_tensorrt(tmp_path, monkeypatch):
+def test_no_tensorrt(tmp_path, monkeypatch, fake_gpu):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when it is not installed
     with pytest.raises(MissingBackendError, match="the TensorRT backend needs the Python package 'tensorrt'"):
+        TensorRTRunner(engine_file(tmp_path)).activate()
+
+
+def test_neither_tensorrt_nor_a_gpu_names_the_gpu_first(tmp_path, monkeypatch):
+    """On a machine without both, --backend trt said to install TensorRT (gigabytes, and of no use there); build
+    already said first that a GPU is needed. The runner says it as build does."""
+    import torch
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(NoGPUError, match="needs an NVIDIA GPU.*TensorRT is not installed here either"):
         TensorRTRunner(engine_file(tmp_path)).activate()
 
 
