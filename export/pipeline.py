@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_base.errors import ParityError
+from moe_base.errors import InputError, ParityError
 from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
@@ -86,7 +86,12 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     log(f"[3/4] parity gate: ONNX Runtime vs PyTorch on {len(inputs)} images")
     with tempfile.TemporaryDirectory() as tmp:  # the graph under test: nothing is left beside the output
         candidate = Path(tmp) / out_path.name
-        candidate.write_bytes(data)
+        try:
+            candidate.write_bytes(data)
+        except OSError as e:  # a full or size-limited temporary folder: a traceback, as if a bug
+            raise InputError(f"cannot write the graph under test ({len(data) / 2**20:.1f} MiB) to the temporary folder "
+                             f"'{tmp}' ({e.strerror or e}); free space there or set TMPDIR to a folder that has it "
+                             f"(nothing was written to {out_path})") from e
         report = run_parity(candidate, model, inputs, threads, opts.precision)
     if not report.passed:
         raise ParityError(f"refusing to write {out_path}: the exported graph does not match PyTorch\n"

@@ -274,3 +274,27 @@ def test_weights_given_by_a_relative_path_are_found_from_any_folder(random_weigh
     assert main(["export", "--weights", "w.safetensors", "-o", str(out), "--parity-images", "2"]) == 0
     monkeypatch.chdir(tmp_path)
     assert main(["parity", "--backend", "ort", "--artifact", str(out), "-n", "2"]) == 0
+
+
+def test_a_temporary_folder_that_cannot_take_the_graph_is_said_in_one_line(random_weights, tmp_path, monkeypatch,
+                                                                            capsys):
+    """The graph under test is written to the temporary folder for the parity run: a full /tmp (or a file-size
+    limit) ended the export with an OSError traceback (exit 1), as if a bug."""
+    import errno
+    from pathlib import Path
+
+    import export.pipeline as pipeline
+    from moe_denoise.cli import main
+
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.parent != tmp_path:  # the candidate, in the temporary folder
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(pipeline.Path, "write_bytes", full)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(random_weights), "-o", str(out), "--parity-images", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "TMPDIR" in err and "Traceback" not in err and not out.exists()
