@@ -54,8 +54,8 @@ def resolve_weights(weights: str | Path | None, option: str = "weights") -> Path
     ``option`` names the argument in the messages ("--weights" on the command line)."""
     from weights import DEFAULT_WEIGHTS, SHIPPED
 
-    if weights is not None and Path(weights).exists():
-        return Path(weights)
+    if weights is not None and Path(weights).exists() and not (Path(weights).is_dir() and str(weights) in SHIPPED):
+        return Path(weights)  # a folder named like shipped weights (photos in ./blind) is no weights file: the name
     chosen = DEFAULT_WEIGHTS if weights is None else SHIPPED.get(str(weights))
     if chosen is None:
         raise CheckpointError(f"{option} {weights}: no such file, and not the name of shipped weights "

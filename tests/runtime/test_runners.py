@@ -441,3 +441,18 @@ def test_a_call_below_the_runners_minimum_batch_is_padded_and_cut_back():
         out = r(x)
     np.testing.assert_array_equal(out, x * 0.5)
     assert r.calls == [16, 8]  # 16, then the last 5 padded to 8
+
+
+def test_a_folder_named_like_shipped_weights_does_not_hide_them(tmp_path, monkeypatch):
+    """--weights blind, run where a folder named 'blind' is (a folder of photos, say), was refused: 'weights file
+    blind is a folder, not a file'. A folder is no weights file: the name means the shipped weights there too."""
+    from pathlib import Path
+
+    from runtime.torch_runner import resolve_weights
+    from weights import SHIPPED
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blind").mkdir()
+    assert resolve_weights("blind") == SHIPPED["blind"]
+    (tmp_path / "sigma20").write_bytes(b"a file of the user's, named so")  # a file given by its path stays that file
+    assert resolve_weights("sigma20") == Path("sigma20")
