@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=HelpFormatter)
     add_weights_args(p)
     p.add_argument("-o", "--output", type=path_arg, default=None,
-                   help="output .onnx path (default: $MOE_DENOISE_CACHE/artifacts/moe_denoiser.<flavor>[.noopt]"
-                        "[.fp16].onnx; the cache is ~/.cache/moe-denoise unless set)")
+                   help="output .onnx path (default: $MOE_DENOISE_CACHE/artifacts/moe_denoiser.<flavor>[.noopt | "
+                        ".<r1>+<r2> with --rewrites][.fp16].onnx; the cache is ~/.cache/moe-denoise unless set)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o (never done without it)")
     p.add_argument("--flavor", choices=["portable", "plugin"], default="portable",
                    help="portable: standard ONNX operators only; plugin: sparse attention as TensorRT plugin nodes")

@@ -840,3 +840,17 @@ def test_parity_reports_a_model_that_computes_something_else_as_failing(capsys, 
     manifest_path(path).write_text(json.dumps(manifest))
     code, out, err = run(capsys, "parity", "--backend", "ort", "--artifact", path, "-n", 8)
     assert code == 1 and "FAIL" in out and "PSNR" in out, err
+
+
+def test_export_help_names_the_default_path_of_chosen_rewrites(capsys, monkeypatch, tmp_path):
+    """export -o's help gave the default name as moe_denoiser.<flavor>[.noopt][.fp16].onnx; with --rewrites the
+    model goes to moe_denoiser.<flavor>.<r1>+<r2>[.fp16].onnx, which a reader of the help could not find."""
+    from moe_base.paths import onnx_path
+
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".<r1>+<r2> with --rewrites" in text
+    assert onnx_path("plugin", rewrites=("fuse_qkv", "rows2d"), precision="fp16").name == \
+        "moe_denoiser.plugin.fuse_qkv+rows2d.fp16.onnx"
