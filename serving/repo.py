@@ -305,8 +305,16 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
                                  f"{out_dir}: {bad}")
             report["checks"].append("read by tritonserver (PyTriton's build): every config accepted, models not "
                                     "loaded (that build has no onnxruntime / tensorrt backend)")
+        # this toolkit's other model, written by an earlier run (--onnx and --engine then, only one now): Triton
+        # would go on serving it, maybe with other weights, while the new README no longer names it
+        written = {m["name"] for m in report["models"]}
+        stale = [name for name, filename in ((TILE_MODEL, "model.onnx"), (TRT_MODEL, "model.plan"))
+                 if name not in written and overwrite and (out_dir / name / f"{filename}.manifest.json").is_file()]
+        report["removed"] = [str(out_dir / name) for name in stale]
         (staging / "README.md").write_text(repository_readme(report, s))
         publish_folder(staging, out_dir, [*(m["name"] for m in report["models"]), "README.md"], overwrite)
+    for name in stale:  # after the new models are in place: an interrupted run leaves the folder as it was
+        shutil.rmtree(out_dir / name, ignore_errors=True)
     return report
 
 

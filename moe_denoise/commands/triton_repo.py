@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for m in report["models"]:
             print(f"{m['name']:18s} {m['backend']:12s} {m['file']}")
+        for gone in report["removed"]:
+            print(f"removed {gone}: written by an earlier run, it is not part of this one (--overwrite)")
         if report["tensorrt_version"]:
             print(f"the TensorRT model needs a Triton server with TensorRT {report['tensorrt_version']}")
         for check in report["checks"]:

@@ -227,3 +227,16 @@ def test_an_onnx_model_exported_without_a_weights_path_is_packaged(tmp_path):
     out = tmp_path / "repo"
     write_repository(out, onnx, server_check=False)
     assert "weights sha256 ?" in (out / "moe_denoiser" / "config.pbtxt").read_text()
+
+
+def test_overwrite_removes_the_toolkit_model_an_earlier_run_wrote_and_this_one_does_not(tmp_path, onnx, engine):
+    """A repository written with --onnx and --engine, then again with --overwrite and --onnx alone, kept the old
+    moe_denoiser_trt: Triton served it beside the new model (with the old weights, maybe) while the new README named
+    only moe_denoiser. It is removed now (and said); a model of someone else's in the folder stays."""
+    out = tmp_path / "repo"
+    write_repository(out, onnx, engine, server_check=False)
+    (out / "theirs" / "1").mkdir(parents=True)
+    report = write_repository(out, onnx, None, overwrite=True, server_check=False)
+    assert report["removed"] == [str(out / TRT_MODEL)]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser", "theirs"]
+    assert write_repository(out, onnx, None, overwrite=True, server_check=False)["removed"] == []
