@@ -54,10 +54,12 @@ class RepoSettings:
     trt_instances: int = 1
 
     def validate(self) -> RepoSettings:
-        for name in ("max_batch", "instances", "trt_instances"):
+        # the bounds 'serve' has: 100000 instances passed tritonserver's config check, and a max_batch past int32
+        # failed in the protobuf parse with the whole config text
+        for name, top in (("max_batch", 65536), ("instances", 64), ("trt_instances", 64)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be an integer >= 1; got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise InputError(f"{name} must be an integer in [1, {top}]; got {value!r}")
         if not isinstance(self.queue_delay_us, int) or self.queue_delay_us < 0:
             raise InputError(f"queue_delay_us must be an integer >= 0; got {self.queue_delay_us!r}")
         if self.queue_delay_us > MAX_QUEUE_DELAY_US:

@@ -197,6 +197,16 @@ def test_a_queue_delay_of_years_is_refused():
         RepoSettings(queue_delay_us=99_999_999_999_999).validate()
 
 
+@pytest.mark.parametrize("field, value, top", [("instances", 100_000, 64), ("trt_instances", 65, 64),
+                                               ("max_batch", 3_000_000_000, 65536)])
+def test_counts_beyond_what_serve_takes_are_refused(field, value, top):
+    """100000 instances passed (tritonserver's own config check too), and a max_batch past int32 failed in the
+    protobuf parse with the whole config text as its message; the bounds are serve's."""
+    with pytest.raises(InputError, match=rf"{field} must be an integer in \[1, {top}\]; got {value}"):
+        RepoSettings(**{field: value}).validate()
+    RepoSettings(**{field: top}).validate()
+
+
 def test_a_folder_another_run_fills_meanwhile_is_not_replaced_without_overwrite(tmp_path, onnx, monkeypatch):
     """Two triton-repo runs into one new folder at once: both said 'wrote', and the later one's models had replaced
     the earlier one's (or it failed with 'Directory not empty'). Without --overwrite the folder is taken in one
