@@ -120,6 +120,9 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     if not onnx_path.is_file():
         fp16 = (" (for an fp16 engine TensorRT 11 needs the fp16 graph: 'moe-denoise export --flavor plugin "
                 "--precision fp16'; TensorRT 10 builds it from the fp32 one)") if opts.precision == "fp16" else ""
+        if onnx_path.is_dir():  # it said the folder does not exist
+            raise InputError(f"ONNX model {onnx_path} is a folder; pass the .onnx file in it (what 'moe-denoise "
+                             f"export' writes, e.g. {onnx_path / 'moe_denoiser.plugin.onnx'})")
         raise InputError(f"ONNX model {onnx_path} does not exist; export one with 'moe-denoise export --flavor plugin' "
                          f"(or --flavor portable){fp16}, or pass --onnx PATH")
     onnx_manifest = read_checked(onnx_path, kind="onnx")  # a replaced graph under an old manifest would hit its cache

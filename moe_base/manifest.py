@@ -108,6 +108,9 @@ def read_manifest(artifact: str | Path, required: bool = True, kind: str | None 
     mpath = manifest_path(artifact)
     if not mpath.is_file():
         if required:
+            if Path(artifact).name.endswith(".manifest.json"):  # it said "X.manifest.json.manifest.json is missing"
+                model = Path(artifact).with_name(Path(artifact).name[:-len(".manifest.json")])
+                raise ArtifactError(f"{artifact} is the manifest of {model.name}, not the model itself: pass {model}")
             if Path(artifact).suffix.lower() in (".safetensors", ".pt", ".pth"):
                 raise ArtifactError(f"{artifact} is a weights file, not an ONNX model or a TensorRT engine: export "
                                     f"it with 'moe-denoise export --weights {artifact}', or run it with --backend "

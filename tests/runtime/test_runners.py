@@ -126,6 +126,9 @@ def test_ort_runner_refuses_bad_artifacts(tmp_path, random_weights):
         OrtRunner(tmp_path / "none.onnx").activate()
     path = tmp_path / "m.onnx"
     export_onnx(load_model(random_weights), path, ExportOptions(), parity_images=4, log=lambda s: None)
+    with pytest.raises(ArtifactError, match=r"m\.onnx\.manifest\.json is the manifest of m\.onnx, not the model "
+                                            r"itself: pass .*m\.onnx$"):  # it said "...manifest.json.manifest.json"
+        OrtRunner(tmp_path / "m.onnx.manifest.json").activate()
     with pytest.raises(InputError, match="unknown ONNX Runtime provider"):
         OrtRunner(path, provider="rocm")
     with pytest.raises(MissingBackendError, match="CUDAExecutionProvider was asked for"):
