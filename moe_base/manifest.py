@@ -99,9 +99,11 @@ _OTHER_KIND_HINTS = {("onnx", "trt-engine"): "run it with --backend trt",
                                              "run it as it is with --backend ort"}
 
 
-def read_manifest(artifact: str | Path, required: bool = True, kind: str | None = None) -> dict[str, Any] | None:
+def read_manifest(artifact: str | Path, required: bool = True, kind: str | None = None,
+                  other_kind_hint: str | None = None) -> dict[str, Any] | None:
     """The manifest next to ``artifact``, validated (a mapping of this schema with a valid artifact entry; with
-    ``kind`` ("onnx", "trt-engine"), of that kind: an engine given for an ONNX model is told so).
+    ``kind`` ("onnx", "trt-engine"), of that kind: an engine given for an ONNX model is told so, with
+    ``other_kind_hint`` as the advice when given (the runners' otherwise: another --backend).
 
     Raises ArtifactError when it is missing (unless ``required`` is False: then None), unreadable, malformed or
     of another kind."""
@@ -136,7 +138,7 @@ def read_manifest(artifact: str | Path, required: bool = True, kind: str | None 
                             f"keep the fields the toolkit writes)")
     if kind is not None and m.get("kind") != kind:
         found = KINDS.get(m.get("kind"), f"an artifact of kind {m.get('kind')!r}")
-        hint = _OTHER_KIND_HINTS.get((kind, m.get("kind")), "re-export it").format(artifact=artifact)
+        hint = other_kind_hint or _OTHER_KIND_HINTS.get((kind, m.get("kind")), "re-export it").format(artifact=artifact)
         raise ArtifactError(f"{artifact} is {found} (its manifest says so), not {KINDS.get(kind, kind)}: {hint}")
     return m
 
@@ -190,18 +192,19 @@ def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:
                                     f"file on purpose)")
 
 
-def read_checked(artifact: str | Path, kind: str | None = None, settle_s: float = 0.5) -> dict[str, Any]:
+def read_checked(artifact: str | Path, kind: str | None = None, settle_s: float = 0.5,
+                 other_kind_hint: str | None = None) -> dict[str, Any]:
     """:func:`read_manifest` and :func:`check_artifact_file` together, for loading an artifact: a file and a manifest
     that do not match are read once more after ``settle_s`` seconds, since an export writing the same path puts the
     model and then its manifest in place (two atomic writes, a moment apart); a real mismatch is raised."""
     import time
 
-    manifest = read_manifest(artifact, kind=kind)
+    manifest = read_manifest(artifact, kind=kind, other_kind_hint=other_kind_hint)
     try:
         check_artifact_file(artifact, manifest)
     except ArtifactError:
         time.sleep(settle_s)
-        manifest = read_manifest(artifact, kind=kind)
+        manifest = read_manifest(artifact, kind=kind, other_kind_hint=other_kind_hint)
         check_artifact_file(artifact, manifest)
     return manifest
 

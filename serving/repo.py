@@ -178,7 +178,9 @@ def _manifest(path: Path, kind: str) -> dict[str, Any]:
     # a malformed manifest is said here, not as a KeyError; an engine given as the ONNX model (or back) is told so;
     # the file is checked against its manifest (size, sha256) as the runners check it: a replaced or truncated model
     # was packaged, to fail only when Triton loaded it
-    return read_checked(path, kind="onnx" if kind == "ONNX model" else "trt-engine")
+    onnx = kind == "ONNX model"
+    return read_checked(path, kind="onnx" if onnx else "trt-engine",
+                        other_kind_hint=f"pass it with {'--engine' if onnx else '--onnx'}")  # not the runners' --backend
 
 
 def _check_io(manifest: dict[str, Any], path: Path) -> None:

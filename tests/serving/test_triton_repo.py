@@ -250,3 +250,16 @@ def test_overwrite_removes_the_toolkit_model_an_earlier_run_wrote_and_this_one_d
     assert report["removed"] == [str(out / TRT_MODEL)]
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser", "theirs"]
     assert write_repository(out, onnx, None, overwrite=True, server_check=False)["removed"] == []
+
+
+def test_an_artifact_given_for_the_other_kind_is_told_which_option_takes_it(tmp_path, onnx, engine):
+    """An engine given to --onnx (or an ONNX model to --engine) was told the runners' advice, 'run it with
+    --backend trt' / 'build an engine from it ... or run it with --backend ort', options triton-repo does not have."""
+    from moe_base.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=r"is a TensorRT engine \(its manifest says so\), not an ONNX model: pass it "
+                                         r"with --engine$"):
+        write_repository(tmp_path / "a", engine, None, server_check=False)
+    with pytest.raises(ArtifactError, match=r"is an ONNX model \(its manifest says so\), not a TensorRT engine: pass it "
+                                         r"with --onnx$"):
+        write_repository(tmp_path / "b", None, onnx, server_check=False)
