@@ -70,7 +70,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     opts.validate()  # before the first step is announced
     out_path = Path(out_path)
     t0 = time.perf_counter()
-    log(f"[1/4] writing the {opts.flavor} graph ({'optimised' if opts.optimize else 'not optimised'}, "
+    log(f"[1/4] writing the {opts.flavor} graph ({'optimised' if opts.active_rewrites else 'not optimised'}, "
         f"{opts.precision}, opset {opts.opset})")
     graph = export_graph(model, opts)
     proto = graph.proto
@@ -126,8 +126,9 @@ def build_manifest(model: Any, out_path: Path, data: bytes, proto: Any, opts: Ex
                   # denoise, run elsewhere, then took the file for gone and the model for another's)
                   "weights_file": str(Path(weights_path).absolute()) if weights_path else None,
                   "weights_sha256": sha256_file(weights_path) if weights_path else None},
-        "onnx": {"flavor": opts.flavor, "optimized": opts.optimize, "opset": opts.opset, "ir_version": proto.ir_version,
-                 "rewrites": list(opts.active_rewrites), "notes": list(notes), "nodes": len(proto.graph.node),
+        "onnx": {"flavor": opts.flavor, "optimized": bool(opts.active_rewrites), "opset": opts.opset,
+                 "ir_version": proto.ir_version, "rewrites": list(opts.active_rewrites), "notes": list(notes),
+                 "nodes": len(proto.graph.node),
                  "op_types": sorted({n.op_type for n in proto.graph.node})},
         "plugin": ({"id": PLUGIN_ID, "name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
                     "nodes": plugin_nodes} if plugin_nodes else None),

@@ -145,6 +145,17 @@ def test_optimised_graph_is_smaller(model):
     assert len(build_onnx(model, ExportOptions()).graph.node) < len(build_onnx(model, ExportOptions(optimize=False)).graph.node)
 
 
+def test_an_export_without_rewrites_is_said_and_recorded_as_not_optimised(model, tmp_path):
+    """--rewrites '' (no rewrite) logged 'writing the portable graph (optimised, ...)' and recorded optimized: true
+    beside rewrites: []."""
+    lines: list[str] = []
+    result = export_onnx(model, tmp_path / "m.onnx", ExportOptions(rewrites=()), parity_images=2, log=lines.append)
+    assert result.manifest["onnx"]["rewrites"] == [] and result.manifest["onnx"]["optimized"] is False
+    assert "(not optimised, fp32" in lines[0]
+    default = export_onnx(model, tmp_path / "d.onnx", ExportOptions(), parity_images=2, log=lambda s: None)
+    assert default.manifest["onnx"]["optimized"] is True
+
+
 def test_export_writes_artifact_and_manifest(model, random_weights, tmp_path):
     out = tmp_path / "m.onnx"
     result = export_onnx(model, out, ExportOptions(), weights_path=random_weights, parity_images=8, log=lambda s: None)
