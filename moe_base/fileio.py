@@ -32,6 +32,18 @@ def _umask() -> int:
     return mask
 
 
+def cannot_write(path: Path, e: OSError) -> InputError:
+    """The error for an output whose folder cannot be made or written to: a file where a folder of its path must be
+    is named (it read "File exists in the folder 'a_file'")."""
+    for above in path.parents:
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                return InputError(f"cannot write {path}: '{above}' is a file, not a folder; choose another place")
+            break
+    return InputError(f"cannot write {path}: {e.strerror or e} in the folder '{path.parent}'; choose a folder you can "
+                      f"write to")
+
+
 def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], overwrite: bool = True) -> None:
     """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` atomically.
 
@@ -43,8 +55,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
         remove_stale_temporaries(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror or e} in the folder '{path.parent}'; choose a folder "
-                         f"you can write to") from e
+        raise cannot_write(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -91,8 +102,7 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".staging",
                                         dir=target.parent))
     except OSError as e:
-        raise InputError(f"cannot write {target}: {e.strerror or e} in the folder '{target.parent}'; choose a "
-                         f"folder you can write to") from e
+        raise cannot_write(target, e) from e
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the usual permissions
         yield staging

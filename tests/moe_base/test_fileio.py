@@ -146,3 +146,19 @@ def test_an_output_that_is_a_link_to_nothing_is_refused_before_the_work(tmp_path
     atomic_write(link, b"denoised", overwrite=True)
     assert not link.is_symlink() and link.read_bytes() == b"denoised"
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_file_where_an_output_folder_must_be_is_named(tmp_path):
+    """triton-repo -o a_file/sub said "cannot write a_file/sub: File exists in the folder 'a_file'"."""
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write, staging_folder
+
+    (tmp_path / "a_file").write_text("x")
+    for target in (tmp_path / "a_file" / "sub", tmp_path / "a_file" / "sub" / "deeper"):
+        with pytest.raises(InputError, match=rf"cannot write .*: '{tmp_path / 'a_file'}' is a file, not a folder; "
+                                             r"choose another place$"):
+            with staging_folder(target):
+                pass
+        with pytest.raises(InputError, match=r"'.*a_file' is a file, not a folder"):
+            atomic_write(target / "m.onnx", b"data")
+    assert (tmp_path / "a_file").read_text() == "x"
