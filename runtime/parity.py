@@ -161,7 +161,8 @@ def self_check(run: Any, record: dict[str, Any] | None, atol: float, what: str, 
     out = np.asarray(run(parity_inputs(images)), dtype=np.float64).reshape(images, -1)
     diff = float(np.mean(np.abs(out[:, positions] - values)))
     if not diff <= atol:
+        digits = next(n for n in (3, 6, 9, 17) if f"{diff:.{n}g}" != f"{atol:.{n}g}")  # never "0.0005 (allowed 0.0005)"
         raise ArtifactMismatchError(f"{what} does not compute the model its manifest describes: on the manifest's "
-                                    f"check images its outputs differ from the recorded ones by {diff:.3g} on "
-                                    f"average (allowed {atol:.3g}). Re-export the artifact from the weights you "
+                                    f"check images its outputs differ from the recorded ones by {diff:.{digits}g} on "
+                                    f"average (allowed {atol:.{digits}g}). Re-export the artifact from the weights you "
                                     f"mean to run")

@@ -19,3 +19,18 @@ def test_an_output_with_nan_is_not_reported_as_identical():
     assert report.to_dict()["psnr"] == -math.inf
     same = compare(ref, ref, get_tolerance("ort", "fp32"), "ort")
     assert same.passed and "PSNR     inf dB" in same.summary() and same.to_dict()["psnr"] is None
+
+
+def test_a_self_check_just_past_its_bound_prints_numbers_that_differ():
+    """A mean difference just over the bound printed as 'by 0.0005 on average (allowed 0.0005)'."""
+    import pytest
+
+    from moe_base.errors import ArtifactMismatchError
+    from runtime.parity import self_check, self_check_record
+
+    outputs = parity_inputs(2)
+    record = self_check_record(outputs)
+    shifted = lambda x: outputs + 0.0005001  # noqa: E731 - every output off by just over the bound
+    with pytest.raises(ArtifactMismatchError, match=r"by 0\.0005\d+ on average \(allowed 0\.0005\)"):
+        self_check(shifted, record, 0.0005, "the model")
+    self_check(lambda x: outputs + 0.0004, record, 0.0005, "the model")  # within: no error
