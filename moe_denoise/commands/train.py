@@ -139,9 +139,12 @@ def run(args: argparse.Namespace) -> int:
         kept = given | {"out_dir", "device", "threads"}
         settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in kept})
     check_noise_options(given, settings["blind"])
-    if "init_from" in given and not Path(settings["init_from"]).exists():  # "blind", "sigma20"
+    from weights import SHIPPED
+
+    init = str(settings["init_from"])
+    if "init_from" in given and (not Path(init).exists() or (Path(init).is_dir() and init in SHIPPED)):
+        # "blind", "sigma20": the name, also with a folder of that name here (photos in ./blind), as --weights takes it
         from runtime.torch_runner import resolve_weights
-        from weights import SHIPPED
 
         # resumed, the run recorded the file a name stood for: the name is resolved to compare with it (a path that
         # is gone is left as given: a resumed run does not read it again)

@@ -328,3 +328,21 @@ def test_init_from_takes_the_names_of_shipped_weights(fake_cifar, tmp_path, caps
     # the same command line with --resume: the name was compared with the file it stood for, and refused
     assert main([*resumed, "--resume"]) == 0, capsys.readouterr().err
     assert "epoch 2/2" in capsys.readouterr().out
+
+
+def test_a_folder_named_like_shipped_weights_does_not_hide_them_from_init_from(fake_cifar, tmp_path, monkeypatch,
+                                                                               capsys):
+    """--weights blind takes the shipped weights when a folder named blind is in the current folder (photos in
+    ./blind); --init-from blind took the folder and stopped with 'weights file blind is a folder, not a file'."""
+    from moe_denoise.cli import main
+    from weights import SHIPPED
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blind").mkdir()
+    out = tmp_path / "run"
+    argv = ["train", "--data-dir", str(fake_cifar), "--out-dir", str(out), "--epochs", "1", "--batch-size", "16",
+            "--max-train", "16", "--max-val", "16", "--no-progress", "--device", "cpu", "--preset",
+            "residual_refine_wide", "--lr", "1e-12", "--init-from", "blind"]
+    assert main(argv) == 0, capsys.readouterr().err
+    side = json.loads((out / "best.json").read_text())
+    assert side["training"]["init_from"]["path"] == str(SHIPPED["blind"])
