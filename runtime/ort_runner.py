@@ -41,6 +41,10 @@ PLUGIN_REFERENCE_NOTE = ("the plugin graph's sparse attention runs as the Python
                          "slower: it checks the graph TensorRT will see; for speed use the portable graph)")
 
 
+PLUGIN_CHUNK = 64
+"""Tiles per ONNX Runtime call of a plugin graph (its Python op about 4 ms a tile on a CPU): how long a Ctrl-C waits."""
+
+
 class OrtRunner(BaseRunner):
     """Runs an exported ONNX model. The requested provider must be the one that runs: no silent CPU fallback."""
 
@@ -169,8 +173,14 @@ class OrtRunner(BaseRunner):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.plugin_reference:  # the plugin nodes run as a Python op, called from inside ONNX Runtime's C++:
-            with signals_held():  # Ctrl-C / SIGTERM raised in it aborted the process (SIGABRT, temporaries left)
-                return self._run_session(x)
+            # Ctrl-C / SIGTERM raised in it aborted the process (SIGABRT, temporaries left), so each call holds them;
+            # in chunks (a fixed-batch graph: its batch), so that a stop waits for one chunk, not a whole large batch
+            step = len(x) if self.fixed_batch else PLUGIN_CHUNK
+            outs = []
+            for i in range(0, len(x), step):
+                with signals_held():  # a stop held here is raised between chunks
+                    outs.append(self._run_session(x[i:i + step]))
+            return outs[0] if len(outs) == 1 else np.concatenate(outs)
         return self._run_session(x)
 
     def _run_session(self, x: np.ndarray) -> np.ndarray:

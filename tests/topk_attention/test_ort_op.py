@@ -174,3 +174,54 @@ def test_ctrl_c_inside_the_plugin_op_stops_the_run_cleanly(random_weights, tmp_p
     done = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_OP, str(path)], capture_output=True, text=True,
                           cwd=repo, timeout=300)
     assert (done.returncode, done.stdout.strip()) == (130, "interrupted"), done.stderr[-2000:]
+
+
+CTRL_C_IN_A_LARGE_BATCH = """
+import os, signal, sys
+import numpy as np
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+import moe_model.attention as attention
+real, rows = attention.sparse_topk_attention, []
+def pressing_ctrl_c(q, *args, **kwargs):  # Ctrl-C (three times) while the first plugin op of the run computes
+    if not rows:
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+    rows.append(int(q.shape[0]))
+    return real(q, *args, **kwargs)
+from runtime.ort_runner import OrtRunner
+from runtime.parity import parity_inputs
+with OrtRunner(sys.argv[1], check_manifest=False) as runner:
+    x = np.resize(parity_inputs(8), (1024, 3, 32, 32)).astype(np.float32)
+    attention.sparse_topk_attention = pressing_ctrl_c
+    try:
+        runner(x)
+    except KeyboardInterrupt:
+        attention.sparse_topk_attention = real
+        rows_seen = sum(rows)
+        rows.clear()
+        attention.sparse_topk_attention = lambda q, *a, **k: (rows.append(int(q.shape[0])), real(q, *a, **k))[1]
+        runner._run_session(x)  # the whole batch, for its count of rows
+        print(rows_seen, sum(rows))
+        sys.exit(130)
+print("not interrupted")
+"""
+
+
+def test_ctrl_c_during_a_large_plugin_batch_stops_it_before_the_whole_batch_is_computed(random_weights, tmp_path):
+    """The plugin graph's call holds Ctrl-C / SIGTERM until it returns: one call of a large batch (denoise
+    --batch-size 4096, or runner(x) on many tiles; about 4 ms a tile on a CPU) could not be stopped at all, however
+    often Ctrl-C was pressed, until every tile was computed. The call runs in chunks, each held on its own: a stop
+    comes after the chunk it arrives in."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "plugin.onnx"
+    export_onnx(load_model(random_weights), path, ExportOptions(flavor="plugin"), weights_path=random_weights,
+                parity_images=2, log=lambda s: None)
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_LARGE_BATCH, str(path)], capture_output=True, text=True,
+                          cwd=repo, timeout=600)
+    assert done.returncode == 130, (done.stdout, done.stderr[-2000:])
+    seen, whole = map(int, done.stdout.split())
+    assert seen <= whole // 4, f"{seen} of the batch's {whole} attention rows were computed after the Ctrl-C"
