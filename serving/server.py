@@ -111,6 +111,8 @@ def watched_triton(triton_class: type, server: DenoiseServer) -> type:
                     if server._asked_to_stop:
                         raise StartAbandoned(STOPPED_AT_START, asked=True)
                     time.sleep(0.2)
+                else:  # PyTriton's limit, reached here: its own wait would take as long again, deaf to Ctrl-C
+                    raise TimeoutError(f"Triton Inference Server is not ready after {START_TIMEOUT_S} s")
             super()._wait_for_server()
 
     return WatchedTriton

@@ -700,3 +700,40 @@ def _killed_server_run(tmp_path: Path, home: Path) -> None:
     assert len(copies) == 2  # tritonserver's copies of the two models, which name the workspace: they stayed
     assert remove_dead_workspaces(home) == ours and not ours[0].exists()
     assert not any(f.exists() for f in copies)
+
+
+def test_a_start_that_is_never_ready_ends_at_the_watchers_limit_not_after_a_second_wait(monkeypatch):
+    """The watched wait ends after START_TIMEOUT_S (PyTriton's own 120 s) when tritonserver lives but never answers
+    'ready'; it then called PyTriton's wait, which waited 120 s more, deaf to Ctrl-C: 240 s in all. The server
+    process, the client and PyTriton's class are stood in for."""
+    _skip_without_pytriton()
+    import types
+
+    import pytriton.client.utils as utils
+
+    import serving.server as srv
+
+    class NeverReady:
+        def is_server_ready(self) -> bool:
+            return False
+
+        def is_server_live(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    class PyTritonsTriton:  # what WatchedTriton overrides: PyTriton's wait, 120 s and no stop flag
+        _url = "http://127.0.0.1:1"
+        waited: list[str] = []
+
+        def _wait_for_server(self) -> None:
+            self.waited.append("PyTriton's own 120 s wait")
+
+    monkeypatch.setattr(utils, "create_client_from_url", lambda url, **kwargs: NeverReady())
+    monkeypatch.setattr(srv, "START_TIMEOUT_S", 0.3)
+    triton = srv.watched_triton(PyTritonsTriton, types.SimpleNamespace(_asked_to_stop=False))()
+    triton._triton_server = types.SimpleNamespace(is_alive=lambda: True)
+    with pytest.raises(TimeoutError, match="not ready"):
+        triton._wait_for_server()
+    assert PyTritonsTriton.waited == []
