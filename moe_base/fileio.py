@@ -36,7 +36,11 @@ def cannot_write(path: Path, e: OSError) -> InputError:
     """The error for an output whose folder cannot be made or written to: a file where a folder of its path must be
     is named (it read "File exists in the folder 'a_file'")."""
     for above in path.parents:
-        if above.exists() or above.is_symlink():
+        try:
+            found = above.exists() or above.is_symlink()
+        except OSError:  # a folder above that cannot be searched (Python < 3.12 raises): said by ``e`` below
+            break
+        if found:
             if not above.is_dir():
                 return InputError(f"cannot write {path}: '{above}' is a file, not a folder; choose another place")
             break

@@ -162,3 +162,35 @@ def test_a_file_where_an_output_folder_must_be_is_named(tmp_path):
         with pytest.raises(InputError, match=r"'.*a_file' is a file, not a folder"):
             atomic_write(target / "m.onnx", b"data")
     assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_an_output_under_a_folder_that_cannot_be_searched_is_said_in_words(tmp_path, monkeypatch):
+    """Looking for a file in the output's path, the error's own path was checked with Path.exists, which raises on
+    Python 3.10 / 3.11 for a folder above that cannot be searched (EACCES): a PermissionError traceback instead of
+    "cannot write ...: Permission denied". Without root, a folder of mode 700 owned by another user does this (here
+    its stat and mkdir are stood in for, as root may search any folder)."""
+    import errno
+    import pathlib
+
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write, staging_folder
+
+    locked = tmp_path / "locked"
+
+    def denied(self: pathlib.Path) -> bool:
+        return self == locked / "x" or locked / "x" in self.parents
+
+    def deny(real):
+        def call(self, *args, **kwargs):
+            if denied(self):
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+        return call
+
+    for name in ("exists", "is_symlink", "mkdir", "stat", "lstat"):
+        monkeypatch.setattr(pathlib.Path, name, deny(getattr(pathlib.Path, name)))
+    with pytest.raises(InputError, match=r"cannot write .*out\.onnx: Permission denied"):
+        atomic_write(locked / "x" / "out.onnx", b"data")
+    with pytest.raises(InputError, match=r"cannot write .*repo: Permission denied"):
+        with staging_folder(locked / "x" / "repo"):
+            pass
