@@ -468,13 +468,23 @@ def test_a_tritonserver_that_dies_at_start_is_said_at_once(monkeypatch, python_e
     assert server._triton is None and server._runners == []  # stopped: runners released
 
 
-def test_a_stop_asked_while_triton_starts_ends_the_start(python_envs_removed):
+def test_a_stop_asked_while_triton_starts_ends_the_start(python_envs_removed, monkeypatch):
     """Ctrl-C or SIGTERM while tritonserver started did nothing until it was ready (PyTriton's wait holds its lock);
     the start now ends at the next poll with StartAbandoned (asked), which serve reports as a stop."""
     _skip_without_pytriton()
+    import pytriton.models.manager
+
     from serving import DenoiseServer, ServeConfig
     from serving.server import StartAbandoned
 
+    loaded: list[str] = []
+    real_load = pytriton.models.manager.ModelManager.load_models
+
+    def load_models(self) -> None:  # PyTriton loads the models once tritonserver answered 'ready'
+        loaded.append("models")
+        real_load(self)
+
+    monkeypatch.setattr(pytriton.models.manager.ModelManager, "load_models", load_models)
     server = DenoiseServer(torch_runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
 
     def stop_once_triton_is_made() -> None:  # what the signal handler does, while tritonserver starts
@@ -489,6 +499,7 @@ def test_a_stop_asked_while_triton_starts_ends_the_start(python_envs_removed):
         with pytest.raises(StartAbandoned, match="stopped \\(Ctrl-C or SIGTERM\\) before the server was ready") as e:
             server.start()
         assert e.value.asked and server._triton is None
+        assert loaded == [], "the start went on to load the models: the stop was acted on only once Triton was up"
     finally:
         asker.join()
         server.stop()
