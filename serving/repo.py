@@ -21,8 +21,9 @@ not part of a standard repository. Every ``config.pbtxt`` is parsed with Triton'
 ships, which applies Triton's own config checks (:func:`check_with_tritonserver`).
 
 The repository is written into a staging folder beside ``OUT`` and checked there; only then are its models and
-README renamed into ``OUT`` (``--overwrite`` replaces those, and keeps any other model ``OUT`` holds), so a
-refused config, a failed copy or an interruption leaves ``OUT`` as it was.
+README renamed into ``OUT`` (``--overwrite`` replaces those, removes this toolkit's other model when an earlier run
+wrote it and this one does not, and keeps any other model ``OUT`` holds), so a refused config, a failed copy or an
+interruption before the renames leaves ``OUT`` as it was.
 """
 from __future__ import annotations
 
@@ -314,11 +315,17 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
         written = {m["name"] for m in report["models"]}
         stale = [name for name, filename in ((TILE_MODEL, "model.onnx"), (TRT_MODEL, "model.plan"))
                  if name not in written and overwrite and (out_dir / name / f"{filename}.manifest.json").is_file()]
-        report["removed"] = [str(out_dir / name) for name in stale]
+        report["removed"] = []
         (staging / "README.md").write_text(repository_readme(report, s))
         publish_folder(staging, out_dir, [*(m["name"] for m in report["models"]), "README.md"], overwrite)
-    for name in stale:  # after the new models are in place: an interrupted run leaves the folder as it was
-        shutil.rmtree(out_dir / name, ignore_errors=True)
+        for name in stale:  # after the new models are in place; one rename each, removed with the staging folder
+            try:
+                os.rename(out_dir / name, staging / f".removed.{name}")
+            except OSError as e:
+                raise InputError(f"the new models are in {out_dir}, but the earlier run's {name} there could not be "
+                                 f"removed ({e.strerror or e}): Triton would serve it too; remove "
+                                 f"{out_dir / name} by hand") from e
+            report["removed"].append(str(out_dir / name))
     return report
 
 

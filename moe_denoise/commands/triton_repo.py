@@ -27,7 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx-kind", choices=["KIND_CPU", "KIND_GPU"], default="KIND_CPU",
                    help="where Triton runs the ONNX model")
     p.add_argument("--trt-instances", type=positive_int, default=1, help="instances of the TensorRT model (per GPU)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder, replacing our models")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder, replacing our models (and removing our other one, "
+                        "moe_denoiser or moe_denoiser_trt, that an earlier run wrote and this one does not); other "
+                        "models there stay")
     p.add_argument("--no-server-check", action="store_true",
                    help="skip having PyTriton's tritonserver read the configs (done when PyTriton is installed)")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")

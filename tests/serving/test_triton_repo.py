@@ -263,3 +263,26 @@ def test_an_artifact_given_for_the_other_kind_is_told_which_option_takes_it(tmp_
     with pytest.raises(ArtifactError, match=r"is an ONNX model \(its manifest says so\), not a TensorRT engine: pass it "
                                          r"with --onnx$"):
         write_repository(tmp_path / "b", None, onnx, server_check=False)
+
+
+def test_an_earlier_model_that_cannot_be_removed_is_said(tmp_path, onnx, engine, monkeypatch):
+    """Its removal was rmtree(ignore_errors=True) after the fact: the command printed 'removed' while the model
+    stayed, and Triton served it on."""
+    import os
+
+    import serving.repo
+
+    out = tmp_path / "repo"
+    write_repository(out, onnx, engine, server_check=False)
+    real = os.rename
+
+    def refusing(src, dst):
+        if ".removed." in str(dst):
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(serving.repo.os, "rename", refusing)
+    with pytest.raises(InputError, match=rf"the earlier run's {TRT_MODEL} there could not be removed \(Permission "
+                                         rf"denied\): Triton would serve it too; remove .*{TRT_MODEL} by hand"):
+        write_repository(out, onnx, None, overwrite=True, server_check=False)
+    assert (out / TRT_MODEL).is_dir()
