@@ -275,8 +275,9 @@ class DenoiseClient:
             raise InputError(f"a photo is [H, W, C] with H, W >= 1 and C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 "
                              f"(RGBA); got shape {list(pixels.shape)}")  # the server's answer was a traceback
         for flag, value in (("two_scales", two_scales), ("guard", guard)):
-            if not isinstance(value, bool):  # 'no' is truthy: the guard stayed on
+            if not isinstance(value, (bool, np.bool_)):  # 'no' is truthy: the guard stayed on (a numpy bool is a bool)
                 raise InputError(f"{flag}= is True or False; got {value!r}")
+        two_scales, guard = bool(two_scales), bool(guard)
         name = pixels.dtype.name
         parameters: dict[str, bool | str] = {TWO_SCALES_PARAMETER: True} if two_scales else {}
         if not guard:

@@ -28,6 +28,7 @@ interruption before the renames leaves ``OUT`` as it was.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import shutil
@@ -59,8 +60,8 @@ class RepoSettings:
         # failed in the protobuf parse with the whole config text
         for name, top in (("max_batch", 65536), ("instances", 64), ("trt_instances", 64)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise InputError(f"{name} must be an integer in [1, {top}]; got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= top:
+                raise InputError(f"{name} must be an integer in [1, {top}]; got {value!r}")  # np.int64 is Integral
         if not isinstance(self.queue_delay_us, int) or self.queue_delay_us < 0:
             raise InputError(f"queue_delay_us must be an integer >= 0; got {self.queue_delay_us!r}")
         if self.queue_delay_us > MAX_QUEUE_DELAY_US:

@@ -706,3 +706,13 @@ def test_workspaces_of_servers_that_no_longer_run_are_removed(tmp_path):
     assert len(new_workspace(tmp_path).name) <= len("workspace_abcdefgh")  # Unix socket paths are short
     assert remove_dead_workspaces(tmp_path) == [dead]
     assert not dead.exists() and mine.exists() and pytriton_own.exists() and other.exists()
+
+
+def test_a_numpy_bool_is_taken_as_a_bool_by_the_client():
+    """guard=np.bool_(False) was refused with "guard= is True or False; got False" (the local API takes it)."""
+    pytest.importorskip("tritonclient.http", reason="the client needs tritonclient[http] (the 'serve' extra)")
+    from serving.client import DenoiseClient
+
+    with DenoiseClient("127.0.0.1:1") as c, pytest.raises(Exception) as e:  # nothing listens: it gets that far
+        c.photo_answer(np.zeros((4, 4, 3), np.uint8), guard=np.bool_(False), two_scales=np.bool_(True))
+    assert "is True or False" not in str(e.value)

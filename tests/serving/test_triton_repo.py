@@ -286,3 +286,13 @@ def test_an_earlier_model_that_cannot_be_removed_is_said(tmp_path, onnx, engine,
                                          rf"denied\): Triton would serve it too; remove .*{TRT_MODEL} by hand"):
         write_repository(out, onnx, None, overwrite=True, server_check=False)
     assert (out / TRT_MODEL).is_dir()
+
+
+def test_numpy_integers_are_taken_as_counts(tmp_path, onnx):
+    """np.int64 counts (from a config read with numpy) were refused with 'must be an integer ...; got 2'."""
+    import numpy as np
+
+    write_repository(tmp_path / "r", onnx, settings=RepoSettings(max_batch=np.int64(32), instances=np.int64(2)),
+                     server_check=False)
+    config = load(tmp_path / "r" / "moe_denoiser" / "config.pbtxt")
+    assert config.max_batch_size == 32 and config.instance_group[0].count == 2
