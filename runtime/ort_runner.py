@@ -193,8 +193,10 @@ class OrtRunner(BaseRunner):
         return binding.copy_outputs_to_cpu()[0]
 
     def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
-        """On a GPU provider: ``x`` bound on the device once (I/O binding), the output bound there too."""
-        if self.provider == "cpu" or self.session is None:
+        """On a GPU provider: ``x`` bound on the device once (I/O binding), the output bound there too. None for a
+        plugin graph: its attention runs as a Python op on the host (no device-only call to time), and a Ctrl-C
+        inside it must be held (see :meth:`_run`), which a bare session call does not do."""
+        if self.provider == "cpu" or self.session is None or self.plugin_reference:
             return None
         value = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), "cuda", self.device_id)
         binding = self.session.io_binding()

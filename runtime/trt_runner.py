@@ -165,7 +165,8 @@ class TensorRTRunner(BaseRunner):
         """
         import torch
 
-        self._enqueue(x, y, torch.cuda.current_stream(x.device))
+        with self._lock:  # the context's addresses, as in _infer_impl
+            self._enqueue(x, y, torch.cuda.current_stream(x.device))
 
     def device_callable(self, x: np.ndarray) -> Callable[[], Any] | None:
         """``device_call`` on CUDA copies of ``x`` made once (output buffer allocated once); None when the batch is

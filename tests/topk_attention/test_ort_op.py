@@ -225,3 +225,18 @@ def test_ctrl_c_during_a_large_plugin_batch_stops_it_before_the_whole_batch_is_c
     assert done.returncode == 130, (done.stdout, done.stderr[-2000:])
     seen, whole = map(int, done.stdout.split())
     assert seen <= whole // 4, f"{seen} of the batch's {whole} attention rows were computed after the Ctrl-C"
+
+
+def test_a_plugin_graph_offers_no_device_only_call(random_weights, tmp_path):
+    """bench's compute-only path (device_callable, on a GPU provider) ran the session bare: a Ctrl-C inside the plugin
+    graph's Python op aborted the process there. Its attention runs on the host anyway: no device-only call."""
+    from runtime.ort_runner import OrtRunner
+    from runtime.parity import parity_inputs
+
+    path = tmp_path / "plugin.onnx"
+    export_onnx(load_model(random_weights), path, ExportOptions(flavor="plugin"), weights_path=random_weights,
+                parity_images=2, log=lambda s: None)
+    with OrtRunner(path) as runner:
+        assert runner.plugin_reference
+        runner.provider = "cuda"  # as on a GPU machine: the path that binds the input on the device
+        assert runner.device_callable(parity_inputs(2)) is None
