@@ -41,6 +41,9 @@ def cannot_write(path: Path, e: OSError) -> InputError:
         except OSError:  # a folder above that cannot be searched (Python < 3.12 raises): said by ``e`` below
             break
         if found:
+            if above.is_symlink() and not above.exists():
+                return InputError(f"cannot write {path}: '{above}' is a symbolic link to '{os.readlink(above)}', "
+                                  f"which does not exist; create that folder or choose another place")
             if not above.is_dir():
                 return InputError(f"cannot write {path}: '{above}' is a file, not a folder; choose another place")
             break

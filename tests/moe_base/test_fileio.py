@@ -194,3 +194,14 @@ def test_an_output_under_a_folder_that_cannot_be_searched_is_said_in_words(tmp_p
     with pytest.raises(InputError, match=r"cannot write .*repo: Permission denied"):
         with staging_folder(locked / "x" / "repo"):
             pass
+
+
+def test_a_link_to_nothing_where_an_output_folder_must_be_is_named(tmp_path):
+    """It was called 'a file, not a folder'."""
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write
+
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(InputError, match=r"'.*out' is a symbolic link to '.*gone', which does not exist; create that "
+                                         r"folder or choose another place$"):
+        atomic_write(tmp_path / "out" / "m.onnx", b"data")
