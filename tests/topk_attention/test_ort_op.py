@@ -135,6 +135,27 @@ def test_the_plugin_node_runs_with_its_scale_exactly(scale):
     np.testing.assert_array_equal(out, ref.numpy())
 
 
+@pytest.fixture(scope="module")
+def plugin_graph(random_weights, tmp_path_factory):
+    """A plugin-flavoured ONNX model of the random weights, exported once for the tests below."""
+    path = tmp_path_factory.mktemp("plugin") / "plugin.onnx"
+    export_onnx(load_model(random_weights), path, ExportOptions(flavor="plugin"), weights_path=random_weights,
+                parity_images=2, log=lambda s: None)
+    return path
+
+
+def run_in_child(script: str, path, timeout: int):
+    """``script`` run by a new Python from the repository root with ``path`` as its argument (a Ctrl-C there stays
+    there)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=repo,
+                          timeout=timeout)
+
+
 CTRL_C_IN_THE_OP = """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
@@ -158,21 +179,12 @@ print("not interrupted")
 """
 
 
-def test_ctrl_c_inside_the_plugin_op_stops_the_run_cleanly(random_weights, tmp_path):
+def test_ctrl_c_inside_the_plugin_op_stops_the_run_cleanly(plugin_graph):
     """A Ctrl-C or SIGTERM that reached Python while the plugin graph's Python op ran inside ONNX Runtime raised
     through its C++ frames: 'terminate called after throwing pybind11::error_already_set', SIGABRT, no message, and
     the export's temporary folder left behind (export --flavor plugin, parity / denoise --backend ort on a plugin
     graph). The run now finishes the call it is in, then stops as Ctrl-C stops it."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    path = tmp_path / "plugin.onnx"
-    export_onnx(load_model(random_weights), path, ExportOptions(flavor="plugin"), weights_path=random_weights,
-                parity_images=2, log=lambda s: None)
-    repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_OP, str(path)], capture_output=True, text=True,
-                          cwd=repo, timeout=300)
+    done = run_in_child(CTRL_C_IN_THE_OP, plugin_graph, timeout=300)
     assert (done.returncode, done.stdout.strip()) == (130, "interrupted"), done.stderr[-2000:]
 
 
@@ -207,36 +219,21 @@ print("not interrupted")
 """
 
 
-def test_ctrl_c_during_a_large_plugin_batch_stops_it_before_the_whole_batch_is_computed(random_weights, tmp_path):
+def test_ctrl_c_during_a_large_plugin_batch_stops_it_before_the_whole_batch_is_computed(plugin_graph):
     """The plugin graph's call holds Ctrl-C / SIGTERM until it returns: one call of a large batch (denoise
     --batch-size 4096, or runner(x) on many tiles; about 4 ms a tile on a CPU) could not be stopped at all, however
     often Ctrl-C was pressed, until every tile was computed. The call runs in chunks, each held on its own: a stop
     comes after the chunk it arrives in."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    path = tmp_path / "plugin.onnx"
-    export_onnx(load_model(random_weights), path, ExportOptions(flavor="plugin"), weights_path=random_weights,
-                parity_images=2, log=lambda s: None)
-    repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_LARGE_BATCH, str(path)], capture_output=True, text=True,
-                          cwd=repo, timeout=600)
+    done = run_in_child(CTRL_C_IN_A_LARGE_BATCH, plugin_graph, timeout=600)
     assert done.returncode == 130, (done.stdout, done.stderr[-2000:])
     seen, whole = map(int, done.stdout.split())
     assert seen <= whole // 4, f"{seen} of the batch's {whole} attention rows were computed after the Ctrl-C"
 
 
-def test_a_plugin_graph_offers_no_device_only_call(random_weights, tmp_path):
+def test_a_plugin_graph_offers_no_device_only_call(plugin_graph):
     """bench's compute-only path (device_callable, on a GPU provider) ran the session bare: a Ctrl-C inside the plugin
     graph's Python op aborted the process there. Its attention runs on the host anyway: no device-only call."""
-    from runtime.ort_runner import OrtRunner
-    from runtime.parity import parity_inputs
-
-    path = tmp_path / "plugin.onnx"
-    export_onnx(load_model(random_weights), path, ExportOptions(flavor="plugin"), weights_path=random_weights,
-                parity_images=2, log=lambda s: None)
-    with OrtRunner(path) as runner:
+    with OrtRunner(plugin_graph) as runner:
         assert runner.plugin_reference
         runner.provider = "cuda"  # as on a GPU machine: the path that binds the input on the device
         assert runner.device_callable(parity_inputs(2)) is None
