@@ -34,7 +34,7 @@ def _umask() -> int:
 
 def cannot_write(path: Path, e: OSError) -> InputError:
     """The error for an output whose folder cannot be made or written to: a file where a folder of its path must be
-    is named (it read "File exists in the folder 'a_file'")."""
+    is named (it read "File exists in the folder 'a_file'"), as is a symbolic link there to nothing."""
     for above in path.parents:
         try:
             found = above.exists() or above.is_symlink()

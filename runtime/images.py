@@ -722,8 +722,9 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     """Write a float HxWxC array in [0, 1] in the mode and bit depth of ``info``; return the path written.
 
     The format follows the extension. The write is atomic, and an existing file (the input included) is
-    only replaced when ``overwrite`` is true. Values a little outside [0, 1] are clipped (denoisers overshoot);
-    beyond ``OVERSHOOT_LIMIT`` (e.g. 0-255 values) they are refused.
+    only replaced when ``overwrite`` is True (True or False: anything else, e.g. the truthy 'no', is an
+    InputError). Values a little outside [0, 1] are clipped (denoisers overshoot); beyond ``OVERSHOOT_LIMIT``
+    (e.g. 0-255 values) they are refused.
     ``quality`` (1 to 100): a JPEG or WebP output's (:func:`check_quality`); other formats are lossless.
     """
     target = Path(path)

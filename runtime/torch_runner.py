@@ -50,7 +50,8 @@ TOLERANCE_KEYS = {"seed": "torch-seed", "gather": "torch-seed", "masked": "torch
 
 def resolve_weights(weights: str | Path | None, option: str = "weights") -> Path:
     """The weights file to load: a path that exists as given, the name of shipped weights ("blind", "sigma20":
-    ``weights.SHIPPED``, the names the commands' ``--weights`` takes), or None for the default (blind).
+    ``weights.SHIPPED``, the names the commands' ``--weights`` takes; a folder of that name here is not taken for
+    the path), or None for the default (blind).
     ``option`` names the argument in the messages ("--weights" on the command line)."""
     from weights import DEFAULT_WEIGHTS, SHIPPED
 

@@ -75,7 +75,9 @@ class RequestRefused(InputError):
 
 
 class StartAbandoned(Exception):
-    """tritonserver ended before it was ready, or a stop was asked for while it started (``reason`` says which)."""
+    """tritonserver ended before it was ready, or a stop was asked for while it started (``asked`` says which; the
+    message is the reason). :meth:`DenoiseServer.start` raises only the asked one; the other becomes a
+    MissingBackendError with the end of Triton's log."""
 
     def __init__(self, reason: str, asked: bool) -> None:
         super().__init__(reason)
@@ -93,7 +95,8 @@ def watched_triton(triton_class: type, server: DenoiseServer) -> type:
     PyTriton polls the server's HTTP endpoint for up to 120 s; a tritonserver that died at start (a library it
     cannot load, a bad option) left serve waiting those two minutes, deaf to Ctrl-C (PyTriton holds its lock the
     whole time), and then blamed the ports. Here the wait ends within a poll of the process ending, or of a stop
-    being asked for, with StartAbandoned; PyTriton's own wait runs after, and finds the server ready at once."""
+    being asked for, with StartAbandoned; PyTriton's own wait runs after, and finds the server ready at once. No answer
+    within START_TIMEOUT_S is a TimeoutError (PyTriton's own wait would have taken as long again)."""
 
     class WatchedTriton(triton_class):  # type: ignore[misc, valid-type]
         def _wait_for_server(self) -> None:
@@ -105,11 +108,11 @@ def watched_triton(triton_class: type, server: DenoiseServer) -> type:
                     with contextlib.suppress(Exception):  # noqa: BLE001 - not up yet: refused, reset, 503
                         if client.is_server_ready() and client.is_server_live():
                             break
+                    if server._asked_to_stop:  # first: a terminal's Ctrl-C reaches tritonserver too, which exits
+                        raise StartAbandoned(STOPPED_AT_START, asked=True)
                     process = getattr(self, "_triton_server", None)
                     if process is not None and not process.is_alive():
                         raise StartAbandoned("tritonserver exited during start-up, before it was ready", asked=False)
-                    if server._asked_to_stop:
-                        raise StartAbandoned(STOPPED_AT_START, asked=True)
                     time.sleep(0.2)
                 else:  # PyTriton's limit, reached here: its own wait would take as long again, deaf to Ctrl-C
                     raise TimeoutError(f"Triton Inference Server is not ready after {START_TIMEOUT_S} s")
@@ -224,7 +227,10 @@ class DenoiseServer:
         return runner
 
     def start(self) -> DenoiseServer:
-        """Start tritonserver, load the models and wait until they are ready (a few seconds)."""
+        """Start tritonserver, load the models and wait until they are ready (a few seconds).
+
+        A :meth:`request_stop` meanwhile raises StartAbandoned (``asked`` True); another failure is an InputError or
+        MissingBackendError saying what to do. Either way the runners are released and tritonserver stopped."""
         if self._triton is not None:
             return self
         self._stopped.clear()  # a request_stop() arriving while starting is kept: wait() then returns at once
@@ -291,7 +297,12 @@ class DenoiseServer:
             if self._asked_to_stop:  # while the models loaded, after tritonserver answered: not served either
                 raise StartAbandoned(STOPPED_AT_START, asked=True)
         except Exception as e:  # noqa: BLE001 - any failure to start is reported with what to do, then re-raised
-            error = self._start_error(e)
+            # a stop was asked (Ctrl-C in a terminal reaches tritonserver as well, and PyTriton's model loading then
+            # fails on a closed connection): the failure is the stop, not a start error blaming the ports
+            error = (StartAbandoned(STOPPED_AT_START, asked=True) if self._asked_to_stop and not isinstance(e, InputError)
+                     else self._start_error(e))
+            if isinstance(e, StartAbandoned) and not e.asked and self.log_tail():
+                self.died = True  # its log, which the error names, is kept (stop() removes a temporary log otherwise)
             self.stop()
             raise error from e
         self._serving = True

@@ -465,6 +465,10 @@ def test_a_tritonserver_that_dies_at_start_is_said_at_once(monkeypatch, python_e
         server.start()
     assert time.monotonic() - t0 < 60, "the death was not noticed before PyTriton's own 120 s limit"
     assert "ports" not in str(e.value)
+    if "its log, " in str(e.value):  # the log it names is kept (it was removed as the start failed)
+        kept = Path(str(e.value).split("its log, ", 1)[1].split(", ends with", 1)[0])
+        assert kept.is_file()
+        shutil.rmtree(kept.parent)
     assert server._triton is None and server._runners == []  # stopped: runners released
 
 
@@ -503,6 +507,32 @@ def test_a_stop_asked_while_triton_starts_ends_the_start(python_envs_removed, mo
     finally:
         asker.join()
         server.stop()
+
+
+def test_a_start_that_fails_after_a_stop_was_asked_is_the_stop(monkeypatch, python_envs_removed):
+    """Ctrl-C in a terminal reaches tritonserver too (PyTriton starts it in serve's process group): it exits, and the
+    start failed as "tritonserver exited during start-up" or "could not start ... check that the ports are free"
+    (exit 2). A failure once a stop was asked is now the stop (exit 130)."""
+    _skip_without_pytriton()
+    import serving.server
+    from serving import DenoiseServer, ServeConfig
+    from serving.server import StartAbandoned
+
+    real = serving.server.watched_triton
+
+    def failing_after_the_stop(triton_class, server):
+        class Failing(real(triton_class, server)):
+            def _wait_for_server(self) -> None:
+                server.request_stop()  # the signal handler's part
+                raise ConnectionError("connection closed")  # tritonserver, stopped by the same Ctrl-C
+
+        return Failing
+
+    monkeypatch.setattr(serving.server, "watched_triton", failing_after_the_stop)
+    server = DenoiseServer(torch_runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    with pytest.raises(StartAbandoned, match="stopped \\(Ctrl-C or SIGTERM\\) before the server was ready") as e:
+        server.start()
+    assert e.value.asked and server._triton is None
 
 
 def _cpu_seconds(pid: int) -> float:
