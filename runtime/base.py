@@ -123,10 +123,14 @@ class BaseRunner:
                 self.deactivate()
 
     # --- inference -------------------------------------------------------------------------------------
-    def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
-        """Run a batch. ``feeds``: {input_name: array} or the array itself. Batches beyond ``max_batch`` are chunked."""
+    def require_active(self) -> None:
+        """NotActiveError unless the runner is active (``with runner:`` or :meth:`activate`)."""
         if not self.is_active:
             raise NotActiveError(f"runner '{self.name}' is not active: use 'with runner:' or call runner.activate()")
+
+    def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
+        """Run a batch. ``feeds``: {input_name: array} or the array itself. Batches beyond ``max_batch`` are chunked."""
+        self.require_active()
         if isinstance(feeds, Mapping):
             unknown = sorted(set(feeds) - {self.input_name})
             if unknown or self.input_name not in feeds:

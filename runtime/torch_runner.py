@@ -245,6 +245,7 @@ class TorchRunner(BaseRunner):
         Runs in true fp32: PyTorch lets cuDNN convolutions use TF32 by default, which moves outputs past the fp32
         tolerance (docs/verification.md); TF32 is off during the call, and the caller's setting restored.
         """
+        self.require_active()  # an inactive runner's was an AttributeError
         torch = self._torch
         with torch.inference_mode(), _no_tf32(torch):
             if self.graphs is not None:

@@ -459,3 +459,14 @@ def test_a_folder_named_like_shipped_weights_does_not_hide_them(tmp_path, monkey
     assert resolve_weights("blind") == SHIPPED["blind"]
     (tmp_path / "sigma20").write_bytes(b"a file of the user's, named so")  # a file given by its path stays that file
     assert resolve_weights("sigma20") == Path("sigma20")
+
+
+def test_forward_on_device_of_an_inactive_runner_says_so(random_weights):
+    """It was an AttributeError ('TorchRunner' object has no attribute '_torch'), not NotActiveError."""
+    import torch
+
+    import runtime
+    from runtime.torch_runner import TorchRunner
+
+    with pytest.raises(runtime.NotActiveError, match="is not active: use 'with runner:'"):
+        TorchRunner(random_weights).forward_on_device(torch.zeros(1, 3, 32, 32))
