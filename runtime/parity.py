@@ -32,6 +32,7 @@ class ParityReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["psnr"] = None if self.psnr == math.inf else self.psnr  # None: identical; -inf (NaN/Inf outputs) is kept
+        d["identical"] = self.psnr == math.inf  # strict JSON holds neither inf: this tells identical from broken
         return d
 
     def summary(self) -> str:

@@ -85,8 +85,8 @@ class StartAbandoned(Exception):
 
 
 STOPPED_AT_START = "stopped (Ctrl-C or SIGTERM) before the server was ready"
-START_TIMEOUT_S = 120
-"""How long tritonserver gets to answer 'ready' (PyTriton's own limit, DEFAULT_TRITON_STARTUP_TIMEOUT_S)."""
+START_TIMEOUT_S: float | None = None
+"""How long tritonserver gets to answer 'ready'; None: PyTriton's own limit (DEFAULT_TRITON_STARTUP_TIMEOUT_S, 120 s)."""
 
 
 def watched_triton(triton_class: type, server: DenoiseServer) -> type:
@@ -101,8 +101,10 @@ def watched_triton(triton_class: type, server: DenoiseServer) -> type:
     class WatchedTriton(triton_class):  # type: ignore[misc, valid-type]
         def _wait_for_server(self) -> None:
             from pytriton.client.utils import create_client_from_url
+            from pytriton.constants import DEFAULT_TRITON_STARTUP_TIMEOUT_S
 
-            deadline = time.monotonic() + START_TIMEOUT_S
+            limit = DEFAULT_TRITON_STARTUP_TIMEOUT_S if START_TIMEOUT_S is None else START_TIMEOUT_S
+            deadline = time.monotonic() + limit
             with contextlib.closing(create_client_from_url(self._url)) as client:
                 while time.monotonic() < deadline:
                     with contextlib.suppress(Exception):  # noqa: BLE001 - not up yet: refused, reset, 503
@@ -115,7 +117,7 @@ def watched_triton(triton_class: type, server: DenoiseServer) -> type:
                         raise StartAbandoned("tritonserver exited during start-up, before it was ready", asked=False)
                     time.sleep(0.2)
                 else:  # PyTriton's limit, reached here: its own wait would take as long again, deaf to Ctrl-C
-                    raise TimeoutError(f"Triton Inference Server is not ready after {START_TIMEOUT_S} s")
+                    raise TimeoutError(f"Triton Inference Server is not ready after {limit:g} s")
             super()._wait_for_server()
 
     return WatchedTriton

@@ -9,16 +9,20 @@ from runtime.parity import compare, parity_inputs
 
 def test_an_output_with_nan_is_not_reported_as_identical():
     """Outputs with NaN (e.g. an fp16 graph that overflowed) have PSNR -inf; the summary said 'PSNR inf dB' and the
-    dict None, as for outputs identical to the reference."""
+    dict None, as for outputs identical to the reference. Strict JSON (--json) holds neither infinity, so both PSNRs
+    print as null there; 'identical' tells them apart."""
     ref = parity_inputs(4)
     broken = ref.copy()
     broken[0, 0, 0, 0] = np.nan
     report = compare(ref, broken, get_tolerance("ort", "fp32"), "ort")
     assert not report.passed and report.psnr == -math.inf
     assert "PSNR     -inf dB" in report.summary()
-    assert report.to_dict()["psnr"] == -math.inf
+    assert report.to_dict()["psnr"] == -math.inf and report.to_dict()["identical"] is False
     same = compare(ref, ref, get_tolerance("ort", "fp32"), "ort")
     assert same.passed and "PSNR     inf dB" in same.summary() and same.to_dict()["psnr"] is None
+    assert same.to_dict()["identical"] is True
+    close = compare(ref, ref + 1e-7, get_tolerance("ort", "fp32"), "ort")
+    assert close.passed and close.to_dict()["identical"] is False
 
 
 def test_a_self_check_just_past_its_bound_prints_numbers_that_differ():

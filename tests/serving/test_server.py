@@ -744,13 +744,14 @@ def _killed_server_run(tmp_path: Path, home: Path) -> None:
 
 
 def test_a_start_that_is_never_ready_ends_at_the_watchers_limit_not_after_a_second_wait(monkeypatch):
-    """The watched wait ends after START_TIMEOUT_S (PyTriton's own 120 s) when tritonserver lives but never answers
+    """The watched wait ends after PyTriton's own limit (120 s, read from PyTriton) when tritonserver lives but never answers
     'ready'; it then called PyTriton's wait, which waited 120 s more, deaf to Ctrl-C: 240 s in all. The server
     process, the client and PyTriton's class are stood in for."""
     _skip_without_pytriton()
     import types
 
     import pytriton.client.utils as utils
+    import pytriton.constants as constants
 
     import serving.server as srv
 
@@ -772,9 +773,9 @@ def test_a_start_that_is_never_ready_ends_at_the_watchers_limit_not_after_a_seco
             self.waited.append("PyTriton's own 120 s wait")
 
     monkeypatch.setattr(utils, "create_client_from_url", lambda url, **kwargs: NeverReady())
-    monkeypatch.setattr(srv, "START_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(constants, "DEFAULT_TRITON_STARTUP_TIMEOUT_S", 0.3)  # START_TIMEOUT_S None: PyTriton's limit
     triton = srv.watched_triton(PyTritonsTriton, types.SimpleNamespace(_asked_to_stop=False))()
     triton._triton_server = types.SimpleNamespace(is_alive=lambda: True)
-    with pytest.raises(TimeoutError, match="not ready"):
+    with pytest.raises(TimeoutError, match="not ready after 0.3 s"):
         triton._wait_for_server()
     assert PyTritonsTriton.waited == []
