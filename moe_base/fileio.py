@@ -57,6 +57,10 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     With ``overwrite=False`` an existing file is never replaced, even one that appears while writing (InputError).
     """
     path = Path(path)
+    refuse_dangling_link(path, overwrite)
+    if not overwrite and path.exists():  # said before any writing, not as 'appeared while it was being written'
+        raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another output path or "
+                         f"pass --overwrite (overwrite=True in Python)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)

@@ -205,3 +205,20 @@ def test_a_link_to_nothing_where_an_output_folder_must_be_is_named(tmp_path):
     with pytest.raises(InputError, match=r"'.*out' is a symbolic link to '.*gone', which does not exist; create that "
                                          r"folder or choose another place$"):
         atomic_write(tmp_path / "out" / "m.onnx", b"data")
+
+
+def test_an_existing_output_without_overwrite_is_refused_as_existing_before_anything_is_written(tmp_path):
+    """atomic_write(overwrite=False) onto a file that was there all along said it 'appeared while it was being
+    written', after writing (and calling the writer) in vain."""
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"old")
+    called = []
+    with pytest.raises(InputError, match="already exists; refusing to replace it.*--overwrite") as e:
+        atomic_write(out, called.append, overwrite=False)
+    assert "appeared" not in str(e.value) and called == []
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    atomic_write(out, b"new", overwrite=True)
+    assert out.read_bytes() == b"new"

@@ -166,5 +166,5 @@ def test_a_report_file_that_appears_during_the_run_is_not_replaced(capsys, monke
     monkeypatch.setattr(evaluate_cmd, "_emit", someone_writes_first)
     code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
                          "--sigmas", 25, "--bm3d-images", 0, "--no-ssim", "--save-json", report)
-    assert code == 2 and "appeared while it was being written" in err and report.read_text() == '{"mine": 1}'
+    assert code == 2 and "already exists; refusing to replace it" in err and report.read_text() == '{"mine": 1}'
     assert "The results are printed above" in err and "noisy input" in out  # the run's results are not lost
