@@ -350,11 +350,12 @@ def _band_stream(rows: RowSource, plan: TilePlan, channels: int, fn: TileFn, bat
             if r1 > a0 + acc.shape[1]:  # grow the accumulator window, dropping the rows handed out
                 keep = min(done, r0)
                 grown = np.zeros((3, max(r1 - keep, 2 * band_rows + t), plan.padded_width), dtype=np.float64)
-                held = acc[:, keep - a0:]
-                grown[:, :held.shape[1]] = held
+                kept = acc.shape[1] - (keep - a0)
+                grown[:, :kept] = acc[:, keep - a0:]  # no named view: one would hold the old accumulator alive
                 acc, a0 = grown, keep
             for y, x, tile_out in zip(by.tolist(), bx.tolist(), out):
                 acc[:, y - a0:y - a0 + t, x:x + t] += tile_out * w2
+            del windows, batch, out, tile_out  # not held while the next batch is cut, nor while a band is handed out
             if bar is not None:
                 bar.step(n=stop - start)
             # Tiles come in row-major order, so no later tile touches a row above the next tile's top row.
