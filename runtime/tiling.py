@@ -526,10 +526,25 @@ def guard_for_array(image: np.ndarray, fn: TileFn, tile: int = DEFAULT_TILE, ove
     it (used as the guard's f(x) when the guard samples the whole image, instead of denoising it again)."""
     check_tile_fn(fn, tile)
     img = validate_image(image)
-    whole = None if denoised is None else (lambda: colour_part(validate_image(denoised)))
+    whole = None if denoised is None else (lambda: colour_part(_check_denoised(denoised, img)))
     with activated(fn):
         return guard_rows(lambda a, b: img[a:b], img.shape[0], img.shape[1], fn, tile, overlap,
                           batch_size_for(fn, batch_size), sigma, two_scales, whole)
+
+
+def _check_denoised(denoised: object, image: np.ndarray) -> np.ndarray:
+    """``denoised`` as HxWxC: float32, finite and of ``image``'s shape. Not checked against [0, 1]: denoise_array's
+    output is not clipped (a denoiser may overshoot)."""
+    if isinstance(denoised, np.ndarray) and denoised.ndim == 2:
+        denoised = denoised[:, :, None]
+    if not isinstance(denoised, np.ndarray) or denoised.shape != image.shape or denoised.dtype != np.float32:
+        given = (f"{denoised.dtype} {denoised.shape}" if isinstance(denoised, np.ndarray)
+                 else type(denoised).__name__)
+        raise InputError(f"denoised= must be the image's denoise_array(..., guard=False): float32 {image.shape}; "
+                         f"got {given}")
+    if not np.isfinite(denoised).all():
+        raise InputError("denoised= has NaN or Inf values; pass the image's denoise_array(..., guard=False)")
+    return denoised
 
 
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,

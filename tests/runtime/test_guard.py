@@ -489,3 +489,23 @@ def test_denoise_file_applies_a_decision_given_as_denoise_array_does(tmp_path):
     report = denoise_file(tmp_path / "in.png", tmp_path / "out.png", blur, guard=keep_input, progress=False)
     assert report["input_weight"] == 1.0 and report["guard"] == keep_input.as_dict()
     np.testing.assert_array_equal(read_image(tmp_path / "out.png")[0], image)
+
+
+def test_a_denoised_image_that_overshoots_is_taken_as_the_guards_f_of_x():
+    """guard_for_array(denoised=) asks for denoise_array's output, which is not clipped; it was checked as an image in
+    [0, 1], so a denoiser that overshoots had its own output refused ('expected [0, 1]'). A wrong shape ended in a
+    numpy broadcast error inside SURE's estimate."""
+    image = texture(48, 56)
+    noisy = np.clip(image + 0.03 * np.random.default_rng(5).standard_normal(image.shape), 0, 1).astype(np.float32)
+
+    def overshoots(batch):
+        return (2 * gaussian_filter(batch, (0, 0, 1.0, 1.0), mode="nearest") - 0.5).astype(np.float32)
+
+    den = denoise_array(noisy, overshoots, guard=False)
+    assert den.min() < 0 or den.max() > 1
+    assert guard_for_array(noisy, overshoots, denoised=den) == guard_for_array(noisy, overshoots)
+    with pytest.raises(InputError, match=r"denoised= must be the image's denoise_array.*float32 \(48, 56, 1\); got "
+                                         r"float32 \(48, 55, 1\)"):
+        guard_for_array(noisy, overshoots, denoised=den[:, :55])
+    with pytest.raises(InputError, match="denoised= has NaN"):
+        guard_for_array(noisy, overshoots, denoised=np.full_like(den, np.nan))
