@@ -59,7 +59,8 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, bac
     if ref.shape != out.shape:
         raise InputError(f"parity: output shape {out.shape} differs from the reference shape {ref.shape}")
     diff = np.abs(out - ref)
-    finite = bool(np.isfinite(out).all())
+    ref_finite = bool(np.isfinite(ref).all())  # a NaN compares False with every limit: such a check passed, at NaN
+    finite = bool(np.isfinite(out).all()) and ref_finite
     if not finite:
         diff = np.where(np.isfinite(diff), diff, np.inf)
     mse = float(np.mean(diff**2)) if finite else float("inf")
@@ -71,7 +72,9 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, bac
         bad_fraction=float(np.mean(diff > tolerance.atol)) if diff.size else 0.0,
         tolerance=tolerance, passed=True,
     )
-    if not finite:
+    if not ref_finite:
+        report.failures.append("the reference (the PyTorch model's output) has NaN or Inf values: check the weights")
+    elif not finite:
         report.failures.append("output has NaN or Inf values")
     if report.max_abs > tolerance.max_abs:
         report.failures.append(f"max abs {report.max_abs:.3e} > {tolerance.max_abs:.0e}")

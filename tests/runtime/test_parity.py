@@ -38,3 +38,15 @@ def test_a_self_check_just_past_its_bound_prints_numbers_that_differ():
     with pytest.raises(ArtifactMismatchError, match=r"by 0\.0005\d+ on average \(allowed 0\.0005\)"):
         self_check(shifted, record, 0.0005, "the model")
     self_check(lambda x: outputs + 0.0004, record, 0.0005, "the model")  # within: no error
+
+
+def test_a_reference_with_nan_fails_the_check_instead_of_passing_it():
+    """Only the output was checked for NaN: a NaN in the reference made every difference NaN, and every comparison
+    with a limit False, so the check passed (max abs NaN, PSNR NaN, no failure)."""
+    ref = parity_inputs(2)
+    out = ref.copy()
+    ref[0, 0, 0, 0] = np.nan
+    report = compare(ref, out, get_tolerance("ort", "fp32"), "ort")
+    assert not report.passed and report.psnr == -math.inf and report.max_abs == math.inf
+    assert report.failures[0].startswith("the reference (the PyTorch model's output) has NaN or Inf values")
+    assert report.to_dict()["identical"] is False
