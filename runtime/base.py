@@ -5,6 +5,7 @@ returns one float array, so a runner plugs straight into ``runtime.tiling.denois
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -95,7 +96,12 @@ class BaseRunner:
     def activate(self) -> BaseRunner:
         with self._lifecycle:
             if not self.is_active:
-                self._activate_impl()
+                try:
+                    self._activate_impl()
+                except BaseException:  # a session, engine or model made before the failure is released, not kept
+                    with contextlib.suppress(Exception):  # by a runner never active (deactivate skips it)
+                        self._deactivate_impl()
+                    raise
                 self.is_active = True
         return self
 

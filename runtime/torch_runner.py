@@ -226,7 +226,8 @@ class TorchRunner(BaseRunner):
     def _deactivate_impl(self) -> None:
         self._fn = None
         self.graphs = None
-        self._give_threads_back(self._torch)
+        self.model = None  # released (on a GPU, its memory too); the next activation loads it (or copies model=) again
+        self._give_threads_back(getattr(self, "_torch", None))
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch

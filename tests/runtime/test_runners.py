@@ -470,3 +470,31 @@ def test_forward_on_device_of_an_inactive_runner_says_so(random_weights):
 
     with pytest.raises(runtime.NotActiveError, match="is not active: use 'with runner:'"):
         TorchRunner(random_weights).forward_on_device(torch.zeros(1, 3, 32, 32))
+
+
+def test_a_runner_whose_activation_fails_holds_nothing_and_one_released_holds_no_model(tmp_path, random_weights):
+    """An activation that failed after the session was made (a self-check that does not match) kept the ONNX Runtime
+    session for the runner's life: deactivate() skips a runner never active. A released TorchRunner kept its model
+    (on a GPU, its memory), where 'released after the call' was promised."""
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_model.checkpoint import load_model
+    from runtime.ort_runner import OrtRunner
+    from runtime.torch_runner import TorchRunner
+
+    path = tmp_path / "m.onnx"
+    export_onnx(load_model(random_weights), path, ExportOptions(), parity_images=2, log=lambda s: None)
+    m = json.loads(manifest_path(path).read_text())
+    m["self_check"]["values"][0][0] += 1.0
+    manifest_path(path).write_text(json.dumps(m))
+    runner = OrtRunner(path)
+    with pytest.raises(ArtifactMismatchError):
+        runner.activate()
+    assert not runner.is_active and runner.session is None
+    torch_runner = TorchRunner(random_weights)
+    with torch_runner:
+        first = torch_runner(GOOD)
+        assert torch_runner.model is not None
+    assert torch_runner.model is None
+    with torch_runner:  # loaded again
+        np.testing.assert_array_equal(torch_runner(GOOD), first)
