@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -26,10 +27,22 @@ from typing import IO, Any
 from .errors import InputError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temporary(parent: Path, prefix: str, suffix: str, folder: bool = False) -> tuple[Path, int | None]:
+    """A new file (with its open descriptor) or folder (descriptor None) in ``parent``, named ``prefix`` + random
+    letters + ``suffix``, with the usual permissions: 0666 / 0777 less the umask, which the kernel applies.
+    (mkstemp makes 0600, which needed a chmod to the umask, and reading the umask means setting it for a moment:
+    a file another thread made then came out writable by everyone.)"""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(candidate, 0o777)
+                return candidate, None
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            return candidate, os.open(candidate, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name for {prefix}*{suffix}", str(parent))
 
 
 def cannot_write(path: Path, e: OSError) -> InputError:
@@ -64,7 +77,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        tmp, fd = _new_temporary(path.parent, f".{path.name}.{os.getpid()}.", ".tmp")
     except OSError as e:
         raise cannot_write(path, e) from e
     try:
@@ -75,8 +88,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        _move_into_place(Path(tmp), path, overwrite)
+        _move_into_place(tmp, path, overwrite)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise InputError(f"writing {path} failed ({e.strerror or e}); nothing was changed there") from e
@@ -110,12 +122,10 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target, ".staging")
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".staging",
-                                        dir=target.parent))
+        staging = _new_temporary(target.parent, f".{target.name}.{os.getpid()}.", ".staging", folder=True)[0]
     except OSError as e:
         raise cannot_write(target, e) from e
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the usual permissions
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -222,3 +222,26 @@ def test_an_existing_output_without_overwrite_is_refused_as_existing_before_anyt
     assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     atomic_write(out, b"new", overwrite=True)
     assert out.read_bytes() == b"new"
+
+
+def test_files_and_staging_folders_get_the_umask_without_the_umask_being_set(tmp_path, monkeypatch):
+    """Reading the umask meant setting it to 0 for a moment (os.umask has no read-only form): a file another thread
+    made at that moment came out writable by everyone. The kernel now applies it when each is made."""
+    import os
+
+    from moe_base.fileio import atomic_write, staging_folder
+
+    old = os.umask(0o027)
+    try:
+        def set_umask(mask):
+            raise AssertionError(f"os.umask({mask:#o}) was called while writing")
+
+        monkeypatch.setattr(os, "umask", set_umask)
+        atomic_write(tmp_path / "a.json", b"{}")
+        with staging_folder(tmp_path / "repo") as staging:
+            assert staging.stat().st_mode & 0o777 == 0o750
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
