@@ -149,6 +149,7 @@ from 89) is set aside while :func:`read_pixels` reads, since this one replaces i
 _PILLOW_CORE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 _STRIP_BYTES = 4 << 20  # Pillow's decoded image is copied into the array in strips of about this size
 _PIL_LIMIT_LOCK = threading.Lock()
+_PIL_LIMIT: dict[str, Any] = {"readers": 0, "saved": None}  # reads under way, and Pillow's limit before the first
 
 
 @dataclass(frozen=True)
@@ -296,14 +297,22 @@ def check_memory(needed: int, what: str, header: ImageHeader) -> None:
 
 @contextmanager
 def _own_pixel_limit(Image: Any):  # -> Iterator[None]
-    """Set Pillow's decompression-bomb check aside (our check_size replaces it), under a lock, then restore it."""
+    """Pillow's decompression-bomb check set aside (None) while any read runs, and put back when the last one ends:
+    our check_size replaces it, on the header. (Raised to our limit instead, Pillow still warned on the way to our
+    refusal, or refused first itself, without the --max-pixels advice.) Reads run side by side: a lock held through
+    each decode made every read in the process wait for the one before."""
     with _PIL_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
+        if _PIL_LIMIT["readers"] == 0:
+            _PIL_LIMIT["saved"] = Image.MAX_IMAGE_PIXELS
+        _PIL_LIMIT["readers"] += 1
         Image.MAX_IMAGE_PIXELS = None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT_LOCK:
+            _PIL_LIMIT["readers"] -= 1
+            if _PIL_LIMIT["readers"] == 0:
+                Image.MAX_IMAGE_PIXELS = _PIL_LIMIT["saved"]
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -285,6 +285,36 @@ def test_reliability_pillows_bomb_limit_gives_way_to_ours(tmp_path: Path, monkey
     assert Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's limit is put back
 
 
+def test_reads_run_side_by_side_and_put_pillows_bomb_limit_back_after_the_last(tmp_path: Path) -> None:
+    """Pillow's bomb limit was set aside through each read under a lock held through the decode: every read in the
+    process waited for the one before. Now two reads meet inside their decodes, and Pillow's limit is put back after
+    the last."""
+    import threading
+
+    pillows = Image.MAX_IMAGE_PIXELS
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "a.png")
+    meet = threading.Barrier(2, timeout=10)
+    seen, errors = [], []
+
+    def both_inside(header: images.ImageHeader) -> None:
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        meet.wait()  # the second read waited for the first's lock: the barrier broke
+
+    def read() -> None:
+        try:
+            read_pixels(tmp_path / "a.png", before_decode=both_inside)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and seen == [None, None]
+    assert Image.MAX_IMAGE_PIXELS == pillows
+
+
 def test_reliability_more_than_the_memory_available_is_refused(tmp_path: Path, monkeypatch) -> None:
     """A photo that needs more memory than the process can get => refused before decoding (InputError
     naming the file, its size, the memory needed and what bounds it); the denoiser is never called, nothing written"""
