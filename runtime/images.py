@@ -543,7 +543,7 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     if header.decoder == "pypng":
         data = _read_png16(p, header)
     elif header.decoder == "tifffile":
-        data = _read_tiff16(p)
+        data = _read_tiff16(p, header)
     else:
         data = _read_pillow(im, header)
     notes = list(header.notes)
@@ -630,18 +630,22 @@ def _read_png16(p: Path, header: ImageHeader) -> np.ndarray:
     return data
 
 
-def _read_tiff16(p: Path) -> np.ndarray:
+def _read_tiff16(p: Path, header: ImageHeader) -> np.ndarray:
     tifffile = require("tifffile", f"reading the 16-bit colour TIFF '{p}'")
     with tifffile.TiffFile(p) as tf:
         page = tf.pages[0]
         data = page.asarray()
-        samples = int(page.samplesperpixel)
+        planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE  # (C, H, W): the file says, not the shape
+        # (a planar image as wide as its sample count, 3 or 4 pixels, was read with its axes swapped)
     if data.dtype != np.uint16:
         raise InputError(f"'{p}' holds {data.dtype} samples; expected 8- or 16-bit unsigned integers")
-    if data.ndim == 3 and data.shape[0] == samples and data.shape[2] != samples:  # planar (C, H, W)
+    if planar and data.ndim == 3:
         data = np.moveaxis(data, 0, -1)
     if data.ndim != 3 or data.shape[2] not in (2, 3, 4):
         raise InputError(f"'{p}' has an unsupported TIFF sample layout {data.shape}; expected HxWx(2|3|4)")
+    if data.shape[:2] != (header.height, header.width):
+        raise InputError(f"'{p}' decodes to {data.shape[1]}x{data.shape[0]}, not the {header.width}x{header.height} "
+                         f"its header declares; is it corrupt?")
     return data
 
 

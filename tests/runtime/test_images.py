@@ -15,7 +15,7 @@ from PIL import Image, ImageCms
 
 from moe_base.errors import InputError
 from runtime import images
-from runtime.images import read_image, write_image
+from runtime.images import read_image, read_pixels, write_image
 from runtime.photo import add_noise_to_file, denoise_file
 
 
@@ -154,6 +154,18 @@ def test_tiff16_rgb_round_trip(tmp_path: Path) -> None:
     assert info.bit_depth == 16 and info.layout == "RGB"
     denoise_file(tmp_path / "in.tif", tmp_path / "out.tif", identity, progress=False)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), pixels)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 3), (6, 4, 4), (7, 9, 3)])
+def test_a_planar_tiff16_is_read_by_its_layout_not_guessed_from_its_shape(tmp_path: Path, shape) -> None:
+    """Planar (one plane a sample) 16-bit colour TIFFs were told from the array's shape: one as many pixels wide as it
+    has samples (3 for RGB, 4 for RGBA) came back with its axes swapped and its pixels scrambled, without a word."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile is not installed: 16-bit colour TIFF is optional")
+    pixels = rng_u16(shape, seed=7)
+    tifffile.imwrite(tmp_path / "in.tif", np.moveaxis(pixels, -1, 0), photometric="rgb", planarconfig="separate",
+                     extrasamples=[2] if shape[2] == 4 else None)
+    data, info = read_pixels(tmp_path / "in.tif")
+    np.testing.assert_array_equal(data, pixels)
 
 
 def test_tiff8_rgb_round_trip(tmp_path: Path) -> None:
