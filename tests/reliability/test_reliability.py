@@ -303,6 +303,7 @@ def edited_copy(exported, tmp_path, edit):
 
 MANIFEST_EDITS = {
     "precision int8": lambda m: m.update(precision="int8"),
+    "precision bf16 (no ONNX or engine has it)": lambda m: m.update(precision="bf16"),
     "io a string": lambda m: m.update(io="x"),
     "model config a list": lambda m: m["model"].update(config=[1, 2]),
     "image_size a string": lambda m: m["model"]["config"].update(image_size="32"),
