@@ -251,6 +251,9 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
     out_dir = Path(out_dir)
     if onnx is None and engine is None:
         raise InputError("give an ONNX model (--onnx) and/or a TensorRT engine (--engine) to put in the repository")
+    if out_dir.is_symlink() and not out_dir.exists():  # found after the work, as a failed move
+        raise InputError(f"'{out_dir}' is a symbolic link to '{os.readlink(out_dir)}', which does not exist; make "
+                         f"that folder, remove the link, or give another folder's path (nothing was written)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"'{out_dir}' is a file; a Triton model repository is a folder: give a new folder's path")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

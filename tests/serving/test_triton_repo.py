@@ -296,3 +296,15 @@ def test_numpy_integers_are_taken_as_counts(tmp_path, onnx):
                      server_check=False)
     config = load(tmp_path / "r" / "moe_denoiser" / "config.pbtxt")
     assert config.max_batch_size == 32 and config.instance_group[0].count == 2
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_link_to_nothing_given_as_the_repository_is_refused_before_the_work(tmp_path, onnx, overwrite):
+    """-o naming a symbolic link to a folder that does not exist failed after the work, as a move that went wrong:
+    'No such file or directory' (or 'Not a directory' with --overwrite)."""
+    link = tmp_path / "repo"
+    link.symlink_to(tmp_path / "nowhere" / "repo")
+    with pytest.raises(InputError, match=r"is a symbolic link to '.*nowhere/repo', which does not exist; make that "
+                                         r"folder, remove the link"):
+        write_repository(link, onnx, overwrite=overwrite)
+    assert not (tmp_path / "nowhere").exists() and not list(tmp_path.glob(".repo.*"))  # no folder, no staging
