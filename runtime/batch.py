@@ -41,6 +41,7 @@ class BatchPlan:
     ignored: tuple[Path, ...] = ()
     skip_existing: bool = False  # outputs that appear during the run (another run's) are left alone too
     renamed: tuple[tuple[Path, str], ...] = ()
+    in_place: tuple[Path, ...] = ()  # inputs whose result replaces them (-o their own folder, with overwrite)
 
     def note_for(self, src: Path) -> str | None:
         """Why ``src``'s result does not keep its file name, or None."""
@@ -167,7 +168,8 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     if skip_existing:
         jobs = [job for job in jobs if job not in existing]
     return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
-                     ignored=tuple(ignored), skip_existing=skip_existing, renamed=tuple(renamed))
+                     ignored=tuple(ignored), skip_existing=skip_existing, renamed=tuple(renamed),
+                     in_place=tuple(src for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()))
 
 
 @contextlib.contextmanager
@@ -208,6 +210,18 @@ class BatchRun:
     reports: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     skipped: list[tuple[Path, Path]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # the inputs whose result was written, in order
+
+    def go_on(self, what: str = "to go on") -> str:
+        """How to resume this run: --skip-existing, or, where results replace their photos (which --skip-existing
+        cannot tell from photos not yet done, and the same command would denoise twice), the photos left."""
+        if not self.plan.in_place:
+            return f"run the same command with --skip-existing {what}"
+        done = set(self.written)
+        left = [src for src, _ in self.plan.jobs if src not in done]
+        return (f"the results replace their photos, so --skip-existing cannot tell the {len(done)} done from the others "
+                f"(and the same command would denoise them twice): {what}, name only the {len(left)} left "
+                f"({_listed([str(p) for p in left])})")
 
     @staticmethod
     def _kind(error: InputError) -> str:
@@ -238,12 +252,13 @@ class BatchRun:
                 if kind == previous:
                     raise InputError(f"stopped after {i} of {total} photos: the last two failed with the same message "
                                      f"(or the same refusal of the file system), so the problem is not one photo's "
-                                     f"({e}). {len(self.reports)} written to '{self.plan.out_dir}'; fix it and run the "
-                                     f"same command with --skip-existing to go on") from e
+                                     f"({e}). {len(self.reports)} written to '{self.plan.out_dir}'; fix it, then "
+                                     f"{self.go_on()}") from e
                 previous = kind
                 continue
             previous = None
             self.reports.append(report)
+            self.written.append(src)
             if self.on_report is not None:
                 self.on_report(i, report)
 

@@ -341,15 +341,15 @@ def run_batch(args: argparse.Namespace) -> int:
             print_batch_json(plan, batch, start, stopped=str(e))
         raise
     except BrokenPipeError:  # '| head' closed the output: the run stops, said where the user still looks
-        print(f"stopped after {len(batch.reports)} of {total} photos: the output pipe was closed. Run the same "
-              f"command with --skip-existing to go on", file=sys.stderr)
+        print(f"stopped after {len(batch.reports)} of {total} photos: the output pipe was closed; {batch.go_on()}",
+              file=sys.stderr)
         raise
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
         done = len(batch.reports)
         if args.json:
             print_batch_json(plan, batch, start, stopped=f"interrupted after {done} of {total} photos")
-        raise Interrupted.said(e, f"interrupted after {done} of {total} photos; every output written is complete. "
-                                  f"Run the same command with --skip-existing to go on" if done else
+        raise Interrupted.said(e, f"interrupted after {done} of {total} photos; every output written is complete: "
+                                  f"{batch.go_on()}" if done else
                                f"interrupted before the first of {total} photos was written; nothing was written"
                                ) from None
     if args.json:
@@ -367,7 +367,7 @@ def run_batch(args: argparse.Namespace) -> int:
     if batch.failed:
         print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised ("
               f"{'said above' if text else 'listed in the JSON'}); nothing was written for them. Fix what is said "
-              f"there (or remove those photos) and run the same command with --skip-existing to denoise only those",
+              f"there (or remove those photos), then {batch.go_on('to denoise only those')}",
               file=sys.stderr)
         return 2
     return 0

@@ -125,7 +125,7 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
                        "--no-progress")
     assert code == (143 if how == "sigterm" else 130)
-    assert err.strip() == ("interrupted after 1 of 2 photos; every output written is complete. Run the same command "
+    assert err.strip() == ("interrupted after 1 of 2 photos; every output written is complete: run the same command "
                            "with --skip-existing to go on")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["colour.png"]
     monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on("colour.png"))
@@ -138,6 +138,36 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
     done = json.loads(out)
     assert code == (143 if how == "sigterm" else 130) and done["summary"]["denoised"] == 1
     assert done["summary"]["stopped"] == "interrupted after 1 of 2 photos" and len(done["photos"]) == 1
+
+
+def test_an_interrupted_batch_whose_results_replace_its_photos_names_the_photos_left(capsys, monkeypatch,
+                                                                                      random_weights, photos):
+    """denoise photos/ -o photos/ --overwrite, stopped: the advice was '--skip-existing', which contradicts
+    --overwrite and, alone, is refused there (the results would replace the photos); the only command that ran was
+    the same one, which denoised the photos already done a second time."""
+    import shutil
+
+    shutil.rmtree(photos / "2023")
+    (photos / "broken.png").unlink()
+    real = denoise_cmd.denoise_one
+
+    def stopped_on_gray(args, runner, src, dst, client=None):
+        if src.name == "gray.jpg":
+            raise KeyboardInterrupt
+        return real(args, runner, src, dst, client)
+
+    monkeypatch.setattr(denoise_cmd, "denoise_one", stopped_on_gray)
+    code, _, err = run(capsys, "denoise", photos, "-o", photos, "--overwrite", "--weights", random_weights,
+                       "--no-progress")
+    assert code == 130 and "--skip-existing" not in err.replace("so --skip-existing cannot tell", "")
+    assert err.strip().endswith(f"the results replace their photos, so --skip-existing cannot tell the 1 done from the "
+                                f"others (and the same command would denoise them twice): to go on, name only the 1 "
+                                f"left ({photos / 'gray.jpg'})")
+    done = (photos / "colour.png").read_bytes()
+    monkeypatch.setattr(denoise_cmd, "denoise_one", real)
+    code, _, _ = run(capsys, "denoise", photos / "gray.jpg", "-o", photos, "--overwrite", "--weights", random_weights,
+                     "--no-progress")
+    assert code == 0 and (photos / "colour.png").read_bytes() == done  # the advice, followed: nothing done twice
 
 
 def test_a_batch_whose_output_pipe_closes_says_where_it_stopped(capsys, monkeypatch, random_weights, photos,
@@ -158,7 +188,7 @@ def test_a_batch_whose_output_pipe_closes_says_where_it_stopped(capsys, monkeypa
     monkeypatch.setattr(moe_denoise.cli, "_stdout_to_devnull", lambda: None)  # capsys holds stdout here
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
                        "--no-progress")
-    assert code == 141 and err.strip() == ("stopped after 1 of 2 photos: the output pipe was closed. Run the same "
+    assert code == 141 and err.strip() == ("stopped after 1 of 2 photos: the output pipe was closed; run the same "
                                            "command with --skip-existing to go on")
 
 
