@@ -494,8 +494,12 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         if note:
             notes.append(note)
     decoder = {"PNG": "pypng", "TIFF": "tifffile", None: "pillow"}[deep]
+    width, height = im.size
+    if fmt == "TIFF" and isinstance(im.tag_v2.get(256), int) and isinstance(im.tag_v2.get(257), int):
+        width, height = im.tag_v2[256], im.tag_v2[257]  # as stored: Pillow gives a TIFF's size turned upright
+        # by its EXIF orientation already, which upright_size then turned a second time
     return ImageHeader(path=str(p.resolve()), format=fmt, mode=mode, layout=layout, bit_depth=bits,
-                       width=im.width, height=im.height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes),
+                       width=width, height=height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes),
                        orientation=_header_orientation(p, im))
 
 
@@ -575,12 +579,12 @@ def _read_pillow(im: Any, header: ImageHeader) -> np.ndarray:
     so the result is the same as converting the whole image), which keeps the peak at Pillow's decoded
     image plus the array instead of two or three full copies.
     """
-    w, h, c = header.width, header.height, header.channels
+    im.load()
+    (w, h), c = im.size, header.channels  # a TIFF turned upright by Pillow as it loads: the header's size turned
     dtype = np.uint16 if header.bit_depth == 16 else np.uint8
     convert = header.bit_depth != 16 and im.mode != header.layout
     data = np.empty((h, w, c), dtype=dtype)
     step = max(1, _STRIP_BYTES // (4 * w))
-    im.load()
     for y in range(0, h, step):
         strip = im.crop((0, y, w, min(h, y + step)))
         if convert:

@@ -168,6 +168,30 @@ def test_a_planar_tiff16_is_read_by_its_layout_not_guessed_from_its_shape(tmp_pa
     np.testing.assert_array_equal(data, pixels)
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_turned_tiffs_header_gives_the_size_it_is_read_at(tmp_path: Path, bits: int) -> None:
+    """Pillow gives a TIFF's size already turned upright by its EXIF orientation (5 to 8), which the header's
+    upright_size turned a second time: --reference refused the right clean photo ('is 64x96 but ... is 96x64')."""
+    from PIL import ImageOps
+
+    from runtime.images import read_header
+
+    if bits == 8:
+        pixels = rng_u8((20, 30, 3), seed=8)
+        Image.fromarray(pixels).save(tmp_path / "t.tif", tiffinfo={274: 6})
+    else:
+        tifffile = pytest.importorskip("tifffile", reason="tifffile is not installed: 16-bit colour TIFF is optional")
+        pixels = rng_u16((20, 30, 3), seed=8)
+        tifffile.imwrite(tmp_path / "t.tif", pixels, photometric="rgb", extratags=[(274, "H", 1, 6, False)])
+    header = read_header(tmp_path / "t.tif")
+    data, _ = read_pixels(tmp_path / "t.tif")
+    np.testing.assert_array_equal(data, np.rot90(pixels, -1))  # orientation 6: turned a quarter clockwise
+    assert (header.width, header.height, header.orientation) == (30, 20, 6)
+    assert header.upright_size == (data.shape[1], data.shape[0]) == (20, 30)
+    if bits == 8:
+        assert np.array_equal(np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "t.tif"))), data)
+
+
 def test_tiff8_rgb_round_trip(tmp_path: Path) -> None:
     pixels = rng_u8((21, 34, 3), seed=5)
     Image.fromarray(pixels).save(tmp_path / "in.tif", compression="tiff_lzw")
