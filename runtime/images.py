@@ -560,6 +560,8 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     keep_icc = header.mode not in ("CMYK",)
     icc = im.info.get("icc_profile") if keep_icc else None
     dpi = _dpi(im.info.get("dpi"))
+    if fmt == "TIFF" and 282 not in im.tag_v2:  # no XResolution: Pillow says 1 dpi, which the output then claimed
+        dpi = None
     compression = im.info.get("compression") if fmt == "TIFF" else None
     exif_bytes = _exif_without_orientation(exif) if fmt in _EXIF_INPUTS else None
     im.close()  # release Pillow's decoded image before the upright copy

@@ -192,6 +192,20 @@ def test_a_turned_tiffs_header_gives_the_size_it_is_read_at(tmp_path: Path, bits
         assert np.array_equal(np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "t.tif"))), data)
 
 
+@pytest.mark.parametrize("out", ["o.png", "o.jpg", "o.tif"])
+def test_a_tiff_without_a_resolution_gives_outputs_without_one(tmp_path: Path, out: str) -> None:
+    """Pillow reads a TIFF with no resolution tags as 1 dpi, which the output kept: a photo placed in a document came
+    out 64 inches wide. One with a resolution keeps it."""
+    Image.fromarray(rng_u8((16, 16, 3), seed=9)).save(tmp_path / "none.tif")
+    Image.fromarray(rng_u8((16, 16, 3), seed=9)).save(tmp_path / "300.tif", dpi=(300, 300))
+    for name, dpi in (("none", None), ("300", 300)):
+        denoise_file(tmp_path / f"{name}.tif", tmp_path / f"{name}.{out}", identity, progress=False)
+        with Image.open(tmp_path / f"{name}.{out}") as written:
+            got = written.info.get("dpi") if written.format != "TIFF" or 282 in written.tag_v2 else None  # Pillow
+            # reads a TIFF without XResolution as 1 dpi
+            assert (got is None or got == (0, 0)) if dpi is None else round(got[0]) == dpi, (name, got)
+
+
 def test_tiff8_rgb_round_trip(tmp_path: Path) -> None:
     pixels = rng_u8((21, 34, 3), seed=5)
     Image.fromarray(pixels).save(tmp_path / "in.tif", compression="tiff_lzw")
