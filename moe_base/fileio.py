@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -87,6 +88,9 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
             else:
                 f.write(data)
             f.flush()
+            if overwrite:  # a file replaced keeps its permissions (a private photo stayed private), as cp keeps them
+                with contextlib.suppress(OSError):
+                    os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
             os.fsync(f.fileno())
         _move_into_place(tmp, path, overwrite)
     except OSError as e:

@@ -245,3 +245,18 @@ def test_files_and_staging_folders_get_the_umask_without_the_umask_being_set(tmp
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_a_file_replaced_keeps_its_permissions(tmp_path):
+    """--overwrite gave the new file 0666 less the umask: a private (0600) photo became readable by everyone, and a
+    read-only one writable."""
+    import os
+
+    from moe_base.fileio import atomic_write
+
+    for mode in (0o600, 0o444, 0o640):
+        out = tmp_path / f"{mode:o}.png"
+        out.write_bytes(b"old")
+        os.chmod(out, mode)
+        atomic_write(out, b"new", overwrite=True)
+        assert out.read_bytes() == b"new" and out.stat().st_mode & 0o777 == mode
