@@ -167,6 +167,7 @@ class ImageHeader:
     core_bytes_per_pixel: int = 0  # Pillow's decoded image (0 when pypng / tifffile decode the file)
     notes: tuple[str, ...] = ()
     orientation: int = 1  # the file's EXIF orientation: 5 to 8 swap width and height when read upright
+    colour_key: tuple[int, ...] | None = None  # a 16-bit PNG's transparent colour (tRNS): made the alpha channel
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -460,6 +461,7 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
                          f"at its full depth; convert it to a 16-bit PNG or TIFF first (e.g. with ImageMagick: "
                          f"magick in.ppm out.png)")
     notes: list[str] = []
+    colour_key = None
     if getattr(im, "n_frames", 1) > 1:
         notes.append(f"the file has {im.n_frames} frames; only the first is read")
     deep = _deep_colour_kind(p, im)
@@ -468,6 +470,10 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         with open(p, "rb") as f:
             colour_type = f.read(26)[25]
         layout, bits = {4: "LA", 2: "RGB", 6: "RGBA"}[colour_type], 16
+        key = im.info.get("transparency") if colour_type == 2 else None
+        if isinstance(key, tuple) and len(key) == 3:  # a tRNS colour key: kept as alpha, as for 8 bits
+            layout, colour_key = "RGBA", tuple(int(v) for v in key)
+            notes.append("16-bit 'RGB' image with a transparent colour key converted to 'RGBA'; the output is RGBA")
     elif deep == "TIFF":
         samples = int(im.tag_v2.get(277, 1))
         if samples not in (2, 3, 4):
@@ -488,6 +494,9 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
     elif mode in ("L", "RGB") and "transparency" in im.info:  # a tRNS colour key: keep it, as alpha
         layout, bits, core = ("LA" if mode == "L" else "RGBA"), 8, 4
         notes.append(f"'{mode}' image with a transparent colour key converted to '{layout}'; the output is {layout}")
+    elif mode.startswith("I;16") and isinstance(im.info.get("transparency"), int):  # 16-bit gray's colour key
+        layout, bits, core, colour_key = "LA", 16, 2, (int(im.info["transparency"]),)
+        notes.append("16-bit gray image with a transparent colour key converted to gray+alpha; the output is LA")
     else:
         layout, bits, note = _PILLOW_MODES[mode]
         core = _PILLOW_CORE_BYTES.get(mode, 4)
@@ -500,7 +509,7 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         # by its EXIF orientation already, which upright_size then turned a second time
     return ImageHeader(path=str(p.resolve()), format=fmt, mode=mode, layout=layout, bit_depth=bits,
                        width=width, height=height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes),
-                       orientation=_header_orientation(p, im))
+                       orientation=_header_orientation(p, im), colour_key=colour_key)
 
 
 def _header_orientation(p: Path, im: Any) -> int:
@@ -550,6 +559,9 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         data = _read_tiff16(p, header)
     else:
         data = _read_pillow(im, header)
+    if header.colour_key is not None:  # opaque where a pixel differs from the key, transparent where it is the key
+        alpha = np.any(data != np.asarray(header.colour_key, dtype=data.dtype), axis=2, keepdims=True)
+        data = np.concatenate([data, alpha.astype(data.dtype) * np.iinfo(data.dtype).max], axis=2)
     notes = list(header.notes)
     exif = im.getexif()  # after the pixels: a PNG may keep its EXIF after them
     orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
@@ -582,7 +594,8 @@ def _read_pillow(im: Any, header: ImageHeader) -> np.ndarray:
     image plus the array instead of two or three full copies.
     """
     im.load()
-    (w, h), c = im.size, header.channels  # a TIFF turned upright by Pillow as it loads: the header's size turned
+    (w, h), c = im.size, header.channels - (header.colour_key is not None)  # the key's alpha is added after
+    # (im.size: a TIFF turned upright by Pillow as it loads, the header's size turned)
     dtype = np.uint16 if header.bit_depth == 16 else np.uint8
     convert = header.bit_depth != 16 and im.mode != header.layout
     data = np.empty((h, w, c), dtype=dtype)
@@ -621,7 +634,7 @@ def _read_png16(p: Path, header: ImageHeader) -> np.ndarray:
     try:
         width, height, rows, meta = png.Reader(filename=str(p)).read()
         planes = meta["planes"]
-        if (width, height, planes) != (header.width, header.height, header.channels):
+        if (width, height, planes) != (header.width, header.height, header.channels - (header.colour_key is not None)):
             raise InputError(f"'{p}' decodes to {width}x{height}x{planes}, not the {header.width}x{header.height}x"
                              f"{header.channels} its header declares; is it corrupt?")
         data = np.empty((height, width, planes), dtype=np.uint16)

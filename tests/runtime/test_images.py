@@ -98,6 +98,29 @@ def test_colour16_png_round_trip(tmp_path: Path, channels: int) -> None:
     np.testing.assert_array_equal(np.vstack([np.asarray(r) for r in rows]).reshape(h, w, channels), pixels)
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_a_16bit_png_with_a_transparent_colour_key_keeps_its_transparency(tmp_path: Path, channels: int) -> None:
+    """A 16-bit PNG's tRNS colour key was dropped without a note (its transparent part came out opaque); an 8-bit
+    one's is made the alpha channel, and now a 16-bit one's too."""
+    png = pytest.importorskip("png", reason="pypng is not installed: 16-bit PNG is written with it here")
+    pixels = rng_u16((12, 10, channels), seed=11)
+    key = (1000, 2000, 3000)[:channels]
+    pixels[:4, :5] = key
+    writer = png.Writer(10, 12, greyscale=channels == 1, bitdepth=16,
+                        transparent=key if channels == 3 else key[0])
+    with open(tmp_path / "in.png", "wb") as f:
+        writer.write(f, pixels.reshape(12, -1))
+    report = denoise_file(tmp_path / "in.png", tmp_path / "out.png", identity, progress=False)
+    assert any("transparent colour key converted" in n for n in report["notes"])
+    w, h, rows, meta = png.Reader(filename=str(tmp_path / "out.png")).read()
+    out = np.vstack([np.asarray(r) for r in rows]).reshape(h, w, channels + 1)
+    assert meta["bitdepth"] == 16 and meta["alpha"]
+    np.testing.assert_array_equal(out[:, :, :channels], pixels)
+    expected_alpha = np.full((12, 10), 65535)
+    expected_alpha[:4, :5] = 0
+    np.testing.assert_array_equal(out[:, :, channels], expected_alpha)
+
+
 def test_colour16_png_without_pypng_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "in.png").write_bytes(png16_bytes(rng_u16((4, 5, 3))))
     monkeypatch.setitem(sys.modules, "png", None)  # makes `import png` fail
