@@ -876,10 +876,17 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     """What writing ``info``'s image as ``fmt`` changes that :func:`check_writable` lets through (said in the
     report, not refused): WebP has no gray mode, so a gray image comes back as RGB(A), the gray in each channel."""
     if fmt == "WEBP" and info.layout in ("L", "LA"):
+        gray_icc = _gray_icc(getattr(info, "icc_profile", None))
         return [f"WebP has no gray mode: the result is written as {'RGBA' if info.layout == 'LA' else 'RGB'}, the "
-                f"gray in each colour channel (within a level: WebP stores colour as YUV); write .png or .tif to keep "
-                f"it '{info.mode}'"]
+                f"gray in each colour channel (within a level: WebP stores colour as YUV)"
+                f"{', without its gray ICC profile (which an RGB image cannot use)' if gray_icc else ''}; write .png "
+                f"or .tif to keep it '{info.mode}'"]
     return []
+
+
+def _gray_icc(profile: bytes | None) -> bool:
+    """Whether an ICC profile describes gray data (its header's colour space, bytes 16-19, is 'GRAY')."""
+    return bool(profile) and profile[16:20] == b"GRAY"
 
 
 def _choose_writer(fmt: str, data: np.ndarray, info: ImageInfo, quality: int) -> Callable[[IO[bytes]], None]:
@@ -902,7 +909,7 @@ def _write_pillow(f: IO[bytes], fmt: str, data: np.ndarray, info: ImageInfo, qua
 
 def _save_options(fmt: str, info: ImageInfo, quality: int = JPEG_QUALITY) -> dict[str, Any]:
     opts: dict[str, Any] = {}
-    if info.icc_profile:
+    if info.icc_profile and not (fmt == "WEBP" and _gray_icc(info.icc_profile)):  # WebP: gray is written as RGB
         opts["icc_profile"] = info.icc_profile
     if info.dpi:
         opts["dpi"] = info.dpi

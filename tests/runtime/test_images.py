@@ -229,6 +229,20 @@ def test_a_tiff_without_a_resolution_gives_outputs_without_one(tmp_path: Path, o
             assert (got is None or got == (0, 0)) if dpi is None else round(got[0]) == dpi, (name, got)
 
 
+def test_a_gray_photo_written_as_webp_leaves_its_gray_icc_profile_out(tmp_path: Path) -> None:
+    """WebP has no gray mode, so a gray photo is written as RGB; it kept its gray ICC profile, which an RGB image
+    cannot use (colour management failed: 'cannot build transform'). A PNG keeps it."""
+    gray_profile = b"\0" * 16 + b"GRAY" + b"\0" * 108  # an ICC header: the colour space is bytes 16-19
+    Image.fromarray(rng_u8((16, 16), seed=12)).save(tmp_path / "g.png", icc_profile=gray_profile)
+    report = denoise_file(tmp_path / "g.png", tmp_path / "g.webp", identity, progress=False)
+    with Image.open(tmp_path / "g.webp") as webp:
+        assert webp.mode == "RGB" and not webp.info.get("icc_profile")
+    assert any("without its gray ICC profile" in n for n in report["notes"])
+    denoise_file(tmp_path / "g.png", tmp_path / "out.png", identity, progress=False)
+    with Image.open(tmp_path / "out.png") as png:
+        assert png.info.get("icc_profile") == gray_profile
+
+
 def test_tiff8_rgb_round_trip(tmp_path: Path) -> None:
     pixels = rng_u8((21, 34, 3), seed=5)
     Image.fromarray(pixels).save(tmp_path / "in.tif", compression="tiff_lzw")
