@@ -168,6 +168,7 @@ class ImageHeader:
     notes: tuple[str, ...] = ()
     orientation: int = 1  # the file's EXIF orientation: 5 to 8 swap width and height when read upright
     colour_key: tuple[int, ...] | None = None  # a 16-bit PNG's transparent colour (tRNS): made the alpha channel
+    frames: int = 1  # pages of a TIFF, frames of an animation: only the first is read
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -462,7 +463,8 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
                          f"magick in.ppm out.png)")
     notes: list[str] = []
     colour_key = None
-    if getattr(im, "n_frames", 1) > 1:
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames > 1:
         notes.append(f"the file has {im.n_frames} frames; only the first is read")
     deep = _deep_colour_kind(p, im)
     core = 0
@@ -509,7 +511,7 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         # by its EXIF orientation already, which upright_size then turned a second time
     return ImageHeader(path=str(p.resolve()), format=fmt, mode=mode, layout=layout, bit_depth=bits,
                        width=width, height=height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes),
-                       orientation=_header_orientation(p, im), colour_key=colour_key)
+                       orientation=_header_orientation(p, im), colour_key=colour_key, frames=frames)
 
 
 def _header_orientation(p: Path, im: Any) -> int:
@@ -831,6 +833,16 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
                          f"pass --overwrite (overwrite=True in Python)")
     # the folder takes a file, and a link to nothing is not replaced unasked: found out now, not after the work
     check_output_file(target, overwrite=overwrite, option="--overwrite (overwrite=True in Python)")
+
+
+def check_frames_kept(path: str | os.PathLike[str], header: ImageHeader) -> None:
+    """InputError when the output ``path`` is the file ``header`` describes and that file has more frames (pages)
+    than the first, which alone is read: replacing it would lose the others (said after the work, as a note)."""
+    target = Path(path)
+    if header.frames > 1 and target.exists() and os.path.samefile(target, header.path):
+        raise InputError(f"'{target}' has {header.frames} frames (pages of a TIFF, or an animation) and only the first "
+                         f"is read: replacing the file with the result would lose the other {header.frames - 1}. Write "
+                         f"the result to another file (nothing was written)")
 
 
 def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) -> str:

@@ -18,6 +18,7 @@ from .images import (
     JPEG_QUALITY,
     ImageHeader,
     ImageInfo,
+    check_frames_kept,
     check_input_exists,
     check_memory,
     check_output_path,
@@ -123,6 +124,7 @@ def denoise_file(
 
     def before_decode(header: ImageHeader) -> None:
         check_writable(out_path, header)  # fail now, not after minutes of denoising
+        check_frames_kept(out_path, header)
         check_memory(denoise_peak_bytes(header, tile, overlap, batch_size, band_rows), "denoising it", header)
 
     pixels, info = read_pixels(in_path, max_pixels=max_pixels, before_decode=before_decode)
@@ -220,6 +222,7 @@ def add_noise_to_file(
 
     def before_decode(header: ImageHeader) -> None:
         check_writable(out_path, header)
+        check_frames_kept(out_path, header)
         check_memory(max(header.decode_bytes, 2 * header.compact_bytes + band_working_bytes(header.width)),
                      "adding noise to it", header)
 

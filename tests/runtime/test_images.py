@@ -243,6 +243,24 @@ def test_a_gray_photo_written_as_webp_leaves_its_gray_icc_profile_out(tmp_path: 
         assert png.info.get("icc_profile") == gray_profile
 
 
+def test_a_file_of_several_pages_is_not_replaced_by_its_first(tmp_path: Path) -> None:
+    """Only the first frame of a multi-page TIFF (or an animation) is read; denoised onto itself with --overwrite, it
+    lost every page after the first, with a note said after the work. Refused before it now; another output is
+    written, with the note."""
+    from runtime.photo import add_noise_to_file
+
+    pages = [Image.fromarray(rng_u8((8, 8, 3), seed=s)) for s in range(3)]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    before = (tmp_path / "scan.tif").read_bytes()
+    with pytest.raises(InputError, match=r"has 3 frames .* would lose the other 2. Write the result to another file"):
+        denoise_file(tmp_path / "scan.tif", tmp_path / "scan.tif", identity, overwrite=True, progress=False)
+    with pytest.raises(InputError, match="would lose the other 2"):
+        add_noise_to_file(tmp_path / "scan.tif", tmp_path / "scan.tif", sigma=0.1, overwrite=True)
+    assert (tmp_path / "scan.tif").read_bytes() == before
+    report = denoise_file(tmp_path / "scan.tif", tmp_path / "first.tif", identity, progress=False)
+    assert any("3 frames; only the first is read" in n for n in report["notes"])
+
+
 def test_tiff8_rgb_round_trip(tmp_path: Path) -> None:
     pixels = rng_u8((21, 34, 3), seed=5)
     Image.fromarray(pixels).save(tmp_path / "in.tif", compression="tiff_lzw")
