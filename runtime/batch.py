@@ -73,13 +73,17 @@ def result_path(src: Path, folder: Path) -> tuple[Path, str | None]:
     from runtime.images import format_problem, output_format, read_header
 
     dst = folder / src.name
+    png = dst.with_name(dst.name + ".png")  # a.gif.png: never the a.png of a photo beside it
     try:
-        problem = format_problem(output_format(dst), read_header(src))
+        fmt = output_format(dst)
+    except InputError as e:  # read but not written (a 1-bit .pbm)
+        return png, f"written as {png.name}, not {dst.suffix}: {str(e).split(' for ')[0]}"
+    try:
+        problem = format_problem(fmt, read_header(src))
     except InputError:
         return dst, None
     if problem is None:
         return dst, None
-    png = dst.with_name(dst.name + ".png")  # a.gif.png: never the a.png of a photo beside it
     return png, f"written as {png.name}, not {dst.suffix}: {problem[0]}"
 
 

@@ -713,7 +713,8 @@ def output_format(path: str | os.PathLike[str]) -> str:
     netpbm_kept = fmt != "PPM" or ext in (".ppm", ".pgm", ".pnm")  # .pbm (1-bit) would hold an 8-bit P6 or P5
     if fmt is None or fmt not in Image.SAVE or fmt not in _OUTPUT_FORMATS or not netpbm_kept:
         what = "cannot tell which image format to write" if fmt is None or fmt not in Image.SAVE else \
-            f"{fmt} is not an output format (it would not keep the size, mode or quality)"
+            ".pbm holds 1-bit black and white only (Pillow would write 8-bit gray or colour under that name)" \
+            if not netpbm_kept else f"{fmt} is not an output format (it would not keep the size, mode or quality)"
         raise InputError(f"{what} for '{path}' (extension '{ext}'); "
                          f"use .png, .jpg/.jpeg, .tif/.tiff, .webp, .bmp, .gif, .ppm/.pgm or .tga")
     return fmt

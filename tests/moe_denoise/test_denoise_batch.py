@@ -310,3 +310,19 @@ def test_reliability_colour_gif_denoised_into_a_folder(capsys, random_weights, t
     assert any("written as c.gif.png" in n for n in report["notes"])
     assert np.array_equal(np.asarray(Image.open(tmp_path / "alone" / "c.gif.png")),
                           np.asarray(Image.open(tmp_path / "out" / "c.gif.png")))
+
+
+def test_a_pbm_photo_denoised_into_a_folder_is_written_as_png(capsys, random_weights, tmp_path):
+    """A 1-bit .pbm is read but .pbm is not written (Pillow would put 8 bits under that name): into -o folder/ it
+    failed at its turn, with a message that called .pbm 'PPM' and then advised .ppm; a GIF there gets NAME.gif.png."""
+    bw = Image.fromarray(np.random.default_rng(2).integers(0, 2, (16, 20), dtype=np.uint8) * 255).convert("1")
+    bw.save(tmp_path / "bw.pbm")
+    code, text, err = run(capsys, "denoise", tmp_path / "bw.pbm", "-o", f"{tmp_path / 'out'}/", "--weights",
+                          random_weights, "--no-progress")
+    assert code == 0, err
+    assert "note: written as bw.pbm.png, not .pbm: .pbm holds 1-bit black and white only" in text
+    with Image.open(tmp_path / "out" / "bw.pbm.png") as written:
+        assert written.mode == "1" and written.size == (20, 16)
+    code, _, err = run(capsys, "denoise", tmp_path / "bw.pbm", "-o", tmp_path / "bw_out.pbm", "--weights",
+                       random_weights)
+    assert code == 2 and ".pbm holds 1-bit black and white only" in err and "PPM is not" not in err
