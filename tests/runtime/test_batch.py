@@ -17,9 +17,10 @@ def test_folders_give_their_photos_sorted_and_files_keep_their_order(tmp_path: P
     d = tmp_path / "photos"
     for name in ("b.JPG", "a.png", "c.tiff", "notes.txt", ".hidden.png", "sub/d.png"):
         touch(d / name)
-    single = touch(tmp_path / "z.raw")  # named on its own: taken whatever its name (the reader decides)
+    single = touch(tmp_path / "z.raw")  # named on its own: taken whatever its name (the reader decides); its result
+    # goes to a PNG, since no format is written under that name
     plan = plan_batch([single, d], tmp_path / "out")
-    assert [(s.name, o) for s, o in plan.jobs] == [("z.raw", tmp_path / "out" / "z.raw"),
+    assert [(s.name, o) for s, o in plan.jobs] == [("z.raw", tmp_path / "out" / "z.raw.png"),
                                                    ("a.png", tmp_path / "out" / "a.png"),
                                                    ("b.JPG", tmp_path / "out" / "b.JPG"),
                                                    ("c.tiff", tmp_path / "out" / "c.tiff")]

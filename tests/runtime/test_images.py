@@ -712,7 +712,7 @@ def test_lossless_netpbm_and_tga_outputs_keep_every_pixel(tmp_path):
     with pytest.raises(InputError, match="PPM/PGM keeps no alpha channel"):
         Image.fromarray(rng_u8((20, 24, 4))).save(tmp_path / "rgba.png")
         denoise_file(tmp_path / "rgba.png", tmp_path / "rgba.ppm", identity, progress=False)
-    with pytest.raises(InputError, match="PPM is not an output format"):  # 1-bit by its name, 8-bit inside
+    with pytest.raises(InputError, match=".pbm holds 1-bit black and white only"):  # 1-bit by name, 8-bit inside
         denoise_file(tmp_path / "in_L.png", tmp_path / "out.pbm", identity, progress=False)
 
 
