@@ -327,18 +327,23 @@ def check_output_file(path: str | Path, overwrite: bool = False, option: str = "
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another path or pass "
                          f"{option}")
     refuse_dangling_link(path, overwrite, option)
-    folder = path.parent
-    # no folder is made here (a refused command left empty ones behind): the nearest one that exists must be a
-    # folder that takes new files; the missing ones are made when the file is written
+    check_folder_takes_files(path.parent, path.name)
+    return path
+
+
+def check_folder_takes_files(folder: str | Path, name: str = "moe-denoise") -> None:
+    """InputError unless ``folder``, or the nearest of its parents that exists when it is missing, takes new files: a
+    probe file (named after ``name``) is made and removed there. No folder is made here (a refused command left
+    empty ones behind); the missing ones are made when the files are written."""
+    folder = Path(folder)
     there = next((f for f in (folder, *folder.parents) if f.exists() or f.is_symlink()), Path("."))
     try:
         if not there.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(there))
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=there)
+        fd, probe = tempfile.mkstemp(prefix=f".{name}.", suffix=".probe", dir=there)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         where = "" if there == folder else f", since '{there}' cannot take it"
         raise InputError(f"cannot write to the folder '{folder}' ({e.strerror or e}{where}); choose a folder you can "
                          f"write to") from e
-    return path

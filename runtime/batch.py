@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_base.errors import InputError
+from moe_base.fileio import check_folder_takes_files
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".pnm", ".tga")
 """The files taken from a folder (any case): the formats that are both read and written. A file named on its own is
@@ -171,6 +172,8 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
                          f"or choose another -o folder")
     if skip_existing:
         jobs = [job for job in jobs if job not in existing]
+    if jobs:  # each photo was denoised, then failed its write (the run stopped at the second)
+        check_folder_takes_files(out)
     return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
                      ignored=tuple(ignored), skip_existing=skip_existing, renamed=tuple(renamed),
                      in_place=tuple(src for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()))

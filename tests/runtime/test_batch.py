@@ -259,3 +259,25 @@ def test_a_link_to_nothing_at_an_output_path_is_refused_before_any_photo(tmp_pat
         with pytest.raises(InputError, match=r"symbolic links to nothing: b\.png; .*--overwrite"):
             plan_batch(photos, tmp_path / "out", skip_existing=skip)
     assert [o.name for _, o in plan_batch(photos, tmp_path / "out", overwrite=True).jobs] == ["a.png", "b.png"]
+
+
+def test_an_output_folder_that_takes_no_files_is_refused_when_planned(tmp_path: Path, monkeypatch) -> None:
+    """A batch into a folder that cannot be written (read-only mount, no permission) loaded the model, denoised each
+    photo and failed its write, until two had failed alike; one photo into it was refused before the work."""
+    import errno
+
+    import moe_base.fileio as fileio
+
+    a = touch(tmp_path / "in" / "a.png")
+    (tmp_path / "ro").mkdir()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
+    with pytest.raises(InputError, match=r"cannot write to the folder '.*ro' \(Read-only file system\)"):
+        plan_batch([a], tmp_path / "ro")
+    with pytest.raises(InputError, match=r"cannot write to the folder '.*new' \(Read-only file system, since '.*' "
+                                         r"cannot take it\)"):
+        plan_batch([a], tmp_path / "new")  # a folder to be made: its parent is probed
+    assert not (tmp_path / "new").exists()
