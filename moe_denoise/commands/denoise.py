@@ -51,9 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "photos, go into the folder -o under their own names, with the denoiser loaded "
                                    "once; a photo that cannot be read is reported and the others go on.",
                        formatter_class=HelpFormatter)
+    from runtime.batch import PHOTO_SUFFIXES
+
     p.add_argument("input", type=path_arg, nargs="+",
-                   help="the photo to denoise; or several, or folders (their .png, .jpg/.jpeg, .tif/.tiff, .webp and "
-                        ".bmp files, not their subfolders)")
+                   help=f"the photo to denoise; or several, or folders (their {', '.join(PHOTO_SUFFIXES)} files, not "
+                        f"their subfolders)")
     p.add_argument("-o", "--output", required=True, type=nonempty,
                    help="where to write the result: a file, or a folder (an existing one, or a path ending in '/'; "
                         "for several photos always a folder), created if missing; each result keeps its input's "
@@ -107,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
                        formatter_class=HelpFormatter)
-    q.add_argument("input", type=path_arg, help="the photo (any format and mode 'denoise' reads)")
+    q.add_argument("input", type=path_arg, nargs="+", help="the photo (any format and mode 'denoise' reads)")
     q.add_argument("-o", "--output", type=nonempty, required=True,
                    help="where to write the noisy copy (same size, mode and bit depth as the input); a folder (one "
                         "that exists, or a new one written with a trailing /): the copy goes in under the input's name")
@@ -116,8 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=seed_number, default=0, help="the same seed gives the same noise")
     q.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     q.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
-                   help="refuse photos with more pixels than this (width x height), before decoding them (its "
-                        "refusal named this option, which add-noise did not have)")
+                   help="refuse photos with more pixels than this (width x height), before decoding them")
     q.set_defaults(func=run_add_noise)
 
 
@@ -399,8 +400,8 @@ def describe_guard(guard: dict) -> str:
     from runtime.guard import GUARD_MAX_SIGMA
 
     if guard["sigma"] is None:
-        return ("clean-input guard: no noise estimate possible (a flat or saturated image); the denoiser's output "
-                "as it is")
+        return ("clean-input guard: no noise estimate possible (a flat or saturated image, or one under 2 pixels "
+                "wide or tall); the denoiser's output as it is")
     how = "given" if guard["sigma_given"] else "estimated"
     low, high = guard.get("sigma_range") or (guard["sigma"], guard["sigma"])
     if high - low >= 0.5 / 255:  # noise that varies with brightness: say how much
@@ -517,6 +518,10 @@ def run_add_noise(args: argparse.Namespace) -> int:
     from runtime.batch import check_folder_can_be_made, output_folder, result_path
     from runtime.photo import add_noise_to_file
 
+    if len(args.input) > 1:  # one photo a run: argparse said 'unrecognized arguments' with the top-level usage
+        raise InputError(f"add-noise takes one photo; got {len(args.input)} ({', '.join(map(str, args.input[:3]))}"
+                         f"{', ...' if len(args.input) > 3 else ''}): run it once for each photo")
+    args.input = args.input[0]
     folder_meant = folder_asked(args.output)  # '-o noisy/': a folder, made if missing (as with denoise)
     args.output = Path(args.output)
     if folder_meant:

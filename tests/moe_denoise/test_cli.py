@@ -854,3 +854,10 @@ def test_export_help_names_the_default_path_of_chosen_rewrites(capsys, monkeypat
     assert ".<r1>+<r2> with --rewrites" in text
     assert onnx_path("plugin", rewrites=("fuse_qkv", "rows2d"), precision="fp16").name == \
         "moe_denoiser.plugin.fuse_qkv+rows2d.fp16.onnx"
+
+
+def test_add_noise_given_two_photos_says_it_takes_one(capsys, tmp_path):
+    """add-noise a.png b.png -o dir/ ended in argparse's 'unrecognized arguments: b.png' under the top-level usage."""
+    code, _, err = run(capsys, "add-noise", tmp_path / "a.png", tmp_path / "b.png", "-o", f"{tmp_path / 'noisy'}/")
+    assert code == 2 and "add-noise takes one photo; got 2" in err and "run it once for each photo" in err
+    assert "unrecognized arguments" not in err and not (tmp_path / "noisy").exists()
