@@ -23,7 +23,8 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
   caller's ``quality``) with 4:4:4 chroma; WebP at the same quality, lossy, with the 4:2:0 chroma libwebp always
-  writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept.
+  writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept, and a PNG's gamma
+  and colour chunks (gAMA, cHRM, sRGB) in a PNG output.
 * **Output formats**: PNG, JPEG, TIFF, WebP, BMP, GIF, 8-bit PPM/PGM (no alpha) and TGA only; the others Pillow
   can write would resize (ICO, ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the
   work (BLP, PCX, QOI). A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept. A palette image whose
@@ -115,6 +116,8 @@ class ImageInfo:
     dpi: tuple[float, float] | None = None
     compression: str | None = None  # TIFF compression of the file, reused when writing TIFF
     notes: tuple[str, ...] = ()  # conversions made on reading
+    png_colour: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)  # a PNG's gAMA / cHRM / sRGB chunks
+    # (type, data), written back to a PNG output: without an ICC profile they are how its tones are meant
 
     @property
     def channels(self) -> int:
@@ -126,6 +129,7 @@ class ImageInfo:
         d["icc_profile"] = self.icc_profile is not None
         d["exif"] = self.exif is not None
         d["notes"] = list(self.notes)
+        d["png_colour"] = [kind.decode() for kind, _ in self.png_colour]
         return d
 
 
@@ -583,9 +587,30 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     info = ImageInfo(
         path=header.path, format=fmt, mode=header.mode, bit_depth=header.bit_depth, layout=header.layout,
         width=data.shape[1], height=data.shape[0], orientation=orientation, icc_profile=icc, exif=exif_bytes,
-        dpi=dpi, compression=compression, notes=tuple(notes),
+        dpi=dpi, compression=compression, notes=tuple(notes), png_colour=_png_colour_chunks(p) if fmt == "PNG" else (),
     )
     return data, info
+
+
+PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB")
+
+
+def _png_colour_chunks(p: Path) -> tuple[tuple[bytes, bytes], ...]:
+    """A PNG's gAMA, cHRM and sRGB chunks as (type, data), read from the chunks before the image data."""
+    found = []
+    with open(p, "rb") as f:
+        f.seek(8)
+        while True:
+            head = f.read(8)
+            if len(head) < 8 or head[4:] in (b"IDAT", b"IEND"):
+                break
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind in PNG_COLOUR_CHUNKS and length <= 64:
+                found.append((kind, f.read(length)))
+                f.seek(4, 1)
+            else:
+                f.seek(length + 4, 1)
+    return tuple(found)
 
 
 def _read_pillow(im: Any, header: ImageHeader) -> np.ndarray:
@@ -934,6 +959,13 @@ def _save_options(fmt: str, info: ImageInfo, quality: int = JPEG_QUALITY) -> dic
         opts["quality"] = int(quality)  # Pillow's default (80) would visibly undo the denoising
     if fmt == "TIFF" and info.compression in _TIFF_LOSSLESS:
         opts["compression"] = info.compression
+    if fmt == "PNG" and info.png_colour:
+        from PIL.PngImagePlugin import PngInfo
+
+        chunks = PngInfo()
+        for kind, data in info.png_colour:
+            chunks.add(kind, data)
+        opts["pnginfo"] = chunks
     return opts
 
 
@@ -972,6 +1004,8 @@ def _write_png16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
         png.write_chunk(extra, b"iCCP", b"icc\x00\x00" + zlib.compress(info.icc_profile))
     if info.exif:
         png.write_chunk(extra, b"eXIf", info.exif[6:] if info.exif.startswith(b"Exif\x00\x00") else info.exif)
+    for kind, chunk_data in info.png_colour:
+        png.write_chunk(extra, kind, chunk_data)
     # right after the signature (8 bytes) and IHDR (25 bytes), before IDAT
     writer.write(_AfterHeader(f, extra.getvalue(), 8 + 25), data.reshape(h, w * c))
 

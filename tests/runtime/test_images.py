@@ -261,6 +261,26 @@ def test_a_file_of_several_pages_is_not_replaced_by_its_first(tmp_path: Path) ->
     assert any("3 frames; only the first is read" in n for n in report["notes"])
 
 
+@pytest.mark.parametrize("shape", [(12, 10, 3), (12, 10), (12, 10, 3, 16)])
+def test_a_pngs_gamma_and_colour_chunks_are_kept(tmp_path: Path, shape) -> None:
+    """A PNG's gAMA (and cHRM, sRGB) chunks were dropped: a linear-gamma PNG without an ICC profile came back with
+    other tones in a gamma-aware viewer. Kept now, for 8-bit (Pillow) and 16-bit colour (pypng) outputs."""
+    png = pytest.importorskip("png", reason="pypng is not installed: the PNG with gAMA is written with it here")
+    bits = 16 if len(shape) == 4 else 8
+    h, w = shape[:2]
+    channels = 1 if len(shape) == 2 else 3
+    pixels = (rng_u16 if bits == 16 else rng_u8)((h, w, channels), seed=13)
+    with open(tmp_path / "in.png", "wb") as f:
+        png.Writer(w, h, greyscale=channels == 1, bitdepth=bits, gamma=1.0).write(f, pixels.reshape(h, -1))
+    denoise_file(tmp_path / "in.png", tmp_path / "out.png", identity, progress=False)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.info.get("gamma") == 1.0
+    chunks = [kind for kind, _ in png.Reader(filename=str(tmp_path / "out.png")).chunks()]
+    assert chunks.index(b"gAMA") < chunks.index(b"IDAT")
+    w2, h2, rows, _ = png.Reader(filename=str(tmp_path / "out.png")).read()
+    np.testing.assert_array_equal(np.vstack([np.asarray(r) for r in rows]).reshape(h, w, channels), pixels)
+
+
 def test_tiff8_rgb_round_trip(tmp_path: Path) -> None:
     pixels = rng_u8((21, 34, 3), seed=5)
     Image.fromarray(pixels).save(tmp_path / "in.tif", compression="tiff_lzw")
