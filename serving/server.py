@@ -123,6 +123,25 @@ def watched_triton(triton_class: type, server: DenoiseServer) -> type:
     return WatchedTriton
 
 
+def python_envs() -> set[Path]:
+    """The folders Triton's Python backend makes for its models (``python_env_*`` in the temporary folder)."""
+    return {f for root in {Path(tempfile.gettempdir()), Path("/tmp")} for f in root.glob("python_env_*")}
+
+
+def remove_empty_folders(folders: set[Path]) -> list[Path]:
+    """Remove those of ``folders`` that are still there and empty (rmdir): a tritonserver that did not stop cleanly
+    (its exit timeout, a crash) leaves its Python backend's ``python_env_*`` folder behind, for good. Returns what
+    was removed."""
+    removed = []
+    for folder in sorted(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # gone already (a clean stop removes it), or not empty
+            continue
+        removed.append(folder)
+    return removed
+
+
 def remove_model_copies(workspace: Path) -> list[Path]:
     """Remove the copies of our models that tritonserver makes in the temporary folder (``folderXXXXXX``, one per
     model, each naming this server's PyTriton ``workspace`` in its config.pbtxt). Triton removes them when it
@@ -199,6 +218,8 @@ class DenoiseServer:
         self.log_path: Path | None = None
         self._log_dir: str | None = None
         self.died = False  # tritonserver ended on its own (crashed or was killed), found when stopping
+        self.unclean_stop: str | None = None  # how the last stop went wrong (tritonserver's exit timeout), or None
+        self._own_envs: set[Path] = set()  # Triton's Python backend folders (python_env_*) made as our models loaded
         self._serving = False  # started, and not stopped since
         self._asked_to_stop = False  # request_stop() was called (a signal, or stop())
 
@@ -237,7 +258,7 @@ class DenoiseServer:
             return self
         self._stopped.clear()  # a request_stop() arriving while starting is kept: wait() then returns at once
         self._abandon_at = None
-        self.died, self._asked_to_stop = False, False
+        self.died, self._asked_to_stop, self.unclean_stop, self._own_envs = False, False, None, set()
         backend_env.check_pytriton()
         self.backend_env = backend_env.prepare()
         if not self.config.log_verbose:
@@ -295,7 +316,11 @@ class DenoiseServer:
                              Tensor(name=GUARD_OUTPUT, dtype=bytes, shape=(1,)),
                              Tensor(name=SETTINGS_OUTPUT, dtype=bytes, shape=(1,))],
                     config=ModelConfig(batching=False), strict=False)
-            self._triton.run()
+            envs_before = python_envs()
+            try:
+                self._triton.run()
+            finally:  # made while our models loaded: ours (a server loading its models in the same seconds aside)
+                self._own_envs = python_envs() - envs_before
             if self._asked_to_stop:  # while the models loaded, after tritonserver answered: not served either
                 raise StartAbandoned(STOPPED_AT_START, asked=True)
         except Exception as e:  # noqa: BLE001 - any failure to start is reported with what to do, then re-raised
@@ -396,6 +421,9 @@ class DenoiseServer:
                 triton.stop()
             if workspace is not None:
                 remove_model_copies(Path(workspace))
+                shutil.rmtree(workspace, ignore_errors=True)  # PyTriton's own stop removes it, unless it failed
+            self.unclean_stop = self._exit_timeout()
+            remove_empty_folders(self._own_envs)
         while self._runners:
             runner = self._runners.pop()
             with contextlib.suppress(Exception):  # noqa: BLE001 - same
@@ -404,6 +432,14 @@ class DenoiseServer:
         if self._log_dir is not None and not self.died:  # a crash's log is kept (serve names it)
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
+
+    def _exit_timeout(self) -> str | None:
+        """What went wrong when tritonserver's log says it gave up waiting for its models to unload, or None."""
+        if self.log_path is None or "Exit timeout expired" not in self.log_tail(60):
+            return None
+        return (f"tritonserver gave up waiting for its models to unload after {DRAIN_S} s ('Exit timeout expired' in "
+                f"its log). This follows requests the model refused: PyTriton 0.7 keeps something of each, and a model "
+                f"instance that refused dozens does not unload. The requests in flight then were cut off")
 
     def __enter__(self) -> DenoiseServer:
         return self.start()

@@ -167,5 +167,5 @@ def run(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if started:  # a start that failed is said by its error alone
-            log("stopped")
+            log("stopped" if server.unclean_stop is None else f"stopped, not cleanly: {server.unclean_stop}")
     return 0

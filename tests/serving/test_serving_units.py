@@ -759,3 +759,26 @@ def test_a_valid_request_failed_for_another_of_its_batch_is_sent_again_up_to_the
     with pytest.raises(InputError, match="NaN"):
         client.denoise_tiles(bad)
     assert client.retries == 0
+
+
+def test_a_stop_that_ran_into_tritons_exit_timeout_is_said_and_its_python_env_removed(tmp_path):
+    """After dozens of refused requests tritonserver's models do not unload (PyTriton 0.7 keeps something of each):
+    the stop took Triton's whole exit timeout, left its python_env_* folder in /tmp for good, and serve said
+    'stopped' as after a clean stop. The log's 'Exit timeout expired' is now said, and the folders made while the
+    models loaded are removed when empty (a non-empty or vanished one is left alone)."""
+    from serving.server import DRAIN_S, DenoiseServer, remove_empty_folders
+
+    server = DenoiseServer(lambda: None)
+    assert server._exit_timeout() is None  # no log
+    server.log_path = tmp_path / "tritonserver.log"
+    server.log_path.write_text("I1201 model loaded\nI1201 Timeout 0: Found 1 live models\n")
+    assert server._exit_timeout() is None
+    server.log_path.write_text("Timeout 1: Found 1 live models\nE1201 main.cc:535] \"failed to stop server: Internal "
+                               "- Exit timeout expired. Exiting immediately.\"\n")
+    assert server._exit_timeout().startswith(f"tritonserver gave up waiting for its models to unload after {DRAIN_S} s")
+    empty, used, gone = tmp_path / "python_env_a", tmp_path / "python_env_b", tmp_path / "python_env_c"
+    empty.mkdir()
+    used.mkdir()
+    (used / "x").write_text("in use")
+    assert remove_empty_folders({empty, used, gone}) == [empty]
+    assert not empty.exists() and used.exists()
