@@ -20,6 +20,7 @@ and the image limits.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +134,20 @@ def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
                      f"\"false\"); got {given!r}")
 
 
+PHOTO_PARAMETERS = (TWO_SCALES_PARAMETER, GUARD_PARAMETER, SIGMA_PARAMETER, STRENGTH_PARAMETER)
+TRITON_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_data_size", "classification", "headers",
+                               "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
+"""Request parameters Triton and its clients may pass along (tritonclient sends ``binary_data_output``): left alone."""
+
+
 def photo_options(request: Any) -> PhotoOptions:
-    """A request's :class:`PhotoOptions`, or InputError naming the parameter, what was sent and what is taken."""
+    """A request's :class:`PhotoOptions`, or InputError naming the parameter, what was sent and what is taken (an
+    unknown parameter too: a misspelt 'strenght' was ignored, and the photo denoised at full strength)."""
     parameters = getattr(request, "parameters", None) or {}
+    unknown = sorted(str(k) for k in parameters if k not in PHOTO_PARAMETERS and k not in TRITON_PARAMETERS)
+    if unknown:
+        raise InputError(f"unknown request parameter(s) {unknown}; a photo request takes {list(PHOTO_PARAMETERS)} "
+                         f"(each optional)")
     options = PhotoOptions(two_scales=_flag(parameters, TWO_SCALES_PARAMETER, False),
                            guard=_flag(parameters, GUARD_PARAMETER, True),
                            sigma=_parameter(parameters, SIGMA_PARAMETER, None, check_sigma),
@@ -217,6 +229,14 @@ class ImageModel:
                              f"(the server works in bands of whole rows, so a very wide image costs the most), and this "
                              f"server can get only {max(room, 0) / 2**30:.2f} GiB more ({bound}). Send a smaller or "
                              f"narrower image, or crop it into parts")
+        side = math.isqrt(self.max_pixels)
+        most = 2 * plan_tiles(side, side, overlap=self.overlap).count  # panoramas pass; strips a few pixels wide not
+        tiles = plan_tiles(h, w, overlap=self.overlap).count
+        if tiles > most:  # a 16,777,216 x 1 strip, within the pixel limit, was 2.1 M tiles: an hour of a CPU
+            raise InputError(f"the image is {w}x{h}: {tiles:,} tiles to denoise (a tile steps {TILE_SHAPE[-1] - self.overlap} "
+                             f"pixels, so a strip a few pixels wide or tall costs far more than its pixels), more than "
+                             f"{most:,}, twice those of a square image of the {self.max_pixels:,} pixels this server "
+                             f"takes (--max-image-pixels). Send a less narrow image, or crop it into parts")
         return pixels
 
     def options(self, request: Any) -> PhotoOptions:

@@ -205,11 +205,38 @@ def test_image_model_takes_the_guard_options_a_request_carries():
     ({"strength": 2}, r"'strength' is how much .*got 2\.0"),
     ({"guard": "maybe"}, r"'guard' must be true or false .*got 'maybe'"),
     ({"guard": "false", "sigma": "0.02"}, r"'sigma' is read by the clean-input guard alone .* 'guard' false turns"),
+    ({"strenght": "0.5"}, r"unknown request parameter\(s\) \['strenght'\]; a photo request takes \['two_scales', "
+                          r"'guard', 'sigma', 'strength'\]"),  # was ignored: denoised at full strength
 ])
 def test_image_model_refuses_bad_request_parameters(parameters, message):
     pixels = np.zeros((8, 8, 1), np.uint8)
     with pytest.raises(InputError, match=message):
         ImageModel(ScaleRunner(), max_pixels=10_000)([Request({"image_u8": pixels}, **parameters)])
+
+
+def test_image_model_takes_the_parameters_tritonclient_adds():
+    pixels = np.zeros((8, 8, 1), np.uint8)
+    (answer,) = ImageModel(ScaleRunner(), max_pixels=10_000)([Request({"image_u8": pixels}, binary_data_output=True,
+                                                                       strength="0.5")])
+    assert answer["denoised_u8"].shape == pixels.shape
+
+
+def test_image_model_refuses_a_strip_whose_tiles_are_far_more_than_its_pixels_say(monkeypatch):
+    """A 1-pixel-wide strip of 16,777,216 rows is within the pixel limit and needs little memory (bands of one pixel),
+    but is 2.1 M tiles, 32 times a square photo of as many pixels: it held the photo model for about an hour. A
+    panorama of the same pixels passes."""
+    import serving.models
+
+    monkeypatch.setattr(serving.models, "available_memory", lambda: (None, ""))
+    model = ImageModel(IdentityRunner(), max_pixels=1 << 20)
+    with pytest.raises(InputError, match=r"the image is 1x1048576: 131,074 tiles to denoise \(a tile steps 16 pixels, "
+                                         r"so a strip .* more than 8,450, twice those of a square image of the "
+                                         r"1,048,576 pixels this server takes \(--max-image-pixels\)"):
+        model.check({"image_u8": np.zeros((1 << 20, 1, 1), np.uint8)})
+    panorama = np.zeros((256, 4096, 1), np.uint8)
+    assert model.check({"image_u8": panorama}) is panorama
+    square = np.zeros((1024, 1024, 1), np.uint8)
+    assert model.check({"image_u8": square}) is square
 
 
 def test_a_server_without_the_guard_refuses_a_sigma_it_would_not_read():
