@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from runtime import InputError, MissingBackendError
-from runtime.base import INPUT_NAME, OUTPUT_NAME
+from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 from runtime.images import DEFAULT_MAX_PIXELS, JPEG_QUALITY
 
 from .backend_env import EXTRA_HINT
@@ -233,6 +233,9 @@ class DenoiseClient:
         """
         if isinstance(tiles, np.ndarray) and tiles.ndim == 4 and len(tiles) == 0:
             raise InputError("no tiles to denoise (a batch of 0); send at least one [3, 32, 32] tile")
+        if isinstance(tiles, np.ndarray) and tiles.ndim == 4 and tiles.shape[1:] != TILE_SHAPE:  # said before the
+            # split below, whose first part's shape Triton named ([64, 2, 32, 32] for 100 tiles sent)
+            raise InputError(f"tiles have shape {list(tiles.shape)}; expected [B, 3, 32, 32] (float32 in [0, 1])")
         if isinstance(tiles, np.ndarray) and tiles.ndim == 4:  # more than the server takes a call: sent in parts, as a
             most = self._max_batches.get(model)  # local runner splits them (Triton's own words were its refusal)
             if most is None:

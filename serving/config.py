@@ -130,7 +130,8 @@ class ServeConfig:
         def positive(name: str, value: int, lo: int = 1, hi: int | None = None) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
                 bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-                raise InputError(f"{name} must be an integer {bound}; got {value!r}")
+                what = name if name == "image_instances" else f"--{name.replace('_', '-')} (ServeConfig.{name})"
+                raise InputError(f"{what} must be an integer {bound}; got {value!r}")
 
         for name in ("http_port", "grpc_port", "metrics_port"):
             positive(name, getattr(self, name), 0, 65535)

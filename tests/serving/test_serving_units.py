@@ -809,3 +809,16 @@ def test_a_stop_that_ran_into_tritons_exit_timeout_is_said_and_its_python_env_re
     (used / "x").write_text("in use")
     assert remove_empty_folders({empty, used, gone}) == [empty]
     assert not empty.exists() and used.exists()
+
+
+def test_wrong_counts_and_tile_shapes_are_named_as_the_user_gave_them():
+    """serve --max-batch 100000 said 'max_batch must be ...' (a field name, not the option); DenoiseClient given 100
+    tiles of a wrong shape named the shape of its first part ([64, 2, 32, 32]), which the user never sent."""
+    from serving.client import DenoiseClient
+
+    with pytest.raises(InputError, match=r"--max-batch \(ServeConfig.max_batch\) must be an integer in \[1, 65536\]; "
+                                         r"got 100000"):
+        ServeConfig(max_batch=100_000).validate()
+    client = DenoiseClient.__new__(DenoiseClient)
+    with pytest.raises(InputError, match=r"tiles have shape \[100, 2, 32, 32\]; expected \[B, 3, 32, 32\]"):
+        client.denoise_tiles(np.zeros((100, 2, 32, 32), np.float32))
