@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from moe_base.errors import InputError
 from moe_base.fileio import atomic_write_json, check_output_file
@@ -127,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = False
+    json_out = json_stdout() if args.json else contextlib.nullcontext(sys.stdout)
+    out = json_out.__enter__()
     try:
         t0 = time.perf_counter()
         try:
@@ -142,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ready_file:
             atomic_write_json(args.ready_file, info)  # a poller never reads half of it
         if args.json:
-            print(json.dumps(info, indent=2), flush=True)
+            print(json.dumps(info, indent=2), file=out, flush=True)
         else:
             log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
                 f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
@@ -168,4 +174,31 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
         if started:  # a start that failed is said by its error alone
             log("stopped" if server.unclean_stop is None else f"stopped, not cleanly: {server.unclean_stop}")
+        json_out.__exit__(None, None, None)
     return 0
+
+
+@contextlib.contextmanager
+def json_stdout() -> Iterator[TextIO]:
+    """A copy of stdout for the JSON of ``serve --json``, while the real file descriptor 1 points at stderr: the
+    processes tritonserver starts inherit it, and wrote lines such as 'Signal (2) received.' (or a crash's backtrace)
+    after the JSON, which then did not parse."""
+    try:
+        real = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        real = False
+    if not real:  # stdout replaced (a caller capturing it): the JSON goes there, file descriptors untouched
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    out = os.fdopen(os.dup(saved), "w")
+    try:
+        yield out
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            out.close()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -273,13 +273,16 @@ def _wait_session_empty(sid: int, timeout_s: float = 30.0) -> list[str]:
     return out
 
 
-def _start_cli(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, dict]:
+def _start_cli(tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
+               stdout: Path | None = None) -> tuple[subprocess.Popen, dict]:
+    """serve, started and ready; its stderr (and its stdout, unless ``stdout`` names a file for it) in serve.log."""
     ready = tmp_path / "ready.json"
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moe_denoise.cli", "serve", "--backend", "torch", "--threads", "1", "--http-port", "0",
          "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready), *extra],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO, stdout=log if stdout is None else open(stdout, "w"), stderr=log if stdout else subprocess.STDOUT,
+        start_new_session=True,
         env=None if env is None else {**os.environ, **env})
     deadline = time.monotonic() + 180
     while not ready.exists():
@@ -415,7 +418,8 @@ def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp
     kept. (Should a PyTriton release refuse the request instead, the server must keep serving.)"""
     _skip_without_pytriton()
     left_before = set(_orphan_model_copies())  # by servers killed before this test (not ours to judge)
-    proc, info = _start_cli(tmp_path)
+    envs_before = set(Path("/tmp").glob("python_env_*"))
+    proc, info = _start_cli(tmp_path, "--json", stdout=tmp_path / "serve.json")
     host, port = info["urls"]["http"].rsplit(":", 1)
     body = json.dumps({"inputs": [{"name": "image_u8", "shape": [10000000, 100000, 3], "datatype": "UINT8",
                                    "data": [1, 2, 3]}]})
@@ -446,6 +450,10 @@ def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp
     shutil.rmtree(kept.parent)
     assert set(_orphan_model_copies()) - left_before == set()
     assert _wait_session_empty(proc.pid) == []
+    # --json: stdout holds the JSON alone (tritonserver's children wrote the crash's backtrace after it), and the
+    # python_env_* folder Triton's Python backend leaves after a crash is removed
+    assert json.loads((tmp_path / "serve.json").read_text())["urls"] == info["urls"]
+    assert set(Path("/tmp").glob("python_env_*")) - envs_before == set()
 
 
 def test_a_tritonserver_that_dies_at_start_is_said_at_once(monkeypatch, python_envs_removed):
