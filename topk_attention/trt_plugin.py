@@ -26,6 +26,7 @@ tests/topk_attention/test_trt_*.py):
 Nothing here runs without TensorRT; the kernel, the artifact and its launch contract are proven without it
 (tests/topk_attention/test_triton_kernel.py, tests/topk_attention/test_aot.py, tools/gpu_check.py).
 """
+import threading
 from typing import Any
 
 from moe_base.errors import InputError
@@ -34,6 +35,7 @@ from moe_base.optional import require
 from .spec import PLUGIN_ID
 
 _REGISTERED: dict[str, Any] = {}
+_REGISTER_LOCK = threading.Lock()
 
 
 def register_plugin(target: str | None = None) -> None:
@@ -42,61 +44,62 @@ def register_plugin(target: str | None = None) -> None:
     ``target`` is the GPU the AOT kernel is compiled for ("cuda:90"); None means the GPU this process builds
     on (its compute capability, read from torch when TensorRT asks for the kernel). Importing this module
     registers nothing: an engine build with the plugin graph must call this first (``build_engine`` does).
-    Raises MissingBackendError without TensorRT, ValueError when called again with another target.
+    Raises MissingBackendError without TensorRT, InputError when called again with another target.
     """
-    if _REGISTERED:
-        if _REGISTERED["target"] != target:
-            raise InputError(f"the plugin is already registered for target {_REGISTERED['target']!r} in this "
-                             f"process; cannot register it again for {target!r}")
-        return
-    trt = require("tensorrt", "the TensorRT plugin")
-    trtp = require("tensorrt.plugin", "the TensorRT plugin (TensorRT >= 10.9)")
-    import numpy as np
-    import numpy.typing as npt
+    with _REGISTER_LOCK:  # two builds at once both registered: TensorRT refuses a second registration
+        if _REGISTERED:
+            if _REGISTERED["target"] != target:
+                raise InputError(f"the plugin is already registered for target {_REGISTERED['target']!r} in this "
+                                 f"process; cannot register it again for {target!r}")
+            return
+        trt = require("tensorrt", "the TensorRT plugin")
+        trtp = require("tensorrt.plugin", "the TensorRT plugin (TensorRT >= 10.9)")
+        import numpy as np
+        import numpy.typing as npt
 
-    Int32 = npt.NDArray[np.int32]  # noqa: N806 - the attribute types, as the ONNX parser gives them
-    Float32 = npt.NDArray[np.float32]  # noqa: N806
+        Int32 = npt.NDArray[np.int32]  # noqa: N806 - the attribute types, as the ONNX parser gives them
+        Float32 = npt.NDArray[np.float32]  # noqa: N806
 
-    @trtp.register(PLUGIN_ID)
-    def _desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, topk: Int32,
-              scale: Float32) -> trtp.TensorDesc:
-        return q.like()
+        @trtp.register(PLUGIN_ID)
+        def _desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, topk: Int32,
+                  scale: Float32) -> trtp.TensorDesc:
+            return q.like()
 
-    @trtp.autotune(PLUGIN_ID)
-    def _autotune(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
-                  outputs: tuple[trtp.TensorDesc]) -> list[trtp.AutoTuneCombination]:
-        return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16", "LINEAR")]
+        @trtp.autotune(PLUGIN_ID)
+        def _autotune(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
+                      outputs: tuple[trtp.TensorDesc]) -> list[trtp.AutoTuneCombination]:
+            return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16", "LINEAR")]
 
-    @trtp.aot_impl(PLUGIN_ID)
-    def _aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, topk: Int32, scale: Float32,
-             outputs: tuple[trtp.TensorDesc], tactic: int
-             ) -> tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        shape = q.shape_expr  # (B, H, N, d): B symbolic, H, N, d constants of the graph
-        heads, n, d = (_constant(shape[i], name) for i, name in ((1, "heads"), (2, "tokens N"), (3, "head dim d")))
-        art = build_artifact(n, d, _scalar(topk, int), "fp16" if q.dtype == trt.float16 else "fp32", heads,
-                             _scalar(scale, float), target)
-        n_bh = shape[0] * shape[1]
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = n_bh
-        launch.grid_y = art.grid_y
-        launch.block_x = art.block[0]
-        launch.shared_mem = art.shared_mem
-        extras = trtp.SymIntExprs.from_tuple([trtp.SymInt32(n_bh)])
-        return art.kernel_name.encode(), art.ptx.encode(), launch, extras
+        @trtp.aot_impl(PLUGIN_ID)
+        def _aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, topk: Int32, scale: Float32,
+                 outputs: tuple[trtp.TensorDesc], tactic: int
+                 ) -> tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
+            shape = q.shape_expr  # (B, H, N, d): B symbolic, H, N, d constants of the graph
+            heads, n, d = (_constant(shape[i], name) for i, name in ((1, "heads"), (2, "tokens N"), (3, "head dim d")))
+            art = build_artifact(n, d, _scalar(topk, int), "fp16" if q.dtype == trt.float16 else "fp32", heads,
+                                 _scalar(scale, float), target)
+            n_bh = shape[0] * shape[1]
+            launch = trtp.KernelLaunchParams()
+            launch.grid_x = n_bh
+            launch.grid_y = art.grid_y
+            launch.block_x = art.block[0]
+            launch.shared_mem = art.shared_mem
+            extras = trtp.SymIntExprs.from_tuple([trtp.SymInt32(n_bh)])
+            return art.kernel_name.encode(), art.ptx.encode(), launch, extras
 
-    @trtp.impl(PLUGIN_ID)
-    def _jit(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, topk: Int32, scale: Float32,
-             outputs: tuple[trtp.Tensor], stream: int) -> None:
-        import torch
+        @trtp.impl(PLUGIN_ID)
+        def _jit(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, topk: Int32, scale: Float32,
+                 outputs: tuple[trtp.Tensor], stream: int) -> None:
+            import torch
 
-        from .triton_kernel import sparse_topk_attention_triton
+            from .triton_kernel import sparse_topk_attention_triton
 
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            qt, kt, vt = (torch.as_tensor(t, device="cuda") for t in (q, k, v))
-            torch.as_tensor(outputs[0], device="cuda").copy_(
-                sparse_topk_attention_triton(qt, kt, vt, _scalar(topk, int), scale=_scalar(scale, float)))
+            with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+                qt, kt, vt = (torch.as_tensor(t, device="cuda") for t in (q, k, v))
+                torch.as_tensor(outputs[0], device="cuda").copy_(
+                    sparse_topk_attention_triton(qt, kt, vt, _scalar(topk, int), scale=_scalar(scale, float)))
 
-    _REGISTERED["target"] = target
+        _REGISTERED["target"] = target
 
 
 def _scalar(value: Any, kind: type) -> Any:

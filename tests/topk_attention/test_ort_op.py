@@ -135,6 +135,66 @@ def test_the_plugin_node_runs_with_its_scale_exactly(scale):
     np.testing.assert_array_equal(out, ref.numpy())
 
 
+def test_shared_fp16_inputs_and_a_node_without_its_optional_attributes_run_in_onnxruntime():
+    """An fp16 plugin node reading one tensor as q, k and v (or two nodes reading it: graphs merged by onnxsim) got
+    one Cast a use, all named 'x__as_fp32': a duplicate name ONNX Runtime refused. A node without 'aot',
+    'plugin_version' or 'plugin_namespace' (TensorRT's parser does without) failed with 'Unable to find attribute
+    'aot'', naming no node."""
+    import onnxruntime as ort
+
+    from moe_model.attention import sparse_topk_attention
+    from topk_attention.ort_op import register_reference_op, relabel_for_ort
+
+    shape = [1, 2, 8, 4]
+    first = onnx.helper.make_node(PLUGIN_NAME, ["x", "x", "x"], ["a"], name="first", domain=PLUGIN_NAMESPACE, topk=3,
+                                  scale=0.5)
+    second = onnx.helper.make_node(PLUGIN_NAME, ["x", "a", "x"], ["b"], name="second", domain=PLUGIN_NAMESPACE,
+                                   topk=2, scale=0.25, plugin_namespace=PLUGIN_NAMESPACE,
+                                   plugin_version=PLUGIN_VERSION, aot=1)
+    io = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT16, shape) for n in ("x", "b")]
+    a_info = onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT16, shape)
+    model = onnx.helper.make_model(onnx.helper.make_graph([first, second], "g", io[:1], io[1:], value_info=[a_info]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                  onnx.helper.make_opsetid(PLUGIN_NAMESPACE, 1)])
+    relabelled = relabel_for_ort(model)
+    outputs = [o for n in relabelled.graph.node for o in n.output]
+    assert len(outputs) == len(set(outputs))
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(register_reference_op())
+    session = ort.InferenceSession(relabelled.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float16)
+    got = session.run(None, {"x": x})[0]
+    xt = torch.from_numpy(x.astype(np.float32))
+    a = sparse_topk_attention(xt, xt, xt, 3, scale=0.5).half().float()
+    want = sparse_topk_attention(xt, a, xt, 2, scale=0.25).half().numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_the_reference_op_is_registered_once_when_threads_race(monkeypatch):
+    """Two runners activated at once in two threads both registered the op: every plugin-graph session of the process
+    then failed ('Conflicting with a registered kernel'), reported as an artifact to re-export."""
+    import threading
+    import time
+
+    import topk_attention.ort_op as ort_op
+
+    registered = []
+    monkeypatch.setattr(ort_op, "_REGISTERED", False)
+    monkeypatch.setattr(ort_op, "_register_op", lambda: (time.sleep(0.05), registered.append(1)))
+    start = threading.Barrier(4)
+
+    def activate() -> None:
+        start.wait()
+        ort_op.register_reference_op()
+
+    threads = [threading.Thread(target=activate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert registered == [1]
+
+
 @pytest.fixture(scope="module")
 def plugin_graph(random_weights, tmp_path_factory):
     """A plugin-flavoured ONNX model of the random weights, exported once for the tests below."""

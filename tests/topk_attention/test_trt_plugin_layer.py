@@ -126,3 +126,44 @@ def test_fetch_failure_is_a_skip_with_the_reason(monkeypatch, tmp_path, fetched_
     with pytest.raises(pytest.skip.Exception, match="could not be fetched.*pip download"):
         fetched_layer("10.9.0.34")
     assert not list((tmp_path / "trt-plugin-layer").glob("10.9.0.34"))  # nothing half-written stays
+
+
+def test_the_plugin_is_registered_once_when_builds_race(monkeypatch):
+    """Two engine builds at once in two threads both reached TensorRT's registration (a check, then a set after four
+    decorators, with no lock): TensorRT refuses a second registration of the id. TensorRT's layer is stood in for."""
+    import threading
+    import time
+    import types
+
+    import topk_attention.trt_plugin as trt_plugin
+
+    registered = []
+
+    def register(plugin_id):
+        time.sleep(0.05)  # the window two threads met in
+        registered.append(plugin_id)
+        return lambda f: f
+
+    trtp = types.SimpleNamespace(register=register, autotune=lambda i: (lambda f: f),
+                                 aot_impl=lambda i: (lambda f: f), impl=lambda i: (lambda f: f),
+                                 TensorDesc=object, Tensor=object, AutoTuneCombination=object,
+                                 KernelLaunchParams=object, SymIntExprs=object)
+    modules = {"tensorrt": types.SimpleNamespace(), "tensorrt.plugin": trtp}
+    monkeypatch.setattr(trt_plugin, "require", lambda name, *args, **kwargs: modules[name])
+    monkeypatch.setattr(trt_plugin, "_REGISTERED", {})
+    start = threading.Barrier(4)
+    errors = []
+
+    def build() -> None:
+        start.wait()
+        try:
+            trt_plugin.register_plugin(TARGET)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(registered) == 1
