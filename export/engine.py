@@ -91,12 +91,27 @@ def plan_build(trt_version: str, precision: str) -> BuildPlan:
 
 
 def cache_key(onnx_sha: str, plugin_hash: str | None, trt_version: str, compute_capability: str,
-              opts: BuildOptions) -> str:
-    """The engine cache key: everything that decides the engine (graph, plugin code, TensorRT, GPU, precision,
-    profile), not where files live."""
+              opts: BuildOptions, gpu_name: str = "", kernel_compiler: str | None = None) -> str:
+    """The engine cache key: everything that decides the engine (graph, plugin code and the Triton that compiles
+    its kernel, TensorRT, the GPU model and its compute capability, precision, profile), not where files live.
+    (GPUs of one compute capability, an A100 and an A30, shared engines tuned on the other, as the timing cache,
+    keyed by the GPU's name, does not.)"""
     key = {"onnx": onnx_sha, "plugin": plugin_hash, "tensorrt": trt_version, "cc": compute_capability,
            "precision": opts.precision, "profile": opts.profile}
+    if gpu_name:
+        key["gpu"] = gpu_name
+    if kernel_compiler:
+        key["kernel_compiler"] = kernel_compiler
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _triton_version() -> str | None:
+    """The Triton that compiles the plugin's AOT kernel (its PTX is in the engine), or None where it is missing."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    return f"triton {triton.__version__}"
 
 
 @dataclass
@@ -158,13 +173,15 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     reference = load_model(ref_weights, architecture=artifact_architecture(onnx_manifest), verify=not recorded)
     uses_plugin = bool(onnx_manifest.get("plugin"))
     p_hash = behaviour_hash() if uses_plugin else None
-    key = cache_key(onnx_manifest["artifact"]["sha256"], p_hash, trt.__version__, gpu["compute_capability"], opts)
+    key = cache_key(onnx_manifest["artifact"]["sha256"], p_hash, trt.__version__, gpu["compute_capability"], opts,
+                    gpu_name=gpu["name"], kernel_compiler=_triton_version() if uses_plugin else None)
     cached = opts.cache_dir / "engines" / f"{key}.engine"
     t0 = time.perf_counter()
 
     hit = opts.use_engine_cache and cached.is_file()
     if hit:
-        log(f"[1/3] engine cache hit {cached.name} (same ONNX, plugin, TensorRT, GPU, precision, profile)")
+        log(f"[1/3] engine cache hit {cached.name} (same ONNX, plugin and its Triton, TensorRT, GPU, precision, "
+            f"profile)")
         data = cached.read_bytes()
     else:
         if uses_plugin:

@@ -42,7 +42,10 @@ def test_cache_key_depends_on_every_input(tmp_path):
                 dict(base, compute_capability="8.9")]
     keys = {cache_key(**v, opts=opts) for v in variants}
     keys |= {cache_key(**base, opts=BuildOptions(precision="fp16")), cache_key(**base, opts=BuildOptions(max_batch=512))}
-    assert k not in keys and len(keys) == 6
+    # an A100 and an A30 (both 8.0) shared engines; so did kernels compiled by two Triton releases
+    keys |= {cache_key(**base, opts=opts, gpu_name="NVIDIA A30"), cache_key(**base, opts=opts, gpu_name="NVIDIA A100"),
+             cache_key(**base, opts=opts, gpu_name="NVIDIA A30", kernel_compiler="triton 3.4.0")}
+    assert k not in keys and len(keys) == 9
 
 
 def test_build_without_tensorrt_names_the_package(tmp_path, random_weights):
