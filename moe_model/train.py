@@ -190,6 +190,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
 def existing_run(out: Path, resume: bool, overwrite: bool) -> list[str]:
     """The files of a run ``out`` holds; InputError when there are some and neither ``resume`` nor ``overwrite``."""
     existing = [name for name in ("last.pt", "best.safetensors", "best.json") if (out / name).exists()]
+    aside = out / REPLACED
+    stranded = sorted(p.name for p in aside.iterdir()) if aside.is_dir() and not existing else []
+    if stranded:  # a run killed (SIGKILL, out of memory) before it put them back: the next --overwrite deleted them
+        raise InputError(f"{aside} holds a training run ({', '.join(stranded)}) that an --overwrite moved aside and "
+                         f"never put back: that run was killed before its first epoch was saved. Move those files "
+                         f"back into {out} to keep the old run (then --resume it), or delete {aside} to let it go")
     if existing and not resume and not overwrite:
         raise InputError(f"{out} already holds a training run ({', '.join(existing)}); continue it with --resume, "
                          f"replace it with --overwrite, or choose another --out-dir")

@@ -346,3 +346,23 @@ def test_a_folder_named_like_shipped_weights_does_not_hide_them_from_init_from(f
     assert main(argv) == 0, capsys.readouterr().err
     side = json.loads((out / "best.json").read_text())
     assert side["training"]["init_from"]["path"] == str(SHIPPED["blind"])
+
+
+def test_a_run_an_overwrite_left_aside_is_named_not_deleted(tmp_path):
+    """--overwrite moves the old run into OUT/.replaced and puts it back when the new run stops before its first
+    epoch is saved; a run killed outright (SIGKILL, out of memory) never put it back. --resume then said only that
+    last.pt did not exist, a plain run was accepted, and the next --overwrite deleted the old run in silence."""
+    from moe_base.errors import InputError
+    from moe_model.train import REPLACED, existing_run
+
+    aside = tmp_path / REPLACED
+    aside.mkdir()
+    for name in ("best.json", "best.safetensors", "last.pt"):
+        (aside / name).write_text("old run")
+    for resume, overwrite in ((True, False), (False, False), (False, True)):
+        with pytest.raises(InputError, match=r"\.replaced holds a training run \(best\.json, best\.safetensors, "
+                                             r"last\.pt\) that an --overwrite moved aside and never put back"):
+            existing_run(tmp_path, resume, overwrite)
+    assert sorted(p.name for p in aside.iterdir()) == ["best.json", "best.safetensors", "last.pt"]
+    (tmp_path / "last.pt").write_text("the new run, saved")  # the new run got as far as its state: aside is stale
+    assert existing_run(tmp_path, True, False) == ["last.pt"]
