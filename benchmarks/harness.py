@@ -99,7 +99,7 @@ class BackendSpec:
 
 @dataclass
 class BenchSettings:
-    """How much to measure. Defaults are the full CPU run; ``quick()`` and ``gpu()`` are the other presets."""
+    """How much to measure. Defaults are the full CPU run; the bench command's PRESETS hold the others."""
 
     batches: tuple[int, ...] = (1, 8, 64, 256)
     warmup: int = 3              # untimed calls per (backend, mode) at each batch size before timing
@@ -508,14 +508,14 @@ def cpu_targets(best: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str,
     lowest p50 latency at batch 1 <= 1/8 of the baseline's (the backend with the best throughput at batch 1 was
     taken, whose p50 need not be the lowest: a target could read 'NOT met' that a timed backend met), and the
     compute limit (images/s at the measured GEMM peak)."""
-    e2e = best.get("e2e", {})
-    cpu_best = {b: v for b, v in e2e.items()
-                if any(r["backend"] == v["backend"] and r["device"] == "cpu" for r in rows)}
     out: dict[str, Any] = {}
-    b64 = cpu_best.get("64")
-    if b64 and b64["throughput_ratio"] is not None:
-        out["batch64_throughput_ratio"] = {"target": 10.0, "value": b64["throughput_ratio"], "backend": b64["backend"],
-                                           "met": b64["throughput_ratio"] >= 10.0}
+    cpu64 = [r for r in rows if r["status"] == "ok" and r["batch"] == 64 and r["mode"] == "e2e"
+             and r["device"] == "cpu"]  # among CPU rows alone: the fastest of all at 64 on a GPU dropped the target
+    b64 = max(cpu64, key=lambda r: r["throughput_ips"]) if cpu64 else None
+    ratio = ((b64 or {}).get("ratio_vs_baseline") or {}).get("throughput")
+    if b64 and ratio is not None:
+        out["batch64_throughput_ratio"] = {"target": 10.0, "value": ratio, "backend": b64["backend"],
+                                           "met": ratio >= 10.0}
     b1 = [(r["ratio_vs_baseline"]["latency_p50"], r["backend"]) for r in rows
           if r["status"] == "ok" and r["batch"] == 1 and r["mode"] == "e2e" and r["device"] == "cpu"
           and (r.get("ratio_vs_baseline") or {}).get("latency_p50") is not None]

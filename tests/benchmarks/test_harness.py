@@ -265,6 +265,20 @@ def test_the_batch_1_latency_target_is_judged_on_the_lowest_p50():
                                          "met": True}
 
 
+def test_the_batch_64_cpu_target_stands_when_a_gpu_backend_is_faster():
+    """The batch-64 CPU target took the fastest backend of any device at 64; when that ran on a GPU, the target (and
+    its share of the compute limit) was left out, though a CPU backend met it."""
+    def row(backend, device, ips):
+        return {"backend": backend, "batch": 64, "mode": "e2e", "device": device, "status": "ok", "throughput_ips": ips,
+                "latency_ms": {"p50": 64_000 / ips}, "ratio_vs_baseline": {"throughput": ips / 80,
+                                                                          "latency_p50": 80 / ips}}
+    rows = [row("torch-seed", "cpu", 80), row("ort-cpu", "cpu", 1000), row("torch-masked-cuda", "cuda", 30000)]
+    t = cpu_targets(best_per_batch(rows), rows, 1e6, {"cpu": 1e12})
+    assert t["batch64_throughput_ratio"] == {"target": 10.0, "value": pytest.approx(12.5), "backend": "ort-cpu",
+                                             "met": True}
+    assert t["batch64_fraction_of_limit"] == pytest.approx(1000 / t["compute_limit_ips"])
+
+
 def test_no_ratios_when_the_baseline_failed():
     calls = []
     specs = [spec("base", calls, baseline=True, offset=1.0), spec("fast", calls)]
