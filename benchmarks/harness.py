@@ -438,11 +438,14 @@ def _run_guarded(cell: _Cell, fn: Callable[[], Any]) -> Any:
 def _timed_turn(cell: _Cell, timer: Any, probe: Any) -> None:
     """One turn of a cell in a round: ``inner`` timed calls, with the memory peak of the turn."""
     probe.reset()
+    sample = getattr(probe, "sample", None)  # the device-wide use has no peak of its own: noted after each call
     turn = []
     for _ in range(cell.inner):
         t = _run_guarded(cell, lambda: timer.time(cell.fn))
         if t is None:
             return
+        if sample is not None:  # untimed; it was read at the end of the turn alone, after scratch memory was freed
+            sample()
         turn.append(float(t))
         cell.samples.append(float(t))
     cell.turns.append(sum(turn) / len(turn))

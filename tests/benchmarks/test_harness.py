@@ -387,6 +387,28 @@ def test_an_interrupted_round_takes_back_its_memory_peaks_with_its_times():
     assert rows["base"]["memory"]["peak_rss_mb"] == 110.0 and rows["other"]["memory"]["peak_rss_mb"] == 120.0
 
 
+class SampledProbe(FakeProbe):
+    """A probe of the device-wide use, which has no peak of its own (CudaMemoryProbe): sampled between calls."""
+
+    def __init__(self):
+        self.samples = 0
+
+    def sample(self):
+        self.samples += 1
+
+
+def test_the_device_wide_memory_is_sampled_after_every_timed_call():
+    """gpu_used_mb was reported as a peak but read once, at the end of each turn: scratch memory ONNX Runtime,
+    TensorRT or cuDNN freed before the turn ended was never seen."""
+    calls = []
+    probe = SampledProbe()
+    doc, _ = run([spec("base", calls, baseline=True)], calls, {"base": 1.0}, settings(batches=(4,), max_inner=3,
+                                                                                       slot_target_s=1.0),
+                 probe_factory=lambda device: probe)
+    row = doc["results"][0]
+    assert probe.samples == len(row["samples_ms"]) > 0
+
+
 def test_a_cell_that_failed_before_a_stop_says_so_rather_than_skipped():
     """Stopped before any cell of a batch size had a sample, every cell was recorded as skipped, including one whose
     warm-up had already failed (out of memory): the run then hid the error."""
