@@ -158,9 +158,10 @@ def verify_weights(path: str | Path, side: dict[str, Any] | None) -> None:
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(f"weights {path} do not match the sha256 recorded in {sidecar_path(path).name} "
-                              f"({actual[:16]}... instead of {expected[:16]}...): the file is damaged or was replaced. "
-                              f"Use the original file (reinstall, or retrain), or pass {SKIP_CHECK} to use "
-                              f"it anyway, knowingly")
+                              f"({actual[:16]}... instead of {expected[:16]}...): the file is damaged or was replaced, "
+                              f"or a training run was killed between writing it and its JSON (--resume that run "
+                              f"writes both again). Use the original file (reinstall, or retrain), or pass "
+                              f"{SKIP_CHECK} to use it anyway, knowingly")
 
 
 def fitting_presets(sd: dict[str, torch.Tensor]) -> list[str]:

@@ -215,6 +215,7 @@ def test_reliability_damaged_weights(capsys, random_weights, tmp_path):
     shutil.copy(random_weights.with_suffix(".json"), bad.with_suffix(".json"))
     code, _, err = cli(capsys, "parity", "--backend", "torch", "--weights", bad, "-n", "2")
     assert code == 2 and "sha256" in err and "--skip-weights-check" in err and "bad.safetensors" in err
+    assert "killed between writing it and its JSON (--resume that run" in err  # the weights and JSON: two writes
     code, _, _ = cli(capsys, "parity", "--backend", "torch", "--weights", bad, "-n", "2", "--skip-weights-check")
     assert code == 0
 
