@@ -219,6 +219,8 @@ class DenoiseServer:
         self._log_dir: str | None = None
         self.died = False  # tritonserver ended on its own (crashed or was killed), found when stopping
         self.unclean_stop: str | None = None  # how the last stop went wrong (tritonserver's exit timeout), or None
+        self._in_flight = 0  # model calls running in this process (PyTriton's threads), under _idle
+        self._idle = threading.Condition()
         self._own_envs: set[Path] = set()  # Triton's Python backend folders (python_env_*) made as our models loaded
         self._serving = False  # started, and not stopped since
         self._asked_to_stop = False  # request_stop() was called (a signal, or stop())
@@ -332,6 +334,9 @@ class DenoiseServer:
                 self.died = True  # its log, which the error names, is kept (stop() removes a temporary log otherwise)
             self.stop()
             raise error from e
+        except BaseException:  # a KeyboardInterrupt in library use: runners, tritonserver and folders released too
+            self.stop()
+            raise
         self._serving = True
         self.log(f"serving {', '.join(s.name for s in self.tile_models)}"
                  f"{', ' + IMAGE_MODEL if self.serve_image_model else ''} on HTTP {self.urls['http']}, "
@@ -342,7 +347,10 @@ class DenoiseServer:
         """The last lines of Triton's log (empty when it logs to stdout)."""
         if self.log_path is None or not self.log_path.is_file():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        with open(self.log_path, "rb") as f:  # its end alone: with --verbose a log grows without bound
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 256 * lines))
+            text = f.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
 
     def _start_error(self, e: Exception) -> Exception:
         if isinstance(e, (InputError, MissingBackendError)) or getattr(e, "asked", False):
@@ -368,9 +376,19 @@ class DenoiseServer:
     def _as_function(self, model: Callable[[list[Any]], list[dict[str, np.ndarray]]]) -> Callable[[list[Any]], Any]:
         """PyTriton calls this with the list of requests of one execution (a batch when batching)."""
         def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+            with self._idle:
+                self._in_flight += 1
+            try:
+                return run(requests)
+            finally:
+                with self._idle:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
+
+        def run(requests: list[Any]) -> list[dict[str, np.ndarray]]:
             if self._stopped.is_set():  # Triton still takes requests while it drains: new work is turned away
-                raise InputError("the server is stopping (Ctrl-C or SIGTERM) and takes no new work; its requests in "
-                                 "flight are finishing. Send this one to a running server")
+                raise RequestRefused("the server is stopping (Ctrl-C or SIGTERM) and takes no new work; its requests "
+                                     "in flight are finishing. Send this one to a running server")
             try:
                 return model(requests)
             except InputError as e:  # the client gets the message; the server says it refused one
@@ -413,7 +431,7 @@ class DenoiseServer:
         and release the runners."""
         if self._serving and not self._asked_to_stop and not self.is_alive():  # ended on its own, unasked
             self.died = True
-        self.request_stop()
+        self.request_stop(abandon_now=self.died)  # no one waits for a photo of a server that died
         triton, self._triton = self._triton, None
         if triton is not None:
             workspace = getattr(getattr(triton, "_workspace", None), "path", None)
@@ -424,6 +442,9 @@ class DenoiseServer:
                 shutil.rmtree(workspace, ignore_errors=True)  # PyTriton's own stop removes it, unless it failed
             self.unclean_stop = self._exit_timeout()
             remove_empty_folders(self._own_envs)
+        with self._idle:  # a tritonserver that died left PyTriton's threads in our model calls: the runners are
+            # released once those end (a photo at its next runner call), not under them
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=DRAIN_S)
         while self._runners:
             runner = self._runners.pop()
             with contextlib.suppress(Exception):  # noqa: BLE001 - same

@@ -822,3 +822,81 @@ def test_wrong_counts_and_tile_shapes_are_named_as_the_user_gave_them():
     client = DenoiseClient.__new__(DenoiseClient)
     with pytest.raises(InputError, match=r"tiles have shape \[100, 2, 32, 32\]; expected \[B, 3, 32, 32\]"):
         client.denoise_tiles(np.zeros((100, 2, 32, 32), np.float32))
+
+
+class LifecycleRunner(IdentityRunner):
+    """A stand-in runner that records its activation, and counts the calls running on it when it is released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active, self.running, self.running_at_release = False, 0, None
+
+    def activate(self):
+        self.active = True
+        return self
+
+    def deactivate(self):
+        self.running_at_release, self.active = self.running, False
+
+
+def test_a_keyboard_interrupt_while_starting_releases_everything(monkeypatch):
+    """start() caught Exception alone around Triton: a Ctrl-C there in library use (a notebook, 'with DenoiseServer')
+    left the runners active and the log folder behind, and a second start() returned at once, serving nothing."""
+    pytest.importorskip("pytriton", reason="DenoiseServer.start imports PyTriton")
+    import serving.server as srv
+
+    runners: list[LifecycleRunner] = []
+
+    def make() -> LifecycleRunner:
+        runners.append(LifecycleRunner())
+        return runners[-1]
+
+    class Interrupted:
+        def __init__(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(srv, "watched_triton", lambda cls, server: Interrupted)
+    server = srv.DenoiseServer(make, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert runners and not any(r.active for r in runners)
+    assert server._triton is None and server._log_dir is None
+
+
+def test_runners_are_released_after_the_calls_running_on_them():
+    """A tritonserver that died left PyTriton's threads inside our model calls; stop() released the runners under
+    them at once (a session, an engine or CUDA graphs freed under a running call). It now waits for those calls,
+    and abandons a photo at its next runner call."""
+    import threading
+    import time
+
+    import serving.server as srv
+
+    runner = LifecycleRunner()
+    server = srv.DenoiseServer(lambda: runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    server._runners.append(runner)
+
+    def slow(requests):
+        runner.running += 1
+        time.sleep(0.5)
+        runner.running -= 1
+        return []
+
+    call = threading.Thread(target=server._as_function(slow), args=([],))
+    call.start()
+    time.sleep(0.1)
+    server.stop()
+    call.join()
+    assert runner.running_at_release == 0 and not runner.active
+    with pytest.raises(srv.RequestRefused, match="the server is stopping"):  # a RequestRefused: no traceback sent
+        server._as_function(slow)([])
+
+
+def test_the_log_tail_reads_the_end_of_the_log_alone(tmp_path):
+    """log_tail read the whole Triton log at every stop (with --verbose it grows without bound)."""
+    from serving.server import DenoiseServer
+
+    server = DenoiseServer(lambda: None)
+    server.log_path = tmp_path / "tritonserver.log"
+    server.log_path.write_text("".join(f"line {i}\n" for i in range(200_000)))
+    assert server.log_tail(3) == "line 199997\nline 199998\nline 199999"
