@@ -331,7 +331,17 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     ``max_pixels``: a photo over it is refused before it is decoded or sent (as locally).
     """
     from runtime.guard import with_strength
-    from runtime.images import check_input_exists, check_output_path, check_quality, check_writable, read_image, write_pixels
+    from runtime.images import (
+        check_frames_kept,
+        check_input_exists,
+        check_memory,
+        check_output_path,
+        check_quality,
+        check_writable,
+        read_pixels,
+        to_unit,
+        write_pixels,
+    )
     from runtime.jpeg_traces import LOSSY_FORMATS
     from runtime.photo import photo_report
 
@@ -339,10 +349,15 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     check_input_exists(in_path)  # the first thing to fix, before what the output would replace
     check_output_path(out_path, in_path, overwrite)
     start = time.perf_counter()
-    image, info = read_image(in_path, max_pixels=max_pixels)
-    check_writable(out_path, info)
-    dtype = np.uint16 if info.bit_depth == 16 else np.uint8
-    pixels = unit_to_image(image, dtype)  # exactly the file's integers (read_image divided them by 255 / 65535)
+
+    def before_decode(header: Any) -> None:  # as a local run checks, before decoding
+        check_writable(out_path, header)
+        check_frames_kept(out_path, header)  # a multi-page file written over with its first page
+        check_memory(max(header.decode_bytes, 2 * header.compact_bytes), "sending it and taking its result", header)
+
+    # the file's integers, sent as they are (a float32 copy, then two float64 ones to get them back, took about 20
+    # bytes a value, which the memory check did not count); the float image only where the client tiles
+    pixels, info = read_pixels(in_path, max_pixels=max_pixels, before_decode=before_decode)
     reads_noise = guard and sigma is None  # the guard's estimate is wanted: how to read it matters
     with DenoiseClient(url, timeout_s=timeout_s) if client is None else contextlib.nullcontext(client) as client:
         client.wait_ready(timeout_s=10.0)
@@ -353,7 +368,8 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
                                                              strength, sigma, guard)
             where = "server"
         else:  # a standard repository ('moe-denoise triton-repo'): tiles from here, batched by Triton
-            result, decision, settings = _tile_here(client, image, pixels, info.format, url, strength, sigma, guard)
+            result, decision, settings = _tile_here(client, to_unit(pixels, info), pixels, info.format, url,
+                                                    strength, sigma, guard)
             where = "client"
     if result.shape != pixels.shape or result.dtype != pixels.dtype:
         raise InputError(f"the server at {url} returned {result.dtype} {list(result.shape)} for a {pixels.dtype} "

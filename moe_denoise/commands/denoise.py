@@ -441,41 +441,50 @@ def check_remote_options(args: argparse.Namespace) -> None:
 def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None, client: Any = None) -> dict:
     """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally
     (``local``: the runner --check-local uses, or None to make one; ``client``: see :func:`denoise_one`)."""
+    import tempfile
+
     from serving.client import denoise_file_remote
 
-    report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
-                                 strength=args.strength, sigma=args.sigma, guard=not args.no_guard,
-                                 quality=args.jpeg_quality, client=client, max_pixels=args.max_pixels)
-    if args.check_local:
-        report["check_local"] = check_local(args, src, dst, local)
+    with tempfile.TemporaryDirectory(prefix="moe-denoise-check-") as tmp:
+        # --check-local: the local run first, from the input as it is (with -o over the input, the served result
+        # replaced it, and the local run denoised that: 34 levels 'different' between identical runs)
+        if args.check_local:
+            from runtime.images import check_output_path
+
+            check_output_path(dst, src, args.overwrite)  # a refusal first, not after the local run
+        here = local_run(args, src, Path(tmp) / f"local{dst.suffix}", local) if args.check_local else None
+        report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
+                                     strength=args.strength, sigma=args.sigma, guard=not args.no_guard,
+                                     quality=args.jpeg_quality, client=client, max_pixels=args.max_pixels)
+        if here is not None:
+            report["check_local"] = compare_files(dst, *here)
     return report
 
 
-def check_local(args: argparse.Namespace, src: Path, dst: Path, runner: Any = None) -> dict:
-    """Denoise the input here too (with ``runner``, or one made from the options), written as a local run writes
-    it (same format: a JPEG output is compared as JPEG, not against pixels before encoding), and compare the two
-    files' pixels, in levels."""
+def local_run(args: argparse.Namespace, src: Path, here: Path, runner: Any = None) -> tuple[Path, str]:
+    """Denoise ``src`` into ``here`` as a local run writes it (same format: a JPEG output is compared as JPEG, not
+    against pixels before encoding), with ``runner`` or one made from the options; ``here`` and the runner's label."""
     import contextlib
-    import tempfile
 
+    from runtime.photo import denoise_file
+
+    with make_runner(args, args.weights) if runner is None else contextlib.nullcontext(runner) as runner:
+        denoise_file(src, here, runner, overlap=args.overlap, batch_size=args.batch_size, progress=False,
+                     max_pixels=args.max_pixels, strength=args.strength, sigma=args.sigma,
+                     guard=not args.no_guard, quality=args.jpeg_quality)
+    return here, runner_label(runner)
+
+
+def compare_files(served_path: Path, local_path: Path, backend: str) -> dict:
+    """The two files' pixels compared, in levels of their bit depth."""
     import numpy as np
 
-    from runtime.images import read_image
-    from runtime.photo import denoise_file
-    from serving.models import unit_to_image
+    from runtime.images import read_pixels
 
-    with tempfile.TemporaryDirectory(prefix="moe-denoise-check-") as tmp:
-        here = Path(tmp) / f"local{dst.suffix}"
-        with make_runner(args, args.weights) if runner is None else contextlib.nullcontext(runner) as runner:
-            denoise_file(src, here, runner, overlap=args.overlap, batch_size=args.batch_size, progress=False,
-                         max_pixels=args.max_pixels, strength=args.strength, sigma=args.sigma,
-                         guard=not args.no_guard, quality=args.jpeg_quality)
-        local_image, info = read_image(here)
-    dtype = np.uint16 if info.bit_depth == 16 else np.uint8
-    local = unit_to_image(local_image, dtype)
-    served = unit_to_image(read_image(dst)[0], dtype)
+    local, info = read_pixels(local_path)
+    served = read_pixels(served_path)[0]
     diff = int(np.abs(served.astype(np.int64) - local).max())
-    return {"backend": runner_label(runner), "max_abs_difference_levels": diff, "levels": int(np.iinfo(dtype).max),
+    return {"backend": backend, "max_abs_difference_levels": diff, "levels": 65535 if info.bit_depth == 16 else 255,
             "pixels_different": int((served != local).sum())}
 
 

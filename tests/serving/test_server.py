@@ -330,6 +330,11 @@ def test_serve_command_denoise_server_equals_local_then_sigterm(tmp_path, capsys
         assert main(["denoise", str(DEMO), "-o", str(remote), "--server", "grpc://" + info["urls"]["grpc"],
                      "--overwrite", "--check-local", "--backend", "torch", "--threads", "1"]) == 0
         assert "max abs difference from a local run with torch-masked (weights blind): 0 of 255 levels" in capsys.readouterr().out
+        in_place = tmp_path / "in_place.png"  # the served result replaced the input before the local run read it:
+        shutil.copy(DEMO, in_place)  # 34 levels 'different' between identical runs
+        assert main(["denoise", str(in_place), "-o", str(in_place), "--server", url, "--overwrite", "--check-local",
+                     "--backend", "torch", "--threads", "1"]) == 0
+        assert "max abs difference from a local run with torch-masked (weights blind): 0 of 255 levels" in capsys.readouterr().out
         jpeg = tmp_path / "noisy.jpg"  # a noisy JPEG: the guard reads the noise at two scales, on both sides
         from PIL import Image
 

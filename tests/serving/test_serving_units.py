@@ -900,3 +900,24 @@ def test_the_log_tail_reads_the_end_of_the_log_alone(tmp_path):
     server.log_path = tmp_path / "tritonserver.log"
     server.log_path.write_text("".join(f"line {i}\n" for i in range(200_000)))
     assert server.log_tail(3) == "line 199997\nline 199998\nline 199999"
+
+
+def test_a_file_of_several_pages_is_not_replaced_through_a_server_either(tmp_path):
+    """denoise --server onto the input itself, a 3-page TIFF, kept its first page alone; a local run refuses it. The
+    refusal comes before the photo is decoded or the server asked."""
+    from PIL import Image
+
+    from serving.client import denoise_file_remote
+
+    pages = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (10, 20, 30)]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    before = (tmp_path / "scan.tif").read_bytes()
+
+    class NoServer:  # never asked
+        def __getattr__(self, name):
+            raise AssertionError(f"the server was asked ({name})")
+
+    with pytest.raises(InputError, match=r"has 3 frames .* would lose the other 2"):
+        denoise_file_remote(tmp_path / "scan.tif", tmp_path / "scan.tif", "localhost:1", overwrite=True,
+                            client=NoServer())
+    assert (tmp_path / "scan.tif").read_bytes() == before
