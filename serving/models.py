@@ -181,6 +181,8 @@ class ImageModel:
         self.give_up = give_up  # asked before every runner call: a reason ends the photo (the server is stopping)
         self.max_pixels = max_pixels
         self.overlap = overlap
+        side = math.isqrt(max_pixels)  # panoramas pass; strips a few pixels wide do not (planned once, not a request)
+        self.max_tiles = 2 * plan_tiles(side, side, overlap=overlap).count
         self.batch_size = batch_size_for(runner, batch_size)  # None: 64 tiles a call on a CPU, 256 on a GPU
         self.guard = guard
         described = runner.describe() if hasattr(runner, "describe") else None
@@ -229,8 +231,7 @@ class ImageModel:
                              f"(the server works in bands of whole rows, so a very wide image costs the most), and this "
                              f"server can get only {max(room, 0) / 2**30:.2f} GiB more ({bound}). Send a smaller or "
                              f"narrower image, or crop it into parts")
-        side = math.isqrt(self.max_pixels)
-        most = 2 * plan_tiles(side, side, overlap=self.overlap).count  # panoramas pass; strips a few pixels wide not
+        most = self.max_tiles
         tiles = plan_tiles(h, w, overlap=self.overlap).count
         if tiles > most:  # a 16,777,216 x 1 strip, within the pixel limit, was 2.1 M tiles: an hour of a CPU
             raise InputError(f"the image is {w}x{h}: {tiles:,} tiles to denoise (a tile steps {TILE_SHAPE[-1] - self.overlap} "
