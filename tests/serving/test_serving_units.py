@@ -819,6 +819,9 @@ def test_wrong_counts_and_tile_shapes_are_named_as_the_user_gave_them():
     with pytest.raises(InputError, match=r"--max-batch \(ServeConfig.max_batch\) must be an integer in \[1, 65536\]; "
                                          r"got 100000"):
         ServeConfig(max_batch=100_000).validate()
+    for address in ("::1", "::"):  # passed, then failed blaming the ports (or a gaierror traceback with port 0)
+        with pytest.raises(InputError, match=rf"--address {address} is an IPv6 address; serve listens on IPv4"):
+            ServeConfig(address=address).validate()
     client = DenoiseClient.__new__(DenoiseClient)
     with pytest.raises(InputError, match=r"tiles have shape \[100, 2, 32, 32\]; expected \[B, 3, 32, 32\]"):
         client.denoise_tiles(np.zeros((100, 2, 32, 32), np.float32))
