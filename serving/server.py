@@ -20,6 +20,7 @@ PyTriton and tritonclient are imported when the server starts: ``import serving`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -233,9 +234,15 @@ class DenoiseServer:
             raise RuntimeError("add models before the server starts")
         if any(spec.name == name for spec in self.tile_models) or name == IMAGE_MODEL:
             raise InputError(f"a model named '{name}' is already bound; choose another name")
-        self.tile_models.append(TileModelSpec(
-            name, dynamic_batching, self.config.queue_delay_us if queue_delay_us is None else queue_delay_us,
-            self.config.max_batch if max_batch is None else max_batch))
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise InputError(f"a model name is letters, digits, '_', '-' and '.' (a folder of Triton's repository); "
+                             f"got {name!r}")
+        spec = TileModelSpec(name, dynamic_batching,
+                             self.config.queue_delay_us if queue_delay_us is None else queue_delay_us,
+                             self.config.max_batch if max_batch is None else max_batch)
+        # checked as serve's own options are (they failed at start, as an error blaming the ports)
+        dataclasses.replace(self.config, max_batch=spec.max_batch, queue_delay_us=spec.queue_delay_us).validate()
+        self.tile_models.append(spec)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     @property

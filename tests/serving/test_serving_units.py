@@ -924,3 +924,16 @@ def test_a_file_of_several_pages_is_not_replaced_through_a_server_either(tmp_pat
         denoise_file_remote(tmp_path / "scan.tif", tmp_path / "scan.tif", "localhost:1", overwrite=True,
                             client=NoServer())
     assert (tmp_path / "scan.tif").read_bytes() == before
+
+
+def test_a_tile_model_added_with_a_bad_name_or_count_is_refused_when_added():
+    """add_tile_model took any name and max_batch=0; both failed at start, in an error that blamed the ports."""
+    from serving.server import DenoiseServer
+
+    server = DenoiseServer(lambda: None, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    with pytest.raises(InputError, match="a model name is letters, digits"):
+        server.add_tile_model("../x", dynamic_batching=False)
+    with pytest.raises(InputError, match=r"max_batch\) must be an integer in \[1, 65536\]; got 0"):
+        server.add_tile_model("direct", dynamic_batching=False, max_batch=0)
+    server.add_tile_model("direct", dynamic_batching=False, max_batch=8)
+    assert [s.name for s in server.tile_models][-1] == "direct"
