@@ -66,6 +66,13 @@ def _import_client(protocol: str) -> Any:
     return module
 
 
+def _unreachable(e: Any) -> bool:
+    """Whether a tritonclient error is gRPC's word for a server not there (no connection), not the server's answer:
+    it was said as 'has no model' or 'refused the request', where HTTP says 'cannot reach'."""
+    status = str(e.status() or "") if callable(getattr(e, "status", None)) else ""
+    return "UNAVAILABLE" in status or "failed to connect" in (e.message() or "")
+
+
 BATCH_RETRIES = 4
 """How often :meth:`DenoiseClient.denoise_tiles` sends a valid request again that failed for another request of its
 batch (Triton's dynamic batcher merged them; PyTriton reports one error for a batch)."""
@@ -164,6 +171,8 @@ class DenoiseClient:
         try:
             return getattr(self._client, ask)(model)
         except InferenceServerException as e:
+            if _unreachable(e):
+                raise self._broken(ConnectionError(e.message())) from e
             raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
         except (OSError, http.client.HTTPException) as e:
             raise self._broken(e) from e
@@ -213,6 +222,8 @@ class DenoiseClient:
                 kwargs["parameters"] = parameters
             result = self._client.infer(model, feeds, outputs=outputs, **kwargs)
         except InferenceServerException as e:
+            if _unreachable(e):
+                raise self._broken(ConnectionError(e.message())) from e
             raise InputError(f"the server at {self.url} refused the request to '{model}': "
                              f"{server_message(e.message())}") from e
         except (OSError, http.client.HTTPException) as e:

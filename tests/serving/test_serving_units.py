@@ -937,3 +937,24 @@ def test_a_tile_model_added_with_a_bad_name_or_count_is_refused_when_added():
         server.add_tile_model("direct", dynamic_batching=False, max_batch=0)
     server.add_tile_model("direct", dynamic_batching=False, max_batch=8)
     assert [s.name for s in server.tile_models][-1] == "direct"
+
+
+def test_a_grpc_server_that_is_not_there_is_said_to_be_unreachable():
+    """tritonclient.grpc reports a refused connection as an InferenceServerException (not an OSError): the client
+    said the server 'has no model' or 'refused the request', where over HTTP it says it cannot reach one."""
+    import socket
+
+    pytest.importorskip("tritonclient.grpc", reason="the gRPC client is part of the serving extra")
+    from serving.client import DenoiseClient
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = DenoiseClient(f"grpc://127.0.0.1:{port}", timeout_s=5)
+    try:
+        with pytest.raises(InputError, match=rf"cannot reach a Triton server at grpc://127.0.0.1:{port}"):
+            client.max_batch("moe_denoiser")
+        with pytest.raises(InputError, match="cannot reach a Triton server"):
+            client.denoise_tiles(np.zeros((1, 3, 32, 32), np.float32))
+    finally:
+        client.close()
