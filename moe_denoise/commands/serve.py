@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
             log(f"{e}; nothing was served")
             return 128 + int(stopping[0] if stopping else signal.SIGINT)
         started = True
+        if stopping:  # a signal between the handlers and start(), which starts with its stop flags cleared
+            server.request_stop()
         info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
                 "backend": args.backend, "runner": runner_label(probe), "config": server.running_config.to_dict(),
                 "startup_seconds": round(time.perf_counter() - t0, 2),
