@@ -69,6 +69,7 @@ class BackendInputs:
     weights: Path
     preset: str | None = None
     threads: int | None = None
+    verify: bool = True  # the weights' sha256 against their sidecar (False: bench --skip-weights-check)
     onnx: dict[tuple[str, bool], Path] = field(default_factory=dict)
     onnx_unavailable: dict[tuple[str, bool], str] = field(default_factory=dict)
     engines: dict[str, Path] = field(default_factory=dict)
@@ -120,7 +121,7 @@ def _torch_spec(name: str, inputs: BackendInputs) -> BackendSpec:
         # Each runner loads its own model: set_attention_impl changes the model it is called on.
         return TorchRunner(inputs.weights, preset=inputs.preset, device=device, impl=impl, compile=compile_,
                            threads=inputs.threads if device == "cpu" else None, name=name, precision=precision,
-                           cuda_graph=graph)
+                           cuda_graph=graph, verify_weights=inputs.verify)
 
     unavailable = inputs.triton_unavailable if impl == "triton" else None
     notes = (["the baseline: the seed's code path, topk -> softmax -> gather V for every expert (k clipped to N, "

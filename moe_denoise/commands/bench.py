@@ -142,7 +142,7 @@ def _usable_cores() -> int:
 
 
 def export_graphs(graphs: set[tuple[str, bool]], weights: Path, preset: str | None, cache: Path, threads: int | None,
-                  log: Any) -> tuple[dict[tuple[str, bool], Path], dict[tuple[str, bool], str]]:
+                  log: Any, verify: bool = True) -> tuple[dict[tuple[str, bool], Path], dict[tuple[str, bool], str]]:
     """Export each needed graph into ``cache/<weights hash>/`` unless a matching one is there already.
 
     Returns ({graph: path}, {graph: why it is unavailable}): an export that fails makes its backends unavailable
@@ -152,7 +152,8 @@ def export_graphs(graphs: set[tuple[str, bool]], weights: Path, preset: str | No
     failed: dict[tuple[str, bool], str] = {}
     for flavor, optimize in sorted(graphs):
         try:
-            paths[(flavor, optimize)] = export_graph(flavor, optimize, "fp32", weights, preset, cache, threads, log)
+            paths[(flavor, optimize)] = export_graph(flavor, optimize, "fp32", weights, preset, cache, threads, log,
+                                                     verify)
         except Exception as e:  # noqa: BLE001 - reported as the reason its backends are unavailable
             failed[(flavor, optimize)] = f"exporting the {flavor} graph failed: {type(e).__name__}: {e}"
             log(failed[(flavor, optimize)])
@@ -160,7 +161,7 @@ def export_graphs(graphs: set[tuple[str, bool]], weights: Path, preset: str | No
 
 
 def export_graph(flavor: str, optimize: bool, precision: str, weights: Path, preset: str | None, cache: Path,
-                 threads: int | None, log: Any) -> Path:
+                 threads: int | None, log: Any, verify: bool = True) -> Path:
     """One ONNX graph in ``cache/<weights hash>/``: reused when its manifest matches, else exported (parity-gated)."""
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
@@ -173,7 +174,7 @@ def export_graph(flavor: str, optimize: bool, precision: str, weights: Path, pre
         log(f"ONNX graph (cached): {out}")
         return out
     log(f"exporting {out} ...")
-    export_onnx(load_model(weights, preset=preset), out, ExportOptions(flavor=flavor, optimize=optimize,
+    export_onnx(load_model(weights, preset=preset, verify=verify), out, ExportOptions(flavor=flavor, optimize=optimize,
                                                                        precision=precision),
                 weights_path=weights, threads=threads, log=lambda s: None)
     return out
@@ -294,14 +295,16 @@ def run(args: argparse.Namespace) -> int:
     check_folder(work, "--cache-dir", "the ONNX graphs and engines")
     weights = resolve_weights(args.weights)
     log = _log
-    model = load_model(weights, preset=args.preset)  # fails early, with the checkpoint's message, on bad weights
-    onnx, onnx_failed = export_graphs(graphs_needed(names), weights, args.preset, work, settings.threads, log)
+    verify = not args.skip_weights_check  # it was passed to nothing: the run was refused, naming this option
+    model = load_model(weights, preset=args.preset, verify=verify)  # fails early, with the checkpoint's message
+    onnx, onnx_failed = export_graphs(graphs_needed(names), weights, args.preset, work, settings.threads, log,
+                                      verify)
     engine_failed: dict[str, str] = {}
     if args.build_engines if args.build_engines is not None else preset == "gpu":
         built, engine_failed = build_engines(names, engines, weights, args.preset, work, settings.batches,
                                              log)
         engines = {**engines, **built}
-    inputs = BackendInputs(weights=weights, preset=args.preset, threads=settings.threads, onnx=onnx,
+    inputs = BackendInputs(weights=weights, preset=args.preset, threads=settings.threads, verify=verify, onnx=onnx,
                            onnx_unavailable=onnx_failed, engines=engines, triton_unavailable=_triton_status(names))
     baseline = choose_baseline(names, GPU_BASELINE, CPU_BASELINE)
     specs = build_specs(names, inputs, baseline)
@@ -309,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         if spec.name in engine_failed:
             spec.unavailable = engine_failed[spec.name]
     reference = TorchRunner(weights, preset=args.preset, impl="masked", device="cpu", threads=settings.threads,
-                            name="torch-masked (reference)")
+                            name="torch-masked (reference)", verify_weights=verify)
     interrupted = None
     try:
         doc = run_benchmark(

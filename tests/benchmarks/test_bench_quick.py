@@ -209,3 +209,22 @@ def test_reliability_bench_stopped_while_writing(capsys, random_weights, tmp_pat
     assert json.loads((out_dir / "results.json").read_text())["settings"]["repeats"] == 2
     assert "up to 2 interleaved rounds" in (out_dir / "results.md").read_text()
     assert (out_dir / "results.png").read_bytes() == b"\x89PNG second"
+
+
+def test_bench_skip_weights_check_runs_edited_weights(capsys, random_weights, tmp_path, restore_torch_threads):
+    """bench --skip-weights-check was passed to nothing: weights whose sidecar records another sha256 were refused,
+    by a message that named --skip-weights-check."""
+    import json
+    import shutil
+
+    edited = tmp_path / "edited.safetensors"
+    shutil.copy(random_weights, edited)
+    side = json.loads(random_weights.with_suffix(".json").read_text())
+    edited.with_suffix(".json").write_text(json.dumps({**side, "sha256": "0" * 64}))
+    argv = ["bench", "--quick", "--weights", str(edited), "--batches", "1", "--repeats", "1", "--warmup", "1",
+            "--parity-images", "2", "--threads", "1", "--backends", "torch-seed,torch-masked", "--no-plot",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")]
+    assert main(argv) == 2 and "--skip-weights-check" in capsys.readouterr().err
+    code = main([*argv, "--skip-weights-check"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "results.json").is_file()
