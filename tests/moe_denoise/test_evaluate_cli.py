@@ -168,3 +168,31 @@ def test_a_report_file_that_appears_during_the_run_is_not_replaced(capsys, monke
                          "--sigmas", 25, "--bm3d-images", 0, "--no-ssim", "--save-json", report)
     assert code == 2 and "already exists; refusing to replace it" in err and report.read_text() == '{"mine": 1}'
     assert "The results are printed above" in err and "noisy input" in out  # the run's results are not lost
+
+
+def test_labels_that_name_rows_of_the_report_are_refused_before_any_work(capsys, fake_cifar, random_weights):
+    """A --label 'a + guard' beside a model 'a' took the place of a's guarded photo row with the other model's
+    numbers (27.94 dB shown where a's was 29.35); a reserved label was refused only after the CIFAR-10 part."""
+    common = ["--data-dir", fake_cifar, "--limit", 2, "--sigmas", 25, "--bm3d-images", 0, "--no-ssim"]
+    code, _, err = run(capsys, "evaluate", "--weights", random_weights, "--label", "a", "--weights", random_weights,
+                       "--label", "a + guard", *common)
+    assert code == 2 and "the label(s) ['a + guard'] name rows of the report" in err
+    code, out, err = run(capsys, "evaluate", "--suite", "all", "--weights", random_weights, "--label",
+                         "best Gaussian blur", *common, "--photos", "camera", "--bm3d-photos", "none")
+    assert code == 2 and "the label(s) ['best Gaussian blur'] name rows" in err and out == ""
+
+
+def test_evaluate_takes_skip_weights_check_as_its_refusal_advises(capsys, fake_cifar, random_weights, tmp_path):
+    """evaluate refused edited weights with 'pass --skip-weights-check', an option it did not have."""
+    import shutil
+
+    edited = tmp_path / "edited.safetensors"
+    shutil.copy(random_weights, edited)
+    side = json.loads(random_weights.with_suffix(".json").read_text())
+    edited.with_suffix(".json").write_text(json.dumps({**side, "sha256": "0" * 64}))
+    argv = ["evaluate", "--weights", edited, "--data-dir", fake_cifar, "--limit", 2, "--sigmas", 25, "--bm3d-images",
+            0, "--no-ssim", "--threads", 1]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "--skip-weights-check" in err
+    code, out, err = run(capsys, *argv, "--skip-weights-check")
+    assert code == 0, err
