@@ -82,6 +82,12 @@ def test_bench_rejects_bad_options_clearly(capsys, random_weights, tmp_path):
     assert code == 2 and "--backends '' names no backend" in capsys.readouterr().err  # it ran the default set
     code = main(["bench", "--weights", str(random_weights), "--batches", "1,x", "--out-dir", str(tmp_path)])
     assert code == 2 and "--batches must be comma-separated integers" in capsys.readouterr().err
+    # a huge batch ended in a numpy MemoryError traceback after the parity step; '' ran the preset's sizes and
+    # '1,,8' dropped the empty item, in silence
+    for batches in ("3000000", "", "1,,8"):
+        code = main(["bench", "--weights", str(random_weights), "--batches", batches, "--out-dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code == 2 and "--batches must be" in err and "Traceback" not in err, (batches, err)
     code = main(["bench", "--weights", str(random_weights), "--engine", "trt-plugin-fp16=/nonexistent.engine",
                  "--out-dir", str(tmp_path)])
     assert code == 2 and "does not exist" in capsys.readouterr().err
