@@ -366,3 +366,21 @@ def test_a_run_an_overwrite_left_aside_is_named_not_deleted(tmp_path):
     assert sorted(p.name for p in aside.iterdir()) == ["best.json", "best.safetensors", "last.pt"]
     (tmp_path / "last.pt").write_text("the new run, saved")  # the new run got as far as its state: aside is stale
     assert existing_run(tmp_path, True, False) == ["last.pt"]
+
+
+def test_init_from_refuses_weights_that_do_not_match_their_json(tmp_path, random_weights):
+    """train --init-from trained from weights whose sidecar records another sha256, without a word; every other
+    command refuses them. train has no --skip-weights-check, so the refusal names none."""
+    import shutil
+
+    from moe_model.train import warm_start
+
+    edited = tmp_path / "edited.safetensors"
+    shutil.copy(random_weights, edited)
+    side = json.loads(random_weights.with_suffix(".json").read_text())
+    edited.with_suffix(".json").write_text(json.dumps({**side, "sha256": "0" * 64}))
+    model = load_model(random_weights)
+    with pytest.raises(CheckpointError, match=r"^--init-from: weights .*edited\.safetensors do not match the sha256") as e:
+        warm_start(model, str(edited), log=lambda s: None)
+    assert "skip-weights-check" not in str(e.value) and "Use the original file" in str(e.value)
+    warm_start(model, str(random_weights), log=lambda s: None)  # the file as written: taken
