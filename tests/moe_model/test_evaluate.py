@@ -180,3 +180,4 @@ def test_bm3d_rows_on_the_subset_improve_on_the_noisy_input(fake_cifar):
     assert r["seconds"][BM3D] > 0
     target = next(x for x in check_targets(r) if x["target"].startswith("beats BM3D"))
     assert not target["met"] and target["where"] == "clip sigma 25"
+    assert target["target"].endswith("; judged without sigma 15, 50 (not run)")  # it read as judged at all three
