@@ -88,6 +88,33 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def in_threads():
+    """``in_threads(fn, count)``: ``fn()`` in ``count`` threads started together, joined; the exceptions they
+    raised (a list, empty when none did). For the tests of what two threads at once must not break."""
+    import threading
+
+    def run(fn, count: int) -> list[BaseException]:
+        errors: list[BaseException] = []
+        start = threading.Barrier(count, timeout=30)
+
+        def one() -> None:
+            try:
+                start.wait()
+                fn()
+            except BaseException as e:  # noqa: BLE001 - the test reads them
+                errors.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return errors
+
+    return run
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests skip without a CUDA GPU and `trt` tests without TensorRT, each with the reason."""
     import importlib.util

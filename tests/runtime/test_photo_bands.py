@@ -285,7 +285,7 @@ def test_reliability_pillows_bomb_limit_gives_way_to_ours(tmp_path: Path, monkey
     assert Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's limit is put back
 
 
-def test_reads_run_side_by_side_and_put_pillows_bomb_limit_back_after_the_last(tmp_path: Path) -> None:
+def test_reads_run_side_by_side_and_put_pillows_bomb_limit_back_after_the_last(tmp_path: Path, in_threads) -> None:
     """Pillow's bomb limit was set aside through each read under a lock held through the decode: every read in the
     process waited for the one before. Now two reads meet inside their decodes, and Pillow's limit is put back after
     the last."""
@@ -294,23 +294,13 @@ def test_reads_run_side_by_side_and_put_pillows_bomb_limit_back_after_the_last(t
     pillows = Image.MAX_IMAGE_PIXELS
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "a.png")
     meet = threading.Barrier(2, timeout=10)
-    seen, errors = [], []
+    seen = []
 
     def both_inside(header: images.ImageHeader) -> None:
         seen.append(Image.MAX_IMAGE_PIXELS)
         meet.wait()  # the second read waited for the first's lock: the barrier broke
 
-    def read() -> None:
-        try:
-            read_pixels(tmp_path / "a.png", before_decode=both_inside)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=read) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = in_threads(lambda: read_pixels(tmp_path / "a.png", before_decode=both_inside), 2)
     assert errors == [] and seen == [None, None]
     assert Image.MAX_IMAGE_PIXELS == pillows
 

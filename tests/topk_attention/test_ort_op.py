@@ -170,10 +170,9 @@ def test_shared_fp16_inputs_and_a_node_without_its_optional_attributes_run_in_on
     np.testing.assert_array_equal(got, want)
 
 
-def test_the_reference_op_is_registered_once_when_threads_race(monkeypatch):
+def test_the_reference_op_is_registered_once_when_threads_race(monkeypatch, in_threads):
     """Two runners activated at once in two threads both registered the op: every plugin-graph session of the process
     then failed ('Conflicting with a registered kernel'), reported as an artifact to re-export."""
-    import threading
     import time
 
     import topk_attention.ort_op as ort_op
@@ -181,18 +180,7 @@ def test_the_reference_op_is_registered_once_when_threads_race(monkeypatch):
     registered = []
     monkeypatch.setattr(ort_op, "_REGISTERED", False)
     monkeypatch.setattr(ort_op, "_register_op", lambda: (time.sleep(0.05), registered.append(1)))
-    start = threading.Barrier(4)
-
-    def activate() -> None:
-        start.wait()
-        ort_op.register_reference_op()
-
-    threads = [threading.Thread(target=activate) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert registered == [1]
+    assert in_threads(ort_op.register_reference_op, 4) == [] and registered == [1]
 
 
 @pytest.fixture(scope="module")

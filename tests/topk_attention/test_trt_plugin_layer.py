@@ -128,10 +128,9 @@ def test_fetch_failure_is_a_skip_with_the_reason(monkeypatch, tmp_path, fetched_
     assert not list((tmp_path / "trt-plugin-layer").glob("10.9.0.34"))  # nothing half-written stays
 
 
-def test_the_plugin_is_registered_once_when_builds_race(monkeypatch):
+def test_the_plugin_is_registered_once_when_builds_race(monkeypatch, in_threads):
     """Two engine builds at once in two threads both reached TensorRT's registration (a check, then a set after four
     decorators, with no lock): TensorRT refuses a second registration of the id. TensorRT's layer is stood in for."""
-    import threading
     import time
     import types
 
@@ -151,19 +150,4 @@ def test_the_plugin_is_registered_once_when_builds_race(monkeypatch):
     modules = {"tensorrt": types.SimpleNamespace(), "tensorrt.plugin": trtp}
     monkeypatch.setattr(trt_plugin, "require", lambda name, *args, **kwargs: modules[name])
     monkeypatch.setattr(trt_plugin, "_REGISTERED", {})
-    start = threading.Barrier(4)
-    errors = []
-
-    def build() -> None:
-        start.wait()
-        try:
-            trt_plugin.register_plugin(TARGET)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=build) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(registered) == 1
+    assert in_threads(lambda: trt_plugin.register_plugin(TARGET), 4) == [] and len(registered) == 1
