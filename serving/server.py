@@ -448,7 +448,9 @@ class DenoiseServer:
                 remove_model_copies(Path(workspace))
                 shutil.rmtree(workspace, ignore_errors=True)  # PyTriton's own stop removes it, unless it failed
             self.unclean_stop = self._exit_timeout()
-            remove_empty_folders(self._own_envs)
+            left = remove_empty_folders(self._own_envs)  # a clean stop removed them already
+            if left:
+                self.log(f"removed {', '.join(map(str, left))}, left behind by tritonserver's Python backend")
         with self._idle:  # a tritonserver that died left PyTriton's threads in our model calls: the runners are
             # released once those end (a photo at its next runner call), not under them
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=DRAIN_S)
