@@ -53,7 +53,7 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -525,18 +525,12 @@ def _header_orientation(p: Path, im: Any) -> int:
         if im.format == "PNG" and "exif" not in im.info:
             exif_bytes = None
             with open(p, "rb") as f:
-                f.seek(8)
-                while True:
-                    head = f.read(8)
-                    if len(head) < 8:
-                        break
-                    length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                for kind, length in _png_chunks(f):
                     if kind == b"eXIf":
                         exif_bytes = f.read(length)
                         break
                     if kind == b"IEND":
                         break
-                    f.seek(length + 4, 1)
             # as Pillow's getexif() reads it after decoding: the eXIf chunk, else ImageMagick's 'Raw profile type
             # exif' text chunk; then an XMP tiff:Orientation when the EXIF has none
             raw = im.info.get("Raw profile type exif")
@@ -595,21 +589,29 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
 PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB")
 
 
+def _png_chunks(f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    """(type, length) of each chunk of the PNG open as ``f``, which is at the chunk's data when it is yielded; the
+    walk goes on from the next chunk whatever the caller read (the chunks are walked, not decompressed)."""
+    f.seek(8)  # the signature
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return
+        length, kind = int.from_bytes(head[:4], "big"), head[4:]
+        data = f.tell()
+        yield kind, length
+        f.seek(data + length + 4)  # the data and its CRC
+
+
 def _png_colour_chunks(p: Path) -> tuple[tuple[bytes, bytes], ...]:
     """A PNG's gAMA, cHRM and sRGB chunks as (type, data), read from the chunks before the image data."""
     found = []
     with open(p, "rb") as f:
-        f.seek(8)
-        while True:
-            head = f.read(8)
-            if len(head) < 8 or head[4:] in (b"IDAT", b"IEND"):
+        for kind, length in _png_chunks(f):
+            if kind in (b"IDAT", b"IEND"):
                 break
-            length, kind = int.from_bytes(head[:4], "big"), head[4:]
             if kind in PNG_COLOUR_CHUNKS and length <= 64:
                 found.append((kind, f.read(length)))
-                f.seek(4, 1)
-            else:
-                f.seek(length + 4, 1)
     return tuple(found)
 
 
