@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -340,7 +339,7 @@ def check_folder_takes_files(folder: str | Path, name: str = "moe-denoise") -> N
     try:
         if not there.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(there))
-        fd, probe = tempfile.mkstemp(prefix=f".{name}.", suffix=".probe", dir=there)
+        probe, fd = _new_temporary(there, f".{name}.", ".probe")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
