@@ -150,9 +150,10 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         why = "" if not renamed else " (a photo whose format cannot hold its result gets .png added to its name)"
         raise InputError(f"photos with the same file name would be written to the same output in '{out}'{why}: "
                          f"{_listed(clashes)}; denoise them in separate runs with different -o folders")
-    own = [src.name for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()]
-    if own and not overwrite:
-        raise InputError(f"the output folder '{out}' holds the photos themselves ({_listed(own)}): each result would "
+    in_place = [src for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()]
+    if in_place and not overwrite:
+        own = _listed([p.name for p in in_place])
+        raise InputError(f"the output folder '{out}' holds the photos themselves ({own}): each result would "
                          f"replace its input. Choose another -o folder, or pass --overwrite to replace the originals")
     unusable = [dst.name + ("/" if dst.is_dir() else " (empty)") for _, dst in jobs
                 if dst.is_dir() or (dst.is_file() and dst.stat().st_size == 0)]
@@ -176,7 +177,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         check_folder_takes_files(out)
     return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
                      ignored=tuple(ignored), skip_existing=skip_existing, renamed=tuple(renamed),
-                     in_place=tuple(src for src, dst in jobs if dst.exists() and dst.resolve() == src.resolve()))
+                     in_place=tuple(in_place))  # with overwrite alone, which skip_existing contradicts: all in jobs
 
 
 @contextlib.contextmanager
