@@ -146,22 +146,24 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def verify_weights(path: str | Path, side: dict[str, Any] | None) -> None:
+def verify_weights(path: str | Path, side: dict[str, Any] | None, skip: str | None = SKIP_CHECK) -> None:
     """The weights file must have the sha256 its sidecar records (when it records one): damaged or replaced
-    tensors would otherwise denoise into garbage without a word."""
+    tensors would otherwise denoise into garbage without a word. ``skip``: the option that takes them anyway, named
+    in the refusal (None for a caller that has none, such as train's --init-from)."""
     expected = (side or {}).get("sha256")
     if not expected:
         return
     if not isinstance(expected, str):  # compared as text: a number ended in a TypeError traceback
         raise CheckpointError(f"{sidecar_path(path).name} records sha256 {expected!r}, not a hash (hex text): it "
-                              f"was edited or damaged. Restore it, or pass {SKIP_CHECK} to use {path} anyway")
+                              f"was edited or damaged. Restore it"
+                              + (f", or pass {skip} to use {path} anyway" if skip else ""))
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(f"weights {path} do not match the sha256 recorded in {sidecar_path(path).name} "
                               f"({actual[:16]}... instead of {expected[:16]}...): the file is damaged or was replaced, "
                               f"or a training run was killed between writing it and its JSON (--resume that run "
-                              f"writes both again). Use the original file (reinstall, or retrain), or pass "
-                              f"{SKIP_CHECK} to use it anyway, knowingly")
+                              f"writes both again). Use the original file (reinstall, or retrain)"
+                              + (f", or pass {skip} to use it anyway, knowingly" if skip else ""))
 
 
 def fitting_presets(sd: dict[str, torch.Tensor]) -> list[str]:

@@ -454,13 +454,12 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     Tensors the file lacks keep their fresh initialisation (e.g. a new refinement head, whose last layer starts at
     zero so the model first computes what the file did).
     """
-    from .checkpoint import SKIP_CHECK, load_state_dict, read_sidecar, verify_weights
+    from .checkpoint import load_state_dict, read_sidecar, verify_weights
 
     try:  # checked as every other command checks weights (a damaged file was trained from without a word)
-        verify_weights(path, read_sidecar(path))
+        verify_weights(path, read_sidecar(path), skip=None)  # train has no --skip-weights-check to name
     except CheckpointError as e:
-        raise CheckpointError(f"--init-from: {str(e).split(f'; or pass {SKIP_CHECK}')[0].split(f', or pass {SKIP_CHECK}')[0]}"
-                              ) from None
+        raise CheckpointError(f"--init-from: {e}") from None
     sd = load_state_dict(path)
     own = model.state_dict()
     bad = [k for k, v in sd.items() if k not in own or own[k].ndim != v.ndim
