@@ -441,18 +441,20 @@ def check_remote_options(args: argparse.Namespace) -> None:
 def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None, client: Any = None) -> dict:
     """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally
     (``local``: the runner --check-local uses, or None to make one; ``client``: see :func:`denoise_one`)."""
+    import contextlib
     import tempfile
 
     from serving.client import denoise_file_remote
 
-    with tempfile.TemporaryDirectory(prefix="moe-denoise-check-") as tmp:
-        # --check-local: the local run first, from the input as it is (with -o over the input, the served result
-        # replaced it, and the local run denoised that: 34 levels 'different' between identical runs)
-        if args.check_local:
+    with tempfile.TemporaryDirectory(prefix="moe-denoise-check-") if args.check_local else \
+            contextlib.nullcontext() as tmp:
+        here = None
+        if args.check_local:  # the local run first, from the input as it is (with -o over the input, the served
+            # result replaced it, and the local run denoised that: 34 levels 'different' between identical runs)
             from runtime.images import check_output_path
 
             check_output_path(dst, src, args.overwrite)  # a refusal first, not after the local run
-        here = local_run(args, src, Path(tmp) / f"local{dst.suffix}", local) if args.check_local else None
+            here = local_run(args, src, Path(tmp) / f"local{dst.suffix}", local)
         report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
                                      strength=args.strength, sigma=args.sigma, guard=not args.no_guard,
                                      quality=args.jpeg_quality, client=client, max_pixels=args.max_pixels)
