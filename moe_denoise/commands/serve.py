@@ -131,52 +131,51 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = False
-    json_out = json_stdout() if args.json else contextlib.nullcontext(sys.stdout)
-    out = json_out.__enter__()
-    try:
-        t0 = time.perf_counter()
+    # with --json, fd 1 points at stderr while the server runs, and is put back whatever happens
+    with json_stdout() if args.json else contextlib.nullcontext(sys.stdout) as out:
         try:
-            server.start()
-        except StartAbandoned as e:  # Ctrl-C or SIGTERM while Triton started (a server that died is an error)
-            log(f"{e}; nothing was served")
-            return 128 + int(stopping[0] if stopping else signal.SIGINT)
-        started = True
-        if stopping:  # a signal between the handlers and start(), which starts with its stop flags cleared
-            server.request_stop()
-        info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
-                "backend": args.backend, "runner": runner_label(probe), "config": server.running_config.to_dict(),
-                "startup_seconds": round(time.perf_counter() - t0, 2),
-                "log": str(server.log_path) if server.log_path else None}
-        if args.ready_file:
-            atomic_write_json(args.ready_file, info)  # a poller never reads half of it
-        if args.json:
-            print(json.dumps(info, indent=2), file=out, flush=True)
-        else:
-            log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
-                f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
-        if not is_loopback(config.address):
-            log(f"listening on {config.address}, without authentication: one HTTP request (a JSON input declaring "
-                f"a huge shape) can crash this tritonserver. Before others can reach it, expose gRPC only or put a "
-                f"proxy that limits request bodies in front, and run this under a supervisor that restarts it "
-                f"(details: 'Exposing the server' in docs/serving.md of the moe-denoise source)")
-        asked = server.wait()
-        if not asked:
-            tail = server.log_tail()
-            log("the Triton server stopped on its own: it crashed or was killed (its last words are above; one "
-                "request can crash it: see 'Exposing the server' in docs/serving.md of the moe-denoise source). This "
-                "command does not restart it: run it under a supervisor that restarts on exit code 1 (systemd "
-                "Restart=on-failure, docker --restart on-failure)"
-                + (f". Triton's log ({server.log_path}, kept) ends with:\n{tail}" if tail else ""))
-            return 1
-    finally:
-        server.stop()
-        if started and args.ready_file:
-            clear_ready_file(args.ready_file)  # a poller must not find the URLs of a server that is gone
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if started:  # a start that failed is said by its error alone
-            log("stopped" if server.unclean_stop is None else f"stopped, not cleanly: {server.unclean_stop}")
-        json_out.__exit__(None, None, None)
+            t0 = time.perf_counter()
+            try:
+                server.start()
+            except StartAbandoned as e:  # Ctrl-C or SIGTERM while Triton started (a server that died is an error)
+                log(f"{e}; nothing was served")
+                return 128 + int(stopping[0] if stopping else signal.SIGINT)
+            started = True
+            if stopping:  # a signal between the handlers and start(), which starts with its stop flags cleared
+                server.request_stop()
+            info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
+                    "backend": args.backend, "runner": runner_label(probe), "config": server.running_config.to_dict(),
+                    "startup_seconds": round(time.perf_counter() - t0, 2),
+                    "log": str(server.log_path) if server.log_path else None}
+            if args.ready_file:
+                atomic_write_json(args.ready_file, info)  # a poller never reads half of it
+            if args.json:
+                print(json.dumps(info, indent=2), file=out, flush=True)
+            else:
+                log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
+                    f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")
+            if not is_loopback(config.address):
+                log(f"listening on {config.address}, without authentication: one HTTP request (a JSON input declaring "
+                    f"a huge shape) can crash this tritonserver. Before others can reach it, expose gRPC only or put a "
+                    f"proxy that limits request bodies in front, and run this under a supervisor that restarts it "
+                    f"(details: 'Exposing the server' in docs/serving.md of the moe-denoise source)")
+            asked = server.wait()
+            if not asked:
+                tail = server.log_tail()
+                log("the Triton server stopped on its own: it crashed or was killed (its last words are above; one "
+                    "request can crash it: see 'Exposing the server' in docs/serving.md of the moe-denoise source). This "
+                    "command does not restart it: run it under a supervisor that restarts on exit code 1 (systemd "
+                    "Restart=on-failure, docker --restart on-failure)"
+                    + (f". Triton's log ({server.log_path}, kept) ends with:\n{tail}" if tail else ""))
+                return 1
+        finally:
+            server.stop()
+            if started and args.ready_file:
+                clear_ready_file(args.ready_file)  # a poller must not find the URLs of a server that is gone
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if started:  # a start that failed is said by its error alone
+                log("stopped" if server.unclean_stop is None else f"stopped, not cleanly: {server.unclean_stop}")
     return 0
 
 
