@@ -138,7 +138,9 @@ def cosine_lambda(total_steps: int) -> Callable[[int], float]:
 @torch.no_grad()
 def evaluate_loss(model: SmallViT, noisy: torch.Tensor, clean: torch.Tensor, batch_size: int,
                   device: torch.device) -> dict[str, float]:
-    """Pixel MSE and mean / std per-image PSNR of ``model`` on a fixed noisy set (the validation numbers)."""
+    """Pixel MSE and mean / std per-image PSNR of ``model`` on a fixed noisy set (the validation numbers).
+
+    The std is the population std over the images, as ``evaluate`` reports it."""
     model.eval()
     se, psnrs = 0.0, []
     for i in range(0, len(clean), batch_size):
@@ -148,7 +150,7 @@ def evaluate_loss(model: SmallViT, noisy: torch.Tensor, clean: torch.Tensor, bat
         psnrs.append(psnr_per_image(out, c).cpu())
     model.train()
     p = torch.cat(psnrs)
-    return {"mse": se / clean.numel(), "psnr": p.mean().item(), "psnr_std": p.std().item() if len(p) > 1 else 0.0}
+    return {"mse": se / clean.numel(), "psnr": p.mean().item(), "psnr_std": p.std(correction=0).item()}
 
 
 def selection_loss(val: dict[str, float], kind: str) -> float:

@@ -384,3 +384,25 @@ def test_init_from_refuses_weights_that_do_not_match_their_json(tmp_path, random
         warm_start(model, str(edited), log=lambda s: None)
     assert "skip-weights-check" not in str(e.value) and "Use the original file" in str(e.value)
     warm_start(model, str(random_weights), log=lambda s: None)  # the file as written: taken
+
+
+def test_validation_psnr_std_is_the_population_std_as_evaluate_reports_it():
+    import numpy as np
+
+    from moe_model.evaluate import _stats
+    from moe_model.metrics import psnr_per_image
+    from moe_model.train import evaluate_loss
+
+    class Half(torch.nn.Module):
+        def forward(self, x):
+            return 0.5 * x
+
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand(5, 3, 8, 8, generator=gen)
+    noisy = torch.rand(5, 3, 8, 8, generator=gen)
+    val = evaluate_loss(Half(), noisy, clean, batch_size=2, device=torch.device("cpu"))
+    per_image = psnr_per_image(0.5 * noisy, clean).numpy()
+    assert val["psnr_std"] == pytest.approx(float(np.std(per_image)), rel=1e-5)
+    assert val["psnr_std"] == pytest.approx(_stats(per_image)["std"], rel=1e-5)
+    one = evaluate_loss(Half(), noisy[:1], clean[:1], batch_size=2, device=torch.device("cpu"))
+    assert one["psnr_std"] == 0.0
