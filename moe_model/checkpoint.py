@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from moe_base.config import PRESETS, ModelConfig, get_preset
-from moe_base.errors import CheckpointError, InputError
+from moe_base.errors import CheckpointError, InputError, signals_held
 from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
 from moe_base.manifest import read_manifest
 
@@ -31,14 +31,16 @@ def sidecar_path(weights: str | Path) -> Path:
 
 
 def save_weights(model: SmallViT, path: str | Path, meta: dict[str, Any] | None = None) -> None:
-    """``path`` (.safetensors) + ``path.json`` with the model config and ``meta``."""
+    """``path`` (.safetensors) + ``path.json`` with the model config and ``meta``. A Ctrl-C or SIGTERM waits until
+    both are written (weights beside the JSON of the weights before them are refused when loaded)."""
     from safetensors.torch import save
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, save(tensors, metadata={"format": "pt"}))
-    sidecar = {"config": model.config.to_dict(), "sha256": sha256_file(path), **(meta or {})}
-    atomic_write_json(sidecar_path(path), sidecar)
+    data = save(tensors, metadata={"format": "pt"})
+    with signals_held():
+        atomic_write(path, data)
+        atomic_write_json(sidecar_path(path), {"config": model.config.to_dict(), "sha256": sha256_file(path), **(meta or {})})
 
 
 def origin(path: str | Path) -> dict[str, Any]:

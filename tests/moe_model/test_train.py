@@ -406,3 +406,30 @@ def test_validation_psnr_std_is_the_population_std_as_evaluate_reports_it():
     assert val["psnr_std"] == pytest.approx(_stats(per_image)["std"], rel=1e-5)
     one = evaluate_loss(Half(), noisy[:1], clean[:1], batch_size=2, device=torch.device("cpu"))
     assert one["psnr_std"] == 0.0
+
+
+def test_a_stop_between_the_weights_and_their_json_waits_for_the_json(tmp_path, monkeypatch):
+    """save_weights holds Ctrl-C between its two writes for every caller (train held it; tools.photo_finetune did
+    not, and a stop there left new weights beside the old JSON, refused when loaded)."""
+    import os
+    import signal
+
+    from moe_base.config import get_preset
+    from moe_model import checkpoint
+    from moe_model.model import SmallViT
+
+    model = SmallViT(get_preset("seed"))
+    checkpoint.save_weights(model, tmp_path / "w.safetensors")
+    real = checkpoint.atomic_write_json
+
+    def stopped_first(path, obj, *a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands after the weights, before their JSON
+        return real(path, obj, *a, **kw)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_json", stopped_first)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_weights(model, tmp_path / "w.safetensors")
+    assert torch.equal(load_model(tmp_path / "w.safetensors").state_dict()[next(iter(model.state_dict()))],
+                       next(iter(model.state_dict().values())))  # loads: its JSON names the new weights' hash
