@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_split_arg(p)
     p.add_argument("-n", "--num-images", type=positive_int, default=8, help="images in the grid (one row each)")
-    p.add_argument("--offset", type=whole, default=0, help="index of the first image")
+    p.add_argument("--offset", type=whole, default=0,
+                   help="index of the first image (each image gets the noise evaluate gives it, whatever the offset)")
     p.add_argument("--sigma", type=noise_std, default=0.2, help="noise std on [0, 1] pixels, or levels of 255 (51/255)")
     p.add_argument("--eval-seed", type=seed_number, default=1234, help="seed of the fixed noise")
     p.add_argument("--scale", type=positive_int, default=4, help="pixel upscaling of each 32x32 image")
@@ -74,8 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.offset + args.num_images > len(images):  # it drew fewer rows than asked, without a word
         raise InputError(f"-n {args.num_images} from --offset {args.offset} runs past the end of the {args.split} "
                          f"split ({len(images)} images): at most -n {len(images) - args.offset} from there")
-    clean = to_float(images[args.offset : args.offset + args.num_images])
-    noisy = fixed_noisy(clean, args.sigma, "clip", args.eval_seed)
+    # image k gets the noise evaluate gives it, whatever --offset: the split's noise is drawn from its first image
+    # (noise drawn for the slice alone changed with --offset, and an image never looked as evaluate scored it)
+    end = args.offset + args.num_images
+    noisy = fixed_noisy(to_float(images[:end]), args.sigma, "clip", args.eval_seed)[args.offset :]
+    clean = to_float(images[args.offset : end])
     with torch.no_grad():
         den, routing = model(noisy, return_routing=True)
     # both pictures are drawn first and then put in place together: an interrupted run leaves the old pair, not a

@@ -542,6 +542,31 @@ def test_visualize_refuses_what_it_cannot_draw_and_replaces_its_pictures_togethe
     assert main([*base[:-1], str(deep), "-n", "2"]) == 130 and not (tmp_path / "v").exists()
 
 
+def test_visualize_gives_an_image_the_noise_evaluate_gives_it_whatever_the_offset(monkeypatch, fake_cifar,
+                                                                                   random_weights, tmp_path):
+    """The noise was drawn for the slice shown: image 5 looked different at --offset 0 and --offset 5, and never as
+    evaluate scored it."""
+    import torch
+
+    import moe_model.visualize
+    from moe_model.data import fixed_noisy, load_cifar10, to_float
+
+    shown = []
+
+    def grid(noisy, den, clean, path, **kwargs):
+        shown.append(noisy.clone())
+        path.write_bytes(b"")
+
+    monkeypatch.setattr(moe_model.visualize, "denoise_grid", grid)
+    monkeypatch.setattr(moe_model.visualize, "routing_maps", lambda noisy, routing, path, **k: path.write_bytes(b""))
+    base = ["visualize", "--weights", str(random_weights), "--data-dir", str(fake_cifar), "-o", str(tmp_path)]
+    assert main([*base, "-n", "8"]) == 0
+    assert main([*base, "-n", "3", "--offset", "5"]) == 0
+    assert torch.equal(shown[1], shown[0][5:8])
+    scored = fixed_noisy(to_float(load_cifar10(fake_cifar, "test")), 0.2, "clip", 1234)  # evaluate's draw
+    assert torch.equal(shown[1], scored[5:8])
+
+
 def test_thread_counts_past_the_machine_and_text_given_as_weights_are_told_plainly(capsys, tmp_path):
     """--threads 100000 was refused by the OpenMP runtime or exhausted memory (the message blamed the weights); a
     text file given as weights said 'KeyError: 101'."""
