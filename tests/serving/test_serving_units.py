@@ -958,3 +958,32 @@ def test_a_grpc_server_that_is_not_there_is_said_to_be_unreachable():
             client.denoise_tiles(np.zeros((1, 3, 32, 32), np.float32))
     finally:
         client.close()
+
+
+def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkeypatch):
+    """A Ctrl-C after serve's handlers were in place but before start() began was lost with the stop flags start()
+    clears, and the server then served on: serve asks for the stop again once started."""
+    import signal
+
+    import serving.server
+    from moe_denoise.cli import main
+
+    class SignalledBeforeStart(serving.server.DenoiseServer):
+        def start(self):
+            os.kill(os.getpid(), signal.SIGINT)  # serve's handler runs here, before the flags are cleared
+            self._stopped.clear()  # as DenoiseServer.start begins (no Triton: it serves nothing)
+            self._asked_to_stop = False
+            self.running_config = self.config
+            return self
+
+        @property
+        def urls(self):
+            return {"http": "http://127.0.0.1:0"}
+
+        def wait(self, poll_s=0.5):
+            return self._stopped.wait(5.0)  # False, as if the server had died, when nothing asked for the stop
+
+    monkeypatch.setattr(serving.server, "DenoiseServer", SignalledBeforeStart)
+    assert main(["serve", "--backend", "torch", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "SIGINT received: stopping" in err and "stopped on its own" not in err and err.rstrip().endswith("stopped")
