@@ -1,6 +1,6 @@
 """Tile overlap: what `moe-denoise denoise --overlap N` costs in quality and buys in time, on whole photos.
 
-    python -m tools.overlap_tradeoff --overlaps 0 8 16 24 --sigmas 15 25 50
+    python -m tools.overlap_tradeoff --overlaps 0 4 8 16 24 --sigmas 5 15 25 50   # the run in docs/benchmarks.md
 
 For each of scikit-image's sample photos (the photo evaluation's protocol: `benchmarks.quality`, one noise draw per
 photo scaled to every level, clipped) and each noise level (0-255 scale), denoises with the shipped blind weights

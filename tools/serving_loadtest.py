@@ -10,8 +10,8 @@ What it does (every loop bounded in time and in requests; nothing but 127.0.0.1 
    server with C clients in a closed loop, one tile per request, over gRPC: throughput, p50/p90/p99 latency,
    errors, and every response compared with the direct runner's output for its tile (wrong = beyond --atol;
    lost = no answer);
-4. sends bad requests (wrong shape, wrong dtype, NaN, an image over the pixel limit, a truncated body) to the
-   batching server while a stream of good requests runs, and records the answer to each;
+4. sends bad requests (wrong shape, wrong dtype, NaN, values outside [0, 1], an image over the pixel limit, a
+   truncated body) to the batching server while a stream of good requests runs, and records the answer to each;
 5. stops both servers with SIGTERM and checks that they exit cleanly;
 6. writes results.json, results.md and results.png (with the exact command) to --out.
 

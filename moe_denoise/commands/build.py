@@ -11,8 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX model (needs TensorRT + GPU)",
                        description="Parses the ONNX model (portable or plugin flavour), builds an engine with an "
                                    "optimisation profile on the batch axis, reuses a persistent timing cache and an "
-                                   "engine cache (keyed by ONNX hash, plugin hash, TensorRT version, GPU compute "
-                                   "capability, precision and profile), checks parity against PyTorch and writes the "
+                                   "engine cache (keyed by ONNX hash, plugin hash, TensorRT version, GPU model and "
+                                   "compute capability, the Triton release that compiles the plugin's kernel, "
+                                   "precision and profile), checks parity against PyTorch and writes the "
                                    "engine and ENGINE.manifest.json atomically. TensorRT 10 (>= 10.9) takes fp16 as a "
                                    "builder flag on the fp32 graph; TensorRT 11 is strongly typed and needs the fp16 "
                                    "graph from 'moe-denoise export --precision fp16'.",
