@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="architecture preset for weights without a JSON sidecar (e.g. 'seed'); once for one "
                         "--weights, else once per --weights in order ('auto' = read the sidecar)")
     p.add_argument("--label", action="append", default=None,
-                   help="name of each --weights in the report, once per --weights in order; default: the file name")
+                   help="name of each --weights in the report, once per --weights in order; default: the name of "
+                        "shipped weights (blind, sigma20; blind with no --weights), else the file name")
     p.add_argument("--skip-weights-check", action="store_true",
                    help="use weights whose sha256 differs from the one their JSON sidecar records (damaged or "
                         "edited files are refused without it)")
@@ -107,13 +108,17 @@ def _per_weights(values: list[str] | None, n: int, option: str) -> list[str | No
 
 def weights_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """(label, path, preset) of every model asked for, checked before anything is loaded."""
+    from weights import SHIPPED
+
     paths = args.weights or [None]
     presets = _per_weights(args.preset, len(paths), "--preset")
     labels = _per_weights(args.label, len(paths), "--label")
     specs = []
     for path, preset, label in zip(paths, presets, labels):
         resolved = resolve_weights(path)
-        default_label = "shipped" if path is None else resolved.stem
+        # shipped weights are labelled by the name the user gave ('--weights blind' was labelled moe_denoiser)
+        name = "blind" if path is None else str(path)
+        default_label = name if SHIPPED.get(name) == resolved else resolved.stem
         specs.append({"label": label or default_label, "path": str(resolved),
                       "preset": None if preset in (None, "auto") else preset})
     names = [s["label"] for s in specs]
@@ -270,7 +275,7 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
         result = evaluate_model(models[s["label"]], clean, sigma=args.sigma, protocols=protocols,
                                 eval_seed=args.eval_seed, batch_size=args.batch_size, with_ssim=not args.no_ssim,
                                 progress=progress_mode(not args.json) == "bar")
-        weights = "shipped" if args.weights is None else s["path"]
+        weights = s["path"]
         result.update(split=args.split, weights=weights, preset=s["preset"], label=s["label"])
         results.append(result)
         texts.append(f"weights: {weights} (preset '{s['preset']}'), split: {args.split}\n" + format_table(result, s["label"]))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from moe_denoise.cli import main
+from moe_denoise.cli import build_parser, main
 
 
 def run(capsys, *argv):
@@ -196,3 +196,16 @@ def test_evaluate_takes_skip_weights_check_as_its_refusal_advises(capsys, fake_c
     assert code == 2 and "--skip-weights-check" in err
     code, out, err = run(capsys, *argv, "--skip-weights-check")
     assert code == 0, err
+
+
+def test_shipped_weights_are_labelled_by_the_name_given(random_weights):
+    """'--weights blind' was labelled 'moe_denoiser' (its file), and no --weights 'shipped', where two are shipped."""
+    from moe_denoise.commands.evaluate import weights_specs
+
+    def labels(*argv):
+        return [s["label"] for s in weights_specs(build_parser().parse_args(["evaluate", *map(str, argv)]))]
+
+    assert labels() == ["blind"]
+    assert labels("--weights", "blind", "--weights", "sigma20") == ["blind", "sigma20"]
+    assert labels("--weights", random_weights) == [random_weights.stem]
+    assert labels("--weights", "sigma20", "--label", "mine") == ["mine"]
