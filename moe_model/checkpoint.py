@@ -220,6 +220,11 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
                                   f"{sidecar_path(path).name} says so), and --preset {preset} is another one: its "
                                   f"network would take their tensors and compute something else. Leave --preset out "
                                   f"(preset=None in Python) to use theirs")
+        if not own and architecture is not None and ModelConfig.from_dict(dict(architecture)).to_dict() != config.to_dict():
+            raise CheckpointError(f"the model exported from weights {path} was made for the "
+                                  f"'{architecture.get('name')}' architecture (its manifest says so), and --preset "
+                                  f"{preset} is another one: the reference would compute something else. Leave "
+                                  f"--preset out (preset=None in Python) to use the manifest's")
     elif side and "config" in side:
         config = sidecar_config(path, side["config"])
     elif architecture is not None:

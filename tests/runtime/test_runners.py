@@ -398,6 +398,24 @@ def test_weights_that_do_not_fit_the_preset_name_their_own(random_weights, tmp_p
         load_model(bare, preset="residual_refine_wide")
     assert "do not fit the 'residual_refine_wide' architecture (" in str(e.value)
     assert "size mismatch for" not in str(e.value)
+
+
+def test_a_preset_other_than_the_artifact_manifest_s_architecture_is_refused(random_weights, tmp_path):
+    """parity --artifact seed.onnx --preset residual built the reference as 'residual' (the weights, the seed
+    checkpoint, have no sidecar) and blamed the ONNX model: FAIL at 7.5 dB."""
+    import shutil
+
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_model
+
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(random_weights, bare)  # no sidecar, as the seed checkpoint
+    seed = load_model(random_weights).config.to_dict()  # what the manifest records
+    with pytest.raises(CheckpointError, match=r"made for the 'seed' architecture \(its manifest says so\), and "
+                                              r"--preset residual is another one.*Leave --preset out"):
+        load_model(bare, preset="residual", architecture=seed)
+    assert load_model(bare, preset="seed", architecture=seed).config.name == "seed"
+    assert load_model(bare, architecture=seed).config.name == "seed"
     with pytest.raises(CheckpointError, match=r"do not fit the 'residual_refine_wide' .*; their tensors fit the "
                                               r"presets seed, residual: pass --preset seed or --preset residual "
                                               r"\(preset= in Python\), the one they were trained as .*; the seed "
