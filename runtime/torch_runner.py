@@ -71,18 +71,25 @@ def artifact_weights(artifact: str | Path, manifest: dict[str, Any] | None, weig
                      option: str = "weights") -> Path:
     """The weights an ONNX model or engine is checked against: ``weights`` (a file or a shipped name), which must be
     those its manifest records (the same sha256, wherever they are on disk); or, when None, the file the manifest
-    names while it still holds them, else the default (blind). ArtifactMismatchError names both when they differ."""
+    names while it still holds them, else shipped weights that are those (an artifact moved to another checkout or
+    machine: the manifest names the file by its absolute path), else the default (blind). ArtifactMismatchError
+    names both when they differ."""
     from moe_base.fileio import holds, sha256_file
+    from weights import SHIPPED
 
     made = (manifest or {}).get("model") or {}
     expected, source = made.get("weights_sha256"), Path(made.get("weights_file") or "")
-    if weights is None and expected and holds(source, expected):
-        return source
+    if weights is None and expected:
+        for candidate in (source, *SHIPPED.values()):
+            if holds(candidate, expected):
+                return candidate
     path = resolve_weights(weights, option)
     found = sha256_file(path) if expected else None
     if expected and found != expected:
+        recorded = made.get("weights_file")
+        gone = ", a file no longer there" if recorded and not source.is_file() else ""
         raise ArtifactMismatchError(f"{artifact} was exported from weights with sha256 {expected[:16]}... "
-                                    f"({made.get('weights_file')}), but {path} has {found[:16]}...; pass {option} "
+                                    f"({recorded}{gone}), but {path} has {found[:16]}...; pass {option} "
                                     f"with the weights it was exported from")
     return path
 

@@ -201,8 +201,13 @@ def test_the_engines_parity_weights_default_to_those_the_onnx_model_names(tmp_pa
     with pytest.raises(ArtifactMismatchError, match=rf"exported from weights with sha256 .*\({random_weights}\)"):
         artifact_weights(onnx, manifest, DEFAULT_WEIGHTS, "--weights")
     moved = {"model": {**manifest["model"], "weights_file": str(tmp_path / "gone.safetensors")}}
-    with pytest.raises(ArtifactMismatchError):  # the file it names is gone: the shipped default, which differs
-        artifact_weights(onnx, moved, None, "--weights")
+    with pytest.raises(ArtifactMismatchError, match=r"gone\.safetensors, a file no longer there\), but"):
+        artifact_weights(onnx, moved, None, "--weights")  # the file it names is gone: the default differs, and it says
+    from weights import SHIPPED  # an artifact moved to another checkout: its weights, shipped there, are found by hash
+
+    specialist = {"model": {"weights_file": str(tmp_path / "elsewhere" / "moe_denoiser_sigma20.safetensors"),
+                            "weights_sha256": sha256_file(SHIPPED["sigma20"])}}
+    assert artifact_weights(onnx, specialist, None, "--weights") == SHIPPED["sigma20"]
 
 
 # --- build_engine's own logic around TensorRT (TensorRT, the GPU, the build and the engine run are stood in for) -----
