@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "export --flavor plugin' writes, at this precision")
     p.add_argument("-o", "--output", type=path_arg, default=None,
                    help="engine path (default: next to the ONNX model, named <model>.<precision>.engine)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file at -o (never done without it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing engine at -o, or beside --onnx without -o (never done without it; the "
+                        "default engine in the cache is replaced as needed)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="engine precision (fp16 is judged by PSNR against PyTorch)")
     p.add_argument("--min-batch", type=positive_int, default=1, help="smallest batch the engine accepts")
@@ -79,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_suffix(args.output, (".engine", ".plan", ".trt"), "a TensorRT engine")
     out = args.output or engine_path(onnx, args.precision)
     # before TensorRT is even looked for; without -o and --onnx the engine goes to the cache folder
-    check_artifact_output(out, args.overwrite or args.output is None, in_cache=args.output is None and args.onnx is None)
+    # only an engine in the cache is this command's own to replace: one beside the user's --onnx is refused too
+    in_cache = args.output is None and args.onnx is None
+    check_artifact_output(out, args.overwrite or in_cache, in_cache=in_cache)
     weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
     result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print,
-                          overwrite=args.overwrite or args.output is None)
+                          overwrite=args.overwrite or in_cache)
     if args.json:
         from moe_denoise.cli import print_json
 

@@ -391,6 +391,28 @@ def test_a_file_that_appears_at_o_during_the_build_is_not_replaced_without_overw
     assert main([*argv, "--overwrite"]) == 0 and out.read_bytes().startswith(b"engine bytes")
 
 
+def test_an_engine_beside_the_users_onnx_model_is_not_replaced_without_overwrite(fake_trt, portable_onnx,
+                                                                                 random_weights, tmp_path, capsys):
+    """build --onnx X without -o replaced an existing X.fp32.engine (beside the user's model, not in the cache) in
+    silence, where the same path given with -o was refused."""
+    import shutil
+
+    from moe_base.manifest import manifest_path
+    from moe_denoise.cli import main
+
+    own = tmp_path / "own"
+    own.mkdir()
+    onnx = own / portable_onnx.name
+    shutil.copy(portable_onnx, onnx)
+    shutil.copy(manifest_path(portable_onnx), manifest_path(onnx))
+    engine = own / f"{onnx.stem}.fp32.engine"
+    engine.write_bytes(b"precious")
+    argv = ["build", "--onnx", str(onnx), "--weights", str(random_weights), "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 2 and engine.read_bytes() == b"precious"
+    assert "already exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0 and engine.read_bytes().startswith(b"engine bytes")
+
+
 def test_an_onnx_model_exported_with_skip_weights_check_can_be_built(fake_trt, random_weights, tmp_path):
     """'export --skip-weights-check' exports weights whose sidecar records another sha256 (edited on purpose). build
     then loaded them for its parity reference with the sidecar check on, after TensorRT was found, and stopped
