@@ -144,6 +144,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes
     # of building
     ref_weights = artifact_weights(onnx_path, onnx_manifest, weights, "--weights")
+    check_cache_dir(opts.cache_dir, opts.use_engine_cache)
     torch = require("torch")
     if not torch.cuda.is_available():  # said first: installing TensorRT (gigabytes) would not have helped
         from moe_base.optional import available
@@ -211,15 +212,38 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
         raise ParityError(f"refusing to keep the engine for {onnx_path}: it does not match PyTorch"
                           f"{' (the cached engine is removed from the cache)' if hit else ''}\n{report.summary()}",
                           report)
-    if opts.use_engine_cache and not hit:  # only an engine that passed parity is cached
-        from moe_base.fileio import atomic_write
-
-        atomic_write(cached, data)
     manifest["tolerance"] = report.tolerance.to_dict()
     manifest["parity"] = report.to_dict()
     write_artifact(out_path, data, manifest, overwrite)
     log(f"wrote {out_path} ({len(data) / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s")
+    if opts.use_engine_cache and not hit:  # only an engine that passed parity is cached; after the engine is written
+        _write_cache(cached, data, "engine cache", "the next build of the same engine builds it again", log)
     return EngineResult(out_path, manifest, report, hit)
+
+
+def check_cache_dir(folder: Path, engines: bool = True) -> None:
+    """InputError, before any build, when the cache folder (engines, timing caches) cannot be written: a cache that
+    failed only after the build lost the finished engine with it."""
+    from moe_base.fileio import check_folder_takes_files
+
+    for sub in ("engines", "timing") if engines else ("timing",):
+        try:
+            check_folder_takes_files(folder / sub)
+        except InputError as e:
+            raise InputError(f"the cache folder: {e}; pass --cache-dir FOLDER (or set MOE_DENOISE_CACHE) to a folder "
+                             f"you can write to") from None
+
+
+def _write_cache(path: Path, data: bytes, what: str, without: str, log: Callable[[str], None]) -> bool:
+    """Write a cache file; a failure (a full disk) is a note, not the end of a build whose result is already safe."""
+    from moe_base.fileio import atomic_write
+
+    try:
+        atomic_write(path, data)
+    except (OSError, InputError) as e:
+        log(f"      could not write the {what} {path} ({e}); {without}")
+        return False
+    return True
 
 
 def timing_cache_path(cache_dir: Path, trt_version: str, gpu: dict[str, Any]) -> Path:
@@ -243,15 +267,14 @@ def use_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> Non
 
 
 def save_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> bool:
-    """Write the config's timing cache to ``path`` atomically; False (and a note) when the build kept none."""
-    from moe_base.fileio import atomic_write
-
+    """Write the config's timing cache to ``path`` atomically; False (and a note) when the build kept none or it
+    could not be written."""
     cache = config.get_timing_cache()
     if cache is None:
         log(f"      no timing cache to save to {path} (the builder kept none)")
         return False
-    atomic_write(path, bytes(memoryview(cache.serialize())))
-    return True
+    return _write_cache(path, bytes(memoryview(cache.serialize())), "timing cache",
+                        "the next build times its tactics again", log)
 
 
 def _build(trt: Any, onnx_path: Path, opts: BuildOptions, plan: BuildPlan, gpu: dict[str, Any],

@@ -1,5 +1,6 @@
 """The TensorRT build layer without TensorRT: version planning, profiles, cache keys, the timing cache."""
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,6 +282,38 @@ def test_only_an_engine_that_passes_parity_is_cached(fake_trt, portable_onnx, ra
     with pytest.raises(ParityError, match="the cached engine is removed from the cache"):
         build_engine(portable_onnx, tmp_path / "m3.engine", opts, weights=random_weights, log=lambda s: None)
     assert not list(engines.glob("*.engine")) and not (tmp_path / "m3.engine").exists()
+
+
+def test_a_cache_that_cannot_be_written_costs_no_finished_engine(fake_trt, portable_onnx, random_weights, tmp_path,
+                                                                   monkeypatch):
+    """The caches were written before the engine and never checked up front: a cache folder that was a file, read-only
+    or full failed after the whole build and parity, and no engine was written. Now a cache folder that cannot take
+    files is refused before the build, and a cache write that fails afterwards is a note."""
+    from export import engine
+    from export.engine import BuildOptions, build_engine
+    from moe_base import fileio
+
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(InputError, match=r"the cache folder: cannot write to the folder .*pass --cache-dir FOLDER"):
+        build_engine(portable_onnx, tmp_path / "m.engine", BuildOptions(cache_dir=blocked), weights=random_weights,
+                     log=lambda s: None)
+    assert fake_trt.builds == 0 and not (tmp_path / "m.engine").exists()
+
+    opts = BuildOptions(cache_dir=tmp_path / "cache")
+    real = fileio.atomic_write
+
+    def disk_full_in_the_cache(path, *args, **kwargs):
+        if opts.cache_dir in Path(path).parents:
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "atomic_write", disk_full_in_the_cache)
+    said = []
+    result = build_engine(portable_onnx, tmp_path / "m.engine", opts, weights=random_weights, log=said.append)
+    assert result.path.read_bytes() == b"engine bytes 1" and not list(opts.cache_dir.rglob("*.engine"))
+    assert any("could not write the engine cache" in s and "No space left" in s for s in said), said
+    assert engine._write_cache(tmp_path / "cache" / "timing" / "t.cache", b"x", "timing cache", "no matter", said.append) is False
 
 
 def test_build_checks_the_onnx_file_against_its_manifest(fake_trt, portable_onnx, random_weights, tmp_path):
