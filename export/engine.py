@@ -33,12 +33,15 @@ from topk_attention.spec import behaviour_hash
 MIN_TRT = (10, 9)
 
 
+DEFAULT_OPT_BATCH = 64  # the batch TensorRT tunes its kernels for, unless told another
+
+
 @dataclass
 class BuildOptions:
     """How an engine is built: precision, the batch profile (min / opt / max), workspace, caches, parity batch."""
     precision: str = "fp32"
     min_batch: int = 1
-    opt_batch: int = 64
+    opt_batch: int = DEFAULT_OPT_BATCH
     max_batch: int = 1024
     workspace_mib: int = 2048
     cache_dir: Path = field(default_factory=cache_dir)
@@ -50,7 +53,7 @@ class BuildOptions:
             raise InputError(f"precision {self.precision!r} is not supported; use fp32 or fp16")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise InputError(f"the batch profile must satisfy 1 <= min <= opt <= max; got min {self.min_batch}, "
-                             f"opt {self.opt_batch}, max {self.max_batch}")
+                             f"opt {self.opt_batch}, max {self.max_batch} (--min-batch, --opt-batch, --max-batch)")
         if self.max_batch > 65536:
             raise InputError(f"max batch {self.max_batch} is beyond what this toolkit builds (65536); tile work "
                              f"into smaller batches (the runner chunks larger ones)")

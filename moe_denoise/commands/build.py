@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="engine precision (fp16 is judged by PSNR against PyTorch)")
     p.add_argument("--min-batch", type=positive_int, default=1, help="smallest batch the engine accepts")
-    p.add_argument("--opt-batch", type=positive_int, default=64, help="batch TensorRT tunes its kernels for")
+    p.add_argument("--opt-batch", type=positive_int, default=None,
+                   help="batch TensorRT tunes its kernels for (default: 64, brought within --min-batch and "
+                        "--max-batch)")
     p.add_argument("--max-batch", type=positive_int, default=1024, help="largest batch the engine accepts")
     p.add_argument("--workspace-mib", type=positive_int, default=2048,
                    help="scratch GPU memory the builder may use, MiB (>= 64)")
@@ -66,14 +68,15 @@ def default_onnx(precision: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.engine import BuildOptions, build_engine
+    from export.engine import DEFAULT_OPT_BATCH, BuildOptions, build_engine
     from moe_base.manifest import check_artifact_output
     from moe_base.paths import engine_path
 
     onnx = args.onnx
     if onnx is None:  # the graph the installed TensorRT builds this precision from (TensorRT 10: always fp32)
         onnx = default_onnx(args.precision)
-    opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
+    opt_batch = args.opt_batch or min(max(DEFAULT_OPT_BATCH, args.min_batch), args.max_batch)
+    opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=opt_batch,
                         max_batch=args.max_batch, workspace_mib=args.workspace_mib,
                         use_engine_cache=not args.no_engine_cache)
     if args.cache_dir is not None:

@@ -316,6 +316,25 @@ def test_a_cache_that_cannot_be_written_costs_no_finished_engine(fake_trt, porta
     assert engine._write_cache(tmp_path / "cache" / "timing" / "t.cache", b"x", "timing cache", "no matter", said.append) is False
 
 
+def test_the_default_opt_batch_comes_within_the_batches_given(fake_trt, portable_onnx, random_weights, tmp_path,
+                                                               capsys):
+    """build --max-batch 32 was refused for the default --opt-batch 64 the user never set, by a message that named
+    no option."""
+    import json
+
+    from moe_denoise.cli import main
+
+    base = ["build", "--onnx", str(portable_onnx), "--weights", str(random_weights), "--cache-dir", str(tmp_path / "c"),
+            "--json"]
+    for extra, profile in ((["--max-batch", "32"], [1, 32, 32]), (["--min-batch", "128"], [128, 128, 1024]),
+                           ([], [1, 64, 1024])):
+        out = tmp_path / f"m{len(extra)}{extra[-1] if extra else ''}.engine"
+        assert main([*base, *extra, "-o", str(out)]) == 0
+        assert json.loads(capsys.readouterr().out)["profile"] == dict(zip(("min", "opt", "max"), profile))
+    assert main([*base, "--opt-batch", "64", "--max-batch", "32", "-o", str(tmp_path / "x.engine")]) == 2
+    assert "opt 64, max 32 (--min-batch, --opt-batch, --max-batch)" in capsys.readouterr().err
+
+
 def test_build_checks_the_onnx_file_against_its_manifest(fake_trt, portable_onnx, random_weights, tmp_path):
     """A graph replaced under its old manifest was built as the old one (its cache key is the manifest's hash):
     refused before any build, as the runners refuse it; an engine given as --onnx is told what it is."""
