@@ -212,7 +212,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     if not report.passed:
         if hit:  # a cached engine that fails is not offered again
             cached.unlink(missing_ok=True)
-        raise ParityError(f"refusing to keep the engine for {onnx_path}: it does not match PyTorch"
+        raise ParityError(f"refusing to keep the engine for {onnx_path}: {report.headline('it')}"
                           f"{' (the cached engine is removed from the cache)' if hit else ''}\n{report.summary()}",
                           report)
     manifest["tolerance"] = report.tolerance.to_dict()

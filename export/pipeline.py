@@ -94,7 +94,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
                              f"(nothing was written to {out_path})") from e
         report = run_parity(candidate, model, inputs, threads, opts.precision)
     if not report.passed:
-        raise ParityError(f"refusing to write {out_path}: the exported graph does not match PyTorch\n"
+        raise ParityError(f"refusing to write {out_path}: {report.headline('the exported graph')}\n"
                           f"{report.summary()}", report)
 
     log(f"[4/4] writing {out_path} and {manifest_path(out_path).name}")

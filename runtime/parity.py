@@ -12,6 +12,8 @@ from moe_base.errors import InputError
 from moe_base.metrics import psnr_from_mse
 from moe_base.tolerances import Tolerance
 
+REFERENCE_BROKEN = "the reference (the PyTorch model's output) has NaN or Inf values: check the weights"
+
 
 @dataclass
 class ParityReport:
@@ -28,6 +30,18 @@ class ParityReport:
     tolerance: Tolerance
     passed: bool
     failures: list[str] = field(default_factory=list)
+
+    @property
+    def reference_broken(self) -> bool:
+        """The PyTorch reference itself is not finite: nothing was compared, the weights are to blame."""
+        return REFERENCE_BROKEN in self.failures
+
+    def headline(self, what: str) -> str:
+        """Why ``what`` (an exported graph, an engine) is refused: it differs from PyTorch, or PyTorch is broken."""
+        if self.reference_broken:
+            return (f"the PyTorch model itself gives NaN or Inf on the parity images, so {what} cannot be checked: "
+                    f"the weights are broken (retrain, or restore them)")
+        return f"{what} does not match PyTorch"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -58,7 +72,8 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, bac
     out = np.asarray(output, dtype=np.float64)
     if ref.shape != out.shape:
         raise InputError(f"parity: output shape {out.shape} differs from the reference shape {ref.shape}")
-    diff = np.abs(out - ref)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, told below as not finite: no warning
+        diff = np.abs(out - ref)
     ref_finite = bool(np.isfinite(ref).all())  # a NaN compares False with every limit: such a check passed, at NaN
     finite = bool(np.isfinite(out).all()) and ref_finite
     if not finite:
@@ -68,12 +83,13 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, bac
     report = ParityReport(
         backend=backend, precision=precision, num_images=int(ref.shape[0]) if ref.ndim else 1,
         max_abs=float(diff.max()) if diff.size else 0.0, mean_abs=float(diff.mean()) if diff.size else 0.0,
-        p99_abs=float(np.percentile(diff, 99)) if diff.size else 0.0, psnr=psnr,
+        # no interpolation between infinities (inf - inf warned 'invalid value' and gave NaN)
+        p99_abs=float(np.percentile(diff, 99, method="linear" if finite else "higher")) if diff.size else 0.0, psnr=psnr,
         bad_fraction=float(np.mean(diff > tolerance.atol)) if diff.size else 0.0,
         tolerance=tolerance, passed=True,
     )
     if not ref_finite:
-        report.failures.append("the reference (the PyTorch model's output) has NaN or Inf values: check the weights")
+        report.failures.append(REFERENCE_BROKEN)
     elif not finite:
         report.failures.append("output has NaN or Inf values")
     if report.max_abs > tolerance.max_abs:

@@ -50,3 +50,22 @@ def test_a_reference_with_nan_fails_the_check_instead_of_passing_it():
     assert not report.passed and report.psnr == -math.inf and report.max_abs == math.inf
     assert report.failures[0].startswith("the reference (the PyTorch model's output) has NaN or Inf values")
     assert report.to_dict()["identical"] is False
+
+
+def test_broken_weights_are_named_as_the_cause_without_numpy_warnings():
+    """Weights that give NaN and Inf: numpy warned 'invalid value encountered in subtract' (inf - inf in the p99's
+    interpolation), the p99 read nan, and the headline said the exported graph does not match PyTorch, the cause
+    fourth in the list."""
+    import warnings
+
+    ref = parity_inputs(2)
+    ref[0, 0, :4, 0] = [np.nan, np.inf, np.inf, -np.inf]
+    ref[1] = np.inf  # a whole image: inf - inf there, and infinities past the 99th percentile
+    out = ref.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = compare(ref, out, get_tolerance("ort", "fp32"), "ort")
+    assert report.reference_broken and report.p99_abs == math.inf
+    assert report.headline("the exported graph").startswith("the PyTorch model itself gives NaN or Inf")
+    good = compare(parity_inputs(2), parity_inputs(2) + 0.5, get_tolerance("ort", "fp32"), "ort")
+    assert not good.reference_broken and good.headline("the exported graph") == "the exported graph does not match PyTorch"
