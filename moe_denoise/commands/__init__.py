@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from moe_base.errors import InputError
@@ -198,6 +200,23 @@ def check_output_suffix(path: Path | None, suffixes: tuple[str, ...], what: str)
                    else path.with_suffix(suffixes[0]))
         raise InputError(f"-o {path}: this writes {what}; give a name ending in {' or '.join(suffixes)} (e.g. "
                          f"{example})")
+
+
+@contextlib.contextmanager
+def json_when_refused(as_json: bool, out: Path) -> Iterator[None]:
+    """With --json, a failed parity gate prints its report as JSON too (``written`` false), as 'parity --json' does;
+    the error then goes on to stderr and the exit code as without --json (stdout was empty)."""
+    from moe_base.errors import ParityError
+
+    try:
+        yield
+    except ParityError as e:
+        if as_json and e.report is not None:
+            from moe_denoise.cli import print_json
+
+            print_json({"written": False, "output": str(out), "error": str(e).splitlines()[0],
+                        "parity": e.report.to_dict()})
+        raise
 
 
 def resolve_weights(path: Path | None) -> Path:

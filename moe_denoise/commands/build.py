@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, check_output_suffix, path_arg, positive_int, resolve_weights
+from . import HelpFormatter, check_output_suffix, json_when_refused, path_arg, positive_int, resolve_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     in_cache = args.output is None and args.onnx is None
     check_artifact_output(out, args.overwrite or in_cache, in_cache=in_cache)
     weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
-    result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print,
-                          overwrite=args.overwrite or in_cache)
+    with json_when_refused(args.json, out):
+        result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print,
+                              overwrite=args.overwrite or in_cache)
     if args.json:
         from moe_denoise.cli import print_json
 

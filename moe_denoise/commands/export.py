@@ -8,7 +8,17 @@ from pathlib import Path
 from moe_base.errors import InputError
 from runtime.base import artifact_made_from, weights_label
 
-from . import HelpFormatter, add_weights_args, check_output_suffix, parity_count, path_arg, resolve_weights, thread_count, whole
+from . import (
+    HelpFormatter,
+    add_weights_args,
+    check_output_suffix,
+    json_when_refused,
+    parity_count,
+    path_arg,
+    resolve_weights,
+    thread_count,
+    whole,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
                          f"{'x'.join(map(str, TILE_SHAPE))} tiles only. Use --backend torch for these weights")
     log = (lambda s: None) if args.json else print
     earlier = replaced_default(out) if args.output is None else None
-    result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
-                         threads=args.threads, log=log, overwrite=args.overwrite or args.output is None)
+    with json_when_refused(args.json, out):
+        result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
+                             threads=args.threads, log=log, overwrite=args.overwrite or args.output is None)
     if args.json:
         from moe_denoise.cli import print_json
 

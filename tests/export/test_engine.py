@@ -335,6 +335,35 @@ def test_the_default_opt_batch_comes_within_the_batches_given(fake_trt, portable
     assert "opt 64, max 32 (--min-batch, --opt-batch, --max-batch)" in capsys.readouterr().err
 
 
+def test_a_failed_parity_gate_prints_its_report_as_json_with_json(fake_trt, portable_onnx, random_weights, tmp_path,
+                                                                    capsys, monkeypatch):
+    """export --json and build --json printed nothing on stdout when the parity gate failed ('parity --json' prints
+    its report either way): a script reading stdout got no JSON to parse."""
+    import json
+
+    import export.pipeline
+    from moe_base.tolerances import get_tolerance
+    from moe_denoise.cli import main
+    from runtime.parity import compare
+
+    fake_trt.passes = False
+    out = tmp_path / "m.engine"
+    assert main(["build", "--onnx", str(portable_onnx), "--weights", str(random_weights), "-o", str(out),
+                 "--cache-dir", str(tmp_path / "c"), "--json"]) == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["written"] is False and doc["parity"]["passed"] is False and doc["output"] == str(out)
+    assert "does not match PyTorch" in doc["error"] and "does not match PyTorch" in captured.err and not out.exists()
+
+    tol = get_tolerance("ort", "fp32")
+    monkeypatch.setattr(export.pipeline, "run_parity",
+                        lambda path, model, x, *a, **k: compare(np.zeros((2, 3, 32, 32)), np.ones((2, 3, 32, 32)), tol))
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(random_weights), "-o", str(onnx), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["written"] is False and doc["parity"]["max_abs"] == 1.0 and not onnx.exists()
+
+
 def test_build_checks_the_onnx_file_against_its_manifest(fake_trt, portable_onnx, random_weights, tmp_path):
     """A graph replaced under its old manifest was built as the old one (its cache key is the manifest's hash):
     refused before any build, as the runners refuse it; an engine given as --onnx is told what it is."""
