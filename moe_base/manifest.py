@@ -89,8 +89,19 @@ def _write_pair(path: Path, data: bytes, mpath: Path, manifest: dict[str, Any], 
             path.unlink(missing_ok=True)
         elif isinstance(e, InputError):  # the new artifact stays, beside the old manifest: said, not hidden
             raise InputError(f"{e}; but {path} was already replaced, and its old manifest does not describe it: the "
-                             f"runners will refuse it until it is written again (re-export it)") from e
+                             f"runners will refuse it until it is written again ({remake(path)})") from e
         raise
+
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def remake(artifact: str | Path) -> str:
+    """How to make ``artifact`` again: an engine is rebuilt, an ONNX model re-exported (engines were told to
+    "re-export" themselves)."""
+    if Path(artifact).suffix.lower() in ENGINE_SUFFIXES:
+        return "rebuild it ('moe-denoise build')"
+    return "re-export it ('moe-denoise export')"
 
 
 KINDS = {"onnx": "an ONNX model", "trt-engine": "a TensorRT engine"}  # what base_manifest's ``kind`` says
@@ -118,27 +129,27 @@ def read_manifest(artifact: str | Path, required: bool = True, kind: str | None 
                                     f"it with 'moe-denoise export --weights {artifact}', or run it with --backend "
                                     f"torch (--weights {artifact}; in Python runtime.TorchRunner('{artifact}'))")
             raise ArtifactError(f"{artifact} has no manifest ({mpath} is missing). Artifacts written by "
-                                f"'moe-denoise export' / 'moe-denoise build' always have one; re-export it")
+                                f"'moe-denoise export' / 'moe-denoise build' always have one; {remake(artifact)}")
         return None
     try:
         m = json.loads(mpath.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"manifest {mpath} is unreadable: {e}; re-export the artifact") from e
+        raise ArtifactError(f"manifest {mpath} is unreadable: {e}; {remake(artifact)}") from e
     if not isinstance(m, dict):
-        raise ArtifactError(f"manifest {mpath} holds a JSON {type(m).__name__}, not an object; re-export the artifact")
+        raise ArtifactError(f"manifest {mpath} holds a JSON {type(m).__name__}, not an object; {remake(artifact)}")
     if m.get("schema") != SCHEMA:
         raise ArtifactError(f"manifest {mpath} has schema {m.get('schema')!r}; this version reads {SCHEMA!r}")
     art = m.get("artifact")
     if not (isinstance(art, dict) and isinstance(art.get("sha256"), str) and isinstance(art.get("bytes"), int)):
         raise ArtifactError(f"manifest {mpath} lacks a valid 'artifact' entry (sha256 and bytes of the file it "
-                            f"describes); re-export the artifact")
+                            f"describes); {remake(artifact)}")
     problem = _field_problem(m)
     if problem:
-        raise ArtifactError(f"manifest {mpath} has {problem}; re-export the artifact (a manifest edited by hand must "
+        raise ArtifactError(f"manifest {mpath} has {problem}; {remake(artifact)} (a manifest edited by hand must "
                             f"keep the fields the toolkit writes)")
     if kind is not None and m.get("kind") != kind:
         found = KINDS.get(m.get("kind"), f"an artifact of kind {m.get('kind')!r}")
-        hint = other_kind_hint or _OTHER_KIND_HINTS.get((kind, m.get("kind")), "re-export it").format(artifact=artifact)
+        hint = other_kind_hint or _OTHER_KIND_HINTS.get((kind, m.get("kind")), remake(artifact)).format(artifact=artifact)
         raise ArtifactError(f"{artifact} is {found} (its manifest says so), not {KINDS.get(kind, kind)}: {hint}")
     return m
 
@@ -184,11 +195,11 @@ def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:
     size = path.stat().st_size
     if size != want["bytes"]:
         raise ArtifactError(f"{path} is {size} bytes but its manifest says {want['bytes']}: the file is truncated "
-                            f"or was replaced; re-export it")
+                            f"or was replaced; {remake(path)}")
     got = sha256_file(path)
     if got != want["sha256"]:
         raise ArtifactMismatchError(f"{path} does not match its manifest: sha256 on disk {got[:16]}..., manifest "
-                                    f"{want['sha256'][:16]}...; re-export it (or fix the manifest if you edited the "
+                                    f"{want['sha256'][:16]}...; {remake(path)} (or fix the manifest if you edited the "
                                     f"file on purpose)")
 
 

@@ -69,7 +69,7 @@ def default_onnx(precision: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from export.engine import DEFAULT_OPT_BATCH, BuildOptions, build_engine
-    from moe_base.manifest import check_artifact_output
+    from moe_base.manifest import ENGINE_SUFFIXES, check_artifact_output
     from moe_base.paths import engine_path
 
     onnx = args.onnx
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                         use_engine_cache=not args.no_engine_cache)
     if args.cache_dir is not None:
         opts.cache_dir = args.cache_dir
-    check_output_suffix(args.output, (".engine", ".plan", ".trt"), "a TensorRT engine")
+    check_output_suffix(args.output, ENGINE_SUFFIXES, "a TensorRT engine")
     out = args.output or engine_path(onnx, args.precision)
     # before TensorRT is even looked for; without -o and --onnx the engine goes to the cache folder
     # only an engine in the cache is this command's own to replace: one beside the user's --onnx is refused too

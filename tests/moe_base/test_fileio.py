@@ -260,3 +260,23 @@ def test_a_file_replaced_keeps_its_permissions(tmp_path):
         os.chmod(out, mode)
         atomic_write(out, b"new", overwrite=True)
         assert out.read_bytes() == b"new" and out.stat().st_mode & 0o777 == mode
+
+
+def test_an_engine_is_told_to_be_rebuilt_not_re_exported(tmp_path):
+    """Every artifact refusal said 're-export it', an engine's too (an engine without its manifest, a truncated one):
+    engines are made by 'moe-denoise build'."""
+    from moe_base.errors import ArtifactError
+    from moe_base.manifest import base_manifest, read_checked, read_manifest, write_artifact
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"engine")
+    with pytest.raises(ArtifactError, match=r"has no manifest .* rebuild it \('moe-denoise build'\)"):
+        read_manifest(engine)
+    write_artifact(engine, b"engine bytes", base_manifest("trt-engine", engine, b"engine bytes"))
+    engine.write_bytes(b"engine")  # truncated
+    with pytest.raises(ArtifactError, match=r"the file is truncated or was replaced; rebuild it \('moe-denoise build'\)"):
+        read_checked(engine, kind="trt-engine")
+    graph = tmp_path / "m.onnx"
+    graph.write_bytes(b"graph")
+    with pytest.raises(ArtifactError, match=r"re-export it \('moe-denoise export'\)"):
+        read_manifest(graph)
