@@ -171,6 +171,10 @@ def check_with_tritonserver(repo: Path, models: list[str], timeout_s: float = 60
 
 def _manifest(path: Path, kind: str) -> dict[str, Any]:
     m = Path(f"{path}.manifest.json")
+    if path.is_dir():  # it said the folder does not exist
+        raise InputError(f"the {kind} '{path}' is a folder; pass the file in it ("
+                         + ("a .onnx file 'moe-denoise export' wrote)" if kind == "ONNX model"
+                            else "an .engine file 'moe-denoise build' wrote)"))
     if not path.is_file():
         raise InputError(f"the {kind} '{path}' does not exist; " + (
             "export one with 'moe-denoise export'" if kind == "ONNX model" else "build one with 'moe-denoise build'"))

@@ -194,6 +194,9 @@ def check_output_suffix(path: Path | None, suffixes: tuple[str, ...], what: str)
     """-o names a file of the kind the command writes (checked before any work; None: the command's own path)."""
     if path is not None and path.suffix.lower() not in suffixes:
         base = path.name[:-len(".manifest.json")] if path.name.lower().endswith(".manifest.json") else ""
+        if path.is_dir():  # '-o /tmp' suggested '/tmp.onnx'
+            raise InputError(f"-o {path} is a folder; this writes {what}: give a file name ending in "
+                             f"{' or '.join(suffixes)} (e.g. {path / ('model' + suffixes[0])})")
         example = (path / ("model" + suffixes[0]) if not path.name  # '-o .', '-o /': a folder
                    else path.with_name(base) if Path(base).suffix.lower() in suffixes  # the manifest's name
                    else path.with_name("model" + suffixes[0]) if path.name.lower() in suffixes  # '.onnx' alone
@@ -257,8 +260,8 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
                    help="torch (on CUDA) and trt backends: capture a CUDA graph per batch bucket, checked against the "
                         "uncaptured call before use, and replay it")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="torch backend on CUDA: compute precision (inputs and outputs stay fp32); fp16/bf16 are "
-                        "judged by PSNR against fp32")
+                   help="torch backend, on CUDA or the CPU: compute precision (inputs and outputs stay fp32); "
+                        "fp16/bf16 are judged by PSNR against fp32")
 
 
 def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
@@ -347,6 +350,9 @@ def make_runner(args: argparse.Namespace, weights: Path | None, verify_outputs: 
                                  f"checked. Use --impl masked here (the same numbers), or --device cuda on a GPU")
             import topk_attention.torch_op  # noqa: F401 - registers the Triton implementation
 
+        if args.cuda_graph and not args.device.startswith("cuda"):  # said in the command's words, not TorchRunner's
+            raise InputError(f"--cuda-graph captures GPU work and needs --device cuda; got --device {args.device}. "
+                             f"Leave --cuda-graph out on a CPU")
         return TorchRunner(resolve_weights(weights), preset=args.preset, device=args.device, impl=args.impl,
                            threads=args.threads, verify_weights=not getattr(args, "skip_weights_check", False),
                            precision=args.precision, cuda_graph=args.cuda_graph)

@@ -567,6 +567,17 @@ def test_visualize_gives_an_image_the_noise_evaluate_gives_it_whatever_the_offse
     assert torch.equal(shown[1], scored[5:8])
 
 
+def test_command_line_mistakes_are_told_in_the_command_line_s_words(capsys, tmp_path):
+    """'export -o /tmp' suggested '/tmp.onnx'; 'parity --backend torch --cuda-graph' on a CPU answered in
+    TorchRunner's words (cuda_graph=True, device='cpu')."""
+    assert main(["export", "-o", str(tmp_path)]) == 2
+    assert f"-o {tmp_path} is a folder; this writes an ONNX model: give a file name ending in .onnx (e.g. " \
+           f"{tmp_path / 'model.onnx'})" in capsys.readouterr().err
+    assert main(["parity", "--backend", "torch", "--cuda-graph", "-n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--cuda-graph captures GPU work and needs --device cuda; got --device cpu" in err and "cuda_graph=" not in err
+
+
 def test_thread_counts_past_the_machine_and_text_given_as_weights_are_told_plainly(capsys, tmp_path):
     """--threads 100000 was refused by the OpenMP runtime or exhausted memory (the message blamed the weights); a
     text file given as weights said 'KeyError: 101'."""

@@ -102,6 +102,10 @@ def test_refusals(tmp_path, onnx, engine):
     bare.write_bytes(b"x")
     with pytest.raises(InputError, match="no manifest"):
         write_repository(tmp_path / "b", bare)
+    folder = tmp_path / "dir.onnx"
+    folder.mkdir()
+    with pytest.raises(InputError, match=r"dir\.onnx' is a folder; pass the file in it"):  # it said 'does not exist'
+        write_repository(tmp_path / "b2", folder)
     with pytest.raises(InputError, match="batch profile"):
         write_repository(tmp_path / "c", onnx, engine, RepoSettings(max_batch=256))
     renamed = fake_artifact(tmp_path / "r.onnx", {"kind": "onnx", "io": {"inputs": [{"name": "x"}], "outputs": [{"name": "y"}]},
