@@ -62,6 +62,9 @@ def parse_rewrites(text: str | None) -> tuple[str, ...] | None:
     from export.onnx_export import REWRITES
 
     names = tuple(REWRITES) if text.strip() == "all" else tuple(r.strip() for r in text.split(",") if r.strip())
+    if not names:  # an unset variable ('--rewrites "$R"') meant no rewrites in silence
+        raise InputError(f"--rewrites {text!r} names no rewrite; give some of {', '.join(REWRITES)} (or 'all'), or "
+                         f"--no-optimize for none")
     unknown = [r for r in names if r not in REWRITES]
     if unknown:
         raise InputError(f"--rewrites: unknown {unknown}; known: {', '.join(REWRITES)} (or 'all')")

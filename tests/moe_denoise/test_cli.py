@@ -170,6 +170,9 @@ def test_export_default_names_say_which_rewrites():
     assert parse_rewrites(None) is None and parse_rewrites("all")[0] == "fuse_qkv"
     # one graph, one name: a rewrite named twice, or in another order, gave moe_denoiser.portable.fuse_qkv+fuse_qkv...
     assert parse_rewrites("rows2d,fuse_qkv,fuse_qkv") == parse_rewrites("fuse_qkv,rows2d") == ("fuse_qkv", "rows2d")
+    for empty in ("", ",", " , "):  # an unset variable meant no rewrites, as --no-optimize, without a word
+        with pytest.raises(InputError, match=r"names no rewrite; give some of .* or --no-optimize for none"):
+            parse_rewrites(empty)
     from pathlib import Path
 
     from moe_base.paths import engine_path
