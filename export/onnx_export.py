@@ -202,7 +202,8 @@ class _Writer:
             y = g.op("Conv", [x, self.w("patch_embed.weight", sd["patch_embed.weight"]),
                               self.w("patch_embed.bias", sd["patch_embed.bias"])],
                      name="patch_embed", kernel_shape=[p, p], strides=[p, p])  # (B, C, h, w)
-            y = g.op("Reshape", [y, g.ints("embed.shape", [0, c.dim, -1])], name="embed_rs")
+            # the token count, not -1: with the batch copied (0), an empty batch left -1 undefined (0 / 0) in ONNX Runtime
+            y = g.op("Reshape", [y, g.ints("embed.shape", [0, c.dim, c.num_tokens])], name="embed_rs")
             y = g.op("Transpose", [y], name="embed_t", perm=[0, 2, 1])  # (B, N, C)
             return g.op("Add", [y, self.w("pos_embed", sd["pos_embed"])], name="pos_add")
         # patches as rows: (B, 3, h, p, w, p) -> (B, h, w, 3, p, p) -> (B, N, 3 p p), one GEMM, bias in pos_embed
