@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         signum = getattr(e, "signum", signal.SIGINT)
-        print(str(e) or ("stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"), file=sys.stderr)
+        stopped = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"  # a stop just after the
+        # last write read as a failure: files are written whole or not at all, so those it said it wrote are done
+        print(str(e) or f"{stopped} (every file is written whole or not at all: those reported as written are "
+                        f"complete)", file=sys.stderr)
         return 128 + int(signum)
     except ToolkitError as e:  # the user's to fix: one message; anything else is a bug and keeps its traceback
         if args.debug:

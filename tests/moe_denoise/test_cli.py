@@ -540,6 +540,8 @@ def test_visualize_refuses_what_it_cannot_draw_and_replaces_its_pictures_togethe
 
     monkeypatch.setattr(moe_model.visualize, "routing_maps", interrupted)
     assert main([*base, "-n", "3", "--offset", "5"]) == 130
+    assert capsys.readouterr().err.strip() == ("interrupted (every file is written whole or not at all: those "
+                                               "reported as written are complete)")  # not a bare 'interrupted'
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old pair, nothing half-done beside
     deep = tmp_path / "v" / "w"  # the folders it made for the pictures: removed again (they were left, empty)
     assert main([*base[:-1], str(deep), "-n", "2"]) == 130 and not (tmp_path / "v").exists()
