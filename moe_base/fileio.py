@@ -82,14 +82,15 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
         raise cannot_write(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
+            if overwrite:  # a file replaced keeps its permissions (a private photo stays private), as cp keeps them;
+                # set before the data goes in (after, a 0600 photo sat in a 0644 file while it was written)
+                with contextlib.suppress(OSError):
+                    os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
             if callable(data):
                 data(f)
             else:
                 f.write(data)
             f.flush()
-            if overwrite:  # a file replaced keeps its permissions (a private photo stayed private), as cp keeps them
-                with contextlib.suppress(OSError):
-                    os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
             os.fsync(f.fileno())
         _move_into_place(tmp, path, overwrite)
     except OSError as e:

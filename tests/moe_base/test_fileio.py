@@ -258,8 +258,14 @@ def test_a_file_replaced_keeps_its_permissions(tmp_path):
         out = tmp_path / f"{mode:o}.png"
         out.write_bytes(b"old")
         os.chmod(out, mode)
-        atomic_write(out, b"new", overwrite=True)
-        assert out.read_bytes() == b"new" and out.stat().st_mode & 0o777 == mode
+        while_written = []  # the temporary file has the mode while the data goes in, not only once it is in
+
+        def data(f, while_written=while_written):
+            while_written.append(os.fstat(f.fileno()).st_mode & 0o777)
+            f.write(b"new")
+
+        atomic_write(out, data, overwrite=True)
+        assert out.read_bytes() == b"new" and out.stat().st_mode & 0o777 == mode and while_written == [mode]
 
 
 def test_an_engine_is_told_to_be_rebuilt_not_re_exported(tmp_path):
