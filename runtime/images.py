@@ -468,8 +468,13 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
     notes: list[str] = []
     colour_key = None
     frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames > 1 and fmt == "MPO":  # a phone's JPEG with a preview (or gain map) inside: only views are pictures
+        extra, frames = frames - 1, 1 + _mpo_views(im)
+        if frames < extra + 1:
+            notes.append(f"the multi-picture JPEG's {extra + 1 - frames} embedded preview or auxiliary image(s) are "
+                         f"not kept: the output holds the photo alone")
     if frames > 1:
-        notes.append(f"the file has {im.n_frames} frames; only the first is read")
+        notes.append(f"the file has {frames} {'views' if fmt == 'MPO' else 'frames'}; only the first is read")
     deep = _deep_colour_kind(p, im)
     core = 0
     if deep == "PNG":
@@ -863,12 +868,24 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
     check_output_file(target, overwrite=overwrite, option="--overwrite (overwrite=True in Python)")
 
 
+def _mpo_views(im: Any) -> int:
+    """Images of a multi-picture JPEG besides the first that are pictures of their own (the other eye of a stereo
+    photo, a panorama's or multi-angle set's frames), not a preview or an auxiliary image (a gain map)."""
+    try:
+        entries = (getattr(im, "mpinfo", None) or {}).get(0xB002) or []
+        return sum(str(e["Attribute"]["MPType"]).startswith("Multi-Frame") for e in entries[1:])
+    except (KeyError, TypeError, AttributeError):  # an MP index Pillow read oddly: every frame counts, as before
+        return int(getattr(im, "n_frames", 1) or 1) - 1
+
+
 def check_frames_kept(path: str | os.PathLike[str], header: ImageHeader) -> None:
     """InputError when the output ``path`` is the file ``header`` describes and that file has more frames (pages)
     than the first, which alone is read: replacing it would lose the others (said after the work, as a note)."""
     target = Path(path)
     if header.frames > 1 and target.exists() and os.path.samefile(target, header.path):
-        raise InputError(f"'{target}' has {header.frames} frames (pages of a TIFF, or an animation) and only the first "
+        what = ("views (a stereo, panorama or multi-angle multi-picture JPEG)" if header.format == "MPO"
+                else "frames (pages of a TIFF, or an animation)")
+        raise InputError(f"'{target}' has {header.frames} {what} and only the first "
                          f"is read: replacing the file with the result would lose the other {header.frames - 1}. Write "
                          f"the result to another file (nothing was written)")
 

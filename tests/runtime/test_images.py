@@ -671,6 +671,35 @@ def test_a_phones_multi_picture_jpeg_keeps_its_exif(tmp_path):
     assert Image.open(out).getexif().get(0x010F) == "PhoneMaker"
 
 
+def test_a_phones_multi_picture_jpeg_is_denoised_in_place_and_a_stereo_one_is_not(tmp_path):
+    """A phone's .jpg with a preview inside (MPO, two frames to Pillow) was refused in place as 'pages of a TIFF, or
+    an animation'; its preview is no picture of its own. The other eye of a stereo MPO is: that one stays refused."""
+    from runtime.images import _mpo_views, check_frames_kept, read_header
+
+    picture = Image.fromarray(rng_u8((20, 24, 3)))
+    phone = tmp_path / "phone.jpg"
+    picture.save(phone, format="MPO", save_all=True, append_images=[picture.resize((12, 10))])
+    assert Image.open(phone).n_frames == 2
+    stereo = dataclasses.replace(read_header(phone), frames=2)  # what the header says of a stereo pair
+    report = denoise_file(phone, phone, identity, progress=False, overwrite=True)
+    assert Image.open(phone).size == (24, 20)
+    assert any("1 embedded preview or auxiliary image(s) are not kept" in n for n in report["notes"])
+
+    def entry(kind):
+        return {"Attribute": {"MPType": kind}}
+
+    class Stereo:
+        n_frames = 2
+        mpinfo = {0xB002: [entry("Baseline MP Primary Image"), entry("Multi-Frame Image (Disparity)")]}
+
+    class WithPreview(Stereo):
+        mpinfo = {0xB002: [entry("Baseline MP Primary Image"), entry("Large Thumbnail (VGA Equivalent)")]}
+
+    assert (_mpo_views(Stereo()), _mpo_views(WithPreview())) == (1, 0)
+    with pytest.raises(InputError, match=r"has 2 views \(a stereo, panorama or multi-angle multi-picture JPEG\)"):
+        check_frames_kept(phone, stereo)
+
+
 def test_files_pillow_reads_at_the_wrong_depth_or_not_at_all_are_refused_for_what_they_are(tmp_path):
     """A 16-bit PPM was cut to 8 bits in silence and a 16-bit PGM refused as '32-bit integer'; a float or 16-bit
     gray+alpha TIFF was called 'truncated or corrupt'; and this tool wrote 16-bit gray+alpha TIFFs it could not
