@@ -217,6 +217,7 @@ class DenoiseServer:
         self.running_config: ServeConfig | None = None
         self.backend_env: backend_env.BackendEnv | None = None
         self.log_path: Path | None = None
+        self._log_start = 0  # where this run's lines begin in the log file
         self._log_dir: str | None = None
         self.died = False  # tritonserver ended on its own (crashed or was killed), found when stopping
         self.unclean_stop: str | None = None  # how the last stop went wrong (tritonserver's exit timeout), or None
@@ -278,11 +279,7 @@ class DenoiseServer:
         self.config.check_listenable()  # a port in use or a foreign address: said now, not as a timeout later
         cfg = self.config.with_free_ports()
         self.running_config = cfg
-        if cfg.log_file:
-            self.log_path = Path(cfg.log_file)
-        elif not cfg.log_verbose:
-            self._log_dir = tempfile.mkdtemp(prefix="moe-denoise-triton-")
-            self.log_path = Path(self._log_dir) / "tritonserver.log"
+        self._choose_log(cfg)
         triton_config = TritonConfig(
             http_address=cfg.address, http_port=cfg.http_port, grpc_address=cfg.address, grpc_port=cfg.grpc_port,
             metrics_address=cfg.address, metrics_port=cfg.metrics_port, allow_metrics=True, allow_gpu_metrics=False,
@@ -350,12 +347,24 @@ class DenoiseServer:
                  f"gRPC {self.urls['grpc']}, metrics {self.urls['metrics']}")
         return self
 
+    def _choose_log(self, cfg: ServeConfig) -> None:
+        """Where Triton logs: --log-file, else a temporary folder's file (None with --verbose: the console)."""
+        self._log_start = 0
+        if cfg.log_file:
+            self.log_path = Path(cfg.log_file)
+            # Triton appends to a --log-file: this run's lines start here (an earlier run's 'Exit timeout expired'
+            # made a clean stop read as an unclean one, and a crash's tail showed an earlier run's last words)
+            self._log_start = self.log_path.stat().st_size if self.log_path.is_file() else 0
+        elif not cfg.log_verbose:
+            self._log_dir = tempfile.mkdtemp(prefix="moe-denoise-triton-")
+            self.log_path = Path(self._log_dir) / "tritonserver.log"
+
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of Triton's log (empty when it logs to stdout)."""
         if self.log_path is None or not self.log_path.is_file():
             return ""
         with open(self.log_path, "rb") as f:  # its end alone: with --verbose a log grows without bound
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 256 * lines))
+            f.seek(max(self._log_start, f.seek(0, os.SEEK_END) - 256 * lines))
             text = f.read().decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 

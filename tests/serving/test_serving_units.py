@@ -803,6 +803,14 @@ def test_a_stop_that_ran_into_tritons_exit_timeout_is_said_and_its_python_env_re
     server.log_path.write_text("Timeout 1: Found 1 live models\nE1201 main.cc:535] \"failed to stop server: Internal "
                                "- Exit timeout expired. Exiting immediately.\"\n")
     assert server._exit_timeout().startswith(f"tritonserver gave up waiting for its models to unload after {DRAIN_S} s")
+    # Triton appends to a --log-file: an earlier run's timeout is not this run's (a clean stop read as unclean)
+    from serving import ServeConfig
+
+    server._choose_log(ServeConfig(log_file=str(server.log_path)))
+    assert server._exit_timeout() is None and server.log_tail() == ""
+    with open(server.log_path, "a") as log:
+        log.write("I1202 this run\nE1202 \"failed to stop server: Internal - Exit timeout expired.\"\n")
+    assert server._exit_timeout() is not None and server.log_tail().startswith("I1202 this run")
     empty, used, gone = tmp_path / "python_env_a", tmp_path / "python_env_b", tmp_path / "python_env_c"
     empty.mkdir()
     used.mkdir()
