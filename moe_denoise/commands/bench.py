@@ -184,8 +184,9 @@ def export_graph(flavor: str, optimize: bool, precision: str, weights: Path, pre
 
 
 def build_engines(names: tuple[str, ...], given: dict[str, Path], weights: Path, preset: str | None, cache: Path,
-                  batches: tuple[int, ...], log: Any) -> tuple[dict[str, Path], dict[str, str]]:
-    """Build the engines of the trt-* backends in ``names`` that were not given, through export.engine.
+                  batches: tuple[int, ...], log: Any, verify: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
+    """Build the engines of the trt-* backends in ``names`` that were not given, through export.engine. ``verify``
+    False: their graphs are exported from weights whose sidecar hash is not checked (--skip-weights-check).
 
     Returns ({backend: engine}, {backend: why not}). Without TensorRT or a GPU every one gets that reason, so the
     GPU command still runs everything else. The profile covers the batch sweep (bigger batches are chunked).
@@ -207,7 +208,7 @@ def build_engines(names: tuple[str, ...], given: dict[str, Path], weights: Path,
         precision = name.rsplit("-", 1)[-1]
         try:
             plan = plan_build(trt.__version__, precision)
-            onnx = export_graph(flavor, True, plan.onnx_precision, weights, preset, cache, None, log)
+            onnx = export_graph(flavor, True, plan.onnx_precision, weights, preset, cache, None, log, verify)
             out = onnx.with_name(f"{onnx.stem}.{precision}.engine")
             opts = BuildOptions(precision=precision, min_batch=1, opt_batch=min(64, max(batches)),
                                 max_batch=min(max(batches), 65536))
@@ -305,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     engine_failed: dict[str, str] = {}
     if args.build_engines if args.build_engines is not None else preset == "gpu":
         built, engine_failed = build_engines(names, engines, weights, args.preset, work, settings.batches,
-                                             log)
+                                             log, verify)
         engines = {**engines, **built}
     inputs = BackendInputs(weights=weights, preset=args.preset, threads=settings.threads, verify=verify, onnx=onnx,
                            onnx_unavailable=onnx_failed, engines=engines, triton_unavailable=_triton_status(names))

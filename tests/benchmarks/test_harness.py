@@ -648,6 +648,32 @@ def test_engine_builds_without_tensorrt_give_reasons(tmp_path):
                          tmp_path, (1,), log=lambda s: None) == ({}, {})
 
 
+def test_engine_builds_export_their_graphs_with_the_weights_check_the_run_was_given(tmp_path, monkeypatch):
+    """bench --skip-weights-check reached the ONNX exports and the torch runners, not the engine builds' own graph
+    exports (TensorRT 11's fp16 graph, a trt-* graph no ort backend shares): edited weights were refused there,
+    with advice to pass the option already passed."""
+    import sys
+    import types
+
+    import export.engine
+    from moe_denoise.commands import bench
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0.106"))
+    exported = []
+
+    def export_graph(flavor, optimize, precision, weights, preset, cache, threads, log, verify=True):
+        exported.append(verify)
+        return tmp_path / f"{flavor}.{precision}.onnx"
+
+    monkeypatch.setattr(bench, "export_graph", export_graph)
+    monkeypatch.setattr(export.engine, "build_engine", lambda onnx, out, *a, **k: types.SimpleNamespace(path=out))
+    for verify in (False, True):
+        built, failed = bench.build_engines(("trt-plugin-fp16",), {}, tmp_path / "w", None, tmp_path, (1, 8),
+                                            log=lambda s: None, verify=verify)
+        assert failed == {} and set(built) == {"trt-plugin-fp16"}
+    assert exported == [False, True]
+
+
 def test_versus_compares_two_backends_round_by_round_and_reports_it():
     """... and the rows keep every timed call and each round's turn, so that both can be redone from the file (the
     docs said 'with every timing'; only the statistics were written)"""
