@@ -43,6 +43,7 @@ class BatchPlan:
     skip_existing: bool = False  # outputs that appear during the run (another run's) are left alone too
     renamed: tuple[tuple[Path, str], ...] = ()
     in_place: tuple[Path, ...] = ()  # inputs whose result replaces them (-o their own folder, with overwrite)
+    overwrite: bool = False  # outputs there are replaced: a rerun that goes on needs --skip-existing instead
 
     def note_for(self, src: Path) -> str | None:
         """Why ``src``'s result does not keep its file name, or None."""
@@ -177,7 +178,8 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         check_folder_takes_files(out)
     return BatchPlan(out_dir=out, jobs=tuple(jobs), skipped=tuple(existing) if skip_existing else (),
                      ignored=tuple(ignored), skip_existing=skip_existing, renamed=tuple(renamed),
-                     in_place=tuple(in_place))  # with overwrite alone, which skip_existing contradicts: all in jobs
+                     # with overwrite alone, which skip_existing contradicts: all in jobs
+                     in_place=tuple(in_place), overwrite=overwrite)
 
 
 @contextlib.contextmanager
@@ -221,15 +223,19 @@ class BatchRun:
     written: list[Path] = field(default_factory=list)  # the inputs whose result was written, in order
 
     def go_on(self, what: str = "to go on") -> str:
-        """How to resume this run: --skip-existing, or, where results replace their photos (which --skip-existing
-        cannot tell from photos not yet done, and the same command would denoise twice), the photos left."""
+        """How to resume this run (a clause that reads after ':' or 'then'): --skip-existing (in place of
+        --overwrite, which contradicts it), or, where results replace their photos (which --skip-existing cannot
+        tell from photos not yet done, and the same command would denoise twice), the photos left."""
         if not self.plan.in_place:
-            return f"run the same command with --skip-existing {what}"
+            instead = " in place of --overwrite" if self.plan.overwrite else ""
+            return f"run the same command with --skip-existing{instead} {what}"
         done = set(self.written)
         left = [src for src, _ in self.plan.jobs if src not in done]
-        return (f"the results replace their photos, so --skip-existing cannot tell the {len(done)} done from the others "
-                f"(and the same command would denoise them twice): {what}, name only the {len(left)} left "
-                f"({_listed([str(p) for p in left])})")
+        listed = _listed([str(p) for p in left])
+        return (f"{what}, run it naming only the {len(left)} photo(s) not written ({listed}"
+                f"{'; the others were reported as written' if len(left) > 5 else ''}): their results replace them, "
+                f"so --skip-existing cannot tell the {len(done)} done from the others, and the same command would "
+                f"denoise those twice")
 
     @staticmethod
     def _kind(error: InputError) -> str:

@@ -160,9 +160,10 @@ def test_an_interrupted_batch_whose_results_replace_its_photos_names_the_photos_
     code, _, err = run(capsys, "denoise", photos, "-o", photos, "--overwrite", "--weights", random_weights,
                        "--no-progress")
     assert code == 130 and "--skip-existing" not in err.replace("so --skip-existing cannot tell", "")
-    assert err.strip().endswith(f"the results replace their photos, so --skip-existing cannot tell the 1 done from the "
-                                f"others (and the same command would denoise them twice): to go on, name only the 1 "
-                                f"left ({photos / 'gray.jpg'})")
+    assert err.strip().endswith(f"every output written is complete: to go on, run it naming only the 1 photo(s) not "
+                                f"written ({photos / 'gray.jpg'}): their results replace them, so --skip-existing "
+                                f"cannot tell the 1 done from the others, and the same command would denoise those "
+                                f"twice")
     done = (photos / "colour.png").read_bytes()
     monkeypatch.setattr(denoise_cmd, "denoise_one", real)
     code, _, _ = run(capsys, "denoise", photos / "gray.jpg", "-o", photos, "--overwrite", "--weights", random_weights,
@@ -190,6 +191,11 @@ def test_a_batch_whose_output_pipe_closes_says_where_it_stopped(capsys, monkeypa
                        "--no-progress")
     assert code == 141 and err.strip() == ("stopped after 1 of 2 photos: the output pipe was closed; run the same "
                                            "command with --skip-existing to go on")
+    # with --overwrite into another folder, the advice cannot be '--skip-existing' alone: the two contradict
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--overwrite", "--weights", random_weights,
+                       "--no-progress")
+    assert code == 141 and err.strip().endswith("run the same command with --skip-existing in place of --overwrite "
+                                                "to go on")
 
 
 def test_reference_needs_a_single_photo(capsys, photos, tmp_path):
