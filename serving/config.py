@@ -150,6 +150,10 @@ class ServeConfig:
         positive("overlap", self.overlap, 0, 31)
         if not isinstance(self.address, str) or not self.address:
             raise InputError(f"address must be a host address such as 127.0.0.1 or 0.0.0.0; got {self.address!r}")
+        host, colon, port = self.address.rpartition(":")
+        if colon and host and ":" not in host and port.isdigit():  # 127.0.0.1:8000: the port has options of its own
+            raise InputError(f"--address {self.address} holds a port; give the address alone ({host}) and the port "
+                             f"with --http-port (HTTP), --grpc-port or --metrics-port")
         if ":" in self.address:  # passed, then failed as if a port were taken; and 'host:port' URLs cannot hold it
             raise InputError(f"--address {self.address} is an IPv6 address; serve listens on IPv4 addresses and host "
                              f"names: use 127.0.0.1 (this machine) or 0.0.0.0 (every interface)")

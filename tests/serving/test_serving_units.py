@@ -830,6 +830,10 @@ def test_wrong_counts_and_tile_shapes_are_named_as_the_user_gave_them():
     for address in ("::1", "::"):  # passed, then failed blaming the ports (or a gaierror traceback with port 0)
         with pytest.raises(InputError, match=rf"--address {address} is an IPv6 address; serve listens on IPv4"):
             ServeConfig(address=address).validate()
+    for address, host in (("127.0.0.1:8000", "127.0.0.1"), ("localhost:9000", "localhost")):  # called IPv6
+        with pytest.raises(InputError, match=rf"--address {address} holds a port; give the address alone \({host}\) "
+                                             rf"and the port with --http-port"):
+            ServeConfig(address=address).validate()
     client = DenoiseClient.__new__(DenoiseClient)
     with pytest.raises(InputError, match=r"tiles have shape \[100, 2, 32, 32\]; expected \[B, 3, 32, 32\]"):
         client.denoise_tiles(np.zeros((100, 2, 32, 32), np.float32))
