@@ -193,11 +193,17 @@ def existing_run(out: Path, resume: bool, overwrite: bool) -> list[str]:
     """The files of a run ``out`` holds; InputError when there are some and neither ``resume`` nor ``overwrite``."""
     existing = [name for name in ("last.pt", "best.safetensors", "best.json") if (out / name).exists()]
     aside = out / REPLACED
-    stranded = sorted(p.name for p in aside.iterdir()) if aside.is_dir() and not existing else []
+    # the run an --overwrite moved aside is stranded until the new run's training state exists (its best weights
+    # come first: a kill between the two left them, and the next --overwrite deleted the old run)
+    saved = (out / "last.pt").exists()
+    stranded = sorted(p.name for p in aside.iterdir()) if aside.is_dir() and not saved else []
     if stranded:  # a run killed (SIGKILL, out of memory) before it put them back: the next --overwrite deleted them
+        partial = [n for n in existing if n != "last.pt"]
+        beside = f" (the {', '.join(partial)} in {out} are that run's, without its state)" if partial else ""
         raise InputError(f"{aside} holds a training run ({', '.join(stranded)}) that an --overwrite moved aside and "
-                         f"never put back: that run was killed before its first epoch was saved. Move those files "
-                         f"back into {out} to keep the old run (then --resume it), or delete {aside} to let it go")
+                         f"never put back: the run that replaced it was killed before its first epoch was saved"
+                         f"{beside}. Move those files back into {out} to keep the old run (then --resume it), or "
+                         f"delete {aside} to let it go")
     if existing and not resume and not overwrite:
         raise InputError(f"{out} already holds a training run ({', '.join(existing)}); continue it with --resume, "
                          f"replace it with --overwrite, or choose another --out-dir")

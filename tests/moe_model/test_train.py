@@ -364,8 +364,13 @@ def test_a_run_an_overwrite_left_aside_is_named_not_deleted(tmp_path):
                                              r"last\.pt\) that an --overwrite moved aside and never put back"):
             existing_run(tmp_path, resume, overwrite)
     assert sorted(p.name for p in aside.iterdir()) == ["best.json", "best.safetensors", "last.pt"]
+    for name in ("best.json", "best.safetensors"):  # the new run's best weights come before its state: killed between
+        (tmp_path / name).write_text("the new run, unsaved")
+    with pytest.raises(InputError, match=r"never put back: .* \(the best\.safetensors, best\.json in .* are that "
+                                         r"run's, without its state\)"):
+        existing_run(tmp_path, False, True)  # the next --overwrite deleted the old run
     (tmp_path / "last.pt").write_text("the new run, saved")  # the new run got as far as its state: aside is stale
-    assert existing_run(tmp_path, True, False) == ["last.pt"]
+    assert existing_run(tmp_path, True, False) == ["last.pt", "best.safetensors", "best.json"]
 
 
 def test_init_from_refuses_weights_that_do_not_match_their_json(tmp_path, random_weights):
