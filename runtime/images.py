@@ -668,9 +668,10 @@ def _read_png16(p: Path, header: ImageHeader) -> np.ndarray:
     try:
         width, height, rows, meta = png.Reader(filename=str(p)).read()
         planes = meta["planes"]
-        if (width, height, planes) != (header.width, header.height, header.channels - (header.colour_key is not None)):
+        declared = header.channels - (header.colour_key is not None)  # a colour key's alpha is made, not stored
+        if (width, height, planes) != (header.width, header.height, declared):
             raise InputError(f"'{p}' decodes to {width}x{height}x{planes}, not the {header.width}x{header.height}x"
-                             f"{header.channels} its header declares; is it corrupt?")
+                             f"{declared} its header declares; is it corrupt?")
         data = np.empty((height, width, planes), dtype=np.uint16)
         flat = data.reshape(height, width * planes)
         count = 0

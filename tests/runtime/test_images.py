@@ -119,6 +119,12 @@ def test_a_16bit_png_with_a_transparent_colour_key_keeps_its_transparency(tmp_pa
     expected_alpha = np.full((12, 10), 65535)
     expected_alpha[:4, :5] = 0
     np.testing.assert_array_equal(out[:, :, channels], expected_alpha)
+    if channels == 3:  # a file that decodes to another size is named with the planes its header declares (it said 4)
+        from runtime.images import _read_png16, read_header
+
+        header = dataclasses.replace(read_header(tmp_path / "in.png"), width=11)
+        with pytest.raises(InputError, match=r"decodes to 10x12x3, not the 11x12x3 its header declares"):
+            _read_png16(tmp_path / "in.png", header)
 
 
 def test_colour16_png_without_pypng_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
