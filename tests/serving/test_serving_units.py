@@ -938,6 +938,46 @@ def test_a_file_of_several_pages_is_not_replaced_through_a_server_either(tmp_pat
     assert (tmp_path / "scan.tif").read_bytes() == before
 
 
+def test_tiling_here_for_a_standard_repository_is_counted_before_it_starts(tmp_path, monkeypatch):
+    """Against a repository of 'moe-denoise triton-repo' the client tiles the photo itself (float copies, a band's
+    working arrays), which the memory check before decoding did not count. Its count is an upper bound of what the
+    tiling holds (traced), and a photo it does not fit is refused before any tile is sent."""
+    import tracemalloc
+
+    from PIL import Image
+
+    import runtime.images
+    from runtime.images import read_header
+    from runtime.tiling import denoise_array_guarded
+    from serving.client import denoise_file_remote, tile_here_bytes
+
+    pixels = (np.random.default_rng(0).random((160, 360, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    header = read_header(tmp_path / "p.png")
+    tracemalloc.start()
+    image = pixels.astype(np.float32) / 255
+    out, _ = denoise_array_guarded(image, lambda t: t.copy(), batch_size=64)
+    result = unit_to_image(out, pixels.dtype)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.shape == pixels.shape and peak + pixels.nbytes <= tile_here_bytes(header)
+
+    class StandardRepository:
+        def wait_ready(self, timeout_s):
+            pass
+
+        def ready(self, model):
+            return False  # no photo model: the client tiles
+
+        def denoise_tiles(self, tiles, model):
+            raise AssertionError("a tile was sent")
+
+    room = tile_here_bytes(header) - 1  # room for the server path (two copies of the integers), not for tiling here
+    monkeypatch.setattr(runtime.images, "available_memory", lambda: (room, "the test's limit"))
+    with pytest.raises(InputError, match=r"tiling it here for the server's tile model needs about"):
+        denoise_file_remote(tmp_path / "p.png", tmp_path / "out.png", "localhost:1", client=StandardRepository())
+
+
 def test_a_tile_model_added_with_a_bad_name_or_count_is_refused_when_added():
     """add_tile_model took any name and max_batch=0; both failed at start, in an error that blamed the ports."""
     from serving.server import DenoiseServer
