@@ -446,20 +446,25 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None
 
     from serving.client import denoise_file_remote
 
-    with tempfile.TemporaryDirectory(prefix="moe-denoise-check-") if args.check_local else \
-            contextlib.nullcontext() as tmp:
+    with contextlib.ExitStack() as stack:
         here = None
         if args.check_local:  # the local run first, from the input as it is (with -o over the input, the served
             # result replaced it, and the local run denoised that: 34 levels 'different' between identical runs)
             from runtime.images import check_output_path
 
             check_output_path(dst, src, args.overwrite)  # a refusal first, not after the local run
+            if client is None:  # a server that is not there is said before minutes of the local run, not after
+                from serving.client import DenoiseClient
+
+                client = stack.enter_context(DenoiseClient(args.server, timeout_s=args.timeout))
+                client.wait_ready(timeout_s=10.0)
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="moe-denoise-check-"))
             here = local_run(args, src, Path(tmp) / f"local{dst.suffix}", local)
         report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
                                      strength=args.strength, sigma=args.sigma, guard=not args.no_guard,
                                      quality=args.jpeg_quality, client=client, max_pixels=args.max_pixels)
         if here is not None:
-            report["check_local"] = compare_files(dst, *here)
+            report["check_local"] = compare_files(dst, *here, max_pixels=args.max_pixels)
     return report
 
 
@@ -477,14 +482,15 @@ def local_run(args: argparse.Namespace, src: Path, here: Path, runner: Any = Non
     return here, runner_label(runner)
 
 
-def compare_files(served_path: Path, local_path: Path, backend: str) -> dict:
-    """The two files' pixels compared, in levels of their bit depth."""
+def compare_files(served_path: Path, local_path: Path, backend: str, max_pixels: int | None = None) -> dict:
+    """The two files' pixels compared, in levels of their bit depth (read under --max-pixels, as the photo was: a
+    photo allowed past the default was refused here, after both runs)."""
     import numpy as np
 
     from runtime.images import read_pixels
 
-    local, info = read_pixels(local_path)
-    served = read_pixels(served_path)[0]
+    local, info = read_pixels(local_path, max_pixels=max_pixels)
+    served = read_pixels(served_path, max_pixels=max_pixels)[0]
     diff = int(np.abs(served.astype(np.int64) - local).max())
     return {"backend": backend, "max_abs_difference_levels": diff, "levels": 65535 if info.bit_depth == 16 else 255,
             "pixels_different": int((served != local).sum())}

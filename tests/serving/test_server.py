@@ -628,6 +628,24 @@ def test_denoise_server_unreachable_says_what_to_do(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_check_local_asks_the_server_before_the_local_run(tmp_path, monkeypatch):
+    """denoise --server URL --check-local ran the whole local denoise (minutes of CPU on a large photo) before it
+    found the server was not there."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient (the 'serve' extra) is not installed")
+    import moe_denoise.commands.denoise as denoise_cmd
+    from moe_denoise.cli import main
+    from serving.config import free_port
+
+    def local_run(*args, **kwargs):
+        raise AssertionError("the local run started before the server was asked")
+
+    monkeypatch.setattr(denoise_cmd, "local_run", local_run)
+    with pytest.raises(InputError, match=r"no ready Triton server at .* start one with 'moe-denoise serve'"):
+        main(["--debug", "denoise", str(DEMO), "-o", str(tmp_path / "x.png"), "--server",
+              f"127.0.0.1:{free_port()}", "--timeout", "5", "--check-local"])
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_a_runner_that_cannot_start_fails_before_triton_with_its_own_message():
     _skip_without_pytriton()
     from serving import DenoiseServer, ServeConfig
