@@ -135,14 +135,17 @@ def run(args: argparse.Namespace) -> int:
     with json_stdout() if args.json else contextlib.nullcontext(sys.stdout) as out:
         try:
             t0 = time.perf_counter()
+            if stopping:  # a signal since the handlers went in: nothing is started for it
+                log("nothing was served")
+                return 128 + int(stopping[0])
             try:
                 server.start()
             except StartAbandoned as e:  # Ctrl-C or SIGTERM while Triton started (a server that died is an error)
                 log(f"{e}; nothing was served")
                 return 128 + int(stopping[0] if stopping else signal.SIGINT)
             started = True
-            if stopping:  # a signal between the handlers and start(), which starts with its stop flags cleared
-                server.request_stop()
+            if stopping:  # a signal as start() began, which starts with its stop flags cleared
+                server.request_stop(abandon_now=len(stopping) > 1)
             info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
                     "backend": args.backend, "runner": runner_label(probe), "config": server.running_config.to_dict(),
                     "startup_seconds": round(time.perf_counter() - t0, 2),

@@ -1039,3 +1039,26 @@ def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkey
     assert main(["serve", "--backend", "torch", "--threads", "1"]) == 0
     err = capsys.readouterr().err
     assert "SIGINT received: stopping" in err and "stopped on its own" not in err and err.rstrip().endswith("stopped")
+
+    # a signal before start(): nothing is started for it (the whole server started, wrote its ready file and printed
+    # its URLs, for a stop already asked)
+    import time
+
+    import moe_denoise.commands.serve as serve_cmd
+
+    class NeverStarted(SignalledBeforeStart):
+        def start(self):
+            raise AssertionError("started for a stop already asked")
+
+    real_clock, pressed = time.perf_counter, []
+
+    def clock():  # the moment before start(): the handlers are in, the server not yet started
+        if not pressed:
+            pressed.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_clock()
+
+    monkeypatch.setattr(serving.server, "DenoiseServer", NeverStarted)
+    monkeypatch.setattr(serve_cmd.time, "perf_counter", clock)
+    assert main(["serve", "--backend", "torch", "--threads", "1"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.rstrip().endswith("nothing was served")
