@@ -297,12 +297,12 @@ class DenoiseServer:
         except BaseException:
             self.stop()
             raise
-        from pytriton.constants import PYTRITON_HOME
+        try:  # from here on, whatever stops the start releases the runners made above
+            from pytriton.constants import PYTRITON_HOME
 
-        left = remove_dead_workspaces(PYTRITON_HOME)
-        if left:
-            self.log(f"removed {len(left)} workspace(s) in {PYTRITON_HOME} that killed servers left behind")
-        try:
+            left = remove_dead_workspaces(PYTRITON_HOME)
+            if left:
+                self.log(f"removed {len(left)} workspace(s) in {PYTRITON_HOME} that killed servers left behind")
             self._triton = watched_triton(Triton, self)(config=triton_config, workspace=new_workspace(PYTRITON_HOME))
             for spec in self.tile_models:
                 batcher = (DynamicBatcher(max_queue_delay_microseconds=spec.queue_delay_us)

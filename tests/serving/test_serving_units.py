@@ -877,6 +877,16 @@ def test_a_keyboard_interrupt_while_starting_releases_everything(monkeypatch):
     assert runners and not any(r.active for r in runners)
     assert server._triton is None and server._log_dir is None
 
+    def interrupted_while_tidying(home):  # between the runners and Triton: outside both blocks that release them
+        raise KeyboardInterrupt
+
+    runners.clear()
+    monkeypatch.setattr(srv, "remove_dead_workspaces", interrupted_while_tidying)
+    server = srv.DenoiseServer(make, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert runners and not any(r.active for r in runners) and server._log_dir is None
+
 
 def test_runners_are_released_after_the_calls_running_on_them():
     """A tritonserver that died left PyTriton's threads inside our model calls; stop() released the runners under
