@@ -147,7 +147,6 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
     # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes
     # of building
     ref_weights = artifact_weights(onnx_path, onnx_manifest, weights, "--weights")
-    check_cache_dir(opts.cache_dir, opts.use_engine_cache)
     torch = require("torch")
     if not torch.cuda.is_available():  # said first: installing TensorRT (gigabytes) would not have helped
         from moe_base.optional import available
@@ -157,6 +156,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
                          f"{missing}. Build on a machine with an NVIDIA GPU, a CUDA build of torch and TensorRT (pip "
                          f"install 'moe-denoise[trt]'); the engine then runs only on that GPU model")
     trt = require("tensorrt", "building TensorRT engines")
+    check_cache_dir(opts.cache_dir, opts.use_engine_cache)  # after what no folder fixes, before minutes of building
     from moe_base.machine import cuda_device
 
     gpu = cuda_device(0)

@@ -364,6 +364,22 @@ def test_a_failed_parity_gate_prints_its_report_as_json_with_json(fake_trt, port
     assert doc["written"] is False and doc["parity"]["max_abs"] == 1.0 and not onnx.exists()
 
 
+def test_no_gpu_is_said_before_a_cache_folder_that_cannot_be_written(portable_onnx, random_weights, tmp_path):
+    """A machine without a GPU was told first to fix its cache folder, then that no build is possible there."""
+    import torch
+
+    from export.engine import BuildOptions, build_engine
+    from moe_base.errors import NoGPUError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the no-GPU message is checked on one without")
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(NoGPUError, match="needs an NVIDIA GPU"):
+        build_engine(portable_onnx, tmp_path / "m.engine", BuildOptions(cache_dir=blocked), weights=random_weights,
+                     log=lambda s: None)
+
+
 def test_build_checks_the_onnx_file_against_its_manifest(fake_trt, portable_onnx, random_weights, tmp_path):
     """A graph replaced under its old manifest was built as the old one (its cache key is the manifest's hash):
     refused before any build, as the runners refuse it; an engine given as --onnx is told what it is."""
