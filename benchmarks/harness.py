@@ -505,8 +505,7 @@ def best_per_batch(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     return best
 
 
-def cpu_targets(best: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str, Any]],
-                flops_per_image: float | None, peaks: dict[str, float]) -> dict[str, Any]:
+def cpu_targets(rows: list[dict[str, Any]], flops_per_image: float | None, peaks: dict[str, float]) -> dict[str, Any]:
     """The project's CPU targets, judged on this run: the best throughput at batch 64 >= 10x the baseline's, the
     lowest p50 latency at batch 1 <= 1/8 of the baseline's (the backend with the best throughput at batch 1 was
     taken, whose p50 need not be the lowest: a target could read 'NOT met' that a timed backend met), and the
@@ -619,7 +618,7 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         "paired": paired,
         "schedule": schedule,
         "best": best,
-        "targets": cpu_targets(best, rows, flops_per_image, peaks),
+        "targets": cpu_targets(rows, flops_per_image, peaks),
         "notes": notes,
     }
     if interrupt is not None:

@@ -13,7 +13,7 @@ import torch
 from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import CheckpointError, InputError, signals_held
 from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
-from moe_base.manifest import read_manifest
+from moe_base.manifest import ENGINE_SUFFIXES, read_manifest
 
 from .model import SmallViT
 
@@ -55,8 +55,8 @@ def origin(path: str | Path) -> dict[str, Any]:
     return out
 
 
-ARTIFACT_SUFFIXES = {".onnx": ("an ONNX model", "ort", "OrtRunner"), ".engine": ("a TensorRT engine", "trt", "TensorRTRunner"),
-                     ".plan": ("a TensorRT engine", "trt", "TensorRTRunner")}  # not weights: said, not handed to torch.load
+ARTIFACT_SUFFIXES = {".onnx": ("an ONNX model", "ort", "OrtRunner"),  # not weights: said, not handed to torch.load
+                     **dict.fromkeys(ENGINE_SUFFIXES, ("a TensorRT engine", "trt", "TensorRTRunner"))}
 
 
 # the option that skips the check, on the command line and in Python (a runner's, and load_model's)

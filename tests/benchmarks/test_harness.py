@@ -12,7 +12,6 @@ from benchmarks.harness import (
     BackendSpec,
     BenchmarkInterrupted,
     BenchSettings,
-    best_per_batch,
     cpu_targets,
     round_order,
     run_benchmark,
@@ -260,7 +259,7 @@ def test_the_batch_1_latency_target_is_judged_on_the_lowest_p50():
         return {"backend": backend, "batch": 1, "mode": "e2e", "device": "cpu", "status": "ok", "throughput_ips": ips,
                 "latency_ms": {"p50": p50}, "ratio_vs_baseline": {"throughput": ips / 100, "latency_p50": p50 / 10}}
     rows = [row("base", 100, 10.0), row("steady", 800, 1.2), row("bursty", 900, 1.3)]
-    t = cpu_targets(best_per_batch(rows), rows, None, {})
+    t = cpu_targets(rows, None, {})
     assert t["batch1_latency_ratio"] == {"target": 0.125, "value": pytest.approx(0.12), "backend": "steady",
                                          "met": True}
 
@@ -273,7 +272,7 @@ def test_the_batch_64_cpu_target_stands_when_a_gpu_backend_is_faster():
                 "latency_ms": {"p50": 64_000 / ips}, "ratio_vs_baseline": {"throughput": ips / 80,
                                                                           "latency_p50": 80 / ips}}
     rows = [row("torch-seed", "cpu", 80), row("ort-cpu", "cpu", 1000), row("torch-masked-cuda", "cuda", 30000)]
-    t = cpu_targets(best_per_batch(rows), rows, 1e6, {"cpu": 1e12})
+    t = cpu_targets(rows, 1e6, {"cpu": 1e12})
     assert t["batch64_throughput_ratio"] == {"target": 10.0, "value": pytest.approx(12.5), "backend": "ort-cpu",
                                              "met": True}
     assert t["batch64_fraction_of_limit"] == pytest.approx(1000 / t["compute_limit_ips"])
