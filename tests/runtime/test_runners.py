@@ -323,7 +323,8 @@ def test_a_weights_file_and_a_model_file_given_to_the_wrong_backend_are_named(tm
                                             r"with 'moe-denoise export --weights .*', or run it with --backend torch "
                                             r"\(--weights .*; in Python runtime\.TorchRunner\('.*'\)\)$"):
         OrtRunner(random_weights).activate()
-    for name, backend, runner in (("m.onnx", "ort", "OrtRunner"), ("m.engine", "trt", "TensorRTRunner")):
+    for name, backend, runner in (("m.onnx", "ort", "OrtRunner"), ("m.engine", "trt", "TensorRTRunner"),
+                                  ("m.trt", "trt", "TensorRTRunner")):  # .trt went to torch.load
         (tmp_path / name).write_bytes(b"\x08\x07not really")
         with pytest.raises(CheckpointError, match=f"is an? .*, not weights \\(.safetensors or .pt\\)\\. To run the "
                                                   f"model itself: --backend {backend} --artifact .* \\(denoise, parity, serve; "
