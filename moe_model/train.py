@@ -267,11 +267,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
             log(f"the run in {out} has finished all {cfg.epochs} epochs; nothing to continue (best val loss "
                 f"{best_loss:.6f})")
         else:
-            log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (best val loss so far {best_loss:.6f})")
+            log(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (best val loss so far {best_loss:.6f}; "
+                f"device {device}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})")
     else:
         log(f"training preset '{cfg.preset}' ({count_parameters(model):,} parameters) on {len(train_u8):,} images, "
-            f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {steps_per_epoch} steps, device {device}, "
-            f"{torch.get_num_threads()} threads")
+            f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {steps_per_epoch} "
+            f"step{'s' if steps_per_epoch != 1 else ''}, device {device}, {torch.get_num_threads()} "
+            f"thread{'s' if torch.get_num_threads() != 1 else ''}")
 
     model.train()
     for epoch in range(start_epoch, cfg.epochs):

@@ -135,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     settings["data_dir"] = str(Path(settings["data_dir"]).absolute())  # --resume from another folder finds it
     given = given_options(args)
-    if args.resume:  # what is not written on the command line continues as the run was started
-        kept = given | {"out_dir", "device", "threads"}
+    if args.resume:  # what is not written on the command line continues as the run was started: --device and
+        # --threads too (they may be given otherwise; left out, the resumed run took torch's thread count and other
+        # weights than the same run uninterrupted, and a --device cpu run moved to a GPU)
+        kept = given | {"out_dir"}
         settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in kept})
     check_noise_options(given, settings["blind"])
     from weights import SHIPPED

@@ -163,6 +163,24 @@ def test_resume_on_the_command_line_needs_only_the_folder(fake_cifar, tmp_path, 
     assert "has finished all 2 epochs; nothing to continue" in capsys.readouterr().out
 
 
+def test_resume_alone_keeps_the_runs_threads_and_device(fake_cifar, tmp_path, capsys):
+    """--resume alone took torch's default thread count, not the run's --threads (other weights than the same run
+    uninterrupted, and 'threads: null' recorded), and a --device cpu run went 'auto' (to a GPU where there is one)."""
+    from moe_denoise.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        cfg = small_config(fake_cifar, tmp_path / "run", threads=1, device="cpu")
+        train(cfg, progress=False, stop_after_epoch=1, log=lambda s: None)
+        torch.set_num_threads(2)
+        assert main(["train", "--out-dir", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
+        assert "device cpu, 1 thread)" in capsys.readouterr().out
+        settings = json.loads((tmp_path / "run" / "best.json").read_text())["training"]["settings"]
+        assert (settings["threads"], settings["device"]) == (1, "cpu")
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_record_names_the_start_weights_as_they_were_and_the_first_command(fake_cifar, tmp_path, random_weights):
     """The start weights were hashed again at every best epoch: moved after the run began, a resumed run ended after a
     whole epoch in a FileNotFoundError (losing it); replaced, its record named the other weights. The record is made
