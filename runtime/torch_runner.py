@@ -28,6 +28,7 @@ import numpy as np
 
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import ArtifactMismatchError, CheckpointError, InputError, MissingBackendError, NoGPUError
+from moe_base.machine import too_many_threads
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 
@@ -112,6 +113,8 @@ def check_runner_args(weights: Any, device: Any, threads: Any) -> None:
         raise InputError(f"device= is 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise InputError(f"threads= is a whole number >= 1 (CPU threads), or None for torch's choice; got {threads!r}")
+    if threads is not None and too_many_threads(int(threads)):  # torch ended the process at 100,000 (SIGSEGV)
+        raise InputError(f"threads={threads}: {too_many_threads(int(threads))}")
 
 
 def tolerance_key(impl: str, compile: bool = False) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,11 +51,12 @@ def positive_int(text: str) -> int:
 def thread_count(text: str) -> int:
     """argparse type: CPU threads, 1 to 4x this machine's CPUs (more only wait their turn; thousands were refused by
     the OpenMP runtime or exhausted memory, and the message blamed the weights)."""
+    from moe_base.machine import too_many_threads
+
     value = positive_int(text)
-    most = 4 * (os.cpu_count() or 1)
-    if value > most:
-        raise argparse.ArgumentTypeError(f"this machine has {os.cpu_count()} CPUs; at most {most} threads (got "
-                                         f"{value}); more only wait their turn")
+    problem = too_many_threads(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

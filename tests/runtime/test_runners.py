@@ -429,6 +429,7 @@ def test_a_preset_other_than_the_artifact_manifest_s_architecture_is_refused(ran
     ({"weights": "blind", "device": "gpu"}, r"device= is 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
     ({"weights": "blind", "threads": -1}, r"threads= is a whole number >= 1 .*got -1"),
     ({"weights": "blind", "threads": 2.0}, r"threads= is a whole number >= 1 .*got 2\.0"),
+    ({"weights": "blind", "threads": 100_000}, r"threads=100000: this machine has \d+ CPUs; at most \d+ threads"),
     ({"weights": "nope"}, r"weights nope: no such file, and not the name of shipped weights \(blind, sigma20\)"),
 ])
 def test_torch_runner_arguments_are_checked_when_made(kwargs, message):
@@ -446,6 +447,7 @@ def test_torch_runner_arguments_are_checked_when_made(kwargs, message):
     (lambda: Doubler(max_batch=0), r"max_batch= .* got 0"),  # the torch runner said 'no batch bucket fits'
     (lambda: OrtRunner("m.onnx", threads=2.5), r"threads= is a whole number >= 0 .* got 2\.5"),
     (lambda: OrtRunner("m.onnx", threads="2"), r"threads= .* got '2'"),
+    (lambda: OrtRunner("m.onnx", threads=100_000), r"threads=100000: this machine has \d+ CPUs"),  # ran for minutes
 ])
 def test_runner_counts_that_are_not_whole_numbers_are_refused_when_made(make, message):
     """These reached the user as a bare TypeError from pybind or '<', or were taken (an ONNX runner with max_batch=0)."""
