@@ -175,6 +175,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
     out = Path(cfg.out_dir)
     state_path = out / "last.pt"
     existing_run(out, resume, overwrite)  # before the folder is made
+    check_init_outside(cfg.init_from, out, overwrite)
     made = first_missing(out)  # the folders making --out-dir creates: removed again if nothing is saved in them
     check_writable_folder(out)
     try:
@@ -191,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
 
 def existing_run(out: Path, resume: bool, overwrite: bool) -> list[str]:
     """The files of a run ``out`` holds; InputError when there are some and neither ``resume`` nor ``overwrite``."""
-    existing = [name for name in ("last.pt", "best.safetensors", "best.json") if (out / name).exists()]
+    existing = [name for name in RUN_FILES if (out / name).exists()]
     aside = out / REPLACED
     # the run an --overwrite moved aside is stranded until the new run's training state exists (its best weights
     # come first: a kill between the two left them, and the next --overwrite deleted the old run)
@@ -208,6 +209,21 @@ def existing_run(out: Path, resume: bool, overwrite: bool) -> list[str]:
         raise InputError(f"{out} already holds a training run ({', '.join(existing)}); continue it with --resume, "
                          f"replace it with --overwrite, or choose another --out-dir")
     return existing
+
+
+RUN_FILES = ("last.pt", "best.safetensors", "best.json")  # a run's own files in its --out-dir
+
+
+def check_init_outside(init_from: str | None, out: Path, overwrite: bool) -> None:
+    """InputError when --init-from is a file of the run --overwrite replaces: moved aside before it was read, it was
+    said not to exist (after the data had loaded)."""
+    if not (overwrite and init_from):
+        return
+    init = Path(init_from)
+    with contextlib.suppress(OSError):
+        if init.name in RUN_FILES and init.exists() and init.resolve().parent == out.resolve():
+            raise InputError(f"--init-from {init_from} is a file of the run --overwrite replaces in {out}; copy it "
+                             f"elsewhere first (with its .json), then give that copy to --init-from")
 
 
 REPLACED = ".replaced"  # --overwrite: the old run's files wait here until the new run has saved its first epoch

@@ -181,6 +181,19 @@ def test_resume_alone_keeps_the_runs_threads_and_device(fake_cifar, tmp_path, ca
         torch.set_num_threads(before)
 
 
+def test_init_from_a_file_of_the_run_an_overwrite_replaces_is_refused_up_front(fake_cifar, tmp_path):
+    """--overwrite --init-from OUT/best.safetensors: the old run was moved aside before the weights were read, which
+    were then said not to exist (after the data had loaded)."""
+    from moe_base.errors import InputError
+
+    train(small_config(fake_cifar, tmp_path / "run", epochs=1), progress=False, log=lambda s: None)
+    before = (tmp_path / "run" / "best.safetensors").read_bytes()
+    cfg = small_config(fake_cifar, tmp_path / "run", epochs=1, init_from=str(tmp_path / "run" / "best.safetensors"))
+    with pytest.raises(InputError, match=r"is a file of the run --overwrite replaces in .*; copy it elsewhere first"):
+        train(cfg, progress=False, log=lambda s: None, overwrite=True)
+    assert (tmp_path / "run" / "best.safetensors").read_bytes() == before
+
+
 def test_the_record_names_the_start_weights_as_they_were_and_the_first_command(fake_cifar, tmp_path, random_weights):
     """The start weights were hashed again at every best epoch: moved after the run began, a resumed run ended after a
     whole epoch in a FileNotFoundError (losing it); replaced, its record named the other weights. The record is made
