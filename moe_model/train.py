@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from moe_base.config import ModelConfig, get_preset
+from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError, TrainingError, signals_held
 from moe_base.fileio import first_missing, folder_lock, remove_if_empty
 from moe_base.progress import Progress
@@ -514,23 +514,41 @@ GROWABLE = ("ffn_hidden", "refine_channels", "refine_features", "router_hidden")
 field must be the file's own."""
 
 
+def _state_preset(path: str) -> str | None:
+    """The preset a training state written by 'moe-denoise train' records, or None (another file, a preset unknown)."""
+    if Path(path).suffix.lower() not in (".pt", ".pth"):
+        return None
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        preset = st["train_config"]["preset"]
+    except Exception:  # noqa: BLE001 - not a training state: its shapes decide, as before
+        return None
+    return preset if preset in PRESETS else None
+
+
 def check_grows_from(config: ModelConfig, path: str) -> None:
     """CheckpointError when the architecture ``path``'s JSON sidecar records is not ``config`` or a widening of it.
 
     Tensor shapes alone do not tell: the 'seed' and 'residual' presets have the same tensors and compute different
     functions (residual predicts the noise), so --init-from a residual run into the default preset (seed) started
-    from weights that computed something else, without a word. Weights without a sidecar are taken on their shapes."""
+    from weights that computed something else, without a word. A run's training state (last.pt) names its preset
+    (it was taken on its shapes); other weights without a sidecar are taken on their shapes."""
     saved = (read_sidecar(path) or {}).get("config")
-    if not isinstance(saved, dict):
-        return
-    theirs = sidecar_config(path, saved)
+    says = f"their {sidecar_path(path).name} says so"
+    if isinstance(saved, dict):
+        theirs = sidecar_config(path, saved)
+    else:
+        preset = _state_preset(path)
+        if preset is None:
+            return
+        theirs, says = get_preset(preset), "the training state says so"
     differ = [f"{f.name} {getattr(theirs, f.name)!r} (preset '{config.name}': {getattr(config, f.name)!r})"
               for f in dataclasses.fields(ModelConfig) if f.name != "name"
               and (getattr(config, f.name) < getattr(theirs, f.name) if f.name in GROWABLE
                    else getattr(config, f.name) != getattr(theirs, f.name))]
     if differ:
         raise CheckpointError(f"--init-from {path}: these weights were made for the '{theirs.name}' architecture "
-                              f"(their {sidecar_path(path).name} says so), which preset "
+                              f"({says}), which preset "
                               f"'{config.name}' neither is nor grows ({'; '.join(differ)}): the model would start "
                               f"from their tensors computing something else. Pass --preset {theirs.name}, or a "
                               f"preset that only widens {', '.join(GROWABLE)}")

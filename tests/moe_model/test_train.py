@@ -123,6 +123,21 @@ def test_init_from_starts_at_the_given_weights(fake_cifar, tmp_path, random_weig
     assert not all(torch.allclose(fresh[k].cpu(), start[k], atol=1e-6) for k in start)
 
 
+def test_init_from_a_training_state_checks_the_preset_it_records(fake_cifar, tmp_path):
+    """--init-from RUN/last.pt of a residual run warm-started a seed model without a word (the same tensors, another
+    computation); RUN/best.safetensors was refused. The state records its preset, and it is read."""
+    from moe_base.errors import CheckpointError
+
+    train(small_config(fake_cifar, tmp_path / "res", epochs=1, preset="residual"), progress=False, log=lambda s: None)
+    with pytest.raises(CheckpointError, match=r"made for the 'residual' architecture \(the training state says so\), "
+                                              r"which preset 'seed' neither is nor grows"):
+        train(small_config(fake_cifar, tmp_path / "bad", epochs=1, init_from=str(tmp_path / "res" / "last.pt")),
+              progress=False, log=lambda s: None)
+    good = train(small_config(fake_cifar, tmp_path / "good", epochs=1, preset="residual", lr=1e-12,
+                              init_from=str(tmp_path / "res" / "last.pt")), progress=False, log=lambda s: None)
+    assert good["model"].config.name == "residual"
+
+
 @pytest.mark.gpu
 def test_resume_on_cuda_continues_the_run(fake_cifar, tmp_path):
     """On a GPU the run resumes (the saved RNG state is a CPU tensor) and lands close to the uninterrupted one."""
