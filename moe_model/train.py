@@ -404,6 +404,14 @@ PROGRESS_LINE_S = 60.0  # in a log, a line within an epoch at most this often
 STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "epoch", "best_loss", "history", "train_config")
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Two paths of one file (a run recorded --init-from as typed before it recorded it whole)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _state_to_resume(cfg: TrainConfig, state_path: Path) -> dict[str, Any]:
     """The training state in ``state_path``, after checking that ``cfg`` continues its run unchanged."""
     if not state_path.is_file():
@@ -413,7 +421,8 @@ def _state_to_resume(cfg: TrainConfig, state_path: Path) -> dict[str, Any]:
     st = load_training_state(state_path)
     saved = _with_defaults(st["train_config"])
     changed = {k: (saved[k], v) for k, v in dataclasses.asdict(cfg).items()
-               if k not in ("out_dir", "data_dir", "device", "threads") and saved[k] != v}
+               if k not in ("out_dir", "data_dir", "device", "threads") and saved[k] != v
+               and not (k == "init_from" and saved[k] and v and _same_file(saved[k], v))}
     if changed:
         out = state_path.parent
         longer = (" (the learning-rate schedule spans the run's epochs, so a run continues with its own; to train "

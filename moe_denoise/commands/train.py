@@ -152,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
         # is gone is left as given: a resumed run does not read it again)
         if not args.resume or settings["init_from"] in SHIPPED:
             settings["init_from"] = str(resolve_weights(settings["init_from"], option="--init-from"))
+    elif "init_from" in given:  # recorded where it is, as --data-dir is (it was kept as typed, relative to the folder
+        # the run started in: a resume naming it './x' or by its full path was refused as another setting)
+        settings["init_from"] = str(Path(init).absolute())
     if "mse_floor" in given and settings["loss"] != "psnr":
         from moe_base.errors import InputError
 

@@ -138,6 +138,26 @@ def test_init_from_a_training_state_checks_the_preset_it_records(fake_cifar, tmp
     assert good["model"].config.name == "residual"
 
 
+def test_init_from_is_recorded_where_it_is_and_a_resume_may_name_it_otherwise(fake_cifar, tmp_path, random_weights,
+                                                                             monkeypatch, capsys):
+    """--init-from was recorded as typed (relative to the folder the run started in, where --data-dir is recorded
+    whole); a resume naming the same file './x' or by its full path was refused as another setting."""
+    import shutil
+
+    from moe_denoise.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(random_weights, tmp_path / "start.safetensors")
+    shutil.copy(random_weights.with_suffix(".json"), tmp_path / "start.json")
+    base = ["train", "--data-dir", str(fake_cifar), "--epochs", "2", "--batch-size", "16", "--max-train", "32",
+            "--max-val", "16", "--no-progress", "--out-dir", "run"]
+    assert main([*base, "--init-from", "start.safetensors", "--stop-after-epoch", "1"]) == 0
+    state = load_training_state(tmp_path / "run" / "last.pt")
+    assert state["train_config"]["init_from"] == str(tmp_path / "start.safetensors")
+    assert main(["train", "--resume", "--out-dir", "run", "--no-progress", "--init-from", "./start.safetensors"]) == 0
+    capsys.readouterr()
+
+
 @pytest.mark.gpu
 def test_resume_on_cuda_continues_the_run(fake_cifar, tmp_path):
     """On a GPU the run resumes (the saved RNG state is a CPU tensor) and lands close to the uninterrupted one."""
