@@ -349,10 +349,20 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
                     "parameters": count_parameters(model),
                     "history": history,
                 })
-            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                               "epoch": epoch + 1, "best_loss": best_loss, "history": history,
-                               "train_config": dataclasses.asdict(cfg), "record": record}, state_path)
+            first = not state_path.exists()
+            try:
+                atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                                   "epoch": epoch + 1, "best_loss": best_loss, "history": history,
+                                   "train_config": dataclasses.asdict(cfg), "record": record}, state_path)
+            except InputError as e:  # a full disk: in the first epoch, best weights alone made a run no command
+                # could continue (--resume found no state, a new run found a run there)
+                if not first:
+                    raise
+                for name in ("best.safetensors", "best.json"):
+                    (out / name).unlink(missing_ok=True)
+                raise InputError(f"{e}; the epoch's best weights were removed again, so {out} holds no run: free "
+                                 f"space there and start again") from e
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {run_loss:.5f}  val MSE {val['mse']:.6f}  "
             f"val PSNR {val['psnr']:.2f} dB  {rec['seconds']:.0f}s{'  (best)' if improved else ''}")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:

@@ -158,6 +158,24 @@ def test_init_from_is_recorded_where_it_is_and_a_resume_may_name_it_otherwise(fa
     capsys.readouterr()
 
 
+def test_a_full_disk_in_the_first_epoch_leaves_no_run_that_no_command_continues(fake_cifar, tmp_path, monkeypatch):
+    """The best weights fit and the training state did not: best.* alone were left, --resume found no state and a new
+    run found a run there (only --overwrite got out), under a message that said nothing was changed."""
+    import moe_model.train as train_module
+    from moe_base.errors import InputError
+
+    def disk_full(obj, path):
+        raise InputError(f"writing {path} failed (No space left on device); nothing was changed there")
+
+    monkeypatch.setattr(train_module, "atomic_torch_save", disk_full)
+    with pytest.raises(InputError, match=r"No space left.*the epoch's best weights were removed again, so .* holds "
+                                         r"no run"):
+        train(small_config(fake_cifar, tmp_path / "run", epochs=1), progress=False, log=lambda s: None)
+    assert not list((tmp_path / "run").glob("best.*"))
+    monkeypatch.undo()
+    train(small_config(fake_cifar, tmp_path / "run", epochs=1), progress=False, log=lambda s: None)  # not refused
+
+
 @pytest.mark.gpu
 def test_resume_on_cuda_continues_the_run(fake_cifar, tmp_path):
     """On a GPU the run resumes (the saved RNG state is a CPU tensor) and lands close to the uninterrupted one."""
