@@ -63,13 +63,25 @@ ARTIFACT_SUFFIXES = {".onnx": ("an ONNX model", "ort", "OrtRunner"),  # not weig
 SKIP_CHECK = "--skip-weights-check (verify_weights=False for a runner, verify=False for load_model, in Python)"
 
 
+def check_not_sidecar(path: str | Path) -> None:
+    """CheckpointError when ``path`` is the JSON sidecar of weights beside it (it was called damaged weights)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json" and path.is_file():
+        weights = next((path.with_suffix(s) for s in (".safetensors", ".pt") if path.with_suffix(s).is_file()), None)
+        beside = f"pass {weights}" if weights else "pass the .safetensors file it describes"
+        raise CheckpointError(f"{path} is the JSON sidecar of weights (their config and record), not the weights: "
+                              f"{beside}")
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a PyTorch state dict (a training state's ``model`` entry is taken).
 
     Raises CheckpointError for a missing or unreadable file (``.pt`` files are read with ``weights_only``)."""
     path = Path(path)
+    check_not_sidecar(path)
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"  # a run folder: its best.safetensors
+        what = ("is a folder, not a file" if path.is_dir()  # a run folder: its best.safetensors
+                else "is not a regular file" if path.exists() else "does not exist")  # /dev/null 'did not exist'
         inside = f" (e.g. {path / 'best.safetensors'})" if (path / "best.safetensors").is_file() else ""
         raise CheckpointError(f"weights file {path} {what}; pass a .safetensors file written by 'moe-denoise "
                               f"train'{inside} or a PyTorch state dict (.pt)")

@@ -499,20 +499,22 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     Tensors the file lacks keep their fresh initialisation (e.g. a new refinement head, whose last layer starts at
     zero so the model first computes what the file did).
     """
-    from .checkpoint import load_state_dict, read_sidecar, verify_weights
+    from .checkpoint import check_not_sidecar, load_state_dict, read_sidecar, verify_weights
 
     try:  # checked as every other command checks weights (a damaged file was trained from without a word)
+        check_not_sidecar(path)
         verify_weights(path, read_sidecar(path), skip=None)  # train has no --skip-weights-check to name
     except CheckpointError as e:
         raise CheckpointError(f"--init-from: {e}") from None
     sd = load_state_dict(path)
+    # the architecture first: weights of a larger preset were told their tensors do not fit, not the preset to pass
+    check_grows_from(model.config, path)
     own = model.state_dict()
     bad = [k for k, v in sd.items() if k not in own or own[k].ndim != v.ndim
            or any(a < b for a, b in zip(own[k].shape, v.shape))]
     if bad:
         raise CheckpointError(f"--init-from {path}: {len(bad)} tensors do not fit preset '{model.config.name}' "
                               f"(e.g. {bad[:3]}); use weights of the same (or a smaller) architecture")
-    check_grows_from(model.config, path)  # tensors that fit are not enough (seed and residual share them)
     grown = []
     with torch.no_grad():
         for k, v in sd.items():

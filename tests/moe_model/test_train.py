@@ -176,6 +176,22 @@ def test_a_full_disk_in_the_first_epoch_leaves_no_run_that_no_command_continues(
     train(small_config(fake_cifar, tmp_path / "run", epochs=1), progress=False, log=lambda s: None)  # not refused
 
 
+def test_init_from_mistakes_are_named_for_what_they_are(fake_cifar, tmp_path, random_weights):
+    """--init-from best.json was called damaged weights; /dev/null 'did not exist'; the shipped sigma20 into the
+    default preset was told '8 tensors do not fit', not the preset its JSON names."""
+    from moe_base.errors import CheckpointError
+    from weights import SHIPPED
+
+    for init, message in ((random_weights.with_suffix(".json"),
+                           rf"is the JSON sidecar of weights .*not the weights: pass {random_weights}"),
+                          ("/dev/null", r"weights file /dev/null is not a regular file"),
+                          (SHIPPED["sigma20"], r"made for the 'residual_refine_wide' architecture .* Pass --preset "
+                                               r"residual_refine_wide")):
+        with pytest.raises(CheckpointError, match=message):
+            train(small_config(fake_cifar, tmp_path / "run", epochs=1, init_from=str(init)), progress=False,
+                  log=lambda s: None)
+
+
 @pytest.mark.gpu
 def test_resume_on_cuda_continues_the_run(fake_cifar, tmp_path):
     """On a GPU the run resumes (the saved RNG state is a CPU tensor) and lands close to the uninterrupted one."""
