@@ -151,6 +151,9 @@ def test_refine_preset_budget_and_identity_start(tmp_path):
         torch.nn.init.normal_(m.refine[-1].weight, std=0.1)
         assert not torch.allclose(m(x), base(x))
     save_weights(m, tmp_path / "refine.safetensors")
+    with pytest.raises(Exception, match="made for the 'residual_refine' architecture .* Pass --preset residual_refine"):
+        warm_start(base, str(tmp_path / "refine.safetensors"), lambda s: None)  # a larger model into a smaller one
+    (tmp_path / "refine.json").unlink()  # without the JSON that names it: its tensors do not fit
     with pytest.raises(Exception, match="do not fit"):
         warm_start(base, str(tmp_path / "refine.safetensors"), lambda s: None)
 
