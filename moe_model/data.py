@@ -6,7 +6,9 @@ final reporting, never to choose a checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -131,13 +133,19 @@ class BlindNoise:
     bayer_share: float = 0.0
 
     def __post_init__(self) -> None:
-        bad = [f"{k} must be in [0, 1] (got {v})" for k, v in
-               (("zero_share", self.zero_share), ("unclipped_share", self.unclipped_share),
-                ("gray_share", self.gray_share), ("bayer_share", self.bayer_share)) if not 0.0 <= v <= 1.0]
-        if not 0.0 < self.sigma_max < float("inf"):
-            bad.append(f"sigma_max must be > 0 (got {self.sigma_max})")
+        bad = self.problems(dataclasses.asdict(self))
         if bad:
             raise InputError("invalid blind noise: " + "; ".join(bad))
+
+    @staticmethod
+    def problems(values: dict[str, float], named: Callable[[str], str] = str) -> list[str]:
+        """What is wrong with these settings (BlindNoise's fields), each named by ``named`` (the command line
+        passes '--zero-share' for 'zero_share')."""
+        bad = [f"{named(k)} must be in [0, 1] (got {values[k]})"
+               for k in ("zero_share", "unclipped_share", "gray_share", "bayer_share") if not 0.0 <= values[k] <= 1.0]
+        if not 0.0 < values["sigma_max"] < float("inf"):
+            bad.append(f"{named('sigma_max')} must be > 0 (got {values['sigma_max']})")
+        return bad
 
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what Pillow's convert("L") uses

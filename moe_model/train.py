@@ -106,11 +106,8 @@ class TrainConfig:
                 bad.append(f"{named(name)} must be >= 1 when given (got {getattr(self, name)}; leave it out for all)")
         if not 0 < self.mse_floor < 1:
             bad.append(f"{named('mse_floor')} must be in (0, 1) (got {self.mse_floor})")
-        if self.blind:
-            try:
-                self.noise()
-            except ValueError as e:
-                bad.append(str(e))
+        if self.blind:  # named as the options (the noise's own check said 'zero_share')
+            bad += BlindNoise.problems(dataclasses.asdict(self), named)
         if self.loss not in LOSSES:
             bad.append(f"{named('loss')} must be one of {LOSSES} (got {self.loss!r})")
         if bad:
@@ -313,7 +310,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
                             else "no weights were written")
                     raise TrainingError(f"training stopped: the loss became {loss.item()} at epoch {epoch + 1}, step "
                                         f"{step + 1} (learning rate {sched.get_last_lr()[0]:.3g}); {kept}. Lower --lr, "
-                                        f"or keep --grad-clip on")
+                                        f"or keep --grad-clip on{_raised(cfg)}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -412,6 +409,15 @@ def run_record(cfg: TrainConfig, st: dict[str, Any] | None, out: Path, command: 
 
 PROGRESS_LINE_S = 60.0  # in a log, a line within an epoch at most this often
 STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "epoch", "best_loss", "history", "train_config")
+
+
+def _raised(cfg: TrainConfig) -> str:
+    """The loss weights set above their defaults, named as suspects of a diverged run (--weight-decay 1e30 was
+    answered 'Lower --lr')."""
+    defaults = TrainConfig(data_dir="", out_dir="")
+    raised = [f"--{n.replace('_', '-')} {getattr(cfg, n):g}" for n in ("weight_decay", "aux_weight")
+              if getattr(cfg, n) > getattr(defaults, n)]
+    return f"; and this run raised {' and '.join(raised)} above the default" if raised else ""
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -106,6 +106,20 @@ def test_invalid_settings():
         TrainConfig(data_dir="x", epochs=0).validate()
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig(data_dir="x", preset="big").validate()
+    # the blind noise's settings are named as the options too (they read 'zero_share must be in [0, 1]')
+    with pytest.raises(ValueError, match=r"--zero-share must be in \[0, 1\] \(got -1\.0\); --sigma-max must be > 0"):
+        TrainConfig(data_dir="x", blind=True, zero_share=-1.0, sigma_max=0.0).validate(
+            lambda name: "--" + name.replace("_", "-"))
+
+
+def test_a_diverged_run_names_the_loss_weights_it_raised(fake_cifar, tmp_path):
+    """--weight-decay 1e30 made the loss NaN, and the advice was 'Lower --lr'."""
+    from moe_base.errors import TrainingError
+
+    with pytest.raises(TrainingError, match=r"Lower --lr, or keep --grad-clip on; and this run raised --weight-decay "
+                                            r"1e\+30 above the default"):
+        train(small_config(fake_cifar, tmp_path / "run", epochs=1, weight_decay=1e30), progress=False,
+              log=lambda s: None)
 
 
 def test_init_from_starts_at_the_given_weights(fake_cifar, tmp_path, random_weights):
