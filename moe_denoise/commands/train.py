@@ -120,8 +120,10 @@ def interrupted_hint(out: Path) -> str:
         done, epochs = state.get("epoch"), (state.get("train_config") or {}).get("epochs")
     except Exception:  # noqa: BLE001 - the hint only; --resume itself says what is wrong with the file
         done = epochs = None
-    if done and epochs and done >= epochs:  # an --overwrite stopped before its first epoch: the old run is back
-        return f"the finished run in {out} ({done} epochs) is kept as it was"
+    if done and epochs and done >= epochs:  # a stop after the last epoch was saved, or an --overwrite stopped
+        # before its first epoch (the old run is back): either way a finished run (it read 'kept as it was')
+        return (f"the run in {out} has finished all {done} epoch{'s' if done != 1 else ''}; its weights are "
+                f"{out / 'best.safetensors'}")
     after = f" after epoch {done}" if done else ""
     return f"the run{after} is kept; continue it with: moe-denoise train --resume --out-dir {out}"
 

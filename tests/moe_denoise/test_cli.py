@@ -764,7 +764,11 @@ def test_an_interrupted_overwrite_of_a_finished_run_says_that_run_is_kept(monkey
     (tmp_path / "last.pt").write_bytes(b"state")
     state = {"epoch": 4, "train_config": {"epochs": 4}}
     monkeypatch.setattr(moe_model.train, "load_training_state", lambda path: state)
-    assert interrupted_hint(tmp_path) == f"the finished run in {tmp_path} (4 epochs) is kept as it was"
+    # the same words for a new run stopped just after its last epoch was saved ('kept as it was' read as an old run)
+    assert interrupted_hint(tmp_path) == (f"the run in {tmp_path} has finished all 4 epochs; its weights are "
+                                          f"{tmp_path / 'best.safetensors'}")
+    state.update(epoch=1, train_config={"epochs": 1})
+    assert interrupted_hint(tmp_path).startswith(f"the run in {tmp_path} has finished all 1 epoch;")
     state["epoch"] = 2
     assert interrupted_hint(tmp_path) == (f"the run after epoch 2 is kept; continue it with: moe-denoise train "
                                           f"--resume --out-dir {tmp_path}")
