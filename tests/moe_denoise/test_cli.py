@@ -769,7 +769,7 @@ def test_an_interrupted_overwrite_of_a_finished_run_says_that_run_is_kept(monkey
                                           f"{tmp_path / 'best.safetensors'}")
     state.update(epoch=1, train_config={"epochs": 1})
     assert interrupted_hint(tmp_path).startswith(f"the run in {tmp_path} has finished all 1 epoch;")
-    state["epoch"] = 2
+    state.update(epoch=2, train_config={"epochs": 4})
     assert interrupted_hint(tmp_path) == (f"the run after epoch 2 is kept; continue it with: moe-denoise train "
                                           f"--resume --out-dir {tmp_path}")
 
