@@ -196,7 +196,7 @@ def test_torch_backend_precision_and_graph_options(capsys, random_weights):
                        "-n", 2)
     assert code == 0 and "PSNR" in out and "torch-gather-bf16 (weights " in out and "precision bf16" in out
     code, _, err = run(capsys, "parity", "--backend", "torch", "--cuda-graph", "--weights", random_weights, "-n", 2)
-    assert code == 2 and "needs device='cuda'" in err
+    assert code == 2 and "--cuda-graph captures GPU work and needs --device cuda" in err
 
 
 @pytest.mark.parametrize("text, value", [("0.1", 0.1), ("0", 0.0), ("25/255", 25 / 255), ("1", 1.0), (" 5 / 255 ", 5 / 255),
