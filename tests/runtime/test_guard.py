@@ -218,7 +218,25 @@ def test_flat_areas_do_not_read_as_a_clean_photo():
     assert estimate_sigma(canvas) == pytest.approx(0.1, rel=0.1)
     decision = guard_for_array(canvas.astype(np.float32), blur_fn(1.0))
     assert decision.sigma == pytest.approx(0.1, rel=0.1) and not decision.applied and decision.input_weight == 0.0
-    assert estimate_sigma(np.full((64, 64), 0.5, np.float32)) is None  # all flat: no estimate, no blend
+    assert estimate_sigma(np.full((64, 64), 0.5, np.float32)) == 0.0  # all flat: noise-free, handed back
+
+
+def test_clean_text_and_drawings_read_as_noise_free():
+    """A clean page of text (few usable blocks: most are flat) fell back to the median rule over its non-flat 2x2
+    blocks alone, its letters' edges, and read as 52.6/255 of noise: the guard gave the denoiser's output, its
+    punctuation partly erased. Flat blocks count in the median rule (as 0); noise on the same page still reads."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (320, 240), (250, 250, 250))
+    draw = ImageDraw.Draw(page)
+    for i in range(8):
+        draw.text((10, 10 + 14 * i), f"Quarterly report line {i}: revenue up 12%", fill=(20, 20, 20))
+    clean = np.asarray(page, np.float32) / 255
+    assert estimate_sigma(clean) == 0.0
+    decision = guard_for_array(clean, blur_fn(1.0))
+    assert decision.applied and decision.input_weight == 1.0
+    noisy = np.clip(clean + 10 / 255 * np.random.default_rng(3).standard_normal(clean.shape), 0, 1)
+    assert estimate_sigma(noisy.astype(np.float32)) == pytest.approx(10 / 255, rel=0.2)
 
 
 def test_guard_leaves_a_clean_photo_and_keeps_the_denoiser_on_a_noisy_one():
