@@ -507,6 +507,7 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path,
     import numpy as np
 
     from moe_base.metrics import psnr_from_mse
+    from moe_model.data import LUMA
     from runtime.images import read_pixels, to_unit
 
     ref, ref_info = read_pixels(reference, max_pixels=max_pixels)
@@ -516,13 +517,21 @@ def reference_psnr(reference: Path, noisy: Path, denoised: Path,
     out: dict[str, float | str] = {}
     for name, path in (("input", noisy), ("output", denoised)):
         img, info = read_pixels(path, max_pixels=max_pixels)
-        if img.shape[:2] != ref.shape[:2] or (1 if info.layout in ("L", "LA") else 3) != colour:
+        own = 1 if info.layout in ("L", "LA") else 3
+        # a gray photo's output in a format without gray (WebP) is RGB: its luminance is the gray compared (it was
+        # refused after the output was written, blaming the reference)
+        luminance = colour == 1 and own == 3 and name == "output"
+        if img.shape[:2] != ref.shape[:2] or (own != colour and not luminance):
             raise InputError(f"--reference {reference} is {ref.shape[1]}x{ref.shape[0]} {ref_info.layout} but {path} "
                              f"is {img.shape[1]}x{img.shape[0]} {info.layout}; pass the clean version of the same "
                              f"photo (same size and colour channels; alpha is not compared)")
-        total, step = 0.0, max(1, (4 << 20) // (ref.shape[1] * colour))
+        if luminance:
+            compared += "; the output's luminance (its format holds no gray)"
+        total, step = 0.0, max(1, (4 << 20) // (ref.shape[1] * own))
         for y in range(0, ref.shape[0], step):
-            a = to_unit(img[y:y + step, :, :colour], info).astype(np.float64)
+            a = to_unit(img[y:y + step, :, :own], info).astype(np.float64)
+            if luminance:
+                a = a @ np.asarray(LUMA, dtype=np.float64)[:, None]
             total += float(np.sum((a - to_unit(ref[y:y + step, :, :colour], ref_info)) ** 2))
         out[name] = psnr_from_mse(total / (ref.shape[0] * ref.shape[1] * colour))
     out["compared"] = compared

@@ -583,6 +583,24 @@ def test_command_line_mistakes_are_told_in_the_command_line_s_words(capsys, tmp_
     assert "--cuda-graph captures GPU work and needs --device cuda; got --device cpu" in err and "cuda_graph=" not in err
 
 
+def test_a_gray_photo_written_as_webp_is_scored_against_its_gray_reference(capsys, tmp_path):
+    """WebP holds no gray: the output of a gray photo is RGB, and --reference then wrote the output and refused,
+    blaming the (right) gray reference, exit 2."""
+    rng = np.random.default_rng(0)
+    clean = np.tile(np.linspace(40, 200, 64, dtype=np.float64), (48, 1))
+    Image.fromarray(clean.astype(np.uint8)).save(tmp_path / "clean.png")
+    noisy = np.clip(clean + rng.normal(0, 12, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    code, out, err = run(capsys, "denoise", tmp_path / "noisy.png", "-o", tmp_path / "out.webp", "--reference",
+                         tmp_path / "clean.png", "--no-progress", "--json")
+    assert code == 0, err
+    r = json.loads(out)["psnr_vs_reference"]
+    assert r["output"] > r["input"] and "the output's luminance" in r["compared"]
+    got = np.asarray(Image.open(tmp_path / "out.webp").convert("RGB"), np.float64) @ [0.299, 0.587, 0.114]
+    assert r["output"] == pytest.approx(10 * np.log10(255 ** 2 / np.mean((got - clean.astype(np.uint8)) ** 2)),
+                                        abs=0.01)
+
+
 def test_thread_counts_past_the_machine_and_text_given_as_weights_are_told_plainly(capsys, tmp_path):
     """--threads 100000 was refused by the OpenMP runtime or exhausted memory (the message blamed the weights); a
     text file given as weights said 'KeyError: 101'."""
