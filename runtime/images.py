@@ -930,16 +930,29 @@ def format_problem(fmt: str, info: ImageInfo | ImageHeader) -> tuple[str, str] |
     return None
 
 
+ICC_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")  # the outputs whose files Pillow writes an ICC profile into
+DPI_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # ... and a resolution
+
+
 def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     """What writing ``info``'s image as ``fmt`` changes that :func:`check_writable` lets through (said in the
-    report, not refused): WebP has no gray mode, so a gray image comes back as RGB(A), the gray in each channel."""
+    report, not refused): WebP has no gray mode, so a gray image comes back as RGB(A), the gray in each channel;
+    a format that holds no ICC profile or resolution leaves the input's out (they were dropped without a word)."""
+    notes = []
+    icc = getattr(info, "icc_profile", None)
     if fmt == "WEBP" and info.layout in ("L", "LA"):
-        gray_icc = _gray_icc(getattr(info, "icc_profile", None))
-        return [f"WebP has no gray mode: the result is written as {'RGBA' if info.layout == 'LA' else 'RGB'}, the "
-                f"gray in each colour channel (within a level: WebP stores colour as YUV)"
-                f"{', without its gray ICC profile (which an RGB image cannot use)' if gray_icc else ''}; write .png "
-                f"or .tif to keep it '{info.mode}'"]
-    return []
+        notes.append(f"WebP has no gray mode: the result is written as {'RGBA' if info.layout == 'LA' else 'RGB'}, "
+                     f"the gray in each colour channel (within a level: WebP stores colour as YUV)"
+                     f"{', without its gray ICC profile (which an RGB image cannot use)' if _gray_icc(icc) else ''}; "
+                     f"write .png or .tif to keep it '{info.mode}'")
+    elif icc and fmt not in ICC_FORMATS:
+        notes.append(f"{fmt} holds no ICC colour profile: the input's is left out, and its colours may look "
+                     f"different; write .png, .tif, .jpg or .webp to keep it")
+    dpi = getattr(info, "dpi", None)
+    if dpi and fmt not in DPI_FORMATS:
+        notes.append(f"{fmt} holds no resolution: the input's {dpi[0]:.0f}x{dpi[1]:.0f} dpi is left out; write .png, "
+                     f".tif or .jpg to keep it")
+    return notes
 
 
 def _gray_icc(profile: bytes | None) -> bool:

@@ -249,6 +249,22 @@ def test_a_gray_photo_written_as_webp_leaves_its_gray_icc_profile_out(tmp_path: 
         assert png.info.get("icc_profile") == gray_profile
 
 
+def test_an_output_format_that_holds_no_profile_or_resolution_says_what_it_leaves_out(tmp_path: Path) -> None:
+    """BMP, TGA and PPM outputs dropped the input's ICC profile (a wide-gamut photo's colours then display otherwise),
+    and WebP and TGA its resolution, without a word."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rng_u8((16, 16, 3), seed=13)).save(tmp_path / "in.png", icc_profile=profile, dpi=(300, 300))
+    expected = {"png": (False, False), "bmp": (True, False), "tga": (True, True), "webp": (False, True)}
+    for suffix, (icc_note, dpi_note) in expected.items():
+        notes = denoise_file(tmp_path / "in.png", tmp_path / f"out.{suffix}", identity, progress=False)["notes"]
+        assert any("holds no ICC colour profile" in n for n in notes) == icc_note, (suffix, notes)
+        assert any("holds no resolution: the input's 300x300 dpi is left out" in n for n in notes) == dpi_note
+        with Image.open(tmp_path / f"out.{suffix}") as out:  # what the notes say is what the files hold
+            assert bool(out.info.get("icc_profile")) != icc_note and bool(out.info.get("dpi")) != dpi_note
+
+
 def test_a_file_of_several_pages_is_not_replaced_by_its_first(tmp_path: Path) -> None:
     """Only the first frame of a multi-page TIFF (or an animation) is read; denoised onto itself with --overwrite, it
     lost every page after the first, with a note said after the work. Refused before it now; another output is
