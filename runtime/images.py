@@ -23,8 +23,9 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
   caller's ``quality``) with 4:4:4 chroma; WebP at the same quality, lossy, with the 4:2:0 chroma libwebp always
-  writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept, and a PNG's gamma
-  and colour chunks (gAMA, cHRM, sRGB) in a PNG output.
+  writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept where the output
+  format holds them (a note says what BMP, TGA, PPM or WebP leave out), and a PNG's gamma and colour chunks (gAMA,
+  cHRM, sRGB) in a PNG output.
 * **Output formats**: PNG, JPEG, TIFF, WebP, BMP, GIF, 8-bit PPM/PGM (no alpha) and TGA only; the others Pillow
   can write would resize (ICO, ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the
   work (BLP, PCX, QOI). A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept. A palette image whose
