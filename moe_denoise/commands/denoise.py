@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "256x those of 16")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per inference call (default: 64 for a backend on the CPU, 256 on a GPU; the result "
-                        "does not depend on it)")
+                        "depends on it only by float rounding)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     p.add_argument("--reference", type=path_arg, default=None,
                    help="a clean version of the photo: report the PSNR of the input and of the output against it")
