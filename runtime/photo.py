@@ -68,7 +68,8 @@ def denoise_peak_bytes(header: ImageHeader, tile: int = DEFAULT_TILE, overlap: i
     compact = header.compact_bytes
     wide = max(header.width, header.height)  # the upright image may be turned by its EXIF orientation
     batch_size = plan_tiles(header.height, header.width, tile, overlap).call_size(batch_size)
-    rows = min(band_rows, wide) if band_rows else None  # a band holds no more rows than the image (10**6 read 454 GiB)
+    # a band holds no more rows than the image has (band_rows=10**6 on a 4000x100 photo read 454 GiB)
+    rows = min(band_rows, header.upright_size[1]) if band_rows else None
     work = band_working_bytes(wide, tile, overlap, batch_size, rows)
     if header.bit_depth == 16 and header.layout != "L":
         encode = compact  # pypng writes row by row; tifffile from the array (and its compressor's strips)
