@@ -58,7 +58,8 @@ def check_attention_args(q: torch.Tensor, scale: float | None = None) -> None:
     """InputError for a head size of 0 (a ZeroDivisionError in 1/sqrt(d)) or a scale that is not finite."""
     if q.ndim < 2 or q.shape[-1] < 1:
         raise InputError(f"q, k, v are (B, H, N, d) with a head size d >= 1; got q of shape {tuple(q.shape)}")
-    if scale is not None and not math.isfinite(scale):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                              or not math.isfinite(scale)):  # '1' was a bare TypeError
         raise InputError(f"scale must be a finite number (None: 1/sqrt(d)); got {scale!r}")
 
 
@@ -88,6 +89,8 @@ def sparse_topk_attention(
     """
     check_topk(topk)
     check_attention_args(q, scale)
+    if impl not in IMPLS and impl not in _EXTRA_IMPLS:  # before the dense shortcut, which ran any name at k >= N
+        raise InputError(f"unknown sparse attention impl {impl!r}; expected one of {available_impls()}")
     n = k.shape[-2]
     if impl == "seed":  # the seed's code path: top-k + gather for every expert, k clipped to N
         impl, topk = "gather", min(topk, n)
@@ -101,12 +104,11 @@ def sparse_topk_attention(
         thresh = kth_largest(scores, topk)  # (B, H, N, 1)
         scores = scores.masked_fill(scores < thresh, float("-inf"))
         return torch.softmax(scores, dim=-1) @ v
-    if impl == "gather":
-        top_vals, top_idx = scores.topk(topk, dim=-1)  # (B, H, N, k)
-        probs = torch.softmax(top_vals, dim=-1)
-        b, h, nq, d = q.shape
-        v_exp = v.unsqueeze(2).expand(b, h, nq, n, d)  # (B, H, N, N, d) view
-        idx = top_idx.unsqueeze(-1).expand(b, h, nq, topk, d)
-        v_sel = torch.gather(v_exp, 3, idx)  # (B, H, N, k, d) materialised
-        return (probs.unsqueeze(-1) * v_sel).sum(dim=3)
-    raise InputError(f"unknown sparse attention impl {impl!r}; expected one of {available_impls()}")
+    # impl == "gather" (the names were checked above)
+    top_vals, top_idx = scores.topk(topk, dim=-1)  # (B, H, N, k)
+    probs = torch.softmax(top_vals, dim=-1)
+    b, h, nq, d = q.shape
+    v_exp = v.unsqueeze(2).expand(b, h, nq, n, d)  # (B, H, N, N, d) view
+    idx = top_idx.unsqueeze(-1).expand(b, h, nq, topk, d)
+    v_sel = torch.gather(v_exp, 3, idx)  # (B, H, N, k, d) materialised
+    return (probs.unsqueeze(-1) * v_sel).sum(dim=3)

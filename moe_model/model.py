@@ -1,6 +1,8 @@
 """SmallViT: the adaptive sparse-attention MoE denoiser for 32x32 RGB tiles."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -66,7 +68,26 @@ class SmallViT(nn.Module):
         grid = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)
         return grid.flatten(2).transpose(1, 2)
 
+    def check_input(self, x: Any) -> None:
+        """InputError unless ``x`` is a floating-point tensor (B, in_chans, H, W) with H and W whole multiples of the
+        patch size (torch's own errors named the bias's dtype, or 'expected 3 channels, but got 32')."""
+        c, p = self.config.in_chans, self.config.patch_size
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"the model takes a torch tensor (B, {c}, H, W); got {type(x).__name__} (a numpy array: "
+                             f"torch.from_numpy(x), or a runtime runner, which takes numpy)")
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] % p or x.shape[3] % p or min(x.shape[2:]) < p:
+            hint = (f" (channels last? x.permute(0, 3, 1, 2) gives {tuple(x.permute(0, 3, 1, 2).shape)})"
+                    if x.ndim == 4 and x.shape[3] == c and x.shape[1] != c else "")
+            raise InputError(f"the model takes a tensor (B, {c}, H, W) with H and W multiples of {p}; got shape "
+                             f"{tuple(x.shape)}{hint}")
+        if not x.is_floating_point():
+            raise InputError(f"the model takes floating-point pixels on [0, 1]; got {x.dtype} (x.float() / 255 for "
+                             f"8-bit values)")
+        if x.dtype == torch.float64 and self.pos_embed.dtype != torch.float64:
+            raise InputError(f"the model's weights are {self.pos_embed.dtype} and the input float64: pass x.float()")
+
     def forward(self, x: torch.Tensor, return_routing: bool = False):
+        self.check_input(x)
         b, _, h, w = x.shape
         p = self.config.patch_size
         t = self.patch_embed(x)  # (B, C, H/p, W/p)

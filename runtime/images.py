@@ -204,8 +204,17 @@ class ImageHeader:
                 f"{self.bit_depth}-bit)")
 
 
+def check_max_pixels(max_pixels: Any) -> None:
+    """InputError unless ``max_pixels`` is None (no limit) or a whole number >= 1 (-1 read '-0 megapixels')."""
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer))
+                                   or max_pixels < 1):
+        raise InputError(f"max_pixels= is the most pixels an image may have, a whole number >= 1, or None for no "
+                         f"limit; got {max_pixels!r}")
+
+
 def check_size(header: ImageHeader, max_pixels: int | None) -> None:
     """Refuse an image with more pixels than ``max_pixels`` (None: no limit), naming both and what to do."""
+    check_max_pixels(max_pixels)
     if max_pixels is not None and header.pixels > max_pixels:
         raise InputError(f"{header.describe()}, more than the limit of {max_pixels:,} pixels "
                          f"({max_pixels / 1e6:.0f} megapixels); refusing to decode it. If the file is a real photo "
@@ -364,6 +373,7 @@ def read_pixels(
     (8-bit RGB: 4 + 3 = 7 bytes per pixel), or twice the array when an EXIF orientation must be applied.
     """
     p = check_input_exists(path)
+    check_max_pixels(max_pixels)  # before the header is read: -1 read '-0 megapixels', 'x' a TypeError
     if not p.is_file():
         raise InputError(f"'{p}' is not a file (a directory?); expected an image file such as photo.png")
     if p.stat().st_size == 0:
@@ -796,7 +806,10 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     (e.g. 0-255 values) they are refused.
     ``quality`` (1 to 100): a JPEG or WebP output's (:func:`check_quality`); other formats are lossless.
     """
-    target = Path(path)
+    target = check_path_arg(path, "the output")
+    if not isinstance(info, (ImageInfo, ImageHeader)):  # None: "'NoneType' object has no attribute 'channels'"
+        raise InputError(f"info= is the ImageInfo read_image returned with the pixels (it says the mode and bit depth "
+                         f"to write); got {type(info).__name__}")
     check_quality(quality)
     shape = tuple(getattr(array, "shape", ()))
     if len(shape) == 3 and shape[0] == info.channels and shape[2] != info.channels:  # read as the size before
@@ -842,9 +855,16 @@ def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageIn
     return target
 
 
+def check_path_arg(path: Any, what: str = "the image's path") -> Path:
+    """``path`` as a Path, or InputError for what is no path (None, a number: a bare TypeError from pathlib)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"{what} is a file path (str or pathlib.Path); got {type(path).__name__} {path!r}")
+    return Path(path)
+
+
 def check_input_exists(path: str | os.PathLike[str]) -> Path:
-    """The input image's path, or InputError when there is no file there."""
-    p = Path(path)
+    """The input image's path, or InputError when there is no file there (or what was given is no path)."""
+    p = check_path_arg(path, "the input image")
     if not p.exists():
         raise InputError(f"no such image file: '{p}'. Check the path")
     return p
@@ -855,7 +875,7 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
     output (the input ``source`` too) unless ``overwrite`` (True or False: 'no', a truthy string, replaced files)."""
     if not isinstance(overwrite, (bool, np.bool_)):
         raise InputError(f"overwrite= is True (replace an existing output) or False; got {overwrite!r}")
-    target = Path(path)
+    target = check_path_arg(path, "the output")
     if not target.parent.is_dir():
         raise InputError(f"the output folder '{target.parent}' does not exist; create it first")
     if target.is_dir():

@@ -72,6 +72,8 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, bac
     out = np.asarray(output, dtype=np.float64)
     if ref.shape != out.shape:
         raise InputError(f"parity: output shape {out.shape} differs from the reference shape {ref.shape}")
+    if ref.size == 0:  # it passed, with a NaN PSNR: nothing was compared
+        raise InputError(f"parity: the outputs are empty (shape {ref.shape}); there is nothing to compare")
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, told below as not finite: no warning
         diff = np.abs(out - ref)
     ref_finite = bool(np.isfinite(ref).all())  # a NaN compares False with every limit: such a check passed, at NaN
@@ -82,10 +84,10 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, bac
     psnr = psnr_from_mse(mse) if finite else float("-inf")
     report = ParityReport(
         backend=backend, precision=precision, num_images=int(ref.shape[0]) if ref.ndim else 1,
-        max_abs=float(diff.max()) if diff.size else 0.0, mean_abs=float(diff.mean()) if diff.size else 0.0,
+        max_abs=float(diff.max()), mean_abs=float(diff.mean()),
         # no interpolation between infinities (inf - inf warned 'invalid value' and gave NaN)
-        p99_abs=float(np.percentile(diff, 99, method="linear" if finite else "higher")) if diff.size else 0.0, psnr=psnr,
-        bad_fraction=float(np.mean(diff > tolerance.atol)) if diff.size else 0.0,
+        p99_abs=float(np.percentile(diff, 99, method="linear" if finite else "higher")), psnr=psnr,
+        bad_fraction=float(np.mean(diff > tolerance.atol)),
         tolerance=tolerance, passed=True,
     )
     if not ref_finite:
@@ -114,6 +116,8 @@ def parity_inputs(num: int = 32, seed: int = 0, sigma: float = 0.2) -> np.ndarra
     if not 1 <= num <= MAX_PARITY_IMAGES:
         raise InputError(f"a parity check takes 1 to {MAX_PARITY_IMAGES:,} input images (got {num:,}); more adds time "
                          f"and memory, not confidence")
+    if not (isinstance(sigma, (int, float)) and 0.0 <= sigma <= 1.0):  # NaN gave a batch of NaN
+        raise InputError(f"sigma= is the inputs' noise std on [0, 1] pixels, from 0 to 1; got {sigma!r}")
     rng = np.random.default_rng(seed)
     c, h, w = TILE_SHAPE
     yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")

@@ -106,7 +106,7 @@ def artifact_architecture(manifest: Mapping[str, Any] | None) -> dict[str, Any] 
 def check_runner_args(weights: Any, device: Any, threads: Any) -> None:
     """TorchRunner's arguments that failed only when it was activated, in torch's words (a TypeError for weights=123,
     every device type torch knows for device='gpu', 'set_num_threads expects a positive integer')."""
-    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+    if weights is not None and (not isinstance(weights, (str, os.PathLike)) or not str(weights)):  # '': '.', a folder
         raise InputError(f"weights= is a path to a .safetensors/.pt file or a shipped name ('blind', 'sigma20'); got "
                          f"{type(weights).__name__} {weights!r}")
     if not (isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", device)):
@@ -151,7 +151,8 @@ class TorchRunner(BaseRunner):
             raise InputError("TorchRunner needs weights= (a .safetensors/.pt path, or a shipped name: 'blind', "
                              "'sigma20') or model= (a SmallViT)")
         if model is not None and not callable(getattr(model, "set_attention_impl", None)):
-            raise InputError(f"model= is a SmallViT (e.g. moe_model.checkpoint.load_model(path)); got "
+            raise InputError(f"model= is a SmallViT (e.g. moe_model.checkpoint.load_model(path); the shipped files "
+                             f"are weights.SHIPPED['blind'] and ['sigma20']); got "
                              f"{type(model).__name__}. Weights by file or name go to weights= ('blind', 'sigma20')")
         default_name = (f"torch-{impl}{'-compile' if compile else ''}{'' if precision == 'fp32' else '-' + precision}"
                         f"{'-graph' if cuda_graph else ''}")

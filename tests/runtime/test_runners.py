@@ -519,3 +519,47 @@ def test_a_runner_whose_activation_fails_holds_nothing_and_one_released_holds_no
     assert torch_runner.model is None
     with torch_runner:  # loaded again
         np.testing.assert_array_equal(torch_runner(GOOD), first)
+
+
+def test_library_calls_with_what_is_no_path_number_or_tensor_say_so(tmp_path):
+    """Documented entry points gave bare TypeErrors and AttributeErrors (read_image(None), write_image(..., None)),
+    took max_pixels=-1 ('-0 megapixels') and parity_inputs(sigma=nan) (a batch of NaN), passed an empty compare, read
+    weights='' as the current folder, ran any impl name as dense attention at k >= N, and SmallViT gave torch's
+    errors for numpy, int, float64, channels-last and 3-D input."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from moe_base.tolerances import get_tolerance
+    from moe_model import SmallViT
+    from moe_model.attention import sparse_topk_attention
+    from runtime import TorchRunner, compare, parity_inputs, read_image, write_image
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "x.png")
+    for call, message in ((lambda: read_image(None), r"the input image is a file path .* got NoneType None"),
+                          (lambda: read_image(3), r"got int 3"),
+                          (lambda: read_image(tmp_path / "x.png", max_pixels=-1), r"max_pixels= is .* got -1"),
+                          (lambda: write_image("o.png", np.zeros((2, 2, 3)), None), r"info= is the ImageInfo"),
+                          (lambda: write_image(None, np.zeros((2, 2, 3)), read_image(tmp_path / "x.png")[1]),
+                           r"the output is a file path"),
+                          (lambda: parity_inputs(2, sigma=float("nan")), r"sigma= is the inputs' noise std"),
+                          (lambda: compare(np.zeros((0, 3)), np.zeros((0, 3)), get_tolerance("ort", "fp32")),
+                           r"the outputs are empty"),
+                          (lambda: TorchRunner(weights=""), r"weights= is a path .* got str ''")):
+        with pytest.raises(InputError, match=message):
+            call()
+    q = torch.zeros(1, 1, 4, 2)
+    with pytest.raises(InputError, match="unknown sparse attention impl 'nope'"):
+        sparse_topk_attention(q, q, q, 4, impl="nope")  # k >= N: it ran dense attention
+    with pytest.raises(InputError, match="scale must be a finite number"):
+        sparse_topk_attention(q, q, q, 2, scale="1")
+    model = SmallViT("seed")
+    x = torch.rand(2, 3, 32, 32)
+    for bad, message in ((x.numpy(), r"takes a torch tensor .* got ndarray"),
+                         ((x * 255).long(), r"floating-point pixels .* got torch\.int64"),
+                         (x.double(), r"pass x\.float\(\)"),
+                         (x.permute(0, 2, 3, 1), r"got shape \(2, 32, 32, 3\) \(channels last\? x\.permute\(0, 3, 1, 2\)"),
+                         (x[0], r"\(B, 3, H, W\) .* got shape \(3, 32, 32\)"),
+                         (torch.rand(1, 3, 33, 33), r"multiples of 4; got shape \(1, 3, 33, 33\)")):
+        with pytest.raises(InputError, match=message):
+            model(bad)
+    assert model(x).shape == x.shape
