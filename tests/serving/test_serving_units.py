@@ -1050,6 +1050,16 @@ def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkey
     err = capsys.readouterr().err
     assert "SIGINT received: stopping" in err and "stopped on its own" not in err and err.rstrip().endswith("stopped")
 
+    class StoppedUncleanly(SignalledBeforeStart):  # a stop that ran into Triton's exit timeout is said, not hidden
+        def stop(self):
+            super().stop()
+            self.unclean_stop = "tritonserver gave up waiting for its models to unload"
+
+    monkeypatch.setattr(serving.server, "DenoiseServer", StoppedUncleanly)
+    assert main(["serve", "--backend", "torch", "--threads", "1"]) == 0
+    assert capsys.readouterr().err.rstrip().endswith("stopped, not cleanly: tritonserver gave up waiting for its "
+                                                     "models to unload")
+
     # a signal before start(): nothing is started for it (the whole server started, wrote its ready file and printed
     # its URLs, for a stop already asked)
     import time
