@@ -358,8 +358,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
                     raise
                 for name in ("best.safetensors", "best.json"):
                     (out / name).unlink(missing_ok=True)
-                raise InputError(f"{e}; the epoch's best weights were removed again, so {out} holds no run: free "
-                                 f"space there and start again") from e
+                raise InputError(f"{e}; the epoch's best weights were removed again, so nothing of this run is left "
+                                 f"in {out} (a run an --overwrite set aside is put back): free space there and start "
+                                 f"again") from e
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {run_loss:.5f}  val MSE {val['mse']:.6f}  "
             f"val PSNR {val['psnr']:.2f} dB  {rec['seconds']:.0f}s{'  (best)' if improved else ''}")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
