@@ -73,6 +73,14 @@ def check_not_sidecar(path: str | Path) -> None:
                               f"{beside}")
 
 
+def artifact_source(path: str | Path) -> str | None:
+    """The weights file an ONNX model's or engine's manifest names, or None (no manifest, or a damaged one)."""
+    try:
+        return ((read_manifest(path, required=False) or {}).get("model") or {}).get("weights_file")
+    except Exception:  # noqa: BLE001 - a damaged manifest only loses the hint
+        return None
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a PyTorch state dict (a training state's ``model`` entry is taken).
 
@@ -87,10 +95,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                               f"train'{inside} or a PyTorch state dict (.pt)")
     if path.suffix.lower() in ARTIFACT_SUFFIXES:
         kind, backend, runner = ARTIFACT_SUFFIXES[path.suffix.lower()]
-        try:
-            source = ((read_manifest(path, required=False) or {}).get("model") or {}).get("weights_file")
-        except Exception:  # noqa: BLE001 - a damaged manifest only loses the hint
-            source = None
+        source = artifact_source(path)
         made = f"; it was made from {source}: pass that with --weights" if source else ""
         raise CheckpointError(f"{path} is {kind}, not weights (.safetensors or .pt){made}. To run the model itself: "
                               f"--backend {backend} --artifact {path} (denoise, parity, serve; in Python "

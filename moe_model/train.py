@@ -506,8 +506,13 @@ def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
     Tensors the file lacks keep their fresh initialisation (e.g. a new refinement head, whose last layer starts at
     zero so the model first computes what the file did).
     """
-    from .checkpoint import check_not_sidecar, load_state_dict, read_sidecar, verify_weights
+    from .checkpoint import ARTIFACT_SUFFIXES, artifact_source, check_not_sidecar, load_state_dict, read_sidecar, verify_weights
 
+    if Path(path).suffix.lower() in ARTIFACT_SUFFIXES:  # it was told to 'pass that with --weights' and how to run it
+        source = artifact_source(path)
+        raise CheckpointError(f"--init-from {path} is {ARTIFACT_SUFFIXES[Path(path).suffix.lower()][0]}, not weights; "
+                              f"training starts from weights (.safetensors or .pt)"
+                              + (f": it was made from {source}, give that to --init-from" if source else ""))
     try:  # checked as every other command checks weights (a damaged file was trained from without a word)
         check_not_sidecar(path)
         verify_weights(path, read_sidecar(path), skip=None)  # train has no --skip-weights-check to name

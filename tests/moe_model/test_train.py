@@ -194,11 +194,18 @@ def test_init_from_mistakes_are_named_for_what_they_are(fake_cifar, tmp_path, ra
     """--init-from best.json was called damaged weights; /dev/null 'did not exist'; the shipped sigma20 into the
     default preset was told '8 tensors do not fit', not the preset its JSON names."""
     from moe_base.errors import CheckpointError
+    from moe_base.manifest import SCHEMA, write_artifact
     from weights import SHIPPED
 
+    onnx = tmp_path / "made.onnx"
+    write_artifact(onnx, b"model", {"schema": SCHEMA, "artifact": {"sha256": "0" * 64, "bytes": 5},
+                                    "model": {"weights_file": str(random_weights)}})
     for init, message in ((random_weights.with_suffix(".json"),
                            rf"is the JSON sidecar of weights .*not the weights: pass {random_weights}"),
                           ("/dev/null", r"weights file /dev/null is not a regular file"),
+                          (onnx, rf"--init-from {onnx} is an ONNX model, not weights; training starts from weights "
+                                 rf"\(\.safetensors or \.pt\): it was made from {random_weights}, give that to "
+                                 rf"--init-from$"),  # it said 'pass that with --weights', and how to run it
                           (SHIPPED["sigma20"], r"made for the 'residual_refine_wide' architecture .* Pass --preset "
                                                r"residual_refine_wide")):
         with pytest.raises(CheckpointError, match=message):
