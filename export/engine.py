@@ -38,15 +38,21 @@ DEFAULT_OPT_BATCH = 64  # the batch TensorRT tunes its kernels for, unless told 
 
 @dataclass
 class BuildOptions:
-    """How an engine is built: precision, the batch profile (min / opt / max), workspace, caches, parity batch."""
+    """How an engine is built: precision, the batch profile (min / opt / max), workspace, caches, parity batch.
+    ``opt_batch`` None: DEFAULT_OPT_BATCH brought within ``min_batch`` and ``max_batch`` (a max of 32 was refused
+    for an opt nobody set)."""
     precision: str = "fp32"
     min_batch: int = 1
-    opt_batch: int = DEFAULT_OPT_BATCH
+    opt_batch: int | None = None
     max_batch: int = 1024
     workspace_mib: int = 2048
     cache_dir: Path = field(default_factory=cache_dir)
     use_engine_cache: bool = True
     parity_images: int = 64
+
+    def __post_init__(self) -> None:
+        if self.opt_batch is None:
+            self.opt_batch = min(max(DEFAULT_OPT_BATCH, self.min_batch), self.max_batch)
 
     def validate(self) -> None:
         if self.precision not in ("fp32", "fp16"):

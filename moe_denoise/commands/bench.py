@@ -210,8 +210,7 @@ def build_engines(names: tuple[str, ...], given: dict[str, Path], weights: Path,
             plan = plan_build(trt.__version__, precision)
             onnx = export_graph(flavor, True, plan.onnx_precision, weights, preset, cache, None, log, verify)
             out = onnx.with_name(f"{onnx.stem}.{precision}.engine")
-            opts = BuildOptions(precision=precision, min_batch=1, opt_batch=min(64, max(batches)),
-                                max_batch=min(max(batches), 65536))
+            opts = BuildOptions(precision=precision, min_batch=1, max_batch=min(max(batches), 65536))
             log(f"building {out} (TensorRT {trt.__version__}) ...")
             built[name] = build_engine(onnx, out, opts, weights=weights, log=lambda s: None).path
         except Exception as e:  # noqa: BLE001 - this engine's backend becomes unavailable with the reason

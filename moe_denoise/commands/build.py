@@ -68,15 +68,14 @@ def default_onnx(precision: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.engine import DEFAULT_OPT_BATCH, BuildOptions, build_engine
+    from export.engine import BuildOptions, build_engine
     from moe_base.manifest import ENGINE_SUFFIXES, check_artifact_output
     from moe_base.paths import engine_path
 
     onnx = args.onnx
     if onnx is None:  # the graph the installed TensorRT builds this precision from (TensorRT 10: always fp32)
         onnx = default_onnx(args.precision)
-    opt_batch = args.opt_batch or min(max(DEFAULT_OPT_BATCH, args.min_batch), args.max_batch)
-    opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=opt_batch,
+    opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
                         max_batch=args.max_batch, workspace_mib=args.workspace_mib,
                         use_engine_cache=not args.no_engine_cache)
     if args.cache_dir is not None:
