@@ -552,9 +552,8 @@ def _state_preset(path: str) -> str | None:
     if Path(path).suffix.lower() not in (".pt", ".pth"):
         return None
     try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-        preset = st["train_config"]["preset"]
-    except Exception:  # noqa: BLE001 - not a training state: its shapes decide, as before
+        preset = load_training_state(Path(path))["train_config"].get("preset")
+    except (CheckpointError, AttributeError):  # not a training state: its shapes decide, as before
         return None
     return preset if preset in PRESETS else None
 
