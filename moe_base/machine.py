@@ -19,16 +19,12 @@ LIBRARIES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime_extensions", 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
 
 
-def most_threads() -> int:
-    """The most CPU threads a run takes: 4x this machine's CPUs. More only wait their turn; thousands were refused
-    by the OpenMP runtime, exhausted memory, or (torch, 100,000) ended the process with a segmentation fault."""
-    return 4 * (os.cpu_count() or 1)
-
-
-def too_many_threads(value: int) -> str | None:
-    """Why ``value`` threads are refused (more than :func:`most_threads`), or None."""
-    most = most_threads()
-    if value <= most:
+def too_many_threads(value: int | None) -> str | None:
+    """Why ``value`` threads are refused, or None (also for None: the library's choice). A run takes at most 4x this
+    machine's CPUs: more only wait their turn; thousands were refused by the OpenMP runtime, exhausted memory, or
+    (torch, 100,000) ended the process with a segmentation fault."""
+    most = 4 * (os.cpu_count() or 1)
+    if value is None or value <= most:
         return None
     return f"this machine has {os.cpu_count()} CPUs; at most {most} threads (got {value}); more only wait their turn"
 

@@ -213,8 +213,8 @@ def check_max_pixels(max_pixels: Any) -> None:
 
 
 def check_size(header: ImageHeader, max_pixels: int | None) -> None:
-    """Refuse an image with more pixels than ``max_pixels`` (None: no limit), naming both and what to do."""
-    check_max_pixels(max_pixels)
+    """Refuse an image with more pixels than ``max_pixels`` (None: no limit; checked by :func:`check_max_pixels`),
+    naming both and what to do."""
     if max_pixels is not None and header.pixels > max_pixels:
         raise InputError(f"{header.describe()}, more than the limit of {max_pixels:,} pixels "
                          f"({max_pixels / 1e6:.0f} megapixels); refusing to decode it. If the file is a real photo "

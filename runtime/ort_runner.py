@@ -65,8 +65,9 @@ class OrtRunner(BaseRunner):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise InputError(f"threads= is a whole number >= 0 (0 or None: onnxruntime's default); got {threads!r}")
-        if threads is not None and too_many_threads(int(threads)):  # 100,000 ran for minutes on 2 tiles
-            raise InputError(f"threads={threads}: {too_many_threads(int(threads))}")
+        problem = too_many_threads(threads)  # 100,000 ran for minutes on 2 tiles
+        if problem:
+            raise InputError(f"threads={threads}: {problem}")
         super().__init__(name=name or f"ort-{provider}", max_batch=max_batch)
         self.model_path = Path(model)
         self.provider, self.threads, self.opt_level = provider, None if threads is None else int(threads), opt_level

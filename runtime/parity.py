@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ def parity_inputs(num: int = 32, seed: int = 0, sigma: float = 0.2) -> np.ndarra
     if not 1 <= num <= MAX_PARITY_IMAGES:
         raise InputError(f"a parity check takes 1 to {MAX_PARITY_IMAGES:,} input images (got {num:,}); more adds time "
                          f"and memory, not confidence")
-    if not (isinstance(sigma, (int, float)) and 0.0 <= sigma <= 1.0):  # NaN gave a batch of NaN
+    if not (isinstance(sigma, numbers.Real) and 0.0 <= sigma <= 1.0):  # NaN gave a batch of NaN
         raise InputError(f"sigma= is the inputs' noise std on [0, 1] pixels, from 0 to 1; got {sigma!r}")
     rng = np.random.default_rng(seed)
     c, h, w = TILE_SHAPE

@@ -113,8 +113,9 @@ def check_runner_args(weights: Any, device: Any, threads: Any) -> None:
         raise InputError(f"device= is 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise InputError(f"threads= is a whole number >= 1 (CPU threads), or None for torch's choice; got {threads!r}")
-    if threads is not None and too_many_threads(int(threads)):  # torch ended the process at 100,000 (SIGSEGV)
-        raise InputError(f"threads={threads}: {too_many_threads(int(threads))}")
+    problem = too_many_threads(threads)  # torch ended the process at 100,000 (SIGSEGV)
+    if problem:
+        raise InputError(f"threads={threads}: {problem}")
 
 
 def tolerance_key(impl: str, compile: bool = False) -> str:
