@@ -193,12 +193,11 @@ def add_split_arg(p: argparse.ArgumentParser) -> None:
 def check_output_suffix(path: Path | None, suffixes: tuple[str, ...], what: str) -> None:
     """-o names a file of the kind the command writes (checked before any work; None: the command's own path)."""
     if path is not None and path.suffix.lower() not in suffixes:
-        base = path.name[:-len(".manifest.json")] if path.name.lower().endswith(".manifest.json") else ""
-        if path.is_dir():  # '-o /tmp' suggested '/tmp.onnx'
+        if path.is_dir():  # a folder, '-o .' and '-o /' included ('-o /tmp' suggested '/tmp.onnx')
             raise InputError(f"-o {path} is a folder; this writes {what}: give a file name ending in "
                              f"{' or '.join(suffixes)} (e.g. {path / ('model' + suffixes[0])})")
-        example = (path / ("model" + suffixes[0]) if not path.name  # '-o .', '-o /': a folder
-                   else path.with_name(base) if Path(base).suffix.lower() in suffixes  # the manifest's name
+        base = path.name[:-len(".manifest.json")] if path.name.lower().endswith(".manifest.json") else ""
+        example = (path.with_name(base) if Path(base).suffix.lower() in suffixes  # the manifest's name
                    else path.with_name("model" + suffixes[0]) if path.name.lower() in suffixes  # '.onnx' alone
                    else path.with_suffix(suffixes[0]))
         raise InputError(f"-o {path}: this writes {what}; give a name ending in {' or '.join(suffixes)} (e.g. "
