@@ -93,6 +93,15 @@ def test_the_wheel_holds_the_packages_and_weights_only(release):
 
 
 @pytest.mark.slow
+def test_both_releases_carry_the_licence_text(release):
+    """pyproject.toml says MIT, but no licence text was in the repository, so neither release carried one (the MIT
+    licence asks that its notice travel with every copy). setuptools picks LICENSE up as a licence file."""
+    sdist, wheel, _ = release
+    assert "LICENSE" in sdist
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in wheel), sorted(n for n in wheel if "dist-info" in n)
+
+
+@pytest.mark.slow
 def test_the_build_uses_no_deprecated_setuptools_configuration(release):
     """`license = { text = "MIT" }` (a TOML table) is deprecated: setuptools warned on every build that from
     2027-02-18 such projects no longer build. An SPDX string (setuptools >= 77) is the current form."""
