@@ -78,9 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:  # a line is in a log (nohup ... > log) when printed, not when 8 KB have gathered
         reconfigure(line_buffering=True)
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports every command's module: a second or more, where a Ctrl-C printed a traceback
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        if "--debug" in argv:
+            raise
+        print("interrupted (before the command started: nothing was written)", file=sys.stderr)
+        return 128 + int(signal.SIGINT)
     args.argv = argv  # the exact command, recorded by jobs that write artifacts
     if not getattr(args, "func", None):
         parser.print_help()

@@ -924,3 +924,18 @@ def test_add_noise_given_two_photos_says_it_takes_one(capsys, tmp_path):
     code, _, err = run(capsys, "add-noise", tmp_path / "a.png", tmp_path / "b.png", "-o", f"{tmp_path / 'noisy'}/")
     assert code == 2 and "add-noise takes one photo; got 2" in err and "run it once for each photo" in err
     assert "unrecognized arguments" not in err and not (tmp_path / "noisy").exists()
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line_and_130(monkeypatch, capsys):
+    """Ctrl-C in the first second of any command (build_parser imports every command's module) printed a Python
+    traceback: the handler that says 'interrupted' in one line was entered only after the arguments were parsed."""
+    import moe_denoise.cli as cli
+
+    def slow_import(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", slow_import)
+    assert cli.main(["doctor"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
+        cli.main(["--debug", "doctor"])
