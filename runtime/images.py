@@ -23,9 +23,10 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
   caller's ``quality``) with 4:4:4 chroma; WebP at the same quality, lossy, with the 4:2:0 chroma libwebp always
-  writes (half the colour resolution: PNG keeps every pixel); the ICC profile and DPI are kept where the output
-  format holds them (a note says what BMP, TGA, PPM or WebP leave out), and a PNG's gamma and colour chunks (gAMA,
-  cHRM, sRGB) in a PNG output.
+  writes (half the colour resolution: PNG keeps every pixel), unless the input was a lossless WebP (then lossless,
+  ``quality`` aside; ``add-noise`` writes every WebP lossless, as lossy WebP smooths a third of the noise away);
+  the ICC profile and DPI are kept where the output format holds them (a note says what BMP, TGA, PPM or WebP
+  leave out), and a PNG's gamma and colour chunks (gAMA, cHRM, sRGB) in a PNG output.
 * **Output formats**: PNG, JPEG, TIFF, WebP, BMP, GIF, 8-bit PPM/PGM (no alpha) and TGA only; the others Pillow
   can write would resize (ICO, ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the
   work (BLP, PCX, QOI). A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept. A palette image whose
@@ -117,6 +118,7 @@ class ImageInfo:
     dpi: tuple[float, float] | None = None
     compression: str | None = None  # TIFF compression of the file, reused when writing TIFF
     notes: tuple[str, ...] = ()  # conversions made on reading
+    lossless: bool = False  # a lossless WebP (VP8L); a WebP output of it is written lossless too
     png_colour: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)  # a PNG's gAMA / cHRM / sRGB chunks
     # (type, data), written back to a PNG output: without an ICC profile they are how its tones are meant
 
@@ -375,7 +377,8 @@ def read_pixels(
     p = check_input_exists(path)
     check_max_pixels(max_pixels)  # before the header is read: -1 read '-0 megapixels', 'x' a TypeError
     if not p.is_file():
-        raise InputError(f"'{p}' is not a file (a directory?); expected an image file such as photo.png")
+        kind = "a folder" if p.is_dir() else "a device, pipe or socket"  # /dev/null was asked '(a directory?)'
+        raise InputError(f"'{p}' is {kind}, not a file; expected an image file such as photo.png")
     if p.stat().st_size == 0:
         raise InputError(f"'{p}' is empty (0 bytes): not an image, perhaps a copy or download that did not finish; "
                          f"replace it with the photo")
@@ -598,8 +601,29 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         path=header.path, format=fmt, mode=header.mode, bit_depth=header.bit_depth, layout=header.layout,
         width=data.shape[1], height=data.shape[0], orientation=orientation, icc_profile=icc, exif=exif_bytes,
         dpi=dpi, compression=compression, notes=tuple(notes), png_colour=_png_colour_chunks(p) if fmt == "PNG" else (),
+        lossless=fmt == "WEBP" and _webp_lossless(p),
     )
     return data, info
+
+
+def _webp_lossless(p: Path) -> bool:
+    """Whether a WebP file's image is lossless (a VP8L chunk; a lossy one has VP8). Pillow does not say: a lossless
+    WebP came back lossy. Reads the RIFF chunk headers only (an extended file's ICC, EXIF, alpha chunks first)."""
+    try:
+        with open(p, "rb") as f:
+            if f.read(12)[8:12] != b"WEBP":
+                return False
+            for _ in range(64):
+                head = f.read(8)
+                if len(head) < 8 or head[:4] in (b"VP8 ", b"ANIM"):
+                    return False
+                if head[:4] == b"VP8L":
+                    return True
+                size = int.from_bytes(head[4:], "little")
+                f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even size
+    except OSError:
+        pass
+    return False
 
 
 PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB")
@@ -877,6 +901,10 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
         raise InputError(f"overwrite= is True (replace an existing output) or False; got {overwrite!r}")
     target = check_path_arg(path, "the output")
     if not target.parent.is_dir():
+        through = next((a for a in target.parents if a.exists() or a.is_symlink()), None)
+        if through is not None and not through.is_dir():  # 'photo.png/x.png' was told to create a folder that exists
+            raise InputError(f"the output '{target}' goes through '{through}', which is a file, not a folder; "
+                             f"give a path in a folder")
         raise InputError(f"the output folder '{target.parent}' does not exist; create it first")
     if target.is_dir():
         example = target / (Path(source).name if source is not None else "denoised.png")
@@ -1009,7 +1037,9 @@ def _save_options(fmt: str, info: ImageInfo, quality: int = JPEG_QUALITY) -> dic
         opts["exif"] = info.exif
     if fmt == "JPEG":
         opts.update(quality=int(quality), subsampling=0)  # 4:4:4: keep the denoised chroma detail
-    if fmt == "WEBP":
+    if fmt == "WEBP" and info.lossless:  # every pixel kept, as the input's were (quality is then the effort)
+        opts["lossless"] = True
+    elif fmt == "WEBP":
         opts["quality"] = int(quality)  # Pillow's default (80) would visibly undo the denoising
     if fmt == "TIFF" and info.compression in _TIFF_LOSSLESS:
         opts["compression"] = info.compression

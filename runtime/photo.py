@@ -1,6 +1,7 @@
 """Whole-photo helpers: denoise an image file with a tile denoiser, or make a noisy demo photo."""
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import time
@@ -240,7 +241,15 @@ def add_noise_to_file(
         noisy[:, :, :colour] = np.clip(image[:, :, :colour] + noise, 0.0, 1.0)
         out[y:y + step] = to_pixels(noisy, info)
     del pixels
-    written = write_pixels(out_path, out, info, overwrite=overwrite)
+    fmt = output_format(out_path)
+    # lossy WebP (q95, 4:2:0) smoothed 31% of sigma 0.1 away: a noisy copy is a test input, its noise is its content
+    written = write_pixels(out_path, out, dataclasses.replace(info, lossless=info.lossless or fmt == "WEBP"),
+                           overwrite=overwrite)
+    notes = [*info.notes, *output_notes(fmt, info)]
+    if fmt == "JPEG":
+        notes.append(f"JPEG is lossy: the noise in the file is not exactly sigma {sigma:g} (at quality {JPEG_QUALITY} "
+                     f"its level is kept, each pixel off by a few levels); write .png for the exact noisy image")
+    elif fmt == "WEBP":
+        notes.append("written as lossless WebP (lossy WebP would smooth much of the noise away)")
     return {"input": info.path, "output": str(written), "size": [info.width, info.height], "mode": info.mode,
-            "layout": info.layout, "bit_depth": info.bit_depth, "sigma": float(sigma), "seed": seed,
-            "notes": [*info.notes, *output_notes(output_format(written), info)]}
+            "layout": info.layout, "bit_depth": info.bit_depth, "sigma": float(sigma), "seed": seed, "notes": notes}

@@ -507,6 +507,62 @@ def test_denoise_file_checks_the_output_before_denoising(tmp_path: Path) -> None
     assert calls == [] and not (tmp_path / "out.jpg").exists()
 
 
+@pytest.mark.parametrize("via", ["photo.png/x.png", "photo.png/deeper/x.png"])
+def test_an_output_through_a_file_says_it_is_a_file(tmp_path: Path, via: str) -> None:
+    """'-o photo.png/x.png' was told 'the output folder photo.png does not exist; create it first': it exists, as a
+    file, and creating it cannot work."""
+    (tmp_path / "photo.png").write_bytes(b"not a folder")
+    with pytest.raises(InputError, match=r"goes through '.*photo\.png', which is a file, not a folder"):
+        images.check_output_path(tmp_path / via, None, overwrite=False)
+    with pytest.raises(InputError, match="does not exist; create it first"):  # a missing folder is still told so
+        images.check_output_path(tmp_path / "missing" / "x.png", None, overwrite=False)
+
+
+def test_an_input_that_is_no_file_says_what_it_is(tmp_path: Path) -> None:
+    """/dev/null was asked '(a directory?)'."""
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        read_image(tmp_path)
+    if Path("/dev/null").exists():
+        with pytest.raises(InputError, match="is a device, pipe or socket, not a file"):
+            read_image("/dev/null")
+
+
+def _smooth_rgb(h: int = 64, w: int = 80) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 3 % 256, y * 4 % 256, (x + y) * 2 % 256], axis=2).astype(np.uint8)
+
+
+def test_add_noise_keeps_its_noise_in_a_webp_output(tmp_path: Path) -> None:
+    """add-noise to .webp wrote lossy WebP (q95, 4:2:0), whose compression smoothed about 30% of the noise away in
+    silence (sigma 0.1 became 0.069): a noisy test input at a known sigma was not one. WebP is now written lossless:
+    the same pixels as a PNG output of the same seed."""
+    Image.fromarray(_smooth_rgb()).save(tmp_path / "in.png")
+    png = add_noise_to_file(tmp_path / "in.png", tmp_path / "n.png", sigma=0.1, seed=4)
+    webp = add_noise_to_file(tmp_path / "in.png", tmp_path / "n.webp", sigma=0.1, seed=4)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "n.webp")), np.asarray(Image.open(tmp_path / "n.png")))
+    assert images._webp_lossless(tmp_path / "n.webp") and any("lossless WebP" in n for n in webp["notes"])
+    assert not any("WebP" in n for n in png["notes"])
+    jpeg = add_noise_to_file(tmp_path / "in.png", tmp_path / "n.jpg", sigma=0.1, seed=4)
+    assert any("JPEG is lossy" in n for n in jpeg["notes"])
+
+
+def test_a_lossless_webp_is_written_back_lossless(tmp_path: Path) -> None:
+    """A lossless WebP input came back as lossy WebP (Pillow does not report which a WebP is)."""
+    Image.fromarray(_smooth_rgb()).save(tmp_path / "ll.webp", lossless=True)
+    Image.fromarray(_smooth_rgb()).save(tmp_path / "lossy.webp", quality=80)
+    for name, lossless in (("ll.webp", True), ("lossy.webp", False)):
+        array, info = read_image(tmp_path / name)
+        assert info.lossless is lossless
+        write_image(tmp_path / f"out_{name}", array, info)
+        assert images._webp_lossless(tmp_path / f"out_{name}") is lossless
+    kept = np.asarray(Image.open(tmp_path / "out_ll.webp"))
+    assert np.array_equal(kept, np.asarray(Image.open(tmp_path / "ll.webp")))
+    Image.fromarray(np.dstack([_smooth_rgb(), np.full((64, 80), 200, np.uint8)])).save(
+        tmp_path / "alpha.webp", lossless=True, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00")
+    assert images._webp_lossless(tmp_path / "alpha.webp")  # an extended file: VP8X, then its chunks
+    assert not images._webp_lossless(tmp_path / "out_lossy.webp.missing")
+
+
 # ------------------------------------------------------------------------------------------- GIF output
 
 
