@@ -247,14 +247,20 @@ def _targets_lines(t: dict[str, Any]) -> list[str]:
     if not t:
         return []
     lines = ["", "## Targets (CPU, this run)", ""]
+
+    def verdict(x: dict[str, Any]) -> str:
+        if x.get("met") is None:
+            return f"not judged: {x.get('not_judged') or 'no verdict'}; rerun on a quiet machine"
+        return "met" if x["met"] else "NOT met"
+
     if "batch64_throughput_ratio" in t:
         x = t["batch64_throughput_ratio"]
         lines.append(f"- batch 64, best throughput >= 10x the baseline: {x['value']:.2f}x ({x['backend']}) -> "
-                     f"{'met' if x['met'] else 'NOT met'}")
+                     f"{verdict(x)}")
     if "batch1_latency_ratio" in t:
         x = t["batch1_latency_ratio"]
         lines.append(f"- batch 1, lowest p50 latency <= 1/8 of the baseline's: {x['value']:.3f} = 1/{1 / x['value']:.1f} "
-                     f"({x['backend']}) -> {'met' if x['met'] else 'NOT met'}")
+                     f"({x['backend']}) -> {verdict(x)}")
     if "compute_limit_ips" in t:
         frac = t.get("batch64_fraction_of_limit")
         lines.append(f"- compute limit at the measured GEMM peak: {t['compute_limit_ips']:.0f} images/s"
