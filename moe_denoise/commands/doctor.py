@@ -106,19 +106,25 @@ def cache_status() -> dict[str, Any]:
 
 
 def artifact_problem(path: Path) -> str | None:
-    """Why the runner would refuse the artifact at ``path``, as far as its manifest and size tell (no hashing, no
-    loading), or None: a truncated model was listed as what --backend ort runs."""
+    """Why the runner would refuse the artifact at ``path``, as its manifest, size and sha256 tell (no loading), or
+    None: a truncated model was listed as what --backend ort runs, and so was one with a byte changed (a 2.4 MB
+    model hashes in milliseconds)."""
     from moe_base.errors import ToolkitError
-    from moe_base.manifest import read_manifest
+    from moe_base.fileio import sha256_file
+    from moe_base.manifest import read_manifest, remake
 
     try:
         manifest = read_manifest(path)
+        size, expected = path.stat().st_size, manifest["artifact"]["bytes"]
+        if size != expected:
+            return (f"the file is {size:,} bytes but its manifest says {expected:,} (damaged, or replaced by hand); "
+                    f"{remake(path)}")
+        if sha256_file(path) != manifest["artifact"]["sha256"]:
+            return f"its contents do not match its manifest's sha256 (damaged, or replaced by hand); {remake(path)}"
     except ToolkitError as e:
         return str(e)
-    size, expected = path.stat().st_size, manifest["artifact"]["bytes"]
-    if size != expected:
-        return (f"the file is {size:,} bytes but its manifest says {expected:,} (damaged, or replaced by hand); "
-                f"export it again")
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
     return None
 
 

@@ -643,6 +643,11 @@ def test_doctor_says_where_the_cache_is_and_which_weights_its_models_were_made_f
         f.truncate(1000)
     code, out, _ = run(capsys, "doctor")
     assert f"(weights {random_weights}); NOT usable: the file is 1,000 bytes but its manifest says {size:,}" in out
+    assert "re-export it ('moe-denoise export')" in out
+    with open(onnx_path("portable"), "ab") as f:  # its size again, bytes changed: listed as usable, runners refuse it
+        f.write(b"\1" * (size - 1000))
+    code, out, _ = run(capsys, "doctor")
+    assert "NOT usable: its contents do not match its manifest's sha256" in out
     Path(f"{onnx_path('portable')}.manifest.json").unlink()  # what it was made from is no longer known
     code, out, _ = run(capsys, "doctor")
     assert f"--backend ort: {onnx_path('portable')} (weights unknown); NOT usable: " in out  # 'weights weights unknown'
