@@ -5,6 +5,7 @@ Triton kernel registered is told by the caller (the CLI imports topk_attention.t
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,8 +168,13 @@ def _ort_spec(name: str, inputs: BackendInputs) -> BackendSpec:
 def _trt_spec(name: str, inputs: BackendInputs) -> BackendSpec:
     precision = name.rsplit("-", 1)[-1]
     path = inputs.engines.get(name)
-    unavailable = None if path is not None else (
-        f"no engine given: build one with 'moe-denoise build' and pass --engine {name}=PATH")
+    unavailable = None
+    if path is None and importlib.util.find_spec("tensorrt") is None:  # 'build one' was advice this machine cannot take
+        unavailable = ("no engine given, and TensorRT is not installed here (no module named 'tensorrt'): TensorRT "
+                       "backends need an NVIDIA GPU with TensorRT ('pip install moe-denoise[trt]'); there, build one "
+                       f"with 'moe-denoise build' and pass --engine {name}=PATH")
+    elif path is None:
+        unavailable = f"no engine given: build one with 'moe-denoise build' and pass --engine {name}=PATH"
 
     def make() -> BaseRunner:
         from runtime.trt_runner import TensorRTRunner

@@ -353,6 +353,10 @@ def run(args: argparse.Namespace) -> int:
                                             f"to measure every batch size")
     if not any(r["status"] == "ok" for r in doc["results"]):  # a script must not read an empty table as success
         reasons = "; ".join(f"{b['name']}: {b['reason']}" for b in doc["backends"] if b.get("reason"))
+        skipped = {r.get("reason") for r in doc["results"] if r["status"] == "skipped"}
+        if not reasons and any("deadline" in (why or "") for why in skipped):  # every backend ready, none timed
+            reasons = (f"--deadline {settings.deadline_s:g}s was reached before the first batch size was timed; it counts "
+                       f"from the command's start, exports and the parity check included: raise it")
         log(f"error: no backend was timed ({reasons or 'see the table'})")
         return 1
     return 0

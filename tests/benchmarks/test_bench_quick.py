@@ -234,3 +234,15 @@ def test_bench_skip_weights_check_runs_edited_weights(capsys, random_weights, tm
     code = main([*argv, "--skip-weights-check"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+def test_a_deadline_reached_before_any_timing_is_named_as_the_cause(capsys, random_weights, tmp_path,
+                                                                    restore_torch_threads):
+    """--deadline shorter than the setup (exports, parity) ended with 'no backend was timed (see the table)', the
+    table saying 'skipped' in every cell: the deadline, which counts from the command's start, is now named."""
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-seed", "--batches", "1",
+                 "--repeats", "1", "--warmup", "1", "--parity-images", "2", "--threads", "1", "--deadline", "0.001",
+                 "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "r"), "--no-plot"])
+    err = capsys.readouterr().err
+    assert code == 1 and "no backend was timed (--deadline 0.001s was reached before the first batch size" in err
+    assert "raise it" in err

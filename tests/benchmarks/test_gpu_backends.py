@@ -73,3 +73,20 @@ def test_the_gpu_preset_sweeps_to_4096():
     s = settings_from_args(build_parser().parse_args(["bench", "--gpu", "--batches", "1,4096"]), "gpu")
     assert s.batches == (1, 4096)
     assert 4096 in settings_from_args(build_parser().parse_args(["bench", "--gpu"]), "gpu").batches
+
+
+def test_an_engine_backend_without_tensorrt_says_it_cannot_be_built_here(monkeypatch):
+    """Without TensorRT, bench advised "build one with 'moe-denoise build'", which cannot run on that machine."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    for installed in (False, True):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, on=installed: (real("json") if on else None) if name == "tensorrt"
+                            else real(name))
+        spec = build_specs(("trt-plugin-fp16",), BackendInputs(weights="w"), None)[0]
+        if installed:
+            assert spec.unavailable.startswith("no engine given: build one with 'moe-denoise build'")
+        else:
+            assert "TensorRT is not installed here (no module named 'tensorrt')" in spec.unavailable
+            assert "--engine trt-plugin-fp16=PATH" in spec.unavailable
