@@ -587,6 +587,11 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     if orientation not in range(1, 9):
         notes.append(f"invalid EXIF orientation {orientation} ignored")
         orientation = 1
+    elif orientation != 1:  # a 128x96 file came back 96x128 with the tag gone, and the report said 'same size'
+        stored = f"{data.shape[1]}x{data.shape[0]}"
+        upright = f"{data.shape[0]}x{data.shape[1]}" if orientation >= 5 else stored
+        notes.append(f"turned upright by its EXIF orientation ({orientation}: stored {stored}, upright {upright}); "
+                     f"the output is written upright, without the orientation tag")
     fmt = header.format
     keep_icc = header.mode not in ("CMYK",)
     icc = im.info.get("icc_profile") if keep_icc else None
@@ -947,7 +952,7 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
     not after the work is done. Also checks that the optional writer a 16-bit colour image needs is here.
     """
     fmt = output_format(path)
-    problem = format_problem(fmt, info)
+    problem = format_problem(fmt, info, Path(path).suffix)
     if problem is not None:
         raise InputError("; ".join(problem))
     if info.bit_depth == 16 and info.layout != "L":
@@ -955,9 +960,13 @@ def check_writable(path: str | os.PathLike[str], info: ImageInfo | ImageHeader) 
     return fmt
 
 
-def format_problem(fmt: str, info: ImageInfo | ImageHeader) -> tuple[str, str] | None:
-    """What the output format ``fmt`` (Pillow's name) would lose of ``info``'s image, and what to write instead;
-    None when it holds the image whole (PNG holds every layout and bit depth that is read)."""
+def format_problem(fmt: str, info: ImageInfo | ImageHeader, suffix: str = "") -> tuple[str, str] | None:
+    """What the output format ``fmt`` (Pillow's name; the file's ``suffix`` where it says more) would lose of
+    ``info``'s image, and what to write instead; None when it holds the image whole (PNG holds every layout and bit
+    depth that is read)."""
+    if fmt == "PPM" and suffix.lower() == ".pgm" and info.layout == "RGB":  # Pillow wrote a colour P6 named .pgm
+        return ("a .pgm file holds a gray image, and this one is colour ('RGB'): it would be a colour PPM under a "
+                ".pgm name, which PGM readers refuse", "write it as .ppm (or .png)")
     if fmt == "JPEG" and (info.bit_depth == 16 or info.layout in ("LA", "RGBA")):
         what = "16 bits per channel" if info.bit_depth == 16 else f"an alpha channel ('{info.layout}')"
         return f"JPEG cannot store {what}", "write the result as .png or .tif to keep it"

@@ -240,12 +240,17 @@ def add_noise_to_file(
         noise = rng.normal(0.0, sigma, size=image.shape[:2] + (colour,)).astype(np.float32)
         noisy[:, :, :colour] = np.clip(image[:, :, :colour] + noise, 0.0, 1.0)
         out[y:y + step] = to_pixels(noisy, info)
+    changed = float(np.mean(np.any((out >= 128) != (pixels >= 128), axis=2))) if info.bit_depth == 1 else None
+    # (a 1-bit image is written thresholded at 128, as write_image does)
     del pixels
     fmt = output_format(out_path)
     # lossy WebP (q95, 4:2:0) smoothed 31% of sigma 0.1 away: a noisy copy is a test input, its noise is its content
     written = write_pixels(out_path, out, dataclasses.replace(info, lossless=info.lossless or fmt == "WEBP"),
                            overwrite=overwrite)
     notes = [*info.notes, *output_notes(fmt, info)]
+    if changed is not None:  # sigma 0.1 changed no pixel of a 1-bit image, and the report said nothing
+        notes.append(f"a 1-bit image: the noise is rounded back to black and white, so {100 * changed:.1f}% of the "
+                     f"pixels changed (a pixel flips only where the noise passes half the range)")
     if fmt == "JPEG":
         notes.append(f"JPEG is lossy: the noise in the file is not exactly sigma {sigma:g} (at quality {JPEG_QUALITY} "
                      f"its level is kept, each pixel off by a few levels); write .png for the exact noisy image")

@@ -352,6 +352,10 @@ def test_exif_orientation_is_applied_like_pillow(tmp_path: Path, orientation: in
     with Image.open(tmp_path / "in.png") as src:
         np.testing.assert_array_equal(as_int(array, 8), np.asarray(ImageOps.exif_transpose(src)))
     assert info.orientation == orientation
+    turned = [n for n in info.notes if "turned upright by its EXIF orientation" in n]  # the size may have changed
+    upright = "5x7" if orientation >= 5 else "7x5"
+    assert turned == [] if orientation == 1 else turned[0].startswith(
+        f"turned upright by its EXIF orientation ({orientation}: stored 7x5, upright {upright})")
     write_image(tmp_path / "out.png", array, info)
     with Image.open(tmp_path / "out.png") as out:
         assert 0x0112 not in out.getexif() and out.getexif().get(0x010F) == "TestCam"
@@ -544,6 +548,19 @@ def test_add_noise_keeps_its_noise_in_a_webp_output(tmp_path: Path) -> None:
     assert not any("WebP" in n for n in png["notes"])
     jpeg = add_noise_to_file(tmp_path / "in.png", tmp_path / "n.jpg", sigma=0.1, seed=4)
     assert any("JPEG is lossy" in n for n in jpeg["notes"])
+
+
+def test_add_noise_says_how_much_of_a_1_bit_image_it_changed(tmp_path: Path) -> None:
+    """A 1-bit image at sigma 0.1 came back with no pixel changed (the noise rounds back to black and white), and
+    the report said it was written at sigma 0.1 without a word."""
+    Image.fromarray(np.tile([[0, 255]], (40, 20)).astype(np.uint8)).convert("1").save(tmp_path / "bw.png")
+    for sigma, expect in ((0.1, 0.0), (0.5, 15.9)):
+        report = add_noise_to_file(tmp_path / "bw.png", tmp_path / f"n{sigma}.png", sigma=sigma, seed=1)
+        note = next(n for n in report["notes"] if n.startswith("a 1-bit image"))
+        changed = float(note.split("so ")[1].split("%")[0])
+        with Image.open(tmp_path / "bw.png") as a, Image.open(tmp_path / f"n{sigma}.png") as b:
+            assert b.mode == "1" and changed == pytest.approx(100 * np.mean(np.asarray(a) != np.asarray(b)), abs=0.05)
+        assert changed == pytest.approx(expect, abs=3)  # P(|N(0, 0.5)| > 0.5) = 15.9%
 
 
 def test_a_lossless_webp_is_written_back_lossless(tmp_path: Path) -> None:
@@ -832,10 +849,13 @@ def test_lossless_netpbm_and_tga_outputs_keep_every_pixel(tmp_path):
     for layout, shape in (("RGB", (20, 24, 3)), ("L", (20, 24))):
         pixels = rng_u8(shape)
         Image.fromarray(pixels).save(tmp_path / f"in_{layout}.png")
-        for ext in (".ppm", ".pgm", ".tga"):
+        for ext in (".ppm", ".pgm", ".tga") if layout == "L" else (".ppm", ".tga"):
             out = tmp_path / f"out_{layout}{ext}"
             denoise_file(tmp_path / f"in_{layout}.png", out, identity, progress=False, guard=False)
             np.testing.assert_array_equal(np.asarray(Image.open(out).convert(layout)), pixels)
+    with pytest.raises(InputError, match=r"a \.pgm file holds a gray image.*write it as \.ppm"):  # a colour P6 was
+        denoise_file(tmp_path / "in_RGB.png", tmp_path / "out.pgm", identity, progress=False)  # written as .pgm
+    assert not (tmp_path / "out.pgm").exists()
     with pytest.raises(InputError, match="PPM/PGM keeps no alpha channel"):
         Image.fromarray(rng_u8((20, 24, 4))).save(tmp_path / "rgba.png")
         denoise_file(tmp_path / "rgba.png", tmp_path / "rgba.ppm", identity, progress=False)
