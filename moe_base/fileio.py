@@ -71,6 +71,10 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     """
     path = Path(path)
     refuse_dangling_link(path, overwrite)
+    refuse_special_file(path)
+    with contextlib.suppress(OSError):  # through a link to a file: the file is replaced and the link kept
+        if overwrite and path.is_symlink() and path.exists():  # ('latest.json -> run3.json' was replaced by a file)
+            path = Path(os.path.realpath(path))
     if not overwrite and path.exists():  # said before any writing, not as 'appeared while it was being written'
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another output path or "
                          f"pass --overwrite (overwrite=True in Python)")
@@ -315,14 +319,29 @@ def refuse_dangling_link(path: Path, overwrite: bool, option: str = "--overwrite
                      f"itself is then replaced by the file, its target left alone)")
 
 
+def refuse_special_file(path: Path) -> None:
+    """InputError when ``path`` (or what its link points to) is a device, pipe or socket: a write replaced it with a
+    regular file (a FIFO's reader then waited forever; a link to /dev/null became a report with the device's mode,
+    0666, and as root /dev/stdout could have been replaced for the whole machine)."""
+    try:
+        special = path.exists() and not path.is_file() and not path.is_dir()
+    except OSError:  # a folder on the way that cannot be searched: the write says so, in words
+        return
+    if special:
+        raise InputError(f"the output '{path}' is a device, pipe or socket, not a regular file: it would be replaced "
+                         f"by one. Give the path of a file")
+
+
 def check_output_file(path: str | Path, overwrite: bool = False, option: str = "--overwrite") -> Path:
     """Before any work: ``path`` can be written, and is replaced only when ``overwrite`` says so.
 
-    Refuses (InputError) a folder, an existing file without ``overwrite``, and a folder that cannot be written to
-    (a probe file is created and removed there, or in the nearest folder that exists: none is made)."""
+    Refuses (InputError) a folder, a device, pipe or socket, an existing file without ``overwrite``, and a folder
+    that cannot be written to (a probe file is created and removed there, or in the nearest folder that exists: none
+    is made). A link to a file is written through with ``overwrite`` (the link stays; :func:`atomic_write`)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"the output '{path}' is a folder; give a file path")
+    refuse_special_file(path)
     if path.exists() and not overwrite:
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another path or pass "
                          f"{option}")

@@ -64,7 +64,7 @@ from typing import IO, Any
 import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError
-from moe_base.fileio import atomic_write, check_output_file
+from moe_base.fileio import atomic_write, check_output_file, refuse_special_file
 from moe_base.optional import require
 
 JPEG_QUALITY = 95
@@ -914,6 +914,7 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
     if target.is_dir():
         example = target / (Path(source).name if source is not None else "denoised.png")
         raise InputError(f"the output '{target}' is a folder; give a file path such as {example}")
+    refuse_special_file(target)
     if target.exists() and not overwrite:
         same = source is not None and Path(source).exists() and os.path.samefile(target, source)
         what = "is the input image" if same else "already exists"

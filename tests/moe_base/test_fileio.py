@@ -286,3 +286,34 @@ def test_an_engine_is_told_to_be_rebuilt_not_re_exported(tmp_path):
     graph.write_bytes(b"graph")
     with pytest.raises(ArtifactError, match=r"re-export it \('moe-denoise export'\)"):
         read_manifest(graph)
+
+
+def test_devices_pipes_and_links_to_them_are_refused_and_a_link_to_a_file_is_written_through(tmp_path):
+    """--overwrite replaced whatever was at the output's path: a FIFO became a regular file (its reader waited
+    forever), a link to /dev/null became a report with the device's mode (0666), and a link to a report was replaced
+    by a file of its own, the report it named left as it was."""
+    import os
+
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write, check_output_file
+    from runtime.images import check_output_path
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    to_null = tmp_path / "null.json"
+    to_null.symlink_to("/dev/null")
+    for special in (fifo, to_null):
+        for overwrite in (False, True):
+            for check, extra in ((check_output_file, ()), (check_output_path, (None,)), (atomic_write, (b"{}",))):
+                with pytest.raises(InputError, match="is a device, pipe or socket, not a regular file"):
+                    check(special, *extra, overwrite=overwrite)
+    assert not fifo.is_file() and to_null.is_symlink() and os.readlink(to_null) == "/dev/null"
+
+    report, link = tmp_path / "runs" / "run3.json", tmp_path / "latest.json"
+    report.parent.mkdir()
+    report.write_text("old")
+    link.symlink_to(report)
+    check_output_file(link, overwrite=True)
+    atomic_write(link, b"new", overwrite=True)
+    assert link.is_symlink() and report.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "latest.json", "null.json", "runs"]
