@@ -145,9 +145,21 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise InputError(f"--plot writes a PNG image; give a path ending in .png (got '{args.plot}')")
+    if args.plot is not None:  # found after the whole run, which was then lost (table, JSON and all)
+        from moe_base.optional import require
+
+        require("matplotlib", "--plot")
+    inputs = {}  # what the run reads: '--save-json x.json --overwrite' beside x.safetensors replaced its sidecar
+    for given in args.weights or []:
+        if Path(given).is_file():
+            inputs.update({Path(given).resolve(): "the --weights file", Path(given).with_suffix(".json").resolve():
+                           f"the sidecar of --weights {given} (its architecture and record)"})
     if args.plot is not None and args.save_json is not None and args.plot.resolve() == args.save_json.resolve():
         raise InputError(f"--plot and --save-json both name '{args.plot}'; give two paths")
     for option, path in (("--plot", args.plot), ("--save-json", args.save_json)):
+        if path is not None and path.resolve() in inputs:
+            raise InputError(f"{option} '{path}' is {inputs[path.resolve()]}, which this run reads: writing there "
+                             f"would destroy it. Give another path")
         if path is not None:
             try:
                 check_output_file(path, args.overwrite)
@@ -169,9 +181,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--sigmas takes noise levels on the 0-255 scale, and {given} "
                          f"{'is' if len(tiny) == 1 else 'are'} under one level of 255; for noise std {given} on "
                          f"[0, 1] pixels write --sigmas {meant}")
-    twice = repeated(args.sigmas)
+    args.sigmas = [abs(s) for s in args.sigmas]  # -0 was reported as 'sigma -0' (--sigma takes it as 0 already)
+    from moe_model.evaluate import sigma_key
+
+    twice = repeated([sigma_key(s) for s in args.sigmas])  # 25 and 25.0000001 shared the report's key '25'
     if twice:
-        raise InputError(f"--sigmas names {' '.join(f'{s:g}' for s in twice)} more than once; give each level once")
+        raise InputError(f"--sigmas names {' '.join(twice)} more than once (levels are told apart to 6 significant "
+                         f"digits); give each level once")
     if args.suite == "cifar" and (args.photos or args.bm3d_photos or args.no_guard or args.photo_seed != 0):
         raise InputError("--photos, --bm3d-photos, --photo-seed and --no-guard are about the photos of --suite photos "
                          "or --suite all; add one of those (the default suite is cifar)")
@@ -182,6 +198,7 @@ def _check_args(args: argparse.Namespace) -> None:
         cifar_only = [o for o, given in (("--bm3d-images", args.bm3d_images != BM3D_IMAGES),
                                          ("--split", args.split != "test"), ("--eval-seed", args.eval_seed != EVAL_SEED),
                                          ("--batch-size", args.batch_size != BATCH_SIZE),
+                                         ("--protocol", args.protocol != "both"),  # photos: always clipped, as saved
                                          ("--data-dir", Path(args.data_dir) != Path(DEFAULT_DATA_DIR))) if given]
         if cifar_only:
             raise InputError(f"{', '.join(cifar_only)} {'is' if len(cifar_only) == 1 else 'are'} about the CIFAR-10 "
@@ -209,15 +226,25 @@ def _bm3d_photos(args: argparse.Namespace, photos: list[str]) -> list[str]:
 
 def _emit(args: argparse.Namespace, report: Any, text: str, plot_png: bytes | None = None) -> None:
     """Print the report, then write --plot and --save-json: a file that cannot be written (one that appeared during
-    the run, without --overwrite) then loses nothing, since the results are on the screen already."""
-    from moe_base.fileio import atomic_write, atomic_write_json
+    the run, without --overwrite) then loses nothing, since the results are on the screen already; and a screen that
+    cannot be written (the reader of a pipe gone: '| head' of a 115 KB JSON, or /dev/full) loses no file."""
     from moe_denoise.cli import json_safe, print_json
 
     safe = json_safe(report)
-    if args.json:
-        print_json(safe)
-    else:
-        print(text)
+    try:
+        if args.json:
+            print_json(safe)
+        else:
+            print(text)
+    except OSError as e:  # BrokenPipeError among them: the files first, then the command says what failed
+        _write_outputs(args, safe, plot_png, quiet=True)
+        raise e from None
+    _write_outputs(args, safe, plot_png, quiet=args.json)
+
+
+def _write_outputs(args: argparse.Namespace, safe: Any, plot_png: bytes | None, quiet: bool) -> None:
+    from moe_base.fileio import atomic_write, atomic_write_json
+
     writes = []  # (what, path, write it)
     if args.plot is not None and plot_png is not None:
         writes.append(("plot", args.plot, lambda: atomic_write(args.plot, plot_png, overwrite=args.overwrite)))
@@ -231,7 +258,7 @@ def _emit(args: argparse.Namespace, report: Any, text: str, plot_png: bytes | No
         except InputError as e:
             problems.append(str(e))
             continue
-        if not args.json:
+        if not quiet:
             print(f"{what} written to {path}")
     if problems:
         raise InputError(f"{'; '.join(problems)}. The results are printed above")
@@ -274,7 +301,7 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
     for s in specs:
         result = evaluate_model(models[s["label"]], clean, sigma=args.sigma, protocols=protocols,
                                 eval_seed=args.eval_seed, batch_size=args.batch_size, with_ssim=not args.no_ssim,
-                                progress=progress_mode(not args.json) == "bar")
+                                progress=progress_mode() == "bar")
         weights = s["path"]
         result.update(split=args.split, weights=weights, preset=s["preset"], label=s["label"])
         results.append(result)
@@ -286,7 +313,8 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
 def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], models: dict[str, Any]) -> int:
     from moe_model.evaluate import check_targets, evaluate_across_sigmas, format_sigma_table, subset_indices
 
-    progress = progress_mode(not args.json)  # bars on a terminal, a line per noise level in a log
+    progress = progress_mode()  # bars on a terminal, a line per level in a log; on stderr, so --json too (it was
+    # silent for a 20-minute '--json > report.json')
     protocols = ("clip", "unclipped") if args.protocol == "both" else (args.protocol,)
     photos = list(args.photos) if args.photos else None
     bm3d_wanted = args.suite != "photos" and args.bm3d_images > 0

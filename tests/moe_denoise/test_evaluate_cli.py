@@ -66,6 +66,8 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     (["--suite", "photos", "--bm3d-images", "4", "--split", "val", "--eval-seed", "1"],  # ignored in silence
      "--bm3d-images, --split, --eval-seed, --data-dir are about the CIFAR-10 images, and --suite photos scores none"),
     (["--sigmas", "25", "15", "25"], "--sigmas names 25 more than once"),
+    (["--sigmas", "25", "25.0000001"], "--sigmas names 25 more than once (levels are told apart to 6 significant"),
+    (["--suite", "photos", "--protocol", "clip"], "--protocol, --data-dir are about the CIFAR-10 images"),  # ignored
     (["--sigmas", "-5"], "0-255 scale"),
     (["--sigmas", "15", "300"], "from 0 to 255 on the 0-255 scale (got 300)"),  # it ran for minutes
     (["--sigmas", "0", "0.1", "0.2"], "0.1 0.2 are under one level of 255; for noise std 0.1 0.2 on [0, 1] pixels write "
@@ -209,3 +211,63 @@ def test_shipped_weights_are_labelled_by_the_name_given(random_weights):
     assert labels("--weights", "blind", "--weights", "sigma20") == ["blind", "sigma20"]
     assert labels("--weights", random_weights) == [random_weights.stem]
     assert labels("--weights", "sigma20", "--label", "mine") == ["mine"]
+
+
+def test_what_would_lose_the_run_or_the_weights_is_refused_before_any_work(capsys, monkeypatch, fake_cifar,
+                                                                          random_weights, tmp_path):
+    """--plot without matplotlib was found after the whole run, which was lost (table and --save-json too); and
+    '--save-json x.json --overwrite' beside x.safetensors replaced the weights' sidecar, leaving them unusable."""
+    import sys
+
+    import moe_model.checkpoint
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the outputs were checked")
+
+    monkeypatch.setattr(moe_model.checkpoint, "load_model", no_work)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--plot",
+                         tmp_path / "p.png")
+    assert code == 2 and "--plot needs the Python package 'matplotlib'" in err and out == ""
+    sidecar = random_weights.with_suffix(".json")
+    before = sidecar.read_bytes()
+    for target, what in ((sidecar, "the sidecar of --weights"), (random_weights, "the --weights file")):
+        code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--save-json",
+                             target, "--overwrite")
+        assert code == 2 and f"is {what}" in err and "which this run reads" in err and out == ""
+    assert sidecar.read_bytes() == before
+
+
+def test_a_screen_that_cannot_be_written_loses_no_file(capsys, monkeypatch, fake_cifar, random_weights, tmp_path):
+    """'evaluate ... --json --save-json e.json | head' (the reader gone before a 115 KB JSON was printed) or
+    '> /dev/full' lost --save-json and --plot: they were written after the printing, which failed."""
+    import os
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone: a write raises BrokenPipeError (Python ignores SIGPIPE)
+    saved = tmp_path / "e.json"
+    with open(write_end, "w", buffering=1) as gone:
+        monkeypatch.setattr(sys, "stdout", gone)
+        code = main(["evaluate", "--weights", str(random_weights), "--data-dir", str(fake_cifar), "--limit", "2",
+                     "--sigmas", "25", "--protocol", "clip", "--bm3d-images", "0", "--no-ssim", "--json",
+                     "--save-json", str(saved)])
+        monkeypatch.undo()
+    assert code == 141 and json.loads(saved.read_text())["cifar"]["num_images"] == 2
+
+
+def test_progress_goes_to_stderr_with_json_too(capsys, fake_cifar, random_weights):
+    """--json turned off the progress lines, on stderr: a 20-minute '--json > report.json' ran in silence."""
+    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
+                         "--sigmas", "-0", "25", "--protocol", "clip", "--bm3d-images", 0, "--no-ssim", "--json")
+    assert code == 0 and "CIFAR-10: clip sigma 25 (2 of 2 levels" in err
+    assert json.loads(out)["cifar"]["sigmas"] == [0, 25]  # -0 was reported as 'sigma -0'
+
+
+def test_table_columns_hold_long_levels():
+    """'sigma 12.75sigma 127.5': the columns were 10 characters wide, whatever the level."""
+    from moe_model.evaluate import format_grid
+
+    rows = {k: {"m": {"psnr": {"mean": 30.0}}} for k in ("12.75", "127.5")}
+    header = format_grid("t", rows, [12.75, 127.5], ["m"], "psnr", 2)[1]
+    assert header.split()[1:] == ["sigma", "12.75", "sigma", "127.5"]

@@ -120,10 +120,15 @@ def test_targets_read_off_the_report(fake_cifar, random_weights):
                                protocols=("clip",), with_ssim=False)
     t = {(x["weights"], x["target"].split(" ")[0]): x for x in check_targets(r)}
     assert t[("identity", "clean")]["met"]  # the identity leaves the clean image alone: infinite PSNR
-    assert t[("identity", "output")]["met"] and t[("identity", "output")]["margin"] == 0.0  # never worse than input
+    # never worse than the input, on the clip protocol alone: partly (it read 'met' with the unclipped one not run)
+    identity = t[("identity", "output")]
+    assert identity["met"] is None and identity["margin"] == 0.0 and "without the unclipped protocol" in identity["target"]
     assert not t[("random", "clean")]["met"] and t[("random", "clean")]["margin"] < -10  # random weights wreck it
     assert not t[("identity", "seed")]["met"]  # 14.8 dB is far below 25.1
     assert all(x["margin"] == x["measured"] - x["threshold"] for x in t.values() if np.isfinite(x["margin"]))
+    both = evaluate_across_sigmas({"identity": Identity()}, clean, (0, 25), with_ssim=False)
+    output = next(x for x in check_targets(both) if x["target"].startswith("output"))
+    assert output["met"] is True and "without" not in output["target"]
 
 
 class FirstImageOnly(torch.nn.Module):
@@ -181,9 +186,11 @@ def test_bm3d_rows_on_the_subset_improve_on_the_noisy_input(fake_cifar):
     assert r["seconds"][BM3D] > 0
     target = next(x for x in check_targets(r) if x["target"].startswith("beats BM3D"))
     assert not target["met"] and target["where"] == "clip sigma 25"
-    assert target["target"].endswith("; judged without sigma 15, 50 (not run)")  # it read as judged at all three
+    # it read as judged at all three levels, and on one protocol
+    assert target["target"].endswith("; judged without sigma 15, 50 and the unclipped protocol (not run)")
     # a model that beats BM3D on the levels run has not met a target of three levels: 'met' was true on 25 alone
-    beats = {"rows": {}, "methods": [NOISY, "m"], "bm3d": {"model_minus_bm3d_psnr": {"clip": {"25": {"m": {"mean": 1.5}}}}}}
+    beats = {"rows": {}, "methods": [NOISY, "m"], "bm3d": {"model_minus_bm3d_psnr": {"clip": {"25": {"m": {"mean": 1.5}}},
+                                                                         "unclipped": {"25": {"m": {"mean": 2.0}}}}}}
     target = next(x for x in check_targets(beats) if x["target"].startswith("beats BM3D"))
     assert target["met"] is None and target["margin"] == 1.5
     assert "  partly m: beats BM3D at sigma 15, 25, 50" in format_targets([target])
