@@ -66,6 +66,13 @@ def _import_client(protocol: str) -> Any:
     return module
 
 
+def _timed_out(e: Any) -> bool:
+    """Whether a tritonclient error is gRPC's deadline passing (the client's timeout), not the server's answer: it
+    was said as 'the server refused the request'."""
+    status = str(e.status() or "") if callable(getattr(e, "status", None)) else ""
+    return "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in (e.message() or "")
+
+
 def _unreachable(e: Any) -> bool:
     """Whether a tritonclient error is gRPC's word for a server not there (no connection), not the server's answer:
     it was said as 'has no model' or 'refused the request', where HTTP says 'cannot reach'."""
@@ -128,6 +135,13 @@ class DenoiseClient:
         if isinstance(e, http.client.HTTPException):
             return InputError(f"the server at {self.url} closed the connection before answering ({type(e).__name__}): "
                               f"it was stopped or crashed; start it again ('moe-denoise serve') and resend")
+        if isinstance(e, TimeoutError):  # it was 'cannot reach a server ... start one', of a server busy with the photo
+            return InputError(f"no answer from the server at {self.url} within the timeout of {self.timeout_s:g} s "
+                              f"(a request may still be running there); raise --timeout (timeout_s= in Python)")
+        if isinstance(e, ValueError):  # an HTTP answer that is no Triton one: its metrics port answers 200 to health
+            return InputError(f"the server at {self.url} answered, but not as a Triton server's API: is that its "
+                              f"metrics port (8002 by default)? Give the HTTP port (8000 by default), or "
+                              f"grpc://HOST:PORT for gRPC")
         return InputError(f"cannot reach a Triton server at {self.url} ({e}); start one with 'moe-denoise serve' or "
                           f"check the --server URL")
 
@@ -151,7 +165,13 @@ class DenoiseClient:
             if "Expected HTTP" in str(e):  # an answer, but not HTTP: the wrong port, not a server still starting
                 raise self._broken(e) from e
             return False
-        except (InferenceServerException, OSError):
+        except (TimeoutError, ValueError) as e:  # no answer in time, or not Triton's: 'serves none of ...' was said
+            raise self._broken(e) from e
+        except InferenceServerException as e:
+            if _timed_out(e):
+                raise self._broken(TimeoutError(e.message())) from e
+            return False
+        except OSError:
             return False
 
     def wait_ready(self, timeout_s: float = 30.0, model: str | None = None) -> None:
@@ -173,8 +193,10 @@ class DenoiseClient:
         except InferenceServerException as e:
             if _unreachable(e):
                 raise self._broken(ConnectionError(e.message())) from e
+            if _timed_out(e):
+                raise self._broken(TimeoutError(e.message())) from e
             raise InputError(f"the server at {self.url} has no model '{model}' ({e.message()})") from e
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException, ValueError) as e:  # ValueError: a body that is no JSON
             raise self._broken(e) from e
 
     def max_batch(self, model: str) -> int:
@@ -224,9 +246,11 @@ class DenoiseClient:
         except InferenceServerException as e:
             if _unreachable(e):
                 raise self._broken(ConnectionError(e.message())) from e
+            if _timed_out(e):
+                raise self._broken(TimeoutError(e.message())) from e
             raise InputError(f"the server at {self.url} refused the request to '{model}': "
                              f"{server_message(e.message())}") from e
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException, ValueError) as e:
             raise self._broken(e) from e
         out = result.as_numpy(output)
         if out is None:
@@ -398,7 +422,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
                           weight)
     by = settings.get("denoised_by")
     report.update(server=url, tiled_by=where, overlap=settings.get("overlap"), batch_size=settings.get("batch_size"),
-                  backend=settings.get("backend"),
+                  backend=settings.get("backend"), server_guard=settings.get("guard"),
                   denoised_by=f"{by} on the server at {url}" if by else f"the server at {url}")
     return report
 

@@ -194,8 +194,9 @@ class ImageModel:
         """How this server denoises ``pixels``, as a local run's report says it: ``denoised_by`` (the runner and
         its weights, e.g. "torch-masked (weights blind)"; None for a plain function), ``backend`` (the runner's
         ``describe()``, its files by name: :func:`without_folders`), ``overlap``, ``batch_size`` (tiles a runner
-        call) and ``tiles`` (the photo's count)."""
-        return {"denoised_by": self.denoised_by, "backend": self.backend, "overlap": self.overlap,
+        call), ``tiles`` (the photo's count) and ``guard`` (False: started with --no-guard; --check-local could not
+        tell why a guarded local run differed)."""
+        return {"denoised_by": self.denoised_by, "backend": self.backend, "overlap": self.overlap, "guard": self.guard,
                 "batch_size": self.batch_size, "tiles": plan_tiles(pixels.shape[0], pixels.shape[1],
                                                                    overlap=self.overlap).count}
 

@@ -279,6 +279,7 @@ def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
         c = report["check_local"]
         lines.append(f"max abs difference from a local run with {c['backend']}: {c['max_abs_difference_levels']} of "
                      f"{c['levels']} levels ({c['pixels_different']} values differ)")
+        lines += [f"  note: {note}" for note in c.get("notes", [])]
     if "psnr_vs_reference" in report:
         r = report["psnr_vs_reference"]
         lines.append(f"PSNR against {args.reference} ({r['compared']}): input {r['input']:.2f} dB, "
@@ -417,9 +418,10 @@ def describe_guard(guard: dict) -> str:
 
 def check_remote_options(args: argparse.Namespace) -> None:
     """--server: refuse, before any photo, the options a request cannot carry."""
-    if args.overlap != 16:
+    if args.overlap != 16 and not args.check_local:
         raise InputError(f"--overlap {args.overlap} cannot be sent with --server: the server tiles with its own "
-                         f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here")
+                         f"overlap. Start it with 'moe-denoise serve --overlap {args.overlap}' and drop --overlap here "
+                         f"(with --check-local it is the local run's)")
     if args.weights is not None and not args.check_local:
         raise InputError(f"--weights {args.weights} cannot be sent with --server: the server denoises with the weights "
                          f"it was started with (its 'ready' line names them). Start it with 'moe-denoise serve "
@@ -465,7 +467,22 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None
                                      quality=args.jpeg_quality, client=client, max_pixels=args.max_pixels)
         if here is not None:
             report["check_local"] = compare_files(dst, *here, max_pixels=args.max_pixels)
+            report["check_local"]["notes"] = unlike_settings(args, report)
     return report
+
+
+def unlike_settings(args: argparse.Namespace, report: dict) -> list[str]:
+    """What --check-local's local run did otherwise than the server, with the options that match it: against a
+    server started with --overlap 8 --no-guard it printed '12 of 255 levels' different and no reason (the served
+    result equalled a matching local run exactly)."""
+    notes = []
+    if report.get("overlap") is not None and report["overlap"] != args.overlap:
+        notes.append(f"the server tiles with overlap {report['overlap']}, the local run with {args.overlap}: add "
+                     f"--overlap {report['overlap']} to compare like with like")
+    if report.get("server_guard") is False and not args.no_guard:
+        notes.append("the server's clean-input guard is off (it was started with --no-guard), the local run's on: "
+                     "add --no-guard to compare like with like")
+    return notes
 
 
 def local_run(args: argparse.Namespace, src: Path, here: Path, runner: Any = None) -> tuple[Path, str]:

@@ -562,15 +562,39 @@ def test_photo_answer_says_how_the_server_denoised_it():
         settings = json.loads(answer[SETTINGS_OUTPUT][0].decode())
         backend = None if label is None else {"backend": "scale", "weights": "w.safetensors", "model": "m.onnx",
                                               "engine": "", "threads": 2}  # files by name, not where the server keeps them
-        assert settings == {"denoised_by": label, "backend": backend,
+        assert settings == {"denoised_by": label, "backend": backend, "guard": True,
                             "overlap": 8, "batch_size": 16, "tiles": plan_tiles(70, 90, overlap=8).count}
         assert settings["tiles"] != plan_tiles(70, 90).count  # not the default overlap's count
+    (answer,) = ImageModel(ScaleRunner(), max_pixels=10_000, guard=False)([Request({"image_u8": pixels})])
+    assert json.loads(answer[SETTINGS_OUTPUT][0].decode())["guard"] is False
 
 
-def _one_shot_server(answer: bytes):
-    """A TCP server on a free port that reads a request and answers ``answer`` (then closes), in a thread."""
+def test_check_local_says_which_settings_of_the_server_it_did_not_share():
+    """Against a server started with --overlap 8 --no-guard, --check-local printed '12 of 255 levels' different and
+    no reason, and refused --overlap even for its own local run (the served result equalled a matching local run)."""
+    import argparse
+
+    from moe_denoise.commands.denoise import check_remote_options, unlike_settings
+
+    args = argparse.Namespace(overlap=16, no_guard=False, check_local=True, weights=None, batch_size=None)
+    notes = unlike_settings(args, {"overlap": 8, "server_guard": False})
+    assert notes[0].startswith("the server tiles with overlap 8, the local run with 16: add --overlap 8")
+    assert "add --no-guard to compare like with like" in notes[1]
+    args.overlap, args.no_guard = 8, True
+    check_remote_options(args)  # --overlap is the local run's with --check-local
+    assert unlike_settings(args, {"overlap": 8, "server_guard": False}) == []
+    assert unlike_settings(args, {"overlap": None, "server_guard": None}) == []  # an older server: nothing known
+    args.check_local = False
+    with pytest.raises(InputError, match="--overlap 8 cannot be sent with --server"):
+        check_remote_options(args)
+
+
+def _one_shot_server(answer: bytes, hold_s: float = 0.0):
+    """A TCP server on a free port that reads a request and answers ``answer`` (then closes), in a thread; it keeps
+    the connection ``hold_s`` seconds before answering (a server busy with a photo)."""
     import socket
     import threading
+    import time
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -584,6 +608,7 @@ def _one_shot_server(answer: bytes):
                 return
             with conn:
                 conn.recv(65536)
+                time.sleep(hold_s)
                 if answer:
                     conn.sendall(answer)
 
@@ -615,6 +640,26 @@ def test_broken_transports_and_misuse_are_said_not_thrown():
         assert "works in the thread that made it" in str(errors[0].value)
     with pytest.raises(InputError, match="was closed; make a new one"):
         c.denoise_tiles(tiles)
+
+
+def test_a_timeout_and_a_metrics_port_are_said_as_what_they_are():
+    """A request that outlived --timeout read 'cannot reach a Triton server ... start one' (HTTP) or 'the server
+    refused the request' (gRPC), of a server busy with the photo; the metrics port given as --server (it answers 200
+    to the health checks) ended in a rapidjson traceback."""
+    pytest.importorskip("tritonclient.http", reason="the client needs tritonclient[http] (the 'serve' extra)")
+    from serving.client import DenoiseClient
+
+    tiles = np.zeros((1, 3, 32, 32), np.float32)
+    listener, url = _one_shot_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", hold_s=2.0)
+    with listener, DenoiseClient(url, timeout_s=0.3) as c:
+        for call, arg in ((c.denoise_tiles, tiles), (c.ready, "moe_denoiser")):
+            with pytest.raises(InputError, match=r"no answer from the server at .* within the timeout of 0\.3 s "
+                                                 r"\(a request may still be running there\); raise --timeout"):
+                call(arg)
+    listener, url = _one_shot_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    with listener, DenoiseClient(url, timeout_s=5) as c:
+        with pytest.raises(InputError, match=r"answered, but not as a Triton server's API: is that its metrics port"):
+            c.max_batch("moe_denoiser")
 
 
 def test_a_stopping_server_turns_new_work_away():
