@@ -99,6 +99,7 @@ class DenoiseClient:
         self.protocol, self.address = parse_url(url)
         self.timeout_s = timeout_s
         self.retries = 0
+        self._not_ready: str | None = None  # why the last readiness check failed
         self._outputs: dict[str, list[str]] = {}
         self._max_batches: dict[str, int] = {}  # each model's max_batch_size, asked once
         self._module = _import_client(self.protocol)
@@ -170,15 +171,20 @@ class DenoiseClient:
         except InferenceServerException as e:
             if _timed_out(e):
                 raise self._broken(TimeoutError(e.message())) from e
+            self._not_ready = e.message()
             return False
-        except OSError:
+        except OSError as e:
+            self._not_ready = e.strerror or str(e)  # 'Connection refused', a name not found: said if it persists
             return False
 
     def wait_ready(self, timeout_s: float = 30.0, model: str | None = None) -> None:
         deadline = time.monotonic() + timeout_s
+        self._not_ready = None
         while not self.ready(model):
-            if time.monotonic() > deadline:
-                raise InputError(f"no ready Triton server at {self.url} after {timeout_s:.0f}s; start one with "
+            if time.monotonic() > deadline:  # the address tried ('localhost' is localhost:8000) and why, if known
+                tried = self.url if self.url.rstrip("/").endswith(self.address) else f"{self.url} ({self.address})"
+                why = f": {self._not_ready}" if self._not_ready else ""
+                raise InputError(f"no ready Triton server at {tried} after {timeout_s:.0f}s{why}; start one with "
                                  f"'moe-denoise serve' (HTTP port 8000 by default) or check the --server URL")
             time.sleep(0.2)
 
@@ -500,6 +506,12 @@ def batching_counts(metrics_url: str, model: str = TILE_MODEL) -> dict[str, floa
     too: with failures, compare requests + failures with executions.
     """
     m = read_metrics(metrics_url)
+    counted = sorted({name for per_model in m.values() for name in per_model})
+    if not counted:  # every count read 0 (a URL without /metrics, or another page)
+        raise InputError(f"the page at {metrics_url} holds no Triton model metrics; give the metrics port's /metrics "
+                         f"page (http://HOST:8002/metrics by default)")
+    if model not in counted:  # Triton counts every model it has loaded, from 0: a misspelt name read as 0 requests
+        raise InputError(f"the metrics at {metrics_url} count no model '{model}'; they count {', '.join(counted)}")
     return {
         "requests": m.get("nv_inference_request_success", {}).get(model, 0.0),
         "failures": m.get("nv_inference_request_failure", {}).get(model, 0.0),

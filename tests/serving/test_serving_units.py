@@ -1127,3 +1127,37 @@ def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkey
     monkeypatch.setattr(serve_cmd.time, "perf_counter", clock)
     assert main(["serve", "--backend", "torch", "--threads", "1"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.rstrip().endswith("nothing was served")
+
+
+def test_no_server_names_the_address_tried_and_why(monkeypatch):
+    """'--server localhost' waited 10 s and said 'no ready Triton server at localhost', the port it tried (8000)
+    and the reason (nothing listening) unsaid."""
+    import socket
+
+    pytest.importorskip("tritonclient.http", reason="the client needs tritonclient[http] (the 'serve' extra)")
+    from serving.client import DenoiseClient
+
+    with socket.socket() as s:  # a port with nothing behind it once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr("serving.client.parse_url", lambda url: ("http", f"127.0.0.1:{port}"))
+    with DenoiseClient("localhost", timeout_s=5) as c:
+        with pytest.raises(InputError, match=rf"no ready Triton server at localhost \(127\.0\.0\.1:{port}\) after "
+                                             rf"0s: .*[Rr]efused"):
+            c.wait_ready(timeout_s=0.3)
+
+
+def test_batching_counts_refuse_a_page_or_model_they_cannot_count(monkeypatch):
+    """A misspelt model, or a metrics URL without /metrics, read as 0 requests and 0 executions."""
+    import serving.client
+    from serving.client import batching_counts, parse_metrics
+
+    page = 'nv_inference_count{model="moe_denoiser",version="1"} 12\nnv_inference_exec_count{model="moe_denoiser",' \
+           'version="1"} 3\n'
+    monkeypatch.setattr(serving.client, "read_metrics", lambda url: parse_metrics(page))
+    assert batching_counts("http://h:8002/metrics", model="moe_denoiser")["executions"] == 3.0
+    with pytest.raises(InputError, match="count no model 'moe_denoisr'; they count moe_denoiser"):
+        batching_counts("http://h:8002/metrics", model="moe_denoisr")
+    monkeypatch.setattr(serving.client, "read_metrics", lambda url: parse_metrics("<html>not metrics</html>"))
+    with pytest.raises(InputError, match="holds no Triton model metrics"):
+        batching_counts("http://h:8002")
