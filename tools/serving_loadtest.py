@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,8 +273,9 @@ def bad_requests(info: dict[str, Any], tiles: np.ndarray, refs: np.ndarray, max_
     try:
         time.sleep(0.5)
         for name, fn in cases.items():
-            refused, message = fn()
-            results[name] = {"refused": refused, "message": message}
+            # not ``refused, message = fn()``: that rebinds the helper above, and the next case called a bool
+            was_refused, message = fn()
+            results[name] = {"refused": was_refused, "message": message}
             time.sleep(0.2)
     finally:
         stop.set()
@@ -300,8 +303,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(out_dir: Path, result: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    """results.json, results.md and results.png, each written atomically: --out defaults to the committed results,
+    and a run stopped while writing must leave them whole (old or new), not cut short."""
+    from moe_base.fileio import atomic_write, atomic_write_json
+
+    atomic_write_json(out_dir / "results.json", result)
     s = result["summary"]
     conc = result["settings"]["concurrency"]
     lines = [
@@ -352,11 +358,12 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> None:
                   f"{g.get('retried_after_batched_with_invalid', 0)} had been batched with the NaN request, got its "
                   f"error and were answered when sent again (PyTriton reports errors per batch, not per request). "
                   f"Shutdown (SIGTERM): {result['shutdown']}.", ""]
-    (out_dir / "results.md").write_text("\n".join(lines))
-    plot(out_dir / "results.png", result)
+    atomic_write(out_dir / "results.md", "\n".join(lines).encode())
+    atomic_write(out_dir / "results.png", lambda f: plot(f, result))
 
 
-def plot(path: Path, result: dict[str, Any]) -> None:
+def plot(path: Any, result: dict[str, Any]) -> None:
+    """The throughput and latency figure, as PNG, to ``path`` (a file name or an open binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,7 +393,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     a2.set_title("server latency")
     a2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -403,29 +410,68 @@ def make_direct_runner(args: argparse.Namespace) -> Any:
     return make_runner(ns, ns.weights)
 
 
-def main(argv: list[str] | None = None) -> int:
+def concurrency_list(text: str) -> list[int]:
+    """argparse type: comma-separated concurrencies, each >= 1, none twice (e.g. 1,4,16)."""
+    try:
+        values = [int(c) for c in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 1 (e.g. 1,4,16), got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a concurrency is given twice in {text!r}; give each once")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked here: a bad one was found only after every measurement (a --headline not among
+    --concurrency raised KeyError at the report, and nothing was written) or silently changed (--threads 0 ran the
+    servers with their default thread count)."""
+    from moe_denoise.commands import positive_int, seconds
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="ort", choices=["torch", "ort", "trt"])
     p.add_argument("--artifact", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--concurrency", default="1,4,16,64")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--max-requests", type=int, default=20000, help="cap on requests per measurement")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--concurrency", type=concurrency_list, default=[1, 4, 16, 64], help="e.g. 1,4,16,64")
+    p.add_argument("--duration", type=seconds, default=8.0, help="seconds per measurement")
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--max-requests", type=positive_int, default=20000, help="cap on requests per measurement")
+    p.add_argument("--max-batch", type=positive_int, default=64)
     p.add_argument("--queue-delay-us", type=int, default=500)
-    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
-    p.add_argument("--tiles", type=int, default=512, help="distinct tiles sent (cycled)")
+    p.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096)
+    p.add_argument("--tiles", type=positive_int, default=512, help="distinct tiles sent (cycled)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |server - direct| per pixel")
-    p.add_argument("--headline", type=int, default=16)
-    p.add_argument("--startup-timeout", type=float, default=180.0)
+    p.add_argument("--headline", type=positive_int, default=None,
+                   help="the concurrency the summary sentence is about, one of --concurrency (default: 16 when it "
+                        "is among them, else the largest)")
+    p.add_argument("--startup-timeout", type=seconds, default=180.0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving")
     p.add_argument("--render", action="store_true", help="only re-render results.md and results.png from results.json")
     args = p.parse_args(argv)
+    if args.headline is None:
+        args.headline = 16 if 16 in args.concurrency else max(args.concurrency)
+    elif args.headline not in args.concurrency:
+        p.error(f"--headline {args.headline} is not among --concurrency {','.join(map(str, args.concurrency))}; "
+                f"give one of them (or add it to --concurrency)")
+    if args.render and not (args.out / "results.json").is_file():
+        p.error(f"--render reads {args.out / 'results.json'}, which does not exist; give the --out of a finished run")
+    if not args.render:
+        from moe_base.errors import InputError
+        from moe_base.fileio import check_folder_takes_files
+
+        try:  # before the servers start and the rounds run, not when the results are written
+            check_folder_takes_files(args.out, "results.json")
+        except InputError as e:
+            p.error(f"--out: {e}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.render:
         write_report(args.out, json.loads((args.out / "results.json").read_text()))
         return 0
-    conc = [int(c) for c in args.concurrency.split(",")]
     command = "python tools/serving_loadtest.py " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 
@@ -435,9 +481,34 @@ def main(argv: list[str] | None = None) -> int:
     refs = np.concatenate([runner(tiles[i:i + 1]) for i in range(len(tiles))])  # each tile alone: batch 1
     print(f"reference outputs for {len(tiles)} tiles computed", flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="serving-loadtest-"))
+    workdir = Path(tempfile.mkdtemp(prefix="serving-loadtest-"))  # the servers' logs; removed after a clean run
     servers: dict[str, tuple[subprocess.Popen, dict[str, Any]]] = {}
     rows: list[dict[str, Any]] = []
+    result: dict[str, Any] | None = None
+    try:
+        result = measure_all(args, runner, tiles, refs, workdir, servers, rows)
+        result["command"], result["started"] = command, started
+        write_report(args.out, result)
+    except BaseException:
+        from moe_base.fileio import atomic_write_json
+
+        # the measurements of a run that failed late are not lost with it, and the logs say why it failed
+        with contextlib.suppress(Exception):
+            atomic_write_json(workdir / "results.json", result if result is not None else {"rows": rows})
+        print(f"serving_loadtest: the server logs and the measurements so far (results.json) are kept in {workdir}",
+              file=sys.stderr, flush=True)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+def measure_all(args: argparse.Namespace, runner: Any, tiles: np.ndarray, refs: np.ndarray, workdir: Path,
+                servers: dict[str, tuple[subprocess.Popen, dict[str, Any]]],
+                rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Start the servers, run the rounds and the bad requests, stop the servers: the result (less the command).
+    ``rows`` is filled as the measurements are made, so a caller still has them when this fails."""
+    conc = args.concurrency
     try:
         servers[DYN] = start_server(args, True, workdir)
         servers[NODYN] = start_server(args, False, workdir)
@@ -489,8 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "errors": sum(x["errors"] for x in server_rows),
         "max_abs_diff": max(x["max_abs_diff"] for x in server_rows),
     }
-    result = {
-        "command": command, "started": started,
+    return {
         "settings": {"backend": args.backend, "artifact": str(args.artifact) if args.artifact else None,
                      "threads": args.threads, "concurrency": conc, "duration_s": args.duration, "rounds": args.rounds,
                      "max_batch": args.max_batch, "queue_delay_us": args.queue_delay_us, "tiles": args.tiles,
@@ -502,9 +572,6 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows, "summary": summary, "headline": headline, "metrics_dyn": metrics_dyn,
         "metrics_nodyn": metrics_nodyn, "bad_requests": bad, "shutdown": shutdown,
     }
-    write_report(args.out, result)
-    print((args.out / "results.md").read_text())
-    return 0
 
 
 def _versions() -> dict[str, str]:
