@@ -50,6 +50,8 @@ def run_timed(commands: Sequence[Sequence[str]]) -> tuple[float, float]:
 def interleaved(ways: dict[str, Callable[[], T]], runs: int) -> dict[str, list[T]]:
     """Each way's results over ``runs`` timed rounds, the ways taking turns within a round; one more round first,
     not kept."""
+    if runs < 0:  # range(runs + 1) ran nothing, and the caller then compared outputs never written
+        raise ValueError(f"runs must be >= 0 (0: the untimed round only), got {runs}")
     results: dict[str, list[T]] = {name: [] for name in ways}
     for run in range(runs + 1):
         for name, way in ways.items():

@@ -21,27 +21,61 @@ LEVELS = (5, 10, 15, 25)
 
 
 def make_photos(folder: Path, names: tuple[str, ...] = PHOTOS, seed: int = 1) -> list[Path]:
+    """The noisy photos, and nothing else, in ``folder``: the batch way denoises the whole folder, so a photo an
+    earlier run left there was denoised by it alone (more work than the loop, and a wrong photo count)."""
     import numpy as np
     import skimage.data
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from moe_base.errors import InputError
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     paths = []
     for i, name in enumerate(names):
-        clean = getattr(skimage.data, name)().astype(np.float64)
+        clean = np.asarray(getattr(skimage.data, name)())
+        if not (clean.ndim == 2 or (clean.ndim == 3 and clean.shape[2] == 3)):
+            raise InputError(f"scikit-image's '{name}' is not a grey or RGB photo (shape {clean.shape}); choose "
+                             f"others, e.g. {' '.join(PHOTOS)}")
+        clean = clean.astype(np.float64)
         noisy = np.clip(clean + rng.normal(0, LEVELS[i % len(LEVELS)], clean.shape), 0, 255).astype(np.uint8)
         paths.append(folder / f"{name}.png")
         Image.fromarray(noisy).save(paths[-1])
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from moe_denoise.commands import whole_number
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed pairs (after one untimed pair); 0: compare only")
-    parser.add_argument("--work", type=Path, default=Path("batch_vs_loop"), help="folder for the photos and outputs")
+    parser.add_argument("--runs", type=lambda t: whole_number(t, 0, None, "a number of runs >= 0"), default=3,
+                        help="timed pairs (after one untimed pair); 0: compare only")
+    parser.add_argument("--work", type=Path, default=Path("batch_vs_loop"),
+                        help="folder for the photos and outputs (its photos/, loop/ and batch/ are replaced)")
     parser.add_argument("--photos", nargs="+", default=list(PHOTOS), help="scikit-image sample photos to use")
     args = parser.parse_args(argv)
+    import skimage.data
+
+    unknown = [n for n in args.photos if n.startswith("_") or not callable(getattr(skimage.data, n, None))]
+    if unknown:
+        parser.error(f"--photos: scikit-image has no sample photo {', '.join(map(repr, unknown))}; give names of "
+                     f"skimage.data, e.g. {' '.join(PHOTOS)}")
+    twice = sorted({n for n in args.photos if args.photos.count(n) > 1})
+    if twice:
+        parser.error(f"--photos: {', '.join(twice)} given twice; the batch way would denoise it once, the loop twice")
+    from moe_base.errors import InputError
+    from moe_base.fileio import check_folder_takes_files
+
+    try:
+        check_folder_takes_files(args.work)
+    except InputError as e:
+        parser.error(f"--work: {e}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     exe = str(Path(sys.executable).with_name("moe-denoise"))
     photos = make_photos(args.work / "photos", tuple(args.photos))
     loop_dir, batch_dir = args.work / "loop", args.work / "batch"

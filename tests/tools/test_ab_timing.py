@@ -32,3 +32,9 @@ def test_run_timed_adds_walls_and_keeps_the_largest_peak():
 def test_a_failing_command_stops_with_its_error():
     with pytest.raises(SystemExit, match=r"failed \(exit 3\):\n.*boom"):
         ab_timing.run_timed([[sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"]])
+
+
+def test_negative_runs_are_refused():
+    # range(runs + 1) ran no round at all, and the tools then compared outputs that were never written
+    with pytest.raises(ValueError, match="runs must be >= 0"):
+        ab_timing.interleaved({"a": lambda: 1}, runs=-1)
