@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from moe_base.contract import TILE_SHAPE
-from moe_base.fileio import atomic_write_json
+from moe_base.errors import InputError
+from moe_base.fileio import atomic_write_json, check_output_file
 from topk_attention.launch import CudaDriver, plugin_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -530,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         _interp_correctness_child()
         return 0
     out = args.out or (dry_run_default() if args.cpu_dry_run else DEFAULT_OUT)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:  # before the first step (device time on a lent GPU), not at its first save; a folder or an unmakeable
+        check_output_file(out, overwrite=True)  # place gave a traceback there
+    except InputError as e:
+        p.error(f"--out: {e}")
 
     def save(report: dict[str, Any]) -> None:  # a temporary of its own, renamed: two runs never mix their halves
         atomic_write_json(out, report)

@@ -309,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per batch (default 20, 8 above batch 64; dry run 5)")
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no further backend starts")
     args = p.parse_args(argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    from moe_base.errors import InputError
+    from moe_base.fileio import check_folder_takes_files
+
+    try:  # before the first backend, not as a traceback from mkdir; no folder is made before the GPU check
+        check_folder_takes_files(args.out_dir, "profile.json")
+    except InputError as e:
+        p.error(f"--out-dir: {e}")
     doc = run(args)
     paths = write(doc, args.out_dir)
     print(markdown(doc))

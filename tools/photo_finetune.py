@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--as-gray", action="store_true", help="train on the colour photos' luminance (gray crops)")
     p.add_argument("--init", default="weights/moe_denoiser.safetensors", help="the weights to start from")
     p.add_argument("--out", type=Path, required=True, help="where to write the weights (.safetensors, + .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .json)")
     p.add_argument("--sigma", type=float, default=None, help="one noise level for every crop (on [0, 1] pixels)")
     p.add_argument("--sigma-max", type=float, default=75 / 255, help="without --sigma: levels uniform in [0, this]")
     p.add_argument("--minutes", type=float, default=20.0, help="train for this long (whole steps)")
@@ -138,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
-    from moe_model.checkpoint import load_model, origin, save_weights
+    from moe_base.fileio import check_output_file
+    from moe_model.checkpoint import load_model, origin, save_weights, sidecar_path
     from moe_model.data import BlindNoise, blind_noisy, load_cifar10, to_float
     from moe_model.losses import total_loss
 
     if args.out.suffix != ".safetensors":
         raise InputError(f"--out must end in .safetensors (its JSON goes beside it); got {args.out}")
+    for path in (args.out, sidecar_path(args.out)):  # now, not after the --minutes of training it would lose
+        check_output_file(path, args.overwrite)
     if (args.sigma is None) == (not args.blind):
         raise InputError("give one of --sigma (one noise level) and --blind (the blind recipe's noise)")
     if not 0.0 <= args.cifar_share < 1.0:
@@ -194,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {steps}: {time.monotonic() - start:.0f}s, training PSNR (last 200 steps) {psnr:.2f} dB",
                   flush=True)
     model.eval()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     save_weights(model, args.out, {"experiment": {"tool": "tools.photo_finetune", "command": " ".join(sys.argv),
                                                   "settings": settings, "steps": steps,

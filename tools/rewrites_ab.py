@@ -102,6 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="R1,R2", help="also this set of rewrites (repeatable)")
     p.add_argument("--json", metavar="PATH", help="also write every round's timings and the comparisons here")
     a = p.parse_args(argv)
+    if a.json:  # a folder or an unwritable place was found after every round had been timed
+        from moe_base.errors import InputError
+        from moe_base.fileio import check_output_file
+
+        try:
+            check_output_file(a.json, overwrite=True)
+        except InputError as e:
+            p.error(f"--json: {e}")
     model = load_model(a.weights).eval()
     x = np.random.default_rng(0).random((a.batch, 3, 32, 32), dtype=np.float32)
     if a.profile:

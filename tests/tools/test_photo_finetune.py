@@ -103,3 +103,30 @@ def test_grown_network_starts_as_the_function_it_grew_from(random_weights, capsy
     for bad in ("dim=256", "ffn_hidden=100", "ffn_hidden=lots"):
         with pytest.raises(InputError, match=f"--grow {bad}: expected FIELD=N .* \\(ffn_hidden=256, "):
             grown(load_model(random_weights), [bad], str(random_weights))
+
+
+def test_the_output_is_checked_before_training(tmp_path, random_weights, monkeypatch):
+    """An --out that cannot be written, or one that exists (without --overwrite), is refused before the photos are
+    loaded: it was found after the --minutes of training, or the old weights were replaced without a word."""
+    import tools.photo_finetune as tool
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the photos were loaded: training was about to start")
+
+    base = ["--photos", "coins", "--sigma", "0.1", "--init", str(random_weights), "--max-steps", "1", "--batch", "2",
+            "--threads", "1"]
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(tool, "load_photos", no_training)
+    with pytest.raises(InputError, match="is a file, not a folder|cannot write to the folder"):
+        main([*base, "--out", str(tmp_path / "a_file" / "g.safetensors")])
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(b"earlier weights")
+    with pytest.raises(InputError, match="already exists; refusing to replace it.*--overwrite"):
+        main([*base, "--out", str(old)])
+    old.unlink()
+    old.with_suffix(".json").write_text("{}")  # the sidecar alone is someone's too
+    with pytest.raises(InputError, match="old.json' already exists"):
+        main([*base, "--out", str(old)])
+    monkeypatch.undo()
+    assert main([*base, "--out", str(old), "--overwrite"]) == 0
+    assert json.loads(old.with_suffix(".json").read_text())["experiment"]["steps"] == 1

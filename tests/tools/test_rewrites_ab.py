@@ -41,3 +41,15 @@ def test_tiny_run_times_every_variant(capsys, tmp_path):
         line = next(ln for ln in out.splitlines() if ln.startswith(name))
         assert float(line[32:].split()[0]) > 0  # p50 in ms
         assert ("[" in line) == (name != "none (--no-optimize)")  # each graph against the plain one
+
+
+def test_an_unwritable_json_is_refused_before_any_timing(tmp_path, monkeypatch, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded: timing was about to start")
+
+    monkeypatch.setattr(rewrites_ab, "load_model", no_model)
+    (tmp_path / "a_file").write_text("")
+    for path in (tmp_path, tmp_path / "a_file" / "ab.json"):
+        with pytest.raises(SystemExit) as e:
+            rewrites_ab.main(["--json", str(path)])
+        assert e.value.code == 2 and "--json: " in capsys.readouterr().err
