@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from . import run_tool
 from .ab_timing import interleaved, pairwise, run_timed, spread
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "moon", "rocket", "coins", "page")
@@ -105,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools import run_tool
+
 REPO = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^(\s*)```+\s*(\S*)")
 SHELL_LANGS = {"bash", "sh", "shell"}
@@ -340,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --run-quickstart: which quick-start commands to run, in order (default: 1,2,1,2)")
     p.add_argument("--timeout", type=float, default=None, help="with --run-quickstart: seconds per command")
     args = p.parse_args(argv)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        p.error(f"no such Markdown file: {', '.join(missing)}; give existing files (or none: README.md and "
+                f"docs/*.md)")
     if args.run_quickstart:
         plan = [int(x) for x in args.plan.split(",") if x.strip()]
         records = run_quickstart(args.run_quickstart, plan, timeout=args.timeout)
@@ -358,4 +364,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

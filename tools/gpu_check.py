@@ -513,6 +513,8 @@ def dry_run_default() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from moe_denoise.commands import positive_int, whole_number
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON report path (default {DEFAULT_OUT.relative_to(REPO)}; the dry run defaults to "
@@ -522,9 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="cuda:90", help="AOT target for the dry run (the GPU run uses the GPU's)")
     p.add_argument("--launch-record", type=Path, default=DEFAULT_RECORD,
                    help="launch parameters computed by TensorRT's own plugin layer (tools/trt_layer/drive.py)")
-    p.add_argument("--batch", type=int, default=64, help="images per timed call (x 4 heads)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--batch", type=positive_int, default=64, help="images per timed call (x 4 heads)")
+    p.add_argument("--warmup", type=lambda t: whole_number(t, 0, None, "a number of calls >= 0"), default=10,
+                   help="untimed calls before each timing")
+    p.add_argument("--iters", type=positive_int, default=50,
+                   help="timed calls per timing (0 divided by zero in the timing step, on the lent GPU)")
     p.add_argument("--_interp-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._interp_child:

@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not dry and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU visible to torch; use --cpu-dry-run on a CPU machine")
     device = "cpu" if dry else "cuda"
-    batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else ((1, 4) if dry else GPU_BATCHES)
+    batches = args.batches if args.batches else ((1, 4) if dry else GPU_BATCHES)
     names = tuple(n for n in (args.backends or ",".join(GPU_BACKENDS)).split(",") if n)
     t0 = time.monotonic()
     doc: dict[str, Any] = {
@@ -299,14 +299,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def batch_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated batch sizes >= 1 ('a' was a traceback, 0 two error rows and exit 1)."""
+    try:
+        values = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes >= 1 (e.g. 1,4096), got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
+    from moe_denoise.commands import positive_int
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results" / "gpu",
                    help="where profile.json / profile.md go (and where results.json is read for the targets)")
     p.add_argument("--cpu-dry-run", action="store_true", help="no GPU: the CPU model, eager stand-in graphs")
     p.add_argument("--backends", default=None, help=f"comma-separated benchmark backends (default {','.join(GPU_BACKENDS)})")
-    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,4096; dry run 1,4)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per batch (default 20, 8 above batch 64; dry run 5)")
+    p.add_argument("--batches", type=batch_list, default=None,
+                   help="comma-separated batch sizes (default 1,4096; dry run 1,4)")
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="timed calls per batch (default 20, 8 above batch 64; dry run 5)")
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no further backend starts")
     args = p.parse_args(argv)
     from moe_base.errors import InputError

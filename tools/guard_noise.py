@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools import level_255, run_tool
+
 
 def noisy_versions(clean: np.ndarray, name: str, level255: float,
                    jpeg: tuple[int, ...] = ()) -> dict[str, tuple[np.ndarray, float]]:
@@ -72,9 +74,13 @@ def bayer_version(clean: np.ndarray, name: str, level255: float) -> tuple[np.nda
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--photos", nargs="+", default=["camera", "coffee", "astronaut"])
-    p.add_argument("--levels", nargs="+", type=float, default=[3, 6, 10, 15], help="std at mid-gray, 0-255 scale")
-    p.add_argument("--jpeg", nargs="*", type=int, default=[], help="also the white-noise photo through JPEG at these "
+    from moe_denoise.commands import whole_number
+
+    p.add_argument("--photos", nargs="+", default=["camera", "coffee", "astronaut"],
+                   help="photos of benchmarks.quality (scikit-image's sample photos)")
+    p.add_argument("--levels", nargs="+", type=level_255, default=[3, 6, 10, 15], help="std at mid-gray, 0-255 scale")
+    p.add_argument("--jpeg", nargs="*", type=lambda t: whole_number(t, 1, 95, "a JPEG quality from 1 to 95"),
+                   default=[], help="also the white-noise photo through JPEG at these "
                    "qualities (1-95)")
     p.add_argument("--as-png", action="store_true", help="take the JPEG versions as PNG files holding the same pixels "
                    "(the two-scale reading then rests on finding JPEG in the pixels)")
@@ -121,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from moe_base.errors import InputError
+from tools import run_tool
 
 TILE = 32
 
@@ -103,7 +104,29 @@ def crops(photos: list[np.ndarray], gray: list[bool], n: int, rng: np.random.Gen
     return torch.from_numpy(out), torch.from_numpy(is_gray)
 
 
+def positive_noise(text: str) -> float:
+    """argparse type: --sigma, a noise std on [0, 1] pixels above 0 (0 trained on clean crops, a negative std ran)."""
+    from moe_denoise.commands import noise_std
+
+    value = noise_std(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a noise std above 0 (e.g. 0.1 or 25/255), got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (--lr -1 reached torch's 'Invalid learning rate')."""
+    from moe_denoise.commands import number
+
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    from moe_denoise.commands import positive_int, seed_number
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", nargs="+", required=True,
                    help="sample photos to train on (see _photo); 'held-out': HELD_OUT_SET, none of the evaluated ones")
@@ -111,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", default="weights/moe_denoiser.safetensors", help="the weights to start from")
     p.add_argument("--out", type=Path, required=True, help="where to write the weights (.safetensors, + .json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .json)")
-    p.add_argument("--sigma", type=float, default=None, help="one noise level for every crop (on [0, 1] pixels)")
+    p.add_argument("--sigma", type=positive_noise, default=None,
+                   help="one noise level for every crop (on [0, 1] pixels)")
     p.add_argument("--sigma-max", type=float, default=75 / 255, help="without --sigma: levels uniform in [0, this]")
-    p.add_argument("--minutes", type=float, default=20.0, help="train for this long (whole steps)")
+    p.add_argument("--minutes", type=positive_number, default=20.0, help="train for this long (whole steps)")
     p.add_argument("--blind", action="store_true",
                    help="the blind recipe's noise (moe_model.data.BlindNoise: levels uniform in [0, --sigma-max], a "
                         "tenth clean, half unclipped, a quarter of the colour crops gray) and its loss (per-image "
@@ -121,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cifar-share", type=float, default=0.0,
                    help="this share of every batch are CIFAR-10 training images (the first 45,000), as in training")
     p.add_argument("--data-dir", default="../shared/data/cifar-10-batches-py", help="CIFAR-10 for --cifar-share")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps if sooner")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps if sooner")
     p.add_argument("--view", type=int, default=TILE,
                    help="crop side in pixels, a multiple of 4 (the patch): above 32 the network sees a larger view "
                         "than it was trained for, its positions resized (SmallViT.positions); only --score-camera "
@@ -133,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="widen --init's architecture first: ffn_hidden, refine_channels, refine_features or "
                         "router_hidden set to N (not smaller than now); the new units start so that the network "
                         "computes what --init did")
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=positive_number, default=5e-5)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--seed", type=seed_number, default=0)
+    p.add_argument("--threads", type=positive_int, default=2)
     args = p.parse_args(argv)
 
     from moe_base.fileio import check_output_file
@@ -252,4 +276,4 @@ def score_camera(model: torch.nn.Module, view: int) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

@@ -29,7 +29,9 @@ import numpy as np
 from benchmarks.harness import round_order
 from benchmarks.stats import paired_comparison, paired_text
 from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
+from moe_denoise.commands import HelpFormatter, positive_int
 from moe_model.checkpoint import load_model
+from tools import run_tool
 
 
 def variants(names: list[str], sets: list[str]) -> dict[str, tuple[str, ...]]:
@@ -87,12 +89,12 @@ def print_profile(name: str, onnx_model, x: np.ndarray, threads: int, calls: int
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--weights", default="weights/moe_denoiser.safetensors")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=24, help="interleaved rounds (order rotated and reversed)")
-    p.add_argument("--inner", type=int, default=None, help="calls per turn (default: about 0.2 s worth)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=positive_int, default=64)  # 0 timed empty batches and printed them as results
+    p.add_argument("--rounds", type=positive_int, default=24, help="interleaved rounds (order rotated and reversed)")
+    p.add_argument("--inner", type=positive_int, default=None, help="calls per turn (default: about 0.2 s worth)")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--rewrites", default=",".join(REWRITES),
                    help="rewrites to try alone and (those in the default) left out ('' for none)")
     p.add_argument("--keep-sessions", action="store_true",
@@ -167,4 +169,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

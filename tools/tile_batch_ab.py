@@ -16,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from . import run_tool
 from .ab_timing import interleaved, pairwise, run_timed, spread
 
 
@@ -32,12 +33,16 @@ def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from moe_denoise.commands import positive_int, whole_number
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="timed pairs per backend (after one untimed pair)")
-    parser.add_argument("--sizes", type=int, nargs=2, default=[64, 256], metavar=("A", "B"), help="tiles per call")
+    parser.add_argument("--runs", type=lambda t: whole_number(t, 0, None, "a number of runs >= 0"), default=5,
+                        help="timed pairs per backend (after one untimed pair); 0: compare only")
+    parser.add_argument("--sizes", type=positive_int, nargs=2, default=[64, 256], metavar=("A", "B"),
+                        help="tiles per call")  # 0 was refused by the child moe-denoise, after the photo was made
     parser.add_argument("--backends", nargs="+", default=["torch", "ort"], choices=["torch", "ort"])
-    parser.add_argument("--width", type=int, default=2000)
-    parser.add_argument("--height", type=int, default=1500)
+    parser.add_argument("--width", type=positive_int, default=2000)
+    parser.add_argument("--height", type=positive_int, default=1500)
     parser.add_argument("--work", type=Path, default=Path("tile_batch_ab"), help="folder for the photo and outputs")
     args = parser.parse_args(argv)
     if args.sizes[0] == args.sizes[1]:
@@ -74,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

@@ -30,6 +30,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tools import run_tool
+
 REPO = Path(__file__).resolve().parents[2]
 BATCHES = (1, 8, 64, 4096)
 
@@ -264,4 +266,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

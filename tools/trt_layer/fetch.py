@@ -19,6 +19,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from moe_base.errors import ToolkitError
+
 PACKAGE = "tensorrt-cu12-bindings"
 # The TensorRT versions whose plugin layer the tests run against: the oldest we support and the newest.
 SUPPORTED = {"oldest": "10.9.0.34", "newest": "11.4.0.106"}
@@ -27,8 +29,9 @@ WHEEL_TAGS = ["--python-version", "3.11", "--implementation", "cp", "--platform"
 STANDIN = Path(__file__).resolve().parent / "standin"
 
 
-class FetchError(RuntimeError):
-    """The wheel could not be downloaded or unpacked; the message says why."""
+class FetchError(ToolkitError, RuntimeError):
+    """The wheel could not be downloaded or unpacked; the message says why (a ToolkitError: the tools' entry shows
+    it as one line, not a traceback)."""
 
 
 def cache_root() -> Path:

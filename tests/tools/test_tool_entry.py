@@ -1,0 +1,87 @@
+"""The tools' shared entry (tools.run_tool) and their option ranges: the toolkit's own errors end in one line and
+exit code 2, not a traceback; a count, size or level out of range is refused by argparse before any work."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tools
+from moe_base.errors import CheckpointError, ToolkitError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_toolkit_error_is_one_line_and_exit_2(capsys):
+    def refused():
+        raise CheckpointError("weights file /nowhere.safetensors does not exist")
+
+    with pytest.raises(SystemExit) as e:
+        tools.run_tool(refused, "some_tool")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "some_tool: error: weights file /nowhere.safetensors does not exist\n"
+
+
+def test_other_errors_keep_their_traceback_and_codes_pass_through():
+    def bug():
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        tools.run_tool(bug, "some_tool")
+    for code in (0, 1, None):
+        with pytest.raises(SystemExit) as e:
+            tools.run_tool(lambda code=code: code, "some_tool")
+        assert e.value.code == code
+
+
+def test_a_fetch_error_is_a_toolkit_error():
+    from tools.trt_layer.fetch import FetchError
+
+    assert issubclass(FetchError, ToolkitError) and issubclass(FetchError, RuntimeError)  # callers catching either
+
+
+def test_a_tool_run_as_a_module_says_the_error_in_one_line(tmp_path):
+    """photo_finetune's own check of --out, through the real entry: the tool's name, the message, exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "tools.photo_finetune", "--photos", "coins", "--sigma", "0.1",
+                           "--out", str(tmp_path / "a.pt")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("photo_finetune: error: --out must end in .safetensors") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module, argv, said", [
+    ("rewrites_ab", ["--batch", "0"], "--batch: must be >= 1, got 0"),
+    ("rewrites_ab", ["--rounds", "0"], "--rounds: must be >= 1, got 0"),
+    ("rewrites_ab", ["--inner", "-1"], "--inner: must be >= 1, got -1"),
+    ("rewrites_ab", ["--threads", "0"], "--threads: must be >= 1, got 0"),
+    ("tile_batch_ab", ["--runs", "-3"], "expected a number of runs >= 0"),
+    ("tile_batch_ab", ["--width", "0"], "--width: must be >= 1, got 0"),
+    ("tile_batch_ab", ["--sizes", "0", "2"], "--sizes: must be >= 1, got 0"),
+    ("photo_finetune", ["--photos", "coins", "--out", "x.safetensors", "--sigma", "0.1", "--batch", "0"],
+     "--batch: must be >= 1"),
+    ("photo_finetune", ["--photos", "coins", "--out", "x.safetensors", "--sigma", "0.1", "--max-steps", "0"],
+     "--max-steps: must be >= 1"),
+    ("photo_finetune", ["--photos", "coins", "--out", "x.safetensors", "--sigma", "-0.1"], "--sigma: expected"),
+    ("photo_finetune", ["--photos", "coins", "--out", "x.safetensors", "--sigma", "0"], "a noise std above 0"),
+    ("photo_finetune", ["--photos", "coins", "--out", "x.safetensors", "--sigma", "0.1", "--lr", "-1"],
+     "--lr: expected a number > 0"),
+    ("guard_noise", ["--jpeg", "0"], "expected a JPEG quality from 1 to 95, got '0'"),
+    ("guard_noise", ["--jpeg", "150"], "expected a JPEG quality from 1 to 95, got '150'"),
+    ("guard_noise", ["--levels", "-5"], "expected a noise std on the 0-255 scale"),
+    ("overlap_tradeoff", ["--overlaps", "32"], "expected a tile overlap from 0 to 31"),
+    ("overlap_tradeoff", ["--sigmas", "-25"], "expected a noise std on the 0-255 scale"),
+    ("gpu_profile", ["--cpu-dry-run", "--repeats", "0"], "--repeats: must be >= 1"),
+    ("gpu_profile", ["--cpu-dry-run", "--batches", "a"], "expected comma-separated batch sizes"),
+    ("gpu_profile", ["--cpu-dry-run", "--batches", "1,0"], "expected comma-separated batch sizes"),
+    ("gpu_check", ["--iters", "0"], "--iters: must be >= 1"),
+    ("gpu_check", ["--batch", "0"], "--batch: must be >= 1"),
+    ("check_readme", ["/nonexistent.md"], "no such Markdown file: /nonexistent.md"),
+])
+def test_out_of_range_options_are_refused_before_any_work(module, argv, said, capsys, monkeypatch, tmp_path):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)  # nothing a tool wrongly started would write lands in the repository
+    tool = importlib.import_module(f"tools.{module}")
+    with pytest.raises(SystemExit) as e:
+        tool.main(argv)
+    assert e.value.code == 2
+    assert said in capsys.readouterr().err
