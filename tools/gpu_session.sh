@@ -3,6 +3,12 @@
 # it runs from the repository root with PYTHONPATH, on whatever torch / triton / onnxruntime the machine has).
 #
 #   tools/gpu_session.sh [--dry-run] [OUT_DIR]   # OUT_DIR default: $OUT if set, else ${TMPDIR:-/tmp}/gpu_session
+#   tools/gpu_session.sh --help                  # this text
+#
+# A relative OUT_DIR (or $OUT) is taken from the folder the script is started in (it then works from the
+# repository root); the summary names the absolute path. PYTHON (default python3) is the interpreter every step
+# runs with: it must import torch, safetensors, PIL, tqdm and pytest, which is checked first (a few seconds); what
+# is missing is named and nothing runs (each step failed on its own with a traceback, each costing its start-up).
 #
 # On a lent GPU, through the device tool: command "tools/gpu_session.sh", timeout_s 540 (the script stops itself
 # within about 8 minutes), carry ["build"] when build/trt_launch_record.json exists (see below; build/ is ignored
@@ -49,19 +55,57 @@
 # is timed on the CPU), gpu_profile --cpu-dry-run. OUT_DIR defaults to ${TMPDIR:-/tmp}/gpu_session_dry_run there,
 # never to benchmarks/results/gpu. PYTEST_TARGETS (default: tests) narrows the test step.
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+usage() {  # the header above, without its comment marks
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
 dry=${GPU_SESSION_DRY_RUN:-0}
+for arg in "$@"; do  # --help anywhere; an unknown option was taken as OUT_DIR ('--help/gpu_check.log'), steps ran
+    case "$arg" in
+        -h | --help) usage; exit 0 ;;
+    esac
+done
 if [ "${1:-}" = "--dry-run" ]; then
     dry=1
     shift
+fi
+case "${1:-}" in
+    -*) echo "gpu_session.sh: unknown option '$1'; expected [--dry-run] [OUT_DIR] (--help says more)" >&2; exit 2 ;;
+esac
+if [ $# -gt 1 ]; then
+    echo "gpu_session.sh: one OUT_DIR expected, got $#: $* (--help says more)" >&2
+    exit 2
 fi
 if [ "$dry" = 1 ]; then
     out=${1:-${TMPDIR:-/tmp}/gpu_session_dry_run}
 else
     out=${1:-${OUT:-${TMPDIR:-/tmp}/gpu_session}}
 fi
-mkdir -p "$out"
+case "$out" in  # the caller's folder, not the repository root the script moves to (an unignored folder there)
+    /*) ;;
+    *) out="$PWD/$out" ;;
+esac
+cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
+needed="torch safetensors PIL tqdm"
+[[ ",${GPU_SESSION_STEPS:-pytest}," == *",pytest,"* ]] && needed="$needed pytest"
+# shellcheck disable=SC2086  # the module names are words
+if ! timeout 60 "$py" - $needed <<'PREFLIGHT'
+import importlib, sys
+missing = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # a broken install is as missing as an absent one
+        missing.append(f"{name} ({type(e).__name__}: {e})")
+if missing:
+    sys.exit(f"{sys.executable} cannot import: " + "; ".join(missing))
+PREFLIGHT
+then
+    echo "gpu_session.sh: stopped before any step: the interpreter '$py' lacks what the steps need (above, or it" \
+        "cannot be run); set PYTHON to one that has them, e.g. PYTHON=.venv/bin/python" >&2
+    exit 2
+fi
+mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
 steps=${GPU_SESSION_STEPS:-gpu_check,pytest,bench,profile}
@@ -92,7 +136,7 @@ step() {  # step NAME LOG SECONDS COMMAND...
 {
     date -u
     echo "gpu_session: $([ "$dry" = 1 ] && echo 'DRY RUN on the CPU' || echo 'GPU run') -> $out; steps: $steps"
-    nvidia-smi -L 2>&1 || echo "nvidia-smi: not found"
+    { command -v nvidia-smi > /dev/null && nvidia-smi -L 2>&1; } || echo "nvidia-smi: not found or failed"
     "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 } 2>&1 | tee "$out/gpu_check.log"

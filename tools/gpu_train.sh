@@ -4,6 +4,9 @@
 #
 #   tools/gpu_train.sh [OUT_DIR]          # default: $OUT if set, else runs/gpu
 #
+# A relative OUT_DIR ($OUT), DATA or INIT given is taken from the folder the script is started in (it then works
+# from the repository root, where the defaults are). PYTHON (default python3) is the interpreter it runs.
+#
 # The CIFAR-10 training files (5 x 29.3 MiB, and the 2.9 MiB test batch) are more than one device call carries
 # (64 MiB, the ~8 MiB working tree included), and a warm machine keeps ignored files between calls, so they
 # travel in five calls made one right after the other (the machine stays warm 30 s: make each call as soon as the
@@ -32,14 +35,25 @@
 #     DEVICE=cpu DATA=../shared/data/cifar-10-batches-py MAX_TRAIN=64 PROBE_IMAGES=64 TRAIN_S=20 \
 #         tools/gpu_train.sh "${TMPDIR:-/tmp}/gpu_train_dry_run"
 set -u -o pipefail
+from_caller() {  # a path the caller gave, from the caller's folder (the script moves to the repository root)
+    case "$1" in
+        /*) printf '%s' "$1" ;;
+        *) printf '%s' "$PWD/$1" ;;
+    esac
+}
+out=${1:-${OUT:-}}
+[ -n "$out" ] && out=$(from_caller "$out")
+data=${DATA:+$(from_caller "$DATA")}
+init=${INIT:+$(from_caller "$INIT")}
 cd "$(dirname "$0")/.."
-out=${1:-${OUT:-runs/gpu}}
+out=${out:-runs/gpu}
+data=${data:-.gpu_data/cifar-10-batches-py}
+init=${init:-weights/moe_denoiser.safetensors}
 mkdir -p "$out"
+echo "gpu_train: writing to $(cd "$out" && pwd)"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-data=${DATA:-.gpu_data/cifar-10-batches-py}
 preset=${PRESET:-residual_refine_wide}
-init=${INIT:-weights/moe_denoiser.safetensors}
 device=${DEVICE:-cuda}
 budget=${TRAIN_S:-360}
 limit=()
@@ -58,7 +72,14 @@ train() {  # train OUT_DIR EPOCHS [extra args]
 { date -u; "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and
 torch.cuda.get_device_name())"; } 2>&1 | tee "$log"
 
+if [[ $device == cuda* ]] && ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    # train's own message names its flag (--device cpu), not this script's setting
+    echo "gpu_train: DEVICE=$device, but torch sees no CUDA GPU here; for a dry run on the CPU set DEVICE=cpu" \
+        "(see the header)" | tee -a "$log" >&2
+    exit 1
+fi
 probe=$(mktemp -d)
+trap 'rm -rf "$probe"' EXIT  # a failed probe left its folder in the temporary folder, one a try
 t0=$(date +%s.%N)
 train "$probe" 1 --max-train "${PROBE_IMAGES:-4000}" --max-val 1000 2>&1 | tee -a "$log" || exit 1
 t1=$(date +%s.%N)

@@ -144,3 +144,65 @@ def test_a_bound_measured_on_another_backend_says_so():
             "torch-compile-cuda-fp16-graph)") in markdown(doc)
     doc["targets"]["batch4096_images_per_s"]["profiled_backend"] = "torch-compile-cuda-fp16-graph"
     assert "missed; bound: arithmetic (GEMMs)" in markdown(doc)
+
+
+def run_script(script, cwd, *args, **env):
+    env = {**os.environ, "PYTHON": sys.executable, **env}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", str(REPO / "tools" / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--dry-run", "--help"]])
+def test_help_prints_the_usage_and_runs_nothing(tmp_path, args):
+    res = run_script("gpu_session.sh", tmp_path, *args, GPU_SESSION_STEPS="none", TMPDIR=str(tmp_path))
+    assert res.returncode == 0 and res.stderr == ""
+    assert res.stdout.startswith("Every GPU check of the project") and "tools/gpu_session.sh [--dry-run] [OUT_DIR]" in res.stdout
+    assert "PYTHON" in res.stdout and "== gpu_check" not in res.stdout
+    assert list(tmp_path.iterdir()) == []  # '--help' was taken as OUT_DIR and made there
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--dry-run", "--out", "x"], ["a", "b"]])
+def test_an_unknown_option_or_a_second_folder_is_refused(tmp_path, args):
+    res = run_script("gpu_session.sh", tmp_path, *args, GPU_SESSION_STEPS="none", TMPDIR=str(tmp_path))
+    assert res.returncode == 2 and "--help says more" in res.stderr and "== gpu_check" not in res.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_out_dir_is_the_callers(tmp_path):
+    res = run_script("gpu_session.sh", tmp_path, "--dry-run", "rel", GPU_SESSION_STEPS="none", TMPDIR=str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert (tmp_path / "rel" / "session.json").is_file() and not (REPO / "rel").exists()
+    assert f"-> {tmp_path / 'rel'};" in res.stdout and f"({tmp_path / 'rel'}," in res.stdout  # the absolute path
+
+
+def test_an_interpreter_without_the_steps_modules_stops_before_any_step(tmp_path):
+    bare = tmp_path / "bare-python"  # the same Python without its site-packages: no torch, PIL, ...
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    bare.chmod(0o755)
+    res = run_script("gpu_session.sh", tmp_path, "--dry-run", str(tmp_path / "out"), PYTHON=str(bare),
+                     TMPDIR=str(tmp_path))
+    assert res.returncode == 2
+    assert "cannot import: torch (ModuleNotFoundError" in res.stderr and "PIL (" in res.stderr
+    assert "set PYTHON to one that has them" in res.stderr
+    assert "== gpu_check" not in res.stdout and not (tmp_path / "out").exists()
+
+
+def test_gpu_train_on_a_machine_without_a_gpu_names_device_cpu_and_writes_where_asked(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the train would run")
+    res = run_script("gpu_train.sh", tmp_path, "rel", TMPDIR=str(tmp_path))
+    assert res.returncode == 1 and "set DEVICE=cpu" in res.stderr
+    assert f"writing to {tmp_path / 'rel'}" in res.stdout and (tmp_path / "rel" / "train.log").is_file()
+    assert not (REPO / "rel").exists()
+
+
+def test_gpu_train_removes_its_probe_folder_when_the_probe_fails(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    res = run_script("gpu_train.sh", tmp_path, "out", DEVICE="cpu", DATA="no-such-data", TMPDIR=str(tmp))
+    assert res.returncode == 1
+    assert "no-such-data" in (tmp_path / "out" / "train.log").read_text()  # the caller's relative DATA, resolved
+    assert list(tmp.iterdir()) == []  # the probe's mktemp folder was left on every failure
