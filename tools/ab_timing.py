@@ -1,6 +1,7 @@
 """Timing two ways of doing the same job, side by side, as whole processes (the tools' A/B benchmarks).
 
-The ways run in turn (A, B, A, B, ...: a drift of the machine's speed hits both), after one untimed round that
+The ways run in turn (A, B, then B, A, ...: a drift of the machine's speed hits both, and an after-effect of one way
+on the next, such as the page cache or the heat it leaves, falls on each alike), after one untimed round that
 warms the disk cache; each is summarised as its median with min and max, and the two compared pair by pair.
 """
 from __future__ import annotations
@@ -48,13 +49,14 @@ def run_timed(commands: Sequence[Sequence[str]]) -> tuple[float, float]:
 
 
 def interleaved(ways: dict[str, Callable[[], T]], runs: int) -> dict[str, list[T]]:
-    """Each way's results over ``runs`` timed rounds, the ways taking turns within a round; one more round first,
-    not kept."""
+    """Each way's results over ``runs`` timed rounds, the ways taking turns within a round, in reverse order every
+    other round (in one order, B always ran right after A); one more round first, not kept."""
     if runs < 0:  # range(runs + 1) ran nothing, and the caller then compared outputs never written
         raise ValueError(f"runs must be >= 0 (0: the untimed round only), got {runs}")
     results: dict[str, list[T]] = {name: [] for name in ways}
     for run in range(runs + 1):
-        for name, way in ways.items():
+        order = list(ways.items())
+        for name, way in order if run % 2 == 0 else reversed(order):
             result = way()
             if run:
                 results[name].append(result)

@@ -3,7 +3,7 @@
     python -m tools.batch_vs_loop --runs 3 --work /tmp/batch_vs_loop
 
 Makes the photo set (scikit-image's sample photos with Gaussian noise of 5 to 25/255, as PNG), then runs the two
-ways in turn (loop, batch, loop, batch, ...: a drift of the machine's speed hits both), each as whole processes
+ways in turn (loop, batch, then batch, loop, ...: a drift of the machine's speed hits both), each as whole processes
 (start-up and model loading included), and prints each way's median wall time and their ratio, pair by pair.
 Checks first that both write the same bytes for every photo. Needs the `eval` extra (scikit-image).
 """

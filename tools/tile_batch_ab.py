@@ -3,7 +3,7 @@
     python -m tools.tile_batch_ab --runs 5 --sizes 64 256 --backends torch ort --work /tmp/tile_batch_ab
 
 Makes one photo (scikit-image's astronaut resized to --width x --height, Gaussian noise of 25/255, PNG), then for
-each backend runs the two sizes in turn (A, B, A, B, ...: a drift of the machine's speed hits both), each as a
+each backend runs the two sizes in turn (A, B, then B, A, ...: a drift of the machine's speed hits both), each as a
 whole process (start-up and model loading included), and prints each size's median wall time and peak memory (the
 child's maximum resident set, from the operating system's accounting) and the ratio A / B, pair by pair. Checks
 that both sizes write the same bytes (the result does not depend on the batch size). The ort backend needs the

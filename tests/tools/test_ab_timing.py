@@ -6,12 +6,12 @@ import pytest
 from tools import ab_timing
 
 
-def test_ways_take_turns_and_the_first_round_is_not_kept():
+def test_ways_take_turns_in_alternating_order_and_the_first_round_is_not_kept():
     calls = []
     ways = {name: (lambda name=name: calls.append(name) or f"{name}{len(calls)}") for name in ("a", "b")}
-    results = ab_timing.interleaved(ways, runs=2)
-    assert calls == ["a", "b", "a", "b", "a", "b"]
-    assert results == {"a": ["a3", "a5"], "b": ["b4", "b6"]}
+    results = ab_timing.interleaved(ways, runs=3)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # b ran right after a in every round
+    assert results == {"a": ["a4", "a5", "a8"], "b": ["b3", "b6", "b7"]}
 
 
 def test_spread_and_pairwise_ratios():
