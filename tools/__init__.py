@@ -19,8 +19,9 @@ def tool_name() -> str:
 
 
 def level_255(text: str) -> float:
-    """argparse type: a noise std on the 0-255 scale, > 0 and at most 255 (a negative level ran and printed a
-    table; found after the model had loaded, or not at all)."""
+    """argparse type: a noise std on the 0-255 scale, from 0 (a clean photo, as docs/evaluation.md runs
+    guard_noise) to 255 (a negative level ran and printed a table; found after the model had loaded, or not at
+    all)."""
     import argparse
     import math
 
@@ -28,10 +29,10 @@ def level_255(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= 255:
-        raise argparse.ArgumentTypeError(f"expected a noise std on the 0-255 scale, > 0 and <= 255 (e.g. 25), got "
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"expected a noise std on the 0-255 scale, from 0 to 255 (e.g. 25), got "
                                          f"{text!r}")
-    return value
+    return abs(value)  # -0 is 0
 
 
 def run_tool(main: Callable[[], int | None], name: str | None = None) -> NoReturn:

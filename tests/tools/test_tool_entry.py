@@ -69,6 +69,7 @@ def test_a_tool_run_as_a_module_says_the_error_in_one_line(tmp_path):
     ("guard_noise", ["--levels", "-5"], "expected a noise std on the 0-255 scale"),
     ("overlap_tradeoff", ["--overlaps", "32"], "expected a tile overlap from 0 to 31"),
     ("overlap_tradeoff", ["--sigmas", "-25"], "expected a noise std on the 0-255 scale"),
+    ("overlap_tradeoff", ["--sigmas", "256"], "from 0 to 255"),
     ("gpu_profile", ["--cpu-dry-run", "--repeats", "0"], "--repeats: must be >= 1"),
     ("gpu_profile", ["--cpu-dry-run", "--batches", "a"], "expected comma-separated batch sizes"),
     ("gpu_profile", ["--cpu-dry-run", "--batches", "1,0"], "expected comma-separated batch sizes"),
@@ -85,3 +86,11 @@ def test_out_of_range_options_are_refused_before_any_work(module, argv, said, ca
         tool.main(argv)
     assert e.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_level_0_is_a_clean_photo_as_the_docs_run_it():
+    """docs/evaluation.md runs 'guard_noise --levels 0 5 10 15' (what the guard reads of a clean photo): 0 is a
+    level, not an error."""
+    from tools import level_255
+
+    assert [level_255(t) for t in ("0", "-0", "5", "255")] == [0.0, 0.0, 5.0, 255.0]
