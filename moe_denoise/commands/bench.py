@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = run_benchmark(
             specs, reference, settings, flops=model_flops(model.config).to_dict(),
-            meta={"command": "moe-denoise " + " ".join(getattr(args, "argv", sys.argv[1:])), "mode": preset},
+            meta={"command": shlex.join(["moe-denoise", *getattr(args, "argv", sys.argv[1:])]), "mode": preset},
             model_info={"config": model.config.to_dict(), "weights": str(weights),
                         "weights_sha256": sha256_file(weights)},
             log=log, started_at=started)

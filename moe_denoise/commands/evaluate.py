@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,7 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
         require_bm3d()  # fail now, not after minutes of work
     start = time.perf_counter()
     report: dict[str, Any] = {"weights": specs, "split": args.split, "cifar": None, "photos": None, "targets": [],
-                              "command": "moe-denoise " + " ".join(getattr(args, "argv", []) or []),
+                              "command": shlex.join(["moe-denoise", *(getattr(args, "argv", []) or [])]),
                               "threads": torch_threads()}
     texts = ["weights: " + "; ".join(f"{s['label']} = {s['path']} (preset '{s['preset']}', {s['parameters']:,} "
                                      f"parameters)" for s in specs)]

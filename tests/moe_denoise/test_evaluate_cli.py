@@ -258,10 +258,15 @@ def test_a_screen_that_cannot_be_written_loses_no_file(capsys, monkeypatch, fake
 
 def test_progress_goes_to_stderr_with_json_too(capsys, fake_cifar, random_weights):
     """--json turned off the progress lines, on stderr: a 20-minute '--json > report.json' ran in silence."""
-    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
-                         "--sigmas", "-0", "25", "--protocol", "clip", "--bm3d-images", 0, "--no-ssim", "--json")
+    import shlex
+
+    argv = ["evaluate", "--weights", str(random_weights), "--data-dir", str(fake_cifar), "--limit", "2", "--sigmas",
+            "-0", "25", "--protocol", "clip", "--bm3d-images", "0", "--no-ssim", "--json", "--label", "my model"]
+    code, out, err = run(capsys, *argv)
     assert code == 0 and "CIFAR-10: clip sigma 25 (2 of 2 levels" in err
-    assert json.loads(out)["cifar"]["sigmas"] == [0, 25]  # -0 was reported as 'sigma -0'
+    report = json.loads(out)
+    assert report["cifar"]["sigmas"] == [0, 25]  # -0 was reported as 'sigma -0'
+    assert shlex.split(report["command"]) == ["moe-denoise", *argv]  # '--label my model' could not be run again
 
 
 def test_table_columns_hold_long_levels():
