@@ -333,12 +333,25 @@ def run_quickstart(dest: Path, plan: list[int], repo: Path = REPO, timeout: floa
     return records
 
 
+def plan_arg(text: str) -> list[int]:
+    """argparse type: --plan, the quick start's commands to run in order (1 or 2, comma-separated, at least one):
+    checked before the clone ('1,x' was a traceback, '3' refused after cloning, '' passed as '0 of 0 runs')."""
+    try:
+        plan = [int(x) for x in text.split(",")]
+    except ValueError:
+        plan = []
+    if not plan or any(n not in (1, 2) for n in plan):
+        raise argparse.ArgumentTypeError(f"expected the quick start's command numbers, 1 or 2, comma-separated "
+                                         f"(e.g. 1,2,1,2); got {text!r}")
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     p.add_argument("--run-quickstart", metavar="DIR", type=Path,
                    help="clone the repository into DIR (new or empty) and run the README's quick start there")
-    p.add_argument("--plan", default="1,2,1,2",
+    p.add_argument("--plan", type=plan_arg, default=[1, 2, 1, 2],
                    help="with --run-quickstart: which quick-start commands to run, in order (default: 1,2,1,2)")
     p.add_argument("--timeout", type=float, default=None, help="with --run-quickstart: seconds per command")
     args = p.parse_args(argv)
@@ -346,9 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         p.error(f"no such Markdown file: {', '.join(missing)}; give existing files (or none: README.md and "
                 f"docs/*.md)")
+    if not args.run_quickstart and (argv_given(argv, "--plan") or args.timeout is not None):
+        p.error("--plan and --timeout are for --run-quickstart DIR; add it, or leave them out")
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        p.error(f"--timeout is seconds per command, a number > 0; got {args.timeout:g}")
     if args.run_quickstart:
-        plan = [int(x) for x in args.plan.split(",") if x.strip()]
-        records = run_quickstart(args.run_quickstart, plan, timeout=args.timeout)
+        records = run_quickstart(args.run_quickstart, args.plan, timeout=args.timeout)
         failed = [r for r in records if r["exit_code"] != 0]
         print(f"{len(records) - len(failed)} of {len(records)} runs exited 0")
         return 1 if failed else 0
@@ -361,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{len(files)} file(s): every moe-denoise command parses, every repository path exists")
     return 0
+
+
+def argv_given(argv: list[str] | None, option: str) -> bool:
+    """Whether ``option`` was on the command line (as OPTION VALUE or OPTION=VALUE)."""
+    return any(a == option or a.startswith(option + "=") for a in (sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

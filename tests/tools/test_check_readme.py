@@ -68,3 +68,25 @@ def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
     exec(compile(blocks[0], "README.md (python block)", "exec"), {})
     with Image.open(tmp_path / "chelsea_api.png") as out, Image.open(images / "chelsea_noisy.png") as noisy:
         assert (out.size, out.mode) == (noisy.size, noisy.mode)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--run-quickstart", "DIR", "--plan", "1,x"], "expected the quick start's command numbers, 1 or 2"),
+    (["--run-quickstart", "DIR", "--plan", "3"], "got '3'"),
+    (["--run-quickstart", "DIR", "--plan", ""], "got ''"),  # passed as '0 of 0 runs exited 0'
+    (["--run-quickstart", "DIR", "--timeout", "0"], "--timeout is seconds per command, a number > 0"),
+    (["--plan", "1"], "--plan and --timeout are for --run-quickstart DIR"),  # ignored in silence
+])
+def test_quickstart_options_are_checked_before_the_clone(argv, said, capsys, tmp_path, monkeypatch):
+    """'--plan 3' was refused after the clone (leaving DIR, which a second try then refused as not empty), '1,x' was
+    a traceback, and an empty plan passed."""
+    import tools.check_readme as check_readme
+
+    def no_clone(*args, **kwargs):
+        raise AssertionError("the repository was cloned before the options were checked")
+
+    monkeypatch.setattr(check_readme, "run_quickstart", no_clone)
+    argv = [str(tmp_path / "qs") if a == "DIR" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        check_readme.main(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err and not (tmp_path / "qs").exists()
