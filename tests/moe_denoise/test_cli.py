@@ -531,6 +531,8 @@ def test_visualize_refuses_what_it_cannot_draw_and_replaces_its_pictures_togethe
         capsys.readouterr().err
     assert main([*base, "-n", "2", "--scale", "100000"]) == 2
     assert "lower --scale or -n" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main([*base[:-1], str(tmp_path / "pics.png"), "-n", "2"]) == 2  # a folder 'pics.png' was made in silence
+    assert "-o is the folder for the two PNGs" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert main([*base, "-n", "2"]) == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert sorted(before) == ["denoise_grid.png", "routing_maps.png"]
