@@ -306,7 +306,8 @@ def render_plot(cifar: dict[str, Any] | None = None, photos: dict[str, Any] | No
     panels: list[tuple[str, Mapping[str, Any], Sequence[float], Sequence[str], bool]] = []
     if cifar is not None:
         for p in cifar["protocols"]:
-            panels.append((f"CIFAR-10 test, {cifar['num_images']} images, {p}", cifar["rows"][p], cifar["sigmas"],
+            panels.append((f"CIFAR-10 {cifar.get('split', 'test')}, {cifar['num_images']} images, {p}",  # 'test'
+                           cifar["rows"][p], cifar["sigmas"],  # whatever --split was
                            cifar["methods"], True))
         b = cifar.get("bm3d")
         if b:

@@ -163,3 +163,22 @@ def test_plot_draws_cifar_and_photo_panels(small_photos, fake_cifar, random_weig
     assert quality.render_plot(None, photos)[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="nothing to plot"):
         quality.render_plot(None, None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                    reason="matplotlib is not installed (pip install 'moe-denoise[plot]'); no plot to draw")
+def test_plot_titles_name_the_split_evaluated(monkeypatch, fake_cifar, random_weights):
+    """Every CIFAR-10 panel was titled 'CIFAR-10 test', whatever --split was."""
+    from matplotlib.axes import Axes
+
+    from moe_model.data import load_cifar10, to_float
+    from moe_model.evaluate import evaluate_across_sigmas
+
+    titles = []
+    real = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda ax, title, *a, **k: (titles.append(title), real(ax, title, *a, **k))[1])
+    cifar = evaluate_across_sigmas({"random": load_model(random_weights)},
+                                   to_float(load_cifar10(fake_cifar, "val")[:2]), (0, 25), with_ssim=False)
+    cifar["split"] = "val"  # as evaluate's report records it
+    quality.render_plot(cifar, None)
+    assert titles and all(t.startswith("CIFAR-10 val, 2 images") for t in titles)
