@@ -47,6 +47,9 @@ from .config import TILE_MODEL
 TRT_MODEL = f"{TILE_MODEL}_trt"
 
 
+LIMITS = {"max_batch": 65536, "instances": 64, "trt_instances": 64}  # the most each setting takes (as 'serve')
+
+
 @dataclass(frozen=True)
 class RepoSettings:
     max_batch: int = 64
@@ -58,7 +61,7 @@ class RepoSettings:
     def validate(self) -> RepoSettings:
         # the bounds 'serve' has: 100000 instances passed tritonserver's config check, and a max_batch past int32
         # failed in the protobuf parse with the whole config text
-        for name, top in (("max_batch", 65536), ("instances", 64), ("trt_instances", 64)):
+        for name, top in LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= top:
                 raise InputError(f"{name} must be an integer in [1, {top}]; got {value!r}")  # np.int64 is Integral
@@ -339,6 +342,8 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
 
 def repository_readme(report: dict[str, Any], s: RepoSettings) -> str:
     names = [m["name"] for m in report["models"]]
+    # a CPU-only repository runs without the NVIDIA container runtime, which '--gpus all' demands of the host
+    gpus = " --gpus all" if TRT_MODEL in names or s.onnx_kind == "KIND_GPU" else ""
     lines = [
         "# moe-denoise Triton model repository",
         "",
@@ -350,7 +355,7 @@ def repository_readme(report: dict[str, Any], s: RepoSettings) -> str:
         "if there is one):",
         "",
         "```bash",
-        "docker run --rm --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
+        f"docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
         "    -v \"$PWD\":/models nvcr.io/nvidia/tritonserver:<xx.yy>-py3 tritonserver --model-repository=/models",
         "moe-denoise denoise photo.png -o photo.denoised.png --server localhost:8000   # tiles sent by the client",
         "```",

@@ -46,7 +46,7 @@ def default_onnx() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from runtime import InputError
-    from serving.repo import RepoSettings, write_repository
+    from serving.repo import LIMITS, RepoSettings, write_repository
 
     if args.no_onnx and args.onnx is not None:
         raise InputError(f"--onnx {args.onnx} and --no-onnx contradict each other: leave out --no-onnx to put the ONNX "
@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         if args.onnx is None and not Path(onnx).is_file():
             raise InputError(f"no --onnx given and the default {onnx} does not exist; export it with "
                              f"'moe-denoise export' or pass --onnx PATH (or --no-onnx with --engine)")
+    for name, top in LIMITS.items():  # named as the options ('max_batch must be an integer in [1, 65536]')
+        if getattr(args, name) > top:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)} is over {top}, the most it takes")
     settings = RepoSettings(max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
                             onnx_kind=args.onnx_kind, trt_instances=args.trt_instances)
     report = write_repository(args.output, onnx, args.engine, settings, overwrite=args.overwrite,

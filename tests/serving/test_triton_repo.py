@@ -79,6 +79,9 @@ def test_repository_layout_and_configs_parse_with_tritons_schema(tmp_path, onnx,
     assert "10.9.0.34" in (out / TRT_MODEL / "config.pbtxt").read_text()
     readme = (out / "README.md").read_text()
     assert "TensorRT 10.9.0.34" in readme and "tritonserver --model-repository" in readme
+    assert "docker run --rm --gpus all" in readme  # an engine needs the GPU
+    cpu = write_repository(tmp_path / "cpu", onnx, None, RepoSettings())
+    assert cpu["models"] and "--gpus" not in (tmp_path / "cpu" / "README.md").read_text()  # no NVIDIA runtime needed
     assert json.loads((out / TRT_MODEL / "model.plan.manifest.json").read_text())["profile"]["max"] == 128
 
 
@@ -209,6 +212,16 @@ def test_counts_beyond_what_serve_takes_are_refused(field, value, top):
     with pytest.raises(InputError, match=rf"{field} must be an integer in \[1, {top}\]; got {value}"):
         RepoSettings(**{field: value}).validate()
     RepoSettings(**{field: top}).validate()
+
+
+@pytest.mark.parametrize("option, value, top", [("--max-batch", 100_000, 65536), ("--instances", 65, 64)])
+def test_counts_beyond_the_limit_are_named_as_the_options(option, value, top, capsys, tmp_path, onnx):
+    """The command said 'max_batch must be an integer in [1, 65536]' of --max-batch 100000."""
+    from moe_denoise.cli import main
+
+    assert main(["triton-repo", "--onnx", str(onnx), "-o", str(tmp_path / "r"), option, str(value)]) == 2
+    assert f"{option} {value} is over {top}, the most it takes" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_folder_another_run_fills_meanwhile_is_not_replaced_without_overwrite(tmp_path, onnx, monkeypatch):
