@@ -91,7 +91,12 @@ def _load_split(root: Path, split: Split) -> np.ndarray:
     if missing:
         names = sorted(p.name for p in root.iterdir())
         found = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") or "nothing"
-        raise DatasetError(f"CIFAR-10 folder {root} lacks {', '.join(missing)} (found: {found}). Expected "
+        # the folder above the right one ('found: cifar-10-batches-py'): name it; a 'test_batch' that is a folder
+        inside = next((root / n for n in names if all((root / n / f).is_file() for f in wanted)), None)
+        hint = (f" Did you mean --data-dir {inside}?" if inside is not None else
+                f" ({', '.join(f for f in missing if (root / f).is_dir())} is a folder, not the batch file.)"
+                if any((root / f).is_dir() for f in missing) else "")
+        raise DatasetError(f"CIFAR-10 folder {root} lacks {', '.join(missing)} (found: {found}).{hint} Expected "
                            f"{', '.join(TRAIN_FILES)} and {TEST_FILE}. {_where_to_get()}")
     images = np.concatenate([_read_batch(root / f) for f in wanted])
     if split == "test":

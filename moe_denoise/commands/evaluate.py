@@ -103,7 +103,8 @@ def _per_weights(values: list[str] | None, n: int, option: str) -> list[str | No
     if len(values) == n:
         return list(values)
     auto = " (use 'auto' for a preset read from the sidecar)" if option == "--preset" else ""
-    raise InputError(f"{option} was given {len(values)} times for {n} --weights; give it once per --weights, "
+    times = "once" if len(values) == 1 else f"{len(values)} times"  # 'given 1 times'
+    raise InputError(f"{option} was given {times} for {n} --weights; give it once per --weights, "
                      f"in the same order{auto}")
 
 
@@ -189,6 +190,16 @@ def _check_args(args: argparse.Namespace) -> None:
     if twice:
         raise InputError(f"--sigmas names {' '.join(twice)} more than once (levels are told apart to 6 significant "
                          f"digits); give each level once")
+    if args.bm3d_photos:  # 'camera camera' was taken; 'none camera' refused as 'none' not being a photo evaluated
+        lowered = [n.lower() for n in args.bm3d_photos]
+        if "none" in lowered and len(lowered) > 1:
+            raise InputError(f"--bm3d-photos {' '.join(args.bm3d_photos)}: 'none' (no BM3D on the photos) stands "
+                             f"alone; give it or photo names")
+        if repeated(args.bm3d_photos):
+            raise InputError(f"--bm3d-photos names {', '.join(repeated(args.bm3d_photos))} more than once; give each "
+                             f"photo once")
+    if any(label is not None and not label.strip() for label in args.label or []):  # '' became the default label
+        raise InputError("--label is empty; give each --weights a name, or leave --label out for the default")
     if args.suite == "cifar" and (args.photos or args.bm3d_photos or args.no_guard or args.photo_seed != 0):
         raise InputError("--photos, --bm3d-photos, --photo-seed and --no-guard are about the photos of --suite photos "
                          "or --suite all; add one of those (the default suite is cifar)")

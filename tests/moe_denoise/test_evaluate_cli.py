@@ -73,6 +73,10 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     (["--sigmas", "0", "0.1", "0.2"], "0.1 0.2 are under one level of 255; for noise std 0.1 0.2 on [0, 1] pixels write "
                                       "--sigmas 25.5 51"),
     (["--bm3d-images", "-1"], "--bm3d-images must be >= 0"),
+    (["--suite", "photos", "--bm3d-photos", "camera", "camera"], "--bm3d-photos names camera more than once"),
+    (["--suite", "photos", "--bm3d-photos", "none", "camera"], "'none' (no BM3D on the photos) stands alone"),
+    (["--label", ""], "--label is empty"),
+    (["--weights", "W", "--preset", "seed"], "--preset was given once for 2 --weights"),  # 'given 1 times'
 ])
 def test_bad_arguments_are_clear_errors(capsys, fake_cifar, random_weights, argv, message):
     argv = [random_weights if a == "W" else a for a in argv]

@@ -1,5 +1,6 @@
 """CIFAR-10 loading, the split, noise protocols."""
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -44,6 +45,16 @@ def test_missing_and_malformed_folders(tmp_path):
         load_cifar10(tmp_path / "d", "test")
     with pytest.raises(ValueError, match="unknown split"):
         load_cifar10(tmp_path / "d", "holdout")
+
+
+def test_the_folder_above_the_batches_is_pointed_to_the_right_one(fake_cifar, tmp_path):
+    """--data-dir data (the folder above cifar-10-batches-py) said 'found: cifar-10-batches-py' and no more, and a
+    folder named test_batch was listed as found while the file was said to be missing."""
+    with pytest.raises(DatasetError, match=rf"Did you mean --data-dir {re.escape(str(fake_cifar))}\?"):
+        load_cifar10(fake_cifar.parent, "test")
+    (tmp_path / "test_batch").mkdir()
+    with pytest.raises(DatasetError, match=r"\(test_batch is a folder, not the batch file\.\)"):
+        load_cifar10(tmp_path, "test")
 
 
 def test_an_unreadable_folder_or_sidecar_is_said_not_a_traceback(fake_cifar, random_weights, monkeypatch):
