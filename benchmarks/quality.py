@@ -14,6 +14,7 @@ by default.
 from __future__ import annotations
 
 import inspect
+import math
 import textwrap
 import time
 import zlib
@@ -283,9 +284,12 @@ def _curve(rows_by_sigma: Mapping[str, Mapping[str, Any]], sigmas: Sequence[floa
         if row is None:
             continue
         v = row["psnr"]["mean"] if nested else row["psnr"]
-        if v is not None and np.isfinite(v):  # None: an infinite PSNR read back from the JSON report
+        if v is not None and np.isfinite(v):
             xs.append(float(s))
             ys.append(float(v))
+        elif method != NOISY:  # an output identical to the clean photo (the guard returned it): drawn at the top
+            xs.append(float(s))  # with the triangle, as the docs say (None: infinity read back from the JSON);
+            ys.append(math.inf)  # it was left out. The noisy input's infinity at sigma 0 is left out
     return xs, ys
 
 
@@ -350,13 +354,17 @@ def render_plot(cifar: dict[str, Any] | None = None, photos: dict[str, Any] | No
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], ls=styles.get(m, "-"), marker="o", ms=3, color=colours[m]) for m in all_methods]
+    # the legend draws each line as the panels do (a guarded row's square marker was a circle there)
+    handles = [plt.Line2D([], [], ls=styles.get(m, "-"), marker="s" if m in guarded else "o", ms=3, color=colours[m])
+               for m in all_methods]
     names = list(all_methods)
     if clipped_any:
         handles.append(plt.Line2D([], [], ls="", marker="^", ms=7, color="grey"))
         names.append(f"above {PLOT_TOP_DB:g} dB (drawn at {PLOT_TOP_DB:g})")
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 7), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 if nrows == 1 else 0.04, 1, 1))
+    legend_cols = min(len(names), 7, max(2, int(4.2 * ncols / 1.7)))  # 7 across one 4.2-inch panel ran off both sides
+    legend_rows = -(-len(names) // legend_cols)
+    fig.legend(handles, names, loc="lower center", ncol=legend_cols, fontsize=8)
+    fig.tight_layout(rect=(0, min(0.4, (0.06 if nrows == 1 else 0.04) * legend_rows), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

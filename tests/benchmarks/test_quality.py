@@ -3,6 +3,7 @@
 The photos are crops of scikit-image's samples (64x48) so that a test takes seconds; the code path is the one the
 full photos take (runtime.tiling.denoise_array, gray and colour)."""
 import importlib.util
+import math
 
 import numpy as np
 import pytest
@@ -182,3 +183,13 @@ def test_plot_titles_name_the_split_evaluated(monkeypatch, fake_cifar, random_we
     cifar["split"] = "val"  # as evaluate's report records it
     quality.render_plot(cifar, None)
     assert titles and all(t.startswith("CIFAR-10 val, 2 images") for t in titles)
+
+
+def test_an_output_identical_to_the_clean_photo_is_drawn_at_the_top():
+    """A model row with an infinite PSNR (the guard returned a clean photo exactly) was left out of the plot, where
+    the docs promise it at the top with a triangle; the noisy input's infinity at sigma 0 stays out."""
+    rows = {"0": {NOISY: {"psnr": math.inf}, "m": {"psnr": math.inf}, "j": {"psnr": None}},
+            "25": {NOISY: {"psnr": 20.0}, "m": {"psnr": 30.0}, "j": {"psnr": 31.0}}}
+    assert quality._curve(rows, (0, 25), NOISY, nested=False) == ([25.0], [20.0])
+    assert quality._curve(rows, (0, 25), "m", nested=False) == ([0.0, 25.0], [math.inf, 30.0])
+    assert quality._curve(rows, (0, 25), "j", nested=False) == ([0.0, 25.0], [math.inf, 31.0])  # from the JSON
