@@ -216,6 +216,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.3f} | {r['images_per_s']:.0f} | "
                      f"{r['kernels_per_call']} | {r['kernel_us_per_call']:.0f} | {idle} | {' | '.join(pct)} | "
                      f"{r['bound']} |")
+    if doc.get("skipped"):  # backends cut by --deadline vanished from the table without a word
+        lines += ["", "Not profiled: " + "; ".join(f"{x['backend']} ({x['reason']})" for x in doc["skipped"]) + "."]
     lines += ["", "## Why", ""]
     lines += [f"- **{r['backend']}**, batch {r['batch']}: {r['bound']}: {r['why']}" for r in doc["rows"] if "why" in r]
     lines += ["", "## Targets (issue 17)", ""]

@@ -26,3 +26,12 @@ def test_no_folder_is_made_when_the_run_stops_at_once(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         gpu_profile.main(["--out-dir", str(tmp_path / "profile")])
     assert not (tmp_path / "profile").exists()
+
+
+def test_the_report_names_the_backends_the_deadline_cut():
+    """profile.md showed an empty table and no reason when --deadline cut every backend (the reason was in the
+    JSON alone); in a GPU session, backends it cut vanished from the page without a word."""
+    doc = {"mode": "gpu", "env": {"gpu": "H200", "torch": "2.11"}, "created_utc": "now", "rows": [],
+           "skipped": [{"backend": "torch-masked-cuda", "reason": "deadline of 35s reached"}], "targets": {}}
+    assert "Not profiled: torch-masked-cuda (deadline of 35s reached)." in gpu_profile.markdown(doc)
+    assert "Not profiled" not in gpu_profile.markdown({**doc, "skipped": []})
