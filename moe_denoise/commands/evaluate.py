@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moe_base.errors import InputError, repeated
+from moe_base.errors import InputError, ToolkitError, repeated
 from moe_base.progress import progress_mode
 
 from . import (
@@ -152,10 +152,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
         require("matplotlib", "--plot")
     inputs = {}  # what the run reads: '--save-json x.json --overwrite' beside x.safetensors replaced its sidecar
-    for given in args.weights or []:
-        if Path(given).is_file():
-            inputs.update({Path(given).resolve(): "the --weights file", Path(given).with_suffix(".json").resolve():
-                           f"the sidecar of --weights {given} (its architecture and record)"})
+    for given in args.weights or [None]:  # None: the shipped default, whose sidecar is as easily named
+        try:
+            path = resolve_weights(given)
+        except ToolkitError:  # said where the weights are loaded, in its turn
+            continue
+        if path.is_file():
+            inputs.update({path.resolve(): "the --weights file", path.with_suffix(".json").resolve():
+                           f"the sidecar of the weights {path.name} (their architecture and record)"})
     if args.plot is not None and args.save_json is not None and args.plot.resolve() == args.save_json.resolve():
         raise InputError(f"--plot and --save-json both name '{args.plot}'; give two paths")
     for option, path in (("--plot", args.plot), ("--save-json", args.save_json)):

@@ -235,11 +235,16 @@ def test_what_would_lose_the_run_or_the_weights_is_refused_before_any_work(capsy
     assert code == 2 and "--plot needs the Python package 'matplotlib'" in err and out == ""
     sidecar = random_weights.with_suffix(".json")
     before = sidecar.read_bytes()
-    for target, what in ((sidecar, "the sidecar of --weights"), (random_weights, "the --weights file")):
+    for target, what in ((sidecar, "the sidecar of the weights"), (random_weights, "the --weights file")):
         code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--save-json",
                              target, "--overwrite")
         assert code == 2 and f"is {what}" in err and "which this run reads" in err and out == ""
     assert sidecar.read_bytes() == before
+    from weights import SHIPPED
+
+    shipped = SHIPPED["blind"].with_suffix(".json")  # no --weights: the shipped default's sidecar
+    code, out, err = run(capsys, "evaluate", "--data-dir", fake_cifar, "--save-json", shipped, "--overwrite")
+    assert code == 2 and "is the sidecar of the weights" in err
 
 
 def test_a_screen_that_cannot_be_written_loses_no_file(capsys, monkeypatch, fake_cifar, random_weights, tmp_path):
