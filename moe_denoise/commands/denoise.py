@@ -577,6 +577,9 @@ def run_add_noise(args: argparse.Namespace) -> int:
         r = add_noise_to_file(args.input, args.output, args.sigma, seed=args.seed, overwrite=args.overwrite,
                               max_pixels=args.max_pixels)
     print(f"wrote {r['output']} (sigma {r['sigma']:.4g} = {r['sigma'] * 255:.4g}/255, seed {r['seed']})")
+    if r["sigma"] >= 0.5:  # '--sigma 1' meant as one level of 255 wrote noise of the whole range, said as '255/255'
+        r["notes"].append(f"sigma {r['sigma']:g} is {r['sigma']:.0%} of the whole pixel range: most pixels clip to "
+                          f"black or white; for {r['sigma']:g} level(s) of 255 write --sigma {r['sigma']:g}/255")
     for note in r["notes"] + ([renamed] if renamed else []):  # a palette made RGB, frames dropped: said as denoise
         print(f"  note: {note}")
     return 0

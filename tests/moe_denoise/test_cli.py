@@ -235,6 +235,9 @@ def test_add_noise_takes_levels_of_255(capsys, tmp_path):
     assert code == 0 and "(sigma 0.09804 = 25/255, seed 0)" in out
     assert run(capsys, "add-noise", src, "-o", tmp_path / "b.png", "--sigma", repr(25 / 255))[0] == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert "of the whole pixel range" not in out
+    code, out, _ = run(capsys, "add-noise", src, "-o", tmp_path / "c.png", "--sigma", "1")  # one level meant?
+    assert code == 0 and "note: sigma 1 is 100% of the whole pixel range" in out and "write --sigma 1/255" in out
 
 
 def test_export_refuses_an_unsupported_opset_before_any_work(capsys, tmp_path):
