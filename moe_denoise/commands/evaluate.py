@@ -373,8 +373,13 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
         from benchmarks.quality import check_photo_targets, evaluate_photos, format_photo_table
 
         t0 = time.perf_counter()
-        result = evaluate_photos(models, photos, args.sigmas, _bm3d_photos(args, photos), seed=args.photo_seed,
-                                 with_ssim=not args.no_ssim, progress=progress, guard=not args.no_guard)
+        try:
+            result = evaluate_photos(models, photos, args.sigmas, _bm3d_photos(args, photos), seed=args.photo_seed,
+                                     with_ssim=not args.no_ssim, progress=progress, guard=not args.no_guard)
+        except KeyboardInterrupt as e:
+            if report["cifar"] is None:
+                raise
+            _emit_cifar_part(args, report, texts, e, start)
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
         targets = check_photo_targets(result)
         report["photos"] = result
@@ -389,6 +394,29 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
     texts.append(f"total {report['wall_seconds']:.0f} s")
     _emit(args, report, "\n".join(texts), png if args.plot is not None else None)
     return 0
+
+
+def _emit_cifar_part(args: argparse.Namespace, report: dict[str, Any], texts: list[str], stop: BaseException,
+                     start: float) -> None:
+    """--suite all stopped during the photos: the finished CIFAR-10 part (minutes of work) is printed and written
+    (--save-json, --plot) before the command stops; it was lost with the rest."""
+    from moe_base.errors import Interrupted, signals_held
+
+    how = "stopped by SIGTERM" if getattr(stop, "signum", 2) == 15 else "interrupted (Ctrl-C)"
+    report["interrupted"] = f"{how} during the photos: the CIFAR-10 part is whole, the photos were not scored"
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    texts += ["", f"note: {report['interrupted']}"]
+    with signals_held():  # a second Ctrl-C waits for the files
+        png = None
+        if args.plot is not None:
+            from benchmarks.quality import render_plot
+
+            png = render_plot(report["cifar"], None)
+            report["plot"] = str(args.plot)
+        _emit(args, report, "\n".join(texts), png)
+    saved = f" and written to {args.save_json}" if args.save_json is not None else ""
+    raise Interrupted.said(stop, f"{how} during the photos: the CIFAR-10 results are printed above{saved}; run "
+                                 f"--suite photos for the photos") from None
 
 
 def torch_threads() -> int:

@@ -285,3 +285,24 @@ def test_table_columns_hold_long_levels():
     rows = {k: {"m": {"psnr": {"mean": 30.0}}} for k in ("12.75", "127.5")}
     header = format_grid("t", rows, [12.75, 127.5], ["m"], "psnr", 2)[1]
     assert header.split()[1:] == ["sigma", "12.75", "sigma", "127.5"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
+                    reason="needs scikit-image (photos): pip install 'moe-denoise[eval]'")
+def test_a_stop_during_the_photos_keeps_the_cifar_part(capsys, monkeypatch, fake_cifar, random_weights, tmp_path):
+    """--suite all stopped during the photos lost the finished CIFAR-10 part (minutes of work): nothing printed or
+    saved. It is now printed and written, and the command stops with 130 saying so."""
+    from benchmarks import quality
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quality, "evaluate_photos", stopped)
+    saved = tmp_path / "e.json"
+    code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 2,
+                         "--suite", "all", "--photos", "camera", "--bm3d-photos", "none", "--bm3d-images", 0,
+                         "--sigmas", 25, "--protocol", "clip", "--no-ssim", "--save-json", saved)
+    assert code == 130 and "== CIFAR-10 test split" in out and "photos were not scored" in out
+    assert f"the CIFAR-10 results are printed above and written to {saved}" in err
+    report = json.loads(saved.read_text())
+    assert report["cifar"]["num_images"] == 2 and report["photos"] is None and "interrupted" in report
