@@ -34,6 +34,7 @@ import torch
 
 from moe_base.errors import InputError
 from tools import run_tool
+from weights import DEFAULT_WEIGHTS
 
 TILE = 32
 
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", nargs="+", required=True,
                    help="sample photos to train on (see _photo); 'held-out': HELD_OUT_SET, none of the evaluated ones")
     p.add_argument("--as-gray", action="store_true", help="train on the colour photos' luminance (gray crops)")
-    p.add_argument("--init", default="weights/moe_denoiser.safetensors", help="the weights to start from")
+    p.add_argument("--init", default=str(DEFAULT_WEIGHTS),  # 'weights/...' held only in the repository's root
+                   help="the weights to start from (default: the shipped blind weights)")
     p.add_argument("--out", type=Path, required=True, help="where to write the weights (.safetensors, + .json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .json)")
     p.add_argument("--sigma", type=positive_noise, default=None,

@@ -32,6 +32,7 @@ from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_
 from moe_denoise.commands import HelpFormatter, positive_int
 from moe_model.checkpoint import load_model
 from tools import run_tool
+from weights import DEFAULT_WEIGHTS
 
 
 def variants(names: list[str], sets: list[str]) -> dict[str, tuple[str, ...]]:
@@ -90,7 +91,8 @@ def print_profile(name: str, onnx_model, x: np.ndarray, threads: int, calls: int
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--weights", default="weights/moe_denoiser.safetensors")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),  # the shipped file wherever the tool is run from
+                   help="weights to export (default: the shipped blind weights)")
     p.add_argument("--batch", type=positive_int, default=64)  # 0 timed empty batches and printed them as results
     p.add_argument("--rounds", type=positive_int, default=24, help="interleaved rounds (order rotated and reversed)")
     p.add_argument("--inner", type=positive_int, default=None, help="calls per turn (default: about 0.2 s worth)")
