@@ -346,7 +346,11 @@ def check_output_file(path: str | Path, overwrite: bool = False, option: str = "
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another path or pass "
                          f"{option}")
     refuse_dangling_link(path, overwrite, option)
-    check_folder_takes_files(path.parent, path.name)
+    folder = path.parent
+    with contextlib.suppress(OSError):  # written through a link to a file (atomic_write): its folder takes the file
+        if overwrite and path.is_symlink() and path.exists():
+            folder = Path(os.path.realpath(path)).parent
+    check_folder_takes_files(folder, path.name)
     return path
 
 

@@ -1,5 +1,6 @@
 """moe_base.fileio's small helpers that have no reliability test of their own."""
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -317,3 +318,26 @@ def test_devices_pipes_and_links_to_them_are_refused_and_a_link_to_a_file_is_wri
     atomic_write(link, b"new", overwrite=True)
     assert link.is_symlink() and report.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "latest.json", "null.json", "runs"]
+
+
+def test_a_link_written_through_is_checked_in_its_targets_folder_before_the_work(tmp_path, monkeypatch):
+    """--overwrite writes through a link to a file, into the target's folder; the check before the work looked at
+    the link's own folder, so a target folder that takes no files failed after the work."""
+    from moe_base import fileio
+    from moe_base.errors import InputError
+
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "out.png").write_bytes(b"old")
+    link = tmp_path / "rw" / "link.png"
+    link.symlink_to(tmp_path / "ro" / "out.png")
+    real = fileio._new_temporary
+
+    def no_new_files_in_ro(folder, prefix, suffix):
+        if Path(folder) == tmp_path / "ro":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(folder, prefix, suffix)
+
+    monkeypatch.setattr(fileio, "_new_temporary", no_new_files_in_ro)  # root writes anywhere: the folder is told so
+    with pytest.raises(InputError, match=r"cannot write to the folder '.*ro'"):
+        fileio.check_output_file(link, overwrite=True)
