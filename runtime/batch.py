@@ -81,7 +81,7 @@ def result_path(src: Path, folder: Path) -> tuple[Path, str | None]:
     except InputError as e:  # read but not written (a 1-bit .pbm)
         return png, f"written as {png.name}, not {dst.suffix}: {str(e).split(' for ')[0]}"
     try:
-        problem = format_problem(fmt, read_header(src))
+        problem = format_problem(fmt, read_header(src), dst.suffix)  # a colour .pgm: written as NAME.pgm.png
     except InputError:
         return dst, None
     if problem is None:

@@ -908,8 +908,9 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
     if not target.parent.is_dir():
         through = next((a for a in target.parents if a.exists() or a.is_symlink()), None)
         if through is not None and not through.is_dir():  # 'photo.png/x.png' was told to create a folder that exists
-            raise InputError(f"the output '{target}' goes through '{through}', which is a file, not a folder; "
-                             f"give a path in a folder")
+            what = "a link to nothing" if not through.exists() else "a file, not a folder"
+            raise InputError(f"the output '{target}' goes through '{through}', which is {what}; give a path in a "
+                             f"folder")
         raise InputError(f"the output folder '{target.parent}' does not exist; create it first")
     if target.is_dir():
         example = target / (Path(source).name if source is not None else "denoised.png")

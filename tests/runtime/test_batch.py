@@ -245,6 +245,11 @@ def test_a_photo_whose_own_format_cannot_hold_its_result_is_planned_as_png(tmp_p
     assert "the 'RGBA' result" in notes["clear.gif"] and plan.note_for(d / "plain.bmp") is None
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "colour.png")  # beside colour.gif:
     assert {s.name: o.name for s, o in plan_batch([d], out).jobs}["colour.png"] == "colour.png"  # both written
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "colour.pgm", format="PPM")  # a
+    colour_pgm = plan_batch([d], out)  # colour P6 under .pgm (as written before): its write was refused after the work
+    assert {s.name: o.name for s, o in colour_pgm.jobs}["colour.pgm"] == "colour.pgm.png"
+    assert colour_pgm.note_for(d / "colour.pgm").startswith("written as colour.pgm.png, not .pgm: a .pgm file holds")
+    (d / "colour.pgm").unlink()
     (d / "colour.png").rename(d / "colour.gif.png")  # the one name that can clash: said so
     with pytest.raises(InputError, match=r"gets \.png added to its name\): colour\.gif\.png \(.*colour\.gif,"):
         plan_batch([d], out)

@@ -520,6 +520,9 @@ def test_an_output_through_a_file_says_it_is_a_file(tmp_path: Path, via: str) ->
         images.check_output_path(tmp_path / via, None, overwrite=False)
     with pytest.raises(InputError, match="does not exist; create it first"):  # a missing folder is still told so
         images.check_output_path(tmp_path / "missing" / "x.png", None, overwrite=False)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a link to nothing was called 'a file, not a folder'
+    with pytest.raises(InputError, match=r"goes through '.*gone', which is a link to nothing"):
+        images.check_output_path(tmp_path / "gone" / "x.png", None, overwrite=False)
 
 
 def test_an_input_that_is_no_file_says_what_it_is(tmp_path: Path) -> None:
