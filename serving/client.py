@@ -137,13 +137,14 @@ class DenoiseClient:
             return InputError(f"the server at {self.url} closed the connection before answering ({type(e).__name__}): "
                               f"it was stopped or crashed; start it again ('moe-denoise serve') and resend")
         if isinstance(e, TimeoutError):  # it was 'cannot reach a server ... start one', of a server busy with the photo
+            connect = ", a connection 10 s" if self.protocol == "http" else ""
             return InputError(f"no answer from the server at {self.url} in time (a request waits the timeout of "
-                              f"{self.timeout_s:g} s, a connection 10 s; a request may still be running there): raise "
+                              f"{self.timeout_s:g} s{connect}; a request may still be running there): raise "
                               f"--timeout (timeout_s= in Python), or check the --server URL")
         if isinstance(e, ValueError):  # an HTTP answer that is no Triton one: its metrics port answers 200 to health
-            return InputError(f"the server at {self.url} answered, but not as a Triton server's API: is that its "
-                              f"metrics port (8002 by default)? Give the HTTP port (8000 by default), or "
-                              f"grpc://HOST:PORT for gRPC")
+            return InputError(f"the server at {self.url} answered, but not as a Triton server's API ({e}): is that "
+                              f"its metrics port (8002 by default), or a proxy's error page? Give the HTTP port (8000 "
+                              f"by default), or grpc://HOST:PORT for gRPC")
         return InputError(f"cannot reach a Triton server at {self.url} ({e}); start one with 'moe-denoise serve' or "
                           f"check the --server URL")
 

@@ -158,7 +158,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         except ToolkitError:  # said where the weights are loaded, in its turn
             continue
         if path.is_file():
-            inputs.update({path.resolve(): "the --weights file", path.with_suffix(".json").resolve():
+            inputs.update({path.resolve(): "the weights file", path.with_suffix(".json").resolve():
                            f"the sidecar of the weights {path.name} (their architecture and record)"})
     if args.plot is not None and args.save_json is not None and args.plot.resolve() == args.save_json.resolve():
         raise InputError(f"--plot and --save-json both name '{args.plot}'; give two paths")

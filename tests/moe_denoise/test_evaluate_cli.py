@@ -235,7 +235,7 @@ def test_what_would_lose_the_run_or_the_weights_is_refused_before_any_work(capsy
     assert code == 2 and "--plot needs the Python package 'matplotlib'" in err and out == ""
     sidecar = random_weights.with_suffix(".json")
     before = sidecar.read_bytes()
-    for target, what in ((sidecar, "the sidecar of the weights"), (random_weights, "the --weights file")):
+    for target, what in ((sidecar, "the sidecar of the weights"), (random_weights, "the weights file")):
         code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--save-json",
                              target, "--overwrite")
         assert code == 2 and f"is {what}" in err and "which this run reads" in err and out == ""

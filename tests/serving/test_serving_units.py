@@ -658,7 +658,8 @@ def test_a_timeout_and_a_metrics_port_are_said_as_what_they_are():
                 call(arg)
     listener, url = _one_shot_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     with listener, DenoiseClient(url, timeout_s=5) as c:
-        with pytest.raises(InputError, match=r"answered, but not as a Triton server's API: is that its metrics port"):
+        with pytest.raises(InputError, match=r"answered, but not as a Triton server's API \(.*\): is that its metrics "
+                                             r"port \(8002 by default\), or a proxy's error page\?"):
             c.max_batch("moe_denoiser")
 
 
