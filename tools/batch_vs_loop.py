@@ -10,6 +10,7 @@ Checks first that both write the same bytes for every photo. Needs the `eval` ex
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,16 +23,15 @@ LEVELS = (5, 10, 15, 25)
 
 
 def make_photos(folder: Path, names: tuple[str, ...] = PHOTOS, seed: int = 1) -> list[Path]:
-    """The noisy photos, and nothing else, in ``folder``: the batch way denoises the whole folder, so a photo an
-    earlier run left there was denoised by it alone (more work than the loop, and a wrong photo count)."""
+    """The noisy photos in ``folder`` (made if missing; other files there are left alone: the batch way is given
+    these photos by name, as the loop is)."""
     import numpy as np
     import skimage.data
     from PIL import Image
 
     from moe_base.errors import InputError
 
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
     for i, name in enumerate(names):
@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=lambda t: whole_number(t, 0, None, "a number of runs >= 0"), default=3,
                         help="timed pairs (after one untimed pair); 0: compare only")
     parser.add_argument("--work", type=Path, default=Path("batch_vs_loop"),
-                        help="folder for the photos and outputs (its photos/, loop/ and batch/ are replaced)")
+                        help="folder for the photos and outputs (its loop/ and batch/ are replaced; photos/ gets the noisy "
+                             "photos, beside what is there)")
     parser.add_argument("--photos", nargs="+", default=list(PHOTOS), help="scikit-image sample photos to use")
     args = parser.parse_args(argv)
     import skimage.data
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         d.mkdir(parents=True)
     common = ["--overwrite", "--no-progress"]
     loop = [[exe, "denoise", str(p), "-o", str(loop_dir / p.name), *common] for p in photos]
-    batch = [[exe, "denoise", str(args.work / "photos"), "-o", str(batch_dir), *common]]
+    # the photos by name, not their folder: a photo an earlier run left there was denoised by the batch way alone
+    # (more work than the loop, a wrong count); emptying the folder first removed a user's 'photos' under --work ~
+    batch = [[exe, "denoise", *map(str, photos), "-o", f"{batch_dir}{os.sep}", *common]]
     samples = interleaved({"loop": lambda: run_timed(loop), "batch": lambda: run_timed(batch)}, args.runs)
     times = {k: [wall for wall, _ in v] for k, v in samples.items()}
     same = all((loop_dir / p.name).read_bytes() == (batch_dir / p.name).read_bytes() for p in photos)
