@@ -6,9 +6,10 @@
 #   tools/gpu_session.sh --help                  # this text
 #
 # A relative OUT_DIR (or $OUT) is taken from the folder the script is started in (it then works from the
-# repository root); the summary names the absolute path. PYTHON (default python3) is the interpreter every step
-# runs with: it must import torch, safetensors, PIL, tqdm and pytest, which is checked first (a few seconds); what
-# is missing is named and nothing runs (each step failed on its own with a traceback, each costing its start-up).
+# repository root); the summary names the absolute path, and a relative PYTHON path is the caller's too. PYTHON
+# (default python3) is the interpreter every step runs with: it must import torch, safetensors, PIL, tqdm and
+# pytest, which is checked first (a few seconds); what is missing is named and nothing runs (each step failed on
+# its own with a traceback, each costing its start-up).
 #
 # On a lent GPU, through the device tool: command "tools/gpu_session.sh", timeout_s 540 (the script stops itself
 # within about 8 minutes), carry ["build"] when build/trt_launch_record.json exists (see below; build/ is ignored
@@ -84,8 +85,12 @@ case "$out" in  # the caller's folder, not the repository root the script moves 
     /*) ;;
     *) out="$PWD/$out" ;;
 esac
-cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
+case "$py" in  # a relative path with a folder (.venv/bin/python) is the caller's, as OUT_DIR is; a bare name is
+    /* | "") ;;  # looked up on PATH
+    */*) py="$PWD/$py" ;;
+esac
+cd "$(dirname "$0")/.."
 needed="torch safetensors PIL tqdm"
 [[ ",${GPU_SESSION_STEPS:-pytest}," == *",pytest,"* ]] && needed="$needed pytest"
 # shellcheck disable=SC2086  # the module names are words

@@ -176,6 +176,18 @@ def test_a_relative_out_dir_is_the_callers(tmp_path):
     assert f"-> {tmp_path / 'rel'};" in res.stdout and f"({tmp_path / 'rel'}," in res.stdout  # the absolute path
 
 
+def test_a_relative_python_is_the_callers_as_out_dir_is(tmp_path):
+    """PYTHON=.venv/bin/python was looked up from the repository root (the script moves there), while a relative
+    OUT_DIR was the caller's: the same spelling meant two folders."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "py").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")  # a link loses the venv
+    (tmp_path / "bin" / "py").chmod(0o755)
+    res = run_script("gpu_session.sh", tmp_path, "--dry-run", "rel", PYTHON="bin/py", GPU_SESSION_STEPS="none",
+                     TMPDIR=str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert (tmp_path / "rel" / "session.json").is_file()
+
+
 def test_an_interpreter_without_the_steps_modules_stops_before_any_step(tmp_path):
     bare = tmp_path / "bare-python"  # the same Python without its site-packages: no torch, PIL, ...
     bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
