@@ -1001,8 +1001,9 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     notes = []
     icc = getattr(info, "icc_profile", None)
     if fmt == "WEBP" and info.layout in ("L", "LA"):
+        exact = "" if getattr(info, "lossless", False) else " (within a level: WebP stores colour as YUV)"
         notes.append(f"WebP has no gray mode: the result is written as {'RGBA' if info.layout == 'LA' else 'RGB'}, "
-                     f"the gray in each colour channel (within a level: WebP stores colour as YUV)"
+                     f"the gray in each colour channel{exact}"
                      f"{', without its gray ICC profile (which an RGB image cannot use)' if _gray_icc(icc) else ''}; "
                      f"write .png or .tif to keep it '{info.mode}'")
     elif icc and fmt not in ICC_FORMATS:

@@ -245,8 +245,8 @@ def add_noise_to_file(
     del pixels
     fmt = output_format(out_path)
     # lossy WebP (q95, 4:2:0) smoothed 31% of sigma 0.1 away: a noisy copy is a test input, its noise is its content
-    written = write_pixels(out_path, out, dataclasses.replace(info, lossless=info.lossless or fmt == "WEBP"),
-                           overwrite=overwrite)
+    info = dataclasses.replace(info, lossless=info.lossless or fmt == "WEBP")
+    written = write_pixels(out_path, out, info, overwrite=overwrite)
     notes = [*info.notes, *output_notes(fmt, info)]
     if changed is not None:  # sigma 0.1 changed no pixel of a 1-bit image, and the report said nothing
         notes.append(f"a 1-bit image: the noise is rounded back to black and white, so {100 * changed:.1f}% of the "

@@ -661,6 +661,12 @@ def test_webp_output_of_a_gray_image_is_noted(tmp_path: Path, layout: str, writt
     assert im.mode == written and np.abs(out[:, :, :3] - out[:, :, 1:2]).max() <= 1
     Image.fromarray(rng_u8((24, 24, 3))).save(tmp_path / "rgb.png")
     assert denoise_file(tmp_path / "rgb.png", tmp_path / "rgb.webp", identity, progress=False)["notes"] == []
+    noisy = add_noise_to_file(tmp_path / "in.png", tmp_path / "noisy.webp", sigma=0.1)  # lossless: every gray exact
+    assert noisy["notes"][0] == (f"WebP has no gray mode: the result is written as {written}, the gray in each colour "
+                                 f"channel; write .png or .tif to keep it '{layout}'")
+    with Image.open(tmp_path / "noisy.webp") as im:
+        out = np.asarray(im).astype(int)
+    assert np.array_equal(out[:, :, 0], out[:, :, 1]) and np.array_equal(out[:, :, 1], out[:, :, 2])
 
 
 def test_jpeg_quality_is_the_callers_and_checked(tmp_path: Path) -> None:
