@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     photos = load_photos(args.photos, args.as_gray)
+    small = [f"{n} ({ph.shape[1]}x{ph.shape[0]})" for n, ph in zip(args.photos, photos) if min(ph.shape[:2]) < args.view]
+    if small:  # numpy's 'high <= 0' came from the crop
+        raise InputError(f"--view {args.view} is larger than photo(s) {', '.join(small)}: crops are {args.view} x "
+                         f"{args.view}; choose a smaller --view or larger photos")
     gray = [bool(np.array_equal(ph[:, :, 0], ph[:, :, 1]) and np.array_equal(ph[:, :, 1], ph[:, :, 2]))
             for ph in photos]
     model = grown(load_model(args.init), args.grow, args.init)

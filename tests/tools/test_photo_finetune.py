@@ -130,3 +130,11 @@ def test_the_output_is_checked_before_training(tmp_path, random_weights, monkeyp
     monkeypatch.undo()
     assert main([*base, "--out", str(old), "--overwrite"]) == 0
     assert json.loads(old.with_suffix(".json").read_text())["experiment"]["steps"] == 1
+
+
+def test_a_view_larger_than_a_photo_is_named(tmp_path, random_weights):
+    """--view 400 on coins (384x303) ended in numpy's 'ValueError: high <= 0' from the crop."""
+    with pytest.raises(InputError, match=r"--view 400 is larger than photo\(s\) coins \(384x303\)"):
+        main(["--photos", "coins", "--sigma", "0.1", "--view", "400", "--init", str(random_weights), "--max-steps", "1",
+              "--out", str(tmp_path / "ft.safetensors")])
+    assert not (tmp_path / "ft.safetensors").exists()
