@@ -72,9 +72,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     path = Path(path)
     refuse_dangling_link(path, overwrite)
     refuse_special_file(path)
-    with contextlib.suppress(OSError):  # through a link to a file: the file is replaced and the link kept
-        if overwrite and path.is_symlink() and path.exists():  # ('latest.json -> run3.json' was replaced by a file)
-            path = Path(os.path.realpath(path))
+    path = written_path(path, overwrite)
     if not overwrite and path.exists():  # said before any writing, not as 'appeared while it was being written'
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another output path or "
                          f"pass --overwrite (overwrite=True in Python)")
@@ -346,11 +344,17 @@ def check_output_file(path: str | Path, overwrite: bool = False, option: str = "
         raise InputError(f"the output '{path}' already exists; refusing to replace it. Choose another path or pass "
                          f"{option}")
     refuse_dangling_link(path, overwrite, option)
-    folder = path.parent
-    with contextlib.suppress(OSError):  # written through a link to a file (atomic_write): its folder takes the file
+    check_folder_takes_files(written_path(path, overwrite).parent, path.name)  # a link's target's folder takes it
+    return path
+
+
+def written_path(path: Path, overwrite: bool) -> Path:
+    """Where :func:`atomic_write` puts ``path``'s file: through a link to a file when replacing (the file is replaced
+    and the link kept: 'latest.json -> run3.json' was replaced by a file of its own), else ``path``. One answer for
+    the write and the check before the work (the check looked at the link's folder, the write at the target's)."""
+    with contextlib.suppress(OSError):
         if overwrite and path.is_symlink() and path.exists():
-            folder = Path(os.path.realpath(path)).parent
-    check_folder_takes_files(folder, path.name)
+            return Path(os.path.realpath(path))
     return path
 
 
