@@ -520,8 +520,7 @@ def cpu_targets(rows: list[dict[str, Any]], flops_per_image: float | None, peaks
 
     def judged(name: str, batch: int, backend: str, value: float, target: float, met: bool) -> None:
         cells = [r for r in rows if r["batch"] == batch and r["mode"] == "e2e" and r["backend"] in (backend, baseline)]
-        shaky = [f"{r['backend']} batch {batch}" for r in cells if r["status"] == "ok" and r["latency_ms"]
-                 and r["latency_ms"].get("mean", 0) > UNSTEADY_MEAN_OVER_MEDIAN * r["latency_ms"]["p50"]]
+        shaky = [f"{r['backend']} batch {batch}" for r in cells if unsteady(r)]
         doubt = busy or (f"unsteady timings ({', '.join(shaky)})" if shaky else None)
         out[name] = {"target": target, "value": value, "backend": backend, "met": None if doubt else met}
         if doubt:
@@ -647,17 +646,22 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
 UNSTEADY_MEAN_OVER_MEDIAN = 1.5
 
 
+def unsteady(row: dict[str, Any]) -> bool:
+    """Whether a timed cell's mean call time is over 1.5x its median: a few slow calls decide its throughput."""
+    lat = row["latency_ms"] if row["status"] == "ok" else None
+    return bool(lat) and lat.get("mean", 0) > UNSTEADY_MEAN_OVER_MEDIAN * lat["p50"]
+
+
 def unsteady_note(rows: list[dict[str, Any]]) -> str | None:
     """A warning naming the timed cells whose mean call time (which throughput is made from: batch / mean, so that
     stalls count) is over 1.5x their median: a few slow calls decide their throughput and its ratios."""
-    unsteady = [r for r in rows if r["status"] == "ok" and r["latency_ms"]
-                and r["latency_ms"]["mean"] > UNSTEADY_MEAN_OVER_MEDIAN * r["latency_ms"]["p50"]]
-    if not unsteady:
+    shaky = [r for r in rows if unsteady(r)]
+    if not shaky:
         return None
     cells = "; ".join(f"{r['backend']} batch {r['batch']} ({r['mode']}): mean {r['latency_ms']['mean']:.2f} ms, "
-                      f"median {r['latency_ms']['p50']:.2f} ms" for r in unsteady[:6])
-    more = f" and {len(unsteady) - 6} more" if len(unsteady) > 6 else ""
-    return (f"unsteady timings: throughput is the batch over the mean call time, and in {len(unsteady)} cell(s) the "
+                      f"median {r['latency_ms']['p50']:.2f} ms" for r in shaky[:6])
+    more = f" and {len(shaky) - 6} more" if len(shaky) > 6 else ""
+    return (f"unsteady timings: throughput is the batch over the mean call time, and in {len(shaky)} cell(s) the "
             f"mean is over {UNSTEADY_MEAN_OVER_MEDIAN}x the median, so a few slow calls decide it and its ratios "
             f"({cells}{more}); rerun with more --repeats on a quieter machine before reading them")
 
