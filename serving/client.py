@@ -66,18 +66,21 @@ def _import_client(protocol: str) -> Any:
     return module
 
 
+def _status(e: Any) -> str:
+    """A tritonclient error's status ('StatusCode.UNAVAILABLE' from gRPC), or ''."""
+    return str(e.status() or "") if callable(getattr(e, "status", None)) else ""
+
+
 def _timed_out(e: Any) -> bool:
     """Whether a tritonclient error is gRPC's deadline passing (the client's timeout), not the server's answer: it
     was said as 'the server refused the request'."""
-    status = str(e.status() or "") if callable(getattr(e, "status", None)) else ""
-    return "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in (e.message() or "")
+    return "DEADLINE_EXCEEDED" in _status(e) or "Deadline Exceeded" in (e.message() or "")
 
 
 def _unreachable(e: Any) -> bool:
     """Whether a tritonclient error is gRPC's word for a server not there (no connection), not the server's answer:
     it was said as 'has no model' or 'refused the request', where HTTP says 'cannot reach'."""
-    status = str(e.status() or "") if callable(getattr(e, "status", None)) else ""
-    return "UNAVAILABLE" in status or "failed to connect" in (e.message() or "")
+    return "UNAVAILABLE" in _status(e) or "failed to connect" in (e.message() or "")
 
 
 BATCH_RETRIES = 4
