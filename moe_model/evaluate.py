@@ -313,8 +313,8 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     the worst case), and the seed protocol (>= 25.1 dB for the blind default, >= 25.4 dB for the specialist)."""
     out: list[dict[str, Any]] = []
     rows = result["rows"]
-    both = ("clip", "unclipped")  # the targets hold for both protocols: '--protocol clip' read 'met' on one alone
-    unrun = [p for p in both if p not in rows]
+    # the targets hold for both protocols: '--protocol clip' read 'met' on one alone
+    unrun = [p for p in PROTOCOLS if p not in rows]
 
     def left_out(levels: list[str], protocols: list[str]) -> str:
         parts = ([f"sigma {', '.join(levels)}"] if levels else []) + (
@@ -340,7 +340,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 judged = sorted({float(k) for by in b["model_minus_bm3d_psnr"].values() for k in by
                                  if float(k) in BEAT_BM3D_SIGMAS})
                 missing = [f"{x:g}" for x in BEAT_BM3D_SIGMAS if float(x) not in judged]  # was 'met' on 25 alone
-                unpaired = [p for p in both if p not in b["model_minus_bm3d_psnr"]]
+                unpaired = [p for p in PROTOCOLS if p not in b["model_minus_bm3d_psnr"]]
                 what = "beats BM3D at sigma 15, 25, 50 (subset, worst case)" + left_out(missing, unpaired)
                 out.append(target_record(label, what, gap, 0.0, where, whole=not (missing or unpaired)))
         sp = result.get("seed_protocol")
