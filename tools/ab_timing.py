@@ -48,6 +48,14 @@ def run_timed(commands: Sequence[Sequence[str]]) -> tuple[float, float]:
     return wall, peak
 
 
+def run_count(text: str) -> int:
+    """argparse type: --runs, the timed rounds of :func:`interleaved`, a whole number >= 0 (0: the untimed round
+    alone, to compare outputs)."""
+    from moe_denoise.commands import whole_number
+
+    return whole_number(text, 0, None, "a number of runs >= 0")
+
+
 def interleaved(ways: dict[str, Callable[[], T]], runs: int) -> dict[str, list[T]]:
     """Each way's results over ``runs`` timed rounds, the ways taking turns within a round, in reverse order every
     other round (in one order, B always ran right after A); one more round first, not kept."""

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import run_tool
-from .ab_timing import interleaved, pairwise, run_timed, spread
+from .ab_timing import interleaved, pairwise, run_count, run_timed, spread
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "moon", "rocket", "coins", "page")
 LEVELS = (5, 10, 15, 25)
@@ -47,10 +47,8 @@ def make_photos(folder: Path, names: tuple[str, ...] = PHOTOS, seed: int = 1) ->
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from moe_denoise.commands import whole_number
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=lambda t: whole_number(t, 0, None, "a number of runs >= 0"), default=3,
+    parser.add_argument("--runs", type=run_count, default=3,
                         help="timed pairs (after one untimed pair); 0: compare only")
     parser.add_argument("--work", type=Path, default=Path("batch_vs_loop"),
                         help="folder for the photos and outputs (its loop/ and batch/ are replaced; photos/ gets the noisy "

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import run_tool
-from .ab_timing import interleaved, pairwise, run_timed, spread
+from .ab_timing import interleaved, pairwise, run_count, run_timed, spread
 
 
 def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
@@ -33,10 +33,10 @@ def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from moe_denoise.commands import positive_int, whole_number
+    from moe_denoise.commands import positive_int
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=lambda t: whole_number(t, 0, None, "a number of runs >= 0"), default=5,
+    parser.add_argument("--runs", type=run_count, default=5,
                         help="timed pairs per backend (after one untimed pair); 0: compare only")
     parser.add_argument("--sizes", type=positive_int, nargs=2, default=[64, 256], metavar=("A", "B"),
                         help="tiles per call")  # 0 was refused by the child moe-denoise, after the photo was made
