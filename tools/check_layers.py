@@ -35,23 +35,37 @@ def module_name(path: Path, repo: Path = REPO) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path, repo: Path = REPO) -> list[tuple[int, str, tuple[str, ...]]]:
-    """(line, absolute module name, names imported from it) for every import in the file, relative imports
-    resolved; ``import a.b`` gives ("a.b", ())."""
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): they never run."""
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+                (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+                or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")):
+            ids.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return ids
+
+
+def imports_of(path: Path, repo: Path = REPO) -> list[tuple[int, str, tuple[str, ...], bool]]:
+    """(line, absolute module name, names imported from it, runs) for every import in the file, relative imports
+    resolved; ``import a.b`` gives ("a.b", (), True). ``runs`` is False under ``if TYPE_CHECKING:``: such an
+    import still counts for the layers (a type is a dependency too) but cannot close an import cycle."""
     tree = ast.parse(path.read_text(), filename=str(path))
     here = module_name(path, repo).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
+    typing_only = _type_checking_only(tree)
     found = []
     for node in ast.walk(tree):
+        runs = id(node) not in typing_only
         if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name, ()) for alias in node.names]
+            found += [(node.lineno, alias.name, (), runs) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            found.append((node.lineno, target, tuple(alias.name for alias in node.names)))
+            found.append((node.lineno, target, tuple(alias.name for alias in node.names), runs))
     return found
 
 
@@ -62,9 +76,11 @@ def check(repo: Path = REPO) -> tuple[list[str], dict[str, int]]:
     counts = dict.fromkeys(ALLOWED, 0)
     for name, path in modules.items():
         pkg = name.split(".")[0]
-        for line, target, names in imports_of(path, repo):
+        for line, target, names, runs in imports_of(path, repo):
             top = target.split(".")[0]
             if top not in ALLOWED or top == pkg:
+                if not runs:
+                    continue
                 # "from pkg import module" depends on the module; "from pkg import name" on pkg's __init__
                 deps = [f"{target}.{n}" if f"{target}.{n}" in modules else target for n in names] or [target]
                 graph[name].update(d for d in deps if d in modules and d != name)

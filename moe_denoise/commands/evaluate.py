@@ -307,12 +307,18 @@ def _load_split(args: argparse.Namespace):
     return to_float(load_cifar10(args.data_dir, args.split)[: args.limit])
 
 
+def _protocols(args: argparse.Namespace) -> tuple[str, ...]:
+    from moe_model.data import PROTOCOLS
+
+    return PROTOCOLS if args.protocol == "both" else (args.protocol,)
+
+
 def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], models: dict[str, Any]) -> int:
     """The table of earlier versions, one per weights; the JSON of one weights is unchanged, of several a list."""
     from moe_model.evaluate import evaluate_model, format_table
 
     clean = _load_split(args)
-    protocols = ("clip", "unclipped") if args.protocol == "both" else (args.protocol,)
+    protocols = _protocols(args)
     results, texts = [], []
     for s in specs:
         result = evaluate_model(models[s["label"]], clean, sigma=args.sigma, protocols=protocols,
@@ -331,7 +337,7 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
 
     progress = progress_mode()  # bars on a terminal, a line per level in a log; on stderr, so --json too (it was
     # silent for a 20-minute '--json > report.json')
-    protocols = ("clip", "unclipped") if args.protocol == "both" else (args.protocol,)
+    protocols = _protocols(args)
     photos = list(args.photos) if args.photos else None
     bm3d_wanted = args.suite != "photos" and args.bm3d_images > 0
     if args.suite != "cifar":
