@@ -83,6 +83,12 @@ def _unreachable(e: Any) -> bool:
     return "UNAVAILABLE" in _status(e) or "failed to connect" in (e.message() or "")
 
 
+def _lost(e: Any) -> bool:
+    """Whether a gRPC 'unavailable' error is a connection lost during the request (the server stopped or was killed
+    while it worked), not one never made: it was said as 'cannot reach a Triton server ... start one'."""
+    return any(word in (e.message() or "") for word in ("Stream removed", "Socket closed", "GOAWAY"))
+
+
 BATCH_RETRIES = 4
 """How often :meth:`DenoiseClient.denoise_tiles` sends a valid request again that failed for another request of its
 batch (Triton's dynamic batcher merged them; PyTriton reports one error for a batch)."""
@@ -136,8 +142,8 @@ class DenoiseClient:
         if isinstance(e, http.client.HTTPException) and "Expected HTTP" in str(e):
             return InputError(f"the server at {self.url} did not answer in HTTP: is that its gRPC port? Give the HTTP "
                               f"port (8000 by default), or grpc://HOST:PORT for gRPC")
-        if isinstance(e, http.client.HTTPException):
-            return InputError(f"the server at {self.url} closed the connection before answering ({type(e).__name__}): "
+        if isinstance(e, (http.client.HTTPException, ConnectionAbortedError)):
+            return InputError(f"the server at {self.url} closed the connection before answering ({type(e).__name__}: {e}): "
                               f"it was stopped or crashed; start it again ('moe-denoise serve') and resend")
         if isinstance(e, TimeoutError):  # it was 'cannot reach a server ... start one', of a server busy with the photo
             connect = ", a connection 10 s" if self.protocol == "http" else ""
@@ -256,7 +262,7 @@ class DenoiseClient:
             result = self._client.infer(model, feeds, outputs=outputs, **kwargs)
         except InferenceServerException as e:
             if _unreachable(e):
-                raise self._broken(ConnectionError(e.message())) from e
+                raise self._broken((ConnectionAbortedError if _lost(e) else ConnectionError)(e.message())) from e
             if _timed_out(e):
                 raise self._broken(TimeoutError(e.message())) from e
             raise InputError(f"the server at {self.url} refused the request to '{model}': "

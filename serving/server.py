@@ -27,6 +27,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -51,6 +53,10 @@ DRAIN_S = 25
 """On Ctrl-C or SIGTERM, how long requests in flight get to finish (tritonserver's exit timeout; it was 10 s, and
 a large photo on a CPU takes longer). PyTriton waits 30 s for tritonserver to exit before it kills it, so the drain
 stays under that."""
+WATCHDOG_GRACE_S = 10
+"""When serve is gone without stopping tritonserver (SIGKILL, the out-of-memory killer), how long tritonserver gets to
+end on its own before its watchdog (``serving.watchdog``) kills it. Its models ran in serve, so nothing in flight can
+finish: the time is for a clean exit."""
 ABANDON_AFTER_S = DRAIN_S - 5
 """A photo still being denoised this long after the stop began is abandoned at its next runner call (its client is
 told to send it again): Triton gives up on it at DRAIN_S anyway, and the server, which waits for its models'
@@ -226,6 +232,7 @@ class DenoiseServer:
         self._own_envs: set[Path] = set()  # Triton's Python backend folders (python_env_*) made as our models loaded
         self._serving = False  # started, and not stopped since
         self._asked_to_stop = False  # request_stop() was called (a signal, or stop())
+        self._watchdog: subprocess.Popen | None = None  # serving.watchdog, while tritonserver runs
 
     # --- configuration before start -------------------------------------------------------------------------
     def add_tile_model(self, name: str, dynamic_batching: bool, queue_delay_us: int | None = None,
@@ -329,6 +336,7 @@ class DenoiseServer:
                 self._own_envs = python_envs() - envs_before
             if self._asked_to_stop:  # while the models loaded, after tritonserver answered: not served either
                 raise StartAbandoned(STOPPED_AT_START, asked=True)
+            self._start_watchdog()
         except Exception as e:  # noqa: BLE001 - any failure to start is reported with what to do, then re-raised
             # a stop was asked (Ctrl-C in a terminal reaches tritonserver as well, and PyTriton's model loading then
             # fails on a closed connection): the failure is the stop, not a start error blaming the ports
@@ -346,6 +354,33 @@ class DenoiseServer:
                  f"{', ' + IMAGE_MODEL if self.serve_image_model else ''} on HTTP {self.urls['http']}, "
                  f"gRPC {self.urls['grpc']}, metrics {self.urls['metrics']}")
         return self
+
+    def _start_watchdog(self) -> None:
+        """Start the process that kills tritonserver should this one be killed (``serving.watchdog``)."""
+        cmd = getattr(getattr(self._triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+        pid = getattr(cmd, "pid", None)
+        if not isinstance(pid, int):  # PyTriton's internals changed: serving goes on, unguarded
+            self.log("note: tritonserver's process id is not known here, so a serve killed with SIGKILL may leave it "
+                     "running")
+            return
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(Path(__file__).with_name("watchdog.py")), str(os.getpid()), str(pid),
+                 str(WATCHDOG_GRACE_S), *map(str, sorted(self._own_envs))],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+        except OSError as e:  # no process to spare: serving goes on, unguarded
+            self.log(f"note: the watchdog that ends tritonserver should serve be killed could not start ({e})")
+
+    def _reap_watchdog(self) -> None:
+        """The watchdog ends within a poll of tritonserver ending (or at once: it is killed if still running)."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None:
+            return
+        try:
+            watchdog.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
 
     def _choose_log(self, cfg: ServeConfig) -> None:
         """Where Triton logs: --log-file, else a temporary folder's file (None with --verbose: the console)."""
@@ -460,6 +495,7 @@ class DenoiseServer:
             left = remove_empty_folders(self._own_envs)  # a clean stop removed them already
             if left:
                 self.log(f"removed {', '.join(map(str, left))}, left behind by tritonserver's Python backend")
+        self._reap_watchdog()
         with self._idle:  # a tritonserver that died left PyTriton's threads in our model calls: the runners are
             # released once those end (a photo at its next runner call), not under them
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=DRAIN_S)

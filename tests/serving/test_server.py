@@ -6,6 +6,7 @@ Python). Every wait is bounded; the whole module takes about a minute on a 2-cor
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -757,6 +758,45 @@ def test_a_killed_server_leaves_a_workspace_the_next_start_removes(tmp_path, pyt
         _killed_server_run(tmp_path, home)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_killed_serve_with_a_grpc_request_in_flight_takes_tritonserver_with_it(tmp_path, python_envs_removed):
+    """serve killed outright (SIGKILL, the out-of-memory killer) while a gRPC request is in flight: the orphaned
+    tritonserver hung in its exit, holding the ports, until that client gave up (its --timeout, an hour by default).
+    Its watchdog now kills it WATCHDOG_GRACE_S after serve is gone, and the client is told the connection was lost
+    during the request (it was told 'cannot reach a Triton server ... start one')."""
+    _skip_without_pytriton()
+    from PIL import Image
+
+    from serving.server import WATCHDOG_GRACE_S
+
+    photo = tmp_path / "large.png"  # about 4,000 tiles: minutes on one CPU thread, so still in flight when killed
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)).save(photo)
+    log = tmp_path / "triton.log"
+    proc, info = _start_cli(tmp_path, "--max-image-pixels", str(1024 * 1024), "--log-file", str(log), "--verbose")
+    try:
+        triton = [pid for pid in _session_processes(proc.pid) if "bin/tritonserver" in _text(Path(f"/proc/{pid}/cmdline"))]
+        assert len(triton) == 1
+        client = subprocess.Popen(
+            [sys.executable, "-m", "moe_denoise.cli", "denoise", str(photo), "-o", str(tmp_path / "out.png"),
+             "--server", f"grpc://{info['urls']['grpc']}", "--timeout", "600"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60  # the photo reached the model (Triton's verbose log says so)
+        while "model moe_denoiser_image, instance" not in _text(log) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "model moe_denoiser_image, instance" in _text(log), "the client's request never reached the model"
+        proc.kill()  # serve alone, as the kernel's out-of-memory killer does: not its process group
+        proc.wait(timeout=30)
+        gone_by = time.monotonic() + WATCHDOG_GRACE_S + 20
+        while Path(f"/proc/{triton[0]}").exists() and "Z" not in _text(Path(f"/proc/{triton[0]}/stat")).split(")")[-1][:3]:
+            assert time.monotonic() < gone_by, "tritonserver outlived the serve that started it"
+            time.sleep(0.5)
+        out, _ = client.communicate(timeout=60)
+        assert client.returncode == 2 and "closed the connection before answering" in out, out
+        assert not (tmp_path / "out.png").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _text(path: Path) -> str:

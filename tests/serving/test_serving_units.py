@@ -1162,3 +1162,46 @@ def test_batching_counts_refuse_a_page_or_model_they_cannot_count(monkeypatch):
     monkeypatch.setattr(serving.client, "read_metrics", lambda url: parse_metrics("<html>not metrics</html>"))
     with pytest.raises(InputError, match="holds no Triton model metrics"):
         batching_counts("http://h:8002")
+
+
+def test_the_watchdog_kills_a_process_its_parent_left_and_leaves_one_stopped_in_time(tmp_path):
+    """serving.watchdog, with stand-ins: a parent (serve) killed outright leaves its child (tritonserver, here one that
+    ignores SIGTERM) running; the watchdog kills it after the grace time and removes the empty folders named to it
+    (a non-empty one stays). A child that ends while its parent runs is left alone, and the watchdog ends with it."""
+    import signal
+    import time
+
+    from serving import watchdog
+
+    script = str(Path(watchdog.__file__))
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                              "print('up', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    empty, kept = tmp_path / "python_env_a", tmp_path / "python_env_b"
+    empty.mkdir()
+    kept.mkdir()
+    (kept / "file").write_text("x")
+    try:
+        assert child.stdout.readline() == "up\n"
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-I', '-S', "
+             f"{script!r}, str(os.getpid()), '{child.pid}', '1', {str(empty)!r}, {str(kept)!r}]); "
+             "print('watching', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+        assert parent.stdout.readline() == "watching\n"
+        time.sleep(1.5)  # the watchdog runs, and waits: its parent and the child both live
+        assert child.poll() is None and empty.exists()
+        parent.kill()
+        parent.wait(timeout=10)
+        assert child.wait(timeout=15) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while empty.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not empty.exists() and (kept / "file").exists()
+    finally:
+        child.kill()
+        child.wait()
+
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    try:  # this process is the parent, and lives: the child's own end is a normal stop
+        assert watchdog.watch(os.getppid(), stopped.pid, 0.1, []) == "stopped"
+    finally:
+        stopped.wait()

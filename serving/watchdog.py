@@ -1,0 +1,67 @@
+"""A watchdog that ends tritonserver when the ``serve`` that started it is gone without stopping it.
+
+Run by :class:`serving.server.DenoiseServer` as its own small process (standard library only, ``python -I -S``)::
+
+    python -I -S watchdog.py PARENT_PID TRITON_PID GRACE_S [FOLDER ...]
+
+It waits while both its parent (the serving process) and tritonserver run, and exits as soon as tritonserver ends
+(a normal stop). When its parent is gone first (SIGKILL, the kernel's out-of-memory killer), tritonserver gets
+GRACE_S seconds to end on its own (PyTriton has the kernel send it SIGTERM then), after which the watchdog kills it;
+then it removes those FOLDERs (Triton's Python backend's ``python_env_*``) that are empty.
+
+Why: with a gRPC request in flight, an orphaned tritonserver's exit hangs after its exit timeout until that client
+gives up (seen for as long as the client's --timeout, an hour by default), holding the ports a supervisor's
+restart needs. Processes are told apart by their start time, so a process id used again is never killed.
+"""
+import os
+import signal
+import sys
+import time
+
+POLL_S = 0.5
+
+
+def started(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat), or None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X", "x") else fields[19]
+
+
+def watch(parent: int, pid: int, grace_s: float, folders: list[str]) -> str:
+    """Watch as the module says; returns what happened: 'stopped' (tritonserver ended while its parent ran),
+    'ended' (it ended on its own after its parent was gone) or 'killed'."""
+    mark = started(pid)
+    alive = lambda: mark is not None and started(pid) == mark  # noqa: E731 - read twice below
+    while alive() and os.getppid() == parent:
+        time.sleep(POLL_S)
+    if os.getppid() == parent:
+        return "stopped"
+    deadline = time.monotonic() + grace_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    what = "ended"
+    if alive():
+        os.kill(pid, signal.SIGKILL)
+        what = "killed"
+    time.sleep(2 * POLL_S)  # its Python backend's stubs end with it and leave their folders
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # gone, or not empty
+            pass
+    return what
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: serve stops itself
+    parent, pid, grace_s = int(argv[0]), int(argv[1]), float(argv[2])
+    watch(parent, pid, grace_s, argv[3:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
