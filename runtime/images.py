@@ -612,19 +612,23 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
 
 
 def _webp_lossless(p: Path) -> bool:
-    """Whether a WebP file's image is lossless (a VP8L chunk; a lossy one has VP8). Pillow does not say: a lossless
-    WebP came back lossy. Reads the RIFF chunk headers only (an extended file's ICC, EXIF, alpha chunks first)."""
+    """Whether a WebP file's image (an animation's first frame, the one read) is lossless (a VP8L chunk; a lossy one
+    has VP8). Pillow does not say: a lossless WebP came back lossy. Reads the RIFF chunk headers only (an extended
+    file's ICC, EXIF, alpha chunks first; an animation's frame holds its image's chunk after a 16-byte header)."""
     try:
         with open(p, "rb") as f:
             if f.read(12)[8:12] != b"WEBP":
                 return False
             for _ in range(64):
                 head = f.read(8)
-                if len(head) < 8 or head[:4] in (b"VP8 ", b"ANIM"):
+                if len(head) < 8 or head[:4] == b"VP8 ":
                     return False
                 if head[:4] == b"VP8L":
                     return True
                 size = int.from_bytes(head[4:], "little")
+                if head[:4] == b"ANMF":  # the first frame: its own chunks follow its header
+                    f.seek(16, os.SEEK_CUR)
+                    continue
                 f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even size
     except OSError:
         pass

@@ -583,6 +583,21 @@ def test_a_lossless_webp_is_written_back_lossless(tmp_path: Path) -> None:
     assert not images._webp_lossless(tmp_path / "out_lossy.webp.missing")
 
 
+@pytest.mark.parametrize("lossless", [True, False])
+def test_an_animated_webp_first_frame_is_written_back_as_it_was_coded(tmp_path: Path, lossless: bool) -> None:
+    """An animated WebP (its first frame is read, with a note) holds its frames' images inside ANMF chunks: a
+    lossless one was taken for lossy, and its first frame written back lossy."""
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=lossless, quality=80)
+    array, info = read_image(tmp_path / "anim.webp")
+    assert info.lossless is lossless
+    write_image(tmp_path / "out.webp", array, info)
+    assert images._webp_lossless(tmp_path / "out.webp") is lossless
+    if lossless:
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out.webp")), np.asarray(frames[0]))
+
+
 # ------------------------------------------------------------------------------------------- GIF output
 
 
