@@ -23,8 +23,9 @@ Decisions (each one is what a person denoising a photo would expect):
 * **Writing** is atomic (a temporary file in the output's directory, then a rename) and never replaces
   an existing file, the input included, unless ``overwrite=True``. JPEG is written at quality 95 (or the
   caller's ``quality``) with 4:4:4 chroma; WebP at the same quality, lossy, with the 4:2:0 chroma libwebp always
-  writes (half the colour resolution: PNG keeps every pixel), unless the input was a lossless WebP (then lossless,
-  ``quality`` aside; ``add-noise`` writes every WebP lossless, as lossy WebP smooths a third of the noise away);
+  writes (half the colour resolution: PNG keeps every pixel), unless the input was a lossless WebP and no
+  ``quality`` is given (then lossless; ``add-noise`` writes every WebP lossless, as lossy WebP smooths a third of
+  the noise away);
   the ICC profile and DPI are kept where the output format holds them (a note says what BMP, TGA, PPM or WebP
   leave out), and a PNG's gamma and colour chunks (gAMA, cHRM, sRGB) in a PNG output.
 * **Output formats**: PNG, JPEG, TIFF, WebP, BMP, GIF, 8-bit PPM/PGM (no alpha) and TGA only; the others Pillow
@@ -830,14 +831,15 @@ def to_pixels(array: np.ndarray, info: ImageInfo) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo, overwrite: bool = False,
-                quality: int = JPEG_QUALITY) -> Path:
+                quality: int | None = None) -> Path:
     """Write a float HxWxC array in [0, 1] in the mode and bit depth of ``info``; return the path written.
 
     The format follows the extension. The write is atomic, and an existing file (the input included) is
     only replaced when ``overwrite`` is True (True or False: anything else, e.g. the truthy 'no', is an
     InputError). Values a little outside [0, 1] are clipped (denoisers overshoot); beyond ``OVERSHOOT_LIMIT``
     (e.g. 0-255 values) they are refused.
-    ``quality`` (1 to 100): a JPEG or WebP output's (:func:`check_quality`); other formats are lossless.
+    ``quality`` (1 to 100): a JPEG or WebP output's (:func:`check_quality`); other formats are lossless. None: 95,
+    and a WebP output of a lossless WebP is written lossless (given, it is written lossy at that quality).
     """
     target = check_path_arg(path, "the output")
     if not isinstance(info, (ImageInfo, ImageHeader)):  # None: "'NoneType' object has no attribute 'channels'"
@@ -858,8 +860,11 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     return write_pixels(target, to_pixels(array, info), info, overwrite=overwrite, quality=quality)
 
 
-def check_quality(quality: int, name: str = "quality") -> None:
-    """InputError unless ``quality`` (named ``name`` in the message) is a whole number from 1 to 100."""
+def check_quality(quality: int | None, name: str = "quality") -> None:
+    """InputError unless ``quality`` (named ``name`` in the message) is a whole number from 1 to 100 or None (the
+    default)."""
+    if quality is None:
+        return
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
         raise InputError(f"{name} is a JPEG / WebP output's quality, a whole number from 1 to 100 (default "
                          f"{JPEG_QUALITY}); got {quality!r}. Lower gives smaller files and undoes more of the "
@@ -867,7 +872,7 @@ def check_quality(quality: int, name: str = "quality") -> None:
 
 
 def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageInfo, overwrite: bool = False,
-                 quality: int = JPEG_QUALITY) -> Path:
+                 quality: int | None = None) -> Path:
     """Write the file's own integers (uint8, or uint16 for 16-bit; HxWxC as :func:`read_pixels` gives them).
 
     Same rules as :func:`write_image`. Memory beyond ``pixels``: Pillow's image of them (up to 4 bytes per
@@ -1025,14 +1030,14 @@ def _gray_icc(profile: bytes | None) -> bool:
     return bool(profile) and profile[16:20] == b"GRAY"
 
 
-def _choose_writer(fmt: str, data: np.ndarray, info: ImageInfo, quality: int) -> Callable[[IO[bytes]], None]:
+def _choose_writer(fmt: str, data: np.ndarray, info: ImageInfo, quality: int | None) -> Callable[[IO[bytes]], None]:
     """A function that writes ``data`` to an open binary file in ``fmt`` (already checked by check_writable)."""
     if info.bit_depth == 16 and info.layout != "L":
         return (lambda f: _write_png16(f, data, info)) if fmt == "PNG" else (lambda f: _write_tiff16(f, data, info))
     return lambda f: _write_pillow(f, fmt, data, info, quality)
 
 
-def _write_pillow(f: IO[bytes], fmt: str, data: np.ndarray, info: ImageInfo, quality: int) -> None:
+def _write_pillow(f: IO[bytes], fmt: str, data: np.ndarray, info: ImageInfo, quality: int | None) -> None:
     Image = _pil()
     if info.bit_depth == 16:
         im = Image.fromarray(data[:, :, 0], mode=None)  # uint16 HxW -> 'I;16'
@@ -1043,7 +1048,7 @@ def _write_pillow(f: IO[bytes], fmt: str, data: np.ndarray, info: ImageInfo, qua
     im.save(f, format=fmt, **_save_options(fmt, info, quality))
 
 
-def _save_options(fmt: str, info: ImageInfo, quality: int = JPEG_QUALITY) -> dict[str, Any]:
+def _save_options(fmt: str, info: ImageInfo, quality: int | None = None) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if info.icc_profile and not (fmt == "WEBP" and _gray_icc(info.icc_profile)):  # WebP: gray is written as RGB
         opts["icc_profile"] = info.icc_profile
@@ -1052,11 +1057,11 @@ def _save_options(fmt: str, info: ImageInfo, quality: int = JPEG_QUALITY) -> dic
     if info.exif and fmt in _EXIF_FORMATS:
         opts["exif"] = info.exif
     if fmt == "JPEG":
-        opts.update(quality=int(quality), subsampling=0)  # 4:4:4: keep the denoised chroma detail
-    if fmt == "WEBP" and info.lossless:  # every pixel kept, as the input's were (quality is then the effort)
+        opts.update(quality=int(quality or JPEG_QUALITY), subsampling=0)  # 4:4:4: keep the denoised chroma detail
+    if fmt == "WEBP" and info.lossless and quality is None:  # every pixel kept, as the input's were
         opts["lossless"] = True
-    elif fmt == "WEBP":
-        opts["quality"] = int(quality)  # Pillow's default (80) would visibly undo the denoising
+    elif fmt == "WEBP":  # a quality given is a lossy file asked for, whatever the input was
+        opts["quality"] = int(quality or JPEG_QUALITY)  # Pillow's default (80) would visibly undo the denoising
     if fmt == "TIFF" and info.compression in _TIFF_LOSSLESS:
         opts["compression"] = info.compression
     if fmt == "PNG" and info.png_colour:

@@ -94,7 +94,7 @@ def denoise_file(
     guard: bool | GuardResult = True,
     sigma: float | None = None,
     strength: float = 1.0,
-    quality: int = JPEG_QUALITY,
+    quality: int | None = None,
 ) -> dict[str, Any]:
     """Denoise an image file of any size with a tile denoiser and write it in the same size, mode and bit depth.
 
@@ -116,7 +116,7 @@ def denoise_file(
     were JPEG-compressed before (:func:`runtime.jpeg_traces.two_scales_reason`). ``strength`` (0 to 1, default 1):
     how much of the change from the input to keep (:func:`runtime.guard.with_strength`); the report's
     ``input_weight`` is the input's weight in the result, guard and strength together. ``quality``: a JPEG or WebP
-    output's (1 to 100, default 95; :func:`runtime.images.check_quality`).
+    output's (1 to 100; None: 95, and lossless for a lossless WebP's WebP output; :func:`runtime.images.write_image`).
     """
     check_denoise_args(fn, tile, guard, sigma, strength, progress)
     check_quality(quality)

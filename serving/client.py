@@ -21,7 +21,7 @@ import numpy as np
 
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
-from runtime.images import DEFAULT_MAX_PIXELS, JPEG_QUALITY
+from runtime.images import DEFAULT_MAX_PIXELS
 
 from .backend_env import EXTRA_HINT
 from .config import (
@@ -369,7 +369,7 @@ def server_message(text: str | None) -> str:
 
 def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,
                         overwrite: bool = False, timeout_s: float = 3600.0, strength: float = 1.0,
-                        sigma: float | None = None, guard: bool = True, quality: int = JPEG_QUALITY,
+                        sigma: float | None = None, guard: bool = True, quality: int | None = None,
                         client: DenoiseClient | None = None,
                         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """``moe-denoise denoise --server``: read a photo, have the server denoise it, write it like a local run.

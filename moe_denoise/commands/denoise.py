@@ -90,9 +90,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how much of the denoising to keep, 0 to 1: 1 = all of it (after the clean-input guard), "
                         "0.7 keeps some of the photo's grain, 0 gives the input back")
     p.add_argument("--jpeg-quality", type=whole, default=None, metavar="Q",  # None: runtime.images.JPEG_QUALITY
-                   help="quality of JPEG and WebP outputs, 1 to 100, default 95 (JPEG with 4:4:4 chroma; WebP always "
-                        "with 4:2:0, half the colour resolution); lower gives smaller files and undoes more of the "
-                        "denoising; other formats are lossless, and refuse it")
+                   help="quality of JPEG and WebP outputs, 1 to 100, default 95 (JPEG with 4:4:4 chroma; lossy WebP "
+                        "always with 4:2:0, half the colour resolution); lower gives smaller files and undoes more of "
+                        "the denoising. Without it, a lossless WebP is written back lossless; other formats are "
+                        "lossless, and refuse it")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress (a bar on a terminal; in a log, a line every 30 s of a large photo)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (no progress)")
@@ -124,15 +125,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from runtime.guard import check_guard_sigma, check_sigma, check_strength
-    from runtime.images import JPEG_QUALITY, check_quality
+    from runtime.images import check_quality
 
     check_sigma(args.sigma, "--sigma")  # before any work, the reference included
     check_guard_sigma(args.sigma, not args.no_guard, f"--sigma {args.sigma:g}" if args.sigma is not None else None,
                       "--no-guard")
     check_backend_options(args)
     check_strength(args.strength, "--strength")
-    args.quality_given = args.jpeg_quality is not None
-    args.jpeg_quality = JPEG_QUALITY if args.jpeg_quality is None else args.jpeg_quality
+    args.quality_given = args.jpeg_quality is not None  # None: 95, and a lossless WebP's WebP output lossless
     check_quality(args.jpeg_quality, "--jpeg-quality")
     if args.server is not None:
         check_remote_options(args)

@@ -251,6 +251,21 @@ def test_jpeg_quality_reaches_every_jpeg_output(capsys, random_weights, photos, 
     assert code == 2 and "--jpeg-quality is a JPEG / WebP output's quality" in err and not (tmp_path / "q0").exists()
 
 
+def test_jpeg_quality_makes_a_lossless_webps_output_lossy(capsys, random_weights, tmp_path):
+    """A lossless WebP is written back lossless, unless --jpeg-quality is given: then the lossy file asked for, at
+    that quality (it was accepted and only set libwebp's effort, the file staying lossless and large)."""
+    from runtime.images import _webp_lossless
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "in.webp", lossless=True)
+    for name, extra in (("kept.webp", ()), ("q60.webp", ("--jpeg-quality", "60"))):
+        code, _, err = run(capsys, "denoise", tmp_path / "in.webp", "-o", tmp_path / name, "--weights", random_weights,
+                           "--no-progress", *extra)
+        assert code == 0, err
+    assert _webp_lossless(tmp_path / "kept.webp") and not _webp_lossless(tmp_path / "q60.webp")
+    assert (tmp_path / "q60.webp").stat().st_size < (tmp_path / "kept.webp").stat().st_size
+
+
 def test_batch_through_a_server_uses_one_client(capsys, monkeypatch, photos, tmp_path):
     """denoise --server of several photos opens one client for the run (a connection and readiness checks once,
     not per photo), sends every photo through it, closes it at the end; the broken photo is still reported."""

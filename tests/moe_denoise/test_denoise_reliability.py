@@ -156,7 +156,7 @@ def test_the_commands_default_jpeg_quality_is_the_runtimes() -> None:
 
     parser = build_parser()
     args = parser.parse_args(["denoise", "in.png", "-o", "out.png"])
-    assert args.jpeg_quality is None  # not given: run() takes images.JPEG_QUALITY, and the help says which
+    assert args.jpeg_quality is None  # not given: the writer takes images.JPEG_QUALITY, and the help says which
     denoise = next(a for a in parser._subparsers._group_actions[0].choices["denoise"]._actions
                    if a.dest == "jpeg_quality")
     assert f"default {images.JPEG_QUALITY} " in denoise.help
