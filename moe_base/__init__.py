@@ -10,4 +10,6 @@ contract    the model's I/O contract: tensor names and tile shape
 machine     the description of this machine and its libraries
 metrics     PSNR from a mean squared error
 trt_api     every TensorRT name the project touches
+paths       the cache folder (MOE_DENOISE_CACHE) and the default names of exported artifacts in it
+progress    progress of long work: a bar on a terminal, a line per step in a log
 """

@@ -6,13 +6,13 @@ long as the fraction of such pixels stays under ``max_bad_fraction`` and the wor
 fp16 is judged mainly by the PSNR of its output against the fp32 reference.
 
 bf16 keeps the fp16 floor of 40 dB PSNR, which bounds what half precision may cost the task: the model's outputs
-are 25.4 dB from the clean images (MSE 2.9e-3), and a deviation at 40 dB (MSE 1e-4) can move that by at most
-0.15 dB. Only the per-pixel bounds are wider, because bf16 keeps 8 significant bits against fp16's 11: an
-output near 1 is resolved to 2**-8 = 3.9e-3, so ``atol`` is 2e-2 (about five such steps). Measured on the CPU
-with the shipped weights on the 32 parity images (PyTorch 2.13, runtime.TorchRunner): bf16 under autocast
-58.1 dB, worst pixel 9.3e-3, p99 3.7e-3, no pixel beyond 1e-2; the whole model cast to bf16 56.2 dB; fp16 under
-autocast 76.4 dB, worst pixel 1.1e-3. The GPU's kernels (tensor-core GEMMs, flash attention) differ and are
-checked by the parity gate before every timing.
+(the sigma20 weights at the seed's sigma 0.2) are 25.4 dB from the clean images (MSE 2.9e-3), and a deviation at
+40 dB (MSE 1e-4) can move that by at most 0.15 dB. Only the per-pixel bounds are wider, because bf16 keeps 8
+significant bits against fp16's 11: an output near 1 is resolved to 2**-8 = 3.9e-3, so ``atol`` is 2e-2 (about
+five such steps). Measured on the CPU with the sigma20 weights (then the default) on the 32 parity images (PyTorch
+2.13, runtime.TorchRunner): bf16 under autocast 58.1 dB, worst pixel 9.3e-3, p99 3.7e-3, no pixel beyond 1e-2; the
+whole model cast to bf16 56.2 dB; fp16 under autocast 76.4 dB, worst pixel 1.1e-3. The GPU's kernels (tensor-core
+GEMMs, flash attention) differ and are checked by the parity gate before every timing.
 """
 from __future__ import annotations
 

@@ -124,6 +124,12 @@ def tolerance_key(impl: str, compile: bool = False) -> str:
 
 
 class TorchRunner(BaseRunner):
+    """Runs the PyTorch model: the reference every other backend is compared with, on the CPU or a GPU.
+
+    ``weights``: a .safetensors file (with its .json sidecar) or a PyTorch .pt state dict, a shipped name ('blind',
+    'sigma20'), or None for the default ('blind'). Use it as a context manager (``with TorchRunner() as r:
+    r.run(tiles)``), or call activate() and deactivate()."""
+
     backend = "torch"
 
     def __init__(self, weights: str | Path | None = None, preset: str | None = None, model: Any = None,

@@ -33,6 +33,12 @@ from .parity import self_check
 
 
 class TensorRTRunner(BaseRunner):
+    """Runs a TensorRT engine built by ``moe-denoise build`` (the sparse top-k attention as its plugin) on a GPU.
+
+    The engine's manifest is checked against this machine (TensorRT version, GPU) before it is loaded
+    (``check_manifest``); ``cuda_graph`` replays captured CUDA graphs per batch-size bucket. Needs TensorRT and a
+    CUDA GPU: a MissingBackendError says what is missing."""
+
     backend = "trt"
 
     def __init__(self, engine: str | Path, device: int = 0, cuda_graph: bool = False, check_manifest: bool = True,

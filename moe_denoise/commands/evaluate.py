@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter)
     p.add_argument("--weights", type=path_arg, action="append", default=None,
                    help="weights (.safetensors with its .json, or a PyTorch .pt state dict); repeat to compare "
-                        "several; default: the shipped weights")
+                        "several; shipped weights by name too ('blind', 'sigma20'); default: the shipped default (blind)")
     p.add_argument("--preset", action="append", default=None,
                    help="architecture preset for weights without a JSON sidecar (e.g. 'seed'); once for one "
                         "--weights, else once per --weights in order ('auto' = read the sidecar)")

@@ -311,7 +311,7 @@ def test_several_photos_into_a_name_like_a_photos_are_refused(capsys, photos, tm
 def test_reliability_colour_gif_denoised_into_a_folder(capsys, random_weights, tmp_path):
     """denoise of a folder (or a photo into -o folder/) holding a colour GIF, which was refused after the other photos
     (its GIF result would lose colours; a GIF in a folder was left out as 'not photos') => denoised, its result
-    written as NAME.png, a note saying why"""
+    written as NAME.gif.png, a note saying why"""
     rng = np.random.default_rng(1)
     folder = tmp_path / "in"
     folder.mkdir()
