@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adaptive sparse-attention MoE denoiser: train, evaluate, export, run and benchmark.",
     )
     parser.add_argument("--version", action="version", version=f"moe-denoise {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (the exit code stays the same)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"moe_denoise.commands.{name}").register(sub)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         if "--debug" in argv:
-            raise
+            traceback.print_exc()
         print("interrupted (before the command started: nothing was written)", file=sys.stderr)
         return 128 + int(signal.SIGINT)
     args.argv = argv  # the exact command, recorded by jobs that write artifacts
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             return int(args.func(args) or 0)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the command has said what it left, or this says it
-        if args.debug:
-            raise
+        if args.debug:  # the traceback too, and the same exit code (a script's check of it holds with --debug)
+            traceback.print_exc()
         signum = getattr(e, "signum", signal.SIGINT)
         stopped = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"  # a stop just after the
         # last write read as a failure: files are written whole or not at all, so those it said it wrote are done
@@ -108,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + int(signum)
     except ToolkitError as e:  # the user's to fix: one message; anything else is a bug and keeps its traceback
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, ParityError) else 2
+        code = 1 if isinstance(e, ParityError) else 2
+        if getattr(args, "json", False) and watched is not None and not watched.wrote:  # a script reading the
+            with contextlib.suppress(OSError):  # JSON gets one, not an empty stdout (nor a second document)
+                print_json({"error": str(e), "command": args.command, "exit_code": code})
+        return code
     except BrokenPipeError:  # the reader went away (moe-denoise ... | head): quietly, as other commands do
         _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed
@@ -128,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
 
 class WatchedOutput:
     """Standard output, remembering the error a write or flush of it raised (``failed``): a full disk under
-    '> file' or /dev/full is then said in one line, and an error of anything else keeps its traceback."""
+    '> file' or /dev/full is then said in one line, and an error of anything else keeps its traceback. ``wrote``:
+    whether anything was written to it."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.failed = inner, None
+        self.inner, self.failed, self.wrote = inner, None, False
 
     def write(self, text: str) -> int:
+        self.wrote = self.wrote or bool(text)
         try:
             return self.inner.write(text)
         except OSError as e:

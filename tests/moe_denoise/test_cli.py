@@ -947,5 +947,23 @@ def test_ctrl_c_while_the_commands_load_is_one_line_and_130(monkeypatch, capsys)
     monkeypatch.setattr(cli.importlib, "import_module", slow_import)
     assert cli.main(["doctor"]) == 130
     assert "interrupted" in capsys.readouterr().err
-    with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
-        cli.main(["--debug", "doctor"])
+    assert cli.main(["--debug", "doctor"]) == 130  # --debug adds the traceback, and keeps the exit code
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyboardInterrupt" in err and "interrupted" in err
+
+
+def test_debug_adds_the_traceback_and_keeps_the_exit_code_and_json_gets_an_error_document(tmp_path, capsys):
+    """A handled error under --debug exited 1 (Python's, for the exception re-raised) where it exits 2 without it; a
+    single photo that fails under --json printed nothing on stdout (a folder run's JSON lists its failures)."""
+    from moe_denoise.cli import main
+
+    bad = tmp_path / "text.png"
+    bad.write_text("not a picture")
+    assert main(["--debug", "denoise", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("moe-denoise denoise: error:")
+    assert main(["denoise", str(bad), "-o", str(tmp_path / "x.png"), "--json"]) == 2
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["exit_code"] == 2 and report["command"] == "denoise" and "text.png" in report["error"]
+    assert report["error"] in err and not (tmp_path / "x.png").exists()
