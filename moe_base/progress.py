@@ -33,11 +33,12 @@ def as_mode(progress: bool | str | None) -> Mode | None:
 
 class Progress:
     """``total`` steps of work named ``desc``; ``step(what)`` after each (``what``: the bar's postfix). In 'lines'
-    mode a step prints '<desc>: <what> (i of N <unit>s, s s)' to stderr at once (flushed), so a log shows where a long
-    run is; with ``every_s``, at most one line per ``every_s`` seconds (for many short steps)."""
+    mode a step prints '<desc>: <what> (i of N <unit>s, P%, s s, about T left)' to stderr at once (flushed), so a log
+    shows where a long run is and how long it has to go; with ``every_s``, at most one line per ``every_s`` seconds
+    (for many short steps). ``delay_s``: a bar appears only once the work has taken that long (none flashes by)."""
 
     def __init__(self, total: int, desc: str, unit: str, mode: bool | str | None, stream: TextIO | None = None,
-                 every_s: float = 0.0):
+                 every_s: float = 0.0, delay_s: float = 0.0):
         self.total, self.desc, self.unit, self.mode, self.every_s = total, desc, unit, as_mode(mode), every_s
         self.stream = stream or sys.stderr
         if self.stream is None:  # stderr closed: nowhere to show progress
@@ -48,7 +49,7 @@ class Progress:
         if self.mode == "bar":
             from tqdm.auto import tqdm  # a notebook's widget in Jupyter
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=self.stream)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=self.stream, delay=delay_s)
 
     def step(self, what: str = "", n: int = 1) -> None:
         """``n`` more units of work done (``what``: the step's name or figures)."""
@@ -59,8 +60,12 @@ class Progress:
             self.bar.update(n)
         elif self.mode == "lines" and (now := time.perf_counter()) - self.printed >= self.every_s:
             self.printed = now
-            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total} {self.unit}s, "
-                  f"{now - self.start:.0f} s)", file=self.stream, flush=True)
+            elapsed = now - self.start
+            share = f", {100 * self.done / self.total:.0f}%" if self.total > 0 else ""
+            left = elapsed / self.done * (self.total - self.done) if 0 < self.done < self.total else None
+            ahead = "" if left is None else f", about {left:.0f} s left" if left < 120 else f", about {left / 60:.0f} min left"
+            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total} {self.unit}s{share}, "
+                  f"{elapsed:.0f} s{ahead})", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -49,7 +49,9 @@ DEFAULT_TILE = 32
 DEFAULT_OVERLAP = 16
 DEFAULT_BATCH_SIZE = 256  # tiles per call on a GPU, and for a denoiser that does not say where it runs
 CPU_BATCH_SIZE = 64  # on a CPU: faster and leaner than 256 for every CPU backend (docs/benchmarks.md)
-PROGRESS_MIN_TILES = 1024  # below this a bar would only flash by
+PROGRESS_MIN_TILES = 128  # below this there is no progress at all; a bar appears after PROGRESS_DELAY_S (1,014 tiles,
+# 12 to 30 s on a 2-core CPU, showed nothing under the 1,024 of before)
+PROGRESS_DELAY_S = 2.0  # a bar appears once a photo has taken this long: none flashes by
 PROGRESS_LINE_S = 30.0  # progress='lines': at most one line this often
 DEFAULT_BAND_BYTES = 32 << 20  # working memory of one band (see band_rows_for)
 BAND_BYTES_PER_PIXEL = 96  # per padded pixel of a band: float64 sums, float32 rows in and out, the division
@@ -380,7 +382,8 @@ def _progress_bar(total: int, progress: bool | str) -> Progress | None:
     """A bar (True / 'bar') or a line every PROGRESS_LINE_S seconds ('lines', for logs) over ``total`` tiles."""
     if not progress or total < PROGRESS_MIN_TILES:
         return None
-    return Progress(total, "denoising", "tile", progress, every_s=PROGRESS_LINE_S)  # tqdm: imported for a bar
+    return Progress(total, "denoising", "tile", progress, every_s=PROGRESS_LINE_S,  # tqdm: imported for a bar
+                    delay_s=PROGRESS_DELAY_S)
 
 
 def batch_size_for(fn: TileFn, batch_size: int | None = None) -> int:

@@ -110,7 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("add-noise", help="write a copy of a photo with Gaussian noise (for demos and tests)",
                        formatter_class=HelpFormatter)
-    q.add_argument("input", type=path_arg, nargs="+", help="the photo (any format and mode 'denoise' reads)")
+    q.add_argument("input", type=path_arg, help="the photo (any format and mode 'denoise' reads)")
+    q.add_argument("more", type=path_arg, nargs="*", help=argparse.SUPPRESS)  # refused with a message, not shown
     q.add_argument("-o", "--output", type=nonempty, required=True,
                    help="where to write the noisy copy (same size, mode and bit depth as the input); a folder (one "
                         "that exists, or a new one written with a trailing /): the copy goes in under the input's name")
@@ -324,7 +325,15 @@ def run_batch(args: argparse.Namespace) -> int:
     def skipped(i: int, src: Path) -> None:
         print(f"[{i}/{total}] skipped: {src}: its output was written meanwhile (by another run?)")
 
+    from moe_base.progress import progress_mode
+
+    in_log = progress_mode(not (args.no_progress or args.json)) == "lines"
+    begun = [0]
+
     def one(src: Path, dst: Path) -> dict:
+        begun[0] += 1
+        if in_log:  # a log's progress lines name no photo, and a photo's own line comes when it is done
+            print(f"[{begun[0]}/{total}] denoising {src} ...", file=sys.stderr, flush=True)
         report = denoise_one(args, runner, src, dst, client)  # runner: bound below
         note = plan.note_for(src)  # written as NAME.gif.png: its own format cannot hold the result
         if note is not None:
@@ -360,7 +369,8 @@ def run_batch(args: argparse.Namespace) -> int:
         summary = batch_summary(plan, batch, start)  # skipped: outputs there at the start, and those written since
         extra = [f"{summary['skipped']} skipped (output exists)"] if summary["skipped"] else []
         if plan.ignored:
-            names = [p.name + ("/" if p.is_dir() else "") for p in plan.ignored]
+            names = [p.name + ("/" if p.is_dir() else " (a link to nothing)" if p.is_symlink() and not p.exists()
+                               else "") for p in plan.ignored]  # a dangling a.png was said to have the wrong ending
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} "
                          f"(taken from a folder: files ending in {', '.join(PHOTO_SUFFIXES)}; name another file to "
                          f"denoise it; subfolders are not searched)")
@@ -409,9 +419,11 @@ def describe_guard(guard: dict) -> str:
         how += f"; {low * 255:.1f} to {high * 255:.1f}/255 over the brightness range"
     if guard.get("two_scales"):
         how += f"; read at two scales, as {guard.get('two_scales_reason') or 'the input is JPEG'}"
-    level = f"noise {guard['sigma'] * 255:.1f}/255 ({how})"
+    sigma, gate = guard["sigma"] * 255, GUARD_MAX_SIGMA * 255
+    digits = next(d for d in (1, 2, 3, 4, 6) if round(sigma, d) != round(gate, d) or d == 6)  # 20.015 read '20.0'
+    level = f"noise {sigma:.{digits}f}/255 ({how})"
     if not guard["applied"]:
-        return f"clean-input guard: {level}, above {GUARD_MAX_SIGMA * 255:g}/255: the denoiser's output as it is"
+        return f"clean-input guard: {level}, above {gate:g}/255: the denoiser's output as it is"
     return f"clean-input guard: {level}: output = {guard['input_weight']:.2f} x input + " \
            f"{1 - guard['input_weight']:.2f} x denoised"
 
@@ -561,10 +573,10 @@ def run_add_noise(args: argparse.Namespace) -> int:
     from runtime.batch import check_folder_can_be_made, output_folder, result_path
     from runtime.photo import add_noise_to_file
 
-    if len(args.input) > 1:  # one photo a run: argparse said 'unrecognized arguments' with the top-level usage
-        raise InputError(f"add-noise takes one photo; got {len(args.input)} ({', '.join(map(str, args.input[:3]))}"
-                         f"{', ...' if len(args.input) > 3 else ''}): run it once for each photo")
-    args.input = args.input[0]
+    given = [args.input, *args.more]
+    if len(given) > 1:  # one photo a run: argparse said 'unrecognized arguments' with the top-level usage
+        raise InputError(f"add-noise takes one photo; got {len(given)} ({', '.join(map(str, given[:3]))}"
+                         f"{', ...' if len(given) > 3 else ''}): run it once for each photo")
     folder_meant = folder_asked(args.output)  # '-o noisy/': a folder, made if missing (as with denoise)
     args.output = Path(args.output)
     if folder_meant:

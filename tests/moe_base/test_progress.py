@@ -26,8 +26,23 @@ def test_lines_name_each_step_and_count_them():
         p.step("camera sigma 25")
         p.step()
     first, second = log.getvalue().splitlines()
-    assert first.startswith("photos: camera sigma 25 (1 of 2 levels, ") and first.endswith(" s)")
-    assert second.startswith("photos: (2 of 2 levels, ")
+    assert first.startswith("photos: camera sigma 25 (1 of 2 levels, 50%, ") and first.endswith(" s left)")
+    assert second.startswith("photos: (2 of 2 levels, 100%, ") and second.endswith(" s)")  # done: no time left
+
+
+def test_lines_say_the_share_done_and_the_time_left(monkeypatch):
+    """A log's line said '(1216 of 10584 tiles, 31 s)': no share, no time left, on a photo of minutes."""
+    import moe_base.progress as progress
+
+    clock = iter([100.0, 131.0, 131.0 + 240.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    log = io.StringIO()
+    p = Progress(10584, "denoising", "tile", "lines", stream=log)
+    p.step(n=1216)
+    p.step(n=10584 - 1216 - 100)
+    first, second = log.getvalue().splitlines()
+    assert first == "denoising: (1216 of 10584 tiles, 11%, 31 s, about 4 min left)"  # 31 / 1216 * 9368 = 239 s
+    assert second == "denoising: (10484 of 10584 tiles, 99%, 271 s, about 3 s left)"
 
 
 def test_a_bar_draws_on_its_stream_and_nothing_is_printed_when_off():

@@ -192,9 +192,10 @@ def test_export_default_names_say_which_rewrites():
 
 
 def test_torch_backend_precision_and_graph_options(capsys, random_weights):
-    code, out, _ = run(capsys, "parity", "--backend", "torch", "--precision", "bf16", "--weights", random_weights,
-                       "-n", 2)
+    code, out, err = run(capsys, "parity", "--backend", "torch", "--precision", "bf16", "--weights", random_weights,
+                         "-n", 2)
     assert code == 0 and "PSNR" in out and "torch-gather-bf16 (weights " in out and "precision bf16" in out
+    assert "note: --precision bf16 on the CPU is for checking half precision's numbers" in err  # 5x slower, unsaid
     code, _, err = run(capsys, "parity", "--backend", "torch", "--cuda-graph", "--weights", random_weights, "-n", 2)
     assert code == 2 and "--cuda-graph captures GPU work and needs --device cuda" in err
 
@@ -934,6 +935,10 @@ def test_add_noise_given_two_photos_says_it_takes_one(capsys, tmp_path):
     code, _, err = run(capsys, "add-noise", tmp_path / "a.png", tmp_path / "b.png", "-o", f"{tmp_path / 'noisy'}/")
     assert code == 2 and "add-noise takes one photo; got 2" in err and "run it once for each photo" in err
     assert "unrecognized arguments" not in err and not (tmp_path / "noisy").exists()
+    with pytest.raises(SystemExit):  # its usage shows one photo (it showed 'input [input ...]')
+        run(capsys, "add-noise", "--help")
+    usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    assert usage.endswith("[--max-pixels N] input") and "[input" not in usage
 
 
 def test_ctrl_c_while_the_commands_load_is_one_line_and_130(monkeypatch, capsys):

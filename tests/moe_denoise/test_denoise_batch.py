@@ -35,7 +35,9 @@ def photos(tmp_path: Path) -> Path:
 def test_reliability_batch_with_a_broken_photo(capsys, random_weights, photos, tmp_path):
     """denoise of a folder holding a photo that cannot be read => that photo reported, the others written
     byte-identical to single-photo runs (exit 2, the count and --skip-existing named); after a fix, --skip-existing
-    denoises only the rest and leaves the outputs alone"""
+    denoises only the rest and leaves the outputs alone; a link to nothing is named as one (it was said to lack a
+    photo's ending, which it has)"""
+    (photos / "gone.png").symlink_to(tmp_path / "nowhere.png")
     out = tmp_path / "out"
     code, text, err = run(capsys, "denoise", photos, "-o", out, "--weights", random_weights, "--no-progress")
     assert code == 2  # one photo failed: said, the others written
@@ -43,7 +45,8 @@ def test_reliability_batch_with_a_broken_photo(capsys, random_weights, photos, t
     assert "--skip-existing" in err and "Traceback" not in err
     assert "[2/3] denoised" in text and "[3/3] denoised" in text
     assert "denoised 2 of 3 photos into" in text
-    assert "left out of the folders given: 2023/, notes.txt (taken from a folder: files ending in .png" in text
+    assert ("left out of the folders given: 2023/, gone.png (a link to nothing), notes.txt (taken from a folder: "
+            "files ending in .png") in text
     assert "subfolders are not searched)" in text
     assert sorted(p.name for p in out.iterdir()) == ["colour.png", "gray.jpg"]
     for name in ("colour.png", "gray.jpg"):  # byte for byte what denoising the photo on its own writes
@@ -347,3 +350,15 @@ def test_a_pbm_photo_denoised_into_a_folder_is_written_as_png(capsys, random_wei
     code, _, err = run(capsys, "denoise", tmp_path / "bw.pbm", "-o", tmp_path / "bw_out.pbm", "--weights",
                        random_weights)
     assert code == 2 and ".pbm holds 1-bit black and white only" in err and "PPM is not" not in err
+
+
+def test_a_folder_run_in_a_log_names_each_photo_as_it_begins(capsys, random_weights, photos, tmp_path):
+    """In a log (stderr not a terminal) the progress lines name no photo, and a photo's own line comes only when it
+    is done: a long photo showed as 'denoising: (k of N tiles, ...)' of an unknown photo. Each now begins with a line
+    naming it; --no-progress leaves them out."""
+    (photos / "broken.png").unlink()
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights)
+    assert code == 0, err
+    assert f"[1/2] denoising {photos / 'colour.png'} ..." in err and f"[2/2] denoising {photos / 'gray.jpg'} ..." in err
+    code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "quiet", "--weights", random_weights, "--no-progress")
+    assert code == 0 and "denoising" not in err

@@ -527,3 +527,14 @@ def test_a_denoised_image_that_overshoots_is_taken_as_the_guards_f_of_x():
         guard_for_array(noisy, overshoots, denoised=den[:, :55])
     with pytest.raises(InputError, match="denoised= has NaN"):
         guard_for_array(noisy, overshoots, denoised=np.full_like(den, np.nan))
+
+
+def test_the_report_line_never_reads_the_gate_for_a_level_above_it():
+    """A level just above the gate (20.015/255) was printed 'noise 20.0/255 ..., above 20/255'."""
+    from moe_denoise.commands.denoise import describe_guard
+    from runtime.guard import GUARD_MAX_SIGMA
+
+    gate = GUARD_MAX_SIGMA * 255
+    above = {"sigma": (gate + 0.015) / 255, "sigma_given": False, "applied": False}
+    assert f"noise {gate + 0.015:.2f}/255 (estimated), above {gate:g}/255" in describe_guard(above)
+    assert "noise 7.0/255" in describe_guard({**above, "sigma": 7 / 255})
