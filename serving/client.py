@@ -361,10 +361,20 @@ class DenoiseClient:
 
 
 def server_message(text: str | None) -> str:
-    """The reason in a Triton error: our InputError's message when the model raised one, not PyTriton's traceback."""
+    """The reason in a Triton error: our InputError's message when the model raised one, not PyTriton's traceback;
+    another error's traceback (PyTriton's own, as the server stops) is cut to its last line, without the server's
+    file paths."""
     text = text or "no reason given"
     found = re.findall(r"(?:InputError|RequestRefused): (.*?)(?:\n\s*\n|\n\s*At:|$)", text, flags=re.S)
-    return found[-1].strip() if found else text.strip()
+    if found:
+        return found[-1].strip()
+    if "Traceback (most recent call last)" in text:
+        last = re.findall(r"^\s*((?:\w+\.)*\w*(?:Error|Exception)\b.*)$", text.split("Traceback (most recent call last)")[-1],
+                          flags=re.M)
+        reason = last[-1].strip() if last else "an error in the server"
+        return (f"the server failed while answering ({reason}); it may have been stopping (a SIGTERM to its whole "
+                f"process group stops PyTriton's helpers under a request): send it again once the server runs")
+    return text.strip()
 
 
 def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], url: str,

@@ -28,6 +28,7 @@ GUARD_OUTPUT = "guard"  # photo response: the clean-input guard's decision, one 
 SETTINGS_OUTPUT = "settings"  # photo response: how the server denoised it (runner, overlap, ...), one JSON string
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP; about 65,000 tiles at the default overlap
+MAX_IMAGE_PIXELS_LIMIT = 1 << 30  # a gigapixel: 3 GB of 8-bit RGB in one request (10**30 hung the start, planning tiles)
 LOOPBACK = "127.0.0.1"
 
 
@@ -144,7 +145,7 @@ class ServeConfig:
         positive("image_instances", self.image_instances, 1, 64)
         positive("max_batch", self.max_batch, 1, 65536)
         positive("queue_delay_us", self.queue_delay_us, 0, 10_000_000)
-        positive("max_image_pixels", self.max_image_pixels, 1)
+        positive("max_image_pixels", self.max_image_pixels, 1, MAX_IMAGE_PIXELS_LIMIT)
         if self.image_batch is not None:
             positive("image_batch", self.image_batch, 1, 65536)
         positive("overlap", self.overlap, 0, 31)
@@ -175,6 +176,21 @@ class ServeConfig:
         d = asdict(self)
         d.update(http_port=pick(self.http_port), grpc_port=pick(self.grpc_port), metrics_port=pick(self.metrics_port))
         return ServeConfig(**d)
+
+    def with_address_resolved(self) -> ServeConfig:
+        """A copy whose ``address``, a host name, is replaced by its IPv4 address: Triton takes addresses only, and
+        bound HTTP and metrics to 255.255.255.255 for ``localhost``, never becoming ready."""
+        try:
+            ipaddress.ip_address(self.address)
+            return self
+        except ValueError:
+            pass
+        try:
+            found = socket.getaddrinfo(self.address, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            raise InputError(f"--address {self.address!r} has no IPv4 address here ({e}); give one of this machine's "
+                             f"addresses: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+        return ServeConfig(**{**asdict(self), "address": str(found[0][4][0])})
 
     def check_listenable(self) -> None:
         """Before Triton starts: every port (0: chosen when it starts) can be listened on at ``address``."""

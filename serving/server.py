@@ -46,6 +46,7 @@ from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 from . import backend_env
 from .config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, SETTINGS_OUTPUT, TILE_MODEL, ServeConfig
 from .models import ImageModel, TileModel
+from .watchdog import remove_empty
 
 RunnerFactory = Callable[[], Any]
 
@@ -133,20 +134,6 @@ def watched_triton(triton_class: type, server: DenoiseServer) -> type:
 def python_envs() -> set[Path]:
     """The folders Triton's Python backend makes for its models (``python_env_*`` in the temporary folder)."""
     return {f for root in {Path(tempfile.gettempdir()), Path("/tmp")} for f in root.glob("python_env_*")}
-
-
-def remove_empty_folders(folders: set[Path]) -> list[Path]:
-    """Remove those of ``folders`` that are still there and empty (rmdir): a tritonserver that did not stop cleanly
-    (its exit timeout, a crash) leaves its Python backend's ``python_env_*`` folder behind, for good. Returns what
-    was removed."""
-    removed = []
-    for folder in sorted(folders):
-        try:
-            folder.rmdir()
-        except OSError:  # gone already (a clean stop removes it), or not empty
-            continue
-        removed.append(folder)
-    return removed
 
 
 def remove_model_copies(workspace: Path) -> list[Path]:
@@ -284,7 +271,9 @@ class DenoiseServer:
         from pytriton.triton import Triton, TritonConfig
 
         self.config.check_listenable()  # a port in use or a foreign address: said now, not as a timeout later
-        cfg = self.config.with_free_ports()
+        cfg = self.config.with_free_ports().with_address_resolved()
+        if cfg.address != self.config.address:
+            self.log(f"listening on {cfg.address}, the IPv4 address of {self.config.address}")
         self.running_config = cfg
         self._choose_log(cfg)
         triton_config = TritonConfig(
@@ -492,9 +481,13 @@ class DenoiseServer:
                 remove_model_copies(Path(workspace))
                 shutil.rmtree(workspace, ignore_errors=True)  # PyTriton's own stop removes it, unless it failed
             self.unclean_stop = self._exit_timeout()
-            left = remove_empty_folders(self._own_envs)  # a clean stop removed them already
+            left, others = remove_empty(sorted(map(str, self._own_envs)))  # a clean stop removed them already
             if left:
                 self.log(f"removed {', '.join(map(str, left))}, left behind by tritonserver's Python backend")
+            kept = [str(f) for f in sorted(self._own_envs) if others and f.is_dir()]
+            if kept:
+                self.log(f"kept {', '.join(kept)}, left behind by tritonserver's Python backend: another tritonserver "
+                         f"runs here (process {min(others)}), and such an empty folder may be its")
         self._reap_watchdog()
         with self._idle:  # a tritonserver that died left PyTriton's threads in our model calls: the runners are
             # released once those end (a photo at its next runner call), not under them
@@ -509,9 +502,17 @@ class DenoiseServer:
             self._log_dir = None
 
     def _exit_timeout(self) -> str | None:
-        """What went wrong when tritonserver's log says it gave up waiting for its models to unload, or None."""
-        if self.log_path is None or "Exit timeout expired" not in self.log_tail(60):
+        """What went wrong when tritonserver's log says it gave up waiting at its exit (for an HTTP connection, or
+        for its models to unload), or None."""
+        tail = "" if self.log_path is None else self.log_tail(60)
+        if "Exit timeout expired" not in tail:
             return None
+        connections = re.findall(r"Found (\d+) HTTP service connections", tail)
+        if connections and int(connections[-1]):  # it was blamed on refused requests, none having been refused
+            return (f"tritonserver waited {DRAIN_S} s for an HTTP client's open connection to close ('Found "
+                    f"{connections[-1]} HTTP service connections', then 'Exit timeout expired' in its log): a client "
+                    f"that keeps its connection open between requests (keep-alive) holds the stop that long. Requests "
+                    f"in flight had finished")
         return (f"tritonserver gave up waiting for its models to unload after {DRAIN_S} s ('Exit timeout expired' in "
                 f"its log). This follows requests the model refused: PyTriton 0.7 keeps something of each, and a model "
                 f"instance that refused dozens does not unload. The requests in flight then were cut off")

@@ -7,7 +7,8 @@ Run by :class:`serving.server.DenoiseServer` as its own small process (standard 
 It waits while both its parent (the serving process) and tritonserver run, and exits as soon as tritonserver ends
 (a normal stop). When its parent is gone first (SIGKILL, the kernel's out-of-memory killer), tritonserver gets
 GRACE_S seconds to end on its own (PyTriton has the kernel send it SIGTERM then), after which the watchdog kills it;
-then it removes those FOLDERs (Triton's Python backend's ``python_env_*``) that are empty.
+then it removes those FOLDERs (Triton's Python backend's ``python_env_*``) that are empty, unless another
+tritonserver runs here (:func:`remove_empty`).
 
 Why: with a gRPC request in flight, an orphaned tritonserver's exit hangs after its exit timeout until that client
 gives up (seen for as long as the client's --timeout, an hour by default), holding the ports a supervisor's
@@ -31,6 +32,40 @@ def started(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X", "x") else fields[19]
 
 
+def tritonservers() -> set[int]:
+    """The process ids of the tritonservers running here (this PID namespace's; a zombie's command line is empty)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                program = f.read().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if program.rsplit(b"/", 1)[-1] == b"tritonserver":
+            found.add(int(entry))
+    return found
+
+
+def remove_empty(folders: list[str]) -> tuple[list[str], set[int]]:
+    """Remove those of ``folders`` that are empty, unless a tritonserver runs here: Triton's Python backend keeps
+    its ``python_env_*`` folder empty while it runs, so one that appeared as this server's models loaded may be
+    another server's (starting in the same seconds), which aborted at its stop when the folder was gone. Returns
+    what was removed, and the tritonservers that kept them (none when they were looked at)."""
+    others = tritonservers()
+    if others:
+        return [], others
+    removed = []
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # gone, or not empty
+            continue
+        removed.append(folder)
+    return removed, set()
+
+
 def watch(parent: int, pid: int, grace_s: float, folders: list[str]) -> str:
     """Watch as the module says; returns what happened: 'stopped' (tritonserver ended while its parent ran),
     'ended' (it ended on its own after its parent was gone) or 'killed'."""
@@ -48,11 +83,7 @@ def watch(parent: int, pid: int, grace_s: float, folders: list[str]) -> str:
         os.kill(pid, signal.SIGKILL)
         what = "killed"
     time.sleep(2 * POLL_S)  # its Python backend's stubs end with it and leave their folders
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:  # gone, or not empty
-            pass
+    remove_empty(folders)
     return what
 
 

@@ -37,13 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "two models: 'moe_denoiser' (float32 tiles [B, 3, 32, 32] in [0, 1], dynamically batched) and "
                     "'moe_denoiser_image' (a whole photo, uint8 or uint16 [H, W, C], tiled and blended in the "
                     "server). HTTP/REST and gRPC (KServe v2 protocol), health and Prometheus metrics endpoints. "
-                    "Ctrl-C or SIGTERM stops it cleanly (requests in flight finish). Send photos with "
+                    "Ctrl-C, SIGTERM or SIGHUP stops it cleanly (requests in flight finish; signal serve alone, not "
+                    "its process group: systemd KillMode=mixed). Send photos with "
                     "'moe-denoise denoise PHOTO -o OUT --server localhost:8000'.",
         formatter_class=HelpFormatter)
     add_backend_args(p)
     add_weights_args(p)
     p.add_argument("--address", default="127.0.0.1",
-                   help="address to listen on (0.0.0.0: every interface; the server has no authentication)")
+                   help="address to listen on, or a host name (resolved to its IPv4 address); 0.0.0.0: every "
+                        "interface; the server has no authentication")
     p.add_argument("--http-port", type=port_number, default=8000, help="HTTP/REST port (0: a free port)")
     p.add_argument("--grpc-port", type=port_number, default=8001, help="gRPC port (0: a free port)")
     p.add_argument("--metrics-port", type=port_number, default=8002, help="Prometheus metrics port (0: a free port)")
@@ -109,12 +111,17 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_backend_options(args)
     if args.ready_file:  # an unwritable --ready-file fails here, before Triton starts
+        if args.log_file and os.path.abspath(args.log_file) == os.path.abspath(args.ready_file):
+            raise InputError(f"--log-file and --ready-file are the same file ({args.ready_file}): the ready file "
+                             f"would replace Triton's log, and be removed when the server stops; give two paths")
+        config.check_listenable()  # first: a second serve on the same ports removed the running one's ready file
         clear_ready_file(args.ready_file)
         check_output_file(args.ready_file, overwrite=True, option="")
     probe = make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
 
     def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # a terminal gone (SIGHUP) must not stop the stop
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     server = DenoiseServer(lambda: make_runner(args, args.weights), config, log=log)
 
@@ -129,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         server.request_stop(abandon_now=bool(stopping))
         stopping.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a terminal or ssh session closed without nohup killed serve at once, leaving its workspace
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     started = False
     # with --json, fd 1 points at stderr while the server runs, and is put back whatever happens
     with json_stdout() if args.json else contextlib.nullcontext(sys.stdout) as out:

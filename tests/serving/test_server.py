@@ -463,11 +463,15 @@ def test_a_request_that_crashes_tritonserver_ends_serve_with_a_plain_account(tmp
     assert set(_orphan_model_copies()) - left_before == set()
     assert _wait_session_empty(proc.pid) == []
     # --json: stdout holds the JSON alone (tritonserver's children wrote the crash's backtrace after it), and the
-    # python_env_* folder Triton's Python backend leaves after a crash is removed (those of other servers running
-    # meanwhile, empty too, are not this test's to judge: the one serve names is)
+    # python_env_* folder Triton's Python backend leaves after a crash is removed, unless another tritonserver runs
+    # here (this module's own server, say; then it is kept, and said): an empty one may be that server's, which
+    # aborted at its stop without it
     assert json.loads((tmp_path / "serve.json").read_text())["urls"] == info["urls"]
     removed = re.findall(r"\] removed (.*), left behind by tritonserver's Python backend", printed)
-    assert removed and not any(Path(p).exists() for p in removed[0].split(", ")), printed
+    kept = re.findall(r"\] kept (.*), left behind by tritonserver's Python backend: another tritonserver runs", printed)
+    assert removed or kept, printed
+    for folder in (removed[0].split(", ") if removed else []):
+        assert not Path(folder).exists(), printed
 
 
 def test_a_tritonserver_that_dies_at_start_is_said_at_once(monkeypatch, python_envs_removed):

@@ -432,6 +432,14 @@ def test_server_message_keeps_our_reason_not_the_traceback():
             "request 1 of 1: input 'noisy' has 1 NaN/Inf values; expected finite pixels in [0, 1]\n\n\nAt:\n  x")
     assert server_message(text) == "request 1 of 1: input 'noisy' has 1 NaN/Inf values; expected finite pixels in [0, 1]"
     assert server_message("unexpected shape") == "unexpected shape"
+    # PyTriton's own failure (its helpers stopped under a request): the last line, not the server's paths
+    pytriton = ("Failed to process the request(s) for model 'moe_denoiser_image_0_0', message: TritonModelException: "
+                "Model execute error: Traceback (most recent call last):\n  File \"/root/.venv/lib/python3.11/site-"
+                "packages/pytriton/proxy/data.py\", line 807, in get_free_blocks\n    self._connect()\n"
+                "ConnectionRefusedError: [Errno 111] Connection refused\n\nAt:\n  /root/.venv/x.py(5)")
+    said = server_message(pytriton)
+    assert "ConnectionRefusedError: [Errno 111] Connection refused" in said and "send it again" in said
+    assert "/root" not in said and "File" not in said
 
 
 def test_parse_metrics_sums_over_reasons_per_model():
@@ -834,12 +842,15 @@ def test_a_valid_request_failed_for_another_of_its_batch_is_sent_again_up_to_the
     assert client.retries == 0
 
 
-def test_a_stop_that_ran_into_tritons_exit_timeout_is_said_and_its_python_env_removed(tmp_path):
+def test_a_stop_that_ran_into_tritons_exit_timeout_is_said_and_its_python_env_removed(tmp_path, monkeypatch):
     """After dozens of refused requests tritonserver's models do not unload (PyTriton 0.7 keeps something of each):
     the stop took Triton's whole exit timeout, left its python_env_* folder in /tmp for good, and serve said
     'stopped' as after a clean stop. The log's 'Exit timeout expired' is now said, and the folders made while the
-    models loaded are removed when empty (a non-empty or vanished one is left alone)."""
-    from serving.server import DRAIN_S, DenoiseServer, remove_empty_folders
+    models loaded are removed when empty (a non-empty or vanished one is left alone), unless another tritonserver
+    runs here: a server starting in the same seconds made one of them, kept empty while it runs, and aborted at its
+    stop when it was gone."""
+    from serving import watchdog
+    from serving.server import DRAIN_S, DenoiseServer
 
     server = DenoiseServer(lambda: None)
     assert server._exit_timeout() is None  # no log
@@ -849,6 +860,10 @@ def test_a_stop_that_ran_into_tritons_exit_timeout_is_said_and_its_python_env_re
     server.log_path.write_text("Timeout 1: Found 1 live models\nE1201 main.cc:535] \"failed to stop server: Internal "
                                "- Exit timeout expired. Exiting immediately.\"\n")
     assert server._exit_timeout().startswith(f"tritonserver gave up waiting for its models to unload after {DRAIN_S} s")
+    # an idle HTTP keep-alive connection holds the stop too: it was blamed on refused requests, none refused
+    server.log_path.write_text("I1201 Timeout 2: Found 1 HTTP service connections\nI1201 Timeout 1: Found 1 HTTP "
+                               "service connections\nE1201 \"failed to stop server: Internal - Exit timeout expired.\"\n")
+    assert server._exit_timeout().startswith(f"tritonserver waited {DRAIN_S} s for an HTTP client's open connection")
     # Triton appends to a --log-file: an earlier run's timeout is not this run's (a clean stop read as unclean)
     from serving import ServeConfig
 
@@ -861,7 +876,11 @@ def test_a_stop_that_ran_into_tritons_exit_timeout_is_said_and_its_python_env_re
     empty.mkdir()
     used.mkdir()
     (used / "x").write_text("in use")
-    assert remove_empty_folders({empty, used, gone}) == [empty]
+    folders = [str(empty), str(used), str(gone)]
+    monkeypatch.setattr(watchdog, "tritonservers", lambda: {12345})  # another server runs: its folder may be one
+    assert watchdog.remove_empty(folders) == ([], {12345}) and empty.exists()
+    monkeypatch.setattr(watchdog, "tritonservers", lambda: set())
+    assert watchdog.remove_empty(folders) == ([str(empty)], set())
     assert not empty.exists() and used.exists()
 
 
@@ -1164,7 +1183,7 @@ def test_batching_counts_refuse_a_page_or_model_they_cannot_count(monkeypatch):
         batching_counts("http://h:8002")
 
 
-def test_the_watchdog_kills_a_process_its_parent_left_and_leaves_one_stopped_in_time(tmp_path):
+def test_the_watchdog_kills_a_process_its_parent_left_and_leaves_one_stopped_in_time(tmp_path, monkeypatch):
     """serving.watchdog, with stand-ins: a parent (serve) killed outright leaves its child (tritonserver, here one that
     ignores SIGTERM) running; the watchdog kills it after the grace time and removes the empty folders named to it
     (a non-empty one stays). A child that ends while its parent runs is left alone, and the watchdog ends with it."""
@@ -1173,29 +1192,38 @@ def test_the_watchdog_kills_a_process_its_parent_left_and_leaves_one_stopped_in_
 
     from serving import watchdog
 
-    script = str(Path(watchdog.__file__))
-    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                              "print('up', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    def stubborn() -> subprocess.Popen:
+        child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                  "signal.SIG_IGN); print('up', flush=True); time.sleep(120)"], stdout=subprocess.PIPE,
+                                 text=True)
+        assert child.stdout.readline() == "up\n"
+        return child
+
+    child = stubborn()
+    try:  # the real thing: a watchdog process whose parent is killed
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-I', '-S', "
+             f"{str(Path(watchdog.__file__))!r}, str(os.getpid()), '{child.pid}', '1']); print('watching', flush=True);"
+             " time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+        assert parent.stdout.readline() == "watching\n"
+        time.sleep(1.5)  # the watchdog runs, and waits: its parent and the child both live
+        assert child.poll() is None
+        parent.kill()
+        parent.wait(timeout=10)
+        assert child.wait(timeout=15) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+
     empty, kept = tmp_path / "python_env_a", tmp_path / "python_env_b"
     empty.mkdir()
     kept.mkdir()
     (kept / "file").write_text("x")
-    try:
-        assert child.stdout.readline() == "up\n"
-        parent = subprocess.Popen(
-            [sys.executable, "-c", "import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-I', '-S', "
-             f"{script!r}, str(os.getpid()), '{child.pid}', '1', {str(empty)!r}, {str(kept)!r}]); "
-             "print('watching', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
-        assert parent.stdout.readline() == "watching\n"
-        time.sleep(1.5)  # the watchdog runs, and waits: its parent and the child both live
-        assert child.poll() is None and empty.exists()
-        parent.kill()
-        parent.wait(timeout=10)
-        assert child.wait(timeout=15) == -signal.SIGKILL
-        deadline = time.monotonic() + 10
-        while empty.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not empty.exists() and (kept / "file").exists()
+    monkeypatch.setattr(watchdog, "tritonservers", lambda: set())  # no other server here (remove_empty's own test)
+    child = stubborn()
+    try:  # in this process: a parent id that is not this process's parent is a parent gone
+        assert watchdog.watch(-1, child.pid, 0.5, [str(empty), str(kept)]) == "killed"
+        assert child.wait(timeout=10) == -signal.SIGKILL and not empty.exists() and (kept / "file").exists()
     finally:
         child.kill()
         child.wait()
@@ -1205,3 +1233,67 @@ def test_the_watchdog_kills_a_process_its_parent_left_and_leaves_one_stopped_in_
         assert watchdog.watch(os.getppid(), stopped.pid, 0.1, []) == "stopped"
     finally:
         stopped.wait()
+
+
+def test_serve_checks_before_start_a_host_name_a_huge_photo_limit_and_its_own_files(tmp_path, capsys):
+    """Found by probing the server: '--address localhost' never became ready (Triton bound HTTP and metrics to
+    255.255.255.255 for a name); --max-image-pixels 1e30 hung the start planning tiles, deaf to Ctrl-C; a second serve
+    refused for ports in use had already removed the running server's --ready-file; one path for --log-file and
+    --ready-file lost Triton's log."""
+    import json
+    import socket
+
+    from moe_denoise.cli import main
+    from serving import ServeConfig
+    from serving.config import MAX_IMAGE_PIXELS_LIMIT
+
+    assert ServeConfig(address="localhost").with_address_resolved().address == "127.0.0.1"
+    assert ServeConfig(address="0.0.0.0").with_address_resolved().address == "0.0.0.0"
+    with pytest.raises(InputError, match="has no IPv4 address here"):
+        ServeConfig(address="no-such-host.invalid").with_address_resolved()
+    with pytest.raises(InputError, match=rf"--max-image-pixels \(ServeConfig.max_image_pixels\) must be an integer in "
+                                         rf"\[1, {MAX_IMAGE_PIXELS_LIMIT}\]; got {10 ** 30}"):
+        ServeConfig(max_image_pixels=10 ** 30).validate()
+
+    ready = tmp_path / "ready.json"
+    ready.write_text(json.dumps({"urls": {}, "runner": "torch", "config": {}}))  # a running server's
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--backend", "torch", "--http-port", str(port), "--grpc-port", "0", "--metrics-port",
+                     "0", "--ready-file", str(ready)]) == 2
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err and ready.exists()
+    assert main(["serve", "--backend", "torch", "--log-file", str(tmp_path / "x.json"), "--ready-file",
+                 str(tmp_path / "x.json")]) == 2
+    assert "--log-file and --ready-file are the same file" in capsys.readouterr().err
+
+
+def test_sighup_stops_serve_as_sigterm_does(capsys, monkeypatch):
+    """A terminal or ssh session closed without nohup sends SIGHUP: serve died at once, draining nothing, saying
+    nothing, and leaving its 22 MB workspace. It now stops as on SIGTERM."""
+    import signal
+
+    import serving.server
+    from moe_denoise.cli import main
+
+    class HungUpWhileServing(serving.server.DenoiseServer):
+        def start(self):
+            self.running_config = self.config
+            return self
+
+        @property
+        def urls(self):
+            return {"http": "http://127.0.0.1:0"}
+
+        def wait(self, poll_s=0.5):
+            os.kill(os.getpid(), signal.SIGHUP)  # serve's handler runs here
+            return self._stopped.wait(5.0)  # False, as if the server had died, when nothing asked for the stop
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(serving.server, "DenoiseServer", HungUpWhileServing)
+    assert main(["serve", "--backend", "torch", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "SIGHUP received: stopping" in err and err.rstrip().endswith("stopped")
