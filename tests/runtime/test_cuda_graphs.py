@@ -4,6 +4,11 @@ A bucket's "graph" is made by an injected capture function; ``eager_capture`` ca
 buffers, so buckets, padding, trimming, chunking, the check before first use and its fallback all run here with
 the CPU eager model. Real capture and replay are in test_cuda_graphs_gpu.py (marked gpu).
 """
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -251,7 +256,36 @@ def test_tolerance_entries_for_half_precision():
     assert ("trt", "bf16") not in TOLERANCES  # only what a backend can run
 
 
-def test_triton_impl_registers_itself(random_weights, images):
-    """impl='triton' imports topk_attention.torch_op itself (off CUDA its op runs the reference)."""
-    with TorchRunner(random_weights) as plain, TorchRunner(random_weights, impl="triton") as r:
-        np.testing.assert_allclose(r(images[:2]), plain(images[:2]), atol=1e-6)
+def test_triton_impl_registers_itself(random_weights):
+    """impl='triton' imports topk_attention.torch_op itself, the model's experts then run through it, and (off CUDA,
+    where the op runs the reference) the output is the plain runner's.
+
+    In a fresh process, so that nothing has registered "triton" before the runner does (in the suite another test
+    may have imported topk_attention.torch_op already). Equal outputs alone would not show that the impl was used,
+    so the calls through the registered impl are counted."""
+    code = (
+        "import json, sys\n"
+        "import numpy as np\n"
+        "from moe_model import attention\n"
+        "from runtime.parity import parity_inputs\n"
+        "from runtime.torch_runner import TorchRunner\n"
+        "x = parity_inputs(2)\n"
+        "before = 'triton' in attention.available_impls()\n"
+        "calls = []\n"
+        "with TorchRunner(sys.argv[1]) as plain, TorchRunner(sys.argv[1], impl='triton') as r:\n"
+        "    after = 'triton' in attention.available_impls()\n"
+        "    op = attention._EXTRA_IMPLS.get('triton')\n"
+        "    if op is not None:\n"
+        "        attention._EXTRA_IMPLS['triton'] = lambda *a: calls.append(1) or op(*a)\n"
+        "    diff = float(np.abs(r(x) - plain(x)).max())\n"
+        "    impls = sorted({e.impl for b in r.model.blocks for e in b.attn.experts})\n"
+        "print(json.dumps({'before': before, 'after': after, 'impls': impls, 'calls': len(calls), 'diff': diff}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(random_weights)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["before"] is False and seen["after"] is True
+    assert seen["impls"] == ["triton"]
+    assert seen["calls"] > 0
+    assert seen["diff"] <= 1e-6
