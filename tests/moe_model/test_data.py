@@ -113,6 +113,27 @@ def test_blind_noise_mixture():
     assert 0.9 < float(ratio.median()) < 1.1
 
 
+def test_blind_noise_leaves_the_unclipped_share_unclipped():
+    """unclipped_share (train's --unclipped-share) is the share of images whose noise is not clipped to [0, 1].
+
+    A lopsided share tells it from its complement: at 0.5, the default, clipping the wrong images gives the same
+    statistics. The same seed gives the same draws at every share, so with share 1.0 (nothing clipped) the images
+    that can leave [0, 1] are known; at 0.2 about a fifth of those do, and at 0.0 none."""
+    clean = torch.rand(4000, 3, 8, 8)
+
+    def outside(share: float) -> torch.Tensor:
+        spec = BlindNoise(sigma_max=0.3, unclipped_share=share)
+        noisy, _, _ = blind_noisy(clean, spec, torch.Generator().manual_seed(0))
+        return ((noisy < 0) | (noisy > 1)).flatten(1).any(dim=1)
+
+    can_leave = outside(1.0)
+    assert float(can_leave.float().mean()) > 0.8  # all but the zero-level share and a few faint levels
+    left = outside(0.2)
+    assert not (left & ~can_leave).any()
+    assert 0.17 < float(left[can_leave].float().mean()) < 0.23
+    assert not outside(0.0).any()
+
+
 def test_blind_noise_is_reproducible_and_validated():
     clean = torch.rand(8, 3, 4, 4)
     a = blind_noisy(clean, BlindNoise(), torch.Generator().manual_seed(3))
