@@ -225,6 +225,24 @@ def test_an_existing_output_without_overwrite_is_refused_as_existing_before_anyt
     assert out.read_bytes() == b"new"
 
 
+def test_a_file_that_appears_while_it_is_being_written_is_not_replaced_without_overwrite(tmp_path):
+    """atomic_write(overwrite=False) promises that a file appearing during the write is not replaced either: the
+    move into place is a link that fails on an existing name, not a rename. Here the writer itself makes the file,
+    after the check before the work; its bytes stay, the refusal says so, and no temporary is left."""
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write
+
+    out = tmp_path / "model.onnx"
+
+    def write(f):
+        out.write_bytes(b"another writer's")
+        f.write(b"ours")
+
+    with pytest.raises(InputError, match="appeared while it was being written; refusing to replace it.*--overwrite"):
+        atomic_write(out, write, overwrite=False)
+    assert out.read_bytes() == b"another writer's" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
 def test_files_and_staging_folders_get_the_umask_without_the_umask_being_set(tmp_path, monkeypatch):
     """Reading the umask meant setting it to 0 for a moment (os.umask has no read-only form): a file another thread
     made at that moment came out writable by everyone. The kernel now applies it when each is made."""
