@@ -118,6 +118,24 @@ def test_a_run_goes_past_a_photo_that_fails_and_stops_on_the_same_failure_twice(
     assert [f["error"] for f in run.failed] == ["bad b", "gone", "gone"]
 
 
+def test_two_alike_failures_with_a_photo_written_between_them_do_not_stop_the_run(tmp_path: Path) -> None:
+    """The run stops on the same failure twice *in a row*: a photo written between two alike failures starts the
+    count again (a run that remembered the last failure across a success stopped at d here)."""
+    photos = [touch(tmp_path / "in" / f"{n}.png") for n in "abcde"]
+    plan = plan_batch([tmp_path / "in"], tmp_path / "out")
+    outcome = {"a": "ok", "b": "gone", "c": "ok", "d": "gone", "e": "ok"}
+
+    def one(src: Path, dst: Path) -> dict:
+        if outcome[src.stem] != "ok":
+            raise InputError(outcome[src.stem])
+        return {"input": str(src), "output": str(dst)}
+
+    run = BatchRun(plan, one)
+    run.run()
+    assert [r["input"] for r in run.reports] == [str(photos[i]) for i in (0, 2, 4)]
+    assert [f["input"] for f in run.failed] == [str(photos[1]), str(photos[3])]
+
+
 def test_an_output_folder_made_for_a_run_that_wrote_nothing_is_removed(tmp_path: Path) -> None:
     with output_folder(tmp_path / "empty"):
         pass
@@ -176,10 +194,15 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, monkeyp
         plan_batch([tmp_path / "afile"], tmp_path / "afile" / "sub")
 
 
-def test_a_full_disk_stops_the_run_though_each_message_names_its_photo(tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS"])
+def test_a_full_disk_stops_the_run_though_each_message_names_its_photo(tmp_path: Path, code: str) -> None:
     """A write refused for want of space names its own file, so no two messages matched and the run denoised every
-    remaining photo only to fail its write; two corrupt photos in a row (different messages) still go on."""
+    remaining photo only to fail its write; two corrupt photos in a row (different messages) still go on. A quota
+    (EDQUOT) and a read-only mount (EROFS) are refusals no other photo escapes either."""
     import errno
+    import os
+
+    number = getattr(errno, code)
 
     [touch(tmp_path / "in" / f"{n}.png") for n in "abcd"]
     plan = plan_batch([tmp_path / "in"], tmp_path / "out")
@@ -188,9 +211,9 @@ def test_a_full_disk_stops_the_run_though_each_message_names_its_photo(tmp_path:
         if src.stem in "ab":
             raise InputError(f"cannot read '{src}' as an image")
         try:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(number, os.strerror(number))
         except OSError as e:
-            raise InputError(f"writing {dst} failed (No space left on device); nothing was changed there") from e
+            raise InputError(f"writing {dst} failed ({e.strerror}); nothing was changed there") from e
 
     run = BatchRun(plan, one)
     with pytest.raises(InputError, match=r"stopped after 4 of 4 photos: .*same refusal of the file system.*d.png"):
