@@ -169,6 +169,18 @@ def test_labels_must_not_take_the_reference_rows_names(fake_cifar):
         evaluate_across_sigmas({"m": Identity()}, clean, (0,), bm3d_indices=[5])
 
 
+def test_the_paired_difference_to_bm3d_has_the_sample_standard_error_and_counts_ties_as_no_win():
+    """The report prints model - BM3D as mean +- standard error, and the wins. Differences 0, +1, -1 dB have mean 0,
+    sample variance (0 + 1 + 1) / 2 = 1, so a standard error of 1 / sqrt(3) (the population variance, 2/3, would
+    give 0.47); one image is won, the tie is not. One image has no standard error."""
+    from moe_model.evaluate import _paired
+
+    d = _paired(np.array([30.0, 31.0, 29.0]), np.array([30.0, 30.0, 30.0]))
+    assert d["n"] == 3 and d["wins"] == 1
+    assert d["mean"] == pytest.approx(0.0, abs=1e-12) and d["se"] == pytest.approx(1 / math.sqrt(3))
+    assert math.isnan(_paired(np.array([31.0]), np.array([30.0]))["se"])
+
+
 @pytest.mark.skipif(not bm3d_available(), reason="the 'bm3d' package is not installed (pip install "
                                                  "'moe-denoise[eval]'); BM3D rows cannot be measured")
 def test_bm3d_rows_on_the_subset_improve_on_the_noisy_input(fake_cifar):
