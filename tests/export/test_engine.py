@@ -148,21 +148,46 @@ def test_no_timing_cache_after_the_build_writes_nothing(tmp_path):
     assert not path.exists() and "no timing cache to save" in notes[-1]
 
 
-def test_polygraphy_api_used_by_the_build_exists():
+@pytest.mark.parametrize("trt_version,fp16", [("10.9.0", True), ("11.4.0", False)])
+def test_the_build_asks_polygraphy_for_the_profile_precision_and_workspace_of_its_options(tmp_path, monkeypatch,
+                                                                                         trt_version, fp16):
+    """The build's own Polygraphy calls, with TensorRT's parts faked: the loaders it imports exist, and the config
+    it makes has TF32 off, the fp16 flag of the plan (TensorRT 10 only: 11 is strongly typed), the batch profile of
+    the options on the network's input, and the options' workspace."""
     pytest.importorskip("polygraphy", reason="the engine build uses Polygraphy: pip install 'moe-denoise[trt]'")
-    from polygraphy.backend.trt import (  # noqa: F401
-        CreateConfig,
-        EngineBytesFromNetwork,
-        NetworkFromOnnxPath,
-        PostprocessConfig,
-        Profile,
-    )
-    from polygraphy.exception import PolygraphyException  # noqa: F401
-    from polygraphy.logger import G_LOGGER
+    import types
 
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        profile = Profile().add("input", (1, 3, 32, 32), (64, 3, 32, 32), (1024, 3, 32, 32))
-        CreateConfig(tf32=False, fp16=True, profiles=[profile], memory_pool_limits={})
+    import polygraphy.backend.trt as pt
+
+    from export.engine import _build
+    from moe_base.contract import TILE_SHAPE
+
+    trt = types.SimpleNamespace(__version__=trt_version, MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"))
+    network = types.SimpleNamespace(get_input=lambda i: types.SimpleNamespace(name="pixels"))
+    config = types.SimpleNamespace(get_timing_cache=lambda: None)
+    seen = {}
+
+    def postprocess(create, fn):
+        seen["create"] = create
+        return lambda builder, net: config
+
+    def engine_bytes(parsed, cfg):
+        seen["built_with"] = cfg
+        return lambda: b"engine"
+
+    monkeypatch.setattr(pt, "NetworkFromOnnxPath", lambda path: lambda: ("builder", network, "parser"))
+    monkeypatch.setattr(pt, "PostprocessConfig", postprocess)
+    monkeypatch.setattr(pt, "EngineBytesFromNetwork", engine_bytes)
+    opts = BuildOptions(precision="fp16", min_batch=2, opt_batch=100, max_batch=512, workspace_mib=256, cache_dir=tmp_path)
+    data = _build(trt, tmp_path / "m.onnx", opts, plan_build(trt_version, "fp16"), {"name": "GPU"}, lambda s: None)
+    assert data == b"engine" and seen["built_with"] is config
+    create = seen["create"]
+    assert isinstance(create, pt.CreateConfig) and create.tf32 is False and create.fp16 is fp16
+    assert create.memory_pool_limits == {"workspace": 256 << 20}
+    (profile,) = create.profiles
+    assert list(profile) == ["pixels"]
+    shapes = profile["pixels"]
+    assert (shapes.min, shapes.opt, shapes.max) == ((2, *TILE_SHAPE), (100, *TILE_SHAPE), (512, *TILE_SHAPE))
 
 
 def test_plugin_hash_follows_code_not_words(tmp_path, monkeypatch):
