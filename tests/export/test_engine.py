@@ -50,11 +50,11 @@ def test_cache_key_depends_on_every_input(tmp_path):
 
 
 def test_build_without_tensorrt_names_the_package(tmp_path, random_weights):
-    pytest.importorskip("onnx")
+    pytest.importorskip("onnx", reason="the ONNX export before the build needs onnx: pip install 'moe-denoise[onnx]'")
     pytest.importorskip("onnxruntime_extensions", reason="the plugin graph's parity check at export needs "
                                                           "onnxruntime-extensions: pip install 'moe-denoise[onnx]'")
     if "tensorrt" in sys.modules or _importable("tensorrt"):
-        pytest.skip("tensorrt is installed here")
+        pytest.skip("tensorrt is installed here: this checks what a build says where it is not")
     from export.engine import build_engine
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
@@ -274,7 +274,8 @@ def fake_trt(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def portable_onnx(tmp_path_factory, random_weights):
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime", reason="the ONNX export before the build is parity-checked in ONNX Runtime: "
+                                          "pip install 'moe-denoise[onnx]'")
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
     from moe_model.checkpoint import load_model
@@ -431,7 +432,8 @@ def test_build_checks_the_onnx_file_against_its_manifest(fake_trt, portable_onnx
 def test_build_of_a_model_from_weights_without_a_sidecar(fake_trt, tmp_path, seed_ckpt):
     """The seed checkpoint has no JSON sidecar: its ONNX model's manifest records the architecture, which rebuilds
     the parity reference (before, build failed after the build, asking for a --preset it does not have)."""
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime", reason="the ONNX export before the build is parity-checked in ONNX Runtime: "
+                                          "pip install 'moe-denoise[onnx]'")
     from export.engine import BuildOptions, build_engine
     from export.onnx_export import ExportOptions
     from export.pipeline import export_onnx
