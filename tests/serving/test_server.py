@@ -415,6 +415,8 @@ def test_serve_command_stops_on_ctrl_c(tmp_path):
     time.sleep(1)
     t0 = time.monotonic()
     rc = _stop(proc, signal.SIGINT, group=True)
+    # a wall-clock bound in a slow integration test, kept on purpose: the bug it guards kept the server up for the
+    # photo's whole computation (63 s for a large one; the rest of this one's 20-30 s), and a stop takes a few s
     assert rc == 0 and time.monotonic() - t0 < 15, (time.monotonic() - t0, (tmp_path / "serve.log").read_text())
     sender.join(timeout=30)
     assert answers and isinstance(answers[0], InputError), answers
@@ -489,6 +491,8 @@ def test_a_tritonserver_that_dies_at_start_is_said_at_once(monkeypatch, python_e
     with pytest.raises(MissingBackendError, match=r"the Triton server could not start: tritonserver exited during "
                                                   r"start-up, before it was ready") as e:
         server.start()
+    # a wall-clock bound in a slow integration test, kept on purpose: the bug it guards waited PyTriton's 120 s, and
+    # a start that notices the death within a poll takes seconds; 60 s leaves room for a loaded machine
     assert time.monotonic() - t0 < 60, "the death was not noticed before PyTriton's own 120 s limit"
     assert "ports" not in str(e.value)
     if "its log, " in str(e.value):  # the log it names is kept (it was removed as the start failed)
