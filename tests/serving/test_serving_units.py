@@ -966,15 +966,18 @@ def test_runners_are_released_after_the_calls_running_on_them():
     server = srv.DenoiseServer(lambda: runner, ServeConfig(http_port=0, grpc_port=0, metrics_port=0))
     server._runners.append(runner)
 
+    started = threading.Event()
+
     def slow(requests):
         runner.running += 1
-        time.sleep(0.5)
+        started.set()
+        time.sleep(0.5)  # not synchronisation: the window in which a stop that did not wait would release the runner
         runner.running -= 1
         return []
 
     call = threading.Thread(target=server._as_function(slow), args=([],))
     call.start()
-    time.sleep(0.1)
+    assert started.wait(10)  # the call is running on the runner before the stop (else it is refused: no test)
     server.stop()
     call.join()
     assert runner.running_at_release == 0 and not runner.active
