@@ -630,7 +630,25 @@ def test_timer_choice_without_a_gpu():
         assert isinstance(make_timer("cuda"), PerfCounterTimer)  # host timer: the runners' calls are synchronous
         with pytest.raises(NoGPUError, match="CUDA GPU"):
             CudaEventTimer()
-    assert PerfCounterTimer().time(lambda: sum(range(1000))) >= 0.0
+
+
+def test_the_host_timer_reads_its_clock_around_the_call_and_says_seconds(monkeypatch):
+    """PerfCounterTimer reads perf_counter_ns just before and just after the call, and returns seconds (a fake
+    clock: 2.5 ms between its readings)."""
+    import types
+
+    import benchmarks.timers as timers
+
+    log = []
+    readings = iter([1_000, 2_501_000])
+
+    def clock():
+        log.append("clock")
+        return next(readings)
+
+    monkeypatch.setattr(timers, "time", types.SimpleNamespace(perf_counter_ns=clock))
+    assert PerfCounterTimer().time(lambda: log.append("work")) == pytest.approx(2.5e-3)
+    assert log == ["clock", "work", "clock"]
 
 
 def test_rss_probe_sees_an_allocation_in_its_window():

@@ -141,7 +141,12 @@ def test_gemm_measurement_with_an_injected_timer():
     assert rec["gflops_median"] == pytest.approx((gemm_flops(64, 32, 16) / 0.002 + gemm_flops(64, 32, 16) / 0.004)
                                                  / 2 / 1e9)
     assert rec["shape"] == [64, 32, 16] and rec["timer"] == "fixed" and len(rec["samples_ms"]) == 4
-    assert GEMM_SHAPE == (4096, 128, 1152)
+    # the GEMM it stands for: the seed model's Q, K and V projections of every expert, fused, at batch 64
+    from moe_base.config import get_preset
+
+    seed = get_preset("seed")
+    tokens = (seed.image_size // seed.patch_size) ** 2
+    assert GEMM_SHAPE == (64 * tokens, seed.dim, 3 * len(seed.expert_topk) * seed.dim)
     with pytest.raises(ValueError, match="repeats"):
         measure_gemm_gflops((4, 4, 4), repeats=0, timer=timer)
 
