@@ -122,6 +122,12 @@ class ImageInfo:
     lossless: bool = False  # a lossless WebP (VP8L); a WebP output of it is written lossless too
     png_colour: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)  # a PNG's gAMA / cHRM / sRGB chunks
     # (type, data), written back to a PNG output: without an ICC profile they are how its tones are meant
+    xmp: bytes | None = field(default=None, repr=False)  # the file's XMP packet (creator, rights, ...), without
+    # its tiff:Orientation (the output is upright); written into PNG, JPEG, TIFF and WebP outputs
+    text: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)  # the file format's own text metadata, as
+    # (kind, data): a PNG's text chunks ('tEXt', 'zTXt', 'iTXt': the chunk's data), a JPEG's comments ('COM') and
+    # IPTC ('APP13'), a GIF's comment ('comment'), a TIFF's text tags (the tag number: '315'); written back into an
+    # output of the same format (:data:`TEXT_HOMES`)
 
     @property
     def channels(self) -> int:
@@ -134,6 +140,8 @@ class ImageInfo:
         d["exif"] = self.exif is not None
         d["notes"] = list(self.notes)
         d["png_colour"] = [kind.decode() for kind, _ in self.png_colour]
+        d["xmp"] = self.xmp is not None
+        d["text"] = text_names(self)
         return d
 
 
@@ -601,13 +609,15 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         dpi = None
     compression = im.info.get("compression") if fmt == "TIFF" else None
     exif_bytes = _exif_without_orientation(exif) if fmt in _EXIF_INPUTS else None
+    xmp, text, left_out = _text_metadata(p, im, fmt)
+    notes += left_out
     im.close()  # release Pillow's decoded image before the upright copy
     data = apply_orientation(data, orientation)
     info = ImageInfo(
         path=header.path, format=fmt, mode=header.mode, bit_depth=header.bit_depth, layout=header.layout,
         width=data.shape[1], height=data.shape[0], orientation=orientation, icc_profile=icc, exif=exif_bytes,
         dpi=dpi, compression=compression, notes=tuple(notes), png_colour=_png_colour_chunks(p) if fmt == "PNG" else (),
-        lossless=fmt == "WEBP" and _webp_lossless(p),
+        lossless=fmt == "WEBP" and _webp_lossless(p), xmp=xmp, text=text,
     )
     return data, info
 
@@ -663,6 +673,156 @@ def _png_colour_chunks(p: Path) -> tuple[tuple[bytes, bytes], ...]:
             if kind in PNG_COLOUR_CHUNKS and length <= 64:
                 found.append((kind, f.read(length)))
     return tuple(found)
+
+
+TEXT_LIMIT = 1 << 20
+"""Most bytes of text metadata (the XMP packet, text chunks, comments, text tags) kept from one file. A photo's are a
+few kilobytes; what a file holds beyond this is left out with a note, so that no file makes the tool hold megabytes
+of text through the work."""
+XMP_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")  # the outputs an XMP packet is written into (the same packet in each)
+JPEG_XMP_LIMIT = 65504  # bytes of XMP one JPEG APP1 segment holds (Pillow writes no extended XMP)
+TEXT_HOMES = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "TIFF": "TIFF", "GIF": "GIF"}
+"""Input format -> the output format that holds its own text metadata (:attr:`ImageInfo.text`): each format's are
+its own (a PNG's keyword chunks, a JPEG's comment segments, a TIFF's tags), kept only in an output of that format;
+into another they are left out with a note rather than mapped onto what that format has."""
+_XMP_KEYWORD = b"XML:com.adobe.xmp"  # a PNG's iTXt keyword for XMP
+_XMP_ORIENTATION = re.compile(rb'\s*tiff:Orientation=("[0-9]*"|\'[0-9]*\')|<tiff:Orientation>[0-9]*</tiff:Orientation>')
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_PNG_EXIF_TEXT = (b"Raw profile type exif", b"Raw profile type APP1")  # ImageMagick's hex copies of the EXIF:
+# left out, as the EXIF is kept as an eXIf chunk (and the copy would still hold the orientation the output drops)
+_TIFF_XMP_TAG, _TIFF_IPTC_TAG = 700, 33723
+_TIFF_TEXT_TAGS = {269: "DocumentName", 270: "ImageDescription", 271: "Make", 272: "Model", 285: "PageName",
+                   306: "DateTime", 315: "Artist", 316: "HostComputer", 33432: "Copyright",
+                   _TIFF_IPTC_TAG: "IPTC"}  # text (ASCII) tags but IPTC's, a block of bytes. Not Software (305): it
+# names what wrote the file, which the output's writer is not (tifffile writes its own name there)
+
+
+def _text_metadata(p: Path, im: Any, fmt: str) -> tuple[bytes | None, tuple[tuple[str, bytes], ...], list[str]]:
+    """The open file's XMP packet (its tiff:Orientation removed), its format's own text metadata as (kind, data)
+    (see :attr:`ImageInfo.text`), and notes naming what is left out: what comes past :data:`TEXT_LIMIT` bytes in all,
+    a JPEG's extended XMP (the part of a large packet in further APP1 segments, which Pillow does not read), and a
+    TIFF's IPTC block stored as numbers (its bytes would depend on the file's byte order)."""
+    if fmt == "PNG":
+        return _png_text(p)
+    xmp: bytes | None = None
+    found: list[tuple[str, bytes]] = []  # (kind, data), in the file's order
+    notes: list[str] = []
+    raw = im.info.get("xmp") if fmt in ("JPEG", "MPO", "WEBP", "TIFF") else None
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if isinstance(raw, bytes) and raw:
+        xmp = _XMP_ORIENTATION.sub(b"", raw)
+    if fmt in ("JPEG", "MPO"):
+        applist = getattr(im, "applist", [])
+        extended = [len(s) for kind, s in applist if kind == "APP1" and s.startswith(b"http://ns.adobe.com/xmp/extension/")]
+        if extended:
+            notes.append(f"the JPEG's extended XMP ({sum(extended):,} bytes in {len(extended)} further APP1 segments) "
+                         f"is left out: only its main XMP packet is read")
+        found = [(kind, s) for kind, s in applist if kind == "COM" or (kind == "APP13" and s.startswith(b"Photoshop 3.0\0"))]
+    elif fmt == "GIF" and isinstance(im.info.get("comment"), bytes) and im.info["comment"]:
+        found = [("comment", im.info["comment"])]
+    elif fmt == "TIFF":
+        for tag, name in _TIFF_TEXT_TAGS.items():
+            value = im.tag_v2.get(tag)
+            if isinstance(value, str):  # Pillow decodes ASCII tags as Latin-1: encoded back, they are the file's bytes
+                value = value.encode("latin-1", "replace")
+            if isinstance(value, bytes) and value:
+                found.append((str(tag), value))
+            elif value is not None:
+                notes.append(f"the TIFF's {name} tag (tag {tag}) is stored as numbers, not as bytes or text, and is "
+                             f"left out")
+    over: list[str] = []
+    if xmp is not None and len(xmp) > TEXT_LIMIT:
+        over.append(f"the XMP packet ({len(xmp):,} bytes)")
+        xmp = None
+    room = TEXT_LIMIT - len(xmp or b"")
+    kept = []
+    for kind, data in found:
+        if len(data) <= room:
+            kept.append((kind, data))
+            room -= len(data)
+        else:
+            over.append(f"{_text_name(fmt, kind, data)} ({len(data):,} bytes)")
+    if over:
+        notes.append(_over_limit_note(over))
+    return xmp, tuple(kept), notes
+
+
+def _over_limit_note(over: list[str]) -> str:
+    return (f"text metadata past {TEXT_LIMIT >> 20} MiB in all is left out (a photo's are a few kilobytes): "
+            f"{', '.join(over)}")
+
+
+def _png_text(p: Path) -> tuple[bytes | None, tuple[tuple[str, bytes], ...], list[str]]:
+    """A PNG's XMP packet (its iTXt 'XML:com.adobe.xmp' chunk, its tiff:Orientation removed) and its other tEXt,
+    zTXt and iTXt chunks as (type, data), wherever they are in the file, and a note naming those left out past
+    :data:`TEXT_LIMIT`. The chunks are walked, and only those kept are read; their data is kept as it is (a zTXt
+    stays compressed, an iTXt keeps its language and translated keyword). ImageMagick's copies of the EXIF in text
+    chunks are left out: the EXIF is kept as an eXIf chunk, without the orientation those copies still hold."""
+    xmp: bytes | None = None
+    found: list[tuple[str, bytes]] = []
+    over: list[str] = []
+    room = TEXT_LIMIT
+    with open(p, "rb") as f:
+        for kind, length in _png_chunks(f):
+            if kind == b"IEND":
+                break
+            if kind not in _PNG_TEXT_CHUNKS:
+                continue
+            keyword = f.read(min(length, 80)).split(b"\0", 1)[0]  # 1 to 79 bytes, then a zero byte
+            if keyword in _PNG_EXIF_TEXT:
+                continue
+            if length > room:
+                over.append(f"{'the XMP packet' if keyword == _XMP_KEYWORD else _text_name('PNG', kind.decode(), keyword)}"
+                            f" ({length:,} bytes)")
+                continue
+            f.seek(-min(length, 80), os.SEEK_CUR)
+            data = f.read(length)
+            if keyword == _XMP_KEYWORD and kind == b"iTXt" and xmp is None:
+                packet = _itxt_text(data, room)
+                if packet is None:  # compressed past the room left, or damaged
+                    over.append(f"the XMP packet (compressed, over {room:,} bytes or damaged)")
+                    continue
+                xmp = _XMP_ORIENTATION.sub(b"", packet)
+                room -= len(xmp)
+            else:
+                found.append((kind.decode(), data))
+                room -= length
+    return xmp, tuple(found), [_over_limit_note(over)] if over else []
+
+
+def _itxt_text(data: bytes, limit: int) -> bytes | None:
+    """The text of an iTXt chunk's data (keyword, compression flag and method, language, translated keyword, text),
+    inflated when compressed; None when it is damaged or inflates past ``limit`` bytes."""
+    try:
+        _keyword, rest = data.split(b"\0", 1)
+        compressed, rest = rest[0], rest[2:]
+        _language, _translated, text = rest.split(b"\0", 2)
+        if not compressed:
+            return text if len(text) <= limit else None
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(text, limit + 1)
+        return text if len(text) <= limit and inflate.eof else None
+    except (ValueError, IndexError, zlib.error):
+        return None
+
+
+def _text_name(fmt: str, kind: str, data: bytes) -> str:
+    """How a note names one piece of :attr:`ImageInfo.text` of a ``fmt`` file: a PNG chunk by its keyword, a TIFF tag
+    by its name."""
+    if TEXT_HOMES.get(fmt) == "PNG":
+        keyword = data.split(b"\0", 1)[0].decode("latin-1")
+        return f"'{keyword}' ({kind})"
+    if kind.isdigit():
+        return _TIFF_TEXT_TAGS.get(int(kind), f"tag {kind}")
+    return {"COM": "comment (COM)", "APP13": "IPTC (APP13)", "comment": "comment"}.get(kind, kind)
+
+
+def text_names(info: ImageInfo) -> list[str]:
+    """The names of the pieces of ``info``'s text metadata, as notes give them: "'Author' (tEXt)", "Copyright",
+    "comment (COM) x2" (two comments)."""
+    names = [_text_name(info.format, kind, data) for kind, data in info.text]
+    return [name if names.count(name) == 1 else f"{name} x{names.count(name)}" for name in dict.fromkeys(names)]
 
 
 def _read_pillow(im: Any, header: ImageHeader) -> np.ndarray:
@@ -1006,7 +1166,9 @@ DPI_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # ... and a resolution
 def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     """What writing ``info``'s image as ``fmt`` changes that :func:`check_writable` lets through (said in the
     report, not refused): WebP has no gray mode, so a gray image comes back as RGB(A), the gray in each channel;
-    a format that holds no ICC profile or resolution leaves the input's out (they were dropped without a word)."""
+    a format that holds no ICC profile, resolution or XMP leaves the input's out, and one other than the input's
+    its text metadata (PNG text chunks, JPEG comments, TIFF text tags: :data:`TEXT_HOMES`). Each was dropped
+    without a word."""
     notes = []
     icc = getattr(info, "icc_profile", None)
     if fmt == "WEBP" and info.layout in ("L", "LA"):
@@ -1022,7 +1184,30 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     if dpi and fmt not in DPI_FORMATS:
         notes.append(f"{fmt} holds no resolution: the input's {dpi[0]:.0f}x{dpi[1]:.0f} dpi is left out; write .png, "
                      f".tif or .jpg to keep it")
+    xmp = getattr(info, "xmp", None)
+    if xmp and fmt not in XMP_FORMATS:
+        notes.append(f"{fmt} holds no XMP metadata: the input's XMP packet ({len(xmp):,} bytes: creator, rights, "
+                     f"keywords, ...) is left out; write .png, .tif, .jpg or .webp to keep it")
+    elif xmp and fmt == "JPEG" and len(xmp) > JPEG_XMP_LIMIT:
+        notes.append(f"a JPEG holds at most {JPEG_XMP_LIMIT:,} bytes of XMP (in one APP1 segment): the input's "
+                     f"{len(xmp):,}-byte XMP packet is left out; write .png, .tif or .webp to keep it")
+    text = getattr(info, "text", ())
+    home = TEXT_HOMES.get(info.format, "")
+    if text and home != fmt:  # text is an ImageInfo's
+        names = text_names(info)  # type: ignore[arg-type]
+        what = {"PNG": "PNG text chunks", "JPEG": "JPEG comment or IPTC segments", "TIFF": "TIFF text tags",
+                "GIF": "GIF comment"}[home]
+        one = len(names) == 1
+        ext = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "GIF": ".gif"}[home]
+        keep = f"; write {ext} to keep {'it' if one else 'them'}" if format_problem(home, info) is None else ""
+        notes.append(f"{fmt} holds no {what}: the input's {_and(names)} {'is' if one else 'are'} left out (not copied "
+                     f"into other fields){keep}")
     return notes
+
+
+def _and(names: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _gray_icc(profile: bytes | None) -> bool:
@@ -1064,14 +1249,48 @@ def _save_options(fmt: str, info: ImageInfo, quality: int | None = None) -> dict
         opts["quality"] = int(quality or JPEG_QUALITY)  # Pillow's default (80) would visibly undo the denoising
     if fmt == "TIFF" and info.compression in _TIFF_LOSSLESS:
         opts["compression"] = info.compression
-    if fmt == "PNG" and info.png_colour:
+    if info.xmp and (fmt == "WEBP" or (fmt == "JPEG" and len(info.xmp) <= JPEG_XMP_LIMIT)):
+        opts["xmp"] = info.xmp
+    text = _kept_text(fmt, info)
+    if fmt == "JPEG" and text:  # each comment and IPTC segment as it was (Pillow's comment= writes one comment)
+        opts["extra"] = b"".join((b"\xff\xfe" if kind == "COM" else b"\xff\xed") + (len(data) + 2).to_bytes(2, "big")
+                                 + data for kind, data in text)
+    if fmt == "GIF" and text:
+        opts["comment"] = text[0][1]
+    if fmt == "TIFF" and (text or info.xmp):
+        opts["tiffinfo"] = _tiff_text_tags(info, text)
+    chunks = _png_chunks_to_write(info) if fmt == "PNG" else []
+    if chunks:
         from PIL.PngImagePlugin import PngInfo
 
-        chunks = PngInfo()
-        for kind, data in info.png_colour:
-            chunks.add(kind, data)
-        opts["pnginfo"] = chunks
+        opts["pnginfo"] = PngInfo()
+        for kind, data in chunks:
+            opts["pnginfo"].add(kind, data)
     return opts
+
+
+def _kept_text(fmt: str, info: ImageInfo) -> tuple[tuple[str, bytes], ...]:
+    """The pieces of ``info``'s text metadata an output in ``fmt`` holds: all, when it is their format
+    (:data:`TEXT_HOMES`), else none."""
+    return info.text if TEXT_HOMES.get(info.format) == fmt else ()
+
+
+def _tiff_text_tags(info: ImageInfo, text: tuple[tuple[str, bytes], ...]) -> dict[int, bytes]:
+    """{tag: bytes} of a TIFF output's text tags and XMP (tag 700)."""
+    tags = {int(kind): data for kind, data in text}
+    if info.xmp:
+        tags[_TIFF_XMP_TAG] = info.xmp
+    return tags
+
+
+def _png_chunks_to_write(info: ImageInfo) -> list[tuple[bytes, bytes]]:
+    """The chunks a PNG output gets besides its image, ICC profile, EXIF and resolution, as (type, data): the
+    input PNG's gAMA / cHRM / sRGB and text chunks, and the XMP packet as an uncompressed iTXt chunk."""
+    chunks = list(info.png_colour)
+    if info.xmp:
+        chunks.append((b"iTXt", _XMP_KEYWORD + b"\0\0\0\0\0" + info.xmp))  # flag, method, language, translated
+    chunks += [(kind.encode(), data) for kind, data in _kept_text("PNG", info)]
+    return chunks
 
 
 class _AfterHeader:
@@ -1109,7 +1328,7 @@ def _write_png16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
         png.write_chunk(extra, b"iCCP", b"icc\x00\x00" + zlib.compress(info.icc_profile))
     if info.exif:
         png.write_chunk(extra, b"eXIf", info.exif[6:] if info.exif.startswith(b"Exif\x00\x00") else info.exif)
-    for kind, chunk_data in info.png_colour:
+    for kind, chunk_data in _png_chunks_to_write(info):
         png.write_chunk(extra, kind, chunk_data)
     # right after the signature (8 bytes) and IHDR (25 bytes), before IDAT
     writer.write(_AfterHeader(f, extra.getvalue(), 8 + 25), data.reshape(h, w * c))
@@ -1132,4 +1351,15 @@ def _write_tiff16(f: IO[bytes], data: np.ndarray, info: ImageInfo) -> None:
         extrasamples=("unassalpha",) if c in (2, 4) else None,
         compression="zlib" if compressed else None, iccprofile=info.icc_profile,
         resolution=info.dpi, resolutionunit="INCH" if info.dpi else None, metadata=None,
+        extratags=[_tifffile_tag(tag, data) for tag, data in _tiff_text_tags(info, _kept_text("TIFF", info)).items()],
     )
+
+
+def _tifffile_tag(tag: int, data: bytes) -> tuple[int, int, int, bytes, bool]:
+    """tifffile's (code, type, count, value, first page only) of a text tag or XMP: ASCII (2; tifffile counts it and
+    ends it with a zero byte), XMP as BYTE (1), IPTC as UNDEFINED (7)."""
+    if tag == _TIFF_XMP_TAG:
+        return tag, 1, len(data), data, True
+    if tag == _TIFF_IPTC_TAG:
+        return tag, 7, len(data), data, True
+    return tag, 2, 0, data, True
