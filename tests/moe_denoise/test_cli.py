@@ -271,6 +271,22 @@ def test_add_noise_into_a_folder_keeps_the_photos_name(capsys, tmp_path):
     assert code == 2 and "already exists" in err
 
 
+def test_add_noise_keeps_a_photos_text_metadata_or_says_it_is_left_out(capsys, tmp_path):
+    """A TIFF's Artist and Copyright tags were dropped by a copy written through the same functions as denoise's,
+    without a word: kept in a TIFF (into a folder, under the photo's name), and a PNG output's note names them"""
+    src = tmp_path / "photo.tif"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
+        src, tiffinfo={315: "Jane Doe", 33432: "(c) 2024 Jane Doe"})
+    (tmp_path / "noisy").mkdir()
+    code, out, _ = run(capsys, "add-noise", src, "-o", tmp_path / "noisy", "--sigma", "5/255")
+    assert code == 0 and "note:" not in out, out
+    with Image.open(tmp_path / "noisy" / "photo.tif") as noisy:
+        assert (noisy.tag_v2.get(315), noisy.tag_v2.get(33432)) == ("Jane Doe", "(c) 2024 Jane Doe")
+    code, out, _ = run(capsys, "add-noise", src, "-o", tmp_path / "noisy.png", "--sigma", "5/255")
+    assert code == 0 and ("note: PNG holds no TIFF text tags: the input's Artist and Copyright are left out (not "
+                          "copied into other fields); write .tif to keep them") in out, out
+
+
 @pytest.mark.parametrize("command", ["denoise", "parity"])
 def test_triton_impl_off_cuda_is_refused_not_run_as_the_reference(capsys, tmp_path, command):
     """--impl triton on the CPU: refused with what to use (it ran the reference attention there, reported as

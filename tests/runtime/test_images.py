@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import struct
 import subprocess
@@ -899,3 +900,191 @@ def test_a_broken_tiff_is_called_broken_and_plain_16_bit_netpbm_is_refused(tmp_p
     (tmp_path / "plain.ppm").write_bytes(b"P3\n2 1\n65535\n1 2 3 40000 50000 60000\n")
     with pytest.raises(InputError, match=r"is a 16-bit Netpbm file \(maxval 65535\)"):
         read_image(tmp_path / "plain.ppm")
+
+
+# ------------------------------------------------------------------------------------------ text metadata
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+       b'tiff:Orientation="6"><dc:creator><rdf:Seq><rdf:li>Jane Doe</rdf:li></rdf:Seq></dc:creator>'
+       b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def upright_xmp(packet: bytes | None) -> bool:
+    """Whether ``packet`` is :data:`XMP` as an output holds it: the creator kept, the orientation taken out (the
+    output is written upright)."""
+    return packet is not None and b"<rdf:li>Jane Doe</rdf:li>" in packet and b"Orientation" not in packet
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_png_chunks(png: bytes, before_idat: list[bytes], after_idat: list[bytes] = ()) -> bytes:
+    """A PNG file's bytes with chunks put in before its first IDAT and after its last (before IEND)."""
+    first, end = png.index(b"IDAT") - 4, png.index(b"IEND") - 4
+    return png[:first] + b"".join(before_idat) + png[first:end] + b"".join(after_idat) + png[end:]
+
+
+PNG_TEXT = [(b"tEXt", b"Author\0Jane Doe"), (b"tEXt", b"Description\0An astronaut"),
+            (b"iTXt", b"Comment\0\0\0en\0Kommentar\0" + "Ünïcode comment".encode()),
+            (b"zTXt", b"Copyright\0\0" + zlib.compress(b"(c) 2024 Jane Doe"))]
+
+
+def png_text_chunks(path: Path) -> list[tuple[bytes, bytes]]:
+    """The (type, data) of a PNG file's tEXt, zTXt and iTXt chunks, in order."""
+    data, found, at = path.read_bytes(), [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind in (b"tEXt", b"zTXt", b"iTXt"):
+            found.append((kind, data[at + 8:at + 8 + length]))
+        at += 12 + length
+    return found
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_pngs_text_chunks_are_kept_as_they_were(tmp_path: Path, bits: int) -> None:
+    """A PNG's tEXt, zTXt and iTXt chunks (author, description, copyright) were dropped without a word. Each is kept
+    as it was: a zTXt stays compressed, an iTXt keeps its language and translated keyword, and one after the image
+    data is kept too; for 8-bit (Pillow) and 16-bit colour (pypng) outputs."""
+    if bits == 16:
+        pytest.importorskip("png", reason="pypng is not installed: it writes 16-bit colour PNG")
+        source = png16_bytes(rng_u16((12, 10, 3), seed=21))
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(rng_u8((12, 10, 3), seed=21)).save(buffer, format="PNG")
+        source = buffer.getvalue()
+    chunks = [png_chunk(kind, body) for kind, body in PNG_TEXT]
+    (tmp_path / "in.png").write_bytes(with_png_chunks(source, chunks[:3], chunks[3:]))
+    image, info = read_image(tmp_path / "in.png")
+    assert info.summary()["text"] == ["'Author' (tEXt)", "'Description' (tEXt)", "'Comment' (iTXt)",
+                                      "'Copyright' (zTXt)"]
+    write_image(tmp_path / "out.png", image, info)
+    assert png_text_chunks(tmp_path / "out.png") == PNG_TEXT
+    with Image.open(tmp_path / "out.png") as out:
+        out.load()
+        assert out.text == {"Author": "Jane Doe", "Description": "An astronaut", "Comment": "Ünïcode comment",
+                            "Copyright": "(c) 2024 Jane Doe"}
+        assert (out.text["Comment"].lang, out.text["Comment"].tkey) == ("en", "Kommentar")
+    report = denoise_file(tmp_path / "in.png", tmp_path / "denoised.png", identity, progress=False)
+    assert png_text_chunks(tmp_path / "denoised.png") == PNG_TEXT and report["notes"] == []
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tiffs_text_tags_are_kept(tmp_path: Path, bits: int) -> None:
+    """A TIFF's Artist, ImageDescription and Copyright tags (and its XMP, tag 700) were dropped without a word. Kept
+    now, byte for byte (UTF-8 included), whether Pillow writes the output (8-bit, compressed through libtiff or not)
+    or tifffile (16-bit colour)."""
+    tags = {315: "Jäne Doe".encode(), 270: b"An astronaut", 33432: b"(c) 2024 Jane Doe"}
+    if bits == 16:
+        tifffile = pytest.importorskip("tifffile", reason="tifffile is not installed: it writes 16-bit colour TIFF")
+        tifffile.imwrite(tmp_path / "in.tif", rng_u16((12, 10, 3), seed=22), photometric="rgb", metadata=None,
+                         extratags=[(tag, 2, 0, value, True) for tag, value in tags.items()]
+                         + [(700, 1, len(XMP), XMP, True)])
+        compressions = [None]
+    else:
+        compressions = ["raw", "tiff_lzw"]
+    for compression in compressions:
+        if compression is not None:
+            Image.fromarray(rng_u8((12, 10, 3), seed=22)).save(tmp_path / "in.tif", compression=compression,
+                                                               tiffinfo={**tags, 700: XMP})
+        out = tmp_path / f"out_{compression}.tif"
+        report = denoise_file(tmp_path / "in.tif", out, identity, progress=False)
+        assert not any("left out" in note for note in report["notes"]), report["notes"]
+        with Image.open(out) as written:
+            assert {tag: written.tag_v2.get(tag) for tag in tags} == {tag: v.decode("latin-1") for tag, v in
+                                                                     tags.items()}, compression
+            assert upright_xmp(written.info.get("xmp"))
+
+
+def jpeg_with_metadata(path: Path, exif_orientation: int | None = None) -> None:
+    """A JPEG holding an XMP packet, two comments (COM) and an IPTC block (APP13, as Photoshop writes it)."""
+    iptc = b"Photoshop 3.0\0" + b"8BIM\x04\x04\0\0" + struct.pack(">I", 13) + b"\x1c\x02\x74\x00\x08(c) Jane\0"
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    Image.fromarray(rng_u8((12, 16, 3), seed=23)).save(
+        path, xmp=XMP, comment=b"second comment", exif=exif,
+        extra=b"\xff\xed" + struct.pack(">H", len(iptc) + 2) + iptc + b"\xff\xfe\x00\x0fFirst comment")
+
+
+def test_a_jpegs_xmp_comments_and_iptc_are_kept(tmp_path: Path) -> None:
+    """A JPEG's XMP packet (dc:creator, rights), its comments (COM) and its IPTC block (APP13: copyright, by-line)
+    were dropped without a word. Each is kept in a JPEG output, the comments in their order."""
+    jpeg_with_metadata(tmp_path / "in.jpg")
+    image, info = read_image(tmp_path / "in.jpg")
+    write_image(tmp_path / "out.jpg", image, info)
+    with Image.open(tmp_path / "in.jpg") as src, Image.open(tmp_path / "out.jpg") as out:
+        kept = [(kind, data) for kind, data in src.applist if kind in ("COM", "APP13")]
+        assert [kind for kind, _ in kept] == ["APP13", "COM", "COM"]
+        assert [(kind, data) for kind, data in out.applist if kind in ("COM", "APP13")] == kept
+        assert upright_xmp(out.info["xmp"])  # no orientation in the EXIF: the XMP's turned it upright
+    report = denoise_file(tmp_path / "in.jpg", tmp_path / "denoised.jpg", identity, progress=False)
+    assert not any("left out" in note for note in report["notes"]), report["notes"]
+
+
+@pytest.mark.parametrize("suffix", ["png", "tif", "webp", "jpg"])
+def test_xmp_goes_into_every_format_that_holds_it_without_its_orientation(tmp_path: Path, suffix: str) -> None:
+    """The XMP packet is the same in PNG (an iTXt chunk), JPEG (APP1), TIFF (tag 700) and WebP (an XMP chunk), so it
+    goes into any of them; its tiff:Orientation is taken out, as the EXIF's is: the output is written upright, and
+    the orientation kept turned it a second time when read back."""
+    jpeg_with_metadata(tmp_path / "in.jpg", exif_orientation=6)
+    report = denoise_file(tmp_path / "in.jpg", tmp_path / f"out.{suffix}", identity, progress=False)
+    with Image.open(tmp_path / f"out.{suffix}") as out:
+        assert upright_xmp(out.info.get("xmp"))
+    _, info = read_image(tmp_path / f"out.{suffix}")
+    assert (info.width, info.height, info.orientation) == (12, 16, 1)  # upright, and not turned again
+    assert not any("XMP" in note for note in report["notes"]), report["notes"]
+
+
+def test_what_an_output_format_cannot_hold_is_named_in_a_note(tmp_path: Path) -> None:
+    """PNG text chunks into a JPEG, a TIFF's Artist into a PNG, a JPEG's comment into a PNG, XMP into a BMP: each
+    was dropped without a word. They are not copied into another format's fields (a TIFF's Artist is no PNG
+    keyword); a note names what is left out and what keeps it, and the files hold what the notes say."""
+    buffer = io.BytesIO()
+    Image.fromarray(rng_u8((12, 10, 3), seed=24)).save(buffer, format="PNG")
+    (tmp_path / "in.png").write_bytes(with_png_chunks(buffer.getvalue(), [png_chunk(k, b) for k, b in PNG_TEXT]))
+    Image.fromarray(rng_u8((12, 10, 3), seed=24)).save(tmp_path / "in.tif", tiffinfo={315: "Jane Doe",
+                                                                                       33432: "(c) Jane"})
+    jpeg_with_metadata(tmp_path / "in.jpg")
+    expected = {
+        ("in.png", "jpg"): "JPEG holds no PNG text chunks: the input's 'Author' (tEXt), 'Description' (tEXt), "
+                           "'Comment' (iTXt) and 'Copyright' (zTXt) are left out (not copied into other fields); "
+                           "write .png to keep them",
+        ("in.tif", "png"): "PNG holds no TIFF text tags: the input's Artist and Copyright are left out (not copied "
+                           "into other fields); write .tif to keep them",
+        ("in.jpg", "png"): "PNG holds no JPEG comment or IPTC segments: the input's IPTC (APP13) and comment (COM) x2 "
+                           "are left out (not copied into other fields); write .jpg to keep them",
+        ("in.jpg", "bmp"): "BMP holds no XMP metadata: the input's XMP packet (",
+    }
+    for (source, suffix), note in expected.items():
+        out = tmp_path / f"{source[3:]}_to.{suffix}"
+        notes = denoise_file(tmp_path / source, out, identity, progress=False)["notes"]
+        assert any(n.startswith(note) for n in notes), (source, suffix, notes)
+        with Image.open(out) as written:
+            written.load()
+            assert set(getattr(written, "text", {})) <= {"XML:com.adobe.xmp"} and "comment" not in written.info
+            assert not [kind for kind, _ in getattr(written, "applist", []) if kind in ("COM", "APP13")]
+    assert "write .png, .tif, .jpg or .webp to keep it" in note_of(tmp_path / "in.jpg", tmp_path / "x.bmp", "XMP")
+
+
+def note_of(source: Path, out: Path, word: str) -> str:
+    """The note of denoising ``source`` into ``out`` that holds ``word``."""
+    return next(n for n in denoise_file(source, out, identity, progress=False)["notes"] if word in n)
+
+
+def test_text_metadata_past_the_limit_is_left_out_with_a_note(tmp_path: Path) -> None:
+    """Text metadata is held through the work: megabytes of it would be held for nothing. What comes past
+    TEXT_LIMIT (1 MiB) in all is left out, named in a note; what comes before is kept. A PNG's chunks are walked,
+    and one past the limit is not read."""
+    buffer = io.BytesIO()
+    Image.fromarray(rng_u8((8, 8, 3), seed=25)).save(buffer, format="PNG")
+    big = b"Huge\0" + b"x" * images.TEXT_LIMIT
+    chunks = [png_chunk(b"tEXt", b"Author\0Jane Doe"), png_chunk(b"tEXt", big), png_chunk(b"tEXt", b"Title\0Moon")]
+    (tmp_path / "in.png").write_bytes(with_png_chunks(buffer.getvalue(), chunks))
+    image, info = read_image(tmp_path / "in.png")
+    assert info.text == ((("tEXt", b"Author\0Jane Doe"), ("tEXt", b"Title\0Moon")))
+    assert f"text metadata past 1 MiB in all is left out (a photo's are a few kilobytes): 'Huge' (tEXt) " \
+           f"({len(big):,} bytes)" in info.notes
+    write_image(tmp_path / "out.png", image, info)
+    assert png_text_chunks(tmp_path / "out.png") == [(b"tEXt", b"Author\0Jane Doe"), (b"tEXt", b"Title\0Moon")]
