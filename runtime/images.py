@@ -28,6 +28,16 @@ Decisions (each one is what a person denoising a photo would expect):
   the noise away);
   the ICC profile and DPI are kept where the output format holds them (a note says what BMP, TGA, PPM or WebP
   leave out), and a PNG's gamma and colour chunks (gAMA, cHRM, sRGB) in a PNG output.
+* **Text metadata** (who made the photo, its rights, its description) is kept where the output holds it: the XMP
+  packet (read from PNG, JPEG, TIFF or WebP) goes into any PNG, JPEG, TIFF or WebP output (JPEG: up to 65,504
+  bytes), without its tiff:Orientation (the output is upright). Each format's own text goes into an output of that
+  format only, as it was: a PNG's tEXt / zTXt / iTXt chunks (an iTXt with its language and translated keyword),
+  a JPEG's comments (COM) and IPTC block (APP13), a TIFF's text tags (Artist, ImageDescription, Copyright,
+  DocumentName, PageName, Make, Model, DateTime, HostComputer; IPTC, tag 33723), a GIF's comment. It is not
+  mapped onto another format's fields (a TIFF's Artist is no PNG keyword): a note names what an output leaves
+  out, and what a file holds past :data:`TEXT_LIMIT` (1 MiB in all; it would be held through the work). Both
+  TIFF writers are covered (Pillow's tags, tifffile's for 16-bit colour); libtiff, through which Pillow writes a
+  compressed TIFF, ends a text tag at its first zero byte (a Copyright of 'photographer\\0editor' keeps the first).
 * **Output formats**: PNG, JPEG, TIFF, WebP, BMP, GIF, 8-bit PPM/PGM (no alpha) and TGA only; the others Pillow
   can write would resize (ICO, ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the
   work (BLP, PCX, QOI). A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept. A palette image whose
