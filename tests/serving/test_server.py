@@ -781,7 +781,9 @@ def test_a_killed_serve_with_a_grpc_request_in_flight_takes_tritonserver_with_it
     photo = tmp_path / "large.png"  # about 4,000 tiles: minutes on one CPU thread, so still in flight when killed
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)).save(photo)
     log = tmp_path / "triton.log"
-    proc, info = _start_cli(tmp_path, "--max-image-pixels", str(1024 * 1024), "--log-file", str(log), "--verbose")
+    home = Path(tempfile.mkdtemp(prefix="pth"))  # its own: the killed server's workspace and model copies are removed
+    proc, info = _start_cli(tmp_path, "--max-image-pixels", str(1024 * 1024), "--log-file", str(log), "--verbose",
+                            env={"PYTRITON_HOME": str(home)})
     try:
         triton = [pid for pid in _session_processes(proc.pid) if "bin/tritonserver" in _text(Path(f"/proc/{pid}/cmdline"))]
         assert len(triton) == 1
@@ -805,6 +807,10 @@ def test_a_killed_serve_with_a_grpc_request_in_flight_takes_tritonserver_with_it
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        from serving.server import remove_dead_workspaces
+
+        remove_dead_workspaces(home)  # and tritonserver's copies of its models in /tmp
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _text(path: Path) -> str:
