@@ -1128,6 +1128,20 @@ def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkey
     assert capsys.readouterr().err.rstrip().endswith("stopped, not cleanly: tritonserver gave up waiting for its "
                                                      "models to unload")
 
+    class HungUpWhileServing(SignalledBeforeStart):  # a terminal or ssh session closed without nohup: serve died at
+        def start(self):  # once, draining nothing, saying nothing, leaving its 22 MB workspace; it stops as on SIGTERM
+            self.running_config = self.config
+            return self
+
+        def wait(self, poll_s=0.5):
+            os.kill(os.getpid(), signal.SIGHUP)  # serve's handler runs here
+            return super().wait(poll_s)
+
+    monkeypatch.setattr(serving.server, "DenoiseServer", HungUpWhileServing)
+    assert main(["serve", "--backend", "torch", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "SIGHUP received: stopping" in err and err.rstrip().endswith("stopped")
+
     # a signal before start(): nothing is started for it (the whole server started, wrote its ready file and printed
     # its URLs, for a stop already asked)
     import time
@@ -1270,33 +1284,3 @@ def test_serve_checks_before_start_a_host_name_a_huge_photo_limit_and_its_own_fi
     assert main(["serve", "--backend", "torch", "--log-file", str(tmp_path / "x.json"), "--ready-file",
                  str(tmp_path / "x.json")]) == 2
     assert "--log-file and --ready-file are the same file" in capsys.readouterr().err
-
-
-def test_sighup_stops_serve_as_sigterm_does(capsys, monkeypatch):
-    """A terminal or ssh session closed without nohup sends SIGHUP: serve died at once, draining nothing, saying
-    nothing, and leaving its 22 MB workspace. It now stops as on SIGTERM."""
-    import signal
-
-    import serving.server
-    from moe_denoise.cli import main
-
-    class HungUpWhileServing(serving.server.DenoiseServer):
-        def start(self):
-            self.running_config = self.config
-            return self
-
-        @property
-        def urls(self):
-            return {"http": "http://127.0.0.1:0"}
-
-        def wait(self, poll_s=0.5):
-            os.kill(os.getpid(), signal.SIGHUP)  # serve's handler runs here
-            return self._stopped.wait(5.0)  # False, as if the server had died, when nothing asked for the stop
-
-        def stop(self):
-            pass
-
-    monkeypatch.setattr(serving.server, "DenoiseServer", HungUpWhileServing)
-    assert main(["serve", "--backend", "torch", "--threads", "1"]) == 0
-    err = capsys.readouterr().err
-    assert "SIGHUP received: stopping" in err and err.rstrip().endswith("stopped")
