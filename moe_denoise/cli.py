@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
         code = 1 if isinstance(e, ParityError) else 2
-        if getattr(args, "json", False) and watched is not None and not watched.wrote:  # a script reading the
+        printed = (watched is None or watched.wrote) or getattr(args, "printed_json", False)  # serve's own copy
+        if getattr(args, "json", False) and not printed:  # a script reading the
             with contextlib.suppress(OSError):  # JSON gets one, not an empty stdout (nor a second document)
                 print_json({"error": str(e), "command": args.command, "exit_code": code})
         return code

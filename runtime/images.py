@@ -736,6 +736,9 @@ def _text_metadata(p: Path, im: Any, fmt: str) -> tuple[bytes | None, tuple[tupl
             value = im.tag_v2.get(tag)
             if isinstance(value, str):  # Pillow decodes ASCII tags as Latin-1: encoded back, they are the file's bytes
                 value = value.encode("latin-1", "replace")
+            if tag == 270 and isinstance(value, bytes) and value.lstrip().startswith((b'{"shape"', b"ImageJ=")):
+                continue  # tifffile's or ImageJ's description of the file's layout, not of the photo: copied, it
+                # described another shape (an upright output: tifffile warned) and another writer's settings
             if isinstance(value, bytes) and value:
                 found.append((str(tag), value))
             elif value is not None:

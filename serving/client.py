@@ -372,8 +372,10 @@ def server_message(text: str | None) -> str:
         last = re.findall(r"^\s*((?:\w+\.)*\w*(?:Error|Exception)\b.*)$", text.split("Traceback (most recent call last)")[-1],
                           flags=re.M)
         reason = last[-1].strip() if last else "an error in the server"
-        return (f"the server failed while answering ({reason}); it may have been stopping (a SIGTERM to its whole "
-                f"process group stops PyTriton's helpers under a request): send it again once the server runs")
+        if re.match(r"(ConnectionRefused|ConnectionReset|BrokenPipe|EOF)Error", reason):  # PyTriton's helpers gone
+            return (f"the server failed while answering ({reason}); it was probably stopping (a SIGTERM to its whole "
+                    f"process group stops PyTriton's helpers under a request): send it again once the server runs")
+        return f"the server failed while answering ({reason}); its log holds the whole traceback"
     return text.strip()
 
 

@@ -270,8 +270,9 @@ class DenoiseServer:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
 
-        self.config.check_listenable()  # a port in use or a foreign address: said now, not as a timeout later
-        cfg = self.config.with_free_ports().with_address_resolved()
+        resolved = self.config.with_address_resolved()  # the IPv4 address Triton will bind, not a name's IPv6 one
+        resolved.check_listenable()  # a port in use or a foreign address: said now, not as a timeout later
+        cfg = resolved.with_free_ports()
         if cfg.address != self.config.address:
             self.log(f"listening on {cfg.address}, the IPv4 address of {self.config.address}")
         self.running_config = cfg

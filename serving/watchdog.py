@@ -80,15 +80,19 @@ def watch(parent: int, pid: int, grace_s: float, folders: list[str]) -> str:
         time.sleep(POLL_S)
     what = "ended"
     if alive():
-        os.kill(pid, signal.SIGKILL)
-        what = "killed"
+        try:
+            os.kill(pid, signal.SIGKILL)
+            what = "killed"
+        except ProcessLookupError:  # it ended between the look and the kill
+            pass
     time.sleep(2 * POLL_S)  # its Python backend's stubs end with it and leave their folders
     remove_empty(folders)
     return what
 
 
 def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: serve stops itself
+    for sig in (signal.SIGINT, signal.SIGHUP):  # a terminal's Ctrl-C or hang-up reaches the whole group: serve
+        signal.signal(sig, signal.SIG_IGN)  # stops itself (SIGHUP, as SIGTERM), and a SIGKILLed serve is watched for
     parent, pid, grace_s = int(argv[0]), int(argv[1]), float(argv[2])
     watch(parent, pid, grace_s, argv[3:])
     return 0

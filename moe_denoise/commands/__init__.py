@@ -354,7 +354,8 @@ def make_runner(args: argparse.Namespace, weights: Path | None, verify_outputs: 
         if args.cuda_graph and not args.device.startswith("cuda"):  # said in the command's words, not TorchRunner's
             raise InputError(f"--cuda-graph captures GPU work and needs --device cuda; got --device {args.device}. "
                              f"Leave --cuda-graph out on a CPU")
-        if args.precision != "fp32" and not args.device.startswith("cuda"):  # it invites CPU use, and ran 5x slower
+        if args.precision != "fp32" and not args.device.startswith("cuda") and not getattr(args, "said_cpu_half", False):
+            args.said_cpu_half = True  # once a command: serve makes a runner per model instance
             print(f"note: --precision {args.precision} on the CPU is for checking half precision's numbers: it runs "
                   f"several times slower than fp32 here (about 5x on a 2-core CPU; a CPU has no fast half-precision "
                   f"arithmetic)", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -328,12 +329,11 @@ def run_batch(args: argparse.Namespace) -> int:
     from moe_base.progress import progress_mode
 
     in_log = progress_mode(not (args.no_progress or args.json)) == "lines"
-    begun = [0]
+    number = {src: i for i, (src, _) in enumerate(plan.jobs, 1)}  # as the photo's own line numbers it
 
     def one(src: Path, dst: Path) -> dict:
-        begun[0] += 1
         if in_log:  # a log's progress lines name no photo, and a photo's own line comes when it is done
-            print(f"[{begun[0]}/{total}] denoising {src} ...", file=sys.stderr, flush=True)
+            print(f"[{number[src]}/{total}] denoising {src} ...", file=sys.stderr, flush=True)
         report = denoise_one(args, runner, src, dst, client)  # runner: bound below
         note = plan.note_for(src)  # written as NAME.gif.png: its own format cannot hold the result
         if note is not None:
@@ -420,7 +420,8 @@ def describe_guard(guard: dict) -> str:
     if guard.get("two_scales"):
         how += f"; read at two scales, as {guard.get('two_scales_reason') or 'the input is JPEG'}"
     sigma, gate = guard["sigma"] * 255, GUARD_MAX_SIGMA * 255
-    digits = next(d for d in (1, 2, 3, 4, 6) if round(sigma, d) != round(gate, d) or d == 6)  # 20.015 read '20.0'
+    digits = 1 if math.isclose(sigma, gate) else next(  # 20.015 read '20.0', above 20
+        d for d in (1, 2, 3, 4, 6) if round(sigma, d) != round(gate, d) or d == 6)
     level = f"noise {sigma:.{digits}f}/255 ({how})"
     if not guard["applied"]:
         return f"clean-input guard: {level}, above {gate:g}/255: the denoiser's output as it is"

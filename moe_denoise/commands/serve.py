@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         if args.log_file and os.path.abspath(args.log_file) == os.path.abspath(args.ready_file):
             raise InputError(f"--log-file and --ready-file are the same file ({args.ready_file}): the ready file "
                              f"would replace Triton's log, and be removed when the server stops; give two paths")
-        config.check_listenable()  # first: a second serve on the same ports removed the running one's ready file
+        config.with_address_resolved().check_listenable()  # first: a second serve on the same ports removed the
+        # running one's ready file
         clear_ready_file(args.ready_file)
         check_output_file(args.ready_file, overwrite=True, option="")
     probe = make_runner(args, args.weights)  # a bad --backend/--artifact/--weights fails here, before Triton starts
@@ -162,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 atomic_write_json(args.ready_file, info)  # a poller never reads half of it
             if args.json:
                 print(json.dumps(info, indent=2), file=out, flush=True)
+                args.printed_json = True  # an error after it gets no second JSON document (cli.main)
             else:
                 log(f"ready in {info['startup_seconds']}s with {info['runner']}; Ctrl-C or SIGTERM stops it. "
                     f"Try: moe-denoise denoise PHOTO -o OUT --server {server.urls['http']}")

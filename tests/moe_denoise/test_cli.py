@@ -195,7 +195,13 @@ def test_torch_backend_precision_and_graph_options(capsys, random_weights):
     code, out, err = run(capsys, "parity", "--backend", "torch", "--precision", "bf16", "--weights", random_weights,
                          "-n", 2)
     assert code == 0 and "PSNR" in out and "torch-gather-bf16 (weights " in out and "precision bf16" in out
-    assert "note: --precision bf16 on the CPU is for checking half precision's numbers" in err  # 5x slower, unsaid
+    assert err.count("note: --precision bf16 on the CPU is for checking half precision's numbers") == 1  # 5x slower
+    from moe_denoise.cli import build_parser
+    from moe_denoise.commands import make_runner
+
+    args = build_parser().parse_args(["serve", "--precision", "fp16", "--weights", str(random_weights)])
+    make_runner(args, args.weights), make_runner(args, args.weights)  # serve: a runner per model instance
+    assert capsys.readouterr().err.count("note: --precision fp16 on the CPU") == 1  # said once a command
     code, _, err = run(capsys, "parity", "--backend", "torch", "--cuda-graph", "--weights", random_weights, "-n", 2)
     assert code == 2 and "--cuda-graph captures GPU work and needs --device cuda" in err
 

@@ -362,3 +362,9 @@ def test_a_folder_run_in_a_log_names_each_photo_as_it_begins(capsys, random_weig
     assert f"[1/2] denoising {photos / 'colour.png'} ..." in err and f"[2/2] denoising {photos / 'gray.jpg'} ..." in err
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "quiet", "--weights", random_weights, "--no-progress")
     assert code == 0 and "denoising" not in err
+    (tmp_path / "out" / "colour.png").unlink()  # resumed: numbered as the photo's own line is
+    code, text, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
+                          "--skip-existing")
+    colour = photos / "colour.png"
+    assert code == 0 and f"[1/1] denoising {colour} ..." in err and f"[1/1] denoised {colour}" in text
+    assert "gray.jpg" not in err

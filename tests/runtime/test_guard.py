@@ -538,3 +538,4 @@ def test_the_report_line_never_reads_the_gate_for_a_level_above_it():
     above = {"sigma": (gate + 0.015) / 255, "sigma_given": False, "applied": False}
     assert f"noise {gate + 0.015:.2f}/255 (estimated), above {gate:g}/255" in describe_guard(above)
     assert "noise 7.0/255" in describe_guard({**above, "sigma": 7 / 255})
+    assert f"noise {gate:.1f}/255 " in describe_guard({**above, "sigma": GUARD_MAX_SIGMA})  # not 20.000000

@@ -997,6 +997,20 @@ def test_a_tiffs_text_tags_are_kept(tmp_path: Path, bits: int) -> None:
             assert upright_xmp(written.info.get("xmp"))
 
 
+def test_a_tiffs_layout_description_is_not_copied(tmp_path: Path) -> None:
+    """tifffile (and ImageJ) store the file's layout in ImageDescription ('{"shape": [...]}'): copied into the output,
+    it described another shape (an upright output of a rotated photo: tifffile warned on reading it)."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile is not installed: it writes the shape description")
+    tifffile.imwrite(tmp_path / "shaped.tif", rng_u16((12, 10, 3), seed=23), photometric="rgb")
+    with Image.open(tmp_path / "shaped.tif") as im:
+        assert im.tag_v2.get(270, "").startswith('{"shape"')  # what tifffile wrote
+    _, info = read_image(tmp_path / "shaped.tif")
+    assert "270" not in dict(info.text)
+    tifffile.imwrite(tmp_path / "described.tif", rng_u16((12, 10, 3), seed=23), photometric="rgb", metadata=None,
+                     description="An astronaut")
+    assert dict(read_image(tmp_path / "described.tif")[1].text)["270"] == b"An astronaut"  # a person's text stays
+
+
 def jpeg_with_metadata(path: Path, exif_orientation: int | None = None) -> None:
     """A JPEG holding an XMP packet, two comments (COM) and an IPTC block (APP13, as Photoshop writes it)."""
     iptc = b"Photoshop 3.0\0" + b"8BIM\x04\x04\0\0" + struct.pack(">I", 13) + b"\x1c\x02\x74\x00\x08(c) Jane\0"

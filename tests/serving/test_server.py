@@ -768,6 +768,25 @@ def test_a_killed_server_leaves_a_workspace_the_next_start_removes(tmp_path, pyt
         shutil.rmtree(home, ignore_errors=True)
 
 
+def test_a_hang_up_to_the_whole_group_stops_serve_cleanly(tmp_path):
+    """A closed terminal sends SIGHUP to serve's whole process group. serve stops on it as on SIGTERM (it died at
+    once); tritonserver, which sets no SIGHUP handler, would exit at once (129, draining nothing) but for PyTriton
+    starting it with SIGHUP ignored (its 'sh' runs background commands so; kept across exec, by its stubs too).
+    This checks that this still holds, and that the stop is serve's own, clean one."""
+    _skip_without_pytriton()
+    proc, _ = _start_cli(tmp_path)
+    try:
+        triton = [pid for pid in _session_processes(proc.pid) if "bin/tritonserver" in _text(Path(f"/proc/{pid}/cmdline"))]
+        assert len(triton) == 1
+        ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", _text(Path(f"/proc/{triton[0]}/status")))[1], 16)
+        assert ignored & (1 << (signal.SIGHUP - 1)), "tritonserver would end on a terminal's hang-up"
+    finally:
+        rc = _stop(proc, signal.SIGHUP, group=True)
+    printed = (tmp_path / "serve.log").read_text()
+    assert rc == 0 and "SIGHUP received: stopping" in printed and printed.rstrip().endswith("stopped"), printed
+    assert _wait_session_empty(proc.pid) == []
+
+
 def test_a_killed_serve_with_a_grpc_request_in_flight_takes_tritonserver_with_it(tmp_path, python_envs_removed):
     """serve killed outright (SIGKILL, the out-of-memory killer) while a gRPC request is in flight: the orphaned
     tritonserver hung in its exit, holding the ports, until that client gave up (its --timeout, an hour by default).

@@ -440,6 +440,10 @@ def test_server_message_keeps_our_reason_not_the_traceback():
     said = server_message(pytriton)
     assert "ConnectionRefusedError: [Errno 111] Connection refused" in said and "send it again" in said
     assert "/root" not in said and "File" not in said
+    other = pytriton.replace("ConnectionRefusedError: [Errno 111] Connection refused", "RuntimeError: CUDA out of memory")
+    said = server_message(other)  # a failure of the model, not a stop: no advice to send it again
+    assert "RuntimeError: CUDA out of memory" in said and "its log holds the whole traceback" in said
+    assert "send it again" not in said and "/root" not in said
 
 
 def test_parse_metrics_sums_over_reasons_per_model():
