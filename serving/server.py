@@ -410,9 +410,10 @@ class DenoiseServer:
                              "put the folder of this Python's libpython first on LD_LIBRARY_PATH")
             return MissingBackendError(f"the Triton server started but could not load the models ({text[:600]}). "
                                        f"{extra}")
-        return MissingBackendError(f"the Triton server could not start or load the models ({text[:600]}). Check "
-                                   f"that the ports {self.urls['http']}, {self.urls['grpc']} and "
-                                   f"{self.urls['metrics']} are free; run with --verbose for Triton's log")
+        return MissingBackendError(f"the Triton server could not start or load the models ({text[:600]}). Its ports "
+                                   f"{self.urls['http']}, {self.urls['grpc']} and {self.urls['metrics']} were free "
+                                   f"when the start began (another program may have taken one since); run it again, "
+                                   f"with --verbose for Triton's log")
 
     def _as_function(self, model: Callable[[list[Any]], list[dict[str, np.ndarray]]]) -> Callable[[list[Any]], Any]:
         """PyTriton calls this with the list of requests of one execution (a batch when batching)."""

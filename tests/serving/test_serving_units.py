@@ -1288,3 +1288,13 @@ def test_serve_checks_before_start_a_host_name_a_huge_photo_limit_and_its_own_fi
     assert main(["serve", "--backend", "torch", "--log-file", str(tmp_path / "x.json"), "--ready-file",
                  str(tmp_path / "x.json")]) == 2
     assert "--log-file and --ready-file are the same file" in capsys.readouterr().err
+
+
+def test_a_start_failure_of_no_known_kind_does_not_blame_ports_checked_free():
+    """A model load that failed at PyTriton's handshake (it passed on a retry) read 'check that the ports ... are
+    free': serve checks them before the start, and they were."""
+    from serving.server import DenoiseServer
+
+    said = str(DenoiseServer(lambda: None)._start_error(RuntimeError("handshake with the model proxy failed")))
+    assert "handshake with the model proxy failed" in said and "were free when the start began" in said
+    assert "run it again" in said and "Check that the ports" not in said
