@@ -352,7 +352,8 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_targets(targets: Sequence[dict[str, Any]]) -> str:
-    lines = ["targets (issue 15; set for the new blind weights, shown for every weights):"]
+    lines = ["quality targets (the project's, set for the blind weights and shown for every weights; MISSED is a "
+             "target not reached, not a failure of this run):"]
     for t in targets:
         mark = {True: "met", False: "MISSED", None: "partly"}[t["met"]]  # partly: held on the levels run alone
         where = f" [{t['where']}]" if t.get("where") else ""

@@ -34,7 +34,7 @@ def test_table_is_the_default_output(capsys, fake_cifar, random_weights):
                        "--sigmas", 0, 50, "--protocol", "clip", "--bm3d-images", 0, "--no-ssim")
     assert code == 0
     assert "[clip] PSNR (dB), all 3 images" in out and "sigma 50" in out and "random" in out
-    assert "[unclipped]" not in out and "targets (issue 15" in out
+    assert "[unclipped]" not in out and "quality targets (the project's, set for the blind weights" in out
     assert "note: the CIFAR-10 targets are set on the whole test split; these were measured on its first 3 images " \
            "(--limit): indicative only" in out
 
