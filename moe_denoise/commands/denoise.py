@@ -134,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
                       "--no-guard")
     check_backend_options(args)
     check_strength(args.strength, "--strength")
-    args.quality_given = args.jpeg_quality is not None  # None: 95, and a lossless WebP's WebP output lossless
-    check_quality(args.jpeg_quality, "--jpeg-quality")
+    check_quality(args.jpeg_quality, "--jpeg-quality")  # None: 95, and a lossless WebP's WebP output lossless
     if args.server is not None:
         check_remote_options(args)
     else:
@@ -181,7 +180,7 @@ def check_quality_used(args: argparse.Namespace, outputs: list[Path]) -> None:
     full quality where a small file was asked for)."""
     from runtime.images import output_format
 
-    if not getattr(args, "quality_given", False) or not outputs:
+    if getattr(args, "jpeg_quality", None) is None or not outputs:
         return
     formats = {output_format(p) for p in outputs}
     if formats.isdisjoint({"JPEG", "WEBP"}):
