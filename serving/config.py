@@ -8,7 +8,7 @@ import errno
 import ipaddress
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,7 @@ class ServeConfig:
         except (socket.gaierror, UnicodeError) as e:
             raise InputError(f"--address {self.address!r} has no IPv4 address here ({e}); give one of this machine's "
                              f"addresses: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
-        return ServeConfig(**{**asdict(self), "address": str(found[0][4][0])})
+        return replace(self, address=str(found[0][4][0]))
 
     def check_listenable(self) -> None:
         """Before Triton starts: every port (0: chosen when it starts) can be listened on at ``address``."""
