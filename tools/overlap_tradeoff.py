@@ -21,19 +21,23 @@ from tools import level_255, run_tool
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.quality import PHOTOS, load_photo, noise_draw, noisy_photo
     from moe_denoise.commands import tile_overlap
-    from moe_model.baselines import psnr
-    from runtime import TorchRunner, denoise_array
-    from runtime.tiling import plan_tiles
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--overlaps", type=tile_overlap, nargs="+", default=[0, 8, 16, 24], help="overlaps to compare")
     parser.add_argument("--sigmas", type=level_255, nargs="+", default=[15, 25, 50], help="noise levels, 0-255 scale")
-    parser.add_argument("--photos", nargs="+", default=list(PHOTOS), help="scikit-image sample photos")
+    parser.add_argument("--photos", nargs="+", default=None,
+                        help="scikit-image sample photos (default: those of the photo evaluation)")
     parser.add_argument("--weights", default="blind", help="shipped weights by name, or a weights file")
     parser.add_argument("--seed", type=int, default=0, help="the noise draw's seed")
     args = parser.parse_args(argv)
+    # after parsing: these import torch (5 s before --help answered)
+    from benchmarks.quality import PHOTOS, load_photo, noise_draw, noisy_photo
+    from moe_model.baselines import psnr
+    from runtime import TorchRunner, denoise_array
+    from runtime.tiling import plan_tiles
+
+    args.photos = args.photos or list(PHOTOS)
     rows: dict[int, dict[str, list[float]]] = {o: {"psnr": [], "seconds": []} for o in args.overlaps}
     with TorchRunner(args.weights) as runner:
         header = "".join(f" | overlap {o:2d}" for o in args.overlaps)

@@ -28,13 +28,16 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from moe_base.errors import InputError
 from tools import run_tool
 from weights import DEFAULT_WEIGHTS
+
+if TYPE_CHECKING:  # torch is imported where used: --help and argument errors answer without it (5 s)
+    import torch
 
 TILE = 32
 
@@ -93,6 +96,8 @@ def crops(photos: list[np.ndarray], gray: list[bool], n: int, rng: np.random.Gen
           size: int = TILE) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random ``size`` x ``size`` crops (N, 3, size, size), flipped and turned at random, and which are gray
     (N,)."""
+    import torch
+
     out = np.empty((n, 3, size, size), np.float32)
     is_gray = np.empty(n, bool)
     for i in range(n):
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--threads", type=positive_int, default=2)
     args = p.parse_args(argv)
+
+    import torch
 
     from moe_base.fileio import check_output_file
     from moe_model.checkpoint import load_model, origin, save_weights, sidecar_path

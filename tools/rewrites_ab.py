@@ -30,7 +30,6 @@ from benchmarks.harness import round_order
 from benchmarks.stats import paired_comparison, paired_text
 from export.onnx_export import DEFAULT_REWRITES, REWRITES, ExportOptions, build_onnx
 from moe_denoise.commands import HelpFormatter, positive_int
-from moe_model.checkpoint import load_model
 from tools import run_tool
 from weights import DEFAULT_WEIGHTS
 
@@ -114,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             check_output_file(a.json, overwrite=True)
         except InputError as e:
             p.error(f"--json: {e}")
+    from moe_model.checkpoint import load_model  # torch: not for --help and argument errors
+
     model = load_model(a.weights).eval()
     x = np.random.default_rng(0).random((a.batch, 3, 32, 32), dtype=np.float32)
     if a.profile:

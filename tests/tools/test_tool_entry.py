@@ -94,3 +94,20 @@ def test_level_0_is_a_clean_photo_as_the_docs_run_it():
     from tools import level_255
 
     assert [level_255(t) for t in ("0", "-0", "5", "255")] == [0.0, 0.0, 5.0, 255.0]
+
+
+def test_every_tools_help_answers_without_torch():
+    """A tool's --help answers without importing torch (5 s here): overlap_tradeoff, rewrites_ab and photo_finetune
+    imported it before parsing. Every module of tools/ with a main() is asked, in one fresh interpreter."""
+    names = sorted(p.stem for p in (REPO / "tools").glob("*.py") if "\ndef main(" in p.read_text())
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}:\n"
+            "    try:\n"
+            "        importlib.import_module('tools.' + name).main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "    if 'torch' in sys.modules:\n"
+            "        sys.exit('torch imported by ' + name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(names) >= 10 and {"overlap_tradeoff", "rewrites_ab", "photo_finetune"} <= set(names)
