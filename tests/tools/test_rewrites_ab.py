@@ -45,7 +45,7 @@ def test_an_unwritable_json_is_refused_before_any_timing(tmp_path, monkeypatch, 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded: timing was about to start")
 
-    monkeypatch.setattr(rewrites_ab, "load_model", no_model)
+    monkeypatch.setattr("moe_model.checkpoint.load_model", no_model)  # main imports it after parsing
     (tmp_path / "a_file").write_text("")
     for path in (tmp_path, tmp_path / "a_file" / "ab.json"):
         with pytest.raises(SystemExit) as e:
