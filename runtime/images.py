@@ -37,7 +37,8 @@ Decisions (each one is what a person denoising a photo would expect):
   mapped onto another format's fields (a TIFF's Artist is no PNG keyword): a note names what an output leaves
   out, and what a file holds past :data:`TEXT_LIMIT` (1 MiB in all; it would be held through the work). Both
   TIFF writers are covered (Pillow's tags, tifffile's for 16-bit colour); libtiff, through which Pillow writes a
-  compressed TIFF, ends a text tag at its first zero byte (a Copyright of 'photographer\\0editor' keeps the first).
+  compressed TIFF, ends a text tag at its first zero byte (a Copyright of 'photographer\\0editor' keeps the first;
+  a note says so).
 * **Output formats**: PNG, JPEG, TIFF, WebP, BMP, GIF, 8-bit PPM/PGM (no alpha) and TGA only; the others Pillow
   can write would resize (ICO, ICNS), compress at their own quality (AVIF, PDF, MPO) or fail on some modes after the
   work (BLP, PCX, QOI). A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept. A palette image whose
@@ -1215,7 +1216,19 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
         keep = f"; write {ext} to keep {'it' if one else 'them'}" if format_problem(home, info) is None else ""
         notes.append(f"{fmt} holds no {what}: the input's {_and(names)} {'is' if one else 'are'} left out (not copied "
                      f"into other fields){keep}")
+    elif text and fmt == "TIFF" and _through_libtiff(info):  # type: ignore[arg-type]
+        cut = [_text_name("TIFF", kind, data) for kind, data in text if kind != str(_TIFF_IPTC_TAG) and b"\0" in data]
+        if cut:
+            notes.append(f"the input's {_and(cut)} {'holds a zero byte' if len(cut) == 1 else 'hold zero bytes'}: "
+                         f"libtiff, which writes a compressed TIFF, ends a text tag there, so what follows is left out")
     return notes
+
+
+def _through_libtiff(info: ImageInfo) -> bool:
+    """Whether a TIFF output of ``info`` is written by Pillow through libtiff: compressed (as the input was), and not
+    by tifffile (16-bit colour)."""
+    return (info.compression in _TIFF_LOSSLESS and info.compression != "raw"
+            and not (info.bit_depth == 16 and info.layout != "L"))
 
 
 def _and(names: list[str]) -> str:

@@ -997,6 +997,29 @@ def test_a_tiffs_text_tags_are_kept(tmp_path: Path, bits: int) -> None:
             assert upright_xmp(written.info.get("xmp"))
 
 
+def test_a_text_tag_cut_at_a_zero_byte_by_libtiff_is_named(tmp_path: Path) -> None:
+    """libtiff, through which Pillow writes a compressed TIFF, ends a text tag at its first zero byte: a Copyright of
+    'photographer\\0editor' lost 'editor' without a word. A note says so; an uncompressed output keeps it whole."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile is not installed: it writes the zero byte")
+    copyright_ = b"(c) photographer\0editor"
+    for compression, cut in (("zlib", True), (None, False)):
+        src, out = tmp_path / f"in_{compression}.tif", tmp_path / f"out_{compression}.tif"
+        tifffile.imwrite(src, rng_u8((12, 10, 3), seed=24), photometric="rgb", metadata=None, compression=compression,
+                         extratags=[(33432, 2, 0, copyright_, True), (315, 2, 0, b"Jane", True)])
+        _, info = read_image(src)
+        assert dict(info.text)["33432"] == copyright_  # read whole
+        report = denoise_file(src, out, identity, progress=False)
+        with Image.open(out) as written:
+            kept = written.tag_v2.get(33432).encode("latin-1")
+        said = [n for n in report["notes"] if "zero byte" in n]
+        if cut:
+            assert kept == b"(c) photographer"  # what libtiff does: the note is true
+            assert said == ["the input's Copyright holds a zero byte: libtiff, which writes a compressed TIFF, ends a "
+                            "text tag there, so what follows is left out"], report["notes"]
+        else:
+            assert kept == copyright_ and said == [], report["notes"]
+
+
 def test_a_tiffs_layout_description_is_not_copied(tmp_path: Path) -> None:
     """tifffile (and ImageJ) store the file's layout in ImageDescription ('{"shape": [...]}'): copied into the output,
     it described another shape (an upright output of a rotated photo: tifffile warned on reading it)."""
