@@ -994,3 +994,25 @@ def test_debug_adds_the_traceback_and_keeps_the_exit_code_and_json_gets_an_error
     report = json.loads(out)
     assert report["exit_code"] == 2 and report["command"] == "denoise" and "text.png" in report["error"]
     assert report["error"] in err and not (tmp_path / "x.png").exists()
+
+
+def test_a_json_document_printed_past_sys_stdout_gets_no_second_one(monkeypatch, capfd):
+    """serve --json prints its ready document on its own copy of file descriptor 1 (tritonserver's children write to
+    the real one), which sys.stdout never sees: an error after it added a second JSON document, and a script's
+    json.load of stdout failed. A command that printed so says it (args.printed_json), and gets none."""
+    import os
+
+    from moe_base.errors import InputError
+    from moe_denoise.cli import main
+    from moe_denoise.commands import serve
+
+    def ready_then_failed(args):
+        os.write(1, b'{"urls": {}}\n')  # as serve does, past sys.stdout
+        args.printed_json = True
+        raise InputError("the server failed after it was ready")
+
+    monkeypatch.setattr(serve, "run", ready_then_failed)
+    assert main(["serve", "--json"]) == 2
+    out, err = capfd.readouterr()
+    assert json.loads(out) == {"urls": {}}, out  # one document
+    assert "moe-denoise serve: error: the server failed after it was ready" in err
