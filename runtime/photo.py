@@ -24,9 +24,11 @@ from .images import (
     check_memory,
     check_output_path,
     check_quality,
+    check_size,
     check_writable,
     output_format,
     output_notes,
+    read_header,
     read_pixels,
     to_pixels,
     to_unit,
@@ -78,6 +80,21 @@ def denoise_peak_bytes(header: ImageHeader, tile: int = DEFAULT_TILE, overlap: i
         encode = header.pixels * (0 if header.layout == "L" and header.bit_depth == 8 else
                                   2 if header.bit_depth == 16 else 4)
     return max(header.decode_bytes, 2 * compact + work, compact + encode) + DENOISER_BYTES_PER_TILE * batch_size
+
+
+def check_file_job(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], overwrite: bool = False,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """The checks of :func:`denoise_file` that need no model, for a command to run before it loads one (torch and
+    the weights take seconds: a missing input, an output in the way or a file that is no image was answered after
+    them): the input exists and is an image within ``max_pixels``, and the output path can take it. Returns its
+    header. The memory check, which depends on the runner's batch size, stays in :func:`denoise_file`."""
+    check_input_exists(in_path)  # the first thing to fix, before what the output would replace
+    check_output_path(out_path, in_path, overwrite)
+    header = read_header(in_path)
+    check_size(header, max_pixels)
+    check_writable(out_path, header)
+    check_frames_kept(out_path, header)
+    return header
 
 
 def denoise_file(

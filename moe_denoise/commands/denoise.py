@@ -226,6 +226,9 @@ def run_single(args: argparse.Namespace) -> int:
     if args.server is not None:
         report = denoise_one(args, None, args.input, args.output)
     else:
+        from runtime.photo import check_file_job
+
+        check_file_job(args.input, args.output, args.overwrite, args.max_pixels)  # before torch and the weights
         with make_runner(args, args.weights) as runner:
             report = denoise_one(args, runner, args.input, args.output)
     if renamed is not None:

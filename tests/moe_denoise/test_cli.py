@@ -1016,3 +1016,30 @@ def test_a_json_document_printed_past_sys_stdout_gets_no_second_one(monkeypatch,
     out, err = capfd.readouterr()
     assert json.loads(out) == {"urls": {}}, out  # one document
     assert "moe-denoise serve: error: the server failed after it was ready" in err
+
+
+def test_a_single_photos_path_errors_come_before_torch_and_the_weights(tmp_path):
+    """denoise loaded torch and the weights (3 to 4 s here) before it found a missing input, an output in the way
+    (no --overwrite), a file that is no image or an output format it cannot write: those are answered before the
+    runner is made now."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    photo, taken, text = tmp_path / "p.png", tmp_path / "taken.png", tmp_path / "notes.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    taken.write_bytes(b"")
+    text.write_text("not a picture")
+    code = ("import sys\n"
+            "from moe_denoise.cli import main\n"
+            "codes = [main(['denoise', *a.split('|')]) for a in sys.argv[1:]]\n"
+            "print(codes, 'torch' in sys.modules)\n")
+    cases = [f"{tmp_path / 'none.png'}|-o|{tmp_path / 'o1.png'}", f"{photo}|-o|{taken}",
+             f"{text}|-o|{tmp_path / 'o2.png'}", f"{photo}|-o|{tmp_path / 'o3.pdf'}"]
+    done = subprocess.run([sys.executable, "-c", code, *cases], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "[2, 2, 2, 2] False", done.stdout + done.stderr
+    said = done.stderr.splitlines()
+    assert len(said) == 4 and all(line.startswith("moe-denoise denoise: error: ") for line in said), said
+    assert "no such image file" in said[0] and "exists" in said[1] and "cannot read" in said[2] and "pdf" in said[3]
+    assert not any((tmp_path / f"o{i}.png").exists() for i in (1, 2))
