@@ -344,14 +344,18 @@ def sure_input_weight(x: np.ndarray, fx: np.ndarray, fx_probe: np.ndarray, probe
 def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int,
                  denoise: Callable[[np.ndarray], np.ndarray], sigma: float | None = None,
                  max_sigma: float = GUARD_MAX_SIGMA, max_pixels: int = SAMPLE_PIXELS,
-                 two_scales: bool = False, whole: Callable[[], np.ndarray] | None = None) -> GuardResult:
+                 two_scales: bool | Callable[[], str | None] = False,
+                 whole: Callable[[], np.ndarray] | None = None) -> GuardResult:
     """The guard's decision for a photo read through ``rows(a, b)`` (float32 rows ``(b - a, width, C)``).
 
     ``denoise`` maps an image of the colour part's shape (HxW gray or HxWx3) to its denoised version, unclipped
     (e.g. ``runtime.tiling.denoise_array`` without the guard). ``sigma``: the noise level if known, the same for
     every pixel (skips the estimate; a user's ``--sigma``). Estimated, the noise may vary with brightness
     (:func:`estimate_noise_profile`, read at two scales with ``two_scales``: for a JPEG input); the gate compares
-    its root-mean-square over the sampled pixels. ``whole``: the whole photo's colour part denoised, asked for
+    its root-mean-square over the sampled pixels. ``two_scales`` may be a call that says whether to, and why
+    (:func:`runtime.jpeg_traces.deferred_two_scales_reason`): it is made only when the reading at one scale is under
+    the gate, since the reading at two scales is the higher at every brightness and would be above it too (the
+    guard stays out either way); the reason goes into the decision. ``whole``: the whole photo's colour part denoised, asked for
     (once) instead of ``denoise`` when the sample is the whole photo, so that a caller who needs that denoising
     anyway does it once."""
     check_sigma(sigma)
@@ -360,18 +364,25 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
              for y, x, h, w in windows]
     sampled = sum(c.shape[0] * c.shape[1] for c in crops)
     given = sigma is not None
+    deferred = callable(two_scales)
+    two, reason = (False, None) if deferred else (bool(two_scales), None)
     if sigma is None:
         usable = [c for c in crops if min(c.shape[:2]) >= 2]
-        profile = estimate_noise_profile(usable, two_scales) if usable else None
-        if profile is None:  # flat, saturated or 1 pixel wide: no basis for a blend
-            return GuardResult(0.0, None, False, False, sampled, None, two_scales)
+        profile = estimate_noise_profile(usable, two) if usable else None
+        if profile is None:  # flat, saturated or 1 pixel wide: no basis for a blend (nor at two scales)
+            return GuardResult(0.0, None, False, False, sampled, None, two)
+        if deferred and profile.rms(crops) <= max_sigma:
+            reason = two_scales()  # type: ignore[operator]
+            if reason:
+                two = True
+                profile = estimate_noise_profile(usable, True) or profile
         sigma = profile.rms(crops)
     else:
         profile = NoiseProfile.constant(sigma)
 
     def decided(weight: float, applied: bool) -> GuardResult:
         return GuardResult(weight, sigma, given, applied, sampled, (min(profile.sigmas), max(profile.sigmas)),
-                           two_scales and not given)
+                           two and not given, reason or None)
 
     if sigma > max_sigma:
         return decided(0.0, False)

@@ -26,6 +26,8 @@ Resampling (a resize) removes the grid, and the photo reads as lossless.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 LOSSY_FORMATS = ("JPEG", "MPO")
@@ -123,3 +125,13 @@ def two_scales_reason(file_format: str | None, pixels: np.ndarray, top: float) -
     if jpeg_quantised(pixels, top):
         return "its pixels were JPEG-compressed before"  # JPEG's 8x8 blocks, quantised
     return None
+
+
+def deferred_two_scales_reason(file_format: str | None, pixels: np.ndarray, top: float) -> str | Callable[[], str | None]:
+    """:func:`two_scales_reason`, its look at the pixels deferred: the reason at once for a JPEG file, else a call
+    that looks, which the guard makes only when the photo's noise read at one scale is under its gate
+    (:func:`runtime.guard.guard_weight`). Above it, the look (0.1 to 0.6 s a photo, most of what a noisy photo's
+    guard costs) could not change what the guard does."""
+    if file_format in LOSSY_FORMATS:
+        return two_scales_reason(file_format, pixels, top)  # type: ignore[return-value]
+    return lambda: two_scales_reason(file_format, pixels, top)

@@ -34,7 +34,7 @@ from .images import (
     to_unit,
     write_pixels,
 )
-from .jpeg_traces import two_scales_reason
+from .jpeg_traces import deferred_two_scales_reason
 from .tiling import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
@@ -179,8 +179,8 @@ def _denoise_pixels(pixels: np.ndarray, info: ImageInfo, fn: TileFn, tile: int, 
     if isinstance(guard, GuardResult):  # a decision made already (check_denoise_args lets one through)
         decision = guard
     elif guard:
-        why = None if sigma is not None else two_scales_reason(info.format, pixels,  # a given sigma is not read
-                                                               65535.0 if info.bit_depth == 16 else 255.0)
+        why = None if sigma is not None else deferred_two_scales_reason(  # a given sigma is not read
+            info.format, pixels, 65535.0 if info.bit_depth == 16 else 255.0)
         decision, raw = guard_reusing(rows, h, w, c, fn, tile, overlap, batch_size, band_rows, progress, sigma,
                                       why)  # JPEG took the finest detail, where the noise is read
     weight = with_strength(decision.input_weight if decision is not None else 0.0, strength)

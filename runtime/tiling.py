@@ -450,7 +450,7 @@ def denoise_array_guarded(
     band_rows: int | None = None,
     guard: bool | GuardResult = True,
     sigma: float | None = None,
-    two_scales: bool | str | None = False,
+    two_scales: bool | str | Callable[[], str | None] | None = False,
     strength: float = 1.0,
 ) -> tuple[np.ndarray, GuardResult | None]:
     """:func:`denoise_array`'s result and the guard's decision (None when ``guard`` is False), for callers that
@@ -491,19 +491,21 @@ def denoise_whole(rows: RowSource, height: int, width: int, channels: int, fn: T
 
 def guard_reusing(rows: RowSource, height: int, width: int, channels: int, fn: TileFn, tile: int, overlap: int,
                   batch_size: int, band_rows: int | None, progress: bool | str, sigma: float | None,
-                  two_scales: bool | str | None) -> tuple[GuardResult, np.ndarray | None]:
+                  two_scales: bool | str | Callable[[], str | None] | None) -> tuple[GuardResult, np.ndarray | None]:
     """The guard's decision, and the image denoised without the guard (:func:`denoise_whole`) when the decision
     needed it: for an image the guard samples whole and under the gate, that denoising is the guard's own f(x),
     done once for both (blend it with :func:`blend_whole`); otherwise None. ``two_scales``: read the noise at two
     scales (True), or why to (:func:`runtime.jpeg_traces.two_scales_reason`'s text, recorded in the decision as
-    ``two_scales_reason`` when the guard read it so); False or None: one scale."""
+    ``two_scales_reason`` when the guard read it so), or a call that says whether and why, made only when it can
+    matter (:func:`runtime.jpeg_traces.deferred_two_scales_reason`); False or None: one scale."""
     raw: list[np.ndarray] = []
 
     def whole() -> np.ndarray:
         raw.append(denoise_whole(rows, height, width, channels, fn, tile, overlap, batch_size, band_rows, progress))
         return colour_part(raw[0])
 
-    decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma, bool(two_scales), whole)
+    decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma,
+                          two_scales if callable(two_scales) else bool(two_scales), whole)
     if isinstance(two_scales, str) and decision.two_scales:
         decision = replace(decision, two_scales_reason=two_scales)
     return decision, (raw[0] if raw else None)
@@ -554,7 +556,7 @@ def _check_denoised(denoised: object, image: np.ndarray) -> np.ndarray:
 
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,
                overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
-               sigma: float | None = None, two_scales: bool = False,
+               sigma: float | None = None, two_scales: bool | Callable[[], str | None] = False,
                whole: Callable[[], np.ndarray] | None = None) -> GuardResult:
     """:func:`runtime.guard.guard_weight` for an image read through a row source, tiled as :func:`denoise_bands`
     (``whole``: see there)."""

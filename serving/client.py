@@ -473,7 +473,7 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, pixels: np.ndarray, fil
     """The photo (``image`` on [0, 1], ``pixels`` its file's integers) tiled here, its tiles denoised by the server's
     tile model; the guard's decision (made here), and the settings of the tiling done here (as
     ``serving.models.ImageModel.settings`` names them; the tile model's runner is the server's, not known here)."""
-    from runtime.jpeg_traces import two_scales_reason
+    from runtime.jpeg_traces import deferred_two_scales_reason
     from runtime.tiling import DEFAULT_OVERLAP, denoise_array_guarded, plan_tiles
 
     from .repo import TRT_MODEL
@@ -485,7 +485,7 @@ def _tile_here(client: DenoiseClient, image: np.ndarray, pixels: np.ndarray, fil
     batch = max(1, client.max_batch(model))
     why = None
     if guard and sigma is None:  # a given sigma is not read
-        why = two_scales_reason(file_format, pixels, float(np.iinfo(pixels.dtype).max))
+        why = deferred_two_scales_reason(file_format, pixels, float(np.iinfo(pixels.dtype).max))
     out, decision = denoise_array_guarded(image, lambda tiles: client.denoise_tiles(tiles, model), batch_size=batch,
                                           guard=guard, sigma=sigma, two_scales=why, strength=strength)
     settings = {"denoised_by": f"the tile model {model}", "backend": None, "overlap": DEFAULT_OVERLAP,

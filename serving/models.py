@@ -32,7 +32,7 @@ from runtime import InputError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE, runner_label, validate_batch
 from runtime.guard import GuardResult, check_guard_sigma, check_sigma, check_strength
 from runtime.images import available_memory
-from runtime.jpeg_traces import two_scales_reason
+from runtime.jpeg_traces import deferred_two_scales_reason
 from runtime.photo import DENOISER_BYTES_PER_TILE
 from runtime.tiling import band_working_bytes, batch_size_for, denoise_array_guarded, plan_tiles
 
@@ -260,7 +260,8 @@ class ImageModel:
         guard = self.guard and options.guard
         reason = None
         if guard and options.sigma is None:  # a given sigma is not read
-            reason = two_scales_reason("JPEG" if options.two_scales else None, pixels, float(_TOP[pixels.dtype.name]))
+            reason = deferred_two_scales_reason("JPEG" if options.two_scales else None, pixels,
+                                                float(_TOP[pixels.dtype.name]))
         out, decision = denoise_array_guarded(image, self._tiles, overlap=self.overlap, batch_size=self.batch_size,
                                               guard=guard, sigma=options.sigma, two_scales=reason,
                                               strength=options.strength)

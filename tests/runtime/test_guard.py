@@ -1,5 +1,6 @@
 """The clean-input guard (runtime.guard): its noise estimate, its SURE weight against the oracle weight, its gate,
 and how the tiler, the photo files and the command line apply it."""
+import dataclasses
 import json
 
 import numpy as np
@@ -170,6 +171,56 @@ def test_sure_weight_edge_cases():
     noise = 0.05 * np.random.default_rng(1).standard_normal(flat.shape)
     # a perfect denoiser of a flat image: all of the change is noise, no input is to be added back
     assert sure_input_weight(flat + noise, flat, flat, np.ones_like(flat), 0.005, 0.05) == pytest.approx(0.0, abs=0.05)
+
+
+def test_the_look_for_jpeg_traces_is_made_only_under_the_gate():
+    """The look at a lossless photo's pixels for JPEG's traces (0.1 to 0.6 s a photo) was made for every photo; it
+    is deferred now, and made only when the noise read at one scale is under the gate: the reading at two scales is
+    the higher at every brightness, so above the gate the guard stays out either way. Under it, the decision is the
+    one the look's answer gives, its reason recorded."""
+    rng = np.random.default_rng(5)
+    image = texture()
+    looks = []
+
+    def look(answer):
+        def deferred():
+            looks.append(answer)
+            return answer
+        return deferred
+
+    def decide(x, two_scales):
+        return guard_weight(lambda a, b: x[a:b, :, None], *x.shape, lambda im: gaussian_filter(im, 1.0),
+                            two_scales=two_scales)
+
+    noisy = np.clip(image + 0.16 * rng.standard_normal(image.shape), 0, 1).astype(np.float32)
+    heavy = decide(noisy, look("why"))
+    assert looks == [] and (heavy.applied, heavy.two_scales, heavy.two_scales_reason) == (False, False, None)
+    assert heavy.sigma > GUARD_MAX_SIGMA
+    light = np.clip(image + 0.01 * rng.standard_normal(image.shape), 0, 1).astype(np.float32)
+    read = decide(light, look("why"))
+    assert looks == ["why"] and (read.applied, read.two_scales, read.two_scales_reason) == (True, True, "why")
+    assert read == dataclasses.replace(decide(light, True), two_scales_reason="why")  # as told to read at two scales
+    assert decide(light, look(None)) == decide(light, False) and looks == ["why", None]
+
+
+def test_a_noisy_photo_file_is_not_looked_at_for_jpeg_traces(tmp_path, monkeypatch):
+    """Through denoise_file: a noisy PNG (over the gate) is denoised without the look at its pixels for JPEG's
+    traces, and a clean one is looked at (its guard decides under the gate)."""
+    from PIL import Image
+
+    import runtime.jpeg_traces as traces
+    from runtime.photo import denoise_file
+
+    looked = []
+    monkeypatch.setattr(traces, "jpeg_quantised", lambda *a, **k: looked.append(1) or False)
+    rng = np.random.default_rng(6)
+    image = texture(96, 96)
+    for name, std, expected in (("noisy", 0.16, []), ("clean", 0.0, [1])):
+        pixels = np.clip(np.round((image + std * rng.standard_normal(image.shape)) * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        looked.clear()
+        report = denoise_file(tmp_path / f"{name}.png", tmp_path / f"{name}_out.png", blur_fn(1.0), progress=False)
+        assert looked == expected and report["guard"]["applied"] == bool(expected), (name, report["guard"])
 
 
 def test_the_gate_and_the_given_sigma():
