@@ -8,10 +8,13 @@ backend from ``ImportError``, so callers that catch those keep working.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import signal
 import threading
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
+from pathlib import Path
 
 
 class ToolkitError(Exception):
@@ -110,6 +113,31 @@ def signals_held() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
     if got:  # only after a block that finished: an error in it (a full disk) is not hidden behind the stop
         signal.raise_signal(signal.SIGTERM if signal.SIGTERM in got else got[0])
+
+
+def path_error_message(e: BaseException, named: bool = True) -> str | None:
+    """The one-line message for an OSError about a path that is the user's to fix wherever it is met (a folder that
+    cannot be searched, a name over the file system's limit, a loop of symbolic links), or None for any other error,
+    which keeps its traceback. Checks of paths meet these everywhere (pathlib's exists() and is_dir() raise them),
+    and each read as a crash, a traceback ending in 'File name too long'. ``named``: the message starts with the
+    path (False: for a caller whose own words name it)."""
+    if not isinstance(e, OSError) or not e.filename:
+        return None
+    name = os.fsdecode(e.filename)
+    shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]}"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"{f'{shown!r}: ' if named else ''}{(e.strerror or 'permission denied').lower()}; this user may not read, "
+                f"write or enter it (a folder needs its x permission to be entered). Fix its permissions or those of "
+                f"the folder it is in, or choose another path")
+    if e.errno == errno.ENAMETOOLONG:
+        longest = max((len(os.fsencode(part)) for part in Path(name).parts), default=0)
+        return (f"the path '{shown}' is too long: a file or folder name can have at most 255 bytes here and a whole "
+                f"path 4,096 (its longest name has {longest:,} bytes, the path {len(os.fsencode(name)):,}); choose a "
+                f"shorter name")
+    if e.errno == errno.ELOOP:
+        return (f"{f'{shown!r} is' if named else 'it is'} a loop of symbolic links (one that leads back to itself); fix "
+                f"or remove the link, or choose another path")
+    return None
 
 
 def repeated(items: Iterable[Hashable]) -> list:

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from moe_base.errors import ParityError, ToolkitError
+    from moe_base.errors import ParityError, ToolkitError, path_error_message
 
     watched = sys.stdout = WatchedOutput(sys.stdout) if sys.stdout is not None else None
     try:
@@ -108,21 +108,16 @@ def main(argv: list[str] | None = None) -> int:
                         f"complete)", file=sys.stderr)
         return 128 + int(signum)
     except ToolkitError as e:  # the user's to fix: one message; anything else is a bug and keeps its traceback
-        if args.debug:
-            traceback.print_exc()
-        print(f"moe-denoise {args.command}: error: {e}", file=sys.stderr)
-        code = 1 if isinstance(e, ParityError) else 2
-        printed = (watched is None or watched.wrote) or getattr(args, "printed_json", False)  # serve's own copy
-        if getattr(args, "json", False) and not printed:  # a script reading the
-            with contextlib.suppress(OSError):  # JSON gets one, not an empty stdout (nor a second document)
-                print_json({"error": str(e), "command": args.command, "exit_code": code})
-        return code
+        return _said(args, watched, str(e), 1 if isinstance(e, ParityError) else 2)
     except BrokenPipeError:  # the reader went away (moe-denoise ... | head): quietly, as other commands do
         _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed
     except OSError as e:
-        if watched is None or watched.failed is not e:  # not the output's: a bug, with its traceback
-            raise
+        if watched is None or watched.failed is not e:  # not the output's: a bug, with its traceback, unless a
+            message = path_error_message(e)  # path's permissions, length or links are the user's to fix
+            if message is None:
+                raise
+            return _said(args, watched, message, 2)
         _stdout_to_devnull()
         print(f"moe-denoise {args.command}: error: cannot write to standard output ({e.strerror or e}); stopped "
               f"there (files written before it are complete)", file=sys.stderr)
@@ -130,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if watched is not None and sys.stdout is watched:
             sys.stdout = watched.inner
+
+
+def _said(args: Any, watched: WatchedOutput | None, message: str, code: int) -> int:
+    """An error that is the user's to fix, said in one line (with the traceback under --debug), and a JSON error
+    document for --json when nothing was printed yet; returns the exit code."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"moe-denoise {args.command}: error: {message}", file=sys.stderr)
+    printed = (watched is None or watched.wrote) or getattr(args, "printed_json", False)  # serve's own copy
+    if getattr(args, "json", False) and not printed:  # a script reading the
+        with contextlib.suppress(OSError):  # JSON gets one, not an empty stdout (nor a second document)
+            print_json({"error": message, "command": args.command, "exit_code": code})
+    return code
 
 
 class WatchedOutput:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from moe_base.config import PRESETS, ModelConfig, get_preset
-from moe_base.errors import CheckpointError, InputError, signals_held
+from moe_base.errors import CheckpointError, InputError, path_error_message, signals_held
 from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
 from moe_base.manifest import ENGINE_SUFFIXES, read_manifest
 
@@ -100,6 +100,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is {kind}, not weights (.safetensors or .pt){made}. To run the model itself: "
                               f"--backend {backend} --artifact {path} (denoise, parity, serve; in Python "
                               f"runtime.{runner}('{path}'))")
+    try:  # opened here first: safetensors said 'No such file or directory' of a file this user may not read
+        path.open("rb").close()
+    except OSError as e:
+        raise CheckpointError(f"could not read weights {path}: {path_error_message(e, named=False) or e.strerror or e}") from e
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

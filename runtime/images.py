@@ -75,7 +75,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from moe_base.errors import InputError, MissingBackendError
+from moe_base.errors import InputError, MissingBackendError, path_error_message
 from moe_base.fileio import atomic_write, check_output_file, refuse_special_file
 from moe_base.optional import require
 
@@ -426,6 +426,8 @@ def read_pixels(
             raise InputError(f"'{p}' is a TIFF file whose layout Pillow cannot decode ({layout} samples; such as "
                              f"float32 colour or 16-bit gray+alpha); convert it to a 16-bit PNG first (e.g. with "
                              f"ImageMagick: magick in.tif out.png)") from e
+        if isinstance(e, OSError) and path_error_message(e):  # not a damaged file: one this user may not read
+            raise InputError(f"cannot read '{p}': {path_error_message(e, named=False)}") from e
         raise InputError(f"cannot read '{p}' as an image ({type(e).__name__}: {e}); expected a valid PNG, JPEG, "
                          f"TIFF or other file Pillow can decode. Is it truncated or corrupt?") from e
 

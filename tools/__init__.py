@@ -38,13 +38,17 @@ def level_255(text: str) -> float:
 def run_tool(main: Callable[[], int | None], name: str | None = None) -> NoReturn:
     """Run a tool's ``main`` and exit with its code. The toolkit's own errors (a ToolkitError: an unknown photo, a
     missing weights file, a refused option) are the user's to fix and end in one line, ``NAME: error: MESSAGE``,
-    and exit code 2, as ``moe-denoise`` shows them (they read as a crash, a traceback ending in the message); any
-    other exception is a bug and keeps its traceback."""
-    from moe_base.errors import ToolkitError
+    and exit code 2, as ``moe-denoise`` shows them (they read as a crash, a traceback ending in the message), as do
+    a path's permissions, length and links (:func:`moe_base.errors.path_error_message`); any other exception is a
+    bug and keeps its traceback."""
+    from moe_base.errors import ToolkitError, path_error_message
 
     try:
         code = main()
-    except ToolkitError as e:
-        print(f"{name or tool_name()}: error: {e}", file=sys.stderr)
+    except (ToolkitError, OSError) as e:
+        message = str(e) if isinstance(e, ToolkitError) else path_error_message(e)  # a path's permissions, length or
+        if message is None:  # links are the user's to fix too
+            raise
+        print(f"{name or tool_name()}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code)

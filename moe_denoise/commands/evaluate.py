@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import time
 from pathlib import Path
@@ -160,11 +161,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if path.is_file():
             inputs.update({path.resolve(): "the weights file", path.with_suffix(".json").resolve():
                            f"the sidecar of the weights {path.name} (their architecture and record)"})
-    if args.plot is not None and args.save_json is not None and args.plot.resolve() == args.save_json.resolve():
+    def real(path: Path) -> Path:  # Path.resolve() raised RuntimeError on a loop of links (a traceback); said below
+        return Path(os.path.realpath(path))
+
+    if args.plot is not None and args.save_json is not None and real(args.plot) == real(args.save_json):
         raise InputError(f"--plot and --save-json both name '{args.plot}'; give two paths")
     for option, path in (("--plot", args.plot), ("--save-json", args.save_json)):
-        if path is not None and path.resolve() in inputs:
-            raise InputError(f"{option} '{path}' is {inputs[path.resolve()]}, which this run reads: writing there "
+        if path is not None and real(path) in inputs:
+            raise InputError(f"{option} '{path}' is {inputs[real(path)]}, which this run reads: writing there "
                              f"would destroy it. Give another path")
         if path is not None:
             try:

@@ -1043,3 +1043,116 @@ def test_a_single_photos_path_errors_come_before_torch_and_the_weights(tmp_path)
     assert len(said) == 4 and all(line.startswith("moe-denoise denoise: error: ") for line in said), said
     assert "no such image file" in said[0] and "exists" in said[1] and "cannot read" in said[2] and "pdf" in said[3]
     assert not any((tmp_path / f"o{i}.png").exists() for i in (1, 2))
+
+
+def test_a_paths_length_and_permissions_are_said_in_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """pathlib's exists() and is_dir() raise for a name over 255 bytes, a folder that cannot be entered or a loop of
+    links, and every command's checks of its paths ended in a traceback ('File name too long', exit 1). Each is one
+    line now, exit 2, with the path and what to do; other OSErrors stay bugs with their traceback."""
+    import errno
+
+    from PIL import Image
+
+    from moe_denoise.cli import main
+    from moe_denoise.commands import denoise
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    long = "a" * 260
+    for argv in (["denoise", str(photo), "-o", str(tmp_path / f"{long}.png")],
+                 ["denoise", str(photo), "-o", str(tmp_path / long) + "/"],
+                 ["denoise", str(tmp_path / f"{long}.png"), "-o", str(tmp_path / "o.png")],
+                 ["add-noise", str(photo), "-o", str(tmp_path / f"{long}.png"), "--sigma", "0.1"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"moe-denoise {argv[0]}: error: the path '") and "Traceback" not in err, err
+        assert "is too long: a file or folder name can have at most 255 bytes" in err and "its longest name has 26" in err
+    said = []
+
+    def refused(args):
+        said.append(args.command)
+        raise PermissionError(errno.EACCES, "Permission denied", "nox/c.png")
+
+    monkeypatch.setattr(denoise, "run", refused)
+    assert main(["denoise", "x.png", "-o", "y.png", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert err == ("moe-denoise denoise: error: 'nox/c.png': permission denied; this user may not read, write or enter "
+                   "it (a folder needs its x permission to be entered). Fix its permissions or those of the folder it "
+                   "is in, or choose another path\n")
+    assert json.loads(out)["exit_code"] == 2 and said == ["denoise"]
+
+    def bug(args):
+        raise OSError(errno.EIO, "Input/output error", "disk.img")
+
+    monkeypatch.setattr(denoise, "run", bug)
+    with pytest.raises(OSError, match="Input/output error"):  # not the user's to fix: a traceback
+        main(["denoise", "x.png", "-o", "y.png"])
+
+
+def test_files_this_user_may_not_read_are_said_so():
+    """Run as another user (root reads everything): a photo that may not be read was 'truncated or corrupt', a
+    weights file 'No such file or directory' (safetensors' words), a folder that may not be entered a traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"] if setpriv else []
+    if os.geteuid() != 0 or not setpriv or subprocess.run([*as_nobody, sys.executable, "-c", "import moe_denoise"],
+                                                          capture_output=True, cwd="/").returncode != 0:
+        pytest.skip("needs root and setpriv, and this interpreter and checkout runnable as user nobody (a CI "
+                    "interpreter under /root is not)")
+    tmp_path = Path(tempfile.mkdtemp(prefix="moe-nobody-"))  # pytest's own folder is root's alone (0700)
+    tmp_path.chmod(0o777)
+    try:
+        _unreadable_files_as(as_nobody, tmp_path)
+    finally:
+        for path in tmp_path.rglob("*"):
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(tmp_path)
+
+
+def _unreadable_files_as(as_nobody: list[str], tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from weights import DEFAULT_WEIGHTS
+
+    photo, weights, shut = tmp_path / "p.png", tmp_path / "w.safetensors", tmp_path / "shut"
+    Image.new("RGB", (8, 8)).save(photo)
+    shutil.copy(DEFAULT_WEIGHTS, weights)
+    shut.mkdir()
+    shutil.copy(photo, shut / "q.png")
+    shut.chmod(0o644)  # listed, not entered
+    cases = {"photo": ([str(photo), "-o", "o1.png"], f"{photo}': permission denied"),
+             "photo in a folder": ([str(shut / "q.png"), "-o", "o2.png"], f"'{shut / 'q.png'}': permission denied"),
+             "folder": ([str(shut), "-o", "out/"], "permission denied")}
+    photo.chmod(0o000)
+    weights.chmod(0o000)
+    for name, (argv, expected) in cases.items():
+        done = subprocess.run([*as_nobody, sys.executable, "-m", "moe_denoise", "denoise", *argv], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr and expected in done.stderr, (name, done.stderr)
+    photo.chmod(0o644)
+    done = subprocess.run([*as_nobody, sys.executable, "-m", "moe_denoise", "denoise", str(photo), "-o", "o3.png",
+                           "--weights", str(weights)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"could not read weights {weights}: permission denied" in done.stderr, done.stderr
+
+
+def test_a_loop_of_links_as_evaluates_output_is_refused_in_one_line(tmp_path, capsys):
+    """evaluate compared its outputs with its inputs through Path.resolve(), which raises RuntimeError on a loop of
+    links: a traceback. The loop is refused as the other commands refuse it, before any data is read."""
+    from moe_denoise.cli import main
+
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "la.png").symlink_to("lb.png")
+    (tmp_path / "lb.png").symlink_to("la.png")
+    for option, path in (("--save-json", tmp_path / "loop"), ("--plot", tmp_path / "la.png")):
+        assert main(["evaluate", "--data-dir", str(tmp_path / "no-data"), option, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"moe-denoise evaluate: error: {option}: the output '{path}' is a symbolic link") and \
+            "Traceback" not in err, err

@@ -111,3 +111,23 @@ def test_every_tools_help_answers_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(names) >= 10 and {"overlap_tradeoff", "rewrites_ab", "photo_finetune"} <= set(names)
+
+
+def test_a_paths_permission_is_one_line_and_other_os_errors_keep_their_traceback(capsys):
+    """A tool meeting a path it may not enter, or a name too long, said it in a traceback: one line now, as
+    moe-denoise says it (moe_base.errors.path_error_message); any other OSError is a bug and keeps its traceback."""
+    import errno
+
+    def refused():
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/photos")
+
+    with pytest.raises(SystemExit) as e:
+        tools.run_tool(refused, "some_tool")
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("some_tool: error: '/data/photos': permission denied; this user may not")
+
+    def broken():
+        raise OSError(errno.EIO, "Input/output error", "/data/photos")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        tools.run_tool(broken, "some_tool")
