@@ -15,8 +15,8 @@ class CpuContention:
     number recorded with the results (0 = idle apart from us, 1 = every CPU busy with other work).
     """
 
-    def __init__(self, stat: Path = Path("/proc/stat")) -> None:
-        self._stat = stat
+    def __init__(self, stat: Path = Path("/proc/stat"), children: bool = False) -> None:
+        self._stat, self._children = stat, children  # children: the CPU time of child processes waited for is ours
         self._start = self._sample()
 
     def _sample(self) -> tuple[float, float, float, int] | None:
@@ -29,7 +29,8 @@ class CpuContention:
         busy = (sum(fields[:3]) + sum(fields[5:8])) / hz  # user nice system + irq softirq steal
         cpus = sum(1 for ln in lines[1:] if ln.startswith("cpu"))
         t = os.times()
-        return time.monotonic(), busy, t.user + t.system, cpus
+        own = t.user + t.system + (t.children_user + t.children_system if self._children else 0.0)
+        return time.monotonic(), busy, own, cpus
 
     def result(self) -> dict[str, Any] | None:
         """Fractions of the machine's CPU time since construction: used by others, and by this process."""

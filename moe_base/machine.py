@@ -16,7 +16,7 @@ from .optional import available, optional_import
 
 LIBRARIES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime_extensions", "triton", "tensorrt", "polygraphy",
              "safetensors", "PIL", "skimage", "matplotlib")
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
 
 
 def too_many_threads(value: int | None) -> str | None:

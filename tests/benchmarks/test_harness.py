@@ -828,3 +828,21 @@ def test_a_gpu_backend_without_a_gpu_is_told_in_bench_terms():
     assert _activate(BackendSpec(name="torch-seed-cuda", make_runner=no_gpu, device="cuda"), record) is None
     assert record["reason"].startswith("NoGPUError: device 'cuda' was asked for but torch 2.x sees no CUDA GPU; time "
                                        "the CPU backends") and "--device" not in record["reason"]
+
+
+def test_cpu_contention_can_count_waited_children_as_its_own():
+    """A benchmark that times child processes (tools.wait_policy_ab) counted their CPU as other processes' work
+    (100% busy on an idle machine); with children=True it is its own."""
+    import subprocess
+    import sys
+
+    from benchmarks.env import CpuContention
+
+    alone, with_children = CpuContention(), CpuContention(children=True)
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"],
+                   check=True)
+    a, b = alone.result(), with_children.result()
+    if a is None or b is None:
+        pytest.skip("no /proc/stat here")
+    child_cpu_s = (b["own_cpu_fraction"] - a["own_cpu_fraction"]) * b["seconds"] * b["logical_cpus"]
+    assert child_cpu_s > 0.3, (a, b)  # the child's 0.6 s, within the rounding of the fractions and seconds
