@@ -85,7 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-guard", action="store_true",  # 20/255: runtime.guard.GUARD_MAX_SIGMA (not imported here)
                    help="turn off the clean-input guard, which blends the input back in when the photo is clean or "
                         "only lightly noisy (estimated noise <= 20/255; a JPEG's noise is read at two scales, as JPEG "
-                        "removes the finest detail: a JPEG file's, or a PNG/TIFF whose pixels were JPEG once); see "
+                        "removes the finest detail: a JPEG file's, or a PNG/TIFF whose pixels were JPEG once). Under "
+                        "that level the guard denoises up to 0.26 megapixels of the photo once or twice more to choose "
+                        "the blend (a small photo takes up to twice as long); --no-guard skips that. See "
                         "docs/evaluation.md of the moe-denoise source")
     p.add_argument("--strength", type=number, default=1.0,
                    help="how much of the denoising to keep, 0 to 1: 1 = all of it (after the clean-input guard), "
