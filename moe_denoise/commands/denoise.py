@@ -154,8 +154,9 @@ def run(args: argparse.Namespace) -> int:
         from runtime.batch import PHOTO_SUFFIXES
 
         if not folder_meant and not args.output.exists() and args.output.suffix.lower() in PHOTO_SUFFIXES:
-            raise InputError(f"-o {args.output} is named like a photo, but several photos go into a folder (made if "
-                             f"missing); give a folder, e.g. -o {args.output.with_suffix('')}/")
+            what = "several photos go" if len(args.input) > 1 else f"the photos of the folder '{args.input[0]}' go"
+            raise InputError(f"-o {args.output} is named like a photo, but {what} into a folder (made if missing); "
+                             f"give a folder, e.g. -o {args.output.with_suffix('')}/")
         return run_batch(args)
     args.input = args.input[0]
     if not (folder_meant and not args.output.exists()):

@@ -309,6 +309,9 @@ def test_several_photos_into_a_name_like_a_photos_are_refused(capsys, photos, tm
     code, _, err = run(capsys, "denoise", photos / "colour.png", photos / "gray.jpg", "-o", tmp_path / "new.png")
     assert code == 2 and "is named like a photo, but several photos go into a folder" in err
     assert f"-o {tmp_path / 'new'}/" in err and not (tmp_path / "new.png").exists()
+    (tmp_path / "empty").mkdir()  # one folder: its photos, not 'several' (an empty one was said to hold several)
+    code, _, err = run(capsys, "denoise", tmp_path / "empty", "-o", tmp_path / "new.png")
+    assert code == 2 and f"but the photos of the folder '{tmp_path / 'empty'}' go into a folder" in err
 
 
 def test_reliability_colour_gif_denoised_into_a_folder(capsys, random_weights, tmp_path):
