@@ -10,6 +10,7 @@ backends need into a cache folder keyed by the weights' hash, and registers the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -376,16 +377,28 @@ def check_folder(folder: Path, option: str, holds: str) -> None:
         raise InputError(f"{option}: {e}") from None
 
 
+RESULT_FILES = ("results.json", "results.md", "results.png")
+
+
 def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: Any = print) -> list[Path]:
-    """Validate the document, then write results.json, results.md and (with matplotlib) results.png atomically, the
-    plot drawn first so that the three are written one after the other; a results.png of an earlier run that this
-    one does not replace is removed (it was left beside the new numbers).
+    """Validate the document, then write results.json, results.md and (with matplotlib) results.png, so that the
+    three in ``out_dir`` always come from one run; a results.png of an earlier run that this one does not replace is
+    removed (it was left beside the new numbers).
+
+    All three are written whole into a hidden staging folder in ``out_dir`` first, and only then renamed into place:
+    written one after the other, a write that failed (a full disk, a file size limit) left the new results.json and
+    results.md beside the earlier run's results.png, under a message that said nothing was changed. A failure while
+    staging now changes nothing there; one of the renames (which do not write data) names the files it already
+    replaced. A staging folder that a killed run left is removed by the next run, and an --out-dir that this write
+    made is removed again when nothing could be written into it.
 
     Ctrl-C and SIGTERM wait until the three are written: a stop while the plot was drawn lost the whole finished run,
     and one between two writes left a new results.json beside an earlier run's results.md and results.png."""
+    import json
+
     from benchmarks.report import markdown_report, render_plot, validate_results
     from moe_base.errors import MissingBackendError, signals_held
-    from moe_base.fileio import atomic_write, atomic_write_json
+    from moe_base.fileio import first_missing, publish_folder, remove_if_empty, staging_folder
 
     validate_results(doc)
     with signals_held():
@@ -395,18 +408,40 @@ def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: An
                 png = render_plot(doc)
             except MissingBackendError as e:
                 log(f"plot skipped: {e}")
-        report = markdown_report(doc).encode()
-        written = [out_dir / "results.json", out_dir / "results.md"]
-        atomic_write_json(written[0], doc)
-        atomic_write(written[1], report)
-        old_plot = out_dir / "results.png"
+        contents = {"results.json": (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode(),
+                    "results.md": markdown_report(doc).encode()}
         if png is not None:
-            written.append(old_plot)
-            atomic_write(old_plot, png)
-        elif old_plot.is_file():
+            contents["results.png"] = png
+        made = first_missing(out_dir)
+        try:
+            with staging_folder(out_dir / "results") as staging:
+                for name, data in contents.items():
+                    try:
+                        _write_staged(staging / name, data, like=out_dir / name)
+                    except OSError as e:
+                        raise InputError(f"writing {out_dir / name} failed ({e.strerror or e}); nothing in {out_dir} "
+                                         f"was changed (results of an earlier run there are as they were): free some "
+                                         f"space or fix what stopped the write, then run again") from e
+                publish_folder(staging, out_dir, list(contents))
+        except InputError:
+            remove_if_empty(out_dir, made)  # an --out-dir this write made, left empty
+            raise
+        old_plot = out_dir / "results.png"
+        if png is None and old_plot.is_file():
             old_plot.unlink()
             log(f"removed {old_plot}: it plotted an earlier run, and this one drew no plot")
-    return written
+    return [out_dir / name for name in contents]
+
+
+def _write_staged(path: Path, data: bytes, like: Path) -> None:
+    """Write ``data`` to the new file ``path`` and flush it to the disk, with the permissions of the file ``like``
+    that it will replace when there is one (a private results file stays private, as atomic_write keeps them)."""
+    with open(path, "xb") as f:
+        with contextlib.suppress(OSError):  # nothing to replace (or it cannot be read): the usual permissions
+            os.fchmod(f.fileno(), os.stat(like).st_mode & 0o7777)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _log(msg: str) -> None:

@@ -5,6 +5,7 @@ import pytest
 
 from benchmarks.backends import QUICK_BACKENDS
 from benchmarks.report import validate_results
+from moe_base.errors import InputError
 from moe_denoise.cli import main
 
 pytest.importorskip("onnxruntime", reason="the quick benchmark's ONNX Runtime backends need the 'onnx' extra")
@@ -178,7 +179,7 @@ def test_reliability_bench_stopped_while_writing(capsys, random_weights, tmp_pat
     import signal
 
     import benchmarks.report
-    import moe_base.fileio
+    from moe_denoise.commands import bench
 
     out_dir = tmp_path / "results"
     argv = ["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-seed", "--batches", "1",
@@ -201,20 +202,81 @@ def test_reliability_bench_stopped_while_writing(capsys, random_weights, tmp_pat
     assert "| torch-seed (baseline) |" in (out_dir / "results.md").read_text()
     assert (out_dir / "results.png").read_bytes() == b"\x89PNG drawn"
 
-    real = moe_base.fileio.atomic_write
+    real = bench._write_staged
 
     def stopped_between(path, data, *args, **kwargs):
-        if str(path).endswith("results.md"):
+        if path.name == "results.md":
             signal.raise_signal(signal.SIGTERM)
         return real(path, data, *args, **kwargs)
 
     monkeypatch.setattr(benchmarks.report, "render_plot", lambda doc: b"\x89PNG second")
-    monkeypatch.setattr(moe_base.fileio, "atomic_write", stopped_between)
+    monkeypatch.setattr(bench, "_write_staged", stopped_between)
     assert main(argv + ["--repeats", "2"]) == 143
     capsys.readouterr()
     assert json.loads((out_dir / "results.json").read_text())["settings"]["repeats"] == 2
     assert "up to 2 interleaved rounds" in (out_dir / "results.md").read_text()
     assert (out_dir / "results.png").read_bytes() == b"\x89PNG second"
+
+
+def test_reliability_bench_write_that_fails(capsys, random_weights, tmp_path, monkeypatch, restore_torch_threads):
+    """bench whose results cannot all be written (the disk fills up, or a file size limit, while results.png is
+    written), which left the new results.json and results.md beside the earlier run's results.png under a message
+    that said nothing was changed, and left a new --out-dir behind => exit 2 naming the file and the reason; the
+    earlier run's three files are unchanged and no temporary is left; a new --out-dir is removed again; a failure
+    while the files are moved into place names the ones already replaced"""
+    import errno
+    import os
+
+    import benchmarks.report
+    from moe_denoise.commands.bench import write_results
+
+    def full_disk_at(name):
+        real = os.fsync
+
+        def fsync(fd):  # the file being flushed, whatever its temporary name
+            if name in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd)
+        return fsync
+
+    out_dir = tmp_path / "results"
+    monkeypatch.setattr(benchmarks.report, "render_plot", lambda doc: b"\x89PNG first")
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-seed", "--batches", "1",
+                 "--repeats", "1", "--warmup", "1", "--parity-images", "2", "--threads", "1",
+                 "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out_dir)])
+    assert code == 0, capsys.readouterr().err
+    names = ["results.json", "results.md", "results.png"]
+    first = {name: (out_dir / name).read_bytes() for name in names}
+    doc = json.loads(first["results.json"])
+    doc["notes"].append("the second run")
+    monkeypatch.setattr(benchmarks.report, "render_plot", lambda doc: b"\x89PNG second")
+
+    monkeypatch.setattr(os, "fsync", full_disk_at("results.png"))
+    with pytest.raises(InputError, match=f"writing {out_dir / 'results.png'} failed \\(No space left on device\\); "
+                                         f"nothing in {out_dir} was changed"):
+        write_results(doc, out_dir)
+    assert {name: (out_dir / name).read_bytes() for name in names} == first
+    assert sorted(p.name for p in out_dir.iterdir()) == names  # no temporary left
+
+    monkeypatch.setattr(os, "fsync", full_disk_at("results.json"))
+    with pytest.raises(InputError, match="No space left on device"):
+        write_results(doc, tmp_path / "new" / "dir")
+    assert not (tmp_path / "new").exists()
+
+    monkeypatch.undo()
+    monkeypatch.setattr(benchmarks.report, "render_plot", lambda doc: b"\x89PNG second")
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("results.md"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(InputError, match="already replaced: results.json;"):
+        write_results(doc, out_dir)
+    assert (out_dir / "results.md").read_bytes() == first["results.md"]
+    assert sorted(p.name for p in out_dir.iterdir()) == names
 
 
 def test_bench_skip_weights_check_runs_edited_weights(capsys, random_weights, tmp_path, restore_torch_threads):
