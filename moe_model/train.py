@@ -355,7 +355,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
             except InputError as e:  # a full disk: in the first epoch, best weights alone made a run no command
                 # could continue (--resume found no state, a new run found a run there)
                 if not first:
-                    raise
+                    raise _state_not_written(e, state_path, epoch + 1, improved) from e
                 for name in ("best.safetensors", "best.json"):
                     (out / name).unlink(missing_ok=True)
                 raise InputError(f"{e}; the epoch's best weights were removed again, so nothing of this run is left "
@@ -367,6 +367,23 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
             log(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
             break
     return {"out_dir": str(out), "best_val_loss": best_loss, "history": history, "model": model}
+
+
+def _state_not_written(e: InputError, state_path: Path, epoch: int, improved: bool) -> InputError:
+    """The error for a last.pt that could not be written after ``epoch`` (not the first): its write says "nothing was
+    changed there", which was false when the epoch had improved, since best.safetensors and best.json had already
+    been replaced with its weights. They are kept (they are whole, and the best weights so far); last.pt still holds
+    the state after the epoch before, so --resume trains ``epoch`` again, and said so."""
+    cause = e.__cause__
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(e)
+    out = state_path.parent
+    if improved:
+        done = (f"best.safetensors and best.json in {out} were already written and hold epoch {epoch}'s weights (the "
+                f"best so far), but last.pt still holds the state after epoch {epoch - 1}")
+    else:
+        done = f"nothing in {out} was changed: last.pt still holds the state after epoch {epoch - 1}"
+    return InputError(f"writing {state_path} failed ({reason}) after epoch {epoch}; {done}. Free space there (or fix "
+                      f"what stopped the write), then --resume --out-dir {out} trains epoch {epoch} again")
 
 
 def check_stop_after(stop_after_epoch: int | None, epochs: int, done: int, out: Path) -> None:

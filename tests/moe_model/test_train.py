@@ -1,5 +1,6 @@
 """Training (the real train()): the loss decreases, files are written, a resumed run equals an uninterrupted one."""
 import json
+import re
 
 import pytest
 import torch
@@ -188,6 +189,50 @@ def test_a_full_disk_in_the_first_epoch_leaves_no_run_that_no_command_continues(
     assert not list((tmp_path / "run").glob("best.*"))
     monkeypatch.undo()
     train(small_config(fake_cifar, tmp_path / "run", epochs=1), progress=False, log=lambda s: None)  # not refused
+
+
+def test_a_full_disk_in_a_later_epoch_says_what_was_written(fake_cifar, tmp_path, monkeypatch):
+    """last.pt could not be written after an epoch that improved: the message said "nothing was changed there" while
+    best.safetensors and best.json already held that epoch's weights. It now says what holds which epoch, and that
+    --resume trains the epoch again (which it does)."""
+    import moe_model.train as train_module
+    from moe_base.errors import InputError
+
+    real_save = train_module.atomic_torch_save
+    saves = []
+
+    def disk_full_at_second(obj, path):
+        saves.append(obj["epoch"])
+        if len(saves) == 2:
+            raise InputError(f"writing {path} failed (No space left on device); nothing was changed there") \
+                from OSError(28, "No space left on device")
+        real_save(obj, path)
+
+    for losses, written in (([1.0, 0.5], "best.safetensors and best.json in {out} were already written and hold "
+                                         "epoch 2's weights \\(the best so far\\), but last.pt still holds the state "
+                                         "after epoch 1"),
+                            ([1.0, 2.0], "nothing in {out} was changed: last.pt still holds the state after epoch 1")):
+        out = tmp_path / f"run{losses[1]}"
+        val_losses = iter(losses)
+
+        def selection_loss(val, loss, it=val_losses):  # epoch 2 improves, or does not
+            return next(it)
+
+        monkeypatch.setattr(train_module, "selection_loss", selection_loss)
+        monkeypatch.setattr(train_module, "atomic_torch_save", disk_full_at_second)
+        saves.clear()
+        with pytest.raises(InputError) as caught:
+            train(small_config(fake_cifar, out), progress=False, log=lambda s: None)
+        message = str(caught.value)
+        assert "nothing was changed there" not in message
+        assert re.search(rf"writing {out / 'last.pt'} failed \(No space left on device\) after epoch 2; "
+                         + written.format(out=out)
+                         + rf"\. Free space there .*then --resume --out-dir {out} trains epoch 2 again$", message), message
+        assert json.loads((out / "best.json").read_text())["training"]["epoch"] == (2 if losses[1] < 1 else 1)
+        assert load_training_state(out / "last.pt")["epoch"] == 1
+        monkeypatch.undo()
+        result = train(small_config(fake_cifar, out), resume=True, progress=False, log=lambda s: None)
+        assert [h["epoch"] for h in result["history"]] == [1, 2]  # epoch 2 trained again, as said
 
 
 def test_init_from_mistakes_are_named_for_what_they_are(fake_cifar, tmp_path, random_weights):
