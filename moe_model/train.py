@@ -488,6 +488,10 @@ def load_training_state(path: Path) -> dict[str, Any]:
     try:
         # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
         st = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:  # the file could not be read (permissions, an I/O error): the run in it may be fine, so
+        # the advice is to make it readable, not to start again (--overwrite would throw the run away)
+        raise CheckpointError(f"cannot read the training state {path}: {e.strerror or e}. Nothing was changed; make "
+                              f"it readable (check its permissions and the disk), then run again") from e
     except Exception as e:  # noqa: BLE001 - truncated, random or hostile files all raise something different
         raise CheckpointError(f"cannot read the training state {path}: {torch_load_reason(e)}. It is "
                               f"not a state written by 'moe-denoise train' (or it is damaged); start the run again "

@@ -235,6 +235,29 @@ def test_a_full_disk_in_a_later_epoch_says_what_was_written(fake_cifar, tmp_path
         assert [h["epoch"] for h in result["history"]] == [1, 2]  # epoch 2 trained again, as said
 
 
+def test_a_training_state_that_cannot_be_read_is_not_called_damaged(tmp_path, monkeypatch):
+    """A last.pt that could not be read (no permission, an I/O error) was called "not a state written by 'moe-denoise
+    train' (or damaged)", with advice to start again with --overwrite, which throws the run away. It is now named as
+    unreadable, with the reason and what to fix; a file that was read and is not a state keeps the old advice."""
+    import errno
+
+    state = tmp_path / "last.pt"
+    torch.save({"not": "a state"}, state)
+    real_load = torch.load
+
+    def unreadable(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(CheckpointError) as caught:
+        load_training_state(state)
+    assert str(caught.value) == (f"cannot read the training state {state}: Permission denied. Nothing was changed; "
+                                 f"make it readable (check its permissions and the disk), then run again")
+    monkeypatch.setattr(torch, "load", real_load)
+    with pytest.raises(CheckpointError, match="not a training state written by 'moe-denoise train'.*--overwrite"):
+        load_training_state(state)
+
+
 def test_init_from_mistakes_are_named_for_what_they_are(fake_cifar, tmp_path, random_weights):
     """--init-from best.json was called damaged weights; /dev/null 'did not exist'; the shipped sigma20 into the
     default preset was told '8 tensors do not fit', not the preset its JSON names."""
