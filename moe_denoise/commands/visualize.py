@@ -48,12 +48,9 @@ def picture_pixels(rows: int, columns: int, scale: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import tempfile
-
     import torch
 
-    from moe_base.fileio import check_output_file, first_missing, remove_if_empty
+    from moe_base.fileio import check_output_file, first_missing, publish_folder, remove_if_empty, staging_folder
     from moe_model.data import fixed_noisy, load_cifar10, to_float
     from moe_model.visualize import denoise_grid, routing_maps
 
@@ -87,15 +84,22 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         den, routing = model(noisy, return_routing=True)
     # both pictures are drawn first and then put in place together: an interrupted run leaves the old pair, not a
-    # new grid beside old maps
+    # new grid beside old maps. The staging folder's name carries the process id, so that the next visualize into
+    # this folder removes one that a killed run left (a tempfile folder without it stayed for good, megabytes each)
     made = first_missing(args.out_dir)  # removed again when stopped while drawing (an empty folder was left)
-    args.out_dir.mkdir(parents=True, exist_ok=True)  # checked above, made now that there is something to put there
     try:
-        with tempfile.TemporaryDirectory(dir=args.out_dir, prefix=".visualize-") as tmp:
-            denoise_grid(noisy, den, clean, Path(tmp) / grid.name, scale=args.scale)
-            routing_maps(noisy, routing, Path(tmp) / maps.name, scale=args.scale)
-            os.replace(Path(tmp) / grid.name, grid)
-            os.replace(Path(tmp) / maps.name, maps)
+        with staging_folder(args.out_dir / "visualize") as staging:  # makes --out-dir, checked above
+            for path, draw in ((grid, lambda to: denoise_grid(noisy, den, clean, to, scale=args.scale)),
+                               (maps, lambda to: routing_maps(noisy, routing, to, scale=args.scale))):
+                try:
+                    draw(staging / path.name)
+                except InputError as e:  # a failed write: its message named the staging folder, removed by now
+                    if not isinstance(e.__cause__, OSError):
+                        raise
+                    raise InputError(f"writing {path} failed ({e.__cause__.strerror or e.__cause__}); nothing in "
+                                     f"{args.out_dir} was changed (pictures of an earlier run there are as they "
+                                     f"were): free some space or fix what stopped the write, then run again") from e
+            publish_folder(staging, args.out_dir, [grid.name, maps.name])
     except BaseException:
         remove_if_empty(args.out_dir, made)
         raise

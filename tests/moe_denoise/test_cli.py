@@ -575,6 +575,47 @@ def test_visualize_refuses_what_it_cannot_draw_and_replaces_its_pictures_togethe
     assert main([*base[:-1], str(deep), "-n", "2"]) == 130 and not (tmp_path / "v").exists()
 
 
+def test_visualize_removes_a_killed_runs_staging_folder_and_names_its_real_outputs(capsys, monkeypatch, fake_cifar,
+                                                                                   random_weights, tmp_path):
+    """A visualize killed with kill -9 left a hidden staging folder (megabytes) that no later run removed: its name had
+    no process id for the clean-up of killed writes to go by. And on a full disk the error named a file inside it,
+    gone by then, instead of the picture that could not be written."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    base = ["visualize", "--weights", str(random_weights), "--data-dir", str(fake_cifar), "-o", str(tmp_path), "-n", "2"]
+    assert main(base) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    killed = tmp_path / f".visualize.{dead}.0a1b2c3d.staging"  # what a killed run leaves now
+    live = tmp_path / f".visualize.{os.getppid()}.0a1b2c3d.staging"  # a run still drawing: left alone
+    for folder in (killed, live):
+        folder.mkdir()
+        (folder / "denoise_grid.png").write_bytes(b"half a picture")
+
+    real = os.fsync
+
+    def full_disk_at_the_grid(fd):
+        if "denoise_grid.png" in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_at_the_grid)
+    assert main([*base, "--offset", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"writing {tmp_path / 'denoise_grid.png'} failed (No space left on device); nothing in {tmp_path} was " \
+           f"changed" in err and ".visualize" not in err
+    assert not killed.exists() and live.is_dir()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p != live} == before
+    monkeypatch.undo()
+    assert main([*base, "--offset", "3"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p != live) == sorted(before)
+
+
 def test_visualize_gives_an_image_the_noise_evaluate_gives_it_whatever_the_offset(monkeypatch, fake_cifar,
                                                                                    random_weights, tmp_path):
     """The noise was drawn for the slice shown: image 5 looked different at --offset 0 and --offset 5, and never as
