@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -25,6 +26,43 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import InputError
+
+NAME_MAX = 255  # the most bytes a file name has (Linux's file systems; UTF-8, so a non-ASCII letter counts 2-4)
+_PID_DIGITS = 7  # the longest process id (Linux's limit, 4194304): a temporary's name is sized for it
+
+
+def name_bytes(name: str) -> int:
+    """How many bytes the file name ``name`` takes on disk (what :data:`NAME_MAX` limits), not its letters."""
+    return len(os.fsencode(name))
+
+
+def refuse_long_names(path: str | Path) -> None:
+    """InputError when a name in ``path`` is longer than a file system takes (more than :data:`NAME_MAX` bytes):
+    said before any work, in words (it failed after the work, as 'File name too long' or as a folder that cannot
+    be written to, or as a traceback when the path was looked at)."""
+    for name in Path(path).parts:
+        if name_bytes(name) > NAME_MAX:
+            raise InputError(f"the file name '{name}' is {name_bytes(name)} bytes; a file name can have at most "
+                             f"{NAME_MAX} bytes (a non-ASCII letter takes 2 to 4): choose a shorter name")
+
+
+def _temporary_stem(name: str, room: int) -> str:
+    """The part of a temporary's name that stands for its target's ``name``: the name itself, or when the
+    temporary would then be too long (``room``: the bytes the temporary adds to it) its start, cut at a whole
+    letter, with ``~`` and a hash of the whole name. A valid name's temporaries then fit in :data:`NAME_MAX` bytes
+    (a 240-byte output was refused, or failed after the work, for its temporary's 256-byte name), and two long names
+    that start alike still get different temporaries (:func:`remove_stale_temporaries` removes only its own)."""
+    raw = os.fsencode(name)
+    if len(raw) + room <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return f"{raw[:NAME_MAX - room - 17].decode('utf-8', 'ignore')}~{digest}"
+
+
+def _pid_stem(name: str, suffix: str) -> str:
+    """What stands for ``name`` in the names of its temporaries ``.{stem}.{pid}.{random}{suffix}`` (see
+    :func:`_temporary_stem`; the two dots, the process id, the dot and 8 random letters take 18 bytes)."""
+    return _temporary_stem(name, 2 + _PID_DIGITS + 1 + 8 + len(suffix))
 
 
 def _new_temporary(parent: Path, prefix: str, suffix: str, folder: bool = False) -> tuple[Path, int | None]:
@@ -70,6 +108,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     With ``overwrite=False`` an existing file is never replaced, even one that appears while writing (InputError).
     """
     path = Path(path)
+    refuse_long_names(path)
     refuse_dangling_link(path, overwrite)
     refuse_special_file(path)
     path = written_path(path, overwrite)
@@ -79,7 +118,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        tmp, fd = _new_temporary(path.parent, f".{path.name}.{os.getpid()}.", ".tmp")
+        tmp, fd = _new_temporary(path.parent, f".{_pid_stem(path.name, '.tmp')}.{os.getpid()}.", ".tmp")
     except OSError as e:
         raise cannot_write(path, e) from e
     try:
@@ -106,12 +145,15 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
 def remove_stale_temporaries(path: str | Path, suffix: str = ".tmp") -> list[Path]:
     """Remove the temporary files (or staging folders, ``suffix=".staging"``) that writes of ``path`` left behind
     when their process was killed (their names carry the writer's process id; a temporary of a live process is
-    left alone). Returns what was removed."""
+    left alone). Only ``path``'s own: a temporary of 'a.5' is not one of 'a' (names that are long are told apart by
+    the hash in their temporaries' names: :func:`_temporary_stem`). Returns what was removed."""
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+    stem = _pid_stem(path.name, suffix)
+    own = re.compile(rf"\.{re.escape(stem)}\.(\d+)\.[^.]+{re.escape(suffix)}")
+    for tmp in path.parent.glob(f".{glob.escape(stem)}.*{suffix}"):
+        found = own.fullmatch(tmp.name)
+        if found and not process_alive(int(found[1])):
             if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -125,10 +167,12 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
     """A new, empty folder beside ``target`` (same file system, so :func:`publish_folder` only renames), removed
     on leaving whatever happened; staging folders of killed processes are removed first."""
     target = Path(target)
+    refuse_long_names(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target, ".staging")
-        staging = _new_temporary(target.parent, f".{target.name}.{os.getpid()}.", ".staging", folder=True)[0]
+        staging = _new_temporary(target.parent, f".{_pid_stem(target.name, '.staging')}.{os.getpid()}.", ".staging",
+                                 folder=True)[0]
     except OSError as e:
         raise cannot_write(target, e) from e
     try:
@@ -335,8 +379,10 @@ def check_output_file(path: str | Path, overwrite: bool = False, option: str = "
 
     Refuses (InputError) a folder, a device, pipe or socket, an existing file without ``overwrite``, and a folder
     that cannot be written to (a probe file is created and removed there, or in the nearest folder that exists: none
-    is made). A link to a file is written through with ``overwrite`` (the link stays; :func:`atomic_write`)."""
+    is made). A link to a file is written through with ``overwrite`` (the link stays; :func:`atomic_write`). A name
+    longer than a file system takes is refused here too (:func:`refuse_long_names`)."""
     path = Path(path)
+    refuse_long_names(path)
     if path.is_dir():
         raise InputError(f"the output '{path}' is a folder; give a file path")
     refuse_special_file(path)
@@ -361,13 +407,15 @@ def written_path(path: Path, overwrite: bool) -> Path:
 def check_folder_takes_files(folder: str | Path, name: str = "moe-denoise") -> None:
     """InputError unless ``folder``, or the nearest of its parents that exists when it is missing, takes new files: a
     probe file (named after ``name``) is made and removed there. No folder is made here (a refused command left
-    empty ones behind); the missing ones are made when the files are written."""
+    empty ones behind); the missing ones are made when the files are written. A name in ``folder`` too long for a
+    file system is refused (:func:`refuse_long_names`)."""
     folder = Path(folder)
+    refuse_long_names(folder / name)
     there = next((f for f in (folder, *folder.parents) if f.exists() or f.is_symlink()), Path("."))
     try:
         if not there.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(there))
-        probe, fd = _new_temporary(there, f".{name}.", ".probe")
+        probe, fd = _new_temporary(there, f".{_temporary_stem(name, 16)}.", ".probe")  # '.' + '.' + 8 + '.probe'
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

@@ -58,8 +58,16 @@ def check_artifact_output(path: str | Path, overwrite: bool, option: str = "--ov
 
 
 def check_manifest_place(path: str | Path) -> None:
-    """InputError when a folder stands where the manifest of the artifact ``path`` goes (``path``.manifest.json)."""
+    """InputError when a folder stands where the manifest of the artifact ``path`` goes (``path``.manifest.json), or
+    when the manifest's name would be too long for a file system (the export ran, then failed on it)."""
+    from .fileio import NAME_MAX, name_bytes
+
     mpath = manifest_path(path)
+    if name_bytes(mpath.name) > NAME_MAX:
+        given, extra = name_bytes(Path(path).name), name_bytes(mpath.name) - name_bytes(Path(path).name)
+        raise InputError(f"the output name '{Path(path).name}' is {given} bytes, and its manifest, which goes with it, "
+                         f"would be named '{mpath.name}' ({given + extra} bytes); a file name can have at most "
+                         f"{NAME_MAX} bytes: choose a name of at most {NAME_MAX - extra} bytes (nothing was written)")
     if mpath.is_dir():
         raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; move it away or choose another "
                          f"output path (nothing was written)")

@@ -1,5 +1,6 @@
 """moe_base.fileio's small helpers that have no reliability test of their own."""
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,55 @@ def test_a_link_written_through_is_checked_in_its_targets_folder_before_the_work
     monkeypatch.setattr(fileio, "_new_temporary", no_new_files_in_ro)  # root writes anywhere: the folder is told so
     with pytest.raises(InputError, match=r"cannot write to the folder '.*ro'"):
         fileio.check_output_file(link, overwrite=True)
+
+
+def test_temporaries_of_long_names_fit_and_only_their_own_stale_ones_are_removed(tmp_path):
+    """A 235-255-byte name's temporaries (16 to 26 bytes longer) were too long to make, so a valid output was
+    refused, or failed after the work; shortened, the stale ones of a killed writer must still be found, and only
+    those of that very name (not of another long name that starts alike, nor of 'a.4194303' for 'a')."""
+    from moe_base.fileio import atomic_write, check_folder_takes_files, remove_stale_temporaries, staging_folder
+
+    for name in ("b" * 255, "é" * 127, "c" * 240 + ".png"):  # 255, 254, 244 bytes
+        target = tmp_path / name
+        check_folder_takes_files(tmp_path, name)
+        atomic_write(target, b"data", overwrite=False)
+        assert target.read_bytes() == b"data"
+        with staging_folder(tmp_path / ("s" + name[1:])) as staging:
+            assert len(staging.name.encode()) <= 255
+
+    seen = []
+
+    def made(folder, name):
+        """The name of a temporary of ``name`` that atomic_write makes, found while it is being written."""
+        atomic_write(folder / name, lambda f: seen.extend(p.name for p in folder.iterdir()
+                                                         if p.name.endswith(f".{os.getpid()}.{p.name[-12:]}")))
+        return seen.pop()
+
+    dead_pid = 4194303  # beyond the largest pid: its writer is gone
+    one, other = "x" * 250, "x" * 249 + "y"  # same first 240 bytes
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / ".a.4194303.4194303.0badcafe.tmp").write_bytes(b"a stale temporary of a.4194303, not of a")
+    stale = {}
+    for name in (one, other):
+        live = made(folder, name)
+        assert len(live.encode()) <= 255 and live.startswith(".xxxx")
+        stale[name] = folder / live.replace(f".{os.getpid()}.", f".{dead_pid}.")
+        stale[name].write_bytes(b"left by a killed writer")
+    assert remove_stale_temporaries(folder / one) == [stale[one]]
+    assert not stale[one].exists() and stale[other].exists()
+    assert remove_stale_temporaries(folder / "a") == [] and (folder / ".a.4194303.4194303.0badcafe.tmp").exists()
+
+
+def test_a_name_too_long_for_a_file_system_is_refused_in_words(tmp_path):
+    """A name over 255 bytes was a traceback (OSError 'File name too long' from looking at the path) or 'choose a
+    folder you can write to'; it is said as what it is."""
+    from moe_base.errors import InputError
+    from moe_base.fileio import atomic_write, check_folder_takes_files, check_output_file
+
+    name = "é" * 127 + "ab"  # 256 bytes, 129 letters
+    for check in (lambda: check_output_file(tmp_path / name), lambda: atomic_write(tmp_path / name, b"x"),
+                  lambda: check_folder_takes_files(tmp_path / name / "sub"), lambda: check_output_file(tmp_path / name / "x")):
+        with pytest.raises(InputError, match="is 256 bytes; a file name can have at most 255 bytes"):
+            check()
+    assert list(tmp_path.iterdir()) == []

@@ -559,6 +559,17 @@ def test_reliability_photo_output_that_cannot_be_written(capsys, photo, tmp_path
     assert code == 2 and "a-file" in err and blocker.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("name", ["b" * 235 + ".png", "é" * 125 + ".png"])  # 239 and 254 bytes: names that fit
+def test_reliability_photo_output_with_a_long_name(capsys, photo, tmp_path, name):
+    """denoise -o a file name of 235 to 255 bytes (a non-ASCII letter counting 2) => written (its hidden temporary's
+    name, 16 to 22 bytes longer, is shortened: the photo was denoised, then 'cannot write ... choose a folder you
+    can write to', or that was said before the work for a name over 239 bytes)"""
+    out = tmp_path / name
+    code, _, err = cli(capsys, "denoise", photo, "-o", out, "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([photo.name, name])  # no temporary left
+
+
 def test_reliability_photo_output_that_is_a_folder(capsys, photo, tmp_path):
     """denoise -o an existing folder => the result goes into it under the photo's name (as cp does; a colour GIF's as
     NAME.gif.png); a file of that name there is refused without --overwrite (exit 2, untouched) and replaced with it"""
@@ -584,6 +595,21 @@ def test_reliability_reference_of_another_size(capsys, photo, tmp_path):
     out = tmp_path / "out.png"
     code, _, err = cli(capsys, "denoise", photo, "-o", out, "--reference", ref)
     assert code == 2 and "ref.png" in err and not out.exists()
+
+
+def test_reliability_export_with_a_long_name(capsys, random_weights, tmp_path):
+    """export -o a name of 241 bytes (its manifest's name, 14 bytes longer, is 255) => written with its manifest (the
+    export ran, then failed on the manifest's temporary); a name whose manifest's would be over 255 bytes is refused
+    before any work (exit 2, the longest name that fits said)"""
+    pytest.importorskip("onnx", reason="export needs the onnx extra")
+    out = tmp_path / ("m" * 236 + ".onnx")
+    code, _, err = cli(capsys, "export", "--weights", random_weights, "-o", out, "--parity-images", "2")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.name + ".manifest.json"])
+    longer = tmp_path / ("n" * 237 + ".onnx")
+    code, _, err = cli(capsys, "export", "--weights", random_weights, "-o", longer, "--parity-images", "2")
+    assert code == 2 and "(256 bytes)" in err and "choose a name of at most 241 bytes" in err
+    assert not longer.exists() and len(list(tmp_path.iterdir())) == 2
 
 
 # --- Triton model repository ----------------------------------------------------------------------------------
