@@ -5,9 +5,10 @@ Atomic writes:
 A temp file in the destination folder is written, fsynced and renamed over the target, so readers see the old
 file or the new one, never half of one, and an interrupted write leaves the old file intact.
 
-Folders (a Triton model repository) are written the same way: everything goes into a staging folder beside the
-target (:func:`staging_folder`), and only a complete, checked result is renamed into place
-(:func:`publish_folder`); a failure or an interruption before that leaves the target as it was.
+Folders (a Triton model repository) are written the same way: everything goes into a hidden staging folder inside
+the target, or beside it when it does not exist yet (:func:`staging_folder`), and only a complete, checked result is
+renamed into place (:func:`publish_folder`: an existing folder is filled, never replaced); a failure or an
+interruption before that leaves the target as it was.
 """
 from __future__ import annotations
 
@@ -162,19 +163,47 @@ def remove_stale_temporaries(path: str | Path, suffix: str = ".tmp") -> list[Pat
     return removed
 
 
+STAGING_NAME = "moe-denoise"  # a staging folder inside its target: .moe-denoise.PID.RANDOM.staging
+
+
+def is_staging_folder(path: Path) -> bool:
+    """Whether ``path`` is a staging folder that :func:`staging_folder` made inside its target (this run's, another
+    run's, or a killed run's): not content of the target."""
+    return re.fullmatch(rf"\.{re.escape(STAGING_NAME)}\.\d+\.[^.]+\.staging", path.name) is not None
+
+
 @contextlib.contextmanager
 def staging_folder(target: str | Path) -> Iterator[Path]:
-    """A new, empty folder beside ``target`` (same file system, so :func:`publish_folder` only renames), removed
-    on leaving whatever happened; staging folders of killed processes are removed first."""
+    """A new, empty, hidden folder to make the content of the folder ``target`` in, removed on leaving whatever
+    happened: inside ``target`` when it exists, else beside it. Either way it is on the file system the files end
+    on, so :func:`publish_folder` only renames: a folder made beside a mount point (a docker volume, a Kubernetes
+    volume at /models, an NFS root) was on another file system, and the renames failed after all the work
+    ('Device or resource busy', 'Invalid cross-device link'). An existing ``target`` that cannot be written to is
+    refused (InputError) as every output folder is; it was replaced, with its owner and mode, by a writable folder,
+    which needed only its parent to be writable. Staging folders of killed processes are removed first."""
     target = Path(target)
     refuse_long_names(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target, ".staging")
-        staging = _new_temporary(target.parent, f".{_pid_stem(target.name, '.staging')}.{os.getpid()}.", ".staging",
-                                 folder=True)[0]
-    except OSError as e:
-        raise cannot_write(target, e) from e
+        inside = target.is_dir()
+    except OSError:  # a folder above that cannot be searched (Python < 3.12 raises): said, in words, below
+        inside = False
+    if inside:
+        try:
+            remove_stale_temporaries(target / STAGING_NAME, ".staging")
+            staging = _new_temporary(target, f".{STAGING_NAME}.{os.getpid()}.", ".staging", folder=True)[0]
+        except OSError as e:
+            raise InputError(f"cannot write to the folder '{target}' ({e.strerror or e}); choose a folder you can "
+                             f"write to") from e
+        with contextlib.suppress(OSError):  # those that earlier versions, which staged beside it, left
+            remove_stale_temporaries(target, ".staging")
+    else:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(target, ".staging")
+            staging = _new_temporary(target.parent, f".{_pid_stem(target.name, '.staging')}.{os.getpid()}.",
+                                     ".staging", folder=True)[0]
+        except OSError as e:
+            raise cannot_write(target, e) from e
     try:
         yield staging
     finally:
@@ -182,44 +211,79 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
 
 
 def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrite: bool = True) -> None:
-    """Move ``entries`` (names of files and folders in ``staging``) into the folder ``target``.
+    """Move ``entries`` (names of files and folders in ``staging``, from :func:`staging_folder`) into the folder
+    ``target``.
 
-    A missing or empty ``target`` becomes ``staging`` in one rename. Otherwise each entry replaces its namesake
-    by renames (the old one is moved into ``staging`` first and removed with it); what else ``target`` holds is
-    kept. Without ``overwrite`` only the one rename is made: a ``target`` that something filled meanwhile (another
-    run writing the same folder) is refused (InputError), not replaced."""
+    A missing ``target`` becomes ``staging`` in one rename. An existing one is filled, never replaced: each entry is
+    renamed into it, so the folder itself (its inode, owner, group, mode and ACLs) stays, and a container that
+    mounted it before sees the new files (replaced by a rename, the folder it had mounted was a deleted one).
+    Without ``overwrite`` a ``target`` that holds anything (another run filled it meanwhile) is refused
+    (InputError), not replaced: nothing is moved, and entries moved before a namesake appeared are taken back. With
+    ``overwrite`` each entry replaces its namesake: a file by one rename, a folder after the old one is moved aside
+    into ``staging`` (hidden, on the same file system), where it is removed with it; a move that fails puts the old
+    one back, so nothing is lost, and the error says what was already replaced. What else ``target`` holds is kept."""
     target = Path(target)
-    if not overwrite:
-        real = target.resolve() if target.is_symlink() else target  # a link to a folder: the folder it names
+    if not target.exists():
+        real = target.resolve() if target.is_symlink() else target  # a link to nothing: the folder it names
         try:
-            os.rename(staging, real)  # replaces a missing or empty folder in one step; fails on a filled one
+            os.rename(staging, real)
+            return
         except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise InputError(f"'{target}' was filled while this was being written (another run writing it?); "
-                                 f"refusing to replace what is there: choose a new folder, or pass --overwrite") from e
-            raise InputError(f"moving the new files into '{target}' failed ({e.strerror or e}); nothing there was "
-                             f"changed") from e
-        return
-    try:
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()  # fails if something appeared meanwhile; then the entries are moved one by one
-    except OSError:
-        pass
+            if not target.is_dir():
+                raise InputError(f"moving the new files into '{target}' failed ({e.strerror or e}); nothing there "
+                                 f"was changed") from e
+            # made meanwhile: filled as any existing folder
+    filled = f"'{target}' was filled while this was being written (another run writing it?); refusing to replace " \
+             f"what is there: choose a new folder, or pass --overwrite"
+    if not overwrite and any(not is_staging_folder(p) for p in target.iterdir()):
+        raise InputError(filled)
     moved: list[str] = []
     try:
-        if not target.exists():
-            os.rename(staging, target)
-            return
         for name in entries:
-            new, old = staging / name, target / name
-            if old.is_dir() and not old.is_symlink():
-                os.rename(old, staging / f".replaced.{name}")
-            os.replace(new, old)
+            _move_entry(staging / name, target / name, staging / f".replaced.{name}", overwrite)
             moved.append(name)
     except OSError as e:
-        done = f"already replaced: {', '.join(moved)}; " if moved else "nothing there was changed; "
+        if not overwrite:  # ours, moved just now: taken back, so the folder is as it was
+            kept = [name for name in moved if not _moved_back(target / name, staging / name)]
+            done = f"already moved there: {', '.join(kept)}; " if kept else "nothing there was changed; "
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and not kept:
+                raise InputError(filled) from e
+        else:
+            done = f"already replaced: {', '.join(moved)}; " if moved else "nothing there was changed; "
         raise InputError(f"moving the new files into '{target}' failed ({e.strerror or e}); {done}check that folder "
                          f"and run again") from e
+
+
+def _move_entry(new: Path, old: Path, aside: Path, overwrite: bool) -> None:
+    """Rename ``new`` to ``old``, in the folder that holds ``old`` (see :func:`publish_folder`): without
+    ``overwrite`` never over something that is there (FileExistsError); with it, a folder (or what a folder
+    replaces) is first moved to ``aside`` and put back when the move fails."""
+    if not overwrite:
+        if new.is_dir() and not new.is_symlink():
+            if os.path.lexists(old):
+                raise FileExistsError(errno.EEXIST, "File exists", str(old))
+            os.rename(new, old)  # a folder that appeared meanwhile with anything in it: ENOTEMPTY
+            return
+        _move_into_place(new, old, overwrite=False, say=False)
+        return
+    if os.path.lexists(old) and ((old.is_dir() and not old.is_symlink()) or new.is_dir()):
+        os.rename(old, aside)
+        try:
+            os.rename(new, old)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rename(aside, old)
+            raise
+        return
+    os.replace(new, old)
+
+
+def _moved_back(moved: Path, to: Path) -> bool:
+    try:
+        os.rename(moved, to)
+    except OSError:
+        return False
+    return True
 
 
 def first_missing(folder: str | os.PathLike[str]) -> Path | None:
@@ -315,17 +379,23 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+def _move_into_place(tmp: Path, target: Path, overwrite: bool, say: bool = True) -> None:
+    """Rename ``tmp`` to ``target``; without ``overwrite`` never over a file that appeared meanwhile (InputError, or
+    FileExistsError with ``say=False``)."""
     if overwrite:
         os.replace(tmp, target)
         return
     try:
         os.link(tmp, target)  # fails if the target appeared meanwhile: no silent replacement
     except FileExistsError as e:
+        if not say:
+            raise
         raise InputError(f"the output '{target}' appeared while it was being written; refusing to replace it. "
                          f"Choose another output path or pass --overwrite (overwrite=True in Python)") from e
     except OSError:  # file systems without hard links: re-check, then rename
-        if target.exists():
+        if os.path.lexists(target):
+            if not say:
+                raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
             raise InputError(f"the output '{target}' already exists; refusing to replace it") from None
         os.replace(tmp, target)
         return

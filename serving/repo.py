@@ -20,10 +20,13 @@ not part of a standard repository. Every ``config.pbtxt`` is parsed with Triton'
 (``tritonclient``'s ``model_config_pb2``, from the ``serve`` extra), then read by the ``tritonserver`` PyTriton
 ships, which applies Triton's own config checks (:func:`check_with_tritonserver`).
 
-The repository is written into a staging folder beside ``OUT`` and checked there; only then are its models and
-README renamed into ``OUT`` (``--overwrite`` replaces those, removes this toolkit's other model when an earlier run
-wrote it and this one does not, and keeps any other model ``OUT`` holds), so a refused config, a failed copy or an
-interruption before the renames leaves ``OUT`` as it was.
+The repository is written into a hidden staging folder inside ``OUT`` (beside it when ``OUT`` does not exist yet:
+on the same file system either way, so a mount point such as a docker volume works) and checked there; only then are
+its models and README renamed into ``OUT`` (``--overwrite`` replaces those, removes this toolkit's other model when
+an earlier run wrote it and this one does not, and keeps any other model ``OUT`` holds), so a refused config, a
+failed copy or an interruption before the renames leaves ``OUT`` as it was. An existing ``OUT`` is filled, never
+replaced: its owner, mode and inode stay (a container that mounted it before sees the models), and one that cannot
+be written to is refused.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_base.fileio import publish_folder, staging_folder
+from moe_base.fileio import is_staging_folder, publish_folder, staging_folder
 from moe_base.manifest import read_checked
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
@@ -263,7 +266,7 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
                          f"that folder, remove the link, or give another folder's path (nothing was written)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"'{out_dir}' is a file; a Triton model repository is a folder: give a new folder's path")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    if out_dir.exists() and not overwrite and any(not is_staging_folder(p) for p in out_dir.iterdir()):  # a killed run's staging
         raise InputError(f"'{out_dir}' exists and is not empty; choose a new folder or pass --overwrite to replace "
                          f"the models in it")
     plans: list[tuple[str, Path, str, str, dict[str, Any], str]] = []

@@ -412,3 +412,95 @@ def test_a_name_too_long_for_a_file_system_is_refused_in_words(tmp_path):
         with pytest.raises(InputError, match="is 256 bytes; a file name can have at most 255 bytes"):
             check()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_existing_folder_is_filled_never_replaced(tmp_path, overwrite):
+    """An existing empty output folder was replaced by the staging folder in one rename: its mode (a setgid team
+    folder's group bit), owner and inode were lost, and a container that had mounted it saw a deleted folder. It is
+    filled; with ``overwrite`` an old entry is replaced and the rest of the folder kept."""
+    from moe_base.fileio import publish_folder, staging_folder
+
+    target = tmp_path / "repo"
+    target.mkdir()
+    target.chmod(0o2750)
+    before = target.stat()
+    with staging_folder(target) as staging:
+        (staging / "model" / "1").mkdir(parents=True)
+        (staging / "model" / "1" / "m.onnx").write_text("new")
+        (staging / "README.md").write_text("new")
+        publish_folder(staging, target, ["model", "README.md"], overwrite)
+    after = target.stat()
+    assert (after.st_ino, after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_ino, before.st_mode, before.st_uid, before.st_gid)
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "model"]  # no staging folder left in it
+    assert (target / "model" / "1" / "m.onnx").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_a_failed_move_with_overwrite_puts_the_old_model_back(tmp_path, monkeypatch):
+    """With ``overwrite`` an old folder is moved aside (inside the target) before the new one is moved in: when that
+    move fails the old one is put back, and the error says what was already replaced."""
+    import moe_base.fileio
+    from moe_base.errors import InputError
+    from moe_base.fileio import publish_folder, staging_folder
+
+    target = tmp_path / "repo"
+    for name in ("a", "b"):
+        (target / name).mkdir(parents=True)
+        (target / name / "old").write_text("old")
+    real = os.rename
+
+    def fails_for_b(src, dst):
+        if Path(dst) == target / "b" and Path(src).name == "b":  # the new b; the old one is put back
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(moe_base.fileio.os, "rename", fails_for_b)
+    with staging_folder(target) as staging:
+        for name in ("a", "b"):
+            (staging / name).mkdir()
+            (staging / name / "new").write_text("new")
+        with pytest.raises(InputError, match=r"No space left on device\); already replaced: a; check that folder"):
+            publish_folder(staging, target, ["a", "b"], overwrite=True)
+    assert [p.name for p in (target / "a").iterdir()] == ["new"] and [p.name for p in (target / "b").iterdir()] == ["old"]
+    assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
+
+
+def test_a_read_only_output_folder_is_refused_not_replaced(tmp_path):
+    """An existing folder the user cannot write to (chmod 555), in a folder they can, was replaced by a writable
+    folder of the new files (a rename needs only the parent to be writable). It is refused, as every command refuses
+    a folder it cannot write to, and stays as it was. Run as the user nobody: root writes to read-only folders."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv, to run the write as another user (as root a read-only folder is "
+                    "writable, and as a user the test cannot make one owned by another)")
+    base = Path(tempfile.mkdtemp(prefix="moe-denoise-test-"))  # where nobody can reach it (tmp_path is root's 0700)
+    try:
+        base.chmod(0o755)
+        parent = base / "parent"
+        (parent / "repo").mkdir(parents=True)
+        for folder in (parent, parent / "repo"):
+            os.chown(folder, 65534, 65534)
+        (parent / "repo").chmod(0o555)
+        before = (parent / "repo").stat()
+        code = ("from pathlib import Path\nfrom moe_base.fileio import publish_folder, staging_folder\n"
+                f"target = Path({str(parent / 'repo')!r})\n"
+                "with staging_folder(target) as staging:\n"
+                "    (staging / 'README.md').write_text('new')\n"
+                "    publish_folder(staging, target, ['README.md'], overwrite=False)\n")
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert done.returncode != 0
+        assert f"cannot write to the folder '{parent / 'repo'}' (Permission denied); choose a folder you can write to" \
+            in done.stderr
+        after = (parent / "repo").stat()
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+        assert list((parent / "repo").iterdir()) == [] and [p.name for p in parent.iterdir()] == ["repo"]
+    finally:
+        shutil.rmtree(base)

@@ -626,7 +626,7 @@ def triton_repo(capsys, exported, tmp_path):
 
 
 def staging_left(folder):
-    return [p.name for p in folder.parent.iterdir() if p.name.endswith(".staging")]
+    return [p.name for f in (folder, folder.parent) for p in f.iterdir() if p.name.endswith(".staging")]
 
 
 def test_reliability_triton_repo_refused_by_tritonserver(capsys, exported, triton_repo, monkeypatch):
@@ -659,9 +659,9 @@ def test_reliability_triton_repo_interrupted_copy(capsys, exported, triton_repo,
 
 def test_reliability_triton_repo_overwrite_keeps_other_models(capsys, exported, triton_repo, tmp_path):
     """triton-repo --overwrite into a repository that also holds a model of the user's => our model and README are
-    replaced, the user's model is kept; a staging folder a killed run left beside it is removed"""
-    dead = tmp_path / ".repo.4194303.x1.staging"  # beyond the largest pid: its writer is gone
-    (dead / "moe_denoiser").mkdir(parents=True)
+    replaced, the user's model is kept; a staging folder a killed run left in it or beside it is removed"""
+    for dead in (tmp_path / ".repo.4194303.x1.staging", triton_repo / ".moe-denoise.4194303.x2.staging"):
+        (dead / "moe_denoiser").mkdir(parents=True)  # beyond the largest pid: its writer is gone
     code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", triton_repo, "--overwrite", "--max-batch", "8",
                        "--no-server-check")
     assert code == 0, err
@@ -669,6 +669,25 @@ def test_reliability_triton_repo_overwrite_keeps_other_models(capsys, exported, 
     assert (triton_repo / "my_other_model" / "config.pbtxt").read_text() == 'name: "my_other_model"\n'
     assert sorted(p.name for p in triton_repo.iterdir()) == ["README.md", "moe_denoiser", "my_other_model"]
     assert staging_left(triton_repo) == []
+
+
+def test_reliability_triton_repo_into_an_existing_folder(capsys, exported, tmp_path):
+    """triton-repo -o an existing empty folder (a team's setgid folder, or one a container mounted already) => filled,
+    not replaced: its inode, mode, owner and group stay (it was replaced by a new folder, and the container saw a
+    deleted one); a staging folder a killed run left in it does not make it 'not empty'"""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                        reason="triton-repo needs tritonclient[grpc] (the 'serve' extra)")
+    out = tmp_path / "models"
+    out.mkdir()
+    out.chmod(0o2770)
+    (out / ".moe-denoise.4194303.x1.staging").mkdir()  # beyond the largest pid: its writer is gone
+    before = out.stat()
+    code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", out, "--no-server-check")
+    assert code == 0, err
+    after = out.stat()
+    assert (after.st_ino, after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_ino, before.st_mode, before.st_uid, before.st_gid)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser"] and staging_left(out) == []
 
 
 def test_reliability_triton_repo_output_is_a_file(capsys, exported, tmp_path):

@@ -325,3 +325,71 @@ def test_a_link_to_nothing_given_as_the_repository_is_refused_before_the_work(tm
                                          r"folder, remove the link"):
         write_repository(link, onnx, overwrite=overwrite)
     assert not (tmp_path / "nowhere").exists() and not list(tmp_path.glob(".repo.*"))  # no folder, no staging
+
+
+def mount_point(monkeypatch, mount: Path) -> None:
+    """``mount`` behaves as a mount point (a docker volume, a Kubernetes volume at /models): it cannot be renamed or
+    removed (EBUSY), and nothing is renamed or linked across it (EXDEV)."""
+    import errno
+    import os
+
+    def inside(p) -> bool:
+        p = Path(p).absolute()
+        return p == mount or mount in p.parents
+
+    def guard(real):
+        def call(src, dst, *args, **kwargs):
+            if mount in (Path(src).absolute(), Path(dst).absolute()):
+                raise OSError(errno.EBUSY, "Device or resource busy", str(src), None, str(dst))
+            if inside(src) != inside(dst):
+                raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
+            return real(src, dst, *args, **kwargs)
+        return call
+
+    real_rmdir = os.rmdir
+
+    def rmdir(path, *args, **kwargs):
+        if Path(path).absolute() == mount:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        return real_rmdir(path, *args, **kwargs)
+
+    for name in ("rename", "replace", "link"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    monkeypatch.setattr(os, "rmdir", rmdir)
+
+
+def test_a_mount_point_is_written_into(tmp_path, onnx, engine, monkeypatch):
+    """The staging folder was made beside the output, so a mount point given as -o (a docker volume, a Kubernetes
+    volume at /models) failed after all the work: 'Device or resource busy' when empty, 'Invalid cross-device link'
+    with --overwrite. It is staged inside the folder and its entries are renamed in."""
+    out = tmp_path / "models"
+    out.mkdir()
+    mount_point(monkeypatch, out)
+    write_repository(out, onnx, engine, server_check=False)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser", TRT_MODEL]
+    (out / "my_model").mkdir()
+    write_repository(out, onnx, None, RepoSettings(max_batch=8), overwrite=True, server_check=False)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser", "my_model"]
+    assert load(out / "moe_denoiser" / "config.pbtxt").max_batch_size == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["models", onnx.name, f"{onnx.name}.manifest.json",
+                                                                 engine.name, f"{engine.name}.manifest.json"])
+
+
+def test_a_real_mount_point_is_written_into(tmp_path, onnx):
+    """As test_a_mount_point_is_written_into, on a tmpfs mounted for the test (root only)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    out = tmp_path / "models"
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(out)], capture_output=True).returncode:
+        pytest.skip("this machine does not let root mount a tmpfs (a container without CAP_SYS_ADMIN)")
+    try:
+        write_repository(out, onnx, None, server_check=False)
+        write_repository(out, onnx, None, RepoSettings(max_batch=8), overwrite=True, server_check=False)
+        assert sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser"]
+        assert load(out / "moe_denoiser" / "config.pbtxt").max_batch_size == 8
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
