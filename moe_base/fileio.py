@@ -5,8 +5,8 @@ Atomic writes:
 A temp file in the destination folder is written, fsynced and renamed over the target, so readers see the old
 file or the new one, never half of one, and an interrupted write leaves the old file intact.
 
-Folders (a Triton model repository) are written the same way: everything goes into a hidden staging folder inside
-the target, or beside it when it does not exist yet (:func:`staging_folder`), and only a complete, checked result is
+Folders (a Triton model repository) are written the same way: everything goes into a hidden staging folder beside
+the target, or inside it when it is a mount point (:func:`staging_folder`), and only a complete, checked result is
 renamed into place (:func:`publish_folder`: an existing folder is filled, never replaced); a failure or an
 interruption before that leaves the target as it was.
 """
@@ -163,7 +163,7 @@ def remove_stale_temporaries(path: str | Path, suffix: str = ".tmp") -> list[Pat
     return removed
 
 
-STAGING_NAME = "moe-denoise"  # a staging folder inside its target: .moe-denoise.PID.RANDOM.staging
+STAGING_NAME = "moe-denoise"  # a staging folder inside its target (a mount point): .moe-denoise.PID.RANDOM.staging
 
 
 def is_staging_folder(path: Path) -> bool:
@@ -175,27 +175,32 @@ def is_staging_folder(path: Path) -> bool:
 @contextlib.contextmanager
 def staging_folder(target: str | Path) -> Iterator[Path]:
     """A new, empty, hidden folder to make the content of the folder ``target`` in, removed on leaving whatever
-    happened: inside ``target`` when it exists, else beside it. Either way it is on the file system the files end
-    on, so :func:`publish_folder` only renames: a folder made beside a mount point (a docker volume, a Kubernetes
+    happened: beside ``target``, or inside it when it is a mount point. Either way it is on the file system the files
+    end on, so :func:`publish_folder` only renames: a folder made beside a mount point (a docker volume, a Kubernetes
     volume at /models, an NFS root) was on another file system, and the renames failed after all the work
-    ('Device or resource busy', 'Invalid cross-device link'). An existing ``target`` that cannot be written to is
+    ('Device or resource busy', 'Invalid cross-device link'). Not inside any other folder: Triton takes every folder
+    of a model repository for a model, a hidden one too, and one that a killed run left there stopped its start
+    ('failed to load model'). An existing ``target`` that cannot be written to is
     refused (InputError) as every output folder is; it was replaced, with its owner and mode, by a writable folder,
     which needed only its parent to be writable. Staging folders of killed processes are removed first."""
     target = Path(target)
     refuse_long_names(target)
     try:
-        inside = target.is_dir()
+        exists = target.is_dir()
     except OSError:  # a folder above that cannot be searched (Python < 3.12 raises): said, in words, below
-        inside = False
-    if inside:
-        try:
+        exists = False
+    if exists:  # its entries are renamed into it, which needs it writable: said now, not after the work
+        check_folder_takes_files(target)
+        with contextlib.suppress(OSError):  # a killed run's, staged inside a mount point
             remove_stale_temporaries(target / STAGING_NAME, ".staging")
+    if exists and os.path.ismount(target):  # inside only where it must be: Triton takes every folder of a model
+        # repository for a model (a hidden one too: 'failed to load model .moe-denoise...', and a start with
+        # --exit-on-error fails), so a staging folder a killed run left inside it stopped the server
+        try:
             staging = _new_temporary(target, f".{STAGING_NAME}.{os.getpid()}.", ".staging", folder=True)[0]
         except OSError as e:
             raise InputError(f"cannot write to the folder '{target}' ({e.strerror or e}); choose a folder you can "
                              f"write to") from e
-        with contextlib.suppress(OSError):  # those that earlier versions, which staged beside it, left
-            remove_stale_temporaries(target, ".staging")
     else:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

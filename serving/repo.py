@@ -20,8 +20,9 @@ not part of a standard repository. Every ``config.pbtxt`` is parsed with Triton'
 (``tritonclient``'s ``model_config_pb2``, from the ``serve`` extra), then read by the ``tritonserver`` PyTriton
 ships, which applies Triton's own config checks (:func:`check_with_tritonserver`).
 
-The repository is written into a hidden staging folder inside ``OUT`` (beside it when ``OUT`` does not exist yet:
-on the same file system either way, so a mount point such as a docker volume works) and checked there; only then are
+The repository is written into a hidden staging folder beside ``OUT`` (inside it when ``OUT`` is a mount point such
+as a docker volume: on the same file system either way; Triton would take one inside any other folder for a model)
+and checked there; only then are
 its models and README renamed into ``OUT`` (``--overwrite`` replaces those, removes this toolkit's other model when
 an earlier run wrote it and this one does not, and keeps any other model ``OUT`` holds), so a refused config, a
 failed copy or an interruption before the renames leaves ``OUT`` as it was. An existing ``OUT`` is filled, never

@@ -356,6 +356,8 @@ def mount_point(monkeypatch, mount: Path) -> None:
     for name in ("rename", "replace", "link"):
         monkeypatch.setattr(os, name, guard(getattr(os, name)))
     monkeypatch.setattr(os, "rmdir", rmdir)
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p).absolute() == mount or real_ismount(p))
 
 
 def test_a_mount_point_is_written_into(tmp_path, onnx, engine, monkeypatch):
@@ -373,6 +375,34 @@ def test_a_mount_point_is_written_into(tmp_path, onnx, engine, monkeypatch):
     assert load(out / "moe_denoiser" / "config.pbtxt").max_batch_size == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["models", onnx.name, f"{onnx.name}.manifest.json",
                                                                  engine.name, f"{engine.name}.manifest.json"])
+
+
+def test_no_staging_folder_is_made_inside_a_folder_triton_serves_unless_it_is_a_mount_point(tmp_path, onnx,
+                                                                                          monkeypatch):
+    """Triton takes every folder of its model repository for a model, a hidden one too ('failed to load model
+    .moe-denoise...'; with --exit-on-error, the default, the server does not start), so a staging folder left inside
+    by a killed run stopped it. An ordinary output folder is staged beside; only a mount point, where nothing else
+    can be renamed in, is staged inside."""
+    import contextlib
+
+    import moe_base.fileio as fileio
+
+    out = tmp_path / "models"
+    out.mkdir()
+    seen = []
+    real = fileio.staging_folder
+
+    @contextlib.contextmanager
+    def spy(target):
+        with real(target) as staging:
+            seen.append(staging.parent)
+            yield staging
+
+    monkeypatch.setattr("serving.repo.staging_folder", spy)
+    write_repository(out, onnx, None, server_check=False)
+    mount_point(monkeypatch, out)
+    write_repository(out, onnx, None, overwrite=True, server_check=False)
+    assert seen == [tmp_path, out] and sorted(p.name for p in out.iterdir()) == ["README.md", "moe_denoiser"]
 
 
 def test_a_real_mount_point_is_written_into(tmp_path, onnx):
