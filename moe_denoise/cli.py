@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if reconfigure is not None:  # a line is in a log (nohup ... > log) when printed, not when 8 KB have gathered
         reconfigure(line_buffering=True)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "OMP_WAIT_POLICY" not in os.environ:  # before torch loads its OpenMP: threads that wait spin by default, and
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # on a shared CPU held a core the other thread needed (2 to 4x
-        # slower); set it to ACTIVE to spin (tools/wait_policy_ab.py measures the two)
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:  # before torch loads OpenMP:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # its threads spin while they wait, and on a shared CPU held a core
+        # the other thread needed (1.7 to 4x slower; about 8% faster on an idle one): docs/benchmarks.md
     try:
         parser = build_parser()  # imports every command's module: a second or more, where a Ctrl-C printed a traceback
         args = parser.parse_args(argv)
