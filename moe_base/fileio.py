@@ -425,15 +425,26 @@ def holds(path: str | Path, sha256: str) -> bool:
     return Path(path).is_file() and sha256_file(path) == sha256
 
 
+def is_link_loop(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a symbolic link that leads back to itself (directly or through others): it 'exists' to
+    no check, as a link to nothing does not, and was said to be one ('a link to ... which does not exist')."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
 def refuse_dangling_link(path: Path, overwrite: bool, option: str = "--overwrite") -> None:
     """InputError when ``path`` is a symbolic link to nothing and ``overwrite`` is off: it exists as a link, so it
     cannot be made without replacing it (that refusal came after the work, and said the output 'appeared while it
     was being written')."""
     if overwrite or not path.is_symlink() or path.exists():
         return
-    raise InputError(f"the output '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; "
-                     f"refusing to replace the link. Remove it, choose another path, or pass {option} (the link "
-                     f"itself is then replaced by the file, its target left alone)")
+    what = "which leads back to itself (a loop of links)" if is_link_loop(path) else "which does not exist"
+    raise InputError(f"the output '{path}' is a symbolic link to '{os.readlink(path)}', {what}; refusing to replace "
+                     f"the link. Remove it, choose another path, or pass {option} (the link itself is then replaced by "
+                     f"the file, its target left alone)")
 
 
 def refuse_special_file(path: Path) -> None:

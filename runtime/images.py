@@ -76,7 +76,7 @@ from typing import IO, Any
 import numpy as np
 
 from moe_base.errors import InputError, MissingBackendError, path_error_message
-from moe_base.fileio import atomic_write, check_output_file, refuse_special_file
+from moe_base.fileio import atomic_write, check_output_file, is_link_loop, refuse_special_file
 from moe_base.optional import require
 
 JPEG_QUALITY = 95
@@ -1080,6 +1080,9 @@ def check_input_exists(path: str | os.PathLike[str]) -> Path:
     """The input image's path, or InputError when there is no file there (or what was given is no path)."""
     p = check_path_arg(path, "the input image")
     if not p.exists():
+        if is_link_loop(p):  # said to be missing
+            raise InputError(f"'{p}' is a symbolic link that leads back to itself (a loop of links), not an image; "
+                             f"fix or remove the link")
         raise InputError(f"no such image file: '{p}'. Check the path")
     return p
 

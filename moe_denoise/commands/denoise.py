@@ -301,6 +301,7 @@ def run_batch(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from moe_base.fileio import is_link_loop
     from runtime.batch import PHOTO_SUFFIXES, BatchRun, output_folder, plan_batch
 
     if args.reference is not None:
@@ -374,8 +375,9 @@ def run_batch(args: argparse.Namespace) -> int:
         summary = batch_summary(plan, batch, start)  # skipped: outputs there at the start, and those written since
         extra = [f"{summary['skipped']} skipped (output exists)"] if summary["skipped"] else []
         if plan.ignored:
-            names = [p.name + ("/" if p.is_dir() else " (a link to nothing)" if p.is_symlink() and not p.exists()
-                               else "") for p in plan.ignored]  # a dangling a.png was said to have the wrong ending
+            names = [p.name + ("/" if p.is_dir() else " (a loop of links)" if is_link_loop(p) else
+                               " (a link to nothing)" if p.is_symlink() and not p.exists() else "")
+                     for p in plan.ignored]  # a dangling a.png was said to have the wrong ending
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} "
                          f"(taken from a folder: files ending in {', '.join(PHOTO_SUFFIXES)}; name another file to "
                          f"denoise it; subfolders are not searched)")

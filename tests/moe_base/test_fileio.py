@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from moe_base.errors import InputError
 from moe_base.fileio import holds, sha256_file
 
 
@@ -504,3 +505,22 @@ def test_a_read_only_output_folder_is_refused_not_replaced(tmp_path):
         assert list((parent / "repo").iterdir()) == [] and [p.name for p in parent.iterdir()] == ["repo"]
     finally:
         shutil.rmtree(base)
+
+
+def test_a_loop_of_links_is_named_as_one_not_as_a_link_to_nothing(tmp_path):
+    """A link that leads back to itself was said to point at a file 'which does not exist' (as output), and to be
+    'no such image file' (as input): it is named as a loop of links now."""
+    from moe_base.fileio import is_link_loop, refuse_dangling_link
+    from runtime.images import check_input_exists
+
+    (tmp_path / "a.png").symlink_to("b.png")
+    (tmp_path / "b.png").symlink_to("a.png")
+    (tmp_path / "c.png").symlink_to("nothing.png")
+    assert is_link_loop(tmp_path / "a.png") and not is_link_loop(tmp_path / "c.png")
+    assert not is_link_loop(tmp_path / "missing.png")
+    with pytest.raises(InputError, match=r"a symbolic link to 'b.png', which leads back to itself \(a loop of links\)"):
+        refuse_dangling_link(tmp_path / "a.png", overwrite=False)
+    with pytest.raises(InputError, match=r"a symbolic link to 'nothing.png', which does not exist"):
+        refuse_dangling_link(tmp_path / "c.png", overwrite=False)
+    with pytest.raises(InputError, match=r"is a symbolic link that leads back to itself \(a loop of links\), not an image"):
+        check_input_exists(tmp_path / "a.png")
