@@ -46,7 +46,7 @@ from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 from . import backend_env
 from .config import GUARD_OUTPUT, IMAGE_INPUTS, IMAGE_MODEL, IMAGE_OUTPUTS, SETTINGS_OUTPUT, TILE_MODEL, ServeConfig
 from .models import ImageModel, TileModel
-from .watchdog import LOG_DIR_PREFIX, remove_empty
+from .watchdog import remove_empty
 
 RunnerFactory = Callable[[], Any]
 
@@ -356,9 +356,8 @@ class DenoiseServer:
         try:
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(Path(__file__).with_name("watchdog.py")), str(os.getpid()), str(pid),
-                 str(WATCHDOG_GRACE_S), self._log_dir or "-", *map(str, sorted(self._own_envs))],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-                start_new_session=True)  # a SIGKILL to serve's process group leaves it to remove what was left
+                 str(WATCHDOG_GRACE_S), *map(str, sorted(self._own_envs))],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
         except OSError as e:  # no process to spare: serving goes on, unguarded
             self.log(f"note: the watchdog that ends tritonserver should serve be killed could not start ({e})")
 
@@ -382,7 +381,7 @@ class DenoiseServer:
             # made a clean stop read as an unclean one, and a crash's tail showed an earlier run's last words)
             self._log_start = self.log_path.stat().st_size if self.log_path.is_file() else 0
         elif not cfg.log_verbose:
-            self._log_dir = tempfile.mkdtemp(prefix=LOG_DIR_PREFIX)
+            self._log_dir = tempfile.mkdtemp(prefix="moe-denoise-triton-")
             self.log_path = Path(self._log_dir) / "tritonserver.log"
 
     def log_tail(self, lines: int = 20) -> str:

@@ -2,28 +2,24 @@
 
 Run by :class:`serving.server.DenoiseServer` as its own small process (standard library only, ``python -I -S``)::
 
-    python -I -S watchdog.py PARENT_PID TRITON_PID GRACE_S LOG_DIR [FOLDER ...]
+    python -I -S watchdog.py PARENT_PID TRITON_PID GRACE_S [FOLDER ...]
 
 It waits while both its parent (the serving process) and tritonserver run, and exits as soon as tritonserver ends
 (a normal stop). When its parent is gone first (SIGKILL, the kernel's out-of-memory killer), tritonserver gets
 GRACE_S seconds to end on its own (PyTriton has the kernel send it SIGTERM then), after which the watchdog kills it;
 then it removes those FOLDERs (Triton's Python backend's ``python_env_*``) that are empty, unless another
-tritonserver runs here (:func:`remove_empty`), and LOG_DIR, serve's temporary folder for Triton's log (``-`` for
-none: a --log-file is the user's): nobody was told its name, and it told of no crash of tritonserver's (serve keeps
-and names the log of one).
+tritonserver runs here (:func:`remove_empty`).
 
 Why: with a gRPC request in flight, an orphaned tritonserver's exit hangs after its exit timeout until that client
 gives up (seen for as long as the client's --timeout, an hour by default), holding the ports a supervisor's
 restart needs. Processes are told apart by their start time, so a process id used again is never killed.
 """
 import os
-import shutil
 import signal
 import sys
 import time
 
 POLL_S = 0.5
-LOG_DIR_PREFIX = "moe-denoise-triton-"  # serve's temporary log folders (tempfile.mkdtemp's prefix)
 
 
 def started(pid: int) -> str | None:
@@ -70,7 +66,7 @@ def remove_empty(folders: list[str]) -> tuple[list[str], set[int]]:
     return removed, set()
 
 
-def watch(parent: int, pid: int, grace_s: float, folders: list[str], log_dir: str | None = None) -> str:
+def watch(parent: int, pid: int, grace_s: float, folders: list[str]) -> str:
     """Watch as the module says; returns what happened: 'stopped' (tritonserver ended while its parent ran),
     'ended' (it ended on its own after its parent was gone) or 'killed'."""
     mark = started(pid)
@@ -91,16 +87,14 @@ def watch(parent: int, pid: int, grace_s: float, folders: list[str], log_dir: st
             pass
     time.sleep(2 * POLL_S)  # its Python backend's stubs end with it and leave their folders
     remove_empty(folders)
-    if log_dir is not None and os.path.basename(log_dir).startswith(LOG_DIR_PREFIX):
-        shutil.rmtree(log_dir, ignore_errors=True)
     return what
 
 
 def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP):  # a terminal's Ctrl-C or hang-up reaches the whole group: serve
         signal.signal(sig, signal.SIG_IGN)  # stops itself (SIGHUP, as SIGTERM), and a SIGKILLed serve is watched for
-    parent, pid, grace_s, log_dir = int(argv[0]), int(argv[1]), float(argv[2]), argv[3]
-    watch(parent, pid, grace_s, argv[4:], None if log_dir == "-" else log_dir)
+    parent, pid, grace_s = int(argv[0]), int(argv[1]), float(argv[2])
+    watch(parent, pid, grace_s, argv[3:])
     return 0
 
 
