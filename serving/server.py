@@ -357,7 +357,8 @@ class DenoiseServer:
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(Path(__file__).with_name("watchdog.py")), str(os.getpid()), str(pid),
                  str(WATCHDOG_GRACE_S), *map(str, sorted(self._own_envs))],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+                start_new_session=True)  # a SIGKILL to serve's process group leaves it to end what was left
         except OSError as e:  # no process to spare: serving goes on, unguarded
             self.log(f"note: the watchdog that ends tritonserver should serve be killed could not start ({e})")
 

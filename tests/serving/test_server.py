@@ -832,6 +832,13 @@ def test_a_killed_serve_with_a_grpc_request_in_flight_takes_tritonserver_with_it
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def _text(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -846,9 +853,16 @@ def _killed_server_run(tmp_path: Path, home: Path) -> None:
     proc, _ = _start_cli(tmp_path, "--log-file", str(tmp_path / "triton.log"), env={"PYTRITON_HOME": str(home)})
     ours = list(home.glob(f"{WORKSPACE_PREFIX}{proc.pid}-*"))
     assert len(ours) == 1 and (ours[0] / "model-store").is_dir()
+    watchdog = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and f"watchdog.py\0{proc.pid}\0".encode() in _bytes(p / "cmdline")]
+    assert len(watchdog) == 1 and watchdog[0] not in _session_processes(proc.pid)  # a session of its own
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert _wait_session_empty(proc.pid) == [] and ours[0].is_dir()
+    gone_by = time.monotonic() + 30  # it outlived the group's SIGKILL, did its part, and ended
+    while Path(f"/proc/{watchdog[0]}").exists() and "Z" not in _text(Path(f"/proc/{watchdog[0]}/stat")).split(")")[-1][:3]:
+        assert time.monotonic() < gone_by, "the watchdog did not end after serve was killed"
+        time.sleep(0.2)
     copies = [f for f in Path("/tmp").glob("folder*") if f'"{ours[0]}"' in _text(f / "config.pbtxt")]
     assert len(copies) == 2  # tritonserver's copies of the two models, which name the workspace: they stayed
     assert remove_dead_workspaces(home) == ours and not ours[0].exists()
