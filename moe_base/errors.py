@@ -121,8 +121,8 @@ def path_error_message(e: BaseException, named: bool = True) -> str | None:
     which keeps its traceback. Checks of paths meet these everywhere (pathlib's exists() and is_dir() raise them),
     and each read as a crash, a traceback ending in 'File name too long'. ``named``: the message starts with the
     path (False: for a caller whose own words name it)."""
-    if not isinstance(e, OSError) or not e.filename:
-        return None
+    if not isinstance(e, OSError) or not e.filename or not isinstance(e.filename, (str, bytes, os.PathLike)):
+        return None  # a file descriptor's number (os.stat(3)) names no path
     name = os.fsdecode(e.filename)
     shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]}"
     if e.errno in (errno.EACCES, errno.EPERM):

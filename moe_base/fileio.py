@@ -175,12 +175,12 @@ def is_staging_folder(path: Path) -> bool:
 @contextlib.contextmanager
 def staging_folder(target: str | Path) -> Iterator[Path]:
     """A new, empty, hidden folder to make the content of the folder ``target`` in, removed on leaving whatever
-    happened: beside ``target``, or inside it when it is a mount point. Either way it is on the file system the files
-    end on, so :func:`publish_folder` only renames: a folder made beside a mount point (a docker volume, a Kubernetes
-    volume at /models, an NFS root) was on another file system, and the renames failed after all the work
-    ('Device or resource busy', 'Invalid cross-device link'). Not inside any other folder: Triton takes every folder
-    of a model repository for a model, a hidden one too, and one that a killed run left there stopped its start
-    ('failed to load model'). An existing ``target`` that cannot be written to is
+    happened: beside ``target``, or inside it when it is a mount point (or its parent takes no new folder). Either
+    way it is on the file system the files end on, so :func:`publish_folder` only renames: a folder made beside a
+    mount point (a docker volume, a Kubernetes volume at /models, an NFS root) was on another file system, and the
+    renames failed after all the work ('Device or resource busy', 'Invalid cross-device link'). Not inside any other
+    folder: Triton takes every folder of a model repository for a model, a hidden one too, and one that a killed run
+    left there stopped its start ('failed to load model'). An existing ``target`` that cannot be written to is
     refused (InputError) as every output folder is; it was replaced, with its owner and mode, by a writable folder,
     which needed only its parent to be writable. Staging folders of killed processes are removed first."""
     target = Path(target)
@@ -193,26 +193,51 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
         check_folder_takes_files(target)
         with contextlib.suppress(OSError):  # a killed run's, staged inside a mount point
             remove_stale_temporaries(target / STAGING_NAME, ".staging")
-    if exists and os.path.ismount(target):  # inside only where it must be: Triton takes every folder of a model
-        # repository for a model (a hidden one too: 'failed to load model .moe-denoise...', and a start with
-        # --exit-on-error fails), so a staging folder a killed run left inside it stopped the server
-        try:
-            staging = _new_temporary(target, f".{STAGING_NAME}.{os.getpid()}.", ".staging", folder=True)[0]
-        except OSError as e:
-            raise InputError(f"cannot write to the folder '{target}' ({e.strerror or e}); choose a folder you can "
-                             f"write to") from e
-    else:
+    staging = None
+    if not (exists and os.path.ismount(os.path.realpath(target))):  # beside where it can be: Triton takes every
+        # folder of a model repository for a model (a hidden one too: 'failed to load model .moe-denoise...', and a
+        # start with --exit-on-error fails), so a staging folder a killed run left inside it stopped the server
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(target, ".staging")
             staging = _new_temporary(target.parent, f".{_pid_stem(target.name, '.staging')}.{os.getpid()}.",
                                      ".staging", folder=True)[0]
         except OSError as e:
+            if not exists:
+                raise cannot_write(target, e) from e
+        try:
+            if exists and staging is not None and not _renames_into(staging, target):  # a bind mount (of the same
+                os.rmdir(staging)  # file system: ismount cannot tell): renames fail across it
+                staging = None
+        except OSError as e:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             raise cannot_write(target, e) from e
+    if staging is None:  # a mount point, or a folder whose parent takes no new folder
+        try:
+            staging = _new_temporary(target, f".{STAGING_NAME}.{os.getpid()}.", ".staging", folder=True)[0]
+        except OSError as e:
+            raise InputError(f"cannot write to the folder '{target}' ({e.strerror or e}); choose a folder you can "
+                             f"write to") from e
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _renames_into(folder: Path, target: Path) -> bool:
+    """Whether ``folder`` (beside ``target``) can be renamed into ``target``: not across a mount point (EXDEV, EBUSY),
+    which os.path.ismount misses for a bind mount of the same file system. Tried with ``folder`` itself, moved
+    there and back at once."""
+    probe = target / f".{STAGING_NAME}.{os.getpid()}.{secrets.token_hex(4)}.staging"  # a stale one is removed as one
+    try:
+        os.rename(folder, probe)
+    except OSError as e:
+        if e.errno in (errno.EXDEV, errno.EBUSY):
+            return False
+        raise
+    os.rename(probe, folder)
+    return True
 
 
 def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrite: bool = True) -> None:
@@ -242,6 +267,11 @@ def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrit
              f"what is there: choose a new folder, or pass --overwrite"
     if not overwrite and any(not is_staging_folder(p) for p in target.iterdir()):
         raise InputError(filled)
+    for name in entries:  # before anything is moved (_move_entry would refuse it half-way)
+        old, new = target / name, staging / name
+        if old.is_dir() and not old.is_symlink() and not (new.is_dir() and not new.is_symlink()):
+            raise InputError(f"'{old}' is a folder, where a file of that name goes; nothing in '{target}' was "
+                             f"changed: move that folder away, or choose another place")
     moved: list[str] = []
     try:
         for name in entries:
@@ -261,8 +291,10 @@ def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrit
 
 def _move_entry(new: Path, old: Path, aside: Path, overwrite: bool) -> None:
     """Rename ``new`` to ``old``, in the folder that holds ``old`` (see :func:`publish_folder`): without
-    ``overwrite`` never over something that is there (FileExistsError); with it, a folder (or what a folder
-    replaces) is first moved to ``aside`` and put back when the move fails."""
+    ``overwrite`` never over something that is there (FileExistsError); with it, a folder replacing a folder (or a
+    file) is first moved to ``aside`` and put back when the move fails, and a file never replaces a folder
+    (IsADirectoryError): the folder, with all it held, went with the staging folder (a folder named results.md in
+    bench's --out-dir)."""
     if not overwrite:
         if new.is_dir() and not new.is_symlink():
             if os.path.lexists(old):
@@ -271,7 +303,10 @@ def _move_entry(new: Path, old: Path, aside: Path, overwrite: bool) -> None:
             return
         _move_into_place(new, old, overwrite=False, say=False)
         return
-    if os.path.lexists(old) and ((old.is_dir() and not old.is_symlink()) or new.is_dir()):
+    old_is_folder = old.is_dir() and not old.is_symlink()
+    if old_is_folder and not (new.is_dir() and not new.is_symlink()):
+        raise IsADirectoryError(errno.EISDIR, "a folder is there, and a file would replace it", str(old))
+    if os.path.lexists(old) and (old_is_folder or new.is_dir()):
         os.rename(old, aside)
         try:
             os.rename(new, old)

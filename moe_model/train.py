@@ -488,6 +488,9 @@ def load_training_state(path: Path) -> dict[str, Any]:
     try:
         # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
         st = torch.load(path, map_location="cpu", weights_only=True)
+    except IsADirectoryError as e:
+        raise CheckpointError(f"the training state {path} is a folder, not a file written by 'moe-denoise train'; "
+                              f"nothing was changed: move that folder away, or choose another --out-dir") from e
     except OSError as e:  # the file could not be read (permissions, an I/O error): the run in it may be fine, so
         # the advice is to make it readable, not to start again (--overwrite would throw the run away)
         raise CheckpointError(f"cannot read the training state {path}: {e.strerror or e}. Nothing was changed; make "

@@ -375,6 +375,10 @@ def check_folder(folder: Path, option: str, holds: str) -> None:
         check_output_file(folder / "results.json", overwrite=True)  # probes a file there (or where it would be made)
     except InputError as e:
         raise InputError(f"{option}: {e}") from None
+    for name in RESULT_FILES if option == "--out-dir" else ():  # refused now, not after the timing
+        if (folder / name).is_dir():
+            raise InputError(f"{option}: '{folder / name}' is a folder, where this writes its {name}; move it away, "
+                             f"or choose another {option}")
 
 
 RESULT_FILES = ("results.json", "results.md", "results.png")

@@ -119,6 +119,12 @@ def test_bench_checks_its_folders_before_any_work_and_fails_when_nothing_was_tim
         code = main(["bench", "--quick", "--weights", str(random_weights), option, str(note)])
         assert code == 2 and f"{option} '{note}' is a file" in capsys.readouterr().err
     assert note.read_text() == "mine"
+    (tmp_path / "out" / "results.png").mkdir(parents=True)  # someone's folder where the plot goes: it was removed
+    (tmp_path / "out" / "results.png" / "mine.txt").write_text("mine")  # with all it held, after the timing
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--out-dir", str(tmp_path / "out")])
+    assert code == 2 and f"'{tmp_path / 'out' / 'results.png'}' is a folder, where this writes its results.png" in \
+        capsys.readouterr().err
+    assert (tmp_path / "out" / "results.png" / "mine.txt").read_text() == "mine"
     monkeypatch.undo()
     code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "trt-plugin-fp32",
                  "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "r"), "--no-plot"])

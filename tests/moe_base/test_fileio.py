@@ -440,8 +440,8 @@ def test_an_existing_folder_is_filled_never_replaced(tmp_path, overwrite):
 
 
 def test_a_failed_move_with_overwrite_puts_the_old_model_back(tmp_path, monkeypatch):
-    """With ``overwrite`` an old folder is moved aside (inside the target) before the new one is moved in: when that
-    move fails the old one is put back, and the error says what was already replaced."""
+    """With ``overwrite`` an old folder is moved aside (into the staging folder) before the new one is moved in: when
+    that move fails the old one is put back, and the error says what was already replaced."""
     import moe_base.fileio
     from moe_base.errors import InputError
     from moe_base.fileio import publish_folder, staging_folder
@@ -524,3 +524,19 @@ def test_a_loop_of_links_is_named_as_one_not_as_a_link_to_nothing(tmp_path):
         refuse_dangling_link(tmp_path / "c.png", overwrite=False)
     with pytest.raises(InputError, match=r"is a symbolic link that leads back to itself \(a loop of links\), not an image"):
         check_input_exists(tmp_path / "a.png")
+
+
+def test_a_file_never_replaces_a_folder(tmp_path):
+    """With ``overwrite`` an old folder was moved into the staging folder before a new *file* of its name went in, and
+    removed with it: a folder named results.md in bench's --out-dir, with all it held, was gone without a word."""
+    from moe_base.fileio import publish_folder, staging_folder
+
+    target = tmp_path / "out"
+    (target / "results.md").mkdir(parents=True)
+    (target / "results.md" / "mine.txt").write_text("keep")
+    with staging_folder(target) as staging:
+        (staging / "results.json").write_text("{}")
+        (staging / "results.md").write_text("new")
+        with pytest.raises(InputError, match=r"results.md' is a folder, where a file of that name goes; nothing in"):
+            publish_folder(staging, target, ["results.json", "results.md"], overwrite=True)
+    assert (target / "results.md" / "mine.txt").read_text() == "keep" and not (target / "results.json").exists()

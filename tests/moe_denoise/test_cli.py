@@ -1129,6 +1129,15 @@ def test_a_paths_length_and_permissions_are_said_in_one_line_not_a_traceback(tmp
     with pytest.raises(OSError, match="Input/output error"):  # not the user's to fix: a traceback
         main(["denoise", "x.png", "-o", "y.png"])
 
+    def by_number(args):
+        os.stat(987654)  # a file descriptor's number names no path: a bug, its own traceback (not a TypeError)
+
+    import os
+
+    monkeypatch.setattr(denoise, "run", by_number)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(["denoise", "x.png", "-o", "y.png"])
+
 
 def test_files_this_user_may_not_read_are_said_so():
     """Run as another user (root reads everything): a photo that may not be read was 'truncated or corrupt', a

@@ -256,6 +256,9 @@ def test_a_training_state_that_cannot_be_read_is_not_called_damaged(tmp_path, mo
     monkeypatch.setattr(torch, "load", real_load)
     with pytest.raises(CheckpointError, match="not a training state written by 'moe-denoise train'.*--overwrite"):
         load_training_state(state)
+    (tmp_path / "folder.pt").mkdir()  # 'make it readable' does not fit a folder
+    with pytest.raises(CheckpointError, match=r"folder.pt is a folder, not a file written by 'moe-denoise train'"):
+        load_training_state(tmp_path / "folder.pt")
 
 
 def test_init_from_mistakes_are_named_for_what_they_are(fake_cifar, tmp_path, random_weights):
