@@ -40,9 +40,12 @@ def name_bytes(name: str) -> int:
 def refuse_long_names(path: str | Path) -> None:
     """InputError when a name in ``path`` is longer than a file system takes (more than :data:`NAME_MAX` bytes):
     said before any work, in words (it failed after the work, as 'File name too long' or as a folder that cannot
-    be written to, or as a traceback when the path was looked at)."""
+    be written to, or as a traceback when the path was looked at). A name that exists is left alone: a file system
+    that counts UTF-16 units (NTFS, exFAT) holds longer UTF-8 names."""
+    walked = Path()
     for name in Path(path).parts:
-        if name_bytes(name) > NAME_MAX:
+        walked = walked / name
+        if name_bytes(name) > NAME_MAX and not os.path.lexists(walked):
             raise InputError(f"the file name '{name}' is {name_bytes(name)} bytes; a file name can have at most "
                              f"{NAME_MAX} bytes (a non-ASCII letter takes 2 to 4): choose a shorter name")
 

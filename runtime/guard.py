@@ -93,7 +93,8 @@ class GuardResult:
     applied: bool  # False: sigma above the gate (no extra denoising was done)
     sampled_pixels: int
     sigma_range: tuple[float, float] | None = None  # the estimate's lowest and highest std over brightness
-    two_scales: bool = False  # the noise was read at the finest two scales (a JPEG input)
+    two_scales: bool = False  # the noise was read at the finest two scales (a JPEG input); a lossless photo's pixels
+    # are looked at for JPEG's traces only under the gate, so above it False may mean 'not looked at'
     two_scales_reason: str | None = None  # why, where the caller said (runtime.jpeg_traces.two_scales_reason)
 
     def as_dict(self) -> dict[str, Any]:

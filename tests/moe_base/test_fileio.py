@@ -540,3 +540,18 @@ def test_a_file_never_replaces_a_folder(tmp_path):
         with pytest.raises(InputError, match=r"results.md' is a folder, where a file of that name goes; nothing in"):
             publish_folder(staging, target, ["results.json", "results.md"], overwrite=True)
     assert (target / "results.md" / "mine.txt").read_text() == "keep" and not (target / "results.json").exists()
+
+
+def test_a_long_name_that_exists_already_is_not_refused(tmp_path, monkeypatch):
+    """The 255-byte limit is for names still to be made: one that exists (a folder on NTFS or exFAT, which count
+    UTF-16 units, may hold 256 to 765 UTF-8 bytes) was refused as a place to write into."""
+    import os
+
+    from moe_base.fileio import refuse_long_names
+
+    long = "日" * 90  # 270 bytes in UTF-8
+    with pytest.raises(InputError, match="is 270 bytes; a file name can have at most 255"):
+        refuse_long_names(tmp_path / long / "out.png")
+    real = os.path.lexists
+    monkeypatch.setattr(os.path, "lexists", lambda p: str(p).endswith(long) or real(p))  # as on NTFS (ext4 refuses)
+    refuse_long_names(tmp_path / long / "out.png")
