@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import InputError
+from .errors import InputError, signals_held
 
 NAME_MAX = 255  # the most bytes a file name has (Linux's file systems; UTF-8, so a non-ASCII letter counts 2-4)
 _PID_DIGITS = 7  # the longest process id (Linux's limit, 4194304): a temporary's name is sized for it
@@ -277,9 +277,10 @@ def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrit
                              f"changed: move that folder away, or choose another place")
     moved: list[str] = []
     try:
-        for name in entries:
-            _move_entry(staging / name, target / name, staging / f".replaced.{name}", overwrite)
-            moved.append(name)
+        with signals_held():  # a Ctrl-C between two renames left a folder half of one run's, half another's
+            for name in entries:
+                _move_entry(staging / name, target / name, staging / f".replaced.{name}", overwrite)
+                moved.append(name)
     except OSError as e:
         if not overwrite:  # ours, moved just now: taken back, so the folder is as it was
             kept = [name for name in moved if not _moved_back(target / name, staging / name)]

@@ -555,3 +555,31 @@ def test_a_long_name_that_exists_already_is_not_refused(tmp_path, monkeypatch):
     real = os.path.lexists
     monkeypatch.setattr(os.path, "lexists", lambda p: str(p).endswith(long) or real(p))  # as on NTFS (ext4 refuses)
     refuse_long_names(tmp_path / long / "out.png")
+
+
+def test_a_stop_while_a_folder_is_published_waits_until_every_entry_is_in(tmp_path, monkeypatch):
+    """A Ctrl-C between two of publish_folder's renames left a folder with one run's models beside another's; the
+    renames now finish first, then the stop acts as it would have."""
+    import signal
+
+    import moe_base.fileio as fileio
+    from moe_base.fileio import publish_folder, staging_folder
+
+    target = tmp_path / "repo"
+    target.mkdir()
+    real = fileio._move_entry
+    calls = []
+
+    def stopped_after_the_first(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(args[1].name)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # as a Ctrl-C between the two
+
+    monkeypatch.setattr(fileio, "_move_entry", stopped_after_the_first)
+    with staging_folder(target) as staging:
+        for name in ("a", "b"):
+            (staging / name).mkdir()
+        with pytest.raises(KeyboardInterrupt):
+            publish_folder(staging, target, ["a", "b"])
+    assert calls == ["a", "b"] and sorted(p.name for p in target.iterdir()) == ["a", "b"]
