@@ -201,10 +201,7 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
         # folder of a model repository for a model (a hidden one too: 'failed to load model .moe-denoise...', and a
         # start with --exit-on-error fails), so a staging folder a killed run left inside it stopped the server
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(target, ".staging")
-            staging = _new_temporary(target.parent, f".{_pid_stem(target.name, '.staging')}.{os.getpid()}.",
-                                     ".staging", folder=True)[0]
+            staging = _new_staging_beside(target)
         except OSError as e:
             if not exists:
                 raise cannot_write(target, e) from e
@@ -226,6 +223,41 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_staging_beside(target: Path) -> Path:
+    """A new hidden staging folder beside ``target`` (its parent made if missing), named after it and this process
+    (``.NAME.PID.RANDOM.staging``), those of killed runs removed first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target, ".staging")
+    return _new_temporary(target.parent, f".{_pid_stem(target.name, '.staging')}.{os.getpid()}.", ".staging",
+                          folder=True)[0]
+
+
+@contextlib.contextmanager
+def staging_for_files(folder: str | Path, name: str) -> Iterator[Path]:
+    """A new hidden folder inside ``folder`` (made if missing) for files that go into ``folder`` together
+    (:func:`publish_folder`), named after ``name`` and this process, so that the next run removes one a killed run
+    left; removed on leaving whatever happened. (:func:`staging_folder` is for a folder's whole content: given
+    ``folder / name`` as a stand-in target, it probed and checked a real folder of that name.)"""
+    target = Path(folder) / name
+    refuse_long_names(target)
+    try:
+        staging = _new_staging_beside(target)
+    except OSError as e:
+        raise cannot_write(target, e) from e
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def not_written(path: Path, e: OSError, kept: str) -> InputError:
+    """The error for a file of a set written together (:func:`staging_for_files`) that could not be written: nothing
+    in its folder was changed, and the ``kept`` files of an earlier run there are as they were."""
+    return InputError(f"writing {path} failed ({e.strerror or e}); nothing in {path.parent} was changed ({kept} of an "
+                      f"earlier run there are as they were): free some space or fix what stopped the write, then run "
+                      f"again")
 
 
 def _renames_into(folder: Path, target: Path) -> bool:

@@ -402,7 +402,7 @@ def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: An
 
     from benchmarks.report import markdown_report, render_plot, validate_results
     from moe_base.errors import MissingBackendError, signals_held
-    from moe_base.fileio import first_missing, publish_folder, remove_if_empty, staging_folder
+    from moe_base.fileio import first_missing, not_written, publish_folder, remove_if_empty, staging_for_files
 
     validate_results(doc)
     with signals_held():
@@ -418,14 +418,12 @@ def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: An
             contents["results.png"] = png
         made = first_missing(out_dir)
         try:
-            with staging_folder(out_dir / "results") as staging:
+            with staging_for_files(out_dir, "results") as staging:
                 for name, data in contents.items():
                     try:
                         _write_staged(staging / name, data, like=out_dir / name)
                     except OSError as e:
-                        raise InputError(f"writing {out_dir / name} failed ({e.strerror or e}); nothing in {out_dir} "
-                                         f"was changed (results of an earlier run there are as they were): free some "
-                                         f"space or fix what stopped the write, then run again") from e
+                        raise not_written(out_dir / name, e, "results") from e
                 publish_folder(staging, out_dir, list(contents))
         except InputError:
             remove_if_empty(out_dir, made)  # an --out-dir this write made, left empty

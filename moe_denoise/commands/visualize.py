@@ -50,7 +50,7 @@ def picture_pixels(rows: int, columns: int, scale: int) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from moe_base.fileio import check_output_file, first_missing, publish_folder, remove_if_empty, staging_folder
+    from moe_base.fileio import check_output_file, first_missing, not_written, publish_folder, remove_if_empty, staging_for_files
     from moe_model.data import fixed_noisy, load_cifar10, to_float
     from moe_model.visualize import denoise_grid, routing_maps
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     # this folder removes one that a killed run left (a tempfile folder without it stayed for good, megabytes each)
     made = first_missing(args.out_dir)  # removed again when stopped while drawing (an empty folder was left)
     try:
-        with staging_folder(args.out_dir / "visualize") as staging:  # makes --out-dir, checked above
+        with staging_for_files(args.out_dir, "visualize") as staging:  # makes --out-dir, checked above
             for path, draw in ((grid, lambda to: denoise_grid(noisy, den, clean, to, scale=args.scale)),
                                (maps, lambda to: routing_maps(noisy, routing, to, scale=args.scale))):
                 try:
@@ -96,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 except InputError as e:  # a failed write: its message named the staging folder, removed by now
                     if not isinstance(e.__cause__, OSError):
                         raise
-                    raise InputError(f"writing {path} failed ({e.__cause__.strerror or e.__cause__}); nothing in "
-                                     f"{args.out_dir} was changed (pictures of an earlier run there are as they "
-                                     f"were): free some space or fix what stopped the write, then run again") from e
+                    raise not_written(path, e.__cause__, "pictures") from e
             publish_folder(staging, args.out_dir, [grid.name, maps.name])
     except BaseException:
         remove_if_empty(args.out_dir, made)
