@@ -44,18 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     photo = make_photo(args.work / "photo.png", args.width, args.height)
     outputs = {"passive": args.work / "passive.png", "default": args.work / "default.png"}
 
+    policies = {"passive": ["OMP_WAIT_POLICY=PASSIVE"], "default": ["-u", "OMP_WAIT_POLICY"]}  # env(1)'s words
+
     def way(policy: str):
-        def run() -> float:
-            saved = os.environ.pop("OMP_WAIT_POLICY", None)
-            try:
-                if policy == "passive":
-                    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-                return run_timed([[sys.executable, "-c", DENOISE, str(photo), str(outputs[policy])]])[0]
-            finally:
-                os.environ.pop("OMP_WAIT_POLICY", None)
-                if saved is not None:
-                    os.environ["OMP_WAIT_POLICY"] = saved
-        return run
+        return lambda: run_timed([["env", *policies[policy], sys.executable, "-c", DENOISE, str(photo),
+                                   str(outputs[policy])]])[0]
 
     print(f"photo: {args.width}x{args.height} RGB, noise 25/255; {args.runs} timed pairs after one untimed pair; torch "
           f"threads: its default ({os.cpu_count()} logical CPUs here); {args.busy} spinning process(es) beside")

@@ -15,10 +15,16 @@ def test_both_policies_write_the_same_photo_and_are_reported(tmp_path, capsys, m
     real = wait_policy_ab.run_timed
 
     def spy(commands):
-        seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        (argv,) = commands
+        env = dict(os.environ)  # what the timed process gets: env(1) applied to this process's environment
+        if argv[1] == "-u":
+            env.pop(argv[2], None)
+        else:
+            env.update([argv[1].split("=", 1)])
+        seen.append(env.get("OMP_WAIT_POLICY"))
         return real(commands)
 
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own: put back afterwards, not used for 'default'
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own: kept here, not used for 'default'
     monkeypatch.setattr(wait_policy_ab, "run_timed", spy)
     assert wait_policy_ab.main(["--runs", "1", "--width", "48", "--height", "40", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out
