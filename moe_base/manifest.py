@@ -64,10 +64,10 @@ def check_manifest_place(path: str | Path) -> None:
 
     mpath = manifest_path(path)
     if name_bytes(mpath.name) > NAME_MAX:
-        given, extra = name_bytes(Path(path).name), name_bytes(mpath.name) - name_bytes(Path(path).name)
+        given, whole = name_bytes(Path(path).name), name_bytes(mpath.name)
         raise InputError(f"the output name '{Path(path).name}' is {given} bytes, and its manifest, which goes with it, "
-                         f"would be named '{mpath.name}' ({given + extra} bytes); a file name can have at most "
-                         f"{NAME_MAX} bytes: choose a name of at most {NAME_MAX - extra} bytes (nothing was written)")
+                         f"would be named '{mpath.name}' ({whole} bytes); a file name can have at most {NAME_MAX} "
+                         f"bytes: choose a name of at most {NAME_MAX - (whole - given)} bytes (nothing was written)")
     if mpath.is_dir():
         raise InputError(f"'{mpath}' is a folder, where the manifest of '{path}' goes; move it away or choose another "
                          f"output path (nothing was written)")

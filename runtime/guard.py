@@ -366,7 +366,7 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     sampled = sum(c.shape[0] * c.shape[1] for c in crops)
     given = sigma is not None
     deferred = callable(two_scales)
-    two, reason = (False, None) if deferred else (bool(two_scales), None)
+    two, reason = not deferred and bool(two_scales), None
     if sigma is None:
         usable = [c for c in crops if min(c.shape[:2]) >= 2]
         profile = estimate_noise_profile(usable, two) if usable else None
@@ -376,7 +376,7 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
             reason = two_scales()  # type: ignore[operator]
             if reason:
                 two = True
-                profile = estimate_noise_profile(usable, True) or profile
+                profile = estimate_noise_profile(usable, True)  # not None: its finest scale read just now
         sigma = profile.rms(crops)
     else:
         profile = NoiseProfile.constant(sigma)
