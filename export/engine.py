@@ -334,14 +334,13 @@ def _parity(data: bytes, manifest: dict[str, Any], out_path: Path, reference: An
     The runner does not read the manifest (as export's parity run does not): its self-check would run first, at the
     fp32 bound whatever the precision (the manifest has no tolerance until parity passed), and answer a failing
     engine with ArtifactMismatchError instead of this report (a failing cached engine then stayed cached)."""
-    import tempfile
-
+    from moe_base.fileio import scratch_folder
     from moe_base.tolerances import get_tolerance
     from runtime.parity import compare, in_chunks, parity_inputs
     from runtime.trt_runner import TensorRTRunner
 
     x = parity_inputs(opts.parity_images)
-    with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as tmp:
+    with scratch_folder(out_path.name, out_path.parent if out_path.parent.exists() else None) as tmp:
         tmp_engine = Path(tmp) / out_path.name
         write_artifact(tmp_engine, data, manifest)
         with TensorRTRunner(tmp_engine, check_manifest=False) as runner:

@@ -6,7 +6,6 @@ its manifest. A failing export leaves nothing behind (and an existing artifact a
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from moe_base.errors import InputError, ParityError
+from moe_base.fileio import scratch_folder
 from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
@@ -84,7 +84,7 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
     if extra_inputs is not None:
         inputs = np.concatenate([inputs, extra_inputs.astype(np.float32)])
     log(f"[3/4] parity gate: ONNX Runtime vs PyTorch on {len(inputs)} images")
-    with tempfile.TemporaryDirectory() as tmp:  # the graph under test: nothing is left beside the output
+    with scratch_folder("moe-denoise-export") as tmp:  # the graph under test: nothing is left beside the output
         candidate = Path(tmp) / out_path.name
         try:
             candidate.write_bytes(data)

@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -250,6 +251,23 @@ def staging_for_files(folder: str | Path, name: str) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_folder(name: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """A new, empty, hidden folder for a command's intermediate files (the graph under export's parity check, an
+    engine under test, --check-local's local result), removed on leaving whatever happened. It is made in ``parent``
+    (the temporary folder when None) as ``.NAME.PID.RANDOM.scratch``, and the ones of ``name`` that killed processes
+    left there are removed first: a killed command's ``tmpXXXXXXXX`` folder stayed for good, beside the user's engine
+    or in the temporary folder, with nothing saying whose it was."""
+    parent = Path(tempfile.gettempdir() if parent is None else parent)
+    with contextlib.suppress(OSError):  # a folder where they cannot be listed: the new one is what matters
+        remove_stale_temporaries(parent / name, ".scratch")
+    folder = _new_temporary(parent, f".{_pid_stem(name, '.scratch')}.{os.getpid()}.", ".scratch", folder=True)[0]
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def not_written(path: Path, e: OSError, kept: str) -> InputError:

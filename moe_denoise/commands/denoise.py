@@ -464,8 +464,8 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None
     """--server: the photo goes to a running 'moe-denoise serve'; it is read and written here exactly as locally
     (``local``: the runner --check-local uses, or None to make one; ``client``: see :func:`denoise_one`)."""
     import contextlib
-    import tempfile
 
+    from moe_base.fileio import scratch_folder
     from serving.client import denoise_file_remote
 
     with contextlib.ExitStack() as stack:
@@ -480,7 +480,7 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None
 
                 client = stack.enter_context(DenoiseClient(args.server, timeout_s=args.timeout))
                 client.wait_ready(timeout_s=10.0)
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="moe-denoise-check-"))
+            tmp = stack.enter_context(scratch_folder("moe-denoise-check-local"))
             here = local_run(args, src, Path(tmp) / f"local{dst.suffix}", local)
         report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,
                                      strength=args.strength, sigma=args.sigma, guard=not args.no_guard,

@@ -1,4 +1,5 @@
 """The TensorRT build layer without TensorRT: version planning, profiles, cache keys, the timing cache."""
+import os
 import sys
 from pathlib import Path
 
@@ -618,3 +619,36 @@ def test_an_fp16_engine_is_judged_by_the_fp16_tolerance_during_the_build(monkeyp
         build_engine(portable_onnx, tmp_path / "again.engine", BuildOptions(precision="fp16", cache_dir=tmp_path),
                      weights=random_weights, log=lambda s: None)
     assert not list((tmp_path / "engines").glob("*.engine"))
+
+
+def test_the_engine_under_test_is_in_a_scratch_folder_that_the_next_build_cleans(tmp_path, monkeypatch):
+    """build's engine under test was in a tempfile 'tmpXXXXXXXX' folder beside the user's engine: a build killed
+    during its parity run (kill -9, the OOM killer) left it there for good, tens of MB with nothing saying whose. It
+    is now '.NAME.PID.RANDOM.scratch', the next build of that engine removes a killed one's, and its own goes in any
+    case."""
+    import runtime.trt_runner
+    from export import engine
+    from moe_model import SmallViT
+
+    left = tmp_path / ".m.engine.4194303.0badcafe.scratch"  # beyond the largest pid: a killed build's
+    left.mkdir()
+    (left / "m.engine").write_bytes(b"a killed build's engine")
+    seen = []
+
+    class Runner:  # TensorRT is not here: the engine's run stops at its start
+        def __init__(self, path, check_manifest=True):
+            seen.append(path)
+            assert path.read_bytes() == b"engine bytes"
+
+        def __enter__(self):
+            raise RuntimeError("no GPU here")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(runtime.trt_runner, "TensorRTRunner", Runner)
+    with pytest.raises(RuntimeError, match="no GPU here"):
+        engine._parity(b"engine bytes", {"kind": "trt"}, tmp_path / "m.engine", SmallViT(), BuildOptions(parity_images=2))
+    assert seen and seen[0].parent.parent == tmp_path
+    assert seen[0].parent.name.startswith(f".m.engine.{os.getpid()}.") and seen[0].parent.name.endswith(".scratch")
+    assert list(tmp_path.iterdir()) == []

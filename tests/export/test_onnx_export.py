@@ -1,5 +1,6 @@
 """Export -> ONNX Runtime round trips, each rewrite on its own, manifest, parity gate."""
 import json
+import os
 
 import numpy as np
 import onnx
@@ -313,3 +314,32 @@ def test_a_temporary_folder_that_cannot_take_the_graph_is_said_in_one_line(rando
     assert main(["export", "--weights", str(random_weights), "-o", str(out), "--parity-images", "2"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "TMPDIR" in err and "Traceback" not in err and not out.exists()
+
+
+def test_the_graph_under_test_is_in_a_scratch_folder_that_a_killed_exports_next_run_removes(model, tmp_path,
+                                                                                           monkeypatch):
+    """The parity run's copy of the graph was in a tempfile 'tmpXXXXXXXX' folder: an export killed during its parity
+    check (kill -9, the OOM killer) left it in the temporary folder for good. It is now a named scratch folder; the
+    next export removes the ones killed exports left, and its own."""
+    import tempfile
+
+    import export.pipeline as pipeline
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    left = scratch / ".moe-denoise-export.4194303.0badcafe.scratch"  # beyond the largest pid: killed
+    left.mkdir()
+    (left / "m.onnx").write_bytes(b"a killed export's graph")
+    seen = []
+    real = pipeline.run_parity
+
+    def parity(candidate, *args, **kwargs):
+        seen.append(candidate)
+        assert candidate.exists()
+        return real(candidate, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_parity", parity)
+    export_onnx(model, tmp_path / "m.onnx", ExportOptions(), parity_images=2, log=lambda s: None)
+    assert seen and seen[0].parent.name.startswith(f".moe-denoise-export.{os.getpid()}.")
+    assert list(scratch.iterdir()) == []

@@ -583,3 +583,51 @@ def test_a_stop_while_a_folder_is_published_waits_until_every_entry_is_in(tmp_pa
         with pytest.raises(KeyboardInterrupt):
             publish_folder(staging, target, ["a", "b"])
     assert calls == ["a", "b"] and sorted(p.name for p in target.iterdir()) == ["a", "b"]
+
+
+HOLD_SCRATCH = """import sys, time
+from pathlib import Path
+from moe_base.fileio import scratch_folder
+with scratch_folder(sys.argv[1], sys.argv[2]) as folder:
+    (folder / "graph.onnx").write_bytes(b"half a graph")
+    print(folder, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_commands_scratch_folder_is_removed_by_the_next_and_a_live_ones_is_kept(tmp_path):
+    """export's graph under test and build's engine under test were in tempfile's 'tmpXXXXXXXX' folders: a command
+    killed (kill -9, the OOM killer) left them for good, beside the user's engine or in the temporary folder."""
+    import signal
+    import subprocess
+    import sys
+
+    from moe_base.fileio import scratch_folder
+
+    def hold(name):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_SCRATCH, name, str(tmp_path)], stdout=subprocess.PIPE,
+                                text=True, cwd=Path(__file__).resolve().parents[2])
+        return proc, Path(proc.stdout.readline().strip())
+
+    killed, left = hold("m.engine")
+    live, held = hold("m.engine")
+    other_killed, others = hold("n.engine")
+    try:
+        for proc in (killed, other_killed):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert left.is_dir() and held.is_dir() and others.is_dir()
+        assert left.name.startswith(".m.engine.") and left.name.endswith(".scratch")
+        with scratch_folder("m.engine", tmp_path) as mine:
+            assert mine.is_dir() and not any(mine.iterdir())
+            assert not left.exists()  # the killed run's
+            assert held.is_dir() and (held / "graph.onnx").exists()  # a live run's
+            assert others.is_dir()  # another name's: the next run of that one removes it
+        assert not mine.exists()
+        with pytest.raises(RuntimeError), scratch_folder("m.engine", tmp_path) as mine:
+            raise RuntimeError("the parity run failed")
+        assert not mine.exists()
+    finally:
+        for proc in (killed, live, other_killed):
+            proc.kill()
+            proc.wait(timeout=30)
