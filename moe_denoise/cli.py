@@ -76,10 +76,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def file_name_bytes(error: UnicodeError) -> tuple[str | bytes, int]:
+    """The encoding error handler of standard output (``moe-denoise-names``): a file name's bytes that are not
+    UTF-8 (Python holds them as lone surrogates) are written as they are, as ``ls`` and ``find`` write them; a
+    letter the output cannot hold (an 'é' to an ASCII stdout) as its escape, ``\\xe9``. Standard output was strict
+    on a desktop's UTF-8 locale, and a photo named 'caf\\xe9.png' (an old archive, a Samba share) ended a folder's
+    denoising half-way, and an export before it wrote the model, with a UnicodeEncodeError traceback."""
+    import codecs
+
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:  # a line is in a log (nohup ... > log) when printed, not when 8 KB have gathered
-        reconfigure(line_buffering=True)
+        import codecs
+
+        codecs.register_error("moe-denoise-names", file_name_bytes)
+        reconfigure(line_buffering=True, errors="moe-denoise-names")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:  # before torch loads OpenMP:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # its threads spin while they wait, and on a shared CPU held a core
@@ -99,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     from moe_base.errors import ParityError, ToolkitError, path_error_message
 
     watched = sys.stdout = WatchedOutput(sys.stdout) if sys.stdout is not None else None
+    sys.stderr = BestEffortOutput(sys.stderr) if sys.stderr is not None else None
     try:
+        check_current_folder()
         with sigterm_as_interrupt():
             return int(args.func(args) or 0)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the command has said what it left, or this says it
@@ -129,6 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if watched is not None and sys.stdout is watched:
             sys.stdout = watched.inner
+        if isinstance(sys.stderr, BestEffortOutput):
+            sys.stderr = sys.stderr.inner
+
+
+def check_current_folder() -> None:
+    """InputError when the current folder is gone (removed, or moved away, while a shell was in it): torch then
+    failed to load with 'Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so' (exit 2, whatever paths were
+    given), and a relative input was called 'truncated or corrupt'."""
+    from moe_base.errors import InputError
+
+    try:
+        os.getcwd()
+    except FileNotFoundError as e:
+        where = os.environ.get("PWD")
+        raise InputError(f"the current folder{f' ({where})' if where else ''} no longer exists: it was removed or "
+                         f"moved while this shell was in it; cd to a folder that exists and run again") from e
 
 
 def _said(args: Any, watched: WatchedOutput | None, message: str, code: int) -> int:
@@ -166,6 +201,34 @@ class WatchedOutput:
         except OSError as e:
             self.failed = e
             raise
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...: the stream's own
+        return getattr(self.inner, name)
+
+
+class BestEffortOutput:
+    """Standard error, where progress and notes go, written as long as it takes them: once a write fails (a full
+    disk under '2> log', /dev/full, a descriptor a wrapper script left read-only), nothing more is tried and the work
+    goes on. The first progress line's OSError stopped a folder's denoising, evaluate and bench before they wrote
+    anything (exit 1), and its traceback went to the same dead stream: no file and no word. ``lost``: that error."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.lost = inner, None
+
+    def write(self, text: str) -> int:
+        if self.lost is None:
+            try:
+                return self.inner.write(text)
+            except OSError as e:
+                self.lost = e
+        return len(text)
+
+    def flush(self) -> None:
+        if self.lost is None:
+            try:
+                self.inner.flush()
+            except OSError as e:
+                self.lost = e
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...: the stream's own
         return getattr(self.inner, name)

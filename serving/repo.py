@@ -303,9 +303,9 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
             try:
                 (staging / name / "1").mkdir(parents=True)
                 shutil.copyfile(src, staging / name / "1" / filename)
-                (staging / name / "config.pbtxt").write_text(text)
+                (staging / name / "config.pbtxt").write_text(text, encoding="utf-8")
                 (staging / name / f"{filename}.manifest.json").write_text(
-                    json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                    json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             except OSError as e:
                 raise InputError(f"writing the model '{name}' failed ({e.strerror or e}), so nothing was written to "
                                  f"{out_dir}; free some space or choose another folder") from e
@@ -331,7 +331,8 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
         stale = [name for name, filename in ((TILE_MODEL, "model.onnx"), (TRT_MODEL, "model.plan"))
                  if name not in written and overwrite and (out_dir / name / f"{filename}.manifest.json").is_file()]
         report["removed"] = []
-        (staging / "README.md").write_text(repository_readme(report, s))
+        (staging / "README.md").write_text(repository_readme(report, s), encoding="utf-8",
+                                              errors="surrogateescape")  # a path's bytes that are not UTF-8, as they are
         publish_folder(staging, out_dir, [*(m["name"] for m in report["models"]), "README.md"], overwrite)
         for name in stale:  # after the new models are in place; one rename each, removed with the staging folder
             try:

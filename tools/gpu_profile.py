@@ -251,7 +251,7 @@ def write(doc: dict[str, Any], out_dir: Path) -> list[Path]:
 
     paths = [out_dir / "profile.json", out_dir / "profile.md"]
     atomic_write_json(paths[0], doc)
-    atomic_write(paths[1], markdown(doc).encode())
+    atomic_write(paths[1], markdown(doc).encode("utf-8", "surrogateescape"))
     return paths
 
 

@@ -358,7 +358,7 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> None:
                   f"{g.get('retried_after_batched_with_invalid', 0)} had been batched with the NaN request, got its "
                   f"error and were answered when sent again (PyTriton reports errors per batch, not per request). "
                   f"Shutdown (SIGTERM): {result['shutdown']}.", ""]
-    atomic_write(out_dir / "results.md", "\n".join(lines).encode())
+    atomic_write(out_dir / "results.md", "\n".join(lines).encode("utf-8", "surrogateescape"))
     atomic_write(out_dir / "results.png", lambda f: plot(f, result))
 
 

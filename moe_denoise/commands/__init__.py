@@ -6,7 +6,7 @@ import contextlib
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from moe_base.errors import InputError
@@ -220,6 +220,12 @@ def json_when_refused(as_json: bool, out: Path) -> Iterator[None]:
             print_json({"written": False, "output": str(out), "error": str(e).splitlines()[0],
                         "parity": e.report.to_dict()})
         raise
+
+
+def step_log(quiet: bool) -> Callable[[str], None]:
+    """Where export's and build's step lines go: standard error, as every command's progress (on standard output, a
+    reader gone, '| head', or a full log file stopped the export before it wrote the model); nowhere with --json."""
+    return (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
 
 
 def resolve_weights(path: Path | None) -> Path:

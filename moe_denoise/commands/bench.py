@@ -296,8 +296,12 @@ def run(args: argparse.Namespace) -> int:
                          f"({', '.join(names)}); add trt-* backends to --backends, or leave --build-engines out")
     out_dir = args.out_dir or cache_dir() / "bench" / PRESETS[preset]["out_dir"]
     work = args.cache_dir or cache_dir() / "bench"
-    check_folder(out_dir, "--out-dir", "the results (results.json, results.md, results.png)")  # before any work
-    check_folder(work, "--cache-dir", "the ONNX graphs and engines")
+    building = args.build_engines if args.build_engines is not None else preset == "gpu"
+    check_folder(out_dir, "--out-dir", "the results (results.json, results.md, results.png)",  # before any work
+                 given=args.out_dir is not None)
+    if graphs_needed(names) or building:  # a run of torch backends alone exports nothing: its refusal named
+        check_folder(work, "--cache-dir", "the ONNX graphs and engines", given=args.cache_dir is not None)  # a
+        # --cache-dir never given, for files never written
     weights = resolve_weights(args.weights)
     log = _log
     verify = not args.skip_weights_check  # it was passed to nothing: the run was refused, naming this option
@@ -305,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     onnx, onnx_failed = export_graphs(graphs_needed(names), weights, args.preset, work, settings.threads, log,
                                       verify)
     engine_failed: dict[str, str] = {}
-    if args.build_engines if args.build_engines is not None else preset == "gpu":
+    if building:
         built, engine_failed = build_engines(names, engines, weights, args.preset, work, settings.batches,
                                              log, verify)
         engines = {**engines, **built}
@@ -364,20 +368,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_folder(folder: Path, option: str, holds: str) -> None:
+def check_folder(folder: Path, option: str, holds: str, given: bool = True) -> None:
     """InputError unless ``folder`` is a folder (made when written to) that can be written to: found before any
-    work, not after minutes of timing."""
+    work, not after minutes of timing. ``given``: whether the user gave ``option``; the message of a default folder
+    (in the cache folder) says so, and how to choose another."""
     from moe_base.fileio import check_output_file
 
+    label = option if given else (f"{option} (not given: its default is in the cache folder; set MOE_DENOISE_CACHE "
+                                  f"to a folder you can write to, or pass {option})")
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"{option} '{folder}' is a file; {holds} go into a folder: give a folder path")
+        raise InputError(f"{label} '{folder}' is a file; {holds} go into a folder: give a folder path")
     try:
         check_output_file(folder / "results.json", overwrite=True)  # probes a file there (or where it would be made)
     except InputError as e:
-        raise InputError(f"{option}: {e}") from None
+        raise InputError(f"{label}: {e}") from None
     for name in RESULT_FILES if option == "--out-dir" else ():  # refused now, not after the timing
         if (folder / name).is_dir():
-            raise InputError(f"{option}: '{folder / name}' is a folder, where this writes its {name}; move it away, "
+            raise InputError(f"{label}: '{folder / name}' is a folder, where this writes its {name}; move it away, "
                              f"or choose another {option}")
 
 
@@ -413,7 +420,8 @@ def write_results(doc: dict[str, Any], out_dir: Path, plot: bool = True, log: An
             except MissingBackendError as e:
                 log(f"plot skipped: {e}")
         contents = {"results.json": (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode(),
-                    "results.md": markdown_report(doc).encode()}
+                    "results.md": markdown_report(doc).encode("utf-8", "surrogateescape")}  # a path's bytes as they
+        # are: an --out-dir or --engine name that is not UTF-8 failed the whole run at its last step, nothing written
         if png is not None:
             contents["results.png"] = png
         made = first_missing(out_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, check_output_suffix, json_when_refused, path_arg, positive_int, resolve_weights
+from . import HelpFormatter, check_output_suffix, json_when_refused, path_arg, positive_int, resolve_weights, step_log
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def default_onnx(precision: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from export.engine import BuildOptions, build_engine
-    from moe_base.manifest import ENGINE_SUFFIXES, check_artifact_output
+    from moe_base.manifest import ENGINE_SUFFIXES, check_artifact_output, manifest_path
     from moe_base.paths import engine_path
 
     onnx = args.onnx
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     check_artifact_output(out, args.overwrite or in_cache, in_cache=in_cache)
     weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
     with json_when_refused(args.json, out):
-        result = build_engine(onnx, out, opts, weights=weights, log=(lambda s: None) if args.json else print,
+        result = build_engine(onnx, out, opts, weights=weights, log=step_log(args.json),
                               overwrite=args.overwrite or in_cache)
     if args.json:
         from moe_denoise.cli import print_json
@@ -96,4 +96,5 @@ def run(args: argparse.Namespace) -> int:
         print_json({**result.manifest, "output": str(result.path), "engine": str(result.path), "cached": result.cached})
     else:
         print(result.parity.summary())
+        print(f"wrote {result.path} and {manifest_path(result.path)}" + (" (from the engine cache)" if result.cached else ""))
     return 0

@@ -271,15 +271,17 @@ def _write_outputs(args: argparse.Namespace, safe: Any, plot_png: bytes | None, 
     if args.save_json is not None:
         writes.append(("JSON report", args.save_json,
                        lambda: atomic_write_json(args.save_json, safe, overwrite=args.overwrite)))
-    problems = []
-    for what, path, write in writes:
-        try:
+    problems, written = [], []
+    for what, path, write in writes:  # all written before any is said: a reader gone ('| head -1') after the first
+        try:  # line lost the JSON report
             write()
         except InputError as e:
             problems.append(str(e))
             continue
-        if not quiet:
-            print(f"{what} written to {path}")
+        written.append(f"{what} written to {path}")
+    if not quiet:
+        for line in written:
+            print(line)
     if problems:
         raise InputError(f"{'; '.join(problems)}. The results are printed above")
 

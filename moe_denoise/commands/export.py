@@ -16,6 +16,7 @@ from . import (
     parity_count,
     path_arg,
     resolve_weights,
+    step_log,
     thread_count,
     whole,
 )
@@ -94,11 +95,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"weights {weights} are for {'x'.join(map(str, tile_shape(model.config)))} tiles; export "
                          f"(its parity gate, the ONNX / TensorRT runners and Triton) supports "
                          f"{'x'.join(map(str, TILE_SHAPE))} tiles only. Use --backend torch for these weights")
-    log = (lambda s: None) if args.json else print
     earlier = replaced_default(out) if args.output is None else None
     with json_when_refused(args.json, out):
         result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
-                             threads=args.threads, log=log, overwrite=args.overwrite or args.output is None)
+                             threads=args.threads, log=step_log(args.json), overwrite=args.overwrite or args.output is None)
     if args.json:
         from moe_denoise.cli import print_json
 

@@ -314,3 +314,30 @@ def test_a_deadline_reached_before_any_timing_is_named_as_the_cause(capsys, rand
     err = capsys.readouterr().err
     assert code == 1 and "no backend was timed (--deadline 0.001s was reached before the first batch size" in err
     assert "raise it" in err
+
+
+def test_bench_of_torch_backends_needs_no_cache_folder_and_takes_a_folder_name_that_is_not_utf8(
+        capsys, random_weights, tmp_path, monkeypatch, restore_torch_threads):
+    """Two refusals of a good run: with a cache folder that cannot be written (HOME read-only), a run of torch
+    backends alone, which exports nothing, was refused for '--cache-dir', an option never given; and an --out-dir
+    whose name is not UTF-8 (an old archive's folder) failed the whole run at its last step, nothing written
+    (results.md holds the command line, and its text was encoded strictly). A default folder that cannot be written
+    is said as one, with MOE_DENOISE_CACHE."""
+    import os
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(blocker / "cache"))
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "ort-cpu", "--batches", "1",
+                 "--out-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--cache-dir (not given: its default is in the cache folder; set MOE_DENOISE_CACHE" in err
+
+    out_dir = tmp_path / os.fsdecode(b"r\xe9sultats")
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "torch-seed", "--batches", "1",
+                 "--repeats", "1", "--warmup", "1", "--parity-images", "2", "--threads", "1", "--no-plot",
+                 "--out-dir", str(out_dir), "--json"])  # (its table on stdout holds the name's bytes too: capsys
+    out, err = capsys.readouterr()  # cannot decode them)
+    assert code == 0, err
+    assert b"r\xe9sultats" in (out_dir / "results.md").read_bytes()
+    assert str(out_dir) in json.loads((out_dir / "results.json").read_text())["command"] == json.loads(out)["command"]

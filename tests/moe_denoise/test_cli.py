@@ -99,8 +99,10 @@ def test_train_evaluate_visualize(capsys, fake_cifar, tmp_path):
 
 def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
     onnx_path = tmp_path / "m.onnx"
-    code, out, _ = run(capsys, "export", "--weights", random_weights, "-o", onnx_path, "--parity-images", 4)
-    assert code == 0 and "PASS" in out and onnx_path.is_file()
+    code, out, err = run(capsys, "export", "--weights", random_weights, "-o", onnx_path, "--parity-images", 4)
+    assert code == 0 and "PASS" in out and onnx_path.is_file() and f"wrote {onnx_path} and " in out
+    assert "[1/4] writing the portable graph" in err and "[4/4] writing" in err and "[1/4]" not in out  # the steps
+    # on stdout: a reader gone ('| head') or a full log file stopped the export before it wrote the model
     code, out, _ = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "--weights", random_weights,
                        "-n", 8, "--json")
     r = json.loads(out)
@@ -1206,3 +1208,92 @@ def test_a_loop_of_links_as_evaluates_output_is_refused_in_one_line(tmp_path, ca
         err = capsys.readouterr().err
         assert err.startswith(f"moe-denoise evaluate: error: {option}: the output '{path}' is a symbolic link") and \
             "Traceback" not in err, err
+
+
+def test_an_export_whose_standard_output_is_gone_still_writes_the_model(random_weights, tmp_path, monkeypatch):
+    """export printed its steps on standard output: 'moe-denoise export | head -c 10' (exit 141) and a full log
+    file (exit 1) stopped it before it wrote the model. The steps now go to standard error, as every command's
+    progress; only the report and what was written come on standard output, after the model is written."""
+    import errno
+    import io
+    import os
+    import sys
+
+    class Gone(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def fileno(self):  # the closed pipe's descriptor, which the command points at /dev/null when it stops
+            return fd
+
+    onnx_path = tmp_path / "m.onnx"
+    fd = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT)
+    monkeypatch.setattr(sys, "stdout", Gone())
+    try:
+        assert main(["export", "--weights", str(random_weights), "-o", str(onnx_path), "--parity-images", "2"]) == 141
+    finally:
+        os.close(fd)
+    assert onnx_path.is_file() and onnx_path.with_name("m.onnx.manifest.json").is_file()
+
+
+def test_a_file_name_that_is_not_utf8_or_a_letter_stdout_cannot_hold_is_printed_not_a_traceback(tmp_path,
+                                                                                               monkeypatch):
+    """A desktop's UTF-8 locale makes standard output strict: a photo named 'caf\\xe9.png' (an old archive, a
+    Samba share) ended each command that printed its path with a UnicodeEncodeError traceback (a folder's
+    denoising half-way, an export before it wrote the model); an ASCII standard output did so with an 'é'. The
+    name's bytes are now written as they are (as ls writes them), a letter the output cannot hold as its escape."""
+    import io
+    import os
+    import sys
+
+    rng = np.random.default_rng(0)
+    for encoding, name, shown in (("utf-8", b"caf\xe9", b"caf\xe9"), ("ascii", "café".encode(), b"caf\\xe9")):
+        src = tmp_path / f"{os.fsdecode(name)}.png"
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)
+        out = tmp_path / f"{os.fsdecode(name)}-noisy-{encoding}.png"
+        raw = io.BytesIO()
+        stdout = io.TextIOWrapper(raw, encoding=encoding, errors="strict")
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["add-noise", str(src), "-o", str(out), "--sigma", "0.1", "--seed", "1"]) == 0
+        stdout.flush()
+        assert out.is_file() and shown + f"-noisy-{encoding}.png".encode() in raw.getvalue()
+
+
+def test_a_standard_error_that_takes_nothing_stops_no_work(random_weights, tmp_path, monkeypatch):
+    """Progress goes to standard error. When it could not be written (a full disk under '2> log', /dev/full, a
+    descriptor a wrapper script left read-only), the first progress line's OSError stopped a folder's denoising
+    (also evaluate and bench) before it wrote anything, exit 1, and its traceback went to the same dead stream. The
+    work now goes on, and the exit code is the work's."""
+    import errno
+    import io
+    import sys
+
+    class Full(io.TextIOBase):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)).save(photos / name)
+    monkeypatch.setattr(sys, "stderr", Full())
+    assert main(["denoise", str(photos), "-o", str(tmp_path / "out"), "--weights", str(random_weights)]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+
+
+def test_a_current_folder_that_was_removed_is_said_in_one_line(capsys, tmp_path, monkeypatch):
+    """Run from a folder that was removed (or moved away) while a shell was in it, any command that loads torch
+    ended in 'Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so', exit 2, whatever paths it was given, and a
+    relative input was called 'truncated or corrupt'."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    monkeypatch.setenv("PWD", str(gone))  # what the shell says it is in
+    code, out, err = run(capsys, "denoise", tmp_path / "photo.png", "-o", tmp_path / "out.png", "--json")
+    assert code == 2 and f"the current folder ({gone}) no longer exists" in err and "cd to a folder" in err
+    assert "Traceback" not in err and json.loads(out)["exit_code"] == 2

@@ -306,3 +306,24 @@ def test_a_stop_during_the_photos_keeps_the_cifar_part(capsys, monkeypatch, fake
     assert f"the CIFAR-10 results are printed above and written to {saved}" in err
     report = json.loads(saved.read_text())
     assert report["cifar"]["num_images"] == 2 and report["photos"] is None and "interrupted" in report
+
+
+def test_evaluate_writes_every_file_before_it_says_so(tmp_path, monkeypatch):
+    """evaluate --plot P --save-json J | head -1: the table fit in the pipe, the plot was written, and its 'plot
+    written to' line, printed between the two writes, met the closed pipe: the JSON report was never written."""
+    import argparse
+    import errno
+    import io
+    import sys
+
+    from moe_denoise.commands.evaluate import _write_outputs
+
+    class Gone(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    args = argparse.Namespace(plot=tmp_path / "p.png", save_json=tmp_path / "r.json", overwrite=False)
+    monkeypatch.setattr(sys, "stdout", Gone())
+    with pytest.raises(BrokenPipeError):
+        _write_outputs(args, {"rows": []}, b"\x89PNG plot", quiet=False)
+    assert (tmp_path / "p.png").read_bytes() == b"\x89PNG plot" and json.loads((tmp_path / "r.json").read_text())
