@@ -55,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but an argument the command does not take is refused with the command's usage
+    ('add-noise ... --json' showed the usage of moe-denoise itself, listing no option of add-noise), and --debug is
+    taken after the command too ('denoise ... --debug' was an unrecognised argument)."""
+    args, extras = parser.parse_known_args(argv)
+    if "--debug" in extras:
+        args.debug = True
+        extras = [a for a in extras if a != "--debug"]
+    if extras:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        (commands.get(getattr(args, "command", None)) or parser).error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, a job scheduler, a container stopping) stops a command as Ctrl-C does: files are left whole
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         # the other thread needed (1.7 to 4x slower; about 8% faster on an idle one): docs/benchmarks.md
     try:
         parser = build_parser()  # imports every command's module: a second or more, where a Ctrl-C printed a traceback
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
     except KeyboardInterrupt:
         if "--debug" in argv:
             traceback.print_exc()

@@ -1297,3 +1297,17 @@ def test_a_current_folder_that_was_removed_is_said_in_one_line(capsys, tmp_path,
     code, out, err = run(capsys, "denoise", tmp_path / "photo.png", "-o", tmp_path / "out.png", "--json")
     assert code == 2 and f"the current folder ({gone}) no longer exists" in err and "cd to a folder" in err
     assert "Traceback" not in err and json.loads(out)["exit_code"] == 2
+
+
+def test_an_argument_the_command_does_not_take_is_refused_with_its_usage_and_debug_goes_anywhere(capsys, tmp_path):
+    """'add-noise ... --json' was refused with the usage of moe-denoise itself (no option of add-noise in it), and
+    'denoise ... --debug' was an unrecognised argument: --debug was taken only before the command."""
+    with pytest.raises(SystemExit) as e:
+        main(["add-noise", str(tmp_path / "x.png"), "-o", str(tmp_path / "y.png"), "--json"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: moe-denoise add-noise" in err and "unrecognized arguments: --json" in err
+    code, _, err = run(capsys, "denoise", tmp_path / "none.png", "-o", tmp_path / "o.png", "--debug")
+    assert code == 2 and "Traceback" in err and "no such image file" in err
+    with pytest.raises(SystemExit) as e:
+        main(["--bogus"])
+    assert e.value.code == 2 and "usage: moe-denoise [-h]" in capsys.readouterr().err
