@@ -12,11 +12,12 @@ import importlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import __version__
@@ -193,18 +194,36 @@ def _said(args: Any, watched: WatchedOutput | None, message: str, code: int) -> 
     return code
 
 
+CONTROLS = re.compile(r"(?!^\r)[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""The control characters a terminal would act on, but a tab, a line's end and a progress bar's leading return."""
+
+
+def for_terminal(stream: Any) -> Callable[[str], str]:
+    """What a text written to ``stream`` becomes: on a terminal, its control characters as escapes (``\\x1b``),
+    as ls and cp show a file name; elsewhere (a file, a pipe) the text as it is. A photo named with an escape
+    sequence coloured or moved the terminal's text from its success line; one with a carriage return wrote over it."""
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        tty = False
+    if not tty:
+        return lambda text: text
+    return lambda text: CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
 class WatchedOutput:
     """Standard output, remembering the error a write or flush of it raised (``failed``): a full disk under
     '> file' or /dev/full is then said in one line, and an error of anything else keeps its traceback. ``wrote``:
-    whether anything was written to it."""
+    whether anything was written to it. On a terminal, control characters are shown as escapes (:func:`for_terminal`)."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.failed, self.wrote = inner, None, False
+        self.inner, self.failed, self.wrote, self.shown = inner, None, False, for_terminal(inner)
 
     def write(self, text: str) -> int:
         self.wrote = self.wrote or bool(text)
         try:
-            return self.inner.write(text)
+            self.inner.write(self.shown(text))
+            return len(text)
         except OSError as e:
             self.failed = e
             raise
@@ -224,15 +243,16 @@ class BestEffortOutput:
     """Standard error, where progress and notes go, written as long as it takes them: once a write fails (a full
     disk under '2> log', /dev/full, a descriptor a wrapper script left read-only), nothing more is tried and the work
     goes on. The first progress line's OSError stopped a folder's denoising, evaluate and bench before they wrote
-    anything (exit 1), and its traceback went to the same dead stream: no file and no word. ``lost``: that error."""
+    anything (exit 1), and its traceback went to the same dead stream: no file and no word. ``lost``: that error. On
+    a terminal, control characters are shown as escapes (:func:`for_terminal`)."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.lost = inner, None
+        self.inner, self.lost, self.shown = inner, None, for_terminal(inner)
 
     def write(self, text: str) -> int:
         if self.lost is None:
             try:
-                return self.inner.write(text)
+                self.inner.write(self.shown(text))
             except OSError as e:
                 self.lost = e
         return len(text)

@@ -1311,3 +1311,26 @@ def test_an_argument_the_command_does_not_take_is_refused_with_its_usage_and_deb
     with pytest.raises(SystemExit) as e:
         main(["--bogus"])
     assert e.value.code == 2 and "usage: moe-denoise [-h]" in capsys.readouterr().err
+
+
+def test_control_characters_of_a_file_name_are_shown_as_escapes_on_a_terminal(tmp_path, monkeypatch):
+    """A photo named with an escape sequence coloured (or moved) the terminal's text from its success line, and one
+    with a carriage return wrote over its own line: on a terminal they are now shown as escapes, as ls and cp show
+    them; to a file or a pipe the name is written as it is."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    src = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    name = "\x1b[31mred\x1b[0m\rfake"
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream, shown in ((terminal, "\\x1b[31mred\\x1b[0m\\x0dfake"), (pipe, name)):
+        monkeypatch.setattr(sys, "stdout", stream)
+        out = tmp_path / f"{name}-{len(shown)}.png"
+        assert main(["add-noise", str(src), "-o", str(out), "--sigma", "0.1"]) == 0
+        assert out.is_file() and f"{shown}-{len(shown)}.png" in stream.getvalue()
+    assert "\x1b" not in terminal.getvalue() and "\r" not in terminal.getvalue() and "\x1b" in pipe.getvalue()
