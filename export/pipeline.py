@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_base.errors import InputError, ParityError
+from moe_base.errors import ArtifactError, InputError, ParityError
 from moe_base.fileio import scratch_folder
 from moe_base.manifest import base_manifest, manifest_path, sha256_file, write_artifact
 from moe_base.optional import require
@@ -92,7 +92,15 @@ def export_onnx(model: Any, out_path: str | Path, opts: ExportOptions | None = N
             raise InputError(f"cannot write the graph under test ({len(data) / 2**20:.1f} MiB) to the temporary folder "
                              f"'{tmp}' ({e.strerror or e}); free space there or set TMPDIR to a folder that has it "
                              f"(nothing was written to {out_path})") from e
-        report = run_parity(candidate, model, inputs, threads, opts.precision)
+        try:
+            report = run_parity(candidate, model, inputs, threads, opts.precision)
+        except ArtifactError as e:  # it said 're-export it with moe-denoise export', from inside that export
+            import onnxruntime
+
+            raise ArtifactError(f"ONNX Runtime {onnxruntime.__version__} cannot load the exported graph (opset "
+                                f"{opts.opset}), so it cannot pass the parity check; nothing was written to {out_path}. "
+                                f"ONNX Runtime said: {str(e.__cause__ or e)[:500]}. Export with a lower --opset (17, the "
+                                f"default, loads in every supported ONNX Runtime) or upgrade onnxruntime") from e
     if not report.passed:
         raise ParityError(f"refusing to write {out_path}: {report.headline('the exported graph')}\n"
                           f"{report.summary()}", report)

@@ -53,6 +53,10 @@ def _read_batch(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             d = _BatchUnpickler(f, encoding="bytes").load()
+    except ImportError as e:  # arrays pickled by NumPy 2 name numpy._core, which NumPy before 1.26.1 lacks: a traceback
+        raise DatasetError(f"could not read CIFAR-10 batch {path}: {e} (it was saved by a newer NumPy than this one, "
+                           f"{np.__version__}): upgrade NumPy (pip install 'numpy>=1.26.1'), or use the batches as "
+                           f"downloaded. {_where_to_get()}") from e
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DatasetError(f"could not read CIFAR-10 batch {path}: {e}. Expected a pickled dict with "
                            f"b'data' (N x 3072 uint8). {_where_to_get()}") from e

@@ -94,12 +94,26 @@ def test_a_fixed_batch_export_says_so_in_its_manifest(model, random_weights, tmp
 
 @pytest.mark.parametrize("options", [dict(), dict(rewrites=()), dict(rewrites=tuple(REWRITES)), dict(opset=18)])
 def test_dynamic_batch(model, options):
-    """An empty batch runs too, in ONNX Runtime alone (a direct user's or Triton's): the patch embedding's Reshape to
-    [0, C, -1] left -1 undefined when the batch copied was 0 (every opset, unless rows2d reshaped it otherwise)."""
     proto = build_onnx(model, ExportOptions(**options))
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     for b in (1, 3):
         assert ort_out(proto, parity_inputs(b)).shape == (b, 3, 32, 32)
+
+
+def ort_version() -> tuple[int, ...]:
+    import onnxruntime
+
+    return tuple(int(part) for part in onnxruntime.__version__.split(".")[:2])
+
+
+@pytest.mark.skipif(ort_version() < (1, 32), reason="ONNX Runtime before 1.32 cannot run an empty batch of this graph "
+                    "(up to 1.30 the process dies of SIGFPE in a zero-size Reshape, 1.31 refuses a broadcast); the "
+                    "runners here never send one (a batch must have B >= 1)")
+@pytest.mark.parametrize("options", [dict(), dict(rewrites=()), dict(rewrites=tuple(REWRITES)), dict(opset=18)])
+def test_an_empty_batch_runs_in_onnx_runtime(model, options):
+    """An empty batch runs too, in ONNX Runtime alone (a direct user's or Triton's): the patch embedding's Reshape to
+    [0, C, -1] left -1 undefined when the batch copied was 0 (every opset, unless rows2d reshaped it otherwise)."""
+    proto = build_onnx(model, ExportOptions(**options))
     assert ort_out(proto, np.zeros((0, 3, 32, 32), np.float32)).shape == (0, 3, 32, 32)
 
 
@@ -343,3 +357,23 @@ def test_the_graph_under_test_is_in_a_scratch_folder_that_a_killed_exports_next_
     export_onnx(model, tmp_path / "m.onnx", ExportOptions(), parity_images=2, log=lambda s: None)
     assert seen and seen[0].parent.name.startswith(f".moe-denoise-export.{os.getpid()}.")
     assert list(scratch.iterdir()) == []
+
+
+def test_a_graph_this_onnx_runtime_cannot_load_is_said_as_such_by_export(model, tmp_path, monkeypatch):
+    """export --opset 21 with ONNX Runtime 1.17 ('Opset 21 is under development') failed with 'ONNX Runtime cannot
+    load /tmp/.../m.onnx ...; re-export it with moe-denoise export', from inside that export."""
+    import onnxruntime
+
+    from moe_base.errors import ArtifactError
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Opset 21 is under development and support for this is limited")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ArtifactError) as e:
+        export_onnx(model, out, ExportOptions(opset=21), parity_images=2, log=lambda s: None)
+    said = str(e.value)
+    assert f"ONNX Runtime {onnxruntime.__version__} cannot load the exported graph (opset 21)" in said
+    assert "Opset 21 is under development" in said and "lower --opset" in said and "re-export" not in said
+    assert not out.exists()

@@ -175,3 +175,21 @@ def test_bayer_share_gives_colour_images_demosaicked_noise_and_leaves_the_rest_a
     torch.testing.assert_close(out[1, 1, 0, 0], white[1, 1, 0, 0])  # phase 1: green at (0, 0)
     with pytest.raises(ValueError, match="bayer_share must be in"):
         BlindNoise(bayer_share=-0.1)
+
+
+def test_a_batch_saved_by_a_newer_numpy_than_this_one_is_said_as_such(tmp_path, monkeypatch):
+    """Arrays pickled by NumPy 2 name numpy._core, which NumPy before 1.26.1 lacks: reading such a batch (a CIFAR-10
+    copy saved again) ended train and evaluate in a ModuleNotFoundError traceback."""
+    import sys
+
+    from moe_model.data import _read_batch
+
+    data = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, protocol=3)
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in data  # what this NumPy writes; NumPy 2 writes numpy._core
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(data.replace(b"cnumpy.core.multiarray\n", b"cnumpy._core.multiarray\n"))
+    assert _read_batch(path).shape == (2, 3, 32, 32)  # this NumPy has numpy._core
+    monkeypatch.setitem(sys.modules, "numpy._core", None)  # as NumPy 1.26.0 and before: no such module
+    monkeypatch.setitem(sys.modules, "numpy._core.multiarray", None)
+    with pytest.raises(DatasetError, match=r"saved by a newer NumPy than this one, .*pip install 'numpy>=1.26.1'"):
+        _read_batch(path)

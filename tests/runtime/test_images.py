@@ -755,7 +755,8 @@ def test_write_image_refuses_an_array_of_another_size_than_its_info(tmp_path):
 def test_outputs_in_formats_that_change_the_image_are_refused_before_the_work(tmp_path, name):
     """Any extension Pillow could save was taken: .ico resized to 128x102, .icns to 1024x1024, .avif and .pdf
     compressed at their own quality, and .blp / .pcx / .qoi crashed after the work on some modes."""
-    if Path(name).suffix not in Image.registered_extensions():
+    if Image.registered_extensions().get(Path(name).suffix) not in Image.SAVE:  # listed also for a format it only
+        # reads (Pillow 11.2 reads .qoi), which is 'cannot tell which image format to write'
         pytest.skip(f"this Pillow has no {Path(name).suffix} writer, so there is nothing to refuse")
     src = tmp_path / "in.png"
     Image.fromarray(rng_u8((20, 24, 3))).save(src)
