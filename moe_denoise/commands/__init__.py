@@ -288,13 +288,40 @@ def check_artifact_weights(args: argparse.Namespace, artifact: Path) -> None:
     try:
         artifact_weights(artifact, manifest, args.weights, "--weights")
     except ArtifactMismatchError as e:
-        source = ((manifest or {}).get("model") or {}).get("weights_file")
-        remedy = ("export them (moe-denoise export --weights {w} -o NAME.onnx) and pass --artifact NAME.onnx"
-                  if args.backend == "ort" else "export them with --flavor plugin and build an engine of that "
-                  "(moe-denoise build --onnx NAME.onnx), then pass --artifact NAME.engine").format(w=args.weights)
-        raise InputError(f"--weights {args.weights} was given, but --backend {args.backend} runs {artifact}, which was "
-                         f"made from other weights ({weights_label(source) if source else 'another file'}); to run "
-                         f"{args.weights}, {remedy}; or leave --weights out") from e
+        made = (manifest or {}).get("model") or {}
+        source = made.get("weights_file")
+        w = args.weights
+        if args.artifact is None:  # the default artifact: made again from them, in its place
+            remedy = (f"make the default export from them (moe-denoise export --weights {w})" if args.backend == "ort"
+                      else f"make the default plugin export and engine from them (moe-denoise export --flavor plugin "
+                           f"--weights {w}, then moe-denoise build)")
+        else:
+            remedy = (f"export them (moe-denoise export --weights {w} -o NAME.onnx) and pass --artifact NAME.onnx"
+                      if args.backend == "ort" else "export them with --flavor plugin and build an engine of that "
+                      "(moe-denoise build --onnx NAME.onnx), then pass --artifact NAME.engine")
+        made_from = weights_label(source, made.get("weights_sha256")) if source else "another file"  # with the hash:
+        # an export of 'blind' before an upgrade replaced them was 'made from other weights (blind)'
+        raise InputError(f"--weights {w} was given, but --backend {args.backend} runs {artifact}, which was made from "
+                         f"other weights ({made_from}); to run {w}, {remedy}; or leave --weights out") from e
+
+
+def note_stale_default(args: argparse.Namespace, artifact: Path, remake: str) -> None:
+    """A note (once a command) when the default artifact was exported from the default weights as they were then,
+    and those have changed since (an upgrade: the blind weights became the default, where the sigma20 specialist
+    had been): it runs the old model, and ``remake`` (the commands) makes it again from the weights of today."""
+    from moe_base.fileio import holds
+    from runtime.base import artifact_made_from, weights_label
+    from weights import DEFAULT_WEIGHTS
+
+    made = artifact_made_from(artifact)
+    if getattr(args, "said_stale_default", False) or not made.get("weights_sha256"):
+        return
+    if Path(made["weights"]).resolve() != DEFAULT_WEIGHTS.resolve() or holds(DEFAULT_WEIGHTS, made["weights_sha256"]):
+        return
+    args.said_stale_default = True  # serve makes a runner per model instance
+    print(f"note: {artifact} was exported from the default weights as they were then "
+          f"({weights_label(made['weights'], made['weights_sha256'])}); the default weights have changed since (an "
+          f"upgrade), and this runs the old model: {remake} makes it from today's", file=sys.stderr)
 
 
 def runner_options_given(args: argparse.Namespace) -> list[str]:
@@ -345,6 +372,8 @@ def make_runner(args: argparse.Namespace, weights: Path | None, verify_outputs: 
 
         artifact = args.artifact or onnx_path("portable")
         check_artifact_weights(args, artifact)
+        if args.artifact is None:
+            note_stale_default(args, artifact, "'moe-denoise export'")
         return OrtRunner(artifact, provider=args.provider, threads=args.threads, opt_level=args.opt_level,
                          verify_outputs=verify_outputs)
     if args.backend == "torch":
@@ -374,4 +403,6 @@ def make_runner(args: argparse.Namespace, weights: Path | None, verify_outputs: 
     # default: the engine 'moe-denoise build' writes for the fp32 plugin graph
     artifact = args.artifact or engine_path(onnx_path("plugin"), "fp32")
     check_artifact_weights(args, artifact)
+    if args.artifact is None:
+        note_stale_default(args, artifact, "'moe-denoise export --flavor plugin' then 'moe-denoise build'")
     return TensorRTRunner(artifact, cuda_graph=args.cuda_graph, verify_outputs=verify_outputs)

@@ -4,7 +4,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, check_output_suffix, json_when_refused, path_arg, positive_int, resolve_weights, step_log
+from . import (
+    HelpFormatter,
+    check_output_suffix,
+    json_when_refused,
+    note_stale_default,
+    path_arg,
+    positive_int,
+    resolve_weights,
+    step_log,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     onnx = args.onnx
     if onnx is None:  # the graph the installed TensorRT builds this precision from (TensorRT 10: always fp32)
         onnx = default_onnx(args.precision)
+        half = "" if args.precision == "fp32" else f" --precision {args.precision}"
+        note_stale_default(args, onnx, f"'moe-denoise export --flavor plugin{half}'")
     opts = BuildOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
                         max_batch=args.max_batch, workspace_mib=args.workspace_mib,
                         use_engine_cache=not args.no_engine_cache)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, path_arg, positive_int, whole
+from . import HelpFormatter, note_stale_default, path_arg, positive_int, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         if args.onnx is None and not Path(onnx).is_file():
             raise InputError(f"no --onnx given and the default {onnx} does not exist; export it with "
                              f"'moe-denoise export' or pass --onnx PATH (or --no-onnx with --engine)")
+        if args.onnx is None:  # an upgrade's stale default export went into a new repository without a word
+            note_stale_default(args, onnx, "'moe-denoise export' (then this command again)")
     for name, top in LIMITS.items():  # named as the options ('max_batch must be an integer in [1, 65536]')
         if getattr(args, name) > top:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)} is over {top}, the most it takes")

@@ -1334,3 +1334,41 @@ def test_control_characters_of_a_file_name_are_shown_as_escapes_on_a_terminal(tm
         assert main(["add-noise", str(src), "-o", str(out), "--sigma", "0.1"]) == 0
         assert out.is_file() and f"{shown}-{len(shown)}.png" in stream.getvalue()
     assert "\x1b" not in terminal.getvalue() and "\r" not in terminal.getvalue() and "\x1b" in pipe.getvalue()
+
+
+def test_an_upgrades_stale_default_export_is_named_for_what_it_runs(capsys, tmp_path, monkeypatch):
+    """After an upgrade that made other weights the default (the blind ones, where the sigma20 specialist had been),
+    the default export made before it kept running the old model: --backend ort labelled it 'blind as it was when
+    exported', the refusal of --weights blind said it was 'made from other weights (blind)', and triton-repo put it
+    in a new repository without a word. It is now named for what it runs, and a note says how to make it again."""
+    import shutil
+
+    import weights
+
+    default = tmp_path / "weights" / "moe_denoiser.safetensors"  # the default weights' file, which an upgrade replaces
+    default.parent.mkdir()
+    for src, dst in ((weights.SHIPPED["sigma20"], default), (weights.SHIPPED["blind"], tmp_path / "blind.safetensors")):
+        shutil.copy(src, dst)
+        shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", default)
+    monkeypatch.setitem(weights.SHIPPED, "blind", default)
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path / "cache"))
+    assert run(capsys, "export", "--parity-images", 2)[0] == 0  # the old version's default export
+    for name in ("safetensors", "json"):  # the upgrade
+        shutil.copy(tmp_path / f"blind.{name}", default.with_suffix(f".{name}"))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(photo)
+
+    code, out, err = run(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort")
+    assert code == 0 and "(weights sigma20)" in out and "as it was when exported" not in out
+    assert "was exported from the default weights as they were then (sigma20); the default weights have changed" in err
+    assert "'moe-denoise export' makes it from today's" in err
+    code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "b.png", "--backend", "ort", "--weights", "blind")
+    assert code == 2 and "made from other weights (sigma20)" in err
+    assert "make the default export from them (moe-denoise export --weights blind)" in err
+    code, _, err = run(capsys, "triton-repo", "-o", tmp_path / "repo", "--no-server-check")
+    assert code == 0 and "was exported from the default weights as they were then (sigma20)" in err
+
+    assert run(capsys, "export", "--parity-images", 2)[0] == 0  # made again: no note
+    code, out, err = run(capsys, "denoise", photo, "-o", tmp_path / "again.png", "--backend", "ort")
+    assert code == 0 and "(weights blind)" in out and "note:" not in err
