@@ -24,7 +24,9 @@ from topk_attention.spec import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN
 
 from .onnx_export import ExportOptions, export_graph
 
-EXPORTER = "moe-denoise onnx writer 1"
+EXPORTER = "moe-denoise onnx writer 2"
+"""Recorded in every manifest; a new number whenever the graph written changes, so that a graph of an older writer is
+told apart (2: the patch embedding's Reshape names the token count, which runs an empty batch in ONNX Runtime)."""
 
 
 @dataclass

@@ -222,16 +222,19 @@ def build_engines(names: tuple[str, ...], given: dict[str, Path], weights: Path,
 
 
 def _cached_graph_ok(path: Path) -> bool:
-    """A cached graph is reused only if its manifest exists and its hash matches the file."""
+    """A cached graph is reused only if its manifest exists, its hash matches the file, and this version's graph
+    writer wrote it (after an upgrade, the graph of an older writer was timed as this version's)."""
+    from export.pipeline import EXPORTER
     from moe_base.manifest import check_artifact_file, read_manifest
 
     if not path.is_file():
         return False
     try:
-        check_artifact_file(path, read_manifest(path))
+        manifest = read_manifest(path)
+        check_artifact_file(path, manifest)
     except Exception:  # noqa: BLE001 - any mismatch or damage: export it again
         return False
-    return True
+    return (manifest.get("versions") or {}).get("exporter") == EXPORTER
 
 
 def _triton_status(names: tuple[str, ...]) -> str | None:

@@ -341,3 +341,21 @@ def test_bench_of_torch_backends_needs_no_cache_folder_and_takes_a_folder_name_t
     assert code == 0, err
     assert b"r\xe9sultats" in (out_dir / "results.md").read_bytes()
     assert str(out_dir) in json.loads((out_dir / "results.json").read_text())["command"] == json.loads(out)["command"]
+
+
+def test_a_cached_graph_of_an_older_graph_writer_is_exported_again(random_weights, tmp_path):
+    """bench reused a cached graph whenever its manifest matched the file: after an upgrade it timed the graph an
+    older version wrote (one that an empty batch stops in ONNX Runtime) as this version's."""
+    from export.pipeline import EXPORTER, export_onnx
+    from moe_base.manifest import manifest_path
+    from moe_denoise.commands.bench import _cached_graph_ok
+    from moe_model.checkpoint import load_model
+
+    path = tmp_path / "moe_denoiser.portable.onnx"
+    export_onnx(load_model(random_weights), path, parity_images=2, weights_path=random_weights, log=lambda s: None)
+    assert _cached_graph_ok(path)
+    manifest = json.loads(manifest_path(path).read_text())
+    assert manifest["versions"]["exporter"] == EXPORTER
+    manifest["versions"]["exporter"] = "moe-denoise onnx writer 1"
+    manifest_path(path).write_text(json.dumps(manifest))
+    assert not _cached_graph_ok(path)
