@@ -595,9 +595,11 @@ with scratch_folder(sys.argv[1], sys.argv[2]) as folder:
 """
 
 
-def test_a_killed_commands_scratch_folder_is_removed_by_the_next_and_a_live_ones_is_kept(tmp_path):
-    """export's graph under test and build's engine under test were in tempfile's 'tmpXXXXXXXX' folders: a command
-    killed (kill -9, the OOM killer) left them for good, beside the user's engine or in the temporary folder."""
+def test_reliability_killed_commands_scratch_folder(tmp_path):
+    """export, build or denoise --check-local killed (kill -9, the OOM killer) while its graph or engine under test
+    was in a tempfile 'tmpXXXXXXXX' folder, which stayed for good (beside the user's engine, or in the temporary
+    folder) => a named scratch folder (.NAME.PID.RANDOM.scratch) that the next run of it removes (a live run's is
+    left alone), and its own goes whatever happens"""
     import signal
     import subprocess
     import sys

@@ -1210,10 +1210,10 @@ def test_a_loop_of_links_as_evaluates_output_is_refused_in_one_line(tmp_path, ca
             "Traceback" not in err, err
 
 
-def test_an_export_whose_standard_output_is_gone_still_writes_the_model(random_weights, tmp_path, monkeypatch):
-    """export printed its steps on standard output: 'moe-denoise export | head -c 10' (exit 141) and a full log
-    file (exit 1) stopped it before it wrote the model. The steps now go to standard error, as every command's
-    progress; only the report and what was written come on standard output, after the model is written."""
+def test_reliability_export_whose_standard_output_is_gone(random_weights, tmp_path, monkeypatch):
+    """export | head -c 10, or export > a full disk: its steps on standard output stopped it before it wrote the
+    model (exit 141, or 1) => the steps go to standard error, as every command's progress; the model and its
+    manifest are written, and only then does the closed output stop it (exit 141)"""
     import errno
     import io
     import os
@@ -1236,12 +1236,11 @@ def test_an_export_whose_standard_output_is_gone_still_writes_the_model(random_w
     assert onnx_path.is_file() and onnx_path.with_name("m.onnx.manifest.json").is_file()
 
 
-def test_a_file_name_that_is_not_utf8_or_a_letter_stdout_cannot_hold_is_printed_not_a_traceback(tmp_path,
-                                                                                               monkeypatch):
-    """A desktop's UTF-8 locale makes standard output strict: a photo named 'caf\\xe9.png' (an old archive, a
-    Samba share) ended each command that printed its path with a UnicodeEncodeError traceback (a folder's
-    denoising half-way, an export before it wrote the model); an ASCII standard output did so with an 'é'. The
-    name's bytes are now written as they are (as ls writes them), a letter the output cannot hold as its escape."""
+def test_reliability_file_name_that_is_not_utf8_to_a_strict_output(tmp_path, monkeypatch):
+    """A photo named 'caf\\xe9.png' (not UTF-8: an old archive, a Samba share) with a desktop's strict UTF-8
+    standard output, or 'café.png' with an ASCII one: every command that printed the path ended in a
+    UnicodeEncodeError traceback (a folder's denoising half-way, an export before it wrote the model) => the name's
+    bytes are printed as they are (as ls prints them), a letter the output cannot hold as its escape (\\xe9); exit 0"""
     import io
     import os
     import sys
@@ -1259,11 +1258,11 @@ def test_a_file_name_that_is_not_utf8_or_a_letter_stdout_cannot_hold_is_printed_
         assert out.is_file() and shown + f"-noisy-{encoding}.png".encode() in raw.getvalue()
 
 
-def test_a_standard_error_that_takes_nothing_stops_no_work(random_weights, tmp_path, monkeypatch):
-    """Progress goes to standard error. When it could not be written (a full disk under '2> log', /dev/full, a
-    descriptor a wrapper script left read-only), the first progress line's OSError stopped a folder's denoising
-    (also evaluate and bench) before it wrote anything, exit 1, and its traceback went to the same dead stream. The
-    work now goes on, and the exit code is the work's."""
+def test_reliability_standard_error_that_takes_nothing(random_weights, tmp_path, monkeypatch):
+    """Standard error that cannot be written (2> a full disk, 2>/dev/full, a descriptor a wrapper script left
+    read-only): the first progress line's OSError stopped a folder's denoising (evaluate and bench too) before it
+    wrote anything, exit 1, its traceback lost on the same stream => the work goes on, every photo is written, and
+    the exit code is the work's"""
     import errno
     import io
     import sys
@@ -1285,10 +1284,11 @@ def test_a_standard_error_that_takes_nothing_stops_no_work(random_weights, tmp_p
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
 
 
-def test_a_current_folder_that_was_removed_is_said_in_one_line(capsys, tmp_path, monkeypatch):
-    """Run from a folder that was removed (or moved away) while a shell was in it, any command that loads torch
-    ended in 'Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so', exit 2, whatever paths it was given, and a
-    relative input was called 'truncated or corrupt'."""
+def test_reliability_current_folder_removed(capsys, tmp_path, monkeypatch):
+    """A command run from a folder removed (or moved away) while the shell was in it: torch failed to load ('Intel
+    oneMKL FATAL ERROR: Cannot load libtorch_cpu.so', exit 2) whatever paths were given, and a relative input was
+    called 'truncated or corrupt' => refused in one line (exit 2) naming the folder and saying to cd to one that
+    exists; a JSON error document with --json"""
     gone = tmp_path / "gone"
     gone.mkdir()
     monkeypatch.chdir(gone)
@@ -1313,10 +1313,10 @@ def test_an_argument_the_command_does_not_take_is_refused_with_its_usage_and_deb
     assert e.value.code == 2 and "usage: moe-denoise [-h]" in capsys.readouterr().err
 
 
-def test_control_characters_of_a_file_name_are_shown_as_escapes_on_a_terminal(tmp_path, monkeypatch):
-    """A photo named with an escape sequence coloured (or moved) the terminal's text from its success line, and one
-    with a carriage return wrote over its own line: on a terminal they are now shown as escapes, as ls and cp show
-    them; to a file or a pipe the name is written as it is."""
+def test_reliability_control_characters_in_a_file_name(tmp_path, monkeypatch):
+    """A photo named with an escape sequence (which coloured or moved the terminal's text from the success line) or
+    a carriage return (which wrote over its own line) => on a terminal they are shown as escapes (\\x1b, \\x0d), as
+    ls and cp show them; to a file or a pipe the name is written as it is"""
     import io
     import sys
 
@@ -1336,11 +1336,12 @@ def test_control_characters_of_a_file_name_are_shown_as_escapes_on_a_terminal(tm
     assert "\x1b" not in terminal.getvalue() and "\r" not in terminal.getvalue() and "\x1b" in pipe.getvalue()
 
 
-def test_an_upgrades_stale_default_export_is_named_for_what_it_runs(capsys, tmp_path, monkeypatch):
-    """After an upgrade that made other weights the default (the blind ones, where the sigma20 specialist had been),
-    the default export made before it kept running the old model: --backend ort labelled it 'blind as it was when
-    exported', the refusal of --weights blind said it was 'made from other weights (blind)', and triton-repo put it
-    in a new repository without a word. It is now named for what it runs, and a note says how to make it again."""
+def test_reliability_default_export_made_before_an_upgrade(capsys, tmp_path, monkeypatch):
+    """The default export made before an upgrade replaced the default weights (blind, where the sigma20 specialist
+    had been): --backend ort ran the old model labelled 'blind as it was when exported', --weights blind was refused
+    as 'made from other weights (blind)', and triton-repo put it in a new repository without a word => named for
+    what it runs (sigma20), with a note that 'moe-denoise export' makes it from today's weights (denoise, serve,
+    build, triton-repo); the refusal names sigma20 and the default export to make again"""
     import shutil
 
     import weights
