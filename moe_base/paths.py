@@ -15,8 +15,23 @@ def cache_dir() -> Path:
     (a relative value is taken from the current folder: :func:`cache_dir_note`); empty or unset: the default."""
     value = os.environ.get("MOE_DENOISE_CACHE", "")
     if not value.strip():  # MOE_DENOISE_CACHE= wrote artifacts/ into the current folder
-        return Path.home() / ".cache" / "moe-denoise"
+        return home() / ".cache" / "moe-denoise"
     return Path.cwd() / Path(value).expanduser()  # joined, not normalised: 'link/..' means what the kernel says
+
+
+def home() -> Path:
+    """The user's home folder: ``HOME`` when it is an absolute path, else the account's own (an empty HOME, as
+    'HOME= cmd' or some service managers leave it, put the cache at /.cache; a relative one, under each current
+    folder)."""
+    value = os.environ.get("HOME", "")
+    if os.path.isabs(value):
+        return Path(value)
+    try:
+        import pwd
+
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError):  # no account entry (a container's arbitrary uid): what Python makes of it
+        return Path.home()
 
 
 def cache_dir_note() -> str | None:
