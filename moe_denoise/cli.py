@@ -124,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print("interrupted (before the command started: nothing was written)", file=sys.stderr)
         return 128 + int(signal.SIGINT)
+    except ImportError as e:  # a package every command needs (numpy) is missing: a broken install, even for --help
+        if "--debug" in argv:
+            traceback.print_exc()
+        print(f"moe-denoise: error: {e.name or 'a package it needs'} cannot be imported ({e}): the install is "
+              f"incomplete; install it again (pip install {e.name or 'moe-denoise'}) or check the Python environment "
+              f"this runs in", file=sys.stderr)
+        return 2
     args.argv = argv  # the exact command, recorded by jobs that write artifacts
     if not getattr(args, "func", None):
         parser.print_help()

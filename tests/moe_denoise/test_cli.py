@@ -1373,3 +1373,16 @@ def test_reliability_default_export_made_before_an_upgrade(capsys, tmp_path, mon
     assert run(capsys, "export", "--parity-images", 2)[0] == 0  # made again: no note
     code, out, err = run(capsys, "denoise", photo, "-o", tmp_path / "again.png", "--backend", "ort")
     assert code == 0 and "(weights blind)" in out and "note:" not in err
+
+
+def test_a_missing_base_package_is_said_in_one_line_even_for_help():
+    """Without numpy (a broken install, 'python -S'), even --help ended in a ModuleNotFoundError traceback: every
+    command's module is imported to build the parser, and export's imports numpy."""
+    import subprocess
+    import sys
+
+    script = "import sys; sys.modules['numpy'] = None\nfrom moe_denoise.cli import main\nsys.exit(main(['--help']))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "moe-denoise: error: numpy cannot be imported" in done.stderr and "pip install numpy" in done.stderr
