@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_base.fileio import is_staging_folder, publish_folder, staging_folder
+from moe_base.fileio import is_staging_folder, publish_folder, sha256_file, staging_folder
 from moe_base.manifest import read_checked
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
@@ -309,6 +309,10 @@ def write_repository(out_dir: Path, onnx: Path | None, engine: Path | None = Non
             except OSError as e:
                 raise InputError(f"writing the model '{name}' failed ({e.strerror or e}), so nothing was written to "
                                  f"{out_dir}; free some space or choose another folder") from e
+            if sha256_file(staging / name / "1" / filename) != manifest["artifact"]["sha256"]:  # checked, then copied:
+                # an export replacing it in between put its model beside the manifest and config of the one checked
+                raise InputError(f"{src} changed while it was being copied (an export writing it now?), so nothing "
+                                 f"was written to {out_dir}; run again when it is done")
             report["models"].append({"name": name, "backend": backend, "file": str(out_dir / name / "1" / filename),
                                      "config": str(out_dir / name / "config.pbtxt"), "source": str(src)})
         report["checks"] = (["parsed with Triton's model_config protobuf schema"] if validate else

@@ -657,6 +657,27 @@ def test_reliability_triton_repo_interrupted_copy(capsys, exported, triton_repo,
     assert snapshot(triton_repo) == before and staging_left(triton_repo) == []
 
 
+def test_reliability_triton_repo_model_replaced_while_copied(capsys, exported, triton_repo, monkeypatch):
+    """triton-repo whose ONNX model is replaced (an export writing it) between its check and its copy: the
+    repository got the new model beside the manifest and config of the one checked, exit 0 => the copy is checked
+    against the manifest; refused (exit 2: changed while it was being copied, run again); the repository is
+    unchanged, no staging folder is left"""
+    real = shutil.copyfile
+
+    def replaced_meanwhile(src, dst, *a, **k):
+        real(src, dst, *a, **k)
+        with open(dst, "ab") as f:  # what the copy read: another model's bytes
+            f.write(b"another model")
+
+    monkeypatch.setattr(shutil, "copyfile", replaced_meanwhile)
+    before = snapshot(triton_repo)
+    code, _, err = cli(capsys, "triton-repo", "--onnx", exported, "-o", triton_repo, "--overwrite", "--max-batch", "8",
+                       "--no-server-check")
+    monkeypatch.undo()
+    assert code == 2 and "changed while it was being copied" in err and "nothing was written" in err
+    assert snapshot(triton_repo) == before and staging_left(triton_repo) == []
+
+
 def test_reliability_triton_repo_overwrite_keeps_other_models(capsys, exported, triton_repo, tmp_path):
     """triton-repo --overwrite into a repository that also holds a model of the user's => our model and README are
     replaced, the user's model is kept; a staging folder a killed run left in it or beside it is removed"""
