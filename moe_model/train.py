@@ -265,7 +265,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
     if cfg.init_from and not resume:
         warm_start(model, cfg.init_from, log)
     record = run_record(cfg, st, out, command or " ".join(sys.argv))  # what best.json says of the run's making
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    with signals_held():  # its first use imports torch._dynamo and triton, whose native code aborted the process
+        # (SIGABRT, 'terminate called after throwing nanobind::python_error') when a Ctrl-C arrived during the import
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_u8) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps_per_epoch * cfg.epochs))
     start_epoch, best_loss, history = 0, float("inf"), []

@@ -630,3 +630,25 @@ def test_a_stop_between_the_weights_and_their_json_waits_for_the_json(tmp_path, 
         checkpoint.save_weights(model, tmp_path / "w.safetensors")
     assert torch.equal(load_model(tmp_path / "w.safetensors").state_dict()[next(iter(model.state_dict()))],
                        next(iter(model.state_dict().values())))  # loads: its JSON names the new weights' hash
+
+
+def test_a_ctrl_c_while_the_optimizer_is_made_waits_for_it(fake_cifar, tmp_path, monkeypatch, capsys):
+    """The optimizer's first use imports torch._dynamo and triton, whose native code cannot take a Ctrl-C: one that
+    arrived during that import aborted the process (SIGABRT, 'terminate called after throwing an instance of
+    nanobind::python_error', a 70-line traceback). It now waits until the optimizer is made, then stops the run as
+    any Ctrl-C does (exit 130, nothing kept)."""
+    import signal
+
+    from moe_denoise.cli import main
+
+    real, made = torch.optim.AdamW, []
+
+    def adamw(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while it is being made
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    code = main(["train", "--data-dir", str(fake_cifar), "--epochs", "1", "--batch-size", "16", "--max-train", "32",
+                 "--max-val", "16", "--no-progress", "--out-dir", str(tmp_path / "run")])
+    assert code == 130 and len(made) == 1 and "no epoch had finished" in capsys.readouterr().err
