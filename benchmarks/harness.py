@@ -783,8 +783,10 @@ def _summarise_batch(cells: list[_Cell], batch: int, flops_per_image: float | No
 
 
 def interrupt_reason(interrupt: BaseException) -> str:
-    """How a run was stopped, for a skipped row: Ctrl-C (or a KeyboardInterrupt) or SIGTERM."""
-    return "stopped by SIGTERM" if getattr(interrupt, "signum", 2) == 15 else "interrupted (Ctrl-C)"
+    """How a run was stopped, for a skipped row: Ctrl-C (or a KeyboardInterrupt), SIGTERM or SIGHUP."""
+    from moe_base.errors import stop_reason
+
+    return stop_reason(interrupt)
 
 
 def _skipped_rows(live: list[_Backend], settings: BenchSettings, batch: int, reason: str) -> list[dict[str, Any]]:

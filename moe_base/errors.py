@@ -77,9 +77,24 @@ class ParityError(ToolkitError):
         self.report = report
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops a command as Ctrl-C does: Ctrl-C, SIGTERM (kill, a scheduler, a container stopping) and SIGHUP (its
+terminal or ssh session closed), each unless it is ignored (nohup ignores SIGHUP)."""
+
+
+def stop_reason(interrupt: BaseException) -> str:
+    """How a command was stopped, in words: by Ctrl-C (a plain KeyboardInterrupt), SIGTERM or SIGHUP."""
+    signum = getattr(interrupt, "signum", signal.SIGINT)
+    if signum == signal.SIGTERM:
+        return "stopped by SIGTERM"
+    if signum == signal.SIGHUP:
+        return "stopped by SIGHUP (its terminal was closed)"
+    return "interrupted (Ctrl-C)"
+
+
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (``signum`` 2) or SIGTERM (15) stopped a command: the command line exits 128 + ``signum``. The message
-    is what the command left and how to go on; empty until a command says it (:meth:`said`)."""
+    """Ctrl-C (``signum`` 2), SIGTERM (15) or SIGHUP (1) stopped a command: the command line exits 128 + ``signum``.
+    The message is what the command left and how to go on; empty until a command says it (:meth:`said`)."""
 
     def __init__(self, message: str = "", signum: int = 2) -> None:
         super().__init__(message)
@@ -94,7 +109,7 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done, then act as they would have: for files that are only right
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then act as they would have: for files that are only right
     together (weights and their JSON, a training state beside them), a stop between them left weights whose JSON
     named another file's hash. Outside the main thread nothing is held (signals reach the main thread only)."""
     if threading.current_thread() is not threading.main_thread():
@@ -105,14 +120,14 @@ def signals_held() -> Iterator[None]:
     def hold(signum: int, frame: object) -> None:
         got.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, hold) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
     if got:  # only after a block that finished: an error in it (a full disk) is not hidden behind the stop
-        signal.raise_signal(signal.SIGTERM if signal.SIGTERM in got else got[0])
+        signal.raise_signal(next((s for s in (signal.SIGTERM, signal.SIGHUP) if s in got), got[0]))
 
 
 def path_error_message(e: BaseException, named: bool = True) -> str | None:

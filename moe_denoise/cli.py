@@ -72,7 +72,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a job scheduler, a container stopping) stops a command as Ctrl-C does: files are left whole
+    """SIGTERM (kill, a job scheduler, a container stopping) and SIGHUP stop a command as Ctrl-C does: files are left whole
     (writes are atomic), the command says what it left and how to go on, and the exit code is 143. It ended them in
     silence, leaving temporaries and empty output folders behind. 'serve' sets its own handlers inside this one."""
     from moe_base.errors import Interrupted
@@ -84,11 +84,15 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted("", signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # SIGHUP too (a closed terminal or ssh session): it ended commands in silence, an empty output folder or a
+    # staging folder left; not where it is ignored (nohup)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:  # None: a handler not set from Python (main() called by another program): the default then
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def file_name_bytes(error: UnicodeError) -> tuple[str | bytes, int]:
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from moe_base.errors import ParityError, ToolkitError, path_error_message
+    from moe_base.errors import ParityError, ToolkitError, path_error_message, stop_reason
 
     watched = sys.stdout = WatchedOutput(sys.stdout) if sys.stdout is not None else None
     sys.stderr = BestEffortOutput(sys.stderr) if sys.stderr is not None else None
@@ -147,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:  # the traceback too, and the same exit code (a script's check of it holds with --debug)
             traceback.print_exc()
         signum = getattr(e, "signum", signal.SIGINT)
-        stopped = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"  # a stop just after the
-        # last write read as a failure: files are written whole or not at all, so those it said it wrote are done
+        stopped = "interrupted" if signum == signal.SIGINT else stop_reason(e)  # a stop just after the last write
+        # read as a failure: files are written whole or not at all, so those it said it wrote are done
         print(str(e) or f"{stopped} (every file is written whole or not at all: those reported as written are "
                         f"complete)", file=sys.stderr)
         return 128 + int(signum)

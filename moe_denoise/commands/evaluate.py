@@ -412,9 +412,9 @@ def _emit_cifar_part(args: argparse.Namespace, report: dict[str, Any], texts: li
                      start: float) -> None:
     """--suite all stopped during the photos: the finished CIFAR-10 part (minutes of work) is printed and written
     (--save-json, --plot) before the command stops; it was lost with the rest."""
-    from moe_base.errors import Interrupted, signals_held
+    from moe_base.errors import Interrupted, signals_held, stop_reason
 
-    how = "stopped by SIGTERM" if getattr(stop, "signum", 2) == 15 else "interrupted (Ctrl-C)"
+    how = stop_reason(stop)
     report["interrupted"] = f"{how} during the photos: the CIFAR-10 part is whole, the photos were not scored"
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     texts += ["", f"note: {report['interrupted']}"]

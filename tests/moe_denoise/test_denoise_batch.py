@@ -104,22 +104,25 @@ def test_reliability_batch_failing_alike_twice(capsys, monkeypatch, random_weigh
     assert code == 2 and done["summary"]["failed"] == 2 and "stopped after 2 of 3" in done["summary"]["stopped"]
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sighup"])
 def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, photos, tmp_path, how):
-    """denoise of several photos interrupted (Ctrl-C, or SIGTERM, which ended it in silence with an empty output
-    folder left) => exit 130 (143 for SIGTERM); the outputs written are complete and kept, and --skip-existing is
-    named to go on (said once; stopped before the first photo, that nothing was written and no folder is left)"""
+    """denoise of several photos interrupted (Ctrl-C, or SIGTERM or SIGHUP (a closed terminal), which ended it in
+    silence with an empty output folder left) => exit 130 (143 for SIGTERM, 129 for SIGHUP); the outputs written are
+    complete and kept, and --skip-existing is named to go on (said once; stopped before the first photo, that nothing
+    was written and no folder is left)"""
     import os
     import signal
 
     (photos / "broken.png").unlink()
     real = denoise_cmd.denoise_one
+    sent = {"sigterm": signal.SIGTERM, "sighup": signal.SIGHUP}.get(how)
+    code_of = {"ctrl-c": 130, "sigterm": 143, "sighup": 129}
 
     def interrupted_on(name):
         def denoise_one(args, runner, src, dst, client=None):
             if src.name == name:
-                if how == "sigterm":
-                    os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, in the main thread
+                if sent is not None:
+                    os.kill(os.getpid(), sent)  # the handler raises here, in the main thread
                 raise KeyboardInterrupt
             return real(args, runner, src, dst, client)
         return denoise_one
@@ -127,19 +130,19 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
     monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on("gray.jpg"))
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
                        "--no-progress")
-    assert code == (143 if how == "sigterm" else 130)
+    assert code == code_of[how]
     assert err.strip() == ("interrupted after 1 of 2 photos; every output written is complete: run the same command "
                            "with --skip-existing to go on")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["colour.png"]
     monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on("colour.png"))
     code, _, err = run(capsys, "denoise", photos, "-o", tmp_path / "out2", "--weights", random_weights,
                        "--no-progress")
-    assert code == (143 if how == "sigterm" else 130) and not (tmp_path / "out2").exists()
+    assert code == code_of[how] and not (tmp_path / "out2").exists()
     assert err.strip() == "interrupted before the first of 2 photos was written; nothing was written"
     monkeypatch.setattr(denoise_cmd, "denoise_one", interrupted_on("gray.jpg"))  # --json: stdout stayed empty
     code, out, _ = run(capsys, "denoise", photos, "-o", tmp_path / "out3", "--weights", random_weights, "--json")
     done = json.loads(out)
-    assert code == (143 if how == "sigterm" else 130) and done["summary"]["denoised"] == 1
+    assert code == code_of[how] and done["summary"]["denoised"] == 1
     assert done["summary"]["stopped"] == "interrupted after 1 of 2 photos" and len(done["photos"]) == 1
 
 
