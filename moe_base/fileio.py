@@ -462,6 +462,47 @@ def folder_lock(folder: str | os.PathLike[str], what: str, option: str) -> Itera
         os.close(fd)
 
 
+@contextlib.contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Writers of ``path`` one at a time, in this process or others: a blocking ``flock`` on a hidden
+    ``.NAME.lock`` beside it (its folder made if missing), released by the kernel however its holder ends, and
+    removed by it when done. For files written as a pair (a model, then its manifest): two exports to one default
+    path interleaved their renames, and one's model stood beside the other's manifest, both saying they wrote it.
+    Where no lock can be taken (no such folder can be made, a file system that cannot lock), the write goes on
+    unlocked, as before, and says what is wrong itself."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    path = Path(path)
+    lock = path.parent / f".{_temporary_stem(path.name, 7)}.lock"
+    fd = None
+    for _ in range(100):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the writer before (Ctrl-C still stops the wait)
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # removed by its last holder meanwhile: take the new
+        except FileNotFoundError:
+            same = False
+        except OSError:
+            same = None
+        if same:
+            break
+        if fd is not None:
+            os.close(fd)
+            fd = None
+        if same is None:  # no lock here: unlocked, as before
+            break
+    try:
+        yield
+    finally:
+        if fd is not None:
+            lock.unlink(missing_ok=True)  # while still holding it: a waiting opener then finds another file
+            os.close(fd)
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process with this id runs now (another user's included)."""
     try:

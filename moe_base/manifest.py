@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, ArtifactMismatchError, InputError, signals_held
-from .fileio import atomic_write, atomic_write_json, sha256_file
+from .fileio import atomic_write, atomic_write_json, sha256_file, writer_lock
 
 SCHEMA = "moe-denoise/manifest/1"
 
@@ -80,10 +80,11 @@ def write_artifact(path: str | Path, data: bytes, manifest: dict[str, Any], over
     replaced (InputError; nothing is written)."""
     path = Path(path)
     check_manifest_place(path)
-    existed = path.exists()
     mpath = manifest_path(path)
-    with signals_held():  # a Ctrl-C / SIGTERM between the two writes left a new model beside its old manifest
-        _write_pair(path, data, mpath, manifest, existed, overwrite)
+    with writer_lock(path):  # two writers' renames interleaved: one's model beside the other's manifest
+        existed = path.exists()
+        with signals_held():  # a Ctrl-C / SIGTERM between the two writes left a new model beside its old manifest
+            _write_pair(path, data, mpath, manifest, existed, overwrite)
     return mpath
 
 

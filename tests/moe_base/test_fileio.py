@@ -1,5 +1,6 @@
 """moe_base.fileio's small helpers that have no reliability test of their own."""
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -633,3 +634,33 @@ def test_reliability_killed_commands_scratch_folder(tmp_path):
         for proc in (killed, live, other_killed):
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_reliability_two_writers_of_one_artifact(tmp_path, monkeypatch):
+    """Two exports to one path (the default export, whatever --weights; or one -o with --overwrite) at once: their
+    renames interleaved, model A, model B, manifest B, manifest A, and A's model stood beside B's manifest, both
+    exiting 0 => one writer at a time (a lock beside the file): the model and its manifest are always one run's,
+    and no lock file is left"""
+    import threading
+    import time
+
+    import moe_base.manifest as manifest_module
+    from moe_base.manifest import manifest_path, write_artifact
+
+    real = manifest_module.atomic_write_json
+
+    def slow_for_a(path, obj, *args, **kwargs):  # the first writer is slow between its two writes (a slow disk)
+        if obj["run"] == "A":
+            time.sleep(0.5)
+        return real(path, obj, *args, **kwargs)
+
+    monkeypatch.setattr(manifest_module, "atomic_write_json", slow_for_a)
+    target = tmp_path / "m.onnx"
+    a = threading.Thread(target=write_artifact, args=(target, b"model A", {"run": "A"}))
+    a.start()
+    time.sleep(0.2)  # A has written its model and waits to write its manifest
+    write_artifact(target, b"model B", {"run": "B"})
+    a.join()
+    run = json.loads(manifest_path(target).read_text())["run"]
+    assert target.read_bytes() == f"model {run}".encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.manifest.json"]
