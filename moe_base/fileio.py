@@ -306,6 +306,12 @@ def publish_folder(staging: Path, target: Path, entries: Sequence[str], overwrit
     into ``staging`` (hidden, on the same file system), where it is removed with it; a move that fails puts the old
     one back, so nothing is lost, and the error says what was already replaced. What else ``target`` holds is kept."""
     target = Path(target)
+    with writer_lock(target):  # two runs publishing into one folder at once (two benches of one --out-dir) left
+        _publish(staging, target, entries, overwrite)  # one's results.json beside the other's results.md
+
+
+def _publish(staging: Path, target: Path, entries: Sequence[str], overwrite: bool) -> None:
+    """:func:`publish_folder`'s moves, by one writer at a time."""
     if not target.exists():
         real = target.resolve() if target.is_symlink() else target  # a link to nothing: the folder it names
         try:

@@ -664,3 +664,37 @@ def test_reliability_two_writers_of_one_artifact(tmp_path, monkeypatch):
     run = json.loads(manifest_path(target).read_text())["run"]
     assert target.read_bytes() == f"model {run}".encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.manifest.json"]
+
+
+def test_reliability_two_runs_publishing_into_one_folder(tmp_path, monkeypatch):
+    """Two benches of one --out-dir (or visualize -o, triton-repo --overwrite) at once: their files were renamed in
+    one by one, interleaved, and results.json of one run stood beside results.md of the other, both saying 'wrote'
+    => one run publishes at a time (a lock beside the folder): the files there are all one run's, no lock left"""
+    import threading
+    import time
+
+    import moe_base.fileio as fileio
+
+    real = fileio._move_entry
+
+    def slow_for_a(new, old, aside, overwrite):  # the first run is slow between its renames (a slow disk)
+        real(new, old, aside, overwrite)
+        if old.read_text() == "A":
+            time.sleep(0.3)
+
+    monkeypatch.setattr(fileio, "_move_entry", slow_for_a)
+    out = tmp_path / "results"
+    out.mkdir()
+    stagings = {}
+    for run in ("A", "B"):
+        stagings[run] = tmp_path / f".staging-{run}"
+        stagings[run].mkdir()
+        for name in ("results.json", "results.md"):
+            (stagings[run] / name).write_text(run)
+    a = threading.Thread(target=fileio.publish_folder, args=(stagings["A"], out, ["results.json", "results.md"]))
+    a.start()
+    time.sleep(0.1)  # A has moved its results.json and not yet its results.md
+    fileio.publish_folder(stagings["B"], out, ["results.json", "results.md"])
+    a.join()
+    assert len({(out / name).read_text() for name in ("results.json", "results.md")}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".staging-")) == ["results"]
