@@ -110,6 +110,32 @@ def file_name_bytes(error: UnicodeError) -> tuple[str | bytes, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: ``argv`` (``sys.argv[1:]`` when None) run, and its exit code returned. Run as the program
+    (``argv`` None), a stop that comes after the command ended, while Python tears torch down (about a second),
+    ends the process with the command's exit code: it ended it as killed by that signal (130, 143), with no word,
+    after 'wrote ...'."""
+    code = _main(argv)
+    if argv is None:
+        exit_on_stop(code)
+    return code
+
+
+def exit_on_stop(code: int) -> None:
+    """From now on Ctrl-C, SIGTERM and SIGHUP end the process at once with ``code`` (what is printed is flushed
+    first); not where one is ignored."""
+    from moe_base.errors import STOP_SIGNALS
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, lambda signum, frame: os._exit(code))
+
+
+def _main(argv: list[str] | None) -> int:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:  # a line is in a log (nohup ... > log) when printed, not when 8 KB have gathered
         import codecs

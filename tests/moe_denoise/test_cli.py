@@ -1386,3 +1386,24 @@ def test_a_missing_base_package_is_said_in_one_line_even_for_help():
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "moe-denoise: error: numpy cannot be imported" in done.stderr and "pip install numpy" in done.stderr
+
+
+def test_reliability_stop_after_the_command_ended(tmp_path):
+    """A Ctrl-C or SIGTERM in the second or so after a command ended ('wrote ...' printed), while Python tore torch
+    down, ended the process as killed by it: exit 130 or 143 with no word, for work that was done => the process
+    ends at once with the command's own exit code (0)"""
+    import subprocess
+    import sys
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    script = ("import os, signal, sys, time\nfrom moe_denoise.cli import main\n"
+              f"sys.argv = ['moe-denoise', 'add-noise', {str(photo)!r}, '-o', {str(tmp_path / 'noisy.png')!r}]\n"
+              "code = main()\n"  # run as the program: no argv given
+              "os.kill(os.getpid(), signal.SIGTERM)\n"  # a stop while Python tears down
+              "time.sleep(30)\n"
+              "sys.exit(7)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and (tmp_path / "noisy.png").is_file(), done.stderr
+    assert "wrote" in done.stdout or "noisy.png" in done.stdout
