@@ -241,6 +241,13 @@ def replacing(out: Path, names: list[str], state_path: Path) -> Iterator[None]:
         os.replace(out / name, aside / name)
     try:
         yield
+    except KeyboardInterrupt as e:
+        if not state_path.exists():  # said: the old run's 'has finished all 3 epochs' alone read as the new run's
+            raise Interrupted.said(e, "; ".join(filter(None, (str(e), f"the --overwrite did not happen: the new run "
+                                                                     f"was stopped before its first epoch was saved, "
+                                                                     f"and the earlier run in {out} was put back as it "
+                                                                     f"was")))) from None
+        raise
     finally:
         if not state_path.exists():  # nothing of the new run to continue from: the old run stays as it was
             for name in names:

@@ -652,3 +652,25 @@ def test_a_ctrl_c_while_the_optimizer_is_made_waits_for_it(fake_cifar, tmp_path,
     code = main(["train", "--data-dir", str(fake_cifar), "--epochs", "1", "--batch-size", "16", "--max-train", "32",
                  "--max-val", "16", "--no-progress", "--out-dir", str(tmp_path / "run")])
     assert code == 130 and len(made) == 1 and "no epoch had finished" in capsys.readouterr().err
+
+
+def test_an_overwrite_stopped_before_its_first_epoch_says_the_earlier_run_is_back(fake_cifar, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """train --overwrite stopped before its first epoch puts the earlier run back, and said only 'the run in X has
+    finished all 3 epochs; its weights are X/best.safetensors', which read as the new run's."""
+    from moe_denoise.cli import main
+
+    base = ["train", "--data-dir", str(fake_cifar), "--epochs", "1", "--batch-size", "16", "--max-train", "32",
+            "--max-val", "16", "--no-progress", "--out-dir", str(tmp_path / "run")]
+    assert main(base) == 0
+    before = (tmp_path / "run" / "best.safetensors").read_bytes()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.optim, "AdamW", stopped)
+    capsys.readouterr()
+    assert main([*base, "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert "the --overwrite did not happen: the new run was stopped before its first epoch was saved" in err
+    assert "the run in" in err and (tmp_path / "run" / "best.safetensors").read_bytes() == before
