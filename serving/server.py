@@ -220,6 +220,8 @@ class DenoiseServer:
         self._serving = False  # started, and not stopped since
         self._asked_to_stop = False  # request_stop() was called (a signal, or stop())
         self._watchdog: subprocess.Popen | None = None  # serving.watchdog, while tritonserver runs
+        self.ready_file: str | None = None  # serve's --ready-file (absolute), which the watchdog removes if serve is
+        # killed while it holds this server's URLs (its JSON's "pid" is this process's)
 
     # --- configuration before start -------------------------------------------------------------------------
     def add_tile_model(self, name: str, dynamic_batching: bool, queue_delay_us: int | None = None,
@@ -356,7 +358,8 @@ class DenoiseServer:
         try:
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(Path(__file__).with_name("watchdog.py")), str(os.getpid()), str(pid),
-                 str(WATCHDOG_GRACE_S), *map(str, sorted(self._own_envs))],
+                 str(WATCHDOG_GRACE_S), *([f"--ready={self.ready_file}"] if self.ready_file else []),
+                 *map(str, sorted(self._own_envs))],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
                 start_new_session=True)  # a SIGKILL to serve's process group leaves it to end what was left
         except OSError as e:  # no process to spare: serving goes on, unguarded

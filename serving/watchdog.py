@@ -2,24 +2,27 @@
 
 Run by :class:`serving.server.DenoiseServer` as its own small process (standard library only, ``python -I -S``)::
 
-    python -I -S watchdog.py PARENT_PID TRITON_PID GRACE_S [FOLDER ...]
+    python -I -S watchdog.py PARENT_PID TRITON_PID GRACE_S [--ready=FILE] [FOLDER ...]
 
 It waits while both its parent (the serving process) and tritonserver run, and exits as soon as tritonserver ends
 (a normal stop). When its parent is gone first (SIGKILL, the kernel's out-of-memory killer), tritonserver gets
 GRACE_S seconds to end on its own (PyTriton has the kernel send it SIGTERM then), after which the watchdog kills it;
 then it removes those FOLDERs (Triton's Python backend's ``python_env_*``) that are empty, unless another
-tritonserver runs here (:func:`remove_empty`).
+tritonserver runs here (:func:`remove_empty`), and serve's ready FILE when it is still that serve's (its ``pid``): a
+poller found the URLs of the killed server there until the next start (:func:`remove_ready`).
 
 Why: with a gRPC request in flight, an orphaned tritonserver's exit hangs after its exit timeout until that client
 gives up (seen for as long as the client's --timeout, an hour by default), holding the ports a supervisor's
 restart needs. Processes are told apart by their start time, so a process id used again is never killed.
 """
+import json
 import os
 import signal
 import sys
 import time
 
 POLL_S = 0.5
+READY = "--ready="
 
 
 def started(pid: int) -> str | None:
@@ -66,7 +69,23 @@ def remove_empty(folders: list[str]) -> tuple[list[str], set[int]]:
     return removed, set()
 
 
-def watch(parent: int, pid: int, grace_s: float, folders: list[str]) -> str:
+def remove_ready(path: str | None, parent: int) -> bool:
+    """Remove serve's ready file ``path`` if it is still the one the serve ``parent`` wrote (its ``pid``; a file a
+    later serve wrote, or anything else, stays); whether it was removed."""
+    if not path:
+        return False
+    try:
+        with open(path) as f:
+            written = json.load(f)
+        if isinstance(written, dict) and written.get("pid") == parent and "urls" in written:
+            os.unlink(path)
+            return True
+    except (OSError, ValueError):  # not there (serve was killed before it was ready), or not a ready file
+        pass
+    return False
+
+
+def watch(parent: int, pid: int, grace_s: float, folders: list[str], ready: str | None = None) -> str:
     """Watch as the module says; returns what happened: 'stopped' (tritonserver ended while its parent ran),
     'ended' (it ended on its own after its parent was gone) or 'killed'."""
     mark = started(pid)
@@ -87,6 +106,7 @@ def watch(parent: int, pid: int, grace_s: float, folders: list[str]) -> str:
             pass
     time.sleep(2 * POLL_S)  # its Python backend's stubs end with it and leave their folders
     remove_empty(folders)
+    remove_ready(ready, parent)
     return what
 
 
@@ -94,7 +114,8 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP):  # a terminal's Ctrl-C or hang-up reaches the whole group: serve
         signal.signal(sig, signal.SIG_IGN)  # stops itself (SIGHUP, as SIGTERM), and a SIGKILLed serve is watched for
     parent, pid, grace_s = int(argv[0]), int(argv[1]), float(argv[2])
-    watch(parent, pid, grace_s, argv[3:])
+    ready = next((a[len(READY):] for a in argv[3:] if a.startswith(READY)), None)
+    watch(parent, pid, grace_s, [a for a in argv[3:] if not a.startswith(READY)], ready)
     return 0
 
 

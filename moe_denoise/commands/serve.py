@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     server = DenoiseServer(lambda: make_runner(args, args.weights), config, log=log)
+    server.ready_file = os.path.abspath(args.ready_file) if args.ready_file else None  # its watchdog removes it if
+    # serve is killed (SIGKILL): a poller found the dead server's URLs there until the next start
 
     stopping: list[int] = []
 
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 server.request_stop(abandon_now=len(stopping) > 1)
             info = {"urls": server.urls, "models": [s.name for s in server.tile_models] + ["moe_denoiser_image"],
                     "backend": args.backend, "runner": runner_label(probe), "config": server.running_config.to_dict(),
-                    "startup_seconds": round(time.perf_counter() - t0, 2),
+                    "startup_seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid(),
                     "log": str(server.log_path) if server.log_path else None}
             if args.ready_file:
                 atomic_write_json(args.ready_file, info)  # a poller never reads half of it

@@ -863,6 +863,7 @@ def _killed_server_run(tmp_path: Path, home: Path) -> None:
     while Path(f"/proc/{watchdog[0]}").exists() and "Z" not in _text(Path(f"/proc/{watchdog[0]}/stat")).split(")")[-1][:3]:
         assert time.monotonic() < gone_by, "the watchdog did not end after serve was killed"
         time.sleep(0.2)
+    assert not (tmp_path / "ready.json").exists()  # removed by the watchdog: a poller found the dead server's URLs
     copies = [f for f in Path("/tmp").glob("folder*") if f'"{ours[0]}"' in _text(f / "config.pbtxt")]
     assert len(copies) == 2  # tritonserver's copies of the two models, which name the workspace: they stayed
     assert remove_dead_workspaces(home) == ours and not ours[0].exists()

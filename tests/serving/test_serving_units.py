@@ -1,6 +1,7 @@
 """serving without a server: settings, the two models' functions, the libpython fix, URLs, metrics, error text."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -1241,10 +1242,16 @@ def test_the_watchdog_kills_a_process_its_parent_left_and_leaves_one_stopped_in_
     kept.mkdir()
     (kept / "file").write_text("x")
     monkeypatch.setattr(watchdog, "tritonservers", lambda: set())  # no other server here (remove_empty's own test)
+    ready, later = tmp_path / "ready.json", tmp_path / "later.json"  # the killed serve's, and a later serve's
+    ready.write_text(json.dumps({"urls": {"http": "127.0.0.1:8000"}, "pid": -1}))
+    later.write_text(json.dumps({"urls": {"http": "127.0.0.1:8000"}, "pid": 4194303}))
     child = stubborn()
     try:  # in this process: a parent id that is not this process's parent is a parent gone
-        assert watchdog.watch(-1, child.pid, 0.5, [str(empty), str(kept)]) == "killed"
+        assert watchdog.watch(-1, child.pid, 0.5, [str(empty), str(kept)], str(ready)) == "killed"
         assert child.wait(timeout=10) == -signal.SIGKILL and not empty.exists() and (kept / "file").exists()
+        assert not ready.exists()  # a poller found the killed server's URLs there until the next start
+        assert not watchdog.remove_ready(str(later), -1) and later.exists()
+        assert not watchdog.remove_ready(str(tmp_path / "none.json"), -1)
     finally:
         child.kill()
         child.wait()
