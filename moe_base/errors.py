@@ -109,9 +109,9 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then act as they would have: for files that are only right
-    together (weights and their JSON, a training state beside them), a stop between them left weights whose JSON
-    named another file's hash. Outside the main thread nothing is held (signals reach the main thread only)."""
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then act as they would have: for files that are only
+    right together (weights and their JSON, a training state beside them), a stop between them left weights whose
+    JSON named another file's hash. Outside the main thread nothing is held (signals reach the main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -228,11 +228,16 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
 
 def _new_staging_beside(target: Path) -> Path:
     """A new hidden staging folder beside ``target`` (its parent made if missing), named after it and this process
-    (``.NAME.PID.RANDOM.staging``), those of killed runs removed first."""
+    (:func:`_new_own_folder`), those of killed runs removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target, ".staging")
-    return _new_temporary(target.parent, f".{_pid_stem(target.name, '.staging')}.{os.getpid()}.", ".staging",
-                          folder=True)[0]
+    return _new_own_folder(target, ".staging")
+
+
+def _new_own_folder(target: Path, suffix: str) -> Path:
+    """A new folder beside ``target`` named after it and this process, ``.NAME.PID.RANDOM`` + ``suffix``: the name
+    :func:`remove_stale_temporaries` finds when this process is gone."""
+    return _new_temporary(target.parent, f".{_pid_stem(target.name, suffix)}.{os.getpid()}.", suffix, folder=True)[0]
 
 
 @contextlib.contextmanager
@@ -260,10 +265,10 @@ def scratch_folder(name: str, parent: str | Path | None = None) -> Iterator[Path
     (the temporary folder when None) as ``.NAME.PID.RANDOM.scratch``, and the ones of ``name`` that killed processes
     left there are removed first: a killed command's ``tmpXXXXXXXX`` folder stayed for good, beside the user's engine
     or in the temporary folder, with nothing saying whose it was."""
-    parent = Path(tempfile.gettempdir() if parent is None else parent)
+    target = Path(tempfile.gettempdir() if parent is None else parent) / name
     with contextlib.suppress(OSError):  # a folder where they cannot be listed: the new one is what matters
-        remove_stale_temporaries(parent / name, ".scratch")
-    folder = _new_temporary(parent, f".{_pid_stem(name, '.scratch')}.{os.getpid()}.", ".scratch", folder=True)[0]
+        remove_stale_temporaries(target, ".scratch")
+    folder = _new_own_folder(target, ".scratch")
     try:
         yield folder
     finally:

@@ -72,9 +72,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a job scheduler, a container stopping) and SIGHUP stop a command as Ctrl-C does: files are left whole
-    (writes are atomic), the command says what it left and how to go on, and the exit code is 143. It ended them in
-    silence, leaving temporaries and empty output folders behind. 'serve' sets its own handlers inside this one."""
+    """SIGTERM (kill, a job scheduler, a container stopping) and SIGHUP (a closed terminal) stop a command as Ctrl-C
+    does: files are left whole (writes are atomic), the command says what it left and how to go on, and the exit code
+    is 128 + the signal (143, 129). It ended them in silence, leaving temporaries and empty output folders behind.
+    'serve' sets its own handlers inside this one."""
     from moe_base.errors import Interrupted
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
@@ -306,8 +307,6 @@ class BestEffortOutput:
 
 
 def _stdout_to_devnull() -> None:
-    import os
-
     if sys.stdout is None:
         return
     devnull = os.open(os.devnull, os.O_WRONLY)

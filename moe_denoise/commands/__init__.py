@@ -313,12 +313,14 @@ def note_stale_default(args: argparse.Namespace, artifact: Path, remake: str) ->
     from runtime.base import artifact_made_from, weights_label
     from weights import DEFAULT_WEIGHTS
 
+    if getattr(args, "said_stale_default", False):  # said once: serve makes a runner per model instance
+        return
     made = artifact_made_from(artifact)
-    if getattr(args, "said_stale_default", False) or not made.get("weights_sha256"):
+    if not made.get("weights_sha256"):
         return
     if Path(made["weights"]).resolve() != DEFAULT_WEIGHTS.resolve() or holds(DEFAULT_WEIGHTS, made["weights_sha256"]):
         return
-    args.said_stale_default = True  # serve makes a runner per model instance
+    args.said_stale_default = True
     print(f"note: {artifact} was exported from the default weights as they were then "
           f"({weights_label(made['weights'], made['weights_sha256'])}); the default weights have changed since (an "
           f"upgrade), and this runs the old model: {remake} makes it from today's", file=sys.stderr)
