@@ -366,15 +366,13 @@ class DenoiseServer:
             self.log(f"note: the watchdog that ends tritonserver should serve be killed could not start ({e})")
 
     def _reap_watchdog(self) -> None:
-        """The watchdog ends within a poll of tritonserver ending (or at once: it is killed if still running)."""
+        """Tritonserver has stopped and this process runs: the watchdog has nothing left to do, and is ended at once
+        (it waits a moment on its own, in case this process was killed with tritonserver)."""
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is None:
             return
-        try:
-            watchdog.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
-            watchdog.wait()
+        watchdog.kill()
+        watchdog.wait()
 
     def _choose_log(self, cfg: ServeConfig) -> None:
         """Where Triton logs: --log-file, else a temporary folder's file (None with --verbose: the console)."""

@@ -22,6 +22,7 @@ import sys
 import time
 
 POLL_S = 0.5
+SETTLE_S = 3.0  # how long a parent seen alive as tritonserver ends gets to be gone too (killed with it)
 READY = "--ready="
 
 
@@ -92,6 +93,9 @@ def watch(parent: int, pid: int, grace_s: float, folders: list[str], ready: str 
     alive = lambda: mark is not None and started(pid) == mark  # noqa: E731 - read twice below
     while alive() and os.getppid() == parent:
         time.sleep(POLL_S)
+    settle = time.monotonic() + SETTLE_S  # a SIGKILL to serve's whole group ends tritonserver and serve together,
+    while os.getppid() == parent and time.monotonic() < settle:  # and serve takes a moment to be gone: its end was
+        time.sleep(POLL_S / 5)  # taken for a normal stop, and its ready file was left (a normal stop kills this)
     if os.getppid() == parent:
         return "stopped"
     deadline = time.monotonic() + grace_s

@@ -1305,3 +1305,27 @@ def test_a_start_failure_of_no_known_kind_does_not_blame_ports_checked_free():
     said = str(DenoiseServer(lambda: None)._start_error(RuntimeError("handshake with the model proxy failed")))
     assert "handshake with the model proxy failed" in said and "were free when the start began" in said
     assert "run it again" in said and "Check that the ports" not in said
+
+
+def test_the_watchdog_tells_a_group_kill_from_a_normal_stop(tmp_path, monkeypatch):
+    """A SIGKILL to serve's whole process group ends tritonserver and serve together, and serve takes a moment to be
+    gone: the watchdog, seeing tritonserver end while serve still looked alive, took it for a normal stop and left
+    serve's ready file with the dead server's URLs (and Triton's python_env folders). It now gives serve a moment."""
+    import itertools
+
+    from serving import watchdog
+
+    parent = 4194303
+    ready = tmp_path / "ready.json"
+    ready.write_text(json.dumps({"urls": {"http": "127.0.0.1:8000"}, "pid": parent}))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # tritonserver, killed with the group
+    seen = itertools.count()
+    monkeypatch.setattr(watchdog.os, "getppid", lambda: parent if next(seen) < 4 else 1)  # serve, gone a moment later
+    monkeypatch.setattr(watchdog, "tritonservers", lambda: set())
+    assert watchdog.watch(parent, ended.pid, 0.1, [], str(ready)) == "ended" and not ready.exists()
+
+    ready.write_text(json.dumps({"urls": {"http": "127.0.0.1:8000"}, "pid": parent}))
+    monkeypatch.setattr(watchdog, "SETTLE_S", 0.3)
+    monkeypatch.setattr(watchdog.os, "getppid", lambda: parent)  # serve runs on: tritonserver ended on its own
+    assert watchdog.watch(parent, ended.pid, 0.1, [], str(ready)) == "stopped" and ready.exists()
