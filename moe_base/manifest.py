@@ -195,17 +195,18 @@ def _field_problem(m: dict[str, Any]) -> str | None:
     return None
 
 
-def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:
-    """The file on disk is the one the manifest describes (size and sha256)."""
+def check_artifact_file(artifact: str | Path, manifest: dict[str, Any], data: bytes | None = None) -> None:
+    """The file on disk is the one the manifest describes (size and sha256); with ``data`` (the file's contents, read
+    once by the caller, who then uses those bytes), ``data`` is."""
     path = Path(artifact)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist")
     want = manifest["artifact"]
-    size = path.stat().st_size
+    size = path.stat().st_size if data is None else len(data)
     if size != want["bytes"]:
         raise ArtifactError(f"{path} is {size} bytes but its manifest says {want['bytes']}: the file is truncated "
                             f"or was replaced; {remake(path)}")
-    got = sha256_file(path)
+    got = sha256_file(path) if data is None else sha256_bytes(data)
     if got != want["sha256"]:
         raise ArtifactMismatchError(f"{path} does not match its manifest: sha256 on disk {got[:16]}..., manifest "
                                     f"{want['sha256'][:16]}...; {remake(path)} (or fix the manifest if you edited the "
@@ -214,19 +215,38 @@ def check_artifact_file(artifact: str | Path, manifest: dict[str, Any]) -> None:
 
 def read_checked(artifact: str | Path, kind: str | None = None, settle_s: float = 0.5,
                  other_kind_hint: str | None = None) -> dict[str, Any]:
-    """:func:`read_manifest` and :func:`check_artifact_file` together, for loading an artifact: a file and a manifest
-    that do not match are read once more after ``settle_s`` seconds, since an export writing the same path puts the
-    model and then its manifest in place (two atomic writes, a moment apart); a real mismatch is raised."""
+    """:func:`read_manifest` and :func:`check_artifact_file` together, for an artifact that is checked and not loaded
+    here (:func:`read_checked_data` for one that is loaded): a file and a manifest that do not match are read once
+    more after ``settle_s`` seconds, since an export writing the same path puts the model and then its manifest in
+    place (two atomic writes, a moment apart); a real mismatch is raised."""
+    return _read_checked(artifact, kind, settle_s, other_kind_hint, with_data=False)[0]
+
+
+def read_checked_data(artifact: str | Path, kind: str | None = None,
+                      settle_s: float = 0.5) -> tuple[dict[str, Any], bytes]:
+    """:func:`read_checked` for loading an artifact: its manifest and its contents, read once and checked against the
+    manifest. Checking the file and then reading it again to load it could load another export's model (written in
+    between) under this manifest, and its self-check then failed with 're-export it'."""
+    manifest, data = _read_checked(artifact, kind, settle_s, None, with_data=True)
+    assert data is not None
+    return manifest, data
+
+
+def _read_checked(artifact: str | Path, kind: str | None, settle_s: float, other_kind_hint: str | None,
+                  with_data: bool) -> tuple[dict[str, Any], bytes | None]:
     import time
 
-    manifest = read_manifest(artifact, kind=kind, other_kind_hint=other_kind_hint)
+    def attempt() -> tuple[dict[str, Any], bytes | None]:
+        manifest = read_manifest(artifact, kind=kind, other_kind_hint=other_kind_hint)
+        data = Path(artifact).read_bytes() if with_data and Path(artifact).is_file() else None
+        check_artifact_file(artifact, manifest, data)
+        return manifest, data
+
     try:
-        check_artifact_file(artifact, manifest)
+        return attempt()
     except ArtifactError:
         time.sleep(settle_s)
-        manifest = read_manifest(artifact, kind=kind, other_kind_hint=other_kind_hint)
-        check_artifact_file(artifact, manifest)
-    return manifest
+        return attempt()
 
 
 def check_equal(what: str, artifact_value: Any, env_value: Any, hint: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from moe_base.contract import tile_shape
 from moe_base.errors import ArtifactError, InputError, MissingBackendError, signals_held
 from moe_base.machine import too_many_threads
-from moe_base.manifest import read_checked
+from moe_base.manifest import read_checked_data
 from moe_base.optional import require
 
 from .base import BaseRunner, made_from
@@ -85,9 +85,11 @@ class OrtRunner(BaseRunner):
                                 f"{self.model_path / 'moe_denoiser.portable.onnx'}, what 'moe-denoise export' writes)")
         if not self.model_path.is_file():
             raise ArtifactError(f"ONNX model {self.model_path} does not exist; create it with 'moe-denoise export'")
-        if self.check_manifest:
-            self.manifest = read_checked(self.model_path, kind="onnx")
+        if self.check_manifest:  # the bytes checked are the bytes loaded: an export may replace the file meanwhile
+            self.manifest, data = read_checked_data(self.model_path, kind="onnx")
             self.precision = self.manifest.get("precision", self.precision)
+        else:
+            data = self.model_path.read_bytes()
         wanted = PROVIDERS[self.provider]
         have = ort.get_available_providers()
         if wanted not in have:
@@ -98,7 +100,10 @@ class OrtRunner(BaseRunner):
         so = session_options(ort, self.threads, self.opt_level)
         onnx = require("onnx", "loading ONNX models")
         try:
-            proto = onnx.load(str(self.model_path))
+            proto = onnx.load_model_from_string(data)
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(proto, str(self.model_path.parent))  # none in ours; another tool's may have
         except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
             raise ArtifactError(f"{self.model_path} is not a readable ONNX model ({e}); re-export it") from e
         self._check_io(proto)

@@ -23,7 +23,7 @@ import numpy as np
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import ArtifactError, InputError, NoGPUError, PluginMissingError
 from moe_base.machine import cuda_device
-from moe_base.manifest import check_equal, read_checked
+from moe_base.manifest import check_equal, read_checked_data
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 
@@ -66,8 +66,9 @@ class TensorRTRunner(BaseRunner):
         if not self.engine_path.is_file():
             raise ArtifactError(f"TensorRT engine {self.engine_path} does not exist; build one with "
                                 f"'moe-denoise build --onnx MODEL.onnx'")
-        if self.check_manifest:
-            self.manifest = read_checked(self.engine_path, kind="trt-engine")  # truncated / replaced files stop here
+        data = None
+        if self.check_manifest:  # truncated / replaced files stop here; the bytes checked are the bytes loaded
+            self.manifest, data = read_checked_data(self.engine_path, kind="trt-engine")
             self.precision = self.manifest.get("precision", self.precision)
         torch = require("torch", "the TensorRT backend (device buffers)")
         if not torch.cuda.is_available():  # said first, as build says it: installing TensorRT would not help here
@@ -88,7 +89,8 @@ class TensorRTRunner(BaseRunner):
         torch.cuda.set_device(self.device)
         logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(logger, "")
-        data = self.engine_path.read_bytes()
+        if data is None:
+            data = self.engine_path.read_bytes()
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(data)
         if self.engine is None:
             plugin = (self.manifest or {}).get("plugin")

@@ -152,6 +152,49 @@ def test_ort_runner_refuses_bad_artifacts(tmp_path, random_weights):
     assert m["artifact"]["bytes"] == len(data)
 
 
+def test_a_model_replaced_while_its_runner_checks_it_is_not_loaded_under_the_old_manifest(tmp_path, random_weights,
+                                                                                          monkeypatch):
+    """The ORT runner checked the file against its manifest, then read it again to load it: an export that replaced
+    the model in between had it loaded under the old manifest, and its self-check refused it ('re-export it'). The
+    bytes checked are now the bytes loaded."""
+    import os
+    import shutil
+
+    import torch
+
+    import moe_base.manifest as mm
+    from export.onnx_export import ExportOptions
+    from export.pipeline import export_onnx
+    from moe_model import SmallViT
+    from moe_model.checkpoint import load_model
+
+    torch.manual_seed(1)
+    models = {"a": load_model(random_weights), "b": SmallViT("seed").eval()}
+    for name, model in models.items():
+        export_onnx(model, tmp_path / f"{name}.onnx", ExportOptions(), parity_images=2, log=lambda s: None)
+    target = tmp_path / "m.onnx"
+    shutil.copy(tmp_path / "a.onnx", target)
+    shutil.copy(manifest_path(tmp_path / "a.onnx"), manifest_path(target))
+    real, replaced = mm.check_artifact_file, []
+
+    def then_an_export_replaces_it(*args, **kwargs):
+        real(*args, **kwargs)
+        if not replaced:  # as an export does: the model, then its manifest, each renamed into place
+            replaced.append(True)
+            for source, dest in ((tmp_path / "b.onnx", target), (manifest_path(tmp_path / "b.onnx"), manifest_path(target))):
+                shutil.copy(source, tmp_path / "staged")
+                os.replace(tmp_path / "staged", dest)
+
+    monkeypatch.setattr(mm, "check_artifact_file", then_an_export_replaces_it)
+    with OrtRunner(target) as r:
+        got = r(GOOD)
+    assert replaced
+    monkeypatch.setattr(mm, "check_artifact_file", real)
+    with OrtRunner(tmp_path / "a.onnx") as a, OrtRunner(tmp_path / "b.onnx") as b:
+        np.testing.assert_array_equal(got, a(GOOD))  # the model that was checked
+        assert np.abs(a(GOOD) - b(GOOD)).max() > 1e-3  # and the two models differ
+
+
 def test_torch_runner(random_weights):
     from runtime.torch_runner import TorchRunner
 
