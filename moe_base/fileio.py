@@ -70,7 +70,7 @@ def _pid_stem(name: str, suffix: str) -> str:
     return _temporary_stem(name, 2 + _PID_DIGITS + 1 + 8 + len(suffix))
 
 
-def _new_temporary(parent: Path, prefix: str, suffix: str, folder: bool = False) -> tuple[Path, int | None]:
+def new_temporary(parent: Path, prefix: str, suffix: str, folder: bool = False) -> tuple[Path, int | None]:
     """A new file (with its open descriptor) or folder (descriptor None) in ``parent``, named ``prefix`` + random
     letters + ``suffix``, with the usual permissions: 0666 / 0777 less the umask, which the kernel applies.
     (mkstemp makes 0600, which needed a chmod to the umask, and reading the umask means setting it for a moment:
@@ -123,7 +123,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        tmp, fd = _new_temporary(path.parent, f".{_pid_stem(path.name, '.tmp')}.{os.getpid()}.", ".tmp")
+        tmp, fd = new_temporary(path.parent, f".{_pid_stem(path.name, '.tmp')}.{os.getpid()}.", ".tmp")
     except OSError as e:
         raise cannot_write(path, e) from e
     try:
@@ -216,7 +216,7 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
             raise cannot_write(target, e) from e
     if staging is None:  # a mount point, or a folder whose parent takes no new folder
         try:
-            staging = _new_temporary(target, f".{STAGING_NAME}.{os.getpid()}.", ".staging", folder=True)[0]
+            staging = new_temporary(target, f".{STAGING_NAME}.{os.getpid()}.", ".staging", folder=True)[0]
         except OSError as e:
             raise InputError(f"cannot write to the folder '{target}' ({e.strerror or e}); choose a folder you can "
                              f"write to") from e
@@ -237,7 +237,7 @@ def _new_staging_beside(target: Path) -> Path:
 def _new_own_folder(target: Path, suffix: str) -> Path:
     """A new folder beside ``target`` named after it and this process, ``.NAME.PID.RANDOM`` + ``suffix``: the name
     :func:`remove_stale_temporaries` finds when this process is gone."""
-    return _new_temporary(target.parent, f".{_pid_stem(target.name, suffix)}.{os.getpid()}.", suffix, folder=True)[0]
+    return new_temporary(target.parent, f".{_pid_stem(target.name, suffix)}.{os.getpid()}.", suffix, folder=True)[0]
 
 
 @contextlib.contextmanager
@@ -420,6 +420,7 @@ def remove_if_empty(folder: str | os.PathLike[str], top: Path | None) -> None:
 
 
 LOCK_NAME = ".lock"
+LOCK_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @contextlib.contextmanager
@@ -437,11 +438,20 @@ def folder_lock(folder: str | os.PathLike[str], what: str, option: str) -> Itera
         yield lock
         return
     for _ in range(5):
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # not through a link: one planted there (a run folder from elsewhere) had its target overwritten
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | LOCK_FLAGS, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise InputError(f"{lock} is a symbolic link, not this tool's lock file; remove it (nothing else "
+                                 f"uses it), then run again") from e
             raise InputError(f"cannot take the lock {lock} ({e.strerror or e}); is another {what} writing {folder}? "
                              f"Choose another {option}") from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # its process id is written into it below
+            os.close(fd)
+            kind = "a second name of another file (a hard link)" if stat.S_ISREG(st.st_mode) else "not a plain file"
+            raise InputError(f"{lock} is {kind}, not this tool's lock file; remove it (nothing else uses it), then "
+                             f"run again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -492,7 +502,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     for _ in range(100):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | LOCK_FLAGS, 0o644)  # a planted link: unlocked, as below
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the writer before (Ctrl-C still stops the wait)
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # removed by its last holder meanwhile: take the new
         except FileNotFoundError:
@@ -642,7 +652,7 @@ def check_folder_takes_files(folder: str | Path, name: str = "moe-denoise") -> N
     try:
         if not there.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(there))
-        probe, fd = _new_temporary(there, f".{_temporary_stem(name, 16)}.", ".probe")  # '.' + '.' + 8 + '.probe'
+        probe, fd = new_temporary(there, f".{_temporary_stem(name, 16)}.", ".probe")  # '.' + '.' + 8 + '.probe'
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

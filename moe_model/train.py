@@ -24,7 +24,7 @@ import torch
 
 from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError, TrainingError, signals_held
-from moe_base.fileio import first_missing, folder_lock, remove_if_empty
+from moe_base.fileio import first_missing, folder_lock, new_temporary, remove_if_empty
 from moe_base.progress import Progress
 
 from .checkpoint import (
@@ -194,7 +194,8 @@ def existing_run(out: Path, resume: bool, overwrite: bool) -> list[str]:
     # the run an --overwrite moved aside is stranded until the new run's training state exists (its best weights
     # come first: a kill between the two left them, and the next --overwrite deleted the old run)
     saved = (out / "last.pt").exists()
-    stranded = sorted(p.name for p in aside.iterdir()) if aside.is_dir() and not saved else []
+    ours = aside.is_dir() and not aside.is_symlink()  # a link there (not made by train) is removed, not followed
+    stranded = sorted(p.name for p in aside.iterdir()) if ours and not saved else []
     if stranded:  # a run killed (SIGKILL, out of memory) before it put them back: the next --overwrite deleted them
         partial = [n for n in existing if n != "last.pt"]
         beside = f" (the {', '.join(partial)} in {out} are that run's, without its state)" if partial else ""
@@ -235,6 +236,8 @@ def replacing(out: Path, names: list[str], state_path: Path) -> Iterator[None]:
         yield
         return
     aside = out / REPLACED
+    if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
+        aside.unlink()  # not train's (it makes a folder): a link is removed, never followed
     shutil.rmtree(aside, ignore_errors=True)
     aside.mkdir()
     for name in names:
@@ -520,8 +523,8 @@ def check_writable_folder(folder: Path) -> None:
     """Create ``folder`` if needed and make sure a file can be written there, before any work is done."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".moe-denoise-write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
+        probe, fd = new_temporary(folder, ".moe-denoise-write-probe-", "")  # a new file: never through a link
+        os.close(fd)  # type: ignore[arg-type]
         probe.unlink()
     except OSError as e:
         if folder.exists() and not folder.is_dir():

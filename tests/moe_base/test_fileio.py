@@ -352,14 +352,14 @@ def test_a_link_written_through_is_checked_in_its_targets_folder_before_the_work
     (tmp_path / "ro" / "out.png").write_bytes(b"old")
     link = tmp_path / "rw" / "link.png"
     link.symlink_to(tmp_path / "ro" / "out.png")
-    real = fileio._new_temporary
+    real = fileio.new_temporary
 
     def no_new_files_in_ro(folder, prefix, suffix):
         if Path(folder) == tmp_path / "ro":
             raise PermissionError(13, "Permission denied", str(folder))
         return real(folder, prefix, suffix)
 
-    monkeypatch.setattr(fileio, "_new_temporary", no_new_files_in_ro)  # root writes anywhere: the folder is told so
+    monkeypatch.setattr(fileio, "new_temporary", no_new_files_in_ro)  # root writes anywhere: the folder is told so
     with pytest.raises(InputError, match=r"cannot write to the folder '.*ro'"):
         fileio.check_output_file(link, overwrite=True)
 
@@ -698,3 +698,52 @@ def test_reliability_two_runs_publishing_into_one_folder(tmp_path, monkeypatch):
     a.join()
     assert len({(out / name).read_text() for name in ("results.json", "results.md")}) == 1
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".staging-")) == ["results"]
+
+
+def test_reliability_links_planted_in_an_output_folder(tmp_path):
+    """An output folder from elsewhere (a run folder sent as a tarball) holding a '.lock' link to another file, a
+    hard link, or the write probe's name as a link: train wrote its process id over the file linked (exit 2, the
+    link gone, nothing to show what happened), export's lock made the file a link named, and train --overwrite ended
+    in a FileExistsError traceback on a '.replaced' link (or called the linked folder's files a stranded run) =>
+    a .lock that is a link or a hard link is refused naming it (remove it); the other locks and the write probe never
+    go through a link; a '.replaced' link is removed, not followed; the files linked are unchanged"""
+    from moe_base.fileio import _temporary_stem, folder_lock, writer_lock
+    from moe_model.train import REPLACED, check_writable_folder, existing_run, replacing
+
+    victim = tmp_path / "victim" / "notes.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(victim)
+    with pytest.raises(InputError, match=r"\.lock is a symbolic link, not this tool's lock file; remove it"):
+        with folder_lock(run, "training run", "--out-dir"):
+            pass
+    (run / ".lock").unlink()
+    os.link(victim, run / ".lock")
+    with pytest.raises(InputError, match=r"\.lock is a second name of another file \(a hard link\)"):
+        with folder_lock(run, "training run", "--out-dir"):
+            pass
+    (run / ".lock").unlink()
+
+    created = tmp_path / "victim" / "created"
+    target = run / "m.onnx"
+    (run / f".{_temporary_stem(target.name, 7)}.lock").symlink_to(created)
+    with writer_lock(target):
+        target.write_bytes(b"model")
+    assert not created.exists() and target.read_bytes() == b"model"
+
+    (run / f".moe-denoise-write-probe-{os.getpid()}").symlink_to(victim)
+    check_writable_folder(run)
+
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "best.json").write_text("{}")
+    (run / "best.json").write_text("{}")
+    (run / REPLACED).symlink_to(other)
+    assert existing_run(run, resume=False, overwrite=True) == ["best.json"]  # not 'a stranded run' of other's files
+    with replacing(run, ["best.json"], run / "last.pt"):
+        assert (run / REPLACED).is_dir() and not (run / REPLACED).is_symlink()
+        assert (run / REPLACED / "best.json").exists()
+    assert sorted(p.name for p in other.iterdir()) == ["best.json"]
+    assert victim.read_text() == "precious"

@@ -302,7 +302,7 @@ def test_an_output_folder_that_takes_no_files_is_refused_when_planned(tmp_path: 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(fileio, "_new_temporary", read_only)
+    monkeypatch.setattr(fileio, "new_temporary", read_only)
     with pytest.raises(InputError, match=r"cannot write to the folder '.*ro' \(Read-only file system\)"):
         plan_batch([a], tmp_path / "ro")
     with pytest.raises(InputError, match=r"cannot write to the folder '.*new' \(Read-only file system, since '.*' "
