@@ -155,6 +155,16 @@ def path_error_message(e: BaseException, named: bool = True) -> str | None:
     return None
 
 
+def json_problem(e: ValueError | RecursionError) -> str:
+    """Why a JSON text could not be read, in words: a RecursionError (nested thousands deep) and the ValueError of a
+    number of thousands of digits (whose advice to call sys.set_int_max_str_digits is no user's) said plainly."""
+    if isinstance(e, RecursionError):
+        return "it is nested too deeply to be read"
+    if "integer string conversion" in str(e):
+        return "it holds a number of thousands of digits"
+    return str(e)
+
+
 def repeated(items: Iterable[Hashable]) -> list:
     """The items given more than once, sorted: for a refusal that names them (a batch size, a label, a photo)."""
     return sorted(item for item, n in Counter(items).items() if n > 1)

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ArtifactMismatchError, InputError, signals_held
+from .errors import ArtifactError, ArtifactMismatchError, InputError, json_problem, signals_held
 from .fileio import atomic_write, atomic_write_json, sha256_file, writer_lock
 
 SCHEMA = "moe-denoise/manifest/1"
@@ -142,8 +142,9 @@ def read_manifest(artifact: str | Path, required: bool = True, kind: str | None 
         return None
     try:
         m = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"manifest {mpath} is unreadable: {e}; {remake(artifact)}") from e
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or a number of 5,000 digits
+        reason = e if isinstance(e, OSError) else json_problem(e)
+        raise ArtifactError(f"manifest {mpath} is unreadable: {reason}; {remake(artifact)}") from e
     if not isinstance(m, dict):
         raise ArtifactError(f"manifest {mpath} holds a JSON {type(m).__name__}, not an object; {remake(artifact)}")
     if m.get("schema") != SCHEMA:

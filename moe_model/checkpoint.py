@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from moe_base.config import PRESETS, ModelConfig, get_preset
-from moe_base.errors import CheckpointError, InputError, path_error_message, signals_held
+from moe_base.errors import CheckpointError, InputError, json_problem, path_error_message, signals_held
 from moe_base.fileio import atomic_write, atomic_write_json, sha256_file
 from moe_base.manifest import ENGINE_SUFFIXES, read_manifest
 
@@ -157,8 +157,8 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
         if not side.is_file():
             return None
         data = json.loads(side.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"sidecar {side} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # ValueError: not JSON, or a number of 5,000 digits
+        raise CheckpointError(f"sidecar {side} is not valid JSON: {json_problem(e)}") from e
     except OSError as e:  # no read permission: a traceback before
         raise CheckpointError(f"sidecar {side} cannot be read ({e.strerror or e}); make it readable") from None
     # a list, text or number (hand-edited, or another file under that name) ended in an AttributeError traceback

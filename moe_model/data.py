@@ -7,11 +7,12 @@ final reporting, never to choose a checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,21 +43,39 @@ class _BatchUnpickler(pickle.Unpickler):
     ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype")}
 
+    def __init__(self, f: Any, limit: int, **kwargs: Any) -> None:
+        super().__init__(f, **kwargs)
+        self.limit = limit  # the file's size: a real batch's pixels are in it
+
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds "
                                          f"(a pickle that names code can run it: refused)")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if name != "_reconstruct":
+            return found
+
+        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:  # an array's room, filled from the file next
+            size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+            if size > self.limit:  # a 78-byte file asked for 5.8 GiB of memory, with no pixels to fill it
+                raise pickle.UnpicklingError(f"it declares an array of {size:,} bytes, more than the file's "
+                                             f"{self.limit:,} bytes can fill")
+            return found(subtype, shape, dtype)
+
+        return reconstruct
 
 
 def _read_batch(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
-            d = _BatchUnpickler(f, encoding="bytes").load()
+            d = _BatchUnpickler(f, os.fstat(f.fileno()).st_size, encoding="bytes").load()
     except ImportError as e:  # arrays pickled by NumPy 2 name numpy._core, which NumPy before 1.26.1 lacks: a traceback
         raise DatasetError(f"could not read CIFAR-10 batch {path}: {e} (it was saved by a newer NumPy than this one, "
                            f"{np.__version__}): upgrade NumPy (pip install 'numpy>=1.26.1'), or use the batches as "
                            f"downloaded. {_where_to_get()}") from e
+    except MemoryError as e:  # a length in the file far beyond the file (bytes of 2**40): a traceback before
+        raise DatasetError(f"could not read CIFAR-10 batch {path}: it declares more data than this machine's memory "
+                           f"(the file is damaged, or not a batch). {_where_to_get()}") from e
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DatasetError(f"could not read CIFAR-10 batch {path}: {e}. Expected a pickled dict with "
                            f"b'data' (N x 3072 uint8). {_where_to_get()}") from e

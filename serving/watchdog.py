@@ -81,7 +81,7 @@ def remove_ready(path: str | None, parent: int) -> bool:
         if isinstance(written, dict) and written.get("pid") == parent and "urls" in written:
             os.unlink(path)
             return True
-    except (OSError, ValueError):  # not there (serve was killed before it was ready), or not a ready file
+    except (OSError, ValueError, RecursionError):  # not there (serve was killed before it was ready), or not a ready file
         pass
     return False
 

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import torch
 
-from moe_base.errors import AOTError, InputError
+from moe_base.errors import AOTError, InputError, json_problem
 
 from .triton_kernel import (
     KERNEL_EXTRAS,
@@ -162,8 +162,8 @@ class AOTArtifact:
         """Parse and verify (schema version, fields, hash); AOTError says what is wrong."""
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise AOTError(f"AOT artifact is not valid JSON ({e}); rebuild it with build_aot_artifact") from e
+        except (ValueError, RecursionError) as e:  # not JSON, a number of 5,000 digits, or nested too deeply
+            raise AOTError(f"AOT artifact is not valid JSON ({json_problem(e)}); rebuild it with build_aot_artifact") from e
         if not isinstance(d, dict):
             raise AOTError(f"AOT artifact JSON must be an object, got {type(d).__name__}")
         if d.get("schema_version") != SCHEMA_VERSION:

@@ -94,7 +94,7 @@ def clear_ready_file(path: Path) -> None:
         return
     try:
         ours = {"urls", "runner", "config"} <= set(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):
         ours = False
     if not ours:
         raise InputError(f"--ready-file {path} exists and is not a ready file of 'moe-denoise serve'; choose a new "

@@ -193,3 +193,31 @@ def test_a_batch_saved_by_a_newer_numpy_than_this_one_is_said_as_such(tmp_path, 
     monkeypatch.setitem(sys.modules, "numpy._core.multiarray", None)
     with pytest.raises(DatasetError, match=r"saved by a newer NumPy than this one, .*pip install 'numpy>=1.26.1'"):
         _read_batch(path)
+
+
+def test_reliability_a_batch_file_that_declares_far_more_than_it_holds(tmp_path):
+    """A CIFAR-10 batch of 101 bytes that declares a (2000000, 3072) array (an array's room, which NumPy's
+    unpickling makes before filling it from the file), or a string of 2**40 bytes: train and evaluate asked for
+    5.8 GiB (or a TiB) and ended in a MemoryError traceback, exit 1 (where memory sufficed, train ran on
+    uninitialised memory) => refused before the allocation (the array's size and the file's named), or said to
+    declare more than memory holds; a real batch still reads"""
+    import resource
+
+    from moe_model.data import _read_batch
+
+    class Room:  # what a hostile file can say with the names the reader admits
+        def __reduce__(self):
+            return np.core.multiarray._reconstruct, (np.ndarray, (2000000, 3072), b"B")
+
+    big = tmp_path / "data_batch_1"
+    big.write_bytes(pickle.dumps({b"data": Room()}, protocol=4))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DatasetError, match=r"declares an array of 6,144,000,000 bytes, more than the file's 1\d\d "
+                                           r"bytes can fill"):
+        _read_batch(big)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing of the 5.8 GiB
+    big.write_bytes(b"\x80\x04\x8e" + (2**40).to_bytes(8, "little") + b"x")  # BINBYTES8 of 2**40 bytes
+    with pytest.raises(DatasetError, match="declares more data than this machine's memory"):
+        _read_batch(big)
+    big.write_bytes(pickle.dumps({b"data": np.full((3, 3072), 7, np.uint8)}, protocol=4))
+    assert _read_batch(big).shape == (3, 3, 32, 32) and int(_read_batch(big).max()) == 7

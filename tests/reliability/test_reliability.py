@@ -737,3 +737,29 @@ def test_reliability_an_impossible_noise_level(capsys, photo, tmp_path, sigma, m
         cli(capsys, command, photo, "-o", out, "--sigma", sigma)
     err = capsys.readouterr().err
     assert refused.value.code == 2 and "argument --sigma: " in err and message in err and not out.exists()
+
+
+@pytest.mark.parametrize("text, said", [("[" * 200000 + "]" * 200000, "it is nested too deeply to be read"),
+                                        ('{"sha256": ' + "1" * 5000 + "}", "it holds a number of thousands of digits"),
+                                        (b"\xff\xfe{}", "'utf-8' codec can't decode byte 0xff")])
+def test_reliability_hostile_json_beside_weights_or_a_model(capsys, tmp_path, random_weights, text, said):
+    """A weights sidecar (X.json) or a model's manifest nested 200,000 deep, holding a number of 5,000 digits, or
+    not UTF-8: denoise, parity and triton-repo ended in a RecursionError or ValueError traceback (exit 1; the
+    ValueError's advice was to call sys.set_int_max_str_digits) => refused (exit 2) naming the file and what is
+    wrong with it"""
+    from PIL import Image
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(random_weights, weights)
+    sidecar = tmp_path / "w.json"
+    sidecar.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, out, err = cli(capsys, "denoise", photo, "-o", tmp_path / "o.png", "--weights", weights)
+    assert code == 2 and f"sidecar {sidecar} is not valid JSON: {said}" in err and "Traceback" not in err
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model")
+    (tmp_path / "m.onnx.manifest.json").write_bytes(sidecar.read_bytes())
+    code, out, err = cli(capsys, "triton-repo", "--onnx", model, "-o", tmp_path / "repo")
+    assert code == 2 and f"m.onnx.manifest.json is unreadable: {said}" in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "repo").exists()
