@@ -496,6 +496,7 @@ def _netpbm_maxval(p: Path) -> int:
 def _read_header(p: Path, im: Any) -> ImageHeader:
     """The layout, bit depth and size the file will decode to; refused modes raise here, before decoding."""
     fmt, mode = im.format or "?", im.mode
+    orientation = _header_orientation(p, im)  # first: a palette's getpalette() loads a TIFF, which drops its tag
     maxval = _netpbm_maxval(p) if fmt == "PPM" else 255
     if maxval > 255:  # Pillow cut a 16-bit PPM to 8 bits, and took a PGM for 32-bit
         raise InputError(f"'{p}' is a 16-bit Netpbm file (maxval {maxval}), which Pillow does not read "
@@ -556,7 +557,7 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         # by its EXIF orientation already, which upright_size then turned a second time
     return ImageHeader(path=str(p.resolve()), format=fmt, mode=mode, layout=layout, bit_depth=bits,
                        width=width, height=height, decoder=decoder, core_bytes_per_pixel=core, notes=tuple(notes),
-                       orientation=_header_orientation(p, im), colour_key=colour_key, frames=frames)
+                       orientation=orientation, colour_key=colour_key, frames=frames)
 
 
 def _header_orientation(p: Path, im: Any) -> int:
@@ -598,14 +599,27 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         data = _read_png16(p, header)
     elif header.decoder == "tifffile":
         data = _read_tiff16(p, header)
+    elif header.format == "TIFF" and header.orientation in (5, 6, 7, 8):
+        # Pillow maps an uncompressed one-strip TIFF (L, P, RGBA, CMYK, I;16) into memory at its upright size, which
+        # scrambled one turned by its EXIF orientation (a 96x128 photo came out 128x96 in streaks, exit 0); read
+        # from a file object, Pillow decodes it as stored, then turns it (as it turns every TIFF it loads)
+        with open(p, "rb") as f, _pil().open(f) as again:
+            data = _read_pillow(again, header)
     else:
         data = _read_pillow(im, header)
+    pillow_turned = header.format == "TIFF" and header.decoder == "pillow"  # upright already (Pillow's TIFF load)
+    stored = (header.height, header.width)
+    if data.shape[:2] != (stored[::-1] if pillow_turned and header.orientation in (5, 6, 7, 8) else stored):
+        raise InputError(f"'{p}' decodes to {data.shape[1]}x{data.shape[0]}, not the {header.width}x{header.height} "
+                         f"its header declares (EXIF orientation {header.orientation}); is it corrupt? Convert it to "
+                         f"PNG with another program")
     if header.colour_key is not None:  # opaque where a pixel differs from the key, transparent where it is the key
         alpha = np.any(data != np.asarray(header.colour_key, dtype=data.dtype), axis=2, keepdims=True)
         data = np.concatenate([data, alpha.astype(data.dtype) * np.iinfo(data.dtype).max], axis=2)
     notes = list(header.notes)
     exif = im.getexif()  # after the pixels: a PNG may keep its EXIF after them
-    orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
+    orientation = header.orientation if pillow_turned else int(exif.get(_ORIENTATION_TAG, 1) or 1)  # (Pillow took
+    # a TIFF's tag out as it turned it: its 'turned upright' note was missing)
     if orientation not in range(1, 9):
         notes.append(f"invalid EXIF orientation {orientation} ignored")
         orientation = 1
@@ -625,7 +639,7 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     xmp, text, left_out = _text_metadata(p, im, fmt)
     notes += left_out
     im.close()  # release Pillow's decoded image before the upright copy
-    data = apply_orientation(data, orientation)
+    data = data if pillow_turned else apply_orientation(data, orientation)
     info = ImageInfo(
         path=header.path, format=fmt, mode=header.mode, bit_depth=header.bit_depth, layout=header.layout,
         width=data.shape[1], height=data.shape[0], orientation=orientation, icc_profile=icc, exif=exif_bytes,

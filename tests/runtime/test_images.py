@@ -1126,3 +1126,31 @@ def test_text_metadata_past_the_limit_is_left_out_with_a_note(tmp_path: Path) ->
            f"({len(big):,} bytes)" in info.notes
     write_image(tmp_path / "out.png", image, info)
     assert png_text_chunks(tmp_path / "out.png") == [(b"tEXt", b"Author\0Jane Doe"), (b"tEXt", b"Title\0Moon")]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16", "LA", "RGB"])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_reliability_turned_tiffs_of_every_mode(tmp_path: Path, mode: str, compression: str | None) -> None:
+    """An uncompressed gray, RGBA, CMYK, palette or 16-bit gray TIFF with EXIF orientation 5 to 8 (Pillow maps it
+    into memory at its upright size) came out scrambled, in streaks at the stored size, exit 0 and no note (a
+    palette TIFF lost its orientation while its header was read); no TIFF got the 'turned upright' note => every
+    mode, compressed or not, reads as its stored pixels turned upright, with the note and its orientation"""
+    from runtime.images import apply_orientation
+
+    pixels = rng_u8((24, 36, 3), seed=3)
+    source = {"L": Image.fromarray(pixels[..., 0]), "RGB": Image.fromarray(pixels),
+              "RGBA": Image.fromarray(np.dstack([pixels, pixels[..., :1]])),
+              "CMYK": Image.fromarray(pixels).convert("CMYK"), "P": Image.fromarray(pixels).quantize(32),
+              "I;16": Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).convert("I;16"),
+              "LA": Image.fromarray(pixels[..., :2], "LA")}[mode]
+    options = {"compression": compression} if compression else {}
+    source.save(tmp_path / "stored.tif", **options)
+    stored, _ = read_pixels(tmp_path / "stored.tif")
+    assert stored.shape[:2] == (24, 36)
+    for orientation in (2, 5, 6, 7, 8):
+        source.save(tmp_path / "turned.tif", tiffinfo={274: orientation}, **options)
+        data, info = read_pixels(tmp_path / "turned.tif")
+        np.testing.assert_array_equal(data, apply_orientation(stored, orientation))
+        assert info.orientation == orientation and (info.width, info.height) == (data.shape[1], data.shape[0])
+        assert any(f"turned upright by its EXIF orientation ({orientation}" in note for note in info.notes)
+        assert images.read_header(tmp_path / "turned.tif").upright_size == (data.shape[1], data.shape[0])
