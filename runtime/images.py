@@ -356,6 +356,20 @@ def _own_pixel_limit(Image: Any):  # -> Iterator[None]
 # --------------------------------------------------------------------------------------------- reading
 
 
+_ICONS = {b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x02\x00": "CUR", b"icns": "ICNS"}
+
+
+def _refuse_icons(p: Path) -> None:
+    """InputError for an icon file (by its first bytes, whatever its name): pictures of several sizes for a program,
+    not a photo, and Pillow decodes an embedded PNG of any size as it opens one (ICO), or one larger than its entry
+    says (ICNS), before a header can be checked: 3.5 MB of icon took 3.6 GB, past --max-pixels."""
+    with open(p, "rb") as f:
+        kind = _ICONS.get(f.read(4))
+    if kind:
+        raise InputError(f"'{p}' is an icon file ({kind}: a program's icon at several sizes), not a photo; save the "
+                         f"picture you want from it as PNG and give that instead")
+
+
 def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
     """Read an image file into an upright float32 HxWxC array in [0, 1] and its :class:`ImageInfo`.
 
@@ -404,6 +418,7 @@ def read_pixels(
                          f"replace it with the photo")
     Image = _pil()
     try:
+        _refuse_icons(p)
         with _own_pixel_limit(Image), Image.open(p) as im:
             header = _read_header(p, im)
             check_size(header, max_pixels)

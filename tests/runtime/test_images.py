@@ -1154,3 +1154,23 @@ def test_reliability_turned_tiffs_of_every_mode(tmp_path: Path, mode: str, compr
         assert info.orientation == orientation and (info.width, info.height) == (data.shape[1], data.shape[0])
         assert any(f"turned upright by its EXIF orientation ({orientation}" in note for note in info.notes)
         assert images.read_header(tmp_path / "turned.tif").upright_size == (data.shape[1], data.shape[0])
+
+
+@pytest.mark.parametrize("kind", ["ICO", "ICNS"])
+def test_reliability_icon_files_are_refused_before_pillow_opens_them(tmp_path: Path, kind: str, monkeypatch) -> None:
+    """An ICO (also one named .png: Pillow goes by the content) or ICNS holding a tiny, highly compressed PNG of
+    15000x15000 pixels: Pillow decodes it while it opens the file (ICO), or decodes one larger than its entry says
+    (ICNS), with its own bomb check set aside for ours, which reads the header after: 0.9 to 3.7 GB of memory before
+    the --max-pixels refusal (one attached 'photo' can take a machine) => refused by its first bytes, before Pillow
+    opens it, naming the kind and what to do"""
+    Image.fromarray(rng_u8((32, 32, 3))).save(tmp_path / f"icon.{kind.lower()}")
+    disguised = tmp_path / "holiday.png"
+    disguised.write_bytes((tmp_path / f"icon.{kind.lower()}").read_bytes())
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("Pillow was asked to open an icon file")
+
+    monkeypatch.setattr(images._pil(), "open", no_open)
+    with pytest.raises(InputError, match=rf"'{disguised}' is an icon file \({kind}: a program's icon at several "
+                                         r"sizes\), not a photo; save the picture you want from it as PNG"):
+        read_pixels(disguised)
