@@ -253,13 +253,16 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
     else:
         raise CheckpointError(f"weights {path} come without {sidecar_path(path).name}, which names their "
                               f"architecture; {presets_hint(sd)}")
-    model = SmallViT(config, impl=impl)
     try:
-        model.load_state_dict(sd, strict=True)
+        with torch.device("meta"):  # names and shapes first, in no memory: a sidecar's config of dim 40000 (hostile,
+            # or damaged) had 6.5 GB allocated for its model, ending in a traceback, before any tensor was compared
+            SmallViT(config, impl=impl).load_state_dict(sd, strict=True, assign=True)  # assigned: nothing copied
     except RuntimeError as e:  # a sidecar's own architecture was checked above: no sidecar, or a damaged one
         hint = presets_hint(sd)
         lines = str(e).strip().splitlines()  # torch's: a heading, then one line per mismatched tensor
         detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else type(e).__name__
         raise CheckpointError(f"weights {path} do not fit the '{config.name}' architecture ({detail[:200]}); "
                               f"{hint}") from e
+    model = SmallViT(config, impl=impl)
+    model.load_state_dict(sd, strict=True)
     return model.eval()

@@ -113,6 +113,41 @@ def test_a_damaged_sidecar_is_refused_in_words(tmp_path, random_weights, sidecar
             load_model(weights, preset="seed")
 
 
+def test_reliability_a_sidecar_config_far_larger_than_its_tensors(tmp_path, random_weights):
+    """A weights sidecar whose config is dim 40000, ffn_hidden 40000, depth 20 (hostile or damaged; its sha256 still
+    the tensors'): the model was built from it before any tensor was compared, 6.5 GB of memory, then a RuntimeError
+    traceback (exit 1) => refused in words (the tensors do not fit, the presets they fit named), having built nothing
+    but a shape-only (meta) model"""
+    import json
+    import shutil
+
+    from moe_base.errors import CheckpointError
+    from moe_model import checkpoint
+    from moe_model.checkpoint import load_model
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(random_weights, weights)
+    side = json.loads((random_weights.parent / "random.json").read_text())
+    side["config"].update(dim=40000, ffn_hidden=40000, depth=20)
+    (tmp_path / "w.json").write_text(json.dumps(side))
+    built = []
+
+    class Watched(SmallViT):
+        def __init__(self, config, **kwargs):
+            built.append((config.dim, torch.empty(0).device.type))  # the device models are being made on
+            super().__init__(config, **kwargs)
+
+    real = checkpoint.SmallViT
+    checkpoint.SmallViT = Watched
+    try:
+        with pytest.raises(CheckpointError, match=r"w\.safetensors do not fit the 'seed' architecture \(.*their "
+                                                  r"tensors fit the presets seed, residual"):
+            load_model(weights)
+    finally:
+        checkpoint.SmallViT = real
+    assert [device for dim, device in built if dim == 40000] == ["meta"]  # (the presets named are built to compare)
+
+
 def test_a_model_is_refused_when_made_with_an_unknown_impl_or_config():
     """SmallViT(impl='nope') was made and failed at its first forward; SmallViT(123) ended in an AttributeError."""
     from moe_base.errors import InputError
