@@ -342,8 +342,11 @@ def run(args: argparse.Namespace) -> int:
         left_out = [n for n in CPU_BACKENDS if n not in names]
         doc["notes"].append(f"--quick mode: batches {list(settings.batches)}, at most {settings.repeats} rounds, "
                             f"backends left out: {', '.join(left_out) or 'none'}")
+    timed = any(r["status"] == "ok" for r in doc["results"])
+    keep = not timed and (out_dir / "results.json").exists()  # an earlier run's measurements are not replaced by
+    # a run that measured nothing ('bench --gpu' without a GPU replaced results-gpu with one 'unavailable' row)
     try:
-        written = write_results(doc, out_dir, plot=not args.no_plot, log=log)
+        written = [] if keep else write_results(doc, out_dir, plot=not args.no_plot, log=log)
     except KeyboardInterrupt as e:  # held while the files were written: they are whole, say so
         raise Interrupted.said(e, f"{interrupt_reason(e)} while the results were written; they were written whole, "
                                   f"in {out_dir}") from None
@@ -355,18 +358,20 @@ def run(args: argparse.Namespace) -> int:
         from benchmarks.report import markdown_report
 
         print(markdown_report(doc))
-        print("wrote " + ", ".join(str(p) for p in written))
+        if written:
+            print("wrote " + ", ".join(str(p) for p in written))
     if interrupted is not None:
         raise Interrupted.said(interrupted, f"{interrupt_reason(interrupted)}: a partial run; what was timed before "
                                             f"it is in {written[0]} (the rest is marked skipped); rerun the command "
                                             f"to measure every batch size")
-    if not any(r["status"] == "ok" for r in doc["results"]):  # a script must not read an empty table as success
+    if not timed:  # a script must not read an empty table as success
         reasons = "; ".join(f"{b['name']}: {b['reason']}" for b in doc["backends"] if b.get("reason"))
         skipped = {r.get("reason") for r in doc["results"] if r["status"] == "skipped"}
         if not reasons and any("deadline" in (why or "") for why in skipped):  # every backend ready, none timed
             reasons = (f"--deadline {settings.deadline_s:g}s was reached before the first batch size was timed; it counts "
                        f"from the command's start, exports and the parity check included: raise it")
-        log(f"error: no backend was timed ({reasons or 'see the table'})")
+        kept = f"; nothing written: the results already in {out_dir} are as they were" if keep else ""
+        log(f"error: no backend was timed ({reasons or 'see the table'}){kept}")
         return 1
     return 0
 

@@ -131,6 +131,14 @@ def test_bench_checks_its_folders_before_any_work_and_fails_when_nothing_was_tim
     out, err = capsys.readouterr()
     assert code == 1 and "error: no backend was timed (trt-plugin-fp32: no engine given" in err
     assert "trt-plugin-fp32" in out and (tmp_path / "r" / "results.json").is_file()  # the reasons are still written
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    (tmp_path / "r" / "results.json").write_text('{"an earlier run": "with its measurements"}')
+    earlier["results.json"] = (tmp_path / "r" / "results.json").read_bytes()
+    code = main(["bench", "--quick", "--weights", str(random_weights), "--backends", "trt-plugin-fp32",
+                 "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "r"), "--no-plot"])
+    out, err = capsys.readouterr()  # a run that measured nothing replaced them ('bench --gpu' without a GPU)
+    assert code == 1 and f"nothing written: the results already in {tmp_path / 'r'} are as they were" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == earlier and "wrote" not in out
 
 
 def test_reliability_bench_interrupted(capsys, random_weights, tmp_path, monkeypatch, restore_torch_threads):
