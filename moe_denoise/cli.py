@@ -43,8 +43,27 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+class Refused(SystemExit):
+    """argparse's refusal (exit 2), with the parser that refused and its message: under --json, a JSON error document
+    is printed for it too, as for every other refusal (a bad value caught by an option's type gave an empty stdout,
+    the same value caught by the command a document)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(2)
+        self.parser, self.message = parser, message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, refusing with :class:`Refused` (the same usage and message on standard error, exit 2)."""
+
+    def error(self, message: str):  # noqa: ANN201 - argparse's signature (NoReturn)
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise Refused(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moe-denoise",
         description="Adaptive sparse-attention MoE denoiser: train, evaluate, export, run and benchmark.",
     )
@@ -150,6 +169,11 @@ def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()  # imports every command's module: a second or more, where a Ctrl-C printed a traceback
         args = parse_args(parser, argv)
+    except Refused as e:
+        if "--json" in argv and "--json" in e.parser._option_string_actions:  # the command's --json, given
+            with contextlib.suppress(OSError):
+                print_json({"error": e.message, "command": e.parser.prog.split()[-1], "exit_code": 2})
+        raise
     except KeyboardInterrupt:
         if "--debug" in argv:
             traceback.print_exc()
@@ -180,8 +204,10 @@ def _main(argv: list[str] | None) -> int:
         signum = getattr(e, "signum", signal.SIGINT)
         stopped = "interrupted" if signum == signal.SIGINT else stop_reason(e)  # a stop just after the last write
         # read as a failure: files are written whole or not at all, so those it said it wrote are done
-        print(str(e) or f"{stopped} (every file is written whole or not at all: those reported as written are "
-                        f"complete)", file=sys.stderr)
+        message = str(e) or (f"{stopped} (every file is written whole or not at all: those reported as written "
+                             f"are complete)")
+        print(message, file=sys.stderr)
+        _json_error(args, watched, message, 128 + int(signum), interrupted=True)  # as a batch's and bench's own
         return 128 + int(signum)
     except ToolkitError as e:  # the user's to fix: one message; anything else is a bug and keeps its traceback
         return _said(args, watched, str(e), 1 if isinstance(e, ParityError) else 2)
@@ -225,11 +251,18 @@ def _said(args: Any, watched: WatchedOutput | None, message: str, code: int) -> 
     if args.debug:
         traceback.print_exc()
     print(f"moe-denoise {args.command}: error: {message}", file=sys.stderr)
-    printed = (watched is None or watched.wrote) or getattr(args, "printed_json", False)  # serve's own copy
-    if getattr(args, "json", False) and not printed:  # a script reading the
-        with contextlib.suppress(OSError):  # JSON gets one, not an empty stdout (nor a second document)
-            print_json({"error": message, "command": args.command, "exit_code": code})
+    _json_error(args, watched, message, code)
     return code
+
+
+def _json_error(args: Any, watched: WatchedOutput | None, message: str, code: int, interrupted: bool = False) -> None:
+    """Under --json, the JSON error document, when nothing was printed yet: a script reading the JSON gets one, not an
+    empty stdout (nor a second document). ``interrupted``: a stop by Ctrl-C or a signal."""
+    printed = (watched is None or watched.wrote) or getattr(args, "printed_json", False)  # serve's own copy
+    if getattr(args, "json", False) and not printed:
+        with contextlib.suppress(OSError):
+            print_json({"error": message, "command": args.command, "exit_code": code,
+                        **({"interrupted": True} if interrupted else {})})
 
 
 CONTROLS = re.compile(r"(?!^\r)[\x00-\x08\x0b-\x1f\x7f-\x9f]")

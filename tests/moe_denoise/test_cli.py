@@ -1407,3 +1407,39 @@ def test_reliability_stop_after_the_command_ended(tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0 and (tmp_path / "noisy.png").is_file(), done.stderr
     assert str(tmp_path / "noisy.png") in done.stdout
+
+
+def test_reliability_json_for_refusals_of_the_option_parser_and_for_a_stop(capsys, monkeypatch):
+    """--json with a value an option's own type refuses ('--strength nan', a port of 99999) or an unknown option:
+    exit 2 and an empty standard output, where the same kind of value refused by the command ('--strength -1') gave
+    the JSON error document; and a command stopped by Ctrl-C or SIGTERM printed no document (a batch's and bench's
+    own did) => the error document on standard output (for a stop with "interrupted": true and the exit code
+    128 + the signal), the usage and message on standard error as before"""
+    import signal
+
+    import moe_denoise.commands.doctor as doctor
+
+    for argv, said in ((["denoise", "p.png", "-o", "x.png", "--json", "--strength", "nan"],
+                        "argument --strength: expected a number"),
+                       (["doctor", "--json", "--bogus"], "unrecognized arguments: --bogus"),
+                       (["serve", "--json", "--http-port", "99999"], "argument --http-port")):
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        out, err = capsys.readouterr()
+        document = json.loads(out)
+        assert refused.value.code == 2 and document["exit_code"] == 2 and document["command"] == argv[0]
+        assert said in document["error"] and said in err and "usage:" in err
+    with pytest.raises(SystemExit):
+        main(["doctor", "--bogus"])  # without --json: no document
+    assert capsys.readouterr().out == ""
+
+    def stopped(args):
+        error = KeyboardInterrupt()
+        error.signum = signal.SIGTERM
+        raise error
+
+    monkeypatch.setattr(doctor, "run", stopped)
+    assert main(["doctor", "--json"]) == 143
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"command": "doctor", "error": err.strip(), "exit_code": 143, "interrupted": True}
+    assert "stopped" in err or "terminated" in err.lower()
