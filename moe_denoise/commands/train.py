@@ -6,7 +6,7 @@ import math
 import shlex
 from pathlib import Path
 
-from moe_base.errors import Interrupted
+from moe_base.errors import InputError, Interrupted, TrainingError
 
 from . import HelpFormatter, add_data_args, noise_std, nonempty, number, positive_int, seed_number, thread_count
 
@@ -98,8 +98,6 @@ BLIND_ONLY = ("sigma_max", "zero_share", "unclipped_share", "gray_share", "bayer
 
 def check_noise_options(given: set[str], blind: bool) -> None:
     """The noise options of the other kind of run would be ignored in silence: refused, naming the one to use."""
-    from moe_base.errors import InputError
-
     if blind and "sigma" in given:
         raise InputError("--sigma is the one noise level of a run without --blind; a --blind run draws each image's "
                          "level over [0, --sigma-max]: give --sigma-max, or leave out --blind")
@@ -158,8 +156,6 @@ def run(args: argparse.Namespace) -> int:
         # the run started in: a resume naming it './x' or by its full path was refused as another setting)
         settings["init_from"] = str(Path(init).absolute())
     if "mse_floor" in given and settings["loss"] != "psnr":
-        from moe_base.errors import InputError
-
         raise InputError("--mse-floor weighs images in the psnr loss, and the loss is mse: add --loss psnr, or leave "
                          "--mse-floor out")
     cfg = TrainConfig(**settings)
@@ -175,11 +171,9 @@ def run(args: argparse.Namespace) -> int:
     if best.is_file():
         print(f"best validation loss {loss:.6f}{what}; weights: {best}")
     elif math.isfinite(loss):  # written at that epoch, and removed since: it is rewritten only when an epoch beats it
-        print(f"{best} is missing: it was written at the epoch with the best validation loss ({loss:.6f}{what}) and "
-              f"has been moved or deleted since; last.pt holds the last epoch's weights only. Restore it, or train "
-              f"again into another --out-dir")
-        return 1
-    else:
-        print(f"no epoch finished with a finite validation loss, so no weights were written to {best}")
-        return 1
+        raise InputError(f"{best} is missing: it was written at the epoch with the best validation loss "
+                         f"({loss:.6f}{what}) and has been moved or deleted since; last.pt holds the last epoch's "
+                         f"weights only. Restore it, or train again into another --out-dir")
+    else:  # said as errors, on standard error (exit 2): they were printed as results, with exit 1 (a parity failure)
+        raise TrainingError(f"no epoch finished with a finite validation loss, so no weights were written to {best}")
     return 0

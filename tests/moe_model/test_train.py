@@ -488,8 +488,8 @@ def test_resuming_a_run_whose_best_weights_were_removed_says_so(fake_cifar, tmp_
     assert main(argv) == 0
     assert "(minus the PSNR in dB: --loss psnr); weights:" in capsys.readouterr().out
     (out / "best.safetensors").unlink()
-    assert main(["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 1
-    text = capsys.readouterr().out
+    assert main(["train", "--out-dir", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 2
+    text = capsys.readouterr().err  # an error, not a result (it was on standard output, exit 1)
     assert "best.safetensors is missing: it was written at the epoch with the best validation loss" in text
     assert "no epoch finished" not in text
     (out / "last.pt").unlink()
