@@ -313,7 +313,7 @@ def batch_list(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from moe_denoise.commands import positive_int
+    from moe_denoise.commands import positive_int, seconds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results" / "gpu",
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated batch sizes (default 1,4096; dry run 1,4)")
     p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed calls per batch (default 20, 8 above batch 64; dry run 5)")
-    p.add_argument("--deadline", type=float, default=None, help="seconds after which no further backend starts")
+    p.add_argument("--deadline", type=seconds, default=None, help="seconds after which no further backend starts")
     args = p.parse_args(argv)
     from moe_base.errors import InputError
     from moe_base.fileio import check_folder_takes_files

@@ -21,7 +21,7 @@ from tools import level_255, run_tool
 
 
 def main(argv: list[str] | None = None) -> int:
-    from moe_denoise.commands import tile_overlap
+    from moe_denoise.commands import seed_number, tile_overlap
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--overlaps", type=tile_overlap, nargs="+", default=[0, 8, 16, 24], help="overlaps to compare")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", nargs="+", default=None,
                         help="scikit-image sample photos (default: those of the photo evaluation)")
     parser.add_argument("--weights", default="blind", help="shipped weights by name, or a weights file")
-    parser.add_argument("--seed", type=int, default=0, help="the noise draw's seed")
+    parser.add_argument("--seed", type=seed_number, default=0, help="the noise draw's seed")
     args = parser.parse_args(argv)
     # after parsing: these import torch (5 s before --help answered)
     from benchmarks.quality import PHOTOS, load_photo, noise_draw, noisy_photo

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .json)")
     p.add_argument("--sigma", type=positive_noise, default=None,
                    help="one noise level for every crop (on [0, 1] pixels)")
-    p.add_argument("--sigma-max", type=float, default=75 / 255, help="without --sigma: levels uniform in [0, this]")
+    p.add_argument("--sigma-max", type=positive_noise, default=75 / 255, help="without --sigma: levels uniform in [0, this]")
     p.add_argument("--minutes", type=positive_number, default=20.0, help="train for this long (whole steps)")
     p.add_argument("--blind", action="store_true",
                    help="the blind recipe's noise (moe_model.data.BlindNoise: levels uniform in [0, --sigma-max], a "
