@@ -427,7 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked here: a bad one was found only after every measurement (a --headline not among
     --concurrency raised KeyError at the report, and nothing was written) or silently changed (--threads 0 ran the
     servers with their default thread count)."""
-    from moe_denoise.commands import positive_int, seconds, whole_number
+    from moe_denoise.commands import positive_int, queue_delay, seconds
     from tools.photo_finetune import positive_number
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -439,8 +439,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--max-requests", type=positive_int, default=20000, help="cap on requests per measurement")
     p.add_argument("--max-batch", type=positive_int, default=64)
-    p.add_argument("--queue-delay-us", type=lambda text: whole_number(text, 0, 10_000_000, "microseconds from 0 to "
-                                                                                       "10000000"), default=500)
+    p.add_argument("--queue-delay-us", type=queue_delay, default=500)
     p.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096)
     p.add_argument("--tiles", type=positive_int, default=512, help="distinct tiles sent (cycled)")
     p.add_argument("--atol", type=positive_number, default=1e-4, help="largest accepted |server - direct| per pixel")

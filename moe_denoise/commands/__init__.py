@@ -147,6 +147,12 @@ def port_number(text: str) -> int:
     return whole_number(text, 0, 65535, "a port number from 0 to 65535 (0: a free port)")
 
 
+def queue_delay(text: str) -> int:
+    """argparse type: the dynamic batcher's queue delay, 0 to 10 s in microseconds (the bound of serve and
+    triton-repo, named as the option: triton-repo said 'queue_delay_us must be ...')."""
+    return whole_number(text, 0, 10_000_000, "microseconds from 0 to 10000000 (10 s; default 500)")
+
+
 def seconds(text: str) -> float:
     """argparse type: a duration in seconds, finite and > 0 (timeouts, deadlines, budgets)."""
     try:

@@ -25,8 +25,8 @@ from . import (
     path_arg,
     port_number,
     positive_int,
+    queue_delay,
     tile_overlap,
-    whole,
 )
 
 
@@ -52,8 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=positive_int, default=1,
                    help="model instances of moe_denoiser, each with its own runner (on a CPU: one, with --threads)")
     p.add_argument("--max-batch", type=positive_int, default=64, help="largest batch of tiles Triton forms (and accepts)")
-    p.add_argument("--queue-delay-us", type=whole, default=500,
-                   help="how long the dynamic batcher may hold a request waiting for others (microseconds)")
+    p.add_argument("--queue-delay-us", type=queue_delay, default=None,
+                   help="how long the dynamic batcher may hold a request waiting for others (microseconds; default "
+                        "500)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own, as sent")
     p.add_argument("--max-image-pixels", type=positive_int, default=None,
                    help="largest photo moe_denoiser_image accepts, in pixels (default 4096*4096)")
@@ -78,7 +79,8 @@ def config_from_args(args: argparse.Namespace):
 
     return ServeConfig(
         address=args.address, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        instances=args.instances, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
+        instances=args.instances, max_batch=args.max_batch,
+        queue_delay_us=500 if args.queue_delay_us is None else args.queue_delay_us,
         dynamic_batching=not args.no_dynamic_batching,
         max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS, image_batch=args.image_batch,
         overlap=args.overlap, guard=not args.no_guard, log_verbose=1 if args.verbose else 0, log_file=args.log_file,
@@ -108,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     from serving.config import is_loopback
     from serving.server import ABANDON_AFTER_S, DenoiseServer, StartAbandoned
 
+    if args.no_dynamic_batching and args.queue_delay_us is not None:  # it was taken, ignored, and reported as set
+        raise InputError("--queue-delay-us is how long the dynamic batcher holds a request, and --no-dynamic-batching "
+                         "turns the batcher off: give one of them")
     config = config_from_args(args)
     check_backend_options(args)
     if args.ready_file:  # an unwritable --ready-file fails here, before Triton starts

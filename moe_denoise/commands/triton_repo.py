@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import HelpFormatter, note_stale_default, path_arg, positive_int, whole
+from . import HelpFormatter, note_stale_default, path_arg, positive_int, queue_delay
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", type=path_arg, default=None, help="TensorRT engine from 'moe-denoise build' (optional)")
     p.add_argument("--no-onnx", action="store_true", help="only the engine")
     p.add_argument("--max-batch", type=positive_int, default=64, help="max_batch_size of the models")
-    p.add_argument("--queue-delay-us", type=whole, default=500, help="dynamic batcher's max queue delay")
+    p.add_argument("--queue-delay-us", type=queue_delay, default=500,
+                   help="dynamic batcher's max queue delay (microseconds)")
     p.add_argument("--instances", type=positive_int, default=1, help="instances of the ONNX model")
     p.add_argument("--onnx-kind", choices=["KIND_CPU", "KIND_GPU"], default="KIND_CPU",
                    help="where Triton runs the ONNX model")

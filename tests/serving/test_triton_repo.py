@@ -204,6 +204,19 @@ def test_a_queue_delay_of_years_is_refused():
         RepoSettings(queue_delay_us=99_999_999_999_999).validate()
 
 
+def test_the_queue_delay_option_is_named_and_not_taken_where_it_would_be_ignored(capsys):
+    """triton-repo --queue-delay-us -5 said 'queue_delay_us must be an integer >= 0' (serve named the option), and
+    serve --no-dynamic-batching --queue-delay-us 100 took the delay, ignored it and reported it as set."""
+    from moe_denoise.cli import main
+
+    for command in ("serve", "triton-repo"):
+        with pytest.raises(SystemExit):
+            main([command, "--queue-delay-us", "-5"])
+        assert "argument --queue-delay-us: expected microseconds from 0 to 10000000" in capsys.readouterr().err
+    assert main(["serve", "--no-dynamic-batching", "--queue-delay-us", "100"]) == 2
+    assert "--no-dynamic-batching turns the batcher off: give one of them" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("field, value, top", [("instances", 100_000, 64), ("trt_instances", 65, 64),
                                                ("max_batch", 3_000_000_000, 65536)])
 def test_counts_beyond_what_serve_takes_are_refused(field, value, top):
