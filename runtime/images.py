@@ -938,7 +938,14 @@ def _read_tiff16(p: Path, header: ImageHeader) -> np.ndarray:
     tifffile = require("tifffile", f"reading the 16-bit colour TIFF '{p}'")
     with tifffile.TiffFile(p) as tf:
         page = tf.pages[0]
-        data = page.asarray()
+        try:
+            data = page.asarray()
+        except ValueError as e:  # LZW (what scanners and editors write), JPEG, ...: it was called 'truncated or corrupt'
+            if "imagecodecs" not in str(e):
+                raise
+            raise MissingBackendError(f"'{p}' is a 16-bit colour TIFF compressed with {page.compression.name}, which "
+                                      f"tifffile decodes with the imagecodecs package only: pip install imagecodecs "
+                                      f"(or save it uncompressed, or with Deflate/ZIP)") from e
         planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE  # (C, H, W): the file says, not the shape
         # (a planar image as wide as its sample count, 3 or 4 pixels, was read with its axes swapped)
     if data.dtype != np.uint16:

@@ -1174,3 +1174,25 @@ def test_reliability_icon_files_are_refused_before_pillow_opens_them(tmp_path: P
     with pytest.raises(InputError, match=rf"'{disguised}' is an icon file \({kind}: a program's icon at several "
                                          r"sizes\), not a photo; save the picture you want from it as PNG"):
         read_pixels(disguised)
+
+
+def test_a_16bit_colour_tiff_whose_compression_needs_imagecodecs_names_the_package(tmp_path: Path) -> None:
+    """A valid 48-bit LZW TIFF (what scanners and editors write) was refused as 'truncated or corrupt': tifffile
+    decodes LZW only with the imagecodecs package, which the images extra does not install."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile is not installed: 16-bit colour TIFF is optional")
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("imagecodecs is installed here: tifffile decodes LZW, and there is nothing to name")
+    from moe_base.errors import MissingBackendError
+
+    tifffile.imwrite(tmp_path / "plain.tif", rng_u16((8, 8, 3)), photometric="rgb")
+    entry = b"\x03\x01\x03\x00\x01\x00\x00\x00\x01\x00"  # tag 259 (compression), SHORT, 1 value: 1 (none)
+    data = (tmp_path / "plain.tif").read_bytes()
+    assert data.count(entry) == 1
+    (tmp_path / "lzw.tif").write_bytes(data.replace(entry, entry[:-2] + b"\x05\x00"))  # 5: LZW
+    with pytest.raises(MissingBackendError, match=r"16-bit colour TIFF compressed with LZW, which tifffile decodes "
+                                                  r"with the imagecodecs package only: pip install imagecodecs"):
+        read_pixels(tmp_path / "lzw.tif")
