@@ -34,6 +34,7 @@ from .checkpoint import (
     save_weights,
     sidecar_config,
     sidecar_path,
+    torch_load,
     torch_load_reason,
 )
 from .data import (
@@ -499,7 +500,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
     names code is refused, never run). Raises CheckpointError for anything else."""
     try:
         # on the CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest to the device
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        st = torch_load(path)
     except IsADirectoryError as e:
         raise CheckpointError(f"the training state {path} is a folder, not a file written by 'moe-denoise train'; "
                               f"nothing was changed: move that folder away, or choose another --out-dir") from e

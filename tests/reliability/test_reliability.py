@@ -763,3 +763,30 @@ def test_reliability_hostile_json_beside_weights_or_a_model(capsys, tmp_path, ra
     code, out, err = cli(capsys, "triton-repo", "--onnx", model, "-o", tmp_path / "repo")
     assert code == 2 and f"m.onnx.manifest.json is unreadable: {said}" in err and "Traceback" not in err
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "repo").exists()
+
+
+def test_reliability_a_small_torch_file_that_expands_to_gigabytes(tmp_path):
+    """A .pt of 0.1 MB whose records are deflated zeros (torch.save stores them uncompressed), as --weights or a
+    run's last.pt: torch expanded them all before anything was checked (a 3 MB file took 3.4 GB for 18 s) =>
+    refused before any record is read, with both sizes; a file torch.save wrote still loads"""
+    import zipfile
+
+    from moe_base.errors import CheckpointError
+    from moe_model.checkpoint import load_state_dict
+    from moe_model.train import load_training_state
+
+    torch.save({"w": torch.zeros(4)}, tmp_path / "plain.pt")
+    assert list(load_state_dict(tmp_path / "plain.pt")) == ["w"]
+    with zipfile.ZipFile(tmp_path / "plain.pt") as plain, \
+            zipfile.ZipFile(tmp_path / "last.pt", "w", zipfile.ZIP_DEFLATED) as bomb:
+        for info in plain.infolist():
+            bomb.writestr(info.filename, plain.read(info.filename))
+        with bomb.open(plain.infolist()[0].filename.split("/")[0] + "/data/padding", "w") as f:
+            for _ in range(100):
+                f.write(bytes(2**20))
+    assert (tmp_path / "last.pt").stat().st_size < 2**20
+    said = r"its records expand to 0\.1 GiB from a file of 0\.1 MiB \(compressed: torch\.save stores them as they are\)"
+    with pytest.raises(CheckpointError, match=said):
+        load_state_dict(tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=said):
+        load_training_state(tmp_path / "last.pt")
