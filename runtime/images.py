@@ -105,6 +105,7 @@ _REFUSED = {
     "HSV": "HSV images are not photos in a standard colour space",
 }
 _EXIF_FORMATS = {"JPEG", "PNG", "WEBP"}  # formats whose EXIF is a separate blob we can carry over
+_TIFF_EXIF_IFDS = (34665, 34853)  # a TIFF's Exif and GPS directories
 _EXIF_INPUTS = _EXIF_FORMATS | {"MPO"}  # a phone's multi-picture JPEG (.jpg) carries its EXIF as a JPEG does
 # output formats that keep the size, mode and bit depth and honour --jpeg-quality (others: ICO/ICNS resize, AVIF,
 # MPO and PDF compress at their own quality, BLP/EPS/PCX/QOI/SGI raise ValueError on some modes)
@@ -653,6 +654,8 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     exif_bytes = _exif_without_orientation(exif) if fmt in _EXIF_INPUTS else None
     xmp, text, left_out = _text_metadata(p, im, fmt)
     notes += left_out
+    if fmt == "TIFF" and any(tag in im.tag_v2 for tag in _TIFF_EXIF_IFDS):  # read by no output: said, not dropped
+        notes.append("the TIFF's EXIF directories (exposure, lens, GPS, ...) are not carried over to the output")
     im.close()  # release Pillow's decoded image before the upright copy
     data = data if pillow_turned else apply_orientation(data, orientation)
     info = ImageInfo(
@@ -1239,6 +1242,10 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     if dpi and fmt not in DPI_FORMATS:
         notes.append(f"{fmt} holds no resolution: the input's {dpi[0]:.0f}x{dpi[1]:.0f} dpi is left out; write .png, "
                      f".tif or .jpg to keep it")
+    exif = getattr(info, "exif", None)
+    if exif and fmt not in _EXIF_FORMATS:  # camera, date, copyright, exposure, GPS: it was dropped without a word
+        notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: this "
+                     f"writes EXIF into PNG, JPEG and WebP files only; write .png, .jpg or .webp to keep it")
     xmp = getattr(info, "xmp", None)
     if xmp and fmt not in XMP_FORMATS:
         notes.append(f"{fmt} holds no XMP metadata: the input's XMP packet ({len(xmp):,} bytes: creator, rights, "

@@ -1196,3 +1196,25 @@ def test_a_16bit_colour_tiff_whose_compression_needs_imagecodecs_names_the_packa
     with pytest.raises(MissingBackendError, match=r"16-bit colour TIFF compressed with LZW, which tifffile decodes "
                                                   r"with the imagecodecs package only: pip install imagecodecs"):
         read_pixels(tmp_path / "lzw.tif")
+
+
+def test_reliability_exif_left_out_of_an_output_is_said(tmp_path: Path) -> None:
+    """A photo's EXIF (camera, date, copyright, exposure, GPS) written as .tif, .bmp, .ppm, .tga or .gif, and a
+    TIFF's own Exif and GPS directories (to any output): left out without a note, where the README promises one for
+    what an output does not keep => a note names the EXIF left out and the outputs that keep it"""
+    exif = Image.Exif()
+    exif[0x010F] = "Nikon"
+    exif.get_ifd(0x8769)[0x829A] = (1, 250)  # exposure time
+    exif.get_ifd(0x8825)[1] = "N"  # GPS latitude reference
+    Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "camera.jpg", exif=exif.tobytes())
+    data, info = read_pixels(tmp_path / "camera.jpg")
+    for fmt in ("TIFF", "BMP", "PPM", "TGA", "GIF"):
+        assert any("the input's EXIF" in note and "write .png, .jpg or .webp to keep it" in note
+                   for note in images.output_notes(fmt, info)), fmt
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        assert not any("EXIF" in note for note in images.output_notes(fmt, info)), fmt
+    Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "camera.tif", exif=exif.tobytes())
+    _, info = read_pixels(tmp_path / "camera.tif")
+    assert "the TIFF's EXIF directories (exposure, lens, GPS, ...) are not carried over to the output" in info.notes
+    Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "plain.tif")
+    assert not any("EXIF" in note for note in read_pixels(tmp_path / "plain.tif")[1].notes)
