@@ -106,6 +106,7 @@ _REFUSED = {
 }
 _EXIF_FORMATS = {"JPEG", "PNG", "WEBP"}  # formats whose EXIF is a separate blob we can carry over
 _TIFF_EXIF_IFDS = (34665, 34853)  # a TIFF's Exif and GPS directories
+_EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003  # the Exif directory; its PixelX/YDimension
 _EXIF_INPUTS = _EXIF_FORMATS | {"MPO"}  # a phone's multi-picture JPEG (.jpg) carries its EXIF as a JPEG does
 # output formats that keep the size, mode and bit depth and honour --jpeg-quality (others: ICO/ICNS resize, AVIF,
 # MPO and PDF compress at their own quality, BLP/EPS/PCX/QOI/SGI raise ValueError on some modes)
@@ -648,10 +649,12 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     keep_icc = header.mode not in ("CMYK",)
     icc = im.info.get("icc_profile") if keep_icc else None
     dpi = _dpi(im.info.get("dpi"))
+    if dpi and orientation in (5, 6, 7, 8):  # x and y of the image as stored: the upright one's are swapped
+        dpi = (dpi[1], dpi[0])
     if fmt == "TIFF" and 282 not in im.tag_v2:  # no XResolution: Pillow says 1 dpi, which the output then claimed
         dpi = None
     compression = im.info.get("compression") if fmt == "TIFF" else None
-    exif_bytes = _exif_without_orientation(exif) if fmt in _EXIF_INPUTS else None
+    exif_bytes = _exif_without_orientation(exif, orientation) if fmt in _EXIF_INPUTS else None
     xmp, text, left_out = _text_metadata(p, im, fmt)
     notes += left_out
     if fmt == "TIFF" and any(tag in im.tag_v2 for tag in _TIFF_EXIF_IFDS):  # read by no output: said, not dropped
@@ -978,11 +981,17 @@ def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](a))
 
 
-def _exif_without_orientation(exif: Any) -> bytes | None:
+def _exif_without_orientation(exif: Any, orientation: int = 1) -> bytes | None:
+    """The EXIF of the image turned upright: no orientation tag, and for a turn of 90 degrees (5 to 8) its pixel
+    width and height swapped (they said 128x96 of a 96x128 output)."""
     if len(exif) == 0:
         return None
     if _ORIENTATION_TAG in exif:
         del exif[_ORIENTATION_TAG]
+    if orientation in (5, 6, 7, 8):
+        ifd = exif.get_ifd(_EXIF_IFD)
+        if _PIXEL_X in ifd and _PIXEL_Y in ifd:
+            ifd[_PIXEL_X], ifd[_PIXEL_Y] = ifd[_PIXEL_Y], ifd[_PIXEL_X]
     return exif.tobytes() if len(exif) else None
 
 

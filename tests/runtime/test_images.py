@@ -1218,3 +1218,21 @@ def test_reliability_exif_left_out_of_an_output_is_said(tmp_path: Path) -> None:
     assert "the TIFF's EXIF directories (exposure, lens, GPS, ...) are not carried over to the output" in info.notes
     Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "plain.tif")
     assert not any("EXIF" in note for note in read_pixels(tmp_path / "plain.tif")[1].notes)
+
+
+def test_a_photo_turned_upright_by_90_degrees_has_its_exif_size_and_resolution_turned_too(tmp_path: Path) -> None:
+    """A 36x24 JPEG with EXIF orientation 6 came out 24x36 and upright, but its EXIF still said 36x24 pixels
+    (PixelXDimension, PixelYDimension), and a resolution of 300x150 dpi kept x and y of the image as stored."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif.get_ifd(0x8769).update({0xA002: 36, 0xA003: 24})
+    Image.fromarray(rng_u8((24, 36, 3))).save(tmp_path / "turned.jpg", exif=exif.tobytes(), dpi=(300, 150))
+    data, info = read_pixels(tmp_path / "turned.jpg")
+    assert data.shape[:2] == (36, 24) and info.dpi == (150, 300)
+    written = Image.Exif()
+    written.load(info.exif)
+    assert 0x0112 not in written and written.get_ifd(0x8769)[0xA002] == 24 and written.get_ifd(0x8769)[0xA003] == 36
+    write_image(tmp_path / "out.jpg", data.astype(np.float32) / 255, info)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.size == (24, 36) and out.getexif().get_ifd(0x8769)[0xA002] == 24
+        assert tuple(round(v) for v in out.info["dpi"]) == (150, 300)
