@@ -648,6 +648,10 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
     fmt = header.format
     keep_icc = header.mode not in ("CMYK",)
     icc = im.info.get("icc_profile") if keep_icc else None
+    if not keep_icc and im.info.get("icc_profile"):  # the note said 'without colour management', not that it had one
+        notes.append(f"its CMYK ICC profile ({len(im.info['icc_profile']):,} bytes) was not used for the conversion "
+                     f"and is left out (an RGB image cannot use it); for exact colours, convert it to RGB with its "
+                     f"profile in an editor first")
     dpi = _dpi(im.info.get("dpi"))
     if dpi and orientation in (5, 6, 7, 8):  # x and y of the image as stored: the upright one's are swapped
         dpi = (dpi[1], dpi[0])

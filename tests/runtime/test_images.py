@@ -1236,3 +1236,14 @@ def test_a_photo_turned_upright_by_90_degrees_has_its_exif_size_and_resolution_t
     with Image.open(tmp_path / "out.jpg") as out:
         assert out.size == (24, 36) and out.getexif().get_ifd(0x8769)[0xA002] == 24
         assert tuple(round(v) for v in out.info["dpi"]) == (150, 300)
+
+
+def test_a_cmyk_photos_profile_left_out_is_said(tmp_path: Path) -> None:
+    """A CMYK JPEG with its CMYK ICC profile: the profile was dropped and the note said only 'converted without
+    colour management', so nobody could tell the photo had one."""
+    cmyk = Image.fromarray(rng_u8((8, 8, 3))).convert("CMYK")
+    cmyk.save(tmp_path / "profiled.jpg", icc_profile=b"a CMYK profile" * 8)
+    _, info = read_pixels(tmp_path / "profiled.jpg")
+    assert info.icc_profile is None and any("its CMYK ICC profile (112 bytes) was not used" in n for n in info.notes)
+    cmyk.save(tmp_path / "plain.jpg")
+    assert not any("ICC" in n for n in read_pixels(tmp_path / "plain.jpg")[1].notes)
