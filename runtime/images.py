@@ -715,6 +715,14 @@ def _png_chunks(f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
         f.seek(data + length + 4)  # the data and its CRC
 
 
+def _png_gamma(chunks: tuple[tuple[bytes, bytes], ...]) -> float | None:
+    """The file gamma of a PNG's gAMA chunk (None: none, or an sRGB chunk, which overrides it)."""
+    kinds = dict(chunks)
+    if b"sRGB" in kinds or len(kinds.get(b"gAMA", b"")) != 4:
+        return None
+    return int.from_bytes(kinds[b"gAMA"], "big") / 100000 or None
+
+
 def _png_colour_chunks(p: Path) -> tuple[tuple[bytes, bytes], ...]:
     """A PNG's gAMA, cHRM and sRGB chunks as (type, data), read from the chunks before the image data."""
     found = []
@@ -1255,6 +1263,11 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     if dpi and fmt not in DPI_FORMATS:
         notes.append(f"{fmt} holds no resolution: the input's {dpi[0]:.0f}x{dpi[1]:.0f} dpi is left out; write .png, "
                      f".tif or .jpg to keep it")
+    gamma = _png_gamma(getattr(info, "png_colour", ()))
+    if fmt != "PNG" and gamma is not None and not icc and abs(gamma - 1 / 2.2) > 0.01:  # a viewer then shows the
+        # pixels as sRGB: a linear (gamma 1.0) PNG came out visibly other, without a word
+        notes.append(f"the input's PNG gamma ({gamma:.5g}, not sRGB's 1/2.2) is left out: {fmt} has no such field, "
+                     f"so viewers will show the pixels as sRGB and they may look different; write .png to keep it")
     exif = getattr(info, "exif", None)
     if exif and fmt not in _EXIF_FORMATS:  # camera, date, copyright, exposure, GPS: it was dropped without a word
         notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: this "

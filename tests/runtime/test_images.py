@@ -1247,3 +1247,19 @@ def test_a_cmyk_photos_profile_left_out_is_said(tmp_path: Path) -> None:
     assert info.icc_profile is None and any("its CMYK ICC profile (112 bytes) was not used" in n for n in info.notes)
     cmyk.save(tmp_path / "plain.jpg")
     assert not any("ICC" in n for n in read_pixels(tmp_path / "plain.jpg")[1].notes)
+
+
+def test_a_png_gamma_left_out_of_another_format_is_said(tmp_path: Path) -> None:
+    """A linear PNG (gAMA 1.0, no ICC profile) written as .jpg, .tif or .webp lost its gamma without a note; viewers
+    then show its pixels as sRGB, visibly other. sRGB's own gamma (1/2.2) left out changes nothing and is not said."""
+    from PIL.PngImagePlugin import PngInfo
+
+    for stored, said in ((100000, True), (45455, False)):
+        chunks = PngInfo()
+        chunks.add(b"gAMA", stored.to_bytes(4, "big"))
+        Image.fromarray(rng_u8((8, 8, 3))).save(tmp_path / "g.png", pnginfo=chunks)
+        _, info = read_pixels(tmp_path / "g.png")
+        for fmt in ("JPEG", "TIFF", "WEBP"):
+            notes = images.output_notes(fmt, info)
+            assert any("the input's PNG gamma (1, not sRGB's 1/2.2) is left out" in n for n in notes) == said, fmt
+        assert not images.output_notes("PNG", info)
