@@ -1024,14 +1024,30 @@ def output_format(path: str | os.PathLike[str]) -> str:
     Image.init()
     ext = Path(path).suffix.lower()
     fmt = Image.registered_extensions().get(ext)
-    netpbm_kept = fmt != "PPM" or ext in (".ppm", ".pgm", ".pnm")  # .pbm (1-bit) would hold an 8-bit P6 or P5
-    if fmt is None or fmt not in Image.SAVE or fmt not in _OUTPUT_FORMATS or not netpbm_kept:
+    if fmt is None or fmt not in Image.SAVE or fmt not in _OUTPUT_FORMATS:
         what = "cannot tell which image format to write" if fmt is None or fmt not in Image.SAVE else \
-            ".pbm holds 1-bit black and white only (Pillow would write 8-bit gray or colour under that name)" \
-            if not netpbm_kept else f"{fmt} is not an output format (it would not keep the size, mode or quality)"
+            f"{fmt} is not an output format (it would not keep the size, mode or quality)"
         raise InputError(f"{what} for '{path}' (extension '{ext}'); "
-                         f"use .png, .jpg/.jpeg, .tif/.tiff, .webp, .bmp, .gif, .ppm/.pgm or .tga")
+                         f"use .png, .jpg/.jpeg, .tif/.tiff, .webp, .bmp, .gif, .ppm/.pgm/.pbm or .tga")
     return fmt
+
+
+_NETPBM = (".pbm", ".pgm", ".ppm")
+"""Netpbm names, each holding the one before it too: a PGM reader reads a PBM (P4) and a PPM reader either (.pnm: any)."""
+
+
+def _netpbm_problem(info: ImageInfo | ImageHeader, suffix: str) -> tuple[str, str] | None:
+    """A Netpbm name whose readers cannot read what Pillow writes for ``info`` (a 1-bit image as P4, gray as P5,
+    colour as P6): colour into .pgm or .pbm, gray into .pbm. (.pbm was refused even for a 1-bit image.)"""
+    if suffix.lower() not in _NETPBM or info.layout not in ("L", "RGB"):  # .pnm; alpha is refused on its own
+        return None
+    need = 0 if info.bit_depth == 1 else 1 if info.layout == "L" else 2
+    if _NETPBM.index(suffix.lower()) >= need:
+        return None
+    holds = ("1-bit black and white", "gray", "colour")
+    return (f"a {suffix} file holds a {holds[_NETPBM.index(suffix.lower())]} image, and this one is {holds[need]} "
+            f"('{info.layout}'{', 1-bit' if need == 0 else ''}): it would be a {('P4', 'P5', 'P6')[need]} under a "
+            f"{suffix} name, which {suffix[1:].upper()} readers refuse", f"write it as {_NETPBM[need]} (or .png)")
 
 
 OVERSHOOT_LIMIT = 1.5  # to_pixels clips [1 - limit, limit] to [0, 1]; values beyond are another scale, refused
@@ -1214,9 +1230,8 @@ def format_problem(fmt: str, info: ImageInfo | ImageHeader, suffix: str = "") ->
     """What the output format ``fmt`` (Pillow's name; the file's ``suffix`` where it says more) would lose of
     ``info``'s image, and what to write instead; None when it holds the image whole (PNG holds every layout and bit
     depth that is read)."""
-    if fmt == "PPM" and suffix.lower() == ".pgm" and info.layout == "RGB":  # Pillow wrote a colour P6 named .pgm
-        return ("a .pgm file holds a gray image, and this one is colour ('RGB'): it would be a colour PPM under a "
-                ".pgm name, which PGM readers refuse", "write it as .ppm (or .png)")
+    if fmt == "PPM" and _netpbm_problem(info, suffix):  # Pillow wrote a colour P6 named .pgm
+        return _netpbm_problem(info, suffix)
     if fmt == "JPEG" and (info.bit_depth == 16 or info.layout in ("LA", "RGBA")):
         what = "16 bits per channel" if info.bit_depth == 16 else f"an alpha channel ('{info.layout}')"
         return f"JPEG cannot store {what}", "write the result as .png or .tif to keep it"

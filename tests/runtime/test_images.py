@@ -885,8 +885,13 @@ def test_lossless_netpbm_and_tga_outputs_keep_every_pixel(tmp_path):
     with pytest.raises(InputError, match="PPM/PGM keeps no alpha channel"):
         Image.fromarray(rng_u8((20, 24, 4))).save(tmp_path / "rgba.png")
         denoise_file(tmp_path / "rgba.png", tmp_path / "rgba.ppm", identity, progress=False)
-    with pytest.raises(InputError, match=".pbm holds 1-bit black and white only"):  # 1-bit by name, 8-bit inside
+    with pytest.raises(InputError, match=r"a \.pbm file holds a 1-bit black and white image, and this one is gray"):
         denoise_file(tmp_path / "in_L.png", tmp_path / "out.pbm", identity, progress=False)
+    bits = rng_u8((20, 24)) > 127  # a 1-bit image goes into .pbm (it was refused there), as P4
+    Image.fromarray(bits).save(tmp_path / "in_1.png")
+    denoise_file(tmp_path / "in_1.png", tmp_path / "out.pbm", identity, progress=False, guard=False)
+    assert (tmp_path / "out.pbm").read_bytes()[:2] == b"P4"
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.pbm")), bits)
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's own, about the broken file
