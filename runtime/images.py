@@ -510,6 +510,19 @@ def _netpbm_maxval(p: Path) -> int:
         return 255
 
 
+def _jpeg2000_depth(p: Path) -> int:
+    """The most bits per sample of a JPEG 2000 file's components (its codestream's SIZ marker); 8 when it cannot be
+    read (Pillow then says what is wrong)."""
+    with open(p, "rb") as f:
+        head = f.read(1 << 16)
+    at = head.find(b"\xff\x4f\xff\x51")  # SOC, then SIZ: length, capabilities, 8 sizes, components, then each one's
+    if at < 0 or len(head) < at + 42:  # Ssiz (bits - 1, and a sign bit) and its subsampling
+        return 8
+    count = int.from_bytes(head[at + 40:at + 42], "big")
+    sizes = head[at + 42:at + 42 + 3 * count:3]
+    return max(((b & 0x7F) + 1 for b in sizes), default=8)
+
+
 def _read_header(p: Path, im: Any) -> ImageHeader:
     """The layout, bit depth and size the file will decode to; refused modes raise here, before decoding."""
     fmt, mode = im.format or "?", im.mode
@@ -519,6 +532,10 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         raise InputError(f"'{p}' is a 16-bit Netpbm file (maxval {maxval}), which Pillow does not read "
                          f"at its full depth; convert it to a 16-bit PNG or TIFF first (e.g. with ImageMagick: "
                          f"magick in.ppm out.png)")
+    depth = _jpeg2000_depth(p) if fmt == "JPEG2000" and mode in ("RGB", "RGBA") else 8
+    if depth > 8:  # Pillow reads deeper colour at 8 bits: 256 levels of 23,699, without a word
+        raise InputError(f"'{p}' is a {depth}-bit colour JPEG 2000 file, which Pillow reads at 8 bits only; convert "
+                         f"it to a 16-bit PNG or TIFF first (e.g. with ImageMagick: magick in.jp2 out.png)")
     notes: list[str] = []
     colour_key = None
     frames = int(getattr(im, "n_frames", 1) or 1)

@@ -1268,3 +1268,22 @@ def test_a_png_gamma_left_out_of_another_format_is_said(tmp_path: Path) -> None:
             notes = images.output_notes(fmt, info)
             assert any("the input's PNG gamma (1, not sRGB's 1/2.2) is left out" in n for n in notes) == said, fmt
         assert not images.output_notes("PNG", info)
+
+
+def test_deep_colour_jpeg2000_is_refused_not_cut_to_8_bits(tmp_path: Path) -> None:
+    """A lossless 16-bit colour JPEG 2000 was read as 8-bit RGB (256 levels of 23,699) without a note; the tool
+    refuses 16-bit Netpbm for the same reason. 8-bit colour JPEG 2000 still reads."""
+    from PIL import features
+
+    if not features.check("jpg_2000"):
+        pytest.skip("this Pillow has no JPEG 2000 codec (openjpeg)")
+    pixels = rng_u8((8, 8, 3))
+    Image.fromarray(pixels).save(tmp_path / "c.jp2", irreversible=False)
+    np.testing.assert_array_equal(read_pixels(tmp_path / "c.jp2")[0], pixels)
+    data = bytearray((tmp_path / "c.jp2").read_bytes())
+    at = data.find(b"\xff\x4f\xff\x51")  # SIZ: each component's Ssiz (bits - 1) from byte 42
+    for i in range(3):
+        data[at + 42 + 3 * i] = 15  # 16 bits, as a deeper encoder writes it
+    (tmp_path / "deep.jp2").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"is a 16-bit colour JPEG 2000 file, which Pillow reads at 8 bits only"):
+        read_pixels(tmp_path / "deep.jp2")
