@@ -78,7 +78,7 @@ def result_path(src: Path, folder: Path) -> tuple[Path, str | None]:
     png = dst.with_name(dst.name + ".png")  # a.gif.png: never the a.png of a photo beside it
     try:
         fmt = output_format(dst)
-    except InputError as e:  # read but not written (a 1-bit .pbm)
+    except InputError as e:  # read but not written (a JPEG 2000 .jp2)
         return png, f"written as {png.name}, not {dst.suffix}: {str(e).split(' for ')[0]}"
     try:
         problem = format_problem(fmt, read_header(src), dst.suffix)  # a colour .pgm: written as NAME.pgm.png

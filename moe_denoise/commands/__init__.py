@@ -153,6 +153,17 @@ def queue_delay(text: str) -> int:
     return whole_number(text, 0, 10_000_000, "microseconds from 0 to 10000000 (10 s; default 500)")
 
 
+def pixel_count(text: str) -> int:
+    """argparse type: a number of pixels >= 1, written as 200000000, 2e8 or 200_000_000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels such as 200000000 or 2e8, got {text!r}") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text!r}")
+    return int(value)
+
+
 def seconds(text: str) -> float:
     """argparse type: a duration in seconds, finite and > 0 (timeouts, deadlines, budgets)."""
     try:
@@ -212,7 +223,7 @@ def check_output_suffix(path: Path | None, suffixes: tuple[str, ...], what: str)
 
 
 @contextlib.contextmanager
-def json_when_refused(as_json: bool, out: Path) -> Iterator[None]:
+def json_when_refused(as_json: bool, out: Path, command: str) -> Iterator[None]:
     """With --json, a failed parity gate prints its report as JSON too (``written`` false), as 'parity --json' does;
     the error then goes on to stderr and the exit code as without --json (stdout was empty)."""
     from moe_base.errors import ParityError
@@ -224,7 +235,7 @@ def json_when_refused(as_json: bool, out: Path) -> Iterator[None]:
             from moe_denoise.cli import print_json
 
             print_json({"written": False, "output": str(out), "error": str(e).splitlines()[0],
-                        "parity": e.report.to_dict()})
+                        "parity": e.report.to_dict(), "command": command, "exit_code": 1})  # as every error document
         raise
 
 

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     in_cache = args.output is None and args.onnx is None
     check_artifact_output(out, args.overwrite or in_cache, in_cache=in_cache)
     weights = resolve_weights(args.weights) if args.weights is not None else None  # None: the ONNX model's own
-    with json_when_refused(args.json, out):
+    with json_when_refused(args.json, out, "build"):
         result = build_engine(onnx, out, opts, weights=weights, log=step_log(args.json),
                               overwrite=args.overwrite or in_cache)
     if args.json:

@@ -20,6 +20,7 @@ from . import (
     nonempty,
     number,
     path_arg,
+    pixel_count,
     positive_int,
     runner_options_given,
     seconds,
@@ -30,17 +31,6 @@ from . import (
 
 SERVER_TIMEOUT_S = 3600.0
 DEFAULT_MAX_PIXELS = 200_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported here: `--help` stays light)
-
-
-def pixel_count(text: str) -> int:
-    """argparse type: a number of pixels >= 1, written as 200000000, 2e8 or 200_000_000."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels such as 200000000 or 2e8, got {text!r}") from None
-    if not 1 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text!r}")
-    return int(value)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                          f"(its parity gate, the ONNX / TensorRT runners and Triton) supports "
                          f"{'x'.join(map(str, TILE_SHAPE))} tiles only. Use --backend torch for these weights")
     earlier = replaced_default(out) if args.output is None else None
-    with json_when_refused(args.json, out):
+    with json_when_refused(args.json, out, "export"):
         result = export_onnx(model, out, opts, weights_path=weights, parity_images=args.parity_images,
                              threads=args.threads, log=step_log(args.json), overwrite=args.overwrite or args.output is None)
     if args.json:

@@ -23,6 +23,7 @@ from . import (
     make_runner,
     nonempty,
     path_arg,
+    pixel_count,
     port_number,
     positive_int,
     queue_delay,
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long the dynamic batcher may hold a request waiting for others (microseconds; default "
                         "500)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own, as sent")
-    p.add_argument("--max-image-pixels", type=positive_int, default=None,
+    p.add_argument("--max-image-pixels", type=pixel_count, default=None,
                    help="largest photo moe_denoiser_image accepts, in pixels (default 4096*4096)")
     p.add_argument("--image-batch", type=positive_int, default=None,
                    help="tiles per runner call when denoising a photo (default: as 'denoise --batch-size', 64 for a "

@@ -380,6 +380,7 @@ def test_a_failed_parity_gate_prints_its_report_as_json_with_json(fake_trt, port
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
     assert doc["written"] is False and doc["parity"]["passed"] is False and doc["output"] == str(out)
+    assert doc["command"] == "build" and doc["exit_code"] == 1  # as every error document (they were missing)
     assert "does not match PyTorch" in doc["error"] and "does not match PyTorch" in captured.err and not out.exists()
 
     tol = get_tolerance("ort", "fp32")
@@ -389,6 +390,7 @@ def test_a_failed_parity_gate_prints_its_report_as_json_with_json(fake_trt, port
     assert main(["export", "--weights", str(random_weights), "-o", str(onnx), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["written"] is False and doc["parity"]["max_abs"] == 1.0 and not onnx.exists()
+    assert doc["command"] == "export" and doc["exit_code"] == 1
 
 
 def test_no_gpu_is_said_before_a_cache_folder_that_cannot_be_written(portable_onnx, random_weights, tmp_path):

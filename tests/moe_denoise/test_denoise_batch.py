@@ -342,20 +342,20 @@ def test_reliability_colour_gif_denoised_into_a_folder(capsys, random_weights, t
                           np.asarray(Image.open(tmp_path / "out" / "c.gif.png")))
 
 
-def test_a_pbm_photo_denoised_into_a_folder_is_written_as_png(capsys, random_weights, tmp_path):
-    """A 1-bit .pbm is read but .pbm is not written (Pillow would put 8 bits under that name): into -o folder/ it
-    failed at its turn, with a message that called .pbm 'PPM' and then advised .ppm; a GIF there gets NAME.gif.png."""
+def test_a_pbm_photo_denoised_into_a_folder_stays_a_pbm(capsys, random_weights, tmp_path):
+    """A 1-bit .pbm was read but .pbm was not written: into -o folder/ it failed at its turn (later written as
+    NAME.pbm.png with a note), and -o x.pbm was refused, though Pillow writes a 1-bit image as a PBM (P4)."""
     bw = Image.fromarray(np.random.default_rng(2).integers(0, 2, (16, 20), dtype=np.uint8) * 255).convert("1")
     bw.save(tmp_path / "bw.pbm")
     code, text, err = run(capsys, "denoise", tmp_path / "bw.pbm", "-o", f"{tmp_path / 'out'}/", "--weights",
                           random_weights, "--no-progress")
     assert code == 0, err
-    assert "note: written as bw.pbm.png, not .pbm: .pbm holds 1-bit black and white only" in text
-    with Image.open(tmp_path / "out" / "bw.pbm.png") as written:
-        assert written.mode == "1" and written.size == (20, 16)
+    assert "note: written as" not in text and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bw.pbm"]
+    with Image.open(tmp_path / "out" / "bw.pbm") as written:
+        assert written.format == "PPM" and written.mode == "1" and written.size == (20, 16)
     code, _, err = run(capsys, "denoise", tmp_path / "bw.pbm", "-o", tmp_path / "bw_out.pbm", "--weights",
                        random_weights)
-    assert code == 2 and ".pbm holds 1-bit black and white only" in err and "PPM is not" not in err
+    assert code == 0 and (tmp_path / "bw_out.pbm").read_bytes()[:2] == b"P4", err
 
 
 def test_a_folder_run_in_a_log_names_each_photo_as_it_begins(capsys, random_weights, photos, tmp_path):

@@ -256,6 +256,9 @@ def test_serve_no_guard_reaches_the_config():
 
     assert config_from_args(build_parser().parse_args(["serve"])).guard is True
     assert config_from_args(build_parser().parse_args(["serve", "--no-guard"])).guard is False
+    # the pixel limit written as denoise's --max-pixels takes it (2e8 was refused: 'expected a whole number >= 1')
+    assert config_from_args(build_parser().parse_args(["serve", "--max-image-pixels", "2e7"])).max_image_pixels == \
+        20_000_000
 
 
 def test_serve_refuses_an_unwritable_ready_file_before_starting(tmp_path):
