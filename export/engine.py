@@ -62,9 +62,9 @@ class BuildOptions:
                              f"opt {self.opt_batch}, max {self.max_batch} (--min-batch, --opt-batch, --max-batch)")
         if self.max_batch > 65536:
             raise InputError(f"max batch {self.max_batch} is beyond what this toolkit builds (65536); tile work "
-                             f"into smaller batches (the runner chunks larger ones)")
+                             f"into smaller batches (the runner chunks larger ones; --max-batch)")
         if self.workspace_mib < 64:
-            raise InputError(f"workspace of {self.workspace_mib} MiB is too small; use at least 64")
+            raise InputError(f"workspace of {self.workspace_mib} MiB is too small; use at least 64 (--workspace-mib)")
 
     @property
     def profile(self) -> dict[str, int]:

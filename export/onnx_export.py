@@ -72,7 +72,7 @@ class ExportOptions:
         if self.flavor not in FLAVORS:
             raise InputError(f"unknown ONNX flavour {self.flavor!r}; expected one of {FLAVORS}")
         if not 17 <= self.opset <= 21:
-            raise InputError(f"opset {self.opset} is not supported; use 17..21 (LayerNormalization needs >= 17)")
+            raise InputError(f"opset {self.opset} is not supported; use 17..21 (LayerNormalization needs >= 17; --opset)")
         if self.precision not in ("fp32", "fp16"):
             raise InputError(f"unknown precision {self.precision!r}; expected fp32 or fp16")
         unknown = sorted(set(self.rewrites or ()) - set(REWRITES))

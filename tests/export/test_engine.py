@@ -27,7 +27,7 @@ def test_plan_by_tensorrt_version():
     (dict(opt_batch=2048, max_batch=1024), "opt 2048, max 1024"),
     (dict(max_batch=100_000, opt_batch=64), "beyond"),
     (dict(precision="int8"), "int8"),
-    (dict(workspace_mib=1), "too small"),
+    (dict(workspace_mib=1), r"too small; use at least 64 \(--workspace-mib\)"),
 ])
 def test_profile_validation(kw, match):
     with pytest.raises(InputError, match=match):
