@@ -1,5 +1,4 @@
 """moe_base.errors: how a stop is held and said."""
-import os
 import signal
 
 import pytest
@@ -18,7 +17,7 @@ def test_a_stop_waits_for_a_held_block_then_acts(signum):
     done = []
     try:
         with pytest.raises(Interrupted) as e, signals_held():
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)
             done.append("the second file")
     finally:
         signal.signal(signum, previous)

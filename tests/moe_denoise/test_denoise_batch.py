@@ -110,7 +110,6 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
     silence with an empty output folder left) => exit 130 (143 for SIGTERM, 129 for SIGHUP); the outputs written are
     complete and kept, and --skip-existing is named to go on (said once; stopped before the first photo, that nothing
     was written and no folder is left)"""
-    import os
     import signal
 
     (photos / "broken.png").unlink()
@@ -122,7 +121,7 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
         def denoise_one(args, runner, src, dst, client=None):
             if src.name == name:
                 if sent is not None:
-                    os.kill(os.getpid(), sent)  # the handler raises here, in the main thread
+                    signal.raise_signal(sent)  # the handler raises here, in the main thread
                 raise KeyboardInterrupt
             return real(args, runner, src, dst, client)
         return denoise_one

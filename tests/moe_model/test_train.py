@@ -435,7 +435,6 @@ def test_stop_after_epoch_on_the_command_line(fake_cifar, tmp_path, capsys):
 def test_signals_held_until_the_block_is_done():
     """The weights, their JSON and the training state are written under signals_held: a Ctrl-C between them left
     weights whose JSON named another file's hash (refused when loaded). The signal acts once the block is done."""
-    import os
     import signal
 
     from moe_base.errors import signals_held
@@ -443,13 +442,13 @@ def test_signals_held_until_the_block_is_done():
     done = []
     with pytest.raises(KeyboardInterrupt):
         with signals_held():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             done.append("the rest of the block ran")
     assert done == ["the rest of the block ran"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(OSError, match="disk full"):  # a failing block's error is not hidden behind the stop
         with signals_held():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             raise OSError(28, "disk full")
 
 
@@ -608,7 +607,6 @@ def test_validation_psnr_std_is_the_population_std_as_evaluate_reports_it():
 def test_a_stop_between_the_weights_and_their_json_waits_for_the_json(tmp_path, monkeypatch):
     """save_weights holds Ctrl-C between its two writes for every caller (train held it; tools.photo_finetune did
     not, and a stop there left new weights beside the old JSON, refused when loaded)."""
-    import os
     import signal
 
     from moe_base.config import get_preset
@@ -620,7 +618,7 @@ def test_a_stop_between_the_weights_and_their_json_waits_for_the_json(tmp_path, 
     real = checkpoint.atomic_write_json
 
     def stopped_first(path, obj, *a, **kw):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands after the weights, before their JSON
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C lands after the weights, before their JSON
         return real(path, obj, *a, **kw)
 
     monkeypatch.setattr(checkpoint, "atomic_write_json", stopped_first)

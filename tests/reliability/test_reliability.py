@@ -338,7 +338,7 @@ def test_reliability_stop_between_an_artifact_and_its_manifest(tmp_path, monkeyp
     real = mm.atomic_write_json
 
     def write_json(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives between the two writes
+        signal.raise_signal(signal.SIGTERM)  # arrives between the two writes
         return real(*args, **kwargs)
 
     def stop(signum, frame):

@@ -1108,7 +1108,7 @@ def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkey
 
     class SignalledBeforeStart(serving.server.DenoiseServer):
         def start(self):
-            os.kill(os.getpid(), signal.SIGINT)  # serve's handler runs here, before the flags are cleared
+            signal.raise_signal(signal.SIGINT)  # serve's handler runs here, before the flags are cleared
             self._stopped.clear()  # as DenoiseServer.start begins (no Triton: it serves nothing)
             self._asked_to_stop = False
             self.running_config = self.config
@@ -1142,7 +1142,7 @@ def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkey
             return self
 
         def wait(self, poll_s=0.5):
-            os.kill(os.getpid(), signal.SIGHUP)  # serve's handler runs here
+            signal.raise_signal(signal.SIGHUP)  # serve's handler runs here
             return super().wait(poll_s)
 
     monkeypatch.setattr(serving.server, "DenoiseServer", HungUpWhileServing)
@@ -1165,7 +1165,7 @@ def test_a_signal_before_start_clears_its_flags_still_stops_serve(capsys, monkey
     def clock():  # the moment before start(): the handlers are in, the server not yet started
         if not pressed:
             pressed.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
         return real_clock()
 
     monkeypatch.setattr(serving.server, "DenoiseServer", NeverStarted)
