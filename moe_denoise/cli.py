@@ -265,8 +265,10 @@ def _json_error(args: Any, watched: WatchedOutput | None, message: str, code: in
                         **({"interrupted": True} if interrupted else {})})
 
 
-CONTROLS = re.compile(r"(?!^\r)[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-"""The control characters a terminal would act on, but a tab, a line's end and a progress bar's leading return."""
+CONTROLS = re.compile(r"(?!^\r)(?!\x1b\[A)[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""The control characters a terminal would act on, but a tab, a line's end, a progress bar's leading return and the
+cursor-up (ESC [ A) with which tqdm redraws a bar below another (evaluate's BM3D bar under its levels' bar printed
+a literal '\x1b[A' and a new line for each image)."""
 
 
 def for_terminal(stream: Any) -> Callable[[str], str]:

@@ -1444,3 +1444,30 @@ def test_reliability_json_for_refusals_of_the_option_parser_and_for_a_stop(capsy
     out, err = capsys.readouterr()
     assert json.loads(out) == {"command": "doctor", "error": err.strip(), "exit_code": 143, "interrupted": True}
     assert "stopped" in err or "terminated" in err.lower()
+
+
+def test_a_bar_redrawn_below_another_keeps_its_cursor_moves_on_a_terminal():
+    """evaluate's BM3D bar (tqdm, below the levels' bar) moves the cursor up with ESC [ A: on a terminal the output's
+    escaping of control characters printed it as the text '\\x1b[A', and each image's update on a new line. The
+    cursor-up goes through; any other escape sequence is still shown as text."""
+    import io
+
+    from tqdm import tqdm
+
+    from moe_denoise.cli import BestEffortOutput
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    stream = BestEffortOutput(screen)
+    with tqdm(total=2, desc="levels", file=stream, mininterval=0) as outer:
+        with tqdm(total=3, desc="BM3D", file=stream, position=1, leave=False, mininterval=0) as inner:
+            for _ in range(3):
+                inner.update()
+        outer.update(2)
+    shown = screen.getvalue()
+    assert "\x1b[A" in shown and "\\x1b" not in shown
+    stream.write("\x1b[31mred\x1b[0m\n")
+    assert "\\x1b[31mred\\x1b[0m" in screen.getvalue()
