@@ -1471,3 +1471,15 @@ def test_a_bar_redrawn_below_another_keeps_its_cursor_moves_on_a_terminal():
     assert "\x1b[A" in shown and "\\x1b" not in shown
     stream.write("\x1b[31mred\x1b[0m\n")
     assert "\\x1b[31mred\\x1b[0m" in screen.getvalue()
+
+
+@pytest.mark.parametrize("columns", ["40", "80"])
+def test_help_never_breaks_a_path_across_lines(capsys, monkeypatch, columns):
+    """--help at 80 columns broke a default path mid-word ('($MOE_D' / 'ENOISE_CACHE/artifacts/...'), which could not
+    be copied from the help; at 40 columns in three places."""
+    monkeypatch.setenv("COLUMNS", columns)
+    for command in ("denoise", "export", "parity"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        shown = capsys.readouterr().out
+        assert "$MOE_DENOISE_CACHE/artifacts/moe_denoiser." in shown, command
