@@ -70,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
 
         print_json({"runner": runner.describe(), **report.to_dict()})
     else:
-        print(f"{runner_label(runner)} against PyTorch with the weights {weights_label(str(weights))}")
-        settings = {k: v for k, v in runner.describe().items() if k not in ("name", "weights", "weights_sha256")
+        label = runner_label(runner)  # an artifact's names its weights: they were said twice
+        print(f"{label} against PyTorch" + ("" if "(weights " in label else
+                                            f" with the weights {weights_label(str(weights))}"))
+        described = runner.describe()
+        settings = {k: v for k, v in described.items() if k not in ("name", "weights", "weights_sha256", "plugin_nodes")
                     and v not in (None, False)}
-        print("  " + ", ".join(f"{k} {v}" for k, v in settings.items()))
+        print("  " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in settings.items()))  # as the options are named
+        if described.get("plugin_nodes"):  # a sentence, printed after its key
+            print(f"  note: {described['plugin_nodes']}")
         print(report.summary())
     return 0 if report.passed else 1

@@ -125,7 +125,8 @@ def test_export_parity_denoise_doctor(capsys, random_weights, tmp_path):
                          f"other weights ({random_weights})" in err and "or leave --weights out" in err
     # without --weights the reference is the model the artifact was made from (not the default blind weights)
     code, out, _ = run(capsys, "parity", "--backend", "ort", "--artifact", onnx_path, "-n", 4)
-    assert code == 0 and f"against PyTorch with the weights {random_weights}" in out and "PASS" in out
+    assert code == 0 and f"ort-cpu (weights {random_weights}) against PyTorch\n" in out and "PASS" in out  # once
+    assert "opt-level all" in out  # named as the option (opt_level)
 
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).uniform(size=(45, 77, 3)) * 255).astype(np.uint8)).save(photo)
