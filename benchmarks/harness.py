@@ -574,7 +574,7 @@ def run_benchmark(specs: list[BackendSpec], reference: BaseRunner, settings: Ben
         _set_torch_threads(settings.threads)
     env = environment if environment is not None else fingerprint(settings.threads)
     contention = contention_factory()  # other processes' share of the CPU while this runs (a test's: a fixed one)
-    log(f"reference: {reference.name}; parity on {settings.parity_images} images")
+    log(f"reference: {reference.name.replace(' (reference)', '')}; parity on {settings.parity_images} images")
     x = parity_inputs(settings.parity_images, seed=settings.seed)
     with reference:
         ref_out = np.asarray(in_chunks(reference, x), np.float32)

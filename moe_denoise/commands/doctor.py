@@ -152,11 +152,13 @@ def run(args: argparse.Namespace) -> int:
     g = info["gpu"]
     print(f"GPU          {g.get('name', 'none')}" + (f" (compute {g['compute_capability']}, {g['memory_gib']} GiB)"
                                                      if g["cuda_available"] else ""))
-    providers = info["onnxruntime_providers"] if info["packages"]["onnxruntime"] else "(onnxruntime not installed)"
-    print(f"torch CUDA build: {g.get('torch_cuda_build')}; onnxruntime providers: {providers}")
+    providers = (", ".join(info["onnxruntime_providers"]) or "none") if info["packages"]["onnxruntime"] \
+        else "(onnxruntime not installed)"  # words, not a Python list and None
+    print(f"torch CUDA build: {g.get('torch_cuda_build') or 'none (a CPU-only build)'}; onnxruntime providers: "
+          f"{providers}")
     print("\nbackends:")
     for name, b in info["backends"].items():
-        print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}")
+        print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}".rstrip())
     c = info["cache"]
     print(f"\ncache        {c['path']} " + ("(writable)" if c["writable"] else
                                               f"(NOT writable: {c['not_writable_because']}; set MOE_DENOISE_CACHE "

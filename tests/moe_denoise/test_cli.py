@@ -451,6 +451,7 @@ def test_doctor_without_onnxruntime_says_it_is_not_installed(capsys, monkeypatch
     monkeypatch.setattr(machine, "library_status", without_ort)
     code, out, _ = run(capsys, "doctor")
     assert code == 0 and "onnxruntime providers: (onnxruntime not installed)" in out
+    assert "torch CUDA build: None" not in out and not any(line != line.rstrip() for line in out.splitlines())
     assert "ONNX Runtime CUDA" in out and "providers []" not in out
     assert out.count("onnxruntime not installed") >= 4  # the header, CPU, CUDA and TensorRT EP lines
 
