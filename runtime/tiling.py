@@ -52,7 +52,7 @@ CPU_BATCH_SIZE = 64  # on a CPU: faster and leaner than 256 for every CPU backen
 PROGRESS_MIN_TILES = 128  # below this there is no progress at all; a bar appears after PROGRESS_DELAY_S (1,014 tiles,
 # 12 to 30 s on a 2-core CPU, showed nothing under the 1,024 of before)
 PROGRESS_DELAY_S = 2.0  # a bar appears once a photo has taken this long: none flashes by
-PROGRESS_LINE_S = 30.0  # progress='lines': at most one line this often
+PROGRESS_LINE_S = 10.0  # progress='lines': at most one line this often (30 s left a log silent for half a minute)
 DEFAULT_BAND_BYTES = 32 << 20  # working memory of one band (see band_rows_for)
 BAND_BYTES_PER_PIXEL = 96  # per padded pixel of a band: float64 sums, float32 rows in and out, the division
 

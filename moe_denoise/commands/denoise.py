@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,12 +217,20 @@ def run_single(args: argparse.Namespace) -> int:
                              f"{args.input} is {pw}x{ph} {photo.layout} (upright, after their EXIF orientation); "
                              f"pass the clean version of the same photo (same size and colour channels; alpha is "
                              f"not compared)")
+    from moe_base.progress import progress_mode
+
+    def starting() -> None:  # in a log, nothing was said for the first 30 s or more (a folder names each photo)
+        if progress_mode(not (args.no_progress or args.json)) == "lines":
+            print(f"denoising {args.input} ...", file=sys.stderr, flush=True)
+
     if args.server is not None:
+        starting()
         report = denoise_one(args, None, args.input, args.output)
     else:
         from runtime.photo import check_file_job
 
         check_file_job(args.input, args.output, args.overwrite, args.max_pixels)  # before torch and the weights
+        starting()
         with make_runner(args, args.weights) as runner:
             report = denoise_one(args, runner, args.input, args.output)
     if renamed is not None:
@@ -288,7 +297,6 @@ def run_batch(args: argparse.Namespace) -> int:
     """Several photos (or folders of them) into the folder -o, the denoiser loaded once (runtime.batch: a photo
     that cannot be denoised is reported and the others go on; exit 2 when any failed)."""
     import contextlib
-    import sys
     import time
 
     from moe_base.fileio import is_link_loop

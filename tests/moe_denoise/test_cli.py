@@ -1485,3 +1485,16 @@ def test_help_never_breaks_a_path_across_lines(capsys, monkeypatch, columns):
             main([command, "--help"])
         shown = capsys.readouterr().out
         assert "$MOE_DENOISE_CACHE/artifacts/moe_denoiser." in shown, command
+
+
+def test_a_single_photo_in_a_log_says_it_began(capsys, tmp_path):
+    """In a log (standard error no terminal) a single photo printed nothing until its first progress line, 30 s into
+    the tiles (a 33 s run left the log empty); a folder's photos each had a start line. Now it says it began, once
+    its paths are checked; --no-progress and --json leave it out."""
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    code, out, err = run(capsys, "denoise", photo, "-o", tmp_path / "o.png")
+    assert code == 0 and err.splitlines()[0] == f"denoising {photo} ..." and "denoised" in out
+    for quiet in ("--no-progress", "--json"):
+        code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "o.png", "--overwrite", quiet)
+        assert code == 0 and "denoising" not in err
