@@ -64,7 +64,8 @@ class Progress:
             share = f", {100 * self.done / self.total:.0f}%" if self.total > 0 else ""
             left = elapsed / self.done * (self.total - self.done) if 0 < self.done < self.total else None
             ahead = "" if left is None else f", about {left:.0f} s left" if left < 120 else f", about {left / 60:.0f} min left"
-            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total} {self.unit}s{share}, "
+            units = self.unit + ("es" if self.unit.endswith(("ch", "sh", "s", "x")) else "s")  # batches, not batchs
+            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total} {units}{share}, "
                   f"{elapsed:.0f} s{ahead})", file=self.stream, flush=True)
 
     def close(self) -> None:

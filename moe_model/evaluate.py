@@ -21,16 +21,16 @@ from .metrics import ssim_per_image
 
 @torch.no_grad()
 def denoise_batched(model: torch.nn.Module, noisy: torch.Tensor, batch_size: int = 256,
-                    progress: bool = False, desc: str = "denoise") -> torch.Tensor:
+                    progress: bool | str = False, desc: str = "denoise") -> torch.Tensor:
+    """``model`` over ``noisy`` in batches; ``progress``: a bar (True / 'bar') or a line every 10 s ('lines', a log:
+    'evaluate --sigma 0.2 > log' wrote nothing for minutes), as :class:`moe_base.progress.Progress`."""
     device = next(model.parameters()).device
     outs = []
     starts = range(0, len(noisy), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
-    for i in starts:
-        outs.append(model(noisy[i : i + batch_size].to(device)).cpu())
+    with Progress(len(starts), desc, "batch", progress, every_s=10.0) as shown:
+        for i in starts:
+            outs.append(model(noisy[i : i + batch_size].to(device)).cpu())
+            shown.step()
     return torch.cat(outs)
 
 
@@ -41,7 +41,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 def evaluate_model(model: torch.nn.Module, clean: torch.Tensor, sigma: float = DEFAULT_SIGMA,
                    protocols: Sequence[str] = PROTOCOLS, eval_seed: int = DEFAULT_EVAL_SEED,
-                   batch_size: int = 256, with_ssim: bool = True, progress: bool = False) -> dict[str, Any]:
+                   batch_size: int = 256, with_ssim: bool = True, progress: bool | str = False) -> dict[str, Any]:
     """Score ``model`` on clean images (N, 3, H, W) in [0, 1]. Returns per protocol the noisy-input and model rows.
 
     Std is the population std over images (numpy's default), the same convention as the seed's report.

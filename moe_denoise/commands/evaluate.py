@@ -329,7 +329,7 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
     for s in specs:
         result = evaluate_model(models[s["label"]], clean, sigma=args.sigma, protocols=protocols,
                                 eval_seed=args.eval_seed, batch_size=args.batch_size, with_ssim=not args.no_ssim,
-                                progress=progress_mode() == "bar")
+                                progress=progress_mode())  # a bar, or lines in a log
         weights = s["path"]
         result.update(split=args.split, weights=weights, preset=s["preset"], label=s["label"])
         results.append(result)

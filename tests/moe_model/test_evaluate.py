@@ -206,3 +206,29 @@ def test_bm3d_rows_on_the_subset_improve_on_the_noisy_input(fake_cifar):
     target = next(x for x in check_targets(beats) if x["target"].startswith("beats BM3D"))
     assert target["met"] is None and target["margin"] == 1.5
     assert "  partly m: beats BM3D at sigma 15, 25, 50" in format_targets([target])
+
+
+def test_the_single_sigma_evaluation_writes_progress_lines_to_a_log(capsys, monkeypatch):
+    """'evaluate --sigma 0.2 > log' (the README's seed-protocol command) wrote no progress to a log: its batches had
+    a bar on a terminal only. In a log a line now comes at most every 10 s, naming the batches done."""
+    import itertools
+
+    import moe_base.progress
+    from moe_model.evaluate import denoise_batched
+
+    class Same(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # where the batches go: the model's device
+
+        def forward(self, x):
+            return x
+
+    clock = itertools.count(0.0, 6.0)  # 6 s a batch
+    monkeypatch.setattr(moe_base.progress.time, "perf_counter", lambda: next(clock))
+    noisy = torch.rand(8, 3, 4, 4)
+    torch.testing.assert_close(denoise_batched(Same(), noisy, batch_size=2, progress="lines", desc="evaluate (clip)"),
+                               noisy)
+    lines = capsys.readouterr().err.splitlines()
+    assert 1 <= len(lines) <= 3, lines  # at most one each 10 s over 4 batches of 6 s, not one a batch
+    assert all(line.startswith("evaluate (clip): (") and " of 4 batches, " in line for line in lines), lines
