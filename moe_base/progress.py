@@ -35,7 +35,8 @@ class Progress:
     """``total`` steps of work named ``desc``; ``step(what)`` after each (``what``: the bar's postfix). In 'lines'
     mode a step prints '<desc>: <what> (i of N <unit>s, P%, s s, about T left)' to stderr at once (flushed), so a log
     shows where a long run is and how long it has to go; with ``every_s``, at most one line per ``every_s`` seconds
-    (for many short steps). ``delay_s``: a bar appears only once the work has taken that long (none flashes by)."""
+    (for many short steps). ``delay_s``: a bar appears only once the work has taken that long (none flashes by).
+    ``total`` 0: not known ahead (a bar and lines count the steps without a share or an estimate)."""
 
     def __init__(self, total: int, desc: str, unit: str, mode: bool | str | None, stream: TextIO | None = None,
                  every_s: float = 0.0, delay_s: float = 0.0):
@@ -49,7 +50,9 @@ class Progress:
         if self.mode == "bar":
             from tqdm.auto import tqdm  # a notebook's widget in Jupyter
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=self.stream, delay=delay_s)
+            unknown = {"bar_format": "{desc}: {n_fmt} done [{elapsed}]"} if total <= 0 else {}  # not '1sample'
+            self.bar = tqdm(total=total if total > 0 else None, desc=desc, unit=unit, leave=False, file=self.stream,
+                            delay=delay_s, **unknown)  # total 0: not known ahead
 
     def step(self, what: str = "", n: int = 1) -> None:
         """``n`` more units of work done (``what``: the step's name or figures)."""
@@ -65,7 +68,8 @@ class Progress:
             left = elapsed / self.done * (self.total - self.done) if 0 < self.done < self.total else None
             ahead = "" if left is None else f", about {left:.0f} s left" if left < 120 else f", about {left / 60:.0f} min left"
             units = self.unit + ("es" if self.unit.endswith(("ch", "sh", "s", "x")) else "s")  # batches, not batchs
-            print(f"{self.desc}: {what + ' ' if what else ''}({self.done} of {self.total} {units}{share}, "
+            of = f" of {self.total}" if self.total > 0 else ""  # total 0: not known ahead
+            print(f"{self.desc}: {what + ' ' if what else ''}({self.done}{of} {units}{share}, "
                   f"{elapsed:.0f} s{ahead})", file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -505,7 +505,7 @@ def guard_reusing(rows: RowSource, height: int, width: int, channels: int, fn: T
         return colour_part(raw[0])
 
     decision = guard_rows(rows, height, width, fn, tile, overlap, batch_size, sigma,
-                          two_scales if callable(two_scales) else bool(two_scales), whole)
+                          two_scales if callable(two_scales) else bool(two_scales), whole, progress)
     if isinstance(two_scales, str) and decision.two_scales:
         decision = replace(decision, two_scales_reason=two_scales)
     return decision, (raw[0] if raw else None)
@@ -557,10 +557,18 @@ def _check_denoised(denoised: object, image: np.ndarray) -> np.ndarray:
 def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int = DEFAULT_TILE,
                overlap: int = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
                sigma: float | None = None, two_scales: bool | Callable[[], str | None] = False,
-               whole: Callable[[], np.ndarray] | None = None) -> GuardResult:
+               whole: Callable[[], np.ndarray] | None = None, progress: bool | str = False) -> GuardResult:
     """:func:`runtime.guard.guard_weight` for an image read through a row source, tiled as :func:`denoise_bands`
-    (``whole``: see there)."""
-    return guard_weight(rows, height, width,
-                        lambda crop: denoise_array(crop, fn, tile, overlap, batch_size, guard=False), sigma,
-                        two_scales=two_scales, whole=whole)
+    (``whole``: see there). ``progress``: the samples it denoises shown as :func:`progress_for` shows tiles (a clean
+    photo's guard ran 12 to 14 s with nothing on the screen, and a log showed nothing for as long)."""
+    shown = Progress(0, "clean-input guard: reading the noise level", "sample", progress, every_s=PROGRESS_LINE_S,
+                     delay_s=2.0)
+
+    def denoise(crop: np.ndarray) -> np.ndarray:
+        out = denoise_array(crop, fn, tile, overlap, batch_size, guard=False)
+        shown.step()
+        return out
+
+    with shown:
+        return guard_weight(rows, height, width, denoise, sigma, two_scales=two_scales, whole=whole)
 
