@@ -1498,3 +1498,14 @@ def test_a_single_photo_in_a_log_says_it_began(capsys, tmp_path):
     for quiet in ("--no-progress", "--json"):
         code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "o.png", "--overwrite", quiet)
         assert code == 0 and "denoising" not in err
+
+
+def test_the_input_is_reported_as_given(capsys, tmp_path, monkeypatch):
+    """The success line and --json named the input by its absolute path, the output, start and failure lines as
+    given: long lines, and a log could not be searched for the path that was typed."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "p.png")
+    code, out, _ = run(capsys, "denoise", "p.png", "-o", "o.png")
+    assert code == 0 and out.startswith("denoised p.png (8x8, RGB, 8-bit)") and "-> o.png" in out
+    code, out, _ = run(capsys, "denoise", "p.png", "-o", "o.png", "--overwrite", "--json")
+    assert code == 0 and json.loads(out)["input"] == "p.png" and json.loads(out)["output"] == "o.png"
