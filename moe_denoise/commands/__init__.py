@@ -271,6 +271,12 @@ def load_model_from_args(args: argparse.Namespace, impl: str = "masked"):
 BACKENDS = ("torch", "ort", "trt")
 
 
+IMPL_CHOICES = ("masked", "gather", "seed", "triton")
+"""moe_model.attention.IMPLS and the Triton kernel's (topk_attention.torch_op.IMPL_NAME), named here without importing
+torch (--help stays light); a test holds them equal. '--impl foo' was refused by the runner, after the weights had
+loaded, without naming the option."""
+
+
 def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default_impl: str = "masked") -> None:
     p.add_argument("--backend", choices=BACKENDS, required=required, default=None if required else "torch",
                    help="torch: the PyTorch model; ort: an ONNX model in ONNX Runtime; trt: a TensorRT engine")
@@ -281,7 +287,7 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = False, default
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu)")
     p.set_defaults(impl_default=default_impl)  # for check_backend_options: was --impl given?
-    p.add_argument("--impl", default=default_impl,
+    p.add_argument("--impl", default=default_impl, choices=IMPL_CHOICES,
                    help="torch backend: attention implementation (masked: the definition; gather: the seed's top-k "
                         "formulation; seed: the seed's code path; triton: the Triton kernel, CUDA)")
     p.add_argument("--device", type=device_name, default="cpu", help="torch backend device (cpu, cuda, cuda:N)")

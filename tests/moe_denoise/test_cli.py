@@ -1509,3 +1509,16 @@ def test_the_input_is_reported_as_given(capsys, tmp_path, monkeypatch):
     assert code == 0 and out.startswith("denoised p.png (8x8, RGB, 8-bit)") and "-> o.png" in out
     code, out, _ = run(capsys, "denoise", "p.png", "-o", "o.png", "--overwrite", "--json")
     assert code == 0 and json.loads(out)["input"] == "p.png" and json.loads(out)["output"] == "o.png"
+
+
+def test_the_impl_choices_are_the_models_and_an_unknown_one_is_refused_by_the_option(capsys):
+    """'--impl foo' was refused by the runner after the weights had loaded, in words that did not name --impl; the
+    option's choices are now the implementations the model has (named without importing torch, for --help)."""
+    from moe_denoise.commands import IMPL_CHOICES
+    from moe_model.attention import IMPLS
+    from topk_attention.torch_op import IMPL_NAME
+
+    assert IMPL_CHOICES == (*IMPLS, IMPL_NAME)
+    with pytest.raises(SystemExit):
+        main(["denoise", "x.png", "-o", "y.png", "--impl", "foo"])
+    assert "argument --impl: invalid choice: 'foo'" in capsys.readouterr().err
