@@ -238,7 +238,14 @@ def runner_label(runner: Any, by_name: bool = False) -> str:
     described = runner.describe()
     weights = described.get("weights")
     label = weights_label(weights, described.get("weights_sha256"), by_name) if weights else None
-    return runner.name + (f" (weights {label})" if label else "")
+    name = runner.name
+    if described.get("backend") == "ort" and name == f"ort-{described.get('provider')}":  # its default name: the
+        # model's kind added, as torch's names have theirs (an fp16 plugin graph and the fp32 portable one were both
+        # 'ort-cpu')
+        precision = described.get("precision", "fp32")
+        name = "-".join([name, *(["plugin"] if described.get("plugin_nodes") else []),
+                         *([precision] if precision != "fp32" else [])])
+    return name + (f" (weights {label})" if label else "")
 
 
 @contextmanager

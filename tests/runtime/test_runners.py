@@ -606,3 +606,21 @@ def test_library_calls_with_what_is_no_path_number_or_tensor_say_so(tmp_path):
         with pytest.raises(InputError, match=message):
             model(bad)
     assert model(x).shape == x.shape
+
+
+def test_an_onnx_models_label_names_its_kind():
+    """An fp16 plugin graph and the fp32 portable one were both labelled 'ort-cpu' in denoise's and parity's lines
+    (torch's names say their precision): the default name now carries the graph's kind; a name given is kept."""
+    from runtime.base import runner_label
+
+    class Described:
+        def __init__(self, name, **described):
+            self.name, self.described = name, {"backend": "ort", "provider": "cpu", **described}
+
+        def describe(self):
+            return self.described
+
+    assert runner_label(Described("ort-cpu", precision="fp32")) == "ort-cpu"
+    assert runner_label(Described("ort-cpu", precision="fp16")) == "ort-cpu-fp16"
+    assert runner_label(Described("ort-cpu", precision="fp16", plugin_nodes="...")) == "ort-cpu-plugin-fp16"
+    assert runner_label(Described("mine", precision="fp16")) == "mine"
