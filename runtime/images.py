@@ -950,8 +950,13 @@ def _deep_colour_kind(p: Path, im: Any) -> str | None:
 def _read_png16(p: Path, header: ImageHeader) -> np.ndarray:
     """pypng decodes row by row: the rows go straight into the array (no list of rows, no second copy)."""
     png = require("png", f"reading the 16-bit colour PNG '{p}'")
+    with open(p, "rb") as f:  # closed here: given a file name, pypng left the file to the garbage collector
+        return _read_png16_from(png, f, p, header)
+
+
+def _read_png16_from(png: Any, f: IO[bytes], p: Path, header: ImageHeader) -> np.ndarray:
     try:
-        width, height, rows, meta = png.Reader(filename=str(p)).read()
+        width, height, rows, meta = png.Reader(file=f).read()
         planes = meta["planes"]
         declared = header.channels - (header.colour_key is not None)  # a colour key's alpha is made, not stored
         if (width, height, planes) != (header.width, header.height, declared):

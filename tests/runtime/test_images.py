@@ -1287,3 +1287,20 @@ def test_deep_colour_jpeg2000_is_refused_not_cut_to_8_bits(tmp_path: Path) -> No
     (tmp_path / "deep.jp2").write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"is a 16-bit colour JPEG 2000 file, which Pillow reads at 8 bits only"):
         read_pixels(tmp_path / "deep.jp2")
+
+
+def test_a_16bit_colour_png_is_closed_once_read(tmp_path: Path) -> None:
+    """pypng, given a file name, opened the file and left it to the garbage collector: a ResourceWarning each read
+    (python -X dev), and a file held open as long as an error raised while reading it was kept."""
+    import gc
+    import warnings
+
+    png = pytest.importorskip("png", reason="pypng is not installed: 16-bit colour PNG is optional")
+    with open(tmp_path / "deep.png", "wb") as f:
+        png.Writer(4, 4, greyscale=False, bitdepth=16).write(f, rng_u16((4, 12)).tolist())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        data, info = read_pixels(tmp_path / "deep.png")
+        gc.collect()
+    assert info.bit_depth == 16 and data.shape == (4, 4, 3)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
