@@ -105,7 +105,7 @@ def test_reliability_batch_failing_alike_twice(capsys, monkeypatch, random_weigh
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sighup"])
-def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, photos, tmp_path, how):
+def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, photos, tmp_path, how, request):
     """denoise of several photos interrupted (Ctrl-C, or SIGTERM or SIGHUP (a closed terminal), which ended it in
     silence with an empty output folder left) => exit 130 (143 for SIGTERM, 129 for SIGHUP); the outputs written are
     complete and kept, and --skip-existing is named to go on (said once; stopped before the first photo, that nothing
@@ -116,6 +116,9 @@ def test_reliability_batch_interrupted(capsys, monkeypatch, random_weights, phot
     real = denoise_cmd.denoise_one
     sent = {"sigterm": signal.SIGTERM, "sighup": signal.SIGHUP}.get(how)
     code_of = {"ctrl-c": 130, "sigterm": 143, "sighup": 129}
+    if sent == signal.SIGHUP:  # a closing terminal's: under nohup (a CI job started with it) SIGHUP is ignored, and
+        previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # the command leaves it so (nohup is respected)
+        request.addfinalizer(lambda: signal.signal(signal.SIGHUP, previous))
 
     def interrupted_on(name):
         def denoise_one(args, runner, src, dst, client=None):
