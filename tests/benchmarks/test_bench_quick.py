@@ -28,6 +28,7 @@ def test_quick_bench_on_a_tiny_sweep(capsys, random_weights, tmp_path, restore_t
                  "--out-dir", str(out_dir), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
+    assert "reference: torch-masked; parity on 4 images" in err  # it said 'torch-masked (reference)' after 'reference:'
 
     printed = json.loads(out)
     on_disk = json.loads((out_dir / "results.json").read_text())
