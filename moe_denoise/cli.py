@@ -32,6 +32,12 @@ def print_json(obj: Any) -> None:
     print(json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
+def error_document(message: str, command: str, code: int, **more: Any) -> dict[str, Any]:
+    """The JSON error document of --json, the same keys whatever refused (the option parser, a command, a stop, a
+    parity gate): ``more`` adds what that one says besides."""
+    return {"error": message, "command": command, "exit_code": code, **more}
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with inf / nan (a clean input's PSNR) as None and keys as strings: what strict JSON can hold."""
     if isinstance(obj, float):
@@ -172,7 +178,7 @@ def _main(argv: list[str] | None) -> int:
     except Refused as e:
         if "--json" in argv and "--json" in e.parser._option_string_actions:  # the command's --json, given
             with contextlib.suppress(OSError):
-                print_json({"error": e.message, "command": e.parser.prog.split()[-1], "exit_code": 2})
+                print_json(error_document(e.message, e.parser.prog.split()[-1], 2))
         raise
     except KeyboardInterrupt:
         if "--debug" in argv:
@@ -261,8 +267,7 @@ def _json_error(args: Any, watched: WatchedOutput | None, message: str, code: in
     printed = (watched is None or watched.wrote) or getattr(args, "printed_json", False)  # serve's own copy
     if getattr(args, "json", False) and not printed:
         with contextlib.suppress(OSError):
-            print_json({"error": message, "command": args.command, "exit_code": code,
-                        **({"interrupted": True} if interrupted else {})})
+            print_json(error_document(message, args.command, code, **({"interrupted": True} if interrupted else {})))
 
 
 CONTROLS = re.compile(r"(?!^\r)(?!\x1b\[A)[\x00-\x08\x0b-\x1f\x7f-\x9f]")

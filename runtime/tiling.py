@@ -562,7 +562,7 @@ def guard_rows(rows: RowSource, height: int, width: int, fn: TileFn, tile: int =
     (``whole``: see there). ``progress``: the samples it denoises shown as :func:`progress_for` shows tiles (a clean
     photo's guard ran 12 to 14 s with nothing on the screen, and a log showed nothing for as long)."""
     shown = Progress(0, "clean-input guard: reading the noise level", "sample", progress, every_s=PROGRESS_LINE_S,
-                     delay_s=2.0)
+                     delay_s=PROGRESS_DELAY_S)
 
     def denoise(crop: np.ndarray) -> np.ndarray:
         out = denoise_array(crop, fn, tile, overlap, batch_size, guard=False)

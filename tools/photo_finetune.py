@@ -120,18 +120,8 @@ def positive_noise(text: str) -> float:
     return value
 
 
-def positive_number(text: str) -> float:
-    """argparse type: a finite number > 0 (--lr -1 reached torch's 'Invalid learning rate')."""
-    from moe_denoise.commands import number
-
-    value = number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
-    from moe_denoise.commands import positive_int, seed_number
+    from moe_denoise.commands import positive_int, positive_number, seed_number
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", nargs="+", required=True,

@@ -427,8 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked here: a bad one was found only after every measurement (a --headline not among
     --concurrency raised KeyError at the report, and nothing was written) or silently changed (--threads 0 ran the
     servers with their default thread count)."""
-    from moe_denoise.commands import positive_int, queue_delay, seconds
-    from tools.photo_finetune import positive_number
+    from moe_denoise.commands import positive_int, positive_number, queue_delay, seconds
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="ort", choices=["torch", "ort", "trt"])

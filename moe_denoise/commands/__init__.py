@@ -105,6 +105,14 @@ def number(text: str) -> float:
     return value
 
 
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (photo_finetune --lr -1 reached torch's 'Invalid learning rate')."""
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def whole(text: str) -> int:
     """argparse type: a whole number, any sign (its range is the command's to check, as for :func:`number`)."""
     return whole_number(text, None, None, "a whole number")
@@ -241,10 +249,10 @@ def json_when_refused(as_json: bool, out: Path, command: str) -> Iterator[None]:
         yield
     except ParityError as e:
         if as_json and e.report is not None:
-            from moe_denoise.cli import print_json
+            from moe_denoise.cli import error_document, print_json
 
-            print_json({"written": False, "output": str(out), "error": str(e).splitlines()[0],
-                        "parity": e.report.to_dict(), "command": command, "exit_code": 1})  # as every error document
+            print_json(error_document(str(e).splitlines()[0], command, 1, written=False, output=str(out),
+                                      parity=e.report.to_dict()))
         raise
 
 

@@ -255,17 +255,16 @@ def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, cli
 
     if args.server is not None:
         report = run_remote(args, src, dst, runner, client)  # its denoised_by names the server's runner
-        report["input"] = str(src)  # as given, as the output is (it was made absolute: long lines, not greppable)
-        return report
-    report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
-                          batch_size=args.batch_size, progress=progress_mode(not (args.no_progress or args.json)),
-                          max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
-                          strength=args.strength, quality=args.jpeg_quality)
-    report["input"] = str(src)  # as given, as the output is
-    report["backend"] = runner.describe()
-    report["denoised_by"] = runner_label(runner)
-    if "plugin_nodes" in report["backend"]:  # the plugin graph in ONNX Runtime: slow on purpose, said once a photo
-        report["notes"].append(report["backend"]["plugin_nodes"])
+    else:
+        report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
+                              batch_size=args.batch_size, progress=progress_mode(not (args.no_progress or args.json)),
+                              max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
+                              strength=args.strength, quality=args.jpeg_quality)
+        report["backend"] = runner.describe()
+        report["denoised_by"] = runner_label(runner)
+        if "plugin_nodes" in report["backend"]:  # the plugin graph in ONNX Runtime: slow on purpose, said once a photo
+            report["notes"].append(report["backend"]["plugin_nodes"])
+    report["input"] = str(src)  # as given, as the output is (it was made absolute: long lines, not greppable)
     return report
 
 
