@@ -29,6 +29,23 @@ def ctrl_c_reaches_python():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cache_of_the_run(tmp_path_factory: pytest.TempPathFactory):
+    """The cache folder (MOE_DENOISE_CACHE) of the whole run is one of its temporary folders, for the commands it
+    runs in this process and those it starts, so that a test that forgets --cache-dir cannot write models into the
+    user's ~/.cache/moe-denoise or read models left there. The TensorRT plugin layer's download (tools/trt_layer)
+    stays in the user's cache, as pip's does, so that a run does not fetch it again."""
+    from moe_base.paths import cache_dir
+
+    users = cache_dir() / "trt-plugin-layer"
+    users.mkdir(parents=True, exist_ok=True)
+    ours = tmp_path_factory.mktemp("cache")
+    (ours / "trt-plugin-layer").symlink_to(users, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOE_DENOISE_CACHE", str(ours))
+        yield ours
+
+
 def need(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (it lives in ../shared, which only CI and the team's checkouts have)")
