@@ -24,7 +24,7 @@ import torch
 
 from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError, TrainingError, signals_held
-from moe_base.fileio import first_missing, folder_lock, new_temporary, remove_if_empty
+from moe_base.fileio import check_folder_takes_files, first_missing, folder_lock, remove_if_empty
 from moe_base.progress import Progress
 
 from .checkpoint import (
@@ -521,16 +521,16 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 
 def check_writable_folder(folder: Path) -> None:
-    """Create ``folder`` if needed and make sure a file can be written there, before any work is done."""
+    """Create ``folder`` if needed once it is known to take files (:func:`check_folder_takes_files`: its probe never
+    goes through a link), before any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out-dir {folder} is a file; the run's files go into a folder: give a folder path")
+    check_folder_takes_files(folder, "best.safetensors.json")  # the longest name a run writes there
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe, fd = new_temporary(folder, ".moe-denoise-write-probe-", "")  # a new file: never through a link
-        os.close(fd)  # type: ignore[arg-type]
-        probe.unlink()
     except OSError as e:
-        if folder.exists() and not folder.is_dir():
-            raise InputError(f"--out-dir {folder} is a file; the run's files go into a folder: give a folder path") from e
-        raise InputError(f"cannot write to {folder} ({e.strerror or e}); choose a folder you can write to") from e
+        raise InputError(f"cannot write to the folder '{folder}' ({e.strerror or e}); choose a folder you can write "
+                         f"to") from e
 
 
 def warm_start(model: SmallViT, path: str, log: Callable[[str], None]) -> None:
