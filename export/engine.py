@@ -23,7 +23,7 @@ from typing import Any
 
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import BuildError, InputError, NoGPUError, ParityError
-from moe_base.manifest import base_manifest, read_checked, write_artifact
+from moe_base.manifest import base_manifest, make_it, read_checked, write_artifact
 from moe_base.optional import require
 from moe_base.paths import cache_dir
 from runtime.parity import ParityReport
@@ -147,8 +147,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, opts: BuildOptions
         if onnx_path.is_dir():  # it said the folder does not exist
             raise InputError(f"ONNX model {onnx_path} is a folder; pass the .onnx file in it (what 'moe-denoise "
                              f"export' writes, e.g. {onnx_path / 'moe_denoiser.plugin.onnx'})")
-        raise InputError(f"ONNX model {onnx_path} does not exist; export one with 'moe-denoise export --flavor plugin' "
-                         f"(or --flavor portable){fp16}, or pass --onnx PATH")
+        raise InputError(f"ONNX model {onnx_path} does not exist; {make_it(onnx_path)}{fp16}")
     onnx_manifest = read_checked(onnx_path, kind="onnx")  # a replaced graph under an old manifest would hit its cache
     # the weights the ONNX model was exported from (by its manifest's hash), given or found: checked before minutes
     # of building

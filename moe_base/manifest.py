@@ -98,19 +98,97 @@ def _write_pair(path: Path, data: bytes, mpath: Path, manifest: dict[str, Any], 
             path.unlink(missing_ok=True)
         elif isinstance(e, InputError):  # the new artifact stays, beside the old manifest: said, not hidden
             raise InputError(f"{e}; but {path} was already replaced, and its old manifest does not describe it: the "
-                             f"runners will refuse it until it is written again ({remake(path)})") from e
+                             f"runners will refuse it until it is written again ({remake(path, manifest)})") from e
         raise
 
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def remake(artifact: str | Path) -> str:
-    """How to make ``artifact`` again: an engine is rebuilt, an ONNX model re-exported (engines were told to
-    "re-export" themselves)."""
-    if Path(artifact).suffix.lower() in ENGINE_SUFFIXES:
-        return "rebuild it ('moe-denoise build')"
-    return "re-export it ('moe-denoise export')"
+def remake(artifact: str | Path, manifest: Any = None) -> str:
+    """How to make ``artifact`` again, as a command to copy: an engine is rebuilt, an ONNX model re-exported, to the
+    same path (plain 'moe-denoise export' rewrote the cache's default model alone, and a model of one's own kept
+    failing). The settings come from the file's default name or its ``manifest``; where neither tells them, the
+    command says which options to add."""
+    path = Path(artifact)
+    m = manifest if isinstance(manifest, dict) else {}
+    made = m.get("model") if isinstance(m.get("model"), dict) else {}
+    weights = made.get("weights_file") if isinstance(made.get("weights_file"), str) else None
+    precision = m.get("precision") if m.get("precision") in ("fp32", "fp16") else None
+    source = m.get("onnx") if isinstance(m.get("onnx"), dict) else {}
+    engine = path.suffix.lower() in ENGINE_SUFFIXES
+    flags = _default_name_flags(path, engine)
+    if flags is not None:  # the cache's default file: the command without -o writes it (and may replace it)
+        args = ["build" if engine else "export", *flags]
+    elif engine:
+        onnx = source.get("file") if isinstance(source.get("file"), str) else None
+        args = ["build", "--onnx", onnx or "MODEL.onnx", *(["--precision", precision] if precision else []),
+                "-o", str(path), "--overwrite"]
+        missing = [said for known, said in ((onnx, "MODEL.onnx being the ONNX model it was built from"),
+                                            (precision, "with the --precision it was built with")) if not known]
+        if missing:
+            return f"rebuild it with: {_command(args)} ({'; '.join(missing)})"
+    elif source.get("flavor") in ("portable", "plugin") and precision:
+        rewrites = source.get("rewrites")
+        chosen = (["--no-optimize"] if rewrites == [] else ["--rewrites", ",".join(map(str, rewrites))]
+                  if isinstance(rewrites, list) else [])
+        args = ["export", *(["--weights", weights] if weights else []), "--flavor", source["flavor"],
+                *(["--precision", precision] if precision != "fp32" else []), *chosen, "-o", str(path), "--overwrite"]
+    else:  # no manifest to read the settings from
+        return (f"re-export it with: {_command(['export', '-o', str(path), '--overwrite'])} (adding the --weights, "
+                f"--flavor and --precision it was made with)")
+    if flags is not None and weights and not engine:
+        args[1:1] = ["--weights", weights]
+    return f"{'rebuild' if engine else 're-export'} it with: {_command(args)}"
+
+
+def make_it(artifact: str | Path) -> str:
+    """How to make a missing ``artifact`` at its path, as a command to copy (an engine missing at its default path
+    was told to run 'moe-denoise build --onnx MODEL.onnx', which writes beside MODEL.onnx, and the error came back)."""
+    path = Path(artifact)
+    engine = path.suffix.lower() in ENGINE_SUFFIXES
+    flags = _default_name_flags(path, engine)
+    if engine and flags is not None:
+        return (f"make it with: moe-denoise export --flavor plugin && {_command(['build', *flags])} (on a machine "
+                f"with TensorRT and a GPU)")
+    if engine:
+        return (f"make it with: {_command(['build', '--onnx', 'MODEL.onnx', '-o', str(path)])} (MODEL.onnx: a graph "
+                f"'moe-denoise export --flavor plugin' wrote; on a machine with TensorRT and a GPU)")
+    if flags is not None:
+        return f"make it with: {_command(['export', *flags])}"
+    return (f"make it with: {_command(['export', '-o', str(path)])} (adding the --weights, --flavor and --precision "
+            f"you want)")
+
+
+def _command(args: list[str]) -> str:
+    import shlex
+
+    return shlex.join(["moe-denoise", *args])
+
+
+def _default_name_flags(path: Path, engine: bool) -> list[str] | None:
+    """The options of 'moe-denoise export' (or 'build') that write ``path`` without -o, when ``path`` is one of the
+    cache's default names (:func:`moe_base.paths.onnx_path`, :func:`moe_base.paths.engine_path`); else None."""
+    import re
+
+    from .paths import artifacts_dir
+
+    try:
+        if path.resolve().parent != artifacts_dir().resolve():
+            return None
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
+        return None
+    if engine:
+        found = re.fullmatch(r"moe_denoiser\.plugin\.(fp32|fp16)\.engine", path.name)
+        return None if found is None else (["--precision", "fp16"] if found[1] == "fp16" else [])
+    found = re.fullmatch(r"moe_denoiser\.(portable|plugin)"
+                         r"(?:\.(noopt)|\.(?!fp16\.onnx$)([a-z0-9_]+(?:\+[a-z0-9_]+)*))?(\.fp16)?\.onnx",
+                         path.name)
+    if found is None:
+        return None
+    flavor, noopt, rewrites, fp16 = found.groups()
+    return ([*(["--flavor", flavor] if flavor != "portable" else []), *(["--precision", "fp16"] if fp16 else []),
+             *(["--no-optimize"] if noopt else []), *(["--rewrites", rewrites.replace("+", ",")] if rewrites else [])])
 
 
 KINDS = {"onnx": "an ONNX model", "trt-engine": "a TensorRT engine"}  # what base_manifest's ``kind`` says
@@ -147,19 +225,23 @@ def read_manifest(artifact: str | Path, required: bool = True, kind: str | None 
         raise ArtifactError(f"manifest {mpath} is unreadable: {reason}; {remake(artifact)}") from e
     if not isinstance(m, dict):
         raise ArtifactError(f"manifest {mpath} holds a JSON {type(m).__name__}, not an object; {remake(artifact)}")
-    if m.get("schema") != SCHEMA:
-        raise ArtifactError(f"manifest {mpath} has schema {m.get('schema')!r}; this version reads {SCHEMA!r}")
+    if m.get("schema") != SCHEMA:  # after an upgrade, an artifact of an older version: what to run was not said
+        found = f"schema {m['schema']!r}" if "schema" in m else "no 'schema' field"
+        raise ArtifactError(f"manifest {mpath} has {found}, and this version of moe-denoise reads {SCHEMA!r}: it was "
+                            f"written by another version; {remake(artifact, m)} (with this version)")
     art = m.get("artifact")
     if not (isinstance(art, dict) and isinstance(art.get("sha256"), str) and isinstance(art.get("bytes"), int)):
         raise ArtifactError(f"manifest {mpath} lacks a valid 'artifact' entry (sha256 and bytes of the file it "
-                            f"describes); {remake(artifact)}")
+                            f"describes); {remake(artifact, m)}")
     problem = _field_problem(m)
     if problem:
-        raise ArtifactError(f"manifest {mpath} has {problem}; {remake(artifact)} (a manifest edited by hand must "
+        raise ArtifactError(f"manifest {mpath} has {problem}; {remake(artifact, m)} (a manifest edited by hand must "
                             f"keep the fields the toolkit writes)")
     if kind is not None and m.get("kind") != kind:
         found = KINDS.get(m.get("kind"), f"an artifact of kind {m.get('kind')!r}")
-        hint = other_kind_hint or _OTHER_KIND_HINTS.get((kind, m.get("kind")), remake(artifact)).format(artifact=artifact)
+        pair = (kind, m.get("kind"))  # remake's text is no template: a '{' in its path was a KeyError
+        hint = other_kind_hint or (_OTHER_KIND_HINTS[pair].format(artifact=artifact) if pair in _OTHER_KIND_HINTS
+                                   else remake(artifact, m))
         raise ArtifactError(f"{artifact} is {found} (its manifest says so), not {KINDS.get(kind, kind)}: {hint}")
     return m
 
@@ -206,11 +288,11 @@ def check_artifact_file(artifact: str | Path, manifest: dict[str, Any], data: by
     size = path.stat().st_size if data is None else len(data)
     if size != want["bytes"]:
         raise ArtifactError(f"{path} is {size} bytes but its manifest says {want['bytes']}: the file is truncated "
-                            f"or was replaced; {remake(path)}")
+                            f"or was replaced; {remake(path, manifest)}")
     got = sha256_file(path) if data is None else sha256_bytes(data)
     if got != want["sha256"]:
         raise ArtifactMismatchError(f"{path} does not match its manifest: sha256 on disk {got[:16]}..., manifest "
-                                    f"{want['sha256'][:16]}...; {remake(path)} (or fix the manifest if you edited the "
+                                    f"{want['sha256'][:16]}...; {remake(path, manifest)} (or fix the manifest if you edited the "
                                     f"file on purpose)")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from moe_base.contract import tile_shape
 from moe_base.errors import ArtifactError, InputError, MissingBackendError, signals_held
 from moe_base.machine import too_many_threads
-from moe_base.manifest import read_checked_data
+from moe_base.manifest import make_it, read_checked_data
 from moe_base.optional import require
 
 from .base import BaseRunner, made_from
@@ -84,7 +84,7 @@ class OrtRunner(BaseRunner):
             raise ArtifactError(f"ONNX model {self.model_path} is a folder; pass the .onnx file (e.g. "
                                 f"{self.model_path / 'moe_denoiser.portable.onnx'}, what 'moe-denoise export' writes)")
         if not self.model_path.is_file():
-            raise ArtifactError(f"ONNX model {self.model_path} does not exist; create it with 'moe-denoise export'")
+            raise ArtifactError(f"ONNX model {self.model_path} does not exist; {make_it(self.model_path)}")
         if self.check_manifest:  # the bytes checked are the bytes loaded: an export may replace the file meanwhile
             self.manifest, data = read_checked_data(self.model_path, kind="onnx")
             self.precision = self.manifest.get("precision", self.precision)

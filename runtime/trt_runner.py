@@ -23,7 +23,7 @@ import numpy as np
 from moe_base.contract import TILE_SHAPE
 from moe_base.errors import ArtifactError, InputError, NoGPUError, PluginMissingError
 from moe_base.machine import cuda_device
-from moe_base.manifest import check_equal, read_checked_data
+from moe_base.manifest import check_equal, make_it, read_checked_data
 from moe_base.optional import require
 from moe_base.tolerances import get_tolerance
 
@@ -64,8 +64,7 @@ class TensorRTRunner(BaseRunner):
                                 f"{self.engine_path / 'moe_denoiser.plugin.fp32.engine'}, what 'moe-denoise build' "
                                 f"writes)")
         if not self.engine_path.is_file():
-            raise ArtifactError(f"TensorRT engine {self.engine_path} does not exist; build one with "
-                                f"'moe-denoise build --onnx MODEL.onnx'")
+            raise ArtifactError(f"TensorRT engine {self.engine_path} does not exist; {make_it(self.engine_path)}")
         data = None
         if self.check_manifest:  # truncated / replaced files stop here; the bytes checked are the bytes loaded
             self.manifest, data = read_checked_data(self.engine_path, kind="trt-engine")

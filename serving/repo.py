@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_base.fileio import is_staging_folder, publish_folder, sha256_file, staging_folder
-from moe_base.manifest import read_checked
+from moe_base.manifest import make_it, read_checked
 from runtime import InputError, MissingBackendError
 from runtime.base import INPUT_NAME, OUTPUT_NAME, TILE_SHAPE
 
@@ -183,8 +183,7 @@ def _manifest(path: Path, kind: str) -> dict[str, Any]:
                          + ("a .onnx file 'moe-denoise export' wrote)" if kind == "ONNX model"
                             else "an .engine file 'moe-denoise build' wrote)"))
     if not path.is_file():
-        raise InputError(f"the {kind} '{path}' does not exist; " + (
-            "export one with 'moe-denoise export'" if kind == "ONNX model" else "build one with 'moe-denoise build'"))
+        raise InputError(f"the {kind} '{path}' does not exist; {make_it(path)}")
     if not m.is_file():
         raise InputError(f"the {kind} '{path}' has no manifest '{m.name}' next to it; the toolkit writes one with "
                          f"every artifact ('moe-denoise export' / 'moe-denoise build'): use such an artifact")

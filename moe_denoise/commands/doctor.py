@@ -118,9 +118,9 @@ def artifact_problem(path: Path) -> str | None:
         size, expected = path.stat().st_size, manifest["artifact"]["bytes"]
         if size != expected:
             return (f"the file is {size:,} bytes but its manifest says {expected:,} (damaged, or replaced by hand); "
-                    f"{remake(path)}")
+                    f"{remake(path, manifest)}")
         if sha256_file(path) != manifest["artifact"]["sha256"]:
-            return f"its contents do not match its manifest's sha256 (damaged, or replaced by hand); {remake(path)}"
+            return f"its contents do not match its manifest's sha256 (damaged, or replaced by hand); {remake(path, manifest)}"
     except ToolkitError as e:
         return str(e)
     except OSError as e:

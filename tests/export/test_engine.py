@@ -466,8 +466,8 @@ def test_a_missing_graph_for_an_fp16_build_names_both_exports(tmp_path):
     cannot build fp16 from."""
     from export.engine import build_engine
 
-    with pytest.raises(InputError, match=r"does not exist; export one with 'moe-denoise export --flavor plugin' .*"
-                                         r"'moe-denoise export --flavor plugin --precision fp16'"):
+    with pytest.raises(InputError, match=r"m\.plugin\.fp16\.onnx does not exist; make it with: moe-denoise export -o "
+                                         r".*'moe-denoise export --flavor plugin --precision fp16'"):
         build_engine(tmp_path / "m.plugin.fp16.onnx", tmp_path / "m.engine", BuildOptions(precision="fp16"))
     (tmp_path / "exported").mkdir()  # a folder was said not to exist
     with pytest.raises(InputError, match=r"ONNX model .*exported is a folder; pass the \.onnx file in it"):

@@ -298,16 +298,40 @@ def test_an_engine_is_told_to_be_rebuilt_not_re_exported(tmp_path):
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")
-    with pytest.raises(ArtifactError, match=r"has no manifest .* rebuild it \('moe-denoise build'\)"):
+    with pytest.raises(ArtifactError, match=r"has no manifest .* rebuild it with: moe-denoise build --onnx MODEL\.onnx -o "
+                                            r"\S*m\.engine --overwrite \(MODEL\.onnx being the ONNX model it was built"):
         read_manifest(engine)
     write_artifact(engine, b"engine bytes", base_manifest("trt-engine", engine, b"engine bytes"))
     engine.write_bytes(b"engine")  # truncated
-    with pytest.raises(ArtifactError, match=r"the file is truncated or was replaced; rebuild it \('moe-denoise build'\)"):
+    with pytest.raises(ArtifactError, match=r"the file is truncated or was replaced; rebuild it with: moe-denoise build"):
         read_checked(engine, kind="trt-engine")
     graph = tmp_path / "m.onnx"
     graph.write_bytes(b"graph")
-    with pytest.raises(ArtifactError, match=r"re-export it \('moe-denoise export'\)"):
+    with pytest.raises(ArtifactError, match=r"re-export it with: moe-denoise export -o \S*m\.onnx --overwrite"):
         read_manifest(graph)
+
+
+def test_a_manifest_of_another_version_says_what_to_run(tmp_path):
+    """A manifest without a schema (or another one) said 'has schema None; this version reads ...', and nothing to
+    do; every other manifest refusal names the command that makes the file again."""
+    from moe_base.errors import ArtifactError
+    from moe_base.manifest import base_manifest, read_manifest, write_artifact
+
+    graph = tmp_path / "m.onnx"
+    manifest = base_manifest("onnx", graph, b"graph")
+    manifest.update(precision="fp16", onnx={"flavor": "plugin", "rewrites": []})
+    for schema in (None, "moe-denoise/manifest/0"):
+        if schema is None:
+            manifest.pop("schema")
+        else:
+            manifest["schema"] = schema
+        write_artifact(graph, b"graph", manifest)
+        found = "no 'schema' field" if schema is None else f"schema '{schema}'"
+        with pytest.raises(ArtifactError, match=rf"has {found}, and this version of moe-denoise reads "
+                                                rf"'moe-denoise/manifest/1': it was written by another version; "
+                                                rf"re-export it with: moe-denoise export --flavor plugin --precision "
+                                                rf"fp16 --no-optimize -o \S*m\.onnx --overwrite \(with this version\)"):
+            read_manifest(graph)
 
 
 def test_devices_pipes_and_links_to_them_are_refused_and_a_link_to_a_file_is_written_through(tmp_path):

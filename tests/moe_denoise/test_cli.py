@@ -717,7 +717,7 @@ def test_doctor_says_where_the_cache_is_and_which_weights_its_models_were_made_f
         f.truncate(1000)
     code, out, _ = run(capsys, "doctor")
     assert f"(weights {random_weights}); NOT usable: the file is 1,000 bytes but its manifest says {size:,}" in out
-    assert "re-export it ('moe-denoise export')" in out
+    assert "re-export it with: moe-denoise export --weights" in out  # the weights its manifest names
     with open(onnx_path("portable"), "ab") as f:  # its size again, bytes changed: listed as usable, runners refuse it
         f.write(b"\1" * (size - 1000))
     code, out, _ = run(capsys, "doctor")

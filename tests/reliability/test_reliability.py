@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -610,6 +611,51 @@ def test_reliability_export_with_a_long_name(capsys, random_weights, tmp_path):
     code, _, err = cli(capsys, "export", "--weights", random_weights, "-o", longer, "--parity-images", "2")
     assert code == 2 and "(256 bytes)" in err and "choose a name of at most 241 bytes" in err
     assert not longer.exists() and len(list(tmp_path.iterdir())) == 2
+
+
+def _advised(err):
+    """The command an error tells the user to run ('... with: moe-denoise CMD ARGS (...)'), as argv for main."""
+    import shlex
+
+    command = err.split("with: moe-denoise ", 1)[1].split(" (", 1)[0].split("\n", 1)[0]
+    return shlex.split(command)
+
+
+@pytest.mark.parametrize("where", ["own path", "cache default"])
+def test_reliability_damaged_or_missing_model_and_the_advice_given(capsys, photo, random_weights, tmp_path,
+                                                                   monkeypatch, where):
+    """An exported model of one's own (-o) truncated, or missing, then run with --backend ort => refused (exit 2) with
+    the command that makes that file again, which run as printed makes it, and the photo is then denoised (the advice
+    was plain 'moe-denoise export', which writes the cache's default model: the same error came back); the same for
+    the cache's default fp16 plugin graph"""
+    pytest.importorskip("onnx", reason="export needs the onnx extra")
+    from moe_base.paths import onnx_path
+
+    monkeypatch.setenv("MOE_DENOISE_CACHE", str(tmp_path / "cache"))
+    if where == "own path":
+        model, made = tmp_path / "my model.onnx", ["--weights", random_weights, "-o", tmp_path / "my model.onnx"]
+    else:
+        model, made = onnx_path("plugin", precision="fp16"), ["--weights", random_weights, "--flavor", "plugin",
+                                                               "--precision", "fp16"]
+    code, _, err = cli(capsys, "export", *made, "--parity-images", "2")
+    assert code == 0, err
+    model.write_bytes(model.read_bytes()[:1000])
+    run = ["denoise", photo, "-o", tmp_path / "out.png", "--backend", "ort", "--artifact", model, "--no-progress"]
+    code, _, err = cli(capsys, *run)
+    assert code == 2 and "the file is truncated or was replaced; re-export it with: moe-denoise export" in err, err
+    advice = _advised(err)
+    assert ("-o" in advice) == (where == "own path") and "--weights" in advice, advice  # from the manifest
+    code, _, err = cli(capsys, *advice, "--parity-images", "2")
+    assert code == 0, err
+    code, _, err = cli(capsys, *run)
+    assert code == 0 and (tmp_path / "out.png").is_file(), err
+    model.unlink()
+    Path(f"{model}.manifest.json").unlink()
+    code, _, err = cli(capsys, *run, "--overwrite")
+    assert code == 2 and "does not exist; make it with: moe-denoise export" in err, err
+    code, _, err = cli(capsys, *_advised(err), *([] if where == "own path" else ["--weights", random_weights]),
+                       "--parity-images", "2")
+    assert code == 0 and model.is_file(), err
 
 
 # --- Triton model repository ----------------------------------------------------------------------------------
