@@ -170,6 +170,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | str = True, s
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # recorded as used, so that --resume continues with them: 'auto' and no --threads were saved as such, and a run
+    # resumed under another OMP_NUM_THREADS (or on a machine with a GPU) got other weights than the run uninterrupted
+    cfg = dataclasses.replace(cfg, device=str(device), threads=torch.get_num_threads())
     out = Path(cfg.out_dir)
     state_path = out / "last.pt"
     existing_run(out, resume, overwrite)  # before the folder is made

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
+import sys
 from pathlib import Path
 
 from moe_base.errors import InputError, Interrupted, TrainingError
@@ -126,6 +128,24 @@ def interrupted_hint(out: Path) -> str:
     return f"the run{after} is kept; continue it with: moe-denoise train --resume --out-dir {out}"
 
 
+def check_resumed_here(settings: dict, given: set[str], out: Path) -> None:
+    """A run continues on the device and with the thread count it started with, unless told otherwise: said when
+    this machine cannot give them (the weights of a run continued otherwise differ a little from an uninterrupted
+    run's)."""
+    import torch
+
+    device, threads = str(settings.get("device") or "auto"), settings.get("threads")
+    if "device" not in given and device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"the run in {out} was started on {device}, and torch sees no CUDA GPU here: continue it on "
+                         f"the CPU with --resume --device cpu (its weights then differ a little from those of the run "
+                         f"continued on {device})")
+    cpus = os.cpu_count() or 1
+    if "threads" not in given and isinstance(threads, int) and threads > cpus:
+        print(f"note: the run started with {threads} threads and continues with them, for the weights of the run "
+              f"uninterrupted; this machine has {cpus} CPUs, so it may be slower: --threads {cpus} uses fewer (the "
+              f"weights then differ a little)", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -140,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         # weights than the same run uninterrupted, and a --device cpu run moved to a GPU)
         kept = given | {"out_dir"}
         settings.update({k: v for k, v in saved_settings(args.out_dir).items() if k not in kept})
+        check_resumed_here(settings, given, Path(args.out_dir))
     check_noise_options(given, settings["blind"])
     from weights import SHIPPED
 
@@ -175,5 +196,8 @@ def run(args: argparse.Namespace) -> int:
                          f"({loss:.6f}{what}) and has been moved or deleted since; last.pt holds the last epoch's "
                          f"weights only. Restore it, or train again into another --out-dir")
     else:  # said as errors, on standard error (exit 2): they were printed as results, with exit 1 (a parity failure)
-        raise TrainingError(f"no epoch finished with a finite validation loss, so no weights were written to {best}")
+        raise TrainingError(f"no epoch finished with a finite validation loss (it was {loss}: the model diverged), so "
+                            f"no weights were written to {best}. Train again with a lower --lr (it was {cfg.lr:g})"
+                            + ("" if cfg.grad_clip else " and with --grad-clip on") + f", adding --overwrite to "
+                            f"replace the run in {args.out_dir}")
     return 0

@@ -342,6 +342,50 @@ def test_resume_alone_keeps_the_runs_threads_and_device(fake_cifar, tmp_path, ca
         torch.set_num_threads(before)
 
 
+def test_a_run_started_without_threads_or_device_resumes_with_those_it_used(fake_cifar, tmp_path, capsys):
+    """A run started without --threads or --device saved 'threads: null, device: auto': resumed under another
+    OMP_NUM_THREADS it took that thread count (other weights than the run uninterrupted, without a word), and a CPU
+    run would resume on a GPU. What it used is saved; a run saved as a GPU's is refused on a machine without one,
+    saying how to continue it on the CPU."""
+    from moe_denoise.cli import main
+    from moe_model.train import load_training_state
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(small_config(fake_cifar, tmp_path / "run", epochs=2), progress=False, stop_after_epoch=1,
+              log=lambda s: None)
+        state = load_training_state(tmp_path / "run" / "last.pt")
+        assert (state["train_config"]["threads"], state["train_config"]["device"]) == (1, "cpu")
+        torch.set_num_threads(2)
+        assert main(["train", "--out-dir", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
+        assert "device cpu, 1 thread)" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    state["train_config"]["device"] = "cuda:1"
+    torch.save(state, tmp_path / "run" / "last.pt")
+    state["epoch"] = 1  # not finished
+    torch.save(state, tmp_path / "run" / "last.pt")
+    if not torch.cuda.is_available():
+        assert main(["train", "--out-dir", str(tmp_path / "run"), "--resume", "--no-progress"]) == 2
+        assert (f"the run in {tmp_path / 'run'} was started on cuda:1, and torch sees no CUDA GPU here: continue it on "
+                f"the CPU with --resume --device cpu") in capsys.readouterr().err
+
+
+def test_a_run_that_diverged_says_what_to_change(fake_cifar, tmp_path, capsys):
+    """A run whose validation loss was never finite said only 'no epoch finished with a finite validation loss': no
+    advice, and the folder it left refused the next run unless --overwrite was added."""
+    from moe_denoise.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--data-dir", str(fake_cifar), "--out-dir", str(out), "--epochs", "1", "--max-train", "8",
+            "--max-val", "8", "--batch-size", "8", "--lr", "1e30", "--grad-clip", "0", "--no-progress"]
+    assert main(argv) == 2  # one step: its loss is finite, and the weights after it are not
+    err = capsys.readouterr().err
+    assert "the model diverged" in err and "Train again with a lower --lr (it was 1e+30) and with --grad-clip on, " \
+           f"adding --overwrite to replace the run in {out}" in err, err
+
+
 def test_init_from_a_file_of_the_run_an_overwrite_replaces_is_refused_up_front(fake_cifar, tmp_path):
     """--overwrite --init-from OUT/best.safetensors: the old run was moved aside before the weights were read, which
     were then said not to exist (after the data had loaded)."""
