@@ -286,6 +286,7 @@ def load_model(path: str | Path, preset: str | None = None, impl: str = "masked"
         detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else type(e).__name__
         raise CheckpointError(f"weights {path} do not fit the '{config.name}' architecture ({detail[:200]}); "
                               f"{hint}") from e
-    model = SmallViT(config, impl=impl)
+    with torch.random.fork_rng(devices=[]):  # its random start, overwritten at once, drew from the caller's seeded
+        model = SmallViT(config, impl=impl)  # torch generator: a script's random numbers changed by loading weights
     model.load_state_dict(sd, strict=True)
     return model.eval()

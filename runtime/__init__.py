@@ -41,3 +41,7 @@ def __getattr__(name: str):  # the runner modules are imported when a runner is 
 
         return TensorRTRunner
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the runners imported on demand are listed too (a REPL's completion lacked them)
+    return sorted({*globals(), *__all__})

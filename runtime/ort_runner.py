@@ -1,6 +1,7 @@
 """The ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers chosen explicitly."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ class OrtRunner(BaseRunner):
         """``verify_outputs``: run the manifest's self-check at activation (a model whose outputs are not those the
         manifest recorded is refused, ArtifactMismatchError); a parity check, which compares every output, turns it
         off to report such a model as failing, with its numbers."""
+        if not isinstance(model, (str, os.PathLike)) or not str(model):  # None: a TypeError from Path
+            raise InputError(f"model= is the path of an exported .onnx file (what 'moe-denoise export' writes); got "
+                             f"{type(model).__name__} {model!r}")
         if provider not in PROVIDERS:
             raise InputError(f"unknown ONNX Runtime provider {provider!r}; expected one of {sorted(PROVIDERS)}")
         if opt_level not in OPT_LEVELS:

@@ -126,9 +126,11 @@ def tolerance_key(impl: str, compile: bool = False) -> str:
 class TorchRunner(BaseRunner):
     """Runs the PyTorch model: the reference every other backend is compared with, on the CPU or a GPU.
 
-    ``weights``: a .safetensors file (with its .json sidecar) or a PyTorch .pt state dict, a shipped name ('blind',
-    'sigma20'), or None for the default ('blind'). Use it as a context manager (``with TorchRunner() as r:
-    r.run(tiles)``), or call activate() and deactivate()."""
+    ``weights``: a .safetensors file (with its .json sidecar) or a PyTorch .pt state dict, or a shipped name
+    ('blind', the default weights of the commands, or 'sigma20'); None only with ``model=``. Use it as a context
+    manager (``with TorchRunner("blind") as r: out = r(tiles)``, tiles an N x 3 x 32 x 32 float32 array in [0, 1];
+    whole photos go through :func:`runtime.denoise_array`),
+    or call activate() and deactivate()."""
 
     backend = "torch"
 

@@ -576,7 +576,7 @@ def test_library_calls_with_what_is_no_path_number_or_tensor_say_so(tmp_path):
     from moe_base.tolerances import get_tolerance
     from moe_model import SmallViT
     from moe_model.attention import sparse_topk_attention
-    from runtime import TorchRunner, compare, parity_inputs, read_image, write_image
+    from runtime import OrtRunner, TorchRunner, compare, parity_inputs, read_image, write_image
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "x.png")
     for call, message in ((lambda: read_image(None), r"the input image is a file path .* got NoneType None"),
                           (lambda: read_image(3), r"got int 3"),
@@ -587,7 +587,8 @@ def test_library_calls_with_what_is_no_path_number_or_tensor_say_so(tmp_path):
                           (lambda: parity_inputs(2, sigma=float("nan")), r"sigma= is the inputs' noise std"),
                           (lambda: compare(np.zeros((0, 3)), np.zeros((0, 3)), get_tolerance("ort", "fp32")),
                            r"the outputs are empty"),
-                          (lambda: TorchRunner(weights=""), r"weights= is a path .* got str ''")):
+                          (lambda: TorchRunner(weights=""), r"weights= is a path .* got str ''"),
+                          (lambda: OrtRunner(None), r"model= is the path of an exported \.onnx file .* got NoneType None")):
         with pytest.raises(InputError, match=message):
             call()
     q = torch.zeros(1, 1, 4, 2)
@@ -606,6 +607,22 @@ def test_library_calls_with_what_is_no_path_number_or_tensor_say_so(tmp_path):
         with pytest.raises(InputError, match=message):
             model(bad)
     assert model(x).shape == x.shape
+
+
+def test_loading_weights_leaves_the_callers_random_numbers_and_the_runners_are_listed(random_weights):
+    """A runner's activation drew the model's random start from torch's global generator: a script that seeded torch
+    and then loaded the denoiser got other random numbers. dir(runtime) lacked the runners (imported on demand)."""
+    import torch
+
+    import runtime
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    with runtime.TorchRunner(random_weights):
+        pass
+    assert torch.equal(torch.rand(3), expected)
+    assert {"TorchRunner", "OrtRunner", "TensorRTRunner", "denoise_array"} <= set(dir(runtime))
 
 
 def test_an_onnx_models_label_names_its_kind():
