@@ -135,6 +135,33 @@ def file_name_bytes(error: UnicodeError) -> tuple[str | bytes, int]:
         return codecs.lookup_error("backslashreplace")(error)
 
 
+OWN_PACKAGES = ("moe_base", "moe_model", "topk_attention", "runtime", "export", "benchmarks", "serving", "moe_denoise",
+                "weights")  # pyproject.toml's packages (a test keeps them in step)
+DISTRIBUTIONS = {"PIL": "pillow", "numpy": "numpy", "torch": "torch==2.13.0 (or the build you use)",
+                 "safetensors": "safetensors", "tqdm": "tqdm"}  # the base install's imports, by the name pip knows
+
+
+def broken_install_advice(name: str | None) -> str:
+    """What to do when a module every command imports cannot be imported: a file of the user's that hides one of
+    the toolkit's packages is named (an export.py in the current folder was answered 'pip install
+    export.onnx_export'), a dependency is named as pip knows it (PIL is 'pillow')."""
+    top = (name or "").split(".")[0]
+    if top in OWN_PACKAGES:
+        import importlib.util
+        from pathlib import Path
+
+        spec = None
+        with contextlib.suppress(Exception):  # a module that fails as it is found is no file of the user's to name
+            spec = importlib.util.find_spec(top)
+        where = spec and (spec.origin or next(iter(spec.submodule_search_locations or []), None))
+        if where and Path(__file__).resolve().parents[1] not in Path(where).resolve().parents:
+            return (f"'{top}' is {where}, which hides moe-denoise's own '{top}' package: rename that file or folder, "
+                    f"or run moe-denoise from another folder")
+        return "moe-denoise's install is incomplete: install it again (pip install --force-reinstall moe-denoise)"
+    return (f"the install is incomplete; install it again (pip install {DISTRIBUTIONS.get(top, top or 'moe-denoise')}) "
+            f"or check the Python environment this runs in")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: ``argv`` (``sys.argv[1:]`` when None) run, and its exit code returned. Run as the program
     (``argv`` None), a stop that comes after the command ended, while Python tears torch down (about a second),
@@ -188,9 +215,8 @@ def _main(argv: list[str] | None) -> int:
     except ImportError as e:  # a package every command needs (numpy) is missing: a broken install, even for --help
         if "--debug" in argv:
             traceback.print_exc()
-        print(f"moe-denoise: error: {e.name or 'a package it needs'} cannot be imported ({e}): the install is "
-              f"incomplete; install it again (pip install {e.name or 'moe-denoise'}) or check the Python environment "
-              f"this runs in", file=sys.stderr)
+        print(f"moe-denoise: error: {e.name or 'a package it needs'} cannot be imported ({e}): "
+              f"{broken_install_advice(e.name)}", file=sys.stderr)
         return 2
     args.argv = argv  # the exact command, recorded by jobs that write artifacts
     if not getattr(args, "func", None):
@@ -217,6 +243,11 @@ def _main(argv: list[str] | None) -> int:
         return 128 + int(signum)
     except ToolkitError as e:  # the user's to fix: one message; anything else is a bug and keeps its traceback
         return _said(args, watched, str(e), 1 if isinstance(e, ParityError) else 2)
+    except ModuleNotFoundError as e:  # a base package gone (an optional one is a MissingBackendError, said above): it
+        # was a traceback ('import of PIL halted')
+        if not e.name:
+            raise
+        return _said(args, watched, f"{e.name} cannot be imported ({e}): {broken_install_advice(e.name)}", 2)
     except BrokenPipeError:  # the reader went away (moe-denoise ... | head): quietly, as other commands do
         _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed

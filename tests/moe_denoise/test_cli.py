@@ -1522,3 +1522,31 @@ def test_the_impl_choices_are_the_models_and_an_unknown_one_is_refused_by_the_op
     with pytest.raises(SystemExit):
         main(["denoise", "x.png", "-o", "y.png", "--impl", "foo"])
     assert "argument --impl: invalid choice: 'foo'" in capsys.readouterr().err
+
+
+def test_a_broken_install_is_told_by_the_name_pip_knows_and_a_hiding_file_is_named(tmp_path, capsys, monkeypatch):
+    """An export.py in the current folder (python -m puts it first) was answered 'pip install export.onnx_export', a
+    toolkit module's name; Pillow gone was a traceback ('import of PIL halted'), and would have been 'pip install PIL'."""
+    import os
+    import subprocess
+    import sys
+
+    from moe_denoise.cli import OWN_PACKAGES
+
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs tomllib (Python 3.11+)")
+
+    repo = Path(__file__).resolve().parents[2]
+    packages = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert set(OWN_PACKAGES) == {p.split(".")[0] for p in packages}
+    (tmp_path / "export.py").write_text("x = 1\n")
+    run = subprocess.run([sys.executable, "-m", "moe_denoise", "export"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"'export' is {tmp_path / 'export.py'}, which hides moe-denoise's own 'export' package: rename that file " \
+           f"or folder, or run moe-denoise from another folder" in run.stderr
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    photo = tmp_path / "p.png"
+    photo.write_bytes(b"not read")
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "PIL cannot be imported" in err and "(pip install pillow)" in err and "Traceback" not in err, err
