@@ -86,7 +86,8 @@ def parse_backends(text: str | None, default: tuple[str, ...]) -> tuple[str, ...
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in ALL_BACKENDS]
     if unknown or not names:
-        raise InputError(f"unknown backend(s) {unknown or text!r}; choose from: {', '.join(ALL_BACKENDS)} (or 'all')")
+        raise InputError(f"unknown backend(s) {', '.join(unknown) if unknown else repr(text)}; choose from: "
+                         f"{', '.join(ALL_BACKENDS)} (or 'all')")
     return tuple(dict.fromkeys(names))
 
 

@@ -91,8 +91,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
         extras = [a for a in extras if a != "--debug"]
     if extras:
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-        (commands.get(getattr(args, "command", None)) or parser).error(f"unrecognized arguments: {' '.join(extras)}")
+        sub = commands.get(getattr(args, "command", None)) or parser
+        sub.error(f"unrecognized arguments: {' '.join(extras)}{repeat_hint(sub, argv, extras[0])}")
     return args
+
+
+def repeat_hint(parser: argparse.ArgumentParser, argv: list[str], extra: str) -> str:
+    """'--weights a b': b was refused alone; --sigmas and the photos take several values after one flag, so this is
+    what a user tries. When the refused word follows the value of an option given once per value, say to repeat it."""
+    at = argv.index(extra) if extra in argv else -1
+    flag = argv[at - 2] if at >= 2 else ""
+    action = parser._option_string_actions.get(flag)
+    if isinstance(action, argparse._AppendAction):
+        return f" ({flag} takes one value; repeat it for each: {flag} {argv[at - 1]} {flag} {extra})"
+    return ""
 
 
 @contextlib.contextmanager

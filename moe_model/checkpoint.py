@@ -181,7 +181,8 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
             return None
         data = json.loads(side.read_text())
     except (ValueError, RecursionError) as e:  # ValueError: not JSON, or a number of 5,000 digits
-        raise CheckpointError(f"sidecar {side} is not valid JSON: {json_problem(e)}") from e
+        raise CheckpointError(f"sidecar {side} is not valid JSON: {json_problem(e)}; restore it, or move it away and "
+                              f"pass --preset (preset= in Python)") from e
     except OSError as e:  # no read permission: a traceback before
         raise CheckpointError(f"sidecar {side} cannot be read ({e.strerror or e}); make it readable") from None
     # a list, text or number (hand-edited, or another file under that name) ended in an AttributeError traceback

@@ -77,7 +77,7 @@ def _read_batch(path: Path) -> np.ndarray:
         raise DatasetError(f"could not read CIFAR-10 batch {path}: it declares more data than this machine's memory "
                            f"(the file is damaged, or not a batch). {_where_to_get()}") from e
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DatasetError(f"could not read CIFAR-10 batch {path}: {e}. Expected a pickled dict with "
+        raise DatasetError(f"could not read CIFAR-10 batch {path}: {str(e).rstrip('.')}. Expected a pickled dict with "
                            f"b'data' (N x 3072 uint8). {_where_to_get()}") from e
     data = d.get(b"data") if isinstance(d, dict) else None
     if data is None:

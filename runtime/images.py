@@ -241,7 +241,7 @@ def check_size(header: ImageHeader, max_pixels: int | None) -> None:
     naming both and what to do."""
     if max_pixels is not None and header.pixels > max_pixels:
         raise InputError(f"{header.describe()}, more than the limit of {max_pixels:,} pixels "
-                         f"({max_pixels / 1e6:.0f} megapixels); refusing to decode it. If the file is a real photo "
+                         f"({max_pixels / 1e6:.3g} megapixels); refusing to decode it. If the file is a real photo "
                          f"you trust, raise the limit (--max-pixels {header.pixels}, or max_pixels=...), or split "
                          f"it into smaller images")
 

@@ -94,6 +94,15 @@ BATCH_RETRIES = 4
 batch (Triton's dynamic batcher merged them; PyTriton reports one error for a batch)."""
 
 
+READY_WAIT_S = 10.0
+
+
+def ready_wait(timeout_s: float) -> float:
+    """How long to wait for a server to be ready before the first photo: READY_WAIT_S, or the request timeout when it
+    is shorter (a server that is not there is said at once, and '--timeout 2' waited 10 s for one)."""
+    return min(READY_WAIT_S, timeout_s)
+
+
 class DenoiseClient:
     """A synchronous client of one server. ``timeout_s`` bounds each request (photos take a while on a CPU)."""
 
@@ -427,7 +436,7 @@ def denoise_file_remote(in_path: str | os.PathLike[str], out_path: str | os.Path
     pixels, info = read_pixels(in_path, max_pixels=max_pixels, before_decode=before_decode)
     reads_noise = guard and sigma is None  # the guard's estimate is wanted: how to read it matters
     with DenoiseClient(url, timeout_s=timeout_s) if client is None else contextlib.nullcontext(client) as client:
-        client.wait_ready(timeout_s=10.0)
+        client.wait_ready(timeout_s=ready_wait(timeout_s))
         if client.ready(IMAGE_MODEL):  # 'moe-denoise serve': the server tiles, batches and blends
             # the guard reads as runtime.photo.denoise_file does: the file's format is known only here, the
             # server finds JPEG in the pixels itself (serving.models.ImageModel.denoise)

@@ -20,6 +20,14 @@ def test_every_package_folder_is_in_the_wheel():
     assert listed - found == set(), "pyproject.toml lists packages that do not exist"
 
 
+def test_the_version_is_one():
+    """pyproject.toml's version is the one --version prints (two places, nothing tied them)."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs tomllib (Python 3.11+)")
+    import moe_denoise
+
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == moe_denoise.__version__
+
+
 def test_the_shipped_weights_are_package_data():
     from fnmatch import fnmatch
 

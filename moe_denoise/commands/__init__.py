@@ -153,8 +153,9 @@ def noise_std(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected the noise std on [0, 1] pixels, >= 0, as a number (e.g. 0.1) "
                                          f"or as levels of 255 (e.g. 25/255); got {text!r}")
     if value > 1:
-        meant = (f"; a level on the 0-255 scale is written {text}/255 (= {value / 255:.4g})" if value <= 255 else
-                 ", and over 255 it is no level on the 0-255 scale either")
+        meant = (f"; a level on the 0-255 scale is written {value:g}/255 (= {value / 255:.4g})" if value <= 255 else
+                 ", and over 255 it is no level on the 0-255 scale either: give a std from 0 to 1 (e.g. 0.1 or "
+                 "25/255)")
         raise argparse.ArgumentTypeError(f"{text} is over 1 (the noise std on [0, 1] pixels is at most 1){meant}")
     return abs(value)  # -0 is 0 (numpy refuses a negative zero scale)
 
@@ -204,7 +205,9 @@ def add_weights_args(p: argparse.ArgumentParser, default: str = "blind") -> None
                    help="weights: a .safetensors file with its .json, a PyTorch state dict (.pt), or the name of "
                         f"shipped weights: blind (every noise level) or sigma20 (the specialist for sigma 0.2); "
                         f"default: {default}")
-    p.add_argument("--preset", default=None,
+    from moe_base.config import PRESETS
+
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),  # refused by name, before any work
                    help="architecture preset for weights without a JSON sidecar (e.g. 'seed' for the seed "
                         "checkpoint); default: read from the sidecar")
     p.add_argument("--skip-weights-check", action="store_true",

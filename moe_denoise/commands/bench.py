@@ -113,7 +113,7 @@ def _engines(items: list[str]) -> dict[str, Path]:
         name, sep, path = item.partition("=")
         if not sep or not name.startswith("trt-") or name not in GPU_BACKENDS:
             trt = [b for b in GPU_BACKENDS if b.startswith("trt-")]
-            raise InputError(f"--engine expects NAME=PATH with NAME one of {trt}; got {item!r}")
+            raise InputError(f"--engine expects NAME=PATH with NAME one of {', '.join(trt)}; got {item!r}")
         if not Path(path).is_file():
             raise InputError(f"--engine {name}: {path} does not exist; build it with 'moe-denoise build'")
         out[name] = Path(path)
@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
             reasons = (f"--deadline {settings.deadline_s:g}s was reached before the first batch size was timed; it counts "
                        f"from the command's start, exports and the parity check included: raise it")
         kept = f"; nothing written: the results already in {out_dir} are as they were" if keep else ""
-        log(f"error: no backend was timed ({reasons or 'see the table'}){kept}")
+        log(f"moe-denoise bench: error: no backend was timed ({reasons or 'see the table'}){kept}")
         return 1
     return 0
 

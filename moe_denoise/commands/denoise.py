@@ -208,7 +208,10 @@ def run_single(args: argparse.Namespace) -> int:
             if args.output.resolve() == given.resolve():  # read after the write: the output against itself
                 raise InputError(f"{what} {given} is also the output (-o {args.output}): the PSNR would be read from "
                                  f"the denoised file that replaced it; write the output to another path")
-        read_pixels(args.reference, max_pixels=args.max_pixels)
+        try:
+            read_pixels(args.reference, max_pixels=args.max_pixels)
+        except InputError as e:  # 'no such image file' did not say which of the two files
+            raise InputError(f"--reference: {e}") from None
         ref, photo = read_header(args.reference), read_header(args.input)
         colour = (ref.layout in ("L", "LA"), photo.layout in ("L", "LA"))
         (rw, rh), (pw, ph) = ref.upright_size, photo.upright_size  # as read: after the EXIF orientation
@@ -230,8 +233,8 @@ def run_single(args: argparse.Namespace) -> int:
         from runtime.photo import check_file_job
 
         check_file_job(args.input, args.output, args.overwrite, args.max_pixels)  # before torch and the weights
-        starting()
         with make_runner(args, args.weights) as runner:
+            starting()  # once the settings and weights are taken ('denoising' was said before their refusal)
             report = denoise_one(args, runner, args.input, args.output)
     if renamed is not None:
         report["notes"].append(renamed)
@@ -313,11 +316,11 @@ def run_batch(args: argparse.Namespace) -> int:
     total, start = len(plan.jobs), time.perf_counter()
     client = None
     if plan.jobs and args.server is not None:  # one client for the run; a server that is not there fails once,
-        from serving.client import DenoiseClient  # before any photo
+        from serving.client import DenoiseClient, ready_wait  # before any photo
 
         client = DenoiseClient(args.server, timeout_s=args.timeout)
         try:
-            client.wait_ready(timeout_s=10.0)
+            client.wait_ready(timeout_s=ready_wait(args.timeout))
         except BaseException:
             client.close()
             raise
@@ -476,10 +479,10 @@ def run_remote(args: argparse.Namespace, src: Path, dst: Path, local: Any = None
 
             check_output_path(dst, src, args.overwrite)  # a refusal first, not after the local run
             if client is None:  # a server that is not there is said before minutes of the local run, not after
-                from serving.client import DenoiseClient
+                from serving.client import DenoiseClient, ready_wait
 
                 client = stack.enter_context(DenoiseClient(args.server, timeout_s=args.timeout))
-                client.wait_ready(timeout_s=10.0)
+                client.wait_ready(timeout_s=ready_wait(args.timeout))
             tmp = stack.enter_context(scratch_folder("moe-denoise-check-local"))
             here = local_run(args, src, Path(tmp) / f"local{dst.suffix}", local)
         report = denoise_file_remote(src, dst, args.server, overwrite=args.overwrite, timeout_s=args.timeout,

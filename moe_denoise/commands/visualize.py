@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--offset must be >= 0 (got {args.offset})")
     if args.out_dir.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff") and not args.out_dir.is_dir():
         raise InputError(f"-o is the folder for the two PNGs (denoise_grid.png, routing_maps.png), and "
-                         f"'{args.out_dir}' is named like a picture (a folder of that name was made for them); give a "
+                         f"'{args.out_dir}' is named like a picture (a folder of that name would be made for them); give a "
                          f"folder, e.g. -o {args.out_dir.with_suffix('')}/")
     grid, maps = args.out_dir / "denoise_grid.png", args.out_dir / "routing_maps.png"
     for path in (grid, maps):

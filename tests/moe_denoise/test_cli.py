@@ -223,7 +223,8 @@ def test_noise_levels_are_read_as_numbers_or_levels_of_255(text, value):
     ("25", "25 is over 1 (the noise std on [0, 1] pixels is at most 1); a level on the 0-255 scale is written "
            "25/255 (= 0.09804)"),
     ("1e300", "1e300 is over 1 (the noise std on [0, 1] pixels is at most 1), and over 255 it is no level on the 0-255 "
-              "scale either"),  # it suggested --sigma 1e300/255 (= 3.922e+297)
+              "scale either: give a std from 0 to 1 (e.g. 0.1 or 25/255)"),  # it suggested 1e300/255 (= 3.922e+297)
+    ("100/1", "a level on the 0-255 scale is written 100/255 (= 0.3922)"),  # it said 100/1/255, which is refused
     ("nan", "got 'nan'"), ("-0.1", "got '-0.1'"), ("inf", "got 'inf'"), ("1/0", "got '1/0'"), ("a/255", "got 'a/255'"),
     ("", "got ''"),
 ])
@@ -1550,3 +1551,48 @@ def test_a_broken_install_is_told_by_the_name_pip_knows_and_a_hiding_file_is_nam
     assert main(["denoise", str(photo), "-o", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
     assert "PIL cannot be imported" in err and "(pip install pillow)" in err and "Traceback" not in err, err
+
+
+def test_a_second_value_after_an_option_given_once_per_value_says_to_repeat_it(capsys):
+    """'evaluate --weights blind sigma20' was refused with argparse's bare 'unrecognized arguments: sigma20', while
+    --sigmas and the photos take several values after one flag."""
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--weights", "blind", "sigma20"])
+    assert "unrecognized arguments: sigma20 (--weights takes one value; repeat it for each: --weights blind --weights " \
+           "sigma20)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--no-ssim", "stray"])  # no option's value before it: no hint
+    assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: stray")
+
+
+def test_refusals_name_their_option_and_come_before_any_start_line(capsys, tmp_path):
+    """Findings of an audit of the messages: 'denoising X ...' was printed before the refusal of --weights nope (and
+    of --preset nope, which did not name --preset); '--reference nothere.png' said 'no such image file' without
+    naming the option; --max-pixels 100 said '(0 megapixels)'; an unknown backend was listed as ['nope']; a damaged
+    CIFAR batch's message had a double period; '--server ... --timeout 2' waited 10 s for a server not there."""
+    from moe_base.errors import DatasetError
+    from moe_model.data import load_cifar10
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(photo)
+    out = tmp_path / "o.png"
+    code, _, err = run(capsys, "denoise", photo, "-o", out, "--weights", tmp_path / "nope.safetensors")
+    assert code == 2 and "nope.safetensors" in err and "denoising" not in err, err
+    with pytest.raises(SystemExit):
+        main(["denoise", str(photo), "-o", str(out), "--preset", "nope"])
+    assert "argument --preset: invalid choice: 'nope'" in capsys.readouterr().err
+    code, _, err = run(capsys, "denoise", photo, "-o", out, "--reference", tmp_path / "nothere.png")
+    assert code == 2 and "--reference: no such image file" in err, err
+    code, _, err = run(capsys, "denoise", photo, "-o", out, "--max-pixels", "100")
+    assert code == 2 and "(0.0001 megapixels)" in err, err
+    code, _, err = run(capsys, "bench", "--quick", "--backends", "nope,torch-seed", "--out-dir", tmp_path / "b")
+    assert code == 2 and "unknown backend(s) nope;" in err, err
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "cifar" / "test_batch").write_bytes(b"x\n")
+    with pytest.raises(DatasetError) as e:
+        load_cifar10(tmp_path / "cifar", "test")
+    assert ".." not in str(e.value), e.value
+    assert not out.exists()
+    pytest.importorskip("tritonclient", reason="--server needs the serve extra (tritonclient)")
+    code, _, err = run(capsys, "denoise", photo, "-o", out, "--server", "localhost:1", "--timeout", "2")
+    assert code == 2 and "no ready Triton server at localhost:1 after 2s" in err, err
