@@ -65,9 +65,20 @@ def library_status(modules: tuple[str, ...] = LIBRARIES) -> dict[str, tuple[bool
 
 def library_versions(modules: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
     """Python's and each module's version (None when not importable)."""
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    out: dict[str, str | None] = {"python": sys.version.split()[0], "moe-denoise": own_version()}
     out.update({mod: ver if ok else None for mod, (ok, ver) in library_status(modules).items()})
     return out
+
+
+def own_version() -> str | None:
+    """This toolkit's installed version (None when it runs from a folder that was not installed): recorded with
+    every result, which the code's version decides as much as the libraries' (no record named it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("moe-denoise")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def cuda_device(device: int = 0) -> dict[str, Any]:

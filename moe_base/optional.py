@@ -98,4 +98,12 @@ def available(module: str) -> tuple[bool, str]:
     mod, why = optional_import(module)
     if mod is None:
         return False, why or ""
-    return True, str(getattr(mod, "__version__", "unknown version"))
+    version = getattr(mod, "__version__", None)
+    if version is None:  # bm3d has none: its distribution's
+        from importlib import metadata
+
+        try:
+            version = metadata.version(module)
+        except (metadata.PackageNotFoundError, ValueError):
+            version = "unknown version"
+    return True, str(version)

@@ -25,6 +25,7 @@ import torch
 from moe_base.config import PRESETS, ModelConfig, get_preset
 from moe_base.errors import CheckpointError, InputError, Interrupted, NoGPUError, TrainingError, signals_held
 from moe_base.fileio import check_folder_takes_files, first_missing, folder_lock, remove_if_empty
+from moe_base.machine import library_versions
 from moe_base.progress import Progress
 
 from .checkpoint import (
@@ -354,7 +355,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool | str, stop_after_epoc
                 best_loss = val["loss"]
                 save_weights(model, out / "best.safetensors", {
                     "training": {"settings": dataclasses.asdict(cfg), **record, "epoch": epoch + 1,
-                                 "torch": torch.__version__},
+                                 "torch": torch.__version__, "versions": library_versions(("torch", "numpy"))},
                     "metrics": {"val_loss": val["loss"], "val_mse": val["mse"], "val_psnr": val["psnr"],
                                 "val_psnr_std": val["psnr_std"], "val_loss_is": "mse" if cfg.loss == "mse" else "-psnr",
                                 "val_protocol": "blind" if cfg.blind else "clip", "sigma": cfg.sigma,

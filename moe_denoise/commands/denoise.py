@@ -111,7 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "that exists, or a new one written with a trailing /): the copy goes in under the input's name")
     q.add_argument("--sigma", type=noise_std, default=0.1,
                    help="noise std on [0, 1] pixels, or levels of 255 (25/255 = 0.098)")
-    q.add_argument("--seed", type=seed_number, default=0, help="the same seed gives the same noise")
+    q.add_argument("--seed", type=seed_number, default=0,
+                   help="the same seed gives the same noise; the noise depends on the seed and the photo's size "
+                        "alone, so give each photo of a set its own seed for independent noise")
     q.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     q.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse photos with more pixels than this (width x height), before decoding them")

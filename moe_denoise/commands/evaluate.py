@@ -290,6 +290,7 @@ def _write_outputs(args: argparse.Namespace, safe: Any, plot_png: bytes | None, 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from moe_base.fileio import sha256_file
     from moe_model.checkpoint import load_model
 
     _check_args(args)
@@ -301,10 +302,20 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(s["path"], preset=s["preset"], verify=not args.skip_weights_check)
         s["preset"] = model.config.name
         s["parameters"] = sum(p.numel() for p in model.parameters())
+        s["sha256"] = sha256_file(s["path"])  # which weights: a path retrained in place told two reports apart by none
         models[s["label"]] = model
     if args.sigma is not None:
         return _run_single_sigma(args, specs, models)
     return _run_across_sigmas(args, specs, models)
+
+
+def provenance(args: argparse.Namespace) -> dict[str, Any]:
+    """What a report needs to be made again: the command, the thread count and the versions of the toolkit and of
+    the libraries its numbers depend on (the single-level report recorded none of them, the other no versions)."""
+    from moe_base.machine import library_versions
+
+    return {"command": shlex.join(["moe-denoise", *(getattr(args, "argv", []) or [])]), "threads": torch_threads(),
+            "versions": library_versions(("torch", "numpy", "skimage", "bm3d"))}
 
 
 def _load_split(args: argparse.Namespace):
@@ -331,7 +342,8 @@ def _run_single_sigma(args: argparse.Namespace, specs: list[dict[str, Any]], mod
                                 eval_seed=args.eval_seed, batch_size=args.batch_size, with_ssim=not args.no_ssim,
                                 progress=progress_mode())  # a bar, or lines in a log
         weights = s["path"]
-        result.update(split=args.split, weights=weights, preset=s["preset"], label=s["label"])
+        result.update(split=args.split, weights=weights, weights_sha256=s["sha256"], preset=s["preset"],
+                      label=s["label"], **provenance(args))
         results.append(result)
         texts.append(f"weights: {weights} (preset '{s['preset']}'), split: {args.split}\n" + format_table(result, s["label"]))
     _emit(args, results[0] if len(results) == 1 else results, "\n\n".join(texts))
@@ -361,8 +373,7 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
         require_bm3d()  # fail now, not after minutes of work
     start = time.perf_counter()
     report: dict[str, Any] = {"weights": specs, "split": args.split, "cifar": None, "photos": None, "targets": [],
-                              "command": shlex.join(["moe-denoise", *(getattr(args, "argv", []) or [])]),
-                              "threads": torch_threads()}
+                              **provenance(args)}
     texts = ["weights: " + "; ".join(f"{s['label']} = {s['path']} (preset '{s['preset']}', {s['parameters']:,} "
                                      f"parameters)" for s in specs)]
     if args.suite in ("cifar", "all"):

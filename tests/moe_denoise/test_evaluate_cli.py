@@ -27,6 +27,12 @@ def test_across_sigma_report_for_two_weights(capsys, fake_cifar, random_weights,
     assert c["rows"]["clip"]["25"]["a"] == c["rows"]["clip"]["25"]["b"]  # the same weights score the same
     assert c["rows"]["unclipped"]["0"]["noisy input"]["psnr"]["mean"] is None  # infinite: the clean image itself
     assert {t["weights"] for t in r["targets"]} == {"a", "b"}
+    # what it takes to make the report again: which weights (by hash), the command, threads and versions
+    from moe_base.fileio import sha256_file
+
+    assert r["weights"][0]["sha256"] == sha256_file(random_weights) and r["threads"] == 1
+    assert r["command"].startswith("moe-denoise evaluate --weights") and r["versions"]["torch"]
+    assert set(r["versions"]) >= {"moe-denoise", "torch", "numpy", "skimage", "bm3d"}
 
 
 def test_table_is_the_default_output(capsys, fake_cifar, random_weights):
@@ -45,6 +51,10 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     r = json.loads(out)
     assert code == 0 and r["num_images"] == 4 and r["sigma"] == 0.2 and set(r["protocols"]) == {"clip", "unclipped"}
     assert r["protocols"]["clip"]["model"]["ssim"]["mean"] > 0 and r["weights"] == str(random_weights)
+    from moe_base.fileio import sha256_file  # it recorded neither the weights' hash, the command nor any version
+
+    assert r["weights_sha256"] == sha256_file(random_weights) and r["command"].endswith("--sigma 0.2 --json")
+    assert r["versions"]["torch"] and "moe-denoise" in r["versions"] and r["threads"] >= 1
     code, out, _ = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, "--limit", 4,
                        "--sigma", 0.2, "--no-ssim", "--label", "mine")
     assert code == 0 and "sigma 0.2" in out and "noisy input" in out

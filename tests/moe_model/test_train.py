@@ -336,8 +336,9 @@ def test_resume_alone_keeps_the_runs_threads_and_device(fake_cifar, tmp_path, ca
         torch.set_num_threads(2)
         assert main(["train", "--out-dir", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
         assert "device cpu, 1 thread)" in capsys.readouterr().out
-        settings = json.loads((tmp_path / "run" / "best.json").read_text())["training"]["settings"]
-        assert (settings["threads"], settings["device"]) == (1, "cpu")
+        training = json.loads((tmp_path / "run" / "best.json").read_text())["training"]
+        assert (training["settings"]["threads"], training["settings"]["device"]) == (1, "cpu")
+        assert "moe-denoise" in training["versions"] and training["versions"]["numpy"]  # torch's alone was recorded
     finally:
         torch.set_num_threads(before)
 
