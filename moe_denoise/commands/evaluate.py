@@ -367,6 +367,8 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
         from benchmarks.quality import load_photos
 
         load_photos(photos)
+    # the data first: a folder that is not there was said only after the user installed bm3d, which was asked first
+    clean = _load_split(args) if args.suite in ("cifar", "all") else None
     if bm3d_wanted:
         from moe_model.baselines import require_bm3d
 
@@ -378,7 +380,6 @@ def _run_across_sigmas(args: argparse.Namespace, specs: list[dict[str, Any]], mo
                                      f"parameters)" for s in specs)]
     if args.suite in ("cifar", "all"):
         t0 = time.perf_counter()
-        clean = _load_split(args)
         idx = subset_indices(len(clean), args.bm3d_images) if args.bm3d_images > 0 else None
         cifar = evaluate_across_sigmas(models, clean, args.sigmas, protocols, args.eval_seed, args.batch_size,
                                        with_ssim=not args.no_ssim, bm3d_indices=idx, progress=progress)

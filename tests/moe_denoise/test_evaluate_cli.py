@@ -337,3 +337,14 @@ def test_evaluate_writes_every_file_before_it_says_so(tmp_path, monkeypatch):
     with pytest.raises(BrokenPipeError):
         _write_outputs(args, {"rows": []}, b"\x89PNG plot", quiet=False)
     assert (tmp_path / "p.png").read_bytes() == b"\x89PNG plot" and json.loads((tmp_path / "r.json").read_text())
+
+
+def test_a_missing_data_folder_is_said_before_a_missing_bm3d(capsys, tmp_path, monkeypatch, random_weights):
+    """Without bm3d, 'evaluate --data-dir nonexist' asked to install bm3d first; the data folder's error came only
+    once that download was done."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # as in an install without the eval extra
+    code, _, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", tmp_path / "nonexist",
+                       "--sigmas", 25)
+    assert code == 2 and "CIFAR-10 folder" in err and "does not exist" in err and "bm3d" not in err, err
