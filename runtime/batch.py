@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,7 @@ def check_folder_can_be_made(folder: Path) -> None:
     """InputError when the output folder ``folder`` is missing and cannot be made: its parent is missing or a file."""
     if not folder.exists() and not folder.parent.is_dir():
         why = ("is a file, not a folder; choose another place" if folder.parent.exists() else
-               "does not exist; create it first")
+               f"does not exist; create it first (mkdir -p {shlex.quote(str(folder))})")
         raise InputError(f"the output folder '{folder}' cannot be created: its parent '{folder.parent}' {why}")
 
 

@@ -65,6 +65,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -1197,7 +1198,8 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
             what = "a link to nothing" if not through.exists() else "a file, not a folder"
             raise InputError(f"the output '{target}' goes through '{through}', which is {what}; give a path in a "
                              f"folder")
-        raise InputError(f"the output folder '{target.parent}' does not exist; create it first")
+        raise InputError(f"the output folder '{target.parent}' does not exist; create it first (mkdir -p "
+                         f"{shlex.quote(str(target.parent))}), or write into a folder that exists")
     if target.is_dir():
         example = target / (Path(source).name if source is not None else "denoised.png")
         raise InputError(f"the output '{target}' is a folder; give a file path such as {example}")

@@ -519,7 +519,8 @@ def test_an_output_through_a_file_says_it_is_a_file(tmp_path: Path, via: str) ->
     (tmp_path / "photo.png").write_bytes(b"not a folder")
     with pytest.raises(InputError, match=r"goes through '.*photo\.png', which is a file, not a folder"):
         images.check_output_path(tmp_path / via, None, overwrite=False)
-    with pytest.raises(InputError, match="does not exist; create it first"):  # a missing folder is still told so
+    with pytest.raises(InputError, match=r"does not exist; create it first \(mkdir -p \S*missing\), or write into a "
+                                         r"folder that exists"):  # a missing folder is still told so, with the command
         images.check_output_path(tmp_path / "missing" / "x.png", None, overwrite=False)
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a link to nothing was called 'a file, not a folder'
     with pytest.raises(InputError, match=r"goes through '.*gone', which is a link to nothing"):
