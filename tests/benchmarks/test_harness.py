@@ -342,6 +342,23 @@ def test_deadline_skips_the_remaining_batch_sizes():
     validate_results(doc)
 
 
+def test_past_half_the_deadline_no_more_backends_are_prepared():
+    """The deadline was read only between batch sizes: a GPU session's three torch.compile variants (15-60 s each to
+    prepare) could use it up before anything was timed. Past half of it, the backends not yet prepared are listed
+    as not prepared, saying why and how to time them, and those prepared are timed."""
+    calls = []
+    clock = iter([0] + [20] * 10_000)  # the start, then 20 s on: past half of the 30 s deadline, before its end
+    specs = [spec("base", calls, baseline=True), spec("late", calls)]
+    doc, _ = run(specs, calls, {"base": 1.0, "late": 1.0}, settings(batches=(1,), deadline_s=30.0),
+                 now=lambda: next(clock))
+    late = by_name(doc)["late"]
+    assert late["status"] == "unavailable" and late["reason"].startswith("not prepared: 50% of the run's --deadline "
+                                                                         "(30 s) had passed before its turn")
+    assert "--backends late" in late["reason"]
+    assert {r["backend"] for r in doc["results"] if r["status"] == "ok"} == {"base"}
+    validate_results(doc)
+
+
 class InterruptingTimer(FakeTimer):
     """A FakeTimer that is stopped by SIGTERM in its ``at``-th timed call at batch ``batch`` (the call itself ran)."""
 
