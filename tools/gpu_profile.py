@@ -1,6 +1,6 @@
 """What bounds the PyTorch backends at batch 1 and at batch 4096: launches, memory traffic or the top-k kernel.
 
-    python -m tools.gpu_profile --out-dir benchmarks/results/gpu     # on a GPU (step 4 of tools/gpu_session.sh)
+    python -m tools.gpu_profile --out-dir OUT     # on a GPU (step 4 of tools/gpu_session.sh), beside OUT/results.json
     python -m tools.gpu_profile --cpu-dry-run --out-dir /tmp/prof    # the same code on the CPU, tiny, for CI
 
 For each backend (benchmark names, built by ``benchmarks.backends``) and batch size, the compute-only call (the
@@ -316,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     from moe_denoise.commands import positive_int, seconds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results" / "gpu",
-                   help="where profile.json / profile.md go (and where results.json is read for the targets)")
+    p.add_argument("--out-dir", type=Path, required=True,  # its default was the committed first session's folder,
+                   # whose old results.json it then judged the targets by
+                   help="where profile.json / profile.md go (and where the bench's results.json is read for the "
+                        "targets): tools/gpu_session.sh gives its own")
     p.add_argument("--cpu-dry-run", action="store_true", help="no GPU: the CPU model, eager stand-in graphs")
     p.add_argument("--backends", default=None, help=f"comma-separated benchmark backends (default {','.join(GPU_BACKENDS)})")
     p.add_argument("--batches", type=batch_list, default=None,

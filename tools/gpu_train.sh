@@ -20,6 +20,7 @@
 #     carry [B/data_batch_5, B/test_batch, B/batches.meta]  command: tools/gpu_train.sh   timeout_s: 540
 # (the last call trains for TRAIN_S = 360 s after a probe epoch, then evaluates: about 7 minutes in all).
 # If the machine went back between calls the loader says which files are missing; start again from the first.
+# A task's device time (15 minutes, start-ups included) holds this or tools/gpu_session.sh, not both: choose one.
 #
 # What it does: a probe epoch on 4,000 images times the GPU, the cycle gets as many epochs as fit in TRAIN_S
 # (cosine schedule over them, best checkpoint by validation), then `moe-denoise evaluate` scores the best

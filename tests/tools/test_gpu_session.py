@@ -49,6 +49,8 @@ def test_dry_run_runs_the_steps_on_the_cpu_and_reports_their_files(tmp_path):
     # the device tool returns at most 8 files: every file is in session.tgz, and six stay beside it
     plain = sorted(p.name for p in out.iterdir() if p.is_file())
     assert plain == ["profile.json", "profile.md", "results.json", "results.md", "session.json", "session.tgz"]
+    assert session["complete"] and not any(tmp_path.glob("gpu_session_work.*"))  # its work folder is removed
+    assert "gpu_session: pytest: exit 0" in res.stdout and "passed" in res.stdout.split("gpu_session: pytest:")[1]
     with tarfile.open(out / "session.tgz") as tar:
         packed = set(tar.getnames())
         pytest_log = tar.extractfile("pytest.log").read().decode()
@@ -62,7 +64,8 @@ def test_dry_run_runs_the_steps_on_the_cpu_and_reports_their_files(tmp_path):
     profile = json.loads((out / "profile.json").read_text())
     assert profile["mode"] == "cpu-dry-run" and {r["batch"] for r in profile["rows"]} == {1}
     assert len(profile["rows"]) == 2 and all(r["bound"] and r["kernels_per_call"] > 0 for r in profile["rows"])
-    assert profile["targets"]["source"] == str(out / "results.json")  # judged from the bench's file (no GPU rows)
+    source = Path(profile["targets"]["source"])  # judged from the bench's file of this run (no GPU rows), in the
+    assert source.name == "results.json" and source.parent.name.startswith("gpu_session_work.")  # steps' folder
     assert "## Targets (issue 17)" in (out / "profile.md").read_text()
 
 
@@ -75,16 +78,41 @@ def test_dry_run_defaults_to_a_temporary_folder(tmp_path):
     assert {p.name for p in (REPO / "benchmarks" / "results" / "gpu").iterdir()} == before
 
 
-def test_the_gpu_run_fits_in_eight_minutes():
-    """The GPU branch's step limits (defaults) add up to under 8 minutes, with room for the header."""
+def test_the_gpu_run_fits_in_the_timeout_its_header_gives():
+    """The GPU branch's step limits (defaults), 10 s for each step to be killed and the 60 s check of the interpreter
+    fit in the timeout_s the header tells the device tool (it said 540 and counted the limits alone: 565 s at worst,
+    and a run stopped from outside lost files)."""
     text = SCRIPT.read_text()
+    timeout_s = int(re.search(r'command "tools/gpu_session.sh", timeout_s (\d+)', text).group(1))
     gpu_branch = text[text.index("else\n    step \"gpu_check\""):]
     limits = {k: int(v) for k, v in re.findall(r"\$\{(GPU_CHECK_S|PYTEST_S|BENCH_S|PROFILE_S):-(\d+)\}", gpu_branch)}
     assert set(limits) == {"GPU_CHECK_S", "PYTEST_S", "BENCH_S", "PROFILE_S"}
-    assert sum(limits.values()) <= 8 * 60 - 10
+    assert sum(limits.values()) + 10 * len(limits) + 60 + 30 <= timeout_s <= 600  # 30 s: the header and the packing
     deadline = int(re.search(r"BENCH_DEADLINE_S:-(\d+)", gpu_branch).group(1))
     assert deadline + 30 <= limits["BENCH_S"]  # the last round and the report fit after the deadline
     assert "4096" in re.search(r"BENCH_BATCHES:-([\d,]+)", gpu_branch).group(1).split(",")[:2]  # a target, early
+
+
+def test_the_gpu_test_files_are_those_holding_gpu_and_trt_tests():
+    """The test step runs the files that hold GPU- and TensorRT-marked tests (collecting all 1,500 tests took 19 s,
+    and one module failing to import on the GPU machine would have cancelled them all): the list is that set."""
+    listed = set(re.search(r'GPU_TESTS="([^"]*)"', SCRIPT.read_text()).group(1).split())
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m",
+                          "gpu or trt", "tests"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    found = {line.split("::")[0] for line in res.stdout.splitlines() if "::" in line}
+    assert found and found == listed, (found, listed)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"GPU_SESSION_STEPS": "gpu-check,bench"}, "names 'gpu-check', which is no step; give some of gpu_check, pytest"),
+    ({"GPU_CHECK_S": "4m"}, "GPU_CHECK_S=4m is not a whole number of seconds (e.g. 240, not 4m)"),
+])
+def test_a_step_name_or_limit_that_is_not_one_stops_the_script_before_any_step(tmp_path, env, message):
+    """'GPU_SESSION_STEPS=gpu-check,bench' skipped the kernel check and said 'every step passed' (exit 0); a limit of
+    '4m' ran, then broke the summary (no session.json, no session.tgz), and the run still said it passed."""
+    res = run_session(tmp_path, "--dry-run", str(tmp_path / "s"), **env)
+    assert res.returncode == 2 and message in res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("name,cat", [
