@@ -195,9 +195,17 @@ def exit_on_stop(code: int) -> None:
             stream.flush()
     if threading.current_thread() is not threading.main_thread():
         return
-    for s in STOP_SIGNALS:
-        if signal.getsignal(s) is not signal.SIG_IGN:
-            signal.signal(s, lambda signum, frame: os._exit(code))
+    stops = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    for s in stops:
+        signal.signal(s, lambda signum, frame: os._exit(code))
+
+    def ignore_stops() -> None:  # Python's finalization puts SIG_DFL back for handlers set from Python, not SIG_IGN:
+        for s in stops:  # torch's teardown after it (a second or so) was killed by a stop, with 130 or 143
+            signal.signal(s, signal.SIG_IGN)
+
+    import atexit
+
+    atexit.register(ignore_stops)  # run first of the exit handlers (after the wait for threads, which a stop ends)
 
 
 def _main(argv: list[str] | None) -> int:

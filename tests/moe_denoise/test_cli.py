@@ -1,6 +1,8 @@
 """The moe-denoise command: help on every subcommand, and each job end to end on tiny inputs."""
 import json
 import re
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1411,6 +1413,29 @@ def test_reliability_stop_after_the_command_ended(tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0 and (tmp_path / "noisy.png").is_file(), done.stderr
     assert str(tmp_path / "noisy.png") in done.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_reliability_stop_while_torch_is_torn_down(tmp_path, signum):
+    """A Ctrl-C or SIGTERM a moment after denoise said what it wrote, while torch was torn down after Python code had
+    ended (finalization puts back the default action of handlers set from Python) => exit 0, the command's own
+    code (it was killed by the signal: 130 or 143, for finished work)"""
+    import subprocess
+    import sys
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photo)
+    proc = subprocess.Popen([sys.executable, "-m", "moe_denoise", "denoise", str(photo), "-o", str(tmp_path / "o.png"),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if str(tmp_path / "o.png") in line:  # said: what is left is the exit
+            time.sleep(0.2)
+            proc.send_signal(signum)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 0 and (tmp_path / "o.png").is_file(), proc.stderr.read()
 
 
 def test_reliability_json_for_refusals_of_the_option_parser_and_for_a_stop(capsys, monkeypatch):
