@@ -63,9 +63,24 @@ class Parser(argparse.ArgumentParser):
     """argparse's parser, refusing with :class:`Refused` (the same usage and message on standard error, exit 2)."""
 
     def error(self, message: str):  # noqa: ANN201 - argparse's signature (NoReturn)
+        message += dash_hint(self, _GIVEN)
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise Refused(self, message)
+
+
+_GIVEN: list[str] = []  # the words being parsed, for a refusal's hints
+
+
+def dash_hint(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """A file named like an option ('-photo.png', as 'denoise * -o out/' gives) was refused as an unknown option, or
+    left the photos missing ('the following arguments are required: input'), with no word of why."""
+    files = [a for a in argv if a.startswith("-") and a != "-" and a not in parser._option_string_actions
+             and os.path.lexists(a)]
+    if not files:
+        return ""
+    return (f" ('{files[0]}' is a file here, read as an option: write ./{files[0]}, or put -- before the "
+            f"file names)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +100,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     """``parser.parse_args(argv)``, but an argument the command does not take is refused with the command's usage
     ('add-noise ... --json' showed the usage of moe-denoise itself, listing no option of add-noise), and --debug is
     taken after the command too ('denoise ... --debug' was an unrecognised argument)."""
+    _GIVEN[:] = argv
     args, extras = parser.parse_known_args(argv)
     if "--debug" in extras:
         args.debug = True

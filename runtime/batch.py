@@ -23,7 +23,8 @@ from typing import Any
 from moe_base.errors import InputError
 from moe_base.fileio import check_folder_takes_files
 
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".pnm", ".tga")
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm",
+                  ".pnm", ".pbm", ".tga", ".apng")
 """The files taken from a folder (any case): the formats that are both read and written. A file named on its own is
 taken whatever its name: the reader decides from its content."""
 
@@ -54,6 +55,31 @@ class BatchPlan:
 def _listed(paths: list[str], limit: int = 5) -> str:
     shown = ", ".join(paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def cut_short(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be a whole result, read from its ends alone: 'empty', or 'cut short' for a PNG
+    without its closing chunk, a JPEG without its end marker or a WebP shorter than its header says; None when it
+    looks whole (other formats are not looked into)."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty"
+        with open(path, "rb") as f:
+            head = f.read(12)
+            f.seek(max(0, size - 12))
+            tail = f.read()
+    except OSError:
+        return None  # unreadable: its own error comes where it is used
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        whole = tail.endswith(b"IEND\xaeB`\x82")
+    elif head.startswith(b"\xff\xd8"):
+        whole = tail.endswith(b"\xff\xd9")
+    elif head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        whole = size >= 8 + int.from_bytes(head[4:8], "little")
+    else:
+        whole = True
+    return None if whole else "cut short"
 
 
 def photos_in(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -148,6 +174,11 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         by_name.setdefault(dst.name, []).append(src)
         jobs.append((src, dst))
     clashes = [f"{name} ({', '.join(map(str, paths))})" for name, paths in by_name.items() if len(paths) > 1]
+    ours = [src for paths in by_name.values() if len(paths) > 1 for src in paths if src.parent.resolve() == out.resolve()]
+    if clashes and ours:  # 'denoise p/* -o p/out/' run again: p/* takes p/out in, and the advice was other -o folders
+        raise InputError(f"'{out}' is the -o folder, and the inputs take in its results too ({_listed(list(map(str, ours)))}"
+                         f"): leave it out of the inputs (a pattern such as {out.parent}/* includes it), or write "
+                         f"the results outside the input folders")
     if clashes:
         why = "" if not renamed else " (a photo whose format cannot hold its result gets .png added to its name)"
         raise InputError(f"photos with the same file name would be written to the same output in '{out}'{why}: "
@@ -157,8 +188,10 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         own = _listed([p.name for p in in_place])
         raise InputError(f"the output folder '{out}' holds the photos themselves ({own}): each result would "
                          f"replace its input. Choose another -o folder, or pass --overwrite to replace the originals")
-    unusable = [dst.name + ("/" if dst.is_dir() else " (empty)") for _, dst in jobs
-                if dst.is_dir() or (dst.is_file() and dst.stat().st_size == 0)]
+    # an empty or cut-short file is no result (another tool's, or a copy stopped half-way): --skip-existing took it
+    # for one; --overwrite replaces it
+    unusable = [dst.name + ("/" if dst.is_dir() else f" ({cut_short(dst)})") for _, dst in jobs
+                if dst.is_dir() or (not overwrite and dst.is_file() and cut_short(dst))]
     if unusable:  # --skip-existing took them for results; --overwrite failed on a folder after the work
         raise InputError(f"'{out}' holds, at the paths the results go to, what cannot be a result: "
                          f"{_listed(unusable)}; remove those, or choose another -o folder (nothing was denoised)")

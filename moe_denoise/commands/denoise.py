@@ -383,11 +383,13 @@ def run_batch(args: argparse.Namespace) -> int:
             names = [p.name + ("/" if p.is_dir() else " (a loop of links)" if is_link_loop(p) else
                                " (a link to nothing)" if p.is_symlink() and not p.exists() else "")
                      for p in plan.ignored]  # a dangling a.png was said to have the wrong ending
-            extra.append(f"left out of the folders given: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} "
+            more = f" and {len(names) - 4} more" if len(names) > 4 else ""  # ', ...' hid how many (JPEGs among them)
+            extra.append(f"left out of the folders given: {', '.join(names[:4])}{more} "
                          f"(taken from a folder: files ending in {', '.join(PHOTO_SUFFIXES)}; name another file to "
                          f"denoise it; subfolders are not searched)")
-        print(f"denoised {summary['denoised']} of {total} photos into {plan.out_dir} in {summary['seconds']:.1f}s"
-              + "".join(f"; {x}" for x in extra))
+        # the photos found, those skipped included ('denoised 0 of 0 photos; 40 skipped')
+        print(f"denoised {summary['denoised']} of {total + len(plan.skipped)} photos into {plan.out_dir} in "
+              f"{summary['seconds']:.1f}s" + "".join(f"; {x}" for x in extra))
     if batch.failed:
         print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised ("
               f"{'said above' if text else 'listed in the JSON'}); nothing was written for them. Fix what is said "

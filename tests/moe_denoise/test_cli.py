@@ -1621,3 +1621,19 @@ def test_refusals_name_their_option_and_come_before_any_start_line(capsys, tmp_p
     pytest.importorskip("tritonclient", reason="--server needs the serve extra (tritonclient)")
     code, _, err = run(capsys, "denoise", photo, "-o", out, "--server", "localhost:1", "--timeout", "2")
     assert code == 2 and "no ready Triton server at localhost:1 after 2s" in err, err
+
+
+def test_a_file_named_like_an_option_is_told_how_to_name_it(capsys, tmp_path, monkeypatch):
+    """'denoise * -o out/' in a folder holding -photo.png: 'the following arguments are required: input' (the file
+    exists) or 'unrecognized arguments: -photo.png', with no word of why."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "-photo.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    for argv in (["denoise", "-photo.png", "-o", "d/"], ["denoise", "a.png", "-photo.png", "-o", "d/"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "('-photo.png' is a file here, read as an option: write ./-photo.png, or put -- before the file " \
+               "names)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["denoise", "-q", "-o", "d/"])  # no such file: argparse's message alone
+    assert "is a file here" not in capsys.readouterr().err

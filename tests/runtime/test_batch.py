@@ -237,7 +237,8 @@ def test_a_folder_or_an_empty_file_where_a_result_goes_is_refused_first(tmp_path
     a, b = touch(tmp_path / "in" / "a.png"), touch(tmp_path / "in" / "b.png")
     (tmp_path / "out" / "a.png").mkdir(parents=True)
     (tmp_path / "out" / "b.png").write_bytes(b"")
-    with pytest.raises(InputError, match=r"what cannot be a result: a.png/, b.png \(empty\); remove those"):
+    said = r"a.png/, b.png \(empty\);" if "skip_existing" in flags else r"a.png/;"  # --overwrite replaces an empty one
+    with pytest.raises(InputError, match=rf"what cannot be a result: {said} remove those"):
         plan_batch([a, b], tmp_path / "out", **flags)
 
 
@@ -309,3 +310,51 @@ def test_an_output_folder_that_takes_no_files_is_refused_when_planned(tmp_path: 
                                          r"cannot take it\)"):
         plan_batch([a], tmp_path / "new")  # a folder to be made: its parent is probed
     assert not (tmp_path / "new").exists()
+
+
+def test_a_folders_jpe_jfif_pbm_and_apng_files_are_taken_as_photos(tmp_path: Path) -> None:
+    """Files named .jpe, .jfif, .pbm or .apng were denoised when named on their own, and left out of a folder (the
+    summary hid them behind '...'): each is read and written."""
+    from runtime.images import output_format
+
+    for suffix in (".jpe", ".jfif", ".pbm", ".apng"):
+        assert output_format(f"x{suffix}") is not None  # written under that name
+        touch(tmp_path / "in" / f"a{suffix}")
+    plan = plan_batch([tmp_path / "in"], tmp_path / "out")
+    assert sorted(s.suffix for s, _ in plan.jobs) == [".apng", ".jfif", ".jpe", ".pbm"] and plan.ignored == ()
+
+
+def test_reliability_batch_output_cut_short(tmp_path: Path) -> None:
+    """--skip-existing over an output folder holding a PNG or JPEG cut short (a copy stopped half-way, another tool's)
+    => refused before any work, naming it as cut short (it was counted as done); --overwrite replaces it, and an
+    empty one too (it was refused even with --overwrite)"""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    for name, fmt in (("a.png", "PNG"), ("b.jpg", "JPEG")):
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, fmt)
+        touch(tmp_path / "in" / name, buf.getvalue())
+        touch(tmp_path / "out" / name, buf.getvalue()[:-20])
+    touch(tmp_path / "in" / "c.png")
+    touch(tmp_path / "out" / "c.png", b"")
+    with pytest.raises(InputError, match=r"a\.png \(cut short\), b\.jpg \(cut short\), c\.png \(empty\)"):
+        plan_batch([tmp_path / "in"], tmp_path / "out", skip_existing=True)
+    assert len(plan_batch([tmp_path / "in"], tmp_path / "out", overwrite=True).jobs) == 3
+    (tmp_path / "out" / "a.png").write_bytes((tmp_path / "in" / "a.png").read_bytes())  # whole: skipped
+    (tmp_path / "out" / "b.jpg").unlink()
+    (tmp_path / "out" / "c.png").unlink()
+    assert [s.name for s, _ in plan_batch([tmp_path / "in"], tmp_path / "out", skip_existing=True).skipped] == ["a.png"]
+
+
+def test_inputs_that_take_in_the_output_folder_are_told_so(tmp_path: Path) -> None:
+    """'denoise p/* -o p/out/' run again (p/* now names p/out): refused as photos sharing names, with the advice to
+    use other -o folders; the cause is that the output folder is among the inputs."""
+    p = tmp_path / "p"
+    touch(p / "a.png")
+    touch(p / "out" / "a.png")
+    with pytest.raises(InputError, match=r"-o folder, and the inputs take in its results too .*out/a\.png.*: leave "
+                                         r"it out of the inputs"):
+        plan_batch([p / "a.png", p / "out"], p / "out", skip_existing=True)
