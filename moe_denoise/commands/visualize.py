@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                          f"{MAX_PICTURE_PIXELS / 1e6:.0f} million: lower --scale or -n")
     images = load_cifar10(args.data_dir, args.split)
     if args.offset >= len(images):
-        raise InputError(f"--offset {args.offset} is past the end of the {args.split} split ({len(images)} images)")
+        raise InputError(f"--offset {args.offset} is past the end of the {args.split} split ({len(images)} images): "
+                         f"give an --offset from 0 to {len(images) - 1}")
     if args.offset + args.num_images > len(images):  # it drew fewer rows than asked, without a word
         raise InputError(f"-n {args.num_images} from --offset {args.offset} runs past the end of the {args.split} "
                          f"split ({len(images)} images): at most -n {len(images) - args.offset} from there")

@@ -376,3 +376,26 @@ def test_a_folder_run_in_a_log_names_each_photo_as_it_begins(capsys, random_weig
     colour = photos / "colour.png"
     assert code == 0 and f"[1/1] denoising {colour} ..." in err and f"[1/1] denoised {colour}" in text
     assert "gray.jpg" not in err
+
+
+def test_many_inputs_say_their_headers_are_read_first(capsys, monkeypatch, random_weights, tmp_path):
+    """A glob of 5,000 photos was 15 s of silence before the first line (every header is read before any work);
+    from PLAN_NOTE_AT inputs on, that is said at once."""
+    from moe_denoise.commands import denoise
+
+    monkeypatch.setattr(denoise, "PLAN_NOTE_AT", 3)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(paths[-1])
+    code, _, err = run(capsys, "denoise", *paths, "-o", tmp_path / "out", "--weights", random_weights)
+    assert code == 0 and err.startswith("reading the headers of 3 inputs before any work ..."), err
+    code, _, err = run(capsys, "denoise", *paths[:2], "-o", tmp_path / "out2", "--weights", random_weights)
+    assert code == 0 and "reading the headers" not in err
+
+
+def test_visualize_offset_past_the_end_says_which_there_are(capsys, fake_cifar, random_weights, tmp_path):
+    code, _, err = run(capsys, "visualize", "--weights", random_weights, "--data-dir", fake_cifar, "--offset", 40,
+                       "-o", tmp_path / "v")
+    assert code == 2 and "--offset 40 is past the end of the test split (40 images): give an --offset from 0 to 39" \
+        in err, err
