@@ -79,8 +79,8 @@ def dash_hint(parser: argparse.ArgumentParser, argv: list[str]) -> str:
              and os.path.lexists(a)]
     if not files:
         return ""
-    return (f" ('{files[0]}' is a file here, read as an option: write ./{files[0]}, or put -- before the "
-            f"file names)")
+    return (f" ('{files[0]}' is a file here, read as an option: write ./{files[0]}, or put -- after the options "
+            f"and before the file names)")
 
 
 def build_parser() -> argparse.ArgumentParser:

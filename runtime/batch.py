@@ -193,8 +193,10 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
     unusable = [dst.name + ("/" if dst.is_dir() else f" ({cut_short(dst)})") for _, dst in jobs
                 if dst.is_dir() or (not overwrite and dst.is_file() and cut_short(dst))]
     if unusable:  # --skip-existing took them for results; --overwrite failed on a folder after the work
+        files = "" if all(u.endswith("/") for u in unusable) else "; --overwrite replaces an empty or cut-short file"
         raise InputError(f"'{out}' holds, at the paths the results go to, what cannot be a result: "
-                         f"{_listed(unusable)}; remove those, or choose another -o folder (nothing was denoised)")
+                         f"{_listed(unusable)}; remove those, or choose another -o folder{files} (nothing was "
+                         f"denoised)")
     dangling = [dst.name for _, dst in jobs if dst.is_symlink() and not dst.exists()]
     if dangling and not overwrite:  # each was refused at its turn, after the photos before it
         raise InputError(f"'{out}' holds, at the paths the results go to, symbolic links to nothing: "

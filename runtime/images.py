@@ -225,7 +225,7 @@ class ImageHeader:
         return max(self.pixels * self.core_bytes_per_pixel + self.compact_bytes, 2 * self.compact_bytes)
 
     def describe(self) -> str:
-        return (f"'{self.path}' is {self.width}x{self.height} ({self.pixels / 1e6:.1f} megapixels, {self.layout} "
+        return (f"'{self.path}' is {self.width}x{self.height} ({self.pixels / 1e6:.3g} megapixels, {self.layout} "
                 f"{self.bit_depth}-bit)")
 
 

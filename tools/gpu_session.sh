@@ -46,15 +46,15 @@
 # last one did, so one failure costs one step, not the session; gpu_check saves its report after each of its
 # checks, so a step stopped by its limit leaves what it did. The bench's and the profile's reports go to their logs
 # only (the device tool returns the last 12,000 characters of the output: the summary at the end gives each step's
-# telling lines). Each step's log goes beside its results:
-# gpu_check.json, gpu_check.log, pytest.log, results.json, results.md, results.png, bench.log, profile.json,
-# profile.md, profile.log, and session.json (every step: exit code, seconds, limit, files); outputs of an earlier
-# run in OUT_DIR are removed first. Time limits in whole seconds: GPU_CHECK_S (85), PYTEST_S (95), BENCH_S (230,
+# telling lines; the paths its lines name are in the work folder, removed at the end). session.tgz holds every
+# step's log beside its results: gpu_check.json, gpu_check.log, pytest.log, results.json, results.md, results.png,
+# bench.log, profile.json, profile.md, profile.log, and session.json (every step: exit code, seconds, limit,
+# files); OUT_DIR holds session.tgz and six of them (above). Outputs of an earlier run in OUT_DIR are removed first. Time limits in whole seconds: GPU_CHECK_S (85), PYTEST_S (95), BENCH_S (230,
 # its timing deadline BENCH_DEADLINE_S 190 from its start, compilations included; past half of it no more backends
 # are prepared), PROFILE_S (55): 7.8 minutes of steps. Where TensorRT is installed, gpu_check builds four engines,
 # which does not fit beside the other steps in one 10-minute command: give it a call of its own
 # (GPU_SESSION_STEPS=gpu_check GPU_CHECK_S=480, timeout_s 600) and the other steps another
-# (GPU_SESSION_STEPS=pytest,bench,profile). A step name or a limit that is not one stops the script before any step
+# (GPU_SESSION_STEPS=pytest,bench,profile; none runs no step). A step name or a limit that is not one stops the script before any step
 # (a misspelt step was skipped in silence, and the run said 'every step passed'). GPU_SESSION_STEPS=bench,profile runs
 # only those steps; BENCH_BACKENDS and BENCH_BATCHES override the bench's. In the GPU run the test step fails
 # when torch sees no CUDA GPU (its tests would all skip and read as passed).

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench", help="benchmark the backends (parity-checked, interleaved, warmed up)",
-        description="Checks every backend against the PyTorch reference, then times them interleaved (round robin, "
+        description="Checks every backend against the PyTorch reference (past half of --deadline, no more are "
+                    "prepared: the rest is for timing), then times them interleaved (round robin, "
                     "rotating) after warm-up, over a batch sweep; writes results.json, results.md and results.png. "
                     f"Backends: {', '.join(ALL_BACKENDS)}. Unavailable ones are listed with the reason. --quick: "
                     f"{', '.join(QUICK_BACKENDS)} at batches 1,8,64 (torch.compile left out: it compiles for longer "
@@ -75,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         + _per_preset("batch_budget_s", "{:g}"))
     p.add_argument("--deadline", type=seconds, default=None,
                    help="seconds from the command's start after which no new round or batch size starts (the last "
-                        "round and the report follow) " + _per_preset("deadline_s", "{:g}"))
+                        "round and the report follow; past half of it, no more backends are prepared) "
+                        + _per_preset("deadline_s", "{:g}"))
     p.add_argument("--engine", action="append", default=[], metavar="NAME=PATH",
                    help="a TensorRT engine for a trt-* backend, e.g. trt-plugin-fp16=engines/x.engine (repeatable)")
     p.add_argument("--build-engines", action=argparse.BooleanOptionalAction, default=None,

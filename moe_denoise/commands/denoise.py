@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "file name")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave photos whose output exists alone (resumes a stopped run: outputs are written "
-                        "atomically, so one that exists is complete)")
+                        "atomically, so one this run left is complete; an empty or cut-short file there, another "
+                        "tool's, is refused before any work)")
     add_backend_args(p)
     add_weights_args(p)
     p.add_argument("--overlap", type=tile_overlap, default=16, help="tile overlap in pixels (0..31); 8 takes 0.44x the time "
@@ -400,7 +401,8 @@ def run_batch(args: argparse.Namespace) -> int:
         print(f"denoised {summary['denoised']} of {total + len(plan.skipped)} photos into {plan.out_dir} in "
               f"{summary['seconds']:.1f}s" + "".join(f"; {x}" for x in extra))
     if batch.failed:
-        print(f"moe-denoise denoise: error: {len(batch.failed)} of {total} photos could not be denoised ("
+        print(f"moe-denoise denoise: error: {len(batch.failed)} of {total + len(plan.skipped)} photos could not be "
+              f"denoised ("
               f"{'said above' if text else 'listed in the JSON'}); nothing was written for them. Fix what is said "
               f"there (or remove those photos), then {batch.go_on('to denoise only those')}",
               file=sys.stderr)

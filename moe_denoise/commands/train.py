@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "0.01 x load-balance loss, gradient clipping 1.0, 30 epochs. Writes OUT_DIR/"
                                    "last.pt every epoch (for --resume) and OUT_DIR/best.safetensors + best.json "
                                    "(lowest validation loss). --resume --out-dir OUT_DIR continues a run with the "
-                                   "settings it was started with; settings given with it must be the same.",
+                                   "settings it was started with, its device and thread count included; settings "
+                                   "given with it must be the same, but for --data-dir, --device and --threads.",
                        formatter_class=HelpFormatter)
     _add_options(p)
     p.set_defaults(func=run)
@@ -66,8 +67,10 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-seed", type=seed_number, default=1234, help="seed of the fixed validation noise")
     p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training images")
     p.add_argument("--max-val", type=positive_int, default=None, help="use only the first N validation images")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ... (with --resume: "
+                                                    "the run's)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="torch CPU threads (default: torch's choice; with --resume: the run's)")
     p.add_argument("--init-from", default=None, type=nonempty,
                    help="start from these weights (a file, or the name of shipped weights: blind, sigma20) instead "
                         "of a random init (fine-tuning, or a second cosine cycle)")
@@ -137,8 +140,8 @@ def check_resumed_here(settings: dict, given: set[str], out: Path) -> None:
     device, threads = str(settings.get("device") or "auto"), settings.get("threads")
     if "device" not in given and device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"the run in {out} was started on {device}, and torch sees no CUDA GPU here: continue it on "
-                         f"the CPU with --resume --device cpu (its weights then differ a little from those of the run "
-                         f"continued on {device})")
+                         f"the CPU with: moe-denoise train --resume --out-dir {shlex.quote(str(out))} --device cpu (its "
+                         f"weights then differ a little from those of the run continued on {device})")
     cpus = os.cpu_count() or 1
     if "threads" not in given and isinstance(threads, int) and threads > cpus:
         print(f"note: the run started with {threads} threads and continues with them, for the weights of the run "

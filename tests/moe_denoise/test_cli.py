@@ -1632,8 +1632,8 @@ def test_a_file_named_like_an_option_is_told_how_to_name_it(capsys, tmp_path, mo
     for argv in (["denoise", "-photo.png", "-o", "d/"], ["denoise", "a.png", "-photo.png", "-o", "d/"]):
         with pytest.raises(SystemExit):
             main(argv)
-        assert "('-photo.png' is a file here, read as an option: write ./-photo.png, or put -- before the file " \
-               "names)" in capsys.readouterr().err
+        assert "('-photo.png' is a file here, read as an option: write ./-photo.png, or put -- after the options " \
+               "and before the file names)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["denoise", "-q", "-o", "d/"])  # no such file: argparse's message alone
     assert "is a file here" not in capsys.readouterr().err

@@ -370,7 +370,8 @@ def test_a_run_started_without_threads_or_device_resumes_with_those_it_used(fake
     if not torch.cuda.is_available():
         assert main(["train", "--out-dir", str(tmp_path / "run"), "--resume", "--no-progress"]) == 2
         assert (f"the run in {tmp_path / 'run'} was started on cuda:1, and torch sees no CUDA GPU here: continue it on "
-                f"the CPU with --resume --device cpu") in capsys.readouterr().err
+                f"the CPU with: moe-denoise train --resume --out-dir {tmp_path / 'run'} --device cpu") in \
+            capsys.readouterr().err
 
 
 def test_a_run_that_diverged_says_what_to_change(fake_cifar, tmp_path, capsys):

@@ -340,7 +340,9 @@ def test_reliability_batch_output_cut_short(tmp_path: Path) -> None:
         touch(tmp_path / "out" / name, buf.getvalue()[:-20])
     touch(tmp_path / "in" / "c.png")
     touch(tmp_path / "out" / "c.png", b"")
-    with pytest.raises(InputError, match=r"a\.png \(cut short\), b\.jpg \(cut short\), c\.png \(empty\)"):
+    with pytest.raises(InputError, match=r"a\.png \(cut short\), b\.jpg \(cut short\), c\.png \(empty\); remove "
+                                         r"those, or choose another -o folder; --overwrite replaces an empty or "
+                                         r"cut-short file"):
         plan_batch([tmp_path / "in"], tmp_path / "out", skip_existing=True)
     assert len(plan_batch([tmp_path / "in"], tmp_path / "out", overwrite=True).jobs) == 3
     (tmp_path / "out" / "a.png").write_bytes((tmp_path / "in" / "a.png").read_bytes())  # whole: skipped

@@ -260,7 +260,7 @@ def test_reliability_too_many_pixels_is_refused_before_decoding(tmp_path: Path) 
     with pytest.raises(InputError) as e:
         denoise_file(bomb, tmp_path / "out.png", fn, progress=False, max_pixels=100_000_000)
     msg = str(e.value)
-    assert "bomb.png" in msg and "12000x12000" in msg and "144.0 megapixels" in msg and "100,000,000" in msg
+    assert "bomb.png" in msg and "12000x12000" in msg and "(144 megapixels" in msg and "100,000,000" in msg
     assert "--max-pixels" in msg
     assert calls == [] and sorted(os.listdir(tmp_path)) == ["bomb.png"]
     with pytest.raises(InputError, match="limit of 200,000,000 pixels"):  # the default limit
