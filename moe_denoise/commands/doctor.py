@@ -76,8 +76,30 @@ def gather() -> dict[str, Any]:
     serving = [m for m in ("pytriton", "tritonclient") if not installed(m)]
     backend("serving (Triton via PyTriton)", not serving, "ok" if not serving else
             f"{' and '.join(serving)} not installed: pip install 'moe-denoise[serve]' (Linux; it pins NumPy < 2)")
+    info["features"] = features()
     info["cache"] = cache_status()
     return info
+
+
+FEATURES = (  # what a base install lacks besides the backends: (feature, modules, extra); doctor named none of them
+    ("16-bit colour PNG (read and written as 16-bit)", ("png",), "images"),
+    ("16-bit colour TIFF (read and written as 16-bit)", ("tifffile",), "images"),
+    ("evaluate: SSIM and the photos suite", ("skimage",), "eval"),
+    ("evaluate: the BM3D baseline", ("bm3d",), "eval"),
+    ("bench and evaluate plots", ("matplotlib",), "plot"),
+)
+
+
+def features() -> dict[str, dict[str, Any]]:
+    """Each optional feature outside the backends: usable here, or the extra that brings it."""
+    from moe_base.optional import available
+
+    out = {}
+    for name, modules, extra in FEATURES:
+        missing = [m for m in modules if not available(m)[0]]
+        out[name] = {"usable": not missing, "reason": "ok" if not missing else
+                     f"{', '.join(missing)} not importable: pip install 'moe-denoise[{extra}]'"}
+    return out
 
 
 def cache_status() -> dict[str, Any]:
@@ -159,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
     print("\nbackends:")
     for name, b in info["backends"].items():
         print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}".rstrip())
+    print("\nfeatures:")
+    for name, f in info["features"].items():
+        print(f"  [{'x' if f['usable'] else ' '}] {name:<44} {'' if f['usable'] else f['reason']}".rstrip())
     c = info["cache"]
     print(f"\ncache        {c['path']} " + ("(writable)" if c["writable"] else
                                               f"(NOT writable: {c['not_writable_because']}; set MOE_DENOISE_CACHE "

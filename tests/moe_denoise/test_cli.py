@@ -1637,3 +1637,18 @@ def test_a_file_named_like_an_option_is_told_how_to_name_it(capsys, tmp_path, mo
     with pytest.raises(SystemExit):
         main(["denoise", "-q", "-o", "d/"])  # no such file: argparse's message alone
     assert "is a file here" not in capsys.readouterr().err
+
+
+def test_doctor_names_the_features_an_extra_brings(capsys, monkeypatch):
+    """doctor listed the backends alone: a base install's missing pypng, tifffile or bm3d (16-bit colour photos,
+    evaluate's BM3D rows) was found only when a command needed it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # as in an install without the eval extra
+    code, out, _ = run(capsys, "doctor", "--json")
+    features = json.loads(out)["features"]
+    assert code == 0 and features["evaluate: the BM3D baseline"] == {
+        "usable": False, "reason": "bm3d not importable: pip install 'moe-denoise[eval]'"}
+    assert features["16-bit colour PNG (read and written as 16-bit)"]["usable"]  # pypng is in the test extra
+    code, out, _ = run(capsys, "doctor")
+    assert "[ ] evaluate: the BM3D baseline" in out and "pip install 'moe-denoise[eval]'" in out
