@@ -201,6 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def forget_handled_interrupt() -> None:
+    """Run as ``python -m moe_denoise``, a Ctrl-C that main() handled (said, exit 130) sometimes still ended the
+    process killed by SIGINT: CPython 3.10 and 3.11 note a KeyboardInterrupt that leaves a nested evaluation (one in a
+    library's import, here), and after a module run with -m they end the process with SIGINT when the note is set.
+    main() handles every KeyboardInterrupt, so once it has returned the note is cleared (where the interpreter has
+    one by that name; a script, as the moe-denoise command, never read it)."""
+    import ctypes
+
+    with contextlib.suppress(Exception):  # another interpreter, or a Python without it
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+
+
 def exit_on_stop(code: int) -> None:
     """From now on Ctrl-C, SIGTERM and SIGHUP end the process at once with ``code`` (what is printed is flushed
     first); not where one is ignored."""
