@@ -169,10 +169,14 @@ DISTRIBUTIONS = {"PIL": "pillow", "numpy": "numpy", "torch": "torch==2.13.0 (or 
                  "safetensors": "safetensors", "tqdm": "tqdm"}  # the base install's imports, by the name pip knows
 
 
-def broken_install_advice(name: str | None) -> str:
-    """What to do when a module every command imports cannot be imported: a file of the user's that hides one of
-    the toolkit's packages is named (an export.py in the current folder was answered 'pip install
+def broken_install_message(e: ImportError) -> str:
+    """What cannot be imported, and what to do when a module every command imports cannot be: a file of the user's
+    that hides one of the toolkit's packages is named (an export.py in the current folder was answered 'pip install
     export.onnx_export'), a dependency is named as pip knows it (PIL is 'pillow')."""
+    return f"{e.name or 'a package it needs'} cannot be imported ({e}): {_broken_install_advice(e.name)}"
+
+
+def _broken_install_advice(name: str | None) -> str:
     top = (name or "").split(".")[0]
     if top in OWN_PACKAGES:
         import importlib.util
@@ -263,8 +267,7 @@ def _main(argv: list[str] | None) -> int:
     except ImportError as e:  # a package every command needs (numpy) is missing: a broken install, even for --help
         if "--debug" in argv:
             traceback.print_exc()
-        print(f"moe-denoise: error: {e.name or 'a package it needs'} cannot be imported ({e}): "
-              f"{broken_install_advice(e.name)}", file=sys.stderr)
+        print(f"moe-denoise: error: {broken_install_message(e)}", file=sys.stderr)
         return 2
     args.argv = argv  # the exact command, recorded by jobs that write artifacts
     if not getattr(args, "func", None):
@@ -295,7 +298,7 @@ def _main(argv: list[str] | None) -> int:
         # was a traceback ('import of PIL halted')
         if not e.name:
             raise
-        return _said(args, watched, f"{e.name} cannot be imported ({e}): {broken_install_advice(e.name)}", 2)
+        return _said(args, watched, broken_install_message(e), 2)
     except BrokenPipeError:  # the reader went away (moe-denoise ... | head): quietly, as other commands do
         _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed

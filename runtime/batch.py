@@ -190,8 +190,8 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
                          f"replace its input. Choose another -o folder, or pass --overwrite to replace the originals")
     # an empty or cut-short file is no result (another tool's, or a copy stopped half-way): --skip-existing took it
     # for one; --overwrite replaces it
-    unusable = [dst.name + ("/" if dst.is_dir() else f" ({cut_short(dst)})") for _, dst in jobs
-                if dst.is_dir() or (not overwrite and dst.is_file() and cut_short(dst))]
+    unusable = [f"{dst.name}/" if dst.is_dir() else f"{dst.name} ({why})" for _, dst in jobs  # each file read once
+                if dst.is_dir() or (not overwrite and dst.is_file() and (why := cut_short(dst)))]
     if unusable:  # --skip-existing took them for results; --overwrite failed on a folder after the work
         files = "" if all(u.endswith("/") for u in unusable) else "; --overwrite replaces an empty or cut-short file"
         raise InputError(f"'{out}' holds, at the paths the results go to, what cannot be a result: "

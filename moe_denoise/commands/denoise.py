@@ -227,10 +227,8 @@ def run_single(args: argparse.Namespace) -> int:
                              f"{args.input} is {pw}x{ph} {photo.layout} (upright, after their EXIF orientation); "
                              f"pass the clean version of the same photo (same size and colour channels; alpha is "
                              f"not compared)")
-    from moe_base.progress import progress_mode
-
     def starting() -> None:  # in a log, nothing was said for the first 30 s or more (a folder names each photo)
-        if progress_mode(not (args.no_progress or args.json)) == "lines":
+        if progress_shown(args) == "lines":
             print(f"denoising {args.input} ...", file=sys.stderr, flush=True)
 
     if args.server is not None:
@@ -256,18 +254,25 @@ def run_single(args: argparse.Namespace) -> int:
     return 0
 
 
+def progress_shown(args: argparse.Namespace) -> str | None:
+    """How this run shows its progress on stderr: 'bar' on a terminal, 'lines' in a log, None with --no-progress or
+    --json (:func:`moe_base.progress.progress_mode`)."""
+    from moe_base.progress import progress_mode
+
+    return progress_mode(not (args.no_progress or args.json))
+
+
 def denoise_one(args: argparse.Namespace, runner: Any, src: Path, dst: Path, client: Any = None) -> dict:
     """One photo, here with ``runner``, or on the server of --server (then ``runner``, if any, is what
     --check-local denoises with here; None: it makes its own; ``client``: the run's open client of the server,
     or None to open one for this photo)."""
-    from moe_base.progress import progress_mode
     from runtime.photo import denoise_file
 
     if args.server is not None:
         report = run_remote(args, src, dst, runner, client)  # its denoised_by names the server's runner
     else:
         report = denoise_file(src, dst, runner, overwrite=args.overwrite, overlap=args.overlap,
-                              batch_size=args.batch_size, progress=progress_mode(not (args.no_progress or args.json)),
+                              batch_size=args.batch_size, progress=progress_shown(args),
                               max_pixels=args.max_pixels, guard=not args.no_guard, sigma=args.sigma,
                               strength=args.strength, quality=args.jpeg_quality)
         report["backend"] = runner.describe()
@@ -317,9 +322,7 @@ def run_batch(args: argparse.Namespace) -> int:
     if args.reference is not None:
         raise InputError("--reference compares one photo with its clean version; denoise that photo on its own "
                          "to use it (several photos were given)")
-    from moe_base.progress import progress_mode
-
-    if len(args.input) >= PLAN_NOTE_AT and progress_mode(not (args.no_progress or args.json)) is not None:
+    if len(args.input) >= PLAN_NOTE_AT and progress_shown(args) is not None:
         # every header is read before any work (about 2 ms a photo): 5,000 photos were 15 s of silence
         print(f"reading the headers of {len(args.input):,} inputs before any work ...", file=sys.stderr, flush=True)
     plan = plan_batch(args.input, args.output, overwrite=args.overwrite, skip_existing=args.skip_existing)
@@ -347,9 +350,7 @@ def run_batch(args: argparse.Namespace) -> int:
     def skipped(i: int, src: Path) -> None:
         print(f"[{i}/{total}] skipped: {src}: its output was written meanwhile (by another run?)")
 
-    from moe_base.progress import progress_mode
-
-    in_log = progress_mode(not (args.no_progress or args.json)) == "lines"
+    in_log = progress_shown(args) == "lines"
     number = {src: i for i, (src, _) in enumerate(plan.jobs, 1)}  # as the photo's own line numbers it
 
     def one(src: Path, dst: Path) -> dict:
@@ -384,6 +385,7 @@ def run_batch(args: argparse.Namespace) -> int:
                                   f"{batch.go_on()}" if done else
                                f"interrupted before the first of {total} photos was written; nothing was written"
                                ) from None
+    found = total + len(plan.skipped)  # the photos found, those skipped included ('denoised 0 of 0 photos; 40 skipped')
     if args.json:
         print_batch_json(plan, batch, start)
     else:
@@ -397,12 +399,10 @@ def run_batch(args: argparse.Namespace) -> int:
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{more} "
                          f"(taken from a folder: files ending in {', '.join(PHOTO_SUFFIXES)}; name another file to "
                          f"denoise it; subfolders are not searched)")
-        # the photos found, those skipped included ('denoised 0 of 0 photos; 40 skipped')
-        print(f"denoised {summary['denoised']} of {total + len(plan.skipped)} photos into {plan.out_dir} in "
+        print(f"denoised {summary['denoised']} of {found} photos into {plan.out_dir} in "
               f"{summary['seconds']:.1f}s" + "".join(f"; {x}" for x in extra))
     if batch.failed:
-        print(f"moe-denoise denoise: error: {len(batch.failed)} of {total + len(plan.skipped)} photos could not be "
-              f"denoised ("
+        print(f"moe-denoise denoise: error: {len(batch.failed)} of {found} photos could not be denoised ("
               f"{'said above' if text else 'listed in the JSON'}); nothing was written for them. Fix what is said "
               f"there (or remove those photos), then {batch.go_on('to denoise only those')}",
               file=sys.stderr)

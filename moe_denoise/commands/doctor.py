@@ -178,12 +178,10 @@ def run(args: argparse.Namespace) -> int:
         else "(onnxruntime not installed)"  # words, not a Python list and None
     print(f"torch CUDA build: {g.get('torch_cuda_build') or 'none (a CPU-only build)'}; onnxruntime providers: "
           f"{providers}")
-    print("\nbackends:")
-    for name, b in info["backends"].items():
-        print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}".rstrip())
-    print("\nfeatures:")
-    for name, f in info["features"].items():
-        print(f"  [{'x' if f['usable'] else ' '}] {name:<44} {'' if f['usable'] else f['reason']}".rstrip())
+    for title in ("backends", "features"):  # each usable, or why not
+        print(f"\n{title}:")
+        for name, b in info[title].items():
+            print(f"  [{'x' if b['usable'] else ' '}] {name:<44} {'' if b['usable'] else b['reason']}".rstrip())
     c = info["cache"]
     print(f"\ncache        {c['path']} " + ("(writable)" if c["writable"] else
                                               f"(NOT writable: {c['not_writable_because']}; set MOE_DENOISE_CACHE "
