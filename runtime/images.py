@@ -367,7 +367,11 @@ def _refuse_icons(p: Path) -> None:
     not a photo, and Pillow decodes an embedded PNG of any size as it opens one (ICO), or one larger than its entry
     says (ICNS), before a header can be checked: 3.5 MB of icon took 3.6 GB, past --max-pixels."""
     with open(p, "rb") as f:
-        kind = _ICONS.get(f.read(4))
+        head = f.read(6)
+    kind = _ICONS.get(head[:4])
+    if kind in ("ICO", "CUR") and head[4:6] in (b"", b"\x00\x00"):  # no pictures: a TGA starts so (no ID, no colour
+        kind = None  # map, uncompressed colour: 00 00 02 00, then a colour map of length 0), and every TGA Pillow
+        # writes in colour; it was refused as a cursor, even the TGA moe-denoise had just written
     if kind:
         raise InputError(f"'{p}' is an icon file ({kind}: a program's icon at several sizes), not a photo; save the "
                          f"picture you want from it as PNG and give that instead")

@@ -1162,16 +1162,17 @@ def test_reliability_turned_tiffs_of_every_mode(tmp_path: Path, mode: str, compr
         assert images.read_header(tmp_path / "turned.tif").upright_size == (data.shape[1], data.shape[0])
 
 
-@pytest.mark.parametrize("kind", ["ICO", "ICNS"])
+@pytest.mark.parametrize("kind", ["ICO", "CUR", "ICNS"])
 def test_reliability_icon_files_are_refused_before_pillow_opens_them(tmp_path: Path, kind: str, monkeypatch) -> None:
     """An ICO (also one named .png: Pillow goes by the content) or ICNS holding a tiny, highly compressed PNG of
     15000x15000 pixels: Pillow decodes it while it opens the file (ICO), or decodes one larger than its entry says
     (ICNS), with its own bomb check set aside for ours, which reads the header after: 0.9 to 3.7 GB of memory before
     the --max-pixels refusal (one attached 'photo' can take a machine) => refused by its first bytes, before Pillow
     opens it, naming the kind and what to do"""
-    Image.fromarray(rng_u8((32, 32, 3))).save(tmp_path / f"icon.{kind.lower()}")
+    Image.fromarray(rng_u8((32, 32, 3))).save(tmp_path / "icon", format="ICNS" if kind == "ICNS" else "ICO")
+    data = (tmp_path / "icon").read_bytes()
     disguised = tmp_path / "holiday.png"
-    disguised.write_bytes((tmp_path / f"icon.{kind.lower()}").read_bytes())
+    disguised.write_bytes(data[:2] + b"\x02" + data[3:] if kind == "CUR" else data)  # a cursor is an ICO of type 2
 
     def no_open(*args, **kwargs):
         raise AssertionError("Pillow was asked to open an icon file")
@@ -1180,6 +1181,20 @@ def test_reliability_icon_files_are_refused_before_pillow_opens_them(tmp_path: P
     with pytest.raises(InputError, match=rf"'{disguised}' is an icon file \({kind}: a program's icon at several "
                                          r"sizes\), not a photo; save the picture you want from it as PNG"):
         read_pixels(disguised)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P"])
+def test_reliability_a_tga_is_read_back_not_taken_for_a_cursor(tmp_path: Path, mode: str) -> None:
+    """A colour TGA as Pillow (and so moe-denoise) writes it starts 00 00 02 00, a cursor's (CUR) first bytes, and
+    was refused as an icon file: denoise out.tga failed on the TGA it had just written => read, every pixel as written
+    (a cursor says how many pictures it holds next, which a TGA without a colour map has as 0)"""
+    source = Image.fromarray(rng_u8((5, 7, 4 if mode == "RGBA" else 3)))
+    source = source.convert(mode) if mode != "RGBA" else source
+    source.save(tmp_path / "a.tga")
+    data, info = read_pixels(tmp_path / "a.tga")
+    expected = np.asarray(source.convert({"P": "RGB"}.get(mode, mode)))
+    np.testing.assert_array_equal(data.reshape(expected.shape), expected)
+    assert info.format == "TGA"
 
 
 def test_a_16bit_colour_tiff_whose_compression_needs_imagecodecs_names_the_package(tmp_path: Path) -> None:
