@@ -77,7 +77,7 @@ class BackendSpec:
     ``unavailable`` set: the backend is listed with that reason and not built (e.g. no engine was given).
     ``tolerance``: the (backend, precision) key of moe_base.tolerances. ``preload``: modules imported before
     the cold start is timed, so the cold start is session creation / engine load, not a library import.
-    ``fresh_each_round``: the runner is re-created (deactivated, activated, two untimed calls) before its turn in
+    ``fresh_each_round``: the runner is re-created (deactivated, activated, the --warmup untimed calls) before its turn in
     every round after the first, so the samples span many sessions: an ONNX Runtime CPU session keeps its speed
     for life and that speed varies from session to session, by up to 20% (see tools/rewrites_ab.py).
     ``versus``: another backend of the run this one is compared with round by round (its turn's time over the other's

@@ -763,6 +763,8 @@ few kilobytes; what a file holds beyond this is left out with a note, so that no
 of text through the work."""
 XMP_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")  # the outputs an XMP packet is written into (the same packet in each)
 JPEG_XMP_LIMIT = 65504  # bytes of XMP one JPEG APP1 segment holds (Pillow writes no extended XMP)
+JPEG_EXIF_LIMIT = 65533  # bytes of EXIF (with its 'Exif' header) one JPEG APP1 segment holds; a PNG's or WebP's can
+# be larger (a maker note, an embedded preview), and Pillow then failed the write after the work
 TEXT_HOMES = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "TIFF": "TIFF", "GIF": "GIF"}
 """Input format -> the output format that holds its own text metadata (:attr:`ImageInfo.text`): each format's are
 its own (a PNG's keyword chunks, a JPEG's comment segments, a TIFF's tags), kept only in an output of that format;
@@ -1121,9 +1123,7 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     and a WebP output of a lossless WebP is written lossless (given, it is written lossy at that quality).
     """
     target = check_path_arg(path, "the output")
-    if not isinstance(info, (ImageInfo, ImageHeader)):  # None: "'NoneType' object has no attribute 'channels'"
-        raise InputError(f"info= is the ImageInfo read_image returned with the pixels (it says the mode and bit depth "
-                         f"to write); got {type(info).__name__}")
+    _check_info(info)
     check_quality(quality)
     shape = tuple(getattr(array, "shape", ()))
     if len(shape) == 3 and shape[0] == info.channels and shape[2] != info.channels:  # read as the size before
@@ -1137,6 +1137,16 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, info: ImageInfo
     check_output_path(target, info.path, overwrite)
     check_writable(target, info)
     return write_pixels(target, to_pixels(array, info), info, overwrite=overwrite, quality=quality)
+
+
+def _check_info(info: object) -> None:
+    """InputError unless ``info`` is an :class:`ImageInfo` (None said "'NoneType' object has no attribute
+    'channels'"; read_header's ImageHeader got past the check, then failed with an AttributeError in the write)."""
+    if not isinstance(info, ImageInfo):
+        more = (": read_header's ImageHeader describes a file, not the metadata to write; read the pixels with "
+                "read_image (or read_pixels) and give the ImageInfo it returns" if isinstance(info, ImageHeader) else "")
+        raise InputError(f"info= is the ImageInfo read_image returned with the pixels (it says the mode and bit depth "
+                         f"to write); got {type(info).__name__}{more}")
 
 
 def check_quality(quality: int | None, name: str = "quality") -> None:
@@ -1159,6 +1169,7 @@ def write_pixels(path: str | os.PathLike[str], pixels: np.ndarray, info: ImageIn
     the array).
     """
     target = Path(path)
+    _check_info(info)
     check_output_path(target, info.path, overwrite)
     fmt = check_writable(target, info)
     dtype = np.uint16 if info.bit_depth == 16 else np.uint8
@@ -1315,6 +1326,10 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     if exif and fmt not in _EXIF_FORMATS:  # camera, date, copyright, exposure, GPS: it was dropped without a word
         notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: this "
                      f"writes EXIF into PNG, JPEG and WebP files only; write .png, .jpg or .webp to keep it")
+    elif exif and fmt == "JPEG" and len(exif) > JPEG_EXIF_LIMIT:
+        notes.append(f"a JPEG holds at most {JPEG_EXIF_LIMIT:,} bytes of EXIF (in one APP1 segment): the input's "
+                     f"{len(exif):,}-byte EXIF (camera, date, exposure, GPS, ...) is left out; write .png or .webp to "
+                     f"keep it")
     xmp = getattr(info, "xmp", None)
     if xmp and fmt not in XMP_FORMATS:
         notes.append(f"{fmt} holds no XMP metadata: the input's XMP packet ({len(xmp):,} bytes: creator, rights, "
@@ -1382,7 +1397,7 @@ def _save_options(fmt: str, info: ImageInfo, quality: int | None = None) -> dict
         opts["icc_profile"] = info.icc_profile
     if info.dpi:
         opts["dpi"] = info.dpi
-    if info.exif and fmt in _EXIF_FORMATS:
+    if info.exif and fmt in _EXIF_FORMATS and not (fmt == "JPEG" and len(info.exif) > JPEG_EXIF_LIMIT):
         opts["exif"] = info.exif
     if fmt == "JPEG":
         opts.update(quality=int(quality or JPEG_QUALITY), subsampling=0)  # 4:4:4: keep the denoised chroma detail

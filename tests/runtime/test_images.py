@@ -1241,6 +1241,41 @@ def test_reliability_exif_left_out_of_an_output_is_said(tmp_path: Path) -> None:
     assert not any("EXIF" in note for note in read_pixels(tmp_path / "plain.tif")[1].notes)
 
 
+def test_reliability_an_exif_too_long_for_a_jpeg_is_left_out_with_a_note(tmp_path: Path) -> None:
+    """A PNG whose EXIF is over 64 KB (a maker note, an embedded preview) written as .jpg: a JPEG's APP1 segment
+    holds 65,533 bytes, Pillow raised 'EXIF data is too long' after the work (a traceback, exit 1, no output) =>
+    written without the EXIF, a note says so and where it is kept; .png and .webp keep it whole"""
+    exif = Image.Exif()
+    exif[0x010F] = "Nikon"
+    exif.get_ifd(0x8769)[0x9286] = b"ASCII\0\0\0" + b"x" * 70_000  # a user comment of 70,000 letters
+    Image.fromarray(rng_u8((8, 8, 3))).save(tmp_path / "big.png", exif=exif.tobytes())
+    data, info = read_pixels(tmp_path / "big.png")
+    assert info.exif is not None and len(info.exif) > images.JPEG_EXIF_LIMIT
+    notes = images.output_notes("JPEG", info)
+    assert any(f"the input's {len(info.exif):,}-byte EXIF" in note and "write .png or .webp to keep it" in note
+               for note in notes), notes
+    written = images.write_pixels(tmp_path / "big.jpg", data, info)
+    with Image.open(written) as im:
+        assert im.format == "JPEG" and not im.getexif()
+    for ext in (".png", ".webp"):
+        assert not any("EXIF" in note for note in images.output_notes(ext[1:].upper(), info))
+        with Image.open(images.write_pixels(tmp_path / f"kept{ext}", data, info)) as im:
+            assert im.getexif()[0x010F] == "Nikon"
+
+
+def test_write_image_given_a_header_says_what_to_give(tmp_path: Path) -> None:
+    """read_header's ImageHeader as write_image's info= got past its check, then failed in the write with
+    "AttributeError: 'ImageHeader' object has no attribute 'icc_profile'"."""
+    Image.fromarray(rng_u8((4, 4, 3))).save(tmp_path / "a.png")
+    header = images.read_header(tmp_path / "a.png")
+    data, _ = read_pixels(tmp_path / "a.png")
+    for write, pixels in ((images.write_image, data / 255.0), (images.write_pixels, data)):
+        with pytest.raises(InputError, match=r"got ImageHeader: read_header's ImageHeader describes a file, not the "
+                                             r"metadata to write; read the pixels with read_image"):
+            write(tmp_path / "b.png", pixels, header)
+    assert not (tmp_path / "b.png").exists()
+
+
 def test_a_photo_turned_upright_by_90_degrees_has_its_exif_size_and_resolution_turned_too(tmp_path: Path) -> None:
     """A 36x24 JPEG with EXIF orientation 6 came out 24x36 and upright, but its EXIF still said 36x24 pixels
     (PixelXDimension, PixelYDimension), and a resolution of 300x150 dpi kept x and y of the image as stored."""
