@@ -21,8 +21,10 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +33,27 @@ from .errors import InputError, signals_held
 
 NAME_MAX = 255  # the most bytes a file name has (Linux's file systems; UTF-8, so a non-ASCII letter counts 2-4)
 _PID_DIGITS = 7  # the longest process id (Linux's limit, 4194304): a temporary's name is sized for it
+FOREIGN_STALE_S = 24 * 3600  # a temporary of another machine or container is taken as left behind after this long
+_HERE: list[str] = []
+
+
+def here_tag() -> str:
+    """8 letters for where this process's ids mean something (the machine's name and its PID namespace), put in the
+    names of its temporaries before their random letters. A temporary's process id is judged only where it was made:
+    a writer in another container, or on another machine sharing the folder, has an id that is nobody here, and its
+    temporary was removed while it was writing (its write then failed, 'No such file or directory')."""
+    if not _HERE:
+        try:
+            namespace = os.readlink("/proc/self/ns/pid")
+        except OSError:  # not Linux: the machine's name alone
+            namespace = ""
+        _HERE.append(hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8])
+    return _HERE[0]
+
+
+def _own_prefix(stem: str) -> str:
+    """The start of the name of a temporary of this process: ``.{stem}.{pid}.{here_tag}`` (random letters follow)."""
+    return f".{stem}.{os.getpid()}.{here_tag()}"
 
 
 def name_bytes(name: str) -> int:
@@ -65,9 +88,10 @@ def _temporary_stem(name: str, room: int) -> str:
 
 
 def _pid_stem(name: str, suffix: str) -> str:
-    """What stands for ``name`` in the names of its temporaries ``.{stem}.{pid}.{random}{suffix}`` (see
-    :func:`_temporary_stem`; the two dots, the process id, the dot and 8 random letters take 18 bytes)."""
-    return _temporary_stem(name, 2 + _PID_DIGITS + 1 + 8 + len(suffix))
+    """What stands for ``name`` in the names of its temporaries ``.{stem}.{pid}.{here}{random}{suffix}`` (see
+    :func:`_temporary_stem`; the two dots, the process id, the dot, 8 letters of :func:`here_tag` and 8 random
+    letters take 26 bytes)."""
+    return _temporary_stem(name, 2 + _PID_DIGITS + 1 + 16 + len(suffix))
 
 
 def new_temporary(parent: Path, prefix: str, suffix: str, folder: bool = False) -> tuple[Path, int | None]:
@@ -123,7 +147,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[IO[bytes]], None], ov
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        tmp, fd = new_temporary(path.parent, f".{_pid_stem(path.name, '.tmp')}.{os.getpid()}.", ".tmp")
+        tmp, fd = new_temporary(path.parent, _own_prefix(_pid_stem(path.name, ".tmp")), ".tmp")
     except OSError as e:
         raise cannot_write(path, e) from e
     try:
@@ -151,14 +175,16 @@ def remove_stale_temporaries(path: str | Path, suffix: str = ".tmp") -> list[Pat
     """Remove the temporary files (or staging folders, ``suffix=".staging"``) that writes of ``path`` left behind
     when their process was killed (their names carry the writer's process id; a temporary of a live process is
     left alone). Only ``path``'s own: a temporary of 'a.5' is not one of 'a' (names that are long are told apart by
-    the hash in their temporaries' names: :func:`_temporary_stem`). Returns what was removed."""
+    the hash in their temporaries' names: :func:`_temporary_stem`). A temporary made in another container or on
+    another machine (:func:`here_tag`) is removed only when nothing has changed it for :data:`FOREIGN_STALE_S`.
+    Returns what was removed."""
     path = Path(path)
     removed = []
     stem = _pid_stem(path.name, suffix)
-    own = re.compile(rf"\.{re.escape(stem)}\.(\d+)\.[^.]+{re.escape(suffix)}")
+    own = re.compile(rf"\.{re.escape(stem)}\.(\d+)\.([^.]+){re.escape(suffix)}")
     for tmp in path.parent.glob(f".{glob.escape(stem)}.*{suffix}"):
         found = own.fullmatch(tmp.name)
-        if found and not process_alive(int(found[1])):
+        if found and _left_behind(tmp, int(found[1]), found[2]):
             if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -167,7 +193,20 @@ def remove_stale_temporaries(path: str | Path, suffix: str = ".tmp") -> list[Pat
     return removed
 
 
-STAGING_NAME = "moe-denoise"  # a staging folder inside its target (a mount point): .moe-denoise.PID.RANDOM.staging
+def _left_behind(tmp: Path, pid: int, letters: str) -> bool:
+    """Whether the temporary ``tmp`` of process ``pid`` (``letters``: what follows the id in its name) was left by
+    a writer that is gone: one made here whose process has ended, or one made elsewhere (another container or
+    machine: its id means nothing here) unchanged for a day. A name of an earlier version (8 random letters, no
+    :func:`here_tag`) is taken as made here."""
+    if len(letters) != 16 or letters[:8] == here_tag():
+        return not process_alive(pid)
+    try:
+        return time.time() - tmp.lstat().st_mtime > FOREIGN_STALE_S
+    except OSError:  # gone meanwhile
+        return False
+
+
+STAGING_NAME = "moe-denoise"  # a staging folder inside its target (a mount point): .moe-denoise.PID.HERERANDOM.staging
 
 
 def is_staging_folder(path: Path) -> bool:
@@ -216,7 +255,7 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
             raise cannot_write(target, e) from e
     if staging is None:  # a mount point, or a folder whose parent takes no new folder
         try:
-            staging = new_temporary(target, f".{STAGING_NAME}.{os.getpid()}.", ".staging", folder=True)[0]
+            staging = new_temporary(target, _own_prefix(STAGING_NAME), ".staging", folder=True)[0]
         except OSError as e:
             raise InputError(f"cannot write to the folder '{target}' ({e.strerror or e}); choose a folder you can "
                              f"write to") from e
@@ -235,9 +274,9 @@ def _new_staging_beside(target: Path) -> Path:
 
 
 def _new_own_folder(target: Path, suffix: str) -> Path:
-    """A new folder beside ``target`` named after it and this process, ``.NAME.PID.RANDOM`` + ``suffix``: the name
-    :func:`remove_stale_temporaries` finds when this process is gone."""
-    return new_temporary(target.parent, f".{_pid_stem(target.name, suffix)}.{os.getpid()}.", suffix, folder=True)[0]
+    """A new folder beside ``target`` named after it and this process, ``.NAME.PID.HERERANDOM`` + ``suffix`` (HERE:
+    :func:`here_tag`): the name :func:`remove_stale_temporaries` finds when this process is gone."""
+    return new_temporary(target.parent, _own_prefix(_pid_stem(target.name, suffix)), suffix, folder=True)[0]
 
 
 @contextlib.contextmanager
@@ -262,7 +301,7 @@ def staging_for_files(folder: str | Path, name: str) -> Iterator[Path]:
 def scratch_folder(name: str, parent: str | Path | None = None) -> Iterator[Path]:
     """A new, empty, hidden folder for a command's intermediate files (the graph under export's parity check, an
     engine under test, --check-local's local result), removed on leaving whatever happened. It is made in ``parent``
-    (the temporary folder when None) as ``.NAME.PID.RANDOM.scratch``, and the ones of ``name`` that killed processes
+    (the temporary folder when None) as ``.NAME.PID.HERERANDOM.scratch``, and the ones of ``name`` that killed processes
     left there are removed first: a killed command's ``tmpXXXXXXXX`` folder stayed for good, beside the user's engine
     or in the temporary folder, with nothing saying whose it was."""
     target = Path(tempfile.gettempdir() if parent is None else parent) / name
@@ -287,7 +326,7 @@ def _renames_into(folder: Path, target: Path) -> bool:
     """Whether ``folder`` (beside ``target``) can be renamed into ``target``: not across a mount point (EXDEV, EBUSY),
     which os.path.ismount misses for a bind mount of the same file system. Tried with ``folder`` itself, moved
     there and back at once."""
-    probe = target / f".{STAGING_NAME}.{os.getpid()}.{secrets.token_hex(4)}.staging"  # a stale one is removed as one
+    probe = target / f"{_own_prefix(STAGING_NAME)}{secrets.token_hex(4)}.staging"  # a stale one is removed as one
     try:
         os.rename(folder, probe)
     except OSError as e:

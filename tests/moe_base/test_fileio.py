@@ -407,7 +407,7 @@ def test_temporaries_of_long_names_fit_and_only_their_own_stale_ones_are_removed
     def made(folder, name):
         """The name of a temporary of ``name`` that atomic_write makes, found while it is being written."""
         atomic_write(folder / name, lambda f: seen.extend(p.name for p in folder.iterdir()
-                                                         if p.name.endswith(f".{os.getpid()}.{p.name[-12:]}")))
+                                                         if p.name.endswith(f".{os.getpid()}.{p.name[-20:]}")))
         return seen.pop()
 
     dead_pid = 4194303  # beyond the largest pid: its writer is gone
@@ -424,6 +424,39 @@ def test_temporaries_of_long_names_fit_and_only_their_own_stale_ones_are_removed
     assert remove_stale_temporaries(folder / one) == [stale[one]]
     assert not stale[one].exists() and stale[other].exists()
     assert remove_stale_temporaries(folder / "a") == [] and (folder / ".a.4194303.4194303.0badcafe.tmp").exists()
+
+
+def test_reliability_a_temporary_made_in_another_container_is_not_judged_by_its_process_id(tmp_path, monkeypatch):
+    """Two runs writing one output on a shared volume, one of them in another container (another PID namespace) or
+    on another machine: its writer's process id is nobody's here, so its temporary was taken for a killed run's and
+    removed while it was written (that write failed: 'No such file or directory') => a temporary's name says where
+    it was made; one made elsewhere is left alone until nothing has changed it for a day, one made here is judged by
+    its process id as before (as is a name without that tag, from an earlier version)"""
+    import time
+
+    from moe_base import fileio
+
+    dead_pid = 4194303  # beyond the largest pid: nobody here
+    target = tmp_path / "result.json"
+    other_here = fileio.here_tag()[::-1] if fileio.here_tag()[::-1] != fileio.here_tag() else "0badcafe"
+    elsewhere = tmp_path / f".result.json.{dead_pid}.{other_here}12345678.tmp"
+    made_here = tmp_path / f".result.json.{dead_pid}.{fileio.here_tag()}12345678.tmp"
+    earlier_version = tmp_path / f".result.json.{dead_pid}.0a1b2c3d.tmp"
+    for tmp in (elsewhere, made_here, earlier_version):
+        tmp.write_bytes(b"being written")
+    assert sorted(fileio.remove_stale_temporaries(target)) == sorted([made_here, earlier_version])
+    assert elsewhere.exists()
+    fileio.atomic_write(target, b"{}")  # a write of the same output beside it leaves it too
+    assert elsewhere.exists() and target.read_bytes() == b"{}"
+    day_ago = time.time() - fileio.FOREIGN_STALE_S - 60
+    os.utime(elsewhere, (day_ago, day_ago))
+    assert fileio.remove_stale_temporaries(target) == [elsewhere] and not elsewhere.exists()
+    seen = []
+    fileio.atomic_write(target, lambda f: seen.extend(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"))
+    assert seen == [f".result.json.{os.getpid()}.{fileio.here_tag()}{seen[0][-12:-4]}.tmp"]
+    monkeypatch.setattr(fileio, "_HERE", [])
+    monkeypatch.setattr(fileio.os, "readlink", lambda path: "pid:[4026532999]")  # another PID namespace
+    assert fileio.here_tag() != seen[0].split(".")[4][:8]
 
 
 def test_a_name_too_long_for_a_file_system_is_refused_in_words(tmp_path):
