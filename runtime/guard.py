@@ -30,10 +30,13 @@ Noise that varies with brightness: the usable blocks are sorted by brightness in
 group of textured blocks does not lift the line, and a shot-plus-read noise (variance linear in brightness) is
 followed. A pixel's ``sigma_i`` is that line at its denoised value. On pure noise the line reads about 1% low.
 With fewer than :data:`MIN_NOISE_BLOCKS` blocks left (an image under about 64x64 pixels, or mostly flat) it falls
-back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped 2x2 blocks, one level for all. Flat blocks
-count there, as 0: an image mostly flat (text, a drawing) reads as noise-free. Left out, its edges alone were read,
-as heavy noise (a clean page of text at 52.6/255), and the guard handed back the denoiser's output, its punctuation
-partly erased.
+back to Donoho's MAD rule, median(|HH|) / 0.6745, over every 2x2 block, one level for all. Flat blocks count
+there, as 0: an image mostly flat (text, a drawing) reads as noise-free. Left out, its edges alone were read, as
+heavy noise (a clean page of text at 52.6/255), and the guard handed back the denoiser's output, its punctuation
+partly erased. Blocks that touch 0 or 1 count too: clipped noise is smaller noise, and a page on pure white (or
+black) is all such blocks; left out, a clean page of black text on white read as 158/255 of noise (its colons
+erased, its letters gone gray), one of pure black and white gave no estimate at all, and a black 16-bit image came
+back changed.
 
 JPEG takes away the finest detail, and with it much of the noise the estimate reads there, while the noise at
 coarser scales stays: a noisy JPEG reads low. For a photo stored as JPEG, or whose pixels were JPEG-compressed
@@ -116,9 +119,9 @@ def haar_diagonal(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def diagonal_details(image: np.ndarray) -> np.ndarray:
-    """|HH| of :func:`haar_diagonal`, flat, from the unclipped blocks (the median rule's input; a flat block's is 0)."""
-    hh, unclipped, _ = haar_diagonal(image)
-    return np.abs(hh[unclipped])
+    """|HH| of :func:`haar_diagonal`, flat, of every block (the median rule's input; a flat block's is 0, a clipped
+    block's counts as it is: see the module's text)."""
+    return np.abs(haar_diagonal(image)[0]).ravel()
 
 
 def block_stats(image: np.ndarray, block: int = NOISE_BLOCK) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +173,7 @@ def estimate_noise_profile(images: list[np.ndarray], two_scales: bool = False) -
     scale (:func:`scale_profile`). ``two_scales`` (a JPEG input): also at the next scale (the images' 2x2 means), the
     higher of the two taken at every brightness; white noise reads the same at both, noise whose finest detail was
     taken away (JPEG) reads low at the finest and shows at the next, and so does texture, which is why it is not
-    the default. None when no coefficient is usable (a flat or saturated image)."""
+    the default. None when there is no coefficient (every image under 2 pixels wide or tall)."""
     fine = scale_profile(images)
     if not two_scales or fine is None:
         return fine
@@ -200,7 +203,7 @@ def scale_profile(images: list[np.ndarray]) -> NoiseProfile | None:
     sorted by brightness into up to :data:`MAX_NOISE_LEVELS` groups of at least :data:`BLOCKS_PER_LEVEL`, each
     group's level from its quietest blocks, the variance the :func:`lower_line` under the groups (see the module's
     text). Fewer than :data:`MIN_NOISE_BLOCKS` usable blocks: the MAD rule's single level. None when no coefficient
-    is usable (a flat or saturated image)."""
+    is usable (every image under 2 pixels wide or tall)."""
     stats = [block_stats(im) for im in images]
     energies = np.concatenate([e for e, _ in stats]) if stats else np.zeros(0)
     if energies.size < MIN_NOISE_BLOCKS:
@@ -370,7 +373,7 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     if sigma is None:
         usable = [c for c in crops if min(c.shape[:2]) >= 2]
         profile = estimate_noise_profile(usable, two) if usable else None
-        if profile is None:  # flat, saturated or 1 pixel wide: no basis for a blend (nor at two scales)
+        if profile is None:  # 1 pixel wide or tall: no basis for a blend (nor at two scales)
             return GuardResult(0.0, None, False, False, sampled, None, two)
         if deferred and profile.rms(crops) <= max_sigma:
             reason = two_scales()  # type: ignore[operator]

@@ -90,7 +90,7 @@ def test_a_small_image_falls_back_to_the_median_rule():
 
 def test_estimate_sigma_clean_and_saturated():
     assert estimate_sigma(texture()) < 0.002  # a smooth clean image: (almost) no noise found
-    assert estimate_sigma(np.ones((16, 16), np.float32)) is None  # every block touches 1: no basis
+    assert estimate_sigma(np.ones((16, 16), np.float32)) == 0.0  # flat at 1 (or 0): noise-free, as flat at 0.5 is
     with pytest.raises(ValueError, match="at least 2x2"):
         estimate_sigma(np.zeros((1, 9), np.float32))
 
@@ -241,8 +241,8 @@ def test_the_gate_and_the_given_sigma():
         guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=25.0)
     told = guard_weight(lambda a, b: image[a:b, :, None], *image.shape, spy, sigma=np.float32(0.0))  # numpy's too
     assert (told.applied, told.input_weight, calls) == (True, 1.0, [])
-    saturated = np.ones((64, 64, 1), np.float32)
-    none = guard_weight(lambda a, b: saturated[a:b], 64, 64, spy)
+    one_wide = np.full((64, 1, 1), 0.5, np.float32)  # no 2x2 block: no estimate
+    none = guard_weight(lambda a, b: one_wide[a:b], 64, 1, spy)
     assert (none.sigma, none.applied, none.input_weight) == (None, False, 0.0)
 
 
@@ -287,7 +287,38 @@ def test_clean_text_and_drawings_read_as_noise_free():
     decision = guard_for_array(clean, blur_fn(1.0))
     assert decision.applied and decision.input_weight == 1.0
     noisy = np.clip(clean + 10 / 255 * np.random.default_rng(3).standard_normal(clean.shape), 0, 1)
-    assert estimate_sigma(noisy.astype(np.float32)) == pytest.approx(10 / 255, rel=0.2)
+    present = float((noisy - clean).std())  # 7.6/255: the noise left after clipping at 1 (a third of the background)
+    assert estimate_sigma(noisy.astype(np.float32)) == pytest.approx(present, rel=0.2)
+
+
+@pytest.mark.parametrize("background, ink", [(255, 20), (255, 0), (0, 255)])
+def test_reliability_clean_pages_on_pure_white_or_black_read_as_noise_free(background: int, ink: int):
+    """A clean page of text on pure white (255) or black (0), the usual page: every block of its background touches
+    1 (or 0) and was left out of the estimate as clipped, so its letters' edges alone read as 158/255 of noise (or,
+    drawn in 0 and 255 only, no estimate at all), and denoise gave the denoiser's output: colons erased, letters gone
+    gray => read as noise-free and given back as it is; noise on the same page still reads (what is left of it after
+    clipping at the background)"""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (320, 240), (background,) * 3)
+    draw = ImageDraw.Draw(page)
+    for i in range(8):
+        draw.text((10, 10 + 14 * i), f"Quarterly report line {i}: revenue up 12%", fill=(ink,) * 3)
+    clean = np.asarray(page, np.float32) / 255
+    assert estimate_sigma(clean) == 0.0
+    np.testing.assert_array_equal(denoise_array(clean, blur_fn(1.0)), clean)
+    noisy = np.clip(clean + 10 / 255 * np.random.default_rng(3).standard_normal(clean.shape), 0, 1)
+    present = float((noisy - clean).std())  # 5.8/255: half the noise is clipped away on the background
+    assert estimate_sigma(noisy.astype(np.float32)) == pytest.approx(present, rel=0.2)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0])
+def test_a_flat_black_or_white_image_comes_back_as_it_is(level: float):
+    """A flat 16-bit image at 0 (or 65535) got 'no noise estimate possible' and came back changed (up to 25 levels
+    of 65535), where a flat gray one came back exact."""
+    flat = np.full((24, 24, 3), level, np.float32)
+    np.testing.assert_array_equal(denoise_array(flat, blur_fn(1.0)), flat)
+    np.testing.assert_array_equal(denoise_array(flat, lambda batch: batch * 0.9 + 0.05), flat)
 
 
 def test_guard_leaves_a_clean_photo_and_keeps_the_denoiser_on_a_noisy_one():
