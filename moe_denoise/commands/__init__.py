@@ -105,6 +105,24 @@ def number(text: str) -> float:
     return value
 
 
+def level_255(text: str) -> float:
+    """argparse type: a noise level on the 0-255 scale (25: std 25/255 on [0, 1] pixels), as a number; its range is
+    the command's to check. A fraction (25/255, as --sigma takes it) was refused as 'expected a number (e.g. 0.7 or
+    1e-3)', two examples the option refuses: it gets the level to write instead."""
+    num, slash, den = text.partition("/")
+    if slash:
+        try:
+            value = float(num) / float(den) * 255
+        except (ValueError, ZeroDivisionError):
+            value = math.nan
+        if math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"levels here are on the 0-255 scale: for {text} write {value:.6g}")
+    try:
+        return number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a noise level on the 0-255 scale (e.g. 25), got {text!r}") from None
+
+
 def positive_number(text: str) -> float:
     """argparse type: a finite number > 0 (photo_finetune --lr -1 reached torch's 'Invalid learning rate')."""
     value = number(text)

@@ -17,8 +17,8 @@ from . import (
     HelpFormatter,
     add_data_args,
     add_split_arg,
+    level_255,
     noise_std,
-    number,
     path_arg,
     positive_int,
     resolve_weights,
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=noise_std, default=None,
                    help="one noise level (std on [0, 1] pixels, or levels of 255 such as 51/255): the single-sigma table "
                         "of earlier versions (--sigma 0.2 is the seed's report) instead of the across-sigma report")
-    p.add_argument("--sigmas", type=number, nargs="+", default=list(DEFAULT_SIGMAS_255),
+    p.add_argument("--sigmas", type=level_255, nargs="+", default=list(DEFAULT_SIGMAS_255),
                    help="noise levels of the across-sigma report, on the 0-255 scale (std sigma/255 on [0, 1])")
     p.add_argument("--protocol", default="both", choices=["clip", "unclipped", "both"],
                    help="noise clipped to [0, 1] (clamp(x + sigma N, 0, 1), as photos are saved), not clipped, or both")
@@ -187,10 +187,12 @@ def _check_args(args: argparse.Namespace) -> None:
                          f"{' '.join(f'{s:g}' for s in bad)}); e.g. --sigmas 0 15 25")
     tiny = [s for s in args.sigmas if 0 < s < 1]
     if tiny:  # [0, 1]-pixel levels given where 0-255 ones are meant: minutes of BM3D on noise under one 8-bit step
-        given, meant = " ".join(f"{s:g}" for s in tiny), " ".join(f"{s * 255:g}" for s in tiny)
+        given = " ".join(f"{s:g}" for s in tiny)
+        meant = [f"{s * 255:.6g}" for s in tiny if s * 255 >= 1]  # 1e-9 was told to write 2.55e-07, refused in turn
+        advice = (f"for noise std {given} on [0, 1] pixels write --sigmas {' '.join(meant)}" if len(meant) == len(tiny)
+                  else "give levels from 1 to 255 (0: clean input, no noise)")
         raise InputError(f"--sigmas takes noise levels on the 0-255 scale, and {given} "
-                         f"{'is' if len(tiny) == 1 else 'are'} under one level of 255; for noise std {given} on "
-                         f"[0, 1] pixels write --sigmas {meant}")
+                         f"{'is' if len(tiny) == 1 else 'are'} under one level of 255; {advice}")
     args.sigmas = [abs(s) for s in args.sigmas]  # -0 was reported as 'sigma -0' (--sigma takes it as 0 already)
     from moe_model.evaluate import sigma_key
 

@@ -82,6 +82,9 @@ def test_single_sigma_keeps_the_old_table_and_json(capsys, fake_cifar, random_we
     (["--sigmas", "15", "300"], "from 0 to 255 on the 0-255 scale (got 300)"),  # it ran for minutes
     (["--sigmas", "0", "0.1", "0.2"], "0.1 0.2 are under one level of 255; for noise std 0.1 0.2 on [0, 1] pixels write "
                                       "--sigmas 25.5 51"),
+    (["--sigmas", "1e-9"], "1e-09 is under one level of 255; give levels from 1 to 255 (0: clean input, no noise)"),  # was
+    # told to write 2.55e-07, which was refused in turn
+    (["--sigmas", "0.001", "0.5"], "0.001 0.5 are under one level of 255; give levels from 1 to 255"),
     (["--bm3d-images", "-1"], "--bm3d-images must be >= 0"),
     (["--suite", "photos", "--bm3d-photos", "camera", "camera"], "--bm3d-photos names camera more than once"),
     (["--suite", "photos", "--bm3d-photos", "none", "camera"], "'none' (no BM3D on the photos) stands alone"),
@@ -92,6 +95,18 @@ def test_bad_arguments_are_clear_errors(capsys, fake_cifar, random_weights, argv
     argv = [random_weights if a == "W" else a for a in argv]
     code, out, err = run(capsys, "evaluate", "--weights", random_weights, "--data-dir", fake_cifar, *argv)
     assert code == 2 and message in err and "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("level, message", [
+    ("25/255", "argument --sigmas: levels here are on the 0-255 scale: for 25/255 write 25"),  # --sigma's form; it was
+    # 'expected a number (e.g. 0.7 or 1e-3)', two examples --sigmas refuses
+    ("0.1/1", "argument --sigmas: levels here are on the 0-255 scale: for 0.1/1 write 25.5"),
+    ("abc", "argument --sigmas: expected a noise level on the 0-255 scale (e.g. 25), got 'abc'"),
+])
+def test_sigmas_written_otherwise_get_the_level_to_write(capsys, level, message):
+    with pytest.raises(SystemExit) as stop:
+        run(capsys, "evaluate", "--sigmas", "15", level)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("skimage") is None or importlib.util.find_spec("matplotlib") is None,
