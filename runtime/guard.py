@@ -282,7 +282,13 @@ def check_sigma(sigma: float | None, name: str = "sigma", *, estimated: bool = T
     if sigma is None and estimated:
         return
     tail = ", or leave it out to have it estimated" if estimated else ""
-    if not (isinstance(sigma, numbers.Real) and not isinstance(sigma, bool) and 0.0 <= sigma < float("inf")):
+    if not (isinstance(sigma, numbers.Real) and not isinstance(sigma, bool)):  # np.array(0.1), "0.1" and True were
+        # refused as if negative ('>= 0 (got array(0.1))')
+        kind = f"a numpy array of shape {sigma.shape}" if isinstance(sigma, np.ndarray) else f"a {type(sigma).__name__}"
+        raise InputError(f"{name} is the noise std on [0, 1] pixels, a number (e.g. 0.02 for light noise); got {kind}: "
+                         f"{sigma!r}{'. float(sigma) gives the number' if isinstance(sigma, (str, np.ndarray)) else ''}"
+                         f"{tail}")
+    if not 0.0 <= sigma < float("inf"):
         raise InputError(f"{name} is the noise std on [0, 1] pixels, >= 0 (got {sigma!r}); e.g. 0.02 for light "
                          f"noise{tail}")
     if sigma > 255:
@@ -311,7 +317,8 @@ def check_guard_sigma(sigma: float | None, guard: bool | GuardResult, given: str
 
 def check_strength(strength: float, name: str = "strength") -> None:
     """InputError unless ``strength`` (named ``name`` in the message) is a number in [0, 1]."""
-    if not (isinstance(strength, numbers.Real) and 0.0 <= strength <= 1.0):  # numbers.Real: numpy's float32 too
+    if not (isinstance(strength, numbers.Real) and not isinstance(strength, (bool, np.bool_))  # True passed as 1
+            and 0.0 <= strength <= 1.0):  # numbers.Real: numpy's float32 too
         raise InputError(f"{name} is how much of the denoising to keep, from 0 (the input as it is) to 1 (all of it, "
                          f"the default); got {strength!r}. E.g. 0.7 keeps some of the photo's grain")
 

@@ -1089,8 +1089,14 @@ def to_pixels(array: np.ndarray, info: ImageInfo) -> np.ndarray:
     same as quantising the whole array at once (every step is per pixel).
     """
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+        dtype = getattr(array, "dtype", None)
+        how = (f"; divide by {np.iinfo(dtype).max} (or write the file's own integers with write_pixels)"
+               if dtype in (np.uint8, np.uint16) else
+               "; image.astype(np.float32) gives 0.0 and 1.0" if dtype == np.bool_ else
+               "; np.asarray(x, dtype=np.float32) makes one (HxWxC)" if not isinstance(array, np.ndarray) else
+               "; image.astype(np.float32), scaled to [0, 1]")
         raise InputError(f"the image to write must be a float numpy array in [0, 1]; got "
-                         f"{type(array).__name__} {getattr(array, 'dtype', '')}")
+                         f"{type(array).__name__} {dtype if dtype is not None else ''}".rstrip() + how)
     a = array[:, :, None] if array.ndim == 2 else array
     if a.ndim != 3 or a.shape[2] != info.channels:
         raise InputError(f"the image to write has shape {array.shape}; expected HxWx{info.channels} "

@@ -181,6 +181,13 @@ def validate_image(image: object) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array; got {type(image).__name__}. Convert it with "
                          f"{conversion_hint(image, 'height x width x channels')}")
+    if isinstance(image, (np.ma.MaskedArray, np.matrix)):  # a masked value (5.0, NaN) got past the range check and
+        # into the model, a NaN then blamed on the weights; np.matrix ended in a bare TypeError
+        how = ("image.filled(value) with the value its masked pixels should have" if isinstance(image, np.ma.MaskedArray)
+               else "np.asarray(image)")
+        raise InputError(f"image must be a plain numpy array; got a {type(image).__name__} (its pixels are denoised "
+                         f"as plain values). Convert it with {how}")
+    image = np.asarray(image)  # other subclasses (np.memmap) as the plain array they are
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
@@ -205,7 +212,12 @@ def validate_image(image: object) -> np.ndarray:
 
 def _run_batch(fn: TileFn, batch: np.ndarray) -> np.ndarray:
     """Call the denoiser and check that it kept the batch's shape and gave finite numbers."""
-    out = np.asarray(fn(batch), dtype=np.float32)
+    out = fn(batch)
+    if out is None:  # it said 'returned shape ()'
+        raise InputError(f"the tile denoiser returned None for a batch of shape {batch.shape}; it must return the "
+                         f"denoised batch, an array of the same shape (a function that changes its input in place "
+                         f"still returns it)")
+    out = np.asarray(out, dtype=np.float32)
     if out.shape != batch.shape:
         raise InputError(f"the tile denoiser returned shape {out.shape} for a batch of shape {batch.shape}; "
                          f"it must return an array of the same shape")

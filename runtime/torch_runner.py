@@ -251,6 +251,8 @@ class TorchRunner(BaseRunner):
 
     def _infer_impl(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
+        if not x.flags.writeable:  # torch warns of a read-only array (np.broadcast_to, a frozen input) on every call
+            x = x.copy()
         if self.graphs is not None:  # host rows straight into the static input, static output rows straight back
             out = torch.empty(x.shape, dtype=torch.float32)
             self.forward_on_device(torch.from_numpy(x), out=out)

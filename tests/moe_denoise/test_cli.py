@@ -882,7 +882,7 @@ def test_an_interrupted_overwrite_of_a_finished_run_says_that_run_is_kept(monkey
     (["denoise", "in.png", "-o", "out.png", "--jpeg-quality", "high"], "argument --jpeg-quality: expected a whole "
                                                                         "number, got 'high'"),
     (["export", "--opset", "17.5"], "argument --opset: expected a whole number, got '17.5'"),
-    (["evaluate", "--sigmas", "15", "abc"], "argument --sigmas: expected a number"),
+    (["evaluate", "--sigmas", "15", "abc"], "argument --sigmas: expected a noise level on the 0-255 scale (e.g. 25)"),
 ])
 def test_a_number_option_given_a_word_says_what_it_takes(capsys, argv, message):
     """These options took argparse's own 'invalid float value: ...'; they now say what they expected, as the other

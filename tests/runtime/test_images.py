@@ -1263,6 +1263,17 @@ def test_reliability_an_exif_too_long_for_a_jpeg_is_left_out_with_a_note(tmp_pat
             assert im.getexif()[0x010F] == "Nikon"
 
 
+def test_write_image_given_integers_says_how_to_convert(tmp_path: Path) -> None:
+    """An 8-bit array given to write_image was refused without saying what to do with it."""
+    Image.fromarray(rng_u8((4, 4, 3))).save(tmp_path / "a.png")
+    data, info = read_pixels(tmp_path / "a.png")
+    for array, how in ((data, r"divide by 255 \(or write the file's own integers with write_pixels\)$"),
+                       (data > 128, r"got ndarray bool; image\.astype\(np\.float32\) gives 0\.0 and 1\.0$"),
+                       (data.tolist(), r"got list; np\.asarray\(x, dtype=np\.float32\) makes one")):
+        with pytest.raises(InputError, match=r"the image to write must be a float numpy array in \[0, 1\]; .*" + how):
+            images.write_image(tmp_path / "b.png", array, info)
+
+
 def test_write_image_given_a_header_says_what_to_give(tmp_path: Path) -> None:
     """read_header's ImageHeader as write_image's info= got past its check, then failed in the write with
     "AttributeError: 'ImageHeader' object has no attribute 'icc_profile'"."""

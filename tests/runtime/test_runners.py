@@ -207,6 +207,21 @@ def test_torch_runner(random_weights):
         TorchRunner(random_weights, impl="no-such-impl").activate()
 
 
+def test_a_read_only_batch_is_denoised_without_a_warning(random_weights):
+    """A read-only batch (np.broadcast_to, a frozen array) given to a TorchRunner printed PyTorch's 'The given NumPy
+    array is not writable' warning on every call."""
+    import warnings
+
+    from runtime.torch_runner import TorchRunner
+
+    batch = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    frozen = batch.copy()
+    frozen.flags.writeable = False
+    with TorchRunner(random_weights) as r, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(r(frozen), r(batch))
+
+
 def test_a_model_given_to_torch_runners_is_left_as_it_was(random_weights):
     """The runner put the caller's model in eval mode and set its attention impl in place: a model being trained
     stayed in eval mode, and of two runners sharing one model both ran the impl activated last while each

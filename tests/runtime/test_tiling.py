@@ -176,10 +176,19 @@ def test_alpha_passes_through_unchanged(channels: int) -> None:
     (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
     (np.full((4, 4, 3), 1.5, dtype=np.float32), "[0, 1]"),
     ([[0.0]], r"got list\. Convert it with np\.asarray\(x, dtype=np\.float32\) \(height x width x channels\)$"),
+    (np.ma.masked_array(np.full((4, 4, 3), 5.0, np.float32), mask=True),  # its 5.0 went into the model
+     r"got a MaskedArray \(its pixels are denoised as plain values\)\. Convert it with image\.filled\(value\)"),
 ])
 def test_bad_images_are_refused_clearly(bad: object, message: str) -> None:
     with pytest.raises(InputError, match=message if message[0] != "[" else r"\[0, 1\]"):
         denoise_array(bad, identity)  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # numpy's own, on making a matrix
+def test_a_numpy_matrix_is_refused_clearly() -> None:
+    """np.matrix ended in a bare 'TypeError: __array_prepare__ must return an ndarray'."""
+    with pytest.raises(InputError, match=r"got a matrix .* Convert it with np\.asarray\(image\)$"):
+        denoise_array(np.matrix(np.zeros((4, 4), np.float32)), identity)
 
 
 @pytest.mark.parametrize("kwargs", [dict(overlap=32), dict(overlap=-1), dict(tile=0), dict(batch_size=0),
@@ -192,6 +201,22 @@ def test_bad_settings_are_refused(kwargs: dict) -> None:
 def test_a_denoiser_returning_the_wrong_shape_is_reported() -> None:
     with pytest.raises(ValueError, match="returned shape"):
         denoise_array(random_image((8, 8, 3)), lambda t: t[:, :1])
+    with pytest.raises(InputError, match=r"returned None for a batch of shape \(\d+, 3, 32, 32\); it must return the "
+                                         r"denoised batch"):  # it said 'returned shape ()'
+        denoise_array(random_image((8, 8, 3)), lambda t: None)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sigma=np.array(0.1)), r"sigma is the noise std on \[0, 1\] pixels, a number .*; got a numpy array of shape \(\): "
+                                r"array\(0\.1\)\. float\(sigma\) gives the number"),  # it was '>= 0 (got array(0.1))'
+    (dict(sigma="0.1"), r"a number .*; got a str: '0\.1'\. float\(sigma\) gives the number"),
+    (dict(sigma=True), r"a number .*; got a bool: True"),
+    (dict(strength=True), r"strength is how much of the denoising to keep, .*; got True"),  # it passed as 1, where
+    # guard=1 is refused
+])
+def test_settings_of_another_type_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        denoise_array(random_image((8, 8, 3)), identity, **kwargs)
 
 
 def test_a_torch_tensor_or_pil_image_gets_its_own_conversion() -> None:
