@@ -71,8 +71,9 @@ def format_table(result: dict[str, Any], label: str = "model") -> str:
             p = row["psnr"]
             s = row.get("ssim")
             ssim = f"{s['mean']:.3f} +- {s['std']:.3f}" if s else "-"
-            lines.append(f"{protocol:<10} {label if name == 'model' else name:<{width}} "
-                         f"{p['mean']:>7.2f} +- {p['std']:<5.2f} {ssim:>16}")
+            psnr = f"{'clean':>7}{'':9}" if p["mean"] == float("inf") else f"{p['mean']:>7.2f} +- {p['std']:<5.2f}"
+            lines.append(f"{protocol:<10} {label if name == 'model' else name:<{width}} {psnr} {ssim:>16}")  # --sigma 0's
+            # noisy input is the clean image: 'clean', as the across-sigma report says (it read 'inf +- 0.00')
     return "\n".join(lines)
 
 

@@ -573,7 +573,13 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         layout, bits, core = ("RGBA" if mode == "PA" or "transparency" in im.info else "RGB"), 8, 4 if mode == "PA" else 1
         notes.append(f"palette '{mode}' image converted to '{layout}'; the output is {layout}")
     elif mode in _REFUSED:
-        raise InputError(f"'{p}' has Pillow mode '{mode}': {_REFUSED[mode]}. Expected 8 or 16 bits per channel "
+        tags = getattr(im, "tag_v2", {})
+        bits_tag = tags.get(258, (16,))
+        what = (f"holds signed {bits_tag if isinstance(bits_tag, int) else bits_tag[0]}-bit integer pixels (Pillow "
+                f"mode '{mode}'), which have no defined white or black level"
+                if mode == "I" and im.format == "TIFF" and tags.get(339) in (2, (2,)) else  # it said '32-bit' of int16
+                f"has Pillow mode '{mode}': {_REFUSED[mode]}")
+        raise InputError(f"'{p}' {what}. Expected 8 or 16 bits per channel "
                          f"(gray, gray+alpha, RGB, RGBA, palette or CMYK). Convert it first, e.g. to a 16-bit PNG")
     elif mode not in _PILLOW_MODES:
         raise InputError(f"'{p}' has Pillow mode '{mode}', which is not supported. Expected gray, gray+alpha, RGB, "

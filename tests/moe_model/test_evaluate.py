@@ -63,6 +63,16 @@ def test_identity_model_scores_like_the_noisy_input(fake_cifar):
     assert len(ends) == 1 and any("seed_checkpoint_long" in line for line in lines)
 
 
+def test_the_clean_input_of_sigma_0_reads_clean_in_the_table(fake_cifar):
+    """evaluate --sigma 0: the noisy-input row (the clean image itself) read 'inf +- 0.00', where the across-sigma
+    report says 'clean'; its columns stay in line with the model's row."""
+    clean = to_float(load_cifar10(fake_cifar, "test")[:4])
+    lines = format_table(evaluate_model(Identity(), clean, sigma=0.0, protocols=("clip",), with_ssim=False)).splitlines()
+    assert lines[2].split()[:3] == ["clip", "noisy", "input"] and lines[2].split()[3] == "clean" and "inf" not in lines[2]
+    assert lines[3].split()[1:3] == ["model", "clean"]  # the identity gives back the clean image too
+    assert len({len(line.rstrip()) for line in lines[2:]}) == 1
+
+
 # --- across noise levels ---------------------------------------------------------------------------------------------
 SIGMAS = (0, 5, 15, 25, 50, 75)
 

@@ -1263,6 +1263,17 @@ def test_reliability_an_exif_too_long_for_a_jpeg_is_left_out_with_a_note(tmp_pat
             assert im.getexif()[0x010F] == "Nikon"
 
 
+def test_a_signed_16bit_tiff_is_named_as_what_it_holds(tmp_path: Path) -> None:
+    """A signed 16-bit TIFF (a scientific camera's, a height map) was refused as '32-bit integer pixels': Pillow
+    reads it as mode 'I'."""
+    tifffile = pytest.importorskip("tifffile", reason="writing a signed 16-bit TIFF needs tifffile: pip install "
+                                                      "'moe-denoise[images]'")
+    tifffile.imwrite(tmp_path / "s.tif", np.arange(-32, 32, dtype=np.int16).reshape(8, 8) * 100)
+    with pytest.raises(InputError, match=r"holds signed 16-bit integer pixels \(Pillow mode 'I'\), which have no "
+                                         r"defined white or black level\. Expected 8 or 16 bits"):
+        read_pixels(tmp_path / "s.tif")
+
+
 def test_write_image_given_integers_says_how_to_convert(tmp_path: Path) -> None:
     """An 8-bit array given to write_image was refused without saying what to do with it."""
     Image.fromarray(rng_u8((4, 4, 3))).save(tmp_path / "a.png")
