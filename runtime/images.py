@@ -44,7 +44,11 @@ Decisions (each one is what a person denoising a photo would expect):
   work (BLP, PCX, QOI). A phone's multi-picture JPEG (MPO) is read as a JPEG, its EXIF kept. A palette image whose
   colours are all grays (how Pillow opens a gray GIF) is read as gray. Refused on reading: 16-bit Netpbm (Pillow
   reads it at 8 bits) and TIFF layouts Pillow cannot decode (float colour, 16-bit gray+alpha; so 16-bit gray+alpha
-  is not written as TIFF either).
+  is not written as TIFF either); camera raw files (DNG, or a NEF, CR2, ARW laid out as a TIFF: their first page is
+  a small preview), a TIFF that starts with a reduced-resolution copy of a later page, 9- to 15-bit TIFF samples
+  (Pillow does not scale them), 16-bit TIFFs that are not gray or RGB (CMYK, Lab) or have premultiplied alpha;
+  EPS by its first bytes, before Pillow would hand it to Ghostscript. HEIC, PDF, SVG and JPEG XL, which Pillow does
+  not read here, are named as what they are. 16-bit data that reaches only 4,095 (12 bits) gets a note.
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG; where the tool names the output, a photo
   denoised into a folder, it is written as NAME.gif.png instead: ``runtime.batch.result_path``). 8-bit gray fits
@@ -368,6 +372,10 @@ def _refuse_icons(p: Path) -> None:
     says (ICNS), before a header can be checked: 3.5 MB of icon took 3.6 GB, past --max-pixels."""
     with open(p, "rb") as f:
         head = f.read(6)
+    if head[:4] in (b"%!PS", b"\xc5\xd0\xd3\xc6"):  # Pillow hands an EPS to Ghostscript, a PostScript interpreter,
+        # if one is installed (its failure was a traceback; without one the file was called corrupt)
+        raise InputError(f"'{p}' is a PostScript (EPS) file, a page description drawn at any size, not a photo's pixels; "
+                         f"export it as PNG at the size you want (e.g. with Inkscape or ImageMagick) and give that")
     kind = _ICONS.get(head[:4])
     if kind in ("ICO", "CUR") and head[4:6] in (b"", b"\x00\x00"):  # no pictures: a TGA starts so (no ID, no colour
         kind = None  # map, uncompressed colour: 00 00 02 00, then a colour map of length 0), and every TGA Pillow
@@ -444,19 +452,49 @@ def read_pixels(
                          f"into smaller ones") from e
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError) as e:
         layout = _tiff_layout(p) if isinstance(e, Image.UnidentifiedImageError) else None
+        if layout and layout.startswith("raw"):  # a DNG whose first page is the sensor's mosaic (as phones write)
+            raise InputError(f"'{p}' is a camera raw file ({layout.split(' ', 1)[1]}): the sensor's data, not a picture "
+                             f"yet; {_RAW_ADVICE}") from e
         if layout:  # a whole TIFF of a layout Pillow has no decoder for; a broken one is said to be broken below
             raise InputError(f"'{p}' is a TIFF file whose layout Pillow cannot decode ({layout} samples; such as "
                              f"float32 colour or 16-bit gray+alpha); convert it to a 16-bit PNG first (e.g. with "
                              f"ImageMagick: magick in.tif out.png)") from e
         if isinstance(e, OSError) and path_error_message(e):  # not a damaged file: one this user may not read
             raise InputError(f"cannot read '{p}': {path_error_message(e, named=False)}") from e
+        kind = _unread_kind(p) if isinstance(e, Image.UnidentifiedImageError) else None
+        if kind:  # an iPhone's HEIC was asked whether it was 'truncated or corrupt'
+            raise InputError(f"'{p}' is {kind}") from e
         raise InputError(f"cannot read '{p}' as an image ({type(e).__name__}: {e}); expected a valid PNG, JPEG, "
                          f"TIFF or other file Pillow can decode. Is it truncated or corrupt?") from e
 
 
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def _unread_kind(p: Path) -> str | None:
+    """What a file that Pillow cannot identify is, with what to do, from its first bytes (formats people have
+    that Pillow does not read here); None when it looks like none of them."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return None
+    export = "export or convert it to PNG or JPEG (or 16-bit PNG or TIFF) and give that"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return (f"a HEIC/HEIF photo (what iPhones and many phones take), which this Pillow cannot decode: {export} (an "
+                f"iPhone sends JPEG when its Camera > Formats setting is 'Most Compatible')")
+    if head.startswith(b"%PDF"):
+        return f"a PDF document, not an image file: {export} (e.g. a page at the resolution you want)"
+    if head.lstrip().startswith((b"<svg", b"<?xml")) and b"<svg" in head:
+        return f"an SVG drawing (vector graphics, drawn at any size), not a photo's pixels: {export}"
+    if head.startswith(b"\xff\x0a") or head[4:12] == b"JXL \r\n\x87\n":
+        return f"a JPEG XL image, which this Pillow cannot decode: {export}"
+    return None
+
+
 def _tiff_layout(p: Path) -> str | None:
-    """'3 x float32' for a TIFF whose first page tifffile can describe, None when it is no TIFF, is broken, or
-    tifffile is not installed."""
+    """'3 x float32' for a TIFF whose first page tifffile can describe ('raw DNG' or 'raw CFA' for a camera raw),
+    None when it is no TIFF, is broken, or tifffile is not installed."""
     if not _starts_as_tiff(p):
         return None
     try:
@@ -464,6 +502,8 @@ def _tiff_layout(p: Path) -> str | None:
 
         with tifffile.TiffFile(p) as tf:
             page = tf.pages[0]
+            if _DNG_VERSION in page.tags or int(page.photometric) in _RAW_PHOTOMETRIC:
+                return f"raw {'DNG' if _DNG_VERSION in page.tags else 'CFA'}"
             return f"{int(page.samplesperpixel)} x {page.dtype}"
     except Exception:  # noqa: BLE001 - cut short or damaged: not a layout question
         return None
@@ -544,6 +584,8 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
     notes: list[str] = []
     colour_key = None
     frames = int(getattr(im, "n_frames", 1) or 1)
+    if fmt == "TIFF":
+        _check_tiff_kind(p, im, frames)
     if frames > 1 and fmt == "MPO":  # a phone's JPEG with a preview (or gain map) inside: only views are pictures
         extra, frames = frames - 1, 1 + _mpo_views(im)
         if frames < extra + 1:
@@ -566,6 +608,7 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         if samples not in (2, 3, 4):
             raise InputError(f"'{p}' has {samples} samples per pixel; expected 16-bit gray+alpha, RGB or RGBA (2 to 4)")
         layout, bits = {2: "LA", 3: "RGB", 4: "RGBA"}[samples], 16
+        layout = _tiff16_layout(p, im, layout, notes)
     elif mode == "P" and "transparency" not in im.info and _gray_palette(im):  # a gray GIF: gray, not colour
         layout, bits, core = "L", 8, 1
         notes.append("palette image of grays read as gray ('L'); the output is L")
@@ -662,6 +705,15 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         alpha = np.any(data != np.asarray(header.colour_key, dtype=data.dtype), axis=2, keepdims=True)
         data = np.concatenate([data, alpha.astype(data.dtype) * np.iinfo(data.dtype).max], axis=2)
     notes = list(header.notes)
+    if header.bit_depth == 16:
+        colour = data[:, :, :len(_colour_channels_of(header.layout))]
+        top = int(colour.max()) if colour.size else 0
+        if 0 < top <= 4095:  # a camera's or microscope's 12-bit data in 16-bit samples: its noise, small on the
+            # 0-65535 scale, read as 1.5/255 where it was 25/255 of its own range, and was hardly taken away
+            notes.append(f"its values reach only {top:,} of 65,535 ({top.bit_length()}-bit data in 16-bit samples?): "
+                         f"it is denoised as the very dark photo it then is, and noise small on the full scale is "
+                         f"mostly left; scale it to the full range first (e.g. magick in.tif -auto-level out.tif) for a "
+                         f"real denoising")
     exif = im.getexif()  # after the pixels: a PNG may keep its EXIF after them
     orientation = header.orientation if pillow_turned else int(exif.get(_ORIENTATION_TAG, 1) or 1)  # (Pillow took
     # a TIFF's tag out as it turned it: its 'turned upright' note was missing)
@@ -700,6 +752,11 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         lossless=fmt == "WEBP" and _webp_lossless(p), xmp=xmp, text=text,
     )
     return data, info
+
+
+def _colour_channels_of(layout: str) -> str:
+    """The colour channels of a layout ('RGBA' -> 'RGB', 'LA' -> 'L')."""
+    return layout[:-1] if layout.endswith("A") else layout
 
 
 def _webp_lossless(p: Path) -> bool:
@@ -944,6 +1001,66 @@ def _as_hwc(a: np.ndarray) -> np.ndarray:
     return a[:, :, None] if a.ndim == 2 else a
 
 
+_TIFF_PHOTOMETRIC = {0: "inverted gray (white is 0)", 3: "palette", 4: "mask", 5: "CMYK", 6: "YCbCr", 8: "CIE Lab",
+                     9: "ICC Lab", 10: "ITU Lab", 32803: "a camera's colour-filter mosaic (raw)",
+                     34892: "linear raw"}
+_RAW_PHOTOMETRIC = (32803, 34892)  # CFA, LinearRaw: a camera's sensor data, not a picture yet
+_DNG_VERSION, _NEW_SUBFILE_TYPE, _EXTRA_SAMPLES = 50706, 254, 338
+_RAW_ADVICE = ("develop it in a raw converter (darktable, RawTherapee, Lightroom, or dcraw/LibRaw) and give the "
+               "16-bit TIFF or PNG it exports")
+
+
+def _check_tiff_kind(p: Path, im: Any, frames: int) -> None:
+    """InputError for a TIFF-like file whose first page is not the picture: a camera raw (DNG, or a NEF, CR2, ARW
+    laid out as a TIFF), whose first page is a small preview (it came back as a denoised 256-pixel thumbnail, exit 0)
+    or the sensor's mosaic; a first page that is a reduced-resolution copy of a later one; samples of a bit depth
+    other than 1, 8 or 16 (12-bit samples were read as 16-bit and written back 16 times darker)."""
+    tags = im.tag_v2
+    raw = _DNG_VERSION in tags or tags.get(262) in _RAW_PHOTOMETRIC
+    if raw or (frames > 1 and p.suffix.lower() in (".nef", ".cr2", ".arw", ".orf", ".rw2", ".pef", ".srw", ".raf")):
+        raise InputError(f"'{p}' is a camera raw file ({'DNG' if _DNG_VERSION in tags else p.suffix[1:].upper() or 'raw'}"
+                         f"): the sensor's data, with only a small preview as a picture; {_RAW_ADVICE}")
+    if frames > 1 and int(tags.get(_NEW_SUBFILE_TYPE, 0) or 0) & 1:  # bit 0: a reduced-resolution version
+        raise InputError(f"'{p}' starts with a reduced-resolution copy ({im.size[0]}x{im.size[1]}) of an image on a "
+                         f"later page; denoising it would give that thumbnail. Save the full-size page as its own "
+                         f"file (e.g. with ImageMagick: magick 'in.tif[1]' page.tif) and give that")
+    bps = tags.get(258, (1,))
+    bps = bps if isinstance(bps, tuple) else (bps,)
+    odd = sorted({int(b) for b in bps if 8 < int(b) < 16})  # (1 to 7 bits Pillow scales to 8)
+    if odd:
+        raise InputError(f"'{p}' holds {odd[0]}-bit samples, which Pillow reads as 16-bit ones without scaling them "
+                         f"(the output would be written {2 ** (16 - odd[0])} times darker); convert it to a 16-bit TIFF "
+                         f"or PNG first, scaling its values to the full range (e.g. with ImageMagick: magick in.tif "
+                         f"-depth 16 out.png)")
+
+
+def _tiff16_layout(p: Path, im: Any, layout: str, notes: list[str]) -> str:
+    """The layout a 16-bit colour TIFF read by tifffile is given, checked against what its tags say its samples are
+    (tifffile hands the samples over as they are): gray or RGB only (a 16-bit CMYK TIFF came out in inverted
+    colours, its black taken for alpha and the picture transparent); an extra sample that is not alpha is left out
+    (it was written back as alpha: a fourth sample of 0 made the picture transparent); premultiplied alpha is
+    refused (it was taken as straight alpha: half-transparent pixels came out half as bright)."""
+    photometric = int(im.tag_v2.get(262, 2 if layout != "LA" else 1))
+    expected = 1 if layout == "LA" else 2
+    if photometric != expected:
+        what = _TIFF_PHOTOMETRIC.get(photometric, f"photometric {photometric}")
+        raise InputError(f"'{p}' is a 16-bit {what} TIFF; 16-bit TIFFs are read as gray or RGB only: convert it to "
+                         f"16-bit RGB (e.g. with ImageMagick: magick in.tif -colorspace sRGB out.tif) and give that")
+    extra = im.tag_v2.get(_EXTRA_SAMPLES, 2)
+    extra = int(extra[0] if isinstance(extra, tuple) else extra)
+    if layout in ("LA", "RGBA") and extra == 1:
+        raise InputError(f"'{p}' is a 16-bit TIFF with premultiplied (associated) alpha, which is not read here: save "
+                         f"it with straight (unassociated) alpha, or as a 16-bit PNG, and give that")
+    if layout == "RGBA" and extra == 0:
+        notes.append("the TIFF's fourth sample is not alpha (its extra sample is 'unspecified'): left out; the "
+                     "output is RGB")
+        return "RGB"
+    if layout == "LA" and extra == 0:
+        raise InputError(f"'{p}' is a 16-bit gray TIFF with an extra sample that is not alpha; save it as gray (one "
+                         f"sample) and give that")
+    return layout
+
+
 def _deep_colour_kind(p: Path, im: Any) -> str | None:
     """'PNG' / 'TIFF' for 16-bit-per-channel files with more than one channel (Pillow truncates them)."""
     if im.format == "PNG":
@@ -1007,6 +1124,8 @@ def _read_tiff16(p: Path, header: ImageHeader) -> np.ndarray:
         data = np.moveaxis(data, 0, -1)
     if data.ndim != 3 or data.shape[2] not in (2, 3, 4):
         raise InputError(f"'{p}' has an unsupported TIFF sample layout {data.shape}; expected HxWx(2|3|4)")
+    if data.shape[2] > header.channels:  # an extra sample that is not alpha (_tiff16_layout): left out
+        data = np.ascontiguousarray(data[:, :, :header.channels])
     if data.shape[:2] != (header.height, header.width):
         raise InputError(f"'{p}' decodes to {data.shape[1]}x{data.shape[0]}, not the {header.width}x{header.height} "
                          f"its header declares; is it corrupt?")

@@ -1377,3 +1377,123 @@ def test_a_16bit_colour_png_is_closed_once_read(tmp_path: Path) -> None:
         gc.collect()
     assert info.bit_depth == 16 and data.shape == (4, 4, 3)
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def _tiff(path: Path, pixels: np.ndarray, **options) -> None:
+    tifffile = pytest.importorskip("tifffile", reason="writing the test TIFFs needs tifffile: pip install "
+                                                      "'moe-denoise[images]'")
+    tifffile.imwrite(path, pixels, **options)
+
+
+@pytest.mark.parametrize("head", [b"%!PS-Adobe-3.0 EPSF-3.0\n", b"\xc5\xd0\xd3\xc6" + bytes(26)])
+def test_reliability_an_eps_is_refused_before_ghostscript_runs(tmp_path: Path, head: bytes, monkeypatch) -> None:
+    """An EPS file given to denoise: Pillow runs Ghostscript (a PostScript interpreter) on it when one is installed,
+    and its failure was a traceback; without one the valid file was called 'truncated or corrupt' => refused by its
+    first bytes before Pillow opens it, saying what it is and to export a PNG"""
+    eps = tmp_path / "logo.eps"
+    eps.write_bytes(head + b"%%BoundingBox: 0 0 10 10\nshowpage\n")
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("Pillow was asked to open an EPS file")
+
+    monkeypatch.setattr(images._pil(), "open", no_open)
+    with pytest.raises(InputError, match=r"is a PostScript \(EPS\) file, .*; export it as PNG at the size you want"):
+        read_pixels(eps)
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "a HEIC/HEIF photo"),
+    (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "a HEIC/HEIF photo"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "a PDF document"),
+    (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "an SVG drawing"),
+    (b"\xff\x0a\xfa\x7f\x01\x00", "a JPEG XL image"),
+])
+def test_formats_pillow_cannot_read_are_named_not_called_corrupt(tmp_path: Path, content: bytes, kind: str) -> None:
+    """An iPhone's HEIC photo, a PDF, an SVG or a JPEG XL image was answered 'Is it truncated or corrupt?'."""
+    path = tmp_path / "IMG_0001.heic"
+    path.write_bytes(content + bytes(64))
+    with pytest.raises(InputError) as refused:
+        read_pixels(path)
+    assert str(refused.value).startswith(f"'{path}' is {kind}") and "corrupt" not in str(refused.value)
+    assert "export or convert it to PNG or JPEG" in str(refused.value)
+
+
+def test_reliability_a_camera_raw_is_refused_not_its_preview_denoised(tmp_path: Path) -> None:
+    """A DNG (its first page a small 8-bit preview, the sensor's data in a sub-page) gave a denoised 40x30 preview
+    with exit 0; a NEF/CR2/ARW laid out as a TIFF did too, with only '2 frames; only the first is read'; a DNG whose
+    first page is the sensor's mosaic was told to convert it as a TIFF => refused as a camera raw, with the raw
+    converters to develop it in"""
+    preview = rng_u8((30, 40, 3))
+    _tiff(tmp_path / "photo.dng", preview, subfiletype=1, extratags=[(50706, "B", 4, (1, 4, 0, 0), True)])
+    _tiff(tmp_path / "mosaic.tif", rng_u8((30, 40)).astype(np.uint16), photometric=32803)
+    full = rng_u8((60, 80, 3))
+    _tiff(tmp_path / "photo.nef", preview)
+    _tiff(tmp_path / "photo.nef", full, append=True)
+    for name, kind in (("photo.dng", "DNG"), ("mosaic.tif", "CFA"), ("photo.nef", "NEF")):
+        with pytest.raises(InputError, match=rf"is a camera raw file \({kind}\): the sensor's data, .* develop it in a "
+                                             r"raw converter \(darktable, RawTherapee"):
+            read_pixels(tmp_path / name)
+
+
+def test_a_tiff_whose_first_page_is_a_thumbnail_is_refused_naming_it(tmp_path: Path) -> None:
+    """A TIFF whose first page is a reduced-resolution copy (NewSubfileType bit 0) of the full image on page 2 gave
+    the denoised thumbnail, with only '2 frames; only the first is read'."""
+    _tiff(tmp_path / "scan.tif", rng_u8((30, 40, 3)), subfiletype=1)
+    _tiff(tmp_path / "scan.tif", rng_u8((60, 80, 3)), append=True)
+    with pytest.raises(InputError, match=r"starts with a reduced-resolution copy \(40x30\) of an image on a later page"):
+        read_pixels(tmp_path / "scan.tif")
+    _tiff(tmp_path / "pages.tif", rng_u8((30, 40, 3)))  # pages of equal standing: the first read, as before
+    _tiff(tmp_path / "pages.tif", rng_u8((60, 80, 3)), append=True)
+    assert read_pixels(tmp_path / "pages.tif")[0].shape == (30, 40, 3)
+
+
+def _tiff_12bit_gray(path: Path, width: int, height: int) -> None:
+    """An uncompressed gray TIFF with 12-bit samples, packed two in three bytes (neither Pillow nor tifffile writes
+    one)."""
+    import struct
+
+    data = bytes([0xFF, 0xF0, 0x00] * (width * height // 2))  # pixels 4095, 0, 4095, 0, ...
+    tags = [(256, 3, width), (257, 3, height), (258, 3, 12), (259, 3, 1), (262, 3, 1), (273, 4, 8 + 2 + 9 * 12 + 4),
+            (277, 3, 1), (278, 3, height), (279, 4, len(data))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", t, k, 1, v) for t, k, v in tags)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + data)
+
+
+def test_twelve_bit_samples_are_refused_and_twelve_bits_in_sixteen_noted(tmp_path: Path) -> None:
+    """A 12-bit TIFF was read as 16-bit and written back with the same values, 16 times darker (exit 0, no note);
+    12-bit data in 16-bit samples read its noise at 1.5/255 where it was 25/255 of its range, and was hardly
+    denoised, without a word."""
+    _tiff_12bit_gray(tmp_path / "packed.tif", 4, 2)
+    with pytest.raises(InputError, match=r"holds 12-bit samples, which Pillow reads as 16-bit ones without scaling "
+                                         r"them \(the output would be written 16 times darker\)"):
+        read_pixels(tmp_path / "packed.tif")
+    for pixels in (np.full((8, 8, 3), 4000, np.uint16), np.full((8, 8), 4000, np.uint16)):
+        _tiff(tmp_path / "twelve.tif", pixels)
+        _, info = read_pixels(tmp_path / "twelve.tif")
+        assert any(note.startswith("its values reach only 4,000 of 65,535 (12-bit data in 16-bit samples?)")
+                   for note in info.notes), info.notes
+    _tiff(tmp_path / "full.tif", np.full((8, 8, 3), 40000, np.uint16))
+    assert not any("values reach only" in note for note in read_pixels(tmp_path / "full.tif")[1].notes)
+
+
+def test_reliability_16bit_tiff_samples_are_read_as_what_their_tags_say(tmp_path: Path) -> None:
+    """tifffile hands a 16-bit TIFF's samples over as they are: a 16-bit CMYK TIFF came out in inverted colours
+    with its black taken for alpha (the picture transparent), an unspecified fourth sample was written back as alpha
+    (transparent where it held 0), premultiplied alpha was taken as straight (half-transparent pixels half as
+    bright), all with exit 0 => CMYK (and other kinds) and premultiplied alpha refused, saying what to convert to;
+    an unspecified extra sample left out with a note"""
+    rgb = (rng_u8((6, 8, 3)).astype(np.uint16) * 257)
+    _tiff(tmp_path / "cmyk.tif", np.concatenate([rgb, rgb[:, :, :1]], axis=2), photometric="separated")
+    with pytest.raises(InputError, match=r"is a 16-bit CMYK TIFF; 16-bit TIFFs are read as gray or RGB only: convert"):
+        read_pixels(tmp_path / "cmyk.tif")
+    four = np.concatenate([rgb, np.zeros((6, 8, 1), np.uint16)], axis=2)
+    _tiff(tmp_path / "rgbx.tif", four, photometric="rgb", extrasamples=["unspecified"])
+    data, info = read_pixels(tmp_path / "rgbx.tif")
+    np.testing.assert_array_equal(data, rgb)
+    assert info.layout == "RGB" and any("fourth sample is not alpha" in note for note in info.notes)
+    _tiff(tmp_path / "assoc.tif", four, photometric="rgb", extrasamples=["assocalpha"])
+    with pytest.raises(InputError, match=r"16-bit TIFF with premultiplied \(associated\) alpha, which is not read"):
+        read_pixels(tmp_path / "assoc.tif")
+    _tiff(tmp_path / "rgba.tif", four, photometric="rgb", extrasamples=["unassalpha"])
+    data, info = read_pixels(tmp_path / "rgba.tif")
+    assert info.layout == "RGBA" and data.shape == (6, 8, 4)
