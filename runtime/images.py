@@ -1018,8 +1018,9 @@ def _check_tiff_kind(p: Path, im: Any, frames: int) -> None:
     tags = im.tag_v2
     raw = _DNG_VERSION in tags or tags.get(262) in _RAW_PHOTOMETRIC
     if raw or (frames > 1 and p.suffix.lower() in (".nef", ".cr2", ".arw", ".orf", ".rw2", ".pef", ".srw", ".raf")):
-        raise InputError(f"'{p}' is a camera raw file ({'DNG' if _DNG_VERSION in tags else p.suffix[1:].upper() or 'raw'}"
-                         f"): the sensor's data, with only a small preview as a picture; {_RAW_ADVICE}")
+        kind = ("DNG" if _DNG_VERSION in tags else "CFA" if tags.get(262) in _RAW_PHOTOMETRIC else p.suffix[1:].upper())
+        raise InputError(f"'{p}' is a camera raw file ({kind}): the sensor's data, with at most a small preview as a "
+                         f"picture; {_RAW_ADVICE}")
     if frames > 1 and int(tags.get(_NEW_SUBFILE_TYPE, 0) or 0) & 1:  # bit 0: a reduced-resolution version
         raise InputError(f"'{p}' starts with a reduced-resolution copy ({im.size[0]}x{im.size[1]}) of an image on a "
                          f"later page; denoising it would give that thumbnail. Save the full-size page as its own "
