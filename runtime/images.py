@@ -1435,6 +1435,11 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
     its text metadata (PNG text chunks, JPEG comments, TIFF text tags: :data:`TEXT_HOMES`). Each was dropped
     without a word."""
     notes = []
+    named_jpeg = Path(info.path).suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif")
+    if fmt == "JPEG" and named_jpeg and info.format not in ("JPEG", "MPO"):  # a PNG saved as photo.jpg: its result,
+        # named after it, was compressed without a word, every pixel of the lossless input kept before
+        notes.append(f"the input is a {info.format} file named {Path(info.path).suffix}: the result is written as the "
+                     f"JPEG its name says (lossy); write .png to keep every pixel")
     icc = getattr(info, "icc_profile", None)
     if fmt == "WEBP" and info.layout in ("L", "LA"):
         exact = "" if getattr(info, "lossless", False) else " (within a level: WebP stores colour as YUV)"

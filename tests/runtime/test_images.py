@@ -1497,3 +1497,16 @@ def test_reliability_16bit_tiff_samples_are_read_as_what_their_tags_say(tmp_path
     _tiff(tmp_path / "rgba.tif", four, photometric="rgb", extrasamples=["unassalpha"])
     data, info = read_pixels(tmp_path / "rgba.tif")
     assert info.layout == "RGBA" and data.shape == (6, 8, 4)
+
+
+def test_a_png_named_jpg_is_said_to_be_written_as_jpeg(tmp_path: Path) -> None:
+    """A PNG saved as photo.jpg, denoised into a folder: its result, named photo.jpg, was written as lossy JPEG without
+    a word (a JPEG named .png is read and written as what it is)."""
+    Image.fromarray(rng_u8((8, 8, 3))).save(tmp_path / "photo.jpg", format="PNG")
+    _, info = read_pixels(tmp_path / "photo.jpg")
+    assert info.format == "PNG"
+    assert any(note.startswith("the input is a PNG file named .jpg: the result is written as the JPEG its name says")
+               for note in images.output_notes("JPEG", info))
+    assert not any("named .jpg" in note for note in images.output_notes("PNG", info))
+    Image.fromarray(rng_u8((8, 8, 3))).save(tmp_path / "real.jpg")
+    assert not any("named" in note for note in images.output_notes("JPEG", read_pixels(tmp_path / "real.jpg")[1]))
