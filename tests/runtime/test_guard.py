@@ -82,6 +82,23 @@ def test_a_drawn_gradient_does_not_read_as_a_clean_photo():
     assert estimate_sigma(canvas) == pytest.approx(0.04, rel=0.1)
 
 
+@pytest.mark.parametrize("canvas", [0.0, 1.0])
+def test_a_noisy_photo_beside_a_clean_white_or_black_area_reads_its_noise(canvas: float):
+    """A small noisy photo on a clean pure-white (or black) canvas, or under a blown sky (a camera clips after its
+    noise, so the sky is flat at 1): the canvas's flat blocks, counted as 0, outnumbered the photo's and it read as
+    noise-free (the guard gave back the noisy input: up to 4.9 dB lost) => the canvas counts only for a drawing on
+    it (lines, letters along it), and the photo's noise is read"""
+    photo = texture(48, 48, seed=5)  # too few 16x16 blocks of it for the quiet-block estimate: the median rule
+    noisy_photo = np.clip(photo + 10 / 255 * np.random.default_rng(2).standard_normal(photo.shape), 0, 1)
+    image = np.full((112, 112), canvas, np.float32)
+    image[32:80, 32:80] = noisy_photo
+    assert estimate_sigma(image) == pytest.approx(10 / 255, rel=0.25)
+    scene = texture(64, 64, seed=6)
+    scene[:28] = 1.3  # a sky brighter than the sensor takes
+    blown = np.clip(scene + 10 / 255 * np.random.default_rng(3).standard_normal((64, 64)), 0, 1).astype(np.float32)
+    assert (blown == 1).mean() > 0.4 and estimate_sigma(blown) == pytest.approx(10 / 255, rel=0.25)
+
+
 def test_a_small_image_falls_back_to_the_median_rule():
     noisy = 0.5 + 0.05 * np.random.default_rng(9).standard_normal((40, 40))  # 20x20 coefficients: one block
     assert estimate_sigma(noisy) == pytest.approx(0.05, rel=0.15)
@@ -320,7 +337,7 @@ def test_noise_clipped_at_0_or_1_does_not_pull_the_estimate_below_the_noise_else
     clean = np.ones((64, 64), np.float32)  # 64x64: too few 16x16 blocks, the median rule
     clean[:, 32:] = 0.5 + 0.2 * np.tanh(3 * gaussian_filter(rng.standard_normal((64, 32)), 2))
     clean[:8] = 0.0
-    assert estimate_sigma(clean) == 0.0  # clean, its saturated parts flat: noise-free
+    assert estimate_sigma(clean) < 1.5 / 255  # clean: (almost) noise-free
     for level in (10, 20):
         noisy = np.clip(clean + level / 255 * np.random.default_rng(1).standard_normal(clean.shape), 0, 1)
         present = float((noisy - clean).std())
