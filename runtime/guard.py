@@ -202,7 +202,8 @@ def estimate_noise_profile(images: list[np.ndarray], two_scales: bool = False) -
     scale (:func:`scale_profile`). ``two_scales`` (a JPEG input): also at the next scale (the images' 2x2 means), the
     higher of the two taken at every brightness; white noise reads the same at both, noise whose finest detail was
     taken away (JPEG) reads low at the finest and shows at the next, and so does texture, which is why it is not
-    the default. None when there is no coefficient (every image under 2 pixels wide or tall)."""
+    the default. None when no coefficient is usable (images under 2 pixels wide or tall, or whose every 2x2 block
+    touches 0 or 1 without being a clean drawing: noise clipped everywhere)."""
     fine = scale_profile(images)
     if not two_scales or fine is None:
         return fine
@@ -232,7 +233,7 @@ def scale_profile(images: list[np.ndarray]) -> NoiseProfile | None:
     sorted by brightness into up to :data:`MAX_NOISE_LEVELS` groups of at least :data:`BLOCKS_PER_LEVEL`, each
     group's level from its quietest blocks, the variance the :func:`lower_line` under the groups (see the module's
     text). Fewer than :data:`MIN_NOISE_BLOCKS` usable blocks: the MAD rule's single level. None when no coefficient
-    is usable (every image under 2 pixels wide or tall)."""
+    is usable (see :func:`estimate_noise_profile`)."""
     stats = [block_stats(im) for im in images]
     energies = np.concatenate([e for e, _ in stats]) if stats else np.zeros(0)
     if energies.size < MIN_NOISE_BLOCKS:
@@ -409,7 +410,7 @@ def guard_weight(rows: Callable[[int, int], np.ndarray], height: int, width: int
     if sigma is None:
         usable = [c for c in crops if min(c.shape[:2]) >= 2]
         profile = estimate_noise_profile(usable, two) if usable else None
-        if profile is None:  # 1 pixel wide or tall: no basis for a blend (nor at two scales)
+        if profile is None:  # 1 pixel wide or tall, or clipped everywhere: no basis for a blend (nor at two scales)
             return GuardResult(0.0, None, False, False, sampled, None, two)
         if deferred and profile.rms(crops) <= max_sigma:
             reason = two_scales()  # type: ignore[operator]

@@ -436,8 +436,8 @@ def describe_guard(guard: dict) -> str:
     from runtime.guard import GUARD_MAX_SIGMA
 
     if guard["sigma"] is None:
-        return ("clean-input guard: no noise estimate possible (an image under 2 pixels wide or tall); the "
-                "denoiser's output as it is")
+        return ("clean-input guard: no noise estimate possible (an image under 2 pixels wide or tall, or noise "
+                "clipped at black or white everywhere); the denoiser's output as it is")
     how = "given" if guard["sigma_given"] else "estimated"
     low, high = guard.get("sigma_range") or (guard["sigma"], guard["sigma"])
     if high - low >= 0.5 / 255:  # noise that varies with brightness: say how much
