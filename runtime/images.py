@@ -1004,6 +1004,9 @@ def _as_hwc(a: np.ndarray) -> np.ndarray:
 _TIFF_PHOTOMETRIC = {0: "inverted gray (white is 0)", 3: "palette", 4: "mask", 5: "CMYK", 6: "YCbCr", 8: "CIE Lab",
                      9: "ICC Lab", 10: "ITU Lab", 32803: "a camera's colour-filter mosaic (raw)",
                      34892: "linear raw"}
+RAW_SUFFIXES = (".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+                ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".x3f", ".raw")
+"""Camera raw files' endings: the sensor's data, which a raw converter develops into a picture."""
 _RAW_PHOTOMETRIC = (32803, 34892)  # CFA, LinearRaw: a camera's sensor data, not a picture yet
 _DNG_VERSION, _NEW_SUBFILE_TYPE, _EXTRA_SAMPLES = 50706, 254, 338
 _RAW_ADVICE = ("develop it in a raw converter (darktable, RawTherapee, Lightroom, or dcraw/LibRaw) and give the "
@@ -1017,7 +1020,7 @@ def _check_tiff_kind(p: Path, im: Any, frames: int) -> None:
     other than 1, 8 or 16 (12-bit samples were read as 16-bit and written back 16 times darker)."""
     tags = im.tag_v2
     raw = _DNG_VERSION in tags or tags.get(262) in _RAW_PHOTOMETRIC
-    if raw or (frames > 1 and p.suffix.lower() in (".nef", ".cr2", ".arw", ".orf", ".rw2", ".pef", ".srw", ".raf")):
+    if raw or (frames > 1 and p.suffix.lower() in RAW_SUFFIXES):
         kind = ("DNG" if _DNG_VERSION in tags else "CFA" if tags.get(262) in _RAW_PHOTOMETRIC else p.suffix[1:].upper())
         raise InputError(f"'{p}' is a camera raw file ({kind}): the sensor's data, with at most a small preview as a "
                          f"picture; {_RAW_ADVICE}")

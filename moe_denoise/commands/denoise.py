@@ -318,6 +318,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     from moe_base.fileio import is_link_loop
     from runtime.batch import PHOTO_SUFFIXES, BatchRun, output_folder, plan_batch
+    from runtime.images import RAW_SUFFIXES
 
     if args.reference is not None:
         raise InputError("--reference compares one photo with its clean version; denoise that photo on its own "
@@ -396,9 +397,13 @@ def run_batch(args: argparse.Namespace) -> int:
                                " (a link to nothing)" if p.is_symlink() and not p.exists() else "")
                      for p in plan.ignored]  # a dangling a.png was said to have the wrong ending
             more = f" and {len(names) - 4} more" if len(names) > 4 else ""  # ', ...' hid how many (JPEGs among them)
+            raws = [p.name for p in plan.ignored if p.suffix.lower() in RAW_SUFFIXES]
+            raw_note = (f"; {', '.join(raws[:3])}{' and more' if len(raws) > 3 else ''}: camera raw, to develop in a "
+                        f"raw converter (darktable, RawTherapee, ...) first" if raws else "")  # named on its own, it is
+            # refused as raw: 'name another file to denoise it' led there
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{more} "
                          f"(taken from a folder: files ending in {', '.join(PHOTO_SUFFIXES)}; name another file to "
-                         f"denoise it; subfolders are not searched)")
+                         f"denoise it; subfolders are not searched{raw_note})")
         print(f"denoised {summary['denoised']} of {found} photos into {plan.out_dir} in "
               f"{summary['seconds']:.1f}s" + "".join(f"; {x}" for x in extra))
     if batch.failed:

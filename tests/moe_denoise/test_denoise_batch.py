@@ -32,6 +32,20 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
+def test_camera_raw_files_left_out_of_a_folder_are_said_to_need_a_raw_converter(capsys, random_weights, photos,
+                                                                             tmp_path):
+    """A folder's camera raw files were left out with 'name another file to denoise it', which led to a refusal."""
+    (photos / "IMG_0001.CR2").write_bytes(b"II*\x00\x10\x00\x00\x00CR\x02\x00")
+    (photos / "broken.png").unlink()
+    code, text, _ = run(capsys, "denoise", photos, "-o", tmp_path / "out", "--weights", random_weights,
+                        "--no-progress")
+    assert code == 0
+    assert ("subfolders are not searched; IMG_0001.CR2: camera raw, to develop in a raw converter (darktable, "
+            "RawTherapee, ...) first)") in text
+    assert "camera raw" not in run(capsys, "denoise", photos / "colour.png", "-o", tmp_path / "one.png", "--weights",
+                                   random_weights, "--no-progress")[1]
+
+
 def test_reliability_batch_with_a_broken_photo(capsys, random_weights, photos, tmp_path):
     """denoise of a folder holding a photo that cannot be read => that photo reported, the others written
     byte-identical to single-photo runs (exit 2, the count and --skip-existing named); after a fix, --skip-existing
