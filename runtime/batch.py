@@ -25,8 +25,13 @@ from moe_base.fileio import check_folder_takes_files
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm",
                   ".pnm", ".pbm", ".tga", ".apng")
-"""The files taken from a folder (any case): the formats that are both read and written. A file named on its own is
-taken whatever its name: the reader decides from its content."""
+"""The formats that are both read and written (any case)."""
+READ_ONLY_SUFFIXES = (".avif", ".jp2", ".j2k", ".mpo")
+"""Read, not written: taken from a folder too, each result written as NAME.avif.png (:func:`result_path`); a
+folder of a phone's AVIF photos was left out whole."""
+FOLDER_SUFFIXES = PHOTO_SUFFIXES + READ_ONLY_SUFFIXES
+"""The files taken from a folder (any case). A file named on its own is taken whatever its name: the reader decides
+from its content."""
 
 
 CONTRADICTION = ("--overwrite and --skip-existing contradict each other (replace existing outputs, or leave them "
@@ -83,13 +88,13 @@ def cut_short(path: Path) -> str | None:
 
 
 def photos_in(folder: Path) -> tuple[list[Path], list[Path]]:
-    """A folder's photos (files by :data:`PHOTO_SUFFIXES`, sorted by name) and what else it holds (other files and
+    """A folder's photos (files by :data:`FOLDER_SUFFIXES`, sorted by name) and what else it holds (other files and
     subfolders, which are not searched); hidden entries are left out of both."""
     photos, others = [], []
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        (photos if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES else others).append(p)
+        (photos if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES else others).append(p)
     return photos, others
 
 
@@ -148,7 +153,7 @@ def plan_batch(inputs: list[str | os.PathLike[str]], out_dir: str | os.PathLike[
         if given.is_dir():
             photos, others = photos_in(given)
             if not photos:
-                raise InputError(f"the folder '{given}' has no photos (files ending in {', '.join(PHOTO_SUFFIXES)}; "
+                raise InputError(f"the folder '{given}' has no photos (files ending in {', '.join(FOLDER_SUFFIXES)}; "
                                  f"subfolders are not searched); name the photos or another folder")
             sources += photos
             ignored += others

@@ -47,10 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "photos, go into the folder -o under their own names, with the denoiser loaded "
                                    "once; a photo that cannot be read is reported and the others go on.",
                        formatter_class=HelpFormatter)
-    from runtime.batch import PHOTO_SUFFIXES
+    from runtime.batch import FOLDER_SUFFIXES
 
     p.add_argument("input", type=path_arg, nargs="+",
-                   help=f"the photo to denoise; or several, or folders (their {', '.join(PHOTO_SUFFIXES)} files, not "
+                   help=f"the photo to denoise; or several, or folders (their {', '.join(FOLDER_SUFFIXES)} files, not "
                         f"their subfolders)")
     p.add_argument("-o", "--output", required=True, type=nonempty,
                    help="where to write the result: a file, or a folder (an existing one, or a path ending in '/'; "
@@ -317,7 +317,7 @@ def run_batch(args: argparse.Namespace) -> int:
     import time
 
     from moe_base.fileio import is_link_loop
-    from runtime.batch import PHOTO_SUFFIXES, BatchRun, output_folder, plan_batch
+    from runtime.batch import FOLDER_SUFFIXES, BatchRun, output_folder, plan_batch
     from runtime.images import RAW_SUFFIXES
 
     if args.reference is not None:
@@ -402,7 +402,7 @@ def run_batch(args: argparse.Namespace) -> int:
                         f"raw converter (darktable, RawTherapee, ...) first" if raws else "")  # named on its own, it is
             # refused as raw: 'name another file to denoise it' led there
             extra.append(f"left out of the folders given: {', '.join(names[:4])}{more} "
-                         f"(taken from a folder: files ending in {', '.join(PHOTO_SUFFIXES)}; name another file to "
+                         f"(taken from a folder: files ending in {', '.join(FOLDER_SUFFIXES)}; name another file to "
                          f"denoise it; subfolders are not searched{raw_note})")
         print(f"denoised {summary['denoised']} of {found} photos into {plan.out_dir} in "
               f"{summary['seconds']:.1f}s" + "".join(f"; {x}" for x in extra))

@@ -32,6 +32,24 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
+def test_a_folder_of_formats_read_but_not_written_is_denoised_into_png(capsys, random_weights, tmp_path):
+    """A folder of a phone's AVIF photos (or JPEG 2000, MPO) was left out whole ('left out of the folders given'),
+    though each named on its own is read, its result written as NAME.avif.png."""
+    from PIL import features
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    kinds = [("a.jp2", "JPEG2000")] + ([("b.avif", "AVIF")] if features.check("avif") else [])
+    for name, fmt in kinds:
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
+            folder / name, format=fmt, **({"quality": 90} if fmt == "AVIF" else {}))
+    code, text, err = run(capsys, "denoise", folder, "-o", tmp_path / "out", "--weights", random_weights,
+                          "--no-progress")
+    assert code == 0, err
+    assert f"denoised {len(kinds)} of {len(kinds)} photos" in text and "left out" not in text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{name}.png" for name, _ in kinds)
+
+
 def test_camera_raw_files_left_out_of_a_folder_are_said_to_need_a_raw_converter(capsys, random_weights, photos,
                                                                              tmp_path):
     """A folder's camera raw files were left out with 'name another file to denoise it', which led to a refusal."""
