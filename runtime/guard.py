@@ -30,7 +30,7 @@ Noise that varies with brightness: the usable blocks are sorted by brightness in
 group of textured blocks does not lift the line, and a shot-plus-read noise (variance linear in brightness) is
 followed. A pixel's ``sigma_i`` is that line at its denoised value. On pure noise the line reads about 1% low.
 With fewer than :data:`MIN_NOISE_BLOCKS` blocks left (an image under about 64x64 pixels, or mostly flat) it falls
-back to Donoho's MAD rule, median(|HH|) / 0.6745, over every 2x2 block, one level for all. Flat blocks count
+back to Donoho's MAD rule, median(|HH|) / 0.6745, over the unclipped 2x2 blocks, one level for all. Flat blocks count
 there, as 0: an image mostly flat (text, a drawing) reads as noise-free. Left out, its edges alone were read, as
 heavy noise (a clean page of text at 52.6/255), and the guard handed back the denoiser's output, its punctuation
 partly erased. Blocks that touch 0 or 1 stay out: clipped noise reads at about half its level there, and three
@@ -183,7 +183,7 @@ def estimate_noise_profile(images: list[np.ndarray], two_scales: bool = False) -
     higher of the two taken at every brightness; white noise reads the same at both, noise whose finest detail was
     taken away (JPEG) reads low at the finest and shows at the next, and so does texture, which is why it is not
     the default. None when no coefficient is usable (images under 2 pixels wide or tall, or whose every 2x2 block
-    touches 0 or 1 without being a clean drawing: noise clipped everywhere)."""
+    touches 0 or 1 without most of them being flat: noise clipped everywhere)."""
     fine = scale_profile(images)
     if not two_scales or fine is None:
         return fine
