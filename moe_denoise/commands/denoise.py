@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
                       "--no-guard")
     check_backend_options(args)
     check_strength(args.strength, "--strength")
+    args.strength += 0.0  # -0 is 0 (it was reported as 'strength -0')
     check_quality(args.jpeg_quality, "--jpeg-quality")  # None: 95, and a lossless WebP's WebP output lossless
     if args.server is not None:
         check_remote_options(args)

@@ -537,6 +537,9 @@ def test_denoise_command_takes_strength(tmp_path, capsys, random_weights):
                  "--overwrite", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["strength"] == 0.0 and report["input_weight"] == 1.0
+    assert main(["denoise", str(photo), "-o", str(out), "--weights", str(random_weights), "--strength=-0",
+                 "--overwrite", "--no-progress"]) == 0
+    assert "strength 0: output = 1.00 x input" in capsys.readouterr().out  # it said 'strength -0'
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo)))
     assert main(["denoise", str(photo), "-o", str(out), "--overwrite", "--strength", "2"]) == 2
     assert "--strength is how much of the denoising to keep" in capsys.readouterr().err
