@@ -59,8 +59,19 @@ class Refused(SystemExit):
         self.parser, self.message = parser, message
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
+"""What a parser takes for a negative number, a value rather than an option: any form float() reads (-1e-3, -inf),
+where argparse's own takes -5 and -0.5 only ('--lr -1e-3' was refused as 'expected one argument', not with what
+the option takes)."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, refusing with :class:`Refused` (the same usage and message on standard error, exit 2)."""
+    """argparse's parser, refusing with :class:`Refused` (the same usage and message on standard error, exit 2).
+    A negative number in any form float() reads (-1e-3, -inf) is a value (:data:`NEGATIVE_NUMBER`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str):  # noqa: ANN201 - argparse's signature (NoReturn)
         message += dash_hint(self, _GIVEN)

@@ -91,7 +91,10 @@ def given_options(args: argparse.Namespace) -> set[str]:
     """The destinations of the train options written on the command line (``args.argv``), whatever their value:
     the options are parsed again onto a namespace that already holds every destination, and argparse fills in a
     default only where a destination is missing."""
+    from moe_denoise.cli import NEGATIVE_NUMBER
+
     probe = argparse.ArgumentParser(add_help=False)
+    probe._negative_number_matcher = NEGATIVE_NUMBER  # as the command's parser reads '--lr -1e-3'
     _add_options(probe)
     seen = argparse.Namespace(**dict.fromkeys(vars(args), _UNSET))
     probe.parse_known_args(args.argv[args.argv.index("train") + 1 :], namespace=seen)

@@ -892,6 +892,31 @@ def test_a_number_option_given_a_word_says_what_it_takes(capsys, argv, message):
     assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["denoise", "in.png", "-o", "out.png", "--sigma", "-inf"], "argument --sigma: expected the noise std on [0, 1] "
+                                                                "pixels, >= 0, as a number"),
+    (["denoise", "in.png", "-o", "out.png", "--sigma", "-1e-3"], "argument --sigma: expected the noise std"),
+    (["evaluate", "--sigmas", "-2.5E1"], "--sigmas takes noise levels from 0 to 255 on the 0-255 scale (got -25)"),
+])
+def test_a_negative_number_written_with_an_exponent_or_as_inf_is_a_value(capsys, argv, message):
+    """argparse takes -5 and -0.5 for values but -1e-3 and -inf for options: they were refused as 'expected one
+    argument', not with what the option takes."""
+    try:
+        code = main(argv)  # a refusal of the command's own checks
+    except SystemExit as refused:  # the parser's
+        code = refused.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "expected one argument" not in err
+
+
+def test_a_negative_learning_rate_with_an_exponent_is_refused_as_such(capsys, tmp_path):
+    """train --lr -1e-3 got through the command's parser but was read again by train's own probe of the options
+    given, a plain argparse parser, which stopped with 'cli.py: error: ... expected one argument'."""
+    code = main(["train", "--lr", "-1e-3", "--out-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--lr must be a finite number > 0 (got -0.001)" in err and "expected one argument" not in err
+
+
 def test_add_noise_into_a_new_folder_written_with_a_slash(capsys, tmp_path):
     """'-o noisy/' said it could not tell the image format of 'noisy'; denoise makes such a folder, and so does
     add-noise now (and leaves none behind when the photo is refused). Into a folder a colour GIF's copy goes to .png
