@@ -427,7 +427,8 @@ def read_pixels(
     check_max_pixels(max_pixels)  # before the header is read: -1 read '-0 megapixels', 'x' a TypeError
     if not p.is_file():
         kind = "a folder" if p.is_dir() else "a device, pipe or socket"  # /dev/null was asked '(a directory?)'
-        raise InputError(f"'{p}' is {kind}, not a file; expected an image file such as photo.png")
+        raise InputError(f"'{p}' is {kind}, not a file; expected an image file" + (  # a folder named photo.png
+            ", such as one of the photos in it" if p.is_dir() else " such as photo.png"))  # was told 'such as photo.png'
     if p.stat().st_size == 0:
         raise InputError(f"'{p}' is empty (0 bytes): not an image, perhaps a copy or download that did not finish; "
                          f"replace it with the photo")

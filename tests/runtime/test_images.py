@@ -529,7 +529,8 @@ def test_an_output_through_a_file_says_it_is_a_file(tmp_path: Path, via: str) ->
 
 def test_an_input_that_is_no_file_says_what_it_is(tmp_path: Path) -> None:
     """/dev/null was asked '(a directory?)'."""
-    with pytest.raises(InputError, match="is a folder, not a file"):
+    with pytest.raises(InputError, match="is a folder, not a file; expected an image file, such as one of the photos in "
+                                         "it$"):  # a folder named photo.png was told 'such as photo.png'
         read_image(tmp_path)
     if Path("/dev/null").exists():
         with pytest.raises(InputError, match="is a device, pipe or socket, not a file"):
