@@ -707,7 +707,9 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         data = np.concatenate([data, alpha.astype(data.dtype) * np.iinfo(data.dtype).max], axis=2)
     notes = list(header.notes)
     if header.bit_depth == 16:
-        colour = data[:, :, :len(_colour_channels_of(header.layout))]
+        from .guard import colour_part  # the channels that are denoised (alpha left out)
+
+        colour = colour_part(data)
         top = int(colour.max()) if colour.size else 0
         if 0 < top <= 4095:  # a camera's or microscope's 12-bit data in 16-bit samples: its noise, small on the
             # 0-65535 scale, read as 1.5/255 where it was 25/255 of its own range, and was hardly taken away
@@ -753,11 +755,6 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         lossless=fmt == "WEBP" and _webp_lossless(p), xmp=xmp, text=text,
     )
     return data, info
-
-
-def _colour_channels_of(layout: str) -> str:
-    """The colour channels of a layout ('RGBA' -> 'RGB', 'LA' -> 'L')."""
-    return layout[:-1] if layout.endswith("A") else layout
 
 
 def _webp_lossless(p: Path) -> bool:
