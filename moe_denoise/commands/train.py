@@ -91,10 +91,9 @@ def given_options(args: argparse.Namespace) -> set[str]:
     """The destinations of the train options written on the command line (``args.argv``), whatever their value:
     the options are parsed again onto a namespace that already holds every destination, and argparse fills in a
     default only where a destination is missing."""
-    from moe_denoise.cli import NEGATIVE_NUMBER
+    from moe_denoise.cli import Parser
 
-    probe = argparse.ArgumentParser(add_help=False)
-    probe._negative_number_matcher = NEGATIVE_NUMBER  # as the command's parser reads '--lr -1e-3'
+    probe = Parser(add_help=False)  # the command's kind of parser: it reads '--lr -1e-3' as the command did
     _add_options(probe)
     seen = argparse.Namespace(**dict.fromkeys(vars(args), _UNSET))
     probe.parse_known_args(args.argv[args.argv.index("train") + 1 :], namespace=seen)
