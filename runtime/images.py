@@ -592,6 +592,11 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         if frames < extra + 1:
             notes.append(f"the multi-picture JPEG's {extra + 1 - frames} embedded preview or auxiliary image(s) are "
                          f"not kept: the output holds the photo alone")
+    if fmt == "PSD":  # its frames are the layers; what is read is the merged picture, all of them together
+        _check_psd_merged(p, im)
+        if frames > 1:
+            notes.append(f"the Photoshop file's {frames} layers are not kept: the output holds its merged picture")
+        frames = 1
     if frames > 1:
         notes.append(f"the file has {frames} {'views' if fmt == 'MPO' else 'frames'}; only the first is read")
     deep = _deep_colour_kind(p, im)
@@ -1359,6 +1364,19 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
                          f"pass --overwrite (overwrite=True in Python)")
     # the folder takes a file, and a link to nothing is not replaced unasked: found out now, not after the work
     check_output_file(target, overwrite=overwrite, option="--overwrite (overwrite=True in Python)")
+
+
+_PSD_VERSION_INFO = 1057  # an image resource: its fifth byte says whether the merged picture was saved
+
+
+def _check_psd_merged(p: Path, im: Any) -> None:
+    """InputError for a Photoshop file saved without its merged picture ("Maximize PSD and PSB File Compatibility"
+    off): the picture Pillow reads in its place is blank, and was denoised into a white result with exit 0."""
+    for key, _, data in getattr(im, "resources", None) or ():
+        if key == _PSD_VERSION_INFO and len(data) > 4 and data[4] == 0:
+            raise InputError(f"'{p}' is a Photoshop file saved without its merged picture (\"Maximize PSD and PSB File "
+                             f"Compatibility\" was off): only its layers hold the picture, and moe-denoise does not "
+                             f"combine layers. Save it again with that option on, or export it as PNG or TIFF")
 
 
 def _mpo_views(im: Any) -> int:

@@ -1419,6 +1419,59 @@ def test_formats_pillow_cannot_read_are_named_not_called_corrupt(tmp_path: Path,
     assert "export or convert it to PNG or JPEG" in str(refused.value)
 
 
+def _psd(merged: np.ndarray, layers: list[np.ndarray], *, saved_merged: bool = True) -> bytes:
+    """An 8-bit RGB Photoshop file as Photoshop lays it out: a version-info resource saying whether the merged picture
+    was saved, raw layer records, and the merged picture (blank when it was not saved, as Photoshop leaves it)."""
+    h, w, c = merged.shape
+    out = b"8BPS" + struct.pack(">H6xHIIHH", 1, c, h, w, 8, 3) + struct.pack(">I", 0)
+    info = struct.pack(">IBIII", 1, int(saved_merged), 0, 0, 1)
+    info += bytes(len(info) % 2)
+    resources = b"8BIM" + struct.pack(">HHI", 1057, 0, len(info)) + info
+    out += struct.pack(">I", len(resources)) + resources
+    records, channels = b"", b""
+    for i, layer in enumerate(layers):
+        records += struct.pack(">iiiiH", 0, 0, h, w, c)
+        for ch in range(c):
+            records += struct.pack(">hI", ch, 2 + h * w)
+            channels += struct.pack(">H", 0) + layer[:, :, ch].tobytes()
+        name = bytes([2]) + f"L{i}".encode()
+        extra = struct.pack(">II", 0, 0) + name + bytes(-len(name) % 4)
+        records += b"8BIMnorm" + bytes([255, 0, 0, 0]) + struct.pack(">I", len(extra)) + extra
+    block = struct.pack(">h", len(layers)) + records + channels
+    block += bytes(len(block) % 2)
+    section = struct.pack(">I", len(block)) + block + struct.pack(">I", 0)
+    out += struct.pack(">I", len(section)) + section
+    shown = merged if saved_merged else np.full_like(merged, 255)
+    return out + struct.pack(">H", 0) + b"".join(shown[:, :, ch].tobytes() for ch in range(c))
+
+
+def test_reliability_a_photoshop_file_saved_without_its_merged_picture_is_refused(tmp_path: Path) -> None:
+    """A layered Photoshop file saved with "Maximize compatibility" off (its merged picture left blank) => refused,
+    saying how to save it; it was denoised into a white picture with exit 0 and only '2 frames; only the first is
+    read'"""
+    photo = rng_u8((24, 32, 3))
+    path = tmp_path / "poster.psd"
+    path.write_bytes(_psd(photo, [photo, photo[::-1].copy()], saved_merged=False))
+    with pytest.raises(InputError, match=r"'.*poster.psd' is a Photoshop file saved without its merged picture "
+                                         r'\("Maximize PSD and PSB File Compatibility" was off\).*export it as PNG'):
+        read_pixels(path)
+
+
+def test_a_layered_photoshop_file_gives_its_merged_picture_and_says_the_layers_go(tmp_path: Path) -> None:
+    """A layered PSD's frames are its layers, and the picture read is the merged one: the note said '2 frames; only
+    the first is read'. A flat PSD (no layers) has no note."""
+    photo, other = rng_u8((24, 32, 3)), rng_u8((24, 32, 3), seed=1)
+    layered, flat = tmp_path / "layered.psd", tmp_path / "flat.psd"
+    layered.write_bytes(_psd(photo, [other, photo]))
+    flat.write_bytes(_psd(photo, []))
+    pixels, info = read_pixels(layered)
+    assert np.array_equal(pixels, photo)
+    assert info.notes == ("the Photoshop file's 2 layers are not kept: the output holds its merged picture",)
+    assert images.read_header(layered).frames == 1  # nothing to refuse to overwrite: a PSD is not written
+    pixels, info = read_pixels(flat)
+    assert np.array_equal(pixels, photo) and info.notes == ()
+
+
 def test_reliability_a_camera_raw_is_refused_not_its_preview_denoised(tmp_path: Path) -> None:
     """A DNG (its first page a small 8-bit preview, the sensor's data in a sub-page) gave a denoised 40x30 preview
     with exit 0; a NEF/CR2/ARW laid out as a TIFF did too, with only '2 frames; only the first is read'; a DNG whose
