@@ -71,10 +71,12 @@ import os
 import re
 import shlex
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -111,6 +113,9 @@ _REFUSED = {
 }
 _EXIF_FORMATS = {"JPEG", "PNG", "WEBP"}  # formats whose EXIF is a separate blob we can carry over
 _TIFF_EXIF_IFDS = (34665, 34853)  # a TIFF's Exif and GPS directories
+_TIFF_EXIF_FIRST = (270, 271, 272, 305, 306, 315, 33432)  # an EXIF's own tags a TIFF output takes (description, make,
+# model, software, date, artist, copyright); the rest of its first directory describes the JPEG it came in
+_INTEROP_IFD, _MAKER_NOTE = 0xA005, 0x927C
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003  # the Exif directory; its PixelX/YDimension
 _EXIF_INPUTS = _EXIF_FORMATS | {"MPO"}  # a phone's multi-picture JPEG (.jpg) carries its EXIF as a JPEG does
 # output formats that keep the size, mode and bit depth and honour --jpeg-quality (others: ICO/ICNS resize, AVIF,
@@ -1479,9 +1484,21 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
         notes.append(f"the input's PNG gamma ({gamma:.5g}, not sRGB's 1/2.2) is left out: {fmt} has no such field, "
                      f"so viewers will show the pixels as sRGB and they may look different; write .png to keep it")
     exif = getattr(info, "exif", None)
-    if exif and fmt not in _EXIF_FORMATS:  # camera, date, copyright, exposure, GPS: it was dropped without a word
+    if exif and fmt == "TIFF" and _tiff_takes_exif(info):  # (it was left out of every TIFF, with a note)
+        tags = _tiff_exif_tags(exif)
+        if tags is None:
+            notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: "
+                         f"it could not be rewritten as TIFF tags; write .png, .jpg or .webp to keep it")
+        elif _has_maker_note(exif):
+            notes.append("the EXIF's maker note (the camera maker's own data) is left out: it points into the file it "
+                         "came in, and would point at nothing in a TIFF; write .png, .jpg or .webp to keep it")
+    elif exif and fmt == "TIFF":
+        why = "a 16-bit colour TIFF (tifffile writes it)" if info.bit_depth == 16 else "a compressed TIFF (libtiff)"
         notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: this "
-                     f"writes EXIF into PNG, JPEG and WebP files only; write .png, .jpg or .webp to keep it")
+                     f"writes no EXIF into {why}; write .png to keep it")
+    elif exif and fmt not in _EXIF_FORMATS:  # camera, date, copyright, exposure, GPS: it was dropped without a word
+        notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: this "
+                     f"writes EXIF into PNG, JPEG, WebP and TIFF files only; write .png, .jpg, .webp or .tif to keep it")
     elif exif and fmt == "JPEG" and len(exif) > JPEG_EXIF_LIMIT:
         notes.append(f"a JPEG holds at most {JPEG_EXIF_LIMIT:,} bytes of EXIF (in one APP1 segment): the input's "
                      f"{len(exif):,}-byte EXIF (camera, date, exposure, GPS, ...) is left out; write .png or .webp to "
@@ -1571,8 +1588,9 @@ def _save_options(fmt: str, info: ImageInfo, quality: int | None = None) -> dict
                                  + data for kind, data in text)
     if fmt == "GIF" and text:
         opts["comment"] = text[0][1]
-    if fmt == "TIFF" and (text or info.xmp):
-        opts["tiffinfo"] = _tiff_text_tags(info, text)
+    exif_tags = _tiff_exif_tags(info.exif) if fmt == "TIFF" and info.exif and _tiff_takes_exif(info) else None
+    if fmt == "TIFF" and (text or info.xmp or exif_tags):
+        opts["tiffinfo"] = {**(exif_tags or {}), **_tiff_text_tags(info, text)}
     chunks = _png_chunks_to_write(info) if fmt == "PNG" else []
     if chunks:
         from PIL.PngImagePlugin import PngInfo
@@ -1595,6 +1613,46 @@ def _tiff_text_tags(info: ImageInfo, text: tuple[tuple[str, bytes], ...]) -> dic
     if info.xmp:
         tags[_TIFF_XMP_TAG] = info.xmp
     return tags
+
+
+def _tiff_takes_exif(info: ImageInfo | ImageHeader) -> bool:
+    """Whether a TIFF of ``info``'s image gets its EXIF: Pillow writes Exif and GPS directories into the TIFFs it
+    writes itself (uncompressed); libtiff, which it compresses with, refuses them ('Error setting from dictionary'),
+    and tifffile (16-bit colour) writes none."""
+    compression = getattr(info, "compression", None)
+    compressed = compression in _TIFF_LOSSLESS and compression != "raw"
+    return not compressed and not (info.bit_depth == 16 and info.layout != "L")
+
+
+def _has_maker_note(exif: bytes) -> bool:
+    exif_info = _pil().Exif()
+    exif_info.load(exif)
+    return _MAKER_NOTE in exif_info.get_ifd(_EXIF_IFD)
+
+
+@lru_cache(maxsize=8)
+def _tiff_exif_tags(exif: bytes) -> dict[int, Any] | None:
+    """A photo's EXIF (JPEG, PNG, WebP) as TIFF tags: its description, make, model, software, date, artist and
+    copyright, and its Exif (with interoperability) and GPS directories laid out anew; None when Pillow cannot
+    write them (tried on a 1x1 TIFF first: a failure after the work would lose it). The maker note is left out:
+    its offsets point into the file it came in."""
+    Image = _pil()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's 'corrupt EXIF' warnings: what it cannot read is not kept
+            loaded = Image.Exif()
+            loaded.load(exif)
+            tags: dict[int, Any] = {key: loaded[key] for key in _TIFF_EXIF_FIRST if key in loaded}
+            for key in _TIFF_EXIF_IFDS:
+                directory = {k: v for k, v in loaded.get_ifd(key).items() if k not in (_INTEROP_IFD, _MAKER_NOTE)}
+                if key == _EXIF_IFD and loaded.get_ifd(_INTEROP_IFD):
+                    directory[_INTEROP_IFD] = dict(loaded.get_ifd(_INTEROP_IFD))
+                if directory:
+                    tags[key] = directory
+            Image.new("L", (1, 1)).save(io.BytesIO(), format="TIFF", tiffinfo=tags)
+    except Exception:  # noqa: BLE001 - any EXIF Pillow cannot write: left out, with a note (output_notes)
+        return None
+    return tags or None
 
 
 def _png_chunks_to_write(info: ImageInfo) -> list[tuple[bytes, bytes]]:

@@ -7,12 +7,13 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, TiffImagePlugin
 
 from moe_base.errors import InputError
 from runtime import images
@@ -1221,7 +1222,7 @@ def test_a_16bit_colour_tiff_whose_compression_needs_imagecodecs_names_the_packa
 
 
 def test_reliability_exif_left_out_of_an_output_is_said(tmp_path: Path) -> None:
-    """A photo's EXIF (camera, date, copyright, exposure, GPS) written as .tif, .bmp, .ppm, .tga or .gif, and a
+    """A photo's EXIF (camera, date, copyright, exposure, GPS) written as .bmp, .ppm, .tga or .gif, and a
     TIFF's own Exif and GPS directories (to any output): left out without a note, where the README promises one for
     what an output does not keep => a note names the EXIF left out and the outputs that keep it"""
     exif = Image.Exif()
@@ -1230,16 +1231,70 @@ def test_reliability_exif_left_out_of_an_output_is_said(tmp_path: Path) -> None:
     exif.get_ifd(0x8825)[1] = "N"  # GPS latitude reference
     Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "camera.jpg", exif=exif.tobytes())
     data, info = read_pixels(tmp_path / "camera.jpg")
-    for fmt in ("TIFF", "BMP", "PPM", "TGA", "GIF"):
-        assert any("the input's EXIF" in note and "write .png, .jpg or .webp to keep it" in note
+    for fmt in ("BMP", "PPM", "TGA", "GIF"):
+        assert any("the input's EXIF" in note and "write .png, .jpg, .webp or .tif to keep it" in note
                    for note in images.output_notes(fmt, info)), fmt
-    for fmt in ("PNG", "JPEG", "WEBP"):
+    for fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         assert not any("EXIF" in note for note in images.output_notes(fmt, info)), fmt
     Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "camera.tif", exif=exif.tobytes())
     _, info = read_pixels(tmp_path / "camera.tif")
     assert "the TIFF's EXIF directories (exposure, lens, GPS, ...) are not carried over to the output" in info.notes
     Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "plain.tif")
     assert not any("EXIF" in note for note in read_pixels(tmp_path / "plain.tif")[1].notes)
+
+
+def camera_exif(orientation: int = 6) -> bytes:
+    """A camera's EXIF: make, model, date and copyright; exposure, an interoperability directory and a maker note in
+    its Exif directory; a GPS position; an orientation."""
+    exif = Image.Exif()
+    exif.update({0x010F: "Nikon", 0x0110: "D850", 0x0132: "2024:05:06 07:08:09", 0x8298: "(c) Ann", 0x0112: orientation})
+    details = exif.get_ifd(0x8769)
+    details.update({0x829A: TiffImagePlugin.IFDRational(1, 250), 0x8827: 400, 0x9003: "2024:05:06 07:08:09",
+                    0x927C: b"Nikon\x00\x02\x10"})
+    details[0xA005] = {1: "R98"}
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.0)})
+    return exif.tobytes()
+
+
+def test_reliability_a_photos_exif_goes_into_a_tiff(tmp_path: Path) -> None:
+    """A camera JPEG denoised into a .tif (to edit it losslessly) => its make, model, date, copyright, exposure, GPS
+    and interoperability directory are in the TIFF, without the orientation (the pixels are upright); the maker note
+    (offsets into the JPEG) is left out with a note; all of the EXIF was left out with a note"""
+    Image.fromarray(rng_u8((16, 12, 3))).save(tmp_path / "DSC_0001.jpg", exif=camera_exif(), quality=95)
+    report = denoise_file(tmp_path / "DSC_0001.jpg", tmp_path / "out.tif", identity, progress=False)
+    assert not any("the input's EXIF" in note for note in report["notes"]), report["notes"]
+    assert any(note.startswith("the EXIF's maker note (the camera maker's own data) is left out") for note in
+               report["notes"]), report["notes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow warns of offsets that point outside the file
+        with Image.open(tmp_path / "out.tif") as out:
+            exif = out.getexif()
+            assert [exif.get(tag) for tag in (0x010F, 0x0110, 0x0132, 0x8298)] == ["Nikon", "D850",
+                                                                                    "2024:05:06 07:08:09", "(c) Ann"]
+            assert 0x0112 not in exif and out.size == (16, 12)  # stored 12x16, turned by 90 degrees
+            details = exif.get_ifd(0x8769)
+            assert (details[0x829A], details[0x8827], details[0x9003]) == (1 / 250, 400, "2024:05:06 07:08:09")
+            assert 0x927C not in details and exif.get_ifd(0xA005) == {1: "R98"}
+            assert exif.get_ifd(0x8825) == {1: "N", 2: (48.0, 51.0, 30.0)}
+
+
+def test_exif_a_tiff_writer_cannot_take_is_left_out_with_a_note(tmp_path: Path) -> None:
+    """A 16-bit colour TIFF (tifffile) and a compressed one (libtiff refuses Pillow's EXIF directories: 'Error
+    setting from dictionary', after the work) are written without the EXIF, and a note says so."""
+    _, info = read_pixels(_jpeg_with(tmp_path / "in.jpg", camera_exif(orientation=1)))
+    lzw = dataclasses.replace(info, compression="tiff_lzw")
+    assert any("this writes no EXIF into a compressed TIFF (libtiff)" in note for note in images.output_notes("TIFF", lzw))
+    write_image(tmp_path / "lzw.tif", np.full((16, 12, 3), 0.5), lzw)
+    with Image.open(tmp_path / "lzw.tif") as out:
+        assert out.info["compression"] == "tiff_lzw" and out.getexif().get(0x010F) is None
+    deep = dataclasses.replace(info, bit_depth=16)
+    assert any("this writes no EXIF into a 16-bit colour TIFF (tifffile writes it)" in note
+               for note in images.output_notes("TIFF", deep))
+
+
+def _jpeg_with(path: Path, exif: bytes) -> Path:
+    Image.fromarray(rng_u8((16, 12, 3))).save(path, exif=exif, quality=95)
+    return path
 
 
 def test_reliability_an_exif_too_long_for_a_jpeg_is_left_out_with_a_note(tmp_path: Path) -> None:
