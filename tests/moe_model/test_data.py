@@ -208,7 +208,8 @@ def test_reliability_a_batch_file_that_declares_far_more_than_it_holds(tmp_path)
 
     class Room:  # what a hostile file can say with the names the reader admits
         def __reduce__(self):
-            return np.core.multiarray._reconstruct, (np.ndarray, (2000000, 3072), b"B")
+            core = np._core if int(np.__version__.split(".")[0]) >= 2 else np.core  # NumPy 2 deprecates np.core
+            return core.multiarray._reconstruct, (np.ndarray, (2000000, 3072), b"B")
 
     big = tmp_path / "data_batch_1"
     big.write_bytes(pickle.dumps({b"data": Room()}, protocol=4))
