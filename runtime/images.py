@@ -48,7 +48,7 @@ Decisions (each one is what a person denoising a photo would expect):
   a small preview), a TIFF that starts with a reduced-resolution copy of a later page, 9- to 15-bit TIFF samples
   (Pillow does not scale them), 16-bit TIFFs that are not gray or RGB (CMYK, Lab) or have premultiplied alpha;
   EPS by its first bytes, before Pillow would hand it to Ghostscript. HEIC, PDF, SVG and JPEG XL, which Pillow does
-  not read here, are named as what they are. 16-bit data that reaches only 4,095 (12 bits) gets a note.
+  not read here, are named as what they are. 16-bit data that reaches only 8,191 (12 or 13 bits) gets a note.
 * **GIF output** is refused for colour and alpha (a GIF holds a 256-colour palette: the denoised result
   would be requantised, undoing much of the denoising; write PNG; where the tool names the output, a photo
   denoised into a folder, it is written as NAME.gif.png instead: ``runtime.batch.result_path``). 8-bit gray fits
@@ -721,8 +721,9 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
 
         colour = colour_part(data)
         top = int(colour.max()) if colour.size else 0
-        if 0 < top <= 4095:  # a camera's or microscope's 12-bit data in 16-bit samples: its noise, small on the
-            # 0-65535 scale, read as 1.5/255 where it was 25/255 of its own range, and was hardly taken away
+        if 0 < top <= 8191:  # a camera's or microscope's 12-bit data in 16-bit samples: its noise, small on the
+            # 0-65535 scale, read as 1.5/255 where it was 25/255 of its own range, and was hardly taken away; with an
+            # offset and shot noise its values pass 4,095 (4,187 to 5,280 measured), and the note was missing
             notes.append(f"its values reach only {top:,} of 65,535 ({top.bit_length()}-bit data in 16-bit samples?): "
                          f"it is denoised as the very dark photo it then is, and noise small on the full scale is "
                          f"mostly left; scale it to the full range first (e.g. magick in.tif -auto-level out.tif) for a "

@@ -1576,13 +1576,16 @@ def test_twelve_bit_samples_are_refused_and_twelve_bits_in_sixteen_noted(tmp_pat
     with pytest.raises(InputError, match=r"holds 12-bit samples, which Pillow reads as 16-bit ones without scaling "
                                          r"them \(the output would be written 16 times darker\)"):
         read_pixels(tmp_path / "packed.tif")
-    for pixels in (np.full((8, 8, 3), 4000, np.uint16), np.full((8, 8), 4000, np.uint16)):
+    for pixels, top, bits in ((np.full((8, 8, 3), 4000, np.uint16), "4,000", 12),
+                              (np.full((8, 8), 4000, np.uint16), "4,000", 12),
+                              (np.full((8, 8), 5280, np.uint16), "5,280", 13)):  # 12 bits, an offset, shot noise
         _tiff(tmp_path / "twelve.tif", pixels)
         _, info = read_pixels(tmp_path / "twelve.tif")
-        assert any(note.startswith("its values reach only 4,000 of 65,535 (12-bit data in 16-bit samples?)")
+        assert any(note.startswith(f"its values reach only {top} of 65,535 ({bits}-bit data in 16-bit samples?)")
                    for note in info.notes), info.notes
-    _tiff(tmp_path / "full.tif", np.full((8, 8, 3), 40000, np.uint16))
-    assert not any("values reach only" in note for note in read_pixels(tmp_path / "full.tif")[1].notes)
+    for value in (9000, 40000):  # 14 bits and more: denoised well as they are
+        _tiff(tmp_path / "full.tif", np.full((8, 8, 3), value, np.uint16))
+        assert not any("values reach only" in note for note in read_pixels(tmp_path / "full.tif")[1].notes)
 
 
 def test_reliability_16bit_tiff_samples_are_read_as_what_their_tags_say(tmp_path: Path) -> None:
