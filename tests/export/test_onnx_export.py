@@ -3,7 +3,6 @@ import json
 import os
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
@@ -16,6 +15,9 @@ from moe_model import SmallViT
 from moe_model.checkpoint import load_model
 from runtime.ort_runner import OrtRunner
 from runtime.parity import compare, parity_inputs
+
+onnx = pytest.importorskip("onnx",
+                            reason="exporting needs onnx: pip install 'moe-denoise[onnx]' (or the test extra)")
 
 
 @pytest.fixture(scope="module")

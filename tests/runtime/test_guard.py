@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
 
 from moe_base.errors import InputError
 from moe_denoise.cli import main
@@ -24,6 +23,9 @@ from runtime.guard import (
     sure_input_weight,
 )
 from runtime.tiling import denoise_array, denoise_bands, guard_for_array
+
+gaussian_filter = pytest.importorskip("scipy.ndimage", reason="the guard's tests blur with scipy: pip install -e "
+                                      "'.[test]'").gaussian_filter
 
 
 def texture(h=128, w=160, seed=0, detail=3.0) -> np.ndarray:
