@@ -456,8 +456,12 @@ def describe_guard(guard: dict) -> str:
     level = f"noise {sigma:.{digits}f}/255 ({how})"
     if not guard["applied"]:
         return f"clean-input guard: {level}, above {gate:g}/255: the denoiser's output as it is"
+    hint = ""
+    if guard["input_weight"] >= 0.5 and not guard["sigma_given"]:  # noise the estimate misses (in one channel, in
+        # the darks, speckle) was handed back with no word of the two options that denoise it
+        hint = " (still noisy? give its level with --sigma, e.g. --sigma 15/255, or use --no-guard)"
     return f"clean-input guard: {level}: output = {guard['input_weight']:.2f} x input + " \
-           f"{1 - guard['input_weight']:.2f} x denoised"
+           f"{1 - guard['input_weight']:.2f} x denoised{hint}"
 
 
 def check_remote_options(args: argparse.Namespace) -> None:

@@ -422,6 +422,21 @@ def test_the_report_line_says_when_the_noise_varies_with_brightness():
     assert "brightness" not in describe_guard({**varying, "sigma_range": None, "sigma_given": True})
 
 
+def test_a_guard_that_kept_most_of_the_input_names_the_options_that_denoise_it():
+    """Noise the estimate misses (in one colour channel, in the darks, speckle) was handed back unchanged with the
+    line alone, '1.00 x input': the line now names --sigma and --no-guard when the guard kept half or more of an
+    estimated photo, and not when the level was given or the guard kept little."""
+    from moe_denoise.commands.denoise import describe_guard
+
+    kept = {"sigma": 0.5 / 255, "sigma_given": False, "applied": True, "input_weight": 0.98, "sigma_range": None}
+    hint = " (still noisy? give its level with --sigma, e.g. --sigma 15/255, or use --no-guard)"
+    assert describe_guard(kept).endswith("output = 0.98 x input + 0.02 x denoised" + hint)
+    assert describe_guard({**kept, "input_weight": 0.5}).endswith(hint)
+    assert "still noisy" not in describe_guard({**kept, "sigma_given": True})
+    assert "still noisy" not in describe_guard({**kept, "input_weight": 0.3})
+    assert "still noisy" not in describe_guard({**kept, "sigma": 25 / 255, "applied": False})
+
+
 def test_two_scales_read_the_noise_jpeg_took_the_finest_detail_of():
     """Noise that lost its finest detail (JPEG at quality 70) reads low at the finest scale; at two scales it reads
     near the noise's level. White noise reads the same either way."""
