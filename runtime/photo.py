@@ -13,7 +13,7 @@ import numpy as np
 from moe_base.errors import InputError
 
 from .base import activated
-from .guard import GuardResult, check_sigma, with_strength
+from .guard import GuardResult, check_sigma, guard_notes, with_strength
 from .images import (
     DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
@@ -211,7 +211,7 @@ def photo_report(info: ImageInfo, written: Path, tiles: int, seconds: float, gua
         "output_format": fmt,
         "tiles": tiles,
         "seconds": round(seconds, 3),
-        "notes": list(info.notes) + output_notes(fmt, info),
+        "notes": list(info.notes) + output_notes(fmt, info) + guard_notes(guard),
         "guard": guard,
         "strength": float(strength),
         "input_weight": input_weight,

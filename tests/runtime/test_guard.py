@@ -17,7 +17,9 @@ from runtime.guard import (
     diagonal_details,
     estimate_noise_profile,
     estimate_sigma,
+    guard_notes,
     guard_weight,
+    impulse_share,
     lower_line,
     sample_windows,
     sure_input_weight,
@@ -435,6 +437,42 @@ def test_a_guard_that_kept_most_of_the_input_names_the_options_that_denoise_it()
     assert "still noisy" not in describe_guard({**kept, "sigma_given": True})
     assert "still noisy" not in describe_guard({**kept, "input_weight": 0.3})
     assert "still noisy" not in describe_guard({**kept, "sigma": 25 / 255, "applied": False})
+
+
+def test_isolated_black_and_white_dots_are_counted_and_lines_are_not():
+    """impulse_share counts the values at 0 or 1 whose 8 neighbours all differ by more than 0.3: salt and pepper
+    dots; a 1-pixel line, a dot on a like background and the border are not such dots."""
+    x = np.repeat(texture(64, 80)[:, :, None], 3, axis=2)
+    assert impulse_share([x]) == 0.0
+    dotted = x.copy()
+    dotted[10, 10, 0], dotted[20, 30, 2], dotted[40, 50] = 1.0, 0.0, 1.0  # 1 + 1 + 3 values
+    dotted[30, 5:60, 1] = 0.0  # a line: each pixel has two neighbours like it
+    dotted[0, 40] = 1.0  # on the border: not counted
+    assert impulse_share([dotted]) == 5 / (62 * 78 * 3)
+    assert impulse_share([dotted[:, :, 0], np.zeros((2, 40))]) == 2 / (62 * 78)  # gray; too small to count
+
+
+def test_reliability_salt_and_pepper_noise_gets_a_note_naming_a_median_filter(tmp_path, capsys, random_weights):
+    """A photo with salt-and-pepper noise (dots at black and white) => a note saying the model does not remove
+    them and a median filter does; the noise estimate leaves out blocks touching 0 or 1, read the photo as clean,
+    and it came back with its dots and the guard's line alone"""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    photo = np.repeat(texture(96, 96)[:, :, None], 3, axis=2)
+    dots = rng.random(photo.shape[:2]) < 0.01
+    photo[dots] = rng.integers(0, 2, (int(dots.sum()), 1)).astype(np.float32)
+    Image.fromarray((photo * 255).round().astype(np.uint8)).save(tmp_path / "dots.png")
+    Image.fromarray((texture(96, 96) * 255).round().astype(np.uint8)).save(tmp_path / "clean.png")
+    for name, noted in (("dots.png", True), ("clean.png", False)):
+        assert main(["denoise", str(tmp_path / name), "-o", str(tmp_path / f"out_{name}"), "--weights",
+                     str(random_weights), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        notes = [n for n in report["notes"] if "isolated black or white dots (salt-and-pepper noise?)" in n]
+        assert bool(notes) == noted and report["guard"]["applied"], report
+        assert not notes or "a median filter does (e.g. magick in.png -median 3 out.png)" in notes[0]
+    assert guard_notes({**report["guard"], "impulse_share": 0.01, "applied": False}) == []  # noise above the gate
+    assert guard_notes(None) == [] and guard_notes({"applied": True}) == []  # no guard; a server without the count
 
 
 def test_two_scales_read_the_noise_jpeg_took_the_finest_detail_of():
