@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import types
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,9 +56,20 @@ def check_unit_range(x: np.ndarray, what: str) -> None:
         bad = int(np.size(x) - np.isfinite(x).sum())
         raise InputError(f"{what} has {bad} NaN/Inf values; expected finite pixels in [0, 1]")
     lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        raise InputError(f"{what} has values in [{lo:.4g}, {hi:.4g}]; expected [0, 1]. Scale 8-bit images by 1/255 "
-                         f"and 16-bit by 1/65535, or np.clip(x, 0, 1)")
+    if lo < 0.0 or hi > 1.0:  # each end with the digits that show it is outside: 1.0001 read '[0.5, 1]'
+        outside = int(np.count_nonzero((x < 0.0) | (x > 1.0)))
+        raise InputError(f"{what} has values in [{_shown(lo, lo < 0.0)}, {_shown(hi, hi > 1.0)}] ({outside:,} outside "
+                         f"[0, 1]); expected [0, 1]. Scale 8-bit images by 1/255 and 16-bit by 1/65535, or "
+                         f"np.clip(x, 0, 1)")
+
+
+def _shown(value: float, outside: bool) -> str:
+    """``value`` with 4 significant digits, or as many as it takes to tell an ``outside`` value from 0 or 1."""
+    for digits in range(4, 18):
+        text = f"{value:.{digits}g}"
+        if not outside or float(text) not in (0.0, 1.0):
+            return text
+    return repr(value)
 
 
 class BaseRunner:
@@ -84,7 +96,12 @@ class BaseRunner:
         self._lifecycle = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:  # a lock does not pickle; an inactive runner did and still does
-        state = self.__dict__.copy()
+        if self.is_active:  # its loaded model or session: "TypeError: cannot pickle 'module' object"
+            raise TypeError(f"an active {type(self).__name__} cannot be pickled (its loaded model does not): pass it to "
+                            f"other processes inactive (made outside 'with runner:'), and each process activates "
+                            f"its own copy")
+        state = {key: value for key, value in self.__dict__.items()  # nor does a module a released runner keeps
+                 if not isinstance(value, types.ModuleType)}  # (torch): one used once could not be pickled
         state.pop("_lifecycle", None)
         return state
 
@@ -189,6 +206,13 @@ class BaseRunner:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "precision": self.precision, "max_batch": self.max_batch}
+
+    def __repr__(self) -> str:  # a notebook showed '<runtime.torch_runner.TorchRunner object at 0x7fae...>'
+        try:
+            shown = ", ".join(f"{key}={value!r}" for key, value in self.describe().items() if value is not None)
+        except Exception:  # noqa: BLE001 - a repr never raises: a half-made runner still shows its name
+            shown = f"name={getattr(self, 'name', '?')!r}"
+        return f"{type(self).__name__}({shown}, active={getattr(self, 'is_active', False)})"
 
 
 def made_from(manifest: Mapping[str, Any] | None) -> dict[str, str]:

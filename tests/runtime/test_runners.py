@@ -34,7 +34,7 @@ GOOD = np.full((2, 3, 32, 32), 0.5, np.float32)
     (np.zeros((2, 32, 32, 3), np.float32), r"shape \[2, 32, 32, 3\]"),
     (np.zeros((0, 3, 32, 32), np.float32), "B >= 1"),
     (np.full((1, 3, 32, 32), np.nan, np.float32), "3072 NaN/Inf values"),
-    (np.full((1, 3, 32, 32), 255, np.float32), r"values in \[255, 255\]; expected \[0, 1\]"),
+    (np.full((1, 3, 32, 32), 255, np.float32), r"values in \[255, 255\] \(3,072 outside \[0, 1\]\); expected \[0, 1\]"),
     (np.full((1, 3, 32, 32), -0.1, np.float32), "expected"),
 ])
 def test_validation_errors(bad, match):
@@ -656,3 +656,42 @@ def test_an_onnx_models_label_names_its_kind():
     assert runner_label(Described("ort-cpu", precision="fp16")) == "ort-cpu-fp16"
     assert runner_label(Described("ort-cpu", precision="fp16", plugin_nodes="...")) == "ort-cpu-plugin-fp16"
     assert runner_label(Described("mine", precision="fp16")) == "mine"
+
+
+def test_a_runner_shows_what_it_is_and_pickles_only_inactive(random_weights):
+    """In a notebook a runner showed '<runtime.torch_runner.TorchRunner object at 0x7f...>'; pickling an active one
+    (a Pool's arguments inside 'with runner:') was "TypeError: cannot pickle 'module' object", and so was pickling
+    one released after use (it kept torch). Its repr is its describe(); an active one is refused saying what to do,
+    and a released one pickles and gives the same results in its copy."""
+    import pickle
+
+    from runtime.tiling import denoise_array
+    from runtime.torch_runner import TorchRunner
+
+    runner = TorchRunner(random_weights)
+    assert repr(runner).startswith("TorchRunner(name='torch-masked', backend='torch', precision='fp32', device='cpu'")
+    assert repr(runner).endswith(f"weights={str(random_weights)!r}, active=False)")
+    x = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
+    with runner:
+        assert repr(runner).endswith("active=True)")
+        with pytest.raises(TypeError, match=r"an active TorchRunner cannot be pickled \(its loaded model does not\): "
+                                            r"pass it to other processes inactive"):
+            pickle.dumps(runner)
+        expected = denoise_array(x, runner)
+    copy = pickle.loads(pickle.dumps(runner))
+    with copy:
+        np.testing.assert_array_equal(denoise_array(x, copy), expected)
+
+
+@pytest.mark.parametrize("value, shown", [(1.0001, "[0.5, 1.0001] (1 outside [0, 1])"),
+                                          (1 + 2 ** -23, "[0.5, 1.0000001] (1 outside [0, 1])"),
+                                          (-1e-9, "[-1e-09, 0.5] (1 outside [0, 1])"), (255.0, "[0.5, 255]")])
+def test_values_just_outside_0_1_are_shown_outside_it(value, shown):
+    """1.0001 was refused as 'values in [0.5, 1]; expected [0, 1]', a range that reads as allowed."""
+    from runtime.base import check_unit_range
+
+    x = np.full((4, 4, 3), 0.5, np.float32)
+    x[0, 0, 0] = value
+    with pytest.raises(InputError) as refused:
+        check_unit_range(x, "image")
+    assert str(refused.value).startswith(f"image has values in {shown}")
