@@ -44,6 +44,25 @@ from .cuda_graphs import (
 )
 
 PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+_FORK: dict[str, bool] = {"ran_threaded": False, "pool_broken": False}
+"""``ran_threaded``: this process ran the model on more than one CPU thread (PyTorch's OpenMP pool is up);
+``pool_broken``: this process is a child forked after that (see :func:`_after_fork_in_child`)."""
+
+
+def _after_fork_in_child() -> None:
+    """A child forked (multiprocessing's 'fork', the default on Linux before Python 3.14) after its parent ran the
+    model on several threads inherits PyTorch's OpenMP pool in a state it waits on forever: a Pool's workers sat at
+    0% CPU with no message. Such a child runs torch on one thread, as PyTorch's own DataLoader workers do (several
+    workers share the cores anyway); 'spawn' and 'forkserver' workers start fresh and keep their threads."""
+    if _FORK["ran_threaded"]:
+        _FORK["pool_broken"] = True
+        import torch  # imported in the parent already
+
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 HALF_MODES = ("autocast", "cast")
 # attention impl -> key of moe_base.tolerances (torch.compile'd models use "torch-compile")
 TOLERANCE_KEYS = {"seed": "torch-seed", "gather": "torch-seed", "masked": "torch", "triton": "torch-triton"}
@@ -191,7 +210,7 @@ class TorchRunner(BaseRunner):
                              f"{' without CUDA graphs' if self.cuda_graph else ''} (device='cpu' in Python), or run "
                              f"on a machine with an NVIDIA GPU and a CUDA build of torch")
         if self.threads:  # process-wide in torch: put back when the last runner that set it is released
-            _THREADS.take(torch, self.threads)
+            _THREADS.take(torch, 1 if _FORK["pool_broken"] else self.threads)  # more would wait forever
             self._holds_threads = True
         try:
             self._load(torch)
@@ -270,6 +289,8 @@ class TorchRunner(BaseRunner):
         """
         self.require_active()  # an inactive runner's was an AttributeError
         torch = self._torch
+        if not _FORK["ran_threaded"] and torch.get_num_threads() > 1:
+            _FORK["ran_threaded"] = True  # (a GPU run starts CPU threads too: its host copies)
         with torch.inference_mode(), _no_tf32(torch):
             if self.graphs is not None:
                 return self.graphs.run(x, out=out)

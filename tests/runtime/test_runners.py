@@ -695,3 +695,38 @@ def test_values_just_outside_0_1_are_shown_outside_it(value, shown):
     with pytest.raises(InputError) as refused:
         check_unit_range(x, "image")
     assert str(refused.value).startswith(f"image has values in {shown}")
+
+
+FORKED_WORKERS = """
+import multiprocessing, sys
+import numpy as np
+import torch
+from runtime import TorchRunner, denoise_array
+
+torch.set_num_threads(2)  # the parent's OpenMP pool is up once the model has run on two threads
+x = np.random.default_rng(0).random((48, 48, 3), dtype=np.float32)
+
+def work(threads):
+    with TorchRunner(sys.argv[1], threads=threads) as r:
+        return denoise_array(x, r), torch.get_num_threads()
+
+with TorchRunner(sys.argv[1]) as r:
+    expected = denoise_array(x, r)
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    results = pool.map_async(work, [None, 2]).get(timeout=60)
+assert all(np.array_equal(out, expected) for out, _ in results), "different results"
+print("threads in the workers:", [n for _, n in results])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX")
+def test_workers_forked_after_the_model_ran_finish_instead_of_waiting_forever(random_weights, tmp_path):
+    """multiprocessing's 'fork' (Linux's default) after the parent ran the model on several threads: each worker
+    waited forever on PyTorch's OpenMP pool (0% CPU, no message; a Pool's map never returned). Such workers run
+    torch on one thread, even when their runner asks for more, and give the parent's results."""
+    script = tmp_path / "workers.py"
+    script.write_text(FORKED_WORKERS)
+    done = subprocess.run([sys.executable, str(script), str(random_weights)], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "threads in the workers: [1, 1]"
