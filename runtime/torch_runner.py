@@ -386,13 +386,16 @@ def _cast_forward(model: Any, dtype: Any) -> Callable[[Any], Any]:
 class _SharedSetting:
     """A process-wide torch setting that runners in several threads hold at once: the first one in saves the caller's
     value, the last one out restores it. Saving and restoring per holder let holders released in another order, or
-    overlapping in time, restore each other's values (a forward ran with TF32 on; the caller's setting ended off)."""
+    overlapping in time, restore each other's values (a forward ran with TF32 on; the caller's setting ended off).
+    A value the caller set while it was held is the caller's newer choice, and is left as it is (it was put back to
+    the one saved before: a TF32 opt-in made while another thread denoised was undone)."""
 
     def __init__(self, get: Callable[[Any], Any], put: Callable[[Any, Any], None]) -> None:
         self.get, self.put = get, put
         self._lock = threading.Lock()
         self._holders = 0
         self._saved: Any = None
+        self._held: Any = None  # the value the holders put
 
     def take(self, torch: Any, value: Any) -> None:
         with self._lock:
@@ -400,13 +403,15 @@ class _SharedSetting:
                 self._saved = self.get(torch)
             self._holders += 1
             self.put(torch, value)
+            self._held = value
 
     def give(self, torch: Any) -> None:
         with self._lock:
             self._holders -= 1
             if self._holders == 0:
-                self.put(torch, self._saved)
-                self._saved = None
+                if self.get(torch) == self._held:
+                    self.put(torch, self._saved)
+                self._saved = self._held = None
 
 
 def _put_tf32(torch: Any, allowed: tuple[bool, bool]) -> None:

@@ -301,6 +301,27 @@ def test_overlapping_calls_in_two_threads_keep_tf32_off_and_give_the_callers_set
         cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
+def test_a_tf32_setting_the_caller_makes_during_a_call_is_kept():
+    """A caller that opted in to TF32 (for its own work) while another thread's forward ran had it put back to the
+    value saved before the call: its choice was undone. A value other than the call's own is the caller's: kept."""
+    import torch
+
+    from runtime.torch_runner import _no_tf32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+        with _no_tf32(torch):
+            cudnn.allow_tf32 = matmul.allow_tf32 = True  # the caller, in another thread, mid-call
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+        with _no_tf32(torch):  # and untouched, the saved value comes back
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 def test_nested_and_overlapping_with_blocks_share_one_activation():
     """An inner 'with runner:' (a helper's) released the runner for the outer block, and a call in one thread that
     ended released the runner another thread was still using: 'runner is not active'."""
