@@ -188,6 +188,28 @@ from 89) is set aside while :func:`read_pixels` reads, since this one replaces i
 _PILLOW_CORE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 _STRIP_BYTES = 4 << 20  # Pillow's decoded image is copied into the array in strips of about this size
 _PIL_LIMIT_LOCK = threading.Lock()
+_READING = threading.local()  # .depth: this thread's reads under way (their bomb check is ours: check_size)
+
+
+def _reads_pass_bomb_check(Image: Any) -> bool:
+    """Wrap (once) Pillow's decompression-bomb check so that it lets a read of this module through in the thread
+    that makes it, and checks every other call as before; False when this Pillow has no such function."""
+    original = getattr(Image, "_decompression_bomb_check", None)
+    if original is None:
+        return False
+    if getattr(original, "moe_denoise_reads_pass", False):
+        return True
+
+    def check(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_READING, "depth", 0):
+            return None
+        return original(*args, **kwargs)
+
+    check.moe_denoise_reads_pass = True  # type: ignore[attr-defined]
+    with _PIL_LIMIT_LOCK:
+        if not getattr(Image._decompression_bomb_check, "moe_denoise_reads_pass", False):
+            Image._decompression_bomb_check = check
+    return True
 _PIL_LIMIT: dict[str, Any] = {"readers": 0, "saved": None}  # reads under way, and Pillow's limit before the first
 
 
@@ -347,10 +369,20 @@ def check_memory(needed: int, what: str, header: ImageHeader) -> None:
 
 @contextmanager
 def _own_pixel_limit(Image: Any):  # -> Iterator[None]
-    """Pillow's decompression-bomb check set aside (None) while any read runs, and put back when the last one ends:
-    our check_size replaces it, on the header. (Raised to our limit instead, Pillow still warned on the way to our
-    refusal, or refused first itself, without the --max-pixels advice.) Reads run side by side: a lock held through
-    each decode made every read in the process wait for the one before."""
+    """Pillow's decompression-bomb check set aside for this read: our check_size replaces it, on the header. (Raised
+    to our limit instead, Pillow still warned on the way to our refusal, or refused first itself, without the
+    --max-pixels advice.) Set aside for this thread's reads only (:func:`_reads_pass_bomb_check`): setting
+    ``Image.MAX_IMAGE_PIXELS`` to None while any read ran let every other ``Image.open`` in the process through
+    (a service's own upload check opened 97% of 900-megapixel bombs while a read looped in another thread), and a
+    limit the caller set meanwhile was put back. Where Pillow has no such check to wrap, the limit is set aside for
+    the process as before, and put back when the last read ends."""
+    if _reads_pass_bomb_check(Image):
+        _READING.depth = getattr(_READING, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            _READING.depth -= 1
+        return
     with _PIL_LIMIT_LOCK:
         if _PIL_LIMIT["readers"] == 0:
             _PIL_LIMIT["saved"] = Image.MAX_IMAGE_PIXELS

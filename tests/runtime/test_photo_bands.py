@@ -285,23 +285,40 @@ def test_reliability_pillows_bomb_limit_gives_way_to_ours(tmp_path: Path, monkey
     assert Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's limit is put back
 
 
-def test_reads_run_side_by_side_and_put_pillows_bomb_limit_back_after_the_last(tmp_path: Path, in_threads) -> None:
+def test_reads_run_side_by_side_and_leave_pillows_bomb_limit_to_the_other_threads(tmp_path: Path, in_threads) -> None:
     """Pillow's bomb limit was set aside through each read under a lock held through the decode: every read in the
-    process waited for the one before. Now two reads meet inside their decodes, and Pillow's limit is put back after
-    the last."""
+    process waited for the one before. Then it was set aside (None) for the whole process while any read ran: a
+    service's own Image.open let 97% of 900-megapixel bombs through while a read looped in another thread, and a
+    limit it set meanwhile was put back. Now two reads meet inside their decodes, Pillow's limit is never changed,
+    and a bomb opened in another thread while they read is refused by Pillow."""
     import threading
 
     pillows = Image.MAX_IMAGE_PIXELS
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "a.png")
-    meet = threading.Barrier(2, timeout=10)
+    bomb = png_header_only(tmp_path / "bomb.png", 30000, 30000)  # 900 megapixels: Pillow refuses it
+    meet = threading.Barrier(3, timeout=10)
     seen = []
 
     def both_inside(header: images.ImageHeader) -> None:
         seen.append(Image.MAX_IMAGE_PIXELS)
         meet.wait()  # the second read waited for the first's lock: the barrier broke
+        meet.wait()  # the third thread has tried its bomb
 
+    def other_thread() -> None:
+        meet.wait()
+        try:
+            Image.open(bomb).close()
+            seen.append("the bomb was opened")
+        except Image.DecompressionBombError:
+            seen.append("refused")
+        finally:
+            meet.wait()
+
+    caller = threading.Thread(target=other_thread)
+    caller.start()
     errors = in_threads(lambda: read_pixels(tmp_path / "a.png", before_decode=both_inside), 2)
-    assert errors == [] and seen == [None, None]
+    caller.join(20)
+    assert errors == [] and seen == [pillows, pillows, "refused"]
     assert Image.MAX_IMAGE_PIXELS == pillows
 
 
