@@ -1,5 +1,7 @@
 """tests/extras.py: a test failing for a package of the test extra that is not installed is told apart from one
 failing for another reason, so that a base install reports skips naming the package, and a full one real failures."""
+from pathlib import Path
+
 import pytest
 
 from tests import extras
@@ -11,13 +13,14 @@ def onnx_missing(monkeypatch):
 
 
 @pytest.mark.parametrize("text, cause", [
-    ("ModuleNotFoundError: No module named 'onnx'", "onnx"),
-    ("{'error': \"No module named \\'onnx\\'\"}", "onnx"),  # the repr of a report that quotes it
     ("exporting to ONNX needs the Python package 'onnx', which could not be imported here", "onnx"),
     ("the photo evaluation needs scikit-image, which is not installed: pip install 'moe-denoise[eval]'", "scikit-image"),
-    ("No module named 'onnxruntime'", None),  # installed here (not in MISSING): a real failure
+    ("the SSIM needs the 'skimage' package, which is not installed", "scikit-image"),
+    ("ModuleNotFoundError: No module named 'onnx'", None),  # the product importing it where a base install runs
+    ("exporting needs the Python package 'onnxruntime'", None),  # installed here (not in MISSING): a real failure
     ("assert 2 == 0", None),
-    ("the 'onnx' model is not what its manifest says", None),  # names the package, says nothing is missing
+    ("the 'onnx' model is not what its manifest says; onnx is not installed", None),  # not 'needs'
+    ("assert 'TIFF' == 'PNG'; needs the Python package 'SKIMAGE'", None),  # case counts in a package name
 ])
 def test_a_failure_is_put_down_to_a_missing_package_only_when_its_text_says_so(onnx_missing, text, cause):
     assert extras.missing_cause(text) == cause
@@ -25,7 +28,7 @@ def test_a_failure_is_put_down_to_a_missing_package_only_when_its_text_says_so(o
 
 def test_nothing_is_put_down_to_a_package_that_is_installed(monkeypatch):
     monkeypatch.setattr(extras, "MISSING", {})
-    assert extras.missing_cause("ModuleNotFoundError: No module named 'onnx'") is None
+    assert extras.missing_cause("exporting needs the Python package 'onnx', which could not be imported") is None
     extras.skip_when_missing("exporting to ONNX needs the Python package 'onnx', which could not be imported here")
 
 
@@ -33,6 +36,23 @@ def test_a_command_that_names_a_missing_package_skips_its_test(onnx_missing):
     with pytest.raises(pytest.skip.Exception, match=r"needs onnx, which is not installed \(the test extra"):
         extras.skip_when_missing("moe-denoise export: error: exporting to ONNX needs the Python package 'onnx', which "
                                  "could not be imported here (No module named 'onnx')")
+
+
+def test_only_a_tests_own_import_of_a_missing_package_is_put_down_to_it(onnx_missing, tmp_path):
+    """An ImportError the product raised (a base path importing an optional package: a bug for every base user)
+    stays a failure; one a test file or a test tool raised is the test's need."""
+    from tests.conftest import REPO
+
+    def raised_in(path: Path, name: str = "onnx") -> pytest.ExceptionInfo[BaseException]:
+        code = compile(f"raise ModuleNotFoundError(\"No module named '{name}'\", name='{name}')", str(path), "exec")
+        with pytest.raises(ModuleNotFoundError) as caught:
+            exec(code, {})
+        return caught
+
+    assert extras.import_cause(raised_in(REPO / "tests" / "runtime" / "test_x.py"), REPO) == "onnx"
+    assert extras.import_cause(raised_in(REPO / "tools" / "trt_layer" / "drive.py"), REPO) == "onnx"
+    assert extras.import_cause(raised_in(REPO / "runtime" / "images.py"), REPO) is None
+    assert extras.import_cause(raised_in(REPO / "tests" / "x.py", "onnxruntime"), REPO) is None  # installed
 
 
 def test_the_test_extra_is_what_pyproject_says():

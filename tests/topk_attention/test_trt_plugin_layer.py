@@ -10,6 +10,8 @@ import pytest
 from tools.trt_layer.drive import BATCHES, REPO, run_in_layer
 from topk_attention.spec import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
+pytest.importorskip("onnx", reason="the layer is driven with an ONNX graph: pip install 'moe-denoise[onnx]' (or the "
+                              "test extra)")
 TARGET = "cuda:90"
 
 
