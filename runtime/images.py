@@ -113,8 +113,11 @@ _REFUSED = {
 }
 _EXIF_FORMATS = {"JPEG", "PNG", "WEBP"}  # formats whose EXIF is a separate blob we can carry over
 _TIFF_EXIF_IFDS = (34665, 34853)  # a TIFF's Exif and GPS directories
-_TIFF_EXIF_FIRST = (270, 271, 272, 305, 306, 315, 33432)  # an EXIF's own tags a TIFF output takes (description, make,
-# model, software, date, artist, copyright); the rest of its first directory describes the JPEG it came in
+_TIFF_EXIF_FIRST = (270, 271, 272, 305, 306, 315, 33432, 0x4746, 0x4749, 0x9C9B, 0x9C9C, 0x9C9D, 0x9C9E, 0x9C9F)
+"""An EXIF's first-directory tags a TIFF output takes: description, make, model, software, date, artist, copyright,
+and Windows' rating, title, comment, author, keywords and subject."""
+_EXIF_LAYOUT_TAGS = {256, 257, 258, 259, 262, 273, 274, 277, 278, 279, 282, 283, 284, 296, 513, 514, 529, 530, 531,
+                     532, 0x8769, 0x8825, 0xA005}  # the picture the EXIF came with (a TIFF output has its own), pointers
 _INTEROP_IFD, _MAKER_NOTE = 0xA005, 0x927C
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003  # the Exif directory; its PixelX/YDimension
 _EXIF_INPUTS = _EXIF_FORMATS | {"MPO"}  # a phone's multi-picture JPEG (.jpg) carries its EXIF as a JPEG does
@@ -1199,6 +1202,10 @@ def _exif_without_orientation(exif: Any, orientation: int = 1) -> bytes | None:
         return None
     if _ORIENTATION_TAG in exif:
         del exif[_ORIENTATION_TAG]
+    _text_as_bytes(exif)
+    for group in _TIFF_EXIF_IFDS:
+        if group in exif:
+            _text_as_bytes(exif.get_ifd(group), group)
     if orientation in (5, 6, 7, 8):
         ifd = exif.get_ifd(_EXIF_IFD)
         if _PIXEL_X in ifd and _PIXEL_Y in ifd:
@@ -1518,13 +1525,11 @@ def output_notes(fmt: str, info: ImageInfo | ImageHeader) -> list[str]:
                      f"so viewers will show the pixels as sRGB and they may look different; write .png to keep it")
     exif = getattr(info, "exif", None)
     if exif and fmt == "TIFF" and _tiff_takes_exif(info):  # (it was left out of every TIFF, with a note)
-        tags = _tiff_exif_tags(exif)
-        if tags is None:
+        if _tiff_exif_tags(exif) is None:
             notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: "
                          f"it could not be rewritten as TIFF tags; write .png, .jpg or .webp to keep it")
-        elif _has_maker_note(exif):
-            notes.append("the EXIF's maker note (the camera maker's own data) is left out: it points into the file it "
-                         "came in, and would point at nothing in a TIFF; write .png, .jpg or .webp to keep it")
+        else:
+            notes += _exif_left_out_of_tiff(exif)
     elif exif and fmt == "TIFF":
         why = "a 16-bit colour TIFF (tifffile writes it)" if info.bit_depth == 16 else "a compressed TIFF (libtiff)"
         notes.append(f"the input's EXIF ({len(exif):,} bytes: camera, date, exposure, GPS, ...) is left out: this "
@@ -1657,10 +1662,42 @@ def _tiff_takes_exif(info: ImageInfo | ImageHeader) -> bool:
     return not compressed and not (info.bit_depth == 16 and info.layout != "L")
 
 
-def _has_maker_note(exif: bytes) -> bool:
-    exif_info = _pil().Exif()
-    exif_info.load(exif)
-    return _MAKER_NOTE in exif_info.get_ifd(_EXIF_IFD)
+def _exif_left_out_of_tiff(exif: bytes) -> list[str]:
+    """A note naming what of ``exif`` a TIFF output does not take (:func:`_tiff_exif_tags`): its maker note, and
+    first-directory tags besides those of :data:`_TIFF_EXIF_FIRST` and the picture's layout (they went without a
+    word), if any."""
+    from PIL import TiffTags
+
+    loaded = _pil().Exif()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded.load(exif)
+        maker = _MAKER_NOTE in loaded.get_ifd(_EXIF_IFD)
+    names = {0xC4A5: "PrintImageMatching"}  # Epson's print settings, written by many cameras; Pillow has no name
+    others = sorted(names.get(key) or (TiffTags.lookup(key).name if TiffTags.lookup(key).name != "unknown" else
+                                       f"tag {key:#06x}")
+                    for key in loaded if key not in _TIFF_EXIF_FIRST and key not in _EXIF_LAYOUT_TAGS)
+    left = (["maker note (the camera maker's own data: it points into the file it came in)"] if maker else []) + (
+        [f"{', '.join(others)} (not among the tags a TIFF output takes)"] if others else [])
+    if not left:
+        return []
+    return [f"the EXIF's {' and its '.join(left)} {'are' if maker and others or len(others) > 1 else 'is'} left out of "
+            f"the TIFF; write .png, .jpg or .webp to keep all of the EXIF"]
+
+
+def _text_as_bytes(values: Any, group: int | None = None) -> Any:
+    """``values`` (an EXIF directory, changed in place) with its text as the bytes it was: Pillow reads EXIF text as
+    Latin-1 and writes text back as ASCII, '?' for every other byte, so 'Jörg' (UTF-8, as editors write it) and
+    '(c)' as one byte came back 'J??rg' and '?'. Only tags Pillow knows as text (it writes their bytes as text)."""
+    from PIL import TiffTags
+
+    for key, value in list(values.items()):
+        if isinstance(value, str) and not value.isascii() and TiffTags.lookup(key, group).type == 2:
+            try:
+                values[key] = value.encode("latin-1")
+            except UnicodeEncodeError:  # not what Pillow read: a caller's own text
+                pass
+    return values
 
 
 @lru_cache(maxsize=8)
@@ -1675,9 +1712,10 @@ def _tiff_exif_tags(exif: bytes) -> dict[int, Any] | None:
             warnings.simplefilter("ignore")  # Pillow's 'corrupt EXIF' warnings: what it cannot read is not kept
             loaded = Image.Exif()
             loaded.load(exif)
-            tags: dict[int, Any] = {key: loaded[key] for key in _TIFF_EXIF_FIRST if key in loaded}
+            tags: dict[int, Any] = _text_as_bytes({key: loaded[key] for key in _TIFF_EXIF_FIRST if key in loaded})
             for key in _TIFF_EXIF_IFDS:
-                directory = {k: v for k, v in loaded.get_ifd(key).items() if k not in (_INTEROP_IFD, _MAKER_NOTE)}
+                directory = _text_as_bytes({k: v for k, v in loaded.get_ifd(key).items()
+                                            if k not in (_INTEROP_IFD, _MAKER_NOTE)}, key)
                 if key == _EXIF_IFD and loaded.get_ifd(_INTEROP_IFD):
                     directory[_INTEROP_IFD] = dict(loaded.get_ifd(_INTEROP_IFD))
                 if directory:
@@ -1685,7 +1723,7 @@ def _tiff_exif_tags(exif: bytes) -> dict[int, Any] | None:
             Image.new("L", (1, 1)).save(io.BytesIO(), format="TIFF", tiffinfo=tags)
     except Exception:  # noqa: BLE001 - any EXIF Pillow cannot write: left out, with a note (output_notes)
         return None
-    return tags or None
+    return tags  # {}: nothing a TIFF takes (a note names what is left out), not a failure
 
 
 def _png_chunks_to_write(info: ImageInfo) -> list[tuple[bytes, bytes]]:
