@@ -530,6 +530,13 @@ def _unread_kind(p: Path) -> str | None:
         return f"an SVG drawing (vector graphics, drawn at any size), not a photo's pixels: {export}"
     if head.startswith(b"\xff\x0a") or head[4:12] == b"JXL \r\n\x87\n":
         return f"a JPEG XL image, which this Pillow cannot decode: {export}"
+    if head.startswith(b"8BPS") and len(head) >= 26:  # Pillow reads 8-bit Photoshop files of version 1 only
+        version, depth = int.from_bytes(head[4:6], "big"), int.from_bytes(head[22:24], "big")
+        kind = ("a Photoshop large-document (PSB) file" if version == 2 else
+                f"a {depth}-bit Photoshop file" if depth in (16, 32) else None)
+        if kind:
+            return (f"{kind}, which Pillow does not read: save or export it from Photoshop (or another editor) as a "
+                    f"{'16-bit ' if depth >= 16 else ''}TIFF or PNG and give that")
     return None
 
 

@@ -1542,6 +1542,20 @@ def test_reliability_a_photoshop_file_saved_without_its_merged_picture_is_refuse
         read_pixels(path)
 
 
+@pytest.mark.parametrize("version, depth, kind", [(1, 16, "a 16-bit Photoshop file"), (1, 32, "a 32-bit Photoshop file"),
+                                                   (2, 8, "a Photoshop large-document (PSB) file")])
+def test_photoshop_files_pillow_does_not_read_are_named(tmp_path: Path, version: int, depth: int, kind: str) -> None:
+    """16-bit PSD files (common among photographers) and PSB files were refused as 'truncated or corrupt?'."""
+    data = bytearray(_psd(rng_u8((8, 8, 3)), []))
+    data[4:6], data[22:24] = version.to_bytes(2, "big"), depth.to_bytes(2, "big")
+    path = tmp_path / "edit.psd"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError) as refused:
+        read_pixels(path)
+    assert str(refused.value).startswith(f"'{path}' is {kind}, which Pillow does not read: save or export it")
+    assert "corrupt" not in str(refused.value)
+
+
 def test_a_layered_photoshop_file_gives_its_merged_picture_and_says_the_layers_go(tmp_path: Path) -> None:
     """A layered PSD's frames are its layers, and the picture read is the merged one: the note said '2 frames; only
     the first is read'. A flat PSD (no layers) has no note."""
