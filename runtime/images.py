@@ -691,6 +691,10 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
         core = _PILLOW_CORE_BYTES.get(mode, 4)
         if note:
             notes.append(note)
+    if fmt == "PSD" and layout in ("RGBA", "LA") and not _psd_merged_alpha(p):  # Pillow took it for transparency:
+        layout = layout[:-1]  # a flattened file with a saved selection came out half transparent, exit 0
+        notes.append(f"the Photoshop file's extra channel is a saved selection (an alpha channel), not transparency: "
+                     f"it is left out; the output is {layout}")
     decoder = {"PNG": "pypng", "TIFF": "tifffile", None: "pillow"}[deep]
     width, height = im.size
     if fmt == "TIFF" and isinstance(im.tag_v2.get(256), int) and isinstance(im.tag_v2.get(257), int):
@@ -1419,6 +1423,22 @@ def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[st
 
 
 _PSD_VERSION_INFO = 1057  # an image resource: its fifth byte says whether the merged picture was saved
+
+
+def _psd_merged_alpha(p: Path) -> bool:
+    """Whether a Photoshop file's first extra channel is its merged picture's transparency: only when its layer count
+    is negative, as Photoshop writes it then; otherwise extra channels are alpha channels (saved selections). True
+    when the file cannot be read that far (Pillow's reading stands)."""
+    try:
+        with open(p, "rb") as f:
+            f.seek(26)
+            for _ in range(2):  # the colour mode data, the image resources
+                f.seek(int.from_bytes(f.read(4), "big"), os.SEEK_CUR)
+            if int.from_bytes(f.read(4), "big") == 0 or int.from_bytes(f.read(4), "big") == 0:
+                return False  # no layer and mask section, or no layer info: a flattened file
+            return int.from_bytes(f.read(2), "big", signed=True) < 0
+    except OSError:
+        return True
 
 
 def _check_psd_merged(p: Path, im: Any) -> None:

@@ -1504,9 +1504,11 @@ def test_formats_pillow_cannot_read_are_named_not_called_corrupt(tmp_path: Path,
     assert "export or convert it to PNG or JPEG" in str(refused.value)
 
 
-def _psd(merged: np.ndarray, layers: list[np.ndarray], *, saved_merged: bool = True) -> bytes:
+def _psd(merged: np.ndarray, layers: list[np.ndarray], *, saved_merged: bool = True,
+         merged_alpha: bool = False) -> bytes:
     """An 8-bit RGB Photoshop file as Photoshop lays it out: a version-info resource saying whether the merged picture
-    was saved, raw layer records, and the merged picture (blank when it was not saved, as Photoshop leaves it)."""
+    was saved, raw layer records (their count negative when ``merged_alpha``: the first extra channel is then the
+    merged picture's transparency), and the merged picture (blank when it was not saved, as Photoshop leaves it)."""
     h, w, c = merged.shape
     out = b"8BPS" + struct.pack(">H6xHIIHH", 1, c, h, w, 8, 3) + struct.pack(">I", 0)
     info = struct.pack(">IBIII", 1, int(saved_merged), 0, 0, 1)
@@ -1522,7 +1524,7 @@ def _psd(merged: np.ndarray, layers: list[np.ndarray], *, saved_merged: bool = T
         name = bytes([2]) + f"L{i}".encode()
         extra = struct.pack(">II", 0, 0) + name + bytes(-len(name) % 4)
         records += b"8BIMnorm" + bytes([255, 0, 0, 0]) + struct.pack(">I", len(extra)) + extra
-    block = struct.pack(">h", len(layers)) + records + channels
+    block = struct.pack(">h", -len(layers) if merged_alpha else len(layers)) + records + channels
     block += bytes(len(block) % 2)
     section = struct.pack(">I", len(block)) + block + struct.pack(">I", 0)
     out += struct.pack(">I", len(section)) + section
@@ -1554,6 +1556,22 @@ def test_photoshop_files_pillow_does_not_read_are_named(tmp_path: Path, version:
         read_pixels(path)
     assert str(refused.value).startswith(f"'{path}' is {kind}, which Pillow does not read: save or export it")
     assert "corrupt" not in str(refused.value)
+
+
+def test_reliability_a_photoshop_files_saved_selection_is_not_taken_for_transparency(tmp_path: Path) -> None:
+    """A flattened Photoshop file with a saved selection (a 4th channel, an alpha channel) => RGB, the selection
+    left out with a note; it came out half transparent with exit 0 (Pillow takes a 4th channel for transparency).
+    A layered file whose negative layer count says the channel is the merged picture's transparency keeps it"""
+    photo = rng_u8((16, 20, 4))
+    flat, layered = tmp_path / "flat.psd", tmp_path / "layered.psd"
+    flat.write_bytes(_psd(photo, []))
+    layered.write_bytes(_psd(photo, [photo], merged_alpha=True))
+    pixels, info = read_pixels(flat)
+    assert info.layout == "RGB" and np.array_equal(pixels, photo[:, :, :3])
+    assert "the Photoshop file's extra channel is a saved selection (an alpha channel), not transparency: it is " \
+           "left out; the output is RGB" in info.notes
+    pixels, info = read_pixels(layered)
+    assert info.layout == "RGBA" and np.array_equal(pixels, photo) and not any("selection" in n for n in info.notes)
 
 
 def test_a_layered_photoshop_file_gives_its_merged_picture_and_says_the_layers_go(tmp_path: Path) -> None:
