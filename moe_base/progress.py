@@ -21,9 +21,11 @@ def progress_mode(enabled: bool = True, stream: TextIO | None = None) -> Mode | 
 
 
 def as_mode(progress: bool | str | None) -> Mode | None:
-    """A ``progress`` argument as a mode: True (the library's older bool) = 'bar', False / None = none."""
+    """A ``progress`` argument as a mode: True (the library's older bool) = what :func:`progress_mode` chooses for
+    stderr ('bar' on a terminal, 'lines' in a log file or pipe: a library call wrote tqdm's bar, carriage returns and
+    all, into a service's log), and 'bar' in a Jupyter kernel (tqdm's widget); False / None = none."""
     if progress is True:
-        return "bar"
+        return "bar" if "ipykernel" in sys.modules else progress_mode(True)  # a notebook: tqdm's widget
     if not progress:
         return None
     if progress not in ("bar", "lines"):
@@ -42,6 +44,8 @@ class Progress:
                  every_s: float = 0.0, delay_s: float = 0.0):
         self.total, self.desc, self.unit, self.mode, self.every_s = total, desc, unit, as_mode(mode), every_s
         self.stream = stream or sys.stderr
+        if mode is True and stream is not None and self.mode is not None:  # chosen for the stream it writes to
+            self.mode = "bar" if "ipykernel" in sys.modules else progress_mode(True, stream)
         if self.stream is None:  # stderr closed: nowhere to show progress
             self.mode = None
         self.done = 0

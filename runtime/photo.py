@@ -134,6 +134,8 @@ def denoise_file(
     how much of the change from the input to keep (:func:`runtime.guard.with_strength`); the report's
     ``input_weight`` is the input's weight in the result, guard and strength together. ``quality``: a JPEG or WebP
     output's (1 to 100; None: 95, and lossless for a lossless WebP's WebP output; :func:`runtime.images.write_image`).
+    ``progress`` (on stderr, for photos over about 2 s): True = a bar on a terminal, a line every few seconds in a
+    log file or pipe; 'bar' or 'lines' to choose; False = none.
     """
     check_denoise_args(fn, tile, guard, sigma, strength, progress)
     check_quality(quality)

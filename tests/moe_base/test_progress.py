@@ -15,7 +15,18 @@ def test_the_mode_follows_the_stream():
     assert progress_mode(stream=Terminal()) == "bar"
     assert progress_mode(stream=io.StringIO()) == "lines"
     assert progress_mode(False, stream=Terminal()) is None
-    assert [as_mode(x) for x in (True, False, None, "lines")] == ["bar", None, None, "lines"]
+    assert [as_mode(x) for x in (True, False, None, "lines", "bar")] == [progress_mode(True), None, None, "lines", "bar"]
+
+
+def test_true_is_a_bar_on_a_terminal_and_lines_in_a_log():
+    """progress=True (denoise_file's default) wrote tqdm's bar, carriage returns and all, into a log file."""
+    log = io.StringIO()
+    with Progress(3, "denoising", "tile", True, stream=log) as p:
+        for _ in range(3):
+            p.step()
+    assert p.mode == "lines" and "\r" not in log.getvalue() and "denoising" in log.getvalue()
+    with Progress(3, "denoising", "tile", True, stream=Terminal()) as shown:
+        assert shown.mode == "bar"
     with pytest.raises(ValueError, match="'bar' or 'lines'; got 'dots'"):
         as_mode("dots")
 
