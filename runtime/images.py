@@ -1443,7 +1443,15 @@ def _psd_merged_alpha(p: Path) -> bool:
 
 def _check_psd_merged(p: Path, im: Any) -> None:
     """InputError for a Photoshop file saved without its merged picture ("Maximize PSD and PSB File Compatibility"
-    off): the picture Pillow reads in its place is blank, and was denoised into a white result with exit 0."""
+    off): the picture Pillow reads in its place is blank, and was denoised into a white result with exit 0; and for
+    a multichannel one (colour mode 7: spot or scientific channels), which Pillow reads as its first channel alone,
+    in gray (it came back gray with exit 0)."""
+    with open(p, "rb") as f:
+        colour_mode = int.from_bytes(f.read(26)[24:26], "big")
+    if colour_mode == 7:
+        raise InputError(f"'{p}' is a multichannel Photoshop file (channels of their own, not RGB or gray), of which "
+                         f"Pillow reads the first channel alone; convert it to RGB or grayscale (Photoshop: Image > "
+                         f"Mode) and save it again, or export it as PNG or TIFF")
     for key, _, data in getattr(im, "resources", None) or ():
         if key == _PSD_VERSION_INFO and len(data) > 4 and data[4] == 0:
             raise InputError(f"'{p}' is a Photoshop file saved without its merged picture (\"Maximize PSD and PSB File "

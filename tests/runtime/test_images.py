@@ -1558,6 +1558,16 @@ def test_photoshop_files_pillow_does_not_read_are_named(tmp_path: Path, version:
     assert "corrupt" not in str(refused.value)
 
 
+def test_a_multichannel_photoshop_file_is_refused_not_read_as_its_first_channel(tmp_path: Path) -> None:
+    """A multichannel PSD (colour mode 7) came back as its first channel alone, in gray, with exit 0."""
+    data = bytearray(_psd(rng_u8((8, 8, 3)), []))
+    data[24:26] = (7).to_bytes(2, "big")
+    path = tmp_path / "spots.psd"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"is a multichannel Photoshop file .* convert it to RGB or grayscale"):
+        read_pixels(path)
+
+
 def test_reliability_a_photoshop_files_saved_selection_is_not_taken_for_transparency(tmp_path: Path) -> None:
     """A flattened Photoshop file with a saved selection (a 4th channel, an alpha channel) => RGB, the selection
     left out with a note; it came out half transparent with exit 0 (Pillow takes a 4th channel for transparency).
