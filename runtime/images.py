@@ -767,9 +767,12 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
 
         colour = colour_part(data)
         top = int(colour.max()) if colour.size else 0
-        if 0 < top <= 8191:  # a camera's or microscope's 12-bit data in 16-bit samples: its noise, small on the
-            # 0-65535 scale, read as 1.5/255 where it was 25/255 of its own range, and was hardly taken away; with an
-            # offset and shot noise its values pass 4,095 (4,187 to 5,280 measured), and the note was missing
+        scaled_8bit = top % 257 == 0 and not np.any(colour[::7, ::7] % 257)  # 8-bit values x 257: a dark
+        # 8-bit photo, not 12-bit data (it was called '13-bit data in 16-bit samples?')
+        if 0 < top <= 8191 and not scaled_8bit:  # a camera's or microscope's 12-bit data in 16-bit samples: its
+            # noise, small on the 0-65535 scale, read as 1.5/255 where it was 25/255 of its own range, and was
+            # hardly taken away; with an offset and shot noise its values pass 4,095 (4,187 to 5,280 measured), and
+            # the note was missing
             notes.append(f"its values reach only {top:,} of 65,535 ({top.bit_length()}-bit data in 16-bit samples?): "
                          f"it is denoised as the very dark photo it then is, and noise small on the full scale is "
                          f"mostly left; scale it to the full range first (e.g. magick in.tif -auto-level out.tif) for a "
