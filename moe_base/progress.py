@@ -17,7 +17,11 @@ def progress_mode(enabled: bool = True, stream: TextIO | None = None) -> Mode | 
     stream = stream or sys.stderr
     if not enabled or stream is None:
         return None
-    return "bar" if stream.isatty() else "lines"
+    try:
+        terminal = bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):  # a logger's stand-in with write() alone, or a closed stream:
+        terminal = False  # denoise_file raised AttributeError before reading anything
+    return "bar" if terminal else "lines"
 
 
 def as_mode(progress: bool | str | None) -> Mode | None:

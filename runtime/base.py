@@ -105,6 +105,12 @@ class BaseRunner:
         state.pop("_lifecycle", None)
         return state
 
+    def __copy__(self) -> BaseRunner:  # shares what is loaded, as copy.copy did before pickling refused active ones
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._lifecycle = threading.RLock()
+        return new
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lifecycle = threading.RLock()

@@ -298,8 +298,9 @@ def guard_notes(guard: dict[str, Any] | None) -> list[str]:
     share = (guard or {}).get("impulse_share") or 0.0
     if not guard or not guard.get("applied") or share < IMPULSE_NOTE_SHARE:
         return []
-    return [f"{share:.2%} of its values are isolated black or white dots (salt-and-pepper noise?): this model does "
-            f"not remove them; a median filter does (e.g. magick in.png -median 3 out.png), before or instead of this"]
+    return [f"{share:.2%} of its values are isolated black or white dots: salt-and-pepper noise, which this model "
+            f"does not remove and a median filter does (e.g. magick in.png -median 3 out.png), or fine detail of the "
+            f"picture (stars, dotted lines), which a median filter would erase"]
 
 
 def sample_windows(height: int, width: int, window: int = WINDOW,

@@ -194,6 +194,25 @@ _PIL_LIMIT_LOCK = threading.Lock()
 _READING = threading.local()  # .depth: this thread's reads under way (their bomb check is ours: check_size)
 
 
+class _CallerRaised(Exception):
+    """Carries an exception of read_pixels' ``before_decode`` callback past the handlers of the file's own errors."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextmanager
+def _pillow_checks_again() -> Iterator[None]:
+    """Pillow's bomb check back for this thread inside a read (a caller's before_decode callback opened a
+    900-megapixel file unchecked)."""
+    depth, _READING.depth = getattr(_READING, "depth", 0), 0
+    try:
+        yield
+    finally:
+        _READING.depth = depth
+
+
 def _reads_pass_bomb_check(Image: Any) -> bool:
     """Wrap (once) Pillow's decompression-bomb check so that it lets a read of this module through in the thread
     that makes it, and checks every other call as before; False when this Pillow has no such function."""
@@ -480,8 +499,16 @@ def read_pixels(
             check_size(header, max_pixels)
             check_memory(header.decode_bytes, "decoding it", header)
             if before_decode is not None:
-                before_decode(header)
+                try:
+                    with _pillow_checks_again():  # the caller's own code: Pillow's check is not ours to set aside
+                        before_decode(header)
+                except _HeaderRead:  # read_header's own stop
+                    raise
+                except Exception as e:  # the caller's, as it is: not 'cannot read ... as an image' of this file
+                    raise _CallerRaised(e) from e
             return _decode(p, im, header)
+    except _CallerRaised as raised:
+        raise raised.error from None
     except (InputError, MissingBackendError):
         raise
     except _HeaderRead as stop:  # read_header: the header is all that was asked for

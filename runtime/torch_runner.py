@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,16 +45,21 @@ from .cuda_graphs import (
 )
 
 PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
-_FORK: dict[str, bool] = {"ran_threaded": False, "pool_broken": False}
+_FORK: dict[str, bool] = {"ran_threaded": False, "pool_broken": False, "forked_with_torch": False}
 """``ran_threaded``: this process ran the model on more than one CPU thread (PyTorch's OpenMP pool is up);
-``pool_broken``: this process is a child forked after that (see :func:`_after_fork_in_child`)."""
+``pool_broken``: this process is a child forked after that; ``forked_with_torch``: a child forked from a process
+that had imported torch, whose pool may be up (the parent ran the model outside a runner, or any torch
+operation): see :func:`_after_fork_in_child`."""
 
 
 def _after_fork_in_child() -> None:
     """A child forked (multiprocessing's 'fork', the default on Linux before Python 3.14) after its parent ran the
     model on several threads inherits PyTorch's OpenMP pool in a state it waits on forever: a Pool's workers sat at
     0% CPU with no message. Such a child runs torch on one thread, as PyTorch's own DataLoader workers do (several
-    workers share the cores anyway); 'spawn' and 'forkserver' workers start fresh and keep their threads."""
+    workers share the cores anyway); 'spawn' and 'forkserver' workers start fresh and keep their threads. A child of
+    a process that imported torch but ran no runner (it may have run the model or torch itself: its workers hung
+    too) keeps its own threads, and its runners use one."""
+    _FORK["forked_with_torch"] = "torch" in sys.modules
     if _FORK["ran_threaded"]:
         _FORK["pool_broken"] = True
         import torch  # imported in the parent already
@@ -209,8 +215,9 @@ class TorchRunner(BaseRunner):
                              f"torch {torch.__version__} sees no CUDA GPU; use --device cpu"
                              f"{' without CUDA graphs' if self.cuda_graph else ''} (device='cpu' in Python), or run "
                              f"on a machine with an NVIDIA GPU and a CUDA build of torch")
-        if self.threads:  # process-wide in torch: put back when the last runner that set it is released
-            _THREADS.take(torch, 1 if _FORK["pool_broken"] else self.threads)  # more would wait forever
+        threads = 1 if _FORK["pool_broken"] or _FORK["forked_with_torch"] else self.threads  # more may wait forever
+        if threads:  # process-wide in torch: put back when the last runner that set it is released
+            _THREADS.take(torch, threads)
             self._holds_threads = True
         try:
             self._load(torch)
@@ -414,21 +421,28 @@ class _SharedSetting:
                 self._saved = self._held = None
 
 
-def _put_tf32(torch: Any, allowed: tuple[bool, bool]) -> None:
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allowed
+def _put_cudnn_tf32(torch: Any, allowed: bool) -> None:
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
+def _put_matmul_tf32(torch: Any, allowed: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 _THREADS = _SharedSetting(lambda torch: torch.get_num_threads(), lambda torch, n: torch.set_num_threads(n))
-_TF32 = _SharedSetting(lambda torch: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32),
-                       _put_tf32)
+_TF32 = (_SharedSetting(lambda torch: torch.backends.cudnn.allow_tf32, _put_cudnn_tf32),  # one by one: a caller's
+          _SharedSetting(lambda torch: torch.backends.cuda.matmul.allow_tf32, _put_matmul_tf32))  # change of one
+# of them during a call kept the other off for good (both were restored or kept as a pair)
 
 
 @contextmanager
 def _no_tf32(torch: Any) -> Iterator[None]:
     """TF32 off for cuDNN convolutions and CUDA matmuls inside the block, the caller's settings restored after (once
     for blocks that overlap in several threads, as the server's tile and image models do: :class:`_SharedSetting`)."""
-    _TF32.take(torch, (False, False))
+    for setting in _TF32:
+        setting.take(torch, False)
     try:
         yield
     finally:
-        _TF32.give(torch)
+        for setting in _TF32:
+            setting.give(torch)

@@ -293,7 +293,7 @@ def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
              f"{report['denoised_by']} in {report['seconds']:.1f}s{tiles} -> {report['output']}"]
     lines += [f"  note: {note}" for note in report["notes"]]
     if report.get("guard"):
-        lines.append(f"  {describe_guard(report['guard'])}")
+        lines.append(f"  {describe_guard(report['guard'], report.get('strength', 1.0))}")
     if report.get("strength", 1.0) != 1.0:
         w = report.get("input_weight")
         lines.append(f"  strength {report['strength']:g}: " + (f"output = {w:.2f} x input + {1 - w:.2f} x denoised"
@@ -437,9 +437,9 @@ def print_batch_json(plan: Any, batch: Any, start: float, stopped: str | None = 
                 "ignored": [str(p) for p in plan.ignored]})
 
 
-def describe_guard(guard: dict) -> str:
-    """One line on what the clean-input guard (runtime.guard) decided."""
-    from runtime.guard import GUARD_MAX_SIGMA
+def describe_guard(guard: dict, strength: float = 1.0) -> str:
+    """One line on what the clean-input guard (runtime.guard) decided (``strength``: the run's --strength)."""
+    from runtime.guard import GUARD_MAX_SIGMA, guard_notes
 
     if guard["sigma"] is None:
         return ("clean-input guard: no noise estimate possible (an image under 2 pixels wide or tall, or noise "
@@ -457,9 +457,10 @@ def describe_guard(guard: dict) -> str:
     if not guard["applied"]:
         return f"clean-input guard: {level}, above {gate:g}/255: the denoiser's output as it is"
     hint = ""
-    if guard["input_weight"] >= 0.5 and not guard["sigma_given"]:  # noise the estimate misses (in one channel, in
-        # the darks, speckle) was handed back with no word of the two options that denoise it
-        hint = " (still noisy? give its level with --sigma, e.g. --sigma 15/255, or use --no-guard)"
+    if guard["input_weight"] >= 0.5 and not guard["sigma_given"] and strength == 1.0 and not guard_notes(guard):
+        # noise the estimate misses (in one channel, in the darks, speckle) was handed back with no word of the two
+        # options that denoise it (not said where they cannot help: dots they leave, a strength the user chose)
+        hint = " (still noisy? denoise it with --sigma LEVEL, e.g. --sigma 15/255, or with --no-guard)"
     return f"clean-input guard: {level}: output = {guard['input_weight']:.2f} x input + " \
            f"{1 - guard['input_weight']:.2f} x denoised{hint}"
 

@@ -77,3 +77,18 @@ def test_with_stderr_closed_there_is_no_progress_and_no_failure(monkeypatch):
         with Progress(3, "work", "step", mode) as p:
             p.step("one")
             assert p.mode is None and p.bar is None
+
+
+def test_a_stream_without_isatty_or_closed_gets_lines():
+    """A service's stand-in for stderr with write() alone (a logger's): denoise_file's default progress raised
+    AttributeError before reading anything."""
+    class Logger:
+        def write(self, text):
+            return len(text)
+
+        def flush(self):
+            pass
+
+    closed = io.StringIO()
+    closed.close()
+    assert progress_mode(stream=Logger()) == "lines" and progress_mode(stream=closed) == "lines"

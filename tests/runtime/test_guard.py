@@ -431,12 +431,15 @@ def test_a_guard_that_kept_most_of_the_input_names_the_options_that_denoise_it()
     from moe_denoise.commands.denoise import describe_guard
 
     kept = {"sigma": 0.5 / 255, "sigma_given": False, "applied": True, "input_weight": 0.98, "sigma_range": None}
-    hint = " (still noisy? give its level with --sigma, e.g. --sigma 15/255, or use --no-guard)"
+    hint = " (still noisy? denoise it with --sigma LEVEL, e.g. --sigma 15/255, or with --no-guard)"
     assert describe_guard(kept).endswith("output = 0.98 x input + 0.02 x denoised" + hint)
     assert describe_guard({**kept, "input_weight": 0.5}).endswith(hint)
     assert "still noisy" not in describe_guard({**kept, "sigma_given": True})
     assert "still noisy" not in describe_guard({**kept, "input_weight": 0.3})
     assert "still noisy" not in describe_guard({**kept, "sigma": 25 / 255, "applied": False})
+    assert "still noisy" not in describe_guard(kept, strength=0.0)  # the user chose to keep the input
+    assert "still noisy" not in describe_guard({**kept, "impulse_share": 0.01})  # dots: --sigma cannot help, a note
+    # names a median filter
 
 
 def test_isolated_black_and_white_dots_are_counted_and_lines_are_not():
@@ -468,9 +471,10 @@ def test_reliability_salt_and_pepper_noise_gets_a_note_naming_a_median_filter(tm
         assert main(["denoise", str(tmp_path / name), "-o", str(tmp_path / f"out_{name}"), "--weights",
                      str(random_weights), "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
-        notes = [n for n in report["notes"] if "isolated black or white dots (salt-and-pepper noise?)" in n]
+        notes = [n for n in report["notes"] if "isolated black or white dots: salt-and-pepper noise, which" in n]
         assert bool(notes) == noted and report["guard"]["applied"], report
-        assert not notes or "a median filter does (e.g. magick in.png -median 3 out.png)" in notes[0]
+        assert not notes or ("a median filter does (e.g. magick in.png -median 3 out.png), or fine detail of the "
+                             "picture (stars, dotted lines), which a median filter would erase") in notes[0]
     assert guard_notes({**report["guard"], "impulse_share": 0.01, "applied": False}) == []  # noise above the gate
     assert guard_notes(None) == [] and guard_notes({"applied": True}) == []  # no guard; a server without the count
 

@@ -285,6 +285,19 @@ def test_reliability_pillows_bomb_limit_gives_way_to_ours(tmp_path: Path, monkey
     assert Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's limit is put back
 
 
+def test_a_callers_before_decode_callback_has_pillows_bomb_check(tmp_path: Path) -> None:
+    """The read's own bomb check (check_size) stood in for Pillow's inside the caller's callback too: an Image.open
+    of a 900-megapixel header made there went through."""
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "a.png")
+    bomb = png_header_only(tmp_path / "bomb.png", 30000, 30000)
+
+    def opens_a_bomb(header: images.ImageHeader) -> None:
+        Image.open(bomb).close()
+
+    with pytest.raises(Image.DecompressionBombError):
+        read_pixels(tmp_path / "a.png", before_decode=opens_a_bomb)
+
+
 def test_reads_run_side_by_side_and_leave_pillows_bomb_limit_to_the_other_threads(tmp_path: Path, in_threads) -> None:
     """Pillow's bomb limit was set aside through each read under a lock held through the decode: every read in the
     process waited for the one before. Then it was set aside (None) for the whole process while any read ran: a

@@ -733,6 +733,13 @@ def work(threads):
 
 with TorchRunner(sys.argv[1]) as r:
     expected = denoise_array(x, r)
+if sys.argv[2] == "model":  # the model run by moe_model's own API, outside a runner
+    from moe_model.checkpoint import load_model
+    from runtime.torch_runner import _FORK
+
+    _FORK["ran_threaded"] = False  # as if no runner had run here: the model itself ran on two threads
+    with torch.inference_mode():
+        load_model(sys.argv[1]).eval()(torch.from_numpy(np.zeros((8, 3, 32, 32), np.float32)))
 with multiprocessing.get_context("fork").Pool(2) as pool:
     results = pool.map_async(work, [None, 2]).get(timeout=60)
 assert all(np.array_equal(out, expected) for out, _ in results), "different results"
@@ -741,13 +748,51 @@ print("threads in the workers:", [n for _, n in results])
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX")
-def test_workers_forked_after_the_model_ran_finish_instead_of_waiting_forever(random_weights, tmp_path):
-    """multiprocessing's 'fork' (Linux's default) after the parent ran the model on several threads: each worker
-    waited forever on PyTorch's OpenMP pool (0% CPU, no message; a Pool's map never returned). Such workers run
-    torch on one thread, even when their runner asks for more, and give the parent's results."""
+@pytest.mark.parametrize("parent", ["runner", "model"])
+def test_workers_forked_after_the_model_ran_finish_instead_of_waiting_forever(random_weights, tmp_path, parent):
+    """multiprocessing's 'fork' (Linux's default) after the parent ran the model on several threads (in a runner,
+    or through moe_model itself): each worker waited forever on PyTorch's OpenMP pool (0% CPU, no message; a Pool's
+    map never returned). Their runners run torch on one thread, even when asked for more, and give the parent's
+    results."""
     script = tmp_path / "workers.py"
     script.write_text(FORKED_WORKERS)
-    done = subprocess.run([sys.executable, str(script), str(random_weights)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), str(random_weights), parent], capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "threads in the workers: [1, 1]"
+
+
+def test_each_tf32_flag_a_caller_changes_during_a_call_is_kept_and_the_other_put_back():
+    """The flags were restored or kept as a pair: a caller who turned on matmul TF32 alone during a call left cuDNN
+    TF32 off for good, and one who turned cuDNN TF32 off had it turned back on."""
+    import torch
+
+    from runtime.torch_runner import _no_tf32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32 = True, False  # torch's defaults
+        with _no_tf32(torch):
+            matmul.allow_tf32 = True
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+        matmul.allow_tf32 = False
+        with _no_tf32(torch):
+            cudnn.allow_tf32 = True  # turned on while it was held off; matmul, untouched, comes back as it was
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def test_a_copy_of_an_active_runner_shares_its_model(random_weights):
+    """copy.copy of an active runner went through pickling and was refused ('cannot be pickled'); it made a shallow
+    copy sharing the loaded model before, and does again: it runs, and releasing it leaves the original active."""
+    import copy
+
+    from runtime.torch_runner import TorchRunner
+
+    x = np.full((2, 3, 32, 32), 0.5, np.float32)
+    with TorchRunner(random_weights) as runner:
+        twin = copy.copy(runner)
+        np.testing.assert_array_equal(twin(x), runner(x))
+        assert twin.model is runner.model and twin._lifecycle is not runner._lifecycle
