@@ -811,8 +811,11 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         notes.append(f"invalid EXIF orientation {orientation} ignored")
         orientation = 1
     elif orientation != 1:  # a 128x96 file came back 96x128 with the tag gone, and the report said 'same size'
-        stored = f"{data.shape[1]}x{data.shape[0]}"
-        upright = f"{data.shape[0]}x{data.shape[1]}" if orientation >= 5 else stored
+        h, w = data.shape[:2]
+        if pillow_turned and orientation >= 5:  # Pillow turned a TIFF as it loaded: data is upright already (the
+            h, w = w, h  # note said 'stored 16x12, upright 12x16' of a 12x16 file written 16x12)
+        stored = f"{w}x{h}"
+        upright = f"{h}x{w}" if orientation >= 5 else stored
         notes.append(f"turned upright by its EXIF orientation ({orientation}: stored {stored}, upright {upright}); "
                      f"the output is written upright, without the orientation tag")
     fmt = header.format
@@ -829,10 +832,10 @@ def _decode(p: Path, im: Any, header: ImageHeader) -> tuple[np.ndarray, ImageInf
         dpi = None
     compression = im.info.get("compression") if fmt == "TIFF" else None
     exif_bytes = _exif_without_orientation(exif, orientation) if fmt in _EXIF_INPUTS else None
+    if fmt == "TIFF" and any(tag in im.tag_v2 for tag in _TIFF_EXIF_IFDS):  # they were left out of every output
+        exif_bytes = _tiff_exif_directories(exif, orientation, notes)
     xmp, text, left_out = _text_metadata(p, im, fmt)
     notes += left_out
-    if fmt == "TIFF" and any(tag in im.tag_v2 for tag in _TIFF_EXIF_IFDS):  # read by no output: said, not dropped
-        notes.append("the TIFF's EXIF directories (exposure, lens, GPS, ...) are not carried over to the output")
     im.close()  # release Pillow's decoded image before the upright copy
     data = data if pillow_turned else apply_orientation(data, orientation)
     info = ImageInfo(
@@ -1234,6 +1237,35 @@ def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
         8: lambda x: np.rot90(x, 1),  # needs 90 degrees counter-clockwise
     }
     return np.ascontiguousarray(ops[orientation](a))
+
+
+def _tiff_exif_directories(exif: Any, orientation: int, notes: list[str]) -> bytes | None:
+    """A TIFF's Exif (with interoperability) and GPS directories as an EXIF of their own (its first directory holds
+    the pointers alone: the TIFF's make, model, artist, ... are its text tags, kept in a TIFF output), for the
+    outputs that hold EXIF; None when Pillow cannot read them. The maker note is left out, with a note in
+    ``notes``: its offsets point into the TIFF it came in."""
+    Image = _pil()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's 'corrupt EXIF' warnings: what it cannot read is not kept
+            own = Image.Exif()
+            for key in _TIFF_EXIF_IFDS:
+                directory = {k: v for k, v in exif.get_ifd(key).items() if k not in (_INTEROP_IFD, _MAKER_NOTE)}
+                if key == _EXIF_IFD and exif.get_ifd(_INTEROP_IFD):
+                    directory[_INTEROP_IFD] = dict(exif.get_ifd(_INTEROP_IFD))
+                if key == _EXIF_IFD and _MAKER_NOTE in exif.get_ifd(key):
+                    notes.append("the TIFF's EXIF maker note (the camera maker's own data: it points into the file it "
+                                 "came in) is left out")
+                if directory:
+                    own[key] = directory
+            if not len(own):
+                return None
+            loaded = Image.Exif()
+            loaded.load(own.tobytes())
+            return _exif_without_orientation(loaded, orientation)
+    except Exception:  # noqa: BLE001 - directories Pillow cannot read or write: said, not carried
+        notes.append("the TIFF's EXIF directories (exposure, lens, GPS, ...) could not be read, and are left out")
+        return None
 
 
 def _exif_without_orientation(exif: Any, orientation: int = 1) -> bytes | None:

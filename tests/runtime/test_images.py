@@ -1222,9 +1222,9 @@ def test_a_16bit_colour_tiff_whose_compression_needs_imagecodecs_names_the_packa
 
 
 def test_reliability_exif_left_out_of_an_output_is_said(tmp_path: Path) -> None:
-    """A photo's EXIF (camera, date, copyright, exposure, GPS) written as .bmp, .ppm, .tga or .gif, and a
-    TIFF's own Exif and GPS directories (to any output): left out without a note, where the README promises one for
-    what an output does not keep => a note names the EXIF left out and the outputs that keep it"""
+    """A photo's EXIF (camera, date, copyright, exposure, GPS) written as .bmp, .ppm, .tga or .gif: left out without
+    a note, where the README promises one for what an output does not keep => a note names the EXIF left out and
+    the outputs that keep it"""
     exif = Image.Exif()
     exif[0x010F] = "Nikon"
     exif.get_ifd(0x8769)[0x829A] = (1, 250)  # exposure time
@@ -1236,11 +1236,37 @@ def test_reliability_exif_left_out_of_an_output_is_said(tmp_path: Path) -> None:
                    for note in images.output_notes(fmt, info)), fmt
     for fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         assert not any("EXIF" in note for note in images.output_notes(fmt, info)), fmt
-    Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "camera.tif", exif=exif.tobytes())
-    _, info = read_pixels(tmp_path / "camera.tif")
-    assert "the TIFF's EXIF directories (exposure, lens, GPS, ...) are not carried over to the output" in info.notes
     Image.fromarray(rng_u8((16, 16, 3))).save(tmp_path / "plain.tif")
     assert not any("EXIF" in note for note in read_pixels(tmp_path / "plain.tif")[1].notes)
+
+
+@pytest.mark.parametrize("suffix", ["tif", "png", "jpg"])
+def test_reliability_a_tiffs_exif_directories_go_into_the_outputs_that_hold_exif(tmp_path: Path, suffix: str) -> None:
+    """A TIFF's own Exif and GPS directories (exposure, GPS) => written into a .tif, .png or .jpg output (with the
+    width and height of the picture turned upright), the maker note left out with a note; they were left out of
+    every output ('not carried over'), and the orientation note of such a TIFF had its sizes swapped"""
+    exif = Image.Exif()
+    exif.update({0x010F: "Nikon", 0x0112: 6})
+    details = exif.get_ifd(0x8769)
+    details.update({0x829A: TiffImagePlugin.IFDRational(1, 250), 0x9204: TiffImagePlugin.IFDRational(-2, 3),
+                    0x927C: b"Nikon\x00\x02", 0xA002: 12, 0xA003: 16})
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.0)})
+    Image.fromarray(rng_u8((16, 12, 3))).save(tmp_path / "camera.tif", exif=exif.tobytes())
+    report = denoise_file(tmp_path / "camera.tif", tmp_path / f"out.{suffix}", identity, progress=False)
+    assert "turned upright by its EXIF orientation (6: stored 12x16, upright 16x12); the output is written upright, " \
+           "without the orientation tag" in report["notes"]
+    assert [n for n in report["notes"] if "EXIF" in n and "orientation" not in n] == [
+        "the TIFF's EXIF maker note (the camera maker's own data: it points into the file it came in) is left out"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Image.open(tmp_path / f"out.{suffix}") as out:
+            kept = out.getexif()
+            assert out.size == (16, 12) and 0x0112 not in kept
+            assert dict(kept.get_ifd(0x8769)) == {0x829A: 1 / 250, 0x9204: -2 / 3, 0xA002: 16, 0xA003: 12}
+            assert dict(kept.get_ifd(0x8825)) == {1: "N", 2: (48.0, 51.0, 30.0)}
+            assert kept.get(0x010F) == ("Nikon" if suffix == "tif" else None)  # a TIFF text tag: kept in a TIFF
+    _, info = read_pixels(tmp_path / "camera.tif")
+    assert any("the input's EXIF" in note for note in images.output_notes("BMP", info))
 
 
 def camera_exif(orientation: int = 6) -> bytes:
