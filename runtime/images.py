@@ -1239,6 +1239,20 @@ def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](a))
 
 
+def _exif_directories(exif: Any) -> dict[int, dict[int, Any]]:
+    """The Exif and GPS directories of a loaded EXIF (those it has), to be laid out anew: the interoperability
+    directory as a directory of the Exif one (its pointer would point at nothing), the maker note left out (its
+    offsets point into the file it came in)."""
+    found = {}
+    for key in _TIFF_EXIF_IFDS:
+        directory = {k: v for k, v in exif.get_ifd(key).items() if k not in (_INTEROP_IFD, _MAKER_NOTE)}
+        if key == _EXIF_IFD and exif.get_ifd(_INTEROP_IFD):
+            directory[_INTEROP_IFD] = dict(exif.get_ifd(_INTEROP_IFD))
+        if directory:
+            found[key] = directory
+    return found
+
+
 def _tiff_exif_directories(exif: Any, orientation: int, notes: list[str]) -> bytes | None:
     """A TIFF's Exif (with interoperability) and GPS directories as an EXIF of their own (its first directory holds
     the pointers alone: the TIFF's make, model, artist, ... are its text tags, kept in a TIFF output), for the
@@ -1249,15 +1263,10 @@ def _tiff_exif_directories(exif: Any, orientation: int, notes: list[str]) -> byt
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's 'corrupt EXIF' warnings: what it cannot read is not kept
             own = Image.Exif()
-            for key in _TIFF_EXIF_IFDS:
-                directory = {k: v for k, v in exif.get_ifd(key).items() if k not in (_INTEROP_IFD, _MAKER_NOTE)}
-                if key == _EXIF_IFD and exif.get_ifd(_INTEROP_IFD):
-                    directory[_INTEROP_IFD] = dict(exif.get_ifd(_INTEROP_IFD))
-                if key == _EXIF_IFD and _MAKER_NOTE in exif.get_ifd(key):
-                    notes.append("the TIFF's EXIF maker note (the camera maker's own data: it points into the file it "
-                                 "came in) is left out")
-                if directory:
-                    own[key] = directory
+            own.update(_exif_directories(exif))
+            if _MAKER_NOTE in exif.get_ifd(_EXIF_IFD):
+                notes.append("the TIFF's EXIF maker note (the camera maker's own data: it points into the file it "
+                             "came in) is left out")
             if not len(own):
                 return None
             loaded = Image.Exif()
@@ -1810,13 +1819,7 @@ def _tiff_exif_tags(exif: bytes) -> dict[int, Any] | None:
             loaded = Image.Exif()
             loaded.load(exif)
             tags: dict[int, Any] = _text_as_bytes({key: loaded[key] for key in _TIFF_EXIF_FIRST if key in loaded})
-            for key in _TIFF_EXIF_IFDS:
-                directory = _text_as_bytes({k: v for k, v in loaded.get_ifd(key).items()
-                                            if k not in (_INTEROP_IFD, _MAKER_NOTE)}, key)
-                if key == _EXIF_IFD and loaded.get_ifd(_INTEROP_IFD):
-                    directory[_INTEROP_IFD] = dict(loaded.get_ifd(_INTEROP_IFD))
-                if directory:
-                    tags[key] = directory
+            tags.update({key: _text_as_bytes(directory, key) for key, directory in _exif_directories(loaded).items()})
             Image.new("L", (1, 1)).save(io.BytesIO(), format="TIFF", tiffinfo=tags)
     except Exception:  # noqa: BLE001 - any EXIF Pillow cannot write: left out, with a note (output_notes)
         return None
