@@ -24,12 +24,13 @@ def progress_mode(enabled: bool = True, stream: TextIO | None = None) -> Mode | 
     return "bar" if terminal else "lines"
 
 
-def as_mode(progress: bool | str | None) -> Mode | None:
+def as_mode(progress: bool | str | None, stream: TextIO | None = None) -> Mode | None:
     """A ``progress`` argument as a mode: True (the library's older bool) = what :func:`progress_mode` chooses for
-    stderr ('bar' on a terminal, 'lines' in a log file or pipe: a library call wrote tqdm's bar, carriage returns and
-    all, into a service's log), and 'bar' in a Jupyter kernel (tqdm's widget); False / None = none."""
+    ``stream`` (default stderr: 'bar' on a terminal, 'lines' in a log file or pipe: a library call wrote tqdm's bar,
+    carriage returns and all, into a service's log), and 'bar' in a Jupyter kernel (tqdm's widget); False / None =
+    none."""
     if progress is True:
-        return "bar" if "ipykernel" in sys.modules else progress_mode(True)  # a notebook: tqdm's widget
+        return "bar" if "ipykernel" in sys.modules else progress_mode(True, stream)  # a notebook: tqdm's widget
     if not progress:
         return None
     if progress not in ("bar", "lines"):
@@ -46,10 +47,9 @@ class Progress:
 
     def __init__(self, total: int, desc: str, unit: str, mode: bool | str | None, stream: TextIO | None = None,
                  every_s: float = 0.0, delay_s: float = 0.0):
-        self.total, self.desc, self.unit, self.mode, self.every_s = total, desc, unit, as_mode(mode), every_s
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.mode = as_mode(mode, stream)  # True: chosen for the stream it writes to
         self.stream = stream or sys.stderr
-        if mode is True and stream is not None and self.mode is not None:  # chosen for the stream it writes to
-            self.mode = "bar" if "ipykernel" in sys.modules else progress_mode(True, stream)
         if self.stream is None:  # stderr closed: nowhere to show progress
             self.mode = None
         self.done = 0
