@@ -667,7 +667,7 @@ def _read_header(p: Path, im: Any) -> ImageHeader:
             notes.append(f"the multi-picture JPEG's {extra + 1 - frames} embedded preview or auxiliary image(s) are "
                          f"not kept: the output holds the photo alone")
     if fmt == "PSD":  # its frames are the layers; what is read is the merged picture, all of them together
-        _check_psd_merged(p, im)
+        _check_psd(p, im)
         if frames > 1:
             notes.append(f"the Photoshop file's {frames} layers are not kept: the output holds its merged picture")
         frames = 1
@@ -1512,7 +1512,7 @@ def _psd_merged_alpha(p: Path) -> bool:
         return True
 
 
-def _check_psd_merged(p: Path, im: Any) -> None:
+def _check_psd(p: Path, im: Any) -> None:
     """InputError for a Photoshop file saved without its merged picture ("Maximize PSD and PSB File Compatibility"
     off): the picture Pillow reads in its place is blank, and was denoised into a white result with exit 0; and for
     a multichannel one (colour mode 7: spot or scientific channels), which Pillow reads as its first channel alone,
