@@ -45,11 +45,10 @@ from .cuda_graphs import (
 )
 
 PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
-_FORK: dict[str, bool] = {"ran_threaded": False, "pool_broken": False, "forked_with_torch": False}
+_FORK: dict[str, bool] = {"ran_threaded": False, "forked_with_torch": False}
 """``ran_threaded``: this process ran the model on more than one CPU thread (PyTorch's OpenMP pool is up);
-``pool_broken``: this process is a child forked after that; ``forked_with_torch``: a child forked from a process
-that had imported torch, whose pool may be up (the parent ran the model outside a runner, or any torch
-operation): see :func:`_after_fork_in_child`."""
+``forked_with_torch``: a child forked from a process that had imported torch, whose pool may be up (a runner ran
+there, or the model outside a runner, or any torch operation): see :func:`_after_fork_in_child`."""
 
 
 def _after_fork_in_child() -> None:
@@ -61,7 +60,6 @@ def _after_fork_in_child() -> None:
     too) keeps its own threads, and its runners use one."""
     _FORK["forked_with_torch"] = "torch" in sys.modules
     if _FORK["ran_threaded"]:
-        _FORK["pool_broken"] = True
         import torch  # imported in the parent already
 
         torch.set_num_threads(1)
@@ -215,7 +213,7 @@ class TorchRunner(BaseRunner):
                              f"torch {torch.__version__} sees no CUDA GPU; use --device cpu"
                              f"{' without CUDA graphs' if self.cuda_graph else ''} (device='cpu' in Python), or run "
                              f"on a machine with an NVIDIA GPU and a CUDA build of torch")
-        threads = 1 if _FORK["pool_broken"] or _FORK["forked_with_torch"] else self.threads  # more may wait forever
+        threads = 1 if _FORK["forked_with_torch"] else self.threads  # more may wait forever
         if threads:  # process-wide in torch: put back when the last runner that set it is released
             _THREADS.take(torch, threads)
             self._holds_threads = True
