@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.extras import MISSING, import_cause, missing_cause
+from tests.extras import MISSING, import_cause, missing_cause, skip_reason
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -40,8 +40,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             text for _, text in report.sections))  # the failure, and what the test printed
         if dist:
             report.outcome = "skipped"
-            report.longrepr = (str(item.path), (item.location[1] or 0) + 1,
-                               f"Skipped: needs {dist}, which is not installed (the test extra: pip install -e '.[test]')")
+            report.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"Skipped: {skip_reason(dist)}")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -44,9 +44,14 @@ def import_cause(excinfo: pytest.ExceptionInfo[BaseException], repo: Path) -> st
     return MISSING[top] if ours and ours[-1].relative_to(repo).parts[0] in ("tests", "tools") else None
 
 
+def skip_reason(dist: str) -> str:
+    """Why a test that needs ``dist`` (as pip calls it) is skipped here."""
+    return f"needs {dist}, which is not installed (the test extra: pip install -e '.[test]')"
+
+
 def skip_when_missing(err: str) -> None:
     """Skip the running test when a command's error output ``err`` says a package of the test extra that this
     environment lacks is needed (a command's exit code alone does not say why it failed)."""
     dist = missing_cause(err) if MISSING else None
     if dist:
-        pytest.skip(f"needs {dist}, which is not installed (the test extra: pip install -e '.[test]')")
+        pytest.skip(skip_reason(dist))
